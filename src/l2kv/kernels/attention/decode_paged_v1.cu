@@ -1,0 +1,233 @@
+// paged_v1: the paper's baseline decode kernel, in the style of vLLM's paged-attention v1,
+// written from its description. One thread block per (query head, sequence); its warps walk
+// the sequence's KV blocks (warp w takes blocks w, w+W, ...); in Q.K a group of threads owns
+// one token; logits stay in shared memory; then the warps walk the blocks again for P.V.
+// With prefetch on, each warp first issues cp.async.bulk.prefetch.L2 for the block it will
+// process `distance` iterations later (the paper's Algorithm 1), for K and then for V.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cfloat>
+
+#include "l2kv/core/cuda_check.h"
+#include "l2kv/kernels/attention/decode_attention.h"
+#include "l2kv/kernels/tensor_core.cuh"
+#include "l2kv/kv_cache/paged_kv_prefetch.cuh"
+
+namespace l2kv {
+namespace {
+
+constexpr int kV1Warps = 4;
+constexpr int kV1Threads = kV1Warps * 32;
+constexpr int kV1MaxSeqLen = 48 * 1024;  // logits: 192 KiB of shared memory
+
+template <int kHeadDim, int kBlockSize>
+struct PagedV1Shape {
+  static constexpr int kThreadGroup = kBlockSize >= 32 ? 1 : 32 / kBlockSize;  // threads per token
+  static constexpr int kTokensPerPass = 32 / kThreadGroup;
+  static constexpr int kPasses = kBlockSize / kTokensPerPass;
+  static constexpr int kVecElems = 8;  // one 16-byte load
+  static constexpr int kVecsPerThread = kHeadDim / kVecElems / kThreadGroup;
+  static constexpr int kVElemsPerLane = kHeadDim / 32;  // P.V: lane owns these dims
+  static_assert(kPasses >= 1 && kVecsPerThread >= 1);
+};
+
+// Shared memory: q [D] | reduction [2W] | per-warp output [W][D] | logits [padded length].
+template <int kHeadDim>
+constexpr int v1_fixed_smem_floats() {
+  return kHeadDim + 2 * kV1Warps + kV1Warps * kHeadDim;
+}
+
+template <typename T, int kHeadDim, int kBlockSize>
+__global__ void __launch_bounds__(kV1Threads)
+    paged_v1_kernel(const DecodeAttentionParams p, const KvPrefetch prefetch) {
+  using Shape = PagedV1Shape<kHeadDim, kBlockSize>;
+  using Traits = tc::ElementTraits<T>;
+  extern __shared__ float smem[];
+  float* q_smem = smem;
+  float* reduce_smem = q_smem + kHeadDim;
+  float* out_smem = reduce_smem + 2 * kV1Warps;
+  float* logits = out_smem + kV1Warps * kHeadDim;
+
+  const int head = blockIdx.x;
+  const int seq = blockIdx.y;
+  const int warp = threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  const PagedKvCache& kv = p.kv;
+  const int kv_head = head / (p.num_q_heads / kv.num_kv_heads);
+  const int len = kv.seq_lens[seq];
+  const int num_seq_blocks = (len + kBlockSize - 1) / kBlockSize;
+  const int32_t* table = kv.block_table + static_cast<int64_t>(seq) * kv.max_blocks_per_seq;
+  const T* k_pool = static_cast<const T*>(kv.k_pool);
+  const T* v_pool = static_cast<const T*>(kv.v_pool);
+  const int prefetch_stride = prefetch.distance * kV1Warps;  // blocks ahead; 0 = off
+
+  const T* q = static_cast<const T*>(p.q) + (static_cast<int64_t>(seq) * p.num_q_heads + head) * kHeadDim;
+  for (int i = threadIdx.x; i < kHeadDim; i += kV1Threads) q_smem[i] = Traits::to_float(q[i]);
+  __syncthreads();
+
+  // Q.K: thread group `lane / G` owns one token; its G threads split head_dim in 16B vectors.
+  const int group_lane = lane % Shape::kThreadGroup;
+  const int group_token = lane / Shape::kThreadGroup;
+  float q_regs[Shape::kVecsPerThread][Shape::kVecElems];
+#pragma unroll
+  for (int v = 0; v < Shape::kVecsPerThread; ++v)
+#pragma unroll
+    for (int e = 0; e < Shape::kVecElems; ++e)
+      q_regs[v][e] = q_smem[(v * Shape::kThreadGroup + group_lane) * Shape::kVecElems + e];
+
+  float qk_max = -FLT_MAX;
+  for (int b = warp; b < num_seq_blocks; b += kV1Warps) {
+    const int32_t physical = table[b];
+    if (prefetch_stride > 0 && b + prefetch_stride < num_seq_blocks)
+      prefetch_kv_block(kv, k_pool, table[b + prefetch_stride], kv_head, 0, kBlockSize, lane, 32,
+                        prefetch.hint);
+#pragma unroll
+    for (int pass = 0; pass < Shape::kPasses; ++pass) {
+      const int token_in_block = pass * Shape::kTokensPerPass + group_token;
+      const T* k_row = k_pool + kv.offset(physical, token_in_block, kv_head);
+      float dot = 0.f;
+#pragma unroll
+      for (int v = 0; v < Shape::kVecsPerThread; ++v) {
+        const uint4 raw = *reinterpret_cast<const uint4*>(
+            k_row + (v * Shape::kThreadGroup + group_lane) * Shape::kVecElems);
+        const uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+        for (int w = 0; w < 4; ++w) {
+          const float2 k2 = Traits::unpack(words[w]);
+          dot += q_regs[v][2 * w] * k2.x + q_regs[v][2 * w + 1] * k2.y;
+        }
+      }
+#pragma unroll
+      for (int m = Shape::kThreadGroup / 2; m >= 1; m /= 2) dot += __shfl_xor_sync(0xffffffffu, dot, m);
+      const int token = b * kBlockSize + token_in_block;
+      if (group_lane == 0) {
+        const float logit = token < len ? dot * p.softmax_scale : -FLT_MAX;
+        logits[token] = logit;
+        qk_max = fmaxf(qk_max, logit);
+      }
+    }
+  }
+
+  // Softmax over the logits held in shared memory.
+#pragma unroll
+  for (int m = 16; m >= 1; m /= 2) qk_max = fmaxf(qk_max, __shfl_xor_sync(0xffffffffu, qk_max, m));
+  if (lane == 0) reduce_smem[warp] = qk_max;
+  __syncthreads();
+  qk_max = reduce_smem[0];
+#pragma unroll
+  for (int w = 1; w < kV1Warps; ++w) qk_max = fmaxf(qk_max, reduce_smem[w]);
+  float exp_sum = 0.f;
+  const int padded_len = num_seq_blocks * kBlockSize;
+  for (int i = threadIdx.x; i < padded_len; i += kV1Threads) {
+    const float e = i < len ? __expf(logits[i] - qk_max) : 0.f;
+    logits[i] = e;
+    exp_sum += e;
+  }
+#pragma unroll
+  for (int m = 16; m >= 1; m /= 2) exp_sum += __shfl_xor_sync(0xffffffffu, exp_sum, m);
+  if (lane == 0) reduce_smem[kV1Warps + warp] = exp_sum;
+  __syncthreads();
+  exp_sum = 0.f;
+#pragma unroll
+  for (int w = 0; w < kV1Warps; ++w) exp_sum += reduce_smem[kV1Warps + w];
+  const float inv_sum = 1.f / exp_sum;
+
+  // P.V: each lane owns kVElemsPerLane consecutive dims of every V row.
+  float acc[Shape::kVElemsPerLane] = {};
+  for (int b = warp; b < num_seq_blocks; b += kV1Warps) {
+    const int32_t physical = table[b];
+    if (prefetch_stride > 0 && b + prefetch_stride < num_seq_blocks)
+      prefetch_kv_block(kv, v_pool, table[b + prefetch_stride], kv_head, 0, kBlockSize, lane, 32,
+                        prefetch.hint);
+#pragma unroll 16
+    for (int t = 0; t < kBlockSize; ++t) {
+      const float prob = logits[b * kBlockSize + t];  // 0 beyond the length
+      const T* v_row = v_pool + kv.offset(physical, t, kv_head) + lane * Shape::kVElemsPerLane;
+      if constexpr (Shape::kVElemsPerLane == 4) {
+        const uint2 raw = *reinterpret_cast<const uint2*>(v_row);
+        const float2 a = Traits::unpack(raw.x);
+        const float2 c = Traits::unpack(raw.y);
+        acc[0] += prob * a.x;
+        acc[1] += prob * a.y;
+        acc[2] += prob * c.x;
+        acc[3] += prob * c.y;
+      } else {
+        const float2 a = Traits::unpack(*reinterpret_cast<const uint32_t*>(v_row));
+        acc[0] += prob * a.x;
+        acc[1] += prob * a.y;
+      }
+    }
+  }
+#pragma unroll
+  for (int e = 0; e < Shape::kVElemsPerLane; ++e)
+    out_smem[warp * kHeadDim + lane * Shape::kVElemsPerLane + e] = acc[e];
+  __syncthreads();
+  T* out = static_cast<T*>(p.out) + (static_cast<int64_t>(seq) * p.num_q_heads + head) * kHeadDim;
+  for (int i = threadIdx.x; i < kHeadDim; i += kV1Threads) {
+    float sum = 0.f;
+#pragma unroll
+    for (int w = 0; w < kV1Warps; ++w) sum += out_smem[w * kHeadDim + i];
+    out[i] = Traits::from_float(sum * inv_sum);
+  }
+}
+
+template <typename T, int kHeadDim, int kBlockSize>
+void launch_paged_v1(const DecodeAttentionParams& p, const KvPrefetch& prefetch,
+                     cudaStream_t stream) {
+  auto kernel = paged_v1_kernel<T, kHeadDim, kBlockSize>;
+  const int padded = (p.max_seq_len + kBlockSize - 1) / kBlockSize * kBlockSize;
+  const size_t smem = (v1_fixed_smem_floats<kHeadDim>() + padded) * sizeof(float);
+  static const bool configured = [&] {
+    const int max_smem = (v1_fixed_smem_floats<kHeadDim>() + kV1MaxSeqLen) * sizeof(float);
+    L2KV_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, max_smem));
+    return true;
+  }();
+  (void)configured;
+  const dim3 grid(p.num_q_heads, p.kv.batch_size);
+  kernel<<<grid, kV1Threads, smem, stream>>>(p, prefetch);
+  L2KV_CUDA_CHECK_LAUNCH();
+}
+
+template <typename T, int kHeadDim>
+void dispatch_block_size(const DecodeAttentionParams& p, const KvPrefetch& prefetch,
+                         cudaStream_t stream) {
+  switch (p.kv.block_size) {
+    case 16: return launch_paged_v1<T, kHeadDim, 16>(p, prefetch, stream);
+    case 32: return launch_paged_v1<T, kHeadDim, 32>(p, prefetch, stream);
+    case 64: return launch_paged_v1<T, kHeadDim, 64>(p, prefetch, stream);
+    default: throw Error("paged_v1: unsupported block size " + std::to_string(p.kv.block_size));
+  }
+}
+
+template <typename T>
+void dispatch_head_dim(const DecodeAttentionParams& p, const KvPrefetch& prefetch,
+                       cudaStream_t stream) {
+  switch (p.kv.head_dim) {
+    case 64: return dispatch_block_size<T, 64>(p, prefetch, stream);
+    case 128: return dispatch_block_size<T, 128>(p, prefetch, stream);
+    default: throw Error("paged_v1: unsupported head_dim " + std::to_string(p.kv.head_dim));
+  }
+}
+
+}  // namespace
+
+int32_t paged_v1_max_seq_len() { return kV1MaxSeqLen; }
+
+void paged_v1_decode(const DecodeAttentionParams& params, const PrefetchPolicy& policy,
+                     cudaStream_t stream) {
+  if (params.max_seq_len > kV1MaxSeqLen)
+    throw Error("paged_v1: context of " + std::to_string(params.max_seq_len) +
+                " tokens exceeds its shared-memory logits limit of " + std::to_string(kV1MaxSeqLen));
+  KvPrefetch prefetch;
+  if (policy.enabled()) {
+    prefetch.distance = policy.mode == PrefetchMode::kFixedDistance ? std::max(1, policy.distance) : 1;
+    prefetch.hint = policy.prefetch_hint;
+  }
+  if (params.kv.dtype == DType::kBFloat16)
+    dispatch_head_dim<__nv_bfloat16>(params, prefetch, stream);
+  else
+    dispatch_head_dim<__half>(params, prefetch, stream);
+}
+
+}  // namespace l2kv

@@ -1,0 +1,74 @@
+#include "l2kv/kernels/attention/decode_reference.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <span>
+#include <thread>
+
+namespace l2kv {
+namespace {
+
+void reference_one_sequence(const DecodeAttentionParams& p, int32_t seq, float* out) {
+  const PagedKvCache& kv = p.kv;
+  const auto* q = static_cast<const uint16_t*>(p.q);
+  const auto* k_pool = static_cast<const uint16_t*>(kv.k_pool);
+  const auto* v_pool = static_cast<const uint16_t*>(kv.v_pool);
+  const int32_t len = kv.seq_lens[seq];
+  const int32_t d = kv.head_dim;
+  const int32_t group = p.group_size();
+  std::vector<double> logits(len);
+  std::vector<double> q_row(d);
+  std::vector<double> acc(d);
+  for (int32_t head = 0; head < p.num_q_heads; ++head) {
+    const int32_t kv_head = head / group;
+    for (int32_t i = 0; i < d; ++i)
+      q_row[i] = dtype_bits_to_float(kv.dtype, q[(static_cast<int64_t>(seq) * p.num_q_heads + head) * d + i]);
+    double max_logit = -INFINITY;
+    for (int32_t t = 0; t < len; ++t) {
+      const int32_t physical = kv.block_table[static_cast<int64_t>(seq) * kv.max_blocks_per_seq + t / kv.block_size];
+      const uint16_t* k_row = k_pool + kv.offset(physical, t % kv.block_size, kv_head);
+      double dot = 0;
+      for (int32_t i = 0; i < d; ++i) dot += q_row[i] * dtype_bits_to_float(kv.dtype, k_row[i]);
+      logits[t] = dot * p.softmax_scale;
+      max_logit = std::max(max_logit, logits[t]);
+    }
+    double sum = 0;
+    std::fill(acc.begin(), acc.end(), 0.0);
+    for (int32_t t = 0; t < len; ++t) {
+      const double w = std::exp(logits[t] - max_logit);
+      sum += w;
+      const int32_t physical = kv.block_table[static_cast<int64_t>(seq) * kv.max_blocks_per_seq + t / kv.block_size];
+      const uint16_t* v_row = v_pool + kv.offset(physical, t % kv.block_size, kv_head);
+      for (int32_t i = 0; i < d; ++i) acc[i] += w * dtype_bits_to_float(kv.dtype, v_row[i]);
+    }
+    float* o = out + (static_cast<int64_t>(seq) * p.num_q_heads + head) * d;
+    for (int32_t i = 0; i < d; ++i) o[i] = static_cast<float>(acc[i] / sum);
+  }
+}
+
+}  // namespace
+
+std::vector<float> decode_attention_reference(const DecodeAttentionParams& host_params) {
+  const PagedKvCache& kv = host_params.kv;
+  const std::span<const int32_t> lens(kv.seq_lens, kv.batch_size > 0 ? kv.batch_size : 0);
+  const std::span<const int32_t> table(
+      kv.block_table, kv.batch_size > 0 ? static_cast<size_t>(kv.batch_size) * kv.max_blocks_per_seq : 0);
+  DecodeAttentionParams checked = host_params;
+  if (checked.out == nullptr) checked.out = const_cast<void*>(host_params.q);  // not written
+  validate_decode_attention(checked, lens, table);
+
+  std::vector<float> out(static_cast<size_t>(kv.batch_size) * host_params.num_q_heads * kv.head_dim);
+  const int32_t workers = static_cast<int32_t>(
+      std::clamp<unsigned>(std::thread::hardware_concurrency(), 1u, 16u));
+  std::vector<std::thread> threads;
+  for (int32_t w = 0; w < workers; ++w)
+    threads.emplace_back([&, w] {
+      for (int32_t seq = w; seq < kv.batch_size; seq += workers)
+        reference_one_sequence(host_params, seq, out.data());
+    });
+  for (auto& t : threads) t.join();
+  return out;
+}
+
+}  // namespace l2kv

@@ -1,0 +1,377 @@
+// Split-KV decode attention (see split_decode.h). One thread block = one work item: a slice
+// of one (sequence, KV head). Per 64-token tile, K and V are copied into shared memory by a
+// multi-stage cp.async pipeline (16-byte copies, swizzled rows for conflict-free ldmatrix);
+// each of the 4 warps takes 16 tokens and computes S = Q K^T and O += P V with m16n8k16
+// tensor-core MMAs, where the M dimension holds the group's query heads (at most 8 of 16
+// rows used; the MMA has compute to spare in a memory-bound kernel) and keeps its own online
+// softmax state. The warps' states merge in shared memory; a split sequence's last block to
+// finish merges all slices' partials.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cmath>
+
+#include "l2kv/core/cuda_check.h"
+#include "l2kv/kernels/attention/split_decode_kernel.h"
+#include "l2kv/kernels/cache_hints.cuh"
+#include "l2kv/kernels/tensor_core.cuh"
+#include "l2kv/kv_cache/paged_kv_prefetch.cuh"
+
+namespace l2kv {
+namespace {
+
+constexpr int kWarps = 4;
+constexpr int kThreads = kWarps * 32;
+constexpr int kWarpTokens = kSplitTileTokens / kWarps;  // 16: one MMA k-step of P.V
+constexpr float kLog2e = 1.4426950408889634f;
+
+template <int kHeadDim>
+struct SplitShape {
+  static constexpr int kStages = kHeadDim == 128 ? 3 : 4;
+  static constexpr int kChunksPerRow = kHeadDim / 8;          // 16-byte chunks per token row
+  static constexpr int kRowsPerCopyPass = kThreads / kChunksPerRow;
+  static constexpr int kCopyPasses = kSplitTileTokens / kRowsPerCopyPass;
+  static constexpr int kTileElems = kSplitTileTokens * kHeadDim;
+  static constexpr int kKSteps = kHeadDim / 16;   // MMA k-steps of Q.K
+  static constexpr int kOutTiles = kHeadDim / 8;  // MMA n-tiles of P.V
+  static constexpr size_t kSmemBytes = size_t{kStages} * 2 * kTileElems * 2;
+  static_assert(kThreads % kChunksPerRow == 0 && kSplitTileTokens % kRowsPerCopyPass == 0);
+  // The cross-warp merge reuses the pipeline buffers.
+  static_assert(kWarps * kMaxGqaGroup * (kHeadDim + 2) * sizeof(float) <= kSmemBytes);
+};
+
+// Element offset of 16-byte chunk `chunk` of row `row` in a swizzled [64][D] tile: the chunk
+// index is XORed with row % 8 so the 8 rows an ldmatrix reads hit 8 different bank groups.
+template <int kHeadDim>
+__device__ __forceinline__ int swizzled(int row, int chunk) {
+  return row * kHeadDim + ((chunk ^ (row & 7)) << 3);
+}
+
+template <typename T, int kHeadDim>
+__device__ __forceinline__ void load_tile(const SplitKernelArgs& a, const SplitWorkItem& item,
+                                          int tile_begin, T* k_tile, T* v_tile, int block_shift,
+                                          bool evict_first, uint64_t load_policy) {
+  using Shape = SplitShape<kHeadDim>;
+  const PagedKvCache& kv = a.params.kv;
+  const int32_t* table = kv.block_table + static_cast<int64_t>(item.seq) * kv.max_blocks_per_seq;
+  const T* k_pool = static_cast<const T*>(kv.k_pool);
+  const T* v_pool = static_cast<const T*>(kv.v_pool);
+  const int chunk = threadIdx.x % Shape::kChunksPerRow;
+#pragma unroll
+  for (int pass = 0; pass < Shape::kCopyPasses; ++pass) {
+    const int row = threadIdx.x / Shape::kChunksPerRow + pass * Shape::kRowsPerCopyPass;
+    const int token = tile_begin + row;
+    const bool valid = token < item.token_end;
+    int64_t offset = 0;  // masked rows read nothing from the pool's start
+    if (valid) {
+      const int32_t physical = __ldg(table + (token >> block_shift));
+      offset = kv.offset(physical, token & (kv.block_size - 1), item.kv_head) + chunk * 8;
+    }
+    const uint32_t bytes = valid ? 16 : 0;
+    const int dst = swizzled<kHeadDim>(row, chunk);
+    if (evict_first) {
+      ptx::cp_async_16(k_tile + dst, k_pool + offset, bytes, load_policy);
+      ptx::cp_async_16(v_tile + dst, v_pool + offset, bytes, load_policy);
+    } else {
+      ptx::cp_async_16(k_tile + dst, k_pool + offset, bytes);
+      ptx::cp_async_16(v_tile + dst, v_pool + offset, bytes);
+    }
+  }
+}
+
+// L2 prefetch of one future tile, spread over the block's threads.
+template <typename T>
+__device__ __forceinline__ void prefetch_tile(const SplitKernelArgs& a, const SplitWorkItem& item,
+                                              int tile_begin, int block_shift) {
+  const PagedKvCache& kv = a.params.kv;
+  const int32_t* table = kv.block_table + static_cast<int64_t>(item.seq) * kv.max_blocks_per_seq;
+  const int tile_end = min(tile_begin + kSplitTileTokens, item.token_end);
+  const int first_block = tile_begin >> block_shift;
+  const int last_block = (tile_end - 1) >> block_shift;
+  const int blocks = last_block - first_block + 1;
+  // Half the threads serve K, half V; within each, HND uses one thread per block and NHD one
+  // thread per token row.
+  const int half = kThreads / 2;
+  const int tid = threadIdx.x % half;
+  const T* pool = static_cast<const T*>(threadIdx.x < half ? kv.k_pool : kv.v_pool);
+  if (kv.layout == KvLayout::kHND) {
+    if (tid >= blocks) return;
+    const int block = first_block + tid;
+    const int begin = max(tile_begin, block << block_shift) - (block << block_shift);
+    const int end = min(tile_end, (block + 1) << block_shift) - (block << block_shift);
+    prefetch_kv_block(kv, pool, __ldg(table + block), item.kv_head, begin, end, 0, 1,
+                      a.prefetch_hint);
+  } else {
+    const int token = tile_begin + tid;
+    if (token >= tile_end) return;
+    const int block = token >> block_shift;
+    const int in_block = token & (kv.block_size - 1);
+    prefetch_kv_block(kv, pool, __ldg(table + block), item.kv_head, in_block, in_block + 1, 0, 1,
+                      a.prefetch_hint);
+  }
+}
+
+template <typename T, int kHeadDim>
+__global__ void __launch_bounds__(kThreads) split_decode_kernel(const SplitKernelArgs a) {
+  using Shape = SplitShape<kHeadDim>;
+  using Traits = tc::ElementTraits<T>;
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  T* smem = reinterpret_cast<T*>(smem_raw);
+  __shared__ int is_last_arrival;
+
+  const SplitWorkItem item = a.items[blockIdx.x];
+  const DecodeAttentionParams& p = a.params;
+  const int group = p.num_q_heads / p.kv.num_kv_heads;
+  const int warp = threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  const int block_shift = __ffs(p.kv.block_size) - 1;
+  const bool evict_first = a.load_hint == L2EvictionHint::kEvictFirst;
+  const uint64_t load_policy = evict_first ? ptx::make_l2_policy(L2EvictionHint::kEvictFirst) : 0;
+  const int num_tiles = (item.token_end - item.token_begin + kSplitTileTokens - 1) / kSplitTileTokens;
+
+  auto k_stage = [&](int s) { return smem + s * 2 * Shape::kTileElems; };
+  auto v_stage = [&](int s) { return smem + s * 2 * Shape::kTileElems + Shape::kTileElems; };
+
+  // Prologue: fill all but one stage.
+#pragma unroll
+  for (int s = 0; s < Shape::kStages - 1; ++s) {
+    if (s < num_tiles)
+      load_tile<T, kHeadDim>(a, item, item.token_begin + s * kSplitTileTokens, k_stage(s),
+                             v_stage(s), block_shift, evict_first, load_policy);
+    ptx::cp_async_commit();
+  }
+
+  // Q as the MMA's A operand: row = query head of the group (lane / 4), rows >= group are 0.
+  const int head_row = lane / 4;
+  const int quad = lane % 4;
+  uint32_t q_frag[Shape::kKSteps][4];
+  {
+    const T* q = static_cast<const T*>(p.q) +
+                 (static_cast<int64_t>(item.seq) * p.num_q_heads + item.kv_head * group + head_row) *
+                     kHeadDim;
+    const bool has_row = head_row < group;
+#pragma unroll
+    for (int ks = 0; ks < Shape::kKSteps; ++ks) {
+      q_frag[ks][0] = has_row ? *reinterpret_cast<const uint32_t*>(q + ks * 16 + quad * 2) : 0u;
+      q_frag[ks][1] = 0u;
+      q_frag[ks][2] = has_row ? *reinterpret_cast<const uint32_t*>(q + ks * 16 + 8 + quad * 2) : 0u;
+      q_frag[ks][3] = 0u;
+    }
+  }
+  const float scale_log2 = p.softmax_scale * kLog2e;
+
+  float o_acc[Shape::kOutTiles][4] = {};
+  float row_max = -INFINITY;  // for query head `head_row`, in log2 units
+  float row_sum = 0.f;        // this lane's share; the quad's four lanes sum at the end
+
+  for (int tile = 0; tile < num_tiles; ++tile) {
+    ptx::cp_async_wait<Shape::kStages - 2>();
+    __syncthreads();  // tile `tile` is in shared memory; stage (tile - 1) is free
+    {
+      const int next = tile + Shape::kStages - 1;
+      if (next < num_tiles) {
+        const int s = next % Shape::kStages;
+        load_tile<T, kHeadDim>(a, item, item.token_begin + next * kSplitTileTokens, k_stage(s),
+                               v_stage(s), block_shift, evict_first, load_policy);
+      }
+      ptx::cp_async_commit();
+      const int ahead = next + a.prefetch_distance;
+      if (a.prefetch_distance > 0 && ahead < num_tiles)
+        prefetch_tile<T>(a, item, item.token_begin + ahead * kSplitTileTokens, block_shift);
+    }
+    const T* k_tile = k_stage(tile % Shape::kStages);
+    const T* v_tile = v_stage(tile % Shape::kStages);
+    const int warp_row = warp * kWarpTokens;
+
+    // S = Q K^T for this warp's 16 tokens: two n-tiles of 8 tokens.
+    float s_acc[2][4] = {};
+#pragma unroll
+    for (int ks = 0; ks < Shape::kKSteps; ++ks) {
+      uint32_t k_frag[4];
+      const int row = warp_row + (lane / 16) * 8 + (lane % 8);
+      const int chunk = ks * 2 + (lane / 8) % 2;
+      tc::ldmatrix_x4(k_frag, k_tile + swizzled<kHeadDim>(row, chunk));
+      const uint32_t b0[2] = {k_frag[0], k_frag[1]};
+      const uint32_t b1[2] = {k_frag[2], k_frag[3]};
+      tc::mma_m16n8k16<T>(s_acc[0], q_frag[ks], b0);
+      tc::mma_m16n8k16<T>(s_acc[1], q_frag[ks], b1);
+    }
+
+    // Online softmax on row `head_row` (c0, c1 of each n-tile; c2, c3 are padding rows).
+    const int token0 = item.token_begin + tile * kSplitTileTokens + warp_row + quad * 2;
+    float logits[2][2];
+    float tile_max = -INFINITY;
+#pragma unroll
+    for (int n = 0; n < 2; ++n)
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        const bool valid = token0 + n * 8 + i < item.token_end;
+        logits[n][i] = valid ? s_acc[n][i] * scale_log2 : -INFINITY;
+        tile_max = fmaxf(tile_max, logits[n][i]);
+      }
+    tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
+    tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
+    const float new_max = fmaxf(row_max, tile_max);
+    // A warp whose tokens are all masked keeps max -inf: use 0 to avoid (-inf) - (-inf).
+    const float safe_max = new_max == -INFINITY ? 0.f : new_max;
+    const float correction = exp2f(row_max - safe_max);
+    row_max = new_max;
+    float probs[2][2];
+#pragma unroll
+    for (int n = 0; n < 2; ++n)
+#pragma unroll
+      for (int i = 0; i < 2; ++i) probs[n][i] = exp2f(logits[n][i] - safe_max);
+    row_sum = row_sum * correction + probs[0][0] + probs[0][1] + probs[1][0] + probs[1][1];
+#pragma unroll
+    for (int t = 0; t < Shape::kOutTiles; ++t) {
+      o_acc[t][0] *= correction;
+      o_acc[t][1] *= correction;
+    }
+
+    // O += P V: P (16 heads x 16 tokens) is the A operand straight from the S registers.
+    const uint32_t p_frag[4] = {Traits::pack(probs[0][0], probs[0][1]), 0u,
+                                Traits::pack(probs[1][0], probs[1][1]), 0u};
+#pragma unroll
+    for (int dp = 0; dp < Shape::kOutTiles / 2; ++dp) {
+      uint32_t v_frag[4];
+      const int row = warp_row + (lane % 8) + ((lane / 8) % 2) * 8;
+      const int chunk = dp * 2 + lane / 16;
+      tc::ldmatrix_x4_trans(v_frag, v_tile + swizzled<kHeadDim>(row, chunk));
+      const uint32_t b0[2] = {v_frag[0], v_frag[1]};
+      const uint32_t b1[2] = {v_frag[2], v_frag[3]};
+      tc::mma_m16n8k16<T>(o_acc[2 * dp], p_frag, b0);
+      tc::mma_m16n8k16<T>(o_acc[2 * dp + 1], p_frag, b1);
+    }
+  }
+  ptx::cp_async_wait<0>();
+  row_sum += __shfl_xor_sync(0xffffffffu, row_sum, 1);
+  row_sum += __shfl_xor_sync(0xffffffffu, row_sum, 2);
+  __syncthreads();  // all warps are done with the pipeline buffers
+
+  // Merge the 4 warps' states in shared memory: [warp][head] max and sum, [warp][head][D] O.
+  float* warp_max = reinterpret_cast<float*>(smem_raw);
+  float* warp_sum = warp_max + kWarps * kMaxGqaGroup;
+  float* warp_out = warp_sum + kWarps * kMaxGqaGroup;
+  if (quad == 0) {
+    warp_max[warp * kMaxGqaGroup + head_row] = row_max;
+    warp_sum[warp * kMaxGqaGroup + head_row] = row_sum;
+  }
+#pragma unroll
+  for (int t = 0; t < Shape::kOutTiles; ++t) {
+    float* dst = warp_out + (warp * kMaxGqaGroup + head_row) * kHeadDim + t * 8 + quad * 2;
+    dst[0] = o_acc[t][0];
+    dst[1] = o_acc[t][1];
+  }
+  __syncthreads();
+
+  T* out = static_cast<T*>(p.out);
+  const int64_t out_row0 = static_cast<int64_t>(item.seq) * p.num_q_heads + item.kv_head * group;
+  for (int i = threadIdx.x; i < group * kHeadDim; i += kThreads) {
+    const int h = i / kHeadDim;
+    const int d = i % kHeadDim;
+    float m = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) m = fmaxf(m, warp_max[w * kMaxGqaGroup + h]);
+    float sum = 0.f;
+    float acc = 0.f;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) {
+      const float weight = exp2f(warp_max[w * kMaxGqaGroup + h] - m);  // 0 for empty warps
+      sum += warp_sum[w * kMaxGqaGroup + h] * weight;
+      acc += warp_out[(w * kMaxGqaGroup + h) * kHeadDim + d] * weight;
+    }
+    if (item.partial_slot < 0) {
+      out[(out_row0 + h) * kHeadDim + d] = Traits::from_float(acc / sum);
+    } else {
+      a.partial_out[(static_cast<int64_t>(item.partial_slot) * group + h) * kHeadDim + d] = acc / sum;
+      if (d == 0) a.partial_lse[static_cast<int64_t>(item.partial_slot) * group + h] = m + log2f(sum);
+    }
+  }
+  if (item.partial_slot < 0) return;
+
+  // The last slice of this (sequence, KV head) to finish merges all partials.
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    const int splits = a.pair_num_splits[item.pair];
+    const int arrived = atomicAdd(a.pair_arrivals + item.pair, 1) + 1;
+    is_last_arrival = arrived == splits;
+    if (is_last_arrival) a.pair_arrivals[item.pair] = 0;  // ready for the next launch
+  }
+  __syncthreads();
+  if (!is_last_arrival) return;
+  __threadfence();
+  const int splits = a.pair_num_splits[item.pair];
+  const int first = a.pair_first_slot[item.pair];
+  for (int i = threadIdx.x; i < group * kHeadDim; i += kThreads) {
+    const int h = i / kHeadDim;
+    const int d = i % kHeadDim;
+    float m = -INFINITY;
+    for (int s = 0; s < splits; ++s)
+      m = fmaxf(m, __ldcg(a.partial_lse + static_cast<int64_t>(first + s) * group + h));
+    float sum = 0.f;
+    float acc = 0.f;
+    for (int s = 0; s < splits; ++s) {
+      const int64_t slot = first + s;
+      const float weight = exp2f(__ldcg(a.partial_lse + slot * group + h) - m);
+      sum += weight;
+      acc += weight * __ldcg(a.partial_out + (slot * group + h) * kHeadDim + d);
+    }
+    out[(out_row0 + h) * kHeadDim + d] = Traits::from_float(acc / sum);
+  }
+}
+
+template <typename T, int kHeadDim>
+auto kernel_for() {
+  static const auto kernel = [] {
+    auto k = split_decode_kernel<T, kHeadDim>;
+    L2KV_CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         static_cast<int>(SplitShape<kHeadDim>::kSmemBytes)));
+    return k;
+  }();
+  return kernel;
+}
+
+template <typename T, int kHeadDim>
+int32_t ctas_per_sm() {
+  int blocks = 0;
+  L2KV_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
+      &blocks, kernel_for<T, kHeadDim>(), kThreads, SplitShape<kHeadDim>::kSmemBytes));
+  return blocks;
+}
+
+template <typename T, int kHeadDim>
+void launch(const SplitKernelArgs& args, int32_t num_items, cudaStream_t stream) {
+  kernel_for<T, kHeadDim>()<<<num_items, kThreads, SplitShape<kHeadDim>::kSmemBytes, stream>>>(args);
+  L2KV_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace
+
+int32_t split_decode_stages(int32_t head_dim) {
+  return head_dim == 128 ? SplitShape<128>::kStages : SplitShape<64>::kStages;
+}
+
+int32_t split_decode_ctas_per_sm(DType dtype, int32_t head_dim) {
+  const bool bf16 = dtype == DType::kBFloat16;
+  if (head_dim == 128) return bf16 ? ctas_per_sm<__nv_bfloat16, 128>() : ctas_per_sm<__half, 128>();
+  if (head_dim == 64) return bf16 ? ctas_per_sm<__nv_bfloat16, 64>() : ctas_per_sm<__half, 64>();
+  throw Error("split decode: unsupported head_dim " + std::to_string(head_dim));
+}
+
+void launch_split_decode_kernel(const SplitKernelArgs& args, int32_t num_items,
+                                cudaStream_t stream) {
+  const bool bf16 = args.params.kv.dtype == DType::kBFloat16;
+  switch (args.params.kv.head_dim) {
+    case 128:
+      return bf16 ? launch<__nv_bfloat16, 128>(args, num_items, stream)
+                  : launch<__half, 128>(args, num_items, stream);
+    case 64:
+      return bf16 ? launch<__nv_bfloat16, 64>(args, num_items, stream)
+                  : launch<__half, 64>(args, num_items, stream);
+    default:
+      throw Error("split decode: unsupported head_dim " + std::to_string(args.params.kv.head_dim));
+  }
+}
+
+}  // namespace l2kv

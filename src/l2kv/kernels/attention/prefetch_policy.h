@@ -1,0 +1,35 @@
+// How a decode-attention kernel uses L2 prefetch: a typed, run-time parameter of the API.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace l2kv {
+
+enum class PrefetchMode : uint8_t {
+  kOff,            // no L2 prefetch
+  kFixedDistance,  // prefetch `distance` steps ahead of the step being computed
+  kAuto,           // distance chosen so the bytes in flight stay within half the L2
+};
+
+// Cache-eviction priority attached to prefetches (and, for kEvictFirst, to streaming loads).
+enum class L2EvictionHint : uint8_t { kNormal, kEvictFirst, kEvictLast };
+
+struct PrefetchPolicy {
+  PrefetchMode mode = PrefetchMode::kOff;
+  int32_t distance = 1;  // steps ahead; a step is one warp iteration (paged_v1) or one tile (split)
+  L2EvictionHint prefetch_hint = L2EvictionHint::kNormal;
+  L2EvictionHint load_hint = L2EvictionHint::kNormal;
+
+  static PrefetchPolicy off() { return {}; }
+  static PrefetchPolicy fixed(int32_t steps) { return {PrefetchMode::kFixedDistance, steps}; }
+  static PrefetchPolicy automatic() { return {PrefetchMode::kAuto, 0}; }
+  bool enabled() const { return mode != PrefetchMode::kOff; }
+};
+
+// "off", "on:N" (fixed distance N), "auto"; an optional suffix "+evict_last" / "+evict_first"
+// sets the prefetch hint, "+stream" marks KV loads evict_first. Throws l2kv::Error otherwise.
+PrefetchPolicy parse_prefetch_policy(const std::string& text);
+std::string to_string(const PrefetchPolicy& policy);
+
+}  // namespace l2kv

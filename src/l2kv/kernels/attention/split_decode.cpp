@@ -1,0 +1,103 @@
+#include "l2kv/kernels/attention/split_decode.h"
+
+#include <algorithm>
+
+#include "l2kv/core/cuda_check.h"
+#include "l2kv/kernels/attention/split_decode_kernel.h"
+
+namespace l2kv {
+
+SplitDecode::SplitDecode(int device) : info_(query_device_info(device)) {}
+
+SplitDecode::~SplitDecode() {
+  for (DeviceBuffer* b : {&items_, &pair_num_splits_, &pair_first_slot_, &pair_arrivals_,
+                          &partial_out_, &partial_lse_})
+    if (b->ptr) cudaFree(b->ptr);  // no throwing from a destructor
+}
+
+void SplitDecode::reserve(DeviceBuffer& buffer, size_t bytes, bool zero) {
+  if (bytes <= buffer.bytes) return;
+  if (buffer.ptr) L2KV_CUDA_CHECK(cudaFree(buffer.ptr));
+  buffer = {};
+  const size_t rounded = std::max<size_t>(bytes + bytes / 2, 256);  // amortize regrowth
+  L2KV_CUDA_CHECK(cudaMalloc(&buffer.ptr, rounded));
+  buffer.bytes = rounded;
+  if (zero) L2KV_CUDA_CHECK(cudaMemset(buffer.ptr, 0, rounded));
+}
+
+void SplitDecode::plan(const DecodeAttentionParams& params, std::span<const int32_t> host_seq_lens,
+                       cudaStream_t stream) {
+  validate_decode_attention(params, host_seq_lens);
+  const PagedKvCache& kv = params.kv;
+  if (ctas_per_sm_ == 0 || planned_dtype_ != kv.dtype || planned_head_dim_ != kv.head_dim)
+    ctas_per_sm_ = split_decode_ctas_per_sm(kv.dtype, kv.head_dim);
+  SplitPlanConfig config;
+  config.tile_tokens = kSplitTileTokens;
+  config.concurrent_ctas = info_.sm_count * std::max(1, ctas_per_sm_);
+  plan_ = plan_split_decode(host_seq_lens, kv.num_kv_heads, config);
+  planned_dtype_ = kv.dtype;
+  planned_head_dim_ = kv.head_dim;
+  planned_group_ = params.group_size();
+  planned_batch_ = kv.batch_size;
+  planned_kv_heads_ = kv.num_kv_heads;
+
+  const size_t pairs = plan_.pair_num_splits.size();
+  const size_t slots = std::max<int32_t>(plan_.num_partial_slots, 1);
+  reserve(items_, plan_.items.size() * sizeof(SplitWorkItem), false);
+  reserve(pair_num_splits_, pairs * sizeof(int32_t), false);
+  reserve(pair_first_slot_, pairs * sizeof(int32_t), false);
+  reserve(pair_arrivals_, pairs * sizeof(int32_t), true);
+  reserve(partial_out_, slots * planned_group_ * kv.head_dim * sizeof(float), false);
+  reserve(partial_lse_, slots * planned_group_ * sizeof(float), false);
+  // Pageable sources: the copy is staged before cudaMemcpyAsync returns, so the next plan()
+  // may overwrite plan_ safely.
+  L2KV_CUDA_CHECK(cudaMemcpyAsync(items_.ptr, plan_.items.data(),
+                                  plan_.items.size() * sizeof(SplitWorkItem),
+                                  cudaMemcpyHostToDevice, stream));
+  L2KV_CUDA_CHECK(cudaMemcpyAsync(pair_num_splits_.ptr, plan_.pair_num_splits.data(),
+                                  pairs * sizeof(int32_t), cudaMemcpyHostToDevice, stream));
+  L2KV_CUDA_CHECK(cudaMemcpyAsync(pair_first_slot_.ptr, plan_.pair_first_slot.data(),
+                                  pairs * sizeof(int32_t), cudaMemcpyHostToDevice, stream));
+}
+
+int32_t SplitDecode::prefetch_distance(const PrefetchPolicy& policy) const {
+  switch (policy.mode) {
+    case PrefetchMode::kOff:
+      return 0;
+    case PrefetchMode::kFixedDistance:
+      return std::max(1, policy.distance);
+    case PrefetchMode::kAuto: {
+      // Bytes in flight per resident block: the pipeline's stages plus the prefetched tiles;
+      // keep the prefetched part within half the L2 so lines are not evicted before use.
+      const int64_t tile_bytes = int64_t{2} * kSplitTileTokens * planned_head_dim_ * 2;
+      const int64_t resident = std::min<int64_t>(
+          static_cast<int64_t>(plan_.items.size()), int64_t{info_.sm_count} * std::max(1, ctas_per_sm_));
+      const int64_t budget_tiles = info_.l2_bytes / 2 / std::max<int64_t>(1, resident * tile_bytes);
+      return static_cast<int32_t>(std::clamp<int64_t>(budget_tiles, 1, 8));
+    }
+  }
+  return 0;
+}
+
+void SplitDecode::run(const DecodeAttentionParams& params, const PrefetchPolicy& policy,
+                      cudaStream_t stream) const {
+  const PagedKvCache& kv = params.kv;
+  if (plan_.items.empty() || kv.batch_size != planned_batch_ || kv.num_kv_heads != planned_kv_heads_ ||
+      kv.head_dim != planned_head_dim_ || kv.dtype != planned_dtype_ ||
+      params.group_size() != planned_group_)
+    throw Error("split decode: run() called with a shape that differs from the last plan()");
+  SplitKernelArgs args;
+  args.params = params;
+  args.items = static_cast<const SplitWorkItem*>(items_.ptr);
+  args.pair_num_splits = static_cast<const int32_t*>(pair_num_splits_.ptr);
+  args.pair_first_slot = static_cast<const int32_t*>(pair_first_slot_.ptr);
+  args.pair_arrivals = static_cast<int32_t*>(pair_arrivals_.ptr);
+  args.partial_out = static_cast<float*>(partial_out_.ptr);
+  args.partial_lse = static_cast<float*>(partial_lse_.ptr);
+  args.prefetch_distance = prefetch_distance(policy);
+  args.prefetch_hint = policy.prefetch_hint;
+  args.load_hint = policy.load_hint;
+  launch_split_decode_kernel(args, static_cast<int32_t>(plan_.items.size()), stream);
+}
+
+}  // namespace l2kv

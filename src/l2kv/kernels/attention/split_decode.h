@@ -1,0 +1,65 @@
+// SplitDecode: l2kv's production decode-attention kernel. Split-KV: each (sequence, KV head)
+// is cut into slices planned on the host so all SMs stay busy; one thread block serves all
+// query heads of its KV head from one K/V load through a cp.async pipeline and tensor cores;
+// the last block of a split sequence merges the partial results. L2 prefetch of upcoming
+// pages is a PrefetchPolicy.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+#include <span>
+
+#include "l2kv/core/device_info.h"
+#include "l2kv/kernels/attention/decode_attention.h"
+#include "l2kv/kernels/attention/split_plan.h"
+
+namespace l2kv {
+
+class SplitDecode {
+ public:
+  explicit SplitDecode(int device = 0);
+  ~SplitDecode();
+  SplitDecode(const SplitDecode&) = delete;
+  SplitDecode& operator=(const SplitDecode&) = delete;
+
+  // Plans the work for these host-side lengths and uploads the plan on `stream`. Allocates
+  // device memory only when this plan outgrows every earlier one. Validates `params`.
+  void plan(const DecodeAttentionParams& params, std::span<const int32_t> host_seq_lens,
+            cudaStream_t stream);
+
+  // Runs the last plan; no allocation and no host synchronization, so a CUDA graph can
+  // capture it. The shape of `params` must match the one planned for.
+  void run(const DecodeAttentionParams& params, const PrefetchPolicy& policy,
+           cudaStream_t stream) const;
+
+  // The prefetch distance in tiles that `policy` resolves to for the current plan.
+  int32_t prefetch_distance(const PrefetchPolicy& policy) const;
+
+  const SplitPlan& current_plan() const { return plan_; }
+  const DeviceInfo& device_info() const { return info_; }
+
+ private:
+  struct DeviceBuffer {
+    void* ptr = nullptr;
+    size_t bytes = 0;
+  };
+  void reserve(DeviceBuffer& buffer, size_t bytes, bool zero);
+
+  DeviceInfo info_;
+  SplitPlan plan_;
+  DType planned_dtype_ = DType::kBFloat16;
+  int32_t planned_head_dim_ = 0;
+  int32_t planned_group_ = 0;
+  int32_t planned_batch_ = 0;
+  int32_t planned_kv_heads_ = 0;
+  int32_t ctas_per_sm_ = 0;
+  DeviceBuffer items_;
+  DeviceBuffer pair_num_splits_;
+  DeviceBuffer pair_first_slot_;
+  DeviceBuffer pair_arrivals_;
+  DeviceBuffer partial_out_;
+  DeviceBuffer partial_lse_;
+};
+
+}  // namespace l2kv

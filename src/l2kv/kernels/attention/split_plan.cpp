@@ -1,0 +1,120 @@
+#include "l2kv/kernels/attention/split_plan.h"
+
+#include <algorithm>
+#include <functional>
+#include <queue>
+#include <string>
+
+#include "l2kv/core/error.h"
+
+namespace l2kv {
+namespace {
+
+int32_t ceil_div(int64_t a, int64_t b) { return static_cast<int32_t>((a + b - 1) / b); }
+
+// Number of slices and slice length (tiles) when no slice may exceed `max_tiles`.
+struct Slicing {
+  int32_t count;
+  int32_t tiles_each;
+};
+Slicing slice(int32_t tiles, int32_t max_tiles) {
+  const int32_t count = ceil_div(tiles, max_tiles);
+  const int32_t each = ceil_div(tiles, count);
+  return {ceil_div(tiles, each), each};
+}
+
+// Makespan of a longest-first greedy schedule of all slices on `slots` parallel slots.
+double estimate_makespan(std::span<const int32_t> seq_tiles, int32_t num_kv_heads,
+                         int32_t max_tiles, const SplitPlanConfig& config) {
+  std::vector<int32_t> costs;
+  for (int32_t tiles : seq_tiles) {
+    const Slicing s = slice(tiles, max_tiles);
+    for (int32_t i = 0; i < s.count; ++i) {
+      const int32_t slice_tiles = std::min(s.tiles_each, tiles - i * s.tiles_each);
+      costs.insert(costs.end(), num_kv_heads, slice_tiles + config.cta_overhead_tiles);
+    }
+  }
+  std::sort(costs.begin(), costs.end(), std::greater<>());
+  std::priority_queue<int64_t, std::vector<int64_t>, std::greater<>> slots;
+  for (int32_t i = 0; i < config.concurrent_ctas; ++i) slots.push(0);
+  int64_t makespan = 0;
+  for (int32_t c : costs) {
+    const int64_t start = slots.top();
+    slots.pop();
+    slots.push(start + c);
+    makespan = std::max(makespan, start + c);
+  }
+  return static_cast<double>(makespan);
+}
+
+}  // namespace
+
+SplitPlan plan_split_decode(std::span<const int32_t> seq_lens, int32_t num_kv_heads,
+                            const SplitPlanConfig& config) {
+  if (seq_lens.empty()) throw Error("split plan: empty batch");
+  if (num_kv_heads <= 0 || config.tile_tokens <= 0 || config.concurrent_ctas <= 0)
+    throw Error("split plan: heads, tile size and concurrency must be positive");
+  std::vector<int32_t> seq_tiles(seq_lens.size());
+  int32_t longest = 0;
+  int64_t total_tiles = 0;
+  for (size_t i = 0; i < seq_lens.size(); ++i) {
+    if (seq_lens[i] <= 0)
+      throw Error("split plan: sequence " + std::to_string(i) + " has length " +
+                  std::to_string(seq_lens[i]));
+    seq_tiles[i] = ceil_div(seq_lens[i], config.tile_tokens);
+    longest = std::max(longest, seq_tiles[i]);
+    total_tiles += static_cast<int64_t>(seq_tiles[i]) * num_kv_heads;
+  }
+  const int64_t pairs = static_cast<int64_t>(seq_lens.size()) * num_kv_heads;
+
+  // Candidate slice lengths: longest / k. With many more pairs than slots, splitting cannot
+  // help the balance much and only adds merge work, so keep whole sequences.
+  int32_t best_tiles = longest;
+  double best_cost = estimate_makespan(seq_tiles, num_kv_heads, longest, config);
+  if (pairs < 4LL * config.concurrent_ctas) {
+    int32_t previous = longest;
+    for (int32_t k = 2; k <= 64; ++k) {
+      const int32_t candidate = ceil_div(longest, k);
+      if (candidate == previous) continue;
+      previous = candidate;
+      // Beyond ~8 waves of slices the schedule is balanced already.
+      if (total_tiles / candidate > 8LL * config.concurrent_ctas) break;
+      const double cost = estimate_makespan(seq_tiles, num_kv_heads, candidate, config);
+      if (cost < best_cost) {
+        best_cost = cost;
+        best_tiles = candidate;
+      }
+      if (candidate == 1) break;
+    }
+  }
+
+  SplitPlan plan;
+  plan.tiles_per_split = best_tiles;
+  plan.estimated_makespan_tiles = best_cost;
+  plan.pair_num_splits.assign(pairs, 0);
+  plan.pair_first_slot.assign(pairs, -1);
+  for (size_t seq = 0; seq < seq_lens.size(); ++seq) {
+    const Slicing s = slice(seq_tiles[seq], best_tiles);
+    const int32_t slice_tokens = s.tiles_each * config.tile_tokens;
+    for (int32_t h = 0; h < num_kv_heads; ++h) {
+      const int32_t pair = static_cast<int32_t>(seq) * num_kv_heads + h;
+      plan.pair_num_splits[pair] = s.count;
+      if (s.count > 1) {
+        plan.pair_first_slot[pair] = plan.num_partial_slots;
+        plan.num_partial_slots += s.count;
+      }
+      for (int32_t i = 0; i < s.count; ++i) {
+        const int32_t begin = i * slice_tokens;
+        const int32_t end = std::min(seq_lens[seq], begin + slice_tokens);
+        const int32_t slot = s.count > 1 ? plan.pair_first_slot[pair] + i : -1;
+        plan.items.push_back({static_cast<int32_t>(seq), h, begin, end, slot, pair});
+      }
+    }
+  }
+  std::stable_sort(plan.items.begin(), plan.items.end(), [](const auto& a, const auto& b) {
+    return a.token_end - a.token_begin > b.token_end - b.token_begin;
+  });
+  return plan;
+}
+
+}  // namespace l2kv

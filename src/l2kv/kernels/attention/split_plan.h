@@ -1,0 +1,42 @@
+// Host-side plan of the split-KV decode kernel: which thread block computes which slice of
+// which (sequence, KV head), chosen so that every SM is busy for any mix of lengths.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <vector>
+
+namespace l2kv {
+
+// One thread block's work: tokens [token_begin, token_end) of one (sequence, KV head).
+struct SplitWorkItem {
+  int32_t seq;
+  int32_t kv_head;
+  int32_t token_begin;
+  int32_t token_end;
+  int32_t partial_slot;  // -1: the only split, writes the output directly
+  int32_t pair;          // seq * num_kv_heads + kv_head
+};
+
+struct SplitPlanConfig {
+  int32_t tile_tokens = 64;       // tokens a thread block loads per pipeline stage
+  int32_t concurrent_ctas = 264;  // thread blocks resident at once (SMs x blocks per SM)
+  int32_t cta_overhead_tiles = 1;  // fixed cost of a thread block, in tiles (prologue, merge)
+};
+
+struct SplitPlan {
+  int32_t tiles_per_split = 0;             // longest slice, in tiles
+  std::vector<SplitWorkItem> items;        // longest first
+  std::vector<int32_t> pair_num_splits;    // [batch * num_kv_heads]
+  std::vector<int32_t> pair_first_slot;    // partial slots of a pair are consecutive; -1 if none
+  int32_t num_partial_slots = 0;
+  double estimated_makespan_tiles = 0;     // the planner's cost model, for tests and logs
+};
+
+// Splits every (sequence, KV head) into slices of whole tiles. The slice length is chosen
+// among candidates by a greedy longest-first schedule on `concurrent_ctas` slots, which
+// models the hardware's block scheduler. Lengths must be positive.
+SplitPlan plan_split_decode(std::span<const int32_t> seq_lens, int32_t num_kv_heads,
+                            const SplitPlanConfig& config);
+
+}  // namespace l2kv

@@ -1,0 +1,61 @@
+// The PTX of l2kv's memory paths, in one place: L2 prefetch (plain and bulk), L2 eviction
+// policies, and 16-byte asynchronous global->shared copies. Kernels call these by name with a
+// typed L2EvictionHint; no asm appears in kernel bodies.
+#pragma once
+
+#include <cstdint>
+
+#include "l2kv/kernels/attention/prefetch_policy.h"
+
+namespace l2kv::ptx {
+
+// A 64-bit L2 cache policy for `.L2::cache_hint` operands.
+__device__ __forceinline__ uint64_t make_l2_policy(L2EvictionHint hint) {
+  uint64_t policy = 0;
+  switch (hint) {
+    case L2EvictionHint::kEvictFirst:
+      asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
+      break;
+    case L2EvictionHint::kEvictLast:
+      asm volatile("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;" : "=l"(policy));
+      break;
+    case L2EvictionHint::kNormal:
+      asm volatile("createpolicy.fractional.L2::evict_normal.b64 %0, 1.0;" : "=l"(policy));
+      break;
+  }
+  return policy;
+}
+
+// Non-blocking prefetch of `bytes` (a multiple of 16, 16-byte aligned) into L2 by the bulk
+// copy engine (sm_90). One instruction covers a whole contiguous KV block.
+__device__ __forceinline__ void bulk_prefetch_l2(const void* gmem, uint32_t bytes) {
+  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(gmem), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void bulk_prefetch_l2(const void* gmem, uint32_t bytes,
+                                                 uint64_t policy) {
+  asm volatile("cp.async.bulk.prefetch.L2.global.L2::cache_hint [%0], %1, %2;" ::"l"(gmem),
+               "r"(bytes), "l"(policy)
+               : "memory");
+}
+
+// 16-byte async copy global->shared, bypassing L1. `src_bytes` < 16 zero-fills the rest
+// (0 reads nothing: used for the masked tail of a tile).
+__device__ __forceinline__ void cp_async_16(void* smem, const void* gmem, uint32_t src_bytes) {
+  const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(s), "l"(gmem), "r"(src_bytes)
+               : "memory");
+}
+__device__ __forceinline__ void cp_async_16(void* smem, const void* gmem, uint32_t src_bytes,
+                                            uint64_t policy) {
+  const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2, %3;" ::"r"(s),
+               "l"(gmem), "r"(src_bytes), "l"(policy)
+               : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+template <int kPending>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;" ::"n"(kPending) : "memory");
+}
+
+}  // namespace l2kv::ptx

@@ -1,0 +1,81 @@
+// Shared pieces of l2kv's tests: random paged decode problems on the host, device buffers,
+// error metrics, and the skip rule for machines without a GPU.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <random>
+#include <vector>
+
+#include "l2kv/core/cuda_check.h"
+#include "l2kv/kernels/attention/decode_attention.h"
+
+namespace l2kv::testing {
+
+#define L2KV_SKIP_WITHOUT_GPU()                                                    \
+  do {                                                                             \
+    if (!::l2kv::cuda_device_available()) GTEST_SKIP() << "no CUDA GPU: skipped"; \
+  } while (0)
+
+// True when L2KV_TEST_QUICK is set: smaller grids, for runs under compute-sanitizer.
+bool quick_mode();
+
+struct DecodeProblemConfig {
+  DType dtype = DType::kBFloat16;
+  KvLayout layout = KvLayout::kHND;
+  int32_t head_dim = 128;
+  int32_t num_q_heads = 32;
+  int32_t num_kv_heads = 8;
+  int32_t block_size = 16;
+  std::vector<int32_t> seq_lens;
+  int32_t spare_blocks = 7;  // unused blocks scattered through the pool
+  uint64_t seed = 1;
+  float q_scale = 2.f;       // larger logits make the softmax non-trivial
+};
+
+// A random decode problem on the host: values uniform in [-1, 1) (q times q_scale), a
+// shuffled pool (each sequence's blocks are scattered, non-contiguous), table padding -1.
+struct DecodeProblem {
+  DecodeProblemConfig config;
+  std::vector<uint16_t> q, k_pool, v_pool;
+  std::vector<int32_t> block_table;
+  int32_t num_blocks = 0;
+  int32_t max_blocks_per_seq = 0;
+
+  static DecodeProblem make(const DecodeProblemConfig& config);
+  // Params whose pointers refer to this object's host vectors.
+  DecodeAttentionParams host_params();
+  int32_t max_seq_len() const;
+};
+
+// Device copies of a problem plus a poisoned output buffer.
+class DeviceDecodeProblem {
+ public:
+  explicit DeviceDecodeProblem(DecodeProblem& host);
+  ~DeviceDecodeProblem();
+  DeviceDecodeProblem(const DeviceDecodeProblem&) = delete;
+  DeviceDecodeProblem& operator=(const DeviceDecodeProblem&) = delete;
+
+  const DecodeAttentionParams& params() const { return params_; }
+  // Fills the output with NaN bit patterns so unwritten elements cannot pass.
+  void poison_output();
+  std::vector<float> download_output() const;
+
+ private:
+  DecodeAttentionParams params_;
+  std::vector<void*> allocations_;
+  size_t out_elems_ = 0;
+};
+
+struct ErrorStats {
+  double relative_l2 = 0;  // ||out - ref|| / ||ref||
+  double max_abs = 0;
+  int64_t non_finite = 0;
+};
+ErrorStats compare(const std::vector<float>& out, const std::vector<float>& ref);
+
+// Random lengths in [1, max_len], with some forced to block boundaries +-1.
+std::vector<int32_t> random_lengths(int32_t batch, int32_t max_len, uint64_t seed);
+
+}  // namespace l2kv::testing

@@ -1,0 +1,104 @@
+#include "l2kv/kernels/attention/split_plan.h"
+
+#include <gtest/gtest.h>
+
+#include <map>
+#include <random>
+
+#include "l2kv/core/error.h"
+
+namespace l2kv {
+namespace {
+
+// Every token of every (sequence, head) is covered exactly once, slices are whole tiles except
+// at the sequence end, and partial slots are consecutive per pair.
+void expect_consistent(const SplitPlan& plan, const std::vector<int32_t>& lens, int32_t heads,
+                       int32_t tile) {
+  std::map<int32_t, std::vector<const SplitWorkItem*>> by_pair;
+  for (const auto& item : plan.items) by_pair[item.pair].push_back(&item);
+  ASSERT_EQ(by_pair.size(), lens.size() * heads);
+  int32_t slots_seen = 0;
+  for (auto& [pair, items] : by_pair) {
+    const int32_t seq = pair / heads;
+    std::sort(items.begin(), items.end(),
+              [](auto* a, auto* b) { return a->token_begin < b->token_begin; });
+    ASSERT_EQ(static_cast<int32_t>(items.size()), plan.pair_num_splits[pair]);
+    int32_t expected_begin = 0;
+    for (size_t i = 0; i < items.size(); ++i) {
+      const auto& it = *items[i];
+      EXPECT_EQ(it.seq, seq);
+      EXPECT_EQ(it.kv_head, pair % heads);
+      EXPECT_EQ(it.token_begin, expected_begin);
+      EXPECT_EQ(it.token_begin % tile, 0);
+      EXPECT_GT(it.token_end, it.token_begin);
+      EXPECT_LE(it.token_end - it.token_begin, plan.tiles_per_split * tile);
+      if (items.size() == 1) {
+        EXPECT_EQ(it.partial_slot, -1);
+      } else {
+        EXPECT_EQ(it.partial_slot, plan.pair_first_slot[pair] + static_cast<int32_t>(i));
+        ++slots_seen;
+      }
+      expected_begin = it.token_end;
+    }
+    EXPECT_EQ(expected_begin, lens[seq]);
+  }
+  EXPECT_EQ(slots_seen, plan.num_partial_slots);
+  for (size_t i = 1; i < plan.items.size(); ++i)
+    EXPECT_GE(plan.items[i - 1].token_end - plan.items[i - 1].token_begin,
+              plan.items[i].token_end - plan.items[i].token_begin);
+}
+
+TEST(SplitPlan, SingleLongSequenceFillsTheMachine) {
+  SplitPlanConfig config{64, 264, 1};
+  const std::vector<int32_t> lens{8192};
+  const SplitPlan plan = plan_split_decode(lens, 8, config);
+  expect_consistent(plan, lens, 8, 64);
+  // 1024 tiles on 264 slots: without splitting, 8 blocks would do all the work.
+  EXPECT_GE(plan.items.size(), 200u);
+  EXPECT_LE(plan.estimated_makespan_tiles, 8.0);
+}
+
+TEST(SplitPlan, LargeBatchKeepsWholeSequences) {
+  SplitPlanConfig config{64, 264, 1};
+  const std::vector<int32_t> lens(128, 4608);
+  const SplitPlan plan = plan_split_decode(lens, 8, config);
+  expect_consistent(plan, lens, 8, 64);
+  EXPECT_EQ(plan.items.size(), 128u * 8u);
+  EXPECT_EQ(plan.num_partial_slots, 0);
+}
+
+TEST(SplitPlan, AvoidsAPartialSecondWave) {
+  // 16 x 8 = 128 pairs of 72 tiles on 264 slots: two slices each fill one wave exactly.
+  SplitPlanConfig config{64, 264, 1};
+  const std::vector<int32_t> lens(16, 4608);
+  const SplitPlan plan = plan_split_decode(lens, 8, config);
+  expect_consistent(plan, lens, 8, 64);
+  EXPECT_LE(plan.items.size(), 264u);
+  EXPECT_LE(plan.estimated_makespan_tiles, 37.0 + 1e-9);
+}
+
+TEST(SplitPlan, RaggedBatchesStayConsistent) {
+  std::mt19937 rng(7);
+  for (int trial = 0; trial < 20; ++trial) {
+    std::uniform_int_distribution<int32_t> batch_dist(1, 256), len_dist(1, 40000);
+    std::vector<int32_t> lens(batch_dist(rng));
+    for (auto& l : lens) l = len_dist(rng);
+    const int32_t heads = 1 + trial % 8;
+    SplitPlanConfig config{64, 132 * (1 + trial % 3), 1};
+    const SplitPlan plan = plan_split_decode(lens, heads, config);
+    expect_consistent(plan, lens, heads, 64);
+  }
+}
+
+TEST(SplitPlan, RejectsBadInput) {
+  SplitPlanConfig config;
+  const std::vector<int32_t> empty;
+  EXPECT_THROW(plan_split_decode(empty, 8, config), Error);
+  const std::vector<int32_t> zero{4, 0};
+  EXPECT_THROW(plan_split_decode(zero, 8, config), Error);
+  const std::vector<int32_t> ok{4};
+  EXPECT_THROW(plan_split_decode(ok, 0, config), Error);
+}
+
+}  // namespace
+}  // namespace l2kv
