@@ -14,6 +14,7 @@ namespace l2kv {
 struct KvPrefetch {
   int32_t distance = 0;  // steps ahead; 0 disables prefetch
   L2EvictionHint hint = L2EvictionHint::kNormal;
+  bool group_leader_only = true;  // paged_v1 under GQA: see PrefetchPolicy
 };
 
 // Prefetches tokens [token_begin, token_end) of `physical_block` (token indices within the

@@ -42,9 +42,11 @@ PrefetchPolicy parse_prefetch_policy(const std::string& text) {
       policy.prefetch_hint = L2EvictionHint::kEvictFirst;
     else if (suffix == "stream")
       policy.load_hint = L2EvictionHint::kEvictFirst;
+    else if (suffix == "every_head")
+      policy.group_leader_only = false;
     else
       throw Error("prefetch policy '" + text + "': unknown suffix '+" + suffix +
-                  "' (expected +evict_last, +evict_first or +stream)");
+                  "' (expected +evict_last, +evict_first, +stream or +every_head)");
   }
   if (base == "off") {
     policy.mode = PrefetchMode::kOff;
@@ -80,6 +82,7 @@ std::string to_string(const PrefetchPolicy& policy) {
   if (policy.prefetch_hint == L2EvictionHint::kEvictLast) s += "+evict_last";
   if (policy.prefetch_hint == L2EvictionHint::kEvictFirst) s += "+evict_first";
   if (policy.load_hint == L2EvictionHint::kEvictFirst) s += "+stream";
+  if (!policy.group_leader_only) s += "+every_head";
   return s;
 }
 

@@ -54,13 +54,17 @@ __global__ void __launch_bounds__(kV1Threads)
   const int warp = threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
   const PagedKvCache& kv = p.kv;
-  const int kv_head = head / (p.num_q_heads / kv.num_kv_heads);
+  const int group = p.num_q_heads / kv.num_kv_heads;
+  const int kv_head = head / group;
   const int len = kv.seq_lens[seq];
   const int num_seq_blocks = (len + kBlockSize - 1) / kBlockSize;
   const int32_t* table = kv.block_table + static_cast<int64_t>(seq) * kv.max_blocks_per_seq;
   const T* k_pool = static_cast<const T*>(kv.k_pool);
   const T* v_pool = static_cast<const T*>(kv.v_pool);
-  const int prefetch_stride = prefetch.distance * kV1Warps;  // blocks ahead; 0 = off
+  // Blocks ahead; 0 = off. Under GQA the group's thread blocks read the same KV and run side
+  // by side, so by default only the first of them prefetches: the others' would be redundant.
+  const bool prefetches = !prefetch.group_leader_only || head % group == 0;
+  const int prefetch_stride = prefetches ? prefetch.distance * kV1Warps : 0;
 
   const T* q = static_cast<const T*>(p.q) + (static_cast<int64_t>(seq) * p.num_q_heads + head) * kHeadDim;
   for (int i = threadIdx.x; i < kHeadDim; i += kV1Threads) q_smem[i] = Traits::to_float(q[i]);
@@ -223,6 +227,7 @@ void paged_v1_decode(const DecodeAttentionParams& params, const PrefetchPolicy& 
   if (policy.enabled()) {
     prefetch.distance = policy.mode == PrefetchMode::kFixedDistance ? std::max(1, policy.distance) : 1;
     prefetch.hint = policy.prefetch_hint;
+    prefetch.group_leader_only = policy.group_leader_only;
   }
   if (params.kv.dtype == DType::kBFloat16)
     dispatch_head_dim<__nv_bfloat16>(params, prefetch, stream);

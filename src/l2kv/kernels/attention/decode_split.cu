@@ -111,6 +111,53 @@ __device__ __forceinline__ void prefetch_tile(const SplitKernelArgs& a, const Sp
   }
 }
 
+// Combines the normalized partial outputs of all slices of one (sequence, KV head) by their
+// log-sum-exp weights. The weights go to shared memory once; the partial loads of each output
+// element are unrolled so many are in flight (this runs on the critical path's tail).
+template <typename T, int kHeadDim>
+__device__ __forceinline__ void merge_partials(const SplitKernelArgs& a, const SplitWorkItem& item,
+                                               int group, T* out, unsigned char* smem_raw) {
+  using Traits = tc::ElementTraits<T>;
+  constexpr int kUnroll = 8;
+  const int splits = a.pair_num_splits[item.pair];
+  const int64_t first = a.pair_first_slot[item.pair];
+  float* weights = reinterpret_cast<float*>(smem_raw);  // [group][splits], then 1/sum per head
+  float* inv_sums = weights + group * splits;
+  for (int i = threadIdx.x; i < group * splits; i += kThreads) {
+    const int h = i / splits, s = i % splits;
+    weights[h * splits + s] = __ldcg(a.partial_lse + (first + s) * group + h);
+  }
+  __syncthreads();
+  for (int h = threadIdx.x; h < group; h += kThreads) {
+    float m = -INFINITY;
+    for (int s = 0; s < splits; ++s) m = fmaxf(m, weights[h * splits + s]);
+    float sum = 0.f;
+    for (int s = 0; s < splits; ++s) {
+      const float w = exp2f(weights[h * splits + s] - m);
+      weights[h * splits + s] = w;
+      sum += w;
+    }
+    inv_sums[h] = 1.f / sum;
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < group * kHeadDim; i += kThreads) {
+    const int h = i / kHeadDim;
+    const float* partial = a.partial_out + (first * group + h) * kHeadDim + i % kHeadDim;
+    const int64_t slot_stride = int64_t{group} * kHeadDim;
+    float acc = 0.f;
+    int s = 0;
+    for (; s + kUnroll <= splits; s += kUnroll) {
+      float v[kUnroll];
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) v[u] = __ldcg(partial + (s + u) * slot_stride);
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) acc += weights[h * splits + s + u] * v[u];
+    }
+    for (; s < splits; ++s) acc += weights[h * splits + s] * __ldcg(partial + s * slot_stride);
+    out[i] = Traits::from_float(acc * inv_sums[h]);
+  }
+}
+
 template <typename T, int kHeadDim>
 __global__ void __launch_bounds__(kThreads) split_decode_kernel(const SplitKernelArgs a) {
   using Shape = SplitShape<kHeadDim>;
@@ -132,7 +179,8 @@ __global__ void __launch_bounds__(kThreads) split_decode_kernel(const SplitKerne
   auto k_stage = [&](int s) { return smem + s * 2 * Shape::kTileElems; };
   auto v_stage = [&](int s) { return smem + s * 2 * Shape::kTileElems + Shape::kTileElems; };
 
-  // Prologue: fill all but one stage.
+  // Prologue: fill all but one stage, then put the next `prefetch_distance` tiles in flight
+  // to L2, so from the start that many tiles beyond the pipeline are on their way.
 #pragma unroll
   for (int s = 0; s < Shape::kStages - 1; ++s) {
     if (s < num_tiles)
@@ -140,6 +188,8 @@ __global__ void __launch_bounds__(kThreads) split_decode_kernel(const SplitKerne
                              v_stage(s), block_shift, evict_first, load_policy);
     ptx::cp_async_commit();
   }
+  for (int t = Shape::kStages - 1; t < min(num_tiles, Shape::kStages - 1 + a.prefetch_distance); ++t)
+    prefetch_tile<T>(a, item, item.token_begin + t * kSplitTileTokens, block_shift);
 
   // Q as the MMA's A operand: row = query head of the group (lane / 4), rows >= group are 0.
   const int head_row = lane / 4;
@@ -301,26 +351,8 @@ __global__ void __launch_bounds__(kThreads) split_decode_kernel(const SplitKerne
   __syncthreads();
   if (!is_last_arrival) return;
   __threadfence();
-  const int splits = a.pair_num_splits[item.pair];
-  const int first = a.pair_first_slot[item.pair];
-  for (int i = threadIdx.x; i < group * kHeadDim; i += kThreads) {
-    const int h = i / kHeadDim;
-    const int d = i % kHeadDim;
-    float m = -INFINITY;
-    for (int s = 0; s < splits; ++s)
-      m = fmaxf(m, __ldcg(a.partial_lse + static_cast<int64_t>(first + s) * group + h));
-    float sum = 0.f;
-    float acc = 0.f;
-    for (int s = 0; s < splits; ++s) {
-      const int64_t slot = first + s;
-      const float weight = exp2f(__ldcg(a.partial_lse + slot * group + h) - m);
-      sum += weight;
-      acc += weight * __ldcg(a.partial_out + (slot * group + h) * kHeadDim + d);
-    }
-    out[(out_row0 + h) * kHeadDim + d] = Traits::from_float(acc / sum);
-  }
+  merge_partials<T, kHeadDim>(a, item, group, out + out_row0 * kHeadDim, smem_raw);
 }
-
 template <typename T, int kHeadDim>
 auto kernel_for() {
   static const auto kernel = [] {

@@ -20,6 +20,9 @@ struct PrefetchPolicy {
   int32_t distance = 1;  // steps ahead; a step is one warp iteration (paged_v1) or one tile (split)
   L2EvictionHint prefetch_hint = L2EvictionHint::kNormal;
   L2EvictionHint load_hint = L2EvictionHint::kNormal;
+  // paged_v1 under GQA: only the first query head of a group prefetches (the group's other
+  // thread blocks read the same KV from L2). False = every head prefetches, as Algorithm 1.
+  bool group_leader_only = true;
 
   static PrefetchPolicy off() { return {}; }
   static PrefetchPolicy fixed(int32_t steps) { return {PrefetchMode::kFixedDistance, steps}; }
@@ -27,8 +30,9 @@ struct PrefetchPolicy {
   bool enabled() const { return mode != PrefetchMode::kOff; }
 };
 
-// "off", "on:N" (fixed distance N), "auto"; an optional suffix "+evict_last" / "+evict_first"
-// sets the prefetch hint, "+stream" marks KV loads evict_first. Throws l2kv::Error otherwise.
+// "off", "on:N" (fixed distance N), "auto"; optional suffixes: "+evict_last" / "+evict_first"
+// set the prefetch hint, "+stream" marks KV loads evict_first, "+every_head" makes every
+// query head of a GQA group prefetch in paged_v1. Throws l2kv::Error otherwise.
 PrefetchPolicy parse_prefetch_policy(const std::string& text);
 std::string to_string(const PrefetchPolicy& policy);
 
