@@ -49,6 +49,7 @@ struct Options {
   int reps = 50;
   double max_kv_gib = 40;
   bool profile_once = false;
+  bool graph_timing = true;
   std::string json_path;
 };
 
@@ -80,15 +81,30 @@ double median(std::vector<double> v) {
 
 // Times `reps` launches of `launch`, each preceded by `before` (not timed), with events around
 // the launch alone; returns the median in µs. Nothing synchronizes the host between reps.
+// With `in_graph`, the whole loop is captured into one CUDA graph and replayed once: the
+// events then time the kernel as an engine's captured decode step runs it, without the
+// host launch path (~4 µs per launch event-timed on the H100 machine).
 template <typename Before, typename Launch>
-double time_median_us(int reps, Before before, Launch launch, cudaStream_t stream) {
+double time_median_us(int reps, Before before, Launch launch, cudaStream_t stream,
+                      bool in_graph = false) {
   std::vector<cudaEvent_t> events(2 * reps);
   for (auto& e : events) L2KV_CUDA_CHECK(cudaEventCreate(&e));
+  cudaGraph_t graph = nullptr;
+  if (in_graph) L2KV_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
   for (int r = 0; r < reps; ++r) {
     before();
-    L2KV_CUDA_CHECK(cudaEventRecord(events[2 * r], stream));
+    L2KV_CUDA_CHECK(cudaEventRecordWithFlags(events[2 * r], stream, in_graph ? cudaEventRecordExternal : 0));
     launch();
-    L2KV_CUDA_CHECK(cudaEventRecord(events[2 * r + 1], stream));
+    L2KV_CUDA_CHECK(cudaEventRecordWithFlags(events[2 * r + 1], stream, in_graph ? cudaEventRecordExternal : 0));
+  }
+  if (in_graph) {
+    L2KV_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
+    cudaGraphExec_t exec = nullptr;
+    L2KV_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+    L2KV_CUDA_CHECK(cudaGraphLaunch(exec, stream));
+    L2KV_CUDA_CHECK(cudaStreamSynchronize(stream));
+    cudaGraphExecDestroy(exec);
+    cudaGraphDestroy(graph);
   }
   L2KV_CUDA_CHECK(cudaStreamSynchronize(stream));
   std::vector<double> us(reps);
@@ -104,9 +120,16 @@ double time_median_us(int reps, Before before, Launch launch, cudaStream_t strea
 struct Machine {
   DeviceInfo info;
   cudaStream_t stream = nullptr;
-  DeviceArray<uint8_t> flush_buffer{size_t{256} << 20};  // > 2x the L2
+  // Cold L2: write 256 MiB (> 2x the L2), then read another 256 MiB so the L2 ends full of
+  // clean, unrelated lines. Without the read, the timed kernel would also pay for writing
+  // back ~50 MB of dirty lines, which is the flush's cost, not the kernel's.
+  DeviceArray<uint8_t> flush_write{size_t{256} << 20};
+  DeviceArray<uint8_t> flush_read{size_t{256} << 20};
+  DeviceArray<uint32_t> flush_sink{size_t{132} * 8 * 256};
   void flush_l2() const {
-    L2KV_CUDA_CHECK(cudaMemsetAsync(flush_buffer.get(), 0x5a, flush_buffer.size(), stream));
+    L2KV_CUDA_CHECK(cudaMemsetAsync(flush_write.get(), 0x5a, flush_write.size(), stream));
+    launch_streaming_read(flush_read.get(), static_cast<int64_t>(flush_read.size()), flush_sink.get(),
+                          std::min(info.sm_count, 132), stream);
   }
 };
 
@@ -194,6 +217,10 @@ nlohmann::json run_point(const Machine& m, SplitDecode& split, const HeadLayout&
     const double bytes = static_cast<double>(kv_bytes_moved + qo_bytes);
     r["cold_us"] = cold;
     r["warm_us"] = warm;
+    if (opt.graph_timing && v.kernel == "split") {
+      r["cold_graph_us"] = time_median_us(opt.reps, [&] { m.flush_l2(); }, launch, m.stream, true);
+      r["warm_graph_us"] = time_median_us(opt.reps, [] {}, launch, m.stream, true);
+    }
     r["cold_gbps"] = bytes / (cold * 1e-6) / 1e9;
     r["warm_gbps"] = bytes / (warm * 1e-6) / 1e9;
     point["results"].push_back(r);
@@ -271,8 +298,9 @@ int run(const Options& opt, const std::string& command_line) {
                 std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
             std::string line;
             for (const auto& r : point["results"])
-              line += " " + r["kernel"].get<std::string>() + "[" + r["prefetch"].get<std::string>() +
-                      "] " + format_us(r, "cold_us") + "/" + format_us(r, "warm_us");
+                      line += " " + r["kernel"].get<std::string>() + "[" + r["prefetch"].get<std::string>() +
+                      "] " + format_us(r, "cold_us") + "/" + format_us(r, "warm_us") +
+                      (r.contains("cold_graph_us") ? " g" + format_us(r, "cold_graph_us") + "/" + format_us(r, "warm_graph_us") : "");
             std::printf("[%zu/%zu %.0fs] %s %s b%d B=%d S=%d %.0fMiB%s%s\n", done, total, elapsed,
                         layout_name.c_str(), model.c_str(), block_size, batch, context,
                         point["kv_mib"].get<double>(), point.contains("skipped") ? " skipped" : "",
@@ -316,6 +344,9 @@ int main(int argc, char** argv) {
   app.add_option("--reps", opt.reps, "Timed repetitions per point, cold and warm each (median reported)")
       ->check(CLI::Range(1, 100000))->capture_default_str();
   app.add_option("--max-kv-gib", opt.max_kv_gib, "Skip points whose KV cache exceeds this many GiB")->capture_default_str();
+  app.add_flag("--graph-timing,!--no-graph-timing", opt.graph_timing,
+               "Also time split inside a CUDA graph (cold_graph_us, warm_graph_us)")
+      ->capture_default_str();
   app.add_flag("--profile-once", opt.profile_once, "Run each variant once after an L2 flush, untimed (for ncu)");
   app.add_option("--json", opt.json_path, "Write all results as JSON to this file");
   CLI11_PARSE(app, argc, argv);
