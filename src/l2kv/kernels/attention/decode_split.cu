@@ -112,13 +112,15 @@ __device__ __forceinline__ void prefetch_tile(const SplitKernelArgs& a, const Sp
 }
 
 // Combines the normalized partial outputs of all slices of one (sequence, KV head) by their
-// log-sum-exp weights. The weights go to shared memory once; the partial loads of each output
-// element are unrolled so many are in flight (this runs on the critical path's tail).
+// log-sum-exp weights. This runs on the kernel's tail, so it is built for latency: the weights
+// go to shared memory once, then each thread owns 4 output dims of one head and keeps 8
+// 16-byte partial loads in flight.
 template <typename T, int kHeadDim>
 __device__ __forceinline__ void merge_partials(const SplitKernelArgs& a, const SplitWorkItem& item,
                                                int group, T* out, unsigned char* smem_raw) {
   using Traits = tc::ElementTraits<T>;
   constexpr int kUnroll = 8;
+  constexpr int kQuads = kHeadDim / 4;
   const int splits = a.pair_num_splits[item.pair];
   const int64_t first = a.pair_first_slot[item.pair];
   float* weights = reinterpret_cast<float*>(smem_raw);  // [group][splits], then 1/sum per head
@@ -140,21 +142,33 @@ __device__ __forceinline__ void merge_partials(const SplitKernelArgs& a, const S
     inv_sums[h] = 1.f / sum;
   }
   __syncthreads();
-  for (int i = threadIdx.x; i < group * kHeadDim; i += kThreads) {
-    const int h = i / kHeadDim;
-    const float* partial = a.partial_out + (first * group + h) * kHeadDim + i % kHeadDim;
-    const int64_t slot_stride = int64_t{group} * kHeadDim;
-    float acc = 0.f;
+  const int64_t slot_stride = int64_t{group} * kQuads;  // in float4
+  for (int i = threadIdx.x; i < group * kQuads; i += kThreads) {
+    const int h = i / kQuads;
+    const float4* partial = reinterpret_cast<const float4*>(a.partial_out) + first * slot_stride + i;
+    const float* w = weights + h * splits;
+    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+    auto accumulate = [&](float weight, float4 v) {
+      acc.x += weight * v.x;
+      acc.y += weight * v.y;
+      acc.z += weight * v.z;
+      acc.w += weight * v.w;
+    };
     int s = 0;
     for (; s + kUnroll <= splits; s += kUnroll) {
-      float v[kUnroll];
+      float4 v[kUnroll];
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) v[u] = __ldcg(partial + (s + u) * slot_stride);
 #pragma unroll
-      for (int u = 0; u < kUnroll; ++u) acc += weights[h * splits + s + u] * v[u];
+      for (int u = 0; u < kUnroll; ++u) accumulate(w[s + u], v[u]);
     }
-    for (; s < splits; ++s) acc += weights[h * splits + s] * __ldcg(partial + s * slot_stride);
-    out[i] = Traits::from_float(acc * inv_sums[h]);
+    for (; s < splits; ++s) accumulate(w[s], __ldcg(partial + s * slot_stride));
+    const float inv = inv_sums[h];
+    T* o = out + static_cast<int64_t>(i) * 4;
+    o[0] = Traits::from_float(acc.x * inv);
+    o[1] = Traits::from_float(acc.y * inv);
+    o[2] = Traits::from_float(acc.z * inv);
+    o[3] = Traits::from_float(acc.w * inv);
   }
 }
 

@@ -34,6 +34,7 @@ void SplitDecode::plan(const DecodeAttentionParams& params, std::span<const int3
   SplitPlanConfig config;
   config.tile_tokens = kSplitTileTokens;
   config.concurrent_ctas = info_.sm_count * std::max(1, ctas_per_sm_);
+  config.group_size = params.group_size();
   plan_ = plan_split_decode(host_seq_lens, kv.num_kv_heads, config);
   planned_dtype_ = kv.dtype;
   planned_head_dim_ = kv.head_dim;

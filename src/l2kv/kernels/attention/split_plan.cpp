@@ -26,25 +26,30 @@ Slicing slice(int32_t tiles, int32_t max_tiles) {
 // Makespan of a longest-first greedy schedule of all slices on `slots` parallel slots.
 double estimate_makespan(std::span<const int32_t> seq_tiles, int32_t num_kv_heads,
                          int32_t max_tiles, const SplitPlanConfig& config) {
-  std::vector<int32_t> costs;
+  std::vector<double> costs;
   for (int32_t tiles : seq_tiles) {
     const Slicing s = slice(tiles, max_tiles);
+    // The merging block is the pair's last to finish: charge the merge to its shortest slice.
+    const double merge = s.count > 1 ? config.merge_fixed_tiles + s.count * config.group_size *
+                                                                      config.merge_tiles_per_partial_head
+                                     : 0.0;
     for (int32_t i = 0; i < s.count; ++i) {
       const int32_t slice_tiles = std::min(s.tiles_each, tiles - i * s.tiles_each);
-      costs.insert(costs.end(), num_kv_heads, slice_tiles + config.cta_overhead_tiles);
+      const double cost = slice_tiles + config.cta_overhead_tiles + (i == s.count - 1 ? merge : 0.0);
+      costs.insert(costs.end(), num_kv_heads, cost);
     }
   }
   std::sort(costs.begin(), costs.end(), std::greater<>());
-  std::priority_queue<int64_t, std::vector<int64_t>, std::greater<>> slots;
+  std::priority_queue<double, std::vector<double>, std::greater<>> slots;
   for (int32_t i = 0; i < config.concurrent_ctas; ++i) slots.push(0);
-  int64_t makespan = 0;
-  for (int32_t c : costs) {
-    const int64_t start = slots.top();
+  double makespan = 0;
+  for (double c : costs) {
+    const double start = slots.top();
     slots.pop();
     slots.push(start + c);
     makespan = std::max(makespan, start + c);
   }
-  return static_cast<double>(makespan);
+  return makespan;
 }
 
 }  // namespace

@@ -21,7 +21,12 @@ struct SplitWorkItem {
 struct SplitPlanConfig {
   int32_t tile_tokens = 64;       // tokens a thread block loads per pipeline stage
   int32_t concurrent_ctas = 264;  // thread blocks resident at once (SMs x blocks per SM)
-  int32_t cta_overhead_tiles = 1;  // fixed cost of a thread block, in tiles (prologue, merge)
+  int32_t cta_overhead_tiles = 1;  // fixed cost of a thread block, in tiles (prologue)
+  // The last block of a split pair merges all its partials after an atomic handshake; its
+  // extra cost in tiles is merge_fixed_tiles + splits * group * merge_tiles_per_partial_head.
+  int32_t group_size = 1;
+  double merge_fixed_tiles = 2.0;
+  double merge_tiles_per_partial_head = 1.0 / 16;
 };
 
 struct SplitPlan {
