@@ -50,6 +50,8 @@ struct Options {
   double max_kv_gib = 40;
   bool profile_once = false;
   bool graph_timing = true;
+  std::string flush = "clean";
+  int split_tiles = 0;
   std::string json_path;
 };
 
@@ -126,8 +128,10 @@ struct Machine {
   DeviceArray<uint8_t> flush_write{size_t{256} << 20};
   DeviceArray<uint8_t> flush_read{size_t{256} << 20};
   DeviceArray<uint32_t> flush_sink{size_t{132} * 8 * 256};
+  bool flush_leaves_dirty_lines = false;  // --flush write: the write alone (GPU.md's method)
   void flush_l2() const {
     L2KV_CUDA_CHECK(cudaMemsetAsync(flush_write.get(), 0x5a, flush_write.size(), stream));
+    if (flush_leaves_dirty_lines) return;
     launch_streaming_read(flush_read.get(), static_cast<int64_t>(flush_read.size()), flush_sink.get(),
                           std::min(info.sm_count, 132), stream);
   }
@@ -189,6 +193,7 @@ nlohmann::json run_point(const Machine& m, SplitDecode& split, const HeadLayout&
   validate_decode_attention(p, host_lens, host_table);
   split.plan(p, host_lens, m.stream);
   point["split_items"] = split.current_plan().items.size();
+  point["split_tiles_per_slice"] = split.current_plan().tiles_per_split;
 
   for (const Variant& v : variants) {
     nlohmann::json r = {{"kernel", v.kernel}, {"prefetch", to_string(v.policy)}};
@@ -248,6 +253,7 @@ int run(const Options& opt, const std::string& command_line) {
     return 2;
   }
   L2KV_CUDA_CHECK(cudaStreamCreate(&m.stream));
+  m.flush_leaves_dirty_lines = opt.flush == "write";
   const DType dtype = opt.dtype == "fp16" ? DType::kFloat16 : DType::kBFloat16;
 
   std::vector<Variant> variants;
@@ -272,14 +278,17 @@ int run(const Options& opt, const std::string& command_line) {
                            {"command", command_line},
                            {"dtype", opt.dtype},
                            {"reps", opt.reps},
+                           {"flush", opt.flush},
                            {"read_ceiling_gbps", ceiling},
                            {"empty_kernel_us", empty_us},
                            {"points", nlohmann::json::array()}};
   std::printf("l2kv decode-attention benchmark on %s (%d SMs, %.0f MiB L2), %s, %d reps\n",
               m.info.name.c_str(), m.info.sm_count, m.info.l2_bytes / 1048576.0, opt.dtype.c_str(), opt.reps);
-  std::printf("streaming-read ceiling %.0f GB/s; empty kernel %.1f us (event-timed)\n", ceiling, empty_us);
+  std::printf("streaming-read ceiling %.0f GB/s; empty kernel %.1f us (event-timed); cold flush: %s\n",
+              ceiling, empty_us, opt.flush.c_str());
 
   SplitDecode split(0);
+  split.set_forced_tiles_per_split(opt.split_tiles);
   const auto started = std::chrono::steady_clock::now();
   size_t done = 0;
   const size_t total = opt.models.size() * opt.batches.size() * opt.contexts.size() *
@@ -346,6 +355,16 @@ int main(int argc, char** argv) {
   app.add_option("--max-kv-gib", opt.max_kv_gib, "Skip points whose KV cache exceeds this many GiB")->capture_default_str();
   app.add_flag("--graph-timing,!--no-graph-timing", opt.graph_timing,
                "Also time split inside a CUDA graph (cold_graph_us, warm_graph_us)")
+      ->capture_default_str();
+  app.add_option("--flush", opt.flush,
+                 "Cold-L2 flush before each cold repetition: clean (write 256 MiB, then read another 256 MiB "
+                 "so the L2 holds clean lines) or write (the write alone; the kernel then also pays the "
+                 "write-back of dirty lines)")
+      ->check(CLI::IsMember({"clean", "write"}))
+      ->capture_default_str();
+  app.add_option("--split-tiles", opt.split_tiles,
+                 "Force split's slice length in 64-token tiles (0 = the planner's choice; for tuning)")
+      ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   app.add_flag("--profile-once", opt.profile_once, "Run each variant once after an L2 flush, untimed (for ncu)");
   app.add_option("--json", opt.json_path, "Write all results as JSON to this file");

@@ -29,6 +29,8 @@ def main():
     ap.add_argument("--backends", nargs="+", default=list(BACKENDS))
     ap.add_argument("--reps", type=int, default=50)
     ap.add_argument("--max-kv-gib", type=float, default=40)
+    ap.add_argument("--flush", choices=["clean", "write"], default="clean",
+                    help="as l2kv_bench_decode --flush")
     ap.add_argument("--json", required=True)
     args = ap.parse_args()
 
@@ -38,7 +40,8 @@ def main():
 
     def flush():
         flush_write.fill_(0x5A)
-        flush_read.sum()  # leaves the L2 full of clean lines, as l2kv_bench_decode does
+        if args.flush == "clean":
+            flush_read.sum()  # leaves the L2 full of clean lines, as l2kv_bench_decode does
 
     def timed(fn, before, reps):
         starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
@@ -89,7 +92,7 @@ def main():
                 results.append(row)
     with open(args.json, "w") as f:
         json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__,
-                   "command": " ".join(sys.argv), "results": results}, f, indent=1)
+                   "command": " ".join(sys.argv), "flush": args.flush, "results": results}, f, indent=1)
 
 
 if __name__ == "__main__":

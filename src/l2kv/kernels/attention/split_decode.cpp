@@ -35,6 +35,7 @@ void SplitDecode::plan(const DecodeAttentionParams& params, std::span<const int3
   config.tile_tokens = kSplitTileTokens;
   config.concurrent_ctas = info_.sm_count * std::max(1, ctas_per_sm_);
   config.group_size = params.group_size();
+  config.forced_tiles_per_split = forced_tiles_per_split_;
   plan_ = plan_split_decode(host_seq_lens, kv.num_kv_heads, config);
   planned_dtype_ = kv.dtype;
   planned_head_dim_ = kv.head_dim;

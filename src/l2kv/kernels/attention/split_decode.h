@@ -36,6 +36,9 @@ class SplitDecode {
   // The prefetch distance in tiles that `policy` resolves to for the current plan.
   int32_t prefetch_distance(const PrefetchPolicy& policy) const;
 
+  // Tuning and benchmarking: fix the slice length in tiles of 64 tokens (0 = planner's choice).
+  void set_forced_tiles_per_split(int32_t tiles) { forced_tiles_per_split_ = tiles; }
+
   const SplitPlan& current_plan() const { return plan_; }
   const DeviceInfo& device_info() const { return info_; }
 
@@ -54,6 +57,7 @@ class SplitDecode {
   int32_t planned_batch_ = 0;
   int32_t planned_kv_heads_ = 0;
   int32_t ctas_per_sm_ = 0;
+  int32_t forced_tiles_per_split_ = 0;
   DeviceBuffer items_;
   DeviceBuffer pair_num_splits_;
   DeviceBuffer pair_first_slot_;

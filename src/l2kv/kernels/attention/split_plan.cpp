@@ -76,7 +76,10 @@ SplitPlan plan_split_decode(std::span<const int32_t> seq_lens, int32_t num_kv_he
   // help the balance much and only adds merge work, so keep whole sequences.
   int32_t best_tiles = longest;
   double best_cost = estimate_makespan(seq_tiles, num_kv_heads, longest, config);
-  if (pairs < 4LL * config.concurrent_ctas) {
+  if (config.forced_tiles_per_split > 0) {
+    best_tiles = std::min(longest, config.forced_tiles_per_split);
+    best_cost = estimate_makespan(seq_tiles, num_kv_heads, best_tiles, config);
+  } else if (pairs < 4LL * config.concurrent_ctas) {
     int32_t previous = longest;
     for (int32_t k = 2; k <= 64; ++k) {
       const int32_t candidate = ceil_div(longest, k);
