@@ -27,15 +27,17 @@ constexpr float kLog2e = 1.4426950408889634f;
 
 template <int kHeadDim>
 struct SplitShape {
+  // 3 stages x 32 KiB lets two blocks share an SM; measured on the H100 (bench/NOTES.md),
+  // 2 stages with 3 blocks/SM matched it and 4-6 stages with 1 block/SM were 7-14 % slower.
   static constexpr int kStages = kHeadDim == 128 ? 3 : 4;
   static constexpr int kChunksPerRow = kHeadDim / 8;          // 16-byte chunks per token row
-  static constexpr int kRowsPerCopyPass = kThreads / kChunksPerRow;
-  static constexpr int kCopyPasses = kSplitTileTokens / kRowsPerCopyPass;
+  static constexpr int kRowsPerThread = kSplitTileTokens * kChunksPerRow / kThreads;
   static constexpr int kTileElems = kSplitTileTokens * kHeadDim;
   static constexpr int kKSteps = kHeadDim / 16;   // MMA k-steps of Q.K
   static constexpr int kOutTiles = kHeadDim / 8;  // MMA n-tiles of P.V
   static constexpr size_t kSmemBytes = size_t{kStages} * 2 * kTileElems * 2;
-  static_assert(kThreads % kChunksPerRow == 0 && kSplitTileTokens % kRowsPerCopyPass == 0);
+  static_assert(kThreads % kChunksPerRow == 0 && kRowsPerThread <= 16,
+                "a thread's rows must fit in the smallest KV block (16 tokens)");
   // The cross-warp merge reuses the pipeline buffers.
   static_assert(kWarps * kMaxGqaGroup * (kHeadDim + 2) * sizeof(float) <= kSmemBytes);
 };
@@ -47,6 +49,9 @@ __device__ __forceinline__ int swizzled(int row, int chunk) {
   return row * kHeadDim + ((chunk ^ (row & 7)) << 3);
 }
 
+// Copies one tile (64 tokens of K and of V) into shared memory. Each thread owns one 16-byte
+// column chunk of kRowsPerThread consecutive rows: those rows lie in one KV block (block sizes
+// are multiples of it), so one block-table lookup serves them all.
 template <typename T, int kHeadDim>
 __device__ __forceinline__ void load_tile(const SplitKernelArgs& a, const SplitWorkItem& item,
                                           int tile_begin, T* k_tile, T* v_tile, int block_shift,
@@ -57,24 +62,26 @@ __device__ __forceinline__ void load_tile(const SplitKernelArgs& a, const SplitW
   const T* k_pool = static_cast<const T*>(kv.k_pool);
   const T* v_pool = static_cast<const T*>(kv.v_pool);
   const int chunk = threadIdx.x % Shape::kChunksPerRow;
+  const int first_row = threadIdx.x / Shape::kChunksPerRow * Shape::kRowsPerThread;
+  const int first_token = tile_begin + first_row;
+  int64_t offset = 0;
+  if (first_token < item.token_end) {
+    const int32_t physical = __ldg(table + (first_token >> block_shift));
+    offset = kv.offset(physical, first_token & (kv.block_size - 1), item.kv_head) + chunk * 8;
+  }
+  const int64_t row_stride = kv.token_stride();
 #pragma unroll
-  for (int pass = 0; pass < Shape::kCopyPasses; ++pass) {
-    const int row = threadIdx.x / Shape::kChunksPerRow + pass * Shape::kRowsPerCopyPass;
-    const int token = tile_begin + row;
-    const bool valid = token < item.token_end;
-    int64_t offset = 0;  // masked rows read nothing from the pool's start
-    if (valid) {
-      const int32_t physical = __ldg(table + (token >> block_shift));
-      offset = kv.offset(physical, token & (kv.block_size - 1), item.kv_head) + chunk * 8;
-    }
+  for (int r = 0; r < Shape::kRowsPerThread; ++r) {
+    const bool valid = first_token + r < item.token_end;
+    const int64_t src = valid ? offset + r * row_stride : 0;  // masked rows read nothing
     const uint32_t bytes = valid ? 16 : 0;
-    const int dst = swizzled<kHeadDim>(row, chunk);
+    const int dst = swizzled<kHeadDim>(first_row + r, chunk);
     if (evict_first) {
-      ptx::cp_async_16(k_tile + dst, k_pool + offset, bytes, load_policy);
-      ptx::cp_async_16(v_tile + dst, v_pool + offset, bytes, load_policy);
+      ptx::cp_async_16(k_tile + dst, k_pool + src, bytes, load_policy);
+      ptx::cp_async_16(v_tile + dst, v_pool + src, bytes, load_policy);
     } else {
-      ptx::cp_async_16(k_tile + dst, k_pool + offset, bytes);
-      ptx::cp_async_16(v_tile + dst, v_pool + offset, bytes);
+      ptx::cp_async_16(k_tile + dst, k_pool + src, bytes);
+      ptx::cp_async_16(v_tile + dst, v_pool + src, bytes);
     }
   }
 }
