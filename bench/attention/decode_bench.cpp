@@ -43,8 +43,8 @@ struct Options {
   std::vector<int32_t> contexts{1024, 4608, 8192, 8704, 32768};
   std::vector<int32_t> block_sizes{16, 64};
   std::vector<std::string> layouts{"HND", "NHD"};
-  std::vector<std::string> v1_policies{"off", "on"};
-  std::vector<std::string> split_policies{"off", "auto"};
+  std::vector<std::string> v1_policies{"off", "on", "auto"};
+  std::vector<std::string> split_policies{"off", "on:1"};
   std::string dtype = "bf16";
   int reps = 50;
   double max_kv_gib = 40;

@@ -32,7 +32,7 @@ def main():
     ap.add_argument("--bench", nargs="+", required=True)
     ap.add_argument("--peers")
     ap.add_argument("--v1-prefetch", default="on:1")
-    ap.add_argument("--split-prefetch", default="auto")
+    ap.add_argument("--split-prefetch", default="on:1")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     meta, points = load_points(args.bench)
@@ -58,13 +58,15 @@ def main():
     lines += ["", "Times are medians in µs, cold L2 / warm L2. GB/s and % use the cold time and the bytes "
               "that must move (K and V once, Q and output once). `v1` = paged_v1, `pf` = prefetch "
               f"(`{args.v1_prefetch}` for paged_v1, `{args.split_prefetch}` for split).", ""]
-    header = ("| layout | bs | model | B | S | KV MiB | v1 | v1+pf | pf x | split | split+pf | split GB/s | "
+    header = ("| layout | bs | model | B | S | KV MiB | v1 | v1+pf | pf x | v1 auto x | split | split+pf | split GB/s | "
               "% ceil | split/v1 x | cuDNN | flash | cuDNN/split x |")
     lines += [header, "|" + "---|" * header.count("|")[:-1] if False else "|" + "|".join(["---"] * (header.count("|") - 1)) + "|"]
     summary = {"pct_256": [], "pct_1g": [], "vs_cudnn": [], "split_pf": [], "v1_pf": []}
     for pt in points:
         v1 = result(pt, "paged_v1", "off")
         v1p = result(pt, "paged_v1", args.v1_prefetch)
+        v1a = result(pt, "paged_v1", "auto")
+        auto_x = v1["cold_us"] / v1a["cold_us"] if v1 and v1a else None
         sp = result(pt, "split", "off")
         spp = result(pt, "split", args.split_prefetch)
         bytes_moved = pt["kv_mib"] * 2**20 + 4 * pt["batch"] * pt["q_heads"] * pt["head_dim"]
@@ -84,9 +86,11 @@ def main():
             summary["split_pf"].append((sp["cold_us"] / spp["cold_us"], pt))
         if pf_x is not None:
             summary["v1_pf"].append((pf_x, pt))
+        if auto_x is not None:
+            summary.setdefault("v1_auto", []).append((auto_x, pt))
         cw = lambda r: "-" if r is None else f"{r['cold_us']:.1f} / {r['warm_us']:.1f}"
         lines.append(f"| {pt['layout']} | {pt['block_size']} | {pt['model']} | {pt['batch']} | {pt['context']} | "
-                     f"{pt['kv_mib']:.0f} | {cw(v1)} | {cw(v1p)} | {fmt(pf_x, 2)} | {cw(sp)} | {cw(spp)} | "
+                     f"{pt['kv_mib']:.0f} | {cw(v1)} | {cw(v1p)} | {fmt(pf_x, 2)} | {fmt(auto_x, 2)} | {cw(sp)} | {cw(spp)} | "
                      f"{fmt(gbps, 0)} | {fmt(pct)} | {fmt(sv1, 2)} | {fmt(cud)} | {fmt(fla)} | {fmt(vs_cud, 2)} |")
 
     def where(pt):
@@ -121,6 +125,11 @@ def main():
         best = max(summary["v1_pf"], key=lambda x: x[0])
         out.append(f"- paged_v1 prefetch: best {best[0]:.2f}x ({where(best[1])}); "
                    f"median {statistics.median(x for x, _ in summary['v1_pf']):.2f}x over {len(summary['v1_pf'])} points.")
+    if summary.get("v1_auto"):
+        worst = min(summary["v1_auto"], key=lambda x: x[0])
+        best = max(summary["v1_auto"], key=lambda x: x[0])
+        out.append(f"- paged_v1 prefetch `auto` vs off: worst {worst[0]:.2f}x ({where(worst[1])}), best {best[0]:.2f}x "
+                   f"({where(best[1])}); median {statistics.median(x for x, _ in summary['v1_auto']):.2f}x.")
     if summary["split_pf"]:
         worst = min(summary["split_pf"], key=lambda x: x[0])
         best = max(summary["split_pf"], key=lambda x: x[0])

@@ -30,6 +30,7 @@ std::vector<Variant> all_variants() {
           {"paged_v1+prefetch", false, PrefetchPolicy::fixed(1)},
           {"paged_v1+prefetch:2+evict_last", false, parse_prefetch_policy("on:2+evict_last")},
           {"paged_v1+prefetch+every_head", false, parse_prefetch_policy("on+every_head")},
+          {"paged_v1+auto", false, PrefetchPolicy::automatic()},
           {"split", true, PrefetchPolicy::off()},
           {"split+prefetch:2", true, PrefetchPolicy::fixed(2)},
           {"split+auto+evict_last+stream", true, parse_prefetch_policy("auto+evict_last+stream")}};

@@ -41,7 +41,10 @@ void validate_decode_attention(const DecodeAttentionParams& params,
 int32_t paged_v1_max_seq_len();
 
 // Runs the baseline kernel. `policy` enabled = Algorithm 1: each warp prefetches the K (then V)
-// block it will process `distance` iterations later (distance 1 for kAuto).
+// block it will process `distance` iterations later. kAuto prefetches one iteration ahead
+// only where that paid on the H100: HND layout (one bulk prefetch per block; NHD's per-token
+// prefetches cost more than they save) and fewer than 3 thread blocks resident per SM (the
+// kernel is latency-bound; with more, prefetches crowd the L2 and lose 3-10 %).
 void paged_v1_decode(const DecodeAttentionParams& params, const PrefetchPolicy& policy,
                      cudaStream_t stream);
 

@@ -7,6 +7,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <algorithm>
 #include <cfloat>
 
 #include "l2kv/core/cuda_check.h"
@@ -176,40 +177,53 @@ __global__ void __launch_bounds__(kV1Threads)
   }
 }
 
+// Thread blocks below which paged_v1 is latency-bound and kAuto prefetches (see header).
+constexpr int kAutoPrefetchMaxBlocksPerSm = 3;
+
 template <typename T, int kHeadDim, int kBlockSize>
-void launch_paged_v1(const DecodeAttentionParams& p, const KvPrefetch& prefetch,
+void launch_paged_v1(const DecodeAttentionParams& p, KvPrefetch prefetch, bool auto_prefetch,
                      cudaStream_t stream) {
   auto kernel = paged_v1_kernel<T, kHeadDim, kBlockSize>;
   const int padded = (p.max_seq_len + kBlockSize - 1) / kBlockSize * kBlockSize;
   const size_t smem = (v1_fixed_smem_floats<kHeadDim>() + padded) * sizeof(float);
-  static const bool configured = [&] {
+  static const int sm_count = [&] {
     const int max_smem = (v1_fixed_smem_floats<kHeadDim>() + kV1MaxSeqLen) * sizeof(float);
     L2KV_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, max_smem));
-    return true;
+    int device = 0, sms = 0;
+    L2KV_CUDA_CHECK(cudaGetDevice(&device));
+    L2KV_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    return sms;
   }();
-  (void)configured;
   const dim3 grid(p.num_q_heads, p.kv.batch_size);
+  if (auto_prefetch) {
+    int resident = 0;
+    L2KV_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, kernel, kV1Threads, smem));
+    const int64_t blocks = int64_t{grid.x} * grid.y;
+    const int64_t per_sm = std::min<int64_t>(resident, (blocks + sm_count - 1) / sm_count);
+    const bool latency_bound = p.kv.layout == KvLayout::kHND && per_sm < kAutoPrefetchMaxBlocksPerSm;
+    prefetch.distance = latency_bound ? 1 : 0;
+  }
   kernel<<<grid, kV1Threads, smem, stream>>>(p, prefetch);
   L2KV_CUDA_CHECK_LAUNCH();
 }
 
 template <typename T, int kHeadDim>
 void dispatch_block_size(const DecodeAttentionParams& p, const KvPrefetch& prefetch,
-                         cudaStream_t stream) {
+                         bool auto_prefetch, cudaStream_t stream) {
   switch (p.kv.block_size) {
-    case 16: return launch_paged_v1<T, kHeadDim, 16>(p, prefetch, stream);
-    case 32: return launch_paged_v1<T, kHeadDim, 32>(p, prefetch, stream);
-    case 64: return launch_paged_v1<T, kHeadDim, 64>(p, prefetch, stream);
+    case 16: return launch_paged_v1<T, kHeadDim, 16>(p, prefetch, auto_prefetch, stream);
+    case 32: return launch_paged_v1<T, kHeadDim, 32>(p, prefetch, auto_prefetch, stream);
+    case 64: return launch_paged_v1<T, kHeadDim, 64>(p, prefetch, auto_prefetch, stream);
     default: throw Error("paged_v1: unsupported block size " + std::to_string(p.kv.block_size));
   }
 }
 
 template <typename T>
 void dispatch_head_dim(const DecodeAttentionParams& p, const KvPrefetch& prefetch,
-                       cudaStream_t stream) {
+                       bool auto_prefetch, cudaStream_t stream) {
   switch (p.kv.head_dim) {
-    case 64: return dispatch_block_size<T, 64>(p, prefetch, stream);
-    case 128: return dispatch_block_size<T, 128>(p, prefetch, stream);
+    case 64: return dispatch_block_size<T, 64>(p, prefetch, auto_prefetch, stream);
+    case 128: return dispatch_block_size<T, 128>(p, prefetch, auto_prefetch, stream);
     default: throw Error("paged_v1: unsupported head_dim " + std::to_string(p.kv.head_dim));
   }
 }
@@ -229,10 +243,11 @@ void paged_v1_decode(const DecodeAttentionParams& params, const PrefetchPolicy& 
     prefetch.hint = policy.prefetch_hint;
     prefetch.group_leader_only = policy.group_leader_only;
   }
+  const bool auto_prefetch = policy.mode == PrefetchMode::kAuto;
   if (params.kv.dtype == DType::kBFloat16)
-    dispatch_head_dim<__nv_bfloat16>(params, prefetch, stream);
+    dispatch_head_dim<__nv_bfloat16>(params, prefetch, auto_prefetch, stream);
   else
-    dispatch_head_dim<__half>(params, prefetch, stream);
+    dispatch_head_dim<__half>(params, prefetch, auto_prefetch, stream);
 }
 
 }  // namespace l2kv

@@ -9,7 +9,7 @@ namespace l2kv {
 enum class PrefetchMode : uint8_t {
   kOff,            // no L2 prefetch
   kFixedDistance,  // prefetch `distance` steps ahead of the step being computed
-  kAuto,           // prefetch only where the kernel's own loads leave HBM idle, within L2
+  kAuto,           // each kernel's measured rule: prefetch only where it paid on the H100
 };
 
 // Cache-eviction priority attached to prefetches (and, for kEvictFirst, to streaming loads).

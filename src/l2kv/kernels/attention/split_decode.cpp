@@ -63,26 +63,23 @@ void SplitDecode::plan(const DecodeAttentionParams& params, std::span<const int3
 }
 
 int32_t SplitDecode::prefetch_distance(const PrefetchPolicy& policy) const {
+  // Tiles in flight per resident block if prefetch ran `steps` tiles ahead must fit in half the
+  // L2 (read from the device), or prefetched lines are evicted before their loads arrive.
+  const int64_t tile_bytes = int64_t{2} * kSplitTileTokens * planned_head_dim_ * 2;
+  const int64_t resident = std::max<int64_t>(1, std::min<int64_t>(
+      static_cast<int64_t>(plan_.items.size()), int64_t{info_.sm_count} * std::max(1, ctas_per_sm_)));
+  const int64_t l2_bound = std::max<int64_t>(1, info_.l2_bytes / 2 / (resident * tile_bytes));
   switch (policy.mode) {
     case PrefetchMode::kOff:
       return 0;
     case PrefetchMode::kFixedDistance:
-      return std::max(1, policy.distance);
-    case PrefetchMode::kAuto: {
-      // Prefetch only what the cp.async pipeline cannot keep in flight by itself: HBM needs
-      // about bandwidth x latency bytes outstanding (~8 MiB on an H100). Measured on the H100,
-      // prefetch beyond that only competes with the pipeline for L2 and slows large batches.
-      // The total stays within half the L2 so prefetched lines survive until they are used.
-      constexpr int64_t kInFlightTarget = int64_t{8} << 20;
-      const int64_t tile_bytes = int64_t{2} * kSplitTileTokens * planned_head_dim_ * 2;
-      const int64_t resident = std::max<int64_t>(1, std::min<int64_t>(
-          static_cast<int64_t>(plan_.items.size()), int64_t{info_.sm_count} * std::max(1, ctas_per_sm_)));
-      const int64_t pipeline_bytes = resident * (split_decode_stages(planned_head_dim_) - 1) * tile_bytes;
-      if (pipeline_bytes >= kInFlightTarget) return 0;
-      const int64_t wanted = (kInFlightTarget - pipeline_bytes + resident * tile_bytes - 1) / (resident * tile_bytes);
-      const int64_t budget = info_.l2_bytes / 2 / (resident * tile_bytes);
-      return static_cast<int32_t>(std::clamp<int64_t>(std::min(wanted, budget), 0, plan_.tiles_per_split));
-    }
+      return static_cast<int32_t>(std::min<int64_t>(std::max(1, policy.distance), l2_bound));
+    case PrefetchMode::kAuto:
+      // Off: on the H100, across the whole benchmark grid (bench/results/2026-11-26-h100), every
+      // prefetch distance was slower than none or within noise. The cp.async pipeline of two
+      // blocks per SM already keeps ~17 MB in flight, more than HBM needs; extra prefetches only
+      // compete with it for L2 and issue slots (up to 25 % slower at batch 1).
+      return 0;
   }
   return 0;
 }
