@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Builds l2kv with warnings as errors and runs every test. On a machine without a CUDA GPU the
+# GPU tests report themselves skipped and every CPU test still runs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/build.sh -DL2KV_WERROR=ON
+./build/l2kv_tests --gtest_brief=1
