@@ -1,0 +1,138 @@
+#include "l2kv/tokenizer/tokenizer.h"
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "l2kv/core/error.h"
+#include "l2kv/tokenizer/bpe_model.h"
+#include "l2kv/tokenizer/decoder.h"
+#include "l2kv/tokenizer/normalizer.h"
+#include "l2kv/tokenizer/post_processor.h"
+#include "l2kv/tokenizer/pre_tokenizer.h"
+#include "l2kv/tokenizer/utf8.h"
+
+namespace l2kv {
+namespace {
+
+std::string read_file(const std::filesystem::path& path) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) throw Error("cannot open " + path.string());
+  std::ostringstream s;
+  s << f.rdbuf();
+  return s.str();
+}
+
+// tokenizer_config.json writes special tokens as a string or as {"content": ...}.
+std::string token_text(const nlohmann::json& config, const char* key) {
+  if (!config.contains(key)) return {};
+  const auto& v = config.at(key);
+  if (v.is_string()) return v.get<std::string>();
+  if (v.is_object() && v.contains("content")) return v.at("content").get<std::string>();
+  return {};
+}
+
+}  // namespace
+
+Tokenizer::Tokenizer() = default;
+Tokenizer::Tokenizer(Tokenizer&&) noexcept = default;
+Tokenizer& Tokenizer::operator=(Tokenizer&&) noexcept = default;
+Tokenizer::~Tokenizer() = default;
+
+Tokenizer Tokenizer::from_folder(const std::filesystem::path& folder) {
+  const auto tokenizer_path = folder / "tokenizer.json";
+  const auto config_path = folder / "tokenizer_config.json";
+  const std::string tokenizer_json = read_file(tokenizer_path);
+  const std::string config_json = std::filesystem::exists(config_path) ? read_file(config_path) : "";
+  try {
+    return from_json(tokenizer_json, config_json);
+  } catch (const Error& e) {
+    throw Error(folder.string() + ": " + e.what());
+  }
+}
+
+Tokenizer Tokenizer::from_json(std::string_view tokenizer_json, std::string_view config_json) {
+  nlohmann::json spec, config;
+  try {
+    spec = nlohmann::json::parse(tokenizer_json);
+    config = config_json.empty() ? nlohmann::json::object() : nlohmann::json::parse(config_json);
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(std::string("tokenizer files are not valid JSON: ") + e.what());
+  }
+  Tokenizer t;
+  try {
+    t.model_ = std::make_unique<BpeModel>(spec.at("model"));
+    t.normalizer_ = make_normalizer(spec.value("normalizer", nlohmann::json()));
+    t.pre_tokenizer_ = make_pre_tokenizer(spec.value("pre_tokenizer", nlohmann::json()));
+    t.decoder_ = make_decoder(spec.value("decoder", nlohmann::json()));
+    t.post_processor_ = std::make_unique<PostProcessor>(spec.value("post_processor", nlohmann::json()));
+    t.added_ = AddedVocabulary(spec.value("added_tokens", nlohmann::json::array()));
+    t.bos_token_ = token_text(config, "bos_token");
+    t.eos_token_ = token_text(config, "eos_token");
+    if (config.contains("chat_template") && config.at("chat_template").is_string())
+      t.chat_template_ = config.at("chat_template").get<std::string>();
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(std::string("tokenizer.json is malformed: ") + e.what());
+  }
+  return t;
+}
+
+std::vector<int32_t> Tokenizer::encode(std::string_view text, bool add_special_tokens) const {
+  const std::string repaired = utf8::is_valid(text) ? std::string(text) : utf8::repair(text);
+  std::vector<int32_t> ids;
+  for (const auto& segment : added_.split(repaired)) {
+    if (segment.id >= 0) {
+      ids.push_back(segment.id);
+      continue;
+    }
+    std::string normalized(segment.text);
+    if (normalizer_) normalized = normalizer_->normalize(std::move(normalized));
+    std::vector<std::string> pieces{std::move(normalized)};
+    if (pre_tokenizer_) pieces = pre_tokenizer_->split(std::move(pieces));
+    for (const auto& piece : pieces) model_->tokenize(piece, ids);
+  }
+  return add_special_tokens ? post_processor_->apply(ids) : ids;
+}
+
+std::string Tokenizer::decode(std::span<const int32_t> ids, bool skip_special_tokens) const {
+  std::vector<std::string> tokens;
+  tokens.reserve(ids.size());
+  for (int32_t id : ids) {
+    if (const AddedToken* added = added_.find(id)) {
+      if (!(skip_special_tokens && added->special)) tokens.push_back(added->content);
+      continue;
+    }
+    if (id < 0 || id >= model_->vocab_size() || model_->id_to_token(id).empty())
+      throw Error("decode: token id " + std::to_string(id) + " is outside the vocabulary of " +
+                  std::to_string(vocab_size()));
+    tokens.push_back(model_->id_to_token(id));
+  }
+  if (decoder_) tokens = decoder_->decode_chain(std::move(tokens));
+  std::string text;
+  for (const auto& t : tokens) text += t;
+  return text;
+}
+
+std::optional<int32_t> Tokenizer::token_to_id(std::string_view token) const {
+  for (const auto& t : added_.tokens())
+    if (t.content == token) return t.id;
+  return model_->token_to_id(token);
+}
+
+std::string Tokenizer::id_to_token(int32_t id) const {
+  if (const AddedToken* added = added_.find(id)) return added->content;
+  return model_->id_to_token(id);
+}
+
+int32_t Tokenizer::vocab_size() const {
+  int32_t size = model_->vocab_size();
+  for (const auto& t : added_.tokens()) size = std::max(size, t.id + 1);
+  return size;
+}
+
+bool Tokenizer::is_special(int32_t id) const {
+  const AddedToken* added = added_.find(id);
+  return added != nullptr && added->special;
+}
+
+}  // namespace l2kv
