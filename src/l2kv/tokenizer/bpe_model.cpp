@@ -12,6 +12,7 @@ namespace {
 
 constexpr size_t kCacheCapacity = 1 << 16;  // pieces; cleared when full
 constexpr size_t kMaxCachedPieceBytes = 64;
+constexpr std::string_view kWordMarker = "\xE2\x96\x81";  // U+2581
 
 }  // namespace
 
@@ -44,6 +45,15 @@ BpeModel::BpeModel(const nlohmann::json& spec) {
     const auto it = vocab_.find(name);
     byte_ids_[b] = it == vocab_.end() ? -1 : it->second;
   }
+  bool marker_inside = false;
+  bool marker_seen = false;
+  for (const auto& [token, id] : vocab_) {
+    size_t lead = 0;
+    while (token.compare(lead, kWordMarker.size(), kWordMarker) == 0) lead += kWordMarker.size();
+    marker_seen |= lead > 0;
+    marker_inside |= token.find(kWordMarker, lead) != std::string::npos;
+  }
+  split_at_word_marker_ = marker_seen && !marker_inside;
   int32_t rank = 0;
   for (const auto& m : spec.at("merges")) {
     std::string left, right;
@@ -144,6 +154,19 @@ void BpeModel::merge_symbols(std::vector<int32_t>& symbols) const {
 }
 
 void BpeModel::tokenize(std::string_view piece, std::vector<int32_t>& ids) const {
+  if (!split_at_word_marker_) return tokenize_word(piece, ids);
+  // Words start at a marker that follows another character; a run of markers stays together.
+  size_t word_start = 0;
+  for (size_t i = kWordMarker.size(); i + kWordMarker.size() <= piece.size(); ++i) {
+    if (piece.compare(i, kWordMarker.size(), kWordMarker) != 0) continue;
+    if (piece.compare(i - kWordMarker.size(), kWordMarker.size(), kWordMarker) == 0) continue;
+    tokenize_word(piece.substr(word_start, i - word_start), ids);
+    word_start = i;
+  }
+  tokenize_word(piece.substr(word_start), ids);
+}
+
+void BpeModel::tokenize_word(std::string_view piece, std::vector<int32_t>& ids) const {
   if (piece.empty()) return;
   if (ignore_merges_) {
     const auto it = vocab_.find(std::string(piece));

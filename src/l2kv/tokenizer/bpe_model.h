@@ -36,6 +36,7 @@ class BpeModel {
     return (static_cast<uint64_t>(static_cast<uint32_t>(a)) << 32) | static_cast<uint32_t>(b);
   }
   void merge_symbols(std::vector<int32_t>& symbols) const;
+  void tokenize_word(std::string_view word, std::vector<int32_t>& ids) const;
   void initial_symbols(std::string_view piece, std::vector<int32_t>& symbols) const;
 
   std::unordered_map<std::string, int32_t> vocab_;
@@ -46,6 +47,10 @@ class BpeModel {
   bool byte_fallback_ = false;
   bool fuse_unk_ = false;
   bool ignore_merges_ = false;
+  // SentencePiece-style vocabularies mark word starts with U+2581 and have no pre-tokenizer,
+  // so a whole text is one BPE word. When no token holds the marker after another character,
+  // no merge can cross a word start: splitting there is exact and lets the cache work.
+  bool split_at_word_marker_ = false;
 
   mutable std::mutex cache_mutex_;
   mutable std::unordered_map<std::string, std::vector<int32_t>> cache_;
