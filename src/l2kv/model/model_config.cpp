@@ -1,0 +1,118 @@
+#include "l2kv/model/model_config.h"
+
+#include <cmath>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "l2kv/core/error.h"
+
+namespace l2kv {
+namespace {
+
+RopeConfig read_rope(const nlohmann::json& j, const std::string& origin) {
+  RopeConfig rope;
+  nlohmann::json params = nlohmann::json::object();
+  if (j.contains("rope_parameters") && j["rope_parameters"].is_object()) {
+    params = j["rope_parameters"];
+  } else {
+    if (j.contains("rope_scaling") && j["rope_scaling"].is_object()) params = j["rope_scaling"];
+    if (j.contains("rope_theta")) params["rope_theta"] = j["rope_theta"];
+  }
+  rope.theta = params.value("rope_theta", 10000.0);
+  const std::string type = params.value("rope_type", params.value("type", std::string("default")));
+  if (type == "default") return rope;
+  if (type != "llama3")
+    throw Error(origin + ": rope type '" + type + "' is not supported (default and llama3 are)");
+  rope.type = RopeType::kLlama3;
+  rope.factor = params.value("factor", 8.0);
+  rope.low_freq_factor = params.value("low_freq_factor", 1.0);
+  rope.high_freq_factor = params.value("high_freq_factor", 4.0);
+  rope.original_max_position_embeddings = params.value("original_max_position_embeddings", int64_t{8192});
+  if (rope.factor <= 0 || rope.high_freq_factor <= rope.low_freq_factor)
+    throw Error(origin + ": llama3 rope scaling needs factor > 0 and high_freq_factor > low_freq_factor");
+  return rope;
+}
+
+}  // namespace
+
+ModelConfig ModelConfig::from_folder(const std::filesystem::path& folder) {
+  const auto path = folder / "config.json";
+  std::ifstream f(path);
+  if (!f) throw Error(path.string() + ": cannot open");
+  std::ostringstream s;
+  s << f.rdbuf();
+  return from_json_text(s.str(), path.string());
+}
+
+ModelConfig ModelConfig::from_json_text(const std::string& text, const std::string& origin) {
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(text);
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(origin + ": not JSON (" + e.what() + ")");
+  }
+  ModelConfig c;
+  try {
+    const auto archs = j.at("architectures").get<std::vector<std::string>>();
+    if (archs.size() != 1) throw Error(origin + ": expected one architecture");
+    c.architecture = archs[0];
+    const bool llama = c.architecture == "LlamaForCausalLM" || c.architecture == "MistralForCausalLM";
+    const bool qwen2 = c.architecture == "Qwen2ForCausalLM";
+    if (!llama && !qwen2)
+      throw Error(origin + ": architecture " + c.architecture +
+                  " is not supported (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM are)");
+    c.vocab_size = j.at("vocab_size").get<int64_t>();
+    c.hidden_size = j.at("hidden_size").get<int64_t>();
+    c.intermediate_size = j.at("intermediate_size").get<int64_t>();
+    c.num_layers = j.at("num_hidden_layers").get<int64_t>();
+    c.num_q_heads = j.at("num_attention_heads").get<int64_t>();
+    c.num_kv_heads = j.value("num_key_value_heads", c.num_q_heads);
+    c.head_dim = j.contains("head_dim") && j["head_dim"].is_number() ? j["head_dim"].get<int64_t>()
+                                                                    : (c.num_q_heads > 0 ? c.hidden_size / c.num_q_heads : 0);
+    c.rms_norm_eps = j.value("rms_norm_eps", 1e-6);
+    c.tie_word_embeddings = j.value("tie_word_embeddings", false);
+    c.max_position_embeddings = j.value("max_position_embeddings", int64_t{0});
+    c.qkv_bias = qwen2 || j.value("attention_bias", false);
+    if (j.value("mlp_bias", false)) throw Error(origin + ": mlp_bias is not supported");
+    if (j.value("hidden_act", std::string("silu")) != "silu")
+      throw Error(origin + ": hidden_act " + j["hidden_act"].get<std::string>() + " is not supported (silu is)");
+    const bool sliding = qwen2 ? j.value("use_sliding_window", false)
+                               : (j.contains("sliding_window") && !j["sliding_window"].is_null());
+    if (sliding) throw Error(origin + ": sliding-window attention is not supported");
+    c.rope = read_rope(j, origin);
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(origin + ": " + e.what());
+  }
+  if (c.vocab_size <= 0 || c.hidden_size <= 0 || c.intermediate_size <= 0 || c.num_layers <= 0 ||
+      c.num_q_heads <= 0 || c.num_kv_heads <= 0 || c.head_dim <= 0 || c.head_dim % 2 != 0)
+    throw Error(origin + ": sizes must be positive and head_dim even");
+  if (c.num_q_heads % c.num_kv_heads != 0)
+    throw Error(origin + ": " + std::to_string(c.num_q_heads) + " attention heads do not divide into " +
+                std::to_string(c.num_kv_heads) + " key/value heads");
+  return c;
+}
+
+std::vector<float> rope_inverse_frequencies(const RopeConfig& rope, int64_t head_dim) {
+  std::vector<float> inv(static_cast<size_t>(head_dim / 2));
+  for (int64_t i = 0; i < head_dim / 2; ++i) {
+    const float exponent = static_cast<float>(2 * i) / static_cast<float>(head_dim);
+    inv[i] = 1.0f / std::pow(static_cast<float>(rope.theta), exponent);
+  }
+  if (rope.type != RopeType::kLlama3) return inv;
+  const double old_len = static_cast<double>(rope.original_max_position_embeddings);
+  const double low_wavelen = old_len / rope.low_freq_factor;
+  const double high_wavelen = old_len / rope.high_freq_factor;
+  for (auto& f : inv) {
+    const double wavelen = 2 * M_PI / f;
+    if (wavelen > low_wavelen) {
+      f = static_cast<float>(f / rope.factor);  // low frequencies: stretched
+    } else if (wavelen >= high_wavelen) {        // medium: interpolated
+      const double smooth = (old_len / wavelen - rope.low_freq_factor) / (rope.high_freq_factor - rope.low_freq_factor);
+      f = static_cast<float>((1 - smooth) * f / rope.factor + smooth * f);
+    }
+  }
+  return inv;
+}
+
+}  // namespace l2kv

@@ -1,0 +1,50 @@
+// The architecture of a model, read from its config.json (LlamaForCausalLM, MistralForCausalLM
+// without sliding window, Qwen2ForCausalLM), or one of the built-in synthetic shapes.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+namespace l2kv {
+
+enum class RopeType : uint8_t { kDefault, kLlama3 };
+
+struct RopeConfig {
+  RopeType type = RopeType::kDefault;
+  double theta = 10000.0;
+  // llama3 scaling
+  double factor = 1.0;
+  double low_freq_factor = 1.0;
+  double high_freq_factor = 4.0;
+  int64_t original_max_position_embeddings = 8192;
+};
+
+struct ModelConfig {
+  std::string architecture;  // e.g. "LlamaForCausalLM"
+  int64_t vocab_size = 0;
+  int64_t hidden_size = 0;
+  int64_t intermediate_size = 0;
+  int64_t num_layers = 0;
+  int64_t num_q_heads = 0;
+  int64_t num_kv_heads = 0;
+  int64_t head_dim = 0;
+  double rms_norm_eps = 1e-6;
+  bool qkv_bias = false;             // Qwen2
+  bool tie_word_embeddings = false;
+  int64_t max_position_embeddings = 0;
+  RopeConfig rope;
+
+  // Reads `folder`/config.json. Accepts rope settings as rope_theta + rope_scaling (the Hub's
+  // checkpoints) or as rope_parameters (transformers 5). Throws l2kv::Error for unsupported
+  // architectures, rope types, sliding windows or inconsistent sizes.
+  static ModelConfig from_folder(const std::filesystem::path& folder);
+  static ModelConfig from_json_text(const std::string& text, const std::string& origin);
+};
+
+// Per-pair inverse frequencies of RoPE (head_dim / 2 of them), computed in float32 as
+// transformers does, with llama3 scaling applied.
+std::vector<float> rope_inverse_frequencies(const RopeConfig& rope, int64_t head_dim);
+
+}  // namespace l2kv

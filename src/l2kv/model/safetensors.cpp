@@ -1,0 +1,167 @@
+#include "l2kv/model/safetensors.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <set>
+
+#include "l2kv/core/dtype.h"
+#include "l2kv/core/error.h"
+
+namespace l2kv {
+namespace {
+
+size_t dtype_size(TensorDType t) { return t == TensorDType::kF32 ? 4 : 2; }
+
+std::string shape_text(const std::vector<int64_t>& shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + "]";
+}
+
+}  // namespace
+
+int64_t TensorView::elements() const {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return n;
+}
+
+std::vector<float> TensorView::to_float() const {
+  std::vector<float> out(static_cast<size_t>(elements()));
+  if (dtype == TensorDType::kF32) {
+    std::memcpy(out.data(), data, out.size() * 4);
+    return out;
+  }
+  if (dtype != TensorDType::kF16 && dtype != TensorDType::kBF16)
+    throw Error(file + ": tensor " + name + " has dtype " + dtype_name + "; l2kv reads F32, F16 and BF16");
+  for (size_t i = 0; i < out.size(); ++i) {
+    uint16_t bits;
+    std::memcpy(&bits, data + 2 * i, 2);
+    out[i] = dtype == TensorDType::kF16 ? fp16_bits_to_float(bits) : bf16_bits_to_float(bits);
+  }
+  return out;
+}
+
+SafetensorsFile::SafetensorsFile(const std::filesystem::path& path) {
+  const std::string file = path.string();
+  const int fd = ::open(file.c_str(), O_RDONLY);
+  if (fd < 0) throw Error(file + ": cannot open (" + std::strerror(errno) + ")");
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) {
+    ::close(fd);
+    throw Error(file + ": cannot stat");
+  }
+  size_ = static_cast<size_t>(st.st_size);
+  if (size_ < 8) {
+    ::close(fd);
+    throw Error(file + ": truncated (" + std::to_string(size_) + " bytes, no header length)");
+  }
+  mapping_ = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
+  ::close(fd);
+  if (mapping_ == MAP_FAILED) {
+    mapping_ = nullptr;
+    throw Error(file + ": mmap failed");
+  }
+  try {
+    const auto* bytes = static_cast<const uint8_t*>(mapping_);
+    uint64_t header_len = 0;
+    for (int i = 7; i >= 0; --i) header_len = (header_len << 8) | bytes[i];  // little endian
+    if (header_len > size_ - 8)
+      throw Error(file + ": header of " + std::to_string(header_len) + " bytes points past the end of the " +
+                  std::to_string(size_) + "-byte file");
+    nlohmann::json header;
+    try {
+      header = nlohmann::json::parse(bytes + 8, bytes + 8 + header_len);
+    } catch (const nlohmann::json::exception& e) {
+      throw Error(file + ": header is not JSON (" + e.what() + ")");
+    }
+    if (!header.is_object()) throw Error(file + ": header is not a JSON object");
+    const uint8_t* data = bytes + 8 + header_len;
+    const size_t data_size = size_ - 8 - header_len;
+    for (const auto& [name, info] : header.items()) {
+      if (name == "__metadata__") continue;
+      TensorView t;
+      t.name = name;
+      t.file = file;
+      try {
+        t.dtype_name = info.at("dtype").get<std::string>();
+        t.shape = info.at("shape").get<std::vector<int64_t>>();
+        const auto offsets = info.at("data_offsets").get<std::vector<uint64_t>>();
+        if (offsets.size() != 2 || offsets[0] > offsets[1] || offsets[1] > data_size)
+          throw Error(file + ": tensor " + name + " has data offsets outside the file (truncated?)");
+        t.data = data + offsets[0];
+        t.bytes = offsets[1] - offsets[0];
+      } catch (const nlohmann::json::exception& e) {
+        throw Error(file + ": tensor " + name + " has a malformed header entry (" + e.what() + ")");
+      }
+      t.dtype = t.dtype_name == "F32" ? TensorDType::kF32 : t.dtype_name == "F16" ? TensorDType::kF16
+                : t.dtype_name == "BF16" ? TensorDType::kBF16 : TensorDType::kOther;
+      for (int64_t d : t.shape)
+        if (d < 0) throw Error(file + ": tensor " + name + " has a negative dimension");
+      if (t.dtype != TensorDType::kOther && static_cast<size_t>(t.elements()) * dtype_size(t.dtype) != t.bytes)
+        throw Error(file + ": tensor " + name + " of shape " + shape_text(t.shape) + " and dtype " + t.dtype_name +
+                    " should hold " + std::to_string(t.elements() * dtype_size(t.dtype)) + " bytes, not " +
+                    std::to_string(t.bytes));
+      tensors_.emplace(name, std::move(t));
+    }
+  } catch (...) {
+    ::munmap(mapping_, size_);
+    mapping_ = nullptr;
+    throw;
+  }
+}
+
+SafetensorsFile::~SafetensorsFile() {
+  if (mapping_) ::munmap(mapping_, size_);
+}
+
+Checkpoint::Checkpoint(const std::filesystem::path& folder) : folder_(folder) {
+  if (!std::filesystem::is_directory(folder)) throw Error(folder.string() + ": not a model folder");
+  std::vector<std::filesystem::path> shards;
+  const auto index_path = folder / "model.safetensors.index.json";
+  if (std::filesystem::exists(index_path)) {
+    std::ifstream f(index_path);
+    nlohmann::json index;
+    try {
+      index = nlohmann::json::parse(f);
+    } catch (const nlohmann::json::exception& e) {
+      throw Error(index_path.string() + ": not JSON (" + e.what() + ")");
+    }
+    if (!index.contains("weight_map") || !index["weight_map"].is_object())
+      throw Error(index_path.string() + ": no weight_map");
+    std::set<std::string> names;
+    for (const auto& [tensor, shard] : index["weight_map"].items()) names.insert(shard.get<std::string>());
+    for (const auto& n : names) {
+      if (!std::filesystem::exists(folder / n)) throw Error(index_path.string() + " names missing shard " + n);
+      shards.push_back(folder / n);
+    }
+  } else if (std::filesystem::exists(folder / "model.safetensors")) {
+    shards.push_back(folder / "model.safetensors");
+  } else {
+    for (const auto& e : std::filesystem::directory_iterator(folder))
+      if (e.path().extension() == ".safetensors") shards.push_back(e.path());
+    std::sort(shards.begin(), shards.end());
+  }
+  if (shards.empty()) throw Error(folder.string() + ": no .safetensors files");
+  for (const auto& s : shards) {
+    files_.push_back(std::make_unique<SafetensorsFile>(s));
+    for (const auto& [name, view] : files_.back()->tensors()) index_[name] = &view;
+  }
+}
+
+const TensorView& Checkpoint::get(const std::string& name, const std::vector<int64_t>& expected_shape) const {
+  const auto it = index_.find(name);
+  if (it == index_.end()) throw Error(folder_.string() + ": missing tensor " + name);
+  if (it->second->shape != expected_shape)
+    throw Error(it->second->file + ": tensor " + name + " has shape " + shape_text(it->second->shape) +
+                ", expected " + shape_text(expected_shape));
+  return *it->second;
+}
+
+}  // namespace l2kv

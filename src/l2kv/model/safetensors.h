@@ -1,0 +1,66 @@
+// Reading Hugging Face checkpoints: *.safetensors files, memory-mapped, single or sharded
+// (model.safetensors.index.json). Every problem is an l2kv::Error naming the file and tensor.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace l2kv {
+
+enum class TensorDType : uint8_t { kF32, kF16, kBF16, kOther };
+
+struct TensorView {
+  std::string name;
+  std::string file;          // for error messages
+  TensorDType dtype = TensorDType::kOther;
+  std::string dtype_name;    // as written in the header ("BF16", "F32", ...)
+  std::vector<int64_t> shape;
+  const uint8_t* data = nullptr;  // inside the mapping
+  size_t bytes = 0;
+
+  int64_t elements() const;
+  // The values as float32 (F32, F16 or BF16; other dtypes throw).
+  std::vector<float> to_float() const;
+};
+
+// One memory-mapped .safetensors file.
+class SafetensorsFile {
+ public:
+  // Maps and validates `path`: header length within the file, header JSON, each tensor's
+  // offsets inside the data area and consistent with its dtype and shape.
+  explicit SafetensorsFile(const std::filesystem::path& path);
+  ~SafetensorsFile();
+  SafetensorsFile(const SafetensorsFile&) = delete;
+  SafetensorsFile& operator=(const SafetensorsFile&) = delete;
+
+  const std::map<std::string, TensorView>& tensors() const { return tensors_; }
+
+ private:
+  void* mapping_ = nullptr;
+  size_t size_ = 0;
+  std::map<std::string, TensorView> tensors_;
+};
+
+// All tensors of a model folder.
+class Checkpoint {
+ public:
+  // Opens model.safetensors.index.json and its shards, or model.safetensors, or every
+  // *.safetensors file in `folder`.
+  explicit Checkpoint(const std::filesystem::path& folder);
+
+  bool contains(const std::string& name) const { return index_.count(name) > 0; }
+  // Throws l2kv::Error when the tensor is missing or its shape differs from `expected_shape`.
+  const TensorView& get(const std::string& name, const std::vector<int64_t>& expected_shape) const;
+  const std::filesystem::path& folder() const { return folder_; }
+
+ private:
+  std::filesystem::path folder_;
+  std::vector<std::unique_ptr<SafetensorsFile>> files_;
+  std::map<std::string, const TensorView*> index_;
+};
+
+}  // namespace l2kv

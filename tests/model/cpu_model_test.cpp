@@ -1,0 +1,109 @@
+// The CPU backend against transformers 5.17 on the tiny fixtures of tests/model/fixtures
+// (made by tests/model/make_fixtures.py): float32 logits at every position and 32-token
+// greedy continuations.
+#include "l2kv/model/cpu_model.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "l2kv/core/error.h"
+
+namespace l2kv {
+namespace {
+
+namespace fs = std::filesystem;
+const fs::path kFixtures = fs::path(L2KV_TEST_SOURCE_DIR) / "model" / "fixtures";
+
+struct Comparison {
+  double relative_l2 = 0, max_abs = 0;
+};
+
+Comparison compare_logits(const std::vector<float>& got, const fs::path& file) {
+  std::ifstream f(file, std::ios::binary);
+  std::vector<float> ref(got.size());
+  f.read(reinterpret_cast<char*>(ref.data()), static_cast<std::streamsize>(ref.size() * 4));
+  EXPECT_EQ(f.gcount(), static_cast<std::streamsize>(ref.size() * 4)) << file;
+  double diff2 = 0, ref2 = 0;
+  Comparison c;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    const double d = static_cast<double>(got[i]) - ref[i];
+    diff2 += d * d;
+    ref2 += static_cast<double>(ref[i]) * ref[i];
+    c.max_abs = std::max(c.max_abs, std::abs(d));
+  }
+  c.relative_l2 = std::sqrt(diff2 / ref2);
+  return c;
+}
+
+class CpuModelFixture : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(CpuModelFixture, MatchesTransformers) {
+  const fs::path dir = kFixtures / GetParam();
+  const CpuModel model(dir);
+  std::ifstream rf(dir / "reference.json");
+  const auto reference = nlohmann::json::parse(rf);
+  for (const auto& c : reference["cases"]) {
+    const auto prompt = c["prompt"].get<std::vector<int32_t>>();
+    const auto logits = model.forward(prompt);
+    ASSERT_EQ(logits.size(), prompt.size() * model.config().vocab_size);
+    const Comparison cmp = compare_logits(logits, dir / c["logits_file"].get<std::string>());
+    EXPECT_LT(cmp.relative_l2, 1e-5) << GetParam() << " prompt of " << prompt.size();
+    EXPECT_LT(cmp.max_abs, 1e-4) << GetParam() << " prompt of " << prompt.size();
+    EXPECT_EQ(model.greedy(prompt, 32), c["greedy"].get<std::vector<int32_t>>()) << GetParam();
+    std::printf("%s, prompt of %zu: logits rel. L2 %.2e, max abs %.2e; greedy 32/32 compared\n", GetParam().c_str(),
+                prompt.size(), cmp.relative_l2, cmp.max_abs);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, CpuModelFixture, ::testing::Values("llama2-mha", "llama3-gqa", "qwen2-tied"));
+
+TEST(CpuModel, ClassicRopeConfigGivesTheSameModel) {
+  // Hub checkpoints write rope_theta + rope_scaling; transformers 5 writes rope_parameters.
+  const fs::path dir = fs::temp_directory_path() / "l2kv_llama3_classic";
+  fs::remove_all(dir);
+  fs::copy(kFixtures / "llama3-gqa", dir);
+  std::ifstream in(dir / "config.json");
+  auto config = nlohmann::json::parse(in);
+  auto rope = config["rope_parameters"];
+  config.erase("rope_parameters");
+  config["rope_theta"] = rope["rope_theta"];
+  rope.erase("rope_theta");
+  config["rope_scaling"] = rope;
+  std::ofstream(dir / "config.json") << config.dump(1);
+  const std::vector<int32_t> prompt{1, 5, 9, 200};
+  EXPECT_EQ(CpuModel(dir).forward(prompt), CpuModel(kFixtures / "llama3-gqa").forward(prompt));
+}
+
+TEST(CpuModel, MissingOrMisshapenWeightsAreNamed) {
+  const fs::path dir = fs::temp_directory_path() / "l2kv_llama2_broken";
+  fs::remove_all(dir);
+  fs::copy(kFixtures / "llama2-mha", dir);
+  std::ifstream in(dir / "config.json");
+  auto config = nlohmann::json::parse(in);
+  config["num_hidden_layers"] = 3;  // the checkpoint has 2
+  std::ofstream(dir / "config.json") << config.dump(1);
+  try {
+    CpuModel m(dir);
+    ADD_FAILURE() << "expected a missing-tensor error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("missing tensor model.layers.2."), std::string::npos) << e.what();
+  }
+  config["num_hidden_layers"] = 2;
+  config["intermediate_size"] = 256;
+  std::ofstream(dir / "config.json") << config.dump(1);
+  try {
+    CpuModel m(dir);
+    ADD_FAILURE() << "expected a shape error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("expected [256, 256]"), std::string::npos) << e.what();
+  }
+  const CpuModel ok(kFixtures / "llama2-mha");
+  const std::vector<int32_t> bad_token{1, 512};
+  EXPECT_THROW(ok.forward(bad_token), Error);
+}
+
+}  // namespace
+}  // namespace l2kv
