@@ -37,6 +37,17 @@ std::string replace_all(std::string s, const std::string& from, const std::strin
 
 int64_t python_index(int64_t i, int64_t size) { return i < 0 ? i + size : i; }
 
+std::string join_values(const List& items, const std::string& separator) {
+  std::string r;
+  for (size_t i = 0; i < items.size(); ++i) r += (i ? separator : "") + items[i].to_output();
+  return r;
+}
+
+std::string change_case(std::string s, bool upper) {
+  for (auto& c : s) c = static_cast<char>(upper ? std::toupper(static_cast<unsigned char>(c)) : std::tolower(static_cast<unsigned char>(c)));
+  return s;
+}
+
 class Interpreter {
  public:
   explicit Interpreter(const Globals& globals) { scopes_.push_back(globals); }
@@ -291,11 +302,7 @@ class Interpreter {
       if (e.name == "strip") return Value(strip_chars(s, str_arg(0, ""), true, true));
       if (e.name == "lstrip") return Value(strip_chars(s, str_arg(0, ""), true, false));
       if (e.name == "rstrip") return Value(strip_chars(s, str_arg(0, ""), false, true));
-      if (e.name == "upper" || e.name == "lower") {
-        std::string r = s;
-        for (auto& c : r) c = static_cast<char>(e.name == "upper" ? std::toupper(static_cast<unsigned char>(c)) : std::tolower(static_cast<unsigned char>(c)));
-        return Value(r);
-      }
+      if (e.name == "upper" || e.name == "lower") return Value(change_case(s, e.name == "upper"));
       if (e.name == "startswith") return Value(s.starts_with(str_arg(0, "")));
       if (e.name == "endswith") return Value(s.ends_with(str_arg(0, "")));
       if (e.name == "replace") {
@@ -338,9 +345,7 @@ class Interpreter {
       if (e.name == "title" || e.name == "capitalize") return apply_case(s, e.name);
       if (e.name == "join") {
         if (args.empty() || !args[0].is_list()) fail(e, "join() needs a list");
-        std::string r;
-        for (size_t i = 0; i < args[0].list_items().size(); ++i) r += (i ? s : "") + args[0].list_items()[i].to_output();
-        return Value(r);
+        return Value(join_values(args[0].list_items(), s));
       }
     }
     if (self.is_dict()) {
@@ -421,10 +426,7 @@ class Interpreter {
     }
     if (f == "join") {
       if (!v.is_list()) fail(e, "join needs a list");
-      const std::string sep = args.empty() ? "" : args[0].to_output();
-      std::string r;
-      for (size_t i = 0; i < v.list_items().size(); ++i) r += (i ? sep : "") + v.list_items()[i].to_output();
-      return Value(r);
+      return Value(join_values(v.list_items(), args.empty() ? "" : args[0].to_output()));
     }
     if (f == "list") {
       if (v.is_list()) return Value::list(v.list_items());
@@ -433,11 +435,7 @@ class Interpreter {
       if (v.is_dict()) for (const auto& [k, x] : v.dict_items()) items.push_back(Value(k));
       return Value::list(std::move(items));
     }
-    if (f == "upper" || f == "lower") {
-      std::string r = v.to_output();
-      for (auto& c : r) c = static_cast<char>(f == "upper" ? std::toupper(static_cast<unsigned char>(c)) : std::tolower(static_cast<unsigned char>(c)));
-      return Value(r);
-    }
+    if (f == "upper" || f == "lower") return Value(change_case(v.to_output(), f == "upper"));
     if (f == "capitalize" || f == "title") return apply_case(v.to_output(), f);
     if (f == "replace") {
       if (args.size() < 2) fail(e, "replace needs two arguments");

@@ -91,25 +91,7 @@ class Parser {
   std::unique_ptr<Stmt> parse_statement() {
     const std::string keyword = take_name();
     auto s = std::make_unique<Stmt>();
-    if (keyword == "if") {
-      s->kind = Stmt::Kind::kIf;
-      s->expr = parse_expression();
-      expect_close();
-      s->body = parse_block({"elif", "else", "endif"});
-      ++pos_;  // {%
-      const std::string next = take_name();
-      if (next == "elif") {
-        s->else_body.push_back(parse_statement_as_if());
-        return s;
-      }
-      if (next == "else") {
-        expect_close();
-        s->else_body = parse_block({"endif"});
-        pos_ += 2;
-      }
-      expect_close();
-      return s;
-    }
+    if (keyword == "if") return parse_if();
     if (keyword == "for") {
       s->kind = Stmt::Kind::kFor;
       s->targets.push_back(take_name());
@@ -155,8 +137,9 @@ class Parser {
     fail("unsupported statement '" + keyword + "'");
   }
 
-  // "elif" continues as a nested if whose end consumes the shared endif.
-  std::unique_ptr<Stmt> parse_statement_as_if() {
+  // After "if" or "elif": condition, body, then elif (a nested if that consumes the shared
+  // endif), else, or endif.
+  std::unique_ptr<Stmt> parse_if() {
     auto s = std::make_unique<Stmt>();
     s->kind = Stmt::Kind::kIf;
     s->expr = parse_expression();
@@ -165,7 +148,7 @@ class Parser {
     ++pos_;
     const std::string next = take_name();
     if (next == "elif") {
-      s->else_body.push_back(parse_statement_as_if());
+      s->else_body.push_back(parse_if());
       return s;
     }
     if (next == "else") {
