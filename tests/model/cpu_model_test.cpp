@@ -107,3 +107,27 @@ TEST(CpuModel, MissingOrMisshapenWeightsAreNamed) {
 
 }  // namespace
 }  // namespace l2kv
+
+namespace l2kv {
+namespace {
+
+TEST(CpuModel, ChunkedPrefillAndDecodeStepsMatchOneForward) {
+  // The engine runs prompts in chunks and then one token per step over the cached keys and
+  // values: the logits must be those of a single forward over the whole sequence.
+  const CpuModel model(kFixtures / "llama3-gqa");
+  std::vector<int32_t> tokens;
+  for (int i = 0; i < 40; ++i) tokens.push_back((i * 37 + 11) % 512);
+  const auto whole = model.forward(tokens);
+  CpuSequenceState state;
+  std::vector<float> pieces;
+  for (auto [begin, end] : {std::pair{0, 13}, std::pair{13, 30}, std::pair{30, 31}, std::pair{31, 40}}) {
+    const auto part = model.extend(state, std::span<const int32_t>(tokens).subspan(begin, end - begin));
+    pieces.insert(pieces.end(), part.begin(), part.end());
+  }
+  ASSERT_EQ(state.length, 40);
+  ASSERT_EQ(pieces.size(), whole.size());
+  for (size_t i = 0; i < whole.size(); ++i) ASSERT_NEAR(pieces[i], whole[i], 1e-4) << i;
+}
+
+}  // namespace
+}  // namespace l2kv

@@ -48,14 +48,15 @@ void rms_norm(std::vector<float>& x, int64_t rows, int64_t dim, const std::vecto
   }
 }
 
-// Neox-style rotation of each head: pairs (i, i + d/2).
-void apply_rope(std::vector<float>& x, int64_t rows, int64_t heads, int64_t head_dim, const std::vector<float>& inv_freq) {
+// Neox-style rotation of each head: pairs (i, i + d/2); row t sits at position first_pos + t.
+void apply_rope(std::vector<float>& x, int64_t rows, int64_t first_pos, int64_t heads, int64_t head_dim,
+                const std::vector<float>& inv_freq) {
   const int64_t half = head_dim / 2;
   for (int64_t t = 0; t < rows; ++t)
     for (int64_t h = 0; h < heads; ++h) {
       float* v = x.data() + (t * heads + h) * head_dim;
       for (int64_t i = 0; i < half; ++i) {
-        const float angle = static_cast<float>(t) * inv_freq[i];  // float32, as transformers
+        const float angle = static_cast<float>(first_pos + t) * inv_freq[i];  // float32, as transformers
         const float c = std::cos(angle), s = std::sin(angle);
         const float a = v[i], b = v[i + half];
         v[i] = a * c - b * s;
@@ -97,10 +98,20 @@ CpuModel::CpuModel(const std::filesystem::path& folder) : config_(ModelConfig::f
 }
 
 std::vector<float> CpuModel::forward(std::span<const int32_t> tokens) const {
+  CpuSequenceState state;
+  return extend(state, tokens);
+}
+
+std::vector<float> CpuModel::extend(CpuSequenceState& state, std::span<const int32_t> tokens) const {
   const ModelConfig& c = config_;
   const int64_t T = static_cast<int64_t>(tokens.size()), H = c.hidden_size, D = c.head_dim;
   const int64_t q_dim = c.num_q_heads * D, kv_dim = c.num_kv_heads * D, group = c.num_q_heads / c.num_kv_heads;
   if (T == 0) throw Error("forward: empty sequence");
+  const int64_t past = state.length;
+  if (state.keys.empty()) {
+    state.keys.resize(layers_.size());
+    state.values.resize(layers_.size());
+  }
   std::vector<float> x(static_cast<size_t>(T * H));
   for (int64_t t = 0; t < T; ++t) {
     if (tokens[t] < 0 || tokens[t] >= c.vocab_size)
@@ -108,22 +119,28 @@ std::vector<float> CpuModel::forward(std::span<const int32_t> tokens) const {
     std::copy_n(embed_.begin() + tokens[t] * H, H, x.begin() + t * H);
   }
   const float scale = 1.f / std::sqrt(static_cast<float>(D));
-  for (const Layer& layer : layers_) {
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    const Layer& layer = layers_[l];
     std::vector<float> h = x;
     rms_norm(h, T, H, layer.input_norm, c.rms_norm_eps);
     std::vector<float> q = linear(h, T, H, layer.q, q_dim, layer.q_bias);
-    std::vector<float> k = linear(h, T, H, layer.k, kv_dim, layer.k_bias);
-    const std::vector<float> v = linear(h, T, H, layer.v, kv_dim, layer.v_bias);
-    apply_rope(q, T, c.num_q_heads, D, inv_freq_);
-    apply_rope(k, T, c.num_kv_heads, D, inv_freq_);
+    std::vector<float> k_new = linear(h, T, H, layer.k, kv_dim, layer.k_bias);
+    const std::vector<float> v_new = linear(h, T, H, layer.v, kv_dim, layer.v_bias);
+    apply_rope(q, T, past, c.num_q_heads, D, inv_freq_);
+    apply_rope(k_new, T, past, c.num_kv_heads, D, inv_freq_);
+    std::vector<float>& k = state.keys[l];
+    std::vector<float>& v = state.values[l];
+    k.insert(k.end(), k_new.begin(), k_new.end());
+    v.insert(v.end(), v_new.begin(), v_new.end());
     std::vector<float> attn(static_cast<size_t>(T * q_dim), 0.f);
-    std::vector<float> scores(static_cast<size_t>(T));
+    std::vector<float> scores(static_cast<size_t>(past + T));
     for (int64_t head = 0; head < c.num_q_heads; ++head) {
       const int64_t kvh = head / group;
       for (int64_t t = 0; t < T; ++t) {
+        const int64_t visible = past + t + 1;  // causal: cached positions and new ones up to t
         const float* qr = q.data() + (t * c.num_q_heads + head) * D;
         float max_score = -INFINITY;
-        for (int64_t s = 0; s <= t; ++s) {  // causal
+        for (int64_t s = 0; s < visible; ++s) {
           const float* kr = k.data() + (s * c.num_kv_heads + kvh) * D;
           float dot = 0.f;
           for (int64_t i = 0; i < D; ++i) dot += qr[i] * kr[i];
@@ -131,9 +148,9 @@ std::vector<float> CpuModel::forward(std::span<const int32_t> tokens) const {
           max_score = std::max(max_score, scores[s]);
         }
         float sum = 0.f;
-        for (int64_t s = 0; s <= t; ++s) sum += (scores[s] = std::exp(scores[s] - max_score));
+        for (int64_t s = 0; s < visible; ++s) sum += (scores[s] = std::exp(scores[s] - max_score));
         float* out = attn.data() + (t * c.num_q_heads + head) * D;
-        for (int64_t s = 0; s <= t; ++s) {
+        for (int64_t s = 0; s < visible; ++s) {
           const float w = scores[s] / sum;
           const float* vr = v.data() + (s * c.num_kv_heads + kvh) * D;
           for (int64_t i = 0; i < D; ++i) out[i] += w * vr[i];
@@ -150,18 +167,20 @@ std::vector<float> CpuModel::forward(std::span<const int32_t> tokens) const {
     const std::vector<float> down = linear(gate, T, c.intermediate_size, layer.down, H);
     for (size_t i = 0; i < x.size(); ++i) x[i] += down[i];
   }
+  state.length += T;
   rms_norm(x, T, H, final_norm_, c.rms_norm_eps);
   return linear(x, T, H, lm_head_.empty() ? embed_ : lm_head_, c.vocab_size);
 }
 
 std::vector<int32_t> CpuModel::greedy(std::span<const int32_t> prompt, int steps) const {
-  std::vector<int32_t> seq(prompt.begin(), prompt.end()), out;
+  CpuSequenceState state;
+  std::vector<float> logits = extend(state, prompt);
+  std::vector<int32_t> out;
   for (int i = 0; i < steps; ++i) {
-    const std::vector<float> logits = forward(seq);
-    const float* last = logits.data() + (seq.size() - 1) * config_.vocab_size;
+    const float* last = logits.data() + logits.size() - config_.vocab_size;
     const int32_t next = static_cast<int32_t>(std::max_element(last, last + config_.vocab_size) - last);
-    seq.push_back(next);
     out.push_back(next);
+    if (i + 1 < steps) logits = extend(state, std::span<const int32_t>(&out.back(), 1));
   }
   return out;
 }

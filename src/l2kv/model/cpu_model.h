@@ -11,6 +11,12 @@
 
 namespace l2kv {
 
+// The keys and values one sequence has cached, per layer: [position][kv_heads * head_dim].
+struct CpuSequenceState {
+  std::vector<std::vector<float>> keys, values;
+  int64_t length = 0;  // positions cached
+};
+
 class CpuModel {
  public:
   // Loads config.json and the safetensors weights of `folder` (converted to float32).
@@ -19,10 +25,15 @@ class CpuModel {
 
   const ModelConfig& config() const { return config_; }
 
-  // Logits [tokens.size(), vocab_size], row-major, for one sequence starting at position 0.
+  // Runs `tokens` at positions state.length, state.length + 1, ... attending to everything
+  // cached before them (prefill of a prompt or a chunk of it, or one decode step), appends
+  // their keys and values to `state`, and returns their logits [tokens.size(), vocab_size].
+  std::vector<float> extend(CpuSequenceState& state, std::span<const int32_t> tokens) const;
+
+  // Logits of `tokens` as one fresh sequence (extend on an empty state).
   std::vector<float> forward(std::span<const int32_t> tokens) const;
 
-  // `steps` tokens chosen greedily after `prompt` (recomputing the whole sequence each step).
+  // `steps` tokens chosen greedily after `prompt`: one prefill, then one decode step per token.
   std::vector<int32_t> greedy(std::span<const int32_t> prompt, int steps) const;
 
  private:
