@@ -111,5 +111,14 @@ TEST(ModelConfig, ReadsBothRopeFormsAndRejectsTheUnsupported) {
   }, "do not divide");
 }
 
+TEST(ModelConfig, SyntheticShapesAreTheRealModels) {
+  // Parameter counts of the published checkpoints.
+  EXPECT_NEAR(ModelConfig::synthetic("llama2-7b").parameter_count() / 1e9, 6.74, 0.01);
+  EXPECT_NEAR(ModelConfig::synthetic("llama3-8b").parameter_count() / 1e9, 8.03, 0.01);
+  EXPECT_NEAR(ModelConfig::synthetic("qwen2.5-7b").parameter_count() / 1e9, 7.62, 0.01);
+  EXPECT_NEAR(ModelConfig::synthetic("qwen2.5-14b").parameter_count() / 1e9, 14.77, 0.01);
+  expect_error([] { ModelConfig::synthetic("gpt-5"); }, "known: llama2-7b");
+}
+
 }  // namespace
 }  // namespace l2kv

@@ -93,6 +93,39 @@ ModelConfig ModelConfig::from_json_text(const std::string& text, const std::stri
   return c;
 }
 
+ModelConfig ModelConfig::synthetic(const std::string& name) {
+  ModelConfig c;
+  c.architecture = "LlamaForCausalLM";
+  c.head_dim = 128;
+  c.max_position_embeddings = 32768;
+  if (name == "llama2-7b") {
+    c.vocab_size = 32000, c.hidden_size = 4096, c.intermediate_size = 11008, c.num_layers = 32;
+    c.num_q_heads = 32, c.num_kv_heads = 32, c.rms_norm_eps = 1e-5, c.rope.theta = 10000;
+  } else if (name == "llama3-8b") {
+    c.vocab_size = 128256, c.hidden_size = 4096, c.intermediate_size = 14336, c.num_layers = 32;
+    c.num_q_heads = 32, c.num_kv_heads = 8, c.rms_norm_eps = 1e-5, c.rope.theta = 500000;
+  } else if (name == "qwen2.5-7b") {
+    c.architecture = "Qwen2ForCausalLM", c.qkv_bias = true;
+    c.vocab_size = 152064, c.hidden_size = 3584, c.intermediate_size = 18944, c.num_layers = 28;
+    c.num_q_heads = 28, c.num_kv_heads = 4, c.rms_norm_eps = 1e-6, c.rope.theta = 1000000;
+  } else if (name == "qwen2.5-14b") {
+    c.architecture = "Qwen2ForCausalLM", c.qkv_bias = true;
+    c.vocab_size = 152064, c.hidden_size = 5120, c.intermediate_size = 13824, c.num_layers = 48;
+    c.num_q_heads = 40, c.num_kv_heads = 8, c.rms_norm_eps = 1e-5, c.rope.theta = 1000000;
+  } else {
+    throw Error("unknown synthetic model '" + name + "' (known: llama2-7b, llama3-8b, qwen2.5-7b, qwen2.5-14b)");
+  }
+  return c;
+}
+
+int64_t ModelConfig::parameter_count() const {
+  const int64_t q_dim = num_q_heads * head_dim, kv_dim = num_kv_heads * head_dim;
+  const int64_t attention = hidden_size * (q_dim + 2 * kv_dim) + q_dim * hidden_size + (qkv_bias ? q_dim + 2 * kv_dim : 0);
+  const int64_t mlp = 3 * hidden_size * intermediate_size;
+  const int64_t per_layer = attention + mlp + 2 * hidden_size;
+  return vocab_size * hidden_size * (tie_word_embeddings ? 1 : 2) + num_layers * per_layer + hidden_size;
+}
+
 std::vector<float> rope_inverse_frequencies(const RopeConfig& rope, int64_t head_dim) {
   std::vector<float> inv(static_cast<size_t>(head_dim / 2));
   for (int64_t i = 0; i < head_dim / 2; ++i) {

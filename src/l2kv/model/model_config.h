@@ -41,6 +41,13 @@ struct ModelConfig {
   // architectures, rope types, sliding windows or inconsistent sizes.
   static ModelConfig from_folder(const std::filesystem::path& folder);
   static ModelConfig from_json_text(const std::string& text, const std::string& origin);
+
+  // The real shapes of a known model for benchmarks with random weights: "llama2-7b",
+  // "llama3-8b", "qwen2.5-7b", "qwen2.5-14b" (as in "synthetic:llama3-8b"). Throws l2kv::Error
+  // listing the known names otherwise.
+  static ModelConfig synthetic(const std::string& name);
+
+  int64_t parameter_count() const;
 };
 
 // Per-pair inverse frequencies of RoPE (head_dim / 2 of them), computed in float32 as
