@@ -1,0 +1,69 @@
+// The CUDA backend: the same graph as CpuModel on the GPU, bf16 weights and activations with
+// an fp32 residual stream, K/V written to a paged cache (HND, block 16) and attention by
+// l2kv's split decode kernel. One call runs a batch of sequences of different lengths.
+//
+// Prefill attention currently reuses the decode kernel with one query row per prompt token
+// (each row attends to its own prefix of the paged cache): correct and tested, but it reads
+// each prompt's KV once per token; a tensor-core prefill kernel is the next step.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <span>
+#include <vector>
+
+#include "l2kv/kernels/attention/split_decode.h"
+#include "l2kv/kernels/model/gemm.h"
+#include "l2kv/model/model_config.h"
+
+namespace l2kv {
+
+// Host-side bookkeeping of one sequence in the paged cache.
+struct CudaSequence {
+  std::vector<int32_t> blocks;  // physical KV blocks, in order
+  int32_t length = 0;           // tokens cached
+};
+
+class CudaModel {
+ public:
+  static constexpr int32_t kBlockSize = 16;
+
+  // Weights from a Hugging Face folder (converted to bf16), or random ones in `config`'s shapes
+  // (synthetic models). `kv_blocks` is the size of the paged KV pool of each layer.
+  CudaModel(const std::filesystem::path& folder, int32_t kv_blocks);
+  CudaModel(const ModelConfig& config, uint64_t seed, int32_t kv_blocks);
+  ~CudaModel();
+  CudaModel(const CudaModel&) = delete;
+  CudaModel& operator=(const CudaModel&) = delete;
+
+  const ModelConfig& config() const { return config_; }
+
+  // Runs tokens[i] for sequence *sequences[i] after what it has cached, appending their K/V.
+  // Returns logits [sum of tokens, vocab] (all_logits) or [sequences, vocab] for the last token
+  // of each. Throws l2kv::Error when the KV pool runs out (nothing is appended then).
+  std::vector<float> extend(std::span<CudaSequence* const> sequences, std::span<const std::vector<int32_t>> tokens,
+                            bool all_logits, cudaStream_t stream);
+
+  // Returns a finished sequence's blocks to the pool.
+  void release(CudaSequence& sequence);
+
+ private:
+  struct Weights;
+  struct Buffers;
+  void allocate_cache(int32_t kv_blocks);
+
+  ModelConfig config_;
+  std::unique_ptr<Weights> weights_;
+  std::vector<void*> k_pools_, v_pools_;
+  std::vector<int32_t> free_blocks_;
+  int32_t kv_blocks_ = 0;
+  float* inv_freq_ = nullptr;
+  Gemm gemm_;
+  SplitDecode attention_;
+};
+
+}  // namespace l2kv
