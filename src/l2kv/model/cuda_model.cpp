@@ -221,22 +221,41 @@ std::vector<float> CudaModel::extend(std::span<CudaSequence* const> sequences, s
   p.kv.v_pool = v_pools_[0];
   attention_.plan(p, row_lens, stream);  // the same plan serves every layer
 
+  // Profiling: event pairs around each projection and attention call, read after the sync.
+  std::vector<std::pair<cudaEvent_t, cudaEvent_t>> gemm_events, attention_events;
+  cudaEvent_t total_start = nullptr, total_stop = nullptr;
+  auto timed = [&](std::vector<std::pair<cudaEvent_t, cudaEvent_t>>& list, auto&& launch) {
+    if (!profiling_) return launch();
+    cudaEvent_t a, b;
+    L2KV_CUDA_CHECK(cudaEventCreate(&a));
+    L2KV_CUDA_CHECK(cudaEventCreate(&b));
+    L2KV_CUDA_CHECK(cudaEventRecord(a, stream));
+    launch();
+    L2KV_CUDA_CHECK(cudaEventRecord(b, stream));
+    list.emplace_back(a, b);
+  };
+  if (profiling_) {
+    L2KV_CUDA_CHECK(cudaEventCreate(&total_start));
+    L2KV_CUDA_CHECK(cudaEventCreate(&total_stop));
+    L2KV_CUDA_CHECK(cudaEventRecord(total_start, stream));
+  }
+
   ops::embed(d_ids.ptr, n, weights_->embed.ptr, static_cast<int32_t>(H), residual.ptr, stream);
   const __nv_bfloat16* pending = nullptr;  // the last block's output, added to the residual by the next norm
   for (size_t l = 0; l < weights_->layers.size(); ++l) {
     const auto& w = weights_->layers[l];
     ops::add_rmsnorm(residual.ptr, pending, w.input_norm.ptr, static_cast<float>(c.rms_norm_eps), n, static_cast<int32_t>(H), h.ptr, stream);
-    gemm_.linear(h.ptr, w.qkv.ptr, qkv.ptr, n, H, q_dim + 2 * kv_dim, stream);
+    timed(gemm_events, [&] { gemm_.linear(h.ptr, w.qkv.ptr, qkv.ptr, n, H, q_dim + 2 * kv_dim, stream); });
     p.kv.k_pool = k_pools_[l];
     p.kv.v_pool = v_pools_[l];
     ops::rope_and_cache(qkv.ptr, w.qkv_bias.ptr, d_pos.ptr, d_slots.ptr, inv_freq_, n, static_cast<int32_t>(c.num_q_heads), p.kv,
                         q.ptr, stream);
-    attention_.run(p, PrefetchPolicy::off(), stream);
-    gemm_.linear(attn.ptr, w.o.ptr, proj.ptr, n, q_dim, H, stream);
+    timed(attention_events, [&] { attention_.run(p, PrefetchPolicy::off(), stream); });
+    timed(gemm_events, [&] { gemm_.linear(attn.ptr, w.o.ptr, proj.ptr, n, q_dim, H, stream); });
     ops::add_rmsnorm(residual.ptr, proj.ptr, w.post_norm.ptr, static_cast<float>(c.rms_norm_eps), n, static_cast<int32_t>(H), h.ptr, stream);
-    gemm_.linear(h.ptr, w.gate_up.ptr, gate_up.ptr, n, H, 2 * I, stream);
+    timed(gemm_events, [&] { gemm_.linear(h.ptr, w.gate_up.ptr, gate_up.ptr, n, H, 2 * I, stream); });
     ops::silu_mul(gate_up.ptr, n, static_cast<int32_t>(I), act.ptr, stream);
-    gemm_.linear(act.ptr, w.down.ptr, proj.ptr, n, I, H, stream);
+    timed(gemm_events, [&] { gemm_.linear(act.ptr, w.down.ptr, proj.ptr, n, I, H, stream); });
     pending = proj.ptr;
   }
   ops::add_rmsnorm(residual.ptr, pending, weights_->final_norm.ptr, static_cast<float>(c.rms_norm_eps), n, static_cast<int32_t>(H), h.ptr, stream);
@@ -244,10 +263,31 @@ std::vector<float> CudaModel::extend(std::span<CudaSequence* const> sequences, s
   DeviceArray<__nv_bfloat16> last(all_logits ? 0 : static_cast<size_t>(rows * H));
   if (!all_logits) ops::gather_rows(h.ptr, d_last.ptr, rows, static_cast<int32_t>(H), last.ptr, stream);
   DeviceArray<float> logits(static_cast<size_t>(rows * V));
-  gemm_.linear_f32_out(all_logits ? h.ptr : last.ptr, weights_->lm_head_ptr(), logits.ptr, rows, H, V, stream);
+  timed(gemm_events, [&] { gemm_.linear_f32_out(all_logits ? h.ptr : last.ptr, weights_->lm_head_ptr(), logits.ptr, rows, H, V, stream); });
+  if (profiling_) L2KV_CUDA_CHECK(cudaEventRecord(total_stop, stream));
   std::vector<float> out(static_cast<size_t>(rows * V));
   L2KV_CUDA_CHECK(cudaMemcpyAsync(out.data(), logits.ptr, out.size() * sizeof(float), cudaMemcpyDeviceToHost, stream));
   L2KV_CUDA_CHECK(cudaStreamSynchronize(stream));
+  if (profiling_) {
+    auto sum = [](std::vector<std::pair<cudaEvent_t, cudaEvent_t>>& list) {
+      double total = 0;
+      for (auto& [a, b] : list) {
+        float ms = 0;
+        L2KV_CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
+        total += ms;
+        cudaEventDestroy(a);
+        cudaEventDestroy(b);
+      }
+      return total;
+    };
+    op_times_.gemm_ms = sum(gemm_events);
+    op_times_.attention_ms = sum(attention_events);
+    float ms = 0;
+    L2KV_CUDA_CHECK(cudaEventElapsedTime(&ms, total_start, total_stop));
+    op_times_.total_ms = ms;
+    cudaEventDestroy(total_start);
+    cudaEventDestroy(total_stop);
+  }
   for (size_t s = 0; s < sequences.size(); ++s) sequences[s]->length += static_cast<int32_t>(tokens[s].size());
   return out;
 }

@@ -51,6 +51,13 @@ class CudaModel {
   // Returns a finished sequence's blocks to the pool.
   void release(CudaSequence& sequence);
 
+  // With profiling on, extend() times its projections and its attention with CUDA events.
+  struct OpTimes {
+    double gemm_ms = 0, attention_ms = 0, total_ms = 0;
+  };
+  void set_profiling(bool on) { profiling_ = on; }
+  const OpTimes& last_op_times() const { return op_times_; }
+
  private:
   struct Weights;
   struct Buffers;
@@ -64,6 +71,8 @@ class CudaModel {
   float* inv_freq_ = nullptr;
   Gemm gemm_;
   SplitDecode attention_;
+  bool profiling_ = false;
+  OpTimes op_times_;
 };
 
 }  // namespace l2kv
