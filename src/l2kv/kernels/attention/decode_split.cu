@@ -12,6 +12,7 @@
 #include <cmath>
 
 #include "l2kv/core/cuda_check.h"
+#include "l2kv/kernels/attention/kv_tile.cuh"
 #include "l2kv/kernels/attention/split_decode_kernel.h"
 #include "l2kv/kernels/cache_hints.cuh"
 #include "l2kv/kernels/tensor_core.cuh"
@@ -30,61 +31,13 @@ struct SplitShape {
   // 3 stages x 32 KiB lets two blocks share an SM; measured on the H100 (bench/NOTES.md),
   // 2 stages with 3 blocks/SM matched it and 4-6 stages with 1 block/SM were 7-14 % slower.
   static constexpr int kStages = kHeadDim == 128 ? 3 : 4;
-  static constexpr int kChunksPerRow = kHeadDim / 8;          // 16-byte chunks per token row
-  static constexpr int kRowsPerThread = kSplitTileTokens * kChunksPerRow / kThreads;
   static constexpr int kTileElems = kSplitTileTokens * kHeadDim;
   static constexpr int kKSteps = kHeadDim / 16;   // MMA k-steps of Q.K
   static constexpr int kOutTiles = kHeadDim / 8;  // MMA n-tiles of P.V
   static constexpr size_t kSmemBytes = size_t{kStages} * 2 * kTileElems * 2;
-  static_assert(kThreads % kChunksPerRow == 0 && kRowsPerThread <= 16,
-                "a thread's rows must fit in the smallest KV block (16 tokens)");
   // The cross-warp merge reuses the pipeline buffers.
   static_assert(kWarps * kMaxGqaGroup * (kHeadDim + 2) * sizeof(float) <= kSmemBytes);
 };
-
-// Element offset of 16-byte chunk `chunk` of row `row` in a swizzled [64][D] tile: the chunk
-// index is XORed with row % 8 so the 8 rows an ldmatrix reads hit 8 different bank groups.
-template <int kHeadDim>
-__device__ __forceinline__ int swizzled(int row, int chunk) {
-  return row * kHeadDim + ((chunk ^ (row & 7)) << 3);
-}
-
-// Copies one tile (64 tokens of K and of V) into shared memory. Each thread owns one 16-byte
-// column chunk of kRowsPerThread consecutive rows: those rows lie in one KV block (block sizes
-// are multiples of it), so one block-table lookup serves them all.
-template <typename T, int kHeadDim>
-__device__ __forceinline__ void load_tile(const SplitKernelArgs& a, const SplitWorkItem& item,
-                                          int tile_begin, T* k_tile, T* v_tile, int block_shift,
-                                          bool evict_first, uint64_t load_policy) {
-  using Shape = SplitShape<kHeadDim>;
-  const PagedKvCache& kv = a.params.kv;
-  const int32_t* table = kv.block_table + static_cast<int64_t>(item.seq) * kv.max_blocks_per_seq;
-  const T* k_pool = static_cast<const T*>(kv.k_pool);
-  const T* v_pool = static_cast<const T*>(kv.v_pool);
-  const int chunk = threadIdx.x % Shape::kChunksPerRow;
-  const int first_row = threadIdx.x / Shape::kChunksPerRow * Shape::kRowsPerThread;
-  const int first_token = tile_begin + first_row;
-  int64_t offset = 0;
-  if (first_token < item.token_end) {
-    const int32_t physical = __ldg(table + (first_token >> block_shift));
-    offset = kv.offset(physical, first_token & (kv.block_size - 1), item.kv_head) + chunk * 8;
-  }
-  const int64_t row_stride = kv.token_stride();
-#pragma unroll
-  for (int r = 0; r < Shape::kRowsPerThread; ++r) {
-    const bool valid = first_token + r < item.token_end;
-    const int64_t src = valid ? offset + r * row_stride : 0;  // masked rows read nothing
-    const uint32_t bytes = valid ? 16 : 0;
-    const int dst = swizzled<kHeadDim>(first_row + r, chunk);
-    if (evict_first) {
-      ptx::cp_async_16(k_tile + dst, k_pool + src, bytes, load_policy);
-      ptx::cp_async_16(v_tile + dst, v_pool + src, bytes, load_policy);
-    } else {
-      ptx::cp_async_16(k_tile + dst, k_pool + src, bytes);
-      ptx::cp_async_16(v_tile + dst, v_pool + src, bytes);
-    }
-  }
-}
 
 // L2 prefetch of one future tile, spread over the block's threads.
 template <typename T>
@@ -205,8 +158,8 @@ __global__ void __launch_bounds__(kThreads) split_decode_kernel(const SplitKerne
 #pragma unroll
   for (int s = 0; s < Shape::kStages - 1; ++s) {
     if (s < num_tiles)
-      load_tile<T, kHeadDim>(a, item, item.token_begin + s * kSplitTileTokens, k_stage(s),
-                             v_stage(s), block_shift, evict_first, load_policy);
+      load_kv_tile<T, kHeadDim, kThreads>(p.kv, item.seq, item.kv_head, item.token_begin + s * kSplitTileTokens,
+                                          item.token_end, k_stage(s), v_stage(s), block_shift, evict_first, load_policy);
     ptx::cp_async_commit();
   }
   for (int t = Shape::kStages - 1; t < min(num_tiles, Shape::kStages - 1 + a.prefetch_distance); ++t)
@@ -242,8 +195,8 @@ __global__ void __launch_bounds__(kThreads) split_decode_kernel(const SplitKerne
       const int next = tile + Shape::kStages - 1;
       if (next < num_tiles) {
         const int s = next % Shape::kStages;
-        load_tile<T, kHeadDim>(a, item, item.token_begin + next * kSplitTileTokens, k_stage(s),
-                               v_stage(s), block_shift, evict_first, load_policy);
+        load_kv_tile<T, kHeadDim, kThreads>(p.kv, item.seq, item.kv_head, item.token_begin + next * kSplitTileTokens,
+                                            item.token_end, k_stage(s), v_stage(s), block_shift, evict_first, load_policy);
       }
       ptx::cp_async_commit();
       const int ahead = next + a.prefetch_distance;

@@ -1,0 +1,62 @@
+// Copying 64-token tiles of one KV head from the paged cache into shared memory, shared by the
+// split-decode and prefill attention kernels: 16-byte cp.async copies into a swizzled
+// [64][head_dim] layout that ldmatrix reads without bank conflicts.
+#pragma once
+
+#include <cstdint>
+
+#include "l2kv/kernels/cache_hints.cuh"
+#include "l2kv/kv_cache/paged_kv.h"
+
+namespace l2kv {
+
+inline constexpr int32_t kKvTileTokens = 64;
+
+// Element offset of 16-byte chunk `chunk` of row `row` in a swizzled [64][D] tile: the chunk
+// index is XORed with row % 8 so the 8 rows an ldmatrix reads hit 8 different bank groups.
+template <int kHeadDim>
+__device__ __forceinline__ int swizzled(int row, int chunk) {
+  return row * kHeadDim + ((chunk ^ (row & 7)) << 3);
+}
+
+// Copies tokens [tile_begin, tile_begin + 64) of (sequence `seq`, `kv_head`) into `k_tile` and
+// `v_tile`; rows at or past `token_end` are zero-filled. Each of the kThreads threads owns one
+// 16-byte column chunk of consecutive rows: those rows lie in one KV block (block sizes are
+// multiples of it), so one block-table lookup serves them all.
+template <typename T, int kHeadDim, int kThreads>
+__device__ __forceinline__ void load_kv_tile(const PagedKvCache& kv, int32_t seq, int32_t kv_head, int tile_begin,
+                                             int token_end, T* k_tile, T* v_tile, int block_shift, bool evict_first,
+                                             uint64_t load_policy) {
+  constexpr int kChunksPerRow = kHeadDim / 8;
+  constexpr int kRowsPerThread = kKvTileTokens * kChunksPerRow / kThreads;
+  static_assert(kThreads % kChunksPerRow == 0 && kRowsPerThread >= 1 && kRowsPerThread <= 16,
+                "a thread's rows must fit in the smallest KV block (16 tokens)");
+  const int32_t* table = kv.block_table + static_cast<int64_t>(seq) * kv.max_blocks_per_seq;
+  const T* k_pool = static_cast<const T*>(kv.k_pool);
+  const T* v_pool = static_cast<const T*>(kv.v_pool);
+  const int chunk = threadIdx.x % kChunksPerRow;
+  const int first_row = threadIdx.x / kChunksPerRow * kRowsPerThread;
+  const int first_token = tile_begin + first_row;
+  int64_t offset = 0;
+  if (first_token < token_end) {
+    const int32_t physical = __ldg(table + (first_token >> block_shift));
+    offset = kv.offset(physical, first_token & (kv.block_size - 1), kv_head) + chunk * 8;
+  }
+  const int64_t row_stride = kv.token_stride();
+#pragma unroll
+  for (int r = 0; r < kRowsPerThread; ++r) {
+    const bool valid = first_token + r < token_end;
+    const int64_t src = valid ? offset + r * row_stride : 0;  // masked rows read nothing
+    const uint32_t bytes = valid ? 16 : 0;
+    const int dst = swizzled<kHeadDim>(first_row + r, chunk);
+    if (evict_first) {
+      ptx::cp_async_16(k_tile + dst, k_pool + src, bytes, load_policy);
+      ptx::cp_async_16(v_tile + dst, v_pool + src, bytes, load_policy);
+    } else {
+      ptx::cp_async_16(k_tile + dst, k_pool + src, bytes);
+      ptx::cp_async_16(v_tile + dst, v_pool + src, bytes);
+    }
+  }
+}
+
+}  // namespace l2kv
