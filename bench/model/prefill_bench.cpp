@@ -4,10 +4,12 @@
 #include <CLI/CLI.hpp>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <vector>
 
 #include "l2kv/core/cuda_check.h"
+#include "l2kv/kernels/attention/prefill_attention.h"
 #include "l2kv/core/device_info.h"
 #include "l2kv/kernels/model/gemm.h"
 #include "l2kv/kernels/model/model_ops.h"
@@ -43,16 +45,68 @@ double gemm_peak_tflops(cudaStream_t stream) {
   return tflops[tflops.size() / 2];
 }
 
+// Median µs of the prefill attention kernel alone for one prompt of `tokens` tokens with the
+// model's head layout (bf16, HND, block 16, shuffled blocks).
+double prefill_attention_us(const l2kv::ModelConfig& c, int tokens, cudaStream_t stream) {
+  const int block = 16, blocks = (tokens + block - 1) / block;
+  const int64_t pool = int64_t{blocks} * block * c.num_kv_heads * c.head_dim;
+  const int64_t q_elems = int64_t{tokens} * c.num_q_heads * c.head_dim;
+  __nv_bfloat16 *k, *v, *q, *out;
+  int32_t *table, *lens;
+  L2KV_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&k), pool * 2));
+  L2KV_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&v), pool * 2));
+  L2KV_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&q), q_elems * 2));
+  L2KV_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&out), q_elems * 2));
+  L2KV_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&table), blocks * 4));
+  L2KV_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&lens), 4));
+  l2kv::ops::fill_random_bf16(k, pool, 1.f, 11, stream);
+  l2kv::ops::fill_random_bf16(v, pool, 1.f, 12, stream);
+  l2kv::ops::fill_random_bf16(q, q_elems, 1.f, 13, stream);
+  std::vector<int32_t> host_table(blocks);
+  for (int i = 0; i < blocks; ++i) host_table[i] = (i * 7919) % blocks == i ? i : (blocks - 1 - i);  // non-contiguous
+  L2KV_CUDA_CHECK(cudaMemcpy(table, host_table.data(), blocks * 4, cudaMemcpyHostToDevice));
+  L2KV_CUDA_CHECK(cudaMemcpy(lens, &tokens, 4, cudaMemcpyHostToDevice));
+  l2kv::PagedKvCache kv;
+  kv.k_pool = k, kv.v_pool = v, kv.block_table = table, kv.seq_lens = lens;
+  kv.num_blocks = blocks, kv.block_size = block, kv.num_kv_heads = static_cast<int32_t>(c.num_kv_heads);
+  kv.head_dim = static_cast<int32_t>(c.head_dim), kv.batch_size = 1, kv.max_blocks_per_seq = blocks;
+  kv.layout = l2kv::KvLayout::kHND, kv.dtype = l2kv::DType::kBFloat16;
+  l2kv::PrefillAttention prefill;
+  const std::vector<l2kv::PrefillChunk> chunks = {{0, 0, tokens, 0}};
+  prefill.plan(kv, static_cast<int32_t>(c.num_q_heads), chunks, stream);
+  const float scale = 1.f / std::sqrt(static_cast<float>(c.head_dim));
+  for (int i = 0; i < 3; ++i) prefill.run(q, out, kv, static_cast<int32_t>(c.num_q_heads), scale, stream);
+  cudaEvent_t s, e;
+  L2KV_CUDA_CHECK(cudaEventCreate(&s));
+  L2KV_CUDA_CHECK(cudaEventCreate(&e));
+  std::vector<double> us;
+  for (int i = 0; i < 20; ++i) {
+    L2KV_CUDA_CHECK(cudaEventRecord(s, stream));
+    prefill.run(q, out, kv, static_cast<int32_t>(c.num_q_heads), scale, stream);
+    L2KV_CUDA_CHECK(cudaEventRecord(e, stream));
+    L2KV_CUDA_CHECK(cudaEventSynchronize(e));
+    float ms = 0;
+    L2KV_CUDA_CHECK(cudaEventElapsedTime(&ms, s, e));
+    us.push_back(ms * 1e3);
+  }
+  cudaFree(k), cudaFree(v), cudaFree(q), cudaFree(out), cudaFree(table), cudaFree(lens);
+  std::sort(us.begin(), us.end());
+  return us[us.size() / 2];
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   std::string model_name = "llama3-8b";
   int batch = 8, prompt = 512, reps = 5;
+  std::vector<int> attention_lengths{512, 1024, 2048, 4096, 8192};
   CLI::App app{"l2kv_bench_prefill: prefill throughput of the CUDA backend on a synthetic model"};
   app.add_option("--model", model_name, "Synthetic model: llama2-7b, llama3-8b, qwen2.5-7b, qwen2.5-14b")->capture_default_str();
   app.add_option("--batch", batch, "Prompts per prefill")->check(CLI::Range(1, 256))->capture_default_str();
   app.add_option("--prompt", prompt, "Tokens per prompt")->check(CLI::Range(1, 32768))->capture_default_str();
   app.add_option("--reps", reps, "Timed prefills (median reported)")->check(CLI::Range(1, 1000))->capture_default_str();
+  app.add_option("--attention-lengths", attention_lengths, "Prompt lengths of the prefill-attention kernel sweep (batch 1)")
+      ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   try {
     if (!l2kv::cuda_device_available()) {
@@ -91,6 +145,13 @@ int main(int argc, char** argv) {
                 tflops, 100 * tflops / peak);
     std::printf("time split: projections (cuBLAS) %.2f ms (%.1f %%), attention %.2f ms (%.1f %%), other %.2f ms\n", m.gemm_ms,
                 100 * m.gemm_ms / m.total_ms, m.attention_ms, 100 * m.attention_ms / m.total_ms, m.total_ms - m.gemm_ms - m.attention_ms);
+    for (int length : attention_lengths) {
+      const double us = prefill_attention_us(config, length, nullptr);
+      const double att_flops = 4.0 * config.num_q_heads * config.head_dim * (length * (length + 1) / 2.0);
+      std::printf("prefill attention, 1 x %d tokens, %lld:%lld heads: %.1f us, %.0f TFLOP/s\n", length,
+                  static_cast<long long>(config.num_q_heads), static_cast<long long>(config.num_kv_heads), us,
+                  att_flops / (us * 1e-6) / 1e12);
+    }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "l2kv_bench_prefill: %s\n", e.what());
     return 1;

@@ -176,9 +176,20 @@ std::vector<float> CudaModel::extend(std::span<CudaSequence* const> sequences, s
     }
     max_blocks = std::max(max_blocks, static_cast<int32_t>(seq.blocks.size()));
   }
-  std::vector<int32_t> table;
+  std::vector<int32_t> table, seq_table, seq_lens;
+  std::vector<PrefillChunk> chunks;
+  bool decode_only = true;
+  for (size_t s = 0; s < sequences.size(); ++s) {
+    const CudaSequence& seq = *sequences[s];
+    const size_t row = seq_table.size();
+    seq_table.resize(row + max_blocks, 0);
+    std::copy(seq.blocks.begin(), seq.blocks.end(), seq_table.begin() + static_cast<int64_t>(row));
+    seq_lens.push_back(seq.length + static_cast<int32_t>(tokens[s].size()));
+    decode_only &= tokens[s].size() == 1;
+  }
   for (size_t s = 0; s < sequences.size(); ++s) {
     CudaSequence& seq = *sequences[s];
+    chunks.push_back({static_cast<int32_t>(s), static_cast<int32_t>(ids.size()), static_cast<int32_t>(tokens[s].size()), seq.length});
     for (size_t i = 0; i < tokens[s].size(); ++i) {
       const int32_t pos = seq.length + static_cast<int32_t>(i);
       ids.push_back(tokens[s][i]);
@@ -195,7 +206,7 @@ std::vector<float> CudaModel::extend(std::span<CudaSequence* const> sequences, s
   const int64_t H = c.hidden_size, D = c.head_dim, q_dim = c.num_q_heads * D, kv_dim = c.num_kv_heads * D;
   const int64_t I = c.intermediate_size, V = c.vocab_size;
   auto d_ids = upload(ids), d_pos = upload(positions), d_slots = upload(slots), d_lens = upload(row_lens);
-  auto d_table = upload(table), d_last = upload(last_rows);
+  auto d_table = upload(table), d_last = upload(last_rows), d_seq_table = upload(seq_table), d_seq_lens = upload(seq_lens);
   DeviceArray<float> residual(static_cast<size_t>(n * H));
   DeviceArray<__nv_bfloat16> h(static_cast<size_t>(n * H)), qkv(static_cast<size_t>(n * (q_dim + 2 * kv_dim)));
   DeviceArray<__nv_bfloat16> q(static_cast<size_t>(n * q_dim)), attn(static_cast<size_t>(n * q_dim));
@@ -219,7 +230,15 @@ std::vector<float> CudaModel::extend(std::span<CudaSequence* const> sequences, s
   p.kv.dtype = DType::kBFloat16;
   p.kv.k_pool = k_pools_[0];
   p.kv.v_pool = v_pools_[0];
-  attention_.plan(p, row_lens, stream);  // the same plan serves every layer
+  // The prefill kernel reads the cache per sequence; the decode kernel per query row.
+  PagedKvCache prefill_kv = p.kv;
+  prefill_kv.block_table = d_seq_table.ptr;
+  prefill_kv.seq_lens = d_seq_lens.ptr;
+  prefill_kv.batch_size = static_cast<int32_t>(sequences.size());
+  if (decode_only)
+    attention_.plan(p, row_lens, stream);  // the same plan serves every layer
+  else
+    prefill_.plan(prefill_kv, p.num_q_heads, chunks, stream);
 
   // Profiling: event pairs around each projection and attention call, read after the sync.
   std::vector<std::pair<cudaEvent_t, cudaEvent_t>> gemm_events, attention_events;
@@ -250,7 +269,14 @@ std::vector<float> CudaModel::extend(std::span<CudaSequence* const> sequences, s
     p.kv.v_pool = v_pools_[l];
     ops::rope_and_cache(qkv.ptr, w.qkv_bias.ptr, d_pos.ptr, d_slots.ptr, inv_freq_, n, static_cast<int32_t>(c.num_q_heads), p.kv,
                         q.ptr, stream);
-    timed(attention_events, [&] { attention_.run(p, PrefetchPolicy::off(), stream); });
+    prefill_kv.k_pool = p.kv.k_pool;
+    prefill_kv.v_pool = p.kv.v_pool;
+    timed(attention_events, [&] {
+      if (decode_only)
+        attention_.run(p, PrefetchPolicy::off(), stream);
+      else
+        prefill_.run(q.ptr, attn.ptr, prefill_kv, p.num_q_heads, p.softmax_scale, stream);
+    });
     timed(gemm_events, [&] { gemm_.linear(attn.ptr, w.o.ptr, proj.ptr, n, q_dim, H, stream); });
     ops::add_rmsnorm(residual.ptr, proj.ptr, w.post_norm.ptr, static_cast<float>(c.rms_norm_eps), n, static_cast<int32_t>(H), h.ptr, stream);
     timed(gemm_events, [&] { gemm_.linear(h.ptr, w.gate_up.ptr, gate_up.ptr, n, H, 2 * I, stream); });

@@ -2,9 +2,8 @@
 // an fp32 residual stream, K/V written to a paged cache (HND, block 16) and attention by
 // l2kv's split decode kernel. One call runs a batch of sequences of different lengths.
 //
-// Prefill attention currently reuses the decode kernel with one query row per prompt token
-// (each row attends to its own prefix of the paged cache): correct and tested, but it reads
-// each prompt's KV once per token; a tensor-core prefill kernel is the next step.
+// Attention: batches where every sequence adds one token run the split decode kernel; batches
+// with prompt chunks run the tensor-core prefill kernel (causal over each chunk's prefix).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -16,6 +15,7 @@
 #include <span>
 #include <vector>
 
+#include "l2kv/kernels/attention/prefill_attention.h"
 #include "l2kv/kernels/attention/split_decode.h"
 #include "l2kv/kernels/model/gemm.h"
 #include "l2kv/model/model_config.h"
@@ -71,6 +71,7 @@ class CudaModel {
   float* inv_freq_ = nullptr;
   Gemm gemm_;
   SplitDecode attention_;
+  PrefillAttention prefill_;
   bool profiling_ = false;
   OpTimes op_times_;
 };

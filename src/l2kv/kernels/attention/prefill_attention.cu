@@ -1,0 +1,262 @@
+#include "l2kv/kernels/attention/prefill_attention.h"
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+
+#include "l2kv/core/cuda_check.h"
+#include "l2kv/kernels/attention/decode_attention.h"
+#include "l2kv/kernels/attention/kv_tile.cuh"
+#include "l2kv/kernels/tensor_core.cuh"
+
+namespace l2kv {
+namespace {
+
+constexpr int kLoadThreads = 128;  // threads that copy K/V tiles (the first four warps)
+constexpr int kQueryTile = 16;     // query tokens per warp: the MMA's M
+constexpr int kStages = 2;
+constexpr float kLog2e = 1.4426950408889634f;
+
+// Query tiles per (KV head, group) so that a block has at least four warps.
+int subtiles_for(int group) { return std::max(1, 4 / group); }
+int warps_for(int group) { return std::max(4, group * subtiles_for(group)); }
+
+template <typename T, int kHeadDim>
+__global__ void __launch_bounds__(256) prefill_attention_kernel(const PrefillAttention::WorkItem* items, const T* q,
+                                                                T* out, const PagedKvCache kv, int32_t num_q_heads,
+                                                                float softmax_scale) {
+  using Traits = tc::ElementTraits<T>;
+  constexpr int kTileElems = kKvTileTokens * kHeadDim;
+  constexpr int kKSteps = kHeadDim / 16;
+  constexpr int kOutTiles = kHeadDim / 8;
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  T* smem = reinterpret_cast<T*>(smem_raw);
+  auto k_stage = [&](int s) { return smem + s * 2 * kTileElems; };
+  auto v_stage = [&](int s) { return smem + s * 2 * kTileElems + kTileElems; };
+
+  const PrefillAttention::WorkItem item = items[blockIdx.x];
+  const int group = num_q_heads / kv.num_kv_heads;
+  const int subtiles = max(1, 4 / group);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, quad = lane % 4;
+  const bool computes = warp < group * subtiles;
+  const int head = item.kv_head * group + warp % group;
+  const int sub = warp / group;
+  const int warp_first = sub * kQueryTile;                        // first query of this warp in the item
+  const int warp_count = max(0, min(kQueryTile, item.q_count - warp_first));
+  const int warp_last_pos = item.first_position + warp_first + warp_count - 1;
+  const int kv_end = item.first_position + item.q_count;          // keys 0 .. kv_end - 1
+  const int num_tiles = (kv_end + kKvTileTokens - 1) / kKvTileTokens;
+  const int block_shift = __ffs(kv.block_size) - 1;
+
+  if (threadIdx.x < kLoadThreads)
+    load_kv_tile<T, kHeadDim, kLoadThreads>(kv, item.seq, item.kv_head, 0, kv_end, k_stage(0), v_stage(0), block_shift,
+                                            false, 0);
+  ptx::cp_async_commit();
+
+  // Q as the A operand: rows = this warp's 16 query tokens (lane / 4 and lane / 4 + 8).
+  const int r0 = lane / 4, r1 = r0 + 8;
+  uint32_t q_frag[kKSteps][4];
+#pragma unroll
+  for (int ks = 0; ks < kKSteps; ++ks)
+#pragma unroll
+    for (int k = 0; k < 4; ++k) q_frag[ks][k] = 0u;
+  if (computes) {
+    auto q_row = [&](int r) { return q + (static_cast<int64_t>(item.q_row_begin + warp_first + r) * num_q_heads + head) * kHeadDim; };
+#pragma unroll
+    for (int ks = 0; ks < kKSteps; ++ks) {
+      if (r0 < warp_count) {
+        q_frag[ks][0] = *reinterpret_cast<const uint32_t*>(q_row(r0) + ks * 16 + quad * 2);
+        q_frag[ks][2] = *reinterpret_cast<const uint32_t*>(q_row(r0) + ks * 16 + 8 + quad * 2);
+      }
+      if (r1 < warp_count) {
+        q_frag[ks][1] = *reinterpret_cast<const uint32_t*>(q_row(r1) + ks * 16 + quad * 2);
+        q_frag[ks][3] = *reinterpret_cast<const uint32_t*>(q_row(r1) + ks * 16 + 8 + quad * 2);
+      }
+    }
+  }
+  const float scale_log2 = softmax_scale * kLog2e;
+  const int pos0 = item.first_position + warp_first + r0, pos1 = pos0 + 8;
+  float o_acc[kOutTiles][4] = {};
+  float max0 = -INFINITY, max1 = -INFINITY, sum0 = 0.f, sum1 = 0.f;
+
+  for (int tile = 0; tile < num_tiles; ++tile) {
+    if (tile + 1 < num_tiles && threadIdx.x < kLoadThreads)
+      load_kv_tile<T, kHeadDim, kLoadThreads>(kv, item.seq, item.kv_head, (tile + 1) * kKvTileTokens, kv_end,
+                                              k_stage((tile + 1) % kStages), v_stage((tile + 1) % kStages), block_shift,
+                                              false, 0);
+    ptx::cp_async_commit();
+    ptx::cp_async_wait<1>();
+    __syncthreads();
+    const int tile_start = tile * kKvTileTokens;
+    if (computes && warp_count > 0 && tile_start <= warp_last_pos) {
+      const T* k_tile = k_stage(tile % kStages);
+      const T* v_tile = v_stage(tile % kStages);
+      float s_acc[8][4] = {};
+#pragma unroll
+      for (int ks = 0; ks < kKSteps; ++ks)
+#pragma unroll
+        for (int np = 0; np < 4; ++np) {
+          uint32_t k_frag[4];
+          tc::ldmatrix_x4(k_frag, k_tile + swizzled<kHeadDim>(np * 16 + (lane / 16) * 8 + lane % 8, ks * 2 + (lane / 8) % 2));
+          const uint32_t b0[2] = {k_frag[0], k_frag[1]};
+          const uint32_t b1[2] = {k_frag[2], k_frag[3]};
+          tc::mma_m16n8k16<T>(s_acc[2 * np], q_frag[ks], b0);
+          tc::mma_m16n8k16<T>(s_acc[2 * np + 1], q_frag[ks], b1);
+        }
+      // Causal mask and online softmax for rows r0 (c0, c1) and r1 (c2, c3).
+      float tile_max0 = -INFINITY, tile_max1 = -INFINITY;
+#pragma unroll
+      for (int n = 0; n < 8; ++n)
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+          const int key = tile_start + n * 8 + quad * 2 + i;
+          s_acc[n][i] = (key <= pos0 && r0 < warp_count) ? s_acc[n][i] * scale_log2 : -INFINITY;
+          s_acc[n][2 + i] = (key <= pos1 && r1 < warp_count) ? s_acc[n][2 + i] * scale_log2 : -INFINITY;
+          tile_max0 = fmaxf(tile_max0, s_acc[n][i]);
+          tile_max1 = fmaxf(tile_max1, s_acc[n][2 + i]);
+        }
+#pragma unroll
+      for (int m = 1; m <= 2; m *= 2) {
+        tile_max0 = fmaxf(tile_max0, __shfl_xor_sync(0xffffffffu, tile_max0, m));
+        tile_max1 = fmaxf(tile_max1, __shfl_xor_sync(0xffffffffu, tile_max1, m));
+      }
+      const float new0 = fmaxf(max0, tile_max0), new1 = fmaxf(max1, tile_max1);
+      const float safe0 = new0 == -INFINITY ? 0.f : new0, safe1 = new1 == -INFINITY ? 0.f : new1;
+      const float corr0 = exp2f(max0 - safe0), corr1 = exp2f(max1 - safe1);
+      max0 = new0;
+      max1 = new1;
+      float part0 = 0.f, part1 = 0.f;
+#pragma unroll
+      for (int n = 0; n < 8; ++n) {
+        s_acc[n][0] = exp2f(s_acc[n][0] - safe0);
+        s_acc[n][1] = exp2f(s_acc[n][1] - safe0);
+        s_acc[n][2] = exp2f(s_acc[n][2] - safe1);
+        s_acc[n][3] = exp2f(s_acc[n][3] - safe1);
+        part0 += s_acc[n][0] + s_acc[n][1];
+        part1 += s_acc[n][2] + s_acc[n][3];
+      }
+      sum0 = sum0 * corr0 + part0;
+      sum1 = sum1 * corr1 + part1;
+#pragma unroll
+      for (int t = 0; t < kOutTiles; ++t) {
+        o_acc[t][0] *= corr0;
+        o_acc[t][1] *= corr0;
+        o_acc[t][2] *= corr1;
+        o_acc[t][3] *= corr1;
+      }
+      // O += P V, P straight from the S registers (FlashAttention-2's layout reuse).
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const uint32_t p_frag[4] = {Traits::pack(s_acc[2 * j][0], s_acc[2 * j][1]), Traits::pack(s_acc[2 * j][2], s_acc[2 * j][3]),
+                                    Traits::pack(s_acc[2 * j + 1][0], s_acc[2 * j + 1][1]),
+                                    Traits::pack(s_acc[2 * j + 1][2], s_acc[2 * j + 1][3])};
+#pragma unroll
+        for (int dp = 0; dp < kOutTiles / 2; ++dp) {
+          uint32_t v_frag[4];
+          tc::ldmatrix_x4_trans(v_frag, v_tile + swizzled<kHeadDim>(j * 16 + lane % 8 + ((lane / 8) % 2) * 8, dp * 2 + lane / 16));
+          const uint32_t b0[2] = {v_frag[0], v_frag[1]};
+          const uint32_t b1[2] = {v_frag[2], v_frag[3]};
+          tc::mma_m16n8k16<T>(o_acc[2 * dp], p_frag, b0);
+          tc::mma_m16n8k16<T>(o_acc[2 * dp + 1], p_frag, b1);
+        }
+      }
+    }
+    __syncthreads();  // the stage computed on is refilled next iteration
+  }
+  ptx::cp_async_wait<0>();
+  if (!computes) return;
+#pragma unroll
+  for (int m = 1; m <= 2; m *= 2) {
+    sum0 += __shfl_xor_sync(0xffffffffu, sum0, m);
+    sum1 += __shfl_xor_sync(0xffffffffu, sum1, m);
+  }
+  auto out_row = [&](int r) { return out + (static_cast<int64_t>(item.q_row_begin + warp_first + r) * num_q_heads + head) * kHeadDim; };
+#pragma unroll
+  for (int t = 0; t < kOutTiles; ++t) {
+    const int d = t * 8 + quad * 2;
+    if (r0 < warp_count) {
+      T* o = out_row(r0);
+      o[d] = Traits::from_float(o_acc[t][0] / sum0);
+      o[d + 1] = Traits::from_float(o_acc[t][1] / sum0);
+    }
+    if (r1 < warp_count) {
+      T* o = out_row(r1);
+      o[d] = Traits::from_float(o_acc[t][2] / sum1);
+      o[d + 1] = Traits::from_float(o_acc[t][3] / sum1);
+    }
+  }
+}
+
+template <typename T, int kHeadDim>
+void launch(const PrefillAttention::WorkItem* items, int32_t num_items, int group, const void* q, void* out,
+            const PagedKvCache& kv, int32_t num_q_heads, float scale, cudaStream_t stream) {
+  constexpr size_t kSmem = size_t{kStages} * 2 * kKvTileTokens * kHeadDim * sizeof(T);
+  static const bool configured = [] {
+    L2KV_CUDA_CHECK(cudaFuncSetAttribute(prefill_attention_kernel<T, kHeadDim>,
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kSmem)));
+    return true;
+  }();
+  (void)configured;
+  prefill_attention_kernel<T, kHeadDim><<<num_items, 32 * warps_for(group), kSmem, stream>>>(
+      items, static_cast<const T*>(q), static_cast<T*>(out), kv, num_q_heads, scale);
+  L2KV_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace
+
+PrefillAttention::~PrefillAttention() {
+  if (device_items_) cudaFree(device_items_);
+}
+
+void PrefillAttention::plan(const PagedKvCache& kv, int32_t num_q_heads, std::span<const PrefillChunk> chunks,
+                            cudaStream_t stream) {
+  const auto fail = [](const std::string& m) { throw Error("prefill attention: " + m); };
+  if (kv.head_dim != 64 && kv.head_dim != 128) fail("head_dim must be 64 or 128");
+  if (kv.num_kv_heads <= 0 || num_q_heads % kv.num_kv_heads != 0) fail("query heads must divide into KV heads");
+  const int32_t group = num_q_heads / kv.num_kv_heads;
+  if (group > kMaxGqaGroup) fail("at most 8 query heads per KV head");
+  if (chunks.empty()) fail("no chunks");
+  const int32_t tile_rows = kQueryTile * subtiles_for(group);
+  items_.clear();
+  for (const auto& c : chunks) {
+    if (c.num_tokens <= 0 || c.first_position < 0 || c.seq < 0 || c.seq >= kv.batch_size)
+      fail("chunk of sequence " + std::to_string(c.seq) + " is empty or out of range");
+    if (static_cast<int64_t>(c.first_position) + c.num_tokens > static_cast<int64_t>(kv.max_blocks_per_seq) * kv.block_size)
+      fail("chunk of sequence " + std::to_string(c.seq) + " reaches beyond its block table");
+    for (int32_t h = 0; h < kv.num_kv_heads; ++h)
+      for (int32_t t = 0; t < c.num_tokens; t += tile_rows)
+        items_.push_back({c.seq, h, c.q_row_begin + t, std::min(tile_rows, c.num_tokens - t), c.first_position + t});
+  }
+  // Longest causal prefix first: the heaviest blocks start first.
+  std::stable_sort(items_.begin(), items_.end(), [](const WorkItem& a, const WorkItem& b) {
+    return a.first_position + a.q_count > b.first_position + b.q_count;
+  });
+  if (items_.size() > capacity_) {
+    if (device_items_) L2KV_CUDA_CHECK(cudaFree(device_items_));
+    device_items_ = nullptr;
+    capacity_ = items_.size() * 3 / 2 + 16;
+    L2KV_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&device_items_), capacity_ * sizeof(WorkItem)));
+  }
+  L2KV_CUDA_CHECK(cudaMemcpyAsync(device_items_, items_.data(), items_.size() * sizeof(WorkItem), cudaMemcpyHostToDevice, stream));
+  planned_group_ = group;
+}
+
+void PrefillAttention::run(const void* q, void* out, const PagedKvCache& kv, int32_t num_q_heads, float softmax_scale,
+                           cudaStream_t stream) const {
+  if (items_.empty() || num_q_heads / std::max(1, kv.num_kv_heads) != planned_group_)
+    throw Error("prefill attention: run() without a matching plan()");
+  const int32_t n = static_cast<int32_t>(items_.size());
+  const bool bf16 = kv.dtype == DType::kBFloat16;
+  if (kv.head_dim == 128) {
+    if (bf16) launch<__nv_bfloat16, 128>(device_items_, n, planned_group_, q, out, kv, num_q_heads, softmax_scale, stream);
+    else launch<__half, 128>(device_items_, n, planned_group_, q, out, kv, num_q_heads, softmax_scale, stream);
+  } else {
+    if (bf16) launch<__nv_bfloat16, 64>(device_items_, n, planned_group_, q, out, kv, num_q_heads, softmax_scale, stream);
+    else launch<__half, 64>(device_items_, n, planned_group_, q, out, kv, num_q_heads, softmax_scale, stream);
+  }
+}
+
+}  // namespace l2kv
