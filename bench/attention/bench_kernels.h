@@ -1,5 +1,5 @@
-// Device helpers of the decode-attention benchmark: random fill, L2 flush, and the
-// streaming-read kernel that measures the bandwidth ceiling in the same run.
+// Device helpers of the decode-attention benchmark: the streaming-read kernel that measures the
+// bandwidth ceiling in the same run (also used to leave the L2 clean after a flush).
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -9,11 +9,6 @@
 #include "l2kv/core/dtype.h"
 
 namespace l2kv::bench {
-
-// Fills `count` 16-bit elements with values uniform in [-scale, scale), from a hash of
-// (seed, index): fast for tens of GiB, never zeros.
-void fill_random(void* data, int64_t count, DType dtype, float scale, uint64_t seed,
-                 cudaStream_t stream);
 
 // Reads `bytes` (a multiple of 64) with 16-byte loads, several in flight per thread, the
 // way a well-fed memory-bound kernel would; writes one word per thread so nothing is elided.

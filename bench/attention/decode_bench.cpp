@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "bench_kernels.h"
+#include "l2kv/kernels/random_fill.h"
 #include "l2kv/core/cuda_check.h"
 #include "l2kv/core/device_info.h"
 #include "l2kv/kernels/attention/decode_attention.h"

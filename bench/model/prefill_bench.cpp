@@ -13,6 +13,7 @@
 #include "l2kv/core/device_info.h"
 #include "l2kv/kernels/model/gemm.h"
 #include "l2kv/kernels/model/model_ops.h"
+#include "l2kv/kernels/random_fill.h"
 #include "l2kv/model/cuda_model.h"
 
 namespace {
@@ -23,8 +24,8 @@ double gemm_peak_tflops(cudaStream_t stream) {
   L2KV_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&a), n * n * 2));
   L2KV_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&b), n * n * 2));
   L2KV_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&c), n * n * 2));
-  l2kv::ops::fill_random_bf16(a, n * n, 1.f, 1, stream);
-  l2kv::ops::fill_random_bf16(b, n * n, 1.f, 2, stream);
+  l2kv::fill_random(a, n * n, l2kv::DType::kBFloat16, 1.f, 1, stream);
+  l2kv::fill_random(b, n * n, l2kv::DType::kBFloat16, 1.f, 2, stream);
   l2kv::Gemm gemm;
   for (int i = 0; i < 3; ++i) gemm.linear(a, b, c, n, n, n, stream);
   cudaEvent_t s, e;
@@ -59,9 +60,9 @@ double prefill_attention_us(const l2kv::ModelConfig& c, int tokens, cudaStream_t
   L2KV_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&out), q_elems * 2));
   L2KV_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&table), blocks * 4));
   L2KV_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&lens), 4));
-  l2kv::ops::fill_random_bf16(k, pool, 1.f, 11, stream);
-  l2kv::ops::fill_random_bf16(v, pool, 1.f, 12, stream);
-  l2kv::ops::fill_random_bf16(q, q_elems, 1.f, 13, stream);
+  l2kv::fill_random(k, pool, l2kv::DType::kBFloat16, 1.f, 11, stream);
+  l2kv::fill_random(v, pool, l2kv::DType::kBFloat16, 1.f, 12, stream);
+  l2kv::fill_random(q, q_elems, l2kv::DType::kBFloat16, 1.f, 13, stream);
   std::vector<int32_t> host_table(blocks);
   for (int i = 0; i < blocks; ++i) host_table[i] = (i * 7919) % blocks == i ? i : (blocks - 1 - i);  // non-contiguous
   L2KV_CUDA_CHECK(cudaMemcpy(table, host_table.data(), blocks * 4, cudaMemcpyHostToDevice));

@@ -8,6 +8,7 @@
 #include "l2kv/core/dtype.h"
 #include "l2kv/core/error.h"
 #include "l2kv/kernels/model/model_ops.h"
+#include "l2kv/kernels/random_fill.h"
 #include "l2kv/model/safetensors.h"
 
 namespace l2kv {
@@ -95,7 +96,7 @@ CudaModel::CudaModel(const ModelConfig& config, uint64_t seed, int32_t kv_blocks
   const int64_t q_dim = c.num_q_heads * c.head_dim, kv_dim = c.num_kv_heads * c.head_dim;
   auto random = [&](int64_t n, float scale) {
     DeviceArray<__nv_bfloat16> d(static_cast<size_t>(n));
-    ops::fill_random_bf16(d.ptr, n, scale, seed++, nullptr);
+    fill_random(d.ptr, n, DType::kBFloat16, scale, seed++, nullptr);
     return d;
   };
   const std::vector<float> ones(static_cast<size_t>(c.hidden_size), 1.f);

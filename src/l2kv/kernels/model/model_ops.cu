@@ -89,21 +89,6 @@ __global__ void gather_rows_kernel(const __nv_bfloat16* in, const int32_t* rows,
   for (int i = threadIdx.x; i < width; i += blockDim.x) out[r * width + i] = in[static_cast<int64_t>(rows[r]) * width + i];
 }
 
-__device__ __forceinline__ uint64_t mix(uint64_t x) {  // splitmix64 finalizer
-  x ^= x >> 30;
-  x *= 0xbf58476d1ce4e5b9ull;
-  x ^= x >> 27;
-  x *= 0x94d049bb133111ebull;
-  return x ^ (x >> 31);
-}
-
-__global__ void fill_random_kernel(__nv_bfloat16* data, int64_t count, float scale, uint64_t seed) {
-  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < count; i += int64_t{gridDim.x} * blockDim.x) {
-    const float u = static_cast<float>(mix(seed ^ mix(static_cast<uint64_t>(i))) >> 40) * (1.0f / 16777216.0f);
-    data[i] = __float2bfloat16_rn((2.f * u - 1.f) * scale);
-  }
-}
-
 }  // namespace
 
 void embed(const int32_t* tokens, int32_t num_tokens, const __nv_bfloat16* table, int32_t hidden, float* residual,
@@ -133,11 +118,6 @@ void silu_mul(const __nv_bfloat16* gate_up, int32_t num_tokens, int32_t inter, _
 void gather_rows(const __nv_bfloat16* in, const int32_t* rows, int32_t num_rows, int32_t width, __nv_bfloat16* out,
                  cudaStream_t stream) {
   gather_rows_kernel<<<num_rows, kThreads, 0, stream>>>(in, rows, width, out);
-  L2KV_CUDA_CHECK_LAUNCH();
-}
-
-void fill_random_bf16(__nv_bfloat16* data, int64_t count, float scale, uint64_t seed, cudaStream_t stream) {
-  fill_random_kernel<<<132 * 16, kThreads, 0, stream>>>(data, count, scale, seed);
   L2KV_CUDA_CHECK_LAUNCH();
 }
 

@@ -34,7 +34,4 @@ void silu_mul(const __nv_bfloat16* gate_up, int32_t num_tokens, int32_t inter, _
 void gather_rows(const __nv_bfloat16* in, const int32_t* rows, int32_t num_rows, int32_t width,
                  __nv_bfloat16* out, cudaStream_t stream);
 
-// Values uniform in [-scale, scale) from a hash of (seed, index): synthetic weights.
-void fill_random_bf16(__nv_bfloat16* data, int64_t count, float scale, uint64_t seed, cudaStream_t stream);
-
 }  // namespace l2kv::ops
