@@ -20,21 +20,21 @@ namespace {
 
 double gemm_peak_tflops(cudaStream_t stream) {
   const int64_t n = 8192;
-  __nv_bfloat16 *a, *b, *c;
+  uint16_t *a, *b, *c;
   L2KV_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&a), n * n * 2));
   L2KV_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&b), n * n * 2));
   L2KV_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&c), n * n * 2));
   l2kv::fill_random(a, n * n, l2kv::DType::kBFloat16, 1.f, 1, stream);
   l2kv::fill_random(b, n * n, l2kv::DType::kBFloat16, 1.f, 2, stream);
   l2kv::Gemm gemm;
-  for (int i = 0; i < 3; ++i) gemm.linear(a, b, c, n, n, n, stream);
+  for (int i = 0; i < 3; ++i) gemm.linear(l2kv::DType::kBFloat16, a, b, c, n, n, n, stream);
   cudaEvent_t s, e;
   L2KV_CUDA_CHECK(cudaEventCreate(&s));
   L2KV_CUDA_CHECK(cudaEventCreate(&e));
   std::vector<double> tflops;
   for (int i = 0; i < 10; ++i) {
     L2KV_CUDA_CHECK(cudaEventRecord(s, stream));
-    gemm.linear(a, b, c, n, n, n, stream);
+    gemm.linear(l2kv::DType::kBFloat16, a, b, c, n, n, n, stream);
     L2KV_CUDA_CHECK(cudaEventRecord(e, stream));
     L2KV_CUDA_CHECK(cudaEventSynchronize(e));
     float ms = 0;
@@ -52,7 +52,7 @@ double prefill_attention_us(const l2kv::ModelConfig& c, int tokens, cudaStream_t
   const int block = 16, blocks = (tokens + block - 1) / block;
   const int64_t pool = int64_t{blocks} * block * c.num_kv_heads * c.head_dim;
   const int64_t q_elems = int64_t{tokens} * c.num_q_heads * c.head_dim;
-  __nv_bfloat16 *k, *v, *q, *out;
+  uint16_t *k, *v, *q, *out;
   int32_t *table, *lens;
   L2KV_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&k), pool * 2));
   L2KV_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&v), pool * 2));

@@ -100,6 +100,8 @@ TEST(ModelConfig, ReadsBothRopeFormsAndRejectsTheUnsupported) {
   EXPECT_EQ(rope_inverse_frequencies(classic.rope, 4), rope_inverse_frequencies(v5.rope, 4));
   EXPECT_EQ(classic.head_dim, 4);
   EXPECT_TRUE(parse("Qwen2ForCausalLM", "").qkv_bias);
+  EXPECT_EQ(parse("LlamaForCausalLM", R"(, "torch_dtype": "float16")").dtype, DType::kFloat16);
+  EXPECT_EQ(parse("LlamaForCausalLM", R"(, "dtype": "float32")").dtype, DType::kBFloat16);
   expect_error([&] { parse("GPT2LMHeadModel", ""); }, "architecture GPT2LMHeadModel is not supported");
   expect_error([&] { parse("LlamaForCausalLM", R"(, "rope_scaling": {"rope_type": "yarn", "factor": 4.0})"); }, "rope type 'yarn'");
   expect_error([&] { parse("MistralForCausalLM", R"(, "sliding_window": 4096)"); }, "sliding-window");

@@ -31,10 +31,10 @@ struct DeviceArray {
   }
 };
 
-DeviceArray<__nv_bfloat16> upload_bf16(const std::vector<float>& host) {
+DeviceArray<uint16_t> upload_16bit(DType dtype, const std::vector<float>& host) {
   std::vector<uint16_t> bits(host.size());
-  for (size_t i = 0; i < host.size(); ++i) bits[i] = float_to_bf16_bits(host[i]);
-  DeviceArray<__nv_bfloat16> d(host.size());
+  for (size_t i = 0; i < host.size(); ++i) bits[i] = float_to_dtype_bits(dtype, host[i]);
+  DeviceArray<uint16_t> d(host.size());
   L2KV_CUDA_CHECK(cudaMemcpy(d.ptr, bits.data(), bits.size() * 2, cudaMemcpyHostToDevice));
   return d;
 }
@@ -50,11 +50,11 @@ DeviceArray<T> upload(const std::vector<T>& host) {
 
 struct CudaModel::Weights {
   struct Layer {
-    DeviceArray<__nv_bfloat16> input_norm, post_norm, qkv, qkv_bias, o, gate_up, down;
+    DeviceArray<uint16_t> input_norm, post_norm, qkv, qkv_bias, o, gate_up, down;
   };
-  DeviceArray<__nv_bfloat16> embed, lm_head, final_norm;
+  DeviceArray<uint16_t> embed, lm_head, final_norm;
   std::vector<Layer> layers;
-  const __nv_bfloat16* lm_head_ptr() const { return lm_head.ptr ? lm_head.ptr : embed.ptr; }
+  const uint16_t* lm_head_ptr() const { return lm_head.ptr ? lm_head.ptr : embed.ptr; }
 };
 
 CudaModel::CudaModel(const std::filesystem::path& folder, int32_t kv_blocks)
@@ -67,24 +67,24 @@ CudaModel::CudaModel(const std::filesystem::path& folder, int32_t kv_blocks)
     a.insert(a.end(), b.begin(), b.end());
     return a;
   };
-  weights_->embed = upload_bf16(load("model.embed_tokens.weight", {c.vocab_size, c.hidden_size}));
-  if (!c.tie_word_embeddings) weights_->lm_head = upload_bf16(load("lm_head.weight", {c.vocab_size, c.hidden_size}));
-  weights_->final_norm = upload_bf16(load("model.norm.weight", {c.hidden_size}));
+  weights_->embed = upload_16bit(c.dtype, load("model.embed_tokens.weight", {c.vocab_size, c.hidden_size}));
+  if (!c.tie_word_embeddings) weights_->lm_head = upload_16bit(c.dtype, load("lm_head.weight", {c.vocab_size, c.hidden_size}));
+  weights_->final_norm = upload_16bit(c.dtype, load("model.norm.weight", {c.hidden_size}));
   for (int64_t l = 0; l < c.num_layers; ++l) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
     Weights::Layer layer;
-    layer.input_norm = upload_bf16(load(p + "input_layernorm.weight", {c.hidden_size}));
-    layer.post_norm = upload_bf16(load(p + "post_attention_layernorm.weight", {c.hidden_size}));
-    layer.qkv = upload_bf16(concat(concat(load(p + "self_attn.q_proj.weight", {q_dim, c.hidden_size}),
+    layer.input_norm = upload_16bit(c.dtype, load(p + "input_layernorm.weight", {c.hidden_size}));
+    layer.post_norm = upload_16bit(c.dtype, load(p + "post_attention_layernorm.weight", {c.hidden_size}));
+    layer.qkv = upload_16bit(c.dtype, concat(concat(load(p + "self_attn.q_proj.weight", {q_dim, c.hidden_size}),
                                           load(p + "self_attn.k_proj.weight", {kv_dim, c.hidden_size})),
                                    load(p + "self_attn.v_proj.weight", {kv_dim, c.hidden_size})));
     if (c.qkv_bias)
-      layer.qkv_bias = upload_bf16(concat(concat(load(p + "self_attn.q_proj.bias", {q_dim}), load(p + "self_attn.k_proj.bias", {kv_dim})),
+      layer.qkv_bias = upload_16bit(c.dtype, concat(concat(load(p + "self_attn.q_proj.bias", {q_dim}), load(p + "self_attn.k_proj.bias", {kv_dim})),
                                           load(p + "self_attn.v_proj.bias", {kv_dim})));
-    layer.o = upload_bf16(load(p + "self_attn.o_proj.weight", {c.hidden_size, q_dim}));
-    layer.gate_up = upload_bf16(concat(load(p + "mlp.gate_proj.weight", {c.intermediate_size, c.hidden_size}),
+    layer.o = upload_16bit(c.dtype, load(p + "self_attn.o_proj.weight", {c.hidden_size, q_dim}));
+    layer.gate_up = upload_16bit(c.dtype, concat(load(p + "mlp.gate_proj.weight", {c.intermediate_size, c.hidden_size}),
                                        load(p + "mlp.up_proj.weight", {c.intermediate_size, c.hidden_size})));
-    layer.down = upload_bf16(load(p + "mlp.down_proj.weight", {c.hidden_size, c.intermediate_size}));
+    layer.down = upload_16bit(c.dtype, load(p + "mlp.down_proj.weight", {c.hidden_size, c.intermediate_size}));
     weights_->layers.push_back(std::move(layer));
   }
   allocate_cache(kv_blocks);
@@ -95,19 +95,19 @@ CudaModel::CudaModel(const ModelConfig& config, uint64_t seed, int32_t kv_blocks
   const ModelConfig& c = config_;
   const int64_t q_dim = c.num_q_heads * c.head_dim, kv_dim = c.num_kv_heads * c.head_dim;
   auto random = [&](int64_t n, float scale) {
-    DeviceArray<__nv_bfloat16> d(static_cast<size_t>(n));
-    fill_random(d.ptr, n, DType::kBFloat16, scale, seed++, nullptr);
+    DeviceArray<uint16_t> d(static_cast<size_t>(n));
+    fill_random(d.ptr, n, c.dtype, scale, seed++, nullptr);
     return d;
   };
   const std::vector<float> ones(static_cast<size_t>(c.hidden_size), 1.f);
   const float scale = 0.02f * std::sqrt(3.f);  // std 0.02, as HF initializes
   weights_->embed = random(c.vocab_size * c.hidden_size, scale);
   if (!c.tie_word_embeddings) weights_->lm_head = random(c.vocab_size * c.hidden_size, scale);
-  weights_->final_norm = upload_bf16(ones);
+  weights_->final_norm = upload_16bit(c.dtype, ones);
   for (int64_t l = 0; l < c.num_layers; ++l) {
     Weights::Layer layer;
-    layer.input_norm = upload_bf16(ones);
-    layer.post_norm = upload_bf16(ones);
+    layer.input_norm = upload_16bit(c.dtype, ones);
+    layer.post_norm = upload_16bit(c.dtype, ones);
     layer.qkv = random((q_dim + 2 * kv_dim) * c.hidden_size, scale);
     if (c.qkv_bias) layer.qkv_bias = random(q_dim + 2 * kv_dim, scale);
     layer.o = random(c.hidden_size * q_dim, scale);
@@ -209,9 +209,9 @@ std::vector<float> CudaModel::extend(std::span<CudaSequence* const> sequences, s
   auto d_ids = upload(ids), d_pos = upload(positions), d_slots = upload(slots), d_lens = upload(row_lens);
   auto d_table = upload(table), d_last = upload(last_rows), d_seq_table = upload(seq_table), d_seq_lens = upload(seq_lens);
   DeviceArray<float> residual(static_cast<size_t>(n * H));
-  DeviceArray<__nv_bfloat16> h(static_cast<size_t>(n * H)), qkv(static_cast<size_t>(n * (q_dim + 2 * kv_dim)));
-  DeviceArray<__nv_bfloat16> q(static_cast<size_t>(n * q_dim)), attn(static_cast<size_t>(n * q_dim));
-  DeviceArray<__nv_bfloat16> proj(static_cast<size_t>(n * H)), gate_up(static_cast<size_t>(n * 2 * I)), act(static_cast<size_t>(n * I));
+  DeviceArray<uint16_t> h(static_cast<size_t>(n * H)), qkv(static_cast<size_t>(n * (q_dim + 2 * kv_dim)));
+  DeviceArray<uint16_t> q(static_cast<size_t>(n * q_dim)), attn(static_cast<size_t>(n * q_dim));
+  DeviceArray<uint16_t> proj(static_cast<size_t>(n * H)), gate_up(static_cast<size_t>(n * 2 * I)), act(static_cast<size_t>(n * I));
 
   DecodeAttentionParams p;
   p.q = q.ptr;
@@ -228,7 +228,7 @@ std::vector<float> CudaModel::extend(std::span<CudaSequence* const> sequences, s
   p.kv.batch_size = n;
   p.kv.max_blocks_per_seq = max_blocks;
   p.kv.layout = KvLayout::kHND;
-  p.kv.dtype = DType::kBFloat16;
+  p.kv.dtype = c.dtype;
   p.kv.k_pool = k_pools_[0];
   p.kv.v_pool = v_pools_[0];
   // The prefill kernel reads the cache per sequence; the decode kernel per query row.
@@ -260,12 +260,12 @@ std::vector<float> CudaModel::extend(std::span<CudaSequence* const> sequences, s
     L2KV_CUDA_CHECK(cudaEventRecord(total_start, stream));
   }
 
-  ops::embed(d_ids.ptr, n, weights_->embed.ptr, static_cast<int32_t>(H), residual.ptr, stream);
-  const __nv_bfloat16* pending = nullptr;  // the last block's output, added to the residual by the next norm
+  ops::embed(c.dtype, d_ids.ptr, n, weights_->embed.ptr, static_cast<int32_t>(H), residual.ptr, stream);
+  const void* pending = nullptr;  // the last block's output, added to the residual by the next norm
   for (size_t l = 0; l < weights_->layers.size(); ++l) {
     const auto& w = weights_->layers[l];
-    ops::add_rmsnorm(residual.ptr, pending, w.input_norm.ptr, static_cast<float>(c.rms_norm_eps), n, static_cast<int32_t>(H), h.ptr, stream);
-    timed(gemm_events, [&] { gemm_.linear(h.ptr, w.qkv.ptr, qkv.ptr, n, H, q_dim + 2 * kv_dim, stream); });
+    ops::add_rmsnorm(c.dtype, residual.ptr, pending, w.input_norm.ptr, static_cast<float>(c.rms_norm_eps), n, static_cast<int32_t>(H), h.ptr, stream);
+    timed(gemm_events, [&] { gemm_.linear(c.dtype, h.ptr, w.qkv.ptr, qkv.ptr, n, H, q_dim + 2 * kv_dim, stream); });
     p.kv.k_pool = k_pools_[l];
     p.kv.v_pool = v_pools_[l];
     ops::rope_and_cache(qkv.ptr, w.qkv_bias.ptr, d_pos.ptr, d_slots.ptr, inv_freq_, n, static_cast<int32_t>(c.num_q_heads), p.kv,
@@ -278,19 +278,19 @@ std::vector<float> CudaModel::extend(std::span<CudaSequence* const> sequences, s
       else
         prefill_.run(q.ptr, attn.ptr, prefill_kv, p.num_q_heads, p.softmax_scale, stream);
     });
-    timed(gemm_events, [&] { gemm_.linear(attn.ptr, w.o.ptr, proj.ptr, n, q_dim, H, stream); });
-    ops::add_rmsnorm(residual.ptr, proj.ptr, w.post_norm.ptr, static_cast<float>(c.rms_norm_eps), n, static_cast<int32_t>(H), h.ptr, stream);
-    timed(gemm_events, [&] { gemm_.linear(h.ptr, w.gate_up.ptr, gate_up.ptr, n, H, 2 * I, stream); });
-    ops::silu_mul(gate_up.ptr, n, static_cast<int32_t>(I), act.ptr, stream);
-    timed(gemm_events, [&] { gemm_.linear(act.ptr, w.down.ptr, proj.ptr, n, I, H, stream); });
+    timed(gemm_events, [&] { gemm_.linear(c.dtype, attn.ptr, w.o.ptr, proj.ptr, n, q_dim, H, stream); });
+    ops::add_rmsnorm(c.dtype, residual.ptr, proj.ptr, w.post_norm.ptr, static_cast<float>(c.rms_norm_eps), n, static_cast<int32_t>(H), h.ptr, stream);
+    timed(gemm_events, [&] { gemm_.linear(c.dtype, h.ptr, w.gate_up.ptr, gate_up.ptr, n, H, 2 * I, stream); });
+    ops::silu_mul(c.dtype, gate_up.ptr, n, static_cast<int32_t>(I), act.ptr, stream);
+    timed(gemm_events, [&] { gemm_.linear(c.dtype, act.ptr, w.down.ptr, proj.ptr, n, I, H, stream); });
     pending = proj.ptr;
   }
-  ops::add_rmsnorm(residual.ptr, pending, weights_->final_norm.ptr, static_cast<float>(c.rms_norm_eps), n, static_cast<int32_t>(H), h.ptr, stream);
+  ops::add_rmsnorm(c.dtype, residual.ptr, pending, weights_->final_norm.ptr, static_cast<float>(c.rms_norm_eps), n, static_cast<int32_t>(H), h.ptr, stream);
   const int32_t rows = all_logits ? n : static_cast<int32_t>(last_rows.size());
-  DeviceArray<__nv_bfloat16> last(all_logits ? 0 : static_cast<size_t>(rows * H));
+  DeviceArray<uint16_t> last(all_logits ? 0 : static_cast<size_t>(rows * H));
   if (!all_logits) ops::gather_rows(h.ptr, d_last.ptr, rows, static_cast<int32_t>(H), last.ptr, stream);
   DeviceArray<float> logits(static_cast<size_t>(rows * V));
-  timed(gemm_events, [&] { gemm_.linear_f32_out(all_logits ? h.ptr : last.ptr, weights_->lm_head_ptr(), logits.ptr, rows, H, V, stream); });
+  timed(gemm_events, [&] { gemm_.linear_f32_out(c.dtype, all_logits ? h.ptr : last.ptr, weights_->lm_head_ptr(), logits.ptr, rows, H, V, stream); });
   if (profiling_) L2KV_CUDA_CHECK(cudaEventRecord(total_stop, stream));
   std::vector<float> out(static_cast<size_t>(rows * V));
   L2KV_CUDA_CHECK(cudaMemcpyAsync(out.data(), logits.ptr, out.size() * sizeof(float), cudaMemcpyDeviceToHost, stream));

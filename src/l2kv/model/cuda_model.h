@@ -1,12 +1,11 @@
-// The CUDA backend: the same graph as CpuModel on the GPU, bf16 weights and activations with
-// an fp32 residual stream, K/V written to a paged cache (HND, block 16) and attention by
+// The CUDA backend: the same graph as CpuModel on the GPU, 16-bit weights and activations in
+// the checkpoint's dtype (fp16 or bf16) with an fp32 residual stream, K/V written to a paged cache (HND, block 16) and attention by
 // l2kv's split decode kernel. One call runs a batch of sequences of different lengths.
 //
 // Attention: batches where every sequence adds one token run the split decode kernel; batches
 // with prompt chunks run the tensor-core prefill kernel (causal over each chunk's prefix).
 #pragma once
 
-#include <cuda_bf16.h>
 #include <cuda_runtime_api.h>
 
 #include <cstdint>

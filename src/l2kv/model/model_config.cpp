@@ -81,6 +81,8 @@ ModelConfig ModelConfig::from_json_text(const std::string& text, const std::stri
                                : (j.contains("sliding_window") && !j["sliding_window"].is_null());
     if (sliding) throw Error(origin + ": sliding-window attention is not supported");
     c.rope = read_rope(j, origin);
+    const std::string dtype = j.value("torch_dtype", j.value("dtype", std::string("bfloat16")));
+    c.dtype = dtype == "float16" ? DType::kFloat16 : DType::kBFloat16;
   } catch (const nlohmann::json::exception& e) {
     throw Error(origin + ": " + e.what());
   }

@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "l2kv/core/dtype.h"
+
 namespace l2kv {
 
 enum class RopeType : uint8_t { kDefault, kLlama3 };
@@ -35,6 +37,9 @@ struct ModelConfig {
   bool tie_word_embeddings = false;
   int64_t max_position_embeddings = 0;
   RopeConfig rope;
+  // The 16-bit type the GPU computes in: the checkpoint's (config "torch_dtype" or "dtype")
+  // when it is float16 or bfloat16; float32 checkpoints run in bfloat16.
+  DType dtype = DType::kBFloat16;
 
   // Reads `folder`/config.json. Accepts rope settings as rope_theta + rope_scaling (the Hub's
   // checkpoints) or as rope_parameters (transformers 5). Throws l2kv::Error for unsupported
