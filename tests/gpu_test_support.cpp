@@ -7,7 +7,9 @@
 
 namespace l2kv::testing {
 
-bool quick_mode() { return std::getenv("L2KV_TEST_QUICK") != nullptr; }
+bool quick_mode() {
+  return std::getenv("L2KV_TEST_QUICK") != nullptr;
+}
 
 DecodeProblem DecodeProblem::make(const DecodeProblemConfig& config) {
   DecodeProblem p;
@@ -33,8 +35,8 @@ DecodeProblem DecodeProblem::make(const DecodeProblemConfig& config) {
     for (int32_t b = 0; b < blocks; ++b)
       p.block_table[static_cast<size_t>(s) * p.max_blocks_per_seq + b] = physical[next++];
   }
-  const int64_t pool_elems =
-      static_cast<int64_t>(p.num_blocks) * config.block_size * config.num_kv_heads * config.head_dim;
+  const int64_t pool_elems = static_cast<int64_t>(p.num_blocks) * config.block_size *
+                             config.num_kv_heads * config.head_dim;
   auto fill = [&](std::vector<uint16_t>& v, int64_t n, float scale) {
     v.resize(n);
     for (auto& x : v) x = float_to_dtype_bits(config.dtype, uniform(rng) * scale);
@@ -139,8 +141,8 @@ std::vector<int32_t> random_lengths(int32_t batch, int32_t max_len, uint64_t see
   std::vector<int32_t> lens(batch);
   for (int32_t i = 0; i < batch; ++i) {
     int32_t l = len(rng);
-    if (i % 4 == 1) l = std::clamp(l / 16 * 16, 1, max_len);         // on a block boundary
-    if (i % 4 == 2) l = std::clamp(l / 16 * 16 + 1, 1, max_len);     // one past it
+    if (i % 4 == 1) l = std::clamp(l / 16 * 16, 1, max_len);      // on a block boundary
+    if (i % 4 == 2) l = std::clamp(l / 16 * 16 + 1, 1, max_len);  // one past it
     lens[i] = l;
   }
   return lens;

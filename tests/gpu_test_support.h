@@ -13,8 +13,8 @@
 
 namespace l2kv::testing {
 
-#define L2KV_SKIP_WITHOUT_GPU()                                                    \
-  do {                                                                             \
+#define L2KV_SKIP_WITHOUT_GPU()                                                   \
+  do {                                                                            \
     if (!::l2kv::cuda_device_available()) GTEST_SKIP() << "no CUDA GPU: skipped"; \
   } while (0)
 
@@ -31,7 +31,7 @@ struct DecodeProblemConfig {
   std::vector<int32_t> seq_lens;
   int32_t spare_blocks = 7;  // unused blocks scattered through the pool
   uint64_t seed = 1;
-  float q_scale = 2.f;       // larger logits make the softmax non-trivial
+  float q_scale = 2.f;  // larger logits make the softmax non-trivial
 };
 
 // A random decode problem on the host: values uniform in [-1, 1) (q times q_scale), a

@@ -1,8 +1,7 @@
-#include "bench_kernels.h"
-
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include "bench_kernels.h"
 #include "l2kv/core/cuda_check.h"
 
 namespace l2kv::bench {
@@ -11,8 +10,8 @@ namespace {
 constexpr int kReadThreads = 256;
 constexpr int kReadUnroll = 4;  // independent 16-byte loads in flight per thread
 
-__global__ void __launch_bounds__(kReadThreads) streaming_read_kernel(const uint4* data, int64_t n,
-                                                                      uint32_t* sink) {
+__global__ void __launch_bounds__(kReadThreads)
+    streaming_read_kernel(const uint4* data, int64_t n, uint32_t* sink) {
   uint32_t acc = 0;
   const int64_t stride = int64_t{gridDim.x} * blockDim.x;
   int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x;

@@ -2,8 +2,6 @@
 // contexts, for paged_v1 and split with prefetch off and on; cold L2 (flushed before every
 // repetition) and warm; bandwidth against a streaming-read ceiling measured in the same run.
 #include <CLI/CLI.hpp>
-#include <nlohmann/json.hpp>
-
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -11,17 +9,18 @@
 #include <ctime>
 #include <fstream>
 #include <iostream>
+#include <nlohmann/json.hpp>
 #include <numeric>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "bench_kernels.h"
-#include "l2kv/kernels/random_fill.h"
 #include "l2kv/core/cuda_check.h"
 #include "l2kv/core/device_info.h"
 #include "l2kv/kernels/attention/decode_attention.h"
 #include "l2kv/kernels/attention/split_decode.h"
+#include "l2kv/kernels/random_fill.h"
 
 namespace l2kv::bench {
 namespace {
@@ -64,7 +63,10 @@ struct Variant {
 template <typename T>
 class DeviceArray {
  public:
-  explicit DeviceArray(size_t n) : n_(n) { L2KV_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&ptr_), std::max<size_t>(n, 1) * sizeof(T))); }
+  explicit DeviceArray(size_t n) : n_(n) {
+    L2KV_CUDA_CHECK(
+        cudaMalloc(reinterpret_cast<void**>(&ptr_), std::max<size_t>(n, 1) * sizeof(T)));
+  }
   ~DeviceArray() { cudaFree(ptr_); }
   DeviceArray(const DeviceArray&) = delete;
   DeviceArray& operator=(const DeviceArray&) = delete;
@@ -96,9 +98,11 @@ double time_median_us(int reps, Before before, Launch launch, cudaStream_t strea
   if (in_graph) L2KV_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
   for (int r = 0; r < reps; ++r) {
     before();
-    L2KV_CUDA_CHECK(cudaEventRecordWithFlags(events[2 * r], stream, in_graph ? cudaEventRecordExternal : 0));
+    L2KV_CUDA_CHECK(
+        cudaEventRecordWithFlags(events[2 * r], stream, in_graph ? cudaEventRecordExternal : 0));
     launch();
-    L2KV_CUDA_CHECK(cudaEventRecordWithFlags(events[2 * r + 1], stream, in_graph ? cudaEventRecordExternal : 0));
+    L2KV_CUDA_CHECK(cudaEventRecordWithFlags(events[2 * r + 1], stream,
+                                             in_graph ? cudaEventRecordExternal : 0));
   }
   if (in_graph) {
     L2KV_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
@@ -133,8 +137,8 @@ struct Machine {
   void flush_l2() const {
     L2KV_CUDA_CHECK(cudaMemsetAsync(flush_write.get(), 0x5a, flush_write.size(), stream));
     if (flush_leaves_dirty_lines) return;
-    launch_streaming_read(flush_read.get(), static_cast<int64_t>(flush_read.size()), flush_sink.get(),
-                          std::min(info.sm_count, 132), stream);
+    launch_streaming_read(flush_read.get(), static_cast<int64_t>(flush_read.size()),
+                          flush_sink.get(), std::min(info.sm_count, 132), stream);
   }
 };
 
@@ -144,9 +148,12 @@ double measure_read_ceiling_gbps(const Machine& m) {
   DeviceArray<uint8_t> data(bytes);
   DeviceArray<uint32_t> sink(static_cast<size_t>(m.info.sm_count) * 8 * 256);
   fill_random(data.get(), bytes / 2, DType::kBFloat16, 1.f, 99, m.stream);
-  auto launch = [&] { launch_streaming_read(data.get(), bytes, sink.get(), m.info.sm_count, m.stream); };
+  auto launch = [&] {
+    launch_streaming_read(data.get(), bytes, sink.get(), m.info.sm_count, m.stream);
+  };
   launch();
-  const double us = time_median_us(20, [] {}, launch, m.stream);
+  const double us = time_median_us(
+      20, [] {}, launch, m.stream);
   return bytes / (us * 1e-6) / 1e9;
 }
 
@@ -158,14 +165,20 @@ nlohmann::json run_point(const Machine& m, SplitDecode& split, const HeadLayout&
   const int64_t kv_elems = int64_t{num_blocks} * block_size * heads.kv_heads * heads.head_dim;
   const int64_t kv_bytes_moved = int64_t{2} * batch * context * heads.kv_heads * heads.head_dim * 2;
   const int64_t qo_bytes = int64_t{2} * batch * heads.q_heads * heads.head_dim * 2;
-  nlohmann::json point = {{"model", heads.model},     {"q_heads", heads.q_heads},
-                          {"kv_heads", heads.kv_heads}, {"head_dim", heads.head_dim},
-                          {"batch", batch},             {"context", context},
-                          {"block_size", block_size},   {"layout", std::string(kv_layout_name(layout))},
-                          {"kv_mib", kv_bytes_moved / 1048576.0}, {"results", nlohmann::json::array()}};
+  nlohmann::json point = {{"model", heads.model},
+                          {"q_heads", heads.q_heads},
+                          {"kv_heads", heads.kv_heads},
+                          {"head_dim", heads.head_dim},
+                          {"batch", batch},
+                          {"context", context},
+                          {"block_size", block_size},
+                          {"layout", std::string(kv_layout_name(layout))},
+                          {"kv_mib", kv_bytes_moved / 1048576.0},
+                          {"results", nlohmann::json::array()}};
   if (kv_bytes_moved > opt.max_kv_gib * (1 << 30) ||
       2 * kv_elems * 2 + (int64_t{1} << 30) > m.info.global_memory_bytes * 9 / 10) {
-    point["skipped"] = "KV of " + std::to_string(kv_bytes_moved >> 20) + " MiB exceeds the memory limit";
+    point["skipped"] =
+        "KV of " + std::to_string(kv_bytes_moved >> 20) + " MiB exceeds the memory limit";
     return point;
   }
   DeviceArray<uint16_t> k_pool(kv_elems), v_pool(kv_elems);
@@ -180,7 +193,8 @@ nlohmann::json run_point(const Machine& m, SplitDecode& split, const HeadLayout&
   std::iota(host_table.begin(), host_table.end(), 0);
   std::shuffle(host_table.begin(), host_table.end(), std::mt19937(batch * 131 + context));
   const std::vector<int32_t> host_lens(batch, context);
-  L2KV_CUDA_CHECK(cudaMemcpy(table.get(), host_table.data(), num_blocks * 4, cudaMemcpyHostToDevice));
+  L2KV_CUDA_CHECK(
+      cudaMemcpy(table.get(), host_table.data(), num_blocks * 4, cudaMemcpyHostToDevice));
   L2KV_CUDA_CHECK(cudaMemcpy(lens.get(), host_lens.data(), batch * 4, cudaMemcpyHostToDevice));
 
   DecodeAttentionParams p;
@@ -189,8 +203,8 @@ nlohmann::json run_point(const Machine& m, SplitDecode& split, const HeadLayout&
   p.num_q_heads = heads.q_heads;
   p.softmax_scale = 1.f / std::sqrt(static_cast<float>(heads.head_dim));
   p.max_seq_len = context;
-  p.kv = {k_pool.get(), v_pool.get(), table.get(), lens.get(), num_blocks, block_size,
-          heads.kv_heads, heads.head_dim, batch, blocks_per_seq, layout, dtype};
+  p.kv = {k_pool.get(),   v_pool.get(),   table.get(), lens.get(),     num_blocks, block_size,
+          heads.kv_heads, heads.head_dim, batch,       blocks_per_seq, layout,     dtype};
   validate_decode_attention(p, host_lens, host_table);
   split.plan(p, host_lens, m.stream);
   point["split_items"] = split.current_plan().items.size();
@@ -218,14 +232,18 @@ nlohmann::json run_point(const Machine& m, SplitDecode& split, const HeadLayout&
       continue;
     }
     for (int w = 0; w < 3; ++w) launch();
-    const double cold = time_median_us(opt.reps, [&] { m.flush_l2(); }, launch, m.stream);
-    const double warm = time_median_us(opt.reps, [] {}, launch, m.stream);
+    const double cold = time_median_us(
+        opt.reps, [&] { m.flush_l2(); }, launch, m.stream);
+    const double warm = time_median_us(
+        opt.reps, [] {}, launch, m.stream);
     const double bytes = static_cast<double>(kv_bytes_moved + qo_bytes);
     r["cold_us"] = cold;
     r["warm_us"] = warm;
     if (opt.graph_timing && v.kernel == "split") {
-      r["cold_graph_us"] = time_median_us(opt.reps, [&] { m.flush_l2(); }, launch, m.stream, true);
-      r["warm_graph_us"] = time_median_us(opt.reps, [] {}, launch, m.stream, true);
+      r["cold_graph_us"] = time_median_us(
+          opt.reps, [&] { m.flush_l2(); }, launch, m.stream, true);
+      r["warm_graph_us"] = time_median_us(
+          opt.reps, [] {}, launch, m.stream, true);
     }
     r["cold_gbps"] = bytes / (cold * 1e-6) / 1e9;
     r["warm_gbps"] = bytes / (warm * 1e-6) / 1e9;
@@ -243,7 +261,9 @@ std::string format_us(const nlohmann::json& r, const char* key) {
 
 int run(const Options& opt, const std::string& command_line) {
   if (!cuda_device_available()) {
-    std::fprintf(stderr, "l2kv_bench_decode: no CUDA GPU on this machine; the benchmark needs an H100 (sm_90).\n");
+    std::fprintf(
+        stderr,
+        "l2kv_bench_decode: no CUDA GPU on this machine; the benchmark needs an H100 (sm_90).\n");
     return 2;
   }
   Machine m;
@@ -267,7 +287,8 @@ int run(const Options& opt, const std::string& command_line) {
   double empty_us = 0;
   if (!opt.profile_once) {
     for (int w = 0; w < 3; ++w) launch_empty(m.stream);
-    empty_us = time_median_us(50, [] {}, [&] { launch_empty(m.stream); }, m.stream);
+    empty_us = time_median_us(
+        50, [] {}, [&] { launch_empty(m.stream); }, m.stream);
   }
   char date[32];
   const std::time_t now = std::time(nullptr);
@@ -284,9 +305,11 @@ int run(const Options& opt, const std::string& command_line) {
                            {"empty_kernel_us", empty_us},
                            {"points", nlohmann::json::array()}};
   std::printf("l2kv decode-attention benchmark on %s (%d SMs, %.0f MiB L2), %s, %d reps\n",
-              m.info.name.c_str(), m.info.sm_count, m.info.l2_bytes / 1048576.0, opt.dtype.c_str(), opt.reps);
-  std::printf("streaming-read ceiling %.0f GB/s; empty kernel %.1f us (event-timed); cold flush: %s\n",
-              ceiling, empty_us, opt.flush.c_str());
+              m.info.name.c_str(), m.info.sm_count, m.info.l2_bytes / 1048576.0, opt.dtype.c_str(),
+              opt.reps);
+  std::printf(
+      "streaming-read ceiling %.0f GB/s; empty kernel %.1f us (event-timed); cold flush: %s\n",
+      ceiling, empty_us, opt.flush.c_str());
 
   SplitDecode split(0);
   split.set_forced_tiles_per_split(opt.split_tiles);
@@ -302,15 +325,19 @@ int run(const Options& opt, const std::string& command_line) {
             const auto heads = std::find_if(kPaperModels.begin(), kPaperModels.end(),
                                             [&](const auto& h) { return h.model == model; });
             const KvLayout layout = layout_name == "NHD" ? KvLayout::kNHD : KvLayout::kHND;
-            auto point = run_point(m, split, *heads, batch, context, block_size, layout, dtype, variants, opt);
+            auto point = run_point(m, split, *heads, batch, context, block_size, layout, dtype,
+                                   variants, opt);
             ++done;
             const double elapsed =
                 std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
             std::string line;
             for (const auto& r : point["results"])
-                      line += " " + r["kernel"].get<std::string>() + "[" + r["prefetch"].get<std::string>() +
-                      "] " + format_us(r, "cold_us") + "/" + format_us(r, "warm_us") +
-                      (r.contains("cold_graph_us") ? " g" + format_us(r, "cold_graph_us") + "/" + format_us(r, "warm_graph_us") : "");
+              line +=
+                  " " + r["kernel"].get<std::string>() + "[" + r["prefetch"].get<std::string>() +
+                  "] " + format_us(r, "cold_us") + "/" + format_us(r, "warm_us") +
+                  (r.contains("cold_graph_us")
+                       ? " g" + format_us(r, "cold_graph_us") + "/" + format_us(r, "warm_graph_us")
+                       : "");
             std::printf("[%zu/%zu %.0fs] %s %s b%d B=%d S=%d %.0fMiB%s%s\n", done, total, elapsed,
                         layout_name.c_str(), model.c_str(), block_size, batch, context,
                         point["kv_mib"].get<double>(), point.contains("skipped") ? " skipped" : "",
@@ -334,40 +361,62 @@ int run(const Options& opt, const std::string& command_line) {
 int main(int argc, char** argv) {
   l2kv::bench::Options opt;
   CLI::App app{
-      "l2kv_bench_decode: decode-attention benchmark (paged_v1 and split, prefetch off/on, cold and warm L2).\n"
-      "Times are medians of CUDA-event-timed repetitions; GB/s counts each KV byte once plus Q and output."};
-  app.add_option("--models", opt.models, "Head layouts: llama2-7b (32:32), llama3-8b (32:8), qwen2.5-7b (28:4), qwen2.5-14b (40:8)")
+      "l2kv_bench_decode: decode-attention benchmark (paged_v1 and split, prefetch off/on, cold "
+      "and warm L2).\n"
+      "Times are medians of CUDA-event-timed repetitions; GB/s counts each KV byte once plus Q and "
+      "output."};
+  app.add_option(
+         "--models", opt.models,
+         "Head layouts: llama2-7b (32:32), llama3-8b (32:8), qwen2.5-7b (28:4), qwen2.5-14b (40:8)")
       ->check(CLI::IsMember({"llama2-7b", "llama3-8b", "qwen2.5-7b", "qwen2.5-14b"}))
       ->capture_default_str();
-  app.add_option("--batches", opt.batches, "Batch sizes (sequences)")->check(CLI::Range(1, 4096))->capture_default_str();
-  app.add_option("--contexts", opt.contexts, "Cached tokens per sequence")->check(CLI::Range(1, 1 << 20))->capture_default_str();
+  app.add_option("--batches", opt.batches, "Batch sizes (sequences)")
+      ->check(CLI::Range(1, 4096))
+      ->capture_default_str();
+  app.add_option("--contexts", opt.contexts, "Cached tokens per sequence")
+      ->check(CLI::Range(1, 1 << 20))
+      ->capture_default_str();
   app.add_option("--block-sizes", opt.block_sizes, "KV block sizes (16, 32, 64)")
-      ->check(CLI::IsMember({16, 32, 64}))->capture_default_str();
-  app.add_option("--layouts", opt.layouts, "KV layouts: HND, NHD")->check(CLI::IsMember({"HND", "NHD"}))->capture_default_str();
+      ->check(CLI::IsMember({16, 32, 64}))
+      ->capture_default_str();
+  app.add_option("--layouts", opt.layouts, "KV layouts: HND, NHD")
+      ->check(CLI::IsMember({"HND", "NHD"}))
+      ->capture_default_str();
   app.add_option("--v1-prefetch", opt.v1_policies,
-                 "paged_v1 prefetch policies to run: off, on, on:N (N warp iterations ahead); none skips paged_v1")
+                 "paged_v1 prefetch policies to run: off, on, on:N (N warp iterations ahead); none "
+                 "skips paged_v1")
       ->capture_default_str();
   app.add_option("--split-prefetch", opt.split_policies,
-                 "split prefetch policies to run: off, on:N (tiles ahead), auto; suffixes +evict_last, +evict_first, +stream; none skips split")
+                 "split prefetch policies to run: off, on:N (tiles ahead), auto; suffixes "
+                 "+evict_last, +evict_first, +stream; none skips split")
       ->capture_default_str();
-  app.add_option("--dtype", opt.dtype, "Element type: bf16 or fp16")->check(CLI::IsMember({"bf16", "fp16"}))->capture_default_str();
-  app.add_option("--reps", opt.reps, "Timed repetitions per point, cold and warm each (median reported)")
-      ->check(CLI::Range(1, 100000))->capture_default_str();
-  app.add_option("--max-kv-gib", opt.max_kv_gib, "Skip points whose KV cache exceeds this many GiB")->capture_default_str();
+  app.add_option("--dtype", opt.dtype, "Element type: bf16 or fp16")
+      ->check(CLI::IsMember({"bf16", "fp16"}))
+      ->capture_default_str();
+  app.add_option("--reps", opt.reps,
+                 "Timed repetitions per point, cold and warm each (median reported)")
+      ->check(CLI::Range(1, 100000))
+      ->capture_default_str();
+  app.add_option("--max-kv-gib", opt.max_kv_gib, "Skip points whose KV cache exceeds this many GiB")
+      ->capture_default_str();
   app.add_flag("--graph-timing,!--no-graph-timing", opt.graph_timing,
                "Also time split inside a CUDA graph (cold_graph_us, warm_graph_us)")
       ->capture_default_str();
-  app.add_option("--flush", opt.flush,
-                 "Cold-L2 flush before each cold repetition: clean (write 256 MiB, then read another 256 MiB "
-                 "so the L2 holds clean lines) or write (the write alone; the kernel then also pays the "
-                 "write-back of dirty lines)")
+  app.add_option(
+         "--flush", opt.flush,
+         "Cold-L2 flush before each cold repetition: clean (write 256 MiB, then read another 256 "
+         "MiB "
+         "so the L2 holds clean lines) or write (the write alone; the kernel then also pays the "
+         "write-back of dirty lines)")
       ->check(CLI::IsMember({"clean", "write"}))
       ->capture_default_str();
-  app.add_option("--split-tiles", opt.split_tiles,
-                 "Force split's slice length in 64-token tiles (0 = the planner's choice; for tuning)")
+  app.add_option(
+         "--split-tiles", opt.split_tiles,
+         "Force split's slice length in 64-token tiles (0 = the planner's choice; for tuning)")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
-  app.add_flag("--profile-once", opt.profile_once, "Run each variant once after an L2 flush, untimed (for ncu)");
+  app.add_flag("--profile-once", opt.profile_once,
+               "Run each variant once after an L2 flush, untimed (for ncu)");
   app.add_option("--json", opt.json_path, "Write all results as JSON to this file");
   CLI11_PARSE(app, argc, argv);
   std::string command_line;

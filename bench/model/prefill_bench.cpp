@@ -2,15 +2,14 @@
 // weights in a real model's shapes), against the bf16 matrix rate measured in the same run
 // (cuBLAS, 8192^3), with the split of time between projections and attention.
 #include <CLI/CLI.hpp>
-
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <vector>
 
 #include "l2kv/core/cuda_check.h"
-#include "l2kv/kernels/attention/prefill_attention.h"
 #include "l2kv/core/device_info.h"
+#include "l2kv/kernels/attention/prefill_attention.h"
 #include "l2kv/kernels/model/gemm.h"
 #include "l2kv/kernels/model/model_ops.h"
 #include "l2kv/kernels/random_fill.h"
@@ -64,19 +63,22 @@ double prefill_attention_us(const l2kv::ModelConfig& c, int tokens, cudaStream_t
   l2kv::fill_random(v, pool, l2kv::DType::kBFloat16, 1.f, 12, stream);
   l2kv::fill_random(q, q_elems, l2kv::DType::kBFloat16, 1.f, 13, stream);
   std::vector<int32_t> host_table(blocks);
-  for (int i = 0; i < blocks; ++i) host_table[i] = (i * 7919) % blocks == i ? i : (blocks - 1 - i);  // non-contiguous
+  for (int i = 0; i < blocks; ++i)
+    host_table[i] = (i * 7919) % blocks == i ? i : (blocks - 1 - i);  // non-contiguous
   L2KV_CUDA_CHECK(cudaMemcpy(table, host_table.data(), blocks * 4, cudaMemcpyHostToDevice));
   L2KV_CUDA_CHECK(cudaMemcpy(lens, &tokens, 4, cudaMemcpyHostToDevice));
   l2kv::PagedKvCache kv;
   kv.k_pool = k, kv.v_pool = v, kv.block_table = table, kv.seq_lens = lens;
-  kv.num_blocks = blocks, kv.block_size = block, kv.num_kv_heads = static_cast<int32_t>(c.num_kv_heads);
+  kv.num_blocks = blocks, kv.block_size = block,
+  kv.num_kv_heads = static_cast<int32_t>(c.num_kv_heads);
   kv.head_dim = static_cast<int32_t>(c.head_dim), kv.batch_size = 1, kv.max_blocks_per_seq = blocks;
   kv.layout = l2kv::KvLayout::kHND, kv.dtype = l2kv::DType::kBFloat16;
   l2kv::PrefillAttention prefill;
   const std::vector<l2kv::PrefillChunk> chunks = {{0, 0, tokens, 0}};
   prefill.plan(kv, static_cast<int32_t>(c.num_q_heads), chunks, stream);
   const float scale = 1.f / std::sqrt(static_cast<float>(c.head_dim));
-  for (int i = 0; i < 3; ++i) prefill.run(q, out, kv, static_cast<int32_t>(c.num_q_heads), scale, stream);
+  for (int i = 0; i < 3; ++i)
+    prefill.run(q, out, kv, static_cast<int32_t>(c.num_q_heads), scale, stream);
   cudaEvent_t s, e;
   L2KV_CUDA_CHECK(cudaEventCreate(&s));
   L2KV_CUDA_CHECK(cudaEventCreate(&e));
@@ -102,11 +104,20 @@ int main(int argc, char** argv) {
   int batch = 8, prompt = 512, reps = 5;
   std::vector<int> attention_lengths{512, 1024, 2048, 4096, 8192};
   CLI::App app{"l2kv_bench_prefill: prefill throughput of the CUDA backend on a synthetic model"};
-  app.add_option("--model", model_name, "Synthetic model: llama2-7b, llama3-8b, qwen2.5-7b, qwen2.5-14b")->capture_default_str();
-  app.add_option("--batch", batch, "Prompts per prefill")->check(CLI::Range(1, 256))->capture_default_str();
-  app.add_option("--prompt", prompt, "Tokens per prompt")->check(CLI::Range(1, 32768))->capture_default_str();
-  app.add_option("--reps", reps, "Timed prefills (median reported)")->check(CLI::Range(1, 1000))->capture_default_str();
-  app.add_option("--attention-lengths", attention_lengths, "Prompt lengths of the prefill-attention kernel sweep (batch 1)")
+  app.add_option("--model", model_name,
+                 "Synthetic model: llama2-7b, llama3-8b, qwen2.5-7b, qwen2.5-14b")
+      ->capture_default_str();
+  app.add_option("--batch", batch, "Prompts per prefill")
+      ->check(CLI::Range(1, 256))
+      ->capture_default_str();
+  app.add_option("--prompt", prompt, "Tokens per prompt")
+      ->check(CLI::Range(1, 32768))
+      ->capture_default_str();
+  app.add_option("--reps", reps, "Timed prefills (median reported)")
+      ->check(CLI::Range(1, 1000))
+      ->capture_default_str();
+  app.add_option("--attention-lengths", attention_lengths,
+                 "Prompt lengths of the prefill-attention kernel sweep (batch 1)")
       ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   try {
@@ -116,20 +127,30 @@ int main(int argc, char** argv) {
     }
     const auto config = l2kv::ModelConfig::synthetic(model_name);
     const double peak = gemm_peak_tflops(nullptr);
-    const int blocks_per_seq = (prompt + l2kv::CudaModel::kBlockSize - 1) / l2kv::CudaModel::kBlockSize;
-    std::printf("l2kv prefill on %s: synthetic:%s (%.2f B parameters), %d x %d tokens; cuBLAS bf16 8192^3: %.0f TFLOP/s\n",
-                l2kv::query_device_info(0).name.c_str(), model_name.c_str(), config.parameter_count() / 1e9, batch, prompt, peak);
+    const int blocks_per_seq =
+        (prompt + l2kv::CudaModel::kBlockSize - 1) / l2kv::CudaModel::kBlockSize;
+    std::printf(
+        "l2kv prefill on %s: synthetic:%s (%.2f B parameters), %d x %d tokens; cuBLAS bf16 8192^3: "
+        "%.0f TFLOP/s\n",
+        l2kv::query_device_info(0).name.c_str(), model_name.c_str(), config.parameter_count() / 1e9,
+        batch, prompt, peak);
     l2kv::CudaModel model(config, 7, batch * blocks_per_seq);
     model.set_profiling(true);
     std::vector<std::vector<int32_t>> prompts(batch);
     for (int b = 0; b < batch; ++b)
-      for (int t = 0; t < prompt; ++t) prompts[b].push_back(static_cast<int32_t>((b * 7919 + t * 104729) % config.vocab_size));
-    const int64_t q_dim = config.num_q_heads * config.head_dim, kv_dim = config.num_kv_heads * config.head_dim;
-    const double linear_params = static_cast<double>(config.num_layers) *
-        (config.hidden_size * (q_dim + 2 * kv_dim) + q_dim * config.hidden_size + 3.0 * config.hidden_size * config.intermediate_size);
+      for (int t = 0; t < prompt; ++t)
+        prompts[b].push_back(static_cast<int32_t>((b * 7919 + t * 104729) % config.vocab_size));
+    const int64_t q_dim = config.num_q_heads * config.head_dim,
+                  kv_dim = config.num_kv_heads * config.head_dim;
+    const double linear_params =
+        static_cast<double>(config.num_layers) *
+        (config.hidden_size * (q_dim + 2 * kv_dim) + q_dim * config.hidden_size +
+         3.0 * config.hidden_size * config.intermediate_size);
     const double tokens = static_cast<double>(batch) * prompt;
-    const double attention_flops = 4.0 * config.num_layers * config.num_q_heads * config.head_dim * batch * (prompt * (prompt + 1) / 2.0);
-    const double flops = 2.0 * linear_params * tokens + 2.0 * config.vocab_size * config.hidden_size * batch + attention_flops;
+    const double attention_flops = 4.0 * config.num_layers * config.num_q_heads * config.head_dim *
+                                   batch * (prompt * (prompt + 1) / 2.0);
+    const double flops = 2.0 * linear_params * tokens +
+                         2.0 * config.vocab_size * config.hidden_size * batch + attention_flops;
     std::vector<l2kv::CudaModel::OpTimes> runs;
     for (int r = 0; r < reps + 1; ++r) {
       std::vector<l2kv::CudaSequence> seqs(batch);
@@ -139,19 +160,24 @@ int main(int argc, char** argv) {
       if (r > 0) runs.push_back(model.last_op_times());  // the first run warms up
       for (auto& s : seqs) model.release(s);
     }
-    std::sort(runs.begin(), runs.end(), [](const auto& a, const auto& b) { return a.total_ms < b.total_ms; });
+    std::sort(runs.begin(), runs.end(),
+              [](const auto& a, const auto& b) { return a.total_ms < b.total_ms; });
     const auto& m = runs[runs.size() / 2];
     const double tflops = flops / (m.total_ms * 1e-3) / 1e12;
-    std::printf("prefill: %.2f ms, %.0f tokens/s, %.0f TFLOP/s = %.1f %% of the cuBLAS rate\n", m.total_ms, tokens / (m.total_ms * 1e-3),
-                tflops, 100 * tflops / peak);
-    std::printf("time split: projections (cuBLAS) %.2f ms (%.1f %%), attention %.2f ms (%.1f %%), other %.2f ms\n", m.gemm_ms,
-                100 * m.gemm_ms / m.total_ms, m.attention_ms, 100 * m.attention_ms / m.total_ms, m.total_ms - m.gemm_ms - m.attention_ms);
+    std::printf("prefill: %.2f ms, %.0f tokens/s, %.0f TFLOP/s = %.1f %% of the cuBLAS rate\n",
+                m.total_ms, tokens / (m.total_ms * 1e-3), tflops, 100 * tflops / peak);
+    std::printf(
+        "time split: projections (cuBLAS) %.2f ms (%.1f %%), attention %.2f ms (%.1f %%), other "
+        "%.2f ms\n",
+        m.gemm_ms, 100 * m.gemm_ms / m.total_ms, m.attention_ms, 100 * m.attention_ms / m.total_ms,
+        m.total_ms - m.gemm_ms - m.attention_ms);
     for (int length : attention_lengths) {
       const double us = prefill_attention_us(config, length, nullptr);
-      const double att_flops = 4.0 * config.num_q_heads * config.head_dim * (length * (length + 1) / 2.0);
-      std::printf("prefill attention, 1 x %d tokens, %lld:%lld heads: %.1f us, %.0f TFLOP/s\n", length,
-                  static_cast<long long>(config.num_q_heads), static_cast<long long>(config.num_kv_heads), us,
-                  att_flops / (us * 1e-6) / 1e12);
+      const double att_flops =
+          4.0 * config.num_q_heads * config.head_dim * (length * (length + 1) / 2.0);
+      std::printf("prefill attention, 1 x %d tokens, %lld:%lld heads: %.1f us, %.0f TFLOP/s\n",
+                  length, static_cast<long long>(config.num_q_heads),
+                  static_cast<long long>(config.num_kv_heads), us, att_flops / (us * 1e-6) / 1e12);
     }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "l2kv_bench_prefill: %s\n", e.what());

@@ -37,12 +37,15 @@ class ChatTemplateOracle : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(ChatTemplateOracle, RendersLikeHuggingFaceJinja) {
   const std::string name = GetParam();
-  const auto config = read_json(kPackages / ("tokenizer-" + name) / "models" / "tokenizer_config.json");
+  const auto config =
+      read_json(kPackages / ("tokenizer-" + name) / "models" / "tokenizer_config.json");
   const auto token = [&](const char* key) -> std::string {
     if (!config.contains(key) || config[key].is_null()) return "";
-    return config[key].is_string() ? config[key].get<std::string>() : config[key]["content"].get<std::string>();
+    return config[key].is_string() ? config[key].get<std::string>()
+                                   : config[key]["content"].get<std::string>();
   };
-  const ChatTemplate chat(config["chat_template"].get<std::string>(), token("bos_token"), token("eos_token"));
+  const ChatTemplate chat(config["chat_template"].get<std::string>(), token("bos_token"),
+                          token("eos_token"));
   const auto conversations = read_json(kTests / "chat" / "conversations.json");
   const auto oracle = read_json(kOracle / ("chat_" + name + ".json"));
   ASSERT_EQ(conversations.size(), oracle.size());
@@ -73,7 +76,8 @@ TEST_P(ChatTemplateOracle, RendersLikeHuggingFaceJinja) {
       agree += error == oracle_error;
     }
   }
-  std::printf("%s: %d of %zu conversations agree with @huggingface/jinja\n", name.c_str(), agree, conversations.size());
+  std::printf("%s: %d of %zu conversations agree with @huggingface/jinja\n", name.c_str(), agree,
+              conversations.size());
 }
 
 INSTANTIATE_TEST_SUITE_P(RealTemplates, ChatTemplateOracle,
@@ -86,14 +90,17 @@ TEST(ChatTemplate, DefaultTemplateForModelsWithout) {
   ChatRequest r;
   r.messages = nlohmann::ordered_json::parse(R"([{"role": "system", "content": "Be kind."},
       {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}, {"role": "user", "content": "Bye"}])");
-  EXPECT_EQ(chat.render(r), "<s>[INST] <<SYS>>\nBe kind.\n<</SYS>>\n\nHi [/INST] Hello </s><s>[INST] Bye [/INST]");
+  EXPECT_EQ(chat.render(r),
+            "<s>[INST] <<SYS>>\nBe kind.\n<</SYS>>\n\nHi [/INST] Hello </s><s>[INST] Bye [/INST]");
   r.messages = nlohmann::ordered_json::parse(R"([{"role": "tool", "content": "x"}])");
   EXPECT_THROW(chat.render(r), Error);
 }
 
 TEST(ChatTemplate, UnsupportedConstructsFailAtLoad) {
-  for (const char* source : {"{% macro m() %}x{% endmacro %}", "{{ x | wordwrap }}", "{% if x is divisibleby 3 %}{% endif %}",
-                             "{{ x.format(1) }}", "{{ cycler(1) }}", "{% if x %}unterminated", "{{ 'open", "{% set x %}y{% endset %}"}) {
+  for (const char* source :
+       {"{% macro m() %}x{% endmacro %}", "{{ x | wordwrap }}",
+        "{% if x is divisibleby 3 %}{% endif %}", "{{ x.format(1) }}", "{{ cycler(1) }}",
+        "{% if x %}unterminated", "{{ 'open", "{% set x %}y{% endset %}"}) {
     EXPECT_THROW(ChatTemplate(source, "", ""), Error) << source;
   }
 }
@@ -104,14 +111,27 @@ TEST(ChatTemplate, LanguageBasics) {
     r.messages = nlohmann::ordered_json::parse(messages);
     return ChatTemplate(source, "<s>", "</s>").render(r);
   };
-  EXPECT_EQ(render("{{ 7 // 2 }} {{ -7 // 2 }} {{ 7 % 3 }} {{ 2 + 3 * 4 }} {{ 'a' ~ 1 }}"), "3 -4 1 14 a1");
-  EXPECT_EQ(render("{{ [1, 2, 3, 4][::-1] }} {{ 'hello'[1:3] }} {{ [1, 2][-1] }}"), "[4, 3, 2, 1] el 2");
-  EXPECT_EQ(render("{% for x in [1, 2, 3] if x != 2 %}{{ loop.index }}:{{ x }}{% if not loop.last %},{% endif %}{% endfor %}"), "1:1,2:3");
-  EXPECT_EQ(render("{% set ns = namespace(n=0) %}{% for i in range(4) %}{% set ns.n = ns.n + i %}{% endfor %}{{ ns.n }}"), "6");
-  EXPECT_EQ(render("{% for i in range(5) %}{% if i == 3 %}{% break %}{% endif %}{{ i }}{% endfor %}"), "012");
-  EXPECT_EQ(render("{{ {'b': 1, 'a': [true, none, 'x\"y']} | tojson }}"), "{\"b\": 1, \"a\": [true, null, \"x\\\"y\"]}");
-  EXPECT_EQ(render("{{ x | default('d') }} {{ 'a,b,,c'.split(',') | length }} {{ '  t  '.strip() }}"), "d 4 t");
-  EXPECT_EQ(render("{%- if messages | length > 0 -%} yes {%- else -%} no {%- endif %}", R"([{"role": "user"}])"), "yes");
+  EXPECT_EQ(render("{{ 7 // 2 }} {{ -7 // 2 }} {{ 7 % 3 }} {{ 2 + 3 * 4 }} {{ 'a' ~ 1 }}"),
+            "3 -4 1 14 a1");
+  EXPECT_EQ(render("{{ [1, 2, 3, 4][::-1] }} {{ 'hello'[1:3] }} {{ [1, 2][-1] }}"),
+            "[4, 3, 2, 1] el 2");
+  EXPECT_EQ(render("{% for x in [1, 2, 3] if x != 2 %}{{ loop.index }}:{{ x }}{% if not loop.last "
+                   "%},{% endif %}{% endfor %}"),
+            "1:1,2:3");
+  EXPECT_EQ(render("{% set ns = namespace(n=0) %}{% for i in range(4) %}{% set ns.n = ns.n + i "
+                   "%}{% endfor %}{{ ns.n }}"),
+            "6");
+  EXPECT_EQ(
+      render("{% for i in range(5) %}{% if i == 3 %}{% break %}{% endif %}{{ i }}{% endfor %}"),
+      "012");
+  EXPECT_EQ(render("{{ {'b': 1, 'a': [true, none, 'x\"y']} | tojson }}"),
+            "{\"b\": 1, \"a\": [true, null, \"x\\\"y\"]}");
+  EXPECT_EQ(
+      render("{{ x | default('d') }} {{ 'a,b,,c'.split(',') | length }} {{ '  t  '.strip() }}"),
+      "d 4 t");
+  EXPECT_EQ(render("{%- if messages | length > 0 -%} yes {%- else -%} no {%- endif %}",
+                   R"([{"role": "user"}])"),
+            "yes");
   EXPECT_THROW(render("{{ raise_exception('stop here') }}"), Error);
 }
 

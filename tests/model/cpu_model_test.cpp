@@ -53,12 +53,13 @@ TEST_P(CpuModelFixture, MatchesTransformers) {
     EXPECT_LT(cmp.relative_l2, 1e-5) << GetParam() << " prompt of " << prompt.size();
     EXPECT_LT(cmp.max_abs, 1e-4) << GetParam() << " prompt of " << prompt.size();
     EXPECT_EQ(model.greedy(prompt, 32), c["greedy"].get<std::vector<int32_t>>()) << GetParam();
-    std::printf("%s, prompt of %zu: logits rel. L2 %.2e, max abs %.2e; greedy 32/32 compared\n", GetParam().c_str(),
-                prompt.size(), cmp.relative_l2, cmp.max_abs);
+    std::printf("%s, prompt of %zu: logits rel. L2 %.2e, max abs %.2e; greedy 32/32 compared\n",
+                GetParam().c_str(), prompt.size(), cmp.relative_l2, cmp.max_abs);
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Fixtures, CpuModelFixture, ::testing::Values("llama2-mha", "llama3-gqa", "qwen2-tied"));
+INSTANTIATE_TEST_SUITE_P(Fixtures, CpuModelFixture,
+                         ::testing::Values("llama2-mha", "llama3-gqa", "qwen2-tied"));
 
 TEST(CpuModel, ClassicRopeConfigGivesTheSameModel) {
   // Hub checkpoints write rope_theta + rope_scaling; transformers 5 writes rope_parameters.
@@ -89,7 +90,8 @@ TEST(CpuModel, MissingOrMisshapenWeightsAreNamed) {
     CpuModel m(dir);
     ADD_FAILURE() << "expected a missing-tensor error";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("missing tensor model.layers.2."), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("missing tensor model.layers.2."), std::string::npos)
+        << e.what();
   }
   config["num_hidden_layers"] = 2;
   config["intermediate_size"] = 256;
@@ -120,8 +122,10 @@ TEST(CpuModel, ChunkedPrefillAndDecodeStepsMatchOneForward) {
   const auto whole = model.forward(tokens);
   CpuSequenceState state;
   std::vector<float> pieces;
-  for (auto [begin, end] : {std::pair{0, 13}, std::pair{13, 30}, std::pair{30, 31}, std::pair{31, 40}}) {
-    const auto part = model.extend(state, std::span<const int32_t>(tokens).subspan(begin, end - begin));
+  for (auto [begin, end] :
+       {std::pair{0, 13}, std::pair{13, 30}, std::pair{30, 31}, std::pair{31, 40}}) {
+    const auto part =
+        model.extend(state, std::span<const int32_t>(tokens).subspan(begin, end - begin));
     pieces.insert(pieces.end(), part.begin(), part.end());
   }
   ASSERT_EQ(state.length, 40);

@@ -1,7 +1,5 @@
 // The CUDA backend against transformers' float32 logits on the fixtures (bf16 tolerance), its
 // greedy continuations, chunked prefill, and KV-pool exhaustion.
-#include "l2kv/model/cuda_model.h"
-
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -11,6 +9,7 @@
 
 #include "gpu_test_support.h"
 #include "l2kv/core/error.h"
+#include "l2kv/model/cuda_model.h"
 
 namespace l2kv {
 namespace {
@@ -37,7 +36,9 @@ double relative_l2(const float* a, const float* b, size_t n, double* max_abs) {
   return std::sqrt(d2 / r2);
 }
 
-int32_t argmax(const float* row, int64_t n) { return static_cast<int32_t>(std::max_element(row, row + n) - row); }
+int32_t argmax(const float* row, int64_t n) {
+  return static_cast<int32_t>(std::max_element(row, row + n) - row);
+}
 
 class CudaModelFixture : public ::testing::TestWithParam<std::string> {};
 
@@ -49,7 +50,8 @@ TEST_P(CudaModelFixture, MatchesTransformersInOneRaggedBatch) {
   const auto reference = nlohmann::json::parse(rf);
   const int64_t vocab = model.config().vocab_size;
   std::vector<std::vector<int32_t>> prompts;
-  for (const auto& c : reference["cases"]) prompts.push_back(c["prompt"].get<std::vector<int32_t>>());
+  for (const auto& c : reference["cases"])
+    prompts.push_back(c["prompt"].get<std::vector<int32_t>>());
   std::vector<CudaSequence> seqs(prompts.size());
   std::vector<CudaSequence*> ptrs;
   for (auto& s : seqs) ptrs.push_back(&s);
@@ -58,10 +60,12 @@ TEST_P(CudaModelFixture, MatchesTransformersInOneRaggedBatch) {
   std::vector<std::vector<int32_t>> generated(prompts.size());
   for (size_t i = 0; i < prompts.size(); ++i) {
     const auto& c = reference["cases"][i];
-    const auto ref = read_floats(dir / c["logits_file"].get<std::string>(), prompts[i].size() * vocab);
+    const auto ref =
+        read_floats(dir / c["logits_file"].get<std::string>(), prompts[i].size() * vocab);
     double max_abs = 0;
     const double rel = relative_l2(logits.data() + row * vocab, ref.data(), ref.size(), &max_abs);
-    std::printf("%s prompt of %zu: logits rel. L2 %.2e, max abs %.2e\n", GetParam().c_str(), prompts[i].size(), rel, max_abs);
+    std::printf("%s prompt of %zu: logits rel. L2 %.2e, max abs %.2e\n", GetParam().c_str(),
+                prompts[i].size(), rel, max_abs);
     EXPECT_LT(rel, 2e-2);
     row += prompts[i].size();
     generated[i].push_back(argmax(logits.data() + (row - 1) * vocab, vocab));
@@ -71,19 +75,22 @@ TEST_P(CudaModelFixture, MatchesTransformersInOneRaggedBatch) {
     std::vector<std::vector<int32_t>> next;
     for (auto& g : generated) next.push_back({g.back()});
     const auto step_logits = model.extend(ptrs, next, /*all_logits=*/false, nullptr);
-    for (size_t i = 0; i < generated.size(); ++i) generated[i].push_back(argmax(step_logits.data() + i * vocab, vocab));
+    for (size_t i = 0; i < generated.size(); ++i)
+      generated[i].push_back(argmax(step_logits.data() + i * vocab, vocab));
   }
   for (size_t i = 0; i < prompts.size(); ++i) {
     const auto expected = reference["cases"][i]["greedy"].get<std::vector<int32_t>>();
     size_t same = 0;
     while (same < expected.size() && generated[i][same] == expected[same]) ++same;
-    std::printf("%s prompt of %zu: greedy agrees for %zu of 32 tokens\n", GetParam().c_str(), prompts[i].size(), same);
+    std::printf("%s prompt of %zu: greedy agrees for %zu of 32 tokens\n", GetParam().c_str(),
+                prompts[i].size(), same);
     EXPECT_EQ(generated[i], expected);
   }
   for (auto& s : seqs) model.release(s);
 }
 
-INSTANTIATE_TEST_SUITE_P(Fixtures, CudaModelFixture, ::testing::Values("llama2-mha", "llama3-gqa", "qwen2-tied"));
+INSTANTIATE_TEST_SUITE_P(Fixtures, CudaModelFixture,
+                         ::testing::Values("llama2-mha", "llama3-gqa", "qwen2-tied"));
 
 TEST(CudaModel, ChunkedPrefillMatchesOnePass) {
   L2KV_SKIP_WITHOUT_GPU();
@@ -109,11 +116,13 @@ TEST(CudaModel, ExhaustedKvPoolIsAnErrorThatChangesNothing) {
   CudaModel model(kFixtures / "qwen2-tied", 4);  // 64 tokens of KV
   CudaSequence a, b;
   CudaSequence* both[] = {&a, &b};
-  const std::vector<std::vector<int32_t>> prompts = {std::vector<int32_t>(40, 7), std::vector<int32_t>(40, 9)};
+  const std::vector<std::vector<int32_t>> prompts = {std::vector<int32_t>(40, 7),
+                                                     std::vector<int32_t>(40, 9)};
   EXPECT_THROW(model.extend(both, prompts, false, nullptr), Error);
   EXPECT_EQ(a.length, 0);
   EXPECT_TRUE(a.blocks.empty());
-  const std::vector<std::vector<int32_t>> small = {std::vector<int32_t>(30, 7), std::vector<int32_t>(30, 9)};
+  const std::vector<std::vector<int32_t>> small = {std::vector<int32_t>(30, 7),
+                                                   std::vector<int32_t>(30, 9)};
   EXPECT_NO_THROW(model.extend(both, small, false, nullptr));
   const std::vector<std::vector<int32_t>> bad = {{600}, {1}};
   EXPECT_THROW(model.extend(both, bad, false, nullptr), Error);

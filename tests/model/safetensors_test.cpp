@@ -26,7 +26,8 @@ fs::path fresh_dir(const std::string& name) {
 void write_file(const fs::path& path, const std::string& header, const std::string& data,
                 int64_t header_len_override = -1) {
   std::ofstream f(path, std::ios::binary);
-  const uint64_t len = header_len_override >= 0 ? static_cast<uint64_t>(header_len_override) : header.size();
+  const uint64_t len =
+      header_len_override >= 0 ? static_cast<uint64_t>(header_len_override) : header.size();
   for (int i = 0; i < 8; ++i) f.put(static_cast<char>((len >> (8 * i)) & 0xff));
   f << header << data;
 }
@@ -46,8 +47,10 @@ TEST(Safetensors, ReadsEveryFloatDtype) {
   std::string data;
   const float f32[2] = {1.5f, -2.25f};
   data.append(reinterpret_cast<const char*>(f32), 8);
-  for (uint16_t bits : {float_to_fp16_bits(0.5f), float_to_fp16_bits(-3.f)}) data.append(reinterpret_cast<const char*>(&bits), 2);
-  for (uint16_t bits : {float_to_bf16_bits(7.f), float_to_bf16_bits(-0.125f)}) data.append(reinterpret_cast<const char*>(&bits), 2);
+  for (uint16_t bits : {float_to_fp16_bits(0.5f), float_to_fp16_bits(-3.f)})
+    data.append(reinterpret_cast<const char*>(&bits), 2);
+  for (uint16_t bits : {float_to_bf16_bits(7.f), float_to_bf16_bits(-0.125f)})
+    data.append(reinterpret_cast<const char*>(&bits), 2);
   write_file(dir / "model.safetensors",
              R"({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
                  "b": {"dtype": "F16", "shape": [1, 2], "data_offsets": [8, 12]},
@@ -73,28 +76,37 @@ TEST(Safetensors, RejectsBadFilesWithTheirName) {
   expect_error([&] { SafetensorsFile f(file); }, "points past the end");
   write_file(file, "{not json", "");
   expect_error([&] { SafetensorsFile f(file); }, "header is not JSON");
-  write_file(file, R"({"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}})", std::string(8, '\0'));
+  write_file(file, R"({"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}})",
+             std::string(8, '\0'));
   expect_error([&] { SafetensorsFile f(file); }, "outside the file");
-  write_file(file, R"({"a": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}})", std::string(8, '\0'));
+  write_file(file, R"({"a": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}})",
+             std::string(8, '\0'));
   expect_error([&] { SafetensorsFile f(file); }, "should hold 12 bytes");
-  write_file(file, R"({"a": {"dtype": "F32", "shape": "x", "data_offsets": [0, 8]}})", std::string(8, '\0'));
+  write_file(file, R"({"a": {"dtype": "F32", "shape": "x", "data_offsets": [0, 8]}})",
+             std::string(8, '\0'));
   expect_error([&] { SafetensorsFile f(file); }, "malformed header entry");
-  write_file(file, R"({"a": {"dtype": "I64", "shape": [1], "data_offsets": [0, 8]}})", std::string(8, '\0'));
+  write_file(file, R"({"a": {"dtype": "I64", "shape": [1], "data_offsets": [0, 8]}})",
+             std::string(8, '\0'));
   expect_error([&] { SafetensorsFile(file).tensors().at("a").to_float(); }, "dtype I64");
   expect_error([&] { SafetensorsFile f(dir / "absent.safetensors"); }, "cannot open");
-  std::ofstream(dir / "model.safetensors.index.json") << R"({"weight_map": {"a": "model-00001-of-00002.safetensors"}})";
+  std::ofstream(dir / "model.safetensors.index.json")
+      << R"({"weight_map": {"a": "model-00001-of-00002.safetensors"}})";
   expect_error([&] { Checkpoint c(dir); }, "missing shard model-00001-of-00002.safetensors");
 }
 
 TEST(ModelConfig, ReadsBothRopeFormsAndRejectsTheUnsupported) {
-  const std::string base = R"("vocab_size": 10, "hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 1,
+  const std::string base =
+      R"("vocab_size": 10, "hidden_size": 8, "intermediate_size": 16, "num_hidden_layers": 1,
       "num_attention_heads": 2, "num_key_value_heads": 1)";
   const auto parse = [&](const std::string& arch, const std::string& more) {
-    return ModelConfig::from_json_text(R"({"architectures": [")" + arch + R"("], )" + base + more + "}", "config.json");
+    return ModelConfig::from_json_text(
+        R"({"architectures": [")" + arch + R"("], )" + base + more + "}", "config.json");
   };
-  const auto classic = parse("LlamaForCausalLM", R"(, "rope_theta": 500000.0, "rope_scaling": {"rope_type": "llama3",
+  const auto classic =
+      parse("LlamaForCausalLM", R"(, "rope_theta": 500000.0, "rope_scaling": {"rope_type": "llama3",
       "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192})");
-  const auto v5 = parse("LlamaForCausalLM", R"(, "rope_parameters": {"rope_type": "llama3", "rope_theta": 500000.0,
+  const auto v5 = parse("LlamaForCausalLM",
+                        R"(, "rope_parameters": {"rope_type": "llama3", "rope_theta": 500000.0,
       "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192})");
   EXPECT_EQ(classic.rope.type, RopeType::kLlama3);
   EXPECT_EQ(rope_inverse_frequencies(classic.rope, 4), rope_inverse_frequencies(v5.rope, 4));
@@ -102,15 +114,29 @@ TEST(ModelConfig, ReadsBothRopeFormsAndRejectsTheUnsupported) {
   EXPECT_TRUE(parse("Qwen2ForCausalLM", "").qkv_bias);
   EXPECT_EQ(parse("LlamaForCausalLM", R"(, "torch_dtype": "float16")").dtype, DType::kFloat16);
   EXPECT_EQ(parse("LlamaForCausalLM", R"(, "dtype": "float32")").dtype, DType::kBFloat16);
-  expect_error([&] { parse("GPT2LMHeadModel", ""); }, "architecture GPT2LMHeadModel is not supported");
-  expect_error([&] { parse("LlamaForCausalLM", R"(, "rope_scaling": {"rope_type": "yarn", "factor": 4.0})"); }, "rope type 'yarn'");
-  expect_error([&] { parse("MistralForCausalLM", R"(, "sliding_window": 4096)"); }, "sliding-window");
+  expect_error([&] { parse("GPT2LMHeadModel", ""); },
+               "architecture GPT2LMHeadModel is not supported");
+  expect_error(
+      [&] {
+        parse("LlamaForCausalLM", R"(, "rope_scaling": {"rope_type": "yarn", "factor": 4.0})");
+      },
+      "rope type 'yarn'");
+  expect_error([&] { parse("MistralForCausalLM", R"(, "sliding_window": 4096)"); },
+               "sliding-window");
   expect_error([&] { ModelConfig::from_json_text("{", "config.json"); }, "not JSON");
-  expect_error([&] { ModelConfig::from_json_text(R"({"architectures": ["LlamaForCausalLM"]})", "config.json"); }, "config.json");
-  expect_error([&] {
-    ModelConfig::from_json_text(R"({"architectures": ["LlamaForCausalLM"], "vocab_size": 10, "hidden_size": 12,
-        "intermediate_size": 16, "num_hidden_layers": 1, "num_attention_heads": 3, "num_key_value_heads": 2})", "config.json");
-  }, "do not divide");
+  expect_error(
+      [&] {
+        ModelConfig::from_json_text(R"({"architectures": ["LlamaForCausalLM"]})", "config.json");
+      },
+      "config.json");
+  expect_error(
+      [&] {
+        ModelConfig::from_json_text(
+            R"({"architectures": ["LlamaForCausalLM"], "vocab_size": 10, "hidden_size": 12,
+        "intermediate_size": 16, "num_hidden_layers": 1, "num_attention_heads": 3, "num_key_value_heads": 2})",
+            "config.json");
+      },
+      "do not divide");
 }
 
 TEST(ModelConfig, SyntheticShapesAreTheRealModels) {

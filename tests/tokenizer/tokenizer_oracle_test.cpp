@@ -35,7 +35,8 @@ const Tokenizer& cached_tokenizer(const std::string& name) {
 nlohmann::json load_oracle(const std::string& name) {
   std::ifstream f(kOracle / (name + ".json"));
   if (!f) {
-    ADD_FAILURE() << "missing " << (kOracle / (name + ".json")) << ": run scripts/tokenizer_test_data.sh";
+    ADD_FAILURE() << "missing " << (kOracle / (name + ".json"))
+                  << ": run scripts/tokenizer_test_data.sh";
     return {};
   }
   return nlohmann::json::parse(f);
@@ -58,7 +59,8 @@ TEST_P(TokenizerOracle, IdsMatchHuggingFaceOnTheCorpus) {
     EXPECT_EQ(ids, expected) << "text: " << text;
     EXPECT_EQ(tok.encode(text, false), expected_plain) << "text: " << text;
   }
-  std::printf("%s: %d of %d corpus entries agree with the oracle\n", GetParam().c_str(), agree, total);
+  std::printf("%s: %d of %d corpus entries agree with the oracle\n", GetParam().c_str(), agree,
+              total);
 }
 
 TEST_P(TokenizerOracle, DecodeMatchesAndStreamsWholeCharacters) {
@@ -74,7 +76,8 @@ TEST_P(TokenizerOracle, DecodeMatchesAndStreamsWholeCharacters) {
     for (int32_t id : ids) {
       const std::string piece = stream.push(id);
       EXPECT_TRUE(utf8::is_valid(piece));
-      EXPECT_EQ(piece.find("\xEF\xBF\xBD"), std::string::npos) << "a character was cut: " << e.at("text");
+      EXPECT_EQ(piece.find("\xEF\xBF\xBD"), std::string::npos)
+          << "a character was cut: " << e.at("text");
       streamed += piece;
     }
     streamed += stream.finish();
@@ -84,8 +87,12 @@ TEST_P(TokenizerOracle, DecodeMatchesAndStreamsWholeCharacters) {
 
 TEST_P(TokenizerOracle, InvalidUtf8IsRepairedNotFatal) {
   const Tokenizer& tok = cached_tokenizer(GetParam());
-  const std::string bad = "ab\xFF\xFE" "cd\xC3";
-  const std::string repaired = "ab\xEF\xBF\xBD\xEF\xBF\xBD" "cd\xEF\xBF\xBD";
+  const std::string bad =
+      "ab\xFF\xFE"
+      "cd\xC3";
+  const std::string repaired =
+      "ab\xEF\xBF\xBD\xEF\xBF\xBD"
+      "cd\xEF\xBF\xBD";
   EXPECT_EQ(tok.encode(bad), tok.encode(repaired));
   EXPECT_FALSE(tok.encode(bad).empty());
 }
@@ -98,7 +105,8 @@ TEST_P(TokenizerOracle, RejectsIdsOutsideTheVocabulary) {
   EXPECT_THROW(tok.decode(negative), Error);
 }
 
-INSTANTIATE_TEST_SUITE_P(RealTokenizers, TokenizerOracle, ::testing::Values("llama2", "llama3_1", "qwen3"));
+INSTANTIATE_TEST_SUITE_P(RealTokenizers, TokenizerOracle,
+                         ::testing::Values("llama2", "llama3_1", "qwen3"));
 
 TEST(Tokenizer, SpecialTokensFromConfig) {
   const Tokenizer& llama3 = cached_tokenizer("llama3_1");
@@ -125,9 +133,14 @@ TEST(Tokenizer, BadFilesGiveClearErrors) {
   };
   expect_error("{not json", "not valid JSON");
   expect_error(R"({"model": {"type": "WordPiece", "vocab": {}}})", "WordPiece");
-  expect_error(R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": ["a b"]}})", "missing from the vocabulary");
-  expect_error(R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}, "normalizer": {"type": "NFKD"}})", "NFKD");
-  expect_error(R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}, "pre_tokenizer": {"type": "Split", "pattern": {"Regex": "(["}, "behavior": "Isolated"}})", "does not compile");
+  expect_error(R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": ["a b"]}})",
+               "missing from the vocabulary");
+  expect_error(
+      R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}, "normalizer": {"type": "NFKD"}})",
+      "NFKD");
+  expect_error(
+      R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}, "pre_tokenizer": {"type": "Split", "pattern": {"Regex": "(["}, "behavior": "Isolated"}})",
+      "does not compile");
   std::filesystem::remove(dir / "tokenizer.json");
   try {
     Tokenizer::from_folder(dir);

@@ -15,9 +15,11 @@ TEST(Utf8, ValidatesAndRepairsLikeWhatwg) {
   EXPECT_FALSE(utf8::is_valid("\xED\xA0\x80"));      // surrogate
   EXPECT_FALSE(utf8::is_valid("\xF4\x90\x80\x80"));  // above U+10FFFF
   const std::string r = "\xEF\xBF\xBD";
-  EXPECT_EQ(utf8::repair("a\xFF" "b"), "a" + r + "b");
-  EXPECT_EQ(utf8::repair("\xF0\x9F\x98"), r);            // one U+FFFD for a truncated sequence
-  EXPECT_EQ(utf8::repair("\xE0\x80\x80"), r + r + r);    // each byte of an overlong form
+  EXPECT_EQ(utf8::repair("a\xFF"
+                         "b"),
+            "a" + r + "b");
+  EXPECT_EQ(utf8::repair("\xF0\x9F\x98"), r);          // one U+FFFD for a truncated sequence
+  EXPECT_EQ(utf8::repair("\xE0\x80\x80"), r + r + r);  // each byte of an overlong form
   EXPECT_EQ(utf8::repair("ok\xC3\xA9"), "ok\xC3\xA9");
 }
 
@@ -30,7 +32,7 @@ TEST(ByteLevel, MapsEveryByteToOneCharacterAndBack) {
     ASSERT_TRUE(byte_level::byte_of(cp).has_value());
     EXPECT_EQ(*byte_level::byte_of(cp), b);
   }
-  EXPECT_EQ(byte_level::encode(" "), "\xC4\xA0");  // 'Ġ'
+  EXPECT_EQ(byte_level::encode(" "), "\xC4\xA0");   // 'Ġ'
   EXPECT_EQ(byte_level::encode("\n"), "\xC4\x8A");  // 'Ċ'
   EXPECT_EQ(byte_level::encode("A"), "A");
 }

@@ -13,19 +13,24 @@ const char* const ChatTemplate::kDefaultTemplate =
     "{%- for message in turns -%}"
     "{%- if message['role'] == 'user' -%}"
     "{{ bos_token + '[INST] ' }}"
-    "{%- if loop.first and system is not none -%}{{ '<<SYS>>\\n' + system + '\\n<</SYS>>\\n\\n' }}{%- endif -%}"
+    "{%- if loop.first and system is not none -%}{{ '<<SYS>>\\n' + system + '\\n<</SYS>>\\n\\n' "
+    "}}{%- endif -%}"
     "{{ message['content'] | trim + ' [/INST]' }}"
     "{%- elif message['role'] == 'assistant' -%}"
     "{{ ' ' + message['content'] | trim + ' ' + eos_token }}"
-    "{%- else -%}{{ raise_exception('Only user and assistant roles are supported after an optional system message') }}"
+    "{%- else -%}{{ raise_exception('Only user and assistant roles are supported after an optional "
+    "system message') }}"
     "{%- endif -%}"
     "{%- endfor -%}";
 
 ChatTemplate::ChatTemplate(const std::string& source, std::string bos_token, std::string eos_token)
-    : program_(jinja::parse(source)), bos_token_(std::move(bos_token)), eos_token_(std::move(eos_token)) {}
+    : program_(jinja::parse(source)),
+      bos_token_(std::move(bos_token)),
+      eos_token_(std::move(eos_token)) {}
 
 ChatTemplate ChatTemplate::for_tokenizer(const Tokenizer& tokenizer) {
-  const std::string& source = tokenizer.chat_template().empty() ? kDefaultTemplate : tokenizer.chat_template();
+  const std::string& source =
+      tokenizer.chat_template().empty() ? kDefaultTemplate : tokenizer.chat_template();
   return ChatTemplate(source, tokenizer.bos_token(), tokenizer.eos_token());
 }
 
@@ -36,8 +41,10 @@ std::string ChatTemplate::render(const ChatRequest& request) const {
       {"bos_token", jinja::Value(bos_token_)},
       {"eos_token", jinja::Value(eos_token_)},
   };
-  if (!request.tools.is_null()) globals.emplace_back("tools", jinja::Value::from_json(request.tools));
-  for (const auto& [key, value] : request.extra.items()) globals.emplace_back(key, jinja::Value::from_json(value));
+  if (!request.tools.is_null())
+    globals.emplace_back("tools", jinja::Value::from_json(request.tools));
+  for (const auto& [key, value] : request.extra.items())
+    globals.emplace_back(key, jinja::Value::from_json(value));
   return jinja::render(program_, globals);
 }
 

@@ -3,9 +3,8 @@
 // (trim_blocks, lstrip_blocks; bos_token, eos_token, messages, tools, add_generation_prompt).
 #pragma once
 
-#include <string>
-
 #include <nlohmann/json.hpp>
+#include <string>
 
 #include "l2kv/chat/jinja_ast.h"
 
@@ -15,7 +14,7 @@ class Tokenizer;
 
 struct ChatRequest {
   nlohmann::ordered_json messages = nlohmann::ordered_json::array();  // [{"role", "content", ...}]
-  nlohmann::ordered_json tools;    // null = none given
+  nlohmann::ordered_json tools;                                       // null = none given
   bool add_generation_prompt = true;
   nlohmann::ordered_json extra = nlohmann::ordered_json::object();  // more template variables
 };

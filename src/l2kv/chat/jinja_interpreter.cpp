@@ -13,8 +13,9 @@ struct ContinueSignal {};
 
 std::string strip_chars(const std::string& s, const std::string& chars, bool left, bool right) {
   const auto is_strip = [&](char c) {
-    return chars.empty() ? (c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f')
-                         : chars.find(c) != std::string::npos;
+    return chars.empty()
+               ? (c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f')
+               : chars.find(c) != std::string::npos;
   };
   size_t b = 0, e = s.size();
   if (left)
@@ -24,7 +25,8 @@ std::string strip_chars(const std::string& s, const std::string& chars, bool lef
   return s.substr(b, e - b);
 }
 
-std::string replace_all(std::string s, const std::string& from, const std::string& to, int64_t count = -1) {
+std::string replace_all(std::string s, const std::string& from, const std::string& to,
+                        int64_t count = -1) {
   if (from.empty()) return s;
   size_t pos = 0;
   while (count != 0 && (pos = s.find(from, pos)) != std::string::npos) {
@@ -35,7 +37,9 @@ std::string replace_all(std::string s, const std::string& from, const std::strin
   return s;
 }
 
-int64_t python_index(int64_t i, int64_t size) { return i < 0 ? i + size : i; }
+int64_t python_index(int64_t i, int64_t size) {
+  return i < 0 ? i + size : i;
+}
 
 std::string join_values(const List& items, const std::string& separator) {
   std::string r;
@@ -44,7 +48,9 @@ std::string join_values(const List& items, const std::string& separator) {
 }
 
 std::string change_case(std::string s, bool upper) {
-  for (auto& c : s) c = static_cast<char>(upper ? std::toupper(static_cast<unsigned char>(c)) : std::tolower(static_cast<unsigned char>(c)));
+  for (auto& c : s)
+    c = static_cast<char>(upper ? std::toupper(static_cast<unsigned char>(c))
+                                : std::tolower(static_cast<unsigned char>(c)));
   return s;
 }
 
@@ -78,8 +84,12 @@ class Interpreter {
 
   void exec(const Stmt& s, std::string& out) {
     switch (s.kind) {
-      case Stmt::Kind::kText: out += s.text; return;
-      case Stmt::Kind::kOutput: out += eval(*s.expr).to_output(); return;
+      case Stmt::Kind::kText:
+        out += s.text;
+        return;
+      case Stmt::Kind::kOutput:
+        out += eval(*s.expr).to_output();
+        return;
       case Stmt::Kind::kIf: {
         const auto& branch = eval(*s.expr).truthy() ? s.body : s.else_body;
         for (const auto& b : branch) exec(*b, out);
@@ -93,13 +103,18 @@ class Interpreter {
         }
         const Value target = lookup(s.targets[0]);
         if (!target.is_dict() || !std::get<DictRef>(target.v).is_namespace)
-          fail(*s.expr, "'" + s.targets[0] + "' is not a namespace; only namespace attributes can be set");
+          fail(*s.expr,
+               "'" + s.targets[0] + "' is not a namespace; only namespace attributes can be set");
         target.set(s.targets[1], std::move(v));
         return;
       }
-      case Stmt::Kind::kFor: exec_for(s, out); return;
-      case Stmt::Kind::kBreak: throw BreakSignal{};
-      case Stmt::Kind::kContinue: throw ContinueSignal{};
+      case Stmt::Kind::kFor:
+        exec_for(s, out);
+        return;
+      case Stmt::Kind::kBreak:
+        throw BreakSignal{};
+      case Stmt::Kind::kContinue:
+        throw ContinueSignal{};
     }
   }
 
@@ -121,8 +136,10 @@ class Interpreter {
         return;
       }
       if (!item.is_list() || item.list_items().size() != s.targets.size())
-        fail(*s.expr, "cannot unpack a loop item into " + std::to_string(s.targets.size()) + " names");
-      for (size_t i = 0; i < s.targets.size(); ++i) scope.emplace_back(s.targets[i], item.list_items()[i]);
+        fail(*s.expr,
+             "cannot unpack a loop item into " + std::to_string(s.targets.size()) + " names");
+      for (size_t i = 0; i < s.targets.size(); ++i)
+        scope.emplace_back(s.targets[i], item.list_items()[i]);
     };
     if (s.filter) {  // "for x in xs if cond": the loop sees only the kept items
       List kept;
@@ -143,12 +160,16 @@ class Interpreter {
     for (int64_t i = 0; i < n; ++i) {
       scopes_.emplace_back();
       bind(scopes_.back(), items[i]);
-      scopes_.back().emplace_back(
-          "loop", Value::dict({{"index", Value(i + 1)}, {"index0", Value(i)}, {"first", Value(i == 0)},
-                               {"last", Value(i == n - 1)}, {"length", Value(n)}, {"revindex", Value(n - i)},
-                               {"revindex0", Value(n - i - 1)},
-                               {"previtem", i > 0 ? items[i - 1] : Value()},
-                               {"nextitem", i + 1 < n ? items[i + 1] : Value()}}));
+      scopes_.back().emplace_back("loop",
+                                  Value::dict({{"index", Value(i + 1)},
+                                               {"index0", Value(i)},
+                                               {"first", Value(i == 0)},
+                                               {"last", Value(i == n - 1)},
+                                               {"length", Value(n)},
+                                               {"revindex", Value(n - i)},
+                                               {"revindex0", Value(n - i - 1)},
+                                               {"previtem", i > 0 ? items[i - 1] : Value()},
+                                               {"nextitem", i + 1 < n ? items[i + 1] : Value()}}));
       bool stop = false;
       try {
         for (const auto& b : s.body) exec(*b, out);
@@ -163,8 +184,10 @@ class Interpreter {
 
   Value eval(const Expr& e) {
     switch (e.kind) {
-      case Expr::Kind::kLiteral: return e.literal;
-      case Expr::Kind::kName: return lookup(e.name);
+      case Expr::Kind::kLiteral:
+        return e.literal;
+      case Expr::Kind::kName:
+        return lookup(e.name);
       case Expr::Kind::kList: {
         List items;
         for (const auto& a : e.args) items.push_back(eval(*a));
@@ -183,12 +206,18 @@ class Interpreter {
         const Value base = eval(*e.args[0]);
         return base.get(e.name);
       }
-      case Expr::Kind::kIndex: return index(e, eval(*e.args[0]), eval(*e.args[1]));
-      case Expr::Kind::kSlice: return slice(e);
-      case Expr::Kind::kCall: return call_function(e);
-      case Expr::Kind::kMethodCall: return call_method(e);
-      case Expr::Kind::kFilter: return apply_filter(e);
-      case Expr::Kind::kTest: return Value(apply_test(e) != e.negated);
+      case Expr::Kind::kIndex:
+        return index(e, eval(*e.args[0]), eval(*e.args[1]));
+      case Expr::Kind::kSlice:
+        return slice(e);
+      case Expr::Kind::kCall:
+        return call_function(e);
+      case Expr::Kind::kMethodCall:
+        return call_method(e);
+      case Expr::Kind::kFilter:
+        return apply_filter(e);
+      case Expr::Kind::kTest:
+        return Value(apply_test(e) != e.negated);
       case Expr::Kind::kUnary: {
         const Value v = eval(*e.args[0]);
         if (e.name == "not") return Value(!v.truthy());
@@ -196,7 +225,8 @@ class Interpreter {
         if (e.name == "+") return v;
         return v.is_int() ? Value(-std::get<int64_t>(v.v)) : Value(-v.number());
       }
-      case Expr::Kind::kBinary: return binary(e);
+      case Expr::Kind::kBinary:
+        return binary(e);
       case Expr::Kind::kTernary:
         return eval(*e.args[0]).truthy() ? eval(*e.args[1]) : eval(*e.args[2]);
     }
@@ -228,7 +258,7 @@ class Interpreter {
       if (!v.is_int()) fail(e, "slice bounds must be integers");
       return std::get<int64_t>(v.v);
     };
-    const int64_t size = base.is_list() ? static_cast<int64_t>(base.list_items().size())
+    const int64_t size = base.is_list()     ? static_cast<int64_t>(base.list_items().size())
                          : base.is_string() ? static_cast<int64_t>(base.str().size())
                                             : -1;
     if (size < 0) fail(e, "cannot slice a " + base.type_name());
@@ -245,8 +275,10 @@ class Interpreter {
     List items;
     std::string text;
     for (int64_t i = start; step > 0 ? i < stop : i > stop; i += step) {
-      if (base.is_list()) items.push_back(base.list_items()[i]);
-      else text += base.str()[i];
+      if (base.is_list())
+        items.push_back(base.list_items()[i]);
+      else
+        text += base.str()[i];
     }
     return base.is_list() ? Value::list(std::move(items)) : Value(text);
   }
@@ -274,7 +306,8 @@ class Interpreter {
         a.push_back(std::get<int64_t>(v.v));
       }
       if (a.empty() || a.size() > 3) fail(e, "range() takes 1 to 3 arguments");
-      const int64_t start = a.size() == 1 ? 0 : a[0], stop = a.size() == 1 ? a[0] : a[1], step = a.size() == 3 ? a[2] : 1;
+      const int64_t start = a.size() == 1 ? 0 : a[0], stop = a.size() == 1 ? a[0] : a[1],
+                    step = a.size() == 3 ? a[2] : 1;
       if (step == 0) fail(e, "range() step cannot be zero");
       List items;
       for (int64_t i = start; step > 0 ? i < stop : i > stop; i += step) items.push_back(Value(i));
@@ -306,13 +339,16 @@ class Interpreter {
       if (e.name == "startswith") return Value(s.starts_with(str_arg(0, "")));
       if (e.name == "endswith") return Value(s.ends_with(str_arg(0, "")));
       if (e.name == "replace") {
-        const int64_t count = args.size() > 2 && args[2].is_int() ? std::get<int64_t>(args[2].v) : -1;
+        const int64_t count =
+            args.size() > 2 && args[2].is_int() ? std::get<int64_t>(args[2].v) : -1;
         return Value(replace_all(s, str_arg(0, ""), str_arg(1, ""), count));
       }
       if (e.name == "count") {
         const std::string sub = str_arg(0, "");
         int64_t n = 0;
-        for (size_t p = s.find(sub); !sub.empty() && p != std::string::npos; p = s.find(sub, p + sub.size())) ++n;
+        for (size_t p = s.find(sub); !sub.empty() && p != std::string::npos;
+             p = s.find(sub, p + sub.size()))
+          ++n;
         return Value(n);
       }
       if (e.name == "split") {
@@ -325,8 +361,10 @@ class Interpreter {
             while (i < s.size() && std::isspace(static_cast<unsigned char>(s[i]))) ++i;
             if (i >= s.size()) break;
             size_t j = i;
-            if (maxsplit == 0) j = s.size();
-            else while (j < s.size() && !std::isspace(static_cast<unsigned char>(s[j]))) ++j;
+            if (maxsplit == 0)
+              j = s.size();
+            else
+              while (j < s.size() && !std::isspace(static_cast<unsigned char>(s[j]))) ++j;
             parts.push_back(Value(s.substr(i, j - i)));
             if (maxsplit > 0) --maxsplit;
             i = j;
@@ -352,9 +390,12 @@ class Interpreter {
       if (e.name == "items" || e.name == "keys" || e.name == "values") {
         List out;
         for (const auto& [k, v] : self.dict_items()) {
-          if (e.name == "items") out.push_back(Value::list({Value(k), v}));
-          else if (e.name == "keys") out.push_back(Value(k));
-          else out.push_back(v);
+          if (e.name == "items")
+            out.push_back(Value::list({Value(k), v}));
+          else if (e.name == "keys")
+            out.push_back(Value(k));
+          else
+            out.push_back(v);
         }
         return Value::list(std::move(out));
       }
@@ -377,7 +418,8 @@ class Interpreter {
     bool word_start = true;
     for (size_t i = 0; i < r.size(); ++i) {
       unsigned char c = static_cast<unsigned char>(r[i]);
-      if (how == "capitalize") r[i] = static_cast<char>(i == 0 ? std::toupper(c) : std::tolower(c));
+      if (how == "capitalize")
+        r[i] = static_cast<char>(i == 0 ? std::toupper(c) : std::tolower(c));
       else {
         r[i] = static_cast<char>(word_start ? std::toupper(c) : std::tolower(c));
         word_start = !std::isalnum(c);
@@ -398,7 +440,8 @@ class Interpreter {
       int indent = 0;
       for (const auto& [k, x] : e.kwargs)
         if (k == "indent") indent = static_cast<int>(eval(*x).number());
-      if (!args.empty() && args[0].is_int()) indent = static_cast<int>(std::get<int64_t>(args[0].v));
+      if (!args.empty() && args[0].is_int())
+        indent = static_cast<int>(std::get<int64_t>(args[0].v));
       return Value(v.to_json(indent));
     }
     if (f == "length" || f == "count") {
@@ -421,7 +464,8 @@ class Interpreter {
         if (v.list_items().empty()) return Value();
         return f == "first" ? v.list_items().front() : v.list_items().back();
       }
-      if (v.is_string() && !v.str().empty()) return Value(std::string(1, f == "first" ? v.str().front() : v.str().back()));
+      if (v.is_string() && !v.str().empty())
+        return Value(std::string(1, f == "first" ? v.str().front() : v.str().back()));
       return Value();
     }
     if (f == "join") {
@@ -431,8 +475,10 @@ class Interpreter {
     if (f == "list") {
       if (v.is_list()) return Value::list(v.list_items());
       List items;
-      if (v.is_string()) for (char c : v.str()) items.push_back(Value(std::string(1, c)));
-      if (v.is_dict()) for (const auto& [k, x] : v.dict_items()) items.push_back(Value(k));
+      if (v.is_string())
+        for (char c : v.str()) items.push_back(Value(std::string(1, c)));
+      if (v.is_dict())
+        for (const auto& [k, x] : v.dict_items()) items.push_back(Value(k));
       return Value::list(std::move(items));
     }
     if (f == "upper" || f == "lower") return Value(change_case(v.to_output(), f == "upper"));
@@ -460,17 +506,20 @@ class Interpreter {
     }
     if (f == "abs") {
       if (!v.is_number()) fail(e, "abs of a " + v.type_name());
-      return v.is_int() ? Value(static_cast<int64_t>(std::llabs(std::get<int64_t>(v.v)))) : Value(std::fabs(v.number()));
+      return v.is_int() ? Value(static_cast<int64_t>(std::llabs(std::get<int64_t>(v.v))))
+                        : Value(std::fabs(v.number()));
     }
     if (f == "items") {
       List out;
-      if (v.is_dict()) for (const auto& [k, x] : v.dict_items()) out.push_back(Value::list({Value(k), x}));
+      if (v.is_dict())
+        for (const auto& [k, x] : v.dict_items()) out.push_back(Value::list({Value(k), x}));
       return Value::list(std::move(out));
     }
     if (f == "dictsort") {
       if (!v.is_dict()) fail(e, "dictsort needs a dict");
       Dict d = v.dict_items();
-      std::stable_sort(d.begin(), d.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+      std::stable_sort(d.begin(), d.end(),
+                       [](const auto& a, const auto& b) { return a.first < b.first; });
       List out;
       for (const auto& [k, x] : d) out.push_back(Value::list({Value(k), x}));
       return Value::list(std::move(out));
@@ -514,7 +563,8 @@ class Interpreter {
     if (t == "mapping") return v.is_dict();
     if (t == "iterable") return v.is_list() || v.is_dict() || v.is_string();
     if (t == "sequence") return v.is_list() || v.is_string();
-    if (t == "odd" || t == "even") return v.is_int() && (std::get<int64_t>(v.v) % 2 != 0) == (t == "odd");
+    if (t == "odd" || t == "even")
+      return v.is_int() && (std::get<int64_t>(v.v) % 2 != 0) == (t == "odd");
     if (t == "eq" || t == "equalto") return !args.empty() && equal(v, args[0]);
     if (t == "ne") return args.empty() || !equal(v, args[0]);
     if (t == "in") return !args.empty() && contains(e, args[0], v);
@@ -554,9 +604,12 @@ class Interpreter {
     if (op == "~") return Value(a.to_output() + b.to_output());
     if (op == "<" || op == ">" || op == "<=" || op == ">=") {
       int cmp;
-      if (a.is_number() && b.is_number()) cmp = a.number() < b.number() ? -1 : a.number() > b.number() ? 1 : 0;
-      else if (a.is_string() && b.is_string()) cmp = a.str().compare(b.str());
-      else fail(e, "cannot compare a " + a.type_name() + " with a " + b.type_name());
+      if (a.is_number() && b.is_number())
+        cmp = a.number() < b.number() ? -1 : a.number() > b.number() ? 1 : 0;
+      else if (a.is_string() && b.is_string())
+        cmp = a.str().compare(b.str());
+      else
+        fail(e, "cannot compare a " + a.type_name() + " with a " + b.type_name());
       if (op == "<") return Value(cmp < 0);
       if (op == ">") return Value(cmp > 0);
       if (op == "<=") return Value(cmp <= 0);

@@ -18,7 +18,9 @@ std::string preprocess(std::string s) {
     if (line_start) {
       size_t j = i;
       while (j < s.size() && (s[j] == ' ' || s[j] == '\t')) ++j;
-      if (j + 1 < s.size() && s[j] == '{' && (s[j + 1] == '%' || s[j + 1] == '#' || s[j + 1] == '-')) i = j;
+      if (j + 1 < s.size() && s[j] == '{' &&
+          (s[j + 1] == '%' || s[j + 1] == '#' || s[j + 1] == '-'))
+        i = j;
     }
     const size_t next = s.find('\n', i);
     const size_t end = next == std::string::npos ? s.size() : next + 1;
@@ -37,7 +39,9 @@ std::string preprocess(std::string s) {
   return trimmed;
 }
 
-bool is_space(char c) { return std::isspace(static_cast<unsigned char>(c)) != 0; }
+bool is_space(char c) {
+  return std::isspace(static_cast<unsigned char>(c)) != 0;
+}
 
 }  // namespace
 
@@ -52,7 +56,8 @@ std::vector<Token> lex(const std::string& source) {
   while (i < s.size()) {
     // Text up to the next tag.
     size_t tag = s.find('{', i);
-    while (tag != std::string::npos && tag + 1 < s.size() && s[tag + 1] != '{' && s[tag + 1] != '%' && s[tag + 1] != '#')
+    while (tag != std::string::npos && tag + 1 < s.size() && s[tag + 1] != '{' &&
+           s[tag + 1] != '%' && s[tag + 1] != '#')
       tag = s.find('{', tag + 1);
     if (tag == std::string::npos || tag + 1 >= s.size()) tag = s.size();
     std::string text = s.substr(i, tag - i);
@@ -83,11 +88,13 @@ std::vector<Token> lex(const std::string& source) {
       if (i >= s.size()) fail("unterminated tag", tag);
       const char c = s[i];
       // Closing delimiter, with optional '-'.
-      if ((c == '-' && i + 2 < s.size() + 1 && s.compare(i + 1, 2, std::string(1, close_char) + "}") == 0) ||
+      if ((c == '-' && i + 2 < s.size() + 1 &&
+           s.compare(i + 1, 2, std::string(1, close_char) + "}") == 0) ||
           (c == close_char && i + 1 < s.size() && s[i + 1] == '}')) {
         strip_next_text = c == '-';
         i += c == '-' ? 3 : 2;
-        tokens.push_back({kind == '{' ? TokenKind::kOutputClose : TokenKind::kStatementClose, "", i});
+        tokens.push_back(
+            {kind == '{' ? TokenKind::kOutputClose : TokenKind::kStatementClose, "", i});
         break;
       }
       if (std::isalpha(static_cast<unsigned char>(c)) || c == '_') {
@@ -98,7 +105,8 @@ std::vector<Token> lex(const std::string& source) {
       } else if (std::isdigit(static_cast<unsigned char>(c))) {
         size_t j = i;
         while (j < s.size() && std::isdigit(static_cast<unsigned char>(s[j]))) ++j;
-        bool is_float = j + 1 < s.size() && s[j] == '.' && std::isdigit(static_cast<unsigned char>(s[j + 1]));
+        bool is_float =
+            j + 1 < s.size() && s[j] == '.' && std::isdigit(static_cast<unsigned char>(s[j + 1]));
         if (is_float) {
           ++j;
           while (j < s.size() && std::isdigit(static_cast<unsigned char>(s[j]))) ++j;
@@ -115,12 +123,23 @@ std::vector<Token> lex(const std::string& source) {
           }
           const char e = s[++j];
           switch (e) {
-            case 'n': value += '\n'; break;
-            case 't': value += '\t'; break;
-            case 'r': value += '\r'; break;
-            case 'b': value += '\b'; break;
-            case 'f': value += '\f'; break;
-            default: value += e;  // \\ \' \" and anything else literally
+            case 'n':
+              value += '\n';
+              break;
+            case 't':
+              value += '\t';
+              break;
+            case 'r':
+              value += '\r';
+              break;
+            case 'b':
+              value += '\b';
+              break;
+            case 'f':
+              value += '\f';
+              break;
+            default:
+              value += e;  // \\ \' \" and anything else literally
           }
         }
         if (j >= s.size()) fail("unterminated string", i);
@@ -131,7 +150,8 @@ std::vector<Token> lex(const std::string& source) {
         std::string op(1, c);
         for (const char* t : two)
           if (s.compare(i, 2, t) == 0) op = t;
-        if (std::string("+-*/%=<>()[]{},.:|~!").find(c) == std::string::npos) fail(std::string("unexpected '") + c + "'", i);
+        if (std::string("+-*/%=<>()[]{},.:|~!").find(c) == std::string::npos)
+          fail(std::string("unexpected '") + c + "'", i);
         tokens.push_back({TokenKind::kOperator, op, i});
         i += op.size();
       }

@@ -8,7 +8,19 @@
 
 namespace l2kv::jinja {
 
-enum class TokenKind { kText, kOutputOpen, kOutputClose, kStatementOpen, kStatementClose, kName, kString, kInt, kFloat, kOperator, kEnd };
+enum class TokenKind {
+  kText,
+  kOutputOpen,
+  kOutputClose,
+  kStatementOpen,
+  kStatementClose,
+  kName,
+  kString,
+  kInt,
+  kFloat,
+  kOperator,
+  kEnd
+};
 
 struct Token {
   TokenKind kind;

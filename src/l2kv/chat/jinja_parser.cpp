@@ -8,15 +8,17 @@
 namespace l2kv::jinja {
 namespace {
 
-const std::set<std::string> kFilters = {"trim", "tojson", "length", "count", "default", "d", "first", "last", "join",
-                                        "list", "upper", "lower", "replace", "string", "int", "float", "abs",
-                                        "capitalize", "title", "items", "reverse", "safe", "indent", "dictsort"};
-const std::set<std::string> kTests = {"defined", "undefined", "none", "string", "number", "integer", "float",
-                                      "mapping", "iterable", "sequence", "boolean", "true", "false", "odd", "even",
-                                      "eq", "equalto", "ne", "in"};
-const std::set<std::string> kMethods = {"strip", "lstrip", "rstrip", "split", "startswith", "endswith", "replace",
-                                        "upper", "lower", "title", "capitalize", "items", "keys", "values", "get",
-                                        "join", "count"};
+const std::set<std::string> kFilters = {
+    "trim", "tojson",     "length", "count", "default", "d",      "first",  "last",
+    "join", "list",       "upper",  "lower", "replace", "string", "int",    "float",
+    "abs",  "capitalize", "title",  "items", "reverse", "safe",   "indent", "dictsort"};
+const std::set<std::string> kTests = {"defined", "undefined", "none",    "string",   "number",
+                                      "integer", "float",     "mapping", "iterable", "sequence",
+                                      "boolean", "true",      "false",   "odd",      "even",
+                                      "eq",      "equalto",   "ne",      "in"};
+const std::set<std::string> kMethods = {
+    "strip", "lstrip",     "rstrip", "split", "startswith", "endswith", "replace", "upper", "lower",
+    "title", "capitalize", "items",  "keys",  "values",     "get",      "join",    "count"};
 const std::set<std::string> kFunctions = {"namespace", "raise_exception", "range", "dict"};
 
 class Parser {
@@ -35,7 +37,9 @@ class Parser {
   }
   const Token& peek(size_t ahead = 0) const { return t_[std::min(pos_ + ahead, t_.size() - 1)]; }
   const Token& take() { return t_[std::min(pos_++, t_.size() - 1)]; }
-  bool at_op(const char* op) const { return peek().kind == TokenKind::kOperator && peek().text == op; }
+  bool at_op(const char* op) const {
+    return peek().kind == TokenKind::kOperator && peek().text == op;
+  }
   bool at_name(const char* n) const { return peek().kind == TokenKind::kName && peek().text == n; }
   void expect_op(const char* op) {
     if (!at_op(op)) fail(std::string("expected '") + op + "'");
@@ -274,7 +278,8 @@ class Parser {
   void parse_call_args(Expr& call) {
     expect_op("(");
     while (!at_op(")")) {
-      if (peek().kind == TokenKind::kName && peek(1).kind == TokenKind::kOperator && peek(1).text == "=") {
+      if (peek().kind == TokenKind::kName && peek(1).kind == TokenKind::kOperator &&
+          peek(1).text == "=") {
         std::string key = take().text;
         ++pos_;
         call.kwargs.emplace_back(std::move(key), parse_expression());
@@ -354,8 +359,9 @@ class Parser {
         if (at_op("(")) {
           parse_call_args(*test);
         } else if (peek().kind == TokenKind::kString || peek().kind == TokenKind::kInt ||
-                   (peek().kind == TokenKind::kName && !at_name("and") && !at_name("or") && !at_name("else") &&
-                    !at_name("if") && !at_name("is") && !at_name("in") && !at_name("not"))) {
+                   (peek().kind == TokenKind::kName && !at_name("and") && !at_name("or") &&
+                    !at_name("else") && !at_name("if") && !at_name("is") && !at_name("in") &&
+                    !at_name("not"))) {
           test->args.push_back(parse_primary());  // "x is equalto 3"
         }
         e = std::move(test);
@@ -370,21 +376,26 @@ class Parser {
     if (tok.kind == TokenKind::kString) {
       auto e = make(Expr::Kind::kLiteral);
       e->literal = Value(take().text);
-      while (peek().kind == TokenKind::kString) e->literal = Value(e->literal.str() + take().text);  // "a" "b"
+      while (peek().kind == TokenKind::kString)
+        e->literal = Value(e->literal.str() + take().text);  // "a" "b"
       return e;
     }
     if (tok.kind == TokenKind::kInt || tok.kind == TokenKind::kFloat) {
       auto e = make(Expr::Kind::kLiteral);
       const Token& n = take();
-      e->literal = n.kind == TokenKind::kInt ? Value(static_cast<int64_t>(std::stoll(n.text))) : Value(std::stod(n.text));
+      e->literal = n.kind == TokenKind::kInt ? Value(static_cast<int64_t>(std::stoll(n.text)))
+                                             : Value(std::stod(n.text));
       return e;
     }
     if (tok.kind == TokenKind::kName) {
       const std::string n = take().text;
       auto e = make(Expr::Kind::kLiteral);
-      if (n == "true" || n == "True") e->literal = Value(true);
-      else if (n == "false" || n == "False") e->literal = Value(false);
-      else if (n == "none" || n == "None") e->literal = Value(None{});
+      if (n == "true" || n == "True")
+        e->literal = Value(true);
+      else if (n == "false" || n == "False")
+        e->literal = Value(false);
+      else if (n == "none" || n == "None")
+        e->literal = Value(None{});
       else {
         e->kind = Expr::Kind::kName;
         e->name = n;
@@ -430,6 +441,8 @@ class Parser {
 
 }  // namespace
 
-Program parse(const std::string& source) { return Parser(lex(source)).parse_program(); }
+Program parse(const std::string& source) {
+  return Parser(lex(source)).parse_program();
+}
 
 }  // namespace l2kv::jinja

@@ -7,12 +7,17 @@ namespace l2kv::jinja {
 
 Value Value::from_json(const nlohmann::ordered_json& j) {
   switch (j.type()) {
-    case nlohmann::ordered_json::value_t::null: return Value(None{});
-    case nlohmann::ordered_json::value_t::boolean: return Value(j.get<bool>());
+    case nlohmann::ordered_json::value_t::null:
+      return Value(None{});
+    case nlohmann::ordered_json::value_t::boolean:
+      return Value(j.get<bool>());
     case nlohmann::ordered_json::value_t::number_integer:
-    case nlohmann::ordered_json::value_t::number_unsigned: return Value(j.get<int64_t>());
-    case nlohmann::ordered_json::value_t::number_float: return Value(j.get<double>());
-    case nlohmann::ordered_json::value_t::string: return Value(j.get<std::string>());
+    case nlohmann::ordered_json::value_t::number_unsigned:
+      return Value(j.get<int64_t>());
+    case nlohmann::ordered_json::value_t::number_float:
+      return Value(j.get<double>());
+    case nlohmann::ordered_json::value_t::string:
+      return Value(j.get<std::string>());
     case nlohmann::ordered_json::value_t::array: {
       List items;
       for (const auto& e : j) items.push_back(from_json(e));
@@ -23,7 +28,8 @@ Value Value::from_json(const nlohmann::ordered_json& j) {
       for (const auto& [k, e] : j.items()) items.emplace_back(k, from_json(e));
       return dict(std::move(items));
     }
-    default: return Value();
+    default:
+      return Value();
   }
 }
 
@@ -70,13 +76,27 @@ std::string json_string(const std::string& s) {
   std::string out = "\"";
   for (unsigned char c : s) {
     switch (c) {
-      case '"': out += "\\\""; break;
-      case '\\': out += "\\\\"; break;
-      case '\n': out += "\\n"; break;
-      case '\r': out += "\\r"; break;
-      case '\t': out += "\\t"; break;
-      case '\b': out += "\\b"; break;
-      case '\f': out += "\\f"; break;
+      case '"':
+        out += "\\\"";
+        break;
+      case '\\':
+        out += "\\\\";
+        break;
+      case '\n':
+        out += "\\n";
+        break;
+      case '\r':
+        out += "\\r";
+        break;
+      case '\t':
+        out += "\\t";
+        break;
+      case '\b':
+        out += "\\b";
+        break;
+      case '\f':
+        out += "\\f";
+        break;
       default:
         if (c < 0x20) {
           char buf[8];
@@ -108,27 +128,32 @@ std::string Value::to_json(int indent, int depth) const {
   if (is_int()) return std::to_string(std::get<int64_t>(v));
   if (is_float()) return format_float(std::get<double>(v));
   if (is_string()) return json_string(str());
-  const std::string pad = indent ? "\n" + std::string(static_cast<size_t>(indent) * (depth + 1), ' ') : "";
-  const std::string end_pad = indent ? "\n" + std::string(static_cast<size_t>(indent) * depth, ' ') : "";
+  const std::string pad =
+      indent ? "\n" + std::string(static_cast<size_t>(indent) * (depth + 1), ' ') : "";
+  const std::string end_pad =
+      indent ? "\n" + std::string(static_cast<size_t>(indent) * depth, ' ') : "";
   const std::string item_sep = indent ? "," : ", ";
   std::string out;
   if (is_list()) {
     const auto& items = list_items();
     if (items.empty()) return "[]";
     out = "[";
-    for (size_t i = 0; i < items.size(); ++i) out += (i ? item_sep : "") + pad + items[i].to_json(indent, depth + 1);
+    for (size_t i = 0; i < items.size(); ++i)
+      out += (i ? item_sep : "") + pad + items[i].to_json(indent, depth + 1);
     return out + end_pad + "]";
   }
   const auto& items = dict_items();
   if (items.empty()) return "{}";
   out = "{";
   for (size_t i = 0; i < items.size(); ++i)
-    out += (i ? item_sep : "") + pad + json_string(items[i].first) + ": " + items[i].second.to_json(indent, depth + 1);
+    out += (i ? item_sep : "") + pad + json_string(items[i].first) + ": " +
+           items[i].second.to_json(indent, depth + 1);
   return out + end_pad + "}";
 }
 
 std::string Value::type_name() const {
-  static const char* names[] = {"undefined", "none", "boolean", "integer", "float", "string", "list", "dict"};
+  static const char* names[] = {"undefined", "none",   "boolean", "integer",
+                                "float",     "string", "list",    "dict"};
   return names[v.index()];
 }
 

@@ -4,12 +4,11 @@
 
 #include <cstdint>
 #include <memory>
+#include <nlohmann/json.hpp>
 #include <string>
 #include <utility>
 #include <variant>
 #include <vector>
-
-#include <nlohmann/json.hpp>
 
 namespace l2kv::jinja {
 
@@ -38,7 +37,9 @@ struct Value {
   Value(double d) : v(d) {}
   Value(std::string s) : v(std::move(s)) {}
   Value(const char* s) : v(std::string(s)) {}
-  static Value list(List items = {}) { return Value(ListRef{std::make_shared<List>(std::move(items))}); }
+  static Value list(List items = {}) {
+    return Value(ListRef{std::make_shared<List>(std::move(items))});
+  }
   static Value dict(Dict items = {}, bool is_namespace = false) {
     return Value(DictRef{std::make_shared<Dict>(std::move(items)), is_namespace});
   }
@@ -57,7 +58,9 @@ struct Value {
   const std::string& str() const { return std::get<std::string>(v); }
   List& list_items() const { return *std::get<ListRef>(v).items; }
   Dict& dict_items() const { return *std::get<DictRef>(v).items; }
-  double number() const { return is_int() ? static_cast<double>(std::get<int64_t>(v)) : std::get<double>(v); }
+  double number() const {
+    return is_int() ? static_cast<double>(std::get<int64_t>(v)) : std::get<double>(v);
+  }
 
   bool truthy() const;
   // A key of a dict or namespace; undefined when absent or not a dict.

@@ -17,4 +17,5 @@ bool cuda_device_available();
 
 #define L2KV_CUDA_CHECK(call) ::l2kv::cuda_check((call), #call, __FILE__, __LINE__)
 // After a <<<>>> launch: reports configuration errors of that launch.
-#define L2KV_CUDA_CHECK_LAUNCH() ::l2kv::cuda_check(cudaGetLastError(), "kernel launch", __FILE__, __LINE__)
+#define L2KV_CUDA_CHECK_LAUNCH() \
+  ::l2kv::cuda_check(cudaGetLastError(), "kernel launch", __FILE__, __LINE__)

@@ -10,7 +10,9 @@ namespace l2kv {
 
 enum class DType : uint8_t { kFloat16, kBFloat16 };
 
-constexpr int dtype_bytes(DType) { return 2; }
+constexpr int dtype_bytes(DType) {
+  return 2;
+}
 
 constexpr std::string_view dtype_name(DType t) {
   return t == DType::kFloat16 ? "fp16" : "bf16";

@@ -1,11 +1,10 @@
-#include "l2kv/kernels/random_fill.h"
-
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 #include <type_traits>
 
 #include "l2kv/core/cuda_check.h"
+#include "l2kv/kernels/random_fill.h"
 
 namespace l2kv {
 namespace {
@@ -20,8 +19,10 @@ __device__ __forceinline__ uint64_t mix(uint64_t x) {  // splitmix64 finalizer
 
 template <typename T>
 __global__ void fill_random_kernel(T* data, int64_t count, float scale, uint64_t seed) {
-  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < count; i += int64_t{gridDim.x} * blockDim.x) {
-    const float u = static_cast<float>(mix(seed ^ mix(static_cast<uint64_t>(i))) >> 40) * (1.0f / 16777216.0f);
+  for (int64_t i = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; i < count;
+       i += int64_t{gridDim.x} * blockDim.x) {
+    const float u =
+        static_cast<float>(mix(seed ^ mix(static_cast<uint64_t>(i))) >> 40) * (1.0f / 16777216.0f);
     const float v = (2.f * u - 1.f) * scale;
     if constexpr (std::is_same_v<T, __half>)
       data[i] = __float2half_rn(v);
@@ -32,12 +33,15 @@ __global__ void fill_random_kernel(T* data, int64_t count, float scale, uint64_t
 
 }  // namespace
 
-void fill_random(void* data, int64_t count, DType dtype, float scale, uint64_t seed, cudaStream_t stream) {
+void fill_random(void* data, int64_t count, DType dtype, float scale, uint64_t seed,
+                 cudaStream_t stream) {
   constexpr int kBlocks = 132 * 16, kThreads = 256;
   if (dtype == DType::kFloat16)
-    fill_random_kernel<<<kBlocks, kThreads, 0, stream>>>(static_cast<__half*>(data), count, scale, seed);
+    fill_random_kernel<<<kBlocks, kThreads, 0, stream>>>(static_cast<__half*>(data), count, scale,
+                                                         seed);
   else
-    fill_random_kernel<<<kBlocks, kThreads, 0, stream>>>(static_cast<__nv_bfloat16*>(data), count, scale, seed);
+    fill_random_kernel<<<kBlocks, kThreads, 0, stream>>>(static_cast<__nv_bfloat16*>(data), count,
+                                                         scale, seed);
   L2KV_CUDA_CHECK_LAUNCH();
 }
 

@@ -11,6 +11,7 @@ namespace l2kv {
 
 // Fills `count` elements with values uniform in [-scale, scale) from a hash of (seed, index):
 // fast for tens of GiB, reproducible, never zeros.
-void fill_random(void* data, int64_t count, DType dtype, float scale, uint64_t seed, cudaStream_t stream);
+void fill_random(void* data, int64_t count, DType dtype, float scale, uint64_t seed,
+                 cudaStream_t stream);
 
 }  // namespace l2kv

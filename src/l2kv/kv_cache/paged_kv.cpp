@@ -50,10 +50,10 @@ void validate_paged_kv(const PagedKvCache& kv, std::span<const int32_t> host_seq
     const int32_t used = (host_seq_lens[seq] + kv.block_size - 1) / kv.block_size;
     for (int32_t b = 0; b < used; ++b) {
       const int32_t id = host_block_table[static_cast<size_t>(seq) * kv.max_blocks_per_seq + b];
-      require(id >= 0 && id < kv.num_blocks,
-              "sequence " + std::to_string(seq) + " block " + std::to_string(b) + " maps to " +
-                  std::to_string(id) + ", outside the pool of " + std::to_string(kv.num_blocks) +
-                  " blocks");
+      require(id >= 0 && id < kv.num_blocks, "sequence " + std::to_string(seq) + " block " +
+                                                 std::to_string(b) + " maps to " +
+                                                 std::to_string(id) + ", outside the pool of " +
+                                                 std::to_string(kv.num_blocks) + " blocks");
     }
   }
 }

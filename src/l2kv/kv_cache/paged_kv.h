@@ -25,14 +25,16 @@ namespace l2kv {
 
 enum class KvLayout : uint8_t { kNHD, kHND };
 
-constexpr std::string_view kv_layout_name(KvLayout l) { return l == KvLayout::kNHD ? "NHD" : "HND"; }
+constexpr std::string_view kv_layout_name(KvLayout l) {
+  return l == KvLayout::kNHD ? "NHD" : "HND";
+}
 
 // Block sizes the kernels are built for.
 inline constexpr int kSupportedBlockSizes[] = {16, 32, 64};
 
 struct PagedKvCache {
-  void* k_pool = nullptr;               // num_blocks blocks, layout as above
-  void* v_pool = nullptr;               // same shape as k_pool
+  void* k_pool = nullptr;                // num_blocks blocks, layout as above
+  void* v_pool = nullptr;                // same shape as k_pool
   const int32_t* block_table = nullptr;  // [batch_size, max_blocks_per_seq], device
   const int32_t* seq_lens = nullptr;     // [batch_size], device; tokens cached per sequence
   int32_t num_blocks = 0;

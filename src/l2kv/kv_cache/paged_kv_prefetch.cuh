@@ -24,20 +24,23 @@ template <typename T>
 __device__ __forceinline__ void prefetch_kv_block(const PagedKvCache& kv, const T* pool,
                                                   int32_t physical_block, int32_t kv_head,
                                                   int32_t token_begin, int32_t token_end,
-                                                  int thread, int num_threads, L2EvictionHint hint) {
+                                                  int thread, int num_threads,
+                                                  L2EvictionHint hint) {
   const bool with_hint = hint != L2EvictionHint::kNormal;
   const uint64_t policy = with_hint ? ptx::make_l2_policy(hint) : 0;
   if (kv.layout == KvLayout::kHND) {
     if (thread != 0) return;
     const T* start = pool + kv.offset(physical_block, token_begin, kv_head);
-    const uint32_t bytes = static_cast<uint32_t>((token_end - token_begin) * kv.head_dim * sizeof(T));
+    const uint32_t bytes =
+        static_cast<uint32_t>((token_end - token_begin) * kv.head_dim * sizeof(T));
     with_hint ? ptx::bulk_prefetch_l2(start, bytes, policy) : ptx::bulk_prefetch_l2(start, bytes);
     return;
   }
   const uint32_t row_bytes = static_cast<uint32_t>(kv.head_dim * sizeof(T));
   for (int32_t t = token_begin + thread; t < token_end; t += num_threads) {
     const T* row = pool + kv.offset(physical_block, t, kv_head);
-    with_hint ? ptx::bulk_prefetch_l2(row, row_bytes, policy) : ptx::bulk_prefetch_l2(row, row_bytes);
+    with_hint ? ptx::bulk_prefetch_l2(row, row_bytes, policy)
+              : ptx::bulk_prefetch_l2(row, row_bytes);
   }
 }
 

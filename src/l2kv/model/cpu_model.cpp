@@ -12,8 +12,9 @@ namespace l2kv {
 namespace {
 
 // y[t, o] = sum_i x[t, i] * w[o, i] (+ b[o]); rows of the output split over threads.
-std::vector<float> linear(const std::vector<float>& x, int64_t rows, int64_t in, const std::vector<float>& w,
-                          int64_t out, const std::vector<float>& bias = {}) {
+std::vector<float> linear(const std::vector<float>& x, int64_t rows, int64_t in,
+                          const std::vector<float>& w, int64_t out,
+                          const std::vector<float>& bias = {}) {
   std::vector<float> y(static_cast<size_t>(rows * out));
   const int64_t workers = std::clamp<int64_t>(std::thread::hardware_concurrency(), 1, 16);
   auto work = [&](int64_t first_out, int64_t last_out) {
@@ -33,12 +34,14 @@ std::vector<float> linear(const std::vector<float>& x, int64_t rows, int64_t in,
   }
   std::vector<std::thread> threads;
   const int64_t chunk = (out + workers - 1) / workers;
-  for (int64_t first = 0; first < out; first += chunk) threads.emplace_back(work, first, std::min(out, first + chunk));
+  for (int64_t first = 0; first < out; first += chunk)
+    threads.emplace_back(work, first, std::min(out, first + chunk));
   for (auto& th : threads) th.join();
   return y;
 }
 
-void rms_norm(std::vector<float>& x, int64_t rows, int64_t dim, const std::vector<float>& weight, double eps) {
+void rms_norm(std::vector<float>& x, int64_t rows, int64_t dim, const std::vector<float>& weight,
+              double eps) {
   for (int64_t t = 0; t < rows; ++t) {
     float* r = x.data() + t * dim;
     float sum = 0.f;
@@ -49,14 +52,15 @@ void rms_norm(std::vector<float>& x, int64_t rows, int64_t dim, const std::vecto
 }
 
 // Neox-style rotation of each head: pairs (i, i + d/2); row t sits at position first_pos + t.
-void apply_rope(std::vector<float>& x, int64_t rows, int64_t first_pos, int64_t heads, int64_t head_dim,
-                const std::vector<float>& inv_freq) {
+void apply_rope(std::vector<float>& x, int64_t rows, int64_t first_pos, int64_t heads,
+                int64_t head_dim, const std::vector<float>& inv_freq) {
   const int64_t half = head_dim / 2;
   for (int64_t t = 0; t < rows; ++t)
     for (int64_t h = 0; h < heads; ++h) {
       float* v = x.data() + (t * heads + h) * head_dim;
       for (int64_t i = 0; i < half; ++i) {
-        const float angle = static_cast<float>(first_pos + t) * inv_freq[i];  // float32, as transformers
+        const float angle =
+            static_cast<float>(first_pos + t) * inv_freq[i];  // float32, as transformers
         const float c = std::cos(angle), s = std::sin(angle);
         const float a = v[i], b = v[i + half];
         v[i] = a * c - b * s;
@@ -67,11 +71,14 @@ void apply_rope(std::vector<float>& x, int64_t rows, int64_t first_pos, int64_t 
 
 }  // namespace
 
-CpuModel::CpuModel(const std::filesystem::path& folder) : config_(ModelConfig::from_folder(folder)) {
+CpuModel::CpuModel(const std::filesystem::path& folder)
+    : config_(ModelConfig::from_folder(folder)) {
   const Checkpoint ckpt(folder);
   const ModelConfig& c = config_;
   const int64_t q_dim = c.num_q_heads * c.head_dim, kv_dim = c.num_kv_heads * c.head_dim;
-  auto load = [&](const std::string& name, std::vector<int64_t> shape) { return ckpt.get(name, shape).to_float(); };
+  auto load = [&](const std::string& name, std::vector<int64_t> shape) {
+    return ckpt.get(name, shape).to_float();
+  };
   embed_ = load("model.embed_tokens.weight", {c.vocab_size, c.hidden_size});
   if (!c.tie_word_embeddings) lm_head_ = load("lm_head.weight", {c.vocab_size, c.hidden_size});
   final_norm_ = load("model.norm.weight", {c.hidden_size});
@@ -102,10 +109,12 @@ std::vector<float> CpuModel::forward(std::span<const int32_t> tokens) const {
   return extend(state, tokens);
 }
 
-std::vector<float> CpuModel::extend(CpuSequenceState& state, std::span<const int32_t> tokens) const {
+std::vector<float> CpuModel::extend(CpuSequenceState& state,
+                                    std::span<const int32_t> tokens) const {
   const ModelConfig& c = config_;
   const int64_t T = static_cast<int64_t>(tokens.size()), H = c.hidden_size, D = c.head_dim;
-  const int64_t q_dim = c.num_q_heads * D, kv_dim = c.num_kv_heads * D, group = c.num_q_heads / c.num_kv_heads;
+  const int64_t q_dim = c.num_q_heads * D, kv_dim = c.num_kv_heads * D,
+                group = c.num_q_heads / c.num_kv_heads;
   if (T == 0) throw Error("forward: empty sequence");
   const int64_t past = state.length;
   if (state.keys.empty()) {
@@ -115,7 +124,8 @@ std::vector<float> CpuModel::extend(CpuSequenceState& state, std::span<const int
   std::vector<float> x(static_cast<size_t>(T * H));
   for (int64_t t = 0; t < T; ++t) {
     if (tokens[t] < 0 || tokens[t] >= c.vocab_size)
-      throw Error("forward: token id " + std::to_string(tokens[t]) + " outside the vocabulary of " + std::to_string(c.vocab_size));
+      throw Error("forward: token id " + std::to_string(tokens[t]) + " outside the vocabulary of " +
+                  std::to_string(c.vocab_size));
     std::copy_n(embed_.begin() + tokens[t] * H, H, x.begin() + t * H);
   }
   const float scale = 1.f / std::sqrt(static_cast<float>(D));
@@ -163,7 +173,8 @@ std::vector<float> CpuModel::extend(CpuSequenceState& state, std::span<const int
     rms_norm(h, T, H, layer.post_attention_norm, c.rms_norm_eps);
     std::vector<float> gate = linear(h, T, H, layer.gate, c.intermediate_size);
     const std::vector<float> up = linear(h, T, H, layer.up, c.intermediate_size);
-    for (size_t i = 0; i < gate.size(); ++i) gate[i] = gate[i] / (1.f + std::exp(-gate[i])) * up[i];  // SwiGLU
+    for (size_t i = 0; i < gate.size(); ++i)
+      gate[i] = gate[i] / (1.f + std::exp(-gate[i])) * up[i];  // SwiGLU
     const std::vector<float> down = linear(gate, T, c.intermediate_size, layer.down, H);
     for (size_t i = 0; i < x.size(); ++i) x[i] += down[i];
   }
@@ -178,7 +189,8 @@ std::vector<int32_t> CpuModel::greedy(std::span<const int32_t> prompt, int steps
   std::vector<int32_t> out;
   for (int i = 0; i < steps; ++i) {
     const float* last = logits.data() + logits.size() - config_.vocab_size;
-    const int32_t next = static_cast<int32_t>(std::max_element(last, last + config_.vocab_size) - last);
+    const int32_t next =
+        static_cast<int32_t>(std::max_element(last, last + config_.vocab_size) - last);
     out.push_back(next);
     if (i + 1 < steps) logits = extend(state, std::span<const int32_t>(&out.back(), 1));
   }

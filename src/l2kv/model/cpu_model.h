@@ -39,7 +39,7 @@ class CpuModel {
  private:
   struct Layer {
     std::vector<float> input_norm, post_attention_norm;
-    std::vector<float> q, k, v, o;           // [out, in]
+    std::vector<float> q, k, v, o;              // [out, in]
     std::vector<float> q_bias, k_bias, v_bias;  // empty without QKV bias
     std::vector<float> gate, up, down;
   };

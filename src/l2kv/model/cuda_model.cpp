@@ -62,29 +62,40 @@ CudaModel::CudaModel(const std::filesystem::path& folder, int32_t kv_blocks)
   const Checkpoint ckpt(folder);
   const ModelConfig& c = config_;
   const int64_t q_dim = c.num_q_heads * c.head_dim, kv_dim = c.num_kv_heads * c.head_dim;
-  auto load = [&](const std::string& name, std::vector<int64_t> shape) { return ckpt.get(name, shape).to_float(); };
+  auto load = [&](const std::string& name, std::vector<int64_t> shape) {
+    return ckpt.get(name, shape).to_float();
+  };
   auto concat = [](std::vector<float> a, const std::vector<float>& b) {
     a.insert(a.end(), b.begin(), b.end());
     return a;
   };
-  weights_->embed = upload_16bit(c.dtype, load("model.embed_tokens.weight", {c.vocab_size, c.hidden_size}));
-  if (!c.tie_word_embeddings) weights_->lm_head = upload_16bit(c.dtype, load("lm_head.weight", {c.vocab_size, c.hidden_size}));
+  weights_->embed =
+      upload_16bit(c.dtype, load("model.embed_tokens.weight", {c.vocab_size, c.hidden_size}));
+  if (!c.tie_word_embeddings)
+    weights_->lm_head =
+        upload_16bit(c.dtype, load("lm_head.weight", {c.vocab_size, c.hidden_size}));
   weights_->final_norm = upload_16bit(c.dtype, load("model.norm.weight", {c.hidden_size}));
   for (int64_t l = 0; l < c.num_layers; ++l) {
     const std::string p = "model.layers." + std::to_string(l) + ".";
     Weights::Layer layer;
     layer.input_norm = upload_16bit(c.dtype, load(p + "input_layernorm.weight", {c.hidden_size}));
-    layer.post_norm = upload_16bit(c.dtype, load(p + "post_attention_layernorm.weight", {c.hidden_size}));
-    layer.qkv = upload_16bit(c.dtype, concat(concat(load(p + "self_attn.q_proj.weight", {q_dim, c.hidden_size}),
-                                          load(p + "self_attn.k_proj.weight", {kv_dim, c.hidden_size})),
-                                   load(p + "self_attn.v_proj.weight", {kv_dim, c.hidden_size})));
+    layer.post_norm =
+        upload_16bit(c.dtype, load(p + "post_attention_layernorm.weight", {c.hidden_size}));
+    layer.qkv = upload_16bit(
+        c.dtype, concat(concat(load(p + "self_attn.q_proj.weight", {q_dim, c.hidden_size}),
+                               load(p + "self_attn.k_proj.weight", {kv_dim, c.hidden_size})),
+                        load(p + "self_attn.v_proj.weight", {kv_dim, c.hidden_size})));
     if (c.qkv_bias)
-      layer.qkv_bias = upload_16bit(c.dtype, concat(concat(load(p + "self_attn.q_proj.bias", {q_dim}), load(p + "self_attn.k_proj.bias", {kv_dim})),
-                                          load(p + "self_attn.v_proj.bias", {kv_dim})));
+      layer.qkv_bias =
+          upload_16bit(c.dtype, concat(concat(load(p + "self_attn.q_proj.bias", {q_dim}),
+                                              load(p + "self_attn.k_proj.bias", {kv_dim})),
+                                       load(p + "self_attn.v_proj.bias", {kv_dim})));
     layer.o = upload_16bit(c.dtype, load(p + "self_attn.o_proj.weight", {c.hidden_size, q_dim}));
-    layer.gate_up = upload_16bit(c.dtype, concat(load(p + "mlp.gate_proj.weight", {c.intermediate_size, c.hidden_size}),
-                                       load(p + "mlp.up_proj.weight", {c.intermediate_size, c.hidden_size})));
-    layer.down = upload_16bit(c.dtype, load(p + "mlp.down_proj.weight", {c.hidden_size, c.intermediate_size}));
+    layer.gate_up = upload_16bit(
+        c.dtype, concat(load(p + "mlp.gate_proj.weight", {c.intermediate_size, c.hidden_size}),
+                        load(p + "mlp.up_proj.weight", {c.intermediate_size, c.hidden_size})));
+    layer.down = upload_16bit(
+        c.dtype, load(p + "mlp.down_proj.weight", {c.hidden_size, c.intermediate_size}));
     weights_->layers.push_back(std::move(layer));
   }
   allocate_cache(kv_blocks);
@@ -121,10 +132,12 @@ CudaModel::CudaModel(const ModelConfig& config, uint64_t seed, int32_t kv_blocks
 
 void CudaModel::allocate_cache(int32_t kv_blocks) {
   const ModelConfig& c = config_;
-  if (c.head_dim != 64 && c.head_dim != 128) throw Error("CUDA backend: head_dim must be 64 or 128");
+  if (c.head_dim != 64 && c.head_dim != 128)
+    throw Error("CUDA backend: head_dim must be 64 or 128");
   if (kv_blocks <= 0) throw Error("CUDA backend: kv_blocks must be positive");
   kv_blocks_ = kv_blocks;
-  const size_t pool_bytes = static_cast<size_t>(kv_blocks) * kBlockSize * c.num_kv_heads * c.head_dim * 2;
+  const size_t pool_bytes =
+      static_cast<size_t>(kv_blocks) * kBlockSize * c.num_kv_heads * c.head_dim * 2;
   for (int64_t l = 0; l < c.num_layers; ++l) {
     void *k = nullptr, *v = nullptr;
     L2KV_CUDA_CHECK(cudaMalloc(&k, pool_bytes));
@@ -135,7 +148,8 @@ void CudaModel::allocate_cache(int32_t kv_blocks) {
   for (int32_t b = kv_blocks - 1; b >= 0; --b) free_blocks_.push_back(b);
   const std::vector<float> inv = rope_inverse_frequencies(c.rope, c.head_dim);
   L2KV_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&inv_freq_), inv.size() * sizeof(float)));
-  L2KV_CUDA_CHECK(cudaMemcpy(inv_freq_, inv.data(), inv.size() * sizeof(float), cudaMemcpyHostToDevice));
+  L2KV_CUDA_CHECK(
+      cudaMemcpy(inv_freq_, inv.data(), inv.size() * sizeof(float), cudaMemcpyHostToDevice));
 }
 
 CudaModel::~CudaModel() {
@@ -149,22 +163,26 @@ void CudaModel::release(CudaSequence& sequence) {
   sequence = {};
 }
 
-std::vector<float> CudaModel::extend(std::span<CudaSequence* const> sequences, std::span<const std::vector<int32_t>> tokens,
-                                     bool all_logits, cudaStream_t stream) {
+std::vector<float> CudaModel::extend(std::span<CudaSequence* const> sequences,
+                                     std::span<const std::vector<int32_t>> tokens, bool all_logits,
+                                     cudaStream_t stream) {
   const ModelConfig& c = config_;
-  if (sequences.size() != tokens.size() || sequences.empty()) throw Error("extend: one token list per sequence");
+  if (sequences.size() != tokens.size() || sequences.empty())
+    throw Error("extend: one token list per sequence");
   // Blocks needed before anything changes, so a failure leaves every sequence as it was.
   size_t needed = 0;
   for (size_t s = 0; s < sequences.size(); ++s) {
     if (tokens[s].empty()) throw Error("extend: sequence " + std::to_string(s) + " has no tokens");
     for (int32_t tok : tokens[s])
-      if (tok < 0 || tok >= c.vocab_size) throw Error("extend: token id " + std::to_string(tok) + " outside the vocabulary");
+      if (tok < 0 || tok >= c.vocab_size)
+        throw Error("extend: token id " + std::to_string(tok) + " outside the vocabulary");
     const int32_t new_len = sequences[s]->length + static_cast<int32_t>(tokens[s].size());
-    needed += std::max<int64_t>(0, (new_len + kBlockSize - 1) / kBlockSize - static_cast<int64_t>(sequences[s]->blocks.size()));
+    needed += std::max<int64_t>(0, (new_len + kBlockSize - 1) / kBlockSize -
+                                       static_cast<int64_t>(sequences[s]->blocks.size()));
   }
   if (needed > free_blocks_.size())
-    throw Error("extend: the KV pool has " + std::to_string(free_blocks_.size()) + " free blocks, " + std::to_string(needed) +
-                " needed");
+    throw Error("extend: the KV pool has " + std::to_string(free_blocks_.size()) +
+                " free blocks, " + std::to_string(needed) + " needed");
   // Host plan: every new token is one query row of the attention batch, attending to its prefix.
   std::vector<int32_t> ids, positions, slots, row_lens, last_rows;
   int32_t max_blocks = 0;
@@ -190,7 +208,8 @@ std::vector<float> CudaModel::extend(std::span<CudaSequence* const> sequences, s
   }
   for (size_t s = 0; s < sequences.size(); ++s) {
     CudaSequence& seq = *sequences[s];
-    chunks.push_back({static_cast<int32_t>(s), static_cast<int32_t>(ids.size()), static_cast<int32_t>(tokens[s].size()), seq.length});
+    chunks.push_back({static_cast<int32_t>(s), static_cast<int32_t>(ids.size()),
+                      static_cast<int32_t>(tokens[s].size()), seq.length});
     for (size_t i = 0; i < tokens[s].size(); ++i) {
       const int32_t pos = seq.length + static_cast<int32_t>(i);
       ids.push_back(tokens[s][i]);
@@ -204,14 +223,19 @@ std::vector<float> CudaModel::extend(std::span<CudaSequence* const> sequences, s
     last_rows.push_back(static_cast<int32_t>(ids.size()) - 1);
   }
   const int32_t n = static_cast<int32_t>(ids.size());
-  const int64_t H = c.hidden_size, D = c.head_dim, q_dim = c.num_q_heads * D, kv_dim = c.num_kv_heads * D;
+  const int64_t H = c.hidden_size, D = c.head_dim, q_dim = c.num_q_heads * D,
+                kv_dim = c.num_kv_heads * D;
   const int64_t I = c.intermediate_size, V = c.vocab_size;
-  auto d_ids = upload(ids), d_pos = upload(positions), d_slots = upload(slots), d_lens = upload(row_lens);
-  auto d_table = upload(table), d_last = upload(last_rows), d_seq_table = upload(seq_table), d_seq_lens = upload(seq_lens);
+  auto d_ids = upload(ids), d_pos = upload(positions), d_slots = upload(slots),
+       d_lens = upload(row_lens);
+  auto d_table = upload(table), d_last = upload(last_rows), d_seq_table = upload(seq_table),
+       d_seq_lens = upload(seq_lens);
   DeviceArray<float> residual(static_cast<size_t>(n * H));
-  DeviceArray<uint16_t> h(static_cast<size_t>(n * H)), qkv(static_cast<size_t>(n * (q_dim + 2 * kv_dim)));
+  DeviceArray<uint16_t> h(static_cast<size_t>(n * H)),
+      qkv(static_cast<size_t>(n * (q_dim + 2 * kv_dim)));
   DeviceArray<uint16_t> q(static_cast<size_t>(n * q_dim)), attn(static_cast<size_t>(n * q_dim));
-  DeviceArray<uint16_t> proj(static_cast<size_t>(n * H)), gate_up(static_cast<size_t>(n * 2 * I)), act(static_cast<size_t>(n * I));
+  DeviceArray<uint16_t> proj(static_cast<size_t>(n * H)), gate_up(static_cast<size_t>(n * 2 * I)),
+      act(static_cast<size_t>(n * I));
 
   DecodeAttentionParams p;
   p.q = q.ptr;
@@ -260,16 +284,20 @@ std::vector<float> CudaModel::extend(std::span<CudaSequence* const> sequences, s
     L2KV_CUDA_CHECK(cudaEventRecord(total_start, stream));
   }
 
-  ops::embed(c.dtype, d_ids.ptr, n, weights_->embed.ptr, static_cast<int32_t>(H), residual.ptr, stream);
+  ops::embed(c.dtype, d_ids.ptr, n, weights_->embed.ptr, static_cast<int32_t>(H), residual.ptr,
+             stream);
   const void* pending = nullptr;  // the last block's output, added to the residual by the next norm
   for (size_t l = 0; l < weights_->layers.size(); ++l) {
     const auto& w = weights_->layers[l];
-    ops::add_rmsnorm(c.dtype, residual.ptr, pending, w.input_norm.ptr, static_cast<float>(c.rms_norm_eps), n, static_cast<int32_t>(H), h.ptr, stream);
-    timed(gemm_events, [&] { gemm_.linear(c.dtype, h.ptr, w.qkv.ptr, qkv.ptr, n, H, q_dim + 2 * kv_dim, stream); });
+    ops::add_rmsnorm(c.dtype, residual.ptr, pending, w.input_norm.ptr,
+                     static_cast<float>(c.rms_norm_eps), n, static_cast<int32_t>(H), h.ptr, stream);
+    timed(gemm_events, [&] {
+      gemm_.linear(c.dtype, h.ptr, w.qkv.ptr, qkv.ptr, n, H, q_dim + 2 * kv_dim, stream);
+    });
     p.kv.k_pool = k_pools_[l];
     p.kv.v_pool = v_pools_[l];
-    ops::rope_and_cache(qkv.ptr, w.qkv_bias.ptr, d_pos.ptr, d_slots.ptr, inv_freq_, n, static_cast<int32_t>(c.num_q_heads), p.kv,
-                        q.ptr, stream);
+    ops::rope_and_cache(qkv.ptr, w.qkv_bias.ptr, d_pos.ptr, d_slots.ptr, inv_freq_, n,
+                        static_cast<int32_t>(c.num_q_heads), p.kv, q.ptr, stream);
     prefill_kv.k_pool = p.kv.k_pool;
     prefill_kv.v_pool = p.kv.v_pool;
     timed(attention_events, [&] {
@@ -278,22 +306,32 @@ std::vector<float> CudaModel::extend(std::span<CudaSequence* const> sequences, s
       else
         prefill_.run(q.ptr, attn.ptr, prefill_kv, p.num_q_heads, p.softmax_scale, stream);
     });
-    timed(gemm_events, [&] { gemm_.linear(c.dtype, attn.ptr, w.o.ptr, proj.ptr, n, q_dim, H, stream); });
-    ops::add_rmsnorm(c.dtype, residual.ptr, proj.ptr, w.post_norm.ptr, static_cast<float>(c.rms_norm_eps), n, static_cast<int32_t>(H), h.ptr, stream);
-    timed(gemm_events, [&] { gemm_.linear(c.dtype, h.ptr, w.gate_up.ptr, gate_up.ptr, n, H, 2 * I, stream); });
+    timed(gemm_events,
+          [&] { gemm_.linear(c.dtype, attn.ptr, w.o.ptr, proj.ptr, n, q_dim, H, stream); });
+    ops::add_rmsnorm(c.dtype, residual.ptr, proj.ptr, w.post_norm.ptr,
+                     static_cast<float>(c.rms_norm_eps), n, static_cast<int32_t>(H), h.ptr, stream);
+    timed(gemm_events,
+          [&] { gemm_.linear(c.dtype, h.ptr, w.gate_up.ptr, gate_up.ptr, n, H, 2 * I, stream); });
     ops::silu_mul(c.dtype, gate_up.ptr, n, static_cast<int32_t>(I), act.ptr, stream);
-    timed(gemm_events, [&] { gemm_.linear(c.dtype, act.ptr, w.down.ptr, proj.ptr, n, I, H, stream); });
+    timed(gemm_events,
+          [&] { gemm_.linear(c.dtype, act.ptr, w.down.ptr, proj.ptr, n, I, H, stream); });
     pending = proj.ptr;
   }
-  ops::add_rmsnorm(c.dtype, residual.ptr, pending, weights_->final_norm.ptr, static_cast<float>(c.rms_norm_eps), n, static_cast<int32_t>(H), h.ptr, stream);
+  ops::add_rmsnorm(c.dtype, residual.ptr, pending, weights_->final_norm.ptr,
+                   static_cast<float>(c.rms_norm_eps), n, static_cast<int32_t>(H), h.ptr, stream);
   const int32_t rows = all_logits ? n : static_cast<int32_t>(last_rows.size());
   DeviceArray<uint16_t> last(all_logits ? 0 : static_cast<size_t>(rows * H));
-  if (!all_logits) ops::gather_rows(h.ptr, d_last.ptr, rows, static_cast<int32_t>(H), last.ptr, stream);
+  if (!all_logits)
+    ops::gather_rows(h.ptr, d_last.ptr, rows, static_cast<int32_t>(H), last.ptr, stream);
   DeviceArray<float> logits(static_cast<size_t>(rows * V));
-  timed(gemm_events, [&] { gemm_.linear_f32_out(c.dtype, all_logits ? h.ptr : last.ptr, weights_->lm_head_ptr(), logits.ptr, rows, H, V, stream); });
+  timed(gemm_events, [&] {
+    gemm_.linear_f32_out(c.dtype, all_logits ? h.ptr : last.ptr, weights_->lm_head_ptr(),
+                         logits.ptr, rows, H, V, stream);
+  });
   if (profiling_) L2KV_CUDA_CHECK(cudaEventRecord(total_stop, stream));
   std::vector<float> out(static_cast<size_t>(rows * V));
-  L2KV_CUDA_CHECK(cudaMemcpyAsync(out.data(), logits.ptr, out.size() * sizeof(float), cudaMemcpyDeviceToHost, stream));
+  L2KV_CUDA_CHECK(cudaMemcpyAsync(out.data(), logits.ptr, out.size() * sizeof(float),
+                                  cudaMemcpyDeviceToHost, stream));
   L2KV_CUDA_CHECK(cudaStreamSynchronize(stream));
   if (profiling_) {
     auto sum = [](std::vector<std::pair<cudaEvent_t, cudaEvent_t>>& list) {
@@ -315,7 +353,8 @@ std::vector<float> CudaModel::extend(std::span<CudaSequence* const> sequences, s
     cudaEventDestroy(total_start);
     cudaEventDestroy(total_stop);
   }
-  for (size_t s = 0; s < sequences.size(); ++s) sequences[s]->length += static_cast<int32_t>(tokens[s].size());
+  for (size_t s = 0; s < sequences.size(); ++s)
+    sequences[s]->length += static_cast<int32_t>(tokens[s].size());
   return out;
 }
 

@@ -1,6 +1,7 @@
 // The CUDA backend: the same graph as CpuModel on the GPU, 16-bit weights and activations in
-// the checkpoint's dtype (fp16 or bf16) with an fp32 residual stream, K/V written to a paged cache (HND, block 16) and attention by
-// l2kv's split decode kernel. One call runs a batch of sequences of different lengths.
+// the checkpoint's dtype (fp16 or bf16) with an fp32 residual stream, K/V written to a paged cache
+// (HND, block 16) and attention by l2kv's split decode kernel. One call runs a batch of sequences
+// of different lengths.
 //
 // Attention: batches where every sequence adds one token run the split decode kernel; batches
 // with prompt chunks run the tensor-core prefill kernel (causal over each chunk's prefix).
@@ -44,8 +45,9 @@ class CudaModel {
   // Runs tokens[i] for sequence *sequences[i] after what it has cached, appending their K/V.
   // Returns logits [sum of tokens, vocab] (all_logits) or [sequences, vocab] for the last token
   // of each. Throws l2kv::Error when the KV pool runs out (nothing is appended then).
-  std::vector<float> extend(std::span<CudaSequence* const> sequences, std::span<const std::vector<int32_t>> tokens,
-                            bool all_logits, cudaStream_t stream);
+  std::vector<float> extend(std::span<CudaSequence* const> sequences,
+                            std::span<const std::vector<int32_t>> tokens, bool all_logits,
+                            cudaStream_t stream);
 
   // Returns a finished sequence's blocks to the pool.
   void release(CudaSequence& sequence);

@@ -28,9 +28,11 @@ RopeConfig read_rope(const nlohmann::json& j, const std::string& origin) {
   rope.factor = params.value("factor", 8.0);
   rope.low_freq_factor = params.value("low_freq_factor", 1.0);
   rope.high_freq_factor = params.value("high_freq_factor", 4.0);
-  rope.original_max_position_embeddings = params.value("original_max_position_embeddings", int64_t{8192});
+  rope.original_max_position_embeddings =
+      params.value("original_max_position_embeddings", int64_t{8192});
   if (rope.factor <= 0 || rope.high_freq_factor <= rope.low_freq_factor)
-    throw Error(origin + ": llama3 rope scaling needs factor > 0 and high_freq_factor > low_freq_factor");
+    throw Error(origin +
+                ": llama3 rope scaling needs factor > 0 and high_freq_factor > low_freq_factor");
   return rope;
 }
 
@@ -57,7 +59,8 @@ ModelConfig ModelConfig::from_json_text(const std::string& text, const std::stri
     const auto archs = j.at("architectures").get<std::vector<std::string>>();
     if (archs.size() != 1) throw Error(origin + ": expected one architecture");
     c.architecture = archs[0];
-    const bool llama = c.architecture == "LlamaForCausalLM" || c.architecture == "MistralForCausalLM";
+    const bool llama =
+        c.architecture == "LlamaForCausalLM" || c.architecture == "MistralForCausalLM";
     const bool qwen2 = c.architecture == "Qwen2ForCausalLM";
     if (!llama && !qwen2)
       throw Error(origin + ": architecture " + c.architecture +
@@ -68,15 +71,17 @@ ModelConfig ModelConfig::from_json_text(const std::string& text, const std::stri
     c.num_layers = j.at("num_hidden_layers").get<int64_t>();
     c.num_q_heads = j.at("num_attention_heads").get<int64_t>();
     c.num_kv_heads = j.value("num_key_value_heads", c.num_q_heads);
-    c.head_dim = j.contains("head_dim") && j["head_dim"].is_number() ? j["head_dim"].get<int64_t>()
-                                                                    : (c.num_q_heads > 0 ? c.hidden_size / c.num_q_heads : 0);
+    c.head_dim = j.contains("head_dim") && j["head_dim"].is_number()
+                     ? j["head_dim"].get<int64_t>()
+                     : (c.num_q_heads > 0 ? c.hidden_size / c.num_q_heads : 0);
     c.rms_norm_eps = j.value("rms_norm_eps", 1e-6);
     c.tie_word_embeddings = j.value("tie_word_embeddings", false);
     c.max_position_embeddings = j.value("max_position_embeddings", int64_t{0});
     c.qkv_bias = qwen2 || j.value("attention_bias", false);
     if (j.value("mlp_bias", false)) throw Error(origin + ": mlp_bias is not supported");
     if (j.value("hidden_act", std::string("silu")) != "silu")
-      throw Error(origin + ": hidden_act " + j["hidden_act"].get<std::string>() + " is not supported (silu is)");
+      throw Error(origin + ": hidden_act " + j["hidden_act"].get<std::string>() +
+                  " is not supported (silu is)");
     const bool sliding = qwen2 ? j.value("use_sliding_window", false)
                                : (j.contains("sliding_window") && !j["sliding_window"].is_null());
     if (sliding) throw Error(origin + ": sliding-window attention is not supported");
@@ -90,8 +95,9 @@ ModelConfig ModelConfig::from_json_text(const std::string& text, const std::stri
       c.num_q_heads <= 0 || c.num_kv_heads <= 0 || c.head_dim <= 0 || c.head_dim % 2 != 0)
     throw Error(origin + ": sizes must be positive and head_dim even");
   if (c.num_q_heads % c.num_kv_heads != 0)
-    throw Error(origin + ": " + std::to_string(c.num_q_heads) + " attention heads do not divide into " +
-                std::to_string(c.num_kv_heads) + " key/value heads");
+    throw Error(origin + ": " + std::to_string(c.num_q_heads) +
+                " attention heads do not divide into " + std::to_string(c.num_kv_heads) +
+                " key/value heads");
   return c;
 }
 
@@ -115,17 +121,20 @@ ModelConfig ModelConfig::synthetic(const std::string& name) {
     c.vocab_size = 152064, c.hidden_size = 5120, c.intermediate_size = 13824, c.num_layers = 48;
     c.num_q_heads = 40, c.num_kv_heads = 8, c.rms_norm_eps = 1e-5, c.rope.theta = 1000000;
   } else {
-    throw Error("unknown synthetic model '" + name + "' (known: llama2-7b, llama3-8b, qwen2.5-7b, qwen2.5-14b)");
+    throw Error("unknown synthetic model '" + name +
+                "' (known: llama2-7b, llama3-8b, qwen2.5-7b, qwen2.5-14b)");
   }
   return c;
 }
 
 int64_t ModelConfig::parameter_count() const {
   const int64_t q_dim = num_q_heads * head_dim, kv_dim = num_kv_heads * head_dim;
-  const int64_t attention = hidden_size * (q_dim + 2 * kv_dim) + q_dim * hidden_size + (qkv_bias ? q_dim + 2 * kv_dim : 0);
+  const int64_t attention = hidden_size * (q_dim + 2 * kv_dim) + q_dim * hidden_size +
+                            (qkv_bias ? q_dim + 2 * kv_dim : 0);
   const int64_t mlp = 3 * hidden_size * intermediate_size;
   const int64_t per_layer = attention + mlp + 2 * hidden_size;
-  return vocab_size * hidden_size * (tie_word_embeddings ? 1 : 2) + num_layers * per_layer + hidden_size;
+  return vocab_size * hidden_size * (tie_word_embeddings ? 1 : 2) + num_layers * per_layer +
+         hidden_size;
 }
 
 std::vector<float> rope_inverse_frequencies(const RopeConfig& rope, int64_t head_dim) {
@@ -142,8 +151,9 @@ std::vector<float> rope_inverse_frequencies(const RopeConfig& rope, int64_t head
     const double wavelen = 2 * M_PI / f;
     if (wavelen > low_wavelen) {
       f = static_cast<float>(f / rope.factor);  // low frequencies: stretched
-    } else if (wavelen >= high_wavelen) {        // medium: interpolated
-      const double smooth = (old_len / wavelen - rope.low_freq_factor) / (rope.high_freq_factor - rope.low_freq_factor);
+    } else if (wavelen >= high_wavelen) {       // medium: interpolated
+      const double smooth = (old_len / wavelen - rope.low_freq_factor) /
+                            (rope.high_freq_factor - rope.low_freq_factor);
       f = static_cast<float>((1 - smooth) * f / rope.factor + smooth * f);
     }
   }

@@ -33,7 +33,7 @@ struct ModelConfig {
   int64_t num_kv_heads = 0;
   int64_t head_dim = 0;
   double rms_norm_eps = 1e-6;
-  bool qkv_bias = false;             // Qwen2
+  bool qkv_bias = false;  // Qwen2
   bool tie_word_embeddings = false;
   int64_t max_position_embeddings = 0;
   RopeConfig rope;

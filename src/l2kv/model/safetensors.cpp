@@ -16,7 +16,9 @@
 namespace l2kv {
 namespace {
 
-size_t dtype_size(TensorDType t) { return t == TensorDType::kF32 ? 4 : 2; }
+size_t dtype_size(TensorDType t) {
+  return t == TensorDType::kF32 ? 4 : 2;
+}
 
 std::string shape_text(const std::vector<int64_t>& shape) {
   std::string s = "[";
@@ -39,7 +41,8 @@ std::vector<float> TensorView::to_float() const {
     return out;
   }
   if (dtype != TensorDType::kF16 && dtype != TensorDType::kBF16)
-    throw Error(file + ": tensor " + name + " has dtype " + dtype_name + "; l2kv reads F32, F16 and BF16");
+    throw Error(file + ": tensor " + name + " has dtype " + dtype_name +
+                "; l2kv reads F32, F16 and BF16");
   for (size_t i = 0; i < out.size(); ++i) {
     uint16_t bits;
     std::memcpy(&bits, data + 2 * i, 2);
@@ -73,8 +76,8 @@ SafetensorsFile::SafetensorsFile(const std::filesystem::path& path) {
     uint64_t header_len = 0;
     for (int i = 7; i >= 0; --i) header_len = (header_len << 8) | bytes[i];  // little endian
     if (header_len > size_ - 8)
-      throw Error(file + ": header of " + std::to_string(header_len) + " bytes points past the end of the " +
-                  std::to_string(size_) + "-byte file");
+      throw Error(file + ": header of " + std::to_string(header_len) +
+                  " bytes points past the end of the " + std::to_string(size_) + "-byte file");
     nlohmann::json header;
     try {
       header = nlohmann::json::parse(bytes + 8, bytes + 8 + header_len);
@@ -94,19 +97,24 @@ SafetensorsFile::SafetensorsFile(const std::filesystem::path& path) {
         t.shape = info.at("shape").get<std::vector<int64_t>>();
         const auto offsets = info.at("data_offsets").get<std::vector<uint64_t>>();
         if (offsets.size() != 2 || offsets[0] > offsets[1] || offsets[1] > data_size)
-          throw Error(file + ": tensor " + name + " has data offsets outside the file (truncated?)");
+          throw Error(file + ": tensor " + name +
+                      " has data offsets outside the file (truncated?)");
         t.data = data + offsets[0];
         t.bytes = offsets[1] - offsets[0];
       } catch (const nlohmann::json::exception& e) {
         throw Error(file + ": tensor " + name + " has a malformed header entry (" + e.what() + ")");
       }
-      t.dtype = t.dtype_name == "F32" ? TensorDType::kF32 : t.dtype_name == "F16" ? TensorDType::kF16
-                : t.dtype_name == "BF16" ? TensorDType::kBF16 : TensorDType::kOther;
+      t.dtype = t.dtype_name == "F32"    ? TensorDType::kF32
+                : t.dtype_name == "F16"  ? TensorDType::kF16
+                : t.dtype_name == "BF16" ? TensorDType::kBF16
+                                         : TensorDType::kOther;
       for (int64_t d : t.shape)
         if (d < 0) throw Error(file + ": tensor " + name + " has a negative dimension");
-      if (t.dtype != TensorDType::kOther && static_cast<size_t>(t.elements()) * dtype_size(t.dtype) != t.bytes)
-        throw Error(file + ": tensor " + name + " of shape " + shape_text(t.shape) + " and dtype " + t.dtype_name +
-                    " should hold " + std::to_string(t.elements() * dtype_size(t.dtype)) + " bytes, not " +
+      if (t.dtype != TensorDType::kOther &&
+          static_cast<size_t>(t.elements()) * dtype_size(t.dtype) != t.bytes)
+        throw Error(file + ": tensor " + name + " of shape " + shape_text(t.shape) + " and dtype " +
+                    t.dtype_name + " should hold " +
+                    std::to_string(t.elements() * dtype_size(t.dtype)) + " bytes, not " +
                     std::to_string(t.bytes));
       tensors_.emplace(name, std::move(t));
     }
@@ -136,9 +144,11 @@ Checkpoint::Checkpoint(const std::filesystem::path& folder) : folder_(folder) {
     if (!index.contains("weight_map") || !index["weight_map"].is_object())
       throw Error(index_path.string() + ": no weight_map");
     std::set<std::string> names;
-    for (const auto& [tensor, shard] : index["weight_map"].items()) names.insert(shard.get<std::string>());
+    for (const auto& [tensor, shard] : index["weight_map"].items())
+      names.insert(shard.get<std::string>());
     for (const auto& n : names) {
-      if (!std::filesystem::exists(folder / n)) throw Error(index_path.string() + " names missing shard " + n);
+      if (!std::filesystem::exists(folder / n))
+        throw Error(index_path.string() + " names missing shard " + n);
       shards.push_back(folder / n);
     }
   } else if (std::filesystem::exists(folder / "model.safetensors")) {
@@ -155,12 +165,13 @@ Checkpoint::Checkpoint(const std::filesystem::path& folder) : folder_(folder) {
   }
 }
 
-const TensorView& Checkpoint::get(const std::string& name, const std::vector<int64_t>& expected_shape) const {
+const TensorView& Checkpoint::get(const std::string& name,
+                                  const std::vector<int64_t>& expected_shape) const {
   const auto it = index_.find(name);
   if (it == index_.end()) throw Error(folder_.string() + ": missing tensor " + name);
   if (it->second->shape != expected_shape)
-    throw Error(it->second->file + ": tensor " + name + " has shape " + shape_text(it->second->shape) +
-                ", expected " + shape_text(expected_shape));
+    throw Error(it->second->file + ": tensor " + name + " has shape " +
+                shape_text(it->second->shape) + ", expected " + shape_text(expected_shape));
   return *it->second;
 }
 

@@ -15,9 +15,9 @@ enum class TensorDType : uint8_t { kF32, kF16, kBF16, kOther };
 
 struct TensorView {
   std::string name;
-  std::string file;          // for error messages
+  std::string file;  // for error messages
   TensorDType dtype = TensorDType::kOther;
-  std::string dtype_name;    // as written in the header ("BF16", "F32", ...)
+  std::string dtype_name;  // as written in the header ("BF16", "F32", ...)
   std::vector<int64_t> shape;
   const uint8_t* data = nullptr;  // inside the mapping
   size_t bytes = 0;

@@ -8,8 +8,12 @@
 namespace l2kv {
 namespace {
 
-bool is_space(unsigned char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f'; }
-bool is_word_byte(unsigned char c) { return std::isalnum(c) || c == '_' || c >= 0x80; }
+bool is_space(unsigned char c) {
+  return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f';
+}
+bool is_word_byte(unsigned char c) {
+  return std::isalnum(c) || c == '_' || c >= 0x80;
+}
 
 }  // namespace
 
@@ -64,7 +68,8 @@ std::vector<AddedVocabulary::Segment> AddedVocabulary::split(std::string_view te
     size_t plain_end = i;
     if (hit->lstrip)
       while (plain_end > text_start && is_space(text[plain_end - 1])) --plain_end;
-    if (plain_end > text_start) out.push_back({text.substr(text_start, plain_end - text_start), -1});
+    if (plain_end > text_start)
+      out.push_back({text.substr(text_start, plain_end - text_start), -1});
     out.push_back({text.substr(i, hit->content.size()), hit->id});
     i += hit->content.size();
     if (hit->rstrip)

@@ -3,11 +3,10 @@
 #pragma once
 
 #include <cstdint>
+#include <nlohmann/json_fwd.hpp>
 #include <string>
 #include <string_view>
 #include <vector>
-
-#include <nlohmann/json_fwd.hpp>
 
 namespace l2kv {
 
@@ -37,7 +36,8 @@ class AddedVocabulary {
 
  private:
   std::vector<AddedToken> tokens_;
-  std::vector<std::vector<int>> by_first_byte_ = std::vector<std::vector<int>>(256);  // longest first
+  std::vector<std::vector<int>> by_first_byte_ =
+      std::vector<std::vector<int>>(256);  // longest first
 };
 
 }  // namespace l2kv

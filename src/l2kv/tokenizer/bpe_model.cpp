@@ -18,7 +18,8 @@ constexpr std::string_view kWordMarker = "\xE2\x96\x81";  // U+2581
 
 BpeModel::BpeModel(const nlohmann::json& spec) {
   if (spec.value("type", "BPE") != "BPE")
-    throw Error("tokenizer.json: model type '" + spec.value("type", "") + "' is not supported (BPE only)");
+    throw Error("tokenizer.json: model type '" + spec.value("type", "") +
+                "' is not supported (BPE only)");
   if (!spec.value("continuing_subword_prefix", nlohmann::json()).is_null() &&
       !spec.at("continuing_subword_prefix").get<std::string>().empty())
     throw Error("tokenizer.json: BPE continuing_subword_prefix is not supported");
@@ -69,7 +70,8 @@ BpeModel::BpeModel(const nlohmann::json& spec) {
     }
     const auto a = vocab_.find(left), b = vocab_.find(right), c = vocab_.find(left + right);
     if (a == vocab_.end() || b == vocab_.end() || c == vocab_.end())
-      throw Error("tokenizer.json: merge '" + left + " " + right + "' uses tokens missing from the vocabulary");
+      throw Error("tokenizer.json: merge '" + left + " " + right +
+                  "' uses tokens missing from the vocabulary");
     merges_.emplace(pair_key(a->second, b->second), Merge{rank++, c->second});
   }
 }
@@ -106,7 +108,9 @@ void BpeModel::initial_symbols(std::string_view piece, std::vector<int32_t>& sym
         continue;
       }
     }
-    if (!unk_id_) throw Error("tokenizer: character '" + ch + "' is not in the vocabulary and there is no unk_token");
+    if (!unk_id_)
+      throw Error("tokenizer: character '" + ch +
+                  "' is not in the vocabulary and there is no unk_token");
     if (!(fuse_unk_ && previous_unk)) symbols.push_back(*unk_id_);
     previous_unk = true;
   }
@@ -126,7 +130,9 @@ void BpeModel::merge_symbols(std::vector<int32_t>& symbols) const {
     int32_t rank;
     int pos;
     int32_t left, right;  // symbol ids when pushed, to detect stale entries
-    bool operator>(const Candidate& o) const { return rank != o.rank ? rank > o.rank : pos > o.pos; }
+    bool operator>(const Candidate& o) const {
+      return rank != o.rank ? rank > o.rank : pos > o.pos;
+    }
   };
   std::priority_queue<Candidate, std::vector<Candidate>, std::greater<>> heap;
   auto push = [&](int i) {
@@ -140,7 +146,8 @@ void BpeModel::merge_symbols(std::vector<int32_t>& symbols) const {
     heap.pop();
     const int i = c.pos;
     const int j = next[i];
-    if (symbols[i] < 0 || j < 0 || symbols[i] != c.left || symbols[j] != c.right) continue;  // stale
+    if (symbols[i] < 0 || j < 0 || symbols[i] != c.left || symbols[j] != c.right)
+      continue;  // stale
     symbols[i] = merges_.at(pair_key(c.left, c.right)).result;
     symbols[j] = -1;
     next[i] = next[j];

@@ -100,11 +100,14 @@ class FuseDecoder : public Decoder {
 // Removes up to `start` leading and `stop` trailing copies of `content` from every token.
 class StripDecoder : public Decoder {
  public:
-  StripDecoder(std::string content, int start, int stop) : content_(std::move(content)), start_(start), stop_(stop) {}
+  StripDecoder(std::string content, int start, int stop)
+      : content_(std::move(content)), start_(start), stop_(stop) {}
   std::vector<std::string> decode_chain(std::vector<std::string> tokens) const override {
     for (auto& t : tokens) {
-      for (int i = 0; i < start_ && !content_.empty() && t.starts_with(content_); ++i) t.erase(0, content_.size());
-      for (int i = 0; i < stop_ && !content_.empty() && t.ends_with(content_); ++i) t.resize(t.size() - content_.size());
+      for (int i = 0; i < start_ && !content_.empty() && t.starts_with(content_); ++i)
+        t.erase(0, content_.size());
+      for (int i = 0; i < stop_ && !content_.empty() && t.ends_with(content_); ++i)
+        t.resize(t.size() - content_.size());
     }
     return tokens;
   }
@@ -116,7 +119,8 @@ class StripDecoder : public Decoder {
 
 class SequenceDecoder : public Decoder {
  public:
-  explicit SequenceDecoder(std::vector<std::unique_ptr<Decoder>> steps) : steps_(std::move(steps)) {}
+  explicit SequenceDecoder(std::vector<std::unique_ptr<Decoder>> steps)
+      : steps_(std::move(steps)) {}
   std::vector<std::string> decode_chain(std::vector<std::string> tokens) const override {
     for (const auto& s : steps_) tokens = s->decode_chain(std::move(tokens));
     return tokens;
@@ -141,8 +145,8 @@ std::unique_ptr<Decoder> make_decoder(const nlohmann::json& spec) {
                                             spec.at("content").get<std::string>());
   }
   if (type == "Strip")
-    return std::make_unique<StripDecoder>(spec.at("content").get<std::string>(), spec.value("start", 0),
-                                          spec.value("stop", 0));
+    return std::make_unique<StripDecoder>(spec.at("content").get<std::string>(),
+                                          spec.value("start", 0), spec.value("stop", 0));
   if (type == "Sequence") {
     std::vector<std::unique_ptr<Decoder>> steps;
     for (const auto& s : spec.at("decoders"))

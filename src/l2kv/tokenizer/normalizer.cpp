@@ -50,7 +50,8 @@ class PrependNormalizer : public Normalizer {
 
 class ReplaceNormalizer : public Normalizer {
  public:
-  ReplaceNormalizer(std::string from, std::string to) : from_(std::move(from)), to_(std::move(to)) {}
+  ReplaceNormalizer(std::string from, std::string to)
+      : from_(std::move(from)), to_(std::move(to)) {}
   std::string normalize(std::string text) const override {
     if (from_.empty()) return text;
     std::string out;
@@ -71,7 +72,8 @@ class ReplaceNormalizer : public Normalizer {
 
 class SequenceNormalizer : public Normalizer {
  public:
-  explicit SequenceNormalizer(std::vector<std::unique_ptr<Normalizer>> steps) : steps_(std::move(steps)) {}
+  explicit SequenceNormalizer(std::vector<std::unique_ptr<Normalizer>> steps)
+      : steps_(std::move(steps)) {}
   std::string normalize(std::string text) const override {
     for (const auto& s : steps_) text = s->normalize(std::move(text));
     return text;
@@ -87,7 +89,8 @@ std::unique_ptr<Normalizer> make_normalizer(const nlohmann::json& spec) {
   if (spec.is_null()) return nullptr;
   const std::string type = spec.value("type", "");
   if (type == "NFC") return std::make_unique<NfcNormalizer>();
-  if (type == "Prepend") return std::make_unique<PrependNormalizer>(spec.at("prepend").get<std::string>());
+  if (type == "Prepend")
+    return std::make_unique<PrependNormalizer>(spec.at("prepend").get<std::string>());
   if (type == "Replace") {
     if (!spec.at("pattern").contains("String"))
       throw Error("tokenizer.json: Replace normalizer with a regex pattern is not supported");

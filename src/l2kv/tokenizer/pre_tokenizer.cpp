@@ -48,7 +48,8 @@ class SplitPreTokenizer : public PreTokenizer {
 class ByteLevelPreTokenizer : public PreTokenizer {
  public:
   ByteLevelPreTokenizer(bool add_prefix_space, bool use_regex)
-      : add_prefix_space_(add_prefix_space), regex_(use_regex ? std::make_unique<Regex>(kGpt2Pattern) : nullptr) {}
+      : add_prefix_space_(add_prefix_space),
+        regex_(use_regex ? std::make_unique<Regex>(kGpt2Pattern) : nullptr) {}
   std::vector<std::string> split(std::vector<std::string> pieces) const override {
     if (add_prefix_space_ && !pieces.empty() && !pieces.front().starts_with(' '))
       pieces.front().insert(0, 1, ' ');
@@ -64,7 +65,8 @@ class ByteLevelPreTokenizer : public PreTokenizer {
 
 class SequencePreTokenizer : public PreTokenizer {
  public:
-  explicit SequencePreTokenizer(std::vector<std::unique_ptr<PreTokenizer>> steps) : steps_(std::move(steps)) {}
+  explicit SequencePreTokenizer(std::vector<std::unique_ptr<PreTokenizer>> steps)
+      : steps_(std::move(steps)) {}
   std::vector<std::string> split(std::vector<std::string> pieces) const override {
     for (const auto& s : steps_) pieces = s->split(std::move(pieces));
     return pieces;
@@ -82,7 +84,8 @@ std::unique_ptr<PreTokenizer> make_pre_tokenizer(const nlohmann::json& spec) {
   if (type == "Split") {
     const auto& pattern = spec.at("pattern");
     if (!pattern.contains("Regex"))
-      throw Error("tokenizer.json: Split pre-tokenizer with a plain string pattern is not supported");
+      throw Error(
+          "tokenizer.json: Split pre-tokenizer with a plain string pattern is not supported");
     if (spec.value("invert", false)) throw Error("tokenizer.json: inverted Split is not supported");
     const std::string behavior = spec.value("behavior", "");
     SplitBehavior b;

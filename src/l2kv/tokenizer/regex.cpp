@@ -54,7 +54,8 @@ std::vector<std::pair<size_t, size_t>> Regex::find_all(std::string_view text) co
     if (end == begin) {  // empty match: step one code point
       if (begin >= text.size()) break;
       start = begin + 1;
-      while (start < text.size() && (static_cast<unsigned char>(text[start]) & 0xC0) == 0x80) ++start;
+      while (start < text.size() && (static_cast<unsigned char>(text[start]) & 0xC0) == 0x80)
+        ++start;
       continue;
     }
     matches.emplace_back(begin, end);

@@ -43,7 +43,8 @@ Tokenizer Tokenizer::from_folder(const std::filesystem::path& folder) {
   const auto tokenizer_path = folder / "tokenizer.json";
   const auto config_path = folder / "tokenizer_config.json";
   const std::string tokenizer_json = read_file(tokenizer_path);
-  const std::string config_json = std::filesystem::exists(config_path) ? read_file(config_path) : "";
+  const std::string config_json =
+      std::filesystem::exists(config_path) ? read_file(config_path) : "";
   try {
     return from_json(tokenizer_json, config_json);
   } catch (const Error& e) {
@@ -65,7 +66,8 @@ Tokenizer Tokenizer::from_json(std::string_view tokenizer_json, std::string_view
     t.normalizer_ = make_normalizer(spec.value("normalizer", nlohmann::json()));
     t.pre_tokenizer_ = make_pre_tokenizer(spec.value("pre_tokenizer", nlohmann::json()));
     t.decoder_ = make_decoder(spec.value("decoder", nlohmann::json()));
-    t.post_processor_ = std::make_unique<PostProcessor>(spec.value("post_processor", nlohmann::json()));
+    t.post_processor_ =
+        std::make_unique<PostProcessor>(spec.value("post_processor", nlohmann::json()));
     t.added_ = AddedVocabulary(spec.value("added_tokens", nlohmann::json::array()));
     t.bos_token_ = token_text(config, "bos_token");
     t.eos_token_ = token_text(config, "eos_token");

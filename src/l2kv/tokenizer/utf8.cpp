@@ -50,7 +50,10 @@ std::string repair(std::string_view s) {
     // One U+FFFD for the maximal prefix of a valid sequence (WHATWG): skip the lead byte and
     // any continuation bytes that could still have belonged to it.
     const uint8_t b0 = static_cast<uint8_t>(s[i]);
-    size_t expect = b0 >= 0xF0 && b0 <= 0xF4 ? 3 : b0 >= 0xE0 && b0 <= 0xEF ? 2 : b0 >= 0xC2 && b0 <= 0xDF ? 1 : 0;
+    size_t expect = b0 >= 0xF0 && b0 <= 0xF4   ? 3
+                    : b0 >= 0xE0 && b0 <= 0xEF ? 2
+                    : b0 >= 0xC2 && b0 <= 0xDF ? 1
+                                               : 0;
     ++i;
     for (size_t k = 0; k < expect && i < s.size(); ++k) {
       const uint8_t b = static_cast<uint8_t>(s[i]);

@@ -58,7 +58,8 @@ void check_all_variants(const DecodeProblemConfig& config, bool include_v1 = tru
   }
 }
 
-using GridParam = std::tuple<DType, int32_t /*head_dim*/, int32_t /*group*/, int32_t /*block*/, KvLayout>;
+using GridParam =
+    std::tuple<DType, int32_t /*head_dim*/, int32_t /*group*/, int32_t /*block*/, KvLayout>;
 
 class DecodeAttentionGrid : public ::testing::TestWithParam<GridParam> {};
 
@@ -72,15 +73,18 @@ TEST_P(DecodeAttentionGrid, MatchesReference) {
   c.num_q_heads = c.num_kv_heads * group;
   c.block_size = block;
   c.layout = layout;
-  c.seed = std::hash<std::string>{}(::testing::UnitTest::GetInstance()->current_test_info()->name());
-  c.seq_lens = testing::random_lengths(testing::quick_mode() ? 3 : 6, testing::quick_mode() ? 300 : 2500, c.seed);
+  c.seed =
+      std::hash<std::string>{}(::testing::UnitTest::GetInstance()->current_test_info()->name());
+  c.seq_lens = testing::random_lengths(testing::quick_mode() ? 3 : 6,
+                                       testing::quick_mode() ? 300 : 2500, c.seed);
   check_all_variants(c);
 }
 
 std::string grid_name(const ::testing::TestParamInfo<GridParam>& info) {
   const auto [dtype, head_dim, group, block, layout] = info.param;
   return std::string(dtype_name(dtype)) + "_d" + std::to_string(head_dim) + "_g" +
-         std::to_string(group) + "_b" + std::to_string(block) + "_" + std::string(kv_layout_name(layout));
+         std::to_string(group) + "_b" + std::to_string(block) + "_" +
+         std::string(kv_layout_name(layout));
 }
 
 INSTANTIATE_TEST_SUITE_P(AllShapes, DecodeAttentionGrid,

@@ -28,8 +28,9 @@ DecodeProblemConfig small_config(KvLayout layout, DType dtype = DType::kBFloat16
 float k_value(DecodeProblem& p, int seq, int token, int kv_head, int dim) {
   auto params = p.host_params();
   const int32_t physical = p.block_table[seq * p.max_blocks_per_seq + token / p.config.block_size];
-  return dtype_bits_to_float(p.config.dtype,
-                             p.k_pool[params.kv.offset(physical, token % p.config.block_size, kv_head) + dim]);
+  return dtype_bits_to_float(
+      p.config.dtype,
+      p.k_pool[params.kv.offset(physical, token % p.config.block_size, kv_head) + dim]);
 }
 
 TEST(DecodeReference, SingleTokenReturnsItsValueRow) {
@@ -39,7 +40,8 @@ TEST(DecodeReference, SingleTokenReturnsItsValueRow) {
   const int32_t physical = problem.block_table[0];
   for (int head = 0; head < 8; ++head)
     for (int d = 0; d < 64; ++d) {
-      const float v = bf16_bits_to_float(problem.v_pool[params.kv.offset(physical, 0, head / 4) + d]);
+      const float v =
+          bf16_bits_to_float(problem.v_pool[params.kv.offset(physical, 0, head / 4) + d]);
       EXPECT_FLOAT_EQ(out[head * 64 + d], v);
     }
 }
@@ -70,7 +72,8 @@ TEST(DecodeReference, MatchesDirectSoftmaxOfOneHead) {
   for (int t = 0; t < len; ++t) {
     double dot = 0;
     for (int d = 0; d < 64; ++d)
-      dot += fp16_bits_to_float(problem.q[(seq * 8 + head) * 64 + d]) * k_value(problem, seq, t, kv_head, d);
+      dot += fp16_bits_to_float(problem.q[(seq * 8 + head) * 64 + d]) *
+             k_value(problem, seq, t, kv_head, d);
     w[t] = dot / 8.0;  // 1/sqrt(64)
     max_w = std::max(max_w, w[t]);
   }
@@ -79,7 +82,8 @@ TEST(DecodeReference, MatchesDirectSoftmaxOfOneHead) {
     double o = 0;
     for (int t = 0; t < len; ++t) {
       const int32_t physical = problem.block_table[seq * problem.max_blocks_per_seq + t / 16];
-      o += w[t] / sum * fp16_bits_to_float(problem.v_pool[params.kv.offset(physical, t % 16, kv_head) + d]);
+      o += w[t] / sum *
+           fp16_bits_to_float(problem.v_pool[params.kv.offset(physical, t % 16, kv_head) + d]);
     }
     EXPECT_NEAR(out[(seq * 8 + head) * 64 + d], o, 1e-6);
   }
@@ -99,7 +103,8 @@ TEST(DecodeReference, LayoutDoesNotChangeTheResult) {
           nhd.k_pool[np.kv.offset(b, t, h) + d] = hnd.k_pool[hp.kv.offset(b, t, h) + d];
           nhd.v_pool[np.kv.offset(b, t, h) + d] = hnd.v_pool[hp.kv.offset(b, t, h) + d];
         }
-  EXPECT_EQ(decode_attention_reference(hnd.host_params()), decode_attention_reference(nhd.host_params()));
+  EXPECT_EQ(decode_attention_reference(hnd.host_params()),
+            decode_attention_reference(nhd.host_params()));
 }
 
 TEST(DecodeReference, RejectsInvalidShapes) {
@@ -125,7 +130,7 @@ TEST(DType, ConversionsRoundToNearestEven) {
   EXPECT_EQ(float_to_fp16_bits(1.0f), 0x3c00);
   EXPECT_EQ(float_to_fp16_bits(65504.f), 0x7bff);
   EXPECT_EQ(float_to_fp16_bits(1e6f), 0x7c00);
-  EXPECT_EQ(float_to_fp16_bits(1.0f + 1.0f / 2048), 0x3c00);  // tie rounds to even
+  EXPECT_EQ(float_to_fp16_bits(1.0f + 1.0f / 2048), 0x3c00);     // tie rounds to even
   EXPECT_EQ(fp16_bits_to_float(0x0001), std::ldexp(1.0f, -24));  // smallest subnormal
   EXPECT_EQ(float_to_fp16_bits(std::ldexp(1.0f, -24)), 0x0001);
   for (float x : {0.1f, -3.75f, 1234.5f, 6.1e-5f, -0.0f})

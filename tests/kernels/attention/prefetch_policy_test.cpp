@@ -16,7 +16,8 @@ TEST(PrefetchPolicy, ParsesEveryForm) {
   EXPECT_EQ(fixed.prefetch_hint, L2EvictionHint::kEvictLast);
   EXPECT_EQ(fixed.load_hint, L2EvictionHint::kEvictFirst);
   EXPECT_EQ(parse_prefetch_policy("on").distance, 1);
-  for (const char* text : {"off", "auto", "on:2", "on:1+evict_last", "auto+stream", "on:1+every_head"})
+  for (const char* text :
+       {"off", "auto", "on:2", "on:1+evict_last", "auto+stream", "on:1+every_head"})
     EXPECT_EQ(to_string(parse_prefetch_policy(text)), text);
 }
 

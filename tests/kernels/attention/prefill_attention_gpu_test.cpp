@@ -1,14 +1,13 @@
 // Prefill attention against the CPU reference: every prompt token is a query row attending to
 // its own prefix of the paged cache (decode_attention_reference with one row per token).
 // Whole prompts and chunks that start mid-sequence, shuffled block tables, poisoned outputs.
-#include "l2kv/kernels/attention/prefill_attention.h"
-
 #include <gtest/gtest.h>
 
 #include <random>
 
 #include "gpu_test_support.h"
 #include "l2kv/kernels/attention/decode_reference.h"
+#include "l2kv/kernels/attention/prefill_attention.h"
 
 namespace l2kv {
 namespace {
@@ -31,7 +30,8 @@ TEST_P(PrefillAttentionGrid, MatchesReference) {
   c.block_size = block;
   c.layout = layout;
   c.seed = 1000 + group * 7 + head_dim + block;
-  c.seq_lens = testing::quick_mode() ? std::vector<int32_t>{37, 70} : std::vector<int32_t>{1, 130, 333, 700};
+  c.seq_lens =
+      testing::quick_mode() ? std::vector<int32_t>{37, 70} : std::vector<int32_t>{1, 130, 333, 700};
   auto host = DecodeProblem::make(c);
   // Chunks: the whole of the first and third sequences, a tail of the others.
   std::mt19937 rng(c.seed);
@@ -50,8 +50,10 @@ TEST_P(PrefillAttentionGrid, MatchesReference) {
   std::vector<int32_t> row_table, row_lens;
   for (const auto& ch : chunks)
     for (int32_t i = 0; i < ch.num_tokens; ++i) {
-      row_table.insert(row_table.end(), host.block_table.begin() + static_cast<int64_t>(ch.seq) * host.max_blocks_per_seq,
-                       host.block_table.begin() + static_cast<int64_t>(ch.seq + 1) * host.max_blocks_per_seq);
+      row_table.insert(
+          row_table.end(),
+          host.block_table.begin() + static_cast<int64_t>(ch.seq) * host.max_blocks_per_seq,
+          host.block_table.begin() + static_cast<int64_t>(ch.seq + 1) * host.max_blocks_per_seq);
       row_lens.push_back(ch.first_position + i + 1);
     }
   DecodeAttentionParams ref_params = host.host_params();
@@ -86,13 +88,16 @@ TEST_P(PrefillAttentionGrid, MatchesReference) {
 
 std::string prefill_name(const ::testing::TestParamInfo<PrefillParam>& info) {
   const auto [dtype, head_dim, group, block, layout] = info.param;
-  return std::string(dtype_name(dtype)) + "_d" + std::to_string(head_dim) + "_g" + std::to_string(group) + "_b" +
-         std::to_string(block) + "_" + std::string(kv_layout_name(layout));
+  return std::string(dtype_name(dtype)) + "_d" + std::to_string(head_dim) + "_g" +
+         std::to_string(group) + "_b" + std::to_string(block) + "_" +
+         std::string(kv_layout_name(layout));
 }
 
 INSTANTIATE_TEST_SUITE_P(AllShapes, PrefillAttentionGrid,
-                         ::testing::Combine(::testing::Values(DType::kBFloat16, DType::kFloat16), ::testing::Values(64, 128),
-                                            ::testing::Values(1, 2, 3, 4, 7, 8), ::testing::Values(16, 64),
+                         ::testing::Combine(::testing::Values(DType::kBFloat16, DType::kFloat16),
+                                            ::testing::Values(64, 128),
+                                            ::testing::Values(1, 2, 3, 4, 7, 8),
+                                            ::testing::Values(16, 64),
                                             ::testing::Values(KvLayout::kNHD, KvLayout::kHND)),
                          prefill_name);
 

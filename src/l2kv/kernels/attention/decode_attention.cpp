@@ -19,8 +19,8 @@ void validate_decode_attention(const DecodeAttentionParams& params,
     fail(std::to_string(params.num_q_heads) + " query heads do not divide into " +
          std::to_string(kv.num_kv_heads) + " KV heads");
   if (params.group_size() > kMaxGqaGroup)
-    fail("at most " + std::to_string(kMaxGqaGroup) + " query heads per KV head are supported, got " +
-         std::to_string(params.group_size()));
+    fail("at most " + std::to_string(kMaxGqaGroup) +
+         " query heads per KV head are supported, got " + std::to_string(params.group_size()));
   if (params.q == nullptr || params.out == nullptr) fail("q and out must be set");
   if (!(params.softmax_scale > 0.f)) fail("softmax_scale must be positive");
   const int32_t longest = *std::ranges::max_element(host_seq_lens);
@@ -75,9 +75,15 @@ PrefetchPolicy parse_prefetch_policy(const std::string& text) {
 std::string to_string(const PrefetchPolicy& policy) {
   std::string s;
   switch (policy.mode) {
-    case PrefetchMode::kOff: s = "off"; break;
-    case PrefetchMode::kFixedDistance: s = "on:" + std::to_string(policy.distance); break;
-    case PrefetchMode::kAuto: s = "auto"; break;
+    case PrefetchMode::kOff:
+      s = "off";
+      break;
+    case PrefetchMode::kFixedDistance:
+      s = "on:" + std::to_string(policy.distance);
+      break;
+    case PrefetchMode::kAuto:
+      s = "auto";
+      break;
   }
   if (policy.prefetch_hint == L2EvictionHint::kEvictLast) s += "+evict_last";
   if (policy.prefetch_hint == L2EvictionHint::kEvictFirst) s += "+evict_first";

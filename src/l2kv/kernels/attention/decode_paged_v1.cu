@@ -67,7 +67,8 @@ __global__ void __launch_bounds__(kV1Threads)
   const bool prefetches = !prefetch.group_leader_only || head % group == 0;
   const int prefetch_stride = prefetches ? prefetch.distance * kV1Warps : 0;
 
-  const T* q = static_cast<const T*>(p.q) + (static_cast<int64_t>(seq) * p.num_q_heads + head) * kHeadDim;
+  const T* q =
+      static_cast<const T*>(p.q) + (static_cast<int64_t>(seq) * p.num_q_heads + head) * kHeadDim;
   for (int i = threadIdx.x; i < kHeadDim; i += kV1Threads) q_smem[i] = Traits::to_float(q[i]);
   __syncthreads();
 
@@ -104,7 +105,8 @@ __global__ void __launch_bounds__(kV1Threads)
         }
       }
 #pragma unroll
-      for (int m = Shape::kThreadGroup / 2; m >= 1; m /= 2) dot += __shfl_xor_sync(0xffffffffu, dot, m);
+      for (int m = Shape::kThreadGroup / 2; m >= 1; m /= 2)
+        dot += __shfl_xor_sync(0xffffffffu, dot, m);
       const int token = b * kBlockSize + token_in_block;
       if (group_lane == 0) {
         const float logit = token < len ? dot * p.softmax_scale : -FLT_MAX;
@@ -188,7 +190,8 @@ void launch_paged_v1(const DecodeAttentionParams& p, KvPrefetch prefetch, bool a
   const size_t smem = (v1_fixed_smem_floats<kHeadDim>() + padded) * sizeof(float);
   static const int sm_count = [&] {
     const int max_smem = (v1_fixed_smem_floats<kHeadDim>() + kV1MaxSeqLen) * sizeof(float);
-    L2KV_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, max_smem));
+    L2KV_CUDA_CHECK(
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, max_smem));
     int device = 0, sms = 0;
     L2KV_CUDA_CHECK(cudaGetDevice(&device));
     L2KV_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
@@ -197,10 +200,12 @@ void launch_paged_v1(const DecodeAttentionParams& p, KvPrefetch prefetch, bool a
   const dim3 grid(p.num_q_heads, p.kv.batch_size);
   if (auto_prefetch) {
     int resident = 0;
-    L2KV_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, kernel, kV1Threads, smem));
+    L2KV_CUDA_CHECK(
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, kernel, kV1Threads, smem));
     const int64_t blocks = int64_t{grid.x} * grid.y;
     const int64_t per_sm = std::min<int64_t>(resident, (blocks + sm_count - 1) / sm_count);
-    const bool latency_bound = p.kv.layout == KvLayout::kHND && per_sm < kAutoPrefetchMaxBlocksPerSm;
+    const bool latency_bound =
+        p.kv.layout == KvLayout::kHND && per_sm < kAutoPrefetchMaxBlocksPerSm;
     prefetch.distance = latency_bound ? 1 : 0;
   }
   kernel<<<grid, kV1Threads, smem, stream>>>(p, prefetch);
@@ -211,10 +216,14 @@ template <typename T, int kHeadDim>
 void dispatch_block_size(const DecodeAttentionParams& p, const KvPrefetch& prefetch,
                          bool auto_prefetch, cudaStream_t stream) {
   switch (p.kv.block_size) {
-    case 16: return launch_paged_v1<T, kHeadDim, 16>(p, prefetch, auto_prefetch, stream);
-    case 32: return launch_paged_v1<T, kHeadDim, 32>(p, prefetch, auto_prefetch, stream);
-    case 64: return launch_paged_v1<T, kHeadDim, 64>(p, prefetch, auto_prefetch, stream);
-    default: throw Error("paged_v1: unsupported block size " + std::to_string(p.kv.block_size));
+    case 16:
+      return launch_paged_v1<T, kHeadDim, 16>(p, prefetch, auto_prefetch, stream);
+    case 32:
+      return launch_paged_v1<T, kHeadDim, 32>(p, prefetch, auto_prefetch, stream);
+    case 64:
+      return launch_paged_v1<T, kHeadDim, 64>(p, prefetch, auto_prefetch, stream);
+    default:
+      throw Error("paged_v1: unsupported block size " + std::to_string(p.kv.block_size));
   }
 }
 
@@ -222,24 +231,31 @@ template <typename T>
 void dispatch_head_dim(const DecodeAttentionParams& p, const KvPrefetch& prefetch,
                        bool auto_prefetch, cudaStream_t stream) {
   switch (p.kv.head_dim) {
-    case 64: return dispatch_block_size<T, 64>(p, prefetch, auto_prefetch, stream);
-    case 128: return dispatch_block_size<T, 128>(p, prefetch, auto_prefetch, stream);
-    default: throw Error("paged_v1: unsupported head_dim " + std::to_string(p.kv.head_dim));
+    case 64:
+      return dispatch_block_size<T, 64>(p, prefetch, auto_prefetch, stream);
+    case 128:
+      return dispatch_block_size<T, 128>(p, prefetch, auto_prefetch, stream);
+    default:
+      throw Error("paged_v1: unsupported head_dim " + std::to_string(p.kv.head_dim));
   }
 }
 
 }  // namespace
 
-int32_t paged_v1_max_seq_len() { return kV1MaxSeqLen; }
+int32_t paged_v1_max_seq_len() {
+  return kV1MaxSeqLen;
+}
 
 void paged_v1_decode(const DecodeAttentionParams& params, const PrefetchPolicy& policy,
                      cudaStream_t stream) {
   if (params.max_seq_len > kV1MaxSeqLen)
     throw Error("paged_v1: context of " + std::to_string(params.max_seq_len) +
-                " tokens exceeds its shared-memory logits limit of " + std::to_string(kV1MaxSeqLen));
+                " tokens exceeds its shared-memory logits limit of " +
+                std::to_string(kV1MaxSeqLen));
   KvPrefetch prefetch;
   if (policy.enabled()) {
-    prefetch.distance = policy.mode == PrefetchMode::kFixedDistance ? std::max(1, policy.distance) : 1;
+    prefetch.distance =
+        policy.mode == PrefetchMode::kFixedDistance ? std::max(1, policy.distance) : 1;
     prefetch.hint = policy.prefetch_hint;
     prefetch.group_leader_only = policy.group_leader_only;
   }

@@ -23,10 +23,12 @@ void reference_one_sequence(const DecodeAttentionParams& p, int32_t seq, float* 
   for (int32_t head = 0; head < p.num_q_heads; ++head) {
     const int32_t kv_head = head / group;
     for (int32_t i = 0; i < d; ++i)
-      q_row[i] = dtype_bits_to_float(kv.dtype, q[(static_cast<int64_t>(seq) * p.num_q_heads + head) * d + i]);
+      q_row[i] = dtype_bits_to_float(kv.dtype,
+                                     q[(static_cast<int64_t>(seq) * p.num_q_heads + head) * d + i]);
     double max_logit = -INFINITY;
     for (int32_t t = 0; t < len; ++t) {
-      const int32_t physical = kv.block_table[static_cast<int64_t>(seq) * kv.max_blocks_per_seq + t / kv.block_size];
+      const int32_t physical =
+          kv.block_table[static_cast<int64_t>(seq) * kv.max_blocks_per_seq + t / kv.block_size];
       const uint16_t* k_row = k_pool + kv.offset(physical, t % kv.block_size, kv_head);
       double dot = 0;
       for (int32_t i = 0; i < d; ++i) dot += q_row[i] * dtype_bits_to_float(kv.dtype, k_row[i]);
@@ -38,7 +40,8 @@ void reference_one_sequence(const DecodeAttentionParams& p, int32_t seq, float* 
     for (int32_t t = 0; t < len; ++t) {
       const double w = std::exp(logits[t] - max_logit);
       sum += w;
-      const int32_t physical = kv.block_table[static_cast<int64_t>(seq) * kv.max_blocks_per_seq + t / kv.block_size];
+      const int32_t physical =
+          kv.block_table[static_cast<int64_t>(seq) * kv.max_blocks_per_seq + t / kv.block_size];
       const uint16_t* v_row = v_pool + kv.offset(physical, t % kv.block_size, kv_head);
       for (int32_t i = 0; i < d; ++i) acc[i] += w * dtype_bits_to_float(kv.dtype, v_row[i]);
     }
@@ -53,14 +56,16 @@ std::vector<float> decode_attention_reference(const DecodeAttentionParams& host_
   const PagedKvCache& kv = host_params.kv;
   const std::span<const int32_t> lens(kv.seq_lens, kv.batch_size > 0 ? kv.batch_size : 0);
   const std::span<const int32_t> table(
-      kv.block_table, kv.batch_size > 0 ? static_cast<size_t>(kv.batch_size) * kv.max_blocks_per_seq : 0);
+      kv.block_table,
+      kv.batch_size > 0 ? static_cast<size_t>(kv.batch_size) * kv.max_blocks_per_seq : 0);
   DecodeAttentionParams checked = host_params;
   if (checked.out == nullptr) checked.out = const_cast<void*>(host_params.q);  // not written
   validate_decode_attention(checked, lens, table);
 
-  std::vector<float> out(static_cast<size_t>(kv.batch_size) * host_params.num_q_heads * kv.head_dim);
-  const int32_t workers = static_cast<int32_t>(
-      std::clamp<unsigned>(std::thread::hardware_concurrency(), 1u, 16u));
+  std::vector<float> out(static_cast<size_t>(kv.batch_size) * host_params.num_q_heads *
+                         kv.head_dim);
+  const int32_t workers =
+      static_cast<int32_t>(std::clamp<unsigned>(std::thread::hardware_concurrency(), 1u, 16u));
   std::vector<std::thread> threads;
   for (int32_t w = 0; w < workers; ++w)
     threads.emplace_back([&, w] {

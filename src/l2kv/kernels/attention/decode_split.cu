@@ -105,7 +105,8 @@ __device__ __forceinline__ void merge_partials(const SplitKernelArgs& a, const S
   const int64_t slot_stride = int64_t{group} * kQuads;  // in float4
   for (int i = threadIdx.x; i < group * kQuads; i += kThreads) {
     const int h = i / kQuads;
-    const float4* partial = reinterpret_cast<const float4*>(a.partial_out) + first * slot_stride + i;
+    const float4* partial =
+        reinterpret_cast<const float4*>(a.partial_out) + first * slot_stride + i;
     const float* w = weights + h * splits;
     float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
     auto accumulate = [&](float weight, float4 v) {
@@ -148,7 +149,8 @@ __global__ void __launch_bounds__(kThreads) split_decode_kernel(const SplitKerne
   const int block_shift = __ffs(p.kv.block_size) - 1;
   const bool evict_first = a.load_hint == L2EvictionHint::kEvictFirst;
   const uint64_t load_policy = evict_first ? ptx::make_l2_policy(L2EvictionHint::kEvictFirst) : 0;
-  const int num_tiles = (item.token_end - item.token_begin + kSplitTileTokens - 1) / kSplitTileTokens;
+  const int num_tiles =
+      (item.token_end - item.token_begin + kSplitTileTokens - 1) / kSplitTileTokens;
 
   auto k_stage = [&](int s) { return smem + s * 2 * Shape::kTileElems; };
   auto v_stage = [&](int s) { return smem + s * 2 * Shape::kTileElems + Shape::kTileElems; };
@@ -158,11 +160,13 @@ __global__ void __launch_bounds__(kThreads) split_decode_kernel(const SplitKerne
 #pragma unroll
   for (int s = 0; s < Shape::kStages - 1; ++s) {
     if (s < num_tiles)
-      load_kv_tile<T, kHeadDim, kThreads>(p.kv, item.seq, item.kv_head, item.token_begin + s * kSplitTileTokens,
-                                          item.token_end, k_stage(s), v_stage(s), block_shift, evict_first, load_policy);
+      load_kv_tile<T, kHeadDim, kThreads>(
+          p.kv, item.seq, item.kv_head, item.token_begin + s * kSplitTileTokens, item.token_end,
+          k_stage(s), v_stage(s), block_shift, evict_first, load_policy);
     ptx::cp_async_commit();
   }
-  for (int t = Shape::kStages - 1; t < min(num_tiles, Shape::kStages - 1 + a.prefetch_distance); ++t)
+  for (int t = Shape::kStages - 1; t < min(num_tiles, Shape::kStages - 1 + a.prefetch_distance);
+       ++t)
     prefetch_tile<T>(a, item, item.token_begin + t * kSplitTileTokens, block_shift);
 
   // Q as the MMA's A operand: row = query head of the group (lane / 4), rows >= group are 0.
@@ -170,9 +174,9 @@ __global__ void __launch_bounds__(kThreads) split_decode_kernel(const SplitKerne
   const int quad = lane % 4;
   uint32_t q_frag[Shape::kKSteps][4];
   {
-    const T* q = static_cast<const T*>(p.q) +
-                 (static_cast<int64_t>(item.seq) * p.num_q_heads + item.kv_head * group + head_row) *
-                     kHeadDim;
+    const T* q = static_cast<const T*>(p.q) + (static_cast<int64_t>(item.seq) * p.num_q_heads +
+                                               item.kv_head * group + head_row) *
+                                                  kHeadDim;
     const bool has_row = head_row < group;
 #pragma unroll
     for (int ks = 0; ks < Shape::kKSteps; ++ks) {
@@ -195,8 +199,9 @@ __global__ void __launch_bounds__(kThreads) split_decode_kernel(const SplitKerne
       const int next = tile + Shape::kStages - 1;
       if (next < num_tiles) {
         const int s = next % Shape::kStages;
-        load_kv_tile<T, kHeadDim, kThreads>(p.kv, item.seq, item.kv_head, item.token_begin + next * kSplitTileTokens,
-                                            item.token_end, k_stage(s), v_stage(s), block_shift, evict_first, load_policy);
+        load_kv_tile<T, kHeadDim, kThreads>(
+            p.kv, item.seq, item.kv_head, item.token_begin + next * kSplitTileTokens,
+            item.token_end, k_stage(s), v_stage(s), block_shift, evict_first, load_policy);
       }
       ptx::cp_async_commit();
       const int ahead = next + a.prefetch_distance;
@@ -307,8 +312,10 @@ __global__ void __launch_bounds__(kThreads) split_decode_kernel(const SplitKerne
     if (item.partial_slot < 0) {
       out[(out_row0 + h) * kHeadDim + d] = Traits::from_float(acc / sum);
     } else {
-      a.partial_out[(static_cast<int64_t>(item.partial_slot) * group + h) * kHeadDim + d] = acc / sum;
-      if (d == 0) a.partial_lse[static_cast<int64_t>(item.partial_slot) * group + h] = m + log2f(sum);
+      a.partial_out[(static_cast<int64_t>(item.partial_slot) * group + h) * kHeadDim + d] =
+          acc / sum;
+      if (d == 0)
+        a.partial_lse[static_cast<int64_t>(item.partial_slot) * group + h] = m + log2f(sum);
     }
   }
   if (item.partial_slot < 0) return;
@@ -348,7 +355,8 @@ int32_t ctas_per_sm() {
 
 template <typename T, int kHeadDim>
 void launch(const SplitKernelArgs& args, int32_t num_items, cudaStream_t stream) {
-  kernel_for<T, kHeadDim>()<<<num_items, kThreads, SplitShape<kHeadDim>::kSmemBytes, stream>>>(args);
+  kernel_for<T, kHeadDim>()<<<num_items, kThreads, SplitShape<kHeadDim>::kSmemBytes, stream>>>(
+      args);
   L2KV_CUDA_CHECK_LAUNCH();
 }
 

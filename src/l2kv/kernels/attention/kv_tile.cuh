@@ -24,8 +24,9 @@ __device__ __forceinline__ int swizzled(int row, int chunk) {
 // 16-byte column chunk of consecutive rows: those rows lie in one KV block (block sizes are
 // multiples of it), so one block-table lookup serves them all.
 template <typename T, int kHeadDim, int kThreads>
-__device__ __forceinline__ void load_kv_tile(const PagedKvCache& kv, int32_t seq, int32_t kv_head, int tile_begin,
-                                             int token_end, T* k_tile, T* v_tile, int block_shift, bool evict_first,
+__device__ __forceinline__ void load_kv_tile(const PagedKvCache& kv, int32_t seq, int32_t kv_head,
+                                             int tile_begin, int token_end, T* k_tile, T* v_tile,
+                                             int block_shift, bool evict_first,
                                              uint64_t load_policy) {
   constexpr int kChunksPerRow = kHeadDim / 8;
   constexpr int kRowsPerThread = kKvTileTokens * kChunksPerRow / kThreads;

@@ -1,5 +1,3 @@
-#include "l2kv/kernels/attention/prefill_attention.h"
-
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -10,6 +8,7 @@
 #include "l2kv/core/cuda_check.h"
 #include "l2kv/kernels/attention/decode_attention.h"
 #include "l2kv/kernels/attention/kv_tile.cuh"
+#include "l2kv/kernels/attention/prefill_attention.h"
 #include "l2kv/kernels/tensor_core.cuh"
 
 namespace l2kv {
@@ -21,13 +20,17 @@ constexpr int kStages = 2;
 constexpr float kLog2e = 1.4426950408889634f;
 
 // Query tiles per (KV head, group) so that a block has at least four warps.
-int subtiles_for(int group) { return std::max(1, 4 / group); }
-int warps_for(int group) { return std::max(4, group * subtiles_for(group)); }
+int subtiles_for(int group) {
+  return std::max(1, 4 / group);
+}
+int warps_for(int group) {
+  return std::max(4, group * subtiles_for(group));
+}
 
 template <typename T, int kHeadDim>
-__global__ void __launch_bounds__(256) prefill_attention_kernel(const PrefillAttention::WorkItem* items, const T* q,
-                                                                T* out, const PagedKvCache kv, int32_t num_q_heads,
-                                                                float softmax_scale) {
+__global__ void __launch_bounds__(256)
+    prefill_attention_kernel(const PrefillAttention::WorkItem* items, const T* q, T* out,
+                             const PagedKvCache kv, int32_t num_q_heads, float softmax_scale) {
   using Traits = tc::ElementTraits<T>;
   constexpr int kTileElems = kKvTileTokens * kHeadDim;
   constexpr int kKSteps = kHeadDim / 16;
@@ -44,16 +47,16 @@ __global__ void __launch_bounds__(256) prefill_attention_kernel(const PrefillAtt
   const bool computes = warp < group * subtiles;
   const int head = item.kv_head * group + warp % group;
   const int sub = warp / group;
-  const int warp_first = sub * kQueryTile;                        // first query of this warp in the item
+  const int warp_first = sub * kQueryTile;  // first query of this warp in the item
   const int warp_count = max(0, min(kQueryTile, item.q_count - warp_first));
   const int warp_last_pos = item.first_position + warp_first + warp_count - 1;
-  const int kv_end = item.first_position + item.q_count;          // keys 0 .. kv_end - 1
+  const int kv_end = item.first_position + item.q_count;  // keys 0 .. kv_end - 1
   const int num_tiles = (kv_end + kKvTileTokens - 1) / kKvTileTokens;
   const int block_shift = __ffs(kv.block_size) - 1;
 
   if (threadIdx.x < kLoadThreads)
-    load_kv_tile<T, kHeadDim, kLoadThreads>(kv, item.seq, item.kv_head, 0, kv_end, k_stage(0), v_stage(0), block_shift,
-                                            false, 0);
+    load_kv_tile<T, kHeadDim, kLoadThreads>(kv, item.seq, item.kv_head, 0, kv_end, k_stage(0),
+                                            v_stage(0), block_shift, false, 0);
   ptx::cp_async_commit();
 
   // Q as the A operand: rows = this warp's 16 query tokens (lane / 4 and lane / 4 + 8).
@@ -64,7 +67,10 @@ __global__ void __launch_bounds__(256) prefill_attention_kernel(const PrefillAtt
 #pragma unroll
     for (int k = 0; k < 4; ++k) q_frag[ks][k] = 0u;
   if (computes) {
-    auto q_row = [&](int r) { return q + (static_cast<int64_t>(item.q_row_begin + warp_first + r) * num_q_heads + head) * kHeadDim; };
+    auto q_row = [&](int r) {
+      return q + (static_cast<int64_t>(item.q_row_begin + warp_first + r) * num_q_heads + head) *
+                     kHeadDim;
+    };
 #pragma unroll
     for (int ks = 0; ks < kKSteps; ++ks) {
       if (r0 < warp_count) {
@@ -84,9 +90,9 @@ __global__ void __launch_bounds__(256) prefill_attention_kernel(const PrefillAtt
 
   for (int tile = 0; tile < num_tiles; ++tile) {
     if (tile + 1 < num_tiles && threadIdx.x < kLoadThreads)
-      load_kv_tile<T, kHeadDim, kLoadThreads>(kv, item.seq, item.kv_head, (tile + 1) * kKvTileTokens, kv_end,
-                                              k_stage((tile + 1) % kStages), v_stage((tile + 1) % kStages), block_shift,
-                                              false, 0);
+      load_kv_tile<T, kHeadDim, kLoadThreads>(
+          kv, item.seq, item.kv_head, (tile + 1) * kKvTileTokens, kv_end,
+          k_stage((tile + 1) % kStages), v_stage((tile + 1) % kStages), block_shift, false, 0);
     ptx::cp_async_commit();
     ptx::cp_async_wait<1>();
     __syncthreads();
@@ -100,7 +106,8 @@ __global__ void __launch_bounds__(256) prefill_attention_kernel(const PrefillAtt
 #pragma unroll
         for (int np = 0; np < 4; ++np) {
           uint32_t k_frag[4];
-          tc::ldmatrix_x4(k_frag, k_tile + swizzled<kHeadDim>(np * 16 + (lane / 16) * 8 + lane % 8, ks * 2 + (lane / 8) % 2));
+          tc::ldmatrix_x4(k_frag, k_tile + swizzled<kHeadDim>(np * 16 + (lane / 16) * 8 + lane % 8,
+                                                              ks * 2 + (lane / 8) % 2));
           const uint32_t b0[2] = {k_frag[0], k_frag[1]};
           const uint32_t b1[2] = {k_frag[2], k_frag[3]};
           tc::mma_m16n8k16<T>(s_acc[2 * np], q_frag[ks], b0);
@@ -114,7 +121,8 @@ __global__ void __launch_bounds__(256) prefill_attention_kernel(const PrefillAtt
         for (int i = 0; i < 2; ++i) {
           const int key = tile_start + n * 8 + quad * 2 + i;
           s_acc[n][i] = (key <= pos0 && r0 < warp_count) ? s_acc[n][i] * scale_log2 : -INFINITY;
-          s_acc[n][2 + i] = (key <= pos1 && r1 < warp_count) ? s_acc[n][2 + i] * scale_log2 : -INFINITY;
+          s_acc[n][2 + i] =
+              (key <= pos1 && r1 < warp_count) ? s_acc[n][2 + i] * scale_log2 : -INFINITY;
           tile_max0 = fmaxf(tile_max0, s_acc[n][i]);
           tile_max1 = fmaxf(tile_max1, s_acc[n][2 + i]);
         }
@@ -150,13 +158,16 @@ __global__ void __launch_bounds__(256) prefill_attention_kernel(const PrefillAtt
       // O += P V, P straight from the S registers (FlashAttention-2's layout reuse).
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
-        const uint32_t p_frag[4] = {Traits::pack(s_acc[2 * j][0], s_acc[2 * j][1]), Traits::pack(s_acc[2 * j][2], s_acc[2 * j][3]),
+        const uint32_t p_frag[4] = {Traits::pack(s_acc[2 * j][0], s_acc[2 * j][1]),
+                                    Traits::pack(s_acc[2 * j][2], s_acc[2 * j][3]),
                                     Traits::pack(s_acc[2 * j + 1][0], s_acc[2 * j + 1][1]),
                                     Traits::pack(s_acc[2 * j + 1][2], s_acc[2 * j + 1][3])};
 #pragma unroll
         for (int dp = 0; dp < kOutTiles / 2; ++dp) {
           uint32_t v_frag[4];
-          tc::ldmatrix_x4_trans(v_frag, v_tile + swizzled<kHeadDim>(j * 16 + lane % 8 + ((lane / 8) % 2) * 8, dp * 2 + lane / 16));
+          tc::ldmatrix_x4_trans(
+              v_frag, v_tile + swizzled<kHeadDim>(j * 16 + lane % 8 + ((lane / 8) % 2) * 8,
+                                                  dp * 2 + lane / 16));
           const uint32_t b0[2] = {v_frag[0], v_frag[1]};
           const uint32_t b1[2] = {v_frag[2], v_frag[3]};
           tc::mma_m16n8k16<T>(o_acc[2 * dp], p_frag, b0);
@@ -173,7 +184,10 @@ __global__ void __launch_bounds__(256) prefill_attention_kernel(const PrefillAtt
     sum0 += __shfl_xor_sync(0xffffffffu, sum0, m);
     sum1 += __shfl_xor_sync(0xffffffffu, sum1, m);
   }
-  auto out_row = [&](int r) { return out + (static_cast<int64_t>(item.q_row_begin + warp_first + r) * num_q_heads + head) * kHeadDim; };
+  auto out_row = [&](int r) {
+    return out + (static_cast<int64_t>(item.q_row_begin + warp_first + r) * num_q_heads + head) *
+                     kHeadDim;
+  };
 #pragma unroll
   for (int t = 0; t < kOutTiles; ++t) {
     const int d = t * 8 + quad * 2;
@@ -191,12 +205,14 @@ __global__ void __launch_bounds__(256) prefill_attention_kernel(const PrefillAtt
 }
 
 template <typename T, int kHeadDim>
-void launch(const PrefillAttention::WorkItem* items, int32_t num_items, int group, const void* q, void* out,
-            const PagedKvCache& kv, int32_t num_q_heads, float scale, cudaStream_t stream) {
+void launch(const PrefillAttention::WorkItem* items, int32_t num_items, int group, const void* q,
+            void* out, const PagedKvCache& kv, int32_t num_q_heads, float scale,
+            cudaStream_t stream) {
   constexpr size_t kSmem = size_t{kStages} * 2 * kKvTileTokens * kHeadDim * sizeof(T);
   static const bool configured = [] {
     L2KV_CUDA_CHECK(cudaFuncSetAttribute(prefill_attention_kernel<T, kHeadDim>,
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(kSmem)));
+                                         cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         static_cast<int>(kSmem)));
     return true;
   }();
   (void)configured;
@@ -211,11 +227,12 @@ PrefillAttention::~PrefillAttention() {
   if (device_items_) cudaFree(device_items_);
 }
 
-void PrefillAttention::plan(const PagedKvCache& kv, int32_t num_q_heads, std::span<const PrefillChunk> chunks,
-                            cudaStream_t stream) {
+void PrefillAttention::plan(const PagedKvCache& kv, int32_t num_q_heads,
+                            std::span<const PrefillChunk> chunks, cudaStream_t stream) {
   const auto fail = [](const std::string& m) { throw Error("prefill attention: " + m); };
   if (kv.head_dim != 64 && kv.head_dim != 128) fail("head_dim must be 64 or 128");
-  if (kv.num_kv_heads <= 0 || num_q_heads % kv.num_kv_heads != 0) fail("query heads must divide into KV heads");
+  if (kv.num_kv_heads <= 0 || num_q_heads % kv.num_kv_heads != 0)
+    fail("query heads must divide into KV heads");
   const int32_t group = num_q_heads / kv.num_kv_heads;
   if (group > kMaxGqaGroup) fail("at most 8 query heads per KV head");
   if (chunks.empty()) fail("no chunks");
@@ -224,11 +241,13 @@ void PrefillAttention::plan(const PagedKvCache& kv, int32_t num_q_heads, std::sp
   for (const auto& c : chunks) {
     if (c.num_tokens <= 0 || c.first_position < 0 || c.seq < 0 || c.seq >= kv.batch_size)
       fail("chunk of sequence " + std::to_string(c.seq) + " is empty or out of range");
-    if (static_cast<int64_t>(c.first_position) + c.num_tokens > static_cast<int64_t>(kv.max_blocks_per_seq) * kv.block_size)
+    if (static_cast<int64_t>(c.first_position) + c.num_tokens >
+        static_cast<int64_t>(kv.max_blocks_per_seq) * kv.block_size)
       fail("chunk of sequence " + std::to_string(c.seq) + " reaches beyond its block table");
     for (int32_t h = 0; h < kv.num_kv_heads; ++h)
       for (int32_t t = 0; t < c.num_tokens; t += tile_rows)
-        items_.push_back({c.seq, h, c.q_row_begin + t, std::min(tile_rows, c.num_tokens - t), c.first_position + t});
+        items_.push_back({c.seq, h, c.q_row_begin + t, std::min(tile_rows, c.num_tokens - t),
+                          c.first_position + t});
   }
   // Longest causal prefix first: the heaviest blocks start first.
   std::stable_sort(items_.begin(), items_.end(), [](const WorkItem& a, const WorkItem& b) {
@@ -238,24 +257,34 @@ void PrefillAttention::plan(const PagedKvCache& kv, int32_t num_q_heads, std::sp
     if (device_items_) L2KV_CUDA_CHECK(cudaFree(device_items_));
     device_items_ = nullptr;
     capacity_ = items_.size() * 3 / 2 + 16;
-    L2KV_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&device_items_), capacity_ * sizeof(WorkItem)));
+    L2KV_CUDA_CHECK(
+        cudaMalloc(reinterpret_cast<void**>(&device_items_), capacity_ * sizeof(WorkItem)));
   }
-  L2KV_CUDA_CHECK(cudaMemcpyAsync(device_items_, items_.data(), items_.size() * sizeof(WorkItem), cudaMemcpyHostToDevice, stream));
+  L2KV_CUDA_CHECK(cudaMemcpyAsync(device_items_, items_.data(), items_.size() * sizeof(WorkItem),
+                                  cudaMemcpyHostToDevice, stream));
   planned_group_ = group;
 }
 
-void PrefillAttention::run(const void* q, void* out, const PagedKvCache& kv, int32_t num_q_heads, float softmax_scale,
-                           cudaStream_t stream) const {
+void PrefillAttention::run(const void* q, void* out, const PagedKvCache& kv, int32_t num_q_heads,
+                           float softmax_scale, cudaStream_t stream) const {
   if (items_.empty() || num_q_heads / std::max(1, kv.num_kv_heads) != planned_group_)
     throw Error("prefill attention: run() without a matching plan()");
   const int32_t n = static_cast<int32_t>(items_.size());
   const bool bf16 = kv.dtype == DType::kBFloat16;
   if (kv.head_dim == 128) {
-    if (bf16) launch<__nv_bfloat16, 128>(device_items_, n, planned_group_, q, out, kv, num_q_heads, softmax_scale, stream);
-    else launch<__half, 128>(device_items_, n, planned_group_, q, out, kv, num_q_heads, softmax_scale, stream);
+    if (bf16)
+      launch<__nv_bfloat16, 128>(device_items_, n, planned_group_, q, out, kv, num_q_heads,
+                                 softmax_scale, stream);
+    else
+      launch<__half, 128>(device_items_, n, planned_group_, q, out, kv, num_q_heads, softmax_scale,
+                          stream);
   } else {
-    if (bf16) launch<__nv_bfloat16, 64>(device_items_, n, planned_group_, q, out, kv, num_q_heads, softmax_scale, stream);
-    else launch<__half, 64>(device_items_, n, planned_group_, q, out, kv, num_q_heads, softmax_scale, stream);
+    if (bf16)
+      launch<__nv_bfloat16, 64>(device_items_, n, planned_group_, q, out, kv, num_q_heads,
+                                softmax_scale, stream);
+    else
+      launch<__half, 64>(device_items_, n, planned_group_, q, out, kv, num_q_heads, softmax_scale,
+                         stream);
   }
 }
 

@@ -32,11 +32,12 @@ class PrefillAttention {
 
   // Plans thread blocks for `chunks` and uploads the plan; validates shapes (head_dim 64/128,
   // bf16 or fp16, 1-8 query heads per KV head, positions within the block table).
-  void plan(const PagedKvCache& kv, int32_t num_q_heads, std::span<const PrefillChunk> chunks, cudaStream_t stream);
+  void plan(const PagedKvCache& kv, int32_t num_q_heads, std::span<const PrefillChunk> chunks,
+            cudaStream_t stream);
 
   // q, out: [rows, num_q_heads, head_dim] in kv.dtype. Allocation-free.
-  void run(const void* q, void* out, const PagedKvCache& kv, int32_t num_q_heads, float softmax_scale,
-           cudaStream_t stream) const;
+  void run(const void* q, void* out, const PagedKvCache& kv, int32_t num_q_heads,
+           float softmax_scale, cudaStream_t stream) const;
 
   struct WorkItem {
     int32_t seq, kv_head, q_row_begin, q_count, first_position;

@@ -66,8 +66,9 @@ int32_t SplitDecode::prefetch_distance(const PrefetchPolicy& policy) const {
   // Tiles in flight per resident block if prefetch ran `steps` tiles ahead must fit in half the
   // L2 (read from the device), or prefetched lines are evicted before their loads arrive.
   const int64_t tile_bytes = int64_t{2} * kSplitTileTokens * planned_head_dim_ * 2;
-  const int64_t resident = std::max<int64_t>(1, std::min<int64_t>(
-      static_cast<int64_t>(plan_.items.size()), int64_t{info_.sm_count} * std::max(1, ctas_per_sm_)));
+  const int64_t resident =
+      std::max<int64_t>(1, std::min<int64_t>(static_cast<int64_t>(plan_.items.size()),
+                                             int64_t{info_.sm_count} * std::max(1, ctas_per_sm_)));
   const int64_t l2_bound = std::max<int64_t>(1, info_.l2_bytes / 2 / (resident * tile_bytes));
   switch (policy.mode) {
     case PrefetchMode::kOff:
@@ -87,9 +88,9 @@ int32_t SplitDecode::prefetch_distance(const PrefetchPolicy& policy) const {
 void SplitDecode::run(const DecodeAttentionParams& params, const PrefetchPolicy& policy,
                       cudaStream_t stream) const {
   const PagedKvCache& kv = params.kv;
-  if (plan_.items.empty() || kv.batch_size != planned_batch_ || kv.num_kv_heads != planned_kv_heads_ ||
-      kv.head_dim != planned_head_dim_ || kv.dtype != planned_dtype_ ||
-      params.group_size() != planned_group_)
+  if (plan_.items.empty() || kv.batch_size != planned_batch_ ||
+      kv.num_kv_heads != planned_kv_heads_ || kv.head_dim != planned_head_dim_ ||
+      kv.dtype != planned_dtype_ || params.group_size() != planned_group_)
     throw Error("split decode: run() called with a shape that differs from the last plan()");
   SplitKernelArgs args;
   args.params = params;

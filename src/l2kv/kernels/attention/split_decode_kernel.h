@@ -13,13 +13,13 @@ namespace l2kv {
 
 struct SplitKernelArgs {
   DecodeAttentionParams params;
-  const SplitWorkItem* items = nullptr;       // [num_items]
-  const int32_t* pair_num_splits = nullptr;   // [batch * num_kv_heads]
-  const int32_t* pair_first_slot = nullptr;   // [batch * num_kv_heads]
-  int32_t* pair_arrivals = nullptr;           // [batch * num_kv_heads], zero between launches
-  float* partial_out = nullptr;               // [slots, group, head_dim], normalized
-  float* partial_lse = nullptr;               // [slots, group], log2-sum-exp of scaled logits
-  int32_t prefetch_distance = 0;              // tiles ahead; 0 = off
+  const SplitWorkItem* items = nullptr;      // [num_items]
+  const int32_t* pair_num_splits = nullptr;  // [batch * num_kv_heads]
+  const int32_t* pair_first_slot = nullptr;  // [batch * num_kv_heads]
+  int32_t* pair_arrivals = nullptr;          // [batch * num_kv_heads], zero between launches
+  float* partial_out = nullptr;              // [slots, group, head_dim], normalized
+  float* partial_lse = nullptr;              // [slots, group], log2-sum-exp of scaled logits
+  int32_t prefetch_distance = 0;             // tiles ahead; 0 = off
   L2EvictionHint prefetch_hint = L2EvictionHint::kNormal;
   L2EvictionHint load_hint = L2EvictionHint::kNormal;
 };

@@ -10,7 +10,9 @@
 namespace l2kv {
 namespace {
 
-int32_t ceil_div(int64_t a, int64_t b) { return static_cast<int32_t>((a + b - 1) / b); }
+int32_t ceil_div(int64_t a, int64_t b) {
+  return static_cast<int32_t>((a + b - 1) / b);
+}
 
 // Number of slices and slice length (tiles) when no slice may exceed `max_tiles`.
 struct Slicing {
@@ -30,12 +32,14 @@ double estimate_makespan(std::span<const int32_t> seq_tiles, int32_t num_kv_head
   for (int32_t tiles : seq_tiles) {
     const Slicing s = slice(tiles, max_tiles);
     // The merging block is the pair's last to finish: charge the merge to its shortest slice.
-    const double merge = s.count > 1 ? config.merge_fixed_tiles + s.count * config.group_size *
-                                                                      config.merge_tiles_per_partial_head
-                                     : 0.0;
+    const double merge = s.count > 1
+                             ? config.merge_fixed_tiles +
+                                   s.count * config.group_size * config.merge_tiles_per_partial_head
+                             : 0.0;
     for (int32_t i = 0; i < s.count; ++i) {
       const int32_t slice_tiles = std::min(s.tiles_each, tiles - i * s.tiles_each);
-      const double cost = slice_tiles + config.cta_overhead_tiles + (i == s.count - 1 ? merge : 0.0);
+      const double cost =
+          slice_tiles + config.cta_overhead_tiles + (i == s.count - 1 ? merge : 0.0);
       costs.insert(costs.end(), num_kv_heads, cost);
     }
   }

@@ -19,8 +19,8 @@ struct SplitWorkItem {
 };
 
 struct SplitPlanConfig {
-  int32_t tile_tokens = 64;       // tokens a thread block loads per pipeline stage
-  int32_t concurrent_ctas = 264;  // thread blocks resident at once (SMs x blocks per SM)
+  int32_t tile_tokens = 64;        // tokens a thread block loads per pipeline stage
+  int32_t concurrent_ctas = 264;   // thread blocks resident at once (SMs x blocks per SM)
   int32_t cta_overhead_tiles = 1;  // fixed cost of a thread block, in tiles (prologue)
   // The last block of a split pair merges all its partials after an atomic handshake; its
   // extra cost in tiles is merge_fixed_tiles + splits * group * merge_tiles_per_partial_head.
@@ -31,12 +31,12 @@ struct SplitPlanConfig {
 };
 
 struct SplitPlan {
-  int32_t tiles_per_split = 0;             // longest slice, in tiles
-  std::vector<SplitWorkItem> items;        // longest first
-  std::vector<int32_t> pair_num_splits;    // [batch * num_kv_heads]
-  std::vector<int32_t> pair_first_slot;    // partial slots of a pair are consecutive; -1 if none
+  int32_t tiles_per_split = 0;           // longest slice, in tiles
+  std::vector<SplitWorkItem> items;      // longest first
+  std::vector<int32_t> pair_num_splits;  // [batch * num_kv_heads]
+  std::vector<int32_t> pair_first_slot;  // partial slots of a pair are consecutive; -1 if none
   int32_t num_partial_slots = 0;
-  double estimated_makespan_tiles = 0;     // the planner's cost model, for tests and logs
+  double estimated_makespan_tiles = 0;  // the planner's cost model, for tests and logs
 };
 
 // Splits every (sequence, KV head) into slices of whole tiles. The slice length is chosen

@@ -19,11 +19,11 @@ class Gemm {
   Gemm& operator=(const Gemm&) = delete;
 
   // y in `dtype`, like x and w.
-  void linear(DType dtype, const void* x, const void* w, void* y, int64_t rows, int64_t in, int64_t out,
-              cudaStream_t stream) const;
+  void linear(DType dtype, const void* x, const void* w, void* y, int64_t rows, int64_t in,
+              int64_t out, cudaStream_t stream) const;
   // y in float32 (the LM head's logits).
-  void linear_f32_out(DType dtype, const void* x, const void* w, float* y, int64_t rows, int64_t in, int64_t out,
-                      cudaStream_t stream) const;
+  void linear_f32_out(DType dtype, const void* x, const void* w, float* y, int64_t rows, int64_t in,
+                      int64_t out, cudaStream_t stream) const;
 
  private:
   cublasHandle_t handle_ = nullptr;

@@ -1,9 +1,8 @@
-#include "l2kv/kernels/model/model_ops.h"
-
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 #include "l2kv/core/cuda_check.h"
+#include "l2kv/kernels/model/model_ops.h"
 #include "l2kv/kernels/tensor_core.cuh"
 
 namespace l2kv::ops {
@@ -12,15 +11,18 @@ namespace {
 constexpr int kThreads = 256;
 
 template <typename T>
-__global__ void embed_kernel(const int32_t* tokens, const T* embed, int32_t hidden, float* residual) {
+__global__ void embed_kernel(const int32_t* tokens, const T* embed, int32_t hidden,
+                             float* residual) {
   using Traits = tc::ElementTraits<T>;
   const int t = blockIdx.x;
   const T* row = embed + static_cast<int64_t>(tokens[t]) * hidden;
-  for (int i = threadIdx.x; i < hidden; i += blockDim.x) residual[static_cast<int64_t>(t) * hidden + i] = Traits::to_float(row[i]);
+  for (int i = threadIdx.x; i < hidden; i += blockDim.x)
+    residual[static_cast<int64_t>(t) * hidden + i] = Traits::to_float(row[i]);
 }
 
 template <typename T>
-__global__ void add_rmsnorm_kernel(float* residual, const T* add, const T* weight, float eps, int32_t hidden, T* out) {
+__global__ void add_rmsnorm_kernel(float* residual, const T* add, const T* weight, float eps,
+                                   int32_t hidden, T* out) {
   using Traits = tc::ElementTraits<T>;
   const int64_t base = static_cast<int64_t>(blockIdx.x) * hidden;
   float sum = 0.f;
@@ -45,14 +47,17 @@ __global__ void add_rmsnorm_kernel(float* residual, const T* add, const T* weigh
 
 // One block per token; threads over (head, pair) for q and k heads, then v.
 template <typename T>
-__global__ void rope_and_cache_kernel(const T* qkv, const T* bias, const int32_t* positions, const int32_t* slots,
-                                      const float* inv_freq, int32_t q_heads, const PagedKvCache kv, T* q_out) {
+__global__ void rope_and_cache_kernel(const T* qkv, const T* bias, const int32_t* positions,
+                                      const int32_t* slots, const float* inv_freq, int32_t q_heads,
+                                      const PagedKvCache kv, T* q_out) {
   using Traits = tc::ElementTraits<T>;
   const int t = blockIdx.x;
   const int d = kv.head_dim, half = d / 2;
   const int q_dim = q_heads * d, kv_dim = kv.num_kv_heads * d, width = q_dim + 2 * kv_dim;
   const T* row = qkv + static_cast<int64_t>(t) * width;
-  auto value = [&](int i) { return Traits::to_float(row[i]) + (bias ? Traits::to_float(bias[i]) : 0.f); };
+  auto value = [&](int i) {
+    return Traits::to_float(row[i]) + (bias ? Traits::to_float(bias[i]) : 0.f);
+  };
   const float pos = static_cast<float>(positions[t]);
   const int slot = slots[t];
   const int block = slot / kv.block_size, in_block = slot % kv.block_size;
@@ -77,7 +82,8 @@ __global__ void rope_and_cache_kernel(const T* qkv, const T* bias, const int32_t
     }
   }
   for (int i = threadIdx.x; i < kv_dim; i += blockDim.x)
-    v_pool[kv.offset(block, in_block, i / d) + i % d] = Traits::from_float(value(q_dim + kv_dim + i));
+    v_pool[kv.offset(block, in_block, i / d) + i % d] =
+        Traits::from_float(value(q_dim + kv_dim + i));
 }
 
 template <typename T>
@@ -91,9 +97,11 @@ __global__ void silu_mul_kernel(const T* gate_up, int32_t inter, T* out) {
   }
 }
 
-__global__ void gather_rows_kernel(const uint16_t* in, const int32_t* rows, int32_t width, uint16_t* out) {
+__global__ void gather_rows_kernel(const uint16_t* in, const int32_t* rows, int32_t width,
+                                   uint16_t* out) {
   const int64_t r = blockIdx.x;
-  for (int i = threadIdx.x; i < width; i += blockDim.x) out[r * width + i] = in[static_cast<int64_t>(rows[r]) * width + i];
+  for (int i = threadIdx.x; i < width; i += blockDim.x)
+    out[r * width + i] = in[static_cast<int64_t>(rows[r]) * width + i];
 }
 
 // Calls f with a null pointer of the element type of `dtype`.
@@ -107,46 +115,53 @@ void with_type(DType dtype, F&& f) {
 
 }  // namespace
 
-void embed(DType dtype, const int32_t* tokens, int32_t num_tokens, const void* table, int32_t hidden, float* residual,
-           cudaStream_t stream) {
+void embed(DType dtype, const int32_t* tokens, int32_t num_tokens, const void* table,
+           int32_t hidden, float* residual, cudaStream_t stream) {
   with_type(dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
-    embed_kernel<T><<<num_tokens, kThreads, 0, stream>>>(tokens, static_cast<const T*>(table), hidden, residual);
+    embed_kernel<T><<<num_tokens, kThreads, 0, stream>>>(tokens, static_cast<const T*>(table),
+                                                         hidden, residual);
   });
   L2KV_CUDA_CHECK_LAUNCH();
 }
 
-void add_rmsnorm(DType dtype, float* residual, const void* add, const void* weight, float eps, int32_t num_tokens,
-                 int32_t hidden, void* out, cudaStream_t stream) {
+void add_rmsnorm(DType dtype, float* residual, const void* add, const void* weight, float eps,
+                 int32_t num_tokens, int32_t hidden, void* out, cudaStream_t stream) {
   with_type(dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
-    add_rmsnorm_kernel<T><<<num_tokens, kThreads, 0, stream>>>(residual, static_cast<const T*>(add), static_cast<const T*>(weight),
-                                                               eps, hidden, static_cast<T*>(out));
+    add_rmsnorm_kernel<T><<<num_tokens, kThreads, 0, stream>>>(residual, static_cast<const T*>(add),
+                                                               static_cast<const T*>(weight), eps,
+                                                               hidden, static_cast<T*>(out));
   });
   L2KV_CUDA_CHECK_LAUNCH();
 }
 
-void rope_and_cache(const void* qkv, const void* bias, const int32_t* positions, const int32_t* slots,
-                    const float* inv_freq, int32_t num_tokens, int32_t q_heads, const PagedKvCache& kv, void* q_out,
-                    cudaStream_t stream) {
+void rope_and_cache(const void* qkv, const void* bias, const int32_t* positions,
+                    const int32_t* slots, const float* inv_freq, int32_t num_tokens,
+                    int32_t q_heads, const PagedKvCache& kv, void* q_out, cudaStream_t stream) {
   with_type(kv.dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
-    rope_and_cache_kernel<T><<<num_tokens, kThreads, 0, stream>>>(static_cast<const T*>(qkv), static_cast<const T*>(bias),
-                                                                  positions, slots, inv_freq, q_heads, kv, static_cast<T*>(q_out));
+    rope_and_cache_kernel<T><<<num_tokens, kThreads, 0, stream>>>(
+        static_cast<const T*>(qkv), static_cast<const T*>(bias), positions, slots, inv_freq,
+        q_heads, kv, static_cast<T*>(q_out));
   });
   L2KV_CUDA_CHECK_LAUNCH();
 }
 
-void silu_mul(DType dtype, const void* gate_up, int32_t num_tokens, int32_t inter, void* out, cudaStream_t stream) {
+void silu_mul(DType dtype, const void* gate_up, int32_t num_tokens, int32_t inter, void* out,
+              cudaStream_t stream) {
   with_type(dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
-    silu_mul_kernel<T><<<num_tokens, kThreads, 0, stream>>>(static_cast<const T*>(gate_up), inter, static_cast<T*>(out));
+    silu_mul_kernel<T><<<num_tokens, kThreads, 0, stream>>>(static_cast<const T*>(gate_up), inter,
+                                                            static_cast<T*>(out));
   });
   L2KV_CUDA_CHECK_LAUNCH();
 }
 
-void gather_rows(const void* in, const int32_t* rows, int32_t num_rows, int32_t width, void* out, cudaStream_t stream) {
-  gather_rows_kernel<<<num_rows, kThreads, 0, stream>>>(static_cast<const uint16_t*>(in), rows, width, static_cast<uint16_t*>(out));
+void gather_rows(const void* in, const int32_t* rows, int32_t num_rows, int32_t width, void* out,
+                 cudaStream_t stream) {
+  gather_rows_kernel<<<num_rows, kThreads, 0, stream>>>(static_cast<const uint16_t*>(in), rows,
+                                                        width, static_cast<uint16_t*>(out));
   L2KV_CUDA_CHECK_LAUNCH();
 }
 

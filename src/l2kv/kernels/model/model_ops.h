@@ -13,24 +13,26 @@
 namespace l2kv::ops {
 
 // residual[t, :] = embed[tokens[t], :] (fp32 residual stream).
-void embed(DType dtype, const int32_t* tokens, int32_t num_tokens, const void* embed, int32_t hidden, float* residual,
-           cudaStream_t stream);
+void embed(DType dtype, const int32_t* tokens, int32_t num_tokens, const void* embed,
+           int32_t hidden, float* residual, cudaStream_t stream);
 
 // If `add` is set: residual += add (fp32). Then out = RMSNorm(residual) * weight.
-void add_rmsnorm(DType dtype, float* residual, const void* add, const void* weight, float eps, int32_t num_tokens,
-                 int32_t hidden, void* out, cudaStream_t stream);
+void add_rmsnorm(DType dtype, float* residual, const void* add, const void* weight, float eps,
+                 int32_t num_tokens, int32_t hidden, void* out, cudaStream_t stream);
 
 // Adds `bias` (nullable, [q_dim + 2 kv_dim]) to the fused QKV projection [tokens, q|k|v], applies
 // neox RoPE to q and k at `positions`, writes q to `q_out` [tokens, q_heads, head_dim] and k, v
 // into the paged cache (kv.dtype) at `slots` (physical block * block_size + offset).
-void rope_and_cache(const void* qkv, const void* bias, const int32_t* positions, const int32_t* slots,
-                    const float* inv_freq, int32_t num_tokens, int32_t q_heads, const PagedKvCache& kv, void* q_out,
-                    cudaStream_t stream);
+void rope_and_cache(const void* qkv, const void* bias, const int32_t* positions,
+                    const int32_t* slots, const float* inv_freq, int32_t num_tokens,
+                    int32_t q_heads, const PagedKvCache& kv, void* q_out, cudaStream_t stream);
 
 // out[t, i] = silu(gate_up[t, i]) * gate_up[t, inter + i].
-void silu_mul(DType dtype, const void* gate_up, int32_t num_tokens, int32_t inter, void* out, cudaStream_t stream);
+void silu_mul(DType dtype, const void* gate_up, int32_t num_tokens, int32_t inter, void* out,
+              cudaStream_t stream);
 
 // out[r, :] = in[rows[r], :] for 16-bit rows of `width`.
-void gather_rows(const void* in, const int32_t* rows, int32_t num_rows, int32_t width, void* out, cudaStream_t stream);
+void gather_rows(const void* in, const int32_t* rows, int32_t num_rows, int32_t width, void* out,
+                 cudaStream_t stream);
 
 }  // namespace l2kv::ops
