@@ -4,5 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/build.sh -DL2KV_WERROR=ON
+./scripts/check_format.sh
 ./scripts/tokenizer_test_data.sh
 ./build/l2kv_tests --gtest_brief=1
