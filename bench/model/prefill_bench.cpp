@@ -1,6 +1,6 @@
 // l2kv_bench_prefill: prefill throughput of the CUDA backend on a synthetic model (random
 // weights in a real model's shapes), against the bf16 matrix rate measured in the same run
-// (cuBLAS, 8192^3), with the split of time between projections and attention.
+// (cuBLASLt, 8192^3), with the split of time between projections and attention.
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <cmath>
@@ -130,7 +130,8 @@ int main(int argc, char** argv) {
     const int blocks_per_seq =
         (prompt + l2kv::CudaModel::kBlockSize - 1) / l2kv::CudaModel::kBlockSize;
     std::printf(
-        "l2kv prefill on %s: synthetic:%s (%.2f B parameters), %d x %d tokens; cuBLAS bf16 8192^3: "
+        "l2kv prefill on %s: synthetic:%s (%.2f B parameters), %d x %d tokens; cuBLASLt bf16 "
+        "8192^3: "
         "%.0f TFLOP/s\n",
         l2kv::query_device_info(0).name.c_str(), model_name.c_str(), config.parameter_count() / 1e9,
         batch, prompt, peak);
@@ -164,10 +165,10 @@ int main(int argc, char** argv) {
               [](const auto& a, const auto& b) { return a.total_ms < b.total_ms; });
     const auto& m = runs[runs.size() / 2];
     const double tflops = flops / (m.total_ms * 1e-3) / 1e12;
-    std::printf("prefill: %.2f ms, %.0f tokens/s, %.0f TFLOP/s = %.1f %% of the cuBLAS rate\n",
+    std::printf("prefill: %.2f ms, %.0f tokens/s, %.0f TFLOP/s = %.1f %% of the cuBLASLt rate\n",
                 m.total_ms, tokens / (m.total_ms * 1e-3), tflops, 100 * tflops / peak);
     std::printf(
-        "time split: projections (cuBLAS) %.2f ms (%.1f %%), attention %.2f ms (%.1f %%), other "
+        "time split: projections (cuBLASLt) %.2f ms (%.1f %%), attention %.2f ms (%.1f %%), other "
         "%.2f ms\n",
         m.gemm_ms, 100 * m.gemm_ms / m.total_ms, m.attention_ms, 100 * m.attention_ms / m.total_ms,
         m.total_ms - m.gemm_ms - m.attention_ms);

@@ -2,50 +2,91 @@
 
 #include <string>
 
+#include "l2kv/core/cuda_check.h"
 #include "l2kv/core/error.h"
 
 namespace l2kv {
 namespace {
 
+constexpr size_t kWorkspaceBytes = size_t{32} << 20;
+
 void check(cublasStatus_t s, const char* what) {
   if (s != CUBLAS_STATUS_SUCCESS)
-    throw Error(std::string("cuBLAS ") + what + " failed with status " + std::to_string(s));
+    throw Error(std::string("cuBLASLt ") + what + " failed with status " + std::to_string(s));
 }
 
 cudaDataType_t cuda_type(DType t) {
   return t == DType::kFloat16 ? CUDA_R_16F : CUDA_R_16BF;
 }
 
-// Row-major y[rows, out] = x W^T is column-major y^T (out x rows) = W (out x in) * x^T, with W
-// stored column-major as W^T (in x out): op(A) = T.
-void gemm(cublasHandle_t h, DType dtype, const void* x, const void* w, void* y,
-          cudaDataType_t y_type, int64_t rows, int64_t in, int64_t out, cudaStream_t stream) {
-  check(cublasSetStream(h, stream), "set stream");
-  const float alpha = 1.f, beta = 0.f;
-  check(cublasGemmEx(h, CUBLAS_OP_T, CUBLAS_OP_N, static_cast<int>(out), static_cast<int>(rows),
-                     static_cast<int>(in), &alpha, w, cuda_type(dtype), static_cast<int>(in), x,
-                     cuda_type(dtype), static_cast<int>(in), &beta, y, y_type,
-                     static_cast<int>(out), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
-        "GemmEx");
-}
-
 }  // namespace
 
 Gemm::Gemm() {
-  check(cublasCreate(&handle_), "create");
+  check(cublasLtCreate(&handle_), "create");
+  L2KV_CUDA_CHECK(cudaMalloc(&workspace_, kWorkspaceBytes));
 }
+
 Gemm::~Gemm() {
-  if (handle_) cublasDestroy(handle_);
+  for (auto& [key, p] : plans_) {
+    cublasLtMatrixLayoutDestroy(p.a);
+    cublasLtMatrixLayoutDestroy(p.b);
+    cublasLtMatrixLayoutDestroy(p.c);
+    cublasLtMatmulDescDestroy(p.op);
+  }
+  if (workspace_) cudaFree(workspace_);
+  if (handle_) cublasLtDestroy(handle_);
+}
+
+// Row-major y[rows, out] = x W^T is column-major y^T (out x rows) = op(A) B with A = W stored
+// column-major as (in x out), op(A) = A^T, and B = x^T stored column-major as (in x rows).
+const Gemm::Plan& Gemm::plan_for(DType dtype, bool f32_out, int64_t rows, int64_t in, int64_t out) {
+  const Key key{static_cast<int>(dtype), f32_out, rows, in, out};
+  if (const auto it = plans_.find(key); it != plans_.end()) return it->second;
+  Plan p;
+  check(cublasLtMatmulDescCreate(&p.op, CUBLAS_COMPUTE_32F, CUDA_R_32F), "desc create");
+  const cublasOperation_t transpose = CUBLAS_OP_T;
+  check(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSA, &transpose,
+                                       sizeof transpose),
+        "set transa");
+  const cudaDataType_t t = cuda_type(dtype);
+  check(cublasLtMatrixLayoutCreate(&p.a, t, in, out, in), "layout A");
+  check(cublasLtMatrixLayoutCreate(&p.b, t, in, rows, in), "layout B");
+  check(cublasLtMatrixLayoutCreate(&p.c, f32_out ? CUDA_R_32F : t, out, rows, out), "layout C");
+  cublasLtMatmulPreference_t pref = nullptr;
+  check(cublasLtMatmulPreferenceCreate(&pref), "preference");
+  const size_t workspace = kWorkspaceBytes;
+  check(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                             &workspace, sizeof workspace),
+        "preference workspace");
+  cublasLtMatmulHeuristicResult_t result{};
+  int found = 0;
+  check(cublasLtMatmulAlgoGetHeuristic(handle_, p.op, p.a, p.b, p.c, p.c, pref, 1, &result, &found),
+        "heuristic");
+  cublasLtMatmulPreferenceDestroy(pref);
+  if (found == 0)
+    throw Error("cuBLASLt has no algorithm for " + std::to_string(rows) + "x" + std::to_string(in) +
+                " * " + std::to_string(in) + "x" + std::to_string(out));
+  p.algo = result.algo;
+  return plans_.emplace(key, p).first->second;
+}
+
+void Gemm::run(DType dtype, bool f32_out, const void* x, const void* w, void* y, int64_t rows,
+               int64_t in, int64_t out, cudaStream_t stream) {
+  const Plan& p = plan_for(dtype, f32_out, rows, in, out);
+  const float alpha = 1.f, beta = 0.f;
+  check(cublasLtMatmul(handle_, p.op, &alpha, w, p.a, x, p.b, &beta, y, p.c, y, p.c, &p.algo,
+                       workspace_, kWorkspaceBytes, stream),
+        "matmul");
 }
 
 void Gemm::linear(DType dtype, const void* x, const void* w, void* y, int64_t rows, int64_t in,
-                  int64_t out, cudaStream_t stream) const {
-  gemm(handle_, dtype, x, w, y, cuda_type(dtype), rows, in, out, stream);
+                  int64_t out, cudaStream_t stream) {
+  run(dtype, false, x, w, y, rows, in, out, stream);
 }
 
 void Gemm::linear_f32_out(DType dtype, const void* x, const void* w, float* y, int64_t rows,
-                          int64_t in, int64_t out, cudaStream_t stream) const {
-  gemm(handle_, dtype, x, w, y, CUDA_R_32F, rows, in, out, stream);
+                          int64_t in, int64_t out, cudaStream_t stream) {
+  run(dtype, true, x, w, y, rows, in, out, stream);
 }
 
 }  // namespace l2kv

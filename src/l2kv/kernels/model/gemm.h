@@ -1,11 +1,14 @@
-// Dense projections through cuBLAS: y[rows, out] = x[rows, in] * W[out, in]^T with 16-bit
-// operands (bf16 or fp16) and fp32 accumulation on tensor cores.
+// Dense projections through cuBLASLt: y[rows, out] = x[rows, in] * W[out, in]^T with 16-bit
+// operands (bf16 or fp16) and fp32 accumulation on tensor cores. Descriptors and the chosen
+// algorithm are cached per shape, so repeated calls do no host-side planning.
 #pragma once
 
-#include <cublas_v2.h>
+#include <cublasLt.h>
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
+#include <map>
+#include <tuple>
 
 #include "l2kv/core/dtype.h"
 
@@ -20,13 +23,25 @@ class Gemm {
 
   // y in `dtype`, like x and w.
   void linear(DType dtype, const void* x, const void* w, void* y, int64_t rows, int64_t in,
-              int64_t out, cudaStream_t stream) const;
+              int64_t out, cudaStream_t stream);
   // y in float32 (the LM head's logits).
   void linear_f32_out(DType dtype, const void* x, const void* w, float* y, int64_t rows, int64_t in,
-                      int64_t out, cudaStream_t stream) const;
+                      int64_t out, cudaStream_t stream);
 
  private:
-  cublasHandle_t handle_ = nullptr;
+  struct Plan {
+    cublasLtMatmulDesc_t op = nullptr;
+    cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
+    cublasLtMatmulAlgo_t algo{};
+  };
+  using Key = std::tuple<int, bool, int64_t, int64_t, int64_t>;  // dtype, f32 out, rows, in, out
+  const Plan& plan_for(DType dtype, bool f32_out, int64_t rows, int64_t in, int64_t out);
+  void run(DType dtype, bool f32_out, const void* x, const void* w, void* y, int64_t rows,
+           int64_t in, int64_t out, cudaStream_t stream);
+
+  cublasLtHandle_t handle_ = nullptr;
+  void* workspace_ = nullptr;
+  std::map<Key, Plan> plans_;
 };
 
 }  // namespace l2kv
