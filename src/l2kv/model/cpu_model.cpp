@@ -6,6 +6,7 @@
 #include <thread>
 
 #include "l2kv/core/error.h"
+#include "l2kv/model/decoder_graph.h"
 #include "l2kv/model/safetensors.h"
 
 namespace l2kv {
@@ -109,49 +110,71 @@ std::vector<float> CpuModel::forward(std::span<const int32_t> tokens) const {
   return extend(state, tokens);
 }
 
-std::vector<float> CpuModel::extend(CpuSequenceState& state,
-                                    std::span<const int32_t> tokens) const {
-  const ModelConfig& c = config_;
-  const int64_t T = static_cast<int64_t>(tokens.size()), H = c.hidden_size, D = c.head_dim;
-  const int64_t q_dim = c.num_q_heads * D, kv_dim = c.num_kv_heads * D,
-                group = c.num_q_heads / c.num_kv_heads;
-  if (T == 0) throw Error("forward: empty sequence");
-  const int64_t past = state.length;
-  if (state.keys.empty()) {
-    state.keys.resize(layers_.size());
-    state.values.resize(layers_.size());
+// The CPU ops of the decoder graph for one sequence's new tokens.
+struct CpuModel::GraphOps {
+  GraphOps(const CpuModel& model, CpuSequenceState& sequence, std::span<const int32_t> new_tokens)
+      : m(model),
+        state(sequence),
+        tokens(new_tokens),
+        T(static_cast<int64_t>(new_tokens.size())),
+        past(sequence.length) {}
+
+  const CpuModel& m;
+  CpuSequenceState& state;
+  std::span<const int32_t> tokens;
+  const int64_t T;
+  const int64_t past;
+  std::vector<float> residual, h, q, k_new, v_new, attn, block_out, logits;
+
+  const ModelConfig& c() const { return m.config_; }
+  void add_block_output() {
+    for (size_t i = 0; i < block_out.size(); ++i) residual[i] += block_out[i];
+    block_out.clear();
   }
-  std::vector<float> x(static_cast<size_t>(T * H));
-  for (int64_t t = 0; t < T; ++t) {
-    if (tokens[t] < 0 || tokens[t] >= c.vocab_size)
-      throw Error("forward: token id " + std::to_string(tokens[t]) + " outside the vocabulary of " +
-                  std::to_string(c.vocab_size));
-    std::copy_n(embed_.begin() + tokens[t] * H, H, x.begin() + t * H);
+  void norm(const std::vector<float>& weight) {
+    h = residual;
+    rms_norm(h, T, c().hidden_size, weight, c().rms_norm_eps);
   }
-  const float scale = 1.f / std::sqrt(static_cast<float>(D));
-  for (size_t l = 0; l < layers_.size(); ++l) {
-    const Layer& layer = layers_[l];
-    std::vector<float> h = x;
-    rms_norm(h, T, H, layer.input_norm, c.rms_norm_eps);
-    std::vector<float> q = linear(h, T, H, layer.q, q_dim, layer.q_bias);
-    std::vector<float> k_new = linear(h, T, H, layer.k, kv_dim, layer.k_bias);
-    const std::vector<float> v_new = linear(h, T, H, layer.v, kv_dim, layer.v_bias);
-    apply_rope(q, T, past, c.num_q_heads, D, inv_freq_);
-    apply_rope(k_new, T, past, c.num_kv_heads, D, inv_freq_);
-    std::vector<float>& k = state.keys[l];
-    std::vector<float>& v = state.values[l];
-    k.insert(k.end(), k_new.begin(), k_new.end());
-    v.insert(v.end(), v_new.begin(), v_new.end());
-    std::vector<float> attn(static_cast<size_t>(T * q_dim), 0.f);
+
+  void embed_tokens() {
+    const int64_t H = c().hidden_size;
+    residual.resize(static_cast<size_t>(T * H));
+    for (int64_t t = 0; t < T; ++t)
+      std::copy_n(m.embed_.begin() + tokens[t] * H, H, residual.begin() + t * H);
+  }
+  void attention_norm(int64_t l) {
+    add_block_output();
+    norm(m.layers_[l].input_norm);
+  }
+  void qkv_projection(int64_t l) {
+    const Layer& w = m.layers_[l];
+    const int64_t H = c().hidden_size, q_dim = c().num_q_heads * c().head_dim,
+                  kv_dim = c().num_kv_heads * c().head_dim;
+    q = linear(h, T, H, w.q, q_dim, w.q_bias);
+    k_new = linear(h, T, H, w.k, kv_dim, w.k_bias);
+    v_new = linear(h, T, H, w.v, kv_dim, w.v_bias);
+  }
+  void rope_and_append_kv(int64_t l) {
+    apply_rope(q, T, past, c().num_q_heads, c().head_dim, m.inv_freq_);
+    apply_rope(k_new, T, past, c().num_kv_heads, c().head_dim, m.inv_freq_);
+    state.keys[l].insert(state.keys[l].end(), k_new.begin(), k_new.end());
+    state.values[l].insert(state.values[l].end(), v_new.begin(), v_new.end());
+  }
+  void attention(int64_t l) {
+    const int64_t D = c().head_dim, group = c().num_q_heads / c().num_kv_heads;
+    const float scale = 1.f / std::sqrt(static_cast<float>(D));
+    const std::vector<float>& k = state.keys[l];
+    const std::vector<float>& v = state.values[l];
+    attn.assign(static_cast<size_t>(T * c().num_q_heads * D), 0.f);
     std::vector<float> scores(static_cast<size_t>(past + T));
-    for (int64_t head = 0; head < c.num_q_heads; ++head) {
+    for (int64_t head = 0; head < c().num_q_heads; ++head) {
       const int64_t kvh = head / group;
       for (int64_t t = 0; t < T; ++t) {
         const int64_t visible = past + t + 1;  // causal: cached positions and new ones up to t
-        const float* qr = q.data() + (t * c.num_q_heads + head) * D;
+        const float* qr = q.data() + (t * c().num_q_heads + head) * D;
         float max_score = -INFINITY;
         for (int64_t s = 0; s < visible; ++s) {
-          const float* kr = k.data() + (s * c.num_kv_heads + kvh) * D;
+          const float* kr = k.data() + (s * c().num_kv_heads + kvh) * D;
           float dot = 0.f;
           for (int64_t i = 0; i < D; ++i) dot += qr[i] * kr[i];
           scores[s] = dot * scale;
@@ -159,28 +182,56 @@ std::vector<float> CpuModel::extend(CpuSequenceState& state,
         }
         float sum = 0.f;
         for (int64_t s = 0; s < visible; ++s) sum += (scores[s] = std::exp(scores[s] - max_score));
-        float* out = attn.data() + (t * c.num_q_heads + head) * D;
+        float* out = attn.data() + (t * c().num_q_heads + head) * D;
         for (int64_t s = 0; s < visible; ++s) {
           const float w = scores[s] / sum;
-          const float* vr = v.data() + (s * c.num_kv_heads + kvh) * D;
+          const float* vr = v.data() + (s * c().num_kv_heads + kvh) * D;
           for (int64_t i = 0; i < D; ++i) out[i] += w * vr[i];
         }
       }
     }
-    const std::vector<float> o = linear(attn, T, q_dim, layer.o, H);
-    for (size_t i = 0; i < x.size(); ++i) x[i] += o[i];
-    h = x;
-    rms_norm(h, T, H, layer.post_attention_norm, c.rms_norm_eps);
-    std::vector<float> gate = linear(h, T, H, layer.gate, c.intermediate_size);
-    const std::vector<float> up = linear(h, T, H, layer.up, c.intermediate_size);
+  }
+  void output_projection(int64_t l) {
+    block_out = linear(attn, T, c().num_q_heads * c().head_dim, m.layers_[l].o, c().hidden_size);
+  }
+  void mlp_norm(int64_t l) {
+    add_block_output();
+    norm(m.layers_[l].post_attention_norm);
+  }
+  void mlp(int64_t l) {
+    const Layer& w = m.layers_[l];
+    const int64_t H = c().hidden_size, I = c().intermediate_size;
+    std::vector<float> gate = linear(h, T, H, w.gate, I);
+    const std::vector<float> up = linear(h, T, H, w.up, I);
     for (size_t i = 0; i < gate.size(); ++i)
       gate[i] = gate[i] / (1.f + std::exp(-gate[i])) * up[i];  // SwiGLU
-    const std::vector<float> down = linear(gate, T, c.intermediate_size, layer.down, H);
-    for (size_t i = 0; i < x.size(); ++i) x[i] += down[i];
+    block_out = linear(gate, T, I, w.down, H);
   }
-  state.length += T;
-  rms_norm(x, T, H, final_norm_, c.rms_norm_eps);
-  return linear(x, T, H, lm_head_.empty() ? embed_ : lm_head_, c.vocab_size);
+  void final_norm() {
+    add_block_output();
+    norm(m.final_norm_);
+  }
+  void lm_head() {
+    logits =
+        linear(h, T, c().hidden_size, m.lm_head_.empty() ? m.embed_ : m.lm_head_, c().vocab_size);
+  }
+};
+
+std::vector<float> CpuModel::extend(CpuSequenceState& state,
+                                    std::span<const int32_t> tokens) const {
+  if (tokens.empty()) throw Error("forward: empty sequence");
+  for (int32_t t : tokens)
+    if (t < 0 || t >= config_.vocab_size)
+      throw Error("forward: token id " + std::to_string(t) + " outside the vocabulary of " +
+                  std::to_string(config_.vocab_size));
+  if (state.keys.empty()) {
+    state.keys.resize(layers_.size());
+    state.values.resize(layers_.size());
+  }
+  GraphOps ops(*this, state, tokens);
+  run_decoder_graph(ops, config_.num_layers);
+  state.length += static_cast<int64_t>(tokens.size());
+  return std::move(ops.logits);
 }
 
 std::vector<int32_t> CpuModel::greedy(std::span<const int32_t> prompt, int steps) const {

@@ -43,6 +43,7 @@ class CpuModel {
     std::vector<float> q_bias, k_bias, v_bias;  // empty without QKV bias
     std::vector<float> gate, up, down;
   };
+  struct GraphOps;  // this backend's ops of decoder_graph.h
   ModelConfig config_;
   std::vector<float> embed_;    // [vocab, hidden]
   std::vector<float> lm_head_;  // [vocab, hidden]; empty when tied to embed_

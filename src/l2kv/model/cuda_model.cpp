@@ -9,6 +9,7 @@
 #include "l2kv/core/error.h"
 #include "l2kv/kernels/model/model_ops.h"
 #include "l2kv/kernels/random_fill.h"
+#include "l2kv/model/decoder_graph.h"
 #include "l2kv/model/safetensors.h"
 
 namespace l2kv {
@@ -163,6 +164,98 @@ void CudaModel::release(CudaSequence& sequence) {
   sequence = {};
 }
 
+// The CUDA ops of the decoder graph for one extend() call: device buffers of the batch, the
+// attention kernels planned for it, and optional event timing of projections and attention.
+struct CudaModel::GraphOps {
+  using EventPairs = std::vector<std::pair<cudaEvent_t, cudaEvent_t>>;
+  CudaModel* m = nullptr;
+  cudaStream_t stream = nullptr;
+  int32_t n = 0;     // query rows (new tokens)
+  int32_t rows = 0;  // logits rows
+  bool decode_only = true, all_logits = false;
+  const int32_t *ids = nullptr, *positions = nullptr, *slots = nullptr, *last_rows = nullptr;
+  float* residual = nullptr;
+  float* logits = nullptr;
+  void *h = nullptr, *qkv = nullptr, *q = nullptr, *attn = nullptr, *proj = nullptr,
+       *gate_up = nullptr, *act = nullptr, *last = nullptr;
+  const void* pending = nullptr;  // the last block's output, added to the residual by the next norm
+  DecodeAttentionParams* decode = nullptr;  // per query row (decode steps)
+  PagedKvCache* prefill_kv = nullptr;       // per sequence (prompt chunks)
+  EventPairs gemm_events, attention_events;
+
+  const ModelConfig& c() const { return m->config_; }
+  const Weights::Layer& w(int64_t l) const { return m->weights_->layers[l]; }
+  int64_t q_dim() const { return c().num_q_heads * c().head_dim; }
+  int64_t kv_dim() const { return c().num_kv_heads * c().head_dim; }
+  template <typename F>
+  void timed(EventPairs& list, F&& launch) {
+    if (!m->profiling_) return launch();
+    cudaEvent_t a, b;
+    L2KV_CUDA_CHECK(cudaEventCreate(&a));
+    L2KV_CUDA_CHECK(cudaEventCreate(&b));
+    L2KV_CUDA_CHECK(cudaEventRecord(a, stream));
+    launch();
+    L2KV_CUDA_CHECK(cudaEventRecord(b, stream));
+    list.emplace_back(a, b);
+  }
+  void norm(const void* weight) {
+    ops::add_rmsnorm(c().dtype, residual, pending, weight, static_cast<float>(c().rms_norm_eps), n,
+                     static_cast<int32_t>(c().hidden_size), h, stream);
+    pending = nullptr;
+  }
+
+  void embed_tokens() {
+    ops::embed(c().dtype, ids, n, m->weights_->embed.ptr, static_cast<int32_t>(c().hidden_size),
+               residual, stream);
+  }
+  void attention_norm(int64_t l) { norm(w(l).input_norm.ptr); }
+  void qkv_projection(int64_t l) {
+    timed(gemm_events, [&] {
+      m->gemm_.linear(c().dtype, h, w(l).qkv.ptr, qkv, n, c().hidden_size, q_dim() + 2 * kv_dim(),
+                      stream);
+    });
+  }
+  void rope_and_append_kv(int64_t l) {
+    decode->kv.k_pool = prefill_kv->k_pool = m->k_pools_[l];
+    decode->kv.v_pool = prefill_kv->v_pool = m->v_pools_[l];
+    ops::rope_and_cache(qkv, w(l).qkv_bias.ptr, positions, slots, m->inv_freq_, n,
+                        static_cast<int32_t>(c().num_q_heads), decode->kv, q, stream);
+  }
+  void attention(int64_t) {
+    timed(attention_events, [&] {
+      if (decode_only)
+        m->attention_.run(*decode, PrefetchPolicy::off(), stream);
+      else
+        m->prefill_.run(q, attn, *prefill_kv, decode->num_q_heads, decode->softmax_scale, stream);
+    });
+  }
+  void output_projection(int64_t l) {
+    timed(gemm_events, [&] {
+      m->gemm_.linear(c().dtype, attn, w(l).o.ptr, proj, n, q_dim(), c().hidden_size, stream);
+    });
+    pending = proj;
+  }
+  void mlp_norm(int64_t l) { norm(w(l).post_norm.ptr); }
+  void mlp(int64_t l) {
+    const int64_t H = c().hidden_size, I = c().intermediate_size;
+    timed(gemm_events,
+          [&] { m->gemm_.linear(c().dtype, h, w(l).gate_up.ptr, gate_up, n, H, 2 * I, stream); });
+    ops::silu_mul(c().dtype, gate_up, n, static_cast<int32_t>(I), act, stream);
+    timed(gemm_events,
+          [&] { m->gemm_.linear(c().dtype, act, w(l).down.ptr, proj, n, I, H, stream); });
+    pending = proj;
+  }
+  void final_norm() { norm(m->weights_->final_norm.ptr); }
+  void lm_head() {
+    const int64_t H = c().hidden_size;
+    if (!all_logits) ops::gather_rows(h, last_rows, rows, static_cast<int32_t>(H), last, stream);
+    timed(gemm_events, [&] {
+      m->gemm_.linear_f32_out(c().dtype, all_logits ? h : last, m->weights_->lm_head_ptr(), logits,
+                              rows, H, c().vocab_size, stream);
+    });
+  }
+};
+
 std::vector<float> CudaModel::extend(std::span<CudaSequence* const> sequences,
                                      std::span<const std::vector<int32_t>> tokens, bool all_logits,
                                      cudaStream_t stream) {
@@ -265,69 +358,30 @@ std::vector<float> CudaModel::extend(std::span<CudaSequence* const> sequences,
   else
     prefill_.plan(prefill_kv, p.num_q_heads, chunks, stream);
 
-  // Profiling: event pairs around each projection and attention call, read after the sync.
-  std::vector<std::pair<cudaEvent_t, cudaEvent_t>> gemm_events, attention_events;
+  const int32_t rows = all_logits ? n : static_cast<int32_t>(last_rows.size());
+  DeviceArray<uint16_t> last(all_logits ? 0 : static_cast<size_t>(rows * H));
+  DeviceArray<float> logits(static_cast<size_t>(rows * V));
+  GraphOps g;
+  g.m = this;
+  g.stream = stream;
+  g.n = n;
+  g.rows = rows;
+  g.decode_only = decode_only;
+  g.all_logits = all_logits;
+  g.ids = d_ids.ptr, g.positions = d_pos.ptr, g.slots = d_slots.ptr, g.last_rows = d_last.ptr;
+  g.residual = residual.ptr, g.logits = logits.ptr;
+  g.h = h.ptr, g.qkv = qkv.ptr, g.q = q.ptr, g.attn = attn.ptr, g.proj = proj.ptr,
+  g.gate_up = gate_up.ptr;
+  g.act = act.ptr, g.last = last.ptr;
+  g.decode = &p;
+  g.prefill_kv = &prefill_kv;
   cudaEvent_t total_start = nullptr, total_stop = nullptr;
-  auto timed = [&](std::vector<std::pair<cudaEvent_t, cudaEvent_t>>& list, auto&& launch) {
-    if (!profiling_) return launch();
-    cudaEvent_t a, b;
-    L2KV_CUDA_CHECK(cudaEventCreate(&a));
-    L2KV_CUDA_CHECK(cudaEventCreate(&b));
-    L2KV_CUDA_CHECK(cudaEventRecord(a, stream));
-    launch();
-    L2KV_CUDA_CHECK(cudaEventRecord(b, stream));
-    list.emplace_back(a, b);
-  };
   if (profiling_) {
     L2KV_CUDA_CHECK(cudaEventCreate(&total_start));
     L2KV_CUDA_CHECK(cudaEventCreate(&total_stop));
     L2KV_CUDA_CHECK(cudaEventRecord(total_start, stream));
   }
-
-  ops::embed(c.dtype, d_ids.ptr, n, weights_->embed.ptr, static_cast<int32_t>(H), residual.ptr,
-             stream);
-  const void* pending = nullptr;  // the last block's output, added to the residual by the next norm
-  for (size_t l = 0; l < weights_->layers.size(); ++l) {
-    const auto& w = weights_->layers[l];
-    ops::add_rmsnorm(c.dtype, residual.ptr, pending, w.input_norm.ptr,
-                     static_cast<float>(c.rms_norm_eps), n, static_cast<int32_t>(H), h.ptr, stream);
-    timed(gemm_events, [&] {
-      gemm_.linear(c.dtype, h.ptr, w.qkv.ptr, qkv.ptr, n, H, q_dim + 2 * kv_dim, stream);
-    });
-    p.kv.k_pool = k_pools_[l];
-    p.kv.v_pool = v_pools_[l];
-    ops::rope_and_cache(qkv.ptr, w.qkv_bias.ptr, d_pos.ptr, d_slots.ptr, inv_freq_, n,
-                        static_cast<int32_t>(c.num_q_heads), p.kv, q.ptr, stream);
-    prefill_kv.k_pool = p.kv.k_pool;
-    prefill_kv.v_pool = p.kv.v_pool;
-    timed(attention_events, [&] {
-      if (decode_only)
-        attention_.run(p, PrefetchPolicy::off(), stream);
-      else
-        prefill_.run(q.ptr, attn.ptr, prefill_kv, p.num_q_heads, p.softmax_scale, stream);
-    });
-    timed(gemm_events,
-          [&] { gemm_.linear(c.dtype, attn.ptr, w.o.ptr, proj.ptr, n, q_dim, H, stream); });
-    ops::add_rmsnorm(c.dtype, residual.ptr, proj.ptr, w.post_norm.ptr,
-                     static_cast<float>(c.rms_norm_eps), n, static_cast<int32_t>(H), h.ptr, stream);
-    timed(gemm_events,
-          [&] { gemm_.linear(c.dtype, h.ptr, w.gate_up.ptr, gate_up.ptr, n, H, 2 * I, stream); });
-    ops::silu_mul(c.dtype, gate_up.ptr, n, static_cast<int32_t>(I), act.ptr, stream);
-    timed(gemm_events,
-          [&] { gemm_.linear(c.dtype, act.ptr, w.down.ptr, proj.ptr, n, I, H, stream); });
-    pending = proj.ptr;
-  }
-  ops::add_rmsnorm(c.dtype, residual.ptr, pending, weights_->final_norm.ptr,
-                   static_cast<float>(c.rms_norm_eps), n, static_cast<int32_t>(H), h.ptr, stream);
-  const int32_t rows = all_logits ? n : static_cast<int32_t>(last_rows.size());
-  DeviceArray<uint16_t> last(all_logits ? 0 : static_cast<size_t>(rows * H));
-  if (!all_logits)
-    ops::gather_rows(h.ptr, d_last.ptr, rows, static_cast<int32_t>(H), last.ptr, stream);
-  DeviceArray<float> logits(static_cast<size_t>(rows * V));
-  timed(gemm_events, [&] {
-    gemm_.linear_f32_out(c.dtype, all_logits ? h.ptr : last.ptr, weights_->lm_head_ptr(),
-                         logits.ptr, rows, H, V, stream);
-  });
+  run_decoder_graph(g, c.num_layers);
   if (profiling_) L2KV_CUDA_CHECK(cudaEventRecord(total_stop, stream));
   std::vector<float> out(static_cast<size_t>(rows * V));
   L2KV_CUDA_CHECK(cudaMemcpyAsync(out.data(), logits.ptr, out.size() * sizeof(float),
@@ -345,8 +399,8 @@ std::vector<float> CudaModel::extend(std::span<CudaSequence* const> sequences,
       }
       return total;
     };
-    op_times_.gemm_ms = sum(gemm_events);
-    op_times_.attention_ms = sum(attention_events);
+    op_times_.gemm_ms = sum(g.gemm_events);
+    op_times_.attention_ms = sum(g.attention_events);
     float ms = 0;
     L2KV_CUDA_CHECK(cudaEventElapsedTime(&ms, total_start, total_stop));
     op_times_.total_ms = ms;

@@ -61,7 +61,7 @@ class CudaModel {
 
  private:
   struct Weights;
-  struct Buffers;
+  struct GraphOps;  // this backend's ops of decoder_graph.h
   void allocate_cache(int32_t kv_blocks);
 
   ModelConfig config_;
