@@ -179,8 +179,7 @@ struct CudaModel::GraphOps {
   void *h = nullptr, *qkv = nullptr, *q = nullptr, *attn = nullptr, *proj = nullptr,
        *gate_up = nullptr, *act = nullptr, *last = nullptr;
   const void* pending = nullptr;  // the last block's output, added to the residual by the next norm
-  DecodeAttentionParams* decode = nullptr;  // per query row (decode steps)
-  PagedKvCache* prefill_kv = nullptr;       // per sequence (prompt chunks)
+  DecodeAttentionParams* decode = nullptr;  // attention shapes and the paged-KV view
   EventPairs gemm_events, attention_events;
 
   const ModelConfig& c() const { return m->config_; }
@@ -216,8 +215,8 @@ struct CudaModel::GraphOps {
     });
   }
   void rope_and_append_kv(int64_t l) {
-    decode->kv.k_pool = prefill_kv->k_pool = m->k_pools_[l];
-    decode->kv.v_pool = prefill_kv->v_pool = m->v_pools_[l];
+    decode->kv.k_pool = m->k_pools_[l];
+    decode->kv.v_pool = m->v_pools_[l];
     ops::rope_and_cache(qkv, w(l).qkv_bias.ptr, positions, slots, m->inv_freq_, n,
                         static_cast<int32_t>(c().num_q_heads), decode->kv, q, stream);
   }
@@ -226,7 +225,7 @@ struct CudaModel::GraphOps {
       if (decode_only)
         m->attention_.run(*decode, PrefetchPolicy::off(), stream);
       else
-        m->prefill_.run(q, attn, *prefill_kv, decode->num_q_heads, decode->softmax_scale, stream);
+        m->prefill_.run(q, attn, decode->kv, decode->num_q_heads, decode->softmax_scale, stream);
     });
   }
   void output_projection(int64_t l) {
@@ -276,8 +275,9 @@ std::vector<float> CudaModel::extend(std::span<CudaSequence* const> sequences,
   if (needed > free_blocks_.size())
     throw Error("extend: the KV pool has " + std::to_string(free_blocks_.size()) +
                 " free blocks, " + std::to_string(needed) + " needed");
-  // Host plan: every new token is one query row of the attention batch, attending to its prefix.
-  std::vector<int32_t> ids, positions, slots, row_lens, last_rows;
+  // Host plan. One paged-KV view per sequence serves both kernels: in a decode step each
+  // sequence has exactly one query row, and prefill chunks are planned per sequence.
+  std::vector<int32_t> ids, positions, slots, last_rows;
   int32_t max_blocks = 0;
   for (size_t s = 0; s < sequences.size(); ++s) {
     CudaSequence& seq = *sequences[s];
@@ -288,7 +288,7 @@ std::vector<float> CudaModel::extend(std::span<CudaSequence* const> sequences,
     }
     max_blocks = std::max(max_blocks, static_cast<int32_t>(seq.blocks.size()));
   }
-  std::vector<int32_t> table, seq_table, seq_lens;
+  std::vector<int32_t> seq_table, seq_lens;
   std::vector<PrefillChunk> chunks;
   bool decode_only = true;
   for (size_t s = 0; s < sequences.size(); ++s) {
@@ -308,10 +308,6 @@ std::vector<float> CudaModel::extend(std::span<CudaSequence* const> sequences,
       ids.push_back(tokens[s][i]);
       positions.push_back(pos);
       slots.push_back(seq.blocks[pos / kBlockSize] * kBlockSize + pos % kBlockSize);
-      row_lens.push_back(pos + 1);
-      const size_t row = table.size();
-      table.resize(row + max_blocks, 0);
-      std::copy(seq.blocks.begin(), seq.blocks.end(), table.begin() + static_cast<int64_t>(row));
     }
     last_rows.push_back(static_cast<int32_t>(ids.size()) - 1);
   }
@@ -319,10 +315,8 @@ std::vector<float> CudaModel::extend(std::span<CudaSequence* const> sequences,
   const int64_t H = c.hidden_size, D = c.head_dim, q_dim = c.num_q_heads * D,
                 kv_dim = c.num_kv_heads * D;
   const int64_t I = c.intermediate_size, V = c.vocab_size;
-  auto d_ids = upload(ids), d_pos = upload(positions), d_slots = upload(slots),
-       d_lens = upload(row_lens);
-  auto d_table = upload(table), d_last = upload(last_rows), d_seq_table = upload(seq_table),
-       d_seq_lens = upload(seq_lens);
+  auto d_ids = upload(ids), d_pos = upload(positions), d_slots = upload(slots);
+  auto d_last = upload(last_rows), d_seq_table = upload(seq_table), d_seq_lens = upload(seq_lens);
   DeviceArray<float> residual(static_cast<size_t>(n * H));
   DeviceArray<uint16_t> h(static_cast<size_t>(n * H)),
       qkv(static_cast<size_t>(n * (q_dim + 2 * kv_dim)));
@@ -335,28 +329,23 @@ std::vector<float> CudaModel::extend(std::span<CudaSequence* const> sequences,
   p.out = attn.ptr;
   p.num_q_heads = static_cast<int32_t>(c.num_q_heads);
   p.softmax_scale = 1.f / std::sqrt(static_cast<float>(D));
-  p.max_seq_len = *std::max_element(row_lens.begin(), row_lens.end());
-  p.kv.block_table = d_table.ptr;
-  p.kv.seq_lens = d_lens.ptr;
+  p.max_seq_len = *std::max_element(seq_lens.begin(), seq_lens.end());
+  p.kv.block_table = d_seq_table.ptr;
+  p.kv.seq_lens = d_seq_lens.ptr;
   p.kv.num_blocks = kv_blocks_;
   p.kv.block_size = kBlockSize;
   p.kv.num_kv_heads = static_cast<int32_t>(c.num_kv_heads);
   p.kv.head_dim = static_cast<int32_t>(D);
-  p.kv.batch_size = n;
+  p.kv.batch_size = static_cast<int32_t>(sequences.size());
   p.kv.max_blocks_per_seq = max_blocks;
   p.kv.layout = KvLayout::kHND;
   p.kv.dtype = c.dtype;
   p.kv.k_pool = k_pools_[0];
   p.kv.v_pool = v_pools_[0];
-  // The prefill kernel reads the cache per sequence; the decode kernel per query row.
-  PagedKvCache prefill_kv = p.kv;
-  prefill_kv.block_table = d_seq_table.ptr;
-  prefill_kv.seq_lens = d_seq_lens.ptr;
-  prefill_kv.batch_size = static_cast<int32_t>(sequences.size());
   if (decode_only)
-    attention_.plan(p, row_lens, stream);  // the same plan serves every layer
+    attention_.plan(p, seq_lens, stream);  // the same plan serves every layer
   else
-    prefill_.plan(prefill_kv, p.num_q_heads, chunks, stream);
+    prefill_.plan(p.kv, p.num_q_heads, chunks, stream);
 
   const int32_t rows = all_logits ? n : static_cast<int32_t>(last_rows.size());
   DeviceArray<uint16_t> last(all_logits ? 0 : static_cast<size_t>(rows * H));
@@ -374,7 +363,6 @@ std::vector<float> CudaModel::extend(std::span<CudaSequence* const> sequences,
   g.gate_up = gate_up.ptr;
   g.act = act.ptr, g.last = last.ptr;
   g.decode = &p;
-  g.prefill_kv = &prefill_kv;
   cudaEvent_t total_start = nullptr, total_stop = nullptr;
   if (profiling_) {
     L2KV_CUDA_CHECK(cudaEventCreate(&total_start));

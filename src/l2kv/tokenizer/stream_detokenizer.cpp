@@ -13,12 +13,15 @@ bool ends_with_replacement(const std::string& s) {
 
 }  // namespace
 
+StreamDetokenizer::Window StreamDetokenizer::decode_window() const {
+  const std::span<const int32_t> all(ids_);
+  return {tokenizer_.decode(all.subspan(prefix_begin_, read_begin_ - prefix_begin_), skip_special_),
+          tokenizer_.decode(all.subspan(prefix_begin_), skip_special_)};
+}
+
 std::string StreamDetokenizer::push(int32_t id) {
   ids_.push_back(id);
-  const std::span<const int32_t> all(ids_);
-  const std::string prefix =
-      tokenizer_.decode(all.subspan(prefix_begin_, read_begin_ - prefix_begin_), skip_special_);
-  const std::string full = tokenizer_.decode(all.subspan(prefix_begin_), skip_special_);
+  const auto [prefix, full] = decode_window();
   // An incomplete character decodes to U+FFFD at the end: wait for the next token.
   if (full.size() <= prefix.size() || ends_with_replacement(full)) return {};
   std::string piece = full.substr(prefix.size());
@@ -28,10 +31,7 @@ std::string StreamDetokenizer::push(int32_t id) {
 }
 
 std::string StreamDetokenizer::finish() {
-  const std::span<const int32_t> all(ids_);
-  const std::string prefix =
-      tokenizer_.decode(all.subspan(prefix_begin_, read_begin_ - prefix_begin_), skip_special_);
-  const std::string full = tokenizer_.decode(all.subspan(prefix_begin_), skip_special_);
+  const auto [prefix, full] = decode_window();
   read_begin_ = prefix_begin_ = ids_.size();
   return full.size() > prefix.size() ? full.substr(prefix.size()) : std::string();
 }

@@ -22,6 +22,12 @@ class StreamDetokenizer {
   std::string finish();
 
  private:
+  // Text of ids_[prefix_begin_, read_begin_) and of ids_[prefix_begin_, end).
+  struct Window {
+    std::string prefix, full;
+  };
+  Window decode_window() const;
+
   const Tokenizer& tokenizer_;
   bool skip_special_;
   std::vector<int32_t> ids_;
