@@ -1,0 +1,607 @@
+// GpuSampler: one thread block per row. The row's adjusted logits (penalties, / temperature)
+// go to a device scratch row because a 152K vocab does not fit in shared memory; top-k and
+// top-p thresholds are found exactly by a radix search over order-preserving uint32 keys (four
+// 8-bit passes), so the kept set equals sample_on_cpu's; the draw is an exponential race.
+// The arithmetic follows sampler.h's "exact arithmetic" note step for step (explicitly
+// rounded intrinsics, so no fused multiply-add can make the two sides differ).
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstddef>
+#include <cstring>
+#include <limits>
+#include <string>
+
+#include "l2kv/core/cuda_check.h"
+#include "l2kv/sampling/gpu_sampler.h"
+
+namespace l2kv {
+namespace {
+
+constexpr int kThreads = 1024;
+constexpr int kWarps = kThreads / 32;
+constexpr unsigned kFullMask = 0xffffffffu;
+constexpr int kRadixBits = 8;
+constexpr int kRadixBins = 1 << kRadixBits;
+constexpr int32_t kNoToken = std::numeric_limits<int32_t>::max();
+// Per-token history word in the count scratch: output count in the low bits, a flag for
+// "seen in the prompt" above them.
+constexpr int32_t kPromptFlag = 1 << 30;
+constexpr int32_t kCountMask = kPromptFlag - 1;
+
+// One row's parameters as uploaded (packed on the host, read once per block).
+struct RowParams {
+  uint64_t seed;
+  int64_t step;
+  double log_min_p;        // log(min_p); used only when use_min_p
+  int64_t history_offset;  // prompt tokens then output tokens, into the history array
+  int32_t prompt_count;
+  int32_t output_count;
+  float temperature;
+  float top_p;
+  float repetition_penalty;
+  float presence_penalty;
+  float frequency_penalty;
+  int32_t top_k;  // <= 0 or >= vocab: no limit
+  int32_t logprobs;
+  uint8_t greedy;
+  uint8_t use_top_p;
+  uint8_t use_min_p;
+  uint8_t penalized;
+};
+static_assert(sizeof(RowParams) % 8 == 0, "the history array follows the rows, 8-aligned");
+
+// What sample() reads back for one row's logprobs (ids of the top ones stored as int32).
+struct LogprobRecord {
+  float logprob;
+  int32_t top_ids[kMaxLogprobs];
+  float top_logprobs[kMaxLogprobs];
+};
+
+struct KernelArgs {
+  const float* logits;  // [rows, vocab]
+  int64_t vocab;
+  const RowParams* rows;
+  const int32_t* history;
+  float* scratch;          // [max_rows, vocab]: adjusted logits
+  int32_t* counts;         // [max_rows, vocab]: zero between calls
+  int32_t* tokens;         // [max_rows]
+  LogprobRecord* records;  // [max_rows]
+  uint8_t* masks;          // [max_rows, vocab] or null
+};
+
+struct SharedState {
+  double bin_mass[kRadixBins];
+  int32_t bin_count[kRadixBins];
+  double warp_double[kWarps];
+  int32_t warp_int[kWarps];
+  uint32_t prefix;
+  double above;
+};
+
+// Order-preserving key of a float: a < b as floats <=> key(a) < key(b); -0 maps to +0.
+__device__ __forceinline__ uint32_t order_key(float v) {
+  if (v == 0.f) return 0x80000000u;
+  const uint32_t u = __float_as_uint(v);
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+// (score, id) pairs: larger score first, lower id on ties.
+__device__ __forceinline__ bool better(double score, int32_t id, double best_score,
+                                       int32_t best_id) {
+  return score > best_score || (score == best_score && id < best_id);
+}
+
+// Block-wide argmax of (score, id); every thread gets the result. Fixed reduction order.
+__device__ void block_argmax(double& score, int32_t& id, SharedState& sh) {
+  for (int offset = 16; offset >= 1; offset /= 2) {
+    const double other_score = __shfl_xor_sync(kFullMask, score, offset);
+    const int32_t other_id = __shfl_xor_sync(kFullMask, id, offset);
+    if (better(other_score, other_id, score, id)) {
+      score = other_score;
+      id = other_id;
+    }
+  }
+  const int warp = threadIdx.x / 32;
+  if (threadIdx.x % 32 == 0) {
+    sh.warp_double[warp] = score;
+    sh.warp_int[warp] = id;
+  }
+  __syncthreads();
+  score = sh.warp_double[0];
+  id = sh.warp_int[0];
+  for (int w = 1; w < kWarps; ++w)
+    if (better(sh.warp_double[w], sh.warp_int[w], score, id)) {
+      score = sh.warp_double[w];
+      id = sh.warp_int[w];
+    }
+  __syncthreads();  // the partials may be reused right away
+}
+
+// Block-wide sum; every thread gets the result. Fixed reduction order.
+__device__ double block_sum(double v, SharedState& sh) {
+  for (int offset = 16; offset >= 1; offset /= 2) v += __shfl_xor_sync(kFullMask, v, offset);
+  if (threadIdx.x % 32 == 0) sh.warp_double[threadIdx.x / 32] = v;
+  __syncthreads();
+  double total = 0;
+  for (int w = 0; w < kWarps; ++w) total += sh.warp_double[w];
+  __syncthreads();
+  return total;
+}
+
+// Adds (digit, weight) of every lane whose digit >= 0 to the shared histogram, one atomic per
+// distinct digit of the warp (the top digits of a row's logits are few and shared by most
+// tokens, so per-lane atomics would serialize). All 32 lanes must call it.
+__device__ void warp_histogram_add(int digit, double weight, SharedState& sh) {
+  const unsigned lane = threadIdx.x % 32;
+  const unsigned peers = __match_any_sync(kFullMask, digit);
+  unsigned pending = __ballot_sync(kFullMask, digit >= 0);
+  while (pending != 0) {
+    const int leader = __ffs(pending) - 1;
+    const unsigned group = __shfl_sync(kFullMask, peers, leader);
+    double v = ((group >> lane) & 1u) ? weight : 0.0;
+    for (int offset = 16; offset >= 1; offset /= 2) v += __shfl_xor_sync(kFullMask, v, offset);
+    if (lane == static_cast<unsigned>(leader)) {
+      atomicAdd(&sh.bin_mass[digit], v);
+      atomicAdd(&sh.bin_count[digit], __popc(group));
+    }
+    pending &= ~group;
+  }
+}
+
+// exp(x - m) in double, the mass of sampler.h's top-p.
+__device__ __forceinline__ double token_mass(float x, float m) {
+  return exp(__dsub_rn(static_cast<double>(x), static_cast<double>(m)));
+}
+
+// The largest key K such that the weight of tokens with key >= K (among those with key >=
+// floor_key) is >= target: weight 1 per token gives the k-th largest key (top-k), weight
+// exp(x - m) the top-p threshold. MSB-first, 8 bits a pass; `above` carries the weight of
+// the tokens whose key is above the current prefix. Such a K is always a present key.
+template <bool kMass>
+__device__ uint32_t largest_key_reaching(const float* x, int64_t vocab, uint32_t floor_key,
+                                         double target, float m, SharedState& sh) {
+  if (threadIdx.x == 0) {
+    sh.prefix = 0;
+    sh.above = 0;
+  }
+  for (int shift = 32 - kRadixBits; shift >= 0; shift -= kRadixBits) {
+    for (int b = threadIdx.x; b < kRadixBins; b += kThreads) {
+      sh.bin_mass[b] = 0;
+      sh.bin_count[b] = 0;
+    }
+    __syncthreads();
+    const uint32_t prefix = sh.prefix;
+    const uint32_t high_mask = shift + kRadixBits >= 32 ? 0u : ~0u << (shift + kRadixBits);
+    // Uniform trip count: warp_histogram_add needs the whole warp.
+    for (int64_t base = 0; base < vocab; base += kThreads) {
+      const int64_t i = base + threadIdx.x;
+      int digit = -1;
+      double weight = 0;
+      if (i < vocab) {
+        const float v = x[i];
+        const uint32_t key = order_key(v);
+        if (key >= floor_key && (key & high_mask) == prefix) {
+          digit = static_cast<int>((key >> shift) & (kRadixBins - 1));
+          weight = kMass ? token_mass(v, m) : 1.0;
+        }
+      }
+      warp_histogram_add(digit, weight, sh);
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      // The largest digit whose tokens, with all above them, reach the target. Should rounding
+      // leave none, take the lowest digit present (keep the whole group).
+      double above = sh.above;
+      int chosen = -1;
+      int lowest = -1;
+      double above_lowest = above;
+      for (int d = kRadixBins - 1; d >= 0; --d) {
+        if (sh.bin_count[d] == 0) continue;
+        if (__dadd_rn(above, sh.bin_mass[d]) >= target) {
+          chosen = d;
+          break;
+        }
+        lowest = d;
+        above_lowest = above;
+        above = __dadd_rn(above, sh.bin_mass[d]);
+      }
+      if (chosen < 0) {
+        chosen = lowest;
+        above = above_lowest;
+      }
+      sh.prefix = prefix | (static_cast<uint32_t>(chosen) << shift);
+      sh.above = above;
+    }
+    __syncthreads();
+  }
+  const uint32_t key = sh.prefix;
+  __syncthreads();
+  return key;
+}
+
+// Steps 1 and 3 of sampler.h for one token: the raw logit r with history word h.
+__device__ __forceinline__ float penalized(float r, int32_t h, const RowParams& p) {
+  float z = r;
+  if (p.repetition_penalty != 1.f)
+    z = z > 0.f ? __fdiv_rn(z, p.repetition_penalty) : __fmul_rn(z, p.repetition_penalty);
+  const int32_t count = h & kCountMask;
+  if (count > 0) {
+    const double penalty =
+        __dadd_rn(static_cast<double>(p.presence_penalty),
+                  __dmul_rn(static_cast<double>(p.frequency_penalty), static_cast<double>(count)));
+    z = static_cast<float>(__dsub_rn(static_cast<double>(z), penalty));
+  }
+  return z;
+}
+
+__global__ void __launch_bounds__(kThreads, 1) sample_kernel(const KernelArgs a) {
+  __shared__ SharedState sh;
+  const int row = blockIdx.x;
+  const RowParams p = a.rows[row];
+  const int64_t vocab = a.vocab;
+  const float* raw = a.logits + static_cast<int64_t>(row) * vocab;
+  float* x = a.scratch + static_cast<int64_t>(row) * vocab;
+  constexpr double kInf = std::numeric_limits<double>::infinity();
+
+  // Steps 1 and 3: scaled copy, then the penalized tokens rewritten from their raw logits.
+  for (int64_t i = threadIdx.x; i < vocab; i += kThreads)
+    x[i] = p.greedy ? raw[i] : __fdiv_rn(raw[i], p.temperature);
+  if (p.penalized) {
+    int32_t* counts = a.counts + static_cast<int64_t>(row) * vocab;
+    const int32_t* history = a.history + p.history_offset;
+    const int32_t history_count = p.prompt_count + p.output_count;
+    for (int32_t j = threadIdx.x; j < history_count; j += kThreads) {
+      if (j < p.prompt_count)
+        atomicOr(&counts[history[j]], kPromptFlag);
+      else
+        atomicAdd(&counts[history[j]], 1);
+    }
+    __syncthreads();  // counts complete, and the scaled copy visible to the block
+    // Exactly one thread claims each distinct token, and leaves its count zero for next time.
+    for (int32_t j = threadIdx.x; j < history_count; j += kThreads) {
+      const int32_t t = history[j];
+      const int32_t h = atomicExch(&counts[t], 0);
+      if (h != 0) {
+        const float z = penalized(raw[t], h, p);
+        x[t] = p.greedy ? z : __fdiv_rn(z, p.temperature);
+      }
+    }
+  }
+  __syncthreads();
+
+  // Step 2 (and m for the masks): the largest adjusted logit, lowest id on ties.
+  double max_score = -kInf;
+  int32_t max_id = kNoToken;
+  for (int64_t i = threadIdx.x; i < vocab; i += kThreads) {
+    const double v = x[i];
+    if (better(v, static_cast<int32_t>(i), max_score, max_id)) {
+      max_score = v;
+      max_id = static_cast<int32_t>(i);
+    }
+  }
+  block_argmax(max_score, max_id, sh);
+  const float m = static_cast<float>(max_score);
+
+  int32_t token = max_id;
+  uint32_t floor_key = 0;  // keep key >= floor_key; 0 keeps everything
+  if (!p.greedy) {
+    // Step 4: top-k, then top-p over the top-k tokens.
+    if (p.top_k > 0 && p.top_k < vocab)
+      floor_key = largest_key_reaching<false>(x, vocab, 0, static_cast<double>(p.top_k), m, sh);
+    if (p.use_top_p) {
+      double mass = 0;
+      for (int64_t i = threadIdx.x; i < vocab; i += kThreads) {
+        const float v = x[i];
+        if (order_key(v) >= floor_key) mass += token_mass(v, m);
+      }
+      const double target = __dmul_rn(static_cast<double>(p.top_p), block_sum(mass, sh));
+      floor_key = largest_key_reaching<true>(x, vocab, floor_key, target, m, sh);
+    }
+    // Step 5: the race over kept tokens.
+    double best_score = -kInf;
+    int32_t best_id = kNoToken;
+    for (int64_t i = threadIdx.x; i < vocab; i += kThreads) {
+      const float v = x[i];
+      bool kept = order_key(v) >= floor_key;
+      if (p.use_min_p)
+        kept = kept && __dsub_rn(static_cast<double>(v), static_cast<double>(m)) >= p.log_min_p;
+      if (a.masks != nullptr) a.masks[static_cast<int64_t>(row) * vocab + i] = kept;
+      if (!kept) continue;
+      const double u = uniform_for(p.seed, p.step, i);
+      const double score = __dsub_rn(static_cast<double>(v), log(-log(u)));
+      if (score > -kInf && better(score, static_cast<int32_t>(i), best_score, best_id)) {
+        best_score = score;
+        best_id = static_cast<int32_t>(i);
+      }
+    }
+    block_argmax(best_score, best_id, sh);
+    if (best_id != kNoToken) token = best_id;
+  } else if (a.masks != nullptr) {
+    for (int64_t i = threadIdx.x; i < vocab; i += kThreads)
+      a.masks[static_cast<int64_t>(row) * vocab + i] = i == token;
+  }
+  if (threadIdx.x == 0) a.tokens[row] = token;
+
+  // Logprobs of the raw distribution; the top ones by rounds of argmax, each round taking the
+  // best token strictly after the previous one in (logit descending, id ascending) order.
+  if (p.logprobs < 0) return;
+  double raw_max = -kInf;
+  int32_t raw_max_id = kNoToken;
+  for (int64_t i = threadIdx.x; i < vocab; i += kThreads) {
+    const double v = raw[i];
+    if (better(v, static_cast<int32_t>(i), raw_max, raw_max_id)) {
+      raw_max = v;
+      raw_max_id = static_cast<int32_t>(i);
+    }
+  }
+  block_argmax(raw_max, raw_max_id, sh);
+  double sum = 0;
+  for (int64_t i = threadIdx.x; i < vocab; i += kThreads)
+    sum += exp(__dsub_rn(static_cast<double>(raw[i]), raw_max));
+  const double lse = __dadd_rn(raw_max, log(block_sum(sum, sh)));
+  LogprobRecord& record = a.records[row];
+  if (threadIdx.x == 0)
+    record.logprob = static_cast<float>(__dsub_rn(static_cast<double>(raw[token]), lse));
+  const int32_t n = static_cast<int32_t>(min(static_cast<int64_t>(p.logprobs), vocab));
+  double previous_score = kInf;
+  int32_t previous_id = -1;
+  for (int32_t k = 0; k < n; ++k) {
+    double best_score = -kInf;
+    int32_t best_id = kNoToken;
+    for (int64_t i = threadIdx.x; i < vocab; i += kThreads) {
+      const double v = raw[i];
+      const int32_t id = static_cast<int32_t>(i);
+      if (better(previous_score, previous_id, v, id) && better(v, id, best_score, best_id)) {
+        best_score = v;
+        best_id = id;
+      }
+    }
+    block_argmax(best_score, best_id, sh);
+    if (threadIdx.x == 0) {
+      record.top_ids[k] = best_id;
+      record.top_logprobs[k] = static_cast<float>(__dsub_rn(best_score, lse));
+    }
+    previous_score = best_score;
+    previous_id = best_id;
+  }
+}
+
+size_t align_up(size_t n, size_t alignment) {
+  return (n + alignment - 1) / alignment * alignment;
+}
+
+}  // namespace
+
+struct GpuSampler::Buffers {
+  int64_t vocab = 0;
+  int32_t max_rows = 0;
+  int64_t max_history = 0;
+  size_t staging_bytes = 0;
+
+  float* scratch = nullptr;
+  int32_t* counts = nullptr;
+  std::byte* device_staging = nullptr;
+  // Two pinned staging buffers used in turn; a buffer is rewritten only after the upload that
+  // last read it completed (that of two calls ago, long done in a step loop).
+  std::byte* host_staging[2] = {nullptr, nullptr};
+  cudaEvent_t uploaded[2] = {nullptr, nullptr};
+  bool upload_pending[2] = {false, false};
+  int next_staging = 0;
+  // Results: tokens [max_rows] then LogprobRecord [max_rows], on the device and pinned.
+  std::byte* device_results = nullptr;
+  std::byte* host_results = nullptr;
+  uint8_t* masks = nullptr;
+  bool record_masks = false;
+
+  // The last call, for results() and last_masks().
+  int32_t last_rows = 0;
+  std::vector<int32_t> last_logprobs;
+  bool last_recorded_masks = false;
+
+  size_t records_offset() const { return align_up(sizeof(int32_t) * max_rows, 16); }
+  int32_t* device_tokens() const { return reinterpret_cast<int32_t*>(device_results); }
+  LogprobRecord* device_records() const {
+    return reinterpret_cast<LogprobRecord*>(device_results + records_offset());
+  }
+
+  // Frees whatever was allocated; errors are ignored (also used on a failed construction).
+  void release() {
+    cudaFree(scratch);
+    cudaFree(counts);
+    cudaFree(device_staging);
+    cudaFree(device_results);
+    cudaFree(masks);
+    cudaFreeHost(host_results);
+    for (int s = 0; s < 2; ++s) {
+      cudaFreeHost(host_staging[s]);
+      if (uploaded[s] != nullptr) cudaEventDestroy(uploaded[s]);
+    }
+  }
+};
+
+GpuSampler::GpuSampler(int64_t vocab, int32_t max_rows, int64_t max_history_tokens) {
+  if (vocab < 1 || vocab > std::numeric_limits<int32_t>::max() || max_rows < 1 ||
+      max_history_tokens < 0)
+    throw Error("GpuSampler: invalid sizes (vocab " + std::to_string(vocab) + ", max_rows " +
+                std::to_string(max_rows) + ", max_history_tokens " +
+                std::to_string(max_history_tokens) + ")");
+  b_ = new Buffers;
+  Buffers& b = *b_;
+  b.vocab = vocab;
+  b.max_rows = max_rows;
+  b.max_history = max_history_tokens;
+  b.staging_bytes = sizeof(RowParams) * max_rows + sizeof(int32_t) * max_history_tokens;
+  const size_t row_elems = static_cast<size_t>(max_rows) * vocab;
+  const size_t results_bytes = b.records_offset() + sizeof(LogprobRecord) * max_rows;
+  try {
+    L2KV_CUDA_CHECK(cudaMalloc(&b.scratch, sizeof(float) * row_elems));
+    L2KV_CUDA_CHECK(cudaMalloc(&b.counts, sizeof(int32_t) * row_elems));
+    L2KV_CUDA_CHECK(cudaMalloc(&b.device_staging, b.staging_bytes));
+    L2KV_CUDA_CHECK(cudaMalloc(&b.device_results, results_bytes));
+    L2KV_CUDA_CHECK(cudaMallocHost(&b.host_results, results_bytes));
+    for (int s = 0; s < 2; ++s) {
+      L2KV_CUDA_CHECK(cudaMallocHost(&b.host_staging[s], b.staging_bytes));
+      L2KV_CUDA_CHECK(cudaEventCreateWithFlags(&b.uploaded[s], cudaEventDisableTiming));
+    }
+    // The kernel leaves the counts zero after each call; they start zero here.
+    L2KV_CUDA_CHECK(cudaMemset(b.counts, 0, sizeof(int32_t) * row_elems));
+    L2KV_CUDA_CHECK(cudaMemset(b.device_results, 0, results_bytes));
+    std::memset(b.host_results, 0, results_bytes);
+  } catch (...) {
+    b.release();
+    delete b_;
+    throw;
+  }
+}
+
+GpuSampler::~GpuSampler() {
+  b_->release();
+  delete b_;
+}
+
+void GpuSampler::sample(const float* d_logits, std::span<const SamplingRow> rows,
+                        cudaStream_t stream) {
+  Buffers& b = *b_;
+  if (rows.size() > static_cast<size_t>(b.max_rows))
+    throw Error("GpuSampler: " + std::to_string(rows.size()) + " rows, at most " +
+                std::to_string(b.max_rows));
+  if (!rows.empty() && d_logits == nullptr) throw Error("GpuSampler: null logits");
+  const int32_t n = static_cast<int32_t>(rows.size());
+
+  // Validate everything before touching the staging buffer.
+  int64_t history = 0;
+  for (const SamplingRow& row : rows) {
+    if (row.params == nullptr) throw Error("GpuSampler: a row has no SamplingParams");
+    const SamplingParams& p = *row.params;
+    if (!(p.temperature >= 0.f) || p.logprobs > kMaxLogprobs || !(p.top_p > 0.f))
+      throw Error("GpuSampler: invalid SamplingParams (call SamplingParams::validate)");
+    const bool penalized =
+        p.repetition_penalty != 1.f || p.presence_penalty != 0.f || p.frequency_penalty != 0.f;
+    if (!penalized) continue;
+    history += static_cast<int64_t>(row.prompt_tokens.size() + row.output_tokens.size());
+    for (auto tokens : {row.prompt_tokens, row.output_tokens})
+      for (int32_t t : tokens)
+        if (t < 0 || t >= b.vocab)
+          throw Error("GpuSampler: history token " + std::to_string(t) + " outside [0, " +
+                      std::to_string(b.vocab) + ")");
+  }
+  if (history > b.max_history)
+    throw Error("GpuSampler: " + std::to_string(history) + " history tokens, at most " +
+                std::to_string(b.max_history));
+
+  b.last_rows = n;
+  b.last_logprobs.assign(n, -1);
+  b.last_recorded_masks = b.record_masks;
+  if (n == 0) return;
+
+  // Pack: RowParams[n], then the histories of the penalized rows.
+  const int slot = b.next_staging;
+  b.next_staging = 1 - slot;
+  if (b.upload_pending[slot]) L2KV_CUDA_CHECK(cudaEventSynchronize(b.uploaded[slot]));
+  std::byte* staging = b.host_staging[slot];
+  auto* params = reinterpret_cast<RowParams*>(staging);
+  auto* history_out = reinterpret_cast<int32_t*>(staging + sizeof(RowParams) * n);
+  int64_t offset = 0;
+  for (int32_t r = 0; r < n; ++r) {
+    const SamplingRow& row = rows[r];
+    const SamplingParams& sp = *row.params;
+    RowParams& p = params[r];
+    p = RowParams{};
+    p.seed = row.seed;
+    p.step = row.step;
+    p.temperature = sp.temperature;
+    p.top_p = sp.top_p;
+    p.top_k = sp.top_k;
+    p.logprobs = sp.logprobs;
+    p.repetition_penalty = sp.repetition_penalty;
+    p.presence_penalty = sp.presence_penalty;
+    p.frequency_penalty = sp.frequency_penalty;
+    p.greedy = sp.greedy();
+    p.use_top_p = sp.top_p < 1.f;
+    p.use_min_p = sp.min_p > 0.f;
+    p.log_min_p = std::log(static_cast<double>(sp.min_p));
+    p.penalized =
+        sp.repetition_penalty != 1.f || sp.presence_penalty != 0.f || sp.frequency_penalty != 0.f;
+    p.history_offset = offset;
+    if (p.penalized) {
+      p.prompt_count = static_cast<int32_t>(row.prompt_tokens.size());
+      p.output_count = static_cast<int32_t>(row.output_tokens.size());
+      std::copy(row.prompt_tokens.begin(), row.prompt_tokens.end(), history_out + offset);
+      offset += p.prompt_count;
+      std::copy(row.output_tokens.begin(), row.output_tokens.end(), history_out + offset);
+      offset += p.output_count;
+    }
+    b.last_logprobs[r] = sp.logprobs;
+  }
+  const size_t bytes = sizeof(RowParams) * n + sizeof(int32_t) * offset;
+  L2KV_CUDA_CHECK(
+      cudaMemcpyAsync(b.device_staging, staging, bytes, cudaMemcpyHostToDevice, stream));
+  L2KV_CUDA_CHECK(cudaEventRecord(b.uploaded[slot], stream));
+  b.upload_pending[slot] = true;
+
+  KernelArgs args{};
+  args.logits = d_logits;
+  args.vocab = b.vocab;
+  args.rows = reinterpret_cast<const RowParams*>(b.device_staging);
+  args.history = reinterpret_cast<const int32_t*>(b.device_staging + sizeof(RowParams) * n);
+  args.scratch = b.scratch;
+  args.counts = b.counts;
+  args.tokens = b.device_tokens();
+  args.records = b.device_records();
+  args.masks = b.record_masks ? b.masks : nullptr;
+  sample_kernel<<<n, kThreads, 0, stream>>>(args);
+  L2KV_CUDA_CHECK_LAUNCH();
+
+  // One read-back: all tokens, then the records of rows 0..last row asking for logprobs.
+  int32_t last_logprob_row = -1;
+  for (int32_t r = 0; r < n; ++r)
+    if (b.last_logprobs[r] >= 0) last_logprob_row = r;
+  const size_t read_bytes =
+      last_logprob_row < 0 ? sizeof(int32_t) * n
+                           : b.records_offset() + sizeof(LogprobRecord) * (last_logprob_row + 1);
+  L2KV_CUDA_CHECK(cudaMemcpyAsync(b.host_results, b.device_results, read_bytes,
+                                  cudaMemcpyDeviceToHost, stream));
+}
+
+std::vector<SampledToken> GpuSampler::results(cudaStream_t stream) const {
+  const Buffers& b = *b_;
+  L2KV_CUDA_CHECK(cudaStreamSynchronize(stream));
+  const auto* tokens = reinterpret_cast<const int32_t*>(b.host_results);
+  const auto* records = reinterpret_cast<const LogprobRecord*>(b.host_results + b.records_offset());
+  std::vector<SampledToken> out(b.last_rows);
+  for (int32_t r = 0; r < b.last_rows; ++r) {
+    out[r].token = tokens[r];
+    if (b.last_logprobs[r] < 0) continue;
+    const int64_t n = std::min<int64_t>(b.last_logprobs[r], b.vocab);
+    out[r].logprob = records[r].logprob;
+    for (int64_t k = 0; k < n; ++k)
+      out[r].top_logprobs.emplace_back(records[r].top_ids[k], records[r].top_logprobs[k]);
+  }
+  return out;
+}
+
+const int32_t* GpuSampler::device_tokens() const {
+  return b_->device_tokens();
+}
+
+void GpuSampler::set_record_masks(bool on) {
+  Buffers& b = *b_;
+  if (on && b.masks == nullptr)
+    L2KV_CUDA_CHECK(cudaMalloc(&b.masks, static_cast<size_t>(b.max_rows) * b.vocab));
+  b.record_masks = on;
+}
+
+std::vector<uint8_t> GpuSampler::last_masks(cudaStream_t stream) const {
+  const Buffers& b = *b_;
+  if (!b.last_recorded_masks)
+    throw Error("GpuSampler: the last sample() did not record masks (set_record_masks)");
+  std::vector<uint8_t> out(static_cast<size_t>(b.last_rows) * b.vocab);
+  L2KV_CUDA_CHECK(cudaStreamSynchronize(stream));
+  if (!out.empty())
+    L2KV_CUDA_CHECK(cudaMemcpy(out.data(), b.masks, out.size(), cudaMemcpyDeviceToHost));
+  return out;
+}
+
+}  // namespace l2kv
