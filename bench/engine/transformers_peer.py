@@ -44,6 +44,7 @@ MODELS = {
                         num_key_value_heads=8, rope_theta=1000000.0, max_position_embeddings=32768,
                         rms_norm_eps=1e-6, tie_word_embeddings=False, use_sliding_window=False),
 }
+CONFIG_CLASSES = {"llama": "LlamaConfig", "qwen2": "Qwen2Config"}
 BF16_BYTES = 2
 CEILING_TENSOR_BYTES = 4 << 30
 # Decode tokens generated while warming up: enough for the compile and for the CUDA-graph
@@ -118,6 +119,7 @@ class Peer:
 
     def __init__(self, args):
         import torch
+        import torch._dynamo
         import transformers
         self.torch = torch
         self.transformers = transformers
@@ -175,7 +177,7 @@ class Peer:
     def build(self, name):
         t, tf = self.torch, self.transformers
         shape = dict(MODELS[name])
-        cfg = tf.AutoConfig.for_model(shape.pop("model_type"), **shape)
+        cfg = getattr(tf, CONFIG_CLASSES[shape.pop("model_type")])(**shape)
         model = None
         # transformers 5 names the argument dtype; torch_dtype is the older name.
         for key in ("dtype", "torch_dtype"):
