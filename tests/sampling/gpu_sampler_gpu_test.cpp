@@ -1,0 +1,426 @@
+// GpuSampler against the CPU reference (sample_on_cpu, sampling_mask_on_cpu) on Llama-3 and
+// Qwen vocabularies: kept-token masks equal exactly, sampled ids equal (a mismatch is
+// tolerated only on a race near-tie, and counted), logprobs within 1e-4; seeded draws do not
+// depend on the batch; chi-square of temperature sampling as on the CPU.
+#include <cuda_runtime_api.h>
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <numeric>
+#include <random>
+#include <vector>
+
+#include "gpu_test_support.h"
+#include "l2kv/core/cuda_check.h"
+#include "l2kv/core/error.h"
+#include "l2kv/sampling/gpu_sampler.h"
+#include "l2kv/sampling/sampler.h"
+
+namespace l2kv::testing {
+
+// Defined in sampler_test.cpp.
+double chi_square_p_value(const std::vector<int64_t>& observed,
+                          const std::vector<double>& expected);
+
+namespace {
+
+class DeviceFloats {
+ public:
+  explicit DeviceFloats(const std::vector<float>& host) {
+    L2KV_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&ptr_),
+                               sizeof(float) * std::max<size_t>(host.size(), 1)));
+    L2KV_CUDA_CHECK(
+        cudaMemcpy(ptr_, host.data(), sizeof(float) * host.size(), cudaMemcpyHostToDevice));
+  }
+  ~DeviceFloats() { cudaFree(ptr_); }
+  DeviceFloats(const DeviceFloats&) = delete;
+  DeviceFloats& operator=(const DeviceFloats&) = delete;
+  const float* get() const { return ptr_; }
+
+ private:
+  float* ptr_ = nullptr;
+};
+
+class Stream {
+ public:
+  Stream() { L2KV_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking)); }
+  ~Stream() { cudaStreamDestroy(stream_); }
+  Stream(const Stream&) = delete;
+  Stream& operator=(const Stream&) = delete;
+  cudaStream_t get() const { return stream_; }
+
+ private:
+  cudaStream_t stream_ = nullptr;
+};
+
+// A request's sampling state; rows() points into it, so keep it alive while sampling.
+struct Request {
+  SamplingParams params;
+  uint64_t seed = 0;
+  int64_t step = 0;
+  std::vector<int32_t> prompt, output;
+  std::vector<float> logits;  // [vocab]
+
+  SamplingRow row() const {
+    SamplingRow r;
+    r.params = &params;
+    r.seed = seed;
+    r.step = step;
+    r.prompt_tokens = prompt;
+    r.output_tokens = output;
+    return r;
+  }
+};
+
+// Greedy, temperature, top-k, top-p, min-p, their combinations and penalties, cycling;
+// logprobs 5, 0 and none. Histories repeat tokens, and the output ones are mostly among the
+// row's best so that penalties move the masks and the draw.
+std::vector<Request> mixed_requests(int32_t n, int64_t vocab, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::vector<Request> requests(n);
+  for (int32_t r = 0; r < n; ++r) {
+    Request& q = requests[r];
+    q.seed = rng();
+    q.step = static_cast<int64_t>(rng() % 5000);
+    std::normal_distribution<float> normal(0.f, 1.5f + 0.5f * (r % 4));
+    q.logits.resize(vocab);
+    for (float& v : q.logits) {
+      v = normal(rng);
+      if (r % 5 == 4) v = std::round(v * 4) / 4;  // exact ties
+    }
+    SamplingParams& p = q.params;
+    switch (r % 10) {
+      case 0:
+        p.temperature = 0.f;
+        break;
+      case 1:
+        break;
+      case 2:
+        p.temperature = 0.7f;
+        p.top_k = 50;
+        break;
+      case 3:
+        p.top_p = 0.9f;
+        break;
+      case 4:
+        p.temperature = 0.8f;
+        p.min_p = 0.05f;
+        break;
+      case 5:
+        p.temperature = 1.2f;
+        p.top_k = 200;
+        p.top_p = 0.8f;
+        p.min_p = 0.02f;
+        break;
+      case 6:
+        p.temperature = 0.f;
+        p.repetition_penalty = 1.3f;
+        p.presence_penalty = 0.5f;
+        p.frequency_penalty = 0.3f;
+        break;
+      case 7:
+        p.temperature = 0.9f;
+        p.top_p = 0.95f;
+        p.repetition_penalty = 1.2f;
+        p.presence_penalty = 1.f;
+        p.frequency_penalty = -0.5f;
+        break;
+      case 8:
+        p.top_k = 1;
+        break;
+      default:
+        p.temperature = 0.6f;
+        p.top_k = 1000;
+        p.top_p = 0.5f;
+        p.repetition_penalty = 0.8f;
+        p.frequency_penalty = 0.2f;
+        break;
+    }
+    p.logprobs = std::vector<int32_t>{5, 0, -1}[r % 3];
+
+    std::vector<int32_t> best(vocab);
+    std::iota(best.begin(), best.end(), 0);
+    std::partial_sort(best.begin(), best.begin() + 50, best.end(),
+                      [&](int32_t a, int32_t b) { return q.logits[a] > q.logits[b]; });
+    std::uniform_int_distribution<int32_t> any(0, static_cast<int32_t>(vocab - 1));
+    std::uniform_int_distribution<int32_t> top(0, 49);
+    for (int i = 0; i < 200 + 7 * r; ++i)
+      q.prompt.push_back(i % 4 == 3 ? q.prompt[i / 2] : any(rng));
+    q.prompt.push_back(best[0]);
+    for (int i = 0; i < 40; ++i) q.output.push_back(i % 2 == 0 ? best[top(rng)] : any(rng));
+    q.output.push_back(best[1]);
+    q.output.push_back(best[1]);
+  }
+  return requests;
+}
+
+std::vector<SamplingRow> rows_of(const std::vector<Request>& requests) {
+  std::vector<SamplingRow> rows;
+  for (const Request& q : requests) rows.push_back(q.row());
+  return rows;
+}
+
+std::vector<float> logits_of(const std::vector<Request>& requests) {
+  std::vector<float> all;
+  for (const Request& q : requests) all.insert(all.end(), q.logits.begin(), q.logits.end());
+  return all;
+}
+
+int64_t history_of(const std::vector<Request>& requests) {
+  int64_t n = 0;
+  for (const Request& q : requests) n += q.prompt.size() + q.output.size();
+  return n;
+}
+
+// True when `token` is kept by the CPU mask and its CPU race score is within 1e-5 (relative)
+// of the best one: a draw that float rounding of exp/log may legitimately flip.
+bool race_near_tie(const Request& q, int32_t token) {
+  const SamplingRow row = q.row();
+  if (q.params.greedy()) return false;
+  const std::vector<float> x = adjusted_logits_on_cpu(q.logits, row);
+  const std::vector<uint8_t> kept = sampling_mask_on_cpu(q.logits, row);
+  if (token < 0 || token >= static_cast<int32_t>(x.size()) || !kept[token]) return false;
+  auto score = [&](int64_t i) {
+    const double u = uniform_for(q.seed, q.step, i);
+    return static_cast<double>(x[i]) - std::log(-std::log(u));
+  };
+  double best = -INFINITY;
+  for (size_t i = 0; i < x.size(); ++i)
+    if (kept[i]) best = std::max(best, score(static_cast<int64_t>(i)));
+  return std::abs(best - score(token)) <= 1e-5 * std::max(std::abs(best), 1.0);
+}
+
+struct Agreement {
+  int64_t mask_mismatch_rows = 0;
+  int64_t id_mismatches = 0;  // not explained by a near-tie
+  int64_t near_tie_mismatches = 0;
+  double max_logprob_error = 0;
+};
+
+Agreement compare_with_cpu(const std::vector<Request>& requests,
+                           const std::vector<SampledToken>& gpu,
+                           const std::vector<uint8_t>& gpu_masks) {
+  const int64_t vocab = static_cast<int64_t>(requests[0].logits.size());
+  const std::vector<SamplingRow> rows = rows_of(requests);
+  const std::vector<float> logits = logits_of(requests);
+  const std::vector<SampledToken> cpu = sample_on_cpu(logits, vocab, rows);
+  Agreement a;
+  EXPECT_EQ(gpu.size(), requests.size());
+  for (size_t r = 0; r < requests.size() && r < gpu.size(); ++r) {
+    const Request& q = requests[r];
+    const std::vector<uint8_t> mask = sampling_mask_on_cpu(q.logits, rows[r]);
+    int64_t differing = 0, first = -1;
+    for (int64_t i = 0; i < vocab; ++i)
+      if (gpu_masks[r * vocab + i] != mask[i]) {
+        if (first < 0) first = i;
+        ++differing;
+      }
+    if (differing != 0) {
+      ++a.mask_mismatch_rows;
+      ADD_FAILURE() << "row " << r << " (config " << r % 10 << "): " << differing
+                    << " mask entries differ, first at token " << first << " (cpu "
+                    << int{mask[first]} << ", kept by cpu "
+                    << std::count(mask.begin(), mask.end(), 1) << ")";
+    }
+    if (gpu[r].token != cpu[r].token) {
+      if (race_near_tie(q, gpu[r].token)) {
+        ++a.near_tie_mismatches;
+      } else {
+        ++a.id_mismatches;
+        ADD_FAILURE() << "row " << r << " (config " << r % 10 << "): gpu token " << gpu[r].token
+                      << ", cpu " << cpu[r].token;
+      }
+    }
+    if (q.params.logprobs < 0) {
+      EXPECT_TRUE(gpu[r].top_logprobs.empty()) << "row " << r;
+      continue;
+    }
+    // The GPU's own token's logprob, against the CPU's value for that token.
+    const double m = *std::max_element(q.logits.begin(), q.logits.end());
+    double sum = 0;
+    for (float v : q.logits) sum += std::exp(v - m);
+    const double expected = q.logits[gpu[r].token] - m - std::log(sum);
+    a.max_logprob_error = std::max(a.max_logprob_error, std::abs(gpu[r].logprob - expected));
+    if (gpu[r].token == cpu[r].token) {
+      EXPECT_NEAR(gpu[r].logprob, cpu[r].logprob, 1e-4) << "row " << r;
+    }
+    if (gpu[r].top_logprobs.size() != cpu[r].top_logprobs.size()) {
+      ADD_FAILURE() << "row " << r << ": " << gpu[r].top_logprobs.size() << " top logprobs, cpu "
+                    << cpu[r].top_logprobs.size();
+      continue;
+    }
+    for (size_t k = 0; k < cpu[r].top_logprobs.size(); ++k) {
+      EXPECT_EQ(gpu[r].top_logprobs[k].first, cpu[r].top_logprobs[k].first) << "row " << r;
+      EXPECT_NEAR(gpu[r].top_logprobs[k].second, cpu[r].top_logprobs[k].second, 1e-4);
+      a.max_logprob_error = std::max(a.max_logprob_error,
+                                     std::abs(static_cast<double>(gpu[r].top_logprobs[k].second) -
+                                              cpu[r].top_logprobs[k].second));
+    }
+  }
+  return a;
+}
+
+void check_mixed_batch(int64_t vocab, int32_t rows_count, uint64_t seed) {
+  const std::vector<Request> requests = mixed_requests(rows_count, vocab, seed);
+  const std::vector<SamplingRow> rows = rows_of(requests);
+  const DeviceFloats logits(logits_of(requests));
+  Stream stream;
+  GpuSampler sampler(vocab, 64, history_of(requests));
+  sampler.set_record_masks(true);
+  sampler.sample(logits.get(), rows, stream.get());
+  const std::vector<SampledToken> gpu = sampler.results(stream.get());
+  const std::vector<uint8_t> masks = sampler.last_masks(stream.get());
+  ASSERT_EQ(masks.size(), static_cast<size_t>(rows_count) * vocab);
+
+  const Agreement a = compare_with_cpu(requests, gpu, masks);
+  std::printf(
+      "vocab %lld, %d rows: mask-mismatch rows %lld, id mismatches %lld, near-tie id "
+      "mismatches %lld, max logprob error %.3g\n",
+      static_cast<long long>(vocab), rows_count, static_cast<long long>(a.mask_mismatch_rows),
+      static_cast<long long>(a.id_mismatches), static_cast<long long>(a.near_tie_mismatches),
+      a.max_logprob_error);
+  EXPECT_EQ(a.mask_mismatch_rows, 0);
+  EXPECT_EQ(a.id_mismatches, 0);
+  EXPECT_LE(a.near_tie_mismatches, 1);  // expected 0; one flip in 64 rows is still plausible
+  EXPECT_LE(a.max_logprob_error, 1e-4);
+
+  // The device ids are the ones read back.
+  std::vector<int32_t> device_ids(rows_count);
+  L2KV_CUDA_CHECK(cudaMemcpy(device_ids.data(), sampler.device_tokens(),
+                             sizeof(int32_t) * rows_count, cudaMemcpyDeviceToHost));
+  for (int32_t r = 0; r < rows_count; ++r) EXPECT_EQ(device_ids[r], gpu[r].token);
+
+  // A second identical call gives identical results: the per-token count scratch was left
+  // zero, and nothing depends on timing.
+  sampler.sample(logits.get(), rows, stream.get());
+  const std::vector<SampledToken> again = sampler.results(stream.get());
+  EXPECT_EQ(sampler.last_masks(stream.get()), masks);
+  for (int32_t r = 0; r < rows_count; ++r) {
+    EXPECT_EQ(again[r].token, gpu[r].token) << "row " << r;
+    EXPECT_EQ(again[r].logprob, gpu[r].logprob) << "row " << r;
+  }
+}
+
+TEST(GpuSamplerGpuTest, MatchesCpuReferenceLlama3Vocab) {
+  L2KV_SKIP_WITHOUT_GPU();
+  check_mixed_batch(128256, 16, 1);
+  check_mixed_batch(128256, 64, 2);
+}
+
+TEST(GpuSamplerGpuTest, MatchesCpuReferenceQwenVocab) {
+  L2KV_SKIP_WITHOUT_GPU();
+  check_mixed_batch(151936, 64, 3);
+}
+
+TEST(GpuSamplerGpuTest, SameSeedGivesSameTokenInAnotherBatchAndPosition) {
+  L2KV_SKIP_WITHOUT_GPU();
+  const int64_t vocab = 151936;
+  const std::vector<Request> requests = mixed_requests(24, vocab, 4);
+  const std::vector<Request> others = mixed_requests(16, vocab, 5);
+  // Batch B: the same requests in reverse order, interleaved with unrelated ones.
+  std::vector<Request> batch_b;
+  std::vector<int32_t> position_of(requests.size());
+  for (size_t i = 0; i < requests.size(); ++i) {
+    if (i < others.size()) batch_b.push_back(others[i]);
+    position_of[requests.size() - 1 - i] = static_cast<int32_t>(batch_b.size());
+    batch_b.push_back(requests[requests.size() - 1 - i]);
+  }
+  Stream stream;
+  GpuSampler sampler(vocab, 64, history_of(batch_b) + history_of(requests));
+  const DeviceFloats logits_a(logits_of(requests));
+  sampler.sample(logits_a.get(), rows_of(requests), stream.get());
+  const std::vector<SampledToken> a = sampler.results(stream.get());
+  const DeviceFloats logits_b(logits_of(batch_b));
+  sampler.sample(logits_b.get(), rows_of(batch_b), stream.get());
+  const std::vector<SampledToken> b = sampler.results(stream.get());
+  for (size_t i = 0; i < requests.size(); ++i) {
+    EXPECT_EQ(a[i].token, b[position_of[i]].token) << "request " << i;
+    EXPECT_EQ(a[i].logprob, b[position_of[i]].logprob) << "request " << i;
+  }
+}
+
+// As SamplerCpuTest.TemperatureSamplingFollowsSoftmaxChiSquare (see there for the critical
+// value 56.49 of chi-square(15) at 1e-6 and the power against a 1% temperature error), with
+// the draws made on the GPU, 8192 rows (steps) per call; and each call's ids equal the CPU's.
+TEST(GpuSamplerGpuTest, TemperatureSamplingFollowsSoftmaxChiSquare) {
+  L2KV_SKIP_WITHOUT_GPU();
+  constexpr int64_t kVocab = 16, kDraws = 400000;
+  constexpr int32_t kBatch = 8192;
+  std::vector<float> logits(kVocab);
+  for (int64_t i = 0; i < kVocab; ++i) logits[i] = (i == 5 ? 3.f : 0.f) + 0.04f * ((7 * i) % 16);
+  SamplingParams p;
+  p.temperature = 0.7f;
+  std::vector<double> expected(kVocab), hotter(kVocab);
+  double sum = 0, hot_sum = 0;
+  for (int64_t i = 0; i < kVocab; ++i) {
+    sum += expected[i] = std::exp(static_cast<double>(logits[i] / 0.7f) - 3 / 0.7);
+    hot_sum += hotter[i] = std::exp(static_cast<double>(logits[i]) / (0.7 * 1.01) - 3 / 0.707);
+  }
+  for (int64_t i = 0; i < kVocab; ++i) {
+    expected[i] /= sum;
+    hotter[i] /= hot_sum;
+  }
+
+  std::vector<float> batch_logits;
+  for (int32_t r = 0; r < kBatch; ++r)
+    batch_logits.insert(batch_logits.end(), logits.begin(), logits.end());
+  const DeviceFloats d_logits(batch_logits);
+  Stream stream;
+  GpuSampler sampler(kVocab, kBatch, 0);
+  std::vector<SamplingRow> rows(kBatch);
+  for (SamplingRow& row : rows) {
+    row.params = &p;
+    row.seed = 20240601;
+  }
+  std::vector<int64_t> observed(kVocab, 0);
+  int64_t cpu_mismatches = 0;
+  for (int64_t first = 0; first < kDraws; first += kBatch) {
+    const int32_t n = static_cast<int32_t>(std::min<int64_t>(kBatch, kDraws - first));
+    for (int32_t r = 0; r < n; ++r) rows[r].step = first + r;
+    const std::span<const SamplingRow> batch(rows.data(), n);
+    sampler.sample(d_logits.get(), batch, stream.get());
+    const std::vector<SampledToken> out = sampler.results(stream.get());
+    const std::vector<SampledToken> cpu =
+        sample_on_cpu(std::span<const float>(batch_logits.data(), static_cast<size_t>(n) * kVocab),
+                      kVocab, batch);
+    for (int32_t r = 0; r < n; ++r) {
+      ++observed[out[r].token];
+      cpu_mismatches += out[r].token != cpu[r].token;
+    }
+  }
+  EXPECT_EQ(cpu_mismatches, 0);
+  EXPECT_GT(chi_square_p_value(observed, expected), 1e-6);
+  EXPECT_LT(chi_square_p_value(observed, hotter), 1e-6);
+}
+
+TEST(GpuSamplerGpuTest, RejectsInvalidCallsBeforeLaunching) {
+  L2KV_SKIP_WITHOUT_GPU();
+  const int64_t vocab = 1000;
+  Stream stream;
+  GpuSampler sampler(vocab, 2, 4);
+  const DeviceFloats logits(std::vector<float>(3 * vocab, 0.f));
+  SamplingParams p;
+  p.repetition_penalty = 1.1f;
+  std::vector<SamplingRow> rows(3);
+  for (SamplingRow& row : rows) row.params = &p;
+  EXPECT_THROW(sampler.sample(logits.get(), rows, stream.get()), Error);  // 3 rows > 2
+  rows.resize(1);
+  const std::vector<int32_t> long_history = {1, 2, 3, 4, 5};
+  rows[0].prompt_tokens = long_history;
+  EXPECT_THROW(sampler.sample(logits.get(), rows, stream.get()), Error);  // 5 tokens > 4
+  const std::vector<int32_t> out_of_range = {1000};
+  rows[0].prompt_tokens = out_of_range;
+  EXPECT_THROW(sampler.sample(logits.get(), rows, stream.get()), Error);
+  rows[0].prompt_tokens = {};
+  EXPECT_THROW(sampler.last_masks(stream.get()), Error);  // nothing recorded
+  EXPECT_THROW(GpuSampler(0, 1, 0), Error);
+  // A valid call still works after the rejected ones.
+  sampler.sample(logits.get(), rows, stream.get());
+  EXPECT_EQ(sampler.results(stream.get())[0].token >= 0, true);
+}
+
+}  // namespace
+}  // namespace l2kv::testing
