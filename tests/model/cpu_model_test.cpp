@@ -135,3 +135,69 @@ TEST(CpuModel, ChunkedPrefillAndDecodeStepsMatchOneForward) {
 
 }  // namespace
 }  // namespace l2kv
+
+namespace l2kv {
+namespace {
+
+TEST(CpuModel, PagedKvThroughABlockTableMatchesOneForward) {
+  // The engine's CpuRunner keeps K/V in a NaN-filled pool of blocks and reaches them through
+  // each sequence's block table: scattered blocks must give bit-identical logits, and a table
+  // that changes between chunks must not.
+  const CpuModel model(kFixtures / "llama2-mha");
+  std::vector<int32_t> tokens;
+  for (int i = 0; i < 23; ++i) tokens.push_back((i * 53 + 7) % 512);
+  const auto whole = model.forward(tokens);
+  CpuKvPool pool(model.config(), 12, 4);
+  const std::vector<int32_t> table{9, 2, 11, 5, 3, 7};  // 24 positions
+  std::vector<float> pieces;
+  for (auto [begin, end] : {std::pair{0, 10}, std::pair{10, 11}, std::pair{11, 23}}) {
+    CpuPagedKvView kv(pool, table);
+    const auto part =
+        model.extend(kv, begin, std::span<const int32_t>(tokens).subspan(begin, end - begin));
+    pieces.insert(pieces.end(), part.begin(), part.end());
+  }
+  EXPECT_EQ(pieces, whole);
+
+  // Block 8 was never written: a table that points there reads NaN.
+  std::vector<int32_t> wrong = table;
+  wrong[1] = 8;
+  CpuPagedKvView bad(pool, wrong);
+  const auto last = model.extend(bad, 22, std::span<const int32_t>(tokens).subspan(22));
+  EXPECT_TRUE(std::isnan(last[0]));
+
+  CpuPagedKvView short_table(pool, std::span<const int32_t>(table).first(2));
+  EXPECT_THROW(model.extend(short_table, 8, std::span<const int32_t>(tokens).first(1)), Error);
+  const std::vector<int32_t> outside{12};
+  EXPECT_THROW(CpuPagedKvView(pool, outside), Error);
+}
+
+TEST(ModelConfig, EosIdsFromConfigAndGenerationConfig) {
+  EXPECT_EQ(ModelConfig::from_folder(kFixtures / "llama3-gqa").eos_token_ids,
+            std::vector<int32_t>{2});
+  EXPECT_TRUE(ModelConfig::synthetic("llama3-8b").eos_token_ids.empty());
+
+  const fs::path dir = fs::temp_directory_path() / "l2kv_eos_config";
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  std::ifstream in(kFixtures / "llama3-gqa" / "config.json");
+  auto config = nlohmann::json::parse(in);
+  config["eos_token_id"] = {128001, 128009};
+  std::ofstream(dir / "config.json") << config.dump(1);
+  EXPECT_EQ(ModelConfig::from_folder(dir).eos_token_ids, (std::vector<int32_t>{128001, 128009}));
+  std::ofstream(dir / "generation_config.json") << R"({"eos_token_id": [128009, 128008]})";
+  EXPECT_EQ(ModelConfig::from_folder(dir).eos_token_ids,
+            (std::vector<int32_t>{128001, 128009, 128008}));
+  config["eos_token_id"] = nullptr;
+  std::ofstream(dir / "config.json") << config.dump(1);
+  std::ofstream(dir / "generation_config.json") << R"({"bos_token_id": 1})";
+  EXPECT_TRUE(ModelConfig::from_folder(dir).eos_token_ids.empty());
+  config.erase("eos_token_id");
+  std::ofstream(dir / "config.json") << config.dump(1);
+  std::ofstream(dir / "generation_config.json") << R"({"eos_token_id": 7})";
+  EXPECT_EQ(ModelConfig::from_folder(dir).eos_token_ids, std::vector<int32_t>{7});
+  config["eos_token_id"] = "x";
+  EXPECT_THROW(ModelConfig::from_json_text(config.dump(), "config.json"), Error);
+}
+
+}  // namespace
+}  // namespace l2kv

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <string>
 #include <thread>
 
@@ -70,7 +71,79 @@ void apply_rope(std::vector<float>& x, int64_t rows, int64_t first_pos, int64_t 
     }
 }
 
+// CpuSequenceState as a CpuKvCache: each layer's array grows to the positions asked for.
+class ContiguousKv final : public CpuKvCache {
+ public:
+  ContiguousKv(CpuSequenceState& state, int64_t num_layers, int64_t row_size)
+      : state_(state), row_(row_size) {
+    if (state_.keys.empty()) {
+      state_.keys.resize(static_cast<size_t>(num_layers));
+      state_.values.resize(static_cast<size_t>(num_layers));
+    }
+  }
+  void reserve(int64_t length) override {
+    for (auto& k : state_.keys) k.resize(static_cast<size_t>(length * row_));
+    for (auto& v : state_.values) v.resize(static_cast<size_t>(length * row_));
+  }
+  float* key(int64_t layer, int64_t position) override {
+    return state_.keys[layer].data() + position * row_;
+  }
+  float* value(int64_t layer, int64_t position) override {
+    return state_.values[layer].data() + position * row_;
+  }
+
+ private:
+  CpuSequenceState& state_;
+  int64_t row_;
+};
+
 }  // namespace
+
+CpuKvPool::CpuKvPool(const ModelConfig& config, int64_t blocks, int64_t block_tokens)
+    : num_layers(config.num_layers),
+      num_blocks(blocks),
+      block_size(block_tokens),
+      row_size(config.num_kv_heads * config.head_dim) {
+  if (blocks < 1 || block_tokens < 1)
+    throw Error("CpuKvPool: needs at least one block of at least one token");
+  const auto size = static_cast<size_t>(num_layers * num_blocks * block_size * row_size);
+  keys.assign(size, std::numeric_limits<float>::quiet_NaN());
+  values.assign(size, std::numeric_limits<float>::quiet_NaN());
+}
+
+int64_t CpuKvPool::bytes_per_block(const ModelConfig& config, int64_t block_size) {
+  return 2 * config.num_layers * block_size * config.num_kv_heads * config.head_dim *
+         static_cast<int64_t>(sizeof(float));
+}
+
+CpuPagedKvView::CpuPagedKvView(CpuKvPool& pool, std::span<const int32_t> block_table)
+    : pool_(pool), table_(block_table) {
+  for (int32_t block : table_)
+    if (block < 0 || block >= pool_.num_blocks)
+      throw Error("paged KV: block " + std::to_string(block) + " outside a pool of " +
+                  std::to_string(pool_.num_blocks) + " blocks");
+}
+
+void CpuPagedKvView::reserve(int64_t length) {
+  const int64_t covered = static_cast<int64_t>(table_.size()) * pool_.block_size;
+  if (length > covered)
+    throw Error("paged KV: the block table covers " + std::to_string(covered) +
+                " positions, the step needs " + std::to_string(length));
+}
+
+int64_t CpuPagedKvView::offset(int64_t layer, int64_t position) const {
+  const int64_t block = table_[static_cast<size_t>(position / pool_.block_size)];
+  return ((layer * pool_.num_blocks + block) * pool_.block_size + position % pool_.block_size) *
+         pool_.row_size;
+}
+
+float* CpuPagedKvView::key(int64_t layer, int64_t position) {
+  return pool_.keys.data() + offset(layer, position);
+}
+
+float* CpuPagedKvView::value(int64_t layer, int64_t position) {
+  return pool_.values.data() + offset(layer, position);
+}
 
 CpuModel::CpuModel(const std::filesystem::path& folder)
     : config_(ModelConfig::from_folder(folder)) {
@@ -112,15 +185,16 @@ std::vector<float> CpuModel::forward(std::span<const int32_t> tokens) const {
 
 // The CPU ops of the decoder graph for one sequence's new tokens.
 struct CpuModel::GraphOps {
-  GraphOps(const CpuModel& model, CpuSequenceState& sequence, std::span<const int32_t> new_tokens)
+  GraphOps(const CpuModel& model, CpuKvCache& kv_cache, int64_t start_position,
+           std::span<const int32_t> new_tokens)
       : m(model),
-        state(sequence),
+        kv(kv_cache),
         tokens(new_tokens),
         T(static_cast<int64_t>(new_tokens.size())),
-        past(sequence.length) {}
+        past(start_position) {}
 
   const CpuModel& m;
-  CpuSequenceState& state;
+  CpuKvCache& kv;
   std::span<const int32_t> tokens;
   const int64_t T;
   const int64_t past;
@@ -157,14 +231,21 @@ struct CpuModel::GraphOps {
   void rope_and_append_kv(int64_t l) {
     apply_rope(q, T, past, c().num_q_heads, c().head_dim, m.inv_freq_);
     apply_rope(k_new, T, past, c().num_kv_heads, c().head_dim, m.inv_freq_);
-    state.keys[l].insert(state.keys[l].end(), k_new.begin(), k_new.end());
-    state.values[l].insert(state.values[l].end(), v_new.begin(), v_new.end());
+    const int64_t row = c().num_kv_heads * c().head_dim;
+    for (int64_t t = 0; t < T; ++t) {
+      std::copy_n(k_new.begin() + t * row, row, kv.key(l, past + t));
+      std::copy_n(v_new.begin() + t * row, row, kv.value(l, past + t));
+    }
   }
   void attention(int64_t l) {
     const int64_t D = c().head_dim, group = c().num_q_heads / c().num_kv_heads;
     const float scale = 1.f / std::sqrt(static_cast<float>(D));
-    const std::vector<float>& k = state.keys[l];
-    const std::vector<float>& v = state.values[l];
+    // Row pointers of every visible position, looked up once per layer.
+    std::vector<const float*> k(static_cast<size_t>(past + T)), v(k.size());
+    for (int64_t s = 0; s < past + T; ++s) {
+      k[s] = kv.key(l, s);
+      v[s] = kv.value(l, s);
+    }
     attn.assign(static_cast<size_t>(T * c().num_q_heads * D), 0.f);
     std::vector<float> scores(static_cast<size_t>(past + T));
     for (int64_t head = 0; head < c().num_q_heads; ++head) {
@@ -174,7 +255,7 @@ struct CpuModel::GraphOps {
         const float* qr = q.data() + (t * c().num_q_heads + head) * D;
         float max_score = -INFINITY;
         for (int64_t s = 0; s < visible; ++s) {
-          const float* kr = k.data() + (s * c().num_kv_heads + kvh) * D;
+          const float* kr = k[s] + kvh * D;
           float dot = 0.f;
           for (int64_t i = 0; i < D; ++i) dot += qr[i] * kr[i];
           scores[s] = dot * scale;
@@ -185,7 +266,7 @@ struct CpuModel::GraphOps {
         float* out = attn.data() + (t * c().num_q_heads + head) * D;
         for (int64_t s = 0; s < visible; ++s) {
           const float w = scores[s] / sum;
-          const float* vr = v.data() + (s * c().num_kv_heads + kvh) * D;
+          const float* vr = v[s] + kvh * D;
           for (int64_t i = 0; i < D; ++i) out[i] += w * vr[i];
         }
       }
@@ -217,21 +298,26 @@ struct CpuModel::GraphOps {
   }
 };
 
-std::vector<float> CpuModel::extend(CpuSequenceState& state,
+std::vector<float> CpuModel::extend(CpuKvCache& cache, int64_t start_position,
                                     std::span<const int32_t> tokens) const {
   if (tokens.empty()) throw Error("forward: empty sequence");
+  if (start_position < 0) throw Error("forward: negative start position");
   for (int32_t t : tokens)
     if (t < 0 || t >= config_.vocab_size)
       throw Error("forward: token id " + std::to_string(t) + " outside the vocabulary of " +
                   std::to_string(config_.vocab_size));
-  if (state.keys.empty()) {
-    state.keys.resize(layers_.size());
-    state.values.resize(layers_.size());
-  }
-  GraphOps ops(*this, state, tokens);
+  cache.reserve(start_position + static_cast<int64_t>(tokens.size()));
+  GraphOps ops(*this, cache, start_position, tokens);
   run_decoder_graph(ops, config_.num_layers);
-  state.length += static_cast<int64_t>(tokens.size());
   return std::move(ops.logits);
+}
+
+std::vector<float> CpuModel::extend(CpuSequenceState& state,
+                                    std::span<const int32_t> tokens) const {
+  ContiguousKv kv(state, config_.num_layers, config_.num_kv_heads * config_.head_dim);
+  std::vector<float> logits = extend(kv, state.length, tokens);
+  state.length += static_cast<int64_t>(tokens.size());
+  return logits;
 }
 
 std::vector<int32_t> CpuModel::greedy(std::span<const int32_t> prompt, int steps) const {

@@ -11,10 +11,52 @@
 
 namespace l2kv {
 
+// Where the graph ops read and write one sequence's keys and values: a row of
+// kv_heads * head_dim floats per layer and position. Two layouts implement it: the contiguous
+// CpuSequenceState (one growing array per layer, for CpuModel's own API) and CpuPagedKvView
+// (blocks of a shared pool through a block table, for the engine's CpuRunner).
+class CpuKvCache {
+ public:
+  virtual ~CpuKvCache() = default;
+  // Makes positions [0, length) addressable in every layer, or throws l2kv::Error.
+  virtual void reserve(int64_t length) = 0;
+  virtual float* key(int64_t layer, int64_t position) = 0;
+  virtual float* value(int64_t layer, int64_t position) = 0;
+};
+
 // The keys and values one sequence has cached, per layer: [position][kv_heads * head_dim].
 struct CpuSequenceState {
   std::vector<std::vector<float>> keys, values;
   int64_t length = 0;  // positions cached
+};
+
+// A host KV pool in blocks, the CPU twin of the CUDA paged pool: for K and for V,
+// [layers][num_blocks][block_size][kv_heads * head_dim] floats. Filled with NaN at first, so a
+// read of a slot nobody wrote poisons the logits instead of passing unnoticed.
+struct CpuKvPool {
+  CpuKvPool(const ModelConfig& config, int64_t num_blocks, int64_t block_size);
+
+  int64_t num_layers = 0, num_blocks = 0, block_size = 0, row_size = 0;
+  std::vector<float> keys, values;
+
+  // Bytes of K and V of all layers for one block.
+  static int64_t bytes_per_block(const ModelConfig& config, int64_t block_size);
+};
+
+// One sequence's view of a CpuKvPool: position p of layer l lives in block
+// block_table[p / block_size] at slot p % block_size. Throws l2kv::Error when a block id is
+// outside the pool or the table does not cover a position asked for.
+class CpuPagedKvView final : public CpuKvCache {
+ public:
+  CpuPagedKvView(CpuKvPool& pool, std::span<const int32_t> block_table);
+  void reserve(int64_t length) override;
+  float* key(int64_t layer, int64_t position) override;
+  float* value(int64_t layer, int64_t position) override;
+
+ private:
+  int64_t offset(int64_t layer, int64_t position) const;
+  CpuKvPool& pool_;
+  std::span<const int32_t> table_;
 };
 
 class CpuModel {
@@ -29,6 +71,12 @@ class CpuModel {
   // cached before them (prefill of a prompt or a chunk of it, or one decode step), appends
   // their keys and values to `state`, and returns their logits [tokens.size(), vocab_size].
   std::vector<float> extend(CpuSequenceState& state, std::span<const int32_t> tokens) const;
+
+  // The same over any KV layout: runs `tokens` at positions start_position, start_position + 1,
+  // ..., attending to positions [0, start_position) already in `cache`, and writes their keys
+  // and values into `cache`.
+  std::vector<float> extend(CpuKvCache& cache, int64_t start_position,
+                            std::span<const int32_t> tokens) const;
 
   // Logits of `tokens` as one fresh sequence (extend on an empty state).
   std::vector<float> forward(std::span<const int32_t> tokens) const;

@@ -1,5 +1,6 @@
 #include "l2kv/model/model_config.h"
 
+#include <algorithm>
 #include <cmath>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -36,15 +37,50 @@ RopeConfig read_rope(const nlohmann::json& j, const std::string& origin) {
   return rope;
 }
 
-}  // namespace
+// Appends the ids of `eos_token_id` (an integer or a list of them; absent or null: none) that
+// `ids` does not hold yet.
+void add_eos_ids(const nlohmann::json& j, std::vector<int32_t>& ids, const std::string& origin) {
+  if (!j.is_object() || !j.contains("eos_token_id") || j["eos_token_id"].is_null()) return;
+  const nlohmann::json& eos = j["eos_token_id"];
+  std::vector<int32_t> found;
+  if (eos.is_number_integer()) {
+    found.push_back(eos.get<int32_t>());
+  } else if (eos.is_array()) {
+    for (const auto& id : eos) {
+      if (!id.is_number_integer()) throw Error(origin + ": eos_token_id holds a non-integer");
+      found.push_back(id.get<int32_t>());
+    }
+  } else {
+    throw Error(origin + ": eos_token_id must be an integer or a list of integers");
+  }
+  for (int32_t id : found)
+    if (std::find(ids.begin(), ids.end(), id) == ids.end()) ids.push_back(id);
+}
 
-ModelConfig ModelConfig::from_folder(const std::filesystem::path& folder) {
-  const auto path = folder / "config.json";
+std::string read_text(const std::filesystem::path& path) {
   std::ifstream f(path);
   if (!f) throw Error(path.string() + ": cannot open");
   std::ostringstream s;
   s << f.rdbuf();
-  return from_json_text(s.str(), path.string());
+  return s.str();
+}
+
+}  // namespace
+
+ModelConfig ModelConfig::from_folder(const std::filesystem::path& folder) {
+  const auto path = folder / "config.json";
+  ModelConfig c = from_json_text(read_text(path), path.string());
+  const auto generation = folder / "generation_config.json";
+  if (std::filesystem::exists(generation)) {
+    nlohmann::json j;
+    try {
+      j = nlohmann::json::parse(read_text(generation));
+    } catch (const nlohmann::json::exception& e) {
+      throw Error(generation.string() + ": not JSON (" + e.what() + ")");
+    }
+    add_eos_ids(j, c.eos_token_ids, generation.string());
+  }
+  return c;
 }
 
 ModelConfig ModelConfig::from_json_text(const std::string& text, const std::string& origin) {
@@ -88,6 +124,7 @@ ModelConfig ModelConfig::from_json_text(const std::string& text, const std::stri
     c.rope = read_rope(j, origin);
     const std::string dtype = j.value("torch_dtype", j.value("dtype", std::string("bfloat16")));
     c.dtype = dtype == "float16" ? DType::kFloat16 : DType::kBFloat16;
+    add_eos_ids(j, c.eos_token_ids, origin);
   } catch (const nlohmann::json::exception& e) {
     throw Error(origin + ": " + e.what());
   }

@@ -40,8 +40,13 @@ struct ModelConfig {
   // The 16-bit type the GPU computes in: the checkpoint's (config "torch_dtype" or "dtype")
   // when it is float16 or bfloat16; float32 checkpoints run in bfloat16.
   DType dtype = DType::kBFloat16;
+  // Tokens that end generation: config.json's eos_token_id (an id or a list, may be absent or
+  // null), united with generation_config.json's when the folder has one. Empty for synthetic
+  // shapes.
+  std::vector<int32_t> eos_token_ids;
 
-  // Reads `folder`/config.json. Accepts rope settings as rope_theta + rope_scaling (the Hub's
+  // Reads `folder`/config.json (and the EOS ids of `folder`/generation_config.json if present).
+  // Accepts rope settings as rope_theta + rope_scaling (the Hub's
   // checkpoints) or as rope_parameters (transformers 5). Throws l2kv::Error for unsupported
   // architectures, rope types, sliding windows or inconsistent sizes.
   static ModelConfig from_folder(const std::filesystem::path& folder);
