@@ -1,0 +1,62 @@
+// One request as the engine tracks it, from add_request to its final output: its tokens
+// (prompt, then output), how many of them have K/V in the cache, its sampling parameters and
+// seed, its place in the queues, and the streaming state of its text.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "l2kv/engine/engine.h"
+#include "l2kv/engine/stop_checker.h"
+#include "l2kv/sampling/sampling_params.h"
+#include "l2kv/tokenizer/stream_detokenizer.h"
+
+namespace l2kv {
+
+enum class RequestStatus : uint8_t { kWaiting, kRunning, kFinished };
+
+struct Request {
+  Request(int64_t request_id, int64_t arrival_order, std::vector<int32_t> prompt,
+          SamplingParams sampling, uint64_t resolved_seed);
+
+  int64_t id = 0;
+  int64_t arrival = 0;  // order of add_request
+  // Prompt followed by output tokens, so one span covers any chunk, including a re-prefill
+  // of prompt + output after a preemption.
+  std::vector<int32_t> tokens;
+  int32_t num_prompt_tokens = 0;
+  SamplingParams params;
+  uint64_t seed = 0;  // params.seed, or drawn by the engine
+  RequestStatus status = RequestStatus::kWaiting;
+  // Tokens whose K/V are in the cache. Back to 0 when preempted (recomputation).
+  int32_t num_computed_tokens = 0;
+  int32_t num_preemptions = 0;
+  FinishReason finish_reason = FinishReason::kNone;
+  std::string stop_reason;
+
+  // Streaming: text comes from the detokenizer (when the engine has a tokenizer) through the
+  // stop-string checker; tokens, text and logprobs gather here until the next callback.
+  std::optional<StreamDetokenizer> detokenizer;
+  StopStringChecker stop_checker;
+  std::shared_ptr<const std::function<void(const RequestOutput&)>> on_output;
+  std::vector<int32_t> pending_tokens;
+  std::string pending_text;
+  std::vector<SampledToken> pending_logprobs;
+
+  int32_t num_tokens() const { return static_cast<int32_t>(tokens.size()); }
+  int32_t num_output_tokens() const { return num_tokens() - num_prompt_tokens; }
+  std::span<const int32_t> prompt() const {
+    return std::span<const int32_t>(tokens).first(static_cast<size_t>(num_prompt_tokens));
+  }
+  std::span<const int32_t> output() const {
+    return std::span<const int32_t>(tokens).subspan(static_cast<size_t>(num_prompt_tokens));
+  }
+  bool finished() const { return status == RequestStatus::kFinished; }
+};
+
+}  // namespace l2kv

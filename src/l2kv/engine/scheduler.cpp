@@ -1,0 +1,97 @@
+#include "l2kv/engine/scheduler.h"
+
+#include <algorithm>
+#include <string>
+
+#include "l2kv/core/error.h"
+
+namespace l2kv {
+namespace {
+
+ScheduledChunk chunk_of(Request* r, int32_t n) {
+  return {r, r->num_computed_tokens, n, r->num_computed_tokens + n == r->num_tokens()};
+}
+
+}  // namespace
+
+Scheduler::Scheduler(SchedulerConfig config, BlockManager& blocks)
+    : config_(config), blocks_(blocks) {
+  if (config_.max_num_seqs < 1 || config_.max_num_batched_tokens < 1)
+    throw Error("scheduler: max_num_seqs and max_num_batched_tokens must be at least 1");
+}
+
+void Scheduler::add(Request* request) {
+  request->status = RequestStatus::kWaiting;
+  waiting_.push_back(request);
+}
+
+void Scheduler::remove(Request* request) {
+  std::erase(running_, request);
+  std::erase(waiting_, request);
+  blocks_.free(request->id);
+}
+
+void Scheduler::preempt(Request* request) {
+  std::erase(running_, request);
+  blocks_.free(request->id);
+  request->num_computed_tokens = 0;
+  request->status = RequestStatus::kWaiting;
+  ++request->num_preemptions;
+  waiting_.push_front(request);
+}
+
+StepPlan Scheduler::schedule() {
+  StepPlan plan;
+  int32_t budget = config_.max_num_batched_tokens;
+
+  // 1. Running requests, oldest first. A victim is always newer than every request scheduled
+  // so far (those sit before `i`), so preemption never removes a planned chunk.
+  for (size_t i = 0; i < running_.size() && budget > 0;) {
+    Request* r = running_[i];
+    const int32_t n = std::min(r->num_tokens() - r->num_computed_tokens, budget);
+    bool self_preempted = false;
+    while (!blocks_.can_allocate(r->id, r->num_computed_tokens + n)) {
+      Request* victim = running_.back();
+      if (victim == r && running_.size() == 1)
+        throw Error("scheduler: request " + std::to_string(r->id) + " needs " +
+                    std::to_string(blocks_.blocks_for(r->num_computed_tokens + n)) +
+                    " KV blocks, more than the pool's " + std::to_string(blocks_.num_usable()));
+      preempt(victim);
+      plan.preempted.push_back(victim);
+      if (victim == r) {
+        self_preempted = true;
+        break;
+      }
+    }
+    if (self_preempted) break;  // r was the newest: nobody after it is left
+    blocks_.allocate_for(r->id, r->num_computed_tokens + n);
+    plan.chunks.push_back(chunk_of(r, n));
+    plan.num_batched_tokens += n;
+    budget -= n;
+    ++i;
+  }
+
+  // 2. Waiting requests, in order, while nothing was preempted (admitting now would only
+  // take the blocks the preempted request needs back).
+  while (plan.preempted.empty() && !waiting_.empty() && budget > 0 &&
+         static_cast<int32_t>(running_.size()) < config_.max_num_seqs) {
+    Request* r = waiting_.front();
+    const int32_t n = std::min(r->num_tokens() - r->num_computed_tokens, budget);
+    if (!blocks_.can_allocate(r->id, r->num_computed_tokens + n)) break;
+    blocks_.allocate_for(r->id, r->num_computed_tokens + n);
+    waiting_.pop_front();
+    r->status = RequestStatus::kRunning;
+    running_.push_back(r);
+    plan.chunks.push_back(chunk_of(r, n));
+    plan.num_batched_tokens += n;
+    budget -= n;
+  }
+  return plan;
+}
+
+void Scheduler::update(const StepPlan& plan) {
+  for (const ScheduledChunk& chunk : plan.chunks)
+    chunk.request->num_computed_tokens += chunk.num_tokens;
+}
+
+}  // namespace l2kv

@@ -1,0 +1,75 @@
+// The scheduler: queues and policy, nothing else. Each step is a map from running request to
+// the number of its tokens to run now (vLLM V1's formulation): a prompt chunk, or 1 for a
+// decode; a step may mix both. There are no prefill and decode modes.
+//
+// Policy, per step, within max_num_batched_tokens tokens and max_num_seqs sequences:
+//  1. running requests first, oldest first: a decode token, or the next chunk of a prompt
+//     still being prefilled. When one cannot get the block its tokens need, the NEWEST running
+//     request is preempted by recomputation: all its blocks are freed, it goes to the front of
+//     the waiting queue with num_computed_tokens = 0, keeps its output tokens and later
+//     re-prefills prompt + output so far (a request may preempt itself this way).
+//  2. then, unless step 1 preempted someone, waiting requests in order (FCFS), each admitted
+//     only when the blocks of its first chunk are free; the head of the queue blocks the rest.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <vector>
+
+#include "l2kv/engine/block_manager.h"
+#include "l2kv/engine/request.h"
+
+namespace l2kv {
+
+struct SchedulerConfig {
+  int32_t max_num_seqs = 256;
+  int32_t max_num_batched_tokens = 2048;
+};
+
+// One request's part of a step: its tokens [start, start + num_tokens).
+struct ScheduledChunk {
+  Request* request = nullptr;
+  int32_t start = 0;  // the request's num_computed_tokens when scheduled
+  int32_t num_tokens = 0;
+  bool sample = false;  // the chunk ends the request's known tokens: sample the next one
+};
+
+struct StepPlan {
+  std::vector<ScheduledChunk> chunks;  // block tables already cover every chunk
+  std::vector<Request*> preempted;     // in this step
+  int32_t num_batched_tokens = 0;
+  bool empty() const { return chunks.empty(); }
+};
+
+class Scheduler {
+ public:
+  // `blocks` must outlive the scheduler; the scheduler allocates and frees in it.
+  Scheduler(SchedulerConfig config, BlockManager& blocks);
+
+  // Queues a new request (status waiting) at the back of the waiting queue.
+  void add(Request* request);
+  // Takes a request out of whichever queue holds it and frees its blocks (finish, abort,
+  // error). The request's status is left to the caller.
+  void remove(Request* request);
+
+  StepPlan schedule();
+  // After the step ran: each chunk's tokens are now cached.
+  void update(const StepPlan& plan);
+
+  int32_t num_waiting() const { return static_cast<int32_t>(waiting_.size()); }
+  int32_t num_running() const { return static_cast<int32_t>(running_.size()); }
+  bool empty() const { return waiting_.empty() && running_.empty(); }
+  const std::deque<Request*>& waiting() const { return waiting_; }
+  const std::vector<Request*>& running() const { return running_; }
+  const SchedulerConfig& config() const { return config_; }
+
+ private:
+  void preempt(Request* request);
+
+  SchedulerConfig config_;
+  BlockManager& blocks_;
+  std::deque<Request*> waiting_;
+  std::vector<Request*> running_;  // in admission order: the newest at the back
+};
+
+}  // namespace l2kv

@@ -1,0 +1,56 @@
+#include "l2kv/engine/stop_checker.h"
+
+#include <algorithm>
+
+namespace l2kv {
+
+StopStringChecker::StopStringChecker(std::vector<std::string> stops) : stops_(std::move(stops)) {
+  std::erase_if(stops_, [](const std::string& s) { return s.empty(); });
+}
+
+StopStringChecker::Result StopStringChecker::push(std::string_view piece, bool match) {
+  Result result;
+  if (stopped_) return result;
+  held_.append(piece);
+  if (!match || stops_.empty()) {
+    result.text.swap(held_);
+    return result;
+  }
+  // The earliest occurrence wins (a held tail cannot hold a whole stop string: it would have
+  // been found when it arrived, so searching all of held_ finds only new matches).
+  size_t first = std::string::npos;
+  for (size_t i = 0; i < stops_.size(); ++i) {
+    const size_t at = held_.find(stops_[i]);
+    if (at != std::string::npos && (first == std::string::npos || at < first)) {
+      first = at;
+      result.matched = i;
+    }
+  }
+  if (result.matched) {
+    result.text = held_.substr(0, first);
+    held_.clear();
+    stopped_ = true;
+    return result;
+  }
+  // Hold back the longest tail of the text that is a proper prefix of some stop string.
+  size_t hold = 0;
+  for (const std::string& stop : stops_) {
+    for (size_t n = std::min(stop.size() - 1, held_.size()); n > hold; --n) {
+      if (held_.compare(held_.size() - n, n, stop, 0, n) == 0) {
+        hold = n;
+        break;
+      }
+    }
+  }
+  result.text = held_.substr(0, held_.size() - hold);
+  held_.erase(0, held_.size() - hold);
+  return result;
+}
+
+std::string StopStringChecker::flush() {
+  std::string rest;
+  rest.swap(held_);
+  return rest;
+}
+
+}  // namespace l2kv

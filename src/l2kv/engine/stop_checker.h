@@ -1,0 +1,39 @@
+// Stop strings over streamed text. Text arrives in pieces (from the incremental detokenizer);
+// the checker passes on what is safe to stream and holds back any tail that could still
+// become the start of a stop string, so a client never sees a stop string or a prefix of one
+// that turns out to end the output. The stop string itself is never part of the output.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace l2kv {
+
+class StopStringChecker {
+ public:
+  explicit StopStringChecker(std::vector<std::string> stops);
+
+  struct Result {
+    std::string text;               // safe to stream now
+    std::optional<size_t> matched;  // index in `stops` of the stop string that ends the output
+  };
+
+  // Takes the next piece of text. While `match` is false (before min_tokens), stop strings
+  // are not looked for and nothing is held back. Once a stop string is found, `text` is what
+  // precedes it and the rest is dropped; later calls return nothing.
+  Result push(std::string_view piece, bool match = true);
+  // The text still held back, when the output ends for another reason.
+  std::string flush();
+
+  bool stopped() const { return stopped_; }
+  const std::vector<std::string>& stops() const { return stops_; }
+
+ private:
+  std::vector<std::string> stops_;
+  std::string held_;
+  bool stopped_ = false;
+};
+
+}  // namespace l2kv
