@@ -1,0 +1,54 @@
+#include "l2kv/engine/cpu_runner.h"
+
+#include <algorithm>
+
+#include "l2kv/core/error.h"
+
+namespace l2kv {
+
+CpuRunner::CpuRunner(std::shared_ptr<const CpuModel> model) : model_(std::move(model)) {
+  if (!model_) throw Error("CpuRunner: no model");
+}
+
+CpuRunner::CpuRunner(const std::filesystem::path& model_folder)
+    : CpuRunner(std::make_shared<const CpuModel>(model_folder)) {}
+
+KvCacheSizing CpuRunner::prepare(int32_t block_size, int32_t /*max_batched_tokens*/,
+                                 int32_t max_seqs, int32_t max_model_len,
+                                 double memory_utilization) {
+  if (block_size < 1) throw Error("CpuRunner: block size must be at least 1");
+  block_size_ = block_size;
+  KvCacheSizing sizing;
+  sizing.bytes_per_block = CpuKvPool::bytes_per_block(config(), block_size);
+  const int64_t budget =
+      static_cast<int64_t>(memory_utilization * static_cast<double>(kHostKvBudgetBytes));
+  // More blocks than every sequence at full length (plus the null block) would never be used.
+  const int64_t blocks_per_seq = (int64_t{max_model_len} + block_size - 1) / block_size;
+  const int64_t useful = (int64_t{max_seqs} * blocks_per_seq + 1) * sizing.bytes_per_block;
+  sizing.bytes_available = std::min(budget, useful);
+  return sizing;
+}
+
+void CpuRunner::allocate_kv_cache(int32_t num_blocks) {
+  if (block_size_ < 1) throw Error("CpuRunner: allocate_kv_cache before prepare");
+  pool_.reset();
+  pool_.emplace(config(), num_blocks, block_size_);
+}
+
+std::vector<SampledToken> CpuRunner::execute(const StepInput& step) {
+  if (!pool_) throw Error("CpuRunner: execute before allocate_kv_cache");
+  const int64_t vocab = config().vocab_size;
+  std::vector<float> last_rows;
+  std::vector<SamplingRow> rows;
+  for (const StepSequence& seq : step.sequences) {
+    CpuPagedKvView kv(*pool_, seq.block_table);
+    const std::vector<float> logits = model_->extend(kv, seq.start_position, seq.tokens);
+    if (!seq.sample) continue;
+    last_rows.insert(last_rows.end(), logits.end() - vocab, logits.end());
+    rows.push_back(seq.sampling);
+  }
+  if (rows.empty()) return {};
+  return sample_on_cpu(last_rows, vocab, rows);
+}
+
+}  // namespace l2kv

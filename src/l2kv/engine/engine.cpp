@@ -1,0 +1,372 @@
+// The engine loop. Sizes the KV pool with the runner, then each step: the scheduler's plan
+// becomes a StepInput (block tables straight from the BlockManager), the runner executes it,
+// and postprocessing appends each sampled token, checks stops on the host, streams text and
+// frees the blocks of finished requests at once. Callbacks run at the end of each step (or of
+// abort), after the engine's state is consistent, so they may call abort() or add_request().
+//
+// Pool: EngineConfig::num_kv_blocks counts physical blocks, the null block 0 included, so
+// kv_blocks_total in the stats is num_kv_blocks - 1.
+#include "l2kv/engine/engine.h"
+
+#include <algorithm>
+#include <deque>
+#include <limits>
+#include <optional>
+#include <random>
+#include <string>
+#include <unordered_map>
+
+#include "l2kv/core/error.h"
+#include "l2kv/engine/block_manager.h"
+#include "l2kv/engine/request.h"
+#include "l2kv/engine/scheduler.h"
+#include "l2kv/tokenizer/tokenizer.h"
+
+namespace l2kv {
+
+const char* finish_reason_name(FinishReason reason) {
+  switch (reason) {
+    case FinishReason::kNone:
+      return "none";
+    case FinishReason::kStop:
+      return "stop";
+    case FinishReason::kLength:
+      return "length";
+    case FinishReason::kAbort:
+      return "abort";
+    case FinishReason::kError:
+      return "error";
+  }
+  return "none";
+}
+
+namespace {
+
+using Callback = std::function<void(const RequestOutput&)>;
+
+EngineConfig resolve(EngineConfig config, const ModelConfig& model) {
+  auto positive = [](int64_t value, const char* name) {
+    if (value < 1)
+      throw Error(std::string(name) + " must be at least 1, got " + std::to_string(value));
+  };
+  positive(config.block_size, "block_size");
+  positive(config.max_num_seqs, "max_num_seqs");
+  positive(config.max_num_batched_tokens, "max_num_batched_tokens");
+  if (config.num_kv_blocks < 0) throw Error("num_kv_blocks must not be negative");
+  if (!(config.gpu_memory_utilization > 0 && config.gpu_memory_utilization <= 1))
+    throw Error("gpu_memory_utilization must be in (0, 1], got " +
+                std::to_string(config.gpu_memory_utilization));
+  if (config.max_model_len < 0) throw Error("max_model_len must not be negative");
+  const int64_t model_len = model.max_position_embeddings;
+  if (config.max_model_len == 0) {
+    if (model_len <= 0)
+      throw Error("the model config has no max_position_embeddings: set max_model_len");
+    config.max_model_len = static_cast<int32_t>(std::min<int64_t>(model_len, 1 << 30));
+  } else if (model_len > 0 && config.max_model_len > model_len) {
+    throw Error("max_model_len " + std::to_string(config.max_model_len) +
+                " is longer than the model's max_position_embeddings " + std::to_string(model_len));
+  }
+  return config;
+}
+
+}  // namespace
+
+struct Engine::Impl {
+  struct Delivery {
+    std::shared_ptr<const Callback> callback;
+    RequestOutput output;
+  };
+
+  std::unique_ptr<ModelRunner> runner;
+  const Tokenizer* tokenizer;
+  EngineConfig config;
+  std::vector<int32_t> eos_ids;
+  std::optional<BlockManager> blocks;
+  std::optional<Scheduler> scheduler;
+  std::unordered_map<int64_t, std::unique_ptr<Request>> requests;  // unfinished ones
+  std::mt19937_64 seed_rng;
+  int64_t next_id = 0;
+  // A request ends with "length" when prompt + output reaches this: max_model_len, or what
+  // the whole pool holds (so a lone request can always grow, and preemption always ends).
+  int64_t token_limit = 0;
+  EngineStats totals;
+  std::deque<Delivery> deliveries;
+  bool delivering = false;
+  bool in_step = false;
+
+  Impl(std::unique_ptr<ModelRunner> model_runner, const Tokenizer* tok, EngineConfig cfg)
+      : runner(std::move(model_runner)), tokenizer(tok) {
+    if (!runner) throw Error("Engine: no model runner");
+    const ModelConfig& model = runner->config();
+    config = resolve(cfg, model);
+    eos_ids = model.eos_token_ids;
+    seed_rng.seed(config.seed);
+    const KvCacheSizing sizing =
+        runner->prepare(config.block_size, config.max_num_batched_tokens, config.max_num_seqs,
+                        config.max_model_len, config.gpu_memory_utilization);
+    int64_t num_blocks = config.num_kv_blocks;
+    if (num_blocks == 0) {
+      if (sizing.bytes_per_block <= 0) throw Error("runner reported no KV block size");
+      num_blocks = std::min<int64_t>(sizing.bytes_available / sizing.bytes_per_block,
+                                     std::numeric_limits<int32_t>::max());
+      if (num_blocks < 2)
+        throw Error("KV pool: " + std::to_string(sizing.bytes_available) +
+                    " bytes available hold " + std::to_string(num_blocks) + " blocks of " +
+                    std::to_string(sizing.bytes_per_block) +
+                    " bytes; at least 2 are needed (block 0 is reserved)");
+    }
+    config.num_kv_blocks = static_cast<int32_t>(num_blocks);
+    blocks.emplace(config.num_kv_blocks, config.block_size);
+    runner->allocate_kv_cache(config.num_kv_blocks);
+    scheduler.emplace(SchedulerConfig{config.max_num_seqs, config.max_num_batched_tokens}, *blocks);
+    token_limit =
+        std::min<int64_t>(config.max_model_len, int64_t{blocks->num_usable()} * config.block_size);
+  }
+
+  int64_t add(GenerationRequest request) {
+    const int64_t vocab = runner->config().vocab_size;
+    const int64_t n = static_cast<int64_t>(request.prompt.size());
+    if (n == 0) throw Error("the prompt is empty");
+    for (int64_t i = 0; i < n; ++i)
+      if (request.prompt[i] < 0 || request.prompt[i] >= vocab)
+        throw Error("prompt token " + std::to_string(i) + " is id " +
+                    std::to_string(request.prompt[i]) + ", outside the vocabulary of " +
+                    std::to_string(vocab));
+    request.params.validate(vocab);
+    if (!request.params.stop.empty() && tokenizer == nullptr)
+      throw Error("stop strings need a tokenizer, and this engine has none");
+    for (const std::string& stop : request.params.stop)
+      if (stop.empty()) throw Error("stop strings must not be empty");
+    if (n > config.max_model_len)
+      throw Error("the prompt has " + std::to_string(n) + " tokens, more than max_model_len " +
+                  std::to_string(config.max_model_len));
+    if (blocks->blocks_for(n) > blocks->num_usable())
+      throw Error("the prompt has " + std::to_string(n) + " tokens and needs " +
+                  std::to_string(blocks->blocks_for(n)) + " KV blocks of " +
+                  std::to_string(config.block_size) + " tokens; the whole pool has " +
+                  std::to_string(blocks->num_usable()));
+    const uint64_t seed = request.params.seed ? *request.params.seed : seed_rng();
+    const int64_t id = next_id++;
+    auto r = std::make_unique<Request>(id, id, std::move(request.prompt), std::move(request.params),
+                                       seed);
+    if (tokenizer) r->detokenizer.emplace(*tokenizer, r->params.skip_special_tokens);
+    if (request.on_output)
+      r->on_output = std::make_shared<const Callback>(std::move(request.on_output));
+    scheduler->add(r.get());
+    requests.emplace(id, std::move(r));
+    return id;
+  }
+
+  // Moves what `r` gathered since its last callback into a delivery.
+  void queue_output(Request& r) {
+    Delivery d{r.on_output, {}};
+    RequestOutput& out = d.output;
+    out.request_id = r.id;
+    out.new_tokens = std::move(r.pending_tokens);
+    out.new_text = std::move(r.pending_text);
+    out.new_logprobs = std::move(r.pending_logprobs);
+    r.pending_tokens.clear();
+    r.pending_text.clear();
+    r.pending_logprobs.clear();
+    out.finished = r.finished();
+    out.finish_reason = r.finish_reason;
+    out.stop_reason = r.stop_reason;
+    out.prompt_tokens = r.num_prompt_tokens;
+    out.completion_tokens = r.num_output_tokens();
+    deliveries.push_back(std::move(d));
+  }
+
+  // Ends `r`: its blocks return to the pool now, its final output is queued, it is forgotten.
+  void finish(Request& r, FinishReason reason, std::string stop_reason = {},
+              std::string error = {}) {
+    if (r.detokenizer) {
+      // Text held back for a stop string that never came, and any incomplete character.
+      try {
+        r.pending_text += r.stop_checker.push(r.detokenizer->finish(), false).text;
+      } catch (const std::exception&) {
+        r.pending_text += r.stop_checker.flush();
+      }
+    }
+    r.status = RequestStatus::kFinished;
+    r.finish_reason = reason;
+    r.stop_reason = std::move(stop_reason);
+    scheduler->remove(&r);
+    queue_output(r);
+    deliveries.back().output.error = std::move(error);
+    const int64_t id = r.id;
+    requests.erase(id);  // r is gone from here on
+  }
+
+  // Appends a sampled token and checks every stop condition, in vLLM's order: stop tokens
+  // (not before min_tokens), stop strings (not before min_tokens), then length.
+  void append(Request& r, SampledToken sampled) {
+    const int32_t token = sampled.token;
+    r.tokens.push_back(token);
+    ++totals.generation_tokens;
+    r.pending_tokens.push_back(token);
+    if (r.params.logprobs >= 0) r.pending_logprobs.push_back(std::move(sampled));
+    const int32_t produced = r.num_output_tokens();
+    const bool may_stop = produced >= r.params.min_tokens;
+
+    FinishReason reason = FinishReason::kNone;
+    std::string stop_reason;
+    if (may_stop && !r.params.ignore_eos &&
+        std::find(eos_ids.begin(), eos_ids.end(), token) != eos_ids.end()) {
+      reason = FinishReason::kStop;  // EOS: stop_reason stays empty, as vLLM's null
+    } else if (may_stop && std::find(r.params.stop_token_ids.begin(), r.params.stop_token_ids.end(),
+                                     token) != r.params.stop_token_ids.end()) {
+      reason = FinishReason::kStop;
+      stop_reason = std::to_string(token);
+    }
+    // A stop token's text is not part of the output.
+    if (r.detokenizer && reason == FinishReason::kNone) {
+      StopStringChecker::Result text = r.stop_checker.push(r.detokenizer->push(token), may_stop);
+      r.pending_text += text.text;
+      if (text.matched) {
+        reason = FinishReason::kStop;
+        stop_reason = r.stop_checker.stops()[*text.matched];
+      }
+    }
+    if (reason == FinishReason::kNone &&
+        (produced >= r.params.max_tokens || r.num_tokens() >= token_limit))
+      reason = FinishReason::kLength;
+    if (reason != FinishReason::kNone) {
+      finish(r, reason, std::move(stop_reason));
+    } else {
+      queue_output(r);
+    }
+  }
+
+  // Runs the queued callbacks in order. A callback may abort or add requests; what that
+  // queues runs after the deliveries already queued, so each request's outputs keep their
+  // order (its final output last).
+  void deliver() {
+    if (delivering) return;
+    delivering = true;
+    try {
+      while (!deliveries.empty()) {
+        const Delivery d = std::move(deliveries.front());
+        deliveries.pop_front();
+        if (d.callback && *d.callback) (*d.callback)(d.output);
+      }
+    } catch (...) {
+      delivering = false;
+      throw;
+    }
+    delivering = false;
+  }
+
+  bool step() {
+    if (in_step || delivering) throw Error("Engine::step called from inside a step or a callback");
+    if (scheduler->empty()) return false;
+    StepPlan plan = scheduler->schedule();
+    totals.preemptions += static_cast<int64_t>(plan.preempted.size());
+    if (plan.empty()) return false;
+    in_step = true;
+    ++totals.steps;
+
+    StepInput input;
+    input.sequences.reserve(plan.chunks.size());
+    size_t num_samples = 0;
+    for (const ScheduledChunk& c : plan.chunks) {
+      Request& r = *c.request;
+      StepSequence s;
+      s.tokens = std::span<const int32_t>(r.tokens).subspan(static_cast<size_t>(c.start),
+                                                            static_cast<size_t>(c.num_tokens));
+      s.start_position = c.start;
+      s.block_table = blocks->block_table(r.id);
+      s.sample = c.sample;
+      if (c.sample) {
+        s.sampling = {&r.params, r.seed, r.num_output_tokens(), r.prompt(), r.output()};
+        ++num_samples;
+      }
+      input.sequences.push_back(s);
+      totals.prompt_tokens +=
+          std::max(0, std::min(c.start + c.num_tokens, r.num_prompt_tokens) - c.start);
+    }
+
+    std::vector<SampledToken> sampled;
+    std::string failure;
+    try {
+      sampled = runner->execute(input);
+      if (sampled.size() != num_samples)
+        failure = "the runner returned " + std::to_string(sampled.size()) + " tokens for " +
+                  std::to_string(num_samples) + " sequences";
+    } catch (const std::exception& e) {
+      failure = e.what();
+    }
+    if (!failure.empty()) {
+      // The step's K/V writes are unknown: fail every request in it and free its blocks.
+      for (const ScheduledChunk& c : plan.chunks)
+        finish(*c.request, FinishReason::kError, {}, "model runner failed: " + failure);
+    } else {
+      scheduler->update(plan);
+      size_t next = 0;
+      for (const ScheduledChunk& c : plan.chunks) {
+        if (!c.sample) continue;
+        const int64_t id = c.request->id;
+        try {
+          append(*c.request, std::move(sampled[next++]));
+        } catch (const std::exception& e) {  // e.g. the tokenizer cannot decode the token
+          const auto it = requests.find(id);
+          if (it != requests.end()) finish(*it->second, FinishReason::kError, {}, e.what());
+        }
+      }
+    }
+    in_step = false;
+    deliver();
+    return true;
+  }
+
+  void abort(int64_t id) {
+    const auto it = requests.find(id);
+    if (it == requests.end()) return;
+    finish(*it->second, FinishReason::kAbort);
+    deliver();
+  }
+};
+
+Engine::Engine(std::unique_ptr<ModelRunner> runner, const Tokenizer* tokenizer, EngineConfig config)
+    : impl_(std::make_unique<Impl>(std::move(runner), tokenizer, config)) {}
+
+Engine::~Engine() = default;
+
+int64_t Engine::add_request(GenerationRequest request) {
+  return impl_->add(std::move(request));
+}
+
+void Engine::abort(int64_t request_id) {
+  impl_->abort(request_id);
+}
+
+bool Engine::has_unfinished() const {
+  return !impl_->scheduler->empty();
+}
+
+bool Engine::step() {
+  return impl_->step();
+}
+
+void Engine::run_until_idle() {
+  while (has_unfinished())
+    if (!step()) throw Error("engine: requests are waiting but none can be scheduled");
+}
+
+EngineStats Engine::stats() const {
+  EngineStats s = impl_->totals;
+  s.running = impl_->scheduler->num_running();
+  s.waiting = impl_->scheduler->num_waiting();
+  s.kv_blocks_total = impl_->blocks->num_usable();
+  s.kv_blocks_free = impl_->blocks->num_free();
+  return s;
+}
+
+const EngineConfig& Engine::config() const {
+  return impl_->config;
+}
+
+ModelRunner& Engine::runner() {
+  return *impl_->runner;
+}
+
+}  // namespace l2kv

@@ -1,0 +1,606 @@
+// The whole engine on the CPU backend over the tiny transformers fixtures: greedy tokens equal
+// the fixtures' references whatever the batch, the chunk size or preemption; stop conditions;
+// seeded sampling; aborts, invalid requests and a failing runner leak no KV block.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <memory>
+#include <nlohmann/json.hpp>
+
+#include "l2kv/core/error.h"
+#include "l2kv/engine/cpu_runner.h"
+#include "l2kv/engine/engine.h"
+#include "l2kv/engine/stop_checker.h"
+#include "l2kv/tokenizer/tokenizer.h"
+
+namespace l2kv {
+namespace {
+
+namespace fs = std::filesystem;
+const fs::path kFixtures = fs::path(L2KV_TEST_SOURCE_DIR) / "model" / "fixtures";
+
+struct Case {
+  std::vector<int32_t> prompt, greedy;
+};
+
+struct Fixture {
+  std::shared_ptr<const CpuModel> model;
+  std::vector<Case> cases;
+};
+
+const Fixture& fixture(const std::string& name) {
+  static std::map<std::string, Fixture> loaded;
+  auto it = loaded.find(name);
+  if (it != loaded.end()) return it->second;
+  Fixture f;
+  f.model = std::make_shared<const CpuModel>(kFixtures / name);
+  std::ifstream in(kFixtures / name / "reference.json");
+  const auto reference = nlohmann::json::parse(in);
+  for (const auto& c : reference["cases"])
+    f.cases.push_back(
+        {c["prompt"].get<std::vector<int32_t>>(), c["greedy"].get<std::vector<int32_t>>()});
+  return loaded.emplace(name, std::move(f)).first->second;
+}
+
+// Everything a request streamed, put together.
+struct Collected {
+  std::vector<int32_t> tokens;
+  std::string text;
+  std::vector<SampledToken> logprobs;
+  int callbacks = 0;
+  bool finished = false;
+  RequestOutput last;
+};
+
+GenerationRequest request_for(std::vector<int32_t> prompt, SamplingParams params, Collected& into) {
+  GenerationRequest r;
+  r.prompt = std::move(prompt);
+  r.params = std::move(params);
+  r.on_output = [&into](const RequestOutput& o) {
+    EXPECT_FALSE(into.finished) << "output after the final one";
+    into.tokens.insert(into.tokens.end(), o.new_tokens.begin(), o.new_tokens.end());
+    into.text += o.new_text;
+    into.logprobs.insert(into.logprobs.end(), o.new_logprobs.begin(), o.new_logprobs.end());
+    EXPECT_EQ(o.completion_tokens, static_cast<int32_t>(into.tokens.size()));
+    ++into.callbacks;
+    into.finished = o.finished;
+    into.last = o;
+  };
+  return r;
+}
+
+SamplingParams greedy_params(int32_t max_tokens = 32) {
+  SamplingParams p;
+  p.temperature = 0;
+  p.max_tokens = max_tokens;
+  p.ignore_eos = true;  // the references do not stop at EOS
+  return p;
+}
+
+EngineConfig small_config() {
+  EngineConfig c;
+  c.max_model_len = 256;
+  c.num_kv_blocks = 64;
+  return c;
+}
+
+void expect_no_leak(const Engine& engine) {
+  const EngineStats s = engine.stats();
+  EXPECT_EQ(s.kv_blocks_free, s.kv_blocks_total);
+  EXPECT_EQ(s.running, 0);
+  EXPECT_EQ(s.waiting, 0);
+  EXPECT_FALSE(engine.has_unfinished());
+}
+
+// Runs every reference case of `name` at once and checks the tokens against transformers.
+EngineStats run_references(const std::string& name, EngineConfig config) {
+  const Fixture& f = fixture(name);
+  Engine engine(std::make_unique<CpuRunner>(f.model), nullptr, config);
+  std::vector<Collected> got(f.cases.size());
+  for (size_t i = 0; i < f.cases.size(); ++i)
+    engine.add_request(request_for(f.cases[i].prompt, greedy_params(), got[i]));
+  engine.run_until_idle();
+  for (size_t i = 0; i < f.cases.size(); ++i) {
+    EXPECT_EQ(got[i].tokens, f.cases[i].greedy) << name << " case " << i;
+    EXPECT_TRUE(got[i].finished);
+    EXPECT_EQ(got[i].last.finish_reason, FinishReason::kLength);
+    EXPECT_EQ(got[i].last.prompt_tokens, static_cast<int32_t>(f.cases[i].prompt.size()));
+  }
+  expect_no_leak(engine);
+  return engine.stats();
+}
+
+class EngineFixture : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(EngineFixture, ConcurrentGreedyMatchesTransformers) {
+  const EngineStats s = run_references(GetParam(), small_config());
+  EXPECT_EQ(s.generation_tokens, 3 * 32);
+  EXPECT_EQ(s.preemptions, 0);
+}
+
+TEST_P(EngineFixture, ChunkedPrefillGivesTheSameTokens) {
+  EngineConfig c = small_config();
+  c.max_num_batched_tokens = 7;
+  c.block_size = 5;
+  run_references(GetParam(), c);
+}
+
+TEST_P(EngineFixture, OneSequenceAtATimeGivesTheSameTokens) {
+  EngineConfig c = small_config();
+  c.max_num_seqs = 1;
+  run_references(GetParam(), c);
+}
+
+TEST_P(EngineFixture, PreemptionGivesTheSameTokens) {
+  // The three requests need 10 + 13 + 46 blocks of 4 tokens at their ends; 40 usable blocks
+  // force preemptions by recomputation.
+  EngineConfig c = small_config();
+  c.block_size = 4;
+  c.num_kv_blocks = 47;
+  c.max_num_batched_tokens = 64;
+  const EngineStats s = run_references(GetParam(), c);
+  EXPECT_GT(s.preemptions, 0);
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, EngineFixture,
+                         ::testing::Values("llama2-mha", "llama3-gqa", "qwen2-tied"));
+
+TEST(Engine, MatchesCpuModelGreedyOnNewPrompts) {
+  const Fixture& f = fixture("llama3-gqa");
+  Engine engine(std::make_unique<CpuRunner>(f.model), nullptr, small_config());
+  std::vector<std::vector<int32_t>> prompts;
+  for (int n : {1, 16, 33}) {
+    std::vector<int32_t> p;
+    for (int i = 0; i < n; ++i) p.push_back((i * 97 + n) % 512);
+    prompts.push_back(p);
+  }
+  std::vector<Collected> got(prompts.size());
+  for (size_t i = 0; i < prompts.size(); ++i)
+    engine.add_request(request_for(prompts[i], greedy_params(20), got[i]));
+  engine.run_until_idle();
+  for (size_t i = 0; i < prompts.size(); ++i)
+    EXPECT_EQ(got[i].tokens, f.model->greedy(prompts[i], 20)) << i;
+  expect_no_leak(engine);
+}
+
+TEST(Engine, AbortFreesBlocksAtOnce) {
+  const Fixture& f = fixture("llama2-mha");
+  Engine engine(std::make_unique<CpuRunner>(f.model), nullptr, small_config());
+  std::vector<Collected> got(3);
+  std::vector<int64_t> ids;
+  for (size_t i = 0; i < 3; ++i)
+    ids.push_back(engine.add_request(request_for(f.cases[i].prompt, greedy_params(), got[i])));
+  Collected waiting;
+  const int64_t never_run = engine.add_request(request_for({5, 6}, greedy_params(), waiting));
+  engine.abort(never_run);  // still waiting: never scheduled
+  EXPECT_TRUE(waiting.finished);
+  EXPECT_EQ(waiting.last.finish_reason, FinishReason::kAbort);
+  EXPECT_TRUE(waiting.tokens.empty());
+  for (int i = 0; i < 5; ++i) engine.step();
+  const int32_t free_before = engine.stats().kv_blocks_free;
+  engine.abort(ids[2]);  // the 150-token prompt: 10 blocks of 16 back at once
+  EXPECT_TRUE(got[2].finished);
+  EXPECT_EQ(got[2].last.finish_reason, FinishReason::kAbort);
+  EXPECT_EQ(engine.stats().kv_blocks_free, free_before + 10);
+  EXPECT_EQ(engine.stats().running, 2);
+  engine.abort(ids[2]);  // finished: ignored
+  engine.abort(12345);   // unknown: ignored
+  engine.run_until_idle();
+  EXPECT_EQ(got[0].tokens, f.cases[0].greedy);
+  EXPECT_EQ(got[1].tokens, f.cases[1].greedy);
+  EXPECT_LT(got[2].tokens.size(), 32u);
+  expect_no_leak(engine);
+}
+
+TEST(Engine, AbortFromACallback) {
+  const Fixture& f = fixture("llama2-mha");
+  Engine engine(std::make_unique<CpuRunner>(f.model), nullptr, small_config());
+  Collected a, b;
+  int64_t id_b = -1;
+  GenerationRequest ra = request_for(f.cases[0].prompt, greedy_params(), a);
+  auto inner = ra.on_output;
+  ra.on_output = [&, inner](const RequestOutput& o) {
+    inner(o);
+    if (a.tokens.size() == 3) engine.abort(id_b);  // a client hanging up mid-stream
+  };
+  engine.add_request(std::move(ra));
+  id_b = engine.add_request(request_for(f.cases[1].prompt, greedy_params(), b));
+  engine.run_until_idle();
+  EXPECT_EQ(a.tokens, f.cases[0].greedy);
+  EXPECT_EQ(b.last.finish_reason, FinishReason::kAbort);
+  EXPECT_EQ(b.tokens.size(), 3u);
+  expect_no_leak(engine);
+}
+
+// The fixtures' config.json and generation_config.json say EOS is token 2, which the
+// references never produce: this runner lets a test choose the EOS ids.
+class EosRunner : public ModelRunner {
+ public:
+  EosRunner(std::shared_ptr<const CpuModel> model, std::vector<int32_t> eos)
+      : inner_(std::move(model)), config_(inner_.config()) {
+    config_.eos_token_ids = std::move(eos);
+  }
+  const ModelConfig& config() const override { return config_; }
+  std::string device_name() const override { return "cpu"; }
+  KvCacheSizing prepare(int32_t a, int32_t b, int32_t c, int32_t d, double e) override {
+    return inner_.prepare(a, b, c, d, e);
+  }
+  void allocate_kv_cache(int32_t n) override { inner_.allocate_kv_cache(n); }
+  std::vector<SampledToken> execute(const StepInput& step) override { return inner_.execute(step); }
+
+ private:
+  CpuRunner inner_;
+  ModelConfig config_;
+};
+
+// Output of a greedy request of fixture case `c` under `params` (greedy, seed irrelevant).
+Collected run_one(const Case& c, const SamplingParams& params, std::vector<int32_t> eos = {}) {
+  const Fixture& f = fixture("llama3-gqa");
+  Engine engine(std::make_unique<EosRunner>(f.model, std::move(eos)), nullptr, small_config());
+  Collected got;
+  engine.add_request(request_for(c.prompt, params, got));
+  engine.run_until_idle();
+  expect_no_leak(engine);
+  EXPECT_TRUE(got.finished);
+  return got;
+}
+
+// Index of the first occurrence of `token` at or after `from` in `v`, or -1.
+int first_at(const std::vector<int32_t>& v, int32_t token, size_t from = 0) {
+  for (size_t i = from; i < v.size(); ++i)
+    if (v[i] == token) return static_cast<int>(i);
+  return -1;
+}
+
+TEST(Engine, StopTokensMinTokensAndEos) {
+  const Case& c = fixture("llama3-gqa").cases[1];
+  const std::vector<int32_t>& ref = c.greedy;
+
+  SamplingParams p = greedy_params();
+  p.stop_token_ids = {ref[6]};
+  Collected got = run_one(c, p);
+  const int at = first_at(ref, ref[6]);
+  EXPECT_EQ(got.tokens, std::vector<int32_t>(ref.begin(), ref.begin() + at + 1));
+  EXPECT_EQ(got.last.finish_reason, FinishReason::kStop);
+  EXPECT_EQ(got.last.stop_reason, std::to_string(ref[6]));
+
+  // min_tokens: no stop before it; the stop token later still counts.
+  p.min_tokens = at + 2;
+  got = run_one(c, p);
+  const int later = first_at(ref, ref[6], static_cast<size_t>(at + 1));
+  if (later >= 0 && later + 1 >= p.min_tokens) {
+    EXPECT_EQ(got.tokens.size(), static_cast<size_t>(later + 1));
+    EXPECT_EQ(got.last.finish_reason, FinishReason::kStop);
+  } else {
+    EXPECT_EQ(got.tokens, ref);
+    EXPECT_EQ(got.last.finish_reason, FinishReason::kLength);
+  }
+
+  // max_tokens.
+  got = run_one(c, greedy_params(5));
+  EXPECT_EQ(got.tokens, std::vector<int32_t>(ref.begin(), ref.begin() + 5));
+  EXPECT_EQ(got.last.finish_reason, FinishReason::kLength);
+  EXPECT_EQ(got.last.completion_tokens, 5);
+
+  // EOS from the model config, unless ignore_eos.
+  p = greedy_params();
+  p.ignore_eos = false;
+  got = run_one(c, p, {ref[9]});
+  EXPECT_EQ(got.tokens.size(), static_cast<size_t>(first_at(ref, ref[9]) + 1));
+  EXPECT_EQ(got.last.finish_reason, FinishReason::kStop);
+  EXPECT_EQ(got.last.stop_reason, "");
+  p.ignore_eos = true;
+  got = run_one(c, p, {ref[9]});
+  EXPECT_EQ(got.tokens, ref);
+}
+
+TEST(Engine, MaxModelLenEndsWithLength) {
+  const Fixture& f = fixture("llama3-gqa");
+  EngineConfig config = small_config();
+  config.max_model_len = 20;
+  Engine engine(std::make_unique<CpuRunner>(f.model), nullptr, config);
+  Collected got;
+  engine.add_request(request_for(f.cases[1].prompt, greedy_params(), got));  // 17 tokens
+  engine.run_until_idle();
+  EXPECT_EQ(got.tokens,
+            std::vector<int32_t>(f.cases[1].greedy.begin(), f.cases[1].greedy.begin() + 3));
+  EXPECT_EQ(got.last.finish_reason, FinishReason::kLength);
+  expect_no_leak(engine);
+}
+
+// A byte-free tokenizer over the fixtures' 512 ids: id i is one printable ASCII character
+// (i < 94) or two, so decoding is concatenation and stop strings can span tokens.
+std::string token_text(int32_t id) {
+  std::string s(1, static_cast<char>(33 + id % 94));
+  if (id >= 94) s += static_cast<char>(33 + id / 94);
+  return s;
+}
+
+const Tokenizer& test_tokenizer() {
+  static const Tokenizer tokenizer = [] {
+    nlohmann::json vocab = nlohmann::json::object();
+    for (int32_t id = 0; id < 512; ++id) vocab[token_text(id)] = id;
+    const nlohmann::json spec = {
+        {"model", {{"type", "BPE"}, {"vocab", vocab}, {"merges", nlohmann::json::array()}}}};
+    return Tokenizer::from_json(spec.dump());
+  }();
+  return tokenizer;
+}
+
+TEST(EngineStopStrings, CheckerHoldsBackPossibleStarts) {
+  StopStringChecker checker({"abc", "xyz"});
+  auto r = checker.push("hello a");
+  EXPECT_EQ(r.text, "hello ");  // "a" may start "abc"
+  EXPECT_FALSE(r.matched);
+  r = checker.push("b");
+  EXPECT_EQ(r.text, "");
+  r = checker.push("d x");
+  EXPECT_EQ(r.text, "abd ");
+  r = checker.push("y");
+  EXPECT_EQ(r.text, "");
+  r = checker.push("zzz");
+  EXPECT_EQ(r.text, "");
+  ASSERT_TRUE(r.matched);
+  EXPECT_EQ(*r.matched, 1u);
+  EXPECT_TRUE(checker.stopped());
+  EXPECT_EQ(checker.push("more").text, "");
+
+  StopStringChecker earliest({"cd", "bcde"});
+  r = earliest.push("abcdef");
+  EXPECT_EQ(r.text, "a");
+  EXPECT_EQ(*r.matched, 1u);
+
+  StopStringChecker off({"ab"});
+  EXPECT_EQ(off.push("xa", false).text, "xa");  // before min_tokens: nothing held or matched
+  EXPECT_EQ(off.push("b").text, "b");
+  EXPECT_EQ(off.push("za").text, "z");
+  EXPECT_EQ(off.flush(), "a");
+}
+
+TEST(EngineStopStrings, StopStringEndsOutputAndIsNotStreamed) {
+  const Fixture& f = fixture("qwen2-tied");
+  const Case& c = f.cases[0];
+  std::string full;
+  std::vector<size_t> ends;  // text length after each reference token
+  for (int32_t t : c.greedy) {
+    full += token_text(t);
+    ends.push_back(full.size());
+  }
+  // A stop string across the boundary of tokens 6 and 7.
+  const std::string stop = full.substr(ends[5] - 1, 3);
+  const size_t at = full.find(stop);
+  size_t last = 0;
+  while (ends[last] < at + stop.size()) ++last;
+
+  Engine engine(std::make_unique<CpuRunner>(f.model), &test_tokenizer(), small_config());
+  SamplingParams p = greedy_params();
+  p.stop = {"never-there", stop};
+  Collected got;
+  GenerationRequest r = request_for(c.prompt, p, got);
+  auto inner = r.on_output;
+  r.on_output = [&, inner](const RequestOutput& o) {
+    inner(o);
+    EXPECT_EQ(got.text.find(stop), std::string::npos) << "stop string streamed";
+    EXPECT_EQ(got.text, full.substr(0, got.text.size())) << "streamed text is not a prefix";
+  };
+  engine.add_request(std::move(r));
+  engine.run_until_idle();
+  EXPECT_EQ(got.tokens, std::vector<int32_t>(c.greedy.begin(), c.greedy.begin() + last + 1));
+  EXPECT_EQ(got.text, full.substr(0, at));
+  EXPECT_EQ(got.last.finish_reason, FinishReason::kStop);
+  EXPECT_EQ(got.last.stop_reason, stop);
+  expect_no_leak(engine);
+
+  // Without a stop string the streamed text is the whole decode, even with a held-back tail.
+  Collected plain;
+  p.stop = {full.substr(full.size() - 1) + "~never"};
+  engine.add_request(request_for(c.prompt, p, plain));
+  engine.run_until_idle();
+  EXPECT_EQ(plain.tokens, c.greedy);
+  EXPECT_EQ(plain.text, full);
+  EXPECT_EQ(plain.last.finish_reason, FinishReason::kLength);
+  expect_no_leak(engine);
+}
+
+TEST(Engine, SeededSamplingIsReproducibleWhateverRunsBeside) {
+  const Fixture& f = fixture("llama2-mha");
+  SamplingParams p;
+  p.temperature = 0.9f;
+  p.top_k = 50;
+  p.top_p = 0.95f;
+  p.max_tokens = 24;
+  p.ignore_eos = true;
+  p.seed = 1234;
+
+  int64_t last_preemptions = 0;
+  auto run = [&](EngineConfig config, bool crowd) {
+    Engine engine(std::make_unique<CpuRunner>(f.model), nullptr, config);
+    Collected alone, other1, other2;
+    if (crowd) {
+      SamplingParams q = p;
+      q.seed = 99;
+      engine.add_request(request_for(f.cases[2].prompt, q, other1));
+      engine.add_request(request_for(f.cases[0].prompt, greedy_params(), other2));
+    }
+    engine.add_request(request_for(f.cases[1].prompt, p, alone));
+    engine.run_until_idle();
+    expect_no_leak(engine);
+    last_preemptions = engine.stats().preemptions;
+    return alone.tokens;
+  };
+  const auto reference = run(small_config(), false);
+  ASSERT_EQ(reference.size(), 24u);
+  EXPECT_NE(reference,
+            std::vector<int32_t>(f.cases[1].greedy.begin(), f.cases[1].greedy.begin() + 24))
+      << "temperature 0.9 should not reproduce greedy";
+  EXPECT_EQ(run(small_config(), true), reference);
+  EngineConfig chunked = small_config();
+  chunked.max_num_batched_tokens = 6;
+  chunked.block_size = 4;
+  chunked.num_kv_blocks = 45;  // 176 tokens: preemptions too
+  EXPECT_EQ(run(chunked, true), reference);
+  EXPECT_GT(last_preemptions, 0);
+
+  // Requests without a seed draw theirs from EngineConfig::seed.
+  auto unseeded = [&](uint64_t engine_seed) {
+    EngineConfig config = small_config();
+    config.seed = engine_seed;
+    Engine engine(std::make_unique<CpuRunner>(f.model), nullptr, config);
+    SamplingParams q = p;
+    q.seed.reset();
+    Collected a, b;
+    engine.add_request(request_for(f.cases[0].prompt, q, a));
+    engine.add_request(request_for(f.cases[1].prompt, q, b));
+    engine.run_until_idle();
+    return std::pair{a.tokens, b.tokens};
+  };
+  EXPECT_EQ(unseeded(7), unseeded(7));
+  EXPECT_NE(unseeded(7), unseeded(8));
+}
+
+TEST(Engine, LogprobsComeWithEveryToken) {
+  const Fixture& f = fixture("llama3-gqa");
+  Engine engine(std::make_unique<CpuRunner>(f.model), nullptr, small_config());
+  SamplingParams p = greedy_params(6);
+  p.logprobs = 3;
+  Collected got;
+  engine.add_request(request_for(f.cases[0].prompt, p, got));
+  engine.run_until_idle();
+  ASSERT_EQ(got.logprobs.size(), 6u);
+  for (size_t i = 0; i < 6; ++i) {
+    EXPECT_EQ(got.logprobs[i].token, got.tokens[i]);
+    EXPECT_LE(got.logprobs[i].logprob, 0.f);
+    ASSERT_EQ(got.logprobs[i].top_logprobs.size(), 3u);
+    EXPECT_EQ(got.logprobs[i].top_logprobs[0].first, got.tokens[i]);  // greedy: the best
+  }
+}
+
+TEST(Engine, InvalidRequestsAreRejectedAndLeakNothing) {
+  const Fixture& f = fixture("llama3-gqa");
+  EngineConfig config = small_config();
+  config.max_model_len = 100;
+  config.num_kv_blocks = 5;  // 64 tokens
+  Engine engine(std::make_unique<CpuRunner>(f.model), nullptr, config);
+  auto rejects = [&](std::vector<int32_t> prompt, SamplingParams p, const std::string& words) {
+    Collected got;
+    try {
+      engine.add_request(request_for(std::move(prompt), std::move(p), got));
+      ADD_FAILURE() << "accepted; expected an error with '" << words << "'";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(words), std::string::npos) << e.what();
+    }
+    EXPECT_EQ(got.callbacks, 0);
+    expect_no_leak(engine);
+  };
+  rejects({}, greedy_params(), "empty");
+  rejects({1, 512}, greedy_params(), "512");
+  rejects({1, -3}, greedy_params(), "-3");
+  SamplingParams bad = greedy_params();
+  bad.temperature = -1;
+  rejects({1, 2}, bad, "temperature");
+  bad = greedy_params();
+  bad.top_p = 0;
+  rejects({1, 2}, bad, "top_p");
+  bad = greedy_params();
+  bad.stop = {"x"};
+  rejects({1, 2}, bad, "tokenizer");
+  rejects(std::vector<int32_t>(101, 1), greedy_params(), "max_model_len 100");
+  rejects(std::vector<int32_t>(65, 1), greedy_params(), "whole pool has 4");
+
+  Collected ok;
+  engine.add_request(request_for(f.cases[1].prompt, greedy_params(), ok));
+  engine.run_until_idle();
+  // 17 + 32 tokens do not fit 64... they do: the pool ends nothing here.
+  EXPECT_EQ(ok.tokens, f.cases[1].greedy);
+  expect_no_leak(engine);
+}
+
+TEST(Engine, ConfigErrorsAreClear) {
+  const Fixture& f = fixture("llama3-gqa");
+  auto fails = [&](EngineConfig c, const std::string& words) {
+    try {
+      Engine engine(std::make_unique<CpuRunner>(f.model), nullptr, c);
+      ADD_FAILURE() << "expected an error with '" << words << "'";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(words), std::string::npos) << e.what();
+    }
+  };
+  EngineConfig c = small_config();
+  c.num_kv_blocks = 1;
+  fails(c, "at least 2");
+  c = small_config();
+  c.max_model_len = 5000;
+  fails(c, "max_position_embeddings");
+  c = small_config();
+  c.gpu_memory_utilization = 0;
+  fails(c, "gpu_memory_utilization");
+  c = small_config();
+  c.block_size = 0;
+  fails(c, "block_size");
+
+  // Sized by the runner: max_seqs x max_model_len tokens at most, plus the null block.
+  c = EngineConfig{};
+  c.max_num_seqs = 4;
+  c.block_size = 16;
+  Engine engine(std::make_unique<CpuRunner>(f.model), nullptr, c);
+  EXPECT_EQ(engine.config().max_model_len, f.model->config().max_position_embeddings);
+  EXPECT_EQ(engine.config().num_kv_blocks, 4 * engine.config().max_model_len / 16 + 1);
+  EXPECT_EQ(engine.stats().kv_blocks_total, engine.config().num_kv_blocks - 1);
+}
+
+// Wraps a CpuRunner and throws on one chosen execute() call.
+class FailingRunner : public ModelRunner {
+ public:
+  FailingRunner(std::shared_ptr<const CpuModel> model, int fail_at)
+      : inner_(std::move(model)), fail_at_(fail_at) {}
+  const ModelConfig& config() const override { return inner_.config(); }
+  std::string device_name() const override { return "cpu (failing)"; }
+  KvCacheSizing prepare(int32_t a, int32_t b, int32_t c, int32_t d, double e) override {
+    return inner_.prepare(a, b, c, d, e);
+  }
+  void allocate_kv_cache(int32_t n) override { inner_.allocate_kv_cache(n); }
+  std::vector<SampledToken> execute(const StepInput& step) override {
+    if (++calls_ == fail_at_) throw Error("simulated device failure");
+    return inner_.execute(step);
+  }
+
+ private:
+  CpuRunner inner_;
+  int fail_at_;
+  int calls_ = 0;
+};
+
+TEST(Engine, RunnerFailureFailsItsStepsRequestsAndLeaksNothing) {
+  const Fixture& f = fixture("llama2-mha");
+  EngineConfig config = small_config();
+  config.max_num_batched_tokens = 20;  // case 2's prompt takes several steps
+  Engine engine(std::make_unique<FailingRunner>(f.model, 4), nullptr, config);
+  std::vector<Collected> got(3);
+  for (size_t i = 0; i < 3; ++i)
+    engine.add_request(request_for(f.cases[i].prompt, greedy_params(), got[i]));
+  engine.run_until_idle();
+  int failed = 0;
+  for (const Collected& g : got) {
+    ASSERT_TRUE(g.finished);
+    if (g.last.finish_reason == FinishReason::kError) {
+      ++failed;
+      EXPECT_NE(g.last.error.find("simulated device failure"), std::string::npos) << g.last.error;
+    }
+  }
+  EXPECT_GT(failed, 0);
+  expect_no_leak(engine);
+
+  // The engine keeps working.
+  std::vector<Collected> again(3);
+  for (size_t i = 0; i < 3; ++i)
+    engine.add_request(request_for(f.cases[i].prompt, greedy_params(), again[i]));
+  engine.run_until_idle();
+  for (size_t i = 0; i < 3; ++i) EXPECT_EQ(again[i].tokens, f.cases[i].greedy) << i;
+  expect_no_leak(engine);
+}
+
+}  // namespace
+}  // namespace l2kv
