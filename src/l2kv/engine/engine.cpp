@@ -5,7 +5,11 @@
 // abort), after the engine's state is consistent, so they may call abort() or add_request().
 //
 // Pool: EngineConfig::num_kv_blocks counts physical blocks, the null block 0 included, so
-// kv_blocks_total in the stats is num_kv_blocks - 1.
+// kv_blocks_total in the stats is num_kv_blocks - 1. Stats: prompt_tokens counts prompt
+// positions run, recomputation after a preemption included; generation_tokens counts sampled
+// tokens; preemptions counts each time a request was preempted.
+// Seeds: a request without one gets the next draw of a std::mt19937_64 seeded with
+// EngineConfig::seed, in add_request order (rejected requests draw nothing).
 #include "l2kv/engine/engine.h"
 
 #include <algorithm>
