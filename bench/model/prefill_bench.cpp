@@ -127,16 +127,20 @@ int main(int argc, char** argv) {
     }
     const auto config = l2kv::ModelConfig::synthetic(model_name);
     const double peak = gemm_peak_tflops(nullptr);
-    const int blocks_per_seq =
-        (prompt + l2kv::CudaModel::kBlockSize - 1) / l2kv::CudaModel::kBlockSize;
+    constexpr int kBlockSize = 16;
+    const int blocks_per_seq = (prompt + kBlockSize - 1) / kBlockSize;
     std::printf(
         "l2kv prefill on %s: synthetic:%s (%.2f B parameters), %d x %d tokens; cuBLASLt bf16 "
         "8192^3: "
         "%.0f TFLOP/s\n",
         l2kv::query_device_info(0).name.c_str(), model_name.c_str(), config.parameter_count() / 1e9,
         batch, prompt, peak);
-    l2kv::CudaModel model(config, 7, batch * blocks_per_seq);
+    l2kv::CudaModel model(config, 7);
+    model.allocate_workspace({batch * prompt, batch, prompt, 0});
+    model.allocate_kv_cache(batch * blocks_per_seq + 1, kBlockSize);  // block 0 stays unused
     model.set_profiling(true);
+    std::vector<int32_t> tables(static_cast<size_t>(batch * blocks_per_seq));
+    for (size_t i = 0; i < tables.size(); ++i) tables[i] = static_cast<int32_t>(i) + 1;
     std::vector<std::vector<int32_t>> prompts(batch);
     for (int b = 0; b < batch; ++b)
       for (int t = 0; t < prompt; ++t)
@@ -154,12 +158,14 @@ int main(int argc, char** argv) {
                          2.0 * config.vocab_size * config.hidden_size * batch + attention_flops;
     std::vector<l2kv::CudaModel::OpTimes> runs;
     for (int r = 0; r < reps + 1; ++r) {
-      std::vector<l2kv::CudaSequence> seqs(batch);
-      std::vector<l2kv::CudaSequence*> ptrs;
-      for (auto& s : seqs) ptrs.push_back(&s);
-      model.extend(ptrs, prompts, false, nullptr);
+      std::vector<l2kv::BatchSequence> seqs;
+      for (int b = 0; b < batch; ++b)
+        seqs.push_back({prompts[b], 0,
+                        std::span<const int32_t>(tables.data() + int64_t{b} * blocks_per_seq,
+                                                 static_cast<size_t>(blocks_per_seq)),
+                        true});
+      model.run(seqs, false, nullptr);
       if (r > 0) runs.push_back(model.last_op_times());  // the first run warms up
-      for (auto& s : seqs) model.release(s);
     }
     std::sort(runs.begin(), runs.end(),
               [](const auto& a, const auto& b) { return a.total_ms < b.total_ms; });

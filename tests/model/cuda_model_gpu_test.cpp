@@ -1,14 +1,17 @@
 // The CUDA backend against transformers' float32 logits on the fixtures (bf16 tolerance), its
-// greedy continuations, chunked prefill, and KV-pool exhaustion.
+// greedy continuations, chunked prefill, decode kernels and CUDA-graph replay against eager
+// runs, and rejection of bad steps.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
 #include <fstream>
+#include <memory>
 #include <nlohmann/json.hpp>
 
 #include "gpu_test_support.h"
 #include "l2kv/core/error.h"
+#include "l2kv/kernels/attention/prefetch_policy.h"
 #include "l2kv/model/cuda_model.h"
 
 namespace l2kv {
@@ -40,24 +43,51 @@ int32_t argmax(const float* row, int64_t n) {
   return static_cast<int32_t>(std::max_element(row, row + n) - row);
 }
 
+// Block tables handed out in order from block 1 (block 0 is the pad rows' block), as the
+// engine's block manager would.
+struct Tables {
+  int32_t next = 1;
+  std::vector<std::vector<int32_t>> rows;
+  explicit Tables(size_t seqs) : rows(seqs) {}
+  void grow(size_t seq, int32_t tokens, int32_t block_size = 16) {
+    while (static_cast<int32_t>(rows[seq].size()) * block_size < tokens)
+      rows[seq].push_back(next++);
+  }
+};
+
+std::unique_ptr<CudaModel> load(const fs::path& dir, int32_t max_tokens, int32_t blocks,
+                                int32_t max_logit_rows = 0) {
+  auto model = std::make_unique<CudaModel>(dir);
+  model->allocate_workspace({max_tokens, 16, 1024, max_logit_rows});
+  model->allocate_kv_cache(blocks, 16);
+  return model;
+}
+
 class CudaModelFixture : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(CudaModelFixture, MatchesTransformersInOneRaggedBatch) {
   L2KV_SKIP_WITHOUT_GPU();
   const fs::path dir = kFixtures / GetParam();
-  CudaModel model(dir, 256);
   std::ifstream rf(dir / "reference.json");
   const auto reference = nlohmann::json::parse(rf);
-  const int64_t vocab = model.config().vocab_size;
   std::vector<std::vector<int32_t>> prompts;
-  for (const auto& c : reference["cases"])
+  size_t total = 0;
+  for (const auto& c : reference["cases"]) {
     prompts.push_back(c["prompt"].get<std::vector<int32_t>>());
-  std::vector<CudaSequence> seqs(prompts.size());
-  std::vector<CudaSequence*> ptrs;
-  for (auto& s : seqs) ptrs.push_back(&s);
-  const auto logits = model.extend(ptrs, prompts, /*all_logits=*/true, nullptr);
+    total += prompts.back().size();
+  }
+  auto model = load(dir, static_cast<int32_t>(total), 256, static_cast<int32_t>(total));
+  const int64_t vocab = model->config().vocab_size;
+  Tables tables(prompts.size());
+  std::vector<BatchSequence> batch;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    tables.grow(i, static_cast<int32_t>(prompts[i].size()));
+    batch.push_back({prompts[i], 0, tables.rows[i], true});
+  }
+  const auto logits = model->run(batch, /*all_logits=*/true, nullptr);
   size_t row = 0;
   std::vector<std::vector<int32_t>> generated(prompts.size());
+  std::vector<int32_t> lengths;
   for (size_t i = 0; i < prompts.size(); ++i) {
     const auto& c = reference["cases"][i];
     const auto ref =
@@ -69,14 +99,21 @@ TEST_P(CudaModelFixture, MatchesTransformersInOneRaggedBatch) {
     EXPECT_LT(rel, 2e-2);
     row += prompts[i].size();
     generated[i].push_back(argmax(logits.data() + (row - 1) * vocab, vocab));
+    lengths.push_back(static_cast<int32_t>(prompts[i].size()));
   }
-  // Greedy decode: all sequences advance one token per batched step.
+  // Greedy decode: all sequences advance one token per batched step (split kernel, eager).
   for (int step = 1; step < 32; ++step) {
-    std::vector<std::vector<int32_t>> next;
-    for (auto& g : generated) next.push_back({g.back()});
-    const auto step_logits = model.extend(ptrs, next, /*all_logits=*/false, nullptr);
-    for (size_t i = 0; i < generated.size(); ++i)
+    batch.clear();
+    for (size_t i = 0; i < generated.size(); ++i) {
+      tables.grow(i, lengths[i] + 1);
+      batch.push_back(
+          {std::span<const int32_t>(&generated[i].back(), 1), lengths[i], tables.rows[i], true});
+    }
+    const auto step_logits = model->run(batch, /*all_logits=*/false, nullptr);
+    for (size_t i = 0; i < generated.size(); ++i) {
       generated[i].push_back(argmax(step_logits.data() + i * vocab, vocab));
+      ++lengths[i];
+    }
   }
   for (size_t i = 0; i < prompts.size(); ++i) {
     const auto expected = reference["cases"][i]["greedy"].get<std::vector<int32_t>>();
@@ -86,7 +123,6 @@ TEST_P(CudaModelFixture, MatchesTransformersInOneRaggedBatch) {
                 prompts[i].size(), same);
     EXPECT_EQ(generated[i], expected);
   }
-  for (auto& s : seqs) model.release(s);
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, CudaModelFixture,
@@ -94,39 +130,105 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, CudaModelFixture,
 
 TEST(CudaModel, ChunkedPrefillMatchesOnePass) {
   L2KV_SKIP_WITHOUT_GPU();
-  CudaModel model(kFixtures / "llama3-gqa", 64);
+  auto model = load(kFixtures / "llama3-gqa", 128, 64);
   std::vector<int32_t> tokens;
   for (int i = 0; i < 70; ++i) tokens.push_back((i * 37 + 11) % 512);
-  CudaSequence whole, chunked;
-  CudaSequence* w[] = {&whole};
-  CudaSequence* c[] = {&chunked};
-  const std::vector<std::vector<int32_t>> all = {tokens};
-  const auto expected = model.extend(w, all, false, nullptr);
-  const std::vector<std::vector<int32_t>> first = {{tokens.begin(), tokens.begin() + 33}};
-  const std::vector<std::vector<int32_t>> second = {{tokens.begin() + 33, tokens.end()}};
-  model.extend(c, first, false, nullptr);
-  const auto got = model.extend(c, second, false, nullptr);
+  Tables tables(2);
+  tables.grow(0, 70);
+  tables.grow(1, 70);
+  const BatchSequence whole[] = {{tokens, 0, tables.rows[0], true}};
+  const auto expected = model->run(whole, false, nullptr);
+  const std::span<const int32_t> all(tokens);
+  const BatchSequence first[] = {{all.subspan(0, 33), 0, tables.rows[1], false}};
+  const BatchSequence second[] = {{all.subspan(33), 33, tables.rows[1], true}};
+  model->run(first, false, nullptr);
+  const auto got = model->run(second, false, nullptr);
   double max_abs = 0;
   EXPECT_LT(relative_l2(got.data(), expected.data(), got.size(), &max_abs), 1e-2);
   EXPECT_EQ(argmax(got.data(), 512), argmax(expected.data(), 512));
 }
 
-TEST(CudaModel, ExhaustedKvPoolIsAnErrorThatChangesNothing) {
+// A decode step of ragged sequences: split and paged_v1 (with and without prefetch), eager
+// and replayed from a padded CUDA graph, give the same logits up to 16-bit rounding.
+TEST(CudaModel, DecodeKernelsAndGraphReplayAgree) {
   L2KV_SKIP_WITHOUT_GPU();
-  CudaModel model(kFixtures / "qwen2-tied", 4);  // 64 tokens of KV
-  CudaSequence a, b;
-  CudaSequence* both[] = {&a, &b};
-  const std::vector<std::vector<int32_t>> prompts = {std::vector<int32_t>(40, 7),
-                                                     std::vector<int32_t>(40, 9)};
-  EXPECT_THROW(model.extend(both, prompts, false, nullptr), Error);
-  EXPECT_EQ(a.length, 0);
-  EXPECT_TRUE(a.blocks.empty());
-  const std::vector<std::vector<int32_t>> small = {std::vector<int32_t>(30, 7),
-                                                   std::vector<int32_t>(30, 9)};
-  EXPECT_NO_THROW(model.extend(both, small, false, nullptr));
-  const std::vector<std::vector<int32_t>> bad = {{600}, {1}};
-  EXPECT_THROW(model.extend(both, bad, false, nullptr), Error);
-  EXPECT_EQ(a.length, 30);
+  auto model = load(kFixtures / "llama3-gqa", 256, 128);
+  const int64_t vocab = model->config().vocab_size;
+  const std::vector<int32_t> lengths = {5, 16, 17, 33, 64, 100};  // block boundaries +-1
+  Tables tables(lengths.size());
+  std::vector<std::vector<int32_t>> prompts(lengths.size());
+  std::vector<BatchSequence> prefill;
+  for (size_t i = 0; i < lengths.size(); ++i) {
+    for (int32_t t = 0; t < lengths[i]; ++t)
+      prompts[i].push_back(static_cast<int32_t>((i * 131 + t * 29 + 3) % 512));
+    tables.grow(i, lengths[i] + 1);
+    prefill.push_back({prompts[i], 0, tables.rows[i], true});
+  }
+  model->run(prefill, false, nullptr);
+  std::vector<int32_t> next(lengths.size());
+  for (size_t i = 0; i < next.size(); ++i) next[i] = static_cast<int32_t>(7 * i + 1);
+  std::vector<BatchSequence> decode;
+  for (size_t i = 0; i < lengths.size(); ++i)
+    decode.push_back({std::span<const int32_t>(&next[i], 1), lengths[i], tables.rows[i], true});
+  cudaStream_t stream;
+  ASSERT_EQ(cudaStreamCreate(&stream), cudaSuccess);
+  auto step = [&](DecodeKernel kernel, const char* policy, bool graph) {
+    model->set_decode_attention(kernel, parse_prefetch_policy(policy));
+    int32_t pad = 0;
+    if (graph) {
+      const int32_t sizes[] = {8};
+      model->capture_decode_graphs(sizes, stream);
+      pad = 8;
+    }
+    model->prepare(decode, pad, stream);
+    model->forward(stream);
+    std::vector<float> out(lengths.size() * vocab);
+    EXPECT_EQ(cudaMemcpyAsync(out.data(), model->logits(), out.size() * 4, cudaMemcpyDeviceToHost,
+                              stream),
+              cudaSuccess);
+    EXPECT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+    return out;
+  };
+  const auto reference = step(DecodeKernel::kSplit, "off", false);
+  for (float v : reference) ASSERT_TRUE(std::isfinite(v));
+  struct Case {
+    DecodeKernel kernel;
+    const char* policy;
+    bool graph;
+  };
+  for (const Case& c :
+       {Case{DecodeKernel::kSplit, "off", true}, Case{DecodeKernel::kPagedV1, "off", false},
+        Case{DecodeKernel::kPagedV1, "on", true}, Case{DecodeKernel::kPagedV1, "auto", true}}) {
+    const auto got = step(c.kernel, c.policy, c.graph);
+    for (size_t i = 0; i < lengths.size(); ++i) {
+      double max_abs = 0;
+      const double rel = relative_l2(got.data() + i * vocab, reference.data() + i * vocab,
+                                     static_cast<size_t>(vocab), &max_abs);
+      EXPECT_LT(rel, 2e-2) << decode_kernel_name(c.kernel) << " " << c.policy << " graph "
+                           << c.graph << " sequence " << i;
+      EXPECT_EQ(argmax(got.data() + i * vocab, vocab), argmax(reference.data() + i * vocab, vocab));
+    }
+  }
+  cudaStreamDestroy(stream);
+}
+
+TEST(CudaModel, InvalidStepsAreErrors) {
+  L2KV_SKIP_WITHOUT_GPU();
+  auto model = load(kFixtures / "qwen2-tied", 64, 8);
+  const std::vector<int32_t> tokens(40, 7), bad_token = {600};
+  const std::vector<int32_t> table = {1, 2, 3}, short_table = {1}, outside = {1, 9, 2};
+  const BatchSequence ok[] = {{tokens, 0, table, true}};
+  EXPECT_NO_THROW(model->run(ok, false, nullptr));
+  const BatchSequence too_few_blocks[] = {{tokens, 0, short_table, true}};
+  EXPECT_THROW(model->run(too_few_blocks, false, nullptr), Error);
+  const BatchSequence block_outside[] = {{tokens, 0, outside, true}};
+  EXPECT_THROW(model->run(block_outside, false, nullptr), Error);
+  const BatchSequence token_outside[] = {{bad_token, 40, table, true}};
+  EXPECT_THROW(model->run(token_outside, false, nullptr), Error);
+  const std::vector<int32_t> many(65, 1);
+  const std::vector<int32_t> five = {1, 2, 3, 4, 5};
+  const BatchSequence too_many_tokens[] = {{many, 0, five, true}};
+  EXPECT_THROW(model->run(too_many_tokens, false, nullptr), Error);
 }
 
 }  // namespace

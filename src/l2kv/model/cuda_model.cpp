@@ -40,14 +40,21 @@ DeviceArray<uint16_t> upload_16bit(DType dtype, const std::vector<float>& host) 
   return d;
 }
 
-template <typename T>
-DeviceArray<T> upload(const std::vector<T>& host) {
-  DeviceArray<T> d(std::max<size_t>(host.size(), 1));
-  L2KV_CUDA_CHECK(cudaMemcpy(d.ptr, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice));
-  return d;
+int32_t ceil_div(int64_t a, int64_t b) {
+  return static_cast<int32_t>((a + b - 1) / b);
 }
 
 }  // namespace
+
+const char* decode_kernel_name(DecodeKernel kernel) {
+  return kernel == DecodeKernel::kSplit ? "split" : "paged_v1";
+}
+
+DecodeKernel parse_decode_kernel(const std::string& name) {
+  if (name == "split") return DecodeKernel::kSplit;
+  if (name == "paged_v1") return DecodeKernel::kPagedV1;
+  throw Error("attention kernel '" + name + "': expected split or paged_v1");
+}
 
 struct CudaModel::Weights {
   struct Layer {
@@ -58,7 +65,24 @@ struct CudaModel::Weights {
   const uint16_t* lm_head_ptr() const { return lm_head.ptr ? lm_head.ptr : embed.ptr; }
 };
 
-CudaModel::CudaModel(const std::filesystem::path& folder, int32_t kv_blocks)
+// Activations for limits_.max_tokens rows and the step metadata. The metadata is one int32
+// arena, [seq_lens S | last_rows S | ids T | positions T | slots T | block_table S x stride],
+// mirrored in pinned host memory so a step uploads it with one copy.
+struct CudaModel::Workspace {
+  DeviceArray<float> residual, logits;
+  DeviceArray<uint16_t> h, qkv, q, attn, proj, gate_up, act, last;
+  DeviceArray<int32_t> meta;
+  int32_t* host_meta = nullptr;
+  cudaEvent_t uploaded = nullptr;  // the last upload has left host_meta
+  int64_t seq_lens = 0, last_rows = 0, ids = 0, positions = 0, slots = 0, block_table = 0;
+  int32_t stride = 0;  // block-table entries per sequence
+  ~Workspace() {
+    if (host_meta) cudaFreeHost(host_meta);
+    if (uploaded) cudaEventDestroy(uploaded);
+  }
+};
+
+CudaModel::CudaModel(const std::filesystem::path& folder)
     : config_(ModelConfig::from_folder(folder)), weights_(std::make_unique<Weights>()) {
   const Checkpoint ckpt(folder);
   const ModelConfig& c = config_;
@@ -99,10 +123,10 @@ CudaModel::CudaModel(const std::filesystem::path& folder, int32_t kv_blocks)
         c.dtype, load(p + "mlp.down_proj.weight", {c.hidden_size, c.intermediate_size}));
     weights_->layers.push_back(std::move(layer));
   }
-  allocate_cache(kv_blocks);
+  init_common();
 }
 
-CudaModel::CudaModel(const ModelConfig& config, uint64_t seed, int32_t kv_blocks)
+CudaModel::CudaModel(const ModelConfig& config, uint64_t seed)
     : config_(config), weights_(std::make_unique<Weights>()) {
   const ModelConfig& c = config_;
   const int64_t q_dim = c.num_q_heads * c.head_dim, kv_dim = c.num_kv_heads * c.head_dim;
@@ -128,25 +152,15 @@ CudaModel::CudaModel(const ModelConfig& config, uint64_t seed, int32_t kv_blocks
     weights_->layers.push_back(std::move(layer));
   }
   L2KV_CUDA_CHECK(cudaDeviceSynchronize());
-  allocate_cache(kv_blocks);
+  init_common();
 }
 
-void CudaModel::allocate_cache(int32_t kv_blocks) {
+void CudaModel::init_common() {
   const ModelConfig& c = config_;
   if (c.head_dim != 64 && c.head_dim != 128)
-    throw Error("CUDA backend: head_dim must be 64 or 128");
-  if (kv_blocks <= 0) throw Error("CUDA backend: kv_blocks must be positive");
-  kv_blocks_ = kv_blocks;
-  const size_t pool_bytes =
-      static_cast<size_t>(kv_blocks) * kBlockSize * c.num_kv_heads * c.head_dim * 2;
-  for (int64_t l = 0; l < c.num_layers; ++l) {
-    void *k = nullptr, *v = nullptr;
-    L2KV_CUDA_CHECK(cudaMalloc(&k, pool_bytes));
-    k_pools_.push_back(k);
-    L2KV_CUDA_CHECK(cudaMalloc(&v, pool_bytes));
-    v_pools_.push_back(v);
-  }
-  for (int32_t b = kv_blocks - 1; b >= 0; --b) free_blocks_.push_back(b);
+    throw Error("CUDA backend: head_dim must be 64 or 128, got " + std::to_string(c.head_dim));
+  L2KV_CUDA_CHECK(cudaGetDevice(&device_));
+  weight_bytes_ = c.parameter_count() * 2;
   const std::vector<float> inv = rope_inverse_frequencies(c.rope, c.head_dim);
   L2KV_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&inv_freq_), inv.size() * sizeof(float)));
   L2KV_CUDA_CHECK(
@@ -154,250 +168,455 @@ void CudaModel::allocate_cache(int32_t kv_blocks) {
 }
 
 CudaModel::~CudaModel() {
+  drop_graphs();
   for (void* p : k_pools_) cudaFree(p);
   for (void* p : v_pools_) cudaFree(p);
   if (inv_freq_) cudaFree(inv_freq_);
+  for (auto& e : gemm_events_) cudaEventDestroy(e.start), cudaEventDestroy(e.stop);
+  for (auto& e : attention_events_) cudaEventDestroy(e.start), cudaEventDestroy(e.stop);
+  if (total_events_.start) cudaEventDestroy(total_events_.start);
+  if (total_events_.stop) cudaEventDestroy(total_events_.stop);
 }
 
-void CudaModel::release(CudaSequence& sequence) {
-  free_blocks_.insert(free_blocks_.end(), sequence.blocks.begin(), sequence.blocks.end());
-  sequence = {};
+void CudaModel::drop_graphs() {
+  for (auto& [size, exec] : graphs_) cudaGraphExecDestroy(exec);
+  graphs_.clear();
 }
 
-// The CUDA ops of the decoder graph for one extend() call: device buffers of the batch, the
-// attention kernels planned for it, and optional event timing of projections and attention.
+void CudaModel::allocate_workspace(const WorkspaceLimits& limits) {
+  const ModelConfig& c = config_;
+  if (limits.max_tokens <= 0 || limits.max_seqs <= 0 || limits.max_model_len <= 0)
+    throw Error("CUDA backend: workspace limits must be positive");
+  drop_graphs();
+  limits_ = limits;
+  if (limits_.max_logit_rows <= 0) limits_.max_logit_rows = limits_.max_seqs;
+  const size_t T = static_cast<size_t>(std::max(limits_.max_tokens, limits_.max_seqs));
+  const size_t S = static_cast<size_t>(limits_.max_seqs);
+  const size_t H = c.hidden_size, I = c.intermediate_size;
+  const size_t q_dim = c.num_q_heads * c.head_dim, kv_dim = c.num_kv_heads * c.head_dim;
+  ws_.reset();  // free the old buffers before taking new ones
+  auto ws = std::make_unique<Workspace>();
+  ws->residual = DeviceArray<float>(T * H);
+  ws->h = DeviceArray<uint16_t>(T * H);
+  ws->qkv = DeviceArray<uint16_t>(T * (q_dim + 2 * kv_dim));
+  ws->q = DeviceArray<uint16_t>(T * q_dim);
+  ws->attn = DeviceArray<uint16_t>(T * q_dim);
+  ws->proj = DeviceArray<uint16_t>(T * H);
+  ws->gate_up = DeviceArray<uint16_t>(T * 2 * I);
+  ws->act = DeviceArray<uint16_t>(T * I);
+  ws->last = DeviceArray<uint16_t>(static_cast<size_t>(limits_.max_logit_rows) * H);
+  ws->logits = DeviceArray<float>(static_cast<size_t>(limits_.max_logit_rows) * c.vocab_size);
+  ws->stride = ceil_div(limits_.max_model_len, 16);  // enough for any supported block size
+  ws->seq_lens = 0;
+  ws->last_rows = ws->seq_lens + static_cast<int64_t>(S);
+  ws->ids = ws->last_rows +
+            static_cast<int64_t>(std::max(S, static_cast<size_t>(limits_.max_logit_rows)));
+  ws->positions = ws->ids + static_cast<int64_t>(T);
+  ws->slots = ws->positions + static_cast<int64_t>(T);
+  ws->block_table = ws->slots + static_cast<int64_t>(T);
+  const size_t meta = static_cast<size_t>(ws->block_table) + S * ws->stride;
+  ws->meta = DeviceArray<int32_t>(meta);
+  L2KV_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&ws->host_meta), meta * 4));
+  L2KV_CUDA_CHECK(cudaEventCreateWithFlags(&ws->uploaded, cudaEventDisableTiming));
+  ws_ = std::move(ws);
+  if (num_blocks_ > 0 && decode_kernel_ == DecodeKernel::kSplit)
+    split_.reserve_for_graphs(limits_.max_seqs, decode_params());
+}
+
+int64_t CudaModel::kv_block_bytes(int32_t block_size) const {
+  const ModelConfig& c = config_;
+  return int64_t{2} * c.num_layers * block_size * c.num_kv_heads * c.head_dim *
+         dtype_bytes(c.dtype);
+}
+
+void CudaModel::allocate_kv_cache(int32_t num_blocks, int32_t block_size) {
+  if (num_blocks < 2) throw Error("CUDA backend: the KV pool needs at least 2 blocks");
+  if (std::find(std::begin(kSupportedBlockSizes), std::end(kSupportedBlockSizes), block_size) ==
+      std::end(kSupportedBlockSizes))
+    throw Error("CUDA backend: block size " + std::to_string(block_size) +
+                " is not supported (16, 32, 64 are)");
+  release_kv_cache();
+  num_blocks_ = num_blocks;
+  block_size_ = block_size;
+  const size_t pool_bytes =
+      static_cast<size_t>(kv_block_bytes(block_size) / 2 / config_.num_layers);
+  for (int64_t l = 0; l < config_.num_layers; ++l) {
+    void *k = nullptr, *v = nullptr;
+    L2KV_CUDA_CHECK(cudaMalloc(&k, pool_bytes * num_blocks));
+    k_pools_.push_back(k);
+    L2KV_CUDA_CHECK(cudaMalloc(&v, pool_bytes * num_blocks));
+    v_pools_.push_back(v);
+    // Finite contents everywhere: pad rows attend to block 0 without ever writing it.
+    L2KV_CUDA_CHECK(cudaMemset(k, 0, pool_bytes * num_blocks));
+    L2KV_CUDA_CHECK(cudaMemset(v, 0, pool_bytes * num_blocks));
+  }
+  if (ws_ && decode_kernel_ == DecodeKernel::kSplit)
+    split_.reserve_for_graphs(limits_.max_seqs, decode_params());
+}
+
+void CudaModel::release_kv_cache() {
+  drop_graphs();
+  for (void* p : k_pools_) L2KV_CUDA_CHECK(cudaFree(p));
+  for (void* p : v_pools_) L2KV_CUDA_CHECK(cudaFree(p));
+  k_pools_.clear();
+  v_pools_.clear();
+  num_blocks_ = 0;
+}
+
+void CudaModel::set_decode_attention(DecodeKernel kernel, const PrefetchPolicy& policy) {
+  drop_graphs();
+  decode_kernel_ = kernel;
+  prefetch_ = policy;
+  if (ws_ && num_blocks_ > 0 && kernel == DecodeKernel::kSplit)
+    split_.reserve_for_graphs(limits_.max_seqs, decode_params());
+}
+
+DecodeAttentionParams CudaModel::decode_params() const {
+  const ModelConfig& c = config_;
+  DecodeAttentionParams p;
+  p.q = ws_->q.ptr;
+  p.out = ws_->attn.ptr;
+  p.num_q_heads = static_cast<int32_t>(c.num_q_heads);
+  p.softmax_scale = 1.f / std::sqrt(static_cast<float>(c.head_dim));
+  p.max_seq_len = 1;
+  p.kv.k_pool = k_pools_.empty() ? nullptr : k_pools_[0];
+  p.kv.v_pool = v_pools_.empty() ? nullptr : v_pools_[0];
+  p.kv.block_table = ws_->meta.ptr + ws_->block_table;
+  p.kv.seq_lens = ws_->meta.ptr + ws_->seq_lens;
+  p.kv.num_blocks = num_blocks_;
+  p.kv.block_size = block_size_;
+  p.kv.num_kv_heads = static_cast<int32_t>(c.num_kv_heads);
+  p.kv.head_dim = static_cast<int32_t>(c.head_dim);
+  p.kv.batch_size = std::max(1, step_.batch);
+  p.kv.max_blocks_per_seq = ceil_div(limits_.max_model_len, block_size_);
+  p.kv.layout = KvLayout::kHND;
+  p.kv.dtype = c.dtype;
+  return p;
+}
+
+int32_t CudaModel::prepare(std::span<const BatchSequence> batch, int32_t pad_to,
+                           cudaStream_t stream) {
+  const ModelConfig& c = config_;
+  if (!ws_ || num_blocks_ == 0)
+    throw Error("CUDA backend: allocate_workspace and allocate_kv_cache come before a step");
+  const auto fail = [](const std::string& m) { throw Error("CUDA backend step: " + m); };
+  const int32_t seqs = static_cast<int32_t>(batch.size());
+  const int32_t batch_rows = std::max(seqs, pad_to);
+  if (batch_rows == 0) fail("empty batch");
+  if (batch_rows > limits_.max_seqs)
+    fail(std::to_string(batch_rows) + " sequences exceed the workspace's " +
+         std::to_string(limits_.max_seqs));
+  const int32_t table_blocks = ceil_div(limits_.max_model_len, block_size_);
+  bool decode_only = true;
+  int64_t tokens = 0;
+  for (int32_t s = 0; s < seqs; ++s) {
+    const BatchSequence& b = batch[s];
+    if (b.tokens.empty()) fail("sequence " + std::to_string(s) + " has no tokens");
+    const int64_t end = int64_t{b.start_position} + static_cast<int64_t>(b.tokens.size());
+    if (b.start_position < 0 || end > limits_.max_model_len)
+      fail("sequence " + std::to_string(s) + " reaches position " + std::to_string(end) +
+           ", beyond max_model_len " + std::to_string(limits_.max_model_len));
+    if (static_cast<int64_t>(b.block_table.size()) < ceil_div(end, block_size_) ||
+        static_cast<int32_t>(b.block_table.size()) > table_blocks)
+      fail("sequence " + std::to_string(s) + " has " + std::to_string(b.block_table.size()) +
+           " blocks for " + std::to_string(end) + " tokens");
+    for (int32_t block : b.block_table)
+      if (block < 0 || block >= num_blocks_)
+        fail("block id " + std::to_string(block) + " outside the pool of " +
+             std::to_string(num_blocks_));
+    for (int32_t t : b.tokens)
+      if (t < 0 || t >= c.vocab_size)
+        fail("token id " + std::to_string(t) + " outside the vocabulary of " +
+             std::to_string(c.vocab_size));
+    decode_only &= b.tokens.size() == 1 && b.wants_logits;
+    tokens += static_cast<int64_t>(b.tokens.size());
+  }
+  if (pad_to > seqs && !decode_only) fail("only decode-only batches are padded");
+  const int64_t rows = decode_only ? batch_rows : tokens;
+  if (rows > std::max(limits_.max_tokens, limits_.max_seqs))
+    fail(std::to_string(rows) + " tokens exceed the workspace's " +
+         std::to_string(limits_.max_tokens));
+
+  // The previous upload must have left the staging memory before it is rewritten.
+  L2KV_CUDA_CHECK(cudaEventSynchronize(ws_->uploaded));
+  int32_t* m = ws_->host_meta;
+  int32_t* seq_lens = m + ws_->seq_lens;
+  int32_t* last_rows = m + ws_->last_rows;
+  int32_t* ids = m + ws_->ids;
+  int32_t* positions = m + ws_->positions;
+  int32_t* slots = m + ws_->slots;
+  int32_t* table = m + ws_->block_table;
+  const int32_t stride = ceil_div(limits_.max_model_len, block_size_);
+  host_seq_lens_.assign(static_cast<size_t>(batch_rows), 1);
+  std::vector<PrefillChunk> chunks;
+  int32_t row = 0, logit_rows = 0;
+  for (int32_t s = 0; s < batch_rows; ++s) {
+    int32_t* table_row = table + static_cast<int64_t>(s) * stride;
+    if (s >= seqs) {  // pad row: token 0 at position 0, K/V not kept, attends to block 0
+      ids[row] = 0, positions[row] = 0, slots[row] = -1;
+      seq_lens[s] = 1;
+      table_row[0] = 0;
+      last_rows[logit_rows++] = row++;
+      continue;
+    }
+    const BatchSequence& b = batch[s];
+    std::copy(b.block_table.begin(), b.block_table.end(), table_row);
+    chunks.push_back({s, row, static_cast<int32_t>(b.tokens.size()), b.start_position});
+    for (size_t i = 0; i < b.tokens.size(); ++i) {
+      const int32_t pos = b.start_position + static_cast<int32_t>(i);
+      ids[row] = b.tokens[i];
+      positions[row] = pos;
+      slots[row] = b.block_table[pos / block_size_] * block_size_ + pos % block_size_;
+      ++row;
+    }
+    seq_lens[s] = b.start_position + static_cast<int32_t>(b.tokens.size());
+    host_seq_lens_[s] = seq_lens[s];
+    if (b.wants_logits) last_rows[logit_rows++] = row - 1;
+  }
+  if (logit_rows > limits_.max_logit_rows)
+    fail(std::to_string(logit_rows) + " logit rows exceed the workspace's " +
+         std::to_string(limits_.max_logit_rows));
+  const size_t upload = static_cast<size_t>(ws_->block_table) +
+                        static_cast<size_t>(batch_rows) * static_cast<size_t>(stride);
+  L2KV_CUDA_CHECK(cudaMemcpyAsync(ws_->meta.ptr, m, upload * 4, cudaMemcpyHostToDevice, stream));
+  L2KV_CUDA_CHECK(cudaEventRecord(ws_->uploaded, stream));
+
+  step_ = {row, logit_rows, batch_rows, decode_only, false};
+  DecodeAttentionParams p = decode_params();
+  if (decode_only) {
+    if (decode_kernel_ == DecodeKernel::kSplit) {
+      p.max_seq_len = *std::max_element(host_seq_lens_.begin(), host_seq_lens_.end());
+      split_.plan(p, host_seq_lens_, stream);  // the same plan serves every layer
+    }
+  } else {
+    prefill_.plan(p.kv, p.num_q_heads, chunks, stream);
+  }
+  return logit_rows;
+}
+
+// The CUDA ops of the decoder graph for the prepared step.
 struct CudaModel::GraphOps {
-  using EventPairs = std::vector<std::pair<cudaEvent_t, cudaEvent_t>>;
   CudaModel* m = nullptr;
   cudaStream_t stream = nullptr;
-  int32_t n = 0;     // query rows (new tokens)
-  int32_t rows = 0;  // logits rows
-  bool decode_only = true, all_logits = false;
-  const int32_t *ids = nullptr, *positions = nullptr, *slots = nullptr, *last_rows = nullptr;
-  float* residual = nullptr;
-  float* logits = nullptr;
-  void *h = nullptr, *qkv = nullptr, *q = nullptr, *attn = nullptr, *proj = nullptr,
-       *gate_up = nullptr, *act = nullptr, *last = nullptr;
+  DecodeAttentionParams decode;
+  int32_t n = 0;                  // query rows
   const void* pending = nullptr;  // the last block's output, added to the residual by the next norm
-  DecodeAttentionParams* decode = nullptr;  // attention shapes and the paged-KV view
-  EventPairs gemm_events, attention_events;
 
   const ModelConfig& c() const { return m->config_; }
+  Workspace& ws() const { return *m->ws_; }
   const Weights::Layer& w(int64_t l) const { return m->weights_->layers[l]; }
   int64_t q_dim() const { return c().num_q_heads * c().head_dim; }
   int64_t kv_dim() const { return c().num_kv_heads * c().head_dim; }
   template <typename F>
-  void timed(EventPairs& list, F&& launch) {
+  void timed(std::vector<EventPair>& list, F&& launch) {
     if (!m->profiling_) return launch();
-    cudaEvent_t a, b;
-    L2KV_CUDA_CHECK(cudaEventCreate(&a));
-    L2KV_CUDA_CHECK(cudaEventCreate(&b));
-    L2KV_CUDA_CHECK(cudaEventRecord(a, stream));
+    EventPair e{};
+    L2KV_CUDA_CHECK(cudaEventCreate(&e.start));
+    L2KV_CUDA_CHECK(cudaEventCreate(&e.stop));
+    L2KV_CUDA_CHECK(cudaEventRecord(e.start, stream));
     launch();
-    L2KV_CUDA_CHECK(cudaEventRecord(b, stream));
-    list.emplace_back(a, b);
+    L2KV_CUDA_CHECK(cudaEventRecord(e.stop, stream));
+    list.push_back(e);
   }
   void norm(const void* weight) {
-    ops::add_rmsnorm(c().dtype, residual, pending, weight, static_cast<float>(c().rms_norm_eps), n,
-                     static_cast<int32_t>(c().hidden_size), h, stream);
+    ops::add_rmsnorm(c().dtype, ws().residual.ptr, pending, weight,
+                     static_cast<float>(c().rms_norm_eps), n, static_cast<int32_t>(c().hidden_size),
+                     ws().h.ptr, stream);
     pending = nullptr;
   }
 
   void embed_tokens() {
-    ops::embed(c().dtype, ids, n, m->weights_->embed.ptr, static_cast<int32_t>(c().hidden_size),
-               residual, stream);
+    ops::embed(c().dtype, ws().meta.ptr + ws().ids, n, m->weights_->embed.ptr,
+               static_cast<int32_t>(c().hidden_size), ws().residual.ptr, stream);
   }
   void attention_norm(int64_t l) { norm(w(l).input_norm.ptr); }
   void qkv_projection(int64_t l) {
-    timed(gemm_events, [&] {
-      m->gemm_.linear(c().dtype, h, w(l).qkv.ptr, qkv, n, c().hidden_size, q_dim() + 2 * kv_dim(),
-                      stream);
+    timed(m->gemm_events_, [&] {
+      m->gemm_.linear(c().dtype, ws().h.ptr, w(l).qkv.ptr, ws().qkv.ptr, n, c().hidden_size,
+                      q_dim() + 2 * kv_dim(), stream);
     });
   }
   void rope_and_append_kv(int64_t l) {
-    decode->kv.k_pool = m->k_pools_[l];
-    decode->kv.v_pool = m->v_pools_[l];
-    ops::rope_and_cache(qkv, w(l).qkv_bias.ptr, positions, slots, m->inv_freq_, n,
-                        static_cast<int32_t>(c().num_q_heads), decode->kv, q, stream);
+    decode.kv.k_pool = m->k_pools_[l];
+    decode.kv.v_pool = m->v_pools_[l];
+    ops::rope_and_cache(ws().qkv.ptr, w(l).qkv_bias.ptr, ws().meta.ptr + ws().positions,
+                        ws().meta.ptr + ws().slots, m->inv_freq_, n,
+                        static_cast<int32_t>(c().num_q_heads), decode.kv, ws().q.ptr, stream);
   }
   void attention(int64_t) {
-    timed(attention_events, [&] {
-      if (decode_only)
-        m->attention_.run(*decode, PrefetchPolicy::off(), stream);
+    timed(m->attention_events_, [&] {
+      if (!m->step_.decode_only)
+        m->prefill_.run(ws().q.ptr, ws().attn.ptr, decode.kv, decode.num_q_heads,
+                        decode.softmax_scale, stream);
+      else if (m->decode_kernel_ == DecodeKernel::kSplit)
+        m->split_.run(decode, m->prefetch_, stream);
       else
-        m->prefill_.run(q, attn, decode->kv, decode->num_q_heads, decode->softmax_scale, stream);
+        paged_v1_decode(decode, m->prefetch_, stream);
     });
   }
   void output_projection(int64_t l) {
-    timed(gemm_events, [&] {
-      m->gemm_.linear(c().dtype, attn, w(l).o.ptr, proj, n, q_dim(), c().hidden_size, stream);
+    timed(m->gemm_events_, [&] {
+      m->gemm_.linear(c().dtype, ws().attn.ptr, w(l).o.ptr, ws().proj.ptr, n, q_dim(),
+                      c().hidden_size, stream);
     });
-    pending = proj;
+    pending = ws().proj.ptr;
   }
   void mlp_norm(int64_t l) { norm(w(l).post_norm.ptr); }
   void mlp(int64_t l) {
     const int64_t H = c().hidden_size, I = c().intermediate_size;
-    timed(gemm_events,
-          [&] { m->gemm_.linear(c().dtype, h, w(l).gate_up.ptr, gate_up, n, H, 2 * I, stream); });
-    ops::silu_mul(c().dtype, gate_up, n, static_cast<int32_t>(I), act, stream);
-    timed(gemm_events,
-          [&] { m->gemm_.linear(c().dtype, act, w(l).down.ptr, proj, n, I, H, stream); });
-    pending = proj;
+    timed(m->gemm_events_, [&] {
+      m->gemm_.linear(c().dtype, ws().h.ptr, w(l).gate_up.ptr, ws().gate_up.ptr, n, H, 2 * I,
+                      stream);
+    });
+    ops::silu_mul(c().dtype, ws().gate_up.ptr, n, static_cast<int32_t>(I), ws().act.ptr, stream);
+    timed(m->gemm_events_, [&] {
+      m->gemm_.linear(c().dtype, ws().act.ptr, w(l).down.ptr, ws().proj.ptr, n, I, H, stream);
+    });
+    pending = ws().proj.ptr;
   }
   void final_norm() { norm(m->weights_->final_norm.ptr); }
   void lm_head() {
     const int64_t H = c().hidden_size;
-    if (!all_logits) ops::gather_rows(h, last_rows, rows, static_cast<int32_t>(H), last, stream);
-    timed(gemm_events, [&] {
-      m->gemm_.linear_f32_out(c().dtype, all_logits ? h : last, m->weights_->lm_head_ptr(), logits,
-                              rows, H, c().vocab_size, stream);
+    const PreparedStep& step = m->step_;
+    // Decode rows all want logits, in order: the LM head reads h directly.
+    const bool direct = step.decode_only || step.all_logits;
+    const int32_t rows = step.all_logits ? n : step.logit_rows;
+    if (rows == 0) return;  // a prompt chunk that samples nothing
+    if (!direct)
+      ops::gather_rows(ws().h.ptr, ws().meta.ptr + ws().last_rows, rows, static_cast<int32_t>(H),
+                       ws().last.ptr, stream);
+    timed(m->gemm_events_, [&] {
+      m->gemm_.linear_f32_out(c().dtype, direct ? ws().h.ptr : ws().last.ptr,
+                              m->weights_->lm_head_ptr(), ws().logits.ptr, rows, H, c().vocab_size,
+                              stream);
     });
   }
 };
 
-std::vector<float> CudaModel::extend(std::span<CudaSequence* const> sequences,
-                                     std::span<const std::vector<int32_t>> tokens, bool all_logits,
-                                     cudaStream_t stream) {
-  const ModelConfig& c = config_;
-  if (sequences.size() != tokens.size() || sequences.empty())
-    throw Error("extend: one token list per sequence");
-  // Blocks needed before anything changes, so a failure leaves every sequence as it was.
-  size_t needed = 0;
-  for (size_t s = 0; s < sequences.size(); ++s) {
-    if (tokens[s].empty()) throw Error("extend: sequence " + std::to_string(s) + " has no tokens");
-    for (int32_t tok : tokens[s])
-      if (tok < 0 || tok >= c.vocab_size)
-        throw Error("extend: token id " + std::to_string(tok) + " outside the vocabulary");
-    const int32_t new_len = sequences[s]->length + static_cast<int32_t>(tokens[s].size());
-    needed += std::max<int64_t>(0, (new_len + kBlockSize - 1) / kBlockSize -
-                                       static_cast<int64_t>(sequences[s]->blocks.size()));
-  }
-  if (needed > free_blocks_.size())
-    throw Error("extend: the KV pool has " + std::to_string(free_blocks_.size()) +
-                " free blocks, " + std::to_string(needed) + " needed");
-  // Host plan. One paged-KV view per sequence serves both kernels: in a decode step each
-  // sequence has exactly one query row, and prefill chunks are planned per sequence.
-  std::vector<int32_t> ids, positions, slots, last_rows;
-  int32_t max_blocks = 0;
-  for (size_t s = 0; s < sequences.size(); ++s) {
-    CudaSequence& seq = *sequences[s];
-    const int32_t new_len = seq.length + static_cast<int32_t>(tokens[s].size());
-    while (static_cast<int32_t>(seq.blocks.size()) * kBlockSize < new_len) {
-      seq.blocks.push_back(free_blocks_.back());
-      free_blocks_.pop_back();
-    }
-    max_blocks = std::max(max_blocks, static_cast<int32_t>(seq.blocks.size()));
-  }
-  std::vector<int32_t> seq_table, seq_lens;
-  std::vector<PrefillChunk> chunks;
-  bool decode_only = true;
-  for (size_t s = 0; s < sequences.size(); ++s) {
-    const CudaSequence& seq = *sequences[s];
-    const size_t row = seq_table.size();
-    seq_table.resize(row + max_blocks, 0);
-    std::copy(seq.blocks.begin(), seq.blocks.end(), seq_table.begin() + static_cast<int64_t>(row));
-    seq_lens.push_back(seq.length + static_cast<int32_t>(tokens[s].size()));
-    decode_only &= tokens[s].size() == 1;
-  }
-  for (size_t s = 0; s < sequences.size(); ++s) {
-    CudaSequence& seq = *sequences[s];
-    chunks.push_back({static_cast<int32_t>(s), static_cast<int32_t>(ids.size()),
-                      static_cast<int32_t>(tokens[s].size()), seq.length});
-    for (size_t i = 0; i < tokens[s].size(); ++i) {
-      const int32_t pos = seq.length + static_cast<int32_t>(i);
-      ids.push_back(tokens[s][i]);
-      positions.push_back(pos);
-      slots.push_back(seq.blocks[pos / kBlockSize] * kBlockSize + pos % kBlockSize);
-    }
-    last_rows.push_back(static_cast<int32_t>(ids.size()) - 1);
-  }
-  const int32_t n = static_cast<int32_t>(ids.size());
-  const int64_t H = c.hidden_size, D = c.head_dim, q_dim = c.num_q_heads * D,
-                kv_dim = c.num_kv_heads * D;
-  const int64_t I = c.intermediate_size, V = c.vocab_size;
-  auto d_ids = upload(ids), d_pos = upload(positions), d_slots = upload(slots);
-  auto d_last = upload(last_rows), d_seq_table = upload(seq_table), d_seq_lens = upload(seq_lens);
-  DeviceArray<float> residual(static_cast<size_t>(n * H));
-  DeviceArray<uint16_t> h(static_cast<size_t>(n * H)),
-      qkv(static_cast<size_t>(n * (q_dim + 2 * kv_dim)));
-  DeviceArray<uint16_t> q(static_cast<size_t>(n * q_dim)), attn(static_cast<size_t>(n * q_dim));
-  DeviceArray<uint16_t> proj(static_cast<size_t>(n * H)), gate_up(static_cast<size_t>(n * 2 * I)),
-      act(static_cast<size_t>(n * I));
-
-  DecodeAttentionParams p;
-  p.q = q.ptr;
-  p.out = attn.ptr;
-  p.num_q_heads = static_cast<int32_t>(c.num_q_heads);
-  p.softmax_scale = 1.f / std::sqrt(static_cast<float>(D));
-  p.max_seq_len = *std::max_element(seq_lens.begin(), seq_lens.end());
-  p.kv.block_table = d_seq_table.ptr;
-  p.kv.seq_lens = d_seq_lens.ptr;
-  p.kv.num_blocks = kv_blocks_;
-  p.kv.block_size = kBlockSize;
-  p.kv.num_kv_heads = static_cast<int32_t>(c.num_kv_heads);
-  p.kv.head_dim = static_cast<int32_t>(D);
-  p.kv.batch_size = static_cast<int32_t>(sequences.size());
-  p.kv.max_blocks_per_seq = max_blocks;
-  p.kv.layout = KvLayout::kHND;
-  p.kv.dtype = c.dtype;
-  p.kv.k_pool = k_pools_[0];
-  p.kv.v_pool = v_pools_[0];
-  if (decode_only)
-    attention_.plan(p, seq_lens, stream);  // the same plan serves every layer
-  else
-    prefill_.plan(p.kv, p.num_q_heads, chunks, stream);
-
-  const int32_t rows = all_logits ? n : static_cast<int32_t>(last_rows.size());
-  DeviceArray<uint16_t> last(all_logits ? 0 : static_cast<size_t>(rows * H));
-  DeviceArray<float> logits(static_cast<size_t>(rows * V));
+void CudaModel::enqueue_forward(cudaStream_t stream) {
   GraphOps g;
   g.m = this;
   g.stream = stream;
-  g.n = n;
-  g.rows = rows;
-  g.decode_only = decode_only;
-  g.all_logits = all_logits;
-  g.ids = d_ids.ptr, g.positions = d_pos.ptr, g.slots = d_slots.ptr, g.last_rows = d_last.ptr;
-  g.residual = residual.ptr, g.logits = logits.ptr;
-  g.h = h.ptr, g.qkv = qkv.ptr, g.q = q.ptr, g.attn = attn.ptr, g.proj = proj.ptr,
-  g.gate_up = gate_up.ptr;
-  g.act = act.ptr, g.last = last.ptr;
-  g.decode = &p;
-  cudaEvent_t total_start = nullptr, total_stop = nullptr;
-  if (profiling_) {
-    L2KV_CUDA_CHECK(cudaEventCreate(&total_start));
-    L2KV_CUDA_CHECK(cudaEventCreate(&total_stop));
-    L2KV_CUDA_CHECK(cudaEventRecord(total_start, stream));
+  g.decode = decode_params();
+  if (decode_kernel_ == DecodeKernel::kPagedV1)  // shared memory sized for the longest possible
+    g.decode.max_seq_len = std::min(limits_.max_model_len, paged_v1_max_seq_len());
+  g.n = step_.rows;
+  run_decoder_graph(g, config_.num_layers);
+}
+
+void CudaModel::forward(cudaStream_t stream) {
+  if (step_.rows == 0) throw Error("CUDA backend: forward() without a prepared step");
+  if (step_.decode_only && use_graphs_ && !profiling_) {
+    const auto it = graphs_.find(step_.batch);
+    if (it != graphs_.end()) {
+      L2KV_CUDA_CHECK(cudaGraphLaunch(it->second, stream));
+      return;
+    }
   }
-  run_decoder_graph(g, c.num_layers);
-  if (profiling_) L2KV_CUDA_CHECK(cudaEventRecord(total_stop, stream));
-  std::vector<float> out(static_cast<size_t>(rows * V));
-  L2KV_CUDA_CHECK(cudaMemcpyAsync(out.data(), logits.ptr, out.size() * sizeof(float),
+  if (profiling_) {
+    for (auto& e : gemm_events_) cudaEventDestroy(e.start), cudaEventDestroy(e.stop);
+    for (auto& e : attention_events_) cudaEventDestroy(e.start), cudaEventDestroy(e.stop);
+    gemm_events_.clear();
+    attention_events_.clear();
+    if (!total_events_.start) {
+      L2KV_CUDA_CHECK(cudaEventCreate(&total_events_.start));
+      L2KV_CUDA_CHECK(cudaEventCreate(&total_events_.stop));
+    }
+    L2KV_CUDA_CHECK(cudaEventRecord(total_events_.start, stream));
+  }
+  enqueue_forward(stream);
+  if (profiling_) L2KV_CUDA_CHECK(cudaEventRecord(total_events_.stop, stream));
+}
+
+const float* CudaModel::logits() const {
+  return ws_ ? ws_->logits.ptr : nullptr;
+}
+
+int32_t CudaModel::graph_bucket(int32_t rows) const {
+  const auto it = graphs_.lower_bound(rows);
+  return it == graphs_.end() ? 0 : it->first;
+}
+
+void CudaModel::capture_decode_graphs(std::span<const int32_t> batch_sizes, cudaStream_t stream) {
+  if (stream == nullptr) throw Error("CUDA backend: graphs are captured on a created stream");
+  const bool was_profiling = profiling_;
+  profiling_ = false;
+  for (int32_t size : batch_sizes) {
+    if (size <= 0 || size > limits_.max_seqs)
+      throw Error("CUDA backend: graph batch size " + std::to_string(size) + " outside 1.." +
+                  std::to_string(limits_.max_seqs));
+    if (graphs_.count(size)) continue;
+    prepare({}, size, stream);
+    enqueue_forward(stream);  // eager first: GEMM plans and kernel attributes are set up here
+    L2KV_CUDA_CHECK(cudaStreamSynchronize(stream));
+    cudaGraph_t graph = nullptr;
+    L2KV_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+    try {
+      enqueue_forward(stream);
+    } catch (...) {
+      cudaStreamEndCapture(stream, &graph);
+      if (graph) cudaGraphDestroy(graph);
+      throw;
+    }
+    L2KV_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
+    cudaGraphExec_t exec = nullptr;
+    const cudaError_t status = cudaGraphInstantiate(&exec, graph, 0);
+    cudaGraphDestroy(graph);
+    L2KV_CUDA_CHECK(status);
+    graphs_[size] = exec;
+  }
+  profiling_ = was_profiling;
+  step_ = {};
+}
+
+std::vector<float> CudaModel::run(std::span<const BatchSequence> batch, bool all_logits,
+                                  cudaStream_t stream) {
+  prepare(batch, 0, stream);
+  if (all_logits) {
+    if (step_.rows > limits_.max_logit_rows)
+      throw Error("CUDA backend: " + std::to_string(step_.rows) +
+                  " rows of logits exceed the workspace's " +
+                  std::to_string(limits_.max_logit_rows));
+    if (step_.decode_only) {  // every row's logits come from the eager prefill path
+      std::vector<PrefillChunk> chunks;
+      for (size_t s = 0; s < batch.size(); ++s)
+        chunks.push_back(
+            {static_cast<int32_t>(s), static_cast<int32_t>(s), 1, batch[s].start_position});
+      const DecodeAttentionParams p = decode_params();
+      prefill_.plan(p.kv, p.num_q_heads, chunks, stream);
+    }
+    step_.all_logits = true;
+    step_.decode_only = false;
+  }
+  forward(stream);
+  const int32_t rows = step_.all_logits ? step_.rows : step_.logit_rows;
+  std::vector<float> out(static_cast<size_t>(rows) * config_.vocab_size);
+  L2KV_CUDA_CHECK(cudaMemcpyAsync(out.data(), ws_->logits.ptr, out.size() * sizeof(float),
                                   cudaMemcpyDeviceToHost, stream));
   L2KV_CUDA_CHECK(cudaStreamSynchronize(stream));
-  if (profiling_) {
-    auto sum = [](std::vector<std::pair<cudaEvent_t, cudaEvent_t>>& list) {
-      double total = 0;
-      for (auto& [a, b] : list) {
-        float ms = 0;
-        L2KV_CUDA_CHECK(cudaEventElapsedTime(&ms, a, b));
-        total += ms;
-        cudaEventDestroy(a);
-        cudaEventDestroy(b);
-      }
-      return total;
-    };
-    op_times_.gemm_ms = sum(g.gemm_events);
-    op_times_.attention_ms = sum(g.attention_events);
-    float ms = 0;
-    L2KV_CUDA_CHECK(cudaEventElapsedTime(&ms, total_start, total_stop));
-    op_times_.total_ms = ms;
-    cudaEventDestroy(total_start);
-    cudaEventDestroy(total_stop);
-  }
-  for (size_t s = 0; s < sequences.size(); ++s)
-    sequences[s]->length += static_cast<int32_t>(tokens[s].size());
+  step_ = {};
   return out;
+}
+
+CudaModel::OpTimes CudaModel::last_op_times() {
+  OpTimes t;
+  auto sum = [](const std::vector<EventPair>& list) {
+    double total = 0;
+    for (const auto& e : list) {
+      float ms = 0;
+      L2KV_CUDA_CHECK(cudaEventElapsedTime(&ms, e.start, e.stop));
+      total += ms;
+    }
+    return total;
+  };
+  t.gemm_ms = sum(gemm_events_);
+  t.attention_ms = sum(attention_events_);
+  if (total_events_.start) {
+    float ms = 0;
+    L2KV_CUDA_CHECK(cudaEventElapsedTime(&ms, total_events_.start, total_events_.stop));
+    t.total_ms = ms;
+  }
+  return t;
 }
 
 }  // namespace l2kv

@@ -151,6 +151,39 @@ TEST(DecodeAttention, SplitReplansAndRepeatsCorrectly) {
   }
 }
 
+TEST(DecodeAttention, SplitGraphModeKeepsItsGridAndBuffers) {
+  L2KV_SKIP_WITHOUT_GPU();
+  // Graph mode: buffers reserved once for up to 24 sequences and a fixed grid per batch size;
+  // plans of any lengths must fit it, and the blocks beyond a plan's items exit untouched.
+  SplitDecode split;
+  DecodeProblemConfig shape;
+  shape.seq_lens = {1};
+  auto shape_host = DecodeProblem::make(shape);
+  DeviceDecodeProblem shape_device(shape_host);
+  split.reserve_for_graphs(24, shape_device.params());
+  ASSERT_TRUE(split.graph_mode());
+  for (int round = 0; round < 4; ++round) {
+    DecodeProblemConfig c;
+    c.seed = 300 + round;
+    c.seq_lens = testing::random_lengths(round == 0 ? 1 : 6 * round, 700 * (round + 1), c.seed);
+    if (round == 3) c.seq_lens[0] = 9000;  // one long sequence among short ones
+    auto host = DecodeProblem::make(c);
+    const auto reference = decode_attention_reference(host.host_params());
+    DeviceDecodeProblem device(host);
+    split.plan(device.params(), c.seq_lens, nullptr);
+    device.poison_output();
+    split.run(device.params(), PrefetchPolicy::off(), nullptr);
+    const auto stats = testing::compare(device.download_output(), reference);
+    EXPECT_EQ(stats.non_finite, 0) << "round " << round;
+    EXPECT_LE(stats.relative_l2, kMaxRelativeL2) << "round " << round;
+  }
+  DecodeProblemConfig big;
+  big.seq_lens.assign(25, 100);
+  auto big_host = DecodeProblem::make(big);
+  DeviceDecodeProblem big_device(big_host);
+  EXPECT_THROW(split.plan(big_device.params(), big.seq_lens, nullptr), Error);
+}
+
 TEST(DecodeAttention, RejectsInvalidParametersBeforeLaunch) {
   L2KV_SKIP_WITHOUT_GPU();
   DecodeProblemConfig c;

@@ -91,6 +91,24 @@ TEST(SplitPlan, RaggedBatchesStayConsistent) {
   }
 }
 
+TEST(SplitPlan, KeepsToTheItemCapacityOfAGraph) {
+  // One long sequence would be cut into many slices; a capacity of 40 items bounds that, and
+  // every token is still covered exactly once.
+  SplitPlanConfig config;
+  config.max_items = 40;
+  const std::vector<int32_t> lens = {20000, 70, 3};
+  const SplitPlan plan = plan_split_decode(lens, 8, config);
+  EXPECT_LE(plan.items.size(), 40u);
+  std::vector<int64_t> covered(lens.size() * 8, 0);
+  for (const auto& item : plan.items)
+    covered[item.seq * 8 + item.kv_head] += item.token_end - item.token_begin;
+  for (size_t i = 0; i < covered.size(); ++i) EXPECT_EQ(covered[i], lens[i / 8]);
+  config.max_items = 16;  // fewer than the 24 (sequence, head) pairs
+  EXPECT_THROW(plan_split_decode(lens, 8, config), Error);
+  config.max_items = 0;
+  EXPECT_GT(plan_split_decode(lens, 8, config).items.size(), 40u);  // unbounded, it splits more
+}
+
 TEST(SplitPlan, RejectsBadInput) {
   SplitPlanConfig config;
   const std::vector<int32_t> empty;

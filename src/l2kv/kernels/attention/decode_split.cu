@@ -141,6 +141,8 @@ __global__ void __launch_bounds__(kThreads) split_decode_kernel(const SplitKerne
   T* smem = reinterpret_cast<T*>(smem_raw);
   __shared__ int is_last_arrival;
 
+  // Graph mode: the grid is fixed at capture and the plan of each replay may use fewer blocks.
+  if (a.num_items != nullptr && static_cast<int>(blockIdx.x) >= *a.num_items) return;
   const SplitWorkItem item = a.items[blockIdx.x];
   const DecodeAttentionParams& p = a.params;
   const int group = p.num_q_heads / p.kv.num_kv_heads;

@@ -1,17 +1,27 @@
 #include "l2kv/kernels/attention/split_decode.h"
 
 #include <algorithm>
+#include <string>
 
 #include "l2kv/core/cuda_check.h"
 #include "l2kv/kernels/attention/split_decode_kernel.h"
 
 namespace l2kv {
 
-SplitDecode::SplitDecode(int device) : info_(query_device_info(device)) {}
+namespace {
+int resolve_device(int device) {
+  if (device >= 0) return device;
+  int current = 0;
+  L2KV_CUDA_CHECK(cudaGetDevice(&current));
+  return current;
+}
+}  // namespace
+
+SplitDecode::SplitDecode(int device) : info_(query_device_info(resolve_device(device))) {}
 
 SplitDecode::~SplitDecode() {
   for (DeviceBuffer* b : {&items_, &pair_num_splits_, &pair_first_slot_, &pair_arrivals_,
-                          &partial_out_, &partial_lse_})
+                          &partial_out_, &partial_lse_, &num_items_})
     if (b->ptr) cudaFree(b->ptr);  // no throwing from a destructor
 }
 
@@ -25,17 +35,44 @@ void SplitDecode::reserve(DeviceBuffer& buffer, size_t bytes, bool zero) {
   if (zero) L2KV_CUDA_CHECK(cudaMemset(buffer.ptr, 0, rounded));
 }
 
+int32_t SplitDecode::item_capacity(int32_t batch) const {
+  // Two waves of slices balance small batches; larger ones have (sequence, head) pairs to spare.
+  return std::max(batch * graph_kv_heads_, 2 * info_.sm_count * std::max(1, ctas_per_sm_));
+}
+
+void SplitDecode::reserve_for_graphs(int32_t max_batch, const DecodeAttentionParams& shape) {
+  const PagedKvCache& kv = shape.kv;
+  ctas_per_sm_ = split_decode_ctas_per_sm(kv.dtype, kv.head_dim);
+  const int32_t pairs = max_batch * kv.num_kv_heads;
+  graph_kv_heads_ = kv.num_kv_heads;
+  graph_max_batch_ = max_batch;
+  graph_items_ = item_capacity(max_batch);
+  const size_t slots = static_cast<size_t>(graph_items_);
+  reserve(items_, slots * sizeof(SplitWorkItem), false);
+  reserve(pair_num_splits_, pairs * sizeof(int32_t), false);
+  reserve(pair_first_slot_, pairs * sizeof(int32_t), false);
+  reserve(pair_arrivals_, pairs * sizeof(int32_t), true);
+  reserve(partial_out_, slots * shape.group_size() * kv.head_dim * sizeof(float), false);
+  reserve(partial_lse_, slots * shape.group_size() * sizeof(float), false);
+  reserve(num_items_, sizeof(int32_t), false);
+}
+
 void SplitDecode::plan(const DecodeAttentionParams& params, std::span<const int32_t> host_seq_lens,
                        cudaStream_t stream) {
   validate_decode_attention(params, host_seq_lens);
   const PagedKvCache& kv = params.kv;
-  if (ctas_per_sm_ == 0 || planned_dtype_ != kv.dtype || planned_head_dim_ != kv.head_dim)
+  if (graph_mode() && (kv.num_kv_heads != graph_kv_heads_ || kv.batch_size > graph_max_batch_))
+    throw Error("split decode: batch of " + std::to_string(kv.batch_size) +
+                " exceeds the size reserved for graphs");
+  if (!graph_mode() &&
+      (ctas_per_sm_ == 0 || planned_dtype_ != kv.dtype || planned_head_dim_ != kv.head_dim))
     ctas_per_sm_ = split_decode_ctas_per_sm(kv.dtype, kv.head_dim);
   SplitPlanConfig config;
   config.tile_tokens = kSplitTileTokens;
   config.concurrent_ctas = info_.sm_count * std::max(1, ctas_per_sm_);
   config.group_size = params.group_size();
   config.forced_tiles_per_split = forced_tiles_per_split_;
+  config.max_items = graph_mode() ? item_capacity(kv.batch_size) : 0;
   plan_ = plan_split_decode(host_seq_lens, kv.num_kv_heads, config);
   planned_dtype_ = kv.dtype;
   planned_head_dim_ = kv.head_dim;
@@ -51,6 +88,11 @@ void SplitDecode::plan(const DecodeAttentionParams& params, std::span<const int3
   reserve(pair_arrivals_, pairs * sizeof(int32_t), true);
   reserve(partial_out_, slots * planned_group_ * kv.head_dim * sizeof(float), false);
   reserve(partial_lse_, slots * planned_group_ * sizeof(float), false);
+  if (graph_mode()) {
+    num_items_host_ = static_cast<int32_t>(plan_.items.size());
+    L2KV_CUDA_CHECK(cudaMemcpyAsync(num_items_.ptr, &num_items_host_, sizeof(int32_t),
+                                    cudaMemcpyHostToDevice, stream));
+  }
   // Pageable sources: the copy is staged before cudaMemcpyAsync returns, so the next plan()
   // may overwrite plan_ safely.
   L2KV_CUDA_CHECK(cudaMemcpyAsync(items_.ptr, plan_.items.data(),
@@ -100,10 +142,13 @@ void SplitDecode::run(const DecodeAttentionParams& params, const PrefetchPolicy&
   args.pair_arrivals = static_cast<int32_t*>(pair_arrivals_.ptr);
   args.partial_out = static_cast<float*>(partial_out_.ptr);
   args.partial_lse = static_cast<float*>(partial_lse_.ptr);
+  args.num_items = graph_mode() ? static_cast<const int32_t*>(num_items_.ptr) : nullptr;
   args.prefetch_distance = prefetch_distance(policy);
   args.prefetch_hint = policy.prefetch_hint;
   args.load_hint = policy.load_hint;
-  launch_split_decode_kernel(args, static_cast<int32_t>(plan_.items.size()), stream);
+  launch_split_decode_kernel(
+      args, graph_mode() ? item_capacity(planned_batch_) : static_cast<int32_t>(plan_.items.size()),
+      stream);
 }
 
 }  // namespace l2kv

@@ -18,7 +18,8 @@ namespace l2kv {
 
 class SplitDecode {
  public:
-  explicit SplitDecode(int device = 0);
+  // On `device`, or the current device when -1.
+  explicit SplitDecode(int device = -1);
   ~SplitDecode();
   SplitDecode(const SplitDecode&) = delete;
   SplitDecode& operator=(const SplitDecode&) = delete;
@@ -27,6 +28,13 @@ class SplitDecode {
   // device memory only when this plan outgrows every earlier one. Validates `params`.
   void plan(const DecodeAttentionParams& params, std::span<const int32_t> host_seq_lens,
             cudaStream_t stream);
+
+  // Graph mode: sizes every buffer for batches of up to `max_batch` sequences of `shape`
+  // (heads, head_dim, dtype) once, so later plans never move them, and fixes the grid of
+  // run() at a capacity the planner keeps to. Each plan() of a replayed graph's batch then only
+  // rewrites the plan in place (blocks beyond its item count exit at once).
+  void reserve_for_graphs(int32_t max_batch, const DecodeAttentionParams& shape);
+  bool graph_mode() const { return graph_items_ > 0; }
 
   // Runs the last plan; no allocation and no host synchronization, so a CUDA graph can
   // capture it. The shape of `params` must match the one planned for.
@@ -48,6 +56,8 @@ class SplitDecode {
     size_t bytes = 0;
   };
   void reserve(DeviceBuffer& buffer, size_t bytes, bool zero);
+  // Graph mode: the fixed grid of a batch of `batch` sequences.
+  int32_t item_capacity(int32_t batch) const;
 
   DeviceInfo info_;
   SplitPlan plan_;
@@ -58,12 +68,17 @@ class SplitDecode {
   int32_t planned_kv_heads_ = 0;
   int32_t ctas_per_sm_ = 0;
   int32_t forced_tiles_per_split_ = 0;
+  int32_t graph_items_ = 0;  // > 0: graph mode, the fixed grid
+  int32_t num_items_host_ = 0;
+  int32_t graph_kv_heads_ = 0;
+  int32_t graph_max_batch_ = 0;
   DeviceBuffer items_;
   DeviceBuffer pair_num_splits_;
   DeviceBuffer pair_first_slot_;
   DeviceBuffer pair_arrivals_;
   DeviceBuffer partial_out_;
   DeviceBuffer partial_lse_;
+  DeviceBuffer num_items_;
 };
 
 }  // namespace l2kv

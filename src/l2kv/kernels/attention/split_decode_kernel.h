@@ -19,6 +19,7 @@ struct SplitKernelArgs {
   int32_t* pair_arrivals = nullptr;          // [batch * num_kv_heads], zero between launches
   float* partial_out = nullptr;              // [slots, group, head_dim], normalized
   float* partial_lse = nullptr;              // [slots, group], log2-sum-exp of scaled logits
+  const int32_t* num_items = nullptr;        // device; set in graph mode: blocks beyond it exit
   int32_t prefetch_distance = 0;             // tiles ahead; 0 = off
   L2EvictionHint prefetch_hint = L2EvictionHint::kNormal;
   L2EvictionHint load_hint = L2EvictionHint::kNormal;

@@ -56,6 +56,13 @@ double estimate_makespan(std::span<const int32_t> seq_tiles, int32_t num_kv_head
   return makespan;
 }
 
+// Work items (thread blocks) of a plan whose slices are at most `max_tiles` long.
+int64_t count_items(std::span<const int32_t> seq_tiles, int32_t num_kv_heads, int32_t max_tiles) {
+  int64_t items = 0;
+  for (int32_t tiles : seq_tiles) items += slice(tiles, max_tiles).count;
+  return items * num_kv_heads;
+}
+
 }  // namespace
 
 SplitPlan plan_split_decode(std::span<const int32_t> seq_lens, int32_t num_kv_heads,
@@ -75,6 +82,13 @@ SplitPlan plan_split_decode(std::span<const int32_t> seq_lens, int32_t num_kv_he
     total_tiles += static_cast<int64_t>(seq_tiles[i]) * num_kv_heads;
   }
   const int64_t pairs = static_cast<int64_t>(seq_lens.size()) * num_kv_heads;
+  if (config.max_items > 0 && pairs > config.max_items)
+    throw Error("split plan: " + std::to_string(pairs) + " (sequence, KV head) pairs exceed the " +
+                std::to_string(config.max_items) + " work items planned for");
+  const auto fits = [&](int32_t max_tiles) {
+    return config.max_items <= 0 ||
+           count_items(seq_tiles, num_kv_heads, max_tiles) <= config.max_items;
+  };
 
   // Candidate slice lengths: longest / k. With many more pairs than slots, splitting cannot
   // help the balance much and only adds merge work, so keep whole sequences.
@@ -82,6 +96,7 @@ SplitPlan plan_split_decode(std::span<const int32_t> seq_lens, int32_t num_kv_he
   double best_cost = estimate_makespan(seq_tiles, num_kv_heads, longest, config);
   if (config.forced_tiles_per_split > 0) {
     best_tiles = std::min(longest, config.forced_tiles_per_split);
+    while (!fits(best_tiles)) ++best_tiles;
     best_cost = estimate_makespan(seq_tiles, num_kv_heads, best_tiles, config);
   } else if (pairs < 4LL * config.concurrent_ctas) {
     int32_t previous = longest;
@@ -91,6 +106,7 @@ SplitPlan plan_split_decode(std::span<const int32_t> seq_lens, int32_t num_kv_he
       previous = candidate;
       // Beyond ~8 waves of slices the schedule is balanced already.
       if (total_tiles / candidate > 8LL * config.concurrent_ctas) break;
+      if (!fits(candidate)) break;  // shorter slices only make more items
       const double cost = estimate_makespan(seq_tiles, num_kv_heads, candidate, config);
       if (cost < best_cost) {
         best_cost = cost;

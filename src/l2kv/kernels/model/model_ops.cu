@@ -59,7 +59,7 @@ __global__ void rope_and_cache_kernel(const T* qkv, const T* bias, const int32_t
     return Traits::to_float(row[i]) + (bias ? Traits::to_float(bias[i]) : 0.f);
   };
   const float pos = static_cast<float>(positions[t]);
-  const int slot = slots[t];
+  const int slot = slots[t];  // -1: a pad row whose K/V is not kept
   const int block = slot / kv.block_size, in_block = slot % kv.block_size;
   T* k_pool = static_cast<T*>(kv.k_pool);
   T* v_pool = static_cast<T*>(kv.v_pool);
@@ -75,13 +75,13 @@ __global__ void rope_and_cache_kernel(const T* qkv, const T* bias, const int32_t
     if (is_q) {
       q_out[static_cast<int64_t>(t) * q_dim + base + i] = ra;
       q_out[static_cast<int64_t>(t) * q_dim + base + i + half] = rb;
-    } else {
+    } else if (slot >= 0) {
       const int64_t off = kv.offset(block, in_block, head - q_heads);
       k_pool[off + i] = ra;
       k_pool[off + i + half] = rb;
     }
   }
-  for (int i = threadIdx.x; i < kv_dim; i += blockDim.x)
+  for (int i = threadIdx.x; i < kv_dim && slot >= 0; i += blockDim.x)
     v_pool[kv.offset(block, in_block, i / d) + i % d] =
         Traits::from_float(value(q_dim + kv_dim + i));
 }
