@@ -1,0 +1,104 @@
+#include "l2kv/engine/cuda_runner.h"
+
+#include <algorithm>
+
+#include "l2kv/core/cuda_check.h"
+#include "l2kv/core/device_info.h"
+#include "l2kv/sampling/gpu_sampler.h"
+
+namespace l2kv {
+
+std::vector<int32_t> decode_graph_buckets(int32_t max_seqs) {
+  std::vector<int32_t> sizes;
+  for (int32_t s : {1, 2, 4})
+    if (s < max_seqs) sizes.push_back(s);
+  for (int32_t s = 8; s < max_seqs; s += 8) sizes.push_back(s);
+  sizes.push_back(max_seqs);
+  return sizes;
+}
+
+CudaRunner::CudaRunner(std::shared_ptr<CudaModel> model, CudaRunnerOptions options)
+    : model_(std::move(model)), options_(options) {
+  device_ = model_->device();
+  L2KV_CUDA_CHECK(cudaSetDevice(device_));
+  L2KV_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
+  model_->set_decode_attention(options_.attention, options_.kv_prefetch);
+  model_->set_use_graphs(options_.cuda_graphs);
+}
+
+CudaRunner::~CudaRunner() {
+  sampler_.reset();
+  model_.reset();
+  if (stream_) cudaStreamDestroy(stream_);
+}
+
+std::string CudaRunner::device_name() const {
+  return "cuda:" + std::to_string(device_) + " " + query_device_info(device_).name;
+}
+
+KvCacheSizing CudaRunner::prepare(int32_t block_size, int32_t max_batched_tokens, int32_t max_seqs,
+                                  int32_t max_model_len, double memory_utilization) {
+  L2KV_CUDA_CHECK(cudaSetDevice(device_));
+  if (!(memory_utilization > 0.0 && memory_utilization <= 1.0))
+    throw Error("gpu_memory_utilization must be in (0, 1], got " +
+                std::to_string(memory_utilization));
+  block_size_ = block_size;
+  max_seqs_ = max_seqs;
+  model_->allocate_workspace({max_batched_tokens, max_seqs, max_model_len, 0});
+  // Penalties need the rows' histories; bound them by what one step can hold.
+  const int64_t history = std::min<int64_t>(int64_t{max_seqs} * max_model_len, int64_t{1} << 24);
+  sampler_ = std::make_unique<GpuSampler>(config().vocab_size, max_seqs, history);
+  size_t free_bytes = 0, total_bytes = 0;
+  L2KV_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+  const double allowed = memory_utilization * static_cast<double>(total_bytes);
+  const double used = static_cast<double>(total_bytes - free_bytes);
+  KvCacheSizing sizing;
+  sizing.bytes_per_block = model_->kv_block_bytes(block_size);
+  sizing.bytes_available =
+      std::max<int64_t>(0, static_cast<int64_t>(allowed - used) - options_.reserve_bytes);
+  return sizing;
+}
+
+void CudaRunner::allocate_kv_cache(int32_t num_blocks) {
+  L2KV_CUDA_CHECK(cudaSetDevice(device_));
+  model_->allocate_kv_cache(num_blocks, block_size_);
+  if (options_.cuda_graphs) model_->capture_decode_graphs(decode_graph_buckets(max_seqs_), stream_);
+}
+
+void CudaRunner::set_decode_attention(DecodeKernel kernel, const PrefetchPolicy& policy) {
+  L2KV_CUDA_CHECK(cudaSetDevice(device_));
+  options_.attention = kernel;
+  options_.kv_prefetch = policy;
+  model_->set_decode_attention(kernel, policy);
+  if (options_.cuda_graphs && model_->num_kv_blocks() > 0)
+    model_->capture_decode_graphs(decode_graph_buckets(max_seqs_), stream_);
+}
+
+std::vector<SampledToken> CudaRunner::execute(const StepInput& step) {
+  L2KV_CUDA_CHECK(cudaSetDevice(device_));
+  batch_.clear();
+  rows_.clear();
+  bool decode_only = true;
+  for (const StepSequence& s : step.sequences) {
+    batch_.push_back({s.tokens, s.start_position, s.block_table, s.sample});
+    decode_only &= s.tokens.size() == 1 && s.sample;
+    if (!s.sample) continue;
+    SamplingRow row = s.sampling;
+    const SamplingParams& p = *row.params;
+    if (p.repetition_penalty == 1.f && p.presence_penalty == 0.f && p.frequency_penalty == 0.f)
+      row.prompt_tokens = {}, row.output_tokens = {};  // no history to upload
+    rows_.push_back(row);
+  }
+  const int32_t n = static_cast<int32_t>(batch_.size());
+  const int32_t pad_to = decode_only && options_.cuda_graphs ? model_->graph_bucket(n) : 0;
+  model_->prepare(batch_, pad_to, stream_);
+  model_->forward(stream_);
+  if (rows_.empty()) {
+    L2KV_CUDA_CHECK(cudaStreamSynchronize(stream_));
+    return {};
+  }
+  sampler_->sample(model_->logits(), rows_, stream_);
+  return sampler_->results(stream_);
+}
+
+}  // namespace l2kv

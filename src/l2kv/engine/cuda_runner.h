@@ -1,0 +1,65 @@
+// The CUDA model runner: CudaModel (weights, workspace, KV pool, decode graphs) plus the GPU
+// sampler, on one device. Decode-only steps replay the CUDA graph of the smallest captured
+// batch bucket that holds them (1, 2, 4, 8, then steps of 8 up to max_num_seqs); steps with
+// prompt chunks run eagerly. The decode kernel (split or the paper's paged_v1) and its L2
+// prefetch policy are run-time options, so both methods run in the same engine.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "l2kv/engine/model_runner.h"
+#include "l2kv/model/cuda_model.h"
+
+namespace l2kv {
+
+class GpuSampler;
+
+struct CudaRunnerOptions {
+  DecodeKernel attention = DecodeKernel::kSplit;
+  PrefetchPolicy kv_prefetch = PrefetchPolicy::automatic();
+  bool cuda_graphs = true;
+  // Device memory kept out of the KV pool for graphs, the sampler and allocator slack.
+  int64_t reserve_bytes = int64_t{512} << 20;
+};
+
+// The graph buckets for up to `max_seqs` sequences: 1, 2, 4, 8, then multiples of 8.
+std::vector<int32_t> decode_graph_buckets(int32_t max_seqs);
+
+class CudaRunner : public ModelRunner {
+ public:
+  // `model` lives on the current device; the runner works on that device from then on. The
+  // model may be shared with a benchmark that also drives it directly between engine runs.
+  CudaRunner(std::shared_ptr<CudaModel> model, CudaRunnerOptions options);
+  ~CudaRunner() override;
+
+  const ModelConfig& config() const override { return model_->config(); }
+  std::string device_name() const override;
+  KvCacheSizing prepare(int32_t block_size, int32_t max_batched_tokens, int32_t max_seqs,
+                        int32_t max_model_len, double memory_utilization) override;
+  void allocate_kv_cache(int32_t num_blocks) override;
+  std::vector<SampledToken> execute(const StepInput& step) override;
+
+  // Switches the decode kernel and its prefetch policy; recaptures the graphs.
+  void set_decode_attention(DecodeKernel kernel, const PrefetchPolicy& policy);
+
+  CudaModel& model() { return *model_; }
+  cudaStream_t stream() const { return stream_; }
+  const CudaRunnerOptions& options() const { return options_; }
+
+ private:
+  std::shared_ptr<CudaModel> model_;
+  CudaRunnerOptions options_;
+  int device_ = 0;
+  cudaStream_t stream_ = nullptr;
+  std::unique_ptr<GpuSampler> sampler_;
+  int32_t block_size_ = 16;
+  int32_t max_seqs_ = 0;
+  std::vector<BatchSequence> batch_;  // reused between steps
+  std::vector<SamplingRow> rows_;
+};
+
+}  // namespace l2kv

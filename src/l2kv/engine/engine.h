@@ -1,0 +1,95 @@
+// The engine: requests in, tokens and text out. One step at a time:
+//   scheduler.schedule() -> StepInput -> runner.execute() -> sampled tokens
+//   -> append, stop checks, detokenize, stream -> scheduler.update()
+// Single-threaded: the caller drives step() (the CLI in a loop, the server from one engine
+// thread). Any number of requests may be in flight; each gets its output through its callback.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "l2kv/engine/model_runner.h"
+#include "l2kv/sampling/sampling_params.h"
+
+namespace l2kv {
+
+class Tokenizer;
+
+struct EngineConfig {
+  int32_t block_size = 16;
+  int32_t max_num_seqs = 256;             // sequences running at once
+  int32_t max_num_batched_tokens = 2048;  // tokens per step (prompt chunks + decodes)
+  int32_t max_model_len = 0;              // prompt + output; 0 = the model's max positions
+  int32_t num_kv_blocks = 0;              // 0 = as many as fit
+  double gpu_memory_utilization = 0.9;
+  uint64_t seed = 0;  // draws the seeds of requests that set none
+};
+
+enum class FinishReason : uint8_t { kNone, kStop, kLength, kAbort, kError };
+const char* finish_reason_name(FinishReason reason);  // "stop", "length", "abort", "error"
+
+// What a request has produced since its last callback (streaming) and, when finished, why.
+struct RequestOutput {
+  int64_t request_id = 0;
+  std::vector<int32_t> new_tokens;
+  std::string new_text;                    // detokenized, stop strings removed
+  std::vector<SampledToken> new_logprobs;  // one per new token when logprobs >= 0
+  bool finished = false;
+  FinishReason finish_reason = FinishReason::kNone;
+  std::string stop_reason;  // the stop string or token id that ended it; empty for EOS
+  std::string error;        // for kError
+  int32_t prompt_tokens = 0;
+  int32_t completion_tokens = 0;  // total so far
+};
+
+struct GenerationRequest {
+  std::vector<int32_t> prompt;
+  SamplingParams params;
+  std::function<void(const RequestOutput&)> on_output;  // called from step()
+};
+
+struct EngineStats {
+  int32_t running = 0, waiting = 0;
+  int32_t kv_blocks_total = 0, kv_blocks_free = 0;
+  int64_t prompt_tokens = 0, generation_tokens = 0;  // totals processed
+  int64_t preemptions = 0, steps = 0;
+};
+
+class Engine {
+ public:
+  // `tokenizer` (may be null: no text, stop strings rejected) must outlive the engine. EOS ids
+  // come from the model config (config.json and generation_config.json).
+  Engine(std::unique_ptr<ModelRunner> runner, const Tokenizer* tokenizer, EngineConfig config);
+  ~Engine();
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  // Validates and queues a request; returns its id. Throws l2kv::Error (nothing queued) for
+  // invalid sampling values, token ids outside the vocabulary, an empty prompt, or a prompt
+  // that could never run (longer than max_model_len or than the whole KV pool).
+  int64_t add_request(GenerationRequest request);
+
+  // Aborts a request: its callback gets a finished output with kAbort and its blocks return
+  // to the pool at once. Unknown or finished ids are ignored.
+  void abort(int64_t request_id);
+
+  bool has_unfinished() const;
+  // Runs one step (schedule, execute, postprocess). Returns false when there was nothing to do.
+  bool step();
+  // Steps until every request has finished.
+  void run_until_idle();
+
+  EngineStats stats() const;
+  const EngineConfig& config() const;  // with max_model_len and num_kv_blocks resolved
+  ModelRunner& runner();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace l2kv

@@ -1,0 +1,60 @@
+// The interface between the engine and a backend. The engine decides what runs (the
+// scheduler's step plan: for each sequence, which new tokens, where they sit, which KV blocks
+// hold them); a runner owns all memory of its device (weights, KV pool, workspace, graphs),
+// runs the model on those tokens, writes their K/V into the blocks it was given, and samples.
+// CpuRunner and CudaRunner implement it; the engine cannot tell them apart.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "l2kv/model/model_config.h"
+#include "l2kv/sampling/sampler.h"
+
+namespace l2kv {
+
+// One sequence's part of a step.
+struct StepSequence {
+  std::span<const int32_t> tokens;       // new tokens: a prompt chunk or the last sampled one
+  int32_t start_position = 0;            // tokens already cached before them
+  std::span<const int32_t> block_table;  // physical blocks covering start_position + size
+  bool sample = false;                   // the chunk ends the known tokens: sample the next one
+  SamplingRow sampling;                  // valid when sample
+};
+
+struct StepInput {
+  std::vector<StepSequence> sequences;
+};
+
+// Sizing of the KV pool, asked of the runner before allocate_kv_cache().
+struct KvCacheSizing {
+  int64_t bytes_per_block = 0;  // K and V of all layers for one block
+  int64_t bytes_available = 0;  // what the pool may use (device memory after weights,
+                                // workspace and graphs, times the utilization; or host memory)
+};
+
+class ModelRunner {
+ public:
+  virtual ~ModelRunner() = default;
+
+  virtual const ModelConfig& config() const = 0;
+  // A short name for logs, e.g. "cpu" or "cuda:0 NVIDIA H100 80GB HBM3".
+  virtual std::string device_name() const = 0;
+
+  // Prepares everything that does not depend on the pool's size (workspace for
+  // `max_batched_tokens` tokens and `max_seqs` sequences, graphs), then says how large a pool
+  // fits. `memory_utilization` is the fraction of the device's total memory l2kv may hold.
+  virtual KvCacheSizing prepare(int32_t block_size, int32_t max_batched_tokens, int32_t max_seqs,
+                                int32_t max_model_len, double memory_utilization) = 0;
+  // Allocates the pool: `num_blocks` blocks of `block_size` tokens in every layer.
+  virtual void allocate_kv_cache(int32_t num_blocks) = 0;
+
+  // Runs one step. Returns one sampled token per sequence with sample = true, in order.
+  // Every block id in the tables is below num_blocks; the engine guarantees the tables cover
+  // start_position + tokens.size() positions.
+  virtual std::vector<SampledToken> execute(const StepInput& step) = 0;
+};
+
+}  // namespace l2kv
