@@ -1,0 +1,454 @@
+#include "l2kv/cli/bench_command.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <ctime>
+#include <fstream>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "bench_kernels.h"
+#include "l2kv/cli/model_loading.h"
+#include "l2kv/core/cuda_check.h"
+#include "l2kv/core/device_info.h"
+#include "l2kv/core/error.h"
+#include "l2kv/engine/cuda_runner.h"
+#include "l2kv/kernels/random_fill.h"
+
+namespace l2kv::cli {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+struct BenchOptions {
+  ModelOptions model;
+  EngineConfig engine;
+  int32_t input_len = 512;
+  std::vector<int32_t> output_lens = {512};
+  std::vector<int32_t> concurrency = {1, 16, 64};
+  int32_t num_prompts = 0;  // 0 = one per concurrent slot
+  std::vector<std::string> variants = {"split", "paged_v1:off", "paged_v1:on"};
+  std::string mode = "both";
+  std::vector<int32_t> steady_batches = {1, 16, 64};
+  std::vector<int32_t> steady_contexts = {1024};
+  int32_t steady_reps = 20;
+  std::string json_path, markdown_path;
+  double time_budget_s = 0;
+  std::string command_line;
+};
+
+struct Variant {
+  std::string name;
+  DecodeKernel kernel;
+  PrefetchPolicy policy;
+  std::string prefetch_text;
+};
+
+Variant parse_variant(const std::string& text) {
+  const size_t colon = text.find(':');
+  Variant v;
+  v.name = text;
+  v.kernel = parse_decode_kernel(text.substr(0, colon));
+  v.prefetch_text = colon == std::string::npos ? "auto" : text.substr(colon + 1);
+  v.policy = parse_prefetch_policy(v.prefetch_text);
+  return v;
+}
+
+double seconds_since(Clock::time_point t) {
+  return std::chrono::duration<double>(Clock::now() - t).count();
+}
+
+template <typename T>
+struct DeviceBuffer {
+  T* ptr = nullptr;
+  explicit DeviceBuffer(size_t n) {
+    L2KV_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&ptr), n * sizeof(T)));
+  }
+  ~DeviceBuffer() { cudaFree(ptr); }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+};
+
+// Streaming-read ceiling over 2 GiB, median of 20 (bytes per second).
+double measure_read_ceiling(cudaStream_t stream) {
+  int device = 0;
+  L2KV_CUDA_CHECK(cudaGetDevice(&device));
+  const DeviceInfo info = query_device_info(device);
+  const int64_t bytes = int64_t{2} << 30;
+  DeviceBuffer<uint8_t> data(static_cast<size_t>(bytes));
+  DeviceBuffer<uint32_t> sink(static_cast<size_t>(info.sm_count) * 8 * 256);
+  fill_random(data.ptr, bytes / 2, DType::kBFloat16, 1.f, 99, stream);
+  cudaEvent_t a, b;
+  L2KV_CUDA_CHECK(cudaEventCreate(&a));
+  L2KV_CUDA_CHECK(cudaEventCreate(&b));
+  std::vector<float> ms(20);
+  bench::launch_streaming_read(data.ptr, bytes, sink.ptr, info.sm_count, stream);
+  for (float& t : ms) {
+    L2KV_CUDA_CHECK(cudaEventRecord(a, stream));
+    bench::launch_streaming_read(data.ptr, bytes, sink.ptr, info.sm_count, stream);
+    L2KV_CUDA_CHECK(cudaEventRecord(b, stream));
+    L2KV_CUDA_CHECK(cudaEventSynchronize(b));
+    L2KV_CUDA_CHECK(cudaEventElapsedTime(&t, a, b));
+  }
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  std::nth_element(ms.begin(), ms.begin() + 10, ms.end());
+  return static_cast<double>(bytes) / (ms[10] * 1e-3);
+}
+
+// Bytes of K and V of one token over all layers.
+int64_t kv_bytes_per_token(const ModelConfig& c) {
+  return int64_t{2} * c.num_layers * c.num_kv_heads * c.head_dim * dtype_bytes(c.dtype);
+}
+
+// One decode step at `batch` sequences of `context` tokens, KV filled with random values:
+// median step time over replays (graph and eager) and a profiled eager run.
+nlohmann::ordered_json run_steady_point(CudaModel& model, const Variant& variant, int32_t batch,
+                                        int32_t context, int32_t block_size, int32_t reps,
+                                        double ceiling, cudaStream_t stream) {
+  const ModelConfig& c = model.config();
+  const int32_t blocks_per_seq = (context + block_size - 1) / block_size;
+  const int32_t num_blocks = batch * blocks_per_seq + 1;  // block 0 is the pad rows' block
+  model.allocate_workspace({batch, batch, context, 0});
+  model.allocate_kv_cache(num_blocks, block_size);
+  const int64_t pool_elems =
+      static_cast<int64_t>(num_blocks) * block_size * c.num_kv_heads * c.head_dim;
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    fill_random(model.k_pool(l), pool_elems, c.dtype, 1.f, 1000 + 2 * l, stream);
+    fill_random(model.v_pool(l), pool_elems, c.dtype, 1.f, 1001 + 2 * l, stream);
+  }
+  model.set_decode_attention(variant.kernel, variant.policy);
+  model.set_use_graphs(true);
+  const int32_t size[] = {batch};
+  model.capture_decode_graphs(size, stream);
+
+  // Shuffled tables: no sequence's blocks are contiguous.
+  std::vector<int32_t> blocks(static_cast<size_t>(num_blocks - 1));
+  std::iota(blocks.begin(), blocks.end(), 1);
+  std::shuffle(blocks.begin(), blocks.end(), std::mt19937(batch * 7919 + context));
+  std::vector<int32_t> tokens(static_cast<size_t>(batch));
+  std::mt19937 rng(42);
+  for (auto& t : tokens) t = static_cast<int32_t>(rng() % (c.vocab_size - 1)) + 1;
+  std::vector<BatchSequence> seqs;
+  for (int32_t s = 0; s < batch; ++s)
+    seqs.push_back({std::span<const int32_t>(&tokens[s], 1), context - 1,
+                    std::span<const int32_t>(blocks.data() + int64_t{s} * blocks_per_seq,
+                                             static_cast<size_t>(blocks_per_seq)),
+                    true});
+  model.prepare(seqs, 0, stream);
+
+  cudaEvent_t a, b;
+  L2KV_CUDA_CHECK(cudaEventCreate(&a));
+  L2KV_CUDA_CHECK(cudaEventCreate(&b));
+  auto median_ms = [&](bool graphs) {
+    model.set_use_graphs(graphs);
+    for (int i = 0; i < 3; ++i) model.forward(stream);
+    std::vector<float> ms(static_cast<size_t>(reps));
+    for (float& t : ms) {
+      L2KV_CUDA_CHECK(cudaEventRecord(a, stream));
+      model.forward(stream);
+      L2KV_CUDA_CHECK(cudaEventRecord(b, stream));
+      L2KV_CUDA_CHECK(cudaEventSynchronize(b));
+      L2KV_CUDA_CHECK(cudaEventElapsedTime(&t, a, b));
+    }
+    std::nth_element(ms.begin(), ms.begin() + reps / 2, ms.end());
+    return static_cast<double>(ms[reps / 2]);
+  };
+  const double graph_ms = median_ms(true);
+  const double eager_ms = median_ms(false);
+  model.set_profiling(true);
+  model.forward(stream);
+  L2KV_CUDA_CHECK(cudaStreamSynchronize(stream));
+  const CudaModel::OpTimes ops = model.last_op_times();
+  model.set_profiling(false);
+  model.set_use_graphs(true);
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  model.release_kv_cache();
+
+  const double bytes = static_cast<double>(model.weight_bytes()) +
+                       static_cast<double>(kv_bytes_per_token(c)) * batch * (context + 1.0);
+  const double mbu = bytes / (graph_ms * 1e-3 * ceiling);
+  return {{"mode", "steady"},
+          {"attention", decode_kernel_name(variant.kernel)},
+          {"kv_prefetch", variant.prefetch_text},
+          {"batch", batch},
+          {"concurrency", batch},
+          {"context", context},
+          {"step_ms", graph_ms},
+          {"eager_step_ms", eager_ms},
+          {"graphs", true},
+          {"output_tokens_per_s", batch / (graph_ms * 1e-3)},
+          {"bytes_per_step", bytes},
+          {"mbu", mbu},
+          {"profile_eager_ms",
+           {{"gemm", ops.gemm_ms}, {"attention", ops.attention_ms}, {"total", ops.total_ms}}}};
+}
+
+// The offline workload: `num_prompts` random prompts of input_len tokens, output_len tokens
+// each (EOS ignored), at most `concurrency` in flight.
+nlohmann::ordered_json run_e2e_point(Engine& engine, const ModelConfig& c, int64_t weight_bytes,
+                                     const Variant& variant, int32_t input_len, int32_t output_len,
+                                     int32_t concurrency, int32_t num_prompts, double ceiling) {
+  struct Tracked {
+    int32_t length = 0;  // prompt + generated
+    int32_t generated = 0;
+    double first_token_s = -1, finish_s = -1;
+    bool finished = false;
+  };
+  std::vector<Tracked> tracked(static_cast<size_t>(num_prompts));
+  const auto start = Clock::now();
+  int32_t submitted = 0, in_flight = 0, finished = 0;
+  std::string failure;
+  auto submit = [&] {
+    GenerationRequest r;
+    std::mt19937 rng(static_cast<uint32_t>(1234 + submitted));
+    r.prompt.resize(static_cast<size_t>(input_len));
+    for (auto& t : r.prompt) t = static_cast<int32_t>(rng() % (c.vocab_size - 200)) + 100;
+    r.params.temperature = 0.f;
+    r.params.ignore_eos = true;
+    r.params.max_tokens = output_len;
+    r.params.min_tokens = output_len;
+    Tracked* t = &tracked[static_cast<size_t>(submitted)];
+    t->length = input_len;
+    r.on_output = [t, &start, &in_flight, &finished, &failure](const RequestOutput& out) {
+      const double now = seconds_since(start);
+      if (!out.new_tokens.empty() && t->first_token_s < 0) t->first_token_s = now;
+      t->generated = out.completion_tokens;
+      t->length += static_cast<int32_t>(out.new_tokens.size());
+      if (out.finished) {
+        t->finished = true;
+        t->finish_s = now;
+        --in_flight;
+        ++finished;
+        if (out.finish_reason == FinishReason::kError) failure = out.error;
+      }
+    };
+    engine.add_request(std::move(r));
+    ++submitted;
+    ++in_flight;
+  };
+  double prefill_s = 0, decode_s = 0, decode_bytes = 0;
+  int64_t decode_steps = 0;
+  int32_t max_running = 0;
+  auto last_progress = Clock::now();
+  const int64_t total_tokens = int64_t{num_prompts} * output_len;
+  while (finished < num_prompts) {
+    while (submitted < num_prompts && in_flight < concurrency) submit();
+    const EngineStats before = engine.stats();
+    // KV the step reads if it is a decode step: every started sequence's current length.
+    double kv_tokens = 0;
+    for (int32_t i = 0; i < submitted; ++i)
+      if (!tracked[i].finished && tracked[i].first_token_s >= 0) kv_tokens += tracked[i].length;
+    const auto step_start = Clock::now();
+    if (!engine.step()) break;
+    if (!failure.empty()) throw Error("benchmark request failed: " + failure);
+    const double step_s = seconds_since(step_start);
+    const EngineStats after = engine.stats();
+    max_running = std::max(max_running, after.running);
+    if (after.prompt_tokens > before.prompt_tokens) {
+      prefill_s += step_s;
+    } else {
+      decode_s += step_s;
+      ++decode_steps;
+      decode_bytes += static_cast<double>(weight_bytes) +
+                      static_cast<double>(kv_bytes_per_token(c)) * (kv_tokens + before.running);
+    }
+    if (seconds_since(last_progress) > 2.0) {
+      last_progress = Clock::now();
+      std::fprintf(stderr, "\r  %s: %lld/%lld tokens, %d running, %.0f tokens/s   ",
+                   variant.name.c_str(), static_cast<long long>(after.generation_tokens),
+                   static_cast<long long>(total_tokens), after.running,
+                   after.generation_tokens / seconds_since(start));
+    }
+  }
+  std::fprintf(stderr, "\r%*s\r", 100, "");
+  const double wall = seconds_since(start);
+  double tpot_sum = 0;
+  int32_t tpot_count = 0;
+  int64_t tokens = 0;
+  for (const auto& t : tracked) {
+    tokens += t.generated;
+    if (t.generated > 1) {
+      tpot_sum += (t.finish_s - t.first_token_s) / (t.generated - 1);
+      ++tpot_count;
+    }
+  }
+  const double mbu = decode_s > 0 ? decode_bytes / (decode_s * ceiling) : 0;
+  return {{"mode", "e2e"},
+          {"attention", decode_kernel_name(variant.kernel)},
+          {"kv_prefetch", variant.prefetch_text},
+          {"concurrency", concurrency},
+          {"input_len", input_len},
+          {"output_len", output_len},
+          {"num_prompts", num_prompts},
+          {"output_tokens", tokens},
+          {"seconds", wall},
+          {"output_tokens_per_s", tokens / wall},
+          {"tpot_ms", tpot_count ? tpot_sum / tpot_count * 1e3 : 0.0},
+          {"prefill_s", prefill_s},
+          {"decode_s", decode_s},
+          {"step_ms", decode_steps ? decode_s / decode_steps * 1e3 : 0.0},
+          {"mbu", mbu},
+          {"graphs", true},
+          {"max_concurrency_reached", max_running}};
+}
+
+std::string today() {
+  char buf[32];
+  const std::time_t now = std::time(nullptr);
+  std::strftime(buf, sizeof buf, "%Y-%m-%d", std::gmtime(&now));
+  return buf;
+}
+
+int run_bench(const BenchOptions& o) {
+  if (!cuda_device_available())
+    throw Error("l2kv bench needs an NVIDIA Hopper GPU (sm_90); none is available here");
+  std::vector<Variant> variants;
+  for (const auto& v : o.variants) variants.push_back(parse_variant(v));
+  ModelOptions model_options = o.model;
+  if (model_options.device == "auto") model_options.device = "cuda";
+  LoadedModel loaded = load_model(model_options);
+  if (!loaded.cuda_model) throw Error("l2kv bench runs on the CUDA backend");
+  std::shared_ptr<CudaModel> model = loaded.cuda_model;
+  auto* runner = dynamic_cast<CudaRunner*>(loaded.runner.get());
+  const ModelConfig& c = model->config();
+  int device = 0;
+  L2KV_CUDA_CHECK(cudaGetDevice(&device));
+  const DeviceInfo info = query_device_info(device);
+  const double ceiling = measure_read_ceiling(runner->stream());
+  std::fprintf(stderr, "l2kv bench: %s, %.2f GB of weights; streaming-read ceiling %.0f GB/s\n",
+               info.name.c_str(), model->weight_bytes() / 1e9, ceiling / 1e9);
+
+  nlohmann::ordered_json report = {{"card", info.name},
+                                   {"date", today()},
+                                   {"command", o.command_line},
+                                   {"model", o.model.model},
+                                   {"ceiling_gbps", ceiling / 1e9},
+                                   {"weight_bytes", model->weight_bytes()},
+                                   {"points", nlohmann::ordered_json::array()}};
+  const auto start = Clock::now();
+  auto over_budget = [&] { return o.time_budget_s > 0 && seconds_since(start) > o.time_budget_s; };
+  auto save = [&] {
+    if (o.json_path.empty()) return;
+    std::ofstream(o.json_path) << report.dump(1) << "\n";
+  };
+
+  if (o.mode == "steady" || o.mode == "both") {
+    for (int32_t context : o.steady_contexts)
+      for (int32_t batch : o.steady_batches)
+        for (const Variant& v : variants) {
+          if (over_budget()) break;
+          auto point = run_steady_point(*model, v, batch, context, o.engine.block_size,
+                                        o.steady_reps, ceiling, runner->stream());
+          point["model"] = o.model.model;
+          std::printf(
+              "steady  %-14s B=%-4d ctx=%-6d step %8.3f ms (eager %8.3f)  %9.1f tok/s  "
+              "MBU %.3f\n",
+              v.name.c_str(), batch, context, point["step_ms"].get<double>(),
+              point["eager_step_ms"].get<double>(), point["output_tokens_per_s"].get<double>(),
+              point["mbu"].get<double>());
+          std::fflush(stdout);
+          report["points"].push_back(point);
+          save();
+        }
+  }
+  if (o.mode == "e2e" || o.mode == "both") {
+    EngineConfig config = o.engine;
+    config.max_num_seqs = *std::max_element(o.concurrency.begin(), o.concurrency.end());
+    config.max_model_len =
+        o.input_len + *std::max_element(o.output_lens.begin(), o.output_lens.end());
+    Engine engine(std::move(loaded.runner), nullptr, config);
+    std::fprintf(stderr, "l2kv bench: KV cache of %d blocks of %d tokens\n",
+                 engine.stats().kv_blocks_total, config.block_size);
+    auto& engine_runner = dynamic_cast<CudaRunner&>(engine.runner());
+    for (int32_t output_len : o.output_lens)
+      for (int32_t conc : o.concurrency)
+        for (const Variant& v : variants) {
+          if (over_budget()) {
+            std::fprintf(stderr, "l2kv bench: time budget spent; remaining points skipped\n");
+            break;
+          }
+          engine_runner.set_decode_attention(v.kernel, v.policy);
+          const int32_t prompts = o.num_prompts > 0 ? o.num_prompts : conc;
+          auto point = run_e2e_point(engine, c, model->weight_bytes(), v, o.input_len, output_len,
+                                     conc, prompts, ceiling);
+          point["model"] = o.model.model;
+          std::printf(
+              "e2e     %-14s conc=%-4d out=%-5d %9.1f tok/s  TPOT %7.2f ms  prefill %6.2f s"
+              "  decode %7.2f s  MBU %.3f  (max running %d)\n",
+              v.name.c_str(), conc, output_len, point["output_tokens_per_s"].get<double>(),
+              point["tpot_ms"].get<double>(), point["prefill_s"].get<double>(),
+              point["decode_s"].get<double>(), point["mbu"].get<double>(),
+              point["max_concurrency_reached"].get<int>());
+          std::fflush(stdout);
+          report["points"].push_back(point);
+          save();
+        }
+  }
+  save();
+  return 0;
+}
+
+}  // namespace
+
+std::function<int()> add_bench_command(CLI::App& app) {
+  auto o = std::make_shared<BenchOptions>();
+  CLI::App* cmd = app.add_subcommand(
+      "bench",
+      "Decode throughput on a CUDA GPU: end to end (random prompts through the engine) and "
+      "steady state (one decode step over a synthetically filled KV cache), for several "
+      "decode-attention variants in one run, with MBU against the same-run read ceiling");
+  o->model.model = "synthetic:llama3-8b";
+  add_model_options(*cmd, o->model);
+  cmd->get_option("--model")->required(false)->capture_default_str();
+  add_engine_options(*cmd, o->engine);
+  cmd->add_option("--input-len", o->input_len, "Prompt tokens per request")
+      ->check(CLI::Range(1, 1 << 20))
+      ->capture_default_str();
+  cmd->add_option("--output-len", o->output_lens, "Output tokens per request (a list)")
+      ->check(CLI::Range(1, 1 << 20))
+      ->capture_default_str();
+  cmd->add_option("--concurrency", o->concurrency,
+                  "Requests in flight (a list); more wait as in a server")
+      ->check(CLI::Range(1, 4096))
+      ->capture_default_str();
+  cmd->add_option("--num-prompts", o->num_prompts,
+                  "Requests per point (0 = as many as the concurrency)")
+      ->capture_default_str();
+  cmd->add_option("--variants", o->variants,
+                  "Decode attention variants, KERNEL[:PREFETCH] with KERNEL split or paged_v1 "
+                  "and PREFETCH as --kv-prefetch (default auto)")
+      ->capture_default_str();
+  cmd->add_option("--mode", o->mode, "e2e, steady or both")
+      ->check(CLI::IsMember({"e2e", "steady", "both"}))
+      ->capture_default_str();
+  cmd->add_option("--steady-batch", o->steady_batches, "Batches of the steady-state mode")
+      ->capture_default_str();
+  cmd->add_option("--steady-context", o->steady_contexts, "Contexts of the steady-state mode")
+      ->capture_default_str();
+  cmd->add_option("--steady-reps", o->steady_reps, "Timed replays per steady point (median)")
+      ->check(CLI::Range(3, 10000))
+      ->capture_default_str();
+  cmd->add_option("--json", o->json_path, "Write every point as JSON here");
+  cmd->add_option("--time-budget-s", o->time_budget_s,
+                  "Skip the remaining points once this many seconds have passed (0 = none)")
+      ->capture_default_str();
+  return [o, cmd] {
+    o->command_line = "l2kv bench";
+    for (const CLI::Option* opt : cmd->get_options()) {
+      if (opt->count() == 0 || opt->get_name().empty() || opt->get_name() == "--help") continue;
+      o->command_line += " " + opt->get_name();
+      for (const std::string& value : opt->results()) o->command_line += " " + value;
+    }
+    return run_bench(*o);
+  };
+}
+
+}  // namespace l2kv::cli

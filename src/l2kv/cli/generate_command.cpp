@@ -1,0 +1,311 @@
+#include "l2kv/cli/generate_command.h"
+
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "l2kv/chat/chat_template.h"
+#include "l2kv/cli/model_loading.h"
+#include "l2kv/core/error.h"
+
+namespace l2kv::cli {
+namespace {
+
+struct GenerateOptions {
+  ModelOptions model;
+  EngineConfig engine;
+  SamplingParams sampling;
+  std::vector<std::string> prompts;
+  std::vector<std::string> prompt_ids;
+  std::string prompt_file;
+  bool chat = false;
+  std::string system;
+  std::string output_format = "text";
+  int64_t seed = -1;
+};
+
+// One prompt as given: text, token ids, or chat messages.
+struct PromptInput {
+  std::string text;
+  std::vector<int32_t> ids;
+  nlohmann::ordered_json messages;
+  bool has_ids = false;
+};
+
+std::vector<int32_t> parse_ids(const std::string& list) {
+  std::vector<int32_t> ids;
+  std::stringstream s(list);
+  std::string item;
+  while (std::getline(s, item, ',')) {
+    try {
+      size_t used = 0;
+      const long v = std::stol(item, &used);
+      if (used != item.size() || v < 0 || v > INT32_MAX) throw std::invalid_argument(item);
+      ids.push_back(static_cast<int32_t>(v));
+    } catch (const std::exception&) {
+      throw Error("--prompt-ids: '" + item + "' is not a token id");
+    }
+  }
+  if (ids.empty()) throw Error("--prompt-ids: empty list");
+  return ids;
+}
+
+// Reads prompts: JSONL ({"prompt": text} | {"prompt_ids": [...]} | {"messages": [...]}) when the
+// name ends in .jsonl, else one prompt per line. "-" is stdin.
+std::vector<PromptInput> read_prompt_file(const std::string& name) {
+  std::ifstream file;
+  std::istream* in = &std::cin;
+  if (name != "-") {
+    file.open(name);
+    if (!file) throw Error("--prompt-file " + name + ": cannot open");
+    in = &file;
+  }
+  const bool jsonl = name.size() > 6 && name.substr(name.size() - 6) == ".jsonl";
+  std::vector<PromptInput> prompts;
+  std::string line;
+  int64_t number = 0;
+  while (std::getline(*in, line)) {
+    ++number;
+    if (line.empty()) continue;
+    PromptInput p;
+    if (!jsonl) {
+      p.text = line;
+    } else {
+      nlohmann::ordered_json j;
+      try {
+        j = nlohmann::ordered_json::parse(line);
+      } catch (const std::exception& e) {
+        throw Error(name + ":" + std::to_string(number) + ": not JSON (" + e.what() + ")");
+      }
+      if (j.contains("prompt") && j["prompt"].is_string()) {
+        p.text = j["prompt"].get<std::string>();
+      } else if (j.contains("prompt_ids") && j["prompt_ids"].is_array()) {
+        for (const auto& v : j["prompt_ids"]) {
+          if (!v.is_number_integer())
+            throw Error(name + ":" + std::to_string(number) + ": prompt_ids must be integers");
+          p.ids.push_back(v.get<int32_t>());
+        }
+        p.has_ids = true;
+      } else if (j.contains("messages") && j["messages"].is_array()) {
+        p.messages = j["messages"];
+      } else {
+        throw Error(name + ":" + std::to_string(number) +
+                    ": expected a \"prompt\" string, \"prompt_ids\" or \"messages\"");
+      }
+    }
+    prompts.push_back(std::move(p));
+  }
+  return prompts;
+}
+
+struct Result {
+  std::string prompt_text;
+  std::vector<int32_t> prompt_ids;  // when the prompt was given as ids
+  std::vector<int32_t> output_ids;
+  std::string output;
+  int32_t prompt_tokens = 0;
+  int32_t completion_tokens = 0;
+  std::string finish_reason, stop_reason, error;
+  bool done = false;
+};
+
+int run_generate(const GenerateOptions& o) {
+  LoadedModel loaded = load_model(o.model);
+  std::vector<PromptInput> inputs;
+  for (const auto& t : o.prompts) inputs.push_back({t, {}, {}, false});
+  for (const auto& list : o.prompt_ids) inputs.push_back({"", parse_ids(list), {}, true});
+  if (!o.prompt_file.empty()) {
+    auto more = read_prompt_file(o.prompt_file);
+    inputs.insert(inputs.end(), more.begin(), more.end());
+  }
+  if (inputs.empty() && !isatty(STDIN_FILENO)) inputs = read_prompt_file("-");
+  if (inputs.empty())
+    throw Error(
+        "no prompts: give them as arguments, with --prompt-ids, --prompt-file, or on stdin");
+
+  const Tokenizer* tokenizer = loaded.tokenizer ? &*loaded.tokenizer : nullptr;
+  std::unique_ptr<ChatTemplate> chat;
+  if (o.chat) {
+    if (!tokenizer) throw Error("--chat needs the model folder's tokenizer.json");
+    chat = std::make_unique<ChatTemplate>(ChatTemplate::for_tokenizer(*tokenizer));
+  }
+  Engine engine(std::move(loaded.runner), tokenizer, o.engine);
+  const EngineStats initial = engine.stats();
+  std::fprintf(stderr, "l2kv: KV cache of %d blocks of %d tokens; max_model_len %d\n",
+               initial.kv_blocks_total, engine.config().block_size, engine.config().max_model_len);
+
+  std::vector<Result> results(inputs.size());
+  const bool stream_text = o.output_format == "text" && inputs.size() == 1;
+  for (size_t i = 0; i < inputs.size(); ++i) {
+    PromptInput& in = inputs[i];
+    GenerationRequest request;
+    request.params = o.sampling;
+    if (o.seed >= 0) request.params.seed = static_cast<uint64_t>(o.seed) + i;
+    if (in.has_ids) {
+      request.prompt = in.ids;
+    } else {
+      if (!tokenizer)
+        throw Error("the model folder has no tokenizer.json: give prompts as token ids " +
+                    std::string("(--prompt-ids or \"prompt_ids\" in a JSONL file)"));
+      std::string text = in.text;
+      bool add_special = true;
+      if (chat || !in.messages.is_null()) {
+        if (!chat) chat = std::make_unique<ChatTemplate>(ChatTemplate::for_tokenizer(*tokenizer));
+        ChatRequest c;
+        if (!in.messages.is_null()) {
+          c.messages = in.messages;
+        } else {
+          if (!o.system.empty()) c.messages.push_back({{"role", "system"}, {"content", o.system}});
+          c.messages.push_back({{"role", "user"}, {"content", in.text}});
+        }
+        text = chat->render(c);
+        add_special = false;  // the template writes BOS itself
+      }
+      in.text = text;
+      request.prompt = tokenizer->encode(text, add_special);
+    }
+    results[i].prompt_text = in.text;
+    if (in.has_ids) results[i].prompt_ids = in.ids;
+    results[i].prompt_tokens = static_cast<int32_t>(request.prompt.size());
+    Result* r = &results[i];
+    request.on_output = [r, stream_text](const RequestOutput& out) {
+      r->output_ids.insert(r->output_ids.end(), out.new_tokens.begin(), out.new_tokens.end());
+      r->output += out.new_text;
+      r->completion_tokens = out.completion_tokens;
+      if (stream_text && !out.new_text.empty()) {
+        std::fwrite(out.new_text.data(), 1, out.new_text.size(), stdout);
+        std::fflush(stdout);
+      }
+      if (out.finished) {
+        r->done = true;
+        r->finish_reason = finish_reason_name(out.finish_reason);
+        r->stop_reason = out.stop_reason;
+        r->error = out.error;
+      }
+    };
+    engine.add_request(std::move(request));  // invalid requests throw before anything runs
+  }
+
+  const auto start = std::chrono::steady_clock::now();
+  auto last_report = start;
+  auto seconds_since = [](auto t) {
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+  };
+  while (engine.step()) {
+    if (seconds_since(last_report) >= 1.0) {
+      last_report = std::chrono::steady_clock::now();
+      const EngineStats s = engine.stats();
+      size_t done = 0;
+      for (const auto& r : results) done += r.done;
+      std::fprintf(stderr, "l2kv: %zu/%zu done, %d running, %d waiting, %.1f output tokens/s\n",
+                   done, results.size(), s.running, s.waiting,
+                   static_cast<double>(s.generation_tokens) / seconds_since(start));
+    }
+  }
+  const double elapsed = seconds_since(start);
+  const EngineStats s = engine.stats();
+
+  int status = 0;
+  for (size_t i = 0; i < results.size(); ++i) {
+    const Result& r = results[i];
+    if (r.finish_reason == "error") status = 1;
+    if (o.output_format == "jsonl") {
+      nlohmann::ordered_json j = {{"index", i},
+                                  {"prompt", r.prompt_text},
+                                  {"output", r.output},
+                                  {"output_ids", r.output_ids},
+                                  {"prompt_tokens", r.prompt_tokens},
+                                  {"completion_tokens", r.completion_tokens},
+                                  {"finish_reason", r.finish_reason}};
+      if (!r.prompt_ids.empty()) j["prompt_ids"] = r.prompt_ids;
+      if (!r.stop_reason.empty()) j["stop_reason"] = r.stop_reason;
+      if (!r.error.empty()) j["error"] = r.error;
+      std::printf("%s\n", j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
+    } else if (stream_text) {
+      std::printf("\n");
+    } else {
+      std::printf("=== %zu: %s\n", i, r.prompt_text.c_str());
+      if (tokenizer) {
+        std::printf("%s\n", r.output.c_str());
+      } else {
+        for (size_t t = 0; t < r.output_ids.size(); ++t)
+          std::printf("%s%d", t ? " " : "", r.output_ids[t]);
+        std::printf("\n");
+      }
+    }
+    if (!r.error.empty())
+      std::fprintf(stderr, "l2kv: request %zu failed: %s\n", i, r.error.c_str());
+  }
+  std::fprintf(stderr,
+               "l2kv: %zu requests, %lld prompt + %lld output tokens in %.2f s: %.1f output "
+               "tokens/s (%lld preemptions)\n",
+               results.size(), static_cast<long long>(s.prompt_tokens),
+               static_cast<long long>(s.generation_tokens), elapsed,
+               static_cast<double>(s.generation_tokens) / elapsed,
+               static_cast<long long>(s.preemptions));
+  return status;
+}
+
+}  // namespace
+
+std::function<int()> add_generate_command(CLI::App& app) {
+  auto o = std::make_shared<GenerateOptions>();
+  o->sampling.max_tokens = 128;
+  CLI::App* cmd = app.add_subcommand(
+      "generate",
+      "Generate text for prompts given as arguments, with --prompt-ids, in a file, or on stdin");
+  add_model_options(*cmd, o->model);
+  add_engine_options(*cmd, o->engine);
+  cmd->add_option("prompts", o->prompts, "Prompts (text; needs the model's tokenizer.json)");
+  cmd->add_option("--prompt-ids", o->prompt_ids,
+                  "A prompt as comma-separated token ids (repeatable)");
+  cmd->add_option("--prompt-file", o->prompt_file,
+                  "Prompts from a file, one per line, or JSONL (.jsonl) with \"prompt\", "
+                  "\"prompt_ids\" or \"messages\" per line; - reads stdin");
+  cmd->add_flag("--chat", o->chat, "Apply the model's chat template to each prompt");
+  cmd->add_option("--system", o->system, "System message for --chat");
+  cmd->add_option("--output-format", o->output_format,
+                  "text (a single prompt streams as it is generated) or jsonl (prompt, output, "
+                  "token counts and finish reason per prompt)")
+      ->check(CLI::IsMember({"text", "jsonl"}))
+      ->capture_default_str();
+  SamplingParams& p = o->sampling;
+  cmd->add_option("--temperature", p.temperature, "Sampling temperature; 0 = greedy")
+      ->capture_default_str();
+  cmd->add_option("--top-k", p.top_k, "Keep the k most likely tokens; -1 = all")
+      ->capture_default_str();
+  cmd->add_option("--top-p", p.top_p, "Keep the most likely tokens holding this probability")
+      ->capture_default_str();
+  cmd->add_option("--min-p", p.min_p, "Drop tokens below min_p times the most likely one's")
+      ->capture_default_str();
+  cmd->add_option("--repetition-penalty", p.repetition_penalty,
+                  "Penalty for tokens already in the prompt or output; 1 = off")
+      ->capture_default_str();
+  cmd->add_option("--presence-penalty", p.presence_penalty,
+                  "Subtracted from the logit of every token already generated")
+      ->capture_default_str();
+  cmd->add_option("--frequency-penalty", p.frequency_penalty,
+                  "Subtracted once per earlier occurrence in the output")
+      ->capture_default_str();
+  cmd->add_option("--seed", o->seed,
+                  "Sampling seed (prompt i uses seed + i); same seed, same tokens; -1 = random")
+      ->capture_default_str();
+  cmd->add_option("--max-tokens", p.max_tokens, "Most tokens to generate per prompt")
+      ->capture_default_str();
+  cmd->add_option("--min-tokens", p.min_tokens, "Tokens generated before EOS or a stop may end it")
+      ->capture_default_str();
+  cmd->add_option("--stop", p.stop, "Stop string (repeatable); not part of the output");
+  cmd->add_option("--stop-token-ids", p.stop_token_ids, "Token ids that end generation");
+  cmd->add_flag("--ignore-eos", p.ignore_eos, "Keep generating after the model's EOS token");
+  return [o] { return run_generate(*o); };
+}
+
+}  // namespace l2kv::cli

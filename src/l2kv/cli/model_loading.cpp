@@ -1,0 +1,137 @@
+#include "l2kv/cli/model_loading.h"
+
+#include <chrono>
+#include <cstdio>
+
+#include "l2kv/core/cuda_check.h"
+#include "l2kv/core/error.h"
+#include "l2kv/engine/cpu_runner.h"
+#include "l2kv/engine/cuda_runner.h"
+
+namespace l2kv::cli {
+
+namespace fs = std::filesystem;
+
+void add_model_options(CLI::App& app, ModelOptions& o) {
+  app.add_option("--model", o.model,
+                 "A Hugging Face model folder (config.json, *.safetensors, tokenizer.json) or "
+                 "synthetic:NAME for random weights in a real shape (llama2-7b, llama3-8b, "
+                 "qwen2.5-7b, qwen2.5-14b; CUDA only)")
+      ->required();
+  app.add_option("--device", o.device,
+                 "Backend: auto (CUDA when a GPU is present, else CPU), cpu, cuda or cuda:N")
+      ->capture_default_str();
+  app.add_option("--attention", o.attention,
+                 "Decode attention kernel on CUDA: split (l2kv's split-KV kernel) or paged_v1 "
+                 "(vLLM-v1-style kernel of the paper, with its L2 prefetch)")
+      ->check(CLI::IsMember({"split", "paged_v1"}))
+      ->capture_default_str();
+  app.add_option("--kv-prefetch", o.kv_prefetch,
+                 "L2 prefetch of the KV cache in decode attention: off, on (one step ahead), "
+                 "on:N, or auto (each kernel's measured rule); suffixes +evict_last, "
+                 "+evict_first, +stream, +every_head")
+      ->capture_default_str();
+  app.add_flag("--enforce-eager", o.enforce_eager,
+               "Run decode steps kernel by kernel instead of replaying CUDA graphs");
+}
+
+void add_engine_options(CLI::App& app, EngineConfig& c) {
+  app.add_option("--block-size", c.block_size, "Tokens per KV-cache block (16, 32 or 64)")
+      ->check(CLI::IsMember({16, 32, 64}))
+      ->capture_default_str();
+  app.add_option("--max-num-seqs", c.max_num_seqs, "Most sequences running in one step")
+      ->check(CLI::Range(1, 4096))
+      ->capture_default_str();
+  app.add_option("--max-num-batched-tokens", c.max_num_batched_tokens,
+                 "Most tokens in one step (prompt chunks and decodes together); longer prompts "
+                 "are prefilled in chunks")
+      ->check(CLI::Range(1, 1 << 20))
+      ->capture_default_str();
+  app.add_option("--max-model-len", c.max_model_len,
+                 "Longest prompt + output in tokens (0 = the model's max_position_embeddings)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  app.add_option("--num-kv-blocks", c.num_kv_blocks,
+                 "KV-cache blocks to allocate (0 = as many as --gpu-memory-utilization allows)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  app.add_option("--gpu-memory-utilization", c.gpu_memory_utilization,
+                 "Fraction of the GPU's memory l2kv may use for weights, workspace and KV cache")
+      ->check(CLI::Range(0.01, 1.0))
+      ->capture_default_str();
+  app.add_option("--engine-seed", c.seed,
+                 "Seed that draws the sampling seeds of requests that give none")
+      ->capture_default_str();
+}
+
+bool is_synthetic(const std::string& model) {
+  return model.rfind("synthetic:", 0) == 0;
+}
+
+namespace {
+
+// -1 for the CPU, else the CUDA device index.
+int resolve_device(const std::string& device) {
+  if (device == "cpu") return -1;
+  const bool gpu = cuda_device_available();
+  if (device == "auto") return gpu ? 0 : -1;
+  if (device == "cuda" || device.rfind("cuda:", 0) == 0) {
+    if (!gpu) throw Error("--device " + device + ": no CUDA GPU is available on this machine");
+    if (device == "cuda") return 0;
+    try {
+      return std::stoi(device.substr(5));
+    } catch (const std::exception&) {
+      throw Error("--device " + device + ": expected cuda:N");
+    }
+  }
+  throw Error("--device " + device + ": expected auto, cpu, cuda or cuda:N");
+}
+
+}  // namespace
+
+LoadedModel load_model(const ModelOptions& o) {
+  LoadedModel loaded;
+  const int device = resolve_device(o.device);
+  const auto start = std::chrono::steady_clock::now();
+  loaded.synthetic = is_synthetic(o.model);
+  if (!loaded.synthetic) {
+    if (!fs::is_directory(o.model))
+      throw Error("--model " + o.model + ": not a folder (give a Hugging Face model folder or " +
+                  "synthetic:NAME)");
+    if (fs::exists(fs::path(o.model) / "tokenizer.json"))
+      loaded.tokenizer = Tokenizer::from_folder(o.model);
+  }
+  if (device < 0) {
+    if (loaded.synthetic)
+      throw Error("--model " + o.model +
+                  ": synthetic models run on the CUDA backend only (no GPU here, or --device cpu)");
+    std::fprintf(stderr, "l2kv: loading %s on the CPU (float32)\n", o.model.c_str());
+    loaded.runner = std::make_unique<CpuRunner>(fs::path(o.model));
+    loaded.description = o.model + " on cpu (float32)";
+  } else {
+    L2KV_CUDA_CHECK(cudaSetDevice(device));
+    std::fprintf(stderr, "l2kv: loading %s on cuda:%d\n", o.model.c_str(), device);
+    if (loaded.synthetic)
+      loaded.cuda_model = std::make_shared<CudaModel>(
+          ModelConfig::synthetic(o.model.substr(std::string("synthetic:").size())),
+          o.synthetic_seed);
+    else
+      loaded.cuda_model = std::make_shared<CudaModel>(fs::path(o.model));
+    CudaRunnerOptions options;
+    options.attention = parse_decode_kernel(o.attention);
+    options.kv_prefetch = parse_prefetch_policy(o.kv_prefetch);
+    options.cuda_graphs = !o.enforce_eager;
+    auto runner = std::make_unique<CudaRunner>(loaded.cuda_model, options);
+    loaded.description = o.model + " on " + runner->device_name() + " (" +
+                         std::string(dtype_name(loaded.cuda_model->config().dtype)) +
+                         ", attention " + o.attention + ", kv-prefetch " + o.kv_prefetch +
+                         (o.enforce_eager ? ", eager" : ", CUDA graphs") + ")";
+    loaded.runner = std::move(runner);
+  }
+  const double seconds =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  std::fprintf(stderr, "l2kv: loaded %s in %.1f s\n", loaded.description.c_str(), seconds);
+  return loaded;
+}
+
+}  // namespace l2kv::cli

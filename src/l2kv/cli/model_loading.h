@@ -1,0 +1,45 @@
+// What every l2kv subcommand shares: the model and backend flags, the engine flags, and
+// loading a model folder or a synthetic shape into a runner with its tokenizer.
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "l2kv/engine/engine.h"
+#include "l2kv/model/cuda_model.h"
+#include "l2kv/tokenizer/tokenizer.h"
+
+namespace l2kv::cli {
+
+struct ModelOptions {
+  std::string model;            // a Hugging Face folder or synthetic:NAME
+  std::string device = "auto";  // auto | cpu | cuda | cuda:N
+  std::string attention = "split";
+  std::string kv_prefetch = "auto";
+  bool enforce_eager = false;  // no CUDA graphs
+  uint64_t synthetic_seed = 1;
+};
+
+void add_model_options(CLI::App& app, ModelOptions& options);
+void add_engine_options(CLI::App& app, EngineConfig& config);
+
+struct LoadedModel {
+  std::unique_ptr<ModelRunner> runner;
+  std::optional<Tokenizer> tokenizer;     // from the folder's tokenizer.json, if it has one
+  std::shared_ptr<CudaModel> cuda_model;  // set on the CUDA backend
+  bool synthetic = false;
+  std::string description;  // for logs: model, backend, dtype
+};
+
+// True when `model` names a built-in synthetic shape ("synthetic:llama3-8b").
+bool is_synthetic(const std::string& model);
+
+// Loads the model on the chosen backend (auto: CUDA when a GPU is present). Prints progress
+// to stderr. Throws l2kv::Error with a clear message (missing folder, unknown synthetic name,
+// synthetic model without a GPU, ...).
+LoadedModel load_model(const ModelOptions& options);
+
+}  // namespace l2kv::cli
