@@ -234,6 +234,8 @@ nlohmann::ordered_json run_e2e_point(Engine& engine, const ModelConfig& c, int64
     ++submitted;
     ++in_flight;
   };
+  auto& runner = dynamic_cast<CudaRunner&>(engine.runner());
+  runner.reset_profile();
   double prefill_s = 0, decode_s = 0, decode_bytes = 0;
   int64_t decode_steps = 0;
   int32_t max_running = 0;
@@ -281,6 +283,9 @@ nlohmann::ordered_json run_e2e_point(Engine& engine, const ModelConfig& c, int64
     }
   }
   const double mbu = decode_s > 0 ? decode_bytes / (decode_s * ceiling) : 0;
+  const CudaRunner::StepProfile& prof = runner.profile();
+  const double steps = static_cast<double>(std::max<int64_t>(1, prof.steps));
+  const double step_wall_ms = (prefill_s + decode_s) * 1e3 / steps;
   return {{"mode", "e2e"},
           {"attention", decode_kernel_name(variant.kernel)},
           {"kv_prefetch", variant.prefetch_text},
@@ -297,7 +302,14 @@ nlohmann::ordered_json run_e2e_point(Engine& engine, const ModelConfig& c, int64
           {"step_ms", decode_steps ? decode_s / decode_steps * 1e3 : 0.0},
           {"mbu", mbu},
           {"graphs", true},
-          {"max_concurrency_reached", max_running}};
+          {"max_concurrency_reached", max_running},
+          {"step_profile_ms",
+           {{"steps", prof.steps},
+            {"host_prepare", prof.host_prepare_ms / steps},
+            {"gpu_forward", prof.gpu_forward_ms / steps},
+            {"gpu_sample", prof.gpu_sample_ms / steps},
+            {"execute", prof.execute_ms / steps},
+            {"engine_outside_execute", step_wall_ms - prof.execute_ms / steps}}}};
 }
 
 std::string today() {
@@ -387,6 +399,13 @@ int run_bench(const BenchOptions& o) {
               point["tpot_ms"].get<double>(), point["prefill_s"].get<double>(),
               point["decode_s"].get<double>(), point["mbu"].get<double>(),
               point["max_concurrency_reached"].get<int>());
+          const auto& prof = point["step_profile_ms"];
+          std::printf(
+              "        per step: host prepare %.3f ms, GPU forward %.3f ms, GPU sampling "
+              "%.3f ms, execute %.3f ms, engine outside execute %.3f ms\n",
+              prof["host_prepare"].get<double>(), prof["gpu_forward"].get<double>(),
+              prof["gpu_sample"].get<double>(), prof["execute"].get<double>(),
+              prof["engine_outside_execute"].get<double>());
           std::fflush(stdout);
           report["points"].push_back(point);
           save();

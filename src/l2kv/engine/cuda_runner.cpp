@@ -24,11 +24,14 @@ CudaRunner::CudaRunner(std::shared_ptr<CudaModel> model, CudaRunnerOptions optio
   L2KV_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   model_->set_decode_attention(options_.attention, options_.kv_prefetch);
   model_->set_use_graphs(options_.cuda_graphs);
+  for (cudaEvent_t& e : events_) L2KV_CUDA_CHECK(cudaEventCreate(&e));
 }
 
 CudaRunner::~CudaRunner() {
   sampler_.reset();
   model_.reset();
+  for (cudaEvent_t e : events_)
+    if (e) cudaEventDestroy(e);
   if (stream_) cudaStreamDestroy(stream_);
 }
 
@@ -91,14 +94,29 @@ std::vector<SampledToken> CudaRunner::execute(const StepInput& step) {
   }
   const int32_t n = static_cast<int32_t>(batch_.size());
   const int32_t pad_to = decode_only && options_.cuda_graphs ? model_->graph_bucket(n) : 0;
+  using Clock = std::chrono::steady_clock;
+  const auto start = Clock::now();
   model_->prepare(batch_, pad_to, stream_);
+  const auto prepared = Clock::now();
+  L2KV_CUDA_CHECK(cudaEventRecord(events_[0], stream_));
   model_->forward(stream_);
-  if (rows_.empty()) {
+  L2KV_CUDA_CHECK(cudaEventRecord(events_[1], stream_));
+  std::vector<SampledToken> sampled;
+  if (!rows_.empty()) sampler_->sample(model_->logits(), rows_, stream_);
+  L2KV_CUDA_CHECK(cudaEventRecord(events_[2], stream_));
+  if (rows_.empty())
     L2KV_CUDA_CHECK(cudaStreamSynchronize(stream_));
-    return {};
-  }
-  sampler_->sample(model_->logits(), rows_, stream_);
-  return sampler_->results(stream_);
+  else
+    sampled = sampler_->results(stream_);
+  float forward_ms = 0, sample_ms = 0;
+  L2KV_CUDA_CHECK(cudaEventElapsedTime(&forward_ms, events_[0], events_[1]));
+  L2KV_CUDA_CHECK(cudaEventElapsedTime(&sample_ms, events_[1], events_[2]));
+  ++profile_.steps;
+  profile_.host_prepare_ms += std::chrono::duration<double, std::milli>(prepared - start).count();
+  profile_.gpu_forward_ms += forward_ms;
+  profile_.gpu_sample_ms += sample_ms;
+  profile_.execute_ms += std::chrono::duration<double, std::milli>(Clock::now() - start).count();
+  return sampled;
 }
 
 }  // namespace l2kv

@@ -7,6 +7,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include <chrono>
 #include <memory>
 #include <string>
 #include <vector>
@@ -46,6 +47,16 @@ class CudaRunner : public ModelRunner {
   // Switches the decode kernel and its prefetch policy; recaptures the graphs.
   void set_decode_attention(DecodeKernel kernel, const PrefetchPolicy& policy);
 
+  // Where execute() spends its time, summed over steps since the last reset: host work
+  // before the launch (metadata, planning), GPU time of the forward pass and of sampling
+  // (events), and the wall time of execute() as a whole.
+  struct StepProfile {
+    int64_t steps = 0;
+    double host_prepare_ms = 0, gpu_forward_ms = 0, gpu_sample_ms = 0, execute_ms = 0;
+  };
+  const StepProfile& profile() const { return profile_; }
+  void reset_profile() { profile_ = {}; }
+
   CudaModel& model() { return *model_; }
   cudaStream_t stream() const { return stream_; }
   const CudaRunnerOptions& options() const { return options_; }
@@ -60,6 +71,8 @@ class CudaRunner : public ModelRunner {
   int32_t max_seqs_ = 0;
   std::vector<BatchSequence> batch_;  // reused between steps
   std::vector<SamplingRow> rows_;
+  StepProfile profile_;
+  cudaEvent_t events_[3] = {};  // forward start, forward end, sampling end
 };
 
 }  // namespace l2kv
