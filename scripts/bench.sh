@@ -1,38 +1,41 @@
 #!/usr/bin/env bash
-# The main job: builds l2kv and runs the decode-attention benchmark on the local GPU (an H100;
-# about 10 minutes for the full grid), then PyTorch SDPA peers where torch is installed, then
-# the prefill benchmark on synthetic:llama3-8b, and writes JSON, logs and markdown under
-# bench/results/<date>-<gpu>/. Arguments go to l2kv_bench_decode (for example
-# --models llama3-8b --batches 1 64). L2KV_SKIP_BUILD=1 uses the binaries already in build/.
+# The main job. On a machine with a Hopper GPU: builds l2kv and runs a short end-to-end
+# `l2kv bench` on synthetic:llama3-8b (random weights in the real shape; a few minutes):
+# steady-state decode steps at context 1024 and the offline workload (512-token prompts,
+# 512 output tokens) at concurrency 1, 16 and 64, for l2kv's split kernel and the paper's
+# paged_v1 kernel with and without L2 prefetch; then the PyTorch + transformers peer where
+# torch is installed; results under bench/results/<date>-<gpu>/. Arguments go to `l2kv bench`.
+# Without a GPU: runs `l2kv generate` on a tiny test model on the CPU backend and says so.
+# L2KV_SKIP_BUILD=1 uses the binaries already in build/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [[ ${L2KV_SKIP_BUILD:-0} == 1 ]] || ./scripts/build.sh
 if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L >/dev/null 2>&1; then
-  echo "l2kv bench: no NVIDIA GPU on this machine; the benchmark needs an H100 (sm_90)." >&2
-  exit 2
+  echo "l2kv: no NVIDIA GPU here; the benchmark needs a Hopper GPU (sm_90). Running the engine"
+  echo "l2kv: on the CPU backend instead: greedy continuations of a tiny Llama-3-style test model."
+  ./build/l2kv generate --model tests/model/fixtures/llama3-gqa --device cpu \
+    --prompt-ids 1,17,300,42,9 --prompt-ids 402,467,207,236,209 --prompt-ids 5,6,7 \
+    --temperature 0 --max-tokens 32 --ignore-eos --output-format jsonl
+  exit 0
 fi
 gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr ' ' '-' | tr -cd '[:alnum:]-')
 out="bench/results/$(date -u +%F)-${gpu}"
 mkdir -p "$out"
-./build/l2kv_bench_decode --json "$out/bench.json" "$@" | tee "$out/bench.log"
-# The peers take the same --models, --batches and --contexts as the benchmark.
-peer_args=()
-forward=0
-for arg in "$@"; do
-  case "$arg" in
-    --models|--batches|--contexts) forward=1; peer_args+=("$arg") ;;
-    --*) forward=0 ;;
-    *) ((forward)) && peer_args+=("$arg") ;;
-  esac
-done
-peers=()
-if python3 -c "import torch" 2>/dev/null; then
-  python3 bench/attention/sdpa_peers.py --json "$out/peers.json" "${peer_args[@]}" | tee "$out/peers.log"
-  peers=(--peers "$out/peers.json")
+./build/l2kv bench --model synthetic:llama3-8b --input-len 512 --output-len 512 \
+  --concurrency 1 16 64 --steady-batch 1 16 64 --steady-context 1024 \
+  --variants split paged_v1:off paged_v1:on --json "$out/engine_bench.json" "$@" |
+  tee "$out/engine_bench.log"
+peer=()
+if python3 -c "import torch, transformers" 2>/dev/null; then
+  ceiling=$(python3 -c "import json; print(json.load(open('$out/engine_bench.json'))['ceiling_gbps'])")
+  python3 bench/engine/transformers_peer.py --models llama3-8b --batches 1 16 64 \
+    --input-len 512 --output-len 512 --ceiling-gbps "$ceiling" --json "$out/engine_peer.json" |
+    tee "$out/engine_peer.log"
+  peer=(--peer "$out/engine_peer.json")
 else
-  echo "l2kv bench: python3 has no torch; PyTorch SDPA peers skipped"
+  echo "l2kv bench: python3 has no torch + transformers; the PyTorch peer is skipped"
 fi
-python3 bench/attention/report.py --bench "$out/bench.json" "${peers[@]}" --out "$out/decode_attention.md"
-./build/l2kv_bench_prefill | tee "$out/prefill.log"
-if ((${#peers[@]})); then python3 bench/model/sdpa_prefill_peers.py | tee "$out/prefill_peers.log"; fi
-echo "results: $out/decode_attention.md, $out/prefill.log"
+./scripts/bench_report.sh --bench "$out/engine_bench.json" "${peer[@]}" \
+  --out-md "$out/engine_bench.md" --out-png "$out/engine_bench.png" ||
+  echo "l2kv bench: report not written (see above); the JSON is in $out"
+echo "results: $out/engine_bench.md"

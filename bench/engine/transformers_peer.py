@@ -310,7 +310,10 @@ def run(args, peer, log=print):
             points += [dict(base(b, n), error=msg) for b, n in grid]
             save()
             continue
-        weight_bytes = BF16_BYTES * params
+        # A decode step reads B rows of the embedding table, not all of it (untied models);
+        # l2kv counts the bytes that must move the same way.
+        tied = bool(getattr(peer.model.config, "tie_word_embeddings", False))
+        weight_bytes = BF16_BYTES * (params if tied else params - embed)
         meta.setdefault("attention", getattr(peer.model.config, "_attn_implementation", None))
         meta.setdefault("compile_config", str(getattr(peer.model.generation_config, "compile_config", None)))
         log(f"peer {name}: {params / 1e9:.2f} B parameters built in "

@@ -2,8 +2,11 @@
 """Creates l2kv's tiny model fixtures with Hugging Face transformers (run where torch and
 transformers exist, e.g. the GPU machine): a Llama-2-style MHA model (fp16), a Llama-3-style
 GQA model with llama3 RoPE scaling (bf16) and a Qwen2 model with QKV bias and tied embeddings
-(bf16, sharded with model.safetensors.index.json). For each, transformers' float32 logits for
-every position of a few prompts and a 32-token greedy continuation.
+(bf16, sharded with model.safetensors.index.json), and a Llama-3-style GQA model with head_dim
+128 (the head size of every benchmarked model; bf16) that also gets a prompt longer than 1024
+tokens. For each, transformers' float32 logits for every position of a few prompts and a
+32-token greedy continuation. Models are made in this order from one seed, so adding a model
+at the end leaves the earlier fixtures unchanged.
 
 Usage: make_fixtures.py <out-dir>
 """
@@ -30,8 +33,13 @@ MODELS = {
     "qwen2-tied": (Qwen2ForCausalLM, Qwen2Config(num_key_value_heads=2, rope_theta=1000000.0,
                                                  tie_word_embeddings=True, use_sliding_window=False,
                                                  **COMMON), torch.bfloat16, "1MB"),
+    "llama3-hd128": (LlamaForCausalLM, LlamaConfig(num_key_value_heads=2, head_dim=128, rope_theta=500000.0,
+                                                   tie_word_embeddings=False,
+                                                   **{**COMMON, "max_position_embeddings": 2048}),
+                     torch.bfloat16, None),
 }
 PROMPTS = [[1, 17, 300, 42, 9], torch.randint(3, 512, (17,)).tolist(), torch.randint(3, 512, (150,)).tolist()]
+LONG_PROMPT_TOKENS = {"llama3-hd128": 1100}  # drawn after the model, so earlier draws stay put
 STEPS = 32
 
 for name, (cls, config, dtype, shard) in MODELS.items():
@@ -43,7 +51,10 @@ for name, (cls, config, dtype, shard) in MODELS.items():
     ref = cls.from_pretrained(path, torch_dtype=torch.float32).eval()
     cases = []
     with torch.no_grad():
-        for i, prompt in enumerate(PROMPTS):
+        prompts = list(PROMPTS)
+        if name in LONG_PROMPT_TOKENS:
+            prompts.append(torch.randint(3, 512, (LONG_PROMPT_TOKENS[name],)).tolist())
+        for i, prompt in enumerate(prompts):
             ids = torch.tensor([prompt])
             logits = ref(ids).logits[0].float().contiguous()
             logits.numpy().astype("<f4").tofile(os.path.join(path, f"reference_logits_{i}.bin"))

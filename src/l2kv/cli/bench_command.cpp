@@ -172,7 +172,7 @@ nlohmann::ordered_json run_steady_point(CudaModel& model, const Variant& variant
   cudaEventDestroy(b);
   model.release_kv_cache();
 
-  const double bytes = static_cast<double>(model.weight_bytes()) +
+  const double bytes = static_cast<double>(model.streamed_weight_bytes()) +
                        static_cast<double>(kv_bytes_per_token(c)) * batch * (context + 1.0);
   const double mbu = bytes / (graph_ms * 1e-3 * ceiling);
   return {{"mode", "steady"},
@@ -344,6 +344,7 @@ int run_bench(const BenchOptions& o) {
                                    {"model", o.model.model},
                                    {"ceiling_gbps", ceiling / 1e9},
                                    {"weight_bytes", model->weight_bytes()},
+                                   {"streamed_weight_bytes", model->streamed_weight_bytes()},
                                    {"points", nlohmann::ordered_json::array()}};
   const auto start = Clock::now();
   auto over_budget = [&] { return o.time_budget_s > 0 && seconds_since(start) > o.time_budget_s; };
@@ -389,8 +390,8 @@ int run_bench(const BenchOptions& o) {
           }
           engine_runner.set_decode_attention(v.kernel, v.policy);
           const int32_t prompts = o.num_prompts > 0 ? o.num_prompts : conc;
-          auto point = run_e2e_point(engine, c, model->weight_bytes(), v, o.input_len, output_len,
-                                     conc, prompts, ceiling);
+          auto point = run_e2e_point(engine, c, model->streamed_weight_bytes(), v, o.input_len,
+                                     output_len, conc, prompts, ceiling);
           point["model"] = o.model.model;
           std::printf(
               "e2e     %-14s conc=%-4d out=%-5d %9.1f tok/s  TPOT %7.2f ms  prefill %6.2f s"

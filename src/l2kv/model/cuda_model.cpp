@@ -223,6 +223,12 @@ void CudaModel::allocate_workspace(const WorkspaceLimits& limits) {
     split_.reserve_for_graphs(limits_.max_seqs, decode_params());
 }
 
+int64_t CudaModel::streamed_weight_bytes() const {
+  const ModelConfig& c = config_;
+  return weight_bytes_ -
+         (c.tie_word_embeddings ? 0 : c.vocab_size * c.hidden_size * dtype_bytes(c.dtype));
+}
+
 int64_t CudaModel::kv_block_bytes(int32_t block_size) const {
   const ModelConfig& c = config_;
   return int64_t{2} * c.num_layers * block_size * c.num_kv_heads * c.head_dim *

@@ -63,6 +63,9 @@ class CudaModel {
   const ModelConfig& config() const { return config_; }
   int device() const { return device_; }
   int64_t weight_bytes() const { return weight_bytes_; }
+  // What one decode step must read of the weights: all of them but the embedding table, of
+  // which only the batch's rows are read (unless it is tied to the LM head).
+  int64_t streamed_weight_bytes() const;
 
   // Allocates activations and step metadata for `limits` (once; a second call replaces them
   // and drops captured graphs).

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# The decode-attention kernel benchmark: builds l2kv and runs the decode-attention grid on the
+# local GPU (an H100; about 10 minutes for the full grid), then PyTorch SDPA peers where torch is installed, then
+# the prefill benchmark on synthetic:llama3-8b, and writes JSON, logs and markdown under
+# bench/results/<date>-<gpu>/. Arguments go to l2kv_bench_decode (for example
+# --models llama3-8b --batches 1 64). L2KV_SKIP_BUILD=1 uses the binaries already in build/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[[ ${L2KV_SKIP_BUILD:-0} == 1 ]] || ./scripts/build.sh
+if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L >/dev/null 2>&1; then
+  echo "l2kv bench_attention: no NVIDIA GPU on this machine; the benchmark needs a Hopper GPU (sm_90)." >&2
+  exit 2
+fi
+gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr ' ' '-' | tr -cd '[:alnum:]-')
+out="bench/results/$(date -u +%F)-${gpu}"
+mkdir -p "$out"
+./build/l2kv_bench_decode --json "$out/bench.json" "$@" | tee "$out/bench.log"
+# The peers take the same --models, --batches and --contexts as the benchmark.
+peer_args=()
+forward=0
+for arg in "$@"; do
+  case "$arg" in
+    --models|--batches|--contexts) forward=1; peer_args+=("$arg") ;;
+    --*) forward=0 ;;
+    *) ((forward)) && peer_args+=("$arg") ;;
+  esac
+done
+peers=()
+if python3 -c "import torch" 2>/dev/null; then
+  python3 bench/attention/sdpa_peers.py --json "$out/peers.json" "${peer_args[@]}" | tee "$out/peers.log"
+  peers=(--peers "$out/peers.json")
+else
+  echo "l2kv bench: python3 has no torch; PyTorch SDPA peers skipped"
+fi
+python3 bench/attention/report.py --bench "$out/bench.json" "${peers[@]}" --out "$out/decode_attention.md"
+./build/l2kv_bench_prefill | tee "$out/prefill.log"
+if ((${#peers[@]})); then python3 bench/model/sdpa_prefill_peers.py | tee "$out/prefill_peers.log"; fi
+echo "results: $out/decode_attention.md, $out/prefill.log"
