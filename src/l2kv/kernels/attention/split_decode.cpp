@@ -72,8 +72,26 @@ void SplitDecode::plan(const DecodeAttentionParams& params, std::span<const int3
   config.concurrent_ctas = info_.sm_count * std::max(1, ctas_per_sm_);
   config.group_size = params.group_size();
   config.forced_tiles_per_split = forced_tiles_per_split_;
+  // The slicing depends on the lengths in tiles only, which change every 64 tokens: between
+  // such changes a decode loop reuses the last search's slice length (the search costs up to
+  // a millisecond of host time at large batches; building the items is linear).
+  std::vector<int32_t> tiles(host_seq_lens.size());
+  for (size_t i = 0; i < tiles.size(); ++i)
+    tiles[i] = (host_seq_lens[i] + kSplitTileTokens - 1) / kSplitTileTokens;
+  const bool same_tiles = forced_tiles_per_split_ == 0 && searched_tiles_per_split_ > 0 &&
+                          tiles == searched_tiles_ && kv.num_kv_heads == planned_kv_heads_ &&
+                          params.group_size() == planned_group_ && kv.dtype == planned_dtype_ &&
+                          kv.head_dim == planned_head_dim_;
+  if (same_tiles) {
+    config.forced_tiles_per_split = searched_tiles_per_split_;
+    config.estimate_forced = false;
+  }
   config.max_items = graph_mode() ? item_capacity(kv.batch_size) : 0;
   plan_ = plan_split_decode(host_seq_lens, kv.num_kv_heads, config);
+  if (forced_tiles_per_split_ == 0 && !same_tiles) {
+    searched_tiles_ = std::move(tiles);
+    searched_tiles_per_split_ = plan_.tiles_per_split;
+  }
   planned_dtype_ = kv.dtype;
   planned_head_dim_ = kv.head_dim;
   planned_group_ = params.group_size();

@@ -9,6 +9,7 @@
 
 #include <cstdint>
 #include <span>
+#include <vector>
 
 #include "l2kv/core/device_info.h"
 #include "l2kv/kernels/attention/decode_attention.h"
@@ -72,6 +73,8 @@ class SplitDecode {
   int32_t num_items_host_ = 0;
   int32_t graph_kv_heads_ = 0;
   int32_t graph_max_batch_ = 0;
+  std::vector<int32_t> searched_tiles_;  // lengths in tiles of the last searched plan
+  int32_t searched_tiles_per_split_ = 0;
   DeviceBuffer items_;
   DeviceBuffer pair_num_splits_;
   DeviceBuffer pair_first_slot_;

@@ -93,12 +93,17 @@ SplitPlan plan_split_decode(std::span<const int32_t> seq_lens, int32_t num_kv_he
   // Candidate slice lengths: longest / k. With many more pairs than slots, splitting cannot
   // help the balance much and only adds merge work, so keep whole sequences.
   int32_t best_tiles = longest;
-  double best_cost = estimate_makespan(seq_tiles, num_kv_heads, longest, config);
+  double best_cost = 0;
   if (config.forced_tiles_per_split > 0) {
     best_tiles = std::min(longest, config.forced_tiles_per_split);
     while (!fits(best_tiles)) ++best_tiles;
-    best_cost = estimate_makespan(seq_tiles, num_kv_heads, best_tiles, config);
-  } else if (pairs < 4LL * config.concurrent_ctas) {
+    best_cost = config.estimate_forced
+                    ? estimate_makespan(seq_tiles, num_kv_heads, best_tiles, config)
+                    : 0.0;
+  } else {
+    best_cost = estimate_makespan(seq_tiles, num_kv_heads, longest, config);
+  }
+  if (config.forced_tiles_per_split <= 0 && pairs < 4LL * config.concurrent_ctas) {
     int32_t previous = longest;
     for (int32_t k = 2; k <= 64; ++k) {
       const int32_t candidate = ceil_div(longest, k);
