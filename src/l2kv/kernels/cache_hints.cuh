@@ -1,6 +1,6 @@
 // The PTX of l2kv's memory paths, in one place: L2 prefetch (plain and bulk), L2 eviction
-// policies, and 16-byte asynchronous global->shared copies. Kernels call these by name with a
-// typed L2EvictionHint; no asm appears in kernel bodies.
+// policies, streaming 16-byte loads, and 16-byte asynchronous global->shared copies. Kernels
+// call these by name with a typed L2EvictionHint; no asm appears in kernel bodies.
 #pragma once
 
 #include <cstdint>
@@ -36,6 +36,20 @@ __device__ __forceinline__ void bulk_prefetch_l2(const void* gmem, uint32_t byte
   asm volatile("cp.async.bulk.prefetch.L2.global.L2::cache_hint [%0], %1, %2;" ::"l"(gmem),
                "r"(bytes), "l"(policy)
                : "memory");
+}
+
+// 16-byte load of data read exactly once (decode weights): through the non-coherent path
+// without allocating in L1, so streamed bytes do not evict what is re-read from L1 (the
+// activations), and asking L2 to fetch the whole 256-byte span on a miss (the GEMV reads
+// each weight row in runs of 256 bytes or more). `gmem` 16-byte aligned, read-only while the
+// kernel runs.
+// Not volatile: the load has no side effect, so the compiler may schedule it freely.
+__device__ __forceinline__ uint4 ld_stream_16(const void* gmem) {
+  uint4 v;
+  asm("ld.global.nc.L1::no_allocate.L2::256B.v4.u32 {%0,%1,%2,%3}, [%4];"
+      : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+      : "l"(gmem));
+  return v;
 }
 
 // 16-byte async copy global->shared, bypassing L1. `src_bytes` < 16 zero-fills the rest

@@ -4,6 +4,7 @@
 
 #include "l2kv/core/cuda_check.h"
 #include "l2kv/core/error.h"
+#include "l2kv/kernels/model/gemv.h"
 
 namespace l2kv {
 namespace {
@@ -70,8 +71,19 @@ const Gemm::Plan& Gemm::plan_for(DType dtype, bool f32_out, int64_t rows, int64_
   return plans_.emplace(key, p).first->second;
 }
 
+void Gemm::set_gemv_max_rows(int rows) {
+  if (rows < 0 || rows > kGemvMaxRows)
+    throw Error("Gemm: GEMV row limit " + std::to_string(rows) + " outside [0, " +
+                std::to_string(kGemvMaxRows) + "]");
+  gemv_max_rows_ = rows;
+}
+
 void Gemm::run(DType dtype, bool f32_out, const void* x, const void* w, void* y, int64_t rows,
                int64_t in, int64_t out, cudaStream_t stream) {
+  if (rows <= gemv_max_rows_ && gemv_supports(rows, in, out, x, w)) {
+    gemv(dtype, x, w, y, f32_out, rows, in, out, stream);
+    return;
+  }
   const Plan& p = plan_for(dtype, f32_out, rows, in, out);
   const float alpha = 1.f, beta = 0.f;
   check(cublasLtMatmul(handle_, p.op, &alpha, w, p.a, x, p.b, &beta, y, p.c, y, p.c, &p.algo,

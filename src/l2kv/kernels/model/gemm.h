@@ -1,6 +1,7 @@
-// Dense projections through cuBLASLt: y[rows, out] = x[rows, in] * W[out, in]^T with 16-bit
-// operands (bf16 or fp16) and fp32 accumulation on tensor cores. Descriptors and the chosen
-// algorithm are cached per shape, so repeated calls do no host-side planning.
+// Dense projections: y[rows, out] = x[rows, in] * W[out, in]^T with 16-bit operands (bf16 or
+// fp16) and fp32 accumulation on tensor cores. Decode-sized row counts go to the
+// weight-streaming GEMV (gemv.h), the rest to cuBLASLt, whose descriptors and chosen algorithm
+// are cached per shape, so repeated calls do no host-side planning.
 #pragma once
 
 #include <cublasLt.h>
@@ -28,6 +29,13 @@ class Gemm {
   void linear_f32_out(DType dtype, const void* x, const void* w, float* y, int64_t rows, int64_t in,
                       int64_t out, cudaStream_t stream);
 
+  // Calls with rows <= this go to the GEMV kernel when gemv_supports() the problem, the rest
+  // to cuBLASLt. 0 sends everything to cuBLASLt (benchmarks compare the two); at most
+  // kGemvMaxRows. Throws l2kv::Error outside [0, kGemvMaxRows].
+  static constexpr int kDefaultGemvMaxRows = 8;
+  void set_gemv_max_rows(int rows);
+  int gemv_max_rows() const { return gemv_max_rows_; }
+
  private:
   struct Plan {
     cublasLtMatmulDesc_t op = nullptr;
@@ -42,6 +50,7 @@ class Gemm {
   cublasLtHandle_t handle_ = nullptr;
   void* workspace_ = nullptr;
   std::map<Key, Plan> plans_;
+  int gemv_max_rows_ = kDefaultGemvMaxRows;
 };
 
 }  // namespace l2kv

@@ -1,0 +1,318 @@
+// l2kv_bench_gemv: the decode projections (y = x W^T at 1..16 rows) through cuBLASLt and
+// through the weight-streaming GEMV, each as GB/s and as a fraction of the streaming-read
+// ceiling measured in the same run. Weights come from HBM on every timed call: each shape's
+// weights are rotated over enough copies to exceed the L2 several times. Per model, the sum
+// over one decode step's projections (all layers plus the LM head) gives the projections'
+// share of batch-1 MBU.
+#include <CLI/CLI.hpp>
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "bench_kernels.h"
+#include "l2kv/core/cuda_check.h"
+#include "l2kv/core/device_info.h"
+#include "l2kv/kernels/model/gemm.h"
+#include "l2kv/kernels/model/gemv.h"
+#include "l2kv/kernels/random_fill.h"
+#include "l2kv/model/model_config.h"
+
+namespace l2kv::bench {
+namespace {
+
+// Weight copies rotated per shape: together at least this many times the L2.
+constexpr int64_t kL2Multiple = 4;
+
+struct Options {
+  std::vector<std::string> models{"llama3-8b", "qwen2.5-7b"};
+  std::vector<int64_t> rows{1, 2, 4, 8, 16};
+  std::string dtype = "bf16";
+  int reps = 50;
+  bool graph = true;
+  std::string json_path;
+};
+
+struct Projection {
+  std::string name;
+  int64_t in, out;
+  bool f32_out;
+  int64_t per_step;  // matrices of this shape one decode step reads
+};
+
+std::vector<Projection> projections(const ModelConfig& c) {
+  const int64_t q_dim = c.num_q_heads * c.head_dim, kv_dim = c.num_kv_heads * c.head_dim;
+  const int64_t h = c.hidden_size, i = c.intermediate_size, layers = c.num_layers;
+  return {{"qkv", h, q_dim + 2 * kv_dim, false, layers},
+          {"o", q_dim, h, false, layers},
+          {"gate_up", h, 2 * i, false, layers},
+          {"down", i, h, false, layers},
+          {"lm_head", h, c.vocab_size, true, 1}};
+}
+
+template <typename T>
+class DeviceArray {
+ public:
+  explicit DeviceArray(size_t n) : n_(n) {
+    L2KV_CUDA_CHECK(
+        cudaMalloc(reinterpret_cast<void**>(&ptr_), std::max<size_t>(n, 1) * sizeof(T)));
+  }
+  ~DeviceArray() { cudaFree(ptr_); }
+  DeviceArray(const DeviceArray&) = delete;
+  DeviceArray& operator=(const DeviceArray&) = delete;
+  T* get() const { return ptr_; }
+  size_t size() const { return n_; }
+
+ private:
+  T* ptr_ = nullptr;
+  size_t n_;
+};
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+// Median µs of `reps` calls of launch(rep), each between its own pair of events. With
+// `in_graph` the whole loop is captured into one CUDA graph and replayed once, so the calls
+// run back to back as in an engine's captured decode step, without host launch gaps.
+template <typename Launch>
+double time_median_us(int reps, Launch launch, cudaStream_t stream, bool in_graph) {
+  std::vector<cudaEvent_t> events(2 * reps);
+  for (auto& e : events) L2KV_CUDA_CHECK(cudaEventCreate(&e));
+  const unsigned flags = in_graph ? cudaEventRecordExternal : 0;
+  if (in_graph) L2KV_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+  for (int r = 0; r < reps; ++r) {
+    L2KV_CUDA_CHECK(cudaEventRecordWithFlags(events[2 * r], stream, flags));
+    launch(r);
+    L2KV_CUDA_CHECK(cudaEventRecordWithFlags(events[2 * r + 1], stream, flags));
+  }
+  if (in_graph) {
+    cudaGraph_t graph = nullptr;
+    cudaGraphExec_t exec = nullptr;
+    L2KV_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
+    L2KV_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+    L2KV_CUDA_CHECK(cudaGraphLaunch(exec, stream));
+    L2KV_CUDA_CHECK(cudaStreamSynchronize(stream));
+    cudaGraphExecDestroy(exec);
+    cudaGraphDestroy(graph);
+  }
+  L2KV_CUDA_CHECK(cudaStreamSynchronize(stream));
+  std::vector<double> us(reps);
+  for (int r = 0; r < reps; ++r) {
+    float ms = 0;
+    L2KV_CUDA_CHECK(cudaEventElapsedTime(&ms, events[2 * r], events[2 * r + 1]));
+    us[r] = ms * 1e3;
+  }
+  for (auto& e : events) cudaEventDestroy(e);
+  return median(us);
+}
+
+// Streaming-read ceiling over 2 GiB, median of 20.
+double measure_read_ceiling_gbps(const DeviceInfo& info, cudaStream_t stream) {
+  const int64_t bytes = int64_t{2} << 30;
+  DeviceArray<uint8_t> data(bytes);
+  DeviceArray<uint32_t> sink(static_cast<size_t>(info.sm_count) * 8 * 256);
+  fill_random(data.get(), bytes / 2, DType::kBFloat16, 1.f, 99, stream);
+  auto launch = [&](int) {
+    launch_streaming_read(data.get(), bytes, sink.get(), info.sm_count, stream);
+  };
+  launch(0);
+  const double us = time_median_us(20, launch, stream, false);
+  return bytes / (us * 1e-6) / 1e9;
+}
+
+// Outputs of the two paths on the same inputs: max |a - b| / max |a|.
+double relative_difference(const void* a, const void* b, int64_t count, bool f32, DType dtype) {
+  auto download = [&](const void* p) {
+    std::vector<double> v(count);
+    if (f32) {
+      std::vector<float> f(count);
+      L2KV_CUDA_CHECK(cudaMemcpy(f.data(), p, count * 4, cudaMemcpyDeviceToHost));
+      std::copy(f.begin(), f.end(), v.begin());
+    } else {
+      std::vector<uint16_t> h(count);
+      L2KV_CUDA_CHECK(cudaMemcpy(h.data(), p, count * 2, cudaMemcpyDeviceToHost));
+      for (int64_t i = 0; i < count; ++i) v[i] = dtype_bits_to_float(dtype, h[i]);
+    }
+    return v;
+  };
+  const auto va = download(a), vb = download(b);
+  double diff = 0, scale = 0;
+  for (int64_t i = 0; i < count; ++i) {
+    diff = std::max(diff, std::abs(va[i] - vb[i]));
+    scale = std::max(scale, std::abs(va[i]));
+  }
+  return scale > 0 ? diff / scale : diff;
+}
+
+struct Timing {
+  double cublas_us = 0, gemv_us = 0;
+};
+
+int run(const Options& opt) {
+  const DeviceInfo info = query_device_info(0);
+  cudaStream_t stream = nullptr;
+  L2KV_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  const DType dtype = opt.dtype == "fp16" ? DType::kFloat16 : DType::kBFloat16;
+  const double ceiling = measure_read_ceiling_gbps(info, stream);
+  std::printf("l2kv_bench_gemv on %s (%d SMs, L2 %.0f MiB), %s, %s timing, median of %d\n",
+              info.name.c_str(), info.sm_count, info.l2_bytes / 1048576.0,
+              std::string(dtype_name(dtype)).c_str(), opt.graph ? "graph" : "eager", opt.reps);
+  std::printf("streaming-read ceiling: %.0f GB/s\n\n", ceiling);
+  std::printf("%-12s %-8s %6s %7s %7s | %9s %8s %6s | %9s %8s %6s | %7s %9s\n", "model", "proj",
+              "in", "out", "rows", "cuBLAS us", "GB/s", "%ceil", "GEMV us", "GB/s", "%ceil",
+              "speedup", "rel.diff");
+
+  Gemm gemm;
+  gemm.set_gemv_max_rows(0);  // cuBLASLt only; the GEMV is called directly
+  nlohmann::json results = nlohmann::json::array(), steps = nlohmann::json::array();
+  for (const auto& model : opt.models) {
+    const ModelConfig config = ModelConfig::synthetic(model);
+    const auto projs = projections(config);
+    // step totals per row count: bytes, cuBLAS µs, GEMV µs
+    std::vector<double> step_bytes(opt.rows.size()), step_cublas(opt.rows.size()),
+        step_gemv(opt.rows.size()), step_best(opt.rows.size());
+    for (const auto& p : projs) {
+      const int64_t w_bytes = p.in * p.out * 2;
+      const int64_t copies = std::max<int64_t>(
+          1, (kL2Multiple * info.l2_bytes + w_bytes - 1) / w_bytes);  // rotate past the L2
+      DeviceArray<uint16_t> w(static_cast<size_t>(copies * p.in * p.out));
+      fill_random(w.get(), copies * p.in * p.out, dtype, 1.f, 17, stream);
+      const int64_t max_rows = *std::max_element(opt.rows.begin(), opt.rows.end());
+      DeviceArray<uint16_t> x(static_cast<size_t>(max_rows * p.in));
+      fill_random(x.get(), max_rows * p.in, dtype, 1.f, 18, stream);
+      DeviceArray<float> y_cublas(static_cast<size_t>(max_rows * p.out));
+      DeviceArray<float> y_gemv(static_cast<size_t>(max_rows * p.out));
+      auto weights = [&](int rep) { return w.get() + (rep % copies) * p.in * p.out; };
+      for (size_t ri = 0; ri < opt.rows.size(); ++ri) {
+        const int64_t rows = opt.rows[ri];
+        auto cublas = [&](int rep) {
+          if (p.f32_out)
+            gemm.linear_f32_out(dtype, x.get(), weights(rep), y_cublas.get(), rows, p.in, p.out,
+                                stream);
+          else
+            gemm.linear(dtype, x.get(), weights(rep), y_cublas.get(), rows, p.in, p.out, stream);
+        };
+        auto streaming = [&](int rep) {
+          gemv(dtype, x.get(), weights(rep), y_gemv.get(), p.f32_out, rows, p.in, p.out, stream);
+        };
+        cublas(0), streaming(0);  // warm-up; plans cuBLASLt's shape outside any capture
+        L2KV_CUDA_CHECK(cudaStreamSynchronize(stream));
+        const double diff =
+            relative_difference(y_cublas.get(), y_gemv.get(), rows * p.out, p.f32_out, dtype);
+        Timing t;
+        t.cublas_us = time_median_us(opt.reps, cublas, stream, opt.graph);
+        t.gemv_us = time_median_us(opt.reps, streaming, stream, opt.graph);
+        const double bytes =
+            static_cast<double>(w_bytes) + rows * p.in * 2.0 + rows * p.out * (p.f32_out ? 4 : 2);
+        const double cublas_gbps = bytes / (t.cublas_us * 1e-6) / 1e9;
+        const double gemv_gbps = bytes / (t.gemv_us * 1e-6) / 1e9;
+        std::printf(
+            "%-12s %-8s %6lld %7lld %7lld | %9.2f %8.0f %5.1f%% | %9.2f %8.0f %5.1f%% | %6.2fx "
+            "%9.1e\n",
+            model.c_str(), p.name.c_str(), static_cast<long long>(p.in),
+            static_cast<long long>(p.out), static_cast<long long>(rows), t.cublas_us, cublas_gbps,
+            100 * cublas_gbps / ceiling, t.gemv_us, gemv_gbps, 100 * gemv_gbps / ceiling,
+            t.cublas_us / t.gemv_us, diff);
+        results.push_back({{"model", model},
+                           {"projection", p.name},
+                           {"in", p.in},
+                           {"out", p.out},
+                           {"rows", rows},
+                           {"f32_out", p.f32_out},
+                           {"bytes", bytes},
+                           {"weight_copies", copies},
+                           {"cublas_us", t.cublas_us},
+                           {"cublas_gbps", cublas_gbps},
+                           {"cublas_fraction_of_ceiling", cublas_gbps / ceiling},
+                           {"gemv_us", t.gemv_us},
+                           {"gemv_gbps", gemv_gbps},
+                           {"gemv_fraction_of_ceiling", gemv_gbps / ceiling},
+                           {"max_relative_difference", diff}});
+        step_bytes[ri] += bytes * p.per_step;
+        step_cublas[ri] += t.cublas_us * p.per_step;
+        step_gemv[ri] += t.gemv_us * p.per_step;
+        step_best[ri] += std::min(t.cublas_us, t.gemv_us) * p.per_step;
+      }
+    }
+    for (size_t ri = 0; ri < opt.rows.size(); ++ri) {
+      const double cublas_gbps = step_bytes[ri] / (step_cublas[ri] * 1e-6) / 1e9;
+      const double gemv_gbps = step_bytes[ri] / (step_gemv[ri] * 1e-6) / 1e9;
+      const double best_gbps = step_bytes[ri] / (step_best[ri] * 1e-6) / 1e9;
+      std::printf(
+          "%-12s one step's projections at %2lld rows: %.2f GB; cuBLAS %.3f ms (%.1f%% of "
+          "ceiling), GEMV %.3f ms (%.1f%%), faster of the two per shape %.3f ms (%.1f%%)\n",
+          model.c_str(), static_cast<long long>(opt.rows[ri]), step_bytes[ri] / 1e9,
+          step_cublas[ri] / 1e3, 100 * cublas_gbps / ceiling, step_gemv[ri] / 1e3,
+          100 * gemv_gbps / ceiling, step_best[ri] / 1e3, 100 * best_gbps / ceiling);
+      steps.push_back({{"model", model},
+                       {"rows", opt.rows[ri]},
+                       {"bytes", step_bytes[ri]},
+                       {"cublas_ms", step_cublas[ri] / 1e3},
+                       {"cublas_fraction_of_ceiling", cublas_gbps / ceiling},
+                       {"gemv_ms", step_gemv[ri] / 1e3},
+                       {"gemv_fraction_of_ceiling", gemv_gbps / ceiling},
+                       {"best_ms", step_best[ri] / 1e3},
+                       {"best_fraction_of_ceiling", best_gbps / ceiling}});
+    }
+    std::printf("\n");
+  }
+  std::printf(
+      "GB/s counts W once plus x and y; weights rotate over copies totalling >= %lldx the L2, "
+      "so every call streams W from HBM. rel.diff: max |cuBLAS - GEMV| / max |cuBLAS|.\n",
+      static_cast<long long>(kL2Multiple));
+  if (!opt.json_path.empty()) {
+    const nlohmann::json doc = {{"device", info.name},
+                                {"sm_count", info.sm_count},
+                                {"l2_bytes", info.l2_bytes},
+                                {"dtype", std::string(dtype_name(dtype))},
+                                {"timing", opt.graph ? "graph" : "eager"},
+                                {"reps", opt.reps},
+                                {"read_ceiling_gbps", ceiling},
+                                {"results", results},
+                                {"steps", steps}};
+    std::ofstream(opt.json_path) << doc.dump(2) << "\n";
+    std::printf("wrote %s\n", opt.json_path.c_str());
+  }
+  cudaStreamDestroy(stream);
+  return 0;
+}
+
+}  // namespace
+}  // namespace l2kv::bench
+
+int main(int argc, char** argv) {
+  l2kv::bench::Options opt;
+  CLI::App app{"l2kv_bench_gemv: decode projections, cuBLASLt against the weight-streaming GEMV"};
+  app.add_option("--models", opt.models, "Synthetic model shapes (llama3-8b, qwen2.5-7b, ...)")
+      ->capture_default_str();
+  app.add_option("--rows", opt.rows, "Rows of x (decode batch)")
+      ->check(CLI::Range(int64_t{1}, l2kv::kGemvMaxRows))
+      ->capture_default_str();
+  app.add_option("--dtype", opt.dtype, "bf16 or fp16")
+      ->check(CLI::IsMember({"bf16", "fp16"}))
+      ->capture_default_str();
+  app.add_option("--reps", opt.reps, "Timed calls per point (median reported)")
+      ->check(CLI::Range(1, 10000))
+      ->capture_default_str();
+  app.add_flag("!--no-graph", opt.graph,
+               "Time eagerly launched calls instead of one captured graph per point");
+  app.add_option("--json", opt.json_path, "Write the results as JSON to this file");
+  CLI11_PARSE(app, argc, argv);
+  try {
+    if (!l2kv::cuda_device_available()) {
+      std::fprintf(stderr, "l2kv_bench_gemv: no CUDA GPU on this machine\n");
+      return 2;
+    }
+    return l2kv::bench::run(opt);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "l2kv_bench_gemv: %s\n", e.what());
+    return 1;
+  }
+}

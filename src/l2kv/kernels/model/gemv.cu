@@ -1,0 +1,202 @@
+// Decode GEMV on tensor cores. A thread block owns 16 output features (16 rows of W) and the
+// whole `in` dimension; its warps split `in` between them (warp w takes iterations w, w +
+// kWarps, ...), each accumulating a 16 x (8 * kNTiles) tile of y^T with mma.m16n8k16, and the
+// warps' tiles are summed through shared memory at the end. Every weight byte is read once,
+// by one 16-byte streaming load; x (at most 16 rows) is re-read by every block through L1.
+//
+// Fragment trick: the order of k inside an mma is free as long as A and B use the same one.
+// Lane (g, t) = (lane / 4, lane % 4) loads 8 consecutive k of W rows g and g + 8 and of x row
+// g (one 16-byte vector each); those are exactly the k its A and B fragments of two
+// m16n8k16 need: logical k {2t, 2t+1, 2t+8, 2t+9} of the first mma are physical k 8t + 0..3,
+// of the second 8t + 4..7. Loads go straight into fragments: no shared-memory staging, no
+// shuffles. The 4 lanes of a row read 64 contiguous bytes per load instruction (whole
+// sectors); an iteration covers 64 * kUnroll contiguous bytes of each of the 16 rows.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <climits>
+#include <string>
+#include <type_traits>
+
+#include "l2kv/core/cuda_check.h"
+#include "l2kv/core/error.h"
+#include "l2kv/kernels/cache_hints.cuh"
+#include "l2kv/kernels/model/gemv.h"
+#include "l2kv/kernels/tensor_core.cuh"
+
+namespace l2kv {
+namespace {
+
+constexpr int kWarpSize = 32;
+constexpr int kWarps = 8;  // split-K ways inside a block
+constexpr int kThreads = kWarps * kWarpSize;
+constexpr int kRowsPerBlock = 16;  // the mma's M: output features per block
+constexpr int kColsPerTile = 8;    // the mma's N: rows of x per tile
+constexpr int kElemsPerVec = 8;    // 16-bit elements per 16-byte load
+constexpr int kLanesPerRow = 4;    // lanes that share a W row in one load instruction
+// Two blocks of 256 threads per SM caps registers at 128 per thread: room for 2 x 8 weight
+// vectors in flight (NTiles = 1). More blocks fit where registers allow.
+constexpr int kMinBlocksPerSm = 2;
+
+template <int kNTiles>
+struct GemvTiling {
+  // 16-byte loads per W row per lane per iteration; each lane has 2 * kUnroll weight loads
+  // (rows g and g + 8) in flight. With two x tiles the x vectors take as many registers as
+  // the weights, so fewer.
+  static constexpr int kUnroll = kNTiles == 1 ? 8 : 4;
+  static constexpr int kVecsPerIter = kLanesPerRow * kUnroll;  // of one row, per warp iteration
+  static constexpr int kAccs = 4 * kNTiles;                    // fp32 accumulators per lane
+};
+
+struct GemvParams {
+  const void* x;
+  const void* w;
+  void* y;
+  int64_t rows, in, out;
+};
+
+// One warp iteration: kUnroll vectors of each of the lane's two W rows and x rows, then
+// 2 * kUnroll * kNTiles mma. `first_vec` is the iteration's first vector of a row (the lane's
+// own offset t is already in the pointers). kTail: vectors at or past `lane_vecs` (the row
+// length in vectors minus t) read nothing and count as zeros; `in` is a multiple of 8, so a
+// vector is wholly inside the row or wholly outside.
+template <typename T, int kNTiles, bool kTail>
+__device__ __forceinline__ void accumulate(float (&acc)[kNTiles][4], const uint4* w_lo,
+                                           const uint4* w_hi, const uint4* const (&x)[kNTiles],
+                                           int64_t first_vec, int64_t lane_vecs) {
+  constexpr int kUnroll = GemvTiling<kNTiles>::kUnroll;
+  uint4 a_lo[kUnroll], a_hi[kUnroll], b[kUnroll][kNTiles];
+#pragma unroll
+  for (int u = 0; u < kUnroll; ++u) {
+    const int64_t v = first_vec + u * kLanesPerRow;
+    if (!kTail || v < lane_vecs) {
+      a_lo[u] = ptx::ld_stream_16(w_lo + v);
+      a_hi[u] = ptx::ld_stream_16(w_hi + v);
+#pragma unroll
+      for (int nt = 0; nt < kNTiles; ++nt) b[u][nt] = __ldg(x[nt] + v);
+    } else {
+      a_lo[u] = a_hi[u] = make_uint4(0, 0, 0, 0);
+#pragma unroll
+      for (int nt = 0; nt < kNTiles; ++nt) b[u][nt] = make_uint4(0, 0, 0, 0);
+    }
+  }
+#pragma unroll
+  for (int u = 0; u < kUnroll; ++u) {
+    const uint32_t a0[4] = {a_lo[u].x, a_hi[u].x, a_lo[u].y, a_hi[u].y};
+    const uint32_t a1[4] = {a_lo[u].z, a_hi[u].z, a_lo[u].w, a_hi[u].w};
+#pragma unroll
+    for (int nt = 0; nt < kNTiles; ++nt) {
+      const uint32_t b0[2] = {b[u][nt].x, b[u][nt].y};
+      const uint32_t b1[2] = {b[u][nt].z, b[u][nt].w};
+      tc::mma_m16n8k16<T>(acc[nt], a0, b0);
+      tc::mma_m16n8k16<T>(acc[nt], a1, b1);
+    }
+  }
+}
+
+template <typename OutT>
+__device__ __forceinline__ OutT to_output(float v) {
+  if constexpr (std::is_same_v<OutT, float>)
+    return v;
+  else
+    return tc::ElementTraits<OutT>::from_float(v);
+}
+
+template <typename T, typename OutT, int kNTiles>
+__global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) gemv_kernel(GemvParams p) {
+  using Tiling = GemvTiling<kNTiles>;
+  __shared__ float partial[kWarps][Tiling::kAccs][kWarpSize];
+
+  const int lane = static_cast<int>(threadIdx.x) % kWarpSize;
+  const int warp = static_cast<int>(threadIdx.x) / kWarpSize;
+  const int g = lane / kLanesPerRow, t = lane % kLanesPerRow;
+  const int64_t first_row = int64_t{blockIdx.x} * kRowsPerBlock;
+  const int64_t vecs = p.in / kElemsPerVec;
+  // Rows past the end of W or x read the last row (valid memory); the mma keeps rows and
+  // columns apart, and those results are never stored.
+  const int64_t w_row_lo = min(first_row + g, p.out - 1);
+  const int64_t w_row_hi = min(first_row + g + kRowsPerBlock / 2, p.out - 1);
+  const uint4* w = static_cast<const uint4*>(p.w);
+  const uint4* w_lo = w + w_row_lo * vecs + t;
+  const uint4* w_hi = w + w_row_hi * vecs + t;
+  const uint4* x[kNTiles];
+#pragma unroll
+  for (int nt = 0; nt < kNTiles; ++nt) {
+    const int64_t x_row = min(int64_t{nt * kColsPerTile + g}, p.rows - 1);
+    x[nt] = static_cast<const uint4*>(p.x) + x_row * vecs + t;
+  }
+
+  float acc[kNTiles][4] = {};
+  const int64_t full_iters = vecs / Tiling::kVecsPerIter;
+  int64_t it = warp;
+  for (; it < full_iters; it += kWarps)
+    accumulate<T, kNTiles, false>(acc, w_lo, w_hi, x, it * Tiling::kVecsPerIter, vecs - t);
+  // The partial last iteration belongs to the warp whose turn it is.
+  if (it == full_iters && vecs % Tiling::kVecsPerIter != 0) {
+    accumulate<T, kNTiles, true>(acc, w_lo, w_hi, x, it * Tiling::kVecsPerIter, vecs - t);
+  }
+
+  // Sum the warps' tiles. Accumulator r of tile nt is the m16n8 C fragment's element
+  // (g + 8 * (r / 2), 2t + r % 2): output feature first_row + g + 8 * (r / 2), x row
+  // 8 nt + 2t + r % 2.
+#pragma unroll
+  for (int nt = 0; nt < kNTiles; ++nt)
+#pragma unroll
+    for (int r = 0; r < 4; ++r) partial[warp][nt * 4 + r][lane] = acc[nt][r];
+  __syncthreads();
+  OutT* y = static_cast<OutT*>(p.y);
+  for (int j = static_cast<int>(threadIdx.x); j < Tiling::kAccs * kWarpSize; j += kThreads) {
+    const int i = j / kWarpSize, l = j % kWarpSize;
+    float sum = 0.f;
+#pragma unroll
+    for (int wp = 0; wp < kWarps; ++wp) sum += partial[wp][i][l];
+    const int nt = i / 4, r = i % 4;
+    const int64_t n = first_row + l / kLanesPerRow + (kRowsPerBlock / 2) * (r / 2);
+    const int64_t m = nt * kColsPerTile + 2 * (l % kLanesPerRow) + r % 2;
+    if (n < p.out && m < p.rows) y[m * p.out + n] = to_output<OutT>(sum);
+  }
+}
+
+template <typename T, typename OutT>
+void launch(const GemvParams& p, cudaStream_t stream) {
+  const auto blocks = static_cast<unsigned>((p.out + kRowsPerBlock - 1) / kRowsPerBlock);
+  if (p.rows <= kColsPerTile)
+    gemv_kernel<T, OutT, 1><<<blocks, kThreads, 0, stream>>>(p);
+  else
+    gemv_kernel<T, OutT, 2><<<blocks, kThreads, 0, stream>>>(p);
+  L2KV_CUDA_CHECK_LAUNCH();
+}
+
+bool aligned_16(const void* p) {
+  return reinterpret_cast<uintptr_t>(p) % 16 == 0;
+}
+
+}  // namespace
+
+bool gemv_supports(int64_t rows, int64_t in, int64_t out, const void* x, const void* w) {
+  return rows >= 1 && rows <= kGemvMaxRows && in >= kElemsPerVec && in % kElemsPerVec == 0 &&
+         out >= 1 && (out + kRowsPerBlock - 1) / kRowsPerBlock <= INT_MAX && aligned_16(x) &&
+         aligned_16(w);
+}
+
+void gemv(DType dtype, const void* x, const void* w, void* y, bool f32_out, int64_t rows,
+          int64_t in, int64_t out, cudaStream_t stream) {
+  if (!gemv_supports(rows, in, out, x, w))
+    throw Error("gemv: unsupported problem rows=" + std::to_string(rows) +
+                " in=" + std::to_string(in) + " out=" + std::to_string(out) +
+                " (needs 1 <= rows <= 16, in a positive multiple of 8, 16-byte aligned x and w)");
+  const GemvParams p{x, w, y, rows, in, out};
+  if (dtype == DType::kFloat16) {
+    if (f32_out)
+      launch<__half, float>(p, stream);
+    else
+      launch<__half, __half>(p, stream);
+  } else {
+    if (f32_out)
+      launch<__nv_bfloat16, float>(p, stream);
+    else
+      launch<__nv_bfloat16, __nv_bfloat16>(p, stream);
+  }
+}
+
+}  // namespace l2kv
