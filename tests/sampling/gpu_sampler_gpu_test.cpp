@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <numeric>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "gpu_test_support.h"
@@ -34,6 +35,9 @@ class DeviceFloats {
                                sizeof(float) * std::max<size_t>(host.size(), 1)));
     L2KV_CUDA_CHECK(
         cudaMemcpy(ptr_, host.data(), sizeof(float) * host.size(), cudaMemcpyHostToDevice));
+    // A pageable cudaMemcpy may return before its last DMA lands, and the samplers' streams
+    // are non-blocking (no implicit order with the legacy stream): wait for it.
+    L2KV_CUDA_CHECK(cudaDeviceSynchronize());
   }
   ~DeviceFloats() { cudaFree(ptr_); }
   DeviceFloats(const DeviceFloats&) = delete;
@@ -313,6 +317,59 @@ TEST(GpuSamplerGpuTest, MatchesCpuReferenceLlama3Vocab) {
 TEST(GpuSamplerGpuTest, MatchesCpuReferenceQwenVocab) {
   L2KV_SKIP_WITHOUT_GPU();
   check_mixed_batch(151936, 64, 3);
+}
+
+// The row maximum planted at an index of every thread of the block (index % 1024 = 0..1023,
+// at varying strides): greedy, greedy with penalties and min-p rows must all find it. The
+// 64-row mixed batches once missed exactly the maxima of threads 800..895 in step 2; this
+// names the thread positions that fail.
+TEST(GpuSamplerGpuTest, FindsTheMaximumAtEveryThreadPosition) {
+  L2KV_SKIP_WITHOUT_GPU();
+  constexpr int64_t kVocab = 128256;
+  constexpr int32_t kRows = 256, kPositions = 1024;
+  SamplingParams greedy, penalized, min_p;
+  greedy.temperature = 0.f;
+  penalized.temperature = 0.f;
+  penalized.repetition_penalty = 1.3f;
+  penalized.presence_penalty = 0.5f;
+  min_p.min_p = 0.1f;  // keeps only the planted token (10 against N(0, 1))
+  const SamplingParams* configs[] = {&greedy, &penalized, &min_p};
+  const std::vector<int32_t> history = {3, 5, 5, 7};  // never a planted index below
+  Stream stream;
+  GpuSampler sampler(kVocab, kRows, kRows * static_cast<int64_t>(history.size()));
+  std::mt19937_64 rng(6);
+  std::normal_distribution<float> normal(0.f, 1.f);
+  std::vector<int32_t> failed_positions;
+  for (int32_t first = 0; first < kPositions; first += kRows) {
+    std::vector<float> logits(static_cast<size_t>(kRows) * kVocab);
+    for (float& v : logits) v = normal(rng);
+    std::vector<SamplingRow> rows(kRows);
+    std::vector<int32_t> planted(kRows);
+    for (int32_t r = 0; r < kRows; ++r) {
+      const int32_t position = first + r;
+      const int64_t chunks = (kVocab - 1 - position) / kPositions + 1;
+      planted[r] = static_cast<int32_t>(position + kPositions * ((13 + 37 * r) % chunks));
+      if (planted[r] < 8) planted[r] += kPositions;
+      logits[static_cast<size_t>(r) * kVocab + planted[r]] = 10.f;
+      rows[r].params = configs[r % 3];
+      rows[r].seed = 1000 + r;
+      rows[r].step = first;
+      rows[r].prompt_tokens = history;
+    }
+    const DeviceFloats d_logits(logits);
+    sampler.sample(d_logits.get(), rows, stream.get());
+    const std::vector<SampledToken> gpu = sampler.results(stream.get());
+    const std::vector<SampledToken> cpu = sample_on_cpu(logits, kVocab, rows);
+    for (int32_t r = 0; r < kRows; ++r) {
+      EXPECT_EQ(cpu[r].token, planted[r]) << "reference, row " << r;
+      if (gpu[r].token != planted[r]) failed_positions.push_back(first + r);
+    }
+  }
+  std::string failed;
+  for (int32_t position : failed_positions)
+    failed += " " + std::to_string(position) + " (warp " + std::to_string(position / 32) + ")";
+  EXPECT_TRUE(failed_positions.empty())
+      << failed_positions.size() << " thread positions missed:" << failed;
 }
 
 TEST(GpuSamplerGpuTest, SameSeedGivesSameTokenInAnotherBatchAndPosition) {

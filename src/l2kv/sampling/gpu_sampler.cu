@@ -1,7 +1,11 @@
-// GpuSampler: one thread block per row. The row's adjusted logits (penalties, / temperature)
-// go to a device scratch row because a 152K vocab does not fit in shared memory; top-k and
-// top-p thresholds are found exactly by a radix search over order-preserving uint32 keys (four
-// 8-bit passes), so the kept set equals sample_on_cpu's; the draw is an exponential race.
+// GpuSampler: one thread block per row. Rows without penalties read their logits in place
+// (x = raw / temperature, recomputed per pass: a division is cheaper than a scratch round
+// trip); penalized rows first write their adjusted logits to a device scratch row (a 152K vocab
+// does not fit in shared memory). Top-k and top-p thresholds are found exactly by a radix
+// search over order-preserving uint32 keys (four 8-bit passes), so the kept set equals
+// sample_on_cpu's; the draw is an exponential race. Passes over the vocab per row: greedy 1;
+// temperature only 1 (the race); + 1 for the max when min-p or top-p needs it; top-k + 4;
+// top-p + 5; penalties + 2 (the scratch copy); logprobs + 2 + N (max, sum, N rounds of top-N).
 // The arithmetic follows sampler.h's "exact arithmetic" note step for step (explicitly
 // rounded intrinsics, so no fused multiply-add can make the two sides differ).
 #include <cuda_runtime.h>
@@ -64,7 +68,7 @@ struct KernelArgs {
   int64_t vocab;
   const RowParams* rows;
   const int32_t* history;
-  float* scratch;          // [max_rows, vocab]: adjusted logits
+  float* scratch;          // [max_rows, vocab]: adjusted logits of penalized rows
   int32_t* counts;         // [max_rows, vocab]: zero between calls
   int32_t* tokens;         // [max_rows]
   LogprobRecord* records;  // [max_rows]
@@ -159,8 +163,8 @@ __device__ __forceinline__ double token_mass(float x, float m) {
 // floor_key) is >= target: weight 1 per token gives the k-th largest key (top-k), weight
 // exp(x - m) the top-p threshold. MSB-first, 8 bits a pass; `above` carries the weight of
 // the tokens whose key is above the current prefix. Such a K is always a present key.
-template <bool kMass>
-__device__ uint32_t largest_key_reaching(const float* x, int64_t vocab, uint32_t floor_key,
+template <bool kMass, class Logits>
+__device__ uint32_t largest_key_reaching(const Logits& x, int64_t vocab, uint32_t floor_key,
                                          double target, float m, SharedState& sh) {
   if (threadIdx.x == 0) {
     sh.prefix = 0;
@@ -180,7 +184,7 @@ __device__ uint32_t largest_key_reaching(const float* x, int64_t vocab, uint32_t
       int digit = -1;
       double weight = 0;
       if (i < vocab) {
-        const float v = x[i];
+        const float v = x(i);
         const uint32_t key = order_key(v);
         if (key >= floor_key && (key & high_mask) == prefix) {
           digit = static_cast<int>((key >> shift) & (kRadixBins - 1));
@@ -236,19 +240,50 @@ __device__ __forceinline__ float penalized(float r, int32_t h, const RowParams& 
   return z;
 }
 
+// The adjusted logit x_i of a row (steps 1 and 3): from the scratch row for penalized rows,
+// else computed from the raw logit on the fly with the same fp32 division.
+struct AdjustedLogits {
+  const float* raw;
+  const float* scratch;  // null unless penalized
+  float temperature;
+  bool greedy;
+  __device__ __forceinline__ float operator()(int64_t i) const {
+    if (scratch != nullptr) return scratch[i];
+    return greedy ? raw[i] : __fdiv_rn(raw[i], temperature);
+  }
+};
+
+// The largest x, lowest id on ties (one pass); every thread gets it.
+template <class Logits>
+__device__ void argmax_pass(const Logits& x, int64_t vocab, double& max_score, int32_t& max_id,
+                            SharedState& sh) {
+  max_score = -std::numeric_limits<double>::infinity();
+  max_id = kNoToken;
+  for (int64_t i = threadIdx.x; i < vocab; i += kThreads) {
+    const double v = x(i);
+    if (better(v, static_cast<int32_t>(i), max_score, max_id)) {
+      max_score = v;
+      max_id = static_cast<int32_t>(i);
+    }
+  }
+  block_argmax(max_score, max_id, sh);
+}
+
 __global__ void __launch_bounds__(kThreads, 1) sample_kernel(const KernelArgs a) {
   __shared__ SharedState sh;
   const int row = blockIdx.x;
   const RowParams p = a.rows[row];
   const int64_t vocab = a.vocab;
   const float* raw = a.logits + static_cast<int64_t>(row) * vocab;
-  float* x = a.scratch + static_cast<int64_t>(row) * vocab;
   constexpr double kInf = std::numeric_limits<double>::infinity();
 
-  // Steps 1 and 3: scaled copy, then the penalized tokens rewritten from their raw logits.
-  for (int64_t i = threadIdx.x; i < vocab; i += kThreads)
-    x[i] = p.greedy ? raw[i] : __fdiv_rn(raw[i], p.temperature);
+  // Steps 1 and 3 for penalized rows: scaled copy, then the penalized tokens rewritten from
+  // their raw logits. Other rows never touch the scratch.
+  AdjustedLogits x{raw, nullptr, p.temperature, p.greedy != 0};
   if (p.penalized) {
+    float* scratch = a.scratch + static_cast<int64_t>(row) * vocab;
+    for (int64_t i = threadIdx.x; i < vocab; i += kThreads)
+      scratch[i] = p.greedy ? raw[i] : __fdiv_rn(raw[i], p.temperature);
     int32_t* counts = a.counts + static_cast<int64_t>(row) * vocab;
     const int32_t* history = a.history + p.history_offset;
     const int32_t history_count = p.prompt_count + p.output_count;
@@ -265,23 +300,19 @@ __global__ void __launch_bounds__(kThreads, 1) sample_kernel(const KernelArgs a)
       const int32_t h = atomicExch(&counts[t], 0);
       if (h != 0) {
         const float z = penalized(raw[t], h, p);
-        x[t] = p.greedy ? z : __fdiv_rn(z, p.temperature);
+        scratch[t] = p.greedy ? z : __fdiv_rn(z, p.temperature);
       }
     }
+    __syncthreads();
+    x.scratch = scratch;
   }
-  __syncthreads();
 
-  // Step 2 (and m for the masks): the largest adjusted logit, lowest id on ties.
+  // Step 2, and m for min-p and top-p: the largest adjusted logit, lowest id on ties. Plain
+  // temperature and top-k rows need no m: their race is the only pass (top-k adds the radix).
   double max_score = -kInf;
   int32_t max_id = kNoToken;
-  for (int64_t i = threadIdx.x; i < vocab; i += kThreads) {
-    const double v = x[i];
-    if (better(v, static_cast<int32_t>(i), max_score, max_id)) {
-      max_score = v;
-      max_id = static_cast<int32_t>(i);
-    }
-  }
-  block_argmax(max_score, max_id, sh);
+  const bool need_max = p.greedy || p.use_min_p || p.use_top_p;
+  if (need_max) argmax_pass(x, vocab, max_score, max_id, sh);
   const float m = static_cast<float>(max_score);
 
   int32_t token = max_id;
@@ -293,7 +324,7 @@ __global__ void __launch_bounds__(kThreads, 1) sample_kernel(const KernelArgs a)
     if (p.use_top_p) {
       double mass = 0;
       for (int64_t i = threadIdx.x; i < vocab; i += kThreads) {
-        const float v = x[i];
+        const float v = x(i);
         if (order_key(v) >= floor_key) mass += token_mass(v, m);
       }
       const double target = __dmul_rn(static_cast<double>(p.top_p), block_sum(mass, sh));
@@ -303,7 +334,7 @@ __global__ void __launch_bounds__(kThreads, 1) sample_kernel(const KernelArgs a)
     double best_score = -kInf;
     int32_t best_id = kNoToken;
     for (int64_t i = threadIdx.x; i < vocab; i += kThreads) {
-      const float v = x[i];
+      const float v = x(i);
       bool kept = order_key(v) >= floor_key;
       if (p.use_min_p)
         kept = kept && __dsub_rn(static_cast<double>(v), static_cast<double>(m)) >= p.log_min_p;
@@ -317,7 +348,12 @@ __global__ void __launch_bounds__(kThreads, 1) sample_kernel(const KernelArgs a)
       }
     }
     block_argmax(best_score, best_id, sh);
-    if (best_id != kNoToken) token = best_id;
+    if (best_id != kNoToken) {
+      token = best_id;
+    } else {  // no candidate (every kept score -inf): the largest x; block-uniform
+      if (!need_max) argmax_pass(x, vocab, max_score, max_id, sh);
+      token = max_id;
+    }
   } else if (a.masks != nullptr) {
     for (int64_t i = threadIdx.x; i < vocab; i += kThreads)
       a.masks[static_cast<int64_t>(row) * vocab + i] = i == token;
