@@ -148,6 +148,17 @@ TEST_P(EngineFixture, PreemptionGivesTheSameTokens) {
 INSTANTIATE_TEST_SUITE_P(Fixtures, EngineFixture,
                          ::testing::Values("llama2-mha", "llama3-gqa", "qwen2-tied"));
 
+// head_dim 128 (the benchmarked models' head size) and an 1100-token prompt, prefilled in
+// chunks of 256 tokens beside the other requests' decode steps.
+TEST(Engine, HeadDim128AndALongChunkedPromptMatchTransformers) {
+  EngineConfig c;
+  c.max_model_len = 2048;
+  c.num_kv_blocks = 200;
+  c.max_num_batched_tokens = 256;
+  const EngineStats s = run_references("llama3-hd128", c);
+  EXPECT_EQ(s.generation_tokens, 4 * 32);
+}
+
 TEST(Engine, MatchesCpuModelGreedyOnNewPrompts) {
   const Fixture& f = fixture("llama3-gqa");
   Engine engine(std::make_unique<CpuRunner>(f.model), nullptr, small_config());

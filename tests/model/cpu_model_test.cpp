@@ -59,7 +59,8 @@ TEST_P(CpuModelFixture, MatchesTransformers) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, CpuModelFixture,
-                         ::testing::Values("llama2-mha", "llama3-gqa", "qwen2-tied"));
+                         ::testing::Values("llama2-mha", "llama3-gqa", "qwen2-tied",
+                                           "llama3-hd128"));
 
 TEST(CpuModel, ClassicRopeConfigGivesTheSameModel) {
   // Hub checkpoints write rope_theta + rope_scaling; transformers 5 writes rope_parameters.

@@ -58,7 +58,7 @@ struct Tables {
 std::unique_ptr<CudaModel> load(const fs::path& dir, int32_t max_tokens, int32_t blocks,
                                 int32_t max_logit_rows = 0) {
   auto model = std::make_unique<CudaModel>(dir);
-  model->allocate_workspace({max_tokens, 16, 1024, max_logit_rows});
+  model->allocate_workspace({max_tokens, 16, 2048, max_logit_rows});
   model->allocate_kv_cache(blocks, 16);
   return model;
 }
@@ -126,7 +126,8 @@ TEST_P(CudaModelFixture, MatchesTransformersInOneRaggedBatch) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, CudaModelFixture,
-                         ::testing::Values("llama2-mha", "llama3-gqa", "qwen2-tied"));
+                         ::testing::Values("llama2-mha", "llama3-gqa", "qwen2-tied",
+                                           "llama3-hd128"));
 
 TEST(CudaModel, ChunkedPrefillMatchesOnePass) {
   L2KV_SKIP_WITHOUT_GPU();
