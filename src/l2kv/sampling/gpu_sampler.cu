@@ -26,6 +26,7 @@ namespace {
 constexpr int kThreads = 1024;
 constexpr int kWarps = kThreads / 32;
 constexpr unsigned kFullMask = 0xffffffffu;
+static_assert(kWarps == 32, "the block reductions reduce the warps' partials in one warp");
 constexpr int kRadixBits = 8;
 constexpr int kRadixBins = 1 << kRadixBits;
 constexpr int32_t kNoToken = std::numeric_limits<int32_t>::max();
@@ -82,6 +83,8 @@ struct SharedState {
   int32_t warp_int[kWarps];
   uint32_t prefix;
   double above;
+  double result_double;  // block_argmax / block_sum results
+  int32_t result_int;
 };
 
 // Order-preserving key of a float: a < b as floats <=> key(a) < key(b); -0 maps to +0.
@@ -97,8 +100,8 @@ __device__ __forceinline__ bool better(double score, int32_t id, double best_sco
   return score > best_score || (score == best_score && id < best_id);
 }
 
-// Block-wide argmax of (score, id); every thread gets the result. Fixed reduction order.
-__device__ void block_argmax(double& score, int32_t& id, SharedState& sh) {
+// Warp-wide argmax of (score, id): every lane gets the result.
+__device__ __forceinline__ void warp_argmax(double& score, int32_t& id) {
   for (int offset = 16; offset >= 1; offset /= 2) {
     const double other_score = __shfl_xor_sync(kFullMask, score, offset);
     const int32_t other_id = __shfl_xor_sync(kFullMask, id, offset);
@@ -107,29 +110,49 @@ __device__ void block_argmax(double& score, int32_t& id, SharedState& sh) {
       id = other_id;
     }
   }
-  const int warp = threadIdx.x / 32;
-  if (threadIdx.x % 32 == 0) {
+}
+
+// Block-wide argmax of (score, id); every thread gets the result. Fixed reduction order:
+// within each warp, then warp 0 over the warps' results. (A serial loop of every thread over
+// the 32 partials was compiled by nvcc 13.0 into loads past the partials, skipping warps
+// 25-27 on an H200: compute-sanitizer memcheck caught the out-of-bounds shared reads.)
+__device__ void block_argmax(double& score, int32_t& id, SharedState& sh) {
+  warp_argmax(score, id);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (lane == 0) {
     sh.warp_double[warp] = score;
     sh.warp_int[warp] = id;
   }
   __syncthreads();
-  score = sh.warp_double[0];
-  id = sh.warp_int[0];
-  for (int w = 1; w < kWarps; ++w)
-    if (better(sh.warp_double[w], sh.warp_int[w], score, id)) {
-      score = sh.warp_double[w];
-      id = sh.warp_int[w];
+  if (warp == 0) {
+    score = sh.warp_double[lane];
+    id = sh.warp_int[lane];
+    warp_argmax(score, id);
+    if (lane == 0) {
+      sh.result_double = score;
+      sh.result_int = id;
     }
+  }
+  __syncthreads();
+  score = sh.result_double;
+  id = sh.result_int;
   __syncthreads();  // the partials may be reused right away
 }
 
-// Block-wide sum; every thread gets the result. Fixed reduction order.
+// Block-wide sum; every thread gets the result. Fixed reduction order, as block_argmax.
 __device__ double block_sum(double v, SharedState& sh) {
   for (int offset = 16; offset >= 1; offset /= 2) v += __shfl_xor_sync(kFullMask, v, offset);
-  if (threadIdx.x % 32 == 0) sh.warp_double[threadIdx.x / 32] = v;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  if (lane == 0) sh.warp_double[warp] = v;
   __syncthreads();
-  double total = 0;
-  for (int w = 0; w < kWarps; ++w) total += sh.warp_double[w];
+  if (warp == 0) {
+    double total = sh.warp_double[lane];
+    for (int offset = 16; offset >= 1; offset /= 2)
+      total += __shfl_xor_sync(kFullMask, total, offset);
+    if (lane == 0) sh.result_double = total;
+  }
+  __syncthreads();
+  const double total = sh.result_double;
   __syncthreads();
   return total;
 }
