@@ -4,8 +4,14 @@
 #include <cmath>
 #include <cstdlib>
 #include <numeric>
+#include <string>
 
 namespace l2kv::testing {
+
+bool gpu_required() {
+  const char* v = std::getenv("L2KV_REQUIRE_GPU");
+  return v != nullptr && std::string(v) == "1";
+}
 
 bool quick_mode() {
   return std::getenv("L2KV_TEST_QUICK") != nullptr;

@@ -13,10 +13,18 @@
 
 namespace l2kv::testing {
 
-#define L2KV_SKIP_WITHOUT_GPU()                                                   \
-  do {                                                                            \
-    if (!::l2kv::cuda_device_available()) GTEST_SKIP() << "no CUDA GPU: skipped"; \
+// Skips a GPU test where there is no GPU, or fails it when L2KV_REQUIRE_GPU=1 (a GPU machine
+// must run its GPU tests, never skip them).
+#define L2KV_SKIP_WITHOUT_GPU()                                                       \
+  do {                                                                                \
+    if (!::l2kv::cuda_device_available()) {                                           \
+      if (::l2kv::testing::gpu_required()) FAIL() << "L2KV_REQUIRE_GPU=1 but no GPU"; \
+      GTEST_SKIP() << "no CUDA GPU: skipped";                                         \
+    }                                                                                 \
   } while (0)
+
+// True when L2KV_REQUIRE_GPU=1.
+bool gpu_required();
 
 // True when L2KV_TEST_QUICK is set: smaller grids, for runs under compute-sanitizer.
 bool quick_mode();

@@ -35,6 +35,8 @@ class Gemm {
   static constexpr int kDefaultGemvMaxRows = 8;
   void set_gemv_max_rows(int rows);
   int gemv_max_rows() const { return gemv_max_rows_; }
+  // Matrices with more output features stay on cuBLASLt at any row count (measured).
+  static constexpr int64_t kGemvMaxOut = 8192;
 
  private:
   struct Plan {
