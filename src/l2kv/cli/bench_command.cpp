@@ -240,6 +240,7 @@ nlohmann::ordered_json run_e2e_point(Engine& engine, const ModelConfig& c, int64
   int64_t decode_steps = 0;
   int32_t max_running = 0;
   auto last_progress = Clock::now();
+  const int64_t tokens_before = engine.stats().generation_tokens;  // of earlier points
   const int64_t total_tokens = int64_t{num_prompts} * output_len;
   while (finished < num_prompts) {
     while (submitted < num_prompts && in_flight < concurrency) submit();
@@ -265,9 +266,10 @@ nlohmann::ordered_json run_e2e_point(Engine& engine, const ModelConfig& c, int64
     if (seconds_since(last_progress) > 2.0) {
       last_progress = Clock::now();
       std::fprintf(stderr, "\r  %s: %lld/%lld tokens, %d running, %.0f tokens/s   ",
-                   variant.name.c_str(), static_cast<long long>(after.generation_tokens),
+                   variant.name.c_str(),
+                   static_cast<long long>(after.generation_tokens - tokens_before),
                    static_cast<long long>(total_tokens), after.running,
-                   after.generation_tokens / seconds_since(start));
+                   (after.generation_tokens - tokens_before) / seconds_since(start));
     }
   }
   std::fprintf(stderr, "\r%*s\r", 100, "");
