@@ -1,0 +1,319 @@
+// The OpenAI API of `l2kv serve` through the official openai npm client: completions and chat,
+// streaming and not, n > 1, stop strings, logprobs, usage, echo, token-id and list prompts.
+// Greedy outputs are checked against `l2kv generate` on the same prompts (same engine, same
+// fixture), so every check is exact.
+import assert from "node:assert/strict";
+import { after, before, describe, test } from "node:test";
+import {
+  MODEL_NAME, generateReference, request, sseData, startServer,
+} from "./harness.mjs";
+
+const MAX = 16;
+const PROMPT = "The capital of France is";
+const PROMPT2 = "Once upon a time";
+const PROMPT_IDS = [128000, 791, 6864, 315, 9822, 374];  // <|begin_of_text|>The capital of France is
+const MESSAGES = [{ role: "system", content: "You are terse." },
+  { role: "user", content: "Hello! Who are you?" }];
+
+let server, client, ref;
+
+before(async () => {
+  server = await startServer("api");
+  client = server.client();
+  const [r0, r1, r2, r3] = await generateReference(
+    [{ prompt: PROMPT }, { messages: MESSAGES }, { prompt: PROMPT2 }, { prompt_ids: PROMPT_IDS }], MAX);
+  ref = { completion: r0, chat: r1, completion2: r2, ids: r3 };
+});
+
+after(async () => {
+  if (!server) return;
+  const exit = await server.stop();
+  assert.equal(exit.killed, false, "l2kv serve did not exit within 15 s of SIGTERM");
+  assert.equal(exit.code, 0, `l2kv serve exited with ${JSON.stringify(exit)} after SIGTERM`);
+});
+
+function checkUsage(usage, promptTokens, completionTokens) {
+  assert.ok(usage, "usage missing");
+  if (promptTokens !== undefined) assert.equal(usage.prompt_tokens, promptTokens, "usage.prompt_tokens");
+  if (completionTokens !== undefined) assert.equal(usage.completion_tokens, completionTokens, "usage.completion_tokens");
+  assert.equal(usage.total_tokens, usage.prompt_tokens + usage.completion_tokens, "usage.total_tokens");
+}
+
+// Text of every choice of a completion stream by index; also the chunks themselves.
+async function collectCompletionStream(stream) {
+  const texts = {}, finish = {}, chunks = [];
+  for await (const chunk of stream) {
+    chunks.push(chunk);
+    for (const c of chunk.choices) {
+      texts[c.index] = (texts[c.index] ?? "") + (c.text ?? "");
+      if (c.finish_reason) finish[c.index] = c.finish_reason;
+    }
+  }
+  return { texts, finish, chunks };
+}
+
+async function collectChatStream(stream) {
+  const texts = {}, finish = {}, roles = {}, chunks = [];
+  for await (const chunk of stream) {
+    chunks.push(chunk);
+    for (const c of chunk.choices) {
+      if (c.delta?.role) roles[c.index] = c.delta.role;
+      texts[c.index] = (texts[c.index] ?? "") + (c.delta?.content ?? "");
+      if (c.finish_reason) finish[c.index] = c.finish_reason;
+    }
+  }
+  return { texts, finish, roles, chunks };
+}
+
+// A stop string taken from the middle of `text` (characters that are not U+FFFD) and the text
+// the server must return with it: everything before its first occurrence.
+function stopFrom(text) {
+  for (let i = Math.floor(text.length / 2); i + 3 <= text.length; ++i) {
+    const stop = text.slice(i, i + 3);
+    if (!stop.includes("\uFFFD") && stop.trim() !== "") return { stop, expected: text.slice(0, text.indexOf(stop)) };
+  }
+  throw new Error(`no usable stop string in ${JSON.stringify(text)}`);
+}
+
+describe("endpoints", () => {
+  test("GET /health, /version, /v1/models", async () => {
+    assert.equal((await request(server.url, "GET", "/health")).status, 200);
+    const version = await request(server.url, "GET", "/version");
+    assert.equal(version.status, 200);
+    assert.ok(version.text.length > 0, "/version is empty");
+    const models = await client.models.list();
+    const ids = models.data.map((m) => m.id);
+    assert.ok(ids.includes(MODEL_NAME), `/v1/models lists ${JSON.stringify(ids)}`);
+    const m = models.data.find((x) => x.id === MODEL_NAME);
+    assert.equal(m.object, "model");
+  });
+
+  test("the reference itself is usable", () => {
+    for (const r of Object.values(ref)) {
+      assert.ok(r.completion_tokens > 0 && r.output.length > 0, JSON.stringify(r));
+    }
+  });
+});
+
+describe("completions", () => {
+  test("greedy, not streamed, equals l2kv generate", async () => {
+    const r = await client.completions.create({ model: MODEL_NAME, prompt: PROMPT, max_tokens: MAX, temperature: 0 });
+    assert.equal(r.object, "text_completion");
+    assert.equal(r.model, MODEL_NAME);
+    assert.equal(typeof r.id, "string");
+    assert.equal(typeof r.created, "number");
+    assert.equal(r.choices.length, 1);
+    assert.equal(r.choices[0].index, 0);
+    assert.equal(r.choices[0].text, ref.completion.output);
+    assert.equal(r.choices[0].finish_reason, ref.completion.finish_reason);
+    checkUsage(r.usage, ref.completion.prompt_tokens, ref.completion.completion_tokens);
+  });
+
+  test("streamed with include_usage: same text, usage in a last chunk without choices", async () => {
+    const stream = await client.completions.create({ model: MODEL_NAME, prompt: PROMPT, max_tokens: MAX,
+      temperature: 0, stream: true, stream_options: { include_usage: true } });
+    const { texts, finish, chunks } = await collectCompletionStream(stream);
+    assert.equal(texts[0], ref.completion.output);
+    assert.equal(finish[0], ref.completion.finish_reason);
+    const last = chunks.at(-1);
+    assert.deepEqual(last.choices, [], "the usage chunk has choices []");
+    checkUsage(last.usage, ref.completion.prompt_tokens, ref.completion.completion_tokens);
+    for (const c of chunks.slice(0, -1)) assert.ok(c.usage == null, "usage only in the last chunk");
+    for (const c of chunks) assert.equal(c.object, "text_completion");
+  });
+
+  test("streamed without include_usage: no usage chunk", async () => {
+    const stream = await client.completions.create({ model: MODEL_NAME, prompt: PROMPT, max_tokens: 4,
+      temperature: 0, stream: true });
+    const { chunks } = await collectCompletionStream(stream);
+    for (const c of chunks) {
+      assert.ok(c.usage == null, "usage without include_usage");
+      assert.ok(c.choices.length > 0, "a chunk without choices");
+    }
+  });
+
+  test("raw server-sent events: content type, JSON events, data: [DONE] last", async () => {
+    const res = await request(server.url, "POST", "/v1/completions",
+      { model: MODEL_NAME, prompt: PROMPT, max_tokens: 4, temperature: 0, stream: true });
+    assert.equal(res.status, 200);
+    assert.match(res.headers["content-type"], /^text\/event-stream/);
+    const events = sseData(res.text);
+    assert.equal(events.at(-1), "[DONE]", `last event ${JSON.stringify(events.at(-1))}`);
+    assert.equal(events.filter((e) => e === "[DONE]").length, 1);
+    for (const e of events.slice(0, -1)) JSON.parse(e);
+    const text = events.slice(0, -1).map((e) => JSON.parse(e).choices.map((c) => c.text).join("")).join("");
+    assert.ok(ref.completion.output.startsWith(text), `${JSON.stringify(text)} is not a prefix of the greedy text`);
+  });
+
+  test("a list of prompts: one choice each, in order", async () => {
+    const r = await client.completions.create({ model: MODEL_NAME, prompt: [PROMPT, PROMPT2], max_tokens: MAX, temperature: 0 });
+    const byIndex = [...r.choices].sort((a, b) => a.index - b.index);
+    assert.deepEqual(byIndex.map((c) => c.index), [0, 1]);
+    assert.equal(byIndex[0].text, ref.completion.output);
+    assert.equal(byIndex[1].text, ref.completion2.output);
+    checkUsage(r.usage, ref.completion.prompt_tokens + ref.completion2.prompt_tokens,
+      ref.completion.completion_tokens + ref.completion2.completion_tokens);
+  });
+
+  test("a prompt of token ids", async () => {
+    const r = await client.completions.create({ model: MODEL_NAME, prompt: PROMPT_IDS, max_tokens: MAX, temperature: 0 });
+    assert.equal(r.choices[0].text, ref.ids.output);
+    checkUsage(r.usage, PROMPT_IDS.length, ref.ids.completion_tokens);
+  });
+
+  test("n = 3 greedy: three equal choices; n = 3 sampled with ignore_eos: 3 x max_tokens tokens", async () => {
+    const greedy = await client.completions.create({ model: MODEL_NAME, prompt: PROMPT, max_tokens: MAX, temperature: 0, n: 3 });
+    assert.deepEqual(greedy.choices.map((c) => c.index).sort(), [0, 1, 2]);
+    for (const c of greedy.choices) assert.equal(c.text, ref.completion.output);
+    checkUsage(greedy.usage, ref.completion.prompt_tokens, 3 * ref.completion.completion_tokens);
+    const sampled = await client.completions.create({ model: MODEL_NAME, prompt: PROMPT, max_tokens: 8,
+      temperature: 1.0, n: 3, seed: 7, ignore_eos: true });
+    assert.deepEqual(sampled.choices.map((c) => c.index).sort(), [0, 1, 2]);
+    for (const c of sampled.choices) assert.equal(c.finish_reason, "length");
+    checkUsage(sampled.usage, ref.completion.prompt_tokens, 24);
+  });
+
+  test("n = 2 streamed: both choices complete", async () => {
+    const stream = await client.completions.create({ model: MODEL_NAME, prompt: PROMPT, max_tokens: MAX,
+      temperature: 0, n: 2, stream: true, stream_options: { include_usage: true } });
+    const { texts, finish, chunks } = await collectCompletionStream(stream);
+    assert.deepEqual(Object.keys(texts).sort(), ["0", "1"]);
+    assert.equal(texts[0], ref.completion.output);
+    assert.equal(texts[1], ref.completion.output);
+    assert.equal(finish[0], ref.completion.finish_reason);
+    assert.equal(finish[1], ref.completion.finish_reason);
+    checkUsage(chunks.at(-1).usage, ref.completion.prompt_tokens, 2 * ref.completion.completion_tokens);
+  });
+
+  test("a seed makes sampling reproducible", async () => {
+    const ask = () => client.completions.create({ model: MODEL_NAME, prompt: PROMPT2, max_tokens: 12,
+      temperature: 1.0, top_p: 0.95, seed: 1234 });
+    const [a, b] = [await ask(), await ask()];
+    assert.equal(a.choices[0].text, b.choices[0].text);
+  });
+
+  test("stop string (not streamed, streamed, in a list)", async () => {
+    const { stop, expected } = stopFrom(ref.completion.output);
+    const r = await client.completions.create({ model: MODEL_NAME, prompt: PROMPT, max_tokens: MAX, temperature: 0, stop });
+    assert.equal(r.choices[0].text, expected, `stop ${JSON.stringify(stop)}`);
+    assert.equal(r.choices[0].finish_reason, "stop");
+    checkUsage(r.usage, ref.completion.prompt_tokens);
+    assert.ok(r.usage.completion_tokens <= ref.completion.completion_tokens);
+    const stream = await client.completions.create({ model: MODEL_NAME, prompt: PROMPT, max_tokens: MAX,
+      temperature: 0, stop: ["never-in-this-output", stop], stream: true });
+    const s = await collectCompletionStream(stream);
+    assert.equal(s.texts[0], expected, `streamed, stop ${JSON.stringify(stop)}`);
+    assert.equal(s.finish[0], "stop");
+  });
+
+  test("logprobs = 2: tokens, token_logprobs, top_logprobs, text_offset", async () => {
+    const r = await client.completions.create({ model: MODEL_NAME, prompt: PROMPT, max_tokens: MAX, temperature: 0, logprobs: 2 });
+    const lp = r.choices[0].logprobs;
+    const n = r.usage.completion_tokens;
+    assert.equal(r.choices[0].text, ref.completion.output);
+    assert.ok(lp, "logprobs missing");
+    assert.equal(lp.tokens.length, n, "one token per generated token");
+    assert.equal(lp.token_logprobs.length, n);
+    assert.equal(lp.top_logprobs.length, n);
+    assert.equal(lp.text_offset.length, n);
+    for (let i = 0; i < n; ++i) {
+      assert.equal(typeof lp.tokens[i], "string");
+      assert.ok(lp.token_logprobs[i] <= 0, `token_logprobs[${i}] = ${lp.token_logprobs[i]}`);
+      const top = Object.values(lp.top_logprobs[i]);
+      assert.ok(top.length >= 2 && top.length <= 3, `top_logprobs[${i}] has ${top.length} entries`);
+      // greedy: the chosen token is the most likely one
+      assert.ok(Math.abs(Math.max(...top) - lp.token_logprobs[i]) < 1e-4, `token ${i} is not the top-1`);
+      if (i > 0) assert.ok(lp.text_offset[i] >= lp.text_offset[i - 1]);
+    }
+  });
+
+  test("echo: the prompt before the completion", async () => {
+    const r = await client.completions.create({ model: MODEL_NAME, prompt: PROMPT, max_tokens: MAX, temperature: 0, echo: true });
+    assert.equal(r.choices[0].text, PROMPT + ref.completion.output);
+    checkUsage(r.usage, ref.completion.prompt_tokens, ref.completion.completion_tokens);
+  });
+
+  test("ignore_eos and max_tokens: exactly max_tokens tokens", async () => {
+    const r = await client.completions.create({ model: MODEL_NAME, prompt: PROMPT2, max_tokens: 5, temperature: 0, ignore_eos: true });
+    assert.equal(r.choices[0].finish_reason, "length");
+    checkUsage(r.usage, ref.completion2.prompt_tokens, 5);
+  });
+});
+
+describe("chat completions", () => {
+  test("greedy, not streamed, equals l2kv generate on the chat template", async () => {
+    const r = await client.chat.completions.create({ model: MODEL_NAME, messages: MESSAGES, max_tokens: MAX, temperature: 0 });
+    assert.equal(r.object, "chat.completion");
+    assert.equal(r.model, MODEL_NAME);
+    assert.equal(r.choices.length, 1);
+    assert.equal(r.choices[0].message.role, "assistant");
+    assert.equal(r.choices[0].message.content, ref.chat.output);
+    assert.equal(r.choices[0].finish_reason, ref.chat.finish_reason);
+    checkUsage(r.usage, ref.chat.prompt_tokens, ref.chat.completion_tokens);
+  });
+
+  test("max_completion_tokens limits like max_tokens", async () => {
+    const r = await client.chat.completions.create({ model: MODEL_NAME, messages: MESSAGES,
+      max_completion_tokens: 3, temperature: 0, ignore_eos: true });
+    checkUsage(r.usage, ref.chat.prompt_tokens, 3);
+    assert.equal(r.choices[0].finish_reason, "length");
+  });
+
+  test("streamed with include_usage: role first, same content, usage last", async () => {
+    const stream = await client.chat.completions.create({ model: MODEL_NAME, messages: MESSAGES, max_tokens: MAX,
+      temperature: 0, stream: true, stream_options: { include_usage: true } });
+    const { texts, finish, roles, chunks } = await collectChatStream(stream);
+    assert.equal(texts[0], ref.chat.output);
+    assert.equal(roles[0], "assistant");
+    assert.equal(chunks[0].choices[0]?.delta?.role, "assistant", "the first chunk carries the role");
+    assert.equal(finish[0], ref.chat.finish_reason);
+    for (const c of chunks) assert.equal(c.object, "chat.completion.chunk");
+    const last = chunks.at(-1);
+    assert.deepEqual(last.choices, []);
+    checkUsage(last.usage, ref.chat.prompt_tokens, ref.chat.completion_tokens);
+  });
+
+  test("n = 2, streamed and not", async () => {
+    const r = await client.chat.completions.create({ model: MODEL_NAME, messages: MESSAGES, max_tokens: MAX, temperature: 0, n: 2 });
+    assert.deepEqual(r.choices.map((c) => c.index).sort(), [0, 1]);
+    for (const c of r.choices) assert.equal(c.message.content, ref.chat.output);
+    checkUsage(r.usage, ref.chat.prompt_tokens, 2 * ref.chat.completion_tokens);
+    const stream = await client.chat.completions.create({ model: MODEL_NAME, messages: MESSAGES, max_tokens: MAX,
+      temperature: 0, n: 2, stream: true });
+    const s = await collectChatStream(stream);
+    assert.equal(s.texts[0], ref.chat.output);
+    assert.equal(s.texts[1], ref.chat.output);
+  });
+
+  test("stop strings", async () => {
+    const { stop, expected } = stopFrom(ref.chat.output);
+    const r = await client.chat.completions.create({ model: MODEL_NAME, messages: MESSAGES, max_tokens: MAX,
+      temperature: 0, stop: [stop, "never-in-this-output"] });
+    assert.equal(r.choices[0].message.content, expected, `stop ${JSON.stringify(stop)}`);
+    assert.equal(r.choices[0].finish_reason, "stop");
+  });
+
+  test("logprobs with top_logprobs = 3", async () => {
+    const r = await client.chat.completions.create({ model: MODEL_NAME, messages: MESSAGES, max_tokens: MAX,
+      temperature: 0, logprobs: true, top_logprobs: 3 });
+    const content = r.choices[0].logprobs?.content;
+    assert.ok(Array.isArray(content), "choices[0].logprobs.content missing");
+    assert.equal(content.length, r.usage.completion_tokens);
+    for (const [i, t] of content.entries()) {
+      assert.equal(typeof t.token, "string");
+      assert.ok(t.logprob <= 0);
+      assert.ok(Array.isArray(t.top_logprobs) && t.top_logprobs.length === 3, `token ${i}: ${JSON.stringify(t.top_logprobs)}`);
+      assert.ok(Math.abs(t.top_logprobs[0].logprob - t.logprob) < 1e-4, `token ${i} is not the top-1 (greedy)`);
+      for (let k = 1; k < 3; ++k) assert.ok(t.top_logprobs[k].logprob <= t.top_logprobs[k - 1].logprob, "top_logprobs sorted");
+    }
+    const text = r.choices[0].message.content;
+    if (!text.includes("\uFFFD")) assert.equal(content.map((t) => t.token).join(""), text, "the tokens spell the content");
+  });
+
+  test("a seed makes sampling reproducible", async () => {
+    const ask = () => client.chat.completions.create({ model: MODEL_NAME, messages: MESSAGES, max_tokens: 12,
+      temperature: 0.9, seed: 99 });
+    const [a, b] = [await ask(), await ask()];
+    assert.equal(a.choices[0].message.content, b.choices[0].message.content);
+  });
+});

@@ -1,0 +1,162 @@
+// Bad requests against `l2kv serve`: each is answered with the right status and OpenAI's error
+// body {"error": {"message", "type", "param", "code"}}, and GET /health is still 200 after every
+// one. A second server with --api-key checks 401s.
+import assert from "node:assert/strict";
+import { after, before, describe, test } from "node:test";
+import OpenAI from "openai";
+import {
+  MAX_MODEL_LEN, MODEL_NAME, errorShapeProblems, request, startServer,
+} from "./harness.mjs";
+
+const API_KEY = "l2kv-ci-secret";
+const LONG_TEXT = " hello".repeat(MAX_MODEL_LEN + 100);  // > max_model_len tokens
+const LONG_IDS = Array.from({ length: MAX_MODEL_LEN + 10 }, (_, i) => 1000 + (i % 500));
+const OVERSIZED_BYTES = 64 << 20;
+
+const completion = (fields) => ({ model: MODEL_NAME, prompt: "Hello", max_tokens: 2, ...fields });
+const chat = (fields) => ({ model: MODEL_NAME, messages: [{ role: "user", content: "Hello" }], max_tokens: 2, ...fields });
+const without = (obj, key) => Object.fromEntries(Object.entries(obj).filter(([k]) => k !== key));
+
+// [name, method, route, body, status]; body: object (sent as JSON) or string (sent as is).
+const BAD_REQUESTS = [
+  ["malformed JSON", "POST", "/v1/completions", '{"model": "l2kv-ci", "prompt": "hi",', 400],
+  ["malformed JSON (chat)", "POST", "/v1/chat/completions", "{messages: [}", 400],
+  ["empty body", "POST", "/v1/completions", "", 400],
+  ["body is a JSON array", "POST", "/v1/completions", "[1, 2, 3]", 400],
+  ["body is a JSON string", "POST", "/v1/chat/completions", '"hello"', 400],
+  ["missing prompt", "POST", "/v1/completions", without(completion({}), "prompt"), 400],
+  ["missing messages", "POST", "/v1/chat/completions", without(chat({}), "messages"), 400],
+  ["prompt is a number", "POST", "/v1/completions", completion({ prompt: 42 }), 400],
+  ["prompt is an object", "POST", "/v1/completions", completion({ prompt: { text: "hi" } }), 400],
+  ["prompt is an empty list", "POST", "/v1/completions", completion({ prompt: [] }), 400],
+  ["prompt ids out of the vocabulary", "POST", "/v1/completions", completion({ prompt: [1, 2, 999999999] }), 400],
+  ["prompt ids negative", "POST", "/v1/completions", completion({ prompt: [1, -5] }), 400],
+  ["messages is a string", "POST", "/v1/chat/completions", chat({ messages: "hello" }), 400],
+  ["message without role", "POST", "/v1/chat/completions", chat({ messages: [{ content: "hi" }] }), 400],
+  ["message role is a number", "POST", "/v1/chat/completions", chat({ messages: [{ role: 7, content: "hi" }] }), 400],
+  ["max_tokens is a string", "POST", "/v1/completions", completion({ max_tokens: "ten" }), 400],
+  ["max_tokens negative", "POST", "/v1/completions", completion({ max_tokens: -1 }), 400],
+  ["temperature is a string", "POST", "/v1/completions", completion({ temperature: "hot" }), 400],
+  ["stream is a string", "POST", "/v1/completions", completion({ stream: "maybe" }), 400],
+  ["stop is a number", "POST", "/v1/completions", completion({ stop: 5 }), 400],
+  ["n is a string", "POST", "/v1/chat/completions", chat({ n: "two" }), 400],
+  ["unknown model", "POST", "/v1/completions", completion({ model: "no-such-model" }), 404],
+  ["unknown model (chat)", "POST", "/v1/chat/completions", chat({ model: "no-such-model" }), 404],
+  ["prompt longer than --max-model-len", "POST", "/v1/completions", completion({ prompt: LONG_TEXT }), 400],
+  ["prompt ids longer than --max-model-len", "POST", "/v1/completions", completion({ prompt: LONG_IDS }), 400],
+  ["chat prompt longer than --max-model-len", "POST", "/v1/chat/completions",
+    chat({ messages: [{ role: "user", content: LONG_TEXT }] }), 400],
+  ["prompt + max_tokens over --max-model-len", "POST", "/v1/completions", completion({ max_tokens: MAX_MODEL_LEN + 1 }), 400],
+  ["negative temperature", "POST", "/v1/completions", completion({ temperature: -0.5 }), 400],
+  ["top_p = 0", "POST", "/v1/completions", completion({ top_p: 0 }), 400],
+  ["top_p > 1", "POST", "/v1/chat/completions", chat({ top_p: 1.5 }), 400],
+  ["top_k < -1", "POST", "/v1/completions", completion({ top_k: -2 }), 400],
+  ["min_p > 1", "POST", "/v1/completions", completion({ min_p: 1.5 }), 400],
+  ["n = 0", "POST", "/v1/completions", completion({ n: 0 }), 400],
+  ["n too large", "POST", "/v1/chat/completions", chat({ n: 1000 }), 400],
+  ["presence_penalty > 2", "POST", "/v1/completions", completion({ presence_penalty: 3 }), 400],
+  ["frequency_penalty < -2", "POST", "/v1/chat/completions", chat({ frequency_penalty: -3 }), 400],
+  ["repetition_penalty = 0", "POST", "/v1/completions", completion({ repetition_penalty: 0 }), 400],
+  ["top_logprobs > 20", "POST", "/v1/chat/completions", chat({ logprobs: true, top_logprobs: 50 }), 400],
+  ["unknown route", "GET", "/v1/nothing-here", undefined, 404],
+  ["unknown route (POST)", "POST", "/v1/engines/l2kv-ci/completions", completion({}), 404],
+  ["unknown route outside /v1", "GET", "/admin", undefined, 404],
+];
+
+let server, keyed;
+
+before(async () => {
+  [server, keyed] = await Promise.all([startServer("errors"), startServer("api-key", ["--api-key", API_KEY])]);
+});
+
+after(async () => {
+  for (const s of [server, keyed]) {
+    if (!s) continue;
+    const exit = await s.stop();
+    assert.equal(exit.killed, false, `${s.name}: no exit within 15 s of SIGTERM`);
+  }
+});
+
+async function assertHealthy(s, after) {
+  const h = await request(s.url, "GET", "/health");
+  assert.equal(h.status, 200, `/health answered ${h.status} after: ${after}`);
+}
+
+function assertError(res, status, what) {
+  const problems = errorShapeProblems(res, status);
+  assert.deepEqual(problems, [], `${what}: ${problems.join("; ")}\nresponse ${res.status}: ${res.text.slice(0, 500)}`);
+}
+
+describe("bad requests", () => {
+  for (const [name, method, route, body, status] of BAD_REQUESTS) {
+    test(`${name} -> ${status}`, async () => {
+      const res = await request(server.url, method, route, body);
+      assertError(res, status, name);
+      await assertHealthy(server, name);
+    });
+  }
+
+  test("oversized body -> 413", async () => {
+    const body = JSON.stringify(completion({ padding: "a".repeat(OVERSIZED_BYTES) }));
+    const res = await request(server.url, "POST", "/v1/completions", body);
+    assertError(res, 413, "a body of 64 MiB");
+    await assertHealthy(server, "oversized body");
+  });
+
+  test("the error shape through the openai client (APIError.status, .error)", async () => {
+    const client = server.client();
+    await assert.rejects(
+      client.completions.create(completion({ temperature: -1 })),
+      (e) => {
+        assert.ok(e instanceof OpenAI.APIError, `not an APIError: ${e}`);
+        assert.equal(e.status, 400);
+        assert.equal(typeof e.error?.message, "string");
+        return true;
+      });
+    await assert.rejects(client.completions.create(completion({ model: "no-such-model" })),
+      (e) => e instanceof OpenAI.NotFoundError);
+  });
+
+  test("a good request still works after all of them", async () => {
+    const r = await server.client().completions.create(completion({ temperature: 0 }));
+    assert.equal(r.usage.completion_tokens, r.usage.total_tokens - r.usage.prompt_tokens);
+    assert.ok(r.usage.completion_tokens > 0);
+  });
+});
+
+describe("--api-key", () => {
+  const cases = [
+    ["no Authorization header", {}],
+    ["a wrong key", { authorization: "Bearer not-the-key" }],
+    ["the key without Bearer", { authorization: API_KEY }],
+    ["an empty bearer", { authorization: "Bearer " }],
+  ];
+  for (const [route, body] of [["/v1/completions", completion({})], ["/v1/chat/completions", chat({})]]) {
+    for (const [name, headers] of cases) {
+      test(`${route} with ${name} -> 401`, async () => {
+        const res = await request(keyed.url, "POST", route, body, headers);
+        assertError(res, 401, name);
+        await assertHealthy(keyed, name);
+      });
+    }
+  }
+
+  test("GET /v1/models without the key -> 401", async () => {
+    assertError(await request(keyed.url, "GET", "/v1/models"), 401, "models without key");
+  });
+
+  test("the right key through the openai client: completions, chat, models", async () => {
+    const client = keyed.client({ apiKey: API_KEY });
+    const c = await client.completions.create(completion({ temperature: 0 }));
+    assert.ok(c.usage.completion_tokens > 0);
+    const ch = await client.chat.completions.create(chat({ temperature: 0 }));
+    assert.equal(ch.choices[0].message.role, "assistant");
+    const models = await client.models.list();
+    assert.ok(models.data.some((m) => m.id === MODEL_NAME));
+  });
+
+  test("the wrong key through the openai client -> AuthenticationError", async () => {
+    await assert.rejects(keyed.client({ apiKey: "wrong" }).completions.create(completion({})),
+      (e) => e instanceof OpenAI.AuthenticationError);
+  });
+});
