@@ -149,32 +149,11 @@ CpuModel::CpuModel(const std::filesystem::path& folder)
     : config_(ModelConfig::from_folder(folder)) {
   const Checkpoint ckpt(folder);
   const ModelConfig& c = config_;
-  const int64_t q_dim = c.num_q_heads * c.head_dim, kv_dim = c.num_kv_heads * c.head_dim;
-  auto load = [&](const std::string& name, std::vector<int64_t> shape) {
-    return ckpt.get(name, shape).to_float();
-  };
-  embed_ = load("model.embed_tokens.weight", {c.vocab_size, c.hidden_size});
-  if (!c.tie_word_embeddings) lm_head_ = load("lm_head.weight", {c.vocab_size, c.hidden_size});
-  final_norm_ = load("model.norm.weight", {c.hidden_size});
-  for (int64_t l = 0; l < c.num_layers; ++l) {
-    const std::string p = "model.layers." + std::to_string(l) + ".";
-    Layer layer;
-    layer.input_norm = load(p + "input_layernorm.weight", {c.hidden_size});
-    layer.post_attention_norm = load(p + "post_attention_layernorm.weight", {c.hidden_size});
-    layer.q = load(p + "self_attn.q_proj.weight", {q_dim, c.hidden_size});
-    layer.k = load(p + "self_attn.k_proj.weight", {kv_dim, c.hidden_size});
-    layer.v = load(p + "self_attn.v_proj.weight", {kv_dim, c.hidden_size});
-    layer.o = load(p + "self_attn.o_proj.weight", {c.hidden_size, q_dim});
-    if (c.qkv_bias) {
-      layer.q_bias = load(p + "self_attn.q_proj.bias", {q_dim});
-      layer.k_bias = load(p + "self_attn.k_proj.bias", {kv_dim});
-      layer.v_bias = load(p + "self_attn.v_proj.bias", {kv_dim});
-    }
-    layer.gate = load(p + "mlp.gate_proj.weight", {c.intermediate_size, c.hidden_size});
-    layer.up = load(p + "mlp.up_proj.weight", {c.intermediate_size, c.hidden_size});
-    layer.down = load(p + "mlp.down_proj.weight", {c.hidden_size, c.intermediate_size});
-    layers_.push_back(std::move(layer));
-  }
+  HfGlobalWeights globals = load_hf_global_weights(ckpt, c);
+  embed_ = std::move(globals.embed);
+  lm_head_ = std::move(globals.lm_head);
+  final_norm_ = std::move(globals.final_norm);
+  for (int64_t l = 0; l < c.num_layers; ++l) layers_.push_back(load_hf_layer_weights(ckpt, c, l));
   inv_freq_ = rope_inverse_frequencies(c.rope, c.head_dim);
 }
 

@@ -7,6 +7,7 @@
 #include <span>
 #include <vector>
 
+#include "l2kv/model/hf_weights.h"
 #include "l2kv/model/model_config.h"
 
 namespace l2kv {
@@ -85,13 +86,8 @@ class CpuModel {
   std::vector<int32_t> greedy(std::span<const int32_t> prompt, int steps) const;
 
  private:
-  struct Layer {
-    std::vector<float> input_norm, post_attention_norm;
-    std::vector<float> q, k, v, o;              // [out, in]
-    std::vector<float> q_bias, k_bias, v_bias;  // empty without QKV bias
-    std::vector<float> gate, up, down;
-  };
-  struct GraphOps;  // this backend's ops of decoder_graph.h
+  using Layer = HfLayerWeights;  // the checkpoint's float32 tensors, used as they are
+  struct GraphOps;               // this backend's ops of decoder_graph.h
   ModelConfig config_;
   std::vector<float> embed_;    // [vocab, hidden]
   std::vector<float> lm_head_;  // [vocab, hidden]; empty when tied to embed_

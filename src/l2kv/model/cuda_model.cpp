@@ -10,6 +10,7 @@
 #include "l2kv/kernels/model/model_ops.h"
 #include "l2kv/kernels/random_fill.h"
 #include "l2kv/model/decoder_graph.h"
+#include "l2kv/model/hf_weights.h"
 #include "l2kv/model/safetensors.h"
 
 namespace l2kv {
@@ -86,41 +87,27 @@ CudaModel::CudaModel(const std::filesystem::path& folder)
     : config_(ModelConfig::from_folder(folder)), weights_(std::make_unique<Weights>()) {
   const Checkpoint ckpt(folder);
   const ModelConfig& c = config_;
-  const int64_t q_dim = c.num_q_heads * c.head_dim, kv_dim = c.num_kv_heads * c.head_dim;
-  auto load = [&](const std::string& name, std::vector<int64_t> shape) {
-    return ckpt.get(name, shape).to_float();
-  };
   auto concat = [](std::vector<float> a, const std::vector<float>& b) {
     a.insert(a.end(), b.begin(), b.end());
     return a;
   };
-  weights_->embed =
-      upload_16bit(c.dtype, load("model.embed_tokens.weight", {c.vocab_size, c.hidden_size}));
-  if (!c.tie_word_embeddings)
-    weights_->lm_head =
-        upload_16bit(c.dtype, load("lm_head.weight", {c.vocab_size, c.hidden_size}));
-  weights_->final_norm = upload_16bit(c.dtype, load("model.norm.weight", {c.hidden_size}));
+  {
+    const HfGlobalWeights globals = load_hf_global_weights(ckpt, c);
+    weights_->embed = upload_16bit(c.dtype, globals.embed);
+    if (!globals.lm_head.empty()) weights_->lm_head = upload_16bit(c.dtype, globals.lm_head);
+    weights_->final_norm = upload_16bit(c.dtype, globals.final_norm);
+  }
   for (int64_t l = 0; l < c.num_layers; ++l) {
-    const std::string p = "model.layers." + std::to_string(l) + ".";
+    const HfLayerWeights w = load_hf_layer_weights(ckpt, c, l);
     Weights::Layer layer;
-    layer.input_norm = upload_16bit(c.dtype, load(p + "input_layernorm.weight", {c.hidden_size}));
-    layer.post_norm =
-        upload_16bit(c.dtype, load(p + "post_attention_layernorm.weight", {c.hidden_size}));
-    layer.qkv = upload_16bit(
-        c.dtype, concat(concat(load(p + "self_attn.q_proj.weight", {q_dim, c.hidden_size}),
-                               load(p + "self_attn.k_proj.weight", {kv_dim, c.hidden_size})),
-                        load(p + "self_attn.v_proj.weight", {kv_dim, c.hidden_size})));
+    layer.input_norm = upload_16bit(c.dtype, w.input_norm);
+    layer.post_norm = upload_16bit(c.dtype, w.post_attention_norm);
+    layer.qkv = upload_16bit(c.dtype, concat(concat(w.q, w.k), w.v));  // one fused projection
     if (c.qkv_bias)
-      layer.qkv_bias =
-          upload_16bit(c.dtype, concat(concat(load(p + "self_attn.q_proj.bias", {q_dim}),
-                                              load(p + "self_attn.k_proj.bias", {kv_dim})),
-                                       load(p + "self_attn.v_proj.bias", {kv_dim})));
-    layer.o = upload_16bit(c.dtype, load(p + "self_attn.o_proj.weight", {c.hidden_size, q_dim}));
-    layer.gate_up = upload_16bit(
-        c.dtype, concat(load(p + "mlp.gate_proj.weight", {c.intermediate_size, c.hidden_size}),
-                        load(p + "mlp.up_proj.weight", {c.intermediate_size, c.hidden_size})));
-    layer.down = upload_16bit(
-        c.dtype, load(p + "mlp.down_proj.weight", {c.hidden_size, c.intermediate_size}));
+      layer.qkv_bias = upload_16bit(c.dtype, concat(concat(w.q_bias, w.k_bias), w.v_bias));
+    layer.o = upload_16bit(c.dtype, w.o);
+    layer.gate_up = upload_16bit(c.dtype, concat(w.gate, w.up));
+    layer.down = upload_16bit(c.dtype, w.down);
     weights_->layers.push_back(std::move(layer));
   }
   init_common();
