@@ -4,6 +4,7 @@
 #include <exception>
 
 #include "l2kv/cli/bench_command.h"
+#include "l2kv/cli/bench_serve_command.h"
 #include "l2kv/cli/generate_command.h"
 #include "l2kv/core/error.h"
 
@@ -12,10 +13,12 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   const auto generate = l2kv::cli::add_generate_command(app);
   const auto bench = l2kv::cli::add_bench_command(app);
+  const auto bench_serve = l2kv::cli::add_bench_serve_command(app);
   CLI11_PARSE(app, argc, argv);
   try {
     if (app.got_subcommand("generate")) return generate();
     if (app.got_subcommand("bench")) return bench();
+    if (app.got_subcommand("bench-serve")) return bench_serve();
   } catch (const l2kv::Error& e) {
     std::fprintf(stderr, "l2kv: error: %s\n", e.what());
     return 1;
