@@ -6,6 +6,7 @@
 #include "l2kv/cli/bench_command.h"
 #include "l2kv/cli/bench_serve_command.h"
 #include "l2kv/cli/generate_command.h"
+#include "l2kv/cli/serve_command.h"
 #include "l2kv/core/error.h"
 
 int main(int argc, char** argv) {
@@ -14,11 +15,13 @@ int main(int argc, char** argv) {
   const auto generate = l2kv::cli::add_generate_command(app);
   const auto bench = l2kv::cli::add_bench_command(app);
   const auto bench_serve = l2kv::cli::add_bench_serve_command(app);
+  const auto serve = l2kv::cli::add_serve_command(app);
   CLI11_PARSE(app, argc, argv);
   try {
     if (app.got_subcommand("generate")) return generate();
     if (app.got_subcommand("bench")) return bench();
     if (app.got_subcommand("bench-serve")) return bench_serve();
+    if (app.got_subcommand("serve")) return serve();
   } catch (const l2kv::Error& e) {
     std::fprintf(stderr, "l2kv: error: %s\n", e.what());
     return 1;

@@ -1,0 +1,137 @@
+#include "l2kv/cli/serve_command.h"
+
+#include <unistd.h>
+
+#include <csignal>
+#include <cstdio>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+
+#include "l2kv/chat/chat_template.h"
+#include "l2kv/cli/model_loading.h"
+#include "l2kv/core/error.h"
+#include "l2kv/server/engine_loop.h"
+#include "l2kv/server/http_server.h"
+#include "l2kv/server/metrics.h"
+
+namespace l2kv::cli {
+namespace {
+
+struct ServeOptions {
+  ModelOptions model;
+  EngineConfig engine;
+  server::HttpServerOptions http;
+};
+
+// The signal handler only writes a byte to this pipe; a watcher thread does the rest.
+int g_signal_pipe[2] = {-1, -1};
+
+extern "C" void on_stop_signal(int) {
+  const char byte = 1;
+  [[maybe_unused]] const ssize_t n = write(g_signal_pipe[1], &byte, 1);
+}
+
+int run_serve(ServeOptions o) {
+  if (o.http.served_model_name.empty()) o.http.served_model_name = o.model.model;
+  o.http.model_path = o.model.model;
+
+  // The model, tokenizer and engine are made on the engine thread (its CUDA context).
+  std::optional<Tokenizer> tokenizer;
+  std::string description;
+  server::Metrics metrics(o.http.served_model_name);
+  server::EngineLoop loop(
+      [&]() {
+        LoadedModel loaded = load_model(o.model);
+        tokenizer = std::move(loaded.tokenizer);
+        description = loaded.description;
+        return std::make_unique<Engine>(std::move(loaded.runner), tokenizer ? &*tokenizer : nullptr,
+                                        o.engine);
+      },
+      &metrics);
+
+  server::ServingModel serving;
+  std::unique_ptr<ChatTemplate> chat;
+  if (tokenizer) {
+    serving.tokenizer = &*tokenizer;
+    try {
+      chat = std::make_unique<ChatTemplate>(ChatTemplate::for_tokenizer(*tokenizer));
+      serving.chat_template = chat.get();
+    } catch (const Error& e) {
+      serving.chat_unavailable = std::string("the model's chat template: ") + e.what();
+      std::fprintf(stderr, "l2kv: chat completions disabled: %s\n", e.what());
+    }
+  } else {
+    serving.chat_unavailable =
+        "the model folder has no tokenizer.json (only token-id prompts on /v1/completions)";
+    std::fprintf(stderr, "l2kv: no tokenizer.json: /v1/completions takes token ids only\n");
+  }
+
+  server::HttpServer http(loop, metrics, serving, o.http);
+  const int port = http.bind();
+  const EngineStats stats = loop.snapshot().engine;
+  std::fprintf(stderr,
+               "l2kv: serving %s as \"%s\" (%s); KV cache of %d blocks of %d tokens; "
+               "max_model_len %d\n",
+               o.model.model.c_str(), o.http.served_model_name.c_str(), description.c_str(),
+               stats.kv_blocks_total, loop.config().block_size, loop.config().max_model_len);
+  std::fprintf(stderr, "l2kv: listening on http://%s:%d (OpenAI API under /v1)\n",
+               o.http.host.c_str(), port);
+
+  if (pipe(g_signal_pipe) != 0) throw Error("cannot create the signal pipe");
+  struct sigaction action {};
+  action.sa_handler = on_stop_signal;
+  sigemptyset(&action.sa_mask);
+  sigaction(SIGINT, &action, nullptr);
+  sigaction(SIGTERM, &action, nullptr);
+  std::signal(SIGPIPE, SIG_IGN);  // a vanished client must not kill the server
+
+  std::thread watcher([&] {
+    char byte = 0;
+    while (read(g_signal_pipe[0], &byte, 1) < 0 && errno == EINTR) {
+    }
+    if (byte == 0) return;  // the pipe closed: normal exit
+    std::fprintf(stderr, "l2kv: shutting down: aborting requests in flight\n");
+    loop.shutdown();  // in-flight requests end with finish_reason "abort"
+    http.stop();
+  });
+  http.listen();  // returns after stop(), once every connection has ended
+  close(g_signal_pipe[1]);
+  watcher.join();
+  close(g_signal_pipe[0]);
+  loop.shutdown();
+  std::fprintf(stderr, "l2kv: stopped\n");
+  return 0;
+}
+
+}  // namespace
+
+std::function<int()> add_serve_command(CLI::App& app) {
+  auto o = std::make_shared<ServeOptions>();
+  CLI::App* cmd = app.add_subcommand(
+      "serve",
+      "Serve the OpenAI API (/v1/completions, /v1/chat/completions, /v1/models) with /health, "
+      "/version and /metrics (Prometheus)");
+  add_model_options(*cmd, o->model);
+  add_engine_options(*cmd, o->engine);
+  server::HttpServerOptions& h = o->http;
+  cmd->add_option("--host", h.host, "Address to listen on")->capture_default_str();
+  cmd->add_option("--port", h.port, "Port to listen on (0: any free port)")
+      ->check(CLI::Range(0, 65535))
+      ->capture_default_str();
+  cmd->add_option("--served-model-name", h.served_model_name,
+                  "The model name clients give in \"model\" (default: the --model argument)");
+  cmd->add_option("--api-key", h.api_key,
+                  "Require \"Authorization: Bearer KEY\" on /v1 routes (401 otherwise); "
+                  "/health and /metrics stay open");
+  cmd->add_option("--max-body-bytes", h.max_body_bytes,
+                  "Largest request body accepted; larger ones are answered 413")
+      ->capture_default_str();
+  cmd->add_option("--max-connections", h.threads, "HTTP worker threads: connections served at once")
+      ->check(CLI::Range(1, 65536))
+      ->capture_default_str();
+  return [o] { return run_serve(*o); };
+}
+
+}  // namespace l2kv::cli

@@ -1,0 +1,211 @@
+#include "l2kv/server/engine_loop.h"
+
+#include <cstdio>
+#include <exception>
+#include <future>
+#include <utility>
+
+#include "l2kv/core/error.h"
+#include "l2kv/server/openai_protocol.h"
+
+namespace l2kv::server {
+
+void OutputChannel::push(int32_t choice, const RequestOutput& output) {
+  {
+    std::lock_guard lock(mutex_);
+    items_.push_back({choice, output});
+    if (output.finished) --unfinished_;
+  }
+  ready_.notify_one();
+}
+
+bool OutputChannel::pop(std::vector<Item>& items, std::chrono::milliseconds timeout) {
+  std::unique_lock lock(mutex_);
+  if (items_.empty() && unfinished_ > 0)
+    ready_.wait_for(lock, timeout, [&] { return !items_.empty() || unfinished_ <= 0; });
+  while (!items_.empty()) {
+    items.push_back(std::move(items_.front()));
+    items_.pop_front();
+  }
+  return unfinished_ <= 0;
+}
+
+struct EngineLoop::PendingSubmit {
+  std::vector<GenerationRequest> requests;
+  std::shared_ptr<OutputChannel> channel;
+  std::promise<std::vector<int64_t>> ids;
+};
+
+EngineLoop::EngineLoop(std::function<std::unique_ptr<Engine>()> make_engine, Metrics* metrics)
+    : metrics_(metrics) {
+  std::promise<void> started;
+  std::future<void> ready = started.get_future();
+  thread_ = std::thread([this, make = std::move(make_engine), &started]() mutable {
+    try {
+      engine_ = make();
+      config_ = engine_->config();
+      vocab_size_ = engine_->runner().config().vocab_size;
+      snapshot_.engine = engine_->stats();
+    } catch (...) {
+      started.set_exception(std::current_exception());
+      return;
+    }
+    started.set_value();
+    run();
+  });
+  try {
+    ready.get();
+  } catch (...) {
+    thread_.join();
+    throw;
+  }
+}
+
+EngineLoop::~EngineLoop() {
+  shutdown();
+}
+
+EngineLoop::Submission EngineLoop::submit(std::vector<GenerationRequest> requests) {
+  auto pending = std::make_shared<PendingSubmit>();
+  pending->channel = std::make_shared<OutputChannel>(static_cast<int32_t>(requests.size()));
+  pending->requests = std::move(requests);
+  std::future<std::vector<int64_t>> ids = pending->ids.get_future();
+  {
+    std::lock_guard lock(mutex_);
+    if (stopping_) throw ApiError(503, "The server is shutting down.");
+    submits_.push_back(pending);
+  }
+  wake_.notify_one();
+  return {ids.get(), pending->channel};  // rethrows the engine's refusal as ApiError
+}
+
+void EngineLoop::abort(const std::vector<int64_t>& request_ids) {
+  {
+    std::lock_guard lock(mutex_);
+    aborts_.insert(aborts_.end(), request_ids.begin(), request_ids.end());
+  }
+  wake_.notify_one();
+}
+
+LoopSnapshot EngineLoop::snapshot() const {
+  std::lock_guard lock(mutex_);
+  return snapshot_;
+}
+
+void EngineLoop::shutdown() {
+  {
+    std::lock_guard lock(mutex_);
+    stopping_ = true;
+  }
+  wake_.notify_one();
+  if (thread_.joinable()) thread_.join();
+}
+
+void EngineLoop::on_output(const std::shared_ptr<OutputChannel>& channel, int32_t choice,
+                           const RequestOutput& output) {
+  const auto now = std::chrono::steady_clock::now();
+  auto it = in_flight_.find(output.request_id);
+  if (it != in_flight_.end() && metrics_) {
+    Timing& t = it->second;
+    const auto tokens = static_cast<int64_t>(output.new_tokens.size());
+    if (tokens > 0) {
+      if (t.first) {
+        metrics_->add_prompt_tokens(output.prompt_tokens);
+        metrics_->observe_time_to_first_token(
+            std::chrono::duration<double>(now - t.arrival).count());
+        if (tokens > 1) metrics_->observe_inter_token_latency(0.0, tokens - 1);  // several at once
+        t.first = false;
+      } else {
+        metrics_->observe_inter_token_latency(
+            std::chrono::duration<double>(now - t.last_token).count() / static_cast<double>(tokens),
+            tokens);
+      }
+      t.last_token = now;
+      metrics_->add_generation_tokens(tokens);
+    }
+    if (output.finished)
+      metrics_->observe_request_finished(finish_reason_name(output.finish_reason),
+                                         std::chrono::duration<double>(now - t.arrival).count());
+  }
+  if (output.finished) in_flight_.erase(output.request_id);
+  channel->push(choice, output);
+}
+
+void EngineLoop::add_group(PendingSubmit& pending) {
+  std::vector<int64_t> ids;
+  const auto arrival = std::chrono::steady_clock::now();
+  try {
+    for (size_t i = 0; i < pending.requests.size(); ++i) {
+      GenerationRequest& r = pending.requests[i];
+      r.on_output = [this, channel = pending.channel, choice = static_cast<int32_t>(i)](
+                        const RequestOutput& out) { on_output(channel, choice, out); };
+      const int64_t id = engine_->add_request(std::move(r));
+      in_flight_[id] = Timing{arrival, arrival, true};
+      ids.push_back(id);
+    }
+  } catch (const Error& e) {
+    for (int64_t id : ids) {
+      in_flight_.erase(id);
+      engine_->abort(id);
+    }
+    pending.ids.set_exception(std::make_exception_ptr(ApiError(400, e.what())));
+    return;
+  } catch (...) {
+    for (int64_t id : ids) {
+      in_flight_.erase(id);
+      engine_->abort(id);
+    }
+    pending.ids.set_exception(std::current_exception());
+    return;
+  }
+  pending.ids.set_value(std::move(ids));
+}
+
+void EngineLoop::run() {
+  for (;;) {
+    std::deque<std::shared_ptr<PendingSubmit>> submits;
+    std::vector<int64_t> aborts;
+    bool stopping = false;
+    {
+      std::unique_lock lock(mutex_);
+      if (!engine_->has_unfinished())
+        wake_.wait(lock, [&] { return stopping_ || !submits_.empty() || !aborts_.empty(); });
+      submits.swap(submits_);
+      aborts.swap(aborts_);
+      stopping = stopping_;
+    }
+    for (auto& pending : submits) {
+      if (stopping)
+        pending->ids.set_exception(
+            std::make_exception_ptr(ApiError(503, "The server is shutting down.")));
+      else
+        add_group(*pending);
+    }
+    for (int64_t id : aborts) engine_->abort(id);
+    if (stopping) {
+      // Abort everything in flight: each channel gets its finished output.
+      std::vector<int64_t> ids;
+      for (const auto& [id, timing] : in_flight_) ids.push_back(id);
+      for (int64_t id : ids) engine_->abort(id);
+    } else {
+      try {
+        engine_->step();
+      } catch (const std::exception& e) {
+        // A failed step leaves the engine's state unknown: fail every request in flight.
+        std::fprintf(stderr, "l2kv: engine step failed: %s\n", e.what());
+        std::vector<int64_t> ids;
+        for (const auto& [id, timing] : in_flight_) ids.push_back(id);
+        for (int64_t id : ids) engine_->abort(id);
+      }
+    }
+    {
+      std::lock_guard lock(mutex_);
+      snapshot_.engine = engine_->stats();
+      snapshot_.requests_in_flight = static_cast<int64_t>(in_flight_.size());
+      if (stopping && submits_.empty()) break;
+    }
+  }
+  engine_.reset();
+}
+
+}  // namespace l2kv::server

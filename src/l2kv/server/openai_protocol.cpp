@@ -1,0 +1,561 @@
+#include "l2kv/server/openai_protocol.h"
+
+#include <cmath>
+#include <limits>
+#include <span>
+#include <sstream>
+
+#include "l2kv/chat/chat_template.h"
+#include "l2kv/core/error.h"
+#include "l2kv/tokenizer/tokenizer.h"
+
+namespace l2kv::server {
+namespace {
+
+std::string default_type(int status) {
+  if (status == 401) return "authentication_error";
+  if (status == 404) return "not_found_error";
+  if (status >= 500) return "server_error";
+  return "invalid_request_error";
+}
+
+// A field: absent and null read the same (OpenAI clients send nulls for unset fields).
+const json* field(const json& body, const char* name) {
+  const auto it = body.find(name);
+  if (it == body.end() || it->is_null()) return nullptr;
+  return &*it;
+}
+
+[[noreturn]] void wrong_type(const char* name, const char* expected) {
+  bad_request(std::string("'") + name + "' must be " + expected + ".", name);
+}
+
+std::optional<double> get_number(const json& body, const char* name) {
+  const json* v = field(body, name);
+  if (!v) return std::nullopt;
+  if (!v->is_number()) wrong_type(name, "a number");
+  const double d = v->get<double>();
+  if (!std::isfinite(d)) wrong_type(name, "a finite number");
+  return d;
+}
+
+std::optional<int64_t> get_integer(const json& body, const char* name) {
+  const json* v = field(body, name);
+  if (!v) return std::nullopt;
+  if (v->is_number_integer()) return v->get<int64_t>();
+  // 3.0 is an integer in JSON's eyes (pydantic agrees); 3.5 is not.
+  if (v->is_number_float()) {
+    const double d = v->get<double>();
+    if (std::isfinite(d) && d == std::floor(d) && std::fabs(d) < 9e15)
+      return static_cast<int64_t>(d);
+  }
+  wrong_type(name, "an integer");
+}
+
+std::optional<bool> get_bool(const json& body, const char* name) {
+  const json* v = field(body, name);
+  if (!v) return std::nullopt;
+  if (!v->is_boolean()) wrong_type(name, "a boolean");
+  return v->get<bool>();
+}
+
+int32_t to_int32(int64_t v, const char* name, int64_t lo, int64_t hi) {
+  if (v < lo || v > hi) {
+    std::ostringstream m;
+    m << "'" << name << "' must be in [" << lo << ", " << hi << "], got " << v << ".";
+    bad_request(m.str(), name);
+  }
+  return static_cast<int32_t>(v);
+}
+
+constexpr int64_t kInt32Max = std::numeric_limits<int32_t>::max();
+
+std::vector<int32_t> parse_token_ids(const json& list, const char* name, int64_t vocab_size) {
+  std::vector<int32_t> ids;
+  ids.reserve(list.size());
+  for (const json& v : list) {
+    if (!v.is_number_integer()) wrong_type(name, "a string, a list of strings or token ids");
+    const int64_t id = v.get<int64_t>();
+    if (id < 0 || id >= vocab_size) {
+      std::ostringstream m;
+      m << "Token id " << id << " is out of vocabulary (size " << vocab_size << ").";
+      bad_request(m.str(), name);
+    }
+    ids.push_back(static_cast<int32_t>(id));
+  }
+  if (ids.empty()) bad_request("The prompt must not be empty.", name);
+  return ids;
+}
+
+void check_model(const json& body, const ServerLimits& limits, ApiRequest& r) {
+  const json* model = field(body, "model");
+  if (!model) {
+    r.model = limits.served_model_name;
+    return;
+  }
+  if (!model->is_string()) wrong_type("model", "a string");
+  r.model = model->get<std::string>();
+  if (r.model != limits.served_model_name)
+    throw ApiError(404, "The model `" + r.model + "` does not exist.", "model",
+                   "invalid_request_error", "model_not_found");
+}
+
+// The fields both endpoints share: sampling, stopping, n, stream.
+void parse_common(const json& body, const ServerLimits& limits, ApiRequest& r) {
+  if (!body.is_object()) bad_request("The request body must be a JSON object.");
+  check_model(body, limits, r);
+  SamplingParams& p = r.params;
+  if (auto v = get_number(body, "temperature")) p.temperature = static_cast<float>(*v);
+  if (auto v = get_number(body, "top_p")) p.top_p = static_cast<float>(*v);
+  if (auto v = get_integer(body, "top_k")) p.top_k = to_int32(*v, "top_k", -1, kInt32Max);
+  if (auto v = get_number(body, "min_p")) p.min_p = static_cast<float>(*v);
+  if (auto v = get_number(body, "repetition_penalty"))
+    p.repetition_penalty = static_cast<float>(*v);
+  if (auto v = get_number(body, "presence_penalty")) p.presence_penalty = static_cast<float>(*v);
+  if (auto v = get_number(body, "frequency_penalty")) p.frequency_penalty = static_cast<float>(*v);
+  if (auto v = get_integer(body, "seed")) p.seed = static_cast<uint64_t>(*v);
+  if (auto v = get_integer(body, "min_tokens"))
+    p.min_tokens = to_int32(*v, "min_tokens", 0, kInt32Max);
+  if (auto v = get_bool(body, "ignore_eos")) p.ignore_eos = *v;
+  if (auto v = get_bool(body, "skip_special_tokens")) p.skip_special_tokens = *v;
+
+  if (const json* stop = field(body, "stop")) {
+    if (stop->is_string()) {
+      p.stop.push_back(stop->get<std::string>());
+    } else if (stop->is_array()) {
+      for (const json& s : *stop) {
+        if (!s.is_string()) wrong_type("stop", "a string or a list of strings");
+        p.stop.push_back(s.get<std::string>());
+      }
+    } else {
+      wrong_type("stop", "a string or a list of strings");
+    }
+  }
+  if (const json* ids = field(body, "stop_token_ids")) {
+    if (!ids->is_array()) wrong_type("stop_token_ids", "a list of token ids");
+    for (const json& v : *ids) {
+      if (!v.is_number_integer()) wrong_type("stop_token_ids", "a list of token ids");
+      const int64_t id = v.get<int64_t>();
+      p.stop_token_ids.push_back(to_int32(id, "stop_token_ids", 0, limits.vocab_size - 1));
+    }
+  }
+
+  if (auto v = get_integer(body, "n")) {
+    if (*v < 1) bad_request("'n' must be at least 1, got " + std::to_string(*v) + ".", "n");
+    if (*v > kMaxChoices)
+      bad_request("'n' must be at most " + std::to_string(kMaxChoices) + " on this server, got " +
+                      std::to_string(*v) + ".",
+                  "n");
+    r.n = static_cast<int32_t>(*v);
+  }
+  if (auto v = get_bool(body, "stream")) r.stream = *v;
+  if (const json* so = field(body, "stream_options")) {
+    if (!so->is_object()) wrong_type("stream_options", "an object");
+    if (!r.stream)
+      bad_request("'stream_options' is only allowed when 'stream' is true.", "stream_options");
+    if (auto v = get_bool(*so, "include_usage")) r.include_usage = *v;
+  }
+
+  // max_completion_tokens is the newer name; either may be given.
+  std::optional<int64_t> max_tokens = get_integer(body, "max_completion_tokens");
+  if (!max_tokens) max_tokens = get_integer(body, "max_tokens");
+  if (max_tokens) {
+    const char* name =
+        field(body, "max_completion_tokens") ? "max_completion_tokens" : "max_tokens";
+    if (*max_tokens < 1)
+      bad_request(std::string("'") + name + "' must be at least 1, got " +
+                      std::to_string(*max_tokens) + ".",
+                  name);
+    p.max_tokens = static_cast<int32_t>(std::min<int64_t>(*max_tokens, kInt32Max));
+    r.max_tokens_given = true;
+  }
+}
+
+// SamplingParams::validate's words, as a 400 naming the field it names.
+void validate_params(const ApiRequest& r, const ServerLimits& limits) {
+  SamplingParams p = r.params;
+  if (!r.max_tokens_given) p.max_tokens = std::max(p.max_tokens, p.min_tokens);
+  try {
+    p.validate(limits.vocab_size);
+  } catch (const Error& e) {
+    const std::string message = e.what();
+    const auto space = message.find(' ');
+    bad_request(message, message.substr(0, space));
+  }
+}
+
+std::string content_to_text(const json& content, size_t index) {
+  if (content.is_string()) return content.get<std::string>();
+  std::string text;
+  for (const json& part : content) {
+    if (!part.is_object() || part.value("type", "") != "text" || !part.contains("text") ||
+        !part["text"].is_string())
+      bad_request("messages[" + std::to_string(index) +
+                      "].content: only text parts ({\"type\": \"text\", \"text\": ...}) are "
+                      "supported.",
+                  "messages");
+    if (!text.empty()) text += "\n";
+    text += part["text"].get<std::string>();
+  }
+  return text;
+}
+
+}  // namespace
+
+ApiError::ApiError(int status_, std::string message_, std::string param_, std::string type_,
+                   std::string code_)
+    : std::runtime_error(message_),
+      status(status_),
+      message(std::move(message_)),
+      type(type_.empty() ? default_type(status_) : std::move(type_)),
+      param(std::move(param_)),
+      code(std::move(code_)) {}
+
+json ApiError::to_json() const {
+  json error = {{"message", message}, {"type", type}, {"param", nullptr}, {"code", nullptr}};
+  if (!param.empty()) error["param"] = param;
+  if (!code.empty()) error["code"] = code;
+  return {{"error", error}};
+}
+
+void bad_request(const std::string& message, const std::string& param) {
+  throw ApiError(400, message, param);
+}
+
+ApiRequest parse_completion_request(const json& body, const ServerLimits& limits) {
+  ApiRequest r;
+  r.endpoint = Endpoint::kCompletions;
+  parse_common(body, limits, r);
+  const json* prompt = field(body, "prompt");
+  if (!prompt) bad_request("'prompt' is required.", "prompt");
+  const char* kinds = "a string, a list of strings, a list of token ids or a list of lists of ids";
+  if (prompt->is_string()) {
+    r.prompts.push_back({prompt->get<std::string>(), {}, false});
+  } else if (prompt->is_array()) {
+    if (prompt->empty()) bad_request("'prompt' must not be empty.", "prompt");
+    const json& first = prompt->front();
+    if (first.is_number_integer()) {
+      r.prompts.push_back({"", parse_token_ids(*prompt, "prompt", limits.vocab_size), true});
+    } else {
+      for (const json& item : *prompt) {
+        if (item.is_string())
+          r.prompts.push_back({item.get<std::string>(), {}, false});
+        else if (item.is_array())
+          r.prompts.push_back({"", parse_token_ids(item, "prompt", limits.vocab_size), true});
+        else
+          wrong_type("prompt", kinds);
+      }
+    }
+  } else {
+    wrong_type("prompt", kinds);
+  }
+  if (auto v = get_bool(body, "echo")) r.echo = *v;
+  if (auto v = get_integer(body, "logprobs"))
+    r.params.logprobs = to_int32(*v, "logprobs", 0, kMaxLogprobs);
+  if (field(body, "suffix")) bad_request("'suffix' is not supported.", "suffix");
+  if (auto v = get_integer(body, "best_of"); v && *v != r.n)
+    bad_request("'best_of' other than n is not supported.", "best_of");
+  validate_params(r, limits);
+  return r;
+}
+
+ApiRequest parse_chat_request(const json& body, const ServerLimits& limits) {
+  ApiRequest r;
+  r.endpoint = Endpoint::kChatCompletions;
+  parse_common(body, limits, r);
+  const json* messages = field(body, "messages");
+  if (!messages) bad_request("'messages' is required.", "messages");
+  if (!messages->is_array() || messages->empty())
+    bad_request("'messages' must be a non-empty list of messages.", "messages");
+  r.messages = json::array();
+  for (size_t i = 0; i < messages->size(); ++i) {
+    const json& m = (*messages)[i];
+    const std::string where = "messages[" + std::to_string(i) + "]";
+    if (!m.is_object()) bad_request(where + " must be an object.", "messages");
+    if (!m.contains("role") || !m["role"].is_string())
+      bad_request(where + ".role must be a string.", "messages");
+    json copy = m;
+    if (m.contains("content") && !m["content"].is_null()) {
+      if (!m["content"].is_string() && !m["content"].is_array())
+        bad_request(where + ".content must be a string or a list of parts.", "messages");
+      copy["content"] = content_to_text(m["content"], i);
+    } else if (!m.contains("tool_calls")) {
+      bad_request(where + ".content is required.", "messages");
+    }
+    r.messages.push_back(std::move(copy));
+  }
+  if (const json* tools = field(body, "tools")) {
+    if (!tools->is_array()) wrong_type("tools", "a list of tools");
+    for (const json& t : *tools)
+      if (!t.is_object()) wrong_type("tools", "a list of tool objects");
+    r.tools = *tools;
+  }
+  const bool logprobs = get_bool(body, "logprobs").value_or(false);
+  const auto top = get_integer(body, "top_logprobs");
+  if (top && !logprobs)
+    bad_request("'top_logprobs' requires 'logprobs' to be true.", "top_logprobs");
+  if (logprobs) r.params.logprobs = top ? to_int32(*top, "top_logprobs", 0, kMaxLogprobs) : 0;
+  validate_params(r, limits);
+  return r;
+}
+
+int32_t resolve_max_tokens(const ApiRequest& request, int32_t prompt_tokens,
+                           int32_t max_model_len) {
+  const int64_t room = static_cast<int64_t>(max_model_len) - prompt_tokens;
+  const char* what = request.endpoint == Endpoint::kChatCompletions ? "messages" : "prompt";
+  if (room < 1) {
+    std::ostringstream m;
+    m << "This model's maximum context length is " << max_model_len << " tokens. However, your "
+      << what << " has " << prompt_tokens << " tokens, which leaves no room for the completion."
+      << " Please reduce the length of the " << what << ".";
+    bad_request(m.str(), request.endpoint == Endpoint::kChatCompletions ? "messages" : "prompt");
+  }
+  if (!request.max_tokens_given) {
+    const int64_t fallback = request.endpoint == Endpoint::kCompletions ? 16 : room;
+    return static_cast<int32_t>(
+        std::max<int64_t>(std::min(fallback, room), request.params.min_tokens));
+  }
+  if (request.params.max_tokens > room) {
+    std::ostringstream m;
+    m << "This model's maximum context length is " << max_model_len
+      << " tokens. However, you requested " << prompt_tokens + int64_t{request.params.max_tokens}
+      << " tokens (" << prompt_tokens << " in the " << what << ", " << request.params.max_tokens
+      << " for the completion). Please reduce the length of the " << what << " or completion.";
+    bad_request(m.str(), "max_tokens");
+  }
+  return request.params.max_tokens;
+}
+
+std::vector<std::vector<int32_t>> tokenize_prompts(const ApiRequest& request,
+                                                   const Tokenizer* tokenizer,
+                                                   const ChatTemplate* chat_template) {
+  std::vector<std::vector<int32_t>> out;
+  if (request.endpoint == Endpoint::kChatCompletions) {
+    if (!tokenizer || !chat_template)
+      bad_request(
+          "Chat completions need the model's tokenizer.json (and chat template); this model "
+          "folder has none. Use /v1/completions with token ids.",
+          "messages");
+    ChatRequest chat;
+    chat.messages = request.messages;
+    chat.tools = request.tools;
+    std::string text;
+    try {
+      text = chat_template->render(chat);
+    } catch (const Error& e) {
+      bad_request(std::string("The chat template failed: ") + e.what(), "messages");
+    }
+    out.push_back(tokenizer->encode(text, false));  // the template writes BOS itself
+    return out;
+  }
+  for (const PromptInput& p : request.prompts) {
+    if (p.is_ids) {
+      out.push_back(p.ids);
+      continue;
+    }
+    if (!tokenizer)
+      bad_request(
+          "This model folder has no tokenizer.json: give the prompt as token ids (a list of "
+          "integers).",
+          "prompt");
+    out.push_back(tokenizer->encode(p.text, true));
+    if (out.back().empty()) bad_request("The prompt must not be empty.", "prompt");
+  }
+  return out;
+}
+
+void ChoiceOutput::append(const RequestOutput& output) {
+  text += output.new_text;
+  tokens.insert(tokens.end(), output.new_tokens.begin(), output.new_tokens.end());
+  logprobs.insert(logprobs.end(), output.new_logprobs.begin(), output.new_logprobs.end());
+  prompt_tokens = output.prompt_tokens;
+  completion_tokens = output.completion_tokens;
+  if (output.finished) {
+    finished = true;
+    finish_reason = output.finish_reason;
+    stop_reason = output.stop_reason;
+    error = output.error;
+  }
+}
+
+TokenText token_text_for(const Tokenizer* tokenizer) {
+  if (!tokenizer) return [](int32_t id) { return "token_id:" + std::to_string(id); };
+  return [tokenizer](int32_t id) {
+    const int32_t ids[1] = {id};
+    return tokenizer->decode(std::span<const int32_t>(ids, 1), false);
+  };
+}
+
+json finish_reason_json(FinishReason reason) {
+  if (reason == FinishReason::kNone) return nullptr;
+  return finish_reason_name(reason);
+}
+
+json usage_json(int64_t prompt_tokens, int64_t completion_tokens) {
+  return {{"prompt_tokens", prompt_tokens},
+          {"total_tokens", prompt_tokens + completion_tokens},
+          {"completion_tokens", completion_tokens}};
+}
+
+json completion_logprobs_json(const std::vector<SampledToken>& logprobs, const TokenText& text,
+                              int64_t text_offset) {
+  json tokens = json::array(), token_logprobs = json::array(), top = json::array(),
+       offsets = json::array();
+  for (const SampledToken& t : logprobs) {
+    const std::string s = text(t.token);
+    tokens.push_back(s);
+    token_logprobs.push_back(t.logprob);
+    json alternatives = json::object();
+    for (const auto& [id, lp] : t.top_logprobs) alternatives[text(id)] = lp;
+    top.push_back(std::move(alternatives));
+    offsets.push_back(text_offset);
+    text_offset += static_cast<int64_t>(s.size());
+  }
+  return {{"text_offset", offsets},
+          {"token_logprobs", token_logprobs},
+          {"tokens", tokens},
+          {"top_logprobs", top}};
+}
+
+namespace {
+json bytes_of(const std::string& s) {
+  json bytes = json::array();
+  for (unsigned char c : s) bytes.push_back(static_cast<int>(c));
+  return bytes;
+}
+}  // namespace
+
+json chat_logprobs_json(const std::vector<SampledToken>& logprobs, const TokenText& text) {
+  json content = json::array();
+  for (const SampledToken& t : logprobs) {
+    const std::string s = text(t.token);
+    json top = json::array();
+    for (const auto& [id, lp] : t.top_logprobs) {
+      const std::string alt = text(id);
+      top.push_back({{"token", alt}, {"logprob", lp}, {"bytes", bytes_of(alt)}});
+    }
+    content.push_back(
+        {{"token", s}, {"logprob", t.logprob}, {"bytes", bytes_of(s)}, {"top_logprobs", top}});
+  }
+  return {{"content", content}};
+}
+
+json completion_response(const ResponseHeader& header, const ApiRequest& request,
+                         const std::vector<ChoiceOutput>& choices,
+                         const std::vector<std::string>& prompt_texts,
+                         const std::vector<int32_t>& prompt_tokens, const TokenText& text) {
+  json out_choices = json::array();
+  int64_t completion_tokens = 0;
+  for (size_t i = 0; i < choices.size(); ++i) {
+    const ChoiceOutput& c = choices[i];
+    const size_t prompt = i / static_cast<size_t>(request.n);
+    std::string body = c.text;
+    int64_t offset = 0;
+    if (request.echo && prompt < prompt_texts.size()) {
+      body = prompt_texts[prompt] + body;
+      offset = static_cast<int64_t>(prompt_texts[prompt].size());
+    }
+    json logprobs = nullptr;
+    if (request.params.logprobs >= 0) logprobs = completion_logprobs_json(c.logprobs, text, offset);
+    json stop_reason = nullptr;
+    if (!c.stop_reason.empty()) stop_reason = c.stop_reason;
+    out_choices.push_back({{"index", i},
+                           {"text", body},
+                           {"logprobs", logprobs},
+                           {"finish_reason", finish_reason_json(c.finish_reason)},
+                           {"stop_reason", stop_reason}});
+    completion_tokens += c.completion_tokens;
+  }
+  int64_t prompt_total = 0;
+  for (int32_t p : prompt_tokens) prompt_total += p;
+  return {{"id", header.id},           {"object", "text_completion"},
+          {"created", header.created}, {"model", header.model},
+          {"choices", out_choices},    {"usage", usage_json(prompt_total, completion_tokens)}};
+}
+
+json chat_response(const ResponseHeader& header, const ApiRequest& request,
+                   const std::vector<ChoiceOutput>& choices,
+                   const std::vector<int32_t>& prompt_tokens, const TokenText& text) {
+  json out_choices = json::array();
+  int64_t completion_tokens = 0;
+  for (size_t i = 0; i < choices.size(); ++i) {
+    const ChoiceOutput& c = choices[i];
+    json logprobs = nullptr;
+    if (request.params.logprobs >= 0) logprobs = chat_logprobs_json(c.logprobs, text);
+    json stop_reason = nullptr;
+    if (!c.stop_reason.empty()) stop_reason = c.stop_reason;
+    out_choices.push_back(
+        {{"index", i},
+         {"message", {{"role", "assistant"}, {"content", c.text}, {"tool_calls", json::array()}}},
+         {"logprobs", logprobs},
+         {"finish_reason", finish_reason_json(c.finish_reason)},
+         {"stop_reason", stop_reason}});
+    completion_tokens += c.completion_tokens;
+  }
+  int64_t prompt_total = 0;
+  for (int32_t p : prompt_tokens) prompt_total += p;
+  return {{"id", header.id},           {"object", "chat.completion"},
+          {"created", header.created}, {"model", header.model},
+          {"choices", out_choices},    {"usage", usage_json(prompt_total, completion_tokens)}};
+}
+
+json completion_chunk(const ResponseHeader& header, int32_t index, const std::string& text,
+                      FinishReason finish, const json& logprobs) {
+  return {{"id", header.id},
+          {"object", "text_completion"},
+          {"created", header.created},
+          {"model", header.model},
+          {"choices", json::array({{{"index", index},
+                                    {"text", text},
+                                    {"logprobs", logprobs},
+                                    {"finish_reason", finish_reason_json(finish)}}})}};
+}
+
+namespace {
+json chat_chunk(const ResponseHeader& header, int32_t index, json delta, const json& logprobs,
+                FinishReason finish) {
+  return {{"id", header.id},
+          {"object", "chat.completion.chunk"},
+          {"created", header.created},
+          {"model", header.model},
+          {"choices", json::array({{{"index", index},
+                                    {"delta", std::move(delta)},
+                                    {"logprobs", logprobs},
+                                    {"finish_reason", finish_reason_json(finish)}}})}};
+}
+}  // namespace
+
+json chat_role_chunk(const ResponseHeader& header, int32_t index) {
+  return chat_chunk(header, index, {{"role", "assistant"}, {"content", ""}}, nullptr,
+                    FinishReason::kNone);
+}
+
+json chat_content_chunk(const ResponseHeader& header, int32_t index, const std::string& content,
+                        const json& logprobs) {
+  return chat_chunk(header, index, {{"content", content}}, logprobs, FinishReason::kNone);
+}
+
+json chat_finish_chunk(const ResponseHeader& header, int32_t index, FinishReason finish) {
+  return chat_chunk(header, index, json::object(), nullptr, finish);
+}
+
+json usage_chunk(const ResponseHeader& header, Endpoint endpoint, int64_t prompt_tokens,
+                 int64_t completion_tokens) {
+  return {{"id", header.id},
+          {"object",
+           endpoint == Endpoint::kChatCompletions ? "chat.completion.chunk" : "text_completion"},
+          {"created", header.created},
+          {"model", header.model},
+          {"choices", json::array()},
+          {"usage", usage_json(prompt_tokens, completion_tokens)}};
+}
+
+std::string dump_json(const json& value) {
+  return value.dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
+std::string sse_event(const json& payload) {
+  return "data: " + dump_json(payload) + "\n\n";
+}
+
+}  // namespace l2kv::server

@@ -1,0 +1,153 @@
+// The OpenAI API's request and response shapes, without sockets: parse and validate the JSON
+// body of POST /v1/completions and /v1/chat/completions into engine requests, and build the
+// response objects and streaming chunks from engine outputs. Errors come out as ApiError with
+// the HTTP status and OpenAI's error body, worded as vLLM words them.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "l2kv/engine/engine.h"
+#include "l2kv/sampling/sampling_params.h"
+
+namespace l2kv {
+class Tokenizer;
+class ChatTemplate;
+}  // namespace l2kv
+
+namespace l2kv::server {
+
+using json = nlohmann::ordered_json;
+
+// An error answered to the client: {"error": {"message", "type", "param", "code"}}.
+struct ApiError : std::runtime_error {
+  ApiError(int status, std::string message, std::string param = "", std::string type = "",
+           std::string code = "");
+  int status;
+  std::string message, type, param, code;  // empty param / code -> null
+  json to_json() const;
+};
+
+// 400 invalid_request_error naming `param`.
+[[noreturn]] void bad_request(const std::string& message, const std::string& param = "");
+
+inline constexpr int32_t kMaxChoices = 16;  // most `n` per request
+
+// What the server knows when it validates a request.
+struct ServerLimits {
+  std::string served_model_name;
+  int32_t max_model_len = 0;
+  int64_t vocab_size = 0;
+};
+
+enum class Endpoint : uint8_t { kCompletions, kChatCompletions };
+
+// One prompt as given: text (tokenized later) or token ids.
+struct PromptInput {
+  std::string text;
+  std::vector<int32_t> ids;
+  bool is_ids = false;
+};
+
+// A parsed, validated request; prompts still to be tokenized (chat: messages to render).
+struct ApiRequest {
+  Endpoint endpoint = Endpoint::kCompletions;
+  std::string model;
+  std::vector<PromptInput> prompts;  // completions: one or more
+  json messages;                     // chat
+  json tools;                        // chat; null = none
+  SamplingParams params;
+  bool max_tokens_given = false;  // else the default (completions: 16, chat: all that fits)
+  int32_t n = 1;
+  bool echo = false;  // completions: the prompt before the completion
+  bool stream = false;
+  bool include_usage = false;
+};
+
+// Parse and validate a body (already parsed as JSON). Throw ApiError (400; 404 for an unknown
+// model) for wrong types, missing fields and out-of-range values.
+ApiRequest parse_completion_request(const json& body, const ServerLimits& limits);
+ApiRequest parse_chat_request(const json& body, const ServerLimits& limits);
+
+// Applies max_model_len to one tokenized prompt: a prompt that does not leave room for one
+// token, or prompt + max_tokens over the limit, is a 400; an unset max_tokens becomes all that
+// fits (chat) or min(16, what fits) (completions). Returns the max_tokens to use.
+int32_t resolve_max_tokens(const ApiRequest& request, int32_t prompt_tokens, int32_t max_model_len);
+
+// Tokenizes the prompts (chat: renders the messages with `chat_template`). Without a tokenizer
+// only token-id prompts work; anything else is a 400 saying so.
+std::vector<std::vector<int32_t>> tokenize_prompts(const ApiRequest& request,
+                                                   const Tokenizer* tokenizer,
+                                                   const ChatTemplate* chat_template);
+
+// One choice's output, accumulated from the engine's RequestOutputs.
+struct ChoiceOutput {
+  std::string text;
+  std::vector<int32_t> tokens;
+  std::vector<SampledToken> logprobs;
+  FinishReason finish_reason = FinishReason::kNone;
+  std::string stop_reason;
+  std::string error;
+  int32_t prompt_tokens = 0;
+  int32_t completion_tokens = 0;
+  bool finished = false;
+
+  void append(const RequestOutput& output);
+};
+
+// A token's text for logprobs: the tokenizer's decoding, or "token_id:N" without one.
+using TokenText = std::function<std::string(int32_t)>;
+TokenText token_text_for(const Tokenizer* tokenizer);
+
+// "stop", "length", "abort" or "error"; null while unfinished.
+json finish_reason_json(FinishReason reason);
+json usage_json(int64_t prompt_tokens, int64_t completion_tokens);
+
+// Logprobs of `tokens` in OpenAI's shapes. Completions: {tokens, token_logprobs, top_logprobs,
+// text_offset}, offsets counted from `text_offset`. Chat: {content: [{token, logprob, bytes,
+// top_logprobs: [{token, logprob, bytes}]}]}.
+json completion_logprobs_json(const std::vector<SampledToken>& logprobs, const TokenText& text,
+                              int64_t text_offset);
+json chat_logprobs_json(const std::vector<SampledToken>& logprobs, const TokenText& text);
+
+// Identity shared by a response and its chunks.
+struct ResponseHeader {
+  std::string id;  // "cmpl-..." or "chatcmpl-..."
+  int64_t created = 0;
+  std::string model;
+};
+
+// Full responses. `choices` are in index order; `prompts_text` (echo) per prompt.
+json completion_response(const ResponseHeader& header, const ApiRequest& request,
+                         const std::vector<ChoiceOutput>& choices,
+                         const std::vector<std::string>& prompt_texts,
+                         const std::vector<int32_t>& prompt_tokens, const TokenText& text);
+json chat_response(const ResponseHeader& header, const ApiRequest& request,
+                   const std::vector<ChoiceOutput>& choices,
+                   const std::vector<int32_t>& prompt_tokens, const TokenText& text);
+
+// Streaming chunks. `logprobs` may be null.
+json completion_chunk(const ResponseHeader& header, int32_t index, const std::string& text,
+                      FinishReason finish, const json& logprobs);
+// `role` first chunk: delta {"role": "assistant", "content": ""}; then content pieces; the
+// last one carries finish_reason and an empty delta.
+json chat_role_chunk(const ResponseHeader& header, int32_t index);
+json chat_content_chunk(const ResponseHeader& header, int32_t index, const std::string& content,
+                        const json& logprobs);
+json chat_finish_chunk(const ResponseHeader& header, int32_t index, FinishReason finish);
+json usage_chunk(const ResponseHeader& header, Endpoint endpoint, int64_t prompt_tokens,
+                 int64_t completion_tokens);
+
+// "data: <json>\n\n" (invalid UTF-8 replaced) and the closing "data: [DONE]\n\n".
+std::string sse_event(const json& payload);
+inline constexpr const char* kSseDone = "data: [DONE]\n\n";
+
+// Serializes with invalid UTF-8 replaced (a token may end inside a character).
+std::string dump_json(const json& value);
+
+}  // namespace l2kv::server
