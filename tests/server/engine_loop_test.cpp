@@ -89,7 +89,12 @@ TEST(EngineLoop, ConcurrentSubmissionsMatchGreedyReferences) {
   }
   for (auto& t : threads) t.join();
   for (size_t i = 0; i < refs.size(); ++i) EXPECT_EQ(got[i], refs[i].greedy) << "case " << i;
-  const LoopSnapshot s = loop->snapshot();
+  // The snapshot is taken after the step that delivered the last outputs: wait for it.
+  LoopSnapshot s = loop->snapshot();
+  for (int i = 0; i < 200 && s.requests_in_flight != 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    s = loop->snapshot();
+  }
   EXPECT_EQ(s.engine.kv_blocks_free, s.engine.kv_blocks_total);
   EXPECT_EQ(s.requests_in_flight, 0);
   const std::string text = metrics.render({});
