@@ -77,8 +77,19 @@ after(async () => {
   }
 });
 
+// A request to server `s`; when it fails because the server died, the error says so.
+async function ask(s, method, route, body, headers) {
+  try {
+    return await request(s.url, method, route, body, headers);
+  } catch (e) {
+    await Promise.race([s.exited, new Promise((r) => setTimeout(r, 500))]);
+    if (s.exit) throw new Error(`l2kv serve died (${JSON.stringify(s.exit)}); log tail:\n${s.log().slice(-2000)}`);
+    throw e;
+  }
+}
+
 async function assertHealthy(s, after) {
-  const h = await request(s.url, "GET", "/health");
+  const h = await ask(s, "GET", "/health");
   assert.equal(h.status, 200, `/health answered ${h.status} after: ${after}`);
 }
 
@@ -90,7 +101,7 @@ function assertError(res, status, what) {
 describe("bad requests", () => {
   for (const [name, method, route, body, status] of BAD_REQUESTS) {
     test(`${name} -> ${status}`, async () => {
-      const res = await request(server.url, method, route, body);
+      const res = await ask(server, method, route, body);
       assertError(res, status, name);
       await assertHealthy(server, name);
     });
@@ -98,7 +109,7 @@ describe("bad requests", () => {
 
   test("oversized body -> 413", async () => {
     const body = JSON.stringify(completion({ padding: "a".repeat(OVERSIZED_BYTES) }));
-    const res = await request(server.url, "POST", "/v1/completions", body);
+    const res = await ask(server, "POST", "/v1/completions", body);
     assertError(res, 413, "a body of 64 MiB");
     await assertHealthy(server, "oversized body");
   });
@@ -134,7 +145,7 @@ describe("--api-key", () => {
   for (const [route, body] of [["/v1/completions", completion({})], ["/v1/chat/completions", chat({})]]) {
     for (const [name, headers] of cases) {
       test(`${route} with ${name} -> 401`, async () => {
-        const res = await request(keyed.url, "POST", route, body, headers);
+        const res = await ask(keyed, "POST", route, body, headers);
         assertError(res, 401, name);
         await assertHealthy(keyed, name);
       });
@@ -142,7 +153,7 @@ describe("--api-key", () => {
   }
 
   test("GET /v1/models without the key -> 401", async () => {
-    assertError(await request(keyed.url, "GET", "/v1/models"), 401, "models without key");
+    assertError(await ask(keyed, "GET", "/v1/models"), 401, "models without key");
   });
 
   test("the right key through the openai client: completions, chat, models", async () => {

@@ -153,9 +153,20 @@ export function kvBlocksUsed(samples) {
   return used;
 }
 
-// Runs `l2kv generate --temperature 0 --output-format jsonl` over `prompts` ({prompt} or
-// {messages} objects) and returns its JSON lines in order.
+// Runs `l2kv generate --temperature 0 --output-format jsonl` over `prompts` ({prompt},
+// {prompt_ids} or {messages} objects) and returns its JSON lines in order. Chat prompts run in a
+// call of their own: generate applies the chat template to every text prompt after the first
+// {messages} line of a file.
 export async function generateReference(prompts, maxTokens, extra = []) {
+  const isChat = (p) => p.messages !== undefined;
+  const [plain, chat] = await Promise.all([
+    generateLines(prompts.filter((p) => !isChat(p)), maxTokens, extra),
+    generateLines(prompts.filter(isChat), maxTokens, extra)]);
+  return prompts.map((p) => (isChat(p) ? chat : plain).shift());
+}
+
+async function generateLines(prompts, maxTokens, extra) {
+  if (prompts.length === 0) return [];
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "l2kv-ref-"));
   const file = path.join(dir, "prompts.jsonl");
   fs.writeFileSync(file, prompts.map((p) => JSON.stringify(p)).join("\n") + "\n");
