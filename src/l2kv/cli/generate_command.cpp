@@ -157,7 +157,7 @@ int run_generate(const GenerateOptions& o) {
                     std::string("(--prompt-ids or \"prompt_ids\" in a JSONL file)"));
       std::string text = in.text;
       bool add_special = true;
-      if (chat || !in.messages.is_null()) {
+      if (o.chat || !in.messages.is_null()) {  // a template only where asked for
         if (!chat) chat = std::make_unique<ChatTemplate>(ChatTemplate::for_tokenizer(*tokenizer));
         ChatRequest c;
         if (!in.messages.is_null()) {
