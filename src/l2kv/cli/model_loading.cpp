@@ -18,6 +18,10 @@ void add_model_options(CLI::App& app, ModelOptions& o) {
                  "synthetic:NAME for random weights in a real shape (llama2-7b, llama3-8b, "
                  "qwen2.5-7b, qwen2.5-14b; CUDA only)")
       ->required();
+  app.add_option("--tokenizer", o.tokenizer,
+                 "A folder with tokenizer.json (and tokenizer_config.json with its chat template) "
+                 "to use instead of the model folder's; gives synthetic models text")
+      ->check(CLI::ExistingDirectory);
   app.add_option("--device", o.device,
                  "Backend: auto (CUDA when a GPU is present, else CPU), cpu, cuda or cuda:N")
       ->capture_default_str();
@@ -101,6 +105,7 @@ LoadedModel load_model(const ModelOptions& o) {
     if (fs::exists(fs::path(o.model) / "tokenizer.json"))
       loaded.tokenizer = Tokenizer::from_folder(o.model);
   }
+  if (!o.tokenizer.empty()) loaded.tokenizer = Tokenizer::from_folder(o.tokenizer);
   if (device < 0) {
     if (loaded.synthetic)
       throw Error("--model " + o.model +
@@ -128,6 +133,10 @@ LoadedModel load_model(const ModelOptions& o) {
                          (o.enforce_eager ? ", eager" : ", CUDA graphs") + ")";
     loaded.runner = std::move(runner);
   }
+  if (loaded.tokenizer && loaded.tokenizer->vocab_size() > loaded.runner->config().vocab_size)
+    throw Error("the tokenizer has " + std::to_string(loaded.tokenizer->vocab_size()) +
+                " tokens but the model's vocabulary has " +
+                std::to_string(loaded.runner->config().vocab_size));
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   std::fprintf(stderr, "l2kv: loaded %s in %.1f s\n", loaded.description.c_str(), seconds);

@@ -16,6 +16,7 @@ namespace l2kv::cli {
 
 struct ModelOptions {
   std::string model;            // a Hugging Face folder or synthetic:NAME
+  std::string tokenizer;        // a folder with tokenizer.json; empty = the model's
   std::string device = "auto";  // auto | cpu | cuda | cuda:N
   std::string attention = "split";
   std::string kv_prefetch = "auto";
