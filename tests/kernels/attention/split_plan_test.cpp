@@ -109,6 +109,25 @@ TEST(SplitPlan, KeepsToTheItemCapacityOfAGraph) {
   EXPECT_GT(plan_split_decode(lens, 8, config).items.size(), 40u);  // unbounded, it splits more
 }
 
+TEST(SplitPlan, KeepsSlicesPerPairWithinTheMergeSpace) {
+  // A forced short slice over a long context would cut one pair into 3125 slices, more than
+  // the merge's shared memory holds; max_splits lengthens the slices instead.
+  SplitPlanConfig config;
+  config.forced_tiles_per_split = 1;
+  config.max_splits = 5;
+  const std::vector<int32_t> lens = {200000, 130};
+  const SplitPlan plan = plan_split_decode(lens, 2, config);
+  std::map<int32_t, int32_t> slices;
+  std::vector<int64_t> covered(lens.size() * 2, 0);
+  for (const auto& item : plan.items) {
+    ++slices[item.pair];
+    covered[item.seq * 2 + item.kv_head] += item.token_end - item.token_begin;
+  }
+  for (const auto& [pair, count] : slices) EXPECT_LE(count, 5) << "pair " << pair;
+  for (size_t i = 0; i < covered.size(); ++i) EXPECT_EQ(covered[i], lens[i / 2]);
+  EXPECT_EQ(plan.pair_num_splits[0], 5);
+}
+
 TEST(SplitPlan, RejectsBadInput) {
   SplitPlanConfig config;
   const std::vector<int32_t> empty;

@@ -11,6 +11,7 @@
 #include <cfloat>
 
 #include "l2kv/core/cuda_check.h"
+#include "l2kv/core/per_device.h"
 #include "l2kv/kernels/attention/decode_attention.h"
 #include "l2kv/kernels/tensor_core.cuh"
 #include "l2kv/kv_cache/paged_kv_prefetch.cuh"
@@ -57,7 +58,8 @@ __global__ void __launch_bounds__(kV1Threads)
   const PagedKvCache& kv = p.kv;
   const int group = p.num_q_heads / kv.num_kv_heads;
   const int kv_head = head / group;
-  const int len = kv.seq_lens[seq];
+  // The logits in shared memory are sized for p.max_seq_len: never trust a longer device length.
+  const int len = min(kv.seq_lens[seq], p.max_seq_len);
   const int num_seq_blocks = (len + kBlockSize - 1) / kBlockSize;
   const int32_t* table = kv.block_table + static_cast<int64_t>(seq) * kv.max_blocks_per_seq;
   const T* k_pool = static_cast<const T*>(kv.k_pool);
@@ -188,15 +190,15 @@ void launch_paged_v1(const DecodeAttentionParams& p, KvPrefetch prefetch, bool a
   auto kernel = paged_v1_kernel<T, kHeadDim, kBlockSize>;
   const int padded = (p.max_seq_len + kBlockSize - 1) / kBlockSize * kBlockSize;
   const size_t smem = (v1_fixed_smem_floats<kHeadDim>() + padded) * sizeof(float);
-  static const int sm_count = [&] {
+  static PerDevice<int> device_sms;  // kernel attributes are per device
+  const int sm_count = device_sms.value([&](int device) {
     const int max_smem = (v1_fixed_smem_floats<kHeadDim>() + kV1MaxSeqLen) * sizeof(float);
     L2KV_CUDA_CHECK(
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, max_smem));
-    int device = 0, sms = 0;
-    L2KV_CUDA_CHECK(cudaGetDevice(&device));
+    int sms = 0;
     L2KV_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
     return sms;
-  }();
+  });
   const dim3 grid(p.num_q_heads, p.kv.batch_size);
   if (auto_prefetch) {
     int resident = 0;

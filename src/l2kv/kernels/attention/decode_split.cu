@@ -12,6 +12,7 @@
 #include <cmath>
 
 #include "l2kv/core/cuda_check.h"
+#include "l2kv/core/per_device.h"
 #include "l2kv/kernels/attention/kv_tile.cuh"
 #include "l2kv/kernels/attention/split_decode_kernel.h"
 #include "l2kv/kernels/cache_hints.cuh"
@@ -338,12 +339,13 @@ __global__ void __launch_bounds__(kThreads) split_decode_kernel(const SplitKerne
 }
 template <typename T, int kHeadDim>
 auto kernel_for() {
-  static const auto kernel = [] {
-    auto k = split_decode_kernel<T, kHeadDim>;
-    L2KV_CUDA_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize,
+  auto kernel = split_decode_kernel<T, kHeadDim>;
+  static PerDevice<bool> configured;  // the shared-memory limit is a per-device attribute
+  configured.value([&](int) {
+    L2KV_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          static_cast<int>(SplitShape<kHeadDim>::kSmemBytes)));
-    return k;
-  }();
+    return true;
+  });
   return kernel;
 }
 
@@ -363,6 +365,14 @@ void launch(const SplitKernelArgs& args, int32_t num_items, cudaStream_t stream)
 }
 
 }  // namespace
+
+int32_t split_decode_max_merge_splits(int32_t head_dim, int32_t group) {
+  // merge_partials keeps group x splits weights and group inverse sums in the shared memory
+  // of the pipeline.
+  const size_t floats =
+      (head_dim == 128 ? SplitShape<128>::kSmemBytes : SplitShape<64>::kSmemBytes) / sizeof(float);
+  return static_cast<int32_t>((floats - static_cast<size_t>(group)) / static_cast<size_t>(group));
+}
 
 int32_t split_decode_stages(int32_t head_dim) {
   return head_dim == 128 ? SplitShape<128>::kStages : SplitShape<64>::kStages;

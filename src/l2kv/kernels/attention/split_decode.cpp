@@ -25,14 +25,16 @@ SplitDecode::~SplitDecode() {
     if (b->ptr) cudaFree(b->ptr);  // no throwing from a destructor
 }
 
-void SplitDecode::reserve(DeviceBuffer& buffer, size_t bytes, bool zero) {
+void SplitDecode::reserve(DeviceBuffer& buffer, size_t bytes, bool zero, cudaStream_t stream) {
   if (bytes <= buffer.bytes) return;
   if (buffer.ptr) L2KV_CUDA_CHECK(cudaFree(buffer.ptr));
   buffer = {};
   const size_t rounded = std::max<size_t>(bytes + bytes / 2, 256);  // amortize regrowth
   L2KV_CUDA_CHECK(cudaMalloc(&buffer.ptr, rounded));
   buffer.bytes = rounded;
-  if (zero) L2KV_CUDA_CHECK(cudaMemset(buffer.ptr, 0, rounded));
+  // On the stream the kernels run on: a legacy-stream memset is not ordered before them when
+  // that stream is non-blocking.
+  if (zero) L2KV_CUDA_CHECK(cudaMemsetAsync(buffer.ptr, 0, rounded, stream));
 }
 
 int32_t SplitDecode::item_capacity(int32_t batch) const {
@@ -48,13 +50,14 @@ void SplitDecode::reserve_for_graphs(int32_t max_batch, const DecodeAttentionPar
   graph_max_batch_ = max_batch;
   graph_items_ = item_capacity(max_batch);
   const size_t slots = static_cast<size_t>(graph_items_);
-  reserve(items_, slots * sizeof(SplitWorkItem), false);
-  reserve(pair_num_splits_, pairs * sizeof(int32_t), false);
-  reserve(pair_first_slot_, pairs * sizeof(int32_t), false);
-  reserve(pair_arrivals_, pairs * sizeof(int32_t), true);
-  reserve(partial_out_, slots * shape.group_size() * kv.head_dim * sizeof(float), false);
-  reserve(partial_lse_, slots * shape.group_size() * sizeof(float), false);
-  reserve(num_items_, sizeof(int32_t), false);
+  reserve(items_, slots * sizeof(SplitWorkItem), false, nullptr);
+  reserve(pair_num_splits_, pairs * sizeof(int32_t), false, nullptr);
+  reserve(pair_first_slot_, pairs * sizeof(int32_t), false, nullptr);
+  reserve(pair_arrivals_, pairs * sizeof(int32_t), true, nullptr);
+  L2KV_CUDA_CHECK(cudaStreamSynchronize(nullptr));  // zeroed before any stream uses it
+  reserve(partial_out_, slots * shape.group_size() * kv.head_dim * sizeof(float), false, nullptr);
+  reserve(partial_lse_, slots * shape.group_size() * sizeof(float), false, nullptr);
+  reserve(num_items_, sizeof(int32_t), false, nullptr);
 }
 
 void SplitDecode::plan(const DecodeAttentionParams& params, std::span<const int32_t> host_seq_lens,
@@ -87,6 +90,7 @@ void SplitDecode::plan(const DecodeAttentionParams& params, std::span<const int3
     config.estimate_forced = false;
   }
   config.max_items = graph_mode() ? item_capacity(kv.batch_size) : 0;
+  config.max_splits = split_decode_max_merge_splits(kv.head_dim, params.group_size());
   plan_ = plan_split_decode(host_seq_lens, kv.num_kv_heads, config);
   if (forced_tiles_per_split_ == 0 && !same_tiles) {
     searched_tiles_ = std::move(tiles);
@@ -100,12 +104,12 @@ void SplitDecode::plan(const DecodeAttentionParams& params, std::span<const int3
 
   const size_t pairs = plan_.pair_num_splits.size();
   const size_t slots = std::max<int32_t>(plan_.num_partial_slots, 1);
-  reserve(items_, plan_.items.size() * sizeof(SplitWorkItem), false);
-  reserve(pair_num_splits_, pairs * sizeof(int32_t), false);
-  reserve(pair_first_slot_, pairs * sizeof(int32_t), false);
-  reserve(pair_arrivals_, pairs * sizeof(int32_t), true);
-  reserve(partial_out_, slots * planned_group_ * kv.head_dim * sizeof(float), false);
-  reserve(partial_lse_, slots * planned_group_ * sizeof(float), false);
+  reserve(items_, plan_.items.size() * sizeof(SplitWorkItem), false, nullptr);
+  reserve(pair_num_splits_, pairs * sizeof(int32_t), false, nullptr);
+  reserve(pair_first_slot_, pairs * sizeof(int32_t), false, nullptr);
+  reserve(pair_arrivals_, pairs * sizeof(int32_t), true, stream);
+  reserve(partial_out_, slots * planned_group_ * kv.head_dim * sizeof(float), false, nullptr);
+  reserve(partial_lse_, slots * planned_group_ * sizeof(float), false, nullptr);
   if (graph_mode()) {
     num_items_host_ = static_cast<int32_t>(plan_.items.size());
     L2KV_CUDA_CHECK(cudaMemcpyAsync(num_items_.ptr, &num_items_host_, sizeof(int32_t),

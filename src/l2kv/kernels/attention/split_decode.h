@@ -56,7 +56,7 @@ class SplitDecode {
     void* ptr = nullptr;
     size_t bytes = 0;
   };
-  void reserve(DeviceBuffer& buffer, size_t bytes, bool zero);
+  void reserve(DeviceBuffer& buffer, size_t bytes, bool zero, cudaStream_t stream);
   // Graph mode: the fixed grid of a batch of `batch` sequences.
   int32_t item_capacity(int32_t batch) const;
 

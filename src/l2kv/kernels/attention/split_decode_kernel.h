@@ -27,6 +27,8 @@ struct SplitKernelArgs {
 
 inline constexpr int32_t kSplitTileTokens = 64;
 
+// Most slices of one (sequence, KV head) the merge of partials can hold in shared memory.
+int32_t split_decode_max_merge_splits(int32_t head_dim, int32_t group);
 // Pipeline depth (tiles in shared memory) for a head_dim.
 int32_t split_decode_stages(int32_t head_dim);
 // Thread blocks of the kernel resident per SM (occupancy query).

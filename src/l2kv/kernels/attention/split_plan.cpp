@@ -19,7 +19,8 @@ struct Slicing {
   int32_t count;
   int32_t tiles_each;
 };
-Slicing slice(int32_t tiles, int32_t max_tiles) {
+Slicing slice(int32_t tiles, int32_t max_tiles, int32_t max_splits) {
+  if (max_splits > 0) max_tiles = std::max(max_tiles, ceil_div(tiles, max_splits));
   const int32_t count = ceil_div(tiles, max_tiles);
   const int32_t each = ceil_div(tiles, count);
   return {ceil_div(tiles, each), each};
@@ -30,7 +31,7 @@ double estimate_makespan(std::span<const int32_t> seq_tiles, int32_t num_kv_head
                          int32_t max_tiles, const SplitPlanConfig& config) {
   std::vector<double> costs;
   for (int32_t tiles : seq_tiles) {
-    const Slicing s = slice(tiles, max_tiles);
+    const Slicing s = slice(tiles, max_tiles, config.max_splits);
     // The merging block is the pair's last to finish: charge the merge to its shortest slice.
     const double merge = s.count > 1
                              ? config.merge_fixed_tiles +
@@ -57,9 +58,10 @@ double estimate_makespan(std::span<const int32_t> seq_tiles, int32_t num_kv_head
 }
 
 // Work items (thread blocks) of a plan whose slices are at most `max_tiles` long.
-int64_t count_items(std::span<const int32_t> seq_tiles, int32_t num_kv_heads, int32_t max_tiles) {
+int64_t count_items(std::span<const int32_t> seq_tiles, int32_t num_kv_heads, int32_t max_tiles,
+                    int32_t max_splits) {
   int64_t items = 0;
-  for (int32_t tiles : seq_tiles) items += slice(tiles, max_tiles).count;
+  for (int32_t tiles : seq_tiles) items += slice(tiles, max_tiles, max_splits).count;
   return items * num_kv_heads;
 }
 
@@ -87,7 +89,7 @@ SplitPlan plan_split_decode(std::span<const int32_t> seq_lens, int32_t num_kv_he
                 std::to_string(config.max_items) + " work items planned for");
   const auto fits = [&](int32_t max_tiles) {
     return config.max_items <= 0 ||
-           count_items(seq_tiles, num_kv_heads, max_tiles) <= config.max_items;
+           count_items(seq_tiles, num_kv_heads, max_tiles, config.max_splits) <= config.max_items;
   };
 
   // Candidate slice lengths: longest / k. With many more pairs than slots, splitting cannot
@@ -127,7 +129,7 @@ SplitPlan plan_split_decode(std::span<const int32_t> seq_lens, int32_t num_kv_he
   plan.pair_num_splits.assign(pairs, 0);
   plan.pair_first_slot.assign(pairs, -1);
   for (size_t seq = 0; seq < seq_lens.size(); ++seq) {
-    const Slicing s = slice(seq_tiles[seq], best_tiles);
+    const Slicing s = slice(seq_tiles[seq], best_tiles, config.max_splits);
     const int32_t slice_tokens = s.tiles_each * config.tile_tokens;
     for (int32_t h = 0; h < num_kv_heads; ++h) {
       const int32_t pair = static_cast<int32_t>(seq) * num_kv_heads + h;

@@ -28,6 +28,7 @@ struct SplitPlanConfig {
   int32_t forced_tiles_per_split = 0;  // > 0: use this slice length instead of searching
   int32_t max_items = 0;  // > 0: plan at most this many work items (a CUDA graph's fixed grid)
   bool estimate_forced = true;  // false: skip the cost model when the slice length is forced
+  int32_t max_splits = 0;  // > 0: at most this many slices per (sequence, KV head) (merge space)
   double merge_fixed_tiles = 2.0;
   double merge_tiles_per_partial_head = 1.0 / 16;
 };
