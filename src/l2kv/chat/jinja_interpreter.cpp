@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 #include "l2kv/core/error.h"
 
@@ -25,11 +26,16 @@ std::string strip_chars(const std::string& s, const std::string& chars, bool lef
   return s.substr(b, e - b);
 }
 
+[[noreturn]] void too_long() {
+  throw Error("chat template: a string grew over " + std::to_string(kMaxStringBytes) + " bytes");
+}
+
 std::string replace_all(std::string s, const std::string& from, const std::string& to,
                         int64_t count = -1) {
   if (from.empty()) return s;
   size_t pos = 0;
   while (count != 0 && (pos = s.find(from, pos)) != std::string::npos) {
+    if (s.size() - from.size() + to.size() > kMaxStringBytes) too_long();
     s.replace(pos, from.size(), to);
     pos += to.size();
     --count;
@@ -43,7 +49,10 @@ int64_t python_index(int64_t i, int64_t size) {
 
 std::string join_values(const List& items, const std::string& separator) {
   std::string r;
-  for (size_t i = 0; i < items.size(); ++i) r += (i ? separator : "") + items[i].to_output();
+  for (size_t i = 0; i < items.size(); ++i) {
+    r += (i ? separator : "") + items[i].to_output();
+    if (r.size() > kMaxStringBytes) too_long();
+  }
   return r;
 }
 
@@ -67,6 +76,53 @@ class Interpreter {
     throw Error("chat template: " + what + " (at offset " + std::to_string(e.offset) + ")");
   }
 
+  // Counts work against kMaxRenderSteps.
+  void charge(int64_t steps) {
+    steps_ += steps;
+    if (steps_ > kMaxRenderSteps)
+      throw Error("chat template: rendering took over " + std::to_string(kMaxRenderSteps) +
+                  " steps (a runaway loop?)");
+  }
+  // What producing `v` cost: its list items and string bytes.
+  void charge_value(const Value& v) {
+    if (v.is_string()) {
+      if (v.str().size() > kMaxStringBytes) too_long();
+      charge(static_cast<int64_t>(v.str().size() / 64));
+    } else if (v.is_list()) {
+      charge(static_cast<int64_t>(v.list_items().size() / 16));
+    }
+  }
+  // A value stored into a namespace outlives the loop iteration that built it, so a loop could
+  // nest it ever deeper or store a namespace into itself (a reference cycle, never freed and
+  // printed forever). Checks both, charging the walk.
+  void check_storable(const Expr& e, const Value& v, const void* target, int depth = 0) {
+    charge(1);
+    if (depth > kMaxValueDepth)
+      fail(e, "a value nested deeper than " + std::to_string(kMaxValueDepth) + " levels");
+    if (v.is_list()) {
+      for (const auto& x : v.list_items()) check_storable(e, x, target, depth + 1);
+    } else if (v.is_dict()) {
+      if (std::get<DictRef>(v.v).items.get() == target)
+        fail(e, "a namespace cannot be stored inside itself");
+      for (const auto& [k, x] : v.dict_items()) check_storable(e, x, target, depth + 1);
+    }
+  }
+  // `value` by reference: read after the __builtin_*_overflow argument has stored it.
+  static int64_t checked(const Expr& e, bool overflow, const int64_t& value) {
+    if (overflow) fail(e, "integer overflow");
+    return value;
+  }
+  // An integer argument within [lo, hi] (a float is truncated, as int() does).
+  static int64_t bounded_int(const Expr& e, const Value& v, int64_t lo, int64_t hi,
+                             const std::string& what) {
+    if (!v.is_number()) fail(e, what + " must be a number");
+    const double x = v.number();
+    if (v.is_int() ? (std::get<int64_t>(v.v) < lo || std::get<int64_t>(v.v) > hi)
+                   : !(x >= static_cast<double>(lo) && x <= static_cast<double>(hi)))
+      fail(e, what + " must be within [" + std::to_string(lo) + ", " + std::to_string(hi) + "]");
+    return v.is_int() ? std::get<int64_t>(v.v) : static_cast<int64_t>(x);
+  }
+
   Value lookup(const std::string& name) const {
     for (auto it = scopes_.rbegin(); it != scopes_.rend(); ++it)
       for (const auto& [k, v] : *it)
@@ -83,12 +139,15 @@ class Interpreter {
   }
 
   void exec(const Stmt& s, std::string& out) {
+    charge(1);
     switch (s.kind) {
       case Stmt::Kind::kText:
         out += s.text;
+        if (out.size() > kMaxStringBytes) too_long();
         return;
       case Stmt::Kind::kOutput:
         out += eval(*s.expr).to_output();
+        if (out.size() > kMaxStringBytes) too_long();
         return;
       case Stmt::Kind::kIf: {
         const auto& branch = eval(*s.expr).truthy() ? s.body : s.else_body;
@@ -105,6 +164,7 @@ class Interpreter {
         if (!target.is_dict() || !std::get<DictRef>(target.v).is_namespace)
           fail(*s.expr,
                "'" + s.targets[0] + "' is not a namespace; only namespace attributes can be set");
+        check_storable(*s.expr, v, std::get<DictRef>(target.v).items.get());
         target.set(s.targets[1], std::move(v));
         return;
       }
@@ -182,7 +242,22 @@ class Interpreter {
     }
   }
 
+  // Each nested expression is a C++ frame; a chain like a ~ b ~ c ~ ... nests without limit
+  // in the parser's output.
   Value eval(const Expr& e) {
+    struct Nesting {
+      int& depth;
+      ~Nesting() { --depth; }
+    } nesting{++depth_};
+    if (depth_ > kMaxEvalDepth)
+      fail(e, "expression nested deeper than " + std::to_string(kMaxEvalDepth) + " levels");
+    charge(1);
+    Value v = eval_node(e);
+    charge_value(v);
+    return v;
+  }
+
+  Value eval_node(const Expr& e) {
     switch (e.kind) {
       case Expr::Kind::kLiteral:
         return e.literal;
@@ -223,7 +298,12 @@ class Interpreter {
         if (e.name == "not") return Value(!v.truthy());
         if (!v.is_number()) fail(e, "unary " + e.name + " needs a number");
         if (e.name == "+") return v;
-        return v.is_int() ? Value(-std::get<int64_t>(v.v)) : Value(-v.number());
+        if (v.is_int()) {
+          int64_t r = 0;
+          return Value(
+              checked(e, __builtin_sub_overflow(int64_t{0}, std::get<int64_t>(v.v), &r), r));
+        }
+        return Value(-v.number());
       }
       case Expr::Kind::kBinary:
         return binary(e);
@@ -274,11 +354,13 @@ class Interpreter {
     const int64_t stop = e.args[2] ? clamp(part(2, 0), true) : (step > 0 ? size : -1);
     List items;
     std::string text;
-    for (int64_t i = start; step > 0 ? i < stop : i > stop; i += step) {
+    for (int64_t i = start; step > 0 ? i < stop : i > stop;) {
       if (base.is_list())
         items.push_back(base.list_items()[i]);
       else
         text += base.str()[i];
+      if (step > 0 ? stop - i <= step : i - stop <= -step) break;  // i + step would pass stop
+      i += step;
     }
     return base.is_list() ? Value::list(std::move(items)) : Value(text);
   }
@@ -309,8 +391,18 @@ class Interpreter {
       const int64_t start = a.size() == 1 ? 0 : a[0], stop = a.size() == 1 ? a[0] : a[1],
                     step = a.size() == 3 ? a[2] : 1;
       if (step == 0) fail(e, "range() step cannot be zero");
+      // The item count in 128 bits: stop - start may not fit 64.
+      const __int128 span = static_cast<__int128>(stop) - start;
+      const __int128 count = step > 0 ? (span > 0 ? (span + step - 1) / step : 0)
+                                      : (span < 0 ? (-span + (-static_cast<__int128>(step)) - 1) /
+                                                        -static_cast<__int128>(step)
+                                                  : 0);
+      if (count > kMaxRangeItems)
+        fail(e, "range() of over " + std::to_string(kMaxRangeItems) + " items");
+      charge(static_cast<int64_t>(count));
       List items;
-      for (int64_t i = start; step > 0 ? i < stop : i > stop; i += step) items.push_back(Value(i));
+      for (int64_t k = 0; k < static_cast<int64_t>(count); ++k)
+        items.push_back(Value(static_cast<int64_t>(start + static_cast<__int128>(k) * step)));
       return Value::list(std::move(items));
     }
     fail(e, "unknown function " + e.name);
@@ -439,9 +531,9 @@ class Interpreter {
     if (f == "tojson") {
       int indent = 0;
       for (const auto& [k, x] : e.kwargs)
-        if (k == "indent") indent = static_cast<int>(eval(*x).number());
+        if (k == "indent") indent = static_cast<int>(bounded_int(e, eval(*x), 0, 64, "indent"));
       if (!args.empty() && args[0].is_int())
-        indent = static_cast<int>(std::get<int64_t>(args[0].v));
+        indent = static_cast<int>(bounded_int(e, args[0], 0, 64, "indent"));
       return Value(v.to_json(indent));
     }
     if (f == "length" || f == "count") {
@@ -489,7 +581,13 @@ class Interpreter {
     }
     if (f == "string" || f == "safe") return Value(v.to_output());
     if (f == "int") {
-      if (v.is_number()) return Value(static_cast<int64_t>(v.number()));
+      if (v.is_int()) return v;
+      if (v.is_number()) {
+        // Python's int() of a float beyond 64 bits is a big integer; ours cannot hold it.
+        const double x = v.number();
+        if (!(x > -9.2e18 && x < 9.2e18)) fail(e, "int() of a float out of range");
+        return Value(static_cast<int64_t>(x));
+      }
       try {
         return Value(static_cast<int64_t>(std::stoll(v.to_output())));
       } catch (const std::exception&) {
@@ -506,8 +604,12 @@ class Interpreter {
     }
     if (f == "abs") {
       if (!v.is_number()) fail(e, "abs of a " + v.type_name());
-      return v.is_int() ? Value(static_cast<int64_t>(std::llabs(std::get<int64_t>(v.v))))
-                        : Value(std::fabs(v.number()));
+      if (v.is_int()) {
+        const int64_t x = std::get<int64_t>(v.v);
+        int64_t r = 0;
+        return Value(x < 0 ? checked(e, __builtin_sub_overflow(int64_t{0}, x, &r), r) : x);
+      }
+      return Value(std::fabs(v.number()));
     }
     if (f == "items") {
       List out;
@@ -534,12 +636,14 @@ class Interpreter {
       return Value(r);
     }
     if (f == "indent") {
-      const int width = args.empty() ? 4 : static_cast<int>(args[0].number());
+      const int width =
+          args.empty() ? 4 : static_cast<int>(bounded_int(e, args[0], 0, 256, "indent width"));
       const std::string pad(static_cast<size_t>(width), ' ');
       std::string s = v.to_output(), r;
       for (size_t i = 0; i < s.size(); ++i) {
         r += s[i];
         if (s[i] == '\n' && i + 1 < s.size()) r += pad;
+        if (r.size() > kMaxStringBytes) too_long();
       }
       return Value(r);
     }
@@ -601,7 +705,11 @@ class Interpreter {
     if (op == "!=") return Value(!equal(a, b));
     if (op == "in") return Value(contains(e, b, a));
     if (op == "not in") return Value(!contains(e, b, a));
-    if (op == "~") return Value(a.to_output() + b.to_output());
+    if (op == "~") {
+      std::string x = a.to_output(), y = b.to_output();
+      if (x.size() + y.size() > kMaxStringBytes) too_long();
+      return Value(x + y);
+    }
     if (op == "<" || op == ">" || op == "<=" || op == ">=") {
       int cmp;
       if (a.is_number() && b.is_number())
@@ -616,8 +724,12 @@ class Interpreter {
       return Value(cmp >= 0);
     }
     if (op == "+") {
-      if (a.is_string() && b.is_string()) return Value(a.str() + b.str());
+      if (a.is_string() && b.is_string()) {
+        if (a.str().size() + b.str().size() > kMaxStringBytes) too_long();
+        return Value(a.str() + b.str());
+      }
       if (a.is_list() && b.is_list()) {
+        charge(static_cast<int64_t>(a.list_items().size() + b.list_items().size()));
         List r = a.list_items();
         r.insert(r.end(), b.list_items().begin(), b.list_items().end());
         return Value::list(std::move(r));
@@ -627,9 +739,16 @@ class Interpreter {
       fail(e, "operator " + op + " on a " + a.type_name() + " and a " + b.type_name());
     const bool ints = a.is_int() && b.is_int();
     const int64_t x = ints ? std::get<int64_t>(a.v) : 0, y = ints ? std::get<int64_t>(b.v) : 0;
-    if (op == "+") return ints ? Value(x + y) : Value(a.number() + b.number());
-    if (op == "-") return ints ? Value(x - y) : Value(a.number() - b.number());
-    if (op == "*") return ints ? Value(x * y) : Value(a.number() * b.number());
+    int64_t r = 0;
+    if (op == "+")
+      return ints ? Value(checked(e, __builtin_add_overflow(x, y, &r), r))
+                  : Value(a.number() + b.number());
+    if (op == "-")
+      return ints ? Value(checked(e, __builtin_sub_overflow(x, y, &r), r))
+                  : Value(a.number() - b.number());
+    if (op == "*")
+      return ints ? Value(checked(e, __builtin_mul_overflow(x, y, &r), r))
+                  : Value(a.number() * b.number());
     if (op == "/") {
       if (b.number() == 0) fail(e, "division by zero");
       return Value(a.number() / b.number());
@@ -637,7 +756,9 @@ class Interpreter {
     if (op == "//" || op == "%") {
       if (b.number() == 0) fail(e, "division by zero");
       if (ints) {
-        int64_t q = x / y, r = x % y;
+        if (x == std::numeric_limits<int64_t>::min() && y == -1) fail(e, "integer overflow");
+        int64_t q = x / y;
+        r = x % y;
         if (r != 0 && ((r < 0) != (y < 0))) {  // Python floors
           --q;
           r += y;
@@ -651,6 +772,8 @@ class Interpreter {
   }
 
   std::vector<Globals> scopes_;
+  int64_t steps_ = 0;
+  int depth_ = 0;
 };
 
 }  // namespace

@@ -1,6 +1,7 @@
 #include "l2kv/chat/jinja_parser.h"
 
 #include <set>
+#include <stdexcept>
 
 #include "l2kv/chat/jinja_lexer.h"
 #include "l2kv/core/error.h"
@@ -32,6 +33,19 @@ class Parser {
   }
 
  private:
+  // The parser recurses once per nested expression, block and elif; deeper templates are
+  // rejected before they exhaust the stack (here, in the interpreter or in the AST's destructor).
+  static constexpr int kMaxNesting = 128;
+  struct Nesting {
+    Parser& parser;
+    explicit Nesting(Parser& p) : parser(p) {
+      if (++parser.depth_ > kMaxNesting)
+        parser.fail("nesting deeper than " + std::to_string(kMaxNesting) + " levels");
+    }
+    ~Nesting() { --parser.depth_; }
+  };
+  int depth_ = 0;
+
   [[noreturn]] void fail(const std::string& what) const {
     throw Error("chat template: " + what + " at offset " + std::to_string(peek().offset));
   }
@@ -93,6 +107,7 @@ class Parser {
   }
 
   std::unique_ptr<Stmt> parse_statement() {
+    const Nesting nesting(*this);
     const std::string keyword = take_name();
     auto s = std::make_unique<Stmt>();
     if (keyword == "if") return parse_if();
@@ -144,6 +159,7 @@ class Parser {
   // After "if" or "elif": condition, body, then elif (a nested if that consumes the shared
   // endif), else, or endif.
   std::unique_ptr<Stmt> parse_if() {
+    const Nesting nesting(*this);
     auto s = std::make_unique<Stmt>();
     s->kind = Stmt::Kind::kIf;
     s->expr = parse_expression();
@@ -173,6 +189,7 @@ class Parser {
   }
 
   std::unique_ptr<Expr> parse_expression() {
+    const Nesting nesting(*this);
     auto value = parse_or();
     if (!at_name("if")) return value;
     ++pos_;
@@ -215,6 +232,7 @@ class Parser {
     return e;
   }
   std::unique_ptr<Expr> parse_not() {
+    const Nesting nesting(*this);
     if (at_name("not")) {
       ++pos_;
       auto e = make(Expr::Kind::kUnary, "not");
@@ -267,6 +285,7 @@ class Parser {
     return e;
   }
   std::unique_ptr<Expr> parse_unary() {
+    const Nesting nesting(*this);
     if (at_op("-") || at_op("+")) {
       auto e = make(Expr::Kind::kUnary, take().text);
       e->args.push_back(parse_unary());
@@ -383,8 +402,12 @@ class Parser {
     if (tok.kind == TokenKind::kInt || tok.kind == TokenKind::kFloat) {
       auto e = make(Expr::Kind::kLiteral);
       const Token& n = take();
-      e->literal = n.kind == TokenKind::kInt ? Value(static_cast<int64_t>(std::stoll(n.text)))
-                                             : Value(std::stod(n.text));
+      try {
+        e->literal = n.kind == TokenKind::kInt ? Value(static_cast<int64_t>(std::stoll(n.text)))
+                                               : Value(std::stod(n.text));
+      } catch (const std::out_of_range&) {
+        fail("number " + n.text + " out of range");
+      }
       return e;
     }
     if (tok.kind == TokenKind::kName) {

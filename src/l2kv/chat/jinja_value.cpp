@@ -3,9 +3,16 @@
 #include <cmath>
 #include <cstdio>
 
-namespace l2kv::jinja {
+#include "l2kv/core/error.h"
 
-Value Value::from_json(const nlohmann::ordered_json& j) {
+namespace l2kv::jinja {
+namespace {
+
+Value from_json_at(const nlohmann::ordered_json& j, int depth) {
+  // Deeper JSON (a hostile request's messages) would exhaust the stack here and in to_json.
+  if (depth > kMaxValueDepth)
+    throw Error("chat template: messages nested deeper than " + std::to_string(kMaxValueDepth) +
+                " levels");
   switch (j.type()) {
     case nlohmann::ordered_json::value_t::null:
       return Value(None{});
@@ -20,17 +27,23 @@ Value Value::from_json(const nlohmann::ordered_json& j) {
       return Value(j.get<std::string>());
     case nlohmann::ordered_json::value_t::array: {
       List items;
-      for (const auto& e : j) items.push_back(from_json(e));
-      return list(std::move(items));
+      for (const auto& e : j) items.push_back(from_json_at(e, depth + 1));
+      return Value::list(std::move(items));
     }
     case nlohmann::ordered_json::value_t::object: {
       Dict items;
-      for (const auto& [k, e] : j.items()) items.emplace_back(k, from_json(e));
-      return dict(std::move(items));
+      for (const auto& [k, e] : j.items()) items.emplace_back(k, from_json_at(e, depth + 1));
+      return Value::dict(std::move(items));
     }
     default:
       return Value();
   }
+}
+
+}  // namespace
+
+Value Value::from_json(const nlohmann::ordered_json& j) {
+  return from_json_at(j, 0);
 }
 
 bool Value::truthy() const {

@@ -12,6 +12,10 @@
 
 namespace l2kv::jinja {
 
+// The deepest nesting of lists and dicts a value may have (from JSON or built by a template):
+// printing, comparing and freeing values recurse once per level.
+inline constexpr int kMaxValueDepth = 128;
+
 struct Value;
 using List = std::vector<Value>;
 using Dict = std::vector<std::pair<std::string, Value>>;
@@ -43,6 +47,7 @@ struct Value {
   static Value dict(Dict items = {}, bool is_namespace = false) {
     return Value(DictRef{std::make_shared<Dict>(std::move(items)), is_namespace});
   }
+  // Throws l2kv::Error for JSON nested deeper than kMaxValueDepth.
   static Value from_json(const nlohmann::ordered_json& j);
 
   bool is_undefined() const { return std::holds_alternative<Undefined>(v); }

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <fstream>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
@@ -10,6 +11,44 @@
 
 namespace l2kv {
 namespace {
+
+// Sizes beyond any real model: a config over them is corrupt or hostile, and would overflow
+// the products the loader and the KV planner compute (parameter_count, layer weights).
+constexpr int64_t kMaxDimension = int64_t{1} << 20;  // vocab, hidden, intermediate, heads x dim
+constexpr int64_t kMaxLayers = 4096;
+constexpr int64_t kMaxPositions = std::numeric_limits<int32_t>::max();
+
+// An integer field: a JSON integer, or a float with an integral value within [lo, hi].
+// A float like 1e50 must not reach get<int64_t>(), whose conversion is undefined.
+int64_t integer_value(const nlohmann::json& v, const std::string& key, int64_t lo, int64_t hi,
+                      const std::string& origin) {
+  const auto out_of_range = [&] {
+    return Error(origin + ": " + key + " must be an integer in [" + std::to_string(lo) + ", " +
+                 std::to_string(hi) + "]");
+  };
+  if (v.is_number_unsigned()) {
+    if (v.get<uint64_t>() > static_cast<uint64_t>(hi)) throw out_of_range();
+    return static_cast<int64_t>(v.get<uint64_t>());
+  }
+  if (v.is_number_integer()) {
+    const int64_t x = v.get<int64_t>();
+    if (x < lo || x > hi) throw out_of_range();
+    return x;
+  }
+  if (v.is_number_float()) {
+    const double x = v.get<double>();
+    if (!(x >= static_cast<double>(lo) && x <= static_cast<double>(hi)) || x != std::floor(x))
+      throw out_of_range();
+    return static_cast<int64_t>(x);
+  }
+  throw out_of_range();
+}
+
+int64_t integer_field(const nlohmann::json& j, const std::string& key, int64_t fallback, int64_t lo,
+                      int64_t hi, const std::string& origin) {
+  if (!j.contains(key)) return fallback;
+  return integer_value(j[key], key, lo, hi, origin);
+}
 
 RopeConfig read_rope(const nlohmann::json& j, const std::string& origin) {
   RopeConfig rope;
@@ -30,7 +69,7 @@ RopeConfig read_rope(const nlohmann::json& j, const std::string& origin) {
   rope.low_freq_factor = params.value("low_freq_factor", 1.0);
   rope.high_freq_factor = params.value("high_freq_factor", 4.0);
   rope.original_max_position_embeddings =
-      params.value("original_max_position_embeddings", int64_t{8192});
+      integer_field(params, "original_max_position_embeddings", 8192, 1, kMaxPositions, origin);
   if (rope.factor <= 0 || rope.high_freq_factor <= rope.low_freq_factor)
     throw Error(origin +
                 ": llama3 rope scaling needs factor > 0 and high_freq_factor > low_freq_factor");
@@ -43,12 +82,13 @@ void add_eos_ids(const nlohmann::json& j, std::vector<int32_t>& ids, const std::
   if (!j.is_object() || !j.contains("eos_token_id") || j["eos_token_id"].is_null()) return;
   const nlohmann::json& eos = j["eos_token_id"];
   std::vector<int32_t> found;
+  constexpr int64_t kMaxId = std::numeric_limits<int32_t>::max();
   if (eos.is_number_integer()) {
-    found.push_back(eos.get<int32_t>());
+    found.push_back(static_cast<int32_t>(integer_value(eos, "eos_token_id", 0, kMaxId, origin)));
   } else if (eos.is_array()) {
     for (const auto& id : eos) {
       if (!id.is_number_integer()) throw Error(origin + ": eos_token_id holds a non-integer");
-      found.push_back(id.get<int32_t>());
+      found.push_back(static_cast<int32_t>(integer_value(id, "eos_token_id", 0, kMaxId, origin)));
     }
   } else {
     throw Error(origin + ": eos_token_id must be an integer or a list of integers");
@@ -101,18 +141,26 @@ ModelConfig ModelConfig::from_json_text(const std::string& text, const std::stri
     if (!llama && !qwen2)
       throw Error(origin + ": architecture " + c.architecture +
                   " is not supported (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM are)");
-    c.vocab_size = j.at("vocab_size").get<int64_t>();
-    c.hidden_size = j.at("hidden_size").get<int64_t>();
-    c.intermediate_size = j.at("intermediate_size").get<int64_t>();
-    c.num_layers = j.at("num_hidden_layers").get<int64_t>();
-    c.num_q_heads = j.at("num_attention_heads").get<int64_t>();
-    c.num_kv_heads = j.value("num_key_value_heads", c.num_q_heads);
+    const auto size = [&](const char* key, int64_t fallback, int64_t hi) {
+      return integer_field(j, key, fallback, std::numeric_limits<int64_t>::min(), hi, origin);
+    };
+    c.vocab_size = integer_value(j.at("vocab_size"), "vocab_size",
+                                 std::numeric_limits<int64_t>::min(), kMaxDimension, origin);
+    c.hidden_size = integer_value(j.at("hidden_size"), "hidden_size",
+                                  std::numeric_limits<int64_t>::min(), kMaxDimension, origin);
+    c.intermediate_size = integer_value(j.at("intermediate_size"), "intermediate_size",
+                                        std::numeric_limits<int64_t>::min(), kMaxDimension, origin);
+    c.num_layers = integer_value(j.at("num_hidden_layers"), "num_hidden_layers",
+                                 std::numeric_limits<int64_t>::min(), kMaxLayers, origin);
+    c.num_q_heads = integer_value(j.at("num_attention_heads"), "num_attention_heads",
+                                  std::numeric_limits<int64_t>::min(), kMaxDimension, origin);
+    c.num_kv_heads = size("num_key_value_heads", c.num_q_heads, kMaxDimension);
     c.head_dim = j.contains("head_dim") && j["head_dim"].is_number()
-                     ? j["head_dim"].get<int64_t>()
+                     ? size("head_dim", 0, kMaxDimension)
                      : (c.num_q_heads > 0 ? c.hidden_size / c.num_q_heads : 0);
     c.rms_norm_eps = j.value("rms_norm_eps", 1e-6);
     c.tie_word_embeddings = j.value("tie_word_embeddings", false);
-    c.max_position_embeddings = j.value("max_position_embeddings", int64_t{0});
+    c.max_position_embeddings = size("max_position_embeddings", 0, kMaxPositions);
     c.qkv_bias = qwen2 || j.value("attention_bias", false);
     if (j.value("mlp_bias", false)) throw Error(origin + ": mlp_bias is not supported");
     if (j.value("hidden_act", std::string("silu")) != "silu")
@@ -131,6 +179,10 @@ ModelConfig ModelConfig::from_json_text(const std::string& text, const std::stri
   if (c.vocab_size <= 0 || c.hidden_size <= 0 || c.intermediate_size <= 0 || c.num_layers <= 0 ||
       c.num_q_heads <= 0 || c.num_kv_heads <= 0 || c.head_dim <= 0 || c.head_dim % 2 != 0)
     throw Error(origin + ": sizes must be positive and head_dim even");
+  if (c.num_q_heads * c.head_dim > kMaxDimension)
+    throw Error(origin + ": " + std::to_string(c.num_q_heads) + " heads of " +
+                std::to_string(c.head_dim) + " are over the limit of " +
+                std::to_string(kMaxDimension) + " query dimensions");
   if (c.num_q_heads % c.num_kv_heads != 0)
     throw Error(origin + ": " + std::to_string(c.num_q_heads) +
                 " attention heads do not divide into " + std::to_string(c.num_kv_heads) +

@@ -7,6 +7,7 @@
 
 #include <cstring>
 #include <fstream>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <set>
 
@@ -37,7 +38,7 @@ int64_t TensorView::elements() const {
 std::vector<float> TensorView::to_float() const {
   std::vector<float> out(static_cast<size_t>(elements()));
   if (dtype == TensorDType::kF32) {
-    std::memcpy(out.data(), data, out.size() * 4);
+    if (!out.empty()) std::memcpy(out.data(), data, out.size() * 4);  // data may be null if empty
     return out;
   }
   if (dtype != TensorDType::kF16 && dtype != TensorDType::kBF16)
@@ -49,6 +50,73 @@ std::vector<float> TensorView::to_float() const {
     out[i] = dtype == TensorDType::kF16 ? fp16_bits_to_float(bits) : bf16_bits_to_float(bits);
   }
   return out;
+}
+
+std::map<std::string, TensorView> parse_safetensors(const uint8_t* bytes, size_t size,
+                                                    const std::string& file) {
+  if (size < 8)
+    throw Error(file + ": truncated (" + std::to_string(size) + " bytes, no header length)");
+  std::map<std::string, TensorView> tensors;
+  uint64_t header_len = 0;
+  for (int i = 7; i >= 0; --i) header_len = (header_len << 8) | bytes[i];  // little endian
+  if (header_len > size - 8)
+    throw Error(file + ": header of " + std::to_string(header_len) +
+                " bytes points past the end of the " + std::to_string(size) + "-byte file");
+  if (header_len > kMaxSafetensorsHeaderBytes)
+    throw Error(file + ": header of " + std::to_string(header_len) + " bytes is over the " +
+                std::to_string(kMaxSafetensorsHeaderBytes) + "-byte limit");
+  nlohmann::json header;
+  try {
+    header = nlohmann::json::parse(bytes + 8, bytes + 8 + header_len);
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(file + ": header is not JSON (" + e.what() + ")");
+  }
+  if (!header.is_object()) throw Error(file + ": header is not a JSON object");
+  const uint8_t* data = bytes + 8 + header_len;
+  const size_t data_size = size - 8 - header_len;
+  for (const auto& [name, info] : header.items()) {
+    if (name == "__metadata__") continue;
+    TensorView t;
+    t.name = name;
+    t.file = file;
+    try {
+      t.dtype_name = info.at("dtype").get<std::string>();
+      t.shape = info.at("shape").get<std::vector<int64_t>>();
+      const auto offsets = info.at("data_offsets").get<std::vector<uint64_t>>();
+      if (offsets.size() != 2 || offsets[0] > offsets[1] || offsets[1] > data_size)
+        throw Error(file + ": tensor " + name + " has data offsets outside the file (truncated?)");
+      t.data = data + offsets[0];
+      t.bytes = offsets[1] - offsets[0];
+    } catch (const nlohmann::json::exception& e) {
+      throw Error(file + ": tensor " + name + " has a malformed header entry (" + e.what() + ")");
+    }
+    t.dtype = t.dtype_name == "F32"    ? TensorDType::kF32
+              : t.dtype_name == "F16"  ? TensorDType::kF16
+              : t.dtype_name == "BF16" ? TensorDType::kBF16
+                                       : TensorDType::kOther;
+    // Every dimension non-negative and the element count representable: a product that
+    // overflows could otherwise match the byte count by wrapping around.
+    int64_t elements = 1;
+    for (int64_t d : t.shape) {
+      if (d < 0) throw Error(file + ": tensor " + name + " has a negative dimension");
+      if (d != 0 && elements > std::numeric_limits<int64_t>::max() / d)
+        throw Error(file + ": tensor " + name + " of shape " + shape_text(t.shape) +
+                    " has too many elements");
+      elements *= d;
+    }
+    if (t.dtype != TensorDType::kOther &&
+        static_cast<uint64_t>(elements) > std::numeric_limits<uint64_t>::max() / 4)
+      throw Error(file + ": tensor " + name + " of shape " + shape_text(t.shape) +
+                  " has too many elements");
+    if (t.dtype != TensorDType::kOther &&
+        static_cast<size_t>(elements) * dtype_size(t.dtype) != t.bytes)
+      throw Error(file + ": tensor " + name + " of shape " + shape_text(t.shape) + " and dtype " +
+                  t.dtype_name + " should hold " +
+                  std::to_string(static_cast<uint64_t>(elements) * dtype_size(t.dtype)) +
+                  " bytes, not " + std::to_string(t.bytes));
+    tensors.emplace(name, std::move(t));
+  }
+  return tensors;
 }
 
 SafetensorsFile::SafetensorsFile(const std::filesystem::path& path) {
@@ -72,52 +140,7 @@ SafetensorsFile::SafetensorsFile(const std::filesystem::path& path) {
     throw Error(file + ": mmap failed");
   }
   try {
-    const auto* bytes = static_cast<const uint8_t*>(mapping_);
-    uint64_t header_len = 0;
-    for (int i = 7; i >= 0; --i) header_len = (header_len << 8) | bytes[i];  // little endian
-    if (header_len > size_ - 8)
-      throw Error(file + ": header of " + std::to_string(header_len) +
-                  " bytes points past the end of the " + std::to_string(size_) + "-byte file");
-    nlohmann::json header;
-    try {
-      header = nlohmann::json::parse(bytes + 8, bytes + 8 + header_len);
-    } catch (const nlohmann::json::exception& e) {
-      throw Error(file + ": header is not JSON (" + e.what() + ")");
-    }
-    if (!header.is_object()) throw Error(file + ": header is not a JSON object");
-    const uint8_t* data = bytes + 8 + header_len;
-    const size_t data_size = size_ - 8 - header_len;
-    for (const auto& [name, info] : header.items()) {
-      if (name == "__metadata__") continue;
-      TensorView t;
-      t.name = name;
-      t.file = file;
-      try {
-        t.dtype_name = info.at("dtype").get<std::string>();
-        t.shape = info.at("shape").get<std::vector<int64_t>>();
-        const auto offsets = info.at("data_offsets").get<std::vector<uint64_t>>();
-        if (offsets.size() != 2 || offsets[0] > offsets[1] || offsets[1] > data_size)
-          throw Error(file + ": tensor " + name +
-                      " has data offsets outside the file (truncated?)");
-        t.data = data + offsets[0];
-        t.bytes = offsets[1] - offsets[0];
-      } catch (const nlohmann::json::exception& e) {
-        throw Error(file + ": tensor " + name + " has a malformed header entry (" + e.what() + ")");
-      }
-      t.dtype = t.dtype_name == "F32"    ? TensorDType::kF32
-                : t.dtype_name == "F16"  ? TensorDType::kF16
-                : t.dtype_name == "BF16" ? TensorDType::kBF16
-                                         : TensorDType::kOther;
-      for (int64_t d : t.shape)
-        if (d < 0) throw Error(file + ": tensor " + name + " has a negative dimension");
-      if (t.dtype != TensorDType::kOther &&
-          static_cast<size_t>(t.elements()) * dtype_size(t.dtype) != t.bytes)
-        throw Error(file + ": tensor " + name + " of shape " + shape_text(t.shape) + " and dtype " +
-                    t.dtype_name + " should hold " +
-                    std::to_string(t.elements() * dtype_size(t.dtype)) + " bytes, not " +
-                    std::to_string(t.bytes));
-      tensors_.emplace(name, std::move(t));
-    }
+    tensors_ = parse_safetensors(static_cast<const uint8_t*>(mapping_), size_, file);
   } catch (...) {
     ::munmap(mapping_, size_);
     mapping_ = nullptr;

@@ -27,6 +27,16 @@ struct TensorView {
   std::vector<float> to_float() const;
 };
 
+// The largest header accepted, as the safetensors format itself limits it (100 MB): a larger
+// length field is a corrupt or hostile file, not a checkpoint.
+inline constexpr uint64_t kMaxSafetensorsHeaderBytes = 100'000'000;
+
+// Validates the bytes of a whole .safetensors file (header length, header JSON, each tensor's
+// offsets, dtype and shape) and returns its tensors, whose data point into `bytes`. `file`
+// names the file in error messages. Throws l2kv::Error for anything malformed.
+std::map<std::string, TensorView> parse_safetensors(const uint8_t* bytes, size_t size,
+                                                    const std::string& file);
+
 // One memory-mapped .safetensors file.
 class SafetensorsFile {
  public:

@@ -4,6 +4,7 @@
 #include <nlohmann/json.hpp>
 
 #include "l2kv/core/error.h"
+#include "l2kv/tokenizer/token_id_json.h"
 
 namespace l2kv {
 namespace {
@@ -21,7 +22,7 @@ AddedVocabulary::AddedVocabulary(const nlohmann::json& added_tokens) {
   for (const auto& t : added_tokens) {
     AddedToken token;
     token.content = t.at("content").get<std::string>();
-    token.id = t.at("id").get<int32_t>();
+    token.id = token_id_from_json(t.at("id"), "added token '" + token.content + "'");
     token.special = t.value("special", false);
     token.lstrip = t.value("lstrip", false);
     token.rstrip = t.value("rstrip", false);

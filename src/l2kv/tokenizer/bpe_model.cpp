@@ -5,6 +5,7 @@
 #include <queue>
 
 #include "l2kv/core/error.h"
+#include "l2kv/tokenizer/token_id_json.h"
 #include "l2kv/tokenizer/utf8.h"
 
 namespace l2kv {
@@ -27,8 +28,7 @@ BpeModel::BpeModel(const nlohmann::json& spec) {
       !spec.at("end_of_word_suffix").get<std::string>().empty())
     throw Error("tokenizer.json: BPE end_of_word_suffix is not supported");
   for (const auto& [token, id] : spec.at("vocab").items()) {
-    const int32_t i = id.get<int32_t>();
-    if (i < 0) throw Error("tokenizer.json: negative id for token '" + token + "'");
+    const int32_t i = token_id_from_json(id, "token '" + token + "'");
     vocab_.emplace(token, i);
     if (static_cast<size_t>(i) >= id_to_token_.size()) id_to_token_.resize(i + 1);
     id_to_token_[i] = token;

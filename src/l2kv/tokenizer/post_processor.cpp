@@ -4,6 +4,7 @@
 #include <string>
 
 #include "l2kv/core/error.h"
+#include "l2kv/tokenizer/token_id_json.h"
 
 namespace l2kv {
 
@@ -33,7 +34,8 @@ void PostProcessor::read(const nlohmann::json& spec) {
     if (!special.contains(name))
       throw Error("tokenizer.json: TemplateProcessing names '" + name + "' but does not define it");
     auto& target = after_sequence ? suffix_ : prefix_;
-    for (const auto& id : special.at(name).at("ids")) target.push_back(id.get<int32_t>());
+    for (const auto& id : special.at(name).at("ids"))
+      target.push_back(token_id_from_json(id, "special token " + name));
   }
 }
 

@@ -14,6 +14,9 @@ class PostProcessor {
   explicit PostProcessor(const nlohmann::json& spec);
   // The ids of a single sequence with the template's special tokens added.
   std::vector<int32_t> apply(const std::vector<int32_t>& ids) const;
+  // The ids apply() adds (before and after the sequence).
+  const std::vector<int32_t>& prefix() const { return prefix_; }
+  const std::vector<int32_t>& suffix() const { return suffix_; }
 
  private:
   void read(const nlohmann::json& spec);

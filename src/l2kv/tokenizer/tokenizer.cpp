@@ -69,6 +69,12 @@ Tokenizer Tokenizer::from_json(std::string_view tokenizer_json, std::string_view
     t.post_processor_ =
         std::make_unique<PostProcessor>(spec.value("post_processor", nlohmann::json()));
     t.added_ = AddedVocabulary(spec.value("added_tokens", nlohmann::json::array()));
+    // encode() must only produce ids that decode() knows.
+    for (const auto* ids : {&t.post_processor_->prefix(), &t.post_processor_->suffix()})
+      for (const int32_t id : *ids)
+        if (!t.added_.find(id) && t.model_->id_to_token(id).empty())
+          throw Error("tokenizer.json: the post-processor adds token id " + std::to_string(id) +
+                      ", which is neither in the vocabulary nor an added token");
     t.bos_token_ = token_text(config, "bos_token");
     t.eos_token_ = token_text(config, "eos_token");
     if (config.contains("chat_template") && config.at("chat_template").is_string())

@@ -1,0 +1,157 @@
+// What each fuzz target does with one input, shared by the libFuzzer targets (fuzz_*.cpp) and
+// the regression test that replays the crashes they found (tests/fuzz_regressions_test.cpp).
+// Each runs an input through the same entry points l2kv uses on files and requests; a
+// malformed input must end in l2kv's own error (caught here), anything else escapes: another
+// exception, a sanitizer report, or an abort() where a parser's promise is broken.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "l2kv/chat/chat_template.h"
+#include "l2kv/core/error.h"
+#include "l2kv/model/model_config.h"
+#include "l2kv/model/safetensors.h"
+#include "l2kv/server/openai_protocol.h"
+#include "l2kv/tokenizer/tokenizer.h"
+
+namespace l2kv::fuzz {
+
+// Targets that take several texts read them from one input split at this line, so the corpus
+// files stay readable.
+inline constexpr std::string_view kSeparator = "\n#----#\n";
+
+// The parts of `data` between separators; exactly `count` of them (missing ones are empty,
+// extra separators stay in the last part).
+inline std::vector<std::string> split_input(const uint8_t* data, size_t size, size_t count) {
+  std::string_view rest(reinterpret_cast<const char*>(data), size);
+  std::vector<std::string> parts;
+  while (parts.size() + 1 < count) {
+    const size_t at = rest.find(kSeparator);
+    if (at == std::string_view::npos) break;
+    parts.emplace_back(rest.substr(0, at));
+    rest.remove_prefix(at + kSeparator.size());
+  }
+  parts.emplace_back(rest);
+  parts.resize(count);
+  return parts;
+}
+
+// The bytes of a .safetensors file, parsed in memory as SafetensorsFile parses its mapping.
+// Every tensor accepted must lie inside the buffer and convert to float.
+inline void run_safetensors(const uint8_t* data, size_t size) {
+  try {
+    const auto tensors = parse_safetensors(data, size, "fuzz.safetensors");
+    for (const auto& [name, t] : tensors) {
+      if (t.bytes > 0 && (t.data < data || t.data + t.bytes > data + size)) std::abort();
+      if (t.dtype != TensorDType::kOther && t.elements() <= (1 << 16)) (void)t.to_float();
+    }
+  } catch (const Error&) {
+  }
+}
+
+// config.json text -> ModelConfig, then what the loader derives from it.
+inline void run_model_config(const uint8_t* data, size_t size) {
+  const std::string text(reinterpret_cast<const char*>(data), size);
+  try {
+    const auto config = ModelConfig::from_json_text(text, "config.json");
+    (void)config.parameter_count();
+    (void)rope_inverse_frequencies(config.rope, config.head_dim);
+  } catch (const Error&) {
+  }
+}
+
+// tokenizer.json, tokenizer_config.json and a text (any bytes, invalid UTF-8 included): load,
+// encode with and without special tokens, decode the ids with and without special tokens,
+// then decode ids read from the text's bytes (out-of-vocabulary ones are an error).
+inline void run_tokenizer(const uint8_t* data, size_t size) {
+  const auto parts = split_input(data, size, 3);
+  std::optional<Tokenizer> tokenizer;
+  try {
+    tokenizer.emplace(Tokenizer::from_json(parts[0], parts[1]));
+  } catch (const Error&) {
+    return;
+  }
+  for (const bool special : {true, false}) {
+    std::vector<int32_t> ids;
+    try {
+      // A vocabulary that lacks a character and has no unk_token cannot encode it: an error.
+      ids = tokenizer->encode(parts[2], special);
+    } catch (const Error&) {
+      continue;
+    }
+    (void)tokenizer->decode(ids, false);
+    (void)tokenizer->decode(ids, true);
+  }
+  std::vector<int32_t> raw(parts[2].size() / 4);
+  if (!raw.empty()) std::memcpy(raw.data(), parts[2].data(), raw.size() * 4);
+  try {
+    (void)tokenizer->decode(raw, false);
+  } catch (const Error&) {
+  }
+}
+
+// A chat template's source and a messages JSON (a list, or {"messages", "tools"}), parsed and
+// rendered as the server renders a chat request.
+inline void run_chat_template(const uint8_t* data, size_t size) {
+  const auto parts = split_input(data, size, 2);
+  ChatRequest request;
+  const auto messages = nlohmann::ordered_json::parse(parts[1], nullptr, false);
+  if (!messages.is_discarded()) {
+    if (messages.is_object() && messages.contains("messages")) {
+      request.messages = messages["messages"];
+      if (messages.contains("tools")) request.tools = messages["tools"];
+    } else {
+      request.messages = messages;
+    }
+  }
+  request.add_generation_prompt = size % 2 == 0;
+  try {
+    const ChatTemplate chat_template(parts[0], "<s>", "</s>");
+    (void)chat_template.render(request);
+  } catch (const Error&) {
+  }
+}
+
+// A JSON body for POST /v1/completions and /v1/chat/completions, validated by both endpoints'
+// parsers, then max_tokens resolved against a prompt length taken from the input and the
+// prompts tokenized without a tokenizer (token ids only). Invalid requests are ApiError.
+inline void run_openai_request(const uint8_t* data, size_t size) {
+  const auto body = server::json::parse(data, data + size, nullptr, /*allow_exceptions=*/false);
+  if (body.is_discarded()) return;
+  server::ServerLimits limits;
+  limits.served_model_name = "l2kv-model";
+  limits.max_model_len = 512;
+  limits.vocab_size = 32000;
+  const auto check = [&](const server::ApiRequest& request) {
+    if (request.n < 1 || request.n > server::kMaxChoices) std::abort();
+    try {
+      (void)server::resolve_max_tokens(request, static_cast<int32_t>(size % 600),
+                                       limits.max_model_len);
+    } catch (const server::ApiError& e) {
+      (void)e.to_json();
+    }
+    try {
+      (void)server::tokenize_prompts(request, nullptr, nullptr);
+    } catch (const server::ApiError& e) {
+      (void)e.to_json();
+    }
+  };
+  for (const bool chat : {false, true}) {
+    try {
+      check(chat ? server::parse_chat_request(body, limits)
+                 : server::parse_completion_request(body, limits));
+    } catch (const server::ApiError& e) {
+      (void)e.to_json();
+    }
+  }
+}
+
+}  // namespace l2kv::fuzz
