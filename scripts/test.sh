@@ -9,3 +9,5 @@ cd "$(dirname "$0")/.."
 ./scripts/tokenizer_test_data.sh
 ./build/l2kv_tests --gtest_brief=1
 ./scripts/server_test.sh
+# Every libFuzzer target (fuzz/) for 30 s over its corpus: a crash, hang or sanitizer report fails.
+./scripts/fuzz.sh all 30
