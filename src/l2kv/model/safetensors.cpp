@@ -10,6 +10,7 @@
 #include <limits>
 #include <nlohmann/json.hpp>
 #include <set>
+#include <type_traits>
 
 #include "l2kv/core/dtype.h"
 #include "l2kv/core/error.h"
@@ -25,6 +26,31 @@ std::string shape_text(const std::vector<int64_t>& shape) {
   std::string s = "[";
   for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
   return s + "]";
+}
+
+// A list of JSON integers: get<std::vector<int64_t>>() would also take floats, whose
+// conversion is undefined beyond the integer's range (1e308).
+template <typename Int>
+std::vector<Int> integers(const nlohmann::json& list, const std::string& file,
+                          const std::string& tensor, const char* what) {
+  const auto malformed = [&] {
+    return Error(file + ": tensor " + tensor + " has a malformed header entry (" + what +
+                 " must be a list of " +
+                 (std::is_signed_v<Int> ? "integers" : "non-negative integers") + ")");
+  };
+  if (!list.is_array()) throw malformed();
+  std::vector<Int> out;
+  for (const auto& v : list) {
+    const bool fits =
+        std::is_signed_v<Int>
+            ? v.is_number_integer() &&
+                  (!v.is_number_unsigned() ||
+                   v.get<uint64_t>() <= static_cast<uint64_t>(std::numeric_limits<int64_t>::max()))
+            : v.is_number_unsigned();
+    if (!fits) throw malformed();
+    out.push_back(v.get<Int>());
+  }
+  return out;
 }
 
 }  // namespace
@@ -81,8 +107,8 @@ std::map<std::string, TensorView> parse_safetensors(const uint8_t* bytes, size_t
     t.file = file;
     try {
       t.dtype_name = info.at("dtype").get<std::string>();
-      t.shape = info.at("shape").get<std::vector<int64_t>>();
-      const auto offsets = info.at("data_offsets").get<std::vector<uint64_t>>();
+      t.shape = integers<int64_t>(info.at("shape"), file, name, "shape");
+      const auto offsets = integers<uint64_t>(info.at("data_offsets"), file, name, "data offsets");
       if (offsets.size() != 2 || offsets[0] > offsets[1] || offsets[1] > data_size)
         throw Error(file + ": tensor " + name + " has data offsets outside the file (truncated?)");
       t.data = data + offsets[0];
