@@ -101,6 +101,12 @@ TEST(FuzzLimits, IntegerOverflowInTemplateIsAnError) {
   EXPECT_EQ(render_error("{{ [1, 2, 3][1::9223372036854775807] }}"), "");
 }
 
+TEST(FuzzLimits, MalformedSubscriptsAreParseErrors) {
+  EXPECT_NE(render_error("{{ messages[] }}").find("empty subscript"), std::string::npos);
+  EXPECT_NE(render_error("{{ messages[0 1] }}").find("subscript"), std::string::npos);
+  EXPECT_EQ(render_error("{{ messages[0]['role'] }}{{ messages[:1] }}"), "");
+}
+
 TEST(FuzzLimits, AbsurdSafetensorsHeadersAreErrors) {
   const auto parse = [](uint64_t header_len, const std::string& header) {
     std::string bytes(8, '\0');

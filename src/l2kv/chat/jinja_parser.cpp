@@ -338,10 +338,12 @@ class Parser {
             continue;
           }
           if (at_op("]")) break;
+          if (parts[colons]) fail("expected ':' or ']' in a subscript");
           parts[colons] = parse_expression();
         }
         expect_op("]");
         if (colons == 0) {
+          if (!parts[0]) fail("empty subscript '[]'");
           auto index = make(Expr::Kind::kIndex);
           index->args.push_back(std::move(e));
           index->args.push_back(std::move(parts[0]));
