@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Builds l2kv with warnings as errors and runs every test. On a machine without a CUDA GPU the
 # GPU tests report themselves skipped and every CPU test still runs. The server tests run
-# `l2kv serve` on the CPU backend over 127.0.0.1 (scripts/server_test.sh).
+# `l2kv serve` on the CPU backend over 127.0.0.1 (scripts/server_test.sh). Then the same CPU and
+# server tests again under AddressSanitizer + UndefinedBehaviorSanitizer (build-asan/,
+# scripts/test_sanitizers.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/build.sh -DL2KV_WERROR=ON
@@ -9,5 +11,6 @@ cd "$(dirname "$0")/.."
 ./scripts/tokenizer_test_data.sh
 ./build/l2kv_tests --gtest_brief=1
 ./scripts/server_test.sh
+./scripts/test_sanitizers.sh
 # Every libFuzzer target (fuzz/) for 30 s over its corpus: a crash, hang or sanitizer report fails.
 ./scripts/fuzz.sh all 30
