@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "bench_buffers.h"
 #include "bench_kernels.h"
 #include "l2kv/core/cuda_check.h"
 #include "l2kv/core/device_info.h"
@@ -52,30 +53,6 @@ std::vector<Projection> projections(const ModelConfig& c) {
           {"gate_up", h, 2 * i, false, layers},
           {"down", i, h, false, layers},
           {"lm_head", h, c.vocab_size, true, 1}};
-}
-
-template <typename T>
-class DeviceArray {
- public:
-  explicit DeviceArray(size_t n) : n_(n) {
-    L2KV_CUDA_CHECK(
-        cudaMalloc(reinterpret_cast<void**>(&ptr_), std::max<size_t>(n, 1) * sizeof(T)));
-  }
-  ~DeviceArray() { cudaFree(ptr_); }
-  DeviceArray(const DeviceArray&) = delete;
-  DeviceArray& operator=(const DeviceArray&) = delete;
-  T* get() const { return ptr_; }
-  size_t size() const { return n_; }
-
- private:
-  T* ptr_ = nullptr;
-  size_t n_;
-};
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
 // Median µs of `reps` calls of launch(rep), each between its own pair of events. With
