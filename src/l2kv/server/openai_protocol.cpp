@@ -440,6 +440,27 @@ json chat_logprobs_json(const std::vector<SampledToken>& logprobs, const TokenTe
   return {{"content", content}};
 }
 
+namespace {
+
+// A stop reason for JSON: null when the request did not stop on a string or token.
+json stop_reason_json(const std::string& reason) {
+  return reason.empty() ? json(nullptr) : json(reason);
+}
+
+// The envelope of a non-streamed response with the usage of all its choices.
+json response_json(const ResponseHeader& header, const char* object, json choices,
+                   const std::vector<int32_t>& prompt_tokens, int64_t completion_tokens) {
+  int64_t prompt_total = 0;
+  for (int32_t p : prompt_tokens) prompt_total += p;
+  return {{"id", header.id},
+          {"object", object},
+          {"created", header.created},
+          {"model", header.model},
+          {"choices", std::move(choices)},
+          {"usage", usage_json(prompt_total, completion_tokens)}};
+}
+
+}  // namespace
 json completion_response(const ResponseHeader& header, const ApiRequest& request,
                          const std::vector<ChoiceOutput>& choices,
                          const std::vector<std::string>& prompt_texts,
@@ -457,20 +478,15 @@ json completion_response(const ResponseHeader& header, const ApiRequest& request
     }
     json logprobs = nullptr;
     if (request.params.logprobs >= 0) logprobs = completion_logprobs_json(c.logprobs, text, offset);
-    json stop_reason = nullptr;
-    if (!c.stop_reason.empty()) stop_reason = c.stop_reason;
     out_choices.push_back({{"index", i},
                            {"text", body},
                            {"logprobs", logprobs},
                            {"finish_reason", finish_reason_json(c.finish_reason)},
-                           {"stop_reason", stop_reason}});
+                           {"stop_reason", stop_reason_json(c.stop_reason)}});
     completion_tokens += c.completion_tokens;
   }
-  int64_t prompt_total = 0;
-  for (int32_t p : prompt_tokens) prompt_total += p;
-  return {{"id", header.id},           {"object", "text_completion"},
-          {"created", header.created}, {"model", header.model},
-          {"choices", out_choices},    {"usage", usage_json(prompt_total, completion_tokens)}};
+  return response_json(header, "text_completion", std::move(out_choices), prompt_tokens,
+                       completion_tokens);
 }
 
 json chat_response(const ResponseHeader& header, const ApiRequest& request,
@@ -482,21 +498,16 @@ json chat_response(const ResponseHeader& header, const ApiRequest& request,
     const ChoiceOutput& c = choices[i];
     json logprobs = nullptr;
     if (request.params.logprobs >= 0) logprobs = chat_logprobs_json(c.logprobs, text);
-    json stop_reason = nullptr;
-    if (!c.stop_reason.empty()) stop_reason = c.stop_reason;
     out_choices.push_back(
         {{"index", i},
          {"message", {{"role", "assistant"}, {"content", c.text}, {"tool_calls", json::array()}}},
          {"logprobs", logprobs},
          {"finish_reason", finish_reason_json(c.finish_reason)},
-         {"stop_reason", stop_reason}});
+         {"stop_reason", stop_reason_json(c.stop_reason)}});
     completion_tokens += c.completion_tokens;
   }
-  int64_t prompt_total = 0;
-  for (int32_t p : prompt_tokens) prompt_total += p;
-  return {{"id", header.id},           {"object", "chat.completion"},
-          {"created", header.created}, {"model", header.model},
-          {"choices", out_choices},    {"usage", usage_json(prompt_total, completion_tokens)}};
+  return response_json(header, "chat.completion", std::move(out_choices), prompt_tokens,
+                       completion_tokens);
 }
 
 json completion_chunk(const ResponseHeader& header, int32_t index, const std::string& text,
