@@ -5,6 +5,8 @@
 #   scripts/fuzz.sh tokenizer 3600      one target for an hour
 #   scripts/fuzz.sh all 30              every target, 30 s each (CI)
 #   scripts/fuzz.sh build               build only
+#   L2KV_FUZZ_RUNS=10000000 scripts/fuzz.sh safetensors 3600
+#                                       stop at 10 M executions or an hour, whichever comes first
 # New inputs found go to build-fuzz/corpus/<target>/ (the committed seeds in fuzz/corpus/ are
 # only read); a crash is written to build-fuzz/crashes/<target>/ and fails the script.
 set -euo pipefail
@@ -23,10 +25,12 @@ for t in "${targets[@]}"; do
   mkdir -p "build-fuzz/corpus/$t" "build-fuzz/crashes/$t"
   dict=()
   [[ -f "fuzz/$t.dict" ]] && dict=("-dict=fuzz/$t.dict")
-  echo "== fuzz_$t for ${seconds}s"
+  runs=()
+  [[ -n "${L2KV_FUZZ_RUNS:-}" ]] && runs=("-runs=$L2KV_FUZZ_RUNS")
+  echo "== fuzz_$t for ${seconds}s${L2KV_FUZZ_RUNS:+ or $L2KV_FUZZ_RUNS executions}"
   # -timeout: an input that runs over 5 s is a hang; -rss_limit_mb: one that needs over 2 GB
   # is unbounded memory. Both are failures like crashes.
-  ./build-fuzz/fuzz_"$t" "${dict[@]}" -max_total_time="$seconds" -timeout=5 -rss_limit_mb=2048 \
+  ./build-fuzz/fuzz_"$t" "${dict[@]}" "${runs[@]}" -max_total_time="$seconds" -timeout=5 -rss_limit_mb=2048 \
     -print_final_stats=1 -print_funcs=0 -artifact_prefix="build-fuzz/crashes/$t/" \
     "build-fuzz/corpus/$t" "fuzz/corpus/$t"
 done
