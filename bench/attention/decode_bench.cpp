@@ -47,6 +47,7 @@ struct Options {
   std::vector<std::string> v1_policies{"off", "on", "auto"};
   std::vector<std::string> split_policies{"off", "on:1"};
   std::string dtype = "bf16";
+  std::string kv_cache_dtype = "auto";  // auto (= dtype) | fp8_e4m3
   int reps = 50;
   double max_kv_gib = 40;
   bool profile_once = false;
@@ -140,7 +141,10 @@ nlohmann::json run_point(const Machine& m, SplitDecode& split, const HeadLayout&
   const int32_t blocks_per_seq = (context + block_size - 1) / block_size;
   const int32_t num_blocks = blocks_per_seq * batch;
   const int64_t kv_elems = int64_t{num_blocks} * block_size * heads.kv_heads * heads.head_dim;
-  const int64_t kv_bytes_moved = int64_t{2} * batch * context * heads.kv_heads * heads.head_dim * 2;
+  const bool fp8 = opt.kv_cache_dtype == "fp8_e4m3";
+  const int64_t element_bytes = fp8 ? 1 : 2;
+  const int64_t kv_bytes_moved =
+      int64_t{2} * batch * context * heads.kv_heads * heads.head_dim * element_bytes;
   const int64_t qo_bytes = int64_t{2} * batch * heads.q_heads * heads.head_dim * 2;
   nlohmann::json point = {{"model", heads.model},
                           {"q_heads", heads.q_heads},
@@ -153,17 +157,22 @@ nlohmann::json run_point(const Machine& m, SplitDecode& split, const HeadLayout&
                           {"kv_mib", kv_bytes_moved / 1048576.0},
                           {"results", nlohmann::json::array()}};
   if (kv_bytes_moved > opt.max_kv_gib * (1 << 30) ||
-      2 * kv_elems * 2 + (int64_t{1} << 30) > m.info.global_memory_bytes * 9 / 10) {
+      2 * kv_elems * element_bytes + (int64_t{1} << 30) > m.info.global_memory_bytes * 9 / 10) {
     point["skipped"] =
         "KV of " + std::to_string(kv_bytes_moved >> 20) + " MiB exceeds the memory limit";
     return point;
   }
-  DeviceArray<uint16_t> k_pool(kv_elems), v_pool(kv_elems);
+  DeviceArray<uint8_t> k_pool(kv_elems * element_bytes), v_pool(kv_elems * element_bytes);
   DeviceArray<uint16_t> q(size_t{1} * batch * heads.q_heads * heads.head_dim);
   DeviceArray<uint16_t> out(q.size());
   DeviceArray<int32_t> table(size_t{1} * num_blocks), lens(batch);
-  fill_random(k_pool.get(), kv_elems, dtype, 1.f, 1, m.stream);
-  fill_random(v_pool.get(), kv_elems, dtype, 1.f, 2, m.stream);
+  if (fp8) {
+    fill_random_fp8_e4m3(k_pool.get(), kv_elems, 1.f, 1, m.stream);
+    fill_random_fp8_e4m3(v_pool.get(), kv_elems, 1.f, 2, m.stream);
+  } else {
+    fill_random(k_pool.get(), kv_elems, dtype, 1.f, 1, m.stream);
+    fill_random(v_pool.get(), kv_elems, dtype, 1.f, 2, m.stream);
+  }
   fill_random(q.get(), q.size(), dtype, 2.f, 3, m.stream);
   // Shuffled block table: no sequence's blocks are contiguous in the pool.
   std::vector<int32_t> host_table(num_blocks);
@@ -182,6 +191,7 @@ nlohmann::json run_point(const Machine& m, SplitDecode& split, const HeadLayout&
   p.max_seq_len = context;
   p.kv = {k_pool.get(),   v_pool.get(),   table.get(), lens.get(),     num_blocks, block_size,
           heads.kv_heads, heads.head_dim, batch,       blocks_per_seq, layout,     dtype};
+  if (fp8) p.kv.storage = KvStorage::kFp8E4M3;
   validate_decode_attention(p, host_lens, host_table);
   split.plan(p, host_lens, m.stream);
   point["split_items"] = split.current_plan().items.size();
@@ -189,6 +199,11 @@ nlohmann::json run_point(const Machine& m, SplitDecode& split, const HeadLayout&
 
   for (const Variant& v : variants) {
     nlohmann::json r = {{"kernel", v.kernel}, {"prefetch", to_string(v.policy)}};
+    if (v.kernel == "paged_v1" && fp8) {
+      r["skipped"] = "paged_v1 reads 16-bit KV only";
+      point["results"].push_back(r);
+      continue;
+    }
     if (v.kernel == "paged_v1" && context > paged_v1_max_seq_len()) {
       r["skipped"] = "context beyond paged_v1's shared-memory limit";
       point["results"].push_back(r);
@@ -276,6 +291,7 @@ int run(const Options& opt, const std::string& command_line) {
                            {"date", date},
                            {"command", command_line},
                            {"dtype", opt.dtype},
+                           {"kv_cache_dtype", opt.kv_cache_dtype},
                            {"reps", opt.reps},
                            {"flush", opt.flush},
                            {"read_ceiling_gbps", ceiling},
@@ -369,6 +385,11 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--dtype", opt.dtype, "Element type: bf16 or fp16")
       ->check(CLI::IsMember({"bf16", "fp16"}))
+      ->capture_default_str();
+  app.add_option("--kv-cache-dtype", opt.kv_cache_dtype,
+                 "KV storage: auto (the --dtype) or fp8_e4m3 (split kernel only; paged_v1 points "
+                 "are skipped)")
+      ->check(CLI::IsMember({"auto", "fp8_e4m3"}))
       ->capture_default_str();
   app.add_option("--reps", opt.reps,
                  "Timed repetitions per point, cold and warm each (median reported)")

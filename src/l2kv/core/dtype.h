@@ -2,6 +2,8 @@
 // and tests (the device side uses cuda_fp16.h / cuda_bf16.h).
 #pragma once
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <string_view>
@@ -79,6 +81,36 @@ inline uint16_t float_to_fp16_bits(float f) {
   if (exp < -14) return sign | static_cast<uint16_t>(result_mant);
   uint32_t bits = (static_cast<uint32_t>(exp + 15) << 10) + (result_mant - 0x400u);
   return sign | static_cast<uint16_t>(bits);  // a mantissa carry rolls into the exponent
+}
+
+// fp8 E4M3 (OCP "fn" variant, as cuda_fp8.h's __NV_E4M3): 1 sign, 4 exponent (bias 7), 3
+// mantissa bits; no infinities, S.1111.111 is NaN; largest finite 448, smallest 2^-9.
+inline float fp8_e4m3_bits_to_float(uint8_t bits) {
+  const float sign = (bits & 0x80u) ? -1.f : 1.f;
+  const int exp = (bits >> 3) & 0xf;
+  const int mant = bits & 0x7;
+  if (exp == 15 && mant == 7) return sign * __builtin_nanf("");
+  if (exp == 0) return sign * static_cast<float>(mant) * 0x1p-9f;  // subnormal: mant/8 * 2^-6
+  const int biased = exp - 7;
+  return sign * (1.f + static_cast<float>(mant) / 8.f) *
+         static_cast<float>(std::ldexp(1.0, biased));
+}
+
+// Round to nearest even, saturating at +-448 (the device's __NV_SATFINITE conversion).
+inline uint8_t float_to_fp8_e4m3_bits(float f) {
+  if (std::isnan(f)) return 0x7f;
+  const uint8_t sign = std::signbit(f) ? 0x80 : 0;
+  const float a = std::fabs(f);
+  if (a >= 448.f) return sign | 0x7e;
+  if (a == 0.f) return sign;
+  int e = 0;
+  std::frexp(a, &e);                    // a in [2^(e-1), 2^e)
+  const int exp = std::max(e - 1, -6);  // below 2^-6 the quantum stays 2^-9 (subnormals)
+  // a / quantum is exact (a power-of-two scale); nearbyint rounds half to even.
+  const auto steps = static_cast<uint32_t>(std::nearbyint(std::ldexp(a, 3 - exp)));
+  if (e - 1 < -6) return sign | static_cast<uint8_t>(steps);  // 8 steps = the smallest normal
+  // steps in [8, 16]: 16 carries into the next exponent, which the addition does by itself.
+  return sign | static_cast<uint8_t>(((exp + 7) << 3) + (steps - 8));
 }
 
 inline float dtype_bits_to_float(DType t, uint16_t bits) {

@@ -4,6 +4,7 @@
 #include <type_traits>
 
 #include "l2kv/core/cuda_check.h"
+#include "l2kv/kernels/fp8.cuh"
 #include "l2kv/kernels/random_fill.h"
 
 namespace l2kv {
@@ -26,6 +27,8 @@ __global__ void fill_random_kernel(T* data, int64_t count, float scale, uint64_t
     const float v = (2.f * u - 1.f) * scale;
     if constexpr (std::is_same_v<T, __half>)
       data[i] = __float2half_rn(v);
+    else if constexpr (std::is_same_v<T, uint8_t>)
+      data[i] = fp8::from_float(v);
     else
       data[i] = __float2bfloat16_rn(v);
   }
@@ -42,6 +45,12 @@ void fill_random(void* data, int64_t count, DType dtype, float scale, uint64_t s
   else
     fill_random_kernel<<<kBlocks, kThreads, 0, stream>>>(static_cast<__nv_bfloat16*>(data), count,
                                                          scale, seed);
+  L2KV_CUDA_CHECK_LAUNCH();
+}
+
+void fill_random_fp8_e4m3(void* data, int64_t count, float scale, uint64_t seed,
+                          cudaStream_t stream) {
+  fill_random_kernel<<<132 * 16, 256, 0, stream>>>(static_cast<uint8_t*>(data), count, scale, seed);
   L2KV_CUDA_CHECK_LAUNCH();
 }
 

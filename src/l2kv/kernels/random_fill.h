@@ -14,4 +14,8 @@ namespace l2kv {
 void fill_random(void* data, int64_t count, DType dtype, float scale, uint64_t seed,
                  cudaStream_t stream);
 
+// The same for fp8 E4M3 bytes (an fp8 KV cache): values uniform in [-scale, scale), finite.
+void fill_random_fp8_e4m3(void* data, int64_t count, float scale, uint64_t seed,
+                          cudaStream_t stream);
+
 }  // namespace l2kv

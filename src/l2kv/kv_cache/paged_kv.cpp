@@ -1,6 +1,7 @@
 #include "l2kv/kv_cache/paged_kv.h"
 
 #include <algorithm>
+#include <cmath>
 #include <string>
 
 #include "l2kv/core/error.h"
@@ -26,6 +27,10 @@ void validate_paged_kv(const PagedKvCache& kv, std::span<const int32_t> host_seq
   require(std::ranges::find(kSupportedBlockSizes, kv.block_size) != std::end(kSupportedBlockSizes),
           "block_size must be 16, 32 or 64, got " + std::to_string(kv.block_size));
   require(kv.k_pool != nullptr && kv.v_pool != nullptr, "K and V pools must be set");
+  require(!kv.fp8() || (std::isfinite(kv.k_scale) && kv.k_scale > 0 && std::isfinite(kv.v_scale) &&
+                        kv.v_scale > 0),
+          "fp8 KV scales must be positive and finite, got k_scale " + std::to_string(kv.k_scale) +
+              " and v_scale " + std::to_string(kv.v_scale));
   require(kv.block_table != nullptr && kv.seq_lens != nullptr,
           "block table and sequence lengths must be set");
   require(static_cast<int64_t>(host_seq_lens.size()) == kv.batch_size,

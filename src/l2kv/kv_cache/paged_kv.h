@@ -29,6 +29,14 @@ constexpr std::string_view kv_layout_name(KvLayout l) {
   return l == KvLayout::kNHD ? "NHD" : "HND";
 }
 
+// How K and V are stored: in the model's 16-bit dtype, or as fp8 E4M3 with a per-layer scale
+// (stored = value / scale), which halves the bytes every decode step reads.
+enum class KvStorage : uint8_t { kModelDtype, kFp8E4M3 };
+
+constexpr std::string_view kv_storage_name(KvStorage s) {
+  return s == KvStorage::kFp8E4M3 ? "fp8_e4m3" : "auto";
+}
+
 // Block sizes the kernels are built for.
 inline constexpr int kSupportedBlockSizes[] = {16, 32, 64};
 
@@ -44,9 +52,15 @@ struct PagedKvCache {
   int32_t batch_size = 0;
   int32_t max_blocks_per_seq = 0;
   KvLayout layout = KvLayout::kHND;
-  DType dtype = DType::kBFloat16;
+  DType dtype = DType::kBFloat16;  // the model's dtype: queries, outputs, and K/V unless fp8
+  KvStorage storage = KvStorage::kModelDtype;
+  float k_scale = 1.f;  // fp8 only: K = stored * k_scale
+  float v_scale = 1.f;
 
-  // Strides in elements.
+  L2KV_HOST_DEVICE bool fp8() const { return storage == KvStorage::kFp8E4M3; }
+  L2KV_HOST_DEVICE int32_t element_bytes() const { return fp8() ? 1 : 2; }
+
+  // Strides in elements (element_bytes() each).
   L2KV_HOST_DEVICE int64_t block_stride() const {
     return static_cast<int64_t>(block_size) * num_kv_heads * head_dim;
   }
@@ -63,7 +77,7 @@ struct PagedKvCache {
            kv_head * head_stride();
   }
   int64_t pool_elements() const { return static_cast<int64_t>(num_blocks) * block_stride(); }
-  int64_t pool_bytes() const { return pool_elements() * dtype_bytes(dtype); }
+  int64_t pool_bytes() const { return pool_elements() * element_bytes(); }
 };
 
 // Checks the shape fields of `kv` and, where given, the host copies of its lengths and block

@@ -44,9 +44,11 @@ PrefetchPolicy parse_prefetch_policy(const std::string& text) {
       policy.load_hint = L2EvictionHint::kEvictFirst;
     else if (suffix == "every_head")
       policy.group_leader_only = false;
+    else if (suffix == "pdl")
+      policy.pdl = true;
     else
       throw Error("prefetch policy '" + text + "': unknown suffix '+" + suffix +
-                  "' (expected +evict_last, +evict_first, +stream or +every_head)");
+                  "' (expected +evict_last, +evict_first, +stream, +every_head or +pdl)");
   }
   if (base == "off") {
     policy.mode = PrefetchMode::kOff;
@@ -89,6 +91,7 @@ std::string to_string(const PrefetchPolicy& policy) {
   if (policy.prefetch_hint == L2EvictionHint::kEvictFirst) s += "+evict_first";
   if (policy.load_hint == L2EvictionHint::kEvictFirst) s += "+stream";
   if (!policy.group_leader_only) s += "+every_head";
+  if (policy.pdl) s += "+pdl";
   return s;
 }
 

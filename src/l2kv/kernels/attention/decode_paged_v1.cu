@@ -250,6 +250,11 @@ int32_t paged_v1_max_seq_len() {
 
 void paged_v1_decode(const DecodeAttentionParams& params, const PrefetchPolicy& policy,
                      cudaStream_t stream) {
+  if (params.kv.fp8())
+    throw Error("paged_v1 decode: an fp8 KV cache is read by the split kernel only");
+  if (policy.pdl)
+    throw Error("prefetch policy " + to_string(policy) +
+                ": programmatic dependent launch (+pdl) is a split-kernel option");
   if (params.max_seq_len > kV1MaxSeqLen)
     throw Error("paged_v1: context of " + std::to_string(params.max_seq_len) +
                 " tokens exceeds its shared-memory logits limit of " +

@@ -12,8 +12,13 @@ namespace {
 void reference_one_sequence(const DecodeAttentionParams& p, int32_t seq, float* out) {
   const PagedKvCache& kv = p.kv;
   const auto* q = static_cast<const uint16_t*>(p.q);
-  const auto* k_pool = static_cast<const uint16_t*>(kv.k_pool);
-  const auto* v_pool = static_cast<const uint16_t*>(kv.v_pool);
+  // K/V element `index` of a pool, dequantized as the kernels do (fp8: stored * scale).
+  auto kv_value = [&kv](const void* pool, int64_t index, float scale) -> double {
+    if (kv.fp8())
+      return static_cast<double>(fp8_e4m3_bits_to_float(static_cast<const uint8_t*>(pool)[index])) *
+             scale;
+    return dtype_bits_to_float(kv.dtype, static_cast<const uint16_t*>(pool)[index]);
+  };
   const int32_t len = kv.seq_lens[seq];
   const int32_t d = kv.head_dim;
   const int32_t group = p.group_size();
@@ -29,9 +34,9 @@ void reference_one_sequence(const DecodeAttentionParams& p, int32_t seq, float* 
     for (int32_t t = 0; t < len; ++t) {
       const int32_t physical =
           kv.block_table[static_cast<int64_t>(seq) * kv.max_blocks_per_seq + t / kv.block_size];
-      const uint16_t* k_row = k_pool + kv.offset(physical, t % kv.block_size, kv_head);
+      const int64_t k_row = kv.offset(physical, t % kv.block_size, kv_head);
       double dot = 0;
-      for (int32_t i = 0; i < d; ++i) dot += q_row[i] * dtype_bits_to_float(kv.dtype, k_row[i]);
+      for (int32_t i = 0; i < d; ++i) dot += q_row[i] * kv_value(kv.k_pool, k_row + i, kv.k_scale);
       logits[t] = dot * p.softmax_scale;
       max_logit = std::max(max_logit, logits[t]);
     }
@@ -42,8 +47,8 @@ void reference_one_sequence(const DecodeAttentionParams& p, int32_t seq, float* 
       sum += w;
       const int32_t physical =
           kv.block_table[static_cast<int64_t>(seq) * kv.max_blocks_per_seq + t / kv.block_size];
-      const uint16_t* v_row = v_pool + kv.offset(physical, t % kv.block_size, kv_head);
-      for (int32_t i = 0; i < d; ++i) acc[i] += w * dtype_bits_to_float(kv.dtype, v_row[i]);
+      const int64_t v_row = kv.offset(physical, t % kv.block_size, kv_head);
+      for (int32_t i = 0; i < d; ++i) acc[i] += w * kv_value(kv.v_pool, v_row + i, kv.v_scale);
     }
     float* o = out + (static_cast<int64_t>(seq) * p.num_q_heads + head) * d;
     for (int32_t i = 0; i < d; ++i) o[i] = static_cast<float>(acc[i] / sum);

@@ -10,12 +10,15 @@
 #include <cuda_fp16.h>
 
 #include <cmath>
+#include <string>
+#include <type_traits>
 
 #include "l2kv/core/cuda_check.h"
 #include "l2kv/core/per_device.h"
 #include "l2kv/kernels/attention/kv_tile.cuh"
 #include "l2kv/kernels/attention/split_decode_kernel.h"
 #include "l2kv/kernels/cache_hints.cuh"
+#include "l2kv/kernels/grid_dependency.cuh"
 #include "l2kv/kernels/tensor_core.cuh"
 #include "l2kv/kv_cache/paged_kv_prefetch.cuh"
 
@@ -27,26 +30,30 @@ constexpr int kThreads = kWarps * 32;
 constexpr int kWarpTokens = kSplitTileTokens / kWarps;  // 16: one MMA k-step of P.V
 constexpr float kLog2e = 1.4426950408889634f;
 
-template <int kHeadDim>
+template <int kHeadDim, bool kFp8>
 struct SplitShape {
-  // 3 stages x 32 KiB lets two blocks share an SM; measured on the H100 (bench/NOTES.md),
-  // 2 stages with 3 blocks/SM matched it and 4-6 stages with 1 block/SM were 7-14 % slower.
-  static constexpr int kStages = kHeadDim == 128 ? 3 : 4;
+  // 16-bit KV: 3 stages x 32 KiB lets two blocks share an SM; measured on the H100
+  // (bench/NOTES.md), 2 stages with 3 blocks/SM matched it and 4-6 stages with 1 block/SM were
+  // 7-14 % slower. fp8 KV: a tile is half the bytes, so 5 stages keep a similar number of bytes
+  // in flight, plus a per-warp scratch where each warp widens its 16 rows of K and V.
+  static constexpr int kStages = kFp8 ? 5 : (kHeadDim == 128 ? 3 : 4);
   static constexpr int kTileElems = kSplitTileTokens * kHeadDim;
   static constexpr int kKSteps = kHeadDim / 16;   // MMA k-steps of Q.K
   static constexpr int kOutTiles = kHeadDim / 8;  // MMA n-tiles of P.V
-  static constexpr size_t kSmemBytes = size_t{kStages} * 2 * kTileElems * 2;
+  static constexpr size_t kStageBytes = size_t{2} * kTileElems * (kFp8 ? 1 : 2);
+  static constexpr size_t kScratchElems = size_t{2} * kWarpTokens * kHeadDim;  // per warp
+  static constexpr size_t kSmemBytes =
+      kStages * kStageBytes + (kFp8 ? kWarps * kScratchElems * 2 : 0);
   // The cross-warp merge reuses the pipeline buffers.
   static_assert(kWarps * kMaxGqaGroup * (kHeadDim + 2) * sizeof(float) <= kSmemBytes);
 };
 
-// L2 prefetch of one future tile, spread over the block's threads.
+// L2 prefetch of tokens [tile_begin, tile_end) of one tile, spread over the block's threads.
 template <typename T>
 __device__ __forceinline__ void prefetch_tile(const SplitKernelArgs& a, const SplitWorkItem& item,
-                                              int tile_begin, int block_shift) {
+                                              int tile_begin, int tile_end, int block_shift) {
   const PagedKvCache& kv = a.params.kv;
   const int32_t* table = kv.block_table + static_cast<int64_t>(item.seq) * kv.max_blocks_per_seq;
-  const int tile_end = min(tile_begin + kSplitTileTokens, item.token_end);
   const int first_block = tile_begin >> block_shift;
   const int last_block = (tile_end - 1) >> block_shift;
   const int blocks = last_block - first_block + 1;
@@ -134,12 +141,13 @@ __device__ __forceinline__ void merge_partials(const SplitKernelArgs& a, const S
   }
 }
 
-template <typename T, int kHeadDim>
+// T: the model's dtype (Q, output, MMA operands). kFp8: K/V stored as E4M3 bytes.
+template <typename T, int kHeadDim, bool kFp8>
 __global__ void __launch_bounds__(kThreads) split_decode_kernel(const SplitKernelArgs a) {
-  using Shape = SplitShape<kHeadDim>;
+  using Shape = SplitShape<kHeadDim, kFp8>;
   using Traits = tc::ElementTraits<T>;
+  using Stored = std::conditional_t<kFp8, uint8_t, T>;
   extern __shared__ __align__(128) unsigned char smem_raw[];
-  T* smem = reinterpret_cast<T*>(smem_raw);
   __shared__ int is_last_arrival;
 
   // Graph mode: the grid is fixed at capture and the plan of each replay may use fewer blocks.
@@ -155,22 +163,44 @@ __global__ void __launch_bounds__(kThreads) split_decode_kernel(const SplitKerne
   const int num_tiles =
       (item.token_end - item.token_begin + kSplitTileTokens - 1) / kSplitTileTokens;
 
-  auto k_stage = [&](int s) { return smem + s * 2 * Shape::kTileElems; };
-  auto v_stage = [&](int s) { return smem + s * 2 * Shape::kTileElems + Shape::kTileElems; };
+  auto tile_begin = [&](int t) { return item.token_begin + t * kSplitTileTokens; };
+  auto tile_end = [&](int t) { return min(tile_begin(t) + kSplitTileTokens, item.token_end); };
+  auto k_stage = [&](int s) {
+    return reinterpret_cast<Stored*>(smem_raw + s * Shape::kStageBytes);
+  };
+  auto v_stage = [&](int s) { return k_stage(s) + Shape::kTileElems; };
+  auto load_tile = [&](int t, int s) {
+    if constexpr (kFp8)
+      load_kv_tile_fp8<kHeadDim, kThreads>(p.kv, item.seq, item.kv_head, tile_begin(t),
+                                           item.token_end, k_stage(s), v_stage(s), block_shift,
+                                           evict_first, load_policy);
+    else
+      load_kv_tile<T, kHeadDim, kThreads>(p.kv, item.seq, item.kv_head, tile_begin(t),
+                                          item.token_end, k_stage(s), v_stage(s), block_shift,
+                                          evict_first, load_policy);
+  };
+  const int prologue_tiles = min(num_tiles, Shape::kStages - 1 + a.prefetch_distance);
+
+  if (a.pdl) {
+    // The kernel ahead (RoPE + KV write) may still run. The plan, block table and lengths were
+    // uploaded before it, and it writes only each sequence's newest token: the KV before that
+    // can go to L2 now, so the prologue's loads below find it there.
+    const int written_by_previous = __ldg(p.kv.seq_lens + item.seq) - 1;
+    for (int t = 0; t < prologue_tiles && tile_begin(t) < written_by_previous; ++t)
+      prefetch_tile<Stored>(a, item, tile_begin(t), min(tile_end(t), written_by_previous),
+                            block_shift);
+    ptx::grid_dependency_wait();  // Q and the newest K/V are read only after this
+  }
 
   // Prologue: fill all but one stage, then put the next `prefetch_distance` tiles in flight
   // to L2, so from the start that many tiles beyond the pipeline are on their way.
 #pragma unroll
   for (int s = 0; s < Shape::kStages - 1; ++s) {
-    if (s < num_tiles)
-      load_kv_tile<T, kHeadDim, kThreads>(
-          p.kv, item.seq, item.kv_head, item.token_begin + s * kSplitTileTokens, item.token_end,
-          k_stage(s), v_stage(s), block_shift, evict_first, load_policy);
+    if (s < num_tiles) load_tile(s, s);
     ptx::cp_async_commit();
   }
-  for (int t = Shape::kStages - 1; t < min(num_tiles, Shape::kStages - 1 + a.prefetch_distance);
-       ++t)
-    prefetch_tile<T>(a, item, item.token_begin + t * kSplitTileTokens, block_shift);
+  for (int t = Shape::kStages - 1; t < prologue_tiles; ++t)
+    prefetch_tile<Stored>(a, item, tile_begin(t), tile_end(t), block_shift);
 
   // Q as the MMA's A operand: row = query head of the group (lane / 4), rows >= group are 0.
   const int head_row = lane / 4;
@@ -189,7 +219,8 @@ __global__ void __launch_bounds__(kThreads) split_decode_kernel(const SplitKerne
       q_frag[ks][3] = 0u;
     }
   }
-  const float scale_log2 = p.softmax_scale * kLog2e;
+  // fp8: logits use the stored K, so K's scale joins the softmax scale.
+  const float scale_log2 = p.softmax_scale * kLog2e * (kFp8 ? p.kv.k_scale : 1.f);
 
   float o_acc[Shape::kOutTiles][4] = {};
   float row_max = -INFINITY;  // for query head `head_row`, in log2 units
@@ -200,27 +231,43 @@ __global__ void __launch_bounds__(kThreads) split_decode_kernel(const SplitKerne
     __syncthreads();  // tile `tile` is in shared memory; stage (tile - 1) is free
     {
       const int next = tile + Shape::kStages - 1;
-      if (next < num_tiles) {
-        const int s = next % Shape::kStages;
-        load_kv_tile<T, kHeadDim, kThreads>(
-            p.kv, item.seq, item.kv_head, item.token_begin + next * kSplitTileTokens,
-            item.token_end, k_stage(s), v_stage(s), block_shift, evict_first, load_policy);
-      }
+      if (next < num_tiles) load_tile(next, next % Shape::kStages);
       ptx::cp_async_commit();
       const int ahead = next + a.prefetch_distance;
       if (a.prefetch_distance > 0 && ahead < num_tiles)
-        prefetch_tile<T>(a, item, item.token_begin + ahead * kSplitTileTokens, block_shift);
+        prefetch_tile<Stored>(a, item, tile_begin(ahead), tile_end(ahead), block_shift);
     }
-    const T* k_tile = k_stage(tile % Shape::kStages);
-    const T* v_tile = v_stage(tile % Shape::kStages);
     const int warp_row = warp * kWarpTokens;
+    // The rows of this warp's 16 tokens: in the stage itself (16-bit), or widened from E4M3
+    // into the warp's own scratch, where they start at row 0.
+    const T* k_tile;
+    const T* v_tile;
+    int row_base;
+    if constexpr (kFp8) {
+      T* k_scratch = reinterpret_cast<T*>(smem_raw + Shape::kStages * Shape::kStageBytes) +
+                     warp * Shape::kScratchElems;
+      T* v_scratch = k_scratch + Shape::kScratchElems / 2;
+      __syncwarp();  // the warp's reads of the previous tile's scratch are done
+      widen_fp8_rows<T, kHeadDim>(k_stage(tile % Shape::kStages), k_scratch, warp_row, kWarpTokens,
+                                  lane, 32);
+      widen_fp8_rows<T, kHeadDim>(v_stage(tile % Shape::kStages), v_scratch, warp_row, kWarpTokens,
+                                  lane, 32);
+      __syncwarp();
+      k_tile = k_scratch;
+      v_tile = v_scratch;
+      row_base = 0;
+    } else {
+      k_tile = k_stage(tile % Shape::kStages);
+      v_tile = v_stage(tile % Shape::kStages);
+      row_base = warp_row;
+    }
 
     // S = Q K^T for this warp's 16 tokens: two n-tiles of 8 tokens.
     float s_acc[2][4] = {};
 #pragma unroll
     for (int ks = 0; ks < Shape::kKSteps; ++ks) {
       uint32_t k_frag[4];
-      const int row = warp_row + (lane / 16) * 8 + (lane % 8);
+      const int row = row_base + (lane / 16) * 8 + (lane % 8);
       const int chunk = ks * 2 + (lane / 8) % 2;
       tc::ldmatrix_x4(k_frag, k_tile + swizzled<kHeadDim>(row, chunk));
       const uint32_t b0[2] = {k_frag[0], k_frag[1]};
@@ -266,7 +313,7 @@ __global__ void __launch_bounds__(kThreads) split_decode_kernel(const SplitKerne
 #pragma unroll
     for (int dp = 0; dp < Shape::kOutTiles / 2; ++dp) {
       uint32_t v_frag[4];
-      const int row = warp_row + (lane % 8) + ((lane / 8) % 2) * 8;
+      const int row = row_base + (lane % 8) + ((lane / 8) % 2) * 8;
       const int chunk = dp * 2 + lane / 16;
       tc::ldmatrix_x4_trans(v_frag, v_tile + swizzled<kHeadDim>(row, chunk));
       const uint32_t b0[2] = {v_frag[0], v_frag[1]};
@@ -298,6 +345,7 @@ __global__ void __launch_bounds__(kThreads) split_decode_kernel(const SplitKerne
 
   T* out = static_cast<T*>(p.out);
   const int64_t out_row0 = static_cast<int64_t>(item.seq) * p.num_q_heads + item.kv_head * group;
+  const float v_scale = kFp8 ? p.kv.v_scale : 1.f;  // O used the stored V
   for (int i = threadIdx.x; i < group * kHeadDim; i += kThreads) {
     const int h = i / kHeadDim;
     const int d = i % kHeadDim;
@@ -313,10 +361,10 @@ __global__ void __launch_bounds__(kThreads) split_decode_kernel(const SplitKerne
       acc += warp_out[(w * kMaxGqaGroup + h) * kHeadDim + d] * weight;
     }
     if (item.partial_slot < 0) {
-      out[(out_row0 + h) * kHeadDim + d] = Traits::from_float(acc / sum);
+      out[(out_row0 + h) * kHeadDim + d] = Traits::from_float(acc / sum * v_scale);
     } else {
       a.partial_out[(static_cast<int64_t>(item.partial_slot) * group + h) * kHeadDim + d] =
-          acc / sum;
+          acc / sum * v_scale;
       if (d == 0)
         a.partial_lse[static_cast<int64_t>(item.partial_slot) * group + h] = m + log2f(sum);
     }
@@ -337,67 +385,100 @@ __global__ void __launch_bounds__(kThreads) split_decode_kernel(const SplitKerne
   __threadfence();
   merge_partials<T, kHeadDim>(a, item, group, out + out_row0 * kHeadDim, smem_raw);
 }
-template <typename T, int kHeadDim>
+template <typename T, int kHeadDim, bool kFp8>
 auto kernel_for() {
-  auto kernel = split_decode_kernel<T, kHeadDim>;
+  auto kernel = split_decode_kernel<T, kHeadDim, kFp8>;
   static PerDevice<bool> configured;  // the shared-memory limit is a per-device attribute
   configured.value([&](int) {
     L2KV_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                         static_cast<int>(SplitShape<kHeadDim>::kSmemBytes)));
+                                         static_cast<int>(SplitShape<kHeadDim, kFp8>::kSmemBytes)));
     return true;
   });
   return kernel;
 }
 
-template <typename T, int kHeadDim>
+template <typename T, int kHeadDim, bool kFp8>
 int32_t ctas_per_sm() {
   int blocks = 0;
   L2KV_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(
-      &blocks, kernel_for<T, kHeadDim>(), kThreads, SplitShape<kHeadDim>::kSmemBytes));
+      &blocks, kernel_for<T, kHeadDim, kFp8>(), kThreads, SplitShape<kHeadDim, kFp8>::kSmemBytes));
   return blocks;
 }
 
-template <typename T, int kHeadDim>
+template <typename T, int kHeadDim, bool kFp8>
 void launch(const SplitKernelArgs& args, int32_t num_items, cudaStream_t stream) {
-  kernel_for<T, kHeadDim>()<<<num_items, kThreads, SplitShape<kHeadDim>::kSmemBytes, stream>>>(
-      args);
-  L2KV_CUDA_CHECK_LAUNCH();
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(static_cast<unsigned>(num_items));
+  config.blockDim = dim3(kThreads);
+  config.dynamicSmemBytes = SplitShape<kHeadDim, kFp8>::kSmemBytes;
+  config.stream = stream;
+  cudaLaunchAttribute pdl = {};
+  pdl.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  pdl.val.programmaticStreamSerializationAllowed = 1;
+  if (args.pdl) {
+    config.attrs = &pdl;
+    config.numAttrs = 1;
+  }
+  L2KV_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel_for<T, kHeadDim, kFp8>(), args));
+}
+
+// Calls f with a null T* (the model's dtype) and the head_dim and fp8 storage as constants.
+template <typename F>
+void dispatch(DType dtype, int32_t head_dim, bool fp8, F&& f) {
+  auto by_storage = [&](auto* tag, auto dim) {
+    if (fp8)
+      f(tag, dim, std::true_type{});
+    else
+      f(tag, dim, std::false_type{});
+  };
+  auto by_dim = [&](auto* tag) {
+    if (head_dim == 128) return by_storage(tag, std::integral_constant<int, 128>{});
+    if (head_dim == 64) return by_storage(tag, std::integral_constant<int, 64>{});
+    throw Error("split decode: unsupported head_dim " + std::to_string(head_dim));
+  };
+  if (dtype == DType::kBFloat16)
+    by_dim(static_cast<__nv_bfloat16*>(nullptr));
+  else
+    by_dim(static_cast<__half*>(nullptr));
 }
 
 }  // namespace
 
-int32_t split_decode_max_merge_splits(int32_t head_dim, int32_t group) {
+int32_t split_decode_max_merge_splits(int32_t head_dim, int32_t group, bool fp8) {
   // merge_partials keeps group x splits weights and group inverse sums in the shared memory
   // of the pipeline.
-  const size_t floats =
-      (head_dim == 128 ? SplitShape<128>::kSmemBytes : SplitShape<64>::kSmemBytes) / sizeof(float);
+  size_t bytes = 0;
+  dispatch(DType::kBFloat16, head_dim, fp8, [&](auto*, auto dim, auto is_fp8) {
+    bytes = SplitShape<decltype(dim)::value, decltype(is_fp8)::value>::kSmemBytes;
+  });
+  const size_t floats = bytes / sizeof(float);
   return static_cast<int32_t>((floats - static_cast<size_t>(group)) / static_cast<size_t>(group));
 }
 
-int32_t split_decode_stages(int32_t head_dim) {
-  return head_dim == 128 ? SplitShape<128>::kStages : SplitShape<64>::kStages;
+int32_t split_decode_stages(int32_t head_dim, bool fp8) {
+  int32_t stages = 0;
+  dispatch(DType::kBFloat16, head_dim, fp8, [&](auto*, auto dim, auto is_fp8) {
+    stages = SplitShape<decltype(dim)::value, decltype(is_fp8)::value>::kStages;
+  });
+  return stages;
 }
 
-int32_t split_decode_ctas_per_sm(DType dtype, int32_t head_dim) {
-  const bool bf16 = dtype == DType::kBFloat16;
-  if (head_dim == 128) return bf16 ? ctas_per_sm<__nv_bfloat16, 128>() : ctas_per_sm<__half, 128>();
-  if (head_dim == 64) return bf16 ? ctas_per_sm<__nv_bfloat16, 64>() : ctas_per_sm<__half, 64>();
-  throw Error("split decode: unsupported head_dim " + std::to_string(head_dim));
+int32_t split_decode_ctas_per_sm(DType dtype, int32_t head_dim, bool fp8) {
+  int32_t blocks = 0;
+  dispatch(dtype, head_dim, fp8, [&](auto* tag, auto dim, auto is_fp8) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    blocks = ctas_per_sm<T, decltype(dim)::value, decltype(is_fp8)::value>();
+  });
+  return blocks;
 }
 
 void launch_split_decode_kernel(const SplitKernelArgs& args, int32_t num_items,
                                 cudaStream_t stream) {
-  const bool bf16 = args.params.kv.dtype == DType::kBFloat16;
-  switch (args.params.kv.head_dim) {
-    case 128:
-      return bf16 ? launch<__nv_bfloat16, 128>(args, num_items, stream)
-                  : launch<__half, 128>(args, num_items, stream);
-    case 64:
-      return bf16 ? launch<__nv_bfloat16, 64>(args, num_items, stream)
-                  : launch<__half, 64>(args, num_items, stream);
-    default:
-      throw Error("split decode: unsupported head_dim " + std::to_string(args.params.kv.head_dim));
-  }
+  const PagedKvCache& kv = args.params.kv;
+  dispatch(kv.dtype, kv.head_dim, kv.fp8(), [&](auto* tag, auto dim, auto is_fp8) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    launch<T, decltype(dim)::value, decltype(is_fp8)::value>(args, num_items, stream);
+  });
 }
 
 }  // namespace l2kv

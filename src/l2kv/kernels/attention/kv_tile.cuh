@@ -6,6 +6,7 @@
 #include <cstdint>
 
 #include "l2kv/kernels/cache_hints.cuh"
+#include "l2kv/kernels/fp8.cuh"
 #include "l2kv/kv_cache/paged_kv.h"
 
 namespace l2kv {
@@ -57,6 +58,63 @@ __device__ __forceinline__ void load_kv_tile(const PagedKvCache& kv, int32_t seq
       ptx::cp_async_16(k_tile + dst, k_pool + src, bytes);
       ptx::cp_async_16(v_tile + dst, v_pool + src, bytes);
     }
+  }
+}
+
+// fp8 cache: copies the same tokens as stored bytes into row-major [64][head_dim] byte tiles
+// (half the bytes of a 16-bit tile); rows at or past `token_end` are zero-filled.
+template <int kHeadDim, int kThreads>
+__device__ __forceinline__ void load_kv_tile_fp8(const PagedKvCache& kv, int32_t seq,
+                                                 int32_t kv_head, int tile_begin, int token_end,
+                                                 uint8_t* k_tile, uint8_t* v_tile, int block_shift,
+                                                 bool evict_first, uint64_t load_policy) {
+  constexpr int kChunksPerRow = kHeadDim / 16;
+  constexpr int kRowsPerThread = kKvTileTokens * kChunksPerRow / kThreads;
+  static_assert(kThreads % kChunksPerRow == 0 && kRowsPerThread >= 1 && kRowsPerThread <= 16,
+                "a thread's rows must fit in the smallest KV block (16 tokens)");
+  const int32_t* table = kv.block_table + static_cast<int64_t>(seq) * kv.max_blocks_per_seq;
+  const auto* k_pool = static_cast<const uint8_t*>(kv.k_pool);
+  const auto* v_pool = static_cast<const uint8_t*>(kv.v_pool);
+  const int chunk = threadIdx.x % kChunksPerRow;
+  const int first_row = threadIdx.x / kChunksPerRow * kRowsPerThread;
+  const int first_token = tile_begin + first_row;
+  int64_t offset = 0;
+  if (first_token < token_end) {
+    const int32_t physical = __ldg(table + (first_token >> block_shift));
+    offset = kv.offset(physical, first_token & (kv.block_size - 1), kv_head) + chunk * 16;
+  }
+  const int64_t row_stride = kv.token_stride();
+#pragma unroll
+  for (int r = 0; r < kRowsPerThread; ++r) {
+    const bool valid = first_token + r < token_end;
+    const int64_t src = valid ? offset + r * row_stride : 0;
+    const uint32_t bytes = valid ? 16 : 0;
+    const int dst = (first_row + r) * kHeadDim + chunk * 16;
+    if (evict_first) {
+      ptx::cp_async_16(k_tile + dst, k_pool + src, bytes, load_policy);
+      ptx::cp_async_16(v_tile + dst, v_pool + src, bytes, load_policy);
+    } else {
+      ptx::cp_async_16(k_tile + dst, k_pool + src, bytes);
+      ptx::cp_async_16(v_tile + dst, v_pool + src, bytes);
+    }
+  }
+}
+
+// Widens rows [first_row, first_row + num_rows) of a byte tile from load_kv_tile_fp8 into rows
+// 0.. of a swizzled 16-bit tile (first_row a multiple of 8, so the swizzle matches), spread
+// over `num_threads` threads of which this is `thread`.
+template <typename T, int kHeadDim>
+__device__ __forceinline__ void widen_fp8_rows(const uint8_t* bytes, T* tile, int first_row,
+                                               int num_rows, int thread, int num_threads) {
+  constexpr int kChunksPerRow = kHeadDim / 16;  // 16 bytes in, two 16-byte chunks out
+  for (int i = thread; i < num_rows * kChunksPerRow; i += num_threads) {
+    const int row = i / kChunksPerRow, chunk = i % kChunksPerRow;
+    const uint4 raw =
+        *reinterpret_cast<const uint4*>(bytes + (first_row + row) * kHeadDim + chunk * 16);
+    uint4 low, high;
+    fp8::widen16<T>(raw, low, high);
+    *reinterpret_cast<uint4*>(tile + swizzled<kHeadDim>(row, 2 * chunk)) = low;
+    *reinterpret_cast<uint4*>(tile + swizzled<kHeadDim>(row, 2 * chunk + 1)) = high;
   }
 }
 

@@ -23,6 +23,11 @@ struct PrefetchPolicy {
   // paged_v1 under GQA: only the first query head of a group prefetches (the group's other
   // thread blocks read the same KV from L2). False = every head prefetches, as Algorithm 1.
   bool group_leader_only = true;
+  // Programmatic dependent launch (split kernel): the kernel starts while the kernel before it
+  // (RoPE + KV write) still runs, prefetches into L2 the KV of its first tiles that the previous
+  // kernel does not write (tokens before each sequence's newest), then waits on the grid
+  // dependency before it reads Q or the newest token's K/V.
+  bool pdl = false;
 
   static PrefetchPolicy off() { return {}; }
   static PrefetchPolicy fixed(int32_t steps) { return {PrefetchMode::kFixedDistance, steps}; }
@@ -32,7 +37,8 @@ struct PrefetchPolicy {
 
 // "off", "on:N" (fixed distance N), "auto"; optional suffixes: "+evict_last" / "+evict_first"
 // set the prefetch hint, "+stream" marks KV loads evict_first, "+every_head" makes every
-// query head of a GQA group prefetch in paged_v1. Throws l2kv::Error otherwise.
+// query head of a GQA group prefetch in paged_v1, "+pdl" launches the split kernel with
+// programmatic dependent launch. Throws l2kv::Error otherwise.
 PrefetchPolicy parse_prefetch_policy(const std::string& text);
 std::string to_string(const PrefetchPolicy& policy);
 

@@ -4,8 +4,10 @@
 #include <algorithm>
 #include <cmath>
 #include <string>
+#include <type_traits>
 
 #include "l2kv/core/cuda_check.h"
+#include "l2kv/core/per_device.h"
 #include "l2kv/kernels/attention/decode_attention.h"
 #include "l2kv/kernels/attention/kv_tile.cuh"
 #include "l2kv/kernels/attention/prefill_attention.h"
@@ -27,16 +29,25 @@ int warps_for(int group) {
   return std::max(4, group * subtiles_for(group));
 }
 
-template <typename T, int kHeadDim>
+// Shared memory: kStages tiles of K and V as stored; an fp8 cache adds one 16-bit K/V tile
+// that the block widens each stored tile into.
+template <int kHeadDim, bool kFp8>
+constexpr size_t prefill_smem_bytes() {
+  constexpr size_t tile = size_t{kKvTileTokens} * kHeadDim;
+  return kStages * 2 * tile * (kFp8 ? 1 : 2) + (kFp8 ? 2 * tile * 2 : 0);
+}
+
+template <typename T, int kHeadDim, bool kFp8>
 __global__ void __launch_bounds__(256)
     prefill_attention_kernel(const PrefillAttention::WorkItem* items, const T* q, T* out,
                              const PagedKvCache kv, int32_t num_q_heads, float softmax_scale) {
   using Traits = tc::ElementTraits<T>;
+  using Stored = std::conditional_t<kFp8, uint8_t, T>;
   constexpr int kTileElems = kKvTileTokens * kHeadDim;
   constexpr int kKSteps = kHeadDim / 16;
   constexpr int kOutTiles = kHeadDim / 8;
   extern __shared__ __align__(128) unsigned char smem_raw[];
-  T* smem = reinterpret_cast<T*>(smem_raw);
+  Stored* smem = reinterpret_cast<Stored*>(smem_raw);
   auto k_stage = [&](int s) { return smem + s * 2 * kTileElems; };
   auto v_stage = [&](int s) { return smem + s * 2 * kTileElems + kTileElems; };
 
@@ -53,10 +64,18 @@ __global__ void __launch_bounds__(256)
   const int kv_end = item.first_position + item.q_count;  // keys 0 .. kv_end - 1
   const int num_tiles = (kv_end + kKvTileTokens - 1) / kKvTileTokens;
   const int block_shift = __ffs(kv.block_size) - 1;
+  auto load_tile = [&](int tile, int stage) {
+    if constexpr (kFp8)
+      load_kv_tile_fp8<kHeadDim, kLoadThreads>(kv, item.seq, item.kv_head, tile * kKvTileTokens,
+                                               kv_end, k_stage(stage), v_stage(stage), block_shift,
+                                               false, 0);
+    else
+      load_kv_tile<T, kHeadDim, kLoadThreads>(kv, item.seq, item.kv_head, tile * kKvTileTokens,
+                                              kv_end, k_stage(stage), v_stage(stage), block_shift,
+                                              false, 0);
+  };
 
-  if (threadIdx.x < kLoadThreads)
-    load_kv_tile<T, kHeadDim, kLoadThreads>(kv, item.seq, item.kv_head, 0, kv_end, k_stage(0),
-                                            v_stage(0), block_shift, false, 0);
+  if (threadIdx.x < kLoadThreads) load_tile(0, 0);
   ptx::cp_async_commit();
 
   // Q as the A operand: rows = this warp's 16 query tokens (lane / 4 and lane / 4 + 8).
@@ -83,23 +102,38 @@ __global__ void __launch_bounds__(256)
       }
     }
   }
-  const float scale_log2 = softmax_scale * kLog2e;
+  // fp8: logits and outputs use the stored K and V; their scales apply here and at the end.
+  const float scale_log2 = softmax_scale * kLog2e * (kFp8 ? kv.k_scale : 1.f);
+  const float v_scale = kFp8 ? kv.v_scale : 1.f;
   const int pos0 = item.first_position + warp_first + r0, pos1 = pos0 + 8;
   float o_acc[kOutTiles][4] = {};
   float max0 = -INFINITY, max1 = -INFINITY, sum0 = 0.f, sum1 = 0.f;
 
   for (int tile = 0; tile < num_tiles; ++tile) {
     if (tile + 1 < num_tiles && threadIdx.x < kLoadThreads)
-      load_kv_tile<T, kHeadDim, kLoadThreads>(
-          kv, item.seq, item.kv_head, (tile + 1) * kKvTileTokens, kv_end,
-          k_stage((tile + 1) % kStages), v_stage((tile + 1) % kStages), block_shift, false, 0);
+      load_tile(tile + 1, (tile + 1) % kStages);
     ptx::cp_async_commit();
     ptx::cp_async_wait<1>();
     __syncthreads();
+    const T* k_tile;
+    const T* v_tile;
+    if constexpr (kFp8) {
+      // The whole block widens the stored tile; the end-of-iteration barrier keeps the widened
+      // tile until every warp has used it.
+      T* widened = reinterpret_cast<T*>(smem_raw + kStages * 2 * kTileElems);
+      widen_fp8_rows<T, kHeadDim>(k_stage(tile % kStages), widened, 0, kKvTileTokens, threadIdx.x,
+                                  blockDim.x);
+      widen_fp8_rows<T, kHeadDim>(v_stage(tile % kStages), widened + kTileElems, 0, kKvTileTokens,
+                                  threadIdx.x, blockDim.x);
+      __syncthreads();
+      k_tile = widened;
+      v_tile = widened + kTileElems;
+    } else {
+      k_tile = k_stage(tile % kStages);
+      v_tile = v_stage(tile % kStages);
+    }
     const int tile_start = tile * kKvTileTokens;
     if (computes && warp_count > 0 && tile_start <= warp_last_pos) {
-      const T* k_tile = k_stage(tile % kStages);
-      const T* v_tile = v_stage(tile % kStages);
       float s_acc[8][4] = {};
 #pragma unroll
       for (int ks = 0; ks < kKSteps; ++ks)
@@ -193,32 +227,42 @@ __global__ void __launch_bounds__(256)
     const int d = t * 8 + quad * 2;
     if (r0 < warp_count) {
       T* o = out_row(r0);
-      o[d] = Traits::from_float(o_acc[t][0] / sum0);
-      o[d + 1] = Traits::from_float(o_acc[t][1] / sum0);
+      o[d] = Traits::from_float(o_acc[t][0] / sum0 * v_scale);
+      o[d + 1] = Traits::from_float(o_acc[t][1] / sum0 * v_scale);
     }
     if (r1 < warp_count) {
       T* o = out_row(r1);
-      o[d] = Traits::from_float(o_acc[t][2] / sum1);
-      o[d + 1] = Traits::from_float(o_acc[t][3] / sum1);
+      o[d] = Traits::from_float(o_acc[t][2] / sum1 * v_scale);
+      o[d + 1] = Traits::from_float(o_acc[t][3] / sum1 * v_scale);
     }
   }
 }
 
-template <typename T, int kHeadDim>
+template <typename T, int kHeadDim, bool kFp8>
 void launch(const PrefillAttention::WorkItem* items, int32_t num_items, int group, const void* q,
             void* out, const PagedKvCache& kv, int32_t num_q_heads, float scale,
             cudaStream_t stream) {
-  constexpr size_t kSmem = size_t{kStages} * 2 * kKvTileTokens * kHeadDim * sizeof(T);
-  static const bool configured = [] {
-    L2KV_CUDA_CHECK(cudaFuncSetAttribute(prefill_attention_kernel<T, kHeadDim>,
-                                         cudaFuncAttributeMaxDynamicSharedMemorySize,
+  constexpr size_t kSmem = prefill_smem_bytes<kHeadDim, kFp8>();
+  auto kernel = prefill_attention_kernel<T, kHeadDim, kFp8>;
+  static PerDevice<bool> configured;  // the shared-memory limit is a per-device attribute
+  configured.value([&](int) {
+    L2KV_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          static_cast<int>(kSmem)));
     return true;
-  }();
-  (void)configured;
-  prefill_attention_kernel<T, kHeadDim><<<num_items, 32 * warps_for(group), kSmem, stream>>>(
+  });
+  kernel<<<num_items, 32 * warps_for(group), kSmem, stream>>>(
       items, static_cast<const T*>(q), static_cast<T*>(out), kv, num_q_heads, scale);
   L2KV_CUDA_CHECK_LAUNCH();
+}
+
+template <typename T, int kHeadDim>
+void launch_for_storage(const PrefillAttention::WorkItem* items, int32_t num_items, int group,
+                        const void* q, void* out, const PagedKvCache& kv, int32_t num_q_heads,
+                        float scale, cudaStream_t stream) {
+  if (kv.fp8())
+    launch<T, kHeadDim, true>(items, num_items, group, q, out, kv, num_q_heads, scale, stream);
+  else
+    launch<T, kHeadDim, false>(items, num_items, group, q, out, kv, num_q_heads, scale, stream);
 }
 
 }  // namespace
@@ -273,18 +317,18 @@ void PrefillAttention::run(const void* q, void* out, const PagedKvCache& kv, int
   const bool bf16 = kv.dtype == DType::kBFloat16;
   if (kv.head_dim == 128) {
     if (bf16)
-      launch<__nv_bfloat16, 128>(device_items_, n, planned_group_, q, out, kv, num_q_heads,
-                                 softmax_scale, stream);
+      launch_for_storage<__nv_bfloat16, 128>(device_items_, n, planned_group_, q, out, kv,
+                                             num_q_heads, softmax_scale, stream);
     else
-      launch<__half, 128>(device_items_, n, planned_group_, q, out, kv, num_q_heads, softmax_scale,
-                          stream);
+      launch_for_storage<__half, 128>(device_items_, n, planned_group_, q, out, kv, num_q_heads,
+                                      softmax_scale, stream);
   } else {
     if (bf16)
-      launch<__nv_bfloat16, 64>(device_items_, n, planned_group_, q, out, kv, num_q_heads,
-                                softmax_scale, stream);
+      launch_for_storage<__nv_bfloat16, 64>(device_items_, n, planned_group_, q, out, kv,
+                                            num_q_heads, softmax_scale, stream);
     else
-      launch<__half, 64>(device_items_, n, planned_group_, q, out, kv, num_q_heads, softmax_scale,
-                         stream);
+      launch_for_storage<__half, 64>(device_items_, n, planned_group_, q, out, kv, num_q_heads,
+                                     softmax_scale, stream);
   }
 }
 

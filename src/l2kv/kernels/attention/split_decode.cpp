@@ -23,6 +23,7 @@ SplitDecode::~SplitDecode() {
   for (DeviceBuffer* b : {&items_, &pair_num_splits_, &pair_first_slot_, &pair_arrivals_,
                           &partial_out_, &partial_lse_, &num_items_})
     if (b->ptr) cudaFree(b->ptr);  // no throwing from a destructor
+  if (last_run_) cudaEventDestroy(last_run_);
 }
 
 void SplitDecode::reserve(DeviceBuffer& buffer, size_t bytes, bool zero, cudaStream_t stream) {
@@ -44,10 +45,11 @@ int32_t SplitDecode::item_capacity(int32_t batch) const {
 
 void SplitDecode::reserve_for_graphs(int32_t max_batch, const DecodeAttentionParams& shape) {
   const PagedKvCache& kv = shape.kv;
-  ctas_per_sm_ = split_decode_ctas_per_sm(kv.dtype, kv.head_dim);
+  ctas_per_sm_ = split_decode_ctas_per_sm(kv.dtype, kv.head_dim, kv.fp8());
   const int32_t pairs = max_batch * kv.num_kv_heads;
   graph_kv_heads_ = kv.num_kv_heads;
   graph_max_batch_ = max_batch;
+  planned_storage_ = kv.storage;
   graph_items_ = item_capacity(max_batch);
   const size_t slots = static_cast<size_t>(graph_items_);
   reserve(items_, slots * sizeof(SplitWorkItem), false, nullptr);
@@ -67,9 +69,11 @@ void SplitDecode::plan(const DecodeAttentionParams& params, std::span<const int3
   if (graph_mode() && (kv.num_kv_heads != graph_kv_heads_ || kv.batch_size > graph_max_batch_))
     throw Error("split decode: batch of " + std::to_string(kv.batch_size) +
                 " exceeds the size reserved for graphs");
-  if (!graph_mode() &&
-      (ctas_per_sm_ == 0 || planned_dtype_ != kv.dtype || planned_head_dim_ != kv.head_dim))
-    ctas_per_sm_ = split_decode_ctas_per_sm(kv.dtype, kv.head_dim);
+  if (graph_mode() && kv.storage != planned_storage_)
+    throw Error("split decode: KV storage differs from the one reserved for graphs");
+  if (!graph_mode() && (ctas_per_sm_ == 0 || planned_dtype_ != kv.dtype ||
+                        planned_head_dim_ != kv.head_dim || planned_storage_ != kv.storage))
+    ctas_per_sm_ = split_decode_ctas_per_sm(kv.dtype, kv.head_dim, kv.fp8());
   SplitPlanConfig config;
   config.tile_tokens = kSplitTileTokens;
   config.concurrent_ctas = info_.sm_count * std::max(1, ctas_per_sm_);
@@ -84,19 +88,20 @@ void SplitDecode::plan(const DecodeAttentionParams& params, std::span<const int3
   const bool same_tiles = forced_tiles_per_split_ == 0 && searched_tiles_per_split_ > 0 &&
                           tiles == searched_tiles_ && kv.num_kv_heads == planned_kv_heads_ &&
                           params.group_size() == planned_group_ && kv.dtype == planned_dtype_ &&
-                          kv.head_dim == planned_head_dim_;
+                          kv.head_dim == planned_head_dim_ && kv.storage == planned_storage_;
   if (same_tiles) {
     config.forced_tiles_per_split = searched_tiles_per_split_;
     config.estimate_forced = false;
   }
   config.max_items = graph_mode() ? item_capacity(kv.batch_size) : 0;
-  config.max_splits = split_decode_max_merge_splits(kv.head_dim, params.group_size());
+  config.max_splits = split_decode_max_merge_splits(kv.head_dim, params.group_size(), kv.fp8());
   plan_ = plan_split_decode(host_seq_lens, kv.num_kv_heads, config);
   if (forced_tiles_per_split_ == 0 && !same_tiles) {
     searched_tiles_ = std::move(tiles);
     searched_tiles_per_split_ = plan_.tiles_per_split;
   }
   planned_dtype_ = kv.dtype;
+  planned_storage_ = kv.storage;
   planned_head_dim_ = kv.head_dim;
   planned_group_ = params.group_size();
   planned_batch_ = kv.batch_size;
@@ -129,7 +134,8 @@ void SplitDecode::plan(const DecodeAttentionParams& params, std::span<const int3
 int32_t SplitDecode::prefetch_distance(const PrefetchPolicy& policy) const {
   // Tiles in flight per resident block if prefetch ran `steps` tiles ahead must fit in half the
   // L2 (read from the device), or prefetched lines are evicted before their loads arrive.
-  const int64_t tile_bytes = int64_t{2} * kSplitTileTokens * planned_head_dim_ * 2;
+  const int64_t element_bytes = planned_storage_ == KvStorage::kFp8E4M3 ? 1 : 2;
+  const int64_t tile_bytes = int64_t{2} * kSplitTileTokens * planned_head_dim_ * element_bytes;
   const int64_t resident =
       std::max<int64_t>(1, std::min<int64_t>(static_cast<int64_t>(plan_.items.size()),
                                              int64_t{info_.sm_count} * std::max(1, ctas_per_sm_)));
@@ -154,7 +160,8 @@ void SplitDecode::run(const DecodeAttentionParams& params, const PrefetchPolicy&
   const PagedKvCache& kv = params.kv;
   if (plan_.items.empty() || kv.batch_size != planned_batch_ ||
       kv.num_kv_heads != planned_kv_heads_ || kv.head_dim != planned_head_dim_ ||
-      kv.dtype != planned_dtype_ || params.group_size() != planned_group_)
+      kv.dtype != planned_dtype_ || params.group_size() != planned_group_ ||
+      kv.storage != planned_storage_)
     throw Error("split decode: run() called with a shape that differs from the last plan()");
   SplitKernelArgs args;
   args.params = params;
@@ -168,9 +175,21 @@ void SplitDecode::run(const DecodeAttentionParams& params, const PrefetchPolicy&
   args.prefetch_distance = prefetch_distance(policy);
   args.prefetch_hint = policy.prefetch_hint;
   args.load_hint = policy.load_hint;
+  args.pdl = policy.pdl;
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  L2KV_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
+  const bool eager = capture == cudaStreamCaptureStatusNone;
+  if (eager && last_run_recorded_ && stream != last_run_stream_)
+    L2KV_CUDA_CHECK(cudaStreamWaitEvent(stream, last_run_, 0));
   launch_split_decode_kernel(
       args, graph_mode() ? item_capacity(planned_batch_) : static_cast<int32_t>(plan_.items.size()),
       stream);
+  if (eager) {
+    if (!last_run_) L2KV_CUDA_CHECK(cudaEventCreateWithFlags(&last_run_, cudaEventDisableTiming));
+    L2KV_CUDA_CHECK(cudaEventRecord(last_run_, stream));
+    last_run_stream_ = stream;
+    last_run_recorded_ = true;
+  }
 }
 
 }  // namespace l2kv

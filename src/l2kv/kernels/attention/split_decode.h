@@ -38,7 +38,9 @@ class SplitDecode {
   bool graph_mode() const { return graph_items_ > 0; }
 
   // Runs the last plan; no allocation and no host synchronization, so a CUDA graph can
-  // capture it. The shape of `params` must match the one planned for.
+  // capture it. The shape of `params` must match the one planned for. Runs share one
+  // workspace (partials, arrival counters): a run on another stream than the previous one
+  // first waits for it, so two runs are never in flight at once.
   void run(const DecodeAttentionParams& params, const PrefetchPolicy& policy,
            cudaStream_t stream) const;
 
@@ -63,6 +65,7 @@ class SplitDecode {
   DeviceInfo info_;
   SplitPlan plan_;
   DType planned_dtype_ = DType::kBFloat16;
+  KvStorage planned_storage_ = KvStorage::kModelDtype;
   int32_t planned_head_dim_ = 0;
   int32_t planned_group_ = 0;
   int32_t planned_batch_ = 0;
@@ -82,6 +85,10 @@ class SplitDecode {
   DeviceBuffer partial_out_;
   DeviceBuffer partial_lse_;
   DeviceBuffer num_items_;
+  // The last eager run, which a run on another stream waits for.
+  mutable cudaEvent_t last_run_ = nullptr;
+  mutable cudaStream_t last_run_stream_ = nullptr;
+  mutable bool last_run_recorded_ = false;
 };
 
 }  // namespace l2kv

@@ -23,16 +23,17 @@ struct SplitKernelArgs {
   int32_t prefetch_distance = 0;             // tiles ahead; 0 = off
   L2EvictionHint prefetch_hint = L2EvictionHint::kNormal;
   L2EvictionHint load_hint = L2EvictionHint::kNormal;
+  bool pdl = false;  // launched with programmatic dependent launch (PrefetchPolicy::pdl)
 };
 
 inline constexpr int32_t kSplitTileTokens = 64;
 
 // Most slices of one (sequence, KV head) the merge of partials can hold in shared memory.
-int32_t split_decode_max_merge_splits(int32_t head_dim, int32_t group);
-// Pipeline depth (tiles in shared memory) for a head_dim.
-int32_t split_decode_stages(int32_t head_dim);
+int32_t split_decode_max_merge_splits(int32_t head_dim, int32_t group, bool fp8_kv);
+// Pipeline depth (tiles in shared memory) for a head_dim and KV storage.
+int32_t split_decode_stages(int32_t head_dim, bool fp8_kv);
 // Thread blocks of the kernel resident per SM (occupancy query).
-int32_t split_decode_ctas_per_sm(DType dtype, int32_t head_dim);
+int32_t split_decode_ctas_per_sm(DType dtype, int32_t head_dim, bool fp8_kv);
 void launch_split_decode_kernel(const SplitKernelArgs& args, int32_t num_items,
                                 cudaStream_t stream);
 

@@ -1,7 +1,11 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <type_traits>
+
 #include "l2kv/core/cuda_check.h"
+#include "l2kv/kernels/fp8.cuh"
+#include "l2kv/kernels/grid_dependency.cuh"
 #include "l2kv/kernels/model/model_ops.h"
 #include "l2kv/kernels/tensor_core.cuh"
 
@@ -45,12 +49,16 @@ __global__ void add_rmsnorm_kernel(float* residual, const T* add, const T* weigh
     out[base + i] = Traits::from_float(Traits::to_float(weight[i]) * (residual[base + i] * scale));
 }
 
-// One block per token; threads over (head, pair) for q and k heads, then v.
-template <typename T>
+// One block per token; threads over (head, pair) for q and k heads, then v. kFp8: K and V are
+// stored as E4M3 of their 16-bit values divided by the layer's scale.
+template <typename T, bool kFp8>
 __global__ void rope_and_cache_kernel(const T* qkv, const T* bias, const int32_t* positions,
                                       const int32_t* slots, const float* inv_freq, int32_t q_heads,
                                       const PagedKvCache kv, T* q_out) {
   using Traits = tc::ElementTraits<T>;
+  // An attention kernel launched with programmatic dependent launch may start now: it waits for
+  // this grid's writes before it reads them, and meanwhile prefetches older KV into L2.
+  ptx::launch_dependents();
   const int t = blockIdx.x;
   const int d = kv.head_dim, half = d / 2;
   const int q_dim = q_heads * d, kv_dim = kv.num_kv_heads * d, width = q_dim + 2 * kv_dim;
@@ -61,8 +69,16 @@ __global__ void rope_and_cache_kernel(const T* qkv, const T* bias, const int32_t
   const float pos = static_cast<float>(positions[t]);
   const int slot = slots[t];  // -1: a pad row whose K/V is not kept
   const int block = slot / kv.block_size, in_block = slot % kv.block_size;
-  T* k_pool = static_cast<T*>(kv.k_pool);
-  T* v_pool = static_cast<T*>(kv.v_pool);
+  using Stored = std::conditional_t<kFp8, uint8_t, T>;
+  Stored* k_pool = static_cast<Stored*>(kv.k_pool);
+  Stored* v_pool = static_cast<Stored*>(kv.v_pool);
+  const float inv_k_scale = 1.f / kv.k_scale, inv_v_scale = 1.f / kv.v_scale;
+  auto store = [](T value, float inv_scale) {
+    if constexpr (kFp8)
+      return fp8::from_float(Traits::to_float(value) * inv_scale);
+    else
+      return value;
+  };
   const int rope_pairs = (q_heads + kv.num_kv_heads) * half;
   for (int p = threadIdx.x; p < rope_pairs; p += blockDim.x) {
     const int head = p / half, i = p % half;
@@ -77,13 +93,13 @@ __global__ void rope_and_cache_kernel(const T* qkv, const T* bias, const int32_t
       q_out[static_cast<int64_t>(t) * q_dim + base + i + half] = rb;
     } else if (slot >= 0) {
       const int64_t off = kv.offset(block, in_block, head - q_heads);
-      k_pool[off + i] = ra;
-      k_pool[off + i + half] = rb;
+      k_pool[off + i] = store(ra, inv_k_scale);
+      k_pool[off + i + half] = store(rb, inv_k_scale);
     }
   }
   for (int i = threadIdx.x; i < kv_dim && slot >= 0; i += blockDim.x)
     v_pool[kv.offset(block, in_block, i / d) + i % d] =
-        Traits::from_float(value(q_dim + kv_dim + i));
+        store(Traits::from_float(value(q_dim + kv_dim + i)), inv_v_scale);
 }
 
 template <typename T>
@@ -141,9 +157,10 @@ void rope_and_cache(const void* qkv, const void* bias, const int32_t* positions,
                     int32_t q_heads, const PagedKvCache& kv, void* q_out, cudaStream_t stream) {
   with_type(kv.dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
-    rope_and_cache_kernel<T><<<num_tokens, kThreads, 0, stream>>>(
-        static_cast<const T*>(qkv), static_cast<const T*>(bias), positions, slots, inv_freq,
-        q_heads, kv, static_cast<T*>(q_out));
+    auto kernel = kv.fp8() ? rope_and_cache_kernel<T, true> : rope_and_cache_kernel<T, false>;
+    kernel<<<num_tokens, kThreads, 0, stream>>>(static_cast<const T*>(qkv),
+                                                static_cast<const T*>(bias), positions, slots,
+                                                inv_freq, q_heads, kv, static_cast<T*>(q_out));
   });
   L2KV_CUDA_CHECK_LAUNCH();
 }

@@ -22,7 +22,8 @@ void add_rmsnorm(DType dtype, float* residual, const void* add, const void* weig
 
 // Adds `bias` (nullable, [q_dim + 2 kv_dim]) to the fused QKV projection [tokens, q|k|v], applies
 // neox RoPE to q and k at `positions`, writes q to `q_out` [tokens, q_heads, head_dim] and k, v
-// into the paged cache (kv.dtype) at `slots` (physical block * block_size + offset; -1 = skip).
+// into the paged cache (kv.dtype, or E4M3 / scale for an fp8 cache) at `slots` (physical block *
+// block_size + offset; -1 = skip).
 void rope_and_cache(const void* qkv, const void* bias, const int32_t* positions,
                     const int32_t* slots, const float* inv_freq, int32_t num_tokens,
                     int32_t q_heads, const PagedKvCache& kv, void* q_out, cudaStream_t stream);

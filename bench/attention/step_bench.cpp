@@ -1,0 +1,235 @@
+// l2kv_bench_step: the attention half of a decoder layer as a decode step runs it, QKV
+// projection -> RoPE + KV write -> split decode attention, for several layers (each with its
+// own weights and KV pools, like a model's) in one CUDA graph, with each split prefetch policy.
+// It measures what programmatic dependent launch (+pdl) saves per layer: the attention kernel's
+// launch and prologue overlapping the RoPE kernel, and its first KV tiles fetched into L2
+// before the RoPE kernel's writes are visible.
+#include <CLI/CLI.hpp>
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <ctime>
+#include <fstream>
+#include <iostream>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "bench_buffers.h"
+#include "bench_kernels.h"
+#include "l2kv/core/cuda_check.h"
+#include "l2kv/core/device_info.h"
+#include "l2kv/kernels/attention/split_decode.h"
+#include "l2kv/kernels/model/gemm.h"
+#include "l2kv/kernels/model/model_ops.h"
+#include "l2kv/kernels/random_fill.h"
+
+namespace l2kv::bench {
+namespace {
+
+struct Options {
+  std::vector<int32_t> batches{1, 16, 64};
+  std::vector<int32_t> contexts{1024, 4608};
+  std::vector<std::string> policies{"off", "off+pdl", "on:1", "on:1+pdl"};
+  int32_t layers = 8;
+  int32_t hidden = 4096;  // Llama-3-8B
+  int32_t q_heads = 32;
+  int32_t kv_heads = 8;
+  int32_t head_dim = 128;
+  int32_t block_size = 16;
+  int reps = 30;
+  std::string json_path;
+};
+
+// One layer's state: QKV weights, KV pools.
+struct Layer {
+  DeviceArray<uint16_t> qkv_weight;
+  DeviceArray<uint16_t> k_pool, v_pool;
+  Layer(size_t weight_elems, size_t pool_elems)
+      : qkv_weight(weight_elems), k_pool(pool_elems), v_pool(pool_elems) {}
+};
+
+nlohmann::json run_point(const Options& o, const DeviceInfo& info, int32_t batch, int32_t context,
+                         cudaStream_t stream) {
+  const int32_t q_dim = o.q_heads * o.head_dim, kv_dim = o.kv_heads * o.head_dim;
+  const int32_t qkv_out = q_dim + 2 * kv_dim;
+  const int32_t seq_len = context + 1;  // the cached context plus this step's token
+  const int32_t blocks_per_seq = (seq_len + o.block_size - 1) / o.block_size;
+  const int32_t num_blocks = batch * blocks_per_seq;
+  const size_t pool_elems = static_cast<size_t>(num_blocks) * o.block_size * kv_dim;
+
+  std::vector<std::unique_ptr<Layer>> layers;
+  for (int32_t l = 0; l < o.layers; ++l) {
+    layers.push_back(std::make_unique<Layer>(static_cast<size_t>(qkv_out) * o.hidden, pool_elems));
+    fill_random(layers[l]->qkv_weight.get(), static_cast<int64_t>(qkv_out) * o.hidden,
+                DType::kBFloat16, 0.02f, 10 + l, stream);
+    fill_random(layers[l]->k_pool.get(), static_cast<int64_t>(pool_elems), DType::kBFloat16, 1.f,
+                100 + l, stream);
+    fill_random(layers[l]->v_pool.get(), static_cast<int64_t>(pool_elems), DType::kBFloat16, 1.f,
+                200 + l, stream);
+  }
+  // Shuffled block tables; the new token of each sequence goes to position `context`.
+  std::mt19937 rng(static_cast<uint32_t>(batch * 7919 + context));
+  std::vector<int32_t> physical(num_blocks);
+  std::iota(physical.begin(), physical.end(), 0);
+  std::shuffle(physical.begin(), physical.end(), rng);
+  std::vector<int32_t> positions(batch, context), slots(batch), lens(batch, seq_len);
+  for (int32_t s = 0; s < batch; ++s)
+    slots[s] = physical[s * blocks_per_seq + context / o.block_size] * o.block_size +
+               context % o.block_size;
+  std::vector<float> inv_freq(o.head_dim / 2);
+  for (int32_t i = 0; i < o.head_dim / 2; ++i)
+    inv_freq[i] = static_cast<float>(std::pow(500000.0, -2.0 * i / o.head_dim));
+
+  DeviceArray<int32_t> table_d(physical.size()), positions_d(batch), slots_d(batch), lens_d(batch);
+  DeviceArray<float> inv_freq_d(inv_freq.size());
+  DeviceArray<uint16_t> x(static_cast<size_t>(batch) * o.hidden);
+  DeviceArray<uint16_t> qkv(static_cast<size_t>(batch) * qkv_out);
+  DeviceArray<uint16_t> q(static_cast<size_t>(batch) * q_dim),
+      out(static_cast<size_t>(batch) * q_dim);
+  auto upload = [&](void* dst, const void* src, size_t bytes) {
+    L2KV_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream));
+  };
+  upload(table_d.get(), physical.data(), physical.size() * sizeof(int32_t));
+  upload(positions_d.get(), positions.data(), batch * sizeof(int32_t));
+  upload(slots_d.get(), slots.data(), batch * sizeof(int32_t));
+  upload(lens_d.get(), lens.data(), batch * sizeof(int32_t));
+  upload(inv_freq_d.get(), inv_freq.data(), inv_freq.size() * sizeof(float));
+  fill_random(x.get(), static_cast<int64_t>(batch) * o.hidden, DType::kBFloat16, 1.f, 7, stream);
+
+  DecodeAttentionParams params;
+  params.q = q.get();
+  params.out = out.get();
+  params.num_q_heads = o.q_heads;
+  params.softmax_scale = 1.f / std::sqrt(static_cast<float>(o.head_dim));
+  params.max_seq_len = seq_len;
+  PagedKvCache& kv = params.kv;
+  kv.k_pool = layers[0]->k_pool.get();
+  kv.v_pool = layers[0]->v_pool.get();
+  kv.block_table = table_d.get();
+  kv.seq_lens = lens_d.get();
+  kv.num_blocks = num_blocks;
+  kv.block_size = o.block_size;
+  kv.num_kv_heads = o.kv_heads;
+  kv.head_dim = o.head_dim;
+  kv.batch_size = batch;
+  kv.max_blocks_per_seq = blocks_per_seq;
+  kv.layout = KvLayout::kHND;
+  kv.dtype = DType::kBFloat16;
+
+  // As the engine runs it: graph mode, one plan for all layers of the step.
+  SplitDecode split;
+  split.reserve_for_graphs(batch, params);
+  split.plan(params, lens, stream);
+  Gemm gemm;
+  auto enqueue_layers = [&](const PrefetchPolicy& policy) {
+    for (const auto& layer : layers) {
+      DecodeAttentionParams p = params;
+      p.kv.k_pool = layer->k_pool.get();
+      p.kv.v_pool = layer->v_pool.get();
+      gemm.linear(DType::kBFloat16, x.get(), layer->qkv_weight.get(), qkv.get(), batch, o.hidden,
+                  qkv_out, stream);
+      ops::rope_and_cache(qkv.get(), nullptr, positions_d.get(), slots_d.get(), inv_freq_d.get(),
+                          batch, o.q_heads, p.kv, q.get(), stream);
+      split.run(p, policy, stream);
+    }
+  };
+  // Cold L2 before each replay, as after a step's LM head: write then read 256 MiB.
+  DeviceArray<uint8_t> flush(size_t{256} << 20);
+  DeviceArray<uint32_t> sink(static_cast<size_t>(info.sm_count) * 8 * 256);
+
+  nlohmann::json point = {{"batch", batch},
+                          {"context", context},
+                          {"layers", o.layers},
+                          {"kv_mib_per_layer", 2.0 * pool_elems * 2 / (1 << 20)}};
+  for (const std::string& name : o.policies) {
+    const PrefetchPolicy policy = parse_prefetch_policy(name);
+    enqueue_layers(policy);  // eager once: GEMM plans and kernel attributes
+    L2KV_CUDA_CHECK(cudaStreamSynchronize(stream));
+    cudaGraph_t graph = nullptr;
+    cudaGraphExec_t exec = nullptr;
+    L2KV_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+    enqueue_layers(policy);
+    L2KV_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
+    L2KV_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+    std::vector<double> us;
+    cudaEvent_t start, stop;
+    L2KV_CUDA_CHECK(cudaEventCreate(&start));
+    L2KV_CUDA_CHECK(cudaEventCreate(&stop));
+    for (int r = 0; r < o.reps + 2; ++r) {
+      L2KV_CUDA_CHECK(cudaMemsetAsync(flush.get(), r & 0xff, flush.size(), stream));
+      launch_streaming_read(flush.get(), static_cast<int64_t>(flush.size()), sink.get(),
+                            info.sm_count, stream);
+      L2KV_CUDA_CHECK(cudaEventRecord(start, stream));
+      L2KV_CUDA_CHECK(cudaGraphLaunch(exec, stream));
+      L2KV_CUDA_CHECK(cudaEventRecord(stop, stream));
+      L2KV_CUDA_CHECK(cudaEventSynchronize(stop));
+      float ms = 0;
+      L2KV_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
+      if (r >= 2) us.push_back(ms * 1e3);  // the first replays upload the graph
+    }
+    cudaEventDestroy(start);
+    cudaEventDestroy(stop);
+    cudaGraphExecDestroy(exec);
+    cudaGraphDestroy(graph);
+    const double per_layer = median(us) / o.layers;
+    point["us_per_layer"][name] = per_layer;
+    std::printf("B=%-3d ctx=%-5d %-12s %8.2f us/layer\n", batch, context, name.c_str(), per_layer);
+  }
+  return point;
+}
+
+}  // namespace
+}  // namespace l2kv::bench
+
+int main(int argc, char** argv) {
+  using namespace l2kv;
+  using namespace l2kv::bench;
+  Options o;
+  CLI::App app{
+      "l2kv_bench_step: QKV projection -> RoPE + KV write -> split decode attention for several "
+      "layers in one CUDA graph (cold L2 before each replay), per split prefetch policy; "
+      "reports microseconds per layer"};
+  app.add_option("--batches", o.batches, "Batch sizes (sequences)")->capture_default_str();
+  app.add_option("--contexts", o.contexts, "Cached tokens per sequence")->capture_default_str();
+  app.add_option("--policies", o.policies,
+                 "Split prefetch policies (see --kv-prefetch of l2kv; +pdl = programmatic "
+                 "dependent launch with prefetch before the grid dependency wait)")
+      ->capture_default_str();
+  app.add_option("--layers", o.layers, "Layers per graph, each with its own weights and KV")
+      ->check(CLI::Range(1, 64))
+      ->capture_default_str();
+  app.add_option("--reps", o.reps, "Timed graph replays per policy (median)")
+      ->check(CLI::Range(1, 10000))
+      ->capture_default_str();
+  app.add_option("--json", o.json_path, "Write the results as JSON to this file");
+  CLI11_PARSE(app, argc, argv);
+  try {
+    for (const auto& p : o.policies) parse_prefetch_policy(p);  // fail before any GPU work
+    int device = 0;
+    L2KV_CUDA_CHECK(cudaGetDevice(&device));
+    const DeviceInfo info = query_device_info(device);
+    cudaStream_t stream = nullptr;
+    L2KV_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+    std::string command_line;
+    for (int i = 0; i < argc; ++i) command_line += (i ? " " : "") + std::string(argv[i]);
+    std::printf("%s, %d SMs; llama3-8b attention chain, %d layers, bf16, HND, block %d\n",
+                info.name.c_str(), info.sm_count, o.layers, o.block_size);
+    nlohmann::json results = {{"device", info.name},
+                              {"command", command_line},
+                              {"date", std::time(nullptr)},
+                              {"points", nlohmann::json::array()}};
+    for (int32_t batch : o.batches)
+      for (int32_t context : o.contexts)
+        results["points"].push_back(run_point(o, info, batch, context, stream));
+    if (!o.json_path.empty()) std::ofstream(o.json_path) << results.dump(2) << "\n";
+    cudaStreamDestroy(stream);
+  } catch (const std::exception& e) {
+    std::cerr << "l2kv_bench_step: " << e.what() << "\n";
+    return 1;
+  }
+  return 0;
+}
