@@ -102,9 +102,9 @@ double measure_read_ceiling(cudaStream_t stream) {
   return static_cast<double>(bytes) / (ms[10] * 1e-3);
 }
 
-// Bytes of K and V of one token over all layers.
-int64_t kv_bytes_per_token(const ModelConfig& c) {
-  return int64_t{2} * c.num_layers * c.num_kv_heads * c.head_dim * dtype_bytes(c.dtype);
+// Bytes of K and V of one token over all layers, as the model stores them (16-bit or fp8).
+int64_t kv_bytes_per_token(const CudaModel& model) {
+  return model.kv_block_bytes(1);
 }
 
 // One decode step at `batch` sequences of `context` tokens, KV filled with random values:
@@ -120,8 +120,13 @@ nlohmann::ordered_json run_steady_point(CudaModel& model, const Variant& variant
   const int64_t pool_elems =
       static_cast<int64_t>(num_blocks) * block_size * c.num_kv_heads * c.head_dim;
   for (int64_t l = 0; l < c.num_layers; ++l) {
-    fill_random(model.k_pool(l), pool_elems, c.dtype, 1.f, 1000 + 2 * l, stream);
-    fill_random(model.v_pool(l), pool_elems, c.dtype, 1.f, 1001 + 2 * l, stream);
+    if (model.kv_storage() == KvStorage::kFp8E4M3) {
+      fill_random_fp8_e4m3(model.k_pool(l), pool_elems, 1.f, 1000 + 2 * l, stream);
+      fill_random_fp8_e4m3(model.v_pool(l), pool_elems, 1.f, 1001 + 2 * l, stream);
+    } else {
+      fill_random(model.k_pool(l), pool_elems, c.dtype, 1.f, 1000 + 2 * l, stream);
+      fill_random(model.v_pool(l), pool_elems, c.dtype, 1.f, 1001 + 2 * l, stream);
+    }
   }
   model.set_decode_attention(variant.kernel, variant.policy);
   model.set_use_graphs(true);
@@ -173,7 +178,7 @@ nlohmann::ordered_json run_steady_point(CudaModel& model, const Variant& variant
   model.release_kv_cache();
 
   const double bytes = static_cast<double>(model.streamed_weight_bytes()) +
-                       static_cast<double>(kv_bytes_per_token(c)) * batch * (context + 1.0);
+                       static_cast<double>(kv_bytes_per_token(model)) * batch * (context + 1.0);
   const double mbu = bytes / (graph_ms * 1e-3 * ceiling);
   return {{"mode", "steady"},
           {"attention", decode_kernel_name(variant.kernel)},
@@ -260,8 +265,9 @@ nlohmann::ordered_json run_e2e_point(Engine& engine, const ModelConfig& c, int64
     } else {
       decode_s += step_s;
       ++decode_steps;
-      decode_bytes += static_cast<double>(weight_bytes) +
-                      static_cast<double>(kv_bytes_per_token(c)) * (kv_tokens + before.running);
+      decode_bytes +=
+          static_cast<double>(weight_bytes) +
+          static_cast<double>(kv_bytes_per_token(runner.model())) * (kv_tokens + before.running);
     }
     if (seconds_since(last_progress) > 2.0) {
       last_progress = Clock::now();

@@ -33,7 +33,14 @@ void add_model_options(CLI::App& app, ModelOptions& o) {
   app.add_option("--kv-prefetch", o.kv_prefetch,
                  "L2 prefetch of the KV cache in decode attention: off, on (one step ahead), "
                  "on:N, or auto (each kernel's measured rule); suffixes +evict_last, "
-                 "+evict_first, +stream, +every_head")
+                 "+evict_first, +stream, +every_head, and +pdl (split kernel: start during the "
+                 "RoPE/KV-write kernel and prefetch older KV into L2 while it runs)")
+      ->capture_default_str();
+  app.add_option("--kv-cache-dtype", o.kv_cache_dtype,
+                 "KV cache element type on CUDA: auto (the model's dtype) or fp8_e4m3 (alias "
+                 "fp8: half the bytes per token, scaled by the checkpoint's per-layer "
+                 "self_attn.k_scale/v_scale or 1; needs --attention split)")
+      ->check(CLI::IsMember({"auto", "fp8", "fp8_e4m3"}))
       ->capture_default_str();
   app.add_flag("--enforce-eager", o.enforce_eager,
                "Run decode steps kernel by kernel instead of replaying CUDA graphs");
@@ -126,10 +133,12 @@ LoadedModel load_model(const ModelOptions& o) {
     options.attention = parse_decode_kernel(o.attention);
     options.kv_prefetch = parse_prefetch_policy(o.kv_prefetch);
     options.cuda_graphs = !o.enforce_eager;
+    options.kv_storage = o.kv_cache_dtype == "auto" ? KvStorage::kModelDtype : KvStorage::kFp8E4M3;
     auto runner = std::make_unique<CudaRunner>(loaded.cuda_model, options);
     loaded.description = o.model + " on " + runner->device_name() + " (" +
                          std::string(dtype_name(loaded.cuda_model->config().dtype)) +
                          ", attention " + o.attention + ", kv-prefetch " + o.kv_prefetch +
+                         ", kv-cache " + std::string(kv_storage_name(options.kv_storage)) +
                          (o.enforce_eager ? ", eager" : ", CUDA graphs") + ")";
     loaded.runner = std::move(runner);
   }

@@ -20,7 +20,8 @@ struct ModelOptions {
   std::string device = "auto";  // auto | cpu | cuda | cuda:N
   std::string attention = "split";
   std::string kv_prefetch = "auto";
-  bool enforce_eager = false;  // no CUDA graphs
+  std::string kv_cache_dtype = "auto";  // auto (the model's dtype) | fp8_e4m3 (alias fp8)
+  bool enforce_eager = false;           // no CUDA graphs
   uint64_t synthetic_seed = 1;
 };
 

@@ -60,6 +60,7 @@ DecodeKernel parse_decode_kernel(const std::string& name) {
 struct CudaModel::Weights {
   struct Layer {
     DeviceArray<uint16_t> input_norm, post_norm, qkv, qkv_bias, o, gate_up, down;
+    float k_scale = 1.f, v_scale = 1.f;  // fp8 KV cache
   };
   DeviceArray<uint16_t> embed, lm_head, final_norm;
   std::vector<Layer> layers;
@@ -108,6 +109,8 @@ CudaModel::CudaModel(const std::filesystem::path& folder)
     layer.o = upload_16bit(c.dtype, w.o);
     layer.gate_up = upload_16bit(c.dtype, concat(w.gate, w.up));
     layer.down = upload_16bit(c.dtype, w.down);
+    layer.k_scale = w.k_scale;
+    layer.v_scale = w.v_scale;
     weights_->layers.push_back(std::move(layer));
   }
   init_common();
@@ -216,10 +219,18 @@ int64_t CudaModel::streamed_weight_bytes() const {
          (c.tie_word_embeddings ? 0 : c.vocab_size * c.hidden_size * dtype_bytes(c.dtype));
 }
 
+void CudaModel::set_kv_storage(KvStorage storage) {
+  if (num_blocks_ > 0)
+    throw Error("CUDA backend: the KV cache dtype is set before the KV pool is allocated");
+  if (storage == KvStorage::kFp8E4M3 && decode_kernel_ != DecodeKernel::kSplit)
+    throw Error("an fp8 KV cache needs the split attention kernel (paged_v1 reads 16-bit KV)");
+  kv_storage_ = storage;
+}
+
 int64_t CudaModel::kv_block_bytes(int32_t block_size) const {
   const ModelConfig& c = config_;
-  return int64_t{2} * c.num_layers * block_size * c.num_kv_heads * c.head_dim *
-         dtype_bytes(c.dtype);
+  const int64_t element_bytes = kv_storage_ == KvStorage::kFp8E4M3 ? 1 : dtype_bytes(c.dtype);
+  return int64_t{2} * c.num_layers * block_size * c.num_kv_heads * c.head_dim * element_bytes;
 }
 
 void CudaModel::allocate_kv_cache(int32_t num_blocks, int32_t block_size) {
@@ -257,6 +268,11 @@ void CudaModel::release_kv_cache() {
 }
 
 void CudaModel::set_decode_attention(DecodeKernel kernel, const PrefetchPolicy& policy) {
+  if (policy.pdl && kernel != DecodeKernel::kSplit)
+    throw Error("KV prefetch policy " + to_string(policy) +
+                ": +pdl (programmatic dependent launch) needs the split attention kernel");
+  if (kv_storage_ == KvStorage::kFp8E4M3 && kernel != DecodeKernel::kSplit)
+    throw Error("an fp8 KV cache needs the split attention kernel (paged_v1 reads 16-bit KV)");
   drop_graphs();
   decode_kernel_ = kernel;
   prefetch_ = policy;
@@ -284,6 +300,7 @@ DecodeAttentionParams CudaModel::decode_params() const {
   p.kv.max_blocks_per_seq = ceil_div(limits_.max_model_len, block_size_);
   p.kv.layout = KvLayout::kHND;
   p.kv.dtype = c.dtype;
+  p.kv.storage = kv_storage_;
   return p;
 }
 
@@ -432,6 +449,8 @@ struct CudaModel::GraphOps {
   void rope_and_append_kv(int64_t l) {
     decode.kv.k_pool = m->k_pools_[l];
     decode.kv.v_pool = m->v_pools_[l];
+    decode.kv.k_scale = w(l).k_scale;
+    decode.kv.v_scale = w(l).v_scale;
     ops::rope_and_cache(ws().qkv.ptr, w(l).qkv_bias.ptr, ws().meta.ptr + ws().positions,
                         ws().meta.ptr + ws().slots, m->inv_freq_, n,
                         static_cast<int32_t>(c().num_q_heads), decode.kv, ws().q.ptr, stream);

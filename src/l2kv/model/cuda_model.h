@@ -71,6 +71,11 @@ class CudaModel {
   // and drops captured graphs).
   void allocate_workspace(const WorkspaceLimits& limits);
   const WorkspaceLimits& limits() const { return limits_; }
+  // How K and V are stored: the model's dtype (default) or fp8 E4M3 with each layer's
+  // checkpoint scales (1 where it has none), read by the split and prefill kernels. Set before
+  // allocate_kv_cache; throws once a pool exists.
+  void set_kv_storage(KvStorage storage);
+  KvStorage kv_storage() const { return kv_storage_; }
   // K and V of all layers for one block of `block_size` tokens.
   int64_t kv_block_bytes(int32_t block_size) const;
   // Allocates the paged KV pool: `num_blocks` blocks per layer. Drops captured graphs.
@@ -145,6 +150,7 @@ class CudaModel {
   std::vector<void*> k_pools_, v_pools_;
   int32_t num_blocks_ = 0;
   int32_t block_size_ = 16;
+  KvStorage kv_storage_ = KvStorage::kModelDtype;
   float* inv_freq_ = nullptr;
   Gemm gemm_;
   SplitDecode split_;

@@ -1,6 +1,9 @@
 #include "l2kv/model/hf_weights.h"
 
+#include <cmath>
 #include <string>
+
+#include "l2kv/core/error.h"
 
 namespace l2kv {
 
@@ -35,6 +38,16 @@ HfLayerWeights load_hf_layer_weights(const Checkpoint& checkpoint, const ModelCo
   w.gate = load("mlp.gate_proj.weight", {c.intermediate_size, c.hidden_size});
   w.up = load("mlp.up_proj.weight", {c.intermediate_size, c.hidden_size});
   w.down = load("mlp.down_proj.weight", {c.hidden_size, c.intermediate_size});
+  auto scale = [&](const std::string& name) {
+    const TensorView* t = checkpoint.find(p + name);
+    if (t == nullptr) return 1.f;
+    if (t->elements() != 1) throw Error(p + name + ": expected one value");
+    const float v = t->to_float()[0];
+    if (!std::isfinite(v) || v <= 0) throw Error(p + name + ": expected a positive finite scale");
+    return v;
+  };
+  w.k_scale = scale("self_attn.k_scale");
+  w.v_scale = scale("self_attn.v_scale");
   return w;
 }
 

@@ -24,6 +24,9 @@ struct HfLayerWeights {
   std::vector<float> q, k, v, o;
   std::vector<float> q_bias, k_bias, v_bias;  // empty without QKV bias
   std::vector<float> gate, up, down;
+  // fp8 KV cache scales (self_attn.k_scale / v_scale, as vLLM's fp8 checkpoints store them);
+  // 1 when the checkpoint has none.
+  float k_scale = 1.f, v_scale = 1.f;
 };
 
 HfGlobalWeights load_hf_global_weights(const Checkpoint& checkpoint, const ModelConfig& config);

@@ -63,6 +63,11 @@ class Checkpoint {
   explicit Checkpoint(const std::filesystem::path& folder);
 
   bool contains(const std::string& name) const { return index_.count(name) > 0; }
+  // The tensor `name` of any shape, or null when the checkpoint has none.
+  const TensorView* find(const std::string& name) const {
+    const auto it = index_.find(name);
+    return it == index_.end() ? nullptr : it->second;
+  }
   // Throws l2kv::Error when the tensor is missing or its shape differs from `expected_shape`.
   const TensorView& get(const std::string& name, const std::vector<int64_t>& expected_shape) const;
   const std::filesystem::path& folder() const { return folder_; }
