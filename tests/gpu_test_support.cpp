@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <numeric>
 #include <string>
@@ -123,22 +124,58 @@ std::vector<float> DeviceDecodeProblem::download_output() const {
   return out;
 }
 
-ErrorStats compare(const std::vector<float>& out, const std::vector<float>& ref) {
-  ErrorStats s;
-  double diff2 = 0, ref2 = 0;
-  for (size_t i = 0; i < out.size() && i < ref.size(); ++i) {
-    if (!std::isfinite(out[i])) {
-      ++s.non_finite;
-      continue;
+double max_row_relative_l2(DType dtype) {
+  return dtype == DType::kFloat16 ? kFp16MaxRowRelativeL2 : kBf16MaxRowRelativeL2;
+}
+
+RowErrorStats compare_rows(const std::vector<float>& out, const std::vector<float>& ref,
+                           int32_t row_len) {
+  RowErrorStats s;
+  const size_t n = std::min(out.size(), ref.size());
+  s.non_finite = static_cast<int64_t>(std::max(out.size(), ref.size()) - n);
+  const size_t stride = static_cast<size_t>(std::max(row_len, 1));
+  for (size_t begin = 0; begin < n; begin += stride) {
+    double diff2 = 0, ref2 = 0;
+    for (size_t i = begin; i < std::min(n, begin + stride); ++i) {
+      if (!std::isfinite(out[i])) {
+        ++s.non_finite;
+        continue;
+      }
+      const double d = static_cast<double>(out[i]) - ref[i];
+      diff2 += d * d;
+      ref2 += static_cast<double>(ref[i]) * ref[i];
+      s.max_abs = std::max(s.max_abs, std::abs(d));
     }
-    const double d = static_cast<double>(out[i]) - ref[i];
-    diff2 += d * d;
-    ref2 += static_cast<double>(ref[i]) * ref[i];
-    s.max_abs = std::max(s.max_abs, std::abs(d));
+    const double error = ref2 > 0 ? std::sqrt(diff2 / ref2) : std::sqrt(diff2);
+    if (s.worst_row < 0 || error > s.worst_row_relative_l2) {
+      s.worst_row_relative_l2 = error;
+      s.worst_row = static_cast<int64_t>(begin / stride);
+    }
   }
-  if (out.size() != ref.size()) s.non_finite += 1;
-  s.relative_l2 = ref2 > 0 ? std::sqrt(diff2 / ref2) : std::sqrt(diff2);
   return s;
+}
+
+::testing::AssertionResult rows_match(const std::vector<float>& out, const std::vector<float>& ref,
+                                      int32_t head_dim, int32_t num_q_heads, DType dtype,
+                                      const std::string& variant) {
+  const RowErrorStats s = compare_rows(out, ref, head_dim);
+  const double bound = max_row_relative_l2(dtype);
+  const ::testing::TestInfo* info = ::testing::UnitTest::GetInstance()->current_test_info();
+  std::string test =
+      info != nullptr ? std::string(info->test_suite_name()) + "." + info->name() : "none";
+  std::string label = variant.empty() ? "-" : variant;
+  std::replace(label.begin(), label.end(), ' ', '_');  // keep the line's fields split by spaces
+  std::printf("[row-error] %s %s dtype=%s worst_row_rel_l2=%.2e bound=%.2e\n", test.c_str(),
+              label.c_str(), std::string(dtype_name(dtype)).c_str(), s.worst_row_relative_l2,
+              bound);
+  std::fflush(stdout);
+  if (s.non_finite == 0 && s.worst_row_relative_l2 <= bound) return ::testing::AssertionSuccess();
+  const int32_t heads = std::max(num_q_heads, 1);
+  return ::testing::AssertionFailure()
+         << variant << ": " << s.non_finite << " non-finite outputs; worst row relative L2 "
+         << s.worst_row_relative_l2 << " (bound " << bound << ") at row " << s.worst_row
+         << " (sequence or prefill row " << s.worst_row / heads << ", query head "
+         << s.worst_row % heads << "), max abs error " << s.max_abs;
 }
 
 std::vector<int32_t> random_lengths(int32_t batch, int32_t max_len, uint64_t seed) {

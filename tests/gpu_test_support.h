@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "l2kv/core/cuda_check.h"
@@ -76,12 +77,30 @@ class DeviceDecodeProblem {
   size_t out_elems_ = 0;
 };
 
-struct ErrorStats {
-  double relative_l2 = 0;  // ||out - ref|| / ||ref||
+// Per-row error bounds: an output row is the head_dim values of one (sequence or prefill row,
+// query head). P and the outputs are rounded to the dtype (unit roundoff 2^-8 in bf16, 2^-11
+// in fp16), so a row's relative L2 error is a small multiple of it; fp16's bound is 4x tighter.
+inline constexpr double kBf16MaxRowRelativeL2 = 5e-3;
+inline constexpr double kFp16MaxRowRelativeL2 = 1.25e-3;
+double max_row_relative_l2(DType dtype);
+
+struct RowErrorStats {
+  double worst_row_relative_l2 = 0;  // max over rows of ||out - ref|| / ||ref|| (finite values)
+  int64_t worst_row = -1;
   double max_abs = 0;
-  int64_t non_finite = 0;
+  int64_t non_finite = 0;  // NaN or infinite outputs, plus any length mismatch
 };
-ErrorStats compare(const std::vector<float>& out, const std::vector<float>& ref);
+// Compares rows of `row_len` values; a row whose reference is zero uses its absolute L2 error.
+RowErrorStats compare_rows(const std::vector<float>& out, const std::vector<float>& ref,
+                           int32_t row_len);
+
+// Checks `out` against `ref` row by row (rows are [num_rows / num_q_heads, num_q_heads,
+// head_dim]) with the dtype's bound, and prints one calibration line to stdout:
+//   [row-error] <suite.test> <variant> dtype=bf16 worst_row_rel_l2=1.23e-03 bound=5.00e-03
+// Fails on any non-finite output or a worst row above the bound.
+::testing::AssertionResult rows_match(const std::vector<float>& out, const std::vector<float>& ref,
+                                      int32_t head_dim, int32_t num_q_heads, DType dtype,
+                                      const std::string& variant);
 
 // Random lengths in [1, max_len], with some forced to block boundaries +-1.
 std::vector<int32_t> random_lengths(int32_t batch, int32_t max_len, uint64_t seed);
