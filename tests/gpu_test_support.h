@@ -40,15 +40,31 @@ struct DecodeProblemConfig {
   std::vector<int32_t> seq_lens;
   int32_t spare_blocks = 7;  // unused blocks scattered through the pool
   uint64_t seed = 1;
-  float q_scale = 2.f;  // larger logits make the softmax non-trivial
+  // Logits of random tokens have standard deviation q_scale / 3: 2 gives flat softmaxes (every
+  // token counts a little); with kPeakedQScale one token holds most of a row's weight.
+  float q_scale = 2.f;
+  // Fill the slots no kernel may read (a last block's slots at or beyond the length, and the
+  // unused blocks) with poison: K with logit poison_logit() and V = kPoisonValue, so a kernel
+  // that reads one moves its rows by O(100). The reference reads only tokens below the length.
+  bool poison_unread_slots = true;
+  // Tokens that get a needle in every sequence: a K with logit needle_logit() for every query
+  // head of its KV group and a V in [-4, 4), so a kernel that drops one is off by O(1).
+  // Negative positions count from the end (-1 is the last token); those outside are skipped.
+  std::vector<int32_t> needle_positions;
 };
 
+inline constexpr float kPeakedQScale = 24.f;
+inline constexpr float kPoisonValue = 100.f;     // V of poison slots: finite in fp16 and bf16
+inline constexpr float kNeedleValueScale = 4.f;  // needle V: uniform in +-4, random V in +-1
+
 // A random decode problem on the host: values uniform in [-1, 1) (q times q_scale), a
-// shuffled pool (each sequence's blocks are scattered, non-contiguous), table padding -1.
+// shuffled pool (each sequence's blocks are scattered, non-contiguous), table padding -1,
+// poison and needles as configured (planted after the random fill, which they do not change).
 struct DecodeProblem {
   DecodeProblemConfig config;
   std::vector<uint16_t> q, k_pool, v_pool;
   std::vector<int32_t> block_table;
+  std::vector<int32_t> unused_blocks;  // physical blocks no sequence's table references
   int32_t num_blocks = 0;
   int32_t max_blocks_per_seq = 0;
 
@@ -56,7 +72,22 @@ struct DecodeProblem {
   // Params whose pointers refer to this object's host vectors.
   DecodeAttentionParams host_params();
   int32_t max_seq_len() const;
+  // Element offset in either pool of (physical block, slot, KV head).
+  int64_t slot_offset(int32_t physical_block, int32_t slot, int32_t kv_head) const;
+  // Element offset in either pool of (sequence, token, KV head); the token may lie beyond the
+  // length but must be within the sequence's last block.
+  int64_t token_offset(int32_t seq, int32_t token, int32_t kv_head) const;
+  // Needle positions of `seq`, ascending, without duplicates.
+  std::vector<int32_t> needles_of(int32_t seq) const;
+  // A logit above every random token's (8 standard deviations plus the log of the longest
+  // length, so a needle outweighs all other tokens together), and the poison's, far above that.
+  double needle_logit() const;
+  double poison_logit() const;
 };
+
+// The smallest k (in L2 norm) with dot(q_rows[h], k) == dot_target for every row h: k =
+// Q^T (Q Q^T)^-1 t. Used to give a planted K the same logit for every query head of a group.
+std::vector<double> key_with_dot(const std::vector<std::vector<double>>& q_rows, double dot_target);
 
 // Device copies of a problem plus a poisoned output buffer.
 class DeviceDecodeProblem {
