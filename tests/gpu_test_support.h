@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <random>
+#include <string>
 #include <vector>
 
 #include "l2kv/core/cuda_check.h"
@@ -39,15 +40,31 @@ struct DecodeProblemConfig {
   std::vector<int32_t> seq_lens;
   int32_t spare_blocks = 7;  // unused blocks scattered through the pool
   uint64_t seed = 1;
-  float q_scale = 2.f;  // larger logits make the softmax non-trivial
+  // Logits of random tokens have standard deviation q_scale / 3: 2 gives flat softmaxes (every
+  // token counts a little); with kPeakedQScale one token holds most of a row's weight.
+  float q_scale = 2.f;
+  // Fill the slots no kernel may read (a last block's slots at or beyond the length, and the
+  // unused blocks) with poison: K with logit poison_logit() and V = kPoisonValue, so a kernel
+  // that reads one moves its rows by O(100). The reference reads only tokens below the length.
+  bool poison_unread_slots = true;
+  // Tokens that get a needle in every sequence: a K with logit needle_logit() for every query
+  // head of its KV group and a V in [-4, 4), so a kernel that drops one is off by O(1).
+  // Negative positions count from the end (-1 is the last token); those outside are skipped.
+  std::vector<int32_t> needle_positions;
 };
 
+inline constexpr float kPeakedQScale = 24.f;
+inline constexpr float kPoisonValue = 100.f;     // V of poison slots: finite in fp16 and bf16
+inline constexpr float kNeedleValueScale = 4.f;  // needle V: uniform in +-4, random V in +-1
+
 // A random decode problem on the host: values uniform in [-1, 1) (q times q_scale), a
-// shuffled pool (each sequence's blocks are scattered, non-contiguous), table padding -1.
+// shuffled pool (each sequence's blocks are scattered, non-contiguous), table padding -1,
+// poison and needles as configured (planted after the random fill, which they do not change).
 struct DecodeProblem {
   DecodeProblemConfig config;
   std::vector<uint16_t> q, k_pool, v_pool;
   std::vector<int32_t> block_table;
+  std::vector<int32_t> unused_blocks;  // physical blocks no sequence's table references
   int32_t num_blocks = 0;
   int32_t max_blocks_per_seq = 0;
 
@@ -55,7 +72,22 @@ struct DecodeProblem {
   // Params whose pointers refer to this object's host vectors.
   DecodeAttentionParams host_params();
   int32_t max_seq_len() const;
+  // Element offset in either pool of (physical block, slot, KV head).
+  int64_t slot_offset(int32_t physical_block, int32_t slot, int32_t kv_head) const;
+  // Element offset in either pool of (sequence, token, KV head); the token may lie beyond the
+  // length but must be within the sequence's last block.
+  int64_t token_offset(int32_t seq, int32_t token, int32_t kv_head) const;
+  // Needle positions of `seq`, ascending, without duplicates.
+  std::vector<int32_t> needles_of(int32_t seq) const;
+  // A logit above every random token's (8 standard deviations plus the log of the longest
+  // length, so a needle outweighs all other tokens together), and the poison's, far above that.
+  double needle_logit() const;
+  double poison_logit() const;
 };
+
+// The smallest k (in L2 norm) with dot(q_rows[h], k) == dot_target for every row h: k =
+// Q^T (Q Q^T)^-1 t. Used to give a planted K the same logit for every query head of a group.
+std::vector<double> key_with_dot(const std::vector<std::vector<double>>& q_rows, double dot_target);
 
 // Device copies of a problem plus a poisoned output buffer.
 class DeviceDecodeProblem {
@@ -76,12 +108,30 @@ class DeviceDecodeProblem {
   size_t out_elems_ = 0;
 };
 
-struct ErrorStats {
-  double relative_l2 = 0;  // ||out - ref|| / ||ref||
+// Per-row error bounds: an output row is the head_dim values of one (sequence or prefill row,
+// query head). P and the outputs are rounded to the dtype (unit roundoff 2^-8 in bf16, 2^-11
+// in fp16), so a row's relative L2 error is a small multiple of it; fp16's bound is 4x tighter.
+inline constexpr double kBf16MaxRowRelativeL2 = 5e-3;
+inline constexpr double kFp16MaxRowRelativeL2 = 1.25e-3;
+double max_row_relative_l2(DType dtype);
+
+struct RowErrorStats {
+  double worst_row_relative_l2 = 0;  // max over rows of ||out - ref|| / ||ref|| (finite values)
+  int64_t worst_row = -1;
   double max_abs = 0;
-  int64_t non_finite = 0;
+  int64_t non_finite = 0;  // NaN or infinite outputs, plus any length mismatch
 };
-ErrorStats compare(const std::vector<float>& out, const std::vector<float>& ref);
+// Compares rows of `row_len` values; a row whose reference is zero uses its absolute L2 error.
+RowErrorStats compare_rows(const std::vector<float>& out, const std::vector<float>& ref,
+                           int32_t row_len);
+
+// Checks `out` against `ref` row by row (rows are [num_rows / num_q_heads, num_q_heads,
+// head_dim]) with the dtype's bound, and prints one calibration line to stdout:
+//   [row-error] <suite.test> <variant> dtype=bf16 worst_row_rel_l2=1.23e-03 bound=5.00e-03
+// Fails on any non-finite output or a worst row above the bound.
+::testing::AssertionResult rows_match(const std::vector<float>& out, const std::vector<float>& ref,
+                                      int32_t head_dim, int32_t num_q_heads, DType dtype,
+                                      const std::string& variant);
 
 // Random lengths in [1, max_len], with some forced to block boundaries +-1.
 std::vector<int32_t> random_lengths(int32_t batch, int32_t max_len, uint64_t seed);

@@ -1,9 +1,14 @@
 // Prefill attention against the CPU reference: every prompt token is a query row attending to
 // its own prefix of the paged cache (decode_attention_reference with one row per token).
-// Whole prompts and chunks that start mid-sequence, shuffled block tables, poisoned outputs.
+// Whole prompts and chunks that start mid-sequence or at block and tile boundaries +-1, flat
+// and peaked softmaxes, shuffled block tables, poison beyond each chunk's end in the cache,
+// NaN-poisoned outputs; every (query row, head) checked on its own.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <random>
+#include <string>
+#include <vector>
 
 #include "gpu_test_support.h"
 #include "l2kv/kernels/attention/decode_reference.h"
@@ -16,37 +21,33 @@ using testing::DecodeProblem;
 using testing::DecodeProblemConfig;
 using testing::DeviceDecodeProblem;
 
-using PrefillParam = std::tuple<DType, int32_t, int32_t, int32_t, KvLayout>;
-class PrefillAttentionGrid : public ::testing::TestWithParam<PrefillParam> {};
+constexpr int32_t kTileTokens = 64;  // the prefill kernel's K/V tile (kv_tile.cuh)
 
-TEST_P(PrefillAttentionGrid, MatchesReference) {
-  L2KV_SKIP_WITHOUT_GPU();
-  const auto [dtype, head_dim, group, block, layout] = GetParam();
-  DecodeProblemConfig c;
-  c.dtype = dtype;
-  c.head_dim = head_dim;
-  c.num_kv_heads = 2;
-  c.num_q_heads = 2 * group;
-  c.block_size = block;
-  c.layout = layout;
-  c.seed = 1000 + group * 7 + head_dim + block;
-  c.seq_lens =
-      testing::quick_mode() ? std::vector<int32_t>{37, 70} : std::vector<int32_t>{1, 130, 333, 700};
+// New tokens [start, end) of one sequence; the cache holds its first `end` tokens.
+struct ChunkSpan {
+  int32_t start, end;
+};
+
+// Runs prefill on one chunk per span (the sequence's length is the span's end) and checks each
+// (query row, head) against the reference: every row is a decode of its own prefix. Query rows
+// are uniform in +-q_scale, like the decode problem's.
+void check_prefill(DecodeProblemConfig c, const std::vector<ChunkSpan>& spans,
+                   const std::string& label) {
+  c.seq_lens.clear();
+  for (const ChunkSpan& span : spans) c.seq_lens.push_back(span.end);
   auto host = DecodeProblem::make(c);
-  // Chunks: the whole of the first and third sequences, a tail of the others.
-  std::mt19937 rng(c.seed);
   std::vector<PrefillChunk> chunks;
   int32_t rows = 0;
-  for (int32_t s = 0; s < static_cast<int32_t>(c.seq_lens.size()); ++s) {
-    const int32_t len = c.seq_lens[s];
-    const int32_t count = s % 2 == 0 ? len : std::max(1, static_cast<int32_t>(rng() % len));
-    chunks.push_back({s, rows, count, len - count});
+  for (int32_t s = 0; s < static_cast<int32_t>(spans.size()); ++s) {
+    const int32_t count = spans[s].end - spans[s].start;
+    chunks.push_back({s, rows, count, spans[s].start});
     rows += count;
   }
   // Query rows and the per-row view the reference takes.
-  std::uniform_real_distribution<float> uniform(-2.f, 2.f);
-  std::vector<uint16_t> q(static_cast<size_t>(rows) * c.num_q_heads * head_dim);
-  for (auto& x : q) x = float_to_dtype_bits(dtype, uniform(rng));
+  std::mt19937 rng(c.seed);
+  std::uniform_real_distribution<float> uniform(-c.q_scale, c.q_scale);
+  std::vector<uint16_t> q(static_cast<size_t>(rows) * c.num_q_heads * c.head_dim);
+  for (auto& x : q) x = float_to_dtype_bits(c.dtype, uniform(rng));
   std::vector<int32_t> row_table, row_lens;
   for (const auto& ch : chunks)
     for (int32_t i = 0; i < ch.num_tokens; ++i) {
@@ -70,7 +71,7 @@ TEST_P(PrefillAttentionGrid, MatchesReference) {
   L2KV_CUDA_CHECK(cudaMalloc(&d_q, q.size() * 2));
   L2KV_CUDA_CHECK(cudaMalloc(&d_out, q.size() * 2));
   L2KV_CUDA_CHECK(cudaMemcpy(d_q, q.data(), q.size() * 2, cudaMemcpyHostToDevice));
-  L2KV_CUDA_CHECK(cudaMemset(d_out, 0xff, q.size() * 2));
+  L2KV_CUDA_CHECK(cudaMemset(d_out, 0xff, q.size() * 2));  // NaN in fp16 and bf16
   PrefillAttention prefill;
   prefill.plan(device.params().kv, c.num_q_heads, chunks, nullptr);
   prefill.run(d_q, d_out, device.params().kv, c.num_q_heads, ref_params.softmax_scale, nullptr);
@@ -80,10 +81,42 @@ TEST_P(PrefillAttentionGrid, MatchesReference) {
   cudaFree(d_q);
   cudaFree(d_out);
   std::vector<float> out(bits.size());
-  for (size_t i = 0; i < bits.size(); ++i) out[i] = dtype_bits_to_float(dtype, bits[i]);
-  const auto stats = testing::compare(out, reference);
-  EXPECT_EQ(stats.non_finite, 0);
-  EXPECT_LE(stats.relative_l2, 1e-2) << "max abs " << stats.max_abs;
+  for (size_t i = 0; i < bits.size(); ++i) out[i] = dtype_bits_to_float(c.dtype, bits[i]);
+  EXPECT_TRUE(testing::rows_match(out, reference, c.head_dim, c.num_q_heads, c.dtype, label));
+}
+
+DecodeProblemConfig prefill_config(DType dtype, int32_t head_dim, int32_t group, int32_t block,
+                                   KvLayout layout) {
+  DecodeProblemConfig c;
+  c.dtype = dtype;
+  c.head_dim = head_dim;
+  c.num_kv_heads = 2;
+  c.num_q_heads = 2 * group;
+  c.block_size = block;
+  c.layout = layout;
+  return c;
+}
+
+using PrefillParam = std::tuple<DType, int32_t, int32_t, int32_t, KvLayout>;
+class PrefillAttentionGrid : public ::testing::TestWithParam<PrefillParam> {};
+
+TEST_P(PrefillAttentionGrid, MatchesReference) {
+  L2KV_SKIP_WITHOUT_GPU();
+  const auto [dtype, head_dim, group, block, layout] = GetParam();
+  DecodeProblemConfig c = prefill_config(dtype, head_dim, group, block, layout);
+  c.seed = 1000 + group * 7 + head_dim + block;
+  const std::vector<int32_t> lens =
+      testing::quick_mode() ? std::vector<int32_t>{37, 70} : std::vector<int32_t>{1, 130, 333, 700};
+  // Chunks: the whole of the first and third sequences, a random tail of the others.
+  std::mt19937 rng(c.seed);
+  std::vector<ChunkSpan> spans;
+  for (int32_t s = 0; s < static_cast<int32_t>(lens.size()); ++s) {
+    const int32_t count = s % 2 == 0 ? lens[s] : std::max(1, static_cast<int32_t>(rng() % lens[s]));
+    spans.push_back({lens[s] - count, lens[s]});
+  }
+  check_prefill(c, spans, "flat");
+  c.q_scale = testing::kPeakedQScale;  // one key dominates each row: logit errors show
+  check_prefill(c, spans, "peaked");
 }
 
 std::string prefill_name(const ::testing::TestParamInfo<PrefillParam>& info) {
@@ -100,6 +133,45 @@ INSTANTIATE_TEST_SUITE_P(AllShapes, PrefillAttentionGrid,
                                             ::testing::Values(16, 64),
                                             ::testing::Values(KvLayout::kNHD, KvLayout::kHND)),
                          prefill_name);
+
+using PrefillBoundaryParam = std::tuple<DType, int32_t /*head_dim*/, int32_t /*block*/, KvLayout>;
+class PrefillAttentionBoundaries : public ::testing::TestWithParam<PrefillBoundaryParam> {};
+
+// Chunks that start and end just before, on and just after block (16, 32, 64) and tile
+// boundaries: query tiles start mid-tile, the last key tile ends partly filled, and the
+// cache's poison lies right after each chunk's end where that is not a multiple of the block
+// size (the chunk's last row attends to every cached token).
+TEST_P(PrefillAttentionBoundaries, MatchesReference) {
+  L2KV_SKIP_WITHOUT_GPU();
+  const auto [dtype, head_dim, block, layout] = GetParam();
+  DecodeProblemConfig c = prefill_config(dtype, head_dim, 4, block, layout);
+  c.seed = 2000 + head_dim + block + (layout == KvLayout::kHND ? 1 : 0);
+  // Edges: 0, 1 and every multiple of 16 +-1, the boundaries of every block size and of the
+  // tile. Each chunk runs from one edge to the next, the third or the sixth: chunks of one or
+  // two tokens, part of a block, a whole block, across one and two tile boundaries.
+  std::vector<int32_t> edges = {0, 1};
+  for (int32_t b = 16; b <= (testing::quick_mode() ? 2 : 3) * kTileTokens; b += 16)
+    edges.insert(edges.end(), {b - 1, b, b + 1});
+  std::vector<ChunkSpan> spans;
+  for (size_t step : {1, 3, 6})
+    for (size_t i = 0; i + step < edges.size(); ++i) spans.push_back({edges[i], edges[i + step]});
+  check_prefill(c, spans, "flat");
+  c.q_scale = testing::kPeakedQScale;
+  check_prefill(c, spans, "peaked");
+}
+
+std::string prefill_boundary_name(const ::testing::TestParamInfo<PrefillBoundaryParam>& info) {
+  const auto [dtype, head_dim, block, layout] = info.param;
+  return std::string(dtype_name(dtype)) + "_d" + std::to_string(head_dim) + "_b" +
+         std::to_string(block) + "_" + std::string(kv_layout_name(layout));
+}
+
+INSTANTIATE_TEST_SUITE_P(AllBlockSizes, PrefillAttentionBoundaries,
+                         ::testing::Combine(::testing::Values(DType::kBFloat16, DType::kFloat16),
+                                            ::testing::Values(64, 128),
+                                            ::testing::Values(16, 32, 64),
+                                            ::testing::Values(KvLayout::kNHD, KvLayout::kHND)),
+                         prefill_boundary_name);
 
 TEST(PrefillAttention, RejectsBadPlans) {
   L2KV_SKIP_WITHOUT_GPU();
