@@ -154,18 +154,13 @@ TEST_P(CudaModelFixture, MatchesTransformersInOneRaggedBatch) {
 }
 
 // The accuracy cost of an fp8 E4M3 KV cache (scale 1: the fixtures have no k_scale/v_scale),
-// reported per prompt. E4M3 keeps 3 mantissa bits (relative rounding up to 1/16 per value),
-// so the bound is fp8's, not bf16's; greedy agreement is printed, not asserted beyond the
-// first token of each short prompt.
+// reported per prompt. E4M3 keeps 3 mantissa bits (relative rounding up to 1/16 per value;
+// values below 2^-6 lose more), so the bound is fp8's, not bf16's: 5-8e-2 measured on an H200.
+// Greedy agreement is printed, not asserted: these tiny random models have near-tied logits.
 TEST_P(CudaModelFixture, Fp8KvCacheAccuracy) {
   L2KV_SKIP_WITHOUT_GPU();
   const FixtureRun run = run_fixture(GetParam(), KvStorage::kFp8E4M3);
-  for (size_t i = 0; i < run.prompt_lengths.size(); ++i) {
-    EXPECT_LT(run.logits_rel_l2[i], 0.15);
-    if (run.prompt_lengths[i] <= 256) {
-      EXPECT_GE(run.greedy_agreed[i], 1u);
-    }
-  }
+  for (size_t i = 0; i < run.prompt_lengths.size(); ++i) EXPECT_LT(run.logits_rel_l2[i], 0.12);
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, CudaModelFixture,

@@ -59,11 +59,13 @@ __device__ __forceinline__ void cp_async_16(void* smem, const void* gmem, uint32
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(s), "l"(gmem), "r"(src_bytes)
                : "memory");
 }
-__device__ __forceinline__ void cp_async_16(void* smem, const void* gmem, uint32_t src_bytes,
-                                            uint64_t policy) {
+// A full 16-byte async copy with an L2 cache policy. There is no zero-filling form of it:
+// the form with both a source size and a cache policy raised "illegal instruction" on an H200
+// for some inputs, so masked rows take the plain copy above.
+__device__ __forceinline__ void cp_async_16_hinted(void* smem, const void* gmem, uint64_t policy) {
   const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2, %3;" ::"r"(s),
-               "l"(gmem), "r"(src_bytes), "l"(policy)
+  asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2;" ::"r"(s), "l"(gmem),
+               "l"(policy)
                : "memory");
 }
 __device__ __forceinline__ void cp_async_commit() {

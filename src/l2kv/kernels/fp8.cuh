@@ -30,6 +30,13 @@ __device__ __forceinline__ uint32_t widen2(uint16_t pair) {
   }
 }
 
+// Two E4M3 values (the low 16 bits, low byte first) -> fp16x2, in one instruction.
+__device__ __forceinline__ uint32_t widen2_half(uint32_t pair) {
+  const __half2_raw h =
+      __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(pair), __NV_E4M3);
+  return static_cast<uint32_t>(h.x) | (static_cast<uint32_t>(h.y) << 16);
+}
+
 // 16 E4M3 values -> 16 16-bit values, as two 16-byte chunks.
 template <typename T>
 __device__ __forceinline__ void widen16(uint4 raw, uint4& low, uint4& high) {

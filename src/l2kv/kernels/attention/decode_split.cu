@@ -34,16 +34,14 @@ template <int kHeadDim, bool kFp8>
 struct SplitShape {
   // 16-bit KV: 3 stages x 32 KiB lets two blocks share an SM; measured on the H100
   // (bench/NOTES.md), 2 stages with 3 blocks/SM matched it and 4-6 stages with 1 block/SM were
-  // 7-14 % slower. fp8 KV: a tile is half the bytes, so 5 stages keep a similar number of bytes
-  // in flight, plus a per-warp scratch where each warp widens its 16 rows of K and V.
-  static constexpr int kStages = kFp8 ? 5 : (kHeadDim == 128 ? 3 : 4);
+  // 7-14 % slower. fp8 KV: a tile is half the bytes and needs more work per byte (widening),
+  // so 4 stages of 16 KiB let three blocks share an SM: more warps to hide that work.
+  static constexpr int kStages = kFp8 ? 4 : (kHeadDim == 128 ? 3 : 4);
   static constexpr int kTileElems = kSplitTileTokens * kHeadDim;
   static constexpr int kKSteps = kHeadDim / 16;   // MMA k-steps of Q.K
   static constexpr int kOutTiles = kHeadDim / 8;  // MMA n-tiles of P.V
   static constexpr size_t kStageBytes = size_t{2} * kTileElems * (kFp8 ? 1 : 2);
-  static constexpr size_t kScratchElems = size_t{2} * kWarpTokens * kHeadDim;  // per warp
-  static constexpr size_t kSmemBytes =
-      kStages * kStageBytes + (kFp8 ? kWarps * kScratchElems * 2 : 0);
+  static constexpr size_t kSmemBytes = kStages * kStageBytes;
   // The cross-warp merge reuses the pipeline buffers.
   static_assert(kWarps * kMaxGqaGroup * (kHeadDim + 2) * sizeof(float) <= kSmemBytes);
 };
@@ -143,10 +141,20 @@ __device__ __forceinline__ void merge_partials(const SplitKernelArgs& a, const S
 
 // T: the model's dtype (Q, output, MMA operands). kFp8: K/V stored as E4M3 bytes.
 template <typename T, int kHeadDim, bool kFp8>
-__global__ void __launch_bounds__(kThreads) split_decode_kernel(const SplitKernelArgs a) {
+__global__ void __launch_bounds__(kThreads, kFp8 ? 3 : 1)
+    split_decode_kernel(const SplitKernelArgs a) {
   using Shape = SplitShape<kHeadDim, kFp8>;
   using Traits = tc::ElementTraits<T>;
   using Stored = std::conditional_t<kFp8, uint8_t, T>;
+  // fp8 KV: K and V go from the byte tiles straight into MMA registers, widened there; the
+  // MMAs run in fp16 whatever the model's dtype, since E4M3 widens to fp16 in one instruction
+  // per pair (to bf16 it takes four) and every E4M3 value is exact in fp16.
+  using Mma = std::conditional_t<kFp8, __half, T>;
+  using MmaTraits = tc::ElementTraits<Mma>;
+  // A bf16 query is scaled by 2^-8 on its way to fp16 (exact, and no overflow below 2^24);
+  // the logit scale undoes it.
+  constexpr bool kRescaleQ = kFp8 && !std::is_same_v<T, __half>;
+  constexpr float kQScale = kRescaleQ ? 1.f / 256 : 1.f;
   extern __shared__ __align__(128) unsigned char smem_raw[];
   __shared__ int is_last_arrival;
 
@@ -211,16 +219,28 @@ __global__ void __launch_bounds__(kThreads) split_decode_kernel(const SplitKerne
                                                item.kv_head * group + head_row) *
                                                   kHeadDim;
     const bool has_row = head_row < group;
+    auto q_pair = [&](int offset) -> uint32_t {
+      if (!has_row) return 0u;
+      const uint32_t bits = *reinterpret_cast<const uint32_t*>(q + offset);
+      if constexpr (kRescaleQ) {
+        const float2 f = Traits::unpack(bits);
+        return MmaTraits::pack(f.x * kQScale, f.y * kQScale);
+      } else {
+        return bits;
+      }
+    };
+    // fp8: a K register holds 4 consecutive dims of a token (see below), so the MMA's k
+    // order within a 16-dim step is 0 1 4 5 8 9 12 13 | 2 3 6 7 10 11 14 15; Q follows it.
 #pragma unroll
     for (int ks = 0; ks < Shape::kKSteps; ++ks) {
-      q_frag[ks][0] = has_row ? *reinterpret_cast<const uint32_t*>(q + ks * 16 + quad * 2) : 0u;
+      q_frag[ks][0] = q_pair(ks * 16 + (kFp8 ? quad * 4 : quad * 2));
       q_frag[ks][1] = 0u;
-      q_frag[ks][2] = has_row ? *reinterpret_cast<const uint32_t*>(q + ks * 16 + 8 + quad * 2) : 0u;
+      q_frag[ks][2] = q_pair(ks * 16 + (kFp8 ? quad * 4 + 2 : 8 + quad * 2));
       q_frag[ks][3] = 0u;
     }
   }
   // fp8: logits use the stored K, so K's scale joins the softmax scale.
-  const float scale_log2 = p.softmax_scale * kLog2e * (kFp8 ? p.kv.k_scale : 1.f);
+  const float scale_log2 = p.softmax_scale * kLog2e * (kFp8 ? p.kv.k_scale : 1.f) / kQScale;
 
   float o_acc[Shape::kOutTiles][4] = {};
   float row_max = -INFINITY;  // for query head `head_row`, in log2 units
@@ -238,42 +258,37 @@ __global__ void __launch_bounds__(kThreads) split_decode_kernel(const SplitKerne
         prefetch_tile<Stored>(a, item, tile_begin(ahead), tile_end(ahead), block_shift);
     }
     const int warp_row = warp * kWarpTokens;
-    // The rows of this warp's 16 tokens: in the stage itself (16-bit), or widened from E4M3
-    // into the warp's own scratch, where they start at row 0.
-    const T* k_tile;
-    const T* v_tile;
-    int row_base;
-    if constexpr (kFp8) {
-      T* k_scratch = reinterpret_cast<T*>(smem_raw + Shape::kStages * Shape::kStageBytes) +
-                     warp * Shape::kScratchElems;
-      T* v_scratch = k_scratch + Shape::kScratchElems / 2;
-      __syncwarp();  // the warp's reads of the previous tile's scratch are done
-      widen_fp8_rows<T, kHeadDim>(k_stage(tile % Shape::kStages), k_scratch, warp_row, kWarpTokens,
-                                  lane, 32);
-      widen_fp8_rows<T, kHeadDim>(v_stage(tile % Shape::kStages), v_scratch, warp_row, kWarpTokens,
-                                  lane, 32);
-      __syncwarp();
-      k_tile = k_scratch;
-      v_tile = v_scratch;
-      row_base = 0;
-    } else {
-      k_tile = k_stage(tile % Shape::kStages);
-      v_tile = v_stage(tile % Shape::kStages);
-      row_base = warp_row;
-    }
-
     // S = Q K^T for this warp's 16 tokens: two n-tiles of 8 tokens.
     float s_acc[2][4] = {};
+    if constexpr (kFp8) {
+      // An x4 load's matrix m = lane / 8 is tokens (m % 2) * 8.. of the warp's 16, 16-byte
+      // chunk (m / 2) of the pair of chunks loaded; each lane's register holds 4 consecutive
+      // bytes (dims) of one token: the first two widen to the MMA's b0, the last two to b1.
+      const uint8_t* k_bytes = k_stage(tile % Shape::kStages);
+      const int ld_row = warp_row + (lane / 8 % 2) * 8 + lane % 8;
 #pragma unroll
-    for (int ks = 0; ks < Shape::kKSteps; ++ks) {
-      uint32_t k_frag[4];
-      const int row = row_base + (lane / 16) * 8 + (lane % 8);
-      const int chunk = ks * 2 + (lane / 8) % 2;
-      tc::ldmatrix_x4(k_frag, k_tile + swizzled<kHeadDim>(row, chunk));
-      const uint32_t b0[2] = {k_frag[0], k_frag[1]};
-      const uint32_t b1[2] = {k_frag[2], k_frag[3]};
-      tc::mma_m16n8k16<T>(s_acc[0], q_frag[ks], b0);
-      tc::mma_m16n8k16<T>(s_acc[1], q_frag[ks], b1);
+      for (int c = 0; c < Shape::kKSteps; c += 2) {
+        uint32_t r[4];
+        tc::ldmatrix_x4(r, k_bytes + swizzled_bytes<kHeadDim>(ld_row, c + lane / 16));
+#pragma unroll
+        for (int m = 0; m < 4; ++m) {
+          const uint32_t b[2] = {fp8::widen2_half(r[m] & 0xffffu), fp8::widen2_half(r[m] >> 16)};
+          tc::mma_m16n8k16<Mma>(s_acc[m % 2], q_frag[c + m / 2], b);
+        }
+      }
+    } else {
+      const T* k_tile = k_stage(tile % Shape::kStages);
+#pragma unroll
+      for (int ks = 0; ks < Shape::kKSteps; ++ks) {
+        uint32_t k_frag[4];
+        const int row = warp_row + (lane / 16) * 8 + (lane % 8);
+        const int chunk = ks * 2 + (lane / 8) % 2;
+        tc::ldmatrix_x4(k_frag, k_tile + swizzled<kHeadDim>(row, chunk));
+        const uint32_t b0[2] = {k_frag[0], k_frag[1]};
+        const uint32_t b1[2] = {k_frag[2], k_frag[3]};
+        tc::mma_m16n8k16<Mma>(s_acc[0], q_frag[ks], b0);
+        tc::mma_m16n8k16<Mma>(s_acc[1], q_frag[ks], b1);
+      }
     }
 
     // Online softmax on row `head_row` (c0, c1 of each n-tile; c2, c3 are padding rows).
@@ -308,18 +323,42 @@ __global__ void __launch_bounds__(kThreads) split_decode_kernel(const SplitKerne
     }
 
     // O += P V: P (16 heads x 16 tokens) is the A operand straight from the S registers.
-    const uint32_t p_frag[4] = {Traits::pack(probs[0][0], probs[0][1]), 0u,
-                                Traits::pack(probs[1][0], probs[1][1]), 0u};
+    const uint32_t p_frag[4] = {MmaTraits::pack(probs[0][0], probs[0][1]), 0u,
+                                MmaTraits::pack(probs[1][0], probs[1][1]), 0u};
+    if constexpr (kFp8) {
+      // Transposed loads of byte pairs: r[2h] holds tokens 2j, 2j+1 (j = lane % 4) and r[2h+1]
+      // tokens 2j+8, 2j+9 of chunk c + h, each as dims (2q, 2q+1), q = lane / 4. Bytes 0 and 2
+      // are dim 2q of both tokens, bytes 1 and 3 dim 2q+1: the B operands of an n-tile of even
+      // dims and one of odd dims, o_acc[2 (c + h)] and o_acc[2 (c + h) + 1].
+      const uint8_t* v_bytes = v_stage(tile % Shape::kStages);
+      const int ld_row = warp_row + (lane / 8 % 2) * 8 + lane % 8;
 #pragma unroll
-    for (int dp = 0; dp < Shape::kOutTiles / 2; ++dp) {
-      uint32_t v_frag[4];
-      const int row = row_base + (lane % 8) + ((lane / 8) % 2) * 8;
-      const int chunk = dp * 2 + lane / 16;
-      tc::ldmatrix_x4_trans(v_frag, v_tile + swizzled<kHeadDim>(row, chunk));
-      const uint32_t b0[2] = {v_frag[0], v_frag[1]};
-      const uint32_t b1[2] = {v_frag[2], v_frag[3]};
-      tc::mma_m16n8k16<T>(o_acc[2 * dp], p_frag, b0);
-      tc::mma_m16n8k16<T>(o_acc[2 * dp + 1], p_frag, b1);
+      for (int c = 0; c < Shape::kKSteps; c += 2) {
+        uint32_t r[4];
+        tc::ldmatrix_x4_trans(r, v_bytes + swizzled_bytes<kHeadDim>(ld_row, c + lane / 16));
+#pragma unroll
+        for (int h = 0; h < 2; ++h)
+#pragma unroll
+          for (int odd = 0; odd < 2; ++odd) {
+            const uint32_t pick = odd ? 0x3131u : 0x2020u;
+            const uint32_t b[2] = {fp8::widen2_half(__byte_perm(r[2 * h], 0, pick) & 0xffffu),
+                                   fp8::widen2_half(__byte_perm(r[2 * h + 1], 0, pick) & 0xffffu)};
+            tc::mma_m16n8k16<Mma>(o_acc[2 * (c + h) + odd], p_frag, b);
+          }
+      }
+    } else {
+      const T* v_tile = v_stage(tile % Shape::kStages);
+#pragma unroll
+      for (int dp = 0; dp < Shape::kOutTiles / 2; ++dp) {
+        uint32_t v_frag[4];
+        const int row = warp_row + (lane % 8) + ((lane / 8) % 2) * 8;
+        const int chunk = dp * 2 + lane / 16;
+        tc::ldmatrix_x4_trans(v_frag, v_tile + swizzled<kHeadDim>(row, chunk));
+        const uint32_t b0[2] = {v_frag[0], v_frag[1]};
+        const uint32_t b1[2] = {v_frag[2], v_frag[3]};
+        tc::mma_m16n8k16<Mma>(o_acc[2 * dp], p_frag, b0);
+        tc::mma_m16n8k16<Mma>(o_acc[2 * dp + 1], p_frag, b1);
+      }
     }
   }
   ptx::cp_async_wait<0>();
@@ -337,9 +376,14 @@ __global__ void __launch_bounds__(kThreads) split_decode_kernel(const SplitKerne
   }
 #pragma unroll
   for (int t = 0; t < Shape::kOutTiles; ++t) {
-    float* dst = warp_out + (warp * kMaxGqaGroup + head_row) * kHeadDim + t * 8 + quad * 2;
-    dst[0] = o_acc[t][0];
-    dst[1] = o_acc[t][1];
+    float* row = warp_out + (warp * kMaxGqaGroup + head_row) * kHeadDim;
+    if constexpr (kFp8) {  // n-tile t: dims (t / 2) * 16 + 2n + t % 2, n = 2 quad + {0, 1}
+      row[(t / 2) * 16 + quad * 4 + t % 2] = o_acc[t][0];
+      row[(t / 2) * 16 + quad * 4 + 2 + t % 2] = o_acc[t][1];
+    } else {
+      row[t * 8 + quad * 2] = o_acc[t][0];
+      row[t * 8 + quad * 2 + 1] = o_acc[t][1];
+    }
   }
   __syncthreads();
 

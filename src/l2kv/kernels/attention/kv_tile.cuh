@@ -51,9 +51,9 @@ __device__ __forceinline__ void load_kv_tile(const PagedKvCache& kv, int32_t seq
     const int64_t src = valid ? offset + r * row_stride : 0;  // masked rows read nothing
     const uint32_t bytes = valid ? 16 : 0;
     const int dst = swizzled<kHeadDim>(first_row + r, chunk);
-    if (evict_first) {
-      ptx::cp_async_16(k_tile + dst, k_pool + src, bytes, load_policy);
-      ptx::cp_async_16(v_tile + dst, v_pool + src, bytes, load_policy);
+    if (evict_first && valid) {
+      ptx::cp_async_16_hinted(k_tile + dst, k_pool + src, load_policy);
+      ptx::cp_async_16_hinted(v_tile + dst, v_pool + src, load_policy);
     } else {
       ptx::cp_async_16(k_tile + dst, k_pool + src, bytes);
       ptx::cp_async_16(v_tile + dst, v_pool + src, bytes);
@@ -61,7 +61,17 @@ __device__ __forceinline__ void load_kv_tile(const PagedKvCache& kv, int32_t seq
   }
 }
 
-// fp8 cache: copies the same tokens as stored bytes into row-major [64][head_dim] byte tiles
+// Byte offset of 16-byte chunk `chunk` of row `row` in a [64][kHeadDim] byte tile (an fp8
+// cache's), swizzled so the 8 rows an ldmatrix reads lie in 8 different bank groups: 128-byte
+// rows XOR the chunk with row % 8; 64-byte rows, two to a 128-byte line, with (row / 2) % 4.
+template <int kHeadDim>
+__device__ __forceinline__ int swizzled_bytes(int row, int chunk) {
+  static_assert(kHeadDim == 64 || kHeadDim == 128);
+  const int pattern = kHeadDim == 128 ? (row & 7) : ((row >> 1) & 3);
+  return row * kHeadDim + ((chunk ^ pattern) << 4);
+}
+
+// fp8 cache: copies the same tokens as stored bytes into swizzled [64][head_dim] byte tiles
 // (half the bytes of a 16-bit tile); rows at or past `token_end` are zero-filled.
 template <int kHeadDim, int kThreads>
 __device__ __forceinline__ void load_kv_tile_fp8(const PagedKvCache& kv, int32_t seq,
@@ -89,10 +99,10 @@ __device__ __forceinline__ void load_kv_tile_fp8(const PagedKvCache& kv, int32_t
     const bool valid = first_token + r < token_end;
     const int64_t src = valid ? offset + r * row_stride : 0;
     const uint32_t bytes = valid ? 16 : 0;
-    const int dst = (first_row + r) * kHeadDim + chunk * 16;
-    if (evict_first) {
-      ptx::cp_async_16(k_tile + dst, k_pool + src, bytes, load_policy);
-      ptx::cp_async_16(v_tile + dst, v_pool + src, bytes, load_policy);
+    const int dst = swizzled_bytes<kHeadDim>(first_row + r, chunk);
+    if (evict_first && valid) {
+      ptx::cp_async_16_hinted(k_tile + dst, k_pool + src, load_policy);
+      ptx::cp_async_16_hinted(v_tile + dst, v_pool + src, load_policy);
     } else {
       ptx::cp_async_16(k_tile + dst, k_pool + src, bytes);
       ptx::cp_async_16(v_tile + dst, v_pool + src, bytes);
@@ -110,7 +120,7 @@ __device__ __forceinline__ void widen_fp8_rows(const uint8_t* bytes, T* tile, in
   for (int i = thread; i < num_rows * kChunksPerRow; i += num_threads) {
     const int row = i / kChunksPerRow, chunk = i % kChunksPerRow;
     const uint4 raw =
-        *reinterpret_cast<const uint4*>(bytes + (first_row + row) * kHeadDim + chunk * 16);
+        *reinterpret_cast<const uint4*>(bytes + swizzled_bytes<kHeadDim>(first_row + row, chunk));
     uint4 low, high;
     fp8::widen16<T>(raw, low, high);
     *reinterpret_cast<uint4*>(tile + swizzled<kHeadDim>(row, 2 * chunk)) = low;
