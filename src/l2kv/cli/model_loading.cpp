@@ -117,6 +117,9 @@ LoadedModel load_model(const ModelOptions& o) {
     if (loaded.synthetic)
       throw Error("--model " + o.model +
                   ": synthetic models run on the CUDA backend only (no GPU here, or --device cpu)");
+    if (o.kv_cache_dtype != "auto")
+      throw Error("--kv-cache-dtype " + o.kv_cache_dtype +
+                  ": the CPU backend keeps its KV cache in float32; fp8 needs a CUDA GPU");
     std::fprintf(stderr, "l2kv: loading %s on the CPU (float32)\n", o.model.c_str());
     loaded.runner = std::make_unique<CpuRunner>(fs::path(o.model));
     loaded.description = o.model + " on cpu (float32)";
