@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include "l2kv/core/dtype.h"
+#include "l2kv/kv_cache/paged_kv.h"
 
 namespace l2kv::bench {
 
@@ -14,6 +15,10 @@ namespace l2kv::bench {
 // way a well-fed memory-bound kernel would; writes one word per thread so nothing is elided.
 void launch_streaming_read(const void* data, int64_t bytes, uint32_t* sink, int sm_count,
                            cudaStream_t stream);
+
+// Prefetches into L2 (evict_last) the K and V of every token before each sequence's newest:
+// the step benchmark's experiment of fetching layer L+1's KV during layer L's MLP. HND only.
+void launch_prefetch_kv_l2(const PagedKvCache& kv, cudaStream_t stream);
 
 // An empty kernel: its event-timed cost is the launch floor of a µs-scale kernel.
 void launch_empty(cudaStream_t stream);

@@ -3,7 +3,9 @@
 // own weights and KV pools, like a model's) in one CUDA graph, with each split prefetch policy.
 // It measures what programmatic dependent launch (+pdl) saves per layer: the attention kernel's
 // launch and prologue overlapping the RoPE kernel, and its first KV tiles fetched into L2
-// before the RoPE kernel's writes are visible.
+// before the RoPE kernel's writes are visible. With --mlp each layer also runs its o_proj,
+// gate_up and down projections, and the policy suffix "+next_layer_l2" (this benchmark's
+// experiment) prefetches layer L+1's KV into L2 on a second stream during layer L's MLP.
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <cmath>
@@ -40,17 +42,28 @@ struct Options {
   int32_t kv_heads = 8;
   int32_t head_dim = 128;
   int32_t block_size = 16;
+  int32_t intermediate = 14336;
+  bool mlp = false;
   int reps = 30;
   std::string json_path;
 };
 
-// One layer's state: QKV weights, KV pools.
+// One layer's state: QKV weights, KV pools, and with --mlp the o_proj, gate_up, down weights.
 struct Layer {
   DeviceArray<uint16_t> qkv_weight;
   DeviceArray<uint16_t> k_pool, v_pool;
-  Layer(size_t weight_elems, size_t pool_elems)
-      : qkv_weight(weight_elems), k_pool(pool_elems), v_pool(pool_elems) {}
+  DeviceArray<uint16_t> o_weight, gate_up_weight, down_weight;
+  Layer(size_t weight_elems, size_t pool_elems, size_t o_elems, size_t gate_up_elems,
+        size_t down_elems)
+      : qkv_weight(weight_elems),
+        k_pool(pool_elems),
+        v_pool(pool_elems),
+        o_weight(o_elems),
+        gate_up_weight(gate_up_elems),
+        down_weight(down_elems) {}
 };
+
+constexpr const char* kNextLayerSuffix = "+next_layer_l2";
 
 nlohmann::json run_point(const Options& o, const DeviceInfo& info, int32_t batch, int32_t context,
                          cudaStream_t stream) {
@@ -61,9 +74,17 @@ nlohmann::json run_point(const Options& o, const DeviceInfo& info, int32_t batch
   const int32_t num_blocks = batch * blocks_per_seq;
   const size_t pool_elems = static_cast<size_t>(num_blocks) * o.block_size * kv_dim;
 
+  const size_t o_elems = o.mlp ? static_cast<size_t>(o.hidden) * q_dim : 0;
+  const size_t gate_up_elems = o.mlp ? size_t{2} * o.intermediate * o.hidden : 0;
+  const size_t down_elems = o.mlp ? static_cast<size_t>(o.hidden) * o.intermediate : 0;
   std::vector<std::unique_ptr<Layer>> layers;
   for (int32_t l = 0; l < o.layers; ++l) {
-    layers.push_back(std::make_unique<Layer>(static_cast<size_t>(qkv_out) * o.hidden, pool_elems));
+    layers.push_back(std::make_unique<Layer>(static_cast<size_t>(qkv_out) * o.hidden, pool_elems,
+                                             o_elems, gate_up_elems, down_elems));
+    for (auto* w : {&layers[l]->o_weight, &layers[l]->gate_up_weight, &layers[l]->down_weight})
+      if (w->size() > 1)
+        fill_random(w->get(), static_cast<int64_t>(w->size()), DType::kBFloat16, 0.02f, 50 + l,
+                    stream);
     fill_random(layers[l]->qkv_weight.get(), static_cast<int64_t>(qkv_out) * o.hidden,
                 DType::kBFloat16, 0.02f, 10 + l, stream);
     fill_random(layers[l]->k_pool.get(), static_cast<int64_t>(pool_elems), DType::kBFloat16, 1.f,
@@ -90,6 +111,9 @@ nlohmann::json run_point(const Options& o, const DeviceInfo& info, int32_t batch
   DeviceArray<uint16_t> qkv(static_cast<size_t>(batch) * qkv_out);
   DeviceArray<uint16_t> q(static_cast<size_t>(batch) * q_dim),
       out(static_cast<size_t>(batch) * q_dim);
+  DeviceArray<uint16_t> proj(static_cast<size_t>(batch) * o.hidden);
+  DeviceArray<uint16_t> gate_up(o.mlp ? size_t{2} * batch * o.intermediate : 1);
+  DeviceArray<uint16_t> act(o.mlp ? static_cast<size_t>(batch) * o.intermediate : 1);
   auto upload = [&](void* dst, const void* src, size_t bytes) {
     L2KV_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream));
   };
@@ -99,6 +123,13 @@ nlohmann::json run_point(const Options& o, const DeviceInfo& info, int32_t batch
   upload(lens_d.get(), lens.data(), batch * sizeof(int32_t));
   upload(inv_freq_d.get(), inv_freq.data(), inv_freq.size() * sizeof(float));
   fill_random(x.get(), static_cast<int64_t>(batch) * o.hidden, DType::kBFloat16, 1.f, 7, stream);
+  if (o.mlp)
+    fill_random(act.get(), static_cast<int64_t>(act.size()), DType::kBFloat16, 1.f, 8, stream);
+  cudaStream_t side = nullptr;
+  cudaEvent_t fork = nullptr, join = nullptr;
+  L2KV_CUDA_CHECK(cudaStreamCreateWithFlags(&side, cudaStreamNonBlocking));
+  L2KV_CUDA_CHECK(cudaEventCreateWithFlags(&fork, cudaEventDisableTiming));
+  L2KV_CUDA_CHECK(cudaEventCreateWithFlags(&join, cudaEventDisableTiming));
 
   DecodeAttentionParams params;
   params.q = q.get();
@@ -125,16 +156,37 @@ nlohmann::json run_point(const Options& o, const DeviceInfo& info, int32_t batch
   split.reserve_for_graphs(batch, params);
   split.plan(params, lens, stream);
   Gemm gemm;
-  auto enqueue_layers = [&](const PrefetchPolicy& policy) {
-    for (const auto& layer : layers) {
+  auto layer_kv = [&](const Layer& layer) {
+    PagedKvCache kv_of_layer = params.kv;
+    kv_of_layer.k_pool = layer.k_pool.get();
+    kv_of_layer.v_pool = layer.v_pool.get();
+    return kv_of_layer;
+  };
+  auto enqueue_layers = [&](const PrefetchPolicy& policy, bool next_layer_l2) {
+    for (size_t l = 0; l < layers.size(); ++l) {
+      const Layer& layer = *layers[l];
       DecodeAttentionParams p = params;
-      p.kv.k_pool = layer->k_pool.get();
-      p.kv.v_pool = layer->v_pool.get();
-      gemm.linear(DType::kBFloat16, x.get(), layer->qkv_weight.get(), qkv.get(), batch, o.hidden,
+      p.kv = layer_kv(layer);
+      gemm.linear(DType::kBFloat16, x.get(), layer.qkv_weight.get(), qkv.get(), batch, o.hidden,
                   qkv_out, stream);
       ops::rope_and_cache(qkv.get(), nullptr, positions_d.get(), slots_d.get(), inv_freq_d.get(),
                           batch, o.q_heads, p.kv, q.get(), stream);
       split.run(p, policy, stream);
+      if (!o.mlp) continue;
+      gemm.linear(DType::kBFloat16, out.get(), layer.o_weight.get(), proj.get(), batch, q_dim,
+                  o.hidden, stream);
+      const bool prefetch_next = next_layer_l2 && l + 1 < layers.size();
+      if (prefetch_next) {  // layer l+1's older KV into L2 while this layer's MLP streams
+        L2KV_CUDA_CHECK(cudaEventRecord(fork, stream));
+        L2KV_CUDA_CHECK(cudaStreamWaitEvent(side, fork, 0));
+        launch_prefetch_kv_l2(layer_kv(*layers[l + 1]), side);
+        L2KV_CUDA_CHECK(cudaEventRecord(join, side));
+      }
+      gemm.linear(DType::kBFloat16, x.get(), layer.gate_up_weight.get(), gate_up.get(), batch,
+                  o.hidden, 2 * o.intermediate, stream);
+      gemm.linear(DType::kBFloat16, act.get(), layer.down_weight.get(), proj.get(), batch,
+                  o.intermediate, o.hidden, stream);
+      if (prefetch_next) L2KV_CUDA_CHECK(cudaStreamWaitEvent(stream, join, 0));
     }
   };
   // Cold L2 before each replay, as after a step's LM head: write then read 256 MiB.
@@ -146,13 +198,17 @@ nlohmann::json run_point(const Options& o, const DeviceInfo& info, int32_t batch
                           {"layers", o.layers},
                           {"kv_mib_per_layer", 2.0 * pool_elems * 2 / (1 << 20)}};
   for (const std::string& name : o.policies) {
-    const PrefetchPolicy policy = parse_prefetch_policy(name);
-    enqueue_layers(policy);  // eager once: GEMM plans and kernel attributes
+    std::string policy_text = name;
+    const size_t suffix = policy_text.find(kNextLayerSuffix);
+    const bool next_layer_l2 = suffix != std::string::npos;
+    if (next_layer_l2) policy_text.erase(suffix, std::string(kNextLayerSuffix).size());
+    const PrefetchPolicy policy = parse_prefetch_policy(policy_text);
+    enqueue_layers(policy, next_layer_l2);  // eager once: GEMM plans and kernel attributes
     L2KV_CUDA_CHECK(cudaStreamSynchronize(stream));
     cudaGraph_t graph = nullptr;
     cudaGraphExec_t exec = nullptr;
     L2KV_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
-    enqueue_layers(policy);
+    enqueue_layers(policy, next_layer_l2);
     L2KV_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
     L2KV_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
     std::vector<double> us;
@@ -177,8 +233,12 @@ nlohmann::json run_point(const Options& o, const DeviceInfo& info, int32_t batch
     cudaGraphDestroy(graph);
     const double per_layer = median(us) / o.layers;
     point["us_per_layer"][name] = per_layer;
+    point["mlp"] = o.mlp;
     std::printf("B=%-3d ctx=%-5d %-12s %8.2f us/layer\n", batch, context, name.c_str(), per_layer);
   }
+  cudaEventDestroy(fork);
+  cudaEventDestroy(join);
+  cudaStreamDestroy(side);
   return point;
 }
 
@@ -202,13 +262,24 @@ int main(int argc, char** argv) {
   app.add_option("--layers", o.layers, "Layers per graph, each with its own weights and KV")
       ->check(CLI::Range(1, 64))
       ->capture_default_str();
+  app.add_flag("--mlp", o.mlp,
+               "Also run each layer's o_proj, gate_up and down projections (Llama-3-8B sizes); "
+               "enables the policy suffix +next_layer_l2 (prefetch layer L+1's KV into L2 on a "
+               "second stream during layer L's MLP)");
   app.add_option("--reps", o.reps, "Timed graph replays per policy (median)")
       ->check(CLI::Range(1, 10000))
       ->capture_default_str();
   app.add_option("--json", o.json_path, "Write the results as JSON to this file");
   CLI11_PARSE(app, argc, argv);
   try {
-    for (const auto& p : o.policies) parse_prefetch_policy(p);  // fail before any GPU work
+    for (std::string p : o.policies) {  // fail before any GPU work
+      const size_t suffix = p.find(kNextLayerSuffix);
+      if (suffix != std::string::npos) {
+        if (!o.mlp) throw Error(p + ": " + kNextLayerSuffix + " needs --mlp");
+        p.erase(suffix, std::string(kNextLayerSuffix).size());
+      }
+      parse_prefetch_policy(p);
+    }
     int device = 0;
     L2KV_CUDA_CHECK(cudaGetDevice(&device));
     const DeviceInfo info = query_device_info(device);
@@ -216,8 +287,8 @@ int main(int argc, char** argv) {
     L2KV_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
     std::string command_line;
     for (int i = 0; i < argc; ++i) command_line += (i ? " " : "") + std::string(argv[i]);
-    std::printf("%s, %d SMs; llama3-8b attention chain, %d layers, bf16, HND, block %d\n",
-                info.name.c_str(), info.sm_count, o.layers, o.block_size);
+    std::printf("%s, %d SMs; llama3-8b %s, %d layers, bf16, HND, block %d\n", info.name.c_str(),
+                info.sm_count, o.mlp ? "layers" : "attention chain", o.layers, o.block_size);
     nlohmann::json results = {{"device", info.name},
                               {"command", command_line},
                               {"date", std::time(nullptr)},
