@@ -110,9 +110,10 @@ class DeviceDecodeProblem {
 
 // Per-row error bounds: an output row is the head_dim values of one (sequence or prefill row,
 // query head). P and the outputs are rounded to the dtype (unit roundoff 2^-8 in bf16, 2^-11
-// in fp16), so a row's relative L2 error is a small multiple of it; fp16's bound is 4x tighter.
+// in fp16), so a row's relative L2 error is a small multiple of it. Worst rows measured over
+// the whole GPU suite on an H200 (2026-11-27): 3.66e-3 (bf16) and 4.53e-4 (fp16).
 inline constexpr double kBf16MaxRowRelativeL2 = 5e-3;
-inline constexpr double kFp16MaxRowRelativeL2 = 1.25e-3;
+inline constexpr double kFp16MaxRowRelativeL2 = 8e-4;
 double max_row_relative_l2(DType dtype);
 
 struct RowErrorStats {
