@@ -81,6 +81,14 @@ TEST(FuzzLimits, DeepNestingIsAnError) {
   std::string chain = "{{ 1";
   for (int i = 0; i < 2000; ++i) chain += " + 1";
   EXPECT_NE(render_error(chain + " }}").find("nested deeper"), std::string::npos);
+  // Half a million operands: the interpreter refuses the depth, and freeing the tree must not
+  // recurse (it did, to a stack overflow, before the AST's destructor became iterative).
+  std::string long_chain = "{{ 1";
+  for (int i = 0; i < 500000; ++i) long_chain += "+1";
+  EXPECT_NE(render_error(long_chain + " }}").find("nested deeper"), std::string::npos);
+  std::string long_filters = "{{ 'a'";
+  for (int i = 0; i < 200000; ++i) long_filters += "|lower";
+  EXPECT_NE(render_error(long_filters + " }}").find("nested deeper"), std::string::npos);
   // A namespace nested in a list, one level per iteration.
   EXPECT_NE(render_error("{% set ns = namespace(l=[]) %}{% for i in range(1000) %}"
                          "{% set ns.l = [ns.l] %}{% endfor %}{{ ns.l }}")

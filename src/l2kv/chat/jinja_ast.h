@@ -34,6 +34,25 @@ struct Expr {
   std::vector<std::unique_ptr<Expr>> args;  // operands; for calls/filters/tests the subject first
   std::vector<std::pair<std::string, std::unique_ptr<Expr>>> kwargs;
   size_t offset = 0;
+
+  Expr() = default;
+  Expr(const Expr&) = delete;
+  Expr& operator=(const Expr&) = delete;
+  // Frees the subtree without recursion: a chain like 1 + 1 + ... parses in a loop into a tree
+  // as deep as the chain is long, which a recursive destructor would follow to a stack overflow.
+  ~Expr() {
+    std::vector<std::unique_ptr<Expr>> pending;
+    auto adopt_children = [&pending](Expr& e) {
+      for (auto& a : e.args) pending.push_back(std::move(a));
+      for (auto& kw : e.kwargs) pending.push_back(std::move(kw.second));
+    };
+    adopt_children(*this);
+    while (!pending.empty()) {
+      std::unique_ptr<Expr> node = std::move(pending.back());
+      pending.pop_back();
+      if (node) adopt_children(*node);
+    }  // each node dies childless
+  }
 };
 
 struct Stmt {
