@@ -1,6 +1,7 @@
 // fp8 E4M3 on the device: the KV cache's stored form. Every E4M3 value is exact in fp16 and
-// bf16, so the attention kernels widen stored K/V to the model's dtype and keep their 16-bit
-// tensor-core path; the per-layer scales fold into the softmax scale (K) and the output (V).
+// bf16, so the attention kernels widen stored K/V and keep their 16-bit tensor-core path (the
+// split kernel in fp16, one instruction per pair; prefill in the model's dtype); the per-layer
+// scales fold into the softmax scale (K) and the output (V).
 #pragma once
 
 #include <cuda_bf16.h>
