@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The decode-attention kernel benchmark: builds l2kv and runs the decode-attention grid on the
 # local GPU (an H100; about 10 minutes for the full grid), then PyTorch SDPA peers where torch is installed, then
+# the same grid with an fp8 KV cache (split only), the PDL step chain, then
 # the prefill benchmark on synthetic:llama3-8b, and writes JSON, logs and markdown under
 # bench/results/<date>-<gpu>/. Arguments go to l2kv_bench_decode (for example
 # --models llama3-8b --batches 1 64). L2KV_SKIP_BUILD=1 uses the binaries already in build/.
@@ -33,6 +34,12 @@ else
   echo "l2kv bench: python3 has no torch; PyTorch SDPA peers skipped"
 fi
 python3 bench/attention/report.py --bench "$out/bench.json" "${peers[@]}" --out "$out/decode_attention.md"
+# The split kernel over an fp8 E4M3 KV cache on the same grid, and its speedup over 16-bit KV.
+./build/l2kv_bench_decode --json "$out/bench_fp8.json" --kv-cache-dtype fp8_e4m3 --v1-prefetch none "$@" |
+  tee "$out/bench_fp8.log"
+python3 bench/attention/compare_kv_dtypes.py "$out/bench.json" "$out/bench_fp8.json" >"$out/fp8_vs_bf16.md"
+# The attention chain of a decode step with and without programmatic dependent launch.
+./build/l2kv_bench_step --json "$out/step.json" | tee "$out/step.log"
 ./build/l2kv_bench_prefill | tee "$out/prefill.log"
 if ((${#peers[@]})); then python3 bench/model/sdpa_prefill_peers.py | tee "$out/prefill_peers.log"; fi
-echo "results: $out/decode_attention.md, $out/prefill.log"
+echo "results: $out/decode_attention.md, $out/fp8_vs_bf16.md, $out/step.log, $out/prefill.log"
