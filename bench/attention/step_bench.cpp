@@ -170,7 +170,7 @@ nlohmann::json run_point(const Options& o, const DeviceInfo& info, int32_t batch
       gemm.linear(DType::kBFloat16, x.get(), layer.qkv_weight.get(), qkv.get(), batch, o.hidden,
                   qkv_out, stream);
       ops::rope_and_cache(qkv.get(), nullptr, positions_d.get(), slots_d.get(), inv_freq_d.get(),
-                          batch, o.q_heads, p.kv, q.get(), stream);
+                          batch, o.q_heads, p.kv, q.get(), stream, policy.pdl);
       split.run(p, policy, stream);
       if (!o.mlp) continue;
       gemm.linear(DType::kBFloat16, out.get(), layer.o_weight.get(), proj.get(), batch, q_dim,

@@ -453,7 +453,8 @@ struct CudaModel::GraphOps {
     decode.kv.v_scale = w(l).v_scale;
     ops::rope_and_cache(ws().qkv.ptr, w(l).qkv_bias.ptr, ws().meta.ptr + ws().positions,
                         ws().meta.ptr + ws().slots, m->inv_freq_, n,
-                        static_cast<int32_t>(c().num_q_heads), decode.kv, ws().q.ptr, stream);
+                        static_cast<int32_t>(c().num_q_heads), decode.kv, ws().q.ptr, stream,
+                        m->prefetch_.pdl);
   }
   void attention(int64_t) {
     timed(m->attention_events_, [&] {

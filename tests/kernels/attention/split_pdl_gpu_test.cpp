@@ -1,6 +1,7 @@
 // The split kernel with programmatic dependent launch (+pdl) right behind the RoPE + KV-write
-// kernel that produces its Q and each sequence's newest K/V, as in a decode step: the output
-// must match the reference, so the kernel read Q and the newest token only after the wait.
+// kernel that produces its Q and each sequence's newest K/V, itself launched the same way behind
+// the kernel that writes its QKV rows, as in a decode step: the output must match the
+// reference, so each kernel read its inputs only after its wait (they are poisoned before).
 // RoPE at position 0 is the identity, so the QKV rows carry the problem's own Q and newest K/V.
 #include <gtest/gtest.h>
 
@@ -60,11 +61,17 @@ TEST(SplitDecodePdl, ReadsQAndTheNewestKvOnlyAfterTheRopeKernel) {
   int32_t* positions_d = upload(positions);
   int32_t* slots_d = upload(slots);
   float* inv_freq_d = upload(std::vector<float>(d / 2, 1.f));
+  uint16_t* staged_d = upload(qkv);  // copied into qkv_d by a kernel each step
   uint16_t* qkv_d = upload(qkv);
+  std::vector<int32_t> identity(batch);
+  for (int32_t s = 0; s < batch; ++s) identity[s] = s;
+  int32_t* identity_d = upload(identity);
+  const int32_t width = q_dim + 2 * kv_dim;
   cudaStream_t stream = nullptr;
   L2KV_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
 
-  auto poison_inputs = [&] {  // NaN where the RoPE kernel writes
+  auto poison_inputs = [&] {  // NaN in the QKV rows and where the RoPE kernel writes
+    L2KV_CUDA_CHECK(cudaMemsetAsync(qkv_d, 0xff, qkv.size() * 2, stream));
     L2KV_CUDA_CHECK(cudaMemsetAsync(const_cast<void*>(params.q), 0xff,
                                     static_cast<size_t>(batch) * q_dim * 2, stream));
     for (int64_t off : newest_offsets) {
@@ -74,11 +81,15 @@ TEST(SplitDecodePdl, ReadsQAndTheNewestKvOnlyAfterTheRopeKernel) {
           cudaMemsetAsync(static_cast<uint16_t*>(kv.v_pool) + off, 0xff, d * 2, stream));
     }
   };
+  // As in a decode step: a kernel writes the QKV rows (the projection; here a row copy), the
+  // RoPE kernel follows with programmatic dependent launch too, then the split kernel.
   auto step = [&](SplitDecode& split, const PrefetchPolicy& policy) {
+    ops::gather_rows(staged_d, identity_d, batch, width, qkv_d, stream);
     ops::rope_and_cache(qkv_d, nullptr, positions_d, slots_d, inv_freq_d, batch, c.num_q_heads, kv,
-                        const_cast<void*>(params.q), stream);
+                        const_cast<void*>(params.q), stream, /*pdl=*/true);
     split.run(params, policy, stream);
   };
+
   for (const char* name : {"off+pdl", "on:2+pdl", "auto+stream+pdl"}) {
     for (const bool graph : {false, true}) {
       SCOPED_TRACE(std::string(name) + (graph ? " in a CUDA graph" : " eager"));
@@ -110,7 +121,8 @@ TEST(SplitDecodePdl, ReadsQAndTheNewestKvOnlyAfterTheRopeKernel) {
     }
   }
   for (void* p : {static_cast<void*>(positions_d), static_cast<void*>(slots_d),
-                  static_cast<void*>(inv_freq_d), static_cast<void*>(qkv_d)})
+                  static_cast<void*>(inv_freq_d), static_cast<void*>(qkv_d),
+                  static_cast<void*>(staged_d), static_cast<void*>(identity_d)})
     cudaFree(p);
   cudaStreamDestroy(stream);
 }

@@ -21,6 +21,7 @@
 #include "l2kv/core/cuda_check.h"
 #include "l2kv/core/error.h"
 #include "l2kv/kernels/cache_hints.cuh"
+#include "l2kv/kernels/grid_dependency.cuh"
 #include "l2kv/kernels/model/gemv.h"
 #include "l2kv/kernels/tensor_core.cuh"
 
@@ -104,6 +105,9 @@ __device__ __forceinline__ OutT to_output(float v) {
 
 template <typename T, typename OutT, int kNTiles>
 __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) gemv_kernel(GemvParams p) {
+  // A kernel launched behind this one with programmatic dependent launch (the RoPE + KV write
+  // after the QKV projection) may start now; it waits for this grid before reading its output.
+  ptx::launch_dependents();
   using Tiling = GemvTiling<kNTiles>;
   __shared__ float partial[kWarps][Tiling::kAccs][kWarpSize];
 

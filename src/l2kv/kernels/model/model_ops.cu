@@ -59,6 +59,9 @@ __global__ void rope_and_cache_kernel(const T* qkv, const T* bias, const int32_t
   // An attention kernel launched with programmatic dependent launch may start now: it waits for
   // this grid's writes before it reads them, and meanwhile prefetches older KV into L2.
   ptx::launch_dependents();
+  // Launched that way itself (rope_and_cache's `pdl`), this kernel may start while the QKV
+  // projection still runs: nothing is read before the projection's writes are visible.
+  ptx::grid_dependency_wait();
   const int t = blockIdx.x;
   const int d = kv.head_dim, half = d / 2;
   const int q_dim = q_heads * d, kv_dim = kv.num_kv_heads * d, width = q_dim + 2 * kv_dim;
@@ -154,13 +157,25 @@ void add_rmsnorm(DType dtype, float* residual, const void* add, const void* weig
 
 void rope_and_cache(const void* qkv, const void* bias, const int32_t* positions,
                     const int32_t* slots, const float* inv_freq, int32_t num_tokens,
-                    int32_t q_heads, const PagedKvCache& kv, void* q_out, cudaStream_t stream) {
+                    int32_t q_heads, const PagedKvCache& kv, void* q_out, cudaStream_t stream,
+                    bool pdl) {
   with_type(kv.dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     auto kernel = kv.fp8() ? rope_and_cache_kernel<T, true> : rope_and_cache_kernel<T, false>;
-    kernel<<<num_tokens, kThreads, 0, stream>>>(static_cast<const T*>(qkv),
-                                                static_cast<const T*>(bias), positions, slots,
-                                                inv_freq, q_heads, kv, static_cast<T*>(q_out));
+    cudaLaunchConfig_t config = {};
+    config.gridDim = dim3(static_cast<unsigned>(num_tokens));
+    config.blockDim = dim3(kThreads);
+    config.stream = stream;
+    cudaLaunchAttribute attribute = {};
+    attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attribute.val.programmaticStreamSerializationAllowed = 1;
+    if (pdl) {
+      config.attrs = &attribute;
+      config.numAttrs = 1;
+    }
+    L2KV_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, static_cast<const T*>(qkv),
+                                       static_cast<const T*>(bias), positions, slots, inv_freq,
+                                       q_heads, kv, static_cast<T*>(q_out)));
   });
   L2KV_CUDA_CHECK_LAUNCH();
 }

@@ -24,9 +24,12 @@ void add_rmsnorm(DType dtype, float* residual, const void* add, const void* weig
 // neox RoPE to q and k at `positions`, writes q to `q_out` [tokens, q_heads, head_dim] and k, v
 // into the paged cache (kv.dtype, or E4M3 / scale for an fp8 cache) at `slots` (physical block *
 // block_size + offset; -1 = skip).
+// `pdl`: launch with programmatic dependent launch, so the kernel may start while the one before
+// it (the QKV projection) finishes; it waits for that kernel's writes before reading.
 void rope_and_cache(const void* qkv, const void* bias, const int32_t* positions,
                     const int32_t* slots, const float* inv_freq, int32_t num_tokens,
-                    int32_t q_heads, const PagedKvCache& kv, void* q_out, cudaStream_t stream);
+                    int32_t q_heads, const PagedKvCache& kv, void* q_out, cudaStream_t stream,
+                    bool pdl = false);
 
 // out[t, i] = silu(gate_up[t, i]) * gate_up[t, inter + i].
 void silu_mul(DType dtype, const void* gate_up, int32_t num_tokens, int32_t inter, void* out,
