@@ -19,23 +19,23 @@ __device__ __forceinline__ uint8_t from_float(float value) {
 }
 
 // Two E4M3 values (low byte first) -> two 16-bit values packed as the MMA operands expect.
-template <typename T>
-__device__ __forceinline__ uint32_t widen2(uint16_t pair) {
-  const __half2_raw h = __nv_cvt_fp8x2_to_halfraw2(pair, __NV_E4M3);
-  if constexpr (std::is_same_v<T, __half>) {
-    return static_cast<uint32_t>(h.x) | (static_cast<uint32_t>(h.y) << 16);
-  } else {
-    const float2 f = __half22float2(__half2(h));
-    const __nv_bfloat162 b = __float22bfloat162_rn(f);  // exact: E4M3 fits in bf16
-    return *reinterpret_cast<const uint32_t*>(&b);
-  }
-}
-
 // Two E4M3 values (the low 16 bits, low byte first) -> fp16x2, in one instruction.
 __device__ __forceinline__ uint32_t widen2_half(uint32_t pair) {
   const __half2_raw h =
       __nv_cvt_fp8x2_to_halfraw2(static_cast<__nv_fp8x2_storage_t>(pair), __NV_E4M3);
   return static_cast<uint32_t>(h.x) | (static_cast<uint32_t>(h.y) << 16);
+}
+
+template <typename T>
+__device__ __forceinline__ uint32_t widen2(uint16_t pair) {
+  const uint32_t half2 = widen2_half(pair);
+  if constexpr (std::is_same_v<T, __half>) {
+    return half2;
+  } else {
+    const float2 f = __half22float2(*reinterpret_cast<const __half2*>(&half2));
+    const __nv_bfloat162 b = __float22bfloat162_rn(f);  // exact: E4M3 fits in bf16
+    return *reinterpret_cast<const uint32_t*>(&b);
+  }
 }
 
 // 16 E4M3 values -> 16 16-bit values, as two 16-byte chunks.

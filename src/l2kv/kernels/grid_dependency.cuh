@@ -5,6 +5,10 @@
 // no-ops when the launch did not ask for programmatic serialization.
 #pragma once
 
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+
 namespace l2kv::ptx {
 
 // Blocks until every grid this one depends on has completed and its writes are visible.
@@ -18,3 +22,28 @@ __device__ __forceinline__ void launch_dependents() {
 }
 
 }  // namespace l2kv::ptx
+
+namespace l2kv {
+
+// The launch side: a cudaLaunchKernelEx configuration that asks for programmatic stream
+// serialization when `pdl`. The configuration points at `attribute`, which must outlive the
+// launch call.
+inline cudaLaunchConfig_t launch_config(dim3 grid, dim3 block, size_t shared_bytes,
+                                        cudaStream_t stream, bool pdl,
+                                        cudaLaunchAttribute& attribute) {
+  cudaLaunchConfig_t config = {};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.dynamicSmemBytes = shared_bytes;
+  config.stream = stream;
+  attribute = {};
+  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute.val.programmaticStreamSerializationAllowed = 1;
+  if (pdl) {
+    config.attrs = &attribute;
+    config.numAttrs = 1;
+  }
+  return config;
+}
+
+}  // namespace l2kv

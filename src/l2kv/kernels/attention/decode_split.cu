@@ -178,14 +178,9 @@ __global__ void __launch_bounds__(kThreads, kFp8 ? 3 : 1)
   };
   auto v_stage = [&](int s) { return k_stage(s) + Shape::kTileElems; };
   auto load_tile = [&](int t, int s) {
-    if constexpr (kFp8)
-      load_kv_tile_fp8<kHeadDim, kThreads>(p.kv, item.seq, item.kv_head, tile_begin(t),
-                                           item.token_end, k_stage(s), v_stage(s), block_shift,
-                                           evict_first, load_policy);
-    else
-      load_kv_tile<T, kHeadDim, kThreads>(p.kv, item.seq, item.kv_head, tile_begin(t),
-                                          item.token_end, k_stage(s), v_stage(s), block_shift,
-                                          evict_first, load_policy);
+    load_kv_tile<Stored, kHeadDim, kThreads>(p.kv, item.seq, item.kv_head, tile_begin(t),
+                                             item.token_end, k_stage(s), v_stage(s), block_shift,
+                                             evict_first, load_policy);
   };
   const int prologue_tiles = min(num_tiles, Shape::kStages - 1 + a.prefetch_distance);
 
@@ -451,18 +446,10 @@ int32_t ctas_per_sm() {
 
 template <typename T, int kHeadDim, bool kFp8>
 void launch(const SplitKernelArgs& args, int32_t num_items, cudaStream_t stream) {
-  cudaLaunchConfig_t config = {};
-  config.gridDim = dim3(static_cast<unsigned>(num_items));
-  config.blockDim = dim3(kThreads);
-  config.dynamicSmemBytes = SplitShape<kHeadDim, kFp8>::kSmemBytes;
-  config.stream = stream;
-  cudaLaunchAttribute pdl = {};
-  pdl.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  pdl.val.programmaticStreamSerializationAllowed = 1;
-  if (args.pdl) {
-    config.attrs = &pdl;
-    config.numAttrs = 1;
-  }
+  cudaLaunchAttribute attribute;
+  const cudaLaunchConfig_t config =
+      launch_config(dim3(static_cast<unsigned>(num_items)), dim3(kThreads),
+                    SplitShape<kHeadDim, kFp8>::kSmemBytes, stream, args.pdl, attribute);
   L2KV_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel_for<T, kHeadDim, kFp8>(), args));
 }
 

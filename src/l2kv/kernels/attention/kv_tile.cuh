@@ -20,17 +20,31 @@ __device__ __forceinline__ int swizzled(int row, int chunk) {
   return row * kHeadDim + ((chunk ^ (row & 7)) << 3);
 }
 
+// Byte offset of 16-byte chunk `chunk` of row `row` in a [64][kHeadDim] byte tile (an fp8
+// cache's), swizzled so the 8 rows an ldmatrix reads lie in 8 different bank groups: 128-byte
+// rows XOR the chunk with row % 8; 64-byte rows, two to a 128-byte line, with (row / 2) % 4.
+template <int kHeadDim>
+__device__ __forceinline__ int swizzled_bytes(int row, int chunk) {
+  static_assert(kHeadDim == 64 || kHeadDim == 128);
+  const int pattern = kHeadDim == 128 ? (row & 7) : ((row >> 1) & 3);
+  return row * kHeadDim + ((chunk ^ pattern) << 4);
+}
+
 // Copies tokens [tile_begin, tile_begin + 64) of (sequence `seq`, `kv_head`) into `k_tile` and
-// `v_tile`; rows at or past `token_end` are zero-filled. Each of the kThreads threads owns one
-// 16-byte column chunk of consecutive rows: those rows lie in one KV block (block sizes are
-// multiples of it), so one block-table lookup serves them all.
+// `v_tile` as stored (T: the 16-bit dtype, or uint8_t for an fp8 cache, whose tiles are half the
+// bytes and swizzled by swizzled_bytes); rows at or past `token_end` are zero-filled. Each of
+// the kThreads threads owns one 16-byte column chunk of consecutive rows: those rows lie in one
+// KV block (block sizes are multiples of it), so one block-table lookup serves them all.
 template <typename T, int kHeadDim, int kThreads>
 __device__ __forceinline__ void load_kv_tile(const PagedKvCache& kv, int32_t seq, int32_t kv_head,
                                              int tile_begin, int token_end, T* k_tile, T* v_tile,
                                              int block_shift, bool evict_first,
                                              uint64_t load_policy) {
-  constexpr int kChunksPerRow = kHeadDim / 8;
+  constexpr bool kBytes = sizeof(T) == 1;
+  constexpr int kChunkElems = 16 / static_cast<int>(sizeof(T));
+  constexpr int kChunksPerRow = kHeadDim / kChunkElems;
   constexpr int kRowsPerThread = kKvTileTokens * kChunksPerRow / kThreads;
+  static_assert(sizeof(T) == 1 || sizeof(T) == 2);
   static_assert(kThreads % kChunksPerRow == 0 && kRowsPerThread >= 1 && kRowsPerThread <= 16,
                 "a thread's rows must fit in the smallest KV block (16 tokens)");
   const int32_t* table = kv.block_table + static_cast<int64_t>(seq) * kv.max_blocks_per_seq;
@@ -42,7 +56,7 @@ __device__ __forceinline__ void load_kv_tile(const PagedKvCache& kv, int32_t seq
   int64_t offset = 0;
   if (first_token < token_end) {
     const int32_t physical = __ldg(table + (first_token >> block_shift));
-    offset = kv.offset(physical, first_token & (kv.block_size - 1), kv_head) + chunk * 8;
+    offset = kv.offset(physical, first_token & (kv.block_size - 1), kv_head) + chunk * kChunkElems;
   }
   const int64_t row_stride = kv.token_stride();
 #pragma unroll
@@ -50,7 +64,8 @@ __device__ __forceinline__ void load_kv_tile(const PagedKvCache& kv, int32_t seq
     const bool valid = first_token + r < token_end;
     const int64_t src = valid ? offset + r * row_stride : 0;  // masked rows read nothing
     const uint32_t bytes = valid ? 16 : 0;
-    const int dst = swizzled<kHeadDim>(first_row + r, chunk);
+    const int dst = kBytes ? swizzled_bytes<kHeadDim>(first_row + r, chunk)
+                           : swizzled<kHeadDim>(first_row + r, chunk);
     if (evict_first && valid) {
       ptx::cp_async_16_hinted(k_tile + dst, k_pool + src, load_policy);
       ptx::cp_async_16_hinted(v_tile + dst, v_pool + src, load_policy);
@@ -61,56 +76,7 @@ __device__ __forceinline__ void load_kv_tile(const PagedKvCache& kv, int32_t seq
   }
 }
 
-// Byte offset of 16-byte chunk `chunk` of row `row` in a [64][kHeadDim] byte tile (an fp8
-// cache's), swizzled so the 8 rows an ldmatrix reads lie in 8 different bank groups: 128-byte
-// rows XOR the chunk with row % 8; 64-byte rows, two to a 128-byte line, with (row / 2) % 4.
-template <int kHeadDim>
-__device__ __forceinline__ int swizzled_bytes(int row, int chunk) {
-  static_assert(kHeadDim == 64 || kHeadDim == 128);
-  const int pattern = kHeadDim == 128 ? (row & 7) : ((row >> 1) & 3);
-  return row * kHeadDim + ((chunk ^ pattern) << 4);
-}
-
-// fp8 cache: copies the same tokens as stored bytes into swizzled [64][head_dim] byte tiles
-// (half the bytes of a 16-bit tile); rows at or past `token_end` are zero-filled.
-template <int kHeadDim, int kThreads>
-__device__ __forceinline__ void load_kv_tile_fp8(const PagedKvCache& kv, int32_t seq,
-                                                 int32_t kv_head, int tile_begin, int token_end,
-                                                 uint8_t* k_tile, uint8_t* v_tile, int block_shift,
-                                                 bool evict_first, uint64_t load_policy) {
-  constexpr int kChunksPerRow = kHeadDim / 16;
-  constexpr int kRowsPerThread = kKvTileTokens * kChunksPerRow / kThreads;
-  static_assert(kThreads % kChunksPerRow == 0 && kRowsPerThread >= 1 && kRowsPerThread <= 16,
-                "a thread's rows must fit in the smallest KV block (16 tokens)");
-  const int32_t* table = kv.block_table + static_cast<int64_t>(seq) * kv.max_blocks_per_seq;
-  const auto* k_pool = static_cast<const uint8_t*>(kv.k_pool);
-  const auto* v_pool = static_cast<const uint8_t*>(kv.v_pool);
-  const int chunk = threadIdx.x % kChunksPerRow;
-  const int first_row = threadIdx.x / kChunksPerRow * kRowsPerThread;
-  const int first_token = tile_begin + first_row;
-  int64_t offset = 0;
-  if (first_token < token_end) {
-    const int32_t physical = __ldg(table + (first_token >> block_shift));
-    offset = kv.offset(physical, first_token & (kv.block_size - 1), kv_head) + chunk * 16;
-  }
-  const int64_t row_stride = kv.token_stride();
-#pragma unroll
-  for (int r = 0; r < kRowsPerThread; ++r) {
-    const bool valid = first_token + r < token_end;
-    const int64_t src = valid ? offset + r * row_stride : 0;
-    const uint32_t bytes = valid ? 16 : 0;
-    const int dst = swizzled_bytes<kHeadDim>(first_row + r, chunk);
-    if (evict_first && valid) {
-      ptx::cp_async_16_hinted(k_tile + dst, k_pool + src, load_policy);
-      ptx::cp_async_16_hinted(v_tile + dst, v_pool + src, load_policy);
-    } else {
-      ptx::cp_async_16(k_tile + dst, k_pool + src, bytes);
-      ptx::cp_async_16(v_tile + dst, v_pool + src, bytes);
-    }
-  }
-}
-
-// Widens rows [first_row, first_row + num_rows) of a byte tile from load_kv_tile_fp8 into rows
+// Widens rows [first_row, first_row + num_rows) of a byte tile from load_kv_tile into rows
 // 0.. of a swizzled 16-bit tile (first_row a multiple of 8, so the swizzle matches), spread
 // over `num_threads` threads of which this is `thread`.
 template <typename T, int kHeadDim>

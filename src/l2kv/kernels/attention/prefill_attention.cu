@@ -65,14 +65,9 @@ __global__ void __launch_bounds__(256)
   const int num_tiles = (kv_end + kKvTileTokens - 1) / kKvTileTokens;
   const int block_shift = __ffs(kv.block_size) - 1;
   auto load_tile = [&](int tile, int stage) {
-    if constexpr (kFp8)
-      load_kv_tile_fp8<kHeadDim, kLoadThreads>(kv, item.seq, item.kv_head, tile * kKvTileTokens,
-                                               kv_end, k_stage(stage), v_stage(stage), block_shift,
-                                               false, 0);
-    else
-      load_kv_tile<T, kHeadDim, kLoadThreads>(kv, item.seq, item.kv_head, tile * kKvTileTokens,
-                                              kv_end, k_stage(stage), v_stage(stage), block_shift,
-                                              false, 0);
+    load_kv_tile<Stored, kHeadDim, kLoadThreads>(kv, item.seq, item.kv_head, tile * kKvTileTokens,
+                                                 kv_end, k_stage(stage), v_stage(stage),
+                                                 block_shift, false, 0);
   };
 
   if (threadIdx.x < kLoadThreads) load_tile(0, 0);

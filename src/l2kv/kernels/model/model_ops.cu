@@ -162,17 +162,9 @@ void rope_and_cache(const void* qkv, const void* bias, const int32_t* positions,
   with_type(kv.dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     auto kernel = kv.fp8() ? rope_and_cache_kernel<T, true> : rope_and_cache_kernel<T, false>;
-    cudaLaunchConfig_t config = {};
-    config.gridDim = dim3(static_cast<unsigned>(num_tokens));
-    config.blockDim = dim3(kThreads);
-    config.stream = stream;
-    cudaLaunchAttribute attribute = {};
-    attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attribute.val.programmaticStreamSerializationAllowed = 1;
-    if (pdl) {
-      config.attrs = &attribute;
-      config.numAttrs = 1;
-    }
+    cudaLaunchAttribute attribute;
+    const cudaLaunchConfig_t config = launch_config(dim3(static_cast<unsigned>(num_tokens)),
+                                                    dim3(kThreads), 0, stream, pdl, attribute);
     L2KV_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, static_cast<const T*>(qkv),
                                        static_cast<const T*>(bias), positions, slots, inv_freq,
                                        q_heads, kv, static_cast<T*>(q_out)));
