@@ -10,6 +10,7 @@
 #include <cuda_fp16.h>
 
 #include <cmath>
+#include <cuda/atomic>
 #include <string>
 #include <type_traits>
 
@@ -42,8 +43,6 @@ struct SplitShape {
   static constexpr int kOutTiles = kHeadDim / 8;  // MMA n-tiles of P.V
   static constexpr size_t kStageBytes = size_t{2} * kTileElems * (kFp8 ? 1 : 2);
   static constexpr size_t kSmemBytes = kStages * kStageBytes;
-  // The cross-warp merge reuses the pipeline buffers.
-  static_assert(kWarps * kMaxGqaGroup * (kHeadDim + 2) * sizeof(float) <= kSmemBytes);
 };
 
 // L2 prefetch of tokens [tile_begin, tile_end) of one tile, spread over the block's threads.
@@ -77,65 +76,84 @@ __device__ __forceinline__ void prefetch_tile(const SplitKernelArgs& a, const Sp
   }
 }
 
-// Combines the normalized partial outputs of all slices of one (sequence, KV head) by their
-// log-sum-exp weights. This runs on the kernel's tail, so it is built for latency: the weights
-// go to shared memory once, then each thread owns 4 output dims of one head and keeps 8
-// 16-byte partial loads in flight.
-template <typename T, int kHeadDim>
-__device__ __forceinline__ void merge_partials(const SplitKernelArgs& a, const SplitWorkItem& item,
-                                               int group, T* out, unsigned char* smem_raw) {
+// Shared-memory layout of a block's epilogue, over the pipeline buffers: per warp and query
+// head the running max and sum, then the warp's O rows scaled by their softmax share, padded
+// so the 8 rows a warp stores start in different banks.
+template <int kHeadDim>
+struct Epilogue {
+  static constexpr int kRowStride = kHeadDim + 4;
+  static constexpr size_t kBytes =
+      (2 * kWarps * kMaxGqaGroup + kWarps * kMaxGqaGroup * kRowStride) * sizeof(float);
+  float* warp_max;
+  float* warp_sum;
+  float* rows;
+  __device__ explicit Epilogue(unsigned char* smem)
+      : warp_max(reinterpret_cast<float*>(smem)),
+        warp_sum(warp_max + kWarps * kMaxGqaGroup),
+        rows(warp_sum + kWarps * kMaxGqaGroup) {}
+  __device__ float* row(int warp, int head) const {
+    return rows + (warp * kMaxGqaGroup + head) * kRowStride;
+  }
+};
+
+// Stores 4 floats as 4 consecutive 16-bit values (8 bytes, aligned).
+template <typename T>
+__device__ __forceinline__ void store4(T* dst, float4 v) {
   using Traits = tc::ElementTraits<T>;
-  constexpr int kUnroll = 8;
+  *reinterpret_cast<uint2*>(dst) = make_uint2(Traits::pack(v.x, v.y), Traits::pack(v.z, v.w));
+}
+
+// Combines the normalized partial outputs of all slices of one (sequence, KV head) by their
+// log-sum-exp weights. This runs on the kernel's tail, so it is built for latency: each thread
+// owns 4 output dims of one head and issues the loads of up to kChunk slices' partials and
+// log-sum-exps at once (one L2 round trip per kChunk slices), folding them in with an online
+// maximum.
+template <typename T, int kHeadDim>
+__device__ __forceinline__ void merge_partials(const SplitKernelArgs& a, int splits, int64_t first,
+                                               int group, T* out) {
+  constexpr int kChunk = 16;
   constexpr int kQuads = kHeadDim / 4;
-  const int splits = a.pair_num_splits[item.pair];
-  const int64_t first = a.pair_first_slot[item.pair];
-  float* weights = reinterpret_cast<float*>(smem_raw);  // [group][splits], then 1/sum per head
-  float* inv_sums = weights + group * splits;
-  for (int i = threadIdx.x; i < group * splits; i += kThreads) {
-    const int h = i / splits, s = i % splits;
-    weights[h * splits + s] = __ldcg(a.partial_lse + (first + s) * group + h);
-  }
-  __syncthreads();
-  for (int h = threadIdx.x; h < group; h += kThreads) {
-    float m = -INFINITY;
-    for (int s = 0; s < splits; ++s) m = fmaxf(m, weights[h * splits + s]);
-    float sum = 0.f;
-    for (int s = 0; s < splits; ++s) {
-      const float w = exp2f(weights[h * splits + s] - m);
-      weights[h * splits + s] = w;
-      sum += w;
-    }
-    inv_sums[h] = 1.f / sum;
-  }
-  __syncthreads();
   const int64_t slot_stride = int64_t{group} * kQuads;  // in float4
   for (int i = threadIdx.x; i < group * kQuads; i += kThreads) {
     const int h = i / kQuads;
     const float4* partial =
         reinterpret_cast<const float4*>(a.partial_out) + first * slot_stride + i;
-    const float* w = weights + h * splits;
+    const float* lse = a.partial_lse + first * group + h;
+    float m = -INFINITY;
+    float sum = 0.f;
     float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
-    auto accumulate = [&](float weight, float4 v) {
-      acc.x += weight * v.x;
-      acc.y += weight * v.y;
-      acc.z += weight * v.z;
-      acc.w += weight * v.w;
-    };
-    int s = 0;
-    for (; s + kUnroll <= splits; s += kUnroll) {
-      float4 v[kUnroll];
+    for (int s0 = 0; s0 < splits; s0 += kChunk) {
+      float l[kChunk];
+      float4 v[kChunk];
 #pragma unroll
-      for (int u = 0; u < kUnroll; ++u) v[u] = __ldcg(partial + (s + u) * slot_stride);
+      for (int u = 0; u < kChunk; ++u) {
+        const bool in = s0 + u < splits;
+        l[u] = in ? __ldcg(lse + (s0 + u) * group) : -INFINITY;
+        v[u] = in ? __ldcg(partial + (s0 + u) * slot_stride) : make_float4(0.f, 0.f, 0.f, 0.f);
+      }
+      float chunk_max = m;
 #pragma unroll
-      for (int u = 0; u < kUnroll; ++u) accumulate(w[s + u], v[u]);
+      for (int u = 0; u < kChunk; ++u) chunk_max = fmaxf(chunk_max, l[u]);
+      const float rescale = exp2f(m - chunk_max);  // 0 on the first chunk (m = -inf)
+      sum *= rescale;
+      acc.x *= rescale;
+      acc.y *= rescale;
+      acc.z *= rescale;
+      acc.w *= rescale;
+#pragma unroll
+      for (int u = 0; u < kChunk; ++u) {
+        const float w = exp2f(l[u] - chunk_max);  // 0 past the last slice
+        sum += w;
+        acc.x += w * v[u].x;
+        acc.y += w * v[u].y;
+        acc.z += w * v[u].z;
+        acc.w += w * v[u].w;
+      }
+      m = chunk_max;
     }
-    for (; s < splits; ++s) accumulate(w[s], __ldcg(partial + s * slot_stride));
-    const float inv = inv_sums[h];
-    T* o = out + static_cast<int64_t>(i) * 4;
-    o[0] = Traits::from_float(acc.x * inv);
-    o[1] = Traits::from_float(acc.y * inv);
-    o[2] = Traits::from_float(acc.z * inv);
-    o[3] = Traits::from_float(acc.w * inv);
+    const float inv = 1.f / sum;
+    store4(out + static_cast<int64_t>(i) * 4,
+           make_float4(acc.x * inv, acc.y * inv, acc.z * inv, acc.w * inv));
   }
 }
 
@@ -155,12 +173,15 @@ __global__ void __launch_bounds__(kThreads, kFp8 ? 3 : 1)
   // the logit scale undoes it.
   constexpr bool kRescaleQ = kFp8 && !std::is_same_v<T, __half>;
   constexpr float kQScale = kRescaleQ ? 1.f / 256 : 1.f;
+  static_assert(Epilogue<kHeadDim>::kBytes <= Shape::kSmemBytes,
+                "the epilogue reuses the pipeline buffers");
   extern __shared__ __align__(128) unsigned char smem_raw[];
   __shared__ int is_last_arrival;
 
-  // Graph mode: the grid is fixed at capture and the plan of each replay may use fewer blocks.
-  if (a.num_items != nullptr && static_cast<int>(blockIdx.x) >= *a.num_items) return;
+  // Graph mode: the grid is fixed at capture and the plan of each replay may use fewer blocks
+  // (the item array has room for the whole grid: both loads go out together).
   const SplitWorkItem item = a.items[blockIdx.x];
+  if (a.num_items != nullptr && static_cast<int>(blockIdx.x) >= __ldg(a.num_items)) return;
   const DecodeAttentionParams& p = a.params;
   const int group = p.num_q_heads / p.kv.num_kv_heads;
   const int warp = threadIdx.x / 32;
@@ -170,6 +191,10 @@ __global__ void __launch_bounds__(kThreads, kFp8 ? 3 : 1)
   const uint64_t load_policy = evict_first ? ptx::make_l2_policy(L2EvictionHint::kEvictFirst) : 0;
   const int num_tiles =
       (item.token_end - item.token_begin + kSplitTileTokens - 1) / kSplitTileTokens;
+  // A split pair's merge needs these at the very end; loaded now, they are there by then.
+  const bool is_split = item.partial_slot >= 0;
+  const int pair_splits = is_split ? __ldg(a.pair_num_splits + item.pair) : 1;
+  const int64_t pair_first_slot = is_split ? __ldg(a.pair_first_slot + item.pair) : 0;
 
   auto tile_begin = [&](int t) { return item.token_begin + t * kSplitTileTokens; };
   auto tile_end = [&](int t) { return min(tile_begin(t) + kSplitTileTokens, item.token_end); };
@@ -361,68 +386,79 @@ __global__ void __launch_bounds__(kThreads, kFp8 ? 3 : 1)
   row_sum += __shfl_xor_sync(0xffffffffu, row_sum, 2);
   __syncthreads();  // all warps are done with the pipeline buffers
 
-  // Merge the 4 warps' states in shared memory: [warp][head] max and sum, [warp][head][D] O.
-  float* warp_max = reinterpret_cast<float*>(smem_raw);
-  float* warp_sum = warp_max + kWarps * kMaxGqaGroup;
-  float* warp_out = warp_sum + kWarps * kMaxGqaGroup;
+  // Merge the 4 warps' states: each warp scales its O rows by its share of the softmax and
+  // stores them; every thread then sums 4 warps' values for 4 output dims at a time.
+  Epilogue<kHeadDim> e(smem_raw);
   if (quad == 0) {
-    warp_max[warp * kMaxGqaGroup + head_row] = row_max;
-    warp_sum[warp * kMaxGqaGroup + head_row] = row_sum;
+    e.warp_max[warp * kMaxGqaGroup + head_row] = row_max;
+    e.warp_sum[warp * kMaxGqaGroup + head_row] = row_sum;
   }
+  __syncthreads();
+  float m = -INFINITY;
+#pragma unroll
+  for (int w = 0; w < kWarps; ++w) m = fmaxf(m, e.warp_max[w * kMaxGqaGroup + head_row]);
+  const float safe_m = m == -INFINITY ? 0.f : m;  // padding rows: every warp's max is -inf
+  float total = 0.f;
+#pragma unroll
+  for (int w = 0; w < kWarps; ++w)
+    total += e.warp_sum[w * kMaxGqaGroup + head_row] *
+             exp2f(e.warp_max[w * kMaxGqaGroup + head_row] - safe_m);
+  // fp8: O used the stored V, whose scale applies here.
+  const float v_scale = kFp8 ? p.kv.v_scale : 1.f;
+  const float weight = head_row < group ? exp2f(row_max - safe_m) / total * v_scale : 0.f;
+  float* my_row = e.row(warp, head_row);
 #pragma unroll
   for (int t = 0; t < Shape::kOutTiles; ++t) {
-    float* row = warp_out + (warp * kMaxGqaGroup + head_row) * kHeadDim;
     if constexpr (kFp8) {  // n-tile t: dims (t / 2) * 16 + 2n + t % 2, n = 2 quad + {0, 1}
-      row[(t / 2) * 16 + quad * 4 + t % 2] = o_acc[t][0];
-      row[(t / 2) * 16 + quad * 4 + 2 + t % 2] = o_acc[t][1];
+      my_row[(t / 2) * 16 + quad * 4 + t % 2] = o_acc[t][0] * weight;
+      my_row[(t / 2) * 16 + quad * 4 + 2 + t % 2] = o_acc[t][1] * weight;
     } else {
-      row[t * 8 + quad * 2] = o_acc[t][0];
-      row[t * 8 + quad * 2 + 1] = o_acc[t][1];
+      *reinterpret_cast<float2*>(my_row + t * 8 + quad * 2) =
+          make_float2(o_acc[t][0] * weight, o_acc[t][1] * weight);
     }
   }
+  if (is_split && warp == 0 && quad == 0 && head_row < group)
+    a.partial_lse[static_cast<int64_t>(item.partial_slot) * group + head_row] = m + log2f(total);
   __syncthreads();
 
   T* out = static_cast<T*>(p.out);
   const int64_t out_row0 = static_cast<int64_t>(item.seq) * p.num_q_heads + item.kv_head * group;
-  const float v_scale = kFp8 ? p.kv.v_scale : 1.f;  // O used the stored V
-  for (int i = threadIdx.x; i < group * kHeadDim; i += kThreads) {
-    const int h = i / kHeadDim;
-    const int d = i % kHeadDim;
-    float m = -INFINITY;
+  constexpr int kQuads = kHeadDim / 4;
+  for (int i = threadIdx.x; i < group * kQuads; i += kThreads) {
+    const int h = i / kQuads;
+    const int d = (i % kQuads) * 4;
+    float4 acc = *reinterpret_cast<const float4*>(e.row(0, h) + d);
 #pragma unroll
-    for (int w = 0; w < kWarps; ++w) m = fmaxf(m, warp_max[w * kMaxGqaGroup + h]);
-    float sum = 0.f;
-    float acc = 0.f;
-#pragma unroll
-    for (int w = 0; w < kWarps; ++w) {
-      const float weight = exp2f(warp_max[w * kMaxGqaGroup + h] - m);  // 0 for empty warps
-      sum += warp_sum[w * kMaxGqaGroup + h] * weight;
-      acc += warp_out[(w * kMaxGqaGroup + h) * kHeadDim + d] * weight;
+    for (int w = 1; w < kWarps; ++w) {
+      const float4 v = *reinterpret_cast<const float4*>(e.row(w, h) + d);
+      acc.x += v.x;
+      acc.y += v.y;
+      acc.z += v.z;
+      acc.w += v.w;
     }
-    if (item.partial_slot < 0) {
-      out[(out_row0 + h) * kHeadDim + d] = Traits::from_float(acc / sum * v_scale);
+    if (!is_split) {
+      store4(out + (out_row0 + h) * kHeadDim + d, acc);
     } else {
-      a.partial_out[(static_cast<int64_t>(item.partial_slot) * group + h) * kHeadDim + d] =
-          acc / sum * v_scale;
-      if (d == 0)
-        a.partial_lse[static_cast<int64_t>(item.partial_slot) * group + h] = m + log2f(sum);
+      float* partial = a.partial_out + (int64_t{item.partial_slot} * group + h) * kHeadDim;
+      *reinterpret_cast<float4*>(partial + d) = acc;
     }
   }
-  if (item.partial_slot < 0) return;
+  if (!is_split) return;
 
-  // The last slice of this (sequence, KV head) to finish merges all partials.
-  __threadfence();
+  // The last slice of this (sequence, KV head) to finish merges all partials. The barrier
+  // orders the block's partial stores before thread 0's arrival; the arrival's release makes
+  // them visible with it (fences are cumulative), and its acquire orders the last block's
+  // reads of the others' partials after their arrivals.
   __syncthreads();
   if (threadIdx.x == 0) {
-    const int splits = a.pair_num_splits[item.pair];
-    const int arrived = atomicAdd(a.pair_arrivals + item.pair, 1) + 1;
-    is_last_arrival = arrived == splits;
-    if (is_last_arrival) a.pair_arrivals[item.pair] = 0;  // ready for the next launch
+    cuda::atomic_ref<int32_t, cuda::thread_scope_device> arrivals(a.pair_arrivals[item.pair]);
+    const int arrived = arrivals.fetch_add(1, cuda::memory_order_acq_rel) + 1;
+    is_last_arrival = arrived == pair_splits;
+    if (is_last_arrival) arrivals.store(0, cuda::memory_order_relaxed);  // for the next launch
   }
   __syncthreads();
   if (!is_last_arrival) return;
-  __threadfence();
-  merge_partials<T, kHeadDim>(a, item, group, out + out_row0 * kHeadDim, smem_raw);
+  merge_partials<T, kHeadDim>(a, pair_splits, pair_first_slot, group, out + out_row0 * kHeadDim);
 }
 template <typename T, int kHeadDim, bool kFp8>
 auto kernel_for() {
@@ -475,15 +511,10 @@ void dispatch(DType dtype, int32_t head_dim, bool fp8, F&& f) {
 
 }  // namespace
 
-int32_t split_decode_max_merge_splits(int32_t head_dim, int32_t group, bool fp8) {
-  // merge_partials keeps group x splits weights and group inverse sums in the shared memory
-  // of the pipeline.
-  size_t bytes = 0;
-  dispatch(DType::kBFloat16, head_dim, fp8, [&](auto*, auto dim, auto is_fp8) {
-    bytes = SplitShape<decltype(dim)::value, decltype(is_fp8)::value>::kSmemBytes;
-  });
-  const size_t floats = bytes / sizeof(float);
-  return static_cast<int32_t>((floats - static_cast<size_t>(group)) / static_cast<size_t>(group));
+int32_t split_decode_max_merge_splits(int32_t, int32_t, bool) {
+  // merge_partials keeps nothing in shared memory; the bound keeps the kernel's tail short
+  // (one L2 round trip per 16 slices).
+  return 256;
 }
 
 int32_t split_decode_stages(int32_t head_dim, bool fp8) {

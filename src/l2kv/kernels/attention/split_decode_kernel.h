@@ -28,7 +28,7 @@ struct SplitKernelArgs {
 
 inline constexpr int32_t kSplitTileTokens = 64;
 
-// Most slices of one (sequence, KV head) the merge of partials can hold in shared memory.
+// Most slices of one (sequence, KV head) the merge of partials takes.
 int32_t split_decode_max_merge_splits(int32_t head_dim, int32_t group, bool fp8_kv);
 // Pipeline depth (tiles in shared memory) for a head_dim and KV storage.
 int32_t split_decode_stages(int32_t head_dim, bool fp8_kv);
