@@ -13,6 +13,11 @@ def split_result(point):
     return None
 
 
+def point_key(point):
+    return (point["model"], point["batch"], point["context"], point["block_size"],
+            point["layout"])
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("bf16", help="l2kv_bench_decode --json of the 16-bit run")
@@ -29,7 +34,11 @@ def main():
     print("| model | B | S | 16-bit KV MiB | 16-bit us | fp8 us | fp8 speedup | 16-bit % ceiling | fp8 % ceiling |")
     print("|---|---|---|---|---|---|---|---|---|")
     met = total = 0
-    for pa, pf in zip(a["points"], f["points"]):
+    fp8_points = {point_key(p): p for p in f["points"]}
+    for pa in a["points"]:
+        pf = fp8_points.get(point_key(pa))
+        if pf is None:
+            continue  # the runs' grids differ: compare the points both have
         ra, rf = split_result(pa), split_result(pf)
         if ra is None or rf is None:
             continue
