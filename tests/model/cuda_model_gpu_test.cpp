@@ -236,7 +236,8 @@ TEST(CudaModel, DecodeKernelsAndGraphReplayAgree) {
     bool graph;
   };
   for (const Case& c :
-       {Case{DecodeKernel::kSplit, "off", true}, Case{DecodeKernel::kPagedV1, "off", false},
+       {Case{DecodeKernel::kSplit, "off", true}, Case{DecodeKernel::kSplit, "auto", false},
+        Case{DecodeKernel::kSplit, "auto", true}, Case{DecodeKernel::kPagedV1, "off", false},
         Case{DecodeKernel::kPagedV1, "on", true}, Case{DecodeKernel::kPagedV1, "auto", true}}) {
     const auto got = step(c.kernel, c.policy, c.graph);
     for (size_t i = 0; i < lengths.size(); ++i) {

@@ -32,9 +32,10 @@ void add_model_options(CLI::App& app, ModelOptions& o) {
       ->capture_default_str();
   app.add_option("--kv-prefetch", o.kv_prefetch,
                  "L2 prefetch of the KV cache in decode attention: off, on (one step ahead), "
-                 "on:N, or auto (each kernel's measured rule); suffixes +evict_last, "
-                 "+evict_first, +stream, +every_head, and +pdl (split kernel: start during the "
-                 "RoPE/KV-write kernel and prefetch older KV into L2 while it runs)")
+                 "on:N, or auto (each kernel's measured rule; for split: no prefetch distance, "
+                 "and +pdl); suffixes +evict_last, +evict_first, +stream, +every_head, and +pdl "
+                 "(split kernel: start during the RoPE/KV-write kernel and prefetch older KV "
+                 "into L2 while it runs)")
       ->capture_default_str();
   app.add_option("--kv-cache-dtype", o.kv_cache_dtype,
                  "KV cache element type on CUDA: auto (the model's dtype) or fp8_e4m3 (alias "
