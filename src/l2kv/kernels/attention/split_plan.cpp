@@ -39,8 +39,8 @@ double estimate_makespan(std::span<const int32_t> seq_tiles, int32_t num_kv_head
                              : 0.0;
     for (int32_t i = 0; i < s.count; ++i) {
       const int32_t slice_tiles = std::min(s.tiles_each, tiles - i * s.tiles_each);
-      const double cost =
-          slice_tiles + config.cta_overhead_tiles + (i == s.count - 1 ? merge : 0.0);
+      const double cost = slice_tiles * config.tile_cost + config.cta_overhead_tiles +
+                          (i == s.count - 1 ? merge : 0.0);
       costs.insert(costs.end(), num_kv_heads, cost);
     }
   }
@@ -66,6 +66,13 @@ int64_t count_items(std::span<const int32_t> seq_tiles, int32_t num_kv_heads, in
 }
 
 }  // namespace
+
+void use_fp8_cache_costs(SplitPlanConfig& config) {
+  config.tile_cost = 0.6;
+  config.cta_overhead_tiles = 4.0;
+  config.merge_fixed_tiles = 0.0;
+  config.merge_tiles_per_partial_head = 1.0 / 64;
+}
 
 SplitPlan plan_split_decode(std::span<const int32_t> seq_lens, int32_t num_kv_heads,
                             const SplitPlanConfig& config) {

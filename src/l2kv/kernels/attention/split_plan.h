@@ -18,12 +18,15 @@ struct SplitWorkItem {
   int32_t pair;          // seq * num_kv_heads + kv_head
 };
 
+// Costs are in units of the time a thread block takes for one 64-token tile of a 16-bit
+// cache. The defaults are for a 16-bit cache; fp8_cache_costs() are for an fp8 one.
 struct SplitPlanConfig {
-  int32_t tile_tokens = 64;        // tokens a thread block loads per pipeline stage
-  int32_t concurrent_ctas = 264;   // thread blocks resident at once (SMs x blocks per SM)
-  int32_t cta_overhead_tiles = 1;  // fixed cost of a thread block, in tiles (prologue)
+  int32_t tile_tokens = 64;         // tokens a thread block loads per pipeline stage
+  int32_t concurrent_ctas = 264;    // thread blocks resident at once (SMs x blocks per SM)
+  double cta_overhead_tiles = 1.0;  // fixed cost of a thread block (prologue and epilogue)
+  double tile_cost = 1.0;           // cost of one tile
   // The last block of a split pair merges all its partials after an atomic handshake; its
-  // extra cost in tiles is merge_fixed_tiles + splits * group * merge_tiles_per_partial_head.
+  // extra cost is merge_fixed_tiles + splits * group * merge_tiles_per_partial_head.
   int32_t group_size = 1;
   int32_t forced_tiles_per_split = 0;  // > 0: use this slice length instead of searching
   int32_t max_items = 0;  // > 0: plan at most this many work items (a CUDA graph's fixed grid)
@@ -32,6 +35,11 @@ struct SplitPlanConfig {
   double merge_fixed_tiles = 2.0;
   double merge_tiles_per_partial_head = 1.0 / 16;
 };
+
+// Costs for an fp8 cache, fitted on an H200 to the best of all slice lengths measured for
+// two models, batches 1-128 and contexts 1K-32K (bench/results/2026-11-27-h200/planner-fit):
+// a tile is half the bytes but needs widening (0.6), and a block's fixed cost weighs more.
+void use_fp8_cache_costs(SplitPlanConfig& config);
 
 struct SplitPlan {
   int32_t tiles_per_split = 0;           // longest slice, in tiles
