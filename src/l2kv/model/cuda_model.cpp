@@ -281,6 +281,9 @@ void CudaModel::set_decode_attention(DecodeKernel kernel, const PrefetchPolicy& 
   // was 0.4-1.3 % faster at batch 1 and 8 and within 0.2 % at 16 and 64
   // (bench/results/2026-11-27-h200/decode-v2/steady_rope_pdl.json, steady_auto.json).
   if (kernel == DecodeKernel::kSplit && policy.mode == PrefetchMode::kAuto) prefetch_.pdl = true;
+  // With PDL the GEMV projections (batches of up to 8 rows) also start behind the norm,
+  // attention and SiLU kernels while those finish.
+  gemm_.set_programmatic_launch(prefetch_.pdl);
   if (ws_ && num_blocks_ > 0 && kernel == DecodeKernel::kSplit)
     split_.reserve_for_graphs(limits_.max_seqs, decode_params());
 }

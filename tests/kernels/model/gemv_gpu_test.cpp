@@ -16,6 +16,7 @@
 #include "l2kv/core/error.h"
 #include "l2kv/kernels/model/gemm.h"
 #include "l2kv/kernels/model/gemv.h"
+#include "l2kv/kernels/model/model_ops.h"
 #include "l2kv/kernels/random_fill.h"
 
 namespace l2kv {
@@ -233,6 +234,70 @@ TEST_P(GemvDtype, GemmRoutingMatchesReference) {
                     gemm.linear(dtype, x, w, y, rows, shape.in, shape.out, nullptr);
                 });
   }
+}
+
+// With programmatic dependent launch the GEMV starts while the kernel ahead of it runs (here
+// the RMSNorm that writes x and lets its dependents start at entry, as in a decode step) and
+// must read x only after its wait: x is NaN until the norm writes it, and the output must equal
+// bit for bit that of a plain launch after the norm, eager and in a CUDA graph.
+TEST_P(GemvDtype, ProgrammaticLaunchReadsXOnlyAfterTheKernelAhead) {
+  L2KV_SKIP_WITHOUT_GPU();
+  const DType dtype = GetParam();
+  cudaStream_t stream = nullptr;
+  L2KV_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  uint64_t seed = 400;
+  for (const Shape shape :
+       {Shape{"llama3-8b qkv", 4096, 6144}, Shape{"llama3-8b down", 14336, 4096}})
+    for (const int64_t rows : {int64_t{1}, int64_t{8}}) {
+      SCOPED_TRACE(describe(shape, dtype, false, rows));
+      const int64_t in = shape.in, out = shape.out;
+      DeviceBuffer<uint16_t> w(static_cast<size_t>(in * out)), norm_weight(in), x(rows * in);
+      DeviceBuffer<uint16_t> y(rows * out);
+      DeviceBuffer<float> residual(rows * in);
+      fill_random(w.get(), in * out, dtype, 1.f, ++seed, nullptr);
+      fill_random(norm_weight.get(), in, dtype, 1.f, ++seed, nullptr);
+      std::mt19937_64 rng(++seed);
+      std::uniform_real_distribution<float> uniform(-1.f, 1.f);
+      std::vector<float> residual_host(rows * in);
+      for (float& v : residual_host) v = uniform(rng);
+      L2KV_CUDA_CHECK(cudaMemcpy(residual.get(), residual_host.data(), residual_host.size() * 4,
+                                 cudaMemcpyHostToDevice));
+      auto step = [&](bool pdl) {
+        L2KV_CUDA_CHECK(cudaMemsetAsync(x.get(), 0xff, x.size() * 2, stream));  // NaN
+        L2KV_CUDA_CHECK(cudaMemsetAsync(y.get(), 0xff, y.size() * 2, stream));
+        ops::add_rmsnorm(dtype, residual.get(), nullptr, norm_weight.get(), 1e-5f,
+                         static_cast<int32_t>(rows), static_cast<int32_t>(in), x.get(), stream);
+        gemv(dtype, x.get(), w.get(), y.get(), false, rows, in, out, stream, pdl);
+      };
+      auto result = [&] {
+        L2KV_CUDA_CHECK(cudaStreamSynchronize(stream));
+        std::vector<uint16_t> v(y.size());
+        L2KV_CUDA_CHECK(cudaMemcpy(v.data(), y.get(), v.size() * 2, cudaMemcpyDeviceToHost));
+        return v;
+      };
+      step(false);
+      const std::vector<uint16_t> expected = result();
+      ASSERT_TRUE(std::all_of(expected.begin(), expected.end(), [&](uint16_t b) {
+        return std::isfinite(dtype_bits_to_float(dtype, b));
+      }));
+      for (int repeat = 0; repeat < 3; ++repeat) {
+        step(true);
+        EXPECT_EQ(result(), expected) << "eager, repeat " << repeat;
+      }
+      cudaGraph_t graph = nullptr;
+      cudaGraphExec_t exec = nullptr;
+      L2KV_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
+      step(true);
+      L2KV_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
+      L2KV_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+      for (int repeat = 0; repeat < 3; ++repeat) {
+        L2KV_CUDA_CHECK(cudaGraphLaunch(exec, stream));
+        EXPECT_EQ(result(), expected) << "graph, repeat " << repeat;
+      }
+      cudaGraphExecDestroy(exec);
+      cudaGraphDestroy(graph);
+    }
+  cudaStreamDestroy(stream);
 }
 
 // The checks themselves: a 1 % scale error and a dropped 8-wide k vector both fail the

@@ -178,6 +178,9 @@ __global__ void __launch_bounds__(kThreads, kFp8 ? 3 : 1)
   extern __shared__ __align__(128) unsigned char smem_raw[];
   __shared__ int is_last_arrival;
 
+  // The output projection behind this kernel may be launched with PDL and start now: it waits
+  // for this grid before it reads the attention output.
+  ptx::launch_dependents();
   // Graph mode: the grid is fixed at capture and the plan of each replay may use fewer blocks
   // (the item array has room for the whole grid: both loads go out together).
   const SplitWorkItem item = a.items[blockIdx.x];

@@ -84,7 +84,7 @@ void Gemm::run(DType dtype, bool f32_out, const void* x, const void* w, void* y,
   // matrices with few output rows (o_proj 1.14x, down_proj 1.07x, the fused QKV 1.0x);
   // cuBLASLt keeps the wide ones (gate_up 0.95x, LM head 0.98x).
   if (rows <= gemv_max_rows_ && out <= kGemvMaxOut && gemv_supports(rows, in, out, x, w)) {
-    gemv(dtype, x, w, y, f32_out, rows, in, out, stream);
+    gemv(dtype, x, w, y, f32_out, rows, in, out, stream, pdl_);
     return;
   }
   const Plan& p = plan_for(dtype, f32_out, rows, in, out);

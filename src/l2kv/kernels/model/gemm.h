@@ -37,6 +37,8 @@ class Gemm {
   int gemv_max_rows() const { return gemv_max_rows_; }
   // Matrices with more output features stay on cuBLASLt at any row count (measured).
   static constexpr int64_t kGemvMaxOut = 8192;
+  // GEMV launches use programmatic dependent launch (see gemv()); cuBLASLt launches do not.
+  void set_programmatic_launch(bool pdl) { pdl_ = pdl; }
 
  private:
   struct Plan {
@@ -53,6 +55,7 @@ class Gemm {
   void* workspace_ = nullptr;
   std::map<Key, Plan> plans_;
   int gemv_max_rows_ = kDefaultGemvMaxRows;
+  bool pdl_ = false;
 };
 
 }  // namespace l2kv

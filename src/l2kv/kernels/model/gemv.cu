@@ -54,6 +54,7 @@ struct GemvParams {
   const void* w;
   void* y;
   int64_t rows, in, out;
+  bool pdl;  // launched with programmatic dependent launch
 };
 
 // One warp iteration: kUnroll vectors of each of the lane's two W rows and x rows, then
@@ -130,8 +131,13 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) gemv_kernel(GemvPar
     x[nt] = static_cast<const uint4*>(p.x) + x_row * vecs + t;
   }
 
-  float acc[kNTiles][4] = {};
   const int64_t full_iters = vecs / Tiling::kVecsPerIter;
+  // With PDL the kernel ahead (which writes x) may still run: wait for it before reading x.
+  // (Bulk-prefetching the first weights into L2 before this wait made decode steps ~1 %
+  // slower on an H200; see bench/NOTES.md.)
+  if (p.pdl) ptx::grid_dependency_wait();
+
+  float acc[kNTiles][4] = {};
   int64_t it = warp;
   for (; it < full_iters; it += kWarps)
     accumulate<T, kNTiles, false>(acc, w_lo, w_hi, x, it * Tiling::kVecsPerIter, vecs - t);
@@ -164,11 +170,13 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) gemv_kernel(GemvPar
 template <typename T, typename OutT>
 void launch(const GemvParams& p, cudaStream_t stream) {
   const auto blocks = static_cast<unsigned>((p.out + kRowsPerBlock - 1) / kRowsPerBlock);
+  cudaLaunchAttribute attribute;
+  const cudaLaunchConfig_t config =
+      launch_config(dim3(blocks), dim3(kThreads), 0, stream, p.pdl, attribute);
   if (p.rows <= kColsPerTile)
-    gemv_kernel<T, OutT, 1><<<blocks, kThreads, 0, stream>>>(p);
+    L2KV_CUDA_CHECK(cudaLaunchKernelEx(&config, gemv_kernel<T, OutT, 1>, p));
   else
-    gemv_kernel<T, OutT, 2><<<blocks, kThreads, 0, stream>>>(p);
-  L2KV_CUDA_CHECK_LAUNCH();
+    L2KV_CUDA_CHECK(cudaLaunchKernelEx(&config, gemv_kernel<T, OutT, 2>, p));
 }
 
 bool aligned_16(const void* p) {
@@ -184,12 +192,12 @@ bool gemv_supports(int64_t rows, int64_t in, int64_t out, const void* x, const v
 }
 
 void gemv(DType dtype, const void* x, const void* w, void* y, bool f32_out, int64_t rows,
-          int64_t in, int64_t out, cudaStream_t stream) {
+          int64_t in, int64_t out, cudaStream_t stream, bool pdl) {
   if (!gemv_supports(rows, in, out, x, w))
     throw Error("gemv: unsupported problem rows=" + std::to_string(rows) +
                 " in=" + std::to_string(in) + " out=" + std::to_string(out) +
                 " (needs 1 <= rows <= 16, in a positive multiple of 8, 16-byte aligned x and w)");
-  const GemvParams p{x, w, y, rows, in, out};
+  const GemvParams p{x, w, y, rows, in, out, pdl};
   if (dtype == DType::kFloat16) {
     if (f32_out)
       launch<__half, float>(p, stream);

@@ -23,8 +23,10 @@ bool gemv_supports(int64_t rows, int64_t in, int64_t out, const void* x, const v
 // y[rows, out] = x[rows, in] * w[out, in]^T, both row-major in `dtype`; y in float32 when
 // `f32_out`, else in `dtype` (rounded to nearest). Launches one kernel on `stream`: no
 // allocation, no host synchronization (CUDA-graph capturable). Throws l2kv::Error before any
-// launch when gemv_supports() is false.
+// launch when gemv_supports() is false. With `pdl` the kernel is launched with programmatic
+// dependent launch: its blocks start while the kernel ahead (which writes x) finishes, and wait
+// for that kernel before they read x or write y.
 void gemv(DType dtype, const void* x, const void* w, void* y, bool f32_out, int64_t rows,
-          int64_t in, int64_t out, cudaStream_t stream);
+          int64_t in, int64_t out, cudaStream_t stream, bool pdl = false);
 
 }  // namespace l2kv

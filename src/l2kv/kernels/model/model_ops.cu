@@ -27,6 +27,9 @@ __global__ void embed_kernel(const int32_t* tokens, const T* embed, int32_t hidd
 template <typename T>
 __global__ void add_rmsnorm_kernel(float* residual, const T* add, const T* weight, float eps,
                                    int32_t hidden, T* out) {
+  // The projection behind this kernel may be launched with PDL: it prefetches its weights and
+  // waits for this grid before it reads `out`.
+  ptx::launch_dependents();
   using Traits = tc::ElementTraits<T>;
   const int64_t base = static_cast<int64_t>(blockIdx.x) * hidden;
   float sum = 0.f;
@@ -107,6 +110,7 @@ __global__ void rope_and_cache_kernel(const T* qkv, const T* bias, const int32_t
 
 template <typename T>
 __global__ void silu_mul_kernel(const T* gate_up, int32_t inter, T* out) {
+  ptx::launch_dependents();  // as add_rmsnorm_kernel: the down projection may start early
   using Traits = tc::ElementTraits<T>;
   const int64_t t = blockIdx.x;
   for (int i = threadIdx.x; i < inter; i += blockDim.x) {
