@@ -236,13 +236,33 @@ DecodeAttentionParams DecodeProblem::host_params() {
   return params;
 }
 
+PrefillRows prefill_rows(const DecodeProblem& host, const std::vector<PrefillChunk>& chunks) {
+  PrefillRows rows;
+  for (const PrefillChunk& ch : chunks) {
+    const auto table = host.block_table.begin() + int64_t{ch.seq} * host.max_blocks_per_seq;
+    for (int32_t i = 0; i < ch.num_tokens; ++i) {
+      rows.block_table.insert(rows.block_table.end(), table, table + host.max_blocks_per_seq);
+      rows.lens.push_back(ch.first_position + i + 1);
+    }
+  }
+  return rows;
+}
+
+DecodeAttentionParams PrefillRows::reference_params(DecodeAttentionParams params,
+                                                    const void* q) const {
+  params.q = q;
+  params.kv.block_table = block_table.data();
+  params.kv.seq_lens = lens.data();
+  params.kv.batch_size = static_cast<int32_t>(lens.size());
+  params.max_seq_len = *std::max_element(lens.begin(), lens.end());
+  return params;
+}
+
 namespace {
 template <typename T>
-void* upload(const std::vector<T>& v, std::vector<void*>& allocations) {
-  void* ptr = nullptr;
-  L2KV_CUDA_CHECK(cudaMalloc(&ptr, std::max<size_t>(v.size() * sizeof(T), 16)));
+T* upload(const std::vector<T>& v, std::vector<void*>& allocations) {
+  T* ptr = testing::upload(v);
   allocations.push_back(ptr);
-  L2KV_CUDA_CHECK(cudaMemcpy(ptr, v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice));
   return ptr;
 }
 }  // namespace
@@ -252,8 +272,8 @@ DeviceDecodeProblem::DeviceDecodeProblem(DecodeProblem& host) {
   params_.q = upload(host.q, allocations_);
   params_.kv.k_pool = upload(host.k_pool, allocations_);
   params_.kv.v_pool = upload(host.v_pool, allocations_);
-  params_.kv.block_table = static_cast<const int32_t*>(upload(host.block_table, allocations_));
-  params_.kv.seq_lens = static_cast<const int32_t*>(upload(host.config.seq_lens, allocations_));
+  params_.kv.block_table = upload(host.block_table, allocations_);
+  params_.kv.seq_lens = upload(host.config.seq_lens, allocations_);
   out_elems_ = host.q.size();
   void* out = nullptr;
   L2KV_CUDA_CHECK(cudaMalloc(&out, out_elems_ * 2));

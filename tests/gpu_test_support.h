@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <random>
 #include <string>
@@ -11,6 +12,7 @@
 
 #include "l2kv/core/cuda_check.h"
 #include "l2kv/kernels/attention/decode_attention.h"
+#include "l2kv/kernels/attention/prefill_attention.h"
 
 namespace l2kv::testing {
 
@@ -29,6 +31,16 @@ bool gpu_required();
 
 // True when L2KV_TEST_QUICK is set: smaller grids, for runs under compute-sanitizer.
 bool quick_mode();
+
+// A device copy of `v` (at least 16 bytes allocated, so empty vectors give a valid pointer);
+// the caller frees it with cudaFree.
+template <typename T>
+T* upload(const std::vector<T>& v) {
+  void* ptr = nullptr;
+  L2KV_CUDA_CHECK(cudaMalloc(&ptr, std::max<size_t>(v.size() * sizeof(T), 16)));
+  L2KV_CUDA_CHECK(cudaMemcpy(ptr, v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice));
+  return static_cast<T*>(ptr);
+}
 
 struct DecodeProblemConfig {
   DType dtype = DType::kBFloat16;
@@ -90,6 +102,17 @@ struct DecodeProblem {
 std::vector<double> key_with_dot(const std::vector<std::vector<double>>& q_rows, double dot_target);
 
 // Device copies of a problem plus a poisoned output buffer.
+// The prefill reference's view of `chunks` over a host problem's cache: each query row is a
+// decode row over its own prefix (its sequence's block table, length first_position + i + 1).
+struct PrefillRows {
+  std::vector<int32_t> block_table;
+  std::vector<int32_t> lens;
+  // `params` (the host problem's) redirected to these rows and the query rows `q`; points into
+  // this object, which must outlive its use.
+  DecodeAttentionParams reference_params(DecodeAttentionParams params, const void* q) const;
+};
+PrefillRows prefill_rows(const DecodeProblem& host, const std::vector<PrefillChunk>& chunks);
+
 class DeviceDecodeProblem {
  public:
   explicit DeviceDecodeProblem(DecodeProblem& host);

@@ -183,15 +183,11 @@ nlohmann::json run_point(const Machine& m, SplitDecode& split, const HeadLayout&
       cudaMemcpy(table.get(), host_table.data(), num_blocks * 4, cudaMemcpyHostToDevice));
   L2KV_CUDA_CHECK(cudaMemcpy(lens.get(), host_lens.data(), batch * 4, cudaMemcpyHostToDevice));
 
-  DecodeAttentionParams p;
-  p.q = q.get();
-  p.out = out.get();
-  p.num_q_heads = heads.q_heads;
-  p.softmax_scale = 1.f / std::sqrt(static_cast<float>(heads.head_dim));
-  p.max_seq_len = context;
-  p.kv = {k_pool.get(),   v_pool.get(),   table.get(), lens.get(),     num_blocks, block_size,
-          heads.kv_heads, heads.head_dim, batch,       blocks_per_seq, layout,     dtype};
-  if (fp8) p.kv.storage = KvStorage::kFp8E4M3;
+  PagedKvCache kv = {k_pool.get(), v_pool.get(),   table.get(),    lens.get(),
+                     num_blocks,   block_size,     heads.kv_heads, heads.head_dim,
+                     batch,        blocks_per_seq, layout,         dtype};
+  if (fp8) kv.storage = KvStorage::kFp8E4M3;
+  DecodeAttentionParams p = decode_params(q.get(), out.get(), heads.q_heads, context, kv);
   validate_decode_attention(p, host_lens, host_table);
   split.plan(p, host_lens, m.stream);
   point["split_items"] = split.current_plan().items.size();

@@ -131,25 +131,19 @@ nlohmann::json run_point(const Options& o, const DeviceInfo& info, int32_t batch
   L2KV_CUDA_CHECK(cudaEventCreateWithFlags(&fork, cudaEventDisableTiming));
   L2KV_CUDA_CHECK(cudaEventCreateWithFlags(&join, cudaEventDisableTiming));
 
-  DecodeAttentionParams params;
-  params.q = q.get();
-  params.out = out.get();
-  params.num_q_heads = o.q_heads;
-  params.softmax_scale = 1.f / std::sqrt(static_cast<float>(o.head_dim));
-  params.max_seq_len = seq_len;
-  PagedKvCache& kv = params.kv;
-  kv.k_pool = layers[0]->k_pool.get();
-  kv.v_pool = layers[0]->v_pool.get();
-  kv.block_table = table_d.get();
-  kv.seq_lens = lens_d.get();
-  kv.num_blocks = num_blocks;
-  kv.block_size = o.block_size;
-  kv.num_kv_heads = o.kv_heads;
-  kv.head_dim = o.head_dim;
-  kv.batch_size = batch;
-  kv.max_blocks_per_seq = blocks_per_seq;
-  kv.layout = KvLayout::kHND;
-  kv.dtype = DType::kBFloat16;
+  const PagedKvCache kv = {layers[0]->k_pool.get(),
+                           layers[0]->v_pool.get(),
+                           table_d.get(),
+                           lens_d.get(),
+                           num_blocks,
+                           o.block_size,
+                           o.kv_heads,
+                           o.head_dim,
+                           batch,
+                           blocks_per_seq,
+                           KvLayout::kHND,
+                           DType::kBFloat16};
+  const DecodeAttentionParams params = decode_params(q.get(), out.get(), o.q_heads, seq_len, kv);
 
   // As the engine runs it: graph mode, one plan for all layers of the step.
   SplitDecode split;

@@ -153,31 +153,19 @@ TEST(Fp8KvCache, PrefillReadsStoredKvWithScales) {
     Fp8Problem host(c, 1.f / 48, 1.f / 8);
     // Every token of every sequence is a query row over its own prefix (a whole-prompt chunk).
     std::vector<PrefillChunk> chunks;
-    std::vector<int32_t> row_table, row_lens;
     std::vector<uint16_t> q;
     std::mt19937 rng(9);
     std::uniform_real_distribution<float> uniform(-2.f, 2.f);
     int32_t rows = 0;
     for (int32_t s = 0; s < static_cast<int32_t>(c.seq_lens.size()); ++s) {
       chunks.push_back({s, rows, c.seq_lens[s], 0});
-      for (int32_t t = 0; t < c.seq_lens[s]; ++t) {
-        row_table.insert(
-            row_table.end(),
-            host.base.block_table.begin() + int64_t{s} * host.base.max_blocks_per_seq,
-            host.base.block_table.begin() + int64_t{s + 1} * host.base.max_blocks_per_seq);
-        row_lens.push_back(t + 1);
-      }
       rows += c.seq_lens[s];
     }
     q.resize(static_cast<size_t>(rows) * c.num_q_heads * c.head_dim);
     for (auto& x : q) x = float_to_dtype_bits(dtype, uniform(rng));
-    DecodeAttentionParams ref_params = host.host_params();
-    ref_params.q = q.data();
-    ref_params.kv.block_table = row_table.data();
-    ref_params.kv.seq_lens = row_lens.data();
-    ref_params.kv.batch_size = rows;
-    ref_params.max_seq_len = *std::max_element(row_lens.begin(), row_lens.end());
-    const auto reference = decode_attention_reference(ref_params);
+    const testing::PrefillRows row_view = testing::prefill_rows(host.base, chunks);
+    const auto reference =
+        decode_attention_reference(row_view.reference_params(host.host_params(), q.data()));
 
     DeviceDecodeProblem device(host.base);
     DeviceFp8Pools pools(host, device);
@@ -221,20 +209,14 @@ TEST(Fp8KvCache, RopeKernelStoresTheHostQuantization) {
       host.base.block_table[0] * c.block_size + 5,
       host.base.block_table[host.base.max_blocks_per_seq] * c.block_size,
       -1};  // a pad row writes nothing
-  auto upload = [](const auto& v) {
-    void* p = nullptr;
-    L2KV_CUDA_CHECK(cudaMalloc(&p, v.size() * sizeof(v[0])));
-    L2KV_CUDA_CHECK(cudaMemcpy(p, v.data(), v.size() * sizeof(v[0]), cudaMemcpyHostToDevice));
-    return p;
-  };
-  void* qkv_d = upload(qkv);
-  void* pos_d = upload(positions);
-  void* slots_d = upload(slots);
-  void* freq_d = upload(std::vector<float>(d / 2, 1.f));
+  uint16_t* qkv_d = testing::upload(qkv);
+  int32_t* pos_d = testing::upload(positions);
+  int32_t* slots_d = testing::upload(slots);
+  float* freq_d = testing::upload(std::vector<float>(d / 2, 1.f));
   void* q_out = nullptr;
   L2KV_CUDA_CHECK(cudaMalloc(&q_out, static_cast<size_t>(tokens) * q_dim * 2));
-  ops::rope_and_cache(qkv_d, nullptr, static_cast<int32_t*>(pos_d), static_cast<int32_t*>(slots_d),
-                      static_cast<float*>(freq_d), tokens, c.num_q_heads, kv, q_out, nullptr);
+  ops::rope_and_cache(qkv_d, nullptr, pos_d, slots_d, freq_d, tokens, c.num_q_heads, kv, q_out,
+                      nullptr);
   std::vector<uint8_t> k_after(host.k8.size()), v_after(host.v8.size());
   L2KV_CUDA_CHECK(cudaMemcpy(k_after.data(), pools.k, k_after.size(), cudaMemcpyDeviceToHost));
   L2KV_CUDA_CHECK(cudaMemcpy(v_after.data(), pools.v, v_after.size(), cudaMemcpyDeviceToHost));
@@ -253,7 +235,7 @@ TEST(Fp8KvCache, RopeKernelStoresTheHostQuantization) {
   }
   EXPECT_TRUE(k_after == k_expected);
   EXPECT_TRUE(v_after == v_expected);
-  for (void* p : {qkv_d, pos_d, slots_d, freq_d, q_out}) cudaFree(p);
+  for (void* p : std::initializer_list<void*>{qkv_d, pos_d, slots_d, freq_d, q_out}) cudaFree(p);
 }
 
 }  // namespace

@@ -48,21 +48,8 @@ void check_prefill(DecodeProblemConfig c, const std::vector<ChunkSpan>& spans,
   std::uniform_real_distribution<float> uniform(-c.q_scale, c.q_scale);
   std::vector<uint16_t> q(static_cast<size_t>(rows) * c.num_q_heads * c.head_dim);
   for (auto& x : q) x = float_to_dtype_bits(c.dtype, uniform(rng));
-  std::vector<int32_t> row_table, row_lens;
-  for (const auto& ch : chunks)
-    for (int32_t i = 0; i < ch.num_tokens; ++i) {
-      row_table.insert(
-          row_table.end(),
-          host.block_table.begin() + static_cast<int64_t>(ch.seq) * host.max_blocks_per_seq,
-          host.block_table.begin() + static_cast<int64_t>(ch.seq + 1) * host.max_blocks_per_seq);
-      row_lens.push_back(ch.first_position + i + 1);
-    }
-  DecodeAttentionParams ref_params = host.host_params();
-  ref_params.q = q.data();
-  ref_params.kv.block_table = row_table.data();
-  ref_params.kv.seq_lens = row_lens.data();
-  ref_params.kv.batch_size = rows;
-  ref_params.max_seq_len = *std::max_element(row_lens.begin(), row_lens.end());
+  const testing::PrefillRows row_view = testing::prefill_rows(host, chunks);
+  const DecodeAttentionParams ref_params = row_view.reference_params(host.host_params(), q.data());
   const auto reference = decode_attention_reference(ref_params);
 
   DeviceDecodeProblem device(host);

@@ -18,14 +18,7 @@ namespace {
 using testing::DecodeProblem;
 using testing::DecodeProblemConfig;
 using testing::DeviceDecodeProblem;
-
-template <typename T>
-T* upload(const std::vector<T>& v) {
-  T* ptr = nullptr;
-  L2KV_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&ptr), v.size() * sizeof(T)));
-  L2KV_CUDA_CHECK(cudaMemcpy(ptr, v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice));
-  return ptr;
-}
+using testing::upload;
 
 TEST(SplitDecodePdl, ReadsQAndTheNewestKvOnlyAfterTheRopeKernel) {
   L2KV_SKIP_WITHOUT_GPU();
