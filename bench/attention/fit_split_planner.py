@@ -10,8 +10,7 @@ fp8 tile cost) for the lowest mean regret and prints it with the points it misse
 
 The cost model is SplitPlanConfig's: a slice costs tiles * tile_cost + overhead, the last
 slice of a split pair also merge_fixed + splits * group * merge_per_partial_head; the plan's
-cost is the makespan of its slices on the resident slots, or on one slot per SM when a 16-bit
-batch has fewer (sequence, KV head) pairs than SMs (few_pairs_ctas). The makespan is approximated here
+cost is the makespan of its slices on the resident slots. The makespan is approximated here
 (max(longest slice, waves * mean slice)); split_plan.cpp runs the greedy schedule itself.
 """
 import argparse
@@ -24,7 +23,6 @@ import statistics
 
 MODELS = {"llama2-7b": (32, 1), "llama3-8b": (8, 4), "qwen2.5-7b": (4, 7),
           "qwen2.5-14b": (8, 5)}  # (KV heads, query heads per KV head)
-SMS = 132
 SLOTS = {"auto": 264, "fp8_e4m3": 396}  # resident thread blocks on 132 SMs
 
 
@@ -54,8 +52,6 @@ def choose(key, candidates, costs):
     kv, model, batch, context = key
     heads, group = MODELS[model]
     tiles, pairs, slots = math.ceil(context / 64), batch * heads, SLOTS[kv]
-    if kv == "auto" and pairs < SMS:  # few_pairs_ctas: small 16-bit batches plan for the SMs
-        slots = SMS
     tile_cost = costs["tc"] if kv == "fp8_e4m3" else 1.0
     if pairs >= 4 * slots:  # the planner keeps whole sequences
         return tiles if tiles in candidates else max(candidates)

@@ -132,16 +132,11 @@ TEST(SplitPlan, Fp8CostsKeepShortSequencesWhole) {
   // 64 x 4 pairs of 16 tiles on 396 slots (fp8: three blocks per SM). With 16-bit costs the
   // planner splits them to fill the slots; with fp8's (cheaper tiles, dearer blocks) whole
   // sequences win, as measured on an H200 (29 us whole against 35 us split in six-tile slices).
-  SplitPlanConfig config{64, 396};
+  SplitPlanConfig config{64, 396, 1};
   config.group_size = 7;
-  config.cta_overhead_tiles = 1;  // the costs before the fit
-  config.merge_fixed_tiles = 2;
-  config.merge_tiles_per_partial_head = 1.0 / 16;
   const std::vector<int32_t> lens(64, 1024);
   const SplitPlan split = plan_split_decode(lens, 4, config);
   EXPECT_GT(split.items.size(), 256u);
-  config = SplitPlanConfig{64, 396};
-  config.group_size = 7;
   use_fp8_cache_costs(config);
   const SplitPlan whole = plan_split_decode(lens, 4, config);
   expect_consistent(whole, lens, 4, 64);

@@ -78,7 +78,6 @@ void SplitDecode::plan(const DecodeAttentionParams& params, std::span<const int3
   config.tile_tokens = kSplitTileTokens;
   config.concurrent_ctas = info_.sm_count * std::max(1, ctas_per_sm_);
   config.group_size = params.group_size();
-  config.few_pairs_ctas = info_.sm_count;
   if (kv.fp8()) use_fp8_cache_costs(config);
   config.forced_tiles_per_split = forced_tiles_per_split_;
   // The slicing depends on the lengths in tiles only, which change every 64 tokens: between

@@ -69,12 +69,13 @@ int64_t count_items(std::span<const int32_t> seq_tiles, int32_t num_kv_heads, in
 
 void use_fp8_cache_costs(SplitPlanConfig& config) {
   config.tile_cost = 0.6;
-  config.few_pairs_ctas = 0;
+  config.cta_overhead_tiles = 4.0;
+  config.merge_fixed_tiles = 0.0;
+  config.merge_tiles_per_partial_head = 1.0 / 64;
 }
 
 SplitPlan plan_split_decode(std::span<const int32_t> seq_lens, int32_t num_kv_heads,
-                            const SplitPlanConfig& requested) {
-  SplitPlanConfig config = requested;
+                            const SplitPlanConfig& config) {
   if (seq_lens.empty()) throw Error("split plan: empty batch");
   if (num_kv_heads <= 0 || config.tile_tokens <= 0 || config.concurrent_ctas <= 0)
     throw Error("split plan: heads, tile size and concurrency must be positive");
@@ -90,8 +91,6 @@ SplitPlan plan_split_decode(std::span<const int32_t> seq_lens, int32_t num_kv_he
     total_tiles += static_cast<int64_t>(seq_tiles[i]) * num_kv_heads;
   }
   const int64_t pairs = static_cast<int64_t>(seq_lens.size()) * num_kv_heads;
-  if (config.few_pairs_ctas > 0 && pairs < config.few_pairs_ctas)
-    config.concurrent_ctas = config.few_pairs_ctas;
   if (config.max_items > 0 && pairs > config.max_items)
     throw Error("split plan: " + std::to_string(pairs) + " (sequence, KV head) pairs exceed the " +
                 std::to_string(config.max_items) + " work items planned for");

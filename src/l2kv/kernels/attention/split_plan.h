@@ -19,17 +19,12 @@ struct SplitWorkItem {
 };
 
 // Costs are in units of the time a thread block takes for one 64-token tile of a 16-bit
-// cache. The defaults were fitted on an H200 to the best of all slice lengths measured for two
-// models, batches 1-128 and contexts 1K-32K (bench/results/2026-11-27-h200/planner-fit), with
-// few_pairs_ctas = the SM count for a 16-bit cache; use_fp8_cache_costs() adapts them to fp8.
+// cache. The defaults are for a 16-bit cache; fp8_cache_costs() are for an fp8 one.
 struct SplitPlanConfig {
   int32_t tile_tokens = 64;         // tokens a thread block loads per pipeline stage
   int32_t concurrent_ctas = 264;    // thread blocks resident at once (SMs x blocks per SM)
-  double cta_overhead_tiles = 4.0;  // fixed cost of a thread block (prologue and epilogue)
+  double cta_overhead_tiles = 1.0;  // fixed cost of a thread block (prologue and epilogue)
   double tile_cost = 1.0;           // cost of one tile
-  // > 0: a batch of fewer (sequence, KV head) pairs than this is planned for this many slots
-  // instead (small batches ran best at about one block per SM).
-  int32_t few_pairs_ctas = 0;
   // The last block of a split pair merges all its partials after an atomic handshake; its
   // extra cost is merge_fixed_tiles + splits * group * merge_tiles_per_partial_head.
   int32_t group_size = 1;
@@ -37,12 +32,13 @@ struct SplitPlanConfig {
   int32_t max_items = 0;  // > 0: plan at most this many work items (a CUDA graph's fixed grid)
   bool estimate_forced = true;  // false: skip the cost model when the slice length is forced
   int32_t max_splits = 0;  // > 0: at most this many slices per (sequence, KV head) (merge space)
-  double merge_fixed_tiles = 0.0;
-  double merge_tiles_per_partial_head = 1.0 / 64;
+  double merge_fixed_tiles = 2.0;
+  double merge_tiles_per_partial_head = 1.0 / 16;
 };
 
-// Costs for an fp8 cache, fitted the same way: a tile is half the bytes but needs widening
-// (0.6), and small batches are planned for all resident slots.
+// Costs for an fp8 cache, fitted on an H200 to the best of all slice lengths measured for
+// two models, batches 1-128 and contexts 1K-32K (bench/results/2026-11-27-h200/planner-fit):
+// a tile is half the bytes but needs widening (0.6), and a block's fixed cost weighs more.
 void use_fp8_cache_costs(SplitPlanConfig& config);
 
 struct SplitPlan {
