@@ -101,7 +101,6 @@ struct DecodeProblem {
 // Q^T (Q Q^T)^-1 t. Used to give a planted K the same logit for every query head of a group.
 std::vector<double> key_with_dot(const std::vector<std::vector<double>>& q_rows, double dot_target);
 
-// Device copies of a problem plus a poisoned output buffer.
 // The prefill reference's view of `chunks` over a host problem's cache: each query row is a
 // decode row over its own prefix (its sequence's block table, length first_position + i + 1).
 struct PrefillRows {
@@ -113,6 +112,7 @@ struct PrefillRows {
 };
 PrefillRows prefill_rows(const DecodeProblem& host, const std::vector<PrefillChunk>& chunks);
 
+// Device copies of a problem plus a poisoned output buffer.
 class DeviceDecodeProblem {
  public:
   explicit DeviceDecodeProblem(DecodeProblem& host);

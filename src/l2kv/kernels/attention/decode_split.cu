@@ -514,12 +514,6 @@ void dispatch(DType dtype, int32_t head_dim, bool fp8, F&& f) {
 
 }  // namespace
 
-int32_t split_decode_max_merge_splits(int32_t, int32_t, bool) {
-  // merge_partials keeps nothing in shared memory; the bound keeps the kernel's tail short
-  // (one L2 round trip per 16 slices).
-  return 256;
-}
-
 int32_t split_decode_stages(int32_t head_dim, bool fp8) {
   int32_t stages = 0;
   dispatch(DType::kBFloat16, head_dim, fp8, [&](auto*, auto dim, auto is_fp8) {

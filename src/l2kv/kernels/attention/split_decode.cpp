@@ -95,7 +95,7 @@ void SplitDecode::plan(const DecodeAttentionParams& params, std::span<const int3
     config.estimate_forced = false;
   }
   config.max_items = graph_mode() ? item_capacity(kv.batch_size) : 0;
-  config.max_splits = split_decode_max_merge_splits(kv.head_dim, params.group_size(), kv.fp8());
+  config.max_splits = kSplitMaxMergeSplits;
   plan_ = plan_split_decode(host_seq_lens, kv.num_kv_heads, config);
   if (forced_tiles_per_split_ == 0 && !same_tiles) {
     searched_tiles_ = std::move(tiles);

@@ -28,8 +28,9 @@ struct SplitKernelArgs {
 
 inline constexpr int32_t kSplitTileTokens = 64;
 
-// Most slices of one (sequence, KV head) the merge of partials takes.
-int32_t split_decode_max_merge_splits(int32_t head_dim, int32_t group, bool fp8_kv);
+// Most slices of one (sequence, KV head) the planner makes. The merge of partials keeps nothing
+// in shared memory; the bound keeps the kernel's tail short (one L2 round trip per 16 slices).
+inline constexpr int32_t kSplitMaxMergeSplits = 256;
 // Pipeline depth (tiles in shared memory) for a head_dim and KV storage.
 int32_t split_decode_stages(int32_t head_dim, bool fp8_kv);
 // Thread blocks of the kernel resident per SM (occupancy query).

@@ -19,7 +19,7 @@ struct SplitWorkItem {
 };
 
 // Costs are in units of the time a thread block takes for one 64-token tile of a 16-bit
-// cache. The defaults are for a 16-bit cache; fp8_cache_costs() are for an fp8 one.
+// cache. The defaults are for a 16-bit cache; use_fp8_cache_costs() sets an fp8 one's.
 struct SplitPlanConfig {
   int32_t tile_tokens = 64;         // tokens a thread block loads per pipeline stage
   int32_t concurrent_ctas = 264;    // thread blocks resident at once (SMs x blocks per SM)

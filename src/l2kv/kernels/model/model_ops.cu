@@ -27,8 +27,8 @@ __global__ void embed_kernel(const int32_t* tokens, const T* embed, int32_t hidd
 template <typename T>
 __global__ void add_rmsnorm_kernel(float* residual, const T* add, const T* weight, float eps,
                                    int32_t hidden, T* out) {
-  // The projection behind this kernel may be launched with PDL: it prefetches its weights and
-  // waits for this grid before it reads `out`.
+  // The projection behind this kernel may be launched with PDL and start now: it waits for
+  // this grid before it reads `out`.
   ptx::launch_dependents();
   using Traits = tc::ElementTraits<T>;
   const int64_t base = static_cast<int64_t>(blockIdx.x) * hidden;
@@ -173,7 +173,6 @@ void rope_and_cache(const void* qkv, const void* bias, const int32_t* positions,
                                        static_cast<const T*>(bias), positions, slots, inv_freq,
                                        q_heads, kv, static_cast<T*>(q_out)));
   });
-  L2KV_CUDA_CHECK_LAUNCH();
 }
 
 void silu_mul(DType dtype, const void* gate_up, int32_t num_tokens, int32_t inter, void* out,
