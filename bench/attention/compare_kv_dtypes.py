@@ -1,14 +1,16 @@
 #!/usr/bin/env python3
 """Compares two l2kv_bench_decode runs point by point: a 16-bit KV cache against an fp8 one
-(--kv-cache-dtype fp8_e4m3), split kernel, cold L2. Prints a markdown table: times, the fp8
-speedup, each run's share of its own streaming-read ceiling, and the issue's targets."""
+(--kv-cache-dtype fp8_e4m3), one kernel variant (split by default), cold L2. Prints a markdown
+table: times, the fp8 speedup, each run's share of its own streaming-read ceiling, and the
+issue's targets."""
 import argparse
 import json
 
 
-def split_result(point):
+def variant_result(point, kernel, prefetch):
     for r in point["results"]:
-        if r["kernel"] == "split" and "cold_us" in r:
+        if r["kernel"] == kernel and (prefetch is None or r["prefetch"] == prefetch) \
+                and "cold_us" in r:
             return r
     return None
 
@@ -22,10 +24,15 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("bf16", help="l2kv_bench_decode --json of the 16-bit run")
     ap.add_argument("fp8", help="l2kv_bench_decode --json of the fp8 run")
+    ap.add_argument("--variant", default="split",
+                    help="KERNEL or KERNEL:PREFETCH as the runs name them (split, paged_v1:off, "
+                         "paged_v1:on:1)")
     args = ap.parse_args()
+    kernel, _, prefetch = args.variant.partition(":")
+    prefetch = prefetch or None
     a = json.load(open(args.bf16))
     f = json.load(open(args.fp8))
-    print(f"# fp8 E4M3 vs {a['dtype']} KV cache, split kernel, cold L2")
+    print(f"# fp8 E4M3 vs {a['dtype']} KV cache, {args.variant}, cold L2")
     print()
     print(f"Device {a['device']}, {a['date']}; read ceilings {a['read_ceiling_gbps']:.0f} and "
           f"{f['read_ceiling_gbps']:.0f} GB/s.")
@@ -39,7 +46,8 @@ def main():
         pf = fp8_points.get(point_key(pa))
         if pf is None:
             continue  # the runs' grids differ: compare the points both have
-        ra, rf = split_result(pa), split_result(pf)
+        ra = variant_result(pa, kernel, prefetch)
+        rf = variant_result(pf, kernel, prefetch)
         if ra is None or rf is None:
             continue
         speedup = ra["cold_us"] / rf["cold_us"]

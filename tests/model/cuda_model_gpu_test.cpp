@@ -56,8 +56,10 @@ struct Tables {
 };
 
 std::unique_ptr<CudaModel> load(const fs::path& dir, int32_t max_tokens, int32_t blocks,
-                                int32_t max_logit_rows = 0) {
+                                int32_t max_logit_rows = 0,
+                                KvStorage storage = KvStorage::kModelDtype) {
   auto model = std::make_unique<CudaModel>(dir);
+  model->set_kv_storage(storage);
   model->allocate_workspace({max_tokens, 16, 2048, max_logit_rows});
   model->allocate_kv_cache(blocks, 16);
   return model;
@@ -188,10 +190,13 @@ TEST(CudaModel, ChunkedPrefillMatchesOnePass) {
 }
 
 // A decode step of ragged sequences: split and paged_v1 (with and without prefetch), eager
-// and replayed from a padded CUDA graph, give the same logits up to 16-bit rounding.
-TEST(CudaModel, DecodeKernelsAndGraphReplayAgree) {
+// and replayed from a padded CUDA graph, give the same logits up to 16-bit rounding, with a
+// 16-bit and with an fp8 KV cache (the kernels read the same stored bytes).
+class DecodeKernelsAgree : public ::testing::TestWithParam<KvStorage> {};
+
+TEST_P(DecodeKernelsAgree, EagerAndGraphReplay) {
   L2KV_SKIP_WITHOUT_GPU();
-  auto model = load(kFixtures / "llama3-gqa", 256, 128);
+  auto model = load(kFixtures / "llama3-gqa", 256, 128, 0, GetParam());
   const int64_t vocab = model->config().vocab_size;
   const std::vector<int32_t> lengths = {5, 16, 17, 33, 64, 100};  // block boundaries +-1
   Tables tables(lengths.size());
@@ -251,6 +256,12 @@ TEST(CudaModel, DecodeKernelsAndGraphReplayAgree) {
   }
   cudaStreamDestroy(stream);
 }
+
+INSTANTIATE_TEST_SUITE_P(KvStorages, DecodeKernelsAgree,
+                         ::testing::Values(KvStorage::kModelDtype, KvStorage::kFp8E4M3),
+                         [](const auto& param_info) {
+                           return param_info.param == KvStorage::kFp8E4M3 ? "fp8" : "model_dtype";
+                         });
 
 TEST(CudaModel, InvalidStepsAreErrors) {
   L2KV_SKIP_WITHOUT_GPU();

@@ -40,7 +40,7 @@ void add_model_options(CLI::App& app, ModelOptions& o) {
   app.add_option("--kv-cache-dtype", o.kv_cache_dtype,
                  "KV cache element type on CUDA: auto (the model's dtype) or fp8_e4m3 (alias "
                  "fp8: half the bytes per token, scaled by the checkpoint's per-layer "
-                 "self_attn.k_scale/v_scale or 1; needs --attention split)")
+                 "self_attn.k_scale/v_scale or 1; read by both attention kernels)")
       ->check(CLI::IsMember({"auto", "fp8", "fp8_e4m3"}))
       ->capture_default_str();
   app.add_flag("--enforce-eager", o.enforce_eager,

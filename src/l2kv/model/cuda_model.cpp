@@ -222,8 +222,6 @@ int64_t CudaModel::streamed_weight_bytes() const {
 void CudaModel::set_kv_storage(KvStorage storage) {
   if (num_blocks_ > 0)
     throw Error("CUDA backend: the KV cache dtype is set before the KV pool is allocated");
-  if (storage == KvStorage::kFp8E4M3 && decode_kernel_ != DecodeKernel::kSplit)
-    throw Error("an fp8 KV cache needs the split attention kernel (paged_v1 reads 16-bit KV)");
   kv_storage_ = storage;
 }
 
@@ -271,8 +269,6 @@ void CudaModel::set_decode_attention(DecodeKernel kernel, const PrefetchPolicy& 
   if (policy.pdl && kernel != DecodeKernel::kSplit)
     throw Error("KV prefetch policy " + to_string(policy) +
                 ": +pdl (programmatic dependent launch) needs the split attention kernel");
-  if (kv_storage_ == KvStorage::kFp8E4M3 && kernel != DecodeKernel::kSplit)
-    throw Error("an fp8 KV cache needs the split attention kernel (paged_v1 reads 16-bit KV)");
   drop_graphs();
   decode_kernel_ = kernel;
   prefetch_ = policy;

@@ -72,7 +72,7 @@ class CudaModel {
   void allocate_workspace(const WorkspaceLimits& limits);
   const WorkspaceLimits& limits() const { return limits_; }
   // How K and V are stored: the model's dtype (default) or fp8 E4M3 with each layer's
-  // checkpoint scales (1 where it has none), read by the split and prefill kernels. Set before
+  // checkpoint scales (1 where it has none), read by the decode and prefill kernels. Set before
   // allocate_kv_cache; throws once a pool exists.
   void set_kv_storage(KvStorage storage);
   KvStorage kv_storage() const { return kv_storage_; }

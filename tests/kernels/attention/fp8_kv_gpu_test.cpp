@@ -1,7 +1,8 @@
 // The fp8 E4M3 KV cache: the RoPE + KV-write kernel stores exactly what the host quantizer
-// gives, and the split decode and prefill kernels read stored K/V with their per-layer scales
-// like the CPU reference that dequantizes the same bytes. Fresh random inputs, ragged lengths,
-// shuffled block tables, poisoned outputs; per-row errors against per-dtype bounds.
+// gives, and the decode (split and paged_v1) and prefill kernels read stored K/V with their
+// per-layer scales like the CPU reference that dequantizes the same bytes. Fresh random inputs,
+// ragged lengths, shuffled block tables, poisoned outputs; per-row errors against per-dtype
+// bounds.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -12,6 +13,7 @@
 #include <vector>
 
 #include "gpu_test_support.h"
+#include "l2kv/kernels/attention/decode_attention.h"
 #include "l2kv/kernels/attention/decode_reference.h"
 #include "l2kv/kernels/attention/prefill_attention.h"
 #include "l2kv/kernels/attention/split_decode.h"
@@ -78,9 +80,9 @@ struct DeviceFp8Pools {
 
 using Fp8Param = std::tuple<DType, int32_t /*head_dim*/, int32_t /*group*/, int32_t /*block*/,
                             KvLayout, float /*q_scale*/>;
-class Fp8SplitDecode : public ::testing::TestWithParam<Fp8Param> {};
+class Fp8Decode : public ::testing::TestWithParam<Fp8Param> {};
 
-TEST_P(Fp8SplitDecode, MatchesTheDequantizingReference) {
+TEST_P(Fp8Decode, SplitMatchesTheDequantizingReference) {
   L2KV_SKIP_WITHOUT_GPU();
   const auto [dtype, head_dim, group, block, layout, q_scale] = GetParam();
   DecodeProblemConfig c;
@@ -116,8 +118,39 @@ TEST_P(Fp8SplitDecode, MatchesTheDequantizingReference) {
   }
 }
 
+// paged_v1 reads the same bytes with 16-byte loads widened in registers, with and without the
+// paper's prefetch.
+TEST_P(Fp8Decode, PagedV1MatchesTheDequantizingReference) {
+  L2KV_SKIP_WITHOUT_GPU();
+  const auto [dtype, head_dim, group, block, layout, q_scale] = GetParam();
+  DecodeProblemConfig c;
+  c.dtype = dtype;
+  c.head_dim = head_dim;
+  c.num_kv_heads = 2;
+  c.num_q_heads = 2 * group;
+  c.block_size = block;
+  c.layout = layout;
+  c.q_scale = q_scale;
+  c.seed = 7000 + head_dim + group * 3 + block + static_cast<int>(q_scale);
+  c.seq_lens = testing::random_lengths(testing::quick_mode() ? 3 : 7,
+                                       testing::quick_mode() ? 400 : 3000, c.seed);
+  c.seq_lens[0] = 1;
+  c.seq_lens.back() = block + 1;  // one token into the second block
+  Fp8Problem host(c, 1.f / 64, 1.f / 16);
+  const auto reference = decode_attention_reference(host.host_params());
+  DeviceDecodeProblem device(host.base);
+  DeviceFp8Pools pools(host, device);
+  for (const char* policy : {"off", "on:1", "on:2+evict_last", "auto"}) {
+    SCOPED_TRACE(policy);
+    device.poison_output();
+    paged_v1_decode(pools.params, parse_prefetch_policy(policy), nullptr);
+    EXPECT_TRUE(testing::rows_match(device.download_output(), reference, head_dim, c.num_q_heads,
+                                    dtype, policy));
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(
-    Shapes, Fp8SplitDecode,
+    Shapes, Fp8Decode,
     ::testing::Values(Fp8Param{DType::kBFloat16, 128, 4, 16, KvLayout::kHND, 2.f},
                       Fp8Param{DType::kBFloat16, 128, 4, 16, KvLayout::kHND, 24.f},
                       Fp8Param{DType::kFloat16, 128, 8, 64, KvLayout::kNHD, 2.f},

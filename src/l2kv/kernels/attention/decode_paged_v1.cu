@@ -4,15 +4,18 @@
 // one token; logits stay in shared memory; then the warps walk the blocks again for P.V.
 // With prefetch on, each warp first issues cp.async.bulk.prefetch.L2 for the block it will
 // process `distance` iterations later (the paper's Algorithm 1), for K and then for V.
+// An fp8 cache is read the same way, 16 bytes per load, widened to fp32 in registers.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 #include <algorithm>
 #include <cfloat>
+#include <type_traits>
 
 #include "l2kv/core/cuda_check.h"
 #include "l2kv/core/per_device.h"
 #include "l2kv/kernels/attention/decode_attention.h"
+#include "l2kv/kernels/fp8.cuh"
 #include "l2kv/kernels/tensor_core.cuh"
 #include "l2kv/kv_cache/paged_kv_prefetch.cuh"
 
@@ -23,12 +26,12 @@ constexpr int kV1Warps = 4;
 constexpr int kV1Threads = kV1Warps * 32;
 constexpr int kV1MaxSeqLen = 48 * 1024;  // logits: 192 KiB of shared memory
 
-template <int kHeadDim, int kBlockSize>
+template <int kHeadDim, int kBlockSize, int kElemBytes>
 struct PagedV1Shape {
   static constexpr int kThreadGroup = kBlockSize >= 32 ? 1 : 32 / kBlockSize;  // threads per token
   static constexpr int kTokensPerPass = 32 / kThreadGroup;
   static constexpr int kPasses = kBlockSize / kTokensPerPass;
-  static constexpr int kVecElems = 8;  // one 16-byte load
+  static constexpr int kVecElems = 16 / kElemBytes;  // one 16-byte load
   static constexpr int kVecsPerThread = kHeadDim / kVecElems / kThreadGroup;
   static constexpr int kVElemsPerLane = kHeadDim / 32;  // P.V: lane owns these dims
   static_assert(kPasses >= 1 && kVecsPerThread >= 1);
@@ -40,10 +43,29 @@ constexpr int v1_fixed_smem_floats() {
   return kHeadDim + 2 * kV1Warps + kV1Warps * kHeadDim;
 }
 
-template <typename T, int kHeadDim, int kBlockSize>
+// Stored elements -> floats: 16-bit pairs, or E4M3 pairs widened through fp16.
+template <typename T, bool kFp8>
+struct StoredPairs {
+  using Stored = std::conditional_t<kFp8, uint8_t, T>;
+  static constexpr int kPerWord = kFp8 ? 4 : 2;
+  // Elements 2i and 2i+1 of a 32-bit word.
+  __device__ static float2 pair(uint32_t word, int i) {
+    if constexpr (kFp8) {
+      const uint32_t half2 = fp8::widen2_half((word >> (16 * i)) & 0xffffu);
+      return __half22float2(*reinterpret_cast<const __half2*>(&half2));
+    } else {
+      return tc::ElementTraits<T>::unpack(word);
+    }
+  }
+};
+
+// T: the model's dtype (Q, output). kFp8: K/V stored as E4M3 bytes with per-layer scales.
+template <typename T, int kHeadDim, int kBlockSize, bool kFp8>
 __global__ void __launch_bounds__(kV1Threads)
     paged_v1_kernel(const DecodeAttentionParams p, const KvPrefetch prefetch) {
-  using Shape = PagedV1Shape<kHeadDim, kBlockSize>;
+  using Pairs = StoredPairs<T, kFp8>;
+  using Stored = typename Pairs::Stored;
+  using Shape = PagedV1Shape<kHeadDim, kBlockSize, sizeof(Stored)>;
   using Traits = tc::ElementTraits<T>;
   extern __shared__ float smem[];
   float* q_smem = smem;
@@ -62,8 +84,11 @@ __global__ void __launch_bounds__(kV1Threads)
   const int len = min(kv.seq_lens[seq], p.max_seq_len);
   const int num_seq_blocks = (len + kBlockSize - 1) / kBlockSize;
   const int32_t* table = kv.block_table + static_cast<int64_t>(seq) * kv.max_blocks_per_seq;
-  const T* k_pool = static_cast<const T*>(kv.k_pool);
-  const T* v_pool = static_cast<const T*>(kv.v_pool);
+  const Stored* k_pool = static_cast<const Stored*>(kv.k_pool);
+  const Stored* v_pool = static_cast<const Stored*>(kv.v_pool);
+  // fp8: logits use the stored K and the output the stored V; their scales apply here.
+  const float logit_scale = p.softmax_scale * (kFp8 ? kv.k_scale : 1.f);
+  const float v_scale = kFp8 ? kv.v_scale : 1.f;
   // Blocks ahead; 0 = off. Under GQA the group's thread blocks read the same KV and run side
   // by side, so by default only the first of them prefetches: the others' would be redundant.
   const bool prefetches = !prefetch.group_leader_only || head % group == 0;
@@ -93,7 +118,7 @@ __global__ void __launch_bounds__(kV1Threads)
 #pragma unroll
     for (int pass = 0; pass < Shape::kPasses; ++pass) {
       const int token_in_block = pass * Shape::kTokensPerPass + group_token;
-      const T* k_row = k_pool + kv.offset(physical, token_in_block, kv_head);
+      const Stored* k_row = k_pool + kv.offset(physical, token_in_block, kv_head);
       float dot = 0.f;
 #pragma unroll
       for (int v = 0; v < Shape::kVecsPerThread; ++v) {
@@ -101,17 +126,20 @@ __global__ void __launch_bounds__(kV1Threads)
             k_row + (v * Shape::kThreadGroup + group_lane) * Shape::kVecElems);
         const uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
 #pragma unroll
-        for (int w = 0; w < 4; ++w) {
-          const float2 k2 = Traits::unpack(words[w]);
-          dot += q_regs[v][2 * w] * k2.x + q_regs[v][2 * w + 1] * k2.y;
-        }
+        for (int w = 0; w < 4; ++w)
+#pragma unroll
+          for (int i = 0; i < Pairs::kPerWord / 2; ++i) {
+            const float2 k2 = Pairs::pair(words[w], i);
+            const int e = w * Pairs::kPerWord + 2 * i;
+            dot += q_regs[v][e] * k2.x + q_regs[v][e + 1] * k2.y;
+          }
       }
 #pragma unroll
       for (int m = Shape::kThreadGroup / 2; m >= 1; m /= 2)
         dot += __shfl_xor_sync(0xffffffffu, dot, m);
       const int token = b * kBlockSize + token_in_block;
       if (group_lane == 0) {
-        const float logit = token < len ? dot * p.softmax_scale : -FLT_MAX;
+        const float logit = token < len ? dot * logit_scale : -FLT_MAX;
         logits[token] = logit;
         qk_max = fmaxf(qk_max, logit);
       }
@@ -140,7 +168,7 @@ __global__ void __launch_bounds__(kV1Threads)
   exp_sum = 0.f;
 #pragma unroll
   for (int w = 0; w < kV1Warps; ++w) exp_sum += reduce_smem[kV1Warps + w];
-  const float inv_sum = 1.f / exp_sum;
+  const float inv_sum = v_scale / exp_sum;
 
   // P.V: each lane owns kVElemsPerLane consecutive dims of every V row.
   float acc[Shape::kVElemsPerLane] = {};
@@ -152,8 +180,20 @@ __global__ void __launch_bounds__(kV1Threads)
 #pragma unroll 16
     for (int t = 0; t < kBlockSize; ++t) {
       const float prob = logits[b * kBlockSize + t];  // 0 beyond the length
-      const T* v_row = v_pool + kv.offset(physical, t, kv_head) + lane * Shape::kVElemsPerLane;
-      if constexpr (Shape::kVElemsPerLane == 4) {
+      const Stored* v_row = v_pool + kv.offset(physical, t, kv_head) + lane * Shape::kVElemsPerLane;
+      if constexpr (kFp8 && Shape::kVElemsPerLane == 4) {
+        const uint32_t raw = *reinterpret_cast<const uint32_t*>(v_row);
+        const float2 a = Pairs::pair(raw, 0);
+        const float2 c = Pairs::pair(raw, 1);
+        acc[0] += prob * a.x;
+        acc[1] += prob * a.y;
+        acc[2] += prob * c.x;
+        acc[3] += prob * c.y;
+      } else if constexpr (kFp8) {
+        const float2 a = Pairs::pair(*reinterpret_cast<const uint16_t*>(v_row), 0);
+        acc[0] += prob * a.x;
+        acc[1] += prob * a.y;
+      } else if constexpr (Shape::kVElemsPerLane == 4) {
         const uint2 raw = *reinterpret_cast<const uint2*>(v_row);
         const float2 a = Traits::unpack(raw.x);
         const float2 c = Traits::unpack(raw.y);
@@ -184,10 +224,10 @@ __global__ void __launch_bounds__(kV1Threads)
 // Thread blocks below which paged_v1 is latency-bound and kAuto prefetches (see header).
 constexpr int kAutoPrefetchMaxBlocksPerSm = 3;
 
-template <typename T, int kHeadDim, int kBlockSize>
+template <typename T, int kHeadDim, int kBlockSize, bool kFp8>
 void launch_paged_v1(const DecodeAttentionParams& p, KvPrefetch prefetch, bool auto_prefetch,
                      cudaStream_t stream) {
-  auto kernel = paged_v1_kernel<T, kHeadDim, kBlockSize>;
+  auto kernel = paged_v1_kernel<T, kHeadDim, kBlockSize, kFp8>;
   const int padded = (p.max_seq_len + kBlockSize - 1) / kBlockSize * kBlockSize;
   const size_t smem = (v1_fixed_smem_floats<kHeadDim>() + padded) * sizeof(float);
   static PerDevice<int> device_sms;  // kernel attributes are per device
@@ -214,29 +254,29 @@ void launch_paged_v1(const DecodeAttentionParams& p, KvPrefetch prefetch, bool a
   L2KV_CUDA_CHECK_LAUNCH();
 }
 
-template <typename T, int kHeadDim>
+template <typename T, int kHeadDim, bool kFp8>
 void dispatch_block_size(const DecodeAttentionParams& p, const KvPrefetch& prefetch,
                          bool auto_prefetch, cudaStream_t stream) {
   switch (p.kv.block_size) {
     case 16:
-      return launch_paged_v1<T, kHeadDim, 16>(p, prefetch, auto_prefetch, stream);
+      return launch_paged_v1<T, kHeadDim, 16, kFp8>(p, prefetch, auto_prefetch, stream);
     case 32:
-      return launch_paged_v1<T, kHeadDim, 32>(p, prefetch, auto_prefetch, stream);
+      return launch_paged_v1<T, kHeadDim, 32, kFp8>(p, prefetch, auto_prefetch, stream);
     case 64:
-      return launch_paged_v1<T, kHeadDim, 64>(p, prefetch, auto_prefetch, stream);
+      return launch_paged_v1<T, kHeadDim, 64, kFp8>(p, prefetch, auto_prefetch, stream);
     default:
       throw Error("paged_v1: unsupported block size " + std::to_string(p.kv.block_size));
   }
 }
 
-template <typename T>
+template <typename T, bool kFp8>
 void dispatch_head_dim(const DecodeAttentionParams& p, const KvPrefetch& prefetch,
                        bool auto_prefetch, cudaStream_t stream) {
   switch (p.kv.head_dim) {
     case 64:
-      return dispatch_block_size<T, 64>(p, prefetch, auto_prefetch, stream);
+      return dispatch_block_size<T, 64, kFp8>(p, prefetch, auto_prefetch, stream);
     case 128:
-      return dispatch_block_size<T, 128>(p, prefetch, auto_prefetch, stream);
+      return dispatch_block_size<T, 128, kFp8>(p, prefetch, auto_prefetch, stream);
     default:
       throw Error("paged_v1: unsupported head_dim " + std::to_string(p.kv.head_dim));
   }
@@ -250,8 +290,6 @@ int32_t paged_v1_max_seq_len() {
 
 void paged_v1_decode(const DecodeAttentionParams& params, const PrefetchPolicy& policy,
                      cudaStream_t stream) {
-  if (params.kv.fp8())
-    throw Error("paged_v1 decode: an fp8 KV cache is read by the split kernel only");
   if (policy.pdl)
     throw Error("prefetch policy " + to_string(policy) +
                 ": programmatic dependent launch (+pdl) is a split-kernel option");
@@ -267,10 +305,13 @@ void paged_v1_decode(const DecodeAttentionParams& params, const PrefetchPolicy& 
     prefetch.group_leader_only = policy.group_leader_only;
   }
   const bool auto_prefetch = policy.mode == PrefetchMode::kAuto;
+  const bool fp8 = params.kv.fp8();
   if (params.kv.dtype == DType::kBFloat16)
-    dispatch_head_dim<__nv_bfloat16>(params, prefetch, auto_prefetch, stream);
+    fp8 ? dispatch_head_dim<__nv_bfloat16, true>(params, prefetch, auto_prefetch, stream)
+        : dispatch_head_dim<__nv_bfloat16, false>(params, prefetch, auto_prefetch, stream);
   else
-    dispatch_head_dim<__half>(params, prefetch, auto_prefetch, stream);
+    fp8 ? dispatch_head_dim<__half, true>(params, prefetch, auto_prefetch, stream)
+        : dispatch_head_dim<__half, false>(params, prefetch, auto_prefetch, stream);
 }
 
 }  // namespace l2kv
