@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The decode-attention kernel benchmark: builds l2kv and runs the decode-attention grid on the
 # local GPU (an H100; about 10 minutes for the full grid), then PyTorch SDPA peers where torch is installed, then
-# the same grid with an fp8 KV cache (split only), the PDL step chain, then
+# the same grid with an fp8 KV cache (split only, to keep the run short), the PDL step chain, then
 # the prefill benchmark on synthetic:llama3-8b, and writes JSON, logs and markdown under
 # bench/results/<date>-<gpu>/. Arguments go to l2kv_bench_decode (for example
 # --models llama3-8b --batches 1 64). L2KV_SKIP_BUILD=1 uses the binaries already in build/.

@@ -23,7 +23,7 @@ struct CudaRunnerOptions {
   DecodeKernel attention = DecodeKernel::kSplit;
   PrefetchPolicy kv_prefetch = PrefetchPolicy::automatic();
   bool cuda_graphs = true;
-  KvStorage kv_storage = KvStorage::kModelDtype;  // fp8: the split kernel reads E4M3 K/V
+  KvStorage kv_storage = KvStorage::kModelDtype;  // fp8: both decode kernels read E4M3 K/V
   // Device memory kept out of the KV pool for graphs, the sampler and allocator slack.
   int64_t reserve_bytes = int64_t{512} << 20;
 };

@@ -19,7 +19,7 @@ struct KvPrefetch {
 
 // Prefetches tokens [token_begin, token_end) of `physical_block` (token indices within the
 // block) for one KV head from `pool`, spread over `num_threads` threads of which this is
-// `thread`. Rows are 16-byte multiples because head_dim * 2 bytes is.
+// `thread`. Rows are 16-byte multiples: head_dim (64 or 128) times 1 or 2 bytes.
 template <typename T>
 __device__ __forceinline__ void prefetch_kv_block(const PagedKvCache& kv, const T* pool,
                                                   int32_t physical_block, int32_t kv_head,
