@@ -353,6 +353,18 @@ RowErrorStats compare_rows(const std::vector<float>& out, const std::vector<floa
          << s.worst_row % heads << "), max abs error " << s.max_abs;
 }
 
+DecodeProblemConfig two_kv_heads_config(DType dtype, int32_t head_dim, int32_t group, int32_t block,
+                                        KvLayout layout) {
+  DecodeProblemConfig c;
+  c.dtype = dtype;
+  c.head_dim = head_dim;
+  c.num_kv_heads = 2;
+  c.num_q_heads = 2 * group;
+  c.block_size = block;
+  c.layout = layout;
+  return c;
+}
+
 std::vector<int32_t> random_lengths(int32_t batch, int32_t max_len, uint64_t seed) {
   std::mt19937_64 rng(seed);
   std::uniform_int_distribution<int32_t> len(1, max_len);

@@ -160,4 +160,9 @@ RowErrorStats compare_rows(const std::vector<float>& out, const std::vector<floa
 // Random lengths in [1, max_len], with some forced to block boundaries +-1.
 std::vector<int32_t> random_lengths(int32_t batch, int32_t max_len, uint64_t seed);
 
+// Two KV heads of `group` query heads each, in the given dtype, head_dim, block and layout:
+// the small shape the kernel grids sweep.
+DecodeProblemConfig two_kv_heads_config(DType dtype, int32_t head_dim, int32_t group, int32_t block,
+                                        KvLayout layout);
+
 }  // namespace l2kv::testing

@@ -126,13 +126,7 @@ class DecodeAttentionBoundaries : public ::testing::TestWithParam<BoundaryParam>
 TEST_P(DecodeAttentionBoundaries, MatchesReference) {
   L2KV_SKIP_WITHOUT_GPU();
   const auto [dtype, head_dim, block, layout] = GetParam();
-  DecodeProblemConfig c;
-  c.dtype = dtype;
-  c.head_dim = head_dim;
-  c.num_q_heads = 8;
-  c.num_kv_heads = 2;
-  c.block_size = block;
-  c.layout = layout;
+  DecodeProblemConfig c = testing::two_kv_heads_config(dtype, head_dim, 4, block, layout);
   c.seed = std::hash<std::string>{}(test_name());
   c.seq_lens = boundary_lengths(testing::quick_mode() ? 129 : 257);
   c.needle_positions = {0, block - 1, block, kTileTokens - 1, kTileTokens, 2 * kTileTokens, -1};

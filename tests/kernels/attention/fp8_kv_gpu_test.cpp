@@ -82,21 +82,22 @@ using Fp8Param = std::tuple<DType, int32_t /*head_dim*/, int32_t /*group*/, int3
                             KvLayout, float /*q_scale*/>;
 class Fp8Decode : public ::testing::TestWithParam<Fp8Param> {};
 
-TEST_P(Fp8Decode, SplitMatchesTheDequantizingReference) {
-  L2KV_SKIP_WITHOUT_GPU();
-  const auto [dtype, head_dim, group, block, layout, q_scale] = GetParam();
-  DecodeProblemConfig c;
-  c.dtype = dtype;
-  c.head_dim = head_dim;
-  c.num_kv_heads = 2;
-  c.num_q_heads = 2 * group;
-  c.block_size = block;
-  c.layout = layout;
+// The parameter's shape with random ragged lengths (the first of one token) drawn from
+// `seed_base` and the shape.
+DecodeProblemConfig fp8_decode_config(const Fp8Param& param, int seed_base) {
+  const auto [dtype, head_dim, group, block, layout, q_scale] = param;
+  DecodeProblemConfig c = testing::two_kv_heads_config(dtype, head_dim, group, block, layout);
   c.q_scale = q_scale;
-  c.seed = 5000 + head_dim + group * 3 + block + static_cast<int>(q_scale);
+  c.seed = seed_base + head_dim + group * 3 + block + static_cast<int>(q_scale);
   c.seq_lens = testing::random_lengths(testing::quick_mode() ? 3 : 7,
                                        testing::quick_mode() ? 400 : 3000, c.seed);
   c.seq_lens[0] = 1;
+  return c;
+}
+
+TEST_P(Fp8Decode, SplitMatchesTheDequantizingReference) {
+  L2KV_SKIP_WITHOUT_GPU();
+  const DecodeProblemConfig c = fp8_decode_config(GetParam(), 5000);
   // Scales away from 1 so a kernel that drops one fails; stored magnitudes up to ~64 and ~16.
   Fp8Problem host(c, 1.f / 64, 1.f / 16);
   const auto reference = decode_attention_reference(host.host_params());
@@ -112,8 +113,8 @@ TEST_P(Fp8Decode, SplitMatchesTheDequantizingReference) {
       split.run(pools.params, parse_prefetch_policy(policy), nullptr);
       // The kernel and the reference read the same E4M3 values: what remains is the dtype's
       // rounding of P and of the output, so the 16-bit bounds apply.
-      EXPECT_TRUE(testing::rows_match(device.download_output(), reference, head_dim, c.num_q_heads,
-                                      dtype, policy));
+      EXPECT_TRUE(testing::rows_match(device.download_output(), reference, c.head_dim,
+                                      c.num_q_heads, c.dtype, policy));
     }
   }
 }
@@ -122,20 +123,8 @@ TEST_P(Fp8Decode, SplitMatchesTheDequantizingReference) {
 // paper's prefetch.
 TEST_P(Fp8Decode, PagedV1MatchesTheDequantizingReference) {
   L2KV_SKIP_WITHOUT_GPU();
-  const auto [dtype, head_dim, group, block, layout, q_scale] = GetParam();
-  DecodeProblemConfig c;
-  c.dtype = dtype;
-  c.head_dim = head_dim;
-  c.num_kv_heads = 2;
-  c.num_q_heads = 2 * group;
-  c.block_size = block;
-  c.layout = layout;
-  c.q_scale = q_scale;
-  c.seed = 7000 + head_dim + group * 3 + block + static_cast<int>(q_scale);
-  c.seq_lens = testing::random_lengths(testing::quick_mode() ? 3 : 7,
-                                       testing::quick_mode() ? 400 : 3000, c.seed);
-  c.seq_lens[0] = 1;
-  c.seq_lens.back() = block + 1;  // one token into the second block
+  DecodeProblemConfig c = fp8_decode_config(GetParam(), 7000);
+  c.seq_lens.back() = c.block_size + 1;  // one token into the second block
   Fp8Problem host(c, 1.f / 64, 1.f / 16);
   const auto reference = decode_attention_reference(host.host_params());
   DeviceDecodeProblem device(host.base);
@@ -144,8 +133,8 @@ TEST_P(Fp8Decode, PagedV1MatchesTheDequantizingReference) {
     SCOPED_TRACE(policy);
     device.poison_output();
     paged_v1_decode(pools.params, parse_prefetch_policy(policy), nullptr);
-    EXPECT_TRUE(testing::rows_match(device.download_output(), reference, head_dim, c.num_q_heads,
-                                    dtype, policy));
+    EXPECT_TRUE(testing::rows_match(device.download_output(), reference, c.head_dim, c.num_q_heads,
+                                    c.dtype, policy));
   }
 }
 

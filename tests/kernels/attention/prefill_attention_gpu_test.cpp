@@ -72,25 +72,13 @@ void check_prefill(DecodeProblemConfig c, const std::vector<ChunkSpan>& spans,
   EXPECT_TRUE(testing::rows_match(out, reference, c.head_dim, c.num_q_heads, c.dtype, label));
 }
 
-DecodeProblemConfig prefill_config(DType dtype, int32_t head_dim, int32_t group, int32_t block,
-                                   KvLayout layout) {
-  DecodeProblemConfig c;
-  c.dtype = dtype;
-  c.head_dim = head_dim;
-  c.num_kv_heads = 2;
-  c.num_q_heads = 2 * group;
-  c.block_size = block;
-  c.layout = layout;
-  return c;
-}
-
 using PrefillParam = std::tuple<DType, int32_t, int32_t, int32_t, KvLayout>;
 class PrefillAttentionGrid : public ::testing::TestWithParam<PrefillParam> {};
 
 TEST_P(PrefillAttentionGrid, MatchesReference) {
   L2KV_SKIP_WITHOUT_GPU();
   const auto [dtype, head_dim, group, block, layout] = GetParam();
-  DecodeProblemConfig c = prefill_config(dtype, head_dim, group, block, layout);
+  DecodeProblemConfig c = testing::two_kv_heads_config(dtype, head_dim, group, block, layout);
   c.seed = 1000 + group * 7 + head_dim + block;
   const std::vector<int32_t> lens =
       testing::quick_mode() ? std::vector<int32_t>{37, 70} : std::vector<int32_t>{1, 130, 333, 700};
@@ -131,7 +119,7 @@ class PrefillAttentionBoundaries : public ::testing::TestWithParam<PrefillBounda
 TEST_P(PrefillAttentionBoundaries, MatchesReference) {
   L2KV_SKIP_WITHOUT_GPU();
   const auto [dtype, head_dim, block, layout] = GetParam();
-  DecodeProblemConfig c = prefill_config(dtype, head_dim, 4, block, layout);
+  DecodeProblemConfig c = testing::two_kv_heads_config(dtype, head_dim, 4, block, layout);
   c.seed = 2000 + head_dim + block + (layout == KvLayout::kHND ? 1 : 0);
   // Edges: 0, 1 and every multiple of 16 +-1, the boundaries of every block size and of the
   // tile. Each chunk runs from one edge to the next, the third or the sixth: chunks of one or
