@@ -57,6 +57,28 @@ struct StoredPairs {
       return tc::ElementTraits<T>::unpack(word);
     }
   }
+  // The kN (2 or 4) consecutive elements at `src`, in one load of 2-8 bytes.
+  template <int kN>
+  __device__ static void load(const Stored* src, float (&out)[kN]) {
+    static_assert(kN == 2 || kN == 4);
+    constexpr int kBytes = kN * static_cast<int>(sizeof(Stored));
+    uint32_t words[2];
+    if constexpr (kBytes == 8) {
+      const uint2 raw = *reinterpret_cast<const uint2*>(src);
+      words[0] = raw.x;
+      words[1] = raw.y;
+    } else if constexpr (kBytes == 4) {
+      words[0] = *reinterpret_cast<const uint32_t*>(src);
+    } else {
+      words[0] = *reinterpret_cast<const uint16_t*>(src);
+    }
+#pragma unroll
+    for (int i = 0; i < kN / 2; ++i) {
+      const float2 f = pair(words[i * 2 / kPerWord], i % (kPerWord / 2));
+      out[2 * i] = f.x;
+      out[2 * i + 1] = f.y;
+    }
+  }
 };
 
 // T: the model's dtype (Q, output). kFp8: K/V stored as E4M3 bytes with per-layer scales.
@@ -181,31 +203,10 @@ __global__ void __launch_bounds__(kV1Threads)
     for (int t = 0; t < kBlockSize; ++t) {
       const float prob = logits[b * kBlockSize + t];  // 0 beyond the length
       const Stored* v_row = v_pool + kv.offset(physical, t, kv_head) + lane * Shape::kVElemsPerLane;
-      if constexpr (kFp8 && Shape::kVElemsPerLane == 4) {
-        const uint32_t raw = *reinterpret_cast<const uint32_t*>(v_row);
-        const float2 a = Pairs::pair(raw, 0);
-        const float2 c = Pairs::pair(raw, 1);
-        acc[0] += prob * a.x;
-        acc[1] += prob * a.y;
-        acc[2] += prob * c.x;
-        acc[3] += prob * c.y;
-      } else if constexpr (kFp8) {
-        const float2 a = Pairs::pair(*reinterpret_cast<const uint16_t*>(v_row), 0);
-        acc[0] += prob * a.x;
-        acc[1] += prob * a.y;
-      } else if constexpr (Shape::kVElemsPerLane == 4) {
-        const uint2 raw = *reinterpret_cast<const uint2*>(v_row);
-        const float2 a = Traits::unpack(raw.x);
-        const float2 c = Traits::unpack(raw.y);
-        acc[0] += prob * a.x;
-        acc[1] += prob * a.y;
-        acc[2] += prob * c.x;
-        acc[3] += prob * c.y;
-      } else {
-        const float2 a = Traits::unpack(*reinterpret_cast<const uint32_t*>(v_row));
-        acc[0] += prob * a.x;
-        acc[1] += prob * a.y;
-      }
+      float v[Shape::kVElemsPerLane];
+      Pairs::load(v_row, v);
+#pragma unroll
+      for (int e = 0; e < Shape::kVElemsPerLane; ++e) acc[e] += prob * v[e];
     }
   }
 #pragma unroll
