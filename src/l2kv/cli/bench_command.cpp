@@ -20,6 +20,8 @@
 #include "l2kv/core/error.h"
 #include "l2kv/engine/cuda_runner.h"
 #include "l2kv/kernels/random_fill.h"
+#include "l2kv/profiling/kernel_trace.h"
+#include "l2kv/profiling/step_profile.h"
 
 namespace l2kv::cli {
 namespace {
@@ -38,6 +40,7 @@ struct BenchOptions {
   std::vector<int32_t> steady_batches = {1, 16, 64};
   std::vector<int32_t> steady_contexts = {1024};
   int32_t steady_reps = 20;
+  bool profile = false;
   std::string json_path, markdown_path;
   double time_budget_s = 0;
   std::string command_line;
@@ -111,7 +114,7 @@ int64_t kv_bytes_per_token(const CudaModel& model) {
 // median step time over replays (graph and eager) and a profiled eager run.
 nlohmann::ordered_json run_steady_point(CudaModel& model, const Variant& variant, int32_t batch,
                                         int32_t context, int32_t block_size, int32_t reps,
-                                        double ceiling, cudaStream_t stream) {
+                                        double ceiling, KernelTrace* trace, cudaStream_t stream) {
   const ModelConfig& c = model.config();
   const int32_t blocks_per_seq = (context + block_size - 1) / block_size;
   const int32_t num_blocks = batch * blocks_per_seq + 1;  // block 0 is the pad rows' block
@@ -173,6 +176,14 @@ nlohmann::ordered_json run_steady_point(CudaModel& model, const Variant& variant
   const CudaModel::OpTimes ops = model.last_op_times();
   model.set_profiling(false);
   model.set_use_graphs(true);
+  nlohmann::ordered_json kernel_profile;
+  if (trace) {  // one graph replay's kernels
+    L2KV_CUDA_CHECK(cudaStreamSynchronize(stream));
+    trace->clear();
+    model.forward(stream);
+    L2KV_CUDA_CHECK(cudaStreamSynchronize(stream));
+    kernel_profile = profile_step(trace->collect(), decode_projections(c), ceiling);
+  }
   cudaEventDestroy(a);
   cudaEventDestroy(b);
   model.release_kv_cache();
@@ -193,7 +204,8 @@ nlohmann::ordered_json run_steady_point(CudaModel& model, const Variant& variant
           {"bytes_per_step", bytes},
           {"mbu", mbu},
           {"profile_eager_ms",
-           {{"gemm", ops.gemm_ms}, {"attention", ops.attention_ms}, {"total", ops.total_ms}}}};
+           {{"gemm", ops.gemm_ms}, {"attention", ops.attention_ms}, {"total", ops.total_ms}}},
+          {"kernel_profile", kernel_profile}};
 }
 
 // The offline workload: `num_prompts` random prompts of input_len tokens, output_len tokens
@@ -343,6 +355,13 @@ int run_bench(const BenchOptions& o) {
   L2KV_CUDA_CHECK(cudaGetDevice(&device));
   const DeviceInfo info = query_device_info(device);
   const double ceiling = measure_read_ceiling(runner->stream());
+  // Enabled before any graph is captured, so graph replays are traced too.
+  std::unique_ptr<KernelTrace> trace;
+  if (o.profile) {
+    if (o.mode == "e2e")
+      throw Error("l2kv bench: --profile profiles steady steps; use --mode steady or both");
+    trace = std::make_unique<KernelTrace>();
+  }
   std::fprintf(stderr, "l2kv bench: %s, %.2f GB of weights; streaming-read ceiling %.0f GB/s\n",
                info.name.c_str(), model->weight_bytes() / 1e9, ceiling / 1e9);
 
@@ -353,6 +372,7 @@ int run_bench(const BenchOptions& o) {
                                    {"ceiling_gbps", ceiling / 1e9},
                                    {"weight_bytes", model->weight_bytes()},
                                    {"streamed_weight_bytes", model->streamed_weight_bytes()},
+                                   {"cupti_profiled", o.profile},
                                    {"points", nlohmann::ordered_json::array()}};
   const auto start = Clock::now();
   auto over_budget = [&] { return o.time_budget_s > 0 && seconds_since(start) > o.time_budget_s; };
@@ -367,7 +387,7 @@ int run_bench(const BenchOptions& o) {
         for (const Variant& v : variants) {
           if (over_budget()) break;
           auto point = run_steady_point(*model, v, batch, context, o.engine.block_size,
-                                        o.steady_reps, ceiling, runner->stream());
+                                        o.steady_reps, ceiling, trace.get(), runner->stream());
           point["model"] = o.model.model;
           std::printf(
               "steady  %-14s B=%-4d ctx=%-6d step %8.3f ms (eager %8.3f)  %9.1f tok/s  "
@@ -375,6 +395,7 @@ int run_bench(const BenchOptions& o) {
               v.name.c_str(), batch, context, point["step_ms"].get<double>(),
               point["eager_step_ms"].get<double>(), point["output_tokens_per_s"].get<double>(),
               point["mbu"].get<double>());
+          if (trace) std::printf("%s", format_step_profile(point["kernel_profile"]).c_str());
           std::fflush(stdout);
           report["points"].push_back(point);
           save();
@@ -461,6 +482,10 @@ std::function<int()> add_bench_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--steady-context", o->steady_contexts, "Contexts of the steady-state mode")
       ->capture_default_str();
+  cmd->add_flag("--profile", o->profile,
+                "Steady points also print one graph-replayed step's kernels (CUPTI): time per "
+                "kernel, gaps between kernels, each projection's GB/s against the read ceiling. "
+                "Step times of a profiled run include CUPTI's per-kernel overhead");
   cmd->add_option("--steady-reps", o->steady_reps, "Timed replays per steady point (median)")
       ->check(CLI::Range(3, 10000))
       ->capture_default_str();

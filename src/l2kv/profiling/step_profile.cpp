@@ -1,0 +1,236 @@
+#include "l2kv/profiling/step_profile.h"
+
+#include <cxxabi.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cstdio>
+#include <cstdlib>
+#include <map>
+#include <memory>
+
+namespace l2kv {
+namespace {
+
+constexpr int kLargestGaps = 5;
+constexpr uint64_t kGapReportNs = 500;  // gaps shorter than this are timestamp noise
+
+double us(uint64_t ns) {
+  return static_cast<double>(ns) * 1e-3;
+}
+
+std::string lowercase(std::string s) {
+  for (char& ch : s) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+  return s;
+}
+
+}  // namespace
+
+std::vector<ProjectionShape> decode_projections(const ModelConfig& c) {
+  const int64_t elem = dtype_bytes(c.dtype);
+  const int64_t q = c.num_q_heads * c.head_dim, kv = c.num_kv_heads * c.head_dim;
+  const int64_t h = c.hidden_size, inter = c.intermediate_size;
+  auto shape = [&](const char* kind, int64_t in, int64_t out) {
+    return ProjectionShape{kind, in, out, in * out * elem};
+  };
+  std::vector<ProjectionShape> p;
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    p.push_back(shape("qkv", h, q + 2 * kv));
+    p.push_back(shape("o", q, h));
+    p.push_back(shape("gate_up", h, 2 * inter));
+    p.push_back(shape("down", inter, h));
+  }
+  p.push_back(shape("lm_head", h, c.vocab_size));
+  return p;
+}
+
+std::string short_kernel_name(const std::string& name) {
+  int status = 0;
+  std::unique_ptr<char, decltype(&std::free)> demangled(
+      abi::__cxa_demangle(name.c_str(), nullptr, nullptr, &status), &std::free);
+  std::string s = status == 0 && demangled ? demangled.get() : name;
+  for (size_t at; (at = s.find("(anonymous namespace)")) != std::string::npos;)
+    s.replace(at, 21, "anon");
+  if (const size_t at = s.find_first_of("<("); at != std::string::npos) s.resize(at);
+  if (const size_t at = s.rfind(' '); at != std::string::npos) s = s.substr(at + 1);
+  if (const size_t at = s.rfind("::"); at != std::string::npos) s = s.substr(at + 2);
+  return s;
+}
+
+bool is_projection_kernel(const std::string& short_name) {
+  const std::string n = lowercase(short_name);
+  for (const char* part : {"gemv", "gemm", "nvjet", "xmma", "cutlass", "splitkreduce", "matmul"})
+    if (n.find(part) != std::string::npos) return true;
+  return false;
+}
+
+nlohmann::ordered_json profile_step(std::vector<KernelInterval> kernels,
+                                    const std::vector<ProjectionShape>& projections,
+                                    double ceiling_bytes_per_s) {
+  using json = nlohmann::ordered_json;
+  std::sort(kernels.begin(), kernels.end(), [](const KernelInterval& a, const KernelInterval& b) {
+    return a.start_ns < b.start_ns;
+  });
+  json out;
+  out["kernels"] = kernels.size();
+  if (kernels.empty()) return out;
+
+  // A kernel's own time is what it adds to the timeline: from the later of its start and the
+  // end of everything that started before it, to its end. Kernels launched early (PDL) wait
+  // for their predecessor inside that window, which belongs to the predecessor.
+  struct Entry {
+    std::string name;
+    uint64_t own_ns, raw_ns;
+    bool projection;
+  };
+  std::vector<Entry> entries;
+  struct Gap {
+    uint64_t ns;
+    size_t before;
+  };
+  std::vector<Gap> gaps;
+  uint64_t covered_until = kernels.front().start_ns, busy_ns = 0;
+  for (size_t i = 0; i < kernels.size(); ++i) {
+    const KernelInterval& k = kernels[i];
+    if (k.start_ns > covered_until && i > 0) gaps.push_back({k.start_ns - covered_until, i});
+    const uint64_t from = std::max(k.start_ns, covered_until);
+    const uint64_t own = k.end_ns > from ? k.end_ns - from : 0;
+    busy_ns += own;
+    covered_until = std::max(covered_until, k.end_ns);
+    const std::string name = short_kernel_name(k.name);
+    entries.push_back({name, own, k.end_ns - k.start_ns, is_projection_kernel(name)});
+  }
+  const uint64_t step_ns = covered_until - kernels.front().start_ns;
+  uint64_t raw_ns = 0, gap_ns = 0;
+  for (const Entry& e : entries) raw_ns += e.raw_ns;
+  for (const Gap& g : gaps) gap_ns += g.ns;
+  out["step_us"] = us(step_ns);
+  out["busy_us"] = us(busy_ns);
+  out["gap_us"] = us(gap_ns);
+  out["gaps_over_0.5us"] =
+      std::count_if(gaps.begin(), gaps.end(), [](const Gap& g) { return g.ns >= kGapReportNs; });
+  // Time kernels spent running beside (or waiting behind) an earlier kernel.
+  out["overlap_us"] = us(raw_ns - busy_ns);
+  std::sort(gaps.begin(), gaps.end(), [](const Gap& a, const Gap& b) { return a.ns > b.ns; });
+  json largest = json::array();
+  for (size_t g = 0; g < gaps.size() && g < kLargestGaps; ++g)
+    largest.push_back({{"us", us(gaps[g].ns)},
+                       {"after", entries[gaps[g].before - 1].name},
+                       {"before", entries[gaps[g].before].name}});
+  out["largest_gaps"] = largest;
+
+  struct Sum {
+    int64_t count = 0;
+    uint64_t own_ns = 0;
+  };
+  std::map<std::string, Sum> by_name;
+  for (const Entry& e : entries) {
+    by_name[e.name].count++;
+    by_name[e.name].own_ns += e.own_ns;
+  }
+  std::vector<std::pair<std::string, Sum>> sorted(by_name.begin(), by_name.end());
+  std::sort(sorted.begin(), sorted.end(),
+            [](const auto& a, const auto& b) { return a.second.own_ns > b.second.own_ns; });
+  json by_kernel = json::array();
+  for (const auto& [name, sum] : sorted)
+    by_kernel.push_back(
+        {{"name", name},
+         {"count", sum.count},
+         {"us", us(sum.own_ns)},
+         {"share", static_cast<double>(sum.own_ns) / static_cast<double>(step_ns)}});
+  out["by_kernel"] = by_kernel;
+
+  // Projection kernels in launch order, a reduction joining the projection before it.
+  std::vector<uint64_t> projection_ns;
+  bool previous_was_projection = false;
+  for (const Entry& e : entries) {
+    if (e.projection && previous_was_projection &&
+        lowercase(e.name).find("reduce") != std::string::npos)
+      projection_ns.back() += e.own_ns;
+    else if (e.projection)
+      projection_ns.push_back(e.own_ns);
+    previous_was_projection = e.projection;
+  }
+  json proj;
+  if (projection_ns.size() != projections.size()) {
+    proj["matched"] = false;
+    proj["found_kernels"] = projection_ns.size();
+    proj["expected"] = projections.size();
+  } else {
+    proj["matched"] = true;
+    std::map<std::string, std::pair<uint64_t, int64_t>> by_kind;  // ns, bytes
+    std::vector<std::string> order;
+    uint64_t all_ns = 0;
+    int64_t all_bytes = 0;
+    for (size_t p = 0; p < projections.size(); ++p) {
+      auto [it, fresh] = by_kind.try_emplace(projections[p].kind, 0, 0);
+      if (fresh) order.push_back(projections[p].kind);
+      it->second.first += projection_ns[p];
+      it->second.second += projections[p].weight_bytes;
+      all_ns += projection_ns[p];
+      all_bytes += projections[p].weight_bytes;
+    }
+    auto row = [&](const std::string& kind, uint64_t ns, int64_t bytes) {
+      const double rate = ns ? static_cast<double>(bytes) / (static_cast<double>(ns) * 1e-9) : 0;
+      return json{{"kind", kind},
+                  {"us", us(ns)},
+                  {"weight_bytes", bytes},
+                  {"GB_per_s", rate * 1e-9},
+                  {"of_ceiling", ceiling_bytes_per_s > 0 ? rate / ceiling_bytes_per_s : 0.0}};
+    };
+    json kinds = json::array();
+    for (const std::string& kind : order)
+      kinds.push_back(row(kind, by_kind[kind].first, by_kind[kind].second));
+    proj["by_kind"] = kinds;
+    proj["all"] = row("all", all_ns, all_bytes);
+  }
+  out["projections"] = proj;
+  return out;
+}
+
+std::string format_step_profile(const nlohmann::ordered_json& p) {
+  std::string s;
+  char line[256];
+  if (p.value("kernels", 0) == 0) return "  profile: no kernels recorded\n";
+  std::snprintf(line, sizeof line,
+                "  profile: %d kernels, step %.1f us = busy %.1f + gaps %.1f (%d gaps >= 0.5 us); "
+                "overlap %.1f us\n",
+                p["kernels"].get<int>(), p["step_us"].get<double>(), p["busy_us"].get<double>(),
+                p["gap_us"].get<double>(), p["gaps_over_0.5us"].get<int>(),
+                p["overlap_us"].get<double>());
+  s += line;
+  for (const auto& k : p["by_kernel"]) {
+    std::snprintf(line, sizeof line, "    %-40.40s x%-5d %9.1f us  %5.1f %%\n",
+                  k["name"].get<std::string>().c_str(), k["count"].get<int>(),
+                  k["us"].get<double>(), 100.0 * k["share"].get<double>());
+    s += line;
+  }
+  const auto& proj = p["projections"];
+  if (!proj.value("matched", false)) {
+    std::snprintf(line, sizeof line,
+                  "    projections: %d projection kernels for %d projections, not attributed\n",
+                  proj.value("found_kernels", 0), proj.value("expected", 0));
+    s += line;
+  } else {
+    for (const auto* list : {&proj["by_kind"]})
+      for (const auto& r : *list) {
+        std::snprintf(line, sizeof line, "    %-8s %9.1f us  %7.0f GB/s  %.2f of ceiling\n",
+                      r["kind"].get<std::string>().c_str(), r["us"].get<double>(),
+                      r["GB_per_s"].get<double>(), r["of_ceiling"].get<double>());
+        s += line;
+      }
+    const auto& a = proj["all"];
+    std::snprintf(line, sizeof line, "    %-8s %9.1f us  %7.0f GB/s  %.2f of ceiling\n", "all",
+                  a["us"].get<double>(), a["GB_per_s"].get<double>(),
+                  a["of_ceiling"].get<double>());
+    s += line;
+  }
+  for (const auto& g : p["largest_gaps"]) {
+    std::snprintf(line, sizeof line, "    gap %6.1f us  %s -> %s\n", g["us"].get<double>(),
+                  g["after"].get<std::string>().c_str(), g["before"].get<std::string>().c_str());
+    s += line;
+  }
+  return s;
+}
+
+}  // namespace l2kv
