@@ -194,6 +194,10 @@ def compiled_cells(cpeer, split, notes, summary, where):
         step += " (no graphs)"
         notes.append(f"compiled PyTorch peer {where}: CUDA graphs not applied as one launch per "
                      f"step ({cpeer.get('graph_check')})")
+    elif cpeer.get("graphs") is None:
+        step += " (graphs unchecked)"
+        notes.append(f"compiled PyTorch peer {where}: CUDA graphs not checked "
+                     f"({cpeer.get('graph_check')})")
     if cpeer.get("eager_check_ok") is False or cpeer.get("state_advanced") is False:
         step += " (check failed)"
         notes.append(f"compiled PyTorch peer {where}: compiled step does not match the eager one "
