@@ -235,7 +235,7 @@ def build_decoder(torch, shape, device):
 
         def decode(self):
             """One decode step, all on the device: reads tokens and pos, writes K/V at pos,
-            the next tokens (greedy) and the next pos."""
+            the next tokens (greedy; also returned) and the next pos."""
             pos = self.pos
             cos, sin = self.cos[pos], self.sin[pos]
             mask = (self.slots <= pos).view(1, 1, 1, -1) if self.causal_mask else None
@@ -243,15 +243,19 @@ def build_decoder(torch, shape, device):
             for layer in self.layers:
                 x = layer(x, pos, cos, sin, mask)
             logits = F.linear(rms_norm(x, self.final_norm), self.lm_head).float()
-            self.tokens.copy_(logits.argmax(dim=-1))
+            next_tokens = logits.argmax(dim=-1)
+            self.tokens.copy_(next_tokens)
             after = pos + 1
             self.pos.copy_(torch.where(after > self.last_slot, self.first_slot, after))
+            return next_tokens
 
     return Decoder()
 
 
 def decode_step(model):
-    model.decode()
+    """The compiled function, as gpt-fast's decode_one_token: it returns the next tokens (the
+    callers drop them; the buffer feeds the next step)."""
+    return model.decode()
 
 
 class Peer:
