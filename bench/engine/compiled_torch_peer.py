@@ -252,6 +252,42 @@ def build_decoder(torch, shape, device):
     return Decoder()
 
 
+def classify_launches(averages, steps):
+    """From torch.profiler's key_averages() over `steps` steps: (verdict, counts). The verdict
+    is True where each step is one graph launch (cudaGraphLaunch, or the driver's
+    cuGraphLaunch) and no kernel launch (runtime or driver, cuBLAS or Triton), False otherwise,
+    None where no launch of any kind was recorded (nothing checked)."""
+    graph_launches = kernel_launches = memcpys = kernels = 0
+    kernel_us = {}
+    for e in averages:
+        name = e.key
+        if "GraphLaunch" in name:
+            graph_launches += e.count
+        elif "LaunchKernel" in name or "LaunchCooperativeKernel" in name:
+            kernel_launches += e.count
+        elif "Memcpy" in name or "Memset" in name:
+            memcpys += e.count
+        elif str(getattr(e, "device_type", "")).endswith("CUDA"):
+            kernels += e.count
+            us = getattr(e, "device_time_total", None)
+            if us is None:
+                us = getattr(e, "cuda_time_total", 0)
+            kernel_us[name] = us / steps
+    top = sorted(kernel_us.items(), key=lambda kv: -kv[1])[:8]
+    counts = {
+        "profiled_steps": steps,
+        "graph_launches_per_step": graph_launches / steps,
+        "kernel_launches_per_step": kernel_launches / steps,
+        "memcpy_memset_per_step": memcpys / steps,
+        # 0 where the profiler does not trace kernels inside graph replays.
+        "kernels_per_step": kernels / steps,
+        "top_kernels_us_per_step": {k: round(v, 1) for k, v in top},
+    }
+    if graph_launches == 0 and kernel_launches == 0:
+        return None, counts
+    return graph_launches == steps and kernel_launches == 0, counts
+
+
 def decode_step(model):
     """The compiled function, as gpt-fast's decode_one_token: it returns the next tokens (the
     callers drop them; the buffer feeds the next step)."""
@@ -344,7 +380,8 @@ class Peer:
         return [start.elapsed_time(stop) for start, stop in events]
 
     def graph_check(self, step):
-        """Profiles a few steady steps: each must be one cudaGraphLaunch and no kernel launch."""
+        """Profiles a few steady steps: each must be one cudaGraphLaunch and no kernel launch.
+        True or False, or None where the profiler recorded no launch at all."""
         t = self.torch
         from torch.profiler import ProfilerActivity, profile
         t.cuda.synchronize()
@@ -352,33 +389,7 @@ class Peer:
             for _ in range(PROFILED_STEPS):
                 step(self.model)
             t.cuda.synchronize()
-        graph_launches = kernel_launches = memcpys = kernels = 0
-        kernel_us = {}
-        for e in prof.key_averages():
-            name = e.key
-            if "GraphLaunch" in name:
-                graph_launches += e.count
-            elif "LaunchKernel" in name or "LaunchCooperativeKernel" in name:
-                kernel_launches += e.count
-            elif "Memcpy" in name or "Memset" in name:
-                memcpys += e.count
-            elif str(getattr(e, "device_type", "")).endswith("CUDA"):
-                kernels += e.count
-                us = getattr(e, "device_time_total", None)
-                if us is None:
-                    us = getattr(e, "cuda_time_total", 0)
-                kernel_us[name] = (e.count / PROFILED_STEPS, us / PROFILED_STEPS)
-        top = sorted(kernel_us.items(), key=lambda kv: -kv[1][1])[:8]
-        check = {
-            "profiled_steps": PROFILED_STEPS,
-            "graph_launches_per_step": graph_launches / PROFILED_STEPS,
-            "kernel_launches_per_step": kernel_launches / PROFILED_STEPS,
-            "memcpy_memset_calls_per_step": memcpys / PROFILED_STEPS,
-            # 0 where the profiler does not trace kernels inside graph replays.
-            "kernels_per_step": kernels / PROFILED_STEPS,
-            "top_kernels_us_per_step": {k: round(v[1], 1) for k, v in top},
-        }
-        return graph_launches == PROFILED_STEPS and kernel_launches == 0, check
+        return classify_launches(prof.key_averages(), PROFILED_STEPS)
 
     def eager_check(self, step):
         """One compiled step against the same step run eagerly from the same state: the K/V

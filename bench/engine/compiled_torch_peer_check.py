@@ -3,7 +3,8 @@
 (with QKV bias) against an independent float32 reference written per sequence and head: the K
 and V each step writes at its position, the slots it leaves alone, the greedy next tokens
 (unless the reference's top two logits nearly tie) and the position cycling over the window;
-with and without the causal mask; and that the cache can be released and set up again.
+with and without the causal mask; that the cache can be released and set up again; and the
+CUDA-graph verdict drawn from profiler counts.
 Needs torch (any version with torch.nn.functional; SDPA is emulated where it is missing).
 Exits non-zero on the first mismatch."""
 import math
@@ -113,7 +114,35 @@ def check(causal, batch=3, context=32, window=4, steps=6):
     print(f"causal mask {causal}: {steps} steps match the float32 reference")
 
 
+class Event:
+    """One row of torch.profiler's key_averages()."""
+
+    def __init__(self, key, count, device_type="DeviceType.CPU", device_time_total=0.0):
+        self.key, self.count = key, count
+        self.device_type, self.device_time_total = device_type, device_time_total
+
+
+def check_launch_verdicts(steps=5):
+    kernel = Event("triton_red_fused_rms_norm_0", 65 * steps, "DeviceType.CUDA", 90.0 * steps)
+    cases = [
+        ("one graph per step", [Event("cudaGraphLaunch", steps), kernel], True),
+        ("driver graph launch", [Event("cuGraphLaunch", steps)], True),
+        ("eager Inductor", [Event("cuLaunchKernelEx", 40 * steps),
+                            Event("cudaLaunchKernel", 30 * steps), kernel], False),
+        ("graph plus an input copy kernel", [Event("cudaGraphLaunch", steps),
+                                            Event("cudaLaunchKernel", steps)], False),
+        ("two graphs per step", [Event("cudaGraphLaunch", 2 * steps)], False),
+        ("nothing recorded", [kernel], None),
+    ]
+    for what, events, want in cases:
+        got, counts = peer.classify_launches(events, steps)
+        if got is not want:
+            sys.exit(f"launch verdict for {what}: {got}, expected {want} ({counts})")
+    print(f"CUDA-graph verdicts: {len(cases)} cases as expected")
+
+
 def main():
+    check_launch_verdicts()
     with torch.no_grad():
         for causal in (False, True):
             check(causal)
