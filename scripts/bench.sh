@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The main job. On a machine with a Hopper GPU: builds l2kv and runs a short end-to-end
 # `l2kv bench` on synthetic:llama3-8b (random weights in the real shape; a few minutes):
-# steady-state decode steps at context 1024 and the offline workload (512-token prompts,
-# 512 output tokens) at concurrency 1, 16 and 64, for l2kv's split kernel and the paper's
-# paged_v1 kernel with and without L2 prefetch; then the PyTorch + transformers peer where
-# torch is installed; results under bench/results/<date>-<gpu>/. Arguments go to `l2kv bench`.
+# steady-state decode steps at context 1024 (batch 1 to 256) and the offline workload
+# (512-token prompts, 512 output tokens) at concurrency 1, 16 and 64, for l2kv's split kernel
+# and the paper's paged_v1 kernel with and without L2 prefetch; then, where torch is installed,
+# the PyTorch + transformers peer (end to end) and the compiled-PyTorch peer (steady steps at
+# the same batches; about 6 minutes of compiling); results under bench/results/<date>-<gpu>/.
+# Arguments go to `l2kv bench`.
 # Without a GPU: runs `l2kv generate` on a tiny test model on the CPU backend and says so.
 # L2KV_SKIP_BUILD=1 uses the binaries already in build/.
 set -euo pipefail
@@ -22,18 +24,27 @@ gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr ' ' '-' |
 out="bench/results/$(date -u +%F)-${gpu}"
 mkdir -p "$out"
 ./build/l2kv bench --model synthetic:llama3-8b --input-len 512 --output-len 512 \
-  --concurrency 1 16 64 --steady-batch 1 16 64 --steady-context 1024 \
+  --concurrency 1 16 64 --steady-batch 1 16 64 128 256 --steady-context 1024 \
   --variants split paged_v1:off paged_v1:on --json "$out/engine_bench.json" "$@" |
   tee "$out/engine_bench.log"
 peer=()
+ceiling=$(python3 -c "import json; print(json.load(open('$out/engine_bench.json'))['ceiling_gbps'])")
 if python3 -c "import torch, transformers" 2>/dev/null; then
-  ceiling=$(python3 -c "import json; print(json.load(open('$out/engine_bench.json'))['ceiling_gbps'])")
   python3 bench/engine/transformers_peer.py --models llama3-8b --batches 1 16 64 \
     --input-len 512 --output-len 512 --ceiling-gbps "$ceiling" --json "$out/engine_peer.json" |
     tee "$out/engine_peer.log"
   peer=(--peer "$out/engine_peer.json")
 else
   echo "l2kv bench: python3 has no torch + transformers; the PyTorch peer is skipped"
+fi
+if python3 -c "import torch" 2>/dev/null; then
+  python3 bench/engine/compiled_torch_peer.py --models llama3-8b --batches 1 16 64 128 256 \
+    --context 1024 --ceiling-gbps "$ceiling" --time-budget-s 900 --json "$out/compiled_peer.json" |
+    tee "$out/compiled_peer.log" ||
+    echo "l2kv bench: the compiled-PyTorch peer stopped early (see $out/compiled_peer.log)"
+  if [[ -f $out/compiled_peer.json ]]; then peer+=(--compiled-peer "$out/compiled_peer.json"); fi
+else
+  echo "l2kv bench: python3 has no torch; the compiled-PyTorch peer is skipped"
 fi
 ./scripts/bench_report.sh --bench "$out/engine_bench.json" "${peer[@]}" \
   --out-md "$out/engine_bench.md" --out-png "$out/engine_bench.png" ||

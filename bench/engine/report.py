@@ -1,14 +1,17 @@
 #!/usr/bin/env python3
-"""Turns `l2kv bench --json` output (one or more files) and the transformers peer's JSON
-(bench/engine/transformers_peer.py) into a markdown report and a PNG plot.
+"""Turns `l2kv bench --json` output (one or more files), the transformers peer's JSON
+(bench/engine/transformers_peer.py) and the compiled-PyTorch peer's JSON
+(bench/engine/compiled_torch_peer.py) into a markdown report and a PNG plot.
 
 Markdown: one table of end-to-end points, one row per (model, output length, concurrency) with
 each variant's output tokens/s (split, paged_v1 without and with KV prefetch), the gain of the
 prefetch (paged_v1 on / off), split over the best paged_v1, split's TPOT and MBU, and the peer's
 tokens/s and MBU at the same model, batch and lengths; one table of steady-state points (decode
-step time at a fixed batch and context); a summary against the targets of the engine issue.
+step time at a fixed batch and context) with the compiled-PyTorch peer's step time and MBU at
+the same model, batch and context and l2kv's speed against it (its step time over split's); a
+summary against the targets of the engine issues.
 Plot: output tokens/s against concurrency, one panel per model, one line per variant and the
-peer. The plot needs matplotlib (scripts/bench_report.sh installs it); without it only the
+peer (steady points when there are no end-to-end ones, with the compiled peer). The plot needs matplotlib (scripts/bench_report.sh installs it); without it only the
 markdown is written."""
 import argparse
 import collections
@@ -21,8 +24,13 @@ MODEL_ORDER = ["llama2-7b", "llama3-8b", "qwen2.5-7b", "qwen2.5-14b"]
 ATTENTION_ORDER = ["split", "paged_v1"]
 PREFETCH_ORDER = ["off", "on", "auto"]
 PEER = "peer"
+COMPILED_PEER = "compiled PyTorch"
 COLORS = {"split": "tab:blue", "paged_v1 off": "tab:orange", "paged_v1 on": "tab:green",
-          "paged_v1 auto": "tab:red", PEER: "black"}
+          "paged_v1 auto": "tab:red", PEER: "black", COMPILED_PEER: "tab:purple"}
+# The compiled-peer target of issue "Decode step v3": l2kv at least this much faster at these
+# batches (llama3-8b, context 1024, steady).
+COMPILED_PEER_TARGET = 1.15
+COMPILED_PEER_TARGET_BATCHES = (1, 16, 64, 128, 256)
 
 
 def short_model(name):
@@ -173,12 +181,43 @@ def e2e_section(table, peers, notes, summary):
     return markdown_table(header, rows)
 
 
-def steady_section(table, summary):
+def compiled_cells(cpeer, split, notes, summary, where):
+    """The compiled peer's step ms, MBU and l2kv's speed against it (its step time / split's)."""
+    if cpeer is None:
+        return ["-", "-", "-"]
+    if not ok(cpeer):
+        notes.append(f"compiled PyTorch peer {where}: "
+                     f"{cpeer.get('error') or 'skipped (' + cpeer.get('skipped', '') + ')'}")
+        return ["err" if "error" in cpeer else "skip", "-", "-"]
+    step = fmt(cpeer.get("step_ms"), 3)
+    if cpeer.get("graphs") is False:
+        step += " (no graphs)"
+        notes.append(f"compiled PyTorch peer {where}: CUDA graphs not applied as one launch per "
+                     f"step ({cpeer.get('graph_check')})")
+    elif cpeer.get("graphs") is None:
+        step += " (graphs unchecked)"
+        notes.append(f"compiled PyTorch peer {where}: CUDA graphs not checked "
+                     f"({cpeer.get('graph_check')})")
+    if cpeer.get("eager_check_ok") is False or cpeer.get("state_advanced") is False:
+        step += " (check failed)"
+        notes.append(f"compiled PyTorch peer {where}: compiled step does not match the eager one "
+                     f"({cpeer.get('eager_check')})")
+    speed = ratio(cpeer.get("step_ms"), split.get("step_ms") if ok(split) else None)
+    summary["split_vs_compiled"].append((speed, where))
+    return [step, fmt(cpeer.get("mbu"), 2), fmt(speed, 2)]
+
+
+def steady_section(table, summary, cpeers, notes):
+    for key in cpeers:  # peer points l2kv did not run still get a row
+        table.rows[key]
     split_eager = [lab for lab in table.columns if lab.split()[0] == "split" and lab.endswith(" eager")]
     header = ["model", "context", "batch"] + [f"{lab} step ms" for lab in table.columns] + [
         "split tok/s", "paged_v1 on / off", "split / best paged_v1", "split MBU"]
     if split_eager:
         header.append("split eager / graph step")
+    if cpeers:
+        header += ["compiled PyTorch step ms", "compiled PyTorch MBU",
+                   "l2kv speed vs compiled PyTorch"]
     rows = []
     for (model, context, batch), row in table.ordered():
         split = best(row, is_split)
@@ -197,6 +236,8 @@ def steady_section(table, summary):
             eager = best(row, lambda lab: lab in split_eager)
             r.append(fmt(ratio(eager.get("step_ms") if eager else None,
                                split.get("step_ms") if split else None), 2))
+        if cpeers:
+            r += compiled_cells(cpeers.get((model, context, batch)), split, notes, summary, where)
         rows.append(r)
     return markdown_table(header, rows)
 
@@ -223,6 +264,21 @@ def summary_lines(summary, card):
         lines.append(f"- split / peer output tokens/s at concurrency >= 16: lowest {lo[0]:.2f} "
                      f"({lo[1]}); target 1.5: "
                      f"{'met' if lo[0] >= 1.5 else 'not met'} on {sum(e[0] >= 1.5 for e in peer)} of {len(peer)} points")
+    compiled = [e for e in summary["split_vs_compiled"] if e[0] is not None]
+    if compiled:
+        lo = min(compiled, key=lambda e: e[0])
+        hits = sum(e[0] >= COMPILED_PEER_TARGET for e in compiled)
+        lines.append(f"- l2kv (split) speed vs the compiled-PyTorch peer, steady step time: lowest "
+                     f"{lo[0]:.2f} ({lo[1]}); at least {COMPILED_PEER_TARGET}x on {hits} of "
+                     f"{len(compiled)} points")
+        where = {b: f"llama3-8b, steady, context 1024, batch {b}" for b in COMPILED_PEER_TARGET_BATCHES}
+        speeds = {e[1]: e[0] for e in compiled}
+        missing = [b for b, w in where.items() if w not in speeds]
+        met = not missing and all(speeds[w] >= COMPILED_PEER_TARGET for w in where.values())
+        lines.append(f"- target {COMPILED_PEER_TARGET}x the compiled peer at llama3-8b, context 1024, "
+                     f"batch {', '.join(map(str, COMPILED_PEER_TARGET_BATCHES))}: "
+                     f"{'met' if met else 'not met'}"
+                     + (f" (no l2kv or peer point at batch {', '.join(map(str, missing))})" if missing else ""))
     batch1 = [e for e in summary["batch1_mbu"] if e[0] is not None]
     if batch1:
         lines.append(f"- MBU of split at batch 1, llama3-8b, context 1024 (steady): {batch1[0][0]:.2f} "
@@ -241,7 +297,7 @@ def plot_output_len(e2e, wanted):
     return max(counts, key=lambda n: (counts[n], n == 1024, -n)) if counts else None
 
 
-def plot(path, e2e, steady, peers, output_len, title):
+def plot(path, e2e, steady, peers, cpeers, output_len, title):
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -265,6 +321,9 @@ def plot(path, e2e, steady, peers, output_len, title):
         points = [pt for pt in steady if pt.get("context") == context]
         xkey, xlabel = "batch", "batch"
         peer_series = {}
+        for (model, ctx, batch), p in cpeers.items():
+            if ctx == context and ok(p):
+                peer_series.setdefault(model, []).append((batch, p["output_tokens_per_s"]))
         subtitle = f"steady decode, context {context}"
     labels = Labels(points)
     models = sorted({pt["model"] for pt in points} | set(peer_series), key=model_rank)
@@ -279,15 +338,16 @@ def plot(path, e2e, steady, peers, output_len, title):
         for pt in points:
             if pt["model"] == model and tokens(pt):
                 series[labels(pt)].append((pt[xkey], tokens(pt)))
+        peer_label = PEER if e2e else COMPILED_PEER
         if model in peer_series:
-            series[PEER] = peer_series[model]
+            series[peer_label] = peer_series[model]
         xs = sorted({x for s in series.values() for x, _ in s})
-        for lab in sorted(series, key=lambda lab: (lab == PEER, label_rank(lab) if lab != PEER else ())):
+        for lab in sorted(series, key=lambda lab: (lab == peer_label, label_rank(lab) if lab != peer_label else ())):
             data = sorted(series[lab])
             base = lab.replace(" eager", "")
             ax.plot([x for x, _ in data], [y for _, y in data], label=lab,
-                    color=COLORS.get(base), marker="x" if lab == PEER else "o", markersize=4,
-                    linestyle="--" if lab == PEER or lab.endswith(" eager") else "-")
+                    color=COLORS.get(base), marker="x" if lab == peer_label else "o", markersize=4,
+                    linestyle="--" if lab == peer_label or lab.endswith(" eager") else "-")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xticks(xs)
@@ -316,6 +376,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bench", nargs="+", required=True, help="l2kv bench --json output(s)")
     ap.add_argument("--peer", help="transformers_peer.py --json output")
+    ap.add_argument("--compiled-peer", help="compiled_torch_peer.py --json output")
     ap.add_argument("--out-md", required=True)
     ap.add_argument("--out-png")
     ap.add_argument("--plot-output-len", type=int,
@@ -331,6 +392,12 @@ def main():
         peer_meta = peer_meta[0]
         for p in peer_points:
             peers[(p["model"], p["batch"], p["output_len"], p.get("input_len"))] = p
+    cpeer_meta, cpeers = None, {}
+    if args.compiled_peer:
+        cpeer_meta, cpeer_points = load([args.compiled_peer])
+        cpeer_meta = cpeer_meta[0]
+        for p in cpeer_points:
+            cpeers[(p["model"], p.get("context"), p["batch"])] = p
     card = files[0].get("card", "?")
 
     lines = [f"# l2kv end-to-end decode on {card}", ""]
@@ -343,6 +410,12 @@ def main():
         lines.append(f"- peer: {peer_meta.get('peer')}{other}, {peer_meta.get('date', '?')}: "
                      f"`{peer_meta.get('command', '?')}` (ceiling {fmt(peer_meta.get('ceiling_gbps'))} GB/s, "
                      f"{peer_meta.get('ceiling_source', '?')})")
+    if cpeer_meta:
+        other = "" if cpeer_meta.get("card") == card else f" on {cpeer_meta.get('card')} (another card)"
+        lines.append(f"- compiled PyTorch peer: {cpeer_meta.get('peer')}{other}, "
+                     f"{cpeer_meta.get('date', '?')}: `{cpeer_meta.get('command', '?')}` (attention: "
+                     f"{cpeer_meta.get('attention', '?')}; {cpeer_meta.get('timing', '?')}; ceiling "
+                     f"{fmt(cpeer_meta.get('ceiling_gbps'))} GB/s, {cpeer_meta.get('ceiling_source', '?')})")
     lines.append("")
     header_end = len(lines)
 
@@ -359,19 +432,22 @@ def main():
                   "concurrency, output tokens/s end to end, MBU of its decode steps.", ""]
         lines += e2e_section(table, peers, notes, summary)
         lines.append("")
-    if steady:
+    if steady or cpeers:
         table = Table(steady, lambda pt: (pt["model"], pt.get("context"), pt.get("batch")))
         lines += ["## Steady state", "",
                   "Decode step time at a fixed batch and context with the KV cache filled synthetically; "
-                  "tokens/s = batch / step time.", ""]
-        lines += steady_section(table, summary)
+                  "tokens/s = batch / step time."
+                  + (" Compiled PyTorch: the gpt-fast-style peer at the same model, batch and context "
+                     "(one CUDA graph per step), MBU over the same bytes; l2kv speed vs it = its step "
+                     "time / split's." if cpeers else ""), ""]
+        lines += steady_section(table, summary, cpeers, notes)
         lines.append("")
     lines += summary_lines(summary, card)
     if notes:
         lines += ["## Errors and skipped points", ""] + [f"- {n}" for n in notes] + [""]
     if args.out_png:
         title = f"l2kv on {card}"
-        if plot(args.out_png, e2e, steady, peers, plot_output_len(e2e, args.plot_output_len), title):
+        if plot(args.out_png, e2e, steady, peers, cpeers, plot_output_len(e2e, args.plot_output_len), title):
             rel = os.path.relpath(args.out_png, os.path.dirname(os.path.abspath(args.out_md)))
             alt = "output tokens/s against concurrency" if e2e else "tokens/s against batch (steady)"
             lines[header_end:header_end] = [f"![{alt}]({rel})", ""]

@@ -114,6 +114,37 @@ def first_line(e):
     return f"{type(e).__name__}: {text[0] if text else ''}"[:300]
 
 
+def measure_read_ceiling(torch):
+    """Streaming-read bandwidth with PyTorch ops: a sum over a 4 GiB bf16 tensor (reads only)
+    and a copy of 2 GiB (reads and writes; both directions counted); the better one."""
+    t = torch
+    x = t.ones(CEILING_TENSOR_BYTES // BF16_BYTES, dtype=t.bfloat16, device="cuda")
+    half = x.numel() // 2
+    src, dst = x[:half], x[half:]
+
+    def bandwidth(fn, nbytes, reps=10):
+        for _ in range(3):
+            fn()
+        t.cuda.synchronize()
+        times = []
+        for _ in range(reps):
+            start, stop = t.cuda.Event(enable_timing=True), t.cuda.Event(enable_timing=True)
+            start.record()
+            fn()
+            stop.record()
+            stop.synchronize()
+            times.append(start.elapsed_time(stop) * 1e-3)
+        return nbytes / statistics.median(times)
+
+    read = bandwidth(lambda: x.sum(dtype=t.float32), CEILING_TENSOR_BYTES)
+    copy = bandwidth(lambda: dst.copy_(src), CEILING_TENSOR_BYTES)
+    del x, src, dst
+    t.cuda.empty_cache()
+    if read >= copy:
+        return read, f"torch sum over 4 GiB bf16 (copy 2 GiB: {copy / 1e9:.0f} GB/s)"
+    return copy, f"torch copy_ of 2 GiB, read + write counted (sum over 4 GiB: {read / 1e9:.0f} GB/s)"
+
+
 class Peer:
     """Builds each model once and measures its points; everything touching torch is here."""
 
@@ -145,34 +176,7 @@ class Peer:
         }
 
     def measure_ceiling(self):
-        """Streaming-read bandwidth with PyTorch ops: a sum over a 4 GiB bf16 tensor (reads only)
-        and a copy of 2 GiB (reads and writes; both directions counted); the better one."""
-        t = self.torch
-        x = t.ones(CEILING_TENSOR_BYTES // BF16_BYTES, dtype=t.bfloat16, device="cuda")
-        half = x.numel() // 2
-        src, dst = x[:half], x[half:]
-
-        def bandwidth(fn, nbytes, reps=10):
-            for _ in range(3):
-                fn()
-            t.cuda.synchronize()
-            times = []
-            for _ in range(reps):
-                start, stop = t.cuda.Event(enable_timing=True), t.cuda.Event(enable_timing=True)
-                start.record()
-                fn()
-                stop.record()
-                stop.synchronize()
-                times.append(start.elapsed_time(stop) * 1e-3)
-            return nbytes / statistics.median(times)
-
-        read = bandwidth(lambda: x.sum(dtype=t.float32), CEILING_TENSOR_BYTES)
-        copy = bandwidth(lambda: dst.copy_(src), CEILING_TENSOR_BYTES)
-        del x, src, dst
-        t.cuda.empty_cache()
-        if read >= copy:
-            return read, f"torch sum over 4 GiB bf16 (copy 2 GiB: {copy / 1e9:.0f} GB/s)"
-        return copy, f"torch copy_ of 2 GiB, read + write counted (sum over 4 GiB: {read / 1e9:.0f} GB/s)"
+        return measure_read_ceiling(self.torch)
 
     def build(self, name):
         t, tf = self.torch, self.transformers
