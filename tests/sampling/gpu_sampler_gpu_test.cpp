@@ -330,7 +330,7 @@ TEST(GpuSamplerGpuTest, MatchesCpuReferenceLlama3Vocab) {
   check_mixed_batch(128256, 64, 2);
 }
 
-// Fewer scratch rows than adjusted rows (penalties or logit_bias: 36 of 64 here): the call
+// Fewer scratch rows than adjusted rows (penalties or logit_bias: 33 of 64 here): the call
 // runs in waves that reuse the pool, with the same results as one launch.
 TEST(GpuSamplerGpuTest, ScratchPoolSmallerThanTheBatchRunsInWaves) {
   L2KV_SKIP_WITHOUT_GPU();
