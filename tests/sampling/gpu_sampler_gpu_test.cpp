@@ -354,6 +354,34 @@ TEST(GpuSamplerGpuTest, ScratchPoolSmallerThanTheBatchRunsInWaves) {
   }
 }
 
+// The sampler's device memory no longer grows with max rows x vocab (it took 8 bytes x 4096 x
+// 128256 = 4.2 GB at --max-num-seqs 4096): the scratch pool is one row per SM, and the memory
+// it takes from the device (what the KV cache sizing then sees as used) is what it reports.
+TEST(GpuSamplerGpuTest, DeviceMemoryIsBoundedByThePoolNotTheRows) {
+  L2KV_SKIP_WITHOUT_GPU();
+  constexpr int64_t kVocab = 128256;
+  constexpr int32_t kMaxRows = 4096;
+  int device = 0;
+  L2KV_CUDA_CHECK(cudaGetDevice(&device));
+  const int32_t pool = GpuSampler::default_scratch_rows(kMaxRows, device);
+  int sms = 0;
+  L2KV_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  EXPECT_EQ(pool, sms);
+  EXPECT_EQ(GpuSampler::default_scratch_rows(8, device), 8);
+  size_t free_before = 0, free_after = 0, total = 0;
+  L2KV_CUDA_CHECK(cudaDeviceSynchronize());
+  L2KV_CUDA_CHECK(cudaMemGetInfo(&free_before, &total));
+  GpuSampler sampler(kVocab, kMaxRows, int64_t{1} << 20, pool);
+  L2KV_CUDA_CHECK(cudaMemGetInfo(&free_after, &total));
+  const int64_t taken = static_cast<int64_t>(free_before) - static_cast<int64_t>(free_after);
+  std::printf("GpuSampler at %d rows, vocab %lld, %d scratch rows: reports %.1f MB, took %.1f MB\n",
+              kMaxRows, static_cast<long long>(kVocab), pool, sampler.device_bytes() / 1e6,
+              taken / 1e6);
+  EXPECT_LT(sampler.device_bytes(), int64_t{200} << 20);
+  EXPECT_GE(taken, sampler.device_bytes() - (int64_t{4} << 20));   // allocated up front
+  EXPECT_LE(taken, sampler.device_bytes() + (int64_t{16} << 20));  // allocation granularity
+}
+
 // logit_bias of +100 makes greedy pick the token, -100 bans the best one; with and without
 // penalties and temperature; the same tokens as the CPU sampler.
 TEST(GpuSamplerGpuTest, LogitBiasPlus100PicksAndMinus100Bans) {
