@@ -157,6 +157,20 @@ std::vector<Request> mixed_requests(int32_t n, int64_t vocab, uint64_t seed) {
     for (int i = 0; i < 40; ++i) q.output.push_back(i % 2 == 0 ? best[top(rng)] : any(rng));
     q.output.push_back(best[1]);
     q.output.push_back(best[1]);
+    // logit_bias on every third row: a ban of the best token, a boost of a middling one, and
+    // biases on tokens of the prompt and the output, so that bias and penalties meet.
+    if (r % 3 == 2) {
+      p.logit_bias = {{best[0], -100.f},
+                      {best[7], 2.5f},
+                      {q.output[0], 1.25f},
+                      {q.prompt[3], -0.75f},
+                      {best[49], 100.f * (r % 2)}};
+      std::sort(p.logit_bias.begin(), p.logit_bias.end());
+      p.logit_bias.erase(
+          std::unique(p.logit_bias.begin(), p.logit_bias.end(),
+                      [](const auto& a, const auto& b) { return a.first == b.first; }),
+          p.logit_bias.end());
+    }
   }
   return requests;
 }
@@ -267,12 +281,14 @@ Agreement compare_with_cpu(const std::vector<Request>& requests,
   return a;
 }
 
-void check_mixed_batch(int64_t vocab, int32_t rows_count, uint64_t seed) {
+// `scratch_rows` below the batch's adjusted rows makes the call run in several waves.
+void check_mixed_batch(int64_t vocab, int32_t rows_count, uint64_t seed,
+                       int32_t scratch_rows = 64) {
   const std::vector<Request> requests = mixed_requests(rows_count, vocab, seed);
   const std::vector<SamplingRow> rows = rows_of(requests);
   const DeviceFloats logits(logits_of(requests));
   Stream stream;
-  GpuSampler sampler(vocab, 64, history_of(requests));
+  GpuSampler sampler(vocab, 64, history_of(requests), scratch_rows);
   sampler.set_record_masks(true);
   sampler.sample(logits.get(), rows, stream.get());
   const std::vector<SampledToken> gpu = sampler.results(stream.get());
@@ -314,6 +330,103 @@ TEST(GpuSamplerGpuTest, MatchesCpuReferenceLlama3Vocab) {
   check_mixed_batch(128256, 64, 2);
 }
 
+// Fewer scratch rows than adjusted rows (penalties or logit_bias: 33 of 64 here): the call
+// runs in waves that reuse the pool, with the same results as one launch.
+TEST(GpuSamplerGpuTest, ScratchPoolSmallerThanTheBatchRunsInWaves) {
+  L2KV_SKIP_WITHOUT_GPU();
+  check_mixed_batch(128256, 64, 7, 5);
+  const int64_t vocab = 32000;
+  const std::vector<Request> requests = mixed_requests(64, vocab, 8);
+  const DeviceFloats logits(logits_of(requests));
+  Stream stream;
+  GpuSampler pooled(vocab, 64, history_of(requests), 5);
+  GpuSampler full(vocab, 64, history_of(requests), 64);
+  EXPECT_LT(pooled.device_bytes(), full.device_bytes());
+  pooled.sample(logits.get(), rows_of(requests), stream.get());
+  const std::vector<SampledToken> a = pooled.results(stream.get());
+  EXPECT_GT(pooled.last_launches(), 5);
+  full.sample(logits.get(), rows_of(requests), stream.get());
+  const std::vector<SampledToken> b = full.results(stream.get());
+  EXPECT_EQ(full.last_launches(), 1);
+  for (size_t r = 0; r < requests.size(); ++r) {
+    EXPECT_EQ(a[r].token, b[r].token) << "row " << r;
+    EXPECT_EQ(a[r].logprob, b[r].logprob) << "row " << r;
+  }
+}
+
+// The sampler's device memory no longer grows with max rows x vocab (it took 8 bytes x 4096 x
+// 128256 = 4.2 GB at --max-num-seqs 4096): the scratch pool is one row per SM, and the memory
+// it takes from the device (what the KV cache sizing then sees as used) is what it reports.
+TEST(GpuSamplerGpuTest, DeviceMemoryIsBoundedByThePoolNotTheRows) {
+  L2KV_SKIP_WITHOUT_GPU();
+  constexpr int64_t kVocab = 128256;
+  constexpr int32_t kMaxRows = 4096;
+  int device = 0;
+  L2KV_CUDA_CHECK(cudaGetDevice(&device));
+  const int32_t pool = GpuSampler::default_scratch_rows(kMaxRows, device);
+  int sms = 0;
+  L2KV_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  EXPECT_EQ(pool, sms);
+  EXPECT_EQ(GpuSampler::default_scratch_rows(8, device), 8);
+  size_t free_before = 0, free_after = 0, total = 0;
+  L2KV_CUDA_CHECK(cudaDeviceSynchronize());
+  L2KV_CUDA_CHECK(cudaMemGetInfo(&free_before, &total));
+  GpuSampler sampler(kVocab, kMaxRows, int64_t{1} << 20, pool);
+  L2KV_CUDA_CHECK(cudaMemGetInfo(&free_after, &total));
+  const int64_t taken = static_cast<int64_t>(free_before) - static_cast<int64_t>(free_after);
+  std::printf("GpuSampler at %d rows, vocab %lld, %d scratch rows: reports %.1f MB, took %.1f MB\n",
+              kMaxRows, static_cast<long long>(kVocab), pool, sampler.device_bytes() / 1e6,
+              taken / 1e6);
+  EXPECT_LT(sampler.device_bytes(), int64_t{200} << 20);
+  EXPECT_GE(taken, sampler.device_bytes() - (int64_t{4} << 20));   // allocated up front
+  EXPECT_LE(taken, sampler.device_bytes() + (int64_t{16} << 20));  // allocation granularity
+}
+
+// logit_bias of +100 makes greedy pick the token, -100 bans the best one; with and without
+// penalties and temperature; the same tokens as the CPU sampler.
+TEST(GpuSamplerGpuTest, LogitBiasPlus100PicksAndMinus100Bans) {
+  L2KV_SKIP_WITHOUT_GPU();
+  constexpr int64_t kVocab = 128256;
+  constexpr int32_t kRows = 8;
+  std::mt19937_64 rng(9);
+  std::normal_distribution<float> normal(0.f, 3.f);
+  std::vector<float> logits(static_cast<size_t>(kRows) * kVocab);
+  for (float& v : logits) v = normal(rng);
+  std::vector<SamplingParams> params(kRows);
+  std::vector<int32_t> target(kRows), best(kRows);
+  const std::vector<int32_t> history = {11, 12, 12, 4000};
+  std::vector<SamplingRow> rows(kRows);
+  for (int32_t r = 0; r < kRows; ++r) {
+    const float* row = logits.data() + static_cast<size_t>(r) * kVocab;
+    best[r] = static_cast<int32_t>(std::max_element(row, row + kVocab) - row);
+    target[r] = static_cast<int32_t>((rng() % (kVocab - 1) + 1 + best[r]) % kVocab);
+    SamplingParams& p = params[r];
+    p.temperature = r % 2 == 0 ? 0.f : 0.5f;
+    if (r % 4 >= 2) p.repetition_penalty = 1.3f, p.presence_penalty = 0.5f;
+    if (r < 4) {
+      p.logit_bias = {{target[r], 100.f}};
+    } else {
+      p.logit_bias = {{best[r], -100.f}};
+    }
+    rows[r].params = &params[r];
+    rows[r].seed = 77 + r;
+    rows[r].output_tokens = history;
+  }
+  const DeviceFloats d_logits(logits);
+  Stream stream;
+  GpuSampler sampler(kVocab, kRows, kRows * static_cast<int64_t>(history.size()), 2);
+  sampler.sample(d_logits.get(), rows, stream.get());
+  const std::vector<SampledToken> gpu = sampler.results(stream.get());
+  const std::vector<SampledToken> cpu = sample_on_cpu(logits, kVocab, rows);
+  for (int32_t r = 0; r < kRows; ++r) {
+    EXPECT_EQ(gpu[r].token, cpu[r].token) << "row " << r;
+    if (r < 4)
+      EXPECT_EQ(gpu[r].token, target[r]) << "row " << r;
+    else
+      EXPECT_NE(gpu[r].token, best[r]) << "row " << r;
+  }
+}
+
 TEST(GpuSamplerGpuTest, MatchesCpuReferenceQwenVocab) {
   L2KV_SKIP_WITHOUT_GPU();
   check_mixed_batch(151936, 64, 3);
@@ -336,7 +449,7 @@ TEST(GpuSamplerGpuTest, FindsTheMaximumAtEveryThreadPosition) {
   const SamplingParams* configs[] = {&greedy, &penalized, &min_p};
   const std::vector<int32_t> history = {3, 5, 5, 7};  // never a planted index below
   Stream stream;
-  GpuSampler sampler(kVocab, kRows, kRows * static_cast<int64_t>(history.size()));
+  GpuSampler sampler(kVocab, kRows, kRows * static_cast<int64_t>(history.size()), kRows);
   std::mt19937_64 rng(6);
   std::normal_distribution<float> normal(0.f, 1.f);
   std::vector<int32_t> failed_positions;
@@ -386,7 +499,7 @@ TEST(GpuSamplerGpuTest, SameSeedGivesSameTokenInAnotherBatchAndPosition) {
     batch_b.push_back(requests[requests.size() - 1 - i]);
   }
   Stream stream;
-  GpuSampler sampler(vocab, 64, history_of(batch_b) + history_of(requests));
+  GpuSampler sampler(vocab, 64, history_of(batch_b) + history_of(requests), 64);
   const DeviceFloats logits_a(logits_of(requests));
   sampler.sample(logits_a.get(), rows_of(requests), stream.get());
   const std::vector<SampledToken> a = sampler.results(stream.get());
@@ -426,7 +539,7 @@ TEST(GpuSamplerGpuTest, TemperatureSamplingFollowsSoftmaxChiSquare) {
     batch_logits.insert(batch_logits.end(), logits.begin(), logits.end());
   const DeviceFloats d_logits(batch_logits);
   Stream stream;
-  GpuSampler sampler(kVocab, kBatch, 0);
+  GpuSampler sampler(kVocab, kBatch, 0, 1);
   std::vector<SamplingRow> rows(kBatch);
   for (SamplingRow& row : rows) {
     row.params = &p;
@@ -457,7 +570,7 @@ TEST(GpuSamplerGpuTest, RejectsInvalidCallsBeforeLaunching) {
   L2KV_SKIP_WITHOUT_GPU();
   const int64_t vocab = 1000;
   Stream stream;
-  GpuSampler sampler(vocab, 2, 4);
+  GpuSampler sampler(vocab, 2, 4, 2);
   const DeviceFloats logits(std::vector<float>(3 * vocab, 0.f));
   SamplingParams p;
   p.repetition_penalty = 1.1f;
@@ -472,8 +585,19 @@ TEST(GpuSamplerGpuTest, RejectsInvalidCallsBeforeLaunching) {
   rows[0].prompt_tokens = out_of_range;
   EXPECT_THROW(sampler.sample(logits.get(), rows, stream.get()), Error);
   rows[0].prompt_tokens = {};
+  SamplingParams biased;
+  biased.logit_bias = {{1000, 1.f}};  // out of the vocabulary
+  rows[0].params = &biased;
+  EXPECT_THROW(sampler.sample(logits.get(), rows, stream.get()), Error);
+  biased.logit_bias = {{3, 1.f}, {3, 2.f}};  // repeated
+  EXPECT_THROW(sampler.sample(logits.get(), rows, stream.get()), Error);
+  biased.logit_bias.assign(kMaxLogitBias + 1, {0, 1.f});
+  EXPECT_THROW(sampler.sample(logits.get(), rows, stream.get()), Error);
+  rows[0].params = &p;
   EXPECT_THROW(sampler.last_masks(stream.get()), Error);  // nothing recorded
-  EXPECT_THROW(GpuSampler(0, 1, 0), Error);
+  EXPECT_THROW(GpuSampler(0, 1, 0, 1), Error);
+  EXPECT_THROW(GpuSampler(vocab, 2, 0, 3), Error);  // more scratch rows than rows
+  EXPECT_THROW(GpuSampler(vocab, 2, 0, 0), Error);
   // A valid call still works after the rejected ones.
   sampler.sample(logits.get(), rows, stream.get());
   EXPECT_EQ(sampler.results(stream.get())[0].token >= 0, true);

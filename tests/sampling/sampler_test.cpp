@@ -132,6 +132,10 @@ TEST(SamplingParamsTest, DefaultsAndBoundaryValuesAreValid) {
   p.logprobs = kMaxLogprobs;
   p.stop_token_ids = {0, 999};
   p.stop = {"\n\n"};
+  p.logit_bias = {{0, -100.f}, {999, 100.f}, {5, 0.f}};
+  EXPECT_NO_THROW(p.validate(1000));
+  p.logit_bias.clear();
+  for (int32_t t = 0; t < kMaxLogitBias; ++t) p.logit_bias.emplace_back(t, 1.f);
   EXPECT_NO_THROW(p.validate(1000));
 }
 
@@ -173,6 +177,34 @@ TEST(SamplingParamsTest, RejectsEachInvalidValueNamingTheField) {
        [](SamplingParams& p) {
          p.stop = {"end", ""};
        }},
+      {"logit_bias",
+       [](SamplingParams& p) {
+         p.logit_bias = {{1000, 1.f}};
+       }},
+      {"logit_bias",
+       [](SamplingParams& p) {
+         p.logit_bias = {{-1, 1.f}};
+       }},
+      {"logit_bias",
+       [](SamplingParams& p) {
+         p.logit_bias = {{3, 100.5f}};
+       }},
+      {"logit_bias",
+       [](SamplingParams& p) {
+         p.logit_bias = {{3, -101.f}};
+       }},
+      {"logit_bias",
+       [&](SamplingParams& p) {
+         p.logit_bias = {{3, nan}};
+       }},
+      {"logit_bias",
+       [](SamplingParams& p) {
+         p.logit_bias = {{3, 1.f}, {4, 1.f}, {3, 2.f}};
+       }},
+      {"logit_bias",
+       [](SamplingParams& p) {
+         for (int32_t t = 0; t <= kMaxLogitBias; ++t) p.logit_bias.emplace_back(t, 1.f);
+       }},
   };
   for (const Case& c : cases) {
     SamplingParams p;
@@ -184,6 +216,32 @@ TEST(SamplingParamsTest, RejectsEachInvalidValueNamingTheField) {
       EXPECT_NE(std::string(e.what()).find(c.field), std::string::npos)
           << "message does not name " << c.field << ": " << e.what();
     }
+  }
+}
+
+// vLLM's rule: a temperature below 1e-5 is greedy, so 1e-38 never divides logits into
+// infinities; 1e-5 itself samples.
+TEST(SamplingParamsTest, TinyTemperaturesAreGreedy) {
+  SamplingParams p;
+  for (float t : {0.f, 1e-38f, 1e-20f, 9.9e-6f}) {
+    p.temperature = t;
+    EXPECT_TRUE(p.greedy()) << t;
+    EXPECT_NO_THROW(p.validate(1000));
+  }
+  p.temperature = 1e-5f;
+  EXPECT_FALSE(p.greedy());
+  const std::vector<float> logits = random_logits(400, 3, 5.f);
+  const int32_t best =
+      static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+  SamplingParams tiny;
+  tiny.temperature = 1e-38f;
+  tiny.top_p = 0.9f;
+  tiny.min_p = 0.5f;
+  for (uint64_t seed = 1; seed <= 10; ++seed) {
+    const SamplingRow row = make_row(tiny, seed, static_cast<int64_t>(seed));
+    const std::vector<float> x = adjusted_logits_on_cpu(logits, row);
+    for (float v : x) ASSERT_TRUE(std::isfinite(v));
+    EXPECT_EQ(sample_on_cpu(logits, 400, {&row, 1})[0].token, best);
   }
 }
 
@@ -326,6 +384,63 @@ TEST(SamplerCpuTest, PenaltiesChangeExactlyTheSeenLogits) {
   rep_row.output_tokens = output;
   EXPECT_EQ(adjusted_logits_on_cpu(logits, rep_row),
             (std::vector<float>{1.f, -0.5f, 2.f, 1.f, -0.25f, 6.f, 0.f, 1.5f}));
+}
+
+// logit_bias is added to the raw logits before penalties and temperature: +100 makes greedy
+// (and sampling) pick the token, -100 bans it; the bias meets the penalties in that order.
+TEST(SamplerCpuTest, LogitBiasIsAddedBeforePenaltiesAndTemperature) {
+  const int64_t vocab = 2000;
+  for (uint64_t seed = 1; seed <= 10; ++seed) {
+    const std::vector<float> logits = random_logits(vocab, seed, 3.f);
+    const int32_t best =
+        static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+    const int32_t target = static_cast<int32_t>((best + 1 + 97 * seed) % vocab);
+    ASSERT_NE(target, best);
+    for (float temperature : {0.f, 0.7f, 1.5f}) {
+      SamplingParams boost;
+      boost.temperature = temperature;
+      boost.logit_bias = {{target, 100.f}};
+      const SamplingRow row = make_row(boost, seed, 3);
+      const SampledToken out = sample_on_cpu(logits, vocab, {&row, 1})[0];
+      EXPECT_EQ(out.token, target) << "seed " << seed << " temperature " << temperature;
+      SamplingParams ban;
+      ban.temperature = temperature;
+      ban.logit_bias = {{best, -100.f}};
+      const SamplingRow ban_row = make_row(ban, seed, 3);
+      EXPECT_NE(sample_on_cpu(logits, vocab, {&ban_row, 1})[0].token, best);
+      if (temperature == 0.f) {
+        // Greedy with the best banned takes the second best.
+        std::vector<float> without(logits);
+        without[best] = -std::numeric_limits<float>::infinity();
+        EXPECT_EQ(sample_on_cpu(logits, vocab, {&ban_row, 1})[0].token,
+                  std::max_element(without.begin(), without.end()) - without.begin());
+      }
+    }
+  }
+  // Order: bias, then penalties (repetition divides the biased logit), then temperature;
+  // logprobs stay those of the raw logits.
+  const std::vector<float> logits = {1.f, -1.f, 2.f, 0.5f};
+  SamplingParams p;
+  p.temperature = 0.5f;
+  p.repetition_penalty = 2.f;
+  p.presence_penalty = 0.25f;
+  p.logit_bias = {{1, 3.f}, {2, -0.5f}, {3, 0.25f}};
+  p.logprobs = 0;
+  SamplingRow row = make_row(p);
+  const std::vector<int32_t> output = {1, 3};
+  row.output_tokens = output;
+  const std::vector<float> expected = {1.f / 0.5f, ((-1.f + 3.f) / 2 - 0.25f) / 0.5f,
+                                       (2.f - 0.5f) / 0.5f, ((0.5f + 0.25f) / 2 - 0.25f) / 0.5f};
+  EXPECT_EQ(adjusted_logits_on_cpu(logits, row), expected);
+  const SampledToken out = sample_on_cpu(logits, 4, {&row, 1})[0];
+  double sum = 0;
+  for (float v : logits) sum += std::exp(static_cast<double>(v) - 2.0);
+  EXPECT_NEAR(out.logprob, logits[out.token] - 2.0 - std::log(sum), 1e-6);
+  // An unvalidated out-of-vocabulary id is an error, not a write past the row.
+  SamplingParams bad;
+  bad.logit_bias = {{4, 1.f}};
+  const SamplingRow bad_row = make_row(bad);
+  EXPECT_THROW(sample_on_cpu(logits, 4, {&bad_row, 1}), Error);
 }
 
 TEST(SamplerCpuTest, SameSeedAndStepGiveTheSameTokenInAnyBatch) {

@@ -87,14 +87,20 @@ TEST(OpenAiProtocol, PromptShapes) {
 TEST(OpenAiProtocol, ChatFields) {
   const ApiRequest r = chat(R"({
     "model": "tiny", "messages": [{"role": "system", "content": "s"},
-                                  {"role": "user", "content": [{"type": "text", "text": "hi"}]}],
-    "tools": [{"type": "function", "function": {"name": "f"}}],
+                                  {"role": "user", "content": [{"type": "text", "text": "hi"}]},
+                                  {"role": "assistant", "content": "a", "tool_calls": [],
+                                   "refusal": null},
+                                  {"role": "developer", "content": "d", "name": "ops"}],
+    "tools": [], "tool_choice": "none", "response_format": {"type": "text"},
+    "user": "u1", "metadata": {"k": "v"}, "store": false, "logit_bias": {"7": 2.5, "3": -100},
     "logprobs": true, "top_logprobs": 2})");
   EXPECT_EQ(r.endpoint, Endpoint::kChatCompletions);
-  ASSERT_EQ(r.messages.size(), 2u);
+  ASSERT_EQ(r.messages.size(), 4u);
   EXPECT_EQ(r.messages[1]["content"], "hi");
-  ASSERT_TRUE(r.tools.is_array());
-  EXPECT_EQ(r.tools.size(), 1u);
+  // What the template sees: role and content (and name), developer as system, nothing else.
+  EXPECT_EQ(r.messages[2], json({{"role", "assistant"}, {"content", "a"}}));
+  EXPECT_EQ(r.messages[3], json({{"role", "system"}, {"content", "d"}, {"name", "ops"}}));
+  EXPECT_EQ(r.params.logit_bias, (std::vector<std::pair<int32_t, float>>{{3, -100.f}, {7, 2.5f}}));
   EXPECT_EQ(r.params.logprobs, 2);
   EXPECT_FALSE(r.max_tokens_given);
   EXPECT_EQ(
@@ -174,6 +180,7 @@ TEST(OpenAiProtocol, InvalidChats) {
       {R"({"messages": [{"role": "user", "content": 5}]})", 400, "messages"},
       {R"({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]})", 400, "messages"},
       {R"({"messages": [{"role": "user", "content": "x"}], "tools": {}})", 400, "tools"},
+      {R"({"messages": [{"role": "wizard", "content": "x"}]})", 400, "messages"},
       {R"({"messages": [{"role": "user", "content": "x"}], "top_logprobs": 2})", 400,
        "top_logprobs"},
       {R"({"messages": [{"role": "user", "content": "x"}], "logprobs": 2})", 400, "logprobs"},
@@ -186,6 +193,178 @@ TEST(OpenAiProtocol, InvalidChats) {
     EXPECT_EQ(e.status, c.status) << c.body;
     EXPECT_EQ(e.param, c.param) << c.body;
   }
+}
+
+// Item by item: every field l2kv does not implement is a 400 naming it, unless its value is
+// what l2kv does anyway; unknown names (typos) too; hints are accepted.
+TEST(OpenAiProtocol, RefusesFieldsItDoesNotImplement) {
+  const std::string msgs = R"("messages": [{"role": "user", "content": "x"}])";
+  const std::vector<std::pair<std::string, std::string>> chat_refused = {
+      {R"("response_format": {"type": "json_object"})", "response_format"},
+      {R"("response_format": {"type": "json_schema", "json_schema": {"name": "a"}})",
+       "response_format"},
+      {R"("tools": [{"type": "function", "function": {"name": "f"}}])", "tools"},
+      {R"("tools": {})", "tools"},
+      {R"("tool_choice": "auto")", "tool_choice"},
+      {R"("tool_choice": {"type": "function", "function": {"name": "f"}})", "tool_choice"},
+      {R"("parallel_tool_calls": true)", "parallel_tool_calls"},
+      {R"("functions": [{"name": "f"}])", "functions"},
+      {R"("function_call": "auto")", "function_call"},
+      {R"("modalities": ["text", "audio"])", "modalities"},
+      {R"("audio": {"voice": "alloy", "format": "wav"})", "audio"},
+      {R"("prediction": {"type": "content", "content": "x"})", "prediction"},
+      {R"("reasoning_effort": "low")", "reasoning_effort"},
+      {R"("verbosity": "low")", "verbosity"},
+      {R"("web_search_options": {})", "web_search_options"},
+      {R"("service_tier": "flex")", "service_tier"},
+      {R"("use_beam_search": true)", "use_beam_search"},
+      {R"("length_penalty": 0.5)", "length_penalty"},
+      {R"("include_stop_str_in_output": true)", "include_stop_str_in_output"},
+      {R"("spaces_between_special_tokens": false)", "spaces_between_special_tokens"},
+      {R"("truncate_prompt_tokens": 10)", "truncate_prompt_tokens"},
+      {R"("prompt_logprobs": 1)", "prompt_logprobs"},
+      {R"("allowed_token_ids": [1, 2])", "allowed_token_ids"},
+      {R"("bad_words": ["x"])", "bad_words"},
+      {R"("add_special_tokens": true)", "add_special_tokens"},
+      {R"("add_generation_prompt": false)", "add_generation_prompt"},
+      {R"("continue_final_message": true)", "continue_final_message"},
+      {R"("echo": true)", "echo"},
+      {R"("documents": [{"text": "d"}])", "documents"},
+      {R"("chat_template": "{{ x }}")", "chat_template"},
+      {R"("chat_template_kwargs": {"enable_thinking": false})", "chat_template_kwargs"},
+      {R"("mm_processor_kwargs": {})", "mm_processor_kwargs"},
+      {R"("guided_json": {"type": "object"})", "guided_json"},
+      {R"("guided_regex": "a+")", "guided_regex"},
+      {R"("guided_choice": ["a"])", "guided_choice"},
+      {R"("guided_grammar": "root ::= x")", "guided_grammar"},
+      {R"("guided_decoding_backend": "xgrammar")", "guided_decoding_backend"},
+      {R"("guided_whitespace_pattern": " ")", "guided_whitespace_pattern"},
+      {R"("structural_tag": "{}")", "structural_tag"},
+      {R"("structured_outputs": {"regex": "a"})", "structured_outputs"},
+      {R"("priority": 5)", "priority"},
+      {R"("request_id": "r1")", "request_id"},
+      {R"("logits_processors": ["x"])", "logits_processors"},
+      {R"("return_tokens_as_token_ids": true)", "return_tokens_as_token_ids"},
+      {R"("return_token_ids": true)", "return_token_ids"},
+      {R"("cache_salt": "s")", "cache_salt"},
+      {R"("kv_transfer_params": {})", "kv_transfer_params"},
+      {R"("vllm_xargs": {})", "vllm_xargs"},
+      {R"("temprature": 0.5)", "temprature"},  // a typo
+      {R"("prompt": "x")", "prompt"},          // the other endpoint's field
+      {R"("best_of": 2)", "best_of"},
+      {R"("suffix": "x")", "suffix"},
+      {R"("stream": true, "stream_options": {"continuous_usage_stats": true})", "stream_options"},
+  };
+  for (const auto& [fields, param] : chat_refused) {
+    const std::string body = "{" + msgs + ", " + fields + "}";
+    const ApiError e = error_of([&] { chat(body); });
+    EXPECT_EQ(e.status, 400) << body;
+    EXPECT_EQ(e.param, param) << body;
+    EXPECT_NE(e.message.find(param), std::string::npos) << body << ": " << e.message;
+  }
+  const std::vector<std::pair<std::string, std::string>> completion_refused = {
+      {R"("response_format": {"type": "json_object"})", "response_format"},
+      {R"("suffix": "x")", "suffix"},
+      {R"("best_of": 3)", "best_of"},
+      {R"("messages": [])", "messages"},
+      {R"("tools": [])", "tools"},
+      {R"("top_logprobs": 2)", "top_logprobs"},
+      {R"("metadata": {})", "metadata"},
+      {R"("guided_regex": "a+")", "guided_regex"},
+      {R"("max_token": 5)", "max_token"},
+  };
+  for (const auto& [fields, param] : completion_refused) {
+    const std::string body = R"({"prompt": "x", )" + fields + "}";
+    const ApiError e = error_of([&] { completion(body); });
+    EXPECT_EQ(e.status, 400) << body;
+    EXPECT_EQ(e.param, param) << body;
+  }
+  // Hints, nulls and the values l2kv honours anyway are accepted.
+  EXPECT_NO_THROW(chat("{" + msgs + R"(, "user": "u", "metadata": {"a": "b"}, "store": true,
+      "safety_identifier": "s", "prompt_cache_key": "k", "service_tier": "auto",
+      "modalities": ["text"], "use_beam_search": false, "length_penalty": 1.0,
+      "include_stop_str_in_output": false, "add_generation_prompt": true, "echo": false,
+      "priority": 0, "guided_json": null, "tools": null})"));
+  // A null of an unknown field is still an unknown field.
+  EXPECT_EQ(error_of([&] { chat("{" + msgs + R"(, "temprature": null})"); }).param, "temprature");
+}
+
+TEST(OpenAiProtocol, RefusesUnknownRolesAndToolMessages) {
+  const std::vector<std::string> bad = {
+      R"({"role": "wizard", "content": "x"})",
+      R"({"role": "tool", "content": "42", "tool_call_id": "c1"})",
+      R"({"role": "function", "content": "42", "name": "f"})",
+      R"({"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function",
+          "function": {"name": "f", "arguments": "{}"}}]})",
+      R"({"role": "user", "content": "x", "audio": {"id": "a"}})",
+      R"({"role": "user", "content": "x", "name": 5})",
+      R"({"role": "user", "content": [{"type": 5, "text": "x"}]})",
+  };
+  for (const std::string& m : bad) {
+    const std::string body = R"({"messages": [{"role": "user", "content": "hi"}, )" + m + "]}";
+    const ApiError e = error_of([&] { chat(body); });
+    EXPECT_EQ(e.status, 400) << body;
+    EXPECT_EQ(e.param, "messages") << body;
+    EXPECT_NE(e.message.find("messages[1]"), std::string::npos) << e.message;
+  }
+  EXPECT_NE(error_of([] {
+              chat(R"({"messages": [{"role": "wizard", "content": "x"}]})");
+            }).message.find("wizard"),
+            std::string::npos);
+}
+
+TEST(OpenAiProtocol, LogitBias) {
+  const ApiRequest r =
+      completion(R"({"prompt": "x", "logit_bias": {"99": 100, "0": -100, "42": 0.5}})");
+  EXPECT_EQ(r.params.logit_bias,
+            (std::vector<std::pair<int32_t, float>>{{0, -100.f}, {42, 0.5f}, {99, 100.f}}));
+  EXPECT_TRUE(completion(R"({"prompt": "x", "logit_bias": {}})").params.logit_bias.empty());
+  EXPECT_TRUE(completion(R"({"prompt": "x", "logit_bias": null})").params.logit_bias.empty());
+  std::string many = R"({"prompt": "x", "logit_bias": {)";
+  for (int i = 0; i <= kMaxLogitBias; ++i)
+    many += (i ? ", \"" : "\"") + std::to_string(i) + "\": 1";
+  many += "}}";
+  const std::vector<std::string> bad = {
+      R"({"prompt": "x", "logit_bias": {"100": 1}})",  // vocab is 100
+      R"({"prompt": "x", "logit_bias": {"-1": 1}})",
+      R"({"prompt": "x", "logit_bias": {"abc": 1}})",
+      R"({"prompt": "x", "logit_bias": {"1.5": 1}})",
+      R"({"prompt": "x", "logit_bias": {"": 1}})",
+      R"({"prompt": "x", "logit_bias": {"99999999999999999999": 1}})",
+      R"({"prompt": "x", "logit_bias": {"5": 100.5}})",
+      R"({"prompt": "x", "logit_bias": {"5": -101}})",
+      R"({"prompt": "x", "logit_bias": {"5": 1e300}})",
+      R"({"prompt": "x", "logit_bias": {"5": "high"}})",
+      R"({"prompt": "x", "logit_bias": {"5": 1, "05": 2}})",
+      R"({"prompt": "x", "logit_bias": [5, 1]})",
+      many,
+  };
+  for (const std::string& body : bad) {
+    const ApiError e = error_of([&] { completion(body); });
+    EXPECT_EQ(e.status, 400) << body;
+    EXPECT_EQ(e.param, "logit_bias") << body << ": " << e.message;
+  }
+}
+
+// A number that overflows a double is a 400 (it was a 500 from the JSON library's
+// out_of_range); tiny temperatures parse and are greedy.
+TEST(OpenAiProtocol, NumbersOutOfRange) {
+  for (const char* body :
+       {R"({"prompt": "x", "temperature": 1e400})", R"({"prompt": "x", "max_tokens": -1e400})",
+        R"({"prompt": "x", "user": {"deep": [1, 2, 1e999]}})", R"({"prompt": )", ""}) {
+    const ApiError e = error_of([&] { parse_request_body(body); });
+    EXPECT_EQ(e.status, 400) << body;
+    EXPECT_EQ(e.type, "invalid_request_error") << body;
+  }
+  EXPECT_NE(error_of([] { parse_request_body(R"({"temperature": 1e400})"); }).message.find("range"),
+            std::string::npos);
+  EXPECT_TRUE(parse_request_body(R"({"a": 1e-400})")["a"] == 0.0);
+  EXPECT_TRUE(completion(R"({"prompt": "x", "temperature": 1e-38})").params.greedy());
+  EXPECT_TRUE(completion(R"({"prompt": "x", "temperature": 1e-400})").params.greedy());
+  EXPECT_FALSE(completion(R"({"prompt": "x", "temperature": 1e-5})").params.greedy());
+  const ApiError e = error_of([] { completion(R"({"prompt": "x", "temperature": 1e300})"); });
+  EXPECT_EQ(e.status, 400);
+  EXPECT_EQ(e.param, "temperature");
 }
 
 TEST(OpenAiProtocol, MaxModelLen) {

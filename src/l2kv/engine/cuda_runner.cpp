@@ -51,7 +51,9 @@ KvCacheSizing CudaRunner::prepare(int32_t block_size, int32_t max_batched_tokens
   model_->allocate_workspace({max_batched_tokens, max_seqs, max_model_len, 0});
   // Penalties need the rows' histories; bound them by what one step can hold.
   const int64_t history = std::min<int64_t>(int64_t{max_seqs} * max_model_len, int64_t{1} << 24);
-  sampler_ = std::make_unique<GpuSampler>(config().vocab_size, max_seqs, history);
+  // Allocated before the free memory is read, so the KV cache is sized without it.
+  sampler_ = std::make_unique<GpuSampler>(config().vocab_size, max_seqs, history,
+                                          GpuSampler::default_scratch_rows(max_seqs, device_));
   size_t free_bytes = 0, total_bytes = 0;
   L2KV_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
   const double allowed = memory_utilization * static_cast<double>(total_bytes);

@@ -1,12 +1,14 @@
-// GpuSampler: one thread block per row. Rows without penalties read their logits in place
-// (x = raw / temperature, recomputed per pass: a division is cheaper than a scratch round
-// trip); penalized rows first write their adjusted logits to a device scratch row (a 152K vocab
-// does not fit in shared memory). Top-k and top-p thresholds are found exactly by a radix
-// search over order-preserving uint32 keys (four 8-bit passes), so the kept set equals
-// sample_on_cpu's; the draw is an exponential race. Passes over the vocab per row: greedy 1;
+// GpuSampler: one thread block per row. Rows without penalties or logit_bias read their logits in
+// place (x = raw / temperature, recomputed per pass: a division is cheaper than a scratch round
+// trip); adjusted rows (penalties or logit_bias) first write their adjusted logits to a device
+// scratch row (a 152K vocab does not fit in shared memory). Scratch rows are a bounded pool, not
+// one per row: a call with more adjusted rows than the pool holds is launched in waves on the same
+// stream, each wave reusing the pool after the previous one. Top-k and top-p thresholds are found
+// exactly by a radix search over order-preserving uint32 keys (four 8-bit passes), so the kept set
+// equals sample_on_cpu's; the draw is an exponential race. Passes over the vocab per row: greedy 1;
 // temperature only 1 (the race); + 1 for the max when min-p or top-p needs it; top-k + 4;
-// top-p + 5; penalties + 2 (the scratch copy); logprobs + 2 + N (max, sum, N rounds of top-N).
-// The arithmetic follows sampler.h's "exact arithmetic" note step for step (explicitly
+// top-p + 5; penalties or bias + 2 (the scratch copy); logprobs + 2 + N (max, sum, N rounds of
+// top-N). The arithmetic follows sampler.h's "exact arithmetic" note step for step (explicitly
 // rounded intrinsics, so no fused multiply-add can make the two sides differ).
 #include <cuda_runtime.h>
 
@@ -35,12 +37,21 @@ constexpr int32_t kNoToken = std::numeric_limits<int32_t>::max();
 constexpr int32_t kPromptFlag = 1 << 30;
 constexpr int32_t kCountMask = kPromptFlag - 1;
 
+// One logit_bias entry as uploaded.
+struct BiasEntry {
+  int32_t token;
+  float bias;
+};
+
 // One row's parameters as uploaded (packed on the host, read once per block).
 struct RowParams {
   uint64_t seed;
   int64_t step;
   double log_min_p;        // log(min_p); used only when use_min_p
   int64_t history_offset;  // prompt tokens then output tokens, into the history array
+  int64_t bias_offset;     // into the bias array
+  int32_t bias_count;
+  int32_t scratch_slot;  // the row's scratch and count rows; -1: not adjusted
   int32_t prompt_count;
   int32_t output_count;
   float temperature;
@@ -55,7 +66,8 @@ struct RowParams {
   uint8_t use_min_p;
   uint8_t penalized;
 };
-static_assert(sizeof(RowParams) % 8 == 0, "the history array follows the rows, 8-aligned");
+static_assert(sizeof(RowParams) % 8 == 0 && sizeof(BiasEntry) == 8,
+              "the bias entries follow the rows and the history the entries, 8-aligned");
 
 // What sample() reads back for one row's logprobs (ids of the top ones stored as int32).
 struct LogprobRecord {
@@ -67,10 +79,12 @@ struct LogprobRecord {
 struct KernelArgs {
   const float* logits;  // [rows, vocab]
   int64_t vocab;
+  int32_t first_row;  // this launch (wave) samples rows first_row + blockIdx.x
   const RowParams* rows;
+  const BiasEntry* biases;
   const int32_t* history;
-  float* scratch;          // [max_rows, vocab]: adjusted logits of penalized rows
-  int32_t* counts;         // [max_rows, vocab]: zero between calls
+  float* scratch;          // [scratch_rows, vocab]: adjusted logits of adjusted rows
+  int32_t* counts;         // [scratch_rows, vocab]: zero between calls
   int32_t* tokens;         // [max_rows]
   LogprobRecord* records;  // [max_rows]
   uint8_t* masks;          // [max_rows, vocab] or null
@@ -263,7 +277,7 @@ __device__ __forceinline__ float penalized(float r, int32_t h, const RowParams& 
   return z;
 }
 
-// The adjusted logit x_i of a row (steps 1 and 3): from the scratch row for penalized rows,
+// The adjusted logit x_i of a row (steps 0-3): from the scratch row for adjusted rows,
 // else computed from the raw logit on the fly with the same fp32 division.
 struct AdjustedLogits {
   const float* raw;
@@ -294,20 +308,20 @@ __device__ void argmax_pass(const Logits& x, int64_t vocab, double& max_score, i
 
 __global__ void __launch_bounds__(kThreads, 1) sample_kernel(const KernelArgs a) {
   __shared__ SharedState sh;
-  const int row = blockIdx.x;
+  const int row = a.first_row + static_cast<int>(blockIdx.x);
   const RowParams p = a.rows[row];
   const int64_t vocab = a.vocab;
   const float* raw = a.logits + static_cast<int64_t>(row) * vocab;
   constexpr double kInf = std::numeric_limits<double>::infinity();
 
-  // Steps 1 and 3 for penalized rows: scaled copy, then the penalized tokens rewritten from
-  // their raw logits. Other rows never touch the scratch.
+  // Steps 0, 1 and 3 for adjusted rows: scaled copy, then the biased and penalized tokens
+  // rewritten from their raw logits. Other rows never touch the scratch.
   AdjustedLogits x{raw, nullptr, p.temperature, p.greedy != 0};
-  if (p.penalized) {
-    float* scratch = a.scratch + static_cast<int64_t>(row) * vocab;
+  if (p.scratch_slot >= 0) {
+    float* scratch = a.scratch + static_cast<int64_t>(p.scratch_slot) * vocab;
     for (int64_t i = threadIdx.x; i < vocab; i += kThreads)
       scratch[i] = p.greedy ? raw[i] : __fdiv_rn(raw[i], p.temperature);
-    int32_t* counts = a.counts + static_cast<int64_t>(row) * vocab;
+    int32_t* counts = a.counts + static_cast<int64_t>(p.scratch_slot) * vocab;
     const int32_t* history = a.history + p.history_offset;
     const int32_t history_count = p.prompt_count + p.output_count;
     for (int32_t j = threadIdx.x; j < history_count; j += kThreads) {
@@ -317,6 +331,17 @@ __global__ void __launch_bounds__(kThreads, 1) sample_kernel(const KernelArgs a)
         atomicAdd(&counts[history[j]], 1);
     }
     __syncthreads();  // counts complete, and the scaled copy visible to the block
+    // Biased tokens (distinct) first: bias, then the penalties if seen. Each claims and zeroes
+    // its count, so the history pass below skips it.
+    const BiasEntry* biases = a.biases + p.bias_offset;
+    for (int32_t j = threadIdx.x; j < p.bias_count; j += kThreads) {
+      const int32_t t = biases[j].token;
+      const int32_t h = atomicExch(&counts[t], 0);
+      float z = __fadd_rn(raw[t], biases[j].bias);
+      if (h != 0) z = penalized(z, h, p);
+      scratch[t] = p.greedy ? z : __fdiv_rn(z, p.temperature);
+    }
+    __syncthreads();
     // Exactly one thread claims each distinct token, and leaves its count zero for next time.
     for (int32_t j = threadIdx.x; j < history_count; j += kThreads) {
       const int32_t t = history[j];
@@ -436,8 +461,11 @@ size_t align_up(size_t n, size_t alignment) {
 struct GpuSampler::Buffers {
   int64_t vocab = 0;
   int32_t max_rows = 0;
+  int32_t scratch_rows = 0;
   int64_t max_history = 0;
   size_t staging_bytes = 0;
+  std::vector<int32_t> wave_starts;  // the last call's launches: first row of each, then n
+  std::vector<int32_t> bias_tokens;  // validation scratch
 
   float* scratch = nullptr;
   int32_t* counts = nullptr;
@@ -480,19 +508,30 @@ struct GpuSampler::Buffers {
   }
 };
 
-GpuSampler::GpuSampler(int64_t vocab, int32_t max_rows, int64_t max_history_tokens) {
+int32_t GpuSampler::default_scratch_rows(int32_t max_rows, int device) {
+  int sms = 0;
+  L2KV_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  return std::max(1, std::min(max_rows, sms));
+}
+
+GpuSampler::GpuSampler(int64_t vocab, int32_t max_rows, int64_t max_history_tokens,
+                       int32_t scratch_rows) {
   if (vocab < 1 || vocab > std::numeric_limits<int32_t>::max() || max_rows < 1 ||
-      max_history_tokens < 0)
+      max_history_tokens < 0 || scratch_rows < 1 || scratch_rows > max_rows)
     throw Error("GpuSampler: invalid sizes (vocab " + std::to_string(vocab) + ", max_rows " +
                 std::to_string(max_rows) + ", max_history_tokens " +
-                std::to_string(max_history_tokens) + ")");
+                std::to_string(max_history_tokens) + ", scratch_rows " +
+                std::to_string(scratch_rows) + ")");
   b_ = new Buffers;
   Buffers& b = *b_;
   b.vocab = vocab;
   b.max_rows = max_rows;
+  b.scratch_rows = scratch_rows;
   b.max_history = max_history_tokens;
-  b.staging_bytes = sizeof(RowParams) * max_rows + sizeof(int32_t) * max_history_tokens;
-  const size_t row_elems = static_cast<size_t>(max_rows) * vocab;
+  b.staging_bytes = sizeof(RowParams) * max_rows +
+                    sizeof(BiasEntry) * static_cast<size_t>(max_rows) * kMaxLogitBias +
+                    sizeof(int32_t) * max_history_tokens;
+  const size_t row_elems = static_cast<size_t>(scratch_rows) * vocab;
   const size_t results_bytes = b.records_offset() + sizeof(LogprobRecord) * max_rows;
   try {
     L2KV_CUDA_CHECK(cudaMalloc(&b.scratch, sizeof(float) * row_elems));
@@ -520,6 +559,17 @@ GpuSampler::~GpuSampler() {
   delete b_;
 }
 
+int64_t GpuSampler::device_bytes() const {
+  const Buffers& b = *b_;
+  return static_cast<int64_t>(
+      (sizeof(float) + sizeof(int32_t)) * static_cast<size_t>(b.scratch_rows) * b.vocab +
+      b.staging_bytes + b.records_offset() + sizeof(LogprobRecord) * b.max_rows);
+}
+
+int32_t GpuSampler::last_launches() const {
+  return static_cast<int32_t>(b_->wave_starts.empty() ? 0 : b_->wave_starts.size() - 1);
+}
+
 void GpuSampler::sample(const float* d_logits, std::span<const SamplingRow> rows,
                         cudaStream_t stream) {
   Buffers& b = *b_;
@@ -530,12 +580,25 @@ void GpuSampler::sample(const float* d_logits, std::span<const SamplingRow> rows
   const int32_t n = static_cast<int32_t>(rows.size());
 
   // Validate everything before touching the staging buffer.
-  int64_t history = 0;
+  int64_t history = 0, biases = 0;
   for (const SamplingRow& row : rows) {
     if (row.params == nullptr) throw Error("GpuSampler: a row has no SamplingParams");
     const SamplingParams& p = *row.params;
-    if (!(p.temperature >= 0.f) || p.logprobs > kMaxLogprobs || !(p.top_p > 0.f))
+    if (!(p.temperature >= 0.f) || p.logprobs > kMaxLogprobs || !(p.top_p > 0.f) ||
+        p.logit_bias.size() > static_cast<size_t>(kMaxLogitBias))
       throw Error("GpuSampler: invalid SamplingParams (call SamplingParams::validate)");
+    // Distinct tokens: the kernel gives each biased token to one thread.
+    b.bias_tokens.clear();
+    for (const auto& [t, bias] : p.logit_bias) {
+      if (t < 0 || t >= b.vocab)
+        throw Error("GpuSampler: logit_bias token " + std::to_string(t) + " outside [0, " +
+                    std::to_string(b.vocab) + ")");
+      b.bias_tokens.push_back(t);
+    }
+    std::sort(b.bias_tokens.begin(), b.bias_tokens.end());
+    if (std::adjacent_find(b.bias_tokens.begin(), b.bias_tokens.end()) != b.bias_tokens.end())
+      throw Error("GpuSampler: logit_bias repeats a token (call SamplingParams::validate)");
+    biases += static_cast<int64_t>(p.logit_bias.size());
     const bool penalized =
         p.repetition_penalty != 1.f || p.presence_penalty != 0.f || p.frequency_penalty != 0.f;
     if (!penalized) continue;
@@ -553,16 +616,23 @@ void GpuSampler::sample(const float* d_logits, std::span<const SamplingRow> rows
   b.last_rows = n;
   b.last_logprobs.assign(n, -1);
   b.last_recorded_masks = b.record_masks;
+  b.wave_starts.clear();
   if (n == 0) return;
 
-  // Pack: RowParams[n], then the histories of the penalized rows.
+  // Pack: RowParams[n], then the bias entries, then the histories of the penalized rows.
+  // Adjusted rows take scratch slots in order; a row that finds the pool full starts a wave.
   const int slot = b.next_staging;
   b.next_staging = 1 - slot;
   if (b.upload_pending[slot]) L2KV_CUDA_CHECK(cudaEventSynchronize(b.uploaded[slot]));
   std::byte* staging = b.host_staging[slot];
   auto* params = reinterpret_cast<RowParams*>(staging);
-  auto* history_out = reinterpret_cast<int32_t*>(staging + sizeof(RowParams) * n);
-  int64_t offset = 0;
+  const size_t bias_start = sizeof(RowParams) * n;
+  const size_t history_start = bias_start + sizeof(BiasEntry) * biases;
+  auto* bias_out = reinterpret_cast<BiasEntry*>(staging + bias_start);
+  auto* history_out = reinterpret_cast<int32_t*>(staging + history_start);
+  int64_t offset = 0, bias_offset = 0;
+  int32_t slots_used = 0;
+  b.wave_starts.push_back(0);
   for (int32_t r = 0; r < n; ++r) {
     const SamplingRow& row = rows[r];
     const SamplingParams& sp = *row.params;
@@ -583,6 +653,14 @@ void GpuSampler::sample(const float* d_logits, std::span<const SamplingRow> rows
     p.log_min_p = std::log(static_cast<double>(sp.min_p));
     p.penalized =
         sp.repetition_penalty != 1.f || sp.presence_penalty != 0.f || sp.frequency_penalty != 0.f;
+    p.scratch_slot = -1;
+    if (sp.adjusts_logits()) {
+      if (slots_used == b.scratch_rows) {
+        b.wave_starts.push_back(r);
+        slots_used = 0;
+      }
+      p.scratch_slot = slots_used++;
+    }
     p.history_offset = offset;
     if (p.penalized) {
       p.prompt_count = static_cast<int32_t>(row.prompt_tokens.size());
@@ -592,9 +670,13 @@ void GpuSampler::sample(const float* d_logits, std::span<const SamplingRow> rows
       std::copy(row.output_tokens.begin(), row.output_tokens.end(), history_out + offset);
       offset += p.output_count;
     }
+    p.bias_offset = bias_offset;
+    p.bias_count = static_cast<int32_t>(sp.logit_bias.size());
+    for (const auto& [t, bias] : sp.logit_bias) bias_out[bias_offset++] = BiasEntry{t, bias};
     b.last_logprobs[r] = sp.logprobs;
   }
-  const size_t bytes = sizeof(RowParams) * n + sizeof(int32_t) * offset;
+  b.wave_starts.push_back(n);
+  const size_t bytes = history_start + sizeof(int32_t) * offset;
   L2KV_CUDA_CHECK(
       cudaMemcpyAsync(b.device_staging, staging, bytes, cudaMemcpyHostToDevice, stream));
   L2KV_CUDA_CHECK(cudaEventRecord(b.uploaded[slot], stream));
@@ -604,14 +686,19 @@ void GpuSampler::sample(const float* d_logits, std::span<const SamplingRow> rows
   args.logits = d_logits;
   args.vocab = b.vocab;
   args.rows = reinterpret_cast<const RowParams*>(b.device_staging);
-  args.history = reinterpret_cast<const int32_t*>(b.device_staging + sizeof(RowParams) * n);
+  args.biases = reinterpret_cast<const BiasEntry*>(b.device_staging + bias_start);
+  args.history = reinterpret_cast<const int32_t*>(b.device_staging + history_start);
   args.scratch = b.scratch;
   args.counts = b.counts;
   args.tokens = b.device_tokens();
   args.records = b.device_records();
   args.masks = b.record_masks ? b.masks : nullptr;
-  sample_kernel<<<n, kThreads, 0, stream>>>(args);
-  L2KV_CUDA_CHECK_LAUNCH();
+  // Waves run in stream order, so each reuses the scratch pool after the previous one.
+  for (size_t w = 0; w + 1 < b.wave_starts.size(); ++w) {
+    args.first_row = b.wave_starts[w];
+    sample_kernel<<<b.wave_starts[w + 1] - b.wave_starts[w], kThreads, 0, stream>>>(args);
+    L2KV_CUDA_CHECK_LAUNCH();
+  }
 
   // One read-back: all tokens, then the records of rows 0..last row asking for logprobs.
   int32_t last_logprob_row = -1;

@@ -1,7 +1,9 @@
 // The sampler of sampler.h on the GPU: one thread block per row over the fp32 logits, same
-// penalties, masks, exponential race and logprobs as sample_on_cpu. All buffers are allocated
-// once for `max_rows`; a step's parameters and token histories go up in one async copy from
-// pinned memory and only the sampled ids and logprobs come back.
+// logit_bias, penalties, masks, exponential race and logprobs as sample_on_cpu. All buffers
+// are allocated once, in the constructor; a step's parameters, logit_bias entries and token
+// histories go up in one async copy from pinned memory and only the sampled ids and logprobs
+// come back. Rows with penalties or logit_bias need a vocab-sized scratch row (8 bytes per
+// token): `scratch_rows` of them are kept, and a call with more such rows runs in waves.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -17,7 +19,8 @@ namespace l2kv {
 class GpuSampler {
  public:
   // `max_history_tokens`: prompt + output tokens over all rows of one call (penalties).
-  GpuSampler(int64_t vocab, int32_t max_rows, int64_t max_history_tokens);
+  // `scratch_rows` in [1, max_rows]: rows with penalties or logit_bias sampled in one launch.
+  GpuSampler(int64_t vocab, int32_t max_rows, int64_t max_history_tokens, int32_t scratch_rows);
   ~GpuSampler();
   GpuSampler(const GpuSampler&) = delete;
   GpuSampler& operator=(const GpuSampler&) = delete;
@@ -28,6 +31,15 @@ class GpuSampler {
 
   // The results of the last sample(); synchronizes `stream` first.
   std::vector<SampledToken> results(cudaStream_t stream) const;
+
+  // As many scratch rows as `device`'s SMs (one 1024-thread block per SM runs at once, so
+  // more would not all be busy), at most max_rows.
+  static int32_t default_scratch_rows(int32_t max_rows, int device);
+
+  // Device memory held (scratch pool, staging, results; test-only masks excluded).
+  int64_t device_bytes() const;
+  // Kernel launches (waves) of the last sample().
+  int32_t last_launches() const;
 
   // Device array [max_rows] of the last sampled ids.
   const int32_t* device_tokens() const;

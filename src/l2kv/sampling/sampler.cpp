@@ -126,6 +126,12 @@ std::vector<float> adjusted_logits_on_cpu(std::span<const float> row_logits,
   check_row(row, vocab);
   const SamplingParams& p = *row.params;
   std::vector<float> z(row_logits.begin(), row_logits.end());
+  for (const auto& [t, bias] : p.logit_bias) {
+    if (t < 0 || t >= vocab)
+      throw Error("sampling: logit_bias token " + std::to_string(t) + " outside [0, " +
+                  std::to_string(vocab) + ")");
+    z[t] = z[t] + bias;
+  }
 
   // Distinct tokens seen (prompt or output) and output counts.
   std::unordered_map<int32_t, int64_t> output_count;

@@ -1,8 +1,10 @@
 // Sampling the next token of each row from its logits, identically defined on the CPU
 // (sample_on_cpu, the reference) and the GPU (GpuSampler):
+//   0. logit_bias: logit += bias for each (token, bias) of the request (OpenAI's logit_bias);
 //   1. penalties: repetition (over prompt and output tokens: logit / p if > 0, else * p),
 //      presence and frequency (over output tokens: logit -= presence + frequency * count);
-//   2. greedy rows (temperature 0): the largest logit, lowest id on ties; done;
+//   2. greedy rows (temperature below kGreedyTemperature): the largest logit, lowest id on
+//      ties; done;
 //   3. logits / temperature; probabilities p = softmax;
 //   4. masks, each keeping ties at its threshold: top-k keeps tokens whose logit >= the k-th
 //      largest; top-p keeps the tokens whose logit >= t, t the largest logit whose tokens at or
@@ -14,8 +16,9 @@
 // penalties and temperature), as vLLM reports by default.
 //
 // The exact arithmetic, shared by both implementations so that their masks and draws agree
-// bit for bit (x = the logits after steps 1 and 3, fp32; m = max x):
-//   - penalties: z = r; if seen and repetition != 1: z = z > 0 ? z / rep : z * rep (fp32);
+// bit for bit (x = the logits after steps 0, 1 and 3, fp32; m = max x):
+//   - bias and penalties: z = r, or z = r + bias (fp32) for a biased token; if seen and
+//     repetition != 1: z = z > 0 ? z / rep : z * rep (fp32);
 //     if count > 0: z = float(double(z) - (double(presence) + double(frequency) * count));
 //     x = z / temperature (fp32 division).
 //   - top-p is taken over the distribution renormalized to the top-k tokens (vLLM's order:
@@ -75,11 +78,12 @@ __host__ __device__
 std::vector<SampledToken> sample_on_cpu(std::span<const float> logits, int64_t vocab,
                                         std::span<const SamplingRow> rows);
 
-// The logits of one row after steps 1 and 3 (penalties, then / temperature unless greedy).
+// The logits of one row after steps 0, 1 and 3 (bias, penalties, then / temperature unless
+// greedy).
 std::vector<float> adjusted_logits_on_cpu(std::span<const float> row_logits,
                                           const SamplingRow& row);
 
-// The kept-token mask of step 4 for one row (1 = kept) after steps 1 and 3; for tests of the
+// The kept-token mask of step 4 for one row (1 = kept) after steps 0-3; for tests of the
 // GPU masks. Greedy rows keep only their argmax.
 std::vector<uint8_t> sampling_mask_on_cpu(std::span<const float> row_logits,
                                           const SamplingRow& row);

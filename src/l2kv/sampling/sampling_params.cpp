@@ -1,5 +1,6 @@
 #include "l2kv/sampling/sampling_params.h"
 
+#include <algorithm>
 #include <cmath>
 #include <sstream>
 
@@ -49,6 +50,26 @@ void SamplingParams::validate(int64_t vocab_size) const {
       reject("stop_token_ids", rule.str().c_str(), id);
     }
   }
+  if (logit_bias.size() > static_cast<size_t>(kMaxLogitBias)) {
+    std::ostringstream rule;
+    rule << "at most " << kMaxLogitBias << " tokens";
+    reject("logit_bias", rule.str().c_str(), logit_bias.size());
+  }
+  std::vector<int32_t> biased;
+  biased.reserve(logit_bias.size());
+  for (const auto& [id, bias] : logit_bias) {
+    if (id < 0 || id >= vocab_size) {
+      std::ostringstream rule;
+      rule << "keyed by token ids in [0, " << vocab_size << ")";
+      reject("logit_bias", rule.str().c_str(), id);
+    }
+    if (!(bias >= -kMaxLogitBiasValue && bias <= kMaxLogitBiasValue))
+      reject("logit_bias", "values in [-100, 100]", bias);
+    biased.push_back(id);
+  }
+  std::sort(biased.begin(), biased.end());
+  if (auto dup = std::adjacent_find(biased.begin(), biased.end()); dup != biased.end())
+    reject("logit_bias", "keyed by distinct token ids; repeated", *dup);
   for (const std::string& s : stop) {
     if (s.empty()) throw Error("stop must not contain empty strings.");
   }

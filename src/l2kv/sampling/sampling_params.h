@@ -5,12 +5,19 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace l2kv {
 
+// Temperatures below this are greedy (vLLM's rule): dividing logits by 1e-38 makes infinities.
+inline constexpr float kGreedyTemperature = 1e-5f;
+// Most logit_bias entries per request (the figure OpenAI's API allows).
+inline constexpr int32_t kMaxLogitBias = 300;
+inline constexpr float kMaxLogitBiasValue = 100.f;  // each bias in [-100, 100]
+
 struct SamplingParams {
-  float temperature = 1.0f;         // 0 = greedy
+  float temperature = 1.0f;         // < kGreedyTemperature (0 included) = greedy
   int32_t top_k = -1;               // -1 (or 0) = no limit
   float top_p = 1.0f;               // in (0, 1]
   float min_p = 0.0f;               // in [0, 1]
@@ -25,10 +32,19 @@ struct SamplingParams {
   bool ignore_eos = false;
   int32_t logprobs = -1;  // -1: none; 0: the chosen token's; N: also the N most likely
   bool skip_special_tokens = true;
+  // (token, bias) added to the raw logits before penalties and temperature (OpenAI's
+  // logit_bias); distinct tokens, at most kMaxLogitBias, each bias in [-100, 100].
+  std::vector<std::pair<int32_t, float>> logit_bias;
 
-  bool greedy() const { return temperature == 0.f; }
+  bool greedy() const { return temperature < kGreedyTemperature; }
+  // Whether sampling rewrites some logits before the masks (penalties or logit_bias).
+  bool adjusts_logits() const {
+    return repetition_penalty != 1.f || presence_penalty != 0.f || frequency_penalty != 0.f ||
+           !logit_bias.empty();
+  }
 
-  // Throws l2kv::Error naming the first invalid field. `vocab_size` bounds stop_token_ids.
+  // Throws l2kv::Error naming the first invalid field. `vocab_size` bounds stop_token_ids and
+  // the logit_bias tokens.
   void validate(int64_t vocab_size) const;
 };
 

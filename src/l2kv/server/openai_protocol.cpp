@@ -1,5 +1,6 @@
 #include "l2kv/server/openai_protocol.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <span>
@@ -100,9 +101,197 @@ void check_model(const json& body, const ServerLimits& limits, ApiRequest& r) {
                    "invalid_request_error", "model_not_found");
 }
 
+// Every request field l2kv knows, by endpoint. A field is implemented, a hint (accepted and
+// ignored: it asks nothing of the answer), or unsupported: then only null or the values listed
+// (what l2kv does anyway) are accepted, anything else is a 400 naming it. A name in no row is
+// a 400 too ("Unrecognized request argument supplied"), so a typo never goes unnoticed.
+enum class FieldKind : uint8_t { kImplemented, kHint, kUnsupported };
+enum EndpointMask : uint8_t { kCompletionsOnly = 1, kChatOnly = 2, kBoth = 3 };
+
+struct FieldRule {
+  const char* name;
+  uint8_t endpoints;
+  FieldKind kind;
+  std::vector<const char*> accepted = {};  // kUnsupported: JSON values l2kv honours as is
+  const char* why = "";                    // kUnsupported: the end of the 400's message
+};
+
+const std::vector<FieldRule>& field_rules() {
+  using enum FieldKind;
+  static const std::vector<FieldRule> rules = {
+      // OpenAI's completions and chat completions fields.
+      {"model", kBoth, kImplemented},
+      {"prompt", kCompletionsOnly, kImplemented},
+      {"messages", kChatOnly, kImplemented},
+      {"temperature", kBoth, kImplemented},
+      {"top_p", kBoth, kImplemented},
+      {"n", kBoth, kImplemented},
+      {"stream", kBoth, kImplemented},
+      {"stream_options", kBoth, kImplemented},
+      {"stop", kBoth, kImplemented},
+      {"max_tokens", kBoth, kImplemented},
+      {"max_completion_tokens", kBoth, kImplemented},
+      {"presence_penalty", kBoth, kImplemented},
+      {"frequency_penalty", kBoth, kImplemented},
+      {"logit_bias", kBoth, kImplemented},
+      {"logprobs", kBoth, kImplemented},
+      {"top_logprobs", kChatOnly, kImplemented},
+      {"seed", kBoth, kImplemented},
+      {"echo", kCompletionsOnly, kImplemented},
+      {"best_of", kCompletionsOnly, kImplemented},  // equal to n only
+      {"user", kBoth, kHint},
+      {"metadata", kChatOnly, kHint},
+      {"store", kChatOnly, kHint},
+      {"safety_identifier", kChatOnly, kHint},
+      {"prompt_cache_key", kChatOnly, kHint},
+      {"suffix", kCompletionsOnly, kUnsupported, {}, "l2kv does not fill in the middle."},
+      {"response_format",
+       kBoth,
+       kUnsupported,
+       {R"({"type": "text"})"},
+       "only {\"type\": \"text\"}: l2kv has no structured outputs yet."},
+      {"tools", kChatOnly, kUnsupported, {"[]"}, "l2kv does not parse tool calls yet."},
+      {"tool_choice",
+       kChatOnly,
+       kUnsupported,
+       {R"("none")"},
+       "only \"none\": l2kv does not parse tool calls yet."},
+      {"parallel_tool_calls", kChatOnly, kUnsupported, {}, "l2kv does not parse tool calls yet."},
+      {"functions", kChatOnly, kUnsupported, {"[]"}, "l2kv does not parse tool calls yet."},
+      {"function_call",
+       kChatOnly,
+       kUnsupported,
+       {R"("none")"},
+       "l2kv does not parse tool calls yet."},
+      {"modalities", kChatOnly, kUnsupported, {R"(["text"])"}, "only [\"text\"]."},
+      {"audio", kChatOnly, kUnsupported, {}, "l2kv answers in text only."},
+      {"prediction", kChatOnly, kUnsupported, {}, "l2kv has no predicted outputs."},
+      {"reasoning_effort", kChatOnly, kUnsupported, {}, "l2kv does not control reasoning."},
+      {"verbosity", kChatOnly, kUnsupported, {}, "l2kv does not control verbosity."},
+      {"web_search_options", kChatOnly, kUnsupported, {}, "l2kv has no web search."},
+      {"service_tier",
+       kChatOnly,
+       kUnsupported,
+       {R"("auto")", R"("default")"},
+       "l2kv has one tier (\"auto\" or \"default\")."},
+      // vLLM's extra sampling and serving fields.
+      {"top_k", kBoth, kImplemented},
+      {"min_p", kBoth, kImplemented},
+      {"repetition_penalty", kBoth, kImplemented},
+      {"min_tokens", kBoth, kImplemented},
+      {"ignore_eos", kBoth, kImplemented},
+      {"stop_token_ids", kBoth, kImplemented},
+      {"skip_special_tokens", kBoth, kImplemented},
+      {"use_beam_search", kBoth, kUnsupported, {"false"}, "l2kv has no beam search."},
+      {"length_penalty", kBoth, kUnsupported, {"1"}, "it applies to beam search only."},
+      {"include_stop_str_in_output",
+       kBoth,
+       kUnsupported,
+       {"false"},
+       "stop strings are never included."},
+      {"spaces_between_special_tokens",
+       kBoth,
+       kUnsupported,
+       {"true"},
+       "special tokens are always detokenized with spaces between them."},
+      {"truncate_prompt_tokens",
+       kBoth,
+       kUnsupported,
+       {},
+       "l2kv refuses prompts over --max-model-len rather than truncating them."},
+      {"prompt_logprobs", kBoth, kUnsupported, {}, "l2kv reports logprobs of output tokens only."},
+      {"allowed_token_ids", kBoth, kUnsupported, {}, "use logit_bias."},
+      {"bad_words", kBoth, kUnsupported, {"[]"}, "use logit_bias for single tokens."},
+      {"add_special_tokens",
+       kBoth,
+       kUnsupported,
+       {},
+       "completions add the BOS token, chat templates write their own."},
+      {"add_generation_prompt",
+       kChatOnly,
+       kUnsupported,
+       {"true"},
+       "the generation prompt is always added."},
+      {"continue_final_message",
+       kChatOnly,
+       kUnsupported,
+       {"false"},
+       "l2kv does not continue the final message."},
+      {"echo", kChatOnly, kUnsupported, {"false"}, "chat completions never echo."},
+      {"documents", kChatOnly, kUnsupported, {}, "l2kv passes no documents to the template."},
+      {"chat_template", kChatOnly, kUnsupported, {}, "l2kv uses the model's chat template."},
+      {"chat_template_kwargs", kChatOnly, kUnsupported, {}, "l2kv passes no template variables."},
+      {"mm_processor_kwargs", kBoth, kUnsupported, {}, "l2kv serves text-only models."},
+      {"guided_json", kBoth, kUnsupported, {}, "l2kv has no structured outputs yet."},
+      {"guided_regex", kBoth, kUnsupported, {}, "l2kv has no structured outputs yet."},
+      {"guided_choice", kBoth, kUnsupported, {}, "l2kv has no structured outputs yet."},
+      {"guided_grammar", kBoth, kUnsupported, {}, "l2kv has no structured outputs yet."},
+      {"guided_decoding_backend", kBoth, kUnsupported, {}, "l2kv has no structured outputs yet."},
+      {"guided_whitespace_pattern", kBoth, kUnsupported, {}, "l2kv has no structured outputs yet."},
+      {"structural_tag", kBoth, kUnsupported, {}, "l2kv has no structured outputs yet."},
+      {"structured_outputs", kBoth, kUnsupported, {}, "l2kv has no structured outputs yet."},
+      {"priority", kBoth, kUnsupported, {"0"}, "l2kv schedules first come, first served."},
+      {"request_id", kBoth, kUnsupported, {}, "l2kv names its requests itself."},
+      {"logits_processors", kBoth, kUnsupported, {}, "l2kv runs no custom logits processors."},
+      {"return_tokens_as_token_ids",
+       kBoth,
+       kUnsupported,
+       {"false"},
+       "logprobs name tokens by their text."},
+      {"return_token_ids", kBoth, kUnsupported, {"false"}, "responses carry text only."},
+      {"cache_salt", kBoth, kUnsupported, {}, "l2kv has no prefix cache."},
+      {"kv_transfer_params", kBoth, kUnsupported, {}, "l2kv does not transfer KV caches."},
+      {"vllm_xargs", kBoth, kUnsupported, {}, "l2kv takes no extra arguments."},
+  };
+  return rules;
+}
+
+// Refuses unknown fields and unsupported values, before any field is read.
+void check_field_names(const json& body, Endpoint endpoint) {
+  const uint8_t mask = endpoint == Endpoint::kChatCompletions ? kChatOnly : kCompletionsOnly;
+  for (const auto& [name, value] : body.items()) {
+    const FieldRule* rule = nullptr;
+    for (const FieldRule& r : field_rules())
+      if ((r.endpoints & mask) != 0 && name == r.name) {
+        rule = &r;
+        break;
+      }
+    if (rule == nullptr) bad_request("Unrecognized request argument supplied: " + name, name);
+    if (rule->kind != FieldKind::kUnsupported || value.is_null()) continue;
+    bool accepted = false;
+    for (const char* literal : rule->accepted) accepted |= value == json::parse(literal);
+    if (!accepted) bad_request("'" + name + "' is not supported: " + rule->why, name);
+  }
+}
+
+// logit_bias: {"token id": bias, ...}; ids and values are checked by SamplingParams::validate.
+void parse_logit_bias(const json& body, SamplingParams& p) {
+  const json* bias = field(body, "logit_bias");
+  if (!bias) return;
+  if (!bias->is_object()) wrong_type("logit_bias", "an object mapping token ids to biases");
+  if (bias->size() > static_cast<size_t>(kMaxLogitBias))
+    bad_request("'logit_bias' may hold at most " + std::to_string(kMaxLogitBias) + " tokens, got " +
+                    std::to_string(bias->size()) + ".",
+                "logit_bias");
+  for (const auto& [key, value] : bias->items()) {
+    const bool digits =
+        !key.empty() && key.size() <= 10 &&
+        std::all_of(key.begin(), key.end(), [](char c) { return c >= '0' && c <= '9'; });
+    const int64_t id = digits ? std::stoll(key) : -1;
+    if (!digits || id > kInt32Max)
+      bad_request(
+          "'logit_bias' keys must be token ids (non-negative integers), got \"" + key + "\".",
+          "logit_bias");
+    if (!value.is_number()) wrong_type("logit_bias", "an object mapping token ids to numbers");
+    p.logit_bias.emplace_back(static_cast<int32_t>(id), static_cast<float>(value.get<double>()));
+  }
+  std::sort(p.logit_bias.begin(), p.logit_bias.end());
+}
+
 // The fields both endpoints share: sampling, stopping, n, stream.
 void parse_common(const json& body, const ServerLimits& limits, ApiRequest& r) {
   if (!body.is_object()) bad_request("The request body must be a JSON object.");
+  check_field_names(body, r.endpoint);
   check_model(body, limits, r);
   SamplingParams& p = r.params;
   if (auto v = get_number(body, "temperature")) p.temperature = static_cast<float>(*v);
@@ -118,6 +307,7 @@ void parse_common(const json& body, const ServerLimits& limits, ApiRequest& r) {
     p.min_tokens = to_int32(*v, "min_tokens", 0, kInt32Max);
   if (auto v = get_bool(body, "ignore_eos")) p.ignore_eos = *v;
   if (auto v = get_bool(body, "skip_special_tokens")) p.skip_special_tokens = *v;
+  parse_logit_bias(body, p);
 
   if (const json* stop = field(body, "stop")) {
     if (stop->is_string()) {
@@ -153,6 +343,10 @@ void parse_common(const json& body, const ServerLimits& limits, ApiRequest& r) {
     if (!so->is_object()) wrong_type("stream_options", "an object");
     if (!r.stream)
       bad_request("'stream_options' is only allowed when 'stream' is true.", "stream_options");
+    for (const auto& [name, value] : so->items())
+      if (name != "include_usage" && !value.is_null())
+        bad_request("'stream_options." + name + "' is not supported: only include_usage.",
+                    "stream_options");
     if (auto v = get_bool(*so, "include_usage")) r.include_usage = *v;
   }
 
@@ -188,8 +382,8 @@ std::string content_to_text(const json& content, size_t index) {
   if (content.is_string()) return content.get<std::string>();
   std::string text;
   for (const json& part : content) {
-    if (!part.is_object() || part.value("type", "") != "text" || !part.contains("text") ||
-        !part["text"].is_string())
+    if (!part.is_object() || !part.contains("type") || part["type"] != "text" ||
+        !part.contains("text") || !part["text"].is_string())
       bad_request("messages[" + std::to_string(index) +
                       "].content: only text parts ({\"type\": \"text\", \"text\": ...}) are "
                       "supported.",
@@ -222,7 +416,30 @@ void bad_request(const std::string& message, const std::string& param) {
   throw ApiError(400, message, param);
 }
 
-ApiRequest parse_completion_request(const json& body, const ServerLimits& limits) {
+json parse_request_body(const std::string& body) {
+  try {
+    return json::parse(body);
+  } catch (const json::out_of_range& e) {
+    // 406: a number that overflows a double (1e400).
+    bad_request(std::string("The request body has a number out of range: ") + e.what());
+  } catch (const json::exception& e) {
+    bad_request(std::string("The request body is not valid JSON: ") + e.what());
+  }
+}
+
+namespace {
+
+// Runs a parser; a JSON library error on an unexpected shape becomes a 400, never a 500.
+template <typename F>
+ApiRequest guarded_parse(F parse) {
+  try {
+    return parse();
+  } catch (const json::exception& e) {
+    bad_request(std::string("The request has a field of an unexpected type: ") + e.what());
+  }
+}
+
+ApiRequest parse_completion(const json& body, const ServerLimits& limits) {
   ApiRequest r;
   r.endpoint = Endpoint::kCompletions;
   parse_common(body, limits, r);
@@ -259,7 +476,57 @@ ApiRequest parse_completion_request(const json& body, const ServerLimits& limits
   return r;
 }
 
-ApiRequest parse_chat_request(const json& body, const ServerLimits& limits) {
+// The roles a chat template knows. "developer" is OpenAI's newer name for "system".
+const char* template_role(const std::string& role) {
+  if (role == "system" || role == "developer") return "system";
+  if (role == "user") return "user";
+  if (role == "assistant") return "assistant";
+  return nullptr;
+}
+
+// One message, checked and reduced to what the template is given: role, content, name.
+json parse_message(const json& m, size_t i) {
+  const std::string where = "messages[" + std::to_string(i) + "]";
+  if (!m.is_object()) bad_request(where + " must be an object.", "messages");
+  if (!m.contains("role") || !m["role"].is_string())
+    bad_request(where + ".role must be a string.", "messages");
+  const std::string role = m["role"].get<std::string>();
+  const char* as = template_role(role);
+  if (role == "tool" || role == "function")
+    bad_request(
+        where + ".role '" + role + "' is not supported: l2kv does not parse tool calls yet.",
+        "messages");
+  if (as == nullptr)
+    bad_request(where + ".role '" + role + "' is not a role: system, developer, user or assistant.",
+                "messages");
+  json out = {{"role", as}};
+  for (const auto& [key, value] : m.items()) {
+    if (key == "role") continue;
+    if (key == "content") {
+      if (value.is_null()) continue;
+      if (!value.is_string() && !value.is_array())
+        bad_request(where + ".content must be a string or a list of parts.", "messages");
+      out["content"] = content_to_text(value, i);
+    } else if (key == "name") {
+      if (!value.is_null() && !value.is_string())
+        bad_request(where + ".name must be a string.", "messages");
+      if (value.is_string()) out["name"] = value;
+    } else if (key == "tool_calls" || key == "function_call") {
+      // An assistant message as l2kv answers it ("tool_calls": []) may be sent back as is.
+      if (!value.is_null() && !(value.is_array() && value.empty()))
+        bad_request(where + "." + key + " is not supported: l2kv does not parse tool calls yet.",
+                    "messages");
+    } else if (key == "refusal") {
+      if (!value.is_null()) bad_request(where + ".refusal is not supported.", "messages");
+    } else {
+      bad_request(where + ": unrecognized message field '" + key + "'.", "messages");
+    }
+  }
+  if (!out.contains("content")) bad_request(where + ".content is required.", "messages");
+  return out;
+}
+
+ApiRequest parse_chat(const json& body, const ServerLimits& limits) {
   ApiRequest r;
   r.endpoint = Endpoint::kChatCompletions;
   parse_common(body, limits, r);
@@ -268,28 +535,8 @@ ApiRequest parse_chat_request(const json& body, const ServerLimits& limits) {
   if (!messages->is_array() || messages->empty())
     bad_request("'messages' must be a non-empty list of messages.", "messages");
   r.messages = json::array();
-  for (size_t i = 0; i < messages->size(); ++i) {
-    const json& m = (*messages)[i];
-    const std::string where = "messages[" + std::to_string(i) + "]";
-    if (!m.is_object()) bad_request(where + " must be an object.", "messages");
-    if (!m.contains("role") || !m["role"].is_string())
-      bad_request(where + ".role must be a string.", "messages");
-    json copy = m;
-    if (m.contains("content") && !m["content"].is_null()) {
-      if (!m["content"].is_string() && !m["content"].is_array())
-        bad_request(where + ".content must be a string or a list of parts.", "messages");
-      copy["content"] = content_to_text(m["content"], i);
-    } else if (!m.contains("tool_calls")) {
-      bad_request(where + ".content is required.", "messages");
-    }
-    r.messages.push_back(std::move(copy));
-  }
-  if (const json* tools = field(body, "tools")) {
-    if (!tools->is_array()) wrong_type("tools", "a list of tools");
-    for (const json& t : *tools)
-      if (!t.is_object()) wrong_type("tools", "a list of tool objects");
-    r.tools = *tools;
-  }
+  for (size_t i = 0; i < messages->size(); ++i)
+    r.messages.push_back(parse_message((*messages)[i], i));
   const bool logprobs = get_bool(body, "logprobs").value_or(false);
   const auto top = get_integer(body, "top_logprobs");
   if (top && !logprobs)
@@ -297,6 +544,16 @@ ApiRequest parse_chat_request(const json& body, const ServerLimits& limits) {
   if (logprobs) r.params.logprobs = top ? to_int32(*top, "top_logprobs", 0, kMaxLogprobs) : 0;
   validate_params(r, limits);
   return r;
+}
+
+}  // namespace
+
+ApiRequest parse_completion_request(const json& body, const ServerLimits& limits) {
+  return guarded_parse([&] { return parse_completion(body, limits); });
+}
+
+ApiRequest parse_chat_request(const json& body, const ServerLimits& limits) {
+  return guarded_parse([&] { return parse_chat(body, limits); });
 }
 
 int32_t resolve_max_tokens(const ApiRequest& request, int32_t prompt_tokens,
@@ -337,8 +594,7 @@ std::vector<std::vector<int32_t>> tokenize_prompts(const ApiRequest& request,
           "folder has none. Use /v1/completions with token ids.",
           "messages");
     ChatRequest chat;
-    chat.messages = request.messages;
-    chat.tools = request.tools;
+    chat.messages = request.messages;  // tools are refused, never rendered
     std::string text;
     try {
       text = chat_template->render(chat);

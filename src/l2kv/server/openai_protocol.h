@@ -59,8 +59,7 @@ struct ApiRequest {
   Endpoint endpoint = Endpoint::kCompletions;
   std::string model;
   std::vector<PromptInput> prompts;  // completions: one or more
-  json messages;                     // chat
-  json tools;                        // chat; null = none
+  json messages;  // chat: [{role, content[, name]}], roles as templates know them
   SamplingParams params;
   bool max_tokens_given = false;  // else the default (completions: 16, chat: all that fits)
   int32_t n = 1;
@@ -69,8 +68,14 @@ struct ApiRequest {
   bool include_usage = false;
 };
 
+// Parses a request body as JSON; malformed JSON and numbers that overflow a double (1e400) are
+// a 400, never an exception of the JSON library.
+json parse_request_body(const std::string& body);
+
 // Parse and validate a body (already parsed as JSON). Throw ApiError (400; 404 for an unknown
-// model) for wrong types, missing fields and out-of-range values.
+// model) for wrong types, missing fields and out-of-range values, for unknown fields and for
+// fields l2kv does not implement (unless given the value l2kv honours anyway, see the README's
+// Server section); hints (user, metadata, store, ...) are accepted and ignored.
 ApiRequest parse_completion_request(const json& body, const ServerLimits& limits);
 ApiRequest parse_chat_request(const json& body, const ServerLimits& limits);
 

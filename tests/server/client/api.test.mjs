@@ -227,6 +227,43 @@ describe("completions", () => {
     }
   });
 
+  // OpenAI's logit_bias: added to the logits before sampling. +100 on a token makes greedy (and
+  // seeded sampling) pick it at every step; -100 on the greedy token makes greedy take the
+  // runner-up that top_logprobs named. Token ids and their texts come from l2kv generate's
+  // output_ids and the logprobs of the unbiased request.
+  test("logit_bias: +100 picks a token, -100 bans the greedy one", async () => {
+    const plain = await client.completions.create({ model: MODEL_NAME, prompt: PROMPT, max_tokens: MAX, temperature: 0, logprobs: 2 });
+    assert.equal(plain.choices[0].text, ref.completion.output);
+    const lp = plain.choices[0].logprobs;
+    const ids = ref.completion.output_ids;
+    assert.equal(ids.length, lp.tokens.length);
+    // A token of the output that is not the first one greedy picks.
+    const k = ids.findIndex((id) => id !== ids[0]);
+    assert.ok(k > 0, `the reference output repeats one token: ${JSON.stringify(ids)}`);
+    for (const temperature of [0, 0.8]) {
+      const forced = await client.completions.create({ model: MODEL_NAME, prompt: PROMPT, max_tokens: 3, temperature,
+        seed: 7, logprobs: 0, logit_bias: { [ids[k]]: 100 } });
+      assert.deepEqual(forced.choices[0].logprobs.tokens, [lp.tokens[k], lp.tokens[k], lp.tokens[k]],
+        `temperature ${temperature}`);
+      assert.equal(forced.choices[0].text, lp.tokens[k].repeat(3));
+    }
+    // Ban the first greedy token: the first token becomes the runner-up of top_logprobs.
+    const ranked = Object.entries(lp.top_logprobs[0]).sort((a, b) => b[1] - a[1]);
+    assert.equal(ranked[0][0], lp.tokens[0]);
+    const banned = await client.completions.create({ model: MODEL_NAME, prompt: PROMPT, max_tokens: 1, temperature: 0,
+      logprobs: 0, logit_bias: { [ids[0]]: -100 } });
+    assert.equal(banned.choices[0].logprobs.tokens[0], ranked[1][0]);
+    // Chat takes it too.
+    const chat = await client.chat.completions.create({ model: MODEL_NAME, messages: MESSAGES, max_tokens: 2, temperature: 0,
+      logit_bias: { [ids[k]]: 100 } });
+    assert.equal(chat.choices[0].message.content, lp.tokens[k].repeat(2));
+  });
+
+  test("a temperature below 1e-5 is greedy", async () => {
+    const r = await client.completions.create({ model: MODEL_NAME, prompt: PROMPT, max_tokens: MAX, temperature: 1e-38, seed: 3 });
+    assert.equal(r.choices[0].text, ref.completion.output);
+  });
+
   test("echo: the prompt before the completion", async () => {
     const r = await client.completions.create({ model: MODEL_NAME, prompt: PROMPT, max_tokens: MAX, temperature: 0, echo: true });
     assert.equal(r.choices[0].text, PROMPT + ref.completion.output);

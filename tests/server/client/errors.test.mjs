@@ -17,6 +17,9 @@ const completion = (fields) => ({ model: MODEL_NAME, prompt: "Hello", max_tokens
 const chat = (fields) => ({ model: MODEL_NAME, messages: [{ role: "user", content: "Hello" }], max_tokens: 2, ...fields });
 const without = (obj, key) => Object.fromEntries(Object.entries(obj).filter(([k]) => k !== key));
 
+const TOOL = { type: "function", function: { name: "get_weather", parameters: { type: "object", properties: {} } } };
+const MANY_BIASES = Object.fromEntries(Array.from({ length: 301 }, (_, i) => [String(1000 + i), 1]));
+
 // [name, method, route, body, status]; body: object (sent as JSON) or string (sent as is).
 const BAD_REQUESTS = [
   ["malformed JSON", "POST", "/v1/completions", '{"model": "l2kv-ci", "prompt": "hi",', 400],
@@ -58,6 +61,11 @@ const BAD_REQUESTS = [
   ["frequency_penalty < -2", "POST", "/v1/chat/completions", chat({ frequency_penalty: -3 }), 400],
   ["repetition_penalty = 0", "POST", "/v1/completions", completion({ repetition_penalty: 0 }), 400],
   ["top_logprobs > 20", "POST", "/v1/chat/completions", chat({ logprobs: true, top_logprobs: 50 }), 400],
+  ["logit_bias id out of the vocabulary", "POST", "/v1/completions", completion({ logit_bias: { 999999999: 5 } }), 400],
+  ["logit_bias value over 100", "POST", "/v1/chat/completions", chat({ logit_bias: { 5: 101 } }), 400],
+  ["unknown role", "POST", "/v1/chat/completions", chat({ messages: [{ role: "wizard", content: "hi" }] }), 400],
+  ["tools", "POST", "/v1/chat/completions", chat({ tools: [TOOL] }), 400],
+  ["unknown field (a typo)", "POST", "/v1/completions", completion({ temprature: 0.5 }), 400],
   ["unknown route", "GET", "/v1/nothing-here", undefined, 404],
   ["unknown route (POST)", "POST", "/v1/engines/l2kv-ci/completions", completion({}), 404],
   ["unknown route outside /v1", "GET", "/admin", undefined, 404],
@@ -97,6 +105,55 @@ function assertError(res, status, what) {
   const problems = errorShapeProblems(res, status);
   assert.deepEqual(problems, [], `${what}: ${problems.join("; ")}\nresponse ${res.status}: ${res.text.slice(0, 500)}`);
 }
+
+// Fields l2kv does not implement, unknown fields and bad logit_bias: 400 with error.param naming
+// the field. [name, route, body, param]
+const NAMED_400S = [
+  ["logit_bias id out of the vocabulary", "/v1/completions", completion({ logit_bias: { 999999999: 5 } }), "logit_bias"],
+  ["logit_bias id negative", "/v1/completions", completion({ logit_bias: { "-3": 5 } }), "logit_bias"],
+  ["logit_bias id not a number", "/v1/completions", completion({ logit_bias: { abc: 5 } }), "logit_bias"],
+  ["logit_bias value over 100", "/v1/chat/completions", chat({ logit_bias: { 5: 100.5 } }), "logit_bias"],
+  ["logit_bias value under -100", "/v1/completions", completion({ logit_bias: { 5: -101 } }), "logit_bias"],
+  ["logit_bias value a string", "/v1/completions", completion({ logit_bias: { 5: "high" } }), "logit_bias"],
+  ["logit_bias with 301 tokens", "/v1/completions", completion({ logit_bias: MANY_BIASES }), "logit_bias"],
+  ["response_format json_object", "/v1/chat/completions", chat({ response_format: { type: "json_object" } }), "response_format"],
+  ["response_format json_schema", "/v1/completions",
+    completion({ response_format: { type: "json_schema", json_schema: { name: "x", schema: {} } } }), "response_format"],
+  ["tools", "/v1/chat/completions", chat({ tools: [TOOL] }), "tools"],
+  ["tool_choice auto", "/v1/chat/completions", chat({ tool_choice: "auto" }), "tool_choice"],
+  ["tool_choice required", "/v1/chat/completions", chat({ tool_choice: "required" }), "tool_choice"],
+  ["role wizard", "/v1/chat/completions", chat({ messages: [{ role: "wizard", content: "hi" }] }), "messages"],
+  ["role tool", "/v1/chat/completions",
+    chat({ messages: [{ role: "user", content: "hi" }, { role: "tool", content: "42", tool_call_id: "c1" }] }), "messages"],
+  ["a typo: temprature", "/v1/chat/completions", chat({ temprature: 0.5 }), "temprature"],
+  ["a chat field on completions", "/v1/completions", completion({ messages: [] }), "messages"],
+  ["suffix", "/v1/completions", completion({ suffix: "end" }), "suffix"],
+  ["use_beam_search", "/v1/completions", completion({ use_beam_search: true }), "use_beam_search"],
+  ["guided_json", "/v1/chat/completions", chat({ guided_json: { type: "object" } }), "guided_json"],
+  ["include_stop_str_in_output", "/v1/completions", completion({ include_stop_str_in_output: true }), "include_stop_str_in_output"],
+  ["reasoning_effort", "/v1/chat/completions", chat({ reasoning_effort: "high" }), "reasoning_effort"],
+];
+
+describe("fields l2kv does not implement", () => {
+  for (const [name, route, body, param] of NAMED_400S) {
+    test(`${name} -> 400 naming ${param}`, async () => {
+      const res = await ask(server, "POST", route, body);
+      assertError(res, 400, name);
+      assert.equal(res.json.error.param, param, `${name}: ${res.text.slice(0, 300)}`);
+      assert.ok(res.json.error.message.includes(param.split(".")[0]), res.json.error.message);
+    });
+  }
+
+  test("hints and the values l2kv honours anyway are accepted", async () => {
+    const res = await ask(server, "POST", "/v1/chat/completions", chat({
+      user: "u-1", metadata: { team: "a" }, store: false, tool_choice: "none", tools: [],
+      response_format: { type: "text" }, use_beam_search: false, temperature: 0,
+      messages: [{ role: "developer", content: "Be brief." }, { role: "user", content: "Hello" }],
+    }));
+    assert.equal(res.status, 200, res.text.slice(0, 300));
+    assert.deepEqual(res.json.choices[0].message.tool_calls, []);
+  });
+});
 
 describe("bad requests", () => {
   for (const [name, method, route, body, status] of BAD_REQUESTS) {
