@@ -40,9 +40,11 @@ std::unique_ptr<Engine> make_engine(const std::string& name, DecodeKernel kernel
   return std::make_unique<Engine>(std::make_unique<CudaRunner>(model, options), nullptr, config);
 }
 
-EngineConfig config_with(int32_t max_tokens, int32_t blocks) {
+// `max_model_len` 0: the model's max_position_embeddings (up to 2048 for the fixtures, which
+// 129 blocks of 16 hold).
+EngineConfig config_with(int32_t max_tokens, int32_t blocks, int32_t max_model_len = 0) {
   EngineConfig c;
-  c.max_model_len = 0;  // the model's max_position_embeddings
+  c.max_model_len = max_model_len;
   c.max_num_seqs = 16;
   c.max_num_batched_tokens = max_tokens;
   c.num_kv_blocks = blocks;
@@ -94,7 +96,7 @@ TEST_P(CudaEngine, GreedyMatchesTransformers) {
   const Variant v = GetParam();
   const auto cases = reference_cases(v.fixture);
   auto engine =
-      make_engine(v.fixture, v.kernel, v.prefetch, v.graphs, config_with(v.max_tokens, 128));
+      make_engine(v.fixture, v.kernel, v.prefetch, v.graphs, config_with(v.max_tokens, 129));
   std::vector<std::vector<int32_t>> prompts;
   for (const auto& c : cases) prompts.push_back(c.prompt);
   const auto got = generate(*engine, prompts, greedy(32));
@@ -142,8 +144,8 @@ TEST(CudaEngineSingle, GraphsAndEagerAgree) {
     prompts.push_back(p);
   }
   for (DecodeKernel kernel : {DecodeKernel::kSplit, DecodeKernel::kPagedV1}) {
-    auto graphs = make_engine("llama3-gqa", kernel, "auto", true, config_with(2048, 128));
-    auto eager = make_engine("llama3-gqa", kernel, "auto", false, config_with(2048, 128));
+    auto graphs = make_engine("llama3-gqa", kernel, "auto", true, config_with(2048, 129));
+    auto eager = make_engine("llama3-gqa", kernel, "auto", false, config_with(2048, 129));
     const auto a = generate(*graphs, prompts, greedy(40));
     const auto b = generate(*eager, prompts, greedy(40));
     size_t agree = 0;
@@ -169,9 +171,10 @@ TEST(CudaEngineSingle, PreemptionGivesTheSameTokens) {
     prompts.push_back(p);
   }
   auto roomy =
-      make_engine("llama3-gqa", DecodeKernel::kSplit, "auto", true, config_with(2048, 128));
+      make_engine("llama3-gqa", DecodeKernel::kSplit, "auto", true, config_with(2048, 129));
   const auto expected = generate(*roomy, prompts, greedy(48));
-  auto tight = make_engine("llama3-gqa", DecodeKernel::kSplit, "auto", true, config_with(2048, 24));
+  auto tight =
+      make_engine("llama3-gqa", DecodeKernel::kSplit, "auto", true, config_with(2048, 24, 23 * 16));
   const auto got = generate(*tight, prompts, greedy(48));
   EXPECT_GT(tight->stats().preemptions, 0);
   // A preempted sequence is recomputed by the prefill kernel, whose rounding differs from the
@@ -194,7 +197,7 @@ TEST(CudaEngineSingle, PreemptionGivesTheSameTokens) {
 TEST(CudaEngineSingle, SeededSamplingIgnoresTheRestOfTheBatch) {
   L2KV_SKIP_WITHOUT_GPU();
   auto engine =
-      make_engine("qwen2-tied", DecodeKernel::kSplit, "auto", true, config_with(2048, 128));
+      make_engine("qwen2-tied", DecodeKernel::kSplit, "auto", true, config_with(2048, 129));
   SamplingParams p;
   p.temperature = 0.8f;
   p.top_p = 0.9f;
