@@ -3,12 +3,15 @@
 // seeded sampling independent of the batch; no KV block leaked.
 #include <gtest/gtest.h>
 
+#include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "gpu_test_support.h"
 #include "l2kv/engine/cuda_runner.h"
 #include "l2kv/engine/engine.h"
+#include "l2kv/kernels/random_fill.h"
 
 namespace l2kv {
 namespace {
@@ -212,6 +215,56 @@ TEST(CudaEngineSingle, SeededSamplingIgnoresTheRestOfTheBatch) {
   const auto together = generate(*engine, crowd, others);
   EXPECT_EQ(together[1], alone[0]);
   EXPECT_EQ(alone[0].size(), 24u);
+}
+
+// Runs requests, then a kernel that writes to an unmapped address on the runner's stream (a
+// sticky error), then two more requests; returns how many checks failed.
+int lose_the_device() {
+  auto engine =
+      make_engine("llama3-gqa", DecodeKernel::kSplit, "auto", true, config_with(2048, 129));
+  auto& runner = dynamic_cast<CudaRunner&>(engine->runner());
+  const std::vector<std::vector<int32_t>> prompts = {{1, 2, 3, 4}, {5, 6, 7}};
+  int problems = 0;
+  if (!runner.device_fault().empty()) ++problems;  // healthy: no fault
+  if (generate(*engine, prompts, greedy(4))[0].size() != 4u) ++problems;
+  fill_random(reinterpret_cast<void*>(uintptr_t{1} << 12), int64_t{1} << 24, DType::kBFloat16, 1.f,
+              1, runner.stream());
+  std::vector<RequestOutput> last(2);
+  for (size_t i = 0; i < 2; ++i) {
+    GenerationRequest r;
+    r.prompt = prompts[i];
+    r.params = greedy(8);
+    r.on_output = [&last, i](const RequestOutput& o) { last[i] = o; };
+    engine->add_request(std::move(r));
+  }
+  engine->run_until_idle();
+  const std::string failure = engine->failure();
+  std::fprintf(stderr, "engine failure: %s\n", failure.c_str());
+  if (failure.find("the device is lost: CUDA error") == std::string::npos) ++problems;
+  for (const RequestOutput& o : last)
+    if (!o.finished || o.finish_reason != FinishReason::kError || o.error != failure) ++problems;
+  const EngineStats st = engine->stats();
+  if (st.kv_blocks_free != st.kv_blocks_total) ++problems;
+  try {
+    GenerationRequest late;
+    late.prompt = prompts[0];
+    late.params = greedy(2);
+    engine->add_request(std::move(late));
+    ++problems;  // accepted after the device was lost
+  } catch (const Error&) {
+  }
+  std::fprintf(stderr, "problems: %d\n", problems);
+  return problems;
+}
+
+// A sticky CUDA error makes CudaRunner::device_fault() report it and the engine stop: the
+// requests end with the reason and new ones are refused. The context is unusable afterwards,
+// so this runs in a child process (a threadsafe death test re-runs the binary).
+TEST(CudaEngineDeathTest, StickyErrorLosesTheDeviceAndStopsTheEngine) {
+  L2KV_SKIP_WITHOUT_GPU();
+  ::testing::GTEST_FLAG(death_test_style) = "threadsafe";
+  EXPECT_EXIT(std::_Exit(lose_the_device() == 0 ? 0 : 1), ::testing::ExitedWithCode(0),
+              "engine failure: the device is lost: CUDA error");
 }
 
 }  // namespace
