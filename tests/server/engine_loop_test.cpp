@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include "l2kv/core/error.h"
 #include "l2kv/engine/cpu_runner.h"
 #include "l2kv/model/cpu_model.h"
 #include "l2kv/server/openai_protocol.h"
@@ -40,6 +41,7 @@ std::unique_ptr<EngineLoop> make_loop(Metrics* metrics) {
         EngineConfig c;
         c.max_model_len = 256;
         c.num_kv_blocks = 64;
+        c.max_num_seqs = 8;
         return std::make_unique<Engine>(
             std::make_unique<CpuRunner>(std::make_shared<const CpuModel>(kFixture)), nullptr, c);
       },
@@ -148,6 +150,95 @@ TEST(EngineLoop, AbortFreesBlocksAndShutdownAbortsInFlight) {
   } catch (const ApiError& e) {
     EXPECT_EQ(e.status, 503);
   }
+}
+
+// A CPU runner with a fault injected from one execute() call on: a lost device (every call
+// throws, device_fault() reports a sticky error) or an exception that is no std::exception,
+// which nothing in the engine catches and which ends the engine thread.
+class FaultyRunner : public ModelRunner {
+ public:
+  enum class Fault { kLostDevice, kThreadDeath };
+  FaultyRunner(Fault fault, int at)
+      : inner_(std::make_shared<const CpuModel>(kFixture)), fault_(fault), at_(at) {}
+  const ModelConfig& config() const override { return inner_.config(); }
+  std::string device_name() const override { return "cpu (faulty)"; }
+  KvCacheSizing prepare(int32_t a, int32_t b, int32_t c, int32_t d, double e) override {
+    return inner_.prepare(a, b, c, d, e);
+  }
+  void allocate_kv_cache(int32_t n) override { inner_.allocate_kv_cache(n); }
+  std::vector<SampledToken> execute(const StepInput& step) override {
+    if (++calls_ >= at_) {
+      if (fault_ == Fault::kThreadDeath) throw 42;
+      throw Error("CUDA error cudaErrorIllegalAddress (simulated)");
+    }
+    return inner_.execute(step);
+  }
+  std::string device_fault() override {
+    return fault_ == Fault::kLostDevice && calls_ >= at_ ? "simulated sticky error" : "";
+  }
+
+ private:
+  CpuRunner inner_;
+  Fault fault_;
+  int at_;
+  int calls_ = 0;
+};
+
+std::unique_ptr<EngineLoop> make_faulty_loop(FaultyRunner::Fault fault, int at) {
+  return std::make_unique<EngineLoop>(
+      [fault, at] {
+        EngineConfig c;
+        c.max_model_len = 256;
+        c.num_kv_blocks = 64;
+        c.max_num_seqs = 8;
+        return std::make_unique<Engine>(std::make_unique<FaultyRunner>(fault, at), nullptr, c);
+      },
+      nullptr);
+}
+
+// After the fault: the request in flight ends with an error naming it, failure() says why,
+// and a new submission is answered 503 with the reason at once (not queued forever).
+void expect_unavailable_after_fault(EngineLoop& loop, const std::string& reason) {
+  std::vector<GenerationRequest> group;
+  group.push_back(greedy({1, 2, 3, 4, 5}, 50));
+  auto s = loop.submit(std::move(group));
+  const auto choices = drain(*s.channel, 1);
+  EXPECT_EQ(choices[0].finish_reason, FinishReason::kError);
+  EXPECT_NE(choices[0].error.find(reason), std::string::npos) << choices[0].error;
+  std::string failure;
+  for (int i = 0; i < 200 && (failure = loop.failure()).empty(); ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  EXPECT_NE(failure.find(reason), std::string::npos) << failure;
+  std::vector<GenerationRequest> late;
+  late.push_back(greedy({1, 2}, 2));
+  try {
+    loop.submit(std::move(late));
+    FAIL() << "accepted after the engine failed";
+  } catch (const ApiError& e) {
+    EXPECT_EQ(e.status, 503);
+    EXPECT_NE(e.message.find(reason), std::string::npos) << e.message;
+  }
+}
+
+TEST(EngineLoop, LostDeviceMakesTheLoopUnavailable) {
+  auto loop = make_faulty_loop(FaultyRunner::Fault::kLostDevice, 3);
+  EXPECT_EQ(loop->failure(), "");
+  expect_unavailable_after_fault(*loop, "simulated sticky error");
+  // The snapshot is taken at the end of the loop turn that failed: wait for it.
+  LoopSnapshot s = loop->snapshot();
+  for (int i = 0; i < 200 && s.requests_in_flight != 0; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    s = loop->snapshot();
+  }
+  EXPECT_EQ(s.engine.kv_blocks_free, s.engine.kv_blocks_total);
+  EXPECT_EQ(s.requests_in_flight, 0);
+  loop->shutdown();
+}
+
+TEST(EngineLoop, EngineThreadDeathMakesTheLoopUnavailable) {
+  auto loop = make_faulty_loop(FaultyRunner::Fault::kThreadDeath, 2);
+  expect_unavailable_after_fault(*loop, "the engine thread stopped");
+  loop->shutdown();
 }
 
 }  // namespace

@@ -128,7 +128,9 @@ std::function<int()> add_serve_command(CLI::App& app) {
   cmd->add_option("--max-body-bytes", h.max_body_bytes,
                   "Largest request body accepted; larger ones are answered 413")
       ->capture_default_str();
-  cmd->add_option("--max-connections", h.threads, "HTTP worker threads: connections served at once")
+  cmd->add_option("--max-connections", h.threads,
+                  "Generations served at once, each on its own HTTP worker (one more is answered "
+                  "503); 4 more workers answer /health, /metrics and the rest")
       ->check(CLI::Range(1, 65536))
       ->capture_default_str();
   return [o] { return run_serve(*o); };

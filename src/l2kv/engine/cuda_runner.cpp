@@ -80,6 +80,18 @@ void CudaRunner::set_decode_attention(DecodeKernel kernel, const PrefetchPolicy&
     model_->capture_decode_graphs(decode_graph_buckets(max_seqs_), stream_);
 }
 
+std::string CudaRunner::device_fault() {
+  // A launch's configuration error is the call's alone and is cleared by reading it; an error
+  // of work already running on the device (illegal address, trap, ECC, device lost) is sticky:
+  // every later call returns it, and the context can run nothing more.
+  cudaGetLastError();
+  cudaError_t status = cudaSetDevice(device_);
+  if (status == cudaSuccess) status = cudaStreamSynchronize(stream_);
+  if (status == cudaSuccess) return {};
+  return std::string("CUDA error ") + cudaGetErrorName(status) + " (" + cudaGetErrorString(status) +
+         ") on cuda:" + std::to_string(device_);
+}
+
 std::vector<SampledToken> CudaRunner::execute(const StepInput& step) {
   L2KV_CUDA_CHECK(cudaSetDevice(device_));
   batch_.clear();

@@ -44,6 +44,7 @@ class CudaRunner : public ModelRunner {
                         int32_t max_model_len, double memory_utilization) override;
   void allocate_kv_cache(int32_t num_blocks) override;
   std::vector<SampledToken> execute(const StepInput& step) override;
+  std::string device_fault() override;
 
   // Switches the decode kernel and its prefetch policy; recaptures the graphs.
   void set_decode_attention(DecodeKernel kernel, const PrefetchPolicy& policy);

@@ -48,32 +48,74 @@ namespace {
 
 using Callback = std::function<void(const RequestOutput&)>;
 
+std::string str(int64_t v) {
+  return std::to_string(v);
+}
+
+// Fills in max_model_len from the model when it is 0, after the checks that need no model.
 EngineConfig resolve(EngineConfig config, const ModelConfig& model) {
-  auto positive = [](int64_t value, const char* name) {
-    if (value < 1)
-      throw Error(std::string(name) + " must be at least 1, got " + std::to_string(value));
-  };
-  positive(config.block_size, "block_size");
-  positive(config.max_num_seqs, "max_num_seqs");
-  positive(config.max_num_batched_tokens, "max_num_batched_tokens");
-  if (config.num_kv_blocks < 0) throw Error("num_kv_blocks must not be negative");
-  if (!(config.gpu_memory_utilization > 0 && config.gpu_memory_utilization <= 1))
-    throw Error("gpu_memory_utilization must be in (0, 1], got " +
-                std::to_string(config.gpu_memory_utilization));
-  if (config.max_model_len < 0) throw Error("max_model_len must not be negative");
+  if (config.max_model_len < 0)
+    throw Error("max_model_len (--max-model-len) must not be negative, got " +
+                str(config.max_model_len));
   const int64_t model_len = model.max_position_embeddings;
   if (config.max_model_len == 0) {
     if (model_len <= 0)
-      throw Error("the model config has no max_position_embeddings: set max_model_len");
+      throw Error("the model config has no max_position_embeddings: set --max-model-len");
     config.max_model_len = static_cast<int32_t>(std::min<int64_t>(model_len, 1 << 30));
-  } else if (model_len > 0 && config.max_model_len > model_len) {
-    throw Error("max_model_len " + std::to_string(config.max_model_len) +
-                " is longer than the model's max_position_embeddings " + std::to_string(model_len));
   }
+  validate_engine_config(config, model);
   return config;
 }
 
 }  // namespace
+
+void validate_engine_config(const EngineConfig& c, const ModelConfig& model) {
+  auto positive = [](int64_t value, const char* name, const char* flag) {
+    if (value < 1)
+      throw Error(std::string(name) + " (" + flag + ") must be at least 1, got " + str(value));
+  };
+  positive(c.block_size, "block_size", "--block-size");
+  positive(c.max_num_seqs, "max_num_seqs", "--max-num-seqs");
+  positive(c.max_num_batched_tokens, "max_num_batched_tokens", "--max-num-batched-tokens");
+  positive(c.max_model_len, "max_model_len", "--max-model-len");
+  if (c.num_kv_blocks < 0)
+    throw Error("num_kv_blocks (--num-kv-blocks) must not be negative, got " +
+                str(c.num_kv_blocks));
+  if (!(c.gpu_memory_utilization > 0 && c.gpu_memory_utilization <= 1))
+    throw Error("gpu_memory_utilization (--gpu-memory-utilization) must be in (0, 1], got " +
+                std::to_string(c.gpu_memory_utilization));
+  const int64_t model_len = model.max_position_embeddings;
+  if (model_len > 0 && c.max_model_len > model_len)
+    throw Error("max_model_len (--max-model-len) " + str(c.max_model_len) +
+                " is longer than the model's max_position_embeddings " + str(model_len));
+  // Every running sequence needs at least one token of each step's budget; with fewer, the
+  // requests past the budget are admitted, hold their blocks and wait for older ones to end.
+  if (c.max_num_batched_tokens < c.max_num_seqs)
+    throw Error("max_num_batched_tokens (--max-num-batched-tokens) " +
+                str(c.max_num_batched_tokens) + " is below max_num_seqs (--max-num-seqs) " +
+                str(c.max_num_seqs) +
+                ": one step could not advance every running sequence; raise "
+                "--max-num-batched-tokens or lower --max-num-seqs");
+  if (c.num_kv_blocks == 0) return;  // the pool is sized later; checked again then
+  if (c.num_kv_blocks < 2)
+    throw Error("num_kv_blocks (--num-kv-blocks) " + str(c.num_kv_blocks) +
+                ": at least 2 are needed (block 0 is reserved)");
+  const int64_t usable = int64_t{c.num_kv_blocks} - 1;
+  const int64_t pool_tokens = usable * c.block_size;
+  const char* grow_pool = "raise --num-kv-blocks (or --gpu-memory-utilization when it is 0)";
+  // A request that may grow to max_model_len must fit the whole pool, or it would end early
+  // (or preempt itself forever) below the length the server advertises.
+  if (pool_tokens < c.max_model_len)
+    throw Error("the KV pool holds " + str(usable) + " blocks of " + str(c.block_size) +
+                " tokens (" + str(pool_tokens) +
+                " tokens), less than one request of max_model_len (--max-model-len) " +
+                str(c.max_model_len) + ": " + grow_pool + " or lower --max-model-len");
+  // Each running sequence holds at least one block.
+  if (c.max_num_seqs > usable)
+    throw Error("max_num_seqs (--max-num-seqs) " + str(c.max_num_seqs) + " is more than the " +
+                str(usable) + " blocks of the KV pool: at most " + str(usable) +
+                " sequences could ever run; lower --max-num-seqs or " + grow_pool);
+}
 
 struct Engine::Impl {
   struct Delivery {
@@ -97,6 +139,7 @@ struct Engine::Impl {
   std::deque<Delivery> deliveries;
   bool delivering = false;
   bool in_step = false;
+  std::string failure;  // set once the device is lost; see Engine::failure()
 
   Impl(std::unique_ptr<ModelRunner> model_runner, const Tokenizer* tok, EngineConfig cfg)
       : runner(std::move(model_runner)), tokenizer(tok) {
@@ -117,9 +160,11 @@ struct Engine::Impl {
         throw Error("KV pool: " + std::to_string(sizing.bytes_available) +
                     " bytes available hold " + std::to_string(num_blocks) + " blocks of " +
                     std::to_string(sizing.bytes_per_block) +
-                    " bytes; at least 2 are needed (block 0 is reserved)");
+                    " bytes; at least 2 are needed (block 0 is reserved): raise "
+                    "--gpu-memory-utilization or set --num-kv-blocks");
     }
     config.num_kv_blocks = static_cast<int32_t>(num_blocks);
+    validate_engine_config(config, model);
     blocks.emplace(config.num_kv_blocks, config.block_size);
     runner->allocate_kv_cache(config.num_kv_blocks);
     scheduler.emplace(SchedulerConfig{config.max_num_seqs, config.max_num_batched_tokens}, *blocks);
@@ -128,6 +173,7 @@ struct Engine::Impl {
   }
 
   int64_t add(GenerationRequest request) {
+    if (!failure.empty()) throw Error("the engine can run no more requests: " + failure);
     const int64_t vocab = runner->config().vocab_size;
     const int64_t n = static_cast<int64_t>(request.prompt.size());
     if (n == 0) throw Error("the prompt is empty");
@@ -290,19 +336,22 @@ struct Engine::Impl {
     }
 
     std::vector<SampledToken> sampled;
-    std::string failure;
+    std::string step_failure;
     try {
       sampled = runner->execute(input);
       if (sampled.size() != num_samples)
-        failure = "the runner returned " + std::to_string(sampled.size()) + " tokens for " +
-                  std::to_string(num_samples) + " sequences";
+        step_failure = "the runner returned " + std::to_string(sampled.size()) + " tokens for " +
+                       std::to_string(num_samples) + " sequences";
     } catch (const std::exception& e) {
-      failure = e.what();
+      step_failure = e.what();
     }
-    if (!failure.empty()) {
+    if (!step_failure.empty()) {
       // The step's K/V writes are unknown: fail every request in it and free its blocks.
+      check_device(step_failure);
+      const std::string error = failure.empty() ? "model runner failed: " + step_failure : failure;
       for (const ScheduledChunk& c : plan.chunks)
-        finish(*c.request, FinishReason::kError, {}, "model runner failed: " + failure);
+        finish(*c.request, FinishReason::kError, {}, error);
+      if (!failure.empty()) fail_all();
     } else {
       scheduler->update(plan);
       size_t next = 0;
@@ -320,6 +369,27 @@ struct Engine::Impl {
     in_step = false;
     deliver();
     return true;
+  }
+
+  // After a failed step: when the runner says its device can run nothing more, the engine
+  // records why, fails every request (fail_all) and refuses new ones, instead of failing each
+  // later step one by one while looking healthy.
+  void check_device(const std::string& step_failure) {
+    std::string fault;
+    try {
+      fault = runner->device_fault();
+    } catch (const std::exception& e) {
+      fault = e.what();
+    }
+    if (!fault.empty())
+      failure = "the device is lost: " + fault + " (the failed step: " + step_failure + ")";
+  }
+  void fail_all() {
+    std::vector<Request*> left;
+    for (auto& [id, r] : requests) left.push_back(r.get());
+    std::sort(left.begin(), left.end(),
+              [](const Request* a, const Request* b) { return a->id < b->id; });
+    for (Request* r : left) finish(*r, FinishReason::kError, {}, failure);
   }
 
   void abort(int64_t id) {
@@ -345,6 +415,10 @@ void Engine::abort(int64_t request_id) {
 
 bool Engine::has_unfinished() const {
   return !impl_->scheduler->empty();
+}
+
+const std::string& Engine::failure() const {
+  return impl_->failure;
 }
 
 bool Engine::step() {

@@ -29,6 +29,14 @@ struct EngineConfig {
   uint64_t seed = 0;  // draws the seeds of requests that set none
 };
 
+// Refuses a configuration that would stall, starve or deadlock, with an l2kv::Error naming the
+// flag(s) to change: max_model_len above the model's positions, fewer batched tokens than
+// sequences, a pool that cannot hold one max_model_len request or fewer blocks than sequences.
+// `config.max_model_len` must be resolved (non-zero); num_kv_blocks 0 (the pool is not sized
+// yet) skips the pool's checks. The Engine calls it before and after sizing the pool, so
+// generate, bench and serve refuse the same configurations.
+void validate_engine_config(const EngineConfig& config, const ModelConfig& model);
+
 enum class FinishReason : uint8_t { kNone, kStop, kLength, kAbort, kError };
 const char* finish_reason_name(FinishReason reason);  // "stop", "length", "abort", "error"
 
@@ -78,6 +86,10 @@ class Engine {
   void abort(int64_t request_id);
 
   bool has_unfinished() const;
+  // Why the engine can run nothing more: the runner reported its device lost (a sticky CUDA
+  // error) after a failed step. Empty while healthy. Once set, every unfinished request has
+  // ended with kError and this reason, and add_request() refuses new ones.
+  const std::string& failure() const;
   // Runs one step (schedule, execute, postprocess). Returns false when there was nothing to do.
   bool step();
   // Steps until every request has finished.

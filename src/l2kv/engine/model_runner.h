@@ -55,6 +55,10 @@ class ModelRunner {
   // Every block id in the tables is below num_blocks; the engine guarantees the tables cover
   // start_position + tokens.size() positions.
   virtual std::vector<SampledToken> execute(const StepInput& step) = 0;
+
+  // Asked after execute() threw: why the device can run nothing more (a sticky CUDA error:
+  // illegal address, device lost), or empty when the failure was the step's alone.
+  virtual std::string device_fault() { return {}; }
 };
 
 }  // namespace l2kv

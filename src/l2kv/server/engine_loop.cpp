@@ -30,6 +30,15 @@ bool OutputChannel::pop(std::vector<Item>& items, std::chrono::milliseconds time
   return unfinished_ <= 0;
 }
 
+namespace {
+
+ApiError unavailable(const std::string& failure) {
+  return ApiError(503, "The engine cannot serve requests: " + failure, "", "service_unavailable",
+                  "engine_failed");
+}
+
+}  // namespace
+
 struct EngineLoop::PendingSubmit {
   std::vector<GenerationRequest> requests;
   std::shared_ptr<OutputChannel> channel;
@@ -72,6 +81,7 @@ EngineLoop::Submission EngineLoop::submit(std::vector<GenerationRequest> request
   std::future<std::vector<int64_t>> ids = pending->ids.get_future();
   {
     std::lock_guard lock(mutex_);
+    if (!failure_.empty()) throw unavailable(failure_);
     if (stopping_) throw ApiError(503, "The server is shutting down.");
     submits_.push_back(pending);
   }
@@ -85,6 +95,11 @@ void EngineLoop::abort(const std::vector<int64_t>& request_ids) {
     aborts_.insert(aborts_.end(), request_ids.begin(), request_ids.end());
   }
   wake_.notify_one();
+}
+
+std::string EngineLoop::failure() const {
+  std::lock_guard lock(mutex_);
+  return failure_;
 }
 
 LoopSnapshot EngineLoop::snapshot() const {
@@ -106,7 +121,7 @@ void EngineLoop::on_output(const std::shared_ptr<OutputChannel>& channel, int32_
   const auto now = std::chrono::steady_clock::now();
   auto it = in_flight_.find(output.request_id);
   if (it != in_flight_.end() && metrics_) {
-    Timing& t = it->second;
+    InFlight& t = it->second;
     const auto tokens = static_cast<int64_t>(output.new_tokens.size());
     if (tokens > 0) {
       if (t.first) {
@@ -128,6 +143,11 @@ void EngineLoop::on_output(const std::shared_ptr<OutputChannel>& channel, int32_
                                          std::chrono::duration<double>(now - t.arrival).count());
   }
   if (output.finished) in_flight_.erase(output.request_id);
+  if (output.finish_reason == FinishReason::kError && !engine_->failure().empty()) {
+    // The device was lost in this step: unavailable before its requests hear of it.
+    std::lock_guard lock(mutex_);
+    failure_ = engine_->failure();
+  }
   channel->push(choice, output);
 }
 
@@ -140,7 +160,7 @@ void EngineLoop::add_group(PendingSubmit& pending) {
       r.on_output = [this, channel = pending.channel, choice = static_cast<int32_t>(i)](
                         const RequestOutput& out) { on_output(channel, choice, out); };
       const int64_t id = engine_->add_request(std::move(r));
-      in_flight_[id] = Timing{arrival, arrival, true};
+      in_flight_[id] = InFlight{pending.channel, static_cast<int32_t>(i), arrival, arrival, true};
       ids.push_back(id);
     }
   } catch (const Error& e) {
@@ -162,6 +182,49 @@ void EngineLoop::add_group(PendingSubmit& pending) {
 }
 
 void EngineLoop::run() {
+  try {
+    serve();
+  } catch (const std::exception& e) {
+    fail(std::string("the engine thread stopped: ") + e.what());
+  } catch (...) {
+    fail("the engine thread stopped on an unknown exception");
+  }
+  engine_.reset();
+}
+
+// After the engine failed: nothing more is accepted, every submission waiting and every
+// request in flight ends with the reason. The engine is not touched (its state may be unknown).
+void EngineLoop::fail(const std::string& reason) {
+  std::fprintf(stderr, "l2kv: the engine cannot serve requests: %s\n", reason.c_str());
+  std::deque<std::shared_ptr<PendingSubmit>> submits;
+  {
+    std::lock_guard lock(mutex_);
+    failure_ = reason;
+    submits.swap(submits_);
+    aborts_.clear();
+  }
+  for (auto& pending : submits)
+    pending->ids.set_exception(std::make_exception_ptr(unavailable(reason)));
+  std::unordered_map<int64_t, InFlight> in_flight;
+  in_flight.swap(in_flight_);
+  for (auto& [id, request] : in_flight) {
+    RequestOutput out;
+    out.request_id = id;
+    out.finished = true;
+    out.finish_reason = FinishReason::kError;
+    out.error = reason;
+    if (metrics_)
+      metrics_->observe_request_finished(
+          finish_reason_name(FinishReason::kError),
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - request.arrival)
+              .count());
+    request.channel->push(request.choice, out);
+  }
+  std::lock_guard lock(mutex_);
+  snapshot_.requests_in_flight = 0;
+}
+
+void EngineLoop::serve() {
   for (;;) {
     std::deque<std::shared_ptr<PendingSubmit>> submits;
     std::vector<int64_t> aborts;
@@ -185,18 +248,12 @@ void EngineLoop::run() {
     if (stopping) {
       // Abort everything in flight: each channel gets its finished output.
       std::vector<int64_t> ids;
-      for (const auto& [id, timing] : in_flight_) ids.push_back(id);
+      for (const auto& [id, request] : in_flight_) ids.push_back(id);
       for (int64_t id : ids) engine_->abort(id);
     } else {
-      try {
-        engine_->step();
-      } catch (const std::exception& e) {
-        // A failed step leaves the engine's state unknown: fail every request in flight.
-        std::fprintf(stderr, "l2kv: engine step failed: %s\n", e.what());
-        std::vector<int64_t> ids;
-        for (const auto& [id, timing] : in_flight_) ids.push_back(id);
-        for (int64_t id : ids) engine_->abort(id);
-      }
+      // A step fails its own requests when the runner fails; an exception out of it leaves the
+      // engine's state unknown, and run() ends the loop.
+      engine_->step();
     }
     {
       std::lock_guard lock(mutex_);
@@ -204,8 +261,11 @@ void EngineLoop::run() {
       snapshot_.requests_in_flight = static_cast<int64_t>(in_flight_.size());
       if (stopping && submits_.empty()) break;
     }
+    if (!engine_->failure().empty()) {
+      fail(engine_->failure());  // its requests have ended already, their blocks are free
+      return;
+    }
   }
-  engine_.reset();
 }
 
 }  // namespace l2kv::server

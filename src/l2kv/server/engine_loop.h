@@ -65,12 +65,17 @@ class EngineLoop {
 
   // Queues the requests (their on_output is replaced) and waits until the engine thread has
   // added them: all or none. Throws ApiError 400 with the engine's message when it refuses
-  // one (l2kv::Error), 503 after shutdown.
+  // one (l2kv::Error), 503 after shutdown or once the engine has failed (see failure()).
   Submission submit(std::vector<GenerationRequest> requests);
 
   // Aborts requests from any thread: queued for the engine thread, which frees their blocks at
   // once; their channels get a finished output with FinishReason::kAbort.
   void abort(const std::vector<int64_t>& request_ids);
+
+  // Why no request can be served any more, empty while the engine serves: the engine thread
+  // stopped on an exception (its state is unknown), or the engine reported its device lost.
+  // Requests in flight then end with FinishReason::kError and this reason.
+  std::string failure() const;
 
   LoopSnapshot snapshot() const;
   const EngineConfig& config() const { return config_; }
@@ -82,6 +87,8 @@ class EngineLoop {
  private:
   struct PendingSubmit;
   void run();
+  void serve();
+  void fail(const std::string& reason);
   void add_group(PendingSubmit& pending);
   void on_output(const std::shared_ptr<OutputChannel>& channel, int32_t choice,
                  const RequestOutput& output);
@@ -96,14 +103,18 @@ class EngineLoop {
   std::deque<std::shared_ptr<PendingSubmit>> submits_;
   std::vector<int64_t> aborts_;
   bool stopping_ = false;
+  std::string failure_;
   LoopSnapshot snapshot_;
 
-  // Engine thread only: timing of each request in flight, for the latency histograms.
-  struct Timing {
+  // Engine thread only: each request in flight, its channel and its timing for the latency
+  // histograms.
+  struct InFlight {
+    std::shared_ptr<OutputChannel> channel;
+    int32_t choice = 0;
     std::chrono::steady_clock::time_point arrival, last_token;
     bool first = true;
   };
-  std::unordered_map<int64_t, Timing> in_flight_;
+  std::unordered_map<int64_t, InFlight> in_flight_;
 
   std::thread thread_;
 };

@@ -1,16 +1,18 @@
 #include "l2kv/server/http_server.h"
 
-#include <dirent.h>
 #include <httplib.h>
 #include <netdb.h>
 #include <poll.h>
 #include <sys/socket.h>
-#include <sys/stat.h>
+#include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <random>
 
 #include "l2kv/core/error.h"
@@ -34,52 +36,148 @@ void send_error(httplib::Response& res, const ApiError& e) {
   send_json(res, e.status, e.to_json());
 }
 
-std::string numeric_host(const sockaddr_storage& addr, socklen_t len, int& port) {
-  char host[NI_MAXHOST], serv[NI_MAXSERV];
-  if (getnameinfo(reinterpret_cast<const sockaddr*>(&addr), len, host, sizeof host, serv,
-                  sizeof serv, NI_NUMERICHOST | NI_NUMERICSERV) != 0)
-    return "";
-  port = std::atoi(serv);
-  return host;
-}
+// The socket of the connection this worker thread serves, set by ConnectionServer for the
+// whole connection: httplib runs a connection's handlers and content providers on the thread
+// that reads it, and 0.11 does not hand the socket to them.
+thread_local int t_connection_socket = -1;
 
-// The socket of the connection that carries `req`. httplib 0.11 does not hand it to handlers,
-// so find it among our descriptors by its two ends; -1 when not found. The descriptor stays
-// ours while the handler (and its content provider) runs.
-int connection_socket(const httplib::Request& req) {
-  DIR* dir = opendir("/proc/self/fd");
-  if (!dir) return -1;
-  int found = -1;
-  while (const dirent* entry = readdir(dir)) {
-    char* end = nullptr;
-    const long fd = std::strtol(entry->d_name, &end, 10);
-    if (*end != '\0' || fd < 0) continue;
-    struct stat st {};
-    if (fstat(static_cast<int>(fd), &st) != 0 || !S_ISSOCK(st.st_mode)) continue;
-    sockaddr_storage peer{}, local{};
-    socklen_t peer_len = sizeof peer, local_len = sizeof local;
-    if (getpeername(static_cast<int>(fd), reinterpret_cast<sockaddr*>(&peer), &peer_len) != 0 ||
-        getsockname(static_cast<int>(fd), reinterpret_cast<sockaddr*>(&local), &local_len) != 0)
-      continue;
-    int peer_port = -1, local_port = -1;
-    if (numeric_host(peer, peer_len, peer_port) != req.remote_addr || peer_port != req.remote_port)
-      continue;
-    numeric_host(local, local_len, local_port);
-    if (local_port != req.local_port) continue;
-    found = static_cast<int>(fd);
-    break;
+// httplib's server with its connection loop (keep-alive, then one request after another)
+// written out here, as its SSLServer does, so the socket is known to the handlers.
+class ConnectionServer : public httplib::Server {
+ private:
+  // A connection's socket as httplib reads and writes it.
+  class SocketStream final : public httplib::Stream {
+   public:
+    SocketStream(int fd, int read_timeout_ms, int write_timeout_ms)
+        : fd_(fd), read_timeout_ms_(read_timeout_ms), write_timeout_ms_(write_timeout_ms) {}
+    bool has_buffered() const { return begin_ < end_; }
+    bool is_readable() const override { return has_buffered() || wait(POLLIN, read_timeout_ms_); }
+    bool is_writable() const override { return wait(POLLOUT, write_timeout_ms_); }
+    // httplib reads request lines a byte at a time: serve them from a buffer.
+    ssize_t read(char* ptr, size_t size) override {
+      if (!has_buffered()) {
+        if (!wait(POLLIN, read_timeout_ms_)) return -1;
+        ssize_t n;
+        do n = recv(fd_, buffer_, sizeof buffer_, 0);
+        while (n < 0 && errno == EINTR);
+        if (n <= 0) return n;
+        begin_ = 0;
+        end_ = static_cast<size_t>(n);
+      }
+      const size_t n = std::min(size, end_ - begin_);
+      std::memcpy(ptr, buffer_ + begin_, n);
+      begin_ += n;
+      return static_cast<ssize_t>(n);
+    }
+    ssize_t write(const char* ptr, size_t size) override {
+      if (!is_writable()) return -1;
+      for (;;) {
+        const ssize_t n = send(fd_, ptr, size, MSG_NOSIGNAL);
+        if (n >= 0 || errno != EINTR) return n;
+      }
+    }
+    void get_remote_ip_and_port(std::string& ip, int& port) const override {
+      address(getpeername, ip, port);
+    }
+    void get_local_ip_and_port(std::string& ip, int& port) const override {
+      address(getsockname, ip, port);
+    }
+    int socket() const override { return fd_; }
+
+   private:
+    bool wait(short events, int timeout_ms) const {
+      pollfd p{fd_, events, 0};
+      for (;;) {
+        const int n = poll(&p, 1, timeout_ms);
+        if (n >= 0 || errno != EINTR) return n > 0 && (p.revents & (events | POLLHUP)) != 0;
+      }
+    }
+    void address(int (*get)(int, sockaddr*, socklen_t*), std::string& ip, int& port) const {
+      sockaddr_storage addr{};
+      socklen_t len = sizeof addr;
+      if (get(fd_, reinterpret_cast<sockaddr*>(&addr), &len) != 0) return;
+      char host[NI_MAXHOST], serv[NI_MAXSERV];
+      if (getnameinfo(reinterpret_cast<const sockaddr*>(&addr), len, host, sizeof host, serv,
+                      sizeof serv, NI_NUMERICHOST | NI_NUMERICSERV) != 0)
+        return;
+      ip = host;
+      port = std::atoi(serv);
+    }
+    int fd_, read_timeout_ms_, write_timeout_ms_;
+    char buffer_[4096];
+    size_t begin_ = 0, end_ = 0;
+  };
+
+  // Waits up to the keep-alive timeout for the next request; false when none comes, the
+  // connection ended, or the server is stopping.
+  bool next_request(const SocketStream& stream) const {
+    if (stream.has_buffered()) return true;  // a pipelined request
+    const auto deadline =
+        std::chrono::steady_clock::now() + std::chrono::seconds(keep_alive_timeout_sec_);
+    while (svr_sock_ != INVALID_SOCKET) {
+      pollfd p{stream.socket(), POLLIN, 0};
+      const int n = poll(&p, 1, 50);
+      if (n > 0) return true;  // data, or EOF (the request read then fails and ends it)
+      if (n < 0 && errno != EINTR) return false;
+      if (std::chrono::steady_clock::now() > deadline) return false;
+    }
+    return false;
   }
-  closedir(dir);
-  return found;
+
+  bool process_and_close_socket(int fd) override {
+    t_connection_socket = fd;
+    SocketStream stream(fd, static_cast<int>(read_timeout_sec_ * 1000 + read_timeout_usec_ / 1000),
+                        static_cast<int>(write_timeout_sec_ * 1000 + write_timeout_usec_ / 1000));
+    bool ok = false;
+    for (size_t left = keep_alive_max_count_; left > 0 && next_request(stream); --left) {
+      bool closed = false;
+      ok = process_request(stream, left == 1, closed, nullptr);
+      if (!ok || closed) break;
+    }
+    t_connection_socket = -1;
+    shutdown(fd, SHUT_RDWR);
+    close(fd);
+    return ok;
+  }
+};
+
+// What poll says of a client while its answer is being made. A client that shut down only its
+// sending side (SHUT_WR, as some clients and proxies do once the request is sent) looks like
+// one that closed the socket (a FIN: POLLRDHUP) until something is written to it: a closed
+// socket answers data with a reset (POLLHUP / POLLERR), a half-closed one reads it.
+enum class PeerState { kConnected, kFinished, kGone };
+
+PeerState peer_state(int fd) {
+  if (fd < 0) return PeerState::kConnected;
+  pollfd p{fd, POLLRDHUP, 0};
+  if (poll(&p, 1, 0) <= 0) return PeerState::kConnected;
+  if (p.revents & (POLLHUP | POLLERR | POLLNVAL)) return PeerState::kGone;
+  return (p.revents & POLLRDHUP) ? PeerState::kFinished : PeerState::kConnected;
 }
 
-// True once the client has closed or reset the connection (read side hung up).
-bool peer_gone(int fd) {
-  if (fd < 0) return false;
-  pollfd p{fd, POLLRDHUP, 0};
-  if (poll(&p, 1, 0) <= 0) return false;
-  return (p.revents & (POLLRDHUP | POLLHUP | POLLERR | POLLNVAL)) != 0;
-}
+// Tells a client that stopped sending apart from one that went away, without aborting it:
+// once its FIN is seen, `probe` writes something it must accept (once), and the reset that a
+// closed socket answers with shows at the next poll. True when the client is gone.
+struct DisconnectWatch {
+  int fd = -1;
+  bool probed = false;
+  template <typename Probe>
+  bool gone(Probe probe) {
+    switch (peer_state(fd)) {
+      case PeerState::kConnected:
+        return false;
+      case PeerState::kGone:
+        return true;
+      case PeerState::kFinished:
+        if (!probed) {
+          probed = true;
+          if (!probe()) return true;
+        }
+        return false;
+    }
+    return false;
+  }
+};
 
 std::string random_id(const char* prefix) {
   static std::atomic<uint64_t> counter{0};
@@ -109,7 +207,8 @@ struct Generation {
   EngineLoop::Submission submission;
   std::vector<ChoiceOutput> choices;
   std::vector<int64_t> text_offsets;  // completions logprobs: characters written so far
-  int socket = -1;
+  DisconnectWatch client;
+  std::shared_ptr<void> slot;  // one of the server's generation slots, held until the end
   bool finished = false;
 
   ~Generation() {
@@ -136,7 +235,11 @@ struct HttpServer::Impl {
   ServingModel model;
   HttpServerOptions options;
   ServerLimits limits;
-  httplib::Server server;
+  ConnectionServer server;
+  // Generations in flight, each holding an HTTP worker (streams for as long as they run); at
+  // most options.threads, so the kControlWorkers beyond them always answer /health.
+  std::atomic<int> generations{0};
+  static constexpr int kControlWorkers = 4;
 
   Impl(EngineLoop& l, Metrics& m, ServingModel sm, HttpServerOptions o)
       : loop(l), metrics(m), model(std::move(sm)), options(std::move(o)) {
@@ -163,7 +266,7 @@ struct HttpServer::Impl {
   void routes() {
     const int threads = options.threads;
     server.new_task_queue = [threads] {
-      return new httplib::ThreadPool(static_cast<size_t>(threads));
+      return new httplib::ThreadPool(static_cast<size_t>(threads + kControlWorkers));
     };
     server.set_payload_max_length(options.max_body_bytes);
     server.set_keep_alive_timeout(2);  // shutdown waits this long for idle keep-alive reads
@@ -217,7 +320,13 @@ struct HttpServer::Impl {
                                     {"max_model_len", limits.max_model_len}};
                  send_json(res, 200, {{"object", "list"}, {"data", json::array({model_card})}});
                }));
-    server.Get("/health", [](const httplib::Request&, httplib::Response& res) {
+    server.Get("/health", [this](const httplib::Request&, httplib::Response& res) {
+      const std::string failure = loop.failure();
+      if (!failure.empty()) {
+        send_error(res, ApiError(503, "The engine cannot serve requests: " + failure, "",
+                                 "service_unavailable", "engine_failed"));
+        return;
+      }
       res.status = 200;
       res.set_content("", "text/plain");
     });
@@ -248,6 +357,18 @@ struct HttpServer::Impl {
     }
   }
 
+  // Counts a generation in; 503 when options.threads are running already.
+  std::shared_ptr<void> take_generation_slot() {
+    if (generations.fetch_add(1) >= options.threads) {
+      generations.fetch_sub(1);
+      throw ApiError(503,
+                     "The server is running its limit of " + std::to_string(options.threads) +
+                         " generations at once (--max-connections); retry later.",
+                     "", "service_unavailable", "server_busy");
+    }
+    return std::shared_ptr<void>(nullptr, [this](void*) { generations.fetch_sub(1); });
+  }
+
   void generate(const httplib::Request& req, httplib::Response& res, Endpoint endpoint) {
     json body;
     try {
@@ -256,6 +377,7 @@ struct HttpServer::Impl {
       bad_request(std::string("The request body is not valid JSON: ") + e.what());
     }
     auto g = std::make_shared<Generation>();
+    g->slot = take_generation_slot();
     g->request = endpoint == Endpoint::kCompletions ? parse_completion_request(body, limits)
                                                     : parse_chat_request(body, limits);
     const ApiRequest& r = g->request;
@@ -291,7 +413,7 @@ struct HttpServer::Impl {
     g->token_text = token_text_for(model.tokenizer);
     g->choices.resize(requests.size());
     g->text_offsets.assign(requests.size(), 0);
-    g->socket = connection_socket(req);
+    g->client.fd = t_connection_socket;
     g->submission = loop.submit(std::move(requests));  // a refused request throws a 400 here
     g->loop = &loop;
 
@@ -311,7 +433,13 @@ struct HttpServer::Impl {
       done = g->submission.channel->pop(items, kPollInterval);
       for (const auto& item : items)
         g->choices[static_cast<size_t>(item.choice)].append(item.output);
-      if (!done && peer_gone(g->socket)) return;  // ~Generation aborts; nobody reads an answer
+      // A 1xx answer is one every HTTP/1.1 client must read past (RFC 9110, 15.2); an HTTP/1.0
+      // client must get none, so one that stopped sending keeps its request to the end.
+      if (!done && g->client.gone([fd = g->client.fd, http11 = req.version == "HTTP/1.1"] {
+            static constexpr char kContinue[] = "HTTP/1.1 100 Continue\r\n\r\n";
+            return !http11 || send(fd, kContinue, sizeof kContinue - 1, MSG_NOSIGNAL) > 0;
+          }))
+        return;  // ~Generation aborts; nobody reads an answer
     }
     g->finished = true;
     for (const ChoiceOutput& c : g->choices)
@@ -352,7 +480,8 @@ struct HttpServer::Impl {
     for (bool done = false; !done;) {
       items.clear();
       done = g.submission.channel->pop(items, kPollInterval);
-      if (!done && peer_gone(g.socket)) return gone();
+      // An SSE comment line, which clients skip.
+      if (!done && g.client.gone([&] { return write(": \n\n"); })) return gone();
       for (const OutputChannel::Item& item : items) {
         const RequestOutput& out = item.output;
         const auto i = static_cast<size_t>(item.choice);

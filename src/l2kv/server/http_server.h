@@ -1,6 +1,8 @@
 // The HTTP front of `l2kv serve`: cpp-httplib routes for the OpenAI API (/v1/completions,
 // /v1/chat/completions, /v1/models), /health, /version and /metrics, over the EngineLoop.
-// Streams as server-sent events; a client that goes away has its requests aborted at once.
+// Streams as server-sent events; a client that goes away has its requests aborted at once (one
+// that only shut down its sending side keeps its answer). /health answers 503 with the reason
+// once the engine cannot serve, and is answered even while every generation slot streams.
 #pragma once
 
 #include <cstddef>
@@ -24,7 +26,7 @@ struct HttpServerOptions {
   std::string model_path;             // for /v1/models' "root"
   std::string api_key;                // empty: no check
   size_t max_body_bytes = 16u << 20;  // larger bodies are answered 413
-  int threads = 512;                  // connections served at once
+  int threads = 512;                  // generations at once (more: 503); +4 workers for the rest
 };
 
 // What the HTTP side needs besides the loop. `chat_template` null: chat answers 400 with
