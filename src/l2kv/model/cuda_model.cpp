@@ -209,6 +209,9 @@ void CudaModel::allocate_workspace(const WorkspaceLimits& limits) {
   L2KV_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&ws->host_meta), meta * 4));
   L2KV_CUDA_CHECK(cudaEventCreateWithFlags(&ws->uploaded, cudaEventDisableTiming));
   ws_ = std::move(ws);
+  // The prefill work list, sized here for the largest step: never grown in one.
+  prefill_.reserve(static_cast<int32_t>(T), limits_.max_seqs, static_cast<int32_t>(c.num_kv_heads),
+                   static_cast<int32_t>(c.num_q_heads));
   if (num_blocks_ > 0 && decode_kernel_ == DecodeKernel::kSplit)
     split_.reserve_for_graphs(limits_.max_seqs, decode_params());
 }

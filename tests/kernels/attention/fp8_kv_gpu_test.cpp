@@ -198,6 +198,7 @@ TEST(Fp8KvCache, PrefillReadsStoredKvWithScales) {
     L2KV_CUDA_CHECK(cudaMemcpy(q_d, q.data(), q.size() * 2, cudaMemcpyHostToDevice));
     L2KV_CUDA_CHECK(cudaMemset(out_d, 0xff, q.size() * 2));
     PrefillAttention prefill;
+    prefill.reserve(rows, static_cast<int32_t>(chunks.size()), c.num_kv_heads, c.num_q_heads);
     prefill.plan(pools.params.kv, c.num_q_heads, chunks, nullptr);
     prefill.run(q_d, out_d, pools.params.kv, c.num_q_heads,
                 1.f / std::sqrt(static_cast<float>(c.head_dim)), nullptr);
