@@ -443,8 +443,14 @@ void PagedV1Decode::reserve(int32_t max_batch, int32_t num_q_heads, int32_t head
   if (partials_) L2KV_CUDA_CHECK(cudaFree(partials_));
   partials_ = nullptr;
   capacity_floats_ = 0;
-  L2KV_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&partials_),
-                             static_cast<size_t>(floats) * sizeof(float)));
+  const size_t bytes = static_cast<size_t>(floats) * sizeof(float);
+  if (cudaMalloc(reinterpret_cast<void**>(&partials_), bytes) != cudaSuccess) {
+    (void)cudaGetLastError();  // not sticky: clear it
+    partials_ = nullptr;
+    throw Error("paged_v1: " + std::to_string(bytes >> 20) + " MiB of partition workspace for " +
+                std::to_string(max_batch) + " sequences of up to " + std::to_string(max_seq_len) +
+                " tokens could not be allocated (lower --max-num-seqs or --max-model-len)");
+  }
   capacity_floats_ = floats;
 }
 
