@@ -87,7 +87,8 @@ class PagedV1Decode {
   // HND layout (one bulk prefetch per block; NHD's per-token prefetches cost more than they
   // save) and fewer than 3 thread blocks resident per SM (the kernel is latency-bound; with
   // more, prefetches crowd the L2 and lose 3-10 %). A device length outside
-  // [1, params.max_seq_len] (a caller error the host checks rule out) yields NaN rows.
+  // [1, params.max_seq_len] (a caller error the host checks rule out) yields NaN rows. Runs
+  // share the workspace: two in flight at once (on different streams) must not both partition.
   void run(const DecodeAttentionParams& params, const PrefetchPolicy& policy,
            cudaStream_t stream) const;
 
