@@ -100,7 +100,9 @@ __device__ __forceinline__ bool v1_length_ok(int len, int max_seq_len) {
 }
 
 // T: the model's dtype (Q, output). kFp8: K/V stored as E4M3 bytes with per-layer scales.
-template <typename T, int kHeadDim, int kBlockSize, bool kFp8>
+// kPartitioned: the launch may cut sequences into partitions (a separate instantiation, so the
+// single pass keeps the v1 kernel's code and registers: the partition loop costs up to 80 more).
+template <typename T, int kHeadDim, int kBlockSize, bool kFp8, bool kPartitioned>
 __global__ void __launch_bounds__(kV1Threads)
     paged_v1_kernel(const DecodeAttentionParams p, const KvPrefetch prefetch,
                     const V1Partials parts) {
@@ -122,17 +124,18 @@ __global__ void __launch_bounds__(kV1Threads)
   const int group = p.num_q_heads / kv.num_kv_heads;
   const int kv_head = head / group;
   const int len = kv.seq_lens[seq];
-  T* out = static_cast<T*>(p.out) + (static_cast<int64_t>(seq) * p.num_q_heads + head) * kHeadDim;
+  const int64_t out_offset = (static_cast<int64_t>(seq) * p.num_q_heads + head) * kHeadDim;
   // Shared memory and the workspace are sized for p.max_seq_len: a device length beyond it (or
   // below 1) is a caller error the host checks rule out; answer NaN rather than a clamped row.
   if (!v1_length_ok(len, p.max_seq_len)) {
     if (blockIdx.z == 0)
       for (int i = threadIdx.x; i < kHeadDim; i += kV1Threads)
-        out[i] = Traits::from_float(__int_as_float(0x7fffffff));
+        static_cast<T*>(p.out)[out_offset + i] = Traits::from_float(__int_as_float(0x7fffffff));
     return;
   }
   const int num_seq_blocks = (len + kBlockSize - 1) / kBlockSize;
-  const int num_parts = (len + parts.partition_tokens - 1) / parts.partition_tokens;
+  const int num_parts =
+      kPartitioned ? (len + parts.partition_tokens - 1) / parts.partition_tokens : 1;
   const int32_t* table = kv.block_table + static_cast<int64_t>(seq) * kv.max_blocks_per_seq;
   const Stored* k_pool = static_cast<const Stored*>(kv.k_pool);
   const Stored* v_pool = static_cast<const Stored*>(kv.v_pool);
@@ -159,12 +162,9 @@ __global__ void __launch_bounds__(kV1Threads)
     for (int e = 0; e < Shape::kVecElems; ++e)
       q_regs[v][e] = q_smem[(v * Shape::kThreadGroup + group_lane) * Shape::kVecElems + e];
 
-  // One partition per iteration; a single-pass launch runs one iteration over the whole
-  // sequence (partition_tokens = its padded length).
-  const int blocks_per_part = parts.partition_tokens / kBlockSize;
-  for (int part = blockIdx.z; part < num_parts; part += gridDim.z) {
-    const int first_block = part * blocks_per_part;
-    const int end_block = min(first_block + blocks_per_part, num_seq_blocks);
+  // Walks blocks [first_block, end_block) of the sequence: partition `part`, or with `direct`
+  // the whole sequence, whose output it writes.
+  auto walk = [&](const int part, const int first_block, const int end_block, const bool direct) {
     const int first_token = first_block * kBlockSize;
     float qk_max = -FLT_MAX;
     for (int b = first_block + warp; b < end_block; b += kV1Warps) {
@@ -258,17 +258,27 @@ __global__ void __launch_bounds__(kV1Threads)
       float sum = 0.f;
 #pragma unroll
       for (int w = 0; w < kV1Warps; ++w) sum += out_smem[w * kHeadDim + i];
-      if (num_parts == 1)
-        out[i] = Traits::from_float(sum * inv_sum);
+      if (direct)
+        static_cast<T*>(p.out)[out_offset + i] = Traits::from_float(sum * inv_sum);
       else
         parts.out[slot * kHeadDim + i] = sum * inv_sum;
     }
-    if (num_parts > 1 && threadIdx.x == 0) {
+    if (!direct && threadIdx.x == 0) {
       parts.max[slot] = qk_max;
       parts.sum[slot] = exp_sum;
     }
-    // The next partition rewrites the logits, reductions and per-warp outputs.
-    if (part + gridDim.z < num_parts) __syncthreads();
+  };
+
+  if constexpr (!kPartitioned) {
+    walk(0, 0, num_seq_blocks, true);
+  } else {
+    const int blocks_per_part = parts.partition_tokens / kBlockSize;
+    for (int part = blockIdx.z; part < num_parts; part += gridDim.z) {
+      walk(part, part * blocks_per_part, min((part + 1) * blocks_per_part, num_seq_blocks),
+           num_parts == 1);
+      // The next partition rewrites the logits, reductions and per-warp outputs.
+      if (part + gridDim.z < num_parts) __syncthreads();
+    }
   }
 }
 
@@ -311,10 +321,10 @@ int device_sm_count() {
   });
 }
 
-template <typename T, int kHeadDim, int kBlockSize, bool kFp8>
+template <typename T, int kHeadDim, int kBlockSize, bool kFp8, bool kPartitioned>
 void launch_paged_v1(const DecodeAttentionParams& p, KvPrefetch prefetch, bool auto_prefetch,
                      const V1Partials& parts, int32_t grid_partitions, cudaStream_t stream) {
-  auto kernel = paged_v1_kernel<T, kHeadDim, kBlockSize, kFp8>;
+  auto kernel = paged_v1_kernel<T, kHeadDim, kBlockSize, kFp8, kPartitioned>;
   const size_t smem = (v1_fixed_smem_floats<kHeadDim>() + parts.partition_tokens) * sizeof(float);
   static PerDevice<bool> configured;  // kernel attributes are per device
   configured.value([&](int) {
@@ -337,11 +347,23 @@ void launch_paged_v1(const DecodeAttentionParams& p, KvPrefetch prefetch, bool a
   }
   kernel<<<grid, kV1Threads, smem, stream>>>(p, prefetch, parts);
   L2KV_CUDA_CHECK_LAUNCH();
-  if (parts.max_partitions > 1) {
+  if constexpr (kPartitioned) {
     paged_v1_reduce_kernel<T>
         <<<dim3(p.num_q_heads, p.kv.batch_size), kHeadDim, 0, stream>>>(p, parts);
     L2KV_CUDA_CHECK_LAUNCH();
   }
+}
+
+// The single pass where one partition covers the bound, else the partitioned kernel + reduce.
+template <typename T, int kHeadDim, int kBlockSize, bool kFp8>
+void launch_either(const DecodeAttentionParams& p, const KvPrefetch& prefetch, bool auto_prefetch,
+                   const V1Partials& parts, int32_t grid_partitions, cudaStream_t stream) {
+  if (parts.max_partitions > 1)
+    launch_paged_v1<T, kHeadDim, kBlockSize, kFp8, true>(p, prefetch, auto_prefetch, parts,
+                                                         grid_partitions, stream);
+  else
+    launch_paged_v1<T, kHeadDim, kBlockSize, kFp8, false>(p, prefetch, auto_prefetch, parts,
+                                                          grid_partitions, stream);
 }
 
 template <typename T, int kHeadDim, bool kFp8>
@@ -350,14 +372,14 @@ void dispatch_block_size(const DecodeAttentionParams& p, const KvPrefetch& prefe
                          cudaStream_t stream) {
   switch (p.kv.block_size) {
     case 16:
-      return launch_paged_v1<T, kHeadDim, 16, kFp8>(p, prefetch, auto_prefetch, parts,
-                                                    grid_partitions, stream);
+      return launch_either<T, kHeadDim, 16, kFp8>(p, prefetch, auto_prefetch, parts,
+                                                  grid_partitions, stream);
     case 32:
-      return launch_paged_v1<T, kHeadDim, 32, kFp8>(p, prefetch, auto_prefetch, parts,
-                                                    grid_partitions, stream);
+      return launch_either<T, kHeadDim, 32, kFp8>(p, prefetch, auto_prefetch, parts,
+                                                  grid_partitions, stream);
     case 64:
-      return launch_paged_v1<T, kHeadDim, 64, kFp8>(p, prefetch, auto_prefetch, parts,
-                                                    grid_partitions, stream);
+      return launch_either<T, kHeadDim, 64, kFp8>(p, prefetch, auto_prefetch, parts,
+                                                  grid_partitions, stream);
     default:
       throw Error("paged_v1: unsupported block size " + std::to_string(p.kv.block_size));
   }
