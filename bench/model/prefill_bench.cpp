@@ -74,6 +74,8 @@ double prefill_attention_us(const l2kv::ModelConfig& c, int tokens, cudaStream_t
   kv.head_dim = static_cast<int32_t>(c.head_dim), kv.batch_size = 1, kv.max_blocks_per_seq = blocks;
   kv.layout = l2kv::KvLayout::kHND, kv.dtype = l2kv::DType::kBFloat16;
   l2kv::PrefillAttention prefill;
+  prefill.reserve(tokens, 1, static_cast<int32_t>(c.num_kv_heads),
+                  static_cast<int32_t>(c.num_q_heads));
   const std::vector<l2kv::PrefillChunk> chunks = {{0, 0, tokens, 0}};
   prefill.plan(kv, static_cast<int32_t>(c.num_q_heads), chunks, stream);
   const float scale = 1.f / std::sqrt(static_cast<float>(c.head_dim));

@@ -263,6 +263,61 @@ INSTANTIATE_TEST_SUITE_P(KvStorages, DecodeKernelsAgree,
                            return param_info.param == KvStorage::kFp8E4M3 ? "fp8" : "model_dtype";
                          });
 
+// The case at fixture scale: --max-model-len 60064 and a 60,000-token context, decoded
+// by paged_v1 (eager and from a graph) and by split. The prompt is one token up to 49,152 and
+// another after it: in the first layer V depends on the token only, so a kernel that stops
+// at 48K (as paged_v1 once did, silently) attends to the first token's V alone and its logits
+// move by O(1), far beyond the 16-bit agreement of the two kernels.
+TEST(CudaModel, PagedV1AgreesWithSplitPast48K) {
+  L2KV_SKIP_WITHOUT_GPU();
+  constexpr int32_t kMaxModelLen = 60064, kContext = 60000, kChunk = 4096;
+  auto model = std::make_unique<CudaModel>(kFixtures / "llama3-gqa");
+  model->allocate_workspace({kChunk, 2, kMaxModelLen, 0});
+  model->allocate_kv_cache(kMaxModelLen / 16 + 8, 16);
+  const int64_t vocab = model->config().vocab_size;
+  std::vector<int32_t> prompt(kContext, 11);
+  std::fill(prompt.begin() + 49152, prompt.end(), 300);
+  Tables tables(1);
+  tables.grow(0, kContext + 1);
+  for (int32_t start = 0; start < kContext; start += kChunk) {
+    const int32_t n = std::min(kChunk, kContext - start);
+    const BatchSequence chunk[] = {
+        {std::span<const int32_t>(prompt.data() + start, n), start, tables.rows[0], true}};
+    model->run(chunk, false, nullptr);
+  }
+  const int32_t next = 42;
+  const BatchSequence decode[] = {
+      {std::span<const int32_t>(&next, 1), kContext, tables.rows[0], true}};
+  cudaStream_t stream;
+  ASSERT_EQ(cudaStreamCreate(&stream), cudaSuccess);
+  auto step = [&](DecodeKernel kernel, const char* policy, bool graph) {
+    model->set_decode_attention(kernel, parse_prefetch_policy(policy));
+    if (graph) {
+      const int32_t sizes[] = {1};
+      model->capture_decode_graphs(sizes, stream);
+    }
+    model->prepare(decode, graph ? 1 : 0, stream);
+    model->forward(stream);
+    std::vector<float> out(static_cast<size_t>(vocab));
+    EXPECT_EQ(cudaMemcpyAsync(out.data(), model->logits(), out.size() * 4, cudaMemcpyDeviceToHost,
+                              stream),
+              cudaSuccess);
+    EXPECT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+    return out;
+  };
+  const auto reference = step(DecodeKernel::kSplit, "off", false);
+  for (float v : reference) ASSERT_TRUE(std::isfinite(v));
+  for (const auto& [policy, graph] :
+       {std::pair{"off", false}, std::pair{"on", true}, std::pair{"auto", true}}) {
+    const auto got = step(DecodeKernel::kPagedV1, policy, graph);
+    double max_abs = 0;
+    EXPECT_LT(relative_l2(got.data(), reference.data(), got.size(), &max_abs), 2e-2)
+        << policy << " graph " << graph;
+    EXPECT_EQ(argmax(got.data(), vocab), argmax(reference.data(), vocab)) << policy;
+  }
+  cudaStreamDestroy(stream);
+}
+
 TEST(CudaModel, InvalidStepsAreErrors) {
   L2KV_SKIP_WITHOUT_GPU();
   auto model = load(kFixtures / "qwen2-tied", 64, 8);

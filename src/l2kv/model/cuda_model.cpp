@@ -209,6 +209,10 @@ void CudaModel::allocate_workspace(const WorkspaceLimits& limits) {
   L2KV_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&ws->host_meta), meta * 4));
   L2KV_CUDA_CHECK(cudaEventCreateWithFlags(&ws->uploaded, cudaEventDisableTiming));
   ws_ = std::move(ws);
+  // Attention work lists and partials, sized here for the largest step: never grown in one.
+  prefill_.reserve(static_cast<int32_t>(T), limits_.max_seqs, static_cast<int32_t>(c.num_kv_heads),
+                   static_cast<int32_t>(c.num_q_heads));
+  if (decode_kernel_ == DecodeKernel::kPagedV1) reserve_paged_v1();
   if (num_blocks_ > 0 && decode_kernel_ == DecodeKernel::kSplit)
     split_.reserve_for_graphs(limits_.max_seqs, decode_params());
 }
@@ -282,6 +286,14 @@ void CudaModel::set_decode_attention(DecodeKernel kernel, const PrefetchPolicy& 
   gemm_.set_programmatic_launch(prefetch_.pdl);
   if (ws_ && num_blocks_ > 0 && kernel == DecodeKernel::kSplit)
     split_.reserve_for_graphs(limits_.max_seqs, decode_params());
+  if (ws_ && kernel == DecodeKernel::kPagedV1) reserve_paged_v1();
+}
+
+void CudaModel::reserve_paged_v1() {
+  // Decode steps pass max_model_len as the length bound (enqueue_forward): beyond 48K tokens
+  // paged_v1 runs in partitions, whose partials are sized here for the largest batch.
+  paged_v1_.reserve(limits_.max_seqs, static_cast<int32_t>(config_.num_q_heads),
+                    static_cast<int32_t>(config_.head_dim), limits_.max_model_len);
 }
 
 DecodeAttentionParams CudaModel::decode_params() const {
@@ -468,7 +480,7 @@ struct CudaModel::GraphOps {
       else if (m->decode_kernel_ == DecodeKernel::kSplit)
         m->split_.run(decode, m->prefetch_, stream);
       else
-        paged_v1_decode(decode, m->prefetch_, stream);
+        m->paged_v1_.run(decode, m->prefetch_, stream);
     });
   }
   void output_projection(int64_t l) {
@@ -515,8 +527,8 @@ void CudaModel::enqueue_forward(cudaStream_t stream) {
   g.m = this;
   g.stream = stream;
   g.decode = decode_params();
-  if (decode_kernel_ == DecodeKernel::kPagedV1)  // shared memory sized for the longest possible
-    g.decode.max_seq_len = std::min(limits_.max_model_len, paged_v1_max_seq_len());
+  if (decode_kernel_ == DecodeKernel::kPagedV1)  // one launch (and graph) for every length
+    g.decode.max_seq_len = limits_.max_model_len;
   g.n = step_.rows;
   run_decoder_graph(g, config_.num_layers);
 }

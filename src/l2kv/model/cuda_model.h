@@ -140,6 +140,7 @@ class CudaModel {
   void drop_graphs();
   void enqueue_forward(cudaStream_t stream);
   DecodeAttentionParams decode_params() const;
+  void reserve_paged_v1();
 
   ModelConfig config_;
   int device_ = 0;
@@ -154,6 +155,7 @@ class CudaModel {
   float* inv_freq_ = nullptr;
   Gemm gemm_;
   SplitDecode split_;
+  PagedV1Decode paged_v1_;
   PrefillAttention prefill_;
   DecodeKernel decode_kernel_ = DecodeKernel::kSplit;
   PrefetchPolicy prefetch_ = PrefetchPolicy::off();

@@ -263,7 +263,7 @@ TEST(DecodeAttention, RejectsInvalidParametersBeforeLaunch) {
   EXPECT_THROW(split.plan(device.params(), too_long, nullptr), Error);
   EXPECT_THROW(split.run(device.params(), PrefetchPolicy::off(), nullptr), Error);  // no plan yet
   params = device.params();
-  params.max_seq_len = paged_v1_max_seq_len() + 1;
+  params.max_seq_len = kPagedV1SinglePassMaxLen + 1;  // needs a PagedV1Decode workspace
   EXPECT_THROW(paged_v1_decode(params, PrefetchPolicy::off(), nullptr), Error);
 }
 

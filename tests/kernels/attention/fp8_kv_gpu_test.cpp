@@ -163,6 +163,40 @@ TEST(Fp8KvCache, LongContextSplitAcrossManyBlocks) {
                                   c.dtype, "fp8"));
 }
 
+// paged_v1 past its single pass (48K tokens): partitions and the reduce read the stored bytes
+// and apply the scales as the single pass does, at 64K and 130K tokens and on both sides of a
+// partition boundary.
+TEST(Fp8KvCache, PagedV1PartitionsAt64KAnd130K) {
+  L2KV_SKIP_WITHOUT_GPU();
+  DecodeProblemConfig c;
+  c.num_q_heads = 8;  // few heads: the reference's cost grows with heads x length
+  c.num_kv_heads = 2;
+  c.seed = 53;
+  c.seq_lens = testing::quick_mode() ? std::vector<int32_t>{49153, 4097}
+                                     : std::vector<int32_t>{65536, 133120, 4097};
+  c.needle_positions = {0, kPagedV1PartitionTokens - 1, kPagedV1PartitionTokens, -1};
+  for (const float q_scale : {2.f, testing::kPeakedQScale}) {
+    c.q_scale = q_scale;
+    if (q_scale != 2.f) c.needle_positions.clear();
+    Fp8Problem host(c, 1.f / 32, 1.f / 16);
+    const auto reference = decode_attention_reference(host.host_params());
+    DeviceDecodeProblem device(host.base);
+    DeviceFp8Pools pools(host, device);
+    DecodeAttentionParams params = pools.params;
+    params.max_seq_len = 131072 + kPagedV1PartitionTokens;  // an engine-style bound
+    PagedV1Decode v1;
+    v1.reserve(params.kv.batch_size, params.num_q_heads, params.kv.head_dim, params.max_seq_len);
+    for (const char* policy : {"off", "on:1", "auto"}) {
+      SCOPED_TRACE(policy);
+      device.poison_output();
+      v1.run(params, parse_prefetch_policy(policy), nullptr);
+      EXPECT_TRUE(testing::rows_match(
+          device.download_output(), reference, c.head_dim, c.num_q_heads, c.dtype,
+          std::string(policy) + (q_scale == 2.f ? "/flat" : "/peaked")));
+    }
+  }
+}
+
 TEST(Fp8KvCache, PrefillReadsStoredKvWithScales) {
   L2KV_SKIP_WITHOUT_GPU();
   for (const DType dtype : {DType::kBFloat16, DType::kFloat16}) {
@@ -198,6 +232,7 @@ TEST(Fp8KvCache, PrefillReadsStoredKvWithScales) {
     L2KV_CUDA_CHECK(cudaMemcpy(q_d, q.data(), q.size() * 2, cudaMemcpyHostToDevice));
     L2KV_CUDA_CHECK(cudaMemset(out_d, 0xff, q.size() * 2));
     PrefillAttention prefill;
+    prefill.reserve(rows, static_cast<int32_t>(chunks.size()), c.num_kv_heads, c.num_q_heads);
     prefill.plan(pools.params.kv, c.num_q_heads, chunks, nullptr);
     prefill.run(q_d, out_d, pools.params.kv, c.num_q_heads,
                 1.f / std::sqrt(static_cast<float>(c.head_dim)), nullptr);

@@ -60,6 +60,7 @@ void check_prefill(DecodeProblemConfig c, const std::vector<ChunkSpan>& spans,
   L2KV_CUDA_CHECK(cudaMemcpy(d_q, q.data(), q.size() * 2, cudaMemcpyHostToDevice));
   L2KV_CUDA_CHECK(cudaMemset(d_out, 0xff, q.size() * 2));  // NaN in fp16 and bf16
   PrefillAttention prefill;
+  prefill.reserve(rows, static_cast<int32_t>(chunks.size()), c.num_kv_heads, c.num_q_heads);
   prefill.plan(device.params().kv, c.num_q_heads, chunks, nullptr);
   prefill.run(d_q, d_out, device.params().kv, c.num_q_heads, ref_params.softmax_scale, nullptr);
   L2KV_CUDA_CHECK(cudaDeviceSynchronize());
@@ -155,12 +156,34 @@ TEST(PrefillAttention, RejectsBadPlans) {
   auto host = DecodeProblem::make(c);
   DeviceDecodeProblem device(host);
   PrefillAttention prefill;
+  prefill.reserve(64, 4, c.num_kv_heads, c.num_q_heads);
   const std::vector<PrefillChunk> beyond = {{0, 0, 60, 0}};  // the table holds 3 blocks of 16
   EXPECT_THROW(prefill.plan(device.params().kv, 32, beyond, nullptr), Error);
   const std::vector<PrefillChunk> bad_seq = {{3, 0, 4, 0}};
   EXPECT_THROW(prefill.plan(device.params().kv, 32, bad_seq, nullptr), Error);
   const std::vector<PrefillChunk> ok = {{0, 0, 20, 0}};
   EXPECT_THROW(prefill.plan(device.params().kv, 30, ok, nullptr), Error);
+}
+
+// The work list is sized once, at start, for steps of up to N tokens over up to S sequences: a
+// step within that plans and runs, a larger one throws (never a cudaFree/cudaMalloc inside a
+// step) and leaves no plan for run() to launch.
+TEST(PrefillAttention, WorkListSizedAtStartRefusesLargerSteps) {
+  L2KV_SKIP_WITHOUT_GPU();
+  DecodeProblemConfig c;
+  c.seq_lens = {300, 40};
+  auto host = DecodeProblem::make(c);
+  DeviceDecodeProblem device(host);
+  PrefillAttention prefill;
+  prefill.reserve(64, 2, c.num_kv_heads, c.num_q_heads);
+  const std::vector<PrefillChunk> within = {{0, 0, 24, 0}, {1, 24, 40, 0}};  // 64 tokens
+  EXPECT_NO_THROW(prefill.plan(device.params().kv, c.num_q_heads, within, nullptr));
+  const std::vector<PrefillChunk> beyond = {{0, 0, 300, 0}};  // 300 tokens
+  EXPECT_THROW(prefill.plan(device.params().kv, c.num_q_heads, beyond, nullptr), Error);
+  EXPECT_THROW(prefill.run(device.params().q, device.params().out, device.params().kv,
+                           c.num_q_heads, 0.1f, nullptr),
+               Error);
+  ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
 }
 
 }  // namespace

@@ -29,6 +29,37 @@ void validate_decode_attention(const DecodeAttentionParams& params,
          std::to_string(longest) + " tokens");
 }
 
+PagedV1Plan plan_paged_v1(int32_t max_seq_len, int32_t block_size, int32_t batch,
+                          int32_t num_q_heads, int32_t sm_count) {
+  if (max_seq_len < 1 || block_size < 1 || kPagedV1PartitionTokens % block_size != 0 || batch < 1 ||
+      num_q_heads < 1 || sm_count < 1)
+    throw Error("paged_v1 plan: max_seq_len " + std::to_string(max_seq_len) + ", block size " +
+                std::to_string(block_size) + ", batch " + std::to_string(batch) + ", " +
+                std::to_string(num_q_heads) + " heads, " + std::to_string(sm_count) +
+                " SMs: each must be positive and the block size divide " +
+                std::to_string(kPagedV1PartitionTokens));
+  PagedV1Plan plan;
+  if (max_seq_len <= kPagedV1SinglePassMaxLen) {
+    plan.partition_tokens = (max_seq_len + block_size - 1) / block_size * block_size;
+    return plan;
+  }
+  plan.partition_tokens = kPagedV1PartitionTokens;
+  plan.max_partitions = (max_seq_len + kPagedV1PartitionTokens - 1) / kPagedV1PartitionTokens;
+  const int64_t pairs = int64_t{batch} * num_q_heads;
+  const int64_t target = int64_t{kPagedV1TargetBlocksPerSm} * sm_count;
+  plan.grid_partitions = static_cast<int32_t>(
+      std::clamp<int64_t>((target + pairs - 1) / pairs, 1, plan.max_partitions));
+  return plan;
+}
+
+int64_t paged_v1_workspace_floats(int32_t batch, int32_t num_q_heads, int32_t head_dim,
+                                  int32_t max_seq_len) {
+  if (max_seq_len <= kPagedV1SinglePassMaxLen) return 0;
+  const int64_t partitions =
+      (int64_t{max_seq_len} + kPagedV1PartitionTokens - 1) / kPagedV1PartitionTokens;
+  return int64_t{batch} * num_q_heads * partitions * (head_dim + 2);  // output, max, exp-sum
+}
+
 PrefetchPolicy parse_prefetch_policy(const std::string& text) {
   std::string base = text;
   PrefetchPolicy policy;

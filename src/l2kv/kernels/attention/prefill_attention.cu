@@ -266,9 +266,39 @@ PrefillAttention::~PrefillAttention() {
   if (device_items_) cudaFree(device_items_);
 }
 
+int64_t PrefillAttention::max_work_items(int32_t max_tokens, int32_t max_seqs, int32_t num_kv_heads,
+                                         int32_t num_q_heads) {
+  if (max_tokens < 1 || max_seqs < 1 || num_kv_heads < 1 || num_q_heads < num_kv_heads)
+    throw Error("prefill attention: work-list limits must be positive");
+  // A chunk of n tokens takes ceil(n / rows) <= n / rows + 1 tiles per KV head, and a step has
+  // at most min(max_seqs, max_tokens) chunks of max_tokens tokens in all.
+  const int64_t tile_rows = kQueryTile * subtiles_for(num_q_heads / num_kv_heads);
+  const int64_t chunks = std::min(max_seqs, max_tokens);
+  return int64_t{num_kv_heads} * (max_tokens / tile_rows + chunks);
+}
+
+void PrefillAttention::reserve(int32_t max_tokens, int32_t max_seqs, int32_t num_kv_heads,
+                               int32_t num_q_heads) {
+  const int64_t items = max_work_items(max_tokens, max_seqs, num_kv_heads, num_q_heads);
+  reserved_tokens_ = max_tokens;
+  reserved_seqs_ = max_seqs;
+  if (static_cast<size_t>(items) <= capacity_) return;
+  if (device_items_) L2KV_CUDA_CHECK(cudaFree(device_items_));
+  device_items_ = nullptr;
+  capacity_ = 0;
+  L2KV_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&device_items_),
+                             static_cast<size_t>(items) * sizeof(WorkItem)));
+  capacity_ = static_cast<size_t>(items);
+  items_.reserve(capacity_);
+}
+
 void PrefillAttention::plan(const PagedKvCache& kv, int32_t num_q_heads,
                             std::span<const PrefillChunk> chunks, cudaStream_t stream) {
-  const auto fail = [](const std::string& m) { throw Error("prefill attention: " + m); };
+  // A failed plan leaves none: run() must not launch items that were never uploaded.
+  const auto fail = [this](const std::string& m) {
+    items_.clear();
+    throw Error("prefill attention: " + m);
+  };
   if (kv.head_dim != 64 && kv.head_dim != 128) fail("head_dim must be 64 or 128");
   if (kv.num_kv_heads <= 0 || num_q_heads % kv.num_kv_heads != 0)
     fail("query heads must divide into KV heads");
@@ -292,13 +322,12 @@ void PrefillAttention::plan(const PagedKvCache& kv, int32_t num_q_heads,
   std::stable_sort(items_.begin(), items_.end(), [](const WorkItem& a, const WorkItem& b) {
     return a.first_position + a.q_count > b.first_position + b.q_count;
   });
-  if (items_.size() > capacity_) {
-    if (device_items_) L2KV_CUDA_CHECK(cudaFree(device_items_));
-    device_items_ = nullptr;
-    capacity_ = items_.size() * 3 / 2 + 16;
-    L2KV_CUDA_CHECK(
-        cudaMalloc(reinterpret_cast<void**>(&device_items_), capacity_ * sizeof(WorkItem)));
-  }
+  if (items_.size() > capacity_)
+    fail(std::to_string(items_.size()) + " work items exceed the " + std::to_string(capacity_) +
+         " reserved for steps of " + std::to_string(reserved_tokens_) + " tokens and " +
+         std::to_string(reserved_seqs_) +
+         " sequences (reserve(); the engine sizes it from --max-num-batched-tokens and "
+         "--max-num-seqs)");
   L2KV_CUDA_CHECK(cudaMemcpyAsync(device_items_, items_.data(), items_.size() * sizeof(WorkItem),
                                   cudaMemcpyHostToDevice, stream));
   planned_group_ = group;

@@ -30,8 +30,18 @@ class PrefillAttention {
   PrefillAttention(const PrefillAttention&) = delete;
   PrefillAttention& operator=(const PrefillAttention&) = delete;
 
+  // The most work items plan() makes for chunks of at most `max_tokens` tokens in all over at
+  // most `max_seqs` sequences: a pure host function.
+  static int64_t max_work_items(int32_t max_tokens, int32_t max_seqs, int32_t num_kv_heads,
+                                int32_t num_q_heads);
+  // Allocates the device work list for that bound, once (at engine start, from
+  // --max-num-batched-tokens and --max-num-seqs); a larger bound reallocates, a smaller one
+  // keeps the list. plan() never allocates.
+  void reserve(int32_t max_tokens, int32_t max_seqs, int32_t num_kv_heads, int32_t num_q_heads);
+
   // Plans thread blocks for `chunks` and uploads the plan; validates shapes (head_dim 64/128,
-  // bf16 or fp16, 1-8 query heads per KV head, positions within the block table).
+  // bf16 or fp16, 1-8 query heads per KV head, positions within the block table). Throws when
+  // the plan needs more work items than reserve() sized the list for.
   void plan(const PagedKvCache& kv, int32_t num_q_heads, std::span<const PrefillChunk> chunks,
             cudaStream_t stream);
 
@@ -47,6 +57,7 @@ class PrefillAttention {
   std::vector<WorkItem> items_;
   WorkItem* device_items_ = nullptr;
   size_t capacity_ = 0;
+  int32_t reserved_tokens_ = 0, reserved_seqs_ = 0;  // what capacity_ was sized for
   int32_t planned_group_ = 0;
 };
 
