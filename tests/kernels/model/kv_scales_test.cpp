@@ -119,5 +119,25 @@ TEST(KvScales, CalculatedScalesFixMagnitudesOutsideE4M3sRange) {
   EXPECT_LT(uc, u1 * 1.05);
 }
 
+// Why one scale per layer: heads of very different magnitudes (here 100x apart, more than real
+// checkpoints' heads differ) store as finely with the layer's scale as with their own.
+TEST(KvScales, PerLayerScaleRoundsSmallHeadsAsFinelyAsPerHeadScales) {
+  std::mt19937 rng(13);
+  std::normal_distribution<float> normal(0.f, 1.f);
+  std::vector<float> large(4096), small(4096), layer;
+  for (float& x : large) x = 30.f * normal(rng);
+  for (float& x : small) x = 0.3f * normal(rng);
+  layer = large;
+  layer.insert(layer.end(), small.begin(), small.end());
+  const float layer_scale = kv_scale_from_amax(amax(layer), kKvScaleKeyRange);
+  const double per_layer = fp8_relative_l2(small, layer_scale);
+  const double per_head = fp8_relative_l2(small, kv_scale_from_amax(amax(small), kKvScaleKeyRange));
+  std::printf(
+      "[kv-scales] head 100x below the layer's largest: relative L2 %.3e with the layer's "
+      "scale, %.3e with its own\n",
+      per_layer, per_head);
+  EXPECT_LT(per_layer, 1.1 * per_head);
+}
+
 }  // namespace
 }  // namespace l2kv
