@@ -19,6 +19,7 @@
 #include "l2kv/model/cuda_model.h"
 #include "l2kv/model/hf_weights.h"
 #include "l2kv/model/safetensors.h"
+#include "model/rescaled_fixture.h"
 
 namespace l2kv {
 namespace {
@@ -165,71 +166,6 @@ TEST_P(CudaModelFixture, MatchesTransformersInOneRaggedBatch) {
   }
 }
 
-// A copy of fixture `name` whose attention is rescaled without changing its function: K by 2^9
-// (q_proj by 2^-9, so each q.k product is the same) and V by 2^-9 (o_proj by 2^9). Powers of two
-// scale 16-bit values and fp32 sums exactly, so transformers' float32 reference still holds, but
-// |K| now reaches past E4M3's 448 and most |V| fall below 2^-6: real checkpoints' magnitudes
-// (Qwen2.5's K bias reaches the hundreds) in a model small enough to test.
-constexpr float kRescale = 512.f;
-
-fs::path rescaled_fixture(const std::string& name) {
-  const fs::path source = kFixtures / name;
-  const fs::path out =
-      fs::temp_directory_path() / ("l2kv_rescaled_" + name + "_" + std::to_string(::getpid()));
-  fs::remove_all(out);
-  fs::create_directories(out);
-  auto ends_with = [](const std::string& s, const std::string& tail) {
-    return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
-  };
-  auto factor = [&](const std::string& tensor) {
-    for (const char* p : {"k_proj.weight", "k_proj.bias"})
-      if (ends_with(tensor, p)) return kRescale;
-    for (const char* p : {"q_proj.weight", "q_proj.bias", "v_proj.weight", "v_proj.bias"})
-      if (ends_with(tensor, p)) return 1.f / kRescale;
-    return ends_with(tensor, "o_proj.weight") ? kRescale : 1.f;
-  };
-  nlohmann::json header = nlohmann::json::object();
-  std::vector<uint8_t> data;
-  for (const auto& entry : fs::directory_iterator(source)) {
-    const std::string file = entry.path().filename().string();
-    if (entry.path().extension() != ".safetensors") {
-      if (file.find(".safetensors") == std::string::npos)  // not the shard index
-        fs::copy_file(entry.path(), out / file);
-      continue;
-    }
-    const SafetensorsFile shard(entry.path());
-    for (const auto& [tensor, view] : shard.tensors()) {
-      std::vector<uint8_t> bytes(view.data, view.data + view.bytes);
-      const float f = factor(tensor);
-      if (f != 1.f) {
-        const std::vector<float> values = view.to_float();
-        for (size_t i = 0; i < values.size(); ++i) {
-          if (view.dtype == TensorDType::kF32) {
-            const float scaled = values[i] * f;
-            std::memcpy(bytes.data() + 4 * i, &scaled, 4);
-          } else {
-            const uint16_t bits = float_to_dtype_bits(
-                view.dtype == TensorDType::kF16 ? DType::kFloat16 : DType::kBFloat16,
-                values[i] * f);
-            std::memcpy(bytes.data() + 2 * i, &bits, 2);
-          }
-        }
-      }
-      header[tensor] = {{"dtype", view.dtype_name},
-                        {"shape", view.shape},
-                        {"data_offsets", {data.size(), data.size() + bytes.size()}}};
-      data.insert(data.end(), bytes.begin(), bytes.end());
-    }
-  }
-  const std::string text = header.dump();
-  const uint64_t length = text.size();
-  std::ofstream f(out / "model.safetensors", std::ios::binary);
-  f.write(reinterpret_cast<const char*>(&length), 8);  // little-endian, as the format says
-  f.write(text.data(), static_cast<std::streamsize>(text.size()));
-  f.write(reinterpret_cast<const char*>(data.data()), static_cast<std::streamsize>(data.size()));
-  return out;
-}
-
 void print_fp8_logits(const std::string& name, const FixtureRun& bf16, const FixtureRun& one,
                       const FixtureRun& calculated) {
   for (size_t i = 0; i < bf16.prompt_lengths.size(); ++i)
@@ -277,7 +213,7 @@ TEST_P(CudaModelFixture, Fp8CalculatedScalesAtRealMagnitudes) {
   std::vector<float> original_scales, scales;
   const FixtureRun original =
       run_fixture(kFixtures / name, name, KvStorage::kFp8E4M3, true, &original_scales);
-  const fs::path dir = rescaled_fixture(name);
+  const fs::path dir = testing::rescaled_fixture(kFixtures / name);
   const std::string label = name + " rescaled";
   const FixtureRun bf16 = run_fixture(dir, label, KvStorage::kModelDtype);
   const FixtureRun one = run_fixture(dir, label, KvStorage::kFp8E4M3, false);
@@ -295,10 +231,11 @@ TEST_P(CudaModelFixture, Fp8CalculatedScalesAtRealMagnitudes) {
   for (size_t l = 0; l < scales.size(); l += 2) {
     // Exact for bf16 checkpoints; fp16 ones (llama2-mha) round some rescaled q/v weights to
     // fp16 subnormals.
-    EXPECT_NEAR(scales[l], kRescale * original_scales[l], 1e-2f * kRescale * original_scales[l])
+    EXPECT_NEAR(scales[l], testing::kRescale * original_scales[l],
+                1e-2f * testing::kRescale * original_scales[l])
         << l;
-    EXPECT_NEAR(scales[l + 1], original_scales[l + 1] / kRescale,
-                1e-2f * original_scales[l + 1] / kRescale)
+    EXPECT_NEAR(scales[l + 1], original_scales[l + 1] / testing::kRescale,
+                1e-2f * original_scales[l + 1] / testing::kRescale)
         << l;
   }
 }
