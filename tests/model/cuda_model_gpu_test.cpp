@@ -181,9 +181,11 @@ void print_fp8_logits(const std::string& name, const FixtureRun& bf16, const Fix
 // The accuracy cost of an fp8 E4M3 KV cache against a 16-bit one, per prompt, with scale 1 and
 // with scales calculated from the prefill (the fixtures have no k_scale/v_scale). The fixtures'
 // K and V are of magnitude ~1, inside E4M3's normal range, so both fp8 runs pay E4M3's rounding
-// (3 mantissa bits, up to 1/16 per value; 4-8e-2 in the logits measured on an H200) and the
-// calculated scales change little here: the bound is fp8's, not 2x the 16-bit cache's (1e-3 to
-// 1.3e-2 measured on these 2-layer models, far below fp8's rounding). Where scale 1 does fail,
+// (3 mantissa bits, up to 1/16 per value; 4-8e-2 in the logits measured on an H200, and the
+// same 4.1-8.3e-2 with float32 everywhere but the stored K/V in cpu_model_test.cpp's mirror,
+// with scale 1 or calculated scales alike) and the calculated scales change little here: the
+// bound is fp8's, not 2x the 16-bit cache's (1e-3 to 1.3e-2 measured on these 2-layer models,
+// far below what E4M3's rounding alone costs). Where scale 1 does fail,
 // Fp8CalculatedScalesAtRealMagnitudes shows the calculated scales keep this same error.
 // Greedy agreement is printed, not asserted: these tiny random models have near-tied logits.
 TEST_P(CudaModelFixture, Fp8KvCacheAccuracy) {
@@ -198,7 +200,7 @@ TEST_P(CudaModelFixture, Fp8KvCacheAccuracy) {
     EXPECT_LT(calculated.logits_rel_l2[i], 0.12);
     // Never materially worse than scale 1 where scale 1 already fits the values (the two round
     // differently, so their errors are two draws of the same size, not equal).
-    EXPECT_LT(calculated.logits_rel_l2[i], 1.5 * one.logits_rel_l2[i] + 2e-3);
+    EXPECT_LT(calculated.logits_rel_l2[i], 1.75 * one.logits_rel_l2[i] + 2e-3);
   }
 }
 
