@@ -40,8 +40,16 @@ void add_model_options(CLI::App& app, ModelOptions& o) {
   app.add_option("--kv-cache-dtype", o.kv_cache_dtype,
                  "KV cache element type on CUDA: auto (the model's dtype) or fp8_e4m3 (alias "
                  "fp8: half the bytes per token, scaled by the checkpoint's per-layer "
-                 "self_attn.k_scale/v_scale or 1; read by both attention kernels)")
+                 "self_attn.k_scale/v_scale, else see --calculate-kv-scales; read by both "
+                 "attention kernels)")
       ->check(CLI::IsMember({"auto", "fp8", "fp8_e4m3"}))
+      ->capture_default_str();
+  app.add_flag("--calculate-kv-scales,!--no-calculate-kv-scales", o.calculate_kv_scales,
+               "With an fp8 KV cache, layers whose checkpoint has no k_scale/v_scale get scales "
+               "from the first prompt's K and V (its largest |K| stored at 200 and |V| at 100 "
+               "of E4M3's 448, as vLLM's --calculate-kv-scales), fixed from then on. On by "
+               "default; --no-calculate-kv-scales uses scale 1, which saturates K above 448 "
+               "and stores values below 2^-6 in E4M3's coarse subnormal steps")
       ->capture_default_str();
   app.add_flag("--enforce-eager", o.enforce_eager,
                "Run decode steps kernel by kernel instead of replaying CUDA graphs");
@@ -138,11 +146,15 @@ LoadedModel load_model(const ModelOptions& o) {
     options.kv_prefetch = parse_prefetch_policy(o.kv_prefetch);
     options.cuda_graphs = !o.enforce_eager;
     options.kv_storage = o.kv_cache_dtype == "auto" ? KvStorage::kModelDtype : KvStorage::kFp8E4M3;
+    options.calculate_kv_scales = o.calculate_kv_scales;
     auto runner = std::make_unique<CudaRunner>(loaded.cuda_model, options);
     loaded.description = o.model + " on " + runner->device_name() + " (" +
                          std::string(dtype_name(loaded.cuda_model->config().dtype)) +
                          ", attention " + o.attention + ", kv-prefetch " + o.kv_prefetch +
                          ", kv-cache " + std::string(kv_storage_name(options.kv_storage)) +
+                         (options.kv_storage == KvStorage::kFp8E4M3 && !o.calculate_kv_scales
+                              ? " without calculated scales"
+                              : "") +
                          (o.enforce_eager ? ", eager" : ", CUDA graphs") + ")";
     loaded.runner = std::move(runner);
   }

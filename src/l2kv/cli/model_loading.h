@@ -22,6 +22,7 @@ struct ModelOptions {
   std::string kv_prefetch = "auto";
   std::string kv_cache_dtype = "auto";  // auto (the model's dtype) | fp8_e4m3 (alias fp8)
   bool enforce_eager = false;           // no CUDA graphs
+  bool calculate_kv_scales = true;      // fp8 scales from the first prompt where none are given
   uint64_t synthetic_seed = 1;
 };
 

@@ -24,6 +24,7 @@ CudaRunner::CudaRunner(std::shared_ptr<CudaModel> model, CudaRunnerOptions optio
   L2KV_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
   model_->set_decode_attention(options_.attention, options_.kv_prefetch);
   model_->set_kv_storage(options_.kv_storage);
+  model_->set_calculate_kv_scales(options_.calculate_kv_scales);
   model_->set_use_graphs(options_.cuda_graphs);
   for (cudaEvent_t& e : events_) L2KV_CUDA_CHECK(cudaEventCreate(&e));
 }

@@ -56,9 +56,22 @@ struct PagedKvCache {
   KvStorage storage = KvStorage::kModelDtype;
   float k_scale = 1.f;  // fp8 only: K = stored * k_scale
   float v_scale = 1.f;
+  // fp8 only, optional: [k_scale, v_scale] in device memory, read by the kernels in place of
+  // the two fields above. Scales computed on the device from the first prompt (CudaModel's
+  // calculated KV scales) live there, so graphs captured before they exist replay with them.
+  const float* device_scales = nullptr;
 
   L2KV_HOST_DEVICE bool fp8() const { return storage == KvStorage::kFp8E4M3; }
   L2KV_HOST_DEVICE int32_t element_bytes() const { return fp8() ? 1 : 2; }
+#if defined(__CUDACC__)
+  // The fp8 scales a kernel applies: device_scales where set, else k_scale / v_scale.
+  __device__ __forceinline__ float key_scale() const {
+    return device_scales ? device_scales[0] : k_scale;
+  }
+  __device__ __forceinline__ float value_scale() const {
+    return device_scales ? device_scales[1] : v_scale;
+  }
+#endif
 
   // Strides in elements (element_bytes() each).
   L2KV_HOST_DEVICE int64_t block_stride() const {
@@ -76,8 +89,12 @@ struct PagedKvCache {
     return physical_block * block_stride() + token_in_block * token_stride() +
            kv_head * head_stride();
   }
-  int64_t pool_elements() const { return static_cast<int64_t>(num_blocks) * block_stride(); }
-  int64_t pool_bytes() const { return pool_elements() * element_bytes(); }
+  int64_t pool_elements() const {
+    return static_cast<int64_t>(num_blocks) * block_stride();
+  }
+  int64_t pool_bytes() const {
+    return pool_elements() * element_bytes();
+  }
 };
 
 // Checks the shape fields of `kv` and, where given, the host copies of its lengths and block

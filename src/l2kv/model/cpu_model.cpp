@@ -215,6 +215,7 @@ struct CpuModel::GraphOps {
       std::copy_n(k_new.begin() + t * row, row, kv.key(l, past + t));
       std::copy_n(v_new.begin() + t * row, row, kv.value(l, past + t));
     }
+    kv.stored(l, past, T);
   }
   void attention(int64_t l) {
     const int64_t D = c().head_dim, group = c().num_q_heads / c().num_kv_heads;

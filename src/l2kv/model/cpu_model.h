@@ -23,6 +23,12 @@ class CpuKvCache {
   virtual void reserve(int64_t length) = 0;
   virtual float* key(int64_t layer, int64_t position) = 0;
   virtual float* value(int64_t layer, int64_t position) = 0;
+  // Called once the keys and values of positions [first, first + count) of `layer` are written,
+  // before they are read: a cache that stores another precision (tests mirroring the CUDA
+  // backend's fp8 cache and its calculated scales) rounds them here.
+  virtual void stored(int64_t layer, int64_t first, int64_t count) {
+    (void)layer, (void)first, (void)count;
+  }
 };
 
 // The keys and values one sequence has cached, per layer: [position][kv_heads * head_dim].

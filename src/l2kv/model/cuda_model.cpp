@@ -61,6 +61,7 @@ struct CudaModel::Weights {
   struct Layer {
     DeviceArray<uint16_t> input_norm, post_norm, qkv, qkv_bias, o, gate_up, down;
     float k_scale = 1.f, v_scale = 1.f;  // fp8 KV cache
+    bool checkpoint_kv_scales = false;   // else calculated from the first prompt when on
   };
   DeviceArray<uint16_t> embed, lm_head, final_norm;
   std::vector<Layer> layers;
@@ -111,6 +112,7 @@ CudaModel::CudaModel(const std::filesystem::path& folder)
     layer.down = upload_16bit(c.dtype, w.down);
     layer.k_scale = w.k_scale;
     layer.v_scale = w.v_scale;
+    layer.checkpoint_kv_scales = w.has_kv_scales;
     weights_->layers.push_back(std::move(layer));
   }
   init_common();
@@ -155,6 +157,36 @@ void CudaModel::init_common() {
   L2KV_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&inv_freq_), inv.size() * sizeof(float)));
   L2KV_CUDA_CHECK(
       cudaMemcpy(inv_freq_, inv.data(), inv.size() * sizeof(float), cudaMemcpyHostToDevice));
+  L2KV_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&kv_scales_),
+                             static_cast<size_t>(2 * c.num_layers) * sizeof(float)));
+  set_calculate_kv_scales(calculate_kv_scales_);
+}
+
+void CudaModel::reset_kv_scales() {
+  std::vector<float> host;
+  for (const Weights::Layer& layer : weights_->layers) {
+    host.push_back(layer.k_scale);
+    host.push_back(layer.v_scale);
+  }
+  L2KV_CUDA_CHECK(cudaDeviceSynchronize());  // no step in flight reads them while they change
+  L2KV_CUDA_CHECK(
+      cudaMemcpy(kv_scales_, host.data(), host.size() * sizeof(float), cudaMemcpyHostToDevice));
+}
+
+void CudaModel::set_calculate_kv_scales(bool on) {
+  calculate_kv_scales_ = on;
+  reset_kv_scales();
+  kv_scales_pending_ =
+      on && std::any_of(weights_->layers.begin(), weights_->layers.end(),
+                        [](const Weights::Layer& layer) { return !layer.checkpoint_kv_scales; });
+}
+
+std::vector<float> CudaModel::kv_scales() const {
+  std::vector<float> host(static_cast<size_t>(2 * config_.num_layers));
+  L2KV_CUDA_CHECK(cudaDeviceSynchronize());
+  L2KV_CUDA_CHECK(
+      cudaMemcpy(host.data(), kv_scales_, host.size() * sizeof(float), cudaMemcpyDeviceToHost));
+  return host;
 }
 
 CudaModel::~CudaModel() {
@@ -162,6 +194,7 @@ CudaModel::~CudaModel() {
   for (void* p : k_pools_) cudaFree(p);
   for (void* p : v_pools_) cudaFree(p);
   if (inv_freq_) cudaFree(inv_freq_);
+  if (kv_scales_) cudaFree(kv_scales_);
   for (auto& e : gemm_events_) cudaEventDestroy(e.start), cudaEventDestroy(e.stop);
   for (auto& e : attention_events_) cudaEventDestroy(e.start), cudaEventDestroy(e.stop);
   if (total_events_.start) cudaEventDestroy(total_events_.start);
@@ -408,6 +441,9 @@ int32_t CudaModel::prepare(std::span<const BatchSequence> batch, int32_t pad_to,
   L2KV_CUDA_CHECK(cudaEventRecord(ws_->uploaded, stream));
 
   step_ = {row, logit_rows, batch_rows, decode_only, false};
+  // The first step with a prompt chunk computes the pending scales before it stores any K/V.
+  step_.calculate_kv_scales =
+      !decode_only && kv_scales_pending_ && kv_storage_ == KvStorage::kFp8E4M3;
   DecodeAttentionParams p = decode_params();
   if (decode_only) {
     if (decode_kernel_ == DecodeKernel::kSplit) {
@@ -467,6 +503,12 @@ struct CudaModel::GraphOps {
     decode.kv.v_pool = m->v_pools_[l];
     decode.kv.k_scale = w(l).k_scale;
     decode.kv.v_scale = w(l).v_scale;
+    decode.kv.device_scales = m->kv_scales_ + 2 * l;
+    if (m->step_.calculate_kv_scales && !w(l).checkpoint_kv_scales)
+      ops::calculate_kv_scales(ws().qkv.ptr, w(l).qkv_bias.ptr, ws().meta.ptr + ws().positions,
+                               ws().meta.ptr + ws().slots, m->inv_freq_, n,
+                               static_cast<int32_t>(c().num_q_heads), decode.kv,
+                               m->kv_scales_ + 2 * l, stream);
     ops::rope_and_cache(ws().qkv.ptr, w(l).qkv_bias.ptr, ws().meta.ptr + ws().positions,
                         ws().meta.ptr + ws().slots, m->inv_freq_, n,
                         static_cast<int32_t>(c().num_q_heads), decode.kv, ws().q.ptr, stream,
@@ -531,6 +573,7 @@ void CudaModel::enqueue_forward(cudaStream_t stream) {
     g.decode.max_seq_len = limits_.max_model_len;
   g.n = step_.rows;
   run_decoder_graph(g, config_.num_layers);
+  if (step_.calculate_kv_scales) kv_scales_pending_ = false;  // fixed from now on
 }
 
 void CudaModel::forward(cudaStream_t stream) {

@@ -71,11 +71,21 @@ class CudaModel {
   // and drops captured graphs).
   void allocate_workspace(const WorkspaceLimits& limits);
   const WorkspaceLimits& limits() const { return limits_; }
-  // How K and V are stored: the model's dtype (default) or fp8 E4M3 with each layer's
-  // checkpoint scales (1 where it has none), read by the decode and prefill kernels. Set before
-  // allocate_kv_cache; throws once a pool exists.
+  // How K and V are stored: the model's dtype (default) or fp8 E4M3 with per-layer scales, read
+  // by the decode and prefill kernels. Set before allocate_kv_cache; throws once a pool exists.
   void set_kv_storage(KvStorage storage);
   KvStorage kv_storage() const { return kv_storage_; }
+  // fp8 scales of layers whose checkpoint has no self_attn.k_scale/v_scale: on (default), the
+  // next step with a prompt chunk computes them from its K and V before storing them
+  // (kernels/model/kv_scales.h, vLLM's --calculate-kv-scales) and they stay fixed from then on;
+  // off, such layers use 1. Switching on re-arms the calculation; switching off resets those
+  // layers to 1. Scales live in device memory, so captured graphs read the current ones.
+  void set_calculate_kv_scales(bool on);
+  bool calculate_kv_scales() const { return calculate_kv_scales_; }
+  // True until a step has computed the scales (on, and some layer has no checkpoint scales).
+  bool kv_scales_pending() const { return kv_scales_pending_; }
+  // The current scales, [layer][k, v] flattened (copied from the device; synchronizes).
+  std::vector<float> kv_scales() const;
   // K and V of all layers for one block of `block_size` tokens.
   int64_t kv_block_bytes(int32_t block_size) const;
   // Allocates the paged KV pool: `num_blocks` blocks per layer. Drops captured graphs.
@@ -135,8 +145,10 @@ class CudaModel {
     int32_t batch = 0;        // sequences (pads included)
     bool decode_only = true;  // one token per sequence, every sequence wants logits
     bool all_logits = false;
+    bool calculate_kv_scales = false;  // this step computes the pending fp8 scales
   };
   void init_common();
+  void reset_kv_scales();  // every layer to its checkpoint's scales (1 where none)
   void drop_graphs();
   void enqueue_forward(cudaStream_t stream);
   DecodeAttentionParams decode_params() const;
@@ -152,6 +164,9 @@ class CudaModel {
   int32_t num_blocks_ = 0;
   int32_t block_size_ = 16;
   KvStorage kv_storage_ = KvStorage::kModelDtype;
+  float* kv_scales_ = nullptr;  // device [layers][k, v]: what the kernels read
+  bool calculate_kv_scales_ = true;
+  bool kv_scales_pending_ = false;
   float* inv_freq_ = nullptr;
   Gemm gemm_;
   SplitDecode split_;

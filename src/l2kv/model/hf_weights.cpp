@@ -48,6 +48,8 @@ HfLayerWeights load_hf_layer_weights(const Checkpoint& checkpoint, const ModelCo
   };
   w.k_scale = scale("self_attn.k_scale");
   w.v_scale = scale("self_attn.v_scale");
+  w.has_kv_scales =
+      checkpoint.contains(p + "self_attn.k_scale") && checkpoint.contains(p + "self_attn.v_scale");
   return w;
 }
 

@@ -27,6 +27,7 @@ struct HfLayerWeights {
   // fp8 KV cache scales (self_attn.k_scale / v_scale, as vLLM's fp8 checkpoints store them);
   // 1 when the checkpoint has none.
   float k_scale = 1.f, v_scale = 1.f;
+  bool has_kv_scales = false;  // the checkpoint has both
 };
 
 HfGlobalWeights load_hf_global_weights(const Checkpoint& checkpoint, const ModelConfig& config);

@@ -140,8 +140,8 @@ __global__ void __launch_bounds__(kV1Threads)
   const Stored* k_pool = static_cast<const Stored*>(kv.k_pool);
   const Stored* v_pool = static_cast<const Stored*>(kv.v_pool);
   // fp8: logits use the stored K and the output the stored V; their scales apply here.
-  const float logit_scale = p.softmax_scale * (kFp8 ? kv.k_scale : 1.f);
-  const float v_scale = kFp8 ? kv.v_scale : 1.f;
+  const float logit_scale = p.softmax_scale * (kFp8 ? kv.key_scale() : 1.f);
+  const float v_scale = kFp8 ? kv.value_scale() : 1.f;
   // Blocks ahead; 0 = off. Under GQA the group's thread blocks read the same KV and run side
   // by side, so by default only the first of them prefetches: the others' would be redundant.
   const bool prefetches = !prefetch.group_leader_only || head % group == 0;

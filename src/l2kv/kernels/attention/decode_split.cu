@@ -263,7 +263,7 @@ __global__ void __launch_bounds__(kThreads, kFp8 ? 3 : 1)
     }
   }
   // fp8: logits use the stored K, so K's scale joins the softmax scale.
-  const float scale_log2 = p.softmax_scale * kLog2e * (kFp8 ? p.kv.k_scale : 1.f) / kQScale;
+  const float scale_log2 = p.softmax_scale * kLog2e * (kFp8 ? p.kv.key_scale() : 1.f) / kQScale;
 
   float o_acc[Shape::kOutTiles][4] = {};
   float row_max = -INFINITY;  // for query head `head_row`, in log2 units
@@ -407,7 +407,7 @@ __global__ void __launch_bounds__(kThreads, kFp8 ? 3 : 1)
     total += e.warp_sum[w * kMaxGqaGroup + head_row] *
              exp2f(e.warp_max[w * kMaxGqaGroup + head_row] - safe_m);
   // fp8: O used the stored V, whose scale applies here.
-  const float v_scale = kFp8 ? p.kv.v_scale : 1.f;
+  const float v_scale = kFp8 ? p.kv.value_scale() : 1.f;
   const float weight = head_row < group ? exp2f(row_max - safe_m) / total * v_scale : 0.f;
   float* my_row = e.row(warp, head_row);
 #pragma unroll

@@ -98,8 +98,8 @@ __global__ void __launch_bounds__(256)
     }
   }
   // fp8: logits and outputs use the stored K and V; their scales apply here and at the end.
-  const float scale_log2 = softmax_scale * kLog2e * (kFp8 ? kv.k_scale : 1.f);
-  const float v_scale = kFp8 ? kv.v_scale : 1.f;
+  const float scale_log2 = softmax_scale * kLog2e * (kFp8 ? kv.key_scale() : 1.f);
+  const float v_scale = kFp8 ? kv.value_scale() : 1.f;
   const int pos0 = item.first_position + warp_first + r0, pos1 = pos0 + 8;
   float o_acc[kOutTiles][4] = {};
   float max0 = -INFINITY, max1 = -INFINITY, sum0 = 0.f, sum1 = 0.f;

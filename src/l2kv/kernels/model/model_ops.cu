@@ -4,8 +4,10 @@
 #include <type_traits>
 
 #include "l2kv/core/cuda_check.h"
+#include "l2kv/core/error.h"
 #include "l2kv/kernels/fp8.cuh"
 #include "l2kv/kernels/grid_dependency.cuh"
+#include "l2kv/kernels/model/kv_scales.h"
 #include "l2kv/kernels/model/model_ops.h"
 #include "l2kv/kernels/tensor_core.cuh"
 
@@ -52,6 +54,18 @@ __global__ void add_rmsnorm_kernel(float* residual, const T* add, const T* weigh
     out[base + i] = Traits::from_float(Traits::to_float(weight[i]) * (residual[base + i] * scale));
 }
 
+// Neox RoPE of the pair (a, b) = (x[i], x[i + head_dim / 2]) at `pos`, rounded to T: what the
+// cache stores, and what the calculated fp8 scales measure.
+template <typename T>
+__device__ __forceinline__ void rotate_pair(float a, float b, float pos, float inv_freq, T& ra,
+                                            T& rb) {
+  using Traits = tc::ElementTraits<T>;
+  float s, c;
+  sincosf(pos * inv_freq, &s, &c);
+  ra = Traits::from_float(a * c - b * s);
+  rb = Traits::from_float(b * c + a * s);
+}
+
 // One block per token; threads over (head, pair) for q and k heads, then v. kFp8: K and V are
 // stored as E4M3 of their 16-bit values divided by the layer's scale.
 template <typename T, bool kFp8>
@@ -78,7 +92,8 @@ __global__ void rope_and_cache_kernel(const T* qkv, const T* bias, const int32_t
   using Stored = std::conditional_t<kFp8, uint8_t, T>;
   Stored* k_pool = static_cast<Stored*>(kv.k_pool);
   Stored* v_pool = static_cast<Stored*>(kv.v_pool);
-  const float inv_k_scale = 1.f / kv.k_scale, inv_v_scale = 1.f / kv.v_scale;
+  const float inv_k_scale = kFp8 ? 1.f / kv.key_scale() : 1.f;
+  const float inv_v_scale = kFp8 ? 1.f / kv.value_scale() : 1.f;
   auto store = [](T value, float inv_scale) {
     if constexpr (kFp8)
       return fp8::from_float(Traits::to_float(value) * inv_scale);
@@ -90,10 +105,8 @@ __global__ void rope_and_cache_kernel(const T* qkv, const T* bias, const int32_t
     const int head = p / half, i = p % half;
     const bool is_q = head < q_heads;
     const int base = is_q ? head * d : q_dim + (head - q_heads) * d;
-    float s, c;
-    sincosf(pos * inv_freq[i], &s, &c);
-    const float a = value(base + i), b = value(base + i + half);
-    const T ra = Traits::from_float(a * c - b * s), rb = Traits::from_float(b * c + a * s);
+    T ra, rb;
+    rotate_pair(value(base + i), value(base + i + half), pos, inv_freq[i], ra, rb);
     if (is_q) {
       q_out[static_cast<int64_t>(t) * q_dim + base + i] = ra;
       q_out[static_cast<int64_t>(t) * q_dim + base + i + half] = rb;
@@ -106,6 +119,54 @@ __global__ void rope_and_cache_kernel(const T* qkv, const T* bias, const int32_t
   for (int i = threadIdx.x; i < kv_dim && slot >= 0; i += blockDim.x)
     v_pool[kv.offset(block, in_block, i / d) + i % d] =
         store(Traits::from_float(value(q_dim + kv_dim + i)), inv_v_scale);
+}
+
+// One block per token: the largest |K| and |V| the rope kernel would store for it, folded into
+// the layer's two scales with an atomic max (scales start at 0; a positive float's bits order
+// as an int's). Every block contributes at least kMinKvScale.
+template <typename T>
+__global__ void kv_amax_kernel(const T* qkv, const T* bias, const int32_t* positions,
+                               const int32_t* slots, const float* inv_freq, int32_t q_heads,
+                               const PagedKvCache kv, float* scales) {
+  using Traits = tc::ElementTraits<T>;
+  const int t = blockIdx.x;
+  const int d = kv.head_dim, half = d / 2;
+  const int q_dim = q_heads * d, kv_dim = kv.num_kv_heads * d, width = q_dim + 2 * kv_dim;
+  const T* row = qkv + static_cast<int64_t>(t) * width;
+  auto value = [&](int i) {
+    return Traits::to_float(row[i]) + (bias ? Traits::to_float(bias[i]) : 0.f);
+  };
+  float k_max = 0.f, v_max = 0.f;
+  if (slots[t] >= 0) {  // -1: a pad row, whose K/V is not kept
+    const float pos = static_cast<float>(positions[t]);
+    for (int p = threadIdx.x; p < kv.num_kv_heads * half; p += blockDim.x) {
+      const int base = q_dim + (p / half) * d, i = p % half;
+      T ra, rb;
+      rotate_pair(value(base + i), value(base + i + half), pos, inv_freq[i], ra, rb);
+      k_max = fmaxf(k_max, fmaxf(fabsf(Traits::to_float(ra)), fabsf(Traits::to_float(rb))));
+    }
+    for (int i = threadIdx.x; i < kv_dim; i += blockDim.x)
+      v_max = fmaxf(v_max, fabsf(Traits::to_float(Traits::from_float(value(q_dim + kv_dim + i)))));
+  }
+  for (int m = 16; m >= 1; m /= 2) {
+    k_max = fmaxf(k_max, __shfl_xor_sync(0xffffffffu, k_max, m));
+    v_max = fmaxf(v_max, __shfl_xor_sync(0xffffffffu, v_max, m));
+  }
+  __shared__ float partial[2][kThreads / 32];
+  if (threadIdx.x % 32 == 0) {
+    partial[0][threadIdx.x / 32] = k_max;
+    partial[1][threadIdx.x / 32] = v_max;
+  }
+  __syncthreads();
+  if (threadIdx.x != 0) return;
+  for (int w = 1; w < kThreads / 32; ++w) {
+    k_max = fmaxf(k_max, partial[0][w]);
+    v_max = fmaxf(v_max, partial[1][w]);
+  }
+  atomicMax(reinterpret_cast<int*>(scales),
+            __float_as_int(kv_scale_from_amax(k_max, kKvScaleKeyRange)));
+  atomicMax(reinterpret_cast<int*>(scales + 1),
+            __float_as_int(kv_scale_from_amax(v_max, kKvScaleValueRange)));
 }
 
 template <typename T>
@@ -173,6 +234,22 @@ void rope_and_cache(const void* qkv, const void* bias, const int32_t* positions,
                                        static_cast<const T*>(bias), positions, slots, inv_freq,
                                        q_heads, kv, static_cast<T*>(q_out)));
   });
+}
+
+void calculate_kv_scales(const void* qkv, const void* bias, const int32_t* positions,
+                         const int32_t* slots, const float* inv_freq, int32_t num_tokens,
+                         int32_t q_heads, const PagedKvCache& kv, float* scales,
+                         cudaStream_t stream) {
+  if (num_tokens <= 0 || scales == nullptr)
+    throw Error("calculate_kv_scales: needs at least one token and a scales buffer");
+  L2KV_CUDA_CHECK(cudaMemsetAsync(scales, 0, 2 * sizeof(float), stream));
+  with_type(kv.dtype, [&](auto* tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    kv_amax_kernel<T><<<num_tokens, kThreads, 0, stream>>>(static_cast<const T*>(qkv),
+                                                           static_cast<const T*>(bias), positions,
+                                                           slots, inv_freq, q_heads, kv, scales);
+  });
+  L2KV_CUDA_CHECK_LAUNCH();
 }
 
 void silu_mul(DType dtype, const void* gate_up, int32_t num_tokens, int32_t inter, void* out,
