@@ -1,7 +1,8 @@
 // Dense projections: y[rows, out] = x[rows, in] * W[out, in]^T with 16-bit operands (bf16 or
-// fp16) and fp32 accumulation on tensor cores. Decode-sized row counts go to the
-// weight-streaming GEMV (gemv.h), the rest to cuBLASLt, whose descriptors and chosen algorithm
-// are cached per shape, so repeated calls do no host-side planning.
+// fp16) and fp32 accumulation on tensor cores. Decode-sized row counts (1-128) go to the
+// weight-streaming kernel (weight_stream_gemm.h), the rest to cuBLASLt, whose descriptors and
+// chosen algorithm are cached per shape, so repeated calls do no host-side planning (the
+// streaming kernel caches its tensor maps the same way).
 #pragma once
 
 #include <cublasLt.h>
@@ -12,6 +13,7 @@
 #include <tuple>
 
 #include "l2kv/core/dtype.h"
+#include "l2kv/kernels/model/weight_stream_gemm.h"
 
 namespace l2kv {
 
@@ -29,15 +31,14 @@ class Gemm {
   void linear_f32_out(DType dtype, const void* x, const void* w, float* y, int64_t rows, int64_t in,
                       int64_t out, cudaStream_t stream);
 
-  // Calls with rows <= this go to the GEMV kernel when gemv_supports() the problem, the rest
-  // to cuBLASLt. 0 sends everything to cuBLASLt (benchmarks compare the two); at most
-  // kGemvMaxRows. Throws l2kv::Error outside [0, kGemvMaxRows].
-  static constexpr int kDefaultGemvMaxRows = 8;
-  void set_gemv_max_rows(int rows);
-  int gemv_max_rows() const { return gemv_max_rows_; }
-  // Matrices with more output features stay on cuBLASLt at any row count (measured).
-  static constexpr int64_t kGemvMaxOut = 8192;
-  // GEMV launches use programmatic dependent launch (see gemv()); cuBLASLt launches do not.
+  // Calls with rows <= this go to the weight-streaming kernel when it supports() the problem,
+  // the rest to cuBLASLt. 0 sends everything to cuBLASLt (benchmarks compare the two); at
+  // most WeightStreamGemm::kMaxRows. Throws l2kv::Error outside [0, kMaxRows].
+  static constexpr int kDefaultStreamMaxRows = static_cast<int>(WeightStreamGemm::kMaxRows);
+  void set_stream_max_rows(int rows);
+  int stream_max_rows() const { return stream_max_rows_; }
+  // Weight-streaming launches use programmatic dependent launch (see WeightStreamGemm::run());
+  // cuBLASLt launches do not.
   void set_programmatic_launch(bool pdl) { pdl_ = pdl; }
 
  private:
@@ -54,7 +55,8 @@ class Gemm {
   cublasLtHandle_t handle_ = nullptr;
   void* workspace_ = nullptr;
   std::map<Key, Plan> plans_;
-  int gemv_max_rows_ = kDefaultGemvMaxRows;
+  WeightStreamGemm stream_;
+  int stream_max_rows_ = kDefaultStreamMaxRows;
   bool pdl_ = false;
 };
 
