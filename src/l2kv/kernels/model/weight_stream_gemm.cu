@@ -1,12 +1,11 @@
 // The Hopper decode projection (weight_stream_gemm.h): a TMA -> shared-memory ring -> wgmma
-// pipeline with one producer thread and two consumer warpgroups, stream-K over SMs.
+// pipeline with one producer thread and c consumer warpgroups, stream-K over SMs.
 //
-// Block layout: warps 0-7 are two consumer warpgroups (warpgroup g computes output features
-// [64 g, 64 g + 64) of the current 128-feature tile), warp 8 is the producer, of which one
-// lane issues every TMA load. A stage holds W[128 x 64] (16 KB) and x[N x 64], both
+// Block layout: warps 0 .. 4c-1 are the consumer warpgroups (warpgroup g computes output
+// features [64 g, 64 g + 64) of the current 64c-feature tile), warp 4c is the producer, of
+// which one lane issues every TMA load. A stage holds W[64c x 64] and x[N x 64], both
 // K-major with 128-byte swizzle, as wgmma wants them; full[s] completes when the stage's
-// bytes have landed (transaction count), empty[s] when all eight consumer warps are done
-// with it.
+// bytes have landed (transaction count), empty[s] when all consumer warps are done with it.
 //
 // Stream-K: the iterations (tile, k chunk), tile-major, are cut into gridDim.x equal
 // contiguous ranges. A block accumulates in registers while its range stays in one tile;
@@ -41,12 +40,7 @@ namespace {
 constexpr int kWarpSize = 32;
 constexpr int kWarpgroupThreads = 128;
 constexpr int kWarpgroupM = 64;  // wgmma's M: output features per warpgroup
-constexpr int kConsumers = 2;    // consumer warpgroups
-constexpr int kTileM = kWarpgroupM * kConsumers;
-constexpr int kConsumerThreads = kConsumers * kWarpgroupThreads;
-constexpr int kConsumerWarps = kConsumerThreads / kWarpSize;
-constexpr int kThreads = kConsumerThreads + kWarpSize;  // + the producer warp
-constexpr int kProducerWarp = kConsumerWarps;
+constexpr int kMaxConsumers = 4;
 constexpr int kElemBytes = 2;
 constexpr int kChunkK = 128 / kElemBytes;  // one 128-byte swizzle row of k per stage
 constexpr int kK16PerChunk = kChunkK / 16;
@@ -55,14 +49,21 @@ constexpr int kSwizzleAlign = 1024;  // 128-byte swizzle repeats every 8 rows
 constexpr int kSlots = 2;            // partial tiles per block (first and last tile)
 constexpr int kPartialFloats = kWarpgroupM * static_cast<int>(WeightStreamGemm::kMaxRows);
 // Shared memory for stages: with one block per SM this leaves room for nothing else, which
-// the kernel does not need. More than 12 stages (~200 KB at 1-16 rows) gained nothing in
-// flight that 100 KB+ per SM does not already give.
+// the kernel does not need. 100 KB+ of weights in flight per SM is several times what
+// covers HBM latency; more stages than 12 only lengthen the start.
 constexpr int kStageBudgetBytes = 200 * 1024;
 constexpr int kMaxStages = 12;
 
 template <int N>
 struct Tiling {
   static_assert(N % 8 == 0 && N >= 8 && N <= WeightStreamGemm::kMaxRows);
+  // Every block re-reads x from L2 once per tile it works on, so x's L2 traffic is N / kTileM
+  // of W's: at 32+ rows four consumer warpgroups (256 features per tile) keep it at most half.
+  static constexpr int kConsumers = N >= 32 ? 4 : 2;
+  static constexpr int kTileM = kWarpgroupM * kConsumers;
+  static constexpr int kConsumerWarps = kConsumers * kWarpgroupThreads / kWarpSize;
+  static constexpr int kThreads = kConsumers * kWarpgroupThreads + kWarpSize;  // + producer
+  static constexpr int kProducerWarp = kConsumerWarps;
   static constexpr int kWBytes = kTileM * kChunkK * kElemBytes;
   static constexpr int kXBytes = N * kChunkK * kElemBytes;
   static constexpr int kStageBytes = kWBytes + kXBytes;
@@ -74,8 +75,12 @@ struct Tiling {
   static constexpr int kSmemBytes = kSwizzleAlign + kStages * kStageBytes + kBarrierBytes;
 };
 
+int tile_features(int n) {
+  return n >= 32 ? Tiling<32>::kTileM : Tiling<8>::kTileM;
+}
+
 struct Params {
-  CUtensorMap w_map;  // W [out x in], box [128 x 64]
+  CUtensorMap w_map;  // W [out x in], box [kTileM x 64]
   CUtensorMap x_map;  // x [rows x in], box [N x 64]; rows past `rows` arrive as zeros
   void* y;
   float* partials;
@@ -84,6 +89,7 @@ struct Params {
   int64_t k_chunks;    // ceil(in / 64); the last chunk's missing k arrive as zeros
   int64_t iterations;  // tiles * k_chunks
   int64_t blocks;      // gridDim.x
+  L2EvictionHint w_hint;
 };
 
 __device__ __forceinline__ int64_t range_begin(const Params& p, int64_t block) {
@@ -95,16 +101,13 @@ __device__ __forceinline__ int64_t block_of(const Params& p, int64_t i) {
   while (b + 1 < p.blocks && range_begin(p, b + 1) <= i) ++b;
   return b;
 }
-// The partial slot block b uses for tile `tile`: 0 for its first tile, 1 for its last.
-__device__ __forceinline__ int slot_of(const Params& p, int64_t b, int64_t tile) {
-  return range_begin(p, b) / p.k_chunks == tile ? 0 : 1;
-}
+// Partial tile of block b, slot 0 (its first tile) or 1 (its last), warpgroup wg.
 __device__ __forceinline__ float* partial_tile(const Params& p, int64_t b, int slot, int wg) {
-  return p.partials + ((b * kSlots + slot) * kConsumers + wg) * int64_t{kPartialFloats};
+  return p.partials + ((b * kSlots + slot) * kMaxConsumers + wg) * int64_t{kPartialFloats};
 }
 
 __device__ __forceinline__ void warpgroup_barrier(int wg) {
-  // Named barriers 1 and 2 (0 is __syncthreads), one per consumer warpgroup.
+  // Named barriers 1-4 (0 is __syncthreads), one per consumer warpgroup.
   asm volatile("bar.sync %0, %1;" ::"r"(1 + wg), "n"(kWarpgroupThreads) : "memory");
 }
 
@@ -118,10 +121,10 @@ __device__ __forceinline__ OutT to_output(float v) {
 
 // Writes the warpgroup's 64 x N accumulator tile (wgmma layout) to y[m][n], features first.
 template <int N, typename OutT>
-__device__ __forceinline__ void store_y(const Params& p, const float (&acc)[N / 2], int64_t tile,
-                                        int wg, int t) {
+__device__ __forceinline__ void store_y(const Params& p, const float (&acc)[N / 2],
+                                        int64_t first_feature, int t) {
   const int warp = t / kWarpSize, lane = t % kWarpSize;
-  const int64_t n0 = tile * kTileM + wg * kWarpgroupM + warp * 16 + lane / 4;
+  const int64_t n0 = first_feature + warp * 16 + lane / 4;
   OutT* y = static_cast<OutT*>(p.y);
 #pragma unroll
   for (int j = 0; j < N / 8; ++j)
@@ -134,10 +137,12 @@ __device__ __forceinline__ void store_y(const Params& p, const float (&acc)[N / 
 }
 
 template <typename T, typename OutT, int N>
-__global__ void __launch_bounds__(kThreads, 1)
+__global__ void __launch_bounds__(Tiling<N>::kThreads, 1)
     weight_stream_kernel(const __grid_constant__ Params p) {
   using Tiling = Tiling<N>;
   constexpr int kStages = Tiling::kStages;
+  constexpr int kConsumers = Tiling::kConsumers;
+  constexpr int kTileM = Tiling::kTileM;
   // The kernel behind this one (launched with PDL) may start; it waits for this grid before
   // it reads y.
   ptx::launch_dependents();
@@ -156,7 +161,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   if (threadIdx.x == 0) {
     for (int s = 0; s < kStages; ++s) {
       ptx::mbarrier_init(&full[s], 1);
-      ptx::mbarrier_init(&empty[s], kConsumerWarps);
+      ptx::mbarrier_init(&empty[s], Tiling::kConsumerWarps);
     }
     ptx::mbarrier_init_fence();
   }
@@ -164,39 +169,43 @@ __global__ void __launch_bounds__(kThreads, 1)
 
   const int64_t block = blockIdx.x;
   const int64_t begin = range_begin(p, block), end = range_begin(p, block + 1);
+  const int count = static_cast<int>(end - begin);  // <= iterations / blocks + 1
+  const int first_tile = static_cast<int>(begin / p.k_chunks);
+  const int first_chunk = static_cast<int>(begin % p.k_chunks);
+  const int k_chunks = static_cast<int>(p.k_chunks);
 
-  if (warp == kProducerWarp) {
+  if (warp == Tiling::kProducerWarp) {
     if (lane != 0) return;
-    const uint64_t w_policy = ptx::make_l2_policy(L2EvictionHint::kEvictFirst);  // read once
-    const uint64_t x_policy = ptx::make_l2_policy(L2EvictionHint::kEvictLast);   // every block
-    auto load_w = [&](int64_t i, int s) {
-      const int64_t it = begin + i;
-      ptx::tma_load_2d(stage_w(s), &p.w_map, &full[s],
-                       static_cast<int32_t>(it % p.k_chunks * kChunkK),
-                       static_cast<int32_t>(it / p.k_chunks * kTileM), w_policy);
+    const uint64_t w_policy = ptx::make_l2_policy(p.w_hint);                    // W is read once
+    const uint64_t x_policy = ptx::make_l2_policy(L2EvictionHint::kEvictLast);  // every block
+    // (tile, chunk) of iteration i, advanced without divisions.
+    int tile = first_tile, chunk = first_chunk;
+    auto advance = [&] {
+      if (++chunk == k_chunks) chunk = 0, ++tile;
     };
-    auto load_x = [&](int64_t i, int s) {
-      const int64_t it = begin + i;
-      ptx::tma_load_2d(stage_x(s), &p.x_map, &full[s],
-                       static_cast<int32_t>(it % p.k_chunks * kChunkK), 0, x_policy);
-    };
-    const int64_t count = end - begin;
+    const int early = count < kStages ? count : kStages;
     // The first stages' weights do not depend on the kernel ahead: request them before the
     // wait, x after it.
-    const int64_t early = std::min<int64_t>(kStages, count);
-    for (int64_t i = 0; i < early; ++i) {
+    for (int i = 0; i < early; ++i, advance()) {
       ptx::mbarrier_arrive_expect_tx(&full[i], Tiling::kStageBytes);
-      load_w(i, static_cast<int>(i));
+      ptx::tma_load_2d(stage_w(i), &p.w_map, &full[i], chunk * kChunkK, tile * kTileM, w_policy);
     }
     ptx::grid_dependency_wait();
-    for (int64_t i = 0; i < early; ++i) load_x(i, static_cast<int>(i));
-    for (int64_t i = early; i < count; ++i) {
-      const int s = static_cast<int>(i % kStages);
-      const uint32_t round = static_cast<uint32_t>(i / kStages);
-      ptx::mbarrier_wait(&empty[s], (round & 1) ^ 1);  // the consumers' release of round - 1
+    {
+      int c = first_chunk;
+      for (int i = 0; i < early; ++i) {
+        ptx::tma_load_2d(stage_x(i), &p.x_map, &full[i], c * kChunkK, 0, x_policy);
+        if (++c == k_chunks) c = 0;
+      }
+    }
+    int s = early % kStages;
+    uint32_t parity = early == kStages ? 0 : 1;  // of the consumers' release to wait for
+    for (int i = early; i < count; ++i, advance()) {
+      ptx::mbarrier_wait(&empty[s], parity);
       ptx::mbarrier_arrive_expect_tx(&full[s], Tiling::kStageBytes);
-      load_w(i, s);
-      load_x(i, s);
+      ptx::tma_load_2d(stage_w(s), &p.w_map, &full[s], chunk * kChunkK, tile * kTileM, w_policy);
+      ptx::tma_load_2d(stage_x(s), &p.x_map, &full[s], chunk * kChunkK, 0, x_policy);
+      if (++s == kStages) s = 0, parity ^= 1;
     }
     return;
   }
@@ -206,13 +215,15 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int wg = warp / 4;
   const int t = static_cast<int>(threadIdx.x) % kWarpgroupThreads;
   float acc[Tiling::kAccs] = {};
-  int64_t i = 0;  // iteration within the block's range
-  for (int64_t it = begin; it < end;) {
-    const int64_t tile = it / p.k_chunks;
-    const int64_t seg_begin = it, seg_end = std::min(end, (tile + 1) * p.k_chunks);
-    for (; it < seg_end; ++it, ++i) {
-      const int s = static_cast<int>(i % kStages);
-      ptx::mbarrier_wait(&full[s], static_cast<uint32_t>(i / kStages) & 1);
+  int s = 0;
+  uint32_t parity = 0;
+  int tile = first_tile, chunk = first_chunk;
+  for (int i = 0; i < count;) {
+    // One segment: the block's iterations inside `tile`, chunks [k_lo, k_hi).
+    const int k_lo = chunk;
+    const int k_hi = count - i < k_chunks - chunk ? chunk + (count - i) : k_chunks;
+    for (; chunk < k_hi; ++chunk, ++i) {
+      ptx::mbarrier_wait(&full[s], parity);
       ptx::wgmma_fence();
       const uint8_t* a = stage_w(s) + wg * kWarpgroupM * kChunkK * kElemBytes;
       const uint8_t* b = stage_x(s);
@@ -220,47 +231,52 @@ __global__ void __launch_bounds__(kThreads, 1)
       for (int kk = 0; kk < kK16PerChunk; ++kk)
         ptx::wgmma_m64k16<N, T>(acc, ptx::wgmma_descriptor_k_major_sw128(a + kk * kK16Bytes),
                                 ptx::wgmma_descriptor_k_major_sw128(b + kk * kK16Bytes),
-                                it != seg_begin || kk != 0);
+                                chunk != k_lo || kk != 0);
       ptx::wgmma_commit();
       ptx::wgmma_wait<0>();
       if (lane == 0) ptx::mbarrier_arrive(&empty[s]);
+      if (++s == kStages) s = 0, parity ^= 1;
     }
+    const int64_t done_tile = tile;
+    const int64_t first_feature = done_tile * kTileM + wg * kWarpgroupM;
+    if (chunk == k_chunks) chunk = 0, ++tile;
 
-    const int64_t k_lo = seg_begin - tile * p.k_chunks, k_hi = seg_end - tile * p.k_chunks;
-    if (k_lo == 0 && k_hi == p.k_chunks) {  // the whole tile is this block's
-      store_y<N, OutT>(p, acc, tile, wg, t);
+    if (k_lo == 0 && k_hi == k_chunks) {  // the whole tile is this block's
+      store_y<N, OutT>(p, acc, first_feature, t);
       continue;
     }
     // A split tile: publish the partial, count its k chunks; the block that completes the
     // count sums all partials of the tile in block order (the same sum whoever is last).
-    float* mine = partial_tile(p, block, slot_of(p, block, tile), wg);
+    const int my_slot = done_tile == first_tile ? 0 : 1;
+    float* mine = partial_tile(p, block, my_slot, wg);
 #pragma unroll
     for (int r = 0; r < Tiling::kAccs; ++r) mine[r * kWarpgroupThreads + t] = acc[r];
     __threadfence();
     warpgroup_barrier(wg);
     if (t == 0) {
       const auto share = static_cast<uint32_t>(k_hi - k_lo);
-      uint32_t* counter = p.counters + tile * kConsumers + wg;
-      const bool last = atomicAdd(counter, share) + share == p.k_chunks;
+      uint32_t* counter = p.counters + done_tile * kMaxConsumers + wg;
+      const bool last = atomicAdd(counter, share) + share == static_cast<uint32_t>(k_chunks);
       if (last) atomicExch(counter, 0u);  // ready for the next call
       last_arrival[wg] = last;
     }
     warpgroup_barrier(wg);
     if (!last_arrival[wg]) continue;
     __threadfence();
-    const int64_t first_block = block_of(p, tile * p.k_chunks);
-    const int64_t last_block = block_of(p, (tile + 1) * p.k_chunks - 1);
+    const int64_t first_block = block_of(p, done_tile * p.k_chunks);
+    const int64_t last_block = block_of(p, (done_tile + 1) * p.k_chunks - 1);
+    // Every partial, this block's included, comes back from the workspace: one array of
+    // accumulators (a second would not fit 128 registers at 128 rows).
 #pragma unroll
-    for (int r = 0; r < Tiling::kAccs; ++r) {
-      float sum = 0.f;
-      for (int64_t b = first_block; b <= last_block; ++b)
-        sum +=
-            b == block
-                ? acc[r]
-                : __ldcg(partial_tile(p, b, slot_of(p, b, tile), wg) + r * kWarpgroupThreads + t);
-      acc[r] = sum;
+    for (int r = 0; r < Tiling::kAccs; ++r) acc[r] = 0.f;
+    for (int64_t b = first_block; b <= last_block; ++b) {
+      // Block b's slot for this tile: 0 when the tile is its first, else 1 (its last).
+      const int slot = range_begin(p, b) / p.k_chunks == done_tile ? 0 : 1;
+      const float* partial = partial_tile(p, b, slot, wg) + t;
+#pragma unroll
+      for (int r = 0; r < Tiling::kAccs; ++r) acc[r] += __ldcg(partial + r * kWarpgroupThreads);
     }
-    store_y<N, OutT>(p, acc, tile, wg, t);
+    store_y<N, OutT>(p, acc, first_feature, t);
   }
 }
 
@@ -273,8 +289,9 @@ template <typename T, typename OutT, int N>
 void launch(const Params& p, cudaStream_t stream, bool pdl) {
   constexpr int kSmem = Tiling<N>::kSmemBytes;
   cudaLaunchAttribute attribute;
-  const cudaLaunchConfig_t config = launch_config(dim3(static_cast<unsigned>(p.blocks)),
-                                                  dim3(kThreads), kSmem, stream, pdl, attribute);
+  const cudaLaunchConfig_t config =
+      launch_config(dim3(static_cast<unsigned>(p.blocks)), dim3(Tiling<N>::kThreads), kSmem, stream,
+                    pdl, attribute);
   L2KV_CUDA_CHECK(cudaLaunchKernelEx(&config, weight_stream_kernel<T, OutT, N>, p));
 }
 
@@ -334,9 +351,9 @@ WeightStreamGemm::WeightStreamGemm() {
   int device = 0;
   L2KV_CUDA_CHECK(cudaGetDevice(&device));
   L2KV_CUDA_CHECK(cudaDeviceGetAttribute(&sm_count_, cudaDevAttrMultiProcessorCount, device));
-  const size_t partial_floats = size_t(sm_count_) * kSlots * kConsumers * kPartialFloats;
+  const size_t partial_floats = size_t(sm_count_) * kSlots * kMaxConsumers * kPartialFloats;
   L2KV_CUDA_CHECK(cudaMalloc(&partials_, partial_floats * sizeof(float)));
-  const size_t counters = size_t{kMaxTiles} * kConsumers;
+  const size_t counters = size_t{kMaxTiles} * kMaxConsumers;
   L2KV_CUDA_CHECK(cudaMalloc(&counters_, counters * sizeof(uint32_t)));
   L2KV_CUDA_CHECK(cudaMemset(counters_, 0, counters * sizeof(uint32_t)));
   L2KV_CUDA_CHECK(cudaDeviceSynchronize());  // counters zeroed before any stream uses them
@@ -353,8 +370,8 @@ WeightStreamGemm::~WeightStreamGemm() {
 
 bool WeightStreamGemm::supports(int64_t rows, int64_t in, int64_t out, const void* x,
                                 const void* w) {
-  return rows >= 1 && rows <= kMaxRows && in >= 8 && in % 8 == 0 && out >= 1 &&
-         out <= kMaxTiles * kTileM && aligned_16(x) && aligned_16(w);
+  return rows >= 1 && rows <= kMaxRows && in >= 8 && in <= kMaxIn && in % 8 == 0 && out >= 1 &&
+         out <= kMaxTiles * kMaxFeaturesPerTile && aligned_16(x) && aligned_16(w);
 }
 
 const WeightStreamGemm::TensorMap& WeightStreamGemm::map_for(DType dtype, const void* base,
@@ -384,13 +401,15 @@ void WeightStreamGemm::run(DType dtype, const void* x, const void* w, void* y, b
   if (!supports(rows, in, out, x, w))
     throw Error("WeightStreamGemm: unsupported problem rows=" + std::to_string(rows) +
                 " in=" + std::to_string(in) + " out=" + std::to_string(out) +
-                " (needs 1 <= rows <= 128, in a positive multiple of 8, out <= " +
-                std::to_string(kMaxTiles * kTileM) + ", 16-byte aligned x and w)");
+                " (needs 1 <= rows <= 128, in a multiple of 8 in [8, " + std::to_string(kMaxIn) +
+                "], out <= " + std::to_string(kMaxTiles * kMaxFeaturesPerTile) +
+                ", 16-byte aligned x and w)");
   if (dtype != DType::kBFloat16 && dtype != DType::kFloat16)
     throw Error("WeightStreamGemm: operands must be bf16 or fp16");
   const int n = bucket(rows);
   Params p{};
-  p.w_map = map_for(dtype, w, out, in, kTileM).map;
+  const int tile_m = tile_features(n);
+  p.w_map = map_for(dtype, w, out, in, tile_m).map;
   p.x_map = map_for(dtype, x, rows, in, n).map;
   p.y = y;
   p.partials = partials_;
@@ -398,8 +417,9 @@ void WeightStreamGemm::run(DType dtype, const void* x, const void* w, void* y, b
   p.rows = rows;
   p.out = out;
   p.k_chunks = (in + kChunkK - 1) / kChunkK;
-  p.iterations = (out + kTileM - 1) / kTileM * p.k_chunks;
+  p.iterations = (out + tile_m - 1) / tile_m * p.k_chunks;
   p.blocks = std::min<int64_t>(sm_count_, p.iterations);
+  p.w_hint = weight_hint_;
   if (dtype == DType::kFloat16) {
     if (f32_out)
       launch_bucket<__half, float>(n, p, stream, pdl);

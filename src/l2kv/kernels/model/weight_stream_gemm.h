@@ -5,9 +5,10 @@
 // - "Swap AB": output features are the MMA's M (64 per warpgroup, 128 per tile) and x's rows
 //   its N (rows rounded up to a bucket of 8, 16, 32, 64 or 128), so one row costs no more
 //   tensor-core work per weight byte than 128 do.
-// - W and x tiles [128 x 64] and [N x 64] are TMA 2D loads (128-byte swizzle) into a ring of
-//   shared-memory stages guarded by full/empty mbarriers: one producer thread keeps 6-12
-//   stages (100-200 KB per SM) in flight; two consumer warpgroups run wgmma on them.
+// - W and x tiles [64 c x 64] and [N x 64] are TMA 2D loads (128-byte swizzle) into a ring of
+//   shared-memory stages guarded by full/empty mbarriers: one producer thread keeps 4-12
+//   stages (~130-200 KB per SM) in flight; c consumer warpgroups run wgmma on them (c = 2 up
+//   to 16 rows, 4 above, so that x's re-reads from L2 stay well below W's bytes).
 // - Stream-K: the (tile, 64-wide k chunk) iterations are cut into one equal contiguous range
 //   per SM, so every shape fills the machine; a tile split between blocks is summed in a
 //   fixed block order (deterministic) by the block that finishes it last.
@@ -27,6 +28,7 @@
 #include <tuple>
 
 #include "l2kv/core/dtype.h"
+#include "l2kv/kernels/attention/prefetch_policy.h"
 
 namespace l2kv {
 
@@ -34,8 +36,12 @@ class WeightStreamGemm {
  public:
   // Rows of x one call takes.
   static constexpr int64_t kMaxRows = 128;
-  // Output tiles (128 features each) of one call: out <= kMaxTiles * 128 (16.7 M features).
+  // Output tiles of one call (128 features each at up to 16 rows, 256 above):
+  // out <= kMaxTiles * 128 (16.7 M features).
   static constexpr int64_t kMaxTiles = 131072;
+  static constexpr int64_t kMaxFeaturesPerTile = 128;
+  // Columns of x and W (keeps a block's iteration count in 32 bits).
+  static constexpr int64_t kMaxIn = int64_t{1} << 20;
 
   // Allocates the workspace for the current device (its SM count sets the grid).
   WeightStreamGemm();
@@ -43,8 +49,9 @@ class WeightStreamGemm {
   WeightStreamGemm(const WeightStreamGemm&) = delete;
   WeightStreamGemm& operator=(const WeightStreamGemm&) = delete;
 
-  // True when run() takes this problem: 1 <= rows <= kMaxRows, `in` a positive multiple of 8
-  // (TMA needs 16-byte row strides), 1 <= out <= kMaxTiles * 128, x and w 16-byte aligned.
+  // True when run() takes this problem: 1 <= rows <= kMaxRows, `in` a multiple of 8 (TMA
+  // needs 16-byte row strides) in [8, kMaxIn], 1 <= out <= kMaxTiles * 128, x and w 16-byte
+  // aligned.
   static bool supports(int64_t rows, int64_t in, int64_t out, const void* x, const void* w);
 
   // y[rows, out] = x[rows, in] * w[out, in]^T, x and w row-major in `dtype`; y row-major in
@@ -54,6 +61,11 @@ class WeightStreamGemm {
   // kernel waits for the one ahead before it reads x or writes y).
   void run(DType dtype, const void* x, const void* w, void* y, bool f32_out, int64_t rows,
            int64_t in, int64_t out, cudaStream_t stream, bool pdl = false);
+
+  // L2 policy for the streamed weights (read once per call): evict-first by default, so they
+  // do not push x, the partial sums or the next kernel's data out of the L2.
+  void set_weight_l2_hint(L2EvictionHint hint) { weight_hint_ = hint; }
+  L2EvictionHint weight_l2_hint() const { return weight_hint_; }
 
   // Tensor maps cached so far (one per distinct x or W operand).
   size_t cached_tensor_maps() const { return maps_.size(); }
@@ -65,6 +77,7 @@ class WeightStreamGemm {
   const TensorMap& map_for(DType dtype, const void* base, int64_t rows, int64_t in, int box_rows);
 
   int sm_count_ = 0;
+  L2EvictionHint weight_hint_ = L2EvictionHint::kEvictFirst;
   float* partials_ = nullptr;     // per block: 2 tile slots x 2 warpgroups x 64 x 128 floats
   uint32_t* counters_ = nullptr;  // per (tile, warpgroup): k chunks summed so far, reset to 0
   std::map<MapKey, std::unique_ptr<TensorMap>> maps_;
