@@ -188,7 +188,7 @@ int run(const Options& opt) {
     if (cold) flush_l2();
   };
   Gemm gemm;
-  gemm.set_stream_max_rows(0);  // cuBLASLt only; the other kernels are called directly
+  gemm.set_gemv_max_rows(0);  // cuBLASLt only; the other kernels are called directly
   WeightStreamGemm streamer;
   streamer.set_weight_l2_hint(opt.w_hint == "normal"       ? L2EvictionHint::kNormal
                               : opt.w_hint == "evict_last" ? L2EvictionHint::kEvictLast

@@ -8,6 +8,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <climits>
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -220,26 +221,32 @@ TEST_P(GemvDtype, ModelShapesMatchReference) {
     check_shape(shape, dtype, rows, ++seed, direct_launch(dtype, shape));
 }
 
-// Gemm routes rows <= its weight-streaming limit to that kernel and the rest to cuBLASLt;
-// every limit must give the reference's answer on either side of it.
+// Gemm routes rows <= its GEMV limit to the kernel and the rest to cuBLASLt; every limit must
+// give the reference's answer on either side of it.
 TEST_P(GemvDtype, GemmRoutingMatchesReference) {
   L2KV_SKIP_WITHOUT_GPU();
   const DType dtype = GetParam();
   const Shape shape{"routing in1024 out520", 1024, 520};
   Gemm gemm;
-  EXPECT_EQ(gemm.stream_max_rows(), Gemm::kDefaultStreamMaxRows);
+  EXPECT_EQ(gemm.gemv_max_rows(), Gemm::kDefaultGemvMaxRows);
+  EXPECT_EQ(gemm.stream_max_rows(), 0);
+  auto launch = [&](const void* x, const void* w, void* y, bool f32_out, int64_t rows) {
+    if (f32_out)
+      gemm.linear_f32_out(dtype, x, w, static_cast<float*>(y), rows, shape.in, shape.out, nullptr);
+    else
+      gemm.linear(dtype, x, w, y, rows, shape.in, shape.out, nullptr);
+  };
   uint64_t seed = 300;
-  for (const int limit : {0, 8, Gemm::kDefaultStreamMaxRows}) {
+  for (const int limit : {0, Gemm::kDefaultGemvMaxRows, static_cast<int>(kGemvMaxRows)}) {
+    SCOPED_TRACE("gemv_max_rows=" + std::to_string(limit));
+    gemm.set_gemv_max_rows(limit);
+    check_shape(shape, dtype, {1, 7, 8, 9, 16}, ++seed, launch);
+  }
+  // The opt-in weight-streaming kernel in front of both.
+  for (const int limit : {8, static_cast<int>(WeightStreamGemm::kMaxRows)}) {
     SCOPED_TRACE("stream_max_rows=" + std::to_string(limit));
     gemm.set_stream_max_rows(limit);
-    check_shape(shape, dtype, {1, 7, 8, 9, 16, 128, 129}, ++seed,
-                [&](const void* x, const void* w, void* y, bool f32_out, int64_t rows) {
-                  if (f32_out)
-                    gemm.linear_f32_out(dtype, x, w, static_cast<float*>(y), rows, shape.in,
-                                        shape.out, nullptr);
-                  else
-                    gemm.linear(dtype, x, w, y, rows, shape.in, shape.out, nullptr);
-                });
+    check_shape(shape, dtype, {1, 8, 9, 16, 128}, ++seed, launch);
   }
 }
 
@@ -283,6 +290,31 @@ INSTANTIATE_TEST_SUITE_P(Dtypes, WeightStreamDtype,
                          [](const auto& param_info) {
                            return std::string(dtype_name(param_info.param));
                          });
+
+// Where two 16-bit outputs y[rows][out] differ: the count, the rows and features spanned, and
+// each one's max relative distance from a third (a cuBLASLt reference), so a mismatch says
+// which side is wrong and what shape the wrong region has.
+std::string describe_difference(const std::vector<uint16_t>& got,
+                                const std::vector<uint16_t>& expected,
+                                const std::vector<uint16_t>& reference, int64_t out, DType dtype) {
+  int64_t count = 0, m_lo = INT64_MAX, m_hi = -1, n_lo = INT64_MAX, n_hi = -1;
+  double scale = 0, got_err = 0, expected_err = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    const double r = dtype_bits_to_float(dtype, reference[i]);
+    scale = std::max(scale, std::abs(r));
+    got_err = std::max(got_err, std::abs(dtype_bits_to_float(dtype, got[i]) - r));
+    expected_err = std::max(expected_err, std::abs(dtype_bits_to_float(dtype, expected[i]) - r));
+    if (got[i] == expected[i]) continue;
+    ++count;
+    const int64_t m = static_cast<int64_t>(i) / out, n = static_cast<int64_t>(i) % out;
+    m_lo = std::min(m_lo, m), m_hi = std::max(m_hi, m), n_lo = std::min(n_lo, n),
+    n_hi = std::max(n_hi, n);
+  }
+  return std::to_string(count) + " of " + std::to_string(got.size()) + " differ (rows " +
+         std::to_string(m_lo) + ".." + std::to_string(m_hi) + ", features " + std::to_string(n_lo) +
+         ".." + std::to_string(n_hi) + "); max |y - cuBLASLt| / max |cuBLASLt|: this run " +
+         std::to_string(got_err / scale) + ", plain launch " + std::to_string(expected_err / scale);
+}
 
 // With programmatic dependent launch the GEMV starts while the kernel ahead of it runs (here
 // the RMSNorm that writes x and lets its dependents start at entry, as in a decode step) and
@@ -328,9 +360,25 @@ void check_programmatic_launch(DType dtype, const std::vector<int64_t>& row_coun
       ASSERT_TRUE(std::all_of(expected.begin(), expected.end(), [&](uint16_t b) {
         return std::isfinite(dtype_bits_to_float(dtype, b));
       }));
+      // cuBLASLt on the norm's output (still in x), for the diagnosis of a mismatch.
+      DeviceBuffer<uint16_t> y_reference(rows * out);
+      std::vector<uint16_t> reference(y_reference.size());
+      {
+        Gemm cublas;
+        cublas.set_gemv_max_rows(0);
+        cublas.linear(dtype, x.get(), w.get(), y_reference.get(), rows, in, out, stream);
+        L2KV_CUDA_CHECK(cudaStreamSynchronize(stream));
+        L2KV_CUDA_CHECK(cudaMemcpy(reference.data(), y_reference.get(), reference.size() * 2,
+                                   cudaMemcpyDeviceToHost));
+      }
+      auto check = [&](const std::vector<uint16_t>& got, const std::string& what) {
+        if (got != expected)
+          ADD_FAILURE() << what << ": "
+                        << describe_difference(got, expected, reference, out, dtype);
+      };
       for (int repeat = 0; repeat < 3; ++repeat) {
         step(true);
-        EXPECT_EQ(result(), expected) << "eager, repeat " << repeat;
+        check(result(), "eager, repeat " + std::to_string(repeat));
       }
       cudaGraph_t graph = nullptr;
       cudaGraphExec_t exec = nullptr;
@@ -340,7 +388,7 @@ void check_programmatic_launch(DType dtype, const std::vector<int64_t>& row_coun
       L2KV_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
       for (int repeat = 0; repeat < 3; ++repeat) {
         L2KV_CUDA_CHECK(cudaGraphLaunch(exec, stream));
-        EXPECT_EQ(result(), expected) << "graph, repeat " << repeat;
+        check(result(), "graph, repeat " + std::to_string(repeat));
       }
       cudaGraphExecDestroy(exec);
       cudaGraphDestroy(graph);
@@ -422,6 +470,10 @@ TEST(GemvSupports, NamesItsLimits) {
 TEST(GemvSupports, GemmLimitIsChecked) {
   L2KV_SKIP_WITHOUT_GPU();  // constructing Gemm creates a cuBLASLt handle
   Gemm gemm;
+  EXPECT_THROW(gemm.set_gemv_max_rows(-1), Error);
+  EXPECT_THROW(gemm.set_gemv_max_rows(static_cast<int>(kGemvMaxRows) + 1), Error);
+  gemm.set_gemv_max_rows(0);
+  EXPECT_EQ(gemm.gemv_max_rows(), 0);
   EXPECT_THROW(gemm.set_stream_max_rows(-1), Error);
   EXPECT_THROW(gemm.set_stream_max_rows(static_cast<int>(WeightStreamGemm::kMaxRows) + 1), Error);
   gemm.set_stream_max_rows(0);
