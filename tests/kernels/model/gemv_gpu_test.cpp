@@ -399,7 +399,7 @@ void check_programmatic_launch(DType dtype, const std::vector<int64_t>& row_coun
 TEST_P(GemvDtype, ProgrammaticLaunchReadsXOnlyAfterTheKernelAhead) {
   L2KV_SKIP_WITHOUT_GPU();
   const DType dtype = GetParam();
-  check_programmatic_launch(dtype, {1, 8},
+  check_programmatic_launch(dtype, {1, 8, 16},
                             [&](const void* x, const void* w, void* y, int64_t rows, int64_t in,
                                 int64_t out, cudaStream_t stream, bool pdl) {
                               gemv(dtype, x, w, y, false, rows, in, out, stream, pdl);

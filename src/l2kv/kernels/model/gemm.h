@@ -36,7 +36,7 @@ class Gemm {
   // Calls with rows <= this go to the GEMV kernel when gemv_supports() the problem, the rest
   // to cuBLASLt. 0 sends everything to cuBLASLt (benchmarks compare the two); at most
   // kGemvMaxRows. Throws l2kv::Error outside [0, kGemvMaxRows].
-  static constexpr int kDefaultGemvMaxRows = 8;
+  static constexpr int kDefaultGemvMaxRows = 16;
   void set_gemv_max_rows(int rows);
   int gemv_max_rows() const { return gemv_max_rows_; }
   // Matrices with more output features stay on cuBLASLt at any row count (measured).
