@@ -1,9 +1,11 @@
-// l2kv_bench_gemv: the decode projections (y = x W^T at 1..16 rows) through cuBLASLt and
-// through the weight-streaming GEMV, each as GB/s and as a fraction of the streaming-read
-// ceiling measured in the same run. Weights come from HBM on every timed call: each shape's
-// weights are rotated over enough copies to exceed the L2 several times. Per model, the sum
-// over one decode step's projections (all layers plus the LM head) gives the projections'
-// share of batch-1 MBU.
+// l2kv_bench_gemv: the decode projections (y = x W^T at 1..128 rows) through cuBLASLt, the
+// weight-streaming kernel (WeightStreamGemm: TMA ring + wgmma + stream-K) and the older
+// mma.sync GEMV (rows <= 16), each as GB/s and as a fraction of the streaming-read ceiling
+// measured in the same run. Cold L2 (default): before every timed call a buffer of twice the
+// L2 is written and then a clean one read (so no dirty lines are written back during the
+// call), and each shape's weights rotate over copies exceeding the L2. Warm L2 (--l2 warm):
+// no flush, one weight copy. Per model, the sum over one decode step's projections (all
+// layers plus the LM head) gives the projections' share of MBU.
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <cmath>
@@ -20,6 +22,7 @@
 #include "l2kv/core/device_info.h"
 #include "l2kv/kernels/model/gemm.h"
 #include "l2kv/kernels/model/gemv.h"
+#include "l2kv/kernels/model/weight_stream_gemm.h"
 #include "l2kv/kernels/random_fill.h"
 #include "l2kv/model/model_config.h"
 
@@ -30,9 +33,11 @@ namespace {
 constexpr int64_t kL2Multiple = 4;
 
 struct Options {
-  std::vector<std::string> models{"llama3-8b", "qwen2.5-7b"};
-  std::vector<int64_t> rows{1, 2, 4, 8, 16};
+  std::vector<std::string> models{"llama3-8b", "qwen2.5-7b", "llama2-7b"};
+  std::vector<int64_t> rows{1, 2, 4, 8, 16, 32, 64, 128};
   std::string dtype = "bf16";
+  std::string l2 = "cold";
+  std::string w_hint = "evict_first";
   int reps = 50;
   bool graph = true;
   std::string json_path;
@@ -58,13 +63,14 @@ std::vector<Projection> projections(const ModelConfig& c) {
 // Median µs of `reps` calls of launch(rep), each between its own pair of events. With
 // `in_graph` the whole loop is captured into one CUDA graph and replayed once, so the calls
 // run back to back as in an engine's captured decode step, without host launch gaps.
-template <typename Launch>
-double time_median_us(int reps, Launch launch, cudaStream_t stream, bool in_graph) {
+template <typename Launch, typename Flush>
+double time_median_us(int reps, Launch launch, cudaStream_t stream, bool in_graph, Flush flush) {
   std::vector<cudaEvent_t> events(2 * reps);
   for (auto& e : events) L2KV_CUDA_CHECK(cudaEventCreate(&e));
   const unsigned flags = in_graph ? cudaEventRecordExternal : 0;
   if (in_graph) L2KV_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
   for (int r = 0; r < reps; ++r) {
+    flush();
     L2KV_CUDA_CHECK(cudaEventRecordWithFlags(events[2 * r], stream, flags));
     launch(r);
     L2KV_CUDA_CHECK(cudaEventRecordWithFlags(events[2 * r + 1], stream, flags));
@@ -100,7 +106,7 @@ double measure_read_ceiling_gbps(const DeviceInfo& info, cudaStream_t stream) {
     launch_streaming_read(data.get(), bytes, sink.get(), info.sm_count, stream);
   };
   launch(0);
-  const double us = time_median_us(20, launch, stream, false);
+  const double us = time_median_us(20, launch, stream, false, [] {});
   return bytes / (us * 1e-6) / 1e9;
 }
 
@@ -128,8 +134,34 @@ double relative_difference(const void* a, const void* b, int64_t count, bool f32
   return scale > 0 ? diff / scale : diff;
 }
 
+// Leaves the L2 holding none of the timed call's data and no dirty lines: writes a buffer of
+// twice the L2, then reads a clean one of the same size.
+class L2Flush {
+ public:
+  L2Flush(const DeviceInfo& info, cudaStream_t stream)
+      : bytes_((2 * info.l2_bytes + 63) / 64 * 64),
+        sm_count_(info.sm_count),
+        stream_(stream),
+        dirty_(static_cast<size_t>(bytes_)),
+        clean_(static_cast<size_t>(bytes_)),
+        sink_(static_cast<size_t>(info.sm_count) * 8 * 256) {
+    L2KV_CUDA_CHECK(cudaMemsetAsync(clean_.get(), 0, bytes_, stream));
+  }
+  void operator()() const {
+    L2KV_CUDA_CHECK(cudaMemsetAsync(dirty_.get(), 1, bytes_, stream_));
+    launch_streaming_read(clean_.get(), bytes_, sink_.get(), sm_count_, stream_);
+  }
+
+ private:
+  int64_t bytes_;
+  int sm_count_;
+  cudaStream_t stream_;
+  DeviceArray<uint8_t> dirty_, clean_;
+  DeviceArray<uint32_t> sink_;
+};
+
 struct Timing {
-  double cublas_us = 0, gemv_us = 0;
+  double cublas_us = 0, stream_us = 0, gemv_us = 0;  // gemv_us 0: not run (rows > 16)
 };
 
 int run(const Options& opt) {
@@ -137,34 +169,49 @@ int run(const Options& opt) {
   cudaStream_t stream = nullptr;
   L2KV_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
   const DType dtype = opt.dtype == "fp16" ? DType::kFloat16 : DType::kBFloat16;
+  const bool cold = opt.l2 == "cold";
   const double ceiling = measure_read_ceiling_gbps(info, stream);
-  std::printf("l2kv_bench_gemv on %s (%d SMs, L2 %.0f MiB), %s, %s timing, median of %d\n",
+  std::printf("l2kv_bench_gemv on %s (%d SMs, L2 %.0f MiB), %s, %s timing, %s L2, median of %d\n",
               info.name.c_str(), info.sm_count, info.l2_bytes / 1048576.0,
-              std::string(dtype_name(dtype)).c_str(), opt.graph ? "graph" : "eager", opt.reps);
-  std::printf("streaming-read ceiling: %.0f GB/s\n\n", ceiling);
-  std::printf("%-12s %-8s %6s %7s %7s | %9s %8s %6s | %9s %8s %6s | %7s %9s\n", "model", "proj",
-              "in", "out", "rows", "cuBLAS us", "GB/s", "%ceil", "GEMV us", "GB/s", "%ceil",
-              "speedup", "rel.diff");
+              std::string(dtype_name(dtype)).c_str(), opt.graph ? "graph" : "eager", opt.l2.c_str(),
+              opt.reps);
+  std::printf("streaming-read ceiling: %.0f GB/s; weight-streaming kernel's W L2 hint: %s\n\n",
+              ceiling, opt.w_hint.c_str());
+  std::printf("%-11s %-8s %6s %7s %4s | %8s %6s | %8s %6s | %8s %6s | %7s %8s\n", "model", "proj",
+              "in", "out", "rows", "cuBLAS", "%ceil", "stream", "%ceil", "mma GEMV", "%ceil",
+              "vs cuBL", "rel.diff");
+  std::printf("%-11s %-8s %6s %7s %4s | %8s %6s | %8s %6s | %8s %6s |\n", "", "", "", "", "", "us",
+              "", "us", "", "us", "");
 
+  const L2Flush flush_l2(info, stream);
+  auto flush = [&] {
+    if (cold) flush_l2();
+  };
   Gemm gemm;
-  gemm.set_gemv_max_rows(0);  // cuBLASLt only; the GEMV is called directly
+  gemm.set_gemv_max_rows(0);  // cuBLASLt only; the other kernels are called directly
+  WeightStreamGemm streamer;
+  streamer.set_weight_l2_hint(opt.w_hint == "normal"       ? L2EvictionHint::kNormal
+                              : opt.w_hint == "evict_last" ? L2EvictionHint::kEvictLast
+                                                           : L2EvictionHint::kEvictFirst);
   nlohmann::json results = nlohmann::json::array(), steps = nlohmann::json::array();
   for (const auto& model : opt.models) {
     const ModelConfig config = ModelConfig::synthetic(model);
     const auto projs = projections(config);
-    // step totals per row count: bytes, cuBLAS µs, GEMV µs
+    // step totals per row count: bytes, µs per kernel, µs of the faster of stream and cuBLAS
     std::vector<double> step_bytes(opt.rows.size()), step_cublas(opt.rows.size()),
-        step_gemv(opt.rows.size()), step_best(opt.rows.size());
+        step_stream(opt.rows.size()), step_best(opt.rows.size());
     for (const auto& p : projs) {
       const int64_t w_bytes = p.in * p.out * 2;
-      const int64_t copies = std::max<int64_t>(
-          1, (kL2Multiple * info.l2_bytes + w_bytes - 1) / w_bytes);  // rotate past the L2
+      const int64_t copies =
+          cold ? std::max<int64_t>(1, (kL2Multiple * info.l2_bytes + w_bytes - 1) / w_bytes)
+               : 1;  // rotate past the L2
       DeviceArray<uint16_t> w(static_cast<size_t>(copies * p.in * p.out));
       fill_random(w.get(), copies * p.in * p.out, dtype, 1.f, 17, stream);
       const int64_t max_rows = *std::max_element(opt.rows.begin(), opt.rows.end());
       DeviceArray<uint16_t> x(static_cast<size_t>(max_rows * p.in));
       fill_random(x.get(), max_rows * p.in, dtype, 1.f, 18, stream);
       DeviceArray<float> y_cublas(static_cast<size_t>(max_rows * p.out));
+      DeviceArray<float> y_stream(static_cast<size_t>(max_rows * p.out));
       DeviceArray<float> y_gemv(static_cast<size_t>(max_rows * p.out));
       auto weights = [&](int rep) { return w.get() + (rep % copies) * p.in * p.out; };
       for (size_t ri = 0; ri < opt.rows.size(); ++ri) {
@@ -177,26 +224,43 @@ int run(const Options& opt) {
             gemm.linear(dtype, x.get(), weights(rep), y_cublas.get(), rows, p.in, p.out, stream);
         };
         auto streaming = [&](int rep) {
+          streamer.run(dtype, x.get(), weights(rep), y_stream.get(), p.f32_out, rows, p.in, p.out,
+                       stream);
+        };
+        auto mma_gemv = [&](int rep) {
           gemv(dtype, x.get(), weights(rep), y_gemv.get(), p.f32_out, rows, p.in, p.out, stream);
         };
-        cublas(0), streaming(0);  // warm-up; plans cuBLASLt's shape outside any capture
+        const bool run_gemv = rows <= kGemvMaxRows;
+        // Warm-up: plans cuBLASLt's shape and builds every tensor map outside any capture;
+        // copy 0 last, so the outputs compared below come from the same weights.
+        for (int rep = static_cast<int>(std::min<int64_t>(copies, opt.reps)) - 1; rep >= 0; --rep)
+          streaming(rep);
+        cublas(0);
+        if (run_gemv) mma_gemv(0);
         L2KV_CUDA_CHECK(cudaStreamSynchronize(stream));
         const double diff =
-            relative_difference(y_cublas.get(), y_gemv.get(), rows * p.out, p.f32_out, dtype);
+            relative_difference(y_cublas.get(), y_stream.get(), rows * p.out, p.f32_out, dtype);
+        const double gemv_diff = run_gemv ? relative_difference(y_cublas.get(), y_gemv.get(),
+                                                                rows * p.out, p.f32_out, dtype)
+                                          : 0;
         Timing t;
-        t.cublas_us = time_median_us(opt.reps, cublas, stream, opt.graph);
-        t.gemv_us = time_median_us(opt.reps, streaming, stream, opt.graph);
+        t.cublas_us = time_median_us(opt.reps, cublas, stream, opt.graph, flush);
+        t.stream_us = time_median_us(opt.reps, streaming, stream, opt.graph, flush);
+        if (run_gemv) t.gemv_us = time_median_us(opt.reps, mma_gemv, stream, opt.graph, flush);
         const double bytes =
             static_cast<double>(w_bytes) + rows * p.in * 2.0 + rows * p.out * (p.f32_out ? 4 : 2);
-        const double cublas_gbps = bytes / (t.cublas_us * 1e-6) / 1e9;
-        const double gemv_gbps = bytes / (t.gemv_us * 1e-6) / 1e9;
-        std::printf(
-            "%-12s %-8s %6lld %7lld %7lld | %9.2f %8.0f %5.1f%% | %9.2f %8.0f %5.1f%% | %6.2fx "
-            "%9.1e\n",
-            model.c_str(), p.name.c_str(), static_cast<long long>(p.in),
-            static_cast<long long>(p.out), static_cast<long long>(rows), t.cublas_us, cublas_gbps,
-            100 * cublas_gbps / ceiling, t.gemv_us, gemv_gbps, 100 * gemv_gbps / ceiling,
-            t.cublas_us / t.gemv_us, diff);
+        auto gbps = [&](double us) { return us > 0 ? bytes / (us * 1e-6) / 1e9 : 0.0; };
+        const double cublas_gbps = gbps(t.cublas_us), stream_gbps = gbps(t.stream_us),
+                     gemv_gbps = gbps(t.gemv_us);
+        std::printf("%-11s %-8s %6lld %7lld %4lld | %8.2f %5.1f%% | %8.2f %5.1f%% | ",
+                    model.c_str(), p.name.c_str(), static_cast<long long>(p.in),
+                    static_cast<long long>(p.out), static_cast<long long>(rows), t.cublas_us,
+                    100 * cublas_gbps / ceiling, t.stream_us, 100 * stream_gbps / ceiling);
+        if (run_gemv)
+          std::printf("%8.2f %5.1f%% | ", t.gemv_us, 100 * gemv_gbps / ceiling);
+        else
+          std::printf("%8s %6s | ", "-", "-");
+        std::printf("%6.2fx %8.1e\n", t.cublas_us / t.stream_us, std::max(diff, gemv_diff));
         results.push_back({{"model", model},
                            {"projection", p.name},
                            {"in", p.in},
@@ -208,48 +272,57 @@ int run(const Options& opt) {
                            {"cublas_us", t.cublas_us},
                            {"cublas_gbps", cublas_gbps},
                            {"cublas_fraction_of_ceiling", cublas_gbps / ceiling},
-                           {"gemv_us", t.gemv_us},
-                           {"gemv_gbps", gemv_gbps},
-                           {"gemv_fraction_of_ceiling", gemv_gbps / ceiling},
-                           {"max_relative_difference", diff}});
+                           {"stream_us", t.stream_us},
+                           {"stream_gbps", stream_gbps},
+                           {"stream_fraction_of_ceiling", stream_gbps / ceiling},
+                           {"gemv_us", run_gemv ? nlohmann::json(t.gemv_us) : nlohmann::json()},
+                           {"gemv_gbps", run_gemv ? nlohmann::json(gemv_gbps) : nlohmann::json()},
+                           {"gemv_fraction_of_ceiling",
+                            run_gemv ? nlohmann::json(gemv_gbps / ceiling) : nlohmann::json()},
+                           {"stream_max_relative_difference", diff},
+                           {"gemv_max_relative_difference", gemv_diff}});
         step_bytes[ri] += bytes * p.per_step;
         step_cublas[ri] += t.cublas_us * p.per_step;
-        step_gemv[ri] += t.gemv_us * p.per_step;
-        step_best[ri] += std::min(t.cublas_us, t.gemv_us) * p.per_step;
+        step_stream[ri] += t.stream_us * p.per_step;
+        step_best[ri] += std::min(t.cublas_us, t.stream_us) * p.per_step;
       }
     }
     for (size_t ri = 0; ri < opt.rows.size(); ++ri) {
       const double cublas_gbps = step_bytes[ri] / (step_cublas[ri] * 1e-6) / 1e9;
-      const double gemv_gbps = step_bytes[ri] / (step_gemv[ri] * 1e-6) / 1e9;
+      const double stream_gbps = step_bytes[ri] / (step_stream[ri] * 1e-6) / 1e9;
       const double best_gbps = step_bytes[ri] / (step_best[ri] * 1e-6) / 1e9;
       std::printf(
-          "%-12s one step's projections at %2lld rows: %.2f GB; cuBLAS %.3f ms (%.1f%% of "
-          "ceiling), GEMV %.3f ms (%.1f%%), faster of the two per shape %.3f ms (%.1f%%)\n",
+          "%-11s one step's projections at %3lld rows: %.2f GB; cuBLAS %.3f ms (%.1f%% of "
+          "ceiling), stream %.3f ms (%.1f%%), faster of the two per shape %.3f ms (%.1f%%)\n",
           model.c_str(), static_cast<long long>(opt.rows[ri]), step_bytes[ri] / 1e9,
-          step_cublas[ri] / 1e3, 100 * cublas_gbps / ceiling, step_gemv[ri] / 1e3,
-          100 * gemv_gbps / ceiling, step_best[ri] / 1e3, 100 * best_gbps / ceiling);
+          step_cublas[ri] / 1e3, 100 * cublas_gbps / ceiling, step_stream[ri] / 1e3,
+          100 * stream_gbps / ceiling, step_best[ri] / 1e3, 100 * best_gbps / ceiling);
       steps.push_back({{"model", model},
                        {"rows", opt.rows[ri]},
                        {"bytes", step_bytes[ri]},
                        {"cublas_ms", step_cublas[ri] / 1e3},
                        {"cublas_fraction_of_ceiling", cublas_gbps / ceiling},
-                       {"gemv_ms", step_gemv[ri] / 1e3},
-                       {"gemv_fraction_of_ceiling", gemv_gbps / ceiling},
+                       {"stream_ms", step_stream[ri] / 1e3},
+                       {"stream_fraction_of_ceiling", stream_gbps / ceiling},
                        {"best_ms", step_best[ri] / 1e3},
                        {"best_fraction_of_ceiling", best_gbps / ceiling}});
     }
     std::printf("\n");
   }
   std::printf(
-      "GB/s counts W once plus x and y; weights rotate over copies totalling >= %lldx the L2, "
-      "so every call streams W from HBM. rel.diff: max |cuBLAS - GEMV| / max |cuBLAS|.\n",
-      static_cast<long long>(kL2Multiple));
+      "GB/s counts W once plus x and y. %s rel.diff: max |cuBLAS - other| / max |cuBLAS| over "
+      "the stream and mma GEMV outputs.\n",
+      cold ? "Cold L2: a 2x-L2 write and a clean 2x-L2 read before each call, weights rotated "
+             "over copies totalling >= 4x the L2."
+           : "Warm L2: no flush, one weight copy.");
   if (!opt.json_path.empty()) {
     const nlohmann::json doc = {{"device", info.name},
                                 {"sm_count", info.sm_count},
                                 {"l2_bytes", info.l2_bytes},
                                 {"dtype", std::string(dtype_name(dtype))},
                                 {"timing", opt.graph ? "graph" : "eager"},
+                                {"l2", opt.l2},
+                                {"weight_l2_hint", opt.w_hint},
                                 {"reps", opt.reps},
                                 {"read_ceiling_gbps", ceiling},
                                 {"results", results},
@@ -266,14 +339,21 @@ int run(const Options& opt) {
 
 int main(int argc, char** argv) {
   l2kv::bench::Options opt;
-  CLI::App app{"l2kv_bench_gemv: decode projections, cuBLASLt against the weight-streaming GEMV"};
+  CLI::App app{
+      "l2kv_bench_gemv: decode projections, cuBLASLt against the weight-streaming kernels"};
   app.add_option("--models", opt.models, "Synthetic model shapes (llama3-8b, qwen2.5-7b, ...)")
       ->capture_default_str();
   app.add_option("--rows", opt.rows, "Rows of x (decode batch)")
-      ->check(CLI::Range(int64_t{1}, l2kv::kGemvMaxRows))
+      ->check(CLI::Range(int64_t{1}, l2kv::WeightStreamGemm::kMaxRows))
       ->capture_default_str();
   app.add_option("--dtype", opt.dtype, "bf16 or fp16")
       ->check(CLI::IsMember({"bf16", "fp16"}))
+      ->capture_default_str();
+  app.add_option("--l2", opt.l2, "cold (flush before each call) or warm")
+      ->check(CLI::IsMember({"cold", "warm"}))
+      ->capture_default_str();
+  app.add_option("--w-hint", opt.w_hint, "L2 policy of the weight-streaming kernel's W loads")
+      ->check(CLI::IsMember({"evict_first", "normal", "evict_last"}))
       ->capture_default_str();
   app.add_option("--reps", opt.reps, "Timed calls per point (median reported)")
       ->check(CLI::Range(1, 10000))

@@ -1,11 +1,14 @@
-// The decode GEMV against a double-precision CPU reference: rows 1..16, the projection shapes
-// of Llama-3-8B and Qwen2.5-7B and odd ones (in = 8, out = 1, partial tiles, partial last
-// iterations), bf16 and fp16, 16-bit and fp32 output, outputs poisoned with NaN first. Weights
-// are filled on the device (up to 1 GB for an LM head); large shapes are checked on a sample
-// of output features (the first and last tiles and random ones) and fully for finiteness.
+// The decode projections against a double-precision CPU reference: the weight-streaming
+// kernel (WeightStreamGemm, rows 1..128) and the mma.sync GEMV (rows 1..16), the projection
+// shapes of Llama-3-8B, Qwen2.5-7B and Llama-2-7B and odd ones (in = 8, out = 1, partial
+// tiles, k not a multiple of a stage), bf16 and fp16, 16-bit and fp32 output, outputs
+// poisoned with NaN first. Weights are filled on the device (up to 1 GB for an LM head); large
+// shapes are checked on a sample of output features (the first and last tiles and random
+// ones) and fully for finiteness.
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <climits>
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -17,6 +20,7 @@
 #include "l2kv/kernels/model/gemm.h"
 #include "l2kv/kernels/model/gemv.h"
 #include "l2kv/kernels/model/model_ops.h"
+#include "l2kv/kernels/model/weight_stream_gemm.h"
 #include "l2kv/kernels/random_fill.h"
 
 namespace l2kv {
@@ -34,6 +38,9 @@ const std::vector<Shape> kModelShapes = {
     {"llama3-8b lm_head", 4096, 128256}, {"qwen2.5-7b qkv", 3584, 4608},
     {"qwen2.5-7b o", 3584, 3584},        {"qwen2.5-7b gate_up", 3584, 37888},
     {"qwen2.5-7b down", 18944, 3584},    {"qwen2.5-7b lm_head", 3584, 152064},
+    {"llama2-7b qkv", 4096, 12288},      {"llama2-7b o", 4096, 4096},
+    {"llama2-7b gate_up", 4096, 22016},  {"llama2-7b down", 11008, 4096},
+    {"llama2-7b lm_head", 4096, 32000},
 };
 
 // Odd shapes: a single vector, a single feature, features not a multiple of the block's 16,
@@ -43,6 +50,7 @@ const std::vector<Shape> kOddShapes = {
     {"in8 out1", 8, 1},         {"in8 out17", 8, 17},         {"in24 out33", 24, 33},
     {"in136 out100", 136, 100}, {"in1032 out7", 1032, 7},     {"in4104 out1000", 4104, 1000},
     {"in2048 out31", 2048, 31}, {"in264 out4097", 264, 4097}, {"in1832 out48", 1832, 48},
+    {"in72 out200", 72, 200},   {"in4168 out130", 4168, 130}, {"in8200 out2000", 8200, 2000},
 };
 
 constexpr int64_t kMaxCheckedFeatures = 160;
@@ -221,34 +229,106 @@ TEST_P(GemvDtype, GemmRoutingMatchesReference) {
   const Shape shape{"routing in1024 out520", 1024, 520};
   Gemm gemm;
   EXPECT_EQ(gemm.gemv_max_rows(), Gemm::kDefaultGemvMaxRows);
+  EXPECT_EQ(gemm.stream_max_rows(), 0);
+  auto launch = [&](const void* x, const void* w, void* y, bool f32_out, int64_t rows) {
+    if (f32_out)
+      gemm.linear_f32_out(dtype, x, w, static_cast<float*>(y), rows, shape.in, shape.out, nullptr);
+    else
+      gemm.linear(dtype, x, w, y, rows, shape.in, shape.out, nullptr);
+  };
   uint64_t seed = 300;
   for (const int limit : {0, Gemm::kDefaultGemvMaxRows, static_cast<int>(kGemvMaxRows)}) {
     SCOPED_TRACE("gemv_max_rows=" + std::to_string(limit));
     gemm.set_gemv_max_rows(limit);
-    check_shape(shape, dtype, {1, 7, 8, 9, 16}, ++seed,
-                [&](const void* x, const void* w, void* y, bool f32_out, int64_t rows) {
-                  if (f32_out)
-                    gemm.linear_f32_out(dtype, x, w, static_cast<float*>(y), rows, shape.in,
-                                        shape.out, nullptr);
-                  else
-                    gemm.linear(dtype, x, w, y, rows, shape.in, shape.out, nullptr);
-                });
+    check_shape(shape, dtype, {1, 7, 8, 9, 16}, ++seed, launch);
   }
+  // The opt-in weight-streaming kernel in front of both.
+  for (const int limit : {8, static_cast<int>(WeightStreamGemm::kMaxRows)}) {
+    SCOPED_TRACE("stream_max_rows=" + std::to_string(limit));
+    gemm.set_stream_max_rows(limit);
+    check_shape(shape, dtype, {1, 8, 9, 16, 128}, ++seed, launch);
+  }
+}
+
+// Row counts of the weight-streaming kernel: all of 1-8, then both sides of each N bucket
+// (8/16/32/64/128) and ragged values.
+std::vector<int64_t> stream_row_counts() {
+  if (testing::quick_mode()) return {1, 3, 8, 9, 33, 64, 100, 128};
+  return {1, 2, 3, 4, 5, 6, 7, 8, 9, 13, 16, 17, 31, 32, 33, 64, 65, 100, 127, 128};
+}
+
+class WeightStreamDtype : public ::testing::TestWithParam<DType> {};
+
+// One object for all calls: its split-tile counters must be back at zero after every call,
+// and its cached tensor maps must follow x's changing row count.
+TEST_P(WeightStreamDtype, OddShapesMatchReference) {
+  L2KV_SKIP_WITHOUT_GPU();
+  const DType dtype = GetParam();
+  WeightStreamGemm gemm;
+  uint64_t seed = 500;
+  for (const auto& shape : kOddShapes)
+    check_shape(shape, dtype, stream_row_counts(), ++seed,
+                [&](const void* x, const void* w, void* y, bool f32_out, int64_t rows) {
+                  gemm.run(dtype, x, w, y, f32_out, rows, shape.in, shape.out, nullptr);
+                });
+}
+
+TEST_P(WeightStreamDtype, ModelShapesMatchReference) {
+  L2KV_SKIP_WITHOUT_GPU();
+  const DType dtype = GetParam();
+  WeightStreamGemm gemm;
+  uint64_t seed = 600;
+  for (const auto& shape : kModelShapes)
+    check_shape(shape, dtype, stream_row_counts(), ++seed,
+                [&](const void* x, const void* w, void* y, bool f32_out, int64_t rows) {
+                  gemm.run(dtype, x, w, y, f32_out, rows, shape.in, shape.out, nullptr);
+                });
+}
+
+INSTANTIATE_TEST_SUITE_P(Dtypes, WeightStreamDtype,
+                         ::testing::Values(DType::kBFloat16, DType::kFloat16),
+                         [](const auto& param_info) {
+                           return std::string(dtype_name(param_info.param));
+                         });
+
+// Where two 16-bit outputs y[rows][out] differ: the count, the rows and features spanned, and
+// each one's max relative distance from a third (a cuBLASLt reference), so a mismatch says
+// which side is wrong and what shape the wrong region has.
+std::string describe_difference(const std::vector<uint16_t>& got,
+                                const std::vector<uint16_t>& expected,
+                                const std::vector<uint16_t>& reference, int64_t out, DType dtype) {
+  int64_t count = 0, m_lo = INT64_MAX, m_hi = -1, n_lo = INT64_MAX, n_hi = -1;
+  double scale = 0, got_err = 0, expected_err = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    const double r = dtype_bits_to_float(dtype, reference[i]);
+    scale = std::max(scale, std::abs(r));
+    got_err = std::max(got_err, std::abs(dtype_bits_to_float(dtype, got[i]) - r));
+    expected_err = std::max(expected_err, std::abs(dtype_bits_to_float(dtype, expected[i]) - r));
+    if (got[i] == expected[i]) continue;
+    ++count;
+    const int64_t m = static_cast<int64_t>(i) / out, n = static_cast<int64_t>(i) % out;
+    m_lo = std::min(m_lo, m), m_hi = std::max(m_hi, m), n_lo = std::min(n_lo, n),
+    n_hi = std::max(n_hi, n);
+  }
+  return std::to_string(count) + " of " + std::to_string(got.size()) + " differ (rows " +
+         std::to_string(m_lo) + ".." + std::to_string(m_hi) + ", features " + std::to_string(n_lo) +
+         ".." + std::to_string(n_hi) + "); max |y - cuBLASLt| / max |cuBLASLt|: this run " +
+         std::to_string(got_err / scale) + ", plain launch " + std::to_string(expected_err / scale);
 }
 
 // With programmatic dependent launch the GEMV starts while the kernel ahead of it runs (here
 // the RMSNorm that writes x and lets its dependents start at entry, as in a decode step) and
 // must read x only after its wait: x is NaN until the norm writes it, and the output must equal
 // bit for bit that of a plain launch after the norm, eager and in a CUDA graph.
-TEST_P(GemvDtype, ProgrammaticLaunchReadsXOnlyAfterTheKernelAhead) {
-  L2KV_SKIP_WITHOUT_GPU();
-  const DType dtype = GetParam();
+// `launch(x, w, y, rows, in, out, stream, pdl)` runs the projection under test.
+template <typename Launch>
+void check_programmatic_launch(DType dtype, const std::vector<int64_t>& row_counts, Launch launch) {
   cudaStream_t stream = nullptr;
   L2KV_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
   uint64_t seed = 400;
   for (const Shape shape :
        {Shape{"llama3-8b qkv", 4096, 6144}, Shape{"llama3-8b down", 14336, 4096}})
-    for (const int64_t rows : {int64_t{1}, int64_t{8}}) {
+    for (const int64_t rows : row_counts) {
       SCOPED_TRACE(describe(shape, dtype, false, rows));
       const int64_t in = shape.in, out = shape.out;
       DeviceBuffer<uint16_t> w(static_cast<size_t>(in * out)), norm_weight(in), x(rows * in);
@@ -267,7 +347,7 @@ TEST_P(GemvDtype, ProgrammaticLaunchReadsXOnlyAfterTheKernelAhead) {
         L2KV_CUDA_CHECK(cudaMemsetAsync(y.get(), 0xff, y.size() * 2, stream));
         ops::add_rmsnorm(dtype, residual.get(), nullptr, norm_weight.get(), 1e-5f,
                          static_cast<int32_t>(rows), static_cast<int32_t>(in), x.get(), stream);
-        gemv(dtype, x.get(), w.get(), y.get(), false, rows, in, out, stream, pdl);
+        launch(x.get(), w.get(), y.get(), rows, in, out, stream, pdl);
       };
       auto result = [&] {
         L2KV_CUDA_CHECK(cudaStreamSynchronize(stream));
@@ -280,9 +360,25 @@ TEST_P(GemvDtype, ProgrammaticLaunchReadsXOnlyAfterTheKernelAhead) {
       ASSERT_TRUE(std::all_of(expected.begin(), expected.end(), [&](uint16_t b) {
         return std::isfinite(dtype_bits_to_float(dtype, b));
       }));
+      // cuBLASLt on the norm's output (still in x), for the diagnosis of a mismatch.
+      DeviceBuffer<uint16_t> y_reference(rows * out);
+      std::vector<uint16_t> reference(y_reference.size());
+      {
+        Gemm cublas;
+        cublas.set_gemv_max_rows(0);
+        cublas.linear(dtype, x.get(), w.get(), y_reference.get(), rows, in, out, stream);
+        L2KV_CUDA_CHECK(cudaStreamSynchronize(stream));
+        L2KV_CUDA_CHECK(cudaMemcpy(reference.data(), y_reference.get(), reference.size() * 2,
+                                   cudaMemcpyDeviceToHost));
+      }
+      auto check = [&](const std::vector<uint16_t>& got, const std::string& what) {
+        if (got != expected)
+          ADD_FAILURE() << what << ": "
+                        << describe_difference(got, expected, reference, out, dtype);
+      };
       for (int repeat = 0; repeat < 3; ++repeat) {
         step(true);
-        EXPECT_EQ(result(), expected) << "eager, repeat " << repeat;
+        check(result(), "eager, repeat " + std::to_string(repeat));
       }
       cudaGraph_t graph = nullptr;
       cudaGraphExec_t exec = nullptr;
@@ -292,12 +388,35 @@ TEST_P(GemvDtype, ProgrammaticLaunchReadsXOnlyAfterTheKernelAhead) {
       L2KV_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
       for (int repeat = 0; repeat < 3; ++repeat) {
         L2KV_CUDA_CHECK(cudaGraphLaunch(exec, stream));
-        EXPECT_EQ(result(), expected) << "graph, repeat " << repeat;
+        check(result(), "graph, repeat " + std::to_string(repeat));
       }
       cudaGraphExecDestroy(exec);
       cudaGraphDestroy(graph);
     }
   cudaStreamDestroy(stream);
+}
+
+TEST_P(GemvDtype, ProgrammaticLaunchReadsXOnlyAfterTheKernelAhead) {
+  L2KV_SKIP_WITHOUT_GPU();
+  const DType dtype = GetParam();
+  check_programmatic_launch(dtype, {1, 8, 16},
+                            [&](const void* x, const void* w, void* y, int64_t rows, int64_t in,
+                                int64_t out, cudaStream_t stream, bool pdl) {
+                              gemv(dtype, x, w, y, false, rows, in, out, stream, pdl);
+                            });
+}
+
+// The same for the weight-streaming kernel, whose producer requests the first weights before
+// its wait and whose split tiles are summed in a fixed order (bit-equal repeats).
+TEST_P(WeightStreamDtype, ProgrammaticLaunchReadsXOnlyAfterTheKernelAhead) {
+  L2KV_SKIP_WITHOUT_GPU();
+  const DType dtype = GetParam();
+  WeightStreamGemm gemm;
+  check_programmatic_launch(dtype, {1, 8, 64, 128},
+                            [&](const void* x, const void* w, void* y, int64_t rows, int64_t in,
+                                int64_t out, cudaStream_t stream, bool pdl) {
+                              gemm.run(dtype, x, w, y, false, rows, in, out, stream, pdl);
+                            });
 }
 
 // The checks themselves: a 1 % scale error and a dropped 8-wide k vector both fail the
@@ -355,6 +474,26 @@ TEST(GemvSupports, GemmLimitIsChecked) {
   EXPECT_THROW(gemm.set_gemv_max_rows(static_cast<int>(kGemvMaxRows) + 1), Error);
   gemm.set_gemv_max_rows(0);
   EXPECT_EQ(gemm.gemv_max_rows(), 0);
+  EXPECT_THROW(gemm.set_stream_max_rows(-1), Error);
+  EXPECT_THROW(gemm.set_stream_max_rows(static_cast<int>(WeightStreamGemm::kMaxRows) + 1), Error);
+  gemm.set_stream_max_rows(0);
+  EXPECT_EQ(gemm.stream_max_rows(), 0);
+}
+
+TEST(WeightStreamSupports, NamesItsLimits) {
+  alignas(16) static uint16_t buffer[64];
+  const void* a = buffer;
+  const void* misaligned = buffer + 1;
+  EXPECT_TRUE(WeightStreamGemm::supports(1, 8, 1, a, a));
+  EXPECT_TRUE(WeightStreamGemm::supports(128, 18944, 152064, a, a));
+  EXPECT_FALSE(WeightStreamGemm::supports(0, 8, 1, a, a));
+  EXPECT_FALSE(WeightStreamGemm::supports(129, 8, 1, a, a));
+  EXPECT_FALSE(WeightStreamGemm::supports(1, 12, 1, a, a));  // row stride not 16-byte
+  EXPECT_FALSE(WeightStreamGemm::supports(1, 0, 1, a, a));
+  EXPECT_FALSE(WeightStreamGemm::supports(1, 8, 0, a, a));
+  EXPECT_FALSE(WeightStreamGemm::supports(1, 8, WeightStreamGemm::kMaxTiles * 128 + 1, a, a));
+  EXPECT_FALSE(WeightStreamGemm::supports(1, 8, 1, misaligned, a));
+  EXPECT_FALSE(WeightStreamGemm::supports(1, 8, 1, a, misaligned));
 }
 
 }  // namespace

@@ -1,7 +1,9 @@
 // Dense projections: y[rows, out] = x[rows, in] * W[out, in]^T with 16-bit operands (bf16 or
-// fp16) and fp32 accumulation on tensor cores. Decode-sized row counts go to the
+// fp16) and fp32 accumulation on tensor cores. Decode-sized row counts go to the mma.sync
 // weight-streaming GEMV (gemv.h), the rest to cuBLASLt, whose descriptors and chosen algorithm
-// are cached per shape, so repeated calls do no host-side planning.
+// are cached per shape, so repeated calls do no host-side planning. The TMA/wgmma kernel
+// (weight_stream_gemm.h) is opt-in: on an H200 it is slower than the faster of the two on
+// every projection shape measured (bench/NOTES.md).
 #pragma once
 
 #include <cublasLt.h>
@@ -9,9 +11,11 @@
 
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <tuple>
 
 #include "l2kv/core/dtype.h"
+#include "l2kv/kernels/model/weight_stream_gemm.h"
 
 namespace l2kv {
 
@@ -32,12 +36,19 @@ class Gemm {
   // Calls with rows <= this go to the GEMV kernel when gemv_supports() the problem, the rest
   // to cuBLASLt. 0 sends everything to cuBLASLt (benchmarks compare the two); at most
   // kGemvMaxRows. Throws l2kv::Error outside [0, kGemvMaxRows].
-  static constexpr int kDefaultGemvMaxRows = 8;
+  static constexpr int kDefaultGemvMaxRows = 16;
   void set_gemv_max_rows(int rows);
   int gemv_max_rows() const { return gemv_max_rows_; }
   // Matrices with more output features stay on cuBLASLt at any row count (measured).
   static constexpr int64_t kGemvMaxOut = 8192;
-  // GEMV launches use programmatic dependent launch (see gemv()); cuBLASLt launches do not.
+  // Calls with rows <= this go to the TMA/wgmma kernel (WeightStreamGemm) when it supports()
+  // the problem, before the GEMV and cuBLASLt are considered. 0 (the default) never uses it;
+  // a positive value builds its workspace now (call before any graph capture). Throws
+  // l2kv::Error outside [0, WeightStreamGemm::kMaxRows].
+  void set_stream_max_rows(int rows);
+  int stream_max_rows() const { return stream_max_rows_; }
+  // GEMV and weight-streaming launches use programmatic dependent launch (see gemv());
+  // cuBLASLt launches do not.
   void set_programmatic_launch(bool pdl) { pdl_ = pdl; }
 
  private:
@@ -55,6 +66,8 @@ class Gemm {
   void* workspace_ = nullptr;
   std::map<Key, Plan> plans_;
   int gemv_max_rows_ = kDefaultGemvMaxRows;
+  std::unique_ptr<WeightStreamGemm> stream_;  // built by set_stream_max_rows(> 0)
+  int stream_max_rows_ = 0;
   bool pdl_ = false;
 };
 
