@@ -370,12 +370,7 @@ struct HttpServer::Impl {
   }
 
   void generate(const httplib::Request& req, httplib::Response& res, Endpoint endpoint) {
-    json body;
-    try {
-      body = json::parse(req.body);
-    } catch (const json::parse_error& e) {
-      bad_request(std::string("The request body is not valid JSON: ") + e.what());
-    }
+    const json body = parse_request_body(req.body);  // numbers past a double are a 400 too
     auto g = std::make_shared<Generation>();
     g->slot = take_generation_slot();
     g->request = endpoint == Endpoint::kCompletions ? parse_completion_request(body, limits)

@@ -22,6 +22,7 @@ const MANY_BIASES = Object.fromEntries(Array.from({ length: 301 }, (_, i) => [St
 
 // [name, method, route, body, status]; body: object (sent as JSON) or string (sent as is).
 const BAD_REQUESTS = [
+  ["temperature 1e400", "POST", "/v1/completions", '{"model": "l2kv-ci", "prompt": "hi", "temperature": 1e400}', 400],
   ["malformed JSON", "POST", "/v1/completions", '{"model": "l2kv-ci", "prompt": "hi",', 400],
   ["malformed JSON (chat)", "POST", "/v1/chat/completions", "{messages: [}", 400],
   ["empty body", "POST", "/v1/completions", "", 400],
