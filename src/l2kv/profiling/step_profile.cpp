@@ -212,18 +212,14 @@ std::string format_step_profile(const nlohmann::ordered_json& p) {
                   proj.value("found_kernels", 0), proj.value("expected", 0));
     s += line;
   } else {
-    for (const auto* list : {&proj["by_kind"]})
-      for (const auto& r : *list) {
-        std::snprintf(line, sizeof line, "    %-8s %9.1f us  %7.0f GB/s  %.2f of ceiling\n",
-                      r["kind"].get<std::string>().c_str(), r["us"].get<double>(),
-                      r["GB_per_s"].get<double>(), r["of_ceiling"].get<double>());
-        s += line;
-      }
-    const auto& a = proj["all"];
-    std::snprintf(line, sizeof line, "    %-8s %9.1f us  %7.0f GB/s  %.2f of ceiling\n", "all",
-                  a["us"].get<double>(), a["GB_per_s"].get<double>(),
-                  a["of_ceiling"].get<double>());
-    s += line;
+    auto add_row = [&](const nlohmann::ordered_json& r) {
+      std::snprintf(line, sizeof line, "    %-8s %9.1f us  %7.0f GB/s  %.2f of ceiling\n",
+                    r["kind"].get<std::string>().c_str(), r["us"].get<double>(),
+                    r["GB_per_s"].get<double>(), r["of_ceiling"].get<double>());
+      s += line;
+    };
+    for (const auto& r : proj["by_kind"]) add_row(r);
+    add_row(proj["all"]);  // its kind is "all"
   }
   for (const auto& g : p["largest_gaps"]) {
     std::snprintf(line, sizeof line, "    gap %6.1f us  %s -> %s\n", g["us"].get<double>(),
