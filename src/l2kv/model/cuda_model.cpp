@@ -483,7 +483,7 @@ struct CudaModel::GraphOps {
   void norm(const void* weight) {
     ops::add_rmsnorm(c().dtype, ws().residual.ptr, pending, weight,
                      static_cast<float>(c().rms_norm_eps), n, static_cast<int32_t>(c().hidden_size),
-                     ws().h.ptr, stream);
+                     ws().h.ptr, stream, m->prefetch_.pdl);
     pending = nullptr;
   }
 
@@ -539,7 +539,8 @@ struct CudaModel::GraphOps {
       m->gemm_.linear(c().dtype, ws().h.ptr, w(l).gate_up.ptr, ws().gate_up.ptr, n, H, 2 * I,
                       stream);
     });
-    ops::silu_mul(c().dtype, ws().gate_up.ptr, n, static_cast<int32_t>(I), ws().act.ptr, stream);
+    ops::silu_mul(c().dtype, ws().gate_up.ptr, n, static_cast<int32_t>(I), ws().act.ptr, stream,
+                  m->prefetch_.pdl);
     timed(m->gemm_events_, [&] {
       m->gemm_.linear(c().dtype, ws().act.ptr, w(l).down.ptr, ws().proj.ptr, n, I, H, stream);
     });

@@ -57,35 +57,51 @@ struct GemvParams {
   bool pdl;  // launched with programmatic dependent launch
 };
 
-// One warp iteration: kUnroll vectors of each of the lane's two W rows and x rows, then
-// 2 * kUnroll * kNTiles mma. `first_vec` is the iteration's first vector of a row (the lane's
-// own offset t is already in the pointers). kTail: vectors at or past `lane_vecs` (the row
-// length in vectors minus t) read nothing and count as zeros; `in` is a multiple of 8, so a
-// vector is wholly inside the row or wholly outside.
+// The W vectors of one warp iteration: kUnroll of each of the lane's two rows (g and g + 8).
+template <int kNTiles>
+struct WeightVecs {
+  static constexpr int kUnroll = GemvTiling<kNTiles>::kUnroll;
+  uint4 lo[kUnroll], hi[kUnroll];
+};
+
+// Loads the iteration that starts at `first_vec` (the lane's own offset t is already in the
+// pointers). kTail: vectors at or past `lane_vecs` (the row length in vectors minus t) read
+// nothing and count as zeros; `in` is a multiple of 8, so a vector is wholly inside the row or
+// wholly outside.
+template <int kNTiles, bool kTail>
+__device__ __forceinline__ void load_weights(WeightVecs<kNTiles>& wv, const uint4* w_lo,
+                                             const uint4* w_hi, int64_t first_vec,
+                                             int64_t lane_vecs) {
+#pragma unroll
+  for (int u = 0; u < WeightVecs<kNTiles>::kUnroll; ++u) {
+    const int64_t v = first_vec + u * kLanesPerRow;
+    if (!kTail || v < lane_vecs) {
+      wv.lo[u] = ptx::ld_stream_16(w_lo + v);
+      wv.hi[u] = ptx::ld_stream_16(w_hi + v);
+    } else {
+      wv.lo[u] = wv.hi[u] = make_uint4(0, 0, 0, 0);
+    }
+  }
+}
+
+// The matching x vectors of the iteration, then 2 * kUnroll * kNTiles mma.
 template <typename T, int kNTiles, bool kTail>
-__device__ __forceinline__ void accumulate(float (&acc)[kNTiles][4], const uint4* w_lo,
-                                           const uint4* w_hi, const uint4* const (&x)[kNTiles],
-                                           int64_t first_vec, int64_t lane_vecs) {
+__device__ __forceinline__ void multiply(float (&acc)[kNTiles][4], const WeightVecs<kNTiles>& wv,
+                                         const uint4* const (&x)[kNTiles], int64_t first_vec,
+                                         int64_t lane_vecs) {
   constexpr int kUnroll = GemvTiling<kNTiles>::kUnroll;
-  uint4 a_lo[kUnroll], a_hi[kUnroll], b[kUnroll][kNTiles];
+  uint4 b[kUnroll][kNTiles];
 #pragma unroll
   for (int u = 0; u < kUnroll; ++u) {
     const int64_t v = first_vec + u * kLanesPerRow;
-    if (!kTail || v < lane_vecs) {
-      a_lo[u] = ptx::ld_stream_16(w_lo + v);
-      a_hi[u] = ptx::ld_stream_16(w_hi + v);
 #pragma unroll
-      for (int nt = 0; nt < kNTiles; ++nt) b[u][nt] = __ldg(x[nt] + v);
-    } else {
-      a_lo[u] = a_hi[u] = make_uint4(0, 0, 0, 0);
-#pragma unroll
-      for (int nt = 0; nt < kNTiles; ++nt) b[u][nt] = make_uint4(0, 0, 0, 0);
-    }
+    for (int nt = 0; nt < kNTiles; ++nt)
+      b[u][nt] = (!kTail || v < lane_vecs) ? __ldg(x[nt] + v) : make_uint4(0, 0, 0, 0);
   }
 #pragma unroll
   for (int u = 0; u < kUnroll; ++u) {
-    const uint32_t a0[4] = {a_lo[u].x, a_hi[u].x, a_lo[u].y, a_hi[u].y};
-    const uint32_t a1[4] = {a_lo[u].z, a_hi[u].z, a_lo[u].w, a_hi[u].w};
+    const uint32_t a0[4] = {wv.lo[u].x, wv.hi[u].x, wv.lo[u].y, wv.hi[u].y};
+    const uint32_t a1[4] = {wv.lo[u].z, wv.hi[u].z, wv.lo[u].w, wv.hi[u].w};
 #pragma unroll
     for (int nt = 0; nt < kNTiles; ++nt) {
       const uint32_t b0[2] = {b[u][nt].x, b[u][nt].y};
@@ -132,18 +148,32 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) gemv_kernel(GemvPar
   }
 
   const int64_t full_iters = vecs / Tiling::kVecsPerIter;
+  const bool has_tail = vecs % Tiling::kVecsPerIter != 0;
+  // The weights do not depend on the kernel ahead: the warp's first iteration of them is in
+  // flight before the wait below, so with PDL the blocks resident early (up to 64 KB each)
+  // stream weights while that kernel drains.
+  WeightVecs<kNTiles> wv;
+  int64_t it = warp;
+  if (it < full_iters)
+    load_weights<kNTiles, false>(wv, w_lo, w_hi, it * Tiling::kVecsPerIter, vecs - t);
+  else if (it == full_iters && has_tail)
+    load_weights<kNTiles, true>(wv, w_lo, w_hi, it * Tiling::kVecsPerIter, vecs - t);
   // With PDL the kernel ahead (which writes x) may still run: wait for it before reading x.
   // (Bulk-prefetching the first weights into L2 before this wait made decode steps ~1 %
   // slower on an H200; see bench/NOTES.md.)
   if (p.pdl) ptx::grid_dependency_wait();
 
   float acc[kNTiles][4] = {};
-  int64_t it = warp;
-  for (; it < full_iters; it += kWarps)
-    accumulate<T, kNTiles, false>(acc, w_lo, w_hi, x, it * Tiling::kVecsPerIter, vecs - t);
+  for (; it < full_iters; it += kWarps) {
+    if (it != warp)
+      load_weights<kNTiles, false>(wv, w_lo, w_hi, it * Tiling::kVecsPerIter, vecs - t);
+    multiply<T, kNTiles, false>(acc, wv, x, it * Tiling::kVecsPerIter, vecs - t);
+  }
   // The partial last iteration belongs to the warp whose turn it is.
-  if (it == full_iters && vecs % Tiling::kVecsPerIter != 0) {
-    accumulate<T, kNTiles, true>(acc, w_lo, w_hi, x, it * Tiling::kVecsPerIter, vecs - t);
+  if (it == full_iters && has_tail) {
+    if (it != warp)
+      load_weights<kNTiles, true>(wv, w_lo, w_hi, it * Tiling::kVecsPerIter, vecs - t);
+    multiply<T, kNTiles, true>(acc, wv, x, it * Tiling::kVecsPerIter, vecs - t);
   }
 
   // Sum the warps' tiles. Accumulator r of tile nt is the m16n8 C fragment's element

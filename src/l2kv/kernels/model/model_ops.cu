@@ -1,6 +1,8 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <algorithm>
+#include <string>
 #include <type_traits>
 
 #include "l2kv/core/cuda_check.h"
@@ -26,12 +28,101 @@ __global__ void embed_kernel(const int32_t* tokens, const T* embed, int32_t hidd
     residual[static_cast<int64_t>(t) * hidden + i] = Traits::to_float(row[i]);
 }
 
+// Decode-sized batches make these kernels latency-bound: a row is a few KB, so what costs is the
+// number of dependent round trips to memory, not bytes. Each kernel below therefore issues all of
+// a thread's loads before it uses any of them (16-byte vectors of 8 elements, loops unrolled), so
+// a row costs one or two memory latencies; the strided fallbacks serve widths that are not a
+// multiple of 8.
+constexpr int kVec = 8;                // 16-bit elements per 16-byte vector
+constexpr int kNormVecsPerThread = 4;  // a row of up to 4 * 1024 * 8 = 32768 elements
+constexpr int kMaxThreads = 1024;
+
+template <typename T>
+struct Vec8 {
+  float v[kVec];
+  __device__ __forceinline__ void load(const T* p) {
+    const uint4 raw = *reinterpret_cast<const uint4*>(p);
+    const T* e = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+    for (int i = 0; i < kVec; ++i) v[i] = tc::ElementTraits<T>::to_float(e[i]);
+  }
+  __device__ __forceinline__ void store(T* p) const {
+    uint4 raw;
+    T* e = reinterpret_cast<T*>(&raw);
+#pragma unroll
+    for (int i = 0; i < kVec; ++i) e[i] = tc::ElementTraits<T>::from_float(v[i]);
+    *reinterpret_cast<uint4*>(p) = raw;
+  }
+};
+
+__device__ __forceinline__ void load_f32x8(const float* p, float (&v)[kVec]) {
+  const float4 a = reinterpret_cast<const float4*>(p)[0];
+  const float4 b = reinterpret_cast<const float4*>(p)[1];
+  v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+}
+
+__device__ __forceinline__ void store_f32x8(float* p, const float (&v)[kVec]) {
+  reinterpret_cast<float4*>(p)[0] = make_float4(v[0], v[1], v[2], v[3]);
+  reinterpret_cast<float4*>(p)[1] = make_float4(v[4], v[5], v[6], v[7]);
+}
+
+// Sum over the block (any multiple of 32 threads up to 1024), returned to every thread.
+__device__ __forceinline__ float block_sum(float v) {
+  __shared__ float partial[kMaxThreads / 32];
+  for (int m = 16; m >= 1; m /= 2) v += __shfl_xor_sync(0xffffffffu, v, m);
+  if (threadIdx.x % 32 == 0) partial[threadIdx.x / 32] = v;
+  __syncthreads();
+  float total = 0.f;
+  for (int w = 0; w < static_cast<int>(blockDim.x) / 32; ++w) total += partial[w];
+  return total;
+}
+
+// One block per row; thread j owns vectors j, j + blockDim, ... of the row (hidden % 8 == 0).
 template <typename T>
 __global__ void add_rmsnorm_kernel(float* residual, const T* add, const T* weight, float eps,
                                    int32_t hidden, T* out) {
   // The projection behind this kernel may be launched with PDL and start now: it waits for
   // this grid before it reads `out`.
   ptx::launch_dependents();
+  ptx::grid_dependency_wait();  // launched with PDL itself: `add` is the kernel ahead's output
+  const int64_t base = static_cast<int64_t>(blockIdx.x) * hidden;
+  float x[kNormVecsPerThread][kVec];
+  Vec8<T> gamma[kNormVecsPerThread];
+  float sum = 0.f;
+#pragma unroll
+  for (int j = 0; j < kNormVecsPerThread; ++j) {
+    const int i = (static_cast<int>(threadIdx.x) + j * static_cast<int>(blockDim.x)) * kVec;
+    if (i >= hidden) continue;
+    load_f32x8(residual + base + i, x[j]);
+    gamma[j].load(weight + i);
+    if (add) {
+      Vec8<T> a;
+      a.load(add + base + i);
+#pragma unroll
+      for (int e = 0; e < kVec; ++e) x[j][e] += a.v[e];
+      store_f32x8(residual + base + i, x[j]);
+    }
+#pragma unroll
+    for (int e = 0; e < kVec; ++e) sum += x[j][e] * x[j][e];
+  }
+  const float scale = rsqrtf(block_sum(sum) / hidden + eps);
+#pragma unroll
+  for (int j = 0; j < kNormVecsPerThread; ++j) {
+    const int i = (static_cast<int>(threadIdx.x) + j * static_cast<int>(blockDim.x)) * kVec;
+    if (i >= hidden) continue;
+    Vec8<T> y;
+#pragma unroll
+    for (int e = 0; e < kVec; ++e) y.v[e] = gamma[j].v[e] * (x[j][e] * scale);
+    y.store(out + base + i);
+  }
+}
+
+// The strided form for a hidden size that is not a multiple of 8.
+template <typename T>
+__global__ void add_rmsnorm_strided_kernel(float* residual, const T* add, const T* weight,
+                                           float eps, int32_t hidden, T* out) {
+  ptx::launch_dependents();
+  ptx::grid_dependency_wait();
   using Traits = tc::ElementTraits<T>;
   const int64_t base = static_cast<int64_t>(blockIdx.x) * hidden;
   float sum = 0.f;
@@ -43,13 +134,7 @@ __global__ void add_rmsnorm_kernel(float* residual, const T* add, const T* weigh
     }
     sum += x * x;
   }
-  __shared__ float partial[kThreads / 32];
-  for (int m = 16; m >= 1; m /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, m);
-  if (threadIdx.x % 32 == 0) partial[threadIdx.x / 32] = sum;
-  __syncthreads();
-  float total = 0.f;
-  for (int w = 0; w < kThreads / 32; ++w) total += partial[w];
-  const float scale = rsqrtf(total / hidden + eps);
+  const float scale = rsqrtf(block_sum(sum) / hidden + eps);
   for (int i = threadIdx.x; i < hidden; i += blockDim.x)
     out[base + i] = Traits::from_float(Traits::to_float(weight[i]) * (residual[base + i] * scale));
 }
@@ -66,8 +151,10 @@ __device__ __forceinline__ void rotate_pair(float a, float b, float pos, float i
   rb = Traits::from_float(b * c + a * s);
 }
 
-// One block per token; threads over (head, pair) for q and k heads, then v. kFp8: K and V are
-// stored as E4M3 of their 16-bit values divided by the layer's scale.
+// One block per (token, head) of q and k, thread i rotating the pair (i, i + head_dim / 2);
+// the blocks of k heads also write that head's v elements i and i + head_dim / 2. Every thread
+// makes one round of loads. kFp8: K and V are stored as E4M3 of their 16-bit values divided by
+// the layer's scale.
 template <typename T, bool kFp8>
 __global__ void rope_and_cache_kernel(const T* qkv, const T* bias, const int32_t* positions,
                                       const int32_t* slots, const float* inv_freq, int32_t q_heads,
@@ -76,49 +163,50 @@ __global__ void rope_and_cache_kernel(const T* qkv, const T* bias, const int32_t
   // An attention kernel launched with programmatic dependent launch may start now: it waits for
   // this grid's writes before it reads them, and meanwhile prefetches older KV into L2.
   ptx::launch_dependents();
-  // Launched that way itself (rope_and_cache's `pdl`), this kernel may start while the QKV
-  // projection still runs: nothing is read before the projection's writes are visible.
-  ptx::grid_dependency_wait();
-  const int t = blockIdx.x;
+  const int t = blockIdx.x, head = blockIdx.y, i = threadIdx.x;
   const int d = kv.head_dim, half = d / 2;
   const int q_dim = q_heads * d, kv_dim = kv.num_kv_heads * d, width = q_dim + 2 * kv_dim;
+  const bool is_q = head < q_heads;
+  const int base = is_q ? head * d : q_dim + (head - q_heads) * d;
+  const float freq = inv_freq[i];
+  auto bias_at = [&](int c) { return bias ? Traits::to_float(bias[c]) : 0.f; };
+  const float bias_a = bias_at(base + i), bias_b = bias_at(base + i + half);
+  const float bias_va = is_q ? 0.f : bias_at(base + kv_dim + i);
+  const float bias_vb = is_q ? 0.f : bias_at(base + kv_dim + i + half);
+  // Launched that way itself (rope_and_cache's `pdl`), this kernel may start while the QKV
+  // projection still runs: nothing it writes is read before the projection's writes are visible.
+  ptx::grid_dependency_wait();
   const T* row = qkv + static_cast<int64_t>(t) * width;
-  auto value = [&](int i) {
-    return Traits::to_float(row[i]) + (bias ? Traits::to_float(bias[i]) : 0.f);
-  };
+  const float a = Traits::to_float(row[base + i]) + bias_a;
+  const float b = Traits::to_float(row[base + i + half]) + bias_b;
   const float pos = static_cast<float>(positions[t]);
+  T ra, rb;
+  rotate_pair(a, b, pos, freq, ra, rb);
+  if (is_q) {
+    q_out[static_cast<int64_t>(t) * q_dim + base + i] = ra;
+    q_out[static_cast<int64_t>(t) * q_dim + base + i + half] = rb;
+    return;
+  }
   const int slot = slots[t];  // -1: a pad row whose K/V is not kept
-  const int block = slot / kv.block_size, in_block = slot % kv.block_size;
+  if (slot < 0) return;
+  const float va = Traits::to_float(row[base + kv_dim + i]) + bias_va;
+  const float vb = Traits::to_float(row[base + kv_dim + i + half]) + bias_vb;
   using Stored = std::conditional_t<kFp8, uint8_t, T>;
-  Stored* k_pool = static_cast<Stored*>(kv.k_pool);
-  Stored* v_pool = static_cast<Stored*>(kv.v_pool);
-  const float inv_k_scale = kFp8 ? 1.f / kv.key_scale() : 1.f;
-  const float inv_v_scale = kFp8 ? 1.f / kv.value_scale() : 1.f;
   auto store = [](T value, float inv_scale) {
     if constexpr (kFp8)
       return fp8::from_float(Traits::to_float(value) * inv_scale);
     else
-      return value;
+      return static_cast<Stored>(value);
   };
-  const int rope_pairs = (q_heads + kv.num_kv_heads) * half;
-  for (int p = threadIdx.x; p < rope_pairs; p += blockDim.x) {
-    const int head = p / half, i = p % half;
-    const bool is_q = head < q_heads;
-    const int base = is_q ? head * d : q_dim + (head - q_heads) * d;
-    T ra, rb;
-    rotate_pair(value(base + i), value(base + i + half), pos, inv_freq[i], ra, rb);
-    if (is_q) {
-      q_out[static_cast<int64_t>(t) * q_dim + base + i] = ra;
-      q_out[static_cast<int64_t>(t) * q_dim + base + i + half] = rb;
-    } else if (slot >= 0) {
-      const int64_t off = kv.offset(block, in_block, head - q_heads);
-      k_pool[off + i] = store(ra, inv_k_scale);
-      k_pool[off + i + half] = store(rb, inv_k_scale);
-    }
-  }
-  for (int i = threadIdx.x; i < kv_dim && slot >= 0; i += blockDim.x)
-    v_pool[kv.offset(block, in_block, i / d) + i % d] =
-        store(Traits::from_float(value(q_dim + kv_dim + i)), inv_v_scale);
+  const float inv_k_scale = kFp8 ? 1.f / kv.key_scale() : 1.f;
+  const float inv_v_scale = kFp8 ? 1.f / kv.value_scale() : 1.f;
+  const int64_t off = kv.offset(slot / kv.block_size, slot % kv.block_size, head - q_heads);
+  Stored* k_pool = static_cast<Stored*>(kv.k_pool);
+  Stored* v_pool = static_cast<Stored*>(kv.v_pool);
+  k_pool[off + i] = store(ra, inv_k_scale);
+  k_pool[off + i + half] = store(rb, inv_k_scale);
+  v_pool[off + i] = store(Traits::from_float(va), inv_v_scale);
+  v_pool[off + i + half] = store(Traits::from_float(vb), inv_v_scale);
 }
 
 // One block per token: the largest |K| and |V| the rope kernel would store for it, folded into
@@ -169,9 +257,30 @@ __global__ void kv_amax_kernel(const T* qkv, const T* bias, const int32_t* posit
             __float_as_int(kv_scale_from_amax(v_max, kKvScaleValueRange)));
 }
 
+// Grid (vector blocks, tokens): thread j of block x handles the 8 elements of vector
+// x * blockDim + j of its token (inter % 8 == 0).
 template <typename T>
 __global__ void silu_mul_kernel(const T* gate_up, int32_t inter, T* out) {
   ptx::launch_dependents();  // as add_rmsnorm_kernel: the down projection may start early
+  ptx::grid_dependency_wait();
+  const int64_t t = blockIdx.y;
+  const int i = (static_cast<int>(blockIdx.x) * static_cast<int>(blockDim.x) +
+                 static_cast<int>(threadIdx.x)) *
+                kVec;
+  if (i >= inter) return;
+  Vec8<T> g, u;
+  g.load(gate_up + t * 2 * inter + i);
+  u.load(gate_up + t * 2 * inter + inter + i);
+#pragma unroll
+  for (int e = 0; e < kVec; ++e) g.v[e] = g.v[e] / (1.f + __expf(-g.v[e])) * u.v[e];
+  g.store(out + t * inter + i);
+}
+
+// The strided form for an intermediate size that is not a multiple of 8: one block per token.
+template <typename T>
+__global__ void silu_mul_strided_kernel(const T* gate_up, int32_t inter, T* out) {
+  ptx::launch_dependents();
+  ptx::grid_dependency_wait();
   using Traits = tc::ElementTraits<T>;
   const int64_t t = blockIdx.x;
   for (int i = threadIdx.x; i < inter; i += blockDim.x) {
@@ -210,26 +319,43 @@ void embed(DType dtype, const int32_t* tokens, int32_t num_tokens, const void* t
 }
 
 void add_rmsnorm(DType dtype, float* residual, const void* add, const void* weight, float eps,
-                 int32_t num_tokens, int32_t hidden, void* out, cudaStream_t stream) {
+                 int32_t num_tokens, int32_t hidden, void* out, cudaStream_t stream, bool pdl) {
+  if (num_tokens <= 0) return;
+  const int vecs = hidden / kVec;
+  const bool vectorized = hidden % kVec == 0 && vecs <= kNormVecsPerThread * kMaxThreads;
+  // As few threads as hold the row in kNormVecsPerThread vectors each, at least one warp.
+  const int threads =
+      vectorized
+          ? std::max(32, ((vecs + kNormVecsPerThread - 1) / kNormVecsPerThread + 31) / 32 * 32)
+          : kThreads;
   with_type(dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
-    add_rmsnorm_kernel<T><<<num_tokens, kThreads, 0, stream>>>(residual, static_cast<const T*>(add),
-                                                               static_cast<const T*>(weight), eps,
-                                                               hidden, static_cast<T*>(out));
+    auto kernel = vectorized ? add_rmsnorm_kernel<T> : add_rmsnorm_strided_kernel<T>;
+    cudaLaunchAttribute attribute;
+    const cudaLaunchConfig_t config = launch_config(dim3(static_cast<unsigned>(num_tokens)),
+                                                    dim3(threads), 0, stream, pdl, attribute);
+    L2KV_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, static_cast<float*>(residual),
+                                       static_cast<const T*>(add), static_cast<const T*>(weight),
+                                       eps, hidden, static_cast<T*>(out)));
   });
-  L2KV_CUDA_CHECK_LAUNCH();
 }
 
 void rope_and_cache(const void* qkv, const void* bias, const int32_t* positions,
                     const int32_t* slots, const float* inv_freq, int32_t num_tokens,
                     int32_t q_heads, const PagedKvCache& kv, void* q_out, cudaStream_t stream,
                     bool pdl) {
+  if (num_tokens <= 0) return;
+  if (kv.head_dim / 2 > kMaxThreads)
+    throw Error("rope_and_cache: head_dim " + std::to_string(kv.head_dim) + " is over " +
+                std::to_string(2 * kMaxThreads));
   with_type(kv.dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     auto kernel = kv.fp8() ? rope_and_cache_kernel<T, true> : rope_and_cache_kernel<T, false>;
     cudaLaunchAttribute attribute;
-    const cudaLaunchConfig_t config = launch_config(dim3(static_cast<unsigned>(num_tokens)),
-                                                    dim3(kThreads), 0, stream, pdl, attribute);
+    const auto heads = static_cast<unsigned>(q_heads + kv.num_kv_heads);
+    const cudaLaunchConfig_t config =
+        launch_config(dim3(static_cast<unsigned>(num_tokens), heads),
+                      dim3(static_cast<unsigned>(kv.head_dim / 2)), 0, stream, pdl, attribute);
     L2KV_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, static_cast<const T*>(qkv),
                                        static_cast<const T*>(bias), positions, slots, inv_freq,
                                        q_heads, kv, static_cast<T*>(q_out)));
@@ -253,13 +379,22 @@ void calculate_kv_scales(const void* qkv, const void* bias, const int32_t* posit
 }
 
 void silu_mul(DType dtype, const void* gate_up, int32_t num_tokens, int32_t inter, void* out,
-              cudaStream_t stream) {
+              cudaStream_t stream, bool pdl) {
+  if (num_tokens <= 0) return;
   with_type(dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
-    silu_mul_kernel<T><<<num_tokens, kThreads, 0, stream>>>(static_cast<const T*>(gate_up), inter,
-                                                            static_cast<T*>(out));
+    const auto* in = static_cast<const T*>(gate_up);
+    T* o = static_cast<T*>(out);
+    const bool vectorized = inter % kVec == 0;
+    const auto vec_blocks = static_cast<unsigned>((inter / kVec + kThreads - 1) / kThreads);
+    const auto tokens = static_cast<unsigned>(num_tokens);
+    cudaLaunchAttribute attribute;
+    const cudaLaunchConfig_t config =
+        launch_config(vectorized ? dim3(vec_blocks, tokens) : dim3(tokens), dim3(kThreads), 0,
+                      stream, pdl, attribute);
+    L2KV_CUDA_CHECK(cudaLaunchKernelEx(
+        &config, vectorized ? silu_mul_kernel<T> : silu_mul_strided_kernel<T>, in, inter, o));
   });
-  L2KV_CUDA_CHECK_LAUNCH();
 }
 
 void gather_rows(const void* in, const int32_t* rows, int32_t num_rows, int32_t width, void* out,

@@ -17,8 +17,11 @@ void embed(DType dtype, const int32_t* tokens, int32_t num_tokens, const void* e
            int32_t hidden, float* residual, cudaStream_t stream);
 
 // If `add` is set: residual += add (fp32). Then out = RMSNorm(residual) * weight.
+// `pdl` (here and in silu_mul): launch with programmatic dependent launch; the kernel waits for
+// the one ahead before it reads anything.
 void add_rmsnorm(DType dtype, float* residual, const void* add, const void* weight, float eps,
-                 int32_t num_tokens, int32_t hidden, void* out, cudaStream_t stream);
+                 int32_t num_tokens, int32_t hidden, void* out, cudaStream_t stream,
+                 bool pdl = false);
 
 // Adds `bias` (nullable, [q_dim + 2 kv_dim]) to the fused QKV projection [tokens, q|k|v], applies
 // neox RoPE to q and k at `positions`, writes q to `q_out` [tokens, q_heads, head_dim] and k, v
@@ -45,7 +48,7 @@ void calculate_kv_scales(const void* qkv, const void* bias, const int32_t* posit
 
 // out[t, i] = silu(gate_up[t, i]) * gate_up[t, inter + i].
 void silu_mul(DType dtype, const void* gate_up, int32_t num_tokens, int32_t inter, void* out,
-              cudaStream_t stream);
+              cudaStream_t stream, bool pdl = false);
 
 // out[r, :] = in[rows[r], :] for 16-bit rows of `width`.
 void gather_rows(const void* in, const int32_t* rows, int32_t num_rows, int32_t width, void* out,

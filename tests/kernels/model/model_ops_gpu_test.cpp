@@ -1,0 +1,347 @@
+// The ops around the projections (add + RMSNorm, SiLU x up, RoPE + paged KV write) against a
+// host reference that performs the same float operations and roundings: random inputs (never
+// zeros), ragged row counts, shuffled slots with pad rows, outputs and pools poisoned first.
+// Outputs are compared bit by bit: at most 1 % of the elements may differ, each by at most one
+// unit in the last place (a sum or a sincos taken in another order flips a rounding now and
+// then; a 1 % scale error, a dropped term or a shifted element moves almost every element by
+// more than that).
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "gpu_test_support.h"
+#include "l2kv/core/dtype.h"
+#include "l2kv/kernels/model/model_ops.h"
+
+namespace l2kv {
+namespace {
+
+using testing::upload;
+
+constexpr uint16_t kPoison16 = 0xffff;  // NaN in bf16 and fp16
+constexpr uint8_t kPoison8 = 0x7f;      // NaN in E4M3
+
+float to_float(DType t, uint16_t bits) {
+  return dtype_bits_to_float(t, bits);
+}
+uint16_t round_to(DType t, float f) {
+  return float_to_dtype_bits(t, f);
+}
+
+// Relative size of one unit in the last place: 2^-7 (bf16), 2^-10 (fp16), 2^-3 (E4M3).
+double ulp_bound(double ref, double relative_ulp, double smallest_step) {
+  return std::max(std::fabs(ref) * relative_ulp, smallest_step) * 1.0001;
+}
+
+struct Mismatches {
+  int64_t differing = 0, beyond_one_ulp = 0, total = 0;
+  std::string first_beyond;
+};
+
+template <typename Decode>
+void count(Mismatches& m, int64_t index, uint32_t got, uint32_t want, Decode decode,
+           double relative_ulp, double smallest_step) {
+  ++m.total;
+  if (got == want) return;
+  ++m.differing;
+  const double g = decode(got), w = decode(want);
+  if (!std::isfinite(g) || std::fabs(g - w) > ulp_bound(w, relative_ulp, smallest_step)) {
+    if (m.beyond_one_ulp++ == 0)
+      m.first_beyond = "element " + std::to_string(index) + ": got " + std::to_string(g) +
+                       ", want " + std::to_string(w);
+  }
+}
+
+::testing::AssertionResult acceptable(const Mismatches& m) {
+  if (m.total == 0) return ::testing::AssertionFailure() << "nothing compared";
+  if (m.beyond_one_ulp > 0)
+    return ::testing::AssertionFailure()
+           << m.beyond_one_ulp << " of " << m.total << " elements off by more than one ulp; "
+           << m.first_beyond;
+  if (m.differing * 100 > m.total)
+    return ::testing::AssertionFailure()
+           << m.differing << " of " << m.total << " elements differ by one ulp (over 1 %)";
+  return ::testing::AssertionSuccess();
+}
+
+double relative_ulp(DType t) {
+  return t == DType::kFloat16 ? 0x1p-10 : 0x1p-7;
+}
+double smallest_step(DType t) {
+  return t == DType::kFloat16 ? 0x1p-24 : 0x1p-133;
+}
+
+Mismatches compare16(DType t, const std::vector<uint16_t>& got, const std::vector<uint16_t>& want) {
+  Mismatches m;
+  for (size_t i = 0; i < want.size(); ++i)
+    count(
+        m, static_cast<int64_t>(i), got[i], want[i],
+        [t](uint32_t b) { return to_float(t, static_cast<uint16_t>(b)); }, relative_ulp(t),
+        smallest_step(t));
+  return m;
+}
+
+std::vector<uint16_t> random16(DType t, size_t n, float lo, float hi, std::mt19937_64& rng) {
+  std::uniform_real_distribution<float> d(lo, hi);
+  std::vector<uint16_t> v(n);
+  for (auto& x : v) {
+    float f = d(rng);
+    if (std::fabs(f) < 1e-3f) f = 1e-3f;  // never zero
+    x = round_to(t, f);
+  }
+  return v;
+}
+
+template <typename T>
+std::vector<T> download(const T* p, size_t n) {
+  std::vector<T> v(n);
+  L2KV_CUDA_CHECK(cudaMemcpy(v.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost));
+  return v;
+}
+
+class ModelOps : public ::testing::TestWithParam<DType> {};
+
+TEST_P(ModelOps, AddRmsNormMatchesHostReference) {
+  L2KV_SKIP_WITHOUT_GPU();
+  const DType t = GetParam();
+  std::mt19937_64 rng(11);
+  // Widths of the supported models, a wide one, and ones that take the strided kernel.
+  for (const int32_t hidden : {4096, 3584, 5120, 8192, 24, 8, 4100, 37}) {
+    for (const int32_t rows : {1, 7, 64, 130}) {
+      for (const bool with_add : {false, true}) {
+        const size_t n = static_cast<size_t>(rows) * hidden;
+        std::vector<float> residual(n);
+        std::uniform_real_distribution<float> d(-3.f, 3.f);
+        for (auto& x : residual) x = d(rng);
+        const auto add = random16(t, n, -2.f, 2.f, rng);
+        const auto weight = random16(t, hidden, 0.2f, 1.8f, rng);
+        const float eps = 1e-5f;
+
+        std::vector<float> want_residual = residual;
+        std::vector<uint16_t> want_out(n);
+        for (int32_t r = 0; r < rows; ++r) {
+          double sum = 0;
+          for (int32_t i = 0; i < hidden; ++i) {
+            float& x = want_residual[static_cast<size_t>(r) * hidden + i];
+            if (with_add) x += to_float(t, add[static_cast<size_t>(r) * hidden + i]);
+            sum += static_cast<double>(x) * x;
+          }
+          const float scale = 1.f / std::sqrt(static_cast<float>(sum / hidden) + eps);
+          for (int32_t i = 0; i < hidden; ++i) {
+            const size_t at = static_cast<size_t>(r) * hidden + i;
+            want_out[at] = round_to(t, to_float(t, weight[i]) * (want_residual[at] * scale));
+          }
+        }
+
+        float* d_residual = upload(residual);
+        uint16_t* d_add = upload(add);
+        uint16_t* d_weight = upload(weight);
+        uint16_t* d_out = upload(std::vector<uint16_t>(n, kPoison16));
+        ops::add_rmsnorm(t, d_residual, with_add ? d_add : nullptr, d_weight, eps, rows, hidden,
+                         d_out, nullptr);
+        L2KV_CUDA_CHECK(cudaDeviceSynchronize());
+        const auto got_out = download(d_out, n);
+        const auto got_residual = download(d_residual, n);
+        for (void* p : {static_cast<void*>(d_residual), static_cast<void*>(d_add),
+                        static_cast<void*>(d_weight), static_cast<void*>(d_out)})
+          cudaFree(p);
+
+        const std::string where = "hidden " + std::to_string(hidden) + " rows " +
+                                  std::to_string(rows) + (with_add ? " with add" : "");
+        EXPECT_EQ(got_residual, want_residual) << where;
+        EXPECT_TRUE(acceptable(compare16(t, got_out, want_out))) << where;
+      }
+    }
+  }
+}
+
+TEST_P(ModelOps, SiluMulMatchesHostReference) {
+  L2KV_SKIP_WITHOUT_GPU();
+  const DType t = GetParam();
+  std::mt19937_64 rng(12);
+  for (const int32_t inter : {14336, 18944, 11008, 8, 2056, 100, 13}) {
+    for (const int32_t rows : {1, 5, 64, 129}) {
+      const size_t n = static_cast<size_t>(rows) * inter;
+      const auto gate_up = random16(t, 2 * n, -6.f, 6.f, rng);
+      std::vector<uint16_t> want(n);
+      for (int32_t r = 0; r < rows; ++r)
+        for (int32_t i = 0; i < inter; ++i) {
+          const float g = to_float(t, gate_up[static_cast<size_t>(r) * 2 * inter + i]);
+          const float u = to_float(t, gate_up[static_cast<size_t>(r) * 2 * inter + inter + i]);
+          want[static_cast<size_t>(r) * inter + i] = round_to(t, g / (1.f + std::exp(-g)) * u);
+        }
+      uint16_t* d_in = upload(gate_up);
+      uint16_t* d_out = upload(std::vector<uint16_t>(n, kPoison16));
+      ops::silu_mul(t, d_in, rows, inter, d_out, nullptr);
+      L2KV_CUDA_CHECK(cudaDeviceSynchronize());
+      const auto got = download(d_out, n);
+      cudaFree(d_in);
+      cudaFree(d_out);
+      EXPECT_TRUE(acceptable(compare16(t, got, want))) << "inter " << inter << " rows " << rows;
+    }
+  }
+}
+
+struct RopeCase {
+  int32_t head_dim, q_heads, kv_heads, rows;
+  KvLayout layout;
+  bool fp8, bias;
+};
+
+TEST_P(ModelOps, RopeAndCacheMatchesHostReference) {
+  L2KV_SKIP_WITHOUT_GPU();
+  const DType t = GetParam();
+  std::mt19937_64 rng(13);
+  const std::vector<RopeCase> cases = {
+      {128, 32, 8, 1, KvLayout::kHND, false, false},  {128, 32, 8, 37, KvLayout::kHND, false, true},
+      {128, 28, 4, 64, KvLayout::kNHD, false, true},  {64, 8, 8, 9, KvLayout::kHND, false, false},
+      {128, 32, 8, 130, KvLayout::kHND, true, false}, {64, 12, 2, 20, KvLayout::kNHD, true, true},
+      {16, 4, 2, 3, KvLayout::kHND, false, true},
+  };
+  for (const RopeCase& c : cases) {
+    const int32_t d = c.head_dim, half = d / 2;
+    const int32_t q_dim = c.q_heads * d, kv_dim = c.kv_heads * d, width = q_dim + 2 * kv_dim;
+    const int32_t block_size = 16;
+    const int32_t num_blocks = (c.rows + block_size - 1) / block_size + 5;
+    const auto qkv = random16(t, static_cast<size_t>(c.rows) * width, -2.f, 2.f, rng);
+    const auto bias = random16(t, width, -0.5f, 0.5f, rng);
+    std::vector<int32_t> positions(c.rows), slots(c.rows);
+    std::uniform_int_distribution<int32_t> pos(0, 131071);
+    for (auto& p : positions) p = pos(rng);
+    std::vector<int32_t> all_slots(static_cast<size_t>(num_blocks) * block_size);
+    std::iota(all_slots.begin(), all_slots.end(), 0);
+    std::shuffle(all_slots.begin(), all_slots.end(), rng);
+    for (int32_t r = 0; r < c.rows; ++r) slots[r] = (r % 5 == 3) ? -1 : all_slots[r];  // pads
+    std::vector<float> inv_freq(half);
+    for (int32_t i = 0; i < half; ++i)
+      inv_freq[i] = static_cast<float>(std::pow(500000.0, -2.0 * i / d));
+
+    PagedKvCache kv;
+    kv.num_blocks = num_blocks;
+    kv.block_size = block_size;
+    kv.num_kv_heads = c.kv_heads;
+    kv.head_dim = d;
+    kv.layout = c.layout;
+    kv.dtype = t;
+    kv.storage = c.fp8 ? KvStorage::kFp8E4M3 : KvStorage::kModelDtype;
+    kv.k_scale = c.fp8 ? 0.013f : 1.f;
+    kv.v_scale = c.fp8 ? 0.0071f : 1.f;
+    const size_t pool_elems = static_cast<size_t>(num_blocks) * kv.block_stride();
+
+    // Host reference: the kernel's float operations, rounded where it rounds.
+    std::vector<uint16_t> want_q(static_cast<size_t>(c.rows) * q_dim);
+    std::vector<uint32_t> want_k(pool_elems, c.fp8 ? kPoison8 : kPoison16);
+    std::vector<uint32_t> want_v = want_k;
+    auto stored = [&](uint16_t v, float scale) -> uint32_t {
+      if (!c.fp8) return v;
+      return float_to_fp8_e4m3_bits(to_float(t, v) * (1.f / scale));
+    };
+    for (int32_t r = 0; r < c.rows; ++r) {
+      const uint16_t* row = qkv.data() + static_cast<size_t>(r) * width;
+      auto value = [&](int32_t i) {
+        return to_float(t, row[i]) + (c.bias ? to_float(t, bias[i]) : 0.f);
+      };
+      for (int32_t h = 0; h < c.q_heads + c.kv_heads; ++h) {
+        const bool is_q = h < c.q_heads;
+        const int32_t base = is_q ? h * d : q_dim + (h - c.q_heads) * d;
+        for (int32_t i = 0; i < half; ++i) {
+          const float a = value(base + i), b = value(base + i + half);
+          const float angle = static_cast<float>(positions[r]) * inv_freq[i];
+          const auto s = static_cast<float>(std::sin(static_cast<double>(angle)));
+          const auto co = static_cast<float>(std::cos(static_cast<double>(angle)));
+          const uint16_t ra = round_to(t, a * co - b * s), rb = round_to(t, b * co + a * s);
+          if (is_q) {
+            want_q[static_cast<size_t>(r) * q_dim + base + i] = ra;
+            want_q[static_cast<size_t>(r) * q_dim + base + i + half] = rb;
+          } else if (slots[r] >= 0) {
+            const int64_t off =
+                kv.offset(slots[r] / block_size, slots[r] % block_size, h - c.q_heads);
+            want_k[off + i] = stored(ra, kv.k_scale);
+            want_k[off + i + half] = stored(rb, kv.k_scale);
+            want_v[off + i] = stored(round_to(t, value(base + kv_dim + i)), kv.v_scale);
+            want_v[off + i + half] =
+                stored(round_to(t, value(base + kv_dim + i + half)), kv.v_scale);
+          }
+        }
+      }
+    }
+
+    uint16_t* d_qkv = upload(qkv);
+    uint16_t* d_bias = upload(bias);
+    int32_t* d_positions = upload(positions);
+    int32_t* d_slots = upload(slots);
+    float* d_inv_freq = upload(inv_freq);
+    uint16_t* d_q = upload(std::vector<uint16_t>(want_q.size(), kPoison16));
+    void *d_k = nullptr, *d_v = nullptr;
+    if (c.fp8) {
+      d_k = upload(std::vector<uint8_t>(pool_elems, kPoison8));
+      d_v = upload(std::vector<uint8_t>(pool_elems, kPoison8));
+    } else {
+      d_k = upload(std::vector<uint16_t>(pool_elems, kPoison16));
+      d_v = upload(std::vector<uint16_t>(pool_elems, kPoison16));
+    }
+    kv.k_pool = d_k;
+    kv.v_pool = d_v;
+    ops::rope_and_cache(d_qkv, c.bias ? d_bias : nullptr, d_positions, d_slots, d_inv_freq, c.rows,
+                        c.q_heads, kv, d_q, nullptr);
+    L2KV_CUDA_CHECK(cudaDeviceSynchronize());
+    const auto got_q = download(d_q, want_q.size());
+    std::vector<uint32_t> got_k(pool_elems), got_v(pool_elems);
+    if (c.fp8) {
+      const auto k8 = download(static_cast<uint8_t*>(d_k), pool_elems);
+      const auto v8 = download(static_cast<uint8_t*>(d_v), pool_elems);
+      std::copy(k8.begin(), k8.end(), got_k.begin());
+      std::copy(v8.begin(), v8.end(), got_v.begin());
+    } else {
+      const auto k16 = download(static_cast<uint16_t*>(d_k), pool_elems);
+      const auto v16 = download(static_cast<uint16_t*>(d_v), pool_elems);
+      std::copy(k16.begin(), k16.end(), got_k.begin());
+      std::copy(v16.begin(), v16.end(), got_v.begin());
+    }
+    for (void* p : {static_cast<void*>(d_qkv), static_cast<void*>(d_bias),
+                    static_cast<void*>(d_positions), static_cast<void*>(d_slots),
+                    static_cast<void*>(d_inv_freq), static_cast<void*>(d_q), d_k, d_v})
+      cudaFree(p);
+
+    const std::string where = "head_dim " + std::to_string(d) + " rows " + std::to_string(c.rows) +
+                              (c.fp8 ? " fp8" : "") + (c.bias ? " bias" : "") +
+                              (c.layout == KvLayout::kNHD ? " NHD" : " HND");
+    EXPECT_TRUE(acceptable(compare16(t, got_q, want_q))) << where << " (q)";
+    for (const auto& [got, want, name] :
+         {std::tie(got_k, want_k, "k"), std::tie(got_v, want_v, "v")}) {
+      Mismatches m;
+      for (size_t i = 0; i < pool_elems; ++i) {
+        const bool poison = want[i] == (c.fp8 ? kPoison8 : kPoison16);
+        if (poison) {  // a slot no row writes keeps its poison
+          ASSERT_EQ(got[i], want[i]) << where << " " << name << ": unwritten element " << i;
+          continue;
+        }
+        if (c.fp8)
+          count(
+              m, static_cast<int64_t>(i), got[i], want[i],
+              [](uint32_t b) { return fp8_e4m3_bits_to_float(static_cast<uint8_t>(b)); }, 0x1p-3,
+              0x1p-9);
+        else
+          count(
+              m, static_cast<int64_t>(i), got[i], want[i],
+              [t](uint32_t b) { return to_float(t, static_cast<uint16_t>(b)); }, relative_ulp(t),
+              smallest_step(t));
+      }
+      EXPECT_TRUE(acceptable(m)) << where << " (" << name << ")";
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Dtypes, ModelOps, ::testing::Values(DType::kBFloat16, DType::kFloat16),
+                         [](const auto& param_info) {
+                           return std::string(dtype_name(param_info.param));
+                         });
+
+}  // namespace
+}  // namespace l2kv
