@@ -242,6 +242,52 @@ TEST_P(CudaModelFixture, Fp8CalculatedScalesAtRealMagnitudes) {
   }
 }
 
+// The five-kernel layer (gemv.h's fusions: RMSNorm prologues, residual and SiLU x up
+// epilogues, steps of up to 16 rows) against the nine-kernel composition on the same steps:
+// 12 prompts of 9 tokens prefilled one by one, then 3 decode steps of all 12. The two paths
+// differ only in rounding order (the sums of squares), so their logits agree far inside the
+// 16-bit noise floor that MatchesTransformersInOneRaggedBatch allows (2e-2).
+TEST_P(CudaModelFixture, FusedLayerAgreesWithNineKernels) {
+  L2KV_SKIP_WITHOUT_GPU();
+  std::vector<std::vector<float>> logits[2];
+  for (const bool fused : {true, false}) {
+    auto model = load(kFixtures / GetParam(), 64, 128);
+    EXPECT_TRUE(model->fused_layer());  // the default
+    model->set_fused_layer(fused);
+    const int64_t vocab = model->config().vocab_size;
+    constexpr size_t kSeqs = 12;
+    Tables tables(kSeqs);
+    std::vector<std::vector<int32_t>> tokens(kSeqs);
+    for (size_t i = 0; i < kSeqs; ++i) {
+      for (int t = 0; t < 9; ++t)
+        tokens[i].push_back(static_cast<int32_t>((i * 131 + t * 29 + 7) % vocab));
+      tables.grow(i, 9);
+      const BatchSequence one[] = {{tokens[i], 0, tables.rows[i], true}};
+      logits[fused].push_back(model->run(one, /*all_logits=*/true, nullptr));
+    }
+    for (int step = 0; step < 3; ++step) {
+      std::vector<BatchSequence> batch;
+      std::vector<int32_t> next(kSeqs);
+      for (size_t i = 0; i < kSeqs; ++i) {
+        next[i] = static_cast<int32_t>((i * 17 + step * 5 + 3) % vocab);
+        tables.grow(i, 9 + step + 1);
+        batch.push_back({std::span<const int32_t>(&next[i], 1), 9 + step, tables.rows[i], true});
+      }
+      logits[fused].push_back(model->run(batch, false, nullptr));
+    }
+  }
+  double worst = 0;
+  for (size_t i = 0; i < logits[0].size(); ++i) {
+    ASSERT_EQ(logits[0][i].size(), logits[1][i].size());
+    double max_abs = 0;
+    worst = std::max(worst, relative_l2(logits[1][i].data(), logits[0][i].data(),
+                                        logits[0][i].size(), &max_abs));
+  }
+  std::printf("[fused-layer] %s: worst step logits rel. L2 fused vs nine kernels %.2e\n",
+              GetParam().c_str(), worst);
+  EXPECT_LT(worst, 5e-3);
+}
+
 INSTANTIATE_TEST_SUITE_P(Fixtures, CudaModelFixture,
                          ::testing::Values("llama2-mha", "llama3-gqa", "qwen2-tied",
                                            "llama3-hd128"));

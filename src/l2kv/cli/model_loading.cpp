@@ -51,6 +51,12 @@ void add_model_options(CLI::App& app, ModelOptions& o) {
                "default; --no-calculate-kv-scales uses scale 1, which saturates K above 448 "
                "and stores values below 2^-6 in E4M3's coarse subnormal steps")
       ->capture_default_str();
+  app.add_flag("--fused-layer,!--no-fused-layer", o.fused_layer,
+               "On CUDA, steps of up to 16 rows run each decoder layer in five kernels (RMSNorm "
+               "inside the QKV and gate_up projections, SiLU x up and the residual adds in the "
+               "projections' epilogues); --no-fused-layer runs the nine separate kernels that "
+               "larger steps always use (for comparison and debugging)")
+      ->capture_default_str();
   app.add_flag("--enforce-eager", o.enforce_eager,
                "Run decode steps kernel by kernel instead of replaying CUDA graphs");
 }
@@ -147,6 +153,7 @@ LoadedModel load_model(const ModelOptions& o) {
     options.cuda_graphs = !o.enforce_eager;
     options.kv_storage = o.kv_cache_dtype == "auto" ? KvStorage::kModelDtype : KvStorage::kFp8E4M3;
     options.calculate_kv_scales = o.calculate_kv_scales;
+    options.fused_layer = o.fused_layer;
     auto runner = std::make_unique<CudaRunner>(loaded.cuda_model, options);
     loaded.description = o.model + " on " + runner->device_name() + " (" +
                          std::string(dtype_name(loaded.cuda_model->config().dtype)) +
@@ -155,6 +162,7 @@ LoadedModel load_model(const ModelOptions& o) {
                          (options.kv_storage == KvStorage::kFp8E4M3 && !o.calculate_kv_scales
                               ? " without calculated scales"
                               : "") +
+                         (o.fused_layer ? "" : ", nine-kernel layer") +
                          (o.enforce_eager ? ", eager" : ", CUDA graphs") + ")";
     loaded.runner = std::move(runner);
   }

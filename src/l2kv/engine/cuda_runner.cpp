@@ -26,6 +26,7 @@ CudaRunner::CudaRunner(std::shared_ptr<CudaModel> model, CudaRunnerOptions optio
   model_->set_kv_storage(options_.kv_storage);
   model_->set_calculate_kv_scales(options_.calculate_kv_scales);
   model_->set_use_graphs(options_.cuda_graphs);
+  model_->set_fused_layer(options_.fused_layer);
   for (cudaEvent_t& e : events_) L2KV_CUDA_CHECK(cudaEventCreate(&e));
 }
 

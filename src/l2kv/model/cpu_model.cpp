@@ -177,7 +177,7 @@ struct CpuModel::GraphOps {
   std::span<const int32_t> tokens;
   const int64_t T;
   const int64_t past;
-  std::vector<float> residual, h, q, k_new, v_new, attn, block_out, logits;
+  std::vector<float> residual, h, q, k_new, v_new, attn, act, block_out, logits;
 
   const ModelConfig& c() const { return m.config_; }
   void add_block_output() {
@@ -195,19 +195,14 @@ struct CpuModel::GraphOps {
     for (int64_t t = 0; t < T; ++t)
       std::copy_n(m.embed_.begin() + tokens[t] * H, H, residual.begin() + t * H);
   }
-  void attention_norm(int64_t l) {
-    add_block_output();
+  void norm_qkv_rope(int64_t l) {
     norm(m.layers_[l].input_norm);
-  }
-  void qkv_projection(int64_t l) {
     const Layer& w = m.layers_[l];
     const int64_t H = c().hidden_size, q_dim = c().num_q_heads * c().head_dim,
                   kv_dim = c().num_kv_heads * c().head_dim;
     q = linear(h, T, H, w.q, q_dim, w.q_bias);
     k_new = linear(h, T, H, w.k, kv_dim, w.k_bias);
     v_new = linear(h, T, H, w.v, kv_dim, w.v_bias);
-  }
-  void rope_and_append_kv(int64_t l) {
     apply_rope(q, T, past, c().num_q_heads, c().head_dim, m.inv_freq_);
     apply_rope(k_new, T, past, c().num_kv_heads, c().head_dim, m.inv_freq_);
     const int64_t row = c().num_kv_heads * c().head_dim;
@@ -252,26 +247,24 @@ struct CpuModel::GraphOps {
       }
     }
   }
-  void output_projection(int64_t l) {
+  void output_projection_add(int64_t l) {
     block_out = linear(attn, T, c().num_q_heads * c().head_dim, m.layers_[l].o, c().hidden_size);
-  }
-  void mlp_norm(int64_t l) {
     add_block_output();
-    norm(m.layers_[l].post_attention_norm);
   }
-  void mlp(int64_t l) {
+  void norm_gate_up_silu(int64_t l) {
+    norm(m.layers_[l].post_attention_norm);
     const Layer& w = m.layers_[l];
     const int64_t H = c().hidden_size, I = c().intermediate_size;
-    std::vector<float> gate = linear(h, T, H, w.gate, I);
+    act = linear(h, T, H, w.gate, I);
     const std::vector<float> up = linear(h, T, H, w.up, I);
-    for (size_t i = 0; i < gate.size(); ++i)
-      gate[i] = gate[i] / (1.f + std::exp(-gate[i])) * up[i];  // SwiGLU
-    block_out = linear(gate, T, I, w.down, H);
+    for (size_t i = 0; i < act.size(); ++i)
+      act[i] = act[i] / (1.f + std::exp(-act[i])) * up[i];  // SwiGLU
   }
-  void final_norm() {
+  void down_projection_add(int64_t l) {
+    block_out = linear(act, T, c().intermediate_size, m.layers_[l].down, c().hidden_size);
     add_block_output();
-    norm(m.final_norm_);
   }
+  void final_norm() { norm(m.final_norm_); }
   void lm_head() {
     logits =
         linear(h, T, c().hidden_size, m.lm_head_.empty() ? m.embed_ : m.lm_head_, c().vocab_size);

@@ -73,6 +73,9 @@ struct CudaModel::Weights {
 // mirrored in pinned host memory so a step uploads it with one copy.
 struct CudaModel::Workspace {
   DeviceArray<float> residual, logits;
+  // Two accumulators of the residual rows' sums of squares for the fused layer's RMSNorm
+  // prologues: [0] feeds the QKV projections, [1] gate_up (kGemvMaxRows floats each).
+  DeviceArray<float> sumsq;
   DeviceArray<uint16_t> h, qkv, q, attn, proj, gate_up, act, last;
   DeviceArray<int32_t> meta;
   int32_t* host_meta = nullptr;
@@ -93,6 +96,21 @@ CudaModel::CudaModel(const std::filesystem::path& folder)
     a.insert(a.end(), b.begin(), b.end());
     return a;
   };
+  gate_up_interleaved_ = c.intermediate_size % 8 == 0;
+  // gate_up's rows: interleaved in groups of 8 where the SiLU epilogue can use them, else
+  // [gate | up].
+  auto gate_up_rows = [&](const std::vector<float>& gate, const std::vector<float>& up,
+                          int64_t hidden) {
+    if (!gate_up_interleaved_) return concat(gate, up);
+    std::vector<float> rows(gate.size() + up.size());
+    const int64_t features = static_cast<int64_t>(gate.size()) / hidden;
+    for (int64_t f = 0; f < features; ++f) {
+      const int64_t at = (f / 8) * 16 + f % 8;
+      std::copy_n(gate.begin() + f * hidden, hidden, rows.begin() + at * hidden);
+      std::copy_n(up.begin() + f * hidden, hidden, rows.begin() + (at + 8) * hidden);
+    }
+    return rows;
+  };
   {
     const HfGlobalWeights globals = load_hf_global_weights(ckpt, c);
     weights_->embed = upload_16bit(c.dtype, globals.embed);
@@ -108,7 +126,7 @@ CudaModel::CudaModel(const std::filesystem::path& folder)
     if (c.qkv_bias)
       layer.qkv_bias = upload_16bit(c.dtype, concat(concat(w.q_bias, w.k_bias), w.v_bias));
     layer.o = upload_16bit(c.dtype, w.o);
-    layer.gate_up = upload_16bit(c.dtype, concat(w.gate, w.up));
+    layer.gate_up = upload_16bit(c.dtype, gate_up_rows(w.gate, w.up, c.hidden_size));
     layer.down = upload_16bit(c.dtype, w.down);
     layer.k_scale = w.k_scale;
     layer.v_scale = w.v_scale;
@@ -121,6 +139,7 @@ CudaModel::CudaModel(const std::filesystem::path& folder)
 CudaModel::CudaModel(const ModelConfig& config, uint64_t seed)
     : config_(config), weights_(std::make_unique<Weights>()) {
   const ModelConfig& c = config_;
+  gate_up_interleaved_ = c.intermediate_size % 8 == 0;
   const int64_t q_dim = c.num_q_heads * c.head_dim, kv_dim = c.num_kv_heads * c.head_dim;
   auto random = [&](int64_t n, float scale) {
     DeviceArray<uint16_t> d(static_cast<size_t>(n));
@@ -139,7 +158,7 @@ CudaModel::CudaModel(const ModelConfig& config, uint64_t seed)
     layer.qkv = random((q_dim + 2 * kv_dim) * c.hidden_size, scale);
     if (c.qkv_bias) layer.qkv_bias = random(q_dim + 2 * kv_dim, scale);
     layer.o = random(c.hidden_size * q_dim, scale);
-    layer.gate_up = random(2 * c.intermediate_size * c.hidden_size, scale);
+    layer.gate_up = random(2 * c.intermediate_size * c.hidden_size, scale);  // any order
     layer.down = random(c.hidden_size * c.intermediate_size, scale);
     weights_->layers.push_back(std::move(layer));
   }
@@ -220,6 +239,7 @@ void CudaModel::allocate_workspace(const WorkspaceLimits& limits) {
   ws_.reset();  // free the old buffers before taking new ones
   auto ws = std::make_unique<Workspace>();
   ws->residual = DeviceArray<float>(T * H);
+  ws->sumsq = DeviceArray<float>(2 * static_cast<size_t>(kGemvMaxRows));
   ws->h = DeviceArray<uint16_t>(T * H);
   ws->qkv = DeviceArray<uint16_t>(T * (q_dim + 2 * kv_dim));
   ws->q = DeviceArray<uint16_t>(T * q_dim);
@@ -300,6 +320,19 @@ void CudaModel::release_kv_cache() {
   k_pools_.clear();
   v_pools_.clear();
   num_blocks_ = 0;
+}
+
+bool CudaModel::fused_step(int32_t rows) const {
+  const ModelConfig& c = config_;
+  return fused_layer_ && gate_up_interleaved_ && rows <= gemm_.gemv_max_rows() &&
+         rows <= kGemvMaxRows && c.hidden_size % 8 == 0 && (c.num_q_heads * c.head_dim) % 8 == 0 &&
+         c.intermediate_size % 8 == 0;
+}
+
+void CudaModel::set_fused_layer(bool on) {
+  if (on == fused_layer_) return;
+  drop_graphs();
+  fused_layer_ = on;
 }
 
 void CudaModel::set_decode_attention(DecodeKernel kernel, const PrefetchPolicy& policy) {
@@ -462,7 +495,8 @@ struct CudaModel::GraphOps {
   cudaStream_t stream = nullptr;
   DecodeAttentionParams decode;
   int32_t n = 0;                  // query rows
-  const void* pending = nullptr;  // the last block's output, added to the residual by the next norm
+  bool fused = false;             // the five-kernel layer (CudaModel::fused_step)
+  const void* pending = nullptr;  // unfused: the last block's output, added by the next norm
 
   const ModelConfig& c() const { return m->config_; }
   Workspace& ws() const { return *m->ws_; }
@@ -486,17 +520,44 @@ struct CudaModel::GraphOps {
                      ws().h.ptr, stream, m->prefetch_.pdl);
     pending = nullptr;
   }
+  float* sumsq(int i) const { return ws().sumsq.ptr + i * kGemvMaxRows; }
+  // The fused layer's RMSNorm prologue over the residual stream, its sums of squares in
+  // sumsq(read); it clears sumsq(clear) for the residual epilogue after it.
+  GemvFusion norm_prologue(const void* weight, int read, int clear) const {
+    GemvFusion f;
+    f.norm_residual = ws().residual.ptr;
+    f.norm_weight = weight;
+    f.norm_sumsq = sumsq(read);
+    f.clear_sumsq = sumsq(clear);
+    f.eps = static_cast<float>(c().rms_norm_eps);
+    return f;
+  }
+  // residual += the projection; its new sums of squares accumulate in sumsq(accumulate).
+  GemvFusion residual_epilogue(int accumulate) const {
+    GemvFusion f;
+    f.epilogue = GemvEpilogue::kResidualAdd;
+    f.residual = ws().residual.ptr;
+    f.residual_sumsq = sumsq(accumulate);
+    return f;
+  }
 
   void embed_tokens() {
     ops::embed(c().dtype, ws().meta.ptr + ws().ids, n, m->weights_->embed.ptr,
-               static_cast<int32_t>(c().hidden_size), ws().residual.ptr, stream);
+               static_cast<int32_t>(c().hidden_size), ws().residual.ptr, stream,
+               fused ? sumsq(0) : nullptr);
   }
-  void attention_norm(int64_t l) { norm(w(l).input_norm.ptr); }
-  void qkv_projection(int64_t l) {
+  void norm_qkv_rope(int64_t l) {
+    const int64_t qkv_out = q_dim() + 2 * kv_dim();
+    if (!fused) norm(w(l).input_norm.ptr);
     timed(m->gemm_events_, [&] {
-      m->gemm_.linear(c().dtype, ws().h.ptr, w(l).qkv.ptr, ws().qkv.ptr, n, c().hidden_size,
-                      q_dim() + 2 * kv_dim(), stream);
+      if (fused)
+        m->gemm_.linear_fused(c().dtype, nullptr, w(l).qkv.ptr, ws().qkv.ptr, n, c().hidden_size,
+                              qkv_out, norm_prologue(w(l).input_norm.ptr, 0, 1), stream);
+      else
+        m->gemm_.linear(c().dtype, ws().h.ptr, w(l).qkv.ptr, ws().qkv.ptr, n, c().hidden_size,
+                        qkv_out, stream);
     });
+    rope_and_append_kv(l);
   }
   void rope_and_append_kv(int64_t l) {
     decode.kv.k_pool = m->k_pools_[l];
@@ -525,26 +586,46 @@ struct CudaModel::GraphOps {
         m->paged_v1_.run(decode, m->prefetch_, stream);
     });
   }
-  void output_projection(int64_t l) {
+  void output_projection_add(int64_t l) {
     timed(m->gemm_events_, [&] {
-      m->gemm_.linear(c().dtype, ws().attn.ptr, w(l).o.ptr, ws().proj.ptr, n, q_dim(),
-                      c().hidden_size, stream);
+      if (fused)
+        m->gemm_.linear_fused(c().dtype, ws().attn.ptr, w(l).o.ptr, nullptr, n, q_dim(),
+                              c().hidden_size, residual_epilogue(1), stream);
+      else
+        m->gemm_.linear(c().dtype, ws().attn.ptr, w(l).o.ptr, ws().proj.ptr, n, q_dim(),
+                        c().hidden_size, stream);
     });
-    pending = ws().proj.ptr;
+    if (!fused) pending = ws().proj.ptr;  // added by the next norm
   }
-  void mlp_norm(int64_t l) { norm(w(l).post_norm.ptr); }
-  void mlp(int64_t l) {
+  void norm_gate_up_silu(int64_t l) {
     const int64_t H = c().hidden_size, I = c().intermediate_size;
+    if (fused) {
+      GemvFusion f = norm_prologue(w(l).post_norm.ptr, 1, 0);
+      f.epilogue = GemvEpilogue::kSiluMul;
+      timed(m->gemm_events_, [&] {
+        m->gemm_.linear_fused(c().dtype, nullptr, w(l).gate_up.ptr, ws().act.ptr, n, H, 2 * I, f,
+                              stream);
+      });
+      return;
+    }
+    norm(w(l).post_norm.ptr);
     timed(m->gemm_events_, [&] {
       m->gemm_.linear(c().dtype, ws().h.ptr, w(l).gate_up.ptr, ws().gate_up.ptr, n, H, 2 * I,
                       stream);
     });
     ops::silu_mul(c().dtype, ws().gate_up.ptr, n, static_cast<int32_t>(I), ws().act.ptr, stream,
-                  m->prefetch_.pdl);
+                  m->prefetch_.pdl, m->gate_up_interleaved_);
+  }
+  void down_projection_add(int64_t l) {
+    const int64_t H = c().hidden_size, I = c().intermediate_size;
     timed(m->gemm_events_, [&] {
-      m->gemm_.linear(c().dtype, ws().act.ptr, w(l).down.ptr, ws().proj.ptr, n, I, H, stream);
+      if (fused)
+        m->gemm_.linear_fused(c().dtype, ws().act.ptr, w(l).down.ptr, nullptr, n, I, H,
+                              residual_epilogue(0), stream);
+      else
+        m->gemm_.linear(c().dtype, ws().act.ptr, w(l).down.ptr, ws().proj.ptr, n, I, H, stream);
     });
-    pending = ws().proj.ptr;
+    if (!fused) pending = ws().proj.ptr;
   }
   void final_norm() { norm(m->weights_->final_norm.ptr); }
   void lm_head() {
@@ -573,6 +654,7 @@ void CudaModel::enqueue_forward(cudaStream_t stream) {
   if (decode_kernel_ == DecodeKernel::kPagedV1)  // one launch (and graph) for every length
     g.decode.max_seq_len = limits_.max_model_len;
   g.n = step_.rows;
+  g.fused = fused_step(g.n);
   run_decoder_graph(g, config_.num_layers);
   if (step_.calculate_kv_scales) kv_scales_pending_ = false;  // fixed from now on
 }

@@ -119,6 +119,11 @@ class CudaModel {
   void capture_decode_graphs(std::span<const int32_t> batch_sizes, cudaStream_t stream);
   bool has_graph(int32_t batch_size) const { return graphs_.count(batch_size) > 0; }
   void set_use_graphs(bool on) { use_graphs_ = on; }
+  // Steps of up to gemv max rows (16) run each layer in five kernels (gemv.h's fusions: RMSNorm
+  // prologues, residual and SiLU x up epilogues) when on (default), in nine when off (what larger
+  // steps always run). Drops captured graphs.
+  void set_fused_layer(bool on);
+  bool fused_layer() const { return fused_layer_; }
   // The smallest captured bucket >= rows, or 0.
   int32_t graph_bucket(int32_t rows) const;
 
@@ -151,6 +156,7 @@ class CudaModel {
   void reset_kv_scales();  // every layer to its checkpoint's scales (1 where none)
   void drop_graphs();
   void enqueue_forward(cudaStream_t stream);
+  bool fused_step(int32_t rows) const;  // the five-kernel layer serves a step of `rows`
   DecodeAttentionParams decode_params() const;
   void reserve_paged_v1();
 
@@ -178,6 +184,10 @@ class CudaModel {
   std::vector<int32_t> host_seq_lens_;  // of the prepared step
   std::map<int32_t, cudaGraphExec_t> graphs_;
   bool use_graphs_ = true;
+  bool fused_layer_ = true;
+  // gate_up's rows interleave gate and up in groups of 8 (the SiLU epilogue's layout); false
+  // for an intermediate size that is not a multiple of 8, which the fused layer then skips.
+  bool gate_up_interleaved_ = false;
   bool profiling_ = false;
   struct EventPair {
     cudaEvent_t start, stop;

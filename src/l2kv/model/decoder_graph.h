@@ -1,6 +1,7 @@
 // The graph of a Llama / Mistral / Qwen2 decoder, written once for every backend. A backend
 // supplies the ops (CpuModel and CudaModel each have a GraphOps) and this function fixes their
-// order, so the backends cannot drift apart.
+// order, so the backends cannot drift apart. A layer is five ops, each what one fused CUDA
+// kernel does at decode batch sizes (gemv.h); the CPU backend composes them from plain steps.
 #pragma once
 
 #include <cstdint>
@@ -11,15 +12,15 @@ template <typename Ops>
 void run_decoder_graph(Ops& ops, int64_t num_layers) {
   ops.embed_tokens();  // residual = embedding rows of the new tokens
   for (int64_t layer = 0; layer < num_layers; ++layer) {
-    ops.attention_norm(layer);      // residual += previous block's output; h = RMSNorm(residual)
-    ops.qkv_projection(layer);      // q, k, v = h W (+ bias)
-    ops.rope_and_append_kv(layer);  // rotate q and k at their positions; append k, v to the cache
-    ops.attention(layer);           // causal attention of q over everything cached
-    ops.output_projection(layer);   // block output = attention W_o
-    ops.mlp_norm(layer);            // residual += block output; h = RMSNorm(residual)
-    ops.mlp(layer);                 // block output = down(silu(gate h) * up h)
+    // h = RMSNorm(residual); q, k, v = h W (+ bias); rotate q and k at their positions; append
+    // k, v to the cache.
+    ops.norm_qkv_rope(layer);
+    ops.attention(layer);              // causal attention of q over everything cached
+    ops.output_projection_add(layer);  // residual += attention W_o
+    ops.norm_gate_up_silu(layer);      // h = RMSNorm(residual); act = silu(gate h) * up h
+    ops.down_projection_add(layer);    // residual += act W_down
   }
-  ops.final_norm();  // residual += block output; h = RMSNorm(residual)
+  ops.final_norm();  // h = RMSNorm(residual)
   ops.lm_head();     // logits = h W_lm
 }
 

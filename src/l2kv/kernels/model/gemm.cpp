@@ -108,6 +108,21 @@ void Gemm::run(DType dtype, bool f32_out, const void* x, const void* w, void* y,
         "matmul");
 }
 
+bool Gemm::fused_supported(int64_t rows, int64_t in, int64_t out, const void* x, const void* w,
+                           const GemvFusion& fusion) const {
+  return rows <= gemv_max_rows_ && gemv_supports(rows, in, out, x, w, fusion);
+}
+
+void Gemm::linear_fused(DType dtype, const void* x, const void* w, void* y, int64_t rows,
+                        int64_t in, int64_t out, const GemvFusion& fusion, cudaStream_t stream) {
+  if (!fused_supported(rows, in, out, x, w, fusion))
+    throw Error("Gemm: a fused projection of " + std::to_string(rows) + " rows (" +
+                std::to_string(in) + " -> " + std::to_string(out) +
+                ") is beyond the GEMV's limits (gemv_max_rows " + std::to_string(gemv_max_rows_) +
+                ")");
+  gemv(dtype, x, w, y, false, rows, in, out, stream, pdl_, fusion);
+}
+
 void Gemm::linear(DType dtype, const void* x, const void* w, void* y, int64_t rows, int64_t in,
                   int64_t out, cudaStream_t stream) {
   run(dtype, false, x, w, y, rows, in, out, stream);

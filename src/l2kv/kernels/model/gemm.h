@@ -15,6 +15,7 @@
 #include <tuple>
 
 #include "l2kv/core/dtype.h"
+#include "l2kv/kernels/model/gemv.h"
 #include "l2kv/kernels/model/weight_stream_gemm.h"
 
 namespace l2kv {
@@ -32,6 +33,16 @@ class Gemm {
   // y in float32 (the LM head's logits).
   void linear_f32_out(DType dtype, const void* x, const void* w, float* y, int64_t rows, int64_t in,
                       int64_t out, cudaStream_t stream);
+
+  // A projection with the decode layer's fusions (gemv.h): true when `rows` is within
+  // gemv_max_rows() and the GEMV supports the problem with `fusion` (x may be null when the
+  // fusion's norm prologue computes it).
+  bool fused_supported(int64_t rows, int64_t in, int64_t out, const void* x, const void* w,
+                       const GemvFusion& fusion) const;
+  // Runs it on the GEMV (with programmatic dependent launch as configured); throws
+  // l2kv::Error when fused_supported() is false.
+  void linear_fused(DType dtype, const void* x, const void* w, void* y, int64_t rows, int64_t in,
+                    int64_t out, const GemvFusion& fusion, cudaStream_t stream);
 
   // Calls with rows <= this go to the GEMV kernel when gemv_supports() the problem, the rest
   // to cuBLASLt. 0 sends everything to cuBLASLt (benchmarks compare the two); at most

@@ -55,6 +55,7 @@ struct GemvParams {
   void* y;
   int64_t rows, in, out;
   bool pdl;  // launched with programmatic dependent launch
+  GemvFusion fusion;
 };
 
 // The W vectors of one warp iteration: kUnroll of each of the lane's two rows (g and g + 8).
@@ -84,10 +85,40 @@ __device__ __forceinline__ void load_weights(WeightVecs<kNTiles>& wv, const uint
   }
 }
 
+// Where a lane's x vectors come from: the 16-bit x rows (kNorm false), or, for the RMSNorm
+// prologue, the fp32 residual rows scaled by each row's 1 / rms and the norm's weight, rounded
+// as ops::add_rmsnorm rounds. Pointers are at the lane's offset t; `v` counts vectors from it.
+template <typename T, int kNTiles, bool kNorm>
+struct XSource {
+  const uint4* x[kNTiles];
+  const float* residual[kNTiles];
+  float scale[kNTiles];
+  const uint4* gamma;
+
+  __device__ __forceinline__ uint4 load(int nt, int64_t v) const {
+    if constexpr (!kNorm) {
+      return __ldg(x[nt] + v);
+    } else {
+      using Traits = tc::ElementTraits<T>;
+      const float4* r = reinterpret_cast<const float4*>(residual[nt] + v * kElemsPerVec);
+      const float4 r0 = __ldg(r), r1 = __ldg(r + 1);
+      const uint4 graw = __ldg(gamma + v);
+      const T* gm = reinterpret_cast<const T*>(&graw);
+      const float rv[kElemsPerVec] = {r0.x, r0.y, r0.z, r0.w, r1.x, r1.y, r1.z, r1.w};
+      uint4 out;
+      T* o = reinterpret_cast<T*>(&out);
+#pragma unroll
+      for (int e = 0; e < kElemsPerVec; ++e)
+        o[e] = Traits::from_float(Traits::to_float(gm[e]) * (rv[e] * scale[nt]));
+      return out;
+    }
+  }
+};
+
 // The matching x vectors of the iteration, then 2 * kUnroll * kNTiles mma.
-template <typename T, int kNTiles, bool kTail>
+template <typename T, int kNTiles, bool kTail, bool kNorm>
 __device__ __forceinline__ void multiply(float (&acc)[kNTiles][4], const WeightVecs<kNTiles>& wv,
-                                         const uint4* const (&x)[kNTiles], int64_t first_vec,
+                                         const XSource<T, kNTiles, kNorm>& xs, int64_t first_vec,
                                          int64_t lane_vecs) {
   constexpr int kUnroll = GemvTiling<kNTiles>::kUnroll;
   uint4 b[kUnroll][kNTiles];
@@ -96,7 +127,7 @@ __device__ __forceinline__ void multiply(float (&acc)[kNTiles][4], const WeightV
     const int64_t v = first_vec + u * kLanesPerRow;
 #pragma unroll
     for (int nt = 0; nt < kNTiles; ++nt)
-      b[u][nt] = (!kTail || v < lane_vecs) ? __ldg(x[nt] + v) : make_uint4(0, 0, 0, 0);
+      b[u][nt] = (!kTail || v < lane_vecs) ? xs.load(nt, v) : make_uint4(0, 0, 0, 0);
   }
 #pragma unroll
   for (int u = 0; u < kUnroll; ++u) {
@@ -120,19 +151,21 @@ __device__ __forceinline__ OutT to_output(float v) {
     return tc::ElementTraits<OutT>::from_float(v);
 }
 
-template <typename T, typename OutT, int kNTiles>
+template <typename T, typename OutT, int kNTiles, bool kNorm, GemvEpilogue kEpilogue>
 __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) gemv_kernel(GemvParams p) {
-  // A kernel launched behind this one with programmatic dependent launch (the RoPE + KV write
-  // after the QKV projection) may start now; it waits for this grid before reading its output.
+  // A kernel launched behind this one with programmatic dependent launch may start now; it
+  // waits for this grid before reading its output.
   ptx::launch_dependents();
   using Tiling = GemvTiling<kNTiles>;
   __shared__ float partial[kWarps][Tiling::kAccs][kWarpSize];
+  __shared__ float row_sumsq[kGemvMaxRows];
 
   const int lane = static_cast<int>(threadIdx.x) % kWarpSize;
   const int warp = static_cast<int>(threadIdx.x) / kWarpSize;
   const int g = lane / kLanesPerRow, t = lane % kLanesPerRow;
   const int64_t first_row = int64_t{blockIdx.x} * kRowsPerBlock;
   const int64_t vecs = p.in / kElemsPerVec;
+  const GemvFusion& f = p.fusion;
   // Rows past the end of W or x read the last row (valid memory); the mma keeps rows and
   // columns apart, and those results are never stored.
   const int64_t w_row_lo = min(first_row + g, p.out - 1);
@@ -140,12 +173,19 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) gemv_kernel(GemvPar
   const uint4* w = static_cast<const uint4*>(p.w);
   const uint4* w_lo = w + w_row_lo * vecs + t;
   const uint4* w_hi = w + w_row_hi * vecs + t;
-  const uint4* x[kNTiles];
+  XSource<T, kNTiles, kNorm> xs;
+  int64_t x_rows[kNTiles];
 #pragma unroll
   for (int nt = 0; nt < kNTiles; ++nt) {
-    const int64_t x_row = min(int64_t{nt * kColsPerTile + g}, p.rows - 1);
-    x[nt] = static_cast<const uint4*>(p.x) + x_row * vecs + t;
+    x_rows[nt] = min(int64_t{nt * kColsPerTile + g}, p.rows - 1);
+    if constexpr (kNorm)
+      xs.residual[nt] = f.norm_residual + x_rows[nt] * p.in + t * kElemsPerVec;
+    else
+      xs.x[nt] = static_cast<const uint4*>(p.x) + x_rows[nt] * vecs + t;
   }
+  if constexpr (kNorm) xs.gamma = static_cast<const uint4*>(f.norm_weight) + t;
+  if constexpr (kEpilogue == GemvEpilogue::kResidualAdd)
+    if (threadIdx.x < kGemvMaxRows) row_sumsq[threadIdx.x] = 0.f;
 
   const int64_t full_iters = vecs / Tiling::kVecsPerIter;
   const bool has_tail = vecs % Tiling::kVecsPerIter != 0;
@@ -158,55 +198,114 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) gemv_kernel(GemvPar
     load_weights<kNTiles, false>(wv, w_lo, w_hi, it * Tiling::kVecsPerIter, vecs - t);
   else if (it == full_iters && has_tail)
     load_weights<kNTiles, true>(wv, w_lo, w_hi, it * Tiling::kVecsPerIter, vecs - t);
-  // With PDL the kernel ahead (which writes x) may still run: wait for it before reading x.
-  // (Bulk-prefetching the first weights into L2 before this wait made decode steps ~1 %
-  // slower on an H200; see bench/NOTES.md.)
+  // With PDL the kernel ahead (which writes x, or the residual and its sums of squares) may
+  // still run: wait for it before reading them.
   if (p.pdl) ptx::grid_dependency_wait();
+  if constexpr (kNorm) {
+#pragma unroll
+    for (int nt = 0; nt < kNTiles; ++nt)
+      xs.scale[nt] = rsqrtf(f.norm_sumsq[x_rows[nt]] / static_cast<float>(p.in) + f.eps);
+    if (f.clear_sumsq != nullptr && blockIdx.x == 0 && threadIdx.x < kGemvMaxRows)
+      f.clear_sumsq[threadIdx.x] = 0.f;
+  }
 
   float acc[kNTiles][4] = {};
   for (; it < full_iters; it += kWarps) {
     if (it != warp)
       load_weights<kNTiles, false>(wv, w_lo, w_hi, it * Tiling::kVecsPerIter, vecs - t);
-    multiply<T, kNTiles, false>(acc, wv, x, it * Tiling::kVecsPerIter, vecs - t);
+    multiply<T, kNTiles, false>(acc, wv, xs, it * Tiling::kVecsPerIter, vecs - t);
   }
   // The partial last iteration belongs to the warp whose turn it is.
   if (it == full_iters && has_tail) {
     if (it != warp)
       load_weights<kNTiles, true>(wv, w_lo, w_hi, it * Tiling::kVecsPerIter, vecs - t);
-    multiply<T, kNTiles, true>(acc, wv, x, it * Tiling::kVecsPerIter, vecs - t);
+    multiply<T, kNTiles, true>(acc, wv, xs, it * Tiling::kVecsPerIter, vecs - t);
   }
 
   // Sum the warps' tiles. Accumulator r of tile nt is the m16n8 C fragment's element
   // (g + 8 * (r / 2), 2t + r % 2): output feature first_row + g + 8 * (r / 2), x row
-  // 8 nt + 2t + r % 2.
+  // 8 nt + 2t + r % 2. One thread finishes the pair of features (g, g + 8) of one x row:
+  // the pair a kSiluMul epilogue combines.
 #pragma unroll
   for (int nt = 0; nt < kNTiles; ++nt)
 #pragma unroll
     for (int r = 0; r < 4; ++r) partial[warp][nt * 4 + r][lane] = acc[nt][r];
   __syncthreads();
-  OutT* y = static_cast<OutT*>(p.y);
-  for (int j = static_cast<int>(threadIdx.x); j < Tiling::kAccs * kWarpSize; j += kThreads) {
-    const int i = j / kWarpSize, l = j % kWarpSize;
-    float sum = 0.f;
+  using Traits = tc::ElementTraits<T>;
+  for (int j = static_cast<int>(threadIdx.x); j < kNTiles * 2 * kWarpSize; j += kThreads) {
+    const int nt = j / (2 * kWarpSize), c = (j / kWarpSize) % 2, l = j % kWarpSize;
+    float lo = 0.f, hi = 0.f;
 #pragma unroll
-    for (int wp = 0; wp < kWarps; ++wp) sum += partial[wp][i][l];
-    const int nt = i / 4, r = i % 4;
-    const int64_t n = first_row + l / kLanesPerRow + (kRowsPerBlock / 2) * (r / 2);
-    const int64_t m = nt * kColsPerTile + 2 * (l % kLanesPerRow) + r % 2;
-    if (n < p.out && m < p.rows) y[m * p.out + n] = to_output<OutT>(sum);
+    for (int wp = 0; wp < kWarps; ++wp) {
+      lo += partial[wp][nt * 4 + c][l];
+      hi += partial[wp][nt * 4 + c + 2][l];
+    }
+    const int64_t n = first_row + l / kLanesPerRow;  // and n + 8
+    const int64_t m = nt * kColsPerTile + 2 * (l % kLanesPerRow) + c;
+    if (m >= p.rows) continue;
+    if constexpr (kEpilogue == GemvEpilogue::kStore) {
+      OutT* y = static_cast<OutT*>(p.y);
+      if (n < p.out) y[m * p.out + n] = to_output<OutT>(lo);
+      if (n + kRowsPerBlock / 2 < p.out) y[m * p.out + n + kRowsPerBlock / 2] = to_output<OutT>(hi);
+    } else if constexpr (kEpilogue == GemvEpilogue::kSiluMul) {
+      // out is a multiple of 16: every block holds 8 whole (gate, up) pairs.
+      const float gate = Traits::to_float(Traits::from_float(lo));
+      const float up = Traits::to_float(Traits::from_float(hi));
+      const int64_t feature = int64_t{blockIdx.x} * (kRowsPerBlock / 2) + l / kLanesPerRow;
+      static_cast<T*>(p.y)[m * (p.out / 2) + feature] =
+          Traits::from_float(gate / (1.f + __expf(-gate)) * up);
+    } else {
+      float sumsq = 0.f;
+      for (int half = 0; half < 2; ++half) {
+        const int64_t col = n + half * (kRowsPerBlock / 2);
+        if (col >= p.out) continue;
+        float& r = f.residual[m * p.out + col];
+        r += Traits::to_float(Traits::from_float(half == 0 ? lo : hi));
+        sumsq += r * r;
+      }
+      atomicAdd(&row_sumsq[m], sumsq);
+    }
+  }
+  if constexpr (kEpilogue == GemvEpilogue::kResidualAdd) {
+    __syncthreads();
+    if (f.residual_sumsq != nullptr && threadIdx.x < p.rows)
+      atomicAdd(&f.residual_sumsq[threadIdx.x], row_sumsq[threadIdx.x]);
   }
 }
 
-template <typename T, typename OutT>
+template <typename T, typename OutT, bool kNorm, GemvEpilogue kEpilogue>
 void launch(const GemvParams& p, cudaStream_t stream) {
   const auto blocks = static_cast<unsigned>((p.out + kRowsPerBlock - 1) / kRowsPerBlock);
   cudaLaunchAttribute attribute;
   const cudaLaunchConfig_t config =
       launch_config(dim3(blocks), dim3(kThreads), 0, stream, p.pdl, attribute);
   if (p.rows <= kColsPerTile)
-    L2KV_CUDA_CHECK(cudaLaunchKernelEx(&config, gemv_kernel<T, OutT, 1>, p));
+    L2KV_CUDA_CHECK(cudaLaunchKernelEx(&config, gemv_kernel<T, OutT, 1, kNorm, kEpilogue>, p));
   else
-    L2KV_CUDA_CHECK(cudaLaunchKernelEx(&config, gemv_kernel<T, OutT, 2>, p));
+    L2KV_CUDA_CHECK(cudaLaunchKernelEx(&config, gemv_kernel<T, OutT, 2, kNorm, kEpilogue>, p));
+}
+
+// The combinations the decoder uses: plain (16-bit or fp32 out), norm + store (QKV), residual
+// add (O, down), norm + SiLU (gate_up).
+template <typename T>
+void launch_typed(const GemvParams& p, bool f32_out, cudaStream_t stream) {
+  const bool norm = p.fusion.norm_residual != nullptr;
+  switch (p.fusion.epilogue) {
+    case GemvEpilogue::kStore:
+      if (f32_out)
+        launch<T, float, false, GemvEpilogue::kStore>(p, stream);
+      else if (norm)
+        launch<T, T, true, GemvEpilogue::kStore>(p, stream);
+      else
+        launch<T, T, false, GemvEpilogue::kStore>(p, stream);
+      break;
+    case GemvEpilogue::kResidualAdd:
+      launch<T, T, false, GemvEpilogue::kResidualAdd>(p, stream);
+      break;
+    case GemvEpilogue::kSiluMul:
+      launch<T, T, true, GemvEpilogue::kSiluMul>(p, stream);
+      break;
+  }
 }
 
 bool aligned_16(const void* p) {
@@ -215,30 +314,44 @@ bool aligned_16(const void* p) {
 
 }  // namespace
 
-bool gemv_supports(int64_t rows, int64_t in, int64_t out, const void* x, const void* w) {
-  return rows >= 1 && rows <= kGemvMaxRows && in >= kElemsPerVec && in % kElemsPerVec == 0 &&
-         out >= 1 && (out + kRowsPerBlock - 1) / kRowsPerBlock <= INT_MAX && aligned_16(x) &&
-         aligned_16(w);
+bool gemv_supports(int64_t rows, int64_t in, int64_t out, const void* x, const void* w,
+                   const GemvFusion& fusion) {
+  const bool norm = fusion.norm_residual != nullptr;
+  if (!(rows >= 1 && rows <= kGemvMaxRows && in >= kElemsPerVec && in % kElemsPerVec == 0 &&
+        out >= 1 && (out + kRowsPerBlock - 1) / kRowsPerBlock <= INT_MAX && aligned_16(w)))
+    return false;
+  if (norm) {
+    if (!aligned_16(fusion.norm_residual) || !aligned_16(fusion.norm_weight) ||
+        fusion.norm_sumsq == nullptr)
+      return false;
+  } else if (!aligned_16(x)) {
+    return false;
+  }
+  switch (fusion.epilogue) {
+    case GemvEpilogue::kStore:
+      return true;
+    case GemvEpilogue::kResidualAdd:
+      return !norm && fusion.residual != nullptr;  // no decoder projection needs both
+    case GemvEpilogue::kSiluMul:
+      return norm && out % kRowsPerBlock == 0;  // gate_up always follows a norm
+  }
+  return false;
 }
 
 void gemv(DType dtype, const void* x, const void* w, void* y, bool f32_out, int64_t rows,
-          int64_t in, int64_t out, cudaStream_t stream, bool pdl) {
-  if (!gemv_supports(rows, in, out, x, w))
+          int64_t in, int64_t out, cudaStream_t stream, bool pdl, const GemvFusion& fusion) {
+  const bool fused = fusion.norm_residual != nullptr || fusion.epilogue != GemvEpilogue::kStore;
+  if (!gemv_supports(rows, in, out, x, w, fusion) || (fused && f32_out))
     throw Error("gemv: unsupported problem rows=" + std::to_string(rows) +
                 " in=" + std::to_string(in) + " out=" + std::to_string(out) +
-                " (needs 1 <= rows <= 16, in a positive multiple of 8, 16-byte aligned x and w)");
-  const GemvParams p{x, w, y, rows, in, out, pdl};
-  if (dtype == DType::kFloat16) {
-    if (f32_out)
-      launch<__half, float>(p, stream);
-    else
-      launch<__half, __half>(p, stream);
-  } else {
-    if (f32_out)
-      launch<__nv_bfloat16, float>(p, stream);
-    else
-      launch<__nv_bfloat16, __nv_bfloat16>(p, stream);
-  }
+                " (needs 1 <= rows <= 16, in a positive multiple of 8, 16-byte aligned x and w;"
+                " fused forms: 16-bit output, their pointers set, out a multiple of 16 for"
+                " SiLU x up)");
+  const GemvParams p{x, w, y, rows, in, out, pdl, fusion};
+  if (dtype == DType::kFloat16)
+    launch_typed<__half>(p, f32_out, stream);
+  else
+    launch_typed<__nv_bfloat16>(p, f32_out, stream);
 }
 
 }  // namespace l2kv

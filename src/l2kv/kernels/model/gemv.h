@@ -16,9 +16,42 @@ namespace l2kv {
 // The largest `rows` the kernel takes (two 8-column tensor-core tiles).
 inline constexpr int64_t kGemvMaxRows = 16;
 
+// What gemv() does around the product, so a decoder layer runs in five kernels (QKV, attention,
+// O, gate_up, down) instead of nine.
+//
+// Prologue, when `norm_residual` is set: x is not read but computed, x[m, k] =
+// round(norm_weight[k] * (norm_residual[m, k] * rsqrt(norm_sumsq[m] / in + eps))), the same
+// rounding as ops::add_rmsnorm. norm_sumsq holds each row's sum of squares, accumulated by the
+// kernel that last wrote the residual (a kResidualAdd epilogue, or ops::embed). After waiting for
+// the kernel ahead, block 0 zeroes `clear_sumsq` (kGemvMaxRows floats, nullable): the
+// accumulator the next residual epilogue adds into.
+//
+// Epilogues:
+//   kStore:       y[m, n] = round(sum).
+//   kResidualAdd: residual[m, n] += round(sum), the fp32 residual stream [rows, out] (y unused);
+//                 residual_sumsq[m] += the sum over n of the new residual[m, n]^2 (nullable).
+//   kSiluMul:     W's rows interleave gate and up in groups of 8 (rows 16 j .. 16 j + 7 are gate
+//                 features 8 j .. 8 j + 7, the next 8 rows the up features), so each thread
+//                 block holds a feature's gate and up: y[m, f] = round(silu(round(gate)) *
+//                 round(up)), y is [rows, out / 2] and out a multiple of 16.
+enum class GemvEpilogue : uint8_t { kStore, kResidualAdd, kSiluMul };
+
+struct GemvFusion {
+  const float* norm_residual = nullptr;
+  const void* norm_weight = nullptr;
+  const float* norm_sumsq = nullptr;
+  float* clear_sumsq = nullptr;
+  float eps = 0.f;
+  GemvEpilogue epilogue = GemvEpilogue::kStore;
+  float* residual = nullptr;
+  float* residual_sumsq = nullptr;
+};
+
 // True when gemv() can run this problem: 1 <= rows <= kGemvMaxRows, `in` a positive multiple
-// of 8 (a row is read in 16-byte vectors), out >= 1, and x and w 16-byte aligned.
-bool gemv_supports(int64_t rows, int64_t in, int64_t out, const void* x, const void* w);
+// of 8 (a row is read in 16-byte vectors), out >= 1, and x and w 16-byte aligned; with
+// `fusion`, its pointers set as its epilogue needs and out a multiple of 16 for kSiluMul.
+bool gemv_supports(int64_t rows, int64_t in, int64_t out, const void* x, const void* w,
+                   const GemvFusion& fusion = {});
 
 // y[rows, out] = x[rows, in] * w[out, in]^T, both row-major in `dtype`; y in float32 when
 // `f32_out`, else in `dtype` (rounded to nearest). Launches one kernel on `stream`: no
@@ -26,7 +59,9 @@ bool gemv_supports(int64_t rows, int64_t in, int64_t out, const void* x, const v
 // launch when gemv_supports() is false. With `pdl` the kernel is launched with programmatic
 // dependent launch: its blocks start while the kernel ahead (which writes x) finishes, and wait
 // for that kernel before they read x or write y.
+// `fusion` adds the prologue and epilogue described above (16-bit y only).
 void gemv(DType dtype, const void* x, const void* w, void* y, bool f32_out, int64_t rows,
-          int64_t in, int64_t out, cudaStream_t stream, bool pdl = false);
+          int64_t in, int64_t out, cudaStream_t stream, bool pdl = false,
+          const GemvFusion& fusion = {});
 
 }  // namespace l2kv

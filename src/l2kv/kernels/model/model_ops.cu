@@ -18,16 +18,6 @@ namespace {
 
 constexpr int kThreads = 256;
 
-template <typename T>
-__global__ void embed_kernel(const int32_t* tokens, const T* embed, int32_t hidden,
-                             float* residual) {
-  using Traits = tc::ElementTraits<T>;
-  const int t = blockIdx.x;
-  const T* row = embed + static_cast<int64_t>(tokens[t]) * hidden;
-  for (int i = threadIdx.x; i < hidden; i += blockDim.x)
-    residual[static_cast<int64_t>(t) * hidden + i] = Traits::to_float(row[i]);
-}
-
 // Decode-sized batches make these kernels latency-bound: a row is a few KB, so what costs is the
 // number of dependent round trips to memory, not bytes. Each kernel below therefore issues all of
 // a thread's loads before it uses any of them (16-byte vectors of 8 elements, loops unrolled), so
@@ -75,6 +65,25 @@ __device__ __forceinline__ float block_sum(float v) {
   float total = 0.f;
   for (int w = 0; w < static_cast<int>(blockDim.x) / 32; ++w) total += partial[w];
   return total;
+}
+
+// One block per token. With `sumsq`, also the row's sum of squares (what a fused RMSNorm
+// prologue of the first QKV projection reads).
+template <typename T>
+__global__ void embed_kernel(const int32_t* tokens, const T* embed, int32_t hidden, float* residual,
+                             float* sumsq) {
+  using Traits = tc::ElementTraits<T>;
+  const int t = blockIdx.x;
+  const T* row = embed + static_cast<int64_t>(tokens[t]) * hidden;
+  float sum = 0.f;
+  for (int i = threadIdx.x; i < hidden; i += blockDim.x) {
+    const float x = Traits::to_float(row[i]);
+    residual[static_cast<int64_t>(t) * hidden + i] = x;
+    sum += x * x;
+  }
+  if (sumsq == nullptr) return;
+  sum = block_sum(sum);
+  if (threadIdx.x == 0) sumsq[t] = sum;
 }
 
 // One block per row; thread j owns vectors j, j + blockDim, ... of the row (hidden % 8 == 0).
@@ -258,8 +267,10 @@ __global__ void kv_amax_kernel(const T* qkv, const T* bias, const int32_t* posit
 }
 
 // Grid (vector blocks, tokens): thread j of block x handles the 8 elements of vector
-// x * blockDim + j of its token (inter % 8 == 0).
-template <typename T>
+// x * blockDim + j of its token (inter % 8 == 0). kInterleaved: gate and up alternate in groups
+// of 8 (gemv.h's kSiluMul layout), so features i .. i + 7 have their gate at 2 i and up at
+// 2 i + 8.
+template <typename T, bool kInterleaved>
 __global__ void silu_mul_kernel(const T* gate_up, int32_t inter, T* out) {
   ptx::launch_dependents();  // as add_rmsnorm_kernel: the down projection may start early
   ptx::grid_dependency_wait();
@@ -269,8 +280,8 @@ __global__ void silu_mul_kernel(const T* gate_up, int32_t inter, T* out) {
                 kVec;
   if (i >= inter) return;
   Vec8<T> g, u;
-  g.load(gate_up + t * 2 * inter + i);
-  u.load(gate_up + t * 2 * inter + inter + i);
+  g.load(gate_up + t * 2 * inter + (kInterleaved ? 2 * i : i));
+  u.load(gate_up + t * 2 * inter + (kInterleaved ? 2 * i + kVec : inter + i));
 #pragma unroll
   for (int e = 0; e < kVec; ++e) g.v[e] = g.v[e] / (1.f + __expf(-g.v[e])) * u.v[e];
   g.store(out + t * inter + i);
@@ -309,11 +320,11 @@ void with_type(DType dtype, F&& f) {
 }  // namespace
 
 void embed(DType dtype, const int32_t* tokens, int32_t num_tokens, const void* table,
-           int32_t hidden, float* residual, cudaStream_t stream) {
+           int32_t hidden, float* residual, cudaStream_t stream, float* sumsq) {
   with_type(dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     embed_kernel<T><<<num_tokens, kThreads, 0, stream>>>(tokens, static_cast<const T*>(table),
-                                                         hidden, residual);
+                                                         hidden, residual, sumsq);
   });
   L2KV_CUDA_CHECK_LAUNCH();
 }
@@ -379,7 +390,10 @@ void calculate_kv_scales(const void* qkv, const void* bias, const int32_t* posit
 }
 
 void silu_mul(DType dtype, const void* gate_up, int32_t num_tokens, int32_t inter, void* out,
-              cudaStream_t stream, bool pdl) {
+              cudaStream_t stream, bool pdl, bool interleaved) {
+  if (interleaved && inter % kVec != 0)
+    throw Error(
+        "silu_mul: an interleaved gate_up needs an intermediate size that is a multiple of 8");
   if (num_tokens <= 0) return;
   with_type(dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
@@ -392,8 +406,11 @@ void silu_mul(DType dtype, const void* gate_up, int32_t num_tokens, int32_t inte
     const cudaLaunchConfig_t config =
         launch_config(vectorized ? dim3(vec_blocks, tokens) : dim3(tokens), dim3(kThreads), 0,
                       stream, pdl, attribute);
-    L2KV_CUDA_CHECK(cudaLaunchKernelEx(
-        &config, vectorized ? silu_mul_kernel<T> : silu_mul_strided_kernel<T>, in, inter, o));
+    using Kernel = void (*)(const T*, int32_t, T*);
+    Kernel kernel = silu_mul_strided_kernel<T>;
+    if (vectorized)
+      kernel = interleaved ? Kernel{silu_mul_kernel<T, true>} : Kernel{silu_mul_kernel<T, false>};
+    L2KV_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, in, inter, o));
   });
 }
 

@@ -12,9 +12,10 @@
 
 namespace l2kv::ops {
 
-// residual[t, :] = embed[tokens[t], :] (fp32 residual stream).
+// residual[t, :] = embed[tokens[t], :] (fp32 residual stream); with `sumsq`, also
+// sumsq[t] = the sum of residual[t, :]^2 (for a fused RMSNorm prologue, gemv.h).
 void embed(DType dtype, const int32_t* tokens, int32_t num_tokens, const void* embed,
-           int32_t hidden, float* residual, cudaStream_t stream);
+           int32_t hidden, float* residual, cudaStream_t stream, float* sumsq = nullptr);
 
 // If `add` is set: residual += add (fp32). Then out = RMSNorm(residual) * weight.
 // `pdl` (here and in silu_mul): launch with programmatic dependent launch; the kernel waits for
@@ -46,9 +47,10 @@ void calculate_kv_scales(const void* qkv, const void* bias, const int32_t* posit
                          int32_t q_heads, const PagedKvCache& kv, float* scales,
                          cudaStream_t stream);
 
-// out[t, i] = silu(gate_up[t, i]) * gate_up[t, inter + i].
+// out[t, i] = silu(gate[t, i]) * up[t, i]: gate_up[t] is [gate | up], or with `interleaved`
+// gate and up alternate in groups of 8 features (gemv.h's kSiluMul layout; inter % 8 == 0).
 void silu_mul(DType dtype, const void* gate_up, int32_t num_tokens, int32_t inter, void* out,
-              cudaStream_t stream, bool pdl = false);
+              cudaStream_t stream, bool pdl = false, bool interleaved = false);
 
 // out[r, :] = in[rows[r], :] for 16-bit rows of `width`.
 void gather_rows(const void* in, const int32_t* rows, int32_t num_rows, int32_t width, void* out,

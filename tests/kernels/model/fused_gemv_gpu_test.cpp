@@ -1,0 +1,294 @@
+// The decode layer's fused projections (gemv.h's GemvFusion) against their composition on the
+// host in double precision: the RMSNorm prologue (x computed from an fp32 residual, its sums of
+// squares, the norm's weight) with a plain store (QKV) and with the SiLU x up epilogue over
+// interleaved gate/up rows (gate_up), and the residual-add epilogue with its sums of squares (O,
+// down). Fresh random inputs, every row count 1-16, the shapes of Llama-3-8B, Qwen2.5-7B and odd
+// ones, outputs poisoned with NaN first; per-element tolerances from the GEMV's measured noise
+// (gemv_gpu_test.cpp), which a 1 % scale error or a dropped term exceeds.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "gpu_test_support.h"
+#include "l2kv/core/dtype.h"
+#include "l2kv/kernels/model/gemm.h"
+#include "l2kv/kernels/model/gemv.h"
+#include "l2kv/kernels/random_fill.h"
+
+namespace l2kv {
+namespace {
+
+using testing::upload;
+
+struct Shape {
+  const char* name;
+  int64_t in, out;
+};
+
+// out is a multiple of 16 wherever a SiLU epilogue runs (gate_up of every model has it).
+const std::vector<Shape> kShapes = {
+    {"llama3-8b qkv", 4096, 6144},      {"llama3-8b o", 4096, 4096},
+    {"llama3-8b gate_up", 4096, 28672}, {"llama3-8b down", 14336, 4096},
+    {"qwen2.5-7b qkv", 3584, 4608},     {"qwen2.5-7b gate_up", 3584, 37888},
+    {"qwen2.5-7b down", 18944, 3584},   {"odd in24 out48", 24, 48},
+    {"odd in1032 out112", 1032, 112},   {"odd in4104 out1008", 4104, 1008},
+};
+
+// As gemv_gpu_test.cpp: |y - ref| <= atol + rtol |ref|, atol the fp32 accumulation noise.
+struct Tolerance {
+  double atol, rtol;
+  double bound(double ref) const { return atol + rtol * std::abs(ref); }
+};
+Tolerance tolerance(DType dtype, int64_t in) {
+  return {64 * 0x1p-24 * static_cast<double>(in) / 3.0 + 1e-6,
+          dtype == DType::kBFloat16 ? 0x1p-8 : 0x1p-10};
+}
+
+double round_to(DType t, double v) {
+  return dtype_bits_to_float(t, float_to_dtype_bits(t, static_cast<float>(v)));
+}
+
+template <typename T>
+std::vector<T> download(const T* p, size_t n) {
+  std::vector<T> v(n);
+  L2KV_CUDA_CHECK(cudaMemcpy(v.data(), p, n * sizeof(T), cudaMemcpyDeviceToHost));
+  return v;
+}
+
+// Output features checked: all of a small problem, else the first and last 48 and random ones.
+std::vector<int64_t> checked_features(int64_t out, std::mt19937_64& rng) {
+  std::vector<int64_t> f;
+  if (out <= 160) {
+    for (int64_t n = 0; n < out; ++n) f.push_back(n);
+    return f;
+  }
+  for (int64_t n = 0; n < 48; ++n) f.push_back(n), f.push_back(out - 1 - n);
+  std::uniform_int_distribution<int64_t> pick(48, out - 49);
+  while (f.size() < 160) f.push_back(pick(rng));
+  std::sort(f.begin(), f.end());
+  f.erase(std::unique(f.begin(), f.end()), f.end());
+  return f;
+}
+
+enum class Form { kNormStore, kNormSilu, kResidualAdd };
+
+const char* form_name(Form f) {
+  return f == Form::kNormStore ? "norm+store" : f == Form::kNormSilu ? "norm+silu" : "residual";
+}
+
+// One shape, one form, every row count 1-16, through Gemm::linear_fused (with PDL on, as the
+// model runs it; nothing runs ahead of it here).
+void check(const Shape& shape, Form form, DType dtype, uint64_t seed) {
+  const int64_t in = shape.in, out = shape.out;
+  if (testing::quick_mode() && in * out > 4096 * 6144) return;  // under compute-sanitizer
+  const bool norm = form != Form::kResidualAdd;
+  const int64_t y_width = form == Form::kNormSilu ? out / 2 : out;
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<float> uniform(-1.f, 1.f);
+
+  std::vector<uint16_t> w_bits(static_cast<size_t>(in * out));
+  {
+    void* w_fill = nullptr;
+    L2KV_CUDA_CHECK(cudaMalloc(&w_fill, w_bits.size() * 2));
+    fill_random(w_fill, in * out, dtype, 1.f, seed, nullptr);
+    L2KV_CUDA_CHECK(cudaMemcpy(w_bits.data(), w_fill, w_bits.size() * 2, cudaMemcpyDeviceToHost));
+    cudaFree(w_fill);
+  }
+  uint16_t* w = upload(w_bits);
+  std::vector<uint16_t> gamma(static_cast<size_t>(in));
+  for (auto& g : gamma) g = float_to_dtype_bits(dtype, 0.5f + std::abs(uniform(rng)));
+  uint16_t* d_gamma = upload(gamma);
+  const float eps = 1e-5f;
+  const Tolerance tol = tolerance(dtype, in);
+  // Features of the output checked (for SiLU: features of y, each reading W rows of its gate
+  // and up).
+  const std::vector<int64_t> features = checked_features(y_width, rng);
+  auto w_at = [&](int64_t row, int64_t k) {
+    return static_cast<double>(dtype_bits_to_float(dtype, w_bits[row * in + k]));
+  };
+
+  std::vector<int64_t> row_counts;
+  for (int64_t rows = 1; rows <= kGemvMaxRows; ++rows)
+    if (!testing::quick_mode() || rows == 1 || rows == 9 || rows == 16) row_counts.push_back(rows);
+  for (const int64_t rows : row_counts) {
+    SCOPED_TRACE(std::string(shape.name) + " " + form_name(form) + " " +
+                 std::string(dtype_name(dtype)) + " rows=" + std::to_string(rows));
+    // Inputs: an fp32 residual in [-2, 2) (norm forms and the residual epilogue), or 16-bit x.
+    std::vector<float> residual(static_cast<size_t>(rows * (norm ? in : out)));
+    for (auto& r : residual) r = 2.f * uniform(rng);
+    std::vector<uint16_t> x_bits(static_cast<size_t>(rows * in));
+    for (auto& b : x_bits) b = float_to_dtype_bits(dtype, uniform(rng));
+    // x as the kernel must see it.
+    std::vector<double> x(static_cast<size_t>(rows * in));
+    std::vector<float> sumsq_in(kGemvMaxRows, 0.f);
+    for (int64_t m = 0; m < rows; ++m) {
+      if (!norm) {
+        for (int64_t k = 0; k < in; ++k)
+          x[m * in + k] = dtype_bits_to_float(dtype, x_bits[m * in + k]);
+        continue;
+      }
+      double ss = 0;
+      for (int64_t k = 0; k < in; ++k)
+        ss += static_cast<double>(residual[m * in + k]) * residual[m * in + k];
+      sumsq_in[m] = static_cast<float>(ss);
+      const float scale = 1.f / std::sqrt(sumsq_in[m] / static_cast<float>(in) + eps);
+      for (int64_t k = 0; k < in; ++k)
+        x[m * in + k] =
+            round_to(dtype, dtype_bits_to_float(dtype, gamma[k]) * (residual[m * in + k] * scale));
+    }
+    auto dot = [&](int64_t m, int64_t row) {
+      double s = 0;
+      for (int64_t k = 0; k < in; ++k) s += x[m * in + k] * w_at(row, k);
+      return s;
+    };
+
+    float* d_residual = upload(residual);
+    uint16_t* d_x = upload(x_bits);
+    float* d_sumsq = upload(sumsq_in);
+    const float sumsq_start = 3.25f;  // the residual epilogue adds to what is there
+    float* d_acc = upload(std::vector<float>(kGemvMaxRows, sumsq_start));
+    float* d_clear = upload(std::vector<float>(kGemvMaxRows, 7.f));
+    uint16_t* d_y = upload(std::vector<uint16_t>(static_cast<size_t>(rows * y_width), 0xffff));
+
+    GemvFusion f;
+    if (norm) {
+      f.norm_residual = d_residual;
+      f.norm_weight = d_gamma;
+      f.norm_sumsq = d_sumsq;
+      f.clear_sumsq = d_clear;
+      f.eps = eps;
+    }
+    if (form == Form::kNormSilu) f.epilogue = GemvEpilogue::kSiluMul;
+    if (form == Form::kResidualAdd) {
+      f.epilogue = GemvEpilogue::kResidualAdd;
+      f.residual = d_residual;
+      f.residual_sumsq = d_acc;
+    }
+    Gemm gemm;
+    gemm.set_programmatic_launch(true);
+    ASSERT_TRUE(gemm.fused_supported(rows, in, out, norm ? nullptr : d_x, w, f));
+    gemm.linear_fused(dtype, norm ? nullptr : d_x, w, form == Form::kResidualAdd ? nullptr : d_y,
+                      rows, in, out, f, nullptr);
+    L2KV_CUDA_CHECK(cudaDeviceSynchronize());
+
+    int64_t bad = 0;
+    auto expect_near = [&](double got, double want, double bound, const std::string& what) {
+      if (std::isfinite(got) && std::abs(got - want) <= bound) return;
+      if (bad++ < 3) ADD_FAILURE() << what << " = " << got << ", reference " << want;
+    };
+    if (form == Form::kResidualAdd) {
+      const auto got = download(d_residual, residual.size());
+      const auto acc = download(d_acc, kGemvMaxRows);
+      for (int64_t m = 0; m < rows; ++m) {
+        double ss = 0;  // of the residual the kernel left, checked below on sampled features
+        for (int64_t n = 0; n < out; ++n)
+          ss += static_cast<double>(got[m * out + n]) * got[m * out + n];
+        for (const int64_t n : features) {
+          const double y = dot(m, n);
+          const double want = residual[m * out + n] + y;
+          expect_near(got[m * out + n], want, tol.bound(y) + 1e-6 * std::abs(want),
+                      "residual[" + std::to_string(m) + "][" + std::to_string(n) + "]");
+        }
+        expect_near(acc[m], sumsq_start + ss, 1e-5 * (sumsq_start + ss),
+                    "sumsq[" + std::to_string(m) + "]");
+      }
+      for (int64_t m = rows; m < kGemvMaxRows; ++m)
+        EXPECT_EQ(acc[m], sumsq_start) << "sumsq of a row past the batch changed";
+    } else {
+      std::vector<double> y(static_cast<size_t>(rows * y_width));
+      const auto bits = download(d_y, y.size());
+      for (size_t i = 0; i < y.size(); ++i) y[i] = dtype_bits_to_float(dtype, bits[i]);
+      EXPECT_EQ(std::count_if(y.begin(), y.end(), [](double v) { return !std::isfinite(v); }), 0)
+          << "unwritten or non-finite outputs";
+      for (int64_t m = 0; m < rows; ++m)
+        for (const int64_t n : features) {
+          const std::string what = "y[" + std::to_string(m) + "][" + std::to_string(n) + "]";
+          if (form == Form::kNormStore) {
+            const double want = dot(m, n);
+            expect_near(y[m * y_width + n], want, tol.bound(want), what);
+            continue;
+          }
+          // Feature n's gate is W row 16 (n / 8) + n % 8, its up 8 rows further.
+          const int64_t gate_row = (n / 8) * 16 + n % 8;
+          const double gate = dot(m, gate_row), up = dot(m, gate_row + 8);
+          const double silu = gate / (1 + std::exp(-gate));
+          const double want = silu * up;
+          // The epilogue rounds gate and up to 16 bits before combining them.
+          const double slope =
+              std::abs(1 / (1 + std::exp(-gate)) * (1 + gate * (1 - 1 / (1 + std::exp(-gate)))));
+          const double bound =
+              1.1 * (slope * tol.bound(gate) * std::abs(up) + std::abs(silu) * tol.bound(up)) +
+              2 * tol.rtol * std::abs(want) + 1e-6;
+          expect_near(y[m * y_width + n], want, bound, what);
+        }
+    }
+    EXPECT_EQ(bad, 0) << "elements outside tolerance";
+    if (norm) {
+      const auto cleared = download(d_clear, kGemvMaxRows);
+      EXPECT_TRUE(std::all_of(cleared.begin(), cleared.end(), [](float v) { return v == 0.f; }))
+          << "clear_sumsq not zeroed";
+    }
+    for (void* p :
+         {static_cast<void*>(d_residual), static_cast<void*>(d_x), static_cast<void*>(d_sumsq),
+          static_cast<void*>(d_acc), static_cast<void*>(d_clear), static_cast<void*>(d_y)})
+      cudaFree(p);
+  }
+  cudaFree(w);
+  cudaFree(d_gamma);
+}
+
+class FusedGemv : public ::testing::TestWithParam<DType> {};
+
+TEST_P(FusedGemv, NormPrologueWithStoreMatchesComposition) {
+  L2KV_SKIP_WITHOUT_GPU();
+  uint64_t seed = 500;
+  for (const Shape& s : kShapes) check(s, Form::kNormStore, GetParam(), ++seed);
+}
+
+TEST_P(FusedGemv, NormPrologueWithSiluEpilogueMatchesComposition) {
+  L2KV_SKIP_WITHOUT_GPU();
+  uint64_t seed = 600;
+  for (const Shape& s : kShapes)
+    if (s.out % 16 == 0) check(s, Form::kNormSilu, GetParam(), ++seed);
+}
+
+TEST_P(FusedGemv, ResidualEpilogueMatchesComposition) {
+  L2KV_SKIP_WITHOUT_GPU();
+  uint64_t seed = 700;
+  for (const Shape& s : kShapes) check(s, Form::kResidualAdd, GetParam(), ++seed);
+}
+
+INSTANTIATE_TEST_SUITE_P(Dtypes, FusedGemv, ::testing::Values(DType::kBFloat16, DType::kFloat16),
+                         [](const auto& param_info) {
+                           return std::string(dtype_name(param_info.param));
+                         });
+
+// What the fused forms refuse, on any machine.
+TEST(FusedGemvSupports, NamesWhatEachFormNeeds) {
+  alignas(16) static uint16_t w[16 * 16];
+  alignas(16) static float residual[16 * 16];
+  alignas(16) static uint16_t gamma[16];
+  static float sumsq[16];
+  GemvFusion silu;
+  silu.norm_residual = residual;
+  silu.norm_weight = gamma;
+  silu.norm_sumsq = sumsq;
+  silu.epilogue = GemvEpilogue::kSiluMul;
+  EXPECT_TRUE(gemv_supports(1, 16, 32, nullptr, w, silu));
+  EXPECT_FALSE(gemv_supports(1, 16, 24, nullptr, w, silu)) << "out not a multiple of 16";
+  silu.norm_sumsq = nullptr;
+  EXPECT_FALSE(gemv_supports(1, 16, 32, nullptr, w, silu)) << "norm without sums of squares";
+  GemvFusion add;
+  add.epilogue = GemvEpilogue::kResidualAdd;
+  EXPECT_FALSE(gemv_supports(1, 16, 16, gamma, w, add)) << "residual epilogue without residual";
+  add.residual = residual;
+  EXPECT_TRUE(gemv_supports(1, 16, 16, gamma, w, add));
+  EXPECT_FALSE(gemv_supports(17, 16, 16, gamma, w, add)) << "beyond kGemvMaxRows";
+}
+
+}  // namespace
+}  // namespace l2kv
