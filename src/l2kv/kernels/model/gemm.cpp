@@ -40,7 +40,8 @@ Gemm::~Gemm() {
 
 // Row-major y[rows, out] = x W^T is column-major y^T (out x rows) = op(A) B with A = W stored
 // column-major as (in x out), op(A) = A^T, and B = x^T stored column-major as (in x rows).
-const Gemm::Plan& Gemm::plan_for(DType dtype, bool f32_out, int64_t rows, int64_t in, int64_t out) {
+const Gemm::Plan& Gemm::plan_for(DType dtype, bool f32_out, int64_t rows, int64_t in, int64_t out,
+                                 const void* x, const void* w, void* y, cudaStream_t stream) {
   const Key key{static_cast<int>(dtype), f32_out, rows, in, out};
   if (const auto it = plans_.find(key); it != plans_.end()) return it->second;
   Plan p;
@@ -59,16 +60,70 @@ const Gemm::Plan& Gemm::plan_for(DType dtype, bool f32_out, int64_t rows, int64_
   check(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
                                              &workspace, sizeof workspace),
         "preference workspace");
-  cublasLtMatmulHeuristicResult_t result{};
+  cublasLtMatmulHeuristicResult_t results[kTuneCandidates] = {};
   int found = 0;
-  check(cublasLtMatmulAlgoGetHeuristic(handle_, p.op, p.a, p.b, p.c, p.c, pref, 1, &result, &found),
+  check(cublasLtMatmulAlgoGetHeuristic(handle_, p.op, p.a, p.b, p.c, p.c, pref, kTuneCandidates,
+                                       results, &found),
         "heuristic");
   cublasLtMatmulPreferenceDestroy(pref);
   if (found == 0)
     throw Error("cuBLASLt has no algorithm for " + std::to_string(rows) + "x" + std::to_string(in) +
                 " * " + std::to_string(in) + "x" + std::to_string(out));
-  p.algo = result.algo;
+  p.algo = results[0].algo;
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  L2KV_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
+  if (rows <= tune_max_rows_ && found > 1 && capture == cudaStreamCaptureStatusNone)
+    p.algo = fastest(p, std::span(results, static_cast<size_t>(found)), x, w, y, stream);
   return plans_.emplace(key, p).first->second;
+}
+
+// Decode-sized products are bandwidth-bound, and cuBLASLt's first choice is not always the
+// fastest there (at 64 rows it picked a 64-CTA tile without split-K for Llama-3-8B's o_proj,
+// 0.64 of the read ceiling on an H200): time each candidate on the real operands, the L2
+// flushed before each call (the weights of a decode step never sit in L2), and keep the
+// fastest. Runs once per shape, outside graph capture, before the first use.
+cublasLtMatmulAlgo_t Gemm::fastest(const Plan& p,
+                                   std::span<const cublasLtMatmulHeuristicResult_t> candidates,
+                                   const void* x, const void* w, void* y, cudaStream_t stream) {
+  int l2_bytes = 0, device = 0;
+  L2KV_CUDA_CHECK(cudaGetDevice(&device));
+  L2KV_CUDA_CHECK(cudaDeviceGetAttribute(&l2_bytes, cudaDevAttrL2CacheSize, device));
+  const size_t flush_bytes = 2 * static_cast<size_t>(l2_bytes);
+  void* flush = nullptr;
+  if (cudaMalloc(&flush, flush_bytes) != cudaSuccess) {
+    (void)cudaGetLastError();  // no room to tune: keep the heuristic's choice
+    return candidates[0].algo;
+  }
+  cudaEvent_t start = nullptr, stop = nullptr;
+  L2KV_CUDA_CHECK(cudaEventCreate(&start));
+  L2KV_CUDA_CHECK(cudaEventCreate(&stop));
+  const float alpha = 1.f, beta = 0.f;
+  float best_ms = 0.f;
+  cublasLtMatmulAlgo_t best = candidates[0].algo;
+  for (size_t i = 0; i < candidates.size(); ++i) {
+    if (candidates[i].state != CUBLAS_STATUS_SUCCESS) continue;
+    auto matmul = [&] {
+      return cublasLtMatmul(handle_, p.op, &alpha, w, p.a, x, p.b, &beta, y, p.c, y, p.c,
+                            &candidates[i].algo, workspace_, kWorkspaceBytes, stream);
+    };
+    if (matmul() != CUBLAS_STATUS_SUCCESS) continue;  // a candidate that cannot run here
+    float fastest_ms = -1.f;
+    for (int rep = 0; rep < kTuneReps; ++rep) {
+      L2KV_CUDA_CHECK(cudaMemsetAsync(flush, rep, flush_bytes, stream));
+      L2KV_CUDA_CHECK(cudaEventRecord(start, stream));
+      check(matmul(), "matmul (tuning)");
+      L2KV_CUDA_CHECK(cudaEventRecord(stop, stream));
+      L2KV_CUDA_CHECK(cudaEventSynchronize(stop));
+      float ms = 0.f;
+      L2KV_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
+      if (fastest_ms < 0 || ms < fastest_ms) fastest_ms = ms;
+    }
+    if (i == 0 || fastest_ms < best_ms) best_ms = fastest_ms, best = candidates[i].algo;
+  }
+  cudaEventDestroy(start);
+  cudaEventDestroy(stop);
+  L2KV_CUDA_CHECK(cudaFree(flush));
+  return best;
 }
 
 void Gemm::set_gemv_max_rows(int rows) {
@@ -101,7 +156,7 @@ void Gemm::run(DType dtype, bool f32_out, const void* x, const void* w, void* y,
     gemv(dtype, x, w, y, f32_out, rows, in, out, stream, pdl_);
     return;
   }
-  const Plan& p = plan_for(dtype, f32_out, rows, in, out);
+  const Plan& p = plan_for(dtype, f32_out, rows, in, out, x, w, y, stream);
   const float alpha = 1.f, beta = 0.f;
   check(cublasLtMatmul(handle_, p.op, &alpha, w, p.a, x, p.b, &beta, y, p.c, y, p.c, &p.algo,
                        workspace_, kWorkspaceBytes, stream),

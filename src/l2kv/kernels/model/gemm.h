@@ -12,6 +12,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <span>
 #include <tuple>
 
 #include "l2kv/core/dtype.h"
@@ -58,6 +59,12 @@ class Gemm {
   // l2kv::Error outside [0, WeightStreamGemm::kMaxRows].
   void set_stream_max_rows(int rows);
   int stream_max_rows() const { return stream_max_rows_; }
+  // cuBLASLt shapes of up to this many rows (decode steps) time cuBLASLt's candidate algorithms
+  // on their first call and keep the fastest; larger ones (prompts) take its first choice. 0
+  // never times. Graph capture never times: call each shape once before capturing it.
+  static constexpr int64_t kDefaultTuneMaxRows = 256;
+  void set_tune_max_rows(int64_t rows) { tune_max_rows_ = rows; }
+
   // GEMV and weight-streaming launches use programmatic dependent launch (see gemv());
   // cuBLASLt launches do not.
   void set_programmatic_launch(bool pdl) { pdl_ = pdl; }
@@ -69,7 +76,14 @@ class Gemm {
     cublasLtMatmulAlgo_t algo{};
   };
   using Key = std::tuple<int, bool, int64_t, int64_t, int64_t>;  // dtype, f32 out, rows, in, out
-  const Plan& plan_for(DType dtype, bool f32_out, int64_t rows, int64_t in, int64_t out);
+  // The cached plan of a shape; a new one is chosen on the given operands (see fastest()).
+  const Plan& plan_for(DType dtype, bool f32_out, int64_t rows, int64_t in, int64_t out,
+                       const void* x, const void* w, void* y, cudaStream_t stream);
+  cublasLtMatmulAlgo_t fastest(const Plan& p,
+                               std::span<const cublasLtMatmulHeuristicResult_t> candidates,
+                               const void* x, const void* w, void* y, cudaStream_t stream);
+  static constexpr int kTuneCandidates = 8;
+  static constexpr int kTuneReps = 3;
   void run(DType dtype, bool f32_out, const void* x, const void* w, void* y, int64_t rows,
            int64_t in, int64_t out, cudaStream_t stream);
 
@@ -79,6 +93,7 @@ class Gemm {
   int gemv_max_rows_ = kDefaultGemvMaxRows;
   std::unique_ptr<WeightStreamGemm> stream_;  // built by set_stream_max_rows(> 0)
   int stream_max_rows_ = 0;
+  int64_t tune_max_rows_ = kDefaultTuneMaxRows;
   bool pdl_ = false;
 };
 
