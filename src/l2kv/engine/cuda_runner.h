@@ -25,8 +25,8 @@ struct CudaRunnerOptions {
   bool cuda_graphs = true;
   KvStorage kv_storage = KvStorage::kModelDtype;  // fp8: both decode kernels read E4M3 K/V
   bool calculate_kv_scales =
-      true;                 // fp8 scales from the first prompt where the checkpoint has none
-  bool fused_layer = true;  // CudaModel::set_fused_layer
+      true;                  // fp8 scales from the first prompt where the checkpoint has none
+  bool fused_layer = false;  // CudaModel::set_fused_layer
   // Device memory kept out of the KV pool for graphs, the sampler and allocator slack.
   int64_t reserve_bytes = int64_t{512} << 20;
 };

@@ -120,8 +120,9 @@ class CudaModel {
   bool has_graph(int32_t batch_size) const { return graphs_.count(batch_size) > 0; }
   void set_use_graphs(bool on) { use_graphs_ = on; }
   // Steps of up to gemv max rows (16) run each layer in five kernels (gemv.h's fusions: RMSNorm
-  // prologues, residual and SiLU x up epilogues) when on (default), in nine when off (what larger
-  // steps always run). Drops captured graphs.
+  // prologues, residual and SiLU x up epilogues) when on, in nine when off (the default, and what
+  // larger steps always run: the five measured slower on an H200, bench/NOTES.md). Drops
+  // captured graphs.
   void set_fused_layer(bool on);
   bool fused_layer() const { return fused_layer_; }
   // The smallest captured bucket >= rows, or 0.
@@ -184,7 +185,7 @@ class CudaModel {
   std::vector<int32_t> host_seq_lens_;  // of the prepared step
   std::map<int32_t, cudaGraphExec_t> graphs_;
   bool use_graphs_ = true;
-  bool fused_layer_ = true;
+  bool fused_layer_ = false;
   // gate_up's rows interleave gate and up in groups of 8 (the SiLU epilogue's layout); false
   // for an intermediate size that is not a multiple of 8, which the fused layer then skips.
   bool gate_up_interleaved_ = false;

@@ -135,7 +135,9 @@ void check(const Shape& shape, Form form, DType dtype, uint64_t seed) {
       for (int64_t k = 0; k < in; ++k)
         ss += static_cast<double>(residual[m * in + k]) * residual[m * in + k];
       sumsq_in[m] = static_cast<float>(ss);
-      const float scale = 1.f / std::sqrt(sumsq_in[m] / static_cast<float>(in) + eps);
+      // Correctly rounded, as the kernel's __frsqrt_rn: x then matches it bit for bit.
+      const float scale = static_cast<float>(
+          1.0 / std::sqrt(static_cast<double>(sumsq_in[m] / static_cast<float>(in) + eps)));
       for (int64_t k = 0; k < in; ++k)
         x[m * in + k] =
             round_to(dtype, dtype_bits_to_float(dtype, gamma[k]) * (residual[m * in + k] * scale));
@@ -176,8 +178,11 @@ void check(const Shape& shape, Form form, DType dtype, uint64_t seed) {
     L2KV_CUDA_CHECK(cudaDeviceSynchronize());
 
     int64_t bad = 0;
+    // fp16 overflows past 65504: there the output must be the infinity of the reference's sign.
+    const double largest = dtype == DType::kFloat16 ? 65504.0 : 3.3e38;
     auto expect_near = [&](double got, double want, double bound, const std::string& what) {
       if (std::isfinite(got) && std::abs(got - want) <= bound) return;
+      if (std::isinf(got) && std::abs(want) - bound > largest && (got > 0) == (want > 0)) return;
       if (bad++ < 3) ADD_FAILURE() << what << " = " << got << ", reference " << want;
     };
     if (form == Form::kResidualAdd) {
@@ -202,8 +207,8 @@ void check(const Shape& shape, Form form, DType dtype, uint64_t seed) {
       std::vector<double> y(static_cast<size_t>(rows * y_width));
       const auto bits = download(d_y, y.size());
       for (size_t i = 0; i < y.size(); ++i) y[i] = dtype_bits_to_float(dtype, bits[i]);
-      EXPECT_EQ(std::count_if(y.begin(), y.end(), [](double v) { return !std::isfinite(v); }), 0)
-          << "unwritten or non-finite outputs";
+      EXPECT_EQ(std::count_if(y.begin(), y.end(), [](double v) { return std::isnan(v); }), 0)
+          << "unwritten outputs";
       for (int64_t m = 0; m < rows; ++m)
         for (const int64_t n : features) {
           const std::string what = "y[" + std::to_string(m) + "][" + std::to_string(n) + "]";

@@ -138,7 +138,9 @@ TEST_P(ModelOps, AddRmsNormMatchesHostReference) {
             if (with_add) x += to_float(t, add[static_cast<size_t>(r) * hidden + i]);
             sum += static_cast<double>(x) * x;
           }
-          const float scale = 1.f / std::sqrt(static_cast<float>(sum / hidden) + eps);
+          // The kernel's __frsqrt_rn is correctly rounded, as this is.
+          const float scale = static_cast<float>(
+              1.0 / std::sqrt(static_cast<double>(static_cast<float>(sum / hidden) + eps)));
           for (int32_t i = 0; i < hidden; ++i) {
             const size_t at = static_cast<size_t>(r) * hidden + i;
             want_out[at] = round_to(t, to_float(t, weight[i]) * (want_residual[at] * scale));

@@ -204,7 +204,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) gemv_kernel(GemvPar
   if constexpr (kNorm) {
 #pragma unroll
     for (int nt = 0; nt < kNTiles; ++nt)
-      xs.scale[nt] = rsqrtf(f.norm_sumsq[x_rows[nt]] / static_cast<float>(p.in) + f.eps);
+      xs.scale[nt] = __frsqrt_rn(f.norm_sumsq[x_rows[nt]] / static_cast<float>(p.in) + f.eps);
     if (f.clear_sumsq != nullptr && blockIdx.x == 0 && threadIdx.x < kGemvMaxRows)
       f.clear_sumsq[threadIdx.x] = 0.f;
   }

@@ -114,7 +114,7 @@ __global__ void add_rmsnorm_kernel(float* residual, const T* add, const T* weigh
 #pragma unroll
     for (int e = 0; e < kVec; ++e) sum += x[j][e] * x[j][e];
   }
-  const float scale = rsqrtf(block_sum(sum) / hidden + eps);
+  const float scale = __frsqrt_rn(block_sum(sum) / hidden + eps);  // correctly rounded
 #pragma unroll
   for (int j = 0; j < kNormVecsPerThread; ++j) {
     const int i = (static_cast<int>(threadIdx.x) + j * static_cast<int>(blockDim.x)) * kVec;
@@ -143,7 +143,7 @@ __global__ void add_rmsnorm_strided_kernel(float* residual, const T* add, const 
     }
     sum += x * x;
   }
-  const float scale = rsqrtf(block_sum(sum) / hidden + eps);
+  const float scale = __frsqrt_rn(block_sum(sum) / hidden + eps);  // correctly rounded
   for (int i = threadIdx.x; i < hidden; i += blockDim.x)
     out[base + i] = Traits::from_float(Traits::to_float(weight[i]) * (residual[base + i] * scale));
 }
