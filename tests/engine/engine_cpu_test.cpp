@@ -9,6 +9,7 @@
 #include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <random>
 
 #include "l2kv/core/error.h"
 #include "l2kv/engine/cpu_runner.h"
@@ -146,6 +147,17 @@ TEST_P(EngineFixture, PreemptionGivesTheSameTokens) {
   c.max_num_batched_tokens = 64;
   const EngineStats s = run_references(GetParam(), c);
   EXPECT_GT(s.preemptions, 0);
+  // The prompts share no whole block, so every hit is a preempted request re-taking blocks it
+  // computed before its preemption (those not evicted meanwhile).
+  EXPECT_GT(s.prefix_cache_hits, 0);
+}
+
+TEST_P(EngineFixture, GreedyWithoutPrefixCachingMatchesTransformers) {
+  EngineConfig c = small_config();
+  c.enable_prefix_caching = false;
+  const EngineStats s = run_references(GetParam(), c);
+  EXPECT_EQ(s.prefix_cache_queries, 0);
+  EXPECT_EQ(s.prefix_cache_hits, 0);
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, EngineFixture,
@@ -227,6 +239,200 @@ TEST(Engine, AbortFromACallback) {
   EXPECT_EQ(a.tokens, f.cases[0].greedy);
   EXPECT_EQ(b.last.finish_reason, FinishReason::kAbort);
   EXPECT_EQ(b.tokens.size(), 3u);
+  expect_no_leak(engine);
+}
+
+// Prefix caching. Each test runs the same requests with caching on and off (and against the
+// model's own greedy decode): the tokens must be identical, and the hits exactly those the
+// cache can hold.
+struct Wave {
+  std::vector<std::vector<int32_t>> prompts;
+  std::vector<SamplingParams> params;
+};
+
+struct WaveResult {
+  std::vector<std::vector<Collected>> got;  // per wave, per request
+  std::vector<EngineStats> stats;           // after each wave
+};
+
+// Runs each wave to completion on one engine, one after the other.
+WaveResult run_waves(const std::vector<Wave>& waves, EngineConfig config) {
+  const Fixture& f = fixture("llama3-gqa");
+  Engine engine(std::make_unique<CpuRunner>(f.model), nullptr, config);
+  WaveResult out;
+  out.got.reserve(waves.size());
+  for (const Wave& w : waves) {
+    out.got.emplace_back(w.prompts.size());
+    for (size_t i = 0; i < w.prompts.size(); ++i)
+      engine.add_request(request_for(w.prompts[i], w.params[i], out.got.back()[i]));
+    engine.run_until_idle();
+    out.stats.push_back(engine.stats());
+  }
+  expect_no_leak(engine);
+  return out;
+}
+
+EngineConfig caching_config(bool on) {
+  EngineConfig c;
+  c.block_size = 4;
+  c.max_model_len = 256;
+  c.num_kv_blocks = 400;
+  c.max_num_seqs = 8;
+  c.enable_prefix_caching = on;
+  return c;
+}
+
+// Greedy tokens with caching on equal caching off and the model's greedy decode.
+void expect_same_tokens(const std::vector<Wave>& waves, const WaveResult& on, const WaveResult& off,
+                        bool check_greedy) {
+  const Fixture& f = fixture("llama3-gqa");
+  for (size_t w = 0; w < waves.size(); ++w)
+    for (size_t i = 0; i < waves[w].prompts.size(); ++i) {
+      EXPECT_EQ(on.got[w][i].tokens, off.got[w][i].tokens) << "wave " << w << " request " << i;
+      EXPECT_FALSE(on.got[w][i].tokens.empty());
+      if (check_greedy) {
+        EXPECT_EQ(on.got[w][i].tokens,
+                  f.model->greedy(waves[w].prompts[i], waves[w].params[i].max_tokens))
+            << "wave " << w << " request " << i;
+      }
+    }
+}
+
+std::vector<int32_t> concat(std::vector<int32_t> a, const std::vector<int32_t>& b) {
+  a.insert(a.end(), b.begin(), b.end());
+  return a;
+}
+
+TEST(EnginePrefixCache, WholeAndPartialPrefixHitsGiveTheSameTokens) {
+  const std::vector<int32_t>& p = fixture("llama3-gqa").cases[2].prompt;  // 150 tokens
+  const std::vector<int32_t> first = fixture("llama3-gqa").model->greedy(p, 16);
+  const std::vector<int32_t> head(p.begin(), p.begin() + 70);
+  const std::vector<Wave> waves = {
+      {{p}, {greedy_params(16)}},
+      {{
+           p,                                           // whole prompt: 37 blocks, not the last
+           concat(head, {1, 2, 3}),                     // 17 blocks of the prompt
+           concat(concat(p, first), {5, 6, 7}),         // a second turn: prompt and output blocks
+           concat({p[0], p[1], p[2]}, {9, 9, 9, 9, 9})  // less than a block in common
+       },
+       std::vector<SamplingParams>(4, greedy_params(16))}};
+  const WaveResult on = run_waves(waves, caching_config(true));
+  const WaveResult off = run_waves(waves, caching_config(false));
+  expect_same_tokens(waves, on, off, true);
+
+  EXPECT_EQ(on.stats[0].prefix_cache_queries, 150);
+  EXPECT_EQ(on.stats[0].prefix_cache_hits, 0);
+  // The first request computed 150 + 15 tokens (its last sampled one never runs): 41 full
+  // blocks. Hits: 37 blocks (149 tokens may hit), 17 blocks, 41 blocks, none.
+  EXPECT_EQ(on.stats[1].prefix_cache_queries, 150 + 150 + 73 + 169 + 8);
+  EXPECT_EQ(on.stats[1].prefix_cache_hits, 4 * (37 + 17 + 41));
+  EXPECT_EQ(on.stats[1].prompt_tokens, off.stats[1].prompt_tokens - 4 * (37 + 17 + 41));
+  EXPECT_EQ(on.stats[1].generation_tokens, off.stats[1].generation_tokens);
+  EXPECT_GT(on.stats[1].kv_blocks_cached, 0);
+}
+
+TEST(EnginePrefixCache, HitsAfterEvictionPressureKeepTheTokensRight) {
+  // 59 usable blocks of 4. The first request leaves 39 cached blocks (157 computed tokens) and
+  // one free; the second (108 tokens, 27 blocks) takes the 20 free blocks, then evicts 7 from
+  // the LRU: the first request's last 7 cached blocks (a table goes back tail first). So the
+  // prompt sent again hits its first 32 blocks only.
+  const std::vector<int32_t>& p = fixture("llama3-gqa").cases[2].prompt;
+  std::vector<int32_t> other;
+  for (int i = 0; i < 100; ++i) other.push_back(500 - (i * 37) % 400);
+  const std::vector<Wave> waves = {
+      {{p}, {greedy_params(8)}}, {{other}, {greedy_params(8)}}, {{p}, {greedy_params(8)}}};
+  EngineConfig on_config = caching_config(true), off_config = caching_config(false);
+  on_config.num_kv_blocks = off_config.num_kv_blocks = 60;
+  on_config.max_model_len = off_config.max_model_len = 236;
+  const WaveResult on = run_waves(waves, on_config);
+  const WaveResult off = run_waves(waves, off_config);
+  expect_same_tokens(waves, on, off, true);
+  EXPECT_EQ(on.stats[1].prefix_cache_hits, 0);
+  EXPECT_EQ(on.stats[1].kv_blocks_cached, 39 - 7 + 26);  // the second's 107 computed tokens
+  EXPECT_EQ(on.stats[2].prefix_cache_hits, 4 * 32);
+}
+
+TEST(EnginePrefixCache, HitsAcrossSamplingParametersKeepSeededSamplingReproducible) {
+  const std::vector<int32_t>& p = fixture("llama3-gqa").cases[2].prompt;
+  SamplingParams sampled;
+  sampled.temperature = 0.9;
+  sampled.top_k = 40;
+  sampled.top_p = 0.95;
+  sampled.seed = 7;
+  sampled.max_tokens = 12;
+  sampled.ignore_eos = true;
+  SamplingParams penalized = greedy_params(12);
+  penalized.repetition_penalty = 1.3;
+  penalized.presence_penalty = 0.5;
+  const std::vector<Wave> waves = {
+      {{p}, {greedy_params(12)}},
+      {{p, concat(p, {3, 4}), p}, {sampled, sampled, penalized}},
+  };
+  const WaveResult on = run_waves(waves, caching_config(true));
+  const WaveResult off = run_waves(waves, caching_config(false));
+  expect_same_tokens(waves, on, off, false);
+  EXPECT_EQ(on.stats[1].prefix_cache_hits, 4 * (37 + 37 + 37));  // 149 and 151 tokens may hit
+}
+
+// Random mixes (fixed seed) on a small pool: prompts that share prefixes, arrivals between
+// steps, aborts, preemption and eviction. Every request that finishes has the model's greedy
+// tokens, an aborted one a prefix of them, and at the end every block is free.
+TEST(EnginePrefixCache, RandomMixesKeepTokensAndLeakNothing) {
+  const Fixture& f = fixture("llama3-gqa");
+  std::mt19937 rng(18);
+  std::vector<std::vector<int32_t>> bases(3);
+  for (auto& b : bases)
+    for (int i = 0; i < 48; ++i) b.push_back(static_cast<int32_t>(3 + rng() % 500));
+  EngineConfig c;
+  c.block_size = 4;
+  c.num_kv_blocks = 41;  // 160 tokens: a few requests at once, then preemption and eviction
+  c.max_model_len = 160;
+  c.max_num_seqs = 6;
+  c.max_num_batched_tokens = 24;
+  Engine engine(std::make_unique<CpuRunner>(f.model), nullptr, c);
+  struct Sent {
+    std::vector<int32_t> prompt;
+    int32_t max_tokens = 0;
+    int64_t id = 0;
+    Collected got;
+  };
+  std::vector<std::unique_ptr<Sent>> sent;
+  int aborted = 0;
+  for (int round = 0; round < 40 || engine.has_unfinished(); ++round) {
+    for (uint32_t arrivals = round < 40 ? rng() % 3 : 0; arrivals > 0; --arrivals) {
+      auto s = std::make_unique<Sent>();
+      const auto& base = bases[rng() % bases.size()];
+      s->prompt.assign(base.begin(), base.begin() + 1 + static_cast<std::ptrdiff_t>(rng() % 48));
+      for (uint32_t i = 0, n = rng() % 6; i < n; ++i)
+        s->prompt.push_back(static_cast<int32_t>(3 + rng() % 500));
+      s->max_tokens = 2 + static_cast<int32_t>(rng() % 30);
+      s->id = engine.add_request(request_for(s->prompt, greedy_params(s->max_tokens), s->got));
+      sent.push_back(std::move(s));
+    }
+    if (!sent.empty() && rng() % 9 == 0) {
+      Sent& victim = *sent[rng() % sent.size()];
+      if (!victim.got.finished) {
+        engine.abort(victim.id);
+        ++aborted;
+      }
+    }
+    engine.step();
+  }
+  const EngineStats st = engine.stats();
+  EXPECT_GT(aborted, 0);
+  EXPECT_GT(st.preemptions, 0);
+  EXPECT_GT(st.prefix_cache_hits, 0);
+  for (const auto& s : sent) {
+    ASSERT_TRUE(s->got.finished);
+    const std::vector<int32_t> ref = f.model->greedy(s->prompt, s->max_tokens);
+    if (s->got.last.finish_reason == FinishReason::kAbort) {
+      ASSERT_LE(s->got.tokens.size(), ref.size());
+      EXPECT_TRUE(std::equal(s->got.tokens.begin(), s->got.tokens.end(), ref.begin()));
+    } else {
+      EXPECT_EQ(s->got.last.finish_reason, FinishReason::kLength);
+      EXPECT_EQ(s->got.tokens, ref) << "request " << s->id;
+    }
+  }
   expect_no_leak(engine);
 }
 

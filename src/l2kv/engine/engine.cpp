@@ -7,7 +7,8 @@
 // Pool: EngineConfig::num_kv_blocks counts physical blocks, the null block 0 included, so
 // kv_blocks_total in the stats is num_kv_blocks - 1. Stats: prompt_tokens counts prompt
 // positions run, recomputation after a preemption included; generation_tokens counts sampled
-// tokens; preemptions counts each time a request was preempted.
+// tokens; preemptions counts each time a request was preempted. Blocks a request found in the
+// prefix cache are not run, so they count in prefix_cache_hits and not in prompt_tokens.
 // Seeds: a request without one gets the next draw of a std::mt19937_64 seeded with
 // EngineConfig::seed, in add_request order (rejected requests draw nothing).
 #include "l2kv/engine/engine.h"
@@ -165,7 +166,7 @@ struct Engine::Impl {
     }
     config.num_kv_blocks = static_cast<int32_t>(num_blocks);
     validate_engine_config(config, model);
-    blocks.emplace(config.num_kv_blocks, config.block_size);
+    blocks.emplace(config.num_kv_blocks, config.block_size, config.enable_prefix_caching);
     runner->allocate_kv_cache(config.num_kv_blocks);
     scheduler.emplace(SchedulerConfig{config.max_num_seqs, config.max_num_batched_tokens}, *blocks);
     token_limit =
@@ -436,6 +437,9 @@ EngineStats Engine::stats() const {
   s.waiting = impl_->scheduler->num_waiting();
   s.kv_blocks_total = impl_->blocks->num_usable();
   s.kv_blocks_free = impl_->blocks->num_free();
+  s.kv_blocks_cached = impl_->blocks->num_evictable();
+  s.prefix_cache_queries = impl_->scheduler->prefix_cache_queries();
+  s.prefix_cache_hits = impl_->scheduler->prefix_cache_hits();
   return s;
 }
 

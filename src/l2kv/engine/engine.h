@@ -27,6 +27,9 @@ struct EngineConfig {
   int32_t num_kv_blocks = 0;              // 0 = as many as fit
   double gpu_memory_utilization = 0.9;
   uint64_t seed = 0;  // draws the seeds of requests that set none
+  // Automatic prefix caching: a request reuses the K/V of whole blocks earlier requests
+  // computed for the same leading tokens (see BlockManager and Scheduler).
+  bool enable_prefix_caching = true;
 };
 
 // Refuses a configuration that would stall, starve or deadlock, with an l2kv::Error naming the
@@ -63,8 +66,12 @@ struct GenerationRequest {
 struct EngineStats {
   int32_t running = 0, waiting = 0;
   int32_t kv_blocks_total = 0, kv_blocks_free = 0;
+  int32_t kv_blocks_cached = 0;  // of the free ones, those still holding a cached prefix
   int64_t prompt_tokens = 0, generation_tokens = 0;  // totals processed
   int64_t preemptions = 0, steps = 0;
+  // Prefix caching (0 when off): tokens of the requests admitted (re-admissions after a
+  // preemption included) and, of those, the tokens found in the cache.
+  int64_t prefix_cache_queries = 0, prefix_cache_hits = 0;
 };
 
 class Engine {
