@@ -5,6 +5,10 @@
 #include <gtest/gtest.h>
 
 #include <string>
+#include <vector>
+
+#include "l2kv/chat/chat_template.h"
+#include "l2kv/tokenizer/tokenizer.h"
 
 namespace l2kv::server {
 namespace {
@@ -483,6 +487,101 @@ TEST(OpenAiProtocol, StreamingChunks) {
   EXPECT_EQ(std::string(kSseDone), "data: [DONE]\n\n");
   // A token that ends inside a UTF-8 character still serializes.
   EXPECT_NO_THROW(sse_event(json{{"t", std::string("\xe2\x82")}}));
+}
+
+// /tokenize and /detokenize over a tokenizer of one token per printable ASCII character
+// (id = code - 32: 0 .. 94), in a model vocabulary of 100 (ids 95 .. 99 have no text).
+const Tokenizer& ascii_tokenizer() {
+  static const Tokenizer tokenizer = [] {
+    nlohmann::json vocab = nlohmann::json::object();
+    for (int c = 32; c < 127; ++c) vocab[std::string(1, static_cast<char>(c))] = c - 32;
+    const nlohmann::json spec = {
+        {"model", {{"type", "BPE"}, {"vocab", vocab}, {"merges", nlohmann::json::array()}}}};
+    return Tokenizer::from_json(spec.dump());
+  }();
+  return tokenizer;
+}
+
+std::vector<int32_t> ascii_ids(const std::string& text) {
+  std::vector<int32_t> ids;
+  for (char c : text) ids.push_back(c - 32);
+  return ids;
+}
+
+TEST(OpenAiProtocol, TokenizeAndDetokenize) {
+  const Tokenizer& tok = ascii_tokenizer();
+  json r = tokenize_response(json::parse(R"({"model": "tiny", "prompt": "hi there"})"), kLimits,
+                             &tok, nullptr);
+  EXPECT_EQ(r["count"], 8);
+  EXPECT_EQ(r["max_model_len"], 64);
+  EXPECT_EQ(r["tokens"].get<std::vector<int32_t>>(), ascii_ids("hi there"));
+  EXPECT_TRUE(r["token_strs"].is_null());
+  EXPECT_EQ(dump_json(r), dump_json(json{{"count", 8},
+                                         {"max_model_len", 64},
+                                         {"tokens", ascii_ids("hi there")},
+                                         {"token_strs", nullptr}}));  // vLLM's key order
+  r = tokenize_response(json::parse(R"({"prompt": "ab", "return_token_strs": true,
+                                        "add_special_tokens": false})"),
+                        kLimits, &tok, nullptr);
+  EXPECT_EQ(r["token_strs"], json::array({"a", "b"}));
+
+  // Chat: the template's rendering, with the generation prompt unless told otherwise.
+  const ChatTemplate tmpl(
+      "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}"
+      "{% if add_generation_prompt %}<assistant>{% endif %}",
+      "", "");
+  r = tokenize_response(json::parse(R"({"messages": [{"role": "user", "content": "yo"}]})"),
+                        kLimits, &tok, &tmpl);
+  EXPECT_EQ(r["tokens"].get<std::vector<int32_t>>(), ascii_ids("<user>yo<assistant>"));
+  r = tokenize_response(json::parse(R"({"messages": [{"role": "user", "content": "yo"}],
+                                        "add_generation_prompt": false})"),
+                        kLimits, &tok, &tmpl);
+  EXPECT_EQ(r["tokens"].get<std::vector<int32_t>>(), ascii_ids("<user>yo"));
+
+  r = detokenize_response(json::parse(R"({"model": "tiny", "tokens": [72, 73, 0, 33]})"), kLimits,
+                          &tok);
+  EXPECT_EQ(dump_json(r), R"({"prompt":"hi A"})");
+  r = detokenize_response(json::parse(R"({"tokens": []})"), kLimits, &tok);
+  EXPECT_EQ(r["prompt"], "");
+}
+
+TEST(OpenAiProtocol, InvalidTokenizeAndDetokenize) {
+  const Tokenizer& tok = ascii_tokenizer();
+  auto tokenize = [&](const std::string& body, const Tokenizer* t = nullptr) {
+    return error_of([&] { tokenize_response(json::parse(body), kLimits, t, nullptr); });
+  };
+  auto detokenize = [&](const std::string& body, const Tokenizer* t = nullptr) {
+    return error_of([&] { detokenize_response(json::parse(body), kLimits, t); });
+  };
+  struct Case {
+    ApiError error;
+    int status;
+    const char* param;
+  };
+  const Case cases[] = {
+      {tokenize("{}", &tok), 400, "prompt"},
+      {tokenize(R"({"prompt": 5})", &tok), 400, "prompt"},
+      {tokenize(R"({"prompt": ["a"]})", &tok), 400, "prompt"},
+      {tokenize(R"({"prompt": "a", "temperature": 1})", &tok), 400, "temperature"},
+      {tokenize(R"({"prompt": "a", "return_token_strs": "yes"})", &tok), 400, "return_token_strs"},
+      {tokenize(R"({"prompt": "a", "model": "other"})", &tok), 404, "model"},
+      {tokenize(R"({"prompt": "a"})"), 400, "prompt"},  // no tokenizer
+      {tokenize(R"({"messages": [{"role": "user", "content": "a"}]})", &tok), 400, "messages"},
+      {tokenize(R"({"messages": "a"})", &tok), 400, "messages"},
+      {tokenize("[1, 2]", &tok), 400, ""},
+      {detokenize(R"({"tokens": [1, 100]})", &tok), 400, "tokens"},
+      {detokenize(R"({"tokens": [-1]})", &tok), 400, "tokens"},
+      {detokenize(R"({"tokens": [97]})", &tok), 400, "tokens"},  // no text in the tokenizer
+      {detokenize(R"({"tokens": "hi"})", &tok), 400, "tokens"},
+      {detokenize(R"({"tokens": [1.5]})", &tok), 400, "tokens"},
+      {detokenize(R"({})", &tok), 400, "tokens"},
+      {detokenize(R"({"tokens": [1], "prompt": "x"})", &tok), 400, "prompt"},
+      {detokenize(R"({"tokens": [1]})"), 400, "tokens"},  // no tokenizer
+  };
+  for (size_t i = 0; i < std::size(cases); ++i) {
+    EXPECT_EQ(cases[i].error.status, cases[i].status) << i << ": " << cases[i].error.message;
+    EXPECT_EQ(cases[i].error.param, cases[i].param) << i << ": " << cases[i].error.message;
+  }
 }
 
 }  // namespace

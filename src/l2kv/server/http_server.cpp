@@ -310,6 +310,17 @@ struct HttpServer::Impl {
                 guarded([this](const httplib::Request& req, httplib::Response& res) {
                   generate(req, res, Endpoint::kChatCompletions);
                 }));
+    // vLLM's tokenizer endpoints, outside /v1 as in vLLM (so --api-key does not guard them).
+    server.Post("/tokenize", guarded([this](const httplib::Request& req, httplib::Response& res) {
+                  send_json(res, 200,
+                            tokenize_response(parse_request_body(req.body), limits, model.tokenizer,
+                                              model.chat_template));
+                }));
+    server.Post("/detokenize", guarded([this](const httplib::Request& req, httplib::Response& res) {
+                  send_json(
+                      res, 200,
+                      detokenize_response(parse_request_body(req.body), limits, model.tokenizer));
+                }));
     server.Get("/v1/models", guarded([this](const httplib::Request&, httplib::Response& res) {
                  json model_card = {{"id", options.served_model_name},
                                     {"object", "model"},
@@ -345,7 +356,8 @@ struct HttpServer::Impl {
       send_error(res, ApiError(405, "Method " + req.method + " not allowed on " + req.path, "",
                                "invalid_request_error", "method_not_allowed"));
     };
-    for (const char* path : {"/v1/completions", "/v1/chat/completions"}) {
+    for (const char* path :
+         {"/v1/completions", "/v1/chat/completions", "/tokenize", "/detokenize"}) {
       server.Get(path, not_allowed);
       server.Put(path, not_allowed);
       server.Delete(path, not_allowed);

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <initializer_list>
 #include <limits>
 #include <span>
 #include <sstream>
@@ -618,6 +619,111 @@ std::vector<std::vector<int32_t>> tokenize_prompts(const ApiRequest& request,
     if (out.back().empty()) bad_request("The prompt must not be empty.", "prompt");
   }
   return out;
+}
+
+namespace {
+
+void check_names(const json& body, std::initializer_list<const char*> names) {
+  if (!body.is_object()) bad_request("The request body must be a JSON object.");
+  for (const auto& [key, value] : body.items()) {
+    bool known = false;
+    for (const char* n : names) known = known || key == n;
+    if (!known) bad_request("Unrecognized request argument supplied: " + key, key);
+  }
+}
+
+void check_model_name(const json& body, const ServerLimits& limits) {
+  ApiRequest unused;
+  check_model(body, limits, unused);
+}
+
+[[noreturn]] void no_tokenizer(const char* param) {
+  bad_request("This model folder has no tokenizer.json: the server cannot tokenize or detokenize.",
+              param);
+}
+
+}  // namespace
+
+json tokenize_response(const json& body, const ServerLimits& limits, const Tokenizer* tokenizer,
+                       const ChatTemplate* chat_template) {
+  try {
+    const bool chat = body.is_object() && body.contains("messages");
+    if (chat) {
+      check_names(body, {"model", "messages", "add_generation_prompt", "continue_final_message",
+                         "add_special_tokens", "return_token_strs"});
+    } else {
+      check_names(body, {"model", "prompt", "add_special_tokens", "return_token_strs"});
+    }
+    check_model_name(body, limits);
+    const bool token_strs = get_bool(body, "return_token_strs").value_or(false);
+    const bool special = get_bool(body, "add_special_tokens").value_or(!chat);
+    std::string text;
+    if (chat) {
+      const json* messages = field(body, "messages");
+      if (!messages || !messages->is_array() || messages->empty())
+        bad_request("'messages' must be a non-empty list of messages.", "messages");
+      if (get_bool(body, "continue_final_message").value_or(false))
+        bad_request("'continue_final_message' is not supported.", "continue_final_message");
+      if (!tokenizer || !chat_template)
+        bad_request("This model folder has no tokenizer.json (and chat template).", "messages");
+      ChatRequest request;
+      for (size_t i = 0; i < messages->size(); ++i)
+        request.messages.push_back(parse_message((*messages)[i], i));
+      request.add_generation_prompt = get_bool(body, "add_generation_prompt").value_or(true);
+      try {
+        text = chat_template->render(request);
+      } catch (const Error& e) {
+        bad_request(std::string("The chat template failed: ") + e.what(), "messages");
+      }
+    } else {
+      const json* prompt = field(body, "prompt");
+      if (!prompt) bad_request("'prompt' is required.", "prompt");
+      if (!prompt->is_string()) wrong_type("prompt", "a string");
+      if (!tokenizer) no_tokenizer("prompt");
+      text = prompt->get<std::string>();
+    }
+    const std::vector<int32_t> ids = tokenizer->encode(text, special);
+    json strs = nullptr;
+    if (token_strs) {
+      strs = json::array();
+      for (int32_t id : ids) strs.push_back(tokenizer->id_to_token(id));
+    }
+    return {{"count", ids.size()},
+            {"max_model_len", limits.max_model_len},
+            {"tokens", ids},
+            {"token_strs", strs}};
+  } catch (const json::exception& e) {
+    bad_request(std::string("The request has a field of an unexpected type: ") + e.what());
+  }
+}
+
+json detokenize_response(const json& body, const ServerLimits& limits, const Tokenizer* tokenizer) {
+  try {
+    check_names(body, {"model", "tokens"});
+    check_model_name(body, limits);
+    const json* tokens = field(body, "tokens");
+    if (!tokens) bad_request("'tokens' is required.", "tokens");
+    if (!tokens->is_array()) wrong_type("tokens", "a list of token ids");
+    std::vector<int32_t> ids;
+    for (const json& v : *tokens) {
+      if (!v.is_number_integer()) wrong_type("tokens", "a list of token ids");
+      const int64_t id = v.get<int64_t>();
+      if (id < 0 || id >= limits.vocab_size) {
+        std::ostringstream m;
+        m << "Token id " << id << " is out of vocabulary (size " << limits.vocab_size << ").";
+        bad_request(m.str(), "tokens");
+      }
+      ids.push_back(static_cast<int32_t>(id));
+    }
+    if (!tokenizer) no_tokenizer("tokens");
+    try {
+      return {{"prompt", tokenizer->decode(ids, false)}};
+    } catch (const Error& e) {  // an id of the model's vocabulary the tokenizer lacks
+      bad_request(std::string("The tokens cannot be decoded: ") + e.what(), "tokens");
+    }
+  } catch (const json::exception& e) {
+    bad_request(std::string("The request has a field of an unexpected type: ") + e.what());
+  }
 }
 
 void ChoiceOutput::append(const RequestOutput& output) {

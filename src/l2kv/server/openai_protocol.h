@@ -90,6 +90,19 @@ std::vector<std::vector<int32_t>> tokenize_prompts(const ApiRequest& request,
                                                    const Tokenizer* tokenizer,
                                                    const ChatTemplate* chat_template);
 
+// POST /tokenize, vLLM's shapes. The body is {"model"?, "prompt": text, "add_special_tokens"
+// (default true), "return_token_strs" (default false)} or, for a chat, {"model"?, "messages",
+// "add_generation_prompt" (default true), "continue_final_message" (false only),
+// "add_special_tokens" (default false: the template writes BOS), "return_token_strs"}. The
+// answer is {"count", "max_model_len", "tokens", "token_strs" (null unless asked for: the
+// vocabulary's own strings)}. Throws ApiError: 400 for wrong types, unknown fields or no
+// tokenizer, 404 for another model.
+json tokenize_response(const json& body, const ServerLimits& limits, const Tokenizer* tokenizer,
+                       const ChatTemplate* chat_template);
+// POST /detokenize: {"model"?, "tokens": [ids]} -> {"prompt": text} (special tokens kept, as
+// vLLM). 400 for ids outside the vocabulary, wrong types, unknown fields or no tokenizer.
+json detokenize_response(const json& body, const ServerLimits& limits, const Tokenizer* tokenizer);
+
 // One choice's output, accumulated from the engine's RequestOutputs.
 struct ChoiceOutput {
   std::string text;

@@ -95,6 +95,44 @@ describe("endpoints", () => {
   });
 });
 
+describe("tokenizer endpoints (vLLM's /tokenize and /detokenize)", () => {
+  test("/tokenize a prompt: the ids the completion runs; token_strs when asked", async () => {
+    const r = await request(server.url, "POST", "/tokenize", { model: MODEL_NAME, prompt: PROMPT });
+    assert.equal(r.status, 200, r.text);
+    assert.deepEqual(Object.keys(r.json), ["count", "max_model_len", "tokens", "token_strs"]);
+    assert.deepEqual(r.json.tokens, PROMPT_IDS);
+    assert.equal(r.json.count, PROMPT_IDS.length);
+    assert.equal(r.json.max_model_len, 512);
+    assert.equal(r.json.token_strs, null);
+    const strs = await request(server.url, "POST", "/tokenize",
+      { prompt: PROMPT, add_special_tokens: false, return_token_strs: true });
+    assert.equal(strs.status, 200, strs.text);
+    assert.deepEqual(strs.json.tokens, PROMPT_IDS.slice(1));
+    assert.deepEqual(strs.json.token_strs, ["The", "\u0120capital", "\u0120of", "\u0120France", "\u0120is"]);
+  });
+
+  test("/tokenize messages: as many tokens as the chat completion's prompt", async () => {
+    const r = await request(server.url, "POST", "/tokenize", { model: MODEL_NAME, messages: MESSAGES });
+    assert.equal(r.status, 200, r.text);
+    const c = await client.chat.completions.create({ model: MODEL_NAME, messages: MESSAGES, max_tokens: 1 });
+    assert.equal(r.json.count, c.usage.prompt_tokens);
+    const bare = await request(server.url, "POST", "/tokenize",
+      { messages: MESSAGES, add_generation_prompt: false });
+    assert.equal(bare.status, 200, bare.text);
+    assert.ok(bare.json.count < r.json.count, "the generation prompt adds tokens");
+    assert.deepEqual(r.json.tokens.slice(0, bare.json.count), bare.json.tokens);
+  });
+
+  test("/detokenize: the text of the ids, special tokens kept; round trip", async () => {
+    const r = await request(server.url, "POST", "/detokenize", { model: MODEL_NAME, tokens: PROMPT_IDS });
+    assert.equal(r.status, 200, r.text);
+    assert.deepEqual(r.json, { prompt: `<|begin_of_text|>${PROMPT}` });
+    const back = await request(server.url, "POST", "/tokenize", { prompt: PROMPT2, add_special_tokens: false });
+    const text = await request(server.url, "POST", "/detokenize", { tokens: back.json.tokens });
+    assert.equal(text.json.prompt, PROMPT2);
+  });
+});
+
 describe("completions", () => {
   test("greedy, not streamed, equals l2kv generate", async () => {
     const r = await client.completions.create({ model: MODEL_NAME, prompt: PROMPT, max_tokens: MAX, temperature: 0 });
