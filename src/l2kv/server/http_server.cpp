@@ -346,8 +346,12 @@ struct HttpServer::Impl {
     });
     server.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
       const LoopSnapshot s = loop.snapshot();
-      const LoadGauges load{s.engine.running, s.engine.waiting, s.engine.kv_blocks_total,
-                            s.engine.kv_blocks_free};
+      const LoadGauges load{s.engine.running,
+                            s.engine.waiting,
+                            s.engine.kv_blocks_total,
+                            s.engine.kv_blocks_free,
+                            s.engine.prefix_cache_queries,
+                            s.engine.prefix_cache_hits};
       res.status = 200;
       res.set_content(metrics.render(load), "text/plain; version=0.0.4");
     });

@@ -5,7 +5,7 @@
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 import {
-  MODEL_NAME, generateReference, request, sseData, startServer,
+  MODEL_NAME, generateReference, parseMetrics, request, sseData, startServer,
 } from "./harness.mjs";
 
 const MAX = 16;
@@ -130,6 +130,31 @@ describe("tokenizer endpoints (vLLM's /tokenize and /detokenize)", () => {
     const back = await request(server.url, "POST", "/tokenize", { prompt: PROMPT2, add_special_tokens: false });
     const text = await request(server.url, "POST", "/detokenize", { tokens: back.json.tokens });
     assert.equal(text.json.prompt, PROMPT2);
+  });
+});
+
+describe("prefix caching", () => {
+  const counter = (samples, name) => samples.find((x) => x.name === name)?.value;
+  async function cacheCounters() {
+    const m = parseMetrics((await request(server.url, "GET", "/metrics")).text);
+    return { queries: counter(m, "l2kv:prefix_cache_queries_total"), hits: counter(m, "l2kv:prefix_cache_hits_total") };
+  }
+
+  test("a prompt sent again hits its cached blocks: same greedy text, hits in /metrics", async () => {
+    const prompt = `${PROMPT2}, ${PROMPT} Paris. `.repeat(6);
+    const tokens = (await request(server.url, "POST", "/tokenize", { prompt })).json.count;
+    const before = await cacheCounters();
+    assert.equal(typeof before.hits, "number", "no l2kv:prefix_cache_hits_total in /metrics");
+    const ask = () => client.completions.create({ model: MODEL_NAME, prompt, max_tokens: 8, temperature: 0 });
+    const first = await ask();
+    const mid = await cacheCounters();
+    const second = await ask();
+    const after = await cacheCounters();
+    assert.equal(second.choices[0].text, first.choices[0].text);
+    assert.equal(mid.queries - before.queries, tokens);
+    assert.equal(after.queries - mid.queries, tokens);
+    // Every whole block of 16 but the one holding the prompt's last token.
+    assert.equal(after.hits - mid.hits, 16 * Math.floor((tokens - 1) / 16), `${tokens} prompt tokens`);
   });
 });
 
