@@ -407,7 +407,20 @@ TEST(EnginePrefixCache, RandomMixesKeepTokensAndLeakNothing) {
         s->prompt.push_back(static_cast<int32_t>(3 + rng() % 500));
       s->max_tokens = 2 + static_cast<int32_t>(rng() % 30);
       s->id = engine.add_request(request_for(s->prompt, greedy_params(s->max_tokens), s->got));
+      // Now and then n > 1: more choices of the same prompt sharing its prefill.
+      const int64_t leader = s->id;
+      const std::vector<int32_t> prompt = s->prompt;
       sent.push_back(std::move(s));
+      for (uint32_t more = rng() % 4 == 0 ? 1 + rng() % 3 : 0; more > 0; --more) {
+        auto choice = std::make_unique<Sent>();
+        choice->prompt = prompt;
+        choice->max_tokens = 2 + static_cast<int32_t>(rng() % 30);
+        GenerationRequest g =
+            request_for(choice->prompt, greedy_params(choice->max_tokens), choice->got);
+        g.share_prompt_with = leader;
+        choice->id = engine.add_request(std::move(g));
+        sent.push_back(std::move(choice));
+      }
     }
     if (!sent.empty() && rng() % 9 == 0) {
       Sent& victim = *sent[rng() % sent.size()];
@@ -434,6 +447,133 @@ TEST(EnginePrefixCache, RandomMixesKeepTokensAndLeakNothing) {
     }
   }
   expect_no_leak(engine);
+}
+
+// n > 1 with one prefill (GenerationRequest::share_prompt_with).
+struct GroupRun {
+  std::vector<Collected> got;
+  EngineStats stats;
+  int32_t peak_blocks_used = 0;
+};
+
+// Runs one prompt as a group of `params.size()` choices (shared prefill, or not), to the end.
+GroupRun run_group(const std::vector<int32_t>& prompt, const std::vector<SamplingParams>& params,
+                   EngineConfig config, bool share) {
+  const Fixture& f = fixture("llama3-gqa");
+  Engine engine(std::make_unique<CpuRunner>(f.model), nullptr, config);
+  GroupRun out;
+  out.got.resize(params.size());
+  int64_t leader = -1;
+  for (size_t i = 0; i < params.size(); ++i) {
+    GenerationRequest r = request_for(prompt, params[i], out.got[i]);
+    if (share) r.share_prompt_with = leader;
+    const int64_t id = engine.add_request(std::move(r));
+    if (i == 0) leader = id;
+  }
+  while (engine.has_unfinished()) {
+    engine.step();
+    const EngineStats st = engine.stats();
+    out.peak_blocks_used = std::max(out.peak_blocks_used, st.kv_blocks_total - st.kv_blocks_free);
+  }
+  out.stats = engine.stats();
+  expect_no_leak(engine);
+  return out;
+}
+
+TEST(EngineParallelSampling, ChoicesShareOnePrefillAndKeepTheirTokens) {
+  const Fixture& f = fixture("llama3-gqa");
+  const std::vector<int32_t>& p = f.cases[2].prompt;  // 150 tokens: 37 full blocks of 4 + 2
+  SamplingParams sampled;
+  sampled.temperature = 1.0;
+  sampled.max_tokens = 16;
+  sampled.ignore_eos = true;
+  std::vector<SamplingParams> params = {greedy_params(16), sampled, sampled, greedy_params(16)};
+  params[1].seed = 11;
+  params[2].seed = 12;
+  for (bool caching : {false, true}) {
+    const EngineConfig c = caching_config(caching);
+    const GroupRun shared = run_group(p, params, c, true);
+    const GroupRun alone = run_group(p, params, c, false);
+    for (size_t i = 0; i < params.size(); ++i)
+      EXPECT_EQ(shared.got[i].tokens, alone.got[i].tokens) << "choice " << i;
+    EXPECT_EQ(shared.got[0].tokens, f.model->greedy(p, 16));
+    EXPECT_EQ(shared.got[3].tokens, shared.got[0].tokens);
+    EXPECT_NE(shared.got[1].tokens, shared.got[2].tokens);  // their own seeds
+    // One prefill: each other choice computes only the 2 tokens after the 37 shared blocks.
+    EXPECT_EQ(shared.stats.prompt_tokens, 150 + 3 * 2) << "caching " << caching;
+    EXPECT_EQ(shared.stats.prefix_cache_queries, caching ? 150 : 0);
+    // Seen between steps, a choice holds at most 41 blocks (164 tokens), 37 of them shared.
+    EXPECT_LE(shared.peak_blocks_used, 37 + 4 * (41 - 37));
+    if (!caching) {
+      EXPECT_EQ(alone.peak_blocks_used, 4 * 41);
+    }
+  }
+}
+
+TEST(EngineParallelSampling, LeaderEndingEarlyLeavesItsChoicesRight) {
+  const Fixture& f = fixture("llama3-gqa");
+  const std::vector<int32_t>& p = f.cases[2].prompt;
+  const std::vector<int32_t> ref = f.model->greedy(p, 12);
+  EngineConfig c = caching_config(false);
+  c.max_num_batched_tokens = 40;  // the 150-token prompt takes 4 steps
+  {
+    // The leader finishes at the step that computes the prompt (max_tokens 1): its choices
+    // already hold the shared blocks.
+    Engine engine(std::make_unique<CpuRunner>(f.model), nullptr, c);
+    std::vector<Collected> got(3);
+    const int64_t leader = engine.add_request(request_for(p, greedy_params(1), got[0]));
+    for (size_t i = 1; i < 3; ++i) {
+      GenerationRequest r = request_for(p, greedy_params(12), got[i]);
+      r.share_prompt_with = leader;
+      engine.add_request(std::move(r));
+    }
+    EXPECT_EQ(engine.stats().waiting, 3);
+    engine.run_until_idle();
+    EXPECT_EQ(got[0].tokens, std::vector<int32_t>{ref[0]});
+    EXPECT_EQ(got[1].tokens, ref);
+    EXPECT_EQ(got[2].tokens, ref);
+    EXPECT_EQ(engine.stats().prompt_tokens, 150 + 2 * 2);
+    expect_no_leak(engine);
+  }
+  {
+    // The leader is aborted mid-prefill and a choice while it waits: the other choice runs on
+    // its own.
+    Engine engine(std::make_unique<CpuRunner>(f.model), nullptr, c);
+    std::vector<Collected> got(3);
+    std::vector<int64_t> ids;
+    ids.push_back(engine.add_request(request_for(p, greedy_params(12), got[0])));
+    for (size_t i = 1; i < 3; ++i) {
+      GenerationRequest r = request_for(p, greedy_params(12), got[i]);
+      r.share_prompt_with = ids[0];
+      ids.push_back(engine.add_request(std::move(r)));
+    }
+    engine.step();
+    engine.abort(ids[2]);
+    engine.abort(ids[0]);
+    EXPECT_EQ(got[0].last.finish_reason, FinishReason::kAbort);
+    EXPECT_EQ(got[2].last.finish_reason, FinishReason::kAbort);
+    EXPECT_TRUE(got[2].tokens.empty());
+    engine.run_until_idle();
+    EXPECT_EQ(got[1].tokens, ref);
+    expect_no_leak(engine);
+  }
+  {
+    // A request that does not qualify as a leader (another prompt, unknown id) is ignored.
+    Engine engine(std::make_unique<CpuRunner>(f.model), nullptr, c);
+    std::vector<Collected> got(3);
+    const int64_t other =
+        engine.add_request(request_for(f.cases[1].prompt, greedy_params(4), got[0]));
+    GenerationRequest r = request_for(p, greedy_params(12), got[1]);
+    r.share_prompt_with = other;
+    engine.add_request(std::move(r));
+    r = request_for(p, greedy_params(12), got[2]);
+    r.share_prompt_with = 999;
+    engine.add_request(std::move(r));
+    engine.run_until_idle();
+    EXPECT_EQ(got[1].tokens, ref);
+    EXPECT_EQ(got[2].tokens, ref);
+    expect_no_leak(engine);
+  }
 }
 
 // The fixtures' config.json and generation_config.json say EOS is token 2, which the

@@ -140,7 +140,8 @@ struct Engine::Impl {
   std::deque<Delivery> deliveries;
   bool delivering = false;
   bool in_step = false;
-  std::string failure;  // set once the device is lost; see Engine::failure()
+  std::string failure;        // set once the device is lost; see Engine::failure()
+  int32_t num_followers = 0;  // n > 1 choices waiting for their leader's prompt
 
   Impl(std::unique_ptr<ModelRunner> model_runner, const Tokenizer* tok, EngineConfig cfg)
       : runner(std::move(model_runner)), tokenizer(tok) {
@@ -203,9 +204,49 @@ struct Engine::Impl {
     if (tokenizer) r->detokenizer.emplace(*tokenizer, r->params.skip_special_tokens);
     if (request.on_output)
       r->on_output = std::make_shared<const Callback>(std::move(request.on_output));
-    scheduler->add(r.get());
+    Request* leader = prompt_leader_for(request.share_prompt_with, *r);
+    if (leader) {
+      r->prompt_leader = leader;
+      leader->prompt_followers.push_back(r.get());
+      ++num_followers;
+    } else {
+      scheduler->add(r.get());
+    }
     requests.emplace(id, std::move(r));
     return id;
+  }
+
+  // The request `r` may wait for (GenerationRequest::share_prompt_with), or null.
+  Request* prompt_leader_for(int64_t leader_id, const Request& r) {
+    if (leader_id < 0) return nullptr;
+    const auto it = requests.find(leader_id);
+    if (it == requests.end()) return nullptr;
+    Request* leader = it->second.get();
+    if (leader->prompt_leader || leader->num_output_tokens() > 0 ||
+        !std::ranges::equal(leader->prompt(), r.prompt()))
+      return nullptr;
+    return leader;
+  }
+
+  // The leader has computed its prompt: its followers join the waiting queue on its blocks.
+  void fork_followers(Request& leader) {
+    for (auto f = leader.prompt_followers.rbegin(); f != leader.prompt_followers.rend(); ++f) {
+      (*f)->prompt_leader = nullptr;
+      scheduler->add_forked(*f, leader);  // to the front: the first follower ends up first
+    }
+    num_followers -= static_cast<int32_t>(leader.prompt_followers.size());
+    leader.prompt_followers.clear();
+  }
+
+  // A leader that ends before computing its prompt (abort, error): its followers queue as
+  // requests of their own.
+  void release_followers(Request& leader) {
+    for (Request* f : leader.prompt_followers) {
+      f->prompt_leader = nullptr;
+      scheduler->add(f);
+    }
+    num_followers -= static_cast<int32_t>(leader.prompt_followers.size());
+    leader.prompt_followers.clear();
   }
 
   // Moves what `r` gathered since its last callback into a delivery.
@@ -238,6 +279,12 @@ struct Engine::Impl {
         r.pending_text += r.stop_checker.flush();
       }
     }
+    if (r.prompt_leader) {  // a follower still waiting for its leader
+      std::erase(r.prompt_leader->prompt_followers, &r);
+      r.prompt_leader = nullptr;
+      --num_followers;
+    }
+    release_followers(r);
     r.status = RequestStatus::kFinished;
     r.finish_reason = reason;
     r.stop_reason = std::move(stop_reason);
@@ -355,6 +402,9 @@ struct Engine::Impl {
       if (!failure.empty()) fail_all();
     } else {
       scheduler->update(plan);
+      // Followers fork before the leader's first token is appended (which may finish it).
+      for (const ScheduledChunk& c : plan.chunks)
+        if (c.sample && !c.request->prompt_followers.empty()) fork_followers(*c.request);
       size_t next = 0;
       for (const ScheduledChunk& c : plan.chunks) {
         if (!c.sample) continue;
@@ -434,7 +484,7 @@ void Engine::run_until_idle() {
 EngineStats Engine::stats() const {
   EngineStats s = impl_->totals;
   s.running = impl_->scheduler->num_running();
-  s.waiting = impl_->scheduler->num_waiting();
+  s.waiting = impl_->scheduler->num_waiting() + impl_->num_followers;
   s.kv_blocks_total = impl_->blocks->num_usable();
   s.kv_blocks_free = impl_->blocks->num_free();
   s.kv_blocks_cached = impl_->blocks->num_evictable();

@@ -61,6 +61,13 @@ struct GenerationRequest {
   std::vector<int32_t> prompt;
   SamplingParams params;
   std::function<void(const RequestOutput&)> on_output;  // called from step()
+  // n > 1 with one prefill: the id of an unfinished request with the same prompt that has not
+  // sampled yet (the group's first choice). This one then waits until that request has
+  // computed the prompt and starts on its blocks: every full block before the prompt's last
+  // token is shared, the rest (at most one block) computed again, so each choice gets its own
+  // last-token logits without copying a block. -1, or a request that does not qualify: the
+  // prompt is prefilled as any other (prefix caching may still find it).
+  int64_t share_prompt_with = -1;
 };
 
 struct EngineStats {

@@ -42,6 +42,11 @@ struct Request {
   // cache (cache_block) since the table was made.
   std::vector<BlockHash> block_hashes;
   int32_t num_cached_blocks = 0;
+  // n > 1 (GenerationRequest::share_prompt_with): a choice waiting for `prompt_leader` to
+  // compute the shared prompt, outside the scheduler's queues; the leader lists its waiting
+  // choices in `prompt_followers`.
+  Request* prompt_leader = nullptr;
+  std::vector<Request*> prompt_followers;
   FinishReason finish_reason = FinishReason::kNone;
   std::string stop_reason;
 

@@ -27,6 +27,30 @@ void Scheduler::add(Request* request) {
   waiting_.push_back(request);
 }
 
+void Scheduler::add_forked(Request* follower, const Request& leader) {
+  if (blocks_.has_table(follower->id) || leader.num_computed_tokens < leader.num_prompt_tokens)
+    throw Error("scheduler: request " + std::to_string(follower->id) + " cannot fork from " +
+                std::to_string(leader.id));
+  const int32_t shared = (leader.num_prompt_tokens - 1) / blocks_.block_size();
+  blocks_.share(follower->id, blocks_.block_table(leader.id).first(static_cast<size_t>(shared)));
+  follower->num_computed_tokens = shared * blocks_.block_size();
+  follower->num_cached_blocks = shared;  // the leader offered them to the cache already
+  follower->status = RequestStatus::kWaiting;
+  waiting_.push_front(follower);
+}
+
+bool Scheduler::release_waiting_blocks() {
+  for (auto it = waiting_.rbegin(); it != waiting_.rend(); ++it) {
+    Request* r = *it;
+    if (!blocks_.has_table(r->id)) continue;
+    blocks_.free(r->id);
+    r->num_computed_tokens = 0;
+    r->num_cached_blocks = 0;
+    return true;
+  }
+  return false;
+}
+
 void Scheduler::remove(Request* request) {
   std::erase(running_, request);
   std::erase(waiting_, request);
@@ -54,6 +78,7 @@ StepPlan Scheduler::schedule() {
     const int32_t n = std::min(r->num_tokens() - r->num_computed_tokens, budget);
     bool self_preempted = false;
     while (!blocks_.can_allocate(r->id, r->num_computed_tokens + n)) {
+      if (release_waiting_blocks()) continue;
       Request* victim = running_.back();
       if (victim == r && running_.size() == 1)
         throw Error("scheduler: request " + std::to_string(r->id) + " needs " +
@@ -79,16 +104,21 @@ StepPlan Scheduler::schedule() {
   while (plan.preempted.empty() && !waiting_.empty() && budget > 0 &&
          static_cast<int32_t>(running_.size()) < config_.max_num_seqs) {
     Request* r = waiting_.front();
-    // A waiting request holds no blocks and has computed nothing (new, or preempted).
-    const std::vector<int32_t> prefix = cached_prefix(*r);
-    const int32_t start = static_cast<int32_t>(prefix.size()) * blocks_.block_size();
+    // A waiting request holds no blocks and has computed nothing (new, or preempted), unless
+    // it was forked from another (add_forked): then it starts on the blocks it holds.
+    const bool forked = blocks_.has_table(r->id);
+    const std::vector<int32_t> prefix = forked ? std::vector<int32_t>{} : cached_prefix(*r);
+    const int32_t start = forked ? r->num_computed_tokens
+                                 : static_cast<int32_t>(prefix.size()) * blocks_.block_size();
     const int32_t n = std::min(r->num_tokens() - start, budget);
     if (!blocks_.can_allocate(r->id, start + n, prefix)) break;
     if (!prefix.empty()) blocks_.share(r->id, prefix);
     blocks_.allocate_for(r->id, start + n);
-    r->num_computed_tokens = start;
-    r->num_cached_blocks = static_cast<int32_t>(prefix.size());
-    if (blocks_.caching_enabled()) {
+    if (!forked) {
+      r->num_computed_tokens = start;
+      r->num_cached_blocks = static_cast<int32_t>(prefix.size());
+    }
+    if (!forked && blocks_.caching_enabled()) {
       prefix_cache_queries_ += r->num_tokens();
       prefix_cache_hits_ += start;
     }

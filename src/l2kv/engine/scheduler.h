@@ -10,6 +10,8 @@
 //     re-prefills prompt + output so far (a request may preempt itself this way).
 //  2. then, unless step 1 preempted someone, waiting requests in order (FCFS), each admitted
 //     only when the blocks of its first chunk are free; the head of the queue blocks the rest.
+//     (A waiting request forked for n > 1 holds its shared prompt blocks; step 1 takes them
+//     back, newest first, before it preempts a running request.)
 //
 // Prefix caching (when the BlockManager has it on): a request being admitted takes the longest
 // run of cached blocks that hold its first tokens, whole blocks only and never its last token
@@ -58,6 +60,10 @@ class Scheduler {
   // Takes a request out of whichever queue holds it and frees its blocks (finish, abort,
   // error). The request's status is left to the caller.
   void remove(Request* request);
+  // n > 1: queues `follower` (same prompt as `leader`, which has just computed all of it) at
+  // the front of the waiting queue, holding the leader's full blocks before the prompt's last
+  // token; it computes the rest of its prompt itself when admitted.
+  void add_forked(Request* follower, const Request& leader);
 
   StepPlan schedule();
   // After the step ran: each chunk's tokens are now cached.
@@ -76,6 +82,9 @@ class Scheduler {
 
  private:
   void preempt(Request* request);
+  // Frees the blocks of the newest waiting request that holds some (a forked one), which then
+  // starts from nothing when admitted. False when no waiting request holds blocks.
+  bool release_waiting_blocks();
   // Extends `r`'s block hashes to its first `num_blocks` full blocks.
   void hash_blocks(Request& r, int32_t num_blocks);
   // The cached blocks a request being admitted may take (see above).
