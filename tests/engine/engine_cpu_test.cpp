@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -51,6 +52,8 @@ struct Collected {
   std::vector<int32_t> tokens;
   std::string text;
   std::vector<SampledToken> logprobs;
+  std::vector<PromptLogprob> prompt_logprobs;
+  int outputs_with_prompt_logprobs = 0;
   int callbacks = 0;
   bool finished = false;
   RequestOutput last;
@@ -65,6 +68,10 @@ GenerationRequest request_for(std::vector<int32_t> prompt, SamplingParams params
     into.tokens.insert(into.tokens.end(), o.new_tokens.begin(), o.new_tokens.end());
     into.text += o.new_text;
     into.logprobs.insert(into.logprobs.end(), o.new_logprobs.begin(), o.new_logprobs.end());
+    if (!o.prompt_logprobs.empty()) {
+      into.prompt_logprobs = o.prompt_logprobs;
+      ++into.outputs_with_prompt_logprobs;
+    }
     EXPECT_EQ(o.completion_tokens, static_cast<int32_t>(into.tokens.size()));
     ++into.callbacks;
     into.finished = o.finished;
@@ -607,6 +614,109 @@ Collected run_one(const Case& c, const SamplingParams& params, std::vector<int32
   expect_no_leak(engine);
   EXPECT_TRUE(got.finished);
   return got;
+}
+
+// Prompt logprobs against a full forward's log-softmax of the prompt, computed here in double.
+void expect_prompt_logprobs(const std::vector<int32_t>& prompt, const Collected& got, int32_t top) {
+  const Fixture& f = fixture("llama3-gqa");
+  const std::vector<float> logits = f.model->forward(prompt);
+  const auto vocab = static_cast<size_t>(f.model->config().vocab_size);
+  ASSERT_EQ(got.prompt_logprobs.size(), prompt.size() - 1);
+  EXPECT_EQ(got.outputs_with_prompt_logprobs, 1);
+  for (size_t q = 1; q < prompt.size(); ++q) {
+    const float* row = &logits[(q - 1) * vocab];
+    double max = row[0];
+    for (size_t i = 0; i < vocab; ++i) max = std::max(max, static_cast<double>(row[i]));
+    double sum = 0;
+    for (size_t i = 0; i < vocab; ++i) sum += std::exp(row[i] - max);
+    const double log_z = max + std::log(sum);
+    std::vector<int32_t> order(vocab);
+    for (size_t i = 0; i < vocab; ++i) order[i] = static_cast<int32_t>(i);
+    std::stable_sort(order.begin(), order.end(),
+                     [&](int32_t a, int32_t b) { return row[a] > row[b]; });
+    const PromptLogprob& lp = got.prompt_logprobs[q - 1];
+    EXPECT_EQ(lp.token, prompt[q]);
+    EXPECT_NEAR(lp.logprob, row[prompt[q]] - log_z, 1e-4) << "position " << q;
+    const auto rank = std::find(order.begin(), order.end(), prompt[q]) - order.begin() + 1;
+    EXPECT_EQ(lp.rank, rank) << "position " << q;
+    ASSERT_EQ(lp.top_logprobs.size(), static_cast<size_t>(top));
+    for (int32_t k = 0; k < top; ++k) {
+      EXPECT_EQ(lp.top_logprobs[k].first, order[k]) << "position " << q << " top " << k;
+      EXPECT_NEAR(lp.top_logprobs[k].second, row[order[k]] - log_z, 1e-4);
+    }
+  }
+}
+
+TEST(EnginePromptLogprobs, EqualAFullForwardsLogSoftmaxWhateverTheChunksCacheAndPreemption) {
+  const Fixture& f = fixture("llama3-gqa");
+  for (bool caching : {false, true}) {
+    EngineConfig c = small_config();
+    c.enable_prefix_caching = caching;
+    c.block_size = 4;
+    c.num_kv_blocks = 47;  // preemption, as in PreemptionGivesTheSameTokens
+    c.max_model_len = 46 * 4;
+    c.max_num_batched_tokens = 13;  // chunks that end mid-block
+    Engine engine(std::make_unique<CpuRunner>(f.model), nullptr, c);
+    std::vector<Collected> got(4);
+    // The 150-token prompt once without prompt logprobs, so caching has it; then again with.
+    engine.add_request(request_for(f.cases[2].prompt, greedy_params(8), got[0]));
+    engine.run_until_idle();
+    for (size_t i = 0; i < 3; ++i) {
+      GenerationRequest r =
+          request_for(f.cases[i == 0 ? 2 : i - 1].prompt, greedy_params(), got[i + 1]);
+      r.prompt_logprobs = static_cast<int32_t>(i * 2);  // 0, 2, 4 top tokens
+      engine.add_request(std::move(r));
+    }
+    engine.run_until_idle();
+    EXPECT_TRUE(got[0].prompt_logprobs.empty());
+    expect_prompt_logprobs(f.cases[2].prompt, got[1], 0);
+    expect_prompt_logprobs(f.cases[0].prompt, got[2], 2);
+    expect_prompt_logprobs(f.cases[1].prompt, got[3], 4);
+    EXPECT_EQ(got[1].tokens, f.cases[2].greedy);  // and the output is unchanged
+    EXPECT_EQ(got[3].tokens, f.cases[1].greedy);
+    const EngineStats st = engine.stats();
+    EXPECT_GT(st.preemptions, 0) << "caching " << caching;
+    if (caching) {
+      EXPECT_EQ(st.prefix_cache_hits, 0) << "a request for prompt logprobs took cached blocks";
+    }
+    expect_no_leak(engine);
+  }
+}
+
+TEST(EnginePromptLogprobs, PromptOnlyEndsAfterThePromptAndOtherRunnersRefuse) {
+  const Fixture& f = fixture("llama3-gqa");
+  Engine engine(std::make_unique<CpuRunner>(f.model), nullptr, small_config());
+  Collected got, one;
+  GenerationRequest r = request_for(f.cases[1].prompt, greedy_params(5), got);
+  r.prompt_logprobs = 1;
+  r.prompt_only = true;
+  engine.add_request(std::move(r));
+  r = request_for({7}, greedy_params(5), one);  // one token: nothing to report
+  r.prompt_logprobs = 0;
+  r.prompt_only = true;
+  engine.add_request(std::move(r));
+  engine.run_until_idle();
+  EXPECT_TRUE(got.finished);
+  EXPECT_EQ(got.last.finish_reason, FinishReason::kLength);
+  EXPECT_TRUE(got.tokens.empty());
+  EXPECT_EQ(got.last.prompt_tokens, 17);
+  expect_prompt_logprobs(f.cases[1].prompt, got, 1);
+  EXPECT_TRUE(one.finished);
+  EXPECT_TRUE(one.prompt_logprobs.empty());
+  EXPECT_EQ(engine.stats().generation_tokens, 0);
+  expect_no_leak(engine);
+
+  Collected bad;
+  r = request_for(f.cases[1].prompt, greedy_params(5), bad);
+  r.prompt_logprobs = 21;
+  EXPECT_THROW(engine.add_request(std::move(r)), Error);
+  // A runner without prompt logprobs (as the CUDA one today) refuses them at once.
+  Engine other(std::make_unique<EosRunner>(f.model, std::vector<int32_t>{}), nullptr,
+               small_config());
+  r = request_for(f.cases[1].prompt, greedy_params(5), bad);
+  r.prompt_logprobs = 0;
+  EXPECT_THROW(other.add_request(std::move(r)), Error);
+  EXPECT_FALSE(other.has_unfinished());
 }
 
 // Index of the first occurrence of `token` at or after `from` in `v`, or -1.

@@ -185,6 +185,12 @@ struct Engine::Impl {
                     std::to_string(request.prompt[i]) + ", outside the vocabulary of " +
                     std::to_string(vocab));
     request.params.validate(vocab);
+    if (request.prompt_logprobs < -1 || request.prompt_logprobs > kMaxLogprobs)
+      throw Error("prompt_logprobs must be in [-1, " + std::to_string(kMaxLogprobs) + "], got " +
+                  std::to_string(request.prompt_logprobs));
+    if (request.prompt_logprobs >= 0 && !runner->supports_prompt_logprobs())
+      throw Error("prompt logprobs are not supported on the " + runner->device_name() +
+                  " backend yet");
     if (!request.params.stop.empty() && tokenizer == nullptr)
       throw Error("stop strings need a tokenizer, and this engine has none");
     for (const std::string& stop : request.params.stop)
@@ -202,6 +208,8 @@ struct Engine::Impl {
     auto r = std::make_unique<Request>(id, id, std::move(request.prompt), std::move(request.params),
                                        seed);
     if (tokenizer) r->detokenizer.emplace(*tokenizer, r->params.skip_special_tokens);
+    r->prompt_logprobs = request.prompt_logprobs;
+    r->prompt_only = request.prompt_only;
     if (request.on_output)
       r->on_output = std::make_shared<const Callback>(std::move(request.on_output));
     Request* leader = prompt_leader_for(request.share_prompt_with, *r);
@@ -222,7 +230,7 @@ struct Engine::Impl {
     const auto it = requests.find(leader_id);
     if (it == requests.end()) return nullptr;
     Request* leader = it->second.get();
-    if (leader->prompt_leader || leader->num_output_tokens() > 0 ||
+    if (leader->prompt_leader || leader->num_output_tokens() > 0 || r.prompt_logprobs >= 0 ||
         !std::ranges::equal(leader->prompt(), r.prompt()))
       return nullptr;
     return leader;
@@ -257,6 +265,12 @@ struct Engine::Impl {
     out.new_tokens = std::move(r.pending_tokens);
     out.new_text = std::move(r.pending_text);
     out.new_logprobs = std::move(r.pending_logprobs);
+    if (r.prompt_logprobs >= 0 && !r.prompt_logprobs_delivered &&
+        static_cast<int32_t>(r.prompt_logprob_rows.size()) == r.num_prompt_tokens - 1) {
+      out.prompt_logprobs = std::move(r.prompt_logprob_rows);
+      r.prompt_logprob_rows.clear();
+      r.prompt_logprobs_delivered = true;
+    }
     r.pending_tokens.clear();
     r.pending_text.clear();
     r.pending_logprobs.clear();
@@ -374,6 +388,20 @@ struct Engine::Impl {
       s.start_position = c.start;
       s.block_table = blocks->block_table(r.id);
       s.sample = c.sample;
+      if (r.prompt_logprobs >= 0 && !r.prompt_logprobs_delivered) {
+        // Row j of the chunk (position start + j) predicts prompt token start + j + 1: ask for
+        // the tokens after the `have` known ones (after a preemption the chunk recomputes rows
+        // it has), up to the chunk's end and the prompt's last token.
+        const int32_t have = static_cast<int32_t>(r.prompt_logprob_rows.size());
+        const int32_t last = std::min(c.start + c.num_tokens, r.num_prompt_tokens - 1);
+        if (last > have && have >= c.start) {
+          s.prompt_logprob_targets = std::span<const int32_t>(r.tokens).subspan(
+              static_cast<size_t>(have + 1), static_cast<size_t>(last - have));
+          s.prompt_logprobs_row = have - c.start;
+          s.prompt_logprobs = r.prompt_logprobs;
+          s.prompt_logprobs_out = &r.prompt_logprob_rows;
+        }
+      }
       if (c.sample) {
         s.sampling = {&r.params, r.seed, r.num_output_tokens(), r.prompt(), r.output()};
         ++num_samples;
@@ -409,6 +437,11 @@ struct Engine::Impl {
       for (const ScheduledChunk& c : plan.chunks) {
         if (!c.sample) continue;
         const int64_t id = c.request->id;
+        if (c.request->prompt_only) {  // the prompt is computed: that was all it asked for
+          ++next;
+          finish(*c.request, FinishReason::kLength);
+          continue;
+        }
         try {
           append(*c.request, std::move(sampled[next++]));
         } catch (const std::exception& e) {  // e.g. the tokenizer cannot decode the token

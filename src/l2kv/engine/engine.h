@@ -49,6 +49,9 @@ struct RequestOutput {
   std::vector<int32_t> new_tokens;
   std::string new_text;                    // detokenized, stop strings removed
   std::vector<SampledToken> new_logprobs;  // one per new token when logprobs >= 0
+  // GenerationRequest::prompt_logprobs: one per prompt token after the first, in the first
+  // output only.
+  std::vector<PromptLogprob> prompt_logprobs;
   bool finished = false;
   FinishReason finish_reason = FinishReason::kNone;
   std::string stop_reason;  // the stop string or token id that ended it; empty for EOS
@@ -68,6 +71,15 @@ struct GenerationRequest {
   // last-token logits without copying a block. -1, or a request that does not qualify: the
   // prompt is prefilled as any other (prefix caching may still find it).
   int64_t share_prompt_with = -1;
+  // Prompt logprobs (vLLM's prompt_logprobs): -1 none; N >= 0: for every prompt token after
+  // the first, its log-probability given those before it, its rank and the N most likely
+  // tokens there, in RequestOutput::prompt_logprobs of the first output. Such a request takes
+  // no cached prefix and shares no prefill (every row is computed). Refused by a runner
+  // without supports_prompt_logprobs().
+  int32_t prompt_logprobs = -1;
+  // Only the prompt (max_tokens 0 with echo): the request ends with "length" once its prompt is
+  // computed, with no output token; params.max_tokens is not used.
+  bool prompt_only = false;
 };
 
 struct EngineStats {

@@ -47,6 +47,12 @@ struct Request {
   // choices in `prompt_followers`.
   Request* prompt_leader = nullptr;
   std::vector<Request*> prompt_followers;
+  // GenerationRequest::prompt_logprobs and prompt_only; the rows computed so far (position
+  // 1 + i for row i) and whether they were delivered.
+  int32_t prompt_logprobs = -1;
+  bool prompt_only = false;
+  std::vector<PromptLogprob> prompt_logprob_rows;
+  bool prompt_logprobs_delivered = false;
   FinishReason finish_reason = FinishReason::kNone;
   std::string stop_reason;
 

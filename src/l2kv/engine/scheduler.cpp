@@ -151,7 +151,8 @@ void Scheduler::hash_blocks(Request& r, int32_t num_blocks) {
 }
 
 std::vector<int32_t> Scheduler::cached_prefix(Request& r) {
-  if (!blocks_.caching_enabled()) return {};
+  // Prompt logprobs need every prompt row computed.
+  if (!blocks_.caching_enabled() || r.prompt_logprobs >= 0) return {};
   const int32_t most = (r.num_tokens() - 1) / blocks_.block_size();
   hash_blocks(r, most);
   return blocks_.find_cached_prefix(
