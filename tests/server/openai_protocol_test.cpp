@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include <initializer_list>
 #include <string>
 #include <vector>
 
@@ -226,7 +227,7 @@ TEST(OpenAiProtocol, RefusesFieldsItDoesNotImplement) {
       {R"("include_stop_str_in_output": true)", "include_stop_str_in_output"},
       {R"("spaces_between_special_tokens": false)", "spaces_between_special_tokens"},
       {R"("truncate_prompt_tokens": 10)", "truncate_prompt_tokens"},
-      {R"("prompt_logprobs": 1)", "prompt_logprobs"},
+      {R"("prompt_logprobs": 21)", "prompt_logprobs"},
       {R"("allowed_token_ids": [1, 2])", "allowed_token_ids"},
       {R"("bad_words": ["x"])", "bad_words"},
       {R"("add_special_tokens": true)", "add_special_tokens"},
@@ -582,6 +583,69 @@ TEST(OpenAiProtocol, InvalidTokenizeAndDetokenize) {
     EXPECT_EQ(cases[i].error.status, cases[i].status) << i << ": " << cases[i].error.message;
     EXPECT_EQ(cases[i].error.param, cases[i].param) << i << ": " << cases[i].error.message;
   }
+}
+
+TEST(OpenAiProtocol, PromptLogprobsAndPromptOnlyFields) {
+  ApiRequest r = completion(R"({"prompt": "x", "prompt_logprobs": 3})");
+  EXPECT_EQ(r.prompt_logprobs, 3);
+  EXPECT_EQ(engine_prompt_logprobs(r), 3);
+  r = completion(R"({"prompt": "x", "echo": true, "logprobs": 2, "max_tokens": 0})");
+  EXPECT_TRUE(r.prompt_only);
+  EXPECT_EQ(r.params.max_tokens, 1);
+  EXPECT_EQ(engine_prompt_logprobs(r), 2);
+  r = completion(R"({"prompt": "x", "echo": true, "logprobs": 2, "prompt_logprobs": 5})");
+  EXPECT_EQ(engine_prompt_logprobs(r), 5);
+  EXPECT_EQ(engine_prompt_logprobs(completion(R"({"prompt": "x", "logprobs": 2})")), -1);
+  r = chat(R"({"messages": [{"role": "user", "content": "x"}], "prompt_logprobs": 0})");
+  EXPECT_EQ(r.prompt_logprobs, 0);
+  struct Bad {
+    const char* body;
+    bool is_chat;
+    const char* param;
+  };
+  for (const Bad& b : std::initializer_list<Bad>{
+           {R"({"prompt": "x", "max_tokens": 0})", false, "max_tokens"},
+           {R"({"prompt": "x", "prompt_logprobs": -1})", false, "prompt_logprobs"},
+           {R"({"prompt": "x", "prompt_logprobs": "3"})", false, "prompt_logprobs"},
+           {R"({"prompt": "x", "stream": true, "prompt_logprobs": 1})", false, "prompt_logprobs"},
+           {R"({"messages": [{"role": "user", "content": "x"}], "max_tokens": 0})", true,
+            "max_tokens"},
+           {R"({"messages": [{"role": "user", "content": "x"}], "stream": true,
+                "prompt_logprobs": 1})",
+            true, "prompt_logprobs"},
+       }) {
+    const ApiError e =
+        b.is_chat ? error_of([&] { chat(b.body); }) : error_of([&] { completion(b.body); });
+    EXPECT_EQ(e.status, 400) << b.body;
+    EXPECT_EQ(e.param, b.param) << b.body << ": " << e.message;
+  }
+}
+
+TEST(OpenAiProtocol, EchoedPromptLogprobsAndVllmPromptLogprobs) {
+  ApiRequest r =
+      completion(R"({"prompt": [1, 2, 3], "logprobs": 1, "echo": true, "prompt_logprobs": 1})");
+  RequestOutput o = output({4}, "d", true, FinishReason::kLength);
+  o.prompt_logprobs = {{2, -0.25f, 2, {{9, -0.125f}}}, {3, -0.75f, 1, {{3, -0.75f}}}};
+  std::vector<ChoiceOutput> choices(1);
+  choices[0].append(o);
+  const ResponseHeader h{"cmpl-1", 123, "tiny"};
+  const json j =
+      completion_response(h, r, choices, {"P"}, {3}, token_text_for(nullptr), {{1, 2, 3}});
+  const json& lp = j["choices"][0]["logprobs"];
+  EXPECT_EQ(lp["tokens"], json::array({"token_id:1", "token_id:2", "token_id:3", "token_id:4"}));
+  EXPECT_EQ(dump_json(lp["token_logprobs"]), "[null,-0.25,-0.75,-0.5]");
+  EXPECT_TRUE(lp["top_logprobs"][0].is_null());
+  EXPECT_EQ(lp["top_logprobs"][1]["token_id:9"], -0.125);
+  EXPECT_EQ(lp["text_offset"], json::array({0, 10, 20, 1}));  // the output's from the text "P"
+  EXPECT_EQ(dump_json(j["choices"][0]["prompt_logprobs"]),
+            R"([null,{"2":{"logprob":-0.25,"rank":2,"decoded_token":"token_id:2"},)"
+            R"("9":{"logprob":-0.125,"rank":1,"decoded_token":"token_id:9"}},)"
+            R"({"3":{"logprob":-0.75,"rank":1,"decoded_token":"token_id:3"}}])");
+  // Chat: beside the choices.
+  ApiRequest c = chat(R"({"messages": [{"role": "user", "content": "x"}], "prompt_logprobs": 0})");
+  const json cj = chat_response(h, c, choices, {3}, token_text_for(nullptr));
+  EXPECT_EQ(cj["prompt_logprobs"].size(), 3u);
+  EXPECT_FALSE(cj["choices"][0].contains("prompt_logprobs"));
 }
 
 }  // namespace

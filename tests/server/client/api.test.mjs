@@ -158,6 +158,67 @@ describe("prefix caching", () => {
   });
 });
 
+describe("prompt logprobs", () => {
+  test("echo + logprobs + max_tokens 0 (lm-evaluation-harness's loglikelihood): the prompt's logprobs only", async () => {
+    const r = await client.completions.create({ model: MODEL_NAME, prompt: PROMPT, max_tokens: 0, echo: true, logprobs: 1, temperature: 0 });
+    const c = r.choices[0];
+    assert.equal(c.text, PROMPT);
+    assert.equal(c.finish_reason, "length");
+    checkUsage(r.usage, PROMPT_IDS.length, 0);
+    assert.equal(c.logprobs.tokens.length, PROMPT_IDS.length);
+    assert.equal(c.logprobs.tokens[0], "<|begin_of_text|>");
+    assert.equal(c.logprobs.token_logprobs[0], null);
+    assert.equal(c.logprobs.top_logprobs[0], null);
+    for (let i = 1; i < PROMPT_IDS.length; ++i) {
+      assert.ok(c.logprobs.token_logprobs[i] <= 0, `token ${i}: ${c.logprobs.token_logprobs[i]}`);
+      assert.equal(Object.keys(c.logprobs.top_logprobs[i]).length, 1);
+    }
+  });
+
+  test("a prompt token's logprob equals the logprob the same token had when sampled", async () => {
+    const first = await client.completions.create({ model: MODEL_NAME, prompt: PROMPT_IDS, max_tokens: 1, logprobs: 0, temperature: 0 });
+    const next = await request(server.url, "POST", "/tokenize", { prompt: first.choices[0].text, add_special_tokens: false });
+    assert.equal(next.json.count, 1, "the greedy token round-trips as one token");
+    const r = await client.completions.create({ model: MODEL_NAME, prompt: [...PROMPT_IDS, ...next.json.tokens], max_tokens: 1,
+      temperature: 0, prompt_logprobs: 2 });
+    const rows = r.choices[0].prompt_logprobs;
+    assert.equal(rows.length, PROMPT_IDS.length + 1);
+    assert.equal(rows[0], null);
+    const last = rows.at(-1)[String(next.json.tokens[0])];
+    assert.equal(last.rank, 1, "the greedy token is the most likely");
+    assert.ok(Math.abs(last.logprob - first.choices[0].logprobs.token_logprobs[0]) < 1e-4,
+      `${last.logprob} vs ${first.choices[0].logprobs.token_logprobs[0]}`);
+    for (let i = 1; i < rows.length; ++i) {
+      const token = i < PROMPT_IDS.length ? PROMPT_IDS[i] : next.json.tokens[0];
+      assert.ok(String(token) in rows[i], `row ${i} lacks the prompt token`);
+      assert.ok(Object.keys(rows[i]).length >= 2 && Object.keys(rows[i]).length <= 3);
+    }
+  });
+
+  test("echo + logprobs streamed: the prompt's logprobs in the echo chunk", async () => {
+    const r = await request(server.url, "POST", "/v1/completions",
+      { model: MODEL_NAME, prompt: PROMPT, max_tokens: 2, echo: true, logprobs: 0, temperature: 0, stream: true });
+    const events = sseData(r.text).filter((d) => d !== "[DONE]").map((d) => JSON.parse(d));
+    const echo = events[0].choices[0];
+    assert.equal(echo.text, PROMPT);
+    assert.equal(echo.logprobs.tokens.length, PROMPT_IDS.length);
+    assert.equal(echo.logprobs.token_logprobs[0], null);
+    assert.ok(echo.logprobs.token_logprobs[1] < 0);
+  });
+
+  test("chat prompt_logprobs beside the choices; bad values are 400s", async () => {
+    const r = await request(server.url, "POST", "/v1/chat/completions",
+      { model: MODEL_NAME, messages: MESSAGES, max_tokens: 1, prompt_logprobs: 0 });
+    assert.equal(r.status, 200, r.text);
+    assert.equal(r.json.prompt_logprobs.length, r.json.usage.prompt_tokens);
+    for (const body of [{ prompt: PROMPT, max_tokens: 0 }, { prompt: PROMPT, prompt_logprobs: 21 },
+      { prompt: PROMPT, prompt_logprobs: 1, stream: true }]) {
+      const bad = await request(server.url, "POST", "/v1/completions", { model: MODEL_NAME, ...body });
+      assert.equal(bad.status, 400, JSON.stringify(body));
+    }
+  });
+});
+
 describe("completions", () => {
   test("greedy, not streamed, equals l2kv generate", async () => {
     const r = await client.completions.create({ model: MODEL_NAME, prompt: PROMPT, max_tokens: MAX, temperature: 0 });
