@@ -196,6 +196,74 @@ TEST(CudaEngineSingle, PreemptionGivesTheSameTokens) {
   EXPECT_GE(agree, total * 9 / 10);
 }
 
+// Prefix caching on the CUDA runner: a second wave of prompts (the same ones, prefixes of them
+// with new tails, and n = 3 choices sharing one prefill) starts its prefill after the cached or
+// shared blocks, at a position inside the prompt. Its greedy tokens are those of an engine
+// without caching (the same kernels; only near-ties may flip, as in the preemption test).
+TEST(CudaEngineSingle, PrefixCacheHitsAndSharedPrefillsKeepTheGreedyTokens) {
+  L2KV_SKIP_WITHOUT_GPU();
+  std::vector<std::vector<int32_t>> first;
+  for (int i = 0; i < 4; ++i) {
+    std::vector<int32_t> p;
+    for (int t = 0; t < 70 + 23 * i; ++t) p.push_back((t * 37 + i * 89 + 11) % 512);
+    first.push_back(p);
+  }
+  std::vector<std::vector<int32_t>> second = first;
+  for (int i = 0; i < 4; ++i) {
+    std::vector<int32_t> p(first[i].begin(), first[i].begin() + 40 + 5 * i);  // mid-block cut
+    for (int t = 0; t < 9; ++t) p.push_back((t * 13 + i * 7 + 400) % 512);
+    second.push_back(p);
+  }
+  auto run = [&](bool caching) {
+    EngineConfig c = config_with(2048, 129);
+    c.enable_prefix_caching = caching;
+    auto engine = make_engine("llama3-gqa", DecodeKernel::kSplit, "auto", true, c);
+    generate(*engine, first, greedy(24));
+    auto out = generate(*engine, second, greedy(24));
+    // n = 3 on the longest prompt: the two later choices start on the first one's blocks.
+    std::vector<std::vector<int32_t>> group(3);
+    int64_t leader = -1;
+    for (size_t j = 0; j < group.size(); ++j) {
+      GenerationRequest r;
+      r.prompt = first[3];
+      r.params = greedy(24);
+      r.share_prompt_with = leader;
+      auto* into = &group[j];
+      r.on_output = [into](const RequestOutput& o) {
+        into->insert(into->end(), o.new_tokens.begin(), o.new_tokens.end());
+        EXPECT_NE(o.finish_reason, FinishReason::kError) << o.error;
+      };
+      const int64_t id = engine->add_request(std::move(r));
+      if (j == 0) leader = id;
+    }
+    engine->run_until_idle();
+    out.insert(out.end(), group.begin(), group.end());
+    const EngineStats st = engine->stats();
+    EXPECT_EQ(st.kv_blocks_free, st.kv_blocks_total) << "KV blocks leaked";
+    std::printf("prefix caching %s: %lld of %lld prompt tokens hit, %lld prompt tokens run\n",
+                caching ? "on" : "off", static_cast<long long>(st.prefix_cache_hits),
+                static_cast<long long>(st.prefix_cache_queries),
+                static_cast<long long>(st.prompt_tokens));
+    if (caching) {
+      EXPECT_GT(st.prefix_cache_hits, 0);
+    }
+    return std::make_pair(out, st);
+  };
+  const auto [on, on_stats] = run(true);
+  const auto [off, off_stats] = run(false);
+  EXPECT_LT(on_stats.prompt_tokens, off_stats.prompt_tokens);
+  size_t agree = 0, total = 0;
+  for (size_t i = 0; i < off.size(); ++i) {
+    size_t same = 0;
+    while (same < on[i].size() && same < off[i].size() && on[i][same] == off[i][same]) ++same;
+    agree += same;
+    total += off[i].size();
+    EXPECT_EQ(on[i].size(), 24u);
+  }
+  std::printf("caching on and off agree on %zu of %zu tokens\n", agree, total);
+  EXPECT_GE(agree, total * 9 / 10);
+}
+
 // The same seeded request gives the same tokens alone and among other requests.
 TEST(CudaEngineSingle, SeededSamplingIgnoresTheRestOfTheBatch) {
   L2KV_SKIP_WITHOUT_GPU();

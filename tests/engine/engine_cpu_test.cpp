@@ -4,11 +4,13 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <random>
 
 #include "l2kv/core/error.h"
 #include "l2kv/engine/cpu_runner.h"
@@ -50,6 +52,8 @@ struct Collected {
   std::vector<int32_t> tokens;
   std::string text;
   std::vector<SampledToken> logprobs;
+  std::vector<PromptLogprob> prompt_logprobs;
+  int outputs_with_prompt_logprobs = 0;
   int callbacks = 0;
   bool finished = false;
   RequestOutput last;
@@ -64,6 +68,10 @@ GenerationRequest request_for(std::vector<int32_t> prompt, SamplingParams params
     into.tokens.insert(into.tokens.end(), o.new_tokens.begin(), o.new_tokens.end());
     into.text += o.new_text;
     into.logprobs.insert(into.logprobs.end(), o.new_logprobs.begin(), o.new_logprobs.end());
+    if (!o.prompt_logprobs.empty()) {
+      into.prompt_logprobs = o.prompt_logprobs;
+      ++into.outputs_with_prompt_logprobs;
+    }
     EXPECT_EQ(o.completion_tokens, static_cast<int32_t>(into.tokens.size()));
     ++into.callbacks;
     into.finished = o.finished;
@@ -146,6 +154,17 @@ TEST_P(EngineFixture, PreemptionGivesTheSameTokens) {
   c.max_num_batched_tokens = 64;
   const EngineStats s = run_references(GetParam(), c);
   EXPECT_GT(s.preemptions, 0);
+  // The prompts share no whole block, so every hit is a preempted request re-taking blocks it
+  // computed before its preemption (those not evicted meanwhile).
+  EXPECT_GT(s.prefix_cache_hits, 0);
+}
+
+TEST_P(EngineFixture, GreedyWithoutPrefixCachingMatchesTransformers) {
+  EngineConfig c = small_config();
+  c.enable_prefix_caching = false;
+  const EngineStats s = run_references(GetParam(), c);
+  EXPECT_EQ(s.prefix_cache_queries, 0);
+  EXPECT_EQ(s.prefix_cache_hits, 0);
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, EngineFixture,
@@ -230,6 +249,340 @@ TEST(Engine, AbortFromACallback) {
   expect_no_leak(engine);
 }
 
+// Prefix caching. Each test runs the same requests with caching on and off (and against the
+// model's own greedy decode): the tokens must be identical, and the hits exactly those the
+// cache can hold.
+struct Wave {
+  std::vector<std::vector<int32_t>> prompts;
+  std::vector<SamplingParams> params;
+};
+
+struct WaveResult {
+  std::vector<std::vector<Collected>> got;  // per wave, per request
+  std::vector<EngineStats> stats;           // after each wave
+};
+
+// Runs each wave to completion on one engine, one after the other.
+WaveResult run_waves(const std::vector<Wave>& waves, EngineConfig config) {
+  const Fixture& f = fixture("llama3-gqa");
+  Engine engine(std::make_unique<CpuRunner>(f.model), nullptr, config);
+  WaveResult out;
+  out.got.reserve(waves.size());
+  for (const Wave& w : waves) {
+    out.got.emplace_back(w.prompts.size());
+    for (size_t i = 0; i < w.prompts.size(); ++i)
+      engine.add_request(request_for(w.prompts[i], w.params[i], out.got.back()[i]));
+    engine.run_until_idle();
+    out.stats.push_back(engine.stats());
+  }
+  expect_no_leak(engine);
+  return out;
+}
+
+EngineConfig caching_config(bool on) {
+  EngineConfig c;
+  c.block_size = 4;
+  c.max_model_len = 256;
+  c.num_kv_blocks = 400;
+  c.max_num_seqs = 8;
+  c.enable_prefix_caching = on;
+  return c;
+}
+
+// Greedy tokens with caching on equal caching off and the model's greedy decode.
+void expect_same_tokens(const std::vector<Wave>& waves, const WaveResult& on, const WaveResult& off,
+                        bool check_greedy) {
+  const Fixture& f = fixture("llama3-gqa");
+  for (size_t w = 0; w < waves.size(); ++w)
+    for (size_t i = 0; i < waves[w].prompts.size(); ++i) {
+      EXPECT_EQ(on.got[w][i].tokens, off.got[w][i].tokens) << "wave " << w << " request " << i;
+      EXPECT_FALSE(on.got[w][i].tokens.empty());
+      if (check_greedy) {
+        EXPECT_EQ(on.got[w][i].tokens,
+                  f.model->greedy(waves[w].prompts[i], waves[w].params[i].max_tokens))
+            << "wave " << w << " request " << i;
+      }
+    }
+}
+
+std::vector<int32_t> concat(std::vector<int32_t> a, const std::vector<int32_t>& b) {
+  a.insert(a.end(), b.begin(), b.end());
+  return a;
+}
+
+TEST(EnginePrefixCache, WholeAndPartialPrefixHitsGiveTheSameTokens) {
+  const std::vector<int32_t>& p = fixture("llama3-gqa").cases[2].prompt;  // 150 tokens
+  const std::vector<int32_t> first = fixture("llama3-gqa").model->greedy(p, 16);
+  const std::vector<int32_t> head(p.begin(), p.begin() + 70);
+  const std::vector<Wave> waves = {
+      {{p}, {greedy_params(16)}},
+      {{
+           p,                                           // whole prompt: 37 blocks, not the last
+           concat(head, {1, 2, 3}),                     // 17 blocks of the prompt
+           concat(concat(p, first), {5, 6, 7}),         // a second turn: prompt and output blocks
+           concat({p[0], p[1], p[2]}, {9, 9, 9, 9, 9})  // less than a block in common
+       },
+       std::vector<SamplingParams>(4, greedy_params(16))}};
+  const WaveResult on = run_waves(waves, caching_config(true));
+  const WaveResult off = run_waves(waves, caching_config(false));
+  expect_same_tokens(waves, on, off, true);
+
+  EXPECT_EQ(on.stats[0].prefix_cache_queries, 150);
+  EXPECT_EQ(on.stats[0].prefix_cache_hits, 0);
+  // The first request computed 150 + 15 tokens (its last sampled one never runs): 41 full
+  // blocks. Hits: 37 blocks (149 tokens may hit), 17 blocks, 41 blocks, none.
+  EXPECT_EQ(on.stats[1].prefix_cache_queries, 150 + 150 + 73 + 169 + 8);
+  EXPECT_EQ(on.stats[1].prefix_cache_hits, 4 * (37 + 17 + 41));
+  EXPECT_EQ(on.stats[1].prompt_tokens, off.stats[1].prompt_tokens - 4 * (37 + 17 + 41));
+  EXPECT_EQ(on.stats[1].generation_tokens, off.stats[1].generation_tokens);
+  EXPECT_GT(on.stats[1].kv_blocks_cached, 0);
+}
+
+TEST(EnginePrefixCache, HitsAfterEvictionPressureKeepTheTokensRight) {
+  // 59 usable blocks of 4. The first request leaves 39 cached blocks (157 computed tokens) and
+  // one free; the second (108 tokens, 27 blocks) takes the 20 free blocks, then evicts 7 from
+  // the LRU: the first request's last 7 cached blocks (a table goes back tail first). So the
+  // prompt sent again hits its first 32 blocks only.
+  const std::vector<int32_t>& p = fixture("llama3-gqa").cases[2].prompt;
+  std::vector<int32_t> other;
+  for (int i = 0; i < 100; ++i) other.push_back(500 - (i * 37) % 400);
+  const std::vector<Wave> waves = {
+      {{p}, {greedy_params(8)}}, {{other}, {greedy_params(8)}}, {{p}, {greedy_params(8)}}};
+  EngineConfig on_config = caching_config(true), off_config = caching_config(false);
+  on_config.num_kv_blocks = off_config.num_kv_blocks = 60;
+  on_config.max_model_len = off_config.max_model_len = 236;
+  const WaveResult on = run_waves(waves, on_config);
+  const WaveResult off = run_waves(waves, off_config);
+  expect_same_tokens(waves, on, off, true);
+  EXPECT_EQ(on.stats[1].prefix_cache_hits, 0);
+  EXPECT_EQ(on.stats[1].kv_blocks_cached, 39 - 7 + 26);  // the second's 107 computed tokens
+  EXPECT_EQ(on.stats[2].prefix_cache_hits, 4 * 32);
+}
+
+TEST(EnginePrefixCache, HitsAcrossSamplingParametersKeepSeededSamplingReproducible) {
+  const std::vector<int32_t>& p = fixture("llama3-gqa").cases[2].prompt;
+  SamplingParams sampled;
+  sampled.temperature = 0.9;
+  sampled.top_k = 40;
+  sampled.top_p = 0.95;
+  sampled.seed = 7;
+  sampled.max_tokens = 12;
+  sampled.ignore_eos = true;
+  SamplingParams penalized = greedy_params(12);
+  penalized.repetition_penalty = 1.3;
+  penalized.presence_penalty = 0.5;
+  const std::vector<Wave> waves = {
+      {{p}, {greedy_params(12)}},
+      {{p, concat(p, {3, 4}), p}, {sampled, sampled, penalized}},
+  };
+  const WaveResult on = run_waves(waves, caching_config(true));
+  const WaveResult off = run_waves(waves, caching_config(false));
+  expect_same_tokens(waves, on, off, false);
+  EXPECT_EQ(on.stats[1].prefix_cache_hits, 4 * (37 + 37 + 37));  // 149 and 151 tokens may hit
+}
+
+// Random mixes (fixed seed) on a small pool: prompts that share prefixes, arrivals between
+// steps, aborts, preemption and eviction. Every request that finishes has the model's greedy
+// tokens, an aborted one a prefix of them, and at the end every block is free.
+TEST(EnginePrefixCache, RandomMixesKeepTokensAndLeakNothing) {
+  const Fixture& f = fixture("llama3-gqa");
+  std::mt19937 rng(18);
+  std::vector<std::vector<int32_t>> bases(3);
+  for (auto& b : bases)
+    for (int i = 0; i < 48; ++i) b.push_back(static_cast<int32_t>(3 + rng() % 500));
+  EngineConfig c;
+  c.block_size = 4;
+  c.num_kv_blocks = 41;  // 160 tokens: a few requests at once, then preemption and eviction
+  c.max_model_len = 160;
+  c.max_num_seqs = 6;
+  c.max_num_batched_tokens = 24;
+  Engine engine(std::make_unique<CpuRunner>(f.model), nullptr, c);
+  struct Sent {
+    std::vector<int32_t> prompt;
+    int32_t max_tokens = 0;
+    int64_t id = 0;
+    Collected got;
+  };
+  std::vector<std::unique_ptr<Sent>> sent;
+  int aborted = 0;
+  for (int round = 0; round < 40 || engine.has_unfinished(); ++round) {
+    for (uint32_t arrivals = round < 40 ? rng() % 3 : 0; arrivals > 0; --arrivals) {
+      auto s = std::make_unique<Sent>();
+      const auto& base = bases[rng() % bases.size()];
+      s->prompt.assign(base.begin(), base.begin() + 1 + static_cast<std::ptrdiff_t>(rng() % 48));
+      for (uint32_t i = 0, n = rng() % 6; i < n; ++i)
+        s->prompt.push_back(static_cast<int32_t>(3 + rng() % 500));
+      s->max_tokens = 2 + static_cast<int32_t>(rng() % 30);
+      s->id = engine.add_request(request_for(s->prompt, greedy_params(s->max_tokens), s->got));
+      // Now and then n > 1: more choices of the same prompt sharing its prefill.
+      const int64_t leader = s->id;
+      const std::vector<int32_t> prompt = s->prompt;
+      sent.push_back(std::move(s));
+      for (uint32_t more = rng() % 4 == 0 ? 1 + rng() % 3 : 0; more > 0; --more) {
+        auto choice = std::make_unique<Sent>();
+        choice->prompt = prompt;
+        choice->max_tokens = 2 + static_cast<int32_t>(rng() % 30);
+        GenerationRequest g =
+            request_for(choice->prompt, greedy_params(choice->max_tokens), choice->got);
+        g.share_prompt_with = leader;
+        choice->id = engine.add_request(std::move(g));
+        sent.push_back(std::move(choice));
+      }
+    }
+    if (!sent.empty() && rng() % 9 == 0) {
+      Sent& victim = *sent[rng() % sent.size()];
+      if (!victim.got.finished) {
+        engine.abort(victim.id);
+        ++aborted;
+      }
+    }
+    engine.step();
+  }
+  const EngineStats st = engine.stats();
+  EXPECT_GT(aborted, 0);
+  EXPECT_GT(st.preemptions, 0);
+  EXPECT_GT(st.prefix_cache_hits, 0);
+  for (const auto& s : sent) {
+    ASSERT_TRUE(s->got.finished);
+    const std::vector<int32_t> ref = f.model->greedy(s->prompt, s->max_tokens);
+    if (s->got.last.finish_reason == FinishReason::kAbort) {
+      ASSERT_LE(s->got.tokens.size(), ref.size());
+      EXPECT_TRUE(std::equal(s->got.tokens.begin(), s->got.tokens.end(), ref.begin()));
+    } else {
+      EXPECT_EQ(s->got.last.finish_reason, FinishReason::kLength);
+      EXPECT_EQ(s->got.tokens, ref) << "request " << s->id;
+    }
+  }
+  expect_no_leak(engine);
+}
+
+// n > 1 with one prefill (GenerationRequest::share_prompt_with).
+struct GroupRun {
+  std::vector<Collected> got;
+  EngineStats stats;
+  int32_t peak_blocks_used = 0;
+};
+
+// Runs one prompt as a group of `params.size()` choices (shared prefill, or not), to the end.
+GroupRun run_group(const std::vector<int32_t>& prompt, const std::vector<SamplingParams>& params,
+                   EngineConfig config, bool share) {
+  const Fixture& f = fixture("llama3-gqa");
+  Engine engine(std::make_unique<CpuRunner>(f.model), nullptr, config);
+  GroupRun out;
+  out.got.resize(params.size());
+  int64_t leader = -1;
+  for (size_t i = 0; i < params.size(); ++i) {
+    GenerationRequest r = request_for(prompt, params[i], out.got[i]);
+    if (share) r.share_prompt_with = leader;
+    const int64_t id = engine.add_request(std::move(r));
+    if (i == 0) leader = id;
+  }
+  while (engine.has_unfinished()) {
+    engine.step();
+    const EngineStats st = engine.stats();
+    out.peak_blocks_used = std::max(out.peak_blocks_used, st.kv_blocks_total - st.kv_blocks_free);
+  }
+  out.stats = engine.stats();
+  expect_no_leak(engine);
+  return out;
+}
+
+TEST(EngineParallelSampling, ChoicesShareOnePrefillAndKeepTheirTokens) {
+  const Fixture& f = fixture("llama3-gqa");
+  const std::vector<int32_t>& p = f.cases[2].prompt;  // 150 tokens: 37 full blocks of 4 + 2
+  SamplingParams sampled;
+  sampled.temperature = 1.0;
+  sampled.max_tokens = 16;
+  sampled.ignore_eos = true;
+  std::vector<SamplingParams> params = {greedy_params(16), sampled, sampled, greedy_params(16)};
+  params[1].seed = 11;
+  params[2].seed = 12;
+  for (bool caching : {false, true}) {
+    const EngineConfig c = caching_config(caching);
+    const GroupRun shared = run_group(p, params, c, true);
+    const GroupRun alone = run_group(p, params, c, false);
+    for (size_t i = 0; i < params.size(); ++i)
+      EXPECT_EQ(shared.got[i].tokens, alone.got[i].tokens) << "choice " << i;
+    EXPECT_EQ(shared.got[0].tokens, f.model->greedy(p, 16));
+    EXPECT_EQ(shared.got[3].tokens, shared.got[0].tokens);
+    EXPECT_NE(shared.got[1].tokens, shared.got[2].tokens);  // their own seeds
+    // One prefill: each other choice computes only the 2 tokens after the 37 shared blocks.
+    EXPECT_EQ(shared.stats.prompt_tokens, 150 + 3 * 2) << "caching " << caching;
+    EXPECT_EQ(shared.stats.prefix_cache_queries, caching ? 150 : 0);
+    // Seen between steps, a choice holds at most 41 blocks (164 tokens), 37 of them shared.
+    EXPECT_LE(shared.peak_blocks_used, 37 + 4 * (41 - 37));
+    if (!caching) {
+      EXPECT_EQ(alone.peak_blocks_used, 4 * 41);
+    }
+  }
+}
+
+TEST(EngineParallelSampling, LeaderEndingEarlyLeavesItsChoicesRight) {
+  const Fixture& f = fixture("llama3-gqa");
+  const std::vector<int32_t>& p = f.cases[2].prompt;
+  const std::vector<int32_t> ref = f.model->greedy(p, 12);
+  EngineConfig c = caching_config(false);
+  c.max_num_batched_tokens = 40;  // the 150-token prompt takes 4 steps
+  {
+    // The leader finishes at the step that computes the prompt (max_tokens 1): its choices
+    // already hold the shared blocks.
+    Engine engine(std::make_unique<CpuRunner>(f.model), nullptr, c);
+    std::vector<Collected> got(3);
+    const int64_t leader = engine.add_request(request_for(p, greedy_params(1), got[0]));
+    for (size_t i = 1; i < 3; ++i) {
+      GenerationRequest r = request_for(p, greedy_params(12), got[i]);
+      r.share_prompt_with = leader;
+      engine.add_request(std::move(r));
+    }
+    EXPECT_EQ(engine.stats().waiting, 3);
+    engine.run_until_idle();
+    EXPECT_EQ(got[0].tokens, std::vector<int32_t>{ref[0]});
+    EXPECT_EQ(got[1].tokens, ref);
+    EXPECT_EQ(got[2].tokens, ref);
+    EXPECT_EQ(engine.stats().prompt_tokens, 150 + 2 * 2);
+    expect_no_leak(engine);
+  }
+  {
+    // The leader is aborted mid-prefill and a choice while it waits: the other choice runs on
+    // its own.
+    Engine engine(std::make_unique<CpuRunner>(f.model), nullptr, c);
+    std::vector<Collected> got(3);
+    std::vector<int64_t> ids;
+    ids.push_back(engine.add_request(request_for(p, greedy_params(12), got[0])));
+    for (size_t i = 1; i < 3; ++i) {
+      GenerationRequest r = request_for(p, greedy_params(12), got[i]);
+      r.share_prompt_with = ids[0];
+      ids.push_back(engine.add_request(std::move(r)));
+    }
+    engine.step();
+    engine.abort(ids[2]);
+    engine.abort(ids[0]);
+    EXPECT_EQ(got[0].last.finish_reason, FinishReason::kAbort);
+    EXPECT_EQ(got[2].last.finish_reason, FinishReason::kAbort);
+    EXPECT_TRUE(got[2].tokens.empty());
+    engine.run_until_idle();
+    EXPECT_EQ(got[1].tokens, ref);
+    expect_no_leak(engine);
+  }
+  {
+    // A request that does not qualify as a leader (another prompt, unknown id) is ignored.
+    Engine engine(std::make_unique<CpuRunner>(f.model), nullptr, c);
+    std::vector<Collected> got(3);
+    const int64_t other =
+        engine.add_request(request_for(f.cases[1].prompt, greedy_params(4), got[0]));
+    GenerationRequest r = request_for(p, greedy_params(12), got[1]);
+    r.share_prompt_with = other;
+    engine.add_request(std::move(r));
+    r = request_for(p, greedy_params(12), got[2]);
+    r.share_prompt_with = 999;
+    engine.add_request(std::move(r));
+    engine.run_until_idle();
+    EXPECT_EQ(got[1].tokens, ref);
+    EXPECT_EQ(got[2].tokens, ref);
+    expect_no_leak(engine);
+  }
+}
+
 // The fixtures' config.json and generation_config.json say EOS is token 2, which the
 // references never produce: this runner lets a test choose the EOS ids.
 class EosRunner : public ModelRunner {
@@ -261,6 +614,109 @@ Collected run_one(const Case& c, const SamplingParams& params, std::vector<int32
   expect_no_leak(engine);
   EXPECT_TRUE(got.finished);
   return got;
+}
+
+// Prompt logprobs against a full forward's log-softmax of the prompt, computed here in double.
+void expect_prompt_logprobs(const std::vector<int32_t>& prompt, const Collected& got, int32_t top) {
+  const Fixture& f = fixture("llama3-gqa");
+  const std::vector<float> logits = f.model->forward(prompt);
+  const auto vocab = static_cast<size_t>(f.model->config().vocab_size);
+  ASSERT_EQ(got.prompt_logprobs.size(), prompt.size() - 1);
+  EXPECT_EQ(got.outputs_with_prompt_logprobs, 1);
+  for (size_t q = 1; q < prompt.size(); ++q) {
+    const float* row = &logits[(q - 1) * vocab];
+    double max = row[0];
+    for (size_t i = 0; i < vocab; ++i) max = std::max(max, static_cast<double>(row[i]));
+    double sum = 0;
+    for (size_t i = 0; i < vocab; ++i) sum += std::exp(row[i] - max);
+    const double log_z = max + std::log(sum);
+    std::vector<int32_t> order(vocab);
+    for (size_t i = 0; i < vocab; ++i) order[i] = static_cast<int32_t>(i);
+    std::stable_sort(order.begin(), order.end(),
+                     [&](int32_t a, int32_t b) { return row[a] > row[b]; });
+    const PromptLogprob& lp = got.prompt_logprobs[q - 1];
+    EXPECT_EQ(lp.token, prompt[q]);
+    EXPECT_NEAR(lp.logprob, row[prompt[q]] - log_z, 1e-4) << "position " << q;
+    const auto rank = std::find(order.begin(), order.end(), prompt[q]) - order.begin() + 1;
+    EXPECT_EQ(lp.rank, rank) << "position " << q;
+    ASSERT_EQ(lp.top_logprobs.size(), static_cast<size_t>(top));
+    for (int32_t k = 0; k < top; ++k) {
+      EXPECT_EQ(lp.top_logprobs[k].first, order[k]) << "position " << q << " top " << k;
+      EXPECT_NEAR(lp.top_logprobs[k].second, row[order[k]] - log_z, 1e-4);
+    }
+  }
+}
+
+TEST(EnginePromptLogprobs, EqualAFullForwardsLogSoftmaxWhateverTheChunksCacheAndPreemption) {
+  const Fixture& f = fixture("llama3-gqa");
+  for (bool caching : {false, true}) {
+    EngineConfig c = small_config();
+    c.enable_prefix_caching = caching;
+    c.block_size = 4;
+    c.num_kv_blocks = 47;  // preemption, as in PreemptionGivesTheSameTokens
+    c.max_model_len = 46 * 4;
+    c.max_num_batched_tokens = 13;  // chunks that end mid-block
+    Engine engine(std::make_unique<CpuRunner>(f.model), nullptr, c);
+    std::vector<Collected> got(4);
+    // The 150-token prompt once without prompt logprobs, so caching has it; then again with.
+    engine.add_request(request_for(f.cases[2].prompt, greedy_params(8), got[0]));
+    engine.run_until_idle();
+    for (size_t i = 0; i < 3; ++i) {
+      GenerationRequest r =
+          request_for(f.cases[i == 0 ? 2 : i - 1].prompt, greedy_params(), got[i + 1]);
+      r.prompt_logprobs = static_cast<int32_t>(i * 2);  // 0, 2, 4 top tokens
+      engine.add_request(std::move(r));
+    }
+    engine.run_until_idle();
+    EXPECT_TRUE(got[0].prompt_logprobs.empty());
+    expect_prompt_logprobs(f.cases[2].prompt, got[1], 0);
+    expect_prompt_logprobs(f.cases[0].prompt, got[2], 2);
+    expect_prompt_logprobs(f.cases[1].prompt, got[3], 4);
+    EXPECT_EQ(got[1].tokens, f.cases[2].greedy);  // and the output is unchanged
+    EXPECT_EQ(got[3].tokens, f.cases[1].greedy);
+    const EngineStats st = engine.stats();
+    EXPECT_GT(st.preemptions, 0) << "caching " << caching;
+    if (caching) {
+      EXPECT_EQ(st.prefix_cache_hits, 0) << "a request for prompt logprobs took cached blocks";
+    }
+    expect_no_leak(engine);
+  }
+}
+
+TEST(EnginePromptLogprobs, PromptOnlyEndsAfterThePromptAndOtherRunnersRefuse) {
+  const Fixture& f = fixture("llama3-gqa");
+  Engine engine(std::make_unique<CpuRunner>(f.model), nullptr, small_config());
+  Collected got, one;
+  GenerationRequest r = request_for(f.cases[1].prompt, greedy_params(5), got);
+  r.prompt_logprobs = 1;
+  r.prompt_only = true;
+  engine.add_request(std::move(r));
+  r = request_for({7}, greedy_params(5), one);  // one token: nothing to report
+  r.prompt_logprobs = 0;
+  r.prompt_only = true;
+  engine.add_request(std::move(r));
+  engine.run_until_idle();
+  EXPECT_TRUE(got.finished);
+  EXPECT_EQ(got.last.finish_reason, FinishReason::kLength);
+  EXPECT_TRUE(got.tokens.empty());
+  EXPECT_EQ(got.last.prompt_tokens, 17);
+  expect_prompt_logprobs(f.cases[1].prompt, got, 1);
+  EXPECT_TRUE(one.finished);
+  EXPECT_TRUE(one.prompt_logprobs.empty());
+  EXPECT_EQ(engine.stats().generation_tokens, 0);
+  expect_no_leak(engine);
+
+  Collected bad;
+  r = request_for(f.cases[1].prompt, greedy_params(5), bad);
+  r.prompt_logprobs = 21;
+  EXPECT_THROW(engine.add_request(std::move(r)), Error);
+  // A runner without prompt logprobs (as the CUDA one today) refuses them at once.
+  Engine other(std::make_unique<EosRunner>(f.model, std::vector<int32_t>{}), nullptr,
+               small_config());
+  r = request_for(f.cases[1].prompt, greedy_params(5), bad);
+  r.prompt_logprobs = 0;
+  EXPECT_THROW(other.add_request(std::move(r)), Error);
+  EXPECT_FALSE(other.has_unfinished());
 }
 
 // Index of the first occurrence of `token` at or after `from` in `v`, or -1.

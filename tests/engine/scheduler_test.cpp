@@ -162,17 +162,25 @@ class FakeRunner : public ModelRunner {
   void allocate_kv_cache(int32_t num_blocks) override { num_blocks_ = num_blocks; }
   std::vector<SampledToken> execute(const StepInput& step) override {
     std::vector<SampledToken> out;
-    std::set<int32_t> used;
+    // Prefix caching shares full blocks between tables; a block this step writes must be in
+    // no other table, and no block appears twice in one table.
+    std::multiset<int32_t> used;
+    std::set<int32_t> written;
     for (const StepSequence& s : step.sequences) {
-      EXPECT_GE(static_cast<int64_t>(s.block_table.size()) * block_size_,
-                s.start_position + static_cast<int64_t>(s.tokens.size()));
+      const int64_t end = s.start_position + static_cast<int64_t>(s.tokens.size());
+      EXPECT_GE(static_cast<int64_t>(s.block_table.size()) * block_size_, end);
+      std::set<int32_t> mine;
       for (int32_t b : s.block_table) {
         EXPECT_GT(b, 0);
         EXPECT_LT(b, num_blocks_);
-        EXPECT_TRUE(used.insert(b).second) << "block " << b << " in two tables";
+        EXPECT_TRUE(mine.insert(b).second) << "block " << b << " twice in one table";
+        used.insert(b);
       }
+      for (int64_t i = s.start_position / block_size_; i * block_size_ < end; ++i)
+        written.insert(s.block_table[static_cast<size_t>(i)]);
       if (s.sample) out.push_back({(s.tokens.back() + 1) % 100, 0.f, {}});
     }
+    for (int32_t b : written) EXPECT_EQ(used.count(b), 1u) << "block " << b << " written shared";
     return out;
   }
 

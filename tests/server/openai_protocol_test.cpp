@@ -4,7 +4,12 @@
 
 #include <gtest/gtest.h>
 
+#include <initializer_list>
 #include <string>
+#include <vector>
+
+#include "l2kv/chat/chat_template.h"
+#include "l2kv/tokenizer/tokenizer.h"
 
 namespace l2kv::server {
 namespace {
@@ -222,7 +227,7 @@ TEST(OpenAiProtocol, RefusesFieldsItDoesNotImplement) {
       {R"("include_stop_str_in_output": true)", "include_stop_str_in_output"},
       {R"("spaces_between_special_tokens": false)", "spaces_between_special_tokens"},
       {R"("truncate_prompt_tokens": 10)", "truncate_prompt_tokens"},
-      {R"("prompt_logprobs": 1)", "prompt_logprobs"},
+      {R"("prompt_logprobs": 21)", "prompt_logprobs"},
       {R"("allowed_token_ids": [1, 2])", "allowed_token_ids"},
       {R"("bad_words": ["x"])", "bad_words"},
       {R"("add_special_tokens": true)", "add_special_tokens"},
@@ -483,6 +488,164 @@ TEST(OpenAiProtocol, StreamingChunks) {
   EXPECT_EQ(std::string(kSseDone), "data: [DONE]\n\n");
   // A token that ends inside a UTF-8 character still serializes.
   EXPECT_NO_THROW(sse_event(json{{"t", std::string("\xe2\x82")}}));
+}
+
+// /tokenize and /detokenize over a tokenizer of one token per printable ASCII character
+// (id = code - 32: 0 .. 94), in a model vocabulary of 100 (ids 95 .. 99 have no text).
+const Tokenizer& ascii_tokenizer() {
+  static const Tokenizer tokenizer = [] {
+    nlohmann::json vocab = nlohmann::json::object();
+    for (int c = 32; c < 127; ++c) vocab[std::string(1, static_cast<char>(c))] = c - 32;
+    const nlohmann::json spec = {
+        {"model", {{"type", "BPE"}, {"vocab", vocab}, {"merges", nlohmann::json::array()}}}};
+    return Tokenizer::from_json(spec.dump());
+  }();
+  return tokenizer;
+}
+
+std::vector<int32_t> ascii_ids(const std::string& text) {
+  std::vector<int32_t> ids;
+  for (char c : text) ids.push_back(c - 32);
+  return ids;
+}
+
+TEST(OpenAiProtocol, TokenizeAndDetokenize) {
+  const Tokenizer& tok = ascii_tokenizer();
+  json r = tokenize_response(json::parse(R"({"model": "tiny", "prompt": "hi there"})"), kLimits,
+                             &tok, nullptr);
+  EXPECT_EQ(r["count"], 8);
+  EXPECT_EQ(r["max_model_len"], 64);
+  EXPECT_EQ(r["tokens"].get<std::vector<int32_t>>(), ascii_ids("hi there"));
+  EXPECT_TRUE(r["token_strs"].is_null());
+  EXPECT_EQ(dump_json(r), dump_json(json{{"count", 8},
+                                         {"max_model_len", 64},
+                                         {"tokens", ascii_ids("hi there")},
+                                         {"token_strs", nullptr}}));  // vLLM's key order
+  r = tokenize_response(json::parse(R"({"prompt": "ab", "return_token_strs": true,
+                                        "add_special_tokens": false})"),
+                        kLimits, &tok, nullptr);
+  EXPECT_EQ(r["token_strs"], json::array({"a", "b"}));
+
+  // Chat: the template's rendering, with the generation prompt unless told otherwise.
+  const ChatTemplate tmpl(
+      "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}"
+      "{% if add_generation_prompt %}<assistant>{% endif %}",
+      "", "");
+  r = tokenize_response(json::parse(R"({"messages": [{"role": "user", "content": "yo"}]})"),
+                        kLimits, &tok, &tmpl);
+  EXPECT_EQ(r["tokens"].get<std::vector<int32_t>>(), ascii_ids("<user>yo<assistant>"));
+  r = tokenize_response(json::parse(R"({"messages": [{"role": "user", "content": "yo"}],
+                                        "add_generation_prompt": false})"),
+                        kLimits, &tok, &tmpl);
+  EXPECT_EQ(r["tokens"].get<std::vector<int32_t>>(), ascii_ids("<user>yo"));
+
+  r = detokenize_response(json::parse(R"({"model": "tiny", "tokens": [72, 73, 0, 33]})"), kLimits,
+                          &tok);
+  EXPECT_EQ(dump_json(r), R"({"prompt":"hi A"})");
+  r = detokenize_response(json::parse(R"({"tokens": []})"), kLimits, &tok);
+  EXPECT_EQ(r["prompt"], "");
+}
+
+TEST(OpenAiProtocol, InvalidTokenizeAndDetokenize) {
+  const Tokenizer& tok = ascii_tokenizer();
+  auto tokenize = [&](const std::string& body, const Tokenizer* t = nullptr) {
+    return error_of([&] { tokenize_response(json::parse(body), kLimits, t, nullptr); });
+  };
+  auto detokenize = [&](const std::string& body, const Tokenizer* t = nullptr) {
+    return error_of([&] { detokenize_response(json::parse(body), kLimits, t); });
+  };
+  struct Case {
+    ApiError error;
+    int status;
+    const char* param;
+  };
+  const Case cases[] = {
+      {tokenize("{}", &tok), 400, "prompt"},
+      {tokenize(R"({"prompt": 5})", &tok), 400, "prompt"},
+      {tokenize(R"({"prompt": ["a"]})", &tok), 400, "prompt"},
+      {tokenize(R"({"prompt": "a", "temperature": 1})", &tok), 400, "temperature"},
+      {tokenize(R"({"prompt": "a", "return_token_strs": "yes"})", &tok), 400, "return_token_strs"},
+      {tokenize(R"({"prompt": "a", "model": "other"})", &tok), 404, "model"},
+      {tokenize(R"({"prompt": "a"})"), 400, "prompt"},  // no tokenizer
+      {tokenize(R"({"messages": [{"role": "user", "content": "a"}]})", &tok), 400, "messages"},
+      {tokenize(R"({"messages": "a"})", &tok), 400, "messages"},
+      {tokenize("[1, 2]", &tok), 400, ""},
+      {detokenize(R"({"tokens": [1, 100]})", &tok), 400, "tokens"},
+      {detokenize(R"({"tokens": [-1]})", &tok), 400, "tokens"},
+      {detokenize(R"({"tokens": [97]})", &tok), 400, "tokens"},  // no text in the tokenizer
+      {detokenize(R"({"tokens": "hi"})", &tok), 400, "tokens"},
+      {detokenize(R"({"tokens": [1.5]})", &tok), 400, "tokens"},
+      {detokenize(R"({})", &tok), 400, "tokens"},
+      {detokenize(R"({"tokens": [1], "prompt": "x"})", &tok), 400, "prompt"},
+      {detokenize(R"({"tokens": [1]})"), 400, "tokens"},  // no tokenizer
+  };
+  for (size_t i = 0; i < std::size(cases); ++i) {
+    EXPECT_EQ(cases[i].error.status, cases[i].status) << i << ": " << cases[i].error.message;
+    EXPECT_EQ(cases[i].error.param, cases[i].param) << i << ": " << cases[i].error.message;
+  }
+}
+
+TEST(OpenAiProtocol, PromptLogprobsAndPromptOnlyFields) {
+  ApiRequest r = completion(R"({"prompt": "x", "prompt_logprobs": 3})");
+  EXPECT_EQ(r.prompt_logprobs, 3);
+  EXPECT_EQ(engine_prompt_logprobs(r), 3);
+  r = completion(R"({"prompt": "x", "echo": true, "logprobs": 2, "max_tokens": 0})");
+  EXPECT_TRUE(r.prompt_only);
+  EXPECT_EQ(r.params.max_tokens, 1);
+  EXPECT_EQ(engine_prompt_logprobs(r), 2);
+  r = completion(R"({"prompt": "x", "echo": true, "logprobs": 2, "prompt_logprobs": 5})");
+  EXPECT_EQ(engine_prompt_logprobs(r), 5);
+  EXPECT_EQ(engine_prompt_logprobs(completion(R"({"prompt": "x", "logprobs": 2})")), -1);
+  r = chat(R"({"messages": [{"role": "user", "content": "x"}], "prompt_logprobs": 0})");
+  EXPECT_EQ(r.prompt_logprobs, 0);
+  struct Bad {
+    const char* body;
+    bool is_chat;
+    const char* param;
+  };
+  for (const Bad& b : std::initializer_list<Bad>{
+           {R"({"prompt": "x", "max_tokens": 0})", false, "max_tokens"},
+           {R"({"prompt": "x", "prompt_logprobs": -1})", false, "prompt_logprobs"},
+           {R"({"prompt": "x", "prompt_logprobs": "3"})", false, "prompt_logprobs"},
+           {R"({"prompt": "x", "stream": true, "prompt_logprobs": 1})", false, "prompt_logprobs"},
+           {R"({"messages": [{"role": "user", "content": "x"}], "max_tokens": 0})", true,
+            "max_tokens"},
+           {R"({"messages": [{"role": "user", "content": "x"}], "stream": true,
+                "prompt_logprobs": 1})",
+            true, "prompt_logprobs"},
+       }) {
+    const ApiError e =
+        b.is_chat ? error_of([&] { chat(b.body); }) : error_of([&] { completion(b.body); });
+    EXPECT_EQ(e.status, 400) << b.body;
+    EXPECT_EQ(e.param, b.param) << b.body << ": " << e.message;
+  }
+}
+
+TEST(OpenAiProtocol, EchoedPromptLogprobsAndVllmPromptLogprobs) {
+  ApiRequest r =
+      completion(R"({"prompt": [1, 2, 3], "logprobs": 1, "echo": true, "prompt_logprobs": 1})");
+  RequestOutput o = output({4}, "d", true, FinishReason::kLength);
+  o.prompt_logprobs = {{2, -0.25f, 2, {{9, -0.125f}}}, {3, -0.75f, 1, {{3, -0.75f}}}};
+  std::vector<ChoiceOutput> choices(1);
+  choices[0].append(o);
+  const ResponseHeader h{"cmpl-1", 123, "tiny"};
+  const json j =
+      completion_response(h, r, choices, {"P"}, {3}, token_text_for(nullptr), {{1, 2, 3}});
+  const json& lp = j["choices"][0]["logprobs"];
+  EXPECT_EQ(lp["tokens"], json::array({"token_id:1", "token_id:2", "token_id:3", "token_id:4"}));
+  EXPECT_EQ(dump_json(lp["token_logprobs"]), "[null,-0.25,-0.75,-0.5]");
+  EXPECT_TRUE(lp["top_logprobs"][0].is_null());
+  EXPECT_EQ(lp["top_logprobs"][1]["token_id:9"], -0.125);
+  EXPECT_EQ(lp["text_offset"], json::array({0, 10, 20, 1}));  // the output's from the text "P"
+  EXPECT_EQ(dump_json(j["choices"][0]["prompt_logprobs"]),
+            R"([null,{"2":{"logprob":-0.25,"rank":2,"decoded_token":"token_id:2"},)"
+            R"("9":{"logprob":-0.125,"rank":1,"decoded_token":"token_id:9"}},)"
+            R"({"3":{"logprob":-0.75,"rank":1,"decoded_token":"token_id:3"}}])");
+  // Chat: beside the choices.
+  ApiRequest c = chat(R"({"messages": [{"role": "user", "content": "x"}], "prompt_logprobs": 0})");
+  const json cj = chat_response(h, c, choices, {3}, token_text_for(nullptr));
+  EXPECT_EQ(cj["prompt_logprobs"].size(), 3u);
+  EXPECT_FALSE(cj["choices"][0].contains("prompt_logprobs"));
 }
 
 }  // namespace

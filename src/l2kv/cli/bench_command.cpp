@@ -209,10 +209,13 @@ nlohmann::ordered_json run_steady_point(CudaModel& model, const Variant& variant
 }
 
 // The offline workload: `num_prompts` random prompts of input_len tokens, output_len tokens
-// each (EOS ignored), at most `concurrency` in flight.
+// each (EOS ignored), at most `concurrency` in flight. Prompt i is drawn from seed
+// 1234 + first_prompt + i: callers number the prompts of all points in a row, so no point
+// finds an earlier point's prompts in the prefix cache (a 0 % hit rate, reported).
 nlohmann::ordered_json run_e2e_point(Engine& engine, const ModelConfig& c, int64_t weight_bytes,
                                      const Variant& variant, int32_t input_len, int32_t output_len,
-                                     int32_t concurrency, int32_t num_prompts, double ceiling) {
+                                     int32_t concurrency, int32_t num_prompts, int64_t first_prompt,
+                                     double ceiling) {
   struct Tracked {
     int32_t length = 0;  // prompt + generated
     int32_t generated = 0;
@@ -225,7 +228,7 @@ nlohmann::ordered_json run_e2e_point(Engine& engine, const ModelConfig& c, int64
   std::string failure;
   auto submit = [&] {
     GenerationRequest r;
-    std::mt19937 rng(static_cast<uint32_t>(1234 + submitted));
+    std::mt19937 rng(static_cast<uint32_t>(1234 + first_prompt + submitted));
     r.prompt.resize(static_cast<size_t>(input_len));
     for (auto& t : r.prompt) t = static_cast<int32_t>(rng() % (c.vocab_size - 200)) + 100;
     r.params.temperature = 0.f;
@@ -257,7 +260,8 @@ nlohmann::ordered_json run_e2e_point(Engine& engine, const ModelConfig& c, int64
   int64_t decode_steps = 0;
   int32_t max_running = 0;
   auto last_progress = Clock::now();
-  const int64_t tokens_before = engine.stats().generation_tokens;  // of earlier points
+  const EngineStats point_start = engine.stats();  // totals of earlier points
+  const int64_t tokens_before = point_start.generation_tokens;
   const int64_t total_tokens = int64_t{num_prompts} * output_len;
   while (finished < num_prompts) {
     while (submitted < num_prompts && in_flight < concurrency) submit();
@@ -292,6 +296,9 @@ nlohmann::ordered_json run_e2e_point(Engine& engine, const ModelConfig& c, int64
   }
   std::fprintf(stderr, "\r%*s\r", 100, "");
   const double wall = seconds_since(start);
+  const EngineStats point_end = engine.stats();
+  const int64_t cache_queries = point_end.prefix_cache_queries - point_start.prefix_cache_queries;
+  const int64_t cache_hits = point_end.prefix_cache_hits - point_start.prefix_cache_hits;
   double tpot_sum = 0;
   int32_t tpot_count = 0;
   int64_t tokens = 0;
@@ -323,6 +330,9 @@ nlohmann::ordered_json run_e2e_point(Engine& engine, const ModelConfig& c, int64
           {"mbu", mbu},
           {"graphs", true},
           {"max_concurrency_reached", max_running},
+          {"prefix_caching", engine.config().enable_prefix_caching},
+          {"prefix_cache_queries", cache_queries},
+          {"prefix_cache_hits", cache_hits},
           {"step_profile_ms",
            {{"steps", prof.steps},
             {"host_prepare", prof.host_prepare_ms / steps},
@@ -410,6 +420,7 @@ int run_bench(const BenchOptions& o) {
     std::fprintf(stderr, "l2kv bench: KV cache of %d blocks of %d tokens\n",
                  engine.stats().kv_blocks_total, config.block_size);
     auto& engine_runner = dynamic_cast<CudaRunner&>(engine.runner());
+    int64_t prompts_sent = 0;
     for (int32_t output_len : o.output_lens)
       for (int32_t conc : o.concurrency)
         for (const Variant& v : variants) {
@@ -420,7 +431,8 @@ int run_bench(const BenchOptions& o) {
           engine_runner.set_decode_attention(v.kernel, v.policy);
           const int32_t prompts = o.num_prompts > 0 ? o.num_prompts : conc;
           auto point = run_e2e_point(engine, c, model->streamed_weight_bytes(), v, o.input_len,
-                                     output_len, conc, prompts, ceiling);
+                                     output_len, conc, prompts, prompts_sent, ceiling);
+          prompts_sent += prompts;
           point["model"] = o.model.model;
           std::printf(
               "e2e     %-14s conc=%-4d out=%-5d %9.1f tok/s  TPOT %7.2f ms  prefill %6.2f s"
@@ -436,6 +448,12 @@ int run_bench(const BenchOptions& o) {
               prof["host_prepare"].get<double>(), prof["gpu_forward"].get<double>(),
               prof["gpu_sample"].get<double>(), prof["execute"].get<double>(),
               prof["engine_outside_execute"].get<double>());
+          const auto queries = point["prefix_cache_queries"].get<int64_t>();
+          std::printf("        prefix cache %s: %lld of %lld prompt tokens hit (%.1f %%)\n",
+                      config.enable_prefix_caching ? "on" : "off",
+                      static_cast<long long>(point["prefix_cache_hits"].get<int64_t>()),
+                      static_cast<long long>(queries),
+                      queries ? 100.0 * point["prefix_cache_hits"].get<double>() / queries : 0.0);
           std::fflush(stdout);
           report["points"].push_back(point);
           save();

@@ -33,6 +33,10 @@ struct BenchServeOptions {
   std::string model;  // empty = the first id of GET /v1/models
   int32_t num_prompts = 100;
   int32_t input_len = 512;
+  // Shared-prefix workload: request i's prompt is prefix i % num_prefixes (shared_prefix_len
+  // random tokens or words) followed by input_len of its own.
+  int32_t shared_prefix_len = 0;
+  int32_t num_prefixes = 1;
   int32_t output_len = 128;
   double request_rate = std::numeric_limits<double>::infinity();
   int32_t max_concurrency = 0;  // 0 = no cap
@@ -120,22 +124,45 @@ std::vector<std::string> make_bodies(const BenchServeOptions& o, const std::stri
   std::mt19937_64 rng(o.seed);
   std::uniform_int_distribution<int32_t> token(std::min(100, o.vocab_size - 1), o.vocab_size - 1);
   std::uniform_int_distribution<size_t> word(0, std::size(kWords) - 1);
+  const bool text_prompt = chat || o.random_text;
+  auto random_text = [&](int32_t words) {
+    std::string text;
+    for (int32_t w = 0; w < words; ++w) {
+      if (w) text += ' ';
+      text += kWords[word(rng)];
+    }
+    return text;
+  };
+  auto random_ids = [&](int32_t n) {
+    std::vector<int32_t> ids(static_cast<size_t>(n));
+    for (auto& id : ids) id = token(rng);
+    return ids;
+  };
+  std::vector<std::string> prefix_texts;
+  std::vector<std::vector<int32_t>> prefix_ids;
+  if (o.shared_prefix_len > 0)
+    for (int32_t k = 0; k < o.num_prefixes; ++k) {
+      if (text_prompt) {
+        prefix_texts.push_back(random_text(o.shared_prefix_len) + " ");
+      } else {
+        prefix_ids.push_back(random_ids(o.shared_prefix_len));
+      }
+    }
   std::vector<std::string> bodies;
   for (int32_t i = 0; i < o.num_prompts; ++i) {
     ordered_json body = {{"model", model}};
-    if (chat || o.random_text) {
-      std::string text;
-      for (int32_t w = 0; w < o.input_len; ++w) {
-        if (w) text += ' ';
-        text += kWords[word(rng)];
-      }
+    const auto k = static_cast<size_t>(i % o.num_prefixes);
+    if (text_prompt) {
+      std::string text = random_text(o.input_len);
+      if (o.shared_prefix_len > 0) text = prefix_texts[k] + text;
       if (chat)
         body["messages"] = ordered_json::array({{{"role", "user"}, {"content", text}}});
       else
         body["prompt"] = text;
     } else {
-      std::vector<int32_t> ids(static_cast<size_t>(o.input_len));
-      for (auto& id : ids) id = token(rng);
+      std::vector<int32_t> ids = random_ids(o.input_len);
+      if (o.shared_prefix_len > 0)
+        ids.insert(ids.begin(), prefix_ids[k].begin(), prefix_ids[k].end());
       body["prompt"] = ids;
     }
     body["max_tokens"] = o.output_len;
@@ -329,14 +356,24 @@ int run_bench_serve(const BenchServeOptions& o) {
       o.model.empty() ? first_model_id(*probe_client, url, o.base_url) : o.model;
   const std::vector<std::string> bodies = make_bodies(o, model, chat);
   const int32_t n = o.num_prompts;
+  const int32_t prompt_len = o.shared_prefix_len + o.input_len;
   std::fprintf(stderr, "l2kv bench-serve: %s%s, model %s, %d prompts of %d tokens -> %d\n",
-               o.base_url.c_str(), o.endpoint.c_str(), model.c_str(), n, o.input_len, o.output_len);
+               o.base_url.c_str(), o.endpoint.c_str(), model.c_str(), n, prompt_len, o.output_len);
+  if (o.shared_prefix_len > 0)
+    std::fprintf(stderr, "l2kv bench-serve: %d shared prefixes of %d tokens, then %d of each\n",
+                 o.num_prefixes, o.shared_prefix_len, o.input_len);
 
   // One request first, so a wrong endpoint or a server that is not OpenAI-compatible fails
-  // with its own message instead of a table of failures.
+  // with its own message instead of a table of failures. Its prompt shares nothing with the
+  // measured ones, so a server's prefix cache gains nothing from it.
   {
+    BenchServeOptions probe_options = o;
+    probe_options.num_prompts = 1;
+    probe_options.shared_prefix_len = 0;
+    probe_options.seed = o.seed ^ 0x9e3779b9u;
+    const std::string probe_body = make_bodies(probe_options, model, chat).front();
     RequestTiming probe;
-    send_request(*probe_client, path, bodies.front(), chat, o.input_len, Clock::now(), probe);
+    send_request(*probe_client, path, probe_body, chat, o.input_len, Clock::now(), probe);
     if (!probe.success)
       throw Error("the first request to " + url.scheme_host_port + path +
                   " failed: " + probe.error);
@@ -375,7 +412,7 @@ int run_bench_serve(const BenchServeOptions& o) {
                                                   std::chrono::duration<double>(arrival_s[i])));
         try {
           if (!client) throw Error("no HTTP client");
-          send_request(*client, path, bodies[static_cast<size_t>(i)], chat, o.input_len, start, t);
+          send_request(*client, path, bodies[static_cast<size_t>(i)], chat, prompt_len, start, t);
         } catch (const std::exception& e) {
           t.success = false;
           t.error = e.what();
@@ -438,7 +475,9 @@ int run_bench_serve(const BenchServeOptions& o) {
                       {"endpoint", o.endpoint},
                       {"model_id", model},
                       {"num_prompts", n},
-                      {"input_len", o.input_len},
+                      {"input_len", prompt_len},
+                      {"shared_prefix_len", o.shared_prefix_len},
+                      {"num_prefixes", o.shared_prefix_len > 0 ? o.num_prefixes : 0},
                       {"output_len", o.output_len},
                       {"request_rate", std::isfinite(o.request_rate) ? ordered_json(o.request_rate)
                                                                      : ordered_json("inf")},
@@ -502,6 +541,15 @@ std::function<int()> add_bench_serve_command(CLI::App& app) {
   cmd->add_option("--input-len", o->input_len,
                   "Prompt length: random token ids (completions) or random words (chat)")
       ->check(CLI::Range(1, 1 << 24))
+      ->capture_default_str();
+  cmd->add_option("--shared-prefix-len", o->shared_prefix_len,
+                  "Tokens (or words) of a prefix shared by requests, before their --input-len "
+                  "own ones (a system prompt); 0 = none")
+      ->check(CLI::Range(0, 1 << 24))
+      ->capture_default_str();
+  cmd->add_option("--num-prefixes", o->num_prefixes,
+                  "Distinct shared prefixes; request i gets prefix i mod this")
+      ->check(CLI::Range(1, 1 << 20))
       ->capture_default_str();
   cmd->add_option("--output-len", o->output_len, "max_tokens of every request")
       ->check(CLI::Range(1, 1 << 24))

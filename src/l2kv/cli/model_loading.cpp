@@ -86,6 +86,11 @@ void add_engine_options(CLI::App& app, EngineConfig& c) {
                  "Fraction of the GPU's memory l2kv may use for weights, workspace and KV cache")
       ->check(CLI::Range(0.01, 1.0))
       ->capture_default_str();
+  app.add_flag(
+         "--enable-prefix-caching,!--no-enable-prefix-caching", c.enable_prefix_caching,
+         "Reuse the KV cache of whole blocks of prompt prefixes earlier requests computed (on "
+         "by default; --no-enable-prefix-caching turns it off)")
+      ->capture_default_str();
   app.add_option("--engine-seed", c.seed,
                  "Seed that draws the sampling seeds of requests that give none")
       ->capture_default_str();

@@ -1,20 +1,126 @@
 #include "l2kv/engine/block_manager.h"
 
+#include <cstring>
 #include <string>
 
 #include "l2kv/core/error.h"
 
 namespace l2kv {
+namespace {
 
-BlockManager::BlockManager(int32_t num_blocks, int32_t block_size) : block_size_(block_size) {
+// SHA-256 (FIPS 180-4), written out: no hashing library is a dependency of l2kv.
+constexpr uint32_t kSha256K[64] = {
+    0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
+    0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
+    0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
+    0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
+    0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
+    0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
+    0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+    0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2};
+
+uint32_t rotr(uint32_t x, int n) {
+  return (x >> n) | (x << (32 - n));
+}
+
+void sha256_block(uint32_t state[8], const uint8_t* p) {
+  uint32_t w[64];
+  for (int i = 0; i < 16; ++i)
+    w[i] = (uint32_t{p[4 * i]} << 24) | (uint32_t{p[4 * i + 1]} << 16) |
+           (uint32_t{p[4 * i + 2]} << 8) | uint32_t{p[4 * i + 3]};
+  for (int i = 16; i < 64; ++i) {
+    const uint32_t s0 = rotr(w[i - 15], 7) ^ rotr(w[i - 15], 18) ^ (w[i - 15] >> 3);
+    const uint32_t s1 = rotr(w[i - 2], 17) ^ rotr(w[i - 2], 19) ^ (w[i - 2] >> 10);
+    w[i] = w[i - 16] + s0 + w[i - 7] + s1;
+  }
+  uint32_t a = state[0], b = state[1], c = state[2], d = state[3];
+  uint32_t e = state[4], f = state[5], g = state[6], h = state[7];
+  for (int i = 0; i < 64; ++i) {
+    const uint32_t t1 =
+        h + (rotr(e, 6) ^ rotr(e, 11) ^ rotr(e, 25)) + ((e & f) ^ (~e & g)) + kSha256K[i] + w[i];
+    const uint32_t t2 = (rotr(a, 2) ^ rotr(a, 13) ^ rotr(a, 22)) + ((a & b) ^ (a & c) ^ (b & c));
+    h = g;
+    g = f;
+    f = e;
+    e = d + t1;
+    d = c;
+    c = b;
+    b = a;
+    a = t1 + t2;
+  }
+  state[0] += a;
+  state[1] += b;
+  state[2] += c;
+  state[3] += d;
+  state[4] += e;
+  state[5] += f;
+  state[6] += g;
+  state[7] += h;
+}
+
+void put_u64(std::vector<uint8_t>& out, uint64_t v) {
+  for (int i = 0; i < 8; ++i) out.push_back(static_cast<uint8_t>(v >> (8 * i)));
+}
+
+}  // namespace
+
+std::array<uint8_t, 32> sha256(const uint8_t* data, size_t size) {
+  uint32_t state[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
+                       0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
+  size_t done = 0;
+  for (; done + 64 <= size; done += 64) sha256_block(state, data + done);
+  // The tail, the 0x80 marker and the message length in bits, in one or two blocks.
+  uint8_t tail[128] = {};
+  const size_t rest = size - done;
+  if (rest > 0) std::memcpy(tail, data + done, rest);
+  tail[rest] = 0x80;
+  const size_t tail_size = rest + 9 <= 64 ? 64 : 128;
+  const uint64_t bits = static_cast<uint64_t>(size) * 8;
+  for (int i = 0; i < 8; ++i) tail[tail_size - 1 - i] = static_cast<uint8_t>(bits >> (8 * i));
+  for (size_t off = 0; off < tail_size; off += 64) sha256_block(state, tail + off);
+  std::array<uint8_t, 32> digest{};
+  for (int i = 0; i < 8; ++i)
+    for (int j = 0; j < 4; ++j) digest[4 * i + j] = static_cast<uint8_t>(state[i] >> (24 - 8 * j));
+  return digest;
+}
+
+BlockHash hash_block(const std::optional<BlockHash>& parent, uint64_t extra_key,
+                     std::span<const int32_t> tokens) {
+  // One byte says whether there is a parent, so a first block never equals a child block
+  // whose parent hash happens to be all zeros.
+  std::vector<uint8_t> bytes;
+  bytes.reserve(1 + 16 + 8 + 4 * tokens.size());
+  bytes.push_back(parent ? 1 : 0);
+  put_u64(bytes, parent ? parent->hi : 0);
+  put_u64(bytes, parent ? parent->lo : 0);
+  put_u64(bytes, extra_key);
+  for (int32_t t : tokens)
+    for (int i = 0; i < 4; ++i)
+      bytes.push_back(static_cast<uint8_t>(static_cast<uint32_t>(t) >> (8 * i)));
+  const std::array<uint8_t, 32> d = sha256(bytes.data(), bytes.size());
+  BlockHash h;
+  for (int i = 0; i < 8; ++i) {
+    h.hi = (h.hi << 8) | d[i];
+    h.lo = (h.lo << 8) | d[8 + i];
+  }
+  return h;
+}
+
+BlockManager::BlockManager(int32_t num_blocks, int32_t block_size, bool enable_caching)
+    : block_size_(block_size), caching_(enable_caching) {
   if (block_size < 1)
     throw Error("block size must be at least 1, got " + std::to_string(block_size));
   if (num_blocks < 2)
     throw Error("a KV pool needs at least 2 blocks (block 0 is reserved), got " +
                 std::to_string(num_blocks));
-  ref_counts_.assign(static_cast<size_t>(num_blocks), 0);
-  hashes_.resize(static_cast<size_t>(num_blocks));
-  free_list_.reserve(static_cast<size_t>(num_blocks - 1));
+  const auto n = static_cast<size_t>(num_blocks);
+  ref_counts_.assign(n, 0);
+  hashes_.resize(n);
+  lru_prev_.assign(n, kNone);
+  lru_next_.assign(n, kNone);
+  in_lru_.assign(n, false);
+  if (caching_) cached_.reserve(n);
+  free_list_.reserve(n - 1);
   for (int32_t b = num_blocks - 1; b > kNullBlock; --b) free_list_.push_back(b);
 }
 
@@ -22,9 +128,29 @@ int32_t BlockManager::blocks_for(int64_t num_tokens) const {
   return static_cast<int32_t>((num_tokens + block_size_ - 1) / block_size_);
 }
 
-bool BlockManager::can_allocate(int64_t seq, int64_t total_tokens) const {
-  const int64_t have = static_cast<int64_t>(block_table(seq).size());
-  return blocks_for(total_tokens) - have <= num_free();
+bool BlockManager::can_allocate(int64_t seq, int64_t total_tokens,
+                                std::span<const int32_t> prefix) const {
+  const int64_t have = static_cast<int64_t>(block_table(seq).size() + prefix.size());
+  // Taking an evictable prefix block takes it out of what new blocks can come from.
+  int64_t available = num_free();
+  for (int32_t block : prefix)
+    if (ref_counts_[block] == 0) --available;
+  return blocks_for(total_tokens) - have <= available;
+}
+
+int32_t BlockManager::take_block() {
+  int32_t block;
+  if (!free_list_.empty()) {
+    block = free_list_.back();
+    free_list_.pop_back();
+  } else {
+    block = lru_head_;  // callers checked num_free(), so the LRU is not empty
+    lru_remove(block);
+    cached_.erase(*hashes_[block]);
+    hashes_[block].reset();
+  }
+  ref_counts_[block] = 1;
+  return block;
 }
 
 void BlockManager::allocate_for(int64_t seq, int64_t total_tokens) {
@@ -35,12 +161,7 @@ void BlockManager::allocate_for(int64_t seq, int64_t total_tokens) {
                 std::to_string(need - have) + " more blocks, " + std::to_string(num_free()) +
                 " are free");
   std::vector<int32_t>& table = tables_[seq];
-  while (static_cast<int32_t>(table.size()) < need) {
-    const int32_t block = free_list_.back();
-    free_list_.pop_back();
-    ref_counts_[block] = 1;
-    table.push_back(block);
-  }
+  while (static_cast<int32_t>(table.size()) < need) table.push_back(take_block());
 }
 
 void BlockManager::share(int64_t seq, std::span<const int32_t> blocks) {
@@ -48,11 +169,12 @@ void BlockManager::share(int64_t seq, std::span<const int32_t> blocks) {
     throw Error("BlockManager::share: sequence " + std::to_string(seq) + " already has blocks");
   for (int32_t block : blocks) {
     check_block(block);
-    if (ref_counts_[block] == 0)
+    if (ref_counts_[block] == 0 && !in_lru_[block])
       throw Error("BlockManager::share: block " + std::to_string(block) + " is free");
   }
   std::vector<int32_t>& table = tables_[seq];
   for (int32_t block : blocks) {
+    if (ref_counts_[block] == 0) lru_remove(block);
     ++ref_counts_[block];
     table.push_back(block);
   }
@@ -61,9 +183,13 @@ void BlockManager::share(int64_t seq, std::span<const int32_t> blocks) {
 void BlockManager::free(int64_t seq) {
   const auto it = tables_.find(seq);
   if (it == tables_.end()) return;
-  // Released in reverse, so the next allocation reuses the front of this table first.
+  // Released in reverse: the front of this table is the likelier prefix of a later request,
+  // so its back goes to the LRU (and to eviction) first.
   for (auto block = it->second.rbegin(); block != it->second.rend(); ++block) {
-    if (--ref_counts_[*block] == 0) {
+    if (--ref_counts_[*block] > 0) continue;
+    if (caching_ && hashes_[*block]) {
+      lru_push_back(*block);
+    } else {
       hashes_[*block].reset();
       free_list_.push_back(*block);
     }
@@ -82,14 +208,102 @@ int32_t BlockManager::ref_count(int32_t block) const {
   return ref_counts_[block];
 }
 
-void BlockManager::set_block_hash(int32_t block, uint64_t hash) {
+bool BlockManager::cache_block(int32_t block, const BlockHash& hash) {
   check_block(block);
+  if (ref_counts_[block] == 0)
+    throw Error("BlockManager::cache_block: block " + std::to_string(block) + " is not held");
+  if (!caching_ || hashes_[block]) return false;
+  if (!cached_.emplace(hash, block).second) return false;
   hashes_[block] = hash;
+  return true;
 }
 
-std::optional<uint64_t> BlockManager::block_hash(int32_t block) const {
+std::optional<BlockHash> BlockManager::block_hash(int32_t block) const {
   check_block(block);
   return hashes_[block];
+}
+
+std::vector<int32_t> BlockManager::find_cached_prefix(std::span<const BlockHash> hashes) const {
+  std::vector<int32_t> blocks;
+  if (!caching_) return blocks;
+  for (const BlockHash& h : hashes) {
+    const auto it = cached_.find(h);
+    if (it == cached_.end()) break;
+    blocks.push_back(it->second);
+  }
+  return blocks;
+}
+
+void BlockManager::lru_push_back(int32_t block) {
+  lru_prev_[block] = lru_tail_;
+  lru_next_[block] = kNone;
+  if (lru_tail_ != kNone) {
+    lru_next_[lru_tail_] = block;
+  } else {
+    lru_head_ = block;
+  }
+  lru_tail_ = block;
+  in_lru_[block] = true;
+  ++num_evictable_;
+}
+
+void BlockManager::lru_remove(int32_t block) {
+  const int32_t prev = lru_prev_[block], next = lru_next_[block];
+  if (prev != kNone) {
+    lru_next_[prev] = next;
+  } else {
+    lru_head_ = next;
+  }
+  if (next != kNone) {
+    lru_prev_[next] = prev;
+  } else {
+    lru_tail_ = prev;
+  }
+  lru_prev_[block] = lru_next_[block] = kNone;
+  in_lru_[block] = false;
+  --num_evictable_;
+}
+
+void BlockManager::check_invariants() const {
+  auto fail = [](const std::string& what) { throw Error("BlockManager invariant: " + what); };
+  const auto n = static_cast<size_t>(num_blocks());
+  std::vector<int32_t> holders(n, 0);
+  for (const auto& [seq, table] : tables_)
+    for (int32_t b : table) {
+      if (b <= kNullBlock || b >= num_blocks())
+        fail("sequence " + std::to_string(seq) + " holds block " + std::to_string(b));
+      ++holders[static_cast<size_t>(b)];
+    }
+  std::vector<int> places(n, 0);
+  for (int32_t b : free_list_) {
+    ++places[static_cast<size_t>(b)];
+    if (hashes_[b]) fail("free block " + std::to_string(b) + " keeps a hash");
+  }
+  int32_t walked = 0;
+  for (int32_t b = lru_head_, prev = kNone; b != kNone; prev = b, b = lru_next_[b]) {
+    if (lru_prev_[b] != prev || !in_lru_[b]) fail("LRU links broken at block " + std::to_string(b));
+    if (!hashes_[b]) fail("evictable block " + std::to_string(b) + " has no hash");
+    ++places[static_cast<size_t>(b)];
+    if (++walked > num_blocks()) fail("LRU has a cycle");
+  }
+  if (walked != num_evictable_) fail("LRU length differs from its count");
+  for (size_t b = 1; b < n; ++b) {
+    if (ref_counts_[b] != holders[b])
+      fail("block " + std::to_string(b) + " has reference count " + std::to_string(ref_counts_[b]) +
+           " and " + std::to_string(holders[b]) + " holders");
+    if (holders[b] > 0) ++places[b];
+    if (places[b] != 1)
+      fail("block " + std::to_string(b) + " is in " + std::to_string(places[b]) +
+           " of free list, LRU and held");
+    if (hashes_[b]) {
+      const auto it = cached_.find(*hashes_[b]);
+      if (it == cached_.end() || it->second != static_cast<int32_t>(b))
+        fail("block " + std::to_string(b) + "'s hash is not indexed to it");
+    }
+  }
+  if (ref_counts_[kNullBlock] != 0 || places[kNullBlock] != 0) fail("the null block is in use");
+  for (const auto& [hash, b] : cached_)
+    if (!hashes_[b] || !(*hashes_[b] == hash)) fail("the index names a block without its hash");
 }
 
 void BlockManager::check_block(int32_t block) const {

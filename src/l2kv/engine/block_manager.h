@@ -5,8 +5,18 @@
 // Block 0 is the null block: it is never handed out. The CUDA runner pads graph batches with
 // rows whose block tables point at block 0, so their K/V writes land there and never in a
 // block some sequence owns. Usable blocks are 1 .. num_blocks - 1.
+//
+// Prefix caching (vLLM V1's design): a full block a sequence has computed can be cached under
+// its content hash (cache_block). A cached block whose last holder lets go keeps its hash and
+// joins an LRU of evictable blocks instead of the free list; a later sequence with the same
+// prefix finds it (find_cached_prefix) and takes it back (share). Allocation takes blocks from
+// the free list first, then evicts the least recently released evictable block, which forgets
+// its hash. A block some sequence holds is never evicted. Free and evictable blocks together
+// are what num_free() counts: both can be handed out.
 #pragma once
 
+#include <array>
+#include <cstddef>
 #include <cstdint>
 #include <optional>
 #include <span>
@@ -15,33 +25,57 @@
 
 namespace l2kv {
 
+// The identity of a full block's content: the first 128 bits of SHA-256 over its parent's hash,
+// an extra key (anything else that changes the block's K/V; 0 today) and its token ids. A
+// cryptographic hash, so two different prefixes never share cached K/V in practice, even when
+// a client picks the tokens.
+struct BlockHash {
+  uint64_t hi = 0, lo = 0;
+  bool operator==(const BlockHash&) const = default;
+};
+
+// The hash of a block holding `tokens` after the block hashed `parent` (nullopt for the first
+// block of a sequence).
+BlockHash hash_block(const std::optional<BlockHash>& parent, uint64_t extra_key,
+                     std::span<const int32_t> tokens);
+
+// SHA-256 of `size` bytes (exposed for its test against the standard's vectors).
+std::array<uint8_t, 32> sha256(const uint8_t* data, size_t size);
+
 class BlockManager {
  public:
   static constexpr int32_t kNullBlock = 0;
 
-  // A pool of `num_blocks` blocks (the null block included) of `block_size` tokens each.
-  // Throws l2kv::Error unless num_blocks >= 2 and block_size >= 1.
-  BlockManager(int32_t num_blocks, int32_t block_size);
+  // A pool of `num_blocks` blocks (the null block included) of `block_size` tokens each, with
+  // prefix caching on or off. Throws l2kv::Error unless num_blocks >= 2 and block_size >= 1.
+  BlockManager(int32_t num_blocks, int32_t block_size, bool enable_caching = false);
 
   int32_t block_size() const { return block_size_; }
+  bool caching_enabled() const { return caching_; }
   int32_t num_blocks() const { return static_cast<int32_t>(ref_counts_.size()); }
   // Blocks that can ever be handed out: all but the null block.
   int32_t num_usable() const { return num_blocks() - 1; }
-  int32_t num_free() const { return static_cast<int32_t>(free_list_.size()); }
+  // Blocks no sequence holds: the free list and the evictable cached blocks.
+  int32_t num_free() const { return static_cast<int32_t>(free_list_.size()) + num_evictable_; }
+  // Of those, the ones still cached (findable by hash until evicted).
+  int32_t num_evictable() const { return num_evictable_; }
   // Blocks that `num_tokens` tokens occupy.
   int32_t blocks_for(int64_t num_tokens) const;
 
-  // Whether `seq`'s table can grow to cover `total_tokens` tokens with the free blocks.
-  bool can_allocate(int64_t seq, int64_t total_tokens) const;
+  // Whether `seq`'s table can grow to cover `total_tokens` tokens, after first taking the
+  // cached blocks `prefix` (when `seq` has no table yet; see share()).
+  bool can_allocate(int64_t seq, int64_t total_tokens, std::span<const int32_t> prefix = {}) const;
   // Grows `seq`'s table (created on first use) to cover `total_tokens` tokens; a table that
-  // covers them already is left as it is. Throws l2kv::Error, changing nothing, when too few
-  // blocks are free.
+  // covers them already is left as it is. Free blocks go first, then evictable ones (least
+  // recently released first). Throws l2kv::Error, changing nothing, when too few are left.
   void allocate_for(int64_t seq, int64_t total_tokens);
-  // Starts `seq`'s table with `blocks` that other sequences hold (their reference counts go
-  // up), the hook for prefix sharing and forks. `seq` must have no table yet.
+  // Starts `seq`'s table with `blocks` that other sequences hold or that are cached and
+  // evictable (their reference counts go up; evictable ones leave the LRU): the hook for
+  // prefix hits and forks. `seq` must have no table yet; a block on the free list is refused.
   void share(int64_t seq, std::span<const int32_t> blocks);
-  // Drops `seq`'s table; each block whose reference count reaches 0 returns to the free list
-  // (and forgets its hash). Unknown sequences are ignored.
+  // Drops `seq`'s table; each block whose reference count reaches 0 joins the evictable LRU
+  // when it is cached, else the free list (forgetting any hash). Blocks go back in reverse, so
+  // a sequence's last blocks are evicted before its first. Unknown sequences are ignored.
   void free(int64_t seq);
 
   // `seq`'s block table (empty when it has none). Valid until `seq`'s table next changes.
@@ -50,18 +84,41 @@ class BlockManager {
   int32_t num_sequences() const { return static_cast<int32_t>(tables_.size()); }
   int32_t ref_count(int32_t block) const;
 
-  // The content hash of a full block (its tokens and those before it), for prefix caching:
-  // set when a block fills, looked up by a later prefix match, cleared when the block is freed.
-  void set_block_hash(int32_t block, uint64_t hash);
-  std::optional<uint64_t> block_hash(int32_t block) const;
+  // Caches `block` (held, full and computed) under `hash`. Returns false, changing nothing,
+  // when caching is off, when the block is cached already, or when another block holds the
+  // hash (two sequences computed the same prefix at once: the first one stays cached).
+  bool cache_block(int32_t block, const BlockHash& hash);
+  std::optional<BlockHash> block_hash(int32_t block) const;
+  // The cached blocks that hold `hashes` from the start, up to the first miss.
+  std::vector<int32_t> find_cached_prefix(std::span<const BlockHash> hashes) const;
+
+  // Checks every invariant (reference counts against the tables, each block in exactly one of
+  // free list / LRU / held, the hash index against the blocks' hashes); throws l2kv::Error
+  // naming the first broken one. O(num_blocks): for tests.
+  void check_invariants() const;
 
  private:
+  struct HashOf {
+    size_t operator()(const BlockHash& h) const { return static_cast<size_t>(h.lo ^ h.hi); }
+  };
+  static constexpr int32_t kNone = -1;
+
   void check_block(int32_t block) const;
+  int32_t take_block();  // a block for a new holder: free list first, else evict the LRU head
+  void lru_push_back(int32_t block);
+  void lru_remove(int32_t block);
 
   int32_t block_size_;
+  bool caching_;
   std::vector<int32_t> free_list_;  // popped from the back: lowest ids first
   std::vector<int32_t> ref_counts_;
-  std::vector<std::optional<uint64_t>> hashes_;
+  std::vector<std::optional<BlockHash>> hashes_;
+  std::unordered_map<BlockHash, int32_t, HashOf> cached_;  // hash -> the block holding it
+  // The evictable LRU, a doubly linked list through the blocks: head = next to evict.
+  std::vector<int32_t> lru_prev_, lru_next_;
+  std::vector<bool> in_lru_;
+  int32_t lru_head_ = kNone, lru_tail_ = kNone;
+  int32_t num_evictable_ = 0;
   std::unordered_map<int64_t, std::vector<int32_t>> tables_;
 };
 

@@ -33,6 +33,7 @@ class CpuRunner final : public ModelRunner {
                         int32_t max_model_len, double memory_utilization) override;
   void allocate_kv_cache(int32_t num_blocks) override;
   std::vector<SampledToken> execute(const StepInput& step) override;
+  bool supports_prompt_logprobs() const override { return true; }
 
   const CpuModel& model() const { return *model_; }
 

@@ -7,7 +7,8 @@
 // Pool: EngineConfig::num_kv_blocks counts physical blocks, the null block 0 included, so
 // kv_blocks_total in the stats is num_kv_blocks - 1. Stats: prompt_tokens counts prompt
 // positions run, recomputation after a preemption included; generation_tokens counts sampled
-// tokens; preemptions counts each time a request was preempted.
+// tokens; preemptions counts each time a request was preempted. Blocks a request found in the
+// prefix cache are not run, so they count in prefix_cache_hits and not in prompt_tokens.
 // Seeds: a request without one gets the next draw of a std::mt19937_64 seeded with
 // EngineConfig::seed, in add_request order (rejected requests draw nothing).
 #include "l2kv/engine/engine.h"
@@ -139,7 +140,8 @@ struct Engine::Impl {
   std::deque<Delivery> deliveries;
   bool delivering = false;
   bool in_step = false;
-  std::string failure;  // set once the device is lost; see Engine::failure()
+  std::string failure;        // set once the device is lost; see Engine::failure()
+  int32_t num_followers = 0;  // n > 1 choices waiting for their leader's prompt
 
   Impl(std::unique_ptr<ModelRunner> model_runner, const Tokenizer* tok, EngineConfig cfg)
       : runner(std::move(model_runner)), tokenizer(tok) {
@@ -165,7 +167,7 @@ struct Engine::Impl {
     }
     config.num_kv_blocks = static_cast<int32_t>(num_blocks);
     validate_engine_config(config, model);
-    blocks.emplace(config.num_kv_blocks, config.block_size);
+    blocks.emplace(config.num_kv_blocks, config.block_size, config.enable_prefix_caching);
     runner->allocate_kv_cache(config.num_kv_blocks);
     scheduler.emplace(SchedulerConfig{config.max_num_seqs, config.max_num_batched_tokens}, *blocks);
     token_limit =
@@ -183,6 +185,12 @@ struct Engine::Impl {
                     std::to_string(request.prompt[i]) + ", outside the vocabulary of " +
                     std::to_string(vocab));
     request.params.validate(vocab);
+    if (request.prompt_logprobs < -1 || request.prompt_logprobs > kMaxLogprobs)
+      throw Error("prompt_logprobs must be in [-1, " + std::to_string(kMaxLogprobs) + "], got " +
+                  std::to_string(request.prompt_logprobs));
+    if (request.prompt_logprobs >= 0 && !runner->supports_prompt_logprobs())
+      throw Error("prompt logprobs are not supported on the " + runner->device_name() +
+                  " backend yet");
     if (!request.params.stop.empty() && tokenizer == nullptr)
       throw Error("stop strings need a tokenizer, and this engine has none");
     for (const std::string& stop : request.params.stop)
@@ -200,11 +208,53 @@ struct Engine::Impl {
     auto r = std::make_unique<Request>(id, id, std::move(request.prompt), std::move(request.params),
                                        seed);
     if (tokenizer) r->detokenizer.emplace(*tokenizer, r->params.skip_special_tokens);
+    r->prompt_logprobs = request.prompt_logprobs;
+    r->prompt_only = request.prompt_only;
     if (request.on_output)
       r->on_output = std::make_shared<const Callback>(std::move(request.on_output));
-    scheduler->add(r.get());
+    Request* leader = prompt_leader_for(request.share_prompt_with, *r);
+    if (leader) {
+      r->prompt_leader = leader;
+      leader->prompt_followers.push_back(r.get());
+      ++num_followers;
+    } else {
+      scheduler->add(r.get());
+    }
     requests.emplace(id, std::move(r));
     return id;
+  }
+
+  // The request `r` may wait for (GenerationRequest::share_prompt_with), or null.
+  Request* prompt_leader_for(int64_t leader_id, const Request& r) {
+    if (leader_id < 0) return nullptr;
+    const auto it = requests.find(leader_id);
+    if (it == requests.end()) return nullptr;
+    Request* leader = it->second.get();
+    if (leader->prompt_leader || leader->num_output_tokens() > 0 || r.prompt_logprobs >= 0 ||
+        !std::ranges::equal(leader->prompt(), r.prompt()))
+      return nullptr;
+    return leader;
+  }
+
+  // The leader has computed its prompt: its followers join the waiting queue on its blocks.
+  void fork_followers(Request& leader) {
+    for (auto f = leader.prompt_followers.rbegin(); f != leader.prompt_followers.rend(); ++f) {
+      (*f)->prompt_leader = nullptr;
+      scheduler->add_forked(*f, leader);  // to the front: the first follower ends up first
+    }
+    num_followers -= static_cast<int32_t>(leader.prompt_followers.size());
+    leader.prompt_followers.clear();
+  }
+
+  // A leader that ends before computing its prompt (abort, error): its followers queue as
+  // requests of their own.
+  void release_followers(Request& leader) {
+    for (Request* f : leader.prompt_followers) {
+      f->prompt_leader = nullptr;
+      scheduler->add(f);
+    }
+    num_followers -= static_cast<int32_t>(leader.prompt_followers.size());
+    leader.prompt_followers.clear();
   }
 
   // Moves what `r` gathered since its last callback into a delivery.
@@ -215,6 +265,12 @@ struct Engine::Impl {
     out.new_tokens = std::move(r.pending_tokens);
     out.new_text = std::move(r.pending_text);
     out.new_logprobs = std::move(r.pending_logprobs);
+    if (r.prompt_logprobs >= 0 && !r.prompt_logprobs_delivered &&
+        static_cast<int32_t>(r.prompt_logprob_rows.size()) == r.num_prompt_tokens - 1) {
+      out.prompt_logprobs = std::move(r.prompt_logprob_rows);
+      r.prompt_logprob_rows.clear();
+      r.prompt_logprobs_delivered = true;
+    }
     r.pending_tokens.clear();
     r.pending_text.clear();
     r.pending_logprobs.clear();
@@ -237,6 +293,12 @@ struct Engine::Impl {
         r.pending_text += r.stop_checker.flush();
       }
     }
+    if (r.prompt_leader) {  // a follower still waiting for its leader
+      std::erase(r.prompt_leader->prompt_followers, &r);
+      r.prompt_leader = nullptr;
+      --num_followers;
+    }
+    release_followers(r);
     r.status = RequestStatus::kFinished;
     r.finish_reason = reason;
     r.stop_reason = std::move(stop_reason);
@@ -326,6 +388,20 @@ struct Engine::Impl {
       s.start_position = c.start;
       s.block_table = blocks->block_table(r.id);
       s.sample = c.sample;
+      if (r.prompt_logprobs >= 0 && !r.prompt_logprobs_delivered) {
+        // Row j of the chunk (position start + j) predicts prompt token start + j + 1: ask for
+        // the tokens after the `have` known ones (after a preemption the chunk recomputes rows
+        // it has), up to the chunk's end and the prompt's last token.
+        const int32_t have = static_cast<int32_t>(r.prompt_logprob_rows.size());
+        const int32_t last = std::min(c.start + c.num_tokens, r.num_prompt_tokens - 1);
+        if (last > have && have >= c.start) {
+          s.prompt_logprob_targets = std::span<const int32_t>(r.tokens).subspan(
+              static_cast<size_t>(have + 1), static_cast<size_t>(last - have));
+          s.prompt_logprobs_row = have - c.start;
+          s.prompt_logprobs = r.prompt_logprobs;
+          s.prompt_logprobs_out = &r.prompt_logprob_rows;
+        }
+      }
       if (c.sample) {
         s.sampling = {&r.params, r.seed, r.num_output_tokens(), r.prompt(), r.output()};
         ++num_samples;
@@ -354,10 +430,18 @@ struct Engine::Impl {
       if (!failure.empty()) fail_all();
     } else {
       scheduler->update(plan);
+      // Followers fork before the leader's first token is appended (which may finish it).
+      for (const ScheduledChunk& c : plan.chunks)
+        if (c.sample && !c.request->prompt_followers.empty()) fork_followers(*c.request);
       size_t next = 0;
       for (const ScheduledChunk& c : plan.chunks) {
         if (!c.sample) continue;
         const int64_t id = c.request->id;
+        if (c.request->prompt_only) {  // the prompt is computed: that was all it asked for
+          ++next;
+          finish(*c.request, FinishReason::kLength);
+          continue;
+        }
         try {
           append(*c.request, std::move(sampled[next++]));
         } catch (const std::exception& e) {  // e.g. the tokenizer cannot decode the token
@@ -433,9 +517,12 @@ void Engine::run_until_idle() {
 EngineStats Engine::stats() const {
   EngineStats s = impl_->totals;
   s.running = impl_->scheduler->num_running();
-  s.waiting = impl_->scheduler->num_waiting();
+  s.waiting = impl_->scheduler->num_waiting() + impl_->num_followers;
   s.kv_blocks_total = impl_->blocks->num_usable();
   s.kv_blocks_free = impl_->blocks->num_free();
+  s.kv_blocks_cached = impl_->blocks->num_evictable();
+  s.prefix_cache_queries = impl_->scheduler->prefix_cache_queries();
+  s.prefix_cache_hits = impl_->scheduler->prefix_cache_hits();
   return s;
 }
 

@@ -27,6 +27,9 @@ struct EngineConfig {
   int32_t num_kv_blocks = 0;              // 0 = as many as fit
   double gpu_memory_utilization = 0.9;
   uint64_t seed = 0;  // draws the seeds of requests that set none
+  // Automatic prefix caching: a request reuses the K/V of whole blocks earlier requests
+  // computed for the same leading tokens (see BlockManager and Scheduler).
+  bool enable_prefix_caching = true;
 };
 
 // Refuses a configuration that would stall, starve or deadlock, with an l2kv::Error naming the
@@ -46,6 +49,9 @@ struct RequestOutput {
   std::vector<int32_t> new_tokens;
   std::string new_text;                    // detokenized, stop strings removed
   std::vector<SampledToken> new_logprobs;  // one per new token when logprobs >= 0
+  // GenerationRequest::prompt_logprobs: one per prompt token after the first, in the first
+  // output only.
+  std::vector<PromptLogprob> prompt_logprobs;
   bool finished = false;
   FinishReason finish_reason = FinishReason::kNone;
   std::string stop_reason;  // the stop string or token id that ended it; empty for EOS
@@ -58,13 +64,33 @@ struct GenerationRequest {
   std::vector<int32_t> prompt;
   SamplingParams params;
   std::function<void(const RequestOutput&)> on_output;  // called from step()
+  // n > 1 with one prefill: the id of an unfinished request with the same prompt that has not
+  // sampled yet (the group's first choice). This one then waits until that request has
+  // computed the prompt and starts on its blocks: every full block before the prompt's last
+  // token is shared, the rest (at most one block) computed again, so each choice gets its own
+  // last-token logits without copying a block. -1, or a request that does not qualify: the
+  // prompt is prefilled as any other (prefix caching may still find it).
+  int64_t share_prompt_with = -1;
+  // Prompt logprobs (vLLM's prompt_logprobs): -1 none; N >= 0: for every prompt token after
+  // the first, its log-probability given those before it, its rank and the N most likely
+  // tokens there, in RequestOutput::prompt_logprobs of the first output. Such a request takes
+  // no cached prefix and shares no prefill (every row is computed). Refused by a runner
+  // without supports_prompt_logprobs().
+  int32_t prompt_logprobs = -1;
+  // Only the prompt (max_tokens 0 with echo): the request ends with "length" once its prompt is
+  // computed, with no output token; params.max_tokens is not used.
+  bool prompt_only = false;
 };
 
 struct EngineStats {
   int32_t running = 0, waiting = 0;
   int32_t kv_blocks_total = 0, kv_blocks_free = 0;
+  int32_t kv_blocks_cached = 0;  // of the free ones, those still holding a cached prefix
   int64_t prompt_tokens = 0, generation_tokens = 0;  // totals processed
   int64_t preemptions = 0, steps = 0;
+  // Prefix caching (0 when off): tokens of the requests admitted (re-admissions after a
+  // preemption included) and, of those, the tokens found in the cache.
+  int64_t prefix_cache_queries = 0, prefix_cache_hits = 0;
 };
 
 class Engine {

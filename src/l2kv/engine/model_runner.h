@@ -15,6 +15,14 @@
 
 namespace l2kv {
 
+// One prompt token's log-probability given the tokens before it (prompt logprobs).
+struct PromptLogprob {
+  int32_t token = -1;
+  float logprob = 0.f;  // log_softmax of the raw logits, as SampledToken::logprob
+  int32_t rank = 0;     // 1 + the number of tokens more likely than `token`
+  std::vector<std::pair<int32_t, float>> top_logprobs;  // most likely first, lowest id on ties
+};
+
 // One sequence's part of a step.
 struct StepSequence {
   std::span<const int32_t> tokens;       // new tokens: a prompt chunk or the last sampled one
@@ -22,6 +30,14 @@ struct StepSequence {
   std::span<const int32_t> block_table;  // physical blocks covering start_position + size
   bool sample = false;                   // the chunk ends the known tokens: sample the next one
   SamplingRow sampling;                  // valid when sample
+  // Prompt logprobs, only for a runner that supports_prompt_logprobs(): row
+  // `prompt_logprobs_row + i` of the chunk predicts `prompt_logprob_targets[i]`; the runner
+  // appends one PromptLogprob per target, with `prompt_logprobs` top tokens, to
+  // `*prompt_logprobs_out`. None when the targets are empty.
+  std::span<const int32_t> prompt_logprob_targets;
+  int32_t prompt_logprobs_row = 0;
+  int32_t prompt_logprobs = 0;
+  std::vector<PromptLogprob>* prompt_logprobs_out = nullptr;
 };
 
 struct StepInput {
@@ -59,6 +75,10 @@ class ModelRunner {
   // Asked after execute() threw: why the device can run nothing more (a sticky CUDA error:
   // illegal address, device lost), or empty when the failure was the step's alone.
   virtual std::string device_fault() { return {}; }
+
+  // Whether execute() fills StepSequence's prompt logprobs (the engine refuses requests for
+  // them otherwise).
+  virtual bool supports_prompt_logprobs() const { return false; }
 };
 
 }  // namespace l2kv

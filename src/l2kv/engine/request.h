@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "l2kv/engine/block_manager.h"
 #include "l2kv/engine/engine.h"
 #include "l2kv/engine/stop_checker.h"
 #include "l2kv/sampling/sampling_params.h"
@@ -36,6 +37,22 @@ struct Request {
   // Tokens whose K/V are in the cache. Back to 0 when preempted (recomputation).
   int32_t num_computed_tokens = 0;
   int32_t num_preemptions = 0;
+  // Prefix caching: the hashes of the full blocks of `tokens` computed so far (they only
+  // grow: tokens are only appended), and how many of the table's blocks were offered to the
+  // cache (cache_block) since the table was made.
+  std::vector<BlockHash> block_hashes;
+  int32_t num_cached_blocks = 0;
+  // n > 1 (GenerationRequest::share_prompt_with): a choice waiting for `prompt_leader` to
+  // compute the shared prompt, outside the scheduler's queues; the leader lists its waiting
+  // choices in `prompt_followers`.
+  Request* prompt_leader = nullptr;
+  std::vector<Request*> prompt_followers;
+  // GenerationRequest::prompt_logprobs and prompt_only; the rows computed so far (position
+  // 1 + i for row i) and whether they were delivered.
+  int32_t prompt_logprobs = -1;
+  bool prompt_only = false;
+  std::vector<PromptLogprob> prompt_logprob_rows;
+  bool prompt_logprobs_delivered = false;
   FinishReason finish_reason = FinishReason::kNone;
   std::string stop_reason;
 

@@ -1,6 +1,8 @@
 #include "l2kv/engine/scheduler.h"
 
 #include <algorithm>
+#include <optional>
+#include <span>
 #include <string>
 
 #include "l2kv/core/error.h"
@@ -25,6 +27,30 @@ void Scheduler::add(Request* request) {
   waiting_.push_back(request);
 }
 
+void Scheduler::add_forked(Request* follower, const Request& leader) {
+  if (blocks_.has_table(follower->id) || leader.num_computed_tokens < leader.num_prompt_tokens)
+    throw Error("scheduler: request " + std::to_string(follower->id) + " cannot fork from " +
+                std::to_string(leader.id));
+  const int32_t shared = (leader.num_prompt_tokens - 1) / blocks_.block_size();
+  blocks_.share(follower->id, blocks_.block_table(leader.id).first(static_cast<size_t>(shared)));
+  follower->num_computed_tokens = shared * blocks_.block_size();
+  follower->num_cached_blocks = shared;  // the leader offered them to the cache already
+  follower->status = RequestStatus::kWaiting;
+  waiting_.push_front(follower);
+}
+
+bool Scheduler::release_waiting_blocks() {
+  for (auto it = waiting_.rbegin(); it != waiting_.rend(); ++it) {
+    Request* r = *it;
+    if (!blocks_.has_table(r->id)) continue;
+    blocks_.free(r->id);
+    r->num_computed_tokens = 0;
+    r->num_cached_blocks = 0;
+    return true;
+  }
+  return false;
+}
+
 void Scheduler::remove(Request* request) {
   std::erase(running_, request);
   std::erase(waiting_, request);
@@ -35,6 +61,7 @@ void Scheduler::preempt(Request* request) {
   std::erase(running_, request);
   blocks_.free(request->id);
   request->num_computed_tokens = 0;
+  request->num_cached_blocks = 0;
   request->status = RequestStatus::kWaiting;
   ++request->num_preemptions;
   waiting_.push_front(request);
@@ -51,6 +78,7 @@ StepPlan Scheduler::schedule() {
     const int32_t n = std::min(r->num_tokens() - r->num_computed_tokens, budget);
     bool self_preempted = false;
     while (!blocks_.can_allocate(r->id, r->num_computed_tokens + n)) {
+      if (release_waiting_blocks()) continue;
       Request* victim = running_.back();
       if (victim == r && running_.size() == 1)
         throw Error("scheduler: request " + std::to_string(r->id) + " needs " +
@@ -76,9 +104,24 @@ StepPlan Scheduler::schedule() {
   while (plan.preempted.empty() && !waiting_.empty() && budget > 0 &&
          static_cast<int32_t>(running_.size()) < config_.max_num_seqs) {
     Request* r = waiting_.front();
-    const int32_t n = std::min(r->num_tokens() - r->num_computed_tokens, budget);
-    if (!blocks_.can_allocate(r->id, r->num_computed_tokens + n)) break;
-    blocks_.allocate_for(r->id, r->num_computed_tokens + n);
+    // A waiting request holds no blocks and has computed nothing (new, or preempted), unless
+    // it was forked from another (add_forked): then it starts on the blocks it holds.
+    const bool forked = blocks_.has_table(r->id);
+    const std::vector<int32_t> prefix = forked ? std::vector<int32_t>{} : cached_prefix(*r);
+    const int32_t start = forked ? r->num_computed_tokens
+                                 : static_cast<int32_t>(prefix.size()) * blocks_.block_size();
+    const int32_t n = std::min(r->num_tokens() - start, budget);
+    if (!blocks_.can_allocate(r->id, start + n, prefix)) break;
+    if (!prefix.empty()) blocks_.share(r->id, prefix);
+    blocks_.allocate_for(r->id, start + n);
+    if (!forked) {
+      r->num_computed_tokens = start;
+      r->num_cached_blocks = static_cast<int32_t>(prefix.size());
+    }
+    if (!forked && blocks_.caching_enabled()) {
+      prefix_cache_queries_ += r->num_tokens();
+      prefix_cache_hits_ += start;
+    }
     waiting_.pop_front();
     r->status = RequestStatus::kRunning;
     running_.push_back(r);
@@ -90,8 +133,40 @@ StepPlan Scheduler::schedule() {
 }
 
 void Scheduler::update(const StepPlan& plan) {
-  for (const ScheduledChunk& chunk : plan.chunks)
+  for (const ScheduledChunk& chunk : plan.chunks) {
     chunk.request->num_computed_tokens += chunk.num_tokens;
+    if (blocks_.caching_enabled()) cache_computed_blocks(*chunk.request);
+  }
+}
+
+void Scheduler::hash_blocks(Request& r, int32_t num_blocks) {
+  const auto bs = static_cast<size_t>(blocks_.block_size());
+  const std::span<const int32_t> tokens(r.tokens);
+  while (static_cast<int32_t>(r.block_hashes.size()) < num_blocks) {
+    const size_t i = r.block_hashes.size();
+    std::optional<BlockHash> parent;
+    if (i > 0) parent = r.block_hashes[i - 1];
+    r.block_hashes.push_back(hash_block(parent, 0, tokens.subspan(i * bs, bs)));
+  }
+}
+
+std::vector<int32_t> Scheduler::cached_prefix(Request& r) {
+  // Prompt logprobs need every prompt row computed.
+  if (!blocks_.caching_enabled() || r.prompt_logprobs >= 0) return {};
+  const int32_t most = (r.num_tokens() - 1) / blocks_.block_size();
+  hash_blocks(r, most);
+  return blocks_.find_cached_prefix(
+      std::span<const BlockHash>(r.block_hashes).first(static_cast<size_t>(most)));
+}
+
+void Scheduler::cache_computed_blocks(Request& r) {
+  const int32_t full = r.num_computed_tokens / blocks_.block_size();
+  if (full <= r.num_cached_blocks) return;
+  hash_blocks(r, full);
+  const std::span<const int32_t> table = blocks_.block_table(r.id);
+  for (int32_t i = r.num_cached_blocks; i < full; ++i)
+    blocks_.cache_block(table[static_cast<size_t>(i)], r.block_hashes[static_cast<size_t>(i)]);
+  r.num_cached_blocks = full;
 }
 
 }  // namespace l2kv

@@ -10,6 +10,15 @@
 //     re-prefills prompt + output so far (a request may preempt itself this way).
 //  2. then, unless step 1 preempted someone, waiting requests in order (FCFS), each admitted
 //     only when the blocks of its first chunk are free; the head of the queue blocks the rest.
+//     (A waiting request forked for n > 1 holds its shared prompt blocks; step 1 takes them
+//     back, newest first, before it preempts a running request.)
+//
+// Prefix caching (when the BlockManager has it on): a request being admitted takes the longest
+// run of cached blocks that hold its first tokens, whole blocks only and never its last token
+// (one token is always computed, so there is a logit to sample), and its first chunk starts
+// after them. A preempted request re-hits its own blocks this way, output tokens included,
+// unless they were evicted meanwhile. After each step, every block a chunk filled is offered
+// to the cache under its hash.
 #pragma once
 
 #include <cstdint>
@@ -51,6 +60,10 @@ class Scheduler {
   // Takes a request out of whichever queue holds it and frees its blocks (finish, abort,
   // error). The request's status is left to the caller.
   void remove(Request* request);
+  // n > 1: queues `follower` (same prompt as `leader`, which has just computed all of it) at
+  // the front of the waiting queue, holding the leader's full blocks before the prompt's last
+  // token; it computes the rest of its prompt itself when admitted.
+  void add_forked(Request* follower, const Request& leader);
 
   StepPlan schedule();
   // After the step ran: each chunk's tokens are now cached.
@@ -62,14 +75,29 @@ class Scheduler {
   const std::deque<Request*>& waiting() const { return waiting_; }
   const std::vector<Request*>& running() const { return running_; }
   const SchedulerConfig& config() const { return config_; }
+  // Prefix-cache lookups so far, in prompt tokens (vLLM's prefix_cache_queries), and the
+  // tokens found cached (prefix_cache_hits); each admission counts, re-admissions included.
+  int64_t prefix_cache_queries() const { return prefix_cache_queries_; }
+  int64_t prefix_cache_hits() const { return prefix_cache_hits_; }
 
  private:
   void preempt(Request* request);
+  // Frees the blocks of the newest waiting request that holds some (a forked one), which then
+  // starts from nothing when admitted. False when no waiting request holds blocks.
+  bool release_waiting_blocks();
+  // Extends `r`'s block hashes to its first `num_blocks` full blocks.
+  void hash_blocks(Request& r, int32_t num_blocks);
+  // The cached blocks a request being admitted may take (see above).
+  std::vector<int32_t> cached_prefix(Request& r);
+  // Offers `r`'s newly computed full blocks to the cache.
+  void cache_computed_blocks(Request& r);
 
   SchedulerConfig config_;
   BlockManager& blocks_;
   std::deque<Request*> waiting_;
   std::vector<Request*> running_;  // in admission order: the newest at the back
+  int64_t prefix_cache_queries_ = 0;
+  int64_t prefix_cache_hits_ = 0;
 };
 
 }  // namespace l2kv

@@ -154,11 +154,18 @@ void EngineLoop::on_output(const std::shared_ptr<OutputChannel>& channel, int32_
 void EngineLoop::add_group(PendingSubmit& pending) {
   std::vector<int64_t> ids;
   const auto arrival = std::chrono::steady_clock::now();
+  // n > 1: the choices of one prompt come one after another; each shares the prefill of the
+  // first (the engine checks the prompts are the same).
+  std::vector<size_t> leaders(pending.requests.size());
+  for (size_t i = 0; i < leaders.size(); ++i)
+    leaders[i] =
+        i > 0 && pending.requests[i].prompt == pending.requests[i - 1].prompt ? leaders[i - 1] : i;
   try {
     for (size_t i = 0; i < pending.requests.size(); ++i) {
       GenerationRequest& r = pending.requests[i];
       r.on_output = [this, channel = pending.channel, choice = static_cast<int32_t>(i)](
                         const RequestOutput& out) { on_output(channel, choice, out); };
+      if (leaders[i] != i) r.share_prompt_with = ids[leaders[i]];
       const int64_t id = engine_->add_request(std::move(r));
       in_flight_[id] = InFlight{pending.channel, static_cast<int32_t>(i), arrival, arrival, true};
       ids.push_back(id);

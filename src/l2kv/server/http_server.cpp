@@ -204,9 +204,11 @@ struct Generation {
   TokenText token_text;
   std::vector<std::string> prompt_texts;
   std::vector<int32_t> prompt_tokens;
+  std::vector<std::vector<int32_t>> prompt_ids;  // echo with logprobs
   EngineLoop::Submission submission;
   std::vector<ChoiceOutput> choices;
   std::vector<int64_t> text_offsets;  // completions logprobs: characters written so far
+  std::vector<bool> echoed;           // stream, echo with logprobs: the prompt chunk is out
   DisconnectWatch client;
   std::shared_ptr<void> slot;  // one of the server's generation slots, held until the end
   bool finished = false;
@@ -310,6 +312,17 @@ struct HttpServer::Impl {
                 guarded([this](const httplib::Request& req, httplib::Response& res) {
                   generate(req, res, Endpoint::kChatCompletions);
                 }));
+    // vLLM's tokenizer endpoints, outside /v1 as in vLLM (so --api-key does not guard them).
+    server.Post("/tokenize", guarded([this](const httplib::Request& req, httplib::Response& res) {
+                  send_json(res, 200,
+                            tokenize_response(parse_request_body(req.body), limits, model.tokenizer,
+                                              model.chat_template));
+                }));
+    server.Post("/detokenize", guarded([this](const httplib::Request& req, httplib::Response& res) {
+                  send_json(
+                      res, 200,
+                      detokenize_response(parse_request_body(req.body), limits, model.tokenizer));
+                }));
     server.Get("/v1/models", guarded([this](const httplib::Request&, httplib::Response& res) {
                  json model_card = {{"id", options.served_model_name},
                                     {"object", "model"},
@@ -335,8 +348,12 @@ struct HttpServer::Impl {
     });
     server.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
       const LoopSnapshot s = loop.snapshot();
-      const LoadGauges load{s.engine.running, s.engine.waiting, s.engine.kv_blocks_total,
-                            s.engine.kv_blocks_free};
+      const LoadGauges load{s.engine.running,
+                            s.engine.waiting,
+                            s.engine.kv_blocks_total,
+                            s.engine.kv_blocks_free,
+                            s.engine.prefix_cache_queries,
+                            s.engine.prefix_cache_hits};
       res.status = 200;
       res.set_content(metrics.render(load), "text/plain; version=0.0.4");
     });
@@ -345,7 +362,8 @@ struct HttpServer::Impl {
       send_error(res, ApiError(405, "Method " + req.method + " not allowed on " + req.path, "",
                                "invalid_request_error", "method_not_allowed"));
     };
-    for (const char* path : {"/v1/completions", "/v1/chat/completions"}) {
+    for (const char* path :
+         {"/v1/completions", "/v1/chat/completions", "/tokenize", "/detokenize"}) {
       server.Get(path, not_allowed);
       server.Put(path, not_allowed);
       server.Delete(path, not_allowed);
@@ -394,11 +412,14 @@ struct HttpServer::Impl {
           text = model.tokenizer->decode(prompts[p], r.params.skip_special_tokens);
       }
       g->prompt_texts.push_back(std::move(text));
+      if (r.echo && r.params.logprobs >= 0) g->prompt_ids.push_back(prompts[p]);
       for (int32_t j = 0; j < r.n; ++j) {
         GenerationRequest e;
         e.prompt = prompts[p];
         e.params = r.params;
         e.params.max_tokens = max_tokens;
+        e.prompt_logprobs = engine_prompt_logprobs(r);
+        e.prompt_only = r.prompt_only;
         if (r.params.seed) e.params.seed = *r.params.seed + static_cast<uint64_t>(j);
         requests.push_back(std::move(e));
       }
@@ -408,6 +429,7 @@ struct HttpServer::Impl {
     g->token_text = token_text_for(model.tokenizer);
     g->choices.resize(requests.size());
     g->text_offsets.assign(requests.size(), 0);
+    g->echoed.assign(requests.size(), false);
     g->client.fd = t_connection_socket;
     g->submission = loop.submit(std::move(requests));  // a refused request throws a 400 here
     g->loop = &loop;
@@ -443,7 +465,7 @@ struct HttpServer::Impl {
     send_json(res, 200,
               endpoint == Endpoint::kCompletions
                   ? completion_response(g->header, r, g->choices, g->prompt_texts, g->prompt_tokens,
-                                        g->token_text)
+                                        g->token_text, g->prompt_ids)
                   : chat_response(g->header, r, g->choices, g->prompt_tokens, g->token_text));
   }
 
@@ -461,11 +483,11 @@ struct HttpServer::Impl {
     for (size_t i = 0; i < g.choices.size(); ++i) {
       const auto index = static_cast<int32_t>(i);
       if (chat && !write(sse_event(chat_role_chunk(g.header, index)))) return gone();
-      if (!chat && r.echo) {
+      // With logprobs, the echo waits for the prompt's logprobs (in the first output).
+      if (!chat && r.echo && r.params.logprobs < 0) {
         const std::string& prompt = g.prompt_texts[i / static_cast<size_t>(r.n)];
         g.text_offsets[i] = static_cast<int64_t>(prompt.size());
         json logprobs = nullptr;
-        if (r.params.logprobs >= 0) logprobs = completion_logprobs_json({}, g.token_text, 0);
         if (!write(sse_event(
                 completion_chunk(g.header, index, prompt, FinishReason::kNone, logprobs))))
           return gone();
@@ -481,6 +503,16 @@ struct HttpServer::Impl {
         const RequestOutput& out = item.output;
         const auto i = static_cast<size_t>(item.choice);
         g.choices[i].append(out);
+        if (!chat && r.echo && r.params.logprobs >= 0 && !g.echoed[i]) {
+          g.echoed[i] = true;
+          const size_t prompt = i / static_cast<size_t>(r.n);
+          g.text_offsets[i] = static_cast<int64_t>(g.prompt_texts[prompt].size());
+          if (!write(sse_event(completion_chunk(
+                  g.header, item.choice, g.prompt_texts[prompt], FinishReason::kNone,
+                  echoed_prompt_logprobs(g.prompt_ids[prompt], out.prompt_logprobs,
+                                         g.token_text)))))
+            return gone();
+        }
         const bool has_piece = !out.new_text.empty() || !out.new_tokens.empty();
         if (out.finished && out.finish_reason == FinishReason::kError) {
           if (!write(sse_event(ApiError(500, "Generation failed: " + out.error).to_json())))

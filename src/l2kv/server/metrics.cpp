@@ -131,6 +131,13 @@ std::string Metrics::render(const LoadGauges& load) const {
   sample(out, "l2kv:prompt_tokens_total", labels_, static_cast<double>(prompt_tokens_));
   header(out, "l2kv:generation_tokens_total", "counter", "Tokens generated.");
   sample(out, "l2kv:generation_tokens_total", labels_, static_cast<double>(generation_tokens_));
+  header(out, "l2kv:prefix_cache_queries_total", "counter",
+         "Prefix cache queries, in tokens: prompt tokens of the requests admitted.");
+  sample(out, "l2kv:prefix_cache_queries_total", labels_,
+         static_cast<double>(load.prefix_cache_queries));
+  header(out, "l2kv:prefix_cache_hits_total", "counter",
+         "Prefix cache hits, in tokens: of the queried ones, those found cached.");
+  sample(out, "l2kv:prefix_cache_hits_total", labels_, static_cast<double>(load.prefix_cache_hits));
   header(out, "l2kv:request_success_total", "counter", "Requests finished, by finish reason.");
   for (const auto& [reason, n] : finished_)
     sample(out, "l2kv:request_success_total", labels_ + ",finished_reason=\"" + reason + "\"",

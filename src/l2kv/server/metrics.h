@@ -26,10 +26,12 @@ class Histogram {
   int64_t count_ = 0;
 };
 
-// Gauges read at scrape time.
+// Gauges read at scrape time, and the engine's own counters.
 struct LoadGauges {
   int64_t running = 0, waiting = 0;
   int64_t kv_blocks_total = 0, kv_blocks_free = 0;
+  // Prefix caching, in tokens since start (EngineStats): rendered as vLLM's counters.
+  int64_t prefix_cache_queries = 0, prefix_cache_hits = 0;
 };
 
 // Thread-safe: the engine thread observes, HTTP threads render.

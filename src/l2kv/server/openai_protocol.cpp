@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <initializer_list>
 #include <limits>
 #include <span>
 #include <sstream>
@@ -199,7 +200,7 @@ const std::vector<FieldRule>& field_rules() {
        kUnsupported,
        {},
        "l2kv refuses prompts over --max-model-len rather than truncating them."},
-      {"prompt_logprobs", kBoth, kUnsupported, {}, "l2kv reports logprobs of output tokens only."},
+      {"prompt_logprobs", kBoth, kImplemented},
       {"allowed_token_ids", kBoth, kUnsupported, {}, "use logit_bias."},
       {"bad_words", kBoth, kUnsupported, {"[]"}, "use logit_bias for single tokens."},
       {"add_special_tokens",
@@ -339,6 +340,10 @@ void parse_common(const json& body, const ServerLimits& limits, ApiRequest& r) {
     r.n = static_cast<int32_t>(*v);
   }
   if (auto v = get_bool(body, "stream")) r.stream = *v;
+  if (auto v = get_integer(body, "prompt_logprobs"))
+    r.prompt_logprobs = to_int32(*v, "prompt_logprobs", 0, kMaxLogprobs);
+  if (r.stream && r.prompt_logprobs >= 0)
+    bad_request("'prompt_logprobs' is not supported with stream yet.", "prompt_logprobs");
   if (const json* so = field(body, "stream_options")) {
     if (!so->is_object()) wrong_type("stream_options", "an object");
     if (!r.stream)
@@ -356,6 +361,10 @@ void parse_common(const json& body, const ServerLimits& limits, ApiRequest& r) {
   if (max_tokens) {
     const char* name =
         field(body, "max_completion_tokens") ? "max_completion_tokens" : "max_tokens";
+    if (*max_tokens == 0 && r.endpoint == Endpoint::kCompletions) {
+      r.prompt_only = true;  // with echo only: parse_completion checks
+      *max_tokens = 1;
+    }
     if (*max_tokens < 1)
       bad_request(std::string("'") + name + "' must be at least 1, got " +
                       std::to_string(*max_tokens) + ".",
@@ -467,6 +476,8 @@ ApiRequest parse_completion(const json& body, const ServerLimits& limits) {
     wrong_type("prompt", kinds);
   }
   if (auto v = get_bool(body, "echo")) r.echo = *v;
+  if (r.prompt_only && !r.echo)
+    bad_request("'max_tokens' must be at least 1, got 0 (0 only with echo).", "max_tokens");
   if (auto v = get_integer(body, "logprobs"))
     r.params.logprobs = to_int32(*v, "logprobs", 0, kMaxLogprobs);
   if (field(body, "suffix")) bad_request("'suffix' is not supported.", "suffix");
@@ -620,7 +631,113 @@ std::vector<std::vector<int32_t>> tokenize_prompts(const ApiRequest& request,
   return out;
 }
 
+namespace {
+
+void check_names(const json& body, std::initializer_list<const char*> names) {
+  if (!body.is_object()) bad_request("The request body must be a JSON object.");
+  for (const auto& [key, value] : body.items()) {
+    bool known = false;
+    for (const char* n : names) known = known || key == n;
+    if (!known) bad_request("Unrecognized request argument supplied: " + key, key);
+  }
+}
+
+void check_model_name(const json& body, const ServerLimits& limits) {
+  ApiRequest unused;
+  check_model(body, limits, unused);
+}
+
+[[noreturn]] void no_tokenizer(const char* param) {
+  bad_request("This model folder has no tokenizer.json: the server cannot tokenize or detokenize.",
+              param);
+}
+
+}  // namespace
+
+json tokenize_response(const json& body, const ServerLimits& limits, const Tokenizer* tokenizer,
+                       const ChatTemplate* chat_template) {
+  try {
+    const bool chat = body.is_object() && body.contains("messages");
+    if (chat) {
+      check_names(body, {"model", "messages", "add_generation_prompt", "continue_final_message",
+                         "add_special_tokens", "return_token_strs"});
+    } else {
+      check_names(body, {"model", "prompt", "add_special_tokens", "return_token_strs"});
+    }
+    check_model_name(body, limits);
+    const bool token_strs = get_bool(body, "return_token_strs").value_or(false);
+    const bool special = get_bool(body, "add_special_tokens").value_or(!chat);
+    std::string text;
+    if (chat) {
+      const json* messages = field(body, "messages");
+      if (!messages || !messages->is_array() || messages->empty())
+        bad_request("'messages' must be a non-empty list of messages.", "messages");
+      if (get_bool(body, "continue_final_message").value_or(false))
+        bad_request("'continue_final_message' is not supported.", "continue_final_message");
+      if (!tokenizer || !chat_template)
+        bad_request("This model folder has no tokenizer.json (and chat template).", "messages");
+      ChatRequest request;
+      for (size_t i = 0; i < messages->size(); ++i)
+        request.messages.push_back(parse_message((*messages)[i], i));
+      request.add_generation_prompt = get_bool(body, "add_generation_prompt").value_or(true);
+      try {
+        text = chat_template->render(request);
+      } catch (const Error& e) {
+        bad_request(std::string("The chat template failed: ") + e.what(), "messages");
+      }
+    } else {
+      const json* prompt = field(body, "prompt");
+      if (!prompt) bad_request("'prompt' is required.", "prompt");
+      if (!prompt->is_string()) wrong_type("prompt", "a string");
+      if (!tokenizer) no_tokenizer("prompt");
+      text = prompt->get<std::string>();
+    }
+    const std::vector<int32_t> ids = tokenizer->encode(text, special);
+    json strs = nullptr;
+    if (token_strs) {
+      strs = json::array();
+      for (int32_t id : ids) strs.push_back(tokenizer->id_to_token(id));
+    }
+    return {{"count", ids.size()},
+            {"max_model_len", limits.max_model_len},
+            {"tokens", ids},
+            {"token_strs", strs}};
+  } catch (const json::exception& e) {
+    bad_request(std::string("The request has a field of an unexpected type: ") + e.what());
+  }
+}
+
+json detokenize_response(const json& body, const ServerLimits& limits, const Tokenizer* tokenizer) {
+  try {
+    check_names(body, {"model", "tokens"});
+    check_model_name(body, limits);
+    const json* tokens = field(body, "tokens");
+    if (!tokens) bad_request("'tokens' is required.", "tokens");
+    if (!tokens->is_array()) wrong_type("tokens", "a list of token ids");
+    std::vector<int32_t> ids;
+    for (const json& v : *tokens) {
+      if (!v.is_number_integer()) wrong_type("tokens", "a list of token ids");
+      const int64_t id = v.get<int64_t>();
+      if (id < 0 || id >= limits.vocab_size) {
+        std::ostringstream m;
+        m << "Token id " << id << " is out of vocabulary (size " << limits.vocab_size << ").";
+        bad_request(m.str(), "tokens");
+      }
+      ids.push_back(static_cast<int32_t>(id));
+    }
+    if (!tokenizer) no_tokenizer("tokens");
+    try {
+      return {{"prompt", tokenizer->decode(ids, false)}};
+    } catch (const Error& e) {  // an id of the model's vocabulary the tokenizer lacks
+      bad_request(std::string("The tokens cannot be decoded: ") + e.what(), "tokens");
+    }
+  } catch (const json::exception& e) {
+    bad_request(std::string("The request has a field of an unexpected type: ") + e.what());
+  }
+}
+
 void ChoiceOutput::append(const RequestOutput& output) {
+  if (!output.prompt_logprobs.empty()) prompt_logprobs = output.prompt_logprobs;
   text += output.new_text;
   tokens.insert(tokens.end(), output.new_tokens.begin(), output.new_tokens.end());
   logprobs.insert(logprobs.end(), output.new_logprobs.begin(), output.new_logprobs.end());
@@ -717,10 +834,60 @@ json response_json(const ResponseHeader& header, const char* object, json choice
 }
 
 }  // namespace
+int32_t engine_prompt_logprobs(const ApiRequest& request) {
+  const int32_t echoed = request.echo ? request.params.logprobs : -1;
+  return std::max(request.prompt_logprobs, echoed);
+}
+
+json prompt_logprobs_json(const std::vector<PromptLogprob>& rows, const TokenText& text) {
+  json out = json::array({nullptr});
+  for (const PromptLogprob& row : rows) {
+    json entry = json::object();
+    entry[std::to_string(row.token)] = {
+        {"logprob", row.logprob}, {"rank", row.rank}, {"decoded_token", text(row.token)}};
+    for (size_t k = 0; k < row.top_logprobs.size(); ++k) {
+      const auto& [id, lp] = row.top_logprobs[k];
+      const std::string key = std::to_string(id);
+      if (entry.contains(key)) continue;
+      entry[key] = {{"logprob", lp}, {"rank", k + 1}, {"decoded_token", text(id)}};
+    }
+    out.push_back(std::move(entry));
+  }
+  return out;
+}
+
+json echoed_prompt_logprobs(const std::vector<int32_t>& ids, const std::vector<PromptLogprob>& rows,
+                            const TokenText& text) {
+  json tokens = json::array(), token_logprobs = json::array(), top = json::array(),
+       offsets = json::array();
+  int64_t offset = 0;
+  for (size_t i = 0; i < ids.size(); ++i) {
+    const std::string s = text(ids[i]);
+    tokens.push_back(s);
+    offsets.push_back(offset);
+    offset += static_cast<int64_t>(s.size());
+    if (i == 0 || i - 1 >= rows.size()) {
+      token_logprobs.push_back(nullptr);
+      top.push_back(nullptr);
+      continue;
+    }
+    const PromptLogprob& row = rows[i - 1];
+    token_logprobs.push_back(row.logprob);
+    json alternatives = json::object();
+    for (const auto& [id, lp] : row.top_logprobs) alternatives[text(id)] = lp;
+    top.push_back(std::move(alternatives));
+  }
+  return {{"text_offset", offsets},
+          {"token_logprobs", token_logprobs},
+          {"tokens", tokens},
+          {"top_logprobs", top}};
+}
+
 json completion_response(const ResponseHeader& header, const ApiRequest& request,
                          const std::vector<ChoiceOutput>& choices,
                          const std::vector<std::string>& prompt_texts,
-                         const std::vector<int32_t>& prompt_tokens, const TokenText& text) {
+                         const std::vector<int32_t>& prompt_tokens, const TokenText& text,
+                         const std::vector<std::vector<int32_t>>& prompt_ids) {
   json out_choices = json::array();
   int64_t completion_tokens = 0;
   for (size_t i = 0; i < choices.size(); ++i) {
@@ -733,12 +900,23 @@ json completion_response(const ResponseHeader& header, const ApiRequest& request
       offset = static_cast<int64_t>(prompt_texts[prompt].size());
     }
     json logprobs = nullptr;
-    if (request.params.logprobs >= 0) logprobs = completion_logprobs_json(c.logprobs, text, offset);
-    out_choices.push_back({{"index", i},
-                           {"text", body},
-                           {"logprobs", logprobs},
-                           {"finish_reason", finish_reason_json(c.finish_reason)},
-                           {"stop_reason", stop_reason_json(c.stop_reason)}});
+    if (request.params.logprobs >= 0) {
+      logprobs = completion_logprobs_json(c.logprobs, text, offset);
+      if (request.echo && prompt < prompt_ids.size()) {
+        json head = echoed_prompt_logprobs(prompt_ids[prompt], c.prompt_logprobs, text);
+        for (const char* key : {"text_offset", "token_logprobs", "tokens", "top_logprobs"})
+          for (json& v : logprobs[key]) head[key].push_back(std::move(v));
+        logprobs = std::move(head);
+      }
+    }
+    json choice = {{"index", i},
+                   {"text", body},
+                   {"logprobs", logprobs},
+                   {"finish_reason", finish_reason_json(c.finish_reason)},
+                   {"stop_reason", stop_reason_json(c.stop_reason)}};
+    if (request.prompt_logprobs >= 0)
+      choice["prompt_logprobs"] = prompt_logprobs_json(c.prompt_logprobs, text);
+    out_choices.push_back(std::move(choice));
     completion_tokens += c.completion_tokens;
   }
   return response_json(header, "text_completion", std::move(out_choices), prompt_tokens,
@@ -762,8 +940,13 @@ json chat_response(const ResponseHeader& header, const ApiRequest& request,
          {"stop_reason", stop_reason_json(c.stop_reason)}});
     completion_tokens += c.completion_tokens;
   }
-  return response_json(header, "chat.completion", std::move(out_choices), prompt_tokens,
-                       completion_tokens);
+  json out = response_json(header, "chat.completion", std::move(out_choices), prompt_tokens,
+                           completion_tokens);
+  // vLLM puts a chat's prompt logprobs beside its choices (they share the prompt).
+  if (request.prompt_logprobs >= 0)
+    out["prompt_logprobs"] = prompt_logprobs_json(
+        choices.empty() ? std::vector<PromptLogprob>{} : choices.front().prompt_logprobs, text);
+  return out;
 }
 
 json completion_chunk(const ResponseHeader& header, int32_t index, const std::string& text,

@@ -64,6 +64,9 @@ struct ApiRequest {
   bool max_tokens_given = false;  // else the default (completions: 16, chat: all that fits)
   int32_t n = 1;
   bool echo = false;  // completions: the prompt before the completion
+  // Completions: max_tokens 0 with echo: only the prompt (and its logprobs) is computed.
+  bool prompt_only = false;
+  int32_t prompt_logprobs = -1;  // vLLM's prompt_logprobs: -1 none, else top tokens per row
   bool stream = false;
   bool include_usage = false;
 };
@@ -90,11 +93,25 @@ std::vector<std::vector<int32_t>> tokenize_prompts(const ApiRequest& request,
                                                    const Tokenizer* tokenizer,
                                                    const ChatTemplate* chat_template);
 
+// POST /tokenize, vLLM's shapes. The body is {"model"?, "prompt": text, "add_special_tokens"
+// (default true), "return_token_strs" (default false)} or, for a chat, {"model"?, "messages",
+// "add_generation_prompt" (default true), "continue_final_message" (false only),
+// "add_special_tokens" (default false: the template writes BOS), "return_token_strs"}. The
+// answer is {"count", "max_model_len", "tokens", "token_strs" (null unless asked for: the
+// vocabulary's own strings)}. Throws ApiError: 400 for wrong types, unknown fields or no
+// tokenizer, 404 for another model.
+json tokenize_response(const json& body, const ServerLimits& limits, const Tokenizer* tokenizer,
+                       const ChatTemplate* chat_template);
+// POST /detokenize: {"model"?, "tokens": [ids]} -> {"prompt": text} (special tokens kept, as
+// vLLM). 400 for ids outside the vocabulary, wrong types, unknown fields or no tokenizer.
+json detokenize_response(const json& body, const ServerLimits& limits, const Tokenizer* tokenizer);
+
 // One choice's output, accumulated from the engine's RequestOutputs.
 struct ChoiceOutput {
   std::string text;
   std::vector<int32_t> tokens;
   std::vector<SampledToken> logprobs;
+  std::vector<PromptLogprob> prompt_logprobs;  // one per prompt token after the first
   FinishReason finish_reason = FinishReason::kNone;
   std::string stop_reason;
   std::string error;
@@ -127,11 +144,27 @@ struct ResponseHeader {
   std::string model;
 };
 
-// Full responses. `choices` are in index order; `prompts_text` (echo) per prompt.
+// The prompt logprobs the engine is asked for: prompt_logprobs, or logprobs with echo (the
+// larger when both are given); -1 for none.
+int32_t engine_prompt_logprobs(const ApiRequest& request);
+
+// vLLM's prompt_logprobs: [null, {"<id>": {"logprob", "rank", "decoded_token"}, ...}, ...], the
+// prompt token first, then the most likely ones.
+json prompt_logprobs_json(const std::vector<PromptLogprob>& rows, const TokenText& text);
+
+// Completions logprobs of an echoed prompt `ids`: its first token with null logprob and
+// top_logprobs (as OpenAI), then one entry per row, text offsets from 0.
+json echoed_prompt_logprobs(const std::vector<int32_t>& ids, const std::vector<PromptLogprob>& rows,
+                            const TokenText& text);
+
+// Full responses. `choices` are in index order; `prompts_text` (echo) per prompt. With echo
+// and logprobs, `prompt_ids` (per prompt) puts the prompt's tokens first in the logprobs (the
+// first with null logprobs, as OpenAI), when given.
 json completion_response(const ResponseHeader& header, const ApiRequest& request,
                          const std::vector<ChoiceOutput>& choices,
                          const std::vector<std::string>& prompt_texts,
-                         const std::vector<int32_t>& prompt_tokens, const TokenText& text);
+                         const std::vector<int32_t>& prompt_tokens, const TokenText& text,
+                         const std::vector<std::vector<int32_t>>& prompt_ids = {});
 json chat_response(const ResponseHeader& header, const ApiRequest& request,
                    const std::vector<ChoiceOutput>& choices,
                    const std::vector<int32_t>& prompt_tokens, const TokenText& text);

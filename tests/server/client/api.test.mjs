@@ -5,7 +5,7 @@
 import assert from "node:assert/strict";
 import { after, before, describe, test } from "node:test";
 import {
-  MODEL_NAME, generateReference, request, sseData, startServer,
+  MODEL_NAME, generateReference, parseMetrics, request, sseData, startServer,
 } from "./harness.mjs";
 
 const MAX = 16;
@@ -91,6 +91,130 @@ describe("endpoints", () => {
   test("the reference itself is usable", () => {
     for (const r of Object.values(ref)) {
       assert.ok(r.completion_tokens > 0 && r.output.length > 0, JSON.stringify(r));
+    }
+  });
+});
+
+describe("tokenizer endpoints (vLLM's /tokenize and /detokenize)", () => {
+  test("/tokenize a prompt: the ids the completion runs; token_strs when asked", async () => {
+    const r = await request(server.url, "POST", "/tokenize", { model: MODEL_NAME, prompt: PROMPT });
+    assert.equal(r.status, 200, r.text);
+    assert.deepEqual(Object.keys(r.json), ["count", "max_model_len", "tokens", "token_strs"]);
+    assert.deepEqual(r.json.tokens, PROMPT_IDS);
+    assert.equal(r.json.count, PROMPT_IDS.length);
+    assert.equal(r.json.max_model_len, 512);
+    assert.equal(r.json.token_strs, null);
+    const strs = await request(server.url, "POST", "/tokenize",
+      { prompt: PROMPT, add_special_tokens: false, return_token_strs: true });
+    assert.equal(strs.status, 200, strs.text);
+    assert.deepEqual(strs.json.tokens, PROMPT_IDS.slice(1));
+    assert.deepEqual(strs.json.token_strs, ["The", "\u0120capital", "\u0120of", "\u0120France", "\u0120is"]);
+  });
+
+  test("/tokenize messages: as many tokens as the chat completion's prompt", async () => {
+    const r = await request(server.url, "POST", "/tokenize", { model: MODEL_NAME, messages: MESSAGES });
+    assert.equal(r.status, 200, r.text);
+    const c = await client.chat.completions.create({ model: MODEL_NAME, messages: MESSAGES, max_tokens: 1 });
+    assert.equal(r.json.count, c.usage.prompt_tokens);
+    const bare = await request(server.url, "POST", "/tokenize",
+      { messages: MESSAGES, add_generation_prompt: false });
+    assert.equal(bare.status, 200, bare.text);
+    assert.ok(bare.json.count < r.json.count, "the generation prompt adds tokens");
+    assert.deepEqual(r.json.tokens.slice(0, bare.json.count), bare.json.tokens);
+  });
+
+  test("/detokenize: the text of the ids, special tokens kept; round trip", async () => {
+    const r = await request(server.url, "POST", "/detokenize", { model: MODEL_NAME, tokens: PROMPT_IDS });
+    assert.equal(r.status, 200, r.text);
+    assert.deepEqual(r.json, { prompt: `<|begin_of_text|>${PROMPT}` });
+    const back = await request(server.url, "POST", "/tokenize", { prompt: PROMPT2, add_special_tokens: false });
+    const text = await request(server.url, "POST", "/detokenize", { tokens: back.json.tokens });
+    assert.equal(text.json.prompt, PROMPT2);
+  });
+});
+
+describe("prefix caching", () => {
+  const counter = (samples, name) => samples.find((x) => x.name === name)?.value;
+  async function cacheCounters() {
+    const m = parseMetrics((await request(server.url, "GET", "/metrics")).text);
+    return { queries: counter(m, "l2kv:prefix_cache_queries_total"), hits: counter(m, "l2kv:prefix_cache_hits_total") };
+  }
+
+  test("a prompt sent again hits its cached blocks: same greedy text, hits in /metrics", async () => {
+    const prompt = `${PROMPT2}, ${PROMPT} Paris. `.repeat(6);
+    const tokens = (await request(server.url, "POST", "/tokenize", { prompt })).json.count;
+    const before = await cacheCounters();
+    assert.equal(typeof before.hits, "number", "no l2kv:prefix_cache_hits_total in /metrics");
+    const ask = () => client.completions.create({ model: MODEL_NAME, prompt, max_tokens: 8, temperature: 0 });
+    const first = await ask();
+    const mid = await cacheCounters();
+    const second = await ask();
+    const after = await cacheCounters();
+    assert.equal(second.choices[0].text, first.choices[0].text);
+    assert.equal(mid.queries - before.queries, tokens);
+    assert.equal(after.queries - mid.queries, tokens);
+    // Every whole block of 16 but the one holding the prompt's last token.
+    assert.equal(after.hits - mid.hits, 16 * Math.floor((tokens - 1) / 16), `${tokens} prompt tokens`);
+  });
+});
+
+describe("prompt logprobs", () => {
+  test("echo + logprobs + max_tokens 0 (lm-evaluation-harness's loglikelihood): the prompt's logprobs only", async () => {
+    const r = await client.completions.create({ model: MODEL_NAME, prompt: PROMPT, max_tokens: 0, echo: true, logprobs: 1, temperature: 0 });
+    const c = r.choices[0];
+    assert.equal(c.text, PROMPT);
+    assert.equal(c.finish_reason, "length");
+    checkUsage(r.usage, PROMPT_IDS.length, 0);
+    assert.equal(c.logprobs.tokens.length, PROMPT_IDS.length);
+    assert.equal(c.logprobs.tokens[0], "<|begin_of_text|>");
+    assert.equal(c.logprobs.token_logprobs[0], null);
+    assert.equal(c.logprobs.top_logprobs[0], null);
+    for (let i = 1; i < PROMPT_IDS.length; ++i) {
+      assert.ok(c.logprobs.token_logprobs[i] <= 0, `token ${i}: ${c.logprobs.token_logprobs[i]}`);
+      assert.equal(Object.keys(c.logprobs.top_logprobs[i]).length, 1);
+    }
+  });
+
+  test("a prompt token's logprob equals the logprob the same token had when sampled", async () => {
+    const first = await client.completions.create({ model: MODEL_NAME, prompt: PROMPT_IDS, max_tokens: 1, logprobs: 0, temperature: 0 });
+    const next = await request(server.url, "POST", "/tokenize", { prompt: first.choices[0].text, add_special_tokens: false });
+    assert.equal(next.json.count, 1, "the greedy token round-trips as one token");
+    const r = await client.completions.create({ model: MODEL_NAME, prompt: [...PROMPT_IDS, ...next.json.tokens], max_tokens: 1,
+      temperature: 0, prompt_logprobs: 2 });
+    const rows = r.choices[0].prompt_logprobs;
+    assert.equal(rows.length, PROMPT_IDS.length + 1);
+    assert.equal(rows[0], null);
+    const last = rows.at(-1)[String(next.json.tokens[0])];
+    assert.equal(last.rank, 1, "the greedy token is the most likely");
+    assert.ok(Math.abs(last.logprob - first.choices[0].logprobs.token_logprobs[0]) < 1e-4,
+      `${last.logprob} vs ${first.choices[0].logprobs.token_logprobs[0]}`);
+    for (let i = 1; i < rows.length; ++i) {
+      const token = i < PROMPT_IDS.length ? PROMPT_IDS[i] : next.json.tokens[0];
+      assert.ok(String(token) in rows[i], `row ${i} lacks the prompt token`);
+      assert.ok(Object.keys(rows[i]).length >= 2 && Object.keys(rows[i]).length <= 3);
+    }
+  });
+
+  test("echo + logprobs streamed: the prompt's logprobs in the echo chunk", async () => {
+    const r = await request(server.url, "POST", "/v1/completions",
+      { model: MODEL_NAME, prompt: PROMPT, max_tokens: 2, echo: true, logprobs: 0, temperature: 0, stream: true });
+    const events = sseData(r.text).filter((d) => d !== "[DONE]").map((d) => JSON.parse(d));
+    const echo = events[0].choices[0];
+    assert.equal(echo.text, PROMPT);
+    assert.equal(echo.logprobs.tokens.length, PROMPT_IDS.length);
+    assert.equal(echo.logprobs.token_logprobs[0], null);
+    assert.ok(echo.logprobs.token_logprobs[1] < 0);
+  });
+
+  test("chat prompt_logprobs beside the choices; bad values are 400s", async () => {
+    const r = await request(server.url, "POST", "/v1/chat/completions",
+      { model: MODEL_NAME, messages: MESSAGES, max_tokens: 1, prompt_logprobs: 0 });
+    assert.equal(r.status, 200, r.text);
+    assert.equal(r.json.prompt_logprobs.length, r.json.usage.prompt_tokens);
+    for (const body of [{ prompt: PROMPT, max_tokens: 0 }, { prompt: PROMPT, prompt_logprobs: 21 },
+      { prompt: PROMPT, prompt_logprobs: 1, stream: true }]) {
+      const bad = await request(server.url, "POST", "/v1/completions", { model: MODEL_NAME, ...body });
+      assert.equal(bad.status, 400, JSON.stringify(body));
     }
   });
 });
