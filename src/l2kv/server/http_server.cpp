@@ -108,12 +108,15 @@ class ConnectionServer : public httplib::Server {
     size_t begin_ = 0, end_ = 0;
   };
 
-  // Waits up to the keep-alive timeout for the next request; false when none comes, the
-  // connection ended, or the server is stopping.
-  bool next_request(const SocketStream& stream) const {
+  // Waits for the next request: the first one of a connection up to the read timeout (a client
+  // that just connected may be slow to send under load), later ones up to the keep-alive
+  // timeout; false when none comes, the connection ended, or the server is stopping.
+  bool next_request(const SocketStream& stream, bool first) const {
     if (stream.has_buffered()) return true;  // a pipelined request
     const auto deadline =
-        std::chrono::steady_clock::now() + std::chrono::seconds(keep_alive_timeout_sec_);
+        std::chrono::steady_clock::now() +
+        (first ? std::chrono::seconds(std::max<time_t>(read_timeout_sec_, keep_alive_timeout_sec_))
+               : std::chrono::seconds(keep_alive_timeout_sec_));
     while (svr_sock_ != INVALID_SOCKET) {
       pollfd p{stream.socket(), POLLIN, 0};
       const int n = poll(&p, 1, 50);
@@ -129,7 +132,8 @@ class ConnectionServer : public httplib::Server {
     SocketStream stream(fd, static_cast<int>(read_timeout_sec_ * 1000 + read_timeout_usec_ / 1000),
                         static_cast<int>(write_timeout_sec_ * 1000 + write_timeout_usec_ / 1000));
     bool ok = false;
-    for (size_t left = keep_alive_max_count_; left > 0 && next_request(stream); --left) {
+    for (size_t left = keep_alive_max_count_;
+         left > 0 && next_request(stream, left == keep_alive_max_count_); --left) {
       bool closed = false;
       ok = process_request(stream, left == 1, closed, nullptr);
       if (!ok || closed) break;
