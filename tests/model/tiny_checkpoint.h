@@ -3,6 +3,7 @@
 // arithmetic against a direct computation, or a tensor left out on purpose.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <filesystem>
 #include <fstream>
@@ -53,7 +54,8 @@ inline void write_tiny_checkpoint(const std::filesystem::path& dir, const nlohma
 
 // The config and random weights of a tiny Qwen3ForCausalLM: head_dim given and unlike
 // hidden / heads, GQA, tied embeddings, no QKV bias, q/k norm weights away from 1 and q/k
-// projections large enough that the per-head norm changes the result.
+// projections large enough that the per-head norm changes the result. Projection ranges scale
+// as 1 / sqrt(hidden), relative to a hidden size of 12.
 struct TinyQwen3 {
   nlohmann::json config;
   TinyTensors tensors;
@@ -82,6 +84,7 @@ inline TinyQwen3 tiny_qwen3(uint32_t seed, int64_t hidden = 12, int64_t heads = 
               {"hidden_act", "silu"},
               {"torch_dtype", "bfloat16"}};
   std::mt19937 rng(seed);
+  const float k = std::sqrt(12.f / static_cast<float>(hidden));
   auto add = [&](const std::string& name, std::vector<int64_t> shape, float lo, float hi) {
     int64_t n = 1;
     for (int64_t s : shape) n *= s;
@@ -94,15 +97,15 @@ inline TinyQwen3 tiny_qwen3(uint32_t seed, int64_t hidden = 12, int64_t heads = 
     const std::string p = "model.layers." + std::to_string(l) + ".";
     add(p + "input_layernorm.weight", {hidden}, 0.5f, 1.5f);
     add(p + "post_attention_layernorm.weight", {hidden}, 0.5f, 1.5f);
-    add(p + "self_attn.q_proj.weight", {q_dim, hidden}, -2.f, 2.f);
-    add(p + "self_attn.k_proj.weight", {kv_dim, hidden}, -2.f, 2.f);
-    add(p + "self_attn.v_proj.weight", {kv_dim, hidden}, -0.5f, 0.5f);
-    add(p + "self_attn.o_proj.weight", {hidden, q_dim}, -0.5f, 0.5f);
+    add(p + "self_attn.q_proj.weight", {q_dim, hidden}, -2.f * k, 2.f * k);
+    add(p + "self_attn.k_proj.weight", {kv_dim, hidden}, -2.f * k, 2.f * k);
+    add(p + "self_attn.v_proj.weight", {kv_dim, hidden}, -0.5f * k, 0.5f * k);
+    add(p + "self_attn.o_proj.weight", {hidden, q_dim}, -0.5f * k, 0.5f * k);
     add(p + "self_attn.q_norm.weight", {head_dim}, 0.25f, 2.f);
     add(p + "self_attn.k_norm.weight", {head_dim}, 0.25f, 2.f);
-    add(p + "mlp.gate_proj.weight", {inter, hidden}, -0.5f, 0.5f);
-    add(p + "mlp.up_proj.weight", {inter, hidden}, -0.5f, 0.5f);
-    add(p + "mlp.down_proj.weight", {hidden, inter}, -0.5f, 0.5f);
+    add(p + "mlp.gate_proj.weight", {inter, hidden}, -0.5f * k, 0.5f * k);
+    add(p + "mlp.up_proj.weight", {inter, hidden}, -0.5f * k, 0.5f * k);
+    add(p + "mlp.down_proj.weight", {hidden, inter}, -0.5f * k, 0.5f * k);
   }
   return m;
 }
