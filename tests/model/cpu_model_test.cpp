@@ -15,6 +15,7 @@
 #include "l2kv/core/error.h"
 #include "l2kv/kernels/model/kv_scales.h"
 #include "l2kv/model/safetensors.h"
+#include "model/fixture_list.h"
 #include "model/rescaled_fixture.h"
 #include "model/tiny_checkpoint.h"
 
@@ -65,18 +66,23 @@ TEST_P(CpuModelFixture, MatchesTransformers) {
   }
 }
 
+// qwen3-qknorm joins once its folder is committed (make_fixtures.py --only qwen3-qknorm, run
+// where torch and transformers are): until then the list leaves it out, so the suite passes
+// without it.
 INSTANTIATE_TEST_SUITE_P(Fixtures, CpuModelFixture,
-                         ::testing::Values("llama2-mha", "llama3-gqa", "qwen2-tied",
-                                           "llama3-hd128"));
+                         ::testing::ValuesIn(testing::fixture_names(
+                             kFixtures, {"llama2-mha", "llama3-gqa", "qwen2-tied", "llama3-hd128"},
+                             {"qwen3-qknorm"})));
 
 // The rescaled fixtures of the fp8 KV-scale tests (K x512, V /512, q_proj and o_proj
 // compensating) are the same function: float32 logits within rounding of the original's, and
-// their K projection 512x larger.
+// their K projection (with a q/k norm: the k norm weight) 512x larger.
 TEST_P(CpuModelFixture, RescaledAttentionIsTheSameModel) {
   const fs::path dir = kFixtures / GetParam();
   const fs::path rescaled = testing::rescaled_fixture(dir);
   const CpuModel original(dir), model(rescaled);
-  const std::string k_proj = "model.layers.0.self_attn.k_proj.weight";
+  const std::string k_proj = original.config().qk_norm ? "model.layers.0.self_attn.k_norm.weight"
+                                                       : "model.layers.0.self_attn.k_proj.weight";
   const std::vector<float> k_original = Checkpoint(dir).find(k_proj)->to_float();
   const std::vector<float> k_rescaled = Checkpoint(rescaled).find(k_proj)->to_float();
   fs::remove_all(rescaled);

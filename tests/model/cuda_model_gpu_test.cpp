@@ -20,6 +20,7 @@
 #include "l2kv/model/cuda_model.h"
 #include "l2kv/model/hf_weights.h"
 #include "l2kv/model/safetensors.h"
+#include "model/fixture_list.h"
 #include "model/rescaled_fixture.h"
 #include "model/tiny_checkpoint.h"
 
@@ -293,9 +294,12 @@ TEST_P(CudaModelFixture, FusedLayerAgreesWithNineKernels) {
   EXPECT_LT(worst, 1e-2);
 }
 
+// qwen3-qknorm (per-head q/k RMSNorm, head_dim 128 with hidden 256 over 4 heads) joins once
+// its folder is committed (make_fixtures.py --only qwen3-qknorm); until then it is left out.
 INSTANTIATE_TEST_SUITE_P(Fixtures, CudaModelFixture,
-                         ::testing::Values("llama2-mha", "llama3-gqa", "qwen2-tied",
-                                           "llama3-hd128"));
+                         ::testing::ValuesIn(testing::fixture_names(
+                             kFixtures, {"llama2-mha", "llama3-gqa", "qwen2-tied", "llama3-hd128"},
+                             {"qwen3-qknorm"})));
 
 // Qwen3's per-head q/k RMSNorm on the GPU, without the transformers fixture: a tiny random
 // Qwen3 checkpoint (head_dim 64 with 4 heads of a hidden size of 128, GQA, tied embeddings,
