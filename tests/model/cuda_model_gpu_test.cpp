@@ -16,10 +16,13 @@
 #include "l2kv/core/error.h"
 #include "l2kv/kernels/attention/prefetch_policy.h"
 #include "l2kv/kernels/model/kv_scales.h"
+#include "l2kv/model/cpu_model.h"
 #include "l2kv/model/cuda_model.h"
 #include "l2kv/model/hf_weights.h"
 #include "l2kv/model/safetensors.h"
+#include "model/fixture_list.h"
 #include "model/rescaled_fixture.h"
+#include "model/tiny_checkpoint.h"
 
 namespace l2kv {
 namespace {
@@ -291,9 +294,63 @@ TEST_P(CudaModelFixture, FusedLayerAgreesWithNineKernels) {
   EXPECT_LT(worst, 1e-2);
 }
 
+// qwen3-qknorm (per-head q/k RMSNorm, head_dim 128 with hidden 256 over 4 heads) joins once
+// its folder is committed (make_fixtures.py --only qwen3-qknorm); until then it is left out.
 INSTANTIATE_TEST_SUITE_P(Fixtures, CudaModelFixture,
-                         ::testing::Values("llama2-mha", "llama3-gqa", "qwen2-tied",
-                                           "llama3-hd128"));
+                         ::testing::ValuesIn(testing::fixture_names(
+                             kFixtures, {"llama2-mha", "llama3-gqa", "qwen2-tied", "llama3-hd128"},
+                             {"qwen3-qknorm"})));
+
+// Qwen3's per-head q/k RMSNorm on the GPU, without the transformers fixture: a tiny random
+// Qwen3 checkpoint (head_dim 64 with 4 heads of a hidden size of 128, GQA, tied embeddings,
+// q/k norm weights away from 1; weights rounded to bf16 so both backends hold the same ones)
+// against the CPU backend, in a prefill and in decode steps over the cache: within the 16-bit
+// tolerance of MatchesTransformersInOneRaggedBatch, and far from the same weights run without
+// the norm (a Llama config), so the norm is applied on the GPU.
+TEST(CudaModel, Qwen3QkNormMatchesTheCpuModel) {
+  L2KV_SKIP_WITHOUT_GPU();
+  testing::TinyQwen3 m = testing::tiny_qwen3(11, /*hidden=*/128, /*heads=*/4, /*kv_heads=*/2,
+                                             /*head_dim=*/64, /*layers=*/2, /*vocab=*/256,
+                                             /*inter=*/256);
+  for (auto& entry : m.tensors)
+    for (float& x : entry.second.values)
+      x = dtype_bits_to_float(DType::kBFloat16, float_to_dtype_bits(DType::kBFloat16, x));
+  const fs::path dir = fs::temp_directory_path() / ("l2kv_tiny_qwen3_" + std::to_string(getpid()));
+  testing::write_tiny_checkpoint(dir, m.config, m.tensors);
+  const CpuModel cpu(dir);
+  std::vector<int32_t> tokens;
+  for (int i = 0; i < 12; ++i) tokens.push_back((i * 37 + 11) % 256);
+  const std::vector<float> want = cpu.forward(tokens);
+  nlohmann::json llama = m.config;
+  llama["architectures"] = {"LlamaForCausalLM"};
+  std::ofstream(dir / "config.json") << llama.dump(1);
+  const std::vector<float> without_norm = CpuModel(dir).forward(tokens);
+  std::ofstream(dir / "config.json") << m.config.dump(1);
+  auto model = load(dir, 16, 8, /*max_logit_rows=*/16);
+  fs::remove_all(dir);
+  ASSERT_TRUE(model->config().qk_norm);
+  const int64_t vocab = 256;
+  constexpr size_t kPrompt = 9;
+  Tables tables(1);
+  tables.grow(0, static_cast<int32_t>(tokens.size()));
+  const std::span<const int32_t> all(tokens);
+  const BatchSequence prefill[] = {{all.first(kPrompt), 0, tables.rows[0], true}};
+  std::vector<float> got = model->run(prefill, /*all_logits=*/true, nullptr);
+  for (size_t t = kPrompt; t < tokens.size(); ++t) {
+    const BatchSequence step[] = {
+        {all.subspan(t, 1), static_cast<int32_t>(t), tables.rows[0], true}};
+    const std::vector<float> row = model->run(step, false, nullptr);
+    got.insert(got.end(), row.begin(), row.end());
+  }
+  ASSERT_EQ(got.size(), tokens.size() * vocab);
+  double max_abs = 0;
+  const double error = relative_l2(got.data(), want.data(), want.size(), &max_abs);
+  const double off = relative_l2(got.data(), without_norm.data(), want.size(), &max_abs);
+  std::printf("[qwen3-tiny] CUDA vs CPU logits rel. L2 %.2e (vs the model without q/k norm %.2e)\n",
+              error, off);
+  EXPECT_LT(error, 2e-2);
+  EXPECT_GT(off, 0.1);
+}
 
 TEST(CudaModel, ChunkedPrefillMatchesOnePass) {
   L2KV_SKIP_WITHOUT_GPU();

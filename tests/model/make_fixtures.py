@@ -2,23 +2,26 @@
 """Creates l2kv's tiny model fixtures with Hugging Face transformers (run where torch and
 transformers exist, e.g. the GPU machine): a Llama-2-style MHA model (fp16), a Llama-3-style
 GQA model with llama3 RoPE scaling (bf16) and a Qwen2 model with QKV bias and tied embeddings
-(bf16, sharded with model.safetensors.index.json), and a Llama-3-style GQA model with head_dim
+(bf16, sharded with model.safetensors.index.json), a Llama-3-style GQA model with head_dim
 128 (the head size of every benchmarked model; bf16) that also gets a prompt longer than 1024
-tokens. For each, transformers' float32 logits for every position of a few prompts and a
-32-token greedy continuation. Models are made in this order from one seed, so adding a model
-at the end leaves the earlier fixtures unchanged.
+tokens, and a Qwen3 model (per-head q/k RMSNorm before RoPE, head_dim 128 given in the config
+while hidden / heads is 64, no QKV bias, tied embeddings; bf16; q/k norm weights drawn away
+from 1). For each, transformers' float32 logits for every position of a few prompts and a
+32-token greedy continuation. The first four models are made in this order from one seed, so
+adding a model at the end leaves the earlier fixtures unchanged; the later ones (SEEDS) reseed
+before they are made, so --only gives them the same bytes as a full run.
 
-Usage: make_fixtures.py <out-dir>
+Usage: make_fixtures.py [out-dir] [--only NAME ...]   (out-dir: tests/model/fixtures)
+e.g.   python3 tests/model/make_fixtures.py --only qwen3-qknorm   (transformers >= 4.51)
 """
+import argparse
 import json
 import os
-import sys
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 torch.manual_seed(20261126)
-OUT = sys.argv[1]
 COMMON = dict(vocab_size=512, hidden_size=256, intermediate_size=512, num_hidden_layers=2,
               num_attention_heads=4, max_position_embeddings=1024, rms_norm_eps=1e-5,
               initializer_range=0.08, bos_token_id=1, eos_token_id=2)
@@ -38,12 +41,57 @@ MODELS = {
                                                    **{**COMMON, "max_position_embeddings": 2048}),
                      torch.bfloat16, None),
 }
+SEEDS = {"qwen3-qknorm": 20261203}  # models made from their own seed (see the docstring)
+
+
+def add_qwen3():
+    # Imported here: transformers before 4.51 has no Qwen3, and the other fixtures need none.
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+    MODELS["qwen3-qknorm"] = (Qwen3ForCausalLM,
+                              Qwen3Config(num_key_value_heads=2, head_dim=128, rope_theta=1000000.0,
+                                          attention_bias=False, tie_word_embeddings=True,
+                                          use_sliding_window=False, **COMMON),
+                              torch.bfloat16, None)
+
+
+def perturb_qk_norms(model):
+    """transformers initializes the q/k norm weights to 1; draw them in [0.5, 1.5) so the
+    fixture tests the multiplication by the weight too."""
+    with torch.no_grad():
+        for layer in model.model.layers:
+            for norm in (layer.self_attn.q_norm, layer.self_attn.k_norm):
+                norm.weight.copy_(torch.rand(norm.weight.shape) + 0.5)
+
+
+parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+parser.add_argument("out", nargs="?", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
+                                                           "fixtures"))
+parser.add_argument("--only", action="append", metavar="NAME",
+                    help="make only this fixture (repeatable); the others are left as they are")
+args = parser.parse_args()
+OUT = args.out
+add_qwen3()
+if args.only:
+    unknown = sorted(set(args.only) - set(MODELS))
+    if unknown:
+        parser.error(f"unknown fixture(s) {unknown}; known: {sorted(MODELS)}")
+    earlier = [n for n in MODELS if n not in SEEDS]
+    if any(n in earlier for n in args.only) and any(n not in args.only for n in earlier):
+        # Their weights come from one random stream in order: one alone would differ.
+        parser.error(f"{earlier} are made from one seed in order: make them all or none of them")
 PROMPTS = [[1, 17, 300, 42, 9], torch.randint(3, 512, (17,)).tolist(), torch.randint(3, 512, (150,)).tolist()]
 LONG_PROMPT_TOKENS = {"llama3-hd128": 1100}  # drawn after the model, so earlier draws stay put
 STEPS = 32
 
 for name, (cls, config, dtype, shard) in MODELS.items():
-    model = cls(config).to(dtype)
+    if args.only and name not in args.only:
+        continue
+    if name in SEEDS:
+        torch.manual_seed(SEEDS[name])
+    model = cls(config)
+    if name == "qwen3-qknorm":
+        perturb_qk_norms(model)
+    model = model.to(dtype)
     path = os.path.join(OUT, name)
     kwargs = {"max_shard_size": shard} if shard else {}
     model.save_pretrained(path, **kwargs)

@@ -3,7 +3,9 @@
 // scale bf16 values and fp32 sums exactly (fp16 ones up to the q/v weights they push into fp16
 // subnormals), so transformers' float32 reference still holds, but |K| now reaches past E4M3's
 // 448 and most |V| fall below 2^-6: real checkpoints' magnitudes (Qwen2.5's K bias reaches the
-// hundreds) in a model small enough to test fp8 KV scales on.
+// hundreds) in a model small enough to test fp8 KV scales on. With a per-head q/k norm (Qwen3)
+// the projections' scale would be normalized away, so the norm weights carry it instead
+// (k_norm by 2^9, q_norm by 2^-9): the same K, q.k products and 16-bit roundings.
 #pragma once
 
 #include <unistd.h>
@@ -17,6 +19,7 @@
 #include <vector>
 
 #include "l2kv/core/dtype.h"
+#include "l2kv/model/model_config.h"
 #include "l2kv/model/safetensors.h"
 
 namespace l2kv::testing {
@@ -34,10 +37,15 @@ inline std::filesystem::path rescaled_fixture(const std::filesystem::path& sourc
   auto ends_with = [](const std::string& s, const std::string& tail) {
     return s.size() >= tail.size() && s.compare(s.size() - tail.size(), tail.size(), tail) == 0;
   };
+  const bool qk_norm = ModelConfig::from_folder(source).qk_norm;
   auto factor = [&](const std::string& tensor) {
     for (const char* p : {"k_proj.weight", "k_proj.bias"})
-      if (ends_with(tensor, p)) return kRescale;
-    for (const char* p : {"q_proj.weight", "q_proj.bias", "v_proj.weight", "v_proj.bias"})
+      if (!qk_norm && ends_with(tensor, p)) return kRescale;
+    for (const char* p : {"q_proj.weight", "q_proj.bias"})
+      if (!qk_norm && ends_with(tensor, p)) return 1.f / kRescale;
+    if (qk_norm && ends_with(tensor, "k_norm.weight")) return kRescale;
+    if (qk_norm && ends_with(tensor, "q_norm.weight")) return 1.f / kRescale;
+    for (const char* p : {"v_proj.weight", "v_proj.bias"})
       if (ends_with(tensor, p)) return 1.f / kRescale;
     return ends_with(tensor, "o_proj.weight") ? kRescale : 1.f;
   };

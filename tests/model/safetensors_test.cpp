@@ -139,12 +139,57 @@ TEST(ModelConfig, ReadsBothRopeFormsAndRejectsTheUnsupported) {
       "do not divide");
 }
 
+// Qwen3 as its Hub configs write it: head_dim given (not hidden / heads), no QKV bias unless
+// attention_bias says so, a sliding_window size that only use_sliding_window turns on.
+TEST(ModelConfig, Qwen3HasPerHeadQkNormAndItsOwnHeadDim) {
+  const auto parse = [](const std::string& more) {
+    return ModelConfig::from_json_text(
+        R"({"architectures": ["Qwen3ForCausalLM"], "vocab_size": 10, "hidden_size": 8,
+        "intermediate_size": 16, "num_hidden_layers": 2, "num_attention_heads": 2,
+        "num_key_value_heads": 1, "head_dim": 16, "rms_norm_eps": 1e-06, "rope_theta": 1000000.0,
+        "sliding_window": null, "max_window_layers": 2)" +
+            more + "}",
+        "config.json");
+  };
+  const ModelConfig c = parse(R"(, "attention_bias": false, "use_sliding_window": false,
+      "tie_word_embeddings": true, "layer_types": ["full_attention", "full_attention"])");
+  EXPECT_EQ(c.architecture, "Qwen3ForCausalLM");
+  EXPECT_TRUE(c.qk_norm);
+  EXPECT_FALSE(c.qkv_bias);
+  EXPECT_TRUE(c.tie_word_embeddings);
+  EXPECT_EQ(c.head_dim, 16);
+  EXPECT_EQ(c.rope.theta, 1e6);
+  EXPECT_EQ(c.rms_norm_eps, 1e-6);
+  EXPECT_FALSE(parse("").qkv_bias);  // attention_bias absent: none
+  EXPECT_TRUE(parse(R"(, "attention_bias": true)").qkv_bias);
+  EXPECT_FALSE(parse(R"(, "tie_word_embeddings": false)").tie_word_embeddings);
+  // The q/k norm weights count: two of head_dim per layer.
+  ModelConfig without = c;
+  without.qk_norm = false;
+  EXPECT_EQ(c.parameter_count() - without.parameter_count(), 2 * 2 * 16);
+  expect_error([&] { parse(R"(, "use_sliding_window": true, "sliding_window": 4096)"); },
+               "sliding-window attention is not supported (use_sliding_window is true)");
+  expect_error([&] { parse(R"(, "layer_types": ["full_attention", "sliding_attention"])"); },
+               "layer type \"sliding_attention\" is not supported");
+  // Other architectures have no q/k norm.
+  EXPECT_FALSE(ModelConfig::from_json_text(
+                   R"({"architectures": ["Qwen2ForCausalLM"], "vocab_size": 10, "hidden_size": 8,
+                   "intermediate_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2})",
+                   "config.json")
+                   .qk_norm);
+}
+
 TEST(ModelConfig, SyntheticShapesAreTheRealModels) {
   // Parameter counts of the published checkpoints.
   EXPECT_NEAR(ModelConfig::synthetic("llama2-7b").parameter_count() / 1e9, 6.74, 0.01);
   EXPECT_NEAR(ModelConfig::synthetic("llama3-8b").parameter_count() / 1e9, 8.03, 0.01);
   EXPECT_NEAR(ModelConfig::synthetic("qwen2.5-7b").parameter_count() / 1e9, 7.62, 0.01);
   EXPECT_NEAR(ModelConfig::synthetic("qwen2.5-14b").parameter_count() / 1e9, 14.77, 0.01);
+  const ModelConfig qwen3 = ModelConfig::synthetic("qwen3-8b");
+  EXPECT_EQ(qwen3.parameter_count(), 8190735360);  // Qwen3-8B's safetensors, to the parameter
+  EXPECT_TRUE(qwen3.qk_norm);
+  EXPECT_FALSE(qwen3.qkv_bias);
+  EXPECT_FALSE(qwen3.tie_word_embeddings);
   expect_error([] { ModelConfig::synthetic("gpt-5"); }, "known: llama2-7b");
 }
 

@@ -203,6 +203,10 @@ struct CpuModel::GraphOps {
     q = linear(h, T, H, w.q, q_dim, w.q_bias);
     k_new = linear(h, T, H, w.k, kv_dim, w.k_bias);
     v_new = linear(h, T, H, w.v, kv_dim, w.v_bias);
+    if (c().qk_norm) {  // each head its own RMSNorm row, before RoPE
+      rms_norm(q, T * c().num_q_heads, c().head_dim, w.q_norm, c().rms_norm_eps);
+      rms_norm(k_new, T * c().num_kv_heads, c().head_dim, w.k_norm, c().rms_norm_eps);
+    }
     apply_rope(q, T, past, c().num_q_heads, c().head_dim, m.inv_freq_);
     apply_rope(k_new, T, past, c().num_kv_heads, c().head_dim, m.inv_freq_);
     const int64_t row = c().num_kv_heads * c().head_dim;

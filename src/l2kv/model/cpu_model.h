@@ -1,5 +1,5 @@
-// The CPU backend: a float32 forward pass of a Llama / Mistral / Qwen2 checkpoint, written for
-// clarity. It is the reference the CUDA backend is tested against and what CI runs end to end.
+// The CPU backend: a float32 forward pass of a Llama / Mistral / Qwen2 / Qwen3 checkpoint, written
+// for clarity. It is the reference the CUDA backend is tested against and what CI runs end to end.
 #pragma once
 
 #include <cstdint>

@@ -60,8 +60,9 @@ DecodeKernel parse_decode_kernel(const std::string& name) {
 struct CudaModel::Weights {
   struct Layer {
     DeviceArray<uint16_t> input_norm, post_norm, qkv, qkv_bias, o, gate_up, down;
-    float k_scale = 1.f, v_scale = 1.f;  // fp8 KV cache
-    bool checkpoint_kv_scales = false;   // else calculated from the first prompt when on
+    DeviceArray<uint16_t> q_norm, k_norm;  // [head_dim] each, with qk_norm (Qwen3)
+    float k_scale = 1.f, v_scale = 1.f;    // fp8 KV cache
+    bool checkpoint_kv_scales = false;     // else calculated from the first prompt when on
   };
   DeviceArray<uint16_t> embed, lm_head, final_norm;
   std::vector<Layer> layers;
@@ -125,6 +126,10 @@ CudaModel::CudaModel(const std::filesystem::path& folder)
     layer.qkv = upload_16bit(c.dtype, concat(concat(w.q, w.k), w.v));  // one fused projection
     if (c.qkv_bias)
       layer.qkv_bias = upload_16bit(c.dtype, concat(concat(w.q_bias, w.k_bias), w.v_bias));
+    if (c.qk_norm) {
+      layer.q_norm = upload_16bit(c.dtype, w.q_norm);
+      layer.k_norm = upload_16bit(c.dtype, w.k_norm);
+    }
     layer.o = upload_16bit(c.dtype, w.o);
     layer.gate_up = upload_16bit(c.dtype, gate_up_rows(w.gate, w.up, c.hidden_size));
     layer.down = upload_16bit(c.dtype, w.down);
@@ -147,6 +152,7 @@ CudaModel::CudaModel(const ModelConfig& config, uint64_t seed)
     return d;
   };
   const std::vector<float> ones(static_cast<size_t>(c.hidden_size), 1.f);
+  const std::vector<float> head_ones(static_cast<size_t>(c.head_dim), 1.f);
   const float scale = 0.02f * std::sqrt(3.f);  // std 0.02, as HF initializes
   weights_->embed = random(c.vocab_size * c.hidden_size, scale);
   if (!c.tie_word_embeddings) weights_->lm_head = random(c.vocab_size * c.hidden_size, scale);
@@ -157,6 +163,10 @@ CudaModel::CudaModel(const ModelConfig& config, uint64_t seed)
     layer.post_norm = upload_16bit(c.dtype, ones);
     layer.qkv = random((q_dim + 2 * kv_dim) * c.hidden_size, scale);
     if (c.qkv_bias) layer.qkv_bias = random(q_dim + 2 * kv_dim, scale);
+    if (c.qk_norm) {
+      layer.q_norm = upload_16bit(c.dtype, head_ones);
+      layer.k_norm = upload_16bit(c.dtype, head_ones);
+    }
     layer.o = random(c.hidden_size * q_dim, scale);
     layer.gate_up = random(2 * c.intermediate_size * c.hidden_size, scale);  // any order
     layer.down = random(c.hidden_size * c.intermediate_size, scale);
@@ -565,15 +575,17 @@ struct CudaModel::GraphOps {
     decode.kv.k_scale = w(l).k_scale;
     decode.kv.v_scale = w(l).v_scale;
     decode.kv.device_scales = m->kv_scales_ + 2 * l;
+    const ops::QkNorm qk_norm{w(l).q_norm.ptr, w(l).k_norm.ptr,
+                              static_cast<float>(c().rms_norm_eps)};  // null pointers: none
     if (m->step_.calculate_kv_scales && !w(l).checkpoint_kv_scales)
       ops::calculate_kv_scales(ws().qkv.ptr, w(l).qkv_bias.ptr, ws().meta.ptr + ws().positions,
                                ws().meta.ptr + ws().slots, m->inv_freq_, n,
                                static_cast<int32_t>(c().num_q_heads), decode.kv,
-                               m->kv_scales_ + 2 * l, stream);
+                               m->kv_scales_ + 2 * l, stream, qk_norm);
     ops::rope_and_cache(ws().qkv.ptr, w(l).qkv_bias.ptr, ws().meta.ptr + ws().positions,
                         ws().meta.ptr + ws().slots, m->inv_freq_, n,
                         static_cast<int32_t>(c().num_q_heads), decode.kv, ws().q.ptr, stream,
-                        m->prefetch_.pdl);
+                        m->prefetch_.pdl, qk_norm);
   }
   void attention(int64_t) {
     timed(m->attention_events_, [&] {

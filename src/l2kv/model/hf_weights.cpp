@@ -35,6 +35,10 @@ HfLayerWeights load_hf_layer_weights(const Checkpoint& checkpoint, const ModelCo
     w.k_bias = load("self_attn.k_proj.bias", {kv_dim});
     w.v_bias = load("self_attn.v_proj.bias", {kv_dim});
   }
+  if (c.qk_norm) {
+    w.q_norm = load("self_attn.q_norm.weight", {c.head_dim});
+    w.k_norm = load("self_attn.k_norm.weight", {c.head_dim});
+  }
   w.gate = load("mlp.gate_proj.weight", {c.intermediate_size, c.hidden_size});
   w.up = load("mlp.up_proj.weight", {c.intermediate_size, c.hidden_size});
   w.down = load("mlp.down_proj.weight", {c.hidden_size, c.intermediate_size});

@@ -1,5 +1,5 @@
-// The tensors of a Hugging Face Llama / Mistral / Qwen2 checkpoint under their Hub names, read
-// once for every backend (each converts them to its own layout and precision). Shapes are
+// The tensors of a Hugging Face Llama / Mistral / Qwen2 / Qwen3 checkpoint under their Hub names,
+// read once for every backend (each converts them to its own layout and precision). Shapes are
 // checked against the config; a missing or mis-shaped tensor is an l2kv::Error naming it.
 #pragma once
 
@@ -23,6 +23,7 @@ struct HfLayerWeights {
   std::vector<float> input_norm, post_attention_norm;
   std::vector<float> q, k, v, o;
   std::vector<float> q_bias, k_bias, v_bias;  // empty without QKV bias
+  std::vector<float> q_norm, k_norm;          // [head_dim] each (Qwen3); empty without qk_norm
   std::vector<float> gate, up, down;
   // fp8 KV cache scales (self_attn.k_scale / v_scale, as vLLM's fp8 checkpoints store them);
   // 1 when the checkpoint has none.

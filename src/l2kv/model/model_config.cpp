@@ -138,9 +138,11 @@ ModelConfig ModelConfig::from_json_text(const std::string& text, const std::stri
     const bool llama =
         c.architecture == "LlamaForCausalLM" || c.architecture == "MistralForCausalLM";
     const bool qwen2 = c.architecture == "Qwen2ForCausalLM";
-    if (!llama && !qwen2)
+    const bool qwen3 = c.architecture == "Qwen3ForCausalLM";
+    if (!llama && !qwen2 && !qwen3)
       throw Error(origin + ": architecture " + c.architecture +
-                  " is not supported (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM are)");
+                  " is not supported (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, "
+                  "Qwen3ForCausalLM are)");
     const auto size = [&](const char* key, int64_t fallback, int64_t hi) {
       return integer_field(j, key, fallback, std::numeric_limits<int64_t>::min(), hi, origin);
     };
@@ -161,14 +163,26 @@ ModelConfig ModelConfig::from_json_text(const std::string& text, const std::stri
     c.rms_norm_eps = j.value("rms_norm_eps", 1e-6);
     c.tie_word_embeddings = j.value("tie_word_embeddings", false);
     c.max_position_embeddings = size("max_position_embeddings", 0, kMaxPositions);
+    // Qwen2 always has a QKV bias; Qwen3 has one only where attention_bias says so.
     c.qkv_bias = qwen2 || j.value("attention_bias", false);
+    c.qk_norm = qwen3;
     if (j.value("mlp_bias", false)) throw Error(origin + ": mlp_bias is not supported");
     if (j.value("hidden_act", std::string("silu")) != "silu")
       throw Error(origin + ": hidden_act " + j["hidden_act"].get<std::string>() +
                   " is not supported (silu is)");
-    const bool sliding = qwen2 ? j.value("use_sliding_window", false)
-                               : (j.contains("sliding_window") && !j["sliding_window"].is_null());
-    if (sliding) throw Error(origin + ": sliding-window attention is not supported");
+    // Qwen2/3 configs carry a sliding_window size that only use_sliding_window turns on;
+    // transformers 5 also lists each layer's attention in layer_types.
+    const bool qwen = qwen2 || qwen3;
+    const bool sliding = qwen ? j.value("use_sliding_window", false)
+                              : (j.contains("sliding_window") && !j["sliding_window"].is_null());
+    if (sliding)
+      throw Error(origin + ": sliding-window attention is not supported" +
+                  (qwen ? " (use_sliding_window is true)" : " (sliding_window is set)"));
+    if (j.contains("layer_types") && j["layer_types"].is_array())
+      for (const auto& type : j["layer_types"])
+        if (!type.is_string() || type.get<std::string>() != "full_attention")
+          throw Error(origin + ": layer type " + type.dump() +
+                      " is not supported (full_attention is)");
     c.rope = read_rope(j, origin);
     const std::string dtype = j.value("torch_dtype", j.value("dtype", std::string("bfloat16")));
     c.dtype = dtype == "float16" ? DType::kFloat16 : DType::kBFloat16;
@@ -209,9 +223,13 @@ ModelConfig ModelConfig::synthetic(const std::string& name) {
     c.architecture = "Qwen2ForCausalLM", c.qkv_bias = true;
     c.vocab_size = 152064, c.hidden_size = 5120, c.intermediate_size = 13824, c.num_layers = 48;
     c.num_q_heads = 40, c.num_kv_heads = 8, c.rms_norm_eps = 1e-5, c.rope.theta = 1000000;
+  } else if (name == "qwen3-8b") {
+    c.architecture = "Qwen3ForCausalLM", c.qk_norm = true;
+    c.vocab_size = 151936, c.hidden_size = 4096, c.intermediate_size = 12288, c.num_layers = 36;
+    c.num_q_heads = 32, c.num_kv_heads = 8, c.rms_norm_eps = 1e-6, c.rope.theta = 1000000;
   } else {
     throw Error("unknown synthetic model '" + name +
-                "' (known: llama2-7b, llama3-8b, qwen2.5-7b, qwen2.5-14b)");
+                "' (known: llama2-7b, llama3-8b, qwen2.5-7b, qwen2.5-14b, qwen3-8b)");
   }
   return c;
 }
@@ -221,7 +239,7 @@ int64_t ModelConfig::parameter_count() const {
   const int64_t attention = hidden_size * (q_dim + 2 * kv_dim) + q_dim * hidden_size +
                             (qkv_bias ? q_dim + 2 * kv_dim : 0);
   const int64_t mlp = 3 * hidden_size * intermediate_size;
-  const int64_t per_layer = attention + mlp + 2 * hidden_size;
+  const int64_t per_layer = attention + mlp + 2 * hidden_size + (qk_norm ? 2 * head_dim : 0);
   return vocab_size * hidden_size * (tie_word_embeddings ? 1 : 2) + num_layers * per_layer +
          hidden_size;
 }

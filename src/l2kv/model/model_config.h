@@ -1,5 +1,6 @@
 // The architecture of a model, read from its config.json (LlamaForCausalLM, MistralForCausalLM
-// without sliding window, Qwen2ForCausalLM), or one of the built-in synthetic shapes.
+// without sliding window, Qwen2ForCausalLM, Qwen3ForCausalLM), or one of the built-in synthetic
+// shapes.
 #pragma once
 
 #include <cstdint>
@@ -34,6 +35,9 @@ struct ModelConfig {
   int64_t head_dim = 0;
   double rms_norm_eps = 1e-6;
   bool qkv_bias = false;  // Qwen2
+  // Qwen3: RMSNorm over each head of q and of k (weights [head_dim], eps rms_norm_eps) before
+  // RoPE.
+  bool qk_norm = false;
   bool tie_word_embeddings = false;
   int64_t max_position_embeddings = 0;
   RopeConfig rope;
@@ -53,8 +57,8 @@ struct ModelConfig {
   static ModelConfig from_json_text(const std::string& text, const std::string& origin);
 
   // The real shapes of a known model for benchmarks with random weights: "llama2-7b",
-  // "llama3-8b", "qwen2.5-7b", "qwen2.5-14b" (as in "synthetic:llama3-8b"). Throws l2kv::Error
-  // listing the known names otherwise.
+  // "llama3-8b", "qwen2.5-7b", "qwen2.5-14b", "qwen3-8b" (as in "synthetic:llama3-8b"). Throws
+  // l2kv::Error listing the known names otherwise.
   static ModelConfig synthetic(const std::string& name);
 
   int64_t parameter_count() const;

@@ -1,4 +1,5 @@
-// The ops around the projections (add + RMSNorm, SiLU x up, RoPE + paged KV write) against a
+// The ops around the projections (add + RMSNorm, SiLU x up, RoPE + paged KV write, with
+// Qwen3's per-head q/k RMSNorm, and the calculated fp8 KV scales) against a
 // host reference that performs the same float operations and roundings: random inputs (never
 // zeros), ragged row counts, shuffled slots with pad rows, outputs and pools poisoned first.
 // Outputs are compared bit by bit: at most 1 % of the elements may differ, each by at most one
@@ -17,6 +18,7 @@
 
 #include "gpu_test_support.h"
 #include "l2kv/core/dtype.h"
+#include "l2kv/kernels/model/kv_scales.h"
 #include "l2kv/kernels/model/model_ops.h"
 
 namespace l2kv {
@@ -199,19 +201,50 @@ TEST_P(ModelOps, SiluMulMatchesHostReference) {
 struct RopeCase {
   int32_t head_dim, q_heads, kv_heads, rows;
   KvLayout layout;
-  bool fp8, bias;
+  bool fp8, bias, qk_norm;
 };
+
+// The kernel's sum of squares of one head with a q/k norm: pair i's a^2 + b^2 (one fused
+// multiply-add), summed over each warp's 32 pairs by its shuffle tree (lane l adds lane l + m
+// for m = 16, 8, 4, 2, 1 while l + m is a pair of the head), then the warps' sums in order.
+float head_sumsq(const std::vector<float>& a, const std::vector<float>& b) {
+  const auto half = static_cast<int32_t>(a.size());
+  float total = 0.f;
+  for (int32_t first = 0; first < half; first += 32) {
+    const int32_t lanes = std::min(32, half - first);
+    float v[32];
+    for (int32_t l = 0; l < lanes; ++l)
+      v[l] = std::fma(a[first + l], a[first + l], b[first + l] * b[first + l]);
+    // In ascending l, lane l + m is read before its own update, as the shuffle reads it.
+    for (int32_t m = 16; m >= 1; m /= 2)
+      for (int32_t l = 0; l + m < lanes; ++l) v[l] += v[l + m];
+    total += v[0];
+  }
+  return total;
+}
 
 TEST_P(ModelOps, RopeAndCacheMatchesHostReference) {
   L2KV_SKIP_WITHOUT_GPU();
   const DType t = GetParam();
   std::mt19937_64 rng(13);
+  // The last cases normalize each q and k head first (Qwen3): one warp, two, a partial one
+  // (96 and 16), with a bias and into an fp8 cache.
   const std::vector<RopeCase> cases = {
-      {128, 32, 8, 1, KvLayout::kHND, false, false},  {128, 32, 8, 37, KvLayout::kHND, false, true},
-      {128, 28, 4, 64, KvLayout::kNHD, false, true},  {64, 8, 8, 9, KvLayout::kHND, false, false},
-      {128, 32, 8, 130, KvLayout::kHND, true, false}, {64, 12, 2, 20, KvLayout::kNHD, true, true},
-      {16, 4, 2, 3, KvLayout::kHND, false, true},
+      {128, 32, 8, 1, KvLayout::kHND, false, false, false},
+      {128, 32, 8, 37, KvLayout::kHND, false, true, false},
+      {128, 28, 4, 64, KvLayout::kNHD, false, true, false},
+      {64, 8, 8, 9, KvLayout::kHND, false, false, false},
+      {128, 32, 8, 130, KvLayout::kHND, true, false, false},
+      {64, 12, 2, 20, KvLayout::kNHD, true, true, false},
+      {16, 4, 2, 3, KvLayout::kHND, false, true, false},
+      {128, 32, 8, 37, KvLayout::kHND, false, false, true},
+      {64, 8, 8, 9, KvLayout::kNHD, false, true, true},
+      {96, 6, 2, 11, KvLayout::kHND, false, false, true},
+      {16, 4, 2, 3, KvLayout::kHND, false, true, true},
+      {128, 32, 8, 130, KvLayout::kHND, true, false, true},
+      {64, 12, 2, 20, KvLayout::kNHD, true, true, true},
   };
+  constexpr float kNormEps = 1e-6f;
   for (const RopeCase& c : cases) {
     const int32_t d = c.head_dim, half = d / 2;
     const int32_t q_dim = c.q_heads * d, kv_dim = c.kv_heads * d, width = q_dim + 2 * kv_dim;
@@ -219,6 +252,8 @@ TEST_P(ModelOps, RopeAndCacheMatchesHostReference) {
     const int32_t num_blocks = (c.rows + block_size - 1) / block_size + 5;
     const auto qkv = random16(t, static_cast<size_t>(c.rows) * width, -2.f, 2.f, rng);
     const auto bias = random16(t, width, -0.5f, 0.5f, rng);
+    const auto q_norm = random16(t, d, 0.25f, 2.f, rng);
+    const auto k_norm = random16(t, d, 0.25f, 2.f, rng);
     std::vector<int32_t> positions(c.rows), slots(c.rows);
     std::uniform_int_distribution<int32_t> pos(0, 131071);
     for (auto& p : positions) p = pos(rng);
@@ -258,8 +293,27 @@ TEST_P(ModelOps, RopeAndCacheMatchesHostReference) {
       for (int32_t h = 0; h < c.q_heads + c.kv_heads; ++h) {
         const bool is_q = h < c.q_heads;
         const int32_t base = is_q ? h * d : q_dim + (h - c.q_heads) * d;
+        // The pairs RoPE rotates: with the norm, the projection rounded to the dtype (as
+        // transformers holds it), normalized over the head in float32, rounded, times the
+        // weight, rounded again.
+        std::vector<float> as(half), bs(half);
         for (int32_t i = 0; i < half; ++i) {
-          const float a = value(base + i), b = value(base + i + half);
+          as[i] = value(base + i), bs[i] = value(base + i + half);
+          if (c.qk_norm)
+            as[i] = to_float(t, round_to(t, as[i])), bs[i] = to_float(t, round_to(t, bs[i]));
+        }
+        if (c.qk_norm) {
+          const float mean = head_sumsq(as, bs) / static_cast<float>(d) + kNormEps;
+          const auto scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(mean)));
+          const std::vector<uint16_t>& gamma = is_q ? q_norm : k_norm;
+          auto norm = [&](float x, int32_t i) {
+            return to_float(
+                t, round_to(t, to_float(t, gamma[i]) * to_float(t, round_to(t, x * scale))));
+          };
+          for (int32_t i = 0; i < half; ++i) as[i] = norm(as[i], i), bs[i] = norm(bs[i], i + half);
+        }
+        for (int32_t i = 0; i < half; ++i) {
+          const float a = as[i], b = bs[i];
           const float angle = static_cast<float>(positions[r]) * inv_freq[i];
           const auto s = static_cast<float>(std::sin(static_cast<double>(angle)));
           const auto co = static_cast<float>(std::cos(static_cast<double>(angle)));
@@ -282,6 +336,10 @@ TEST_P(ModelOps, RopeAndCacheMatchesHostReference) {
 
     uint16_t* d_qkv = upload(qkv);
     uint16_t* d_bias = upload(bias);
+    uint16_t* d_q_norm = upload(q_norm);
+    uint16_t* d_k_norm = upload(k_norm);
+    const ops::QkNorm qk_norm =
+        c.qk_norm ? ops::QkNorm{d_q_norm, d_k_norm, kNormEps} : ops::QkNorm{};
     int32_t* d_positions = upload(positions);
     int32_t* d_slots = upload(slots);
     float* d_inv_freq = upload(inv_freq);
@@ -297,8 +355,14 @@ TEST_P(ModelOps, RopeAndCacheMatchesHostReference) {
     kv.k_pool = d_k;
     kv.v_pool = d_v;
     ops::rope_and_cache(d_qkv, c.bias ? d_bias : nullptr, d_positions, d_slots, d_inv_freq, c.rows,
-                        c.q_heads, kv, d_q, nullptr);
+                        c.q_heads, kv, d_q, nullptr, /*pdl=*/false, qk_norm);
+    // The calculated fp8 scales of the same rows: from the largest |K| and |V| the kernel above
+    // stores (checked below against its 16-bit cache, bit for bit).
+    float* d_scales = upload(std::vector<float>(2, -1.f));
+    ops::calculate_kv_scales(d_qkv, c.bias ? d_bias : nullptr, d_positions, d_slots, d_inv_freq,
+                             c.rows, c.q_heads, kv, d_scales, nullptr, qk_norm);
     L2KV_CUDA_CHECK(cudaDeviceSynchronize());
+    const auto got_scales = download(d_scales, 2);
     const auto got_q = download(d_q, want_q.size());
     std::vector<uint32_t> got_k(pool_elems), got_v(pool_elems);
     if (c.fp8) {
@@ -312,14 +376,27 @@ TEST_P(ModelOps, RopeAndCacheMatchesHostReference) {
       std::copy(k16.begin(), k16.end(), got_k.begin());
       std::copy(v16.begin(), v16.end(), got_v.begin());
     }
-    for (void* p : {static_cast<void*>(d_qkv), static_cast<void*>(d_bias),
-                    static_cast<void*>(d_positions), static_cast<void*>(d_slots),
-                    static_cast<void*>(d_inv_freq), static_cast<void*>(d_q), d_k, d_v})
+    for (void* p :
+         {static_cast<void*>(d_qkv), static_cast<void*>(d_bias), static_cast<void*>(d_q_norm),
+          static_cast<void*>(d_k_norm), static_cast<void*>(d_positions),
+          static_cast<void*>(d_slots), static_cast<void*>(d_inv_freq), static_cast<void*>(d_q),
+          static_cast<void*>(d_scales), d_k, d_v})
       cudaFree(p);
 
     const std::string where = "head_dim " + std::to_string(d) + " rows " + std::to_string(c.rows) +
                               (c.fp8 ? " fp8" : "") + (c.bias ? " bias" : "") +
+                              (c.qk_norm ? " qk_norm" : "") +
                               (c.layout == KvLayout::kNHD ? " NHD" : " HND");
+    if (!c.fp8) {
+      float k_max = 0.f, v_max = 0.f;
+      for (size_t i = 0; i < pool_elems; ++i) {
+        if (want_k[i] == kPoison16) continue;  // no row writes here
+        k_max = std::max(k_max, std::fabs(to_float(t, static_cast<uint16_t>(got_k[i]))));
+        v_max = std::max(v_max, std::fabs(to_float(t, static_cast<uint16_t>(got_v[i]))));
+      }
+      EXPECT_EQ(got_scales[0], kv_scale_from_amax(k_max, kKvScaleKeyRange)) << where;
+      EXPECT_EQ(got_scales[1], kv_scale_from_amax(v_max, kKvScaleValueRange)) << where;
+    }
     EXPECT_TRUE(acceptable(compare16(t, got_q, want_q, kRopeAbsoluteFloor))) << where << " (q)";
     for (const auto& [got, want, name] :
          {std::tie(got_k, want_k, "k"), std::tie(got_v, want_v, "v")}) {

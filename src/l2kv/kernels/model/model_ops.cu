@@ -148,6 +148,38 @@ __global__ void add_rmsnorm_strided_kernel(float* residual, const T* add, const 
     out[base + i] = Traits::from_float(Traits::to_float(weight[i]) * (residual[base + i] * scale));
 }
 
+// The sum of squares of the head of a pair (x[i], x[i + head_dim / 2]): one term per pair, summed
+// over the leading `lanes` lanes of a warp (to lane 0), then over the warps in order. The two
+// kernels that normalize heads (rope_and_cache, kv_amax) share these steps, so the calculated
+// fp8 scales see the K that is stored, bit for bit.
+__device__ __forceinline__ float pair_sumsq(float a, float b) {
+  return __fmaf_rn(a, a, __fmul_rn(b, b));  // pinned: no contraction chosen per call site
+}
+
+// Called by exactly the `lanes` (1 to 32) leading lanes of the warp.
+__device__ __forceinline__ float warp_sum_leading(float v, int lanes) {
+  const unsigned mask = lanes == 32 ? 0xffffffffu : (1u << lanes) - 1u;
+  const int lane = static_cast<int>(threadIdx.x % 32);
+  for (int m = 16; m >= 1; m /= 2) {
+    const float other = __shfl_down_sync(mask, v, m);
+    if (lane + m < lanes) v += other;  // a lane past `lanes` returned nothing defined
+  }
+  return v;
+}
+
+__device__ __forceinline__ float head_rms_scale(float sumsq, int head_dim, float eps) {
+  return __frsqrt_rn(sumsq / static_cast<float>(head_dim) + eps);  // correctly rounded
+}
+
+// Qwen3's RMSNorm of one head element as transformers computes it: normalized in fp32, rounded
+// to T, times the weight, rounded to T again (the value RoPE then rotates).
+template <typename T>
+__device__ __forceinline__ float head_norm(float x, float scale, float gamma) {
+  using Traits = tc::ElementTraits<T>;
+  const float normed = Traits::to_float(Traits::from_float(x * scale));
+  return Traits::to_float(Traits::from_float(gamma * normed));
+}
+
 // Neox RoPE of the pair (a, b) = (x[i], x[i + head_dim / 2]) at `pos`, rounded to T: what the
 // cache stores, and what the calculated fp8 scales measure.
 template <typename T>
@@ -163,11 +195,13 @@ __device__ __forceinline__ void rotate_pair(float a, float b, float pos, float i
 // One block per (token, head) of q and k, thread i rotating the pair (i, i + head_dim / 2);
 // the blocks of k heads also write that head's v elements i and i + head_dim / 2. Every thread
 // makes one round of loads. kFp8: K and V are stored as E4M3 of their 16-bit values divided by
-// the layer's scale.
+// the layer's scale. With q_norm / k_norm (Qwen3), each head is RMS-normalized before RoPE: the
+// block sums its squares (the one case that synchronizes the block).
 template <typename T, bool kFp8>
 __global__ void rope_and_cache_kernel(const T* qkv, const T* bias, const int32_t* positions,
                                       const int32_t* slots, const float* inv_freq, int32_t q_heads,
-                                      const PagedKvCache kv, T* q_out) {
+                                      const PagedKvCache kv, T* q_out, const T* q_norm,
+                                      const T* k_norm, float norm_eps) {
   using Traits = tc::ElementTraits<T>;
   // An attention kernel launched with programmatic dependent launch may start now: it waits for
   // this grid's writes before it reads them, and meanwhile prefetches older KV into L2.
@@ -182,12 +216,30 @@ __global__ void rope_and_cache_kernel(const T* qkv, const T* bias, const int32_t
   const float bias_a = bias_at(base + i), bias_b = bias_at(base + i + half);
   const float bias_va = is_q ? 0.f : bias_at(base + kv_dim + i);
   const float bias_vb = is_q ? 0.f : bias_at(base + kv_dim + i + half);
+  const T* norm = is_q ? q_norm : k_norm;  // the same for the whole block
+  const float gamma_a = norm ? Traits::to_float(norm[i]) : 1.f;
+  const float gamma_b = norm ? Traits::to_float(norm[i + half]) : 1.f;
   // Launched that way itself (rope_and_cache's `pdl`), this kernel may start while the QKV
   // projection still runs: nothing it writes is read before the projection's writes are visible.
   ptx::grid_dependency_wait();
   const T* row = qkv + static_cast<int64_t>(t) * width;
-  const float a = Traits::to_float(row[base + i]) + bias_a;
-  const float b = Traits::to_float(row[base + i + half]) + bias_b;
+  float a = Traits::to_float(row[base + i]) + bias_a;
+  float b = Traits::to_float(row[base + i + half]) + bias_b;
+  if (norm) {
+    // The norm reads the projection as transformers has it: biased and rounded to T.
+    a = Traits::to_float(Traits::from_float(a));
+    b = Traits::to_float(Traits::from_float(b));
+    __shared__ float partial[kMaxThreads / 32];
+    const int warp = i / 32, lanes = min(32, half - warp * 32);
+    const float sum = warp_sum_leading(pair_sumsq(a, b), lanes);
+    if (i % 32 == 0) partial[warp] = sum;
+    __syncthreads();
+    float total = 0.f;
+    for (int w = 0; w < (half + 31) / 32; ++w) total += partial[w];
+    const float scale = head_rms_scale(total, d, norm_eps);
+    a = head_norm<T>(a, scale, gamma_a);
+    b = head_norm<T>(b, scale, gamma_b);
+  }
   const float pos = static_cast<float>(positions[t]);
   T ra, rb;
   rotate_pair(a, b, pos, freq, ra, rb);
@@ -224,7 +276,8 @@ __global__ void rope_and_cache_kernel(const T* qkv, const T* bias, const int32_t
 template <typename T>
 __global__ void kv_amax_kernel(const T* qkv, const T* bias, const int32_t* positions,
                                const int32_t* slots, const float* inv_freq, int32_t q_heads,
-                               const PagedKvCache kv, float* scales) {
+                               const PagedKvCache kv, float* scales, const T* k_norm,
+                               float norm_eps) {
   using Traits = tc::ElementTraits<T>;
   const int t = blockIdx.x;
   const int d = kv.head_dim, half = d / 2;
@@ -236,11 +289,39 @@ __global__ void kv_amax_kernel(const T* qkv, const T* bias, const int32_t* posit
   float k_max = 0.f, v_max = 0.f;
   if (slots[t] >= 0) {  // -1: a pad row, whose K/V is not kept
     const float pos = static_cast<float>(positions[t]);
-    for (int p = threadIdx.x; p < kv.num_kv_heads * half; p += blockDim.x) {
-      const int base = q_dim + (p / half) * d, i = p % half;
-      T ra, rb;
-      rotate_pair(value(base + i), value(base + i + half), pos, inv_freq[i], ra, rb);
-      k_max = fmaxf(k_max, fmaxf(fabsf(Traits::to_float(ra)), fabsf(Traits::to_float(rb))));
+    if (k_norm == nullptr) {
+      for (int p = threadIdx.x; p < kv.num_kv_heads * half; p += blockDim.x) {
+        const int base = q_dim + (p / half) * d, i = p % half;
+        T ra, rb;
+        rotate_pair(value(base + i), value(base + i + half), pos, inv_freq[i], ra, rb);
+        k_max = fmaxf(k_max, fmaxf(fabsf(Traits::to_float(ra)), fabsf(Traits::to_float(rb))));
+      }
+    } else {
+      // A warp per head. Its sum of squares is rope_and_cache's: the head's pairs taken 32 at
+      // a time as that kernel's warps take them, summed by the same steps in the same order.
+      const int lane = static_cast<int>(threadIdx.x % 32);
+      auto rounded = [&](int c) { return Traits::to_float(Traits::from_float(value(c))); };
+      for (int h = static_cast<int>(threadIdx.x / 32); h < kv.num_kv_heads;
+           h += static_cast<int>(blockDim.x / 32)) {
+        const int base = q_dim + h * d;
+        float total = 0.f;
+        for (int first = 0; first < half; first += 32) {
+          const int lanes = min(32, half - first), i = first + lane;
+          float sum = 0.f;
+          if (lane < lanes)
+            sum = warp_sum_leading(pair_sumsq(rounded(base + i), rounded(base + i + half)), lanes);
+          total += __shfl_sync(0xffffffffu, sum, 0);
+        }
+        const float scale = head_rms_scale(total, d, norm_eps);
+        for (int i = lane; i < half; i += 32) {
+          const float a = head_norm<T>(rounded(base + i), scale, Traits::to_float(k_norm[i]));
+          const float b =
+              head_norm<T>(rounded(base + i + half), scale, Traits::to_float(k_norm[i + half]));
+          T ra, rb;
+          rotate_pair(a, b, pos, inv_freq[i], ra, rb);
+          k_max = fmaxf(k_max, fmaxf(fabsf(Traits::to_float(ra)), fabsf(Traits::to_float(rb))));
+        }
+      }
     }
     for (int i = threadIdx.x; i < kv_dim; i += blockDim.x)
       v_max = fmaxf(v_max, fabsf(Traits::to_float(Traits::from_float(value(q_dim + kv_dim + i)))));
@@ -354,7 +435,7 @@ void add_rmsnorm(DType dtype, float* residual, const void* add, const void* weig
 void rope_and_cache(const void* qkv, const void* bias, const int32_t* positions,
                     const int32_t* slots, const float* inv_freq, int32_t num_tokens,
                     int32_t q_heads, const PagedKvCache& kv, void* q_out, cudaStream_t stream,
-                    bool pdl) {
+                    bool pdl, const QkNorm& qk_norm) {
   if (num_tokens <= 0) return;
   if (kv.head_dim / 2 > kMaxThreads)
     throw Error("rope_and_cache: head_dim " + std::to_string(kv.head_dim) + " is over " +
@@ -367,24 +448,25 @@ void rope_and_cache(const void* qkv, const void* bias, const int32_t* positions,
     const cudaLaunchConfig_t config =
         launch_config(dim3(static_cast<unsigned>(num_tokens), heads),
                       dim3(static_cast<unsigned>(kv.head_dim / 2)), 0, stream, pdl, attribute);
-    L2KV_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, static_cast<const T*>(qkv),
-                                       static_cast<const T*>(bias), positions, slots, inv_freq,
-                                       q_heads, kv, static_cast<T*>(q_out)));
+    L2KV_CUDA_CHECK(cudaLaunchKernelEx(
+        &config, kernel, static_cast<const T*>(qkv), static_cast<const T*>(bias), positions, slots,
+        inv_freq, q_heads, kv, static_cast<T*>(q_out), static_cast<const T*>(qk_norm.q_weight),
+        static_cast<const T*>(qk_norm.k_weight), qk_norm.eps));
   });
 }
 
 void calculate_kv_scales(const void* qkv, const void* bias, const int32_t* positions,
                          const int32_t* slots, const float* inv_freq, int32_t num_tokens,
                          int32_t q_heads, const PagedKvCache& kv, float* scales,
-                         cudaStream_t stream) {
+                         cudaStream_t stream, const QkNorm& qk_norm) {
   if (num_tokens <= 0 || scales == nullptr)
     throw Error("calculate_kv_scales: needs at least one token and a scales buffer");
   L2KV_CUDA_CHECK(cudaMemsetAsync(scales, 0, 2 * sizeof(float), stream));
   with_type(kv.dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
-    kv_amax_kernel<T><<<num_tokens, kThreads, 0, stream>>>(static_cast<const T*>(qkv),
-                                                           static_cast<const T*>(bias), positions,
-                                                           slots, inv_freq, q_heads, kv, scales);
+    kv_amax_kernel<T><<<num_tokens, kThreads, 0, stream>>>(
+        static_cast<const T*>(qkv), static_cast<const T*>(bias), positions, slots, inv_freq,
+        q_heads, kv, scales, static_cast<const T*>(qk_norm.k_weight), qk_norm.eps);
   });
   L2KV_CUDA_CHECK_LAUNCH();
 }

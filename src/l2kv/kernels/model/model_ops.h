@@ -24,28 +24,36 @@ void add_rmsnorm(DType dtype, float* residual, const void* add, const void* weig
                  int32_t num_tokens, int32_t hidden, void* out, cudaStream_t stream,
                  bool pdl = false);
 
+// Qwen3's RMSNorm of each q and k head before RoPE: weights [head_dim] in the model's dtype and
+// the model's rms_norm_eps. Null weights (the default) skip the norm of q or k.
+struct QkNorm {
+  const void* q_weight = nullptr;
+  const void* k_weight = nullptr;
+  float eps = 0.f;
+};
+
 // Adds `bias` (nullable, [q_dim + 2 kv_dim]) to the fused QKV projection [tokens, q|k|v], applies
-// neox RoPE to q and k at `positions`, writes q to `q_out` [tokens, q_heads, head_dim] and k, v
-// into the paged cache (kv.dtype, or E4M3 / scale for an fp8 cache, the scales read from
-// kv.device_scales where set) at `slots` (physical block *
-// block_size + offset; -1 = skip).
-// `pdl`: launch with programmatic dependent launch, so the kernel may start while the one before
-// it (the QKV projection) finishes; it waits for that kernel's writes before reading.
+// `qk_norm` (rounding to the model's dtype after the normalization and after the weight, as
+// transformers does), neox RoPE to q and k at `positions`, writes q to `q_out` [tokens, q_heads,
+// head_dim] and k, v into the paged cache (kv.dtype, or E4M3 / scale for an fp8 cache, the scales
+// read from kv.device_scales where set) at `slots` (physical block * block_size + offset; -1 =
+// skip). `pdl`: launch with programmatic dependent launch, so the kernel may start while the one
+// before it (the QKV projection) finishes; it waits for that kernel's writes before reading.
 void rope_and_cache(const void* qkv, const void* bias, const int32_t* positions,
                     const int32_t* slots, const float* inv_freq, int32_t num_tokens,
                     int32_t q_heads, const PagedKvCache& kv, void* q_out, cudaStream_t stream,
-                    bool pdl = false);
+                    bool pdl = false, const QkNorm& qk_norm = {});
 
 // Calculated fp8 KV scales (kv_scales.h) of one layer from the fused QKV projection of a step:
-// over the rows with a slot (>= 0), the largest |K| (bias added, RoPE applied, rounded to the
-// model's dtype: what rope_and_cache stores) and |V|. Writes scales[0] =
-// kv_scale_from_amax(amax K, kKvScaleKeyRange) and scales[1] the same for V (device memory),
+// over the rows with a slot (>= 0), the largest |K| (bias added, k norm and RoPE applied,
+// rounded to the model's dtype: what rope_and_cache stores, bit for bit) and |V|. Writes scales[0]
+// = kv_scale_from_amax(amax K, kKvScaleKeyRange) and scales[1] the same for V (device memory),
 // which rope_and_cache and the attention kernels then read through kv.device_scales. Arguments
 // as rope_and_cache's; launched in stream order (the projection has finished).
 void calculate_kv_scales(const void* qkv, const void* bias, const int32_t* positions,
                          const int32_t* slots, const float* inv_freq, int32_t num_tokens,
                          int32_t q_heads, const PagedKvCache& kv, float* scales,
-                         cudaStream_t stream);
+                         cudaStream_t stream, const QkNorm& qk_norm = {});
 
 // out[t, i] = silu(gate[t, i]) * up[t, i]: gate_up[t] is [gate | up], or with `interleaved`
 // gate and up alternate in groups of 8 features (gemv.h's kSiluMul layout; inter % 8 == 0).

@@ -1,0 +1,113 @@
+// Small random checkpoints written by the tests themselves (config.json and one float32
+// model.safetensors), for checks that need no transformers fixture: a new architecture's
+// arithmetic against a direct computation, or a tensor left out on purpose.
+#pragma once
+
+#include <cmath>
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <string>
+#include <vector>
+
+namespace l2kv::testing {
+
+struct TinyTensor {
+  std::vector<int64_t> shape;
+  std::vector<float> values;
+};
+using TinyTensors = std::map<std::string, TinyTensor>;
+
+// `n` values uniform in [lo, hi) from `rng`.
+inline std::vector<float> uniform_values(std::mt19937& rng, int64_t n, float lo, float hi) {
+  std::uniform_real_distribution<float> dist(lo, hi);
+  std::vector<float> v(static_cast<size_t>(n));
+  for (float& x : v) x = dist(rng);
+  return v;
+}
+
+// Writes `dir`/config.json and `dir`/model.safetensors (F32 tensors) into a fresh `dir`.
+inline void write_tiny_checkpoint(const std::filesystem::path& dir, const nlohmann::json& config,
+                                  const TinyTensors& tensors) {
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  std::ofstream(dir / "config.json") << config.dump(1);
+  nlohmann::json header = nlohmann::json::object();
+  std::vector<char> data;
+  for (const auto& [name, t] : tensors) {
+    const size_t bytes = t.values.size() * sizeof(float);
+    header[name] = {
+        {"dtype", "F32"}, {"shape", t.shape}, {"data_offsets", {data.size(), data.size() + bytes}}};
+    const auto* p = reinterpret_cast<const char*>(t.values.data());
+    data.insert(data.end(), p, p + bytes);
+  }
+  const std::string text = header.dump();
+  const uint64_t length = text.size();
+  std::ofstream f(dir / "model.safetensors", std::ios::binary);
+  f.write(reinterpret_cast<const char*>(&length), 8);  // little-endian, as the format says
+  f.write(text.data(), static_cast<std::streamsize>(text.size()));
+  f.write(data.data(), static_cast<std::streamsize>(data.size()));
+}
+
+// The config and random weights of a tiny Qwen3ForCausalLM: head_dim given and unlike
+// hidden / heads, GQA, tied embeddings, no QKV bias, q/k norm weights away from 1 and q/k
+// projections large enough that the per-head norm changes the result. Projection ranges scale
+// as 1 / sqrt(hidden), relative to a hidden size of 12.
+struct TinyQwen3 {
+  nlohmann::json config;
+  TinyTensors tensors;
+};
+
+inline TinyQwen3 tiny_qwen3(uint32_t seed, int64_t hidden = 12, int64_t heads = 3,
+                            int64_t kv_heads = 1, int64_t head_dim = 6, int64_t layers = 2,
+                            int64_t vocab = 16, int64_t inter = 8) {
+  TinyQwen3 m;
+  m.config = {{"architectures", {"Qwen3ForCausalLM"}},
+              {"model_type", "qwen3"},
+              {"vocab_size", vocab},
+              {"hidden_size", hidden},
+              {"intermediate_size", inter},
+              {"num_hidden_layers", layers},
+              {"num_attention_heads", heads},
+              {"num_key_value_heads", kv_heads},
+              {"head_dim", head_dim},
+              {"rms_norm_eps", 1e-6},
+              {"rope_theta", 1000000.0},
+              {"attention_bias", false},
+              {"use_sliding_window", false},
+              {"sliding_window", nullptr},
+              {"tie_word_embeddings", true},
+              {"max_position_embeddings", 64},
+              {"hidden_act", "silu"},
+              {"torch_dtype", "bfloat16"}};
+  std::mt19937 rng(seed);
+  const float k = std::sqrt(12.f / static_cast<float>(hidden));
+  auto add = [&](const std::string& name, std::vector<int64_t> shape, float lo, float hi) {
+    int64_t n = 1;
+    for (int64_t s : shape) n *= s;
+    m.tensors[name] = {shape, uniform_values(rng, n, lo, hi)};
+  };
+  const int64_t q_dim = heads * head_dim, kv_dim = kv_heads * head_dim;
+  add("model.embed_tokens.weight", {vocab, hidden}, -1.f, 1.f);
+  add("model.norm.weight", {hidden}, 0.5f, 1.5f);
+  for (int64_t l = 0; l < layers; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    add(p + "input_layernorm.weight", {hidden}, 0.5f, 1.5f);
+    add(p + "post_attention_layernorm.weight", {hidden}, 0.5f, 1.5f);
+    add(p + "self_attn.q_proj.weight", {q_dim, hidden}, -2.f * k, 2.f * k);
+    add(p + "self_attn.k_proj.weight", {kv_dim, hidden}, -2.f * k, 2.f * k);
+    add(p + "self_attn.v_proj.weight", {kv_dim, hidden}, -0.5f * k, 0.5f * k);
+    add(p + "self_attn.o_proj.weight", {hidden, q_dim}, -0.5f * k, 0.5f * k);
+    add(p + "self_attn.q_norm.weight", {head_dim}, 0.25f, 2.f);
+    add(p + "self_attn.k_norm.weight", {head_dim}, 0.25f, 2.f);
+    add(p + "mlp.gate_proj.weight", {inter, hidden}, -0.5f * k, 0.5f * k);
+    add(p + "mlp.up_proj.weight", {inter, hidden}, -0.5f * k, 0.5f * k);
+    add(p + "mlp.down_proj.weight", {hidden, inter}, -0.5f * k, 0.5f * k);
+  }
+  return m;
+}
+
+}  // namespace l2kv::testing
