@@ -3,9 +3,13 @@
 // Greedy outputs are checked against `l2kv generate` on the same prompts (same engine, same
 // fixture), so every check is exact.
 import assert from "node:assert/strict";
+import { execFile } from "node:child_process";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
 import { after, before, describe, test } from "node:test";
 import {
-  MODEL_NAME, generateReference, parseMetrics, request, sseData, startServer,
+  L2KV_BIN, MODEL_NAME, generateReference, parseMetrics, request, sseData, startServer,
 } from "./harness.mjs";
 
 const MAX = 16;
@@ -155,6 +159,52 @@ describe("prefix caching", () => {
     assert.equal(after.queries - mid.queries, tokens);
     // Every whole block of 16 but the one holding the prompt's last token.
     assert.equal(after.hits - mid.hits, 16 * Math.floor((tokens - 1) / 16), `${tokens} prompt tokens`);
+  });
+
+  // Runs `l2kv bench-serve` against the server: its exit code, stdout, stderr and JSON result.
+  async function benchServe(args) {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "l2kv-bench-serve-"));
+    const json = path.join(dir, "result.json");
+    const argv = ["bench-serve", "--base-url", server.url, "--no-progress", "--json", json, ...args];
+    const run = await new Promise((resolve) => execFile(L2KV_BIN, argv, (err, stdout, stderr) =>
+      resolve({ code: err ? err.code : 0, stdout, stderr })));
+    run.result = fs.existsSync(json) ? JSON.parse(fs.readFileSync(json, "utf8")) : null;
+    fs.rmSync(dir, { recursive: true, force: true });
+    return run;
+  }
+
+  test("bench-serve --multi-turn: each turn resends the conversation, later turns hit the cache", async () => {
+    for (const [endpoint, extra] of [["/v1/chat/completions", []], ["/v1/completions", ["--random-text"]]]) {
+      const before = await cacheCounters();
+      const run = await benchServe(["--endpoint", endpoint, "--num-prompts", "2", "--multi-turn", "3",
+        "--input-len", "24", "--output-len", "8", "--max-concurrency", "2", ...extra]);
+      const after = await cacheCounters();
+      assert.equal(run.code, 0, `${endpoint}: ${run.stderr}`);
+      const r = run.result;
+      assert.equal(r.completed, 6, `${endpoint}: ${JSON.stringify(r.errors)}`);
+      assert.equal(r.failed, 0);
+      assert.equal(r.multi_turn, 3);
+      assert.equal(r.num_conversations, 2);
+      assert.deepEqual(r.turns, [1, 2, 3, 1, 2, 3]);
+      assert.deepEqual(r.output_lens, [8, 8, 8, 8, 8, 8]);
+      assert.deepEqual(r.ttft_by_turn.map((t) => [t.turn, t.completed]), [[1, 2], [2, 2], [3, 2]]);
+      // Turn k + 1's prompt is turn k's, its answer and 24 new words.
+      for (let c = 0; c < 2; ++c)
+        for (let k = 1; k < 3; ++k)
+          assert.ok(r.input_lens[3 * c + k] > r.input_lens[3 * c + k - 1] + 24,
+            `${endpoint}: prompt lengths ${r.input_lens}`);
+      // Each of the 4 later turns finds at least its first block of 16 cached.
+      assert.ok(after.hits - before.hits >= 4 * 16, `${endpoint}: ${after.hits - before.hits} tokens hit`);
+      assert.match(run.stdout, /TTFT by Turn/);
+      assert.match(run.stdout, /Turn 3 mean\/median\/P99 \(ms\):/);
+    }
+  });
+
+  test("bench-serve --multi-turn on token-id completions: a clear error before any request", async () => {
+    const run = await benchServe(["--endpoint", "/v1/completions", "--num-prompts", "1", "--multi-turn", "2"]);
+    assert.notEqual(run.code, 0);
+    assert.match(run.stderr, /--multi-turn with \/v1\/completions needs --random-text/);
+    assert.equal(run.result, null);
   });
 });
 
