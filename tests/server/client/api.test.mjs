@@ -256,16 +256,63 @@ describe("prompt logprobs", () => {
     assert.ok(echo.logprobs.token_logprobs[1] < 0);
   });
 
+  test("prompt_logprobs streamed: in the first chunk, as not streamed; then the tokens as usual", async () => {
+    const plain = await client.completions.create({ model: MODEL_NAME, prompt: PROMPT, max_tokens: MAX,
+      temperature: 0, prompt_logprobs: 2 });
+    const expected = plain.choices[0].prompt_logprobs;
+    assert.equal(expected.length, PROMPT_IDS.length);
+    const s = await collectCompletionStream(await client.completions.create({ model: MODEL_NAME, prompt: PROMPT,
+      max_tokens: MAX, temperature: 0, prompt_logprobs: 2, stream: true, stream_options: { include_usage: true } }));
+    const first = s.chunks[0].choices[0];
+    assert.equal(first.text, "", "no echo asked for");
+    assert.equal(first.logprobs, null);
+    assert.equal(first.prompt_logprobs.length, expected.length);
+    assert.equal(first.prompt_logprobs[0], null);
+    for (let i = 1; i < expected.length; ++i) {
+      assert.deepEqual(Object.keys(first.prompt_logprobs[i]).sort(), Object.keys(expected[i]).sort(), `row ${i}`);
+      for (const [id, e] of Object.entries(expected[i])) {
+        assert.equal(first.prompt_logprobs[i][id].rank, e.rank, `row ${i} token ${id}`);
+        assert.ok(Math.abs(first.prompt_logprobs[i][id].logprob - e.logprob) < 1e-4, `row ${i} token ${id}`);
+      }
+    }
+    for (const chunk of s.chunks.slice(1))
+      for (const c of chunk.choices) assert.equal(c.prompt_logprobs, undefined, "only the first chunk has them");
+    assert.equal(s.texts[0], ref.completion.output);
+    assert.equal(s.finish[0], ref.completion.finish_reason);
+    checkUsage(s.chunks.at(-1).usage, PROMPT_IDS.length, ref.completion.completion_tokens);
+  });
+
+  test("echo + logprobs + prompt_logprobs streamed, n = 2: each choice's first chunk echoes with both", async () => {
+    const s = await collectCompletionStream(await client.completions.create({ model: MODEL_NAME, prompt: PROMPT,
+      max_tokens: 2, temperature: 0, n: 2, echo: true, logprobs: 0, prompt_logprobs: 1, stream: true }));
+    for (const index of [0, 1]) {
+      const chunks = s.chunks.flatMap((c) => c.choices).filter((c) => c.index === index);
+      const head = chunks[0];
+      assert.equal(head.text, PROMPT);
+      assert.equal(head.logprobs.tokens.length, PROMPT_IDS.length);
+      assert.equal(head.prompt_logprobs.length, PROMPT_IDS.length);
+      for (let i = 1; i < PROMPT_IDS.length; ++i) {
+        const row = head.prompt_logprobs[i][String(PROMPT_IDS[i])];
+        assert.ok(Math.abs(row.logprob - head.logprobs.token_logprobs[i]) < 1e-6, `choice ${index} token ${i}`);
+      }
+      assert.ok(chunks.length >= 2, "the generated tokens follow");
+      assert.ok(s.texts[index].startsWith(PROMPT) && s.texts[index].length > PROMPT.length);
+    }
+  });
+
   test("chat prompt_logprobs beside the choices; bad values are 400s", async () => {
     const r = await request(server.url, "POST", "/v1/chat/completions",
       { model: MODEL_NAME, messages: MESSAGES, max_tokens: 1, prompt_logprobs: 0 });
     assert.equal(r.status, 200, r.text);
     assert.equal(r.json.prompt_logprobs.length, r.json.usage.prompt_tokens);
-    for (const body of [{ prompt: PROMPT, max_tokens: 0 }, { prompt: PROMPT, prompt_logprobs: 21 },
-      { prompt: PROMPT, prompt_logprobs: 1, stream: true }]) {
+    for (const body of [{ prompt: PROMPT, max_tokens: 0 }, { prompt: PROMPT, prompt_logprobs: 21 }]) {
       const bad = await request(server.url, "POST", "/v1/completions", { model: MODEL_NAME, ...body });
       assert.equal(bad.status, 400, JSON.stringify(body));
     }
+    const streamed = await request(server.url, "POST", "/v1/chat/completions",
+      { model: MODEL_NAME, messages: MESSAGES, prompt_logprobs: 0, stream: true });
+    assert.equal(streamed.status, 400, "a streamed chat has no chunk for prompt_logprobs");
+    assert.equal(streamed.json.error.param, "prompt_logprobs");
   });
 });
 
