@@ -598,6 +598,10 @@ TEST(OpenAiProtocol, PromptLogprobsAndPromptOnlyFields) {
   EXPECT_EQ(engine_prompt_logprobs(completion(R"({"prompt": "x", "logprobs": 2})")), -1);
   r = chat(R"({"messages": [{"role": "user", "content": "x"}], "prompt_logprobs": 0})");
   EXPECT_EQ(r.prompt_logprobs, 0);
+  // Streamed completions carry them in their first chunk.
+  r = completion(R"({"prompt": "x", "stream": true, "prompt_logprobs": 1})");
+  EXPECT_EQ(r.prompt_logprobs, 1);
+  EXPECT_TRUE(r.stream);
   struct Bad {
     const char* body;
     bool is_chat;
@@ -607,7 +611,6 @@ TEST(OpenAiProtocol, PromptLogprobsAndPromptOnlyFields) {
            {R"({"prompt": "x", "max_tokens": 0})", false, "max_tokens"},
            {R"({"prompt": "x", "prompt_logprobs": -1})", false, "prompt_logprobs"},
            {R"({"prompt": "x", "prompt_logprobs": "3"})", false, "prompt_logprobs"},
-           {R"({"prompt": "x", "stream": true, "prompt_logprobs": 1})", false, "prompt_logprobs"},
            {R"({"messages": [{"role": "user", "content": "x"}], "max_tokens": 0})", true,
             "max_tokens"},
            {R"({"messages": [{"role": "user", "content": "x"}], "stream": true,
@@ -646,6 +649,48 @@ TEST(OpenAiProtocol, EchoedPromptLogprobsAndVllmPromptLogprobs) {
   const json cj = chat_response(h, c, choices, {3}, token_text_for(nullptr));
   EXPECT_EQ(cj["prompt_logprobs"].size(), 3u);
   EXPECT_FALSE(cj["choices"][0].contains("prompt_logprobs"));
+}
+
+TEST(OpenAiProtocol, StreamedPromptLogprobsInTheFirstCompletionChunk) {
+  const ResponseHeader h{"cmpl-2", 123, "tiny"};
+  const std::vector<PromptLogprob> rows = {{2, -0.25f, 2, {{9, -0.125f}}},
+                                           {3, -0.75f, 1, {{3, -0.75f}}}};
+  const TokenText text = token_text_for(nullptr);
+  // Echo with logprobs and prompt_logprobs: the prompt, its logprobs and vLLM's rows at once.
+  ApiRequest r = completion(
+      R"({"prompt": [1, 2, 3], "logprobs": 1, "echo": true, "prompt_logprobs": 1, "stream": true})");
+  EXPECT_TRUE(completion_stream_waits_for_prompt(r));
+  json j = completion_prompt_chunk(h, r, 1, "P", {1, 2, 3}, rows, text);
+  EXPECT_EQ(j["object"], "text_completion");
+  const json& c = j["choices"][0];
+  EXPECT_EQ(c["index"], 1);
+  EXPECT_EQ(c["text"], "P");
+  EXPECT_TRUE(c["finish_reason"].is_null());
+  EXPECT_EQ(c["logprobs"]["tokens"], json::array({"token_id:1", "token_id:2", "token_id:3"}));
+  EXPECT_EQ(dump_json(c["logprobs"]["token_logprobs"]), "[null,-0.25,-0.75]");
+  EXPECT_EQ(c["logprobs"]["text_offset"], json::array({0, 10, 20}));
+  EXPECT_EQ(dump_json(c["prompt_logprobs"]),
+            R"([null,{"2":{"logprob":-0.25,"rank":2,"decoded_token":"token_id:2"},)"
+            R"("9":{"logprob":-0.125,"rank":1,"decoded_token":"token_id:9"}},)"
+            R"({"3":{"logprob":-0.75,"rank":1,"decoded_token":"token_id:3"}}])");
+  // prompt_logprobs alone: no echoed text, no logprobs of the prompt in "logprobs".
+  r = completion(R"({"prompt": [1, 2, 3], "prompt_logprobs": 0, "stream": true})");
+  EXPECT_TRUE(completion_stream_waits_for_prompt(r));
+  j = completion_prompt_chunk(h, r, 0, "", {}, rows, text);
+  EXPECT_EQ(j["choices"][0]["text"], "");
+  EXPECT_TRUE(j["choices"][0]["logprobs"].is_null());
+  EXPECT_EQ(j["choices"][0]["prompt_logprobs"].size(), 3u);
+  // Echo with logprobs alone: no prompt_logprobs field.
+  r = completion(R"({"prompt": [1, 2, 3], "logprobs": 0, "echo": true, "stream": true})");
+  EXPECT_TRUE(completion_stream_waits_for_prompt(r));
+  j = completion_prompt_chunk(h, r, 0, "P", {1, 2, 3}, rows, text);
+  EXPECT_FALSE(j["choices"][0].contains("prompt_logprobs"));
+  EXPECT_EQ(j["choices"][0]["logprobs"]["tokens"].size(), 3u);
+  // Echo without logprobs is written at once; chats never wait.
+  EXPECT_FALSE(completion_stream_waits_for_prompt(
+      completion(R"({"prompt": "x", "echo": true, "stream": true})")));
+  EXPECT_FALSE(completion_stream_waits_for_prompt(
+      chat(R"({"messages": [{"role": "user", "content": "x"}], "prompt_logprobs": 0})")));
 }
 
 }  // namespace

@@ -18,6 +18,7 @@
 #include <thread>
 #include <vector>
 
+#include "l2kv/cli/bench_serve_workload.h"
 #include "l2kv/cli/latency_stats.h"
 #include "l2kv/core/error.h"
 
@@ -31,19 +32,9 @@ struct BenchServeOptions {
   std::string base_url = "http://127.0.0.1:8000";
   std::string endpoint = "/v1/completions";
   std::string model;  // empty = the first id of GET /v1/models
-  int32_t num_prompts = 100;
-  int32_t input_len = 512;
-  // Shared-prefix workload: request i's prompt is prefix i % num_prefixes (shared_prefix_len
-  // random tokens or words) followed by input_len of its own.
-  int32_t shared_prefix_len = 0;
-  int32_t num_prefixes = 1;
-  int32_t output_len = 128;
+  WorkloadOptions w;  // the prompts and request bodies
   double request_rate = std::numeric_limits<double>::infinity();
   int32_t max_concurrency = 0;  // 0 = no cap
-  uint32_t seed = 0;
-  int32_t vocab_size = 32000;
-  bool random_text = false;
-  bool ignore_eos = true;
   std::string api_key;
   std::string json_path;
   double timeout_s = 600;
@@ -109,73 +100,6 @@ std::string first_model_id(httplib::Client& client, const ServerUrl& url,
   return body["data"][0]["id"].get<std::string>();
 }
 
-// Words of one token each in most vocabularies: a chat prompt of input_len words.
-constexpr const char* kWords[] = {
-    "the",   "of",    "and",   "to",    "in",    "is",    "that",  "for",   "it",    "as",
-    "was",   "with",  "be",    "by",    "on",    "not",   "he",    "this",  "are",   "or",
-    "his",   "from",  "at",    "which", "but",   "have",  "an",    "had",   "they",  "you",
-    "were",  "their", "one",   "all",   "we",    "can",   "her",   "has",   "there", "been",
-    "if",    "more",  "when",  "will",  "would", "who",   "so",    "no",    "time",  "water",
-    "house", "light", "river", "stone", "green", "small", "world", "music", "night", "paper"};
-
-// The request bodies, made up front from the seed so every run sends the same prompts.
-std::vector<std::string> make_bodies(const BenchServeOptions& o, const std::string& model,
-                                     bool chat) {
-  std::mt19937_64 rng(o.seed);
-  std::uniform_int_distribution<int32_t> token(std::min(100, o.vocab_size - 1), o.vocab_size - 1);
-  std::uniform_int_distribution<size_t> word(0, std::size(kWords) - 1);
-  const bool text_prompt = chat || o.random_text;
-  auto random_text = [&](int32_t words) {
-    std::string text;
-    for (int32_t w = 0; w < words; ++w) {
-      if (w) text += ' ';
-      text += kWords[word(rng)];
-    }
-    return text;
-  };
-  auto random_ids = [&](int32_t n) {
-    std::vector<int32_t> ids(static_cast<size_t>(n));
-    for (auto& id : ids) id = token(rng);
-    return ids;
-  };
-  std::vector<std::string> prefix_texts;
-  std::vector<std::vector<int32_t>> prefix_ids;
-  if (o.shared_prefix_len > 0)
-    for (int32_t k = 0; k < o.num_prefixes; ++k) {
-      if (text_prompt) {
-        prefix_texts.push_back(random_text(o.shared_prefix_len) + " ");
-      } else {
-        prefix_ids.push_back(random_ids(o.shared_prefix_len));
-      }
-    }
-  std::vector<std::string> bodies;
-  for (int32_t i = 0; i < o.num_prompts; ++i) {
-    ordered_json body = {{"model", model}};
-    const auto k = static_cast<size_t>(i % o.num_prefixes);
-    if (text_prompt) {
-      std::string text = random_text(o.input_len);
-      if (o.shared_prefix_len > 0) text = prefix_texts[k] + text;
-      if (chat)
-        body["messages"] = ordered_json::array({{{"role", "user"}, {"content", text}}});
-      else
-        body["prompt"] = text;
-    } else {
-      std::vector<int32_t> ids = random_ids(o.input_len);
-      if (o.shared_prefix_len > 0)
-        ids.insert(ids.begin(), prefix_ids[k].begin(), prefix_ids[k].end());
-      body["prompt"] = ids;
-    }
-    body["max_tokens"] = o.output_len;
-    if (chat) body["max_completion_tokens"] = o.output_len;
-    if (o.ignore_eos) body["ignore_eos"] = true;
-    body["temperature"] = 0.0;
-    body["stream"] = true;
-    body["stream_options"] = {{"include_usage", true}};
-    bodies.push_back(body.dump());
-  }
-  return bodies;
-}
-
 // Splits a server-sent-event stream into `data:` payloads and reads each as an OpenAI chunk.
 class StreamReader {
  public:
@@ -199,6 +123,8 @@ class StreamReader {
   int64_t chunks() const { return chunks_; }
   bool saw_usage() const { return saw_usage_; }
   const std::string& raw() const { return raw_; }
+  // The answer so far: a chat's content or a completion's text (n = 1: choice 0 only).
+  const std::string& text() const { return text_; }
 
  private:
   bool on_line(std::string_view line, double now_s, RequestTiming& t) {
@@ -223,6 +149,10 @@ class StreamReader {
       if (text_of(choice)) {
         t.chunk_s.push_back(now_s);
         ++chunks_;
+        const nlohmann::json& holder = chat_ ? choice["delta"] : choice;
+        const char* key = chat_ ? "content" : "text";
+        if (holder.contains(key) && holder[key].is_string())
+          text_ += holder[key].get_ref<const std::string&>();
       }
     }
     if (chunk.contains("usage") && chunk["usage"].is_object()) {
@@ -251,14 +181,16 @@ class StreamReader {
   }
 
   bool chat_;
-  std::string pending_, raw_;
+  std::string pending_, raw_, text_;
   bool done_ = false, saw_usage_ = false;
   int64_t chunks_ = 0;
 };
 
-// Sends one streaming request and fills `t` (times from `start`).
+// Sends one streaming request and fills `t` (times from `start`); `answer`, when given, gets
+// the answer's text.
 void send_request(httplib::Client& client, const std::string& path, const std::string& body,
-                  bool chat, int32_t input_len, Clock::time_point start, RequestTiming& t) {
+                  bool chat, int64_t input_len, Clock::time_point start, RequestTiming& t,
+                  std::string* answer = nullptr) {
   auto now_s = [start] { return std::chrono::duration<double>(Clock::now() - start).count(); };
   StreamReader reader(chat);
   int status = 0;
@@ -285,6 +217,7 @@ void send_request(httplib::Client& client, const std::string& path, const std::s
   t.send_s = now_s();
   const bool sent = client.send(req, res, err);
   t.end_s = now_s();
+  if (answer) *answer = reader.text();
   t.prompt_tokens = t.prompt_tokens ? t.prompt_tokens : input_len;
   if (!reader.saw_usage()) t.output_tokens = reader.chunks();
   if (!t.error.empty()) return;  // a bad chunk: the reader said why
@@ -351,78 +284,111 @@ int run_bench_serve(const BenchServeOptions& o) {
   const ServerUrl url = parse_base_url(o.base_url);
   const std::string path = url.prefix + o.endpoint;
   const bool chat = o.endpoint.find("chat") != std::string::npos;
+  const WorkloadOptions& w = o.w;
+  validate_workload(w, chat);
   auto probe_client = make_client(url, o);
   const std::string model =
       o.model.empty() ? first_model_id(*probe_client, url, o.base_url) : o.model;
-  const std::vector<std::string> bodies = make_bodies(o, model, chat);
-  const int32_t n = o.num_prompts;
-  const int32_t prompt_len = o.shared_prefix_len + o.input_len;
-  std::fprintf(stderr, "l2kv bench-serve: %s%s, model %s, %d prompts of %d tokens -> %d\n",
-               o.base_url.c_str(), o.endpoint.c_str(), model.c_str(), n, prompt_len, o.output_len);
-  if (o.shared_prefix_len > 0)
+  const std::vector<std::vector<UserTurn>> conversations = make_conversations(w, chat);
+  const int32_t turns = turns_per_conversation(w);
+  const int32_t conversation_count = w.num_prompts;
+  const int32_t n = conversation_count * turns;  // requests
+  const int32_t prompt_len = w.shared_prefix_len + w.input_len;
+  if (turns > 1)
+    std::fprintf(stderr,
+                 "l2kv bench-serve: %s%s, model %s, %d conversations of %d turns, each turn "
+                 "the conversation so far and %d new tokens -> %d\n",
+                 o.base_url.c_str(), o.endpoint.c_str(), model.c_str(), conversation_count, turns,
+                 w.input_len, w.output_len);
+  else
+    std::fprintf(stderr, "l2kv bench-serve: %s%s, model %s, %d prompts of %d tokens -> %d\n",
+                 o.base_url.c_str(), o.endpoint.c_str(), model.c_str(), n, prompt_len,
+                 w.output_len);
+  if (w.shared_prefix_len > 0)
     std::fprintf(stderr, "l2kv bench-serve: %d shared prefixes of %d tokens, then %d of each\n",
-                 o.num_prefixes, o.shared_prefix_len, o.input_len);
+                 w.num_prefixes, w.shared_prefix_len, w.input_len);
 
   // One request first, so a wrong endpoint or a server that is not OpenAI-compatible fails
   // with its own message instead of a table of failures. Its prompt shares nothing with the
   // measured ones, so a server's prefix cache gains nothing from it.
   {
-    BenchServeOptions probe_options = o;
+    WorkloadOptions probe_options = w;
     probe_options.num_prompts = 1;
     probe_options.shared_prefix_len = 0;
-    probe_options.seed = o.seed ^ 0x9e3779b9u;
-    const std::string probe_body = make_bodies(probe_options, model, chat).front();
+    probe_options.multi_turn = 1;
+    probe_options.seed = w.seed ^ 0x9e3779b9u;
+    const std::string probe_body =
+        request_body(probe_options, model, chat, make_conversations(probe_options, chat)[0], {});
     RequestTiming probe;
-    send_request(*probe_client, path, probe_body, chat, o.input_len, Clock::now(), probe);
+    send_request(*probe_client, path, probe_body, chat, w.input_len, Clock::now(), probe);
     if (!probe.success)
       throw Error("the first request to " + url.scheme_host_port + path +
                   " failed: " + probe.error);
   }
 
-  // Arrival times: Poisson (exponential gaps) at --request-rate, or all at once.
-  std::vector<double> arrival_s(static_cast<size_t>(n), 0.0);
+  // Arrival times of conversations (of requests with one turn each): Poisson (exponential
+  // gaps) at --request-rate, or all at once. A conversation's later turns follow its answers.
+  std::vector<double> arrival_s(static_cast<size_t>(conversation_count), 0.0);
   if (std::isfinite(o.request_rate)) {
-    std::mt19937_64 rng(o.seed + 1);
+    std::mt19937_64 rng(w.seed + 1);
     std::exponential_distribution<double> gap(o.request_rate);
-    for (int32_t i = 1; i < n; ++i) arrival_s[i] = arrival_s[i - 1] + gap(rng);
+    for (int32_t i = 1; i < conversation_count; ++i) arrival_s[i] = arrival_s[i - 1] + gap(rng);
   }
-  int32_t workers = o.max_concurrency > 0 ? std::min(o.max_concurrency, n) : n;
+  int32_t workers =
+      o.max_concurrency > 0 ? std::min(o.max_concurrency, conversation_count) : conversation_count;
   if (workers > kMaxWorkers) {
     std::fprintf(stderr, "l2kv bench-serve: at most %d requests in flight (one thread each)\n",
                  kMaxWorkers);
     workers = kMaxWorkers;
   }
 
+  // Request c * turns + k is turn k + 1 of conversation c.
   std::vector<RequestTiming> timings(static_cast<size_t>(n));
+  for (int32_t i = 0; i < n; ++i) timings[static_cast<size_t>(i)].turn = i % turns + 1;
   std::atomic<int32_t> next{0}, done{0}, failed{0};
   const auto start = Clock::now();
   std::vector<std::thread> threads;
   std::mutex error_mutex;
   std::string first_error;
-  for (int32_t w = 0; w < workers; ++w)
+  for (int32_t t = 0; t < workers; ++t)
     threads.emplace_back([&] {
       std::unique_ptr<httplib::Client> client;
       try {
         client = make_client(url, o);
       } catch (const std::exception&) {
       }
-      for (int32_t i; (i = next.fetch_add(1)) < n;) {
-        RequestTiming& t = timings[static_cast<size_t>(i)];
+      for (int32_t c; (c = next.fetch_add(1)) < conversation_count;) {
+        const auto& conversation = conversations[static_cast<size_t>(c)];
         std::this_thread::sleep_until(start + std::chrono::duration_cast<Clock::duration>(
-                                                  std::chrono::duration<double>(arrival_s[i])));
-        try {
-          if (!client) throw Error("no HTTP client");
-          send_request(*client, path, bodies[static_cast<size_t>(i)], chat, prompt_len, start, t);
-        } catch (const std::exception& e) {
-          t.success = false;
-          t.error = e.what();
+                                                  std::chrono::duration<double>(arrival_s[c])));
+        std::vector<std::string> answers;
+        for (int32_t k = 0; k < turns; ++k) {
+          RequestTiming& r = timings[static_cast<size_t>(c * turns + k)];
+          if (static_cast<int32_t>(answers.size()) < k) {
+            r.error = "turn " + std::to_string(k) + " of its conversation failed";
+          } else {
+            try {
+              if (!client) throw Error("no HTTP client");
+              // Every user message and answer so far, as if each answer had output_len tokens.
+              const int64_t estimate = static_cast<int64_t>(w.shared_prefix_len) +
+                                       static_cast<int64_t>(k + 1) * w.input_len +
+                                       static_cast<int64_t>(k) * w.output_len;
+              std::string answer;
+              send_request(*client, path, request_body(w, model, chat, conversation, answers), chat,
+                           estimate, start, r, &answer);
+              if (r.success) answers.push_back(std::move(answer));
+            } catch (const std::exception& e) {
+              r.success = false;
+              r.error = e.what();
+            }
+          }
+          if (!r.success) {
+            ++failed;
+            std::lock_guard<std::mutex> lock(error_mutex);
+            if (first_error.empty()) first_error = r.error;
+          }
+          ++done;
         }
-        if (!t.success) {
-          ++failed;
-          std::lock_guard<std::mutex> lock(error_mutex);
-          if (first_error.empty()) first_error = t.error;
-        }
-        ++done;
       }
     });
   while (done.load() < n) {
@@ -442,6 +408,7 @@ int run_bench_serve(const BenchServeOptions& o) {
                  first_error.c_str());
 
   const ServingMetrics m = compute_serving_metrics(timings, duration);
+  const std::vector<Summary> turn_ttft = ttft_by_turn(timings);
   print_section(" Serving Benchmark Result ", '=');
   std::printf("%-40s %-10lld\n", "Successful requests:", static_cast<long long>(m.completed));
   std::printf("%-40s %-10lld\n", "Failed requests:", static_cast<long long>(m.failed));
@@ -461,6 +428,15 @@ int run_bench_serve(const BenchServeOptions& o) {
   std::printf("%-40s %-10.2f\n", "Total Token throughput (tok/s):", m.total_token_throughput);
   std::printf("%-40s %-10d\n", "Peak concurrent requests:", m.max_concurrency);
   print_latency("Time to First Token", "TTFT", m.ttft);
+  if (turns > 1) {
+    // Later turns resend the conversation so far: a server's prefix cache shows here.
+    print_section("TTFT by Turn", '-');
+    for (size_t k = 0; k < turn_ttft.size(); ++k) {
+      const std::string label = "Turn " + std::to_string(k + 1) + " mean/median/P99 (ms):";
+      std::printf("%-40s %.2f / %.2f / %.2f\n", label.c_str(), turn_ttft[k].mean * 1e3,
+                  turn_ttft[k].median * 1e3, turn_ttft[k].p99 * 1e3);
+    }
+  }
   print_latency("Time per Output Token (excl. 1st token)", "TPOT", m.tpot);
   print_latency("Inter-token Latency", "ITL", m.itl);
   print_latency("End-to-end Latency", "E2EL", m.e2el);
@@ -476,14 +452,16 @@ int run_bench_serve(const BenchServeOptions& o) {
                       {"model_id", model},
                       {"num_prompts", n},
                       {"input_len", prompt_len},
-                      {"shared_prefix_len", o.shared_prefix_len},
-                      {"num_prefixes", o.shared_prefix_len > 0 ? o.num_prefixes : 0},
-                      {"output_len", o.output_len},
+                      {"shared_prefix_len", w.shared_prefix_len},
+                      {"num_prefixes", w.shared_prefix_len > 0 ? w.num_prefixes : 0},
+                      {"multi_turn", turns},
+                      {"num_conversations", conversation_count},
+                      {"output_len", w.output_len},
                       {"request_rate", std::isfinite(o.request_rate) ? ordered_json(o.request_rate)
                                                                      : ordered_json("inf")},
                       {"max_concurrency", o.max_concurrency > 0 ? ordered_json(o.max_concurrency)
                                                                 : ordered_json(nullptr)},
-                      {"seed", o.seed},
+                      {"seed", w.seed},
                       {"duration", m.duration_s},
                       {"completed", m.completed},
                       {"failed", m.failed},
@@ -498,10 +476,18 @@ int run_bench_serve(const BenchServeOptions& o) {
     add_latency(j, "tpot", m.tpot);
     add_latency(j, "itl", m.itl);
     add_latency(j, "e2el", m.e2el);
+    ordered_json by_turn = ordered_json::array();
+    for (size_t k = 0; k < turn_ttft.size(); ++k) {
+      ordered_json entry = {{"turn", k + 1}, {"completed", turn_ttft[k].count}};
+      add_latency(entry, "ttft", turn_ttft[k]);
+      by_turn.push_back(std::move(entry));
+    }
+    j["ttft_by_turn"] = std::move(by_turn);
     ordered_json input_lens = ordered_json::array(), output_lens = ordered_json::array(),
                  ttfts = ordered_json::array(), itls = ordered_json::array(),
-                 errors = ordered_json::array();
+                 errors = ordered_json::array(), turn_of = ordered_json::array();
     for (const RequestTiming& t : timings) {
+      turn_of.push_back(t.turn);
       input_lens.push_back(t.prompt_tokens);
       output_lens.push_back(t.success ? t.output_tokens : 0);
       ttfts.push_back(t.success ? ttft_s(t) : 0.0);
@@ -513,6 +499,7 @@ int run_bench_serve(const BenchServeOptions& o) {
     j["ttfts"] = std::move(ttfts);
     j["itls"] = std::move(itls);
     j["errors"] = std::move(errors);
+    j["turns"] = std::move(turn_of);
     std::ofstream out(o.json_path);
     if (!out) throw Error("cannot write " + o.json_path);
     out << j.dump(1) << "\n";
@@ -535,42 +522,58 @@ std::function<int()> add_bench_serve_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--model", o->model,
                   "Model name sent in requests (default: the first id of GET /v1/models)");
-  cmd->add_option("--num-prompts", o->num_prompts, "Requests to send")
+  cmd->add_option("--num-prompts", o->w.num_prompts,
+                  "Requests to send (conversations with --multi-turn)")
       ->check(CLI::Range(1, 1 << 24))
       ->capture_default_str();
-  cmd->add_option("--input-len", o->input_len,
-                  "Prompt length: random token ids (completions) or random words (chat)")
+  cmd->add_option("--input-len", o->w.input_len,
+                  "Prompt length: random token ids (completions) or random words (chat); with "
+                  "--multi-turn, the length of each turn's new user message")
       ->check(CLI::Range(1, 1 << 24))
       ->capture_default_str();
-  cmd->add_option("--shared-prefix-len", o->shared_prefix_len,
+  cmd->add_option("--shared-prefix-len", o->w.shared_prefix_len,
                   "Tokens (or words) of a prefix shared by requests, before their --input-len "
                   "own ones (a system prompt); 0 = none")
       ->check(CLI::Range(0, 1 << 24))
       ->capture_default_str();
-  cmd->add_option("--num-prefixes", o->num_prefixes,
+  cmd->add_option("--num-prefixes", o->w.num_prefixes,
                   "Distinct shared prefixes; request i gets prefix i mod this")
       ->check(CLI::Range(1, 1 << 20))
       ->capture_default_str();
-  cmd->add_option("--output-len", o->output_len, "max_tokens of every request")
+  cmd->add_option("--output-len", o->w.output_len, "max_tokens of every request")
       ->check(CLI::Range(1, 1 << 24))
       ->capture_default_str();
-  cmd->add_option("--request-rate", o->request_rate,
-                  "Requests per second with Poisson arrivals; inf sends all at once")
+  cmd->add_option("--multi-turn", o->w.multi_turn,
+                  "Turns per conversation (0 or 1 = off): --num-prompts conversations, each "
+                  "sending its turns one after another, the next once the answer has ended; turn "
+                  "k sends turns 1..k-1 with the server's answers (chat: as user and assistant "
+                  "messages; completions, which need --random-text: as one text) and a new "
+                  "--input-len user message, so later turns can hit a prefix cache (the summary "
+                  "gives TTFT per turn). Conversations arrive at --request-rate and run at most "
+                  "--max-concurrency at once; turn k's prompt grows to about k * (input-len + "
+                  "output-len) tokens, which must fit the server's context")
+      ->check(CLI::Range(0, 1 << 16))
+      ->capture_default_str();
+  cmd->add_option(
+         "--request-rate", o->request_rate,
+         "Requests (conversations with --multi-turn) per second with Poisson arrivals; inf "
+         "sends all at once")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
   cmd->add_option("--max-concurrency", o->max_concurrency,
-                  "At most this many requests in flight (0 = no cap)")
+                  "At most this many requests (conversations with --multi-turn) in flight (0 = no "
+                  "cap)")
       ->check(CLI::Range(0, 1 << 20))
       ->capture_default_str();
-  cmd->add_option("--seed", o->seed, "Seed of the prompts and arrival times")
+  cmd->add_option("--seed", o->w.seed, "Seed of the prompts and arrival times")
       ->capture_default_str();
-  cmd->add_option("--vocab-size", o->vocab_size,
+  cmd->add_option("--vocab-size", o->w.vocab_size,
                   "Random prompt token ids are drawn from [100, vocab-size)")
       ->check(CLI::Range(2, 1 << 24))
       ->capture_default_str();
-  cmd->add_flag("--random-text", o->random_text,
+  cmd->add_flag("--random-text", o->w.random_text,
                 "Send random words as the completions prompt instead of token ids");
-  cmd->add_flag("--ignore-eos,!--no-ignore-eos", o->ignore_eos,
+  cmd->add_flag("--ignore-eos,!--no-ignore-eos", o->w.ignore_eos,
                 "Send ignore_eos so every request generates --output-len tokens (default on)");
   cmd->add_option("--api-key", o->api_key, "Bearer token sent as Authorization");
   cmd->add_option("--json", o->json_path, "Write the result (and per-request data) as JSON here");

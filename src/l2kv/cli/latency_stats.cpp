@@ -97,4 +97,16 @@ ServingMetrics compute_serving_metrics(std::span<const RequestTiming> requests, 
   return m;
 }
 
+std::vector<Summary> ttft_by_turn(std::span<const RequestTiming> requests) {
+  std::vector<std::vector<double>> ttft;
+  for (const RequestTiming& r : requests) {
+    const auto k = static_cast<size_t>(std::max(r.turn, 1) - 1);
+    if (ttft.size() <= k) ttft.resize(k + 1);
+    if (r.success) ttft[k].push_back(ttft_s(r));
+  }
+  std::vector<Summary> out;
+  for (auto& values : ttft) out.push_back(summarize(std::move(values)));
+  return out;
+}
+
 }  // namespace l2kv::cli

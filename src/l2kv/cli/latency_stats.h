@@ -19,6 +19,7 @@ struct RequestTiming {
   int64_t prompt_tokens = 0;
   int64_t output_tokens = 0;  // from `usage`, else the number of chunks
   std::string error;          // why it failed (empty on success)
+  int32_t turn = 1;           // its turn in a multi-turn conversation, from 1
 };
 
 // The p-th percentile (0..100) of `values` with linear interpolation between the closest
@@ -56,5 +57,9 @@ struct ServingMetrics {
   int32_t max_concurrency = 0;
 };
 ServingMetrics compute_serving_metrics(std::span<const RequestTiming> requests, double duration_s);
+
+// TTFT of the successful requests of each turn: element k summarizes turn k + 1, up to the
+// highest turn of any request (a turn no request of which succeeded has count 0).
+std::vector<Summary> ttft_by_turn(std::span<const RequestTiming> requests);
 
 }  // namespace l2kv::cli

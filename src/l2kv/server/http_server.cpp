@@ -212,7 +212,7 @@ struct Generation {
   EngineLoop::Submission submission;
   std::vector<ChoiceOutput> choices;
   std::vector<int64_t> text_offsets;  // completions logprobs: characters written so far
-  std::vector<bool> echoed;           // stream, echo with logprobs: the prompt chunk is out
+  std::vector<bool> echoed;  // stream, prompt logprobs (echo or prompt_logprobs): its chunk is out
   DisconnectWatch client;
   std::shared_ptr<void> slot;  // one of the server's generation slots, held until the end
   bool finished = false;
@@ -484,11 +484,13 @@ struct HttpServer::Impl {
       g.loop->abort(g.submission.request_ids);
       return false;
     };
+    // With prompt logprobs, a completion's first chunk (the echo, if any) waits for them: they
+    // come with the first output.
+    const bool prompt_chunk = completion_stream_waits_for_prompt(r);
     for (size_t i = 0; i < g.choices.size(); ++i) {
       const auto index = static_cast<int32_t>(i);
       if (chat && !write(sse_event(chat_role_chunk(g.header, index)))) return gone();
-      // With logprobs, the echo waits for the prompt's logprobs (in the first output).
-      if (!chat && r.echo && r.params.logprobs < 0) {
+      if (!chat && r.echo && !prompt_chunk) {
         const std::string& prompt = g.prompt_texts[i / static_cast<size_t>(r.n)];
         g.text_offsets[i] = static_cast<int64_t>(prompt.size());
         json logprobs = nullptr;
@@ -507,14 +509,16 @@ struct HttpServer::Impl {
         const RequestOutput& out = item.output;
         const auto i = static_cast<size_t>(item.choice);
         g.choices[i].append(out);
-        if (!chat && r.echo && r.params.logprobs >= 0 && !g.echoed[i]) {
+        if (prompt_chunk && !g.echoed[i]) {
           g.echoed[i] = true;
           const size_t prompt = i / static_cast<size_t>(r.n);
-          g.text_offsets[i] = static_cast<int64_t>(g.prompt_texts[prompt].size());
-          if (!write(sse_event(completion_chunk(
-                  g.header, item.choice, g.prompt_texts[prompt], FinishReason::kNone,
-                  echoed_prompt_logprobs(g.prompt_ids[prompt], out.prompt_logprobs,
-                                         g.token_text)))))
+          if (r.echo) g.text_offsets[i] = static_cast<int64_t>(g.prompt_texts[prompt].size());
+          static const std::vector<int32_t> kNoIds;
+          const std::vector<int32_t>& ids =
+              prompt < g.prompt_ids.size() ? g.prompt_ids[prompt] : kNoIds;
+          if (!write(sse_event(completion_prompt_chunk(g.header, r, item.choice,
+                                                       g.prompt_texts[prompt], ids,
+                                                       out.prompt_logprobs, g.token_text))))
             return gone();
         }
         const bool has_piece = !out.new_text.empty() || !out.new_tokens.empty();

@@ -342,8 +342,10 @@ void parse_common(const json& body, const ServerLimits& limits, ApiRequest& r) {
   if (auto v = get_bool(body, "stream")) r.stream = *v;
   if (auto v = get_integer(body, "prompt_logprobs"))
     r.prompt_logprobs = to_int32(*v, "prompt_logprobs", 0, kMaxLogprobs);
-  if (r.stream && r.prompt_logprobs >= 0)
-    bad_request("'prompt_logprobs' is not supported with stream yet.", "prompt_logprobs");
+  // A streamed completion carries them in its first chunk; a chat has no chunk for them.
+  if (r.stream && r.prompt_logprobs >= 0 && r.endpoint == Endpoint::kChatCompletions)
+    bad_request("'prompt_logprobs' is not supported with stream on chat completions.",
+                "prompt_logprobs");
   if (const json* so = field(body, "stream_options")) {
     if (!so->is_object()) wrong_type("stream_options", "an object");
     if (!r.stream)
@@ -959,6 +961,24 @@ json completion_chunk(const ResponseHeader& header, int32_t index, const std::st
                                     {"text", text},
                                     {"logprobs", logprobs},
                                     {"finish_reason", finish_reason_json(finish)}}})}};
+}
+
+json completion_prompt_chunk(const ResponseHeader& header, const ApiRequest& request, int32_t index,
+                             const std::string& prompt_text, const std::vector<int32_t>& prompt_ids,
+                             const std::vector<PromptLogprob>& rows, const TokenText& text) {
+  json logprobs = nullptr;
+  if (request.echo && request.params.logprobs >= 0)
+    logprobs = echoed_prompt_logprobs(prompt_ids, rows, text);
+  json chunk = completion_chunk(header, index, request.echo ? prompt_text : std::string(),
+                                FinishReason::kNone, logprobs);
+  if (request.prompt_logprobs >= 0)
+    chunk["choices"][0]["prompt_logprobs"] = prompt_logprobs_json(rows, text);
+  return chunk;
+}
+
+bool completion_stream_waits_for_prompt(const ApiRequest& request) {
+  return request.endpoint == Endpoint::kCompletions &&
+         ((request.echo && request.params.logprobs >= 0) || request.prompt_logprobs >= 0);
 }
 
 namespace {

@@ -172,6 +172,15 @@ json chat_response(const ResponseHeader& header, const ApiRequest& request,
 // Streaming chunks. `logprobs` may be null.
 json completion_chunk(const ResponseHeader& header, int32_t index, const std::string& text,
                       FinishReason finish, const json& logprobs);
+// A streamed completion's first chunk once the prompt's logprobs are known (echo with
+// logprobs, or prompt_logprobs): the echoed prompt (with echo; else "") with its logprobs
+// (echo with logprobs, `prompt_ids` its tokens) and the choice's vLLM prompt_logprobs (when
+// asked for). The generated tokens follow in chunks of their own.
+json completion_prompt_chunk(const ResponseHeader& header, const ApiRequest& request, int32_t index,
+                             const std::string& prompt_text, const std::vector<int32_t>& prompt_ids,
+                             const std::vector<PromptLogprob>& rows, const TokenText& text);
+// Whether a streamed completion holds its first chunk for the prompt's logprobs.
+bool completion_stream_waits_for_prompt(const ApiRequest& request);
 // `role` first chunk: delta {"role": "assistant", "content": ""}; then content pieces; the
 // last one carries finish_reason and an empty delta.
 json chat_role_chunk(const ResponseHeader& header, int32_t index);

@@ -3,9 +3,13 @@
 // Greedy outputs are checked against `l2kv generate` on the same prompts (same engine, same
 // fixture), so every check is exact.
 import assert from "node:assert/strict";
+import { execFile } from "node:child_process";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
 import { after, before, describe, test } from "node:test";
 import {
-  MODEL_NAME, generateReference, parseMetrics, request, sseData, startServer,
+  L2KV_BIN, MODEL_NAME, generateReference, parseMetrics, request, sseData, startServer,
 } from "./harness.mjs";
 
 const MAX = 16;
@@ -156,6 +160,52 @@ describe("prefix caching", () => {
     // Every whole block of 16 but the one holding the prompt's last token.
     assert.equal(after.hits - mid.hits, 16 * Math.floor((tokens - 1) / 16), `${tokens} prompt tokens`);
   });
+
+  // Runs `l2kv bench-serve` against the server: its exit code, stdout, stderr and JSON result.
+  async function benchServe(args) {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "l2kv-bench-serve-"));
+    const json = path.join(dir, "result.json");
+    const argv = ["bench-serve", "--base-url", server.url, "--no-progress", "--json", json, ...args];
+    const run = await new Promise((resolve) => execFile(L2KV_BIN, argv, (err, stdout, stderr) =>
+      resolve({ code: err ? err.code : 0, stdout, stderr })));
+    run.result = fs.existsSync(json) ? JSON.parse(fs.readFileSync(json, "utf8")) : null;
+    fs.rmSync(dir, { recursive: true, force: true });
+    return run;
+  }
+
+  test("bench-serve --multi-turn: each turn resends the conversation, later turns hit the cache", async () => {
+    for (const [endpoint, extra] of [["/v1/chat/completions", []], ["/v1/completions", ["--random-text"]]]) {
+      const before = await cacheCounters();
+      const run = await benchServe(["--endpoint", endpoint, "--num-prompts", "2", "--multi-turn", "3",
+        "--input-len", "24", "--output-len", "8", "--max-concurrency", "2", ...extra]);
+      const after = await cacheCounters();
+      assert.equal(run.code, 0, `${endpoint}: ${run.stderr}`);
+      const r = run.result;
+      assert.equal(r.completed, 6, `${endpoint}: ${JSON.stringify(r.errors)}`);
+      assert.equal(r.failed, 0);
+      assert.equal(r.multi_turn, 3);
+      assert.equal(r.num_conversations, 2);
+      assert.deepEqual(r.turns, [1, 2, 3, 1, 2, 3]);
+      assert.deepEqual(r.output_lens, [8, 8, 8, 8, 8, 8]);
+      assert.deepEqual(r.ttft_by_turn.map((t) => [t.turn, t.completed]), [[1, 2], [2, 2], [3, 2]]);
+      // Turn k + 1's prompt is turn k's, its answer and 24 new words.
+      for (let c = 0; c < 2; ++c)
+        for (let k = 1; k < 3; ++k)
+          assert.ok(r.input_lens[3 * c + k] > r.input_lens[3 * c + k - 1] + 24,
+            `${endpoint}: prompt lengths ${r.input_lens}`);
+      // Each of the 4 later turns finds at least its first block of 16 cached.
+      assert.ok(after.hits - before.hits >= 4 * 16, `${endpoint}: ${after.hits - before.hits} tokens hit`);
+      assert.match(run.stdout, /TTFT by Turn/);
+      assert.match(run.stdout, /Turn 3 mean\/median\/P99 \(ms\):/);
+    }
+  });
+
+  test("bench-serve --multi-turn on token-id completions: a clear error before any request", async () => {
+    const run = await benchServe(["--endpoint", "/v1/completions", "--num-prompts", "1", "--multi-turn", "2"]);
+    assert.notEqual(run.code, 0);
+    assert.match(run.stderr, /--multi-turn with \/v1\/completions needs --random-text/);
+    assert.equal(run.result, null);
+  });
 });
 
 describe("prompt logprobs", () => {
@@ -206,16 +256,63 @@ describe("prompt logprobs", () => {
     assert.ok(echo.logprobs.token_logprobs[1] < 0);
   });
 
+  test("prompt_logprobs streamed: in the first chunk, as not streamed; then the tokens as usual", async () => {
+    const plain = await client.completions.create({ model: MODEL_NAME, prompt: PROMPT, max_tokens: MAX,
+      temperature: 0, prompt_logprobs: 2 });
+    const expected = plain.choices[0].prompt_logprobs;
+    assert.equal(expected.length, PROMPT_IDS.length);
+    const s = await collectCompletionStream(await client.completions.create({ model: MODEL_NAME, prompt: PROMPT,
+      max_tokens: MAX, temperature: 0, prompt_logprobs: 2, stream: true, stream_options: { include_usage: true } }));
+    const first = s.chunks[0].choices[0];
+    assert.equal(first.text, "", "no echo asked for");
+    assert.equal(first.logprobs, null);
+    assert.equal(first.prompt_logprobs.length, expected.length);
+    assert.equal(first.prompt_logprobs[0], null);
+    for (let i = 1; i < expected.length; ++i) {
+      assert.deepEqual(Object.keys(first.prompt_logprobs[i]).sort(), Object.keys(expected[i]).sort(), `row ${i}`);
+      for (const [id, e] of Object.entries(expected[i])) {
+        assert.equal(first.prompt_logprobs[i][id].rank, e.rank, `row ${i} token ${id}`);
+        assert.ok(Math.abs(first.prompt_logprobs[i][id].logprob - e.logprob) < 1e-4, `row ${i} token ${id}`);
+      }
+    }
+    for (const chunk of s.chunks.slice(1))
+      for (const c of chunk.choices) assert.equal(c.prompt_logprobs, undefined, "only the first chunk has them");
+    assert.equal(s.texts[0], ref.completion.output);
+    assert.equal(s.finish[0], ref.completion.finish_reason);
+    checkUsage(s.chunks.at(-1).usage, PROMPT_IDS.length, ref.completion.completion_tokens);
+  });
+
+  test("echo + logprobs + prompt_logprobs streamed, n = 2: each choice's first chunk echoes with both", async () => {
+    const s = await collectCompletionStream(await client.completions.create({ model: MODEL_NAME, prompt: PROMPT,
+      max_tokens: 2, temperature: 0, n: 2, echo: true, logprobs: 0, prompt_logprobs: 1, stream: true }));
+    for (const index of [0, 1]) {
+      const chunks = s.chunks.flatMap((c) => c.choices).filter((c) => c.index === index);
+      const head = chunks[0];
+      assert.equal(head.text, PROMPT);
+      assert.equal(head.logprobs.tokens.length, PROMPT_IDS.length);
+      assert.equal(head.prompt_logprobs.length, PROMPT_IDS.length);
+      for (let i = 1; i < PROMPT_IDS.length; ++i) {
+        const row = head.prompt_logprobs[i][String(PROMPT_IDS[i])];
+        assert.ok(Math.abs(row.logprob - head.logprobs.token_logprobs[i]) < 1e-6, `choice ${index} token ${i}`);
+      }
+      assert.ok(chunks.length >= 2, "the generated tokens follow");
+      assert.ok(s.texts[index].startsWith(PROMPT) && s.texts[index].length > PROMPT.length);
+    }
+  });
+
   test("chat prompt_logprobs beside the choices; bad values are 400s", async () => {
     const r = await request(server.url, "POST", "/v1/chat/completions",
       { model: MODEL_NAME, messages: MESSAGES, max_tokens: 1, prompt_logprobs: 0 });
     assert.equal(r.status, 200, r.text);
     assert.equal(r.json.prompt_logprobs.length, r.json.usage.prompt_tokens);
-    for (const body of [{ prompt: PROMPT, max_tokens: 0 }, { prompt: PROMPT, prompt_logprobs: 21 },
-      { prompt: PROMPT, prompt_logprobs: 1, stream: true }]) {
+    for (const body of [{ prompt: PROMPT, max_tokens: 0 }, { prompt: PROMPT, prompt_logprobs: 21 }]) {
       const bad = await request(server.url, "POST", "/v1/completions", { model: MODEL_NAME, ...body });
       assert.equal(bad.status, 400, JSON.stringify(body));
     }
+    const streamed = await request(server.url, "POST", "/v1/chat/completions",
+      { model: MODEL_NAME, messages: MESSAGES, prompt_logprobs: 0, stream: true });
+    assert.equal(streamed.status, 400, "a streamed chat has no chunk for prompt_logprobs");
+    assert.equal(streamed.json.error.param, "prompt_logprobs");
   });
 });
 
