@@ -13,7 +13,6 @@
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -21,6 +20,7 @@
 #include "l2kv/core/dtype.h"
 #include "l2kv/model/model_config.h"
 #include "l2kv/model/safetensors.h"
+#include "model/safetensors_writer.h"
 
 namespace l2kv::testing {
 
@@ -82,12 +82,7 @@ inline std::filesystem::path rescaled_fixture(const std::filesystem::path& sourc
       data.insert(data.end(), bytes.begin(), bytes.end());
     }
   }
-  const std::string text = header.dump();
-  const uint64_t length = text.size();
-  std::ofstream f(out / "model.safetensors", std::ios::binary);
-  f.write(reinterpret_cast<const char*>(&length), 8);  // little-endian, as the format says
-  f.write(text.data(), static_cast<std::streamsize>(text.size()));
-  f.write(reinterpret_cast<const char*>(data.data()), static_cast<std::streamsize>(data.size()));
+  write_safetensors(out / "model.safetensors", header, data.data(), data.size());
   return out;
 }
 

@@ -13,6 +13,8 @@
 #include <string>
 #include <vector>
 
+#include "model/safetensors_writer.h"
+
 namespace l2kv::testing {
 
 struct TinyTensor {
@@ -44,12 +46,7 @@ inline void write_tiny_checkpoint(const std::filesystem::path& dir, const nlohma
     const auto* p = reinterpret_cast<const char*>(t.values.data());
     data.insert(data.end(), p, p + bytes);
   }
-  const std::string text = header.dump();
-  const uint64_t length = text.size();
-  std::ofstream f(dir / "model.safetensors", std::ios::binary);
-  f.write(reinterpret_cast<const char*>(&length), 8);  // little-endian, as the format says
-  f.write(text.data(), static_cast<std::streamsize>(text.size()));
-  f.write(data.data(), static_cast<std::streamsize>(data.size()));
+  write_safetensors(dir / "model.safetensors", header, data.data(), data.size());
 }
 
 // The config and random weights of a tiny Qwen3ForCausalLM: head_dim given and unlike
