@@ -49,18 +49,29 @@ function gauge(samples, name) {
 
 const used = (samples) => kvBlocksUsed(samples).reduce((a, s) => a + s.value, 0);
 
-// Polls /metrics until no KV block is in use and nothing runs or waits; returns the samples
-// and how long it took, or throws with the last values after `ms`.
-async function waitIdle(ms) {
+// Polls /metrics every `every` ms until `done(samples)` or `ms` have passed; returns the last
+// samples, whether `done` held, and how long it took.
+async function pollMetrics(done, ms, every = 100) {
   const start = Date.now();
   for (;;) {
     const m = await metrics();
-    const state = { kv_blocks_used: used(m), running: gauge(m, "l2kv:num_requests_running"),
-      waiting: gauge(m, "l2kv:num_requests_waiting") };
-    if (state.kv_blocks_used === 0 && !state.running && !state.waiting) return { m, ms: Date.now() - start };
-    if (Date.now() - start > ms) throw new Error(`not idle ${ms} ms later: ${JSON.stringify(state)}`);
-    await sleep(100);
+    if (done(m)) return { m, ok: true, ms: Date.now() - start };
+    if (Date.now() - start > ms) return { m, ok: false, ms: Date.now() - start };
+    await sleep(every);
   }
+}
+
+// Waits until no KV block is in use and nothing runs or waits; returns the samples and how
+// long it took, or throws with the last values after `ms`.
+async function waitIdle(ms) {
+  const state = (m) => ({ kv_blocks_used: used(m), running: gauge(m, "l2kv:num_requests_running"),
+    waiting: gauge(m, "l2kv:num_requests_waiting") });
+  const idle = await pollMetrics((m) => {
+    const s = state(m);
+    return s.kv_blocks_used === 0 && !s.running && !s.waiting;
+  }, ms);
+  if (!idle.ok) throw new Error(`not idle ${ms} ms later: ${JSON.stringify(state(idle.m))}`);
+  return idle;
 }
 
 function job(j) {
@@ -170,12 +181,8 @@ describe("load", () => {
     await firstChunk;
     // /metrics shows the engine as of its last finished step, and the first chunk can reach
     // the client before the step that made it has finished: look again for up to a second.
-    let during = await metrics();
-    for (let tries = 0; used(during) === 0 && tries < 20; ++tries) {
-      await sleep(50);
-      during = await metrics();
-    }
-    assert.ok(used(during) > 0, "no KV blocks in use while a request streams");
+    const during = await pollMetrics((m) => used(m) > 0, 1_000, 50);
+    assert.ok(during.ok, "no KV blocks in use while a request streams");
     req.destroy();  // the client vanishes
     const idle = await waitIdle(2_000);
     console.log(`disconnect: 0 KV blocks used ${idle.ms} ms after the socket closed`);
