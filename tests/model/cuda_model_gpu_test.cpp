@@ -595,6 +595,100 @@ TEST_P(DecodeKernelsAgree, EagerAndGraphReplay) {
   cudaStreamDestroy(stream);
 }
 
+// Weight prefetch (CudaModel::set_weight_prefetch) only moves bytes into L2: a ragged decode
+// step gives bit-identical logits with it off and on (part of each matrix or all of it, two
+// hints), eagerly and replayed from a graph.
+TEST(CudaModel, WeightPrefetchLeavesLogitsBitIdentical) {
+  L2KV_SKIP_WITHOUT_GPU();
+  auto model = load(kFixtures / "llama3-gqa", 256, 128, 0, KvStorage::kModelDtype);
+  const int64_t vocab = model->config().vocab_size;
+  const std::vector<int32_t> lengths = {3, 17, 40};
+  Tables tables(lengths.size());
+  std::vector<std::vector<int32_t>> prompts(lengths.size());
+  std::vector<BatchSequence> prefill;
+  for (size_t i = 0; i < lengths.size(); ++i) {
+    for (int32_t t = 0; t < lengths[i]; ++t)
+      prompts[i].push_back(static_cast<int32_t>((i * 89 + t * 31 + 5) % 512));
+    tables.grow(i, lengths[i] + 1);
+    prefill.push_back({prompts[i], 0, tables.rows[i], true});
+  }
+  model->run(prefill, false, nullptr);
+  std::vector<int32_t> next = {11, 222, 333};
+  std::vector<BatchSequence> decode;
+  for (size_t i = 0; i < lengths.size(); ++i)
+    decode.push_back({std::span<const int32_t>(&next[i], 1), lengths[i], tables.rows[i], true});
+  cudaStream_t stream;
+  ASSERT_EQ(cudaStreamCreate(&stream), cudaSuccess);
+  auto step = [&](int64_t prefetch_bytes, L2EvictionHint hint, bool graph) {
+    model->set_weight_prefetch({prefetch_bytes, hint, true, true});
+    int32_t pad = 0;
+    if (graph) {
+      const int32_t sizes[] = {4};
+      model->capture_decode_graphs(sizes, stream);
+      pad = 4;
+    }
+    model->prepare(decode, pad, stream);
+    model->forward(stream);
+    std::vector<float> out(lengths.size() * vocab);
+    EXPECT_EQ(cudaMemcpyAsync(out.data(), model->logits(), out.size() * 4, cudaMemcpyDeviceToHost,
+                              stream),
+              cudaSuccess);
+    EXPECT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+    return out;
+  };
+  for (bool graph : {false, true}) {
+    const auto reference = step(0, L2EvictionHint::kNormal, graph);
+    for (float v : reference) ASSERT_TRUE(std::isfinite(v));
+    for (int64_t bytes : {int64_t{4096}, int64_t{1} << 30})
+      for (L2EvictionHint hint : {L2EvictionHint::kNormal, L2EvictionHint::kEvictLast}) {
+        const auto got = step(bytes, hint, graph);
+        EXPECT_EQ(got, reference) << "prefetch " << bytes << " bytes, hint "
+                                  << static_cast<int>(hint) << ", graph " << graph;
+      }
+  }
+  model->set_weight_prefetch({});
+  cudaStreamDestroy(stream);
+}
+
+// A model with fp8 projections (synthetic weights, a small Llama shape): the prompt's logits
+// from one 200-row prefill (more rows than the fp8 GEMV takes: the weights widened to bf16 and
+// multiplied by cuBLASLt, the scale applied before the sum) against the same tokens decoded one
+// at a time (the fp8 GEMV, the scale applied to the fp32 sum). The two round differently, so
+// they agree to bf16 noise; a wrong layout, scale or row group would not.
+TEST(CudaModel, Fp8ProjectionsAgreeBetweenGemvAndWidenedPaths) {
+  L2KV_SKIP_WITHOUT_GPU();
+  ModelConfig c = ModelConfig::synthetic("llama3-8b-fp8");
+  ASSERT_TRUE(c.fp8_weights);
+  c.vocab_size = 1000, c.hidden_size = 512, c.intermediate_size = 1024, c.num_layers = 2;
+  c.num_q_heads = 8, c.num_kv_heads = 2, c.head_dim = 64;
+  CudaModel model(c, 5);
+  EXPECT_EQ(model.weight_bytes(), c.weight_bytes());
+  constexpr int32_t kLen = 200;
+  model.allocate_workspace({kLen, 4, 2048, kLen});
+  model.allocate_kv_cache(64, 16);
+  std::vector<int32_t> prompt(kLen);
+  for (int32_t t = 0; t < kLen; ++t) prompt[static_cast<size_t>(t)] = (t * 37 + 11) % 1000;
+  Tables tables(2);
+  tables.grow(0, kLen);
+  tables.grow(1, kLen);
+  const std::vector<BatchSequence> prefill = {{prompt, 0, tables.rows[0], true}};
+  const std::vector<float> all = model.run(prefill, true, nullptr);
+  const int64_t vocab = c.vocab_size;
+  double worst = 0;
+  for (int32_t t = 0; t < kLen; ++t) {
+    const std::vector<BatchSequence> step = {
+        {std::span<const int32_t>(&prompt[static_cast<size_t>(t)], 1), t, tables.rows[1], true}};
+    const std::vector<float> one = model.run(step, false, nullptr);
+    double max_abs = 0;
+    const double rel =
+        relative_l2(one.data(), all.data() + t * vocab, static_cast<size_t>(vocab), &max_abs);
+    worst = std::max(worst, rel);
+    for (float v : one) ASSERT_TRUE(std::isfinite(v));
+  }
+  std::printf("[fp8] worst rel. L2 of decoded against prefilled logits: %.2e\n", worst);
+  EXPECT_LT(worst, 2e-2);
+}
+
 INSTANTIATE_TEST_SUITE_P(KvStorages, DecodeKernelsAgree,
                          ::testing::Values(KvStorage::kModelDtype, KvStorage::kFp8E4M3),
                          [](const auto& param_info) {

@@ -193,5 +193,19 @@ TEST(ModelConfig, SyntheticShapesAreTheRealModels) {
   expect_error([] { ModelConfig::synthetic("gpt-5"); }, "known: llama2-7b");
 }
 
+TEST(ModelConfig, SyntheticFp8ShapesStoreProjectionsInOneByte) {
+  const ModelConfig bf16 = ModelConfig::synthetic("llama3-8b");
+  const ModelConfig fp8 = ModelConfig::synthetic("llama3-8b-fp8");
+  EXPECT_FALSE(bf16.fp8_weights);
+  EXPECT_TRUE(fp8.fp8_weights);
+  EXPECT_EQ(fp8.parameter_count(), bf16.parameter_count());
+  // Llama-3-8B: 6.98 G projection parameters of 8.03 G; embeddings and LM head stay 16-bit.
+  EXPECT_NEAR(fp8.projection_parameter_count() / 1e9, 6.98, 0.01);
+  EXPECT_EQ(bf16.weight_bytes(), 2 * bf16.parameter_count());
+  EXPECT_EQ(fp8.weight_bytes(), 2 * fp8.parameter_count() - fp8.projection_parameter_count());
+  expect_error([] { ModelConfig::synthetic("gpt-5-fp8"); }, "NAME-fp8");
+  expect_error([] { ModelConfig::synthetic("-fp8"); }, "known: llama2-7b");
+}
+
 }  // namespace
 }  // namespace l2kv

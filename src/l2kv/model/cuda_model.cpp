@@ -57,9 +57,18 @@ DecodeKernel parse_decode_kernel(const std::string& name) {
   throw Error("attention kernel '" + name + "': expected split or paged_v1");
 }
 
+// A projection stored as fp8 E4M3 [out, in] with one scale per output channel.
+struct Fp8Matrix {
+  DeviceArray<uint8_t> data;
+  DeviceArray<float> scale;
+  Fp8Weights view() const { return {data.ptr, scale.ptr, true}; }
+};
+
 struct CudaModel::Weights {
   struct Layer {
+    // 16-bit projections, or with config fp8_weights the *8 ones (qkv etc. then stay empty).
     DeviceArray<uint16_t> input_norm, post_norm, qkv, qkv_bias, o, gate_up, down;
+    Fp8Matrix qkv8, o8, gate_up8, down8;
     DeviceArray<uint16_t> q_norm, k_norm;  // [head_dim] each, with qk_norm (Qwen3)
     float k_scale = 1.f, v_scale = 1.f;    // fp8 KV cache
     bool checkpoint_kv_scales = false;     // else calculated from the first prompt when on
@@ -67,6 +76,9 @@ struct CudaModel::Weights {
   DeviceArray<uint16_t> embed, lm_head, final_norm;
   std::vector<Layer> layers;
   const uint16_t* lm_head_ptr() const { return lm_head.ptr ? lm_head.ptr : embed.ptr; }
+  // fp8 models: a projection widened to 16 bits for products of more rows than the fp8 GEMV
+  // takes (prompts), as large as the largest projection.
+  DeviceArray<uint16_t> fp8_widened;
 };
 
 // Activations for limits_.max_tokens rows and the step metadata. The metadata is one int32
@@ -154,6 +166,16 @@ CudaModel::CudaModel(const ModelConfig& config, uint64_t seed)
   const std::vector<float> ones(static_cast<size_t>(c.hidden_size), 1.f);
   const std::vector<float> head_ones(static_cast<size_t>(c.head_dim), 1.f);
   const float scale = 0.02f * std::sqrt(3.f);  // std 0.02, as HF initializes
+  // fp8 projections: codes uniform over E4M3's range, scaled back to the same std.
+  auto random_fp8 = [&](int64_t out, int64_t in) {
+    Fp8Matrix m{DeviceArray<uint8_t>(static_cast<size_t>(out * in)),
+                DeviceArray<float>(static_cast<size_t>(out))};
+    fill_random_fp8_e4m3(m.data.ptr, out * in, 448.f, seed++, nullptr);
+    const std::vector<float> scales(static_cast<size_t>(out), scale / 448.f);
+    L2KV_CUDA_CHECK(cudaMemcpy(m.scale.ptr, scales.data(), scales.size() * sizeof(float),
+                               cudaMemcpyHostToDevice));
+    return m;
+  };
   weights_->embed = random(c.vocab_size * c.hidden_size, scale);
   if (!c.tie_word_embeddings) weights_->lm_head = random(c.vocab_size * c.hidden_size, scale);
   weights_->final_norm = upload_16bit(c.dtype, ones);
@@ -161,17 +183,28 @@ CudaModel::CudaModel(const ModelConfig& config, uint64_t seed)
     Weights::Layer layer;
     layer.input_norm = upload_16bit(c.dtype, ones);
     layer.post_norm = upload_16bit(c.dtype, ones);
-    layer.qkv = random((q_dim + 2 * kv_dim) * c.hidden_size, scale);
+    if (c.fp8_weights) {
+      layer.qkv8 = random_fp8(q_dim + 2 * kv_dim, c.hidden_size);
+      layer.o8 = random_fp8(c.hidden_size, q_dim);
+      layer.gate_up8 = random_fp8(2 * c.intermediate_size, c.hidden_size);
+      layer.down8 = random_fp8(c.hidden_size, c.intermediate_size);
+    } else {
+      layer.qkv = random((q_dim + 2 * kv_dim) * c.hidden_size, scale);
+      layer.o = random(c.hidden_size * q_dim, scale);
+      layer.gate_up = random(2 * c.intermediate_size * c.hidden_size, scale);  // any order
+      layer.down = random(c.hidden_size * c.intermediate_size, scale);
+    }
     if (c.qkv_bias) layer.qkv_bias = random(q_dim + 2 * kv_dim, scale);
     if (c.qk_norm) {
       layer.q_norm = upload_16bit(c.dtype, head_ones);
       layer.k_norm = upload_16bit(c.dtype, head_ones);
     }
-    layer.o = random(c.hidden_size * q_dim, scale);
-    layer.gate_up = random(2 * c.intermediate_size * c.hidden_size, scale);  // any order
-    layer.down = random(c.hidden_size * c.intermediate_size, scale);
     weights_->layers.push_back(std::move(layer));
   }
+  if (c.fp8_weights)
+    weights_->fp8_widened = DeviceArray<uint16_t>(
+        static_cast<size_t>(std::max({(q_dim + 2 * kv_dim) * c.hidden_size, c.hidden_size * q_dim,
+                                      2 * c.intermediate_size * c.hidden_size})));
   L2KV_CUDA_CHECK(cudaDeviceSynchronize());
   init_common();
 }
@@ -181,7 +214,7 @@ void CudaModel::init_common() {
   if (c.head_dim != 64 && c.head_dim != 128)
     throw Error("CUDA backend: head_dim must be 64 or 128, got " + std::to_string(c.head_dim));
   L2KV_CUDA_CHECK(cudaGetDevice(&device_));
-  weight_bytes_ = c.parameter_count() * 2;
+  weight_bytes_ = c.weight_bytes();
   const std::vector<float> inv = rope_inverse_frequencies(c.rope, c.head_dim);
   L2KV_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&inv_freq_), inv.size() * sizeof(float)));
   L2KV_CUDA_CHECK(
@@ -334,7 +367,7 @@ void CudaModel::release_kv_cache() {
 
 bool CudaModel::fused_step(int32_t rows) const {
   const ModelConfig& c = config_;
-  return fused_layer_ && gate_up_interleaved_ && rows <= gemm_.gemv_max_rows() &&
+  return fused_layer_ && !c.fp8_weights && gate_up_interleaved_ && rows <= gemm_.gemv_max_rows() &&
          rows <= kGemvMaxRows && c.hidden_size % 8 == 0 && (c.num_q_heads * c.head_dim) % 8 == 0 &&
          c.intermediate_size % 8 == 0;
 }
@@ -343,6 +376,12 @@ void CudaModel::set_fused_layer(bool on) {
   if (on == fused_layer_) return;
   drop_graphs();
   fused_layer_ = on;
+}
+
+void CudaModel::set_weight_prefetch(const WeightPrefetchOptions& options) {
+  if (options.max_bytes < 0) throw Error("CUDA backend: weight prefetch bytes must be >= 0");
+  drop_graphs();
+  weight_prefetch_ = options;
 }
 
 void CudaModel::set_decode_attention(DecodeKernel kernel, const PrefetchPolicy& policy) {
@@ -524,10 +563,54 @@ struct CudaModel::GraphOps {
     L2KV_CUDA_CHECK(cudaEventRecord(e.stop, stream));
     list.push_back(e);
   }
-  void norm(const void* weight) {
+  // A projection's weights [out x in]: 16-bit, or fp8 (with config fp8_weights).
+  struct Projection {
+    const uint16_t* w16 = nullptr;
+    const Fp8Matrix* w8 = nullptr;
+    int64_t out = 0, in = 0;
+    const void* data() const { return w8 ? static_cast<const void*>(w8->data.ptr) : w16; }
+    int64_t bytes() const { return out * in * (w8 ? 1 : 2); }
+  };
+  Projection qkv(int64_t l) const {
+    return fp8_or_16(w(l).qkv, w(l).qkv8, q_dim() + 2 * kv_dim(), c().hidden_size);
+  }
+  Projection o(int64_t l) const { return fp8_or_16(w(l).o, w(l).o8, c().hidden_size, q_dim()); }
+  Projection gate_up(int64_t l) const {
+    return fp8_or_16(w(l).gate_up, w(l).gate_up8, 2 * c().intermediate_size, c().hidden_size);
+  }
+  Projection down(int64_t l) const {
+    return fp8_or_16(w(l).down, w(l).down8, c().hidden_size, c().intermediate_size);
+  }
+  Projection fp8_or_16(const DeviceArray<uint16_t>& w16, const Fp8Matrix& w8, int64_t out,
+                       int64_t in) const {
+    return {w16.ptr, c().fp8_weights ? &w8 : nullptr, out, in};
+  }
+  // y[n, out] = x[n, in] W^T, the GEMV's blocks prefetching `next` as they finish.
+  void project(const Projection& p, const void* x, void* y, const WeightPrefetch& next = {}) {
+    if (p.w8)
+      m->gemm_.linear_fp8(c().dtype, x, p.w8->view(), y, n, p.in, p.out,
+                          m->weights_->fp8_widened.ptr, stream, next);
+    else
+      m->gemm_.linear(c().dtype, x, p.w16, y, n, p.in, p.out, stream, next);
+  }
+  // What a kernel ahead of projection `p` prefetches: from one of the small ops (RMSNorm, RoPE,
+  // SiLU) or from a GEMV's tail, as configured; nothing on steps with prompt rows.
+  WeightPrefetch ahead_of(const Projection& p, bool from_gemv) const {
+    const WeightPrefetchOptions& opt = m->weight_prefetch_;
+    if (opt.max_bytes == 0 || !m->step_.decode_only || !(from_gemv ? opt.from_gemv : opt.from_ops))
+      return {};
+    return WeightPrefetch::head(p.data(), p.bytes(), opt.max_bytes, opt.hint);
+  }
+  // The next layer's QKV, or the LM head after the last layer.
+  WeightPrefetch ahead_of_next_layer(int64_t l, bool from_gemv) const {
+    if (l + 1 < c().num_layers) return ahead_of(qkv(l + 1), from_gemv);
+    return ahead_of({m->weights_->lm_head_ptr(), nullptr, c().vocab_size, c().hidden_size},
+                    from_gemv);
+  }
+  void norm(const void* weight, const WeightPrefetch& next) {
     ops::add_rmsnorm(c().dtype, ws().residual.ptr, pending, weight,
                      static_cast<float>(c().rms_norm_eps), n, static_cast<int32_t>(c().hidden_size),
-                     ws().h.ptr, stream, m->prefetch_.pdl);
+                     ws().h.ptr, stream, m->prefetch_.pdl, next);
     pending = nullptr;
   }
   float* sumsq(int i) const { return ws().sumsq.ptr + i * kGemvMaxRows; }
@@ -558,14 +641,13 @@ struct CudaModel::GraphOps {
   }
   void norm_qkv_rope(int64_t l) {
     const int64_t qkv_out = q_dim() + 2 * kv_dim();
-    if (!fused) norm(w(l).input_norm.ptr);
+    if (!fused) norm(w(l).input_norm.ptr, ahead_of(qkv(l), false));
     timed(m->gemm_events_, [&] {
       if (fused)
         m->gemm_.linear_fused(c().dtype, nullptr, w(l).qkv.ptr, ws().qkv.ptr, n, c().hidden_size,
                               qkv_out, norm_prologue(w(l).input_norm.ptr, 0, 1), stream);
       else
-        m->gemm_.linear(c().dtype, ws().h.ptr, w(l).qkv.ptr, ws().qkv.ptr, n, c().hidden_size,
-                        qkv_out, stream);
+        project(qkv(l), ws().h.ptr, ws().qkv.ptr, ahead_of(o(l), true));
     });
     rope_and_append_kv(l);
   }
@@ -585,7 +667,7 @@ struct CudaModel::GraphOps {
     ops::rope_and_cache(ws().qkv.ptr, w(l).qkv_bias.ptr, ws().meta.ptr + ws().positions,
                         ws().meta.ptr + ws().slots, m->inv_freq_, n,
                         static_cast<int32_t>(c().num_q_heads), decode.kv, ws().q.ptr, stream,
-                        m->prefetch_.pdl, qk_norm);
+                        m->prefetch_.pdl, qk_norm, ahead_of(o(l), false));  // runs over attention
   }
   void attention(int64_t) {
     timed(m->attention_events_, [&] {
@@ -604,8 +686,7 @@ struct CudaModel::GraphOps {
         m->gemm_.linear_fused(c().dtype, ws().attn.ptr, w(l).o.ptr, nullptr, n, q_dim(),
                               c().hidden_size, residual_epilogue(1), stream);
       else
-        m->gemm_.linear(c().dtype, ws().attn.ptr, w(l).o.ptr, ws().proj.ptr, n, q_dim(),
-                        c().hidden_size, stream);
+        project(o(l), ws().attn.ptr, ws().proj.ptr, ahead_of(gate_up(l), true));
     });
     if (!fused) pending = ws().proj.ptr;  // added by the next norm
   }
@@ -620,13 +701,10 @@ struct CudaModel::GraphOps {
       });
       return;
     }
-    norm(w(l).post_norm.ptr);
-    timed(m->gemm_events_, [&] {
-      m->gemm_.linear(c().dtype, ws().h.ptr, w(l).gate_up.ptr, ws().gate_up.ptr, n, H, 2 * I,
-                      stream);
-    });
+    norm(w(l).post_norm.ptr, ahead_of(gate_up(l), false));
+    timed(m->gemm_events_, [&] { project(gate_up(l), ws().h.ptr, ws().gate_up.ptr); });
     ops::silu_mul(c().dtype, ws().gate_up.ptr, n, static_cast<int32_t>(I), ws().act.ptr, stream,
-                  m->prefetch_.pdl, m->gate_up_interleaved_);
+                  m->prefetch_.pdl, m->gate_up_interleaved_, ahead_of(down(l), false));
   }
   void down_projection_add(int64_t l) {
     const int64_t H = c().hidden_size, I = c().intermediate_size;
@@ -635,11 +713,13 @@ struct CudaModel::GraphOps {
         m->gemm_.linear_fused(c().dtype, ws().act.ptr, w(l).down.ptr, nullptr, n, I, H,
                               residual_epilogue(0), stream);
       else
-        m->gemm_.linear(c().dtype, ws().act.ptr, w(l).down.ptr, ws().proj.ptr, n, I, H, stream);
+        project(down(l), ws().act.ptr, ws().proj.ptr, ahead_of_next_layer(l, true));
     });
     if (!fused) pending = ws().proj.ptr;
   }
-  void final_norm() { norm(m->weights_->final_norm.ptr); }
+  void final_norm() {
+    norm(m->weights_->final_norm.ptr, ahead_of_next_layer(c().num_layers - 1, false));
+  }
   void lm_head() {
     const int64_t H = c().hidden_size;
     const PreparedStep& step = m->step_;

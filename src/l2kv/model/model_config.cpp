@@ -204,8 +204,14 @@ ModelConfig ModelConfig::from_json_text(const std::string& text, const std::stri
   return c;
 }
 
-ModelConfig ModelConfig::synthetic(const std::string& name) {
+ModelConfig ModelConfig::synthetic(const std::string& full_name) {
   ModelConfig c;
+  const std::string fp8_suffix = "-fp8";
+  c.fp8_weights =
+      full_name.size() > fp8_suffix.size() &&
+      full_name.compare(full_name.size() - fp8_suffix.size(), fp8_suffix.size(), fp8_suffix) == 0;
+  const std::string name =
+      c.fp8_weights ? full_name.substr(0, full_name.size() - fp8_suffix.size()) : full_name;
   c.architecture = "LlamaForCausalLM";
   c.head_dim = 128;
   c.max_position_embeddings = 32768;
@@ -228,10 +234,21 @@ ModelConfig ModelConfig::synthetic(const std::string& name) {
     c.vocab_size = 151936, c.hidden_size = 4096, c.intermediate_size = 12288, c.num_layers = 36;
     c.num_q_heads = 32, c.num_kv_heads = 8, c.rms_norm_eps = 1e-6, c.rope.theta = 1000000;
   } else {
-    throw Error("unknown synthetic model '" + name +
-                "' (known: llama2-7b, llama3-8b, qwen2.5-7b, qwen2.5-14b, qwen3-8b)");
+    throw Error("unknown synthetic model '" + full_name +
+                "' (known: llama2-7b, llama3-8b, qwen2.5-7b, qwen2.5-14b, qwen3-8b, each also "
+                "as NAME-fp8 with fp8 projections)");
   }
   return c;
+}
+
+int64_t ModelConfig::projection_parameter_count() const {
+  const int64_t q_dim = num_q_heads * head_dim, kv_dim = num_kv_heads * head_dim;
+  return num_layers * (hidden_size * (q_dim + 2 * kv_dim) + q_dim * hidden_size +
+                       3 * hidden_size * intermediate_size);
+}
+
+int64_t ModelConfig::weight_bytes() const {
+  return 2 * parameter_count() - (fp8_weights ? projection_parameter_count() : 0);
 }
 
 int64_t ModelConfig::parameter_count() const {

@@ -44,6 +44,9 @@ struct ModelConfig {
   // The 16-bit type the GPU computes in: the checkpoint's (config "torch_dtype" or "dtype")
   // when it is float16 or bfloat16; float32 checkpoints run in bfloat16.
   DType dtype = DType::kBFloat16;
+  // The projections (QKV, O, gate_up, down) stored as fp8 E4M3 with a per-output-channel scale
+  // (synthetic "-fp8" shapes); norms, embeddings and the LM head stay in `dtype`. CUDA only.
+  bool fp8_weights = false;
   // Tokens that end generation: config.json's eos_token_id (an id or a list, may be absent or
   // null), united with generation_config.json's when the folder has one. Empty for synthetic
   // shapes.
@@ -57,11 +60,15 @@ struct ModelConfig {
   static ModelConfig from_json_text(const std::string& text, const std::string& origin);
 
   // The real shapes of a known model for benchmarks with random weights: "llama2-7b",
-  // "llama3-8b", "qwen2.5-7b", "qwen2.5-14b", "qwen3-8b" (as in "synthetic:llama3-8b"). Throws
-  // l2kv::Error listing the known names otherwise.
+  // "llama3-8b", "qwen2.5-7b", "qwen2.5-14b", "qwen3-8b" (as in "synthetic:llama3-8b"), each
+  // also with fp8 projections as NAME-fp8. Throws l2kv::Error listing the known names otherwise.
   static ModelConfig synthetic(const std::string& name);
 
   int64_t parameter_count() const;
+  // The parameters of the decoder layers' projections (QKV, O, gate_up, down; biases not).
+  int64_t projection_parameter_count() const;
+  // Bytes of all weights as stored: projections 1 byte each with fp8_weights, else 2.
+  int64_t weight_bytes() const;
 };
 
 // Per-pair inverse frequencies of RoPE (head_dim / 2 of them), computed in float32 as

@@ -142,7 +142,7 @@ void Gemm::set_stream_max_rows(int rows) {
 }
 
 void Gemm::run(DType dtype, bool f32_out, const void* x, const void* w, void* y, int64_t rows,
-               int64_t in, int64_t out, cudaStream_t stream) {
+               int64_t in, int64_t out, cudaStream_t stream, const WeightPrefetch& next) {
   // Measured on an H200 (l2kv_bench_gemv, cold L2, Llama-3-8B, Qwen2.5-7B and Llama-2-7B
   // shapes, 1-16 rows; bench/results/2026-12-02-h200/gemv-v3/): the GEMV wins on matrices with
   // few output rows (o_proj 1.13-1.32x, down_proj 1.08-1.24x, the fused QKV 0.89-1.08x, at 16
@@ -153,7 +153,9 @@ void Gemm::run(DType dtype, bool f32_out, const void* x, const void* w, void* y,
     return;
   }
   if (rows <= gemv_max_rows_ && out <= kGemvMaxOut && gemv_supports(rows, in, out, x, w)) {
-    gemv(dtype, x, w, y, f32_out, rows, in, out, stream, pdl_);
+    GemvFusion prefetch_only;
+    prefetch_only.next_weights = next;
+    gemv(dtype, x, w, y, f32_out, rows, in, out, stream, pdl_, prefetch_only);
     return;
   }
   const Plan& p = plan_for(dtype, f32_out, rows, in, out, x, w, y, stream);
@@ -161,6 +163,20 @@ void Gemm::run(DType dtype, bool f32_out, const void* x, const void* w, void* y,
   check(cublasLtMatmul(handle_, p.op, &alpha, w, p.a, x, p.b, &beta, y, p.c, y, p.c, &p.algo,
                        workspace_, kWorkspaceBytes, stream),
         "matmul");
+}
+
+void Gemm::linear_fp8(DType dtype, const void* x, const Fp8Weights& w, void* y, int64_t rows,
+                      int64_t in, int64_t out, void* widened, cudaStream_t stream,
+                      const WeightPrefetch& next) {
+  if (gemv_fp8_supports(rows, in, out, x, w)) {
+    gemv_fp8(dtype, x, w, y, rows, in, out, stream, pdl_, next);
+    return;
+  }
+  if (widened == nullptr)
+    throw Error("Gemm: an fp8 projection of " + std::to_string(rows) +
+                " rows needs a buffer to widen its weights into");
+  dequantize_fp8(dtype, w, out, in, widened, stream);
+  run(dtype, false, x, widened, y, rows, in, out, stream);
 }
 
 bool Gemm::fused_supported(int64_t rows, int64_t in, int64_t out, const void* x, const void* w,
@@ -179,8 +195,8 @@ void Gemm::linear_fused(DType dtype, const void* x, const void* w, void* y, int6
 }
 
 void Gemm::linear(DType dtype, const void* x, const void* w, void* y, int64_t rows, int64_t in,
-                  int64_t out, cudaStream_t stream) {
-  run(dtype, false, x, w, y, rows, in, out, stream);
+                  int64_t out, cudaStream_t stream, const WeightPrefetch& next) {
+  run(dtype, false, x, w, y, rows, in, out, stream, next);
 }
 
 void Gemm::linear_f32_out(DType dtype, const void* x, const void* w, float* y, int64_t rows,

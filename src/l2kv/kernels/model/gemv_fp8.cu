@@ -1,0 +1,240 @@
+// The fp8-weight decode GEMV (gemv_fp8.h). Layout as gemv.cu's kernel: a block owns 16 output
+// features and one group of up to 16 x rows, its 8 warps split `in`, each accumulating a 16 x
+// (8 * kNTiles) tile with mma.m16n8k16 and the warps' tiles summed through shared memory.
+// Lane (g, t) = (lane / 4, lane % 4) loads 16 consecutive k of W rows g and g + 8 (one 16-byte
+// vector of E4M3 each) and the same 16 k of x row g (two 16-byte vectors); widened, the W
+// vector is two 8-k halves, each the A fragments of two mma exactly as gemv.cu's 16-bit vector
+// is (the k order inside an mma is free when A and B share it).
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <climits>
+#include <string>
+
+#include "l2kv/core/cuda_check.h"
+#include "l2kv/core/error.h"
+#include "l2kv/kernels/cache_hints.cuh"
+#include "l2kv/kernels/fp8.cuh"
+#include "l2kv/kernels/grid_dependency.cuh"
+#include "l2kv/kernels/model/gemv_fp8.h"
+#include "l2kv/kernels/model/weight_prefetch.cuh"
+#include "l2kv/kernels/tensor_core.cuh"
+
+namespace l2kv {
+namespace {
+
+constexpr int kWarpSize = 32;
+constexpr int kWarps = 8;
+constexpr int kThreads = kWarps * kWarpSize;
+constexpr int kFeaturesPerBlock = 16;  // the mma's M
+constexpr int kRowsPerGroup = 16;      // x rows of one block: two 8-row mma tiles
+constexpr int kLanesPerRow = 4;
+constexpr int kWeightsPerVec = 16;  // E4M3 per 16-byte load
+constexpr int kXPerVec = 8;         // 16-bit x per 16-byte load
+
+template <int kNTiles>
+struct Fp8Tiling {
+  // 16-byte W loads per row per lane per iteration; x takes two registers' worth per W vector
+  // and tile, so fewer with two tiles (two blocks per SM cap registers at 128).
+  static constexpr int kUnroll = kNTiles == 1 ? 4 : 2;
+  static constexpr int kVecsPerIter = kLanesPerRow * kUnroll;
+};
+
+struct Fp8GemvParams {
+  const void* x;
+  Fp8Weights w;
+  void* y;
+  int64_t rows, in, out;
+  int64_t row_groups;  // ceil(rows / 16): blocks per 16 features
+  bool pdl;
+  WeightPrefetch next;
+};
+
+template <typename T, int kNTiles>
+__global__ void __launch_bounds__(kThreads, 2) gemv_fp8_kernel(const Fp8GemvParams p) {
+  ptx::launch_dependents();  // the kernel behind may start; it waits for this grid
+  using Tiling = Fp8Tiling<kNTiles>;
+  constexpr int kUnroll = Tiling::kUnroll;
+  __shared__ float partial[kWarps][4 * kNTiles][kWarpSize];
+
+  const int lane = static_cast<int>(threadIdx.x) % kWarpSize;
+  const int warp = static_cast<int>(threadIdx.x) / kWarpSize;
+  const int g = lane / kLanesPerRow, t = lane % kLanesPerRow;
+  const int64_t first_feature = int64_t{blockIdx.x} / p.row_groups * kFeaturesPerBlock;
+  const int64_t first_row = int64_t{blockIdx.x} % p.row_groups * kRowsPerGroup;
+  const int64_t vecs = p.in / kWeightsPerVec;  // W vectors per row
+  const int64_t lane_vecs = vecs - t;          // the lane's vectors r < lane_vecs are in the row
+  // Rows past the end of W or x read the last row (valid memory); their results are dropped.
+  const auto* w = reinterpret_cast<const uint4*>(p.w.data);
+  const uint4* w_lo = w + min(first_feature + g, p.out - 1) * vecs + t;
+  const uint4* w_hi = w + min(first_feature + g + kFeaturesPerBlock / 2, p.out - 1) * vecs + t;
+  const uint4* xs[kNTiles];
+#pragma unroll
+  for (int nt = 0; nt < kNTiles; ++nt) {
+    const int64_t row = min(first_row + nt * 8 + g, p.rows - 1);
+    xs[nt] = static_cast<const uint4*>(p.x) + row * (p.in / kXPerVec) + 2 * t;
+  }
+
+  uint4 lo[kUnroll], hi[kUnroll];
+  auto load = [&](int64_t it) {
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int64_t r = it * Tiling::kVecsPerIter + u * kLanesPerRow;
+      if (r < lane_vecs) {
+        lo[u] = ptx::ld_stream_16(w_lo + r);
+        hi[u] = ptx::ld_stream_16(w_hi + r);
+      } else {
+        lo[u] = hi[u] = make_uint4(0, 0, 0, 0);
+      }
+    }
+  };
+  const int64_t iters = (vecs + Tiling::kVecsPerIter - 1) / Tiling::kVecsPerIter;
+  int64_t it = warp;
+  // The weights do not depend on the kernel ahead: the first iteration's are in flight before
+  // the wait.
+  if (it < iters) load(it);
+  if (p.pdl) ptx::grid_dependency_wait();
+
+  float acc[kNTiles][4] = {};
+  for (; it < iters; it += kWarps) {
+    if (it != warp) load(it);
+    uint4 xv[kUnroll][kNTiles][2];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int64_t r = it * Tiling::kVecsPerIter + u * kLanesPerRow;
+#pragma unroll
+      for (int nt = 0; nt < kNTiles; ++nt) {
+        const bool in_row = r < lane_vecs;
+        xv[u][nt][0] = in_row ? __ldg(xs[nt] + 2 * r) : make_uint4(0, 0, 0, 0);
+        xv[u][nt][1] = in_row ? __ldg(xs[nt] + 2 * r + 1) : make_uint4(0, 0, 0, 0);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      uint4 wl[2], wh[2];
+      fp8::widen16<T>(lo[u], wl[0], wl[1]);
+      fp8::widen16<T>(hi[u], wh[0], wh[1]);
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const uint32_t a0[4] = {wl[h].x, wh[h].x, wl[h].y, wh[h].y};
+        const uint32_t a1[4] = {wl[h].z, wh[h].z, wl[h].w, wh[h].w};
+#pragma unroll
+        for (int nt = 0; nt < kNTiles; ++nt) {
+          const uint32_t b0[2] = {xv[u][nt][h].x, xv[u][nt][h].y};
+          const uint32_t b1[2] = {xv[u][nt][h].z, xv[u][nt][h].w};
+          tc::mma_m16n8k16<T>(acc[nt], a0, b0);
+          tc::mma_m16n8k16<T>(acc[nt], a1, b1);
+        }
+      }
+    }
+  }
+  // This warp's weights are read: prefetch the block's share of the next projection's.
+  if (warp == 0) prefetch_share(p.next, blockIdx.x, gridDim.x);
+
+    // Accumulator r of tile nt is feature first_feature + g + 8 * (r / 2), x row
+    // first_row + 8 nt + 2t + r % 2 (the m16n8 C fragment).
+#pragma unroll
+  for (int nt = 0; nt < kNTiles; ++nt)
+#pragma unroll
+    for (int r = 0; r < 4; ++r) partial[warp][nt * 4 + r][lane] = acc[nt][r];
+  __syncthreads();
+  using Traits = tc::ElementTraits<T>;
+  for (int j = static_cast<int>(threadIdx.x); j < kNTiles * 2 * kWarpSize; j += kThreads) {
+    const int nt = j / (2 * kWarpSize), c = (j / kWarpSize) % 2, l = j % kWarpSize;
+    float sum_lo = 0.f, sum_hi = 0.f;
+#pragma unroll
+    for (int wp = 0; wp < kWarps; ++wp) {
+      sum_lo += partial[wp][nt * 4 + c][l];
+      sum_hi += partial[wp][nt * 4 + c + 2][l];
+    }
+    const int64_t m = first_row + nt * 8 + 2 * (l % kLanesPerRow) + c;
+    if (m >= p.rows) continue;
+    T* y = static_cast<T*>(p.y);
+    for (int half = 0; half < 2; ++half) {
+      const int64_t n = first_feature + l / kLanesPerRow + half * (kFeaturesPerBlock / 2);
+      if (n >= p.out) continue;
+      const float scale = p.w.per_channel ? p.w.scale[n] : p.w.scale[0];
+      y[m * p.out + n] = Traits::from_float(scale * (half == 0 ? sum_lo : sum_hi));
+    }
+  }
+}
+
+template <typename T>
+__global__ void dequantize_fp8_kernel(const uint4* w, const float* scale, bool per_channel,
+                                      int64_t vecs_per_row, int64_t total_vecs, uint4* out) {
+  using Traits = tc::ElementTraits<T>;
+  for (int64_t v = int64_t{blockIdx.x} * blockDim.x + threadIdx.x; v < total_vecs;
+       v += int64_t{gridDim.x} * blockDim.x) {
+    const float s = per_channel ? scale[v / vecs_per_row] : scale[0];
+    uint4 halves[2];
+    fp8::widen16<T>(w[v], halves[0], halves[1]);
+    for (uint4& half : halves) {
+      T* e = reinterpret_cast<T*>(&half);
+#pragma unroll
+      for (int i = 0; i < kXPerVec; ++i) e[i] = Traits::from_float(s * Traits::to_float(e[i]));
+    }
+    out[2 * v] = halves[0];
+    out[2 * v + 1] = halves[1];
+  }
+}
+
+bool aligned_16(const void* p) {
+  return reinterpret_cast<uintptr_t>(p) % 16 == 0;
+}
+
+template <typename T>
+void launch(const Fp8GemvParams& p, cudaStream_t stream) {
+  const int64_t blocks = (p.out + kFeaturesPerBlock - 1) / kFeaturesPerBlock * p.row_groups;
+  cudaLaunchAttribute attribute;
+  const cudaLaunchConfig_t config = launch_config(dim3(static_cast<unsigned>(blocks)),
+                                                  dim3(kThreads), 0, stream, p.pdl, attribute);
+  if (p.rows <= 8)
+    L2KV_CUDA_CHECK(cudaLaunchKernelEx(&config, gemv_fp8_kernel<T, 1>, p));
+  else
+    L2KV_CUDA_CHECK(cudaLaunchKernelEx(&config, gemv_fp8_kernel<T, 2>, p));
+}
+
+}  // namespace
+
+bool gemv_fp8_supports(int64_t rows, int64_t in, int64_t out, const void* x, const Fp8Weights& w) {
+  const int64_t blocks = (out + kFeaturesPerBlock - 1) / kFeaturesPerBlock *
+                         ((rows + kRowsPerGroup - 1) / kRowsPerGroup);
+  return rows >= 1 && rows <= kGemvFp8MaxRows && in >= kWeightsPerVec && in % kWeightsPerVec == 0 &&
+         out >= 1 && blocks <= INT_MAX && aligned_16(x) && w.data != nullptr &&
+         aligned_16(w.data) && w.scale != nullptr;
+}
+
+void gemv_fp8(DType dtype, const void* x, const Fp8Weights& w, void* y, int64_t rows, int64_t in,
+              int64_t out, cudaStream_t stream, bool pdl, const WeightPrefetch& next) {
+  if (!gemv_fp8_supports(rows, in, out, x, w))
+    throw Error("gemv_fp8: unsupported problem rows=" + std::to_string(rows) +
+                " in=" + std::to_string(in) + " out=" + std::to_string(out) +
+                " (needs 1 <= rows <= " + std::to_string(kGemvFp8MaxRows) +
+                ", in a positive multiple of 16, 16-byte aligned x and weights, a scale)");
+  const Fp8GemvParams p{x,   w,   y, rows, in, out, (rows + kRowsPerGroup - 1) / kRowsPerGroup,
+                        pdl, next};
+  if (dtype == DType::kFloat16)
+    launch<__half>(p, stream);
+  else
+    launch<__nv_bfloat16>(p, stream);
+}
+
+void dequantize_fp8(DType dtype, const Fp8Weights& w, int64_t out, int64_t in, void* dst,
+                    cudaStream_t stream) {
+  if (in % kWeightsPerVec != 0 || out < 1 || !aligned_16(w.data) || !aligned_16(dst) ||
+      w.scale == nullptr)
+    throw Error("dequantize_fp8: needs `in` a multiple of 16, 16-byte aligned data, a scale");
+  const int64_t vecs_per_row = in / kWeightsPerVec, total = vecs_per_row * out;
+  const auto blocks = static_cast<unsigned>(std::min<int64_t>((total + 255) / 256, 65536));
+  if (dtype == DType::kFloat16)
+    dequantize_fp8_kernel<__half>
+        <<<blocks, 256, 0, stream>>>(reinterpret_cast<const uint4*>(w.data), w.scale, w.per_channel,
+                                     vecs_per_row, total, static_cast<uint4*>(dst));
+  else
+    dequantize_fp8_kernel<__nv_bfloat16>
+        <<<blocks, 256, 0, stream>>>(reinterpret_cast<const uint4*>(w.data), w.scale, w.per_channel,
+                                     vecs_per_row, total, static_cast<uint4*>(dst));
+  L2KV_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace l2kv
