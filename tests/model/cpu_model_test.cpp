@@ -502,6 +502,65 @@ TEST(CpuModel, Qwen3QkNormMatchesADirectComputation) {
   EXPECT_LT(relative_l2(steps, want), 1e-5);
 }
 
+// An fp8 checkpoint in compressed-tensors' layout (E4M3 projection weights with per-channel or
+// per-tensor weight_scale) gives exactly the logits of the same model with those weights
+// dequantized into float32, and not those of the unquantized weights (so the codes and scales
+// are really read).
+TEST(CpuModel, Fp8CheckpointIsItsDequantizedModel) {
+  const testing::TinyQwen3 m = testing::tiny_qwen3(21, 32, 4, 2, 8, 2, 40, 48);
+  const std::vector<int32_t> tokens{1, 5, 9, 15, 0, 3, 3, 12, 7, 39};
+  const fs::path dir = fs::temp_directory_path() / ("l2kv_tiny_fp8_" + std::to_string(getpid()));
+  testing::write_tiny_checkpoint(dir, m.config, m.tensors);
+  const std::vector<float> unquantized = CpuModel(dir).forward(tokens);
+  for (bool per_channel : {true, false}) {
+    const testing::Fp8Twins t = testing::fp8_twins(m.config, m.tensors, per_channel);
+    testing::write_tiny_checkpoint(dir, t.config, t.quantized);
+    const CpuModel fp8(dir);
+    EXPECT_TRUE(fp8.config().fp8_weights);
+    const std::vector<float> got = fp8.forward(tokens);
+    testing::write_tiny_checkpoint(dir, m.config, t.dequantized);
+    EXPECT_EQ(got, CpuModel(dir).forward(tokens)) << (per_channel ? "per channel" : "per tensor");
+    const double moved = relative_l2(got, unquantized);
+    std::printf("tiny fp8 (%s): logits rel. L2 %.2e from the unquantized model\n",
+                per_channel ? "per channel" : "per tensor", moved);
+    EXPECT_GT(moved, 1e-4);
+  }
+  fs::remove_all(dir);
+}
+
+// fp8 checkpoints with a missing or misshapen scale, or a 16-bit weight where the config says
+// fp8, are refused with the tensor's name.
+TEST(CpuModel, Fp8CheckpointProblemsAreNamed) {
+  const testing::TinyQwen3 m = testing::tiny_qwen3(22);
+  const fs::path dir =
+      fs::temp_directory_path() / ("l2kv_tiny_fp8_bad_" + std::to_string(getpid()));
+  auto expect = [&](const testing::TinyTensors& tensors, const nlohmann::json& config,
+                    const std::string& message) {
+    testing::write_tiny_checkpoint(dir, config, tensors);
+    try {
+      CpuModel model(dir);
+      ADD_FAILURE() << "expected: " << message;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(message), std::string::npos) << e.what();
+    }
+  };
+  testing::Fp8Twins t = testing::fp8_twins(m.config, m.tensors, true);
+  testing::TinyTensors missing = t.quantized;
+  missing.erase("model.layers.1.mlp.up_proj.weight_scale");
+  expect(missing, t.config, "model.layers.1.mlp.up_proj.weight_scale is missing");
+  testing::TinyTensors misshapen = t.quantized;
+  misshapen["model.layers.0.self_attn.o_proj.weight_scale"] = {{3}, {1.f, 1.f, 1.f}, {}};
+  expect(misshapen, t.config, "o_proj.weight_scale holds 3 values");
+  testing::TinyTensors negative = t.quantized;
+  negative["model.layers.0.mlp.down_proj.weight_scale"].values[0] = -1.f;
+  expect(negative, t.config, "down_proj.weight_scale: expected positive finite scales");
+  testing::TinyTensors wide = t.quantized;
+  wide["model.layers.0.self_attn.q_proj.weight"] =
+      m.tensors.at("model.layers.0.self_attn.q_proj.weight");
+  expect(wide, t.config, "q_proj.weight has dtype F32");
+  fs::remove_all(dir);
+}
+
 // A Qwen3 checkpoint without a q/k norm weight, or with one of the wrong size, is refused with
 // the tensor's name.
 TEST(CpuModel, Qwen3MissingOrMisshapenQkNormIsNamed) {

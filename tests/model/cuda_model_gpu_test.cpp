@@ -380,6 +380,51 @@ TEST(CudaModel, Qwen3QkNormMatchesTheCpuModel) {
   EXPECT_GT(off, 0.1);
 }
 
+// An fp8 checkpoint (compressed-tensors layout, per-channel and per-tensor scales): the CUDA
+// backend's logits (fp8 GEMV in prefill and decode, bf16 activations) against the CPU backend's
+// on the dequantized weights, at bf16 noise; and off the unquantized model's (the fp8 codes are
+// what runs).
+TEST(CudaModel, Fp8CheckpointMatchesTheCpuModel) {
+  L2KV_SKIP_WITHOUT_GPU();
+  const testing::TinyQwen3 m = testing::tiny_qwen3(13, /*hidden=*/256, /*heads=*/4,
+                                                   /*kv_heads=*/2, /*head_dim=*/64,
+                                                   /*layers=*/2, /*vocab=*/300, /*inter=*/512);
+  std::vector<int32_t> tokens;
+  for (int i = 0; i < 12; ++i) tokens.push_back((i * 37 + 11) % 300);
+  const fs::path dir = fs::temp_directory_path() / ("l2kv_tiny_fp8_" + std::to_string(getpid()));
+  testing::write_tiny_checkpoint(dir, m.config, m.tensors);
+  const std::vector<float> unquantized = CpuModel(dir).forward(tokens);
+  for (bool per_channel : {true, false}) {
+    const testing::Fp8Twins t = testing::fp8_twins(m.config, m.tensors, per_channel);
+    testing::write_tiny_checkpoint(dir, t.config, t.quantized);
+    const std::vector<float> want = CpuModel(dir).forward(tokens);
+    auto model = load(dir, 16, 8, /*max_logit_rows=*/16);
+    ASSERT_TRUE(model->config().fp8_weights);
+    const int64_t vocab = 300;
+    constexpr size_t kPrompt = 9;
+    Tables tables(1);
+    tables.grow(0, static_cast<int32_t>(tokens.size()));
+    const std::span<const int32_t> all(tokens);
+    const BatchSequence prefill[] = {{all.first(kPrompt), 0, tables.rows[0], true}};
+    std::vector<float> got = model->run(prefill, /*all_logits=*/true, nullptr);
+    for (size_t i = kPrompt; i < tokens.size(); ++i) {
+      const BatchSequence step[] = {
+          {all.subspan(i, 1), static_cast<int32_t>(i), tables.rows[0], true}};
+      const std::vector<float> row = model->run(step, false, nullptr);
+      got.insert(got.end(), row.begin(), row.end());
+    }
+    ASSERT_EQ(got.size(), tokens.size() * vocab);
+    double max_abs = 0;
+    const double error = relative_l2(got.data(), want.data(), want.size(), &max_abs);
+    const double off = relative_l2(got.data(), unquantized.data(), want.size(), &max_abs);
+    std::printf("[fp8-tiny] %s: CUDA vs CPU logits rel. L2 %.2e (vs unquantized %.2e)\n",
+                per_channel ? "per channel" : "per tensor", error, off);
+    EXPECT_LT(error, 2e-2);
+    EXPECT_GT(off, 3 * error);
+  }
+  fs::remove_all(dir);
+}
+
 TEST(CudaModel, ChunkedPrefillMatchesOnePass) {
   L2KV_SKIP_WITHOUT_GPU();
   auto model = load(kFixtures / "llama3-gqa", 128, 64);
@@ -592,61 +637,6 @@ TEST_P(DecodeKernelsAgree, EagerAndGraphReplay) {
       EXPECT_EQ(argmax(got.data() + i * vocab, vocab), argmax(reference.data() + i * vocab, vocab));
     }
   }
-  cudaStreamDestroy(stream);
-}
-
-// Weight prefetch (CudaModel::set_weight_prefetch) only moves bytes into L2: a ragged decode
-// step gives bit-identical logits with it off and on (part of each matrix or all of it, two
-// hints), eagerly and replayed from a graph.
-TEST(CudaModel, WeightPrefetchLeavesLogitsBitIdentical) {
-  L2KV_SKIP_WITHOUT_GPU();
-  auto model = load(kFixtures / "llama3-gqa", 256, 128, 0, KvStorage::kModelDtype);
-  const int64_t vocab = model->config().vocab_size;
-  const std::vector<int32_t> lengths = {3, 17, 40};
-  Tables tables(lengths.size());
-  std::vector<std::vector<int32_t>> prompts(lengths.size());
-  std::vector<BatchSequence> prefill;
-  for (size_t i = 0; i < lengths.size(); ++i) {
-    for (int32_t t = 0; t < lengths[i]; ++t)
-      prompts[i].push_back(static_cast<int32_t>((i * 89 + t * 31 + 5) % 512));
-    tables.grow(i, lengths[i] + 1);
-    prefill.push_back({prompts[i], 0, tables.rows[i], true});
-  }
-  model->run(prefill, false, nullptr);
-  std::vector<int32_t> next = {11, 222, 333};
-  std::vector<BatchSequence> decode;
-  for (size_t i = 0; i < lengths.size(); ++i)
-    decode.push_back({std::span<const int32_t>(&next[i], 1), lengths[i], tables.rows[i], true});
-  cudaStream_t stream;
-  ASSERT_EQ(cudaStreamCreate(&stream), cudaSuccess);
-  auto step = [&](int64_t prefetch_bytes, L2EvictionHint hint, bool graph) {
-    model->set_weight_prefetch({prefetch_bytes, hint, true, true});
-    int32_t pad = 0;
-    if (graph) {
-      const int32_t sizes[] = {4};
-      model->capture_decode_graphs(sizes, stream);
-      pad = 4;
-    }
-    model->prepare(decode, pad, stream);
-    model->forward(stream);
-    std::vector<float> out(lengths.size() * vocab);
-    EXPECT_EQ(cudaMemcpyAsync(out.data(), model->logits(), out.size() * 4, cudaMemcpyDeviceToHost,
-                              stream),
-              cudaSuccess);
-    EXPECT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
-    return out;
-  };
-  for (bool graph : {false, true}) {
-    const auto reference = step(0, L2EvictionHint::kNormal, graph);
-    for (float v : reference) ASSERT_TRUE(std::isfinite(v));
-    for (int64_t bytes : {int64_t{4096}, int64_t{1} << 30})
-      for (L2EvictionHint hint : {L2EvictionHint::kNormal, L2EvictionHint::kEvictLast}) {
-        const auto got = step(bytes, hint, graph);
-        EXPECT_EQ(got, reference) << "prefetch " << bytes << " bytes, hint "
-                                  << static_cast<int>(hint) << ", graph " << graph;
-      }
-  }
-  model->set_weight_prefetch({});
   cudaStreamDestroy(stream);
 }
 

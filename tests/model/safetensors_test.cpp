@@ -179,6 +179,57 @@ TEST(ModelConfig, Qwen3HasPerHeadQkNormAndItsOwnHeadDim) {
                    .qk_norm);
 }
 
+TEST(ModelConfig, ReadsFp8QuantizationAndNamesWhatIsNotSupported) {
+  const auto parse = [](const std::string& quantization) {
+    return ModelConfig::from_json_text(
+        R"({"architectures": ["LlamaForCausalLM"], "vocab_size": 10, "hidden_size": 8,
+        "intermediate_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
+        "num_key_value_heads": 1, "quantization_config": )" +
+            quantization + "}",
+        "config.json");
+  };
+  const std::string weights = R"("weights": {"num_bits": 8, "type": "float", "strategy": )";
+  const auto compressed = [&](const std::string& strategy, const std::string& more = "") {
+    return R"({"quant_method": "compressed-tensors", "format": "float-quantized",
+        "ignore": ["lm_head"], "config_groups": {"group_0": {"targets": ["Linear"], )" +
+           weights + "\"" + strategy + "\"" + more + "}}}}";
+  };
+  EXPECT_TRUE(parse(compressed("channel")).fp8_weights);
+  EXPECT_TRUE(parse(compressed("tensor")).fp8_weights);
+  EXPECT_TRUE(parse(R"({"quant_method": "fbgemm_fp8", "modules_to_not_convert": ["lm_head"]})")
+                  .fp8_weights);
+  EXPECT_FALSE(parse("null").fp8_weights);
+  expect_error([&] { parse(R"({"quant_method": "awq", "bits": 4})"); },
+               "quant_method 'awq' is not supported");
+  expect_error([&] { parse(compressed("group", R"(, "group_size": 128)")); },
+               "weight strategy 'group'");
+  expect_error(
+      [&] {
+        parse(
+            R"({"quant_method": "fbgemm_fp8", "modules_to_not_convert": ["model.layers.0.mlp"]})");
+      },
+      "lists \"model.layers.0.mlp\"");
+  expect_error(
+      [&] {
+        parse(R"({"quant_method": "compressed-tensors", "format": "pack-quantized",
+            "config_groups": {}})");
+      },
+      "format 'pack-quantized'");
+}
+
+TEST(Safetensors, ReadsF8E4M3) {
+  const fs::path dir = fresh_dir("st_fp8");
+  const std::string data = {'\x38', '\xc4', '\x00', '\x7e'};  // 1, -3, 0, 448
+  write_file(dir / "model.safetensors",
+             R"({"w": {"dtype": "F8_E4M3", "shape": [2, 2], "data_offsets": [0, 4]}})", data);
+  const Checkpoint ckpt(dir);
+  EXPECT_EQ(ckpt.get("w", {2, 2}).dtype, TensorDType::kF8E4M3);
+  EXPECT_EQ(ckpt.get("w", {2, 2}).to_float(), (std::vector<float>{1.f, -3.f, 0.f, 448.f}));
+  write_file(dir / "model.safetensors",
+             R"({"w": {"dtype": "F8_E4M3", "shape": [2, 2], "data_offsets": [0, 3]}})", data);
+  expect_error([&] { Checkpoint c(dir); }, "should hold 4 bytes, not 3");
+}
+
 TEST(ModelConfig, SyntheticShapesAreTheRealModels) {
   // Parameter counts of the published checkpoints.
   EXPECT_NEAR(ModelConfig::synthetic("llama2-7b").parameter_count() / 1e9, 6.74, 0.01);

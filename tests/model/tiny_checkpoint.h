@@ -3,6 +3,7 @@
 // arithmetic against a direct computation, or a tensor left out on purpose.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <filesystem>
@@ -13,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "l2kv/core/dtype.h"
 #include "model/safetensors_writer.h"
 
 namespace l2kv::testing {
@@ -20,6 +22,7 @@ namespace l2kv::testing {
 struct TinyTensor {
   std::vector<int64_t> shape;
   std::vector<float> values;
+  std::vector<uint8_t> fp8_codes;  // when set: written as F8_E4M3 (values unused)
 };
 using TinyTensors = std::map<std::string, TinyTensor>;
 
@@ -31,7 +34,8 @@ inline std::vector<float> uniform_values(std::mt19937& rng, int64_t n, float lo,
   return v;
 }
 
-// Writes `dir`/config.json and `dir`/model.safetensors (F32 tensors) into a fresh `dir`.
+// Writes `dir`/config.json and `dir`/model.safetensors (F32 tensors, F8_E4M3 where fp8_codes
+// are set) into a fresh `dir`.
 inline void write_tiny_checkpoint(const std::filesystem::path& dir, const nlohmann::json& config,
                                   const TinyTensors& tensors) {
   std::filesystem::remove_all(dir);
@@ -40,10 +44,13 @@ inline void write_tiny_checkpoint(const std::filesystem::path& dir, const nlohma
   nlohmann::json header = nlohmann::json::object();
   std::vector<char> data;
   for (const auto& [name, t] : tensors) {
-    const size_t bytes = t.values.size() * sizeof(float);
-    header[name] = {
-        {"dtype", "F32"}, {"shape", t.shape}, {"data_offsets", {data.size(), data.size() + bytes}}};
-    const auto* p = reinterpret_cast<const char*>(t.values.data());
+    const bool fp8 = !t.fp8_codes.empty();
+    const size_t bytes = fp8 ? t.fp8_codes.size() : t.values.size() * sizeof(float);
+    header[name] = {{"dtype", fp8 ? "F8_E4M3" : "F32"},
+                    {"shape", t.shape},
+                    {"data_offsets", {data.size(), data.size() + bytes}}};
+    const auto* p = fp8 ? reinterpret_cast<const char*>(t.fp8_codes.data())
+                        : reinterpret_cast<const char*>(t.values.data());
     data.insert(data.end(), p, p + bytes);
   }
   write_safetensors(dir / "model.safetensors", header, data.data(), data.size());
@@ -85,7 +92,7 @@ inline TinyQwen3 tiny_qwen3(uint32_t seed, int64_t hidden = 12, int64_t heads = 
   auto add = [&](const std::string& name, std::vector<int64_t> shape, float lo, float hi) {
     int64_t n = 1;
     for (int64_t s : shape) n *= s;
-    m.tensors[name] = {shape, uniform_values(rng, n, lo, hi)};
+    m.tensors[name] = {shape, uniform_values(rng, n, lo, hi), {}};
   };
   const int64_t q_dim = heads * head_dim, kv_dim = kv_heads * head_dim;
   add("model.embed_tokens.weight", {vocab, hidden}, -1.f, 1.f);
@@ -105,6 +112,69 @@ inline TinyQwen3 tiny_qwen3(uint32_t seed, int64_t hidden = 12, int64_t heads = 
     add(p + "mlp.down_proj.weight", {hidden, inter}, -0.5f * k, 0.5f * k);
   }
   return m;
+}
+
+// The fp8 form of a tiny checkpoint, as compressed-tensors writes one: every decoder
+// projection's weight quantized to E4M3 with a scale of max |row| / 448 per output row
+// (`per_channel`) or max |W| / 448 per tensor, stored as weight_scale; the rest unchanged.
+// `dequantized` receives the same model with those weights multiplied back out in float32
+// (code value times scale, as the loader computes it): the reference an fp8 loader must match.
+struct Fp8Twins {
+  nlohmann::json config;
+  TinyTensors quantized, dequantized;
+};
+
+inline Fp8Twins fp8_twins(const nlohmann::json& config, const TinyTensors& tensors,
+                          bool per_channel) {
+  Fp8Twins t{config, {}, {}};
+  t.config["quantization_config"] = {
+      {"quant_method", "compressed-tensors"},
+      {"format", "float-quantized"},
+      {"ignore", {"lm_head"}},
+      {"config_groups",
+       {{"group_0",
+         {{"targets", {"Linear"}},
+          {"weights",
+           {{"num_bits", 8},
+            {"type", "float"},
+            {"strategy", per_channel ? "channel" : "tensor"},
+            {"symmetric", true},
+            {"dynamic", false}}},
+          {"input_activations",
+           {{"num_bits", 8}, {"type", "float"}, {"strategy", "token"}, {"dynamic", true}}}}}}}};
+  const std::string suffix = "_proj.weight";
+  for (const auto& [name, w] : tensors) {
+    const bool projection = name.size() > suffix.size() &&
+                            name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
+    if (!projection) {
+      t.quantized[name] = w;
+      t.dequantized[name] = w;
+      continue;
+    }
+    const int64_t rows = w.shape[0], cols = w.shape[1];
+    std::vector<float> scales(static_cast<size_t>(rows));
+    float all = 0;
+    for (int64_t r = 0; r < rows; ++r) {
+      float m = 0;
+      for (int64_t c = 0; c < cols; ++c) m = std::max(m, std::abs(w.values[r * cols + c]));
+      scales[static_cast<size_t>(r)] = m / 448.f;
+      all = std::max(all, m / 448.f);
+    }
+    if (!per_channel) std::fill(scales.begin(), scales.end(), all);
+    TinyTensor codes{w.shape, {}, std::vector<uint8_t>(w.values.size())};
+    TinyTensor back{w.shape, std::vector<float>(w.values.size()), {}};
+    for (size_t i = 0; i < w.values.size(); ++i) {
+      const float s = scales[i / static_cast<size_t>(cols)];
+      codes.fp8_codes[i] = float_to_fp8_e4m3_bits(w.values[i] / s);
+      back.values[i] = fp8_e4m3_bits_to_float(codes.fp8_codes[i]) * s;
+    }
+    t.quantized[name] = codes;
+    const std::string scale_name = name.substr(0, name.size() - 6) + "weight_scale";
+    t.quantized[scale_name] =
+        per_channel ? TinyTensor{{rows, 1}, scales, {}} : TinyTensor{{1}, {scales[0]}, {}};
+    t.dequantized[name] = back;
+  }
+  return t;
 }
 
 }  // namespace l2kv::testing

@@ -58,14 +58,6 @@ void add_model_options(CLI::App& app, ModelOptions& o) {
                "slower than the nine separate kernels (bench/NOTES.md), which larger steps "
                "always use")
       ->capture_default_str();
-  app.add_option("--weight-prefetch", o.weight_prefetch,
-                 "On CUDA decode steps, prefetch into L2 up to N MB of each projection's weights "
-                 "while the kernels ahead of it run (RMSNorm, RoPE and attention, SiLU x up), so "
-                 "HBM stays busy between projections, and GEMV projections prefetch the next "
-                 "one's as their blocks finish: off, or N with optional suffixes +evict_last / "
-                 "+evict_first (the prefetched lines' L2 eviction priority) and +ops / +gemv "
-                 "(only those kernels prefetch)")
-      ->capture_default_str();
   app.add_flag("--enforce-eager", o.enforce_eager,
                "Run decode steps kernel by kernel instead of replaying CUDA graphs");
 }
@@ -127,48 +119,10 @@ int resolve_device(const std::string& device) {
   throw Error("--device " + device + ": expected auto, cpu, cuda or cuda:N");
 }
 
-// "off" or "N" (MB) with optional suffixes: +evict_last / +evict_first (hint), +ops / +gemv
-// (only those kernels prefetch).
-CudaModel::WeightPrefetchOptions parse_weight_prefetch(const std::string& text) {
-  CudaModel::WeightPrefetchOptions o;
-  if (text == "off" || text == "0") return o;
-  const auto bad = [&] {
-    return Error("--weight-prefetch " + text +
-                 ": expected off or N (MB, 1-1024) with optional +evict_last, +evict_first, "
-                 "+ops, +gemv");
-  };
-  size_t at = text.find('+');
-  const std::string mb = text.substr(0, at);
-  if (mb.empty() || mb.size() > 4 || mb.find_first_not_of("0123456789") != std::string::npos)
-    throw bad();
-  const int64_t n = std::stoll(mb);
-  if (n < 1 || n > 1024) throw bad();
-  o.max_bytes = n << 20;
-  while (at != std::string::npos) {
-    const size_t end = text.find('+', at + 1);
-    const std::string suffix = text.substr(at + 1, end == std::string::npos ? end : end - at - 1);
-    if (suffix == "evict_last")
-      o.hint = L2EvictionHint::kEvictLast;
-    else if (suffix == "evict_first")
-      o.hint = L2EvictionHint::kEvictFirst;
-    else if (suffix == "ops")
-      o.from_gemv = false;
-    else if (suffix == "gemv")
-      o.from_ops = false;
-    else
-      throw bad();
-    at = end;
-  }
-  if (!o.from_ops && !o.from_gemv) throw bad();
-  return o;
-}
-
 }  // namespace
 
 LoadedModel load_model(const ModelOptions& o) {
   LoadedModel loaded;
-  CudaRunnerOptions options;
-  options.weight_prefetch = parse_weight_prefetch(o.weight_prefetch);  // fails on any backend
   const int device = resolve_device(o.device);
   const auto start = std::chrono::steady_clock::now();
   loaded.synthetic = is_synthetic(o.model);
@@ -199,6 +153,7 @@ LoadedModel load_model(const ModelOptions& o) {
           o.synthetic_seed);
     else
       loaded.cuda_model = std::make_shared<CudaModel>(fs::path(o.model));
+    CudaRunnerOptions options;
     options.attention = parse_decode_kernel(o.attention);
     options.kv_prefetch = parse_prefetch_policy(o.kv_prefetch);
     options.cuda_graphs = !o.enforce_eager;
@@ -206,17 +161,15 @@ LoadedModel load_model(const ModelOptions& o) {
     options.calculate_kv_scales = o.calculate_kv_scales;
     options.fused_layer = o.fused_layer;
     auto runner = std::make_unique<CudaRunner>(loaded.cuda_model, options);
-    loaded.description =
-        o.model + " on " + runner->device_name() + " (" +
-        std::string(dtype_name(loaded.cuda_model->config().dtype)) + ", attention " + o.attention +
-        ", kv-prefetch " + o.kv_prefetch + ", kv-cache " +
-        std::string(kv_storage_name(options.kv_storage)) +
-        (options.kv_storage == KvStorage::kFp8E4M3 && !o.calculate_kv_scales
-             ? " without calculated scales"
-             : "") +
-        (o.fused_layer ? ", five-kernel layer" : "") +
-        (options.weight_prefetch.max_bytes > 0 ? ", weight-prefetch " + o.weight_prefetch : "") +
-        (o.enforce_eager ? ", eager" : ", CUDA graphs") + ")";
+    loaded.description = o.model + " on " + runner->device_name() + " (" +
+                         std::string(dtype_name(loaded.cuda_model->config().dtype)) +
+                         ", attention " + o.attention + ", kv-prefetch " + o.kv_prefetch +
+                         ", kv-cache " + std::string(kv_storage_name(options.kv_storage)) +
+                         (options.kv_storage == KvStorage::kFp8E4M3 && !o.calculate_kv_scales
+                              ? " without calculated scales"
+                              : "") +
+                         (o.fused_layer ? ", five-kernel layer" : "") +
+                         (o.enforce_eager ? ", eager" : ", CUDA graphs") + ")";
     loaded.runner = std::move(runner);
   }
   if (loaded.tokenizer && loaded.tokenizer->vocab_size() > loaded.runner->config().vocab_size)

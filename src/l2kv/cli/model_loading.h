@@ -24,7 +24,6 @@ struct ModelOptions {
   bool enforce_eager = false;           // no CUDA graphs
   bool calculate_kv_scales = true;      // fp8 scales from the first prompt where none are given
   bool fused_layer = false;             // the five-kernel decoder layer for steps of <= 16 rows
-  std::string weight_prefetch = "off";  // L2 prefetch of each projection's first MB: off | N[+hint]
   uint64_t synthetic_seed = 1;
 };
 

@@ -27,7 +27,6 @@ CudaRunner::CudaRunner(std::shared_ptr<CudaModel> model, CudaRunnerOptions optio
   model_->set_calculate_kv_scales(options_.calculate_kv_scales);
   model_->set_use_graphs(options_.cuda_graphs);
   model_->set_fused_layer(options_.fused_layer);
-  model_->set_weight_prefetch(options_.weight_prefetch);
   for (cudaEvent_t& e : events_) L2KV_CUDA_CHECK(cudaEventCreate(&e));
 }
 

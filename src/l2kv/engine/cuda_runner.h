@@ -27,7 +27,6 @@ struct CudaRunnerOptions {
   bool calculate_kv_scales =
       true;                  // fp8 scales from the first prompt where the checkpoint has none
   bool fused_layer = false;  // CudaModel::set_fused_layer
-  CudaModel::WeightPrefetchOptions weight_prefetch;  // off unless max_bytes > 0
   // Device memory kept out of the KV pool for graphs, the sampler and allocator slack.
   int64_t reserve_bytes = int64_t{512} << 20;
 };

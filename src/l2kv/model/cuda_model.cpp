@@ -41,6 +41,28 @@ DeviceArray<uint16_t> upload_16bit(DType dtype, const std::vector<float>& host) 
   return d;
 }
 
+// A projection stored as fp8 E4M3 [out, in] with one scale per output channel.
+struct Fp8Matrix {
+  DeviceArray<uint8_t> data;
+  DeviceArray<float> scale;
+  Fp8Weights view() const { return {data.ptr, scale.ptr, true}; }
+};
+
+// Stored fp8 projections stacked by rows (QKV: q, k, v), uploaded with their row scales.
+Fp8Matrix upload_fp8(std::initializer_list<const HfFp8Projection*> parts) {
+  std::vector<uint8_t> codes;
+  std::vector<float> scales;
+  for (const HfFp8Projection* p : parts) {
+    codes.insert(codes.end(), p->codes.begin(), p->codes.end());
+    scales.insert(scales.end(), p->row_scales.begin(), p->row_scales.end());
+  }
+  Fp8Matrix m{DeviceArray<uint8_t>(codes.size()), DeviceArray<float>(scales.size())};
+  L2KV_CUDA_CHECK(cudaMemcpy(m.data.ptr, codes.data(), codes.size(), cudaMemcpyHostToDevice));
+  L2KV_CUDA_CHECK(cudaMemcpy(m.scale.ptr, scales.data(), scales.size() * sizeof(float),
+                             cudaMemcpyHostToDevice));
+  return m;
+}
+
 int32_t ceil_div(int64_t a, int64_t b) {
   return static_cast<int32_t>((a + b - 1) / b);
 }
@@ -56,13 +78,6 @@ DecodeKernel parse_decode_kernel(const std::string& name) {
   if (name == "paged_v1") return DecodeKernel::kPagedV1;
   throw Error("attention kernel '" + name + "': expected split or paged_v1");
 }
-
-// A projection stored as fp8 E4M3 [out, in] with one scale per output channel.
-struct Fp8Matrix {
-  DeviceArray<uint8_t> data;
-  DeviceArray<float> scale;
-  Fp8Weights view() const { return {data.ptr, scale.ptr, true}; }
-};
 
 struct CudaModel::Weights {
   struct Layer {
@@ -130,21 +145,46 @@ CudaModel::CudaModel(const std::filesystem::path& folder)
     if (!globals.lm_head.empty()) weights_->lm_head = upload_16bit(c.dtype, globals.lm_head);
     weights_->final_norm = upload_16bit(c.dtype, globals.final_norm);
   }
+  // fp8 gate/up rows interleave in the same groups of 8 as 16-bit ones.
+  auto gate_up_fp8 = [&](const HfFp8Projection& gate, const HfFp8Projection& up) {
+    if (!gate_up_interleaved_) return upload_fp8({&gate, &up});
+    const auto features = static_cast<int64_t>(gate.row_scales.size());
+    const int64_t in = c.hidden_size;
+    HfFp8Projection rows;
+    rows.codes.resize(gate.codes.size() + up.codes.size());
+    rows.row_scales.resize(static_cast<size_t>(2 * features));
+    for (int64_t f = 0; f < features; ++f) {
+      const int64_t at = (f / 8) * 16 + f % 8;
+      std::copy_n(gate.codes.begin() + f * in, in, rows.codes.begin() + at * in);
+      std::copy_n(up.codes.begin() + f * in, in, rows.codes.begin() + (at + 8) * in);
+      rows.row_scales[static_cast<size_t>(at)] = gate.row_scales[static_cast<size_t>(f)];
+      rows.row_scales[static_cast<size_t>(at + 8)] = up.row_scales[static_cast<size_t>(f)];
+    }
+    return upload_fp8({&rows});
+  };
   for (int64_t l = 0; l < c.num_layers; ++l) {
-    const HfLayerWeights w = load_hf_layer_weights(ckpt, c, l);
+    const HfLayerWeights w = load_hf_layer_weights(
+        ckpt, c, l, c.fp8_weights ? Fp8Projections::kAsStored : Fp8Projections::kDequantized);
     Weights::Layer layer;
     layer.input_norm = upload_16bit(c.dtype, w.input_norm);
     layer.post_norm = upload_16bit(c.dtype, w.post_attention_norm);
-    layer.qkv = upload_16bit(c.dtype, concat(concat(w.q, w.k), w.v));  // one fused projection
+    if (c.fp8_weights) {
+      layer.qkv8 = upload_fp8({&w.q8, &w.k8, &w.v8});
+      layer.o8 = upload_fp8({&w.o8});
+      layer.gate_up8 = gate_up_fp8(w.gate8, w.up8);
+      layer.down8 = upload_fp8({&w.down8});
+    } else {
+      layer.qkv = upload_16bit(c.dtype, concat(concat(w.q, w.k), w.v));  // one fused projection
+      layer.o = upload_16bit(c.dtype, w.o);
+      layer.gate_up = upload_16bit(c.dtype, gate_up_rows(w.gate, w.up, c.hidden_size));
+      layer.down = upload_16bit(c.dtype, w.down);
+    }
     if (c.qkv_bias)
       layer.qkv_bias = upload_16bit(c.dtype, concat(concat(w.q_bias, w.k_bias), w.v_bias));
     if (c.qk_norm) {
       layer.q_norm = upload_16bit(c.dtype, w.q_norm);
       layer.k_norm = upload_16bit(c.dtype, w.k_norm);
     }
-    layer.o = upload_16bit(c.dtype, w.o);
-    layer.gate_up = upload_16bit(c.dtype, gate_up_rows(w.gate, w.up, c.hidden_size));
-    layer.down = upload_16bit(c.dtype, w.down);
     layer.k_scale = w.k_scale;
     layer.v_scale = w.v_scale;
     layer.checkpoint_kv_scales = w.has_kv_scales;
@@ -201,10 +241,6 @@ CudaModel::CudaModel(const ModelConfig& config, uint64_t seed)
     }
     weights_->layers.push_back(std::move(layer));
   }
-  if (c.fp8_weights)
-    weights_->fp8_widened = DeviceArray<uint16_t>(
-        static_cast<size_t>(std::max({(q_dim + 2 * kv_dim) * c.hidden_size, c.hidden_size * q_dim,
-                                      2 * c.intermediate_size * c.hidden_size})));
   L2KV_CUDA_CHECK(cudaDeviceSynchronize());
   init_common();
 }
@@ -215,6 +251,12 @@ void CudaModel::init_common() {
     throw Error("CUDA backend: head_dim must be 64 or 128, got " + std::to_string(c.head_dim));
   L2KV_CUDA_CHECK(cudaGetDevice(&device_));
   weight_bytes_ = c.weight_bytes();
+  if (c.fp8_weights) {
+    const int64_t q_dim = c.num_q_heads * c.head_dim, kv_dim = c.num_kv_heads * c.head_dim;
+    weights_->fp8_widened = DeviceArray<uint16_t>(
+        static_cast<size_t>(std::max({(q_dim + 2 * kv_dim) * c.hidden_size, c.hidden_size * q_dim,
+                                      2 * c.intermediate_size * c.hidden_size})));
+  }
   const std::vector<float> inv = rope_inverse_frequencies(c.rope, c.head_dim);
   L2KV_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&inv_freq_), inv.size() * sizeof(float)));
   L2KV_CUDA_CHECK(
@@ -376,12 +418,6 @@ void CudaModel::set_fused_layer(bool on) {
   if (on == fused_layer_) return;
   drop_graphs();
   fused_layer_ = on;
-}
-
-void CudaModel::set_weight_prefetch(const WeightPrefetchOptions& options) {
-  if (options.max_bytes < 0) throw Error("CUDA backend: weight prefetch bytes must be >= 0");
-  drop_graphs();
-  weight_prefetch_ = options;
 }
 
 void CudaModel::set_decode_attention(DecodeKernel kernel, const PrefetchPolicy& policy) {
@@ -585,32 +621,18 @@ struct CudaModel::GraphOps {
                        int64_t in) const {
     return {w16.ptr, c().fp8_weights ? &w8 : nullptr, out, in};
   }
-  // y[n, out] = x[n, in] W^T, the GEMV's blocks prefetching `next` as they finish.
-  void project(const Projection& p, const void* x, void* y, const WeightPrefetch& next = {}) {
+  // y[n, out] = x[n, in] W^T.
+  void project(const Projection& p, const void* x, void* y) {
     if (p.w8)
       m->gemm_.linear_fp8(c().dtype, x, p.w8->view(), y, n, p.in, p.out,
-                          m->weights_->fp8_widened.ptr, stream, next);
+                          m->weights_->fp8_widened.ptr, stream);
     else
-      m->gemm_.linear(c().dtype, x, p.w16, y, n, p.in, p.out, stream, next);
+      m->gemm_.linear(c().dtype, x, p.w16, y, n, p.in, p.out, stream);
   }
-  // What a kernel ahead of projection `p` prefetches: from one of the small ops (RMSNorm, RoPE,
-  // SiLU) or from a GEMV's tail, as configured; nothing on steps with prompt rows.
-  WeightPrefetch ahead_of(const Projection& p, bool from_gemv) const {
-    const WeightPrefetchOptions& opt = m->weight_prefetch_;
-    if (opt.max_bytes == 0 || !m->step_.decode_only || !(from_gemv ? opt.from_gemv : opt.from_ops))
-      return {};
-    return WeightPrefetch::head(p.data(), p.bytes(), opt.max_bytes, opt.hint);
-  }
-  // The next layer's QKV, or the LM head after the last layer.
-  WeightPrefetch ahead_of_next_layer(int64_t l, bool from_gemv) const {
-    if (l + 1 < c().num_layers) return ahead_of(qkv(l + 1), from_gemv);
-    return ahead_of({m->weights_->lm_head_ptr(), nullptr, c().vocab_size, c().hidden_size},
-                    from_gemv);
-  }
-  void norm(const void* weight, const WeightPrefetch& next) {
+  void norm(const void* weight) {
     ops::add_rmsnorm(c().dtype, ws().residual.ptr, pending, weight,
                      static_cast<float>(c().rms_norm_eps), n, static_cast<int32_t>(c().hidden_size),
-                     ws().h.ptr, stream, m->prefetch_.pdl, next);
+                     ws().h.ptr, stream, m->prefetch_.pdl);
     pending = nullptr;
   }
   float* sumsq(int i) const { return ws().sumsq.ptr + i * kGemvMaxRows; }
@@ -641,13 +663,13 @@ struct CudaModel::GraphOps {
   }
   void norm_qkv_rope(int64_t l) {
     const int64_t qkv_out = q_dim() + 2 * kv_dim();
-    if (!fused) norm(w(l).input_norm.ptr, ahead_of(qkv(l), false));
+    if (!fused) norm(w(l).input_norm.ptr);
     timed(m->gemm_events_, [&] {
       if (fused)
         m->gemm_.linear_fused(c().dtype, nullptr, w(l).qkv.ptr, ws().qkv.ptr, n, c().hidden_size,
                               qkv_out, norm_prologue(w(l).input_norm.ptr, 0, 1), stream);
       else
-        project(qkv(l), ws().h.ptr, ws().qkv.ptr, ahead_of(o(l), true));
+        project(qkv(l), ws().h.ptr, ws().qkv.ptr);
     });
     rope_and_append_kv(l);
   }
@@ -667,7 +689,7 @@ struct CudaModel::GraphOps {
     ops::rope_and_cache(ws().qkv.ptr, w(l).qkv_bias.ptr, ws().meta.ptr + ws().positions,
                         ws().meta.ptr + ws().slots, m->inv_freq_, n,
                         static_cast<int32_t>(c().num_q_heads), decode.kv, ws().q.ptr, stream,
-                        m->prefetch_.pdl, qk_norm, ahead_of(o(l), false));  // runs over attention
+                        m->prefetch_.pdl, qk_norm);
   }
   void attention(int64_t) {
     timed(m->attention_events_, [&] {
@@ -686,7 +708,7 @@ struct CudaModel::GraphOps {
         m->gemm_.linear_fused(c().dtype, ws().attn.ptr, w(l).o.ptr, nullptr, n, q_dim(),
                               c().hidden_size, residual_epilogue(1), stream);
       else
-        project(o(l), ws().attn.ptr, ws().proj.ptr, ahead_of(gate_up(l), true));
+        project(o(l), ws().attn.ptr, ws().proj.ptr);
     });
     if (!fused) pending = ws().proj.ptr;  // added by the next norm
   }
@@ -701,10 +723,10 @@ struct CudaModel::GraphOps {
       });
       return;
     }
-    norm(w(l).post_norm.ptr, ahead_of(gate_up(l), false));
+    norm(w(l).post_norm.ptr);
     timed(m->gemm_events_, [&] { project(gate_up(l), ws().h.ptr, ws().gate_up.ptr); });
     ops::silu_mul(c().dtype, ws().gate_up.ptr, n, static_cast<int32_t>(I), ws().act.ptr, stream,
-                  m->prefetch_.pdl, m->gate_up_interleaved_, ahead_of(down(l), false));
+                  m->prefetch_.pdl, m->gate_up_interleaved_);
   }
   void down_projection_add(int64_t l) {
     const int64_t H = c().hidden_size, I = c().intermediate_size;
@@ -713,13 +735,11 @@ struct CudaModel::GraphOps {
         m->gemm_.linear_fused(c().dtype, ws().act.ptr, w(l).down.ptr, nullptr, n, I, H,
                               residual_epilogue(0), stream);
       else
-        project(down(l), ws().act.ptr, ws().proj.ptr, ahead_of_next_layer(l, true));
+        project(down(l), ws().act.ptr, ws().proj.ptr);
     });
     if (!fused) pending = ws().proj.ptr;
   }
-  void final_norm() {
-    norm(m->weights_->final_norm.ptr, ahead_of_next_layer(c().num_layers - 1, false));
-  }
+  void final_norm() { norm(m->weights_->final_norm.ptr); }
   void lm_head() {
     const int64_t H = c().hidden_size;
     const PreparedStep& step = m->step_;

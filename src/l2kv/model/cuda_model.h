@@ -125,19 +125,6 @@ class CudaModel {
   // captured graphs.
   void set_fused_layer(bool on);
   bool fused_layer() const { return fused_layer_; }
-  // L2 prefetch of weights on decode-only steps (kernels/model/weight_prefetch.h): kernels
-  // ahead of a projection prefetch up to `max_bytes` of its first bytes with `hint`: RMSNorm,
-  // RoPE + KV write and SiLU x up at their start (`from_ops`), GEMV projections at the end of
-  // each block (`from_gemv`), each for the projection after it. 0 bytes turns it off. Drops
-  // captured graphs.
-  struct WeightPrefetchOptions {
-    int64_t max_bytes = 0;
-    L2EvictionHint hint = L2EvictionHint::kNormal;
-    bool from_ops = true;
-    bool from_gemv = true;
-  };
-  void set_weight_prefetch(const WeightPrefetchOptions& options);
-  const WeightPrefetchOptions& weight_prefetch() const { return weight_prefetch_; }
   // The smallest captured bucket >= rows, or 0.
   int32_t graph_bucket(int32_t rows) const;
 
@@ -203,7 +190,6 @@ class CudaModel {
   // for an intermediate size that is not a multiple of 8, which the fused layer then skips.
   bool gate_up_interleaved_ = false;
   bool profiling_ = false;
-  WeightPrefetchOptions weight_prefetch_;
   struct EventPair {
     cudaEvent_t start, stop;
   };

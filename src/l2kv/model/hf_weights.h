@@ -18,6 +18,18 @@ struct HfGlobalWeights {
   std::vector<float> final_norm;  // model.norm.weight [hidden]
 };
 
+// A projection of an fp8 checkpoint as stored: E4M3 codes [out, in] and one scale per row (a
+// per-tensor scale repeated).
+struct HfFp8Projection {
+  std::vector<uint8_t> codes;
+  std::vector<float> row_scales;
+};
+
+// How load_hf_layer_weights returns the projections of an fp8 checkpoint (config fp8_weights):
+// dequantized to float32 like 16-bit ones (the CPU backend), or as stored (the fields *8 below;
+// the float fields stay empty).
+enum class Fp8Projections : uint8_t { kDequantized, kAsStored };
+
 // One decoder layer (model.layers.N.*), as float32; projections are [out, in].
 struct HfLayerWeights {
   std::vector<float> input_norm, post_attention_norm;
@@ -25,6 +37,7 @@ struct HfLayerWeights {
   std::vector<float> q_bias, k_bias, v_bias;  // empty without QKV bias
   std::vector<float> q_norm, k_norm;          // [head_dim] each (Qwen3); empty without qk_norm
   std::vector<float> gate, up, down;
+  HfFp8Projection q8, k8, v8, o8, gate8, up8, down8;  // Fp8Projections::kAsStored
   // fp8 KV cache scales (self_attn.k_scale / v_scale, as vLLM's fp8 checkpoints store them);
   // 1 when the checkpoint has none.
   float k_scale = 1.f, v_scale = 1.f;
@@ -33,7 +46,10 @@ struct HfLayerWeights {
 
 HfGlobalWeights load_hf_global_weights(const Checkpoint& checkpoint, const ModelConfig& config);
 // One layer at a time, so a backend holds at most one layer in float32 while it converts.
+// fp8 checkpoints: each projection's weight must be F8_E4M3 with a weight_scale of one value per
+// output row ([out] or [out, 1]) or one in all, positive and finite.
 HfLayerWeights load_hf_layer_weights(const Checkpoint& checkpoint, const ModelConfig& config,
-                                     int64_t layer);
+                                     int64_t layer,
+                                     Fp8Projections fp8 = Fp8Projections::kDequantized);
 
 }  // namespace l2kv

@@ -20,6 +20,52 @@ constexpr int64_t kMaxPositions = std::numeric_limits<int32_t>::max();
 
 // An integer field: a JSON integer, or a float with an integral value within [lo, hi].
 // A float like 1e50 must not reach get<int64_t>(), whose conversion is undefined.
+// quantization_config: absent (16-bit weights) or fp8 E4M3 weights with per-channel or
+// per-tensor scales as compressed-tensors ("float-quantized") or fbgemm_fp8 write them, the LM
+// head left in 16 bits. Anything else is an error naming what is not supported.
+bool read_fp8_quantization(const nlohmann::json& j, const std::string& origin) {
+  if (!j.contains("quantization_config") || j["quantization_config"].is_null()) return false;
+  const nlohmann::json& q = j["quantization_config"];
+  const std::string where = origin + ": quantization_config";
+  if (!q.is_object()) throw Error(where + " is not an object");
+  const std::string method = q.value("quant_method", std::string());
+  auto only_lm_head = [&](const char* key) {
+    if (!q.contains(key) || q[key].is_null()) return;
+    for (const auto& m : q[key])
+      if (!m.is_string() || m.get<std::string>() != "lm_head")
+        throw Error(where + "." + key + " lists " + m.dump() +
+                    ": l2kv quantizes every decoder projection and nothing else (only lm_head "
+                    "may be left out)");
+  };
+  if (method == "fbgemm_fp8") {
+    only_lm_head("modules_to_not_convert");
+    return true;
+  }
+  if (method != "compressed-tensors")
+    throw Error(where + ".quant_method '" + method +
+                "' is not supported (l2kv reads fp8 checkpoints in the compressed-tensors and "
+                "fbgemm_fp8 formats)");
+  const std::string format = q.value("format", std::string());
+  if (format != "float-quantized")
+    throw Error(where + ".format '" + format +
+                "' is not supported (compressed-tensors fp8 checkpoints are float-quantized)");
+  only_lm_head("ignore");
+  if (!q.contains("config_groups") || !q["config_groups"].is_object() ||
+      q["config_groups"].size() != 1)
+    throw Error(where + ": expected one entry in config_groups");
+  const nlohmann::json& group = q["config_groups"].begin().value();
+  const nlohmann::json& w = group.value("weights", nlohmann::json());
+  if (!w.is_object() || w.value("num_bits", 0) != 8 || w.value("type", std::string()) != "float")
+    throw Error(where + ": weights must be 8-bit float (E4M3); got " + w.dump());
+  const std::string strategy = w.value("strategy", std::string());
+  if (strategy != "channel" && strategy != "tensor")
+    throw Error(where + ": weight strategy '" + strategy +
+                "' is not supported (channel and tensor are)");
+  if (w.contains("group_size") && !w["group_size"].is_null())
+    throw Error(where + ": grouped weight scales are not supported");
+  return true;
+}
+
 int64_t integer_value(const nlohmann::json& v, const std::string& key, int64_t lo, int64_t hi,
                       const std::string& origin) {
   const auto out_of_range = [&] {
@@ -184,6 +230,7 @@ ModelConfig ModelConfig::from_json_text(const std::string& text, const std::stri
           throw Error(origin + ": layer type " + type.dump() +
                       " is not supported (full_attention is)");
     c.rope = read_rope(j, origin);
+    c.fp8_weights = read_fp8_quantization(j, origin);
     const std::string dtype = j.value("torch_dtype", j.value("dtype", std::string("bfloat16")));
     c.dtype = dtype == "float16" ? DType::kFloat16 : DType::kBFloat16;
     add_eos_ids(j, c.eos_token_ids, origin);

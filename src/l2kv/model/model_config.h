@@ -44,8 +44,10 @@ struct ModelConfig {
   // The 16-bit type the GPU computes in: the checkpoint's (config "torch_dtype" or "dtype")
   // when it is float16 or bfloat16; float32 checkpoints run in bfloat16.
   DType dtype = DType::kBFloat16;
-  // The projections (QKV, O, gate_up, down) stored as fp8 E4M3 with a per-output-channel scale
-  // (synthetic "-fp8" shapes); norms, embeddings and the LM head stay in `dtype`. CUDA only.
+  // The projections (QKV, O, gate_up, down) stored as fp8 E4M3 with per-output-channel or
+  // per-tensor scales (compressed-tensors or fbgemm_fp8 checkpoints, synthetic "-fp8" shapes);
+  // norms, embeddings and the LM head stay in `dtype`. Activations stay 16-bit (W8A16): the CUDA
+  // backend widens the weights on the fly, the CPU backend dequantizes them when it loads.
   bool fp8_weights = false;
   // Tokens that end generation: config.json's eos_token_id (an id or a list, may be absent or
   // null), united with generation_config.json's when the folder has one. Empty for synthetic

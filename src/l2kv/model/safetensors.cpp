@@ -19,7 +19,7 @@ namespace l2kv {
 namespace {
 
 size_t dtype_size(TensorDType t) {
-  return t == TensorDType::kF32 ? 4 : 2;
+  return t == TensorDType::kF32 ? 4 : t == TensorDType::kF8E4M3 ? 1 : 2;
 }
 
 std::string shape_text(const std::vector<int64_t>& shape) {
@@ -67,9 +67,13 @@ std::vector<float> TensorView::to_float() const {
     if (!out.empty()) std::memcpy(out.data(), data, out.size() * 4);  // data may be null if empty
     return out;
   }
+  if (dtype == TensorDType::kF8E4M3) {
+    for (size_t i = 0; i < out.size(); ++i) out[i] = fp8_e4m3_bits_to_float(data[i]);
+    return out;
+  }
   if (dtype != TensorDType::kF16 && dtype != TensorDType::kBF16)
     throw Error(file + ": tensor " + name + " has dtype " + dtype_name +
-                "; l2kv reads F32, F16 and BF16");
+                "; l2kv reads F32, F16, BF16 and F8_E4M3");
   for (size_t i = 0; i < out.size(); ++i) {
     uint16_t bits;
     std::memcpy(&bits, data + 2 * i, 2);
@@ -116,10 +120,11 @@ std::map<std::string, TensorView> parse_safetensors(const uint8_t* bytes, size_t
     } catch (const nlohmann::json::exception& e) {
       throw Error(file + ": tensor " + name + " has a malformed header entry (" + e.what() + ")");
     }
-    t.dtype = t.dtype_name == "F32"    ? TensorDType::kF32
-              : t.dtype_name == "F16"  ? TensorDType::kF16
-              : t.dtype_name == "BF16" ? TensorDType::kBF16
-                                       : TensorDType::kOther;
+    t.dtype = t.dtype_name == "F32"       ? TensorDType::kF32
+              : t.dtype_name == "F16"     ? TensorDType::kF16
+              : t.dtype_name == "BF16"    ? TensorDType::kBF16
+              : t.dtype_name == "F8_E4M3" ? TensorDType::kF8E4M3
+                                          : TensorDType::kOther;
     // Every dimension non-negative and the element count representable: a product that
     // overflows could otherwise match the byte count by wrapping around.
     int64_t elements = 1;

@@ -11,7 +11,7 @@
 
 namespace l2kv {
 
-enum class TensorDType : uint8_t { kF32, kF16, kBF16, kOther };
+enum class TensorDType : uint8_t { kF32, kF16, kBF16, kF8E4M3, kOther };
 
 struct TensorView {
   std::string name;
@@ -23,7 +23,7 @@ struct TensorView {
   size_t bytes = 0;
 
   int64_t elements() const;
-  // The values as float32 (F32, F16 or BF16; other dtypes throw).
+  // The values as float32 (F32, F16, BF16 or F8_E4M3; other dtypes throw).
   std::vector<float> to_float() const;
 };
 

@@ -142,7 +142,7 @@ void Gemm::set_stream_max_rows(int rows) {
 }
 
 void Gemm::run(DType dtype, bool f32_out, const void* x, const void* w, void* y, int64_t rows,
-               int64_t in, int64_t out, cudaStream_t stream, const WeightPrefetch& next) {
+               int64_t in, int64_t out, cudaStream_t stream) {
   // Measured on an H200 (l2kv_bench_gemv, cold L2, Llama-3-8B, Qwen2.5-7B and Llama-2-7B
   // shapes, 1-16 rows; bench/results/2026-12-02-h200/gemv-v3/): the GEMV wins on matrices with
   // few output rows (o_proj 1.13-1.32x, down_proj 1.08-1.24x, the fused QKV 0.89-1.08x, at 16
@@ -153,9 +153,7 @@ void Gemm::run(DType dtype, bool f32_out, const void* x, const void* w, void* y,
     return;
   }
   if (rows <= gemv_max_rows_ && out <= kGemvMaxOut && gemv_supports(rows, in, out, x, w)) {
-    GemvFusion prefetch_only;
-    prefetch_only.next_weights = next;
-    gemv(dtype, x, w, y, f32_out, rows, in, out, stream, pdl_, prefetch_only);
+    gemv(dtype, x, w, y, f32_out, rows, in, out, stream, pdl_);
     return;
   }
   const Plan& p = plan_for(dtype, f32_out, rows, in, out, x, w, y, stream);
@@ -166,10 +164,11 @@ void Gemm::run(DType dtype, bool f32_out, const void* x, const void* w, void* y,
 }
 
 void Gemm::linear_fp8(DType dtype, const void* x, const Fp8Weights& w, void* y, int64_t rows,
-                      int64_t in, int64_t out, void* widened, cudaStream_t stream,
-                      const WeightPrefetch& next) {
-  if (gemv_fp8_supports(rows, in, out, x, w)) {
-    gemv_fp8(dtype, x, w, y, rows, in, out, stream, pdl_, next);
+                      int64_t in, int64_t out, void* widened, cudaStream_t stream) {
+  // On an H200 (bench/NOTES.md) the GEMV's row groups re-widen the weights per 16 rows: at 64
+  // rows it streamed at 0.29 of the read ceiling, so larger products widen once instead.
+  if (rows <= kFp8GemvMaxRows && gemv_fp8_supports(rows, in, out, x, w)) {
+    gemv_fp8(dtype, x, w, y, rows, in, out, stream, pdl_);
     return;
   }
   if (widened == nullptr)
@@ -195,8 +194,8 @@ void Gemm::linear_fused(DType dtype, const void* x, const void* w, void* y, int6
 }
 
 void Gemm::linear(DType dtype, const void* x, const void* w, void* y, int64_t rows, int64_t in,
-                  int64_t out, cudaStream_t stream, const WeightPrefetch& next) {
-  run(dtype, false, x, w, y, rows, in, out, stream, next);
+                  int64_t out, cudaStream_t stream) {
+  run(dtype, false, x, w, y, rows, in, out, stream);
 }
 
 void Gemm::linear_f32_out(DType dtype, const void* x, const void* w, float* y, int64_t rows,

@@ -29,20 +29,19 @@ class Gemm {
   Gemm(const Gemm&) = delete;
   Gemm& operator=(const Gemm&) = delete;
 
-  // y in `dtype`, like x and w. `next`: weights the GEMV's blocks prefetch into L2 as they
-  // finish (weight_prefetch.h); cuBLASLt runs ignore it.
+  // y in `dtype`, like x and w.
   void linear(DType dtype, const void* x, const void* w, void* y, int64_t rows, int64_t in,
-              int64_t out, cudaStream_t stream, const WeightPrefetch& next = {});
+              int64_t out, cudaStream_t stream);
   // y in float32 (the LM head's logits).
   void linear_f32_out(DType dtype, const void* x, const void* w, float* y, int64_t rows, int64_t in,
                       int64_t out, cudaStream_t stream);
 
-  // y = x W^T with fp8 weights (gemv_fp8.h): up to kGemvFp8MaxRows rows on the fp8 GEMV (with
-  // programmatic dependent launch as configured, prefetching `next` as gemv() does); more rows
-  // widen W into `widened` (out x in 16-bit elements) and run linear() on it.
+  // y = x W^T with fp8 weights (gemv_fp8.h): up to kFp8GemvMaxRows rows on the fp8 GEMV (with
+  // programmatic dependent launch as configured); more rows widen W into `widened` (out x in
+  // 16-bit elements) and run linear() on it.
+  static constexpr int64_t kFp8GemvMaxRows = 32;
   void linear_fp8(DType dtype, const void* x, const Fp8Weights& w, void* y, int64_t rows,
-                  int64_t in, int64_t out, void* widened, cudaStream_t stream,
-                  const WeightPrefetch& next = {});
+                  int64_t in, int64_t out, void* widened, cudaStream_t stream);
 
   // A projection with the decode layer's fusions (gemv.h): true when `rows` is within
   // gemv_max_rows() and the GEMV supports the problem with `fusion` (x may be null when the
@@ -94,7 +93,7 @@ class Gemm {
   static constexpr int kTuneCandidates = 8;
   static constexpr int kTuneReps = 3;
   void run(DType dtype, bool f32_out, const void* x, const void* w, void* y, int64_t rows,
-           int64_t in, int64_t out, cudaStream_t stream, const WeightPrefetch& next = {});
+           int64_t in, int64_t out, cudaStream_t stream);
 
   cublasLtHandle_t handle_ = nullptr;
   void* workspace_ = nullptr;

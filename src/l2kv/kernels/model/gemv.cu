@@ -23,7 +23,6 @@
 #include "l2kv/kernels/cache_hints.cuh"
 #include "l2kv/kernels/grid_dependency.cuh"
 #include "l2kv/kernels/model/gemv.h"
-#include "l2kv/kernels/model/weight_prefetch.cuh"
 #include "l2kv/kernels/tensor_core.cuh"
 
 namespace l2kv {
@@ -222,14 +221,11 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) gemv_kernel(GemvPar
       load_weights<kNTiles, true>(wv, w_lo, w_hi, it * Tiling::kVecsPerIter, vecs - t);
     multiply<T, kNTiles, true>(acc, wv, xs, it * Tiling::kVecsPerIter, vecs - t);
   }
-  // The block's weights are read: while the other blocks finish, it prefetches its share of the
-  // next projection's weights (a kernel or two later) into L2.
-  if (warp == 0) prefetch_share(f.next_weights, blockIdx.x, gridDim.x);
 
-    // Sum the warps' tiles. Accumulator r of tile nt is the m16n8 C fragment's element
-    // (g + 8 * (r / 2), 2t + r % 2): output feature first_row + g + 8 * (r / 2), x row
-    // 8 nt + 2t + r % 2. One thread finishes the pair of features (g, g + 8) of one x row:
-    // the pair a kSiluMul epilogue combines.
+  // Sum the warps' tiles. Accumulator r of tile nt is the m16n8 C fragment's element
+  // (g + 8 * (r / 2), 2t + r % 2): output feature first_row + g + 8 * (r / 2), x row
+  // 8 nt + 2t + r % 2. One thread finishes the pair of features (g, g + 8) of one x row:
+  // the pair a kSiluMul epilogue combines.
 #pragma unroll
   for (int nt = 0; nt < kNTiles; ++nt)
 #pragma unroll

@@ -10,7 +10,6 @@
 #include <cstdint>
 
 #include "l2kv/core/dtype.h"
-#include "l2kv/kernels/model/weight_prefetch.h"
 
 namespace l2kv {
 
@@ -35,9 +34,6 @@ inline constexpr int64_t kGemvMaxRows = 16;
 //                 features 8 j .. 8 j + 7, the next 8 rows the up features), so each thread
 //                 block holds a feature's gate and up: y[m, f] = round(silu(round(gate)) *
 //                 round(up)), y is [rows, out / 2] and out a multiple of 16.
-//
-// `next_weights`: each block, once it has read its weights, prefetches its share of these into
-// L2 (weight_prefetch.h), so the projection's tail overlaps the next one's first reads.
 enum class GemvEpilogue : uint8_t { kStore, kResidualAdd, kSiluMul };
 
 struct GemvFusion {
@@ -49,7 +45,6 @@ struct GemvFusion {
   GemvEpilogue epilogue = GemvEpilogue::kStore;
   float* residual = nullptr;
   float* residual_sumsq = nullptr;
-  WeightPrefetch next_weights;
 };
 
 // True when gemv() can run this problem: 1 <= rows <= kGemvMaxRows, `in` a positive multiple

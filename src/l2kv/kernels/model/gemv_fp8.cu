@@ -10,6 +10,7 @@
 
 #include <climits>
 #include <string>
+#include <type_traits>
 
 #include "l2kv/core/cuda_check.h"
 #include "l2kv/core/error.h"
@@ -17,7 +18,6 @@
 #include "l2kv/kernels/fp8.cuh"
 #include "l2kv/kernels/grid_dependency.cuh"
 #include "l2kv/kernels/model/gemv_fp8.h"
-#include "l2kv/kernels/model/weight_prefetch.cuh"
 #include "l2kv/kernels/tensor_core.cuh"
 
 namespace l2kv {
@@ -34,11 +34,46 @@ constexpr int kXPerVec = 8;         // 16-bit x per 16-byte load
 
 template <int kNTiles>
 struct Fp8Tiling {
-  // 16-byte W loads per row per lane per iteration; x takes two registers' worth per W vector
-  // and tile, so fewer with two tiles (two blocks per SM cap registers at 128).
-  static constexpr int kUnroll = kNTiles == 1 ? 4 : 2;
+  // 16-byte W loads per row per lane per iteration (2 * kUnroll in flight per lane: at one
+  // byte per weight twice the loads of gemv.cu's for the same bytes in flight); x is loaded
+  // per vector as it is used. Two tiles need more registers for x and accumulators (two blocks
+  // per SM cap registers at 128).
+  static constexpr int kUnroll = kNTiles == 1 ? 8 : 4;
   static constexpr int kVecsPerIter = kLanesPerRow * kUnroll;
 };
+
+// Two E4M3 codes (bytes `pair_selector` picks of `word`) widened to a 16-bit pair without the
+// conversion unit, whose rate (16 per clock per SM) would cap the stream at ~0.65 of the read
+// ceiling: the code's sign, exponent and mantissa bits are placed into T's fields, which
+// reads as the value times 2^-120 (bf16) or 2^-8 (fp16), E4M3 subnormals as T subnormals;
+// one exact multiply by the power of two (16-bit arithmetic keeps subnormals) gives the value.
+template <typename T>
+__device__ __forceinline__ uint32_t widen_pair(uint32_t word, uint32_t pair_selector) {
+  // Bytes b0, b1 of the pair to bits 8-15 and 24-31: each half holds b << 8.
+  const uint32_t t = __byte_perm(word, 0, pair_selector);
+  uint32_t bits;
+  if constexpr (std::is_same_v<T, __half>) {
+    bits = (t & 0x80008000u) | ((t >> 1) & 0x3f803f80u);  // s eeee mmm -> s 0eeee mmm0000000
+    const __half2 v = __hmul2(*reinterpret_cast<const __half2*>(&bits),
+                              __halves2half2(__ushort_as_half(0x5c00), __ushort_as_half(0x5c00)));
+    return *reinterpret_cast<const uint32_t*>(&v);  // times 2^8
+  } else {
+    bits = (t & 0x80008000u) | ((t >> 4) & 0x07f007f0u);  // s eeee mmm -> s 0000eeee mmm0000
+    const __nv_bfloat162 scale{__ushort_as_bfloat16(0x7b80), __ushort_as_bfloat16(0x7b80)};
+    const __nv_bfloat162 v = __hmul2(*reinterpret_cast<const __nv_bfloat162*>(&bits), scale);
+    return *reinterpret_cast<const uint32_t*>(&v);  // times 2^120
+  }
+}
+
+// 16 E4M3 codes (k order) -> two 16-byte vectors of 8 T each.
+template <typename T>
+__device__ __forceinline__ void widen16(uint4 raw, uint4& low, uint4& high) {
+  constexpr uint32_t kLowPair = 0x1404, kHighPair = 0x3424;
+  low = make_uint4(widen_pair<T>(raw.x, kLowPair), widen_pair<T>(raw.x, kHighPair),
+                   widen_pair<T>(raw.y, kLowPair), widen_pair<T>(raw.y, kHighPair));
+  high = make_uint4(widen_pair<T>(raw.z, kLowPair), widen_pair<T>(raw.z, kHighPair),
+                    widen_pair<T>(raw.w, kLowPair), widen_pair<T>(raw.w, kHighPair));
+}
 
 struct Fp8GemvParams {
   const void* x;
@@ -47,7 +82,6 @@ struct Fp8GemvParams {
   int64_t rows, in, out;
   int64_t row_groups;  // ceil(rows / 16): blocks per 16 features
   bool pdl;
-  WeightPrefetch next;
 };
 
 template <typename T, int kNTiles>
@@ -98,41 +132,35 @@ __global__ void __launch_bounds__(kThreads, 2) gemv_fp8_kernel(const Fp8GemvPara
   float acc[kNTiles][4] = {};
   for (; it < iters; it += kWarps) {
     if (it != warp) load(it);
-    uint4 xv[kUnroll][kNTiles][2];
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int64_t r = it * Tiling::kVecsPerIter + u * kLanesPerRow;
+      uint4 xv[kNTiles][2];
 #pragma unroll
       for (int nt = 0; nt < kNTiles; ++nt) {
         const bool in_row = r < lane_vecs;
-        xv[u][nt][0] = in_row ? __ldg(xs[nt] + 2 * r) : make_uint4(0, 0, 0, 0);
-        xv[u][nt][1] = in_row ? __ldg(xs[nt] + 2 * r + 1) : make_uint4(0, 0, 0, 0);
+        xv[nt][0] = in_row ? __ldg(xs[nt] + 2 * r) : make_uint4(0, 0, 0, 0);
+        xv[nt][1] = in_row ? __ldg(xs[nt] + 2 * r + 1) : make_uint4(0, 0, 0, 0);
       }
-    }
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
       uint4 wl[2], wh[2];
-      fp8::widen16<T>(lo[u], wl[0], wl[1]);
-      fp8::widen16<T>(hi[u], wh[0], wh[1]);
+      widen16<T>(lo[u], wl[0], wl[1]);
+      widen16<T>(hi[u], wh[0], wh[1]);
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         const uint32_t a0[4] = {wl[h].x, wh[h].x, wl[h].y, wh[h].y};
         const uint32_t a1[4] = {wl[h].z, wh[h].z, wl[h].w, wh[h].w};
 #pragma unroll
         for (int nt = 0; nt < kNTiles; ++nt) {
-          const uint32_t b0[2] = {xv[u][nt][h].x, xv[u][nt][h].y};
-          const uint32_t b1[2] = {xv[u][nt][h].z, xv[u][nt][h].w};
+          const uint32_t b0[2] = {xv[nt][h].x, xv[nt][h].y};
+          const uint32_t b1[2] = {xv[nt][h].z, xv[nt][h].w};
           tc::mma_m16n8k16<T>(acc[nt], a0, b0);
           tc::mma_m16n8k16<T>(acc[nt], a1, b1);
         }
       }
     }
   }
-  // This warp's weights are read: prefetch the block's share of the next projection's.
-  if (warp == 0) prefetch_share(p.next, blockIdx.x, gridDim.x);
-
-    // Accumulator r of tile nt is feature first_feature + g + 8 * (r / 2), x row
-    // first_row + 8 nt + 2t + r % 2 (the m16n8 C fragment).
+  // Accumulator r of tile nt is feature first_feature + g + 8 * (r / 2), x row
+  // first_row + 8 nt + 2t + r % 2 (the m16n8 C fragment).
 #pragma unroll
   for (int nt = 0; nt < kNTiles; ++nt)
 #pragma unroll
@@ -205,14 +233,13 @@ bool gemv_fp8_supports(int64_t rows, int64_t in, int64_t out, const void* x, con
 }
 
 void gemv_fp8(DType dtype, const void* x, const Fp8Weights& w, void* y, int64_t rows, int64_t in,
-              int64_t out, cudaStream_t stream, bool pdl, const WeightPrefetch& next) {
+              int64_t out, cudaStream_t stream, bool pdl) {
   if (!gemv_fp8_supports(rows, in, out, x, w))
     throw Error("gemv_fp8: unsupported problem rows=" + std::to_string(rows) +
                 " in=" + std::to_string(in) + " out=" + std::to_string(out) +
                 " (needs 1 <= rows <= " + std::to_string(kGemvFp8MaxRows) +
                 ", in a positive multiple of 16, 16-byte aligned x and weights, a scale)");
-  const Fp8GemvParams p{x,   w,   y, rows, in, out, (rows + kRowsPerGroup - 1) / kRowsPerGroup,
-                        pdl, next};
+  const Fp8GemvParams p{x, w, y, rows, in, out, (rows + kRowsPerGroup - 1) / kRowsPerGroup, pdl};
   if (dtype == DType::kFloat16)
     launch<__half>(p, stream);
   else

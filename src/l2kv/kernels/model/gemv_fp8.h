@@ -14,7 +14,6 @@
 #include <cstdint>
 
 #include "l2kv/core/dtype.h"
-#include "l2kv/kernels/model/weight_prefetch.h"
 
 namespace l2kv {
 
@@ -33,9 +32,9 @@ bool gemv_fp8_supports(int64_t rows, int64_t in, int64_t out, const void* x, con
 
 // y[m, n] = round(scale[n] * sum_k x[m, k] * W[n, k]) in `dtype` (x's and y's type). One kernel
 // launch on `stream`, no allocation (graph-capturable); throws l2kv::Error before any launch
-// when gemv_fp8_supports() is false. `pdl` and `next` as gemv()'s (gemv.h).
+// when gemv_fp8_supports() is false. `pdl` as gemv()'s (gemv.h).
 void gemv_fp8(DType dtype, const void* x, const Fp8Weights& w, void* y, int64_t rows, int64_t in,
-              int64_t out, cudaStream_t stream, bool pdl = false, const WeightPrefetch& next = {});
+              int64_t out, cudaStream_t stream, bool pdl = false);
 
 // out[n, k] = round(scale[n] * W[n, k]) in `dtype`: the weights widened for a cuBLASLt product
 // (prompts and batches past kGemvFp8MaxRows). One launch on `stream`.

@@ -11,7 +11,6 @@
 #include "l2kv/kernels/grid_dependency.cuh"
 #include "l2kv/kernels/model/kv_scales.h"
 #include "l2kv/kernels/model/model_ops.h"
-#include "l2kv/kernels/model/weight_prefetch.cuh"
 #include "l2kv/kernels/tensor_core.cuh"
 
 namespace l2kv::ops {
@@ -90,11 +89,10 @@ __global__ void embed_kernel(const int32_t* tokens, const T* embed, int32_t hidd
 // One block per row; thread j owns vectors j, j + blockDim, ... of the row (hidden % 8 == 0).
 template <typename T>
 __global__ void add_rmsnorm_kernel(float* residual, const T* add, const T* weight, float eps,
-                                   int32_t hidden, T* out, const WeightPrefetch next) {
+                                   int32_t hidden, T* out) {
   // The projection behind this kernel may be launched with PDL and start now: it waits for
   // this grid before it reads `out`.
   ptx::launch_dependents();
-  prefetch_share(next, blockIdx.x, gridDim.x);  // weights: independent of the kernel ahead
   ptx::grid_dependency_wait();  // launched with PDL itself: `add` is the kernel ahead's output
   const int64_t base = static_cast<int64_t>(blockIdx.x) * hidden;
   float x[kNormVecsPerThread][kVec];
@@ -131,10 +129,8 @@ __global__ void add_rmsnorm_kernel(float* residual, const T* add, const T* weigh
 // The strided form for a hidden size that is not a multiple of 8.
 template <typename T>
 __global__ void add_rmsnorm_strided_kernel(float* residual, const T* add, const T* weight,
-                                           float eps, int32_t hidden, T* out,
-                                           const WeightPrefetch next) {
+                                           float eps, int32_t hidden, T* out) {
   ptx::launch_dependents();
-  prefetch_share(next, blockIdx.x, gridDim.x);
   ptx::grid_dependency_wait();
   using Traits = tc::ElementTraits<T>;
   const int64_t base = static_cast<int64_t>(blockIdx.x) * hidden;
@@ -205,13 +201,11 @@ template <typename T, bool kFp8>
 __global__ void rope_and_cache_kernel(const T* qkv, const T* bias, const int32_t* positions,
                                       const int32_t* slots, const float* inv_freq, int32_t q_heads,
                                       const PagedKvCache kv, T* q_out, const T* q_norm,
-                                      const T* k_norm, float norm_eps, const WeightPrefetch next) {
+                                      const T* k_norm, float norm_eps) {
   using Traits = tc::ElementTraits<T>;
   // An attention kernel launched with programmatic dependent launch may start now: it waits for
   // this grid's writes before it reads them, and meanwhile prefetches older KV into L2.
   ptx::launch_dependents();
-  prefetch_share(next, int64_t{blockIdx.y} * gridDim.x + blockIdx.x,
-                 int64_t{gridDim.x} * gridDim.y);
   const int t = blockIdx.x, head = blockIdx.y, i = threadIdx.x;
   const int d = kv.head_dim, half = d / 2;
   const int q_dim = q_heads * d, kv_dim = kv.num_kv_heads * d, width = q_dim + 2 * kv_dim;
@@ -358,11 +352,8 @@ __global__ void kv_amax_kernel(const T* qkv, const T* bias, const int32_t* posit
 // of 8 (gemv.h's kSiluMul layout), so features i .. i + 7 have their gate at 2 i and up at
 // 2 i + 8.
 template <typename T, bool kInterleaved>
-__global__ void silu_mul_kernel(const T* gate_up, int32_t inter, T* out,
-                                const WeightPrefetch next) {
+__global__ void silu_mul_kernel(const T* gate_up, int32_t inter, T* out) {
   ptx::launch_dependents();  // as add_rmsnorm_kernel: the down projection may start early
-  prefetch_share(next, int64_t{blockIdx.y} * gridDim.x + blockIdx.x,
-                 int64_t{gridDim.x} * gridDim.y);
   ptx::grid_dependency_wait();
   const int64_t t = blockIdx.y;
   const int i = (static_cast<int>(blockIdx.x) * static_cast<int>(blockDim.x) +
@@ -379,10 +370,8 @@ __global__ void silu_mul_kernel(const T* gate_up, int32_t inter, T* out,
 
 // The strided form for an intermediate size that is not a multiple of 8: one block per token.
 template <typename T>
-__global__ void silu_mul_strided_kernel(const T* gate_up, int32_t inter, T* out,
-                                        const WeightPrefetch next) {
+__global__ void silu_mul_strided_kernel(const T* gate_up, int32_t inter, T* out) {
   ptx::launch_dependents();
-  prefetch_share(next, blockIdx.x, gridDim.x);
   ptx::grid_dependency_wait();
   using Traits = tc::ElementTraits<T>;
   const int64_t t = blockIdx.x;
@@ -422,8 +411,7 @@ void embed(DType dtype, const int32_t* tokens, int32_t num_tokens, const void* t
 }
 
 void add_rmsnorm(DType dtype, float* residual, const void* add, const void* weight, float eps,
-                 int32_t num_tokens, int32_t hidden, void* out, cudaStream_t stream, bool pdl,
-                 const WeightPrefetch& next) {
+                 int32_t num_tokens, int32_t hidden, void* out, cudaStream_t stream, bool pdl) {
   if (num_tokens <= 0) return;
   const int vecs = hidden / kVec;
   const bool vectorized = hidden % kVec == 0 && vecs <= kNormVecsPerThread * kMaxThreads;
@@ -440,14 +428,14 @@ void add_rmsnorm(DType dtype, float* residual, const void* add, const void* weig
                                                     dim3(threads), 0, stream, pdl, attribute);
     L2KV_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, static_cast<float*>(residual),
                                        static_cast<const T*>(add), static_cast<const T*>(weight),
-                                       eps, hidden, static_cast<T*>(out), next));
+                                       eps, hidden, static_cast<T*>(out)));
   });
 }
 
 void rope_and_cache(const void* qkv, const void* bias, const int32_t* positions,
                     const int32_t* slots, const float* inv_freq, int32_t num_tokens,
                     int32_t q_heads, const PagedKvCache& kv, void* q_out, cudaStream_t stream,
-                    bool pdl, const QkNorm& qk_norm, const WeightPrefetch& next) {
+                    bool pdl, const QkNorm& qk_norm) {
   if (num_tokens <= 0) return;
   if (kv.head_dim / 2 > kMaxThreads)
     throw Error("rope_and_cache: head_dim " + std::to_string(kv.head_dim) + " is over " +
@@ -463,7 +451,7 @@ void rope_and_cache(const void* qkv, const void* bias, const int32_t* positions,
     L2KV_CUDA_CHECK(cudaLaunchKernelEx(
         &config, kernel, static_cast<const T*>(qkv), static_cast<const T*>(bias), positions, slots,
         inv_freq, q_heads, kv, static_cast<T*>(q_out), static_cast<const T*>(qk_norm.q_weight),
-        static_cast<const T*>(qk_norm.k_weight), qk_norm.eps, next));
+        static_cast<const T*>(qk_norm.k_weight), qk_norm.eps));
   });
 }
 
@@ -484,7 +472,7 @@ void calculate_kv_scales(const void* qkv, const void* bias, const int32_t* posit
 }
 
 void silu_mul(DType dtype, const void* gate_up, int32_t num_tokens, int32_t inter, void* out,
-              cudaStream_t stream, bool pdl, bool interleaved, const WeightPrefetch& next) {
+              cudaStream_t stream, bool pdl, bool interleaved) {
   if (interleaved && inter % kVec != 0)
     throw Error(
         "silu_mul: an interleaved gate_up needs an intermediate size that is a multiple of 8");
@@ -500,11 +488,11 @@ void silu_mul(DType dtype, const void* gate_up, int32_t num_tokens, int32_t inte
     const cudaLaunchConfig_t config =
         launch_config(vectorized ? dim3(vec_blocks, tokens) : dim3(tokens), dim3(kThreads), 0,
                       stream, pdl, attribute);
-    using Kernel = void (*)(const T*, int32_t, T*, WeightPrefetch);
+    using Kernel = void (*)(const T*, int32_t, T*);
     Kernel kernel = silu_mul_strided_kernel<T>;
     if (vectorized)
       kernel = interleaved ? Kernel{silu_mul_kernel<T, true>} : Kernel{silu_mul_kernel<T, false>};
-    L2KV_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, in, inter, o, next));
+    L2KV_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, in, inter, o));
   });
 }
 

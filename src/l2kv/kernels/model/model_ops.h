@@ -8,7 +8,6 @@
 #include <cstdint>
 
 #include "l2kv/core/dtype.h"
-#include "l2kv/kernels/model/weight_prefetch.h"
 #include "l2kv/kv_cache/paged_kv.h"
 
 namespace l2kv::ops {
@@ -20,11 +19,10 @@ void embed(DType dtype, const int32_t* tokens, int32_t num_tokens, const void* e
 
 // If `add` is set: residual += add (fp32). Then out = RMSNorm(residual) * weight.
 // `pdl` (here and in silu_mul): launch with programmatic dependent launch; the kernel waits for
-// the one ahead before it reads anything. `next` (here, in rope_and_cache and silu_mul): weights
-// the blocks prefetch into L2 as they start (weight_prefetch.h).
+// the one ahead before it reads anything.
 void add_rmsnorm(DType dtype, float* residual, const void* add, const void* weight, float eps,
                  int32_t num_tokens, int32_t hidden, void* out, cudaStream_t stream,
-                 bool pdl = false, const WeightPrefetch& next = {});
+                 bool pdl = false);
 
 // Qwen3's RMSNorm of each q and k head before RoPE: weights [head_dim] in the model's dtype and
 // the model's rms_norm_eps. Null weights (the default) skip the norm of q or k.
@@ -44,7 +42,7 @@ struct QkNorm {
 void rope_and_cache(const void* qkv, const void* bias, const int32_t* positions,
                     const int32_t* slots, const float* inv_freq, int32_t num_tokens,
                     int32_t q_heads, const PagedKvCache& kv, void* q_out, cudaStream_t stream,
-                    bool pdl = false, const QkNorm& qk_norm = {}, const WeightPrefetch& next = {});
+                    bool pdl = false, const QkNorm& qk_norm = {});
 
 // Calculated fp8 KV scales (kv_scales.h) of one layer from the fused QKV projection of a step:
 // over the rows with a slot (>= 0), the largest |K| (bias added, k norm and RoPE applied,
@@ -60,8 +58,7 @@ void calculate_kv_scales(const void* qkv, const void* bias, const int32_t* posit
 // out[t, i] = silu(gate[t, i]) * up[t, i]: gate_up[t] is [gate | up], or with `interleaved`
 // gate and up alternate in groups of 8 features (gemv.h's kSiluMul layout; inter % 8 == 0).
 void silu_mul(DType dtype, const void* gate_up, int32_t num_tokens, int32_t inter, void* out,
-              cudaStream_t stream, bool pdl = false, bool interleaved = false,
-              const WeightPrefetch& next = {});
+              cudaStream_t stream, bool pdl = false, bool interleaved = false);
 
 // out[r, :] = in[rows[r], :] for 16-bit rows of `width`.
 void gather_rows(const void* in, const int32_t* rows, int32_t num_rows, int32_t width, void* out,
