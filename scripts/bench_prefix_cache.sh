@@ -14,9 +14,9 @@ E=(bench --model synthetic:llama3-8b --mode e2e --variants split --input-len 512
   --concurrency 256 --num-prompts 256)
 for i in 1 2; do
   echo "# caching on, run $i: l2kv ${E[*]}"
-  ./build/l2kv "${E[@]}" 2>&1 | grep -A2 -E "^e2e"
+  ./build/l2kv "${E[@]}" 2>&1 | tr "\r" "\n" | grep -A2 -E "^e2e"
   echo "# caching off, run $i: l2kv ${E[*]} --no-enable-prefix-caching"
-  ./build/l2kv "${E[@]}" --no-enable-prefix-caching 2>&1 | grep -A2 -E "^e2e"
+  ./build/l2kv "${E[@]}" --no-enable-prefix-caching 2>&1 | tr "\r" "\n" | grep -A2 -E "^e2e"
 done | tee "$out/e2e_zero_hit.log"
 S=(--num-prompts 256 --input-len 128 --shared-prefix-len 2048 --num-prefixes 1 --output-len 128
   --max-concurrency 64 --vocab-size 128000 --no-progress)

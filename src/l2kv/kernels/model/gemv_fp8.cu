@@ -10,7 +10,6 @@
 
 #include <climits>
 #include <string>
-#include <type_traits>
 
 #include "l2kv/core/cuda_check.h"
 #include "l2kv/core/error.h"
@@ -41,39 +40,6 @@ struct Fp8Tiling {
   static constexpr int kUnroll = kNTiles == 1 ? 8 : 4;
   static constexpr int kVecsPerIter = kLanesPerRow * kUnroll;
 };
-
-// Two E4M3 codes (bytes `pair_selector` picks of `word`) widened to a 16-bit pair without the
-// conversion unit, whose rate (16 per clock per SM) would cap the stream at ~0.65 of the read
-// ceiling: the code's sign, exponent and mantissa bits are placed into T's fields, which
-// reads as the value times 2^-120 (bf16) or 2^-8 (fp16), E4M3 subnormals as T subnormals;
-// one exact multiply by the power of two (16-bit arithmetic keeps subnormals) gives the value.
-template <typename T>
-__device__ __forceinline__ uint32_t widen_pair(uint32_t word, uint32_t pair_selector) {
-  // Bytes b0, b1 of the pair to bits 8-15 and 24-31: each half holds b << 8.
-  const uint32_t t = __byte_perm(word, 0, pair_selector);
-  uint32_t bits;
-  if constexpr (std::is_same_v<T, __half>) {
-    bits = (t & 0x80008000u) | ((t >> 1) & 0x3f803f80u);  // s eeee mmm -> s 0eeee mmm0000000
-    const __half2 v = __hmul2(*reinterpret_cast<const __half2*>(&bits),
-                              __halves2half2(__ushort_as_half(0x5c00), __ushort_as_half(0x5c00)));
-    return *reinterpret_cast<const uint32_t*>(&v);  // times 2^8
-  } else {
-    bits = (t & 0x80008000u) | ((t >> 4) & 0x07f007f0u);  // s eeee mmm -> s 0000eeee mmm0000
-    const __nv_bfloat162 scale{__ushort_as_bfloat16(0x7b80), __ushort_as_bfloat16(0x7b80)};
-    const __nv_bfloat162 v = __hmul2(*reinterpret_cast<const __nv_bfloat162*>(&bits), scale);
-    return *reinterpret_cast<const uint32_t*>(&v);  // times 2^120
-  }
-}
-
-// 16 E4M3 codes (k order) -> two 16-byte vectors of 8 T each.
-template <typename T>
-__device__ __forceinline__ void widen16(uint4 raw, uint4& low, uint4& high) {
-  constexpr uint32_t kLowPair = 0x1404, kHighPair = 0x3424;
-  low = make_uint4(widen_pair<T>(raw.x, kLowPair), widen_pair<T>(raw.x, kHighPair),
-                   widen_pair<T>(raw.y, kLowPair), widen_pair<T>(raw.y, kHighPair));
-  high = make_uint4(widen_pair<T>(raw.z, kLowPair), widen_pair<T>(raw.z, kHighPair),
-                    widen_pair<T>(raw.w, kLowPair), widen_pair<T>(raw.w, kHighPair));
-}
 
 struct Fp8GemvParams {
   const void* x;
@@ -143,8 +109,8 @@ __global__ void __launch_bounds__(kThreads, 2) gemv_fp8_kernel(const Fp8GemvPara
         xv[nt][1] = in_row ? __ldg(xs[nt] + 2 * r + 1) : make_uint4(0, 0, 0, 0);
       }
       uint4 wl[2], wh[2];
-      widen16<T>(lo[u], wl[0], wl[1]);
-      widen16<T>(hi[u], wh[0], wh[1]);
+      fp8::widen16<T>(lo[u], wl[0], wl[1]);
+      fp8::widen16<T>(hi[u], wh[0], wh[1]);
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         const uint32_t a0[4] = {wl[h].x, wh[h].x, wl[h].y, wh[h].y};
