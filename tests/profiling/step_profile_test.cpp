@@ -29,6 +29,14 @@ TEST(StepProfile, ProjectionsFollowTheDecoderGraphOrder) {
   EXPECT_EQ(p[8].out, 1000);
 }
 
+TEST(StepProfile, Fp8ProjectionsCountOneBytePerWeightAndTheLmHeadTwo) {
+  ModelConfig c = two_layer_config();
+  c.fp8_weights = true;
+  const auto p = decode_projections(c);
+  EXPECT_EQ(p[2].weight_bytes, 64 * 256);
+  EXPECT_EQ(p[8].weight_bytes, 64 * 1000 * 2);
+}
+
 TEST(StepProfile, ShortNamesDropNamespacesTemplatesAndParameters) {
   // void l2kv::(anonymous namespace)::gemv_kernel<__nv_bfloat16, 1>(int)
   EXPECT_EQ(short_kernel_name("_ZN4l2kv12_GLOBAL__N_111gemv_kernelI13__nv_bfloat16Li1EEEvi"),

@@ -28,10 +28,11 @@ std::string lowercase(std::string s) {
 
 std::vector<ProjectionShape> decode_projections(const ModelConfig& c) {
   const int64_t elem = dtype_bytes(c.dtype);
+  const int64_t layer_elem = c.fp8_weights ? 1 : elem;  // fp8 projections; the LM head is 16-bit
   const int64_t q = c.num_q_heads * c.head_dim, kv = c.num_kv_heads * c.head_dim;
   const int64_t h = c.hidden_size, inter = c.intermediate_size;
   auto shape = [&](const char* kind, int64_t in, int64_t out) {
-    return ProjectionShape{kind, in, out, in * out * elem};
+    return ProjectionShape{kind, in, out, in * out * layer_elem};
   };
   std::vector<ProjectionShape> p;
   for (int64_t l = 0; l < c.num_layers; ++l) {
@@ -40,7 +41,7 @@ std::vector<ProjectionShape> decode_projections(const ModelConfig& c) {
     p.push_back(shape("gate_up", h, 2 * inter));
     p.push_back(shape("down", inter, h));
   }
-  p.push_back(shape("lm_head", h, c.vocab_size));
+  p.push_back({"lm_head", h, c.vocab_size, h * c.vocab_size * elem});
   return p;
 }
 
