@@ -439,7 +439,34 @@ std::vector<double> qwen3_reference(const testing::TinyQwen3& m, const std::vect
       const Vec o = matvec(w(p + "self_attn.o_proj.weight"), H, attn);
       for (int64_t i = 0; i < H; ++i) resid[t][i] += o[i];
     }
-    for (int64_t t = 0; t < T; ++t) {
+    const bool moe = c.contains("num_experts");
+    for (int64_t t = 0; moe && t < T; ++t) {  // Qwen3-MoE: softmax router, top k, experts
+      Vec h(static_cast<size_t>(H));
+      rms(resid[t].data(), H, w(p + "post_attention_layernorm.weight"), h.data());
+      const int64_t E = c["num_experts"], K = c["num_experts_per_tok"],
+                    inter = c["moe_intermediate_size"];
+      Vec prob = matvec(w(p + "mlp.gate.weight"), E, h);
+      const double top = *std::max_element(prob.begin(), prob.end());
+      double total = 0;
+      for (double& x : prob) total += (x = std::exp(x - top));
+      for (double& x : prob) x /= total;
+      std::vector<int64_t> order(static_cast<size_t>(E));
+      for (int64_t e = 0; e < E; ++e) order[e] = e;
+      std::sort(order.begin(), order.end(),
+                [&](int64_t a, int64_t b) { return prob[a] > prob[b]; });
+      double chosen = 0;
+      for (int64_t i = 0; i < K; ++i) chosen += prob[order[i]];
+      for (int64_t i = 0; i < K; ++i) {
+        const std::string x = p + "mlp.experts." + std::to_string(order[i]) + ".";
+        Vec act = matvec(w(x + "gate_proj.weight"), inter, h);
+        const Vec up = matvec(w(x + "up_proj.weight"), inter, h);
+        for (int64_t j = 0; j < inter; ++j) act[j] = act[j] / (1 + std::exp(-act[j])) * up[j];
+        const Vec down = matvec(w(x + "down_proj.weight"), H, act);
+        const double weight = c["norm_topk_prob"] ? prob[order[i]] / chosen : prob[order[i]];
+        for (int64_t j = 0; j < H; ++j) resid[t][j] += weight * down[j];
+      }
+    }
+    for (int64_t t = 0; !moe && t < T; ++t) {
       Vec h(static_cast<size_t>(H));
       rms(resid[t].data(), H, w(p + "post_attention_layernorm.weight"), h.data());
       const int64_t inter = c["intermediate_size"];
@@ -500,6 +527,57 @@ TEST(CpuModel, Qwen3QkNormMatchesADirectComputation) {
     steps.insert(steps.end(), row.begin(), row.end());
   }
   EXPECT_LT(relative_l2(steps, want), 1e-5);
+}
+
+// Mixture of experts on the CPU backend: a tiny Qwen3-MoE (with and without norm_topk_prob)
+// against the direct double-precision computation, in one forward and in decode steps, and
+// far from the same weights with the other normalization; the same experts under Mixtral's
+// names and config against the computation without q/k norm; a missing expert named.
+TEST(CpuModel, MixtureOfExpertsMatchesADirectComputation) {
+  const std::vector<int32_t> tokens{1, 5, 9, 15, 0, 3, 3, 12, 7};
+  const fs::path dir = fs::temp_directory_path() / ("l2kv_tiny_moe_" + std::to_string(getpid()));
+  for (bool normalize : {true, false}) {
+    const testing::TinyQwen3 m = testing::tiny_qwen3_moe(31, 4, 2, 6, normalize);
+    testing::write_tiny_checkpoint(dir, m.config, m.tensors);
+    const CpuModel model(dir);
+    EXPECT_EQ(model.config().num_experts, 4);
+    EXPECT_EQ(model.config().norm_topk_prob, normalize);
+    const std::vector<double> want = qwen3_reference(m, tokens);
+    const std::vector<float> got = model.forward(tokens);
+    const double error = relative_l2(got, want);
+    std::printf("tiny qwen3-moe (norm_topk_prob %d): logits rel. L2 %.2e\n", normalize, error);
+    EXPECT_LT(error, 1e-5);
+    CpuSequenceState state;
+    std::vector<float> steps = model.extend(state, std::span<const int32_t>(tokens).first(3));
+    for (size_t t = 3; t < tokens.size(); ++t) {
+      const auto row = model.extend(state, std::span<const int32_t>(tokens).subspan(t, 1));
+      steps.insert(steps.end(), row.begin(), row.end());
+    }
+    EXPECT_LT(relative_l2(steps, want), 1e-5);
+    if (normalize) {
+      testing::TinyQwen3 other = m;  // the same model with the other normalization differs
+      other.config["norm_topk_prob"] = false;
+      EXPECT_GT(relative_l2(got, qwen3_reference(other, tokens)), 1e-3);
+      const testing::TinyQwen3 mixtral = testing::as_mixtral(m);
+      testing::write_tiny_checkpoint(dir, mixtral.config, mixtral.tensors);
+      const CpuModel mixtral_model(dir);
+      EXPECT_TRUE(mixtral_model.config().norm_topk_prob);
+      EXPECT_LT(relative_l2(mixtral_model.forward(tokens), qwen3_reference(m, tokens, false)),
+                1e-5);
+    }
+  }
+  testing::TinyQwen3 bad = testing::tiny_qwen3_moe(32);
+  bad.tensors.erase("model.layers.1.mlp.experts.3.up_proj.weight");
+  testing::write_tiny_checkpoint(dir, bad.config, bad.tensors);
+  try {
+    CpuModel model(dir);
+    ADD_FAILURE() << "expected a missing-tensor error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("model.layers.1.mlp.experts.3.up_proj.weight"),
+              std::string::npos)
+        << e.what();
+  }
+  fs::remove_all(dir);
 }
 
 // An fp8 checkpoint in compressed-tensors' layout (E4M3 projection weights with per-channel or

@@ -217,6 +217,39 @@ TEST(ModelConfig, ReadsFp8QuantizationAndNamesWhatIsNotSupported) {
       "format 'pack-quantized'");
 }
 
+TEST(ModelConfig, ReadsMixturesOfExpertsAndRefusesWhatTheyDoNotSupport) {
+  const auto parse = [](const std::string& arch, const std::string& more) {
+    return ModelConfig::from_json_text(R"({"architectures": [")" + arch +
+                                           R"("], "vocab_size": 10, "hidden_size": 8,
+        "intermediate_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2,
+        "num_key_value_heads": 1)" + more + "}",
+                                       "config.json");
+  };
+  const ModelConfig mixtral =
+      parse("MixtralForCausalLM", R"(, "num_local_experts": 8, "num_experts_per_tok": 2)");
+  EXPECT_EQ(mixtral.num_experts, 8);
+  EXPECT_EQ(mixtral.experts_per_token, 2);
+  EXPECT_EQ(mixtral.expert_intermediate_size, 16);
+  EXPECT_TRUE(mixtral.norm_topk_prob);
+  EXPECT_EQ(mixtral.parameter_count() - parse("MistralForCausalLM", "").parameter_count(),
+            8 * (3 * 8 * 16 + 8) - 3 * 8 * 16);
+  const std::string qwen = R"(, "num_experts": 128, "num_experts_per_tok": 8,
+      "moe_intermediate_size": 12, "head_dim": 4)";
+  const ModelConfig moe = parse("Qwen3MoeForCausalLM", qwen + R"(, "norm_topk_prob": true)");
+  EXPECT_EQ(moe.num_experts, 128);
+  EXPECT_EQ(moe.expert_intermediate_size, 12);
+  EXPECT_TRUE(moe.qk_norm);
+  EXPECT_FALSE(parse("Qwen3MoeForCausalLM", qwen).norm_topk_prob);
+  EXPECT_EQ(parse("Qwen3ForCausalLM", "").num_experts, 0);
+  expect_error([&] { parse("Qwen3MoeForCausalLM", qwen + R"(, "decoder_sparse_step": 2)"); },
+               "decoder_sparse_step");
+  expect_error([&] { parse("Qwen3MoeForCausalLM", qwen + R"(, "mlp_only_layers": [0])"); },
+               "mlp_only_layers");
+  expect_error(
+      [&] { parse("MixtralForCausalLM", R"(, "num_local_experts": 2, "num_experts_per_tok": 3)"); },
+      "num_experts_per_tok");
+}
+
 TEST(Safetensors, ReadsF8E4M3) {
   const fs::path dir = fresh_dir("st_fp8");
   const std::string data = {'\x38', '\xc4', '\x00', '\x7e'};  // 1, -3, 0, 448

@@ -114,6 +114,73 @@ inline TinyQwen3 tiny_qwen3(uint32_t seed, int64_t hidden = 12, int64_t heads = 
   return m;
 }
 
+// A tiny Qwen3MoeForCausalLM: tiny_qwen3's attention, and per layer a router over `experts`
+// SwiGLU experts of `expert_inter` (mlp.gate.weight, mlp.experts.N.{gate,up,down}_proj.weight),
+// `top_k` per token. The router's range is wide enough that its top-k choice changes between
+// tokens.
+inline TinyQwen3 tiny_qwen3_moe(uint32_t seed, int64_t experts = 4, int64_t top_k = 2,
+                                int64_t expert_inter = 6, bool norm_topk_prob = true) {
+  TinyQwen3 m = tiny_qwen3(seed);
+  const int64_t hidden = m.config["hidden_size"], layers = m.config["num_hidden_layers"];
+  m.config["architectures"] = {"Qwen3MoeForCausalLM"};
+  m.config["model_type"] = "qwen3_moe";
+  m.config["num_experts"] = experts;
+  m.config["num_experts_per_tok"] = top_k;
+  m.config["moe_intermediate_size"] = expert_inter;
+  m.config["norm_topk_prob"] = norm_topk_prob;
+  m.config["decoder_sparse_step"] = 1;
+  m.config["mlp_only_layers"] = nlohmann::json::array();
+  std::mt19937 rng(seed + 1000);
+  const float k = std::sqrt(12.f / static_cast<float>(hidden));
+  for (int64_t l = 0; l < layers; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".mlp.";
+    for (const char* dense : {"gate_proj.weight", "up_proj.weight", "down_proj.weight"})
+      m.tensors.erase(p + dense);
+    m.tensors[p + "gate.weight"] = {
+        {experts, hidden}, uniform_values(rng, experts * hidden, -2.f * k, 2.f * k), {}};
+    for (int64_t e = 0; e < experts; ++e) {
+      const std::string x = p + "experts." + std::to_string(e) + ".";
+      m.tensors[x + "gate_proj.weight"] = {
+          {expert_inter, hidden}, uniform_values(rng, expert_inter * hidden, -k, k), {}};
+      m.tensors[x + "up_proj.weight"] = {
+          {expert_inter, hidden}, uniform_values(rng, expert_inter * hidden, -k, k), {}};
+      m.tensors[x + "down_proj.weight"] = {
+          {hidden, expert_inter}, uniform_values(rng, hidden * expert_inter, -k, k), {}};
+    }
+  }
+  return m;
+}
+
+// The same experts under Mixtral's names (block_sparse_moe.gate, experts.N.w1 / w3 / w2) and
+// config, without the q/k norm (Mixtral has none): a MixtralForCausalLM of equal arithmetic
+// to the Qwen3-MoE one with norm_topk_prob and no q/k norm.
+inline TinyQwen3 as_mixtral(const TinyQwen3& qwen) {
+  TinyQwen3 m;
+  m.config = qwen.config;
+  m.config["architectures"] = {"MixtralForCausalLM"};
+  m.config["model_type"] = "mixtral";
+  m.config["num_local_experts"] = qwen.config["num_experts"];
+  m.config["intermediate_size"] = qwen.config["moe_intermediate_size"];
+  for (const char* key : {"num_experts", "moe_intermediate_size", "norm_topk_prob",
+                          "decoder_sparse_step", "mlp_only_layers", "head_dim"})
+    m.config.erase(key);
+  m.config["head_dim"] = qwen.config["head_dim"];
+  for (const auto& [name, t] : qwen.tensors) {
+    if (name.find("q_norm") != std::string::npos || name.find("k_norm") != std::string::npos)
+      continue;
+    std::string n = name;
+    auto swap = [&](const std::string& from, const std::string& to) {
+      if (const size_t at = n.find(from); at != std::string::npos) n.replace(at, from.size(), to);
+    };
+    swap(".mlp.", ".block_sparse_moe.");
+    swap("gate_proj", "w1");
+    swap("up_proj", "w3");
+    swap("down_proj", "w2");
+    m.tensors[n] = t;
+  }
+  return m;
+}
+
 // The fp8 form of a tiny checkpoint, as compressed-tensors writes one: every decoder
 // projection's weight quantized to E4M3 with a scale of max |row| / 448 per output row
 // (`per_channel`) or max |W| / 448 per tensor, stored as weight_scale; the rest unchanged.

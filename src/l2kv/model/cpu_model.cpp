@@ -258,6 +258,7 @@ struct CpuModel::GraphOps {
   void norm_gate_up_silu(int64_t l) {
     norm(m.layers_[l].post_attention_norm);
     const Layer& w = m.layers_[l];
+    if (c().num_experts > 0) return mixture_of_experts(w);
     const int64_t H = c().hidden_size, I = c().intermediate_size;
     act = linear(h, T, H, w.gate, I);
     const std::vector<float> up = linear(h, T, H, w.up, I);
@@ -265,8 +266,43 @@ struct CpuModel::GraphOps {
       act[i] = act[i] / (1.f + std::exp(-act[i])) * up[i];  // SwiGLU
   }
   void down_projection_add(int64_t l) {
-    block_out = linear(act, T, c().intermediate_size, m.layers_[l].down, c().hidden_size);
+    if (c().num_experts == 0)  // a mixture of experts has its output in block_out already
+      block_out = linear(act, T, c().intermediate_size, m.layers_[l].down, c().hidden_size);
     add_block_output();
+  }
+  // block_out[t] = sum over the experts the router picks for token t of weight * expert(h[t]),
+  // an expert being silu(gate h) * (up h) then down: as transformers' Mixtral and Qwen3-MoE
+  // blocks (softmax over all experts in float32, the top k, renormalized if norm_topk_prob).
+  void mixture_of_experts(const Layer& w) {
+    const int64_t H = c().hidden_size, E = c().num_experts, K = c().experts_per_token,
+                  I = c().expert_intermediate_size;
+    const std::vector<float> router = linear(h, T, H, w.router, E);
+    block_out.assign(static_cast<size_t>(T * H), 0.f);
+    std::vector<int64_t> order(static_cast<size_t>(E));
+    for (int64_t t = 0; t < T; ++t) {
+      const float* scores = router.data() + t * E;
+      const float top = *std::max_element(scores, scores + E);
+      std::vector<float> p(static_cast<size_t>(E));
+      float sum = 0.f;
+      for (int64_t e = 0; e < E; ++e) sum += (p[e] = std::exp(scores[e] - top));
+      for (float& x : p) x /= sum;
+      for (int64_t e = 0; e < E; ++e) order[e] = e;
+      std::partial_sort(order.begin(), order.begin() + K, order.end(), [&](int64_t a, int64_t b) {
+        return p[a] > p[b] || (p[a] == p[b] && a < b);
+      });
+      float chosen = 0.f;
+      for (int64_t k = 0; k < K; ++k) chosen += p[order[k]];
+      const std::vector<float> x(h.begin() + t * H, h.begin() + (t + 1) * H);
+      for (int64_t k = 0; k < K; ++k) {
+        const int64_t e = order[k];
+        const float weight = c().norm_topk_prob ? p[e] / chosen : p[e];
+        std::vector<float> a = linear(x, 1, H, w.expert_gate[e], I);
+        const std::vector<float> up = linear(x, 1, H, w.expert_up[e], I);
+        for (int64_t i = 0; i < I; ++i) a[i] = a[i] / (1.f + std::exp(-a[i])) * up[i];
+        const std::vector<float> y = linear(a, 1, I, w.expert_down[e], H);
+        for (int64_t i = 0; i < H; ++i) block_out[t * H + i] += weight * y[i];
+      }
+    }
   }
   void final_norm() { norm(m.final_norm_); }
   void lm_head() {

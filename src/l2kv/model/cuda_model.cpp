@@ -118,8 +118,11 @@ struct CudaModel::Workspace {
 
 CudaModel::CudaModel(const std::filesystem::path& folder)
     : config_(ModelConfig::from_folder(folder)), weights_(std::make_unique<Weights>()) {
-  const Checkpoint ckpt(folder);
   const ModelConfig& c = config_;
+  if (c.num_experts > 0)
+    throw Error("CUDA backend: " + c.architecture +
+                " (a mixture of experts) runs on the CPU backend only so far (--device cpu)");
+  const Checkpoint ckpt(folder);
   auto concat = [](std::vector<float> a, const std::vector<float>& b) {
     a.insert(a.end(), b.begin(), b.end());
     return a;

@@ -73,9 +73,24 @@ HfLayerWeights load_hf_layer_weights(const Checkpoint& checkpoint, const ModelCo
     w.q_norm = load("self_attn.q_norm.weight", {c.head_dim});
     w.k_norm = load("self_attn.k_norm.weight", {c.head_dim});
   }
-  projection("mlp.gate_proj", c.intermediate_size, c.hidden_size, w.gate, w.gate8);
-  projection("mlp.up_proj", c.intermediate_size, c.hidden_size, w.up, w.up8);
-  projection("mlp.down_proj", c.hidden_size, c.intermediate_size, w.down, w.down8);
+  if (c.num_experts > 0) {
+    const bool mixtral = c.architecture == "MixtralForCausalLM";
+    const std::string moe = mixtral ? "block_sparse_moe." : "mlp.";
+    const int64_t I = c.expert_intermediate_size;
+    w.router = load(moe + "gate.weight", {c.num_experts, c.hidden_size});
+    for (int64_t e = 0; e < c.num_experts; ++e) {
+      const std::string x = moe + "experts." + std::to_string(e) + ".";
+      w.expert_gate.push_back(
+          load(x + (mixtral ? "w1" : "gate_proj") + ".weight", {I, c.hidden_size}));
+      w.expert_up.push_back(load(x + (mixtral ? "w3" : "up_proj") + ".weight", {I, c.hidden_size}));
+      w.expert_down.push_back(
+          load(x + (mixtral ? "w2" : "down_proj") + ".weight", {c.hidden_size, I}));
+    }
+  } else {
+    projection("mlp.gate_proj", c.intermediate_size, c.hidden_size, w.gate, w.gate8);
+    projection("mlp.up_proj", c.intermediate_size, c.hidden_size, w.up, w.up8);
+    projection("mlp.down_proj", c.hidden_size, c.intermediate_size, w.down, w.down8);
+  }
   auto scale = [&](const std::string& name) {
     const TensorView* t = checkpoint.find(p + name);
     if (t == nullptr) return 1.f;

@@ -36,7 +36,12 @@ struct HfLayerWeights {
   std::vector<float> q, k, v, o;
   std::vector<float> q_bias, k_bias, v_bias;  // empty without QKV bias
   std::vector<float> q_norm, k_norm;          // [head_dim] each (Qwen3); empty without qk_norm
-  std::vector<float> gate, up, down;
+  std::vector<float> gate, up, down;          // empty in a mixture of experts
+  // Mixture of experts: the router [experts, hidden] and each expert's gate, up [I_e, hidden]
+  // and down [hidden, I_e] (Mixtral's block_sparse_moe.experts.N.w1 / w3 / w2, Qwen3-MoE's
+  // mlp.experts.N.gate_proj / up_proj / down_proj).
+  std::vector<float> router;
+  std::vector<std::vector<float>> expert_gate, expert_up, expert_down;
   HfFp8Projection q8, k8, v8, o8, gate8, up8, down8;  // Fp8Projections::kAsStored
   // fp8 KV cache scales (self_attn.k_scale / v_scale, as vLLM's fp8 checkpoints store them);
   // 1 when the checkpoint has none.

@@ -181,14 +181,16 @@ ModelConfig ModelConfig::from_json_text(const std::string& text, const std::stri
     const auto archs = j.at("architectures").get<std::vector<std::string>>();
     if (archs.size() != 1) throw Error(origin + ": expected one architecture");
     c.architecture = archs[0];
+    const bool mixtral = c.architecture == "MixtralForCausalLM";
     const bool llama =
-        c.architecture == "LlamaForCausalLM" || c.architecture == "MistralForCausalLM";
+        c.architecture == "LlamaForCausalLM" || c.architecture == "MistralForCausalLM" || mixtral;
     const bool qwen2 = c.architecture == "Qwen2ForCausalLM";
-    const bool qwen3 = c.architecture == "Qwen3ForCausalLM";
+    const bool qwen3_moe = c.architecture == "Qwen3MoeForCausalLM";
+    const bool qwen3 = c.architecture == "Qwen3ForCausalLM" || qwen3_moe;
     if (!llama && !qwen2 && !qwen3)
       throw Error(origin + ": architecture " + c.architecture +
-                  " is not supported (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM, "
-                  "Qwen3ForCausalLM are)");
+                  " is not supported (LlamaForCausalLM, MistralForCausalLM, MixtralForCausalLM, "
+                  "Qwen2ForCausalLM, Qwen3ForCausalLM, Qwen3MoeForCausalLM are)");
     const auto size = [&](const char* key, int64_t fallback, int64_t hi) {
       return integer_field(j, key, fallback, std::numeric_limits<int64_t>::min(), hi, origin);
     };
@@ -231,6 +233,34 @@ ModelConfig ModelConfig::from_json_text(const std::string& text, const std::stri
                       " is not supported (full_attention is)");
     c.rope = read_rope(j, origin);
     c.fp8_weights = read_fp8_quantization(j, origin);
+    if (mixtral) {
+      c.num_experts = size("num_local_experts", 0, 4096);
+      c.experts_per_token = size("num_experts_per_tok", 0, 4096);
+      c.expert_intermediate_size = c.intermediate_size;
+      c.norm_topk_prob = true;  // Mixtral always renormalizes its top-k weights
+    } else if (qwen3_moe) {
+      c.num_experts = size("num_experts", 0, 4096);
+      c.experts_per_token = size("num_experts_per_tok", 0, 4096);
+      c.expert_intermediate_size = size("moe_intermediate_size", 0, kMaxDimension);
+      c.norm_topk_prob = j.value("norm_topk_prob", false);
+      if (size("decoder_sparse_step", 1, kMaxLayers) != 1)
+        throw Error(origin + ": decoder_sparse_step other than 1 is not supported");
+      if (j.contains("mlp_only_layers") && j["mlp_only_layers"].is_array() &&
+          !j["mlp_only_layers"].empty())
+        throw Error(origin +
+                    ": mlp_only_layers (dense layers among the MoE ones) is not "
+                    "supported");
+      if (j.value("shared_expert_intermediate_size", 0) > 0)
+        throw Error(origin + ": shared experts are not supported");
+    }
+    if ((mixtral || qwen3_moe) &&
+        (c.num_experts < 1 || c.experts_per_token < 1 || c.experts_per_token > c.num_experts ||
+         c.expert_intermediate_size < 1))
+      throw Error(origin +
+                  ": a mixture of experts needs 1 <= num_experts_per_tok <= the number "
+                  "of experts and a positive expert intermediate size");
+    if (c.num_experts > 0 && c.fp8_weights)
+      throw Error(origin + ": fp8 mixture-of-experts checkpoints are not supported yet");
     const std::string dtype = j.value("torch_dtype", j.value("dtype", std::string("bfloat16")));
     c.dtype = dtype == "float16" ? DType::kFloat16 : DType::kBFloat16;
     add_eos_ids(j, c.eos_token_ids, origin);
@@ -302,7 +332,9 @@ int64_t ModelConfig::parameter_count() const {
   const int64_t q_dim = num_q_heads * head_dim, kv_dim = num_kv_heads * head_dim;
   const int64_t attention = hidden_size * (q_dim + 2 * kv_dim) + q_dim * hidden_size +
                             (qkv_bias ? q_dim + 2 * kv_dim : 0);
-  const int64_t mlp = 3 * hidden_size * intermediate_size;
+  const int64_t mlp = num_experts > 0
+                          ? num_experts * (3 * hidden_size * expert_intermediate_size + hidden_size)
+                          : 3 * hidden_size * intermediate_size;
   const int64_t per_layer = attention + mlp + 2 * hidden_size + (qk_norm ? 2 * head_dim : 0);
   return vocab_size * hidden_size * (tie_word_embeddings ? 1 : 2) + num_layers * per_layer +
          hidden_size;

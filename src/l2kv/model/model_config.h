@@ -49,6 +49,14 @@ struct ModelConfig {
   // norms, embeddings and the LM head stay in `dtype`. Activations stay 16-bit (W8A16): the CUDA
   // backend widens the weights on the fly, the CPU backend dequantizes them when it loads.
   bool fp8_weights = false;
+  // Mixture of experts (MixtralForCausalLM, Qwen3MoeForCausalLM): every layer's MLP is
+  // `num_experts` SwiGLU experts of `expert_intermediate_size`, of which a router picks
+  // `experts_per_token` per token by softmax probability; their outputs are summed weighted by
+  // those probabilities, renormalized to sum 1 when norm_topk_prob. 0 experts: a dense MLP.
+  int64_t num_experts = 0;
+  int64_t experts_per_token = 0;
+  int64_t expert_intermediate_size = 0;
+  bool norm_topk_prob = false;
   // Tokens that end generation: config.json's eos_token_id (an id or a list, may be absent or
   // null), united with generation_config.json's when the folder has one. Empty for synthetic
   // shapes.
