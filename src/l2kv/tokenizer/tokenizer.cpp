@@ -1,5 +1,6 @@
 #include "l2kv/tokenizer/tokenizer.h"
 
+#include <cstdio>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
@@ -119,6 +120,29 @@ std::string Tokenizer::decode(std::span<const int32_t> ids, bool skip_special_to
   std::string text;
   for (const auto& t : tokens) text += t;
   return text;
+}
+
+std::string Tokenizer::token_bytes(int32_t id) const {
+  if (const AddedToken* added = added_.find(id)) return added->content;
+  if (id < 0 || id >= model_->vocab_size() || model_->id_to_token(id).empty())
+    throw Error("token_bytes: token id " + std::to_string(id) + " is outside the vocabulary of " +
+                std::to_string(vocab_size()));
+  const std::string& piece = model_->id_to_token(id);
+  if (!decoder_) return piece;
+  auto joined = [&](std::vector<std::string> tokens) {
+    std::string text;
+    for (const auto& t : decoder_->decode_chain(std::move(tokens))) text += t;
+    return text;
+  };
+  unsigned value = 0;
+  if (piece.size() == 6 && piece.starts_with("<0x") && piece.back() == '>' &&
+      std::sscanf(piece.c_str() + 3, "%2x", &value) == 1 && joined({piece}) != piece)
+    return std::string(1, static_cast<char>(value));  // the decoder's byte fallback took it
+  // After another token, so that decoders that strip the text's first space keep this one's.
+  const std::string before = joined({"a"});
+  const std::string both = joined({"a", piece});
+  if (both.starts_with(before)) return both.substr(before.size());
+  return joined({piece});
 }
 
 std::optional<int32_t> Tokenizer::token_to_id(std::string_view token) const {
