@@ -3,6 +3,7 @@
 // check of every token of small vocabularies, state after state.
 #include <gtest/gtest.h>
 
+#include <filesystem>
 #include <memory>
 #include <random>
 #include <string>
@@ -12,6 +13,8 @@
 #include "l2kv/structured/grammar_matcher.h"
 #include "l2kv/structured/json_schema.h"
 #include "l2kv/structured/regex_grammar.h"
+#include "l2kv/structured/tokenizer_vocabulary.h"
+#include "l2kv/tokenizer/tokenizer.h"
 
 namespace l2kv::structured {
 namespace {
@@ -216,6 +219,34 @@ TEST(GrammarMatcher, EosOnlyWhenComplete) {
   EXPECT_TRUE(m.accept_token(3));
   EXPECT_TRUE(m.terminated());
   EXPECT_EQ(m.fill_mask(mask), 0);
+}
+
+}  // namespace
+}  // namespace l2kv::structured
+
+namespace l2kv::structured {
+namespace {
+
+// Token bytes of real tokenizers (byte-level BPE and SentencePiece with byte fallback) spell
+// the text they encode, split UTF-8 characters included.
+TEST(TokenizerVocabulary, TokenBytesSpellTheEncodedText) {
+  const std::string text = "Hello, wörld! 東京 {\"a\": [1, 2.5]}\n\tend 🙂";
+  for (const char* name : {"llama2", "llama3_1", "qwen3"}) {
+    const std::filesystem::path folder = std::filesystem::path(L2KV_TOKENIZER_PACKAGES) /
+                                         (std::string("tokenizer-") + name) / "models";
+    if (!std::filesystem::exists(folder / "tokenizer.json"))
+      GTEST_SKIP() << "run scripts/tokenizer_test_data.sh for " << folder;
+    const Tokenizer tokenizer = Tokenizer::from_folder(folder);
+    std::string spelled;
+    for (int32_t id : tokenizer.encode(text, false)) spelled += tokenizer.token_bytes(id);
+    // SentencePiece writes the text's first word with its leading space.
+    EXPECT_TRUE(spelled == text || spelled == " " + text) << name << ": " << spelled;
+    const TokenVocabulary vocab = tokenizer_vocabulary(tokenizer, tokenizer.vocab_size(), {});
+    int64_t special_with_bytes = 0;
+    for (int32_t id = 0; id < tokenizer.vocab_size(); ++id)
+      special_with_bytes += tokenizer.is_special(id) && !vocab.bytes(id).empty();
+    EXPECT_EQ(special_with_bytes, 0) << name;
+  }
 }
 
 }  // namespace

@@ -7,6 +7,7 @@
 
 #include "l2kv/core/error.h"
 #include "l2kv/tokenizer/bpe_model.h"
+#include "l2kv/tokenizer/byte_level.h"
 #include "l2kv/tokenizer/decoder.h"
 #include "l2kv/tokenizer/normalizer.h"
 #include "l2kv/tokenizer/post_processor.h"
@@ -67,6 +68,11 @@ Tokenizer Tokenizer::from_json(std::string_view tokenizer_json, std::string_view
     t.normalizer_ = make_normalizer(spec.value("normalizer", nlohmann::json()));
     t.pre_tokenizer_ = make_pre_tokenizer(spec.value("pre_tokenizer", nlohmann::json()));
     t.decoder_ = make_decoder(spec.value("decoder", nlohmann::json()));
+    const nlohmann::json decoder = spec.value("decoder", nlohmann::json());
+    t.byte_level_decoder_ = decoder.is_object() && decoder.value("type", "") == "ByteLevel";
+    if (decoder.is_object() && decoder.value("type", "") == "Sequence")
+      for (const auto& d : decoder.value("decoders", nlohmann::json::array()))
+        t.byte_level_decoder_ |= d.is_object() && d.value("type", "") == "ByteLevel";
     t.post_processor_ =
         std::make_unique<PostProcessor>(spec.value("post_processor", nlohmann::json()));
     t.added_ = AddedVocabulary(spec.value("added_tokens", nlohmann::json::array()));
@@ -129,6 +135,20 @@ std::string Tokenizer::token_bytes(int32_t id) const {
                 std::to_string(vocab_size()));
   const std::string& piece = model_->id_to_token(id);
   if (!decoder_) return piece;
+  if (byte_level_decoder_) {
+    // Each character is one byte; a token may end inside a UTF-8 sequence, which the decoder
+    // would repair to U+FFFD.
+    std::string bytes;
+    for (size_t i = 0; i < piece.size();) {
+      const size_t start = i;
+      const char32_t cp = utf8::next(piece, i);
+      if (const auto b = byte_level::byte_of(cp))
+        bytes += static_cast<char>(*b);
+      else
+        bytes.append(piece, start, i - start);
+    }
+    return bytes;
+  }
   auto joined = [&](std::vector<std::string> tokens) {
     std::string text;
     for (const auto& t : decoder_->decode_chain(std::move(tokens))) text += t;

@@ -66,6 +66,9 @@ class Tokenizer {
   std::unique_ptr<PostProcessor> post_processor_;
   AddedVocabulary added_;
   std::string bos_token_, eos_token_, chat_template_;
+  // The decoder maps GPT-2's byte-level alphabet back to bytes (token_bytes does it per token,
+  // without the decoder's UTF-8 repair).
+  bool byte_level_decoder_ = false;
 };
 
 }  // namespace l2kv
