@@ -9,6 +9,8 @@
 #include <vector>
 
 #include "l2kv/chat/chat_template.h"
+#include "l2kv/structured/grammar_cache.h"
+#include "l2kv/structured/grammar_matcher.h"
 #include "l2kv/tokenizer/tokenizer.h"
 
 namespace l2kv::server {
@@ -292,6 +294,78 @@ TEST(OpenAiProtocol, RefusesFieldsItDoesNotImplement) {
       "priority": 0, "guided_json": null, "tools": null})"));
   // A null of an unknown field is still an unknown field.
   EXPECT_EQ(error_of([&] { chat("{" + msgs + R"(, "temprature": null})"); }).param, "temprature");
+}
+
+// Structured outputs: each form compiles to a grammar (cached per constraint text), and what
+// cannot be compiled or combined is a 400 naming the field and the keyword.
+TEST(OpenAiProtocol, StructuredOutputs) {
+  std::vector<std::string> tokens;
+  for (int c = 0; c < 100; ++c) tokens.emplace_back(1, static_cast<char>(0x20 + c % 95));
+  structured::GrammarCache cache(
+      std::make_shared<structured::TokenVocabulary>(tokens, std::vector<int32_t>{99}));
+  ServerLimits limits = kLimits;
+  limits.grammars = &cache;
+  const std::string msgs = R"("messages": [{"role": "user", "content": "x"}])";
+  auto chat_with = [&](const std::string& fields) {
+    return parse_chat_request(json::parse("{" + msgs + ", " + fields + "}"), limits);
+  };
+  auto accepts = [](const ApiRequest& r, const std::string& text) {
+    structured::GrammarMatcher m(r.grammar);
+    return m.accept_bytes(text) && m.accepting();
+  };
+  const std::string schema =
+      R"({"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]})";
+  const ApiRequest r = chat_with(R"("response_format": {"type": "json_schema", "json_schema":
+      {"name": "n", "strict": true, "schema": )" +
+                                 schema + "}}");
+  ASSERT_TRUE(r.grammar);
+  EXPECT_TRUE(accepts(r, R"({"a": 5})"));
+  EXPECT_FALSE(accepts(r, R"({"b": 5})"));
+  // The same schema again is the same compiled grammar.
+  EXPECT_EQ(chat_with(R"("structured_outputs": {"json": )" + schema + "}").grammar, r.grammar);
+  EXPECT_EQ(cache.compilations(), 1);
+  EXPECT_TRUE(accepts(chat_with(R"("response_format": {"type": "json_object"})"), "{}"));
+  EXPECT_TRUE(accepts(chat_with(R"("structured_outputs": {"regex": "[0-9]{2}"})"), "42"));
+  EXPECT_TRUE(accepts(chat_with(R"("structured_outputs": {"choice": ["yes", "no"]})"), "no"));
+  EXPECT_TRUE(accepts(chat_with(R"("guided_choice": ["yes", "no"])"), "yes"));
+  EXPECT_TRUE(
+      accepts(parse_completion_request(
+                  json::parse(R"({"prompt": "x", "guided_json": "{\"type\": \"null\"}"})"), limits),
+              "null"));
+  EXPECT_FALSE(chat_with(R"("response_format": {"type": "text"})").grammar);
+  EXPECT_FALSE(chat("{" + msgs + "}").grammar);
+
+  struct Bad {
+    std::string fields, param, words;
+  };
+  const std::vector<Bad> bad = {
+      {R"("response_format": {"type": "json_schema", "json_schema": {"name": "n", "schema":
+          {"type": "object", "patternProperties": {}}}})",
+       "response_format", "patternProperties"},
+      {R"("response_format": {"type": "json_schema", "json_schema": {"name": "n", "schema":
+          {"type": "string", "format": "hostname"}}})",
+       "response_format", "hostname"},
+      {R"("response_format": {"type": "json_schema", "json_schema": {"name": "n"}})",
+       "response_format", "schema"},
+      {R"("response_format": {"type": "yaml"})", "response_format", "yaml"},
+      {R"("structured_outputs": {"regex": "(a)\\1"})", "structured_outputs", "backreferences"},
+      {R"("structured_outputs": {"grammar": "root ::= x"})", "structured_outputs", "grammar"},
+      {R"("structured_outputs": {"choice": []})", "structured_outputs", "choice"},
+      {R"("structured_outputs": {"regex": "a", "choice": ["a"]})", "structured_outputs",
+       "Only one"},
+      {R"("response_format": {"type": "json_object"}, "guided_regex": "a")", "guided_regex",
+       "Only one"},
+  };
+  for (const Bad& b : bad) {
+    const ApiError e = error_of([&] { chat_with(b.fields); });
+    EXPECT_EQ(e.status, 400) << b.fields;
+    EXPECT_EQ(e.param, b.param) << b.fields;
+    EXPECT_NE(e.message.find(b.words), std::string::npos) << b.fields << ": " << e.message;
+  }
+  // Without a tokenizer (no grammar cache) a constraint is a 400 that says why.
+  const ApiError e = error_of([&] { chat("{" + msgs + R"(, "guided_regex": "a"})"); });
+  EXPECT_EQ(e.param, "guided_regex");
+  EXPECT_NE(e.message.find("tokenizer"), std::string::npos);
 }
 
 TEST(OpenAiProtocol, RefusesUnknownRolesAndToolMessages) {

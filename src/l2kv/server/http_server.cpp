@@ -13,12 +13,15 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <optional>
 #include <random>
 
 #include "l2kv/core/error.h"
 #include "l2kv/server/engine_loop.h"
 #include "l2kv/server/metrics.h"
 #include "l2kv/server/openai_protocol.h"
+#include "l2kv/structured/grammar_cache.h"
+#include "l2kv/structured/tokenizer_vocabulary.h"
 #include "l2kv/tokenizer/tokenizer.h"
 
 namespace l2kv::server {
@@ -241,6 +244,7 @@ struct HttpServer::Impl {
   ServingModel model;
   HttpServerOptions options;
   ServerLimits limits;
+  std::optional<structured::GrammarCache> grammars;  // with a tokenizer
   ConnectionServer server;
   // Generations in flight, each holding an HTTP worker (streams for as long as they run); at
   // most options.threads, so the kControlWorkers beyond them always answer /health.
@@ -252,6 +256,12 @@ struct HttpServer::Impl {
     limits.served_model_name = options.served_model_name;
     limits.max_model_len = loop.config().max_model_len;
     limits.vocab_size = loop.vocab_size();
+    if (model.tokenizer) {
+      grammars.emplace(
+          std::make_shared<const structured::TokenVocabulary>(structured::tokenizer_vocabulary(
+              *model.tokenizer, limits.vocab_size, loop.eos_token_ids())));
+      limits.grammars = &*grammars;
+    }
     routes();
   }
 
@@ -424,6 +434,7 @@ struct HttpServer::Impl {
         e.params.max_tokens = max_tokens;
         e.prompt_logprobs = engine_prompt_logprobs(r);
         e.prompt_only = r.prompt_only;
+        e.grammar = r.grammar;
         if (r.params.seed) e.params.seed = *r.params.seed + static_cast<uint64_t>(j);
         requests.push_back(std::move(e));
       }

@@ -9,6 +9,9 @@
 
 #include "l2kv/chat/chat_template.h"
 #include "l2kv/core/error.h"
+#include "l2kv/structured/grammar_cache.h"
+#include "l2kv/structured/json_schema.h"
+#include "l2kv/structured/regex_grammar.h"
 #include "l2kv/tokenizer/tokenizer.h"
 
 namespace l2kv::server {
@@ -146,11 +149,7 @@ const std::vector<FieldRule>& field_rules() {
       {"safety_identifier", kChatOnly, kHint},
       {"prompt_cache_key", kChatOnly, kHint},
       {"suffix", kCompletionsOnly, kUnsupported, {}, "l2kv does not fill in the middle."},
-      {"response_format",
-       kBoth,
-       kUnsupported,
-       {R"({"type": "text"})"},
-       "only {\"type\": \"text\"}: l2kv has no structured outputs yet."},
+      {"response_format", kBoth, kImplemented},
       {"tools", kChatOnly, kUnsupported, {"[]"}, "l2kv does not parse tool calls yet."},
       {"tool_choice",
        kChatOnly,
@@ -223,14 +222,26 @@ const std::vector<FieldRule>& field_rules() {
       {"chat_template", kChatOnly, kUnsupported, {}, "l2kv uses the model's chat template."},
       {"chat_template_kwargs", kChatOnly, kUnsupported, {}, "l2kv passes no template variables."},
       {"mm_processor_kwargs", kBoth, kUnsupported, {}, "l2kv serves text-only models."},
-      {"guided_json", kBoth, kUnsupported, {}, "l2kv has no structured outputs yet."},
-      {"guided_regex", kBoth, kUnsupported, {}, "l2kv has no structured outputs yet."},
-      {"guided_choice", kBoth, kUnsupported, {}, "l2kv has no structured outputs yet."},
-      {"guided_grammar", kBoth, kUnsupported, {}, "l2kv has no structured outputs yet."},
-      {"guided_decoding_backend", kBoth, kUnsupported, {}, "l2kv has no structured outputs yet."},
-      {"guided_whitespace_pattern", kBoth, kUnsupported, {}, "l2kv has no structured outputs yet."},
-      {"structural_tag", kBoth, kUnsupported, {}, "l2kv has no structured outputs yet."},
-      {"structured_outputs", kBoth, kUnsupported, {}, "l2kv has no structured outputs yet."},
+      {"guided_json", kBoth, kImplemented},
+      {"guided_regex", kBoth, kImplemented},
+      {"guided_choice", kBoth, kImplemented},
+      {"guided_grammar",
+       kBoth,
+       kUnsupported,
+       {},
+       "l2kv has no grammars (use a JSON schema, a regex or choices)."},
+      {"guided_decoding_backend",
+       kBoth,
+       kUnsupported,
+       {},
+       "l2kv has one structured-output backend of its own."},
+      {"guided_whitespace_pattern",
+       kBoth,
+       kUnsupported,
+       {},
+       "whitespace in structured JSON is at most 16 spaces, tabs and newlines."},
+      {"structural_tag", kBoth, kUnsupported, {}, "l2kv has no structural tags."},
+      {"structured_outputs", kBoth, kImplemented},
       {"priority", kBoth, kUnsupported, {"0"}, "l2kv schedules first come, first served."},
       {"request_id", kBoth, kUnsupported, {}, "l2kv names its requests itself."},
       {"logits_processors", kBoth, kUnsupported, {}, "l2kv runs no custom logits processors."},
@@ -289,6 +300,166 @@ void parse_logit_bias(const json& body, SamplingParams& p) {
   std::sort(p.logit_bias.begin(), p.logit_bias.end());
 }
 
+// A structured-output constraint as asked: the field it came from, its key in the grammar cache
+// (kind and text) and how to compile it.
+struct Constraint {
+  std::string param;
+  std::string key;
+  std::function<structured::Grammar()> compile;
+};
+
+// A schema given as an object (or true/false) or, as vLLM allows, as a JSON string.
+json schema_value(const json& v, const std::string& param) {
+  if (v.is_object() || v.is_boolean()) return v;
+  if (v.is_string()) {
+    try {
+      json parsed = json::parse(v.get<std::string>());
+      if (parsed.is_object() || parsed.is_boolean()) return parsed;
+    } catch (const json::exception&) {
+    }
+  }
+  bad_request("'" + param + "' must be a JSON schema (an object).", param);
+}
+
+Constraint schema_constraint(const json& schema, const std::string& param) {
+  return {param, "json_schema\n" + schema.dump(),
+          [schema] { return structured::json_schema_grammar(schema); }};
+}
+
+Constraint json_object_constraint(const std::string& param) {
+  return {param, "json_object", [] { return structured::json_object_grammar(); }};
+}
+
+// `name`: the field as the client wrote it (structured_outputs.regex), for messages.
+Constraint regex_constraint(const json& v, const std::string& param, const std::string& name) {
+  if (!v.is_string()) bad_request("'" + name + "' must be a string (a regex).", param);
+  const std::string pattern = v.get<std::string>();
+  return {param, "regex\n" + pattern, [pattern] { return structured::regex_grammar(pattern); }};
+}
+
+Constraint choice_constraint(const json& v, const std::string& param, const std::string& name) {
+  if (!v.is_array() || v.empty())
+    bad_request("'" + name + "' must be a non-empty list of strings.", param);
+  std::vector<std::string> choices;
+  for (const json& c : v) {
+    if (!c.is_string()) bad_request("'" + name + "' must be a non-empty list of strings.", param);
+    choices.push_back(c.get<std::string>());
+  }
+  return {param, "choice\n" + v.dump(), [choices] { return structured::choice_grammar(choices); }};
+}
+
+// response_format: {"type": "text"}, {"type": "json_object"} or {"type": "json_schema",
+// "json_schema": {"name", "description"?, "schema", "strict"?}} (OpenAI's shapes).
+void response_format_constraint(const json& body, std::vector<Constraint>& out) {
+  const json* rf = field(body, "response_format");
+  if (!rf) return;
+  const char* param = "response_format";
+  if (!rf->is_object() || !rf->contains("type") || !(*rf)["type"].is_string())
+    bad_request("'response_format' must be an object with a 'type'.", param);
+  const std::string type = (*rf)["type"].get<std::string>();
+  for (const auto& [key, value] : rf->items())
+    if (key != "type" && !(key == "json_schema" && type == "json_schema") && !value.is_null())
+      bad_request("'response_format." + key + "' is not supported with type '" + type + "'.",
+                  param);
+  if (type == "text") return;
+  if (type == "json_object") {
+    out.push_back(json_object_constraint(param));
+    return;
+  }
+  if (type != "json_schema")
+    bad_request("'response_format.type' must be 'text', 'json_object' or 'json_schema', got '" +
+                    type + "'.",
+                param);
+  const json* js = field(*rf, "json_schema");
+  if (!js || !js->is_object())
+    bad_request("'response_format.json_schema' must be an object.", param);
+  for (const auto& [key, value] : js->items()) {
+    if (key == "name" || key == "description") {
+      if (!value.is_null() && !value.is_string())
+        bad_request("'response_format.json_schema." + key + "' must be a string.", param);
+    } else if (key == "strict") {
+      if (!value.is_null() && !value.is_boolean())
+        bad_request("'response_format.json_schema.strict' must be a boolean.", param);
+    } else if (key != "schema") {
+      bad_request("'response_format.json_schema." + key + "' is not a field of json_schema.",
+                  param);
+    }
+  }
+  const json* schema = field(*js, "schema");
+  if (!schema) bad_request("'response_format.json_schema.schema' is required.", param);
+  out.push_back(schema_constraint(schema_value(*schema, "response_format"), param));
+}
+
+// vLLM's structured_outputs: {"json" | "regex" | "choice" | "json_object": ...} and the older
+// guided_json / guided_regex / guided_choice fields.
+void vllm_constraints(const json& body, std::vector<Constraint>& out) {
+  if (const json* so = field(body, "structured_outputs")) {
+    const char* param = "structured_outputs";
+    if (!so->is_object()) wrong_type(param, "an object");
+    for (const auto& [key, value] : so->items()) {
+      if (value.is_null()) continue;
+      if (key == "json") {
+        out.push_back(schema_constraint(schema_value(value, "structured_outputs.json"), param));
+      } else if (key == "regex") {
+        out.push_back(regex_constraint(value, param, "structured_outputs.regex"));
+      } else if (key == "choice") {
+        out.push_back(choice_constraint(value, param, "structured_outputs.choice"));
+      } else if (key == "json_object") {
+        if (!value.is_boolean())
+          bad_request("'structured_outputs.json_object' must be a boolean.", param);
+        if (value.get<bool>()) out.push_back(json_object_constraint(param));
+      } else if (key == "disable_fallback" || key == "disable_additional_properties") {
+        // No fallback backend, and no additional properties are ever generated.
+        if (!value.is_boolean())
+          bad_request("'structured_outputs." + key + "' must be a boolean.", param);
+      } else if (key == "disable_any_whitespace") {
+        if (value != false)
+          bad_request(
+              "'structured_outputs.disable_any_whitespace' is not supported: JSON may "
+              "hold up to 16 spaces, tabs and newlines between tokens.",
+              param);
+      } else if (key == "grammar" || key == "structural_tag" || key == "whitespace_pattern") {
+        bad_request("'structured_outputs." + key +
+                        "' is not supported: l2kv constrains outputs by JSON schema, regex or "
+                        "choice list.",
+                    param);
+      } else {
+        bad_request("'structured_outputs." + key + "' is not a structured-outputs field.", param);
+      }
+    }
+  }
+  if (const json* v = field(body, "guided_json"))
+    out.push_back(schema_constraint(schema_value(*v, "guided_json"), "guided_json"));
+  if (const json* v = field(body, "guided_regex"))
+    out.push_back(regex_constraint(*v, "guided_regex", "guided_regex"));
+  if (const json* v = field(body, "guided_choice"))
+    out.push_back(choice_constraint(*v, "guided_choice", "guided_choice"));
+}
+
+// The request's structured-output constraint, compiled (or found in the cache); a constraint
+// that does not compile is a 400 naming what is unsupported or wrong.
+void parse_structured_outputs(const json& body, const ServerLimits& limits, ApiRequest& r) {
+  std::vector<Constraint> constraints;
+  response_format_constraint(body, constraints);
+  vllm_constraints(body, constraints);
+  if (constraints.empty()) return;
+  if (constraints.size() > 1)
+    bad_request("Only one structured-output constraint per request: got '" + constraints[0].param +
+                    "' and '" + constraints[1].param + "'.",
+                constraints[1].param);
+  const Constraint& c = constraints.front();
+  if (!limits.grammars)
+    bad_request("'" + c.param +
+                    "' needs the model's tokenizer.json (structured outputs constrain tokens by "
+                    "their text), and this model folder has none.",
+                c.param);
+  try {
+    r.grammar = limits.grammars->get(c.key, c.compile);
+  } catch (const Error& e) {
+    bad_request("'" + c.param + "' cannot be used: " + e.what(), c.param);
+  }
+}
+
 // The fields both endpoints share: sampling, stopping, n, stream.
 void parse_common(const json& body, const ServerLimits& limits, ApiRequest& r) {
   if (!body.is_object()) bad_request("The request body must be a JSON object.");
@@ -309,6 +480,7 @@ void parse_common(const json& body, const ServerLimits& limits, ApiRequest& r) {
   if (auto v = get_bool(body, "ignore_eos")) p.ignore_eos = *v;
   if (auto v = get_bool(body, "skip_special_tokens")) p.skip_special_tokens = *v;
   parse_logit_bias(body, p);
+  parse_structured_outputs(body, limits, r);
 
   if (const json* stop = field(body, "stop")) {
     if (stop->is_string()) {

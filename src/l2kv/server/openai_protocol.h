@@ -18,6 +18,10 @@
 namespace l2kv {
 class Tokenizer;
 class ChatTemplate;
+namespace structured {
+class CompiledGrammar;
+class GrammarCache;
+}  // namespace structured
 }  // namespace l2kv
 
 namespace l2kv::server {
@@ -43,6 +47,9 @@ struct ServerLimits {
   std::string served_model_name;
   int32_t max_model_len = 0;
   int64_t vocab_size = 0;
+  // Compiles structured-output constraints for the model's vocabulary; null (no tokenizer):
+  // requests for structured outputs are a 400.
+  structured::GrammarCache* grammars = nullptr;
 };
 
 enum class Endpoint : uint8_t { kCompletions, kChatCompletions };
@@ -69,6 +76,10 @@ struct ApiRequest {
   int32_t prompt_logprobs = -1;  // vLLM's prompt_logprobs: -1 none, else top tokens per row
   bool stream = false;
   bool include_usage = false;
+  // Structured outputs: response_format json_object / json_schema, or vLLM's
+  // structured_outputs (json, regex, choice, json_object) and guided_json / guided_regex /
+  // guided_choice; null when the output is free.
+  std::shared_ptr<const structured::CompiledGrammar> grammar;
 };
 
 // Parses a request body as JSON; malformed JSON and numbers that overflow a double (1e400) are
