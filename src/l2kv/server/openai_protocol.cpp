@@ -150,19 +150,15 @@ const std::vector<FieldRule>& field_rules() {
       {"prompt_cache_key", kChatOnly, kHint},
       {"suffix", kCompletionsOnly, kUnsupported, {}, "l2kv does not fill in the middle."},
       {"response_format", kBoth, kImplemented},
-      {"tools", kChatOnly, kUnsupported, {"[]"}, "l2kv does not parse tool calls yet."},
-      {"tool_choice",
-       kChatOnly,
-       kUnsupported,
-       {R"("none")"},
-       "only \"none\": l2kv does not parse tool calls yet."},
-      {"parallel_tool_calls", kChatOnly, kUnsupported, {}, "l2kv does not parse tool calls yet."},
-      {"functions", kChatOnly, kUnsupported, {"[]"}, "l2kv does not parse tool calls yet."},
+      {"tools", kChatOnly, kImplemented},
+      {"tool_choice", kChatOnly, kImplemented},
+      {"parallel_tool_calls", kChatOnly, kImplemented},
+      {"functions", kChatOnly, kUnsupported, {"[]"}, "use 'tools' (functions is deprecated)."},
       {"function_call",
        kChatOnly,
        kUnsupported,
        {R"("none")"},
-       "l2kv does not parse tool calls yet."},
+       "use 'tool_choice' (function_call is deprecated)."},
       {"modalities", kChatOnly, kUnsupported, {R"(["text"])"}, "only [\"text\"]."},
       {"audio", kChatOnly, kUnsupported, {}, "l2kv answers in text only."},
       {"prediction", kChatOnly, kUnsupported, {}, "l2kv has no predicted outputs."},
@@ -666,7 +662,39 @@ const char* template_role(const std::string& role) {
   if (role == "system" || role == "developer") return "system";
   if (role == "user") return "user";
   if (role == "assistant") return "assistant";
+  if (role == "tool") return "tool";
   return nullptr;
+}
+
+// An assistant message's tool_calls for the template: [{id, type, function: {name,
+// arguments}}], arguments as an object where the JSON string parses (templates write them with
+// tojson, as Hugging Face's do).
+json parse_message_tool_calls(const json& value, const std::string& where) {
+  const std::string bad = where + ".tool_calls must be a list of {id, type: \"function\", " +
+                          "function: {name, arguments}}.";
+  if (!value.is_array()) bad_request(bad, "messages");
+  json out = json::array();
+  for (const json& call : value) {
+    if (!call.is_object() || !call.contains("function") || !call["function"].is_object())
+      bad_request(bad, "messages");
+    const json& f = call["function"];
+    if (!f.contains("name") || !f["name"].is_string()) bad_request(bad, "messages");
+    json arguments = json::object();
+    if (f.contains("arguments") && f["arguments"].is_string()) {
+      try {
+        arguments = json::parse(f["arguments"].get<std::string>());
+      } catch (const json::exception&) {
+        arguments = f["arguments"];
+      }
+    } else if (f.contains("arguments") && f["arguments"].is_object()) {
+      arguments = f["arguments"];
+    }
+    json entry = {{"type", "function"},
+                  {"function", {{"name", f["name"]}, {"arguments", arguments}}}};
+    if (call.contains("id") && call["id"].is_string()) entry["id"] = call["id"];
+    out.push_back(std::move(entry));
+  }
+  return out;
 }
 
 // One message, checked and reduced to what the template is given: role, content, name.
@@ -677,13 +705,13 @@ json parse_message(const json& m, size_t i) {
     bad_request(where + ".role must be a string.", "messages");
   const std::string role = m["role"].get<std::string>();
   const char* as = template_role(role);
-  if (role == "tool" || role == "function")
-    bad_request(
-        where + ".role '" + role + "' is not supported: l2kv does not parse tool calls yet.",
-        "messages");
-  if (as == nullptr)
-    bad_request(where + ".role '" + role + "' is not a role: system, developer, user or assistant.",
+  if (role == "function")
+    bad_request(where + ".role 'function' is not supported: use 'tool' (function is deprecated).",
                 "messages");
+  if (as == nullptr)
+    bad_request(
+        where + ".role '" + role + "' is not a role: system, developer, user, assistant or tool.",
+        "messages");
   json out = {{"role", as}};
   for (const auto& [key, value] : m.items()) {
     if (key == "role") continue;
@@ -696,19 +724,125 @@ json parse_message(const json& m, size_t i) {
       if (!value.is_null() && !value.is_string())
         bad_request(where + ".name must be a string.", "messages");
       if (value.is_string()) out["name"] = value;
-    } else if (key == "tool_calls" || key == "function_call") {
-      // An assistant message as l2kv answers it ("tool_calls": []) may be sent back as is.
-      if (!value.is_null() && !(value.is_array() && value.empty()))
-        bad_request(where + "." + key + " is not supported: l2kv does not parse tool calls yet.",
-                    "messages");
+    } else if (key == "tool_calls") {
+      if (value.is_null() || (value.is_array() && value.empty())) continue;
+      if (role != "assistant")
+        bad_request(where + ".tool_calls: only assistant messages call tools.", "messages");
+      out["tool_calls"] = parse_message_tool_calls(value, where);
+    } else if (key == "tool_call_id") {
+      if (!value.is_null() && !value.is_string())
+        bad_request(where + ".tool_call_id must be a string.", "messages");
+      if (value.is_string()) out["tool_call_id"] = value;
+    } else if (key == "function_call") {
+      if (!value.is_null())
+        bad_request(where + ".function_call is not supported: use tool_calls.", "messages");
     } else if (key == "refusal") {
       if (!value.is_null()) bad_request(where + ".refusal is not supported.", "messages");
     } else {
       bad_request(where + ": unrecognized message field '" + key + "'.", "messages");
     }
   }
-  if (!out.contains("content")) bad_request(where + ".content is required.", "messages");
+  if (!out.contains("content")) {
+    // An assistant message that only calls tools has no content.
+    if (!out.contains("tool_calls")) bad_request(where + ".content is required.", "messages");
+    out["content"] = "";
+  }
   return out;
+}
+
+// tools: [{"type": "function", "function": {"name", "description"?, "parameters"?,
+// "strict"?}}], tool_choice and parallel_tool_calls. A forced choice ("required", a named
+// function) compiles its grammar here.
+void parse_tools(const json& body, const ServerLimits& limits, ApiRequest& r) {
+  const char* bad =
+      "'tools' must be a list of {\"type\": \"function\", \"function\": {\"name\", "
+      "\"description\", \"parameters\"}}.";
+  std::vector<std::string> names;
+  if (const json* tools = field(body, "tools")) {
+    if (!tools->is_array()) bad_request(bad, "tools");
+    for (const json& t : *tools) {
+      if (!t.is_object() || t.value("type", "") != "function" || !t.contains("function") ||
+          !t["function"].is_object())
+        bad_request(bad, "tools");
+      for (const auto& [key, value] : t.items())
+        if (key != "type" && key != "function")
+          bad_request("'tools[]." + key + "' is not a field of a tool.", "tools");
+      const json& f = t["function"];
+      for (const auto& [key, value] : f.items())
+        if (key != "name" && key != "description" && key != "parameters" && key != "strict")
+          bad_request("'tools[].function." + key + "' is not a field of a function.", "tools");
+      if (!f.contains("name") || !f["name"].is_string() || f["name"].get<std::string>().empty())
+        bad_request("'tools[].function.name' must be a non-empty string.", "tools");
+      const std::string name = f["name"].get<std::string>();
+      if (std::find(names.begin(), names.end(), name) != names.end())
+        bad_request("'tools' names the function '" + name + "' twice.", "tools");
+      if (f.contains("parameters") && !f["parameters"].is_null() && !f["parameters"].is_object())
+        bad_request("'tools[].function.parameters' must be a JSON schema (an object).", "tools");
+      names.push_back(name);
+    }
+    if (!tools->empty()) r.tools = *tools;
+  }
+  if (auto v = get_bool(body, "parallel_tool_calls")) r.parallel_tool_calls = *v;
+  r.tool_choice = names.empty() ? ToolChoice::kNone : ToolChoice::kAuto;
+  if (const json* tc = field(body, "tool_choice")) {
+    const char* kinds =
+        "'tool_choice' must be \"none\", \"auto\", \"required\" or "
+        "{\"type\": \"function\", \"function\": {\"name\"}}.";
+    if (tc->is_string()) {
+      const std::string c = tc->get<std::string>();
+      if (c == "none")
+        r.tool_choice = ToolChoice::kNone;
+      else if (c == "auto")
+        r.tool_choice = ToolChoice::kAuto;
+      else if (c == "required")
+        r.tool_choice = ToolChoice::kRequired;
+      else
+        bad_request(kinds, "tool_choice");
+    } else if (tc->is_object() && tc->value("type", "") == "function" && tc->contains("function") &&
+               (*tc)["function"].is_object() && (*tc)["function"].contains("name") &&
+               (*tc)["function"]["name"].is_string()) {
+      r.tool_choice = ToolChoice::kNamed;
+      r.tool_name = (*tc)["function"]["name"].get<std::string>();
+    } else {
+      bad_request(kinds, "tool_choice");
+    }
+    if (r.tool_choice != ToolChoice::kNone && names.empty())
+      bad_request("'tool_choice' other than \"none\" needs 'tools'.", "tool_choice");
+    if (r.tool_choice == ToolChoice::kNamed &&
+        std::find(names.begin(), names.end(), r.tool_name) == names.end())
+      bad_request(
+          "'tool_choice' names the function '" + r.tool_name + "', which is not in 'tools'.",
+          "tool_choice");
+  }
+  r.tool_call_parser = limits.tool_call_parser;
+  if (r.tool_choice == ToolChoice::kAuto && limits.tool_call_parser == ToolCallParser::kNone)
+    bad_request(
+        "'tool_choice' \"auto\" (the default with tools) needs the server started with "
+        "--tool-call-parser (hermes, llama3_json or mistral); \"required\", a named "
+        "function and \"none\" work without one.",
+        "tool_choice");
+  // vLLM's mistral parser reads the [TOOL_CALLS] special token from the text.
+  if (r.tool_choice == ToolChoice::kAuto && limits.tool_call_parser == ToolCallParser::kMistral)
+    r.params.skip_special_tokens = false;
+  if (r.tool_choice != ToolChoice::kRequired && r.tool_choice != ToolChoice::kNamed) return;
+  if (r.grammar)
+    bad_request(
+        "'tool_choice' \"required\" or a named function cannot be combined with another "
+        "structured-output constraint.",
+        "tool_choice");
+  if (!limits.grammars)
+    bad_request(
+        "'tool_choice' \"required\" or a named function needs the model's "
+        "tokenizer.json, and this model folder has none.",
+        "tool_choice");
+  const json schema =
+      forced_tool_call_schema(r.tools, r.tool_choice, r.tool_name, r.parallel_tool_calls);
+  try {
+    r.grammar = limits.grammars->get("json_schema\n" + schema.dump(),
+                                     [schema] { return structured::json_schema_grammar(schema); });
+  } catch (const Error& e) {
+    bad_request(std::string("'tools' cannot be used: ") + e.what(), "tools");
+  }
 }
 
 ApiRequest parse_chat(const json& body, const ServerLimits& limits) {
@@ -722,6 +856,7 @@ ApiRequest parse_chat(const json& body, const ServerLimits& limits) {
   r.messages = json::array();
   for (size_t i = 0; i < messages->size(); ++i)
     r.messages.push_back(parse_message((*messages)[i], i));
+  parse_tools(body, limits, r);
   const bool logprobs = get_bool(body, "logprobs").value_or(false);
   const auto top = get_integer(body, "top_logprobs");
   if (top && !logprobs)
@@ -779,7 +914,8 @@ std::vector<std::vector<int32_t>> tokenize_prompts(const ApiRequest& request,
           "folder has none. Use /v1/completions with token ids.",
           "messages");
     ChatRequest chat;
-    chat.messages = request.messages;  // tools are refused, never rendered
+    chat.messages = request.messages;
+    chat.tools = request.tools;  // rendered by the template, whatever tool_choice says
     std::string text;
     try {
       text = chat_template->render(chat);
@@ -1106,12 +1242,25 @@ json chat_response(const ResponseHeader& header, const ApiRequest& request,
     const ChoiceOutput& c = choices[i];
     json logprobs = nullptr;
     if (request.params.logprobs >= 0) logprobs = chat_logprobs_json(c.logprobs, text);
-    out_choices.push_back(
-        {{"index", i},
-         {"message", {{"role", "assistant"}, {"content", c.text}, {"tool_calls", json::array()}}},
-         {"logprobs", logprobs},
-         {"finish_reason", finish_reason_json(c.finish_reason)},
-         {"stop_reason", stop_reason_json(c.stop_reason)}});
+    json message = {{"role", "assistant"}, {"content", c.text}, {"tool_calls", json::array()}};
+    json finish = finish_reason_json(c.finish_reason);
+    // Calls are read from an output that ended by itself; one cut by max_tokens stays text.
+    if (request.tool_choice != ToolChoice::kNone && c.finish_reason == FinishReason::kStop) {
+      const ParsedToolOutput parsed = parse_tool_calls(
+          request.tool_choice, request.tool_call_parser, request.tool_name, c.text);
+      if (!parsed.calls.empty()) {
+        message["content"] = parsed.content ? json(*parsed.content) : json(nullptr);
+        message["tool_calls"] = chat_tool_calls_chunk(
+            header, static_cast<int32_t>(i), parsed.calls)["choices"][0]["delta"]["tool_calls"];
+        for (json& call : message["tool_calls"]) call.erase("index");
+        finish = "tool_calls";
+      }
+    }
+    out_choices.push_back({{"index", i},
+                           {"message", std::move(message)},
+                           {"logprobs", logprobs},
+                           {"finish_reason", finish},
+                           {"stop_reason", stop_reason_json(c.stop_reason)}});
     completion_tokens += c.completion_tokens;
   }
   json out = response_json(header, "chat.completion", std::move(out_choices), prompt_tokens,
@@ -1179,6 +1328,43 @@ json chat_content_chunk(const ResponseHeader& header, int32_t index, const std::
 
 json chat_finish_chunk(const ResponseHeader& header, int32_t index, FinishReason finish) {
   return chat_chunk(header, index, json::object(), nullptr, finish);
+}
+
+std::string tool_call_id(const ResponseHeader& header, int32_t index, size_t k) {
+  const size_t dash = header.id.find('-');
+  const std::string base = dash == std::string::npos ? header.id : header.id.substr(dash + 1);
+  return "call_" + base + "_" + std::to_string(index) + "_" + std::to_string(k);
+}
+
+json chat_tool_calls_chunk(const ResponseHeader& header, int32_t index,
+                           const std::vector<ToolCall>& calls, int32_t first_index) {
+  json list = json::array();
+  for (size_t k = 0; k < calls.size(); ++k)
+    list.push_back({{"index", first_index + static_cast<int32_t>(k)},
+                    {"id", tool_call_id(header, index, k)},
+                    {"type", "function"},
+                    {"function", {{"name", calls[k].name}, {"arguments", calls[k].arguments}}}});
+  return chat_chunk(header, index, {{"tool_calls", list}}, nullptr, FinishReason::kNone);
+}
+
+json chat_tool_arguments_chunk(const ResponseHeader& header, int32_t index, const std::string& name,
+                               const std::string& arguments, bool first) {
+  json call = {{"index", 0}};
+  if (first) {
+    call["id"] = tool_call_id(header, index, 0);
+    call["type"] = "function";
+    call["function"] = {{"name", name}, {"arguments", arguments}};
+  } else {
+    call["function"] = {{"arguments", arguments}};
+  }
+  return chat_chunk(header, index, {{"tool_calls", json::array({call})}}, nullptr,
+                    FinishReason::kNone);
+}
+
+json chat_tool_finish_chunk(const ResponseHeader& header, int32_t index) {
+  json chunk = chat_chunk(header, index, json::object(), nullptr, FinishReason::kNone);
+  chunk["choices"][0]["finish_reason"] = "tool_calls";
+  return chunk;
 }
 
 json usage_chunk(const ResponseHeader& header, Endpoint endpoint, int64_t prompt_tokens,
