@@ -18,6 +18,9 @@ constexpr size_t kMaxStackDepth = 1024;
 // States with more live stacks than this keep the first ones (a pathologically ambiguous
 // regex); what they allow is still valid.
 constexpr size_t kMaxStacks = 4096;
+// Rule references expanded in a row without a byte consumed: deeper chains (a long run of
+// optional items, such as (a?){0,100000}) are cut, bounding the recursion and its cycle check.
+constexpr size_t kMaxExpansionChain = 2048;
 // Masks cached per grammar; past this the cache starts over.
 constexpr size_t kMaxCachedMasks = 512;
 
@@ -29,7 +32,7 @@ void expand(const Grammar& g, Stack& s, State& out, std::vector<Stack>& path) {
     out.push_back(s);
     return;
   }
-  if (s.size() > kMaxStackDepth) return;
+  if (s.size() > kMaxStackDepth || path.size() > kMaxExpansionChain) return;
   for (const Stack& p : path)
     if (p == s) return;
   path.push_back(s);

@@ -457,7 +457,8 @@ class SchemaCompiler {
     std::vector<std::string> out;
     for (const auto& [key, v] : s.items()) {
       if (annotations().contains(key)) continue;
-      if (std::any_of(allowed.begin(), allowed.end(), [&](const char* a) { return key == a; }))
+      const std::string& name = key;  // a structured binding cannot be captured (C++20)
+      if (std::any_of(allowed.begin(), allowed.end(), [&](const char* a) { return name == a; }))
         continue;
       out.push_back(key);
     }
