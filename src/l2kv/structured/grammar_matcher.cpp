@@ -1,6 +1,7 @@
 #include "l2kv/structured/grammar_matcher.h"
 
 #include <algorithm>
+#include <array>
 #include <numeric>
 
 #include "l2kv/core/error.h"
@@ -183,14 +184,57 @@ bool GrammarMatcher::can_continue() const {
   return std::any_of(state_.begin(), state_.end(), [](const Stack& s) { return !s.empty(); });
 }
 
-std::string GrammarMatcher::state_key() const {
+namespace {
+
+std::string key_of(const State& state) {
   std::string key;
-  for (const Stack& s : state_) {
+  for (const Stack& s : state) {
     const int32_t n = static_cast<int32_t>(s.size());
     key.append(reinterpret_cast<const char*>(&n), sizeof n);
     key.append(reinterpret_cast<const char*>(s.data()), s.size() * sizeof(int32_t));
   }
   return key;
+}
+
+// The parse states one mask walk meets, each once, with their transitions by byte as they are
+// computed. Inside a JSON string most bytes lead back to the same state, so most of the
+// vocabulary's trie costs a table lookup instead of a stack copy.
+class StateTable {
+ public:
+  static constexpr int32_t kDead = -1;
+  static constexpr int32_t kUnknown = -2;
+
+  int32_t intern(State state) {
+    std::string key = key_of(state);
+    const auto it = ids_.find(key);
+    if (it != ids_.end()) return it->second;
+    const int32_t id = static_cast<int32_t>(states_.size());
+    ids_.emplace(std::move(key), id);
+    states_.push_back(std::move(state));
+    next_.emplace_back();
+    next_.back().fill(kUnknown);
+    return id;
+  }
+
+  int32_t advance(const Grammar& g, int32_t id, uint8_t byte) {
+    const int32_t known = next_[id][byte];
+    if (known != kUnknown) return known;
+    State after = advance_state(g, states_[id], byte);
+    const int32_t to = after.empty() ? kDead : intern(std::move(after));
+    next_[id][byte] = to;
+    return to;
+  }
+
+ private:
+  std::unordered_map<std::string, int32_t> ids_;
+  std::vector<State> states_;
+  std::vector<std::array<int32_t, 256>> next_;
+};
+
+}  // namespace
+
+std::string GrammarMatcher::state_key() const {
+  return key_of(state_);
 }
 
 int64_t GrammarMatcher::fill_mask(std::span<uint32_t> mask) const {
@@ -206,8 +250,9 @@ int64_t GrammarMatcher::fill_mask(std::span<uint32_t> mask) const {
     const Grammar& g = grammar_->grammar();
     const std::vector<int32_t>& ids = vocab.sorted_ids();
     const std::vector<int32_t>& shared = vocab.shared_prefix();
+    StateTable table;
     // levels[d]: the state after the first d bytes of the current token; valid up to `valid`.
-    std::vector<State> levels(1, state_);
+    std::vector<int32_t> levels(1, table.intern(state_));
     size_t valid = 0;
     for (size_t i = 0; i < ids.size(); ++i) {
       const std::string& t = vocab.bytes(ids[i]);
@@ -215,8 +260,8 @@ int64_t GrammarMatcher::fill_mask(std::span<uint32_t> mask) const {
       bool dead = false;
       while (d < t.size()) {
         if (levels.size() <= d + 1) levels.resize(d + 2);
-        levels[d + 1] = advance_state(g, levels[d], static_cast<uint8_t>(t[d]));
-        if (levels[d + 1].empty()) {
+        levels[d + 1] = table.advance(g, levels[d], static_cast<uint8_t>(t[d]));
+        if (levels[d + 1] == StateTable::kDead) {
           dead = true;
           break;
         }
