@@ -33,14 +33,21 @@ CudaRunner::CudaRunner(std::shared_ptr<CudaModel> model, CudaRunnerOptions optio
 
 CudaRunner::~CudaRunner() {
   sampler_.reset();
-  if (host_masks_) cudaFreeHost(host_masks_);
-  if (host_mask_rows_) cudaFreeHost(host_mask_rows_);
-  if (device_masks_) cudaFree(device_masks_);
-  if (device_mask_rows_) cudaFree(device_mask_rows_);
+  free_masks();
   model_.reset();
   for (cudaEvent_t e : events_)
     if (e) cudaEventDestroy(e);
   if (stream_) cudaStreamDestroy(stream_);
+}
+
+void CudaRunner::free_masks() {
+  if (host_masks_) cudaFreeHost(host_masks_);
+  if (host_mask_rows_) cudaFreeHost(host_mask_rows_);
+  if (device_masks_) cudaFree(device_masks_);
+  if (device_mask_rows_) cudaFree(device_mask_rows_);
+  host_masks_ = nullptr, host_mask_rows_ = nullptr;
+  device_masks_ = nullptr, device_mask_rows_ = nullptr;
+  mask_rows_ = 0;
 }
 
 std::string CudaRunner::device_name() const {
@@ -61,7 +68,8 @@ KvCacheSizing CudaRunner::prepare(int32_t block_size, int32_t max_batched_tokens
   // Allocated before the free memory is read, so the KV cache is sized without it.
   sampler_ = std::make_unique<GpuSampler>(config().vocab_size, max_seqs, history,
                                           GpuSampler::default_scratch_rows(max_seqs, device_));
-  if (!device_masks_) {
+  if (max_seqs > mask_rows_) {  // a later prepare() may ask for more sequences
+    free_masks();
     mask_words_ = (config().vocab_size + 31) / 32;
     const size_t mask_bytes = sizeof(uint32_t) * static_cast<size_t>(mask_words_) * max_seqs;
     const size_t row_bytes = sizeof(int32_t) * static_cast<size_t>(max_seqs);
@@ -69,6 +77,7 @@ KvCacheSizing CudaRunner::prepare(int32_t block_size, int32_t max_batched_tokens
     L2KV_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&host_mask_rows_), row_bytes));
     L2KV_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&device_masks_), mask_bytes));
     L2KV_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&device_mask_rows_), row_bytes));
+    mask_rows_ = max_seqs;
   }
   size_t free_bytes = 0, total_bytes = 0;
   L2KV_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
@@ -124,7 +133,7 @@ std::vector<SampledToken> CudaRunner::execute(const StepInput& step) {
       row.prompt_tokens = {}, row.output_tokens = {};  // no history to upload
     if (!row.allowed_tokens.empty()) {
       if (static_cast<int64_t>(row.allowed_tokens.size()) != mask_words_ ||
-          masked_rows >= max_seqs_)
+          masked_rows >= mask_rows_)
         throw Error("CudaRunner: an allowed-token mask of " +
                     std::to_string(row.allowed_tokens.size()) + " words, expected " +
                     std::to_string(mask_words_));
