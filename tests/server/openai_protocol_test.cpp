@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <initializer_list>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -360,6 +361,16 @@ TEST(OpenAiProtocol, StructuredOutputs) {
     EXPECT_EQ(e.param, b.param) << b.fields;
     EXPECT_NE(e.message.find(b.words), std::string::npos) << b.fields << ": " << e.message;
   }
+  // A constrained row's top logprobs hold only allowed tokens: forbidden ones (-inf) are left
+  // out rather than written as null.
+  SampledToken t;
+  t.token = 1;
+  t.logprob = -0.1f;
+  t.top_logprobs = {{1, -0.1f}, {2, -std::numeric_limits<float>::infinity()}};
+  const TokenText text = [](int32_t id) { return std::to_string(id); };
+  const json chat_lp = chat_logprobs_json({t}, text);
+  EXPECT_EQ(chat_lp["content"][0]["top_logprobs"].size(), 1u);
+  EXPECT_EQ(completion_logprobs_json({t}, text, 0)["top_logprobs"][0].size(), 1u);
   // Without a tokenizer (no grammar cache) a constraint is a 400 that says why.
   const ApiError e = error_of([&] { chat("{" + msgs + R"(, "guided_regex": "a"})"); });
   EXPECT_EQ(e.param, "guided_regex");

@@ -1089,7 +1089,8 @@ json completion_logprobs_json(const std::vector<SampledToken>& logprobs, const T
     tokens.push_back(s);
     token_logprobs.push_back(t.logprob);
     json alternatives = json::object();
-    for (const auto& [id, lp] : t.top_logprobs) alternatives[text(id)] = lp;
+    for (const auto& [id, lp] : t.top_logprobs)
+      if (std::isfinite(lp)) alternatives[text(id)] = lp;  // -inf: a token the grammar forbade
     top.push_back(std::move(alternatives));
     offsets.push_back(text_offset);
     text_offset += static_cast<int64_t>(s.size());
@@ -1114,6 +1115,7 @@ json chat_logprobs_json(const std::vector<SampledToken>& logprobs, const TokenTe
     const std::string s = text(t.token);
     json top = json::array();
     for (const auto& [id, lp] : t.top_logprobs) {
+      if (!std::isfinite(lp)) continue;  // a token the grammar forbade (structured outputs)
       const std::string alt = text(id);
       top.push_back({{"token", alt}, {"logprob", lp}, {"bytes", bytes_of(alt)}});
     }
