@@ -21,6 +21,7 @@
 #include "l2kv/model/safetensors.h"
 #include "l2kv/server/openai_protocol.h"
 #include "l2kv/server/tool_calls.h"
+#include "l2kv/structured/gbnf_grammar.h"
 #include "l2kv/structured/grammar_cache.h"
 #include "l2kv/structured/grammar_matcher.h"
 #include "l2kv/structured/json_schema.h"
@@ -158,15 +159,19 @@ inline void walk_grammar(structured::Grammar grammar, const std::string& text) {
   }
 }
 
-// A JSON schema (or, when it is not JSON, a regex) and a text: compiled, the text matched and
-// the grammar walked over a small vocabulary. Unsupported keywords are l2kv::Error.
+// A JSON schema (or, when it is not JSON, a GBNF grammar if it holds "::=", else a regex) and
+// a text: compiled, the text matched and the grammar walked over a small vocabulary.
+// Unsupported keywords and malformed grammars are l2kv::Error.
 inline void run_json_schema(const uint8_t* data, size_t size) {
   const auto parts = split_input(data, size, 2);
   try {
     const auto schema = nlohmann::ordered_json::parse(parts[0], nullptr, false);
-    walk_grammar(schema.is_discarded() ? structured::regex_grammar(parts[0])
-                                       : structured::json_schema_grammar(schema),
-                 parts[1]);
+    if (!schema.is_discarded())
+      walk_grammar(structured::json_schema_grammar(schema), parts[1]);
+    else if (parts[0].find("::=") != std::string::npos)
+      walk_grammar(structured::gbnf_grammar(parts[0]), parts[1]);
+    else
+      walk_grammar(structured::regex_grammar(parts[0]), parts[1]);
   } catch (const Error&) {
   }
 }

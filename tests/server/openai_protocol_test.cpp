@@ -327,6 +327,9 @@ TEST(OpenAiProtocol, StructuredOutputs) {
   EXPECT_TRUE(accepts(chat_with(R"("structured_outputs": {"regex": "[0-9]{2}"})"), "42"));
   EXPECT_TRUE(accepts(chat_with(R"("structured_outputs": {"choice": ["yes", "no"]})"), "no"));
   EXPECT_TRUE(accepts(chat_with(R"("guided_choice": ["yes", "no"])"), "yes"));
+  EXPECT_TRUE(accepts(
+      chat_with(R"("structured_outputs": {"grammar": "root ::= \"a\" [0-9]+ | \"b\""})"), "a42"));
+  EXPECT_TRUE(accepts(chat_with(R"("guided_grammar": "root ::= \"x\"{2}")"), "xx"));
   EXPECT_TRUE(
       accepts(parse_completion_request(
                   json::parse(R"({"prompt": "x", "guided_json": "{\"type\": \"null\"}"})"), limits),
@@ -348,7 +351,9 @@ TEST(OpenAiProtocol, StructuredOutputs) {
        "response_format", "schema"},
       {R"("response_format": {"type": "yaml"})", "response_format", "yaml"},
       {R"("structured_outputs": {"regex": "(a)\\1"})", "structured_outputs", "backreferences"},
-      {R"("structured_outputs": {"grammar": "root ::= x"})", "structured_outputs", "grammar"},
+      {R"("structured_outputs": {"grammar": "root ::= x"})", "structured_outputs",
+       "the rule 'x' is not defined"},
+      {R"("structured_outputs": {"structural_tag": "{}"})", "structured_outputs", "structural_tag"},
       {R"("structured_outputs": {"choice": []})", "structured_outputs", "choice"},
       {R"("structured_outputs": {"regex": "a", "choice": ["a"]})", "structured_outputs",
        "Only one"},

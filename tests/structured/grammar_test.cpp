@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "l2kv/core/error.h"
+#include "l2kv/structured/gbnf_grammar.h"
 #include "l2kv/structured/grammar_matcher.h"
 #include "l2kv/structured/json_schema.h"
 #include "l2kv/structured/regex_grammar.h"
@@ -53,9 +54,19 @@ TEST(RegexGrammar, AcceptsAndRejects) {
 }
 
 TEST(RegexGrammar, RefusesWhatItDoesNotSupport) {
-  for (const char* p : {"(a)\\1", "(?=a)b", "a\\bb", "\\p{L}", "[[:alpha:]]", "a^b", "(ab"}) {
+  for (const char* p : {"(a)\\1", "(?=a)b", "a\\bb", "\\p{L}", "[[:alpha:]]", "a^b", "(ab", "a**",
+                        "a+*", "a{2}?*", "b*{3}"}) {
     EXPECT_THROW(regex_grammar(p), Error) << p;
   }
+}
+
+// Nested repetitions of nullable groups stay cheap: the matcher's expansion budget bounds
+// each byte's work, and what it keeps is still a valid parse.
+TEST(RegexGrammar, NestedNullableRepetitionsStayCheap) {
+  const Grammar g = regex_grammar("((((((((a*)*)*)*)*)*)*)*)*b");
+  EXPECT_TRUE(grammar_matches(g, "aaaab"));
+  EXPECT_TRUE(grammar_matches(g, "b"));
+  EXPECT_FALSE(grammar_matches(g, "aaa"));
 }
 
 TEST(ChoiceGrammar, OnlyTheChoices) {
@@ -63,6 +74,28 @@ TEST(ChoiceGrammar, OnlyTheChoices) {
   for (const char* s : {"red", "green", "gray"}) EXPECT_TRUE(grammar_matches(g, s));
   for (const char* s : {"re", "gre", "greenish", ""}) EXPECT_FALSE(grammar_matches(g, s));
   EXPECT_THROW(choice_grammar({}), Error);
+}
+
+TEST(GbnfGrammar, AcceptsAndRejects) {
+  const Grammar g = gbnf_grammar(R"(# a tiny JSON-ish object
+root ::= "{" ws pair ("," ws pair)* ws "}"
+pair ::= key ws ":" ws value
+key  ::= "\"" [a-z_]+ "\""
+value ::= [0-9]{1,3} | "true" | "false"
+  | "\"" [^"\\]* "\""
+ws ::= [ \t\n]?
+)");
+  for (const char* s : {R"({"a":1})", R"({ "a_b": true, "c":"x y"})", R"({"k": "é"})"})
+    EXPECT_TRUE(grammar_matches(g, s)) << s;
+  for (const char* s : {R"({})", R"({"A":1})", R"({"a":1234})", R"({"a":1,})"})
+    EXPECT_FALSE(grammar_matches(g, s)) << s;
+  const Grammar unicode = gbnf_grammar("root ::= \"\\u00e9\" [αβ]+ .");
+  EXPECT_TRUE(grammar_matches(unicode, "éαβx"));
+  EXPECT_FALSE(grammar_matches(unicode, "éγx"));
+  for (const char* bad : {"start ::= \"x\"", "root ::= missing", "root ::= \"x", "root ::= [z-a]",
+                          "root ::= \"a\"\nroot ::= \"b\"", "root = x"}) {
+    EXPECT_THROW(gbnf_grammar(bad), Error) << bad;
+  }
 }
 
 TEST(JsonSchemaGrammar, Objects) {
@@ -203,6 +236,8 @@ TEST(GrammarMatcher, MasksEqualBruteForce) {
   check_masks(schema(R"({"enum": ["true", "false", 19, {"a": null}]})"), 3);
   check_masks(regex_grammar("(ab|c)*-[0-9]+"), 4);
   check_masks(choice_grammar({"abc", "ab", "true", "false"}), 5);
+  check_masks(
+      gbnf_grammar("root ::= item (\",\" item)*\nitem ::= \"a\" | [0-9]+ | \"[\" root? \"]\""), 6);
 }
 
 TEST(GrammarMatcher, EosOnlyWhenComplete) {

@@ -9,6 +9,7 @@
 
 #include "l2kv/chat/chat_template.h"
 #include "l2kv/core/error.h"
+#include "l2kv/structured/gbnf_grammar.h"
 #include "l2kv/structured/grammar_cache.h"
 #include "l2kv/structured/json_schema.h"
 #include "l2kv/structured/regex_grammar.h"
@@ -221,11 +222,7 @@ const std::vector<FieldRule>& field_rules() {
       {"guided_json", kBoth, kImplemented},
       {"guided_regex", kBoth, kImplemented},
       {"guided_choice", kBoth, kImplemented},
-      {"guided_grammar",
-       kBoth,
-       kUnsupported,
-       {},
-       "l2kv has no grammars (use a JSON schema, a regex or choices)."},
+      {"guided_grammar", kBoth, kImplemented},
       {"guided_decoding_backend",
        kBoth,
        kUnsupported,
@@ -333,6 +330,12 @@ Constraint regex_constraint(const json& v, const std::string& param, const std::
   return {param, "regex\n" + pattern, [pattern] { return structured::regex_grammar(pattern); }};
 }
 
+Constraint gbnf_constraint(const json& v, const std::string& param, const std::string& name) {
+  if (!v.is_string()) bad_request("'" + name + "' must be a string (a GBNF grammar).", param);
+  const std::string text = v.get<std::string>();
+  return {param, "grammar\n" + text, [text] { return structured::gbnf_grammar(text); }};
+}
+
 Constraint choice_constraint(const json& v, const std::string& param, const std::string& name) {
   if (!v.is_array() || v.empty())
     bad_request("'" + name + "' must be a non-empty list of strings.", param);
@@ -386,8 +389,8 @@ void response_format_constraint(const json& body, std::vector<Constraint>& out) 
   out.push_back(schema_constraint(schema_value(*schema, "response_format"), param));
 }
 
-// vLLM's structured_outputs: {"json" | "regex" | "choice" | "json_object": ...} and the older
-// guided_json / guided_regex / guided_choice fields.
+// vLLM's structured_outputs: {"json" | "regex" | "choice" | "grammar" | "json_object": ...}
+// and the older guided_json / guided_regex / guided_choice / guided_grammar fields.
 void vllm_constraints(const json& body, std::vector<Constraint>& out) {
   if (const json* so = field(body, "structured_outputs")) {
     const char* param = "structured_outputs";
@@ -414,10 +417,12 @@ void vllm_constraints(const json& body, std::vector<Constraint>& out) {
               "'structured_outputs.disable_any_whitespace' is not supported: JSON may "
               "hold up to 16 spaces, tabs and newlines between tokens.",
               param);
-      } else if (key == "grammar" || key == "structural_tag" || key == "whitespace_pattern") {
+      } else if (key == "grammar") {
+        out.push_back(gbnf_constraint(value, param, "structured_outputs.grammar"));
+      } else if (key == "structural_tag" || key == "whitespace_pattern") {
         bad_request("'structured_outputs." + key +
-                        "' is not supported: l2kv constrains outputs by JSON schema, regex or "
-                        "choice list.",
+                        "' is not supported: l2kv constrains outputs by JSON schema, regex, "
+                        "choice list or GBNF grammar.",
                     param);
       } else {
         bad_request("'structured_outputs." + key + "' is not a structured-outputs field.", param);
@@ -430,6 +435,8 @@ void vllm_constraints(const json& body, std::vector<Constraint>& out) {
     out.push_back(regex_constraint(*v, "guided_regex", "guided_regex"));
   if (const json* v = field(body, "guided_choice"))
     out.push_back(choice_constraint(*v, "guided_choice", "guided_choice"));
+  if (const json* v = field(body, "guided_grammar"))
+    out.push_back(gbnf_constraint(*v, "guided_grammar", "guided_grammar"));
 }
 
 // The request's structured-output constraint, compiled (or found in the cache); a constraint

@@ -81,8 +81,8 @@ struct ApiRequest {
   bool stream = false;
   bool include_usage = false;
   // Structured outputs: response_format json_object / json_schema, or vLLM's
-  // structured_outputs (json, regex, choice, json_object) and guided_json / guided_regex /
-  // guided_choice; null when the output is free.
+  // structured_outputs (json, regex, choice, grammar, json_object) and guided_json /
+  // guided_regex / guided_choice / guided_grammar; null when the output is free.
   std::shared_ptr<const structured::CompiledGrammar> grammar;
   // Chat: `tools` as given (validated; null when none), tool_choice ("required" and a named
   // function are forced by `grammar`), the named function, parallel_tool_calls, and the

@@ -22,18 +22,21 @@ constexpr size_t kMaxStacks = 4096;
 // Rule references expanded in a row without a byte consumed: deeper chains (a long run of
 // optional items, such as (a?){0,100000}) are cut, bounding the recursion and its cycle check.
 constexpr size_t kMaxExpansionChain = 2048;
+// Rule expansions per byte advanced (or per start state): a grammar that explodes there, such as
+// nested nullable repetitions ((a*)*)*, keeps what it found within the budget.
+constexpr int64_t kExpansionBudget = 1 << 14;
 // Masks cached per grammar; past this the cache starts over.
 constexpr size_t kMaxCachedMasks = 512;
 
 // Pushes onto `out` every stack `s` becomes once rule references on top are expanded (tops are
 // then byte sets, or the stack is empty: complete). `path` holds the stacks being expanded, so
 // a rule that derives itself without consuming a byte is cut instead of looping.
-void expand(const Grammar& g, Stack& s, State& out, std::vector<Stack>& path) {
+void expand(const Grammar& g, Stack& s, State& out, std::vector<Stack>& path, int64_t& budget) {
   if (s.empty() || g.elements()[s.back()].kind == Kind::kBytes) {
     out.push_back(s);
     return;
   }
-  if (s.size() > kMaxStackDepth || path.size() > kMaxExpansionChain) return;
+  if (s.size() > kMaxStackDepth || path.size() > kMaxExpansionChain || --budget < 0) return;
   for (const Stack& p : path)
     if (p == s) return;
   path.push_back(s);
@@ -44,7 +47,7 @@ void expand(const Grammar& g, Stack& s, State& out, std::vector<Stack>& path) {
   const size_t base = s.size();
   for (int32_t start : g.alternatives(rule)) {
     if (g.elements()[start].kind != Kind::kEnd) s.push_back(start);
-    expand(g, s, out, path);
+    expand(g, s, out, path, budget);
     s.resize(base);
   }
   path.pop_back();
@@ -65,13 +68,14 @@ State initial_state(const Grammar& g) {
   if (g.root() < 0) throw Error("structured output: the grammar has no root rule");
   State out;
   std::vector<Stack> path;
+  int64_t budget = kExpansionBudget;
   Stack s{};
   // A root reference as a one-element stack: a synthetic position is not available, so expand
   // the root's alternatives directly.
   for (int32_t start : g.alternatives(g.root())) {
     s.clear();
     if (g.elements()[start].kind != Kind::kEnd) s.push_back(start);
-    expand(g, s, out, path);
+    expand(g, s, out, path, budget);
   }
   normalize(out);
   return out;
@@ -80,6 +84,7 @@ State initial_state(const Grammar& g) {
 State advance_state(const Grammar& g, const State& state, uint8_t byte) {
   State out;
   std::vector<Stack> path;
+  int64_t budget = kExpansionBudget;
   Stack s;
   for (const Stack& from : state) {
     if (from.empty()) continue;
@@ -89,7 +94,7 @@ State advance_state(const Grammar& g, const State& state, uint8_t byte) {
     const int32_t top = s.back();
     s.pop_back();
     if (g.elements()[top + 1].kind != Kind::kEnd) s.push_back(top + 1);
-    expand(g, s, out, path);
+    expand(g, s, out, path, budget);
   }
   normalize(out);
   return out;

@@ -171,27 +171,39 @@ class RegexParser {
     return true;
   }
 
+  // At most one quantifier per atom: JavaScript calls a** "nothing to repeat", and stacked
+  // repetitions of repetitions are what makes a grammar's stack sets explode.
   Element quantified(Element e) {
-    for (;;) {
-      if (at_end()) return e;
-      int64_t min = 0, max = 0;
-      const char c = peek();
-      if (c == '*') {
-        ++pos_, min = 0, max = -1;
-      } else if (c == '+') {
-        ++pos_, min = 1, max = -1;
-      } else if (c == '?') {
-        ++pos_, min = 0, max = 1;
-      } else if (c == '{' && braces(min, max)) {
-        if (max >= 0 && max < min)
-          fail("quantifier {" + std::to_string(min) + "," + std::to_string(max) + "} out of order");
-      } else {
-        return e;
-      }
-      if (!at_end() && peek() == '?') ++pos_;  // lazy: the same texts match
-      if (!at_end() && peek() == '+') fail("possessive quantifiers are not supported");
-      e = g_.repeat(e, min, max);
+    int64_t min = 0, max = 0;
+    if (!quantifier(min, max)) return e;
+    if (!at_end() && peek() == '?') ++pos_;  // lazy: the same texts match
+    if (!at_end() && peek() == '+') fail("possessive quantifiers are not supported");
+    int64_t unused_min = 0, unused_max = 0;
+    const size_t here = pos_;
+    if (quantifier(unused_min, unused_max)) {
+      pos_ = here;
+      fail("a quantifier after a quantifier");
     }
+    return g_.repeat(e, min, max);
+  }
+
+  // Reads * + ? {n} {n,} {n,m} at pos_ when one is there.
+  bool quantifier(int64_t& min, int64_t& max) {
+    if (at_end()) return false;
+    const char c = peek();
+    if (c == '*') {
+      ++pos_, min = 0, max = -1;
+    } else if (c == '+') {
+      ++pos_, min = 1, max = -1;
+    } else if (c == '?') {
+      ++pos_, min = 0, max = 1;
+    } else if (c == '{' && braces(min, max)) {
+      if (max >= 0 && max < min)
+        fail("quantifier {" + std::to_string(min) + "," + std::to_string(max) + "} out of order");
+    } else {
+      return false;
+    }
+    return true;
   }
 
   // One character of the pattern (a whole UTF-8 sequence).

@@ -136,7 +136,8 @@ const NAMED_400S = [
   ["response_format of an unknown type", "/v1/completions", completion({ response_format: { type: "yaml" } }), "response_format"],
   ["structured_outputs regex with a backreference", "/v1/completions",
     completion({ structured_outputs: { regex: "(a)\\1" } }), "structured_outputs"],
-  ["structured_outputs grammar", "/v1/chat/completions", chat({ structured_outputs: { grammar: "root ::= x" } }), "structured_outputs"],
+  ["structured_outputs grammar without a root rule", "/v1/chat/completions",
+    chat({ structured_outputs: { grammar: 'start ::= "x"' } }), "structured_outputs"],
   ["two structured-output constraints", "/v1/chat/completions",
     chat({ response_format: { type: "json_object" }, guided_regex: "a+" }), "guided_regex"],
   ["tools with auto and no --tool-call-parser", "/v1/chat/completions", chat({ tools: [TOOL] }), "tool_choice"],
@@ -152,7 +153,7 @@ const NAMED_400S = [
   ["a chat field on completions", "/v1/completions", completion({ messages: [] }), "messages"],
   ["suffix", "/v1/completions", completion({ suffix: "end" }), "suffix"],
   ["use_beam_search", "/v1/completions", completion({ use_beam_search: true }), "use_beam_search"],
-  ["guided_grammar", "/v1/chat/completions", chat({ guided_grammar: "root ::= x" }), "guided_grammar"],
+  ["guided_grammar with an undefined rule", "/v1/chat/completions", chat({ guided_grammar: "root ::= x" }), "guided_grammar"],
   ["include_stop_str_in_output", "/v1/completions", completion({ include_stop_str_in_output: true }), "include_stop_str_in_output"],
   ["reasoning_effort", "/v1/chat/completions", chat({ reasoning_effort: "high" }), "reasoning_effort"],
 ];
