@@ -1,6 +1,7 @@
 // Compiled grammars by the constraint that made them, for one vocabulary: the server compiles
 // a schema once and every later request with the same schema (and its mask cache) reuses it.
-// Thread-safe; bounded, the least recently used grammar leaves first.
+// Thread-safe; bounded, the least recently used grammar leaves first (each grammar caches at
+// most 2 MiB of masks, so the default 64 grammars hold at most 128 MiB of them).
 #pragma once
 
 #include <cstddef>
@@ -17,7 +18,7 @@ namespace l2kv::structured {
 
 class GrammarCache {
  public:
-  explicit GrammarCache(std::shared_ptr<const TokenVocabulary> vocabulary, size_t capacity = 256);
+  explicit GrammarCache(std::shared_ptr<const TokenVocabulary> vocabulary, size_t capacity = 64);
 
   // The grammar of `key` (the constraint's kind and text), compiled by `compile` on a miss;
   // what `compile` throws propagates and nothing is cached.

@@ -25,8 +25,9 @@ constexpr size_t kMaxExpansionChain = 2048;
 // Rule expansions per byte advanced (or per start state): a grammar that explodes there, such as
 // nested nullable repetitions ((a*)*)*, keeps what it found within the budget.
 constexpr int64_t kExpansionBudget = 1 << 14;
-// Masks cached per grammar; past this the cache starts over.
-constexpr size_t kMaxCachedMasks = 512;
+// Bytes of masks cached per grammar (128 masks of a 128k vocabulary, 4,096 of a 4k one); past
+// this the cache starts over.
+constexpr size_t kMaxCachedMaskBytes = size_t{2} << 20;
 
 // Pushes onto `out` every stack `s` becomes once rule references on top are expanded (tops are
 // then byte sets, or the stack is empty: complete). `path` holds the stacks being expanded, so
@@ -148,7 +149,7 @@ bool CompiledGrammar::cached_mask(const std::string& key, std::span<uint32_t> ma
 
 void CompiledGrammar::cache_mask(const std::string& key, std::span<const uint32_t> mask) const {
   std::lock_guard lock(mutex_);
-  if (masks_.size() >= kMaxCachedMasks) masks_.clear();
+  if ((masks_.size() + 1) * mask.size_bytes() > kMaxCachedMaskBytes) masks_.clear();
   masks_.emplace(key, std::vector<uint32_t>(mask.begin(), mask.end()));
 }
 
