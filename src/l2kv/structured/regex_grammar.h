@@ -1,7 +1,8 @@
 // Regular expressions and choice lists as grammars. The regex subset is that of JSON Schema's
 // `pattern` and vLLM's `regex` as models are asked for them: literals (UTF-8), escapes (\d \w
 // \s \D \W \S \n \t \r \. ...), classes with ASCII ranges and negation, `.`, groups `( )` and
-// `(?: )`, `|`, and the quantifiers * + ? {n} {n,} {n,m} (lazy forms match the same text).
+// `(?: )`, `|`, and one quantifier per atom: * + ? {n} {n,} {n,m} (lazy forms match the same
+// text; a** is refused, as JavaScript refuses it).
 // Backreferences, lookaround, named groups and classes with ranges beyond ASCII are refused
 // with an l2kv::Error naming the construct.
 #pragma once
