@@ -3,8 +3,9 @@
 // \s \D \W \S \n \t \r \. ...), classes with ASCII ranges and negation, `.`, groups `( )` and
 // `(?: )`, `|`, and one quantifier per atom: * + ? {n} {n,} {n,m} (lazy forms match the same
 // text; a** is refused, as JavaScript refuses it).
-// Backreferences, lookaround, named groups and classes with ranges beyond ASCII are refused
-// with an l2kv::Error naming the construct.
+// Named groups are plain groups. Backreferences, lookaround, word boundaries, \p classes,
+// negated classes with non-ASCII members and class ranges over more than 256 non-ASCII
+// characters are refused with an l2kv::Error naming the construct.
 #pragma once
 
 #include <string>
