@@ -20,6 +20,12 @@
 #include "l2kv/model/model_config.h"
 #include "l2kv/model/safetensors.h"
 #include "l2kv/server/openai_protocol.h"
+#include "l2kv/server/tool_calls.h"
+#include "l2kv/structured/gbnf_grammar.h"
+#include "l2kv/structured/grammar_cache.h"
+#include "l2kv/structured/grammar_matcher.h"
+#include "l2kv/structured/json_schema.h"
+#include "l2kv/structured/regex_grammar.h"
 #include "l2kv/tokenizer/tokenizer.h"
 
 namespace l2kv::fuzz {
@@ -120,16 +126,93 @@ inline void run_chat_template(const uint8_t* data, size_t size) {
   }
 }
 
+// A small vocabulary for grammars: every printable ASCII byte alone, a few pieces of JSON and
+// the two bytes of "é", then EOS.
+inline std::shared_ptr<const structured::TokenVocabulary> fuzz_vocabulary() {
+  static const auto vocabulary = [] {
+    std::vector<std::string> tokens;
+    for (int c = 0x20; c < 0x7F; ++c) tokens.emplace_back(1, static_cast<char>(c));
+    for (const char* t : {"\n", "{\"", "\":", "\",", "true", "null", "\xC3", "\xA9", "<tool_call>"})
+      tokens.emplace_back(t);
+    tokens.emplace_back("</s>");
+    const int32_t eos = static_cast<int32_t>(tokens.size()) - 1;
+    return std::make_shared<const structured::TokenVocabulary>(std::move(tokens),
+                                                               std::vector<int32_t>{eos});
+  }();
+  return vocabulary;
+}
+
+// A grammar walked the way the engine walks it: the mask, then an allowed token, a few steps.
+inline void walk_grammar(structured::Grammar grammar, const std::string& text) {
+  const auto compiled =
+      std::make_shared<structured::CompiledGrammar>(std::move(grammar), fuzz_vocabulary());
+  (void)structured::grammar_matches(compiled->grammar(), text);
+  structured::GrammarMatcher matcher(compiled);
+  std::vector<uint32_t> mask(structured::mask_words(fuzz_vocabulary()->size()));
+  for (size_t step = 0; step < 8 && !matcher.terminated(); ++step) {
+    if (matcher.fill_mask(mask) == 0) break;
+    int32_t pick = -1;
+    for (int32_t id = 0; id < fuzz_vocabulary()->size() && pick < 0; ++id)
+      if ((mask[id >> 5] >> (id & 31)) & 1) pick = id;
+    // Every token the mask allows must be accepted.
+    if (!matcher.accept_token(pick)) std::abort();
+  }
+}
+
+// A JSON schema (or, when it is not JSON, a GBNF grammar if it holds "::=", else a regex) and
+// a text: compiled, the text matched and the grammar walked over a small vocabulary.
+// Unsupported keywords and malformed grammars are l2kv::Error.
+inline void run_json_schema(const uint8_t* data, size_t size) {
+  const auto parts = split_input(data, size, 2);
+  try {
+    const auto schema = nlohmann::ordered_json::parse(parts[0], nullptr, false);
+    if (!schema.is_discarded())
+      walk_grammar(structured::json_schema_grammar(schema), parts[1]);
+    else if (parts[0].find("::=") != std::string::npos)
+      walk_grammar(structured::gbnf_grammar(parts[0]), parts[1]);
+    else
+      walk_grammar(structured::regex_grammar(parts[0]), parts[1]);
+  } catch (const Error&) {
+  }
+}
+
+// A chat's output text: every parser, whole and streamed in pieces cut by the input's bytes.
+inline void run_tool_calls(const uint8_t* data, size_t size) {
+  const std::string text(reinterpret_cast<const char*>(data), size);
+  using server::ToolCallParser;
+  for (const ToolCallParser parser :
+       {ToolCallParser::kHermes, ToolCallParser::kLlama3Json, ToolCallParser::kMistral}) {
+    const server::ParsedToolOutput whole =
+        server::parse_tool_calls(server::ToolChoice::kAuto, parser, "", text);
+    server::ToolCallStream stream(server::ToolChoice::kAuto, parser, "");
+    std::string sent;
+    for (size_t at = 0; at < text.size();) {
+      const size_t n = 1 + static_cast<uint8_t>(text[at]) % 7;
+      sent += stream.push(text.substr(at, n));
+      at += n;
+    }
+    const server::ParsedToolOutput streamed = stream.finish();
+    // Streamed or not, the same calls.
+    if (whole.calls.size() != streamed.calls.size()) std::abort();
+    if (whole.calls.empty() && sent + streamed.content.value_or("") != text) std::abort();
+  }
+  (void)server::parse_tool_calls(server::ToolChoice::kRequired, ToolCallParser::kNone, "", text);
+}
+
 // A JSON body for POST /v1/completions and /v1/chat/completions, validated by both endpoints'
 // parsers, then max_tokens resolved against a prompt length taken from the input and the
 // prompts tokenized without a tokenizer (token ids only). Invalid requests are ApiError.
+// Structured outputs and tools compile over a small vocabulary; "auto" reads hermes calls.
 inline void run_openai_request(const uint8_t* data, size_t size) {
   const auto body = server::json::parse(data, data + size, nullptr, /*allow_exceptions=*/false);
   if (body.is_discarded()) return;
+  static structured::GrammarCache grammars(fuzz_vocabulary(), 16);
   server::ServerLimits limits;
   limits.served_model_name = "l2kv-model";
   limits.max_model_len = 512;
   limits.vocab_size = 32000;
+  limits.grammars = &grammars;
+  limits.tool_call_parser = server::ToolCallParser::kHermes;
   const auto check = [&](const server::ApiRequest& request) {
     if (request.n < 1 || request.n > server::kMaxChoices) std::abort();
     try {

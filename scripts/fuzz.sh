@@ -11,7 +11,7 @@
 # only read); a crash is written to build-fuzz/crashes/<target>/ and fails the script.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-targets=(safetensors model_config tokenizer chat_template openai_request)
+targets=(safetensors model_config tokenizer chat_template openai_request json_schema tool_calls)
 which="${1:-all}"
 seconds="${2:-60}"
 cxx="${L2KV_FUZZ_CXX:-clang++-14}"

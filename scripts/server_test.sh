@@ -38,7 +38,7 @@ if [[ ! -f $client/node_modules/openai/package.json ]] ||
 fi
 
 files=()
-for name in "${@:-api errors load health}"; do
+for name in "${@:-api errors load health structured}"; do
   for n in $name; do files+=("$client/$n.test.mjs"); done
 done
 echo "l2kv: server tests with $L2KV_BIN on build/server_fixture (${files[*]})"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds l2kv with warnings as errors and runs every test. On a machine without a CUDA GPU the
 # GPU tests report themselves skipped and every CPU test still runs. The server tests run
-# `l2kv serve` on the CPU backend over 127.0.0.1 (scripts/server_test.sh). Then the same CPU and
+# `l2kv serve` on the CPU backend over 127.0.0.1 (scripts/server_test.sh); the structured-output
+# schema suite's outputs are validated by ajv (scripts/schema_suite_test.sh). Then the same CPU and
 # server tests again under AddressSanitizer + UndefinedBehaviorSanitizer (build-asan/,
 # scripts/test_sanitizers.sh).
 set -euo pipefail
@@ -10,6 +11,7 @@ cd "$(dirname "$0")/.."
 ./scripts/check_format.sh
 ./scripts/tokenizer_test_data.sh
 ./build/l2kv_tests --gtest_brief=1
+./scripts/schema_suite_test.sh
 ./scripts/server_test.sh
 ./scripts/test_sanitizers.sh
 # Every libFuzzer target (fuzz/) for 30 s over its corpus: a crash, hang or sanitizer report fails.

@@ -25,7 +25,8 @@ using EntryPoint = std::function<void(const uint8_t*, size_t)>;
 const std::map<std::string, EntryPoint> kTargets = {
     {"safetensors", fuzz::run_safetensors},       {"model_config", fuzz::run_model_config},
     {"tokenizer", fuzz::run_tokenizer},           {"chat_template", fuzz::run_chat_template},
-    {"openai_request", fuzz::run_openai_request},
+    {"openai_request", fuzz::run_openai_request}, {"json_schema", fuzz::run_json_schema},
+    {"tool_calls", fuzz::run_tool_calls},
 };
 
 TEST(FuzzRegressions, EveryCommittedInputEndsCleanly) {

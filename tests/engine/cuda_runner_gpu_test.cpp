@@ -12,6 +12,8 @@
 #include "l2kv/engine/cuda_runner.h"
 #include "l2kv/engine/engine.h"
 #include "l2kv/kernels/random_fill.h"
+#include "l2kv/structured/grammar_matcher.h"
+#include "l2kv/structured/regex_grammar.h"
 
 namespace l2kv {
 namespace {
@@ -283,6 +285,60 @@ TEST(CudaEngineSingle, SeededSamplingIgnoresTheRestOfTheBatch) {
   const auto together = generate(*engine, crowd, others);
   EXPECT_EQ(together[1], alone[0]);
   EXPECT_EQ(alone[0].size(), 24u);
+}
+
+// Structured outputs on the GPU path: constrained rows (their masks applied to the logits by
+// apply_token_bitmask) end with EOS on a text of their regex, and the unconstrained rows of the
+// same steps get the tokens they get alone.
+TEST(CudaEngineSingle, ConstrainedRowsFollowTheirGrammar) {
+  L2KV_SKIP_WITHOUT_GPU();
+  auto engine =
+      make_engine("llama3-gqa", DecodeKernel::kSplit, "auto", true, config_with(2048, 129));
+  const ModelConfig& config = engine->runner().config();
+  std::vector<std::string> tokens(static_cast<size_t>(config.vocab_size));
+  for (int c = 0x20; c < 0x7F; ++c)
+    tokens[static_cast<size_t>(c)] = std::string(1, static_cast<char>(c));
+  size_t next = 300;
+  for (const char* t : {"12", "ab", "c-", "-a", "999"}) tokens[next++] = t;
+  const int32_t eos = config.eos_token_ids.front();
+  tokens[static_cast<size_t>(eos)].clear();
+  auto vocab = std::make_shared<structured::TokenVocabulary>(tokens, std::vector<int32_t>{eos});
+  const std::string pattern = "[0-9]{3}-[a-c]{1,6}";
+  auto grammar =
+      std::make_shared<structured::CompiledGrammar>(structured::regex_grammar(pattern), vocab);
+
+  SamplingParams free = greedy(12);
+  free.ignore_eos = true;
+  const std::vector<int32_t> free_prompt = {5, 17, 99, 240};
+  const auto alone = generate(*engine, {free_prompt}, free);
+
+  std::vector<RequestOutput> outputs(4);
+  std::vector<std::vector<int32_t>> produced(4);
+  for (size_t i = 0; i < 4; ++i) {
+    GenerationRequest r;
+    r.prompt = i == 1 ? free_prompt : std::vector<int32_t>{1, static_cast<int32_t>(40 + i)};
+    r.params = i == 1 ? free : SamplingParams{};
+    if (i != 1) {
+      r.params.temperature = 1.f;
+      r.params.seed = 10 + i;
+      r.params.max_tokens = 64;
+      r.grammar = grammar;
+    }
+    r.on_output = [&, i](const RequestOutput& o) {
+      produced[i].insert(produced[i].end(), o.new_tokens.begin(), o.new_tokens.end());
+      outputs[i] = o;
+    };
+    engine->add_request(std::move(r));
+  }
+  engine->run_until_idle();
+  EXPECT_EQ(produced[1], alone[0]);
+  for (size_t i : {0u, 2u, 3u}) {
+    EXPECT_EQ(outputs[i].finish_reason, FinishReason::kStop) << i;
+    std::string text;
+    for (int32_t t : produced[i])
+      if (t != eos) text += vocab->bytes(t);
+    EXPECT_TRUE(structured::grammar_matches(grammar->grammar(), text)) << i << ": " << text;
+  }
 }
 
 // Runs requests, then a kernel that writes to an unmapped address on the runner's stream (a

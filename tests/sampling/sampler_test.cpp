@@ -585,3 +585,44 @@ TEST(SamplerCpuTest, RejectsMismatchedSizesAndBadHistory) {
 
 }  // namespace
 }  // namespace l2kv::testing
+
+namespace l2kv::testing {
+namespace {
+
+// Step -1: tokens outside the allowed mask are never sampled, greedy or not, and the logprobs
+// are those of the allowed tokens alone.
+TEST(Sampler, AllowedTokensMask) {
+  const int64_t vocab = 40;
+  std::vector<float> logits(vocab);
+  for (int64_t t = 0; t < vocab; ++t) logits[t] = static_cast<float>((t * 7) % 11) * 0.5f;
+  std::vector<uint32_t> allowed(2, 0);
+  for (int32_t t : {3, 17, 33}) allowed[t >> 5] |= 1u << (t & 31);
+  SamplingParams greedy;
+  greedy.temperature = 0.f;
+  greedy.logprobs = 2;
+  SamplingParams hot;
+  hot.temperature = 2.f;
+  for (uint64_t seed = 0; seed < 200; ++seed) {
+    SamplingRow row{&hot, seed, 0, {}, {}, allowed};
+    const int32_t t = sample_on_cpu(logits, vocab, std::vector<SamplingRow>{row})[0].token;
+    EXPECT_TRUE(t == 3 || t == 17 || t == 33) << t;
+  }
+  SamplingRow row{&greedy, 1, 0, {}, {}, allowed};
+  const SampledToken s = sample_on_cpu(logits, vocab, std::vector<SamplingRow>{row})[0];
+  // The largest allowed logit wins.
+  int32_t best = 3;
+  for (int32_t t : {17, 33})
+    if (logits[t] > logits[best]) best = t;
+  EXPECT_EQ(s.token, best);
+  double mass = 0;
+  for (int32_t t : {3, 17, 33}) mass += std::exp(static_cast<double>(logits[t]));
+  EXPECT_NEAR(s.logprob, logits[best] - std::log(mass), 1e-5);
+  ASSERT_EQ(s.top_logprobs.size(), 2u);
+  EXPECT_EQ(s.top_logprobs[0].first, best);
+  // A mask of the wrong size is an error, not a read past its end.
+  SamplingRow short_row{&greedy, 1, 0, {}, {}, std::span<const uint32_t>(allowed).first(1)};
+  EXPECT_THROW(sample_on_cpu(logits, vocab, std::vector<SamplingRow>{short_row}), Error);
+}
+
+}  // namespace
+}  // namespace l2kv::testing

@@ -5,10 +5,13 @@
 #include <gtest/gtest.h>
 
 #include <initializer_list>
+#include <limits>
 #include <string>
 #include <vector>
 
 #include "l2kv/chat/chat_template.h"
+#include "l2kv/structured/grammar_cache.h"
+#include "l2kv/structured/grammar_matcher.h"
 #include "l2kv/tokenizer/tokenizer.h"
 
 namespace l2kv::server {
@@ -208,11 +211,9 @@ TEST(OpenAiProtocol, RefusesFieldsItDoesNotImplement) {
       {R"("response_format": {"type": "json_object"})", "response_format"},
       {R"("response_format": {"type": "json_schema", "json_schema": {"name": "a"}})",
        "response_format"},
-      {R"("tools": [{"type": "function", "function": {"name": "f"}}])", "tools"},
       {R"("tools": {})", "tools"},
       {R"("tool_choice": "auto")", "tool_choice"},
       {R"("tool_choice": {"type": "function", "function": {"name": "f"}})", "tool_choice"},
-      {R"("parallel_tool_calls": true)", "parallel_tool_calls"},
       {R"("functions": [{"name": "f"}])", "functions"},
       {R"("function_call": "auto")", "function_call"},
       {R"("modalities": ["text", "audio"])", "modalities"},
@@ -294,13 +295,101 @@ TEST(OpenAiProtocol, RefusesFieldsItDoesNotImplement) {
   EXPECT_EQ(error_of([&] { chat("{" + msgs + R"(, "temprature": null})"); }).param, "temprature");
 }
 
-TEST(OpenAiProtocol, RefusesUnknownRolesAndToolMessages) {
+// Structured outputs: each form compiles to a grammar (cached per constraint text), and what
+// cannot be compiled or combined is a 400 naming the field and the keyword.
+TEST(OpenAiProtocol, StructuredOutputs) {
+  std::vector<std::string> tokens;
+  for (int c = 0; c < 100; ++c) tokens.emplace_back(1, static_cast<char>(0x20 + c % 95));
+  structured::GrammarCache cache(
+      std::make_shared<structured::TokenVocabulary>(tokens, std::vector<int32_t>{99}));
+  ServerLimits limits = kLimits;
+  limits.grammars = &cache;
+  const std::string msgs = R"("messages": [{"role": "user", "content": "x"}])";
+  auto chat_with = [&](const std::string& fields) {
+    return parse_chat_request(json::parse("{" + msgs + ", " + fields + "}"), limits);
+  };
+  auto accepts = [](const ApiRequest& r, const std::string& text) {
+    structured::GrammarMatcher m(r.grammar);
+    return m.accept_bytes(text) && m.accepting();
+  };
+  const std::string schema =
+      R"({"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]})";
+  const ApiRequest r = chat_with(R"("response_format": {"type": "json_schema", "json_schema":
+      {"name": "n", "strict": true, "schema": )" +
+                                 schema + "}}");
+  ASSERT_TRUE(r.grammar);
+  EXPECT_TRUE(accepts(r, R"({"a": 5})"));
+  EXPECT_FALSE(accepts(r, R"({"b": 5})"));
+  // The same schema again is the same compiled grammar.
+  EXPECT_EQ(chat_with(R"("structured_outputs": {"json": )" + schema + "}").grammar, r.grammar);
+  EXPECT_EQ(cache.compilations(), 1);
+  EXPECT_TRUE(accepts(chat_with(R"("response_format": {"type": "json_object"})"), "{}"));
+  EXPECT_TRUE(accepts(chat_with(R"("structured_outputs": {"regex": "[0-9]{2}"})"), "42"));
+  EXPECT_TRUE(accepts(chat_with(R"("structured_outputs": {"choice": ["yes", "no"]})"), "no"));
+  EXPECT_TRUE(accepts(chat_with(R"("guided_choice": ["yes", "no"])"), "yes"));
+  EXPECT_TRUE(accepts(
+      chat_with(R"("structured_outputs": {"grammar": "root ::= \"a\" [0-9]+ | \"b\""})"), "a42"));
+  EXPECT_TRUE(accepts(chat_with(R"("guided_grammar": "root ::= \"x\"{2}")"), "xx"));
+  EXPECT_TRUE(
+      accepts(parse_completion_request(
+                  json::parse(R"({"prompt": "x", "guided_json": "{\"type\": \"null\"}"})"), limits),
+              "null"));
+  EXPECT_FALSE(chat_with(R"("response_format": {"type": "text"})").grammar);
+  EXPECT_FALSE(chat("{" + msgs + "}").grammar);
+
+  struct Bad {
+    std::string fields, param, words;
+  };
+  const std::vector<Bad> bad = {
+      {R"("response_format": {"type": "json_schema", "json_schema": {"name": "n", "schema":
+          {"type": "object", "patternProperties": {}}}})",
+       "response_format", "patternProperties"},
+      {R"("response_format": {"type": "json_schema", "json_schema": {"name": "n", "schema":
+          {"type": "string", "format": "hostname"}}})",
+       "response_format", "hostname"},
+      {R"("response_format": {"type": "json_schema", "json_schema": {"name": "n"}})",
+       "response_format", "schema"},
+      {R"("response_format": {"type": "yaml"})", "response_format", "yaml"},
+      {R"("structured_outputs": {"regex": "(a)\\1"})", "structured_outputs", "backreferences"},
+      {R"("structured_outputs": {"grammar": "root ::= x"})", "structured_outputs",
+       "the rule 'x' is not defined"},
+      {R"("structured_outputs": {"structural_tag": "{}"})", "structured_outputs", "structural_tag"},
+      {R"("structured_outputs": {"choice": []})", "structured_outputs", "choice"},
+      {R"("structured_outputs": {"regex": "a", "choice": ["a"]})", "structured_outputs",
+       "Only one"},
+      {R"("response_format": {"type": "json_object"}, "guided_regex": "a")", "guided_regex",
+       "Only one"},
+  };
+  for (const Bad& b : bad) {
+    const ApiError e = error_of([&] { chat_with(b.fields); });
+    EXPECT_EQ(e.status, 400) << b.fields;
+    EXPECT_EQ(e.param, b.param) << b.fields;
+    EXPECT_NE(e.message.find(b.words), std::string::npos) << b.fields << ": " << e.message;
+  }
+  // A constrained row's top logprobs hold only allowed tokens: forbidden ones (-inf) are left
+  // out rather than written as null.
+  SampledToken t;
+  t.token = 1;
+  t.logprob = -0.1f;
+  t.top_logprobs = {{1, -0.1f}, {2, -std::numeric_limits<float>::infinity()}};
+  const TokenText text = [](int32_t id) { return std::to_string(id); };
+  const json chat_lp = chat_logprobs_json({t}, text);
+  EXPECT_EQ(chat_lp["content"][0]["top_logprobs"].size(), 1u);
+  EXPECT_EQ(completion_logprobs_json({t}, text, 0)["top_logprobs"][0].size(), 1u);
+  // Without a tokenizer (no grammar cache) a constraint is a 400 that says why.
+  const ApiError e = error_of([&] { chat("{" + msgs + R"(, "guided_regex": "a"})"); });
+  EXPECT_EQ(e.param, "guided_regex");
+  EXPECT_NE(e.message.find("tokenizer"), std::string::npos);
+}
+
+TEST(OpenAiProtocol, RefusesUnknownRolesAndMalformedMessages) {
   const std::vector<std::string> bad = {
       R"({"role": "wizard", "content": "x"})",
-      R"({"role": "tool", "content": "42", "tool_call_id": "c1"})",
       R"({"role": "function", "content": "42", "name": "f"})",
-      R"({"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function",
+      R"({"role": "user", "content": "x", "tool_calls": [{"id": "c1", "type": "function",
           "function": {"name": "f", "arguments": "{}"}}]})",
+      R"({"role": "assistant", "content": null, "tool_calls": [{"id": "c1"}]})",
+      R"({"role": "assistant", "content": null})",
       R"({"role": "user", "content": "x", "audio": {"id": "a"}})",
       R"({"role": "user", "content": "x", "name": 5})",
       R"({"role": "user", "content": [{"type": 5, "text": "x"}]})",
@@ -316,6 +405,86 @@ TEST(OpenAiProtocol, RefusesUnknownRolesAndToolMessages) {
               chat(R"({"messages": [{"role": "wizard", "content": "x"}]})");
             }).message.find("wizard"),
             std::string::npos);
+}
+
+// Tools: the list is validated and passed to the template, tool messages reach it too;
+// "required" and a named function are forced by a grammar, "auto" needs the server's parser.
+TEST(OpenAiProtocol, Tools) {
+  std::vector<std::string> tokens;
+  for (int c = 0; c < 100; ++c) tokens.emplace_back(1, static_cast<char>(0x20 + c % 95));
+  structured::GrammarCache cache(
+      std::make_shared<structured::TokenVocabulary>(tokens, std::vector<int32_t>{99}));
+  ServerLimits limits = kLimits;
+  limits.grammars = &cache;
+  const std::string tools = R"("tools": [{"type": "function", "function": {"name": "get_weather",
+      "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+      "required": ["city"]}}}, {"type": "function", "function": {"name": "now"}}])";
+  const std::string msgs = R"("messages": [{"role": "user", "content": "x"},
+      {"role": "assistant", "tool_calls": [{"id": "c1", "type": "function", "function":
+      {"name": "now", "arguments": "{\"tz\": \"UTC\"}"}}]},
+      {"role": "tool", "tool_call_id": "c1", "content": "12:00"}])";
+  auto chat_with = [&](const std::string& fields, const ServerLimits& l) {
+    return parse_chat_request(json::parse("{" + msgs + ", " + tools + fields + "}"), l);
+  };
+  auto accepts = [](const ApiRequest& r, const std::string& text) {
+    structured::GrammarMatcher m(r.grammar);
+    return m.accept_bytes(text) && m.accepting();
+  };
+  const ApiRequest named = chat_with(
+      R"(, "tool_choice": {"type": "function", "function": {"name": "get_weather"}})", limits);
+  EXPECT_EQ(named.tool_choice, ToolChoice::kNamed);
+  EXPECT_EQ(named.tool_name, "get_weather");
+  EXPECT_TRUE(accepts(named, R"({"city": "Paris"})"));
+  EXPECT_FALSE(accepts(named, R"({})"));
+  ASSERT_EQ(named.tools.size(), 2u);
+  EXPECT_EQ(named.messages[1]["tool_calls"][0]["function"]["arguments"]["tz"], "UTC");
+  EXPECT_EQ(named.messages[2]["role"], "tool");
+  EXPECT_EQ(named.messages[2]["tool_call_id"], "c1");
+
+  const ApiRequest required = chat_with(R"(, "tool_choice": "required")", limits);
+  EXPECT_TRUE(accepts(required, R"([{"name": "now", "parameters": {}}])"));
+  EXPECT_TRUE(accepts(required, R"([{"name": "get_weather", "parameters": {"city": "a"}},
+      {"name": "now", "parameters": {}}])"));
+  EXPECT_FALSE(accepts(required, R"([])"));
+  EXPECT_FALSE(accepts(required, R"([{"name": "other", "parameters": {}}])"));
+  const ApiRequest single =
+      chat_with(R"(, "tool_choice": "required", "parallel_tool_calls": false)", limits);
+  EXPECT_FALSE(accepts(single, R"([{"name": "now", "parameters": {}}, {"name": "now",
+      "parameters": {}}])"));
+
+  EXPECT_FALSE(chat_with(R"(, "tool_choice": "none")", limits).grammar);
+  // "auto" (the default with tools) needs a parser.
+  EXPECT_EQ(error_of([&] { chat_with("", limits); }).param, "tool_choice");
+  ServerLimits hermes = limits;
+  hermes.tool_call_parser = ToolCallParser::kHermes;
+  const ApiRequest automatic = chat_with("", hermes);
+  EXPECT_EQ(automatic.tool_choice, ToolChoice::kAuto);
+  EXPECT_FALSE(automatic.grammar);
+
+  const std::vector<std::pair<std::string, std::string>> bad = {
+      {R"(, "tool_choice": {"type": "function", "function": {"name": "nope"}})", "tool_choice"},
+      {R"(, "tool_choice": "sometimes")", "tool_choice"},
+      {R"(, "tool_choice": "required", "response_format": {"type": "json_object"})", "tool_choice"},
+  };
+  for (const auto& [fields, param] : bad) {
+    const ApiError e = error_of([&] { chat_with(fields, limits); });
+    EXPECT_EQ(e.status, 400) << fields;
+    EXPECT_EQ(e.param, param) << fields;
+  }
+  const std::vector<std::string> bad_tools = {
+      R"("tools": [{"type": "function", "function": {"name": "f"}}, {"type": "function",
+          "function": {"name": "f"}}])",
+      R"("tools": [{"type": "retrieval"}])",
+      R"("tools": [{"type": "function", "function": {"name": "f", "parameters": 3}}])",
+      R"("tools": [{"type": "function", "function": {"name": "f", "parameters":
+          {"type": "object", "not": {}}}}], "tool_choice": "required")",
+  };
+  for (const std::string& t : bad_tools) {
+    const std::string body = R"({"messages": [{"role": "user", "content": "x"}], )" + t + "}";
+    const ApiError e = error_of([&] { parse_chat_request(json::parse(body), limits); });
+    EXPECT_EQ(e.status, 400) << t;
+    EXPECT_EQ(e.param, "tools") << t;
+  }
 }
 
 TEST(OpenAiProtocol, LogitBias) {

@@ -133,6 +133,12 @@ std::function<int()> add_serve_command(CLI::App& app) {
                   "503); 4 more workers answer /health, /metrics and the rest")
       ->check(CLI::Range(1, 65536))
       ->capture_default_str();
+  cmd->add_option("--tool-call-parser", h.tool_call_parser,
+                  "How tool calls are read from a chat's output with tool_choice \"auto\": "
+                  "hermes (Qwen2.5/Qwen3 <tool_call>), llama3_json (Llama 3.1/3.2) or mistral "
+                  "([TOOL_CALLS]); without it \"auto\" is refused, while \"required\" and a "
+                  "named function (forced by the grammar) always work")
+      ->check(CLI::IsMember({"hermes", "llama3_json", "mistral"}));
   return [o] { return run_serve(*o); };
 }
 

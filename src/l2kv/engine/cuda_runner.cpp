@@ -5,6 +5,7 @@
 #include "l2kv/core/cuda_check.h"
 #include "l2kv/core/device_info.h"
 #include "l2kv/sampling/gpu_sampler.h"
+#include "l2kv/sampling/token_bitmask.h"
 
 namespace l2kv {
 
@@ -32,10 +33,21 @@ CudaRunner::CudaRunner(std::shared_ptr<CudaModel> model, CudaRunnerOptions optio
 
 CudaRunner::~CudaRunner() {
   sampler_.reset();
+  free_masks();
   model_.reset();
   for (cudaEvent_t e : events_)
     if (e) cudaEventDestroy(e);
   if (stream_) cudaStreamDestroy(stream_);
+}
+
+void CudaRunner::free_masks() {
+  if (host_masks_) cudaFreeHost(host_masks_);
+  if (host_mask_rows_) cudaFreeHost(host_mask_rows_);
+  if (device_masks_) cudaFree(device_masks_);
+  if (device_mask_rows_) cudaFree(device_mask_rows_);
+  host_masks_ = nullptr, host_mask_rows_ = nullptr;
+  device_masks_ = nullptr, device_mask_rows_ = nullptr;
+  mask_rows_ = 0;
 }
 
 std::string CudaRunner::device_name() const {
@@ -56,6 +68,17 @@ KvCacheSizing CudaRunner::prepare(int32_t block_size, int32_t max_batched_tokens
   // Allocated before the free memory is read, so the KV cache is sized without it.
   sampler_ = std::make_unique<GpuSampler>(config().vocab_size, max_seqs, history,
                                           GpuSampler::default_scratch_rows(max_seqs, device_));
+  if (max_seqs > mask_rows_) {  // a later prepare() may ask for more sequences
+    free_masks();
+    mask_words_ = (config().vocab_size + 31) / 32;
+    const size_t mask_bytes = sizeof(uint32_t) * static_cast<size_t>(mask_words_) * max_seqs;
+    const size_t row_bytes = sizeof(int32_t) * static_cast<size_t>(max_seqs);
+    L2KV_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&host_masks_), mask_bytes));
+    L2KV_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&host_mask_rows_), row_bytes));
+    L2KV_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&device_masks_), mask_bytes));
+    L2KV_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&device_mask_rows_), row_bytes));
+    mask_rows_ = max_seqs;
+  }
   size_t free_bytes = 0, total_bytes = 0;
   L2KV_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
   const double allowed = memory_utilization * static_cast<double>(total_bytes);
@@ -98,6 +121,7 @@ std::vector<SampledToken> CudaRunner::execute(const StepInput& step) {
   L2KV_CUDA_CHECK(cudaSetDevice(device_));
   batch_.clear();
   rows_.clear();
+  int32_t masked_rows = 0;
   bool decode_only = true;
   for (const StepSequence& s : step.sequences) {
     batch_.push_back({s.tokens, s.start_position, s.block_table, s.sample});
@@ -107,6 +131,17 @@ std::vector<SampledToken> CudaRunner::execute(const StepInput& step) {
     const SamplingParams& p = *row.params;
     if (p.repetition_penalty == 1.f && p.presence_penalty == 0.f && p.frequency_penalty == 0.f)
       row.prompt_tokens = {}, row.output_tokens = {};  // no history to upload
+    if (!row.allowed_tokens.empty()) {
+      if (static_cast<int64_t>(row.allowed_tokens.size()) != mask_words_ ||
+          masked_rows >= mask_rows_)
+        throw Error("CudaRunner: an allowed-token mask of " +
+                    std::to_string(row.allowed_tokens.size()) + " words, expected " +
+                    std::to_string(mask_words_));
+      std::copy(row.allowed_tokens.begin(), row.allowed_tokens.end(),
+                host_masks_ + static_cast<int64_t>(masked_rows) * mask_words_);
+      host_mask_rows_[masked_rows++] = static_cast<int32_t>(rows_.size());
+      row.allowed_tokens = {};  // applied to the logits below
+    }
     rows_.push_back(row);
   }
   const int32_t n = static_cast<int32_t>(batch_.size());
@@ -118,6 +153,18 @@ std::vector<SampledToken> CudaRunner::execute(const StepInput& step) {
   L2KV_CUDA_CHECK(cudaEventRecord(events_[0], stream_));
   model_->forward(stream_);
   L2KV_CUDA_CHECK(cudaEventRecord(events_[1], stream_));
+  if (masked_rows > 0) {
+    L2KV_CUDA_CHECK(cudaMemcpyAsync(device_masks_, host_masks_,
+                                    sizeof(uint32_t) * mask_words_ * masked_rows,
+                                    cudaMemcpyHostToDevice, stream_));
+    L2KV_CUDA_CHECK(cudaMemcpyAsync(device_mask_rows_, host_mask_rows_,
+                                    sizeof(int32_t) * masked_rows, cudaMemcpyHostToDevice,
+                                    stream_));
+    // The logits are the model's workspace, rewritten by every forward: masking them in place
+    // spares a copy, and the sampler then reads them as sampler.h's step -1 defines.
+    apply_token_bitmask(const_cast<float*>(model_->logits()), config().vocab_size, device_masks_,
+                        device_mask_rows_, masked_rows, stream_);
+  }
   std::vector<SampledToken> sampled;
   if (!rows_.empty()) sampler_->sample(model_->logits(), rows_, stream_);
   L2KV_CUDA_CHECK(cudaEventRecord(events_[2], stream_));

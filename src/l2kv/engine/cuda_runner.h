@@ -76,7 +76,16 @@ class CudaRunner : public ModelRunner {
   int32_t max_seqs_ = 0;
   std::vector<BatchSequence> batch_;  // reused between steps
   std::vector<SamplingRow> rows_;
+  // Structured outputs: the allowed-token masks of a step's constrained rows (pinned staging,
+  // device copy) and which logits row each applies to.
+  int64_t mask_words_ = 0;
+  int32_t mask_rows_ = 0;  // rows the mask buffers hold
+  uint32_t* host_masks_ = nullptr;
+  int32_t* host_mask_rows_ = nullptr;
+  uint32_t* device_masks_ = nullptr;
+  int32_t* device_mask_rows_ = nullptr;
   StepProfile profile_;
+  void free_masks();
   cudaEvent_t events_[3] = {};  // forward start, forward end, sampling end
 };
 

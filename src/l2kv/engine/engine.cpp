@@ -25,6 +25,7 @@
 #include "l2kv/engine/block_manager.h"
 #include "l2kv/engine/request.h"
 #include "l2kv/engine/scheduler.h"
+#include "l2kv/structured/grammar_matcher.h"
 #include "l2kv/tokenizer/tokenizer.h"
 
 namespace l2kv {
@@ -191,6 +192,16 @@ struct Engine::Impl {
     if (request.prompt_logprobs >= 0 && !runner->supports_prompt_logprobs())
       throw Error("prompt logprobs are not supported on the " + runner->device_name() +
                   " backend yet");
+    if (request.grammar) {
+      if (request.grammar->vocabulary().size() != vocab)
+        throw Error("the structured-output grammar is for a vocabulary of " +
+                    std::to_string(request.grammar->vocabulary().size()) +
+                    " tokens, the model has " + std::to_string(vocab));
+      if (request.params.ignore_eos)
+        throw Error("ignore_eos is not supported with structured outputs");
+      if (request.params.min_tokens > 0)
+        throw Error("min_tokens is not supported with structured outputs");
+    }
     if (!request.params.stop.empty() && tokenizer == nullptr)
       throw Error("stop strings need a tokenizer, and this engine has none");
     for (const std::string& stop : request.params.stop)
@@ -210,6 +221,7 @@ struct Engine::Impl {
     if (tokenizer) r->detokenizer.emplace(*tokenizer, r->params.skip_special_tokens);
     r->prompt_logprobs = request.prompt_logprobs;
     r->prompt_only = request.prompt_only;
+    if (request.grammar) r->matcher.emplace(std::move(request.grammar));
     if (request.on_output)
       r->on_output = std::make_shared<const Callback>(std::move(request.on_output));
     Request* leader = prompt_leader_for(request.share_prompt_with, *r);
@@ -223,6 +235,8 @@ struct Engine::Impl {
     requests.emplace(id, std::move(r));
     return id;
   }
+
+  int64_t vocab_size() const { return runner->config().vocab_size; }
 
   // The request `r` may wait for (GenerationRequest::share_prompt_with), or null.
   Request* prompt_leader_for(int64_t leader_id, const Request& r) {
@@ -313,6 +327,15 @@ struct Engine::Impl {
   // (not before min_tokens), stop strings (not before min_tokens), then length.
   void append(Request& r, SampledToken sampled) {
     const int32_t token = sampled.token;
+    if (r.matcher && !r.matcher->accept_token(token)) {
+      // Only when the grammar allowed no token at all (the sampler then falls back to the
+      // largest logit): no token of the vocabulary spells what the grammar needs next.
+      finish(r, FinishReason::kError, {},
+             "structured output: no token of the vocabulary continues the text the grammar "
+             "requires (token " +
+                 std::to_string(token) + " was sampled without being allowed)");
+      return;
+    }
     r.tokens.push_back(token);
     ++totals.generation_tokens;
     r.pending_tokens.push_back(token);
@@ -403,7 +426,12 @@ struct Engine::Impl {
         }
       }
       if (c.sample) {
-        s.sampling = {&r.params, r.seed, r.num_output_tokens(), r.prompt(), r.output()};
+        s.sampling = {&r.params, r.seed, r.num_output_tokens(), r.prompt(), r.output(), {}};
+        if (r.matcher) {
+          r.allowed_tokens.resize(static_cast<size_t>(structured::mask_words(vocab_size())));
+          r.matcher->fill_mask(r.allowed_tokens);
+          s.sampling.allowed_tokens = r.allowed_tokens;
+        }
         ++num_samples;
       }
       input.sequences.push_back(s);

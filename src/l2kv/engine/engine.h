@@ -18,6 +18,9 @@
 namespace l2kv {
 
 class Tokenizer;
+namespace structured {
+class CompiledGrammar;
+}
 
 struct EngineConfig {
   int32_t block_size = 16;
@@ -80,6 +83,11 @@ struct GenerationRequest {
   // Only the prompt (max_tokens 0 with echo): the request ends with "length" once its prompt is
   // computed, with no output token; params.max_tokens is not used.
   bool prompt_only = false;
+  // Structured outputs: every sampled token must continue a sentence of this grammar (its
+  // vocabulary the model's), and EOS comes only once the text is complete. Each step the
+  // engine computes the request's allowed tokens on the host (SamplingRow::allowed_tokens);
+  // requests without a grammar pay nothing. Not with ignore_eos or min_tokens.
+  std::shared_ptr<const structured::CompiledGrammar> grammar;
 };
 
 struct EngineStats {

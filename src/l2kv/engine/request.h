@@ -15,6 +15,7 @@
 #include "l2kv/engine/engine.h"
 #include "l2kv/engine/stop_checker.h"
 #include "l2kv/sampling/sampling_params.h"
+#include "l2kv/structured/grammar_matcher.h"
 #include "l2kv/tokenizer/stream_detokenizer.h"
 
 namespace l2kv {
@@ -55,6 +56,10 @@ struct Request {
   bool prompt_logprobs_delivered = false;
   FinishReason finish_reason = FinishReason::kNone;
   std::string stop_reason;
+  // Structured outputs (GenerationRequest::grammar): the parse of the output so far and the
+  // allowed tokens of the next step.
+  std::optional<structured::GrammarMatcher> matcher;
+  std::vector<uint32_t> allowed_tokens;
 
   // Streaming: text comes from the detokenizer (when the engine has a tokenizer) through the
   // stop-string checker; tokens, text and logprobs gather here until the next callback.

@@ -27,6 +27,11 @@ int32_t argmax_lowest_id(std::span<const float> x) {
 void check_row(const SamplingRow& row, int64_t vocab) {
   if (row.params == nullptr) throw Error("sampling: a row has no SamplingParams");
   if (vocab < 1) throw Error("sampling: vocab must be at least 1, got " + std::to_string(vocab));
+  if (!row.allowed_tokens.empty() &&
+      static_cast<int64_t>(row.allowed_tokens.size()) != (vocab + 31) / 32)
+    throw Error("sampling: the allowed-token mask has " +
+                std::to_string(row.allowed_tokens.size()) + " words, expected " +
+                std::to_string((vocab + 31) / 32));
   for (auto tokens : {row.prompt_tokens, row.output_tokens})
     for (int32_t t : tokens)
       if (t < 0 || t >= vocab)
@@ -120,12 +125,22 @@ void fill_logprobs(std::span<const float> raw, int32_t n, SampledToken& out) {
 
 }  // namespace
 
+void apply_token_bitmask_on_cpu(std::span<float> row_logits, std::span<const uint32_t> allowed) {
+  if (static_cast<int64_t>(allowed.size()) != (static_cast<int64_t>(row_logits.size()) + 31) / 32)
+    throw Error("apply_token_bitmask_on_cpu: " + std::to_string(allowed.size()) +
+                " mask words for a row of " + std::to_string(row_logits.size()));
+  for (size_t t = 0; t < row_logits.size(); ++t)
+    if (((allowed[t >> 5] >> (t & 31)) & 1) == 0)
+      row_logits[t] = -std::numeric_limits<float>::infinity();
+}
+
 std::vector<float> adjusted_logits_on_cpu(std::span<const float> row_logits,
                                           const SamplingRow& row) {
   const int64_t vocab = static_cast<int64_t>(row_logits.size());
   check_row(row, vocab);
   const SamplingParams& p = *row.params;
   std::vector<float> z(row_logits.begin(), row_logits.end());
+  if (!row.allowed_tokens.empty()) apply_token_bitmask_on_cpu(z, row.allowed_tokens);
   for (const auto& [t, bias] : p.logit_bias) {
     if (t < 0 || t >= vocab)
       throw Error("sampling: logit_bias token " + std::to_string(t) + " outside [0, " +
@@ -180,7 +195,14 @@ std::vector<SampledToken> sample_on_cpu(std::span<const float> logits, int64_t v
   std::vector<SampledToken> out(rows.size());
   for (size_t r = 0; r < rows.size(); ++r) {
     const SamplingRow& row = rows[r];
-    const std::span<const float> raw = logits.subspan(r * vocab, vocab);
+    std::span<const float> raw = logits.subspan(r * vocab, vocab);
+    std::vector<float> allowed_raw;  // step -1, which the logprobs see too
+    if (!row.allowed_tokens.empty()) {
+      check_row(row, vocab);
+      allowed_raw.assign(raw.begin(), raw.end());
+      apply_token_bitmask_on_cpu(allowed_raw, row.allowed_tokens);
+      raw = allowed_raw;
+    }
     const std::vector<float> x = adjusted_logits_on_cpu(raw, row);
     const SamplingParams& p = *row.params;
     if (p.logprobs > kMaxLogprobs)

@@ -1,5 +1,8 @@
 // Sampling the next token of each row from its logits, identically defined on the CPU
 // (sample_on_cpu, the reference) and the GPU (GpuSampler):
+//  -1. allowed tokens (structured outputs): a token whose bit is clear in the row's mask gets
+//      the logit -inf, before everything else, so logprobs are those of the allowed tokens
+//      (on the GPU, apply_token_bitmask rewrites the logits before GpuSampler reads them);
 //   0. logit_bias: logit += bias for each (token, bias) of the request (OpenAI's logit_bias);
 //   1. penalties: repetition (over prompt and output tokens: logit / p if > 0, else * p),
 //      presence and frequency (over output tokens: logit -= presence + frequency * count);
@@ -48,6 +51,9 @@ struct SamplingRow {
   int64_t step = 0;   // index of the token being sampled within the request's output
   std::span<const int32_t> prompt_tokens;  // for the repetition penalty
   std::span<const int32_t> output_tokens;  // for all penalties
+  // Structured outputs: bit t % 32 of word t / 32 set = token t allowed, (vocab + 31) / 32
+  // words; empty = every token allowed (and no cost).
+  std::span<const uint32_t> allowed_tokens;
 };
 
 struct SampledToken {
@@ -74,12 +80,16 @@ __host__ __device__
   return (static_cast<float>(x >> 40) + 0.5f) * (1.0f / 16777216.0f);
 }
 
+// Step -1 on one row: -inf for every token whose bit is clear in `allowed` ((vocab + 31) / 32
+// words). The reference of apply_token_bitmask (token_bitmask.h).
+void apply_token_bitmask_on_cpu(std::span<float> row_logits, std::span<const uint32_t> allowed);
+
 // logits: [rows.size(), vocab], row-major. Returns one token per row.
 std::vector<SampledToken> sample_on_cpu(std::span<const float> logits, int64_t vocab,
                                         std::span<const SamplingRow> rows);
 
-// The logits of one row after steps 0, 1 and 3 (bias, penalties, then / temperature unless
-// greedy).
+// The logits of one row after steps -1, 0, 1 and 3 (allowed tokens, bias, penalties, then
+// / temperature unless greedy).
 std::vector<float> adjusted_logits_on_cpu(std::span<const float> row_logits,
                                           const SamplingRow& row);
 

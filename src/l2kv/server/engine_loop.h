@@ -80,6 +80,7 @@ class EngineLoop {
   LoopSnapshot snapshot() const;
   const EngineConfig& config() const { return config_; }
   int64_t vocab_size() const { return vocab_size_; }
+  const std::vector<int32_t>& eos_token_ids() const { return eos_token_ids_; }
 
   // Stops accepting submissions, aborts every request in flight, joins the thread. Idempotent.
   void shutdown();
@@ -97,6 +98,7 @@ class EngineLoop {
   std::unique_ptr<Engine> engine_;  // touched by the engine thread only (after start-up)
   EngineConfig config_;
   int64_t vocab_size_ = 0;
+  std::vector<int32_t> eos_token_ids_;
 
   mutable std::mutex mutex_;
   std::condition_variable wake_;

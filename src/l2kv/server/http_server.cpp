@@ -13,12 +13,15 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <optional>
 #include <random>
 
 #include "l2kv/core/error.h"
 #include "l2kv/server/engine_loop.h"
 #include "l2kv/server/metrics.h"
 #include "l2kv/server/openai_protocol.h"
+#include "l2kv/structured/grammar_cache.h"
+#include "l2kv/structured/tokenizer_vocabulary.h"
 #include "l2kv/tokenizer/tokenizer.h"
 
 namespace l2kv::server {
@@ -213,6 +216,10 @@ struct Generation {
   std::vector<ChoiceOutput> choices;
   std::vector<int64_t> text_offsets;  // completions logprobs: characters written so far
   std::vector<bool> echoed;  // stream, prompt logprobs (echo or prompt_logprobs): its chunk is out
+  // Chat with tools, streamed: per choice, what of its text goes out as content or arguments,
+  // and whether a named call's first delta is out.
+  std::vector<ToolCallStream> tool_streams;
+  std::vector<bool> tool_call_started;
   DisconnectWatch client;
   std::shared_ptr<void> slot;  // one of the server's generation slots, held until the end
   bool finished = false;
@@ -241,6 +248,7 @@ struct HttpServer::Impl {
   ServingModel model;
   HttpServerOptions options;
   ServerLimits limits;
+  std::optional<structured::GrammarCache> grammars;  // with a tokenizer
   ConnectionServer server;
   // Generations in flight, each holding an HTTP worker (streams for as long as they run); at
   // most options.threads, so the kControlWorkers beyond them always answer /health.
@@ -252,6 +260,13 @@ struct HttpServer::Impl {
     limits.served_model_name = options.served_model_name;
     limits.max_model_len = loop.config().max_model_len;
     limits.vocab_size = loop.vocab_size();
+    limits.tool_call_parser = tool_call_parser_from_name(options.tool_call_parser);
+    if (model.tokenizer) {
+      grammars.emplace(
+          std::make_shared<const structured::TokenVocabulary>(structured::tokenizer_vocabulary(
+              *model.tokenizer, limits.vocab_size, loop.eos_token_ids())));
+      limits.grammars = &*grammars;
+    }
     routes();
   }
 
@@ -424,6 +439,7 @@ struct HttpServer::Impl {
         e.params.max_tokens = max_tokens;
         e.prompt_logprobs = engine_prompt_logprobs(r);
         e.prompt_only = r.prompt_only;
+        e.grammar = r.grammar;
         if (r.params.seed) e.params.seed = *r.params.seed + static_cast<uint64_t>(j);
         requests.push_back(std::move(e));
       }
@@ -434,6 +450,11 @@ struct HttpServer::Impl {
     g->choices.resize(requests.size());
     g->text_offsets.assign(requests.size(), 0);
     g->echoed.assign(requests.size(), false);
+    if (r.stream && r.tool_choice != ToolChoice::kNone) {
+      for (size_t i = 0; i < requests.size(); ++i)
+        g->tool_streams.emplace_back(r.tool_choice, r.tool_call_parser, r.tool_name);
+      g->tool_call_started.assign(requests.size(), false);
+    }
     g->client.fd = t_connection_socket;
     g->submission = loop.submit(std::move(requests));  // a refused request throws a 400 here
     g->loop = &loop;
@@ -471,6 +492,46 @@ struct HttpServer::Impl {
                   ? completion_response(g->header, r, g->choices, g->prompt_texts, g->prompt_tokens,
                                         g->token_text, g->prompt_ids)
                   : chat_response(g->header, r, g->choices, g->prompt_tokens, g->token_text));
+  }
+
+  // A chat choice with tools: content while no call can have begun (auto), a named call's
+  // arguments as they come, and at the end the calls, with finish_reason "tool_calls" when the
+  // output ended by itself and held calls. False when a write failed.
+  template <typename Write>
+  static bool stream_tool_output(Generation& g, int32_t choice, const RequestOutput& out,
+                                 const Write& write) {
+    const ApiRequest& r = g.request;
+    const auto i = static_cast<size_t>(choice);
+    ToolCallStream& ts = g.tool_streams[i];
+    const std::string piece = ts.push(out.new_text);
+    if (!piece.empty()) {
+      if (r.tool_choice == ToolChoice::kNamed) {
+        if (!write(sse_event(chat_tool_arguments_chunk(g.header, choice, r.tool_name, piece,
+                                                       !g.tool_call_started[i]))))
+          return false;
+        g.tool_call_started[i] = true;
+      } else if (!write(sse_event(chat_content_chunk(g.header, choice, piece, nullptr)))) {
+        return false;
+      }
+    }
+    if (!out.finished) return true;
+    ParsedToolOutput parsed = ts.finish();
+    const bool called = out.finish_reason == FinishReason::kStop && !parsed.calls.empty();
+    if (r.tool_choice == ToolChoice::kNamed) {
+      if (called && !g.tool_call_started[i] &&
+          !write(sse_event(chat_tool_arguments_chunk(g.header, choice, r.tool_name, "", true))))
+        return false;
+    } else {
+      // Without calls (or cut by max_tokens) the text held back is content, as in the
+      // non-streamed answer.
+      const std::string rest = called ? parsed.content.value_or("") : ts.unsent();
+      if (!rest.empty() && !write(sse_event(chat_content_chunk(g.header, choice, rest, nullptr))))
+        return false;
+      if (called && !write(sse_event(chat_tool_calls_chunk(g.header, choice, parsed.calls))))
+        return false;
+    }
+    return write(sse_event(called ? chat_tool_finish_chunk(g.header, choice)
+                                  : chat_finish_chunk(g.header, choice, out.finish_reason)));
   }
 
   // Writes the whole event stream; returns false (after aborting) when the client is gone.
@@ -527,7 +588,9 @@ struct HttpServer::Impl {
             return gone();
           continue;
         }
-        if (chat) {
+        if (chat && !g.tool_streams.empty()) {
+          if (!stream_tool_output(g, item.choice, out, write)) return gone();
+        } else if (chat) {
           if (has_piece) {
             json logprobs = nullptr;
             if (r.params.logprobs >= 0)

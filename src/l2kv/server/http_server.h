@@ -27,6 +27,7 @@ struct HttpServerOptions {
   std::string api_key;                // empty: no check
   size_t max_body_bytes = 16u << 20;  // larger bodies are answered 413
   int threads = 512;                  // generations at once (more: 503); +4 workers for the rest
+  std::string tool_call_parser;       // --tool-call-parser: "", hermes, llama3_json, mistral
 };
 
 // What the HTTP side needs besides the loop. `chat_template` null: chat answers 400 with

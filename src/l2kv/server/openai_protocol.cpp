@@ -9,6 +9,10 @@
 
 #include "l2kv/chat/chat_template.h"
 #include "l2kv/core/error.h"
+#include "l2kv/structured/gbnf_grammar.h"
+#include "l2kv/structured/grammar_cache.h"
+#include "l2kv/structured/json_schema.h"
+#include "l2kv/structured/regex_grammar.h"
 #include "l2kv/tokenizer/tokenizer.h"
 
 namespace l2kv::server {
@@ -146,24 +150,16 @@ const std::vector<FieldRule>& field_rules() {
       {"safety_identifier", kChatOnly, kHint},
       {"prompt_cache_key", kChatOnly, kHint},
       {"suffix", kCompletionsOnly, kUnsupported, {}, "l2kv does not fill in the middle."},
-      {"response_format",
-       kBoth,
-       kUnsupported,
-       {R"({"type": "text"})"},
-       "only {\"type\": \"text\"}: l2kv has no structured outputs yet."},
-      {"tools", kChatOnly, kUnsupported, {"[]"}, "l2kv does not parse tool calls yet."},
-      {"tool_choice",
-       kChatOnly,
-       kUnsupported,
-       {R"("none")"},
-       "only \"none\": l2kv does not parse tool calls yet."},
-      {"parallel_tool_calls", kChatOnly, kUnsupported, {}, "l2kv does not parse tool calls yet."},
-      {"functions", kChatOnly, kUnsupported, {"[]"}, "l2kv does not parse tool calls yet."},
+      {"response_format", kBoth, kImplemented},
+      {"tools", kChatOnly, kImplemented},
+      {"tool_choice", kChatOnly, kImplemented},
+      {"parallel_tool_calls", kChatOnly, kImplemented},
+      {"functions", kChatOnly, kUnsupported, {"[]"}, "use 'tools' (functions is deprecated)."},
       {"function_call",
        kChatOnly,
        kUnsupported,
        {R"("none")"},
-       "l2kv does not parse tool calls yet."},
+       "use 'tool_choice' (function_call is deprecated)."},
       {"modalities", kChatOnly, kUnsupported, {R"(["text"])"}, "only [\"text\"]."},
       {"audio", kChatOnly, kUnsupported, {}, "l2kv answers in text only."},
       {"prediction", kChatOnly, kUnsupported, {}, "l2kv has no predicted outputs."},
@@ -223,14 +219,22 @@ const std::vector<FieldRule>& field_rules() {
       {"chat_template", kChatOnly, kUnsupported, {}, "l2kv uses the model's chat template."},
       {"chat_template_kwargs", kChatOnly, kUnsupported, {}, "l2kv passes no template variables."},
       {"mm_processor_kwargs", kBoth, kUnsupported, {}, "l2kv serves text-only models."},
-      {"guided_json", kBoth, kUnsupported, {}, "l2kv has no structured outputs yet."},
-      {"guided_regex", kBoth, kUnsupported, {}, "l2kv has no structured outputs yet."},
-      {"guided_choice", kBoth, kUnsupported, {}, "l2kv has no structured outputs yet."},
-      {"guided_grammar", kBoth, kUnsupported, {}, "l2kv has no structured outputs yet."},
-      {"guided_decoding_backend", kBoth, kUnsupported, {}, "l2kv has no structured outputs yet."},
-      {"guided_whitespace_pattern", kBoth, kUnsupported, {}, "l2kv has no structured outputs yet."},
-      {"structural_tag", kBoth, kUnsupported, {}, "l2kv has no structured outputs yet."},
-      {"structured_outputs", kBoth, kUnsupported, {}, "l2kv has no structured outputs yet."},
+      {"guided_json", kBoth, kImplemented},
+      {"guided_regex", kBoth, kImplemented},
+      {"guided_choice", kBoth, kImplemented},
+      {"guided_grammar", kBoth, kImplemented},
+      {"guided_decoding_backend",
+       kBoth,
+       kUnsupported,
+       {},
+       "l2kv has one structured-output backend of its own."},
+      {"guided_whitespace_pattern",
+       kBoth,
+       kUnsupported,
+       {},
+       "whitespace in structured JSON is at most 16 spaces, tabs and newlines."},
+      {"structural_tag", kBoth, kUnsupported, {}, "l2kv has no structural tags."},
+      {"structured_outputs", kBoth, kImplemented},
       {"priority", kBoth, kUnsupported, {"0"}, "l2kv schedules first come, first served."},
       {"request_id", kBoth, kUnsupported, {}, "l2kv names its requests itself."},
       {"logits_processors", kBoth, kUnsupported, {}, "l2kv runs no custom logits processors."},
@@ -289,6 +293,176 @@ void parse_logit_bias(const json& body, SamplingParams& p) {
   std::sort(p.logit_bias.begin(), p.logit_bias.end());
 }
 
+// A structured-output constraint as asked: the field it came from, its key in the grammar cache
+// (kind and text) and how to compile it.
+struct Constraint {
+  std::string param;
+  std::string key;
+  std::function<structured::Grammar()> compile;
+};
+
+// A schema given as an object (or true/false) or, as vLLM allows, as a JSON string.
+json schema_value(const json& v, const std::string& param) {
+  if (v.is_object() || v.is_boolean()) return v;
+  if (v.is_string()) {
+    try {
+      json parsed = json::parse(v.get<std::string>());
+      if (parsed.is_object() || parsed.is_boolean()) return parsed;
+    } catch (const json::exception&) {
+    }
+  }
+  bad_request("'" + param + "' must be a JSON schema (an object).", param);
+}
+
+Constraint schema_constraint(const json& schema, const std::string& param) {
+  return {param, "json_schema\n" + schema.dump(),
+          [schema] { return structured::json_schema_grammar(schema); }};
+}
+
+Constraint json_object_constraint(const std::string& param) {
+  return {param, "json_object", [] { return structured::json_object_grammar(); }};
+}
+
+// `name`: the field as the client wrote it (structured_outputs.regex), for messages.
+Constraint regex_constraint(const json& v, const std::string& param, const std::string& name) {
+  if (!v.is_string()) bad_request("'" + name + "' must be a string (a regex).", param);
+  const std::string pattern = v.get<std::string>();
+  return {param, "regex\n" + pattern, [pattern] { return structured::regex_grammar(pattern); }};
+}
+
+Constraint gbnf_constraint(const json& v, const std::string& param, const std::string& name) {
+  if (!v.is_string()) bad_request("'" + name + "' must be a string (a GBNF grammar).", param);
+  const std::string text = v.get<std::string>();
+  return {param, "grammar\n" + text, [text] { return structured::gbnf_grammar(text); }};
+}
+
+Constraint choice_constraint(const json& v, const std::string& param, const std::string& name) {
+  if (!v.is_array() || v.empty())
+    bad_request("'" + name + "' must be a non-empty list of strings.", param);
+  std::vector<std::string> choices;
+  for (const json& c : v) {
+    if (!c.is_string()) bad_request("'" + name + "' must be a non-empty list of strings.", param);
+    choices.push_back(c.get<std::string>());
+  }
+  return {param, "choice\n" + v.dump(), [choices] { return structured::choice_grammar(choices); }};
+}
+
+// response_format: {"type": "text"}, {"type": "json_object"} or {"type": "json_schema",
+// "json_schema": {"name", "description"?, "schema", "strict"?}} (OpenAI's shapes).
+void response_format_constraint(const json& body, std::vector<Constraint>& out) {
+  const json* rf = field(body, "response_format");
+  if (!rf) return;
+  const char* param = "response_format";
+  if (!rf->is_object() || !rf->contains("type") || !(*rf)["type"].is_string())
+    bad_request("'response_format' must be an object with a 'type'.", param);
+  const std::string type = (*rf)["type"].get<std::string>();
+  for (const auto& [key, value] : rf->items())
+    if (key != "type" && !(key == "json_schema" && type == "json_schema") && !value.is_null())
+      bad_request("'response_format." + key + "' is not supported with type '" + type + "'.",
+                  param);
+  if (type == "text") return;
+  if (type == "json_object") {
+    out.push_back(json_object_constraint(param));
+    return;
+  }
+  if (type != "json_schema")
+    bad_request("'response_format.type' must be 'text', 'json_object' or 'json_schema', got '" +
+                    type + "'.",
+                param);
+  const json* js = field(*rf, "json_schema");
+  if (!js || !js->is_object())
+    bad_request("'response_format.json_schema' must be an object.", param);
+  for (const auto& [key, value] : js->items()) {
+    if (key == "name" || key == "description") {
+      if (!value.is_null() && !value.is_string())
+        bad_request("'response_format.json_schema." + key + "' must be a string.", param);
+    } else if (key == "strict") {
+      if (!value.is_null() && !value.is_boolean())
+        bad_request("'response_format.json_schema.strict' must be a boolean.", param);
+    } else if (key != "schema") {
+      bad_request("'response_format.json_schema." + key + "' is not a field of json_schema.",
+                  param);
+    }
+  }
+  const json* schema = field(*js, "schema");
+  if (!schema) bad_request("'response_format.json_schema.schema' is required.", param);
+  out.push_back(schema_constraint(schema_value(*schema, "response_format"), param));
+}
+
+// vLLM's structured_outputs: {"json" | "regex" | "choice" | "grammar" | "json_object": ...}
+// and the older guided_json / guided_regex / guided_choice / guided_grammar fields.
+void vllm_constraints(const json& body, std::vector<Constraint>& out) {
+  if (const json* so = field(body, "structured_outputs")) {
+    const char* param = "structured_outputs";
+    if (!so->is_object()) wrong_type(param, "an object");
+    for (const auto& [key, value] : so->items()) {
+      if (value.is_null()) continue;
+      if (key == "json") {
+        out.push_back(schema_constraint(schema_value(value, "structured_outputs.json"), param));
+      } else if (key == "regex") {
+        out.push_back(regex_constraint(value, param, "structured_outputs.regex"));
+      } else if (key == "choice") {
+        out.push_back(choice_constraint(value, param, "structured_outputs.choice"));
+      } else if (key == "json_object") {
+        if (!value.is_boolean())
+          bad_request("'structured_outputs.json_object' must be a boolean.", param);
+        if (value.get<bool>()) out.push_back(json_object_constraint(param));
+      } else if (key == "disable_fallback" || key == "disable_additional_properties") {
+        // No fallback backend, and no additional properties are ever generated.
+        if (!value.is_boolean())
+          bad_request("'structured_outputs." + key + "' must be a boolean.", param);
+      } else if (key == "disable_any_whitespace") {
+        if (value != false)
+          bad_request(
+              "'structured_outputs.disable_any_whitespace' is not supported: JSON may "
+              "hold up to 16 spaces, tabs and newlines between tokens.",
+              param);
+      } else if (key == "grammar") {
+        out.push_back(gbnf_constraint(value, param, "structured_outputs.grammar"));
+      } else if (key == "structural_tag" || key == "whitespace_pattern") {
+        bad_request("'structured_outputs." + key +
+                        "' is not supported: l2kv constrains outputs by JSON schema, regex, "
+                        "choice list or GBNF grammar.",
+                    param);
+      } else {
+        bad_request("'structured_outputs." + key + "' is not a structured-outputs field.", param);
+      }
+    }
+  }
+  if (const json* v = field(body, "guided_json"))
+    out.push_back(schema_constraint(schema_value(*v, "guided_json"), "guided_json"));
+  if (const json* v = field(body, "guided_regex"))
+    out.push_back(regex_constraint(*v, "guided_regex", "guided_regex"));
+  if (const json* v = field(body, "guided_choice"))
+    out.push_back(choice_constraint(*v, "guided_choice", "guided_choice"));
+  if (const json* v = field(body, "guided_grammar"))
+    out.push_back(gbnf_constraint(*v, "guided_grammar", "guided_grammar"));
+}
+
+// The request's structured-output constraint, compiled (or found in the cache); a constraint
+// that does not compile is a 400 naming what is unsupported or wrong.
+void parse_structured_outputs(const json& body, const ServerLimits& limits, ApiRequest& r) {
+  std::vector<Constraint> constraints;
+  response_format_constraint(body, constraints);
+  vllm_constraints(body, constraints);
+  if (constraints.empty()) return;
+  if (constraints.size() > 1)
+    bad_request("Only one structured-output constraint per request: got '" + constraints[0].param +
+                    "' and '" + constraints[1].param + "'.",
+                constraints[1].param);
+  const Constraint& c = constraints.front();
+  if (!limits.grammars)
+    bad_request("'" + c.param +
+                    "' needs the model's tokenizer.json (structured outputs constrain tokens by "
+                    "their text), and this model folder has none.",
+                c.param);
+  try {
+    r.grammar = limits.grammars->get(c.key, c.compile);
+  } catch (const Error& e) {
+    bad_request("'" + c.param + "' cannot be used: " + e.what(), c.param);
+  }
+}
+
 // The fields both endpoints share: sampling, stopping, n, stream.
 void parse_common(const json& body, const ServerLimits& limits, ApiRequest& r) {
   if (!body.is_object()) bad_request("The request body must be a JSON object.");
@@ -309,6 +483,7 @@ void parse_common(const json& body, const ServerLimits& limits, ApiRequest& r) {
   if (auto v = get_bool(body, "ignore_eos")) p.ignore_eos = *v;
   if (auto v = get_bool(body, "skip_special_tokens")) p.skip_special_tokens = *v;
   parse_logit_bias(body, p);
+  parse_structured_outputs(body, limits, r);
 
   if (const json* stop = field(body, "stop")) {
     if (stop->is_string()) {
@@ -494,7 +669,39 @@ const char* template_role(const std::string& role) {
   if (role == "system" || role == "developer") return "system";
   if (role == "user") return "user";
   if (role == "assistant") return "assistant";
+  if (role == "tool") return "tool";
   return nullptr;
+}
+
+// An assistant message's tool_calls for the template: [{id, type, function: {name,
+// arguments}}], arguments as an object where the JSON string parses (templates write them with
+// tojson, as Hugging Face's do).
+json parse_message_tool_calls(const json& value, const std::string& where) {
+  const std::string bad = where + ".tool_calls must be a list of {id, type: \"function\", " +
+                          "function: {name, arguments}}.";
+  if (!value.is_array()) bad_request(bad, "messages");
+  json out = json::array();
+  for (const json& call : value) {
+    if (!call.is_object() || !call.contains("function") || !call["function"].is_object())
+      bad_request(bad, "messages");
+    const json& f = call["function"];
+    if (!f.contains("name") || !f["name"].is_string()) bad_request(bad, "messages");
+    json arguments = json::object();
+    if (f.contains("arguments") && f["arguments"].is_string()) {
+      try {
+        arguments = json::parse(f["arguments"].get<std::string>());
+      } catch (const json::exception&) {
+        arguments = f["arguments"];
+      }
+    } else if (f.contains("arguments") && f["arguments"].is_object()) {
+      arguments = f["arguments"];
+    }
+    json entry = {{"type", "function"},
+                  {"function", {{"name", f["name"]}, {"arguments", arguments}}}};
+    if (call.contains("id") && call["id"].is_string()) entry["id"] = call["id"];
+    out.push_back(std::move(entry));
+  }
+  return out;
 }
 
 // One message, checked and reduced to what the template is given: role, content, name.
@@ -505,13 +712,13 @@ json parse_message(const json& m, size_t i) {
     bad_request(where + ".role must be a string.", "messages");
   const std::string role = m["role"].get<std::string>();
   const char* as = template_role(role);
-  if (role == "tool" || role == "function")
-    bad_request(
-        where + ".role '" + role + "' is not supported: l2kv does not parse tool calls yet.",
-        "messages");
-  if (as == nullptr)
-    bad_request(where + ".role '" + role + "' is not a role: system, developer, user or assistant.",
+  if (role == "function")
+    bad_request(where + ".role 'function' is not supported: use 'tool' (function is deprecated).",
                 "messages");
+  if (as == nullptr)
+    bad_request(
+        where + ".role '" + role + "' is not a role: system, developer, user, assistant or tool.",
+        "messages");
   json out = {{"role", as}};
   for (const auto& [key, value] : m.items()) {
     if (key == "role") continue;
@@ -524,19 +731,125 @@ json parse_message(const json& m, size_t i) {
       if (!value.is_null() && !value.is_string())
         bad_request(where + ".name must be a string.", "messages");
       if (value.is_string()) out["name"] = value;
-    } else if (key == "tool_calls" || key == "function_call") {
-      // An assistant message as l2kv answers it ("tool_calls": []) may be sent back as is.
-      if (!value.is_null() && !(value.is_array() && value.empty()))
-        bad_request(where + "." + key + " is not supported: l2kv does not parse tool calls yet.",
-                    "messages");
+    } else if (key == "tool_calls") {
+      if (value.is_null() || (value.is_array() && value.empty())) continue;
+      if (role != "assistant")
+        bad_request(where + ".tool_calls: only assistant messages call tools.", "messages");
+      out["tool_calls"] = parse_message_tool_calls(value, where);
+    } else if (key == "tool_call_id") {
+      if (!value.is_null() && !value.is_string())
+        bad_request(where + ".tool_call_id must be a string.", "messages");
+      if (value.is_string()) out["tool_call_id"] = value;
+    } else if (key == "function_call") {
+      if (!value.is_null())
+        bad_request(where + ".function_call is not supported: use tool_calls.", "messages");
     } else if (key == "refusal") {
       if (!value.is_null()) bad_request(where + ".refusal is not supported.", "messages");
     } else {
       bad_request(where + ": unrecognized message field '" + key + "'.", "messages");
     }
   }
-  if (!out.contains("content")) bad_request(where + ".content is required.", "messages");
+  if (!out.contains("content")) {
+    // An assistant message that only calls tools has no content.
+    if (!out.contains("tool_calls")) bad_request(where + ".content is required.", "messages");
+    out["content"] = "";
+  }
   return out;
+}
+
+// tools: [{"type": "function", "function": {"name", "description"?, "parameters"?,
+// "strict"?}}], tool_choice and parallel_tool_calls. A forced choice ("required", a named
+// function) compiles its grammar here.
+void parse_tools(const json& body, const ServerLimits& limits, ApiRequest& r) {
+  const char* bad =
+      "'tools' must be a list of {\"type\": \"function\", \"function\": {\"name\", "
+      "\"description\", \"parameters\"}}.";
+  std::vector<std::string> names;
+  if (const json* tools = field(body, "tools")) {
+    if (!tools->is_array()) bad_request(bad, "tools");
+    for (const json& t : *tools) {
+      if (!t.is_object() || t.value("type", "") != "function" || !t.contains("function") ||
+          !t["function"].is_object())
+        bad_request(bad, "tools");
+      for (const auto& [key, value] : t.items())
+        if (key != "type" && key != "function")
+          bad_request("'tools[]." + key + "' is not a field of a tool.", "tools");
+      const json& f = t["function"];
+      for (const auto& [key, value] : f.items())
+        if (key != "name" && key != "description" && key != "parameters" && key != "strict")
+          bad_request("'tools[].function." + key + "' is not a field of a function.", "tools");
+      if (!f.contains("name") || !f["name"].is_string() || f["name"].get<std::string>().empty())
+        bad_request("'tools[].function.name' must be a non-empty string.", "tools");
+      const std::string name = f["name"].get<std::string>();
+      if (std::find(names.begin(), names.end(), name) != names.end())
+        bad_request("'tools' names the function '" + name + "' twice.", "tools");
+      if (f.contains("parameters") && !f["parameters"].is_null() && !f["parameters"].is_object())
+        bad_request("'tools[].function.parameters' must be a JSON schema (an object).", "tools");
+      names.push_back(name);
+    }
+    if (!tools->empty()) r.tools = *tools;
+  }
+  if (auto v = get_bool(body, "parallel_tool_calls")) r.parallel_tool_calls = *v;
+  r.tool_choice = names.empty() ? ToolChoice::kNone : ToolChoice::kAuto;
+  if (const json* tc = field(body, "tool_choice")) {
+    const char* kinds =
+        "'tool_choice' must be \"none\", \"auto\", \"required\" or "
+        "{\"type\": \"function\", \"function\": {\"name\"}}.";
+    if (tc->is_string()) {
+      const std::string c = tc->get<std::string>();
+      if (c == "none")
+        r.tool_choice = ToolChoice::kNone;
+      else if (c == "auto")
+        r.tool_choice = ToolChoice::kAuto;
+      else if (c == "required")
+        r.tool_choice = ToolChoice::kRequired;
+      else
+        bad_request(kinds, "tool_choice");
+    } else if (tc->is_object() && tc->value("type", "") == "function" && tc->contains("function") &&
+               (*tc)["function"].is_object() && (*tc)["function"].contains("name") &&
+               (*tc)["function"]["name"].is_string()) {
+      r.tool_choice = ToolChoice::kNamed;
+      r.tool_name = (*tc)["function"]["name"].get<std::string>();
+    } else {
+      bad_request(kinds, "tool_choice");
+    }
+    if (r.tool_choice != ToolChoice::kNone && names.empty())
+      bad_request("'tool_choice' other than \"none\" needs 'tools'.", "tool_choice");
+    if (r.tool_choice == ToolChoice::kNamed &&
+        std::find(names.begin(), names.end(), r.tool_name) == names.end())
+      bad_request(
+          "'tool_choice' names the function '" + r.tool_name + "', which is not in 'tools'.",
+          "tool_choice");
+  }
+  r.tool_call_parser = limits.tool_call_parser;
+  if (r.tool_choice == ToolChoice::kAuto && limits.tool_call_parser == ToolCallParser::kNone)
+    bad_request(
+        "'tool_choice' \"auto\" (the default with tools) needs the server started with "
+        "--tool-call-parser (hermes, llama3_json or mistral); \"required\", a named "
+        "function and \"none\" work without one.",
+        "tool_choice");
+  // vLLM's mistral parser reads the [TOOL_CALLS] special token from the text.
+  if (r.tool_choice == ToolChoice::kAuto && limits.tool_call_parser == ToolCallParser::kMistral)
+    r.params.skip_special_tokens = false;
+  if (r.tool_choice != ToolChoice::kRequired && r.tool_choice != ToolChoice::kNamed) return;
+  if (r.grammar)
+    bad_request(
+        "'tool_choice' \"required\" or a named function cannot be combined with another "
+        "structured-output constraint.",
+        "tool_choice");
+  if (!limits.grammars)
+    bad_request(
+        "'tool_choice' \"required\" or a named function needs the model's "
+        "tokenizer.json, and this model folder has none.",
+        "tool_choice");
+  const json schema =
+      forced_tool_call_schema(r.tools, r.tool_choice, r.tool_name, r.parallel_tool_calls);
+  try {
+    r.grammar = limits.grammars->get("json_schema\n" + schema.dump(),
+                                     [schema] { return structured::json_schema_grammar(schema); });
+  } catch (const Error& e) {
+    bad_request(std::string("'tools' cannot be used: ") + e.what(), "tools");
+  }
 }
 
 ApiRequest parse_chat(const json& body, const ServerLimits& limits) {
@@ -550,6 +863,7 @@ ApiRequest parse_chat(const json& body, const ServerLimits& limits) {
   r.messages = json::array();
   for (size_t i = 0; i < messages->size(); ++i)
     r.messages.push_back(parse_message((*messages)[i], i));
+  parse_tools(body, limits, r);
   const bool logprobs = get_bool(body, "logprobs").value_or(false);
   const auto top = get_integer(body, "top_logprobs");
   if (top && !logprobs)
@@ -607,7 +921,8 @@ std::vector<std::vector<int32_t>> tokenize_prompts(const ApiRequest& request,
           "folder has none. Use /v1/completions with token ids.",
           "messages");
     ChatRequest chat;
-    chat.messages = request.messages;  // tools are refused, never rendered
+    chat.messages = request.messages;
+    chat.tools = request.tools;  // rendered by the template, whatever tool_choice says
     std::string text;
     try {
       text = chat_template->render(chat);
@@ -781,7 +1096,8 @@ json completion_logprobs_json(const std::vector<SampledToken>& logprobs, const T
     tokens.push_back(s);
     token_logprobs.push_back(t.logprob);
     json alternatives = json::object();
-    for (const auto& [id, lp] : t.top_logprobs) alternatives[text(id)] = lp;
+    for (const auto& [id, lp] : t.top_logprobs)
+      if (std::isfinite(lp)) alternatives[text(id)] = lp;  // -inf: a token the grammar forbade
     top.push_back(std::move(alternatives));
     offsets.push_back(text_offset);
     text_offset += static_cast<int64_t>(s.size());
@@ -806,6 +1122,7 @@ json chat_logprobs_json(const std::vector<SampledToken>& logprobs, const TokenTe
     const std::string s = text(t.token);
     json top = json::array();
     for (const auto& [id, lp] : t.top_logprobs) {
+      if (!std::isfinite(lp)) continue;  // a token the grammar forbade (structured outputs)
       const std::string alt = text(id);
       top.push_back({{"token", alt}, {"logprob", lp}, {"bytes", bytes_of(alt)}});
     }
@@ -934,12 +1251,25 @@ json chat_response(const ResponseHeader& header, const ApiRequest& request,
     const ChoiceOutput& c = choices[i];
     json logprobs = nullptr;
     if (request.params.logprobs >= 0) logprobs = chat_logprobs_json(c.logprobs, text);
-    out_choices.push_back(
-        {{"index", i},
-         {"message", {{"role", "assistant"}, {"content", c.text}, {"tool_calls", json::array()}}},
-         {"logprobs", logprobs},
-         {"finish_reason", finish_reason_json(c.finish_reason)},
-         {"stop_reason", stop_reason_json(c.stop_reason)}});
+    json message = {{"role", "assistant"}, {"content", c.text}, {"tool_calls", json::array()}};
+    json finish = finish_reason_json(c.finish_reason);
+    // Calls are read from an output that ended by itself; one cut by max_tokens stays text.
+    if (request.tool_choice != ToolChoice::kNone && c.finish_reason == FinishReason::kStop) {
+      const ParsedToolOutput parsed = parse_tool_calls(
+          request.tool_choice, request.tool_call_parser, request.tool_name, c.text);
+      if (!parsed.calls.empty()) {
+        message["content"] = parsed.content ? json(*parsed.content) : json(nullptr);
+        message["tool_calls"] = chat_tool_calls_chunk(
+            header, static_cast<int32_t>(i), parsed.calls)["choices"][0]["delta"]["tool_calls"];
+        for (json& call : message["tool_calls"]) call.erase("index");
+        finish = "tool_calls";
+      }
+    }
+    out_choices.push_back({{"index", i},
+                           {"message", std::move(message)},
+                           {"logprobs", logprobs},
+                           {"finish_reason", finish},
+                           {"stop_reason", stop_reason_json(c.stop_reason)}});
     completion_tokens += c.completion_tokens;
   }
   json out = response_json(header, "chat.completion", std::move(out_choices), prompt_tokens,
@@ -1007,6 +1337,43 @@ json chat_content_chunk(const ResponseHeader& header, int32_t index, const std::
 
 json chat_finish_chunk(const ResponseHeader& header, int32_t index, FinishReason finish) {
   return chat_chunk(header, index, json::object(), nullptr, finish);
+}
+
+std::string tool_call_id(const ResponseHeader& header, int32_t index, size_t k) {
+  const size_t dash = header.id.find('-');
+  const std::string base = dash == std::string::npos ? header.id : header.id.substr(dash + 1);
+  return "call_" + base + "_" + std::to_string(index) + "_" + std::to_string(k);
+}
+
+json chat_tool_calls_chunk(const ResponseHeader& header, int32_t index,
+                           const std::vector<ToolCall>& calls, int32_t first_index) {
+  json list = json::array();
+  for (size_t k = 0; k < calls.size(); ++k)
+    list.push_back({{"index", first_index + static_cast<int32_t>(k)},
+                    {"id", tool_call_id(header, index, k)},
+                    {"type", "function"},
+                    {"function", {{"name", calls[k].name}, {"arguments", calls[k].arguments}}}});
+  return chat_chunk(header, index, {{"tool_calls", list}}, nullptr, FinishReason::kNone);
+}
+
+json chat_tool_arguments_chunk(const ResponseHeader& header, int32_t index, const std::string& name,
+                               const std::string& arguments, bool first) {
+  json call = {{"index", 0}};
+  if (first) {
+    call["id"] = tool_call_id(header, index, 0);
+    call["type"] = "function";
+    call["function"] = {{"name", name}, {"arguments", arguments}};
+  } else {
+    call["function"] = {{"arguments", arguments}};
+  }
+  return chat_chunk(header, index, {{"tool_calls", json::array({call})}}, nullptr,
+                    FinishReason::kNone);
+}
+
+json chat_tool_finish_chunk(const ResponseHeader& header, int32_t index) {
+  json chunk = chat_chunk(header, index, json::object(), nullptr, FinishReason::kNone);
+  chunk["choices"][0]["finish_reason"] = "tool_calls";
+  return chunk;
 }
 
 json usage_chunk(const ResponseHeader& header, Endpoint endpoint, int64_t prompt_tokens,

@@ -14,10 +14,15 @@
 
 #include "l2kv/engine/engine.h"
 #include "l2kv/sampling/sampling_params.h"
+#include "l2kv/server/tool_calls.h"
 
 namespace l2kv {
 class Tokenizer;
 class ChatTemplate;
+namespace structured {
+class CompiledGrammar;
+class GrammarCache;
+}  // namespace structured
 }  // namespace l2kv
 
 namespace l2kv::server {
@@ -43,6 +48,12 @@ struct ServerLimits {
   std::string served_model_name;
   int32_t max_model_len = 0;
   int64_t vocab_size = 0;
+  // Compiles structured-output constraints for the model's vocabulary; null (no tokenizer):
+  // requests for structured outputs are a 400.
+  structured::GrammarCache* grammars = nullptr;
+  // --tool-call-parser: how tool calls are found in a chat's output with tool_choice "auto"
+  // (kNone: "auto" is refused; "required" and named functions need no parser).
+  ToolCallParser tool_call_parser = ToolCallParser::kNone;
 };
 
 enum class Endpoint : uint8_t { kCompletions, kChatCompletions };
@@ -69,6 +80,18 @@ struct ApiRequest {
   int32_t prompt_logprobs = -1;  // vLLM's prompt_logprobs: -1 none, else top tokens per row
   bool stream = false;
   bool include_usage = false;
+  // Structured outputs: response_format json_object / json_schema, or vLLM's
+  // structured_outputs (json, regex, choice, grammar, json_object) and guided_json /
+  // guided_regex / guided_choice / guided_grammar; null when the output is free.
+  std::shared_ptr<const structured::CompiledGrammar> grammar;
+  // Chat: `tools` as given (validated; null when none), tool_choice ("required" and a named
+  // function are forced by `grammar`), the named function, parallel_tool_calls, and the
+  // server's parser for "auto".
+  json tools;
+  ToolChoice tool_choice = ToolChoice::kNone;
+  std::string tool_name;
+  bool parallel_tool_calls = true;
+  ToolCallParser tool_call_parser = ToolCallParser::kNone;
 };
 
 // Parses a request body as JSON; malformed JSON and numbers that overflow a double (1e400) are
@@ -187,6 +210,16 @@ json chat_role_chunk(const ResponseHeader& header, int32_t index);
 json chat_content_chunk(const ResponseHeader& header, int32_t index, const std::string& content,
                         const json& logprobs);
 json chat_finish_chunk(const ResponseHeader& header, int32_t index, FinishReason finish);
+// Tool calls: a delta of `calls` (indexes from `first_index`, with id, type and the whole
+// function), a named call's first delta (id and name, arguments ""), and the arguments'
+// later pieces. `finish` "tool_calls" once the choice called tools.
+json chat_tool_calls_chunk(const ResponseHeader& header, int32_t index,
+                           const std::vector<ToolCall>& calls, int32_t first_index = 0);
+json chat_tool_arguments_chunk(const ResponseHeader& header, int32_t index, const std::string& name,
+                               const std::string& arguments, bool first);
+json chat_tool_finish_chunk(const ResponseHeader& header, int32_t index);
+// The id of call `k` of choice `index` of a response.
+std::string tool_call_id(const ResponseHeader& header, int32_t index, size_t k);
 json usage_chunk(const ResponseHeader& header, Endpoint endpoint, int64_t prompt_tokens,
                  int64_t completion_tokens);
 

@@ -1,11 +1,13 @@
 #include "l2kv/tokenizer/tokenizer.h"
 
+#include <cstdio>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "l2kv/core/error.h"
 #include "l2kv/tokenizer/bpe_model.h"
+#include "l2kv/tokenizer/byte_level.h"
 #include "l2kv/tokenizer/decoder.h"
 #include "l2kv/tokenizer/normalizer.h"
 #include "l2kv/tokenizer/post_processor.h"
@@ -66,6 +68,11 @@ Tokenizer Tokenizer::from_json(std::string_view tokenizer_json, std::string_view
     t.normalizer_ = make_normalizer(spec.value("normalizer", nlohmann::json()));
     t.pre_tokenizer_ = make_pre_tokenizer(spec.value("pre_tokenizer", nlohmann::json()));
     t.decoder_ = make_decoder(spec.value("decoder", nlohmann::json()));
+    const nlohmann::json decoder = spec.value("decoder", nlohmann::json());
+    t.byte_level_decoder_ = decoder.is_object() && decoder.value("type", "") == "ByteLevel";
+    if (decoder.is_object() && decoder.value("type", "") == "Sequence")
+      for (const auto& d : decoder.value("decoders", nlohmann::json::array()))
+        t.byte_level_decoder_ |= d.is_object() && d.value("type", "") == "ByteLevel";
     t.post_processor_ =
         std::make_unique<PostProcessor>(spec.value("post_processor", nlohmann::json()));
     t.added_ = AddedVocabulary(spec.value("added_tokens", nlohmann::json::array()));
@@ -119,6 +126,43 @@ std::string Tokenizer::decode(std::span<const int32_t> ids, bool skip_special_to
   std::string text;
   for (const auto& t : tokens) text += t;
   return text;
+}
+
+std::string Tokenizer::token_bytes(int32_t id) const {
+  if (const AddedToken* added = added_.find(id)) return added->content;
+  if (id < 0 || id >= model_->vocab_size() || model_->id_to_token(id).empty())
+    throw Error("token_bytes: token id " + std::to_string(id) + " is outside the vocabulary of " +
+                std::to_string(vocab_size()));
+  const std::string& piece = model_->id_to_token(id);
+  if (!decoder_) return piece;
+  if (byte_level_decoder_) {
+    // Each character is one byte; a token may end inside a UTF-8 sequence, which the decoder
+    // would repair to U+FFFD.
+    std::string bytes;
+    for (size_t i = 0; i < piece.size();) {
+      const size_t start = i;
+      const char32_t cp = utf8::next(piece, i);
+      if (const auto b = byte_level::byte_of(cp))
+        bytes += static_cast<char>(*b);
+      else
+        bytes.append(piece, start, i - start);
+    }
+    return bytes;
+  }
+  auto joined = [&](std::vector<std::string> tokens) {
+    std::string text;
+    for (const auto& t : decoder_->decode_chain(std::move(tokens))) text += t;
+    return text;
+  };
+  unsigned value = 0;
+  if (piece.size() == 6 && piece.starts_with("<0x") && piece.back() == '>' &&
+      std::sscanf(piece.c_str() + 3, "%2x", &value) == 1 && joined({piece}) != piece)
+    return std::string(1, static_cast<char>(value));  // the decoder's byte fallback took it
+  // After another token, so that decoders that strip the text's first space keep this one's.
+  const std::string before = joined({"a"});
+  const std::string both = joined({"a", piece});
+  if (both.starts_with(before)) return both.substr(before.size());
+  return joined({piece});
 }
 
 std::optional<int32_t> Tokenizer::token_to_id(std::string_view token) const {

@@ -42,6 +42,11 @@ class Tokenizer {
   // Throws l2kv::Error for an id outside the vocabulary.
   std::string decode(std::span<const int32_t> ids, bool skip_special_tokens = false) const;
 
+  // The bytes token `id` adds inside a text, for grammars over tokens: no leading space is
+  // stripped, a byte-fallback token <0xNN> is its one byte (even alone in a UTF-8 sequence),
+  // an added token is its content. Throws l2kv::Error for an id outside the vocabulary.
+  std::string token_bytes(int32_t id) const;
+
   std::optional<int32_t> token_to_id(std::string_view token) const;
   std::string id_to_token(int32_t id) const;
   int32_t vocab_size() const;
@@ -61,6 +66,9 @@ class Tokenizer {
   std::unique_ptr<PostProcessor> post_processor_;
   AddedVocabulary added_;
   std::string bos_token_, eos_token_, chat_template_;
+  // The decoder maps GPT-2's byte-level alphabet back to bytes (token_bytes does it per token,
+  // without the decoder's UTF-8 repair).
+  bool byte_level_decoder_ = false;
 };
 
 }  // namespace l2kv

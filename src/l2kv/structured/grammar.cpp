@@ -1,0 +1,168 @@
+#include "l2kv/structured/grammar.h"
+
+#include <sstream>
+
+#include "l2kv/core/error.h"
+
+namespace l2kv::structured {
+namespace {
+
+constexpr int64_t kMaxRepeat = 100'000;
+
+ByteSet range(uint8_t lo, uint8_t hi) {
+  ByteSet s;
+  s.add_range(lo, hi);
+  return s;
+}
+
+}  // namespace
+
+int32_t Grammar::new_rule(std::string name) {
+  rules_.push_back({std::move(name), {}});
+  return static_cast<int32_t>(rules_.size()) - 1;
+}
+
+void Grammar::add_alternative(int32_t rule, const std::vector<Element>& sequence) {
+  rules_[rule].starts.push_back(static_cast<int32_t>(elements_.size()));
+  for (const Element& e : sequence)
+    if (e.kind != Element::Kind::kEnd) elements_.push_back(e);
+  elements_.push_back({Element::Kind::kEnd, 0});
+}
+
+Element Grammar::bytes(const ByteSet& set) {
+  for (size_t i = 0; i < byte_sets_.size(); ++i)
+    if (byte_sets_[i] == set) return {Element::Kind::kBytes, static_cast<int32_t>(i)};
+  byte_sets_.push_back(set);
+  return {Element::Kind::kBytes, static_cast<int32_t>(byte_sets_.size()) - 1};
+}
+
+Element Grammar::literal(std::string_view text) {
+  std::vector<Element> items;
+  for (char c : text) {
+    ByteSet s;
+    s.add(static_cast<uint8_t>(c));
+    items.push_back(bytes(s));
+  }
+  if (items.size() == 1) return items[0];
+  return sequence(items);
+}
+
+Element Grammar::sequence(const std::vector<Element>& items) {
+  const int32_t r = new_rule("seq");
+  add_alternative(r, items);
+  return rule(r);
+}
+
+Element Grammar::choice(const std::vector<std::vector<Element>>& alternatives) {
+  const int32_t r = new_rule("choice");
+  for (const auto& a : alternatives) add_alternative(r, a);
+  return rule(r);
+}
+
+Element Grammar::optional(Element item) {
+  return choice({{item}, {}});
+}
+
+Element Grammar::star(Element item) {
+  // r -> item r | empty: the reference to r ends its alternative, so repeating never deepens
+  // the matcher's stack.
+  const int32_t r = new_rule("star");
+  add_alternative(r, {item, rule(r)});
+  add_alternative(r, {});
+  return rule(r);
+}
+
+Element Grammar::repeat(Element item, int64_t min, int64_t max) {
+  if (min < 0 || (max >= 0 && max < min))
+    throw Error("repetition bounds [" + std::to_string(min) + ", " + std::to_string(max) +
+                "] are empty");
+  if (min > kMaxRepeat || max > kMaxRepeat)
+    throw Error("repetition bound " + std::to_string(std::max(min, max)) + " is above " +
+                std::to_string(kMaxRepeat));
+  // The optional tail first: t_k -> item t_{k-1} | empty, k = max - min.
+  Element tail{Element::Kind::kEnd, 0};
+  if (max < 0) {
+    tail = star(item);
+  } else {
+    for (int64_t k = 0; k < max - min; ++k) {
+      const int32_t r = new_rule("upto");
+      if (tail.kind == Element::Kind::kEnd)
+        add_alternative(r, {item});
+      else
+        add_alternative(r, {item, tail});
+      add_alternative(r, {});
+      tail = rule(r);
+    }
+  }
+  std::vector<Element> items(static_cast<size_t>(min), item);
+  if (tail.kind != Element::Kind::kEnd) items.push_back(tail);
+  if (items.size() == 1) return items[0];
+  return sequence(items);
+}
+
+Element Grammar::utf8_multibyte() {
+  if (utf8_multibyte_ >= 0) return rule(utf8_multibyte_);
+  const int32_t r = new_rule("utf8_multibyte");
+  const Element cont = bytes(range(0x80, 0xBF));
+  ByteSet e1 = range(0xE1, 0xEC);
+  e1.add(0xEE);
+  e1.add(0xEF);
+  add_alternative(r, {bytes(range(0xC2, 0xDF)), cont});
+  add_alternative(r, {bytes(range(0xE0, 0xE0)), bytes(range(0xA0, 0xBF)), cont});
+  add_alternative(r, {bytes(e1), cont, cont});
+  add_alternative(r, {bytes(range(0xED, 0xED)), bytes(range(0x80, 0x9F)), cont});
+  add_alternative(r, {bytes(range(0xF0, 0xF0)), bytes(range(0x90, 0xBF)), cont, cont});
+  add_alternative(r, {bytes(range(0xF1, 0xF3)), cont, cont, cont});
+  add_alternative(r, {bytes(range(0xF4, 0xF4)), bytes(range(0x80, 0x8F)), cont, cont});
+  utf8_multibyte_ = r;
+  return rule(r);
+}
+
+Element utf8_char(Grammar& g, const ByteSet& ascii, bool non_ascii) {
+  if (!non_ascii) return g.bytes(ascii);
+  if (ascii.empty()) return g.utf8_multibyte();
+  return g.choice({{g.bytes(ascii)}, {g.utf8_multibyte()}});
+}
+
+std::string Grammar::to_string() const {
+  std::ostringstream out;
+  auto set_text = [&](const ByteSet& s) {
+    std::string text = "[";
+    for (int b = 0; b < 256; ++b) {
+      if (!s.has(static_cast<uint8_t>(b))) continue;
+      int e = b;
+      while (e + 1 < 256 && s.has(static_cast<uint8_t>(e + 1))) ++e;
+      auto one = [](int c) {
+        if (c > 0x20 && c < 0x7F && c != ']' && c != '\\' && c != '-')
+          return std::string(1, static_cast<char>(c));
+        char buf[8];
+        std::snprintf(buf, sizeof buf, "\\x%02X", c);
+        return std::string(buf);
+      };
+      text += one(b);
+      if (e > b) {
+        text += '-';
+        text += one(e);
+      }
+      b = e;
+    }
+    return text + "]";
+  };
+  for (size_t r = 0; r < rules_.size(); ++r) {
+    out << r << " " << rules_[r].name << " ::=";
+    for (size_t a = 0; a < rules_[r].starts.size(); ++a) {
+      out << (a ? " |" : "");
+      for (int32_t p = rules_[r].starts[a]; elements_[p].kind != Element::Kind::kEnd; ++p) {
+        const Element& e = elements_[p];
+        if (e.kind == Element::Kind::kBytes)
+          out << " " << set_text(byte_sets_[e.index]);
+        else
+          out << " <" << e.index << ">";
+      }
+    }
+    out << "\n";
+  }
+  return out.str();
+}
+
+}  // namespace l2kv::structured

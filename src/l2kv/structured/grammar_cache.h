@@ -1,0 +1,45 @@
+// Compiled grammars by the constraint that made them, for one vocabulary: the server compiles
+// a schema once and every later request with the same schema (and its mask cache) reuses it.
+// Thread-safe; bounded, the least recently used grammar leaves first (each grammar caches at
+// most 2 MiB of masks, so the default 64 grammars hold at most 128 MiB of them).
+#pragma once
+
+#include <cstddef>
+#include <functional>
+#include <list>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+
+#include "l2kv/structured/grammar_matcher.h"
+
+namespace l2kv::structured {
+
+class GrammarCache {
+ public:
+  explicit GrammarCache(std::shared_ptr<const TokenVocabulary> vocabulary, size_t capacity = 64);
+
+  // The grammar of `key` (the constraint's kind and text), compiled by `compile` on a miss;
+  // what `compile` throws propagates and nothing is cached.
+  std::shared_ptr<const CompiledGrammar> get(const std::string& key,
+                                             const std::function<Grammar()>& compile);
+
+  const std::shared_ptr<const TokenVocabulary>& vocabulary() const { return vocabulary_; }
+  size_t size() const;
+  int64_t compilations() const;  // misses so far
+
+ private:
+  std::shared_ptr<const TokenVocabulary> vocabulary_;
+  size_t capacity_;
+  mutable std::mutex mutex_;
+  std::list<std::string> order_;  // most recent first
+  struct Entry {
+    std::shared_ptr<const CompiledGrammar> grammar;
+    std::list<std::string>::iterator position;
+  };
+  std::unordered_map<std::string, Entry> entries_;
+  int64_t compilations_ = 0;
+};
+
+}  // namespace l2kv::structured
