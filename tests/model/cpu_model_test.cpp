@@ -367,6 +367,19 @@ namespace {
 // A Qwen3 decoder computed directly in double precision from the checkpoint's tensors (RMSNorm,
 // projections, RMSNorm of each q and k head when `qk_norm`, neox RoPE, causal GQA attention,
 // SwiGLU, tied LM head): the logits of every position of `tokens`.
+// Every token's logits of `tokens` as one sequence: the first `prompt` prefilled in one call,
+// the rest one decode step each over the cache.
+std::vector<float> prefill_then_decode(const CpuModel& model, const std::vector<int32_t>& tokens,
+                                       size_t prompt) {
+  CpuSequenceState state;
+  std::vector<float> logits = model.extend(state, std::span<const int32_t>(tokens).first(prompt));
+  for (size_t t = prompt; t < tokens.size(); ++t) {
+    const auto row = model.extend(state, std::span<const int32_t>(tokens).subspan(t, 1));
+    logits.insert(logits.end(), row.begin(), row.end());
+  }
+  return logits;
+}
+
 std::vector<double> qwen3_reference(const testing::TinyQwen3& m, const std::vector<int32_t>& tokens,
                                     bool qk_norm = true) {
   const nlohmann::json& c = m.config;
@@ -520,13 +533,7 @@ TEST(CpuModel, Qwen3QkNormMatchesADirectComputation) {
   EXPECT_LT(error, 1e-5);
   EXPECT_GT(without_norm, 0.1);
 
-  CpuSequenceState state;  // prefill 4, then one token per step
-  std::vector<float> steps = model.extend(state, std::span<const int32_t>(tokens).first(4));
-  for (size_t t = 4; t < tokens.size(); ++t) {
-    const auto row = model.extend(state, std::span<const int32_t>(tokens).subspan(t, 1));
-    steps.insert(steps.end(), row.begin(), row.end());
-  }
-  EXPECT_LT(relative_l2(steps, want), 1e-5);
+  EXPECT_LT(relative_l2(prefill_then_decode(model, tokens, 4), want), 1e-5);
 }
 
 // Mixture of experts on the CPU backend: a tiny Qwen3-MoE (with and without norm_topk_prob)
@@ -547,13 +554,7 @@ TEST(CpuModel, MixtureOfExpertsMatchesADirectComputation) {
     const double error = relative_l2(got, want);
     std::printf("tiny qwen3-moe (norm_topk_prob %d): logits rel. L2 %.2e\n", normalize, error);
     EXPECT_LT(error, 1e-5);
-    CpuSequenceState state;
-    std::vector<float> steps = model.extend(state, std::span<const int32_t>(tokens).first(3));
-    for (size_t t = 3; t < tokens.size(); ++t) {
-      const auto row = model.extend(state, std::span<const int32_t>(tokens).subspan(t, 1));
-      steps.insert(steps.end(), row.begin(), row.end());
-    }
-    EXPECT_LT(relative_l2(steps, want), 1e-5);
+    EXPECT_LT(relative_l2(prefill_then_decode(model, tokens, 3), want), 1e-5);
     if (normalize) {
       testing::TinyQwen3 other = m;  // the same model with the other normalization differs
       other.config["norm_topk_prob"] = false;

@@ -65,6 +65,24 @@ struct Tables {
   }
 };
 
+// Every token's logits of `tokens` as one sequence: the first `prompt` tokens prefilled in one
+// step (all their logits), the rest decoded one per step.
+std::vector<float> prefill_then_decode(CudaModel& model, const std::vector<int32_t>& tokens,
+                                       size_t prompt) {
+  Tables tables(1);
+  tables.grow(0, static_cast<int32_t>(tokens.size()));
+  const std::span<const int32_t> all(tokens);
+  const BatchSequence prefill[] = {{all.first(prompt), 0, tables.rows[0], true}};
+  std::vector<float> logits = model.run(prefill, /*all_logits=*/true, nullptr);
+  for (size_t t = prompt; t < tokens.size(); ++t) {
+    const BatchSequence step[] = {
+        {all.subspan(t, 1), static_cast<int32_t>(t), tables.rows[0], true}};
+    const std::vector<float> row = model.run(step, false, nullptr);
+    logits.insert(logits.end(), row.begin(), row.end());
+  }
+  return logits;
+}
+
 std::unique_ptr<CudaModel> load(const fs::path& dir, int32_t max_tokens, int32_t blocks,
                                 int32_t max_logit_rows = 0,
                                 KvStorage storage = KvStorage::kModelDtype) {
@@ -358,18 +376,7 @@ TEST(CudaModel, Qwen3QkNormMatchesTheCpuModel) {
   fs::remove_all(dir);
   ASSERT_TRUE(model->config().qk_norm);
   const int64_t vocab = 256;
-  constexpr size_t kPrompt = 9;
-  Tables tables(1);
-  tables.grow(0, static_cast<int32_t>(tokens.size()));
-  const std::span<const int32_t> all(tokens);
-  const BatchSequence prefill[] = {{all.first(kPrompt), 0, tables.rows[0], true}};
-  std::vector<float> got = model->run(prefill, /*all_logits=*/true, nullptr);
-  for (size_t t = kPrompt; t < tokens.size(); ++t) {
-    const BatchSequence step[] = {
-        {all.subspan(t, 1), static_cast<int32_t>(t), tables.rows[0], true}};
-    const std::vector<float> row = model->run(step, false, nullptr);
-    got.insert(got.end(), row.begin(), row.end());
-  }
+  const std::vector<float> got = prefill_then_decode(*model, tokens, 9);
   ASSERT_EQ(got.size(), tokens.size() * vocab);
   double max_abs = 0;
   const double error = relative_l2(got.data(), want.data(), want.size(), &max_abs);
@@ -401,18 +408,7 @@ TEST(CudaModel, Fp8CheckpointMatchesTheCpuModel) {
     auto model = load(dir, 16, 8, /*max_logit_rows=*/16);
     ASSERT_TRUE(model->config().fp8_weights);
     const int64_t vocab = 300;
-    constexpr size_t kPrompt = 9;
-    Tables tables(1);
-    tables.grow(0, static_cast<int32_t>(tokens.size()));
-    const std::span<const int32_t> all(tokens);
-    const BatchSequence prefill[] = {{all.first(kPrompt), 0, tables.rows[0], true}};
-    std::vector<float> got = model->run(prefill, /*all_logits=*/true, nullptr);
-    for (size_t i = kPrompt; i < tokens.size(); ++i) {
-      const BatchSequence step[] = {
-          {all.subspan(i, 1), static_cast<int32_t>(i), tables.rows[0], true}};
-      const std::vector<float> row = model->run(step, false, nullptr);
-      got.insert(got.end(), row.begin(), row.end());
-    }
+    const std::vector<float> got = prefill_then_decode(*model, tokens, 9);
     ASSERT_EQ(got.size(), tokens.size() * vocab);
     double max_abs = 0;
     const double error = relative_l2(got.data(), want.data(), want.size(), &max_abs);

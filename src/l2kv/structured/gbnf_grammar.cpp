@@ -5,31 +5,12 @@
 #include <vector>
 
 #include "l2kv/core/error.h"
+#include "l2kv/tokenizer/utf8.h"
 
 namespace l2kv::structured {
 namespace {
 
 constexpr int kMaxNesting = 128;  // groups within groups
-
-std::string utf8_of(uint32_t cp) {
-  std::string s;
-  if (cp < 0x80) {
-    s += static_cast<char>(cp);
-  } else if (cp < 0x800) {
-    s += static_cast<char>(0xC0 | (cp >> 6));
-    s += static_cast<char>(0x80 | (cp & 0x3F));
-  } else if (cp < 0x10000) {
-    s += static_cast<char>(0xE0 | (cp >> 12));
-    s += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-    s += static_cast<char>(0x80 | (cp & 0x3F));
-  } else {
-    s += static_cast<char>(0xF0 | (cp >> 18));
-    s += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
-    s += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-    s += static_cast<char>(0x80 | (cp & 0x3F));
-  }
-  return s;
-}
 
 class GbnfParser {
  public:
@@ -184,7 +165,7 @@ class GbnfParser {
     }
     std::vector<std::vector<Element>> alts;
     if (!ascii.empty()) alts.push_back({g_.bytes(ascii)});
-    for (uint32_t cp : others) alts.push_back({g_.literal(utf8_of(cp))});
+    for (uint32_t cp : others) alts.push_back({g_.literal(utf8::encode(cp))});
     if (alts.empty()) fail("a non-empty class");
     return g_.choice(alts);
   }
@@ -195,7 +176,7 @@ class GbnfParser {
     if (c == '"') {
       ++pos_;
       std::string text;
-      while (pos_ < t_.size() && t_[pos_] != '"') text += utf8_of(character());
+      while (pos_ < t_.size() && t_[pos_] != '"') utf8::append(text, character());
       if (pos_ >= t_.size()) fail("a closing '\"'");
       ++pos_;
       return g_.sequence({g_.literal(text)});

@@ -3,6 +3,7 @@
 #include <cstdio>
 
 #include "l2kv/core/error.h"
+#include "l2kv/tokenizer/utf8.h"
 
 namespace l2kv::structured {
 namespace {
@@ -15,26 +16,6 @@ struct CharClass {
   bool all_non_ascii = false;
   std::vector<uint32_t> code_points;
 };
-
-std::string utf8_encode(uint32_t cp) {
-  std::string s;
-  if (cp < 0x80) {
-    s += static_cast<char>(cp);
-  } else if (cp < 0x800) {
-    s += static_cast<char>(0xC0 | (cp >> 6));
-    s += static_cast<char>(0x80 | (cp & 0x3F));
-  } else if (cp < 0x10000) {
-    s += static_cast<char>(0xE0 | (cp >> 12));
-    s += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-    s += static_cast<char>(0x80 | (cp & 0x3F));
-  } else {
-    s += static_cast<char>(0xF0 | (cp >> 18));
-    s += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
-    s += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-    s += static_cast<char>(0x80 | (cp & 0x3F));
-  }
-  return s;
-}
 
 // How one ASCII character is written inside a JSON string.
 std::string json_escaped(uint8_t c) {
@@ -77,7 +58,7 @@ Element class_element(Grammar& g, const CharClass& cls, RegexText text) {
   }
   if (!plain.empty()) alts.insert(alts.begin(), {g.bytes(plain)});
   if (cls.all_non_ascii) alts.push_back({g.utf8_multibyte()});
-  for (uint32_t cp : cls.code_points) alts.push_back({g.literal(utf8_encode(cp))});
+  for (uint32_t cp : cls.code_points) alts.push_back({g.literal(utf8::encode(cp))});
   if (alts.empty()) throw Error("regex: a character class that matches nothing");
   if (alts.size() == 1 && alts[0].size() == 1) return alts[0][0];
   return g.choice(alts);

@@ -88,6 +88,12 @@ void append(std::string& out, char32_t cp) {
   }
 }
 
+std::string encode(char32_t cp) {
+  std::string s;
+  append(s, cp);
+  return s;
+}
+
 char32_t next(std::string_view s, size_t& i) {
   const uint8_t b0 = static_cast<uint8_t>(s[i]);
   const size_t n = valid_sequence_length(s, i);

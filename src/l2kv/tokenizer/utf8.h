@@ -22,6 +22,8 @@ std::string repair(std::string_view s);
 
 // Appends the UTF-8 encoding of `cp`.
 void append(std::string& out, char32_t cp);
+// The UTF-8 encoding of `cp`.
+std::string encode(char32_t cp);
 
 // Decodes the (valid) sequence at s[i] and advances i past it.
 char32_t next(std::string_view s, size_t& i);
