@@ -649,6 +649,7 @@ TEST(CudaModel, Fp8ProjectionsAgreeBetweenGemvAndWidenedPaths) {
   c.num_q_heads = 8, c.num_kv_heads = 2, c.head_dim = 64;
   CudaModel model(c, 5);
   EXPECT_EQ(model.weight_bytes(), c.weight_bytes());
+  EXPECT_THROW(model.set_fused_layer(true), Error);  // no fp8 form: refused, not ignored
   constexpr int32_t kLen = 200;
   model.allocate_workspace({kLen, 4, 2048, kLen});
   model.allocate_kv_cache(64, 16);

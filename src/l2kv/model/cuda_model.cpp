@@ -412,12 +412,16 @@ void CudaModel::release_kv_cache() {
 
 bool CudaModel::fused_step(int32_t rows) const {
   const ModelConfig& c = config_;
-  return fused_layer_ && !c.fp8_weights && gate_up_interleaved_ && rows <= gemm_.gemv_max_rows() &&
+  return fused_layer_ && gate_up_interleaved_ && rows <= gemm_.gemv_max_rows() &&
          rows <= kGemvMaxRows && c.hidden_size % 8 == 0 && (c.num_q_heads * c.head_dim) % 8 == 0 &&
          c.intermediate_size % 8 == 0;
 }
 
 void CudaModel::set_fused_layer(bool on) {
+  if (on && config_.fp8_weights)
+    throw Error(
+        "--fused-layer: the five-kernel layer has no fp8 form; fp8 models run nine "
+        "kernels per layer");
   if (on == fused_layer_) return;
   drop_graphs();
   fused_layer_ = on;

@@ -122,7 +122,7 @@ class CudaModel {
   // Steps of up to gemv max rows (16) run each layer in five kernels (gemv.h's fusions: RMSNorm
   // prologues, residual and SiLU x up epilogues) when on, in nine when off (the default, and what
   // larger steps always run: the five measured slower on an H200, bench/NOTES.md). Drops
-  // captured graphs.
+  // captured graphs. Throws l2kv::Error for a model with fp8 projections.
   void set_fused_layer(bool on);
   bool fused_layer() const { return fused_layer_; }
   // The smallest captured bucket >= rows, or 0.
