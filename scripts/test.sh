@@ -14,5 +14,5 @@ cd "$(dirname "$0")/.."
 ./scripts/schema_suite_test.sh
 ./scripts/server_test.sh
 ./scripts/test_sanitizers.sh
-# Every libFuzzer target (fuzz/) for 30 s over its corpus: a crash, hang or sanitizer report fails.
-./scripts/fuzz.sh all 30
+# Every libFuzzer target (fuzz/) for 20 s over its corpus: a crash, hang or sanitizer report fails.
+./scripts/fuzz.sh all 20
