@@ -131,6 +131,28 @@ TEST(BenchServeWorkload, CompletionTurnKConcatenatesPromptsAndAnswers) {
             c[0].text + " one\n" + c[1].text + " two\n" + c[2].text);
 }
 
+TEST(BenchServeWorkload, ExtraBodyIsMergedLastAndMustBeAnObject) {
+  WorkloadOptions o;
+  o.num_prompts = 1;
+  o.input_len = 2;
+  o.extra_body = R"({"response_format": {"type": "json_object"}, "temperature": 0.7})";
+  EXPECT_NO_THROW(validate_workload(o, /*chat=*/true));
+  const auto c = make_conversations(o, /*chat=*/true)[0];
+  const json body = json::parse(request_body(o, "m", true, c, {}));
+  EXPECT_EQ(body["response_format"]["type"], "json_object");
+  EXPECT_EQ(body["temperature"], 0.7) << "the extra body replaces the workload's fields";
+  EXPECT_EQ(body["max_tokens"], o.output_len) << "and keeps the others";
+  for (const char* bad : {"[1, 2]", "{\"open\": ", "3"}) {
+    o.extra_body = bad;
+    try {
+      validate_workload(o, true);
+      FAIL() << "accepted --extra-body " << bad;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("--extra-body"), std::string::npos) << e.what();
+    }
+  }
+}
+
 TEST(BenchServeWorkload, MultiTurnCompletionsNeedTextPrompts) {
   WorkloadOptions o;
   o.multi_turn = 2;

@@ -575,6 +575,10 @@ std::function<int()> add_bench_serve_command(CLI::App& app) {
                 "Send random words as the completions prompt instead of token ids");
   cmd->add_flag("--ignore-eos,!--no-ignore-eos", o->w.ignore_eos,
                 "Send ignore_eos so every request generates --output-len tokens (default on)");
+  cmd->add_option("--extra-body", o->w.extra_body,
+                  "A JSON object merged into every request body, its fields replacing the "
+                  "workload's (e.g. '{\"response_format\": {\"type\": \"json_object\"}}' "
+                  "with --no-ignore-eos to measure constrained decoding)");
   cmd->add_option("--api-key", o->api_key, "Bearer token sent as Authorization");
   cmd->add_option("--json", o->json_path, "Write the result (and per-request data) as JSON here");
   cmd->add_option("--timeout", o->timeout_s,

@@ -33,6 +33,11 @@ void validate_workload(const WorkloadOptions& o, bool chat) {
         "--multi-turn with /v1/completions needs --random-text: later turns append the server's "
         "answers, which come back as text, and a token-id prompt cannot hold text (or use "
         "--endpoint /v1/chat/completions)");
+  if (!o.extra_body.empty()) {
+    const auto extra = ordered_json::parse(o.extra_body, nullptr, false);
+    if (extra.is_discarded() || !extra.is_object())
+      throw Error("--extra-body must be a JSON object, got: " + o.extra_body);
+  }
 }
 
 int32_t turns_per_conversation(const WorkloadOptions& o) {
@@ -123,6 +128,12 @@ std::string request_body(const WorkloadOptions& o, const std::string& model, boo
   body["temperature"] = 0.0;
   body["stream"] = true;
   body["stream_options"] = {{"include_usage", true}};
+  if (!o.extra_body.empty()) {
+    const auto extra = ordered_json::parse(o.extra_body, nullptr, false);
+    if (extra.is_discarded() || !extra.is_object())
+      throw Error("--extra-body must be a JSON object, got: " + o.extra_body);
+    for (const auto& [key, value] : extra.items()) body[key] = value;
+  }
   return body.dump();
 }
 

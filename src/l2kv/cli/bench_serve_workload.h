@@ -26,6 +26,9 @@ struct WorkloadOptions {
   int32_t vocab_size = 32000;
   bool random_text = false;  // completions: words instead of token ids
   bool ignore_eos = true;
+  // A JSON object merged into every request body last (its fields replace the workload's):
+  // response_format, structured_outputs, sampling parameters. Empty: none.
+  std::string extra_body;
 };
 
 // The most requests one run sends (conversations times turns).
