@@ -801,6 +801,42 @@ const Tokenizer& test_tokenizer() {
   return tokenizer;
 }
 
+// vLLM stops at the tokenizer's EOS as well as the config's: a config without eos_token_id
+// (synthetic models, some checkpoints) must still end, and a finished grammar needs that EOS.
+TEST(Engine, TokenizerEosJoinsTheConfigsEosTokens) {
+  const Fixture& f = fixture("llama3-gqa");
+  const Case& c = f.cases[1];
+  const std::vector<int32_t>& ref = c.greedy;
+  const int32_t eos = ref[7];
+  nlohmann::json vocab = nlohmann::json::object();
+  for (int32_t id = 0; id < 512; ++id) vocab[token_text(id)] = id;
+  const nlohmann::json spec = {
+      {"model", {{"type", "BPE"}, {"vocab", vocab}, {"merges", nlohmann::json::array()}}}};
+  const nlohmann::json tokenizer_config = {{"eos_token", token_text(eos)}};
+  const Tokenizer tokenizer = Tokenizer::from_json(spec.dump(), tokenizer_config.dump());
+  ASSERT_EQ(tokenizer.token_to_id(tokenizer.eos_token()), eos);
+
+  Engine engine(std::make_unique<EosRunner>(f.model, std::vector<int32_t>{}), &tokenizer,
+                small_config());
+  EXPECT_EQ(engine.eos_token_ids(), std::vector<int32_t>{eos});
+  SamplingParams p = greedy_params();
+  p.ignore_eos = false;
+  Collected got;
+  engine.add_request(request_for(c.prompt, p, got));
+  engine.run_until_idle();
+  EXPECT_EQ(got.tokens.size(), static_cast<size_t>(first_at(ref, eos) + 1));
+  EXPECT_EQ(got.last.finish_reason, FinishReason::kStop);
+  expect_no_leak(engine);
+
+  // Already in the config: not listed twice. Without a tokenizer: the config's alone.
+  Engine both(std::make_unique<EosRunner>(f.model, std::vector<int32_t>{ref[2], eos}), &tokenizer,
+              small_config());
+  EXPECT_EQ(both.eos_token_ids(), (std::vector<int32_t>{ref[2], eos}));
+  Engine none(std::make_unique<EosRunner>(f.model, std::vector<int32_t>{}), nullptr,
+              small_config());
+  EXPECT_TRUE(none.eos_token_ids().empty());
+}
+
 TEST(EngineStopStrings, CheckerHoldsBackPossibleStarts) {
   StopStringChecker checker({"abc", "xyz"});
   auto r = checker.push("hello a");

@@ -150,6 +150,13 @@ struct Engine::Impl {
     const ModelConfig& model = runner->config();
     config = resolve(cfg, model);
     eos_ids = model.eos_token_ids;
+    // A config without eos_token_id (synthetic models, some checkpoints) still stops at the
+    // tokenizer's EOS; without it a completed grammar would allow no token at all.
+    if (tokenizer && !tokenizer->eos_token().empty())
+      if (const auto id = tokenizer->token_to_id(tokenizer->eos_token());
+          id && *id >= 0 && *id < model.vocab_size &&
+          std::find(eos_ids.begin(), eos_ids.end(), *id) == eos_ids.end())
+        eos_ids.push_back(*id);
     seed_rng.seed(config.seed);
     const KvCacheSizing sizing =
         runner->prepare(config.block_size, config.max_num_batched_tokens, config.max_num_seqs,
@@ -560,6 +567,10 @@ const EngineConfig& Engine::config() const {
 
 ModelRunner& Engine::runner() {
   return *impl_->runner;
+}
+
+const std::vector<int32_t>& Engine::eos_token_ids() const {
+  return impl_->eos_ids;
 }
 
 }  // namespace l2kv

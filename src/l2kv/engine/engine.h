@@ -132,6 +132,9 @@ class Engine {
   EngineStats stats() const;
   const EngineConfig& config() const;  // with max_model_len and num_kv_blocks resolved
   ModelRunner& runner();
+  // The tokens that end a generation (unless ignore_eos): the model config's eos_token_ids and
+  // the tokenizer's EOS token, as vLLM does; a structured output's grammar ends on them.
+  const std::vector<int32_t>& eos_token_ids() const;
 
  private:
   struct Impl;

@@ -54,7 +54,7 @@ EngineLoop::EngineLoop(std::function<std::unique_ptr<Engine>()> make_engine, Met
       engine_ = make();
       config_ = engine_->config();
       vocab_size_ = engine_->runner().config().vocab_size;
-      eos_token_ids_ = engine_->runner().config().eos_token_ids;
+      eos_token_ids_ = engine_->eos_token_ids();
       snapshot_.engine = engine_->stats();
     } catch (...) {
       started.set_exception(std::current_exception());
