@@ -710,7 +710,7 @@ TEST(EnginePromptLogprobs, PromptOnlyEndsAfterThePromptAndOtherRunnersRefuse) {
   r = request_for(f.cases[1].prompt, greedy_params(5), bad);
   r.prompt_logprobs = 21;
   EXPECT_THROW(engine.add_request(std::move(r)), Error);
-  // A runner without prompt logprobs (as the CUDA one today) refuses them at once.
+  // A runner without prompt logprobs refuses them at once.
   Engine other(std::make_unique<EosRunner>(f.model, std::vector<int32_t>{}), nullptr,
                small_config());
   r = request_for(f.cases[1].prompt, greedy_params(5), bad);

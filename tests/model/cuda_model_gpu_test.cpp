@@ -441,6 +441,56 @@ TEST(CudaModel, ChunkedPrefillMatchesOnePass) {
   EXPECT_EQ(argmax(got.data(), 512), argmax(expected.data(), 512));
 }
 
+// hidden_row_logits (prompt logprobs) is the LM head over the step's rows: in a ragged batch of
+// two prompt chunks (the second one's rows start inside h, at an offset the GEMM's operands
+// would not be aligned to), its rows equal those of the all-logits run of the same batch, up to
+// the different row counts of the LM head's GEMM (1 row runs on the GEMV). A row off by one
+// would be off by O(1).
+TEST(CudaModel, HiddenRowLogitsAreTheLmHeadOfTheStepsRows) {
+  L2KV_SKIP_WITHOUT_GPU();
+  auto model = load(kFixtures / "llama3-gqa", 256, 64, /*max_logit_rows=*/256);
+  const int64_t vocab = model->config().vocab_size;
+  std::vector<int32_t> a, b;
+  for (int i = 0; i < 37; ++i) a.push_back((i * 37 + 11) % 512);
+  for (int i = 0; i < 150; ++i) b.push_back((i * 53 + 9) % 512);
+  Tables tables(2);
+  tables.grow(0, 37);
+  tables.grow(1, 150);
+  const BatchSequence batch[] = {{a, 0, tables.rows[0], false}, {b, 0, tables.rows[1], true}};
+  const std::vector<float> all = model->run(batch, /*all_logits=*/true, nullptr);
+  ASSERT_EQ(all.size(), static_cast<size_t>(187 * vocab));
+  cudaStream_t stream;
+  ASSERT_EQ(cudaStreamCreate(&stream), cudaSuccess);
+  const int32_t max_rows = CudaModel::kMaxHiddenRowLogits;
+  float* out = nullptr;
+  ASSERT_EQ(cudaMalloc(reinterpret_cast<void**>(&out), sizeof(float) * max_rows * vocab),
+            cudaSuccess);
+  model->prepare(batch, 0, stream);
+  model->forward(stream);
+  std::vector<float> got(static_cast<size_t>(max_rows * vocab));
+  const std::pair<int32_t, int32_t> ranges[] = {{0, 37}, {37, 64}, {101, 64}, {165, 22}, {186, 1}};
+  for (const auto& [first, rows] : ranges) {
+    model->hidden_row_logits(first, rows, out, stream);
+    ASSERT_EQ(cudaMemcpyAsync(got.data(), out, sizeof(float) * rows * vocab, cudaMemcpyDeviceToHost,
+                              stream),
+              cudaSuccess);
+    ASSERT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+    for (int32_t r = 0; r < rows; ++r) {
+      double max_abs = 0;
+      EXPECT_LT(relative_l2(got.data() + r * vocab, all.data() + (first + r) * vocab,
+                            static_cast<size_t>(vocab), &max_abs),
+                1e-3)
+          << "row " << first + r;
+    }
+  }
+  EXPECT_THROW(model->hidden_row_logits(180, 8, out, stream), Error);  // past the step's rows
+  EXPECT_THROW(model->hidden_row_logits(0, max_rows + 1, out, stream), Error);
+  EXPECT_THROW(model->hidden_row_logits(-1, 1, out, stream), Error);
+  EXPECT_THROW(model->hidden_row_logits(0, 0, out, stream), Error);
+  cudaFree(out);
+  cudaStreamDestroy(stream);
+}
+
 // Layer 0's calculated scales against a host computation of its K and V (float32 from the
 // checkpoint: embedding, RMSNorm, projection with bias, RoPE at each position), within the
 // 16-bit rounding of the device's normed input and projection.

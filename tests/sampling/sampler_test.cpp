@@ -571,6 +571,53 @@ TEST(SamplerCpuTest, LogprobsAreLogSoftmaxOfRawLogits) {
   EXPECT_TRUE(out[2].top_logprobs.empty());
 }
 
+// Prompt logprobs (both runners report them through prompt_logprob_on_cpu): the target's
+// log-softmax of the raw logits, its rank (1 + the tokens strictly more likely, so tied tokens
+// share a rank) and the `top` most likely tokens, lowest id first on ties.
+TEST(SamplerCpuTest, PromptLogprobIsLogSoftmaxRankAndTopTokensOfRawLogits) {
+  const int64_t vocab = 3000;
+  std::vector<float> logits = random_logits(vocab, 12);
+  const float top = *std::max_element(logits.begin(), logits.end());
+  logits[2500] = logits[700] = logits[1200] = top + 1.f;  // three tied best tokens
+  logits[40] = logits[41] = top + 0.5f;                   // then a tied pair
+  double m = top + 1.f, sum = 0;
+  for (float v : logits) sum += std::exp(static_cast<double>(v) - m);
+  auto log_softmax = [&](int32_t i) { return logits[i] - m - std::log(sum); };
+  std::vector<int32_t> order(vocab);
+  for (int32_t i = 0; i < vocab; ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(),
+                   [&](int32_t a, int32_t b) { return logits[a] > logits[b]; });
+
+  const PromptLogprob best = prompt_logprob_on_cpu(logits, 1200, 6);
+  EXPECT_EQ(best.token, 1200);
+  EXPECT_EQ(best.rank, 1);  // tied with 700 and 2500: none strictly more likely
+  EXPECT_NEAR(best.logprob, log_softmax(1200), 1e-5);
+  ASSERT_EQ(best.top_logprobs.size(), 6u);
+  const std::vector<int32_t> first = {700, 1200, 2500, 40, 41};
+  for (size_t k = 0; k < 6; ++k) {
+    if (k < first.size()) {
+      EXPECT_EQ(best.top_logprobs[k].first, first[k]) << k;
+    }
+    EXPECT_EQ(best.top_logprobs[k].first, order[k]) << k;
+    EXPECT_NEAR(best.top_logprobs[k].second, log_softmax(order[k]), 1e-5) << k;
+  }
+  EXPECT_EQ(prompt_logprob_on_cpu(logits, 41, 0).rank, 4);
+  for (int32_t target : {order[100], order[vocab - 1], 0}) {
+    const PromptLogprob lp = prompt_logprob_on_cpu(logits, target, 0);
+    const auto above =
+        std::count_if(logits.begin(), logits.end(), [&](float v) { return v > logits[target]; });
+    EXPECT_EQ(lp.rank, 1 + above) << target;
+    EXPECT_NEAR(lp.logprob, log_softmax(target), 1e-5) << target;
+    EXPECT_TRUE(lp.top_logprobs.empty());
+  }
+  // More top tokens than the vocabulary: all of them.
+  EXPECT_EQ(
+      prompt_logprob_on_cpu(std::span<const float>(logits).first(4), 2, 20).top_logprobs.size(),
+      4u);
+  EXPECT_THROW(prompt_logprob_on_cpu(logits, static_cast<int32_t>(vocab), 1), Error);
+  EXPECT_THROW(prompt_logprob_on_cpu(logits, -1, 1), Error);
+}
+
 TEST(SamplerCpuTest, RejectsMismatchedSizesAndBadHistory) {
   SamplingParams p;
   const std::vector<float> logits(10, 0.f);

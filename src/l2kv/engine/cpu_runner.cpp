@@ -1,8 +1,6 @@
 #include "l2kv/engine/cpu_runner.h"
 
 #include <algorithm>
-#include <cmath>
-#include <numeric>
 
 #include "l2kv/core/error.h"
 
@@ -37,38 +35,6 @@ void CpuRunner::allocate_kv_cache(int32_t num_blocks) {
   pool_.emplace(config(), num_blocks, block_size_);
 }
 
-namespace {
-
-// The log-probability of `target` under `row` (sampler.h's formula), its rank and the `top`
-// most likely tokens.
-PromptLogprob prompt_logprob(std::span<const float> row, int32_t target, int32_t top) {
-  const double max = *std::max_element(row.begin(), row.end());
-  double sum = 0;
-  for (float r : row) sum += std::exp(static_cast<double>(r) - max);
-  const double log_z = max + std::log(sum);
-  auto logprob = [&](int32_t id) {
-    return static_cast<float>(static_cast<double>(row[id]) - log_z);
-  };
-  PromptLogprob out;
-  out.token = target;
-  out.logprob = logprob(target);
-  out.rank = 1;
-  for (float r : row)
-    if (r > row[target]) ++out.rank;
-  if (top > 0) {
-    std::vector<int32_t> ids(row.size());
-    std::iota(ids.begin(), ids.end(), 0);
-    const auto k = std::min<size_t>(static_cast<size_t>(top), ids.size());
-    std::partial_sort(
-        ids.begin(), ids.begin() + static_cast<std::ptrdiff_t>(k), ids.end(),
-        [&](int32_t a, int32_t b) { return row[a] > row[b] || (row[a] == row[b] && a < b); });
-    for (size_t i = 0; i < k; ++i) out.top_logprobs.emplace_back(ids[i], logprob(ids[i]));
-  }
-  return out;
-}
-
-}  // namespace
-
 std::vector<SampledToken> CpuRunner::execute(const StepInput& step) {
   if (!pool_) throw Error("CpuRunner: execute before allocate_kv_cache");
   const int64_t vocab = config().vocab_size;
@@ -82,9 +48,9 @@ std::vector<SampledToken> CpuRunner::execute(const StepInput& step) {
       if (row >= seq.tokens.size() || !seq.prompt_logprobs_out)
         throw Error("CpuRunner: prompt logprobs past the chunk");
       seq.prompt_logprobs_out->push_back(
-          prompt_logprob(std::span<const float>(logits).subspan(row * static_cast<size_t>(vocab),
-                                                                static_cast<size_t>(vocab)),
-                         seq.prompt_logprob_targets[i], seq.prompt_logprobs));
+          prompt_logprob_on_cpu(std::span<const float>(logits).subspan(
+                                    row * static_cast<size_t>(vocab), static_cast<size_t>(vocab)),
+                                seq.prompt_logprob_targets[i], seq.prompt_logprobs));
     }
     if (!seq.sample) continue;
     last_rows.insert(last_rows.end(), logits.end() - vocab, logits.end());

@@ -36,6 +36,8 @@ CudaRunner::CudaRunner(std::shared_ptr<CudaModel> model, CudaRunnerOptions optio
 CudaRunner::~CudaRunner() {
   sampler_.reset();
   free_masks();
+  if (device_prompt_logits_) cudaFree(device_prompt_logits_);
+  if (host_prompt_logits_) cudaFreeHost(host_prompt_logits_);
   model_.reset();
   for (cudaEvent_t e : events_)
     if (e) cudaEventDestroy(e);
@@ -125,8 +127,16 @@ std::vector<SampledToken> CudaRunner::execute(const StepInput& step) {
   rows_.clear();
   int32_t masked_rows = 0;
   bool decode_only = true;
+  bool prompt_logprobs_asked = false;
   for (const StepSequence& s : step.sequences) {
     batch_.push_back({s.tokens, s.start_position, s.block_table, s.sample});
+    if (!s.prompt_logprob_targets.empty()) {
+      if (!s.prompt_logprobs_out || s.prompt_logprobs_row < 0 ||
+          static_cast<size_t>(s.prompt_logprobs_row) + s.prompt_logprob_targets.size() >
+              s.tokens.size())
+        throw Error("CudaRunner: prompt logprobs past the chunk");
+      prompt_logprobs_asked = true;
+    }
     decode_only &= s.tokens.size() == 1 && s.sample;
     if (!s.sample) continue;
     SamplingRow row = s.sampling;
@@ -174,6 +184,7 @@ std::vector<SampledToken> CudaRunner::execute(const StepInput& step) {
     L2KV_CUDA_CHECK(cudaStreamSynchronize(stream_));
   else
     sampled = sampler_->results(stream_);
+  if (prompt_logprobs_asked) prompt_logprobs(step);
   float forward_ms = 0, sample_ms = 0;
   L2KV_CUDA_CHECK(cudaEventElapsedTime(&forward_ms, events_[0], events_[1]));
   L2KV_CUDA_CHECK(cudaEventElapsedTime(&sample_ms, events_[1], events_[2]));
@@ -183,6 +194,33 @@ std::vector<SampledToken> CudaRunner::execute(const StepInput& step) {
   profile_.gpu_sample_ms += sample_ms;
   profile_.execute_ms += std::chrono::duration<double, std::milli>(Clock::now() - start).count();
   return sampled;
+}
+
+void CudaRunner::prompt_logprobs(const StepInput& step) {
+  const int64_t vocab = config().vocab_size;
+  const size_t block_bytes = sizeof(float) * static_cast<size_t>(kPromptLogprobRows * vocab);
+  if (!device_prompt_logits_)
+    L2KV_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&device_prompt_logits_), block_bytes));
+  if (!host_prompt_logits_)
+    L2KV_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&host_prompt_logits_), block_bytes));
+  int64_t first_row = 0;  // the sequence's first row in the step (CudaModel::prepare's order)
+  for (const StepSequence& s : step.sequences) {
+    const auto targets = static_cast<int64_t>(s.prompt_logprob_targets.size());
+    for (int64_t done = 0; done < targets; done += kPromptLogprobRows) {
+      const auto rows = static_cast<int32_t>(std::min<int64_t>(kPromptLogprobRows, targets - done));
+      model_->hidden_row_logits(static_cast<int32_t>(first_row + s.prompt_logprobs_row + done),
+                                rows, device_prompt_logits_, stream_);
+      L2KV_CUDA_CHECK(cudaMemcpyAsync(host_prompt_logits_, device_prompt_logits_,
+                                      sizeof(float) * static_cast<size_t>(rows * vocab),
+                                      cudaMemcpyDeviceToHost, stream_));
+      L2KV_CUDA_CHECK(cudaStreamSynchronize(stream_));
+      for (int32_t r = 0; r < rows; ++r)
+        s.prompt_logprobs_out->push_back(prompt_logprob_on_cpu(
+            std::span<const float>(host_prompt_logits_ + r * vocab, static_cast<size_t>(vocab)),
+            s.prompt_logprob_targets[static_cast<size_t>(done + r)], s.prompt_logprobs));
+    }
+    first_row += static_cast<int64_t>(s.tokens.size());
+  }
 }
 
 }  // namespace l2kv

@@ -3,6 +3,12 @@
 // batch bucket that holds them (1, 2, 4, 8, then steps of 8 up to max_num_seqs); steps with
 // prompt chunks run eagerly. The decode kernel (split or the paper's paged_v1) and its L2
 // prefetch policy are run-time options, so both methods run in the same engine.
+//
+// Prompt logprobs: after a step whose chunks ask for them, the LM head runs again over those
+// chunks' rows (CudaModel::hidden_row_logits, kPromptLogprobRows rows at a time into buffers
+// allocated on the first such step), and each row's logprobs, rank and top tokens are taken on
+// the host from its raw logits (prompt_logprob_on_cpu, as CpuRunner). Other steps run nothing
+// for them.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -50,6 +56,10 @@ class CudaRunner : public ModelRunner {
   void allocate_kv_cache(int32_t num_blocks) override;
   std::vector<SampledToken> execute(const StepInput& step) override;
   std::string device_fault() override;
+  bool supports_prompt_logprobs() const override { return true; }
+
+  // Rows of prompt logits computed and copied to the host at once.
+  static constexpr int32_t kPromptLogprobRows = CudaModel::kMaxHiddenRowLogits;
 
   // Switches the decode kernel and its prefetch policy; recaptures the graphs.
   void set_decode_attention(DecodeKernel kernel, const PrefetchPolicy& policy);
@@ -86,8 +96,15 @@ class CudaRunner : public ModelRunner {
   int32_t* host_mask_rows_ = nullptr;
   uint32_t* device_masks_ = nullptr;
   int32_t* device_mask_rows_ = nullptr;
+  // Prompt logprobs: kPromptLogprobRows rows of fp32 logits on the device and pinned on the
+  // host, allocated by the first step that asks for them.
+  float* device_prompt_logits_ = nullptr;
+  float* host_prompt_logits_ = nullptr;
   StepProfile profile_;
   void free_masks();
+  // Appends the prompt logprobs of every sequence of `step` that asks for them (after the
+  // step's forward is enqueued on stream_); synchronizes.
+  void prompt_logprobs(const StepInput& step);
   cudaEvent_t events_[3] = {};  // forward start, forward end, sampling end
 };
 

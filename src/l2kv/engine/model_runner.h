@@ -15,14 +15,6 @@
 
 namespace l2kv {
 
-// One prompt token's log-probability given the tokens before it (prompt logprobs).
-struct PromptLogprob {
-  int32_t token = -1;
-  float logprob = 0.f;  // log_softmax of the raw logits, as SampledToken::logprob
-  int32_t rank = 0;     // 1 + the number of tokens more likely than `token`
-  std::vector<std::pair<int32_t, float>> top_logprobs;  // most likely first, lowest id on ties
-};
-
 // One sequence's part of a step.
 struct StepSequence {
   std::span<const int32_t> tokens;       // new tokens: a prompt chunk or the last sampled one

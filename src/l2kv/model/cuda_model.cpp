@@ -105,6 +105,8 @@ struct CudaModel::Workspace {
   // prologues: [0] feeds the QKV projections, [1] gate_up (kGemvMaxFusedRows floats each).
   DeviceArray<float> sumsq;
   DeviceArray<uint16_t> h, qkv, q, attn, proj, gate_up, act, last;
+  // Rows of h copied for hidden_row_logits (kMaxHiddenRowLogits x hidden).
+  DeviceArray<uint16_t> hidden_rows;
   DeviceArray<int32_t> meta;
   int32_t* host_meta = nullptr;
   cudaEvent_t uploaded = nullptr;  // the last upload has left host_meta
@@ -336,6 +338,7 @@ void CudaModel::allocate_workspace(const WorkspaceLimits& limits) {
   ws->gate_up = DeviceArray<uint16_t>(T * 2 * I);
   ws->act = DeviceArray<uint16_t>(T * I);
   ws->last = DeviceArray<uint16_t>(static_cast<size_t>(limits_.max_logit_rows) * H);
+  ws->hidden_rows = DeviceArray<uint16_t>(static_cast<size_t>(kMaxHiddenRowLogits) * H);
   ws->logits = DeviceArray<float>(static_cast<size_t>(limits_.max_logit_rows) * c.vocab_size);
   ws->stride = ceil_div(limits_.max_model_len, 16);  // enough for any supported block size
   ws->seq_lens = 0;
@@ -816,6 +819,25 @@ void CudaModel::forward(cudaStream_t stream) {
 
 const float* CudaModel::logits() const {
   return ws_ ? ws_->logits.ptr : nullptr;
+}
+
+void CudaModel::hidden_row_logits(int32_t first_row, int32_t rows, float* out,
+                                  cudaStream_t stream) {
+  if (!ws_ || step_.rows == 0)
+    throw Error("CUDA backend: hidden_row_logits() needs a prepared and enqueued step");
+  if (rows < 1 || rows > kMaxHiddenRowLogits || first_row < 0 || first_row > step_.rows - rows)
+    throw Error("CUDA backend: hidden rows " + std::to_string(first_row) + " + " +
+                std::to_string(rows) + " outside the step's " + std::to_string(step_.rows) +
+                " rows (at most " + std::to_string(kMaxHiddenRowLogits) + " at once)");
+  if (out == nullptr) throw Error("CUDA backend: hidden_row_logits() into a null buffer");
+  const int64_t H = config_.hidden_size;
+  // Copied to the start of a buffer, as lm_head() gathers them: the LM head's GEMM plans are
+  // chosen per shape on aligned operands, and a row of h may start at any multiple of H.
+  L2KV_CUDA_CHECK(cudaMemcpyAsync(ws_->hidden_rows.ptr, ws_->h.ptr + int64_t{first_row} * H,
+                                  static_cast<size_t>(int64_t{rows} * H) * sizeof(uint16_t),
+                                  cudaMemcpyDeviceToDevice, stream));
+  gemm_.linear_f32_out(config_.dtype, ws_->hidden_rows.ptr, weights_->lm_head_ptr(), out, rows, H,
+                       config_.vocab_size, stream);
 }
 
 int32_t CudaModel::graph_bucket(int32_t rows) const {

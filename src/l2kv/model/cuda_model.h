@@ -114,6 +114,16 @@ class CudaModel {
   // Device logits [rows, vocab] (fp32) of the last forward.
   const float* logits() const;
 
+  // Prompt logprobs: the LM head over `rows` (1 to kMaxHiddenRowLogits) query rows of the
+  // forward last enqueued, from row `first_row` of the step (rows are the sequences' tokens in
+  // batch order: sequence s's token i is row i plus the tokens of the sequences before it),
+  // as fp32 logits [rows, vocab] into the device buffer `out`, on `stream` after the forward.
+  // The rows are the final norm's output, which the step leaves in the workspace, so this is
+  // extra work only for the steps that ask for it. Throws l2kv::Error before any launch for
+  // rows outside the step.
+  static constexpr int32_t kMaxHiddenRowLogits = 64;
+  void hidden_row_logits(int32_t first_row, int32_t rows, float* out, cudaStream_t stream);
+
   // Captures the decode step of every size in `batch_sizes` as a CUDA graph. Runs each once
   // eagerly first (GEMM plans are chosen then), on pad rows only.
   void capture_decode_graphs(std::span<const int32_t> batch_sizes, cudaStream_t stream);

@@ -113,17 +113,36 @@ void fill_logprobs(std::span<const float> raw, int32_t n, SampledToken& out) {
   const double lse = m + std::log(sum);
   auto logprob = [&](int32_t i) { return static_cast<float>(static_cast<double>(raw[i]) - lse); };
   out.logprob = logprob(out.token);
+  out.top_logprobs.clear();
   n = static_cast<int32_t>(std::min<int64_t>(n, static_cast<int64_t>(raw.size())));
+  if (n <= 0) return;
   std::vector<int32_t> ids(raw.size());
   std::iota(ids.begin(), ids.end(), 0);
   std::partial_sort(ids.begin(), ids.begin() + n, ids.end(), [&](int32_t a, int32_t b) {
     return raw[a] > raw[b] || (raw[a] == raw[b] && a < b);
   });
-  out.top_logprobs.clear();
   for (int32_t k = 0; k < n; ++k) out.top_logprobs.emplace_back(ids[k], logprob(ids[k]));
 }
 
 }  // namespace
+
+PromptLogprob prompt_logprob_on_cpu(std::span<const float> row_logits, int32_t target,
+                                    int32_t top) {
+  if (target < 0 || static_cast<size_t>(target) >= row_logits.size())
+    throw Error("prompt_logprob_on_cpu: token " + std::to_string(target) + " outside a row of " +
+                std::to_string(row_logits.size()) + " logits");
+  PromptLogprob out;
+  out.token = target;
+  SampledToken sampled;
+  sampled.token = target;
+  fill_logprobs(row_logits, std::max(top, 0), sampled);
+  out.logprob = sampled.logprob;
+  out.top_logprobs = std::move(sampled.top_logprobs);
+  const float x = row_logits[static_cast<size_t>(target)];
+  out.rank = 1 + static_cast<int32_t>(std::count_if(row_logits.begin(), row_logits.end(),
+                                                    [x](float r) { return r > x; }));
+  return out;
+}
 
 void apply_token_bitmask_on_cpu(std::span<float> row_logits, std::span<const uint32_t> allowed) {
   if (static_cast<int64_t>(allowed.size()) != (static_cast<int64_t>(row_logits.size()) + 31) / 32)

@@ -62,6 +62,14 @@ struct SampledToken {
   std::vector<std::pair<int32_t, float>> top_logprobs;  // params->logprobs most likely, best first
 };
 
+// One prompt token's log-probability given the tokens before it (prompt logprobs).
+struct PromptLogprob {
+  int32_t token = -1;
+  float logprob = 0.f;  // log_softmax of the raw logits, as SampledToken::logprob
+  int32_t rank = 0;     // 1 + the number of tokens more likely than `token`
+  std::vector<std::pair<int32_t, float>> top_logprobs;  // most likely first, lowest id on ties
+};
+
 // The uniform draw in (0, 1) for token `index` of a row: a counter-based hash, the same
 // function on host and device.
 #if defined(__CUDACC__)
@@ -87,6 +95,11 @@ void apply_token_bitmask_on_cpu(std::span<float> row_logits, std::span<const uin
 // logits: [rows.size(), vocab], row-major. Returns one token per row.
 std::vector<SampledToken> sample_on_cpu(std::span<const float> logits, int64_t vocab,
                                         std::span<const SamplingRow> rows);
+
+// The prompt logprob of `target` under one row of raw logits (no bias, penalties or
+// temperature: the model's distribution, with the logprob formula above), its rank and the
+// `top` most likely tokens. Both backends' runners report prompt logprobs through it.
+PromptLogprob prompt_logprob_on_cpu(std::span<const float> row_logits, int32_t target, int32_t top);
 
 // The logits of one row after steps -1, 0, 1 and 3 (allowed tokens, bias, penalties, then
 // / temperature unless greedy).
