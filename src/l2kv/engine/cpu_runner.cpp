@@ -40,6 +40,8 @@ std::vector<SampledToken> CpuRunner::execute(const StepInput& step) {
   const int64_t vocab = config().vocab_size;
   std::vector<float> last_rows;
   std::vector<SamplingRow> rows;
+  std::vector<std::vector<uint32_t>> masks;  // filled masks, one per constrained row
+  masks.reserve(step.sequences.size());
   for (const StepSequence& seq : step.sequences) {
     CpuPagedKvView kv(*pool_, seq.block_table);
     const std::vector<float> logits = model_->extend(kv, seq.start_position, seq.tokens);
@@ -55,6 +57,11 @@ std::vector<SampledToken> CpuRunner::execute(const StepInput& step) {
     if (!seq.sample) continue;
     last_rows.insert(last_rows.end(), logits.end() - vocab, logits.end());
     rows.push_back(seq.sampling);
+    if (seq.fill_allowed_tokens) {
+      masks.emplace_back(static_cast<size_t>((vocab + 31) / 32));
+      seq.fill_allowed_tokens(masks.back());
+      rows.back().allowed_tokens = masks.back();
+    }
   }
   if (rows.empty()) return {};
   return sample_on_cpu(last_rows, vocab, rows);

@@ -126,6 +126,7 @@ std::vector<SampledToken> CudaRunner::execute(const StepInput& step) {
   batch_.clear();
   rows_.clear();
   int32_t masked_rows = 0;
+  deferred_masks_.clear();
   bool decode_only = true;
   bool prompt_logprobs_asked = false;
   for (const StepSequence& s : step.sequences) {
@@ -153,6 +154,12 @@ std::vector<SampledToken> CudaRunner::execute(const StepInput& step) {
                 host_masks_ + static_cast<int64_t>(masked_rows) * mask_words_);
       host_mask_rows_[masked_rows++] = static_cast<int32_t>(rows_.size());
       row.allowed_tokens = {};  // applied to the logits below
+    } else if (s.fill_allowed_tokens) {
+      if (masked_rows >= mask_rows_)
+        throw Error("CudaRunner: more constrained rows than the " + std::to_string(mask_rows_) +
+                    " prepared");
+      deferred_masks_.push_back({&s, masked_rows});
+      host_mask_rows_[masked_rows++] = static_cast<int32_t>(rows_.size());
     }
     rows_.push_back(row);
   }
@@ -165,6 +172,10 @@ std::vector<SampledToken> CudaRunner::execute(const StepInput& step) {
   L2KV_CUDA_CHECK(cudaEventRecord(events_[0], stream_));
   model_->forward(stream_);
   L2KV_CUDA_CHECK(cudaEventRecord(events_[1], stream_));
+  // The grammars' masks, while the GPU runs the forward.
+  for (const auto& [seq, slot] : deferred_masks_)
+    seq->fill_allowed_tokens(std::span<uint32_t>(
+        host_masks_ + static_cast<int64_t>(slot) * mask_words_, static_cast<size_t>(mask_words_)));
   if (masked_rows > 0) {
     L2KV_CUDA_CHECK(cudaMemcpyAsync(device_masks_, host_masks_,
                                     sizeof(uint32_t) * mask_words_ * masked_rows,

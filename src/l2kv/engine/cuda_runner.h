@@ -96,6 +96,12 @@ class CudaRunner : public ModelRunner {
   int32_t* host_mask_rows_ = nullptr;
   uint32_t* device_masks_ = nullptr;
   int32_t* device_mask_rows_ = nullptr;
+  // This step's rows whose masks are filled after the forward is launched.
+  struct DeferredMask {
+    const StepSequence* sequence;
+    int32_t slot;  // its row of host_masks_
+  };
+  std::vector<DeferredMask> deferred_masks_;
   // Prompt logprobs: kPromptLogprobRows rows of fp32 logits on the device and pinned on the
   // host, allocated by the first step that asks for them.
   float* device_prompt_logits_ = nullptr;

@@ -434,11 +434,10 @@ struct Engine::Impl {
       }
       if (c.sample) {
         s.sampling = {&r.params, r.seed, r.num_output_tokens(), r.prompt(), r.output(), {}};
-        if (r.matcher) {
-          r.allowed_tokens.resize(static_cast<size_t>(structured::mask_words(vocab_size())));
-          r.matcher->fill_mask(r.allowed_tokens);
-          s.sampling.allowed_tokens = r.allowed_tokens;
-        }
+        if (r.matcher)  // by the runner, as late as it can (the matcher stays put)
+          s.fill_allowed_tokens = [matcher = &*r.matcher](std::span<uint32_t> mask) {
+            matcher->fill_mask(mask);
+          };
         ++num_samples;
       }
       input.sequences.push_back(s);

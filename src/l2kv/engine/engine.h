@@ -85,8 +85,9 @@ struct GenerationRequest {
   bool prompt_only = false;
   // Structured outputs: every sampled token must continue a sentence of this grammar (its
   // vocabulary the model's), and EOS comes only once the text is complete. Each step the
-  // engine computes the request's allowed tokens on the host (SamplingRow::allowed_tokens);
-  // requests without a grammar pay nothing. Not with ignore_eos or min_tokens.
+  // runner has the request's allowed tokens computed on the host (StepSequence::
+  // fill_allowed_tokens; on the GPU while the forward runs); requests without a grammar pay
+  // nothing. Not with ignore_eos or min_tokens.
   std::shared_ptr<const structured::CompiledGrammar> grammar;
 };
 

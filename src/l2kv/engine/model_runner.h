@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <span>
 #include <string>
 #include <vector>
@@ -22,6 +23,11 @@ struct StepSequence {
   std::span<const int32_t> block_table;  // physical blocks covering start_position + size
   bool sample = false;                   // the chunk ends the known tokens: sample the next one
   SamplingRow sampling;                  // valid when sample
+  // Structured outputs, when sample: writes the row's allowed-token mask (the layout of
+  // SamplingRow::allowed_tokens, which it replaces). The runner calls it once per step, as
+  // late as it can: a GPU runner after launching the forward, so the host's grammar work
+  // overlaps the GPU's. Unset: sampling.allowed_tokens as given.
+  std::function<void(std::span<uint32_t>)> fill_allowed_tokens;
   // Prompt logprobs, only for a runner that supports_prompt_logprobs(): row
   // `prompt_logprobs_row + i` of the chunk predicts `prompt_logprob_targets[i]`; the runner
   // appends one PromptLogprob per target, with `prompt_logprobs` top tokens, to

@@ -56,10 +56,8 @@ struct Request {
   bool prompt_logprobs_delivered = false;
   FinishReason finish_reason = FinishReason::kNone;
   std::string stop_reason;
-  // Structured outputs (GenerationRequest::grammar): the parse of the output so far and the
-  // allowed tokens of the next step.
+  // Structured outputs (GenerationRequest::grammar): the parse of the output so far.
   std::optional<structured::GrammarMatcher> matcher;
-  std::vector<uint32_t> allowed_tokens;
 
   // Streaming: text comes from the detokenizer (when the engine has a tokenizer) through the
   // stop-string checker; tokens, text and logprobs gather here until the next callback.
