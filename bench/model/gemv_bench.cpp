@@ -22,7 +22,6 @@
 #include "l2kv/core/device_info.h"
 #include "l2kv/kernels/model/gemm.h"
 #include "l2kv/kernels/model/gemv.h"
-#include "l2kv/kernels/model/gemv_split_k.h"
 #include "l2kv/kernels/model/weight_stream_gemm.h"
 #include "l2kv/kernels/random_fill.h"
 #include "l2kv/model/model_config.h"
@@ -162,7 +161,7 @@ class L2Flush {
 };
 
 struct Timing {
-  double cublas_us = 0, stream_us = 0, gemv_us = 0, split_us = 0;  // 0: not run
+  double cublas_us = 0, stream_us = 0, gemv_us = 0;  // gemv_us 0: not run (rows > 16)
 };
 
 int run(const Options& opt) {
@@ -178,11 +177,11 @@ int run(const Options& opt) {
               opt.reps);
   std::printf("streaming-read ceiling: %.0f GB/s; weight-streaming kernel's W L2 hint: %s\n\n",
               ceiling, opt.w_hint.c_str());
-  std::printf("%-11s %-8s %6s %7s %4s | %8s %6s | %8s %6s | %8s %6s | %8s %6s | %7s %8s\n", "model",
-              "proj", "in", "out", "rows", "cuBLAS", "%ceil", "stream", "%ceil", "mma GEMV",
-              "%ceil", "split-K", "%ceil", "vs cuBL", "rel.diff");
-  std::printf("%-11s %-8s %6s %7s %4s | %8s %6s | %8s %6s | %8s %6s | %8s %6s |\n", "", "", "", "",
-              "", "us", "", "us", "", "us", "", "us", "");
+  std::printf("%-11s %-8s %6s %7s %4s | %8s %6s | %8s %6s | %8s %6s | %7s %8s\n", "model", "proj",
+              "in", "out", "rows", "cuBLAS", "%ceil", "stream", "%ceil", "mma GEMV", "%ceil",
+              "vs cuBL", "rel.diff");
+  std::printf("%-11s %-8s %6s %7s %4s | %8s %6s | %8s %6s | %8s %6s |\n", "", "", "", "", "", "us",
+              "", "us", "", "us", "");
 
   const L2Flush flush_l2(info, stream);
   auto flush = [&] {
@@ -191,7 +190,6 @@ int run(const Options& opt) {
   Gemm gemm;
   gemm.set_gemv_max_rows(0);  // cuBLASLt only; the other kernels are called directly
   WeightStreamGemm streamer;
-  SplitKGemv split_k;
   streamer.set_weight_l2_hint(opt.w_hint == "normal"       ? L2EvictionHint::kNormal
                               : opt.w_hint == "evict_last" ? L2EvictionHint::kEvictLast
                                                            : L2EvictionHint::kEvictFirst);
@@ -215,7 +213,6 @@ int run(const Options& opt) {
       DeviceArray<float> y_cublas(static_cast<size_t>(max_rows * p.out));
       DeviceArray<float> y_stream(static_cast<size_t>(max_rows * p.out));
       DeviceArray<float> y_gemv(static_cast<size_t>(max_rows * p.out));
-      DeviceArray<float> y_split(static_cast<size_t>(max_rows * p.out));
       auto weights = [&](int rep) { return w.get() + (rep % copies) * p.in * p.out; };
       for (size_t ri = 0; ri < opt.rows.size(); ++ri) {
         const int64_t rows = opt.rows[ri];
@@ -233,39 +230,28 @@ int run(const Options& opt) {
         auto mma_gemv = [&](int rep) {
           gemv(dtype, x.get(), weights(rep), y_gemv.get(), p.f32_out, rows, p.in, p.out, stream);
         };
-        auto split_gemv = [&](int rep) {
-          split_k.run(dtype, x.get(), weights(rep), y_split.get(), p.f32_out, rows, p.in, p.out,
-                      stream, false);
-        };
         const bool run_gemv = rows <= kGemvMaxRows;
-        const bool run_split =
-            SplitKGemv::supports(rows, p.in, p.out, x.get(), weights(0)) && rows > 1;
         // Warm-up: plans cuBLASLt's shape and builds every tensor map outside any capture;
         // copy 0 last, so the outputs compared below come from the same weights.
         for (int rep = static_cast<int>(std::min<int64_t>(copies, opt.reps)) - 1; rep >= 0; --rep)
           streaming(rep);
         cublas(0);
         if (run_gemv) mma_gemv(0);
-        if (run_split) split_gemv(0);
         L2KV_CUDA_CHECK(cudaStreamSynchronize(stream));
         const double diff =
             relative_difference(y_cublas.get(), y_stream.get(), rows * p.out, p.f32_out, dtype);
         const double gemv_diff = run_gemv ? relative_difference(y_cublas.get(), y_gemv.get(),
                                                                 rows * p.out, p.f32_out, dtype)
                                           : 0;
-        const double split_diff = run_split ? relative_difference(y_cublas.get(), y_split.get(),
-                                                                  rows * p.out, p.f32_out, dtype)
-                                            : 0;
         Timing t;
         t.cublas_us = time_median_us(opt.reps, cublas, stream, opt.graph, flush);
         t.stream_us = time_median_us(opt.reps, streaming, stream, opt.graph, flush);
         if (run_gemv) t.gemv_us = time_median_us(opt.reps, mma_gemv, stream, opt.graph, flush);
-        if (run_split) t.split_us = time_median_us(opt.reps, split_gemv, stream, opt.graph, flush);
         const double bytes =
             static_cast<double>(w_bytes) + rows * p.in * 2.0 + rows * p.out * (p.f32_out ? 4 : 2);
         auto gbps = [&](double us) { return us > 0 ? bytes / (us * 1e-6) / 1e9 : 0.0; };
         const double cublas_gbps = gbps(t.cublas_us), stream_gbps = gbps(t.stream_us),
-                     gemv_gbps = gbps(t.gemv_us), split_gbps = gbps(t.split_us);
+                     gemv_gbps = gbps(t.gemv_us);
         std::printf("%-11s %-8s %6lld %7lld %4lld | %8.2f %5.1f%% | %8.2f %5.1f%% | ",
                     model.c_str(), p.name.c_str(), static_cast<long long>(p.in),
                     static_cast<long long>(p.out), static_cast<long long>(rows), t.cublas_us,
@@ -274,37 +260,27 @@ int run(const Options& opt) {
           std::printf("%8.2f %5.1f%% | ", t.gemv_us, 100 * gemv_gbps / ceiling);
         else
           std::printf("%8s %6s | ", "-", "-");
-        if (run_split)
-          std::printf("%8.2f %5.1f%% | ", t.split_us, 100 * split_gbps / ceiling);
-        else
-          std::printf("%8s %6s | ", "-", "-");
-        std::printf("%6.2fx %8.1e\n", t.cublas_us / t.stream_us,
-                    std::max({diff, gemv_diff, split_diff}));
-        results.push_back(
-            {{"model", model},
-             {"projection", p.name},
-             {"in", p.in},
-             {"out", p.out},
-             {"rows", rows},
-             {"f32_out", p.f32_out},
-             {"bytes", bytes},
-             {"weight_copies", copies},
-             {"cublas_us", t.cublas_us},
-             {"cublas_gbps", cublas_gbps},
-             {"cublas_fraction_of_ceiling", cublas_gbps / ceiling},
-             {"stream_us", t.stream_us},
-             {"stream_gbps", stream_gbps},
-             {"stream_fraction_of_ceiling", stream_gbps / ceiling},
-             {"gemv_us", run_gemv ? nlohmann::json(t.gemv_us) : nlohmann::json()},
-             {"gemv_gbps", run_gemv ? nlohmann::json(gemv_gbps) : nlohmann::json()},
-             {"gemv_fraction_of_ceiling",
-              run_gemv ? nlohmann::json(gemv_gbps / ceiling) : nlohmann::json()},
-             {"split_k_us", run_split ? nlohmann::json(t.split_us) : nlohmann::json()},
-             {"split_k_fraction_of_ceiling",
-              run_split ? nlohmann::json(split_gbps / ceiling) : nlohmann::json()},
-             {"stream_max_relative_difference", diff},
-             {"gemv_max_relative_difference", gemv_diff},
-             {"split_k_max_relative_difference", split_diff}});
+        std::printf("%6.2fx %8.1e\n", t.cublas_us / t.stream_us, std::max(diff, gemv_diff));
+        results.push_back({{"model", model},
+                           {"projection", p.name},
+                           {"in", p.in},
+                           {"out", p.out},
+                           {"rows", rows},
+                           {"f32_out", p.f32_out},
+                           {"bytes", bytes},
+                           {"weight_copies", copies},
+                           {"cublas_us", t.cublas_us},
+                           {"cublas_gbps", cublas_gbps},
+                           {"cublas_fraction_of_ceiling", cublas_gbps / ceiling},
+                           {"stream_us", t.stream_us},
+                           {"stream_gbps", stream_gbps},
+                           {"stream_fraction_of_ceiling", stream_gbps / ceiling},
+                           {"gemv_us", run_gemv ? nlohmann::json(t.gemv_us) : nlohmann::json()},
+                           {"gemv_gbps", run_gemv ? nlohmann::json(gemv_gbps) : nlohmann::json()},
+                           {"gemv_fraction_of_ceiling",
+                            run_gemv ? nlohmann::json(gemv_gbps / ceiling) : nlohmann::json()},
+                           {"stream_max_relative_difference", diff},
+                           {"gemv_max_relative_difference", gemv_diff}});
         step_bytes[ri] += bytes * p.per_step;
         step_cublas[ri] += t.cublas_us * p.per_step;
         step_stream[ri] += t.stream_us * p.per_step;
@@ -335,7 +311,7 @@ int run(const Options& opt) {
   }
   std::printf(
       "GB/s counts W once plus x and y. %s rel.diff: max |cuBLAS - other| / max |cuBLAS| over "
-      "the stream, mma GEMV and split-K outputs.\n",
+      "the stream and mma GEMV outputs.\n",
       cold ? "Cold L2: a 2x-L2 write and a clean 2x-L2 read before each call, weights rotated "
              "over copies totalling >= 4x the L2."
            : "Warm L2: no flush, one weight copy.");

@@ -59,20 +59,6 @@ void add_model_options(CLI::App& app, ModelOptions& o) {
                "slower than the nine separate kernels (bench/NOTES.md), which larger steps "
                "always use")
       ->capture_default_str();
-  app.add_option("--gemv-max-rows", o.gemv_max_rows,
-                 "Advanced, CUDA: decode steps of up to this many rows run their projections "
-                 "(but those with more than 8192 outputs: gate_up, the LM head) on l2kv's "
-                 "tensor-core GEMV, larger steps on cuBLASLt. 0 sends every projection to "
-                 "cuBLASLt; the largest is 64")
-      ->check(CLI::Range(0, 64))
-      ->capture_default_str();
-  app.add_option("--split-k-max-rows", o.split_k_max_rows,
-                 "Advanced, CUDA: decode steps of more rows than --gemv-max-rows and at most "
-                 "this many run the same projections on the split-K GEMV (blocks of 64 "
-                 "features that share their x reads and split K between them). 0 (default) "
-                 "never; the largest is 64")
-      ->check(CLI::Range(0, 64))
-      ->capture_default_str();
   app.add_flag("--enforce-eager", o.enforce_eager,
                "Run decode steps kernel by kernel instead of replaying CUDA graphs");
 }
@@ -175,8 +161,6 @@ LoadedModel load_model(const ModelOptions& o) {
     options.kv_storage = o.kv_cache_dtype == "auto" ? KvStorage::kModelDtype : KvStorage::kFp8E4M3;
     options.calculate_kv_scales = o.calculate_kv_scales;
     options.fused_layer = o.fused_layer;
-    options.gemv_max_rows = o.gemv_max_rows;
-    options.split_k_max_rows = o.split_k_max_rows;
     auto runner = std::make_unique<CudaRunner>(loaded.cuda_model, options);
     loaded.description = o.model + " on " + runner->device_name() + " (" +
                          std::string(dtype_name(loaded.cuda_model->config().dtype)) +

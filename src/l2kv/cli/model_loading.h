@@ -24,8 +24,6 @@ struct ModelOptions {
   bool enforce_eager = false;           // no CUDA graphs
   bool calculate_kv_scales = true;      // fp8 scales from the first prompt where none are given
   bool fused_layer = false;             // the five-kernel decoder layer for steps of <= 16 rows
-  int gemv_max_rows = Gemm::kDefaultGemvMaxRows;  // steps of <= this many rows use the GEMV
-  int split_k_max_rows = 0;                       // and up to this many the split-K GEMV
   uint64_t synthetic_seed = 1;
 };
 

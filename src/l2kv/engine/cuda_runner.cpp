@@ -28,8 +28,6 @@ CudaRunner::CudaRunner(std::shared_ptr<CudaModel> model, CudaRunnerOptions optio
   model_->set_calculate_kv_scales(options_.calculate_kv_scales);
   model_->set_use_graphs(options_.cuda_graphs);
   model_->set_fused_layer(options_.fused_layer);
-  model_->set_gemv_max_rows(options_.gemv_max_rows);
-  model_->set_split_k_max_rows(options_.split_k_max_rows);
   for (cudaEvent_t& e : events_) L2KV_CUDA_CHECK(cudaEventCreate(&e));
 }
 

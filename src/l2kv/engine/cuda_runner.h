@@ -33,8 +33,6 @@ struct CudaRunnerOptions {
   bool calculate_kv_scales =
       true;                  // fp8 scales from the first prompt where the checkpoint has none
   bool fused_layer = false;  // CudaModel::set_fused_layer
-  int gemv_max_rows = Gemm::kDefaultGemvMaxRows;  // CudaModel::set_gemv_max_rows
-  int split_k_max_rows = 0;                       // CudaModel::set_split_k_max_rows
   // Device memory kept out of the KV pool for graphs, the sampler and allocator slack.
   int64_t reserve_bytes = int64_t{512} << 20;
 };

@@ -102,7 +102,7 @@ struct CudaModel::Weights {
 struct CudaModel::Workspace {
   DeviceArray<float> residual, logits;
   // Two accumulators of the residual rows' sums of squares for the fused layer's RMSNorm
-  // prologues: [0] feeds the QKV projections, [1] gate_up (kGemvMaxFusedRows floats each).
+  // prologues: [0] feeds the QKV projections, [1] gate_up (kGemvMaxRows floats each).
   DeviceArray<float> sumsq;
   DeviceArray<uint16_t> h, qkv, q, attn, proj, gate_up, act, last;
   // Rows of h copied for hidden_row_logits (kMaxHiddenRowLogits x hidden).
@@ -329,7 +329,7 @@ void CudaModel::allocate_workspace(const WorkspaceLimits& limits) {
   ws_.reset();  // free the old buffers before taking new ones
   auto ws = std::make_unique<Workspace>();
   ws->residual = DeviceArray<float>(T * H);
-  ws->sumsq = DeviceArray<float>(2 * static_cast<size_t>(kGemvMaxFusedRows));
+  ws->sumsq = DeviceArray<float>(2 * static_cast<size_t>(kGemvMaxRows));
   ws->h = DeviceArray<uint16_t>(T * H);
   ws->qkv = DeviceArray<uint16_t>(T * (q_dim + 2 * kv_dim));
   ws->q = DeviceArray<uint16_t>(T * q_dim);
@@ -416,8 +416,8 @@ void CudaModel::release_kv_cache() {
 bool CudaModel::fused_step(int32_t rows) const {
   const ModelConfig& c = config_;
   return fused_layer_ && gate_up_interleaved_ && rows <= gemm_.gemv_max_rows() &&
-         rows <= kGemvMaxFusedRows && c.hidden_size % 8 == 0 &&
-         (c.num_q_heads * c.head_dim) % 8 == 0 && c.intermediate_size % 8 == 0;
+         rows <= kGemvMaxRows && c.hidden_size % 8 == 0 && (c.num_q_heads * c.head_dim) % 8 == 0 &&
+         c.intermediate_size % 8 == 0;
 }
 
 void CudaModel::set_fused_layer(bool on) {
@@ -428,18 +428,6 @@ void CudaModel::set_fused_layer(bool on) {
   if (on == fused_layer_) return;
   drop_graphs();
   fused_layer_ = on;
-}
-
-void CudaModel::set_gemv_max_rows(int rows) {
-  if (rows == gemm_.gemv_max_rows()) return;
-  gemm_.set_gemv_max_rows(rows);  // validates first
-  drop_graphs();
-}
-
-void CudaModel::set_split_k_max_rows(int rows) {
-  if (rows == gemm_.split_k_max_rows()) return;
-  gemm_.set_split_k_max_rows(rows);
-  drop_graphs();
 }
 
 void CudaModel::set_decode_attention(DecodeKernel kernel, const PrefetchPolicy& policy) {
@@ -657,7 +645,7 @@ struct CudaModel::GraphOps {
                      ws().h.ptr, stream, m->prefetch_.pdl);
     pending = nullptr;
   }
-  float* sumsq(int i) const { return ws().sumsq.ptr + i * kGemvMaxFusedRows; }
+  float* sumsq(int i) const { return ws().sumsq.ptr + i * kGemvMaxRows; }
   // The fused layer's RMSNorm prologue over the residual stream, its sums of squares in
   // sumsq(read); it clears sumsq(clear) for the residual epilogue after it.
   GemvFusion norm_prologue(const void* weight, int read, int clear) const {

@@ -134,13 +134,6 @@ class CudaModel {
   // larger steps always run: the five measured slower on an H200, bench/NOTES.md). Drops
   // captured graphs. Throws l2kv::Error for a model with fp8 projections.
   void set_fused_layer(bool on);
-  // Decode steps of up to `rows` rows run their projections on l2kv's GEMV instead of
-  // cuBLASLt (Gemm::set_gemv_max_rows; 0-kGemvMaxRows). Drops the captured graphs.
-  void set_gemv_max_rows(int rows);
-  int gemv_max_rows() const { return gemm_.gemv_max_rows(); }
-  // Steps of more rows and at most `rows` run those projections on the split-K GEMV
-  // (Gemm::set_split_k_max_rows; 0 = never). Drops the captured graphs.
-  void set_split_k_max_rows(int rows);
   bool fused_layer() const { return fused_layer_; }
   // The smallest captured bucket >= rows, or 0.
   int32_t graph_bucket(int32_t rows) const;

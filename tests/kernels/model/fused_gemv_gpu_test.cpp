@@ -112,7 +112,7 @@ void check(const Shape& shape, Form form, DType dtype, uint64_t seed) {
   };
 
   std::vector<int64_t> row_counts;
-  for (int64_t rows = 1; rows <= kGemvMaxFusedRows; ++rows)
+  for (int64_t rows = 1; rows <= kGemvMaxRows; ++rows)
     if (!testing::quick_mode() || rows == 1 || rows == 9 || rows == 16) row_counts.push_back(rows);
   for (const int64_t rows : row_counts) {
     SCOPED_TRACE(std::string(shape.name) + " " + form_name(form) + " " +
@@ -124,7 +124,7 @@ void check(const Shape& shape, Form form, DType dtype, uint64_t seed) {
     for (auto& b : x_bits) b = float_to_dtype_bits(dtype, uniform(rng));
     // x as the kernel must see it.
     std::vector<double> x(static_cast<size_t>(rows * in));
-    std::vector<float> sumsq_in(kGemvMaxFusedRows, 0.f);
+    std::vector<float> sumsq_in(kGemvMaxRows, 0.f);
     for (int64_t m = 0; m < rows; ++m) {
       if (!norm) {
         for (int64_t k = 0; k < in; ++k)
@@ -152,8 +152,8 @@ void check(const Shape& shape, Form form, DType dtype, uint64_t seed) {
     uint16_t* d_x = upload(x_bits);
     float* d_sumsq = upload(sumsq_in);
     const float sumsq_start = 3.25f;  // the residual epilogue adds to what is there
-    float* d_acc = upload(std::vector<float>(kGemvMaxFusedRows, sumsq_start));
-    float* d_clear = upload(std::vector<float>(kGemvMaxFusedRows, 7.f));
+    float* d_acc = upload(std::vector<float>(kGemvMaxRows, sumsq_start));
+    float* d_clear = upload(std::vector<float>(kGemvMaxRows, 7.f));
     uint16_t* d_y = upload(std::vector<uint16_t>(static_cast<size_t>(rows * y_width), 0xffff));
 
     GemvFusion f;
@@ -187,7 +187,7 @@ void check(const Shape& shape, Form form, DType dtype, uint64_t seed) {
     };
     if (form == Form::kResidualAdd) {
       const auto got = download(d_residual, residual.size());
-      const auto acc = download(d_acc, kGemvMaxFusedRows);
+      const auto acc = download(d_acc, kGemvMaxRows);
       for (int64_t m = 0; m < rows; ++m) {
         double ss = 0;  // of the residual the kernel left, checked below on sampled features
         for (int64_t n = 0; n < out; ++n)
@@ -201,7 +201,7 @@ void check(const Shape& shape, Form form, DType dtype, uint64_t seed) {
         expect_near(acc[m], sumsq_start + ss, 1e-5 * (sumsq_start + ss),
                     "sumsq[" + std::to_string(m) + "]");
       }
-      for (int64_t m = rows; m < kGemvMaxFusedRows; ++m)
+      for (int64_t m = rows; m < kGemvMaxRows; ++m)
         EXPECT_EQ(acc[m], sumsq_start) << "sumsq of a row past the batch changed";
     } else {
       std::vector<double> y(static_cast<size_t>(rows * y_width));
@@ -233,7 +233,7 @@ void check(const Shape& shape, Form form, DType dtype, uint64_t seed) {
     }
     EXPECT_EQ(bad, 0) << "elements outside tolerance";
     if (norm) {
-      const auto cleared = download(d_clear, kGemvMaxFusedRows);
+      const auto cleared = download(d_clear, kGemvMaxRows);
       EXPECT_TRUE(std::all_of(cleared.begin(), cleared.end(), [](float v) { return v == 0.f; }))
           << "clear_sumsq not zeroed";
     }
@@ -292,7 +292,7 @@ TEST(FusedGemvSupports, NamesWhatEachFormNeeds) {
   EXPECT_FALSE(gemv_supports(1, 16, 16, gamma, w, add)) << "residual epilogue without residual";
   add.residual = residual;
   EXPECT_TRUE(gemv_supports(1, 16, 16, gamma, w, add));
-  EXPECT_FALSE(gemv_supports(17, 16, 16, gamma, w, add)) << "beyond kGemvMaxFusedRows";
+  EXPECT_FALSE(gemv_supports(17, 16, 16, gamma, w, add)) << "beyond kGemvMaxRows";
 }
 
 }  // namespace

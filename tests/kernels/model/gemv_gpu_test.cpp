@@ -1,5 +1,5 @@
 // The decode projections against a double-precision CPU reference: the weight-streaming
-// kernel (WeightStreamGemm, rows 1..128) and the mma.sync GEMV (rows 1..64), the projection
+// kernel (WeightStreamGemm, rows 1..128) and the mma.sync GEMV (rows 1..16), the projection
 // shapes of Llama-3-8B, Qwen2.5-7B and Llama-2-7B and odd ones (in = 8, out = 1, partial
 // tiles, k not a multiple of a stage), bf16 and fp16, 16-bit and fp32 output, outputs
 // poisoned with NaN first. Weights are filled on the device (up to 1 GB for an LM head); large
@@ -19,7 +19,6 @@
 #include "l2kv/core/error.h"
 #include "l2kv/kernels/model/gemm.h"
 #include "l2kv/kernels/model/gemv.h"
-#include "l2kv/kernels/model/gemv_split_k.h"
 #include "l2kv/kernels/model/model_ops.h"
 #include "l2kv/kernels/model/weight_stream_gemm.h"
 #include "l2kv/kernels/random_fill.h"
@@ -216,7 +215,7 @@ TEST_P(GemvDtype, ModelShapesMatchReference) {
   L2KV_SKIP_WITHOUT_GPU();
   const DType dtype = GetParam();
   const std::vector<int64_t> rows =
-      testing::quick_mode() ? std::vector<int64_t>{1, 8, 9, 16, 17, 33, 64} : all_row_counts();
+      testing::quick_mode() ? std::vector<int64_t>{1, 8, 9, 16} : all_row_counts();
   uint64_t seed = 200;
   for (const auto& shape : kModelShapes)
     check_shape(shape, dtype, rows, ++seed, direct_launch(dtype, shape));
@@ -241,17 +240,9 @@ TEST_P(GemvDtype, GemmRoutingMatchesReference) {
   for (const int limit : {0, Gemm::kDefaultGemvMaxRows, static_cast<int>(kGemvMaxRows)}) {
     SCOPED_TRACE("gemv_max_rows=" + std::to_string(limit));
     gemm.set_gemv_max_rows(limit);
-    check_shape(shape, dtype, {1, 7, 8, 9, 16, 17, 40, 64, 65}, ++seed, launch);
+    check_shape(shape, dtype, {1, 7, 8, 9, 16}, ++seed, launch);
   }
-  // The opt-in split-K GEMV between them.
-  gemm.set_gemv_max_rows(Gemm::kDefaultGemvMaxRows);
-  gemm.set_split_k_max_rows(static_cast<int>(SplitKGemv::kMaxRows));
-  {
-    SCOPED_TRACE("split_k_max_rows=64");
-    check_shape(shape, dtype, {1, 16, 17, 40, 64, 65}, ++seed, launch);
-  }
-  gemm.set_split_k_max_rows(0);
-  // The opt-in weight-streaming kernel in front of all three.
+  // The opt-in weight-streaming kernel in front of both.
   for (const int limit : {8, static_cast<int>(WeightStreamGemm::kMaxRows)}) {
     SCOPED_TRACE("stream_max_rows=" + std::to_string(limit));
     gemm.set_stream_max_rows(limit);
@@ -299,70 +290,6 @@ INSTANTIATE_TEST_SUITE_P(Dtypes, WeightStreamDtype,
                          [](const auto& param_info) {
                            return std::string(dtype_name(param_info.param));
                          });
-
-// The split-K GEMV: every row count 1-64 (a few in quick mode), shapes of up to its 8192
-// outputs. One object for all calls: its split counters must be back at zero after each.
-std::vector<int64_t> split_k_row_counts() {
-  if (testing::quick_mode()) return {1, 8, 17, 33, 64};
-  std::vector<int64_t> rows;
-  for (int64_t m = 1; m <= SplitKGemv::kMaxRows; ++m) rows.push_back(m);
-  return rows;
-}
-
-class SplitKDtype : public ::testing::TestWithParam<DType> {};
-
-TEST_P(SplitKDtype, OddShapesMatchReference) {
-  L2KV_SKIP_WITHOUT_GPU();
-  const DType dtype = GetParam();
-  SplitKGemv gemm;
-  uint64_t seed = 700;
-  for (const auto& shape : kOddShapes)
-    check_shape(shape, dtype, split_k_row_counts(), ++seed,
-                [&](const void* x, const void* w, void* y, bool f32_out, int64_t rows) {
-                  gemm.run(dtype, x, w, y, f32_out, rows, shape.in, shape.out, nullptr, false);
-                });
-}
-
-TEST_P(SplitKDtype, ModelShapesMatchReference) {
-  L2KV_SKIP_WITHOUT_GPU();
-  const DType dtype = GetParam();
-  SplitKGemv gemm;
-  uint64_t seed = 800;
-  int checked = 0;
-  for (const auto& shape : kModelShapes) {
-    if (shape.out > SplitKGemv::kMaxOut) continue;
-    ++checked;
-    check_shape(shape, dtype,
-                testing::quick_mode() ? split_k_row_counts()
-                                      : std::vector<int64_t>{1, 9, 16, 17, 24, 32, 33, 48, 63, 64},
-                ++seed, [&](const void* x, const void* w, void* y, bool f32_out, int64_t rows) {
-                  gemm.run(dtype, x, w, y, f32_out, rows, shape.in, shape.out, nullptr, false);
-                });
-  }
-  EXPECT_EQ(checked, 8) << "qkv, o and down of the three models but llama2-7b's qkv";
-}
-
-INSTANTIATE_TEST_SUITE_P(Dtypes, SplitKDtype, ::testing::Values(DType::kBFloat16, DType::kFloat16),
-                         [](const auto& param_info) {
-                           return std::string(dtype_name(param_info.param));
-                         });
-
-TEST(SplitKGemvPlan, SplitsFillTwoBlocksPerSmAndKeepEveryWarpGroupBusy) {
-  // 64 features per block; at most 2 x 132 blocks on an H200.
-  EXPECT_EQ(SplitKGemv::splits_for(4096, 4096, 132), 4);   // 64 feature blocks
-  EXPECT_EQ(SplitKGemv::splits_for(4096, 6144, 132), 2);   // 96
-  EXPECT_EQ(SplitKGemv::splits_for(14336, 4096, 132), 4);  // down
-  EXPECT_EQ(SplitKGemv::splits_for(4096, 8192, 132), 2);   // 128
-  EXPECT_EQ(SplitKGemv::splits_for(4096, 256, 132), 8);    // capped at kMaxSplits
-  EXPECT_EQ(SplitKGemv::splits_for(256, 256, 132), 2);     // 32 vectors: two 16-vector units
-  EXPECT_EQ(SplitKGemv::splits_for(8, 1, 132), 1);
-  EXPECT_FALSE(SplitKGemv::supports(65, 4096, 4096, nullptr, nullptr));
-  alignas(16) static uint16_t buffer[16];
-  EXPECT_TRUE(SplitKGemv::supports(64, 8, 8192, buffer, buffer));
-  EXPECT_FALSE(SplitKGemv::supports(1, 8, 8193, buffer, buffer));
-  EXPECT_FALSE(SplitKGemv::supports(1, 12, 8, buffer, buffer));
-  EXPECT_FALSE(SplitKGemv::supports(1, 8, 8, buffer + 1, buffer));
-}
 
 // Where two 16-bit outputs y[rows][out] differ: the count, the rows and features spanned, and
 // each one's max relative distance from a third (a cuBLASLt reference), so a mismatch says
@@ -472,7 +399,7 @@ void check_programmatic_launch(DType dtype, const std::vector<int64_t>& row_coun
 TEST_P(GemvDtype, ProgrammaticLaunchReadsXOnlyAfterTheKernelAhead) {
   L2KV_SKIP_WITHOUT_GPU();
   const DType dtype = GetParam();
-  check_programmatic_launch(dtype, {1, 8, 16, 32, 64},
+  check_programmatic_launch(dtype, {1, 8, 16},
                             [&](const void* x, const void* w, void* y, int64_t rows, int64_t in,
                                 int64_t out, cudaStream_t stream, bool pdl) {
                               gemv(dtype, x, w, y, false, rows, in, out, stream, pdl);
@@ -481,18 +408,6 @@ TEST_P(GemvDtype, ProgrammaticLaunchReadsXOnlyAfterTheKernelAhead) {
 
 // The same for the weight-streaming kernel, whose producer requests the first weights before
 // its wait and whose split tiles are summed in a fixed order (bit-equal repeats).
-// And for the split-K GEMV, whose splits are summed in a fixed order by the last to finish.
-TEST_P(SplitKDtype, ProgrammaticLaunchReadsXOnlyAfterTheKernelAhead) {
-  L2KV_SKIP_WITHOUT_GPU();
-  const DType dtype = GetParam();
-  SplitKGemv gemm;
-  check_programmatic_launch(dtype, {1, 17, 40, 64},
-                            [&](const void* x, const void* w, void* y, int64_t rows, int64_t in,
-                                int64_t out, cudaStream_t stream, bool pdl) {
-                              gemm.run(dtype, x, w, y, false, rows, in, out, stream, pdl);
-                            });
-}
-
 TEST_P(WeightStreamDtype, ProgrammaticLaunchReadsXOnlyAfterTheKernelAhead) {
   L2KV_SKIP_WITHOUT_GPU();
   const DType dtype = GetParam();
@@ -541,16 +456,15 @@ TEST(GemvSupports, NamesItsLimits) {
   const void* misaligned = buffer + 1;
   EXPECT_TRUE(gemv_supports(1, 8, 1, a, a));
   EXPECT_TRUE(gemv_supports(16, 4096, 128256, a, a));
-  EXPECT_TRUE(gemv_supports(64, 4096, 4096, a, a));
   EXPECT_FALSE(gemv_supports(0, 8, 1, a, a));
-  EXPECT_FALSE(gemv_supports(65, 8, 1, a, a));
+  EXPECT_FALSE(gemv_supports(17, 8, 1, a, a));
   EXPECT_FALSE(gemv_supports(1, 12, 1, a, a));  // not a multiple of 8
   EXPECT_FALSE(gemv_supports(1, 0, 1, a, a));
   EXPECT_FALSE(gemv_supports(1, 8, 0, a, a));
   EXPECT_FALSE(gemv_supports(1, 8, 1, misaligned, a));
   EXPECT_FALSE(gemv_supports(1, 8, 1, a, misaligned));
   // Refused before any launch, so no GPU is needed to see it.
-  EXPECT_THROW(gemv(DType::kBFloat16, a, a, buffer, false, 65, 8, 1, nullptr), Error);
+  EXPECT_THROW(gemv(DType::kBFloat16, a, a, buffer, false, 17, 8, 1, nullptr), Error);
 }
 
 TEST(GemvSupports, GemmLimitIsChecked) {

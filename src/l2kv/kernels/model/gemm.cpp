@@ -141,14 +141,6 @@ void Gemm::set_stream_max_rows(int rows) {
   stream_max_rows_ = rows;
 }
 
-void Gemm::set_split_k_max_rows(int rows) {
-  if (rows < 0 || rows > SplitKGemv::kMaxRows)
-    throw Error("Gemm: split-K GEMV row limit " + std::to_string(rows) + " outside [0, " +
-                std::to_string(SplitKGemv::kMaxRows) + "]");
-  if (rows > 0 && !split_k_) split_k_ = std::make_unique<SplitKGemv>();
-  split_k_max_rows_ = rows;
-}
-
 void Gemm::run(DType dtype, bool f32_out, const void* x, const void* w, void* y, int64_t rows,
                int64_t in, int64_t out, cudaStream_t stream) {
   // Measured on an H200 (l2kv_bench_gemv, cold L2, Llama-3-8B, Qwen2.5-7B and Llama-2-7B
@@ -162,10 +154,6 @@ void Gemm::run(DType dtype, bool f32_out, const void* x, const void* w, void* y,
   }
   if (rows <= gemv_max_rows_ && out <= kGemvMaxOut && gemv_supports(rows, in, out, x, w)) {
     gemv(dtype, x, w, y, f32_out, rows, in, out, stream, pdl_);
-    return;
-  }
-  if (rows <= split_k_max_rows_ && SplitKGemv::supports(rows, in, out, x, w)) {
-    split_k_->run(dtype, x, w, y, f32_out, rows, in, out, stream, pdl_);
     return;
   }
   const Plan& p = plan_for(dtype, f32_out, rows, in, out, x, w, y, stream);

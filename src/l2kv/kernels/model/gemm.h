@@ -18,7 +18,6 @@
 #include "l2kv/core/dtype.h"
 #include "l2kv/kernels/model/gemv.h"
 #include "l2kv/kernels/model/gemv_fp8.h"
-#include "l2kv/kernels/model/gemv_split_k.h"
 #include "l2kv/kernels/model/weight_stream_gemm.h"
 
 namespace l2kv {
@@ -68,12 +67,6 @@ class Gemm {
   // l2kv::Error outside [0, WeightStreamGemm::kMaxRows].
   void set_stream_max_rows(int rows);
   int stream_max_rows() const { return stream_max_rows_; }
-  // Calls with more rows than gemv_max_rows() and at most this many go to the split-K GEMV
-  // (SplitKGemv) when it supports() the problem. 0 (the default) never uses it; a positive
-  // value builds its workspace now (call before any graph capture). Throws l2kv::Error outside
-  // [0, SplitKGemv::kMaxRows].
-  void set_split_k_max_rows(int rows);
-  int split_k_max_rows() const { return split_k_max_rows_; }
   // cuBLASLt shapes of up to this many rows (decode steps) time cuBLASLt's candidate algorithms
   // on their first call and keep the fastest; larger ones (prompts) take its first choice. 0
   // never times. Graph capture never times: call each shape once before capturing it.
@@ -108,8 +101,6 @@ class Gemm {
   int gemv_max_rows_ = kDefaultGemvMaxRows;
   std::unique_ptr<WeightStreamGemm> stream_;  // built by set_stream_max_rows(> 0)
   int stream_max_rows_ = 0;
-  std::unique_ptr<SplitKGemv> split_k_;  // built by set_split_k_max_rows(> 0)
-  int split_k_max_rows_ = 0;
   int64_t tune_max_rows_ = kDefaultTuneMaxRows;
   bool pdl_ = false;
 };

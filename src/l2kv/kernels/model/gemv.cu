@@ -2,8 +2,15 @@
 // whole `in` dimension; its warps split `in` between them (warp w takes iterations w, w +
 // kWarps, ...), each accumulating a 16 x (8 * kNTiles) tile of y^T with mma.m16n8k16, and the
 // warps' tiles are summed through shared memory at the end. Every weight byte is read once,
-// by one 16-byte streaming load; x (at most 64 rows) is re-read by every block through L1/L2.
-// The fragment layout is gemv_fragments.cuh's.
+// by one 16-byte streaming load; x (at most 16 rows) is re-read by every block through L1.
+//
+// Fragment trick: the order of k inside an mma is free as long as A and B use the same one.
+// Lane (g, t) = (lane / 4, lane % 4) loads 8 consecutive k of W rows g and g + 8 and of x row
+// g (one 16-byte vector each); those are exactly the k its A and B fragments of two
+// m16n8k16 need: logical k {2t, 2t+1, 2t+8, 2t+9} of the first mma are physical k 8t + 0..3,
+// of the second 8t + 4..7. Loads go straight into fragments: no shared-memory staging, no
+// shuffles. The 4 lanes of a row read 64 contiguous bytes per load instruction (whole
+// sectors); an iteration covers 64 * kUnroll contiguous bytes of each of the 16 rows.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -16,19 +23,31 @@
 #include "l2kv/kernels/cache_hints.cuh"
 #include "l2kv/kernels/grid_dependency.cuh"
 #include "l2kv/kernels/model/gemv.h"
-#include "l2kv/kernels/model/gemv_fragments.cuh"
 #include "l2kv/kernels/tensor_core.cuh"
 
 namespace l2kv {
 namespace {
 
-using namespace gemv_detail;
-
+constexpr int kWarpSize = 32;
 constexpr int kWarps = 8;  // split-K ways inside a block
 constexpr int kThreads = kWarps * kWarpSize;
+constexpr int kRowsPerBlock = 16;  // the mma's M: output features per block
+constexpr int kColsPerTile = 8;    // the mma's N: rows of x per tile
+constexpr int kElemsPerVec = 8;    // 16-bit elements per 16-byte load
+constexpr int kLanesPerRow = 4;    // lanes that share a W row in one load instruction
 // Two blocks of 256 threads per SM caps registers at 128 per thread: room for 2 x 8 weight
 // vectors in flight (NTiles = 1). More blocks fit where registers allow.
 constexpr int kMinBlocksPerSm = 2;
+
+template <int kNTiles>
+struct GemvTiling {
+  // 16-byte loads per W row per lane per iteration; each lane has 2 * kUnroll weight loads
+  // (rows g and g + 8) in flight. With two x tiles the x vectors take as many registers as
+  // the weights, so fewer.
+  static constexpr int kUnroll = kNTiles == 1 ? 8 : 4;
+  static constexpr int kVecsPerIter = kLanesPerRow * kUnroll;  // of one row, per warp iteration
+  static constexpr int kAccs = 4 * kNTiles;                    // fp32 accumulators per lane
+};
 
 struct GemvParams {
   const void* x;
@@ -39,6 +58,99 @@ struct GemvParams {
   GemvFusion fusion;
 };
 
+// The W vectors of one warp iteration: kUnroll of each of the lane's two rows (g and g + 8).
+template <int kNTiles>
+struct WeightVecs {
+  static constexpr int kUnroll = GemvTiling<kNTiles>::kUnroll;
+  uint4 lo[kUnroll], hi[kUnroll];
+};
+
+// Loads the iteration that starts at `first_vec` (the lane's own offset t is already in the
+// pointers). kTail: vectors at or past `lane_vecs` (the row length in vectors minus t) read
+// nothing and count as zeros; `in` is a multiple of 8, so a vector is wholly inside the row or
+// wholly outside.
+template <int kNTiles, bool kTail>
+__device__ __forceinline__ void load_weights(WeightVecs<kNTiles>& wv, const uint4* w_lo,
+                                             const uint4* w_hi, int64_t first_vec,
+                                             int64_t lane_vecs) {
+#pragma unroll
+  for (int u = 0; u < WeightVecs<kNTiles>::kUnroll; ++u) {
+    const int64_t v = first_vec + u * kLanesPerRow;
+    if (!kTail || v < lane_vecs) {
+      wv.lo[u] = ptx::ld_stream_16(w_lo + v);
+      wv.hi[u] = ptx::ld_stream_16(w_hi + v);
+    } else {
+      wv.lo[u] = wv.hi[u] = make_uint4(0, 0, 0, 0);
+    }
+  }
+}
+
+// Where a lane's x vectors come from: the 16-bit x rows (kNorm false), or, for the RMSNorm
+// prologue, the fp32 residual rows scaled by each row's 1 / rms and the norm's weight, rounded
+// as ops::add_rmsnorm rounds. Pointers are at the lane's offset t; `v` counts vectors from it.
+template <typename T, int kNTiles, bool kNorm>
+struct XSource {
+  const uint4* x[kNTiles];
+  const float* residual[kNTiles];
+  float scale[kNTiles];
+  const uint4* gamma;
+
+  __device__ __forceinline__ uint4 load(int nt, int64_t v) const {
+    if constexpr (!kNorm) {
+      return __ldg(x[nt] + v);
+    } else {
+      using Traits = tc::ElementTraits<T>;
+      const float4* r = reinterpret_cast<const float4*>(residual[nt] + v * kElemsPerVec);
+      const float4 r0 = __ldg(r), r1 = __ldg(r + 1);
+      const uint4 graw = __ldg(gamma + v);
+      const T* gm = reinterpret_cast<const T*>(&graw);
+      const float rv[kElemsPerVec] = {r0.x, r0.y, r0.z, r0.w, r1.x, r1.y, r1.z, r1.w};
+      uint4 out;
+      T* o = reinterpret_cast<T*>(&out);
+#pragma unroll
+      for (int e = 0; e < kElemsPerVec; ++e)
+        o[e] = Traits::from_float(Traits::to_float(gm[e]) * (rv[e] * scale[nt]));
+      return out;
+    }
+  }
+};
+
+// The matching x vectors of the iteration, then 2 * kUnroll * kNTiles mma.
+template <typename T, int kNTiles, bool kTail, bool kNorm>
+__device__ __forceinline__ void multiply(float (&acc)[kNTiles][4], const WeightVecs<kNTiles>& wv,
+                                         const XSource<T, kNTiles, kNorm>& xs, int64_t first_vec,
+                                         int64_t lane_vecs) {
+  constexpr int kUnroll = GemvTiling<kNTiles>::kUnroll;
+  uint4 b[kUnroll][kNTiles];
+#pragma unroll
+  for (int u = 0; u < kUnroll; ++u) {
+    const int64_t v = first_vec + u * kLanesPerRow;
+#pragma unroll
+    for (int nt = 0; nt < kNTiles; ++nt)
+      b[u][nt] = (!kTail || v < lane_vecs) ? xs.load(nt, v) : make_uint4(0, 0, 0, 0);
+  }
+#pragma unroll
+  for (int u = 0; u < kUnroll; ++u) {
+    const uint32_t a0[4] = {wv.lo[u].x, wv.hi[u].x, wv.lo[u].y, wv.hi[u].y};
+    const uint32_t a1[4] = {wv.lo[u].z, wv.hi[u].z, wv.lo[u].w, wv.hi[u].w};
+#pragma unroll
+    for (int nt = 0; nt < kNTiles; ++nt) {
+      const uint32_t b0[2] = {b[u][nt].x, b[u][nt].y};
+      const uint32_t b1[2] = {b[u][nt].z, b[u][nt].w};
+      tc::mma_m16n8k16<T>(acc[nt], a0, b0);
+      tc::mma_m16n8k16<T>(acc[nt], a1, b1);
+    }
+  }
+}
+
+template <typename OutT>
+__device__ __forceinline__ OutT to_output(float v) {
+  if constexpr (std::is_same_v<OutT, float>)
+    return v;
+  else
+    return tc::ElementTraits<OutT>::from_float(v);
+}
+
 template <typename T, typename OutT, int kNTiles, bool kNorm, GemvEpilogue kEpilogue>
 __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) gemv_kernel(GemvParams p) {
   // A kernel launched behind this one with programmatic dependent launch may start now; it
@@ -46,7 +158,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) gemv_kernel(GemvPar
   ptx::launch_dependents();
   using Tiling = GemvTiling<kNTiles>;
   __shared__ float partial[kWarps][Tiling::kAccs][kWarpSize];
-  __shared__ float row_sumsq[kGemvMaxFusedRows];
+  __shared__ float row_sumsq[kGemvMaxRows];
 
   const int lane = static_cast<int>(threadIdx.x) % kWarpSize;
   const int warp = static_cast<int>(threadIdx.x) / kWarpSize;
@@ -73,7 +185,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) gemv_kernel(GemvPar
   }
   if constexpr (kNorm) xs.gamma = static_cast<const uint4*>(f.norm_weight) + t;
   if constexpr (kEpilogue == GemvEpilogue::kResidualAdd)
-    if (threadIdx.x < kGemvMaxFusedRows) row_sumsq[threadIdx.x] = 0.f;
+    if (threadIdx.x < kGemvMaxRows) row_sumsq[threadIdx.x] = 0.f;
 
   const int64_t full_iters = vecs / Tiling::kVecsPerIter;
   const bool has_tail = vecs % Tiling::kVecsPerIter != 0;
@@ -93,7 +205,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) gemv_kernel(GemvPar
 #pragma unroll
     for (int nt = 0; nt < kNTiles; ++nt)
       xs.scale[nt] = __frsqrt_rn(f.norm_sumsq[x_rows[nt]] / static_cast<float>(p.in) + f.eps);
-    if (f.clear_sumsq != nullptr && blockIdx.x == 0 && threadIdx.x < kGemvMaxFusedRows)
+    if (f.clear_sumsq != nullptr && blockIdx.x == 0 && threadIdx.x < kGemvMaxRows)
       f.clear_sumsq[threadIdx.x] = 0.f;
   }
 
@@ -167,17 +279,10 @@ void launch(const GemvParams& p, cudaStream_t stream) {
   cudaLaunchAttribute attribute;
   const cudaLaunchConfig_t config =
       launch_config(dim3(blocks), dim3(kThreads), 0, stream, p.pdl, attribute);
-  if (p.rows <= kColsPerTile) {
+  if (p.rows <= kColsPerTile)
     L2KV_CUDA_CHECK(cudaLaunchKernelEx(&config, gemv_kernel<T, OutT, 1, kNorm, kEpilogue>, p));
-  } else if (p.rows <= 2 * kColsPerTile) {
+  else
     L2KV_CUDA_CHECK(cudaLaunchKernelEx(&config, gemv_kernel<T, OutT, 2, kNorm, kEpilogue>, p));
-  } else if constexpr (!kNorm && kEpilogue == GemvEpilogue::kStore) {
-    // Only plain products take more than two tiles (gemv_supports).
-    if (p.rows <= 4 * kColsPerTile)
-      L2KV_CUDA_CHECK(cudaLaunchKernelEx(&config, gemv_kernel<T, OutT, 4, false, kEpilogue>, p));
-    else
-      L2KV_CUDA_CHECK(cudaLaunchKernelEx(&config, gemv_kernel<T, OutT, 8, false, kEpilogue>, p));
-  }
 }
 
 // The combinations the decoder uses: plain (16-bit or fp32 out), norm + store (QKV), residual
@@ -212,10 +317,8 @@ bool aligned_16(const void* p) {
 bool gemv_supports(int64_t rows, int64_t in, int64_t out, const void* x, const void* w,
                    const GemvFusion& fusion) {
   const bool norm = fusion.norm_residual != nullptr;
-  const bool fused = norm || fusion.epilogue != GemvEpilogue::kStore;
-  if (!(rows >= 1 && rows <= (fused ? kGemvMaxFusedRows : kGemvMaxRows) && in >= kElemsPerVec &&
-        in % kElemsPerVec == 0 && out >= 1 &&
-        (out + kRowsPerBlock - 1) / kRowsPerBlock <= INT_MAX && aligned_16(w)))
+  if (!(rows >= 1 && rows <= kGemvMaxRows && in >= kElemsPerVec && in % kElemsPerVec == 0 &&
+        out >= 1 && (out + kRowsPerBlock - 1) / kRowsPerBlock <= INT_MAX && aligned_16(w)))
     return false;
   if (norm) {
     if (!aligned_16(fusion.norm_residual) || !aligned_16(fusion.norm_weight) ||
@@ -241,9 +344,9 @@ void gemv(DType dtype, const void* x, const void* w, void* y, bool f32_out, int6
   if (!gemv_supports(rows, in, out, x, w, fusion) || (fused && f32_out))
     throw Error("gemv: unsupported problem rows=" + std::to_string(rows) +
                 " in=" + std::to_string(in) + " out=" + std::to_string(out) +
-                " (needs 1 <= rows <= 64, in a positive multiple of 8, 16-byte aligned x and w;"
-                " fused forms: at most 16 rows, 16-bit output, their pointers set, out a"
-                " multiple of 16 for SiLU x up)");
+                " (needs 1 <= rows <= 16, in a positive multiple of 8, 16-byte aligned x and w;"
+                " fused forms: 16-bit output, their pointers set, out a multiple of 16 for"
+                " SiLU x up)");
   const GemvParams p{x, w, y, rows, in, out, pdl, fusion};
   if (dtype == DType::kFloat16)
     launch_typed<__half>(p, f32_out, stream);

@@ -1,5 +1,5 @@
 // Weight-streaming skinny GEMM for decode: y[rows, out] = x[rows, in] * W[out, in]^T with
-// rows = 1..64, 16-bit operands (bf16 or fp16), fp32 accumulation on tensor cores. At these
+// rows = 1..16, 16-bit operands (bf16 or fp16), fp32 accumulation on tensor cores. At these
 // row counts a projection is a read of W and nothing else, so the kernel is built to keep the
 // HBM busy: each thread has several 16-byte weight loads in flight, each weight byte is read
 // once, the activations come from L1/L2. Gemm::linear routes small row counts here.
@@ -13,10 +13,8 @@
 
 namespace l2kv {
 
-// The largest `rows` the kernel takes (eight 8-column tensor-core tiles), and the largest with
-// a fused prologue or epilogue (two tiles).
-inline constexpr int64_t kGemvMaxRows = 64;
-inline constexpr int64_t kGemvMaxFusedRows = 16;
+// The largest `rows` the kernel takes (two 8-column tensor-core tiles).
+inline constexpr int64_t kGemvMaxRows = 16;
 
 // What gemv() does around the product, so a decoder layer runs in five kernels (QKV, attention,
 // O, gate_up, down) instead of nine.
@@ -25,7 +23,7 @@ inline constexpr int64_t kGemvMaxFusedRows = 16;
 // round(norm_weight[k] * (norm_residual[m, k] * rsqrt(norm_sumsq[m] / in + eps))), the same
 // rounding as ops::add_rmsnorm. norm_sumsq holds each row's sum of squares, accumulated by the
 // kernel that last wrote the residual (a kResidualAdd epilogue, or ops::embed). After waiting for
-// the kernel ahead, block 0 zeroes `clear_sumsq` (kGemvMaxFusedRows floats, nullable): the
+// the kernel ahead, block 0 zeroes `clear_sumsq` (kGemvMaxRows floats, nullable): the
 // accumulator the next residual epilogue adds into.
 //
 // Epilogues:
@@ -51,8 +49,7 @@ struct GemvFusion {
 
 // True when gemv() can run this problem: 1 <= rows <= kGemvMaxRows, `in` a positive multiple
 // of 8 (a row is read in 16-byte vectors), out >= 1, and x and w 16-byte aligned; with
-// `fusion`, rows <= kGemvMaxFusedRows, its pointers set as its epilogue needs and out a
-// multiple of 16 for kSiluMul.
+// `fusion`, its pointers set as its epilogue needs and out a multiple of 16 for kSiluMul.
 bool gemv_supports(int64_t rows, int64_t in, int64_t out, const void* x, const void* w,
                    const GemvFusion& fusion = {});
 
