@@ -46,10 +46,10 @@ Comparison compare_logits(const std::vector<float>& got, const fs::path& file) {
   return c;
 }
 
-class CpuModelFixture : public ::testing::TestWithParam<std::string> {};
-
-TEST_P(CpuModelFixture, MatchesTransformers) {
-  const fs::path dir = kFixtures / GetParam();
+// Float32 logits of every reference prompt within rounding of transformers', and the same
+// 32-token greedy continuations.
+void expect_matches_transformers(const std::string& name) {
+  const fs::path dir = kFixtures / name;
   const CpuModel model(dir);
   std::ifstream rf(dir / "reference.json");
   const auto reference = nlohmann::json::parse(rf);
@@ -58,12 +58,64 @@ TEST_P(CpuModelFixture, MatchesTransformers) {
     const auto logits = model.forward(prompt);
     ASSERT_EQ(logits.size(), prompt.size() * model.config().vocab_size);
     const Comparison cmp = compare_logits(logits, dir / c["logits_file"].get<std::string>());
-    EXPECT_LT(cmp.relative_l2, 1e-5) << GetParam() << " prompt of " << prompt.size();
-    EXPECT_LT(cmp.max_abs, 1e-4) << GetParam() << " prompt of " << prompt.size();
-    EXPECT_EQ(model.greedy(prompt, 32), c["greedy"].get<std::vector<int32_t>>()) << GetParam();
+    EXPECT_LT(cmp.relative_l2, 1e-5) << name << " prompt of " << prompt.size();
+    EXPECT_LT(cmp.max_abs, 1e-4) << name << " prompt of " << prompt.size();
+    EXPECT_EQ(model.greedy(prompt, 32), c["greedy"].get<std::vector<int32_t>>()) << name;
     std::printf("%s, prompt of %zu: logits rel. L2 %.2e, max abs %.2e; greedy 32/32 compared\n",
-                GetParam().c_str(), prompt.size(), cmp.relative_l2, cmp.max_abs);
+                name.c_str(), prompt.size(), cmp.relative_l2, cmp.max_abs);
   }
+}
+
+class CpuModelFixture : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(CpuModelFixture, MatchesTransformers) {
+  expect_matches_transformers(GetParam());
+}
+
+// Gemma 3 text: GeGLU, (1 + weight) norms before and after attention and the MLP, q/k norms,
+// sliding-window layers (window 16; the 150-token prompt leaves it) with their own RoPE beside
+// linearly scaled global ones, scaled embeddings, query_pre_attn_scalar, final soft-capping.
+// Not in CpuModelFixture: its (1 + weight) k norm defeats the rescaled-attention construction.
+TEST(CpuModelGemma3, MatchesTransformers) {
+  expect_matches_transformers("gemma3-sliding");
+}
+
+TEST(CpuModelGemma3, ConfigReadsTheAttentionLayout) {
+  const ModelConfig c = ModelConfig::from_folder(kFixtures / "gemma3-sliding");
+  EXPECT_TRUE(c.gemma);
+  EXPECT_TRUE(c.qk_norm);
+  EXPECT_TRUE(c.tie_word_embeddings);
+  EXPECT_EQ(c.mlp_activation, MlpActivation::kGeluTanh);
+  EXPECT_EQ(c.sliding_window, 16);
+  EXPECT_EQ(c.sliding_layer, (std::vector<uint8_t>{1, 0, 1, 0}));
+  EXPECT_EQ(c.rope.type, RopeType::kLinear);
+  EXPECT_EQ(c.rope.factor, 8.0);
+  EXPECT_EQ(c.rope.theta, 1e6);
+  EXPECT_EQ(c.local_rope.type, RopeType::kDefault);
+  EXPECT_EQ(c.local_rope.theta, 1e4);
+  EXPECT_DOUBLE_EQ(c.attention_scale, 1 / std::sqrt(48.0));
+  EXPECT_EQ(c.final_logit_softcapping, 30.0);
+  EXPECT_EQ(c.attn_logit_softcapping, 0.0);
+
+  // The Hub's (transformers 4.5x) form of the same layout.
+  nlohmann::json j =
+      nlohmann::json::parse(std::ifstream(kFixtures / "gemma3-sliding" / "config.json"));
+  j.erase("layer_types");
+  j.erase("rope_parameters");
+  j["sliding_window_pattern"] = 2;
+  j["rope_theta"] = 1e6;
+  j["rope_local_base_freq"] = 1e4;
+  j["rope_scaling"] = {{"rope_type", "linear"}, {"factor", 8.0}};
+  const ModelConfig hub = ModelConfig::from_json_text(j.dump(), "hub config");
+  EXPECT_EQ(hub.sliding_layer, c.sliding_layer);
+  EXPECT_EQ(hub.rope.type, RopeType::kLinear);
+  EXPECT_EQ(hub.rope.factor, 8.0);
+  EXPECT_EQ(hub.local_rope.theta, 1e4);
+  j["hidden_activation"] = "gelu";
+  EXPECT_THROW(ModelConfig::from_json_text(j.dump(), "gelu config"), Error);
+  j["hidden_activation"] = "gelu_pytorch_tanh";
+  j["layer_types"] = {"sliding_attention", "full_attention"};  // 2 of 4 layers
+  EXPECT_THROW(ModelConfig::from_json_text(j.dump(), "short layer_types"), Error);
 }
 
 // qwen3-qknorm joins once its folder is committed (make_fixtures.py --only qwen3-qknorm, run

@@ -6,7 +6,7 @@ GQA model with llama3 RoPE scaling (bf16) and a Qwen2 model with QKV bias and ti
 128 (the head size of every benchmarked model; bf16) that also gets a prompt longer than 1024
 tokens, and a Qwen3 model (per-head q/k RMSNorm before RoPE, head_dim 128 given in the config
 while hidden / heads is 64, no QKV bias, tied embeddings; bf16; q/k norm weights drawn away
-from 1). For each, transformers' float32 logits for every position of a few prompts and a
+from 1), and a Gemma 3 text model (add_gemma3). For each, transformers' float32 logits for every position of a few prompts and a
 32-token greedy continuation. The first four models are made in this order from one seed, so
 adding a model at the end leaves the earlier fixtures unchanged; the later ones (SEEDS) reseed
 before they are made, so --only gives them the same bytes as a full run.
@@ -41,7 +41,8 @@ MODELS = {
                                                    **{**COMMON, "max_position_embeddings": 2048}),
                      torch.bfloat16, None),
 }
-SEEDS = {"qwen3-qknorm": 20261203}  # models made from their own seed (see the docstring)
+SEEDS = {"qwen3-qknorm": 20261203,  # models made from their own seed (see the docstring)
+         "gemma3-sliding": 20261204}
 
 
 def add_qwen3():
@@ -52,6 +53,37 @@ def add_qwen3():
                                           attention_bias=False, tie_word_embeddings=True,
                                           use_sliding_window=False, **COMMON),
                               torch.bfloat16, None)
+
+
+def add_gemma3():
+    """Gemma 3 text (transformers >= 4.50): GeGLU, (1 + weight) RMSNorms before and after
+    attention and the MLP, q/k norms, sliding-window layers (window 16, so the 150-token prompt
+    leaves it) alternating with global ones (layer_types, or sliding_window_pattern before
+    4.53), local RoPE base 10000 and a linearly scaled global one, embeddings scaled by
+    sqrt(hidden), query_pre_attn_scalar, final logit soft-capping, tied embeddings."""
+    try:
+        from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+    except ImportError:
+        return
+    config = Gemma3TextConfig(
+        vocab_size=512, hidden_size=256, intermediate_size=512, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=64, max_position_embeddings=1024,
+        rms_norm_eps=1e-6, initializer_range=0.08, bos_token_id=2, eos_token_id=1, pad_token_id=0,
+        query_pre_attn_scalar=48, sliding_window=16, rope_theta=1000000.0,
+        rope_local_base_freq=10000.0, rope_scaling={"rope_type": "linear", "factor": 8.0},
+        final_logit_softcapping=30.0, attn_logit_softcapping=None,
+        hidden_activation="gelu_pytorch_tanh", tie_word_embeddings=True,
+        sliding_window_pattern=2, layer_types=["sliding_attention", "full_attention"] * 2)
+    MODELS["gemma3-sliding"] = (Gemma3ForCausalLM, config, torch.bfloat16, None)
+
+
+def perturb_gemma_norms(model):
+    """Gemma's norms scale by (1 + weight) with the weights initialized to 0: draw every norm
+    weight in [-0.5, 0.5) so the fixture tests the scaling."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.copy_(torch.rand(p.shape) - 0.5)
 
 
 def perturb_qk_norms(model):
@@ -71,6 +103,7 @@ parser.add_argument("--only", action="append", metavar="NAME",
 args = parser.parse_args()
 OUT = args.out
 add_qwen3()
+add_gemma3()
 if args.only:
     unknown = sorted(set(args.only) - set(MODELS))
     if unknown:
@@ -91,6 +124,8 @@ for name, (cls, config, dtype, shard) in MODELS.items():
     model = cls(config)
     if name == "qwen3-qknorm":
         perturb_qk_norms(model)
+    if name == "gemma3-sliding":
+        perturb_gemma_norms(model)
     model = model.to(dtype)
     path = os.path.join(OUT, name)
     kwargs = {"max_shard_size": shard} if shard else {}

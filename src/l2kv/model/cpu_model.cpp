@@ -155,6 +155,18 @@ CpuModel::CpuModel(const std::filesystem::path& folder)
   final_norm_ = std::move(globals.final_norm);
   for (int64_t l = 0; l < c.num_layers; ++l) layers_.push_back(load_hf_layer_weights(ckpt, c, l));
   inv_freq_ = rope_inverse_frequencies(c.rope, c.head_dim);
+  local_inv_freq_ = rope_inverse_frequencies(c.local_rope, c.head_dim);
+  if (c.gemma) {
+    // Gemma's RMSNorm scales by 1 + weight (in float32, as transformers): fold the 1 in once.
+    auto plus_one = [](std::vector<float>& w) {
+      for (float& x : w) x = 1.f + x;
+    };
+    plus_one(final_norm_);
+    for (Layer& w : layers_)
+      for (auto* norm : {&w.input_norm, &w.post_attention_norm, &w.pre_feedforward_norm,
+                         &w.post_feedforward_norm, &w.q_norm, &w.k_norm})
+        plus_one(*norm);
+  }
 }
 
 std::vector<float> CpuModel::forward(std::span<const int32_t> tokens) const {
@@ -194,6 +206,10 @@ struct CpuModel::GraphOps {
     residual.resize(static_cast<size_t>(T * H));
     for (int64_t t = 0; t < T; ++t)
       std::copy_n(m.embed_.begin() + tokens[t] * H, H, residual.begin() + t * H);
+    if (c().gemma) {  // Gemma scales its embeddings by sqrt(hidden)
+      const float scale = std::sqrt(static_cast<float>(H));
+      for (float& x : residual) x *= scale;
+    }
   }
   void norm_qkv_rope(int64_t l) {
     norm(m.layers_[l].input_norm);
@@ -207,8 +223,9 @@ struct CpuModel::GraphOps {
       rms_norm(q, T * c().num_q_heads, c().head_dim, w.q_norm, c().rms_norm_eps);
       rms_norm(k_new, T * c().num_kv_heads, c().head_dim, w.k_norm, c().rms_norm_eps);
     }
-    apply_rope(q, T, past, c().num_q_heads, c().head_dim, m.inv_freq_);
-    apply_rope(k_new, T, past, c().num_kv_heads, c().head_dim, m.inv_freq_);
+    const std::vector<float>& inv_freq = c().is_sliding(l) ? m.local_inv_freq_ : m.inv_freq_;
+    apply_rope(q, T, past, c().num_q_heads, c().head_dim, inv_freq);
+    apply_rope(k_new, T, past, c().num_kv_heads, c().head_dim, inv_freq);
     const int64_t row = c().num_kv_heads * c().head_dim;
     for (int64_t t = 0; t < T; ++t) {
       std::copy_n(k_new.begin() + t * row, row, kv.key(l, past + t));
@@ -218,7 +235,11 @@ struct CpuModel::GraphOps {
   }
   void attention(int64_t l) {
     const int64_t D = c().head_dim, group = c().num_q_heads / c().num_kv_heads;
-    const float scale = 1.f / std::sqrt(static_cast<float>(D));
+    const float scale = c().attention_scale > 0 ? static_cast<float>(c().attention_scale)
+                                                : 1.f / std::sqrt(static_cast<float>(D));
+    const float cap = static_cast<float>(c().attn_logit_softcapping);
+    // A sliding-window layer sees the last sliding_window positions, its own included.
+    const int64_t window = c().is_sliding(l) ? c().sliding_window : past + T;
     // Row pointers of every visible position, looked up once per layer.
     std::vector<const float*> k(static_cast<size_t>(past + T)), v(k.size());
     for (int64_t s = 0; s < past + T; ++s) {
@@ -231,19 +252,22 @@ struct CpuModel::GraphOps {
       const int64_t kvh = head / group;
       for (int64_t t = 0; t < T; ++t) {
         const int64_t visible = past + t + 1;  // causal: cached positions and new ones up to t
+        const int64_t first = std::max<int64_t>(0, visible - window);
         const float* qr = q.data() + (t * c().num_q_heads + head) * D;
         float max_score = -INFINITY;
-        for (int64_t s = 0; s < visible; ++s) {
+        for (int64_t s = first; s < visible; ++s) {
           const float* kr = k[s] + kvh * D;
           float dot = 0.f;
           for (int64_t i = 0; i < D; ++i) dot += qr[i] * kr[i];
           scores[s] = dot * scale;
+          if (cap > 0) scores[s] = cap * std::tanh(scores[s] / cap);
           max_score = std::max(max_score, scores[s]);
         }
         float sum = 0.f;
-        for (int64_t s = 0; s < visible; ++s) sum += (scores[s] = std::exp(scores[s] - max_score));
+        for (int64_t s = first; s < visible; ++s)
+          sum += (scores[s] = std::exp(scores[s] - max_score));
         float* out = attn.data() + (t * c().num_q_heads + head) * D;
-        for (int64_t s = 0; s < visible; ++s) {
+        for (int64_t s = first; s < visible; ++s) {
           const float w = scores[s] / sum;
           const float* vr = v[s] + kvh * D;
           for (int64_t i = 0; i < D; ++i) out[i] += w * vr[i];
@@ -253,21 +277,33 @@ struct CpuModel::GraphOps {
   }
   void output_projection_add(int64_t l) {
     block_out = linear(attn, T, c().num_q_heads * c().head_dim, m.layers_[l].o, c().hidden_size);
+    if (c().gemma)
+      rms_norm(block_out, T, c().hidden_size, m.layers_[l].post_attention_norm, c().rms_norm_eps);
     add_block_output();
   }
   void norm_gate_up_silu(int64_t l) {
-    norm(m.layers_[l].post_attention_norm);
     const Layer& w = m.layers_[l];
+    norm(c().gemma ? w.pre_feedforward_norm : w.post_attention_norm);
     if (c().num_experts > 0) return mixture_of_experts(w);
     const int64_t H = c().hidden_size, I = c().intermediate_size;
     act = linear(h, T, H, w.gate, I);
     const std::vector<float> up = linear(h, T, H, w.up, I);
-    for (size_t i = 0; i < act.size(); ++i)
-      act[i] = act[i] / (1.f + std::exp(-act[i])) * up[i];  // SwiGLU
+    if (c().mlp_activation == MlpActivation::kGeluTanh) {
+      constexpr float kSqrt2OverPi = 0.7978845608028654f;
+      for (size_t i = 0; i < act.size(); ++i) {  // GeGLU, GELU's tanh form
+        const float x = act[i];
+        act[i] = 0.5f * x * (1.f + std::tanh(kSqrt2OverPi * (x + 0.044715f * x * x * x))) * up[i];
+      }
+    } else {
+      for (size_t i = 0; i < act.size(); ++i)
+        act[i] = act[i] / (1.f + std::exp(-act[i])) * up[i];  // SwiGLU
+    }
   }
   void down_projection_add(int64_t l) {
     if (c().num_experts == 0)  // a mixture of experts has its output in block_out already
       block_out = linear(act, T, c().intermediate_size, m.layers_[l].down, c().hidden_size);
+    if (c().gemma)
+      rms_norm(block_out, T, c().hidden_size, m.layers_[l].post_feedforward_norm, c().rms_norm_eps);
     add_block_output();
   }
   // block_out[t] = sum over the experts the router picks for token t of weight * expert(h[t]),
@@ -308,6 +344,8 @@ struct CpuModel::GraphOps {
   void lm_head() {
     logits =
         linear(h, T, c().hidden_size, m.lm_head_.empty() ? m.embed_ : m.lm_head_, c().vocab_size);
+    if (const auto cap = static_cast<float>(c().final_logit_softcapping); cap > 0)
+      for (float& x : logits) x = cap * std::tanh(x / cap);
   }
 };
 

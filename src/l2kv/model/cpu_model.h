@@ -100,6 +100,7 @@ class CpuModel {
   std::vector<float> final_norm_;
   std::vector<Layer> layers_;
   std::vector<float> inv_freq_;
+  std::vector<float> local_inv_freq_;  // sliding-window layers' RoPE (Gemma 3)
 };
 
 }  // namespace l2kv

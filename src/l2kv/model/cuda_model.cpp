@@ -124,6 +124,10 @@ CudaModel::CudaModel(const std::filesystem::path& folder)
   if (c.num_experts > 0)
     throw Error("CUDA backend: " + c.architecture +
                 " (a mixture of experts) runs on the CPU backend only so far (--device cpu)");
+  if (c.gemma)
+    throw Error("CUDA backend: " + c.architecture +
+                " (GeGLU, sandwich norms, sliding-window layers) runs on the CPU backend only so "
+                "far (--device cpu)");
   const Checkpoint ckpt(folder);
   auto concat = [](std::vector<float> a, const std::vector<float>& b) {
     a.insert(a.end(), b.begin(), b.end());

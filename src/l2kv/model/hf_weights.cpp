@@ -60,6 +60,10 @@ HfLayerWeights load_hf_layer_weights(const Checkpoint& checkpoint, const ModelCo
   HfLayerWeights w;
   w.input_norm = load("input_layernorm.weight", {c.hidden_size});
   w.post_attention_norm = load("post_attention_layernorm.weight", {c.hidden_size});
+  if (c.gemma) {
+    w.pre_feedforward_norm = load("pre_feedforward_layernorm.weight", {c.hidden_size});
+    w.post_feedforward_norm = load("post_feedforward_layernorm.weight", {c.hidden_size});
+  }
   projection("self_attn.q_proj", q_dim, c.hidden_size, w.q, w.q8);
   projection("self_attn.k_proj", kv_dim, c.hidden_size, w.k, w.k8);
   projection("self_attn.v_proj", kv_dim, c.hidden_size, w.v, w.v8);

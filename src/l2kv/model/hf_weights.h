@@ -33,6 +33,8 @@ enum class Fp8Projections : uint8_t { kDequantized, kAsStored };
 // One decoder layer (model.layers.N.*), as float32; projections are [out, in].
 struct HfLayerWeights {
   std::vector<float> input_norm, post_attention_norm;
+  // Gemma 3: the MLP's own norms (post_attention_norm then normalizes the attention output).
+  std::vector<float> pre_feedforward_norm, post_feedforward_norm;
   std::vector<float> q, k, v, o;
   std::vector<float> q_bias, k_bias, v_bias;  // empty without QKV bias
   std::vector<float> q_norm, k_norm;          // [head_dim] each (Qwen3); empty without qk_norm

@@ -108,8 +108,15 @@ RopeConfig read_rope(const nlohmann::json& j, const std::string& origin) {
   rope.theta = params.value("rope_theta", 10000.0);
   const std::string type = params.value("rope_type", params.value("type", std::string("default")));
   if (type == "default") return rope;
+  if (type == "linear") {
+    rope.type = RopeType::kLinear;
+    rope.factor = params.value("factor", 1.0);
+    if (!(rope.factor > 0)) throw Error(origin + ": linear rope scaling needs factor > 0");
+    return rope;
+  }
   if (type != "llama3")
-    throw Error(origin + ": rope type '" + type + "' is not supported (default and llama3 are)");
+    throw Error(origin + ": rope type '" + type +
+                "' is not supported (default, linear and llama3 are)");
   rope.type = RopeType::kLlama3;
   rope.factor = params.value("factor", 8.0);
   rope.low_freq_factor = params.value("low_freq_factor", 1.0);
@@ -141,6 +148,53 @@ void add_eos_ids(const nlohmann::json& j, std::vector<int32_t>& ids, const std::
   }
   for (int32_t id : found)
     if (std::find(ids.begin(), ids.end(), id) == ids.end()) ids.push_back(id);
+}
+
+// Gemma 3's attention layout: which layers slide (layer_types, or every layer but each
+// sliding_window_pattern-th before transformers 4.53), the window, and the two RoPEs
+// (rope_parameters per layer type in transformers 5; rope_theta + rope_scaling for the global
+// layers and rope_local_base_freq for the sliding ones in the Hub's configs).
+void read_gemma3_attention(const nlohmann::json& j, ModelConfig& c, const std::string& origin) {
+  c.sliding_window = integer_field(j, "sliding_window", 4096, 1, kMaxPositions, origin);
+  c.sliding_layer.assign(static_cast<size_t>(c.num_layers), 0);
+  if (j.contains("layer_types") && j["layer_types"].is_array()) {
+    if (static_cast<int64_t>(j["layer_types"].size()) != c.num_layers)
+      throw Error(origin + ": layer_types lists " + std::to_string(j["layer_types"].size()) +
+                  " layers, num_hidden_layers is " + std::to_string(c.num_layers));
+    for (size_t l = 0; l < j["layer_types"].size(); ++l) {
+      const auto& type = j["layer_types"][l];
+      const std::string name = type.is_string() ? type.get<std::string>() : type.dump();
+      if (name != "sliding_attention" && name != "full_attention")
+        throw Error(origin + ": layer type " + name +
+                    " is not supported (sliding_attention and full_attention are)");
+      c.sliding_layer[l] = name == "sliding_attention";
+    }
+  } else {
+    const int64_t pattern = integer_field(j, "sliding_window_pattern", 6, 1, kMaxLayers, origin);
+    for (int64_t l = 0; l < c.num_layers; ++l) c.sliding_layer[l] = (l + 1) % pattern != 0;
+  }
+  if (j.contains("rope_parameters") && j["rope_parameters"].is_object() &&
+      j["rope_parameters"].contains("full_attention")) {
+    const auto& p = j["rope_parameters"];
+    c.rope = read_rope({{"rope_parameters", p["full_attention"]}}, origin);
+    c.local_rope = p.contains("sliding_attention")
+                       ? read_rope({{"rope_parameters", p["sliding_attention"]}}, origin)
+                       : RopeConfig{};
+  } else {
+    c.rope = read_rope(j, origin);
+    c.local_rope.theta = j.value("rope_local_base_freq", 10000.0);
+  }
+  const auto cap = [&](const char* key) {
+    if (!j.contains(key) || j[key].is_null()) return 0.0;
+    const double v = j[key].get<double>();
+    if (!(v > 0)) throw Error(origin + ": " + key + " must be positive or null");
+    return v;
+  };
+  c.final_logit_softcapping = cap("final_logit_softcapping");
+  c.attn_logit_softcapping = cap("attn_logit_softcapping");
+  const double scalar = j.value("query_pre_attn_scalar", static_cast<double>(c.head_dim));
+  if (!(scalar > 0)) throw Error(origin + ": query_pre_attn_scalar must be positive");
+  c.attention_scale = 1.0 / std::sqrt(scalar);
 }
 
 std::string read_text(const std::filesystem::path& path) {
@@ -187,10 +241,12 @@ ModelConfig ModelConfig::from_json_text(const std::string& text, const std::stri
     const bool qwen2 = c.architecture == "Qwen2ForCausalLM";
     const bool qwen3_moe = c.architecture == "Qwen3MoeForCausalLM";
     const bool qwen3 = c.architecture == "Qwen3ForCausalLM" || qwen3_moe;
-    if (!llama && !qwen2 && !qwen3)
+    const bool gemma3 = c.architecture == "Gemma3ForCausalLM";
+    if (!llama && !qwen2 && !qwen3 && !gemma3)
       throw Error(origin + ": architecture " + c.architecture +
                   " is not supported (LlamaForCausalLM, MistralForCausalLM, MixtralForCausalLM, "
-                  "Qwen2ForCausalLM, Qwen3ForCausalLM, Qwen3MoeForCausalLM are)");
+                  "Qwen2ForCausalLM, Qwen3ForCausalLM, Qwen3MoeForCausalLM, Gemma3ForCausalLM "
+                  "are)");
     const auto size = [&](const char* key, int64_t fallback, int64_t hi) {
       return integer_field(j, key, fallback, std::numeric_limits<int64_t>::min(), hi, origin);
     };
@@ -209,29 +265,38 @@ ModelConfig ModelConfig::from_json_text(const std::string& text, const std::stri
                      ? size("head_dim", 0, kMaxDimension)
                      : (c.num_q_heads > 0 ? c.hidden_size / c.num_q_heads : 0);
     c.rms_norm_eps = j.value("rms_norm_eps", 1e-6);
-    c.tie_word_embeddings = j.value("tie_word_embeddings", false);
+    c.tie_word_embeddings = j.value("tie_word_embeddings", gemma3);
     c.max_position_embeddings = size("max_position_embeddings", 0, kMaxPositions);
     // Qwen2 always has a QKV bias; Qwen3 has one only where attention_bias says so.
     c.qkv_bias = qwen2 || j.value("attention_bias", false);
-    c.qk_norm = qwen3;
+    c.qk_norm = qwen3 || gemma3;
     if (j.value("mlp_bias", false)) throw Error(origin + ": mlp_bias is not supported");
-    if (j.value("hidden_act", std::string("silu")) != "silu")
-      throw Error(origin + ": hidden_act " + j["hidden_act"].get<std::string>() +
-                  " is not supported (silu is)");
+    // Gemma writes hidden_activation (and sometimes a stale hidden_act beside it).
+    const std::string act = gemma3 ? j.value("hidden_activation", std::string("gelu_pytorch_tanh"))
+                                   : j.value("hidden_act", std::string("silu"));
+    if (act != (gemma3 ? "gelu_pytorch_tanh" : "silu"))
+      throw Error(origin + ": hidden activation " + act + " is not supported (" +
+                  (gemma3 ? "gelu_pytorch_tanh" : "silu") + " is)");
+    c.mlp_activation = gemma3 ? MlpActivation::kGeluTanh : MlpActivation::kSilu;
+    c.gemma = gemma3;
     // Qwen2/3 configs carry a sliding_window size that only use_sliding_window turns on;
     // transformers 5 also lists each layer's attention in layer_types.
     const bool qwen = qwen2 || qwen3;
     const bool sliding = qwen ? j.value("use_sliding_window", false)
                               : (j.contains("sliding_window") && !j["sliding_window"].is_null());
-    if (sliding)
+    if (gemma3) {
+      read_gemma3_attention(j, c, origin);
+    } else if (sliding) {
       throw Error(origin + ": sliding-window attention is not supported" +
                   (qwen ? " (use_sliding_window is true)" : " (sliding_window is set)"));
-    if (j.contains("layer_types") && j["layer_types"].is_array())
-      for (const auto& type : j["layer_types"])
-        if (!type.is_string() || type.get<std::string>() != "full_attention")
-          throw Error(origin + ": layer type " + type.dump() +
-                      " is not supported (full_attention is)");
-    c.rope = read_rope(j, origin);
+    } else {
+      if (j.contains("layer_types") && j["layer_types"].is_array())
+        for (const auto& type : j["layer_types"])
+          if (!type.is_string() || type.get<std::string>() != "full_attention")
+            throw Error(origin + ": layer type " + type.dump() +
+                        " is not supported (full_attention is)");
+      c.rope = read_rope(j, origin);
+    }
     c.fp8_weights = read_fp8_quantization(j, origin);
     if (mixtral) {
       c.num_experts = size("num_local_experts", 0, 4096);
@@ -346,6 +411,8 @@ std::vector<float> rope_inverse_frequencies(const RopeConfig& rope, int64_t head
     const float exponent = static_cast<float>(2 * i) / static_cast<float>(head_dim);
     inv[i] = 1.0f / std::pow(static_cast<float>(rope.theta), exponent);
   }
+  if (rope.type == RopeType::kLinear)
+    for (auto& f : inv) f = static_cast<float>(f / rope.factor);
   if (rope.type != RopeType::kLlama3) return inv;
   const double old_len = static_cast<double>(rope.original_max_position_embeddings);
   const double low_wavelen = old_len / rope.low_freq_factor;

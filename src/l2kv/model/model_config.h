@@ -1,6 +1,6 @@
 // The architecture of a model, read from its config.json (LlamaForCausalLM, MistralForCausalLM
-// without sliding window, Qwen2ForCausalLM, Qwen3ForCausalLM), or one of the built-in synthetic
-// shapes.
+// without sliding window, MixtralForCausalLM, Qwen2ForCausalLM, Qwen3ForCausalLM,
+// Qwen3MoeForCausalLM, Gemma3ForCausalLM), or one of the built-in synthetic shapes.
 #pragma once
 
 #include <cstdint>
@@ -12,12 +12,15 @@
 
 namespace l2kv {
 
-enum class RopeType : uint8_t { kDefault, kLlama3 };
+enum class RopeType : uint8_t { kDefault, kLlama3, kLinear };
+
+// The MLP's gate activation: SwiGLU's SiLU, or GeGLU's tanh-approximated GELU (Gemma).
+enum class MlpActivation : uint8_t { kSilu, kGeluTanh };
 
 struct RopeConfig {
   RopeType type = RopeType::kDefault;
   double theta = 10000.0;
-  // llama3 scaling
+  // llama3 scaling; linear: every frequency divided by `factor`
   double factor = 1.0;
   double low_freq_factor = 1.0;
   double high_freq_factor = 4.0;
@@ -57,6 +60,23 @@ struct ModelConfig {
   int64_t experts_per_token = 0;
   int64_t expert_intermediate_size = 0;
   bool norm_topk_prob = false;
+  // Gemma 3 (Gemma3ForCausalLM): every RMSNorm (with q/k norms) scales by 1 + weight; the
+  // attention and MLP outputs are normalized (post_attention_layernorm,
+  // post_feedforward_layernorm) before their residual adds, the MLP's input by
+  // pre_feedforward_layernorm; embeddings are multiplied by sqrt(hidden_size).
+  bool gemma = false;
+  MlpActivation mlp_activation = MlpActivation::kSilu;
+  // Attention scores are q.k * attention_scale (Gemma 3: query_pre_attn_scalar^-0.5); 0 means
+  // head_dim^-0.5.
+  double attention_scale = 0;
+  // Layers with sliding_layer[l] set attend to the last `sliding_window` positions (their own
+  // included) and rotate by `local_rope`; the others see everything with `rope`.
+  int64_t sliding_window = 0;
+  std::vector<uint8_t> sliding_layer;
+  RopeConfig local_rope;
+  // Soft-capping, cap * tanh(x / cap), of the final logits and of attention scores; 0: none.
+  double final_logit_softcapping = 0;
+  double attn_logit_softcapping = 0;
   // Tokens that end generation: config.json's eos_token_id (an id or a list, may be absent or
   // null), united with generation_config.json's when the folder has one. Empty for synthetic
   // shapes.
@@ -79,10 +99,13 @@ struct ModelConfig {
   int64_t projection_parameter_count() const;
   // Bytes of all weights as stored: projections 1 byte each with fp8_weights, else 2.
   int64_t weight_bytes() const;
+  bool is_sliding(int64_t layer) const {
+    return !sliding_layer.empty() && sliding_layer[static_cast<size_t>(layer)] != 0;
+  }
 };
 
 // Per-pair inverse frequencies of RoPE (head_dim / 2 of them), computed in float32 as
-// transformers does, with llama3 scaling applied.
+// transformers does, with llama3 or linear scaling applied.
 std::vector<float> rope_inverse_frequencies(const RopeConfig& rope, int64_t head_dim);
 
 }  // namespace l2kv
