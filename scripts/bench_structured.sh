@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # What constrained decoding costs on a GPU: `l2kv serve` (synthetic llama3-8b with a real
 # tokenizer, which grammars need) and `l2kv bench-serve` at concurrency 64, 256 requests of
-# 128 prompt and 128 output tokens, unconstrained against a JSON schema (a string field, so the
-# random-weight model writes until max_tokens) and against json_object, each twice in
-# alternation. All runs send --no-ignore-eos (structured outputs refuse ignore_eos). Compare
-# TPOT (the decode step as a client sees it). Builds nothing: expects build/l2kv.
+# 128 prompt and 128 output tokens: unconstrained, a regex that never has to end ([a-z ]*, so
+# every answer runs to max_tokens as the unconstrained ones do: the fair comparison), a JSON
+# schema (one string field) and json_object (whose random-weight answers close early, so more
+# prompts are admitted and prefill mixes into more steps), three times in alternation. All runs
+# send --no-ignore-eos (structured outputs refuse ignore_eos). Compare TPOT (the decode step as
+# a client sees it). Builds nothing: expects build/l2kv.
 # Usage: scripts/bench_structured.sh OUT_DIR TOKENIZER_DIR
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,9 +28,11 @@ schema='{"response_format": {"type": "json_schema", "json_schema": {"name": "not
   "schema": {"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"],
   "additionalProperties": false}}}}'
 object='{"response_format": {"type": "json_object"}}'
-for run in 1 2; do
-  for mode in none schema object; do
+regex='{"structured_outputs": {"regex": "[a-z ]*"}}'
+for run in 1 2 3; do
+  for mode in none regex schema object; do
     extra=()
+    [[ $mode == regex ]] && extra=(--extra-body "$regex")
     [[ $mode == schema ]] && extra=(--extra-body "$schema")
     [[ $mode == object ]] && extra=(--extra-body "$object")
     echo "# $mode, run $run: l2kv bench-serve ${S[*]} ${extra[*]}"
