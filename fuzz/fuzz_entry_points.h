@@ -176,27 +176,82 @@ inline void run_json_schema(const uint8_t* data, size_t size) {
   }
 }
 
-// A chat's output text: every parser, whole and streamed in pieces cut by the input's bytes.
+// A tool-call stream's deltas put together as a client does: content, and per call its name
+// and arguments.
+struct StreamedToolCalls {
+  std::string content;
+  std::vector<server::ToolCall> calls;
+  bool broken = false;
+  bool operator==(const StreamedToolCalls& o) const {
+    if (content != o.content || broken != o.broken || calls.size() != o.calls.size()) return false;
+    for (size_t k = 0; k < calls.size(); ++k)
+      if (calls[k].name != o.calls[k].name || calls[k].arguments != o.calls[k].arguments)
+        return false;
+    return true;
+  }
+};
+
+// `text` streamed in pieces cut at the offsets `cut` gives (1 + its value, from `at`).
+template <typename Cut>
+StreamedToolCalls stream_tool_calls(server::ToolChoice choice, server::ToolCallParser parser,
+                                    const std::string& text, const Cut& cut) {
+  server::ToolCallStream stream(choice, parser, "f");
+  StreamedToolCalls out;
+  auto take = [&](const std::vector<server::ToolStreamEvent>& events) {
+    for (const server::ToolStreamEvent& e : events) {
+      if (e.kind == server::ToolStreamEvent::Kind::kContent) {
+        out.content += e.text;
+      } else if (e.kind == server::ToolStreamEvent::Kind::kCallStart) {
+        if (e.call != out.calls.size()) std::abort();  // calls start in order
+        out.calls.push_back({e.text, ""});
+      } else {
+        if (e.call + 1 != out.calls.size()) std::abort();  // only the last call goes on
+        out.calls[e.call].arguments += e.text;
+      }
+    }
+  };
+  for (size_t at = 0; at < text.size();) {
+    const size_t n = 1 + cut(at);
+    take(stream.push(std::string_view(text).substr(at, n)));
+    at += n;
+  }
+  take(stream.finish());
+  out.broken = stream.broken();
+  return out;
+}
+
+// A chat's output text: every parser and tool_choice, whole and streamed in pieces (whole,
+// byte by byte, cut by the input's bytes). However it is cut, the stream sends the same;
+// what it sends is the non-streamed parse, unless a started call broke or reasoning closes
+// after a call (the non-streamed parse reads from the last </think>); without calls, all of
+// the text is content.
 inline void run_tool_calls(const uint8_t* data, size_t size) {
   const std::string text(reinterpret_cast<const char*>(data), size);
   using server::ToolCallParser;
-  for (const ToolCallParser parser :
-       {ToolCallParser::kHermes, ToolCallParser::kLlama3Json, ToolCallParser::kMistral}) {
-    const server::ParsedToolOutput whole =
-        server::parse_tool_calls(server::ToolChoice::kAuto, parser, "", text);
-    server::ToolCallStream stream(server::ToolChoice::kAuto, parser, "");
-    std::string sent;
-    for (size_t at = 0; at < text.size();) {
-      const size_t n = 1 + static_cast<uint8_t>(text[at]) % 7;
-      sent += stream.push(text.substr(at, n));
-      at += n;
-    }
-    const server::ParsedToolOutput streamed = stream.finish();
-    // Streamed or not, the same calls.
-    if (whole.calls.size() != streamed.calls.size()) std::abort();
-    if (whole.calls.empty() && sent + streamed.content.value_or("") != text) std::abort();
+  using server::ToolChoice;
+  const std::pair<ToolChoice, ToolCallParser> kinds[] = {
+      {ToolChoice::kAuto, ToolCallParser::kHermes},
+      {ToolChoice::kAuto, ToolCallParser::kLlama3Json},
+      {ToolChoice::kAuto, ToolCallParser::kMistral},
+      {ToolChoice::kRequired, ToolCallParser::kNone},
+      {ToolChoice::kNamed, ToolCallParser::kNone}};
+  for (const auto& [choice, parser] : kinds) {
+    const server::ParsedToolOutput whole = server::parse_tool_calls(choice, parser, "f", text);
+    const StreamedToolCalls at_once =
+        stream_tool_calls(choice, parser, text, [&](size_t) { return text.size(); });
+    const StreamedToolCalls bytes = stream_tool_calls(choice, parser, text, [](size_t) { return 0; });
+    const StreamedToolCalls pieces = stream_tool_calls(
+        choice, parser, text, [&](size_t at) { return static_cast<uint8_t>(text[at]) % 7; });
+    if (!(bytes == at_once) || !(pieces == at_once)) std::abort();
+    if (at_once.calls.empty() && at_once.content != text) std::abort();  // nothing lost
+    if (at_once.broken || text.find("</think>") != std::string::npos) continue;
+    if (whole.calls.size() != at_once.calls.size()) std::abort();
+    for (size_t k = 0; k < whole.calls.size(); ++k)
+      if (whole.calls[k].name != at_once.calls[k].name ||
+          whole.calls[k].arguments != at_once.calls[k].arguments)
+        std::abort();
+    if (whole.content.value_or("") != at_once.content && choice != ToolChoice::kNamed) std::abort();
   }
-  (void)server::parse_tool_calls(server::ToolChoice::kRequired, ToolCallParser::kNone, "", text);
 }
 
 // A JSON body for POST /v1/completions and /v1/chat/completions, validated by both endpoints'

@@ -1,16 +1,20 @@
 // Tool-call parsers on recorded outputs of each format: calls and content found, <think>
 // sections left out, malformed calls kept as content; streamed in every split (the text cut at
-// each byte and in random pieces), the content sent plus what finish() returns equals the
-// non-streamed parse.
+// each byte, one byte at a time, and at random token boundaries), the deltas put together as
+// an OpenAI client does equal the non-streamed parse: names, indices, arguments, content.
 #include "l2kv/server/tool_calls.h"
 
 #include <gtest/gtest.h>
 
+#include <cmath>
+#include <functional>
+#include <nlohmann/json.hpp>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "l2kv/core/error.h"
+#include "l2kv/server/json_value_scanner.h"
 
 namespace l2kv::server {
 namespace {
@@ -20,6 +24,7 @@ struct Recorded {
   std::string text;
   std::vector<ToolCall> calls;  // empty: all content
   std::optional<std::string> content;
+  ToolChoice choice = ToolChoice::kAuto;
 };
 
 const std::vector<Recorded>& recorded() {
@@ -44,6 +49,26 @@ const std::vector<Recorded>& recorded() {
        "<tool_call>\n{\"name\": broken}\n</tool_call>",
        {},
        "<tool_call>\n{\"name\": broken}\n</tool_call>"},
+      // Qwen3 with arguments written before the name, escapes, numbers as nlohmann prints them.
+      {ToolCallParser::kHermes,
+       "I'll run it.\n\n<tool_call>\n{\"arguments\": {\"code\": \"print(\\\"h\\u00e9\\\")\\n\", "
+       "\"n\": 1.50e1, \"ok\": true, \"path\": \"a\\/b\", \"e\": \"\\ud83d\\ude00\"}, \"name\": "
+       "\"python\"}\n</tool_call>\n",
+       {{"python",
+         "{\"code\":\"print(\\\"h\xC3\xA9\\\")\\n\",\"n\":15.0,\"ok\":true,\"path\":"
+         "\"a/b\",\"e\":\"\xF0\x9F\x98\x80\"}"}},
+       "I'll run it."},
+      // Arguments given as a JSON string, and a closing tag inside a string.
+      {ToolCallParser::kHermes,
+       "<tool_call>{\"name\": \"f\", \"arguments\": \"{\\\"a\\\": 1}\"}</tool_call><tool_call>"
+       "{\"name\": \"g\", \"arguments\": {\"s\": \"</tool_call>\"}}</tool_call>",
+       {{"f", R"({"a": 1})"}, {"g", R"({"s":"</tool_call>"})"}},
+       std::nullopt},
+      // A partial marker that is not one, and a call without its closing tag (EOS).
+      {ToolCallParser::kHermes,
+       "a <tool_cal b\n<tool_call>{\"name\": \"h\"}",
+       {{"h", "{}"}},
+       "a <tool_cal b"},
       {ToolCallParser::kLlama3Json,
        "{\"name\": \"get_weather\", \"parameters\": {\"city\": \"Oslo\"}}",
        {{"get_weather", R"({"city":"Oslo"})"}},
@@ -54,18 +79,44 @@ const std::vector<Recorded>& recorded() {
        {{"a", "{}"}, {"b", R"({"n":2})"}},
        std::nullopt},
       {ToolCallParser::kLlama3Json, "The answer is {not json}.", {}, "The answer is {not json}."},
+      {ToolCallParser::kLlama3Json,
+       "<think>The user wants Oslo.</think>\n\n{\"name\": \"w\", \"parameters\": {\"c\": "
+       "\"Oslo\"}}",
+       {{"w", R"({"c":"Oslo"})"}},
+       "<think>The user wants Oslo.</think>"},
       {ToolCallParser::kMistral,
        "Sure. [TOOL_CALLS] [{\"name\": \"search\", \"arguments\": {\"q\": \"l2kv\"}}]",
        {{"search", R"({"q":"l2kv"})"}},
        "Sure."},
       {ToolCallParser::kMistral, "[TOOL_CALLS] [oops", {}, "[TOOL_CALLS] [oops"},
+      {ToolCallParser::kMistral,
+       "[TOOL_CALLS][{\"name\": \"a\", \"arguments\": {\"x\": -0.5}}, {\"name\": \"b\", "
+       "\"arguments\": {\"y\": [null]}}]",
+       {{"a", R"({"x":-0.5})"}, {"b", R"({"y":[null]})"}},
+       std::nullopt},
+      // Mistral tokenizer v11+: [TOOL_CALLS]name[ARGS]{...}, one marker per call.
+      {ToolCallParser::kMistral,
+       "Checking both.[TOOL_CALLS]get_weather[ARGS]{\"city\": \"Paris\"}[TOOL_CALLS]get_time[ARGS]"
+       "{\"tz\": \"CET\"}",
+       {{"get_weather", R"({"city":"Paris"})"}, {"get_time", R"({"tz":"CET"})"}},
+       "Checking both."},
+      {ToolCallParser::kMistral,
+       "[TOOL_CALLS]get_weather{\"city\": 1}",
+       {},
+       "[TOOL_CALLS]get_weather{\"city\": 1}"},
+      // tool_choice "required": the grammar's JSON list.
+      {ToolCallParser::kNone,
+       "[{\"name\": \"f\", \"parameters\": {\"a\": 1}}, {\"name\": \"g\", \"parameters\": {}}]",
+       {{"f", R"({"a":1})"}, {"g", "{}"}},
+       std::nullopt,
+       ToolChoice::kRequired},
   };
   return cases;
 }
 
 TEST(ToolCalls, ParsersFindCallsInRecordedOutputs) {
   for (const Recorded& r : recorded()) {
-    const ParsedToolOutput p = parse_tool_calls(ToolChoice::kAuto, r.parser, "", r.text);
+    const ParsedToolOutput p = parse_tool_calls(r.choice, r.parser, "", r.text);
     ASSERT_EQ(p.calls.size(), r.calls.size()) << r.text;
     for (size_t k = 0; k < p.calls.size(); ++k) {
       EXPECT_EQ(p.calls[k].name, r.calls[k].name) << r.text;
@@ -75,46 +126,205 @@ TEST(ToolCalls, ParsersFindCallsInRecordedOutputs) {
   }
 }
 
-// The content a stream sends, and its calls, whatever the pieces.
+// A stream's deltas put together as an OpenAI client does: content appended, calls by index
+// (the name from the first delta, arguments appended).
+struct Assembled {
+  std::string content;
+  std::vector<ToolCall> calls;
+  bool broken = false;
+};
+
+Assembled assemble(ToolCallStream& stream, const std::vector<std::string>& pieces) {
+  Assembled a;
+  auto take = [&](const std::vector<ToolStreamEvent>& events) {
+    for (const ToolStreamEvent& e : events) {
+      switch (e.kind) {
+        case ToolStreamEvent::Kind::kContent:
+          EXPECT_FALSE(e.text.empty());
+          a.content += e.text;
+          break;
+        case ToolStreamEvent::Kind::kCallStart:
+          // Calls start in order, each once.
+          EXPECT_EQ(e.call, a.calls.size());
+          a.calls.push_back({e.text, ""});
+          break;
+        case ToolStreamEvent::Kind::kArguments:
+          EXPECT_FALSE(e.text.empty());
+          EXPECT_EQ(e.call + 1, a.calls.size()) << "arguments of a call that is not the last";
+          if (e.call < a.calls.size()) a.calls[e.call].arguments += e.text;
+          break;
+      }
+    }
+  };
+  for (const std::string& piece : pieces) take(stream.push(piece));
+  take(stream.finish());
+  a.broken = stream.broken();
+  return a;
+}
+
+// Streamed in these pieces, the same as the non-streamed parse.
 void check_stream(const Recorded& r, const std::vector<std::string>& pieces) {
-  ToolCallStream stream(ToolChoice::kAuto, r.parser, "");
-  std::string sent;
-  for (const std::string& piece : pieces) sent += stream.push(piece);
-  const ParsedToolOutput p = stream.finish();
-  ASSERT_EQ(p.calls.size(), r.calls.size()) << r.text;
-  for (size_t k = 0; k < p.calls.size(); ++k) EXPECT_EQ(p.calls[k].name, r.calls[k].name);
-  const std::string content = sent + p.content.value_or("");
-  if (r.calls.empty()) {
-    EXPECT_EQ(content, r.text);
-  } else {
-    // Streamed content keeps its whitespace; the non-streamed one is trimmed at the end.
-    std::string trimmed = content;
-    while (!trimmed.empty() && (trimmed.back() == '\n' || trimmed.back() == ' '))
-      trimmed.pop_back();
-    EXPECT_EQ(trimmed, r.content.value_or("")) << r.text;
-    // Nothing of a call went out as content.
-    EXPECT_EQ(content.find("\"name\""),
-              r.content ? r.content->find("\"name\"") : std::string::npos);
+  ToolCallStream stream(r.choice, r.parser, "");
+  const Assembled a = assemble(stream, pieces);
+  const ParsedToolOutput p = parse_tool_calls(r.choice, r.parser, "", r.text);
+  ASSERT_EQ(a.calls.size(), p.calls.size()) << r.text;
+  for (size_t k = 0; k < p.calls.size(); ++k) {
+    EXPECT_EQ(a.calls[k].name, p.calls[k].name) << r.text;
+    EXPECT_EQ(a.calls[k].arguments, p.calls[k].arguments) << r.text;
+  }
+  EXPECT_EQ(a.content, p.content.value_or("")) << r.text;
+  EXPECT_FALSE(a.broken) << r.text;
+  // The markup of a format never reaches content.
+  if (!p.calls.empty()) {
+    for (const char* markup : {"<tool_call>", "</tool_call>", "[TOOL_CALLS]", "[ARGS]"})
+      EXPECT_EQ(a.content.find(markup), r.content.value_or("").find(markup)) << r.text;
   }
 }
 
+std::vector<std::string> random_pieces(const std::string& text, std::mt19937& rng) {
+  std::vector<std::string> pieces;
+  for (size_t at = 0; at < text.size();) {
+    const size_t n = 1 + rng() % 8;  // tokens of 1 to 8 bytes
+    pieces.push_back(text.substr(at, n));
+    at += n;
+  }
+  return pieces;
+}
+
 TEST(ToolCalls, StreamedInEverySplit) {
-  std::mt19937 rng(3);
   for (const Recorded& r : recorded()) {
+    check_stream(r, {r.text});
     for (size_t cut = 0; cut <= r.text.size(); ++cut)
       check_stream(r, {r.text.substr(0, cut), r.text.substr(cut)});
     std::vector<std::string> bytes;
     for (char c : r.text) bytes.emplace_back(1, c);
     check_stream(r, bytes);
-    for (int trial = 0; trial < 20; ++trial) {
-      std::vector<std::string> pieces;
-      for (size_t at = 0; at < r.text.size();) {
-        const size_t n = 1 + rng() % 6;
-        pieces.push_back(r.text.substr(at, n));
-        at += n;
-      }
-      check_stream(r, pieces);
+    for (uint32_t seed = 1; seed <= 5; ++seed) {
+      std::mt19937 rng(seed);
+      for (int trial = 0; trial < 20; ++trial) check_stream(r, random_pieces(r.text, rng));
     }
+  }
+}
+
+// Content goes out as soon as it cannot begin a call, a call's start as soon as its name is
+// read, and its arguments piece by piece.
+TEST(ToolCalls, StreamHoldsBackOnlyWhatMayBeginACall) {
+  ToolCallStream s(ToolChoice::kAuto, ToolCallParser::kHermes, "");
+  auto events = s.push("Let me check.\n<tool_");
+  ASSERT_EQ(events.size(), 1u);
+  EXPECT_EQ(events[0].text, "Let me check.");
+  EXPECT_TRUE(s.push("call>\n{\"name\": \"get_weather").empty());
+  events = s.push("\", \"arguments\": {\"ci");
+  ASSERT_EQ(events.size(), 2u);
+  EXPECT_EQ(events[0].kind, ToolStreamEvent::Kind::kCallStart);
+  EXPECT_EQ(events[0].text, "get_weather");
+  EXPECT_EQ(events[1].kind, ToolStreamEvent::Kind::kArguments);
+  EXPECT_EQ(events[1].text, "{\"ci");
+  events = s.push("ty\": \"Par");
+  ASSERT_EQ(events.size(), 1u);
+  EXPECT_EQ(events[0].text, "ty\":\"Par");
+  events = s.push("is\"}}\n</tool_call>");
+  ASSERT_EQ(events.size(), 1u);
+  EXPECT_EQ(events[0].text, "is\"}");
+  EXPECT_TRUE(s.finish().empty());
+  EXPECT_EQ(s.calls_started(), 1u);
+}
+
+// A call that breaks after it started stays started; the text from where it broke is content
+// (the non-streamed parse, which sees the whole text, keeps all of it as content).
+TEST(ToolCalls, StreamedCallThatBreaksLeavesTheRestAsContent) {
+  const std::string text =
+      "<tool_call>{\"name\": \"f\", \"arguments\": {\"a\": 1}}</tool_call>\n<tool_call>{\"name\": "
+      "\"g\", \"arguments\": {\"b\": 2}} oops</tool_call>";
+  ToolCallStream s(ToolChoice::kAuto, ToolCallParser::kHermes, "");
+  std::vector<std::string> bytes;
+  for (char c : text) bytes.emplace_back(1, c);
+  const Assembled a = assemble(s, bytes);
+  ASSERT_EQ(a.calls.size(), 2u);
+  EXPECT_EQ(a.calls[1].arguments, R"({"b":2})");
+  EXPECT_TRUE(a.broken);
+  EXPECT_EQ(a.content, "oops</tool_call>");
+  const ParsedToolOutput p = parse_tool_calls(ToolChoice::kAuto, ToolCallParser::kHermes, "", text);
+  EXPECT_TRUE(p.calls.empty());
+  EXPECT_EQ(p.content, text);
+
+  // Cut (max_tokens) before the name: all of it is content, nothing lost.
+  ToolCallStream cut(ToolChoice::kAuto, ToolCallParser::kMistral, "");
+  const Assembled c = assemble(cut, {"Sure.\n", "[TOOL_CALLS]get_", "wea"});
+  EXPECT_TRUE(c.calls.empty());
+  EXPECT_EQ(c.content, "Sure.\n[TOOL_CALLS]get_wea");
+}
+
+TEST(ToolCalls, NamedFunctionStreamsItsArgumentsAsWritten) {
+  ToolCallStream s(ToolChoice::kNamed, ToolCallParser::kNone, "f");
+  const Assembled a = assemble(s, {"{\"a\"", ": 1}"});
+  ASSERT_EQ(a.calls.size(), 1u);
+  EXPECT_EQ(a.calls[0].name, "f");
+  EXPECT_EQ(a.calls[0].arguments, "{\"a\": 1}");
+  ToolCallStream empty(ToolChoice::kNamed, ToolCallParser::kNone, "f");
+  EXPECT_EQ(assemble(empty, {}).calls.size(), 1u);
+}
+
+// The scanner writes what nlohmann's dump() writes for the value, fed a byte at a time, from
+// random values printed indented and with every non-ASCII character escaped.
+TEST(JsonValueScanner, WritesWhatDumpWrites) {
+  using json = nlohmann::ordered_json;
+  std::mt19937 rng(11);
+  const std::vector<std::string> strings = {"",
+                                            "a\"b\\c",
+                                            "tab\there\nline",
+                                            "\x01\x1f\x7f",
+                                            "caf\xC3\xA9",
+                                            "\xE2\x82\xAC \xF0\x9F\x98\x80",
+                                            "/"};
+  std::function<json(int)> value = [&](int depth) -> json {
+    switch (rng() % (depth > 3 ? 5 : 7)) {
+      case 0:
+        return nullptr;
+      case 1:
+        return rng() % 2 == 0;
+      case 2:
+        return static_cast<int64_t>(rng()) - (1LL << 31);
+      case 3:
+        return std::ldexp(static_cast<double>(rng()), -static_cast<int>(rng() % 40));
+      case 4:
+        return strings[rng() % strings.size()];
+      case 5: {
+        json a = json::array();
+        for (uint32_t k = rng() % 4; k > 0; --k) a.push_back(value(depth + 1));
+        return a;
+      }
+      default: {
+        json o = json::object();
+        for (uint32_t k = rng() % 4; k > 0; --k)
+          o["k" + std::to_string(k) + strings[rng() % strings.size()]] = value(depth + 1);
+        return o;
+      }
+    }
+  };
+  for (int trial = 0; trial < 300; ++trial) {
+    json v = json::object({{"v", value(0)}});
+    for (const std::string& text : {v.dump(), v.dump(2), v.dump(1, '\t', true)}) {
+      JsonValueScanner scanner(JsonValueScanner::Mode::kCompact);
+      std::string out;
+      JsonValueScanner::Status status = JsonValueScanner::Status::kMore;
+      for (size_t i = 0; i < text.size(); ++i) {
+        ASSERT_EQ(status, JsonValueScanner::Status::kMore) << text;
+        status = scanner.feed(text[i], out);
+      }
+      EXPECT_EQ(status, JsonValueScanner::Status::kDone) << text;
+      EXPECT_EQ(out, v.dump()) << text;
+    }
+  }
+  // What nlohmann refuses, the scanner refuses.
+  for (const std::string bad :
+       {"{\"a\": 01}", "{\"a\": \"\\ud800\"}", "{\"a\": \"\xC0\xAF\"}", "{\"a\": [1,]}",
+        "{\"a\" 1}", "{\"a\": tru}", "{\"a\": \"\x01\"}", "{\"a\": 1.}", "{\"a\": \"\\x\"}"}) {
+    JsonValueScanner scanner(JsonValueScanner::Mode::kCompact);
+    std::string out;
+    bool error = false;
+    for (char c : bad) error = error || scanner.feed(c, out) == JsonValueScanner::Status::kError;
+    EXPECT_TRUE(error) << bad;
   }
 }
 

@@ -216,10 +216,8 @@ struct Generation {
   std::vector<ChoiceOutput> choices;
   std::vector<int64_t> text_offsets;  // completions logprobs: characters written so far
   std::vector<bool> echoed;  // stream, prompt logprobs (echo or prompt_logprobs): its chunk is out
-  // Chat with tools, streamed: per choice, what of its text goes out as content or arguments,
-  // and whether a named call's first delta is out.
+  // Chat with tools, streamed: per choice, what of its text goes out as content or calls.
   std::vector<ToolCallStream> tool_streams;
-  std::vector<bool> tool_call_started;
   DisconnectWatch client;
   std::shared_ptr<void> slot;  // one of the server's generation slots, held until the end
   bool finished = false;
@@ -453,7 +451,6 @@ struct HttpServer::Impl {
     if (r.stream && r.tool_choice != ToolChoice::kNone) {
       for (size_t i = 0; i < requests.size(); ++i)
         g->tool_streams.emplace_back(r.tool_choice, r.tool_call_parser, r.tool_name);
-      g->tool_call_started.assign(requests.size(), false);
     }
     g->client.fd = t_connection_socket;
     g->submission = loop.submit(std::move(requests));  // a refused request throws a 400 here
@@ -494,42 +491,36 @@ struct HttpServer::Impl {
                   : chat_response(g->header, r, g->choices, g->prompt_tokens, g->token_text));
   }
 
-  // A chat choice with tools: content while no call can have begun (auto), a named call's
-  // arguments as they come, and at the end the calls, with finish_reason "tool_calls" when the
-  // output ended by itself and held calls. False when a write failed.
+  // A chat choice with tools: content, and each call's start and arguments as the model
+  // writes them (markup and what may begin a call held back), then finish_reason
+  // "tool_calls" when the output ended by itself and called tools. False when a write failed.
   template <typename Write>
   static bool stream_tool_output(Generation& g, int32_t choice, const RequestOutput& out,
                                  const Write& write) {
-    const ApiRequest& r = g.request;
-    const auto i = static_cast<size_t>(choice);
-    ToolCallStream& ts = g.tool_streams[i];
-    const std::string piece = ts.push(out.new_text);
-    if (!piece.empty()) {
-      if (r.tool_choice == ToolChoice::kNamed) {
-        if (!write(sse_event(chat_tool_arguments_chunk(g.header, choice, r.tool_name, piece,
-                                                       !g.tool_call_started[i]))))
-          return false;
-        g.tool_call_started[i] = true;
-      } else if (!write(sse_event(chat_content_chunk(g.header, choice, piece, nullptr)))) {
-        return false;
+    ToolCallStream& ts = g.tool_streams[static_cast<size_t>(choice)];
+    const auto send = [&](const std::vector<ToolStreamEvent>& events) {
+      for (const ToolStreamEvent& e : events) {
+        json chunk;
+        switch (e.kind) {
+          case ToolStreamEvent::Kind::kContent:
+            chunk = chat_content_chunk(g.header, choice, e.text, nullptr);
+            break;
+          case ToolStreamEvent::Kind::kCallStart:
+            chunk = chat_tool_call_start_chunk(g.header, choice, e.call, e.text);
+            break;
+          case ToolStreamEvent::Kind::kArguments:
+            chunk = chat_tool_arguments_chunk(g.header, choice, e.call, e.text);
+            break;
+        }
+        if (!write(sse_event(chunk))) return false;
       }
-    }
+      return true;
+    };
+    if (!send(ts.push(out.new_text))) return false;
     if (!out.finished) return true;
-    ParsedToolOutput parsed = ts.finish();
-    const bool called = out.finish_reason == FinishReason::kStop && !parsed.calls.empty();
-    if (r.tool_choice == ToolChoice::kNamed) {
-      if (called && !g.tool_call_started[i] &&
-          !write(sse_event(chat_tool_arguments_chunk(g.header, choice, r.tool_name, "", true))))
-        return false;
-    } else {
-      // Without calls (or cut by max_tokens) the text held back is content, as in the
-      // non-streamed answer.
-      const std::string rest = called ? parsed.content.value_or("") : ts.unsent();
-      if (!rest.empty() && !write(sse_event(chat_content_chunk(g.header, choice, rest, nullptr))))
-        return false;
-      if (called && !write(sse_event(chat_tool_calls_chunk(g.header, choice, parsed.calls))))
-        return false;
-    }
+    // What was held back: text that did not become a call is content.
+    if (!send(ts.finish())) return false;
+    const bool called = out.finish_reason == FinishReason::kStop && ts.calls_started() > 0;
     return write(sse_event(called ? chat_tool_finish_chunk(g.header, choice)
                                   : chat_finish_chunk(g.header, choice, out.finish_reason)));
   }

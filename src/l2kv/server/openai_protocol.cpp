@@ -1356,17 +1356,20 @@ json chat_tool_calls_chunk(const ResponseHeader& header, int32_t index,
   return chat_chunk(header, index, {{"tool_calls", list}}, nullptr, FinishReason::kNone);
 }
 
-json chat_tool_arguments_chunk(const ResponseHeader& header, int32_t index, const std::string& name,
-                               const std::string& arguments, bool first) {
-  json call = {{"index", 0}};
-  if (first) {
-    call["id"] = tool_call_id(header, index, 0);
-    call["type"] = "function";
-    call["function"] = {{"name", name}, {"arguments", arguments}};
-  } else {
-    call["function"] = {{"arguments", arguments}};
-  }
-  return chat_chunk(header, index, {{"tool_calls", json::array({call})}}, nullptr,
+json chat_tool_call_start_chunk(const ResponseHeader& header, int32_t index, size_t call,
+                                const std::string& name) {
+  json delta = {{"index", call},
+                {"id", tool_call_id(header, index, call)},
+                {"type", "function"},
+                {"function", {{"name", name}, {"arguments", ""}}}};
+  return chat_chunk(header, index, {{"tool_calls", json::array({delta})}}, nullptr,
+                    FinishReason::kNone);
+}
+
+json chat_tool_arguments_chunk(const ResponseHeader& header, int32_t index, size_t call,
+                               const std::string& arguments) {
+  json delta = {{"index", call}, {"function", {{"arguments", arguments}}}};
+  return chat_chunk(header, index, {{"tool_calls", json::array({delta})}}, nullptr,
                     FinishReason::kNone);
 }
 

@@ -211,12 +211,15 @@ json chat_content_chunk(const ResponseHeader& header, int32_t index, const std::
                         const json& logprobs);
 json chat_finish_chunk(const ResponseHeader& header, int32_t index, FinishReason finish);
 // Tool calls: a delta of `calls` (indexes from `first_index`, with id, type and the whole
-// function), a named call's first delta (id and name, arguments ""), and the arguments'
-// later pieces. `finish` "tool_calls" once the choice called tools.
+// function); streamed, a call's first delta (its index, id, type and name, arguments "") and
+// its arguments' later pieces (index and arguments only), as OpenAI streams them.
+// `finish` "tool_calls" once the choice called tools.
 json chat_tool_calls_chunk(const ResponseHeader& header, int32_t index,
                            const std::vector<ToolCall>& calls, int32_t first_index = 0);
-json chat_tool_arguments_chunk(const ResponseHeader& header, int32_t index, const std::string& name,
-                               const std::string& arguments, bool first);
+json chat_tool_call_start_chunk(const ResponseHeader& header, int32_t index, size_t call,
+                                const std::string& name);
+json chat_tool_arguments_chunk(const ResponseHeader& header, int32_t index, size_t call,
+                               const std::string& arguments);
 json chat_tool_finish_chunk(const ResponseHeader& header, int32_t index);
 // The id of call `k` of choice `index` of a response.
 std::string tool_call_id(const ResponseHeader& header, int32_t index, size_t k);

@@ -1,5 +1,7 @@
 #include "l2kv/server/tool_calls.h"
 
+#include <utility>
+
 #include "l2kv/core/error.h"
 
 namespace l2kv::server {
@@ -7,75 +9,18 @@ namespace {
 
 using json = nlohmann::ordered_json;
 
-constexpr const char* kHermesOpen = "<tool_call>";
-constexpr const char* kHermesClose = "</tool_call>";
-constexpr const char* kMistralMarker = "[TOOL_CALLS]";
-constexpr const char* kPythonTag = "<|python_tag|>";
-constexpr const char* kThinkEnd = "</think>";
+constexpr std::string_view kHermesOpen = "<tool_call>";
+constexpr std::string_view kHermesClose = "</tool_call>";
+constexpr std::string_view kMistralMarker = "[TOOL_CALLS]";
+constexpr std::string_view kMistralArgs = "[ARGS]";
+constexpr std::string_view kPythonTag = "<|python_tag|>";
+constexpr std::string_view kThinkStart = "<think>";
+constexpr std::string_view kThinkEnd = "</think>";
 
 // Where the parse starts: after the last </think> (reasoning is never a call).
 size_t parse_start(const std::string& text) {
   const size_t end = text.rfind(kThinkEnd);
-  return end == std::string::npos ? 0 : end + std::string(kThinkEnd).size();
-}
-
-size_t skip_space(const std::string& text, size_t pos) {
-  while (pos < text.size() &&
-         (text[pos] == ' ' || text[pos] == '\n' || text[pos] == '\t' || text[pos] == '\r'))
-    ++pos;
-  return pos;
-}
-
-// The end (one past) of the JSON object or array opening at `pos`, strings respected; npos if
-// it does not close.
-size_t json_value_end(const std::string& text, size_t pos) {
-  int depth = 0;
-  bool in_string = false;
-  for (size_t i = pos; i < text.size(); ++i) {
-    const char c = text[i];
-    if (in_string) {
-      if (c == '\\')
-        ++i;
-      else if (c == '"')
-        in_string = false;
-      continue;
-    }
-    if (c == '"') {
-      in_string = true;
-    } else if (c == '{' || c == '[') {
-      ++depth;
-    } else if (c == '}' || c == ']') {
-      if (--depth == 0) return i + 1;
-    }
-  }
-  return std::string::npos;
-}
-
-// {"name": ..., <args_key>: {...} or "..."} as a call; nullopt when it is not one.
-std::optional<ToolCall> call_of(const json& v, std::initializer_list<const char*> args_keys) {
-  if (!v.is_object() || !v.contains("name") || !v["name"].is_string()) return std::nullopt;
-  ToolCall call{v["name"].get<std::string>(), "{}"};
-  for (const char* key : args_keys) {
-    if (!v.contains(key)) continue;
-    const json& a = v[key];
-    if (a.is_object()) {
-      call.arguments = a.dump();
-    } else if (a.is_string()) {
-      call.arguments = a.get<std::string>();
-    } else {
-      return std::nullopt;
-    }
-    return call;
-  }
-  return call;
-}
-
-std::optional<json> parse_json(const std::string& text) {
-  try {
-    return json::parse(text);
-  } catch (const json::exception&) {
-    return std::nullopt;
-  }
+  return end == std::string::npos ? 0 : end + kThinkEnd.size();
 }
 
 std::optional<std::string> content_or_null(std::string text) {
@@ -83,91 +28,6 @@ std::optional<std::string> content_or_null(std::string text) {
     text.pop_back();
   if (text.empty()) return std::nullopt;
   return text;
-}
-
-// Where the calls begin in `text` for `parser` (npos: none yet); a marker cut at the end of
-// the text counts when `partial` is set (streaming holds it back).
-size_t calls_begin(ToolCallParser parser, const std::string& text, bool partial) {
-  const size_t from = parse_start(text);
-  auto marker = [&](const std::string& m) {
-    const size_t pos = text.find(m, from);
-    if (pos != std::string::npos || !partial) return pos;
-    for (size_t k = std::min(m.size() - 1, text.size() - from); k > 0; --k)
-      if (text.compare(text.size() - k, k, m, 0, k) == 0) return text.size() - k;
-    return std::string::npos;
-  };
-  switch (parser) {
-    case ToolCallParser::kHermes:
-      return marker(kHermesOpen);
-    case ToolCallParser::kMistral:
-      return marker(kMistralMarker);
-    case ToolCallParser::kLlama3Json: {
-      const size_t first = skip_space(text, from);
-      if (first >= text.size()) return partial ? from : std::string::npos;
-      const std::string tag = kPythonTag;
-      if (text[first] == '{' || text.compare(first, tag.size(), tag) == 0) return first;
-      if (partial && text.size() - first < tag.size() &&
-          tag.compare(0, text.size() - first, text, first) == 0)
-        return first;
-      return std::string::npos;
-    }
-    case ToolCallParser::kNone:
-      break;
-  }
-  return std::string::npos;
-}
-
-// The calls written from `pos` on, or nullopt when they do not parse.
-std::optional<std::vector<ToolCall>> auto_calls(ToolCallParser parser, const std::string& text,
-                                                size_t pos) {
-  std::vector<ToolCall> calls;
-  if (parser == ToolCallParser::kHermes) {
-    const std::string open = kHermesOpen, close = kHermesClose;
-    while (pos != std::string::npos) {
-      const size_t body = pos + open.size();
-      size_t end = text.find(close, body);
-      const size_t next = end == std::string::npos ? std::string::npos : end + close.size();
-      if (end == std::string::npos) end = text.size();  // EOS before the closing tag
-      const auto v = parse_json(text.substr(body, end - body));
-      const auto call = v ? call_of(*v, {"arguments", "parameters"}) : std::nullopt;
-      if (!call) return std::nullopt;
-      calls.push_back(*call);
-      pos = next == std::string::npos ? next : text.find(open, next);
-    }
-    return calls;
-  }
-  if (parser == ToolCallParser::kMistral) {
-    const size_t start = skip_space(text, pos + std::string(kMistralMarker).size());
-    const size_t end = start < text.size() ? json_value_end(text, start) : std::string::npos;
-    if (end == std::string::npos) return std::nullopt;
-    const auto v = parse_json(text.substr(start, end - start));
-    if (!v) return std::nullopt;
-    const json list = v->is_array() ? *v : json::array({*v});
-    for (const json& item : list) {
-      const auto call = call_of(item, {"arguments", "parameters"});
-      if (!call) return std::nullopt;
-      calls.push_back(*call);
-    }
-    return calls.empty() ? std::nullopt : std::optional(calls);
-  }
-  if (parser == ToolCallParser::kLlama3Json) {
-    size_t at = skip_space(text, pos);
-    const std::string tag = kPythonTag;
-    if (text.compare(at, tag.size(), tag) == 0) at = skip_space(text, at + tag.size());
-    while (at < text.size()) {
-      if (text[at] != '{') return std::nullopt;
-      const size_t end = json_value_end(text, at);
-      if (end == std::string::npos) return std::nullopt;
-      const auto v = parse_json(text.substr(at, end - at));
-      const auto call = v ? call_of(*v, {"parameters", "arguments"}) : std::nullopt;
-      if (!call) return std::nullopt;
-      calls.push_back(*call);
-      at = skip_space(text, end);
-      if (at < text.size() && text[at] == ';') at = skip_space(text, at + 1);
-    }
-    return calls.empty() ? std::nullopt : std::optional(calls);
-  }
-  return std::nullopt;
 }
 
 }  // namespace
@@ -210,60 +70,539 @@ ParsedToolOutput parse_tool_calls(ToolChoice choice, ToolCallParser parser,
     out.calls.push_back({named, text});
     return out;
   }
-  if (choice == ToolChoice::kRequired) {
-    const auto v = parse_json(text);
-    if (v && v->is_array()) {
-      for (const json& item : *v)
-        if (const auto call = call_of(item, {"parameters", "arguments"}))
-          out.calls.push_back(*call);
-      if (out.calls.size() == v->size()) return out;
+  if (choice == ToolChoice::kNone ||
+      (choice == ToolChoice::kAuto && parser == ToolCallParser::kNone)) {
+    out.content = text;
+    return out;
+  }
+  // The stream's reading of the whole text, so streamed and not give the same calls. Whatever
+  // comes before the last </think> is reasoning (also when the template opened the section).
+  const size_t begin = choice == ToolChoice::kAuto ? parse_start(text) : 0;
+  ToolCallStream stream(choice, parser, named);
+  std::vector<ToolStreamEvent> events = stream.push(std::string_view(text).substr(begin));
+  for (ToolStreamEvent& e : stream.finish()) events.push_back(std::move(e));
+  std::string content = text.substr(0, begin);
+  for (const ToolStreamEvent& e : events) {
+    if (e.kind == ToolStreamEvent::Kind::kContent) {
+      content += e.text;
+    } else if (e.kind == ToolStreamEvent::Kind::kCallStart) {
+      out.calls.push_back({e.text, ""});
+    } else {
+      out.calls[e.call].arguments += e.text;
     }
+  }
+  // Text whose calls do not all parse stays content.
+  if (out.calls.empty() || stream.broken()) {
     out.calls.clear();
     out.content = text;
     return out;
   }
-  const size_t begin =
-      choice == ToolChoice::kAuto ? calls_begin(parser, text, false) : std::string::npos;
-  if (begin != std::string::npos) {
-    if (auto calls = auto_calls(parser, text, begin)) {
-      out.calls = std::move(*calls);
-      out.content = content_or_null(text.substr(0, begin));
-      return out;
-    }
-  }
-  out.content = text;
+  out.content = content_or_null(std::move(content));
   return out;
 }
+
+enum class ToolCallStream::State : uint8_t {
+  kStart,           // before anything but whitespace (and after a <think> section)
+  kThink,           // in <think>...</think>: content
+  kText,            // content, until a call's marker
+  kPlain,           // content to the end
+  kNamed,           // a named function's arguments, as they come
+  kHermesOpen,      // after <tool_call>
+  kHermesClose,     // after a hermes call's object, before </tool_call>
+  kBetween,         // after a call: text dropped until the next marker
+  kObject,          // in a call's object
+  kMistralOpen,     // after [TOOL_CALLS]
+  kMistralName,     // [TOOL_CALLS]name
+  kMistralArgs,     // after [ARGS]
+  kArrayFirst,      // after a list's [
+  kArrayNext,       // after an item of the list
+  kArrayItem,       // after a list's comma
+  kTrailing,        // after a required call's list: whitespace only
+  kLlamaTagged,     // after <|python_tag|>
+  kLlamaNext,       // after a llama3 call
+  kLlamaAfterSemi,  // after a llama3 call's ';'
+};
+
+enum class ToolCallStream::Member : uint8_t {
+  kFirst,
+  kNext,
+  kKey,
+  kColon,
+  kValue,
+  kInValue,
+  kAfter
+};
+enum class ToolCallStream::Value : uint8_t { kName, kArguments, kOther };
+
+struct ToolCallStream::Object {
+  Member member = Member::kFirst;
+  Value value = Value::kOther;
+  JsonValueScanner scanner{JsonValueScanner::Mode::kSkip};
+  std::string key;
+  std::string name;
+  bool has_name = false;
+  bool has_arguments = false;
+  std::string held_arguments;  // arguments read before the name
+};
+
+namespace {
+
+bool is_json_space(char c) {
+  return c == ' ' || c == '\n' || c == '\t' || c == '\r';
+}
+
+bool is_name_char(char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+         c == '-' || c == '.';
+}
+
+}  // namespace
 
 ToolCallStream::ToolCallStream(ToolChoice choice, ToolCallParser parser, std::string named)
-    : choice_(choice), parser_(parser), named_(std::move(named)) {}
-
-std::string ToolCallStream::push(const std::string& piece) {
-  text_ += piece;
-  if (choice_ == ToolChoice::kNamed) return piece;
-  if (choice_ == ToolChoice::kRequired) return {};
-  size_t hold = text_.size();
-  if (choice_ == ToolChoice::kAuto) {
-    const size_t begin = calls_begin(parser_, text_, true);
-    if (begin != std::string::npos) hold = begin;
-  }
-  if (hold <= sent_) return {};
-  std::string out = text_.substr(sent_, hold - sent_);
-  sent_ = hold;
-  return out;
+    : choice_(choice),
+      parser_(parser),
+      named_(std::move(named)),
+      state_(State::kStart),
+      after_object_(State::kBetween) {
+  if (choice_ == ToolChoice::kNamed) state_ = State::kNamed;
+  if (choice_ == ToolChoice::kNone ||
+      (choice_ == ToolChoice::kAuto && parser == ToolCallParser::kNone))
+    state_ = State::kPlain;
 }
 
-ParsedToolOutput ToolCallStream::finish() {
-  ParsedToolOutput parsed = parse_tool_calls(choice_, parser_, named_, text_);
-  if (choice_ == ToolChoice::kNamed) return parsed;
-  if (parsed.calls.empty()) {
-    parsed.content = text_.substr(std::min(sent_, text_.size()));
-    return parsed;
+ToolCallStream::~ToolCallStream() = default;
+ToolCallStream::ToolCallStream(ToolCallStream&&) noexcept = default;
+
+std::vector<ToolStreamEvent> ToolCallStream::push(std::string_view piece) {
+  text_ += piece;
+  run();
+  return std::exchange(events_, {});
+}
+
+std::vector<ToolStreamEvent> ToolCallStream::finish() {
+  eof_ = true;
+  run();
+  switch (state_) {
+    case State::kStart:
+    case State::kThink:
+    case State::kText:
+    case State::kPlain:
+    case State::kHermesClose:  // the output may end before </tool_call>
+    case State::kBetween:
+    case State::kTrailing:
+    case State::kLlamaNext:
+    case State::kLlamaAfterSemi:
+      break;
+    case State::kNamed:
+      if (calls_ == 0) start_call(named_);
+      break;
+    default:  // inside a call
+      fail();
+      run();
+      break;
   }
-  // Content before the calls that was held back (a marker's prefix that was one after all).
-  const size_t begin = choice_ == ToolChoice::kAuto ? calls_begin(parser_, text_, false) : 0;
-  parsed.content = begin > sent_ ? std::optional(text_.substr(sent_, begin - sent_)) : std::nullopt;
-  return parsed;
+  if ((calls_ == 0 || broken_) && !space_.empty())
+    event(ToolStreamEvent::Kind::kContent, std::exchange(space_, {}));
+  return std::exchange(events_, {});
+}
+
+void ToolCallStream::run() {
+  while (pos_ < text_.size() && step()) {
+  }
+}
+
+int ToolCallStream::match(std::string_view marker) const {
+  const size_t n = std::min(text_.size() - pos_, marker.size());
+  if (text_.compare(pos_, n, marker, 0, n) != 0) return 0;
+  if (n == marker.size()) return 1;
+  return eof_ ? 0 : -1;
+}
+
+void ToolCallStream::take(size_t n) {
+  pos_ += n;
+  if (!holding_) raw_from_ = pos_;
+}
+
+void ToolCallStream::content(size_t n) {
+  const std::string text = text_.substr(pos_, n);
+  pos_ += n;
+  raw_from_ = pos_;
+  // Whitespace at the end waits: before a call it is dropped, as the non-streamed content
+  // is trimmed.
+  const size_t last = text.find_last_not_of(" \n\t");
+  if (last == std::string::npos) {
+    space_ += text;
+    return;
+  }
+  event(ToolStreamEvent::Kind::kContent, std::exchange(space_, {}) + text.substr(0, last + 1));
+  space_ = text.substr(last + 1);
+}
+
+void ToolCallStream::start_call(const std::string& name) {
+  space_.clear();
+  holding_ = false;
+  raw_from_ = pos_;
+  event(ToolStreamEvent::Kind::kCallStart, name);
+  ++calls_;
+}
+
+void ToolCallStream::arguments(const std::string& text) {
+  if (!text.empty()) event(ToolStreamEvent::Kind::kArguments, text);
+}
+
+void ToolCallStream::event(ToolStreamEvent::Kind kind, const std::string& text) {
+  size_t call = 0;
+  if (kind == ToolStreamEvent::Kind::kCallStart) call = calls_;
+  if (kind == ToolStreamEvent::Kind::kArguments) call = calls_ - 1;
+  // Pieces of one kind in a row (content, or one call's arguments) are one event.
+  if (kind != ToolStreamEvent::Kind::kCallStart && !events_.empty() &&
+      events_.back().kind == kind && events_.back().call == call) {
+    events_.back().text += text;
+    return;
+  }
+  events_.push_back({kind, call, text});
+}
+
+void ToolCallStream::begin_object(State after) {
+  holding_ = true;
+  object_ = std::make_unique<Object>();
+  after_object_ = after;
+  state_ = State::kObject;
+  take(1);
+}
+
+void ToolCallStream::fail() {
+  if (calls_ > 0) broken_ = true;
+  // What a started call's scanner took but did not write yet belongs to its arguments.
+  if (object_ && object_->has_name && object_->member == Member::kInValue &&
+      object_->value == Value::kArguments)
+    arguments(object_->scanner.pending());
+  if (args_) arguments(args_->pending());
+  object_.reset();
+  args_.reset();
+  name_.clear();
+  holding_ = false;
+  pos_ = raw_from_;
+  state_ = State::kPlain;
+}
+
+bool ToolCallStream::skip_space(char c) {
+  if (!is_json_space(c)) return false;
+  take(1);
+  return true;
+}
+
+bool ToolCallStream::step() {
+  const char c = text_[pos_];
+  switch (state_) {
+    case State::kPlain:
+      content(text_.size() - pos_);
+      return true;
+    case State::kNamed: {
+      if (calls_ == 0) start_call(named_);
+      const std::string rest = text_.substr(pos_);
+      take(rest.size());
+      arguments(rest);
+      return true;
+    }
+    case State::kStart: {
+      if (choice_ == ToolChoice::kRequired) {
+        if (is_json_space(c)) {
+          content(1);
+        } else if (c == '[') {
+          holding_ = true;
+          take(1);
+          state_ = State::kArrayFirst;
+        } else {
+          fail();
+        }
+        return true;
+      }
+      if (is_json_space(c)) {
+        content(1);
+        return true;
+      }
+      const int think = match(kThinkStart);
+      if (think < 0) return false;
+      if (think > 0) {
+        content(kThinkStart.size());
+        state_ = State::kThink;
+        return true;
+      }
+      if (parser_ != ToolCallParser::kLlama3Json) {
+        state_ = State::kText;
+        return true;
+      }
+      // llama3_json: the whole answer is calls, or none of it.
+      if (c == '{') {
+        begin_object(State::kLlamaNext);
+        return true;
+      }
+      const int tag = match(kPythonTag);
+      if (tag < 0) return false;
+      if (tag > 0) {
+        holding_ = true;
+        take(kPythonTag.size());
+        state_ = State::kLlamaTagged;
+      } else {
+        state_ = State::kPlain;
+      }
+      return true;
+    }
+    case State::kThink: {
+      const int end = match(kThinkEnd);
+      if (end < 0) return false;
+      content(end > 0 ? kThinkEnd.size() : 1);
+      if (end > 0) state_ = State::kStart;
+      return true;
+    }
+    case State::kText:
+    case State::kBetween: {
+      const bool hermes = parser_ == ToolCallParser::kHermes;
+      const int marker = match(hermes ? kHermesOpen : kMistralMarker);
+      if (marker < 0) return false;
+      if (marker == 0) {
+        if (state_ == State::kText)
+          content(1);
+        else
+          take(1);  // text between and after calls is not content, as vLLM reads it
+        return true;
+      }
+      holding_ = true;
+      take(hermes ? kHermesOpen.size() : kMistralMarker.size());
+      state_ = hermes ? State::kHermesOpen : State::kMistralOpen;
+      return true;
+    }
+    case State::kHermesOpen:
+      if (skip_space(c)) return true;
+      if (c == '{')
+        begin_object(State::kHermesClose);
+      else
+        fail();
+      return true;
+    case State::kHermesClose: {
+      if (skip_space(c)) return true;
+      const int close = match(kHermesClose);
+      if (close < 0) return false;
+      if (close == 0) {
+        fail();
+      } else {
+        take(kHermesClose.size());
+        state_ = State::kBetween;
+      }
+      return true;
+    }
+    case State::kObject:
+      return step_object(c);
+    case State::kMistralOpen:
+      if (skip_space(c)) return true;
+      if (c == '[') {
+        take(1);
+        state_ = State::kArrayFirst;
+      } else if (c == '{') {
+        begin_object(State::kBetween);
+      } else if (is_name_char(c)) {
+        state_ = State::kMistralName;
+      } else {
+        fail();
+      }
+      return true;
+    case State::kMistralName: {
+      if (is_name_char(c)) {
+        name_ += c;
+        take(1);
+        return true;
+      }
+      const int args = match(kMistralArgs);
+      if (args < 0) return false;
+      if (args == 0) {
+        fail();
+        return true;
+      }
+      take(kMistralArgs.size());
+      start_call(std::exchange(name_, {}));
+      state_ = State::kMistralArgs;
+      return true;
+    }
+    case State::kMistralArgs: {
+      if (!args_) {
+        if (skip_space(c)) return true;
+        if (c != '{') {
+          fail();
+          return true;
+        }
+        args_ = std::make_unique<JsonValueScanner>(JsonValueScanner::Mode::kCompact);
+      }
+      std::string out;
+      const JsonValueScanner::Status status = args_->feed(c, out);
+      if (status == JsonValueScanner::Status::kError) {
+        fail();
+        return true;
+      }
+      take(1);
+      arguments(out);
+      if (status == JsonValueScanner::Status::kDone) {
+        args_.reset();
+        state_ = State::kBetween;
+      }
+      return true;
+    }
+    case State::kArrayFirst:
+    case State::kArrayItem:
+      if (skip_space(c)) return true;
+      if (c == '{')
+        begin_object(State::kArrayNext);
+      else
+        fail();
+      return true;
+    case State::kArrayNext:
+      if (skip_space(c)) return true;
+      if (c == ',') {
+        take(1);
+        state_ = State::kArrayItem;
+      } else if (c == ']') {
+        take(1);
+        state_ = choice_ == ToolChoice::kRequired ? State::kTrailing : State::kBetween;
+      } else {
+        fail();
+      }
+      return true;
+    case State::kTrailing:
+      if (!skip_space(c)) fail();
+      return true;
+    case State::kLlamaTagged:
+    case State::kLlamaNext:
+    case State::kLlamaAfterSemi:
+      if (skip_space(c)) return true;
+      if (c == '{') {
+        begin_object(State::kLlamaNext);
+      } else if (c == ';' && state_ == State::kLlamaNext) {
+        take(1);
+        state_ = State::kLlamaAfterSemi;
+      } else {
+        fail();
+      }
+      return true;
+  }
+  return true;
+}
+
+// One byte of a call's {"name": ..., "arguments": ...}: the call starts once its name is
+// read; arguments read before are held until then. Other members are checked and skipped.
+bool ToolCallStream::step_object(char c) {
+  Object& o = *object_;
+  using Status = JsonValueScanner::Status;
+  using Mode = JsonValueScanner::Mode;
+  switch (o.member) {
+    case Member::kFirst:
+    case Member::kNext:
+      if (skip_space(c)) return true;
+      if (c == '"') {
+        o.scanner = JsonValueScanner(Mode::kString);
+        o.key.clear();
+        std::string ignored;
+        o.scanner.feed(c, ignored);
+        o.member = Member::kKey;
+        take(1);
+      } else if (c == '}' && o.member == Member::kFirst) {
+        fail();  // a call without a name
+      } else {
+        fail();
+      }
+      return true;
+    case Member::kKey: {
+      const Status status = o.scanner.feed(c, o.key);
+      if (status == Status::kError) {
+        fail();
+        return true;
+      }
+      take(1);
+      if (status == Status::kDone) o.member = Member::kColon;
+      return true;
+    }
+    case Member::kColon:
+      if (skip_space(c)) return true;
+      if (c != ':') {
+        fail();
+        return true;
+      }
+      take(1);
+      o.member = Member::kValue;
+      return true;
+    case Member::kValue: {
+      if (skip_space(c)) return true;
+      const bool args_key = o.key == "arguments" || o.key == "parameters";
+      if (o.key == "name" && !o.has_name) {
+        if (c != '"') {
+          fail();
+          return true;
+        }
+        o.value = Value::kName;
+        o.scanner = JsonValueScanner(Mode::kString);
+      } else if (args_key && !o.has_arguments) {
+        // An object is passed on as JSON, a string (JSON written as a string) as its text.
+        if (c != '{' && c != '"') {
+          fail();
+          return true;
+        }
+        o.value = Value::kArguments;
+        o.scanner = JsonValueScanner(c == '{' ? Mode::kCompact : Mode::kString);
+      } else {
+        o.value = Value::kOther;
+        o.scanner = JsonValueScanner(Mode::kSkip);
+      }
+      o.member = Member::kInValue;
+      return true;
+    }
+    case Member::kInValue: {
+      std::string out;
+      const Status status = o.scanner.feed(c, out);
+      if (status == Status::kError) {
+        fail();
+        return true;
+      }
+      if (status != Status::kDoneBefore) take(1);
+      if (o.value == Value::kName) {
+        o.name += out;
+      } else if (o.value == Value::kArguments) {
+        if (o.has_name)
+          arguments(out);
+        else
+          o.held_arguments += out;
+      }
+      if (status == Status::kMore) return true;
+      if (o.value == Value::kName) {
+        o.has_name = true;
+        start_call(o.name);
+        arguments(std::exchange(o.held_arguments, {}));
+      } else if (o.value == Value::kArguments) {
+        o.has_arguments = true;
+      }
+      o.member = Member::kAfter;
+      return true;
+    }
+    case Member::kAfter:
+      if (skip_space(c)) return true;
+      if (c == ',') {
+        take(1);
+        o.member = Member::kNext;
+        return true;
+      }
+      if (c != '}') {
+        fail();
+        return true;
+      }
+      if (!o.has_name) {
+        fail();
+        return true;
+      }
+      take(1);
+      if (!o.has_arguments) arguments("{}");
+      object_.reset();
+      state_ = after_object_;
+      return true;
+  }
+  return true;
 }
 
 }  // namespace l2kv::server

@@ -271,6 +271,50 @@ describe("tools", () => {
     }
   });
 
+  test("auto with the hermes parser, streamed: OpenAI's deltas, the non-streamed answer", async () => {
+    // Text, then two calls in Qwen's format; streamed, each call's first delta carries its
+    // index, id, type and name (arguments ""), the later ones its index and arguments only.
+    const call = (name, args) => `<tool_call>\n\\{"name": "${name}", "arguments": \\{${args}\\}\\}\n</tool_call>`;
+    const regex = "Checking\\.\n" + call("get_weather", '"city": "[a-z]{2,8}"') + "\n" +
+      call("get_time", '"tz": "(UTC|CET)"');
+    const args = { model: "l2kv-ci", messages: ASK, tools: TOOLS, seed: 4, temperature: 1,
+      max_tokens: 120, structured_outputs: { regex } };
+    const whole = (await client.chat.completions.create(args)).choices[0];
+    assert.equal(whole.finish_reason, "tool_calls", JSON.stringify(whole.message));
+    assert.equal(whole.message.content, "Checking.");
+    assert.deepEqual(whole.message.tool_calls.map((t) => t.function.name), ["get_weather", "get_time"]);
+
+    const deltas = [];
+    const stream = await client.chat.completions.create({ ...args, stream: true });
+    const chunks = [];
+    for await (const chunk of stream) {
+      chunks.push(chunk);
+      for (const d of chunk.choices[0]?.delta?.tool_calls ?? []) deltas.push(d);
+    }
+    const { calls, finish, content } = await collectToolStream(chunks);
+    assert.deepEqual(finish, ["tool_calls"]);
+    assert.equal(content, whole.message.content);
+    assert.deepEqual(calls.map((c) => [c.name, c.arguments]),
+      whole.message.tool_calls.map((t) => [t.function.name, t.function.arguments]));
+    for (const [k, c] of calls.entries()) {
+      assertCall(c, `streamed call ${k}`);
+      const own = deltas.filter((d) => d.index === k);
+      assert.equal(own[0].type, "function");
+      assert.equal(own[0].id, c.id);
+      assert.equal(own[0].function.name, c.name);
+      assert.equal(own[0].function.arguments, "");
+      for (const d of own.slice(1)) {
+        assert.deepEqual(Object.keys(d).sort(), ["function", "index"], JSON.stringify(d));
+        assert.deepEqual(Object.keys(d.function), ["arguments"], JSON.stringify(d));
+      }
+      assert.ok(own.length > 2, `call ${k}: arguments in ${own.length - 1} pieces`);
+    }
+    // Calls come in order, and no content after the first call's start.
+    assert.deepEqual([...new Set(deltas.map((d) => d.index))], [0, 1]);
+    const first = chunks.findIndex((c) => c.choices[0]?.delta?.tool_calls);
+    assert.ok(chunks.slice(first).every((c) => !c.choices[0]?.delta?.content));
+  });
+
   test("the conversation continues with the call and its result", async () => {
     const r = await client.chat.completions.create({
       model: "l2kv-ci", tools: TOOLS, tool_choice: "none", max_tokens: 5, temperature: 0,
