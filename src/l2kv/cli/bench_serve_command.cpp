@@ -167,8 +167,10 @@ class StreamReader {
     return true;
   }
 
-  // Whether a choice carries output text (a chat delta's content or reasoning, or a
-  // completion's text); role-only and finish-only chunks carry none.
+  // Whether a choice carries output (a chat delta's content or reasoning, or a completion's
+  // text); role-only and finish-only chunks carry none. A completion chunk with empty text
+  // before the finish still marks a token, as vLLM's benchmark counts it: a server without a
+  // tokenizer streams its tokens so.
   bool text_of(const nlohmann::json& choice) const {
     auto non_empty = [](const nlohmann::json& obj, const char* key) {
       return obj.is_object() && obj.contains(key) && obj[key].is_string() &&
@@ -177,7 +179,9 @@ class StreamReader {
     if (chat_)
       return choice.contains("delta") && (non_empty(choice["delta"], "content") ||
                                           non_empty(choice["delta"], "reasoning_content"));
-    return non_empty(choice, "text");
+    const bool finishing = choice.contains("finish_reason") && !choice["finish_reason"].is_null();
+    return non_empty(choice, "text") ||
+           (!finishing && choice.contains("text") && choice["text"].is_string());
   }
 
   bool chat_;
