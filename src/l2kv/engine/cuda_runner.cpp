@@ -10,6 +10,36 @@
 #include "l2kv/sampling/token_bitmask.h"
 
 namespace l2kv {
+namespace {
+
+constexpr size_t kRowsPerThread = 4, kMaxRowThreads = 8;
+
+// Runs f(0) .. f(rows - 1), independent host work per row, on up to kMaxRowThreads threads of
+// at least kRowsPerThread rows; the first exception is rethrown after all have joined.
+template <typename F>
+void parallel_rows(size_t rows, F f) {
+  const size_t threads = std::min<size_t>(
+      {rows / kRowsPerThread, std::max(1u, std::thread::hardware_concurrency()), kMaxRowThreads});
+  if (threads <= 1) {
+    for (size_t i = 0; i < rows; ++i) f(i);
+    return;
+  }
+  std::vector<std::exception_ptr> errors(threads);
+  std::vector<std::thread> pool;
+  for (size_t t = 0; t < threads; ++t)
+    pool.emplace_back([&, t] {
+      try {
+        for (size_t i = t; i < rows; i += threads) f(i);
+      } catch (...) {
+        errors[t] = std::current_exception();
+      }
+    });
+  for (auto& th : pool) th.join();
+  for (const auto& e : errors)
+    if (e) std::rethrow_exception(e);
+}
+
+}  // namespace
 
 std::vector<int32_t> decode_graph_buckets(int32_t max_seqs) {
   std::vector<int32_t> sizes;
@@ -206,35 +236,13 @@ std::vector<SampledToken> CudaRunner::execute(const StepInput& step) {
 
 // One mask costs 0.02 ms from a grammar's cache and up to tens of ms for a parse state seen
 // the first time (bench/NOTES.md); 64 constrained rows on one thread outlast a decode step.
-// Rows are independent (each its own matcher; a shared CompiledGrammar locks its cache), so
-// several threads split them.
+// Rows are independent (each its own matcher; a shared CompiledGrammar locks its cache).
 void CudaRunner::fill_deferred_masks() {
-  const auto fill = [&](size_t i) {
+  parallel_rows(deferred_masks_.size(), [&](size_t i) {
     const auto& [seq, slot] = deferred_masks_[i];
     seq->fill_allowed_tokens(std::span<uint32_t>(
         host_masks_ + static_cast<int64_t>(slot) * mask_words_, static_cast<size_t>(mask_words_)));
-  };
-  const size_t rows = deferred_masks_.size();
-  const size_t threads =
-      std::min<size_t>({rows / kMaskRowsPerThread,
-                        std::max(1u, std::thread::hardware_concurrency()), kMaxMaskThreads});
-  if (threads <= 1) {
-    for (size_t i = 0; i < rows; ++i) fill(i);
-    return;
-  }
-  std::vector<std::exception_ptr> errors(threads);
-  std::vector<std::thread> pool;
-  for (size_t t = 0; t < threads; ++t)
-    pool.emplace_back([&, t] {
-      try {
-        for (size_t i = t; i < rows; i += threads) fill(i);
-      } catch (...) {
-        errors[t] = std::current_exception();
-      }
-    });
-  for (auto& th : pool) th.join();
-  for (const auto& e : errors)
-    if (e) std::rethrow_exception(e);
+  });
 }
 
 void CudaRunner::prompt_logprobs(const StepInput& step) {
@@ -255,10 +263,15 @@ void CudaRunner::prompt_logprobs(const StepInput& step) {
                                       sizeof(float) * static_cast<size_t>(rows * vocab),
                                       cudaMemcpyDeviceToHost, stream_));
       L2KV_CUDA_CHECK(cudaStreamSynchronize(stream_));
-      for (int32_t r = 0; r < rows; ++r)
-        s.prompt_logprobs_out->push_back(prompt_logprob_on_cpu(
-            std::span<const float>(host_prompt_logits_ + r * vocab, static_cast<size_t>(vocab)),
-            s.prompt_logprob_targets[static_cast<size_t>(done + r)], s.prompt_logprobs));
+      // A row's log-softmax, rank and top tokens read the whole vocabulary: rows in parallel.
+      std::vector<PromptLogprob> block(static_cast<size_t>(rows));
+      parallel_rows(block.size(), [&](size_t r) {
+        block[r] = prompt_logprob_on_cpu(
+            std::span<const float>(host_prompt_logits_ + static_cast<int64_t>(r) * vocab,
+                                   static_cast<size_t>(vocab)),
+            s.prompt_logprob_targets[static_cast<size_t>(done) + r], s.prompt_logprobs);
+      });
+      for (PromptLogprob& row : block) s.prompt_logprobs_out->push_back(std::move(row));
     }
     first_row += static_cast<int64_t>(s.tokens.size());
   }

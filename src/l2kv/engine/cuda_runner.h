@@ -100,7 +100,6 @@ class CudaRunner : public ModelRunner {
     int32_t slot;  // its row of host_masks_
   };
   std::vector<DeferredMask> deferred_masks_;
-  static constexpr size_t kMaskRowsPerThread = 4, kMaxMaskThreads = 8;
   void fill_deferred_masks();
   // Prompt logprobs: kPromptLogprobRows rows of fp32 logits on the device and pinned on the
   // host, allocated by the first step that asks for them.
