@@ -219,7 +219,7 @@ nlohmann::ordered_json run_e2e_point(Engine& engine, const ModelConfig& c, int64
   struct Tracked {
     int32_t length = 0;  // prompt + generated
     int32_t generated = 0;
-    double first_token_s = -1, finish_s = -1;
+    double submitted_s = 0, first_token_s = -1, finish_s = -1;
     bool finished = false;
   };
   std::vector<Tracked> tracked(static_cast<size_t>(num_prompts));
@@ -237,6 +237,7 @@ nlohmann::ordered_json run_e2e_point(Engine& engine, const ModelConfig& c, int64
     r.params.min_tokens = output_len;
     Tracked* t = &tracked[static_cast<size_t>(submitted)];
     t->length = input_len;
+    t->submitted_s = seconds_since(start);
     r.on_output = [t, &start, &in_flight, &finished, &failure](const RequestOutput& out) {
       const double now = seconds_since(start);
       if (!out.new_tokens.empty() && t->first_token_s < 0) t->first_token_s = now;
@@ -302,14 +303,22 @@ nlohmann::ordered_json run_e2e_point(Engine& engine, const ModelConfig& c, int64
   double tpot_sum = 0;
   int32_t tpot_count = 0;
   int64_t tokens = 0;
+  std::vector<double> ttft_ms;  // from submission (a queued request waits too) to first token
   for (const auto& t : tracked) {
     tokens += t.generated;
+    if (t.first_token_s >= 0) ttft_ms.push_back((t.first_token_s - t.submitted_s) * 1e3);
     if (t.generated > 1) {
       tpot_sum += (t.finish_s - t.first_token_s) / (t.generated - 1);
       ++tpot_count;
     }
   }
   const double mbu = decode_s > 0 ? decode_bytes / (decode_s * ceiling) : 0;
+  double ttft_median_ms = 0;
+  if (!ttft_ms.empty()) {
+    std::sort(ttft_ms.begin(), ttft_ms.end());
+    const size_t n = ttft_ms.size();
+    ttft_median_ms = n % 2 ? ttft_ms[n / 2] : (ttft_ms[n / 2 - 1] + ttft_ms[n / 2]) / 2;
+  }
   const CudaRunner::StepProfile& prof = runner.profile();
   const double steps = static_cast<double>(std::max<int64_t>(1, prof.steps));
   const double step_wall_ms = (prefill_s + decode_s) * 1e3 / steps;
@@ -324,6 +333,7 @@ nlohmann::ordered_json run_e2e_point(Engine& engine, const ModelConfig& c, int64
           {"seconds", wall},
           {"output_tokens_per_s", tokens / wall},
           {"tpot_ms", tpot_count ? tpot_sum / tpot_count * 1e3 : 0.0},
+          {"ttft_median_ms", ttft_median_ms},
           {"prefill_s", prefill_s},
           {"decode_s", decode_s},
           {"step_ms", decode_steps ? decode_s / decode_steps * 1e3 : 0.0},
@@ -435,12 +445,12 @@ int run_bench(const BenchOptions& o) {
           prompts_sent += prompts;
           point["model"] = o.model.model;
           std::printf(
-              "e2e     %-14s conc=%-4d out=%-5d %9.1f tok/s  TPOT %7.2f ms  prefill %6.2f s"
-              "  decode %7.2f s  MBU %.3f  (max running %d)\n",
+              "e2e     %-14s conc=%-4d out=%-5d %9.1f tok/s  TTFT %8.1f ms (median)  TPOT %7.2f ms"
+              "  prefill %6.2f s  decode %7.2f s  MBU %.3f  (max running %d)\n",
               v.name.c_str(), conc, output_len, point["output_tokens_per_s"].get<double>(),
-              point["tpot_ms"].get<double>(), point["prefill_s"].get<double>(),
-              point["decode_s"].get<double>(), point["mbu"].get<double>(),
-              point["max_concurrency_reached"].get<int>());
+              point["ttft_median_ms"].get<double>(), point["tpot_ms"].get<double>(),
+              point["prefill_s"].get<double>(), point["decode_s"].get<double>(),
+              point["mbu"].get<double>(), point["max_concurrency_reached"].get<int>());
           const auto& prof = point["step_profile_ms"];
           std::printf(
               "        per step: host prepare %.3f ms, GPU forward %.3f ms, GPU sampling "
