@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "bench_kernels.h"
+#include "l2kv/cli/latency_stats.h"
 #include "l2kv/cli/model_loading.h"
 #include "l2kv/core/cuda_check.h"
 #include "l2kv/core/device_info.h"
@@ -313,12 +314,6 @@ nlohmann::ordered_json run_e2e_point(Engine& engine, const ModelConfig& c, int64
     }
   }
   const double mbu = decode_s > 0 ? decode_bytes / (decode_s * ceiling) : 0;
-  double ttft_median_ms = 0;
-  if (!ttft_ms.empty()) {
-    std::sort(ttft_ms.begin(), ttft_ms.end());
-    const size_t n = ttft_ms.size();
-    ttft_median_ms = n % 2 ? ttft_ms[n / 2] : (ttft_ms[n / 2 - 1] + ttft_ms[n / 2]) / 2;
-  }
   const CudaRunner::StepProfile& prof = runner.profile();
   const double steps = static_cast<double>(std::max<int64_t>(1, prof.steps));
   const double step_wall_ms = (prefill_s + decode_s) * 1e3 / steps;
@@ -333,7 +328,7 @@ nlohmann::ordered_json run_e2e_point(Engine& engine, const ModelConfig& c, int64
           {"seconds", wall},
           {"output_tokens_per_s", tokens / wall},
           {"tpot_ms", tpot_count ? tpot_sum / tpot_count * 1e3 : 0.0},
-          {"ttft_median_ms", ttft_median_ms},
+          {"ttft_median_ms", percentile(std::move(ttft_ms), 50)},
           {"prefill_s", prefill_s},
           {"decode_s", decode_s},
           {"step_ms", decode_steps ? decode_s / decode_steps * 1e3 : 0.0},
