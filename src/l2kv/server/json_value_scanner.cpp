@@ -3,6 +3,9 @@
 #include <cstdio>
 #include <nlohmann/json.hpp>
 
+#include "l2kv/core/hex_digit.h"
+#include "l2kv/tokenizer/utf8.h"
+
 namespace l2kv::server {
 namespace {
 
@@ -12,31 +15,6 @@ bool is_space(char c) {
 
 bool is_number_char(char c) {
   return (c >= '0' && c <= '9') || c == '-' || c == '+' || c == '.' || c == 'e' || c == 'E';
-}
-
-int hex_value(char c) {
-  if (c >= '0' && c <= '9') return c - '0';
-  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-  return -1;
-}
-
-void append_utf8(uint32_t cp, std::string& out) {
-  if (cp < 0x80) {
-    out += static_cast<char>(cp);
-  } else if (cp < 0x800) {
-    out += static_cast<char>(0xC0 | (cp >> 6));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  } else if (cp < 0x10000) {
-    out += static_cast<char>(0xE0 | (cp >> 12));
-    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  } else {
-    out += static_cast<char>(0xF0 | (cp >> 18));
-    out += static_cast<char>(0x80 | ((cp >> 12) & 0x3F));
-    out += static_cast<char>(0x80 | ((cp >> 6) & 0x3F));
-    out += static_cast<char>(0x80 | (cp & 0x3F));
-  }
 }
 
 }  // namespace
@@ -50,7 +28,7 @@ std::string JsonValueScanner::pending() const {
 void JsonValueScanner::put_codepoint(uint32_t cp, std::string& out) const {
   if (mode_ == Mode::kSkip) return;
   if (mode_ == Mode::kString) {
-    append_utf8(cp, out);
+    utf8::append(out, cp);
     return;
   }
   switch (cp) {
@@ -84,7 +62,7 @@ void JsonValueScanner::put_codepoint(uint32_t cp, std::string& out) const {
     out += buf;
     return;
   }
-  append_utf8(cp, out);
+  utf8::append(out, cp);
 }
 
 JsonValueScanner::Status JsonValueScanner::value_done() {
@@ -198,7 +176,7 @@ JsonValueScanner::Status JsonValueScanner::feed_string(unsigned char c, std::str
     return Status::kMore;
   }
   if (escape_ == 2 || escape_ == 5) {
-    const int v = hex_value(static_cast<char>(c));
+    const int v = hex_digit_value(static_cast<char>(c));
     if (v < 0) return Status::kError;
     escape_raw_ += static_cast<char>(c);
     hex_ = hex_ * 16 + static_cast<uint32_t>(v);

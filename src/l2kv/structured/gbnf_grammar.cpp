@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "l2kv/core/error.h"
+#include "l2kv/core/hex_digit.h"
 #include "l2kv/tokenizer/utf8.h"
 
 namespace l2kv::structured {
@@ -86,15 +87,9 @@ class GbnfParser {
     for (size_t i = 0; i < digits; ++i) {
       if (pos_ >= t_.size()) fail("hex digits");
       const char c = t_[pos_++];
-      v <<= 4;
-      if (c >= '0' && c <= '9')
-        v |= c - '0';
-      else if (c >= 'a' && c <= 'f')
-        v |= c - 'a' + 10;
-      else if (c >= 'A' && c <= 'F')
-        v |= c - 'A' + 10;
-      else
-        fail("a hex digit");
+      const int d = hex_digit_value(c);
+      if (d < 0) fail("a hex digit");
+      v = v << 4 | static_cast<uint32_t>(d);
     }
     return v;
   }
@@ -124,12 +119,8 @@ class GbnfParser {
           return static_cast<uint8_t>(e);
       }
     }
-    const int len = b < 0x80 ? 1 : b >= 0xF0 ? 4 : b >= 0xE0 ? 3 : 2;
-    if (pos_ + len > t_.size()) fail("valid UTF-8");
-    uint32_t cp = len == 1 ? b : len == 2 ? (b & 0x1F) : len == 3 ? (b & 0x0F) : (b & 0x07);
-    for (int i = 1; i < len; ++i) cp = (cp << 6) | (static_cast<uint8_t>(t_[pos_ + i]) & 0x3F);
-    pos_ += len;
-    return cp;
+    if (utf8::valid_sequence_length(t_, pos_) == 0) fail("valid UTF-8");
+    return utf8::next(t_, pos_);
   }
 
   Element char_class() {

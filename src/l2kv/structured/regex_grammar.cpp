@@ -3,6 +3,7 @@
 #include <cstdio>
 
 #include "l2kv/core/error.h"
+#include "l2kv/core/hex_digit.h"
 #include "l2kv/tokenizer/utf8.h"
 
 namespace l2kv::structured {
@@ -189,13 +190,8 @@ class RegexParser {
 
   // One character of the pattern (a whole UTF-8 sequence).
   uint32_t literal_code_point() {
-    const auto b = static_cast<uint8_t>(p_[pos_]);
-    int len = b < 0x80 ? 1 : b >= 0xF0 ? 4 : b >= 0xE0 ? 3 : 2;
-    if (pos_ + len > p_.size()) fail("invalid UTF-8");
-    uint32_t cp = len == 1 ? b : len == 2 ? (b & 0x1F) : len == 3 ? (b & 0x0F) : (b & 0x07);
-    for (int i = 1; i < len; ++i) cp = (cp << 6) | (static_cast<uint8_t>(p_[pos_ + i]) & 0x3F);
-    pos_ += len;
-    return cp;
+    if (utf8::valid_sequence_length(p_, pos_) == 0) fail("invalid UTF-8");
+    return utf8::next(p_, pos_);
   }
 
   uint32_t hex(size_t digits) {
@@ -203,15 +199,9 @@ class RegexParser {
     uint32_t v = 0;
     for (size_t i = 0; i < digits; ++i) {
       const char c = p_[pos_++];
-      v <<= 4;
-      if (c >= '0' && c <= '9')
-        v |= c - '0';
-      else if (c >= 'a' && c <= 'f')
-        v |= c - 'a' + 10;
-      else if (c >= 'A' && c <= 'F')
-        v |= c - 'A' + 10;
-      else
-        fail("bad hex digit in escape");
+      const int d = hex_digit_value(c);
+      if (d < 0) fail("bad hex digit in escape");
+      v = v << 4 | static_cast<uint32_t>(d);
     }
     return v;
   }
