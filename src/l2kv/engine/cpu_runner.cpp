@@ -56,6 +56,8 @@ std::vector<SampledToken> CpuRunner::execute(const StepInput& step) {
     }
     if (!seq.sample) continue;
     last_rows.insert(last_rows.end(), logits.end() - vocab, logits.end());
+    if (!seq.sampling.allowed_tokens.empty())
+      throw Error("CpuRunner: masks come through StepSequence::fill_allowed_tokens");
     rows.push_back(seq.sampling);
     if (seq.fill_allowed_tokens) {
       masks.emplace_back(static_cast<size_t>((vocab + 31) / 32));

@@ -174,17 +174,9 @@ std::vector<SampledToken> CudaRunner::execute(const StepInput& step) {
     const SamplingParams& p = *row.params;
     if (p.repetition_penalty == 1.f && p.presence_penalty == 0.f && p.frequency_penalty == 0.f)
       row.prompt_tokens = {}, row.output_tokens = {};  // no history to upload
-    if (!row.allowed_tokens.empty()) {
-      if (static_cast<int64_t>(row.allowed_tokens.size()) != mask_words_ ||
-          masked_rows >= mask_rows_)
-        throw Error("CudaRunner: an allowed-token mask of " +
-                    std::to_string(row.allowed_tokens.size()) + " words, expected " +
-                    std::to_string(mask_words_));
-      std::copy(row.allowed_tokens.begin(), row.allowed_tokens.end(),
-                host_masks_ + static_cast<int64_t>(masked_rows) * mask_words_);
-      host_mask_rows_[masked_rows++] = static_cast<int32_t>(rows_.size());
-      row.allowed_tokens = {};  // applied to the logits below
-    } else if (s.fill_allowed_tokens) {
+    if (!row.allowed_tokens.empty())
+      throw Error("CudaRunner: masks come through StepSequence::fill_allowed_tokens");
+    if (s.fill_allowed_tokens) {
       if (masked_rows >= mask_rows_)
         throw Error("CudaRunner: more constrained rows than the " + std::to_string(mask_rows_) +
                     " prepared");

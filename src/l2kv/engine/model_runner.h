@@ -24,9 +24,9 @@ struct StepSequence {
   bool sample = false;                   // the chunk ends the known tokens: sample the next one
   SamplingRow sampling;                  // valid when sample
   // Structured outputs, when sample: writes the row's allowed-token mask (the layout of
-  // SamplingRow::allowed_tokens, which it replaces). The runner calls it once per step, as
-  // late as it can: a GPU runner after launching the forward, so the host's grammar work
-  // overlaps the GPU's. Unset: sampling.allowed_tokens as given.
+  // SamplingRow::allowed_tokens, which stays empty here: this is a runner's only source of
+  // masks). The runner calls it once per step, as late as it can: a GPU runner after launching
+  // the forward, so the host's grammar work overlaps the GPU's.
   std::function<void(std::span<uint32_t>)> fill_allowed_tokens;
   // Prompt logprobs, only for a runner that supports_prompt_logprobs(): row
   // `prompt_logprobs_row + i` of the chunk predicts `prompt_logprob_targets[i]`; the runner
