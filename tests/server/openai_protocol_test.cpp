@@ -26,6 +26,14 @@ ApiRequest chat(const std::string& body) {
   return parse_chat_request(json::parse(body), kLimits);
 }
 
+// The grammars' vocabulary of kLimits' 100 ids: id c spells printable ASCII character
+// 0x20 + c % 95, and id 99 is EOS.
+std::shared_ptr<const structured::TokenVocabulary> printable_vocabulary() {
+  std::vector<std::string> tokens;
+  for (int c = 0; c < 100; ++c) tokens.emplace_back(1, static_cast<char>(0x20 + c % 95));
+  return std::make_shared<structured::TokenVocabulary>(tokens, std::vector<int32_t>{99});
+}
+
 // Runs `parse` and returns the ApiError it throws.
 template <typename F>
 ApiError error_of(F parse) {
@@ -298,10 +306,7 @@ TEST(OpenAiProtocol, RefusesFieldsItDoesNotImplement) {
 // Structured outputs: each form compiles to a grammar (cached per constraint text), and what
 // cannot be compiled or combined is a 400 naming the field and the keyword.
 TEST(OpenAiProtocol, StructuredOutputs) {
-  std::vector<std::string> tokens;
-  for (int c = 0; c < 100; ++c) tokens.emplace_back(1, static_cast<char>(0x20 + c % 95));
-  structured::GrammarCache cache(
-      std::make_shared<structured::TokenVocabulary>(tokens, std::vector<int32_t>{99}));
+  structured::GrammarCache cache(printable_vocabulary());
   ServerLimits limits = kLimits;
   limits.grammars = &cache;
   const std::string msgs = R"("messages": [{"role": "user", "content": "x"}])";
@@ -410,10 +415,7 @@ TEST(OpenAiProtocol, RefusesUnknownRolesAndMalformedMessages) {
 // Tools: the list is validated and passed to the template, tool messages reach it too;
 // "required" and a named function are forced by a grammar, "auto" needs the server's parser.
 TEST(OpenAiProtocol, Tools) {
-  std::vector<std::string> tokens;
-  for (int c = 0; c < 100; ++c) tokens.emplace_back(1, static_cast<char>(0x20 + c % 95));
-  structured::GrammarCache cache(
-      std::make_shared<structured::TokenVocabulary>(tokens, std::vector<int32_t>{99}));
+  structured::GrammarCache cache(printable_vocabulary());
   ServerLimits limits = kLimits;
   limits.grammars = &cache;
   const std::string tools = R"("tools": [{"type": "function", "function": {"name": "get_weather",
