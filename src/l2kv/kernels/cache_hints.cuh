@@ -68,6 +68,15 @@ __device__ __forceinline__ void cp_async_16_hinted(void* smem, const void* gmem,
                "l"(policy)
                : "memory");
 }
+// A 16-byte async copy of streamed data (read once): L1 bypassed, the L2 fetch widened to
+// 256 bytes as ld_stream_16 does. `src_bytes` 0 reads nothing and zero-fills.
+__device__ __forceinline__ void cp_async_16_stream(void* smem, const void* gmem,
+                                                   uint32_t src_bytes) {
+  const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16, %2;" ::"r"(s), "l"(gmem),
+               "r"(src_bytes)
+               : "memory");
+}
 __device__ __forceinline__ void cp_async_commit() {
   asm volatile("cp.async.commit_group;" ::: "memory");
 }

@@ -8,9 +8,12 @@
 // Lane (g, t) = (lane / 4, lane % 4) loads 8 consecutive k of W rows g and g + 8 and of x row
 // g (one 16-byte vector each); those are exactly the k its A and B fragments of two
 // m16n8k16 need: logical k {2t, 2t+1, 2t+8, 2t+9} of the first mma are physical k 8t + 0..3,
-// of the second 8t + 4..7. Loads go straight into fragments: no shared-memory staging, no
-// shuffles. The 4 lanes of a row read 64 contiguous bytes per load instruction (whole
-// sectors); an iteration covers 64 * kUnroll contiguous bytes of each of the 16 rows.
+// of the second 8t + 4..7. The 4 lanes of a row read 64 contiguous bytes per load instruction
+// (whole sectors); an iteration covers 64 * kUnroll contiguous bytes of each of the 16 rows.
+//
+// Where the weights wait: up to 8 rows (kRing) each lane copies its own vectors with cp.async
+// into a per-warp ring of three stages in shared memory and reads them back into fragments
+// (no lane reads another's, so no barrier); at 9-16 rows they load straight into registers.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -39,14 +42,18 @@ constexpr int kLanesPerRow = 4;    // lanes that share a W row in one load instr
 // vectors in flight (NTiles = 1). More blocks fit where registers allow.
 constexpr int kMinBlocksPerSm = 2;
 
-template <int kNTiles>
+template <int kNTiles, bool kRing>
 struct GemvTiling {
   // 16-byte loads per W row per lane per iteration; each lane has 2 * kUnroll weight loads
   // (rows g and g + 8) in flight. With two x tiles the x vectors take as many registers as
-  // the weights, so fewer.
-  static constexpr int kUnroll = kNTiles == 1 ? 8 : 4;
+  // the weights, so fewer. The ring form keeps its in-flight weights in shared memory: a
+  // stage of 4 vectors per row, three stages per warp (96 KB per block, two blocks per SM).
+  static constexpr int kUnroll = kRing || kNTiles != 1 ? 4 : 8;
+  static constexpr int kStages = kRing ? 3 : 0;
   static constexpr int kVecsPerIter = kLanesPerRow * kUnroll;  // of one row, per warp iteration
   static constexpr int kAccs = 4 * kNTiles;                    // fp32 accumulators per lane
+  static constexpr int kStageVecs = 2 * kUnroll * kWarpSize;   // per warp and stage
+  static constexpr int kSmemBytes = kWarps * kStages * kStageVecs * 16;
 };
 
 struct GemvParams {
@@ -59,9 +66,8 @@ struct GemvParams {
 };
 
 // The W vectors of one warp iteration: kUnroll of each of the lane's two rows (g and g + 8).
-template <int kNTiles>
+template <int kUnroll>
 struct WeightVecs {
-  static constexpr int kUnroll = GemvTiling<kNTiles>::kUnroll;
   uint4 lo[kUnroll], hi[kUnroll];
 };
 
@@ -69,12 +75,12 @@ struct WeightVecs {
 // pointers). kTail: vectors at or past `lane_vecs` (the row length in vectors minus t) read
 // nothing and count as zeros; `in` is a multiple of 8, so a vector is wholly inside the row or
 // wholly outside.
-template <int kNTiles, bool kTail>
-__device__ __forceinline__ void load_weights(WeightVecs<kNTiles>& wv, const uint4* w_lo,
+template <int kUnroll, bool kTail>
+__device__ __forceinline__ void load_weights(WeightVecs<kUnroll>& wv, const uint4* w_lo,
                                              const uint4* w_hi, int64_t first_vec,
                                              int64_t lane_vecs) {
 #pragma unroll
-  for (int u = 0; u < WeightVecs<kNTiles>::kUnroll; ++u) {
+  for (int u = 0; u < kUnroll; ++u) {
     const int64_t v = first_vec + u * kLanesPerRow;
     if (!kTail || v < lane_vecs) {
       wv.lo[u] = ptx::ld_stream_16(w_lo + v);
@@ -85,10 +91,57 @@ __device__ __forceinline__ void load_weights(WeightVecs<kNTiles>& wv, const uint
   }
 }
 
-// Where a lane's x vectors come from: the 16-bit x rows (kNorm false), or, for the RMSNorm
-// prologue, the fp32 residual rows scaled by each row's 1 / rms and the norm's weight, rounded
-// as ops::add_rmsnorm rounds. Pointers are at the lane's offset t; `v` counts vectors from it.
-template <typename T, int kNTiles, bool kNorm>
+// The ring form's copies of one iteration into a stage (the lane's vectors at stage[i * 32 +
+// lane], conflict-free): vectors at or past `lane_vecs` read nothing and land as zeros.
+template <int kUnroll>
+__device__ __forceinline__ void issue_stage(uint4* stage, const uint4* w_lo, const uint4* w_hi,
+                                            int64_t first_vec, int64_t lane_vecs, int lane) {
+#pragma unroll
+  for (int u = 0; u < kUnroll; ++u) {
+    const int64_t v = first_vec + u * kLanesPerRow;
+    const bool inside = v < lane_vecs;
+    ptx::cp_async_16_stream(stage + (2 * u) * kWarpSize + lane, inside ? w_lo + v : w_lo,
+                            inside ? 16u : 0u);
+    ptx::cp_async_16_stream(stage + (2 * u + 1) * kWarpSize + lane, inside ? w_hi + v : w_hi,
+                            inside ? 16u : 0u);
+  }
+}
+
+template <int kUnroll>
+__device__ __forceinline__ void read_stage(WeightVecs<kUnroll>& wv, const uint4* stage, int lane) {
+#pragma unroll
+  for (int u = 0; u < kUnroll; ++u) {
+    wv.lo[u] = stage[(2 * u) * kWarpSize + lane];
+    wv.hi[u] = stage[(2 * u + 1) * kWarpSize + lane];
+  }
+}
+
+// Where a lane's x vectors come from: the 16-bit x rows in global memory (kGlobal) or in shared
+// memory (kShared: the ring form's RMSNorm prologue normalizes x there once per block), or, for
+// the register form's RMSNorm prologue, the fp32 residual rows scaled by each row's 1 / rms and
+// the norm's weight in every iteration (kNormInline). Either norm rounds as ops::add_rmsnorm
+// rounds. Pointers are at the lane's offset t; `v` counts vectors from it.
+enum class XFrom : uint8_t { kGlobal, kShared, kNormInline };
+
+// x[k .. k + 7] of one row under RMSNorm: round(gamma * (residual * scale)).
+template <typename T>
+__device__ __forceinline__ uint4 normalized_vec(const float* residual, const uint4* gamma,
+                                                float scale) {
+  using Traits = tc::ElementTraits<T>;
+  const float4* r = reinterpret_cast<const float4*>(residual);
+  const float4 r0 = __ldg(r), r1 = __ldg(r + 1);
+  const uint4 graw = __ldg(gamma);
+  const T* gm = reinterpret_cast<const T*>(&graw);
+  const float rv[kElemsPerVec] = {r0.x, r0.y, r0.z, r0.w, r1.x, r1.y, r1.z, r1.w};
+  uint4 out;
+  T* o = reinterpret_cast<T*>(&out);
+#pragma unroll
+  for (int e = 0; e < kElemsPerVec; ++e)
+    o[e] = Traits::from_float(Traits::to_float(gm[e]) * (rv[e] * scale));
+  return out;
+}
+
+template <typename T, int kNTiles, XFrom kFrom>
 struct XSource {
   const uint4* x[kNTiles];
   const float* residual[kNTiles];
@@ -96,31 +149,20 @@ struct XSource {
   const uint4* gamma;
 
   __device__ __forceinline__ uint4 load(int nt, int64_t v) const {
-    if constexpr (!kNorm) {
+    if constexpr (kFrom == XFrom::kGlobal)
       return __ldg(x[nt] + v);
-    } else {
-      using Traits = tc::ElementTraits<T>;
-      const float4* r = reinterpret_cast<const float4*>(residual[nt] + v * kElemsPerVec);
-      const float4 r0 = __ldg(r), r1 = __ldg(r + 1);
-      const uint4 graw = __ldg(gamma + v);
-      const T* gm = reinterpret_cast<const T*>(&graw);
-      const float rv[kElemsPerVec] = {r0.x, r0.y, r0.z, r0.w, r1.x, r1.y, r1.z, r1.w};
-      uint4 out;
-      T* o = reinterpret_cast<T*>(&out);
-#pragma unroll
-      for (int e = 0; e < kElemsPerVec; ++e)
-        o[e] = Traits::from_float(Traits::to_float(gm[e]) * (rv[e] * scale[nt]));
-      return out;
-    }
+    else if constexpr (kFrom == XFrom::kShared)
+      return x[nt][v];
+    else
+      return normalized_vec<T>(residual[nt] + v * kElemsPerVec, gamma + v, scale[nt]);
   }
 };
 
 // The matching x vectors of the iteration, then 2 * kUnroll * kNTiles mma.
-template <typename T, int kNTiles, bool kTail, bool kNorm>
-__device__ __forceinline__ void multiply(float (&acc)[kNTiles][4], const WeightVecs<kNTiles>& wv,
-                                         const XSource<T, kNTiles, kNorm>& xs, int64_t first_vec,
+template <typename T, int kNTiles, int kUnroll, bool kTail, XFrom kFrom>
+__device__ __forceinline__ void multiply(float (&acc)[kNTiles][4], const WeightVecs<kUnroll>& wv,
+                                         const XSource<T, kNTiles, kFrom>& xs, int64_t first_vec,
                                          int64_t lane_vecs) {
-  constexpr int kUnroll = GemvTiling<kNTiles>::kUnroll;
   uint4 b[kUnroll][kNTiles];
 #pragma unroll
   for (int u = 0; u < kUnroll; ++u) {
@@ -151,13 +193,15 @@ __device__ __forceinline__ OutT to_output(float v) {
     return tc::ElementTraits<OutT>::from_float(v);
 }
 
-template <typename T, typename OutT, int kNTiles, bool kNorm, GemvEpilogue kEpilogue>
+template <typename T, typename OutT, int kNTiles, bool kNorm, GemvEpilogue kEpilogue, bool kRing>
 __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) gemv_kernel(GemvParams p) {
   // A kernel launched behind this one with programmatic dependent launch may start now; it
   // waits for this grid before reading its output.
   ptx::launch_dependents();
-  using Tiling = GemvTiling<kNTiles>;
+  using Tiling = GemvTiling<kNTiles, kRing>;
+  constexpr int kUnroll = Tiling::kUnroll;
   __shared__ float partial[kWarps][Tiling::kAccs][kWarpSize];
+  extern __shared__ uint4 ring[];  // kRing: [warp][stage][Tiling::kStageVecs]
   __shared__ float row_sumsq[kGemvMaxRows];
 
   const int lane = static_cast<int>(threadIdx.x) % kWarpSize;
@@ -173,53 +217,104 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) gemv_kernel(GemvPar
   const uint4* w = static_cast<const uint4*>(p.w);
   const uint4* w_lo = w + w_row_lo * vecs + t;
   const uint4* w_hi = w + w_row_hi * vecs + t;
-  XSource<T, kNTiles, kNorm> xs;
+  // The ring form normalizes x once per block into shared memory, after the ring.
+  constexpr XFrom kFrom = !kNorm ? XFrom::kGlobal : kRing ? XFrom::kShared : XFrom::kNormInline;
+  uint4* x_stage = ring + kWarps * Tiling::kStages * Tiling::kStageVecs;  // [rows][vecs]
+  XSource<T, kNTiles, kFrom> xs;
   int64_t x_rows[kNTiles];
 #pragma unroll
   for (int nt = 0; nt < kNTiles; ++nt) {
     x_rows[nt] = min(int64_t{nt * kColsPerTile + g}, p.rows - 1);
-    if constexpr (kNorm)
+    if constexpr (kFrom == XFrom::kNormInline)
       xs.residual[nt] = f.norm_residual + x_rows[nt] * p.in + t * kElemsPerVec;
+    else if constexpr (kFrom == XFrom::kShared)
+      xs.x[nt] = x_stage + x_rows[nt] * vecs + t;
     else
       xs.x[nt] = static_cast<const uint4*>(p.x) + x_rows[nt] * vecs + t;
   }
-  if constexpr (kNorm) xs.gamma = static_cast<const uint4*>(f.norm_weight) + t;
+  if constexpr (kFrom == XFrom::kNormInline)
+    xs.gamma = static_cast<const uint4*>(f.norm_weight) + t;
   if constexpr (kEpilogue == GemvEpilogue::kResidualAdd)
     if (threadIdx.x < kGemvMaxRows) row_sumsq[threadIdx.x] = 0.f;
 
   const int64_t full_iters = vecs / Tiling::kVecsPerIter;
   const bool has_tail = vecs % Tiling::kVecsPerIter != 0;
-  // The weights do not depend on the kernel ahead: the warp's first iteration of them is in
-  // flight before the wait below, so with PDL the blocks resident early (up to 64 KB each)
-  // stream weights while that kernel drains.
-  WeightVecs<kNTiles> wv;
-  int64_t it = warp;
-  if (it < full_iters)
-    load_weights<kNTiles, false>(wv, w_lo, w_hi, it * Tiling::kVecsPerIter, vecs - t);
-  else if (it == full_iters && has_tail)
-    load_weights<kNTiles, true>(wv, w_lo, w_hi, it * Tiling::kVecsPerIter, vecs - t);
   // With PDL the kernel ahead (which writes x, or the residual and its sums of squares) may
   // still run: wait for it before reading them.
-  if (p.pdl) ptx::grid_dependency_wait();
-  if constexpr (kNorm) {
+  auto wait_for_inputs = [&] {
+    if (p.pdl) ptx::grid_dependency_wait();
+    if constexpr (kFrom == XFrom::kNormInline) {
 #pragma unroll
-    for (int nt = 0; nt < kNTiles; ++nt)
-      xs.scale[nt] = __frsqrt_rn(f.norm_sumsq[x_rows[nt]] / static_cast<float>(p.in) + f.eps);
-    if (f.clear_sumsq != nullptr && blockIdx.x == 0 && threadIdx.x < kGemvMaxRows)
-      f.clear_sumsq[threadIdx.x] = 0.f;
-  }
-
+      for (int nt = 0; nt < kNTiles; ++nt)
+        xs.scale[nt] = __frsqrt_rn(f.norm_sumsq[x_rows[nt]] / static_cast<float>(p.in) + f.eps);
+    } else if constexpr (kFrom == XFrom::kShared) {
+      const uint4* gamma = static_cast<const uint4*>(f.norm_weight);
+      for (int64_t m = 0; m < p.rows; ++m) {
+        const float scale = __frsqrt_rn(f.norm_sumsq[m] / static_cast<float>(p.in) + f.eps);
+        for (int64_t v = threadIdx.x; v < vecs; v += kThreads)
+          x_stage[m * vecs + v] =
+              normalized_vec<T>(f.norm_residual + m * p.in + v * kElemsPerVec, gamma + v, scale);
+      }
+      __syncthreads();
+    }
+    if constexpr (kNorm)
+      if (f.clear_sumsq != nullptr && blockIdx.x == 0 && threadIdx.x < kGemvMaxRows)
+        f.clear_sumsq[threadIdx.x] = 0.f;
+  };
   float acc[kNTiles][4] = {};
-  for (; it < full_iters; it += kWarps) {
-    if (it != warp)
-      load_weights<kNTiles, false>(wv, w_lo, w_hi, it * Tiling::kVecsPerIter, vecs - t);
-    multiply<T, kNTiles, false>(acc, wv, xs, it * Tiling::kVecsPerIter, vecs - t);
-  }
-  // The partial last iteration belongs to the warp whose turn it is.
-  if (it == full_iters && has_tail) {
-    if (it != warp)
-      load_weights<kNTiles, true>(wv, w_lo, w_hi, it * Tiling::kVecsPerIter, vecs - t);
-    multiply<T, kNTiles, true>(acc, wv, xs, it * Tiling::kVecsPerIter, vecs - t);
+  WeightVecs<kUnroll> wv;
+  if constexpr (kRing) {
+    // The warp's iterations are warp, warp + kWarps, ...; its stage s holds iteration j with
+    // j % kStages == s. All stages are requested before the wait below (the weights do not
+    // depend on the kernel ahead), then each consumed stage is refilled right after its mma, so
+    // kStages - 1 to kStages iterations stay in flight without holding registers.
+    constexpr int kStages = Tiling::kStages;
+    const int64_t iters = full_iters + (has_tail ? 1 : 0);
+    const int count = warp < iters ? static_cast<int>((iters - warp + kWarps - 1) / kWarps) : 0;
+    uint4* stages = ring + static_cast<int64_t>(warp) * kStages * Tiling::kStageVecs;
+    auto issue = [&](int j, int s) {
+      if (j < count)
+        issue_stage<kUnroll>(stages + s * Tiling::kStageVecs, w_lo, w_hi,
+                             (warp + int64_t{j} * kWarps) * Tiling::kVecsPerIter, vecs - t, lane);
+      ptx::cp_async_commit();  // empty groups too: wait_group counts stay uniform
+    };
+#pragma unroll
+    for (int s = 0; s < kStages; ++s) issue(s, s);
+    wait_for_inputs();
+    int s = 0;
+    for (int j = 0; j < count; ++j) {
+      ptx::cp_async_wait<kStages - 1>();  // this lane's copies of iteration j have landed
+      read_stage<kUnroll>(wv, stages + s * Tiling::kStageVecs, lane);
+      const int64_t first_vec = (warp + int64_t{j} * kWarps) * Tiling::kVecsPerIter;
+      if (warp + int64_t{j} * kWarps < full_iters)
+        multiply<T, kNTiles, kUnroll, false, kFrom>(acc, wv, xs, first_vec, vecs - t);
+      else
+        multiply<T, kNTiles, kUnroll, true, kFrom>(acc, wv, xs, first_vec, vecs - t);
+      // The mma above consumed the stage's registers, so its shared copy is free to refill.
+      issue(j + kStages, s);
+      if (++s == kStages) s = 0;
+    }
+  } else {
+    // The weights do not depend on the kernel ahead: the warp's first iteration of them is in
+    // flight before the wait below, so with PDL the blocks resident early (up to 64 KB each)
+    // stream weights while that kernel drains.
+    int64_t it = warp;
+    if (it < full_iters)
+      load_weights<kUnroll, false>(wv, w_lo, w_hi, it * Tiling::kVecsPerIter, vecs - t);
+    else if (it == full_iters && has_tail)
+      load_weights<kUnroll, true>(wv, w_lo, w_hi, it * Tiling::kVecsPerIter, vecs - t);
+    wait_for_inputs();
+    for (; it < full_iters; it += kWarps) {
+      if (it != warp)
+        load_weights<kUnroll, false>(wv, w_lo, w_hi, it * Tiling::kVecsPerIter, vecs - t);
+      multiply<T, kNTiles, kUnroll, false, kFrom>(acc, wv, xs, it * Tiling::kVecsPerIter, vecs - t);
+    }
+    // The partial last iteration belongs to the warp whose turn it is.
+    if (it == full_iters && has_tail) {
+      if (it != warp)
+        load_weights<kUnroll, true>(wv, w_lo, w_hi, it * Tiling::kVecsPerIter, vecs - t);
+      multiply<T, kNTiles, kUnroll, true, kFrom>(acc, wv, xs, it * Tiling::kVecsPerIter, vecs - t);
+    }
   }
 
   // Sum the warps' tiles. Accumulator r of tile nt is the m16n8 C fragment's element
@@ -273,20 +368,42 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) gemv_kernel(GemvPar
   }
 }
 
-template <typename T, typename OutT, bool kNorm, GemvEpilogue kEpilogue>
-void launch(const GemvParams& p, cudaStream_t stream) {
+template <typename T, typename OutT, int kNTiles, bool kNorm, GemvEpilogue kEpilogue, bool kRing>
+void launch_tiles(const GemvParams& p, cudaStream_t stream) {
+  using Tiling = GemvTiling<kNTiles, kRing>;
+  auto* kernel = gemv_kernel<T, OutT, kNTiles, kNorm, kEpilogue, kRing>;
+  // The ring, and for its norm prologue the normalized x rows.
+  const int64_t smem = Tiling::kSmemBytes + (kRing && kNorm ? p.rows * p.in * 2 : 0);
+  if constexpr (kRing) {
+    static int64_t allowed = 0;  // raised before the first launch that needs it (eager warm-up)
+    if (smem > allowed) {
+      L2KV_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                           static_cast<int>(smem)));
+      allowed = smem;
+    }
+  }
   const auto blocks = static_cast<unsigned>((p.out + kRowsPerBlock - 1) / kRowsPerBlock);
   cudaLaunchAttribute attribute;
-  const cudaLaunchConfig_t config =
-      launch_config(dim3(blocks), dim3(kThreads), 0, stream, p.pdl, attribute);
+  const cudaLaunchConfig_t config = launch_config(
+      dim3(blocks), dim3(kThreads), static_cast<size_t>(smem), stream, p.pdl, attribute);
+  L2KV_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, p));
+}
+
+// Up to 8 rows the weights stream through the shared-memory ring, at 9-16 through registers.
+// Measured on an H200 (bench/NOTES.md, "The GEMV's weights in a shared-memory ring"): in the
+// decode step the ring is 1-2 % faster at 1-8 rows (it requests 96 KB per block before the PDL
+// wait, against 64 KB), and 10 % slower at 16, where its 104 KB of shared memory per block
+// leave too little L1 for the re-read x tiles.
+template <typename T, typename OutT, bool kNorm, GemvEpilogue kEpilogue>
+void launch(const GemvParams& p, cudaStream_t stream) {
   if (p.rows <= kColsPerTile)
-    L2KV_CUDA_CHECK(cudaLaunchKernelEx(&config, gemv_kernel<T, OutT, 1, kNorm, kEpilogue>, p));
+    launch_tiles<T, OutT, 1, kNorm, kEpilogue, true>(p, stream);
   else
-    L2KV_CUDA_CHECK(cudaLaunchKernelEx(&config, gemv_kernel<T, OutT, 2, kNorm, kEpilogue>, p));
+    launch_tiles<T, OutT, 2, kNorm, kEpilogue, false>(p, stream);
 }
 
 // The combinations the decoder uses: plain (16-bit or fp32 out), norm + store (QKV), residual
-// add (O, down), norm + SiLU (gate_up).
+// add (O, down), SiLU with or without the norm (gate_up).
 template <typename T>
 void launch_typed(const GemvParams& p, bool f32_out, cudaStream_t stream) {
   const bool norm = p.fusion.norm_residual != nullptr;
@@ -303,7 +420,10 @@ void launch_typed(const GemvParams& p, bool f32_out, cudaStream_t stream) {
       launch<T, T, false, GemvEpilogue::kResidualAdd>(p, stream);
       break;
     case GemvEpilogue::kSiluMul:
-      launch<T, T, true, GemvEpilogue::kSiluMul>(p, stream);
+      if (norm)
+        launch<T, T, true, GemvEpilogue::kSiluMul>(p, stream);
+      else
+        launch<T, T, false, GemvEpilogue::kSiluMul>(p, stream);
       break;
   }
 }
@@ -324,7 +444,7 @@ bool gemv_supports(int64_t rows, int64_t in, int64_t out, const void* x, const v
     if (!aligned_16(fusion.norm_residual) || !aligned_16(fusion.norm_weight) ||
         fusion.norm_sumsq == nullptr)
       return false;
-  } else if (!aligned_16(x)) {
+  } else if (x == nullptr || !aligned_16(x)) {
     return false;
   }
   switch (fusion.epilogue) {
@@ -333,7 +453,7 @@ bool gemv_supports(int64_t rows, int64_t in, int64_t out, const void* x, const v
     case GemvEpilogue::kResidualAdd:
       return !norm && fusion.residual != nullptr;  // no decoder projection needs both
     case GemvEpilogue::kSiluMul:
-      return norm && out % kRowsPerBlock == 0;  // gate_up always follows a norm
+      return out % kRowsPerBlock == 0;
   }
   return false;
 }
