@@ -1,10 +1,10 @@
 // The decode layer's fused projections (gemv.h's GemvFusion) against their composition on the
 // host in double precision: the RMSNorm prologue (x computed from an fp32 residual, its sums of
 // squares, the norm's weight) with a plain store (QKV) and with the SiLU x up epilogue over
-// interleaved gate/up rows (gate_up), and the residual-add epilogue with its sums of squares (O,
-// down). Fresh random inputs, every row count 1-16, the shapes of Llama-3-8B, Qwen2.5-7B and odd
-// ones, outputs poisoned with NaN first; per-element tolerances from the GEMV's measured noise
-// (gemv_gpu_test.cpp), which a 1 % scale error or a dropped term exceeds.
+// interleaved gate/up rows (gate_up), that epilogue on 16-bit x, and the residual-add epilogue with
+// its sums of squares (O, down). Fresh random inputs, every row count 1-16, the shapes of
+// Llama-3-8B, Qwen2.5-7B and odd ones, outputs poisoned with NaN first; per-element tolerances from
+// the GEMV's measured noise (gemv_gpu_test.cpp), which a 1 % scale error or a dropped term exceeds.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -74,10 +74,13 @@ std::vector<int64_t> checked_features(int64_t out, std::mt19937_64& rng) {
   return f;
 }
 
-enum class Form { kNormStore, kNormSilu, kResidualAdd };
+enum class Form { kNormStore, kNormSilu, kSilu, kResidualAdd };
 
 const char* form_name(Form f) {
-  return f == Form::kNormStore ? "norm+store" : f == Form::kNormSilu ? "norm+silu" : "residual";
+  return f == Form::kNormStore  ? "norm+store"
+         : f == Form::kNormSilu ? "norm+silu"
+         : f == Form::kSilu     ? "silu"
+                                : "residual";
 }
 
 // One shape, one form, every row count 1-16, through Gemm::linear_fused (with PDL on, as the
@@ -85,8 +88,9 @@ const char* form_name(Form f) {
 void check(const Shape& shape, Form form, DType dtype, uint64_t seed) {
   const int64_t in = shape.in, out = shape.out;
   if (testing::quick_mode() && in * out > 4096 * 6144) return;  // under compute-sanitizer
-  const bool norm = form != Form::kResidualAdd;
-  const int64_t y_width = form == Form::kNormSilu ? out / 2 : out;
+  const bool norm = form == Form::kNormStore || form == Form::kNormSilu;
+  const bool silu_epilogue = form == Form::kNormSilu || form == Form::kSilu;
+  const int64_t y_width = silu_epilogue ? out / 2 : out;
   std::mt19937_64 rng(seed);
   std::uniform_real_distribution<float> uniform(-1.f, 1.f);
 
@@ -164,7 +168,7 @@ void check(const Shape& shape, Form form, DType dtype, uint64_t seed) {
       f.clear_sumsq = d_clear;
       f.eps = eps;
     }
-    if (form == Form::kNormSilu) f.epilogue = GemvEpilogue::kSiluMul;
+    if (silu_epilogue) f.epilogue = GemvEpilogue::kSiluMul;
     if (form == Form::kResidualAdd) {
       f.epilogue = GemvEpilogue::kResidualAdd;
       f.residual = d_residual;
@@ -261,6 +265,13 @@ TEST_P(FusedGemv, NormPrologueWithSiluEpilogueMatchesComposition) {
     if (s.out % 16 == 0) check(s, Form::kNormSilu, GetParam(), ++seed);
 }
 
+TEST_P(FusedGemv, SiluEpilogueMatchesComposition) {
+  L2KV_SKIP_WITHOUT_GPU();
+  uint64_t seed = 650;
+  for (const Shape& s : kShapes)
+    if (s.out % 16 == 0) check(s, Form::kSilu, GetParam(), ++seed);
+}
+
 TEST_P(FusedGemv, ResidualEpilogueMatchesComposition) {
   L2KV_SKIP_WITHOUT_GPU();
   uint64_t seed = 700;
@@ -287,6 +298,10 @@ TEST(FusedGemvSupports, NamesWhatEachFormNeeds) {
   EXPECT_FALSE(gemv_supports(1, 16, 24, nullptr, w, silu)) << "out not a multiple of 16";
   silu.norm_sumsq = nullptr;
   EXPECT_FALSE(gemv_supports(1, 16, 32, nullptr, w, silu)) << "norm without sums of squares";
+  GemvFusion plain_silu;  // SiLU x up over 16-bit x, no norm
+  plain_silu.epilogue = GemvEpilogue::kSiluMul;
+  EXPECT_TRUE(gemv_supports(1, 16, 32, gamma, w, plain_silu));
+  EXPECT_FALSE(gemv_supports(1, 16, 32, nullptr, w, plain_silu)) << "no x";
   GemvFusion add;
   add.epilogue = GemvEpilogue::kResidualAdd;
   EXPECT_FALSE(gemv_supports(1, 16, 16, gamma, w, add)) << "residual epilogue without residual";
