@@ -3,6 +3,7 @@
 // seeded sampling independent of the batch; no KV block leaked.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -96,29 +97,59 @@ struct Variant {
 
 class CudaEngine : public ::testing::TestWithParam<Variant> {};
 
+// How far l2kv's own pick may lead transformers' token where their greedy tokens part: the
+// fixtures' top-2 gaps go down to 5e-4, below 16-bit rounding, and cuda_model_gpu_test measures
+// l2kv's logits within 0.12 of transformers' float32 ones on prompts of up to 150 tokens. A
+// wrong kernel parts from the first tokens, by whole logits.
+constexpr float kNearTieLogprobGap = 0.15f;
+
 TEST_P(CudaEngine, GreedyMatchesTransformers) {
   L2KV_SKIP_WITHOUT_GPU();
   const Variant v = GetParam();
   const auto cases = reference_cases(v.fixture);
   auto engine =
       make_engine(v.fixture, v.kernel, v.prefetch, v.graphs, config_with(v.max_tokens, 129));
-  std::vector<std::vector<int32_t>> prompts;
-  for (const auto& c : cases) prompts.push_back(c.prompt);
-  const auto got = generate(*engine, prompts, greedy(32));
+  std::vector<std::vector<SampledToken>> logprobs(cases.size());
   for (size_t i = 0; i < cases.size(); ++i) {
+    GenerationRequest r;
+    r.prompt = cases[i].prompt;
+    r.params = greedy(32);
+    r.params.logprobs = 5;  // l2kv's top tokens at each step, to judge where the tokens part
+    auto* into = &logprobs[i];
+    r.on_output = [into](const RequestOutput& o) {
+      into->insert(into->end(), o.new_logprobs.begin(), o.new_logprobs.end());
+      EXPECT_NE(o.finish_reason, FinishReason::kError) << o.error;
+    };
+    engine->add_request(std::move(r));
+  }
+  engine->run_until_idle();
+  EXPECT_EQ(engine->stats().kv_blocks_free, engine->stats().kv_blocks_total) << "KV blocks leaked";
+  for (size_t i = 0; i < cases.size(); ++i) {
+    const auto& got = logprobs[i];
+    ASSERT_EQ(got.size(), cases[i].greedy.size());
     size_t same = 0;
-    while (same < got[i].size() && got[i][same] == cases[i].greedy[same]) ++same;
+    while (same < got.size() && got[same].token == cases[i].greedy[same]) ++same;
     std::printf("%s %s %s graphs %d chunk %d, prompt of %zu: greedy agrees for %zu of 32\n",
                 v.fixture, decode_kernel_name(v.kernel), v.prefetch, v.graphs, v.max_tokens,
                 cases[i].prompt.size(), same);
-    // The fixtures' top-2 logit gaps go down to 5e-4, below 16-bit rounding: split (the
-    // default) agrees exactly today on prompts up to 150 tokens; paged_v1 rounds differently
-    // and may leave a near-tie late, but a wrong kernel would disagree from the first tokens.
     // Over the 1100-token prompt bf16 rounding accumulates and its 0.0066 gap flips late.
-    if (v.kernel == DecodeKernel::kSplit && cases[i].prompt.size() <= 256)
-      EXPECT_EQ(got[i], cases[i].greedy);
-    else
+    if (cases[i].prompt.size() > 256) {
       EXPECT_GE(same, 12u);
+      continue;
+    }
+    if (same == got.size()) continue;
+    // Where they part, transformers' token must be a near-tie of l2kv's pick in l2kv's logits.
+    const SampledToken& at = got[same];
+    const int32_t theirs = cases[i].greedy[same];
+    const auto it = std::find_if(at.top_logprobs.begin(), at.top_logprobs.end(),
+                                 [&](const auto& top) { return top.first == theirs; });
+    ASSERT_NE(it, at.top_logprobs.end())
+        << "token " << same << ": transformers' " << theirs << " is not in l2kv's top 5";
+    const float lead = at.logprob - it->second;
+    std::printf("  parts at token %zu, where l2kv's pick leads transformers' by %.2e\n", same,
+                lead);
+    EXPECT_LE(lead, kNearTieLogprobGap)
+        << "greedy tokens part from transformers' at token " << same << " by more than a near-tie";
   }
 }
 
