@@ -220,10 +220,10 @@ nlohmann::ordered_json run_steady_point(const std::shared_ptr<CudaModel>& model,
 // each (EOS ignored), at most `concurrency` in flight. Prompt i is drawn from seed
 // 1234 + first_prompt + i: callers number the prompts of all points in a row, so no point
 // finds an earlier point's prompts in the prefix cache (a 0 % hit rate, reported).
-nlohmann::ordered_json run_e2e_point(Engine& engine, const ModelConfig& c, int64_t weight_bytes,
-                                     const Variant& variant, int32_t input_len, int32_t output_len,
-                                     int32_t concurrency, int32_t num_prompts, int64_t first_prompt,
-                                     double ceiling) {
+nlohmann::ordered_json run_e2e_point(Engine& engine, CudaRunner& runner, const ModelConfig& c,
+                                     int64_t weight_bytes, const Variant& variant,
+                                     int32_t input_len, int32_t output_len, int32_t concurrency,
+                                     int32_t num_prompts, int64_t first_prompt, double ceiling) {
   struct Tracked {
     int32_t length = 0;  // prompt + generated
     int32_t generated = 0;
@@ -263,7 +263,6 @@ nlohmann::ordered_json run_e2e_point(Engine& engine, const ModelConfig& c, int64
     ++submitted;
     ++in_flight;
   };
-  auto& runner = dynamic_cast<CudaRunner&>(engine.runner());
   runner.reset_profile();
   double prefill_s = 0, decode_s = 0, decode_bytes = 0;
   int64_t decode_steps = 0;
@@ -369,9 +368,10 @@ int run_bench(const BenchOptions& o) {
   ModelOptions model_options = o.model;
   if (model_options.device == "auto") model_options.device = "cuda";
   LoadedModel loaded = load_model(model_options);
-  if (!loaded.cuda_model) throw Error("l2kv bench runs on the CUDA backend");
+  if (!loaded.cuda_model || !loaded.cuda_runner) throw Error("l2kv bench runs on the CUDA backend");
   std::shared_ptr<CudaModel> model = loaded.cuda_model;
-  auto* runner = dynamic_cast<CudaRunner*>(loaded.runner.get());
+  // Owned by loaded.runner, then by the e2e engine: both outlive every use here.
+  CudaRunner* runner = loaded.cuda_runner;
   const ModelConfig& c = model->config();
   int device = 0;
   L2KV_CUDA_CHECK(cudaGetDevice(&device));
@@ -432,7 +432,6 @@ int run_bench(const BenchOptions& o) {
     Engine engine(std::move(loaded.runner), nullptr, config);
     std::fprintf(stderr, "l2kv bench: KV cache of %d blocks of %d tokens\n",
                  engine.stats().kv_blocks_total, config.block_size);
-    auto& engine_runner = dynamic_cast<CudaRunner&>(engine.runner());
     int64_t prompts_sent = 0;
     for (int32_t output_len : o.output_lens)
       for (int32_t conc : o.concurrency)
@@ -441,10 +440,10 @@ int run_bench(const BenchOptions& o) {
             std::fprintf(stderr, "l2kv bench: time budget spent; remaining points skipped\n");
             break;
           }
-          engine_runner.set_decode_attention(v.kernel, v.policy);
+          runner->set_decode_attention(v.kernel, v.policy);
           const int32_t prompts = o.num_prompts > 0 ? o.num_prompts : conc;
-          auto point = run_e2e_point(engine, c, model->streamed_weight_bytes(), v, o.input_len,
-                                     output_len, conc, prompts, prompts_sent, ceiling);
+          auto point = run_e2e_point(engine, *runner, c, model->streamed_weight_bytes(), v,
+                                     o.input_len, output_len, conc, prompts, prompts_sent, ceiling);
           prompts_sent += prompts;
           point["model"] = o.model.model;
           std::printf(
