@@ -325,8 +325,8 @@ void CudaStepState::enqueue_forward(cudaStream_t stream) {
   f.last_rows = meta + meta_->last_rows;
   f.activations = activations_.get();
   f.attention = decode_params();
-  if (attention_.decode_kernel() ==
-      DecodeKernel::kPagedV1)  // one launch (and graph) for every length
+  // paged_v1: one launch (and graph) for every length.
+  if (attention_.decode_kernel() == DecodeKernel::kPagedV1)
     f.attention.max_seq_len = limits_.max_model_len;
   f.k_pools = k_pools_;
   f.v_pools = v_pools_;
