@@ -5,10 +5,12 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <memory>
 #include <vector>
 
 #include "l2kv/core/cuda_check.h"
 #include "l2kv/core/device_info.h"
+#include "l2kv/engine/cuda_step_state.h"
 #include "l2kv/kernels/attention/prefill_attention.h"
 #include "l2kv/kernels/model/gemm.h"
 #include "l2kv/kernels/model/model_ops.h"
@@ -137,10 +139,10 @@ int main(int argc, char** argv) {
         "%.0f TFLOP/s\n",
         l2kv::query_device_info(0).name.c_str(), model_name.c_str(), config.parameter_count() / 1e9,
         batch, prompt, peak);
-    l2kv::CudaModel model(config, 7);
-    model.allocate_workspace({batch * prompt, batch, prompt, 0});
-    model.allocate_kv_cache(batch * blocks_per_seq + 1, kBlockSize);  // block 0 stays unused
-    model.set_profiling(true);
+    l2kv::CudaStepState state(std::make_shared<l2kv::CudaModel>(config, 7));
+    state.allocate_workspace({batch * prompt, batch, prompt, 0});
+    state.allocate_kv_cache(batch * blocks_per_seq + 1, kBlockSize);  // block 0 stays unused
+    state.set_profiling(true);
     std::vector<int32_t> tables(static_cast<size_t>(batch * blocks_per_seq));
     for (size_t i = 0; i < tables.size(); ++i) tables[i] = static_cast<int32_t>(i) + 1;
     std::vector<std::vector<int32_t>> prompts(batch);
@@ -158,7 +160,7 @@ int main(int argc, char** argv) {
                                    batch * (prompt * (prompt + 1) / 2.0);
     const double flops = 2.0 * linear_params * tokens +
                          2.0 * config.vocab_size * config.hidden_size * batch + attention_flops;
-    std::vector<l2kv::CudaModel::OpTimes> runs;
+    std::vector<l2kv::CudaStepState::OpTimes> runs;
     for (int r = 0; r < reps + 1; ++r) {
       std::vector<l2kv::BatchSequence> seqs;
       for (int b = 0; b < batch; ++b)
@@ -166,8 +168,8 @@ int main(int argc, char** argv) {
                         std::span<const int32_t>(tables.data() + int64_t{b} * blocks_per_seq,
                                                  static_cast<size_t>(blocks_per_seq)),
                         true});
-      model.run(seqs, false, nullptr);
-      if (r > 0) runs.push_back(model.last_op_times());  // the first run warms up
+      state.run_to_host(seqs, false, nullptr);
+      if (r > 0) runs.push_back(state.last_op_times());  // the first run warms up
     }
     std::sort(runs.begin(), runs.end(),
               [](const auto& a, const auto& b) { return a.total_ms < b.total_ms; });

@@ -36,14 +36,18 @@ std::vector<Case> reference_cases(const std::string& name) {
   return cases;
 }
 
+// `runner`, when given, receives the engine's runner.
 std::unique_ptr<Engine> make_engine(const std::string& name, DecodeKernel kernel,
-                                    const char* prefetch, bool graphs, EngineConfig config) {
+                                    const char* prefetch, bool graphs, EngineConfig config,
+                                    CudaRunner** runner = nullptr) {
   auto model = std::make_shared<CudaModel>(kFixtures / name);
   CudaRunnerOptions options;
   options.attention = kernel;
   options.kv_prefetch = parse_prefetch_policy(prefetch);
   options.cuda_graphs = graphs;
-  return std::make_unique<Engine>(std::make_unique<CudaRunner>(model, options), nullptr, config);
+  auto cuda_runner = std::make_unique<CudaRunner>(model, options);
+  if (runner) *runner = cuda_runner.get();
+  return std::make_unique<Engine>(std::move(cuda_runner), nullptr, config);
 }
 
 // `max_model_len` 0: the model's max_position_embeddings (up to 2048 for the fixtures, which
@@ -375,9 +379,10 @@ TEST(CudaEngineSingle, ConstrainedRowsFollowTheirGrammar) {
 // Runs requests, then a kernel that writes to an unmapped address on the runner's stream (a
 // sticky error), then two more requests; returns how many checks failed.
 int lose_the_device() {
-  auto engine =
-      make_engine("llama3-gqa", DecodeKernel::kSplit, "auto", true, config_with(2048, 129));
-  auto& runner = dynamic_cast<CudaRunner&>(engine->runner());
+  CudaRunner* cuda_runner = nullptr;
+  auto engine = make_engine("llama3-gqa", DecodeKernel::kSplit, "auto", true,
+                            config_with(2048, 129), &cuda_runner);
+  CudaRunner& runner = *cuda_runner;
   const std::vector<std::vector<int32_t>> prompts = {{1, 2, 3, 4}, {5, 6, 7}};
   int problems = 0;
   if (!runner.device_fault().empty()) ++problems;  // healthy: no fault

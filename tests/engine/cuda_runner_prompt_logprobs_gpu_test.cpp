@@ -17,6 +17,7 @@
 #include "gpu_test_support.h"
 #include "l2kv/engine/cpu_runner.h"
 #include "l2kv/engine/cuda_runner.h"
+#include "l2kv/engine/cuda_step_state.h"
 #include "l2kv/engine/engine.h"
 #include "l2kv/model/cpu_model.h"
 #include "l2kv/model/cuda_model.h"
@@ -86,13 +87,13 @@ std::vector<int32_t> prompt_of(int32_t length, int32_t salt, int64_t vocab) {
 // The largest |CUDA - CPU| logit over every row of `prompt` in one prefill: the logits' noise.
 double logit_noise(const fs::path& dir, const CpuModel& cpu, const std::vector<int32_t>& prompt) {
   const auto n = static_cast<int32_t>(prompt.size());
-  CudaModel gpu(dir);
+  CudaStepState gpu(std::make_shared<CudaModel>(dir));
   gpu.allocate_workspace({n, 4, 512, n});
   gpu.allocate_kv_cache(64, 16);
   std::vector<int32_t> table;
   for (int32_t b = 1; (b - 1) * 16 < n; ++b) table.push_back(b);
   const BatchSequence batch[] = {{prompt, 0, table, true}};
-  const std::vector<float> got = gpu.run(batch, /*all_logits=*/true, nullptr);
+  const std::vector<float> got = gpu.run_to_host(batch, /*all_logits=*/true, nullptr);
   const std::vector<float> want = cpu.forward(prompt);
   EXPECT_EQ(got.size(), want.size());
   double noise = 0;

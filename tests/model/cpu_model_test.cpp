@@ -158,7 +158,7 @@ TEST_P(CpuModelFixture, RescaledAttentionIsTheSameModel) {
 }
 
 // A contiguous cache that stores K and V as the CUDA backend's cache would: rounded to bf16, or
-// to E4M3 with per-layer scales, 1 or calculated from the first rows it stores (as CudaModel
+// to E4M3 with per-layer scales, 1 or calculated from the first rows it stores (as CudaStepState
 // does from the first prompt: kernels/model/kv_scales.h).
 class RoundedKvCache final : public CpuKvCache {
  public:

@@ -14,6 +14,7 @@
 #include "gpu_test_support.h"
 #include "l2kv/core/dtype.h"
 #include "l2kv/core/error.h"
+#include "l2kv/engine/cuda_step_state.h"
 #include "l2kv/kernels/attention/prefetch_policy.h"
 #include "l2kv/kernels/model/kv_scales.h"
 #include "l2kv/model/cpu_model.h"
@@ -67,30 +68,30 @@ struct Tables {
 
 // Every token's logits of `tokens` as one sequence: the first `prompt` tokens prefilled in one
 // step (all their logits), the rest decoded one per step.
-std::vector<float> prefill_then_decode(CudaModel& model, const std::vector<int32_t>& tokens,
+std::vector<float> prefill_then_decode(CudaStepState& state, const std::vector<int32_t>& tokens,
                                        size_t prompt) {
   Tables tables(1);
   tables.grow(0, static_cast<int32_t>(tokens.size()));
   const std::span<const int32_t> all(tokens);
   const BatchSequence prefill[] = {{all.first(prompt), 0, tables.rows[0], true}};
-  std::vector<float> logits = model.run(prefill, /*all_logits=*/true, nullptr);
+  std::vector<float> logits = state.run_to_host(prefill, /*all_logits=*/true, nullptr);
   for (size_t t = prompt; t < tokens.size(); ++t) {
     const BatchSequence step[] = {
         {all.subspan(t, 1), static_cast<int32_t>(t), tables.rows[0], true}};
-    const std::vector<float> row = model.run(step, false, nullptr);
+    const std::vector<float> row = state.run_to_host(step, false, nullptr);
     logits.insert(logits.end(), row.begin(), row.end());
   }
   return logits;
 }
 
-std::unique_ptr<CudaModel> load(const fs::path& dir, int32_t max_tokens, int32_t blocks,
-                                int32_t max_logit_rows = 0,
-                                KvStorage storage = KvStorage::kModelDtype) {
-  auto model = std::make_unique<CudaModel>(dir);
-  model->set_kv_storage(storage);
-  model->allocate_workspace({max_tokens, 16, 2048, max_logit_rows});
-  model->allocate_kv_cache(blocks, 16);
-  return model;
+std::unique_ptr<CudaStepState> load(const fs::path& dir, int32_t max_tokens, int32_t blocks,
+                                    int32_t max_logit_rows = 0,
+                                    KvStorage storage = KvStorage::kModelDtype) {
+  auto state = std::make_unique<CudaStepState>(std::make_shared<CudaModel>(dir));
+  state->set_kv_storage(storage);
+  state->allocate_workspace({max_tokens, 16, 2048, max_logit_rows});
+  state->allocate_kv_cache(blocks, 16);
+  return state;
 }
 
 // One fixture's prompts in one ragged prefill batch, then 32 greedy tokens decoded in batched
@@ -118,20 +119,20 @@ FixtureRun run_fixture(const fs::path& dir, const std::string& name, KvStorage s
     prompts.push_back(c["prompt"].get<std::vector<int32_t>>());
     total += prompts.back().size();
   }
-  auto model = std::make_unique<CudaModel>(dir);
-  model->allocate_workspace({static_cast<int32_t>(total), 16, 2048, static_cast<int32_t>(total)});
-  model->set_kv_storage(storage);
-  model->set_calculate_kv_scales(calculate_kv_scales);
-  model->allocate_kv_cache(256, 16);
-  const int64_t vocab = model->config().vocab_size;
+  auto state = std::make_unique<CudaStepState>(std::make_shared<CudaModel>(dir));
+  state->allocate_workspace({static_cast<int32_t>(total), 16, 2048, static_cast<int32_t>(total)});
+  state->set_kv_storage(storage);
+  state->set_calculate_kv_scales(calculate_kv_scales);
+  state->allocate_kv_cache(256, 16);
+  const int64_t vocab = state->config().vocab_size;
   Tables tables(prompts.size());
   std::vector<BatchSequence> batch;
   for (size_t i = 0; i < prompts.size(); ++i) {
     tables.grow(i, static_cast<int32_t>(prompts[i].size()));
     batch.push_back({prompts[i], 0, tables.rows[i], true});
   }
-  const auto logits = model->run(batch, /*all_logits=*/true, nullptr);
-  if (scales) *scales = model->kv_scales();
+  const auto logits = state->run_to_host(batch, /*all_logits=*/true, nullptr);
+  if (scales) *scales = state->kv_scales();
   FixtureRun run;
   size_t row = 0;
   run.generated.resize(prompts.size());
@@ -169,7 +170,7 @@ FixtureRun run_fixture(const fs::path& dir, const std::string& name, KvStorage s
       batch.push_back({std::span<const int32_t>(&run.generated[i].back(), 1), lengths[i],
                        tables.rows[i], true});
     }
-    const auto step_logits = model->run(batch, /*all_logits=*/false, nullptr);
+    const auto step_logits = state->run_to_host(batch, /*all_logits=*/false, nullptr);
     for (size_t i = 0; i < run.generated.size(); ++i) {
       pick(i, step_logits.data() + i * vocab);
       ++lengths[i];
@@ -303,10 +304,10 @@ TEST_P(CudaModelFixture, FusedLayerAgreesWithNineKernels) {
   L2KV_SKIP_WITHOUT_GPU();
   std::vector<std::vector<float>> logits[2];
   for (const bool fused : {true, false}) {
-    auto model = load(kFixtures / GetParam(), 64, 128);
-    EXPECT_FALSE(model->fused_layer());  // off by default (slower on an H200, bench/NOTES.md)
-    model->set_fused_layer(fused);
-    const int64_t vocab = model->config().vocab_size;
+    auto state = load(kFixtures / GetParam(), 64, 128);
+    EXPECT_FALSE(state->fused_layer());  // off by default (slower on an H200, bench/NOTES.md)
+    state->set_fused_layer(fused);
+    const int64_t vocab = state->config().vocab_size;
     constexpr size_t kSeqs = 12;
     Tables tables(kSeqs);
     std::vector<std::vector<int32_t>> tokens(kSeqs);
@@ -315,7 +316,7 @@ TEST_P(CudaModelFixture, FusedLayerAgreesWithNineKernels) {
         tokens[i].push_back(static_cast<int32_t>((i * 131 + t * 29 + 7) % vocab));
       tables.grow(i, 9);
       const BatchSequence one[] = {{tokens[i], 0, tables.rows[i], true}};
-      logits[fused].push_back(model->run(one, /*all_logits=*/true, nullptr));
+      logits[fused].push_back(state->run_to_host(one, /*all_logits=*/true, nullptr));
     }
     for (int step = 0; step < 3; ++step) {
       std::vector<BatchSequence> batch;
@@ -325,7 +326,7 @@ TEST_P(CudaModelFixture, FusedLayerAgreesWithNineKernels) {
         tables.grow(i, 9 + step + 1);
         batch.push_back({std::span<const int32_t>(&next[i], 1), 9 + step, tables.rows[i], true});
       }
-      logits[fused].push_back(model->run(batch, false, nullptr));
+      logits[fused].push_back(state->run_to_host(batch, false, nullptr));
     }
   }
   double worst = 0;
@@ -372,11 +373,11 @@ TEST(CudaModel, Qwen3QkNormMatchesTheCpuModel) {
   std::ofstream(dir / "config.json") << llama.dump(1);
   const std::vector<float> without_norm = CpuModel(dir).forward(tokens);
   std::ofstream(dir / "config.json") << m.config.dump(1);
-  auto model = load(dir, 16, 8, /*max_logit_rows=*/16);
+  auto state = load(dir, 16, 8, /*max_logit_rows=*/16);
   fs::remove_all(dir);
-  ASSERT_TRUE(model->config().qk_norm);
+  ASSERT_TRUE(state->config().qk_norm);
   const int64_t vocab = 256;
-  const std::vector<float> got = prefill_then_decode(*model, tokens, 9);
+  const std::vector<float> got = prefill_then_decode(*state, tokens, 9);
   ASSERT_EQ(got.size(), tokens.size() * vocab);
   double max_abs = 0;
   const double error = relative_l2(got.data(), want.data(), want.size(), &max_abs);
@@ -405,10 +406,10 @@ TEST(CudaModel, Fp8CheckpointMatchesTheCpuModel) {
     const testing::Fp8Twins t = testing::fp8_twins(m.config, m.tensors, per_channel);
     testing::write_tiny_checkpoint(dir, t.config, t.quantized);
     const std::vector<float> want = CpuModel(dir).forward(tokens);
-    auto model = load(dir, 16, 8, /*max_logit_rows=*/16);
-    ASSERT_TRUE(model->config().fp8_weights);
+    auto state = load(dir, 16, 8, /*max_logit_rows=*/16);
+    ASSERT_TRUE(state->config().fp8_weights);
     const int64_t vocab = 300;
-    const std::vector<float> got = prefill_then_decode(*model, tokens, 9);
+    const std::vector<float> got = prefill_then_decode(*state, tokens, 9);
     ASSERT_EQ(got.size(), tokens.size() * vocab);
     double max_abs = 0;
     const double error = relative_l2(got.data(), want.data(), want.size(), &max_abs);
@@ -423,19 +424,19 @@ TEST(CudaModel, Fp8CheckpointMatchesTheCpuModel) {
 
 TEST(CudaModel, ChunkedPrefillMatchesOnePass) {
   L2KV_SKIP_WITHOUT_GPU();
-  auto model = load(kFixtures / "llama3-gqa", 128, 64);
+  auto state = load(kFixtures / "llama3-gqa", 128, 64);
   std::vector<int32_t> tokens;
   for (int i = 0; i < 70; ++i) tokens.push_back((i * 37 + 11) % 512);
   Tables tables(2);
   tables.grow(0, 70);
   tables.grow(1, 70);
   const BatchSequence whole[] = {{tokens, 0, tables.rows[0], true}};
-  const auto expected = model->run(whole, false, nullptr);
+  const auto expected = state->run_to_host(whole, false, nullptr);
   const std::span<const int32_t> all(tokens);
   const BatchSequence first[] = {{all.subspan(0, 33), 0, tables.rows[1], false}};
   const BatchSequence second[] = {{all.subspan(33), 33, tables.rows[1], true}};
-  model->run(first, false, nullptr);
-  const auto got = model->run(second, false, nullptr);
+  state->run_to_host(first, false, nullptr);
+  const auto got = state->run_to_host(second, false, nullptr);
   double max_abs = 0;
   EXPECT_LT(relative_l2(got.data(), expected.data(), got.size(), &max_abs), 1e-2);
   EXPECT_EQ(argmax(got.data(), 512), argmax(expected.data(), 512));
@@ -448,8 +449,8 @@ TEST(CudaModel, ChunkedPrefillMatchesOnePass) {
 // would be off by O(1).
 TEST(CudaModel, HiddenRowLogitsAreTheLmHeadOfTheStepsRows) {
   L2KV_SKIP_WITHOUT_GPU();
-  auto model = load(kFixtures / "llama3-gqa", 256, 64, /*max_logit_rows=*/256);
-  const int64_t vocab = model->config().vocab_size;
+  auto state = load(kFixtures / "llama3-gqa", 256, 64, /*max_logit_rows=*/256);
+  const int64_t vocab = state->config().vocab_size;
   std::vector<int32_t> a, b;
   for (int i = 0; i < 37; ++i) a.push_back((i * 37 + 11) % 512);
   for (int i = 0; i < 150; ++i) b.push_back((i * 53 + 9) % 512);
@@ -457,7 +458,7 @@ TEST(CudaModel, HiddenRowLogitsAreTheLmHeadOfTheStepsRows) {
   tables.grow(0, 37);
   tables.grow(1, 150);
   const BatchSequence batch[] = {{a, 0, tables.rows[0], false}, {b, 0, tables.rows[1], true}};
-  const std::vector<float> all = model->run(batch, /*all_logits=*/true, nullptr);
+  const std::vector<float> all = state->run_to_host(batch, /*all_logits=*/true, nullptr);
   ASSERT_EQ(all.size(), static_cast<size_t>(187 * vocab));
   cudaStream_t stream;
   ASSERT_EQ(cudaStreamCreate(&stream), cudaSuccess);
@@ -465,12 +466,12 @@ TEST(CudaModel, HiddenRowLogitsAreTheLmHeadOfTheStepsRows) {
   float* out = nullptr;
   ASSERT_EQ(cudaMalloc(reinterpret_cast<void**>(&out), sizeof(float) * max_rows * vocab),
             cudaSuccess);
-  model->prepare(batch, 0, stream);
-  model->forward(stream);
+  state->prepare(batch, 0, stream);
+  state->forward(stream);
   std::vector<float> got(static_cast<size_t>(max_rows * vocab));
   const std::pair<int32_t, int32_t> ranges[] = {{0, 37}, {37, 64}, {101, 64}, {165, 22}, {186, 1}};
   for (const auto& [first, rows] : ranges) {
-    model->hidden_row_logits(first, rows, out, stream);
+    state->hidden_row_logits(first, rows, out, stream);
     ASSERT_EQ(cudaMemcpyAsync(got.data(), out, sizeof(float) * rows * vocab, cudaMemcpyDeviceToHost,
                               stream),
               cudaSuccess);
@@ -483,10 +484,10 @@ TEST(CudaModel, HiddenRowLogitsAreTheLmHeadOfTheStepsRows) {
           << "row " << first + r;
     }
   }
-  EXPECT_THROW(model->hidden_row_logits(180, 8, out, stream), Error);  // past the step's rows
-  EXPECT_THROW(model->hidden_row_logits(0, max_rows + 1, out, stream), Error);
-  EXPECT_THROW(model->hidden_row_logits(-1, 1, out, stream), Error);
-  EXPECT_THROW(model->hidden_row_logits(0, 0, out, stream), Error);
+  EXPECT_THROW(state->hidden_row_logits(180, 8, out, stream), Error);  // past the step's rows
+  EXPECT_THROW(state->hidden_row_logits(0, max_rows + 1, out, stream), Error);
+  EXPECT_THROW(state->hidden_row_logits(-1, 1, out, stream), Error);
+  EXPECT_THROW(state->hidden_row_logits(0, 0, out, stream), Error);
   cudaFree(out);
   cudaStreamDestroy(stream);
 }
@@ -498,17 +499,17 @@ TEST(CudaModel, CalculatedKvScalesMatchAHostAmaxOfLayerZero) {
   L2KV_SKIP_WITHOUT_GPU();
   for (const char* name : {"llama3-gqa", "qwen2-tied"}) {  // qwen2 has a K/V bias
     const fs::path dir = kFixtures / name;
-    auto model = load(dir, 128, 64, 0, KvStorage::kFp8E4M3);
-    ASSERT_TRUE(model->kv_scales_pending());
-    const ModelConfig& c = model->config();
+    auto state = load(dir, 128, 64, 0, KvStorage::kFp8E4M3);
+    ASSERT_TRUE(state->kv_scales_pending());
+    const ModelConfig& c = state->config();
     std::vector<int32_t> tokens;
     for (int i = 0; i < 70; ++i) tokens.push_back(static_cast<int32_t>((i * 37 + 11) % 512));
     Tables tables(1);
     tables.grow(0, 70);
     const BatchSequence batch[] = {{tokens, 0, tables.rows[0], true}};
-    model->run(batch, false, nullptr);
-    EXPECT_FALSE(model->kv_scales_pending());
-    const std::vector<float> scales = model->kv_scales();
+    state->run_to_host(batch, false, nullptr);
+    EXPECT_FALSE(state->kv_scales_pending());
+    const std::vector<float> scales = state->kv_scales();
 
     const Checkpoint ckpt(dir);
     const HfGlobalWeights globals = load_hf_global_weights(ckpt, c);
@@ -554,10 +555,10 @@ TEST(CudaModel, CalculatedKvScalesMatchAHostAmaxOfLayerZero) {
       EXPECT_NE(scales[2 * l + 1], 1.f);
     }
     // With the calculation off, scales are 1 and stay 1.
-    model->set_calculate_kv_scales(false);
-    EXPECT_FALSE(model->kv_scales_pending());
-    model->run(batch, false, nullptr);
-    for (float scale : model->kv_scales()) EXPECT_EQ(scale, 1.f);
+    state->set_calculate_kv_scales(false);
+    EXPECT_FALSE(state->kv_scales_pending());
+    state->run_to_host(batch, false, nullptr);
+    for (float scale : state->kv_scales()) EXPECT_EQ(scale, 1.f);
   }
 }
 
@@ -567,13 +568,13 @@ TEST(CudaModel, CalculatedKvScalesMatchAHostAmaxOfLayerZero) {
 TEST(CudaModel, GraphCapturedBeforeTheFirstPromptReadsCalculatedScales) {
   L2KV_SKIP_WITHOUT_GPU();
   for (DecodeKernel kernel : {DecodeKernel::kSplit, DecodeKernel::kPagedV1}) {
-    auto model = load(kFixtures / "llama3-gqa", 256, 64, 0, KvStorage::kFp8E4M3);
-    model->set_decode_attention(kernel, PrefetchPolicy::off());
+    auto state = load(kFixtures / "llama3-gqa", 256, 64, 0, KvStorage::kFp8E4M3);
+    state->set_decode_attention(kernel, PrefetchPolicy::off());
     cudaStream_t stream;
     ASSERT_EQ(cudaStreamCreate(&stream), cudaSuccess);
     const int32_t sizes[] = {4};
-    model->capture_decode_graphs(sizes, stream);
-    ASSERT_TRUE(model->kv_scales_pending());
+    state->capture_decode_graphs(sizes, stream);
+    ASSERT_TRUE(state->kv_scales_pending());
     const std::vector<int32_t> lengths = {9, 40, 71};
     Tables tables(lengths.size());
     std::vector<std::vector<int32_t>> prompts(lengths.size());
@@ -584,20 +585,20 @@ TEST(CudaModel, GraphCapturedBeforeTheFirstPromptReadsCalculatedScales) {
       tables.grow(i, lengths[i] + 1);
       prefill.push_back({prompts[i], 0, tables.rows[i], true});
     }
-    model->run(prefill, false, nullptr);
-    ASSERT_FALSE(model->kv_scales_pending());
-    ASSERT_LT(model->kv_scales()[0], 0.5f);  // far from 1, so a stale scale shows
+    state->run_to_host(prefill, false, nullptr);
+    ASSERT_FALSE(state->kv_scales_pending());
+    ASSERT_LT(state->kv_scales()[0], 0.5f);  // far from 1, so a stale scale shows
     const int32_t next[] = {3, 77, 500};
     std::vector<BatchSequence> decode;
     for (size_t i = 0; i < lengths.size(); ++i)
       decode.push_back({std::span<const int32_t>(&next[i], 1), lengths[i], tables.rows[i], true});
-    const int64_t vocab = model->config().vocab_size;
+    const int64_t vocab = state->config().vocab_size;
     auto step = [&](bool graphs) {
-      model->set_use_graphs(graphs);
-      model->prepare(decode, graphs ? 4 : 0, stream);
-      model->forward(stream);
+      state->set_use_graphs(graphs);
+      state->prepare(decode, graphs ? 4 : 0, stream);
+      state->forward(stream);
       std::vector<float> out(lengths.size() * vocab);
-      EXPECT_EQ(cudaMemcpyAsync(out.data(), model->logits(), out.size() * 4, cudaMemcpyDeviceToHost,
+      EXPECT_EQ(cudaMemcpyAsync(out.data(), state->logits(), out.size() * 4, cudaMemcpyDeviceToHost,
                                 stream),
                 cudaSuccess);
       EXPECT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
@@ -625,8 +626,8 @@ class DecodeKernelsAgree : public ::testing::TestWithParam<KvStorage> {};
 
 TEST_P(DecodeKernelsAgree, EagerAndGraphReplay) {
   L2KV_SKIP_WITHOUT_GPU();
-  auto model = load(kFixtures / "llama3-gqa", 256, 128, 0, GetParam());
-  const int64_t vocab = model->config().vocab_size;
+  auto state = load(kFixtures / "llama3-gqa", 256, 128, 0, GetParam());
+  const int64_t vocab = state->config().vocab_size;
   const std::vector<int32_t> lengths = {5, 16, 17, 33, 64, 100};  // block boundaries +-1
   Tables tables(lengths.size());
   std::vector<std::vector<int32_t>> prompts(lengths.size());
@@ -637,7 +638,7 @@ TEST_P(DecodeKernelsAgree, EagerAndGraphReplay) {
     tables.grow(i, lengths[i] + 1);
     prefill.push_back({prompts[i], 0, tables.rows[i], true});
   }
-  model->run(prefill, false, nullptr);
+  state->run_to_host(prefill, false, nullptr);
   std::vector<int32_t> next(lengths.size());
   for (size_t i = 0; i < next.size(); ++i) next[i] = static_cast<int32_t>(7 * i + 1);
   std::vector<BatchSequence> decode;
@@ -646,17 +647,17 @@ TEST_P(DecodeKernelsAgree, EagerAndGraphReplay) {
   cudaStream_t stream;
   ASSERT_EQ(cudaStreamCreate(&stream), cudaSuccess);
   auto step = [&](DecodeKernel kernel, const char* policy, bool graph) {
-    model->set_decode_attention(kernel, parse_prefetch_policy(policy));
+    state->set_decode_attention(kernel, parse_prefetch_policy(policy));
     int32_t pad = 0;
     if (graph) {
       const int32_t sizes[] = {8};
-      model->capture_decode_graphs(sizes, stream);
+      state->capture_decode_graphs(sizes, stream);
       pad = 8;
     }
-    model->prepare(decode, pad, stream);
-    model->forward(stream);
+    state->prepare(decode, pad, stream);
+    state->forward(stream);
     std::vector<float> out(lengths.size() * vocab);
-    EXPECT_EQ(cudaMemcpyAsync(out.data(), model->logits(), out.size() * 4, cudaMemcpyDeviceToHost,
+    EXPECT_EQ(cudaMemcpyAsync(out.data(), state->logits(), out.size() * 4, cudaMemcpyDeviceToHost,
                               stream),
               cudaSuccess);
     EXPECT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
@@ -697,25 +698,25 @@ TEST(CudaModel, Fp8ProjectionsAgreeBetweenGemvAndWidenedPaths) {
   ASSERT_TRUE(c.fp8_weights);
   c.vocab_size = 1000, c.hidden_size = 512, c.intermediate_size = 1024, c.num_layers = 2;
   c.num_q_heads = 8, c.num_kv_heads = 2, c.head_dim = 64;
-  CudaModel model(c, 5);
-  EXPECT_EQ(model.weight_bytes(), c.weight_bytes());
-  EXPECT_THROW(model.set_fused_layer(true), Error);  // no fp8 form: refused, not ignored
+  CudaStepState state(std::make_shared<CudaModel>(c, 5));
+  EXPECT_EQ(state.model().weight_bytes(), c.weight_bytes());
+  EXPECT_THROW(state.set_fused_layer(true), Error);  // no fp8 form: refused, not ignored
   constexpr int32_t kLen = 200;
-  model.allocate_workspace({kLen, 4, 2048, kLen});
-  model.allocate_kv_cache(64, 16);
+  state.allocate_workspace({kLen, 4, 2048, kLen});
+  state.allocate_kv_cache(64, 16);
   std::vector<int32_t> prompt(kLen);
   for (int32_t t = 0; t < kLen; ++t) prompt[static_cast<size_t>(t)] = (t * 37 + 11) % 1000;
   Tables tables(2);
   tables.grow(0, kLen);
   tables.grow(1, kLen);
   const std::vector<BatchSequence> prefill = {{prompt, 0, tables.rows[0], true}};
-  const std::vector<float> all = model.run(prefill, true, nullptr);
+  const std::vector<float> all = state.run_to_host(prefill, true, nullptr);
   const int64_t vocab = c.vocab_size;
   double worst = 0;
   for (int32_t t = 0; t < kLen; ++t) {
     const std::vector<BatchSequence> step = {
         {std::span<const int32_t>(&prompt[static_cast<size_t>(t)], 1), t, tables.rows[1], true}};
-    const std::vector<float> one = model.run(step, false, nullptr);
+    const std::vector<float> one = state.run_to_host(step, false, nullptr);
     double max_abs = 0;
     const double rel =
         relative_l2(one.data(), all.data() + t * vocab, static_cast<size_t>(vocab), &max_abs);
@@ -740,10 +741,11 @@ INSTANTIATE_TEST_SUITE_P(KvStorages, DecodeKernelsAgree,
 TEST(CudaModel, PagedV1AgreesWithSplitPast48K) {
   L2KV_SKIP_WITHOUT_GPU();
   constexpr int32_t kMaxModelLen = 60064, kContext = 60000, kChunk = 4096;
-  auto model = std::make_unique<CudaModel>(kFixtures / "llama3-gqa");
-  model->allocate_workspace({kChunk, 2, kMaxModelLen, 0});
-  model->allocate_kv_cache(kMaxModelLen / 16 + 8, 16);
-  const int64_t vocab = model->config().vocab_size;
+  auto state =
+      std::make_unique<CudaStepState>(std::make_shared<CudaModel>(kFixtures / "llama3-gqa"));
+  state->allocate_workspace({kChunk, 2, kMaxModelLen, 0});
+  state->allocate_kv_cache(kMaxModelLen / 16 + 8, 16);
+  const int64_t vocab = state->config().vocab_size;
   std::vector<int32_t> prompt(kContext, 11);
   std::fill(prompt.begin() + 49152, prompt.end(), 300);
   Tables tables(1);
@@ -752,7 +754,7 @@ TEST(CudaModel, PagedV1AgreesWithSplitPast48K) {
     const int32_t n = std::min(kChunk, kContext - start);
     const BatchSequence chunk[] = {
         {std::span<const int32_t>(prompt.data() + start, n), start, tables.rows[0], true}};
-    model->run(chunk, false, nullptr);
+    state->run_to_host(chunk, false, nullptr);
   }
   const int32_t next = 42;
   const BatchSequence decode[] = {
@@ -760,15 +762,15 @@ TEST(CudaModel, PagedV1AgreesWithSplitPast48K) {
   cudaStream_t stream;
   ASSERT_EQ(cudaStreamCreate(&stream), cudaSuccess);
   auto step = [&](DecodeKernel kernel, const char* policy, bool graph) {
-    model->set_decode_attention(kernel, parse_prefetch_policy(policy));
+    state->set_decode_attention(kernel, parse_prefetch_policy(policy));
     if (graph) {
       const int32_t sizes[] = {1};
-      model->capture_decode_graphs(sizes, stream);
+      state->capture_decode_graphs(sizes, stream);
     }
-    model->prepare(decode, graph ? 1 : 0, stream);
-    model->forward(stream);
+    state->prepare(decode, graph ? 1 : 0, stream);
+    state->forward(stream);
     std::vector<float> out(static_cast<size_t>(vocab));
-    EXPECT_EQ(cudaMemcpyAsync(out.data(), model->logits(), out.size() * 4, cudaMemcpyDeviceToHost,
+    EXPECT_EQ(cudaMemcpyAsync(out.data(), state->logits(), out.size() * 4, cudaMemcpyDeviceToHost,
                               stream),
               cudaSuccess);
     EXPECT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
@@ -789,21 +791,21 @@ TEST(CudaModel, PagedV1AgreesWithSplitPast48K) {
 
 TEST(CudaModel, InvalidStepsAreErrors) {
   L2KV_SKIP_WITHOUT_GPU();
-  auto model = load(kFixtures / "qwen2-tied", 64, 8);
+  auto state = load(kFixtures / "qwen2-tied", 64, 8);
   const std::vector<int32_t> tokens(40, 7), bad_token = {600};
   const std::vector<int32_t> table = {1, 2, 3}, short_table = {1}, outside = {1, 9, 2};
   const BatchSequence ok[] = {{tokens, 0, table, true}};
-  EXPECT_NO_THROW(model->run(ok, false, nullptr));
+  EXPECT_NO_THROW(state->run_to_host(ok, false, nullptr));
   const BatchSequence too_few_blocks[] = {{tokens, 0, short_table, true}};
-  EXPECT_THROW(model->run(too_few_blocks, false, nullptr), Error);
+  EXPECT_THROW(state->run_to_host(too_few_blocks, false, nullptr), Error);
   const BatchSequence block_outside[] = {{tokens, 0, outside, true}};
-  EXPECT_THROW(model->run(block_outside, false, nullptr), Error);
+  EXPECT_THROW(state->run_to_host(block_outside, false, nullptr), Error);
   const BatchSequence token_outside[] = {{bad_token, 40, table, true}};
-  EXPECT_THROW(model->run(token_outside, false, nullptr), Error);
+  EXPECT_THROW(state->run_to_host(token_outside, false, nullptr), Error);
   const std::vector<int32_t> many(65, 1);
   const std::vector<int32_t> five = {1, 2, 3, 4, 5};
   const BatchSequence too_many_tokens[] = {{many, 0, five, true}};
-  EXPECT_THROW(model->run(too_many_tokens, false, nullptr), Error);
+  EXPECT_THROW(state->run_to_host(too_many_tokens, false, nullptr), Error);
 }
 
 }  // namespace

@@ -107,35 +107,42 @@ double measure_read_ceiling(cudaStream_t stream) {
 }
 
 // Bytes of K and V of one token over all layers, as the model stores them (16-bit or fp8).
-int64_t kv_bytes_per_token(const CudaModel& model) {
-  return model.kv_block_bytes(1);
+int64_t kv_bytes_per_token(const CudaStepState& state) {
+  return state.kv_block_bytes(1);
 }
 
 // One decode step at `batch` sequences of `context` tokens, KV filled with random values:
-// median step time over replays (graph and eager) and a profiled eager run.
-nlohmann::ordered_json run_steady_point(CudaModel& model, const Variant& variant, int32_t batch,
-                                        int32_t context, int32_t block_size, int32_t reps,
-                                        double ceiling, KernelTrace* trace, cudaStream_t stream) {
-  const ModelConfig& c = model.config();
+// median step time over replays (graph and eager) and a profiled eager run. The step runs in a
+// state of its own on the runner's model, stored as the runner's `options` say.
+nlohmann::ordered_json run_steady_point(const std::shared_ptr<CudaModel>& model,
+                                        const CudaRunnerOptions& options, const Variant& variant,
+                                        int32_t batch, int32_t context, int32_t block_size,
+                                        int32_t reps, double ceiling, KernelTrace* trace,
+                                        cudaStream_t stream) {
+  CudaStepState state(model);
+  state.set_kv_storage(options.kv_storage);
+  state.set_calculate_kv_scales(options.calculate_kv_scales);
+  state.set_fused_layer(options.fused_layer);
+  const ModelConfig& c = state.config();
   const int32_t blocks_per_seq = (context + block_size - 1) / block_size;
   const int32_t num_blocks = batch * blocks_per_seq + 1;  // block 0 is the pad rows' block
-  model.allocate_workspace({batch, batch, context, 0});
-  model.allocate_kv_cache(num_blocks, block_size);
+  state.allocate_workspace({batch, batch, context, 0});
+  state.allocate_kv_cache(num_blocks, block_size);
   const int64_t pool_elems =
       static_cast<int64_t>(num_blocks) * block_size * c.num_kv_heads * c.head_dim;
   for (int64_t l = 0; l < c.num_layers; ++l) {
-    if (model.kv_storage() == KvStorage::kFp8E4M3) {
-      fill_random_fp8_e4m3(model.k_pool(l), pool_elems, 1.f, 1000 + 2 * l, stream);
-      fill_random_fp8_e4m3(model.v_pool(l), pool_elems, 1.f, 1001 + 2 * l, stream);
+    if (state.kv_storage() == KvStorage::kFp8E4M3) {
+      fill_random_fp8_e4m3(state.k_pool(l), pool_elems, 1.f, 1000 + 2 * l, stream);
+      fill_random_fp8_e4m3(state.v_pool(l), pool_elems, 1.f, 1001 + 2 * l, stream);
     } else {
-      fill_random(model.k_pool(l), pool_elems, c.dtype, 1.f, 1000 + 2 * l, stream);
-      fill_random(model.v_pool(l), pool_elems, c.dtype, 1.f, 1001 + 2 * l, stream);
+      fill_random(state.k_pool(l), pool_elems, c.dtype, 1.f, 1000 + 2 * l, stream);
+      fill_random(state.v_pool(l), pool_elems, c.dtype, 1.f, 1001 + 2 * l, stream);
     }
   }
-  model.set_decode_attention(variant.kernel, variant.policy);
-  model.set_use_graphs(true);
+  state.set_decode_attention(variant.kernel, variant.policy);
+  state.set_use_graphs(true);
   const int32_t size[] = {batch};
-  model.capture_decode_graphs(size, stream);
+  state.capture_decode_graphs(size, stream);
 
   // Shuffled tables: no sequence's blocks are contiguous.
   std::vector<int32_t> blocks(static_cast<size_t>(num_blocks - 1));
@@ -150,18 +157,18 @@ nlohmann::ordered_json run_steady_point(CudaModel& model, const Variant& variant
                     std::span<const int32_t>(blocks.data() + int64_t{s} * blocks_per_seq,
                                              static_cast<size_t>(blocks_per_seq)),
                     true});
-  model.prepare(seqs, 0, stream);
+  state.prepare(seqs, 0, stream);
 
   cudaEvent_t a, b;
   L2KV_CUDA_CHECK(cudaEventCreate(&a));
   L2KV_CUDA_CHECK(cudaEventCreate(&b));
   auto median_ms = [&](bool graphs) {
-    model.set_use_graphs(graphs);
-    for (int i = 0; i < 3; ++i) model.forward(stream);
+    state.set_use_graphs(graphs);
+    for (int i = 0; i < 3; ++i) state.forward(stream);
     std::vector<float> ms(static_cast<size_t>(reps));
     for (float& t : ms) {
       L2KV_CUDA_CHECK(cudaEventRecord(a, stream));
-      model.forward(stream);
+      state.forward(stream);
       L2KV_CUDA_CHECK(cudaEventRecord(b, stream));
       L2KV_CUDA_CHECK(cudaEventSynchronize(b));
       L2KV_CUDA_CHECK(cudaEventElapsedTime(&t, a, b));
@@ -171,26 +178,26 @@ nlohmann::ordered_json run_steady_point(CudaModel& model, const Variant& variant
   };
   const double graph_ms = median_ms(true);
   const double eager_ms = median_ms(false);
-  model.set_profiling(true);
-  model.forward(stream);
+  state.set_profiling(true);
+  state.forward(stream);
   L2KV_CUDA_CHECK(cudaStreamSynchronize(stream));
-  const CudaModel::OpTimes ops = model.last_op_times();
-  model.set_profiling(false);
-  model.set_use_graphs(true);
+  const CudaStepState::OpTimes ops = state.last_op_times();
+  state.set_profiling(false);
+  state.set_use_graphs(true);
   nlohmann::ordered_json kernel_profile;
   if (trace) {  // one graph replay's kernels
     L2KV_CUDA_CHECK(cudaStreamSynchronize(stream));
     trace->clear();
-    model.forward(stream);
+    state.forward(stream);
     L2KV_CUDA_CHECK(cudaStreamSynchronize(stream));
     kernel_profile = profile_step(trace->collect(), decode_projections(c), ceiling);
   }
   cudaEventDestroy(a);
   cudaEventDestroy(b);
-  model.release_kv_cache();
+  state.release_kv_cache();
 
-  const double bytes = static_cast<double>(model.streamed_weight_bytes()) +
-                       static_cast<double>(kv_bytes_per_token(model)) * batch * (context + 1.0);
+  const double bytes = static_cast<double>(state.model().streamed_weight_bytes()) +
+                       static_cast<double>(kv_bytes_per_token(state)) * batch * (context + 1.0);
   const double mbu = bytes / (graph_ms * 1e-3 * ceiling);
   return {{"mode", "steady"},
           {"attention", decode_kernel_name(variant.kernel)},
@@ -213,10 +220,10 @@ nlohmann::ordered_json run_steady_point(CudaModel& model, const Variant& variant
 // each (EOS ignored), at most `concurrency` in flight. Prompt i is drawn from seed
 // 1234 + first_prompt + i: callers number the prompts of all points in a row, so no point
 // finds an earlier point's prompts in the prefix cache (a 0 % hit rate, reported).
-nlohmann::ordered_json run_e2e_point(Engine& engine, const ModelConfig& c, int64_t weight_bytes,
-                                     const Variant& variant, int32_t input_len, int32_t output_len,
-                                     int32_t concurrency, int32_t num_prompts, int64_t first_prompt,
-                                     double ceiling) {
+nlohmann::ordered_json run_e2e_point(Engine& engine, CudaRunner& runner, const ModelConfig& c,
+                                     int64_t weight_bytes, const Variant& variant,
+                                     int32_t input_len, int32_t output_len, int32_t concurrency,
+                                     int32_t num_prompts, int64_t first_prompt, double ceiling) {
   struct Tracked {
     int32_t length = 0;  // prompt + generated
     int32_t generated = 0;
@@ -256,7 +263,6 @@ nlohmann::ordered_json run_e2e_point(Engine& engine, const ModelConfig& c, int64
     ++submitted;
     ++in_flight;
   };
-  auto& runner = dynamic_cast<CudaRunner&>(engine.runner());
   runner.reset_profile();
   double prefill_s = 0, decode_s = 0, decode_bytes = 0;
   int64_t decode_steps = 0;
@@ -283,9 +289,9 @@ nlohmann::ordered_json run_e2e_point(Engine& engine, const ModelConfig& c, int64
     } else {
       decode_s += step_s;
       ++decode_steps;
-      decode_bytes +=
-          static_cast<double>(weight_bytes) +
-          static_cast<double>(kv_bytes_per_token(runner.model())) * (kv_tokens + before.running);
+      decode_bytes += static_cast<double>(weight_bytes) +
+                      static_cast<double>(kv_bytes_per_token(runner.step_state())) *
+                          (kv_tokens + before.running);
     }
     if (seconds_since(last_progress) > 2.0) {
       last_progress = Clock::now();
@@ -362,9 +368,10 @@ int run_bench(const BenchOptions& o) {
   ModelOptions model_options = o.model;
   if (model_options.device == "auto") model_options.device = "cuda";
   LoadedModel loaded = load_model(model_options);
-  if (!loaded.cuda_model) throw Error("l2kv bench runs on the CUDA backend");
+  if (!loaded.cuda_model || !loaded.cuda_runner) throw Error("l2kv bench runs on the CUDA backend");
   std::shared_ptr<CudaModel> model = loaded.cuda_model;
-  auto* runner = dynamic_cast<CudaRunner*>(loaded.runner.get());
+  // Owned by loaded.runner, then by the e2e engine: both outlive every use here.
+  CudaRunner* runner = loaded.cuda_runner;
   const ModelConfig& c = model->config();
   int device = 0;
   L2KV_CUDA_CHECK(cudaGetDevice(&device));
@@ -401,8 +408,9 @@ int run_bench(const BenchOptions& o) {
       for (int32_t batch : o.steady_batches)
         for (const Variant& v : variants) {
           if (over_budget()) break;
-          auto point = run_steady_point(*model, v, batch, context, o.engine.block_size,
-                                        o.steady_reps, ceiling, trace.get(), runner->stream());
+          auto point =
+              run_steady_point(model, runner->options(), v, batch, context, o.engine.block_size,
+                               o.steady_reps, ceiling, trace.get(), runner->stream());
           point["model"] = o.model.model;
           std::printf(
               "steady  %-14s B=%-4d ctx=%-6d step %8.3f ms (eager %8.3f)  %9.1f tok/s  "
@@ -424,7 +432,6 @@ int run_bench(const BenchOptions& o) {
     Engine engine(std::move(loaded.runner), nullptr, config);
     std::fprintf(stderr, "l2kv bench: KV cache of %d blocks of %d tokens\n",
                  engine.stats().kv_blocks_total, config.block_size);
-    auto& engine_runner = dynamic_cast<CudaRunner&>(engine.runner());
     int64_t prompts_sent = 0;
     for (int32_t output_len : o.output_lens)
       for (int32_t conc : o.concurrency)
@@ -433,10 +440,10 @@ int run_bench(const BenchOptions& o) {
             std::fprintf(stderr, "l2kv bench: time budget spent; remaining points skipped\n");
             break;
           }
-          engine_runner.set_decode_attention(v.kernel, v.policy);
+          runner->set_decode_attention(v.kernel, v.policy);
           const int32_t prompts = o.num_prompts > 0 ? o.num_prompts : conc;
-          auto point = run_e2e_point(engine, c, model->streamed_weight_bytes(), v, o.input_len,
-                                     output_len, conc, prompts, prompts_sent, ceiling);
+          auto point = run_e2e_point(engine, *runner, c, model->streamed_weight_bytes(), v,
+                                     o.input_len, output_len, conc, prompts, prompts_sent, ceiling);
           prompts_sent += prompts;
           point["model"] = o.model.model;
           std::printf(

@@ -171,6 +171,7 @@ LoadedModel load_model(const ModelOptions& o) {
                               : "") +
                          (o.fused_layer ? ", five-kernel layer" : "") +
                          (o.enforce_eager ? ", eager" : ", CUDA graphs") + ")";
+    loaded.cuda_runner = runner.get();
     loaded.runner = std::move(runner);
   }
   if (loaded.tokenizer && loaded.tokenizer->vocab_size() > loaded.runner->config().vocab_size)

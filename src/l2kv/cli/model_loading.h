@@ -12,6 +12,10 @@
 #include "l2kv/model/cuda_model.h"
 #include "l2kv/tokenizer/tokenizer.h"
 
+namespace l2kv {
+class CudaRunner;
+}
+
 namespace l2kv::cli {
 
 struct ModelOptions {
@@ -34,6 +38,9 @@ struct LoadedModel {
   std::unique_ptr<ModelRunner> runner;
   std::optional<Tokenizer> tokenizer;     // from the folder's tokenizer.json, if it has one
   std::shared_ptr<CudaModel> cuda_model;  // set on the CUDA backend
+  // `runner` as the CUDA runner it is (on the CUDA backend): valid while whoever owns `runner`
+  // (it or the Engine it is handed to) keeps it.
+  CudaRunner* cuda_runner = nullptr;
   bool synthetic = false;
   std::string description;  // for logs: model, backend, dtype
 };

@@ -55,11 +55,12 @@ CudaRunner::CudaRunner(std::shared_ptr<CudaModel> model, CudaRunnerOptions optio
   device_ = model_->device();
   L2KV_CUDA_CHECK(cudaSetDevice(device_));
   L2KV_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking));
-  model_->set_decode_attention(options_.attention, options_.kv_prefetch);
-  model_->set_kv_storage(options_.kv_storage);
-  model_->set_calculate_kv_scales(options_.calculate_kv_scales);
-  model_->set_use_graphs(options_.cuda_graphs);
-  model_->set_fused_layer(options_.fused_layer);
+  state_ = std::make_unique<CudaStepState>(model_);
+  state_->set_decode_attention(options_.attention, options_.kv_prefetch);
+  state_->set_kv_storage(options_.kv_storage);
+  state_->set_calculate_kv_scales(options_.calculate_kv_scales);
+  state_->set_use_graphs(options_.cuda_graphs);
+  state_->set_fused_layer(options_.fused_layer);
   for (cudaEvent_t& e : events_) L2KV_CUDA_CHECK(cudaEventCreate(&e));
 }
 
@@ -68,6 +69,7 @@ CudaRunner::~CudaRunner() {
   free_masks();
   if (device_prompt_logits_) cudaFree(device_prompt_logits_);
   if (host_prompt_logits_) cudaFreeHost(host_prompt_logits_);
+  state_.reset();
   model_.reset();
   for (cudaEvent_t e : events_)
     if (e) cudaEventDestroy(e);
@@ -96,7 +98,7 @@ KvCacheSizing CudaRunner::prepare(int32_t block_size, int32_t max_batched_tokens
                 std::to_string(memory_utilization));
   block_size_ = block_size;
   max_seqs_ = max_seqs;
-  model_->allocate_workspace({max_batched_tokens, max_seqs, max_model_len, 0});
+  state_->allocate_workspace({max_batched_tokens, max_seqs, max_model_len, 0});
   // Penalties need the rows' histories; bound them by what one step can hold.
   const int64_t history = std::min<int64_t>(int64_t{max_seqs} * max_model_len, int64_t{1} << 24);
   // Allocated before the free memory is read, so the KV cache is sized without it.
@@ -118,7 +120,7 @@ KvCacheSizing CudaRunner::prepare(int32_t block_size, int32_t max_batched_tokens
   const double allowed = memory_utilization * static_cast<double>(total_bytes);
   const double used = static_cast<double>(total_bytes - free_bytes);
   KvCacheSizing sizing;
-  sizing.bytes_per_block = model_->kv_block_bytes(block_size);
+  sizing.bytes_per_block = state_->kv_block_bytes(block_size);
   sizing.bytes_available =
       std::max<int64_t>(0, static_cast<int64_t>(allowed - used) - options_.reserve_bytes);
   return sizing;
@@ -126,17 +128,17 @@ KvCacheSizing CudaRunner::prepare(int32_t block_size, int32_t max_batched_tokens
 
 void CudaRunner::allocate_kv_cache(int32_t num_blocks) {
   L2KV_CUDA_CHECK(cudaSetDevice(device_));
-  model_->allocate_kv_cache(num_blocks, block_size_);
-  if (options_.cuda_graphs) model_->capture_decode_graphs(decode_graph_buckets(max_seqs_), stream_);
+  state_->allocate_kv_cache(num_blocks, block_size_);
+  if (options_.cuda_graphs) state_->capture_decode_graphs(decode_graph_buckets(max_seqs_), stream_);
 }
 
 void CudaRunner::set_decode_attention(DecodeKernel kernel, const PrefetchPolicy& policy) {
   L2KV_CUDA_CHECK(cudaSetDevice(device_));
   options_.attention = kernel;
   options_.kv_prefetch = policy;
-  model_->set_decode_attention(kernel, policy);
-  if (options_.cuda_graphs && model_->num_kv_blocks() > 0)
-    model_->capture_decode_graphs(decode_graph_buckets(max_seqs_), stream_);
+  state_->set_decode_attention(kernel, policy);
+  if (options_.cuda_graphs && state_->num_kv_blocks() > 0)
+    state_->capture_decode_graphs(decode_graph_buckets(max_seqs_), stream_);
 }
 
 std::string CudaRunner::device_fault() {
@@ -186,13 +188,13 @@ std::vector<SampledToken> CudaRunner::execute(const StepInput& step) {
     rows_.push_back(row);
   }
   const int32_t n = static_cast<int32_t>(batch_.size());
-  const int32_t pad_to = decode_only && options_.cuda_graphs ? model_->graph_bucket(n) : 0;
+  const int32_t pad_to = decode_only && options_.cuda_graphs ? state_->graph_bucket(n) : 0;
   using Clock = std::chrono::steady_clock;
   const auto start = Clock::now();
-  model_->prepare(batch_, pad_to, stream_);
+  state_->prepare(batch_, pad_to, stream_);
   const auto prepared = Clock::now();
   L2KV_CUDA_CHECK(cudaEventRecord(events_[0], stream_));
-  model_->forward(stream_);
+  state_->forward(stream_);
   L2KV_CUDA_CHECK(cudaEventRecord(events_[1], stream_));
   fill_deferred_masks();  // while the GPU runs the forward
   if (masked_rows > 0) {
@@ -202,13 +204,13 @@ std::vector<SampledToken> CudaRunner::execute(const StepInput& step) {
     L2KV_CUDA_CHECK(cudaMemcpyAsync(device_mask_rows_, host_mask_rows_,
                                     sizeof(int32_t) * masked_rows, cudaMemcpyHostToDevice,
                                     stream_));
-    // The logits are the model's workspace, rewritten by every forward: masking them in place
+    // The logits are the step state's workspace, rewritten by every forward: masking them in place
     // spares a copy, and the sampler then reads them as sampler.h's step -1 defines.
-    apply_token_bitmask(const_cast<float*>(model_->logits()), config().vocab_size, device_masks_,
+    apply_token_bitmask(const_cast<float*>(state_->logits()), config().vocab_size, device_masks_,
                         device_mask_rows_, masked_rows, stream_);
   }
   std::vector<SampledToken> sampled;
-  if (!rows_.empty()) sampler_->sample(model_->logits(), rows_, stream_);
+  if (!rows_.empty()) sampler_->sample(state_->logits(), rows_, stream_);
   L2KV_CUDA_CHECK(cudaEventRecord(events_[2], stream_));
   if (rows_.empty())
     L2KV_CUDA_CHECK(cudaStreamSynchronize(stream_));
@@ -244,12 +246,12 @@ void CudaRunner::prompt_logprobs(const StepInput& step) {
     L2KV_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&device_prompt_logits_), block_bytes));
   if (!host_prompt_logits_)
     L2KV_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&host_prompt_logits_), block_bytes));
-  int64_t first_row = 0;  // the sequence's first row in the step (CudaModel::prepare's order)
+  int64_t first_row = 0;  // the sequence's first row in the step (CudaStepState::prepare's order)
   for (const StepSequence& s : step.sequences) {
     const auto targets = static_cast<int64_t>(s.prompt_logprob_targets.size());
     for (int64_t done = 0; done < targets; done += kPromptLogprobRows) {
       const auto rows = static_cast<int32_t>(std::min<int64_t>(kPromptLogprobRows, targets - done));
-      model_->hidden_row_logits(static_cast<int32_t>(first_row + s.prompt_logprobs_row + done),
+      state_->hidden_row_logits(static_cast<int32_t>(first_row + s.prompt_logprobs_row + done),
                                 rows, device_prompt_logits_, stream_);
       L2KV_CUDA_CHECK(cudaMemcpyAsync(host_prompt_logits_, device_prompt_logits_,
                                       sizeof(float) * static_cast<size_t>(rows * vocab),

@@ -1,11 +1,12 @@
-// The CUDA model runner: CudaModel (weights, workspace, KV pool, decode graphs) plus the GPU
-// sampler, on one device. Decode-only steps replay the CUDA graph of the smallest captured
-// batch bucket that holds them (1, 2, 4, 8, then steps of 8 up to max_num_seqs); steps with
-// prompt chunks run eagerly. The decode kernel (split or the paper's paged_v1) and its L2
-// prefetch policy are run-time options, so both methods run in the same engine.
+// The CUDA model runner: a CudaModel (weights, forward ops), its CudaStepState (workspace, KV
+// pool, step plans, decode graphs) and the GPU sampler, on one device. Decode-only steps replay the
+// CUDA graph of the smallest captured batch bucket that holds them (1, 2, 4, 8, then steps of 8 up
+// to max_num_seqs); steps with prompt chunks run eagerly. The decode kernel (split or the paper's
+// paged_v1) and its L2 prefetch policy are run-time options, so both methods run in the same
+// engine.
 //
 // Prompt logprobs: after a step whose chunks ask for them, the LM head runs again over those
-// chunks' rows (CudaModel::hidden_row_logits, kPromptLogprobRows rows at a time into buffers
+// chunks' rows (CudaStepState::hidden_row_logits, kPromptLogprobRows rows at a time into buffers
 // allocated on the first such step), and each row's logprobs, rank and top tokens are taken on
 // the host from its raw logits (prompt_logprob_on_cpu, as CpuRunner). Other steps run nothing
 // for them.
@@ -18,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "l2kv/engine/cuda_step_state.h"
 #include "l2kv/engine/model_runner.h"
 #include "l2kv/model/cuda_model.h"
 
@@ -32,7 +34,7 @@ struct CudaRunnerOptions {
   KvStorage kv_storage = KvStorage::kModelDtype;  // fp8: both decode kernels read E4M3 K/V
   bool calculate_kv_scales =
       true;                  // fp8 scales from the first prompt where the checkpoint has none
-  bool fused_layer = false;  // CudaModel::set_fused_layer
+  bool fused_layer = false;  // CudaStepState::set_fused_layer
   // Device memory kept out of the KV pool for graphs, the sampler and allocator slack.
   int64_t reserve_bytes = int64_t{512} << 20;
 };
@@ -72,12 +74,14 @@ class CudaRunner : public ModelRunner {
   const StepProfile& profile() const { return profile_; }
   void reset_profile() { profile_ = {}; }
 
-  CudaModel& model() { return *model_; }
+  // The device state steps run in (KV pool, workspace, graphs).
+  const CudaStepState& step_state() const { return *state_; }
   cudaStream_t stream() const { return stream_; }
   const CudaRunnerOptions& options() const { return options_; }
 
  private:
   std::shared_ptr<CudaModel> model_;
+  std::unique_ptr<CudaStepState> state_;  // made on the model's device, freed before the stream
   CudaRunnerOptions options_;
   int device_ = 0;
   cudaStream_t stream_ = nullptr;

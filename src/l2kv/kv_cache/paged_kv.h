@@ -57,7 +57,7 @@ struct PagedKvCache {
   float k_scale = 1.f;  // fp8 only: K = stored * k_scale
   float v_scale = 1.f;
   // fp8 only, optional: [k_scale, v_scale] in device memory, read by the kernels in place of
-  // the two fields above. Scales computed on the device from the first prompt (CudaModel's
+  // the two fields above. Scales computed on the device from the first prompt (CudaStepState's
   // calculated KV scales) live there, so graphs captured before they exist replay with them.
   const float* device_scales = nullptr;
 

@@ -1,0 +1,70 @@
+#include "l2kv/model/cuda_attention.h"
+
+#include <algorithm>
+
+#include "l2kv/core/error.h"
+
+namespace l2kv {
+
+const char* decode_kernel_name(DecodeKernel kernel) {
+  return kernel == DecodeKernel::kSplit ? "split" : "paged_v1";
+}
+
+DecodeKernel parse_decode_kernel(const std::string& name) {
+  if (name == "split") return DecodeKernel::kSplit;
+  if (name == "paged_v1") return DecodeKernel::kPagedV1;
+  throw Error("attention kernel '" + name + "': expected split or paged_v1");
+}
+
+void CudaAttention::set_decode_kernel(DecodeKernel kernel, const PrefetchPolicy& policy) {
+  if (policy.pdl && kernel != DecodeKernel::kSplit)
+    throw Error("KV prefetch policy " + to_string(policy) +
+                ": +pdl (programmatic dependent launch) needs the split attention kernel");
+  kernel_ = kernel;
+  prefetch_ = policy;
+  // `auto` on the split kernel: no L2 prefetch distance (SplitDecode::prefetch_distance) and a
+  // programmatic dependent launch behind the RoPE/KV-write kernel: on an H200 the decode step
+  // was 0.4-1.3 % faster at batch 1 and 8 and within 0.2 % at 16 and 64
+  // (bench/results/2026-11-27-h200/decode-v2/steady_rope_pdl.json, steady_auto.json).
+  if (kernel == DecodeKernel::kSplit && policy.mode == PrefetchMode::kAuto) prefetch_.pdl = true;
+}
+
+void CudaAttention::reserve_prefill(int32_t max_tokens, int32_t max_seqs, int32_t num_kv_heads,
+                                    int32_t num_q_heads) {
+  prefill_.reserve(max_tokens, max_seqs, num_kv_heads, num_q_heads);
+}
+
+void CudaAttention::reserve_decode(int32_t max_seqs, int32_t max_model_len,
+                                   const DecodeAttentionParams& shape, bool kv_pool) {
+  if (kernel_ == DecodeKernel::kPagedV1)
+    // Decode steps pass max_model_len as the length bound (one launch, and graph, for every
+    // length): beyond 48K tokens paged_v1 runs in partitions, whose partials are sized here for
+    // the largest batch.
+    paged_v1_.reserve(max_seqs, shape.num_q_heads, shape.kv.head_dim, max_model_len);
+  else if (kv_pool)
+    split_.reserve_for_graphs(max_seqs, shape);
+}
+
+void CudaAttention::plan_decode(DecodeAttentionParams params,
+                                std::span<const int32_t> host_seq_lens, cudaStream_t stream) {
+  if (kernel_ != DecodeKernel::kSplit) return;
+  params.max_seq_len = *std::max_element(host_seq_lens.begin(), host_seq_lens.end());
+  split_.plan(params, host_seq_lens, stream);  // the same plan serves every layer
+}
+
+void CudaAttention::plan_prefill(const PagedKvCache& kv, int32_t num_q_heads,
+                                 std::span<const PrefillChunk> chunks, cudaStream_t stream) {
+  prefill_.plan(kv, num_q_heads, chunks, stream);
+}
+
+void CudaAttention::run(const DecodeAttentionParams& params, bool decode_only,
+                        cudaStream_t stream) {
+  if (!decode_only)
+    prefill_.run(params.q, params.out, params.kv, params.num_q_heads, params.softmax_scale, stream);
+  else if (kernel_ == DecodeKernel::kSplit)
+    split_.run(params, prefetch_, stream);
+  else
+    paged_v1_.run(params, prefetch_, stream);
+}
+
+}  // namespace l2kv
