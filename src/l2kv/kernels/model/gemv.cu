@@ -394,10 +394,19 @@ void launch_tiles(const GemvParams& p, cudaStream_t stream) {
 // decode step the ring is 1-2 % faster at 1-8 rows (it requests 96 KB per block before the PDL
 // wait, against 64 KB), and 10 % slower at 16, where its 104 KB of shared memory per block
 // leave too little L1 for the re-read x tiles.
+// The ring form's norm prologue stages x in shared memory after the ring when that keeps two
+// blocks per SM (one row of up to 6144 features: Llama-3-8B's 4096, Qwen2.5-14B's 5120); more
+// rows or wider ones normalize x in every iteration of the register form instead.
+constexpr int64_t kStagedNormMaxBytes = 108 * 1024;
+
 template <typename T, typename OutT, bool kNorm, GemvEpilogue kEpilogue>
 void launch(const GemvParams& p, cudaStream_t stream) {
-  if (p.rows <= kColsPerTile)
+  const bool stage_fits =
+      GemvTiling<1, true>::kSmemBytes + p.rows * p.in * 2 <= kStagedNormMaxBytes;
+  if (p.rows <= kColsPerTile && (!kNorm || stage_fits))
     launch_tiles<T, OutT, 1, kNorm, kEpilogue, true>(p, stream);
+  else if (p.rows <= kColsPerTile)
+    launch_tiles<T, OutT, 1, kNorm, kEpilogue, false>(p, stream);
   else
     launch_tiles<T, OutT, 2, kNorm, kEpilogue, false>(p, stream);
 }
