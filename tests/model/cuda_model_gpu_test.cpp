@@ -16,6 +16,7 @@
 #include "l2kv/core/error.h"
 #include "l2kv/engine/cuda_step_state.h"
 #include "l2kv/kernels/attention/prefetch_policy.h"
+#include "l2kv/kernels/model/gemv.h"
 #include "l2kv/kernels/model/kv_scales.h"
 #include "l2kv/model/cpu_model.h"
 #include "l2kv/model/cuda_model.h"
@@ -305,8 +306,8 @@ TEST_P(CudaModelFixture, FusedLayerAgreesWithNineKernels) {
   std::vector<std::vector<float>> logits[2];
   for (const bool fused : {true, false}) {
     auto state = load(kFixtures / GetParam(), 64, 128);
-    EXPECT_FALSE(state->fused_layer());  // off by default (slower on an H200, bench/NOTES.md)
-    state->set_fused_layer(fused);
+    EXPECT_EQ(state->fused_layer_max_rows(), CudaStepState::kDefaultFusedLayerMaxRows);
+    state->set_fused_layer_max_rows(fused ? kGemvMaxRows : 0);
     const int64_t vocab = state->config().vocab_size;
     constexpr size_t kSeqs = 12;
     Tables tables(kSeqs);
@@ -700,7 +701,8 @@ TEST(CudaModel, Fp8ProjectionsAgreeBetweenGemvAndWidenedPaths) {
   c.num_q_heads = 8, c.num_kv_heads = 2, c.head_dim = 64;
   CudaStepState state(std::make_shared<CudaModel>(c, 5));
   EXPECT_EQ(state.model().weight_bytes(), c.weight_bytes());
-  EXPECT_THROW(state.set_fused_layer(true), Error);  // no fp8 form: refused, not ignored
+  EXPECT_EQ(state.fused_layer_max_rows(), 0);              // no fp8 form: nine kernels by default
+  EXPECT_THROW(state.set_fused_layer_max_rows(1), Error);  // and refused, not ignored
   constexpr int32_t kLen = 200;
   state.allocate_workspace({kLen, 4, 2048, kLen});
   state.allocate_kv_cache(64, 16);

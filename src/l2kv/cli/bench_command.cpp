@@ -122,7 +122,8 @@ nlohmann::ordered_json run_steady_point(const std::shared_ptr<CudaModel>& model,
   CudaStepState state(model);
   state.set_kv_storage(options.kv_storage);
   state.set_calculate_kv_scales(options.calculate_kv_scales);
-  state.set_fused_layer(options.fused_layer);
+  if (options.fused_layer_max_rows >= 0)
+    state.set_fused_layer_max_rows(options.fused_layer_max_rows);
   const ModelConfig& c = state.config();
   const int32_t blocks_per_seq = (context + block_size - 1) / block_size;
   const int32_t num_blocks = batch * blocks_per_seq + 1;  // block 0 is the pad rows' block

@@ -52,13 +52,13 @@ void add_model_options(CLI::App& app, ModelOptions& o) {
                "default; --no-calculate-kv-scales uses scale 1, which saturates K above 448 "
                "and stores values below 2^-6 in E4M3's coarse subnormal steps")
       ->capture_default_str();
-  app.add_flag("--fused-layer,!--no-fused-layer", o.fused_layer,
-               "Experimental: on CUDA, steps of up to 16 rows run each decoder layer in five "
-               "kernels (RMSNorm inside the QKV and gate_up projections, SiLU x up and the "
-               "residual adds in the projections' epilogues). Off by default: on an H200 it is "
-               "slower than the nine separate kernels (bench/NOTES.md), which larger steps "
-               "always use")
-      ->capture_default_str();
+  app.add_option("--fused-layer-max-rows", o.fused_layer_max_rows,
+                 "On CUDA, decode steps of up to this many rows (0-16) run each decoder layer in "
+                 "five kernels (RMSNorm inside the QKV and gate_up projections, SiLU x up and the "
+                 "residual adds in the projections' epilogues), larger steps in nine. Default 1 "
+                 "(0 for fp8 models, which have no fused form): on an H200 the five are faster "
+                 "at one row and slower from two (bench/NOTES.md). 0 turns them off")
+      ->check(CLI::Range(0, 16));
   app.add_flag("--enforce-eager", o.enforce_eager,
                "Run decode steps kernel by kernel instead of replaying CUDA graphs");
 }
@@ -160,8 +160,13 @@ LoadedModel load_model(const ModelOptions& o) {
     options.cuda_graphs = !o.enforce_eager;
     options.kv_storage = o.kv_cache_dtype == "auto" ? KvStorage::kModelDtype : KvStorage::kFp8E4M3;
     options.calculate_kv_scales = o.calculate_kv_scales;
-    options.fused_layer = o.fused_layer;
+    options.fused_layer_max_rows = o.fused_layer_max_rows;
     auto runner = std::make_unique<CudaRunner>(loaded.cuda_model, options);
+    const int32_t fused_rows = runner->step_state().fused_layer_max_rows();
+    const std::string layer = fused_rows == 0   ? ", nine kernels per layer"
+                              : fused_rows == 1 ? ""  // the default
+                                                : ", five kernels per layer up to " +
+                                                      std::to_string(fused_rows) + " rows";
     loaded.description = o.model + " on " + runner->device_name() + " (" +
                          std::string(dtype_name(loaded.cuda_model->config().dtype)) +
                          ", attention " + o.attention + ", kv-prefetch " + o.kv_prefetch +
@@ -169,8 +174,7 @@ LoadedModel load_model(const ModelOptions& o) {
                          (options.kv_storage == KvStorage::kFp8E4M3 && !o.calculate_kv_scales
                               ? " without calculated scales"
                               : "") +
-                         (o.fused_layer ? ", five-kernel layer" : "") +
-                         (o.enforce_eager ? ", eager" : ", CUDA graphs") + ")";
+                         layer + (o.enforce_eager ? ", eager" : ", CUDA graphs") + ")";
     loaded.cuda_runner = runner.get();
     loaded.runner = std::move(runner);
   }

@@ -27,7 +27,7 @@ struct ModelOptions {
   std::string kv_cache_dtype = "auto";  // auto (the model's dtype) | fp8_e4m3 (alias fp8)
   bool enforce_eager = false;           // no CUDA graphs
   bool calculate_kv_scales = true;      // fp8 scales from the first prompt where none are given
-  bool fused_layer = false;             // the five-kernel decoder layer for steps of <= 16 rows
+  int32_t fused_layer_max_rows = -1;    // the five-kernel layer up to these rows; -1: default
   uint64_t synthetic_seed = 1;
 };
 

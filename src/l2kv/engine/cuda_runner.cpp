@@ -60,7 +60,8 @@ CudaRunner::CudaRunner(std::shared_ptr<CudaModel> model, CudaRunnerOptions optio
   state_->set_kv_storage(options_.kv_storage);
   state_->set_calculate_kv_scales(options_.calculate_kv_scales);
   state_->set_use_graphs(options_.cuda_graphs);
-  state_->set_fused_layer(options_.fused_layer);
+  if (options_.fused_layer_max_rows >= 0)
+    state_->set_fused_layer_max_rows(options_.fused_layer_max_rows);
   for (cudaEvent_t& e : events_) L2KV_CUDA_CHECK(cudaEventCreate(&e));
 }
 

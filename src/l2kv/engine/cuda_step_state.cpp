@@ -43,6 +43,7 @@ CudaStepState::CudaStepState(std::shared_ptr<CudaModel> model) : model_(std::mov
   L2KV_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&kv_scales_),
                              static_cast<size_t>(2 * config().num_layers) * sizeof(float)));
   set_calculate_kv_scales(calculate_kv_scales_);
+  fused_layer_max_rows_ = config().fp8_weights ? 0 : kDefaultFusedLayerMaxRows;
 }
 
 CudaStepState::~CudaStepState() {
@@ -171,14 +172,17 @@ void CudaStepState::release_kv_cache() {
   num_blocks_ = 0;
 }
 
-void CudaStepState::set_fused_layer(bool on) {
-  if (on && config().fp8_weights)
+void CudaStepState::set_fused_layer_max_rows(int32_t rows) {
+  if (rows < 0 || rows > kGemvMaxRows)
+    throw Error("--fused-layer-max-rows " + std::to_string(rows) + ": must be 0 to " +
+                std::to_string(kGemvMaxRows) + " (the decode GEMV's rows)");
+  if (rows > 0 && config().fp8_weights)
     throw Error(
-        "--fused-layer: the five-kernel layer has no fp8 form; fp8 models run nine "
-        "kernels per layer");
-  if (on == fused_layer_) return;
+        "--fused-layer-max-rows: the five-kernel layer has no fp8 form; fp8 models run nine "
+        "kernels per layer (use 0)");
+  if (rows == fused_layer_max_rows_) return;
   drop_graphs();
-  fused_layer_ = on;
+  fused_layer_max_rows_ = rows;
 }
 
 void CudaStepState::set_decode_attention(DecodeKernel kernel, const PrefetchPolicy& policy) {
@@ -316,7 +320,7 @@ void CudaStepState::enqueue_forward(cudaStream_t stream) {
   f.logit_rows = step_.logit_rows;
   f.decode_only = step_.decode_only;
   f.all_logits = step_.all_logits;
-  f.fused_layer = fused_layer_ && model_->can_fuse_layer(step_.rows);
+  f.fused_layer = step_.rows <= fused_layer_max_rows_ && model_->can_fuse_layer(step_.rows);
   f.calculate_kv_scales = step_.calculate_kv_scales;
   const int32_t* meta = meta_->meta.ptr;
   f.ids = meta + meta_->ids;

@@ -112,12 +112,14 @@ class CudaStepState {
   void capture_decode_graphs(std::span<const int32_t> batch_sizes, cudaStream_t stream);
   bool has_graph(int32_t batch_size) const { return graphs_.count(batch_size) > 0; }
   void set_use_graphs(bool on) { use_graphs_ = on; }
-  // Steps of up to gemv max rows (16) run each layer in five kernels (gemv.h's fusions: RMSNorm
-  // prologues, residual and SiLU x up epilogues) when on, in nine when off (the default, and what
-  // larger steps always run: the five measured slower on an H200, bench/NOTES.md). Drops
-  // captured graphs. Throws l2kv::Error for a model with fp8 projections.
-  void set_fused_layer(bool on);
-  bool fused_layer() const { return fused_layer_; }
+  // Steps of up to `rows` rows (0 to 16, the GEMV's limit) run each layer in five kernels
+  // (gemv.h's fusions: RMSNorm prologues, residual and SiLU x up epilogues), larger ones in
+  // nine. The default, kDefaultFusedLayerMaxRows, is where an H200 measured the five faster
+  // (bench/NOTES.md). Drops captured graphs. Models with fp8 projections run nine kernels at
+  // every size (there is no fp8 form of the fusions): a nonzero limit throws l2kv::Error there.
+  static constexpr int32_t kDefaultFusedLayerMaxRows = 1;
+  void set_fused_layer_max_rows(int32_t rows);
+  int32_t fused_layer_max_rows() const { return fused_layer_max_rows_; }
   // The smallest captured bucket >= rows, or 0.
   int32_t graph_bucket(int32_t rows) const;
 
@@ -168,7 +170,7 @@ class CudaStepState {
   std::vector<int32_t> host_seq_lens_;  // of the prepared step
   std::map<int32_t, cudaGraphExec_t> graphs_;
   bool use_graphs_ = true;
-  bool fused_layer_ = false;
+  int32_t fused_layer_max_rows_ = 0;  // set by the constructor
   bool profiling_ = false;
   ForwardEvents op_events_;
   ForwardEvents::Pair total_events_{};
