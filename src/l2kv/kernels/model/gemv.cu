@@ -1,7 +1,8 @@
-// Decode GEMV on tensor cores. A thread block owns 16 output features (16 rows of W) and the
-// whole `in` dimension; its warps split `in` between them (warp w takes iterations w, w +
-// kWarps, ...), each accumulating a 16 x (8 * kNTiles) tile of y^T with mma.m16n8k16, and the
-// warps' tiles are summed through shared memory at the end. Every weight byte is read once,
+// Decode GEMV on tensor cores. A thread block owns 16 output features (16 rows of W; 32, two
+// tiles, for the norm prologue staged in shared memory) and the whole `in` dimension; a tile's
+// warps split `in` between them (warp w takes iterations w, w + kWarps, ...), each accumulating
+// a 16 x (8 * kNTiles) tile of y^T with mma.m16n8k16, and the warps' tiles are summed through
+// shared memory at the end. Every weight byte is read once,
 // by one 16-byte streaming load; x (at most 16 rows) is re-read by every block through L1.
 //
 // Fragment trick: the order of k inside an mma is free as long as A and B use the same one.
@@ -193,7 +194,9 @@ __device__ __forceinline__ OutT to_output(float v) {
     return tc::ElementTraits<OutT>::from_float(v);
 }
 
-template <typename T, typename OutT, int kNTiles, bool kNorm, GemvEpilogue kEpilogue, bool kRing>
+// kMTiles 16-feature tiles per block: each tile's k is split between kWarps / kMTiles warps.
+template <typename T, typename OutT, int kNTiles, bool kNorm, GemvEpilogue kEpilogue, bool kRing,
+          int kMTiles>
 __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) gemv_kernel(GemvParams p) {
   // A kernel launched behind this one with programmatic dependent launch may start now; it
   // waits for this grid before reading its output.
@@ -207,7 +210,10 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) gemv_kernel(GemvPar
   const int lane = static_cast<int>(threadIdx.x) % kWarpSize;
   const int warp = static_cast<int>(threadIdx.x) / kWarpSize;
   const int g = lane / kLanesPerRow, t = lane % kLanesPerRow;
-  const int64_t first_row = int64_t{blockIdx.x} * kRowsPerBlock;
+  constexpr int kWarpsK = kWarps / kMTiles;
+  const int mt = warp / kWarpsK, kw = warp % kWarpsK;  // the warp's tile and k share
+  const int64_t block_first_row = int64_t{blockIdx.x} * kRowsPerBlock * kMTiles;
+  const int64_t first_row = block_first_row + mt * kRowsPerBlock;
   const int64_t vecs = p.in / kElemsPerVec;
   const GemvFusion& f = p.fusion;
   // Rows past the end of W or x read the last row (valid memory); the mma keeps rows and
@@ -264,18 +270,18 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) gemv_kernel(GemvPar
   float acc[kNTiles][4] = {};
   WeightVecs<kUnroll> wv;
   if constexpr (kRing) {
-    // The warp's iterations are warp, warp + kWarps, ...; its stage s holds iteration j with
+    // The warp's iterations are kw, kw + kWarpsK, ...; its stage s holds iteration j with
     // j % kStages == s. All stages are requested before the wait below (the weights do not
     // depend on the kernel ahead), then each consumed stage is refilled right after its mma, so
     // kStages - 1 to kStages iterations stay in flight without holding registers.
     constexpr int kStages = Tiling::kStages;
     const int64_t iters = full_iters + (has_tail ? 1 : 0);
-    const int count = warp < iters ? static_cast<int>((iters - warp + kWarps - 1) / kWarps) : 0;
+    const int count = kw < iters ? static_cast<int>((iters - kw + kWarpsK - 1) / kWarpsK) : 0;
     uint4* stages = ring + static_cast<int64_t>(warp) * kStages * Tiling::kStageVecs;
     auto issue = [&](int j, int s) {
       if (j < count)
         issue_stage<kUnroll>(stages + s * Tiling::kStageVecs, w_lo, w_hi,
-                             (warp + int64_t{j} * kWarps) * Tiling::kVecsPerIter, vecs - t, lane);
+                             (kw + int64_t{j} * kWarpsK) * Tiling::kVecsPerIter, vecs - t, lane);
       ptx::cp_async_commit();  // empty groups too: wait_group counts stay uniform
     };
 #pragma unroll
@@ -285,8 +291,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) gemv_kernel(GemvPar
     for (int j = 0; j < count; ++j) {
       ptx::cp_async_wait<kStages - 1>();  // this lane's copies of iteration j have landed
       read_stage<kUnroll>(wv, stages + s * Tiling::kStageVecs, lane);
-      const int64_t first_vec = (warp + int64_t{j} * kWarps) * Tiling::kVecsPerIter;
-      if (warp + int64_t{j} * kWarps < full_iters)
+      const int64_t first_vec = (kw + int64_t{j} * kWarpsK) * Tiling::kVecsPerIter;
+      if (kw + int64_t{j} * kWarpsK < full_iters)
         multiply<T, kNTiles, kUnroll, false, kFrom>(acc, wv, xs, first_vec, vecs - t);
       else
         multiply<T, kNTiles, kUnroll, true, kFrom>(acc, wv, xs, first_vec, vecs - t);
@@ -298,20 +304,20 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) gemv_kernel(GemvPar
     // The weights do not depend on the kernel ahead: the warp's first iteration of them is in
     // flight before the wait below, so with PDL the blocks resident early (up to 64 KB each)
     // stream weights while that kernel drains.
-    int64_t it = warp;
+    int64_t it = kw;
     if (it < full_iters)
       load_weights<kUnroll, false>(wv, w_lo, w_hi, it * Tiling::kVecsPerIter, vecs - t);
     else if (it == full_iters && has_tail)
       load_weights<kUnroll, true>(wv, w_lo, w_hi, it * Tiling::kVecsPerIter, vecs - t);
     wait_for_inputs();
-    for (; it < full_iters; it += kWarps) {
-      if (it != warp)
+    for (; it < full_iters; it += kWarpsK) {
+      if (it != kw)
         load_weights<kUnroll, false>(wv, w_lo, w_hi, it * Tiling::kVecsPerIter, vecs - t);
       multiply<T, kNTiles, kUnroll, false, kFrom>(acc, wv, xs, it * Tiling::kVecsPerIter, vecs - t);
     }
     // The partial last iteration belongs to the warp whose turn it is.
     if (it == full_iters && has_tail) {
-      if (it != warp)
+      if (it != kw)
         load_weights<kUnroll, true>(wv, w_lo, w_hi, it * Tiling::kVecsPerIter, vecs - t);
       multiply<T, kNTiles, kUnroll, true, kFrom>(acc, wv, xs, it * Tiling::kVecsPerIter, vecs - t);
     }
@@ -327,15 +333,17 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) gemv_kernel(GemvPar
     for (int r = 0; r < 4; ++r) partial[warp][nt * 4 + r][lane] = acc[nt][r];
   __syncthreads();
   using Traits = tc::ElementTraits<T>;
-  for (int j = static_cast<int>(threadIdx.x); j < kNTiles * 2 * kWarpSize; j += kThreads) {
-    const int nt = j / (2 * kWarpSize), c = (j / kWarpSize) % 2, l = j % kWarpSize;
+  constexpr int kSlots = kNTiles * 2 * kWarpSize;  // per feature tile
+  for (int j = static_cast<int>(threadIdx.x); j < kMTiles * kSlots; j += kThreads) {
+    const int tile = j / kSlots;
+    const int nt = j % kSlots / (2 * kWarpSize), c = (j / kWarpSize) % 2, l = j % kWarpSize;
     float lo = 0.f, hi = 0.f;
 #pragma unroll
-    for (int wp = 0; wp < kWarps; ++wp) {
+    for (int wp = tile * kWarpsK; wp < (tile + 1) * kWarpsK; ++wp) {
       lo += partial[wp][nt * 4 + c][l];
       hi += partial[wp][nt * 4 + c + 2][l];
     }
-    const int64_t n = first_row + l / kLanesPerRow;  // and n + 8
+    const int64_t n = block_first_row + tile * kRowsPerBlock + l / kLanesPerRow;  // and n + 8
     const int64_t m = nt * kColsPerTile + 2 * (l % kLanesPerRow) + c;
     if (m >= p.rows) continue;
     if constexpr (kEpilogue == GemvEpilogue::kStore) {
@@ -343,10 +351,12 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) gemv_kernel(GemvPar
       if (n < p.out) y[m * p.out + n] = to_output<OutT>(lo);
       if (n + kRowsPerBlock / 2 < p.out) y[m * p.out + n + kRowsPerBlock / 2] = to_output<OutT>(hi);
     } else if constexpr (kEpilogue == GemvEpilogue::kSiluMul) {
-      // out is a multiple of 16: every block holds 8 whole (gate, up) pairs.
+      // out is a multiple of 16: every feature tile holds 8 whole (gate, up) pairs, or lies
+      // wholly past the end of W.
+      if (n >= p.out) continue;
       const float gate = Traits::to_float(Traits::from_float(lo));
       const float up = Traits::to_float(Traits::from_float(hi));
-      const int64_t feature = int64_t{blockIdx.x} * (kRowsPerBlock / 2) + l / kLanesPerRow;
+      const int64_t feature = n / kRowsPerBlock * (kRowsPerBlock / 2) + l / kLanesPerRow;
       static_cast<T*>(p.y)[m * (p.out / 2) + feature] =
           Traits::from_float(gate / (1.f + __expf(-gate)) * up);
     } else {
@@ -368,10 +378,11 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) gemv_kernel(GemvPar
   }
 }
 
-template <typename T, typename OutT, int kNTiles, bool kNorm, GemvEpilogue kEpilogue, bool kRing>
+template <typename T, typename OutT, int kNTiles, bool kNorm, GemvEpilogue kEpilogue, bool kRing,
+          int kMTiles = 1>
 void launch_tiles(const GemvParams& p, cudaStream_t stream) {
   using Tiling = GemvTiling<kNTiles, kRing>;
-  auto* kernel = gemv_kernel<T, OutT, kNTiles, kNorm, kEpilogue, kRing>;
+  auto* kernel = gemv_kernel<T, OutT, kNTiles, kNorm, kEpilogue, kRing, kMTiles>;
   // The ring, and for its norm prologue the normalized x rows.
   const int64_t smem = Tiling::kSmemBytes + (kRing && kNorm ? p.rows * p.in * 2 : 0);
   if constexpr (kRing) {
@@ -382,7 +393,8 @@ void launch_tiles(const GemvParams& p, cudaStream_t stream) {
       allowed = smem;
     }
   }
-  const auto blocks = static_cast<unsigned>((p.out + kRowsPerBlock - 1) / kRowsPerBlock);
+  const int64_t features = int64_t{kRowsPerBlock} * kMTiles;
+  const auto blocks = static_cast<unsigned>((p.out + features - 1) / features);
   cudaLaunchAttribute attribute;
   const cudaLaunchConfig_t config = launch_config(
       dim3(blocks), dim3(kThreads), static_cast<size_t>(smem), stream, p.pdl, attribute);
@@ -397,13 +409,20 @@ void launch_tiles(const GemvParams& p, cudaStream_t stream) {
 // The ring form's norm prologue stages x in shared memory after the ring when that keeps two
 // blocks per SM (one row of up to 6144 features: Llama-3-8B's 4096, Qwen2.5-14B's 5120); more
 // rows or wider ones normalize x in every iteration of the register form instead.
+// On large matrices (gate_up) such blocks cover two feature tiles (32 features), so that each
+// normalization serves twice the weights; on QKV that leaves fewer blocks than SM slots.
 constexpr int64_t kStagedNormMaxBytes = 108 * 1024;
+constexpr int64_t kStagedNormWideMinOut = 16384;
 
 template <typename T, typename OutT, bool kNorm, GemvEpilogue kEpilogue>
 void launch(const GemvParams& p, cudaStream_t stream) {
   const bool stage_fits =
       GemvTiling<1, true>::kSmemBytes + p.rows * p.in * 2 <= kStagedNormMaxBytes;
-  if (p.rows <= kColsPerTile && (!kNorm || stage_fits))
+  if (p.rows <= kColsPerTile && !kNorm)
+    launch_tiles<T, OutT, 1, kNorm, kEpilogue, true>(p, stream);
+  else if (p.rows <= kColsPerTile && stage_fits && p.out >= kStagedNormWideMinOut)
+    launch_tiles<T, OutT, 1, kNorm, kEpilogue, true, 2>(p, stream);
+  else if (p.rows <= kColsPerTile && stage_fits)
     launch_tiles<T, OutT, 1, kNorm, kEpilogue, true>(p, stream);
   else if (p.rows <= kColsPerTile)
     launch_tiles<T, OutT, 1, kNorm, kEpilogue, false>(p, stream);
