@@ -478,9 +478,9 @@ TEST(GpuSamplerGpuTest, FindsTheMaximumAtEveryThreadPosition) {
       if (gpu[r].token != planted[r]) failed_positions.push_back(first + r);
     }
   }
-  std::string failed;
+  ::testing::Message failed;
   for (int32_t position : failed_positions)
-    failed += " " + std::to_string(position) + " (warp " + std::to_string(position / 32) + ")";
+    failed << " " << position << " (warp " << position / 32 << ")";
   EXPECT_TRUE(failed_positions.empty())
       << failed_positions.size() << " thread positions missed:" << failed;
 }
@@ -601,6 +601,68 @@ TEST(GpuSamplerGpuTest, RejectsInvalidCallsBeforeLaunching) {
   // A valid call still works after the rejected ones.
   sampler.sample(logits.get(), rows, stream.get());
   EXPECT_EQ(sampler.results(stream.get())[0].token >= 0, true);
+}
+
+// Prompt logprobs on the device against prompt_logprob_on_cpu: random logits of Llama 3's
+// vocabulary and of a small one with many tied logits (ranks and the lowest-id-first order of
+// ties), targets that are the maximum, tied, in the middle and the least likely, top 0 / 5 /
+// 20. Ids and ranks must be equal; logprobs may differ only by the order of the double sums
+// (a float ulp).
+TEST(GpuSamplerGpuTest, PromptLogprobsMatchTheCpuReference) {
+  L2KV_SKIP_WITHOUT_GPU();
+  for (const int64_t vocab : {int64_t{128256}, int64_t{1000}}) {
+    const bool tied = vocab == 1000;
+    constexpr int32_t kRows = GpuSampler::kMaxPromptLogprobRows;
+    std::mt19937 rng(static_cast<uint32_t>(vocab));
+    std::normal_distribution<float> normal(0.f, 3.f);
+    std::vector<float> logits(static_cast<size_t>(kRows * vocab));
+    for (float& v : logits) v = tied ? std::round(normal(rng)) : normal(rng);
+    std::vector<int32_t> targets(kRows);
+    for (int32_t r = 0; r < kRows; ++r) {
+      const float* row = logits.data() + r * vocab;
+      const auto best = static_cast<int32_t>(std::max_element(row, row + vocab) - row);
+      const auto worst = static_cast<int32_t>(std::min_element(row, row + vocab) - row);
+      targets[r] = r % 4 == 0   ? best
+                   : r % 4 == 1 ? worst
+                                : static_cast<int32_t>(rng() % static_cast<uint32_t>(vocab));
+    }
+    DeviceFloats d_logits(logits);
+    Stream stream;
+    GpuSampler sampler(vocab, 4, 0, 1);
+    for (const int32_t top : {0, 5, kMaxLogprobs}) {
+      SCOPED_TRACE(::testing::Message() << "vocab " << vocab << " top " << top);
+      const auto got = sampler.prompt_logprobs(d_logits.get(), targets, top, stream.get());
+      ASSERT_EQ(got.size(), targets.size());
+      for (int32_t r = 0; r < kRows; ++r) {
+        const PromptLogprob want = prompt_logprob_on_cpu(
+            std::span<const float>(logits.data() + r * vocab, static_cast<size_t>(vocab)),
+            targets[r], top);
+        EXPECT_EQ(got[r].token, want.token);
+        EXPECT_EQ(got[r].rank, want.rank) << "row " << r;
+        EXPECT_NEAR(got[r].logprob, want.logprob, 2e-6 * std::max(1.f, std::abs(want.logprob)))
+            << "row " << r;
+        ASSERT_EQ(got[r].top_logprobs.size(), want.top_logprobs.size());
+        for (size_t k = 0; k < want.top_logprobs.size(); ++k) {
+          EXPECT_EQ(got[r].top_logprobs[k].first, want.top_logprobs[k].first)
+              << "row " << r << " top " << k;
+          EXPECT_NEAR(got[r].top_logprobs[k].second, want.top_logprobs[k].second,
+                      2e-6 * std::max(1.f, std::abs(want.top_logprobs[k].second)));
+        }
+      }
+    }
+    // Refused before any launch: too many rows, a token outside the vocabulary, top past 20.
+    EXPECT_THROW(sampler.prompt_logprobs(d_logits.get(), std::vector<int32_t>(kRows + 1, 0), 0,
+                                         stream.get()),
+                 Error);
+    EXPECT_THROW(sampler.prompt_logprobs(d_logits.get(), std::vector<int32_t>{-1}, 0, stream.get()),
+                 Error);
+    EXPECT_THROW(
+        sampler.prompt_logprobs(d_logits.get(), std::vector<int32_t>{static_cast<int32_t>(vocab)},
+                                0, stream.get()),
+        Error);
+    EXPECT_THROW(sampler.prompt_logprobs(d_logits.get(), targets, kMaxLogprobs + 1, stream.get()),
+                 Error);
+  }
 }
 
 }  // namespace

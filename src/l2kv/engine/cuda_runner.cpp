@@ -69,7 +69,6 @@ CudaRunner::~CudaRunner() {
   sampler_.reset();
   free_masks();
   if (device_prompt_logits_) cudaFree(device_prompt_logits_);
-  if (host_prompt_logits_) cudaFreeHost(host_prompt_logits_);
   state_.reset();
   model_.reset();
   for (cudaEvent_t e : events_)
@@ -240,13 +239,13 @@ void CudaRunner::fill_deferred_masks() {
   });
 }
 
+static_assert(CudaRunner::kPromptLogprobRows <= GpuSampler::kMaxPromptLogprobRows);
+
 void CudaRunner::prompt_logprobs(const StepInput& step) {
   const int64_t vocab = config().vocab_size;
-  const size_t block_bytes = sizeof(float) * static_cast<size_t>(kPromptLogprobRows * vocab);
   if (!device_prompt_logits_)
-    L2KV_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&device_prompt_logits_), block_bytes));
-  if (!host_prompt_logits_)
-    L2KV_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&host_prompt_logits_), block_bytes));
+    L2KV_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&device_prompt_logits_),
+                               sizeof(float) * static_cast<size_t>(kPromptLogprobRows * vocab)));
   int64_t first_row = 0;  // the sequence's first row in the step (CudaStepState::prepare's order)
   for (const StepSequence& s : step.sequences) {
     const auto targets = static_cast<int64_t>(s.prompt_logprob_targets.size());
@@ -254,19 +253,11 @@ void CudaRunner::prompt_logprobs(const StepInput& step) {
       const auto rows = static_cast<int32_t>(std::min<int64_t>(kPromptLogprobRows, targets - done));
       state_->hidden_row_logits(static_cast<int32_t>(first_row + s.prompt_logprobs_row + done),
                                 rows, device_prompt_logits_, stream_);
-      L2KV_CUDA_CHECK(cudaMemcpyAsync(host_prompt_logits_, device_prompt_logits_,
-                                      sizeof(float) * static_cast<size_t>(rows * vocab),
-                                      cudaMemcpyDeviceToHost, stream_));
-      L2KV_CUDA_CHECK(cudaStreamSynchronize(stream_));
-      // A row's log-softmax, rank and top tokens read the whole vocabulary: rows in parallel.
-      std::vector<PromptLogprob> block(static_cast<size_t>(rows));
-      parallel_rows(block.size(), [&](size_t r) {
-        block[r] = prompt_logprob_on_cpu(
-            std::span<const float>(host_prompt_logits_ + static_cast<int64_t>(r) * vocab,
-                                   static_cast<size_t>(vocab)),
-            s.prompt_logprob_targets[static_cast<size_t>(done) + r], s.prompt_logprobs);
-      });
-      for (PromptLogprob& row : block) s.prompt_logprobs_out->push_back(std::move(row));
+      // Log-softmax, rank and top tokens on the device: only the results come back.
+      for (PromptLogprob& row : sampler_->prompt_logprobs(
+               device_prompt_logits_, s.prompt_logprob_targets.subspan(done, rows),
+               s.prompt_logprobs, stream_))
+        s.prompt_logprobs_out->push_back(std::move(row));
     }
     first_row += static_cast<int64_t>(s.tokens.size());
   }

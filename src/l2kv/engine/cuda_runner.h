@@ -6,10 +6,10 @@
 // engine.
 //
 // Prompt logprobs: after a step whose chunks ask for them, the LM head runs again over those
-// chunks' rows (CudaStepState::hidden_row_logits, kPromptLogprobRows rows at a time into buffers
-// allocated on the first such step), and each row's logprobs, rank and top tokens are taken on
-// the host from its raw logits (prompt_logprob_on_cpu, as CpuRunner). Other steps run nothing
-// for them.
+// chunks' rows (CudaStepState::hidden_row_logits, kPromptLogprobRows rows at a time into a
+// buffer allocated on the first such step), and each row's logprob, rank and top tokens are
+// taken on the device (GpuSampler::prompt_logprobs, the formula of prompt_logprob_on_cpu): only
+// those come back. Other steps run nothing for them.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -106,10 +106,9 @@ class CudaRunner : public ModelRunner {
   };
   std::vector<DeferredMask> deferred_masks_;
   void fill_deferred_masks();
-  // Prompt logprobs: kPromptLogprobRows rows of fp32 logits on the device and pinned on the
-  // host, allocated by the first step that asks for them.
+  // Prompt logprobs: kPromptLogprobRows rows of fp32 logits on the device, allocated by the
+  // first step that asks for them.
   float* device_prompt_logits_ = nullptr;
-  float* host_prompt_logits_ = nullptr;
   StepProfile profile_;
   void free_masks();
   // Appends the prompt logprobs of every sequence of `step` that asks for them (after the

@@ -452,7 +452,72 @@ __global__ void __launch_bounds__(kThreads, 1) sample_kernel(const KernelArgs a)
   }
 }
 
-size_t align_up(size_t n, size_t alignment) {
+// What prompt_logprobs() reads back for one row.
+struct PromptLogprobRecord {
+  float logprob;
+  int32_t rank;
+  int32_t top_ids[kMaxLogprobs];
+  float top_logprobs[kMaxLogprobs];
+};
+
+// One block per row of raw logits: the log-softmax of the row's target (the formula of
+// sample_kernel's logprobs), its rank (1 + the tokens whose logit is larger) and the `top`
+// most likely tokens by rounds of argmax.
+__global__ void __launch_bounds__(kThreads, 1)
+    prompt_logprob_kernel(const float* logits, int64_t vocab, const int32_t* targets, int32_t top,
+                          PromptLogprobRecord* records) {
+  __shared__ SharedState sh;
+  const float* raw = logits + static_cast<int64_t>(blockIdx.x) * vocab;
+  const int32_t target = targets[blockIdx.x];
+  constexpr double kInf = std::numeric_limits<double>::infinity();
+  double raw_max = -kInf;
+  int32_t raw_max_id = kNoToken;
+  const float x = raw[target];
+  double larger = 0;  // exact: counts stay far below 2^53
+  for (int64_t i = threadIdx.x; i < vocab; i += kThreads) {
+    const double v = raw[i];
+    if (better(v, static_cast<int32_t>(i), raw_max, raw_max_id)) {
+      raw_max = v;
+      raw_max_id = static_cast<int32_t>(i);
+    }
+    larger += raw[i] > x ? 1.0 : 0.0;
+  }
+  block_argmax(raw_max, raw_max_id, sh);
+  larger = block_sum(larger, sh);
+  double sum = 0;
+  for (int64_t i = threadIdx.x; i < vocab; i += kThreads)
+    sum += exp(__dsub_rn(static_cast<double>(raw[i]), raw_max));
+  const double lse = __dadd_rn(raw_max, log(block_sum(sum, sh)));
+  PromptLogprobRecord& record = records[blockIdx.x];
+  if (threadIdx.x == 0) {
+    record.logprob = static_cast<float>(__dsub_rn(static_cast<double>(x), lse));
+    record.rank = 1 + static_cast<int32_t>(larger);
+  }
+  const int32_t n = static_cast<int32_t>(min(static_cast<int64_t>(top), vocab));
+  double previous_score = kInf;
+  int32_t previous_id = -1;
+  for (int32_t k = 0; k < n; ++k) {
+    double best_score = -kInf;
+    int32_t best_id = kNoToken;
+    for (int64_t i = threadIdx.x; i < vocab; i += kThreads) {
+      const double v = raw[i];
+      const int32_t id = static_cast<int32_t>(i);
+      if (better(previous_score, previous_id, v, id) && better(v, id, best_score, best_id)) {
+        best_score = v;
+        best_id = id;
+      }
+    }
+    block_argmax(best_score, best_id, sh);
+    if (threadIdx.x == 0) {
+      record.top_ids[k] = best_id;
+      record.top_logprobs[k] = static_cast<float>(__dsub_rn(best_score, lse));
+    }
+    previous_score = best_score;
+    previous_id = best_id;
+  }
+}
+
+constexpr size_t align_up(size_t n, size_t alignment) {
   return (n + alignment - 1) / alignment * alignment;
 }
 
@@ -481,6 +546,15 @@ struct GpuSampler::Buffers {
   std::byte* host_results = nullptr;
   uint8_t* masks = nullptr;
   bool record_masks = false;
+  // prompt_logprobs(): targets then records, on the device and pinned, allocated on first use.
+  std::byte* device_prompt = nullptr;
+  std::byte* host_prompt = nullptr;
+  static constexpr size_t prompt_records_offset() {
+    return align_up(sizeof(int32_t) * kMaxPromptLogprobRows, 16);
+  }
+  static constexpr size_t prompt_bytes() {
+    return prompt_records_offset() + sizeof(PromptLogprobRecord) * kMaxPromptLogprobRows;
+  }
 
   // The last call, for results() and last_masks().
   int32_t last_rows = 0;
@@ -500,7 +574,9 @@ struct GpuSampler::Buffers {
     cudaFree(device_staging);
     cudaFree(device_results);
     cudaFree(masks);
+    cudaFree(device_prompt);
     cudaFreeHost(host_results);
+    cudaFreeHost(host_prompt);
     for (int s = 0; s < 2; ++s) {
       cudaFreeHost(host_staging[s]);
       if (uploaded[s] != nullptr) cudaEventDestroy(uploaded[s]);
@@ -724,6 +800,51 @@ std::vector<SampledToken> GpuSampler::results(cudaStream_t stream) const {
     out[r].logprob = records[r].logprob;
     for (int64_t k = 0; k < n; ++k)
       out[r].top_logprobs.emplace_back(records[r].top_ids[k], records[r].top_logprobs[k]);
+  }
+  return out;
+}
+
+std::vector<PromptLogprob> GpuSampler::prompt_logprobs(const float* d_logits,
+                                                       std::span<const int32_t> targets,
+                                                       int32_t top, cudaStream_t stream) {
+  Buffers& b = *b_;
+  const auto rows = static_cast<int32_t>(targets.size());
+  if (rows > kMaxPromptLogprobRows || top < 0 || top > kMaxLogprobs)
+    throw Error("GpuSampler::prompt_logprobs: " + std::to_string(rows) + " rows (at most " +
+                std::to_string(kMaxPromptLogprobRows) + "), top " + std::to_string(top) +
+                " (0 to " + std::to_string(kMaxLogprobs) + ")");
+  for (const int32_t t : targets)
+    if (t < 0 || t >= b.vocab)
+      throw Error("GpuSampler::prompt_logprobs: token " + std::to_string(t) +
+                  " outside a vocabulary of " + std::to_string(b.vocab));
+  if (rows == 0) return {};
+  if (b.device_prompt == nullptr) {
+    L2KV_CUDA_CHECK(cudaMalloc(&b.device_prompt, Buffers::prompt_bytes()));
+    L2KV_CUDA_CHECK(cudaMallocHost(&b.host_prompt, Buffers::prompt_bytes()));
+  }
+  // The pinned targets are rewritten only after the previous call synchronized (below).
+  std::memcpy(b.host_prompt, targets.data(), sizeof(int32_t) * rows);
+  L2KV_CUDA_CHECK(cudaMemcpyAsync(b.device_prompt, b.host_prompt, sizeof(int32_t) * rows,
+                                  cudaMemcpyHostToDevice, stream));
+  auto* records =
+      reinterpret_cast<PromptLogprobRecord*>(b.device_prompt + Buffers::prompt_records_offset());
+  prompt_logprob_kernel<<<rows, kThreads, 0, stream>>>(
+      d_logits, b.vocab, reinterpret_cast<const int32_t*>(b.device_prompt), top, records);
+  L2KV_CUDA_CHECK_LAUNCH();
+  L2KV_CUDA_CHECK(cudaMemcpyAsync(b.host_prompt + Buffers::prompt_records_offset(), records,
+                                  sizeof(PromptLogprobRecord) * rows, cudaMemcpyDeviceToHost,
+                                  stream));
+  L2KV_CUDA_CHECK(cudaStreamSynchronize(stream));
+  const auto* host_records = reinterpret_cast<const PromptLogprobRecord*>(
+      b.host_prompt + Buffers::prompt_records_offset());
+  const int32_t n = static_cast<int32_t>(std::min<int64_t>(top, b.vocab));
+  std::vector<PromptLogprob> out(static_cast<size_t>(rows));
+  for (int32_t r = 0; r < rows; ++r) {
+    out[r].token = targets[r];
+    out[r].logprob = host_records[r].logprob;
+    out[r].rank = host_records[r].rank;
+    for (int32_t k = 0; k < n; ++k)
+      out[r].top_logprobs.emplace_back(host_records[r].top_ids[k], host_records[r].top_logprobs[k]);
   }
   return out;
 }

@@ -1,9 +1,10 @@
 // The sampler of sampler.h on the GPU: one thread block per row over the fp32 logits, same
 // logit_bias, penalties, masks, exponential race and logprobs as sample_on_cpu. All buffers
-// are allocated once, in the constructor; a step's parameters, logit_bias entries and token
-// histories go up in one async copy from pinned memory and only the sampled ids and logprobs
-// come back. Rows with penalties or logit_bias need a vocab-sized scratch row (8 bytes per
-// token): `scratch_rows` of them are kept, and a call with more such rows runs in waves.
+// are allocated once, in the constructor (prompt_logprobs()'s few KB on its first call); a step's
+// parameters, logit_bias entries and token histories go up in one async copy from pinned memory and
+// only the sampled ids and logprobs come back. Rows with penalties or logit_bias need a vocab-sized
+// scratch row (8 bytes per token): `scratch_rows` of them are kept, and a call with more such rows
+// runs in waves.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -40,6 +41,16 @@ class GpuSampler {
   int64_t device_bytes() const;
   // Kernel launches (waves) of the last sample().
   int32_t last_launches() const;
+
+  // Prompt logprobs of up to kMaxPromptLogprobRows rows of raw logits d_logits [rows, vocab]
+  // (device, fp32): row r's log-softmax of targets[r], its rank and the `top` (0 to
+  // kMaxLogprobs) most likely tokens, as prompt_logprob_on_cpu computes them (the same
+  // formula in double precision; only the order of the sums differs). Synchronizes `stream`;
+  // throws l2kv::Error for sizes or tokens out of range.
+  static constexpr int32_t kMaxPromptLogprobRows = 64;
+  std::vector<PromptLogprob> prompt_logprobs(const float* d_logits,
+                                             std::span<const int32_t> targets, int32_t top,
+                                             cudaStream_t stream);
 
   // Device array [max_rows] of the last sampled ids.
   const int32_t* device_tokens() const;
