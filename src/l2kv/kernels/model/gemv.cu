@@ -18,6 +18,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <atomic>
 #include <climits>
 #include <string>
 #include <type_traits>
@@ -42,6 +43,7 @@ constexpr int kLanesPerRow = 4;    // lanes that share a W row in one load instr
 // Two blocks of 256 threads per SM caps registers at 128 per thread: room for 2 x 8 weight
 // vectors in flight (NTiles = 1). More blocks fit where registers allow.
 constexpr int kMinBlocksPerSm = 2;
+constexpr int kMaxDevices = 16;  // devices whose shared-memory limit is tracked per kernel
 
 template <int kNTiles, bool kRing>
 struct GemvTiling {
@@ -386,11 +388,15 @@ void launch_tiles(const GemvParams& p, cudaStream_t stream) {
   // The ring, and for its norm prologue the normalized x rows.
   const int64_t smem = Tiling::kSmemBytes + (kRing && kNorm ? p.rows * p.in * 2 : 0);
   if constexpr (kRing) {
-    static int64_t allowed = 0;  // raised before the first launch that needs it (eager warm-up)
-    if (smem > allowed) {
+    // Raised per device before the first launch that needs it (an eager warm-up precedes any
+    // graph capture).
+    static std::atomic<int64_t> allowed[kMaxDevices] = {};
+    int device = 0;
+    L2KV_CUDA_CHECK(cudaGetDevice(&device));
+    if (device >= kMaxDevices || smem > allowed[device].load()) {
       L2KV_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                            static_cast<int>(smem)));
-      allowed = smem;
+      if (device < kMaxDevices) allowed[device].store(smem);
     }
   }
   const int64_t features = int64_t{kRowsPerBlock} * kMTiles;
@@ -416,18 +422,13 @@ constexpr int64_t kStagedNormWideMinOut = 16384;
 
 template <typename T, typename OutT, bool kNorm, GemvEpilogue kEpilogue>
 void launch(const GemvParams& p, cudaStream_t stream) {
-  const bool stage_fits =
-      GemvTiling<1, true>::kSmemBytes + p.rows * p.in * 2 <= kStagedNormMaxBytes;
-  if (p.rows <= kColsPerTile && !kNorm)
-    launch_tiles<T, OutT, 1, kNorm, kEpilogue, true>(p, stream);
-  else if (p.rows <= kColsPerTile && stage_fits && p.out >= kStagedNormWideMinOut)
-    launch_tiles<T, OutT, 1, kNorm, kEpilogue, true, 2>(p, stream);
-  else if (p.rows <= kColsPerTile && stage_fits)
-    launch_tiles<T, OutT, 1, kNorm, kEpilogue, true>(p, stream);
-  else if (p.rows <= kColsPerTile)
-    launch_tiles<T, OutT, 1, kNorm, kEpilogue, false>(p, stream);
-  else
-    launch_tiles<T, OutT, 2, kNorm, kEpilogue, false>(p, stream);
+  if (p.rows > kColsPerTile) return launch_tiles<T, OutT, 2, kNorm, kEpilogue, false>(p, stream);
+  if (!kNorm) return launch_tiles<T, OutT, 1, kNorm, kEpilogue, true>(p, stream);
+  if (GemvTiling<1, true>::kSmemBytes + p.rows * p.in * 2 > kStagedNormMaxBytes)
+    return launch_tiles<T, OutT, 1, kNorm, kEpilogue, false>(p, stream);
+  if (p.out >= kStagedNormWideMinOut)
+    return launch_tiles<T, OutT, 1, kNorm, kEpilogue, true, 2>(p, stream);
+  launch_tiles<T, OutT, 1, kNorm, kEpilogue, true>(p, stream);
 }
 
 // The combinations the decoder uses: plain (16-bit or fp32 out), norm + store (QKV), residual
