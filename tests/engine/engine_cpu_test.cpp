@@ -860,6 +860,13 @@ TEST(EngineStopStrings, CheckerHoldsBackPossibleStarts) {
   EXPECT_EQ(r.text, "a");
   EXPECT_EQ(*r.matched, 1u);
 
+  StopStringChecker included({"cd", "bcde"}, /*include_stop=*/true);
+  r = included.push("abc");
+  EXPECT_EQ(r.text, "a");  // "bc" may start "bcde"
+  r = included.push("def");
+  EXPECT_EQ(r.text, "bcde");  // the earliest stop string ends the text, itself included
+  EXPECT_EQ(*r.matched, 1u);
+
   StopStringChecker off({"ab"});
   EXPECT_EQ(off.push("xa", false).text, "xa");  // before min_tokens: nothing held or matched
   EXPECT_EQ(off.push("b").text, "b");
@@ -899,6 +906,17 @@ TEST(EngineStopStrings, StopStringEndsOutputAndIsNotStreamed) {
   EXPECT_EQ(got.text, full.substr(0, at));
   EXPECT_EQ(got.last.finish_reason, FinishReason::kStop);
   EXPECT_EQ(got.last.stop_reason, stop);
+  expect_no_leak(engine);
+
+  // vLLM's include_stop_str_in_output: the same tokens, the text up to the stop string's end.
+  Collected included;
+  p.include_stop_str_in_output = true;
+  engine.add_request(request_for(c.prompt, p, included));
+  engine.run_until_idle();
+  EXPECT_EQ(included.tokens, got.tokens);
+  EXPECT_EQ(included.text, full.substr(0, at + stop.size()));
+  EXPECT_EQ(included.last.stop_reason, stop);
+  p.include_stop_str_in_output = false;
   expect_no_leak(engine);
 
   // Without a stop string the streamed text is the whole decode, even with a held-back tail.

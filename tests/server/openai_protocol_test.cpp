@@ -233,19 +233,14 @@ TEST(OpenAiProtocol, RefusesFieldsItDoesNotImplement) {
       {R"("service_tier": "flex")", "service_tier"},
       {R"("use_beam_search": true)", "use_beam_search"},
       {R"("length_penalty": 0.5)", "length_penalty"},
-      {R"("include_stop_str_in_output": true)", "include_stop_str_in_output"},
       {R"("spaces_between_special_tokens": false)", "spaces_between_special_tokens"},
-      {R"("truncate_prompt_tokens": 10)", "truncate_prompt_tokens"},
       {R"("prompt_logprobs": 21)", "prompt_logprobs"},
       {R"("allowed_token_ids": [1, 2])", "allowed_token_ids"},
       {R"("bad_words": ["x"])", "bad_words"},
-      {R"("add_special_tokens": true)", "add_special_tokens"},
-      {R"("add_generation_prompt": false)", "add_generation_prompt"},
       {R"("continue_final_message": true)", "continue_final_message"},
       {R"("echo": true)", "echo"},
       {R"("documents": [{"text": "d"}])", "documents"},
       {R"("chat_template": "{{ x }}")", "chat_template"},
-      {R"("chat_template_kwargs": {"enable_thinking": false})", "chat_template_kwargs"},
       {R"("mm_processor_kwargs": {})", "mm_processor_kwargs"},
       {R"("guided_json": {"type": "object"})", "guided_json"},
       {R"("guided_regex": "a+")", "guided_regex"},
@@ -715,6 +710,99 @@ TEST(OpenAiProtocol, TokenizeAndDetokenize) {
   EXPECT_EQ(dump_json(r), R"({"prompt":"hi A"})");
   r = detokenize_response(json::parse(R"({"tokens": []})"), kLimits, &tok);
   EXPECT_EQ(r["prompt"], "");
+}
+
+// An ASCII tokenizer whose post-processor adds BOS (id 95), to see add_special_tokens.
+const Tokenizer& ascii_tokenizer_with_bos() {
+  static const Tokenizer tokenizer = [] {
+    nlohmann::json vocab = nlohmann::json::object();
+    for (int c = 32; c < 127; ++c) vocab[std::string(1, static_cast<char>(c))] = c - 32;
+    vocab["<s>"] = 95;
+    const nlohmann::json bos = {{"SpecialToken", {{"id", "<s>"}, {"type_id", 0}}}};
+    const nlohmann::json a = {{"Sequence", {{"id", "A"}, {"type_id", 0}}}};
+    const nlohmann::json spec = {
+        {"added_tokens",
+         {{{"id", 95},
+           {"content", "<s>"},
+           {"single_word", false},
+           {"lstrip", false},
+           {"rstrip", false},
+           {"normalized", false},
+           {"special", true}}}},
+        {"model", {{"type", "BPE"}, {"vocab", vocab}, {"merges", nlohmann::json::array()}}},
+        {"post_processor",
+         {{"type", "TemplateProcessing"},
+          {"single", {bos, a}},
+          {"pair", {bos, a, a}},
+          {"special_tokens", {{"<s>", {{"id", "<s>"}, {"ids", {95}}, {"tokens", {"<s>"}}}}}}}}};
+    return Tokenizer::from_json(spec.dump());
+  }();
+  return tokenizer;
+}
+
+// vLLM's prompt fields: add_special_tokens, truncate_prompt_tokens (left truncation, -1 = the
+// model's length), and on chat add_generation_prompt and chat_template_kwargs (template
+// variables); include_stop_str_in_output reaches the sampling parameters.
+TEST(OpenAiProtocol, PromptFields) {
+  const Tokenizer& tok = ascii_tokenizer_with_bos();
+  auto prompt_of = [&](const std::string& body) {
+    const auto prompts = tokenize_prompts(completion(body), &tok, nullptr);
+    EXPECT_EQ(prompts.size(), 1u);
+    return prompts.at(0);
+  };
+  std::vector<int32_t> with_bos = {95};
+  for (const int32_t id : ascii_ids("hello")) with_bos.push_back(id);
+  EXPECT_EQ(prompt_of(R"({"prompt": "hello"})"), with_bos);
+  EXPECT_EQ(prompt_of(R"({"prompt": "hello", "add_special_tokens": false})"), ascii_ids("hello"));
+  EXPECT_EQ(prompt_of(R"({"prompt": "hello", "truncate_prompt_tokens": 3})"), ascii_ids("llo"));
+  EXPECT_EQ(prompt_of(R"({"prompt": "hello", "truncate_prompt_tokens": 9})"), with_bos);
+  EXPECT_EQ(prompt_of(R"({"prompt": [1, 2, 3, 4, 5, 6], "truncate_prompt_tokens": 4})"),
+            (std::vector<int32_t>{3, 4, 5, 6}));
+  std::vector<int32_t> long_ids(100);
+  for (size_t i = 0; i < long_ids.size(); ++i) long_ids[i] = static_cast<int32_t>(i % 90);
+  const auto kept =
+      prompt_of(R"({"truncate_prompt_tokens": -1, "prompt": )" + json(long_ids).dump() + "}");
+  EXPECT_EQ(kept, std::vector<int32_t>(long_ids.end() - kLimits.max_model_len, long_ids.end()));
+
+  const ChatTemplate tmpl(
+      "{% if enable_thinking is defined and not enable_thinking %}/no_think{% endif %}"
+      "{% for m in messages %}<{{ m.role }}>{{ m.content }}{% endfor %}"
+      "{% if add_generation_prompt %}<assistant>{% endif %}",
+      "<s>", "");
+  auto chat_prompt = [&](const std::string& fields) {
+    const ApiRequest r = chat(R"({"messages": [{"role": "user", "content": "yo"}])" + fields + "}");
+    return tokenize_prompts(r, &tok, &tmpl).at(0);
+  };
+  EXPECT_EQ(chat_prompt(""), ascii_ids("<user>yo<assistant>"));
+  EXPECT_EQ(chat_prompt(R"(, "add_generation_prompt": false)"), ascii_ids("<user>yo"));
+  EXPECT_EQ(chat_prompt(R"(, "chat_template_kwargs": {"enable_thinking": false})"),
+            ascii_ids("/no_think<user>yo<assistant>"));
+  std::vector<int32_t> chat_bos = {95};
+  for (const int32_t id : ascii_ids("<user>yo<assistant>")) chat_bos.push_back(id);
+  EXPECT_EQ(chat_prompt(R"(, "add_special_tokens": true)"), chat_bos);
+  EXPECT_EQ(chat_prompt(R"(, "truncate_prompt_tokens": 4)"), ascii_ids("ant>"));
+
+  EXPECT_TRUE(completion(R"({"prompt": "x", "include_stop_str_in_output": true})")
+                  .params.include_stop_str_in_output);
+  EXPECT_FALSE(completion(R"({"prompt": "x"})").params.include_stop_str_in_output);
+
+  // What the fields do not take is a 400 naming them.
+  const std::vector<std::pair<std::string, std::string>> refused = {
+      {R"("truncate_prompt_tokens": 0)", "truncate_prompt_tokens"},
+      {R"("truncate_prompt_tokens": -2)", "truncate_prompt_tokens"},
+      {R"("truncate_prompt_tokens": "10")", "truncate_prompt_tokens"},
+      {R"("add_special_tokens": 1)", "add_special_tokens"},
+      {R"("include_stop_str_in_output": "yes")", "include_stop_str_in_output"},
+      {R"("add_generation_prompt": "no")", "add_generation_prompt"},
+      {R"("chat_template_kwargs": ["enable_thinking"])", "chat_template_kwargs"},
+      {R"("chat_template_kwargs": {"messages": []})", "chat_template_kwargs"},
+  };
+  for (const auto& [fields, param] : refused) {
+    const std::string body = R"({"messages": [{"role": "user", "content": "x"}], )" + fields + "}";
+    const ApiError e = error_of([&] { chat(body); });
+    EXPECT_EQ(e.status, 400) << body;
+    EXPECT_EQ(e.param, param) << body;
+  }
 }
 
 TEST(OpenAiProtocol, InvalidTokenizeAndDetokenize) {

@@ -4,7 +4,8 @@
 
 namespace l2kv {
 
-StopStringChecker::StopStringChecker(std::vector<std::string> stops) : stops_(std::move(stops)) {
+StopStringChecker::StopStringChecker(std::vector<std::string> stops, bool include_stop)
+    : stops_(std::move(stops)), include_stop_(include_stop) {
   std::erase_if(stops_, [](const std::string& s) { return s.empty(); });
 }
 
@@ -27,7 +28,7 @@ StopStringChecker::Result StopStringChecker::push(std::string_view piece, bool m
     }
   }
   if (result.matched) {
-    result.text = held_.substr(0, first);
+    result.text = held_.substr(0, first + (include_stop_ ? stops_[*result.matched].size() : 0));
     held_.clear();
     stopped_ = true;
     return result;

@@ -1,7 +1,8 @@
 // Stop strings over streamed text. Text arrives in pieces (from the incremental detokenizer);
 // the checker passes on what is safe to stream and holds back any tail that could still
 // become the start of a stop string, so a client never sees a stop string or a prefix of one
-// that turns out to end the output. The stop string itself is never part of the output.
+// that turns out to end the output. The stop string itself is part of the output only when the
+// checker is built to include it (vLLM's include_stop_str_in_output).
 #pragma once
 
 #include <optional>
@@ -13,7 +14,7 @@ namespace l2kv {
 
 class StopStringChecker {
  public:
-  explicit StopStringChecker(std::vector<std::string> stops);
+  explicit StopStringChecker(std::vector<std::string> stops, bool include_stop = false);
 
   struct Result {
     std::string text;               // safe to stream now
@@ -22,7 +23,8 @@ class StopStringChecker {
 
   // Takes the next piece of text. While `match` is false (before min_tokens), stop strings
   // are not looked for and nothing is held back. Once a stop string is found, `text` is what
-  // precedes it and the rest is dropped; later calls return nothing.
+  // precedes it (and the stop string itself when included) and the rest is dropped; later
+  // calls return nothing.
   Result push(std::string_view piece, bool match = true);
   // The text still held back, when the output ends for another reason.
   std::string flush();
@@ -32,6 +34,7 @@ class StopStringChecker {
 
  private:
   std::vector<std::string> stops_;
+  bool include_stop_ = false;
   std::string held_;
   bool stopped_ = false;
 };

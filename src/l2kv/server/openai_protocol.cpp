@@ -181,34 +181,18 @@ const std::vector<FieldRule>& field_rules() {
       {"skip_special_tokens", kBoth, kImplemented},
       {"use_beam_search", kBoth, kUnsupported, {"false"}, "l2kv has no beam search."},
       {"length_penalty", kBoth, kUnsupported, {"1"}, "it applies to beam search only."},
-      {"include_stop_str_in_output",
-       kBoth,
-       kUnsupported,
-       {"false"},
-       "stop strings are never included."},
+      {"include_stop_str_in_output", kBoth, kImplemented},
       {"spaces_between_special_tokens",
        kBoth,
        kUnsupported,
        {"true"},
        "special tokens are always detokenized with spaces between them."},
-      {"truncate_prompt_tokens",
-       kBoth,
-       kUnsupported,
-       {},
-       "l2kv refuses prompts over --max-model-len rather than truncating them."},
+      {"truncate_prompt_tokens", kBoth, kImplemented},
       {"prompt_logprobs", kBoth, kImplemented},
       {"allowed_token_ids", kBoth, kUnsupported, {}, "use logit_bias."},
       {"bad_words", kBoth, kUnsupported, {"[]"}, "use logit_bias for single tokens."},
-      {"add_special_tokens",
-       kBoth,
-       kUnsupported,
-       {},
-       "completions add the BOS token, chat templates write their own."},
-      {"add_generation_prompt",
-       kChatOnly,
-       kUnsupported,
-       {"true"},
-       "the generation prompt is always added."},
+      {"add_special_tokens", kBoth, kImplemented},
+      {"add_generation_prompt", kChatOnly, kImplemented},
       {"continue_final_message",
        kChatOnly,
        kUnsupported,
@@ -217,7 +201,7 @@ const std::vector<FieldRule>& field_rules() {
       {"echo", kChatOnly, kUnsupported, {"false"}, "chat completions never echo."},
       {"documents", kChatOnly, kUnsupported, {}, "l2kv passes no documents to the template."},
       {"chat_template", kChatOnly, kUnsupported, {}, "l2kv uses the model's chat template."},
-      {"chat_template_kwargs", kChatOnly, kUnsupported, {}, "l2kv passes no template variables."},
+      {"chat_template_kwargs", kChatOnly, kImplemented},
       {"mm_processor_kwargs", kBoth, kUnsupported, {}, "l2kv serves text-only models."},
       {"guided_json", kBoth, kImplemented},
       {"guided_regex", kBoth, kImplemented},
@@ -482,6 +466,15 @@ void parse_common(const json& body, const ServerLimits& limits, ApiRequest& r) {
     p.min_tokens = to_int32(*v, "min_tokens", 0, kInt32Max);
   if (auto v = get_bool(body, "ignore_eos")) p.ignore_eos = *v;
   if (auto v = get_bool(body, "skip_special_tokens")) p.skip_special_tokens = *v;
+  if (auto v = get_bool(body, "include_stop_str_in_output")) p.include_stop_str_in_output = *v;
+  r.add_special_tokens = get_bool(body, "add_special_tokens");
+  if (auto v = get_integer(body, "truncate_prompt_tokens")) {
+    // vLLM's: the last k tokens of the prompt; -1: as many as the model takes.
+    if (*v == -1)
+      r.truncate_prompt_tokens = limits.max_model_len;
+    else
+      r.truncate_prompt_tokens = to_int32(*v, "truncate_prompt_tokens", 1, kInt32Max);
+  }
   parse_logit_bias(body, p);
   parse_structured_outputs(body, limits, r);
 
@@ -864,6 +857,17 @@ ApiRequest parse_chat(const json& body, const ServerLimits& limits) {
   for (size_t i = 0; i < messages->size(); ++i)
     r.messages.push_back(parse_message((*messages)[i], i));
   parse_tools(body, limits, r);
+  r.add_generation_prompt = get_bool(body, "add_generation_prompt").value_or(true);
+  if (const json* kwargs = field(body, "chat_template_kwargs")) {
+    if (!kwargs->is_object()) wrong_type("chat_template_kwargs", "an object");
+    for (const auto& [key, value] : kwargs->items()) {
+      // The request's own fields reach the template under these names.
+      if (key == "messages" || key == "tools" || key == "add_generation_prompt")
+        bad_request("chat_template_kwargs may not set '" + key + "'; use the request field.",
+                    "chat_template_kwargs");
+      r.chat_template_kwargs[key] = value;
+    }
+  }
   const bool logprobs = get_bool(body, "logprobs").value_or(false);
   const auto top = get_integer(body, "top_logprobs");
   if (top && !logprobs)
@@ -910,6 +914,15 @@ int32_t resolve_max_tokens(const ApiRequest& request, int32_t prompt_tokens,
   return request.params.max_tokens;
 }
 
+namespace {
+
+// vLLM's truncate_prompt_tokens: keep the last `keep` tokens (0: all).
+void truncate_prompt(std::vector<int32_t>& ids, int32_t keep) {
+  if (keep > 0 && ids.size() > static_cast<size_t>(keep)) ids.erase(ids.begin(), ids.end() - keep);
+}
+
+}  // namespace
+
 std::vector<std::vector<int32_t>> tokenize_prompts(const ApiRequest& request,
                                                    const Tokenizer* tokenizer,
                                                    const ChatTemplate* chat_template) {
@@ -923,18 +936,23 @@ std::vector<std::vector<int32_t>> tokenize_prompts(const ApiRequest& request,
     ChatRequest chat;
     chat.messages = request.messages;
     chat.tools = request.tools;  // rendered by the template, whatever tool_choice says
+    chat.add_generation_prompt = request.add_generation_prompt;
+    for (const auto& [key, value] : request.chat_template_kwargs.items()) chat.extra[key] = value;
     std::string text;
     try {
       text = chat_template->render(chat);
     } catch (const Error& e) {
       bad_request(std::string("The chat template failed: ") + e.what(), "messages");
     }
-    out.push_back(tokenizer->encode(text, false));  // the template writes BOS itself
+    // The template writes BOS itself, so no special tokens unless asked for.
+    out.push_back(tokenizer->encode(text, request.add_special_tokens.value_or(false)));
+    truncate_prompt(out.back(), request.truncate_prompt_tokens);
     return out;
   }
   for (const PromptInput& p : request.prompts) {
     if (p.is_ids) {
       out.push_back(p.ids);
+      truncate_prompt(out.back(), request.truncate_prompt_tokens);
       continue;
     }
     if (!tokenizer)
@@ -942,8 +960,9 @@ std::vector<std::vector<int32_t>> tokenize_prompts(const ApiRequest& request,
           "This model folder has no tokenizer.json: give the prompt as token ids (a list of "
           "integers).",
           "prompt");
-    out.push_back(tokenizer->encode(p.text, true));
+    out.push_back(tokenizer->encode(p.text, request.add_special_tokens.value_or(true)));
     if (out.back().empty()) bad_request("The prompt must not be empty.", "prompt");
+    truncate_prompt(out.back(), request.truncate_prompt_tokens);
   }
   return out;
 }

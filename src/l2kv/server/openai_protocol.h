@@ -80,6 +80,14 @@ struct ApiRequest {
   int32_t prompt_logprobs = -1;  // vLLM's prompt_logprobs: -1 none, else top tokens per row
   bool stream = false;
   bool include_usage = false;
+  // vLLM's prompt fields: add_special_tokens (unset: completions add BOS, chat templates write
+  // their own), truncate_prompt_tokens (keep the prompt's last k tokens; 0: all), and for chat
+  // add_generation_prompt and chat_template_kwargs (more template variables, e.g. Qwen3's
+  // enable_thinking).
+  std::optional<bool> add_special_tokens;
+  int32_t truncate_prompt_tokens = 0;
+  bool add_generation_prompt = true;
+  json chat_template_kwargs = json::object();
   // Structured outputs: response_format json_object / json_schema, or vLLM's
   // structured_outputs (json, regex, choice, grammar, json_object) and guided_json /
   // guided_regex / guided_choice / guided_grammar; null when the output is free.

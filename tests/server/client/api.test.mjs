@@ -549,6 +549,19 @@ describe("chat completions", () => {
       temperature: 0, stop: [stop, "never-in-this-output"] });
     assert.equal(r.choices[0].message.content, expected, `stop ${JSON.stringify(stop)}`);
     assert.equal(r.choices[0].finish_reason, "stop");
+    // vLLM's include_stop_str_in_output: the same answer with the stop string at its end.
+    const included = await client.chat.completions.create({ model: MODEL_NAME, messages: MESSAGES,
+      max_tokens: MAX, temperature: 0, stop: [stop, "never-in-this-output"], include_stop_str_in_output: true });
+    assert.equal(included.choices[0].message.content, expected + stop);
+    assert.equal(included.usage.completion_tokens, r.usage.completion_tokens);
+  });
+
+  test("truncate_prompt_tokens keeps the prompt's last tokens", async () => {
+    const full = await request(server.url, "POST", "/tokenize", { messages: MESSAGES });
+    const keep = Math.max(1, full.json.count - 3);
+    const r = await client.chat.completions.create({ model: MODEL_NAME, messages: MESSAGES, max_tokens: 4,
+      temperature: 0, truncate_prompt_tokens: keep });
+    assert.equal(r.usage.prompt_tokens, keep);
   });
 
   test("logprobs with top_logprobs = 3", async () => {

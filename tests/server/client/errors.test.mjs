@@ -154,7 +154,7 @@ const NAMED_400S = [
   ["suffix", "/v1/completions", completion({ suffix: "end" }), "suffix"],
   ["use_beam_search", "/v1/completions", completion({ use_beam_search: true }), "use_beam_search"],
   ["guided_grammar with an undefined rule", "/v1/chat/completions", chat({ guided_grammar: "root ::= x" }), "guided_grammar"],
-  ["include_stop_str_in_output", "/v1/completions", completion({ include_stop_str_in_output: true }), "include_stop_str_in_output"],
+  ["truncate_prompt_tokens 0", "/v1/completions", completion({ truncate_prompt_tokens: 0 }), "truncate_prompt_tokens"],
   ["reasoning_effort", "/v1/chat/completions", chat({ reasoning_effort: "high" }), "reasoning_effort"],
 ];
 
