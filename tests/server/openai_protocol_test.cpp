@@ -704,6 +704,12 @@ TEST(OpenAiProtocol, TokenizeAndDetokenize) {
                                         "add_generation_prompt": false})"),
                         kLimits, &tok, &tmpl);
   EXPECT_EQ(r["tokens"].get<std::vector<int32_t>>(), ascii_ids("<user>yo"));
+  const ChatTemplate thinking(
+      "{% if not enable_thinking %}/no_think{% endif %}<{{ messages[0].role }}>", "", "");
+  r = tokenize_response(json::parse(R"({"messages": [{"role": "user", "content": "yo"}],
+                                        "chat_template_kwargs": {"enable_thinking": false}})"),
+                        kLimits, &tok, &thinking);
+  EXPECT_EQ(r["tokens"].get<std::vector<int32_t>>(), ascii_ids("/no_think<user>"));
 
   r = detokenize_response(json::parse(R"({"model": "tiny", "tokens": [72, 73, 0, 33]})"), kLimits,
                           &tok);

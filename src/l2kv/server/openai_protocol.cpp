@@ -545,6 +545,22 @@ void parse_common(const json& body, const ServerLimits& limits, ApiRequest& r) {
 }
 
 // SamplingParams::validate's words, as a 400 naming the field it names.
+// chat_template_kwargs: more variables for the chat template (an object; empty when absent).
+json template_kwargs(const json& body) {
+  json out = json::object();
+  if (const json* kwargs = field(body, "chat_template_kwargs")) {
+    if (!kwargs->is_object()) wrong_type("chat_template_kwargs", "an object");
+    for (const auto& [key, value] : kwargs->items()) {
+      // The request's own fields reach the template under these names.
+      if (key == "messages" || key == "tools" || key == "add_generation_prompt")
+        bad_request("chat_template_kwargs may not set '" + key + "'; use the request field.",
+                    "chat_template_kwargs");
+      out[key] = value;
+    }
+  }
+  return out;
+}
+
 void validate_params(const ApiRequest& r, const ServerLimits& limits) {
   SamplingParams p = r.params;
   if (!r.max_tokens_given) p.max_tokens = std::max(p.max_tokens, p.min_tokens);
@@ -858,16 +874,7 @@ ApiRequest parse_chat(const json& body, const ServerLimits& limits) {
     r.messages.push_back(parse_message((*messages)[i], i));
   parse_tools(body, limits, r);
   r.add_generation_prompt = get_bool(body, "add_generation_prompt").value_or(true);
-  if (const json* kwargs = field(body, "chat_template_kwargs")) {
-    if (!kwargs->is_object()) wrong_type("chat_template_kwargs", "an object");
-    for (const auto& [key, value] : kwargs->items()) {
-      // The request's own fields reach the template under these names.
-      if (key == "messages" || key == "tools" || key == "add_generation_prompt")
-        bad_request("chat_template_kwargs may not set '" + key + "'; use the request field.",
-                    "chat_template_kwargs");
-      r.chat_template_kwargs[key] = value;
-    }
-  }
+  r.chat_template_kwargs = template_kwargs(body);
   const bool logprobs = get_bool(body, "logprobs").value_or(false);
   const auto top = get_integer(body, "top_logprobs");
   if (top && !logprobs)
@@ -996,7 +1003,7 @@ json tokenize_response(const json& body, const ServerLimits& limits, const Token
     const bool chat = body.is_object() && body.contains("messages");
     if (chat) {
       check_names(body, {"model", "messages", "add_generation_prompt", "continue_final_message",
-                         "add_special_tokens", "return_token_strs"});
+                         "add_special_tokens", "return_token_strs", "chat_template_kwargs"});
     } else {
       check_names(body, {"model", "prompt", "add_special_tokens", "return_token_strs"});
     }
@@ -1016,6 +1023,8 @@ json tokenize_response(const json& body, const ServerLimits& limits, const Token
       for (size_t i = 0; i < messages->size(); ++i)
         request.messages.push_back(parse_message((*messages)[i], i));
       request.add_generation_prompt = get_bool(body, "add_generation_prompt").value_or(true);
+      const json kwargs = template_kwargs(body);
+      for (const auto& [key, value] : kwargs.items()) request.extra[key] = value;
       try {
         text = chat_template->render(request);
       } catch (const Error& e) {
