@@ -726,6 +726,35 @@ int first_at(const std::vector<int32_t>& v, int32_t token, size_t from = 0) {
   return -1;
 }
 
+// vLLM's allowed_token_ids: each greedy token is the most likely of the allowed ones under the
+// model (checked with a full forward of the sequence so far), even where the model prefers
+// another token; EOS outside the set does not end the output.
+TEST(Engine, AllowedTokenIdsRestrictEveryStep) {
+  const Fixture& f = fixture("llama3-gqa");
+  const Case& c = f.cases[1];
+  SamplingParams p = greedy_params(8);
+  // The set holds the reference's second token but not its first: the first step must leave
+  // the model's choice.
+  p.allowed_token_ids = {c.greedy[1], 7, 11, 13};
+  if (std::find(p.allowed_token_ids.begin(), p.allowed_token_ids.end(), c.greedy[0]) !=
+      p.allowed_token_ids.end())
+    GTEST_SKIP() << "the fixture's first token is in the set";
+  const Collected got = run_one(c, p, /*eos=*/{7});
+  ASSERT_EQ(got.tokens.size(), 8u);  // 7 is EOS here, but allowed tokens do not stop early
+  std::vector<int32_t> seq = c.prompt;
+  const auto vocab = static_cast<size_t>(f.model->config().vocab_size);
+  for (const int32_t t : got.tokens) {
+    const std::vector<float> logits = f.model->forward(seq);
+    const float* last = logits.data() + (seq.size() - 1) * vocab;
+    int32_t best = p.allowed_token_ids[0];
+    for (const int32_t a : p.allowed_token_ids)
+      if (last[a] > last[best] || (last[a] == last[best] && a < best)) best = a;
+    EXPECT_EQ(t, best) << "token " << seq.size() - c.prompt.size();
+    seq.push_back(t);
+  }
+  EXPECT_NE(got.tokens[0], c.greedy[0]);
+}
+
 TEST(Engine, StopTokensMinTokensAndEos) {
   const Case& c = fixture("llama3-gqa").cases[1];
   const std::vector<int32_t>& ref = c.greedy;

@@ -235,7 +235,6 @@ TEST(OpenAiProtocol, RefusesFieldsItDoesNotImplement) {
       {R"("length_penalty": 0.5)", "length_penalty"},
       {R"("spaces_between_special_tokens": false)", "spaces_between_special_tokens"},
       {R"("prompt_logprobs": 21)", "prompt_logprobs"},
-      {R"("allowed_token_ids": [1, 2])", "allowed_token_ids"},
       {R"("bad_words": ["x"])", "bad_words"},
       {R"("continue_final_message": true)", "continue_final_message"},
       {R"("echo": true)", "echo"},
@@ -791,6 +790,8 @@ TEST(OpenAiProtocol, PromptFields) {
   EXPECT_TRUE(completion(R"({"prompt": "x", "include_stop_str_in_output": true})")
                   .params.include_stop_str_in_output);
   EXPECT_FALSE(completion(R"({"prompt": "x"})").params.include_stop_str_in_output);
+  EXPECT_EQ(completion(R"({"prompt": "x", "allowed_token_ids": [5, 7]})").params.allowed_token_ids,
+            (std::vector<int32_t>{5, 7}));
 
   // What the fields do not take is a 400 naming them.
   const std::vector<std::pair<std::string, std::string>> refused = {
@@ -802,6 +803,10 @@ TEST(OpenAiProtocol, PromptFields) {
       {R"("add_generation_prompt": "no")", "add_generation_prompt"},
       {R"("chat_template_kwargs": ["enable_thinking"])", "chat_template_kwargs"},
       {R"("chat_template_kwargs": {"messages": []})", "chat_template_kwargs"},
+      {R"("allowed_token_ids": [])", "allowed_token_ids"},
+      {R"("allowed_token_ids": [100])", "allowed_token_ids"},  // kLimits' vocabulary is 100
+      {R"("allowed_token_ids": [-1])", "allowed_token_ids"},
+      {R"("allowed_token_ids": 5)", "allowed_token_ids"},
   };
   for (const auto& [fields, param] : refused) {
     const std::string body = R"({"messages": [{"role": "user", "content": "x"}], )" + fields + "}";

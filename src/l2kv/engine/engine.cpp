@@ -229,6 +229,10 @@ struct Engine::Impl {
     r->prompt_logprobs = request.prompt_logprobs;
     r->prompt_only = request.prompt_only;
     if (request.grammar) r->matcher.emplace(std::move(request.grammar));
+    if (!r->params.allowed_token_ids.empty()) {
+      r->allowed_mask.assign(static_cast<size_t>((runner->config().vocab_size + 31) / 32), 0u);
+      for (const int32_t t : r->params.allowed_token_ids) r->allowed_mask[t >> 5] |= 1u << (t & 31);
+    }
     if (request.on_output)
       r->on_output = std::make_shared<const Callback>(std::move(request.on_output));
     Request* leader = prompt_leader_for(request.share_prompt_with, *r);
@@ -434,9 +438,17 @@ struct Engine::Impl {
       }
       if (c.sample) {
         s.sampling = {&r.params, r.seed, r.num_output_tokens(), r.prompt(), r.output(), {}};
-        if (r.matcher)  // by the runner, as late as it can (the matcher stays put)
-          s.fill_allowed_tokens = [matcher = &*r.matcher](std::span<uint32_t> mask) {
-            matcher->fill_mask(mask);
+        // Filled by the runner as late as it can (the matcher and the mask stay put): the
+        // grammar's tokens, and of those the allowed_token_ids.
+        if (r.matcher || !r.allowed_mask.empty())
+          s.fill_allowed_tokens = [matcher = r.matcher ? &*r.matcher : nullptr,
+                                   allowed = &r.allowed_mask](std::span<uint32_t> mask) {
+            if (matcher)
+              matcher->fill_mask(mask);
+            else
+              std::fill(mask.begin(), mask.end(), ~0u);
+            for (size_t w = 0; w < allowed->size() && w < mask.size(); ++w)
+              mask[w] &= (*allowed)[w];
           };
         ++num_samples;
       }

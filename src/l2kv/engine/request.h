@@ -58,6 +58,8 @@ struct Request {
   std::string stop_reason;
   // Structured outputs (GenerationRequest::grammar): the parse of the output so far.
   std::optional<structured::GrammarMatcher> matcher;
+  // params.allowed_token_ids as a token bitmask (bit t of word t / 32; empty when unset).
+  std::vector<uint32_t> allowed_mask;
 
   // Streaming: text comes from the detokenizer (when the engine has a tokenizer) through the
   // stop-string checker; tokens, text and logprobs gather here until the next callback.

@@ -73,6 +73,13 @@ void SamplingParams::validate(int64_t vocab_size) const {
   for (const std::string& s : stop) {
     if (s.empty()) throw Error("stop must not contain empty strings.");
   }
+  for (int32_t id : allowed_token_ids) {
+    if (id < 0 || id >= vocab_size) {
+      std::ostringstream rule;
+      rule << "token ids in [0, " << vocab_size << ")";
+      reject("allowed_token_ids", rule.str().c_str(), id);
+    }
+  }
 }
 
 }  // namespace l2kv

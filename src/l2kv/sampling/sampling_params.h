@@ -36,6 +36,9 @@ struct SamplingParams {
   // (token, bias) added to the raw logits before penalties and temperature (OpenAI's
   // logit_bias); distinct tokens, at most kMaxLogitBias, each bias in [-100, 100].
   std::vector<std::pair<int32_t, float>> logit_bias;
+  // vLLM's allowed_token_ids: sampling picks only among these tokens (empty: any token). EOS
+  // too ends the output only when it is among them.
+  std::vector<int32_t> allowed_token_ids;
 
   bool greedy() const { return temperature < kGreedyTemperature; }
   // Whether sampling rewrites some logits before the masks (penalties or logit_bias).

@@ -189,7 +189,7 @@ const std::vector<FieldRule>& field_rules() {
        "special tokens are always detokenized with spaces between them."},
       {"truncate_prompt_tokens", kBoth, kImplemented},
       {"prompt_logprobs", kBoth, kImplemented},
-      {"allowed_token_ids", kBoth, kUnsupported, {}, "use logit_bias."},
+      {"allowed_token_ids", kBoth, kImplemented},
       {"bad_words", kBoth, kUnsupported, {"[]"}, "use logit_bias for single tokens."},
       {"add_special_tokens", kBoth, kImplemented},
       {"add_generation_prompt", kChatOnly, kImplemented},
@@ -496,6 +496,15 @@ void parse_common(const json& body, const ServerLimits& limits, ApiRequest& r) {
       if (!v.is_number_integer()) wrong_type("stop_token_ids", "a list of token ids");
       const int64_t id = v.get<int64_t>();
       p.stop_token_ids.push_back(to_int32(id, "stop_token_ids", 0, limits.vocab_size - 1));
+    }
+  }
+  if (const json* ids = field(body, "allowed_token_ids")) {
+    if (!ids->is_array()) wrong_type("allowed_token_ids", "a list of token ids");
+    if (ids->empty()) bad_request("allowed_token_ids must not be empty.", "allowed_token_ids");
+    for (const json& v : *ids) {
+      if (!v.is_number_integer()) wrong_type("allowed_token_ids", "a list of token ids");
+      const int64_t id = v.get<int64_t>();
+      p.allowed_token_ids.push_back(to_int32(id, "allowed_token_ids", 0, limits.vocab_size - 1));
     }
   }
 
