@@ -306,6 +306,54 @@ __device__ void argmax_pass(const Logits& x, int64_t vocab, double& max_score, i
   block_argmax(max_score, max_id, sh);
 }
 
+// log(sum_i exp(raw_i)) of a row of raw logits in double, after its maximum: the normalizer of
+// the logprobs (sampler.h's formula).
+__device__ __forceinline__ double raw_log_sum_exp(const float* raw, int64_t vocab,
+                                                  SharedState& sh) {
+  double raw_max = -std::numeric_limits<double>::infinity();
+  int32_t raw_max_id = kNoToken;
+  for (int64_t i = threadIdx.x; i < vocab; i += kThreads) {
+    const double v = raw[i];
+    if (better(v, static_cast<int32_t>(i), raw_max, raw_max_id)) {
+      raw_max = v;
+      raw_max_id = static_cast<int32_t>(i);
+    }
+  }
+  block_argmax(raw_max, raw_max_id, sh);
+  double sum = 0;
+  for (int64_t i = threadIdx.x; i < vocab; i += kThreads)
+    sum += exp(__dsub_rn(static_cast<double>(raw[i]), raw_max));
+  return __dadd_rn(raw_max, log(block_sum(sum, sh)));
+}
+
+// The n most likely tokens of a row by rounds of argmax, each round taking the best token
+// strictly after the previous one in (logit descending, id ascending) order; thread 0 writes
+// their ids and logprobs (raw - lse).
+__device__ __forceinline__ void top_logprobs(const float* raw, int64_t vocab, int32_t n, double lse,
+                                             SharedState& sh, int32_t* ids, float* logprobs) {
+  double previous_score = std::numeric_limits<double>::infinity();
+  int32_t previous_id = -1;
+  for (int32_t k = 0; k < n; ++k) {
+    double best_score = -std::numeric_limits<double>::infinity();
+    int32_t best_id = kNoToken;
+    for (int64_t i = threadIdx.x; i < vocab; i += kThreads) {
+      const double v = raw[i];
+      const int32_t id = static_cast<int32_t>(i);
+      if (better(previous_score, previous_id, v, id) && better(v, id, best_score, best_id)) {
+        best_score = v;
+        best_id = id;
+      }
+    }
+    block_argmax(best_score, best_id, sh);
+    if (threadIdx.x == 0) {
+      ids[k] = best_id;
+      logprobs[k] = static_cast<float>(__dsub_rn(best_score, lse));
+    }
+    previous_score = best_score;
+    previous_id = best_id;
+  }
+}
+
 __global__ void __launch_bounds__(kThreads, 1) sample_kernel(const KernelArgs a) {
   __shared__ SharedState sh;
   const int row = a.first_row + static_cast<int>(blockIdx.x);
@@ -408,48 +456,14 @@ __global__ void __launch_bounds__(kThreads, 1) sample_kernel(const KernelArgs a)
   }
   if (threadIdx.x == 0) a.tokens[row] = token;
 
-  // Logprobs of the raw distribution; the top ones by rounds of argmax, each round taking the
-  // best token strictly after the previous one in (logit descending, id ascending) order.
+  // Logprobs of the raw distribution.
   if (p.logprobs < 0) return;
-  double raw_max = -kInf;
-  int32_t raw_max_id = kNoToken;
-  for (int64_t i = threadIdx.x; i < vocab; i += kThreads) {
-    const double v = raw[i];
-    if (better(v, static_cast<int32_t>(i), raw_max, raw_max_id)) {
-      raw_max = v;
-      raw_max_id = static_cast<int32_t>(i);
-    }
-  }
-  block_argmax(raw_max, raw_max_id, sh);
-  double sum = 0;
-  for (int64_t i = threadIdx.x; i < vocab; i += kThreads)
-    sum += exp(__dsub_rn(static_cast<double>(raw[i]), raw_max));
-  const double lse = __dadd_rn(raw_max, log(block_sum(sum, sh)));
+  const double lse = raw_log_sum_exp(raw, vocab, sh);
   LogprobRecord& record = a.records[row];
   if (threadIdx.x == 0)
     record.logprob = static_cast<float>(__dsub_rn(static_cast<double>(raw[token]), lse));
   const int32_t n = static_cast<int32_t>(min(static_cast<int64_t>(p.logprobs), vocab));
-  double previous_score = kInf;
-  int32_t previous_id = -1;
-  for (int32_t k = 0; k < n; ++k) {
-    double best_score = -kInf;
-    int32_t best_id = kNoToken;
-    for (int64_t i = threadIdx.x; i < vocab; i += kThreads) {
-      const double v = raw[i];
-      const int32_t id = static_cast<int32_t>(i);
-      if (better(previous_score, previous_id, v, id) && better(v, id, best_score, best_id)) {
-        best_score = v;
-        best_id = id;
-      }
-    }
-    block_argmax(best_score, best_id, sh);
-    if (threadIdx.x == 0) {
-      record.top_ids[k] = best_id;
-      record.top_logprobs[k] = static_cast<float>(__dsub_rn(best_score, lse));
-    }
-    previous_score = best_score;
-    previous_id = best_id;
-  }
+  top_logprobs(raw, vocab, n, lse, sh, record.top_ids, record.top_logprobs);
 }
 
 // What prompt_logprobs() reads back for one row.
@@ -469,52 +483,18 @@ __global__ void __launch_bounds__(kThreads, 1)
   __shared__ SharedState sh;
   const float* raw = logits + static_cast<int64_t>(blockIdx.x) * vocab;
   const int32_t target = targets[blockIdx.x];
-  constexpr double kInf = std::numeric_limits<double>::infinity();
-  double raw_max = -kInf;
-  int32_t raw_max_id = kNoToken;
   const float x = raw[target];
   double larger = 0;  // exact: counts stay far below 2^53
-  for (int64_t i = threadIdx.x; i < vocab; i += kThreads) {
-    const double v = raw[i];
-    if (better(v, static_cast<int32_t>(i), raw_max, raw_max_id)) {
-      raw_max = v;
-      raw_max_id = static_cast<int32_t>(i);
-    }
-    larger += raw[i] > x ? 1.0 : 0.0;
-  }
-  block_argmax(raw_max, raw_max_id, sh);
+  for (int64_t i = threadIdx.x; i < vocab; i += kThreads) larger += raw[i] > x ? 1.0 : 0.0;
   larger = block_sum(larger, sh);
-  double sum = 0;
-  for (int64_t i = threadIdx.x; i < vocab; i += kThreads)
-    sum += exp(__dsub_rn(static_cast<double>(raw[i]), raw_max));
-  const double lse = __dadd_rn(raw_max, log(block_sum(sum, sh)));
+  const double lse = raw_log_sum_exp(raw, vocab, sh);
   PromptLogprobRecord& record = records[blockIdx.x];
   if (threadIdx.x == 0) {
     record.logprob = static_cast<float>(__dsub_rn(static_cast<double>(x), lse));
     record.rank = 1 + static_cast<int32_t>(larger);
   }
   const int32_t n = static_cast<int32_t>(min(static_cast<int64_t>(top), vocab));
-  double previous_score = kInf;
-  int32_t previous_id = -1;
-  for (int32_t k = 0; k < n; ++k) {
-    double best_score = -kInf;
-    int32_t best_id = kNoToken;
-    for (int64_t i = threadIdx.x; i < vocab; i += kThreads) {
-      const double v = raw[i];
-      const int32_t id = static_cast<int32_t>(i);
-      if (better(previous_score, previous_id, v, id) && better(v, id, best_score, best_id)) {
-        best_score = v;
-        best_id = id;
-      }
-    }
-    block_argmax(best_score, best_id, sh);
-    if (threadIdx.x == 0) {
-      record.top_ids[k] = best_id;
-      record.top_logprobs[k] = static_cast<float>(__dsub_rn(best_score, lse));
-    }
-    previous_score = best_score;
-    previous_id = best_id;
-  }
+  top_logprobs(raw, vocab, n, lse, sh, record.top_ids, record.top_logprobs);
 }
 
 constexpr size_t align_up(size_t n, size_t alignment) {
