@@ -4,6 +4,7 @@
 #include <cmath>
 #include <string>
 
+#include "l2kv/core/ceil_div.h"
 #include "l2kv/core/cuda_check.h"
 #include "l2kv/core/device_array.h"
 #include "l2kv/core/error.h"
@@ -11,10 +12,6 @@
 
 namespace l2kv {
 namespace {
-
-int32_t ceil_div(int64_t a, int64_t b) {
-  return static_cast<int32_t>((a + b - 1) / b);
-}
 
 }  // namespace
 

@@ -5,14 +5,11 @@
 #include <queue>
 #include <string>
 
+#include "l2kv/core/ceil_div.h"
 #include "l2kv/core/error.h"
 
 namespace l2kv {
 namespace {
-
-int32_t ceil_div(int64_t a, int64_t b) {
-  return static_cast<int32_t>((a + b - 1) / b);
-}
 
 // Number of slices and slice length (tiles) when no slice may exceed `max_tiles`.
 struct Slicing {
