@@ -273,7 +273,6 @@ TEST(OpenAiProtocol, RefusesFieldsItDoesNotImplement) {
   const std::vector<std::pair<std::string, std::string>> completion_refused = {
       {R"("response_format": {"type": "json_object"})", "response_format"},
       {R"("suffix": "x")", "suffix"},
-      {R"("best_of": 3)", "best_of"},
       {R"("messages": [])", "messages"},
       {R"("tools": [])", "tools"},
       {R"("top_logprobs": 2)", "top_logprobs"},
@@ -814,6 +813,44 @@ TEST(OpenAiProtocol, PromptFields) {
     EXPECT_EQ(e.status, 400) << body;
     EXPECT_EQ(e.param, param) << body;
   }
+}
+
+// best_of (completions): candidates per prompt, at least n; the n best by cumulative logprob.
+TEST(OpenAiProtocol, BestOf) {
+  EXPECT_EQ(completion(R"({"prompt": "x"})").candidates(), 1);
+  const ApiRequest r = completion(R"({"prompt": "x", "best_of": 3, "n": 2})");
+  EXPECT_EQ(r.best_of, 3);
+  EXPECT_EQ(r.n, 2);
+  EXPECT_EQ(r.candidates(), 3);
+  EXPECT_EQ(completion(R"({"prompt": "x", "best_of": 2, "n": 2, "stream": true})").candidates(), 2);
+  for (const char* body :
+       {R"({"prompt": "x", "best_of": 1, "n": 2})", R"({"prompt": "x", "best_of": 0})",
+        R"({"prompt": "x", "best_of": 17})", R"({"prompt": "x", "best_of": 2, "stream": true})",
+        R"({"prompt": "x", "best_of": "2"})"}) {
+    const ApiError e = error_of([&] { completion(body); });
+    EXPECT_EQ(e.status, 400) << body;
+    EXPECT_EQ(e.param, "best_of") << body;
+  }
+
+  // Two prompts of three candidates; cumulative logprobs -3, -1, -2 and -5, -5, -4.
+  auto candidate = [](const std::string& text, std::vector<float> logprobs) {
+    ChoiceOutput c;
+    c.text = text;
+    for (const float lp : logprobs) c.logprobs.push_back({1, lp, {}});
+    return c;
+  };
+  const std::vector<ChoiceOutput> all = {
+      candidate("a0", {-1, -2}), candidate("a1", {-0.5f, -0.5f}), candidate("a2", {-2}),
+      candidate("b0", {-5}),     candidate("b1", {-2.5f, -2.5f}), candidate("b2", {-4})};
+  auto texts = [](const std::vector<ChoiceOutput>& v) {
+    std::vector<std::string> t;
+    for (const ChoiceOutput& c : v) t.push_back(c.text);
+    return t;
+  };
+  EXPECT_EQ(texts(best_choices(all, 3, 1)), (std::vector<std::string>{"a1", "b2"}));
+  // Best first; b0 and b1 tie at -5 and the earlier comes first.
+  EXPECT_EQ(texts(best_choices(all, 3, 3)),
+            (std::vector<std::string>{"a1", "a2", "a0", "b2", "b0", "b1"}));
 }
 
 TEST(OpenAiProtocol, InvalidTokenizeAndDetokenize) {

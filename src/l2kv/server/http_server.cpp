@@ -430,11 +430,13 @@ struct HttpServer::Impl {
       }
       g->prompt_texts.push_back(std::move(text));
       if (r.echo && r.params.logprobs >= 0) g->prompt_ids.push_back(prompts[p]);
-      for (int32_t j = 0; j < r.n; ++j) {
+      for (int32_t j = 0; j < r.candidates(); ++j) {
         GenerationRequest e;
         e.prompt = prompts[p];
         e.params = r.params;
         e.params.max_tokens = max_tokens;
+        // best_of ranks the candidates by their sampled tokens' logprobs.
+        if (r.candidates() > r.n) e.params.logprobs = std::max(e.params.logprobs, 0);
         e.prompt_logprobs = engine_prompt_logprobs(r);
         e.prompt_only = r.prompt_only;
         e.grammar = r.grammar;
@@ -484,11 +486,22 @@ struct HttpServer::Impl {
     for (const ChoiceOutput& c : g->choices)
       if (c.finish_reason == FinishReason::kError)
         throw ApiError(500, "Generation failed: " + c.error);
-    send_json(res, 200,
-              endpoint == Endpoint::kCompletions
-                  ? completion_response(g->header, r, g->choices, g->prompt_texts, g->prompt_tokens,
-                                        g->token_text, g->prompt_ids)
-                  : chat_response(g->header, r, g->choices, g->prompt_tokens, g->token_text));
+    if (endpoint == Endpoint::kChatCompletions)
+      return send_json(res, 200,
+                       chat_response(g->header, r, g->choices, g->prompt_tokens, g->token_text));
+    if (r.candidates() == r.n)
+      return send_json(res, 200,
+                       completion_response(g->header, r, g->choices, g->prompt_texts,
+                                           g->prompt_tokens, g->token_text, g->prompt_ids));
+    json answer =
+        completion_response(g->header, r, best_choices(g->choices, r.candidates(), r.n),
+                            g->prompt_texts, g->prompt_tokens, g->token_text, g->prompt_ids);
+    // Usage counts every candidate's tokens, as OpenAI's does.
+    int64_t prompt_tokens = 0, completion_tokens = 0;
+    for (const int32_t t : g->prompt_tokens) prompt_tokens += t;
+    for (const ChoiceOutput& c : g->choices) completion_tokens += c.completion_tokens;
+    answer["usage"] = usage_json(prompt_tokens, completion_tokens);
+    send_json(res, 200, answer);
   }
 
   // A chat choice with tools: content, and each call's start and arguments as the model

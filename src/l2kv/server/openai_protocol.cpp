@@ -143,7 +143,7 @@ const std::vector<FieldRule>& field_rules() {
       {"top_logprobs", kChatOnly, kImplemented},
       {"seed", kBoth, kImplemented},
       {"echo", kCompletionsOnly, kImplemented},
-      {"best_of", kCompletionsOnly, kImplemented},  // equal to n only
+      {"best_of", kCompletionsOnly, kImplemented},
       {"user", kBoth, kHint},
       {"metadata", kChatOnly, kHint},
       {"store", kChatOnly, kHint},
@@ -676,8 +676,20 @@ ApiRequest parse_completion(const json& body, const ServerLimits& limits) {
   if (auto v = get_integer(body, "logprobs"))
     r.params.logprobs = to_int32(*v, "logprobs", 0, kMaxLogprobs);
   if (field(body, "suffix")) bad_request("'suffix' is not supported.", "suffix");
-  if (auto v = get_integer(body, "best_of"); v && *v != r.n)
-    bad_request("'best_of' other than n is not supported.", "best_of");
+  if (auto v = get_integer(body, "best_of")) {
+    if (*v < r.n)
+      bad_request("'best_of' must be at least n (" + std::to_string(r.n) + "), got " +
+                      std::to_string(*v) + ".",
+                  "best_of");
+    if (*v > kMaxChoices)
+      bad_request("'best_of' must be at most " + std::to_string(kMaxChoices) +
+                      " on this server, got " + std::to_string(*v) + ".",
+                  "best_of");
+    // Which candidates are best is known only when all have finished.
+    if (r.stream && *v > r.n)
+      bad_request("'best_of' greater than n is not supported with stream.", "best_of");
+    r.best_of = static_cast<int32_t>(*v);
+  }
   validate_params(r, limits);
   return r;
 }
@@ -1277,6 +1289,25 @@ json completion_response(const ResponseHeader& header, const ApiRequest& request
   }
   return response_json(header, "text_completion", std::move(out_choices), prompt_tokens,
                        completion_tokens);
+}
+
+std::vector<ChoiceOutput> best_choices(const std::vector<ChoiceOutput>& candidates, int32_t best_of,
+                                       int32_t n) {
+  std::vector<ChoiceOutput> best;
+  const auto per_prompt = static_cast<size_t>(best_of);
+  for (size_t first = 0; first + per_prompt <= candidates.size(); first += per_prompt) {
+    std::vector<std::pair<double, size_t>> ranked;  // (-cumulative logprob, candidate)
+    for (size_t i = first; i < first + per_prompt; ++i) {
+      double sum = 0;
+      for (const SampledToken& t : candidates[i].logprobs) sum += t.logprob;
+      ranked.emplace_back(-sum, i);
+    }
+    std::stable_sort(ranked.begin(), ranked.end(),
+                     [](const auto& a, const auto& b) { return a.first < b.first; });
+    for (size_t k = 0; k < static_cast<size_t>(n); ++k)
+      best.push_back(candidates[ranked[k].second]);
+  }
+  return best;
 }
 
 json chat_response(const ResponseHeader& header, const ApiRequest& request,

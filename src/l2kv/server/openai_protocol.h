@@ -74,6 +74,10 @@ struct ApiRequest {
   SamplingParams params;
   bool max_tokens_given = false;  // else the default (completions: 16, chat: all that fits)
   int32_t n = 1;
+  // Completions: candidates generated per prompt, of which the n with the highest cumulative
+  // logprob are returned (best first); at least n, only n when streamed.
+  int32_t best_of = 1;
+  int32_t candidates() const { return best_of > n ? best_of : n; }
   bool echo = false;  // completions: the prompt before the completion
   // Completions: max_tokens 0 with echo: only the prompt (and its logprobs) is computed.
   bool prompt_only = false;
@@ -196,6 +200,11 @@ json completion_response(const ResponseHeader& header, const ApiRequest& request
                          const std::vector<std::string>& prompt_texts,
                          const std::vector<int32_t>& prompt_tokens, const TokenText& text,
                          const std::vector<std::vector<int32_t>>& prompt_ids = {});
+// best_of: of each prompt's `best_of` candidates (consecutive in `candidates`), the `n` with
+// the highest sum of their sampled tokens' logprobs, best first (an earlier candidate wins a
+// tie), prompt by prompt.
+std::vector<ChoiceOutput> best_choices(const std::vector<ChoiceOutput>& candidates, int32_t best_of,
+                                       int32_t n);
 json chat_response(const ResponseHeader& header, const ApiRequest& request,
                    const std::vector<ChoiceOutput>& choices,
                    const std::vector<int32_t>& prompt_tokens, const TokenText& text);

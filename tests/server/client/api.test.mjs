@@ -394,6 +394,31 @@ describe("completions", () => {
     checkUsage(sampled.usage, ref.completion.prompt_tokens, 24);
   });
 
+  test("best_of: the candidates n would return, ranked by their cumulative logprob", async () => {
+    // best_of's candidate j samples with seed + j, as n's choice j does: the same three texts.
+    const ask = (fields) => client.completions.create({ model: MODEL_NAME, prompt: PROMPT2,
+      max_tokens: 8, temperature: 1.0, seed: 11, ignore_eos: true, ...fields });
+    const all = await ask({ n: 3, logprobs: 0 });
+    const ranked = all.choices.map((c) => ({ text: c.text, index: c.index,
+      sum: c.logprobs.token_logprobs.reduce((a, b) => a + b, 0) }))
+      .sort((a, b) => b.sum - a.sum || a.index - b.index);
+    assert.ok(new Set(ranked.map((c) => c.text)).size > 1, "sampled candidates differ");
+    assert.notDeepEqual(ranked.map((c) => c.index), [0, 1, 2], "this seed must reorder them");
+    const one = await ask({ best_of: 3 });
+    assert.equal(one.choices.length, 1);
+    assert.equal(one.choices[0].index, 0);
+    assert.equal(one.choices[0].text, ranked[0].text);
+    assert.equal(one.choices[0].logprobs, null, "no logprobs unless asked");
+    checkUsage(one.usage, all.usage.prompt_tokens, 24);  // every candidate's tokens
+    const two = await ask({ best_of: 3, n: 2, logprobs: 0 });
+    assert.deepEqual(two.choices.map((c) => c.text), [ranked[0].text, ranked[1].text]);
+    assert.deepEqual(two.choices.map((c) => c.index), [0, 1]);
+    const streamed = await request(server.url, "POST", "/v1/completions",
+      { model: MODEL_NAME, prompt: PROMPT2, best_of: 2, stream: true });
+    assert.equal(streamed.status, 400, streamed.text);
+    assert.equal(streamed.json.error.param, "best_of");
+  });
+
   test("n = 2 streamed: both choices complete", async () => {
     const stream = await client.completions.create({ model: MODEL_NAME, prompt: PROMPT, max_tokens: MAX,
       temperature: 0, n: 2, stream: true, stream_options: { include_usage: true } });
