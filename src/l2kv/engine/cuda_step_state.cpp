@@ -11,7 +11,6 @@
 #include "l2kv/kernels/model/gemv.h"
 
 namespace l2kv {
-namespace {}  // namespace
 
 // The step metadata: one int32 arena, [seq_lens S | last_rows S | ids T | positions T |
 // slots T | block_table S x stride], mirrored in pinned host memory so a step uploads it with

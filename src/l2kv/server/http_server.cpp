@@ -486,22 +486,11 @@ struct HttpServer::Impl {
     for (const ChoiceOutput& c : g->choices)
       if (c.finish_reason == FinishReason::kError)
         throw ApiError(500, "Generation failed: " + c.error);
-    if (endpoint == Endpoint::kChatCompletions)
-      return send_json(res, 200,
-                       chat_response(g->header, r, g->choices, g->prompt_tokens, g->token_text));
-    if (r.candidates() == r.n)
-      return send_json(res, 200,
-                       completion_response(g->header, r, g->choices, g->prompt_texts,
-                                           g->prompt_tokens, g->token_text, g->prompt_ids));
-    json answer =
-        completion_response(g->header, r, best_choices(g->choices, r.candidates(), r.n),
-                            g->prompt_texts, g->prompt_tokens, g->token_text, g->prompt_ids);
-    // Usage counts every candidate's tokens, as OpenAI's does.
-    int64_t prompt_tokens = 0, completion_tokens = 0;
-    for (const int32_t t : g->prompt_tokens) prompt_tokens += t;
-    for (const ChoiceOutput& c : g->choices) completion_tokens += c.completion_tokens;
-    answer["usage"] = usage_json(prompt_tokens, completion_tokens);
-    send_json(res, 200, answer);
+    send_json(res, 200,
+              endpoint == Endpoint::kCompletions
+                  ? completion_response(g->header, r, g->choices, g->prompt_texts, g->prompt_tokens,
+                                        g->token_text, g->prompt_ids)
+                  : chat_response(g->header, r, g->choices, g->prompt_tokens, g->token_text));
   }
 
   // A chat choice with tools: content, and each call's start and arguments as the model

@@ -553,7 +553,6 @@ void parse_common(const json& body, const ServerLimits& limits, ApiRequest& r) {
   }
 }
 
-// SamplingParams::validate's words, as a 400 naming the field it names.
 // chat_template_kwargs: more variables for the chat template (an object; empty when absent).
 json template_kwargs(const json& body) {
   json out = json::object();
@@ -570,6 +569,7 @@ json template_kwargs(const json& body) {
   return out;
 }
 
+// SamplingParams::validate's words, as a 400 naming the field it names.
 void validate_params(const ApiRequest& r, const ServerLimits& limits) {
   SamplingParams p = r.params;
   if (!r.max_tokens_given) p.max_tokens = std::max(p.max_tokens, p.min_tokens);
@@ -1256,10 +1256,17 @@ json completion_response(const ResponseHeader& header, const ApiRequest& request
                          const std::vector<std::string>& prompt_texts,
                          const std::vector<int32_t>& prompt_tokens, const TokenText& text,
                          const std::vector<std::vector<int32_t>>& prompt_ids) {
+  // best_of: the n best candidates are shown; usage counts every candidate's tokens, as
+  // OpenAI's does.
+  const bool ranked = request.candidates() > request.n;
+  const std::vector<ChoiceOutput> best =
+      ranked ? best_choices(choices, request.candidates(), request.n) : std::vector<ChoiceOutput>{};
+  const std::vector<ChoiceOutput>& shown = ranked ? best : choices;
   json out_choices = json::array();
   int64_t completion_tokens = 0;
-  for (size_t i = 0; i < choices.size(); ++i) {
-    const ChoiceOutput& c = choices[i];
+  for (const ChoiceOutput& c : choices) completion_tokens += c.completion_tokens;
+  for (size_t i = 0; i < shown.size(); ++i) {
+    const ChoiceOutput& c = shown[i];
     const size_t prompt = i / static_cast<size_t>(request.n);
     std::string body = c.text;
     int64_t offset = 0;
@@ -1285,7 +1292,6 @@ json completion_response(const ResponseHeader& header, const ApiRequest& request
     if (request.prompt_logprobs >= 0)
       choice["prompt_logprobs"] = prompt_logprobs_json(c.prompt_logprobs, text);
     out_choices.push_back(std::move(choice));
-    completion_tokens += c.completion_tokens;
   }
   return response_json(header, "text_completion", std::move(out_choices), prompt_tokens,
                        completion_tokens);

@@ -194,7 +194,8 @@ json echoed_prompt_logprobs(const std::vector<int32_t>& ids, const std::vector<P
 
 // Full responses. `choices` are in index order; `prompts_text` (echo) per prompt. With echo
 // and logprobs, `prompt_ids` (per prompt) puts the prompt's tokens first in the logprobs (the
-// first with null logprobs, as OpenAI), when given.
+// first with null logprobs, as OpenAI), when given. With best_of above n, `choices` holds every
+// candidate: the response shows best_choices() of them and its usage counts them all.
 json completion_response(const ResponseHeader& header, const ApiRequest& request,
                          const std::vector<ChoiceOutput>& choices,
                          const std::vector<std::string>& prompt_texts,
