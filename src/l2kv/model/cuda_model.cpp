@@ -8,6 +8,7 @@
 #include "l2kv/core/dtype.h"
 #include "l2kv/core/error.h"
 #include "l2kv/kernels/model/model_ops.h"
+#include "l2kv/kernels/model/rope_pair_rows.h"
 #include "l2kv/kernels/random_fill.h"
 #include "l2kv/model/decoder_graph.h"
 #include "l2kv/model/hf_weights.h"
@@ -46,6 +47,27 @@ Fp8Matrix upload_fp8(std::initializer_list<const HfFp8Projection*> parts) {
   return m;
 }
 
+// The CUDA kernels are built for these head sizes (and the QKV rows' RoPE-pair order needs a
+// multiple of 16); checked before any weight is loaded.
+void check_head_dim(const ModelConfig& c) {
+  if (c.head_dim != 64 && c.head_dim != 128)
+    throw Error("CUDA backend: head_dim must be 64 or 128, got " + std::to_string(c.head_dim));
+}
+
+// The fused QKV projection's fp8 rows (q, k, v stacked) in RoPE-pair order, scales with them.
+HfFp8Projection fp8_rope_pair_rows(const HfFp8Projection& q, const HfFp8Projection& k,
+                                   const HfFp8Projection& v, int64_t head_dim) {
+  HfFp8Projection rows;
+  for (const HfFp8Projection* p : {&q, &k, &v}) {
+    rows.codes.insert(rows.codes.end(), p->codes.begin(), p->codes.end());
+    rows.row_scales.insert(rows.row_scales.end(), p->row_scales.begin(), p->row_scales.end());
+  }
+  const auto width = static_cast<int64_t>(rows.codes.size() / rows.row_scales.size());
+  rows.codes = to_rope_pair_rows(rows.codes, head_dim, width);
+  rows.row_scales = to_rope_pair_rows(rows.row_scales, head_dim, 1);
+  return rows;
+}
+
 }  // namespace
 
 struct CudaModel::Weights {
@@ -75,6 +97,7 @@ CudaModel::CudaModel(const std::filesystem::path& folder)
     throw Error("CUDA backend: " + c.architecture +
                 " (GeGLU, sandwich norms, sliding-window layers) runs on the CPU backend only so "
                 "far (--device cpu)");
+  check_head_dim(c);
   const Checkpoint ckpt(folder);
   auto concat = [](std::vector<float> a, const std::vector<float>& b) {
     a.insert(a.end(), b.begin(), b.end());
@@ -125,18 +148,22 @@ CudaModel::CudaModel(const std::filesystem::path& folder)
     layer.input_norm = upload_16bit(c.dtype, w.input_norm);
     layer.post_norm = upload_16bit(c.dtype, w.post_attention_norm);
     if (c.fp8_weights) {
-      layer.qkv8 = upload_fp8({&w.q8, &w.k8, &w.v8});
+      const HfFp8Projection qkv = fp8_rope_pair_rows(w.q8, w.k8, w.v8, c.head_dim);
+      layer.qkv8 = upload_fp8({&qkv});
       layer.o8 = upload_fp8({&w.o8});
       layer.gate_up8 = gate_up_fp8(w.gate8, w.up8);
       layer.down8 = upload_fp8({&w.down8});
     } else {
-      layer.qkv = upload_16bit(c.dtype, concat(concat(w.q, w.k), w.v));  // one fused projection
+      // One fused projection, its rows in RoPE-pair order.
+      layer.qkv = upload_16bit(
+          c.dtype, to_rope_pair_rows(concat(concat(w.q, w.k), w.v), c.head_dim, c.hidden_size));
       layer.o = upload_16bit(c.dtype, w.o);
       layer.gate_up = upload_16bit(c.dtype, gate_up_rows(w.gate, w.up, c.hidden_size));
       layer.down = upload_16bit(c.dtype, w.down);
     }
     if (c.qkv_bias)
-      layer.qkv_bias = upload_16bit(c.dtype, concat(concat(w.q_bias, w.k_bias), w.v_bias));
+      layer.qkv_bias = upload_16bit(
+          c.dtype, to_rope_pair_rows(concat(concat(w.q_bias, w.k_bias), w.v_bias), c.head_dim, 1));
     if (c.qk_norm) {
       layer.q_norm = upload_16bit(c.dtype, w.q_norm);
       layer.k_norm = upload_16bit(c.dtype, w.k_norm);
@@ -152,6 +179,7 @@ CudaModel::CudaModel(const std::filesystem::path& folder)
 CudaModel::CudaModel(const ModelConfig& config, uint64_t seed)
     : config_(config), weights_(std::make_unique<Weights>()) {
   const ModelConfig& c = config_;
+  check_head_dim(c);
   gate_up_interleaved_ = c.intermediate_size % 8 == 0;
   const int64_t q_dim = c.num_q_heads * c.head_dim, kv_dim = c.num_kv_heads * c.head_dim;
   auto random = [&](int64_t n, float scale) {
@@ -185,7 +213,7 @@ CudaModel::CudaModel(const ModelConfig& config, uint64_t seed)
       layer.gate_up8 = random_fp8(2 * c.intermediate_size, c.hidden_size);
       layer.down8 = random_fp8(c.hidden_size, c.intermediate_size);
     } else {
-      layer.qkv = random((q_dim + 2 * kv_dim) * c.hidden_size, scale);
+      layer.qkv = random((q_dim + 2 * kv_dim) * c.hidden_size, scale);  // any row order
       layer.o = random(c.hidden_size * q_dim, scale);
       layer.gate_up = random(2 * c.intermediate_size * c.hidden_size, scale);  // any order
       layer.down = random(c.hidden_size * c.intermediate_size, scale);
@@ -203,8 +231,6 @@ CudaModel::CudaModel(const ModelConfig& config, uint64_t seed)
 
 void CudaModel::init_common() {
   const ModelConfig& c = config_;
-  if (c.head_dim != 64 && c.head_dim != 128)
-    throw Error("CUDA backend: head_dim must be 64 or 128, got " + std::to_string(c.head_dim));
   L2KV_CUDA_CHECK(cudaGetDevice(&device_));
   weight_bytes_ = c.weight_bytes();
   if (c.fp8_weights) {
@@ -371,32 +397,64 @@ struct CudaModel::GraphOps {
                fused ? sumsq(0) : nullptr);
   }
   void norm_qkv_rope(int64_t l) {
-    const int64_t qkv_out = q_dim() + 2 * kv_dim();
+    const int64_t H = c().hidden_size, qkv_out = q_dim() + 2 * kv_dim();
+    set_layer_kv(l);
     if (!fused) norm(w(l).input_norm.ptr);
+    const void* x = fused ? nullptr : ws().h.ptr;
+    GemvFusion f = fused ? norm_prologue(w(l).input_norm.ptr, 0, 1) : GemvFusion{};
+    const bool rope_here = rope_in_epilogue(l, x, f);
     timed(Op::kGemm, [&] {
-      if (fused)
-        m->gemm_.linear_fused(c().dtype, nullptr, w(l).qkv.ptr, ws().qkv.ptr, n, c().hidden_size,
-                              qkv_out, norm_prologue(w(l).input_norm.ptr, 0, 1), stream);
+      if (fused || rope_here)
+        m->gemm_.linear_fused(c().dtype, x, w(l).qkv.ptr, ws().qkv.ptr, n, H, qkv_out, f, stream);
       else
         project(qkv(l), ws().h.ptr, ws().qkv.ptr);
     });
-    rope_and_append_kv(l);
+    if (!rope_here) rope_and_append_kv(l);
   }
-  void rope_and_append_kv(int64_t l) {
+  // The current layer's pools and fp8 scales in the attention's paged-KV view.
+  void set_layer_kv(int64_t l) {
     decode.kv.k_pool = step->k_pools[l];
     decode.kv.v_pool = step->v_pools[l];
     decode.kv.k_scale = w(l).k_scale;
     decode.kv.v_scale = w(l).v_scale;
     decode.kv.device_scales = step->kv_scales + 2 * l;
+  }
+  // Whether the QKV GEMV applies RoPE and writes the KV cache itself (gemv.h's kRopeCache), and
+  // if so `f` says how: where the GEMV runs QKV anyway (the five-kernel layer, or a step of as
+  // few rows as Gemm sends to it), with 16-bit weights, no q/k norm (it needs a whole head) and
+  // no fp8 scales to calculate from this step's K and V first.
+  bool rope_in_epilogue(int64_t l, const void* x, GemvFusion& f) const {
+    const int64_t H = c().hidden_size, qkv_out = q_dim() + 2 * kv_dim();
+    const bool on_gemv = fused || (n <= m->gemm_.gemv_max_rows() && qkv_out <= Gemm::kGemvMaxOut &&
+                                   n > m->gemm_.stream_max_rows());
+    if (!on_gemv || c().fp8_weights || c().qk_norm ||
+        (step->calculate_kv_scales && !w(l).checkpoint_kv_scales))
+      return false;
+    GemvFusion rope = f;
+    rope.epilogue = GemvEpilogue::kRopeCache;
+    rope.rope.bias = w(l).qkv_bias.ptr;
+    rope.rope.positions = step->positions;
+    rope.rope.slots = step->slots;
+    rope.rope.inv_freq = m->inv_freq_;
+    rope.rope.q_out = ws().q.ptr;
+    rope.rope.q_heads = static_cast<int32_t>(c().num_q_heads);
+    rope.rope.kv = decode.kv;
+    if (!m->gemm_.fused_supported(n, H, qkv_out, x, w(l).qkv.ptr, rope)) return false;
+    f = rope;
+    return true;
+  }
+  void rope_and_append_kv(int64_t l) {
     const ops::QkNorm qk_norm{w(l).q_norm.ptr, w(l).k_norm.ptr,
                               static_cast<float>(c().rms_norm_eps)};  // null pointers: none
+    // The projection's rows (and so qkv's columns and the bias) are in RoPE-pair order.
+    constexpr bool kPairRows = true;
     if (step->calculate_kv_scales && !w(l).checkpoint_kv_scales)
       ops::calculate_kv_scales(ws().qkv.ptr, w(l).qkv_bias.ptr, step->positions, step->slots,
                                m->inv_freq_, n, static_cast<int32_t>(c().num_q_heads), decode.kv,
-                               step->kv_scales + 2 * l, stream, qk_norm);
+                               step->kv_scales + 2 * l, stream, qk_norm, kPairRows);
     ops::rope_and_cache(ws().qkv.ptr, w(l).qkv_bias.ptr, step->positions, step->slots, m->inv_freq_,
                         n, static_cast<int32_t>(c().num_q_heads), decode.kv, ws().q.ptr, stream,
-                        pdl, qk_norm);
+                        pdl, qk_norm, kPairRows);
   }
   void attention(int64_t) {
     timed(Op::kAttention, [&] { step->attention_op->run(decode, step->decode_only, stream); });

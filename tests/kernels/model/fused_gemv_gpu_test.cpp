@@ -5,10 +5,14 @@
 // its sums of squares (O, down). Fresh random inputs, every row count 1-16, the shapes of
 // Llama-3-8B, Qwen2.5-7B and odd ones, outputs poisoned with NaN first; per-element tolerances from
 // the GEMV's measured noise (gemv_gpu_test.cpp), which a 1 % scale error or a dropped term exceeds.
+// The QKV projection's RoPE + paged-KV epilogue is checked bit for bit against the GEMV's plain
+// store followed by ops::rope_and_cache over the same RoPE-pair rows (each checked against its
+// own host reference in gemv_gpu_test.cpp and model_ops_gpu_test.cpp).
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
+#include <numeric>
 #include <random>
 #include <string>
 #include <vector>
@@ -17,6 +21,7 @@
 #include "l2kv/core/dtype.h"
 #include "l2kv/kernels/model/gemm.h"
 #include "l2kv/kernels/model/gemv.h"
+#include "l2kv/kernels/model/model_ops.h"
 #include "l2kv/kernels/random_fill.h"
 
 namespace l2kv {
@@ -283,6 +288,158 @@ INSTANTIATE_TEST_SUITE_P(Dtypes, FusedGemv, ::testing::Values(DType::kBFloat16, 
                            return std::string(dtype_name(param_info.param));
                          });
 
+struct RopeShape {
+  const char* name;
+  int32_t hidden, q_heads, kv_heads, head_dim;
+  bool bias;
+  KvLayout layout;
+  bool fp8_cache;
+};
+
+const std::vector<RopeShape> kRopeShapes = {
+    {"llama3-8b", 4096, 32, 8, 128, false, KvLayout::kHND, false},
+    {"qwen2.5-7b", 3584, 28, 4, 128, true, KvLayout::kHND, false},
+    {"llama3-8b fp8 cache", 4096, 32, 8, 128, false, KvLayout::kHND, true},
+    {"small NHD", 1032, 6, 2, 64, true, KvLayout::kNHD, false},
+    {"small fp8 NHD", 1032, 6, 2, 64, true, KvLayout::kNHD, true},
+};
+
+// The kRopeCache epilogue (with and without the norm prologue) against the GEMV's kStore of the
+// same problem followed by ops::rope_and_cache(pair_rows): q and both pools equal bit for bit,
+// every q element and every kept (row, kv head) written.
+void check_rope(const RopeShape& shape, bool norm, DType dtype, uint64_t seed) {
+  const int64_t in = shape.hidden, d = shape.head_dim;
+  const int64_t q_dim = shape.q_heads * d, out = q_dim + 2 * shape.kv_heads * d;
+  std::mt19937_64 rng(seed);
+  std::uniform_real_distribution<float> uniform(-1.f, 1.f);
+  void* w = nullptr;
+  L2KV_CUDA_CHECK(cudaMalloc(&w, static_cast<size_t>(in * out) * 2));
+  fill_random(w, in * out, dtype, 0.05f, seed, nullptr);
+  std::vector<uint16_t> bias(static_cast<size_t>(out)), gamma(static_cast<size_t>(in));
+  for (auto& b : bias) b = float_to_dtype_bits(dtype, 0.5f * uniform(rng));
+  for (auto& g : gamma) g = float_to_dtype_bits(dtype, 0.5f + std::abs(uniform(rng)));
+  std::vector<float> inv_freq(static_cast<size_t>(d / 2));
+  for (int64_t i = 0; i < d / 2; ++i)
+    inv_freq[i] = static_cast<float>(std::pow(500000.0, -2.0 * static_cast<double>(i) / d));
+  uint16_t* d_bias = upload(bias);
+  uint16_t* d_gamma = upload(gamma);
+  float* d_inv_freq = upload(inv_freq);
+  float* d_scales = upload(std::vector<float>{0.011f, 0.0067f});  // fp8: read from the device
+
+  for (int64_t rows = 1; rows <= kGemvMaxRows; ++rows) {
+    if (testing::quick_mode() && rows != 1 && rows != 9 && rows != 16) continue;
+    SCOPED_TRACE(std::string(shape.name) + (norm ? " norm" : "") + " " +
+                 std::string(dtype_name(dtype)) + " rows=" + std::to_string(rows));
+    PagedKvCache kv;
+    kv.block_size = 16;
+    kv.num_blocks = static_cast<int32_t>((rows + 15) / 16 + 4);
+    kv.num_kv_heads = shape.kv_heads;
+    kv.head_dim = shape.head_dim;
+    kv.layout = shape.layout;
+    kv.dtype = dtype;
+    kv.storage = shape.fp8_cache ? KvStorage::kFp8E4M3 : KvStorage::kModelDtype;
+    kv.device_scales = shape.fp8_cache ? d_scales : nullptr;
+    const size_t pool_bytes = static_cast<size_t>(kv.pool_bytes());
+    std::vector<int32_t> positions(rows), slots(rows), all(kv.num_blocks * kv.block_size);
+    std::uniform_int_distribution<int32_t> pos(0, 131071);
+    for (auto& p : positions) p = pos(rng);
+    std::iota(all.begin(), all.end(), 0);
+    std::shuffle(all.begin(), all.end(), rng);
+    int64_t kept = 0;
+    for (int64_t r = 0; r < rows; ++r) {
+      slots[r] = r % 5 == 3 ? -1 : all[r];  // pad rows keep nothing
+      kept += slots[r] >= 0;
+    }
+    std::vector<float> residual(static_cast<size_t>(rows * in));
+    for (auto& r : residual) r = 2.f * uniform(rng);
+    std::vector<float> sumsq(kGemvMaxRows, 0.f);
+    for (int64_t m = 0; m < rows; ++m)
+      for (int64_t k = 0; k < in; ++k) sumsq[m] += residual[m * in + k] * residual[m * in + k];
+    std::vector<uint16_t> x(static_cast<size_t>(rows * in));
+    for (auto& b : x) b = float_to_dtype_bits(dtype, uniform(rng));
+    float* d_residual = upload(residual);
+    float* d_sumsq = upload(sumsq);
+    uint16_t* d_x = upload(x);
+    int32_t* d_positions = upload(positions);
+    int32_t* d_slots = upload(slots);
+    uint16_t* d_qkv = upload(std::vector<uint16_t>(static_cast<size_t>(rows * out), 0xffff));
+    // Two of each output, poisoned (NaN): [0] from the epilogue, [1] from the composition.
+    uint16_t* d_q[2];
+    void *d_k[2], *d_v[2];
+    for (int i = 0; i < 2; ++i) {
+      d_q[i] = upload(std::vector<uint16_t>(static_cast<size_t>(rows * q_dim), 0xffff));
+      d_k[i] = upload(std::vector<uint8_t>(pool_bytes, 0x7f));
+      d_v[i] = upload(std::vector<uint8_t>(pool_bytes, 0x7f));
+    }
+
+    GemvFusion f;
+    if (norm) {
+      f.norm_residual = d_residual;
+      f.norm_weight = d_gamma;
+      f.norm_sumsq = d_sumsq;
+      f.eps = 1e-5f;
+    }
+    const void* x_in = norm ? nullptr : d_x;
+    Gemm gemm;
+    gemm.set_programmatic_launch(true);
+    GemvFusion rope = f;
+    rope.epilogue = GemvEpilogue::kRopeCache;
+    rope.rope = {
+        shape.bias ? d_bias : nullptr, d_positions, d_slots, d_inv_freq, d_q[0], shape.q_heads, kv};
+    rope.rope.kv.k_pool = d_k[0];
+    rope.rope.kv.v_pool = d_v[0];
+    ASSERT_TRUE(gemm.fused_supported(rows, in, out, x_in, w, rope));
+    gemm.linear_fused(dtype, x_in, w, nullptr, rows, in, out, rope, nullptr);
+    gemm.linear_fused(dtype, x_in, w, d_qkv, rows, in, out, f, nullptr);
+    PagedKvCache kv1 = kv;
+    kv1.k_pool = d_k[1];
+    kv1.v_pool = d_v[1];
+    ops::rope_and_cache(d_qkv, shape.bias ? d_bias : nullptr, d_positions, d_slots, d_inv_freq,
+                        static_cast<int32_t>(rows), shape.q_heads, kv1, d_q[1], nullptr,
+                        /*pdl=*/true, {}, /*pair_rows=*/true);
+    L2KV_CUDA_CHECK(cudaDeviceSynchronize());
+
+    const auto q0 = download(d_q[0], static_cast<size_t>(rows * q_dim));
+    const auto q1 = download(d_q[1], q0.size());
+    EXPECT_EQ(std::count(q1.begin(), q1.end(), uint16_t{0xffff}), 0) << "composition left q unset";
+    int64_t q_diff = 0;
+    for (size_t i = 0; i < q0.size(); ++i)
+      if (q0[i] != q1[i] && q_diff++ < 3)
+        ADD_FAILURE() << "q element " << i << ": " << q0[i] << " against " << q1[i];
+    EXPECT_EQ(q_diff, 0) << "q elements that differ";
+    const int64_t element = shape.fp8_cache ? 1 : 2;
+    for (int pool = 0; pool < 2; ++pool) {
+      const auto a = download(static_cast<uint8_t*>(pool == 0 ? d_k[0] : d_v[0]), pool_bytes);
+      const auto b = download(static_cast<uint8_t*>(pool == 0 ? d_k[1] : d_v[1]), pool_bytes);
+      int64_t diff = 0, written = 0;
+      for (size_t i = 0; i < pool_bytes; ++i) {
+        diff += a[i] != b[i];
+        written += b[i] != 0x7f;
+      }
+      EXPECT_EQ(diff, 0) << (pool == 0 ? "k" : "v") << " pool bytes that differ";
+      // A written byte may equal the poison now and then (a code 0x7f in a 16-bit half or, in an
+      // fp8 cache, a NaN), so the count is a floor that a skipped row or head would miss.
+      EXPECT_GE(written, kept * shape.kv_heads * d * element * 99 / 100)
+          << (pool == 0 ? "k" : "v") << " pool: bytes written";
+    }
+    for (void* p :
+         {static_cast<void*>(d_residual), static_cast<void*>(d_sumsq), static_cast<void*>(d_x),
+          static_cast<void*>(d_positions), static_cast<void*>(d_slots), static_cast<void*>(d_qkv),
+          static_cast<void*>(d_q[0]), static_cast<void*>(d_q[1]), d_k[0], d_k[1], d_v[0], d_v[1]})
+      cudaFree(p);
+  }
+  for (void* p : {w, static_cast<void*>(d_bias), static_cast<void*>(d_gamma),
+                  static_cast<void*>(d_inv_freq), static_cast<void*>(d_scales)})
+    cudaFree(p);
+}
+
+TEST_P(FusedGemv, RopeCacheEpilogueMatchesComposition) {
+  L2KV_SKIP_WITHOUT_GPU();
+  uint64_t seed = 800;
+  for (const RopeShape& s : kRopeShapes)
+    for (const bool norm : {true, false}) check_rope(s, norm, GetParam(), ++seed);
+}
+
 // What the fused forms refuse, on any machine.
 TEST(FusedGemvSupports, NamesWhatEachFormNeeds) {
   alignas(16) static uint16_t w[16 * 16];
@@ -308,6 +465,24 @@ TEST(FusedGemvSupports, NamesWhatEachFormNeeds) {
   add.residual = residual;
   EXPECT_TRUE(gemv_supports(1, 16, 16, gamma, w, add));
   EXPECT_FALSE(gemv_supports(17, 16, 16, gamma, w, add)) << "beyond kGemvMaxRows";
+  alignas(16) static uint16_t q[64];
+  alignas(16) static uint16_t pool[64];
+  static int32_t positions[1], slots[1];
+  static float inv_freq[8];
+  GemvFusion rope;
+  rope.epilogue = GemvEpilogue::kRopeCache;
+  rope.rope = {nullptr, positions, slots, inv_freq, q, 2, {}};
+  rope.rope.kv.k_pool = rope.rope.kv.v_pool = pool;
+  rope.rope.kv.block_size = 16;
+  rope.rope.kv.num_kv_heads = 1;
+  rope.rope.kv.head_dim = 16;
+  EXPECT_TRUE(gemv_supports(1, 16, 64, gamma, w, rope));
+  EXPECT_FALSE(gemv_supports(1, 16, 48, gamma, w, rope)) << "out is not the heads' rows";
+  rope.rope.kv.head_dim = 8;
+  EXPECT_FALSE(gemv_supports(1, 16, 32, gamma, w, rope)) << "head_dim not a multiple of 16";
+  rope.rope.kv.head_dim = 16;
+  rope.rope.slots = nullptr;
+  EXPECT_FALSE(gemv_supports(1, 16, 64, gamma, w, rope)) << "no slots";
 }
 
 }  // namespace

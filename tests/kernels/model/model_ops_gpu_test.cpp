@@ -245,182 +245,199 @@ TEST_P(ModelOps, RopeAndCacheMatchesHostReference) {
       {64, 12, 2, 20, KvLayout::kNHD, true, true, true},
   };
   constexpr float kNormEps = 1e-6f;
-  for (const RopeCase& c : cases) {
-    const int32_t d = c.head_dim, half = d / 2;
-    const int32_t q_dim = c.q_heads * d, kv_dim = c.kv_heads * d, width = q_dim + 2 * kv_dim;
-    const int32_t block_size = 16;
-    const int32_t num_blocks = (c.rows + block_size - 1) / block_size + 5;
-    const auto qkv = random16(t, static_cast<size_t>(c.rows) * width, -2.f, 2.f, rng);
-    const auto bias = random16(t, width, -0.5f, 0.5f, rng);
-    const auto q_norm = random16(t, d, 0.25f, 2.f, rng);
-    const auto k_norm = random16(t, d, 0.25f, 2.f, rng);
-    std::vector<int32_t> positions(c.rows), slots(c.rows);
-    std::uniform_int_distribution<int32_t> pos(0, 131071);
-    for (auto& p : positions) p = pos(rng);
-    std::vector<int32_t> all_slots(static_cast<size_t>(num_blocks) * block_size);
-    std::iota(all_slots.begin(), all_slots.end(), 0);
-    std::shuffle(all_slots.begin(), all_slots.end(), rng);
-    for (int32_t r = 0; r < c.rows; ++r) slots[r] = (r % 5 == 3) ? -1 : all_slots[r];  // pads
-    std::vector<float> inv_freq(half);
-    for (int32_t i = 0; i < half; ++i)
-      inv_freq[i] = static_cast<float>(std::pow(500000.0, -2.0 * i / d));
+  // Every case in both row orders of qkv and bias: feature order, and RoPE-pair order
+  // (rope_pair_rows.h: within each head, row 16 j + 8 s + e holds feature s * half + 8 j + e),
+  // built here on its own so that a wrong map in the kernels cannot agree with it.
+  for (const bool pair_rows : {false, true})
+    for (const RopeCase& c : cases) {
+      const int32_t d = c.head_dim, half = d / 2;
+      const int32_t q_dim = c.q_heads * d, kv_dim = c.kv_heads * d, width = q_dim + 2 * kv_dim;
+      const int32_t block_size = 16;
+      const int32_t num_blocks = (c.rows + block_size - 1) / block_size + 5;
+      const auto qkv = random16(t, static_cast<size_t>(c.rows) * width, -2.f, 2.f, rng);
+      const auto bias = random16(t, width, -0.5f, 0.5f, rng);
+      const auto q_norm = random16(t, d, 0.25f, 2.f, rng);
+      const auto k_norm = random16(t, d, 0.25f, 2.f, rng);
+      std::vector<int32_t> positions(c.rows), slots(c.rows);
+      std::uniform_int_distribution<int32_t> pos(0, 131071);
+      for (auto& p : positions) p = pos(rng);
+      std::vector<int32_t> all_slots(static_cast<size_t>(num_blocks) * block_size);
+      std::iota(all_slots.begin(), all_slots.end(), 0);
+      std::shuffle(all_slots.begin(), all_slots.end(), rng);
+      for (int32_t r = 0; r < c.rows; ++r) slots[r] = (r % 5 == 3) ? -1 : all_slots[r];  // pads
+      std::vector<float> inv_freq(half);
+      for (int32_t i = 0; i < half; ++i)
+        inv_freq[i] = static_cast<float>(std::pow(500000.0, -2.0 * i / d));
 
-    PagedKvCache kv;
-    kv.num_blocks = num_blocks;
-    kv.block_size = block_size;
-    kv.num_kv_heads = c.kv_heads;
-    kv.head_dim = d;
-    kv.layout = c.layout;
-    kv.dtype = t;
-    kv.storage = c.fp8 ? KvStorage::kFp8E4M3 : KvStorage::kModelDtype;
-    kv.k_scale = c.fp8 ? 0.013f : 1.f;
-    kv.v_scale = c.fp8 ? 0.0071f : 1.f;
-    const size_t pool_elems = static_cast<size_t>(num_blocks) * kv.block_stride();
+      PagedKvCache kv;
+      kv.num_blocks = num_blocks;
+      kv.block_size = block_size;
+      kv.num_kv_heads = c.kv_heads;
+      kv.head_dim = d;
+      kv.layout = c.layout;
+      kv.dtype = t;
+      kv.storage = c.fp8 ? KvStorage::kFp8E4M3 : KvStorage::kModelDtype;
+      kv.k_scale = c.fp8 ? 0.013f : 1.f;
+      kv.v_scale = c.fp8 ? 0.0071f : 1.f;
+      const size_t pool_elems = static_cast<size_t>(num_blocks) * kv.block_stride();
 
-    // Host reference: the kernel's float operations, rounded where it rounds.
-    std::vector<uint16_t> want_q(static_cast<size_t>(c.rows) * q_dim);
-    std::vector<uint32_t> want_k(pool_elems, c.fp8 ? kPoison8 : kPoison16);
-    std::vector<uint32_t> want_v = want_k;
-    auto stored = [&](uint16_t v, float scale) -> uint32_t {
-      if (!c.fp8) return v;
-      return float_to_fp8_e4m3_bits(to_float(t, v) * (1.f / scale));
-    };
-    for (int32_t r = 0; r < c.rows; ++r) {
-      const uint16_t* row = qkv.data() + static_cast<size_t>(r) * width;
-      auto value = [&](int32_t i) {
-        return to_float(t, row[i]) + (c.bias ? to_float(t, bias[i]) : 0.f);
+      // Host reference: the kernel's float operations, rounded where it rounds.
+      std::vector<uint16_t> want_q(static_cast<size_t>(c.rows) * q_dim);
+      std::vector<uint32_t> want_k(pool_elems, c.fp8 ? kPoison8 : kPoison16);
+      std::vector<uint32_t> want_v = want_k;
+      auto stored = [&](uint16_t v, float scale) -> uint32_t {
+        if (!c.fp8) return v;
+        return float_to_fp8_e4m3_bits(to_float(t, v) * (1.f / scale));
       };
-      for (int32_t h = 0; h < c.q_heads + c.kv_heads; ++h) {
-        const bool is_q = h < c.q_heads;
-        const int32_t base = is_q ? h * d : q_dim + (h - c.q_heads) * d;
-        // The pairs RoPE rotates: with the norm, the projection rounded to the dtype (as
-        // transformers holds it), normalized over the head in float32, rounded, times the
-        // weight, rounded again.
-        std::vector<float> as(half), bs(half);
-        for (int32_t i = 0; i < half; ++i) {
-          as[i] = value(base + i), bs[i] = value(base + i + half);
-          if (c.qk_norm)
-            as[i] = to_float(t, round_to(t, as[i])), bs[i] = to_float(t, round_to(t, bs[i]));
-        }
-        if (c.qk_norm) {
-          const float mean = head_sumsq(as, bs) / static_cast<float>(d) + kNormEps;
-          const auto scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(mean)));
-          const std::vector<uint16_t>& gamma = is_q ? q_norm : k_norm;
-          auto norm = [&](float x, int32_t i) {
-            return to_float(
-                t, round_to(t, to_float(t, gamma[i]) * to_float(t, round_to(t, x * scale))));
-          };
-          for (int32_t i = 0; i < half; ++i) as[i] = norm(as[i], i), bs[i] = norm(bs[i], i + half);
-        }
-        for (int32_t i = 0; i < half; ++i) {
-          const float a = as[i], b = bs[i];
-          const float angle = static_cast<float>(positions[r]) * inv_freq[i];
-          const auto s = static_cast<float>(std::sin(static_cast<double>(angle)));
-          const auto co = static_cast<float>(std::cos(static_cast<double>(angle)));
-          const uint16_t ra = round_to(t, a * co - b * s), rb = round_to(t, b * co + a * s);
-          if (is_q) {
-            want_q[static_cast<size_t>(r) * q_dim + base + i] = ra;
-            want_q[static_cast<size_t>(r) * q_dim + base + i + half] = rb;
-          } else if (slots[r] >= 0) {
-            const int64_t off =
-                kv.offset(slots[r] / block_size, slots[r] % block_size, h - c.q_heads);
-            want_k[off + i] = stored(ra, kv.k_scale);
-            want_k[off + i + half] = stored(rb, kv.k_scale);
-            want_v[off + i] = stored(round_to(t, value(base + kv_dim + i)), kv.v_scale);
-            want_v[off + i + half] =
-                stored(round_to(t, value(base + kv_dim + i + half)), kv.v_scale);
+      for (int32_t r = 0; r < c.rows; ++r) {
+        const uint16_t* row = qkv.data() + static_cast<size_t>(r) * width;
+        auto value = [&](int32_t i) {
+          return to_float(t, row[i]) + (c.bias ? to_float(t, bias[i]) : 0.f);
+        };
+        for (int32_t h = 0; h < c.q_heads + c.kv_heads; ++h) {
+          const bool is_q = h < c.q_heads;
+          const int32_t base = is_q ? h * d : q_dim + (h - c.q_heads) * d;
+          // The pairs RoPE rotates: with the norm, the projection rounded to the dtype (as
+          // transformers holds it), normalized over the head in float32, rounded, times the
+          // weight, rounded again.
+          std::vector<float> as(half), bs(half);
+          for (int32_t i = 0; i < half; ++i) {
+            as[i] = value(base + i), bs[i] = value(base + i + half);
+            if (c.qk_norm)
+              as[i] = to_float(t, round_to(t, as[i])), bs[i] = to_float(t, round_to(t, bs[i]));
+          }
+          if (c.qk_norm) {
+            const float mean = head_sumsq(as, bs) / static_cast<float>(d) + kNormEps;
+            const auto scale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(mean)));
+            const std::vector<uint16_t>& gamma = is_q ? q_norm : k_norm;
+            auto norm = [&](float x, int32_t i) {
+              return to_float(
+                  t, round_to(t, to_float(t, gamma[i]) * to_float(t, round_to(t, x * scale))));
+            };
+            for (int32_t i = 0; i < half; ++i)
+              as[i] = norm(as[i], i), bs[i] = norm(bs[i], i + half);
+          }
+          for (int32_t i = 0; i < half; ++i) {
+            const float a = as[i], b = bs[i];
+            const float angle = static_cast<float>(positions[r]) * inv_freq[i];
+            const auto s = static_cast<float>(std::sin(static_cast<double>(angle)));
+            const auto co = static_cast<float>(std::cos(static_cast<double>(angle)));
+            const uint16_t ra = round_to(t, a * co - b * s), rb = round_to(t, b * co + a * s);
+            if (is_q) {
+              want_q[static_cast<size_t>(r) * q_dim + base + i] = ra;
+              want_q[static_cast<size_t>(r) * q_dim + base + i + half] = rb;
+            } else if (slots[r] >= 0) {
+              const int64_t off =
+                  kv.offset(slots[r] / block_size, slots[r] % block_size, h - c.q_heads);
+              want_k[off + i] = stored(ra, kv.k_scale);
+              want_k[off + i + half] = stored(rb, kv.k_scale);
+              want_v[off + i] = stored(round_to(t, value(base + kv_dim + i)), kv.v_scale);
+              want_v[off + i + half] =
+                  stored(round_to(t, value(base + kv_dim + i + half)), kv.v_scale);
+            }
           }
         }
       }
-    }
 
-    uint16_t* d_qkv = upload(qkv);
-    uint16_t* d_bias = upload(bias);
-    uint16_t* d_q_norm = upload(q_norm);
-    uint16_t* d_k_norm = upload(k_norm);
-    const ops::QkNorm qk_norm =
-        c.qk_norm ? ops::QkNorm{d_q_norm, d_k_norm, kNormEps} : ops::QkNorm{};
-    int32_t* d_positions = upload(positions);
-    int32_t* d_slots = upload(slots);
-    float* d_inv_freq = upload(inv_freq);
-    uint16_t* d_q = upload(std::vector<uint16_t>(want_q.size(), kPoison16));
-    void *d_k = nullptr, *d_v = nullptr;
-    if (c.fp8) {
-      d_k = upload(std::vector<uint8_t>(pool_elems, kPoison8));
-      d_v = upload(std::vector<uint8_t>(pool_elems, kPoison8));
-    } else {
-      d_k = upload(std::vector<uint16_t>(pool_elems, kPoison16));
-      d_v = upload(std::vector<uint16_t>(pool_elems, kPoison16));
-    }
-    kv.k_pool = d_k;
-    kv.v_pool = d_v;
-    ops::rope_and_cache(d_qkv, c.bias ? d_bias : nullptr, d_positions, d_slots, d_inv_freq, c.rows,
-                        c.q_heads, kv, d_q, nullptr, /*pdl=*/false, qk_norm);
-    // The calculated fp8 scales of the same rows: from the largest |K| and |V| the kernel above
-    // stores (checked below against its 16-bit cache, bit for bit).
-    float* d_scales = upload(std::vector<float>(2, -1.f));
-    ops::calculate_kv_scales(d_qkv, c.bias ? d_bias : nullptr, d_positions, d_slots, d_inv_freq,
-                             c.rows, c.q_heads, kv, d_scales, nullptr, qk_norm);
-    L2KV_CUDA_CHECK(cudaDeviceSynchronize());
-    const auto got_scales = download(d_scales, 2);
-    const auto got_q = download(d_q, want_q.size());
-    std::vector<uint32_t> got_k(pool_elems), got_v(pool_elems);
-    if (c.fp8) {
-      const auto k8 = download(static_cast<uint8_t*>(d_k), pool_elems);
-      const auto v8 = download(static_cast<uint8_t*>(d_v), pool_elems);
-      std::copy(k8.begin(), k8.end(), got_k.begin());
-      std::copy(v8.begin(), v8.end(), got_v.begin());
-    } else {
-      const auto k16 = download(static_cast<uint16_t*>(d_k), pool_elems);
-      const auto v16 = download(static_cast<uint16_t*>(d_v), pool_elems);
-      std::copy(k16.begin(), k16.end(), got_k.begin());
-      std::copy(v16.begin(), v16.end(), got_v.begin());
-    }
-    for (void* p :
-         {static_cast<void*>(d_qkv), static_cast<void*>(d_bias), static_cast<void*>(d_q_norm),
-          static_cast<void*>(d_k_norm), static_cast<void*>(d_positions),
-          static_cast<void*>(d_slots), static_cast<void*>(d_inv_freq), static_cast<void*>(d_q),
-          static_cast<void*>(d_scales), d_k, d_v})
-      cudaFree(p);
-
-    const std::string where = "head_dim " + std::to_string(d) + " rows " + std::to_string(c.rows) +
-                              (c.fp8 ? " fp8" : "") + (c.bias ? " bias" : "") +
-                              (c.qk_norm ? " qk_norm" : "") +
-                              (c.layout == KvLayout::kNHD ? " NHD" : " HND");
-    if (!c.fp8) {
-      float k_max = 0.f, v_max = 0.f;
-      for (size_t i = 0; i < pool_elems; ++i) {
-        if (want_k[i] == kPoison16) continue;  // no row writes here
-        k_max = std::max(k_max, std::fabs(to_float(t, static_cast<uint16_t>(got_k[i]))));
-        v_max = std::max(v_max, std::fabs(to_float(t, static_cast<uint16_t>(got_v[i]))));
+      // The kernels' view of qkv and bias: each head's elements moved to their rows.
+      auto in_row_order = [&](const std::vector<uint16_t>& logical) {
+        if (!pair_rows) return logical;
+        std::vector<uint16_t> rows(logical.size());
+        for (size_t head = 0; head < logical.size() / d; ++head)
+          for (int32_t j = 0; j < half / 8; ++j)
+            for (int32_t side = 0; side < 2; ++side)
+              for (int32_t e = 0; e < 8; ++e)
+                rows[head * d + 16 * j + 8 * side + e] =
+                    logical[head * d + side * half + 8 * j + e];
+        return rows;
+      };
+      uint16_t* d_qkv = upload(in_row_order(qkv));
+      uint16_t* d_bias = upload(in_row_order(bias));
+      uint16_t* d_q_norm = upload(q_norm);
+      uint16_t* d_k_norm = upload(k_norm);
+      const ops::QkNorm qk_norm =
+          c.qk_norm ? ops::QkNorm{d_q_norm, d_k_norm, kNormEps} : ops::QkNorm{};
+      int32_t* d_positions = upload(positions);
+      int32_t* d_slots = upload(slots);
+      float* d_inv_freq = upload(inv_freq);
+      uint16_t* d_q = upload(std::vector<uint16_t>(want_q.size(), kPoison16));
+      void *d_k = nullptr, *d_v = nullptr;
+      if (c.fp8) {
+        d_k = upload(std::vector<uint8_t>(pool_elems, kPoison8));
+        d_v = upload(std::vector<uint8_t>(pool_elems, kPoison8));
+      } else {
+        d_k = upload(std::vector<uint16_t>(pool_elems, kPoison16));
+        d_v = upload(std::vector<uint16_t>(pool_elems, kPoison16));
       }
-      EXPECT_EQ(got_scales[0], kv_scale_from_amax(k_max, kKvScaleKeyRange)) << where;
-      EXPECT_EQ(got_scales[1], kv_scale_from_amax(v_max, kKvScaleValueRange)) << where;
-    }
-    EXPECT_TRUE(acceptable(compare16(t, got_q, want_q, kRopeAbsoluteFloor))) << where << " (q)";
-    for (const auto& [got, want, name] :
-         {std::tie(got_k, want_k, "k"), std::tie(got_v, want_v, "v")}) {
-      Mismatches m;
-      for (size_t i = 0; i < pool_elems; ++i) {
-        const bool poison = want[i] == (c.fp8 ? kPoison8 : kPoison16);
-        if (poison) {  // a slot no row writes keeps its poison
-          ASSERT_EQ(got[i], want[i]) << where << " " << name << ": unwritten element " << i;
-          continue;
+      kv.k_pool = d_k;
+      kv.v_pool = d_v;
+      ops::rope_and_cache(d_qkv, c.bias ? d_bias : nullptr, d_positions, d_slots, d_inv_freq,
+                          c.rows, c.q_heads, kv, d_q, nullptr, /*pdl=*/false, qk_norm, pair_rows);
+      // The calculated fp8 scales of the same rows: from the largest |K| and |V| the kernel above
+      // stores (checked below against its 16-bit cache, bit for bit).
+      float* d_scales = upload(std::vector<float>(2, -1.f));
+      ops::calculate_kv_scales(d_qkv, c.bias ? d_bias : nullptr, d_positions, d_slots, d_inv_freq,
+                               c.rows, c.q_heads, kv, d_scales, nullptr, qk_norm, pair_rows);
+      L2KV_CUDA_CHECK(cudaDeviceSynchronize());
+      const auto got_scales = download(d_scales, 2);
+      const auto got_q = download(d_q, want_q.size());
+      std::vector<uint32_t> got_k(pool_elems), got_v(pool_elems);
+      if (c.fp8) {
+        const auto k8 = download(static_cast<uint8_t*>(d_k), pool_elems);
+        const auto v8 = download(static_cast<uint8_t*>(d_v), pool_elems);
+        std::copy(k8.begin(), k8.end(), got_k.begin());
+        std::copy(v8.begin(), v8.end(), got_v.begin());
+      } else {
+        const auto k16 = download(static_cast<uint16_t*>(d_k), pool_elems);
+        const auto v16 = download(static_cast<uint16_t*>(d_v), pool_elems);
+        std::copy(k16.begin(), k16.end(), got_k.begin());
+        std::copy(v16.begin(), v16.end(), got_v.begin());
+      }
+      for (void* p :
+           {static_cast<void*>(d_qkv), static_cast<void*>(d_bias), static_cast<void*>(d_q_norm),
+            static_cast<void*>(d_k_norm), static_cast<void*>(d_positions),
+            static_cast<void*>(d_slots), static_cast<void*>(d_inv_freq), static_cast<void*>(d_q),
+            static_cast<void*>(d_scales), d_k, d_v})
+        cudaFree(p);
+
+      const std::string where =
+          "head_dim " + std::to_string(d) + " rows " + std::to_string(c.rows) +
+          (c.fp8 ? " fp8" : "") + (c.bias ? " bias" : "") + (c.qk_norm ? " qk_norm" : "") +
+          (pair_rows ? " pair rows" : "") + (c.layout == KvLayout::kNHD ? " NHD" : " HND");
+      if (!c.fp8) {
+        float k_max = 0.f, v_max = 0.f;
+        for (size_t i = 0; i < pool_elems; ++i) {
+          if (want_k[i] == kPoison16) continue;  // no row writes here
+          k_max = std::max(k_max, std::fabs(to_float(t, static_cast<uint16_t>(got_k[i]))));
+          v_max = std::max(v_max, std::fabs(to_float(t, static_cast<uint16_t>(got_v[i]))));
         }
-        if (c.fp8)
-          count(
-              m, static_cast<int64_t>(i), got[i], want[i],
-              [](uint32_t b) { return fp8_e4m3_bits_to_float(static_cast<uint8_t>(b)); }, 0x1p-3,
-              0x1p-9);
-        else
-          count(
-              m, static_cast<int64_t>(i), got[i], want[i],
-              [t](uint32_t b) { return to_float(t, static_cast<uint16_t>(b)); }, relative_ulp(t),
-              std::max(smallest_step(t), kRopeAbsoluteFloor));
+        EXPECT_EQ(got_scales[0], kv_scale_from_amax(k_max, kKvScaleKeyRange)) << where;
+        EXPECT_EQ(got_scales[1], kv_scale_from_amax(v_max, kKvScaleValueRange)) << where;
       }
-      EXPECT_TRUE(acceptable(m)) << where << " (" << name << ")";
+      EXPECT_TRUE(acceptable(compare16(t, got_q, want_q, kRopeAbsoluteFloor))) << where << " (q)";
+      for (const auto& [got, want, name] :
+           {std::tie(got_k, want_k, "k"), std::tie(got_v, want_v, "v")}) {
+        Mismatches m;
+        for (size_t i = 0; i < pool_elems; ++i) {
+          const bool poison = want[i] == (c.fp8 ? kPoison8 : kPoison16);
+          if (poison) {  // a slot no row writes keeps its poison
+            ASSERT_EQ(got[i], want[i]) << where << " " << name << ": unwritten element " << i;
+            continue;
+          }
+          if (c.fp8)
+            count(
+                m, static_cast<int64_t>(i), got[i], want[i],
+                [](uint32_t b) { return fp8_e4m3_bits_to_float(static_cast<uint8_t>(b)); }, 0x1p-3,
+                0x1p-9);
+          else
+            count(
+                m, static_cast<int64_t>(i), got[i], want[i],
+                [t](uint32_t b) { return to_float(t, static_cast<uint16_t>(b)); }, relative_ulp(t),
+                std::max(smallest_step(t), kRopeAbsoluteFloor));
+        }
+        EXPECT_TRUE(acceptable(m)) << where << " (" << name << ")";
+      }
     }
-  }
 }
 
 INSTANTIATE_TEST_SUITE_P(Dtypes, ModelOps, ::testing::Values(DType::kBFloat16, DType::kFloat16),

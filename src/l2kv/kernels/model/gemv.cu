@@ -26,8 +26,10 @@
 #include "l2kv/core/cuda_check.h"
 #include "l2kv/core/error.h"
 #include "l2kv/kernels/cache_hints.cuh"
+#include "l2kv/kernels/fp8.cuh"
 #include "l2kv/kernels/grid_dependency.cuh"
 #include "l2kv/kernels/model/gemv.h"
+#include "l2kv/kernels/model/rope.cuh"
 #include "l2kv/kernels/tensor_core.cuh"
 
 namespace l2kv {
@@ -196,6 +198,81 @@ __device__ __forceinline__ OutT to_output(float v) {
     return tc::ElementTraits<OutT>::from_float(v);
 }
 
+// The kRopeCache epilogue of one thread: W rows n and n + 8 (a tile's lo and hi rows) of x row m
+// hold a head's features i and i + head_dim / 2 (rope_pair_rows.h). The same operations as
+// ops::rope_and_cache on the stored product: rounded to T, bias added, rotated and rounded (q, k),
+// or rounded (v); E4M3 of value / scale into an fp8 cache. What does not depend on the product
+// (position, angle, slot, bias, scale) is loaded and computed before the weight loop, where it
+// overlaps the weights' stream, instead of adding dependent loads at the block's end.
+struct RopeLane {
+  float sin = 0.f, cos = 0.f, bias_lo = 0.f, bias_hi = 0.f, inv_scale = 1.f;
+  int32_t slot = -1;
+};
+
+template <typename T>
+__device__ __forceinline__ RopeLane rope_lane(const GemvRopeCache& rc, int64_t m, int64_t n) {
+  using Traits = tc::ElementTraits<T>;
+  const PagedKvCache& kv = rc.kv;
+  const int d = kv.head_dim;
+  const int head = static_cast<int>(n / d), r = static_cast<int>(n % d);
+  const int kv_heads = kv.num_kv_heads;
+  RopeLane lane;
+  if (rc.bias != nullptr) {
+    const T* bias = static_cast<const T*>(rc.bias);
+    lane.bias_lo = Traits::to_float(bias[n]);
+    lane.bias_hi = Traits::to_float(bias[n + kRowsPerBlock / 2]);
+  }
+  if (head < rc.q_heads + kv_heads)
+    sincosf(static_cast<float>(rc.positions[m]) * rc.inv_freq[r / 16 * 8 + r % 8], &lane.sin,
+            &lane.cos);
+  if (head >= rc.q_heads) {
+    lane.slot = rc.slots[m];
+    if (kv.fp8())
+      lane.inv_scale = 1.f / (head < rc.q_heads + kv_heads ? kv.key_scale() : kv.value_scale());
+  }
+  return lane;
+}
+
+template <typename T>
+__device__ __forceinline__ void rope_cache_pair(const GemvRopeCache& rc, const RopeLane& lane,
+                                                int64_t m, int64_t n, float lo, float hi) {
+  using Traits = tc::ElementTraits<T>;
+  const PagedKvCache& kv = rc.kv;
+  const int d = kv.head_dim, half = d / 2;
+  const int head = static_cast<int>(n / d), r = static_cast<int>(n % d);
+  const int i = r / 16 * 8 + r % 8;
+  const float a = Traits::to_float(Traits::from_float(lo)) + lane.bias_lo;
+  const float b = Traits::to_float(Traits::from_float(hi)) + lane.bias_hi;
+  const int kv_heads = kv.num_kv_heads;
+  const bool is_k = head >= rc.q_heads && head < rc.q_heads + kv_heads;
+  T ra, rb;
+  if (head < rc.q_heads + kv_heads) {
+    rotate_pair_by(a, b, lane.sin, lane.cos, ra, rb);
+    if (head < rc.q_heads) {
+      T* q = static_cast<T*>(rc.q_out) + m * rc.q_heads * d + head * d;
+      q[i] = ra;
+      q[i + half] = rb;
+      return;
+    }
+  } else {
+    ra = Traits::from_float(a);
+    rb = Traits::from_float(b);
+  }
+  if (lane.slot < 0) return;  // a pad row whose K/V is not kept
+  const int kv_head = head - rc.q_heads - (is_k ? 0 : kv_heads);
+  const int64_t off = kv.offset(lane.slot / kv.block_size, lane.slot % kv.block_size, kv_head) + i;
+  void* pool = is_k ? kv.k_pool : kv.v_pool;
+  if (kv.fp8()) {
+    uint8_t* out = static_cast<uint8_t*>(pool) + off;
+    out[0] = fp8::from_float(Traits::to_float(ra) * lane.inv_scale);
+    out[half] = fp8::from_float(Traits::to_float(rb) * lane.inv_scale);
+  } else {
+    T* out = static_cast<T*>(pool) + off;
+    out[0] = ra;
+    out[half] = rb;
+  }
+}
+
 // kMTiles 16-feature tiles per block: each tile's k is split between kWarps / kMTiles warps.
 template <typename T, typename OutT, int kNTiles, bool kNorm, GemvEpilogue kEpilogue, bool kRing,
           int kMTiles>
@@ -247,6 +324,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) gemv_kernel(GemvPar
 
   const int64_t full_iters = vecs / Tiling::kVecsPerIter;
   const bool has_tail = vecs % Tiling::kVecsPerIter != 0;
+  static_assert(kMTiles * kNTiles * 2 * kWarpSize <= kThreads, "one epilogue pair per thread");
+  RopeLane rope;  // kRopeCache only
   // With PDL the kernel ahead (which writes x, or the residual and its sums of squares) may
   // still run: wait for it before reading them.
   auto wait_for_inputs = [&] {
@@ -268,6 +347,17 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) gemv_kernel(GemvPar
     if constexpr (kNorm)
       if (f.clear_sumsq != nullptr && blockIdx.x == 0 && threadIdx.x < kGemvMaxRows)
         f.clear_sumsq[threadIdx.x] = 0.f;
+    // The RoPE epilogue's inputs of the one output pair this thread finishes (kSlots below: at
+    // most one per thread), read after the wait like every input.
+    if constexpr (kEpilogue == GemvEpilogue::kRopeCache) {
+      constexpr int kSlots = kNTiles * 2 * kWarpSize;
+      const int j = static_cast<int>(threadIdx.x);
+      const int tile = j / kSlots;
+      const int nt = j % kSlots / (2 * kWarpSize), c = (j / kWarpSize) % 2, l = j % kWarpSize;
+      const int64_t n = block_first_row + tile * kRowsPerBlock + l / kLanesPerRow;
+      const int64_t m = nt * kColsPerTile + 2 * (l % kLanesPerRow) + c;
+      if (j < kMTiles * kSlots && m < p.rows && n < p.out) rope = rope_lane<T>(f.rope, m, n);
+    }
   };
   float acc[kNTiles][4] = {};
   WeightVecs<kUnroll> wv;
@@ -361,6 +451,9 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) gemv_kernel(GemvPar
       const int64_t feature = n / kRowsPerBlock * (kRowsPerBlock / 2) + l / kLanesPerRow;
       static_cast<T*>(p.y)[m * (p.out / 2) + feature] =
           Traits::from_float(gate / (1.f + __expf(-gate)) * up);
+    } else if constexpr (kEpilogue == GemvEpilogue::kRopeCache) {
+      if (n >= p.out) continue;
+      rope_cache_pair<T>(f.rope, rope, m, n, lo, hi);
     } else {
       float sumsq = 0.f;
       for (int half = 0; half < 2; ++half) {
@@ -454,6 +547,12 @@ void launch_typed(const GemvParams& p, bool f32_out, cudaStream_t stream) {
       else
         launch<T, T, false, GemvEpilogue::kSiluMul>(p, stream);
       break;
+    case GemvEpilogue::kRopeCache:
+      if (norm)
+        launch<T, T, true, GemvEpilogue::kRopeCache>(p, stream);
+      else
+        launch<T, T, false, GemvEpilogue::kRopeCache>(p, stream);
+      break;
   }
 }
 
@@ -483,6 +582,15 @@ bool gemv_supports(int64_t rows, int64_t in, int64_t out, const void* x, const v
       return !norm && fusion.residual != nullptr;  // no decoder projection needs both
     case GemvEpilogue::kSiluMul:
       return out % kRowsPerBlock == 0;
+    case GemvEpilogue::kRopeCache: {
+      const GemvRopeCache& r = fusion.rope;
+      const PagedKvCache& kv = r.kv;
+      return kv.head_dim > 0 && kv.head_dim % kRowsPerBlock == 0 && r.q_heads > 0 &&
+             kv.num_kv_heads > 0 && out == int64_t{r.q_heads + 2 * kv.num_kv_heads} * kv.head_dim &&
+             r.positions != nullptr && r.slots != nullptr && r.inv_freq != nullptr &&
+             r.q_out != nullptr && kv.k_pool != nullptr && kv.v_pool != nullptr &&
+             kv.block_size > 0;
+    }
   }
   return false;
 }
@@ -490,12 +598,14 @@ bool gemv_supports(int64_t rows, int64_t in, int64_t out, const void* x, const v
 void gemv(DType dtype, const void* x, const void* w, void* y, bool f32_out, int64_t rows,
           int64_t in, int64_t out, cudaStream_t stream, bool pdl, const GemvFusion& fusion) {
   const bool fused = fusion.norm_residual != nullptr || fusion.epilogue != GemvEpilogue::kStore;
-  if (!gemv_supports(rows, in, out, x, w, fusion) || (fused && f32_out))
+  const bool rope_dtype_ok =
+      fusion.epilogue != GemvEpilogue::kRopeCache || fusion.rope.kv.dtype == dtype;
+  if (!gemv_supports(rows, in, out, x, w, fusion) || (fused && f32_out) || !rope_dtype_ok)
     throw Error("gemv: unsupported problem rows=" + std::to_string(rows) +
                 " in=" + std::to_string(in) + " out=" + std::to_string(out) +
                 " (needs 1 <= rows <= 16, in a positive multiple of 8, 16-byte aligned x and w;"
                 " fused forms: 16-bit output, their pointers set, out a multiple of 16 for"
-                " SiLU x up)");
+                " SiLU x up, for RoPE + cache the heads' rows and the cache in x's dtype)");
   const GemvParams p{x, w, y, rows, in, out, pdl, fusion};
   if (dtype == DType::kFloat16)
     launch_typed<__half>(p, f32_out, stream);

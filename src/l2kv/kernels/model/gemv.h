@@ -10,6 +10,7 @@
 #include <cstdint>
 
 #include "l2kv/core/dtype.h"
+#include "l2kv/kv_cache/paged_kv.h"
 
 namespace l2kv {
 
@@ -34,7 +35,23 @@ inline constexpr int64_t kGemvMaxRows = 16;
 //                 features 8 j .. 8 j + 7, the next 8 rows the up features), so each thread
 //                 block holds a feature's gate and up: y[m, f] = round(silu(round(gate)) *
 //                 round(up)), y is [rows, out / 2] and out a multiple of 16.
-enum class GemvEpilogue : uint8_t { kStore, kResidualAdd, kSiluMul };
+//   kRopeCache:   the fused QKV projection with W's rows in RoPE-pair order (rope_pair_rows.h):
+//                 what ops::rope_and_cache does to the stored product (no q/k norm), done here
+//                 (y unused): bias added, neox RoPE of q and k at rope.positions, q written to
+//                 rope.q_out [rows, q_heads * head_dim] in feature order, k and v into rope.kv's
+//                 pools at rope.slots (-1: skipped), the same values bit for bit.
+enum class GemvEpilogue : uint8_t { kStore, kResidualAdd, kSiluMul, kRopeCache };
+
+// What the kRopeCache epilogue needs: as ops::rope_and_cache's arguments.
+struct GemvRopeCache {
+  const void* bias = nullptr;  // nullable, [out] in RoPE-pair order
+  const int32_t* positions = nullptr;
+  const int32_t* slots = nullptr;
+  const float* inv_freq = nullptr;  // [head_dim / 2]
+  void* q_out = nullptr;
+  int32_t q_heads = 0;
+  PagedKvCache kv;  // pools, layout, head count and size; dtype the projection's
+};
 
 struct GemvFusion {
   const float* norm_residual = nullptr;
@@ -45,11 +62,13 @@ struct GemvFusion {
   GemvEpilogue epilogue = GemvEpilogue::kStore;
   float* residual = nullptr;
   float* residual_sumsq = nullptr;
+  GemvRopeCache rope;
 };
 
 // True when gemv() can run this problem: 1 <= rows <= kGemvMaxRows, `in` a positive multiple
 // of 8 (a row is read in 16-byte vectors), out >= 1, and x and w 16-byte aligned; with
-// `fusion`, its pointers set as its epilogue needs and out a multiple of 16 for kSiluMul.
+// `fusion`, its pointers set as its epilogue needs, out a multiple of 16 for kSiluMul, and for
+// kRopeCache out = (q_heads + 2 kv heads) x head_dim with head_dim a multiple of 16.
 bool gemv_supports(int64_t rows, int64_t in, int64_t out, const void* x, const void* w,
                    const GemvFusion& fusion = {});
 

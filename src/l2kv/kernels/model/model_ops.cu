@@ -11,6 +11,8 @@
 #include "l2kv/kernels/grid_dependency.cuh"
 #include "l2kv/kernels/model/kv_scales.h"
 #include "l2kv/kernels/model/model_ops.h"
+#include "l2kv/kernels/model/rope.cuh"
+#include "l2kv/kernels/model/rope_pair_rows.h"
 #include "l2kv/kernels/tensor_core.cuh"
 
 namespace l2kv::ops {
@@ -180,28 +182,17 @@ __device__ __forceinline__ float head_norm(float x, float scale, float gamma) {
   return Traits::to_float(Traits::from_float(gamma * normed));
 }
 
-// Neox RoPE of the pair (a, b) = (x[i], x[i + head_dim / 2]) at `pos`, rounded to T: what the
-// cache stores, and what the calculated fp8 scales measure.
-template <typename T>
-__device__ __forceinline__ void rotate_pair(float a, float b, float pos, float inv_freq, T& ra,
-                                            T& rb) {
-  using Traits = tc::ElementTraits<T>;
-  float s, c;
-  sincosf(pos * inv_freq, &s, &c);
-  ra = Traits::from_float(a * c - b * s);
-  rb = Traits::from_float(b * c + a * s);
-}
-
 // One block per (token, head) of q and k, thread i rotating the pair (i, i + head_dim / 2);
 // the blocks of k heads also write that head's v elements i and i + head_dim / 2. Every thread
 // makes one round of loads. kFp8: K and V are stored as E4M3 of their 16-bit values divided by
 // the layer's scale. With q_norm / k_norm (Qwen3), each head is RMS-normalized before RoPE: the
-// block sums its squares (the one case that synchronizes the block).
+// block sums its squares (the one case that synchronizes the block). `pair_rows`: qkv and bias
+// are in RoPE-pair row order (rope_pair_rows.h), else in feature order.
 template <typename T, bool kFp8>
 __global__ void rope_and_cache_kernel(const T* qkv, const T* bias, const int32_t* positions,
                                       const int32_t* slots, const float* inv_freq, int32_t q_heads,
                                       const PagedKvCache kv, T* q_out, const T* q_norm,
-                                      const T* k_norm, float norm_eps) {
+                                      const T* k_norm, float norm_eps, bool pair_rows) {
   using Traits = tc::ElementTraits<T>;
   // An attention kernel launched with programmatic dependent launch may start now: it waits for
   // this grid's writes before it reads them, and meanwhile prefetches older KV into L2.
@@ -211,11 +202,14 @@ __global__ void rope_and_cache_kernel(const T* qkv, const T* bias, const int32_t
   const int q_dim = q_heads * d, kv_dim = kv.num_kv_heads * d, width = q_dim + 2 * kv_dim;
   const bool is_q = head < q_heads;
   const int base = is_q ? head * d : q_dim + (head - q_heads) * d;
+  // Where the head's elements i and i + half lie in a row of qkv (and of bias).
+  const int at_a = pair_rows ? rope_pair_row(i, d) : i;
+  const int at_b = pair_rows ? rope_pair_row(i + half, d) : i + half;
   const float freq = inv_freq[i];
   auto bias_at = [&](int c) { return bias ? Traits::to_float(bias[c]) : 0.f; };
-  const float bias_a = bias_at(base + i), bias_b = bias_at(base + i + half);
-  const float bias_va = is_q ? 0.f : bias_at(base + kv_dim + i);
-  const float bias_vb = is_q ? 0.f : bias_at(base + kv_dim + i + half);
+  const float bias_a = bias_at(base + at_a), bias_b = bias_at(base + at_b);
+  const float bias_va = is_q ? 0.f : bias_at(base + kv_dim + at_a);
+  const float bias_vb = is_q ? 0.f : bias_at(base + kv_dim + at_b);
   const T* norm = is_q ? q_norm : k_norm;  // the same for the whole block
   const float gamma_a = norm ? Traits::to_float(norm[i]) : 1.f;
   const float gamma_b = norm ? Traits::to_float(norm[i + half]) : 1.f;
@@ -223,8 +217,8 @@ __global__ void rope_and_cache_kernel(const T* qkv, const T* bias, const int32_t
   // projection still runs: nothing it writes is read before the projection's writes are visible.
   ptx::grid_dependency_wait();
   const T* row = qkv + static_cast<int64_t>(t) * width;
-  float a = Traits::to_float(row[base + i]) + bias_a;
-  float b = Traits::to_float(row[base + i + half]) + bias_b;
+  float a = Traits::to_float(row[base + at_a]) + bias_a;
+  float b = Traits::to_float(row[base + at_b]) + bias_b;
   if (norm) {
     // The norm reads the projection as transformers has it: biased and rounded to T.
     a = Traits::to_float(Traits::from_float(a));
@@ -250,8 +244,8 @@ __global__ void rope_and_cache_kernel(const T* qkv, const T* bias, const int32_t
   }
   const int slot = slots[t];  // -1: a pad row whose K/V is not kept
   if (slot < 0) return;
-  const float va = Traits::to_float(row[base + kv_dim + i]) + bias_va;
-  const float vb = Traits::to_float(row[base + kv_dim + i + half]) + bias_vb;
+  const float va = Traits::to_float(row[base + kv_dim + at_a]) + bias_va;
+  const float vb = Traits::to_float(row[base + kv_dim + at_b]) + bias_vb;
   using Stored = std::conditional_t<kFp8, uint8_t, T>;
   auto store = [](T value, float inv_scale) {
     if constexpr (kFp8)
@@ -277,13 +271,15 @@ template <typename T>
 __global__ void kv_amax_kernel(const T* qkv, const T* bias, const int32_t* positions,
                                const int32_t* slots, const float* inv_freq, int32_t q_heads,
                                const PagedKvCache kv, float* scales, const T* k_norm,
-                               float norm_eps) {
+                               float norm_eps, bool pair_rows) {
   using Traits = tc::ElementTraits<T>;
   const int t = blockIdx.x;
   const int d = kv.head_dim, half = d / 2;
   const int q_dim = q_heads * d, kv_dim = kv.num_kv_heads * d, width = q_dim + 2 * kv_dim;
   const T* row = qkv + static_cast<int64_t>(t) * width;
-  auto value = [&](int i) {
+  // Element c of the row in feature order (heads start at multiples of d in either order).
+  auto value = [&](int c) {
+    const int i = pair_rows ? c - c % d + rope_pair_row(c % d, d) : c;
     return Traits::to_float(row[i]) + (bias ? Traits::to_float(bias[i]) : 0.f);
   };
   float k_max = 0.f, v_max = 0.f;
@@ -435,7 +431,7 @@ void add_rmsnorm(DType dtype, float* residual, const void* add, const void* weig
 void rope_and_cache(const void* qkv, const void* bias, const int32_t* positions,
                     const int32_t* slots, const float* inv_freq, int32_t num_tokens,
                     int32_t q_heads, const PagedKvCache& kv, void* q_out, cudaStream_t stream,
-                    bool pdl, const QkNorm& qk_norm) {
+                    bool pdl, const QkNorm& qk_norm, bool pair_rows) {
   if (num_tokens <= 0) return;
   if (kv.head_dim / 2 > kMaxThreads)
     throw Error("rope_and_cache: head_dim " + std::to_string(kv.head_dim) + " is over " +
@@ -451,14 +447,14 @@ void rope_and_cache(const void* qkv, const void* bias, const int32_t* positions,
     L2KV_CUDA_CHECK(cudaLaunchKernelEx(
         &config, kernel, static_cast<const T*>(qkv), static_cast<const T*>(bias), positions, slots,
         inv_freq, q_heads, kv, static_cast<T*>(q_out), static_cast<const T*>(qk_norm.q_weight),
-        static_cast<const T*>(qk_norm.k_weight), qk_norm.eps));
+        static_cast<const T*>(qk_norm.k_weight), qk_norm.eps, pair_rows));
   });
 }
 
 void calculate_kv_scales(const void* qkv, const void* bias, const int32_t* positions,
                          const int32_t* slots, const float* inv_freq, int32_t num_tokens,
                          int32_t q_heads, const PagedKvCache& kv, float* scales,
-                         cudaStream_t stream, const QkNorm& qk_norm) {
+                         cudaStream_t stream, const QkNorm& qk_norm, bool pair_rows) {
   if (num_tokens <= 0 || scales == nullptr)
     throw Error("calculate_kv_scales: needs at least one token and a scales buffer");
   L2KV_CUDA_CHECK(cudaMemsetAsync(scales, 0, 2 * sizeof(float), stream));
@@ -466,7 +462,7 @@ void calculate_kv_scales(const void* qkv, const void* bias, const int32_t* posit
     using T = std::remove_pointer_t<decltype(tag)>;
     kv_amax_kernel<T><<<num_tokens, kThreads, 0, stream>>>(
         static_cast<const T*>(qkv), static_cast<const T*>(bias), positions, slots, inv_freq,
-        q_heads, kv, scales, static_cast<const T*>(qk_norm.k_weight), qk_norm.eps);
+        q_heads, kv, scales, static_cast<const T*>(qk_norm.k_weight), qk_norm.eps, pair_rows);
   });
   L2KV_CUDA_CHECK_LAUNCH();
 }

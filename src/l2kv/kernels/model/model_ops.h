@@ -39,10 +39,11 @@ struct QkNorm {
 // read from kv.device_scales where set) at `slots` (physical block * block_size + offset; -1 =
 // skip). `pdl`: launch with programmatic dependent launch, so the kernel may start while the one
 // before it (the QKV projection) finishes; it waits for that kernel's writes before reading.
+// `pair_rows`: qkv and bias are in RoPE-pair row order (rope_pair_rows.h), else feature order.
 void rope_and_cache(const void* qkv, const void* bias, const int32_t* positions,
                     const int32_t* slots, const float* inv_freq, int32_t num_tokens,
                     int32_t q_heads, const PagedKvCache& kv, void* q_out, cudaStream_t stream,
-                    bool pdl = false, const QkNorm& qk_norm = {});
+                    bool pdl = false, const QkNorm& qk_norm = {}, bool pair_rows = false);
 
 // Calculated fp8 KV scales (kv_scales.h) of one layer from the fused QKV projection of a step:
 // over the rows with a slot (>= 0), the largest |K| (bias added, k norm and RoPE applied,
@@ -53,7 +54,7 @@ void rope_and_cache(const void* qkv, const void* bias, const int32_t* positions,
 void calculate_kv_scales(const void* qkv, const void* bias, const int32_t* positions,
                          const int32_t* slots, const float* inv_freq, int32_t num_tokens,
                          int32_t q_heads, const PagedKvCache& kv, float* scales,
-                         cudaStream_t stream, const QkNorm& qk_norm = {});
+                         cudaStream_t stream, const QkNorm& qk_norm = {}, bool pair_rows = false);
 
 // out[t, i] = silu(gate[t, i]) * up[t, i]: gate_up[t] is [gate | up], or with `interleaved`
 // gate and up alternate in groups of 8 features (gemv.h's kSiluMul layout; inter % 8 == 0).

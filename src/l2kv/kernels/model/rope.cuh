@@ -1,0 +1,30 @@
+// Neox RoPE of one pair, shared by ops::rope_and_cache and the QKV GEMV's epilogue so both
+// round the same way.
+#pragma once
+
+#include "l2kv/kernels/tensor_core.cuh"
+
+namespace l2kv {
+
+// Neox RoPE of the pair (a, b) = (x[i], x[i + head_dim / 2]) at `pos`, rounded to T: what the
+// cache stores, and what the calculated fp8 scales measure.
+// The same with the angle's sine and cosine given (sincosf(pos * inv_freq)). Spelled with
+// explicit roundings so that every caller rounds alike whatever the compiler would contract
+// into fused multiply-adds in its context (the QKV GEMV's epilogue must match rope_and_cache bit
+// for bit).
+template <typename T>
+__device__ __forceinline__ void rotate_pair_by(float a, float b, float s, float c, T& ra, T& rb) {
+  using Traits = tc::ElementTraits<T>;
+  ra = Traits::from_float(__fmaf_rn(a, c, -__fmul_rn(b, s)));
+  rb = Traits::from_float(__fmaf_rn(b, c, __fmul_rn(a, s)));
+}
+
+template <typename T>
+__device__ __forceinline__ void rotate_pair(float a, float b, float pos, float inv_freq, T& ra,
+                                            T& rb) {
+  float s, c;
+  sincosf(pos * inv_freq, &s, &c);
+  rotate_pair_by(a, b, s, c, ra, rb);
+}
+
+}  // namespace l2kv
