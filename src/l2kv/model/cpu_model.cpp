@@ -145,15 +145,34 @@ float* CpuPagedKvView::value(int64_t layer, int64_t position) {
   return pool_.values.data() + offset(layer, position);
 }
 
-CpuModel::CpuModel(const std::filesystem::path& folder)
-    : config_(ModelConfig::from_folder(folder)) {
-  const Checkpoint ckpt(folder);
+CpuModel::CpuModel(const std::filesystem::path& folder) : CpuModel(folder, nullptr, nullptr) {}
+
+CpuModel::CpuModel(const std::filesystem::path& folder, const TpShard& shard, Communicator& comm)
+    : CpuModel(folder, &shard, &comm) {}
+
+CpuModel::CpuModel(const std::filesystem::path& folder, const TpShard* shard, Communicator* comm)
+    : config_(ModelConfig::from_folder(folder)), comm_(comm) {
   const ModelConfig& c = config_;
-  HfGlobalWeights globals = load_hf_global_weights(ckpt, c);
+  q_heads_ = c.num_q_heads, kv_heads_ = c.num_kv_heads, inter_ = c.intermediate_size;
+  vocab_ = c.vocab_size;
+  if (shard != nullptr) {
+    const TpShard expected = tp_shard(c, shard->rank, shard->size);  // validates the split
+    if (shard->rank != comm->rank() || shard->size != comm->size())
+      throw Error("tensor parallelism: a shard of rank " + std::to_string(shard->rank) + " of " +
+                  std::to_string(shard->size) + " on a communicator's rank " +
+                  std::to_string(comm->rank()) + " of " + std::to_string(comm->size()));
+    shard_ = expected;
+    q_heads_ = expected.q_heads, kv_heads_ = expected.kv_heads, inter_ = expected.inter;
+    vocab_begin_ = expected.vocab_begin, vocab_ = expected.vocab;
+  }
+  const TpShard* slices = shard_ ? &*shard_ : nullptr;
+  const Checkpoint ckpt(folder);
+  HfGlobalWeights globals = load_hf_global_weights(ckpt, c, slices);
   embed_ = std::move(globals.embed);
   lm_head_ = std::move(globals.lm_head);
   final_norm_ = std::move(globals.final_norm);
-  for (int64_t l = 0; l < c.num_layers; ++l) layers_.push_back(load_hf_layer_weights(ckpt, c, l));
+  for (int64_t l = 0; l < c.num_layers; ++l)
+    layers_.push_back(load_hf_layer_weights(ckpt, c, l, Fp8Projections::kDequantized, slices));
   inv_freq_ = rope_inverse_frequencies(c.rope, c.head_dim);
   local_inv_freq_ = rope_inverse_frequencies(c.local_rope, c.head_dim);
   if (c.gemma) {
@@ -192,6 +211,10 @@ struct CpuModel::GraphOps {
   std::vector<float> residual, h, q, k_new, v_new, attn, act, block_out, logits;
 
   const ModelConfig& c() const { return m.config_; }
+  // A tensor-parallel rank's O and down outputs are partial sums over its heads or features.
+  void all_reduce(std::vector<float>& partial) {
+    if (m.comm_ != nullptr) m.comm_->all_reduce_sum(partial);
+  }
   void add_block_output() {
     for (size_t i = 0; i < block_out.size(); ++i) residual[i] += block_out[i];
     block_out.clear();
@@ -214,19 +237,19 @@ struct CpuModel::GraphOps {
   void norm_qkv_rope(int64_t l) {
     norm(m.layers_[l].input_norm);
     const Layer& w = m.layers_[l];
-    const int64_t H = c().hidden_size, q_dim = c().num_q_heads * c().head_dim,
-                  kv_dim = c().num_kv_heads * c().head_dim;
+    const int64_t H = c().hidden_size, q_dim = m.q_heads_ * c().head_dim,
+                  kv_dim = m.kv_heads_ * c().head_dim;
     q = linear(h, T, H, w.q, q_dim, w.q_bias);
     k_new = linear(h, T, H, w.k, kv_dim, w.k_bias);
     v_new = linear(h, T, H, w.v, kv_dim, w.v_bias);
     if (c().qk_norm) {  // each head its own RMSNorm row, before RoPE
-      rms_norm(q, T * c().num_q_heads, c().head_dim, w.q_norm, c().rms_norm_eps);
-      rms_norm(k_new, T * c().num_kv_heads, c().head_dim, w.k_norm, c().rms_norm_eps);
+      rms_norm(q, T * m.q_heads_, c().head_dim, w.q_norm, c().rms_norm_eps);
+      rms_norm(k_new, T * m.kv_heads_, c().head_dim, w.k_norm, c().rms_norm_eps);
     }
     const std::vector<float>& inv_freq = c().is_sliding(l) ? m.local_inv_freq_ : m.inv_freq_;
-    apply_rope(q, T, past, c().num_q_heads, c().head_dim, inv_freq);
-    apply_rope(k_new, T, past, c().num_kv_heads, c().head_dim, inv_freq);
-    const int64_t row = c().num_kv_heads * c().head_dim;
+    apply_rope(q, T, past, m.q_heads_, c().head_dim, inv_freq);
+    apply_rope(k_new, T, past, m.kv_heads_, c().head_dim, inv_freq);
+    const int64_t row = kv_dim;
     for (int64_t t = 0; t < T; ++t) {
       std::copy_n(k_new.begin() + t * row, row, kv.key(l, past + t));
       std::copy_n(v_new.begin() + t * row, row, kv.value(l, past + t));
@@ -234,7 +257,8 @@ struct CpuModel::GraphOps {
     kv.stored(l, past, T);
   }
   void attention(int64_t l) {
-    const int64_t D = c().head_dim, group = c().num_q_heads / c().num_kv_heads;
+    // A rank's q heads and its KV heads keep the model's grouping (or all share its one KV head).
+    const int64_t D = c().head_dim, heads = m.q_heads_, group = heads / m.kv_heads_;
     const float scale = c().attention_scale > 0 ? static_cast<float>(c().attention_scale)
                                                 : 1.f / std::sqrt(static_cast<float>(D));
     const float cap = static_cast<float>(c().attn_logit_softcapping);
@@ -246,14 +270,14 @@ struct CpuModel::GraphOps {
       k[s] = kv.key(l, s);
       v[s] = kv.value(l, s);
     }
-    attn.assign(static_cast<size_t>(T * c().num_q_heads * D), 0.f);
+    attn.assign(static_cast<size_t>(T * heads * D), 0.f);
     std::vector<float> scores(static_cast<size_t>(past + T));
-    for (int64_t head = 0; head < c().num_q_heads; ++head) {
+    for (int64_t head = 0; head < heads; ++head) {
       const int64_t kvh = head / group;
       for (int64_t t = 0; t < T; ++t) {
         const int64_t visible = past + t + 1;  // causal: cached positions and new ones up to t
         const int64_t first = std::max<int64_t>(0, visible - window);
-        const float* qr = q.data() + (t * c().num_q_heads + head) * D;
+        const float* qr = q.data() + (t * heads + head) * D;
         float max_score = -INFINITY;
         for (int64_t s = first; s < visible; ++s) {
           const float* kr = k[s] + kvh * D;
@@ -266,7 +290,7 @@ struct CpuModel::GraphOps {
         float sum = 0.f;
         for (int64_t s = first; s < visible; ++s)
           sum += (scores[s] = std::exp(scores[s] - max_score));
-        float* out = attn.data() + (t * c().num_q_heads + head) * D;
+        float* out = attn.data() + (t * heads + head) * D;
         for (int64_t s = first; s < visible; ++s) {
           const float w = scores[s] / sum;
           const float* vr = v[s] + kvh * D;
@@ -276,7 +300,8 @@ struct CpuModel::GraphOps {
     }
   }
   void output_projection_add(int64_t l) {
-    block_out = linear(attn, T, c().num_q_heads * c().head_dim, m.layers_[l].o, c().hidden_size);
+    block_out = linear(attn, T, m.q_heads_ * c().head_dim, m.layers_[l].o, c().hidden_size);
+    all_reduce(block_out);
     if (c().gemma)
       rms_norm(block_out, T, c().hidden_size, m.layers_[l].post_attention_norm, c().rms_norm_eps);
     add_block_output();
@@ -285,7 +310,7 @@ struct CpuModel::GraphOps {
     const Layer& w = m.layers_[l];
     norm(c().gemma ? w.pre_feedforward_norm : w.post_attention_norm);
     if (c().num_experts > 0) return mixture_of_experts(w);
-    const int64_t H = c().hidden_size, I = c().intermediate_size;
+    const int64_t H = c().hidden_size, I = m.inter_;
     act = linear(h, T, H, w.gate, I);
     const std::vector<float> up = linear(h, T, H, w.up, I);
     if (c().mlp_activation == MlpActivation::kGeluTanh) {
@@ -300,8 +325,10 @@ struct CpuModel::GraphOps {
     }
   }
   void down_projection_add(int64_t l) {
-    if (c().num_experts == 0)  // a mixture of experts has its output in block_out already
-      block_out = linear(act, T, c().intermediate_size, m.layers_[l].down, c().hidden_size);
+    if (c().num_experts == 0) {  // a mixture of experts has its output in block_out already
+      block_out = linear(act, T, m.inter_, m.layers_[l].down, c().hidden_size);
+      all_reduce(block_out);
+    }
     if (c().gemma)
       rms_norm(block_out, T, c().hidden_size, m.layers_[l].post_feedforward_norm, c().rms_norm_eps);
     add_block_output();
@@ -342,8 +369,16 @@ struct CpuModel::GraphOps {
   }
   void final_norm() { norm(m.final_norm_); }
   void lm_head() {
-    logits =
-        linear(h, T, c().hidden_size, m.lm_head_.empty() ? m.embed_ : m.lm_head_, c().vocab_size);
+    logits = linear(h, T, c().hidden_size, m.lm_head_.empty() ? m.embed_ : m.lm_head_, m.vocab_);
+    if (m.comm_ != nullptr) {
+      // Each rank's logits into its columns of zeros: the sum over ranks is the whole row.
+      const int64_t V = c().vocab_size;
+      std::vector<float> all(static_cast<size_t>(T * V), 0.f);
+      for (int64_t t = 0; t < T; ++t)
+        std::copy_n(logits.begin() + t * m.vocab_, m.vocab_, all.begin() + t * V + m.vocab_begin_);
+      m.comm_->all_reduce_sum(all);
+      logits = std::move(all);
+    }
     if (const auto cap = static_cast<float>(c().final_logit_softcapping); cap > 0)
       for (float& x : logits) x = cap * std::tanh(x / cap);
   }
@@ -365,7 +400,7 @@ std::vector<float> CpuModel::extend(CpuKvCache& cache, int64_t start_position,
 
 std::vector<float> CpuModel::extend(CpuSequenceState& state,
                                     std::span<const int32_t> tokens) const {
-  ContiguousKv kv(state, config_.num_layers, config_.num_kv_heads * config_.head_dim);
+  ContiguousKv kv(state, config_.num_layers, kv_heads_ * config_.head_dim);
   std::vector<float> logits = extend(kv, state.length, tokens);
   state.length += static_cast<int64_t>(tokens.size());
   return logits;

@@ -4,11 +4,14 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <optional>
 #include <span>
 #include <vector>
 
 #include "l2kv/model/hf_weights.h"
 #include "l2kv/model/model_config.h"
+#include "l2kv/parallel/communicator.h"
+#include "l2kv/parallel/tensor_parallel.h"
 
 namespace l2kv {
 
@@ -71,6 +74,12 @@ class CpuModel {
   // Loads config.json and the safetensors weights of `folder` (converted to float32).
   // Throws l2kv::Error naming the file and tensor for any missing or mis-shaped weight.
   explicit CpuModel(const std::filesystem::path& folder);
+  // One tensor-parallel rank of it: only `shard`'s slices are loaded, its KV holds only the
+  // shard's KV heads, and every forward is a collective over `comm` (the O and down projections'
+  // partial sums are all-reduced, the LM head's parts of the logits gathered), so each rank of
+  // `comm` must run the same calls with the same tokens; each returns the whole logits. `comm`
+  // must outlive the model. Throws l2kv::Error for a shard of another rank or size than `comm`.
+  CpuModel(const std::filesystem::path& folder, const TpShard& shard, Communicator& comm);
 
   const ModelConfig& config() const { return config_; }
 
@@ -94,9 +103,15 @@ class CpuModel {
  private:
   using Layer = HfLayerWeights;  // the checkpoint's float32 tensors, used as they are
   struct GraphOps;               // this backend's ops of decoder_graph.h
+  CpuModel(const std::filesystem::path& folder, const TpShard* shard, Communicator* comm);
   ModelConfig config_;
-  std::vector<float> embed_;    // [vocab, hidden]
-  std::vector<float> lm_head_;  // [vocab, hidden]; empty when tied to embed_
+  // What this model computes: the whole model, or a tensor-parallel rank's part of it.
+  std::optional<TpShard> shard_;
+  Communicator* comm_ = nullptr;
+  int64_t q_heads_ = 0, kv_heads_ = 0, inter_ = 0;  // attention heads, KV heads, MLP features
+  int64_t vocab_begin_ = 0, vocab_ = 0;             // the LM head's rows
+  std::vector<float> embed_;                        // [vocab, hidden]
+  std::vector<float> lm_head_;  // [vocab_, hidden]; empty when tied to embed_ (and whole)
   std::vector<float> final_norm_;
   std::vector<Layer> layers_;
   std::vector<float> inv_freq_;

@@ -7,28 +7,52 @@
 
 namespace l2kv {
 
-HfGlobalWeights load_hf_global_weights(const Checkpoint& checkpoint, const ModelConfig& c) {
+HfGlobalWeights load_hf_global_weights(const Checkpoint& checkpoint, const ModelConfig& c,
+                                       const TpShard* shard) {
   HfGlobalWeights w;
-  w.embed = checkpoint.get("model.embed_tokens.weight", {c.vocab_size, c.hidden_size}).to_float();
-  if (!c.tie_word_embeddings)
+  const TensorView& embed =
+      checkpoint.get("model.embed_tokens.weight", {c.vocab_size, c.hidden_size});
+  w.embed = embed.to_float();
+  if (shard != nullptr) {
+    const TensorView& head = c.tie_word_embeddings
+                                 ? embed
+                                 : checkpoint.get("lm_head.weight", {c.vocab_size, c.hidden_size});
+    w.lm_head = head.to_float(shard->vocab_begin, shard->vocab, 0, c.hidden_size);
+  } else if (!c.tie_word_embeddings) {
     w.lm_head = checkpoint.get("lm_head.weight", {c.vocab_size, c.hidden_size}).to_float();
+  }
   w.final_norm = checkpoint.get("model.norm.weight", {c.hidden_size}).to_float();
   return w;
 }
 
 HfLayerWeights load_hf_layer_weights(const Checkpoint& checkpoint, const ModelConfig& c,
-                                     int64_t layer, Fp8Projections fp8) {
-  const int64_t q_dim = c.num_q_heads * c.head_dim, kv_dim = c.num_kv_heads * c.head_dim;
+                                     int64_t layer, Fp8Projections fp8, const TpShard* shard) {
+  const int64_t D = c.head_dim, q_dim = c.num_q_heads * D, kv_dim = c.num_kv_heads * D;
   const std::string p = "model.layers." + std::to_string(layer) + ".";
   auto load = [&](const std::string& name, std::vector<int64_t> shape) {
     return checkpoint.get(p + name, shape).to_float();
   };
-  // A projection [out, in]: float32, or for an fp8 checkpoint its codes and row scales (kept,
-  // or multiplied out into float32).
-  auto projection = [&](const std::string& name, int64_t out, int64_t in, std::vector<float>& f32,
-                        HfFp8Projection& stored) {
+  // The part of a tensor this rank reads: rows [row_begin, + rows), columns [col_begin, + cols).
+  struct Slice {
+    int64_t row_begin, rows, col_begin, cols;
+  };
+  auto whole = [](int64_t out, int64_t in) { return Slice{0, out, 0, in}; };
+  // Column-parallel (rows of the rank) and row-parallel (columns of the rank) slices.
+  auto rows_of = [&](int64_t out, int64_t in, int64_t begin, int64_t count) {
+    return shard ? Slice{begin, count, 0, in} : whole(out, in);
+  };
+  auto cols_of = [&](int64_t out, int64_t in, int64_t begin, int64_t count) {
+    return shard ? Slice{0, out, begin, count} : whole(out, in);
+  };
+  auto load_slice = [&](const std::string& name, std::vector<int64_t> shape, const Slice& s) {
+    return checkpoint.get(p + name, shape).to_float(s.row_begin, s.rows, s.col_begin, s.cols);
+  };
+  // A projection [out, in] (the rank's slice of it): float32, or for an fp8 checkpoint its codes
+  // and row scales (kept, or multiplied out into float32).
+  auto projection = [&](const std::string& name, int64_t out, int64_t in, const Slice& slice,
+                        std::vector<float>& f32, HfFp8Projection& stored) {
     if (!c.fp8_weights) {
-      f32 = load(name + ".weight", {out, in});
+      f32 = load_slice(name + ".weight", {out, in}, slice);
       return;
     }
     const TensorView& weight = checkpoint.get(p + name + ".weight", {out, in});
@@ -46,15 +70,17 @@ HfLayerWeights load_hf_layer_weights(const Checkpoint& checkpoint, const ModelCo
     for (float v : s)
       if (!std::isfinite(v) || v <= 0)
         throw Error(p + name + ".weight_scale: expected positive finite scales");
-    stored.row_scales.resize(static_cast<size_t>(out));
-    for (int64_t r = 0; r < out; ++r)
-      stored.row_scales[static_cast<size_t>(r)] = s[s.size() == 1 ? 0 : static_cast<size_t>(r)];
-    stored.codes.assign(weight.data, weight.data + weight.bytes);
+    stored.row_scales.resize(static_cast<size_t>(slice.rows));
+    for (int64_t r = 0; r < slice.rows; ++r)
+      stored.row_scales[static_cast<size_t>(r)] =
+          s[s.size() == 1 ? 0 : static_cast<size_t>(slice.row_begin + r)];
+    stored.codes = weight.bytes_of(slice.row_begin, slice.rows, slice.col_begin, slice.cols);
     if (fp8 == Fp8Projections::kAsStored) return;
-    const std::vector<float> values = weight.to_float();
+    const std::vector<float> values =
+        weight.to_float(slice.row_begin, slice.rows, slice.col_begin, slice.cols);
     f32.resize(values.size());
     for (size_t i = 0; i < values.size(); ++i)
-      f32[i] = values[i] * stored.row_scales[i / static_cast<size_t>(in)];
+      f32[i] = values[i] * stored.row_scales[i / static_cast<size_t>(slice.cols)];
     stored = {};
   };
   HfLayerWeights w;
@@ -64,19 +90,27 @@ HfLayerWeights load_hf_layer_weights(const Checkpoint& checkpoint, const ModelCo
     w.pre_feedforward_norm = load("pre_feedforward_layernorm.weight", {c.hidden_size});
     w.post_feedforward_norm = load("post_feedforward_layernorm.weight", {c.hidden_size});
   }
-  projection("self_attn.q_proj", q_dim, c.hidden_size, w.q, w.q8);
-  projection("self_attn.k_proj", kv_dim, c.hidden_size, w.k, w.k8);
-  projection("self_attn.v_proj", kv_dim, c.hidden_size, w.v, w.v8);
-  projection("self_attn.o_proj", c.hidden_size, q_dim, w.o, w.o8);
+  const int64_t H = c.hidden_size;
+  // The rank's q and KV rows (all of them without a shard).
+  const int64_t q_begin = shard ? shard->q_head_begin * D : 0;
+  const int64_t q_rows = shard ? shard->q_heads * D : q_dim;
+  const int64_t kv_begin = shard ? shard->kv_head_begin * D : 0;
+  const int64_t kv_rows = shard ? shard->kv_heads * D : kv_dim;
+  projection("self_attn.q_proj", q_dim, H, rows_of(q_dim, H, q_begin, q_rows), w.q, w.q8);
+  projection("self_attn.k_proj", kv_dim, H, rows_of(kv_dim, H, kv_begin, kv_rows), w.k, w.k8);
+  projection("self_attn.v_proj", kv_dim, H, rows_of(kv_dim, H, kv_begin, kv_rows), w.v, w.v8);
+  projection("self_attn.o_proj", H, q_dim, cols_of(H, q_dim, q_begin, q_rows), w.o, w.o8);
   if (c.qkv_bias) {
-    w.q_bias = load("self_attn.q_proj.bias", {q_dim});
-    w.k_bias = load("self_attn.k_proj.bias", {kv_dim});
-    w.v_bias = load("self_attn.v_proj.bias", {kv_dim});
+    w.q_bias = load_slice("self_attn.q_proj.bias", {q_dim}, Slice{0, 1, q_begin, q_rows});
+    w.k_bias = load_slice("self_attn.k_proj.bias", {kv_dim}, Slice{0, 1, kv_begin, kv_rows});
+    w.v_bias = load_slice("self_attn.v_proj.bias", {kv_dim}, Slice{0, 1, kv_begin, kv_rows});
   }
   if (c.qk_norm) {
     w.q_norm = load("self_attn.q_norm.weight", {c.head_dim});
     w.k_norm = load("self_attn.k_norm.weight", {c.head_dim});
   }
+  if (shard != nullptr && (c.num_experts > 0 || c.gemma))
+    throw Error(c.architecture + ": tensor-parallel loading covers dense models only");
   if (c.num_experts > 0) {
     const bool mixtral = c.architecture == "MixtralForCausalLM";
     const std::string moe = mixtral ? "block_sparse_moe." : "mlp.";
@@ -91,9 +125,11 @@ HfLayerWeights load_hf_layer_weights(const Checkpoint& checkpoint, const ModelCo
           load(x + (mixtral ? "w2" : "down_proj") + ".weight", {c.hidden_size, I}));
     }
   } else {
-    projection("mlp.gate_proj", c.intermediate_size, c.hidden_size, w.gate, w.gate8);
-    projection("mlp.up_proj", c.intermediate_size, c.hidden_size, w.up, w.up8);
-    projection("mlp.down_proj", c.hidden_size, c.intermediate_size, w.down, w.down8);
+    const int64_t I = c.intermediate_size;
+    const int64_t i_begin = shard ? shard->inter_begin : 0, i_count = shard ? shard->inter : I;
+    projection("mlp.gate_proj", I, H, rows_of(I, H, i_begin, i_count), w.gate, w.gate8);
+    projection("mlp.up_proj", I, H, rows_of(I, H, i_begin, i_count), w.up, w.up8);
+    projection("mlp.down_proj", H, I, cols_of(H, I, i_begin, i_count), w.down, w.down8);
   }
   auto scale = [&](const std::string& name) {
     const TensorView* t = checkpoint.find(p + name);

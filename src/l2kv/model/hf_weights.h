@@ -8,6 +8,7 @@
 
 #include "l2kv/model/model_config.h"
 #include "l2kv/model/safetensors.h"
+#include "l2kv/parallel/tensor_parallel.h"
 
 namespace l2kv {
 
@@ -51,12 +52,18 @@ struct HfLayerWeights {
   bool has_kv_scales = false;  // the checkpoint has both
 };
 
-HfGlobalWeights load_hf_global_weights(const Checkpoint& checkpoint, const ModelConfig& config);
+// With `shard` (tensor_parallel.h), the LM head is the rank's rows only, tied or not (a tied one
+// is then a copy of those rows of the embedding, which stays whole).
+HfGlobalWeights load_hf_global_weights(const Checkpoint& checkpoint, const ModelConfig& config,
+                                       const TpShard* shard = nullptr);
 // One layer at a time, so a backend holds at most one layer in float32 while it converts.
 // fp8 checkpoints: each projection's weight must be F8_E4M3 with a weight_scale of one value per
 // output row ([out] or [out, 1]) or one in all, positive and finite.
+// With `shard`, only the rank's slices are read: q, k, v (and their biases) its heads' rows, o
+// its heads' columns, gate and up its features' rows, down their columns; norms whole.
 HfLayerWeights load_hf_layer_weights(const Checkpoint& checkpoint, const ModelConfig& config,
                                      int64_t layer,
-                                     Fp8Projections fp8 = Fp8Projections::kDequantized);
+                                     Fp8Projections fp8 = Fp8Projections::kDequantized,
+                                     const TpShard* shard = nullptr);
 
 }  // namespace l2kv

@@ -61,24 +61,72 @@ int64_t TensorView::elements() const {
   return n;
 }
 
+namespace {
+
+// `count` elements of `t` from element `first` on, as float32, into `out`.
+void convert(const TensorView& t, int64_t first, int64_t count, float* out) {
+  const uint8_t* data = t.data;
+  if (t.dtype == TensorDType::kF32) {
+    if (count > 0) std::memcpy(out, data + 4 * first, static_cast<size_t>(count) * 4);
+    return;
+  }
+  if (t.dtype == TensorDType::kF8E4M3) {
+    for (int64_t i = 0; i < count; ++i) out[i] = fp8_e4m3_bits_to_float(data[first + i]);
+    return;
+  }
+  if (t.dtype != TensorDType::kF16 && t.dtype != TensorDType::kBF16)
+    throw Error(t.file + ": tensor " + t.name + " has dtype " + t.dtype_name +
+                "; l2kv reads F32, F16, BF16 and F8_E4M3");
+  for (int64_t i = 0; i < count; ++i) {
+    uint16_t bits;
+    std::memcpy(&bits, data + 2 * (first + i), 2);
+    out[i] = t.dtype == TensorDType::kF16 ? fp16_bits_to_float(bits) : bf16_bits_to_float(bits);
+  }
+}
+
+// The row length of a 1-D or 2-D tensor, after checking the slice lies inside it.
+int64_t checked_row_length(const TensorView& t, int64_t row_begin, int64_t rows, int64_t col_begin,
+                           int64_t cols) {
+  if (t.shape.empty() || t.shape.size() > 2)
+    throw Error(t.file + ": tensor " + t.name + " is not 1-D or 2-D; it cannot be sliced");
+  const int64_t num_rows = t.shape.size() == 2 ? t.shape[0] : 1;
+  const int64_t row_length = t.shape.back();
+  if (row_begin < 0 || rows < 0 || row_begin + rows > num_rows || col_begin < 0 || cols < 0 ||
+      col_begin + cols > row_length)
+    throw Error(t.file + ": tensor " + t.name + ": slice of rows [" + std::to_string(row_begin) +
+                ", " + std::to_string(row_begin + rows) + ") and columns [" +
+                std::to_string(col_begin) + ", " + std::to_string(col_begin + cols) +
+                ") is outside its shape");
+  return row_length;
+}
+
+}  // namespace
+
 std::vector<float> TensorView::to_float() const {
   std::vector<float> out(static_cast<size_t>(elements()));
-  if (dtype == TensorDType::kF32) {
-    if (!out.empty()) std::memcpy(out.data(), data, out.size() * 4);  // data may be null if empty
-    return out;
-  }
-  if (dtype == TensorDType::kF8E4M3) {
-    for (size_t i = 0; i < out.size(); ++i) out[i] = fp8_e4m3_bits_to_float(data[i]);
-    return out;
-  }
-  if (dtype != TensorDType::kF16 && dtype != TensorDType::kBF16)
+  convert(*this, 0, elements(), out.data());
+  return out;
+}
+
+std::vector<float> TensorView::to_float(int64_t row_begin, int64_t rows, int64_t col_begin,
+                                        int64_t cols) const {
+  const int64_t row_length = checked_row_length(*this, row_begin, rows, col_begin, cols);
+  std::vector<float> out(static_cast<size_t>(rows * cols));
+  for (int64_t r = 0; r < rows; ++r)
+    convert(*this, (row_begin + r) * row_length + col_begin, cols, out.data() + r * cols);
+  return out;
+}
+
+std::vector<uint8_t> TensorView::bytes_of(int64_t row_begin, int64_t rows, int64_t col_begin,
+                                          int64_t cols) const {
+  const int64_t row_length = checked_row_length(*this, row_begin, rows, col_begin, cols);
+  if (dtype != TensorDType::kF8E4M3)
     throw Error(file + ": tensor " + name + " has dtype " + dtype_name +
-                "; l2kv reads F32, F16, BF16 and F8_E4M3");
-  for (size_t i = 0; i < out.size(); ++i) {
-    uint16_t bits;
-    std::memcpy(&bits, data + 2 * i, 2);
-    out[i] = dtype == TensorDType::kF16 ? fp16_bits_to_float(bits) : bf16_bits_to_float(bits);
-  }
+                "; byte slices are of 1-byte (F8_E4M3) tensors");
+  std::vector<uint8_t> out(static_cast<size_t>(rows * cols));
+  for (int64_t r = 0; r < rows; ++r)
+    std::memcpy(out.data() + r * cols, data + (row_begin + r) * row_length + col_begin,
+                static_cast<size_t>(cols));
   return out;
 }
 

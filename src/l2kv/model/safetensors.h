@@ -25,6 +25,14 @@ struct TensorView {
   int64_t elements() const;
   // The values as float32 (F32, F16, BF16 or F8_E4M3; other dtypes throw).
   std::vector<float> to_float() const;
+  // Rows [row_begin, row_begin + rows) and columns [col_begin, col_begin + cols) of a 2-D tensor
+  // (a 1-D tensor is one row of its length), row-major, as float32: only those elements are read
+  // from the mapping (a tensor-parallel rank's slice). Throws l2kv::Error outside the shape.
+  std::vector<float> to_float(int64_t row_begin, int64_t rows, int64_t col_begin,
+                              int64_t cols) const;
+  // The same elements' bytes, for 1-byte dtypes (fp8 codes).
+  std::vector<uint8_t> bytes_of(int64_t row_begin, int64_t rows, int64_t col_begin,
+                                int64_t cols) const;
 };
 
 // The largest header accepted, as the safetensors format itself limits it (100 MB): a larger

@@ -1,0 +1,40 @@
+#include "l2kv/parallel/local_communicator.h"
+
+#include <algorithm>
+#include <string>
+
+#include "l2kv/core/error.h"
+
+namespace l2kv {
+
+LocalGroup::LocalGroup(int32_t size)
+    : size_(size), barrier_(size), buffers_(static_cast<size_t>(size)) {
+  if (size < 1) throw Error("LocalGroup: needs at least one rank, got " + std::to_string(size));
+}
+
+LocalCommunicator::LocalCommunicator(std::shared_ptr<LocalGroup> group, int32_t rank)
+    : group_(std::move(group)), rank_(rank) {
+  if (!group_ || rank < 0 || rank >= group_->size())
+    throw Error("LocalCommunicator: rank " + std::to_string(rank) + " outside its group");
+}
+
+void LocalCommunicator::all_reduce_sum(std::span<float> data) {
+  LocalGroup& g = *group_;
+  g.buffers_[static_cast<size_t>(rank_)] = data;
+  g.barrier_.arrive_and_wait();  // every rank's buffer is published
+  bool same_length = true;
+  for (const std::span<float>& b : g.buffers_) same_length &= b.size() == data.size();
+  if (same_length) {
+    // Each rank sums every buffer in rank order into its own scratch: all read, none writes yet.
+    sum_.assign(g.buffers_[0].begin(), g.buffers_[0].end());
+    for (size_t r = 1; r < g.buffers_.size(); ++r)
+      for (size_t i = 0; i < sum_.size(); ++i) sum_[i] += g.buffers_[r][i];
+  }
+  g.barrier_.arrive_and_wait();  // every rank has read every buffer
+  if (!same_length)
+    throw Error("all_reduce_sum: the ranks' buffers differ in length (rank " +
+                std::to_string(rank_) + " has " + std::to_string(data.size()) + ")");
+  std::copy(sum_.begin(), sum_.end(), data.begin());
+}
+
+}  // namespace l2kv
