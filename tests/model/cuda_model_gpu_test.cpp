@@ -293,14 +293,16 @@ TEST_P(CudaModelFixture, Fp8CalculatedScalesAtRealMagnitudes) {
   }
 }
 
-// The five-kernel layer (gemv.h's fusions: RMSNorm prologues, residual and SiLU x up
-// epilogues, steps of up to 16 rows) against the nine-kernel composition on the same steps:
-// 12 prompts of 9 tokens prefilled one by one, then 3 decode steps of all 12. The two paths
-// differ only in the order the sums of squares are added (one RMSNorm scale an ulp apart turns
-// some 16-bit x over), measured on an H200 at 0 to 5.3e-3 (qwen2-tied); the bound is half the
-// 16-bit noise floor MatchesTransformersInOneRaggedBatch allows (2e-2). A wiring error (a lost
-// residual, bias or norm weight) moves the logits by far more; the fused kernels' arithmetic
-// is checked element by element in fused_gemv_gpu_test.cpp.
+// The five-kernel layer (gemv.h's fusions: RMSNorm prologues, RoPE + KV write, residual and
+// SiLU x up epilogues, steps of up to 16 rows) against the nine-kernel composition on the same
+// steps, the latter with the RoPE epilogue off too (the projection's store, then
+// ops::rope_and_cache): 12 prompts of 9 tokens prefilled one by one, then 3 decode steps of all
+// 12. The two paths differ only in the order the sums of squares are added (one RMSNorm scale
+// an ulp apart turns some 16-bit x over), measured on an H200 at 0 to 5.3e-3 (qwen2-tied); the
+// bound is half the 16-bit noise floor MatchesTransformersInOneRaggedBatch allows (2e-2). A
+// wiring error (a lost residual, bias or norm weight, a wrong layer's pools) moves the logits by
+// far more; the fused kernels' arithmetic is checked element by element in
+// fused_gemv_gpu_test.cpp.
 TEST_P(CudaModelFixture, FusedLayerAgreesWithNineKernels) {
   L2KV_SKIP_WITHOUT_GPU();
   std::vector<std::vector<float>> logits[2];
@@ -308,6 +310,7 @@ TEST_P(CudaModelFixture, FusedLayerAgreesWithNineKernels) {
     auto state = load(kFixtures / GetParam(), 64, 128);
     EXPECT_EQ(state->fused_layer_max_rows(), CudaStepState::kDefaultFusedLayerMaxRows);
     state->set_fused_layer_max_rows(fused ? kGemvMaxRows : 0);
+    state->set_rope_epilogue(fused);
     const int64_t vocab = state->config().vocab_size;
     constexpr size_t kSeqs = 12;
     Tables tables(kSeqs);

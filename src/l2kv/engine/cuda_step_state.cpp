@@ -179,6 +179,12 @@ void CudaStepState::set_fused_layer_max_rows(int32_t rows) {
   fused_layer_max_rows_ = rows;
 }
 
+void CudaStepState::set_rope_epilogue(bool on) {
+  if (on == rope_epilogue_) return;
+  drop_graphs();
+  rope_epilogue_ = on;
+}
+
 void CudaStepState::set_decode_attention(DecodeKernel kernel, const PrefetchPolicy& policy) {
   attention_.set_decode_kernel(kernel, policy);
   drop_graphs();
@@ -316,6 +322,7 @@ void CudaStepState::enqueue_forward(cudaStream_t stream) {
   f.all_logits = step_.all_logits;
   f.fused_layer = step_.rows <= fused_layer_max_rows_ && model_->can_fuse_layer(step_.rows);
   f.calculate_kv_scales = step_.calculate_kv_scales;
+  f.rope_epilogue = rope_epilogue_;
   const int32_t* meta = meta_->meta.ptr;
   f.ids = meta + meta_->ids;
   f.positions = meta + meta_->positions;

@@ -120,6 +120,10 @@ class CudaStepState {
   static constexpr int32_t kDefaultFusedLayerMaxRows = 1;
   void set_fused_layer_max_rows(int32_t rows);
   int32_t fused_layer_max_rows() const { return fused_layer_max_rows_; }
+  // Whether the QKV GEMV applies RoPE and writes K/V itself where it can (CudaForwardStep's
+  // rope_epilogue; on by default). Off: the projection's store and ops::rope_and_cache, for
+  // tests that compare the two. Drops captured graphs.
+  void set_rope_epilogue(bool on);
   // The smallest captured bucket >= rows, or 0.
   int32_t graph_bucket(int32_t rows) const;
 
@@ -171,6 +175,7 @@ class CudaStepState {
   std::map<int32_t, cudaGraphExec_t> graphs_;
   bool use_graphs_ = true;
   int32_t fused_layer_max_rows_ = 0;  // set by the constructor
+  bool rope_epilogue_ = true;
   bool profiling_ = false;
   ForwardEvents op_events_;
   ForwardEvents::Pair total_events_{};

@@ -14,12 +14,7 @@
 #include <string_view>
 
 #include "l2kv/core/dtype.h"
-
-#if defined(__CUDACC__)
-#define L2KV_HOST_DEVICE __host__ __device__ __forceinline__
-#else
-#define L2KV_HOST_DEVICE inline
-#endif
+#include "l2kv/core/host_device.h"
 
 namespace l2kv {
 

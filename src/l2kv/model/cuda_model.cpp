@@ -8,7 +8,7 @@
 #include "l2kv/core/dtype.h"
 #include "l2kv/core/error.h"
 #include "l2kv/kernels/model/model_ops.h"
-#include "l2kv/kernels/model/rope_pair_rows.h"
+#include "l2kv/kernels/model/paired_rows.h"
 #include "l2kv/kernels/random_fill.h"
 #include "l2kv/model/decoder_graph.h"
 #include "l2kv/model/hf_weights.h"
@@ -47,24 +47,25 @@ Fp8Matrix upload_fp8(std::initializer_list<const HfFp8Projection*> parts) {
   return m;
 }
 
-// The CUDA kernels are built for these head sizes (and the QKV rows' RoPE-pair order needs a
+// The CUDA kernels are built for these head sizes (and the QKV rows' paired order needs a
 // multiple of 16); checked before any weight is loaded.
 void check_head_dim(const ModelConfig& c) {
   if (c.head_dim != 64 && c.head_dim != 128)
     throw Error("CUDA backend: head_dim must be 64 or 128, got " + std::to_string(c.head_dim));
 }
 
-// The fused QKV projection's fp8 rows (q, k, v stacked) in RoPE-pair order, scales with them.
-HfFp8Projection fp8_rope_pair_rows(const HfFp8Projection& q, const HfFp8Projection& k,
-                                   const HfFp8Projection& v, int64_t head_dim) {
+// fp8 projections stacked by rows (QKV: q, k, v; gate_up: gate, up) in paired order
+// (paired_rows.h) in groups of `group` rows, each row's scale with it.
+HfFp8Projection fp8_paired_rows(std::initializer_list<const HfFp8Projection*> parts,
+                                int64_t group) {
   HfFp8Projection rows;
-  for (const HfFp8Projection* p : {&q, &k, &v}) {
+  for (const HfFp8Projection* p : parts) {
     rows.codes.insert(rows.codes.end(), p->codes.begin(), p->codes.end());
     rows.row_scales.insert(rows.row_scales.end(), p->row_scales.begin(), p->row_scales.end());
   }
   const auto width = static_cast<int64_t>(rows.codes.size() / rows.row_scales.size());
-  rows.codes = to_rope_pair_rows(rows.codes, head_dim, width);
-  rows.row_scales = to_rope_pair_rows(rows.row_scales, head_dim, 1);
+  rows.codes = to_paired_rows(rows.codes, group, width);
+  rows.row_scales = to_paired_rows(rows.row_scales, group, 1);
   return rows;
 }
 
@@ -104,19 +105,12 @@ CudaModel::CudaModel(const std::filesystem::path& folder)
     return a;
   };
   gate_up_interleaved_ = c.intermediate_size % 8 == 0;
-  // gate_up's rows: interleaved in groups of 8 where the SiLU epilogue can use them, else
-  // [gate | up].
+  // gate_up's rows: [gate | up] in paired order (one group: each feature's gate and up rows 8
+  // apart, the SiLU epilogue's layout) where the intermediate size allows it, else as they are.
   auto gate_up_rows = [&](const std::vector<float>& gate, const std::vector<float>& up,
                           int64_t hidden) {
     if (!gate_up_interleaved_) return concat(gate, up);
-    std::vector<float> rows(gate.size() + up.size());
-    const int64_t features = static_cast<int64_t>(gate.size()) / hidden;
-    for (int64_t f = 0; f < features; ++f) {
-      const int64_t at = (f / 8) * 16 + f % 8;
-      std::copy_n(gate.begin() + f * hidden, hidden, rows.begin() + at * hidden);
-      std::copy_n(up.begin() + f * hidden, hidden, rows.begin() + (at + 8) * hidden);
-    }
-    return rows;
+    return to_paired_rows(concat(gate, up), 2 * c.intermediate_size, hidden);
   };
   {
     const HfGlobalWeights globals = load_hf_global_weights(ckpt, c);
@@ -124,21 +118,10 @@ CudaModel::CudaModel(const std::filesystem::path& folder)
     if (!globals.lm_head.empty()) weights_->lm_head = upload_16bit(c.dtype, globals.lm_head);
     weights_->final_norm = upload_16bit(c.dtype, globals.final_norm);
   }
-  // fp8 gate/up rows interleave in the same groups of 8 as 16-bit ones.
+  // fp8 gate/up rows in the same order as 16-bit ones.
   auto gate_up_fp8 = [&](const HfFp8Projection& gate, const HfFp8Projection& up) {
     if (!gate_up_interleaved_) return upload_fp8({&gate, &up});
-    const auto features = static_cast<int64_t>(gate.row_scales.size());
-    const int64_t in = c.hidden_size;
-    HfFp8Projection rows;
-    rows.codes.resize(gate.codes.size() + up.codes.size());
-    rows.row_scales.resize(static_cast<size_t>(2 * features));
-    for (int64_t f = 0; f < features; ++f) {
-      const int64_t at = (f / 8) * 16 + f % 8;
-      std::copy_n(gate.codes.begin() + f * in, in, rows.codes.begin() + at * in);
-      std::copy_n(up.codes.begin() + f * in, in, rows.codes.begin() + (at + 8) * in);
-      rows.row_scales[static_cast<size_t>(at)] = gate.row_scales[static_cast<size_t>(f)];
-      rows.row_scales[static_cast<size_t>(at + 8)] = up.row_scales[static_cast<size_t>(f)];
-    }
+    const HfFp8Projection rows = fp8_paired_rows({&gate, &up}, 2 * c.intermediate_size);
     return upload_fp8({&rows});
   };
   for (int64_t l = 0; l < c.num_layers; ++l) {
@@ -148,22 +131,22 @@ CudaModel::CudaModel(const std::filesystem::path& folder)
     layer.input_norm = upload_16bit(c.dtype, w.input_norm);
     layer.post_norm = upload_16bit(c.dtype, w.post_attention_norm);
     if (c.fp8_weights) {
-      const HfFp8Projection qkv = fp8_rope_pair_rows(w.q8, w.k8, w.v8, c.head_dim);
+      const HfFp8Projection qkv = fp8_paired_rows({&w.q8, &w.k8, &w.v8}, c.head_dim);
       layer.qkv8 = upload_fp8({&qkv});
       layer.o8 = upload_fp8({&w.o8});
       layer.gate_up8 = gate_up_fp8(w.gate8, w.up8);
       layer.down8 = upload_fp8({&w.down8});
     } else {
-      // One fused projection, its rows in RoPE-pair order.
+      // One fused projection, its rows in paired order (each head a group: RoPE's pairs).
       layer.qkv = upload_16bit(
-          c.dtype, to_rope_pair_rows(concat(concat(w.q, w.k), w.v), c.head_dim, c.hidden_size));
+          c.dtype, to_paired_rows(concat(concat(w.q, w.k), w.v), c.head_dim, c.hidden_size));
       layer.o = upload_16bit(c.dtype, w.o);
       layer.gate_up = upload_16bit(c.dtype, gate_up_rows(w.gate, w.up, c.hidden_size));
       layer.down = upload_16bit(c.dtype, w.down);
     }
     if (c.qkv_bias)
       layer.qkv_bias = upload_16bit(
-          c.dtype, to_rope_pair_rows(concat(concat(w.q_bias, w.k_bias), w.v_bias), c.head_dim, 1));
+          c.dtype, to_paired_rows(concat(concat(w.q_bias, w.k_bias), w.v_bias), c.head_dim, 1));
     if (c.qk_norm) {
       layer.q_norm = upload_16bit(c.dtype, w.q_norm);
       layer.k_norm = upload_16bit(c.dtype, w.k_norm);
@@ -402,7 +385,7 @@ struct CudaModel::GraphOps {
     if (!fused) norm(w(l).input_norm.ptr);
     const void* x = fused ? nullptr : ws().h.ptr;
     GemvFusion f = fused ? norm_prologue(w(l).input_norm.ptr, 0, 1) : GemvFusion{};
-    const bool rope_here = rope_in_epilogue(l, x, f);
+    const bool rope_here = add_rope_epilogue(l, x, f);
     timed(Op::kGemm, [&] {
       if (fused || rope_here)
         m->gemm_.linear_fused(c().dtype, x, w(l).qkv.ptr, ws().qkv.ptr, n, H, qkv_out, f, stream);
@@ -419,16 +402,15 @@ struct CudaModel::GraphOps {
     decode.kv.v_scale = w(l).v_scale;
     decode.kv.device_scales = step->kv_scales + 2 * l;
   }
-  // Whether the QKV GEMV applies RoPE and writes the KV cache itself (gemv.h's kRopeCache), and
-  // if so `f` says how: where the GEMV runs QKV anyway (the five-kernel layer, or a step of as
-  // few rows as Gemm sends to it), with 16-bit weights, no q/k norm (it needs a whole head) and
-  // no fp8 scales to calculate from this step's K and V first.
-  bool rope_in_epilogue(int64_t l, const void* x, GemvFusion& f) const {
+  // Whether the QKV GEMV applies RoPE and writes the KV cache itself (gemv.h's kRopeCache); if
+  // so, adds that epilogue to `f`. Where the GEMV runs QKV anyway (the five-kernel layer, or a
+  // step Gemm sends to it), with 16-bit weights, no q/k norm (it needs a whole head) and no fp8
+  // scales to calculate from this step's K and V first.
+  bool add_rope_epilogue(int64_t l, const void* x, GemvFusion& f) const {
     const int64_t H = c().hidden_size, qkv_out = q_dim() + 2 * kv_dim();
-    const bool on_gemv = fused || (n <= m->gemm_.gemv_max_rows() && qkv_out <= Gemm::kGemvMaxOut &&
-                                   n > m->gemm_.stream_max_rows());
-    if (!on_gemv || c().fp8_weights || c().qk_norm ||
-        (step->calculate_kv_scales && !w(l).checkpoint_kv_scales))
+    if (c().fp8_weights || !step->rope_epilogue) return false;
+    const bool on_gemv = fused || m->gemm_.routes_to_gemv(n, H, qkv_out, x, w(l).qkv.ptr);
+    if (!on_gemv || c().qk_norm || (step->calculate_kv_scales && !w(l).checkpoint_kv_scales))
       return false;
     GemvFusion rope = f;
     rope.epilogue = GemvEpilogue::kRopeCache;

@@ -54,6 +54,9 @@ struct CudaForwardStep {
   bool all_logits = false;   // every row's logits (rows <= the activations' logit rows)
   bool fused_layer = false;  // the five-kernel layer (CudaModel::can_fuse_layer(rows) holds)
   bool calculate_kv_scales = false;  // compute the pending fp8 scales from this step's K/V
+  // RoPE and the KV write in the QKV GEMV's epilogue where it applies (tests turn it off to
+  // compare against the composition of the GEMV and ops::rope_and_cache).
+  bool rope_epilogue = true;
   // [rows] each: token ids, positions, KV slots (-1: not kept); [logit_rows]: logits' rows.
   const int32_t *ids = nullptr, *positions = nullptr, *slots = nullptr, *last_rows = nullptr;
   CudaActivations* activations = nullptr;
@@ -118,8 +121,8 @@ class CudaModel {
   std::unique_ptr<Weights> weights_;
   float* inv_freq_ = nullptr;
   Gemm gemm_;
-  // gate_up's rows interleave gate and up in groups of 8 (the SiLU epilogue's layout); false
-  // for an intermediate size that is not a multiple of 8, which the fused layer then skips.
+  // gate_up's rows are [gate | up] in paired order (paired_rows.h: the SiLU epilogue's layout);
+  // false for an intermediate size that is not a multiple of 8, which the fused layer then skips.
   bool gate_up_interleaved_ = false;
 };
 

@@ -6,7 +6,7 @@
 // Llama-3-8B, Qwen2.5-7B and odd ones, outputs poisoned with NaN first; per-element tolerances from
 // the GEMV's measured noise (gemv_gpu_test.cpp), which a 1 % scale error or a dropped term exceeds.
 // The QKV projection's RoPE + paged-KV epilogue is checked bit for bit against the GEMV's plain
-// store followed by ops::rope_and_cache over the same RoPE-pair rows (each checked against its
+// store followed by ops::rope_and_cache over the same paired rows (each checked against its
 // own host reference in gemv_gpu_test.cpp and model_ops_gpu_test.cpp).
 #include <gtest/gtest.h>
 
@@ -302,6 +302,8 @@ const std::vector<RopeShape> kRopeShapes = {
     {"llama3-8b fp8 cache", 4096, 32, 8, 128, false, KvLayout::kHND, true},
     {"small NHD", 1032, 6, 2, 64, true, KvLayout::kNHD, false},
     {"small fp8 NHD", 1032, 6, 2, 64, true, KvLayout::kNHD, true},
+    // 16,384 outputs: the norm prologue's blocks of two feature tiles (gemv.cu's wide form).
+    {"wide MHA", 2048, 64, 32, 128, true, KvLayout::kHND, false},
 };
 
 // The kRopeCache epilogue (with and without the norm prologue) against the GEMV's kStore of the

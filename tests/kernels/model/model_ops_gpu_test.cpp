@@ -245,8 +245,8 @@ TEST_P(ModelOps, RopeAndCacheMatchesHostReference) {
       {64, 12, 2, 20, KvLayout::kNHD, true, true, true},
   };
   constexpr float kNormEps = 1e-6f;
-  // Every case in both row orders of qkv and bias: feature order, and RoPE-pair order
-  // (rope_pair_rows.h: within each head, row 16 j + 8 s + e holds feature s * half + 8 j + e),
+  // Every case in both row orders of qkv and bias: feature order, and paired order
+  // (paired_rows.h, each head a group: row 16 j + 8 s + e holds feature s * half + 8 j + e),
   // built here on its own so that a wrong map in the kernels cannot agree with it.
   for (const bool pair_rows : {false, true})
     for (const RopeCase& c : cases) {

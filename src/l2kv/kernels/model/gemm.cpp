@@ -141,6 +141,12 @@ void Gemm::set_stream_max_rows(int rows) {
   stream_max_rows_ = rows;
 }
 
+bool Gemm::routes_to_gemv(int64_t rows, int64_t in, int64_t out, const void* x,
+                          const void* w) const {
+  if (rows <= stream_max_rows_ && WeightStreamGemm::supports(rows, in, out, x, w)) return false;
+  return rows <= gemv_max_rows_ && out <= kGemvMaxOut && gemv_supports(rows, in, out, x, w);
+}
+
 void Gemm::run(DType dtype, bool f32_out, const void* x, const void* w, void* y, int64_t rows,
                int64_t in, int64_t out, cudaStream_t stream) {
   // Measured on an H200 (l2kv_bench_gemv, cold L2, Llama-3-8B, Qwen2.5-7B and Llama-2-7B
@@ -152,7 +158,7 @@ void Gemm::run(DType dtype, bool f32_out, const void* x, const void* w, void* y,
     stream_->run(dtype, x, w, y, f32_out, rows, in, out, stream, pdl_);
     return;
   }
-  if (rows <= gemv_max_rows_ && out <= kGemvMaxOut && gemv_supports(rows, in, out, x, w)) {
+  if (routes_to_gemv(rows, in, out, x, w)) {
     gemv(dtype, x, w, y, f32_out, rows, in, out, stream, pdl_);
     return;
   }

@@ -43,6 +43,10 @@ class Gemm {
   void linear_fp8(DType dtype, const void* x, const Fp8Weights& w, void* y, int64_t rows,
                   int64_t in, int64_t out, void* widened, cudaStream_t stream);
 
+  // Whether linear() runs this projection on the GEMV (rather than cuBLASLt or the opt-in
+  // weight-streaming kernel).
+  bool routes_to_gemv(int64_t rows, int64_t in, int64_t out, const void* x, const void* w) const;
+
   // A projection with the decode layer's fusions (gemv.h): true when `rows` is within
   // gemv_max_rows() and the GEMV supports the problem with `fusion` (x may be null when the
   // fusion's norm prologue computes it).

@@ -29,6 +29,7 @@
 #include "l2kv/kernels/fp8.cuh"
 #include "l2kv/kernels/grid_dependency.cuh"
 #include "l2kv/kernels/model/gemv.h"
+#include "l2kv/kernels/model/paired_rows.h"
 #include "l2kv/kernels/model/rope.cuh"
 #include "l2kv/kernels/tensor_core.cuh"
 
@@ -198,15 +199,41 @@ __device__ __forceinline__ OutT to_output(float v) {
     return tc::ElementTraits<OutT>::from_float(v);
 }
 
-// The kRopeCache epilogue of one thread: W rows n and n + 8 (a tile's lo and hi rows) of x row m
-// hold a head's features i and i + head_dim / 2 (rope_pair_rows.h). The same operations as
-// ops::rope_and_cache on the stored product: rounded to T, bias added, rotated and rounded (q, k),
-// or rounded (v); E4M3 of value / scale into an fp8 cache. What does not depend on the product
-// (position, angle, slot, bias, scale) is loaded and computed before the weight loop, where it
-// overlaps the weights' stream, instead of adding dependent loads at the block's end.
+// Which output a thread finishes in the epilogue, for its j-th slot (j = threadIdx.x + k *
+// kThreads): feature tile `tile` of the block, x tile `nt`, and lane `l`'s pair of W rows n and
+// n + 8 (the m16n8 C fragment's rows g and g + 8) of x row m.
+struct EpilogueSlot {
+  int tile, nt, c, l;
+  int64_t n, m;
+};
+
+template <int kNTiles>
+__device__ __forceinline__ EpilogueSlot epilogue_slot(int j, int64_t block_first_row) {
+  constexpr int kSlots = kNTiles * 2 * kWarpSize;  // per feature tile
+  EpilogueSlot e;
+  e.tile = j / kSlots;
+  e.nt = j % kSlots / (2 * kWarpSize);
+  e.c = (j / kWarpSize) % 2;
+  e.l = j % kWarpSize;
+  e.n = block_first_row + e.tile * kRowsPerBlock + e.l / kLanesPerRow;
+  e.m = e.nt * kColsPerTile + 2 * (e.l % kLanesPerRow) + e.c;
+  return e;
+}
+
+// The kRopeCache epilogue of one thread: W rows n and n + 8 of x row m hold a head's features
+// i and i + head_dim / 2 (paired_rows.h). The same operations as ops::rope_and_cache on the
+// stored product: rounded to T, bias added, rotated and rounded (q, k) or rounded (v); E4M3 of
+// value / scale into an fp8 cache. All that does not depend on the product (where the pair goes,
+// the angle, bias and scale) is worked out before the weight loop, where it overlaps the
+// weights' stream, instead of adding dependent loads at the block's end.
+static_assert(kRowsPerBlock == kPairedRowsTile, "a GEMV tile is a tile of paired rows");
+
 struct RopeLane {
   float sin = 0.f, cos = 0.f, bias_lo = 0.f, bias_hi = 0.f, inv_scale = 1.f;
-  int32_t slot = -1;
+  void* out = nullptr;  // feature i's element (q row or K/V cache slot); null: nothing stored
+  int32_t half = 0;     // from feature i's element to feature i + head_dim / 2's
+  bool rotate = false;  // q and k heads; v is stored as it is
+  bool fp8 = false;     // an E4M3 cache
 };
 
 template <typename T>
@@ -214,62 +241,59 @@ __device__ __forceinline__ RopeLane rope_lane(const GemvRopeCache& rc, int64_t m
   using Traits = tc::ElementTraits<T>;
   const PagedKvCache& kv = rc.kv;
   const int d = kv.head_dim;
-  const int head = static_cast<int>(n / d), r = static_cast<int>(n % d);
-  const int kv_heads = kv.num_kv_heads;
+  const int head = static_cast<int>(n / d);
+  const int i = static_cast<int>(paired_feature(n % d));
+  const bool is_q = head < rc.q_heads, is_k = !is_q && head < rc.q_heads + kv.num_kv_heads;
   RopeLane lane;
+  lane.half = d / 2;
+  lane.rotate = is_q || is_k;
   if (rc.bias != nullptr) {
     const T* bias = static_cast<const T*>(rc.bias);
     lane.bias_lo = Traits::to_float(bias[n]);
-    lane.bias_hi = Traits::to_float(bias[n + kRowsPerBlock / 2]);
+    lane.bias_hi = Traits::to_float(bias[n + kPairedRowsHalf]);
   }
-  if (head < rc.q_heads + kv_heads)
-    sincosf(static_cast<float>(rc.positions[m]) * rc.inv_freq[r / 16 * 8 + r % 8], &lane.sin,
-            &lane.cos);
-  if (head >= rc.q_heads) {
-    lane.slot = rc.slots[m];
-    if (kv.fp8())
-      lane.inv_scale = 1.f / (head < rc.q_heads + kv_heads ? kv.key_scale() : kv.value_scale());
+  if (lane.rotate)
+    sincosf(static_cast<float>(rc.positions[m]) * rc.inv_freq[i], &lane.sin, &lane.cos);
+  if (is_q) {
+    lane.out = static_cast<T*>(rc.q_out) + (m * rc.q_heads + head) * d + i;
+    return lane;
+  }
+  const int slot = rc.slots[m];  // -1: a pad row whose K/V is not kept
+  if (slot < 0) return lane;
+  const int kv_head = head - rc.q_heads - (is_k ? 0 : kv.num_kv_heads);
+  const int64_t off = kv.offset(slot / kv.block_size, slot % kv.block_size, kv_head) + i;
+  void* pool = is_k ? kv.k_pool : kv.v_pool;
+  lane.fp8 = kv.fp8();
+  if (lane.fp8) {
+    lane.out = static_cast<uint8_t*>(pool) + off;
+    lane.inv_scale = 1.f / (is_k ? kv.key_scale() : kv.value_scale());
+  } else {
+    lane.out = static_cast<T*>(pool) + off;
   }
   return lane;
 }
 
 template <typename T>
-__device__ __forceinline__ void rope_cache_pair(const GemvRopeCache& rc, const RopeLane& lane,
-                                                int64_t m, int64_t n, float lo, float hi) {
+__device__ __forceinline__ void rope_cache_pair(const RopeLane& lane, float lo, float hi) {
   using Traits = tc::ElementTraits<T>;
-  const PagedKvCache& kv = rc.kv;
-  const int d = kv.head_dim, half = d / 2;
-  const int head = static_cast<int>(n / d), r = static_cast<int>(n % d);
-  const int i = r / 16 * 8 + r % 8;
+  if (lane.out == nullptr) return;
   const float a = Traits::to_float(Traits::from_float(lo)) + lane.bias_lo;
   const float b = Traits::to_float(Traits::from_float(hi)) + lane.bias_hi;
-  const int kv_heads = kv.num_kv_heads;
-  const bool is_k = head >= rc.q_heads && head < rc.q_heads + kv_heads;
   T ra, rb;
-  if (head < rc.q_heads + kv_heads) {
+  if (lane.rotate) {
     rotate_pair_by(a, b, lane.sin, lane.cos, ra, rb);
-    if (head < rc.q_heads) {
-      T* q = static_cast<T*>(rc.q_out) + m * rc.q_heads * d + head * d;
-      q[i] = ra;
-      q[i + half] = rb;
-      return;
-    }
   } else {
     ra = Traits::from_float(a);
     rb = Traits::from_float(b);
   }
-  if (lane.slot < 0) return;  // a pad row whose K/V is not kept
-  const int kv_head = head - rc.q_heads - (is_k ? 0 : kv_heads);
-  const int64_t off = kv.offset(lane.slot / kv.block_size, lane.slot % kv.block_size, kv_head) + i;
-  void* pool = is_k ? kv.k_pool : kv.v_pool;
-  if (kv.fp8()) {
-    uint8_t* out = static_cast<uint8_t*>(pool) + off;
+  if (lane.fp8) {
+    uint8_t* out = static_cast<uint8_t*>(lane.out);
     out[0] = fp8::from_float(Traits::to_float(ra) * lane.inv_scale);
-    out[half] = fp8::from_float(Traits::to_float(rb) * lane.inv_scale);
+    out[lane.half] = fp8::from_float(Traits::to_float(rb) * lane.inv_scale);
   } else {
-    T* out = static_cast<T*>(pool) + off;
+    T* out = static_cast<T*>(lane.out);
     out[0] = ra;
-    out[half] = rb;
+    out[lane.half] = rb;
   }
 }
 
@@ -324,7 +348,6 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) gemv_kernel(GemvPar
 
   const int64_t full_iters = vecs / Tiling::kVecsPerIter;
   const bool has_tail = vecs % Tiling::kVecsPerIter != 0;
-  static_assert(kMTiles * kNTiles * 2 * kWarpSize <= kThreads, "one epilogue pair per thread");
   RopeLane rope;  // kRopeCache only
   // With PDL the kernel ahead (which writes x, or the residual and its sums of squares) may
   // still run: wait for it before reading them.
@@ -347,16 +370,12 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) gemv_kernel(GemvPar
     if constexpr (kNorm)
       if (f.clear_sumsq != nullptr && blockIdx.x == 0 && threadIdx.x < kGemvMaxRows)
         f.clear_sumsq[threadIdx.x] = 0.f;
-    // The RoPE epilogue's inputs of the one output pair this thread finishes (kSlots below: at
-    // most one per thread), read after the wait like every input.
+    // The RoPE epilogue's inputs of the one output pair this thread finishes, read after the
+    // wait like every input.
     if constexpr (kEpilogue == GemvEpilogue::kRopeCache) {
-      constexpr int kSlots = kNTiles * 2 * kWarpSize;
-      const int j = static_cast<int>(threadIdx.x);
-      const int tile = j / kSlots;
-      const int nt = j % kSlots / (2 * kWarpSize), c = (j / kWarpSize) % 2, l = j % kWarpSize;
-      const int64_t n = block_first_row + tile * kRowsPerBlock + l / kLanesPerRow;
-      const int64_t m = nt * kColsPerTile + 2 * (l % kLanesPerRow) + c;
-      if (j < kMTiles * kSlots && m < p.rows && n < p.out) rope = rope_lane<T>(f.rope, m, n);
+      static_assert(kMTiles * kNTiles * 2 * kWarpSize <= kThreads, "one pair per thread");
+      const EpilogueSlot e = epilogue_slot<kNTiles>(static_cast<int>(threadIdx.x), block_first_row);
+      if (e.tile < kMTiles && e.m < p.rows && e.n < p.out) rope = rope_lane<T>(f.rope, e.m, e.n);
     }
   };
   float acc[kNTiles][4] = {};
@@ -427,16 +446,14 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) gemv_kernel(GemvPar
   using Traits = tc::ElementTraits<T>;
   constexpr int kSlots = kNTiles * 2 * kWarpSize;  // per feature tile
   for (int j = static_cast<int>(threadIdx.x); j < kMTiles * kSlots; j += kThreads) {
-    const int tile = j / kSlots;
-    const int nt = j % kSlots / (2 * kWarpSize), c = (j / kWarpSize) % 2, l = j % kWarpSize;
+    const EpilogueSlot e = epilogue_slot<kNTiles>(j, block_first_row);
     float lo = 0.f, hi = 0.f;
 #pragma unroll
-    for (int wp = tile * kWarpsK; wp < (tile + 1) * kWarpsK; ++wp) {
-      lo += partial[wp][nt * 4 + c][l];
-      hi += partial[wp][nt * 4 + c + 2][l];
+    for (int wp = e.tile * kWarpsK; wp < (e.tile + 1) * kWarpsK; ++wp) {
+      lo += partial[wp][e.nt * 4 + e.c][e.l];
+      hi += partial[wp][e.nt * 4 + e.c + 2][e.l];
     }
-    const int64_t n = block_first_row + tile * kRowsPerBlock + l / kLanesPerRow;  // and n + 8
-    const int64_t m = nt * kColsPerTile + 2 * (l % kLanesPerRow) + c;
+    const int64_t n = e.n, m = e.m;  // W rows n and n + 8, x row m
     if (m >= p.rows) continue;
     if constexpr (kEpilogue == GemvEpilogue::kStore) {
       OutT* y = static_cast<OutT*>(p.y);
@@ -448,12 +465,11 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) gemv_kernel(GemvPar
       if (n >= p.out) continue;
       const float gate = Traits::to_float(Traits::from_float(lo));
       const float up = Traits::to_float(Traits::from_float(hi));
-      const int64_t feature = n / kRowsPerBlock * (kRowsPerBlock / 2) + l / kLanesPerRow;
+      const int64_t feature = paired_feature(n);  // gate_up is one group of paired rows
       static_cast<T*>(p.y)[m * (p.out / 2) + feature] =
           Traits::from_float(gate / (1.f + __expf(-gate)) * up);
     } else if constexpr (kEpilogue == GemvEpilogue::kRopeCache) {
-      if (n >= p.out) continue;
-      rope_cache_pair<T>(f.rope, rope, m, n, lo, hi);
+      if (n < p.out) rope_cache_pair<T>(rope, lo, hi);
     } else {
       float sumsq = 0.f;
       for (int half = 0; half < 2; ++half) {
@@ -525,7 +541,8 @@ void launch(const GemvParams& p, cudaStream_t stream) {
 }
 
 // The combinations the decoder uses: plain (16-bit or fp32 out), norm + store (QKV), residual
-// add (O, down), SiLU with or without the norm (gate_up).
+// add (O, down), SiLU with or without the norm (gate_up), RoPE + cache with or without the norm
+// (QKV).
 template <typename T>
 void launch_typed(const GemvParams& p, bool f32_out, cudaStream_t stream) {
   const bool norm = p.fusion.norm_residual != nullptr;

@@ -35,7 +35,8 @@ inline constexpr int64_t kGemvMaxRows = 16;
 //                 features 8 j .. 8 j + 7, the next 8 rows the up features), so each thread
 //                 block holds a feature's gate and up: y[m, f] = round(silu(round(gate)) *
 //                 round(up)), y is [rows, out / 2] and out a multiple of 16.
-//   kRopeCache:   the fused QKV projection with W's rows in RoPE-pair order (rope_pair_rows.h):
+//   kRopeCache:   the fused QKV projection with W's rows in paired order, each head a group
+//                 (paired_rows.h):
 //                 what ops::rope_and_cache does to the stored product (no q/k norm), done here
 //                 (y unused): bias added, neox RoPE of q and k at rope.positions, q written to
 //                 rope.q_out [rows, q_heads * head_dim] in feature order, k and v into rope.kv's
@@ -44,7 +45,7 @@ enum class GemvEpilogue : uint8_t { kStore, kResidualAdd, kSiluMul, kRopeCache }
 
 // What the kRopeCache epilogue needs: as ops::rope_and_cache's arguments.
 struct GemvRopeCache {
-  const void* bias = nullptr;  // nullable, [out] in RoPE-pair order
+  const void* bias = nullptr;  // nullable, [out] in paired order
   const int32_t* positions = nullptr;
   const int32_t* slots = nullptr;
   const float* inv_freq = nullptr;  // [head_dim / 2]

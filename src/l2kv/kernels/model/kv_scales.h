@@ -13,7 +13,7 @@
 // nothing measurable here while adding a scale per head to every attention kernel.
 #pragma once
 
-#include "l2kv/kv_cache/paged_kv.h"  // L2KV_HOST_DEVICE
+#include "l2kv/core/host_device.h"
 
 namespace l2kv {
 

@@ -11,8 +11,8 @@
 #include "l2kv/kernels/grid_dependency.cuh"
 #include "l2kv/kernels/model/kv_scales.h"
 #include "l2kv/kernels/model/model_ops.h"
+#include "l2kv/kernels/model/paired_rows.h"
 #include "l2kv/kernels/model/rope.cuh"
-#include "l2kv/kernels/model/rope_pair_rows.h"
 #include "l2kv/kernels/tensor_core.cuh"
 
 namespace l2kv::ops {
@@ -187,7 +187,7 @@ __device__ __forceinline__ float head_norm(float x, float scale, float gamma) {
 // makes one round of loads. kFp8: K and V are stored as E4M3 of their 16-bit values divided by
 // the layer's scale. With q_norm / k_norm (Qwen3), each head is RMS-normalized before RoPE: the
 // block sums its squares (the one case that synchronizes the block). `pair_rows`: qkv and bias
-// are in RoPE-pair row order (rope_pair_rows.h), else in feature order.
+// are in paired row order (paired_rows.h), else in feature order.
 template <typename T, bool kFp8>
 __global__ void rope_and_cache_kernel(const T* qkv, const T* bias, const int32_t* positions,
                                       const int32_t* slots, const float* inv_freq, int32_t q_heads,
@@ -203,8 +203,8 @@ __global__ void rope_and_cache_kernel(const T* qkv, const T* bias, const int32_t
   const bool is_q = head < q_heads;
   const int base = is_q ? head * d : q_dim + (head - q_heads) * d;
   // Where the head's elements i and i + half lie in a row of qkv (and of bias).
-  const int at_a = pair_rows ? rope_pair_row(i, d) : i;
-  const int at_b = pair_rows ? rope_pair_row(i + half, d) : i + half;
+  const int at_a = pair_rows ? static_cast<int>(paired_row(i, d)) : i;
+  const int at_b = pair_rows ? static_cast<int>(paired_row(i + half, d)) : i + half;
   const float freq = inv_freq[i];
   auto bias_at = [&](int c) { return bias ? Traits::to_float(bias[c]) : 0.f; };
   const float bias_a = bias_at(base + at_a), bias_b = bias_at(base + at_b);
@@ -279,7 +279,7 @@ __global__ void kv_amax_kernel(const T* qkv, const T* bias, const int32_t* posit
   const T* row = qkv + static_cast<int64_t>(t) * width;
   // Element c of the row in feature order (heads start at multiples of d in either order).
   auto value = [&](int c) {
-    const int i = pair_rows ? c - c % d + rope_pair_row(c % d, d) : c;
+    const int i = pair_rows ? c - c % d + static_cast<int>(paired_row(c % d, d)) : c;
     return Traits::to_float(row[i]) + (bias ? Traits::to_float(bias[i]) : 0.f);
   };
   float k_max = 0.f, v_max = 0.f;
@@ -436,6 +436,9 @@ void rope_and_cache(const void* qkv, const void* bias, const int32_t* positions,
   if (kv.head_dim / 2 > kMaxThreads)
     throw Error("rope_and_cache: head_dim " + std::to_string(kv.head_dim) + " is over " +
                 std::to_string(2 * kMaxThreads));
+  if (pair_rows && kv.head_dim % kPairedRowsTile != 0)
+    throw Error("rope_and_cache: paired rows need a head_dim that is a multiple of " +
+                std::to_string(kPairedRowsTile) + ", got " + std::to_string(kv.head_dim));
   with_type(kv.dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     auto kernel = kv.fp8() ? rope_and_cache_kernel<T, true> : rope_and_cache_kernel<T, false>;
@@ -457,6 +460,9 @@ void calculate_kv_scales(const void* qkv, const void* bias, const int32_t* posit
                          cudaStream_t stream, const QkNorm& qk_norm, bool pair_rows) {
   if (num_tokens <= 0 || scales == nullptr)
     throw Error("calculate_kv_scales: needs at least one token and a scales buffer");
+  if (pair_rows && kv.head_dim % kPairedRowsTile != 0)
+    throw Error("calculate_kv_scales: paired rows need a head_dim that is a multiple of " +
+                std::to_string(kPairedRowsTile) + ", got " + std::to_string(kv.head_dim));
   L2KV_CUDA_CHECK(cudaMemsetAsync(scales, 0, 2 * sizeof(float), stream));
   with_type(kv.dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;

@@ -39,7 +39,8 @@ struct QkNorm {
 // read from kv.device_scales where set) at `slots` (physical block * block_size + offset; -1 =
 // skip). `pdl`: launch with programmatic dependent launch, so the kernel may start while the one
 // before it (the QKV projection) finishes; it waits for that kernel's writes before reading.
-// `pair_rows`: qkv and bias are in RoPE-pair row order (rope_pair_rows.h), else feature order.
+// `pair_rows`: qkv and bias are in paired row order (paired_rows.h: each head a group), else
+// feature order.
 void rope_and_cache(const void* qkv, const void* bias, const int32_t* positions,
                     const int32_t* slots, const float* inv_freq, int32_t num_tokens,
                     int32_t q_heads, const PagedKvCache& kv, void* q_out, cudaStream_t stream,

@@ -6,10 +6,8 @@
 
 namespace l2kv {
 
-// Neox RoPE of the pair (a, b) = (x[i], x[i + head_dim / 2]) at `pos`, rounded to T: what the
-// cache stores, and what the calculated fp8 scales measure.
-// The same with the angle's sine and cosine given (sincosf(pos * inv_freq)). Spelled with
-// explicit roundings so that every caller rounds alike whatever the compiler would contract
+// The pair (a, b) rotated by the angle whose sine and cosine are s and c, rounded to T. Spelled
+// with explicit roundings so that every caller rounds alike whatever the compiler would contract
 // into fused multiply-adds in its context (the QKV GEMV's epilogue must match rope_and_cache bit
 // for bit).
 template <typename T>
@@ -19,6 +17,8 @@ __device__ __forceinline__ void rotate_pair_by(float a, float b, float s, float 
   rb = Traits::from_float(__fmaf_rn(b, c, __fmul_rn(a, s)));
 }
 
+// Neox RoPE of the pair (a, b) = (x[i], x[i + head_dim / 2]) at `pos`, rounded to T: what the
+// cache stores, and what the calculated fp8 scales measure.
 template <typename T>
 __device__ __forceinline__ void rotate_pair(float a, float b, float pos, float inv_freq, T& ra,
                                             T& rb) {
