@@ -170,6 +170,35 @@ TEST_P(EngineFixture, GreedyWithoutPrefixCachingMatchesTransformers) {
 INSTANTIATE_TEST_SUITE_P(Fixtures, EngineFixture,
                          ::testing::Values("llama2-mha", "llama3-gqa", "qwen2-tied"));
 
+// The engine over a tensor-parallel CpuRunner (the model split over 2 and 4 threads, 4 keeping
+// each KV head on two ranks): transformers' tokens for every case, through chunked prefill ending
+// mid-block and preemption, and every block back at the end; a split the model does not have is
+// refused before anything loads.
+TEST(EngineTensorParallel, ShardedRunnerGivesTransformersTokensThroughPreemption) {
+  for (const std::string name : {"llama3-gqa", "qwen2-tied"})
+    for (const int32_t ranks : {2, 4}) {
+      SCOPED_TRACE(name + " over " + std::to_string(ranks) + " ranks");
+      const Fixture& f = fixture(name);
+      EngineConfig c = small_config();
+      c.block_size = 4;
+      c.num_kv_blocks = 47;
+      c.max_model_len = 46 * 4;
+      c.max_num_batched_tokens = 13;
+      auto runner = std::make_unique<CpuRunner>(kFixtures / name, ranks);
+      EXPECT_EQ(runner->tensor_parallel_size(), ranks);
+      Engine engine(std::move(runner), nullptr, c);
+      std::vector<Collected> got(f.cases.size());
+      for (size_t i = 0; i < f.cases.size(); ++i)
+        engine.add_request(request_for(f.cases[i].prompt, greedy_params(), got[i]));
+      engine.run_until_idle();
+      for (size_t i = 0; i < f.cases.size(); ++i)
+        EXPECT_EQ(got[i].tokens, f.cases[i].greedy) << "case " << i;
+      EXPECT_GT(engine.stats().preemptions, 0);
+      expect_no_leak(engine);
+    }
+  EXPECT_THROW(CpuRunner(kFixtures / "llama3-gqa", 3), Error) << "4 heads over 3 ranks";
+}
+
 // head_dim 128 (the benchmarked models' head size) and an 1100-token prompt, prefilled in
 // chunks of 256 tokens beside the other requests' decode steps.
 TEST(Engine, HeadDim128AndALongChunkedPromptMatchTransformers) {

@@ -132,6 +132,31 @@ TEST(LocalCommunicator, UnequalLengthsThrowOnEveryRank) {
   EXPECT_EQ(errors, 2);
 }
 
+TEST(LocalCommunicator, AnAbortedGroupReleasesEveryRankWithTheReason) {
+  auto group = std::make_shared<LocalGroup>(3);
+  std::vector<std::string> errors(3);
+  std::vector<std::thread> threads;
+  for (int32_t r = 0; r < 3; ++r)
+    threads.emplace_back([&, r] {
+      LocalCommunicator comm(group, r);
+      try {
+        std::vector<float> v(4, 1.f);
+        comm.all_reduce_sum(v);  // every rank once: fine
+        if (r == 1) {            // rank 1 fails instead of joining the second
+          group->abort("rank 1: out of memory");
+          return;
+        }
+        comm.all_reduce_sum(v);
+      } catch (const Error& e) {
+        errors[static_cast<size_t>(r)] = e.what();
+      }
+    });
+  for (std::thread& t : threads) t.join();
+  EXPECT_NE(errors[0].find("rank 1: out of memory"), std::string::npos) << errors[0];
+  EXPECT_NE(errors[2].find("rank 1: out of memory"), std::string::npos) << errors[2];
+  EXPECT_EQ(group->abort_reason(), "rank 1: out of memory");
+}
+
 TEST(TensorViewSlice, ReadsRowsAndColumnsOfEachDtype) {
   // A 3 x 5 tensor in F32, BF16 and F8_E4M3 (values exact in all three).
   const std::vector<float> values = {0,    1,    2,  3,  4,  0.5f, 1.5f, 2.5f,

@@ -35,7 +35,8 @@ void add_model_options(CLI::App& app, ModelOptions& o) {
                  "L2 prefetch of the KV cache in decode attention: off, on (one step ahead), "
                  "on:N, or auto (each kernel's measured rule; for split: no prefetch distance, "
                  "and +pdl); suffixes +evict_last, +evict_first, +stream, +every_head, and +pdl "
-                 "(split kernel: start during the RoPE/KV-write kernel and prefetch older KV "
+                 "(split kernel: start during the kernel ahead (the QKV projection, or the "
+                 "RoPE/KV-write kernel) and prefetch older KV "
                  "into L2 while it runs)")
       ->capture_default_str();
   app.add_option("--kv-cache-dtype", o.kv_cache_dtype,
@@ -59,6 +60,12 @@ void add_model_options(CLI::App& app, ModelOptions& o) {
                  "(0 for fp8 models, which have no fused form): on an H200 the five are faster "
                  "at one row and slower from two (bench/NOTES.md). 0 turns them off")
       ->check(CLI::Range(0, 16));
+  app.add_option("--tensor-parallel-size", o.tensor_parallel_size,
+                 "Split the model over this many ranks (attention heads, MLP features and the "
+                 "vocabulary; vLLM's flag). The CPU backend runs the ranks as threads; the CUDA "
+                 "backend runs one GPU so far and refuses more than 1")
+      ->check(CLI::Range(1, 64))
+      ->capture_default_str();
   app.add_flag("--enforce-eager", o.enforce_eager,
                "Run decode steps kernel by kernel instead of replaying CUDA graphs");
 }
@@ -143,9 +150,14 @@ LoadedModel load_model(const ModelOptions& o) {
       throw Error("--kv-cache-dtype " + o.kv_cache_dtype +
                   ": the CPU backend keeps its KV cache in float32; fp8 needs a CUDA GPU");
     std::fprintf(stderr, "l2kv: loading %s on the CPU (float32)\n", o.model.c_str());
-    loaded.runner = std::make_unique<CpuRunner>(fs::path(o.model));
-    loaded.description = o.model + " on cpu (float32)";
+    auto runner = std::make_unique<CpuRunner>(fs::path(o.model), o.tensor_parallel_size);
+    loaded.description = o.model + " on " + runner->device_name() + " (float32)";
+    loaded.runner = std::move(runner);
   } else {
+    if (o.tensor_parallel_size != 1)
+      throw Error("--tensor-parallel-size " + std::to_string(o.tensor_parallel_size) +
+                  ": the CUDA backend runs a model on one GPU so far (--device cpu splits it over "
+                  "threads)");
     L2KV_CUDA_CHECK(cudaSetDevice(device));
     std::fprintf(stderr, "l2kv: loading %s on cuda:%d\n", o.model.c_str(), device);
     if (loaded.synthetic)

@@ -28,6 +28,7 @@ struct ModelOptions {
   bool enforce_eager = false;           // no CUDA graphs
   bool calculate_kv_scales = true;      // fp8 scales from the first prompt where none are given
   int32_t fused_layer_max_rows = -1;    // the five-kernel layer up to these rows; -1: default
+  int32_t tensor_parallel_size = 1;     // ranks the model is split over (CPU backend so far)
   uint64_t synthetic_seed = 1;
 };
 

@@ -1,17 +1,114 @@
 #include "l2kv/engine/cpu_runner.h"
 
 #include <algorithm>
+#include <condition_variable>
+#include <exception>
+#include <mutex>
+#include <thread>
 
 #include "l2kv/core/error.h"
+#include "l2kv/parallel/tensor_parallel.h"
 
 namespace l2kv {
+
+// One of ranks 1 .. N - 1: waits for a step, runs it, reports back. Its forwards meet rank 0's
+// in the collectives, so a step ends on every rank together (or the group is aborted).
+class CpuRunner::Rank {
+ public:
+  Rank(const std::filesystem::path& folder, const TpShard& shard, std::shared_ptr<LocalGroup> group)
+      : group_(std::move(group)), comm_(group_, shard.rank), model_(folder, shard, comm_) {
+    thread_ = std::thread([this] { loop(); });
+  }
+  ~Rank() {
+    {
+      std::lock_guard lock(mutex_);
+      stop_ = true;
+    }
+    wake_.notify_all();
+    thread_.join();
+  }
+  const CpuModel& model() const { return model_; }
+  void allocate(int32_t num_blocks, int32_t block_size) {
+    pool_.reset();
+    pool_.emplace(model_.config(), num_blocks, block_size, model_.kv_heads());
+  }
+  void start(const StepInput& step) {
+    {
+      std::lock_guard lock(mutex_);
+      step_ = &step;
+      done_ = false;
+    }
+    wake_.notify_all();
+  }
+  void wait() {
+    std::unique_lock lock(mutex_);
+    wake_.wait(lock, [&] { return done_; });
+  }
+
+ private:
+  void loop() {
+    for (;;) {
+      const StepInput* step = nullptr;
+      {
+        std::unique_lock lock(mutex_);
+        wake_.wait(lock, [&] { return stop_ || step_ != nullptr; });
+        if (stop_) return;
+        step = step_;
+      }
+      try {
+        for (const StepSequence& seq : step->sequences) {  // the logits are rank 0's to use
+          CpuPagedKvView kv(*pool_, seq.block_table);
+          model_.extend(kv, seq.start_position, seq.tokens);
+        }
+      } catch (const std::exception& e) {
+        group_->abort("rank " + std::to_string(comm_.rank()) + ": " + e.what());
+      }
+      {
+        std::lock_guard lock(mutex_);
+        step_ = nullptr;
+        done_ = true;
+      }
+      wake_.notify_all();
+    }
+  }
+
+  std::shared_ptr<LocalGroup> group_;
+  LocalCommunicator comm_;
+  CpuModel model_;
+  std::optional<CpuKvPool> pool_;
+  std::mutex mutex_;
+  std::condition_variable wake_;
+  const StepInput* step_ = nullptr;
+  bool done_ = true, stop_ = false;
+  std::thread thread_;
+};
 
 CpuRunner::CpuRunner(std::shared_ptr<const CpuModel> model) : model_(std::move(model)) {
   if (!model_) throw Error("CpuRunner: no model");
 }
 
-CpuRunner::CpuRunner(const std::filesystem::path& model_folder)
-    : CpuRunner(std::make_shared<const CpuModel>(model_folder)) {}
+CpuRunner::CpuRunner(const std::filesystem::path& model_folder, int32_t tensor_parallel_size) {
+  if (tensor_parallel_size == 1) {
+    model_ = std::make_shared<const CpuModel>(model_folder);
+    return;
+  }
+  const ModelConfig config = ModelConfig::from_folder(model_folder);
+  tp_shard(config, 0, tensor_parallel_size);  // refuses a split before anything loads
+  group_ = std::make_shared<LocalGroup>(tensor_parallel_size);
+  comm_ = std::make_unique<LocalCommunicator>(group_, 0);
+  model_ = std::make_shared<const CpuModel>(model_folder, tp_shard(config, 0, tensor_parallel_size),
+                                            *comm_);
+  for (int32_t r = 1; r < tensor_parallel_size; ++r)
+    ranks_.push_back(
+        std::make_unique<Rank>(model_folder, tp_shard(config, r, tensor_parallel_size), group_));
+}
+
+CpuRunner::~CpuRunner() = default;
+
+std::string CpuRunner::device_name() const {
+  const int32_t n = tensor_parallel_size();
+  return n == 1 ? "cpu" : "cpu (tensor parallel over " + std::to_string(n) + " threads)";
+}
 
 KvCacheSizing CpuRunner::prepare(int32_t block_size, int32_t /*max_batched_tokens*/,
                                  int32_t max_seqs, int32_t max_model_len,
@@ -19,7 +116,9 @@ KvCacheSizing CpuRunner::prepare(int32_t block_size, int32_t /*max_batched_token
   if (block_size < 1) throw Error("CpuRunner: block size must be at least 1");
   block_size_ = block_size;
   KvCacheSizing sizing;
-  sizing.bytes_per_block = CpuKvPool::bytes_per_block(config(), block_size);
+  // Every rank's pool: a block costs each rank its own KV heads' share.
+  sizing.bytes_per_block = CpuKvPool::bytes_per_block(config(), block_size) *
+                           tensor_parallel_size() * model_->kv_heads() / config().num_kv_heads;
   const int64_t budget =
       static_cast<int64_t>(memory_utilization * static_cast<double>(kHostKvBudgetBytes));
   // More blocks than every sequence at full length (plus the null block) would never be used.
@@ -32,40 +131,85 @@ KvCacheSizing CpuRunner::prepare(int32_t block_size, int32_t /*max_batched_token
 void CpuRunner::allocate_kv_cache(int32_t num_blocks) {
   if (block_size_ < 1) throw Error("CpuRunner: allocate_kv_cache before prepare");
   pool_.reset();
-  pool_.emplace(config(), num_blocks, block_size_);
+  pool_.emplace(config(), num_blocks, block_size_, model_->kv_heads());
+  for (auto& rank : ranks_) rank->allocate(num_blocks, block_size_);
+}
+
+std::string CpuRunner::device_fault() {
+  return group_ ? group_->abort_reason() : std::string();
+}
+
+// What the forward and the sampling below would refuse, refused before any rank starts: once
+// they run, a rank that stops early would leave the others waiting in a collective, so a failure
+// there aborts the group.
+void CpuRunner::validate(const StepInput& step) const {
+  const int64_t vocab = config().vocab_size;
+  for (const StepSequence& seq : step.sequences) {
+    for (const int32_t t : seq.tokens)
+      if (t < 0 || t >= vocab)
+        throw Error("CpuRunner: token id " + std::to_string(t) + " outside the vocabulary of " +
+                    std::to_string(vocab));
+    for (const int32_t b : seq.block_table)
+      if (b < 0 || b >= pool_->num_blocks)
+        throw Error("CpuRunner: block " + std::to_string(b) + " outside a pool of " +
+                    std::to_string(pool_->num_blocks) + " blocks");
+    if (!seq.prompt_logprob_targets.empty() &&
+        (!seq.prompt_logprobs_out || seq.prompt_logprobs_row < 0 ||
+         static_cast<size_t>(seq.prompt_logprobs_row) + seq.prompt_logprob_targets.size() >
+             seq.tokens.size()))
+      throw Error("CpuRunner: prompt logprobs past the chunk");
+    if (seq.sample && !seq.sampling.allowed_tokens.empty())
+      throw Error("CpuRunner: masks come through StepSequence::fill_allowed_tokens");
+  }
 }
 
 std::vector<SampledToken> CpuRunner::execute(const StepInput& step) {
   if (!pool_) throw Error("CpuRunner: execute before allocate_kv_cache");
+  if (const std::string fault = device_fault(); !fault.empty())
+    throw Error("CpuRunner: a tensor-parallel rank failed earlier (" + fault + ")");
+  validate(step);
   const int64_t vocab = config().vocab_size;
   std::vector<float> last_rows;
   std::vector<SamplingRow> rows;
-  std::vector<std::vector<uint32_t>> masks;  // filled masks, one per constrained row
-  masks.reserve(step.sequences.size());
-  for (const StepSequence& seq : step.sequences) {
-    CpuPagedKvView kv(*pool_, seq.block_table);
-    const std::vector<float> logits = model_->extend(kv, seq.start_position, seq.tokens);
-    for (size_t i = 0; i < seq.prompt_logprob_targets.size(); ++i) {
-      const size_t row = static_cast<size_t>(seq.prompt_logprobs_row) + i;
-      if (row >= seq.tokens.size() || !seq.prompt_logprobs_out)
-        throw Error("CpuRunner: prompt logprobs past the chunk");
-      seq.prompt_logprobs_out->push_back(
-          prompt_logprob_on_cpu(std::span<const float>(logits).subspan(
-                                    row * static_cast<size_t>(vocab), static_cast<size_t>(vocab)),
-                                seq.prompt_logprob_targets[i], seq.prompt_logprobs));
+  for (auto& rank : ranks_) rank->start(step);
+  try {
+    for (const StepSequence& seq : step.sequences) {
+      CpuPagedKvView kv(*pool_, seq.block_table);
+      const std::vector<float> logits = model_->extend(kv, seq.start_position, seq.tokens);
+      for (size_t i = 0; i < seq.prompt_logprob_targets.size(); ++i) {
+        const size_t row = static_cast<size_t>(seq.prompt_logprobs_row) + i;
+        seq.prompt_logprobs_out->push_back(
+            prompt_logprob_on_cpu(std::span<const float>(logits).subspan(
+                                      row * static_cast<size_t>(vocab), static_cast<size_t>(vocab)),
+                                  seq.prompt_logprob_targets[i], seq.prompt_logprobs));
+      }
+      if (!seq.sample) continue;
+      last_rows.insert(last_rows.end(), logits.end() - vocab, logits.end());
+      rows.push_back(seq.sampling);
     }
+  } catch (const std::exception& e) {
+    if (group_) group_->abort(std::string("rank 0: ") + e.what());
+    for (auto& rank : ranks_) rank->wait();
+    throw;
+  }
+  for (auto& rank : ranks_) rank->wait();
+  if (const std::string fault = device_fault(); !fault.empty())
+    throw Error("tensor-parallel step failed: " + fault);
+  if (rows.empty()) return {};
+  // Structured outputs' masks, filled once every rank is done (a grammar error fails the step,
+  // not the group).
+  std::vector<std::vector<uint32_t>> masks;
+  masks.reserve(rows.size());
+  size_t row = 0;
+  for (const StepSequence& seq : step.sequences) {
     if (!seq.sample) continue;
-    last_rows.insert(last_rows.end(), logits.end() - vocab, logits.end());
-    if (!seq.sampling.allowed_tokens.empty())
-      throw Error("CpuRunner: masks come through StepSequence::fill_allowed_tokens");
-    rows.push_back(seq.sampling);
     if (seq.fill_allowed_tokens) {
       masks.emplace_back(static_cast<size_t>((vocab + 31) / 32));
       seq.fill_allowed_tokens(masks.back());
-      rows.back().allowed_tokens = masks.back();
+      rows[row].allowed_tokens = masks.back();
     }
+    ++row;
   }
-  if (rows.empty()) return {};
   return sample_on_cpu(last_rows, vocab, rows);
 }
 

@@ -99,11 +99,12 @@ class ContiguousKv final : public CpuKvCache {
 
 }  // namespace
 
-CpuKvPool::CpuKvPool(const ModelConfig& config, int64_t blocks, int64_t block_tokens)
+CpuKvPool::CpuKvPool(const ModelConfig& config, int64_t blocks, int64_t block_tokens,
+                     int64_t kv_heads)
     : num_layers(config.num_layers),
       num_blocks(blocks),
       block_size(block_tokens),
-      row_size(config.num_kv_heads * config.head_dim) {
+      row_size((kv_heads > 0 ? kv_heads : config.num_kv_heads) * config.head_dim) {
   if (blocks < 1 || block_tokens < 1)
     throw Error("CpuKvPool: needs at least one block of at least one token");
   const auto size = static_cast<size_t>(num_layers * num_blocks * block_size * row_size);

@@ -44,7 +44,9 @@ struct CpuSequenceState {
 // [layers][num_blocks][block_size][kv_heads * head_dim] floats. Filled with NaN at first, so a
 // read of a slot nobody wrote poisons the logits instead of passing unnoticed.
 struct CpuKvPool {
-  CpuKvPool(const ModelConfig& config, int64_t num_blocks, int64_t block_size);
+  // `kv_heads`: the KV heads a tensor-parallel rank keeps (0: the model's).
+  CpuKvPool(const ModelConfig& config, int64_t num_blocks, int64_t block_size,
+            int64_t kv_heads = 0);
 
   int64_t num_layers = 0, num_blocks = 0, block_size = 0, row_size = 0;
   std::vector<float> keys, values;
@@ -82,6 +84,8 @@ class CpuModel {
   CpuModel(const std::filesystem::path& folder, const TpShard& shard, Communicator& comm);
 
   const ModelConfig& config() const { return config_; }
+  // The KV heads this model keeps (a tensor-parallel rank's, else the config's).
+  int64_t kv_heads() const { return kv_heads_; }
 
   // Runs `tokens` at positions state.length, state.length + 1, ... attending to everything
   // cached before them (prefill of a prompt or a chunk of it, or one decode step), appends

@@ -7,9 +7,34 @@
 
 namespace l2kv {
 
-LocalGroup::LocalGroup(int32_t size)
-    : size_(size), barrier_(size), buffers_(static_cast<size_t>(size)) {
+LocalGroup::LocalGroup(int32_t size) : size_(size), buffers_(static_cast<size_t>(size)) {
   if (size < 1) throw Error("LocalGroup: needs at least one rank, got " + std::to_string(size));
+}
+
+void LocalGroup::abort(const std::string& reason) {
+  {
+    std::lock_guard lock(mutex_);
+    if (abort_reason_.empty()) abort_reason_ = reason.empty() ? "aborted" : reason;
+  }
+  arrived_.notify_all();
+}
+
+std::string LocalGroup::abort_reason() const {
+  std::lock_guard lock(mutex_);
+  return abort_reason_;
+}
+
+void LocalGroup::arrive_and_wait() {
+  std::unique_lock lock(mutex_);
+  const int64_t generation = generation_;
+  if (++waiting_ == size_) {
+    waiting_ = 0;
+    ++generation_;
+    arrived_.notify_all();
+  } else {
+    arrived_.wait(lock, [&] { return generation_ != generation || !abort_reason_.empty(); });
+  }
+  if (!abort_reason_.empty()) throw Error("tensor-parallel group aborted: " + abort_reason_);
 }
 
 LocalCommunicator::LocalCommunicator(std::shared_ptr<LocalGroup> group, int32_t rank)
@@ -21,7 +46,7 @@ LocalCommunicator::LocalCommunicator(std::shared_ptr<LocalGroup> group, int32_t 
 void LocalCommunicator::all_reduce_sum(std::span<float> data) {
   LocalGroup& g = *group_;
   g.buffers_[static_cast<size_t>(rank_)] = data;
-  g.barrier_.arrive_and_wait();  // every rank's buffer is published
+  g.arrive_and_wait();  // every rank's buffer is published
   bool same_length = true;
   for (const std::span<float>& b : g.buffers_) same_length &= b.size() == data.size();
   if (same_length) {
@@ -30,7 +55,7 @@ void LocalCommunicator::all_reduce_sum(std::span<float> data) {
     for (size_t r = 1; r < g.buffers_.size(); ++r)
       for (size_t i = 0; i < sum_.size(); ++i) sum_[i] += g.buffers_[r][i];
   }
-  g.barrier_.arrive_and_wait();  // every rank has read every buffer
+  g.arrive_and_wait();  // every rank has read every buffer
   if (!same_length)
     throw Error("all_reduce_sum: the ranks' buffers differ in length (rank " +
                 std::to_string(rank_) + " has " + std::to_string(data.size()) + ")");

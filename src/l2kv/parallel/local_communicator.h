@@ -3,10 +3,12 @@
 // LocalCommunicator; a collective returns once every rank has called it.
 #pragma once
 
-#include <barrier>
+#include <condition_variable>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "l2kv/parallel/communicator.h"
@@ -17,11 +19,22 @@ class LocalGroup {
  public:
   explicit LocalGroup(int32_t size);
   int32_t size() const { return size_; }
+  // Ends the group: every rank waiting in a collective, and every later collective, throws
+  // l2kv::Error with `reason`, so a rank that fails cannot leave the others waiting forever.
+  void abort(const std::string& reason);
+  // Empty until abort().
+  std::string abort_reason() const;
 
  private:
   friend class LocalCommunicator;
+  // Returns once all ranks have arrived (or throws once the group is aborted).
+  void arrive_and_wait();
   int32_t size_;
-  std::barrier<> barrier_;
+  mutable std::mutex mutex_;
+  std::condition_variable arrived_;
+  int32_t waiting_ = 0;
+  int64_t generation_ = 0;
+  std::string abort_reason_;
   std::vector<std::span<float>> buffers_;  // each rank's, published for the collective
 };
 
@@ -30,7 +43,8 @@ class LocalCommunicator final : public Communicator {
   LocalCommunicator(std::shared_ptr<LocalGroup> group, int32_t rank);
   int32_t rank() const override { return rank_; }
   int32_t size() const override { return group_->size(); }
-  // Throws l2kv::Error when the ranks' lengths differ (every rank throws).
+  // Throws l2kv::Error when the ranks' lengths differ (every rank throws) or the group was
+  // aborted.
   void all_reduce_sum(std::span<float> data) override;
 
  private:
