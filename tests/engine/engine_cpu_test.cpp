@@ -199,6 +199,22 @@ TEST(EngineTensorParallel, ShardedRunnerGivesTransformersTokensThroughPreemption
   EXPECT_THROW(CpuRunner(kFixtures / "llama3-gqa", 3), Error) << "4 heads over 3 ranks";
 }
 
+// A split model whose checkpoint cannot load ends the runner's construction with the
+// checkpoint's error (and no rank thread is left waiting: the test would hang).
+TEST(EngineTensorParallel, ARankFailingToLoadEndsEveryRank) {
+  const fs::path dir = fs::path(::testing::TempDir()) / "l2kv_tp_no_weights";
+  fs::create_directories(dir);
+  fs::copy_file(kFixtures / "llama3-gqa" / "config.json", dir / "config.json",
+                fs::copy_options::overwrite_existing);
+  try {
+    CpuRunner runner(dir, 2);
+    ADD_FAILURE() << "a checkpoint without weights loaded";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("safetensors"), std::string::npos) << e.what();
+  }
+  fs::remove_all(dir);
+}
+
 // head_dim 128 (the benchmarked models' head size) and an 1100-token prompt, prefilled in
 // chunks of 256 tokens beside the other requests' decode steps.
 TEST(Engine, HeadDim128AndALongChunkedPromptMatchTransformers) {
