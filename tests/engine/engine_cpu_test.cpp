@@ -16,6 +16,8 @@
 #include "l2kv/engine/cpu_runner.h"
 #include "l2kv/engine/engine.h"
 #include "l2kv/engine/stop_checker.h"
+#include "l2kv/parallel/local_communicator.h"
+#include "l2kv/parallel/tensor_parallel.h"
 #include "l2kv/tokenizer/tokenizer.h"
 
 namespace l2kv {
@@ -200,8 +202,9 @@ TEST(EngineTensorParallel, ShardedRunnerGivesTransformersTokensThroughPreemption
 }
 
 // A split model whose checkpoint cannot load ends the runner's construction with the
-// checkpoint's error (and no rank thread is left waiting: the test would hang).
-TEST(EngineTensorParallel, ARankFailingToLoadEndsEveryRank) {
+// checkpoint's error; a rank's model handed to a runner alone (whose forwards would wait for
+// ranks that do not exist) is refused.
+TEST(EngineTensorParallel, LoadFailuresAndLoneRanksAreRefused) {
   const fs::path dir = fs::path(::testing::TempDir()) / "l2kv_tp_no_weights";
   fs::create_directories(dir);
   fs::copy_file(kFixtures / "llama3-gqa" / "config.json", dir / "config.json",
@@ -213,6 +216,11 @@ TEST(EngineTensorParallel, ARankFailingToLoadEndsEveryRank) {
     EXPECT_NE(std::string(e.what()).find("safetensors"), std::string::npos) << e.what();
   }
   fs::remove_all(dir);
+  const fs::path folder = kFixtures / "llama3-gqa";
+  LocalCommunicator comm(std::make_shared<LocalGroup>(2), 0);
+  auto rank0 = std::make_shared<const CpuModel>(
+      folder, tp_shard(ModelConfig::from_folder(folder), 0, 2), comm);
+  EXPECT_THROW(CpuRunner{rank0}, Error);
 }
 
 // head_dim 128 (the benchmarked models' head size) and an 1100-token prompt, prefilled in

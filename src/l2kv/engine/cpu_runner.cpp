@@ -10,6 +10,20 @@
 #include "l2kv/parallel/tensor_parallel.h"
 
 namespace l2kv {
+namespace {
+
+// What the exception in flight says (inside a catch block).
+std::string describe_current_exception() {
+  try {
+    throw;
+  } catch (const std::exception& e) {
+    return e.what();
+  } catch (...) {
+    return "an exception that is not a std::exception";
+  }
+}
+
+}  // namespace
 
 // One of ranks 1 .. N - 1: waits for a step, runs it, reports back. Its forwards meet rank 0's
 // in the collectives, so a step ends on every rank together (or the group is aborted).
@@ -60,8 +74,8 @@ class CpuRunner::Rank {
           CpuPagedKvView kv(*pool_, seq.block_table);
           model_.extend(kv, seq.start_position, seq.tokens);
         }
-      } catch (const std::exception& e) {
-        group_->abort("rank " + std::to_string(comm_.rank()) + ": " + e.what());
+      } catch (...) {
+        group_->abort("rank " + std::to_string(comm_.rank()) + ": " + describe_current_exception());
       }
       {
         std::lock_guard lock(mutex_);
@@ -85,6 +99,8 @@ class CpuRunner::Rank {
 
 CpuRunner::CpuRunner(std::shared_ptr<const CpuModel> model) : model_(std::move(model)) {
   if (!model_) throw Error("CpuRunner: no model");
+  if (model_->tensor_parallel())
+    throw Error("CpuRunner: a tensor-parallel rank's model runs only in CpuRunner(folder, N)");
 }
 
 CpuRunner::CpuRunner(const std::filesystem::path& model_folder, int32_t tensor_parallel_size) {
@@ -93,11 +109,10 @@ CpuRunner::CpuRunner(const std::filesystem::path& model_folder, int32_t tensor_p
     return;
   }
   const ModelConfig config = ModelConfig::from_folder(model_folder);
-  tp_shard(config, 0, tensor_parallel_size);  // refuses a split before anything loads
+  const TpShard first = tp_shard(config, 0, tensor_parallel_size);  // refuses a bad split first
   group_ = std::make_shared<LocalGroup>(tensor_parallel_size);
   comm_ = std::make_unique<LocalCommunicator>(group_, 0);
-  model_ = std::make_shared<const CpuModel>(model_folder, tp_shard(config, 0, tensor_parallel_size),
-                                            *comm_);
+  model_ = std::make_shared<const CpuModel>(model_folder, first, *comm_);
   for (int32_t r = 1; r < tensor_parallel_size; ++r)
     ranks_.push_back(
         std::make_unique<Rank>(model_folder, tp_shard(config, r, tensor_parallel_size), group_));
@@ -153,11 +168,22 @@ void CpuRunner::validate(const StepInput& step) const {
       if (b < 0 || b >= pool_->num_blocks)
         throw Error("CpuRunner: block " + std::to_string(b) + " outside a pool of " +
                     std::to_string(pool_->num_blocks) + " blocks");
+    if (seq.tokens.empty() || seq.start_position < 0)
+      throw Error("CpuRunner: a sequence with no new tokens or a negative start position");
+    const int64_t needed = seq.start_position + static_cast<int64_t>(seq.tokens.size());
+    const int64_t covered = static_cast<int64_t>(seq.block_table.size()) * pool_->block_size;
+    if (needed > covered)
+      throw Error("CpuRunner: the block table covers " + std::to_string(covered) +
+                  " positions, the step needs " + std::to_string(needed));
     if (!seq.prompt_logprob_targets.empty() &&
         (!seq.prompt_logprobs_out || seq.prompt_logprobs_row < 0 ||
          static_cast<size_t>(seq.prompt_logprobs_row) + seq.prompt_logprob_targets.size() >
              seq.tokens.size()))
       throw Error("CpuRunner: prompt logprobs past the chunk");
+    for (const int32_t t : seq.prompt_logprob_targets)
+      if (t < 0 || t >= vocab)
+        throw Error("CpuRunner: prompt logprob target " + std::to_string(t) +
+                    " outside the vocabulary of " + std::to_string(vocab));
     if (seq.sample && !seq.sampling.allowed_tokens.empty())
       throw Error("CpuRunner: masks come through StepSequence::fill_allowed_tokens");
   }
@@ -187,8 +213,8 @@ std::vector<SampledToken> CpuRunner::execute(const StepInput& step) {
       last_rows.insert(last_rows.end(), logits.end() - vocab, logits.end());
       rows.push_back(seq.sampling);
     }
-  } catch (const std::exception& e) {
-    if (group_) group_->abort(std::string("rank 0: ") + e.what());
+  } catch (...) {
+    if (group_) group_->abort("rank 0: " + describe_current_exception());
     for (auto& rank : ranks_) rank->wait();
     throw;
   }

@@ -31,6 +31,7 @@ class CpuRunner final : public ModelRunner {
   // Host memory prepare() may offer the pool at memory_utilization 1.
   static constexpr int64_t kHostKvBudgetBytes = int64_t{1} << 30;
 
+  // A whole model (a tensor-parallel rank's is refused: its forwards need the other ranks).
   explicit CpuRunner(std::shared_ptr<const CpuModel> model);
   // `tensor_parallel_size` ranks (1: the whole model in this thread); throws l2kv::Error for a
   // split tp_shard() refuses.
@@ -46,6 +47,8 @@ class CpuRunner final : public ModelRunner {
   std::string device_fault() override;
   bool supports_prompt_logprobs() const override { return true; }
 
+  // Rank 0's model: the whole model, or with tensor parallelism rank 0's part, whose forwards
+  // are collectives (calling one outside execute() would wait for the other ranks forever).
   const CpuModel& model() const { return *model_; }
   int32_t tensor_parallel_size() const { return 1 + static_cast<int32_t>(ranks_.size()); }
 

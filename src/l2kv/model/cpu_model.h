@@ -86,6 +86,8 @@ class CpuModel {
   const ModelConfig& config() const { return config_; }
   // The KV heads this model keeps (a tensor-parallel rank's, else the config's).
   int64_t kv_heads() const { return kv_heads_; }
+  // True for one rank of a tensor-parallel model (its forwards are collectives).
+  bool tensor_parallel() const { return comm_ != nullptr; }
 
   // Runs `tokens` at positions state.length, state.length + 1, ... attending to everything
   // cached before them (prefill of a prompt or a chunk of it, or one decode step), appends

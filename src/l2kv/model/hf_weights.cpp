@@ -27,6 +27,8 @@ HfGlobalWeights load_hf_global_weights(const Checkpoint& checkpoint, const Model
 
 HfLayerWeights load_hf_layer_weights(const Checkpoint& checkpoint, const ModelConfig& c,
                                      int64_t layer, Fp8Projections fp8, const TpShard* shard) {
+  if (shard != nullptr && (c.num_experts > 0 || c.gemma))
+    throw Error(c.architecture + ": tensor-parallel loading covers dense models only");
   const int64_t D = c.head_dim, q_dim = c.num_q_heads * D, kv_dim = c.num_kv_heads * D;
   const std::string p = "model.layers." + std::to_string(layer) + ".";
   auto load = [&](const std::string& name, std::vector<int64_t> shape) {
@@ -109,8 +111,6 @@ HfLayerWeights load_hf_layer_weights(const Checkpoint& checkpoint, const ModelCo
     w.q_norm = load("self_attn.q_norm.weight", {c.head_dim});
     w.k_norm = load("self_attn.k_norm.weight", {c.head_dim});
   }
-  if (shard != nullptr && (c.num_experts > 0 || c.gemma))
-    throw Error(c.architecture + ": tensor-parallel loading covers dense models only");
   if (c.num_experts > 0) {
     const bool mixtral = c.architecture == "MixtralForCausalLM";
     const std::string moe = mixtral ? "block_sparse_moe." : "mlp.";

@@ -24,17 +24,21 @@ std::string LocalGroup::abort_reason() const {
   return abort_reason_;
 }
 
-void LocalGroup::arrive_and_wait() {
+void LocalGroup::arrive_and_wait(bool abortable) {
   std::unique_lock lock(mutex_);
+  if (abortable && !abort_reason_.empty())
+    throw Error("tensor-parallel group aborted: " + abort_reason_);
   const int64_t generation = generation_;
   if (++waiting_ == size_) {
     waiting_ = 0;
     ++generation_;
     arrived_.notify_all();
-  } else {
-    arrived_.wait(lock, [&] { return generation_ != generation || !abort_reason_.empty(); });
+    return;
   }
-  if (!abort_reason_.empty()) throw Error("tensor-parallel group aborted: " + abort_reason_);
+  arrived_.wait(lock,
+                [&] { return generation_ != generation || (abortable && !abort_reason_.empty()); });
+  if (generation_ == generation)  // aborted before every rank arrived
+    throw Error("tensor-parallel group aborted: " + abort_reason_);
 }
 
 LocalCommunicator::LocalCommunicator(std::shared_ptr<LocalGroup> group, int32_t rank)
@@ -45,17 +49,21 @@ LocalCommunicator::LocalCommunicator(std::shared_ptr<LocalGroup> group, int32_t 
 
 void LocalCommunicator::all_reduce_sum(std::span<float> data) {
   LocalGroup& g = *group_;
+  sum_.resize(data.size());  // may throw: before this rank's buffer is anyone's to read
   g.buffers_[static_cast<size_t>(rank_)] = data;
-  g.arrive_and_wait();  // every rank's buffer is published
+  g.arrive_and_wait(/*abortable=*/true);  // every rank's buffer is published
+  // Until the next barrier every rank reads the others' buffers, so nothing here may throw (a
+  // rank leaving early would free a buffer another still reads), and that barrier waits for
+  // every rank even if the group is aborted meanwhile.
   bool same_length = true;
   for (const std::span<float>& b : g.buffers_) same_length &= b.size() == data.size();
   if (same_length) {
     // Each rank sums every buffer in rank order into its own scratch: all read, none writes yet.
-    sum_.assign(g.buffers_[0].begin(), g.buffers_[0].end());
+    std::copy(g.buffers_[0].begin(), g.buffers_[0].end(), sum_.begin());
     for (size_t r = 1; r < g.buffers_.size(); ++r)
       for (size_t i = 0; i < sum_.size(); ++i) sum_[i] += g.buffers_[r][i];
   }
-  g.arrive_and_wait();  // every rank has read every buffer
+  g.arrive_and_wait(/*abortable=*/false);  // every rank has read every buffer
   if (!same_length)
     throw Error("all_reduce_sum: the ranks' buffers differ in length (rank " +
                 std::to_string(rank_) + " has " + std::to_string(data.size()) + ")");

@@ -27,8 +27,10 @@ class LocalGroup {
 
  private:
   friend class LocalCommunicator;
-  // Returns once all ranks have arrived (or throws once the group is aborted).
-  void arrive_and_wait();
+  // Returns once all ranks have arrived. With `abortable`, throws instead once the group is
+  // aborted; without, it waits for every rank whatever happens (for a phase every rank is sure
+  // to finish: nothing in it throws).
+  void arrive_and_wait(bool abortable);
   int32_t size_;
   mutable std::mutex mutex_;
   std::condition_variable arrived_;
@@ -50,7 +52,7 @@ class LocalCommunicator final : public Communicator {
  private:
   std::shared_ptr<LocalGroup> group_;
   int32_t rank_;
-  std::vector<float> sum_;
+  std::vector<float> sum_;  // sized before the rank publishes its buffer
 };
 
 }  // namespace l2kv
