@@ -22,6 +22,7 @@
 #include "l2kv/model/model_config.h"
 #include "l2kv/model/safetensors.h"
 #include "l2kv/parallel/local_communicator.h"
+#include "model/tiny_checkpoint.h"
 
 namespace l2kv {
 namespace {
@@ -281,6 +282,39 @@ INSTANTIATE_TEST_SUITE_P(DenseFixtures, TensorParallelCpu,
                            std::replace(name.begin(), name.end(), '-', '_');
                            return name;
                          });
+
+// A tiny Qwen3 with fp8 weights (per-channel and per-tensor scales), 8 q heads over 2 KV heads
+// and an odd vocabulary: at 2 ranks each rank holds one KV head for four q heads, at 4 ranks two
+// ranks share each KV head, and the 41 logits split 10 / 10 / 10 / 11.
+TEST(TensorParallelCpu, Fp8WeightsSharedKvHeadsAndAnUnevenVocabulary) {
+  const testing::TinyQwen3 m = testing::tiny_qwen3(31, 32, 8, 2, 8, 2, 41, 48);
+  const fs::path dir = fs::path(::testing::TempDir()) / "l2kv_tp_tiny_fp8";
+  const std::vector<std::vector<int32_t>> steps = {{1, 5, 9, 15, 0, 3, 3, 12, 7, 40}, {17}, {33}};
+  for (const bool per_channel : {true, false}) {
+    SCOPED_TRACE(per_channel ? "per-channel scales" : "per-tensor scale");
+    const testing::Fp8Twins t = testing::fp8_twins(m.config, m.tensors, per_channel);
+    testing::write_tiny_checkpoint(dir, t.config, t.quantized);
+    const CpuModel whole(dir);
+    ASSERT_TRUE(whole.config().fp8_weights);
+    std::vector<std::vector<float>> want;
+    CpuSequenceState state;
+    for (const auto& tokens : steps) want.push_back(whole.extend(state, tokens));
+    for (const int32_t size : {2, 4}) {
+      const auto got = sharded_logits(dir, size, steps);
+      for (size_t s = 0; s < want.size(); ++s) {
+        ASSERT_EQ(got[0][s].size(), want[s].size());
+        float scale = 0.f, worst = 0.f;
+        for (size_t i = 0; i < want[s].size(); ++i) {
+          scale = std::max(scale, std::fabs(want[s][i]));
+          worst = std::max(worst, std::fabs(got[0][s][i] - want[s][i]));
+        }
+        EXPECT_LE(worst, 2e-5f * std::max(scale, 1.f))
+            << size << " ranks, step " << s << " (logit scale " << scale << ")";
+      }
+    }
+  }
+  fs::remove_all(dir);
+}
 
 TEST(TensorParallelCpu, GemmaIsRefusedWithItsName) {
   const fs::path folder = kFixtures / "gemma3-sliding";
