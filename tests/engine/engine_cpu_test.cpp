@@ -17,7 +17,6 @@
 #include "l2kv/engine/engine.h"
 #include "l2kv/engine/stop_checker.h"
 #include "l2kv/parallel/local_communicator.h"
-#include "l2kv/parallel/tensor_parallel.h"
 #include "l2kv/tokenizer/tokenizer.h"
 
 namespace l2kv {
@@ -216,10 +215,8 @@ TEST(EngineTensorParallel, LoadFailuresAndLoneRanksAreRefused) {
     EXPECT_NE(std::string(e.what()).find("safetensors"), std::string::npos) << e.what();
   }
   fs::remove_all(dir);
-  const fs::path folder = kFixtures / "llama3-gqa";
   LocalCommunicator comm(std::make_shared<LocalGroup>(2), 0);
-  auto rank0 = std::make_shared<const CpuModel>(
-      folder, tp_shard(ModelConfig::from_folder(folder), 0, 2), comm);
+  auto rank0 = std::make_shared<const CpuModel>(kFixtures / "llama3-gqa", comm);
   EXPECT_THROW(CpuRunner{rank0}, Error);
 }
 

@@ -216,12 +216,11 @@ std::vector<std::vector<std::vector<float>>> sharded_logits(
   std::vector<std::vector<std::vector<float>>> out(static_cast<size_t>(size));
   std::vector<std::string> errors(static_cast<size_t>(size));
   std::vector<std::thread> threads;
-  const ModelConfig c = ModelConfig::from_folder(folder);
   for (int32_t r = 0; r < size; ++r)
     threads.emplace_back([&, r] {
       try {
         LocalCommunicator comm(group, r);
-        const CpuModel model(folder, tp_shard(c, r, size), comm);
+        const CpuModel model(folder, comm);
         CpuSequenceState state;
         for (const auto& tokens : steps)
           out[static_cast<size_t>(r)].push_back(model.extend(state, tokens));
@@ -232,6 +231,24 @@ std::vector<std::vector<std::vector<float>>> sharded_logits(
   for (std::thread& t : threads) t.join();
   for (const std::string& e : errors) EXPECT_EQ(e, "");
   return out;
+}
+
+// Rank 0's logits of each step against the whole model's. Only the order of float32 sums differs
+// (per rank, then across ranks): a few ulps of the logits' scale. A wrong slice or a missing
+// partial sum moves logits by O(1).
+void expect_whole_model_logits(const std::vector<std::vector<float>>& got,
+                               const std::vector<std::vector<float>>& want) {
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t s = 0; s < want.size(); ++s) {
+    ASSERT_EQ(got[s].size(), want[s].size());
+    float scale = 0.f, worst = 0.f;
+    for (size_t i = 0; i < want[s].size(); ++i) {
+      scale = std::max(scale, std::fabs(want[s][i]));
+      worst = std::max(worst, std::fabs(got[s][i] - want[s][i]));
+    }
+    EXPECT_LE(worst, 2e-5f * std::max(scale, 1.f))
+        << "step " << s << " (logit scale " << scale << ")";
+  }
 }
 
 class TensorParallelCpu : public ::testing::TestWithParam<std::string> {};
@@ -259,18 +276,7 @@ TEST_P(TensorParallelCpu, ShardedForwardMatchesTheWholeModel) {
       ASSERT_EQ(got[static_cast<size_t>(r)].size(), want.size());
       EXPECT_EQ(got[static_cast<size_t>(r)], got[0]) << "rank " << r << " differs from rank 0";
     }
-    for (size_t s = 0; s < want.size(); ++s) {
-      ASSERT_EQ(got[0][s].size(), want[s].size());
-      // Only the order of float32 sums differs (per rank, then across ranks): a few ulps of the
-      // logits' scale. A wrong slice or a missing partial sum moves logits by O(1).
-      float scale = 0.f, worst = 0.f;
-      for (size_t i = 0; i < want[s].size(); ++i) {
-        scale = std::max(scale, std::fabs(want[s][i]));
-        worst = std::max(worst, std::fabs(got[0][s][i] - want[s][i]));
-      }
-      EXPECT_LE(worst, 2e-5f * std::max(scale, 1.f))
-          << "step " << s << " (logit scale " << scale << ")";
-    }
+    expect_whole_model_logits(got[0], want);
   }
 }
 
@@ -300,17 +306,8 @@ TEST(TensorParallelCpu, Fp8WeightsSharedKvHeadsAndAnUnevenVocabulary) {
     CpuSequenceState state;
     for (const auto& tokens : steps) want.push_back(whole.extend(state, tokens));
     for (const int32_t size : {2, 4}) {
-      const auto got = sharded_logits(dir, size, steps);
-      for (size_t s = 0; s < want.size(); ++s) {
-        ASSERT_EQ(got[0][s].size(), want[s].size());
-        float scale = 0.f, worst = 0.f;
-        for (size_t i = 0; i < want[s].size(); ++i) {
-          scale = std::max(scale, std::fabs(want[s][i]));
-          worst = std::max(worst, std::fabs(got[0][s][i] - want[s][i]));
-        }
-        EXPECT_LE(worst, 2e-5f * std::max(scale, 1.f))
-            << size << " ranks, step " << s << " (logit scale " << scale << ")";
-      }
+      SCOPED_TRACE(std::to_string(size) + " ranks");
+      expect_whole_model_logits(sharded_logits(dir, size, steps)[0], want);
     }
   }
   fs::remove_all(dir);

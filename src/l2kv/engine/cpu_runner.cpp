@@ -7,7 +7,6 @@
 #include <thread>
 
 #include "l2kv/core/error.h"
-#include "l2kv/parallel/tensor_parallel.h"
 
 namespace l2kv {
 namespace {
@@ -29,8 +28,8 @@ std::string describe_current_exception() {
 // in the collectives, so a step ends on every rank together (or the group is aborted).
 class CpuRunner::Rank {
  public:
-  Rank(const std::filesystem::path& folder, const TpShard& shard, std::shared_ptr<LocalGroup> group)
-      : group_(std::move(group)), comm_(group_, shard.rank), model_(folder, shard, comm_) {
+  Rank(const std::filesystem::path& folder, std::shared_ptr<LocalGroup> group, int32_t rank)
+      : group_(std::move(group)), comm_(group_, rank), model_(folder, comm_) {
     thread_ = std::thread([this] { loop(); });
   }
   ~Rank() {
@@ -41,7 +40,6 @@ class CpuRunner::Rank {
     wake_.notify_all();
     thread_.join();
   }
-  const CpuModel& model() const { return model_; }
   void allocate(int32_t num_blocks, int32_t block_size) {
     pool_.reset();
     pool_.emplace(model_.config(), num_blocks, block_size, model_.kv_heads());
@@ -108,14 +106,12 @@ CpuRunner::CpuRunner(const std::filesystem::path& model_folder, int32_t tensor_p
     model_ = std::make_shared<const CpuModel>(model_folder);
     return;
   }
-  const ModelConfig config = ModelConfig::from_folder(model_folder);
-  const TpShard first = tp_shard(config, 0, tensor_parallel_size);  // refuses a bad split first
   group_ = std::make_shared<LocalGroup>(tensor_parallel_size);
   comm_ = std::make_unique<LocalCommunicator>(group_, 0);
-  model_ = std::make_shared<const CpuModel>(model_folder, first, *comm_);
+  // Rank 0 first: a split the model does not have is refused before anything is read.
+  model_ = std::make_shared<const CpuModel>(model_folder, *comm_);
   for (int32_t r = 1; r < tensor_parallel_size; ++r)
-    ranks_.push_back(
-        std::make_unique<Rank>(model_folder, tp_shard(config, r, tensor_parallel_size), group_));
+    ranks_.push_back(std::make_unique<Rank>(model_folder, group_, r));
 }
 
 CpuRunner::~CpuRunner() = default;

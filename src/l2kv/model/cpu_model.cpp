@@ -146,25 +146,20 @@ float* CpuPagedKvView::value(int64_t layer, int64_t position) {
   return pool_.values.data() + offset(layer, position);
 }
 
-CpuModel::CpuModel(const std::filesystem::path& folder) : CpuModel(folder, nullptr, nullptr) {}
+CpuModel::CpuModel(const std::filesystem::path& folder) : CpuModel(folder, nullptr) {}
 
-CpuModel::CpuModel(const std::filesystem::path& folder, const TpShard& shard, Communicator& comm)
-    : CpuModel(folder, &shard, &comm) {}
+CpuModel::CpuModel(const std::filesystem::path& folder, Communicator& comm)
+    : CpuModel(folder, &comm) {}
 
-CpuModel::CpuModel(const std::filesystem::path& folder, const TpShard* shard, Communicator* comm)
+CpuModel::CpuModel(const std::filesystem::path& folder, Communicator* comm)
     : config_(ModelConfig::from_folder(folder)), comm_(comm) {
   const ModelConfig& c = config_;
   q_heads_ = c.num_q_heads, kv_heads_ = c.num_kv_heads, inter_ = c.intermediate_size;
   vocab_ = c.vocab_size;
-  if (shard != nullptr) {
-    const TpShard expected = tp_shard(c, shard->rank, shard->size);  // validates the split
-    if (shard->rank != comm->rank() || shard->size != comm->size())
-      throw Error("tensor parallelism: a shard of rank " + std::to_string(shard->rank) + " of " +
-                  std::to_string(shard->size) + " on a communicator's rank " +
-                  std::to_string(comm->rank()) + " of " + std::to_string(comm->size()));
-    shard_ = expected;
-    q_heads_ = expected.q_heads, kv_heads_ = expected.kv_heads, inter_ = expected.inter;
-    vocab_begin_ = expected.vocab_begin, vocab_ = expected.vocab;
+  if (comm != nullptr) {
+    shard_ = tp_shard(c, comm->rank(), comm->size());  // refuses a bad split before any read
+    q_heads_ = shard_->q_heads, kv_heads_ = shard_->kv_heads, inter_ = shard_->inter;
+    vocab_begin_ = shard_->vocab_begin, vocab_ = shard_->vocab;
   }
   const TpShard* slices = shard_ ? &*shard_ : nullptr;
   const Checkpoint ckpt(folder);

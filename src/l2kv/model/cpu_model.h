@@ -76,12 +76,13 @@ class CpuModel {
   // Loads config.json and the safetensors weights of `folder` (converted to float32).
   // Throws l2kv::Error naming the file and tensor for any missing or mis-shaped weight.
   explicit CpuModel(const std::filesystem::path& folder);
-  // One tensor-parallel rank of it: only `shard`'s slices are loaded, its KV holds only the
-  // shard's KV heads, and every forward is a collective over `comm` (the O and down projections'
-  // partial sums are all-reduced, the LM head's parts of the logits gathered), so each rank of
-  // `comm` must run the same calls with the same tokens; each returns the whole logits. `comm`
-  // must outlive the model. Throws l2kv::Error for a shard of another rank or size than `comm`.
-  CpuModel(const std::filesystem::path& folder, const TpShard& shard, Communicator& comm);
+  // Rank comm.rank() of comm.size() of it (tp_shard): only that shard's slices are loaded, its
+  // KV holds only the shard's KV heads, and every forward is a collective over `comm` (the O and
+  // down projections' partial sums are all-reduced, the LM head's parts of the logits gathered),
+  // so each rank of `comm` must run the same calls with the same tokens; each returns the whole
+  // logits. `comm` must outlive the model. Throws l2kv::Error, before reading any weight, for a
+  // split tp_shard() refuses.
+  CpuModel(const std::filesystem::path& folder, Communicator& comm);
 
   const ModelConfig& config() const { return config_; }
   // The KV heads this model keeps (a tensor-parallel rank's, else the config's).
@@ -109,7 +110,7 @@ class CpuModel {
  private:
   using Layer = HfLayerWeights;  // the checkpoint's float32 tensors, used as they are
   struct GraphOps;               // this backend's ops of decoder_graph.h
-  CpuModel(const std::filesystem::path& folder, const TpShard* shard, Communicator* comm);
+  CpuModel(const std::filesystem::path& folder, Communicator* comm);
   ModelConfig config_;
   // What this model computes: the whole model, or a tensor-parallel rank's part of it.
   std::optional<TpShard> shard_;

@@ -428,7 +428,7 @@ struct CudaModel::GraphOps {
   void rope_and_append_kv(int64_t l) {
     const ops::QkNorm qk_norm{w(l).q_norm.ptr, w(l).k_norm.ptr,
                               static_cast<float>(c().rms_norm_eps)};  // null pointers: none
-    // The projection's rows (and so qkv's columns and the bias) are in RoPE-pair order.
+    // The projection's rows (and so qkv's columns and the bias) are in paired order.
     constexpr bool kPairRows = true;
     if (step->calculate_kv_scales && !w(l).checkpoint_kv_scales)
       ops::calculate_kv_scales(ws().qkv.ptr, w(l).qkv_bias.ptr, step->positions, step->slots,

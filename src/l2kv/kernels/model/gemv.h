@@ -76,7 +76,8 @@ bool gemv_supports(int64_t rows, int64_t in, int64_t out, const void* x, const v
 // y[rows, out] = x[rows, in] * w[out, in]^T, both row-major in `dtype`; y in float32 when
 // `f32_out`, else in `dtype` (rounded to nearest). Launches one kernel on `stream`: no
 // allocation, no host synchronization (CUDA-graph capturable). Throws l2kv::Error before any
-// launch when gemv_supports() is false. With `pdl` the kernel is launched with programmatic
+// launch when gemv_supports() is false, or when a kRopeCache epilogue's cache (rope.kv.dtype) is
+// not in `dtype`. With `pdl` the kernel is launched with programmatic
 // dependent launch: its blocks start while the kernel ahead (which writes x) finishes, and wait
 // for that kernel before they read x or write y.
 // `fusion` adds the prologue and epilogue described above (16-bit y only).
