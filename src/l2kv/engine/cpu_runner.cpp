@@ -153,24 +153,13 @@ std::string CpuRunner::device_fault() {
 // What the forward and the sampling below would refuse, refused before any rank starts: once
 // they run, a rank that stops early would leave the others waiting in a collective, so a failure
 // there aborts the group.
-void CpuRunner::validate(const StepInput& step) const {
+void CpuRunner::validate(const StepInput& step) {
   const int64_t vocab = config().vocab_size;
   for (const StepSequence& seq : step.sequences) {
-    for (const int32_t t : seq.tokens)
-      if (t < 0 || t >= vocab)
-        throw Error("CpuRunner: token id " + std::to_string(t) + " outside the vocabulary of " +
-                    std::to_string(vocab));
-    for (const int32_t b : seq.block_table)
-      if (b < 0 || b >= pool_->num_blocks)
-        throw Error("CpuRunner: block " + std::to_string(b) + " outside a pool of " +
-                    std::to_string(pool_->num_blocks) + " blocks");
-    if (seq.tokens.empty() || seq.start_position < 0)
-      throw Error("CpuRunner: a sequence with no new tokens or a negative start position");
-    const int64_t needed = seq.start_position + static_cast<int64_t>(seq.tokens.size());
-    const int64_t covered = static_cast<int64_t>(seq.block_table.size()) * pool_->block_size;
-    if (needed > covered)
-      throw Error("CpuRunner: the block table covers " + std::to_string(covered) +
-                  " positions, the step needs " + std::to_string(needed));
+    // The forward's own checks: the chunk, the table's blocks and its reach.
+    model_->check_chunk(seq.start_position, seq.tokens);
+    CpuPagedKvView(*pool_, seq.block_table)
+        .reserve(seq.start_position + static_cast<int64_t>(seq.tokens.size()));
     if (!seq.prompt_logprob_targets.empty() &&
         (!seq.prompt_logprobs_out || seq.prompt_logprobs_row < 0 ||
          static_cast<size_t>(seq.prompt_logprobs_row) + seq.prompt_logprob_targets.size() >

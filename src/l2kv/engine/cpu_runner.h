@@ -54,7 +54,7 @@ class CpuRunner final : public ModelRunner {
 
  private:
   class Rank;  // a tensor-parallel rank other than 0: its model, pool and thread
-  void validate(const StepInput& step) const;
+  void validate(const StepInput& step);  // non-const: checks through a view of the pool
 
   std::shared_ptr<LocalGroup> group_;         // tensor parallelism only
   std::unique_ptr<LocalCommunicator> comm_;   // rank 0's

@@ -380,14 +380,18 @@ struct CpuModel::GraphOps {
   }
 };
 
-std::vector<float> CpuModel::extend(CpuKvCache& cache, int64_t start_position,
-                                    std::span<const int32_t> tokens) const {
+void CpuModel::check_chunk(int64_t start_position, std::span<const int32_t> tokens) const {
   if (tokens.empty()) throw Error("forward: empty sequence");
   if (start_position < 0) throw Error("forward: negative start position");
   for (int32_t t : tokens)
     if (t < 0 || t >= config_.vocab_size)
       throw Error("forward: token id " + std::to_string(t) + " outside the vocabulary of " +
                   std::to_string(config_.vocab_size));
+}
+
+std::vector<float> CpuModel::extend(CpuKvCache& cache, int64_t start_position,
+                                    std::span<const int32_t> tokens) const {
+  check_chunk(start_position, tokens);
   cache.reserve(start_position + static_cast<int64_t>(tokens.size()));
   GraphOps ops(*this, cache, start_position, tokens);
   run_decoder_graph(ops, config_.num_layers);

@@ -101,6 +101,10 @@ class CpuModel {
   std::vector<float> extend(CpuKvCache& cache, int64_t start_position,
                             std::span<const int32_t> tokens) const;
 
+  // What extend() refuses of a chunk (no tokens, a negative start, a token outside the
+  // vocabulary), as the l2kv::Error it throws; for callers that must refuse it before starting.
+  void check_chunk(int64_t start_position, std::span<const int32_t> tokens) const;
+
   // Logits of `tokens` as one fresh sequence (extend on an empty state).
   std::vector<float> forward(std::span<const int32_t> tokens) const;
 
