@@ -13,8 +13,9 @@
 // (whole sectors); an iteration covers 64 * kUnroll contiguous bytes of each of the 16 rows.
 //
 // Where the weights wait: up to 8 rows (kRing) each lane copies its own vectors with cp.async
-// into a per-warp ring of three stages in shared memory and reads them back into fragments
-// (no lane reads another's, so no barrier); at 9-16 rows they load straight into registers.
+// into a per-warp ring of two or three stages in shared memory and reads them back into
+// fragments (no lane reads another's, so no barrier); at 9-16 rows they load straight into
+// registers. The ring form sums the warps' tiles in the ring's memory once every warp is done.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -44,18 +45,20 @@ constexpr int kColsPerTile = 8;    // the mma's N: rows of x per tile
 constexpr int kElemsPerVec = 8;    // 16-bit elements per 16-byte load
 constexpr int kLanesPerRow = 4;    // lanes that share a W row in one load instruction
 // Two blocks of 256 threads per SM caps registers at 128 per thread: room for 2 x 8 weight
-// vectors in flight (NTiles = 1). More blocks fit where registers allow.
+// vectors in flight (NTiles = 1). The two-stage ring form asks for three (80 registers): its
+// weights wait in shared memory, not in registers.
 constexpr int kMinBlocksPerSm = 2;
 constexpr int kMaxDevices = 16;  // devices whose shared-memory limit is tracked per kernel
 
-template <int kNTiles, bool kRing>
+template <int kNTiles, bool kRing, int kRingStages = 3>
 struct GemvTiling {
   // 16-byte loads per W row per lane per iteration; each lane has 2 * kUnroll weight loads
   // (rows g and g + 8) in flight. With two x tiles the x vectors take as many registers as
   // the weights, so fewer. The ring form keeps its in-flight weights in shared memory: a
-  // stage of 4 vectors per row, three stages per warp (96 KB per block, two blocks per SM).
+  // stage of 4 vectors per row, three stages per warp (96 KB per block, two blocks per SM) or
+  // two (64 KB, three blocks per SM).
   static constexpr int kUnroll = kRing || kNTiles != 1 ? 4 : 8;
-  static constexpr int kStages = kRing ? 3 : 0;
+  static constexpr int kStages = kRing ? kRingStages : 0;
   static constexpr int kVecsPerIter = kLanesPerRow * kUnroll;  // of one row, per warp iteration
   static constexpr int kAccs = 4 * kNTiles;                    // fp32 accumulators per lane
   static constexpr int kStageVecs = 2 * kUnroll * kWarpSize;   // per warp and stage
@@ -299,15 +302,20 @@ __device__ __forceinline__ void rope_cache_pair(const RopeLane& lane, float lo, 
 
 // kMTiles 16-feature tiles per block: each tile's k is split between kWarps / kMTiles warps.
 template <typename T, typename OutT, int kNTiles, bool kNorm, GemvEpilogue kEpilogue, bool kRing,
-          int kMTiles>
-__global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) gemv_kernel(GemvParams p) {
+          int kMTiles, int kRingStages, int kMinBlocks>
+__global__ void __launch_bounds__(kThreads, kMinBlocks) gemv_kernel(GemvParams p) {
   // A kernel launched behind this one with programmatic dependent launch may start now; it
   // waits for this grid before reading its output.
   ptx::launch_dependents();
-  using Tiling = GemvTiling<kNTiles, kRing>;
+  using Tiling = GemvTiling<kNTiles, kRing, kRingStages>;
   constexpr int kUnroll = Tiling::kUnroll;
-  __shared__ float partial[kWarps][Tiling::kAccs][kWarpSize];
   extern __shared__ uint4 ring[];  // kRing: [warp][stage][Tiling::kStageVecs]
+  // The warps' partial tiles: the ring form reuses its ring for them once every warp is done.
+  __shared__ float partial_own[kRing ? 1 : kWarps * Tiling::kAccs * kWarpSize];
+  float* partial_base = kRing ? reinterpret_cast<float*>(ring) : partial_own;
+  auto partial = [&](int w, int r, int l) -> float& {
+    return partial_base[(w * Tiling::kAccs + r) * kWarpSize + l];
+  };
   __shared__ float row_sumsq[kGemvMaxRows];
 
   const int lane = static_cast<int>(threadIdx.x) % kWarpSize;
@@ -438,10 +446,11 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) gemv_kernel(GemvPar
   // (g + 8 * (r / 2), 2t + r % 2): output feature first_row + g + 8 * (r / 2), x row
   // 8 nt + 2t + r % 2. One thread finishes the pair of features (g, g + 8) of one x row:
   // the pair a kSiluMul epilogue combines.
+  if constexpr (kRing) __syncthreads();  // no warp reads its stages any more
 #pragma unroll
   for (int nt = 0; nt < kNTiles; ++nt)
 #pragma unroll
-    for (int r = 0; r < 4; ++r) partial[warp][nt * 4 + r][lane] = acc[nt][r];
+    for (int r = 0; r < 4; ++r) partial(warp, nt * 4 + r, lane) = acc[nt][r];
   __syncthreads();
   using Traits = tc::ElementTraits<T>;
   constexpr int kSlots = kNTiles * 2 * kWarpSize;  // per feature tile
@@ -450,8 +459,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) gemv_kernel(GemvPar
     float lo = 0.f, hi = 0.f;
 #pragma unroll
     for (int wp = e.tile * kWarpsK; wp < (e.tile + 1) * kWarpsK; ++wp) {
-      lo += partial[wp][e.nt * 4 + e.c][e.l];
-      hi += partial[wp][e.nt * 4 + e.c + 2][e.l];
+      lo += partial(wp, e.nt * 4 + e.c, e.l);
+      hi += partial(wp, e.nt * 4 + e.c + 2, e.l);
     }
     const int64_t n = e.n, m = e.m;  // W rows n and n + 8, x row m
     if (m >= p.rows) continue;
@@ -490,10 +499,11 @@ __global__ void __launch_bounds__(kThreads, kMinBlocksPerSm) gemv_kernel(GemvPar
 }
 
 template <typename T, typename OutT, int kNTiles, bool kNorm, GemvEpilogue kEpilogue, bool kRing,
-          int kMTiles = 1>
+          int kMTiles = 1, int kRingStages = 3, int kMinBlocks = kMinBlocksPerSm>
 void launch_tiles(const GemvParams& p, cudaStream_t stream) {
-  using Tiling = GemvTiling<kNTiles, kRing>;
-  auto* kernel = gemv_kernel<T, OutT, kNTiles, kNorm, kEpilogue, kRing, kMTiles>;
+  using Tiling = GemvTiling<kNTiles, kRing, kRingStages>;
+  auto* kernel =
+      gemv_kernel<T, OutT, kNTiles, kNorm, kEpilogue, kRing, kMTiles, kRingStages, kMinBlocks>;
   // The ring, and for its norm prologue the normalized x rows.
   const int64_t smem = Tiling::kSmemBytes + (kRing && kNorm ? p.rows * p.in * 2 : 0);
   if constexpr (kRing) {
@@ -521,23 +531,36 @@ void launch_tiles(const GemvParams& p, cudaStream_t stream) {
 // decode step the ring is 1-2 % faster at 1-8 rows (it requests 96 KB per block before the PDL
 // wait, against 64 KB), and 10 % slower at 16, where its 104 KB of shared memory per block
 // leave too little L1 for the re-read x tiles.
-// The ring form's norm prologue stages x in shared memory after the ring when that keeps two
-// blocks per SM (one row of up to 6144 features: Llama-3-8B's 4096, Qwen2.5-14B's 5120); more
-// rows or wider ones normalize x in every iteration of the register form instead.
+// The ring form's norm prologue stages x in shared memory after the ring. Where x is small (one
+// row of up to 5120 features) the ring has two stages and three blocks share an SM: the same
+// 96 KB in flight per SM, but Llama-3-8B's QKV (384 blocks) runs in one wave instead of 1.45 and
+// gate_up in 2.3 instead of 3.4 (NOTES, "Three blocks per SM for the norm-prologue GEMV": the
+// batch-1 step 3 % faster). O and down, one wave at two blocks per SM, lose with it. Larger x
+// keeps three stages and two blocks per SM while that fits; more rows or wider ones normalize x
+// in every iteration of the register form instead.
 // On large matrices (gate_up) such blocks cover two feature tiles (32 features), so that each
 // normalization serves twice the weights; on QKV that leaves fewer blocks than SM slots.
+constexpr int64_t kThreeBlocksMaxBytes = 74 * 1024;  // 3 x (this + statics + 1 KB) <= 228 KB
 constexpr int64_t kStagedNormMaxBytes = 108 * 1024;
 constexpr int64_t kStagedNormWideMinOut = 16384;
 
 template <typename T, typename OutT, bool kNorm, GemvEpilogue kEpilogue>
 void launch(const GemvParams& p, cudaStream_t stream) {
   if (p.rows > kColsPerTile) return launch_tiles<T, OutT, 2, kNorm, kEpilogue, false>(p, stream);
-  if (!kNorm) return launch_tiles<T, OutT, 1, kNorm, kEpilogue, true>(p, stream);
-  if (GemvTiling<1, true>::kSmemBytes + p.rows * p.in * 2 > kStagedNormMaxBytes)
-    return launch_tiles<T, OutT, 1, kNorm, kEpilogue, false>(p, stream);
-  if (p.out >= kStagedNormWideMinOut)
-    return launch_tiles<T, OutT, 1, kNorm, kEpilogue, true, 2>(p, stream);
-  launch_tiles<T, OutT, 1, kNorm, kEpilogue, true>(p, stream);
+  if constexpr (!kNorm) {
+    launch_tiles<T, OutT, 1, kNorm, kEpilogue, true>(p, stream);
+  } else {
+    const int64_t x_bytes = p.rows * p.in * 2;
+    const bool wide = p.out >= kStagedNormWideMinOut;
+    if (GemvTiling<1, true, 2>::kSmemBytes + x_bytes <= kThreeBlocksMaxBytes) {
+      if (wide) return launch_tiles<T, OutT, 1, kNorm, kEpilogue, true, 2, 2, 3>(p, stream);
+      return launch_tiles<T, OutT, 1, kNorm, kEpilogue, true, 1, 2, 3>(p, stream);
+    }
+    if (GemvTiling<1, true>::kSmemBytes + x_bytes > kStagedNormMaxBytes)
+      return launch_tiles<T, OutT, 1, kNorm, kEpilogue, false>(p, stream);
+    if (wide) return launch_tiles<T, OutT, 1, kNorm, kEpilogue, true, 2>(p, stream);
+    launch_tiles<T, OutT, 1, kNorm, kEpilogue, true>(p, stream);
+  }
 }
 
 // The combinations the decoder uses: plain (16-bit or fp32 out), norm + store (QKV), residual
