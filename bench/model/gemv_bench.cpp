@@ -1,11 +1,16 @@
 // l2kv_bench_gemv: the decode projections (y = x W^T at 1..128 rows) through cuBLASLt, the
 // weight-streaming kernel (WeightStreamGemm: TMA ring + wgmma + stream-K) and the older
 // mma.sync GEMV (rows <= 16), each as GB/s and as a fraction of the streaming-read ceiling
-// measured in the same run. Cold L2 (default): before every timed call a buffer of twice the
-// L2 is written and then a clean one read (so no dirty lines are written back during the
-// call), and each shape's weights rotate over copies exceeding the L2. Warm L2 (--l2 warm):
-// no flush, one weight copy. Per model, the sum over one decode step's projections (all
-// layers plus the LM head) gives the projections' share of MBU.
+// measured in the same run. The "fused" column is the GEMV in the form a decode step runs it:
+// at one row (CudaStepState's five-kernel layer) QKV with RMSNorm in its prologue and RoPE +
+// the paged-KV write in its epilogue, O and down adding into the fp32 residual, gate_up with
+// RMSNorm and SiLU x up; at 2-16 rows QKV's RoPE epilogue alone (the others run plain there).
+// Its GB/s counts the same bytes as the plain call's, so the columns compare the weights' time.
+// Cold L2 (default): before every timed call a buffer of twice the L2 is written and then a clean
+// one read (so no dirty lines are written back during the call), and each shape's weights rotate
+// over copies exceeding the L2. Warm L2 (--l2 warm): no flush, one weight copy. Per model, the sum
+// over one decode step's projections (all layers plus the LM head) gives the projections' share of
+// MBU.
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <cmath>
@@ -13,6 +18,7 @@
 #include <fstream>
 #include <iostream>
 #include <nlohmann/json.hpp>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -20,6 +26,7 @@
 #include "bench_kernels.h"
 #include "l2kv/core/cuda_check.h"
 #include "l2kv/core/device_info.h"
+#include "l2kv/engine/cuda_step_state.h"
 #include "l2kv/kernels/model/gemm.h"
 #include "l2kv/kernels/model/gemv.h"
 #include "l2kv/kernels/model/weight_stream_gemm.h"
@@ -43,22 +50,130 @@ struct Options {
   std::string json_path;
 };
 
+enum class Fused : uint8_t { kNone, kNormRopeCache, kRopeCache, kResidualAdd, kNormSiluMul };
+
 struct Projection {
   std::string name;
   int64_t in, out;
   bool f32_out;
   int64_t per_step;  // matrices of this shape one decode step reads
+  Fused fused;       // the GEMV form the decode step runs
 };
 
 std::vector<Projection> projections(const ModelConfig& c) {
   const int64_t q_dim = c.num_q_heads * c.head_dim, kv_dim = c.num_kv_heads * c.head_dim;
   const int64_t h = c.hidden_size, i = c.intermediate_size, layers = c.num_layers;
-  return {{"qkv", h, q_dim + 2 * kv_dim, false, layers},
-          {"o", q_dim, h, false, layers},
-          {"gate_up", h, 2 * i, false, layers},
-          {"down", i, h, false, layers},
-          {"lm_head", h, c.vocab_size, true, 1}};
+  return {{"qkv", h, q_dim + 2 * kv_dim, false, layers, Fused::kNormRopeCache},
+          {"o", q_dim, h, false, layers, Fused::kResidualAdd},
+          {"gate_up", h, 2 * i, false, layers, Fused::kNormSiluMul},
+          {"down", i, h, false, layers, Fused::kResidualAdd},
+          {"lm_head", h, c.vocab_size, true, 1, Fused::kNone}};
 }
+
+// The inputs and outputs of the fused forms for up to kGemvMaxRows rows: the fp32 residual
+// rows and their sums of squares (every row's RMS 1), the norm's weight, and for QKV's epilogue
+// one cache slot per row in a paged cache of the model's KV heads, positions and frequencies.
+class FusedBuffers {
+ public:
+  FusedBuffers(const ModelConfig& c, DType dtype, cudaStream_t stream)
+      : rows_(kGemvMaxRows),
+        width_(std::max({c.hidden_size, c.intermediate_size, int64_t{c.num_q_heads} * c.head_dim})),
+        residual_(static_cast<size_t>(rows_ * width_)),
+        norm_weight_(static_cast<size_t>(width_)),
+        sumsq_(static_cast<size_t>(rows_)),
+        residual_sumsq_(static_cast<size_t>(rows_)),
+        positions_(static_cast<size_t>(rows_)),
+        slots_(static_cast<size_t>(rows_)),
+        inv_freq_(static_cast<size_t>(c.head_dim / 2)),
+        q_(static_cast<size_t>(rows_ * c.num_q_heads * c.head_dim)),
+        k_pool_(static_cast<size_t>(rows_ * c.num_kv_heads * c.head_dim)),
+        v_pool_(static_cast<size_t>(rows_ * c.num_kv_heads * c.head_dim)) {
+    std::vector<float> residual(static_cast<size_t>(rows_ * width_));
+    std::mt19937 rng(21);
+    std::uniform_real_distribution<float> uniform(-1.f, 1.f);
+    for (float& v : residual) v = uniform(rng);
+    upload(residual_.get(), residual);
+    fill_random(norm_weight_.get(), width_, dtype, 1.f, 22, stream);
+    std::vector<int32_t> positions(rows_), slots(rows_);
+    for (int64_t r = 0; r < rows_; ++r) {
+      positions[r] = static_cast<int32_t>(1000 + 37 * r);
+      slots[r] = static_cast<int32_t>(r);
+    }
+    std::vector<float> inv_freq(static_cast<size_t>(c.head_dim / 2));
+    for (size_t i = 0; i < inv_freq.size(); ++i)
+      inv_freq[i] = std::pow(static_cast<float>(c.rope.theta), -2.f * i / c.head_dim);
+    upload(positions_.get(), positions);
+    upload(slots_.get(), slots);
+    upload(inv_freq_.get(), inv_freq);
+    reset_sumsq(stream);
+    kv_.k_pool = k_pool_.get();
+    kv_.v_pool = v_pool_.get();
+    kv_.num_blocks = 1;
+    kv_.block_size = static_cast<int32_t>(rows_);
+    kv_.num_kv_heads = c.num_kv_heads;
+    kv_.head_dim = c.head_dim;
+    kv_.dtype = dtype;
+    q_heads_ = c.num_q_heads;
+  }
+
+  // The sums of squares of residual rows whose RMS is 1 (the fused norm reads them; the
+  // residual-add epilogue adds into its own accumulator).
+  void reset_sumsq(cudaStream_t stream) const {
+    const std::vector<float> sums(static_cast<size_t>(rows_), static_cast<float>(width_));
+    L2KV_CUDA_CHECK(cudaMemcpyAsync(sumsq_.get(), sums.data(), sums.size() * 4,
+                                    cudaMemcpyHostToDevice, stream));
+    L2KV_CUDA_CHECK(cudaStreamSynchronize(stream));
+  }
+
+  // The form a decode step of `rows` rows runs (Fused::kNone: the plain GEMV).
+  static Fused form_at(Fused form, int64_t rows) {
+    if (rows <= CudaStepState::kDefaultFusedLayerMaxRows) return form;
+    return form == Fused::kNormRopeCache ? Fused::kRopeCache : Fused::kNone;
+  }
+
+  GemvFusion fusion(Fused form) const {
+    GemvFusion f;
+    if (form == Fused::kNormRopeCache || form == Fused::kNormSiluMul) {
+      f.norm_residual = residual_.get();
+      f.norm_weight = norm_weight_.get();
+      f.norm_sumsq = sumsq_.get();
+      f.eps = 1e-5f;
+    }
+    if (form == Fused::kNormSiluMul) f.epilogue = GemvEpilogue::kSiluMul;
+    if (form == Fused::kResidualAdd) {
+      f.epilogue = GemvEpilogue::kResidualAdd;
+      f.residual = residual_.get();
+      f.residual_sumsq = residual_sumsq_.get();
+    }
+    if (form == Fused::kNormRopeCache || form == Fused::kRopeCache) {
+      f.epilogue = GemvEpilogue::kRopeCache;
+      f.rope.positions = positions_.get();
+      f.rope.slots = slots_.get();
+      f.rope.inv_freq = inv_freq_.get();
+      f.rope.q_out = q_.get();
+      f.rope.q_heads = q_heads_;
+      f.rope.kv = kv_;
+    }
+    return f;
+  }
+
+ private:
+  template <typename T>
+  static void upload(T* device, const std::vector<T>& host) {
+    L2KV_CUDA_CHECK(
+        cudaMemcpy(device, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice));
+  }
+
+  int64_t rows_, width_;
+  DeviceArray<float> residual_;
+  DeviceArray<uint16_t> norm_weight_;
+  DeviceArray<float> sumsq_, residual_sumsq_;
+  DeviceArray<int32_t> positions_, slots_;
+  DeviceArray<float> inv_freq_;
+  DeviceArray<uint16_t> q_, k_pool_, v_pool_;
+  PagedKvCache kv_;
+  int32_t q_heads_ = 0;
+};
 
 // Median µs of `reps` calls of launch(rep), each between its own pair of events. With
 // `in_graph` the whole loop is captured into one CUDA graph and replayed once, so the calls
@@ -162,6 +277,7 @@ class L2Flush {
 
 struct Timing {
   double cublas_us = 0, stream_us = 0, gemv_us = 0;  // gemv_us 0: not run (rows > 16)
+  double fused_us = 0;                               // 0: not run (rows > 16 or no fused form)
 };
 
 int run(const Options& opt) {
@@ -177,11 +293,11 @@ int run(const Options& opt) {
               opt.reps);
   std::printf("streaming-read ceiling: %.0f GB/s; weight-streaming kernel's W L2 hint: %s\n\n",
               ceiling, opt.w_hint.c_str());
-  std::printf("%-11s %-8s %6s %7s %4s | %8s %6s | %8s %6s | %8s %6s | %7s %8s\n", "model", "proj",
-              "in", "out", "rows", "cuBLAS", "%ceil", "stream", "%ceil", "mma GEMV", "%ceil",
-              "vs cuBL", "rel.diff");
-  std::printf("%-11s %-8s %6s %7s %4s | %8s %6s | %8s %6s | %8s %6s |\n", "", "", "", "", "", "us",
-              "", "us", "", "us", "");
+  std::printf("%-11s %-8s %6s %7s %4s | %8s %6s | %8s %6s | %8s %6s | %8s %6s | %7s %8s\n", "model",
+              "proj", "in", "out", "rows", "cuBLAS", "%ceil", "stream", "%ceil", "mma GEMV",
+              "%ceil", "fused", "%ceil", "vs cuBL", "rel.diff");
+  std::printf("%-11s %-8s %6s %7s %4s | %8s %6s | %8s %6s | %8s %6s | %8s %6s |\n", "", "", "", "",
+              "", "us", "", "us", "", "us", "", "us", "");
 
   const L2Flush flush_l2(info, stream);
   auto flush = [&] {
@@ -197,6 +313,7 @@ int run(const Options& opt) {
   for (const auto& model : opt.models) {
     const ModelConfig config = ModelConfig::synthetic(model);
     const auto projs = projections(config);
+    const FusedBuffers fused_buffers(config, dtype, stream);
     // step totals per row count: bytes, µs per kernel, µs of the faster of stream and cuBLAS
     std::vector<double> step_bytes(opt.rows.size()), step_cublas(opt.rows.size()),
         step_stream(opt.rows.size()), step_best(opt.rows.size());
@@ -213,6 +330,7 @@ int run(const Options& opt) {
       DeviceArray<float> y_cublas(static_cast<size_t>(max_rows * p.out));
       DeviceArray<float> y_stream(static_cast<size_t>(max_rows * p.out));
       DeviceArray<float> y_gemv(static_cast<size_t>(max_rows * p.out));
+      DeviceArray<uint16_t> y_fused(static_cast<size_t>(max_rows * p.out));
       auto weights = [&](int rep) { return w.get() + (rep % copies) * p.in * p.out; };
       for (size_t ri = 0; ri < opt.rows.size(); ++ri) {
         const int64_t rows = opt.rows[ri];
@@ -230,7 +348,14 @@ int run(const Options& opt) {
         auto mma_gemv = [&](int rep) {
           gemv(dtype, x.get(), weights(rep), y_gemv.get(), p.f32_out, rows, p.in, p.out, stream);
         };
+        const Fused form = FusedBuffers::form_at(p.fused, rows);
+        const GemvFusion fusion = fused_buffers.fusion(form);
+        auto fused_gemv = [&](int rep) {
+          gemv(dtype, x.get(), weights(rep), y_fused.get(), false, rows, p.in, p.out, stream, false,
+               fusion);
+        };
         const bool run_gemv = rows <= kGemvMaxRows;
+        const bool run_fused = run_gemv && form != Fused::kNone;
         // Warm-up: plans cuBLASLt's shape and builds every tensor map outside any capture;
         // copy 0 last, so the outputs compared below come from the same weights.
         for (int rep = static_cast<int>(std::min<int64_t>(copies, opt.reps)) - 1; rep >= 0; --rep)
@@ -247,11 +372,16 @@ int run(const Options& opt) {
         t.cublas_us = time_median_us(opt.reps, cublas, stream, opt.graph, flush);
         t.stream_us = time_median_us(opt.reps, streaming, stream, opt.graph, flush);
         if (run_gemv) t.gemv_us = time_median_us(opt.reps, mma_gemv, stream, opt.graph, flush);
+        if (run_fused) {
+          fused_gemv(0);  // outside any capture: the kernel's shared-memory limit is set here
+          t.fused_us = time_median_us(opt.reps, fused_gemv, stream, opt.graph, flush);
+          fused_buffers.reset_sumsq(stream);
+        }
         const double bytes =
             static_cast<double>(w_bytes) + rows * p.in * 2.0 + rows * p.out * (p.f32_out ? 4 : 2);
         auto gbps = [&](double us) { return us > 0 ? bytes / (us * 1e-6) / 1e9 : 0.0; };
         const double cublas_gbps = gbps(t.cublas_us), stream_gbps = gbps(t.stream_us),
-                     gemv_gbps = gbps(t.gemv_us);
+                     gemv_gbps = gbps(t.gemv_us), fused_gbps = gbps(t.fused_us);
         std::printf("%-11s %-8s %6lld %7lld %4lld | %8.2f %5.1f%% | %8.2f %5.1f%% | ",
                     model.c_str(), p.name.c_str(), static_cast<long long>(p.in),
                     static_cast<long long>(p.out), static_cast<long long>(rows), t.cublas_us,
@@ -260,27 +390,36 @@ int run(const Options& opt) {
           std::printf("%8.2f %5.1f%% | ", t.gemv_us, 100 * gemv_gbps / ceiling);
         else
           std::printf("%8s %6s | ", "-", "-");
+        if (run_fused)
+          std::printf("%8.2f %5.1f%% | ", t.fused_us, 100 * fused_gbps / ceiling);
+        else
+          std::printf("%8s %6s | ", "-", "-");
         std::printf("%6.2fx %8.1e\n", t.cublas_us / t.stream_us, std::max(diff, gemv_diff));
-        results.push_back({{"model", model},
-                           {"projection", p.name},
-                           {"in", p.in},
-                           {"out", p.out},
-                           {"rows", rows},
-                           {"f32_out", p.f32_out},
-                           {"bytes", bytes},
-                           {"weight_copies", copies},
-                           {"cublas_us", t.cublas_us},
-                           {"cublas_gbps", cublas_gbps},
-                           {"cublas_fraction_of_ceiling", cublas_gbps / ceiling},
-                           {"stream_us", t.stream_us},
-                           {"stream_gbps", stream_gbps},
-                           {"stream_fraction_of_ceiling", stream_gbps / ceiling},
-                           {"gemv_us", run_gemv ? nlohmann::json(t.gemv_us) : nlohmann::json()},
-                           {"gemv_gbps", run_gemv ? nlohmann::json(gemv_gbps) : nlohmann::json()},
-                           {"gemv_fraction_of_ceiling",
-                            run_gemv ? nlohmann::json(gemv_gbps / ceiling) : nlohmann::json()},
-                           {"stream_max_relative_difference", diff},
-                           {"gemv_max_relative_difference", gemv_diff}});
+        results.push_back(
+            {{"model", model},
+             {"projection", p.name},
+             {"in", p.in},
+             {"out", p.out},
+             {"rows", rows},
+             {"f32_out", p.f32_out},
+             {"bytes", bytes},
+             {"weight_copies", copies},
+             {"cublas_us", t.cublas_us},
+             {"cublas_gbps", cublas_gbps},
+             {"cublas_fraction_of_ceiling", cublas_gbps / ceiling},
+             {"stream_us", t.stream_us},
+             {"stream_gbps", stream_gbps},
+             {"stream_fraction_of_ceiling", stream_gbps / ceiling},
+             {"gemv_us", run_gemv ? nlohmann::json(t.gemv_us) : nlohmann::json()},
+             {"gemv_gbps", run_gemv ? nlohmann::json(gemv_gbps) : nlohmann::json()},
+             {"gemv_fraction_of_ceiling",
+              run_gemv ? nlohmann::json(gemv_gbps / ceiling) : nlohmann::json()},
+             {"fused_us", run_fused ? nlohmann::json(t.fused_us) : nlohmann::json()},
+             {"fused_gbps", run_fused ? nlohmann::json(fused_gbps) : nlohmann::json()},
+             {"fused_fraction_of_ceiling",
+              run_fused ? nlohmann::json(fused_gbps / ceiling) : nlohmann::json()},
+             {"stream_max_relative_difference", diff},
+             {"gemv_max_relative_difference", gemv_diff}});
         step_bytes[ri] += bytes * p.per_step;
         step_cublas[ri] += t.cublas_us * p.per_step;
         step_stream[ri] += t.stream_us * p.per_step;
@@ -310,7 +449,8 @@ int run(const Options& opt) {
     std::printf("\n");
   }
   std::printf(
-      "GB/s counts W once plus x and y. %s rel.diff: max |cuBLAS - other| / max |cuBLAS| over "
+      "GB/s counts W once plus x and y (for the fused forms too). %s rel.diff: max |cuBLAS - "
+      "other| / max |cuBLAS| over "
       "the stream and mma GEMV outputs.\n",
       cold ? "Cold L2: a 2x-L2 write and a clean 2x-L2 read before each call, weights rotated "
              "over copies totalling >= 4x the L2."
