@@ -1,7 +1,8 @@
 // The engine loop. Sizes the KV pool with the runner, then each step: the scheduler's plan
 // becomes a StepInput (block tables straight from the BlockManager), the runner executes it,
-// and postprocessing appends each sampled token, checks stops on the host, streams text and
-// frees the blocks of finished requests at once. Callbacks run at the end of each step (or of
+// and postprocessing appends each sampled token, checks stops on the host (token ids here, stop
+// strings by the OutputProcessor, which owns the text), streams and frees the blocks of
+// finished requests at once. Callbacks run at the end of each step (or of
 // abort), after the engine's state is consistent, so they may call abort() or add_request().
 //
 // Pool: EngineConfig::num_kv_blocks counts physical blocks, the null block 0 included, so
@@ -23,6 +24,7 @@
 
 #include "l2kv/core/error.h"
 #include "l2kv/engine/block_manager.h"
+#include "l2kv/engine/output_processor.h"
 #include "l2kv/engine/request.h"
 #include "l2kv/engine/scheduler.h"
 #include "l2kv/structured/grammar_matcher.h"
@@ -127,6 +129,7 @@ struct Engine::Impl {
 
   std::unique_ptr<ModelRunner> runner;
   const Tokenizer* tokenizer;
+  OutputProcessor outputs;  // the requests' text
   EngineConfig config;
   std::vector<int32_t> eos_ids;
   std::optional<BlockManager> blocks;
@@ -145,7 +148,7 @@ struct Engine::Impl {
   int32_t num_followers = 0;  // n > 1 choices waiting for their leader's prompt
 
   Impl(std::unique_ptr<ModelRunner> model_runner, const Tokenizer* tok, EngineConfig cfg)
-      : runner(std::move(model_runner)), tokenizer(tok) {
+      : runner(std::move(model_runner)), tokenizer(tok), outputs(tok) {
     if (!runner) throw Error("Engine: no model runner");
     const ModelConfig& model = runner->config();
     config = resolve(cfg, model);
@@ -225,7 +228,7 @@ struct Engine::Impl {
     const int64_t id = next_id++;
     auto r = std::make_unique<Request>(id, id, std::move(request.prompt), std::move(request.params),
                                        seed);
-    if (tokenizer) r->detokenizer.emplace(*tokenizer, r->params.skip_special_tokens);
+    outputs.add(id, r->params);
     r->prompt_logprobs = request.prompt_logprobs;
     r->prompt_only = request.prompt_only;
     if (request.grammar) r->matcher.emplace(std::move(request.grammar));
@@ -288,7 +291,7 @@ struct Engine::Impl {
     RequestOutput& out = d.output;
     out.request_id = r.id;
     out.new_tokens = std::move(r.pending_tokens);
-    out.new_text = std::move(r.pending_text);
+    out.new_text = outputs.take(r.id);
     out.new_logprobs = std::move(r.pending_logprobs);
     if (r.prompt_logprobs >= 0 && !r.prompt_logprobs_delivered &&
         static_cast<int32_t>(r.prompt_logprob_rows.size()) == r.num_prompt_tokens - 1) {
@@ -297,7 +300,6 @@ struct Engine::Impl {
       r.prompt_logprobs_delivered = true;
     }
     r.pending_tokens.clear();
-    r.pending_text.clear();
     r.pending_logprobs.clear();
     out.finished = r.finished();
     out.finish_reason = r.finish_reason;
@@ -310,14 +312,7 @@ struct Engine::Impl {
   // Ends `r`: its blocks return to the pool now, its final output is queued, it is forgotten.
   void finish(Request& r, FinishReason reason, std::string stop_reason = {},
               std::string error = {}) {
-    if (r.detokenizer) {
-      // Text held back for a stop string that never came, and any incomplete character.
-      try {
-        r.pending_text += r.stop_checker.push(r.detokenizer->finish(), false).text;
-      } catch (const std::exception&) {
-        r.pending_text += r.stop_checker.flush();
-      }
-    }
+    outputs.finish(r.id);   // text held back for a stop string that never came
     if (r.prompt_leader) {  // a follower still waiting for its leader
       std::erase(r.prompt_leader->prompt_followers, &r);
       r.prompt_leader = nullptr;
@@ -331,6 +326,7 @@ struct Engine::Impl {
     queue_output(r);
     deliveries.back().output.error = std::move(error);
     const int64_t id = r.id;
+    outputs.remove(id);
     requests.erase(id);  // r is gone from here on
   }
 
@@ -365,14 +361,11 @@ struct Engine::Impl {
       stop_reason = std::to_string(token);
     }
     // A stop token's text is not part of the output.
-    if (r.detokenizer && reason == FinishReason::kNone) {
-      StopStringChecker::Result text = r.stop_checker.push(r.detokenizer->push(token), may_stop);
-      r.pending_text += text.text;
-      if (text.matched) {
+    if (reason == FinishReason::kNone)
+      if (std::optional<std::string> stop = outputs.push(r.id, token, may_stop)) {
         reason = FinishReason::kStop;
-        stop_reason = r.stop_checker.stops()[*text.matched];
+        stop_reason = std::move(*stop);
       }
-    }
     if (reason == FinishReason::kNone &&
         (produced >= r.params.max_tokens || r.num_tokens() >= token_limit))
       reason = FinishReason::kLength;

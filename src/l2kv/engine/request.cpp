@@ -11,7 +11,6 @@ Request::Request(int64_t request_id, int64_t arrival_order, std::vector<int32_t>
       tokens(std::move(prompt)),
       num_prompt_tokens(static_cast<int32_t>(tokens.size())),
       params(std::move(sampling)),
-      seed(resolved_seed),
-      stop_checker(params.stop, params.include_stop_str_in_output) {}
+      seed(resolved_seed) {}
 
 }  // namespace l2kv

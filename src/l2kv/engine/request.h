@@ -1,6 +1,7 @@
 // One request as the engine tracks it, from add_request to its final output: its tokens
 // (prompt, then output), how many of them have K/V in the cache, its sampling parameters and
-// seed, its place in the queues, and the streaming state of its text.
+// seed, its place in the queues, and what it gathered since its last output. Token ids only:
+// its text lives in the engine's OutputProcessor.
 #pragma once
 
 #include <cstdint>
@@ -13,10 +14,8 @@
 
 #include "l2kv/engine/block_manager.h"
 #include "l2kv/engine/engine.h"
-#include "l2kv/engine/stop_checker.h"
 #include "l2kv/sampling/sampling_params.h"
 #include "l2kv/structured/grammar_matcher.h"
-#include "l2kv/tokenizer/stream_detokenizer.h"
 
 namespace l2kv {
 
@@ -61,13 +60,9 @@ struct Request {
   // params.allowed_token_ids as a token bitmask (bit t of word t / 32; empty when unset).
   std::vector<uint32_t> allowed_mask;
 
-  // Streaming: text comes from the detokenizer (when the engine has a tokenizer) through the
-  // stop-string checker; tokens, text and logprobs gather here until the next callback.
-  std::optional<StreamDetokenizer> detokenizer;
-  StopStringChecker stop_checker;
+  // Streaming: tokens and logprobs gather here until the next callback.
   std::shared_ptr<const std::function<void(const RequestOutput&)>> on_output;
   std::vector<int32_t> pending_tokens;
-  std::string pending_text;
   std::vector<SampledToken> pending_logprobs;
 
   int32_t num_tokens() const { return static_cast<int32_t>(tokens.size()); }
