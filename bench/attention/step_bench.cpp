@@ -1,8 +1,10 @@
-// l2kv_bench_step: the attention half of a decoder layer as a decode step of more than 16 rows
-// runs it, QKV projection -> RoPE + KV write -> split decode attention, for several layers (each
-// with its own weights and KV pools, like a model's) in one CUDA graph, with each split prefetch
-// policy. (At 1-16 rows the QKV GEMV applies RoPE and writes the KV itself, so there attention
-// follows the projection directly: `l2kv bench --profile` times that chain.)
+// l2kv_bench_step: the attention half of a decoder layer in its unfused form, QKV projection ->
+// RoPE + KV write -> split decode attention, for several layers (each with its own weights and
+// KV pools, like a model's) in one CUDA graph, with each split prefetch policy. A decode step
+// runs this chain above 16 rows, and at 1-16 rows only where QKV is not on the GEMV (more than
+// 8192 outputs) or the model has q/k norms; otherwise the QKV GEMV applies RoPE and writes the KV
+// itself (`l2kv bench --profile` times that chain), so the points at 1 and 16 rows here measure
+// the unfused chain, not the engine's.
 // It measures what programmatic dependent launch (+pdl) saves per layer: the attention kernel's
 // launch and prologue overlapping the RoPE kernel, and its first KV tiles fetched into L2
 // before the RoPE kernel's writes are visible. With --mlp each layer also runs its o_proj,

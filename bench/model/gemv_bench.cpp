@@ -1,11 +1,13 @@
 // l2kv_bench_gemv: the decode projections (y = x W^T at 1..128 rows) through cuBLASLt, the
 // weight-streaming kernel (WeightStreamGemm: TMA ring + wgmma + stream-K) and the older
 // mma.sync GEMV (rows <= 16), each as GB/s and as a fraction of the streaming-read ceiling
-// measured in the same run. The "fused" column is the GEMV in the form a decode step runs it:
-// at one row (CudaStepState's five-kernel layer) QKV with RMSNorm in its prologue and RoPE +
-// the paged-KV write in its epilogue, O and down adding into the fp32 residual, gate_up with
-// RMSNorm and SiLU x up; at 2-16 rows QKV's RoPE epilogue alone (the others run plain there).
-// Its GB/s counts the same bytes as the plain call's, so the columns compare the weights' time.
+// measured in the same run. The "fused" column is the GEMV in the form a decode step runs it
+// (fused_form below): at one row (CudaStepState's five-kernel layer) QKV with RMSNorm in its
+// prologue and RoPE + the paged-KV write in its epilogue (RMSNorm only with q/k norms), O and
+// down adding into the fp32 residual, gate_up with RMSNorm and SiLU x up; at 2-16 rows QKV's
+// RoPE epilogue where the step runs QKV on the GEMV (no q/k norms, at most 8192 outputs), the
+// others plain. Its GB/s counts the same bytes as the plain call's, so the columns compare the
+// weights' time; the JSON names each point's form.
 // Cold L2 (default): before every timed call a buffer of twice the L2 is written and then a clean
 // one read (so no dirty lines are written back during the call), and each shape's weights rotate
 // over copies exceeding the L2. Warm L2 (--l2 warm): no flush, one weight copy. Per model, the sum
@@ -50,36 +52,79 @@ struct Options {
   std::string json_path;
 };
 
-enum class Fused : uint8_t { kNone, kNormRopeCache, kRopeCache, kResidualAdd, kNormSiluMul };
+// The GEMV forms a decode step runs (kNone: the plain GEMV, or not the GEMV at all).
+enum class Fused : uint8_t {
+  kNone,
+  kNormRopeCache,  // QKV at one row: RMSNorm prologue, RoPE + paged-KV write epilogue
+  kNormStore,      // QKV at one row of a model with q/k norms (RoPE needs the whole head)
+  kRopeCache,      // QKV at 2-16 rows
+  kResidualAdd,    // O and down at one row
+  kNormSiluMul,    // gate_up at one row
+};
+
+const char* fused_name(Fused f) {
+  switch (f) {
+    case Fused::kNone:
+      return "none";
+    case Fused::kNormRopeCache:
+      return "norm+rope_cache";
+    case Fused::kNormStore:
+      return "norm";
+    case Fused::kRopeCache:
+      return "rope_cache";
+    case Fused::kResidualAdd:
+      return "residual_add";
+    case Fused::kNormSiluMul:
+      return "norm+silu_mul";
+  }
+  return "none";
+}
 
 struct Projection {
   std::string name;
   int64_t in, out;
   bool f32_out;
   int64_t per_step;  // matrices of this shape one decode step reads
-  Fused fused;       // the GEMV form the decode step runs
+  Fused fused;       // its form at one row
 };
 
 std::vector<Projection> projections(const ModelConfig& c) {
   const int64_t q_dim = c.num_q_heads * c.head_dim, kv_dim = c.num_kv_heads * c.head_dim;
   const int64_t h = c.hidden_size, i = c.intermediate_size, layers = c.num_layers;
-  return {{"qkv", h, q_dim + 2 * kv_dim, false, layers, Fused::kNormRopeCache},
+  return {{"qkv", h, q_dim + 2 * kv_dim, false, layers,
+           c.qk_norm ? Fused::kNormStore : Fused::kNormRopeCache},
           {"o", q_dim, h, false, layers, Fused::kResidualAdd},
           {"gate_up", h, 2 * i, false, layers, Fused::kNormSiluMul},
           {"down", i, h, false, layers, Fused::kResidualAdd},
           {"lm_head", h, c.vocab_size, true, 1, Fused::kNone}};
 }
 
+// The form CudaModel runs `p` in at `rows` rows (cuda_model.cpp: the five-kernel layer up to
+// CudaStepState::kDefaultFusedLayerMaxRows rows; above it, QKV's RoPE epilogue where Gemm sends
+// QKV to the GEMV and the model has no q/k norms; fp8 projections have no fused form).
+Fused fused_form(const ModelConfig& c, const Projection& p, int64_t rows) {
+  if (c.fp8_weights) return Fused::kNone;
+  if (rows <= CudaStepState::kDefaultFusedLayerMaxRows) return p.fused;
+  const bool qkv_on_gemv = p.fused == Fused::kNormRopeCache && p.out <= Gemm::kGemvMaxOut;
+  return qkv_on_gemv ? Fused::kRopeCache : Fused::kNone;
+}
+
 // The inputs and outputs of the fused forms for up to kGemvMaxRows rows: the fp32 residual
-// rows and their sums of squares (every row's RMS 1), the norm's weight, and for QKV's epilogue
-// one cache slot per row in a paged cache of the model's KV heads, positions and frequencies.
+// rows the norm reads (RMS about 1: uniform in [-1, 1), their sums of squares hidden / 3), the
+// norm's weight, a separate residual the residual-add epilogue adds into (so timing O and down
+// does not change what gate_up's norm reads), the QKV bias where the model has one, and for
+// QKV's epilogue one cache slot per row in a paged cache of the model's KV heads, positions and
+// frequencies.
 class FusedBuffers {
  public:
   FusedBuffers(const ModelConfig& c, DType dtype, cudaStream_t stream)
-      : rows_(kGemvMaxRows),
+      : config_(c),
+        rows_(kGemvMaxRows),
         width_(std::max({c.hidden_size, c.intermediate_size, int64_t{c.num_q_heads} * c.head_dim})),
         residual_(static_cast<size_t>(rows_ * width_)),
+        added_residual_(static_cast<size_t>(rows_ * width_)),
         norm_weight_(static_cast<size_t>(width_)),
+        bias_(static_cast<size_t>((c.num_q_heads + 2 * c.num_kv_heads) * c.head_dim)),
         sumsq_(static_cast<size_t>(rows_)),
         residual_sumsq_(static_cast<size_t>(rows_)),
         positions_(static_cast<size_t>(rows_)),
@@ -92,20 +137,20 @@ class FusedBuffers {
     std::mt19937 rng(21);
     std::uniform_real_distribution<float> uniform(-1.f, 1.f);
     for (float& v : residual) v = uniform(rng);
-    upload(residual_.get(), residual);
+    upload(residual_.get(), residual, stream);
+    upload(added_residual_.get(), residual, stream);
     fill_random(norm_weight_.get(), width_, dtype, 1.f, 22, stream);
+    fill_random(bias_.get(), static_cast<int64_t>(bias_.size()), dtype, 0.5f, 23, stream);
     std::vector<int32_t> positions(rows_), slots(rows_);
     for (int64_t r = 0; r < rows_; ++r) {
       positions[r] = static_cast<int32_t>(1000 + 37 * r);
       slots[r] = static_cast<int32_t>(r);
     }
-    std::vector<float> inv_freq(static_cast<size_t>(c.head_dim / 2));
-    for (size_t i = 0; i < inv_freq.size(); ++i)
-      inv_freq[i] = std::pow(static_cast<float>(c.rope.theta), -2.f * i / c.head_dim);
-    upload(positions_.get(), positions);
-    upload(slots_.get(), slots);
-    upload(inv_freq_.get(), inv_freq);
-    reset_sumsq(stream);
+    upload(positions_.get(), positions, stream);
+    upload(slots_.get(), slots, stream);
+    upload(inv_freq_.get(), rope_inverse_frequencies(c.rope, c.head_dim), stream);
+    upload(sumsq_.get(), std::vector<float>(static_cast<size_t>(rows_), c.hidden_size / 3.f),
+           stream);
     kv_.k_pool = k_pool_.get();
     kv_.v_pool = v_pool_.get();
     kv_.num_blocks = 1;
@@ -113,45 +158,30 @@ class FusedBuffers {
     kv_.num_kv_heads = c.num_kv_heads;
     kv_.head_dim = c.head_dim;
     kv_.dtype = dtype;
-    q_heads_ = c.num_q_heads;
-  }
-
-  // The sums of squares of residual rows whose RMS is 1 (the fused norm reads them; the
-  // residual-add epilogue adds into its own accumulator).
-  void reset_sumsq(cudaStream_t stream) const {
-    const std::vector<float> sums(static_cast<size_t>(rows_), static_cast<float>(width_));
-    L2KV_CUDA_CHECK(cudaMemcpyAsync(sumsq_.get(), sums.data(), sums.size() * 4,
-                                    cudaMemcpyHostToDevice, stream));
-    L2KV_CUDA_CHECK(cudaStreamSynchronize(stream));
-  }
-
-  // The form a decode step of `rows` rows runs (Fused::kNone: the plain GEMV).
-  static Fused form_at(Fused form, int64_t rows) {
-    if (rows <= CudaStepState::kDefaultFusedLayerMaxRows) return form;
-    return form == Fused::kNormRopeCache ? Fused::kRopeCache : Fused::kNone;
   }
 
   GemvFusion fusion(Fused form) const {
     GemvFusion f;
-    if (form == Fused::kNormRopeCache || form == Fused::kNormSiluMul) {
+    if (form == Fused::kNormRopeCache || form == Fused::kNormStore || form == Fused::kNormSiluMul) {
       f.norm_residual = residual_.get();
       f.norm_weight = norm_weight_.get();
       f.norm_sumsq = sumsq_.get();
-      f.eps = 1e-5f;
+      f.eps = static_cast<float>(config_.rms_norm_eps);
     }
     if (form == Fused::kNormSiluMul) f.epilogue = GemvEpilogue::kSiluMul;
     if (form == Fused::kResidualAdd) {
       f.epilogue = GemvEpilogue::kResidualAdd;
-      f.residual = residual_.get();
+      f.residual = added_residual_.get();
       f.residual_sumsq = residual_sumsq_.get();
     }
     if (form == Fused::kNormRopeCache || form == Fused::kRopeCache) {
       f.epilogue = GemvEpilogue::kRopeCache;
+      f.rope.bias = config_.qkv_bias ? bias_.get() : nullptr;
       f.rope.positions = positions_.get();
       f.rope.slots = slots_.get();
       f.rope.inv_freq = inv_freq_.get();
       f.rope.q_out = q_.get();
-      f.rope.q_heads = q_heads_;
+      f.rope.q_heads = static_cast<int32_t>(config_.num_q_heads);
       f.rope.kv = kv_;
     }
     return f;
@@ -159,20 +189,21 @@ class FusedBuffers {
 
  private:
   template <typename T>
-  static void upload(T* device, const std::vector<T>& host) {
-    L2KV_CUDA_CHECK(
-        cudaMemcpy(device, host.data(), host.size() * sizeof(T), cudaMemcpyHostToDevice));
+  static void upload(T* device, const std::vector<T>& host, cudaStream_t stream) {
+    L2KV_CUDA_CHECK(cudaMemcpyAsync(device, host.data(), host.size() * sizeof(T),
+                                    cudaMemcpyHostToDevice, stream));
+    L2KV_CUDA_CHECK(cudaStreamSynchronize(stream));
   }
 
+  ModelConfig config_;
   int64_t rows_, width_;
-  DeviceArray<float> residual_;
-  DeviceArray<uint16_t> norm_weight_;
+  DeviceArray<float> residual_, added_residual_;
+  DeviceArray<uint16_t> norm_weight_, bias_;
   DeviceArray<float> sumsq_, residual_sumsq_;
   DeviceArray<int32_t> positions_, slots_;
   DeviceArray<float> inv_freq_;
   DeviceArray<uint16_t> q_, k_pool_, v_pool_;
   PagedKvCache kv_;
-  int32_t q_heads_ = 0;
 };
 
 // Median µs of `reps` calls of launch(rep), each between its own pair of events. With
@@ -348,7 +379,7 @@ int run(const Options& opt) {
         auto mma_gemv = [&](int rep) {
           gemv(dtype, x.get(), weights(rep), y_gemv.get(), p.f32_out, rows, p.in, p.out, stream);
         };
-        const Fused form = FusedBuffers::form_at(p.fused, rows);
+        const Fused form = fused_form(config, p, rows);
         const GemvFusion fusion = fused_buffers.fusion(form);
         auto fused_gemv = [&](int rep) {
           gemv(dtype, x.get(), weights(rep), y_fused.get(), false, rows, p.in, p.out, stream, false,
@@ -375,7 +406,6 @@ int run(const Options& opt) {
         if (run_fused) {
           fused_gemv(0);  // outside any capture: the kernel's shared-memory limit is set here
           t.fused_us = time_median_us(opt.reps, fused_gemv, stream, opt.graph, flush);
-          fused_buffers.reset_sumsq(stream);
         }
         const double bytes =
             static_cast<double>(w_bytes) + rows * p.in * 2.0 + rows * p.out * (p.f32_out ? 4 : 2);
@@ -414,6 +444,7 @@ int run(const Options& opt) {
              {"gemv_gbps", run_gemv ? nlohmann::json(gemv_gbps) : nlohmann::json()},
              {"gemv_fraction_of_ceiling",
               run_gemv ? nlohmann::json(gemv_gbps / ceiling) : nlohmann::json()},
+             {"fused_form", fused_name(form)},
              {"fused_us", run_fused ? nlohmann::json(t.fused_us) : nlohmann::json()},
              {"fused_gbps", run_fused ? nlohmann::json(fused_gbps) : nlohmann::json()},
              {"fused_fraction_of_ceiling",
