@@ -36,11 +36,20 @@ struct Shape {
 
 // out is a multiple of 16 wherever a SiLU epilogue runs (gate_up of every model has it).
 const std::vector<Shape> kShapes = {
-    {"llama3-8b qkv", 4096, 6144},      {"llama3-8b o", 4096, 4096},
-    {"llama3-8b gate_up", 4096, 28672}, {"llama3-8b down", 14336, 4096},
-    {"qwen2.5-7b qkv", 3584, 4608},     {"qwen2.5-7b gate_up", 3584, 37888},
-    {"qwen2.5-7b down", 18944, 3584},   {"odd in24 out48", 24, 48},
-    {"odd in1032 out112", 1032, 112},   {"odd in4104 out1008", 4104, 1008},
+    {"llama3-8b qkv", 4096, 6144},
+    {"llama3-8b o", 4096, 4096},
+    {"llama3-8b gate_up", 4096, 28672},
+    {"llama3-8b down", 14336, 4096},
+    {"qwen2.5-7b qkv", 3584, 4608},
+    {"qwen2.5-7b gate_up", 3584, 37888},
+    {"qwen2.5-7b down", 18944, 3584},
+    {"odd in24 out48", 24, 48},
+    {"odd in1032 out112", 1032, 112},
+    {"odd in4104 out1008", 4104, 1008},
+    // 16,384 outputs: blocks of two feature tiles under the norm prologue; one row of 5632
+    // features stages 11 KB of x (the three-stage ring), one of 24 the two-stage ring.
+    {"wide in5632 out16384", 5632, 16384},
+    {"wide in24 out16384", 24, 16384},
 };
 
 // As gemv_gpu_test.cpp: |y - ref| <= atol + rtol |ref|, atol the fp32 accumulation noise.

@@ -1,5 +1,6 @@
 // Decode GEMV on tensor cores. A thread block owns 16 output features (16 rows of W; 32, two
-// tiles, for the norm prologue staged in shared memory) and the whole `in` dimension; a tile's
+// tiles, for the staged norm prologue on matrices of 16,384 outputs or more) and the whole `in`
+// dimension; a tile's
 // warps split `in` between them (warp w takes iterations w, w + kWarps, ...), each accumulating
 // a 16 x (8 * kNTiles) tile of y^T with mma.m16n8k16, and the warps' tiles are summed through
 // shared memory at the end. Every weight byte is read once,
@@ -313,6 +314,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) gemv_kernel(GemvParams p
   // The warps' partial tiles: the ring form reuses its ring for them once every warp is done.
   __shared__ float partial_own[kRing ? 1 : kWarps * Tiling::kAccs * kWarpSize];
   float* partial_base = kRing ? reinterpret_cast<float*>(ring) : partial_own;
+  static_assert(!kRing || kWarps * Tiling::kAccs * kWarpSize * sizeof(float) <= Tiling::kSmemBytes,
+                "the partial sums fit in the ring (x_stage starts after it)");
   auto partial = [&](int w, int r, int l) -> float& {
     return partial_base[(w * Tiling::kAccs + r) * kWarpSize + l];
   };
@@ -446,7 +449,12 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) gemv_kernel(GemvParams p
   // (g + 8 * (r / 2), 2t + r % 2): output feature first_row + g + 8 * (r / 2), x row
   // 8 nt + 2t + r % 2. One thread finishes the pair of features (g, g + 8) of one x row:
   // the pair a kSiluMul epilogue combines.
-  if constexpr (kRing) __syncthreads();  // no warp reads its stages any more
+  if constexpr (kRing) {
+    // The partial sums reuse the ring: every copy has landed (the groups still pending are
+    // empty ones, so this wait costs nothing) and no warp reads its stages any more.
+    ptx::cp_async_wait<0>();
+    __syncthreads();
+  }
 #pragma unroll
   for (int nt = 0; nt < kNTiles; ++nt)
 #pragma unroll
@@ -531,16 +539,22 @@ void launch_tiles(const GemvParams& p, cudaStream_t stream) {
 // decode step the ring is 1-2 % faster at 1-8 rows (it requests 96 KB per block before the PDL
 // wait, against 64 KB), and 10 % slower at 16, where its 104 KB of shared memory per block
 // leave too little L1 for the re-read x tiles.
-// The ring form's norm prologue stages x in shared memory after the ring. Where x is small (one
-// row of up to 5120 features) the ring has two stages and three blocks share an SM: the same
-// 96 KB in flight per SM, but Llama-3-8B's QKV (384 blocks) runs in one wave instead of 1.45 and
-// gate_up in 2.3 instead of 3.4 (NOTES, "Three blocks per SM for the norm-prologue GEMV": the
-// batch-1 step 3 % faster). O and down, one wave at two blocks per SM, lose with it. Larger x
-// keeps three stages and two blocks per SM while that fits; more rows or wider ones normalize x
-// in every iteration of the register form instead.
-// On large matrices (gate_up) such blocks cover two feature tiles (32 features), so that each
-// normalization serves twice the weights; on QKV that leaves fewer blocks than SM slots.
-constexpr int64_t kThreeBlocksMaxBytes = 74 * 1024;  // 3 x (this + statics + 1 KB) <= 228 KB
+// The ring form's norm prologue stages x in shared memory after the ring. Where x is small (up
+// to 10 KB: one row of up to 5120 features) the ring has two stages and three blocks share an SM:
+// the same 96 KB in flight per SM, but Llama-3-8B's QKV (384 blocks) runs in one wave instead
+// of 1.45 and gate_up in 2.3 instead of 3.4 (NOTES, "Three blocks per SM for the norm-prologue
+// GEMV": the batch-1 step 3 % faster). O and down, one wave at two blocks per SM, lose with it.
+// Larger x keeps three stages and two blocks per SM while that fits; more rows or wider ones
+// normalize x in every iteration of the register form instead. On large matrices (gate_up) such
+// blocks cover two feature tiles (32 features), so that each normalization serves twice the
+// weights; on QKV that leaves fewer blocks than SM slots.
+constexpr int kThreeBlockRingStages = 2;
+constexpr int kThreeBlocksPerSm = 3;
+constexpr int64_t kSmemPerSm = 228 * 1024;       // sm_90
+constexpr int64_t kSmemReservedPerBlock = 1024;  // by the CUDA runtime
+constexpr int64_t kStaticSmemAllowance = 1024;   // the kernel's own __shared__ arrays
+constexpr int64_t kThreeBlocksMaxBytes =         // ring + x per block: 74 KB
+    kSmemPerSm / kThreeBlocksPerSm - kSmemReservedPerBlock - kStaticSmemAllowance;
 constexpr int64_t kStagedNormMaxBytes = 108 * 1024;
 constexpr int64_t kStagedNormWideMinOut = 16384;
 
@@ -552,9 +566,12 @@ void launch(const GemvParams& p, cudaStream_t stream) {
   } else {
     const int64_t x_bytes = p.rows * p.in * 2;
     const bool wide = p.out >= kStagedNormWideMinOut;
-    if (GemvTiling<1, true, 2>::kSmemBytes + x_bytes <= kThreeBlocksMaxBytes) {
-      if (wide) return launch_tiles<T, OutT, 1, kNorm, kEpilogue, true, 2, 2, 3>(p, stream);
-      return launch_tiles<T, OutT, 1, kNorm, kEpilogue, true, 1, 2, 3>(p, stream);
+    if (GemvTiling<1, true, kThreeBlockRingStages>::kSmemBytes + x_bytes <= kThreeBlocksMaxBytes) {
+      if (wide)
+        return launch_tiles<T, OutT, 1, kNorm, kEpilogue, true, 2, kThreeBlockRingStages,
+                            kThreeBlocksPerSm>(p, stream);
+      return launch_tiles<T, OutT, 1, kNorm, kEpilogue, true, 1, kThreeBlockRingStages,
+                          kThreeBlocksPerSm>(p, stream);
     }
     if (GemvTiling<1, true>::kSmemBytes + x_bytes > kStagedNormMaxBytes)
       return launch_tiles<T, OutT, 1, kNorm, kEpilogue, false>(p, stream);
