@@ -1,11 +1,17 @@
 // l2kv_bench_prefill: prefill throughput of the CUDA backend on a synthetic model (random
 // weights in a real model's shapes), against the bf16 matrix rate measured in the same run
-// (cuBLASLt, 8192^3), with the split of time between projections and attention.
+// (cuBLASLt, 8192^3), with the split of time between projections and attention; then the
+// prefill-attention kernel alone over 1 and several prompts of 512 to 32K tokens (the sweep
+// bench/model/sdpa_prefill_peers.py repeats for PyTorch's SDPA backends; scripts/bench_prefill.sh
+// runs both in one go).
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <fstream>
 #include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
 #include <vector>
 
 #include "l2kv/core/cuda_check.h"
@@ -47,12 +53,14 @@ double gemm_peak_tflops(cudaStream_t stream) {
   return tflops[tflops.size() / 2];
 }
 
-// Median µs of the prefill attention kernel alone for one prompt of `tokens` tokens with the
-// model's head layout (bf16, HND, block 16, shuffled blocks).
-double prefill_attention_us(const l2kv::ModelConfig& c, int tokens, cudaStream_t stream) {
-  const int block = 16, blocks = (tokens + block - 1) / block;
+// Median µs of the prefill attention kernel alone for `prompts` prompts of `tokens` tokens
+// each, in one launch, with the model's head layout (bf16, HND, block 16, shuffled blocks).
+double prefill_attention_us(const l2kv::ModelConfig& c, int prompts, int tokens,
+                            cudaStream_t stream) {
+  const int block = 16, blocks_per_seq = (tokens + block - 1) / block;
+  const int blocks = blocks_per_seq * prompts;
   const int64_t pool = int64_t{blocks} * block * c.num_kv_heads * c.head_dim;
-  const int64_t q_elems = int64_t{tokens} * c.num_q_heads * c.head_dim;
+  const int64_t q_elems = int64_t{tokens} * prompts * c.num_q_heads * c.head_dim;
   uint16_t *k, *v, *q, *out;
   int32_t *table, *lens;
   L2KV_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&k), pool * 2));
@@ -60,7 +68,7 @@ double prefill_attention_us(const l2kv::ModelConfig& c, int tokens, cudaStream_t
   L2KV_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&q), q_elems * 2));
   L2KV_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&out), q_elems * 2));
   L2KV_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&table), blocks * 4));
-  L2KV_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&lens), 4));
+  L2KV_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&lens), prompts * 4));
   l2kv::fill_random(k, pool, l2kv::DType::kBFloat16, 1.f, 11, stream);
   l2kv::fill_random(v, pool, l2kv::DType::kBFloat16, 1.f, 12, stream);
   l2kv::fill_random(q, q_elems, l2kv::DType::kBFloat16, 1.f, 13, stream);
@@ -68,17 +76,20 @@ double prefill_attention_us(const l2kv::ModelConfig& c, int tokens, cudaStream_t
   for (int i = 0; i < blocks; ++i)
     host_table[i] = (i * 7919) % blocks == i ? i : (blocks - 1 - i);  // non-contiguous
   L2KV_CUDA_CHECK(cudaMemcpy(table, host_table.data(), blocks * 4, cudaMemcpyHostToDevice));
-  L2KV_CUDA_CHECK(cudaMemcpy(lens, &tokens, 4, cudaMemcpyHostToDevice));
+  const std::vector<int32_t> host_lens(static_cast<size_t>(prompts), tokens);
+  L2KV_CUDA_CHECK(cudaMemcpy(lens, host_lens.data(), prompts * 4, cudaMemcpyHostToDevice));
   l2kv::PagedKvCache kv;
   kv.k_pool = k, kv.v_pool = v, kv.block_table = table, kv.seq_lens = lens;
   kv.num_blocks = blocks, kv.block_size = block,
   kv.num_kv_heads = static_cast<int32_t>(c.num_kv_heads);
-  kv.head_dim = static_cast<int32_t>(c.head_dim), kv.batch_size = 1, kv.max_blocks_per_seq = blocks;
+  kv.head_dim = static_cast<int32_t>(c.head_dim), kv.batch_size = prompts;
+  kv.max_blocks_per_seq = blocks_per_seq;
   kv.layout = l2kv::KvLayout::kHND, kv.dtype = l2kv::DType::kBFloat16;
   l2kv::PrefillAttention prefill;
-  prefill.reserve(tokens, 1, static_cast<int32_t>(c.num_kv_heads),
+  prefill.reserve(tokens * prompts, prompts, static_cast<int32_t>(c.num_kv_heads),
                   static_cast<int32_t>(c.num_q_heads));
-  const std::vector<l2kv::PrefillChunk> chunks = {{0, 0, tokens, 0}};
+  std::vector<l2kv::PrefillChunk> chunks;
+  for (int p = 0; p < prompts; ++p) chunks.push_back({p, p * tokens, tokens, 0});
   prefill.plan(kv, static_cast<int32_t>(c.num_q_heads), chunks, stream);
   const float scale = 1.f / std::sqrt(static_cast<float>(c.head_dim));
   for (int i = 0; i < 3; ++i)
@@ -106,7 +117,9 @@ double prefill_attention_us(const l2kv::ModelConfig& c, int tokens, cudaStream_t
 int main(int argc, char** argv) {
   std::string model_name = "llama3-8b";
   int batch = 8, prompt = 512, reps = 5;
-  std::vector<int> attention_lengths{512, 1024, 2048, 4096, 8192};
+  std::vector<int> attention_lengths{512, 1024, 2048, 4096, 8192, 16384, 32768};
+  std::vector<int> attention_prompts{1, 4};
+  std::string json_path;
   CLI::App app{"l2kv_bench_prefill: prefill throughput of the CUDA backend on a synthetic model"};
   app.add_option("--model", model_name,
                  "Synthetic model: llama2-7b, llama3-8b, qwen2.5-7b, qwen2.5-14b")
@@ -121,8 +134,14 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(1, 1000))
       ->capture_default_str();
   app.add_option("--attention-lengths", attention_lengths,
-                 "Prompt lengths of the prefill-attention kernel sweep (batch 1)")
+                 "Prompt lengths of the prefill-attention kernel sweep")
+      ->check(CLI::Range(1, 131072))
       ->capture_default_str();
+  app.add_option("--attention-prompts", attention_prompts,
+                 "Prompts per launch in the prefill-attention kernel sweep")
+      ->check(CLI::Range(1, 64))
+      ->capture_default_str();
+  app.add_option("--json", json_path, "Write the results as JSON to this file");
   CLI11_PARSE(app, argc, argv);
   try {
     if (!l2kv::cuda_device_available()) {
@@ -182,13 +201,34 @@ int main(int argc, char** argv) {
         "%.2f ms\n",
         m.gemm_ms, 100 * m.gemm_ms / m.total_ms, m.attention_ms, 100 * m.attention_ms / m.total_ms,
         m.total_ms - m.gemm_ms - m.attention_ms);
-    for (int length : attention_lengths) {
-      const double us = prefill_attention_us(config, length, nullptr);
-      const double att_flops =
-          4.0 * config.num_q_heads * config.head_dim * (length * (length + 1) / 2.0);
-      std::printf("prefill attention, 1 x %d tokens, %lld:%lld heads: %.1f us, %.0f TFLOP/s\n",
-                  length, static_cast<long long>(config.num_q_heads),
-                  static_cast<long long>(config.num_kv_heads), us, att_flops / (us * 1e-6) / 1e12);
+    nlohmann::json sweep = nlohmann::json::array();
+    for (int count : attention_prompts)
+      for (int length : attention_lengths) {
+        const double us = prefill_attention_us(config, count, length, nullptr);
+        const double att_flops =
+            4.0 * config.num_q_heads * config.head_dim * count * (length * (length + 1.0) / 2.0);
+        const double att_tflops = att_flops / (us * 1e-6) / 1e12;
+        std::printf("prefill attention, %d x %d tokens, %lld:%lld heads: %.1f us, %.0f TFLOP/s\n",
+                    count, length, static_cast<long long>(config.num_q_heads),
+                    static_cast<long long>(config.num_kv_heads), us, att_tflops);
+        sweep.push_back(
+            {{"prompts", count}, {"tokens", length}, {"us", us}, {"tflops", att_tflops}});
+      }
+    if (!json_path.empty()) {
+      const nlohmann::json doc = {{"device", l2kv::query_device_info(0).name},
+                                  {"model", model_name},
+                                  {"gemm_peak_tflops", peak},
+                                  {"prefill",
+                                   {{"batch", batch},
+                                    {"prompt", prompt},
+                                    {"total_ms", m.total_ms},
+                                    {"tflops", tflops},
+                                    {"fraction_of_gemm_rate", tflops / peak},
+                                    {"projections_ms", m.gemm_ms},
+                                    {"attention_ms", m.attention_ms}}},
+                                  {"attention", sweep}};
+      std::ofstream(json_path) << doc.dump(2) << "\n";
+      std::printf("wrote %s\n", json_path.c_str());
     }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "l2kv_bench_prefill: %s\n", e.what());

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Prefill on the local GPU, in one run: l2kv_bench_prefill (the whole prefill of
+# synthetic:llama3-8b against the same-run cuBLASLt rate, then the prefill-attention kernel over
+# 1 and 4 prompts of 512 to 32K tokens) and, where torch is installed, PyTorch SDPA's flash and
+# cuDNN backends on the same sweep and head layout (32:8). Logs and JSON go to
+# bench/results/<date>-<gpu>-prefill/. Arguments go to l2kv_bench_prefill (keep its default
+# --model for the peers' heads to match). L2KV_SKIP_BUILD=1 uses the binaries already in build/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[[ ${L2KV_SKIP_BUILD:-0} == 1 ]] || ./scripts/build.sh
+if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L >/dev/null 2>&1; then
+  echo "l2kv bench_prefill: no NVIDIA GPU on this machine; the benchmark needs a Hopper GPU (sm_90)." >&2
+  exit 2
+fi
+gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr ' ' '-' | tr -cd '[:alnum:]-')
+out="bench/results/$(date -u +%F)-${gpu}-prefill"
+mkdir -p "$out"
+./build/l2kv_bench_prefill --json "$out/prefill.json" "$@" | tee "$out/prefill.log"
+if python3 -c "import torch" 2>/dev/null; then
+  python3 bench/model/sdpa_prefill_peers.py --heads 32:8 --json "$out/prefill_peers.json" |
+    tee "$out/prefill_peers.log"
+else
+  echo "l2kv bench_prefill: torch is not installed; no SDPA peers" | tee "$out/prefill_peers.log"
+fi
+echo "results: $out/prefill.log, $out/prefill_peers.log"
