@@ -16,10 +16,22 @@ gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr ' ' '-' |
 out="bench/results/$(date -u +%F)-${gpu}-prefill"
 mkdir -p "$out"
 ./build/l2kv_bench_prefill --json "$out/prefill.json" "$@" | tee "$out/prefill.log"
-if python3 -c "import torch" 2>/dev/null; then
-  python3 bench/model/sdpa_prefill_peers.py --heads 32:8 --json "$out/prefill_peers.json" |
-    tee "$out/prefill_peers.log"
+# The peers take the same sweep: --attention-lengths and --attention-prompts become their
+# --lengths and --prompts.
+peer_args=()
+forward=""
+for arg in "$@"; do
+  case "$arg" in
+    --attention-lengths) forward=--lengths; peer_args+=(--lengths) ;;
+    --attention-prompts) forward=--prompts; peer_args+=(--prompts) ;;
+    --*) forward="" ;;
+    *) if [[ -n $forward ]]; then peer_args+=("$arg"); fi ;;
+  esac
+done
+if python3 -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
+  python3 bench/model/sdpa_prefill_peers.py --heads 32:8 --json "$out/prefill_peers.json" \
+    "${peer_args[@]}" | tee "$out/prefill_peers.log"
 else
-  echo "l2kv bench_prefill: torch is not installed; no SDPA peers" | tee "$out/prefill_peers.log"
+  echo "l2kv bench_prefill: no torch with CUDA here; no SDPA peers" | tee "$out/prefill_peers.log"
 fi
 echo "results: $out/prefill.log, $out/prefill_peers.log"

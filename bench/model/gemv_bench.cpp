@@ -103,7 +103,7 @@ std::vector<Projection> projections(const ModelConfig& c) {
 // CudaStepState::kDefaultFusedLayerMaxRows rows; above it, QKV's RoPE epilogue where Gemm sends
 // QKV to the GEMV and the model has no q/k norms; fp8 projections have no fused form).
 Fused fused_form(const ModelConfig& c, const Projection& p, int64_t rows) {
-  if (c.fp8_weights) return Fused::kNone;
+  if (c.fp8_weights || rows > Gemm::kDefaultGemvMaxRows) return Fused::kNone;  // cuBLASLt
   if (rows <= CudaStepState::kDefaultFusedLayerMaxRows) return p.fused;
   const bool qkv_on_gemv = p.fused == Fused::kNormRopeCache && p.out <= Gemm::kGemvMaxOut;
   return qkv_on_gemv ? Fused::kRopeCache : Fused::kNone;

@@ -74,7 +74,7 @@ double prefill_attention_us(const l2kv::ModelConfig& c, int prompts, int tokens,
   l2kv::fill_random(q, q_elems, l2kv::DType::kBFloat16, 1.f, 13, stream);
   std::vector<int32_t> host_table(blocks);
   for (int i = 0; i < blocks; ++i)
-    host_table[i] = (i * 7919) % blocks == i ? i : (blocks - 1 - i);  // non-contiguous
+    host_table[i] = (int64_t{i} * 7919) % blocks == i ? i : (blocks - 1 - i);  // non-contiguous
   L2KV_CUDA_CHECK(cudaMemcpy(table, host_table.data(), blocks * 4, cudaMemcpyHostToDevice));
   const std::vector<int32_t> host_lens(static_cast<size_t>(prompts), tokens);
   L2KV_CUDA_CHECK(cudaMemcpy(lens, host_lens.data(), prompts * 4, cudaMemcpyHostToDevice));
@@ -143,6 +143,16 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--json", json_path, "Write the results as JSON to this file");
   CLI11_PARSE(app, argc, argv);
+  constexpr int64_t kMaxSweepTokens = int64_t{1} << 20;  // 4 GiB of q and out in bf16
+  for (int count : attention_prompts)
+    for (int length : attention_lengths)
+      if (int64_t{count} * length > kMaxSweepTokens) {
+        std::fprintf(stderr,
+                     "l2kv_bench_prefill: %d prompts x %d tokens in one launch is more than the "
+                     "sweep's %lld tokens\n",
+                     count, length, static_cast<long long>(kMaxSweepTokens));
+        return 1;
+      }
   try {
     if (!l2kv::cuda_device_available()) {
       std::fprintf(stderr, "l2kv_bench_prefill: no CUDA GPU on this machine\n");

@@ -1009,6 +1009,41 @@ TEST(EngineStopStrings, StopStringEndsOutputAndIsNotStreamed) {
   expect_no_leak(engine);
 }
 
+// min_tokens holds stop strings back: the stop string that ends the output in the test above,
+// met before min_tokens tokens, streams as text and the output goes on past it.
+TEST(EngineStopStrings, NoStopStringBeforeMinTokens) {
+  const Fixture& f = fixture("qwen2-tied");
+  const Case& c = f.cases[0];
+  std::string full;
+  std::vector<size_t> ends;  // text length after each reference token
+  for (int32_t t : c.greedy) {
+    full += token_text(t);
+    ends.push_back(full.size());
+  }
+  const std::string stop = full.substr(ends[5] - 1, 3);
+  const size_t at = full.find(stop);
+  size_t last = 0;  // the token that completes the first occurrence
+  while (ends[last] < at + stop.size()) ++last;
+
+  Engine engine(std::make_unique<CpuRunner>(f.model), &test_tokenizer(), small_config());
+  SamplingParams p = greedy_params();
+  p.stop = {stop};
+  p.min_tokens = static_cast<int32_t>(last) + 2;
+  Collected got;
+  engine.add_request(request_for(c.prompt, p, got));
+  engine.run_until_idle();
+  EXPECT_GT(got.tokens.size(), last + 1) << "stopped at a stop string before min_tokens";
+  ASSERT_LE(got.tokens.size(), c.greedy.size());
+  EXPECT_EQ(got.tokens,
+            std::vector<int32_t>(c.greedy.begin(), c.greedy.begin() + got.tokens.size()));
+  EXPECT_EQ(got.text, full.substr(0, got.text.size())) << "streamed text is not a prefix";
+  EXPECT_GT(got.text.size(), at + stop.size()) << "the early stop string is part of the text";
+  if (got.last.finish_reason == FinishReason::kStop) {
+    EXPECT_GE(static_cast<int32_t>(got.tokens.size()), p.min_tokens);
+  }
+  expect_no_leak(engine);
+}
+
 TEST(Engine, SeededSamplingIsReproducibleWhateverRunsBeside) {
   const Fixture& f = fixture("llama2-mha");
   SamplingParams p;

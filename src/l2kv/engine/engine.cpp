@@ -228,7 +228,6 @@ struct Engine::Impl {
     const int64_t id = next_id++;
     auto r = std::make_unique<Request>(id, id, std::move(request.prompt), std::move(request.params),
                                        seed);
-    outputs.add(id, r->params);
     r->prompt_logprobs = request.prompt_logprobs;
     r->prompt_only = request.prompt_only;
     if (request.grammar) r->matcher.emplace(std::move(request.grammar));
@@ -238,6 +237,7 @@ struct Engine::Impl {
     }
     if (request.on_output)
       r->on_output = std::make_shared<const Callback>(std::move(request.on_output));
+    outputs.add(id, r->params);  // after the checks and set-up above, which may throw
     Request* leader = prompt_leader_for(request.share_prompt_with, *r);
     if (leader) {
       r->prompt_leader = leader;
