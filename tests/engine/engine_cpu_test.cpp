@@ -953,20 +953,29 @@ TEST(EngineStopStrings, CheckerHoldsBackPossibleStarts) {
   EXPECT_EQ(off.flush(), "a");
 }
 
+// The text of a case's greedy continuation and a stop string across the boundary of its tokens
+// 6 and 7: where the stop string first starts in the text, and the token that completes it.
+struct StopAcrossTokens {
+  std::string full, stop;
+  size_t at = 0, last = 0;
+};
+StopAcrossTokens stop_across_tokens(const Case& c) {
+  StopAcrossTokens s;
+  std::vector<size_t> ends;  // text length after each reference token
+  for (int32_t t : c.greedy) {
+    s.full += token_text(t);
+    ends.push_back(s.full.size());
+  }
+  s.stop = s.full.substr(ends[5] - 1, 3);
+  s.at = s.full.find(s.stop);
+  while (ends[s.last] < s.at + s.stop.size()) ++s.last;
+  return s;
+}
+
 TEST(EngineStopStrings, StopStringEndsOutputAndIsNotStreamed) {
   const Fixture& f = fixture("qwen2-tied");
   const Case& c = f.cases[0];
-  std::string full;
-  std::vector<size_t> ends;  // text length after each reference token
-  for (int32_t t : c.greedy) {
-    full += token_text(t);
-    ends.push_back(full.size());
-  }
-  // A stop string across the boundary of tokens 6 and 7.
-  const std::string stop = full.substr(ends[5] - 1, 3);
-  const size_t at = full.find(stop);
-  size_t last = 0;
-  while (ends[last] < at + stop.size()) ++last;
+  const auto [full, stop, at, last] = stop_across_tokens(c);
 
   Engine engine(std::make_unique<CpuRunner>(f.model), &test_tokenizer(), small_config());
   SamplingParams p = greedy_params();
@@ -1014,16 +1023,7 @@ TEST(EngineStopStrings, StopStringEndsOutputAndIsNotStreamed) {
 TEST(EngineStopStrings, NoStopStringBeforeMinTokens) {
   const Fixture& f = fixture("qwen2-tied");
   const Case& c = f.cases[0];
-  std::string full;
-  std::vector<size_t> ends;  // text length after each reference token
-  for (int32_t t : c.greedy) {
-    full += token_text(t);
-    ends.push_back(full.size());
-  }
-  const std::string stop = full.substr(ends[5] - 1, 3);
-  const size_t at = full.find(stop);
-  size_t last = 0;  // the token that completes the first occurrence
-  while (ends[last] < at + stop.size()) ++last;
+  const auto [full, stop, at, last] = stop_across_tokens(c);
 
   Engine engine(std::make_unique<CpuRunner>(f.model), &test_tokenizer(), small_config());
   SamplingParams p = greedy_params();
