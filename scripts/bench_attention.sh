@@ -2,7 +2,8 @@
 # The decode-attention kernel benchmark: builds l2kv and runs the decode-attention grid on the
 # local GPU (an H100; about 10 minutes for the full grid), then PyTorch SDPA peers where torch is installed, then
 # the same grid with an fp8 KV cache (split only, to keep the run short), the PDL step chain, then
-# the prefill benchmark on synthetic:llama3-8b, and writes JSON, logs and markdown under
+# the prefill benchmark on synthetic:llama3-8b (scripts/bench_prefill.sh, into
+# bench/results/<date>-<gpu>-prefill/), and writes JSON, logs and markdown under
 # bench/results/<date>-<gpu>/. Arguments go to l2kv_bench_decode (for example
 # --models llama3-8b --batches 1 64). L2KV_SKIP_BUILD=1 uses the binaries already in build/.
 set -euo pipefail
@@ -40,6 +41,6 @@ python3 bench/attention/report.py --bench "$out/bench.json" "${peers[@]}" --out 
 python3 bench/attention/compare_kv_dtypes.py "$out/bench.json" "$out/bench_fp8.json" >"$out/fp8_vs_bf16.md"
 # The attention chain of a decode step with and without programmatic dependent launch.
 ./build/l2kv_bench_step --json "$out/step.json" | tee "$out/step.log"
-./build/l2kv_bench_prefill | tee "$out/prefill.log"
-if ((${#peers[@]})); then python3 bench/model/sdpa_prefill_peers.py | tee "$out/prefill_peers.log"; fi
-echo "results: $out/decode_attention.md, $out/fp8_vs_bf16.md, $out/step.log, $out/prefill.log"
+# The prefill benchmark and its SDPA peers, into their own folder (${out}-prefill).
+L2KV_SKIP_BUILD=1 ./scripts/bench_prefill.sh
+echo "results: $out/decode_attention.md, $out/fp8_vs_bf16.md, $out/step.log, ${out}-prefill/"

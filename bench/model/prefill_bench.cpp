@@ -53,6 +53,12 @@ double gemm_peak_tflops(cudaStream_t stream) {
   return tflops[tflops.size() / 2];
 }
 
+// FLOPs of one layer's causal attention (Q K^T and P V, the masked half not counted) over
+// `prompts` prompts of `tokens` tokens each.
+double causal_attention_flops(const l2kv::ModelConfig& c, int prompts, int tokens) {
+  return 4.0 * c.num_q_heads * c.head_dim * prompts * (tokens * (tokens + 1.0) / 2.0);
+}
+
 // Median µs of the prefill attention kernel alone for `prompts` prompts of `tokens` tokens
 // each, in one launch, with the model's head layout (bf16, HND, block 16, shuffled blocks).
 double prefill_attention_us(const l2kv::ModelConfig& c, int prompts, int tokens,
@@ -185,8 +191,8 @@ int main(int argc, char** argv) {
         (config.hidden_size * (q_dim + 2 * kv_dim) + q_dim * config.hidden_size +
          3.0 * config.hidden_size * config.intermediate_size);
     const double tokens = static_cast<double>(batch) * prompt;
-    const double attention_flops = 4.0 * config.num_layers * config.num_q_heads * config.head_dim *
-                                   batch * (prompt * (prompt + 1) / 2.0);
+    const double attention_flops =
+        config.num_layers * causal_attention_flops(config, batch, prompt);
     const double flops = 2.0 * linear_params * tokens +
                          2.0 * config.vocab_size * config.hidden_size * batch + attention_flops;
     std::vector<l2kv::CudaStepState::OpTimes> runs;
@@ -215,9 +221,8 @@ int main(int argc, char** argv) {
     for (int count : attention_prompts)
       for (int length : attention_lengths) {
         const double us = prefill_attention_us(config, count, length, nullptr);
-        const double att_flops =
-            4.0 * config.num_q_heads * config.head_dim * count * (length * (length + 1.0) / 2.0);
-        const double att_tflops = att_flops / (us * 1e-6) / 1e12;
+        const double att_tflops =
+            causal_attention_flops(config, count, length) / (us * 1e-6) / 1e12;
         std::printf("prefill attention, %d x %d tokens, %lld:%lld heads: %.1f us, %.0f TFLOP/s\n",
                     count, length, static_cast<long long>(config.num_q_heads),
                     static_cast<long long>(config.num_kv_heads), us, att_tflops);

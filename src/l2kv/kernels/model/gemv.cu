@@ -1,10 +1,9 @@
 // Decode GEMV on tensor cores. A thread block owns 16 output features (16 rows of W; 32, two
 // tiles, for the staged norm prologue on matrices of 16,384 outputs or more) and the whole `in`
-// dimension; a tile's
-// warps split `in` between them (warp w takes iterations w, w + kWarps, ...), each accumulating
-// a 16 x (8 * kNTiles) tile of y^T with mma.m16n8k16, and the warps' tiles are summed through
-// shared memory at the end. Every weight byte is read once,
-// by one 16-byte streaming load; x (at most 16 rows) is re-read by every block through L1.
+// dimension; a tile's warps split `in` between them (warp w takes iterations w, w + kWarps, ...),
+// each accumulating a 16 x (8 * kNTiles) tile of y^T with mma.m16n8k16, and the warps' tiles are
+// summed through shared memory at the end. Every weight byte is read once, by one 16-byte
+// streaming load; x (at most 16 rows) is re-read by every block through L1.
 //
 // Fragment trick: the order of k inside an mma is free as long as A and B use the same one.
 // Lane (g, t) = (lane / 4, lane % 4) loads 8 consecutive k of W rows g and g + 8 and of x row
