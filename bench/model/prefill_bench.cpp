@@ -1,7 +1,8 @@
 // l2kv_bench_prefill: prefill throughput of the CUDA backend on a synthetic model (random
 // weights in a real model's shapes), against the bf16 matrix rate measured in the same run
-// (cuBLASLt, 8192^3), with the split of time between projections and attention; then the
-// prefill-attention kernel alone over 1 and several prompts of 512 to 32K tokens (the sweep
+// (cuBLASLt, 8192^3), with the split of time between projections and attention; then the two
+// prefill-attention kernels (wgmma and warp MMA) alone, their outputs compared, over 1 and
+// several prompts of 512 to 32K tokens (the sweep
 // bench/model/sdpa_prefill_peers.py repeats for PyTorch's SDPA backends; scripts/bench_prefill.sh
 // runs both in one go).
 #include <CLI/CLI.hpp>
@@ -59,10 +60,15 @@ double causal_attention_flops(const l2kv::ModelConfig& c, int prompts, int token
   return 4.0 * c.num_q_heads * c.head_dim * prompts * (tokens * (tokens + 1.0) / 2.0);
 }
 
-// Median µs of the prefill attention kernel alone for `prompts` prompts of `tokens` tokens
-// each, in one launch, with the model's head layout (bf16, HND, block 16, shuffled blocks).
-double prefill_attention_us(const l2kv::ModelConfig& c, int prompts, int tokens,
-                            cudaStream_t stream) {
+// The prefill attention kernels alone on one problem: `prompts` prompts of `tokens` tokens each
+// in one launch, with the model's head layout (bf16, HND, block 16, shuffled blocks).
+struct AttentionTiming {
+  double wgmma_us, warp_mma_us;
+  double max_diff;  // max |wgmma - warp MMA| over max |warp MMA|: the two kernels agree
+};
+
+AttentionTiming time_prefill_attention(const l2kv::ModelConfig& c, int prompts, int tokens,
+                                       cudaStream_t stream) {
   const int block = 16, blocks_per_seq = (tokens + block - 1) / block;
   const int blocks = blocks_per_seq * prompts;
   const int64_t pool = int64_t{blocks} * block * c.num_kv_heads * c.head_dim;
@@ -79,8 +85,7 @@ double prefill_attention_us(const l2kv::ModelConfig& c, int prompts, int tokens,
   l2kv::fill_random(v, pool, l2kv::DType::kBFloat16, 1.f, 12, stream);
   l2kv::fill_random(q, q_elems, l2kv::DType::kBFloat16, 1.f, 13, stream);
   std::vector<int32_t> host_table(blocks);
-  for (int i = 0; i < blocks; ++i)
-    host_table[i] = (int64_t{i} * 7919) % blocks == i ? i : (blocks - 1 - i);  // non-contiguous
+  for (int i = 0; i < blocks; ++i) host_table[i] = blocks - 1 - i;  // non-contiguous
   L2KV_CUDA_CHECK(cudaMemcpy(table, host_table.data(), blocks * 4, cudaMemcpyHostToDevice));
   const std::vector<int32_t> host_lens(static_cast<size_t>(prompts), tokens);
   L2KV_CUDA_CHECK(cudaMemcpy(lens, host_lens.data(), prompts * 4, cudaMemcpyHostToDevice));
@@ -91,31 +96,52 @@ double prefill_attention_us(const l2kv::ModelConfig& c, int prompts, int tokens,
   kv.head_dim = static_cast<int32_t>(c.head_dim), kv.batch_size = prompts;
   kv.max_blocks_per_seq = blocks_per_seq;
   kv.layout = l2kv::KvLayout::kHND, kv.dtype = l2kv::DType::kBFloat16;
-  l2kv::PrefillAttention prefill;
-  prefill.reserve(tokens * prompts, prompts, static_cast<int32_t>(c.num_kv_heads),
-                  static_cast<int32_t>(c.num_q_heads));
   std::vector<l2kv::PrefillChunk> chunks;
   for (int p = 0; p < prompts; ++p) chunks.push_back({p, p * tokens, tokens, 0});
-  prefill.plan(kv, static_cast<int32_t>(c.num_q_heads), chunks, stream);
   const float scale = 1.f / std::sqrt(static_cast<float>(c.head_dim));
-  for (int i = 0; i < 3; ++i)
-    prefill.run(q, out, kv, static_cast<int32_t>(c.num_q_heads), scale, stream);
   cudaEvent_t s, e;
   L2KV_CUDA_CHECK(cudaEventCreate(&s));
   L2KV_CUDA_CHECK(cudaEventCreate(&e));
-  std::vector<double> us;
-  for (int i = 0; i < 20; ++i) {
-    L2KV_CUDA_CHECK(cudaEventRecord(s, stream));
-    prefill.run(q, out, kv, static_cast<int32_t>(c.num_q_heads), scale, stream);
-    L2KV_CUDA_CHECK(cudaEventRecord(e, stream));
-    L2KV_CUDA_CHECK(cudaEventSynchronize(e));
-    float ms = 0;
-    L2KV_CUDA_CHECK(cudaEventElapsedTime(&ms, s, e));
-    us.push_back(ms * 1e3);
+  // Median µs of one kernel; its output is left in `host_out`.
+  auto time_kernel = [&](l2kv::PrefillKernel kernel, std::vector<uint16_t>& host_out) {
+    l2kv::PrefillAttention prefill;
+    prefill.reserve(tokens * prompts, prompts, static_cast<int32_t>(c.num_kv_heads),
+                    static_cast<int32_t>(c.num_q_heads));
+    prefill.set_kernel(kernel);
+    prefill.plan(kv, static_cast<int32_t>(c.num_q_heads), chunks, stream);
+    L2KV_CUDA_CHECK(cudaMemsetAsync(out, 0xff, q_elems * 2, stream));  // NaN until written
+    for (int i = 0; i < 3; ++i)
+      prefill.run(q, out, kv, static_cast<int32_t>(c.num_q_heads), scale, stream);
+    std::vector<double> us;
+    for (int i = 0; i < 20; ++i) {
+      L2KV_CUDA_CHECK(cudaEventRecord(s, stream));
+      prefill.run(q, out, kv, static_cast<int32_t>(c.num_q_heads), scale, stream);
+      L2KV_CUDA_CHECK(cudaEventRecord(e, stream));
+      L2KV_CUDA_CHECK(cudaEventSynchronize(e));
+      float ms = 0;
+      L2KV_CUDA_CHECK(cudaEventElapsedTime(&ms, s, e));
+      us.push_back(ms * 1e3);
+    }
+    host_out.resize(static_cast<size_t>(q_elems));
+    L2KV_CUDA_CHECK(cudaMemcpy(host_out.data(), out, q_elems * 2, cudaMemcpyDeviceToHost));
+    std::sort(us.begin(), us.end());
+    return us[us.size() / 2];
+  };
+  std::vector<uint16_t> wgmma_out, warp_out;
+  AttentionTiming t{};
+  t.wgmma_us = time_kernel(l2kv::PrefillKernel::kWgmma, wgmma_out);
+  t.warp_mma_us = time_kernel(l2kv::PrefillKernel::kWarpMma, warp_out);
+  double max_ref = 0, max_diff = 0;
+  for (size_t i = 0; i < warp_out.size(); ++i) {
+    const double a = l2kv::dtype_bits_to_float(l2kv::DType::kBFloat16, wgmma_out[i]);
+    const double b = l2kv::dtype_bits_to_float(l2kv::DType::kBFloat16, warp_out[i]);
+    max_ref = std::max(max_ref, std::fabs(b));
+    max_diff = std::isnan(a) || std::isnan(b) ? INFINITY : std::max(max_diff, std::fabs(a - b));
   }
+  t.max_diff = max_diff / std::max(max_ref, 1e-30);
+  cudaEventDestroy(s), cudaEventDestroy(e);
   cudaFree(k), cudaFree(v), cudaFree(q), cudaFree(out), cudaFree(table), cudaFree(lens);
-  std::sort(us.begin(), us.end());
-  return us[us.size() / 2];
+  return t;
 }
 
 }  // namespace
@@ -220,14 +246,23 @@ int main(int argc, char** argv) {
     nlohmann::json sweep = nlohmann::json::array();
     for (int count : attention_prompts)
       for (int length : attention_lengths) {
-        const double us = prefill_attention_us(config, count, length, nullptr);
-        const double att_tflops =
-            causal_attention_flops(config, count, length) / (us * 1e-6) / 1e12;
-        std::printf("prefill attention, %d x %d tokens, %lld:%lld heads: %.1f us, %.0f TFLOP/s\n",
-                    count, length, static_cast<long long>(config.num_q_heads),
-                    static_cast<long long>(config.num_kv_heads), us, att_tflops);
-        sweep.push_back(
-            {{"prompts", count}, {"tokens", length}, {"us", us}, {"tflops", att_tflops}});
+        const AttentionTiming t = time_prefill_attention(config, count, length, nullptr);
+        const double att_flops = causal_attention_flops(config, count, length);
+        const double wgmma_tflops = att_flops / (t.wgmma_us * 1e-6) / 1e12;
+        const double warp_tflops = att_flops / (t.warp_mma_us * 1e-6) / 1e12;
+        std::printf(
+            "prefill attention, %d x %d tokens, %lld:%lld heads: wgmma %.1f us, %.0f TFLOP/s; "
+            "warp MMA %.1f us, %.0f TFLOP/s; max diff %.1e\n",
+            count, length, static_cast<long long>(config.num_q_heads),
+            static_cast<long long>(config.num_kv_heads), t.wgmma_us, wgmma_tflops, t.warp_mma_us,
+            warp_tflops, t.max_diff);
+        sweep.push_back({{"prompts", count},
+                         {"tokens", length},
+                         {"us", t.wgmma_us},
+                         {"tflops", wgmma_tflops},
+                         {"warp_mma_us", t.warp_mma_us},
+                         {"warp_mma_tflops", warp_tflops},
+                         {"max_rel_diff", t.max_diff}});
       }
     if (!json_path.empty()) {
       const nlohmann::json doc = {{"device", l2kv::query_device_info(0).name},

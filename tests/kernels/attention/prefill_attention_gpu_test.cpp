@@ -28,11 +28,17 @@ struct ChunkSpan {
   int32_t start, end;
 };
 
+// The kernels a head_dim runs: both at 128 (wgmma by default, warp MMAs forced), warp MMAs at 64.
+std::vector<PrefillKernel> kernels_for(int32_t head_dim) {
+  if (head_dim == 128) return {PrefillKernel::kAuto, PrefillKernel::kWarpMma};
+  return {PrefillKernel::kAuto};
+}
+
 // Runs prefill on one chunk per span (the sequence's length is the span's end) and checks each
 // (query row, head) against the reference: every row is a decode of its own prefix. Query rows
-// are uniform in +-q_scale, like the decode problem's.
+// are uniform in +-q_scale, like the decode problem's. kAuto must choose wgmma for head_dim 128.
 void check_prefill(DecodeProblemConfig c, const std::vector<ChunkSpan>& spans,
-                   const std::string& label) {
+                   const std::string& label, PrefillKernel kernel = PrefillKernel::kAuto) {
   c.seq_lens.clear();
   for (const ChunkSpan& span : spans) c.seq_lens.push_back(span.end);
   auto host = DecodeProblem::make(c);
@@ -61,7 +67,13 @@ void check_prefill(DecodeProblemConfig c, const std::vector<ChunkSpan>& spans,
   L2KV_CUDA_CHECK(cudaMemset(d_out, 0xff, q.size() * 2));  // NaN in fp16 and bf16
   PrefillAttention prefill;
   prefill.reserve(rows, static_cast<int32_t>(chunks.size()), c.num_kv_heads, c.num_q_heads);
+  prefill.set_kernel(kernel);
   prefill.plan(device.params().kv, c.num_q_heads, chunks, nullptr);
+  const PrefillKernel expected =
+      kernel != PrefillKernel::kAuto
+          ? kernel
+          : (c.head_dim == 128 ? PrefillKernel::kWgmma : PrefillKernel::kWarpMma);
+  EXPECT_EQ(prefill.planned_kernel(), expected) << label;
   prefill.run(d_q, d_out, device.params().kv, c.num_q_heads, ref_params.softmax_scale, nullptr);
   L2KV_CUDA_CHECK(cudaDeviceSynchronize());
   std::vector<uint16_t> bits(q.size());
@@ -90,9 +102,13 @@ TEST_P(PrefillAttentionGrid, MatchesReference) {
     const int32_t count = s % 2 == 0 ? lens[s] : std::max(1, static_cast<int32_t>(rng() % lens[s]));
     spans.push_back({lens[s] - count, lens[s]});
   }
-  check_prefill(c, spans, "flat");
-  c.q_scale = testing::kPeakedQScale;  // one key dominates each row: logit errors show
-  check_prefill(c, spans, "peaked");
+  for (const PrefillKernel kernel : kernels_for(head_dim)) {
+    const std::string name = kernel == PrefillKernel::kWarpMma ? " warp-mma" : "";
+    c.q_scale = DecodeProblemConfig{}.q_scale;
+    check_prefill(c, spans, "flat" + name, kernel);
+    c.q_scale = testing::kPeakedQScale;  // one key dominates each row: logit errors show
+    check_prefill(c, spans, "peaked" + name, kernel);
+  }
 }
 
 std::string prefill_name(const ::testing::TestParamInfo<PrefillParam>& info) {
@@ -131,9 +147,13 @@ TEST_P(PrefillAttentionBoundaries, MatchesReference) {
   std::vector<ChunkSpan> spans;
   for (size_t step : {1, 3, 6})
     for (size_t i = 0; i + step < edges.size(); ++i) spans.push_back({edges[i], edges[i + step]});
-  check_prefill(c, spans, "flat");
-  c.q_scale = testing::kPeakedQScale;
-  check_prefill(c, spans, "peaked");
+  for (const PrefillKernel kernel : kernels_for(head_dim)) {
+    const std::string name = kernel == PrefillKernel::kWarpMma ? " warp-mma" : "";
+    c.q_scale = DecodeProblemConfig{}.q_scale;
+    check_prefill(c, spans, "flat" + name, kernel);
+    c.q_scale = testing::kPeakedQScale;
+    check_prefill(c, spans, "peaked" + name, kernel);
+  }
 }
 
 std::string prefill_boundary_name(const ::testing::TestParamInfo<PrefillBoundaryParam>& info) {
@@ -163,6 +183,16 @@ TEST(PrefillAttention, RejectsBadPlans) {
   EXPECT_THROW(prefill.plan(device.params().kv, 32, bad_seq, nullptr), Error);
   const std::vector<PrefillChunk> ok = {{0, 0, 20, 0}};
   EXPECT_THROW(prefill.plan(device.params().kv, 30, ok, nullptr), Error);
+  // The wgmma kernel serves head_dim 128 with a 16-bit cache only; forcing it elsewhere throws.
+  DecodeProblemConfig small = c;
+  small.head_dim = 64;
+  auto host64 = DecodeProblem::make(small);
+  DeviceDecodeProblem device64(host64);
+  prefill.set_kernel(PrefillKernel::kWgmma);
+  EXPECT_THROW(prefill.plan(device64.params().kv, 32, ok, nullptr), Error);
+  prefill.set_kernel(PrefillKernel::kAuto);
+  prefill.plan(device64.params().kv, 32, ok, nullptr);
+  EXPECT_EQ(prefill.planned_kernel(), PrefillKernel::kWarpMma);
 }
 
 // The work list is sized once, at start, for steps of up to N tokens over up to S sequences: a

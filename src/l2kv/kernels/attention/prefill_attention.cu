@@ -11,6 +11,7 @@
 #include "l2kv/kernels/attention/decode_attention.h"
 #include "l2kv/kernels/attention/kv_tile.cuh"
 #include "l2kv/kernels/attention/prefill_attention.h"
+#include "l2kv/kernels/attention/prefill_attention_wgmma.h"
 #include "l2kv/kernels/tensor_core.cuh"
 
 namespace l2kv {
@@ -271,7 +272,8 @@ int64_t PrefillAttention::max_work_items(int32_t max_tokens, int32_t max_seqs, i
   if (max_tokens < 1 || max_seqs < 1 || num_kv_heads < 1 || num_q_heads < num_kv_heads)
     throw Error("prefill attention: work-list limits must be positive");
   // A chunk of n tokens takes ceil(n / rows) <= n / rows + 1 tiles per KV head, and a step has
-  // at most min(max_seqs, max_tokens) chunks of max_tokens tokens in all.
+  // at most min(max_seqs, max_tokens) chunks of max_tokens tokens in all. The warp-MMA kernel's
+  // tiles are never longer than the wgmma kernel's, so its count bounds both.
   const int64_t tile_rows = kQueryTile * subtiles_for(num_q_heads / num_kv_heads);
   const int64_t chunks = std::min(max_seqs, max_tokens);
   return int64_t{num_kv_heads} * (max_tokens / tile_rows + chunks);
@@ -305,7 +307,12 @@ void PrefillAttention::plan(const PagedKvCache& kv, int32_t num_q_heads,
   const int32_t group = num_q_heads / kv.num_kv_heads;
   if (group > kMaxGqaGroup) fail("at most 8 query heads per KV head");
   if (chunks.empty()) fail("no chunks");
-  const int32_t tile_rows = kQueryTile * subtiles_for(group);
+  const bool wgmma_serves = prefill_wgmma_supports(kv);
+  if (kernel_ == PrefillKernel::kWgmma && !wgmma_serves)
+    fail("the wgmma kernel needs head_dim 128 and a 16-bit cache");
+  const bool wgmma = wgmma_serves && kernel_ != PrefillKernel::kWarpMma;
+  const int32_t tile_rows =
+      wgmma ? prefill_wgmma_tokens_per_item(group) : kQueryTile * subtiles_for(group);
   items_.clear();
   for (const auto& c : chunks) {
     if (c.num_tokens <= 0 || c.first_position < 0 || c.seq < 0 || c.seq >= kv.batch_size)
@@ -331,6 +338,7 @@ void PrefillAttention::plan(const PagedKvCache& kv, int32_t num_q_heads,
   L2KV_CUDA_CHECK(cudaMemcpyAsync(device_items_, items_.data(), items_.size() * sizeof(WorkItem),
                                   cudaMemcpyHostToDevice, stream));
   planned_group_ = group;
+  planned_kernel_ = wgmma ? PrefillKernel::kWgmma : PrefillKernel::kWarpMma;
 }
 
 void PrefillAttention::run(const void* q, void* out, const PagedKvCache& kv, int32_t num_q_heads,
@@ -338,6 +346,10 @@ void PrefillAttention::run(const void* q, void* out, const PagedKvCache& kv, int
   if (items_.empty() || num_q_heads / std::max(1, kv.num_kv_heads) != planned_group_)
     throw Error("prefill attention: run() without a matching plan()");
   const int32_t n = static_cast<int32_t>(items_.size());
+  if (planned_kernel_ == PrefillKernel::kWgmma) {
+    launch_prefill_wgmma(device_items_, n, q, out, kv, num_q_heads, softmax_scale, stream);
+    return;
+  }
   const bool bf16 = kv.dtype == DType::kBFloat16;
   if (kv.head_dim == 128) {
     if (bf16)

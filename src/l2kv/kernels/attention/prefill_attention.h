@@ -1,7 +1,9 @@
 // Causal attention for prompt tokens (prefill, or a chunk of one) over the paged KV cache, on
-// tensor cores (FlashAttention-2 style: a 16-token query tile per warp, online softmax,
-// K/V tiles shared by all query heads of a KV head). Token i of a chunk that starts at
-// position p attends to cache positions 0 .. p + i, so chunked prefill needs nothing extra.
+// tensor cores, online softmax, K/V tiles shared by all query heads of a KV head. Two kernels:
+// warpgroup MMAs (wgmma, prefill_attention_wgmma.h) for head_dim 128 with a 16-bit cache, and
+// warp MMAs (mma.sync, FlashAttention-2 style: a 16-token query tile per warp) for head_dim 64
+// and fp8 caches. Token i of a chunk that starts at position p attends to cache positions
+// 0 .. p + i, so chunked prefill needs nothing extra.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -22,6 +24,9 @@ struct PrefillChunk {
   int32_t num_tokens;
   int32_t first_position;
 };
+
+// Which kernel plan() chooses: kAuto takes wgmma wherever it serves the cache.
+enum class PrefillKernel : uint8_t { kAuto, kWarpMma, kWgmma };
 
 class PrefillAttention {
  public:
@@ -45,6 +50,12 @@ class PrefillAttention {
   void plan(const PagedKvCache& kv, int32_t num_q_heads, std::span<const PrefillChunk> chunks,
             cudaStream_t stream);
 
+  // Forces a kernel for the plans that follow (tests and benchmarks compare the two); plan()
+  // throws where the forced kernel does not serve the cache.
+  void set_kernel(PrefillKernel kernel) { kernel_ = kernel; }
+  // The kernel the last successful plan() chose.
+  PrefillKernel planned_kernel() const { return planned_kernel_; }
+
   // q, out: [rows, num_q_heads, head_dim] in kv.dtype. Allocation-free.
   void run(const void* q, void* out, const PagedKvCache& kv, int32_t num_q_heads,
            float softmax_scale, cudaStream_t stream) const;
@@ -59,6 +70,8 @@ class PrefillAttention {
   size_t capacity_ = 0;
   int32_t reserved_tokens_ = 0, reserved_seqs_ = 0;  // what capacity_ was sized for
   int32_t planned_group_ = 0;
+  PrefillKernel kernel_ = PrefillKernel::kAuto;
+  PrefillKernel planned_kernel_ = PrefillKernel::kAuto;  // kWarpMma or kWgmma after plan()
 };
 
 }  // namespace l2kv

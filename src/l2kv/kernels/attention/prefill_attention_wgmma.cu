@@ -1,0 +1,261 @@
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cmath>
+
+#include "l2kv/core/cuda_check.h"
+#include "l2kv/core/error.h"
+#include "l2kv/core/per_device.h"
+#include "l2kv/kernels/attention/prefill_attention_wgmma.h"
+#include "l2kv/kernels/cache_hints.cuh"
+#include "l2kv/kernels/sm90_tma_wgmma.cuh"
+#include "l2kv/kernels/tensor_core.cuh"
+
+namespace l2kv {
+namespace {
+
+constexpr int kHeadDim = 128;
+constexpr int kRows = 128;                        // query rows per block: two warpgroups of 64
+constexpr int kKeys = 128;                        // keys per K/V tile: the S tile's N
+constexpr int kThreads = 256;                     // the two warpgroups; every thread also copies
+constexpr int kStages = 2;                        // K/V tiles in flight
+constexpr int kChunksPerRow = kHeadDim * 2 / 16;  // 16-byte chunks of one 256-byte row
+constexpr int kAtomRowBytes = 128;  // a 128-byte swizzle atom holds 64 elements of a row
+constexpr int kQAtomBytes = kRows * kAtomRowBytes;
+constexpr int kKvAtomBytes = kKeys * kAtomRowBytes;
+constexpr int kQBytes = 2 * kQAtomBytes;
+constexpr int kKvTileBytes = 2 * kKvAtomBytes;
+constexpr int kSmemAlign = 1024;  // the 128-byte swizzle repeats every 8 rows of 128 bytes
+constexpr size_t kSmemBytes = kQBytes + size_t{kStages} * 2 * kKvTileBytes + kSmemAlign;
+constexpr float kLog2e = 1.4426950408889634f;
+
+// Byte offset of 16-byte chunk `chunk` (0-15) of row `row` in a [rows][128] 16-bit tile stored as
+// two [rows][64] atoms `atom_bytes` apart, each row 128 bytes and its chunks XORed with row % 8:
+// the layout TMA's 128-byte swizzle writes and the wgmma descriptors name.
+__device__ __forceinline__ uint32_t swizzled_offset(int row, int chunk, int atom_bytes) {
+  return (chunk >> 3) * atom_bytes + row * kAtomRowBytes + (((chunk & 7) ^ (row & 7)) << 4);
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads, 1)
+    prefill_wgmma_kernel(const PrefillAttention::WorkItem* items, const T* q, T* out,
+                         const PagedKvCache kv, int32_t num_q_heads, float softmax_scale) {
+  using Traits = tc::ElementTraits<T>;
+  extern __shared__ unsigned char smem_raw[];
+  unsigned char* smem = reinterpret_cast<unsigned char*>(
+      (reinterpret_cast<uintptr_t>(smem_raw) + kSmemAlign - 1) & ~uintptr_t{kSmemAlign - 1});
+  unsigned char* q_tile = smem;
+  auto k_tile = [&](int stage) { return smem + kQBytes + stage * 2 * kKvTileBytes; };
+  auto v_tile = [&](int stage) { return k_tile(stage) + kKvTileBytes; };
+
+  const PrefillAttention::WorkItem item = items[blockIdx.x];
+  const int group = num_q_heads / kv.num_kv_heads;
+  const int rows_used = item.q_count * group;  // rows past it are zero queries, never stored
+  const int kv_end = item.first_position + item.q_count;
+  const int num_tiles = (kv_end + kKeys - 1) / kKeys;
+  const int block_shift = __ffs(kv.block_size) - 1;
+  const int tid = threadIdx.x;
+
+  // Q: row r is token r / group of the item, query head kv_head * group + r % group.
+  for (int i = tid; i < kRows * kChunksPerRow; i += kThreads) {
+    const int row = i / kChunksPerRow, chunk = i % kChunksPerRow;
+    const int token = row / group;
+    const bool valid = row < rows_used;
+    const T* src = q +
+                   (static_cast<int64_t>(item.q_row_begin + token) * num_q_heads +
+                    item.kv_head * group + row - token * group) *
+                       kHeadDim +
+                   chunk * 8;
+    ptx::cp_async_16(q_tile + swizzled_offset(row, chunk, kQAtomBytes), valid ? src : q,
+                     valid ? 16 : 0);
+  }
+  // K/V: each thread copies one chunk column of 8 consecutive keys, which lie in one KV block
+  // (blocks hold 16+ tokens), so one block-table lookup serves them. Keys at or past kv_end are
+  // zero-filled: V's zeros keep P x V finite where P is 0.
+  const int32_t* table = kv.block_table + static_cast<int64_t>(item.seq) * kv.max_blocks_per_seq;
+  const T* k_pool = static_cast<const T*>(kv.k_pool);
+  const T* v_pool = static_cast<const T*>(kv.v_pool);
+  const int copy_chunk = tid % kChunksPerRow, copy_row = tid / kChunksPerRow * 8;
+  static_assert(kThreads / kChunksPerRow * 8 == kKeys);
+  const int64_t token_stride = kv.token_stride();
+  auto load_tile = [&](int tile, int stage) {
+    const int first_key = tile * kKeys + copy_row;
+    int64_t offset = 0;
+    if (first_key < kv_end) {
+      const int32_t physical = __ldg(table + (first_key >> block_shift));
+      offset = kv.offset(physical, first_key & (kv.block_size - 1), item.kv_head) + copy_chunk * 8;
+    }
+#pragma unroll
+    for (int r = 0; r < 8; ++r) {
+      const bool valid = first_key + r < kv_end;
+      const int64_t src = valid ? offset + r * token_stride : 0;
+      const uint32_t dst = swizzled_offset(copy_row + r, copy_chunk, kKvAtomBytes);
+      ptx::cp_async_16(k_tile(stage) + dst, k_pool + src, valid ? 16 : 0);
+      ptx::cp_async_16(v_tile(stage) + dst, v_pool + src, valid ? 16 : 0);
+    }
+  };
+  load_tile(0, 0);
+  ptx::cp_async_commit();
+
+  // This thread's two rows of the warpgroup's 64 (the wgmma accumulator layout): r0 and r0 + 8.
+  const int warpgroup = tid / 128, lane = tid % 32, quad = lane % 4;
+  const int r0 = warpgroup * 64 + (tid % 128) / 32 * 16 + lane / 4, r1 = r0 + 8;
+  // Rows past the item attend to the last key (their output is never stored).
+  const int pos0 = r0 < rows_used ? item.first_position + r0 / group : kv_end - 1;
+  const int pos1 = r1 < rows_used ? item.first_position + r1 / group : kv_end - 1;
+  const float scale_log2 = softmax_scale * kLog2e;
+  float o_acc[64];
+#pragma unroll
+  for (int i = 0; i < 64; ++i) o_acc[i] = 0.f;
+  float max0 = -INFINITY, max1 = -INFINITY, sum0 = 0.f, sum1 = 0.f;
+  const unsigned char* q_rows = q_tile + warpgroup * 64 * kAtomRowBytes;
+
+  for (int tile = 0; tile < num_tiles; ++tile) {
+    const int stage = tile % kStages;
+    if (tile + 1 < num_tiles) load_tile(tile + 1, (tile + 1) % kStages);
+    ptx::cp_async_commit();
+    ptx::cp_async_wait<1>();
+    ptx::fence_proxy_async_shared();  // the copies above are read by wgmma (the async proxy)
+    __syncthreads();
+
+    // S = Q K^T over head_dim in eight k16 slices: 32 bytes apart within an atom.
+    float s_acc[64];
+    ptx::wgmma_fence();
+#pragma unroll
+    for (int ks = 0; ks < kHeadDim / 16; ++ks) {
+      const int atom = ks / 4, byte = (ks % 4) * 32;
+      const uint64_t a = ptx::wgmma_descriptor_k_major_sw128(q_rows + atom * kQAtomBytes + byte);
+      const uint64_t b =
+          ptx::wgmma_descriptor_k_major_sw128(k_tile(stage) + atom * kKvAtomBytes + byte);
+      ptx::wgmma_m64k16<128, T>(s_acc, a, b, ks > 0 ? 1u : 0u);
+    }
+    ptx::wgmma_commit();
+    ptx::wgmma_wait<0>();
+#pragma unroll
+    for (int i = 0; i < 64; ++i) ptx::wgmma_fence_operand(s_acc[i]);
+
+    // Causal mask (only where the tile reaches past the item's first position) and online
+    // softmax; column 8j + 2 * quad + i of rows r0 (s_acc[4j + i]) and r1 (s_acc[4j + 2 + i]).
+    const int tile_start = tile * kKeys;
+    const bool masked = tile_start + kKeys - 1 > item.first_position;
+    float tile_max0 = -INFINITY, tile_max1 = -INFINITY;
+#pragma unroll
+    for (int j = 0; j < 16; ++j)
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        const int key = tile_start + j * 8 + quad * 2 + i;
+        float& a = s_acc[4 * j + i];
+        float& b = s_acc[4 * j + 2 + i];
+        a = (!masked || key <= pos0) ? a * scale_log2 : -INFINITY;
+        b = (!masked || key <= pos1) ? b * scale_log2 : -INFINITY;
+        tile_max0 = fmaxf(tile_max0, a);
+        tile_max1 = fmaxf(tile_max1, b);
+      }
+#pragma unroll
+    for (int m = 1; m <= 2; m *= 2) {
+      tile_max0 = fmaxf(tile_max0, __shfl_xor_sync(0xffffffffu, tile_max0, m));
+      tile_max1 = fmaxf(tile_max1, __shfl_xor_sync(0xffffffffu, tile_max1, m));
+    }
+    const float new0 = fmaxf(max0, tile_max0), new1 = fmaxf(max1, tile_max1);
+    const float safe0 = new0 == -INFINITY ? 0.f : new0, safe1 = new1 == -INFINITY ? 0.f : new1;
+    const float corr0 = exp2f(max0 - safe0), corr1 = exp2f(max1 - safe1);
+    max0 = new0;
+    max1 = new1;
+    float part0 = 0.f, part1 = 0.f;
+    uint32_t p_frag[8][4];
+#pragma unroll
+    for (int j = 0; j < 16; ++j) {
+      const float p0 = exp2f(s_acc[4 * j] - safe0), p1 = exp2f(s_acc[4 * j + 1] - safe0);
+      const float p2 = exp2f(s_acc[4 * j + 2] - safe1), p3 = exp2f(s_acc[4 * j + 3] - safe1);
+      part0 += p0 + p1;
+      part1 += p2 + p3;
+      // Columns 8j.. of a k16 slice kk = j / 2: j even gives a[0] (row r0) and a[1] (row r1),
+      // j odd a[2] and a[3] (the same rows 8 keys on).
+      p_frag[j / 2][(j % 2) * 2] = Traits::pack(p0, p1);
+      p_frag[j / 2][(j % 2) * 2 + 1] = Traits::pack(p2, p3);
+    }
+    sum0 = sum0 * corr0 + part0;
+    sum1 = sum1 * corr1 + part1;
+#pragma unroll
+    for (int j = 0; j < 16; ++j) {
+      o_acc[4 * j] *= corr0;
+      o_acc[4 * j + 1] *= corr0;
+      o_acc[4 * j + 2] *= corr1;
+      o_acc[4 * j + 3] *= corr1;
+    }
+
+    // O += P V over the tile's keys in eight k16 slices of 16 keys (2048 bytes apart).
+    ptx::wgmma_fence();
+#pragma unroll
+    for (int kk = 0; kk < kKeys / 16; ++kk) {
+      const uint64_t b = ptx::wgmma_descriptor_mn_major_sw128(
+          v_tile(stage) + kk * 16 * kAtomRowBytes, kKvAtomBytes);
+      ptx::wgmma_m64n128k16_rs<T>(o_acc, p_frag[kk], b, 1u);
+    }
+    ptx::wgmma_commit();
+    ptx::wgmma_wait<0>();
+#pragma unroll
+    for (int i = 0; i < 64; ++i) ptx::wgmma_fence_operand(o_acc[i]);
+    __syncthreads();  // this stage is refilled by the next iteration's copy
+  }
+  ptx::cp_async_wait<0>();
+
+#pragma unroll
+  for (int m = 1; m <= 2; m *= 2) {
+    sum0 += __shfl_xor_sync(0xffffffffu, sum0, m);
+    sum1 += __shfl_xor_sync(0xffffffffu, sum1, m);
+  }
+  auto store_row = [&](int row, float inv_sum, int half) {
+    if (row >= rows_used) return;
+    const int token = row / group;
+    T* dst = out + (static_cast<int64_t>(item.q_row_begin + token) * num_q_heads +
+                    item.kv_head * group + row - token * group) *
+                       kHeadDim;
+#pragma unroll
+    for (int j = 0; j < 16; ++j)
+      *reinterpret_cast<uint32_t*>(dst + j * 8 + quad * 2) =
+          Traits::pack(o_acc[4 * j + 2 * half] * inv_sum, o_acc[4 * j + 2 * half + 1] * inv_sum);
+  };
+  store_row(r0, 1.f / sum0, 0);
+  store_row(r1, 1.f / sum1, 1);
+}
+
+template <typename T>
+void launch(const PrefillAttention::WorkItem* items, int32_t num_items, const void* q, void* out,
+            const PagedKvCache& kv, int32_t num_q_heads, float scale, cudaStream_t stream) {
+  auto kernel = prefill_wgmma_kernel<T>;
+  static PerDevice<bool> configured;  // the shared-memory limit is a per-device attribute
+  configured.value([&](int) {
+    L2KV_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         static_cast<int>(kSmemBytes)));
+    return true;
+  });
+  kernel<<<num_items, kThreads, kSmemBytes, stream>>>(items, static_cast<const T*>(q),
+                                                      static_cast<T*>(out), kv, num_q_heads, scale);
+  L2KV_CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace
+
+bool prefill_wgmma_supports(const PagedKvCache& kv) {
+  return kv.head_dim == kHeadDim && !kv.fp8() &&
+         (kv.dtype == DType::kBFloat16 || kv.dtype == DType::kFloat16);
+}
+
+int32_t prefill_wgmma_tokens_per_item(int32_t group) {
+  if (group < 1 || group > kRows) throw Error("prefill attention: bad query-head group");
+  return kRows / group;
+}
+
+void launch_prefill_wgmma(const PrefillAttention::WorkItem* items, int32_t num_items, const void* q,
+                          void* out, const PagedKvCache& kv, int32_t num_q_heads,
+                          float softmax_scale, cudaStream_t stream) {
+  if (!prefill_wgmma_supports(kv))
+    throw Error("prefill attention: the wgmma kernel needs head_dim 128 and a 16-bit cache");
+  if (kv.dtype == DType::kBFloat16)
+    launch<__nv_bfloat16>(items, num_items, q, out, kv, num_q_heads, softmax_scale, stream);
+  else
+    launch<__half>(items, num_items, q, out, kv, num_q_heads, softmax_scale, stream);
+}
+
+}  // namespace l2kv

@@ -1,0 +1,28 @@
+// Prefill attention on Hopper's warpgroup MMAs (wgmma), for head_dim 128 and a 16-bit cache:
+// one thread block takes 128 query rows (the tokens x query heads of one KV head's group, so a
+// K/V tile serves every head that shares it) and streams 128-key K/V tiles of the paged cache
+// through a two-stage cp.async ring; two warpgroups of 64 rows compute S = Q K^T and O += P V
+// with wgmma (Q, K and V from shared memory, P from the softmax's registers).
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+#include "l2kv/kernels/attention/prefill_attention.h"
+#include "l2kv/kv_cache/paged_kv.h"
+
+namespace l2kv {
+
+// Whether the wgmma kernel serves `kv` (head_dim 128, K/V stored in the model's 16-bit dtype).
+bool prefill_wgmma_supports(const PagedKvCache& kv);
+
+// Query tokens of one sequence in one thread block: 128 rows over `group` heads each.
+int32_t prefill_wgmma_tokens_per_item(int32_t group);
+
+// Runs the planned work items (PrefillAttention::WorkItem, q_count <= tokens per item).
+void launch_prefill_wgmma(const PrefillAttention::WorkItem* items, int32_t num_items, const void* q,
+                          void* out, const PagedKvCache& kv, int32_t num_q_heads,
+                          float softmax_scale, cudaStream_t stream);
+
+}  // namespace l2kv
