@@ -21,6 +21,7 @@ constexpr int kLoadThreads = 128;  // threads that copy K/V tiles (the first fou
 constexpr int kQueryTile = 16;     // query tokens per warp: the MMA's M
 constexpr int kStages = 2;
 constexpr float kLog2e = 1.4426950408889634f;
+constexpr int32_t kOrderBucket = 1024;  // keys: work items are ordered by their end in these
 
 // Query tiles per (KV head, group) so that a block has at least four warps.
 int subtiles_for(int group) {
@@ -325,9 +326,15 @@ void PrefillAttention::plan(const PagedKvCache& kv, int32_t num_q_heads,
         items_.push_back({c.seq, h, c.q_row_begin + t, std::min(tile_rows, c.num_tokens - t),
                           c.first_position + t});
   }
-  // Longest causal prefix first: the heaviest blocks start first.
+  // The heaviest blocks first (longest causal prefix, in buckets of kOrderBucket keys so the
+  // tail stays short), and within a bucket one (sequence, KV head) after another: blocks that
+  // run together then read the same K/V tiles, which L2 serves once for all of them.
   std::stable_sort(items_.begin(), items_.end(), [](const WorkItem& a, const WorkItem& b) {
-    return a.first_position + a.q_count > b.first_position + b.q_count;
+    const int32_t end_a = a.first_position + a.q_count, end_b = b.first_position + b.q_count;
+    if (end_a / kOrderBucket != end_b / kOrderBucket) return end_a > end_b;
+    if (a.seq != b.seq) return a.seq < b.seq;
+    if (a.kv_head != b.kv_head) return a.kv_head < b.kv_head;
+    return end_a > end_b;
   });
   if (items_.size() > capacity_)
     fail(std::to_string(items_.size()) + " work items exceed the " + std::to_string(capacity_) +

@@ -73,12 +73,11 @@ __global__ void __launch_bounds__(kThreads, 1)
   // (blocks hold 16+ tokens), so one block-table lookup serves them. Keys at or past kv_end are
   // zero-filled: V's zeros keep P x V finite where P is 0.
   const int32_t* table = kv.block_table + static_cast<int64_t>(item.seq) * kv.max_blocks_per_seq;
-  const T* k_pool = static_cast<const T*>(kv.k_pool);
-  const T* v_pool = static_cast<const T*>(kv.v_pool);
   const int copy_chunk = tid % kChunksPerRow, copy_row = tid / kChunksPerRow * 8;
   static_assert(kThreads / kChunksPerRow * 8 == kKeys);
   const int64_t token_stride = kv.token_stride();
-  auto load_tile = [&](int tile, int stage) {
+  auto load_tile = [&](const void* pool, int tile, unsigned char* dst_tile) {
+    const T* src_pool = static_cast<const T*>(pool);
     const int first_key = tile * kKeys + copy_row;
     int64_t offset = 0;
     if (first_key < kv_end) {
@@ -88,14 +87,10 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
     for (int r = 0; r < 8; ++r) {
       const bool valid = first_key + r < kv_end;
-      const int64_t src = valid ? offset + r * token_stride : 0;
-      const uint32_t dst = swizzled_offset(copy_row + r, copy_chunk, kKvAtomBytes);
-      ptx::cp_async_16(k_tile(stage) + dst, k_pool + src, valid ? 16 : 0);
-      ptx::cp_async_16(v_tile(stage) + dst, v_pool + src, valid ? 16 : 0);
+      ptx::cp_async_16(dst_tile + swizzled_offset(copy_row + r, copy_chunk, kKvAtomBytes),
+                       src_pool + (valid ? offset + r * token_stride : 0), valid ? 16 : 0);
     }
   };
-  load_tile(0, 0);
-  ptx::cp_async_commit();
 
   // This thread's two rows of the warpgroup's 64 (the wgmma accumulator layout): r0 and r0 + 8.
   const int warpgroup = tid / 128, lane = tid % 32, quad = lane % 4;
@@ -109,33 +104,45 @@ __global__ void __launch_bounds__(kThreads, 1)
   for (int i = 0; i < 64; ++i) o_acc[i] = 0.f;
   float max0 = -INFINITY, max1 = -INFINITY, sum0 = 0.f, sum1 = 0.f;
   const unsigned char* q_rows = q_tile + warpgroup * 64 * kAtomRowBytes;
+  uint32_t p_frag[8][4];  // P of the previous tile, the A operand of its P x V
 
-  for (int tile = 0; tile < num_tiles; ++tile) {
-    const int stage = tile % kStages;
-    if (tile + 1 < num_tiles) load_tile(tile + 1, (tile + 1) % kStages);
+  // Copies K_{t+1} and V_t (K runs one tile ahead of V, each in a ring of two), then waits for
+  // K_t and V_{t-1}.
+  auto copy_and_wait = [&](int tile) {
+    if (tile + 1 < num_tiles) load_tile(kv.k_pool, tile + 1, k_tile((tile + 1) % kStages));
+    load_tile(kv.v_pool, tile, v_tile(tile % kStages));
     ptx::cp_async_commit();
     ptx::cp_async_wait<1>();
-    ptx::fence_proxy_async_shared();  // the copies above are read by wgmma (the async proxy)
+    ptx::fence_proxy_async_shared();  // the copies are read by wgmma (the async proxy)
     __syncthreads();
-
-    // S = Q K^T over head_dim in eight k16 slices: 32 bytes apart within an atom.
-    float s_acc[64];
-    ptx::wgmma_fence();
+  };
+  // S = Q K^T over head_dim in eight k16 slices, 32 bytes apart within an atom.
+  auto issue_s = [&](float(&s_acc)[64], int tile) {
 #pragma unroll
     for (int ks = 0; ks < kHeadDim / 16; ++ks) {
       const int atom = ks / 4, byte = (ks % 4) * 32;
       const uint64_t a = ptx::wgmma_descriptor_k_major_sw128(q_rows + atom * kQAtomBytes + byte);
       const uint64_t b =
-          ptx::wgmma_descriptor_k_major_sw128(k_tile(stage) + atom * kKvAtomBytes + byte);
+          ptx::wgmma_descriptor_k_major_sw128(k_tile(tile % kStages) + atom * kKvAtomBytes + byte);
       ptx::wgmma_m64k16<128, T>(s_acc, a, b, ks > 0 ? 1u : 0u);
     }
     ptx::wgmma_commit();
-    ptx::wgmma_wait<0>();
+  };
+  // O += P V over a tile's keys in eight k16 slices of 16 keys (2048 bytes apart).
+  auto issue_pv = [&](int tile) {
 #pragma unroll
-    for (int i = 0; i < 64; ++i) ptx::wgmma_fence_operand(s_acc[i]);
-
-    // Causal mask (only where the tile reaches past the item's first position) and online
-    // softmax; column 8j + 2 * quad + i of rows r0 (s_acc[4j + i]) and r1 (s_acc[4j + 2 + i]).
+    for (int kk = 0; kk < kKeys / 16; ++kk)
+      ptx::wgmma_m64n128k16_rs<T>(
+          o_acc, p_frag[kk],
+          ptx::wgmma_descriptor_mn_major_sw128(v_tile(tile % kStages) + kk * 16 * kAtomRowBytes,
+                                               kKvAtomBytes),
+          1u);
+    ptx::wgmma_commit();
+  };
+  // Causal mask (only where the tile reaches past the item's first position) and online softmax
+  // of S in place: column 8j + 2 * quad + i of rows r0 (s_acc[4j + i]) and r1 (s_acc[4j + 2 +
+  // i]). Returns the factors that rescale O for the new row maxima.
+  auto softmax = [&](float(&s_acc)[64], int tile) {
     const int tile_start = tile * kKeys;
     const bool masked = tile_start + kKeys - 1 > item.first_position;
     float tile_max0 = -INFINITY, tile_max1 = -INFINITY;
@@ -158,47 +165,83 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     const float new0 = fmaxf(max0, tile_max0), new1 = fmaxf(max1, tile_max1);
     const float safe0 = new0 == -INFINITY ? 0.f : new0, safe1 = new1 == -INFINITY ? 0.f : new1;
-    const float corr0 = exp2f(max0 - safe0), corr1 = exp2f(max1 - safe1);
+    const float2 corr = {exp2f(max0 - safe0), exp2f(max1 - safe1)};
     max0 = new0;
     max1 = new1;
     float part0 = 0.f, part1 = 0.f;
-    uint32_t p_frag[8][4];
 #pragma unroll
     for (int j = 0; j < 16; ++j) {
-      const float p0 = exp2f(s_acc[4 * j] - safe0), p1 = exp2f(s_acc[4 * j + 1] - safe0);
-      const float p2 = exp2f(s_acc[4 * j + 2] - safe1), p3 = exp2f(s_acc[4 * j + 3] - safe1);
-      part0 += p0 + p1;
-      part1 += p2 + p3;
-      // Columns 8j.. of a k16 slice kk = j / 2: j even gives a[0] (row r0) and a[1] (row r1),
-      // j odd a[2] and a[3] (the same rows 8 keys on).
-      p_frag[j / 2][(j % 2) * 2] = Traits::pack(p0, p1);
-      p_frag[j / 2][(j % 2) * 2 + 1] = Traits::pack(p2, p3);
+      s_acc[4 * j] = exp2f(s_acc[4 * j] - safe0);
+      s_acc[4 * j + 1] = exp2f(s_acc[4 * j + 1] - safe0);
+      s_acc[4 * j + 2] = exp2f(s_acc[4 * j + 2] - safe1);
+      s_acc[4 * j + 3] = exp2f(s_acc[4 * j + 3] - safe1);
+      part0 += s_acc[4 * j] + s_acc[4 * j + 1];
+      part1 += s_acc[4 * j + 2] + s_acc[4 * j + 3];
     }
-    sum0 = sum0 * corr0 + part0;
-    sum1 = sum1 * corr1 + part1;
+    sum0 = sum0 * corr.x + part0;
+    sum1 = sum1 * corr.y + part1;
+    return corr;
+  };
+  // P as the next P x V's A operand: columns 8j.. of k16 slice j / 2; j even gives a[0] (row
+  // r0) and a[1] (row r1), j odd a[2] and a[3] (the same rows 8 keys on).
+  auto pack_p = [&](const float(&s_acc)[64]) {
 #pragma unroll
     for (int j = 0; j < 16; ++j) {
-      o_acc[4 * j] *= corr0;
-      o_acc[4 * j + 1] *= corr0;
-      o_acc[4 * j + 2] *= corr1;
-      o_acc[4 * j + 3] *= corr1;
+      p_frag[j / 2][(j % 2) * 2] = Traits::pack(s_acc[4 * j], s_acc[4 * j + 1]);
+      p_frag[j / 2][(j % 2) * 2 + 1] = Traits::pack(s_acc[4 * j + 2], s_acc[4 * j + 3]);
     }
+  };
 
-    // O += P V over the tile's keys in eight k16 slices of 16 keys (2048 bytes apart).
+  // Software pipeline: iteration t computes S_t = Q K_t^T while the tensor cores finish
+  // P_{t-1} V_{t-1}, so the softmax of tile t overlaps the previous tile's P x V. The first tile
+  // is peeled (no P x V before it): a branch around the P x V issue makes ptxas serialize the
+  // wgmmas.
+  load_tile(kv.k_pool, 0, k_tile(0));
+  ptx::cp_async_commit();
+  copy_and_wait(0);
+  {
+    float s_acc[64];
     ptx::wgmma_fence();
-#pragma unroll
-    for (int kk = 0; kk < kKeys / 16; ++kk) {
-      const uint64_t b = ptx::wgmma_descriptor_mn_major_sw128(
-          v_tile(stage) + kk * 16 * kAtomRowBytes, kKvAtomBytes);
-      ptx::wgmma_m64n128k16_rs<T>(o_acc, p_frag[kk], b, 1u);
-    }
-    ptx::wgmma_commit();
+    issue_s(s_acc, 0);
     ptx::wgmma_wait<0>();
 #pragma unroll
-    for (int i = 0; i < 64; ++i) ptx::wgmma_fence_operand(o_acc[i]);
-    __syncthreads();  // this stage is refilled by the next iteration's copy
+    for (int i = 0; i < 64; ++i) ptx::wgmma_fence_operand(s_acc[i]);
+    softmax(s_acc, 0);  // O is still zero: nothing to rescale
+    pack_p(s_acc);
+    __syncthreads();  // K_0's stage is refilled by the next copy
   }
+  for (int tile = 1; tile < num_tiles; ++tile) {
+    copy_and_wait(tile);
+    float s_acc[64];
+    ptx::wgmma_fence();
+    issue_s(s_acc, tile);
+    issue_pv(tile - 1);
+    ptx::wgmma_wait<1>();  // S_t is done; P_{t-1} V_{t-1} may still run
+#pragma unroll
+    for (int i = 0; i < 64; ++i) ptx::wgmma_fence_operand(s_acc[i]);
+    const float2 corr = softmax(s_acc, tile);
+    ptx::wgmma_wait<0>();  // P_{t-1} V_{t-1} is done: O can be rescaled and P overwritten
+#pragma unroll
+    for (int i = 0; i < 64; ++i) ptx::wgmma_fence_operand(o_acc[i]);
+#pragma unroll
+    for (int j = 0; j < 16; ++j) {
+      o_acc[4 * j] *= corr.x;
+      o_acc[4 * j + 1] *= corr.x;
+      o_acc[4 * j + 2] *= corr.y;
+      o_acc[4 * j + 3] *= corr.y;
+    }
+    pack_p(s_acc);
+    __syncthreads();  // K_t's and V_{t-1}'s stages are refilled by the next copies
+  }
+  // The last tile's P x V, once its V has landed.
   ptx::cp_async_wait<0>();
+  ptx::fence_proxy_async_shared();
+  __syncthreads();
+  ptx::wgmma_fence();
+  issue_pv(num_tiles - 1);
+  ptx::wgmma_wait<0>();
+#pragma unroll
+  for (int i = 0; i < 64; ++i) ptx::wgmma_fence_operand(o_acc[i]);
 
 #pragma unroll
   for (int m = 1; m <= 2; m *= 2) {
