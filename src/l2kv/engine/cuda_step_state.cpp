@@ -310,7 +310,7 @@ int32_t CudaStepState::prepare(std::span<const BatchSequence> batch, int32_t pad
   if (decode_only)
     attention_.plan_decode(p, host_seq_lens_, stream);
   else
-    attention_.plan_prefill(p.kv, p.num_q_heads, chunks, stream);
+    attention_.plan_mixed(p, host_seq_lens_, chunks, stream);
   return logit_rows;
 }
 

@@ -47,24 +47,61 @@ void CudaAttention::reserve_decode(int32_t max_seqs, int32_t max_model_len,
 
 void CudaAttention::plan_decode(DecodeAttentionParams params,
                                 std::span<const int32_t> host_seq_lens, cudaStream_t stream) {
-  if (kernel_ != DecodeKernel::kSplit) return;
-  params.max_seq_len = *std::max_element(host_seq_lens.begin(), host_seq_lens.end());
-  split_.plan(params, host_seq_lens, stream);  // the same plan serves every layer
+  planned_ = Planned::kNone;
+  if (kernel_ == DecodeKernel::kSplit) {
+    params.max_seq_len = *std::max_element(host_seq_lens.begin(), host_seq_lens.end());
+    split_.plan(params, host_seq_lens, stream);  // the same plan serves every layer
+  }
+  planned_ = Planned::kDecode;
 }
 
 void CudaAttention::plan_prefill(const PagedKvCache& kv, int32_t num_q_heads,
                                  std::span<const PrefillChunk> chunks, cudaStream_t stream) {
+  planned_ = Planned::kNone;
   prefill_.plan(kv, num_q_heads, chunks, stream);
+  planned_ = Planned::kPrefill;
+}
+
+bool CudaAttention::plan_mixed(DecodeAttentionParams params, std::span<const int32_t> host_seq_lens,
+                               std::span<const PrefillChunk> chunks, cudaStream_t stream) {
+  decode_seqs_.clear();
+  decode_rows_.clear();
+  longer_chunks_.clear();
+  for (const PrefillChunk& c : chunks) {
+    if (c.num_tokens == 1) {
+      decode_seqs_.push_back(c.seq);
+      decode_rows_.push_back(c.q_row_begin);
+    } else {
+      longer_chunks_.push_back(c);
+    }
+  }
+  if (kernel_ != DecodeKernel::kSplit || decode_seqs_.empty() || longer_chunks_.empty()) {
+    plan_prefill(params.kv, params.num_q_heads, chunks, stream);
+    return false;
+  }
+  planned_ = Planned::kNone;
+  params.max_seq_len = *std::max_element(host_seq_lens.begin(), host_seq_lens.end());
+  split_.plan_rows(params, host_seq_lens, decode_seqs_, decode_rows_, stream);
+  prefill_.plan(params.kv, params.num_q_heads, longer_chunks_, stream);
+  planned_ = Planned::kMixed;
+  return true;
 }
 
 void CudaAttention::run(const DecodeAttentionParams& params, bool decode_only,
                         cudaStream_t stream) {
-  if (!decode_only)
-    prefill_.run(params.q, params.out, params.kv, params.num_q_heads, params.softmax_scale, stream);
-  else if (kernel_ == DecodeKernel::kSplit)
+  if (planned_ == Planned::kNone || decode_only != (planned_ == Planned::kDecode))
+    throw Error("attention: run() does not match the step planned");
+  if (planned_ == Planned::kMixed) {
+    // Disjoint rows of out: the decode rows, then the chunks'.
     split_.run(params, prefetch_, stream);
-  else
+    prefill_.run(params.q, params.out, params.kv, params.num_q_heads, params.softmax_scale, stream);
+  } else if (planned_ == Planned::kPrefill) {
+    prefill_.run(params.q, params.out, params.kv, params.num_q_heads, params.softmax_scale, stream);
+  } else if (kernel_ == DecodeKernel::kSplit) {
+    split_.run(params, prefetch_, stream);
+  } else {
     paged_v1_.run(params, prefetch_, stream);
+  }
 }
 
 }  // namespace l2kv

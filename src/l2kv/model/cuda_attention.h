@@ -1,8 +1,9 @@
 // The attention op of the CUDA backend, planned once per step and run by every layer:
 // decode-only steps run the split-KV kernel or the paper's paged_v1 kernel (with its L2
-// prefetch policy); steps with prompt chunks run the tensor-core prefill kernel over every row
-// (a decode row is a chunk of one token there). The runner's step state owns it and plans it
-// (CudaStepState::prepare); the model's forward runs it with each layer's KV pools.
+// prefetch policy); steps with prompt chunks run the tensor-core prefill kernel over the chunks
+// and, with the split kernel, that kernel over the step's one-token sequences (decode rows; the
+// prefill kernel would spend a 128-row tile on each). The runner's step state owns it and plans
+// it (CudaStepState::prepare); the model's forward runs it with each layer's KV pools.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -10,6 +11,7 @@
 #include <cstdint>
 #include <span>
 #include <string>
+#include <vector>
 
 #include "l2kv/kernels/attention/decode_attention.h"
 #include "l2kv/kernels/attention/prefill_attention.h"
@@ -42,12 +44,18 @@ class CudaAttention {
   // plan). Sets params.max_seq_len to the longest.
   void plan_decode(DecodeAttentionParams params, std::span<const int32_t> host_seq_lens,
                    cudaStream_t stream);
-  // Plans a step with prompt chunks.
+  // Plans a step with prompt chunks: every chunk through the prefill kernel.
   void plan_prefill(const PagedKvCache& kv, int32_t num_q_heads,
                     std::span<const PrefillChunk> chunks, cudaStream_t stream);
+  // Plans a step with prompt chunks whose one-token chunks (decode rows) go to the split
+  // kernel (`params` and `host_seq_lens` cover the whole batch) and the rest to the prefill
+  // kernel; with paged_v1 as the decode kernel, or without a longer chunk, as plan_prefill or
+  // plan_decode would. Returns true where the step runs both kernels.
+  bool plan_mixed(DecodeAttentionParams params, std::span<const int32_t> host_seq_lens,
+                  std::span<const PrefillChunk> chunks, cudaStream_t stream);
 
   // Runs the planned attention of one layer (`params` carries that layer's pools and scales);
-  // allocation-free, so a CUDA graph can capture it.
+  // allocation-free, so a CUDA graph can capture it. `decode_only` must match the plan.
   void run(const DecodeAttentionParams& params, bool decode_only, cudaStream_t stream);
 
  private:
@@ -56,6 +64,10 @@ class CudaAttention {
   PrefillAttention prefill_;
   DecodeKernel kernel_ = DecodeKernel::kSplit;
   PrefetchPolicy prefetch_ = PrefetchPolicy::off();
+  enum class Planned : uint8_t { kNone, kDecode, kPrefill, kMixed };
+  Planned planned_ = Planned::kNone;
+  std::vector<int32_t> decode_seqs_, decode_rows_;  // plan_mixed's one-token sequences
+  std::vector<PrefillChunk> longer_chunks_;         // and the rest
 };
 
 }  // namespace l2kv

@@ -238,7 +238,7 @@ __global__ void __launch_bounds__(kThreads, kFp8 ? 3 : 1)
   const int quad = lane % 4;
   uint32_t q_frag[Shape::kKSteps][4];
   {
-    const T* q = static_cast<const T*>(p.q) + (static_cast<int64_t>(item.seq) * p.num_q_heads +
+    const T* q = static_cast<const T*>(p.q) + (static_cast<int64_t>(item.q_row) * p.num_q_heads +
                                                item.kv_head * group + head_row) *
                                                   kHeadDim;
     const bool has_row = head_row < group;
@@ -425,7 +425,7 @@ __global__ void __launch_bounds__(kThreads, kFp8 ? 3 : 1)
   __syncthreads();
 
   T* out = static_cast<T*>(p.out);
-  const int64_t out_row0 = static_cast<int64_t>(item.seq) * p.num_q_heads + item.kv_head * group;
+  const int64_t out_row0 = static_cast<int64_t>(item.q_row) * p.num_q_heads + item.kv_head * group;
   constexpr int kQuads = kHeadDim / 4;
   for (int i = threadIdx.x; i < group * kQuads; i += kThreads) {
     const int h = i / kQuads;

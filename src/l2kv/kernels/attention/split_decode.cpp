@@ -65,6 +65,30 @@ void SplitDecode::reserve_for_graphs(int32_t max_batch, const DecodeAttentionPar
 void SplitDecode::plan(const DecodeAttentionParams& params, std::span<const int32_t> host_seq_lens,
                        cudaStream_t stream) {
   validate_decode_attention(params, host_seq_lens);
+  plan_lengths(params, host_seq_lens, {}, {}, stream);
+}
+
+void SplitDecode::plan_rows(const DecodeAttentionParams& params,
+                            std::span<const int32_t> host_seq_lens, std::span<const int32_t> seqs,
+                            std::span<const int32_t> q_rows, cudaStream_t stream) {
+  validate_decode_attention(params, host_seq_lens);
+  if (seqs.empty() || seqs.size() != q_rows.size())
+    throw Error("split decode: plan_rows needs one query row per planned sequence");
+  std::vector<int32_t> lens;
+  lens.reserve(seqs.size());
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    if (seqs[i] < 0 || seqs[i] >= params.kv.batch_size || (i > 0 && seqs[i] <= seqs[i - 1]) ||
+        q_rows[i] < 0)
+      throw Error("split decode: planned sequences must be ascending batch indices with rows");
+    lens.push_back(host_seq_lens[static_cast<size_t>(seqs[i])]);
+  }
+  plan_lengths(params, lens, seqs, q_rows, stream);
+}
+
+void SplitDecode::plan_lengths(const DecodeAttentionParams& params,
+                               std::span<const int32_t> host_seq_lens,
+                               std::span<const int32_t> seqs, std::span<const int32_t> q_rows,
+                               cudaStream_t stream) {
   const PagedKvCache& kv = params.kv;
   if (graph_mode() && (kv.num_kv_heads != graph_kv_heads_ || kv.batch_size > graph_max_batch_))
     throw Error("split decode: batch of " + std::to_string(kv.batch_size) +
@@ -97,6 +121,11 @@ void SplitDecode::plan(const DecodeAttentionParams& params, std::span<const int3
   config.max_items = graph_mode() ? item_capacity(kv.batch_size) : 0;
   config.max_splits = kSplitMaxMergeSplits;
   plan_ = plan_split_decode(host_seq_lens, kv.num_kv_heads, config);
+  if (!seqs.empty())
+    for (SplitWorkItem& item : plan_.items) {
+      item.q_row = q_rows[static_cast<size_t>(item.seq)];
+      item.seq = seqs[static_cast<size_t>(item.seq)];
+    }
   if (forced_tiles_per_split_ == 0 && !same_tiles) {
     searched_tiles_ = std::move(tiles);
     searched_tiles_per_split_ = plan_.tiles_per_split;

@@ -29,6 +29,12 @@ class SplitDecode {
   // device memory only when this plan outgrows every earlier one. Validates `params`.
   void plan(const DecodeAttentionParams& params, std::span<const int32_t> host_seq_lens,
             cudaStream_t stream);
+  // Plans only the batch's sequences `seqs` (ascending), whose query and output rows are
+  // `q_rows`: the one-token sequences of a step that also has prompt chunks, whose rows are
+  // not their sequence indices. `host_seq_lens` covers the whole batch, as for plan().
+  void plan_rows(const DecodeAttentionParams& params, std::span<const int32_t> host_seq_lens,
+                 std::span<const int32_t> seqs, std::span<const int32_t> q_rows,
+                 cudaStream_t stream);
 
   // Graph mode: sizes every buffer for batches of up to `max_batch` sequences of `shape`
   // (heads, head_dim, dtype) once, so later plans never move them, and fixes the grid of
@@ -59,6 +65,11 @@ class SplitDecode {
     size_t bytes = 0;
   };
   void reserve(DeviceBuffer& buffer, size_t bytes, bool zero, cudaStream_t stream);
+  // plan() over `lens` (the planned sequences' lengths); items of planned sequence i read
+  // sequence seqs[i] and rows q_rows[i] where those are given.
+  void plan_lengths(const DecodeAttentionParams& params, std::span<const int32_t> lens,
+                    std::span<const int32_t> seqs, std::span<const int32_t> q_rows,
+                    cudaStream_t stream);
   // Graph mode: the fixed grid of a batch of `batch` sequences.
   int32_t item_capacity(int32_t batch) const;
 

@@ -146,7 +146,8 @@ SplitPlan plan_split_decode(std::span<const int32_t> seq_lens, int32_t num_kv_he
         const int32_t begin = i * slice_tokens;
         const int32_t end = std::min(seq_lens[seq], begin + slice_tokens);
         const int32_t slot = s.count > 1 ? plan.pair_first_slot[pair] + i : -1;
-        plan.items.push_back({static_cast<int32_t>(seq), h, begin, end, slot, pair});
+        plan.items.push_back(
+            {static_cast<int32_t>(seq), h, begin, end, slot, pair, static_cast<int32_t>(seq)});
       }
     }
   }

@@ -15,7 +15,8 @@ struct SplitWorkItem {
   int32_t token_begin;
   int32_t token_end;
   int32_t partial_slot;  // -1: the only split, writes the output directly
-  int32_t pair;          // seq * num_kv_heads + kv_head
+  int32_t pair;          // seq * num_kv_heads + kv_head, over the planned sequences
+  int32_t q_row;         // row of q and out: seq, unless SplitDecode::plan_rows remaps it
 };
 
 // Costs are in units of the time a thread block takes for one 64-token tile of a 16-bit
