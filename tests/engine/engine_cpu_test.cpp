@@ -946,11 +946,20 @@ TEST(EngineStopStrings, CheckerHoldsBackPossibleStarts) {
   EXPECT_EQ(r.text, "bcde");  // the earliest stop string ends the text, itself included
   EXPECT_EQ(*r.matched, 1u);
 
+  // Before min_tokens (match false) nothing matches, but a possible start is still held: a
+  // stop string that starts there and ends in the first piece that may match ends the text.
   StopStringChecker off({"ab"});
-  EXPECT_EQ(off.push("xa", false).text, "xa");  // before min_tokens: nothing held or matched
-  EXPECT_EQ(off.push("b").text, "b");
-  EXPECT_EQ(off.push("za").text, "z");
-  EXPECT_EQ(off.flush(), "a");
+  EXPECT_EQ(off.push("xa", false).text, "x");
+  r = off.push("b");
+  EXPECT_EQ(r.text, "");
+  ASSERT_TRUE(r.matched);
+  StopStringChecker early({"ab"});
+  EXPECT_EQ(early.push("xab", false).text, "xab");  // a whole stop string before: only text
+  EXPECT_EQ(early.push("a", false).text, "");
+  EXPECT_EQ(early.push("c").text, "ac");
+  EXPECT_FALSE(early.stopped());
+  EXPECT_EQ(early.push("za").text, "z");
+  EXPECT_EQ(early.flush(), "a");
 }
 
 // The text of a case's greedy continuation and a stop string across the boundary of its tokens
@@ -1041,6 +1050,31 @@ TEST(EngineStopStrings, NoStopStringBeforeMinTokens) {
   if (got.last.finish_reason == FinishReason::kStop) {
     EXPECT_GE(static_cast<int32_t>(got.tokens.size()), p.min_tokens);
   }
+  expect_no_leak(engine);
+}
+
+// A stop string that starts in text made before min_tokens and ends in the first token that may
+// stop the output ends it there, as in vLLM (which looks for stop strings in the tail of the
+// text once min_tokens is reached): the same tokens and text as without min_tokens.
+TEST(EngineStopStrings, StopStringAcrossTheMinTokensBoundary) {
+  const Fixture& f = fixture("qwen2-tied");
+  const Case& c = f.cases[0];
+  const auto [full, stop, at, last] = stop_across_tokens(c);
+
+  Engine engine(std::make_unique<CpuRunner>(f.model), &test_tokenizer(), small_config());
+  SamplingParams p = greedy_params();
+  p.stop = {stop};
+  p.min_tokens = static_cast<int32_t>(last) + 1;  // the token that completes it may stop
+  size_t before = 0;                              // text of the tokens before that one
+  for (size_t i = 0; i < last; ++i) before += token_text(c.greedy[i]).size();
+  ASSERT_LT(at, before) << "the stop string does not start before the token that completes it";
+  Collected got;
+  engine.add_request(request_for(c.prompt, p, got));
+  engine.run_until_idle();
+  EXPECT_EQ(got.tokens, std::vector<int32_t>(c.greedy.begin(), c.greedy.begin() + last + 1));
+  EXPECT_EQ(got.text, full.substr(0, at));
+  EXPECT_EQ(got.last.finish_reason, FinishReason::kStop);
+  EXPECT_EQ(got.last.stop_reason, stop);
   expect_no_leak(engine);
 }
 

@@ -28,6 +28,7 @@ void OutputProcessor::finish(int64_t id) {
   Text& t = it->second;
   try {
     t.pending += t.stop_checker.push(t.detokenizer.finish(), false).text;
+    t.pending += t.stop_checker.flush();
   } catch (const std::exception&) {  // a last piece the tokenizer cannot decode
     t.pending += t.stop_checker.flush();
   }

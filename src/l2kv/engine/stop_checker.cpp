@@ -13,14 +13,16 @@ StopStringChecker::Result StopStringChecker::push(std::string_view piece, bool m
   Result result;
   if (stopped_) return result;
   held_.append(piece);
-  if (!match || stops_.empty()) {
+  if (stops_.empty()) {
     result.text.swap(held_);
     return result;
   }
-  // The earliest occurrence wins (a held tail cannot hold a whole stop string: it would have
-  // been found when it arrived, so searching all of held_ finds only new matches).
+  // The earliest occurrence wins. A held tail is a proper prefix of a stop string, never a
+  // whole one, so every match found here ends in the new piece: before min_tokens the tail is
+  // held all the same, and a stop string that starts there and ends in the first piece that
+  // may match is found (as vLLM finds it in the tail of its output text).
   size_t first = std::string::npos;
-  for (size_t i = 0; i < stops_.size(); ++i) {
+  for (size_t i = 0; match && i < stops_.size(); ++i) {
     const size_t at = held_.find(stops_[i]);
     if (at != std::string::npos && (first == std::string::npos || at < first)) {
       first = at;

@@ -22,9 +22,10 @@ class StopStringChecker {
   };
 
   // Takes the next piece of text. While `match` is false (before min_tokens), stop strings
-  // are not looked for and nothing is held back. Once a stop string is found, `text` is what
-  // precedes it (and the stop string itself when included) and the rest is dropped; later
-  // calls return nothing.
+  // are not looked for, but a tail that may start one is still held back, so a stop string
+  // that ends in the first piece that may match is found even when it began earlier. Once a
+  // stop string is found, `text` is what precedes it (and the stop string itself when
+  // included) and the rest is dropped; later calls return nothing.
   Result push(std::string_view piece, bool match = true);
   // The text still held back, when the output ends for another reason.
   std::string flush();
