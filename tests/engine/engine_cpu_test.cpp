@@ -960,6 +960,20 @@ TEST(EngineStopStrings, CheckerHoldsBackPossibleStarts) {
   EXPECT_FALSE(early.stopped());
   EXPECT_EQ(early.push("za").text, "z");
   EXPECT_EQ(early.flush(), "a");
+  // A held tail may hold a shorter stop string whole: made before min_tokens, it stays text.
+  StopStringChecker nested({"\n", "\n\nUser:"});
+  EXPECT_EQ(nested.push("Hi\n\nUs", false).text, "Hi");
+  r = nested.push("er");
+  EXPECT_FALSE(r.matched);
+  EXPECT_EQ(r.text, "");
+  r = nested.push(":");
+  ASSERT_TRUE(r.matched);
+  EXPECT_EQ(*r.matched, 1u);
+  StopStringChecker inner({"b", "abc"});
+  EXPECT_EQ(inner.push("xab", false).text, "x");
+  r = inner.push("x");
+  EXPECT_FALSE(r.matched);
+  EXPECT_EQ(r.text, "abx");
 }
 
 // The text of a case's greedy continuation and a stop string across the boundary of its tokens

@@ -12,18 +12,21 @@ StopStringChecker::StopStringChecker(std::vector<std::string> stops, bool includ
 StopStringChecker::Result StopStringChecker::push(std::string_view piece, bool match) {
   Result result;
   if (stopped_) return result;
+  const size_t old = held_.size();
   held_.append(piece);
   if (stops_.empty()) {
     result.text.swap(held_);
     return result;
   }
-  // The earliest occurrence wins. A held tail is a proper prefix of a stop string, never a
-  // whole one, so every match found here ends in the new piece: before min_tokens the tail is
-  // held all the same, and a stop string that starts there and ends in the first piece that
-  // may match is found (as vLLM finds it in the tail of its output text).
+  // The earliest occurrence that ends in the new piece wins: as vLLM searches the tail of its
+  // output text, from len(stop) - 1 characters before the new ones. Before min_tokens the tail
+  // that may start a stop string is held all the same, so a stop string that starts there and
+  // ends in the first piece that may match is found; one made whole before is not (a held tail
+  // can contain a shorter stop string).
   size_t first = std::string::npos;
   for (size_t i = 0; match && i < stops_.size(); ++i) {
-    const size_t at = held_.find(stops_[i]);
+    const size_t from = old + 1 > stops_[i].size() ? old + 1 - stops_[i].size() : 0;
+    const size_t at = held_.find(stops_[i], from);
     if (at != std::string::npos && (first == std::string::npos || at < first)) {
       first = at;
       result.matched = i;

@@ -62,7 +62,7 @@ void CudaAttention::plan_prefill(const PagedKvCache& kv, int32_t num_q_heads,
   planned_ = Planned::kPrefill;
 }
 
-bool CudaAttention::plan_mixed(DecodeAttentionParams params, std::span<const int32_t> host_seq_lens,
+void CudaAttention::plan_mixed(DecodeAttentionParams params, std::span<const int32_t> host_seq_lens,
                                std::span<const PrefillChunk> chunks, cudaStream_t stream) {
   decode_seqs_.clear();
   decode_rows_.clear();
@@ -77,14 +77,13 @@ bool CudaAttention::plan_mixed(DecodeAttentionParams params, std::span<const int
   }
   if (kernel_ != DecodeKernel::kSplit || decode_seqs_.empty() || longer_chunks_.empty()) {
     plan_prefill(params.kv, params.num_q_heads, chunks, stream);
-    return false;
+    return;
   }
   planned_ = Planned::kNone;
   params.max_seq_len = *std::max_element(host_seq_lens.begin(), host_seq_lens.end());
   split_.plan_rows(params, host_seq_lens, decode_seqs_, decode_rows_, stream);
   prefill_.plan(params.kv, params.num_q_heads, longer_chunks_, stream);
   planned_ = Planned::kMixed;
-  return true;
 }
 
 void CudaAttention::run(const DecodeAttentionParams& params, bool decode_only,

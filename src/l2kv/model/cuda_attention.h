@@ -49,9 +49,9 @@ class CudaAttention {
                     std::span<const PrefillChunk> chunks, cudaStream_t stream);
   // Plans a step with prompt chunks whose one-token chunks (decode rows) go to the split
   // kernel (`params` and `host_seq_lens` cover the whole batch) and the rest to the prefill
-  // kernel; with paged_v1 as the decode kernel, or without a longer chunk, as plan_prefill or
-  // plan_decode would. Returns true where the step runs both kernels.
-  bool plan_mixed(DecodeAttentionParams params, std::span<const int32_t> host_seq_lens,
+  // kernel; with paged_v1 as the decode kernel, or without both kinds of chunk, every chunk
+  // goes to the prefill kernel (as plan_prefill).
+  void plan_mixed(DecodeAttentionParams params, std::span<const int32_t> host_seq_lens,
                   std::span<const PrefillChunk> chunks, cudaStream_t stream);
 
   // Runs the planned attention of one layer (`params` carries that layer's pools and scales);

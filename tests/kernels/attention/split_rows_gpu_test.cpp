@@ -19,7 +19,10 @@ using testing::DecodeProblem;
 using testing::DecodeProblemConfig;
 using testing::DeviceDecodeProblem;
 
-void check_rows(DType dtype, const std::vector<int32_t>& seqs, const std::vector<int32_t>& rows) {
+// `graphs`: the split kernel's graph mode (a fixed grid sized for 16 sequences, blocks past
+// the plan's items exiting at once), as the engine runs it once its KV pool exists.
+void check_rows(DType dtype, const std::vector<int32_t>& seqs, const std::vector<int32_t>& rows,
+                bool graphs = false) {
   DecodeProblemConfig c;
   c.dtype = dtype;
   c.seq_lens = {300, 17, testing::quick_mode() ? 1500 : 6000, 64, 129, 1};
@@ -36,6 +39,7 @@ void check_rows(DType dtype, const std::vector<int32_t>& seqs, const std::vector
   DeviceDecodeProblem device(host);
   device.poison_output();
   SplitDecode split;
+  if (graphs) split.reserve_for_graphs(16, device.params());
   split.plan_rows(device.params(), c.seq_lens, seqs, rows, nullptr);
   split.run(device.params(), PrefetchPolicy::off(), nullptr);
   L2KV_CUDA_CHECK(cudaDeviceSynchronize());
@@ -68,6 +72,7 @@ TEST(SplitDecodeRows, PlansOnlyTheGivenSequencesAtTheirRows) {
     check_rows(dtype, {1, 2, 4}, {5, 0, 3});  // a long sequence split into slices, rows moved
     check_rows(dtype, {0, 1, 2, 3, 4, 5}, {0, 1, 2, 3, 4, 5});  // the identity is plan()
     check_rows(dtype, {5}, {2});                                // one sequence of one token
+    check_rows(dtype, {1, 2, 4}, {5, 0, 3}, /*graphs=*/true);
   }
 }
 
@@ -79,12 +84,13 @@ TEST(SplitDecodeRows, RejectsBadSelections) {
   DeviceDecodeProblem device(host);
   SplitDecode split;
   const std::vector<int32_t> none, one = {0}, two = {0, 1}, descending = {1, 0}, beyond = {3},
-                                   negative = {-1};
+                                   negative = {-1}, shared = {1, 1};
   EXPECT_THROW(split.plan_rows(device.params(), c.seq_lens, none, none, nullptr), Error);
   EXPECT_THROW(split.plan_rows(device.params(), c.seq_lens, two, one, nullptr), Error);
   EXPECT_THROW(split.plan_rows(device.params(), c.seq_lens, descending, two, nullptr), Error);
   EXPECT_THROW(split.plan_rows(device.params(), c.seq_lens, beyond, one, nullptr), Error);
   EXPECT_THROW(split.plan_rows(device.params(), c.seq_lens, one, negative, nullptr), Error);
+  EXPECT_THROW(split.plan_rows(device.params(), c.seq_lens, two, shared, nullptr), Error);
 }
 
 }  // namespace

@@ -214,8 +214,9 @@ __global__ void __launch_bounds__(kThreads, kFp8 ? 3 : 1)
 
   if (a.pdl) {
     // The kernel ahead (RoPE + KV write) may still run. The plan, block table and lengths were
-    // uploaded before it, and it writes only each sequence's newest token: the KV before that
-    // can go to L2 now, so the prologue's loads below find it there.
+    // uploaded before it, and of the planned sequences (one new token each, also in a step with
+    // prompt chunks) it writes only the newest token: the KV before that can go to L2 now, so
+    // the prologue's loads below find it there.
     const int written_by_previous = __ldg(p.kv.seq_lens + item.seq) - 1;
     for (int t = 0; t < prologue_tiles && tile_begin(t) < written_by_previous; ++t)
       prefetch_tile<Stored>(a, item, tile_begin(t), min(tile_end(t), written_by_previous),

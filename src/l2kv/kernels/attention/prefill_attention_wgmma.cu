@@ -95,7 +95,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   // This thread's two rows of the warpgroup's 64 (the wgmma accumulator layout): r0 and r0 + 8.
   const int warpgroup = tid / 128, lane = tid % 32, quad = lane % 4;
   const int r0 = warpgroup * 64 + (tid % 128) / 32 * 16 + lane / 4, r1 = r0 + 8;
-  // Rows past the item attend to the last key (their output is never stored).
+  // Rows past the item attend to every key (their output is never stored).
   const int pos0 = r0 < rows_used ? item.first_position + r0 / group : kv_end - 1;
   const int pos1 = r1 < rows_used ? item.first_position + r1 / group : kv_end - 1;
   const float scale_log2 = softmax_scale * kLog2e;

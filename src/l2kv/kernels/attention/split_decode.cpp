@@ -82,6 +82,10 @@ void SplitDecode::plan_rows(const DecodeAttentionParams& params,
       throw Error("split decode: planned sequences must be ascending batch indices with rows");
     lens.push_back(host_seq_lens[static_cast<size_t>(seqs[i])]);
   }
+  std::vector<int32_t> rows(q_rows.begin(), q_rows.end());
+  std::sort(rows.begin(), rows.end());
+  if (std::adjacent_find(rows.begin(), rows.end()) != rows.end())
+    throw Error("split decode: two planned sequences share a query row");
   plan_lengths(params, lens, seqs, q_rows, stream);
 }
 
@@ -126,7 +130,8 @@ void SplitDecode::plan_lengths(const DecodeAttentionParams& params,
       item.q_row = q_rows[static_cast<size_t>(item.seq)];
       item.seq = seqs[static_cast<size_t>(item.seq)];
     }
-  if (forced_tiles_per_split_ == 0 && !same_tiles) {
+  // A subset's search is not kept: the decode steps around a mixed step plan the whole batch.
+  if (forced_tiles_per_split_ == 0 && !same_tiles && seqs.empty()) {
     searched_tiles_ = std::move(tiles);
     searched_tiles_per_split_ = plan_.tiles_per_split;
   }
