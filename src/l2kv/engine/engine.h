@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "l2kv/engine/finish_reason.h"
 #include "l2kv/engine/model_runner.h"
 #include "l2kv/sampling/sampling_params.h"
 
@@ -42,9 +43,6 @@ struct EngineConfig {
 // yet) skips the pool's checks. The Engine calls it before and after sizing the pool, so
 // generate, bench and serve refuse the same configurations.
 void validate_engine_config(const EngineConfig& config, const ModelConfig& model);
-
-enum class FinishReason : uint8_t { kNone, kStop, kLength, kAbort, kError };
-const char* finish_reason_name(FinishReason reason);  // "stop", "length", "abort", "error"
 
 // What a request has produced since its last callback (streaming) and, when finished, why.
 struct RequestOutput {
