@@ -40,6 +40,7 @@ struct BenchOptions {
   std::string mode = "both";
   std::vector<int32_t> steady_batches = {1, 16, 64};
   std::vector<int32_t> steady_contexts = {1024};
+  std::vector<int32_t> steady_chunks = {0};
   int32_t steady_reps = 20;
   bool profile = false;
   std::string json_path, markdown_path;
@@ -112,13 +113,15 @@ int64_t kv_bytes_per_token(const CudaStepState& state) {
 }
 
 // One decode step at `batch` sequences of `context` tokens, KV filled with random values:
-// median step time over replays (graph and eager) and a profiled eager run. The step runs in a
-// state of its own on the runner's model, stored as the runner's `options` say.
+// median step time over replays (graph and eager) and a profiled eager run. With `chunk` > 0
+// the step also prefills a new sequence's first `chunk` prompt tokens, as a server's step does
+// when a request arrives while others decode (such a step runs eagerly: no graph). The step
+// runs in a state of its own on the runner's model, stored as the runner's `options` say.
 nlohmann::ordered_json run_steady_point(const std::shared_ptr<CudaModel>& model,
                                         const CudaRunnerOptions& options, const Variant& variant,
-                                        int32_t batch, int32_t context, int32_t block_size,
-                                        int32_t reps, double ceiling, KernelTrace* trace,
-                                        cudaStream_t stream) {
+                                        int32_t batch, int32_t context, int32_t chunk,
+                                        int32_t block_size, int32_t reps, double ceiling,
+                                        KernelTrace* trace, cudaStream_t stream) {
   CudaStepState state(model);
   state.set_kv_storage(options.kv_storage);
   state.set_calculate_kv_scales(options.calculate_kv_scales);
@@ -126,8 +129,11 @@ nlohmann::ordered_json run_steady_point(const std::shared_ptr<CudaModel>& model,
     state.set_fused_layer_max_rows(options.fused_layer_max_rows);
   const ModelConfig& c = state.config();
   const int32_t blocks_per_seq = (context + block_size - 1) / block_size;
-  const int32_t num_blocks = batch * blocks_per_seq + 1;  // block 0 is the pad rows' block
-  state.allocate_workspace({batch, batch, context, 0});
+  const int32_t chunk_blocks = (chunk + block_size - 1) / block_size;
+  // Block 0 is the pad rows' block.
+  const int32_t num_blocks = batch * blocks_per_seq + chunk_blocks + 1;
+  state.allocate_workspace(
+      {batch + chunk, batch + (chunk > 0 ? 1 : 0), std::max(context, chunk), 0});
   state.allocate_kv_cache(num_blocks, block_size);
   const int64_t pool_elems =
       static_cast<int64_t>(num_blocks) * block_size * c.num_kv_heads * c.head_dim;
@@ -141,9 +147,11 @@ nlohmann::ordered_json run_steady_point(const std::shared_ptr<CudaModel>& model,
     }
   }
   state.set_decode_attention(variant.kernel, variant.policy);
-  state.set_use_graphs(true);
-  const int32_t size[] = {batch};
-  state.capture_decode_graphs(size, stream);
+  if (chunk == 0) {
+    state.set_use_graphs(true);
+    const int32_t size[] = {batch};
+    state.capture_decode_graphs(size, stream);
+  }
 
   // Shuffled tables: no sequence's blocks are contiguous.
   std::vector<int32_t> blocks(static_cast<size_t>(num_blocks - 1));
@@ -152,11 +160,18 @@ nlohmann::ordered_json run_steady_point(const std::shared_ptr<CudaModel>& model,
   std::vector<int32_t> tokens(static_cast<size_t>(batch));
   std::mt19937 rng(42);
   for (auto& t : tokens) t = static_cast<int32_t>(rng() % (c.vocab_size - 1)) + 1;
+  std::vector<int32_t> chunk_tokens(static_cast<size_t>(chunk));
+  for (auto& t : chunk_tokens) t = static_cast<int32_t>(rng() % (c.vocab_size - 1)) + 1;
   std::vector<BatchSequence> seqs;
   for (int32_t s = 0; s < batch; ++s)
     seqs.push_back({std::span<const int32_t>(&tokens[s], 1), context - 1,
                     std::span<const int32_t>(blocks.data() + int64_t{s} * blocks_per_seq,
                                              static_cast<size_t>(blocks_per_seq)),
+                    true});
+  if (chunk > 0)
+    seqs.push_back({chunk_tokens, 0,
+                    std::span<const int32_t>(blocks.data() + int64_t{batch} * blocks_per_seq,
+                                             static_cast<size_t>(chunk_blocks)),
                     true});
   state.prepare(seqs, 0, stream);
 
@@ -177,14 +192,14 @@ nlohmann::ordered_json run_steady_point(const std::shared_ptr<CudaModel>& model,
     std::nth_element(ms.begin(), ms.begin() + reps / 2, ms.end());
     return static_cast<double>(ms[reps / 2]);
   };
-  const double graph_ms = median_ms(true);
   const double eager_ms = median_ms(false);
+  const double graph_ms = chunk == 0 ? median_ms(true) : eager_ms;
   state.set_profiling(true);
   state.forward(stream);
   L2KV_CUDA_CHECK(cudaStreamSynchronize(stream));
   const CudaStepState::OpTimes ops = state.last_op_times();
   state.set_profiling(false);
-  state.set_use_graphs(true);
+  state.set_use_graphs(chunk == 0);
   nlohmann::ordered_json kernel_profile;
   if (trace) {  // one graph replay's kernels
     L2KV_CUDA_CHECK(cudaStreamSynchronize(stream));
@@ -199,16 +214,19 @@ nlohmann::ordered_json run_steady_point(const std::shared_ptr<CudaModel>& model,
 
   const double bytes = static_cast<double>(state.model().streamed_weight_bytes()) +
                        static_cast<double>(kv_bytes_per_token(state)) * batch * (context + 1.0);
-  const double mbu = bytes / (graph_ms * 1e-3 * ceiling);
+  // A step with a prompt chunk also computes the chunk: its MBU would mean nothing.
+  const nlohmann::ordered_json mbu =
+      chunk == 0 ? nlohmann::ordered_json(bytes / (graph_ms * 1e-3 * ceiling)) : nullptr;
   return {{"mode", "steady"},
           {"attention", decode_kernel_name(variant.kernel)},
           {"kv_prefetch", variant.prefetch_text},
           {"batch", batch},
           {"concurrency", batch},
           {"context", context},
+          {"chunk_tokens", chunk},
           {"step_ms", graph_ms},
           {"eager_step_ms", eager_ms},
-          {"graphs", true},
+          {"graphs", chunk == 0},
           {"output_tokens_per_s", batch / (graph_ms * 1e-3)},
           {"bytes_per_step", bytes},
           {"mbu", mbu},
@@ -405,25 +423,31 @@ int run_bench(const BenchOptions& o) {
   };
 
   if (o.mode == "steady" || o.mode == "both") {
-    for (int32_t context : o.steady_contexts)
-      for (int32_t batch : o.steady_batches)
-        for (const Variant& v : variants) {
-          if (over_budget()) break;
-          auto point =
-              run_steady_point(model, runner->options(), v, batch, context, o.engine.block_size,
-                               o.steady_reps, ceiling, trace.get(), runner->stream());
-          point["model"] = o.model.model;
-          std::printf(
-              "steady  %-14s B=%-4d ctx=%-6d step %8.3f ms (eager %8.3f)  %9.1f tok/s  "
-              "MBU %.3f\n",
-              v.name.c_str(), batch, context, point["step_ms"].get<double>(),
-              point["eager_step_ms"].get<double>(), point["output_tokens_per_s"].get<double>(),
-              point["mbu"].get<double>());
-          if (trace) std::printf("%s", format_step_profile(point["kernel_profile"]).c_str());
-          std::fflush(stdout);
-          report["points"].push_back(point);
-          save();
-        }
+    for (int32_t chunk : o.steady_chunks)
+      for (int32_t context : o.steady_contexts)
+        for (int32_t batch : o.steady_batches)
+          for (const Variant& v : variants) {
+            if (over_budget()) break;
+            auto point = run_steady_point(model, runner->options(), v, batch, context, chunk,
+                                          o.engine.block_size, o.steady_reps, ceiling, trace.get(),
+                                          runner->stream());
+            point["model"] = o.model.model;
+            const std::string chunk_text =
+                chunk > 0 ? " chunk=" + std::to_string(chunk) : std::string();
+            char mbu_text[16] = "-";
+            if (!point["mbu"].is_null())
+              std::snprintf(mbu_text, sizeof mbu_text, "%.3f", point["mbu"].get<double>());
+            std::printf(
+                "steady  %-14s B=%-4d ctx=%-6d%s step %8.3f ms (eager %8.3f)  %9.1f tok/s  "
+                "MBU %s\n",
+                v.name.c_str(), batch, context, chunk_text.c_str(), point["step_ms"].get<double>(),
+                point["eager_step_ms"].get<double>(), point["output_tokens_per_s"].get<double>(),
+                mbu_text);
+            if (trace) std::printf("%s", format_step_profile(point["kernel_profile"]).c_str());
+            std::fflush(stdout);
+            report["points"].push_back(point);
+            save();
+          }
   }
   if (o.mode == "e2e" || o.mode == "both") {
     EngineConfig config = o.engine;
@@ -513,9 +537,17 @@ std::function<int()> add_bench_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--steady-context", o->steady_contexts, "Contexts of the steady-state mode")
       ->capture_default_str();
+  cmd->add_option(
+         "--steady-chunk", o->steady_chunks,
+         "Prompt tokens a steady step also prefills (0 = none): the decode rows then share "
+         "the step with a new sequence's chunk, as in a server when a request arrives "
+         "(such steps run without CUDA graphs; compare their --profile with chunk 0's)")
+      ->check(CLI::Range(0, 1 << 20))
+      ->capture_default_str();
   cmd->add_flag("--profile", o->profile,
-                "Steady points also print one graph-replayed step's kernels (CUPTI): time per "
-                "kernel, gaps between kernels, each projection's GB/s against the read ceiling. "
+                "Steady points also print one step's kernels (CUPTI; a graph replay, or the eager "
+                "step of --steady-chunk): time per kernel, gaps between kernels, each projection's "
+                "GB/s against the read ceiling. "
                 "Step times of a profiled run include CUPTI's per-kernel overhead");
   cmd->add_option("--steady-reps", o->steady_reps, "Timed replays per steady point (median)")
       ->check(CLI::Range(3, 10000))
