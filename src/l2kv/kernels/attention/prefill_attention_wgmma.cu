@@ -15,9 +15,17 @@ namespace l2kv {
 namespace {
 
 constexpr int kHeadDim = 128;
-constexpr int kRows = 128;                        // query rows per block: two warpgroups of 64
+constexpr int kWarpgroupThreads = 128;            // wgmma's unit: four warps
+constexpr int kWarpgroupRows = 64;                // wgmma's M
+constexpr int kMmaK = 16;                         // wgmma's K for 16-bit operands
+constexpr int kWarpRows = 16;                     // rows of the accumulator one warp holds
+constexpr int kRows = 2 * kWarpgroupRows;         // query rows per block: two warpgroups
 constexpr int kKeys = 128;                        // keys per K/V tile: the S tile's N
-constexpr int kThreads = 256;                     // the two warpgroups; every thread also copies
+constexpr int kThreads = 2 * kWarpgroupThreads;   // the two warpgroups; every thread also copies
+constexpr int kAccumulators = kKeys / 2;          // fp32 accumulators of m64n128 per thread
+constexpr int kColumnBlocks = kKeys / 8;          // 8-column blocks of the accumulator
+constexpr int kKeysPerCopier = 8;                 // consecutive keys one thread copies per tile
+constexpr int kChunkElements = 8;                 // 16-bit elements in a 16-byte chunk
 constexpr int kStages = 2;                        // K/V tiles in flight
 constexpr int kChunksPerRow = kHeadDim * 2 / 16;  // 16-byte chunks of one 256-byte row
 constexpr int kAtomRowBytes = 128;  // a 128-byte swizzle atom holds 64 elements of a row
@@ -65,7 +73,7 @@ __global__ void __launch_bounds__(kThreads, 1)
                    (static_cast<int64_t>(item.q_row_begin + token) * num_q_heads +
                     item.kv_head * group + row - token * group) *
                        kHeadDim +
-                   chunk * 8;
+                   chunk * kChunkElements;
     ptx::cp_async_16(q_tile + swizzled_offset(row, chunk, kQAtomBytes), valid ? src : q,
                      valid ? 16 : 0);
   }
@@ -73,8 +81,9 @@ __global__ void __launch_bounds__(kThreads, 1)
   // (blocks hold 16+ tokens), so one block-table lookup serves them. Keys at or past kv_end are
   // zero-filled: V's zeros keep P x V finite where P is 0.
   const int32_t* table = kv.block_table + static_cast<int64_t>(item.seq) * kv.max_blocks_per_seq;
-  const int copy_chunk = tid % kChunksPerRow, copy_row = tid / kChunksPerRow * 8;
-  static_assert(kThreads / kChunksPerRow * 8 == kKeys);
+  const int copy_chunk = tid % kChunksPerRow, copy_row = tid / kChunksPerRow * kKeysPerCopier;
+  static_assert(kThreads / kChunksPerRow * kKeysPerCopier == kKeys);
+  static_assert(kHeadDim == kAccumulators * 2, "one m64n128 accumulator set holds O's row");
   const int64_t token_stride = kv.token_stride();
   auto load_tile = [&](const void* pool, int tile, unsigned char* dst_tile) {
     const T* src_pool = static_cast<const T*>(pool);
@@ -82,10 +91,11 @@ __global__ void __launch_bounds__(kThreads, 1)
     int64_t offset = 0;
     if (first_key < kv_end) {
       const int32_t physical = __ldg(table + (first_key >> block_shift));
-      offset = kv.offset(physical, first_key & (kv.block_size - 1), item.kv_head) + copy_chunk * 8;
+      offset = kv.offset(physical, first_key & (kv.block_size - 1), item.kv_head) +
+               copy_chunk * kChunkElements;
     }
 #pragma unroll
-    for (int r = 0; r < 8; ++r) {
+    for (int r = 0; r < kKeysPerCopier; ++r) {
       const bool valid = first_key + r < kv_end;
       ptx::cp_async_16(dst_tile + swizzled_offset(copy_row + r, copy_chunk, kKvAtomBytes),
                        src_pool + (valid ? offset + r * token_stride : 0), valid ? 16 : 0);
@@ -93,18 +103,19 @@ __global__ void __launch_bounds__(kThreads, 1)
   };
 
   // This thread's two rows of the warpgroup's 64 (the wgmma accumulator layout): r0 and r0 + 8.
-  const int warpgroup = tid / 128, lane = tid % 32, quad = lane % 4;
-  const int r0 = warpgroup * 64 + (tid % 128) / 32 * 16 + lane / 4, r1 = r0 + 8;
+  const int warpgroup = tid / kWarpgroupThreads, lane = tid % 32, quad = lane % 4;
+  const int r0 = warpgroup * kWarpgroupRows + (tid % kWarpgroupThreads) / 32 * kWarpRows + lane / 4,
+            r1 = r0 + 8;
   // Rows past the item attend to every key (their output is never stored).
   const int pos0 = r0 < rows_used ? item.first_position + r0 / group : kv_end - 1;
   const int pos1 = r1 < rows_used ? item.first_position + r1 / group : kv_end - 1;
   const float scale_log2 = softmax_scale * kLog2e;
-  float o_acc[64];
+  float o_acc[kAccumulators];
 #pragma unroll
-  for (int i = 0; i < 64; ++i) o_acc[i] = 0.f;
+  for (int i = 0; i < kAccumulators; ++i) o_acc[i] = 0.f;
   float max0 = -INFINITY, max1 = -INFINITY, sum0 = 0.f, sum1 = 0.f;
-  const unsigned char* q_rows = q_tile + warpgroup * 64 * kAtomRowBytes;
-  uint32_t p_frag[8][4];  // P of the previous tile, the A operand of its P x V
+  const unsigned char* q_rows = q_tile + warpgroup * kWarpgroupRows * kAtomRowBytes;
+  uint32_t p_frag[kKeys / kMmaK][4];  // P of the previous tile, the A operand of its P x V
 
   // Copies K_{t+1} and V_t (K runs one tile ahead of V, each in a ring of two), then waits for
   // K_t and V_{t-1}.
@@ -117,24 +128,25 @@ __global__ void __launch_bounds__(kThreads, 1)
     __syncthreads();
   };
   // S = Q K^T over head_dim in eight k16 slices, 32 bytes apart within an atom.
-  auto issue_s = [&](float(&s_acc)[64], int tile) {
+  auto issue_s = [&](float(&s_acc)[kAccumulators], int tile) {
 #pragma unroll
-    for (int ks = 0; ks < kHeadDim / 16; ++ks) {
-      const int atom = ks / 4, byte = (ks % 4) * 32;
+    for (int ks = 0; ks < kHeadDim / kMmaK; ++ks) {
+      constexpr int kSlicesPerAtom = kAtomRowBytes / (kMmaK * 2);
+      const int atom = ks / kSlicesPerAtom, byte = (ks % kSlicesPerAtom) * kMmaK * 2;
       const uint64_t a = ptx::wgmma_descriptor_k_major_sw128(q_rows + atom * kQAtomBytes + byte);
       const uint64_t b =
           ptx::wgmma_descriptor_k_major_sw128(k_tile(tile % kStages) + atom * kKvAtomBytes + byte);
-      ptx::wgmma_m64k16<128, T>(s_acc, a, b, ks > 0 ? 1u : 0u);
+      ptx::wgmma_m64k16<kKeys, T>(s_acc, a, b, ks > 0 ? 1u : 0u);
     }
     ptx::wgmma_commit();
   };
   // O += P V over a tile's keys in eight k16 slices of 16 keys (2048 bytes apart).
   auto issue_pv = [&](int tile) {
 #pragma unroll
-    for (int kk = 0; kk < kKeys / 16; ++kk)
+    for (int kk = 0; kk < kKeys / kMmaK; ++kk)
       ptx::wgmma_m64n128k16_rs<T>(
           o_acc, p_frag[kk],
-          ptx::wgmma_descriptor_mn_major_sw128(v_tile(tile % kStages) + kk * 16 * kAtomRowBytes,
+          ptx::wgmma_descriptor_mn_major_sw128(v_tile(tile % kStages) + kk * kMmaK * kAtomRowBytes,
                                                kKvAtomBytes),
           1u);
     ptx::wgmma_commit();
@@ -142,12 +154,12 @@ __global__ void __launch_bounds__(kThreads, 1)
   // Causal mask (only where the tile reaches past the item's first position) and online softmax
   // of S in place: column 8j + 2 * quad + i of rows r0 (s_acc[4j + i]) and r1 (s_acc[4j + 2 +
   // i]). Returns the factors that rescale O for the new row maxima.
-  auto softmax = [&](float(&s_acc)[64], int tile) {
+  auto softmax = [&](float(&s_acc)[kAccumulators], int tile) {
     const int tile_start = tile * kKeys;
     const bool masked = tile_start + kKeys - 1 > item.first_position;
     float tile_max0 = -INFINITY, tile_max1 = -INFINITY;
 #pragma unroll
-    for (int j = 0; j < 16; ++j)
+    for (int j = 0; j < kColumnBlocks; ++j)
 #pragma unroll
       for (int i = 0; i < 2; ++i) {
         const int key = tile_start + j * 8 + quad * 2 + i;
@@ -170,7 +182,7 @@ __global__ void __launch_bounds__(kThreads, 1)
     max1 = new1;
     float part0 = 0.f, part1 = 0.f;
 #pragma unroll
-    for (int j = 0; j < 16; ++j) {
+    for (int j = 0; j < kColumnBlocks; ++j) {
       s_acc[4 * j] = exp2f(s_acc[4 * j] - safe0);
       s_acc[4 * j + 1] = exp2f(s_acc[4 * j + 1] - safe0);
       s_acc[4 * j + 2] = exp2f(s_acc[4 * j + 2] - safe1);
@@ -184,9 +196,9 @@ __global__ void __launch_bounds__(kThreads, 1)
   };
   // P as the next P x V's A operand: columns 8j.. of k16 slice j / 2; j even gives a[0] (row
   // r0) and a[1] (row r1), j odd a[2] and a[3] (the same rows 8 keys on).
-  auto pack_p = [&](const float(&s_acc)[64]) {
+  auto pack_p = [&](const float(&s_acc)[kAccumulators]) {
 #pragma unroll
-    for (int j = 0; j < 16; ++j) {
+    for (int j = 0; j < kColumnBlocks; ++j) {
       p_frag[j / 2][(j % 2) * 2] = Traits::pack(s_acc[4 * j], s_acc[4 * j + 1]);
       p_frag[j / 2][(j % 2) * 2 + 1] = Traits::pack(s_acc[4 * j + 2], s_acc[4 * j + 3]);
     }
@@ -200,31 +212,31 @@ __global__ void __launch_bounds__(kThreads, 1)
   ptx::cp_async_commit();
   copy_and_wait(0);
   {
-    float s_acc[64];
+    float s_acc[kAccumulators];
     ptx::wgmma_fence();
     issue_s(s_acc, 0);
     ptx::wgmma_wait<0>();
 #pragma unroll
-    for (int i = 0; i < 64; ++i) ptx::wgmma_fence_operand(s_acc[i]);
+    for (int i = 0; i < kAccumulators; ++i) ptx::wgmma_fence_operand(s_acc[i]);
     softmax(s_acc, 0);  // O is still zero: nothing to rescale
     pack_p(s_acc);
     __syncthreads();  // K_0's stage is refilled by the next copy
   }
   for (int tile = 1; tile < num_tiles; ++tile) {
     copy_and_wait(tile);
-    float s_acc[64];
+    float s_acc[kAccumulators];
     ptx::wgmma_fence();
     issue_s(s_acc, tile);
     issue_pv(tile - 1);
     ptx::wgmma_wait<1>();  // S_t is done; P_{t-1} V_{t-1} may still run
 #pragma unroll
-    for (int i = 0; i < 64; ++i) ptx::wgmma_fence_operand(s_acc[i]);
+    for (int i = 0; i < kAccumulators; ++i) ptx::wgmma_fence_operand(s_acc[i]);
     const float2 corr = softmax(s_acc, tile);
     ptx::wgmma_wait<0>();  // P_{t-1} V_{t-1} is done: O can be rescaled and P overwritten
 #pragma unroll
-    for (int i = 0; i < 64; ++i) ptx::wgmma_fence_operand(o_acc[i]);
+    for (int i = 0; i < kAccumulators; ++i) ptx::wgmma_fence_operand(o_acc[i]);
 #pragma unroll
-    for (int j = 0; j < 16; ++j) {
+    for (int j = 0; j < kColumnBlocks; ++j) {
       o_acc[4 * j] *= corr.x;
       o_acc[4 * j + 1] *= corr.x;
       o_acc[4 * j + 2] *= corr.y;
@@ -241,7 +253,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   issue_pv(num_tiles - 1);
   ptx::wgmma_wait<0>();
 #pragma unroll
-  for (int i = 0; i < 64; ++i) ptx::wgmma_fence_operand(o_acc[i]);
+  for (int i = 0; i < kAccumulators; ++i) ptx::wgmma_fence_operand(o_acc[i]);
 
 #pragma unroll
   for (int m = 1; m <= 2; m *= 2) {
@@ -255,7 +267,7 @@ __global__ void __launch_bounds__(kThreads, 1)
                     item.kv_head * group + row - token * group) *
                        kHeadDim;
 #pragma unroll
-    for (int j = 0; j < 16; ++j)
+    for (int j = 0; j < kColumnBlocks; ++j)
       *reinterpret_cast<uint32_t*>(dst + j * 8 + quad * 2) =
           Traits::pack(o_acc[4 * j + 2 * half] * inv_sum, o_acc[4 * j + 2 * half + 1] * inv_sum);
   };
