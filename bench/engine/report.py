@@ -385,7 +385,8 @@ def main():
 
     files, points = load(args.bench)
     e2e = [pt for pt in points if pt.get("mode") == "e2e"]
-    steady = [pt for pt in points if pt.get("mode") == "steady"]
+    # Decode-only steady steps; those with a prompt chunk (--steady-chunk) are not decode steps.
+    steady = [pt for pt in points if pt.get("mode") == "steady" and not pt.get("chunk_tokens")]
     peer_meta, peers = None, {}
     if args.peer:
         peer_meta, peer_points = load([args.peer])

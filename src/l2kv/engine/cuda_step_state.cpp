@@ -339,7 +339,10 @@ void CudaStepState::enqueue_forward(cudaStream_t stream) {
   f.attention_op = &attention_;
   f.events = profiling_ ? &op_events_ : nullptr;
   model_->forward(f, stream);
-  if (step_.calculate_kv_scales) kv_scales_pending_ = false;  // fixed from now on
+  if (step_.calculate_kv_scales) {  // fixed from now on, also for a replay of this step
+    kv_scales_pending_ = false;
+    step_.calculate_kv_scales = false;
+  }
 }
 
 void CudaStepState::forward(cudaStream_t stream) {

@@ -6,6 +6,7 @@
 namespace l2kv {
 
 enum class FinishReason : uint8_t { kNone, kStop, kLength, kAbort, kError };
-const char* finish_reason_name(FinishReason reason);  // "stop", "length", "abort", "error"
+// "none", "stop", "length", "abort", "error"
+const char* finish_reason_name(FinishReason reason);
 
 }  // namespace l2kv

@@ -21,11 +21,12 @@ class StopStringChecker {
     std::optional<size_t> matched;  // index in `stops` of the stop string that ends the output
   };
 
-  // Takes the next piece of text. While `match` is false (before min_tokens), stop strings
-  // are not looked for, but a tail that may start one is still held back, so a stop string
-  // that ends in the first piece that may match is found even when it began earlier. Once a
-  // stop string is found, `text` is what precedes it (and the stop string itself when
-  // included) and the rest is dropped; later calls return nothing.
+  // Takes the next piece of text. A stop string matches only where it ends in this piece.
+  // While `match` is false (before min_tokens), stop strings are not looked for, but a tail
+  // that may start one is still held back, so a stop string that ends in the first piece that
+  // may match is found even when it began earlier. Once a stop string is found, `text` is what
+  // precedes it (and the stop string itself when included) and the rest is dropped; later calls
+  // return nothing.
   Result push(std::string_view piece, bool match = true);
   // The text still held back, when the output ends for another reason.
   std::string flush();
