@@ -817,15 +817,20 @@ TEST(Engine, StopTokensMinTokensAndEos) {
   EXPECT_EQ(got.last.finish_reason, FinishReason::kStop);
   EXPECT_EQ(got.last.stop_reason, std::to_string(ref[6]));
 
-  // min_tokens: no stop before it; the stop token later still counts.
+  // min_tokens: the stop token is masked out of sampling before it (vLLM's min_tokens), so
+  // greedy takes the next-best token where it stood and goes on from there; a stop token may
+  // end the output only after min_tokens tokens.
   p.min_tokens = at + 2;
   got = run_one(c, p);
-  const int later = first_at(ref, ref[6], static_cast<size_t>(at + 1));
-  if (later >= 0 && later + 1 >= p.min_tokens) {
-    EXPECT_EQ(got.tokens.size(), static_cast<size_t>(later + 1));
-    EXPECT_EQ(got.last.finish_reason, FinishReason::kStop);
+  ASSERT_GE(got.tokens.size(), static_cast<size_t>(p.min_tokens));
+  EXPECT_EQ(std::vector<int32_t>(got.tokens.begin(), got.tokens.begin() + at),
+            std::vector<int32_t>(ref.begin(), ref.begin() + at));
+  for (int i = 0; i < p.min_tokens; ++i)
+    EXPECT_NE(got.tokens[i], ref[6]) << "the stop token at " << i << ", before min_tokens";
+  if (got.last.finish_reason == FinishReason::kStop) {
+    EXPECT_EQ(got.tokens.back(), ref[6]);
+    EXPECT_GT(got.tokens.size(), static_cast<size_t>(p.min_tokens));
   } else {
-    EXPECT_EQ(got.tokens, ref);
     EXPECT_EQ(got.last.finish_reason, FinishReason::kLength);
   }
 
@@ -842,6 +847,18 @@ TEST(Engine, StopTokensMinTokensAndEos) {
   EXPECT_EQ(got.tokens.size(), static_cast<size_t>(first_at(ref, ref[9]) + 1));
   EXPECT_EQ(got.last.finish_reason, FinishReason::kStop);
   EXPECT_EQ(got.last.stop_reason, "");
+  p.ignore_eos = true;
+  got = run_one(c, p, {ref[9]});
+  EXPECT_EQ(got.tokens, ref);
+  // EOS is masked out before min_tokens too; with ignore_eos it is an ordinary token.
+  const int eos_at = first_at(ref, ref[9]);
+  p.ignore_eos = false;
+  p.min_tokens = eos_at + 1;
+  got = run_one(c, p, {ref[9]});
+  ASSERT_GE(got.tokens.size(), static_cast<size_t>(p.min_tokens));
+  EXPECT_EQ(std::vector<int32_t>(got.tokens.begin(), got.tokens.begin() + eos_at),
+            std::vector<int32_t>(ref.begin(), ref.begin() + eos_at));
+  for (int i = 0; i < p.min_tokens; ++i) EXPECT_NE(got.tokens[i], ref[9]) << "EOS at " << i;
   p.ignore_eos = true;
   got = run_one(c, p, {ref[9]});
   EXPECT_EQ(got.tokens, ref);

@@ -219,6 +219,13 @@ struct Engine::Impl {
       r->allowed_mask.assign(static_cast<size_t>((runner->config().vocab_size + 31) / 32), 0u);
       for (const int32_t t : r->params.allowed_token_ids) r->allowed_mask[t >> 5] |= 1u << (t & 31);
     }
+    if (r->params.min_tokens > 0) {
+      r->held_stop_tokens = r->params.stop_token_ids;
+      if (!r->params.ignore_eos)
+        r->held_stop_tokens.insert(r->held_stop_tokens.end(), eos_ids.begin(), eos_ids.end());
+      std::erase_if(r->held_stop_tokens,
+                    [&](int32_t t) { return t < 0 || t >= runner->config().vocab_size; });
+    }
     if (request.on_output)
       r->on_output = std::make_shared<const Callback>(std::move(request.on_output));
     outputs.add(id, r->params);  // after the checks and set-up above, which may throw
@@ -417,15 +424,24 @@ struct Engine::Impl {
         s.sampling = {&r.params, r.seed, r.num_output_tokens(), r.prompt(), r.output(), {}};
         // Filled by the runner as late as it can (the matcher and the mask stay put): the
         // grammar's tokens, and of those the allowed_token_ids.
-        if (r.matcher || !r.allowed_mask.empty())
+        // Before min_tokens the tokens that would end the output are masked out (vLLM's
+        // min_tokens): the model says something else instead of an EOS that could not stop it.
+        const std::vector<int32_t>* held =
+            !r.held_stop_tokens.empty() && r.num_output_tokens() < r.params.min_tokens
+                ? &r.held_stop_tokens
+                : nullptr;
+        if (r.matcher || !r.allowed_mask.empty() || held)
           s.fill_allowed_tokens = [matcher = r.matcher ? &*r.matcher : nullptr,
-                                   allowed = &r.allowed_mask](std::span<uint32_t> mask) {
+                                   allowed = &r.allowed_mask, held](std::span<uint32_t> mask) {
             if (matcher)
               matcher->fill_mask(mask);
             else
               std::fill(mask.begin(), mask.end(), ~0u);
             for (size_t w = 0; w < allowed->size() && w < mask.size(); ++w)
               mask[w] &= (*allowed)[w];
+            if (held)
+              for (const int32_t t : *held)
+                if (static_cast<size_t>(t >> 5) < mask.size()) mask[t >> 5] &= ~(1u << (t & 31));
           };
         ++num_samples;
       }

@@ -59,6 +59,9 @@ struct Request {
   std::optional<structured::GrammarMatcher> matcher;
   // params.allowed_token_ids as a token bitmask (bit t of word t / 32; empty when unset).
   std::vector<uint32_t> allowed_mask;
+  // The tokens that would end the output (EOS unless ignore_eos, stop_token_ids), masked out of
+  // sampling while fewer than min_tokens tokens are out, as vLLM does; empty without min_tokens.
+  std::vector<int32_t> held_stop_tokens;
 
   // Streaming: tokens and logprobs gather here until the next callback.
   std::shared_ptr<const std::function<void(const RequestOutput&)>> on_output;
