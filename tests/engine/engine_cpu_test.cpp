@@ -1068,7 +1068,7 @@ TEST(EngineStopStrings, NoStopStringBeforeMinTokens) {
   Engine engine(std::make_unique<CpuRunner>(f.model), &test_tokenizer(), small_config());
   SamplingParams p = greedy_params();
   p.stop = {stop};
-  p.min_tokens = static_cast<int32_t>(last) + 2;
+  p.min_tokens = static_cast<int32_t>(last) + 1;  // the completing token is within min_tokens
   Collected got;
   engine.add_request(request_for(c.prompt, p, got));
   engine.run_until_idle();
@@ -1079,14 +1079,15 @@ TEST(EngineStopStrings, NoStopStringBeforeMinTokens) {
   EXPECT_EQ(got.text, full.substr(0, got.text.size())) << "streamed text is not a prefix";
   EXPECT_GT(got.text.size(), at + stop.size()) << "the early stop string is part of the text";
   if (got.last.finish_reason == FinishReason::kStop) {
-    EXPECT_GE(static_cast<int32_t>(got.tokens.size()), p.min_tokens);
+    EXPECT_GT(static_cast<int32_t>(got.tokens.size()), p.min_tokens);
   }
   expect_no_leak(engine);
 }
 
 // A stop string that starts in text made before min_tokens and ends in the first token that may
-// stop the output ends it there, as in vLLM (which looks for stop strings in the tail of the
-// text once min_tokens is reached): the same tokens and text as without min_tokens.
+// stop the output (the one after the first min_tokens) ends it there, as in vLLM (which looks
+// for stop strings in the tail of the text once the output is longer than min_tokens): the same
+// tokens and text as without min_tokens.
 TEST(EngineStopStrings, StopStringAcrossTheMinTokensBoundary) {
   const Fixture& f = fixture("qwen2-tied");
   const Case& c = f.cases[0];
@@ -1095,8 +1096,8 @@ TEST(EngineStopStrings, StopStringAcrossTheMinTokensBoundary) {
   Engine engine(std::make_unique<CpuRunner>(f.model), &test_tokenizer(), small_config());
   SamplingParams p = greedy_params();
   p.stop = {stop};
-  p.min_tokens = static_cast<int32_t>(last) + 1;  // the token that completes it may stop
-  size_t before = 0;                              // text of the tokens before that one
+  p.min_tokens = static_cast<int32_t>(last);  // the token that completes it may stop
+  size_t before = 0;                          // text of the tokens before that one
   for (size_t i = 0; i < last; ++i) before += token_text(c.greedy[i]).size();
   ASSERT_LT(at, before) << "the stop string does not start before the token that completes it";
   Collected got;

@@ -322,7 +322,7 @@ struct Engine::Impl {
   }
 
   // Appends a sampled token and checks every stop condition, in vLLM's order: stop tokens
-  // (not before min_tokens), stop strings (not before min_tokens), then length.
+  // (not within the first min_tokens tokens), stop strings (the same), then length.
   void append(Request& r, SampledToken sampled) {
     const int32_t token = sampled.token;
     if (r.matcher && !r.matcher->accept_token(token)) {
@@ -339,7 +339,9 @@ struct Engine::Impl {
     r.pending_tokens.push_back(token);
     if (r.params.logprobs >= 0) r.pending_logprobs.push_back(std::move(sampled));
     const int32_t produced = r.num_output_tokens();
-    const bool may_stop = produced >= r.params.min_tokens;
+    // The first min_tokens tokens cannot end the output (vLLM: stop tokens are masked out of
+    // them, stop strings are looked for once the output is longer).
+    const bool may_stop = produced > r.params.min_tokens;
 
     FinishReason reason = FinishReason::kNone;
     std::string stop_reason;
