@@ -994,10 +994,11 @@ TEST(EngineStopStrings, CheckerHoldsBackPossibleStarts) {
 }
 
 // The text of a case's greedy continuation and a stop string across the boundary of its tokens
-// 6 and 7: where the stop string first starts in the text, and the token that completes it.
+// 6 and 7: where the stop string first starts in the text, the token that completes it, and
+// where that token's text begins.
 struct StopAcrossTokens {
   std::string full, stop;
-  size_t at = 0, last = 0;
+  size_t at = 0, last = 0, last_begins = 0;
 };
 StopAcrossTokens stop_across_tokens(const Case& c) {
   StopAcrossTokens s;
@@ -1009,13 +1010,14 @@ StopAcrossTokens stop_across_tokens(const Case& c) {
   s.stop = s.full.substr(ends[5] - 1, 3);
   s.at = s.full.find(s.stop);
   while (ends[s.last] < s.at + s.stop.size()) ++s.last;
+  s.last_begins = s.last > 0 ? ends[s.last - 1] : 0;
   return s;
 }
 
 TEST(EngineStopStrings, StopStringEndsOutputAndIsNotStreamed) {
   const Fixture& f = fixture("qwen2-tied");
   const Case& c = f.cases[0];
-  const auto [full, stop, at, last] = stop_across_tokens(c);
+  const auto [full, stop, at, last, last_begins] = stop_across_tokens(c);
 
   Engine engine(std::make_unique<CpuRunner>(f.model), &test_tokenizer(), small_config());
   SamplingParams p = greedy_params();
@@ -1063,7 +1065,7 @@ TEST(EngineStopStrings, StopStringEndsOutputAndIsNotStreamed) {
 TEST(EngineStopStrings, NoStopStringBeforeMinTokens) {
   const Fixture& f = fixture("qwen2-tied");
   const Case& c = f.cases[0];
-  const auto [full, stop, at, last] = stop_across_tokens(c);
+  const auto [full, stop, at, last, last_begins] = stop_across_tokens(c);
 
   Engine engine(std::make_unique<CpuRunner>(f.model), &test_tokenizer(), small_config());
   SamplingParams p = greedy_params();
@@ -1091,15 +1093,13 @@ TEST(EngineStopStrings, NoStopStringBeforeMinTokens) {
 TEST(EngineStopStrings, StopStringAcrossTheMinTokensBoundary) {
   const Fixture& f = fixture("qwen2-tied");
   const Case& c = f.cases[0];
-  const auto [full, stop, at, last] = stop_across_tokens(c);
+  const auto [full, stop, at, last, last_begins] = stop_across_tokens(c);
 
   Engine engine(std::make_unique<CpuRunner>(f.model), &test_tokenizer(), small_config());
   SamplingParams p = greedy_params();
   p.stop = {stop};
   p.min_tokens = static_cast<int32_t>(last);  // the token that completes it may stop
-  size_t before = 0;                          // text of the tokens before that one
-  for (size_t i = 0; i < last; ++i) before += token_text(c.greedy[i]).size();
-  ASSERT_LT(at, before) << "the stop string does not start before the token that completes it";
+  ASSERT_LT(at, last_begins) << "the stop string does not start before the token that completes it";
   Collected got;
   engine.add_request(request_for(c.prompt, p, got));
   engine.run_until_idle();
