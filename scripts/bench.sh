@@ -12,7 +12,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [[ ${L2KV_SKIP_BUILD:-0} == 1 ]] || ./scripts/build.sh
-if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L >/dev/null 2>&1; then
+source scripts/gpu_results.sh
+if ! have_gpu; then
   echo "l2kv: no NVIDIA GPU here; the benchmark needs a Hopper GPU (sm_90). Running the engine"
   echo "l2kv: on the CPU backend instead: greedy continuations of a tiny Llama-3-style test model."
   ./build/l2kv generate --model tests/model/fixtures/llama3-gqa --device cpu \
@@ -20,9 +21,7 @@ if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L >/dev/null 2>&1; t
     --temperature 0 --max-tokens 32 --ignore-eos --output-format jsonl
   exit 0
 fi
-gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr ' ' '-' | tr -cd '[:alnum:]-')
-out="bench/results/$(date -u +%F)-${gpu}"
-mkdir -p "$out"
+out=$(results_dir)
 ./build/l2kv bench --model synthetic:llama3-8b --input-len 512 --output-len 512 \
   --concurrency 1 16 64 --steady-batch 1 16 64 128 256 --steady-context 1024 \
   --variants split paged_v1:off paged_v1:on --json "$out/engine_bench.json" "$@" |

@@ -9,13 +9,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [[ ${L2KV_SKIP_BUILD:-0} == 1 ]] || ./scripts/build.sh
-if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L >/dev/null 2>&1; then
+source scripts/gpu_results.sh
+if ! have_gpu; then
   echo "l2kv bench_attention: no NVIDIA GPU on this machine; the benchmark needs a Hopper GPU (sm_90)." >&2
   exit 2
 fi
-gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr ' ' '-' | tr -cd '[:alnum:]-')
-out="bench/results/$(date -u +%F)-${gpu}"
-mkdir -p "$out"
+out=$(results_dir)
 ./build/l2kv_bench_decode --json "$out/bench.json" "$@" | tee "$out/bench.log"
 # The peers take the same --models, --batches and --contexts as the benchmark.
 peer_args=()

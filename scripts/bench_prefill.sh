@@ -8,13 +8,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [[ ${L2KV_SKIP_BUILD:-0} == 1 ]] || ./scripts/build.sh
-if ! command -v nvidia-smi >/dev/null 2>&1 || ! nvidia-smi -L >/dev/null 2>&1; then
+source scripts/gpu_results.sh
+if ! have_gpu; then
   echo "l2kv bench_prefill: no NVIDIA GPU on this machine; the benchmark needs a Hopper GPU (sm_90)." >&2
   exit 2
 fi
-gpu=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr ' ' '-' | tr -cd '[:alnum:]-')
-out="bench/results/$(date -u +%F)-${gpu}-prefill"
-mkdir -p "$out"
+out=$(results_dir "-prefill")
 ./build/l2kv_bench_prefill --json "$out/prefill.json" "$@" | tee "$out/prefill.log"
 # The peers take the same sweep: --attention-lengths and --attention-prompts become their
 # --lengths and --prompts.
