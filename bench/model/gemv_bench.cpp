@@ -1,5 +1,5 @@
 // l2kv_bench_gemv: the decode projections (y = x W^T at 1..128 rows) through cuBLASLt, the
-// weight-streaming kernel (WeightStreamGemm: TMA ring + wgmma + stream-K) and the older
+// weight-streaming kernel (WeightStreamGemm: TMA ring + wgmma + k split in a cluster) and the older
 // mma.sync GEMV (rows <= 16), each as GB/s and as a fraction of the streaming-read ceiling
 // measured in the same run. The "fused" column is the GEMV in the form a decode step runs it
 // (fused_form below): at one row (CudaStepState's five-kernel layer) QKV with RMSNorm in its
@@ -47,6 +47,7 @@ struct Options {
   std::string dtype = "bf16";
   std::string l2 = "cold";
   std::string w_hint = "evict_first";
+  int splits = 0;  // the weight-streaming kernel's blocks per tile; 0: its own choice
   int reps = 50;
   bool graph = true;
   std::string json_path;
@@ -322,11 +323,13 @@ int run(const Options& opt) {
               info.name.c_str(), info.sm_count, info.l2_bytes / 1048576.0,
               std::string(dtype_name(dtype)).c_str(), opt.graph ? "graph" : "eager", opt.l2.c_str(),
               opt.reps);
-  std::printf("streaming-read ceiling: %.0f GB/s; weight-streaming kernel's W L2 hint: %s\n\n",
-              ceiling, opt.w_hint.c_str());
-  std::printf("%-11s %-8s %6s %7s %4s | %8s %6s | %8s %6s | %8s %6s | %8s %6s | %7s %8s\n", "model",
-              "proj", "in", "out", "rows", "cuBLAS", "%ceil", "stream", "%ceil", "mma GEMV",
-              "%ceil", "fused", "%ceil", "vs cuBL", "rel.diff");
+  std::printf(
+      "streaming-read ceiling: %.0f GB/s; weight-streaming kernel's W L2 hint: %s, splits: %s\n\n",
+      ceiling, opt.w_hint.c_str(),
+      opt.splits == 0 ? "per shape" : std::to_string(opt.splits).c_str());
+  std::printf("%-11s %-8s %6s %7s %4s | %8s %6s | %8s %6s | %8s %6s | %8s %6s | %7s %8s %6s\n",
+              "model", "proj", "in", "out", "rows", "cuBLAS", "%ceil", "stream", "%ceil",
+              "mma GEMV", "%ceil", "fused", "%ceil", "vs cuBL", "rel.diff", "splits");
   std::printf("%-11s %-8s %6s %7s %4s | %8s %6s | %8s %6s | %8s %6s | %8s %6s |\n", "", "", "", "",
               "", "us", "", "us", "", "us", "", "us", "");
 
@@ -340,6 +343,7 @@ int run(const Options& opt) {
   streamer.set_weight_l2_hint(opt.w_hint == "normal"       ? L2EvictionHint::kNormal
                               : opt.w_hint == "evict_last" ? L2EvictionHint::kEvictLast
                                                            : L2EvictionHint::kEvictFirst);
+  streamer.set_splits(opt.splits);
   nlohmann::json results = nlohmann::json::array(), steps = nlohmann::json::array();
   for (const auto& model : opt.models) {
     const ModelConfig config = ModelConfig::synthetic(model);
@@ -424,7 +428,8 @@ int run(const Options& opt) {
           std::printf("%8.2f %5.1f%% | ", t.fused_us, 100 * fused_gbps / ceiling);
         else
           std::printf("%8s %6s | ", "-", "-");
-        std::printf("%6.2fx %8.1e\n", t.cublas_us / t.stream_us, std::max(diff, gemv_diff));
+        std::printf("%6.2fx %8.1e %6d\n", t.cublas_us / t.stream_us, std::max(diff, gemv_diff),
+                    streamer.splits_for(rows, p.in, p.out));
         results.push_back(
             {{"model", model},
              {"projection", p.name},
@@ -437,6 +442,7 @@ int run(const Options& opt) {
              {"cublas_us", t.cublas_us},
              {"cublas_gbps", cublas_gbps},
              {"cublas_fraction_of_ceiling", cublas_gbps / ceiling},
+             {"stream_splits", streamer.splits_for(rows, p.in, p.out)},
              {"stream_us", t.stream_us},
              {"stream_gbps", stream_gbps},
              {"stream_fraction_of_ceiling", stream_gbps / ceiling},
@@ -525,6 +531,10 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--w-hint", opt.w_hint, "L2 policy of the weight-streaming kernel's W loads")
       ->check(CLI::IsMember({"evict_first", "normal", "evict_last"}))
+      ->capture_default_str();
+  app.add_option("--splits", opt.splits,
+                 "Blocks per tile of the weight-streaming kernel (0: chosen per shape)")
+      ->check(CLI::Range(0, l2kv::WeightStreamGemm::kMaxSplits))
       ->capture_default_str();
   app.add_option("--reps", opt.reps, "Timed calls per point (median reported)")
       ->check(CLI::Range(1, 10000))

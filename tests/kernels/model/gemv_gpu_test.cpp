@@ -259,8 +259,7 @@ std::vector<int64_t> stream_row_counts() {
 
 class WeightStreamDtype : public ::testing::TestWithParam<DType> {};
 
-// One object for all calls: its split-tile counters must be back at zero after every call,
-// and its cached tensor maps must follow x's changing row count.
+// One object for all calls: its cached tensor maps must follow x's changing row count.
 TEST_P(WeightStreamDtype, OddShapesMatchReference) {
   L2KV_SKIP_WITHOUT_GPU();
   const DType dtype = GetParam();
@@ -283,6 +282,35 @@ TEST_P(WeightStreamDtype, ModelShapesMatchReference) {
                 [&](const void* x, const void* w, void* y, bool f32_out, int64_t rows) {
                   gemm.run(dtype, x, w, y, f32_out, rows, shape.in, shape.out, nullptr);
                 });
+}
+
+// Every split count (blocks of a cluster summing one tile through distributed shared memory),
+// forced, on shapes whose k chunks split unevenly and whose last chunk is partial, and one where
+// fewer chunks than blocks leave the kernel to fall back to fewer splits.
+TEST_P(WeightStreamDtype, EverySplitCountMatchesReference) {
+  L2KV_SKIP_WITHOUT_GPU();
+  const DType dtype = GetParam();
+  const std::vector<Shape> shapes = {{"in4168 out130", 4168, 130},
+                                     {"in1832 out300", 1832, 300},
+                                     {"in136 out100", 136, 100},
+                                     {"llama3-8b o", 4096, 4096}};
+  const std::vector<int64_t> rows = {1, 17, 33, 64, 65, 128};
+  WeightStreamGemm gemm;
+  uint64_t seed = 700;
+  for (int splits = 1; splits <= WeightStreamGemm::kMaxSplits; ++splits) {
+    SCOPED_TRACE("splits=" + std::to_string(splits));
+    gemm.set_splits(splits);
+    for (const auto& shape : shapes) {
+      const int64_t k_chunks = (shape.in + 63) / 64;
+      EXPECT_EQ(gemm.splits_for(64, shape.in, shape.out), splits <= k_chunks ? splits : 1);
+      check_shape(shape, dtype, rows, ++seed,
+                  [&](const void* x, const void* w, void* y, bool f32_out, int64_t r) {
+                    gemm.run(dtype, x, w, y, f32_out, r, shape.in, shape.out, nullptr);
+                  });
+    }
+  }
+  EXPECT_THROW(gemm.set_splits(-1), Error);
+  EXPECT_THROW(gemm.set_splits(WeightStreamGemm::kMaxSplits + 1), Error);
 }
 
 INSTANTIATE_TEST_SUITE_P(Dtypes, WeightStreamDtype,
@@ -491,7 +519,7 @@ TEST(WeightStreamSupports, NamesItsLimits) {
   EXPECT_FALSE(WeightStreamGemm::supports(1, 12, 1, a, a));  // row stride not 16-byte
   EXPECT_FALSE(WeightStreamGemm::supports(1, 0, 1, a, a));
   EXPECT_FALSE(WeightStreamGemm::supports(1, 8, 0, a, a));
-  EXPECT_FALSE(WeightStreamGemm::supports(1, 8, WeightStreamGemm::kMaxTiles * 128 + 1, a, a));
+  EXPECT_FALSE(WeightStreamGemm::supports(1, 8, WeightStreamGemm::kMaxOut + 1, a, a));
   EXPECT_FALSE(WeightStreamGemm::supports(1, 8, 1, misaligned, a));
   EXPECT_FALSE(WeightStreamGemm::supports(1, 8, 1, a, misaligned));
 }

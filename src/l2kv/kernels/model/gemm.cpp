@@ -153,7 +153,9 @@ void Gemm::run(DType dtype, bool f32_out, const void* x, const void* w, void* y,
   // shapes, 1-16 rows; bench/results/2026-12-02-h200/gemv-v3/): the GEMV wins on matrices with
   // few output rows (o_proj 1.13-1.32x, down_proj 1.08-1.24x, the fused QKV 0.89-1.08x, at 16
   // rows as at 1-8); cuBLASLt keeps the wide ones (gate_up, LM head). The TMA/wgmma kernel
-  // lost to the faster of the two at all 120 points measured, so it is opt-in.
+  // lost to the faster of the two at all 120 points measured, and its second form (k split in a
+  // cluster) lost to cuBLASLt at 32-128 rows inside steps too (bench/results/
+  // 2026-12-04-h200-stream-gemm-v2/), so it is opt-in.
   if (rows <= stream_max_rows_ && WeightStreamGemm::supports(rows, in, out, x, w)) {
     stream_->run(dtype, x, w, y, f32_out, rows, in, out, stream, pdl_);
     return;

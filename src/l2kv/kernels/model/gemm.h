@@ -67,7 +67,7 @@ class Gemm {
   static constexpr int64_t kGemvMaxOut = 8192;
   // Calls with rows <= this go to the TMA/wgmma kernel (WeightStreamGemm) when it supports()
   // the problem, before the GEMV and cuBLASLt are considered. 0 (the default) never uses it;
-  // a positive value builds its workspace now (call before any graph capture). Throws
+  // a positive value sets the kernel up now (call before any graph capture). Throws
   // l2kv::Error outside [0, WeightStreamGemm::kMaxRows].
   void set_stream_max_rows(int rows);
   int stream_max_rows() const { return stream_max_rows_; }

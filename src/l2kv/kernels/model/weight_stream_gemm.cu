@@ -1,19 +1,18 @@
 // The Hopper decode projection (weight_stream_gemm.h): a TMA -> shared-memory ring -> wgmma
-// pipeline with one producer thread and c consumer warpgroups, stream-K over SMs.
+// pipeline with one producer thread and two consumer warpgroups, k split inside a cluster.
 //
-// Block layout: warps 0 .. 4c-1 are the consumer warpgroups (warpgroup g computes output
-// features [64 g, 64 g + 64) of the current 64c-feature tile), warp 4c is the producer, of
-// which one lane issues every TMA load. A stage holds W[64c x 64] and x[N x 64], both
-// K-major with 128-byte swizzle, as wgmma wants them; full[s] completes when the stage's
-// bytes have landed (transaction count), empty[s] when all consumer warps are done with it.
+// Block layout: warps 0-7 are the consumer warpgroups (warpgroup g computes output features
+// [64 (g kMTiles + m), +64) of the block's tile for m < kMTiles), warp 8 is the producer, of
+// which one lane issues every TMA load. A stage holds W[kTileM x 64] and x[N x 64], both
+// K-major with 128-byte swizzle, as wgmma wants them; full[s] completes when the stage's bytes
+// have landed (transaction count), empty[s] when all consumer warps are done with it.
 //
-// Stream-K: the iterations (tile, k chunk), tile-major, are cut into gridDim.x equal
-// contiguous ranges. A block accumulates in registers while its range stays in one tile;
-// at a tile's end it writes y directly when it covered all of the tile's k chunks, else it
-// stores its fp32 partial tile in the workspace, and the block whose share completes the
-// tile's k count (a counter per tile and warpgroup) sums all partials in block order and
-// writes y. A block's range touches at most two split tiles (its first and its last), so
-// two partial slots per block suffice.
+// Split k: a tile's 64-wide k chunks are cut into `splits` contiguous ranges, one per block of
+// a cluster (cluster rank = split). Each block accumulates its range in registers; with more
+// than one split the blocks put their partial tiles in their own (drained) rings, and after a
+// cluster barrier each block sums one slice of the tile over all blocks' rings, always in rank
+// order (deterministic), and writes it to y. Nothing goes through global memory but W, x and y.
+#include <cooperative_groups.h>
 #include <cuda.h>
 #include <cudaTypedefs.h>
 
@@ -37,79 +36,63 @@ struct WeightStreamGemm::TensorMap {
 
 namespace {
 
+namespace cg = cooperative_groups;
+
 constexpr int kWarpSize = 32;
 constexpr int kWarpgroupThreads = 128;
-constexpr int kWarpgroupM = 64;  // wgmma's M: output features per warpgroup
-constexpr int kMaxConsumers = 4;
+constexpr int kWarpgroupM = 64;  // wgmma's M: output features per warpgroup MMA
+constexpr int kConsumers = 2;
+constexpr int kConsumerThreads = kConsumers * kWarpgroupThreads;
+constexpr int kConsumerWarps = kConsumerThreads / kWarpSize;
+constexpr int kThreads = kConsumerThreads + kWarpSize;  // + the producer warp
+constexpr int kProducerWarp = kConsumerWarps;
 constexpr int kElemBytes = 2;
 constexpr int kChunkK = 128 / kElemBytes;  // one 128-byte swizzle row of k per stage
 constexpr int kK16PerChunk = kChunkK / 16;
 constexpr int kK16Bytes = 16 * kElemBytes;
 constexpr int kSwizzleAlign = 1024;  // 128-byte swizzle repeats every 8 rows
-constexpr int kSlots = 2;            // partial tiles per block (first and last tile)
-constexpr int kPartialFloats = kWarpgroupM * static_cast<int>(WeightStreamGemm::kMaxRows);
-// Shared memory for stages: with one block per SM this leaves room for nothing else, which
-// the kernel does not need. 100 KB+ of weights in flight per SM is several times what
-// covers HBM latency; more stages than 12 only lengthen the start.
-constexpr int kStageBudgetBytes = 200 * 1024;
-constexpr int kMaxStages = 12;
+constexpr int kMaxStages = 8;
 
 template <int N>
 struct Tiling {
   static_assert(N % 8 == 0 && N >= 8 && N <= WeightStreamGemm::kMaxRows);
-  // Every block re-reads x from L2 once per tile it works on, so x's L2 traffic is N / kTileM
-  // of W's: at 32+ rows four consumer warpgroups (256 features per tile) keep it at most half.
-  static constexpr int kConsumers = N >= 32 ? 4 : 2;
-  static constexpr int kTileM = kWarpgroupM * kConsumers;
-  static constexpr int kConsumerWarps = kConsumers * kWarpgroupThreads / kWarpSize;
-  static constexpr int kThreads = kConsumers * kWarpgroupThreads + kWarpSize;  // + producer
-  static constexpr int kProducerWarp = kConsumerWarps;
+  // Every tile re-reads x from L2, so x's L2 traffic is N / kTileM of W's: 256 features per
+  // tile above 64 rows keep it at half, 128 below.
+  static constexpr int kMTiles = N > 64 ? 2 : 1;  // m64 tiles per consumer warpgroup
+  static constexpr int kTileM = kWarpgroupM * kConsumers * kMTiles;
+  // Two blocks per SM where the accumulators allow it (more blocks in flight, and a tile
+  // count that fills the machine more evenly); one above 64 rows (128 accumulators a thread).
+  static constexpr int kBlocksPerSm = N > 64 ? 1 : 2;
   static constexpr int kWBytes = kTileM * kChunkK * kElemBytes;
   static constexpr int kXBytes = N * kChunkK * kElemBytes;
   static constexpr int kStageBytes = kWBytes + kXBytes;
   static_assert(kWBytes % kSwizzleAlign == 0 && kXBytes % kSwizzleAlign == 0);
+  // 100 KB of stages per block (two per SM) or 200 KB (one): 64-128 KB of weights in flight
+  // per block covers HBM latency at the read ceiling.
+  static constexpr int kStageBudgetBytes = (kBlocksPerSm == 1 ? 200 : 100) * 1024;
   static constexpr int kStages =
       kStageBudgetBytes / kStageBytes < kMaxStages ? kStageBudgetBytes / kStageBytes : kMaxStages;
-  static constexpr int kAccs = N / 2;  // fp32 accumulators per consumer thread
+  static_assert(kStages >= 2);
+  static constexpr int kAccs = N / 2;  // fp32 accumulators per consumer thread and m64 tile
+  // The partial tile (fp32, accumulator order) must fit the drained ring.
+  static_assert(kTileM * N * 4 <= kStages * kStageBytes);
   static constexpr int kBarrierBytes = 2 * kStages * static_cast<int>(sizeof(uint64_t));
   static constexpr int kSmemBytes = kSwizzleAlign + kStages * kStageBytes + kBarrierBytes;
 };
 
 int tile_features(int n) {
-  return n >= 32 ? Tiling<32>::kTileM : Tiling<8>::kTileM;
+  return n > 64 ? Tiling<128>::kTileM : Tiling<64>::kTileM;
 }
 
 struct Params {
-  CUtensorMap w_map;  // W [out x in], box [kTileM x 64]
+  CUtensorMap w_map;  // W [out x in], box [kTileM x 64]; features past `out` arrive as zeros
   CUtensorMap x_map;  // x [rows x in], box [N x 64]; rows past `rows` arrive as zeros
   void* y;
-  float* partials;
-  uint32_t* counters;
   int64_t rows, out;
-  int64_t k_chunks;    // ceil(in / 64); the last chunk's missing k arrive as zeros
-  int64_t iterations;  // tiles * k_chunks
-  int64_t blocks;      // gridDim.x
+  int k_chunks;  // ceil(in / 64); the last chunk's missing k arrive as zeros
+  int splits;    // blocks per tile = cluster size
   L2EvictionHint w_hint;
 };
-
-__device__ __forceinline__ int64_t range_begin(const Params& p, int64_t block) {
-  return block * p.iterations / p.blocks;
-}
-// The block whose range holds iteration i.
-__device__ __forceinline__ int64_t block_of(const Params& p, int64_t i) {
-  int64_t b = i * p.blocks / p.iterations;  // range_begin(b) <= i
-  while (b + 1 < p.blocks && range_begin(p, b + 1) <= i) ++b;
-  return b;
-}
-// Partial tile of block b, slot 0 (its first tile) or 1 (its last), warpgroup wg.
-__device__ __forceinline__ float* partial_tile(const Params& p, int64_t b, int slot, int wg) {
-  return p.partials + ((b * kSlots + slot) * kMaxConsumers + wg) * int64_t{kPartialFloats};
-}
-
-__device__ __forceinline__ void warpgroup_barrier(int wg) {
-  // Named barriers 1-4 (0 is __syncthreads), one per consumer warpgroup.
-  asm volatile("bar.sync %0, %1;" ::"r"(1 + wg), "n"(kWarpgroupThreads) : "memory");
-}
 
 template <typename OutT>
 __device__ __forceinline__ OutT to_output(float v) {
@@ -119,30 +102,23 @@ __device__ __forceinline__ OutT to_output(float v) {
     return tc::ElementTraits<OutT>::from_float(v);
 }
 
-// Writes the warpgroup's 64 x N accumulator tile (wgmma layout) to y[m][n], features first.
-template <int N, typename OutT>
-__device__ __forceinline__ void store_y(const Params& p, const float (&acc)[N / 2],
-                                        int64_t first_feature, int t) {
-  const int warp = t / kWarpSize, lane = t % kWarpSize;
-  const int64_t n0 = first_feature + warp * 16 + lane / 4;
-  OutT* y = static_cast<OutT*>(p.y);
-#pragma unroll
-  for (int j = 0; j < N / 8; ++j)
-#pragma unroll
-    for (int r = 0; r < 4; ++r) {
-      const int64_t n = n0 + 8 * (r / 2);
-      const int64_t m = 8 * j + 2 * (lane % 4) + r % 2;
-      if (n < p.out && m < p.rows) y[m * p.out + n] = to_output<OutT>(acc[4 * j + r]);
-    }
+// Feature (M) and row (N) offsets of accumulator r of warpgroup thread t inside its m64 tile:
+// d[4j + q] = element (16 (t / 32) + (t % 32) / 4 + 8 (q / 2), 8j + 2 (t % 4) + q % 2).
+__device__ __forceinline__ int acc_feature(int r, int t) {
+  return 16 * (t / kWarpSize) + (t % kWarpSize) / 4 + 8 * ((r % 4) / 2);
+}
+__device__ __forceinline__ int acc_row(int r, int t) {
+  return 8 * (r / 4) + 2 * (t % 4) + r % 2;
 }
 
 template <typename T, typename OutT, int N>
-__global__ void __launch_bounds__(Tiling<N>::kThreads, 1)
+__global__ void __launch_bounds__(kThreads, Tiling<N>::kBlocksPerSm)
     weight_stream_kernel(const __grid_constant__ Params p) {
   using Tiling = Tiling<N>;
   constexpr int kStages = Tiling::kStages;
-  constexpr int kConsumers = Tiling::kConsumers;
+  constexpr int kMTiles = Tiling::kMTiles;
   constexpr int kTileM = Tiling::kTileM;
+  constexpr int kAccs = Tiling::kAccs;
   // The kernel behind this one (launched with PDL) may start; it waits for this grid before
   // it reads y.
   ptx::launch_dependents();
@@ -154,130 +130,135 @@ __global__ void __launch_bounds__(Tiling<N>::kThreads, 1)
   auto stage_x = [&](int s) { return smem + s * Tiling::kStageBytes + Tiling::kWBytes; };
   uint64_t* full = reinterpret_cast<uint64_t*>(smem + kStages * Tiling::kStageBytes);
   uint64_t* empty = full + kStages;
-  __shared__ int last_arrival[kConsumers];
 
   const int warp = static_cast<int>(threadIdx.x) / kWarpSize;
   const int lane = static_cast<int>(threadIdx.x) % kWarpSize;
   if (threadIdx.x == 0) {
     for (int s = 0; s < kStages; ++s) {
       ptx::mbarrier_init(&full[s], 1);
-      ptx::mbarrier_init(&empty[s], Tiling::kConsumerWarps);
+      ptx::mbarrier_init(&empty[s], kConsumerWarps);
     }
     ptx::mbarrier_init_fence();
   }
   __syncthreads();
 
-  const int64_t block = blockIdx.x;
-  const int64_t begin = range_begin(p, block), end = range_begin(p, block + 1);
-  const int count = static_cast<int>(end - begin);  // <= iterations / blocks + 1
-  const int first_tile = static_cast<int>(begin / p.k_chunks);
-  const int first_chunk = static_cast<int>(begin % p.k_chunks);
-  const int k_chunks = static_cast<int>(p.k_chunks);
+  // Cluster rank = split; clusters are consecutive blocks along x.
+  const int split = p.splits > 1 ? static_cast<int>(cg::this_cluster().block_rank()) : 0;
+  const int tile = static_cast<int>(blockIdx.x) / p.splits;
+  const int chunk_begin = static_cast<int>(int64_t{split} * p.k_chunks / p.splits);
+  const int chunk_end = static_cast<int>(int64_t{split + 1} * p.k_chunks / p.splits);
+  const int count = chunk_end - chunk_begin;
 
-  if (warp == Tiling::kProducerWarp) {
-    if (lane != 0) return;
-    const uint64_t w_policy = ptx::make_l2_policy(p.w_hint);                    // W is read once
-    const uint64_t x_policy = ptx::make_l2_policy(L2EvictionHint::kEvictLast);  // every block
-    // (tile, chunk) of iteration i, advanced without divisions.
-    int tile = first_tile, chunk = first_chunk;
-    auto advance = [&] {
-      if (++chunk == k_chunks) chunk = 0, ++tile;
-    };
-    const int early = count < kStages ? count : kStages;
-    // The first stages' weights do not depend on the kernel ahead: request them before the
-    // wait, x after it.
-    for (int i = 0; i < early; ++i, advance()) {
-      ptx::mbarrier_arrive_expect_tx(&full[i], Tiling::kStageBytes);
-      ptx::tma_load_2d(stage_w(i), &p.w_map, &full[i], chunk * kChunkK, tile * kTileM, w_policy);
-    }
-    ptx::grid_dependency_wait();
-    {
-      int c = first_chunk;
+  float acc[kMTiles][kAccs];
+#pragma unroll
+  for (int m = 0; m < kMTiles; ++m)
+#pragma unroll
+    for (int r = 0; r < kAccs; ++r) acc[m][r] = 0.f;
+  const int wg = warp / 4;
+  const int t = static_cast<int>(threadIdx.x) % kWarpgroupThreads;
+
+  if (warp == kProducerWarp) {
+    if (lane == 0) {
+      const uint64_t w_policy = ptx::make_l2_policy(p.w_hint);                    // read once
+      const uint64_t x_policy = ptx::make_l2_policy(L2EvictionHint::kEvictLast);  // every tile
+      const int early = count < kStages ? count : kStages;
+      // The first stages' weights do not depend on the kernel ahead: request them before the
+      // wait, x after it.
       for (int i = 0; i < early; ++i) {
-        ptx::tma_load_2d(stage_x(i), &p.x_map, &full[i], c * kChunkK, 0, x_policy);
-        if (++c == k_chunks) c = 0;
+        ptx::mbarrier_arrive_expect_tx(&full[i], Tiling::kStageBytes);
+        ptx::tma_load_2d(stage_w(i), &p.w_map, &full[i], (chunk_begin + i) * kChunkK, tile * kTileM,
+                         w_policy);
+      }
+      ptx::grid_dependency_wait();
+      for (int i = 0; i < early; ++i)
+        ptx::tma_load_2d(stage_x(i), &p.x_map, &full[i], (chunk_begin + i) * kChunkK, 0, x_policy);
+      int s = early % kStages;
+      uint32_t parity = early == kStages ? 0 : 1;  // of the consumers' release to wait for
+      for (int i = early; i < count; ++i) {
+        ptx::mbarrier_wait(&empty[s], parity);
+        ptx::mbarrier_arrive_expect_tx(&full[s], Tiling::kStageBytes);
+        const int k = (chunk_begin + i) * kChunkK;
+        ptx::tma_load_2d(stage_w(s), &p.w_map, &full[s], k, tile * kTileM, w_policy);
+        ptx::tma_load_2d(stage_x(s), &p.x_map, &full[s], k, 0, x_policy);
+        if (++s == kStages) s = 0, parity ^= 1;
       }
     }
-    int s = early % kStages;
-    uint32_t parity = early == kStages ? 0 : 1;  // of the consumers' release to wait for
-    for (int i = early; i < count; ++i, advance()) {
-      ptx::mbarrier_wait(&empty[s], parity);
-      ptx::mbarrier_arrive_expect_tx(&full[s], Tiling::kStageBytes);
-      ptx::tma_load_2d(stage_w(s), &p.w_map, &full[s], chunk * kChunkK, tile * kTileM, w_policy);
-      ptx::tma_load_2d(stage_x(s), &p.x_map, &full[s], chunk * kChunkK, 0, x_policy);
+  } else {
+    // Consumers. y may still be read by the kernel ahead: wait for it.
+    ptx::grid_dependency_wait();
+    int s = 0, previous = 0;
+    uint32_t parity = 0;
+    for (int i = 0; i < count; ++i) {
+      ptx::mbarrier_wait(&full[s], parity);
+      ptx::wgmma_fence();
+      const uint8_t* b = stage_x(s);
+#pragma unroll
+      for (int m = 0; m < kMTiles; ++m) {
+        const uint8_t* a = stage_w(s) + (wg * kMTiles + m) * kWarpgroupM * kChunkK * kElemBytes;
+#pragma unroll
+        for (int kk = 0; kk < kK16PerChunk; ++kk)
+          ptx::wgmma_m64k16<N, T>(acc[m], ptx::wgmma_descriptor_k_major_sw128(a + kk * kK16Bytes),
+                                  ptx::wgmma_descriptor_k_major_sw128(b + kk * kK16Bytes), true);
+      }
+      ptx::wgmma_commit();
+      // Keep this stage's MMAs running; the one before is done once at most one group is.
+      ptx::wgmma_wait<1>();
+      if (i > 0 && lane == 0) ptx::mbarrier_arrive(&empty[previous]);
+      previous = s;
       if (++s == kStages) s = 0, parity ^= 1;
+    }
+    ptx::wgmma_wait<0>();
+#pragma unroll
+    for (int m = 0; m < kMTiles; ++m)
+#pragma unroll
+      for (int r = 0; r < kAccs; ++r) ptx::wgmma_fence_operand(acc[m][r]);
+  }
+
+  OutT* y = static_cast<OutT*>(p.y);
+  const int64_t tile_feature = int64_t{tile} * kTileM;
+  if (p.splits == 1) {
+    if (warp == kProducerWarp) return;
+#pragma unroll
+    for (int m = 0; m < kMTiles; ++m) {
+      const int64_t first = tile_feature + (wg * kMTiles + m) * kWarpgroupM;
+#pragma unroll
+      for (int r = 0; r < kAccs; ++r) {
+        const int64_t n = first + acc_feature(r, t);
+        const int64_t row = acc_row(r, t);
+        if (n < p.out && row < p.rows) y[row * p.out + n] = to_output<OutT>(acc[m][r]);
+      }
     }
     return;
   }
 
-  // Consumers. y and the workspace may still be read by the kernel ahead: wait for it.
-  ptx::grid_dependency_wait();
-  const int wg = warp / 4;
-  const int t = static_cast<int>(threadIdx.x) % kWarpgroupThreads;
-  float acc[Tiling::kAccs] = {};
-  int s = 0;
-  uint32_t parity = 0;
-  int tile = first_tile, chunk = first_chunk;
-  for (int i = 0; i < count;) {
-    // One segment: the block's iterations inside `tile`, chunks [k_lo, k_hi).
-    const int k_lo = chunk;
-    const int k_hi = count - i < k_chunks - chunk ? chunk + (count - i) : k_chunks;
-    for (; chunk < k_hi; ++chunk, ++i) {
-      ptx::mbarrier_wait(&full[s], parity);
-      ptx::wgmma_fence();
-      const uint8_t* a = stage_w(s) + wg * kWarpgroupM * kChunkK * kElemBytes;
-      const uint8_t* b = stage_x(s);
+  // Several splits: every TMA load this block issued has landed (the consumers waited for all
+  // of them) and every MMA reading the ring has finished, so the ring takes the partial tile,
+  // in accumulator order: element ((wg kMTiles + m) kAccs + r) 128 + t.
+  cg::cluster_group cluster = cg::this_cluster();
+  float* partial = reinterpret_cast<float*>(smem);
+  __syncthreads();  // both warpgroups are done with the ring
+  if (warp != kProducerWarp) {
 #pragma unroll
-      for (int kk = 0; kk < kK16PerChunk; ++kk)
-        ptx::wgmma_m64k16<N, T>(acc, ptx::wgmma_descriptor_k_major_sw128(a + kk * kK16Bytes),
-                                ptx::wgmma_descriptor_k_major_sw128(b + kk * kK16Bytes),
-                                chunk != k_lo || kk != 0);
-      ptx::wgmma_commit();
-      ptx::wgmma_wait<0>();
-      if (lane == 0) ptx::mbarrier_arrive(&empty[s]);
-      if (++s == kStages) s = 0, parity ^= 1;
-    }
-    const int64_t done_tile = tile;
-    const int64_t first_feature = done_tile * kTileM + wg * kWarpgroupM;
-    if (chunk == k_chunks) chunk = 0, ++tile;
-
-    if (k_lo == 0 && k_hi == k_chunks) {  // the whole tile is this block's
-      store_y<N, OutT>(p, acc, first_feature, t);
-      continue;
-    }
-    // A split tile: publish the partial, count its k chunks; the block that completes the
-    // count sums all partials of the tile in block order (the same sum whoever is last).
-    const int my_slot = done_tile == first_tile ? 0 : 1;
-    float* mine = partial_tile(p, block, my_slot, wg);
+    for (int m = 0; m < kMTiles; ++m)
 #pragma unroll
-    for (int r = 0; r < Tiling::kAccs; ++r) mine[r * kWarpgroupThreads + t] = acc[r];
-    __threadfence();
-    warpgroup_barrier(wg);
-    if (t == 0) {
-      const auto share = static_cast<uint32_t>(k_hi - k_lo);
-      uint32_t* counter = p.counters + done_tile * kMaxConsumers + wg;
-      const bool last = atomicAdd(counter, share) + share == static_cast<uint32_t>(k_chunks);
-      if (last) atomicExch(counter, 0u);  // ready for the next call
-      last_arrival[wg] = last;
-    }
-    warpgroup_barrier(wg);
-    if (!last_arrival[wg]) continue;
-    __threadfence();
-    const int64_t first_block = block_of(p, done_tile * p.k_chunks);
-    const int64_t last_block = block_of(p, (done_tile + 1) * p.k_chunks - 1);
-    // Every partial, this block's included, comes back from the workspace: one array of
-    // accumulators (a second would not fit 128 registers at 128 rows).
-#pragma unroll
-    for (int r = 0; r < Tiling::kAccs; ++r) acc[r] = 0.f;
-    for (int64_t b = first_block; b <= last_block; ++b) {
-      // Block b's slot for this tile: 0 when the tile is its first, else 1 (its last).
-      const int slot = range_begin(p, b) / p.k_chunks == done_tile ? 0 : 1;
-      const float* partial = partial_tile(p, b, slot, wg) + t;
-#pragma unroll
-      for (int r = 0; r < Tiling::kAccs; ++r) acc[r] += __ldcg(partial + r * kWarpgroupThreads);
-    }
-    store_y<N, OutT>(p, acc, first_feature, t);
+      for (int r = 0; r < kAccs; ++r)
+        partial[((wg * kMTiles + m) * kAccs + r) * kWarpgroupThreads + t] = acc[m][r];
   }
+  cluster.sync();  // every block's partial is written and visible to the cluster
+  constexpr int kElements = kTileM * N;
+  const int begin = split * kElements / p.splits, end = (split + 1) * kElements / p.splits;
+  for (int e = begin + static_cast<int>(threadIdx.x); e < end; e += kThreads) {
+    const int et = e % kWarpgroupThreads;
+    const int er = (e / kWarpgroupThreads) % kAccs;
+    const int m_tile = e / (kWarpgroupThreads * kAccs);
+    const int64_t n = tile_feature + m_tile * kWarpgroupM + acc_feature(er, et);
+    const int64_t row = acc_row(er, et);
+    if (n >= p.out || row >= p.rows) continue;
+    float sum = 0.f;
+    for (int b = 0; b < p.splits; ++b) sum += cluster.map_shared_rank(partial, b)[e];
+    y[row * p.out + n] = to_output<OutT>(sum);
+  }
+  cluster.sync();  // no block leaves while another still reads its ring
 }
 
 int bucket(int64_t rows) {
@@ -285,14 +266,52 @@ int bucket(int64_t rows) {
     if (rows <= n) return n;
 }
 
+// The launch configuration of one call: PDL when asked, a cluster of `splits` blocks when k
+// is split. `attributes` must outlive the launch.
+template <int N>
+cudaLaunchConfig_t make_config(int tiles, int splits, cudaStream_t stream, bool pdl,
+                               cudaLaunchAttribute (&attributes)[2]) {
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(static_cast<unsigned>(tiles * splits));
+  config.blockDim = dim3(kThreads);
+  config.dynamicSmemBytes = Tiling<N>::kSmemBytes;
+  config.stream = stream;
+  config.attrs = attributes;
+  config.numAttrs = 0;
+  if (splits > 1) {
+    cudaLaunchAttribute& cluster = attributes[config.numAttrs++];
+    cluster = {};
+    cluster.id = cudaLaunchAttributeClusterDimension;
+    cluster.val.clusterDim.x = static_cast<unsigned>(splits);
+    cluster.val.clusterDim.y = 1;
+    cluster.val.clusterDim.z = 1;
+  }
+  if (pdl) {
+    cudaLaunchAttribute& serialization = attributes[config.numAttrs++];
+    serialization = {};
+    serialization.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    serialization.val.programmaticStreamSerializationAllowed = 1;
+  }
+  return config;
+}
+
 template <typename T, typename OutT, int N>
-void launch(const Params& p, cudaStream_t stream, bool pdl) {
-  constexpr int kSmem = Tiling<N>::kSmemBytes;
-  cudaLaunchAttribute attribute;
-  const cudaLaunchConfig_t config =
-      launch_config(dim3(static_cast<unsigned>(p.blocks)), dim3(Tiling<N>::kThreads), kSmem, stream,
-                    pdl, attribute);
+void launch(const Params& p, int tiles, cudaStream_t stream, bool pdl) {
+  cudaLaunchAttribute attributes[2];
+  const cudaLaunchConfig_t config = make_config<N>(tiles, p.splits, stream, pdl, attributes);
   L2KV_CUDA_CHECK(cudaLaunchKernelEx(&config, weight_stream_kernel<T, OutT, N>, p));
+}
+
+// Clusters of `splits` blocks of the N-row kernel that can run at once on this device.
+template <int N>
+int max_active_clusters(int splits) {
+  cudaLaunchAttribute attributes[2];
+  // Any tile count: the query asks how many clusters fit, not how many the grid has.
+  const cudaLaunchConfig_t config = make_config<N>(1, splits, nullptr, false, attributes);
+  int clusters = 0;
+  L2KV_CUDA_CHECK(cudaOccupancyMaxActiveClusters(
+      &clusters, weight_stream_kernel<__nv_bfloat16, float, N>, &config));
+  return clusters;
 }
 
 // Opting in to more than 48 KB of dynamic shared memory is a per-kernel attribute: set for
@@ -313,18 +332,33 @@ void allow_shared_memory_all_buckets() {
 }
 
 template <typename T, typename OutT>
-void launch_bucket(int n, const Params& p, cudaStream_t stream, bool pdl) {
+void launch_bucket(int n, const Params& p, int tiles, cudaStream_t stream, bool pdl) {
   switch (n) {
     case 8:
-      return launch<T, OutT, 8>(p, stream, pdl);
+      return launch<T, OutT, 8>(p, tiles, stream, pdl);
     case 16:
-      return launch<T, OutT, 16>(p, stream, pdl);
+      return launch<T, OutT, 16>(p, tiles, stream, pdl);
     case 32:
-      return launch<T, OutT, 32>(p, stream, pdl);
+      return launch<T, OutT, 32>(p, tiles, stream, pdl);
     case 64:
-      return launch<T, OutT, 64>(p, stream, pdl);
+      return launch<T, OutT, 64>(p, tiles, stream, pdl);
     default:
-      return launch<T, OutT, 128>(p, stream, pdl);
+      return launch<T, OutT, 128>(p, tiles, stream, pdl);
+  }
+}
+
+int max_active_clusters_bucket(int n, int splits) {
+  switch (n) {
+    case 8:
+      return max_active_clusters<8>(splits);
+    case 16:
+      return max_active_clusters<16>(splits);
+    case 32:
+      return max_active_clusters<32>(splits);
+    case 64:
+      return max_active_clusters<64>(splits);
+    default:
+      return max_active_clusters<128>(splits);
   }
 }
 
@@ -348,30 +382,43 @@ bool aligned_16(const void* p) {
 }  // namespace
 
 WeightStreamGemm::WeightStreamGemm() {
-  int device = 0;
-  L2KV_CUDA_CHECK(cudaGetDevice(&device));
-  L2KV_CUDA_CHECK(cudaDeviceGetAttribute(&sm_count_, cudaDevAttrMultiProcessorCount, device));
-  const size_t partial_floats = size_t(sm_count_) * kSlots * kMaxConsumers * kPartialFloats;
-  L2KV_CUDA_CHECK(cudaMalloc(&partials_, partial_floats * sizeof(float)));
-  const size_t counters = size_t{kMaxTiles} * kMaxConsumers;
-  L2KV_CUDA_CHECK(cudaMalloc(&counters_, counters * sizeof(uint32_t)));
-  L2KV_CUDA_CHECK(cudaMemset(counters_, 0, counters * sizeof(uint32_t)));
-  L2KV_CUDA_CHECK(cudaDeviceSynchronize());  // counters zeroed before any stream uses them
   allow_shared_memory_all_buckets<__nv_bfloat16, __nv_bfloat16>();
   allow_shared_memory_all_buckets<__nv_bfloat16, float>();
   allow_shared_memory_all_buckets<__half, __half>();
   allow_shared_memory_all_buckets<__half, float>();
+  // How many tiles of each bucket one wave holds at each split count.
+  for (int b = 0; b < kBuckets; ++b)
+    for (int splits = 1; splits <= kMaxSplits; ++splits)
+      resident_tiles_[b][splits - 1] = max_active_clusters_bucket(8 << b, splits);
 }
 
-WeightStreamGemm::~WeightStreamGemm() {
-  cudaFree(partials_);
-  cudaFree(counters_);
-}
+WeightStreamGemm::~WeightStreamGemm() = default;
 
 bool WeightStreamGemm::supports(int64_t rows, int64_t in, int64_t out, const void* x,
                                 const void* w) {
   return rows >= 1 && rows <= kMaxRows && in >= 8 && in <= kMaxIn && in % 8 == 0 && out >= 1 &&
-         out <= kMaxTiles * kMaxFeaturesPerTile && aligned_16(x) && aligned_16(w);
+         out <= kMaxOut && aligned_16(x) && aligned_16(w);
+}
+
+void WeightStreamGemm::set_splits(int splits) {
+  if (splits < 0 || splits > kMaxSplits)
+    throw Error("WeightStreamGemm: split count " + std::to_string(splits) + " outside [0, " +
+                std::to_string(kMaxSplits) + "] (0 = chosen per shape)");
+  forced_splits_ = splits;
+}
+
+int WeightStreamGemm::splits_for(int64_t rows, int64_t in, int64_t out) const {
+  const int n = bucket(rows);
+  const int b = __builtin_ctz(static_cast<unsigned>(n / 8));
+  const int64_t tiles = (out + tile_features(n) - 1) / tile_features(n);
+  const int64_t k_chunks = (in + kChunkK - 1) / kChunkK;
+  const auto allowed = [&](int splits) { return splits <= k_chunks; };
+  if (forced_splits_ > 0) return allowed(forced_splits_) ? forced_splits_ : 1;
+  // The most splits (blocks in flight) that still run every tile in one wave; one split when
+  // even that takes several waves (the LM head).
+  for (int splits = kMaxSplits; splits > 1; --splits)
+    if (allowed(splits) && tiles <= resident_tiles_[b][splits - 1]) return splits;
+  return 1;
 }
 
 const WeightStreamGemm::TensorMap& WeightStreamGemm::map_for(DType dtype, const void* base,
@@ -388,7 +435,9 @@ const WeightStreamGemm::TensorMap& WeightStreamGemm::map_for(DType dtype, const 
       &m->map,
       dtype == DType::kFloat16 ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
       2, const_cast<void*>(base), dims, strides, box, element_strides,
-      CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+      // 128-byte L2 promotion: each box row is one 128-byte run (256 was 1-2 % slower at 64 and
+      // 128 rows on an H200, bench/NOTES.md).
+      CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_128B,
       CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
   if (r != CUDA_SUCCESS)
     throw Error("WeightStreamGemm: cuTensorMapEncodeTiled failed with " + std::to_string(r) +
@@ -402,34 +451,31 @@ void WeightStreamGemm::run(DType dtype, const void* x, const void* w, void* y, b
     throw Error("WeightStreamGemm: unsupported problem rows=" + std::to_string(rows) +
                 " in=" + std::to_string(in) + " out=" + std::to_string(out) +
                 " (needs 1 <= rows <= 128, in a multiple of 8 in [8, " + std::to_string(kMaxIn) +
-                "], out <= " + std::to_string(kMaxTiles * kMaxFeaturesPerTile) +
-                ", 16-byte aligned x and w)");
+                "], 1 <= out <= " + std::to_string(kMaxOut) + ", 16-byte aligned x and w)");
   if (dtype != DType::kBFloat16 && dtype != DType::kFloat16)
     throw Error("WeightStreamGemm: operands must be bf16 or fp16");
   const int n = bucket(rows);
-  Params p{};
   const int tile_m = tile_features(n);
+  Params p{};
   p.w_map = map_for(dtype, w, out, in, tile_m).map;
   p.x_map = map_for(dtype, x, rows, in, n).map;
   p.y = y;
-  p.partials = partials_;
-  p.counters = counters_;
   p.rows = rows;
   p.out = out;
-  p.k_chunks = (in + kChunkK - 1) / kChunkK;
-  p.iterations = (out + tile_m - 1) / tile_m * p.k_chunks;
-  p.blocks = std::min<int64_t>(sm_count_, p.iterations);
+  p.k_chunks = static_cast<int>((in + kChunkK - 1) / kChunkK);
+  p.splits = splits_for(rows, in, out);
   p.w_hint = weight_hint_;
+  const int tiles = static_cast<int>((out + tile_m - 1) / tile_m);
   if (dtype == DType::kFloat16) {
     if (f32_out)
-      launch_bucket<__half, float>(n, p, stream, pdl);
+      launch_bucket<__half, float>(n, p, tiles, stream, pdl);
     else
-      launch_bucket<__half, __half>(n, p, stream, pdl);
+      launch_bucket<__half, __half>(n, p, tiles, stream, pdl);
   } else {
     if (f32_out)
-      launch_bucket<__nv_bfloat16, float>(n, p, stream, pdl);
+      launch_bucket<__nv_bfloat16, float>(n, p, tiles, stream, pdl);
     else
-      launch_bucket<__nv_bfloat16, __nv_bfloat16>(n, p, stream, pdl);
+      launch_bucket<__nv_bfloat16, __nv_bfloat16>(n, p, tiles, stream, pdl);
   }
 }
 
