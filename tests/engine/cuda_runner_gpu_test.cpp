@@ -322,6 +322,47 @@ TEST(CudaEngineSingle, SeededSamplingIgnoresTheRestOfTheBatch) {
   EXPECT_EQ(alone[0].size(), 24u);
 }
 
+// min_tokens on the GPU path: the request's stop token is masked out of its first min_tokens
+// tokens (the allowed-token mask applied to its logits row), so greedy follows the reference up
+// to where the stop token stood and then takes another token; a request in the same steps
+// without min_tokens stops at that token as before.
+TEST(CudaEngineSingle, MinTokensHoldsBackStopTokensOfItsOwnRow) {
+  L2KV_SKIP_WITHOUT_GPU();
+  auto engine =
+      make_engine("qwen2-tied", DecodeKernel::kSplit, "auto", true, config_with(2048, 129));
+  const std::vector<int32_t> prompt = {5, 17, 99, 240, 3, 77};
+  const auto reference = generate(*engine, {prompt}, greedy(24))[0];
+  ASSERT_EQ(reference.size(), 24u);
+  const int32_t stop = reference[6];
+  const auto at =
+      static_cast<int>(std::find(reference.begin(), reference.end(), stop) - reference.begin());
+  SamplingParams plain = greedy(24);
+  plain.stop_token_ids = {stop};
+  SamplingParams held = plain;
+  held.min_tokens = at + 2;
+  std::vector<std::vector<int32_t>> outputs(2);
+  for (int i = 0; i < 2; ++i) {
+    GenerationRequest r;
+    r.prompt = prompt;
+    r.params = i == 0 ? held : plain;
+    auto* into = &outputs[i];
+    r.on_output = [into](const RequestOutput& o) {
+      into->insert(into->end(), o.new_tokens.begin(), o.new_tokens.end());
+      EXPECT_NE(o.finish_reason, FinishReason::kError) << o.error;
+    };
+    engine->add_request(std::move(r));
+  }
+  engine->run_until_idle();
+  EXPECT_EQ(outputs[1], std::vector<int32_t>(reference.begin(), reference.begin() + at + 1));
+  ASSERT_GE(outputs[0].size(), static_cast<size_t>(held.min_tokens));
+  EXPECT_EQ(std::vector<int32_t>(outputs[0].begin(), outputs[0].begin() + at),
+            std::vector<int32_t>(reference.begin(), reference.begin() + at));
+  for (int i = 0; i < held.min_tokens; ++i)
+    EXPECT_NE(outputs[0][i], stop) << "the stop token at " << i << ", before min_tokens";
+  const EngineStats s = engine->stats();
+  EXPECT_EQ(s.kv_blocks_free, s.kv_blocks_total) << "KV blocks leaked";
+}
+
 // Structured outputs on the GPU path: constrained rows (their masks applied to the logits by
 // apply_token_bitmask) end with EOS on a text of their regex, and the unconstrained rows of the
 // same steps get the tokens they get alone.
