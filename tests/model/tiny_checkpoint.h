@@ -118,9 +118,9 @@ inline TinyQwen3 tiny_qwen3(uint32_t seed, int64_t hidden = 12, int64_t heads = 
 // SwiGLU experts of `expert_inter` (mlp.gate.weight, mlp.experts.N.{gate,up,down}_proj.weight),
 // `top_k` per token. The router's range is wide enough that its top-k choice changes between
 // tokens.
-inline TinyQwen3 tiny_qwen3_moe(uint32_t seed, int64_t experts = 4, int64_t top_k = 2,
-                                int64_t expert_inter = 6, bool norm_topk_prob = true) {
-  TinyQwen3 m = tiny_qwen3(seed);
+// `m` (a tiny_qwen3 of any shape) with its MLPs made experts; `seed` draws their weights.
+inline TinyQwen3 with_experts(TinyQwen3 m, uint32_t seed, int64_t experts, int64_t top_k,
+                              int64_t expert_inter, bool norm_topk_prob) {
   const int64_t hidden = m.config["hidden_size"], layers = m.config["num_hidden_layers"];
   m.config["architectures"] = {"Qwen3MoeForCausalLM"};
   m.config["model_type"] = "qwen3_moe";
@@ -149,6 +149,11 @@ inline TinyQwen3 tiny_qwen3_moe(uint32_t seed, int64_t experts = 4, int64_t top_
     }
   }
   return m;
+}
+
+inline TinyQwen3 tiny_qwen3_moe(uint32_t seed, int64_t experts = 4, int64_t top_k = 2,
+                                int64_t expert_inter = 6, bool norm_topk_prob = true) {
+  return with_experts(tiny_qwen3(seed), seed, experts, top_k, expert_inter, norm_topk_prob);
 }
 
 // The same experts under Mixtral's names (block_sparse_moe.gate, experts.N.w1 / w3 / w2) and

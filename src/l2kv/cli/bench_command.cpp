@@ -215,7 +215,7 @@ nlohmann::ordered_json run_steady_point(const std::shared_ptr<CudaModel>& model,
   cudaEventDestroy(b);
   state.release_kv_cache();
 
-  const double bytes = static_cast<double>(state.model().streamed_weight_bytes()) +
+  const double bytes = static_cast<double>(state.model().step_weight_bytes(batch)) +
                        static_cast<double>(kv_bytes_per_token(state)) * batch * (context + 1.0);
   // A step with a prompt chunk also computes the chunk: its MBU would mean nothing.
   const nlohmann::ordered_json mbu =
@@ -243,7 +243,7 @@ nlohmann::ordered_json run_steady_point(const std::shared_ptr<CudaModel>& model,
 // 1234 + first_prompt + i: callers number the prompts of all points in a row, so no point
 // finds an earlier point's prompts in the prefix cache (a 0 % hit rate, reported).
 nlohmann::ordered_json run_e2e_point(Engine& engine, CudaRunner& runner, const ModelConfig& c,
-                                     int64_t weight_bytes, const Variant& variant,
+                                     const CudaModel& model, const Variant& variant,
                                      int32_t input_len, int32_t output_len, int32_t concurrency,
                                      int32_t num_prompts, int64_t first_prompt, double ceiling) {
   struct Tracked {
@@ -311,7 +311,7 @@ nlohmann::ordered_json run_e2e_point(Engine& engine, CudaRunner& runner, const M
     } else {
       decode_s += step_s;
       ++decode_steps;
-      decode_bytes += static_cast<double>(weight_bytes) +
+      decode_bytes += static_cast<double>(model.step_weight_bytes(before.running)) +
                       static_cast<double>(kv_bytes_per_token(runner.step_state())) *
                           (kv_tokens + before.running);
     }
@@ -470,8 +470,8 @@ int run_bench(const BenchOptions& o) {
           }
           runner->set_decode_attention(v.kernel, v.policy);
           const int32_t prompts = o.num_prompts > 0 ? o.num_prompts : conc;
-          auto point = run_e2e_point(engine, *runner, c, model->streamed_weight_bytes(), v,
-                                     o.input_len, output_len, conc, prompts, prompts_sent, ceiling);
+          auto point = run_e2e_point(engine, *runner, c, *model, v, o.input_len, output_len, conc,
+                                     prompts, prompts_sent, ceiling);
           prompts_sent += prompts;
           point["model"] = o.model.model;
           std::printf(

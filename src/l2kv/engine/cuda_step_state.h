@@ -108,7 +108,8 @@ class CudaStepState {
   void hidden_row_logits(int32_t first_row, int32_t rows, float* out, cudaStream_t stream);
 
   // Captures the decode step of every size in `batch_sizes` as a CUDA graph. Runs each once
-  // eagerly first (GEMM plans are chosen then), on pad rows only.
+  // eagerly first (GEMM plans are chosen then), on pad rows only. Sizes the model cannot
+  // capture (CudaModel::can_capture_rows) are left out: those steps run eagerly.
   void capture_decode_graphs(std::span<const int32_t> batch_sizes, cudaStream_t stream);
   bool has_graph(int32_t batch_size) const { return graphs_.count(batch_size) > 0; }
   void set_use_graphs(bool on) { use_graphs_ = on; }

@@ -8,6 +8,7 @@
 #include "l2kv/core/dtype.h"
 #include "l2kv/core/error.h"
 #include "l2kv/kernels/model/model_ops.h"
+#include "l2kv/kernels/model/moe.h"
 #include "l2kv/kernels/model/paired_rows.h"
 #include "l2kv/kernels/random_fill.h"
 #include "l2kv/model/decoder_graph.h"
@@ -54,6 +55,19 @@ void check_head_dim(const ModelConfig& c) {
     throw Error("CUDA backend: head_dim must be 64 or 128, got " + std::to_string(c.head_dim));
 }
 
+// A mixture of experts within what the router and the expert GEMV take.
+void check_moe(const ModelConfig& c) {
+  if (c.num_experts == 0) return;
+  if (c.num_experts > ops::kMoeMaxExperts || c.experts_per_token < 1 ||
+      c.experts_per_token > c.num_experts || c.expert_intermediate_size % 8 != 0 ||
+      c.hidden_size % 8 != 0)
+    throw Error("CUDA backend: a mixture of " + std::to_string(c.num_experts) + " experts (top " +
+                std::to_string(c.experts_per_token) + ", expert intermediate size " +
+                std::to_string(c.expert_intermediate_size) + ", hidden " +
+                std::to_string(c.hidden_size) + ") is outside what its kernels take (at most " +
+                std::to_string(ops::kMoeMaxExperts) + " experts; sizes multiples of 8)");
+}
+
 // fp8 projections stacked by rows (QKV: q, k, v; gate_up: gate, up) in paired order
 // (paired_rows.h) in groups of `group` rows, each row's scale with it.
 HfFp8Projection fp8_paired_rows(std::initializer_list<const HfFp8Projection*> parts,
@@ -77,8 +91,11 @@ struct CudaModel::Weights {
     DeviceArray<uint16_t> input_norm, post_norm, qkv, qkv_bias, o, gate_up, down;
     Fp8Matrix qkv8, o8, gate_up8, down8;
     DeviceArray<uint16_t> q_norm, k_norm;  // [head_dim] each, with qk_norm (Qwen3)
-    float k_scale = 1.f, v_scale = 1.f;    // fp8 KV cache
-    bool checkpoint_kv_scales = false;     // else calculated from the first prompt when on
+    // A mixture of experts (gate_up and down then stay empty): the router [experts, hidden],
+    // every expert's [gate | up] rows [experts][2 I_e][hidden] and down [experts][hidden][I_e].
+    DeviceArray<uint16_t> router, experts_gate_up, experts_down;
+    float k_scale = 1.f, v_scale = 1.f;  // fp8 KV cache
+    bool checkpoint_kv_scales = false;   // else calculated from the first prompt when on
   };
   DeviceArray<uint16_t> embed, lm_head, final_norm;
   std::vector<Layer> layers;
@@ -91,9 +108,11 @@ struct CudaModel::Weights {
 CudaModel::CudaModel(const std::filesystem::path& folder)
     : config_(ModelConfig::from_folder(folder)), weights_(std::make_unique<Weights>()) {
   const ModelConfig& c = config_;
-  if (c.num_experts > 0)
+  if (c.num_experts > 0 && c.fp8_weights)
     throw Error("CUDA backend: " + c.architecture +
-                " (a mixture of experts) runs on the CPU backend only so far (--device cpu)");
+                " with fp8 weights (a mixture of experts) runs on the CPU backend only so far "
+                "(--device cpu)");
+  check_moe(c);
   if (c.gemma)
     throw Error("CUDA backend: " + c.architecture +
                 " (GeGLU, sandwich norms, sliding-window layers) runs on the CPU backend only so "
@@ -141,8 +160,19 @@ CudaModel::CudaModel(const std::filesystem::path& folder)
       layer.qkv = upload_16bit(
           c.dtype, to_paired_rows(concat(concat(w.q, w.k), w.v), c.head_dim, c.hidden_size));
       layer.o = upload_16bit(c.dtype, w.o);
-      layer.gate_up = upload_16bit(c.dtype, gate_up_rows(w.gate, w.up, c.hidden_size));
-      layer.down = upload_16bit(c.dtype, w.down);
+      if (c.num_experts > 0) {
+        layer.router = upload_16bit(c.dtype, w.router);
+        std::vector<float> gate_up, down;
+        for (int64_t e = 0; e < c.num_experts; ++e) {
+          gate_up = concat(concat(std::move(gate_up), w.expert_gate[e]), w.expert_up[e]);
+          down = concat(std::move(down), w.expert_down[e]);
+        }
+        layer.experts_gate_up = upload_16bit(c.dtype, gate_up);
+        layer.experts_down = upload_16bit(c.dtype, down);
+      } else {
+        layer.gate_up = upload_16bit(c.dtype, gate_up_rows(w.gate, w.up, c.hidden_size));
+        layer.down = upload_16bit(c.dtype, w.down);
+      }
     }
     if (c.qkv_bias)
       layer.qkv_bias = upload_16bit(
@@ -163,6 +193,9 @@ CudaModel::CudaModel(const ModelConfig& config, uint64_t seed)
     : config_(config), weights_(std::make_unique<Weights>()) {
   const ModelConfig& c = config_;
   check_head_dim(c);
+  check_moe(c);
+  if (c.num_experts > 0 && c.fp8_weights)
+    throw Error("CUDA backend: a mixture of experts with fp8 weights is not supported");
   gate_up_interleaved_ = c.intermediate_size % 8 == 0;
   const int64_t q_dim = c.num_q_heads * c.head_dim, kv_dim = c.num_kv_heads * c.head_dim;
   auto random = [&](int64_t n, float scale) {
@@ -198,8 +231,15 @@ CudaModel::CudaModel(const ModelConfig& config, uint64_t seed)
     } else {
       layer.qkv = random((q_dim + 2 * kv_dim) * c.hidden_size, scale);  // any row order
       layer.o = random(c.hidden_size * q_dim, scale);
-      layer.gate_up = random(2 * c.intermediate_size * c.hidden_size, scale);  // any order
-      layer.down = random(c.hidden_size * c.intermediate_size, scale);
+      if (c.num_experts > 0) {
+        const int64_t expert = c.expert_intermediate_size * c.hidden_size;
+        layer.router = random(c.num_experts * c.hidden_size, scale);
+        layer.experts_gate_up = random(c.num_experts * 2 * expert, scale);
+        layer.experts_down = random(c.num_experts * expert, scale);
+      } else {
+        layer.gate_up = random(2 * c.intermediate_size * c.hidden_size, scale);  // any order
+        layer.down = random(c.hidden_size * c.intermediate_size, scale);
+      }
     }
     if (c.qkv_bias) layer.qkv_bias = random(q_dim + 2 * kv_dim, scale);
     if (c.qk_norm) {
@@ -272,8 +312,21 @@ std::unique_ptr<CudaActivations> CudaModel::allocate_activations(int32_t rows,
   a->q = DeviceArray<uint16_t>(T * q_dim);
   a->attn = DeviceArray<uint16_t>(T * q_dim);
   a->proj = DeviceArray<uint16_t>(T * H);
-  a->gate_up = DeviceArray<uint16_t>(T * 2 * I);
-  a->act = DeviceArray<uint16_t>(T * I);
+  const size_t slots = T * static_cast<size_t>(c.experts_per_token);
+  const size_t I_e = static_cast<size_t>(c.expert_intermediate_size);
+  a->gate_up = DeviceArray<uint16_t>(std::max(T * 2 * I, slots * 2 * I_e));
+  a->act = DeviceArray<uint16_t>(std::max(T * I, slots * I_e));
+  if (c.num_experts > 0) {
+    a->router_logits = DeviceArray<float>(T * static_cast<size_t>(c.num_experts));
+    a->moe_weights = DeviceArray<float>(slots);
+    a->moe_experts = DeviceArray<int32_t>(slots);
+    a->moe_slot_rows = DeviceArray<int32_t>(slots);
+    a->moe_first = DeviceArray<int32_t>(static_cast<size_t>(c.num_experts) + 1);
+    a->moe_active = DeviceArray<int32_t>(static_cast<size_t>(c.num_experts) + 1);
+    a->moe_x_rows = DeviceArray<int32_t>(slots);
+    a->moe_x = DeviceArray<uint16_t>(slots * H);
+    a->moe_y = DeviceArray<uint16_t>(slots * H);
+  }
   a->last = DeviceArray<uint16_t>(static_cast<size_t>(logit_rows) * H);
   a->hidden_rows = DeviceArray<uint16_t>(static_cast<size_t>(kMaxHiddenRowLogits) * H);
   a->logits = DeviceArray<float>(static_cast<size_t>(logit_rows) * c.vocab_size);
@@ -282,12 +335,25 @@ std::unique_ptr<CudaActivations> CudaModel::allocate_activations(int32_t rows,
 
 bool CudaModel::can_fuse_layer(int32_t rows) const {
   const ModelConfig& c = config_;
-  return gate_up_interleaved_ && rows <= gemm_.gemv_max_rows() && rows <= kGemvMaxRows &&
-         c.hidden_size % 8 == 0 && (c.num_q_heads * c.head_dim) % 8 == 0 &&
+  return c.num_experts == 0 && gate_up_interleaved_ && rows <= gemm_.gemv_max_rows() &&
+         rows <= kGemvMaxRows && c.hidden_size % 8 == 0 && (c.num_q_heads * c.head_dim) % 8 == 0 &&
          c.intermediate_size % 8 == 0;
 }
 
-// The CUDA ops of the decoder graph for the prepared step.
+bool CudaModel::can_capture_rows(int32_t rows) const {
+  return config_.num_experts == 0 ||
+         int64_t{rows} * config_.experts_per_token <= kMoeGemvSlotsPerExpert * config_.num_experts;
+}
+
+int64_t CudaModel::step_weight_bytes(int32_t batch) const {
+  const ModelConfig& c = config_;
+  if (c.num_experts == 0) return streamed_weight_bytes();
+  const int64_t expert_bytes =
+      3 * c.hidden_size * c.expert_intermediate_size * dtype_bytes(c.dtype);
+  const int64_t read = std::min<int64_t>(c.num_experts, int64_t{batch} * c.experts_per_token);
+  return streamed_weight_bytes() - c.num_layers * (c.num_experts - read) * expert_bytes;
+}
+
 // The CUDA ops of the decoder graph for one forward step.
 struct CudaModel::GraphOps {
   CudaModel* m = nullptr;
@@ -460,6 +526,11 @@ struct CudaModel::GraphOps {
   }
   void norm_gate_up_silu(int64_t l) {
     const int64_t H = c().hidden_size, I = c().intermediate_size;
+    if (c().num_experts > 0) {
+      norm(w(l).post_norm.ptr);
+      mixture_of_experts(l);
+      return;
+    }
     if (fused) {
       GemvFusion f = norm_prologue(w(l).post_norm.ptr, 1, 0);
       f.epilogue = GemvEpilogue::kSiluMul;
@@ -483,8 +554,93 @@ struct CudaModel::GraphOps {
     ops::silu_mul(c().dtype, ws().gate_up.ptr, n, static_cast<int32_t>(I), ws().act.ptr, stream,
                   pdl, m->gate_up_interleaved_);
   }
+  // The router's top-k experts per token, each chosen expert's SwiGLU MLP on its token, their
+  // weighted sum into proj (added by the next norm, as a dense MLP's down projection is). Up to
+  // kMoeGemvSlotsPerExpert slots per expert on average, or inside a graph capture, the slots are
+  // grouped by expert on the device and each chosen expert streams its weights through a GEMV
+  // once per 8 of its slots; more (prompts) wait for the choices on the host, group the slots
+  // there and run cuBLASLt once per chosen expert.
+  void mixture_of_experts(int64_t l) {
+    const int64_t H = c().hidden_size, I = c().expert_intermediate_size, E = c().num_experts;
+    const auto K = static_cast<int32_t>(c().experts_per_token);
+    const int32_t slots = n * K;
+    timed(Op::kGemm, [&] {
+      m->gemm_.linear_f32_out(c().dtype, ws().h.ptr, w(l).router.ptr, ws().router_logits.ptr, n, H,
+                              E, stream);
+    });
+    ops::moe_route(ws().router_logits.ptr, n, static_cast<int32_t>(E), K, c().norm_topk_prob,
+                   ws().moe_experts.ptr, ws().moe_weights.ptr, stream);
+    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+    L2KV_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
+    if (capture != cudaStreamCaptureStatusNone || m->can_capture_rows(n)) {
+      ops::moe_group(ws().moe_experts.ptr, slots, static_cast<int32_t>(E), ws().moe_first.ptr,
+                     ws().moe_slot_rows.ptr, ws().moe_active.ptr, stream);
+      const auto max_active = static_cast<int32_t>(std::min<int64_t>(E, slots));
+      timed(Op::kGemm, [&] {
+        ops::expert_gemv(c().dtype, ws().h.ptr, K, ws().moe_first.ptr, ws().moe_slot_rows.ptr,
+                         ws().moe_active.ptr, max_active, w(l).experts_gate_up.ptr, 2 * I, H,
+                         ws().gate_up.ptr, stream);
+      });
+      ops::silu_mul(c().dtype, ws().gate_up.ptr, slots, static_cast<int32_t>(I), ws().act.ptr,
+                    stream);
+      timed(Op::kGemm, [&] {
+        ops::expert_gemv(c().dtype, ws().act.ptr, 1, ws().moe_first.ptr, ws().moe_slot_rows.ptr,
+                         ws().moe_active.ptr, max_active, w(l).experts_down.ptr, H, I,
+                         ws().moe_y.ptr, stream);
+      });
+      ops::moe_combine(c().dtype, ws().moe_y.ptr, nullptr, ws().moe_weights.ptr, n, K,
+                       static_cast<int32_t>(H), ws().proj.ptr, stream);
+      pending = ws().proj.ptr;
+      return;
+    }
+    // Grouped by expert: slot s goes to row slot_rows[s] of the gathered rows, which are in
+    // expert order; x_rows[r] is the token row that feeds gathered row r.
+    std::vector<int32_t> experts(static_cast<size_t>(slots));
+    L2KV_CUDA_CHECK(cudaMemcpyAsync(experts.data(), ws().moe_experts.ptr, experts.size() * 4,
+                                    cudaMemcpyDeviceToHost, stream));
+    L2KV_CUDA_CHECK(cudaStreamSynchronize(stream));
+    std::vector<int32_t> first(static_cast<size_t>(E + 1), 0);
+    for (int32_t e : experts) ++first[static_cast<size_t>(e) + 1];
+    for (int64_t e = 0; e < E; ++e) first[e + 1] += first[e];
+    std::vector<int32_t> slot_rows(experts.size()), x_rows(experts.size());
+    std::vector<int32_t> next(first.begin(), first.end() - 1);
+    for (int32_t s = 0; s < slots; ++s) {
+      const int32_t r = next[static_cast<size_t>(experts[s])]++;
+      slot_rows[s] = r;
+      x_rows[r] = s / K;
+    }
+    // From pageable memory: the copies have read the vectors when they return.
+    L2KV_CUDA_CHECK(cudaMemcpyAsync(ws().moe_slot_rows.ptr, slot_rows.data(), slot_rows.size() * 4,
+                                    cudaMemcpyHostToDevice, stream));
+    L2KV_CUDA_CHECK(cudaMemcpyAsync(ws().moe_x_rows.ptr, x_rows.data(), x_rows.size() * 4,
+                                    cudaMemcpyHostToDevice, stream));
+    ops::gather_rows(ws().h.ptr, ws().moe_x_rows.ptr, slots, static_cast<int32_t>(H),
+                     ws().moe_x.ptr, stream);
+    auto uint16_at = [](const DeviceArray<uint16_t>& a, int64_t offset) { return a.ptr + offset; };
+    timed(Op::kGemm, [&] {
+      for (int64_t e = 0; e < E; ++e)
+        if (const int32_t rows = first[e + 1] - first[e]; rows > 0)
+          m->gemm_.linear_untimed(c().dtype, uint16_at(ws().moe_x, first[e] * H),
+                                  uint16_at(w(l).experts_gate_up, e * 2 * I * H),
+                                  uint16_at(ws().gate_up, first[e] * 2 * I), rows, H, 2 * I,
+                                  stream);
+    });
+    ops::silu_mul(c().dtype, ws().gate_up.ptr, slots, static_cast<int32_t>(I), ws().act.ptr,
+                  stream);
+    timed(Op::kGemm, [&] {
+      for (int64_t e = 0; e < E; ++e)
+        if (const int32_t rows = first[e + 1] - first[e]; rows > 0)
+          m->gemm_.linear_untimed(c().dtype, uint16_at(ws().act, first[e] * I),
+                                  uint16_at(w(l).experts_down, e * H * I),
+                                  uint16_at(ws().moe_y, first[e] * H), rows, I, H, stream);
+    });
+    ops::moe_combine(c().dtype, ws().moe_y.ptr, ws().moe_slot_rows.ptr, ws().moe_weights.ptr, n, K,
+                     static_cast<int32_t>(H), ws().proj.ptr, stream);
+    pending = ws().proj.ptr;
+  }
   void down_projection_add(int64_t l) {
     const int64_t H = c().hidden_size, I = c().intermediate_size;
+    if (c().num_experts > 0) return;  // mixture_of_experts() left its sum in proj
     timed(Op::kGemm, [&] {
       if (fused)
         m->gemm_.linear_fused(c().dtype, ws().act.ptr, w(l).down.ptr, nullptr, n, I, H,

@@ -35,6 +35,16 @@ struct CudaActivations {
   DeviceArray<uint16_t> h, qkv, q, attn, proj, gate_up, act, last;
   // Rows of h copied for hidden_row_logits (kMaxHiddenRowLogits x hidden).
   DeviceArray<uint16_t> hidden_rows;
+  // A mixture of experts (slots = rows x experts per token; gate_up and act above are sized for
+  // the slots): the router's logits [rows, experts], each slot's expert and weight; on the device
+  // path the slots grouped by expert (moe_slot_rows, moe_first), on the host path each slot's row
+  // in moe_y (moe_slot_rows) and the token row that feeds each gathered row (moe_x_rows); h's
+  // rows gathered per slot (host path), and each slot's expert output [slots, hidden].
+  DeviceArray<float> router_logits, moe_weights;
+  DeviceArray<int32_t> moe_experts, moe_slot_rows, moe_x_rows;
+  DeviceArray<int32_t> moe_first;   // [experts + 1]: where each expert's slots start (moe_group)
+  DeviceArray<int32_t> moe_active;  // [experts + 1]: how many experts are chosen, then which
+  DeviceArray<uint16_t> moe_x, moe_y;
 };
 
 // Events around each projection and attention launch of an eager forward (profiling).
@@ -96,6 +106,19 @@ class CudaModel {
 
   // Whether the five-kernel layer (gemv.h's fusions) serves a step of `rows` query rows.
   bool can_fuse_layer(int32_t rows) const;
+  // Whether a decode step of `rows` rows may be captured in a CUDA graph: always for a dense
+  // model; for a mixture of experts while its slots (rows x experts per token) go through the
+  // expert GEMV: up to kMoeGemvSlotsPerExpert per expert on average with kMoeManyExperts
+  // experts or more, kMoeGemvSlotsPerLargeExpert with fewer (larger) ones. Larger steps group
+  // their slots by expert on the host for cuBLASLt, which a graph cannot hold.
+  static constexpr int32_t kMoeManyExperts = 32;
+  static constexpr int32_t kMoeGemvSlotsPerExpert = 8;
+  static constexpr int32_t kMoeGemvSlotsPerLargeExpert = 2;
+  bool can_capture_rows(int32_t rows) const;
+  // What a decode step of `batch` rows must read of the weights: streamed_weight_bytes(), but
+  // of a mixture of experts only the experts its tokens choose, counted as min(experts, batch x
+  // experts per token) per layer (exact at batch 1, an upper bound above).
+  int64_t step_weight_bytes(int32_t batch) const;
 
   // Enqueues the decoder graph over `step` on `stream`: the embedding of its tokens, every
   // layer (appending K/V to the pools at the step's slots) and the LM head into

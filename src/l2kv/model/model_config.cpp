@@ -375,10 +375,23 @@ ModelConfig ModelConfig::synthetic(const std::string& full_name) {
     c.architecture = "Qwen3ForCausalLM", c.qk_norm = true;
     c.vocab_size = 151936, c.hidden_size = 4096, c.intermediate_size = 12288, c.num_layers = 36;
     c.num_q_heads = 32, c.num_kv_heads = 8, c.rms_norm_eps = 1e-6, c.rope.theta = 1000000;
+  } else if (name == "qwen3-30b-a3b") {
+    c.architecture = "Qwen3MoeForCausalLM", c.qk_norm = true;
+    c.vocab_size = 151936, c.hidden_size = 2048, c.num_layers = 48;
+    c.num_q_heads = 32, c.num_kv_heads = 4, c.rms_norm_eps = 1e-6, c.rope.theta = 1000000;
+    c.num_experts = 128, c.experts_per_token = 8, c.expert_intermediate_size = 768;
+    c.norm_topk_prob = true;
+  } else if (name == "mixtral-8x7b") {
+    c.architecture = "MixtralForCausalLM";
+    c.vocab_size = 32000, c.hidden_size = 4096, c.num_layers = 32;
+    c.num_q_heads = 32, c.num_kv_heads = 8, c.rms_norm_eps = 1e-5, c.rope.theta = 1000000;
+    c.num_experts = 8, c.experts_per_token = 2, c.expert_intermediate_size = 14336;
+    c.norm_topk_prob = true;
   } else {
     throw Error("unknown synthetic model '" + full_name +
-                "' (known: llama2-7b, llama3-8b, qwen2.5-7b, qwen2.5-14b, qwen3-8b, each also "
-                "as NAME-fp8 with fp8 projections)");
+                "' (known: llama2-7b, llama3-8b, qwen2.5-7b, qwen2.5-14b, qwen3-8b, "
+                "qwen3-30b-a3b, mixtral-8x7b, each dense one also as NAME-fp8 with fp8 "
+                "projections)");
   }
   return c;
 }

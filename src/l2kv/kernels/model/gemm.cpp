@@ -41,7 +41,8 @@ Gemm::~Gemm() {
 // Row-major y[rows, out] = x W^T is column-major y^T (out x rows) = op(A) B with A = W stored
 // column-major as (in x out), op(A) = A^T, and B = x^T stored column-major as (in x rows).
 const Gemm::Plan& Gemm::plan_for(DType dtype, bool f32_out, int64_t rows, int64_t in, int64_t out,
-                                 const void* x, const void* w, void* y, cudaStream_t stream) {
+                                 const void* x, const void* w, void* y, cudaStream_t stream,
+                                 bool timed) {
   const Key key{static_cast<int>(dtype), f32_out, rows, in, out};
   if (const auto it = plans_.find(key); it != plans_.end()) return it->second;
   Plan p;
@@ -72,7 +73,7 @@ const Gemm::Plan& Gemm::plan_for(DType dtype, bool f32_out, int64_t rows, int64_
   p.algo = results[0].algo;
   cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
   L2KV_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
-  if (rows <= tune_max_rows_ && found > 1 && capture == cudaStreamCaptureStatusNone)
+  if (timed && rows <= tune_max_rows_ && found > 1 && capture == cudaStreamCaptureStatusNone)
     p.algo = fastest(p, std::span(results, static_cast<size_t>(found)), x, w, y, stream);
   return plans_.emplace(key, p).first->second;
 }
@@ -204,6 +205,15 @@ void Gemm::linear_fused(DType dtype, const void* x, const void* w, void* y, int6
 void Gemm::linear(DType dtype, const void* x, const void* w, void* y, int64_t rows, int64_t in,
                   int64_t out, cudaStream_t stream) {
   run(dtype, false, x, w, y, rows, in, out, stream);
+}
+
+void Gemm::linear_untimed(DType dtype, const void* x, const void* w, void* y, int64_t rows,
+                          int64_t in, int64_t out, cudaStream_t stream) {
+  const Plan& p = plan_for(dtype, false, rows, in, out, x, w, y, stream, /*timed=*/false);
+  const float alpha = 1.f, beta = 0.f;
+  check(cublasLtMatmul(handle_, p.op, &alpha, w, p.a, x, p.b, &beta, y, p.c, y, p.c, &p.algo,
+                       workspace_, kWorkspaceBytes, stream),
+        "matmul");
 }
 
 void Gemm::linear_f32_out(DType dtype, const void* x, const void* w, float* y, int64_t rows,

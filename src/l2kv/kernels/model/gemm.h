@@ -32,6 +32,11 @@ class Gemm {
   // y in `dtype`, like x and w.
   void linear(DType dtype, const void* x, const void* w, void* y, int64_t rows, int64_t in,
               int64_t out, cudaStream_t stream);
+  // linear() on cuBLASLt with its heuristic's first choice, never timed: for shapes that change
+  // every step (a mixture of experts' rows per expert), where timing each new one would cost
+  // more than it wins.
+  void linear_untimed(DType dtype, const void* x, const void* w, void* y, int64_t rows, int64_t in,
+                      int64_t out, cudaStream_t stream);
   // y in float32 (the LM head's logits).
   void linear_f32_out(DType dtype, const void* x, const void* w, float* y, int64_t rows, int64_t in,
                       int64_t out, cudaStream_t stream);
@@ -90,7 +95,8 @@ class Gemm {
   using Key = std::tuple<int, bool, int64_t, int64_t, int64_t>;  // dtype, f32 out, rows, in, out
   // The cached plan of a shape; a new one is chosen on the given operands (see fastest()).
   const Plan& plan_for(DType dtype, bool f32_out, int64_t rows, int64_t in, int64_t out,
-                       const void* x, const void* w, void* y, cudaStream_t stream);
+                       const void* x, const void* w, void* y, cudaStream_t stream,
+                       bool timed = true);
   cublasLtMatmulAlgo_t fastest(const Plan& p,
                                std::span<const cublasLtMatmulHeuristicResult_t> candidates,
                                const void* x, const void* w, void* y, cudaStream_t stream);

@@ -1,0 +1,48 @@
+// The mixture-of-experts block on the GPU (Mixtral, Qwen3-MoE): the router's top-k choice, the
+// chosen experts' projections for one (token, expert) slot each, and their weighted sum. Slot
+// s = t * k + j is token t's j-th choice. Pointers to 16-bit data are untyped; `dtype` says
+// which. Launchers check their launch and allocate nothing; all are CUDA-graph capturable.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+#include "l2kv/core/dtype.h"
+
+namespace l2kv::ops {
+
+// Largest expert count moe_route and moe_group take (one warp scans a token's scores; one
+// block counts the slots per expert).
+constexpr int32_t kMoeMaxExperts = 1024;
+
+// For each of `num_tokens` rows of router logits [num_tokens, num_experts] (fp32): the softmax
+// over all experts in fp32, the `top_k` largest probabilities (ties to the lower expert index),
+// each divided by their sum when `normalize` (norm_topk_prob; Mixtral always), as transformers'
+// Mixtral and Qwen3-MoE blocks compute them. Writes experts[slot] and weights[slot].
+void moe_route(const float* router_logits, int32_t num_tokens, int32_t num_experts, int32_t top_k,
+               bool normalize, int32_t* experts, float* weights, cudaStream_t stream);
+
+// Groups the slots by expert on the device: first[e] .. first[e + 1] - 1 index `by_expert`, the
+// slots that chose expert e (first has num_experts + 1 entries); active[0] is the number of
+// experts chosen at all and active[1..] those experts (num_experts + 1 entries). One block; any
+// slot count.
+void moe_group(const int32_t* experts, int32_t num_slots, int32_t num_experts, int32_t* first,
+               int32_t* by_expert, int32_t* active, cudaStream_t stream);
+
+// y[s, :] = x[s / slots_per_row, :] W[e]^T for every slot s of every chosen expert e
+// (moe_group's lists; `max_active` bounds how many there are: min(experts, slots)), W stacked
+// per expert [num_experts][out][in] (16-bit), x [rows, in], y [slots, out],
+// fp32 sums rounded to dtype. A weight-streaming GEMV per expert over its slots: each chosen
+// expert's weights are read once per 8 of its slots, unchosen ones not at all. `in` a multiple
+// of 8.
+void expert_gemv(DType dtype, const void* x, int32_t slots_per_row, const int32_t* first,
+                 const int32_t* by_expert, const int32_t* active, int32_t max_active, const void* w,
+                 int64_t out, int64_t in, void* y, cudaStream_t stream);
+
+// out[t, :] = sum over j < top_k of weights[t k + j] * y[row(t k + j), :], in fp32, rounded to
+// dtype, where row(s) = s, or slot_rows[s] when slot_rows is set (y grouped by expert).
+void moe_combine(DType dtype, const void* y, const int32_t* slot_rows, const float* weights,
+                 int32_t num_tokens, int32_t top_k, int32_t hidden, void* out, cudaStream_t stream);
+
+}  // namespace l2kv::ops
