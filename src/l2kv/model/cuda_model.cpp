@@ -359,11 +359,12 @@ struct CudaModel::GraphOps {
   CudaModel* m = nullptr;
   const CudaForwardStep* step = nullptr;
   cudaStream_t stream = nullptr;
-  DecodeAttentionParams decode;   // the step's, with the current layer's pools and scales
-  int32_t n = 0;                  // query rows
-  bool fused = false;             // the five-kernel layer
-  bool pdl = false;               // programmatic dependent launch (the attention's policy)
-  const void* pending = nullptr;  // unfused: the last block's output, added by the next norm
+  DecodeAttentionParams decode;    // the step's, with the current layer's pools and scales
+  int32_t n = 0;                   // query rows
+  bool fused = false;              // the five-kernel layer
+  bool pdl = false;                // programmatic dependent launch (the attention's policy)
+  const void* pending = nullptr;   // unfused: the last block's output, added by the next norm
+  ops::ExpertSum pending_experts;  // or a mixture of experts' slots, summed by the next norm
 
   const ModelConfig& c() const { return m->config_; }
   CudaActivations& ws() const { return *step->activations; }
@@ -416,8 +417,9 @@ struct CudaModel::GraphOps {
   void norm(const void* weight) {
     ops::add_rmsnorm(c().dtype, ws().residual.ptr, pending, weight,
                      static_cast<float>(c().rms_norm_eps), n, static_cast<int32_t>(c().hidden_size),
-                     ws().h.ptr, stream, pdl);
+                     ws().h.ptr, stream, pdl, pending_experts);
     pending = nullptr;
+    pending_experts = {};
   }
   float* sumsq(int i) const { return ws().sumsq.ptr + i * kGemvMaxRows; }
   // The fused layer's RMSNorm prologue over the residual stream, its sums of squares in
@@ -588,9 +590,8 @@ struct CudaModel::GraphOps {
                          ws().moe_active.ptr, max_active, w(l).experts_down.ptr, H, I,
                          ws().moe_y.ptr, stream);
       });
-      ops::moe_combine(c().dtype, ws().moe_y.ptr, nullptr, ws().moe_weights.ptr, n, K,
-                       static_cast<int32_t>(H), ws().proj.ptr, stream);
-      pending = ws().proj.ptr;
+      // The weighted sum of the slots is the next norm's addend (no kernel of its own).
+      pending_experts = {ws().moe_y.ptr, ws().moe_weights.ptr, K};
       return;
     }
     // Grouped by expert: slot s goes to row slot_rows[s] of the gathered rows, which are in

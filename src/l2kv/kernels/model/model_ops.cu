@@ -92,7 +92,7 @@ __global__ void embed_kernel(const int32_t* tokens, const T* embed, int32_t hidd
 // One block per row; thread j owns vectors j, j + blockDim, ... of the row (hidden % 8 == 0).
 template <typename T>
 __global__ void add_rmsnorm_kernel(float* residual, const T* add, const T* weight, float eps,
-                                   int32_t hidden, T* out) {
+                                   int32_t hidden, T* out, ExpertSum experts) {
   // The projection behind this kernel may be launched with PDL and start now: it waits for
   // this grid before it reads `out`.
   ptx::launch_dependents();
@@ -112,8 +112,18 @@ __global__ void add_rmsnorm_kernel(float* residual, const T* add, const T* weigh
       a.load(add + base + i);
 #pragma unroll
       for (int e = 0; e < kVec; ++e) x[j][e] += a.v[e];
-      store_f32x8(residual + base + i, x[j]);
     }
+    if (experts.y) {
+      const int64_t slot0 = static_cast<int64_t>(blockIdx.x) * experts.top_k;
+      for (int k = 0; k < experts.top_k; ++k) {
+        Vec8<T> a;
+        a.load(static_cast<const T*>(experts.y) + (slot0 + k) * hidden + i);
+        const float w = experts.weights[slot0 + k];
+#pragma unroll
+        for (int e = 0; e < kVec; ++e) x[j][e] += w * a.v[e];
+      }
+    }
+    if (add || experts.y) store_f32x8(residual + base + i, x[j]);
 #pragma unroll
     for (int e = 0; e < kVec; ++e) sum += x[j][e] * x[j][e];
   }
@@ -132,7 +142,7 @@ __global__ void add_rmsnorm_kernel(float* residual, const T* add, const T* weigh
 // The strided form for a hidden size that is not a multiple of 8.
 template <typename T>
 __global__ void add_rmsnorm_strided_kernel(float* residual, const T* add, const T* weight,
-                                           float eps, int32_t hidden, T* out) {
+                                           float eps, int32_t hidden, T* out, ExpertSum experts) {
   ptx::launch_dependents();
   ptx::grid_dependency_wait();
   using Traits = tc::ElementTraits<T>;
@@ -140,10 +150,14 @@ __global__ void add_rmsnorm_strided_kernel(float* residual, const T* add, const 
   float sum = 0.f;
   for (int i = threadIdx.x; i < hidden; i += blockDim.x) {
     float x = residual[base + i];
-    if (add) {
-      x += Traits::to_float(add[base + i]);
-      residual[base + i] = x;
+    if (add) x += Traits::to_float(add[base + i]);
+    if (experts.y) {
+      const int64_t slot0 = static_cast<int64_t>(blockIdx.x) * experts.top_k;
+      for (int k = 0; k < experts.top_k; ++k)
+        x += experts.weights[slot0 + k] *
+             Traits::to_float(static_cast<const T*>(experts.y)[(slot0 + k) * hidden + i]);
     }
+    if (add || experts.y) residual[base + i] = x;
     sum += x * x;
   }
   const float scale = __frsqrt_rn(block_sum(sum) / hidden + eps);  // correctly rounded
@@ -441,7 +455,8 @@ void embed(DType dtype, const int32_t* tokens, int32_t num_tokens, const void* t
 }
 
 void add_rmsnorm(DType dtype, float* residual, const void* add, const void* weight, float eps,
-                 int32_t num_tokens, int32_t hidden, void* out, cudaStream_t stream, bool pdl) {
+                 int32_t num_tokens, int32_t hidden, void* out, cudaStream_t stream, bool pdl,
+                 const ExpertSum& experts) {
   if (num_tokens <= 0) return;
   const int vecs = hidden / kVec;
   const bool vectorized = hidden % kVec == 0 && vecs <= kNormVecsPerThread * kMaxThreads;
@@ -458,7 +473,7 @@ void add_rmsnorm(DType dtype, float* residual, const void* add, const void* weig
                                                     dim3(threads), 0, stream, pdl, attribute);
     L2KV_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, static_cast<float*>(residual),
                                        static_cast<const T*>(add), static_cast<const T*>(weight),
-                                       eps, hidden, static_cast<T*>(out)));
+                                       eps, hidden, static_cast<T*>(out), experts));
   });
 }
 

@@ -17,12 +17,20 @@ namespace l2kv::ops {
 void embed(DType dtype, const int32_t* tokens, int32_t num_tokens, const void* embed,
            int32_t hidden, float* residual, cudaStream_t stream, float* sumsq = nullptr);
 
-// If `add` is set: residual += add (fp32). Then out = RMSNorm(residual) * weight.
-// `pdl` (here and in silu_mul): launch with programmatic dependent launch; the kernel waits for
-// the one ahead before it reads anything.
+// A mixture of experts' output as add_rmsnorm's addend: row t adds sum over j < top_k of
+// weights[t top_k + j] * y[t top_k + j, :] (16-bit expert outputs, one row per slot), in fp32.
+struct ExpertSum {
+  const void* y = nullptr;
+  const float* weights = nullptr;
+  int32_t top_k = 0;
+};
+
+// If `add` is set: residual += add (fp32); if `experts.y` is set: residual += that sum. Then
+// out = RMSNorm(residual) * weight. `pdl` (here and in silu_mul): launch with programmatic
+// dependent launch; the kernel waits for the one ahead before it reads anything.
 void add_rmsnorm(DType dtype, float* residual, const void* add, const void* weight, float eps,
                  int32_t num_tokens, int32_t hidden, void* out, cudaStream_t stream,
-                 bool pdl = false);
+                 bool pdl = false, const ExpertSum& experts = {});
 
 // Qwen3's RMSNorm of each q and k head before RoPE: weights [head_dim] in the model's dtype and
 // the model's rms_norm_eps. Null weights (the default) skip the norm of q or k.

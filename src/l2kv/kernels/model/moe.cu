@@ -126,6 +126,7 @@ __global__ void __launch_bounds__(kGemvThreads)
           reinterpret_cast<const uint4*>(x + static_cast<int64_t>(slot / slots_per_row) * in);
     }
     float acc[kSlotsPerPass][kFeaturesPerWarp] = {};
+#pragma unroll 2
     for (int v = lane; v < vectors; v += kWarp) {
       float wf[kFeaturesPerWarp][8];
 #pragma unroll
