@@ -481,6 +481,30 @@ TEST(CudaModel, MixtureOfExpertsMatchesTheCpuModel) {
       cudaStreamDestroy(stream);
     }
   }
+  // 32 experts: steps of up to 8 slots per expert take the device path, prompts included, and a
+  // prompt that opens with one token 24 times gives its experts more slots than one pass of the
+  // expert GEMV takes (8).
+  {
+    testing::TinyQwen3 m = testing::with_experts(
+        testing::tiny_qwen3(23, /*hidden=*/128, /*heads=*/4, /*kv_heads=*/2, /*head_dim=*/64,
+                            /*layers=*/2, /*vocab=*/256, /*inter=*/256),
+        24, /*experts=*/32, /*top_k=*/2, /*expert_inter=*/64, true);
+    for (auto& entry : m.tensors)
+      for (float& x : entry.second.values)
+        x = dtype_bits_to_float(DType::kBFloat16, float_to_dtype_bits(DType::kBFloat16, x));
+    testing::write_tiny_checkpoint(dir, m.config, m.tensors);
+    std::vector<int32_t> repeated(24, 7);
+    repeated.insert(repeated.end(), tokens.begin(), tokens.begin() + 24);
+    const std::vector<float> want = CpuModel(dir).forward(repeated);
+    auto state = load(dir, 64, 16, /*max_logit_rows=*/64);
+    ASSERT_TRUE(state->model().can_capture_rows(40));  // 80 slots of 32 experts
+    const std::vector<float> got = prefill_then_decode(*state, repeated, 40);
+    double max_abs = 0;
+    const double error = relative_l2(got.data(), want.data(), want.size(), &max_abs);
+    std::printf("[moe-tiny qwen3, 32 experts, repeated prompt] CUDA vs CPU logits rel. L2 %.2e\n",
+                error);
+    EXPECT_LT(error, 2e-2);
+  }
   fs::remove_all(dir);
 }
 

@@ -114,11 +114,10 @@ inline TinyQwen3 tiny_qwen3(uint32_t seed, int64_t hidden = 12, int64_t heads = 
   return m;
 }
 
-// A tiny Qwen3MoeForCausalLM: tiny_qwen3's attention, and per layer a router over `experts`
+// `m` (a tiny_qwen3 of any shape) as a Qwen3MoeForCausalLM: per layer a router over `experts`
 // SwiGLU experts of `expert_inter` (mlp.gate.weight, mlp.experts.N.{gate,up,down}_proj.weight),
-// `top_k` per token. The router's range is wide enough that its top-k choice changes between
-// tokens.
-// `m` (a tiny_qwen3 of any shape) with its MLPs made experts; `seed` draws their weights.
+// `top_k` per token, their weights drawn from `seed`. The router's range is wide enough that
+// its top-k choice changes between tokens.
 inline TinyQwen3 with_experts(TinyQwen3 m, uint32_t seed, int64_t experts, int64_t top_k,
                               int64_t expert_inter, bool norm_topk_prob) {
   const int64_t hidden = m.config["hidden_size"], layers = m.config["num_hidden_layers"];
@@ -151,6 +150,7 @@ inline TinyQwen3 with_experts(TinyQwen3 m, uint32_t seed, int64_t experts, int64
   return m;
 }
 
+// A tiny Qwen3MoeForCausalLM on tiny_qwen3's default shape.
 inline TinyQwen3 tiny_qwen3_moe(uint32_t seed, int64_t experts = 4, int64_t top_k = 2,
                                 int64_t expert_inter = 6, bool norm_topk_prob = true) {
   return with_experts(tiny_qwen3(seed), seed, experts, top_k, expert_inter, norm_topk_prob);

@@ -397,8 +397,8 @@ void CudaStepState::capture_decode_graphs(std::span<const int32_t> batch_sizes,
       throw Error("CUDA backend: graph batch size " + std::to_string(size) + " outside 1.." +
                   std::to_string(limits_.max_seqs));
     if (graphs_.count(size)) continue;
-    // A mixture of experts with more slots than its per-slot GEMV takes runs those steps
-    // eagerly (their slots are grouped by expert on the host).
+    // A mixture of experts with more slots per expert than its expert GEMV suits runs those
+    // steps eagerly (their slots are grouped by expert on the host for cuBLASLt).
     if (!model_->can_capture_rows(size)) continue;
     prepare({}, size, stream);
     enqueue_forward(stream);  // eager first: GEMM plans and kernel attributes are set up here

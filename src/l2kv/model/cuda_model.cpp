@@ -59,13 +59,14 @@ void check_head_dim(const ModelConfig& c) {
 void check_moe(const ModelConfig& c) {
   if (c.num_experts == 0) return;
   if (c.num_experts > ops::kMoeMaxExperts || c.experts_per_token < 1 ||
-      c.experts_per_token > c.num_experts || c.expert_intermediate_size % 8 != 0 ||
-      c.hidden_size % 8 != 0)
+      c.experts_per_token > c.num_experts || c.experts_per_token > ops::kMoeMaxTopK ||
+      c.expert_intermediate_size % 8 != 0 || c.hidden_size % 8 != 0)
     throw Error("CUDA backend: a mixture of " + std::to_string(c.num_experts) + " experts (top " +
                 std::to_string(c.experts_per_token) + ", expert intermediate size " +
                 std::to_string(c.expert_intermediate_size) + ", hidden " +
                 std::to_string(c.hidden_size) + ") is outside what its kernels take (at most " +
-                std::to_string(ops::kMoeMaxExperts) + " experts; sizes multiples of 8)");
+                std::to_string(ops::kMoeMaxExperts) + " experts, top " +
+                std::to_string(ops::kMoeMaxTopK) + "; sizes multiples of 8)");
 }
 
 // fp8 projections stacked by rows (QKV: q, k, v; gate_up: gate, up) in paired order
@@ -108,11 +109,7 @@ struct CudaModel::Weights {
 CudaModel::CudaModel(const std::filesystem::path& folder)
     : config_(ModelConfig::from_folder(folder)), weights_(std::make_unique<Weights>()) {
   const ModelConfig& c = config_;
-  if (c.num_experts > 0 && c.fp8_weights)
-    throw Error("CUDA backend: " + c.architecture +
-                " with fp8 weights (a mixture of experts) runs on the CPU backend only so far "
-                "(--device cpu)");
-  check_moe(c);
+  check_moe(c);  // (fp8 MoE checkpoints are refused by ModelConfig already)
   if (c.gemma)
     throw Error("CUDA backend: " + c.architecture +
                 " (GeGLU, sandwich norms, sliding-window layers) runs on the CPU backend only so "
@@ -341,8 +338,14 @@ bool CudaModel::can_fuse_layer(int32_t rows) const {
 }
 
 bool CudaModel::can_capture_rows(int32_t rows) const {
-  return config_.num_experts == 0 ||
-         int64_t{rows} * config_.experts_per_token <= kMoeGemvSlotsPerExpert * config_.num_experts;
+  const ModelConfig& c = config_;
+  if (c.num_experts == 0) return true;
+  // The GEMV's FMAs catch up with its weight stream at a few slots per expert, where a few
+  // large experts (Mixtral's 352 MB) run better on cuBLASLt; with many small ones (Qwen3-MoE's
+  // 128 of 9.4 MB) a cuBLASLt launch per expert costs more (bench/NOTES.md).
+  const int64_t per_expert =
+      c.num_experts >= kMoeManyExperts ? kMoeGemvSlotsPerExpert : kMoeGemvSlotsPerLargeExpert;
+  return int64_t{rows} * c.experts_per_token <= per_expert * c.num_experts;
 }
 
 int64_t CudaModel::step_weight_bytes(int32_t batch) const {
@@ -556,12 +559,12 @@ struct CudaModel::GraphOps {
     ops::silu_mul(c().dtype, ws().gate_up.ptr, n, static_cast<int32_t>(I), ws().act.ptr, stream,
                   pdl, m->gate_up_interleaved_);
   }
-  // The router's top-k experts per token, each chosen expert's SwiGLU MLP on its token, their
-  // weighted sum into proj (added by the next norm, as a dense MLP's down projection is). Up to
-  // kMoeGemvSlotsPerExpert slots per expert on average, or inside a graph capture, the slots are
-  // grouped by expert on the device and each chosen expert streams its weights through a GEMV
-  // once per 8 of its slots; more (prompts) wait for the choices on the host, group the slots
-  // there and run cuBLASLt once per chosen expert.
+  // The router's top-k experts per token and each chosen expert's SwiGLU MLP on its token; their
+  // weighted sum is the next norm's addend (pending_experts), as a dense MLP's down projection
+  // is. Where can_capture_rows() holds, or inside a graph capture, the slots are grouped by
+  // expert on the device and each chosen expert streams its weights through a GEMV once per 8 of
+  // its slots; larger steps (prompts) wait for the choices on the host, group the slots there
+  // and run cuBLASLt once per chosen expert.
   void mixture_of_experts(int64_t l) {
     const int64_t H = c().hidden_size, I = c().expert_intermediate_size, E = c().num_experts;
     const auto K = static_cast<int32_t>(c().experts_per_token);
@@ -591,7 +594,7 @@ struct CudaModel::GraphOps {
                          ws().moe_y.ptr, stream);
       });
       // The weighted sum of the slots is the next norm's addend (no kernel of its own).
-      pending_experts = {ws().moe_y.ptr, ws().moe_weights.ptr, K};
+      pending_experts = {ws().moe_y.ptr, ws().moe_weights.ptr, K, nullptr};
       return;
     }
     // Grouped by expert: slot s goes to row slot_rows[s] of the gathered rows, which are in
@@ -601,7 +604,12 @@ struct CudaModel::GraphOps {
                                     cudaMemcpyDeviceToHost, stream));
     L2KV_CUDA_CHECK(cudaStreamSynchronize(stream));
     std::vector<int32_t> first(static_cast<size_t>(E + 1), 0);
-    for (int32_t e : experts) ++first[static_cast<size_t>(e) + 1];
+    for (int32_t e : experts) {
+      if (e < 0 || e >= E)  // only a non-finite router row could get here
+        throw Error("CUDA backend: the router chose expert " + std::to_string(e) + " of " +
+                    std::to_string(E) + " in layer " + std::to_string(l));
+      ++first[static_cast<size_t>(e) + 1];
+    }
     for (int64_t e = 0; e < E; ++e) first[e + 1] += first[e];
     std::vector<int32_t> slot_rows(experts.size()), x_rows(experts.size());
     std::vector<int32_t> next(first.begin(), first.end() - 1);
@@ -635,13 +643,11 @@ struct CudaModel::GraphOps {
                                   uint16_at(w(l).experts_down, e * H * I),
                                   uint16_at(ws().moe_y, first[e] * H), rows, I, H, stream);
     });
-    ops::moe_combine(c().dtype, ws().moe_y.ptr, ws().moe_slot_rows.ptr, ws().moe_weights.ptr, n, K,
-                     static_cast<int32_t>(H), ws().proj.ptr, stream);
-    pending = ws().proj.ptr;
+    pending_experts = {ws().moe_y.ptr, ws().moe_weights.ptr, K, ws().moe_slot_rows.ptr};
   }
   void down_projection_add(int64_t l) {
     const int64_t H = c().hidden_size, I = c().intermediate_size;
-    if (c().num_experts > 0) return;  // mixture_of_experts() left its sum in proj
+    if (c().num_experts > 0) return;  // mixture_of_experts() left its sum to the next norm
     timed(Op::kGemm, [&] {
       if (fused)
         m->gemm_.linear_fused(c().dtype, ws().act.ptr, w(l).down.ptr, nullptr, n, I, H,

@@ -117,7 +117,8 @@ __global__ void add_rmsnorm_kernel(float* residual, const T* add, const T* weigh
       const int64_t slot0 = static_cast<int64_t>(blockIdx.x) * experts.top_k;
       for (int k = 0; k < experts.top_k; ++k) {
         Vec8<T> a;
-        a.load(static_cast<const T*>(experts.y) + (slot0 + k) * hidden + i);
+        const int64_t row = experts.slot_rows ? experts.slot_rows[slot0 + k] : slot0 + k;
+        a.load(static_cast<const T*>(experts.y) + row * hidden + i);
         const float w = experts.weights[slot0 + k];
 #pragma unroll
         for (int e = 0; e < kVec; ++e) x[j][e] += w * a.v[e];
@@ -153,9 +154,11 @@ __global__ void add_rmsnorm_strided_kernel(float* residual, const T* add, const 
     if (add) x += Traits::to_float(add[base + i]);
     if (experts.y) {
       const int64_t slot0 = static_cast<int64_t>(blockIdx.x) * experts.top_k;
-      for (int k = 0; k < experts.top_k; ++k)
+      for (int k = 0; k < experts.top_k; ++k) {
+        const int64_t row = experts.slot_rows ? experts.slot_rows[slot0 + k] : slot0 + k;
         x += experts.weights[slot0 + k] *
-             Traits::to_float(static_cast<const T*>(experts.y)[(slot0 + k) * hidden + i]);
+             Traits::to_float(static_cast<const T*>(experts.y)[row * hidden + i]);
+      }
     }
     if (add || experts.y) residual[base + i] = x;
     sum += x * x;

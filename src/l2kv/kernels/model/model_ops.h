@@ -18,11 +18,13 @@ void embed(DType dtype, const int32_t* tokens, int32_t num_tokens, const void* e
            int32_t hidden, float* residual, cudaStream_t stream, float* sumsq = nullptr);
 
 // A mixture of experts' output as add_rmsnorm's addend: row t adds sum over j < top_k of
-// weights[t top_k + j] * y[t top_k + j, :] (16-bit expert outputs, one row per slot), in fp32.
+// weights[s] * y[row(s), :] for its slots s = t top_k + j, in fp32, where row(s) = s, or
+// slot_rows[s] when set (y grouped by expert); y holds 16-bit expert outputs.
 struct ExpertSum {
   const void* y = nullptr;
   const float* weights = nullptr;
   int32_t top_k = 0;
+  const int32_t* slot_rows = nullptr;
 };
 
 // If `add` is set: residual += add (fp32); if `experts.y` is set: residual += that sum. Then

@@ -14,7 +14,6 @@ namespace l2kv::ops {
 namespace {
 
 constexpr int kWarp = 32;
-constexpr int kMaxTopK = 32;
 
 // One warp per token: the max and the sum of exponentials over the experts, then top_k rounds
 // of a warp argmax (lower index on ties), each winner struck out.
@@ -32,8 +31,8 @@ __global__ void moe_route_kernel(const float* logits, int32_t num_tokens, int32_
   for (int m = 16; m >= 1; m /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, m);
   // Chosen experts as a bit per (lane, e / 32) in registers: at most 32 per lane.
   uint32_t taken = 0;
-  float chosen_p[kMaxTopK];
-  int chosen_e[kMaxTopK];
+  float chosen_p[kMoeMaxTopK];
+  int chosen_e[kMoeMaxTopK];
   float chosen_sum = 0.f;
   for (int k = 0; k < top_k; ++k) {
     float best = -1.f;
@@ -41,7 +40,9 @@ __global__ void moe_route_kernel(const float* logits, int32_t num_tokens, int32_
     for (int e = lane, i = 0; e < num_experts; e += kWarp, ++i) {
       if (taken & (1u << i)) continue;
       const float p = expf(row[e] - top) / sum;
-      if (p > best) best = p, best_e = e;  // ascending e: the first of equals stays
+      // Ascending e: the first of equals stays; the first untaken one is taken even when p is
+      // not a number (a non-finite router row then shows in the weights, not as an expert id).
+      if (p > best || best_e == num_experts) best = p, best_e = e;
     }
     for (int m = 16; m >= 1; m /= 2) {
       const float other = __shfl_xor_sync(0xffffffffu, best, m);
@@ -165,22 +166,6 @@ __global__ void __launch_bounds__(kGemvThreads)
   }
 }
 
-template <typename T>
-__global__ void moe_combine_kernel(const T* y, const int32_t* slot_rows, const float* weights,
-                                   int32_t top_k, int32_t hidden, T* out) {
-  using Traits = tc::ElementTraits<T>;
-  const int token = static_cast<int>(blockIdx.x);
-  for (int i = static_cast<int>(threadIdx.x); i < hidden; i += static_cast<int>(blockDim.x)) {
-    float sum = 0.f;
-    for (int k = 0; k < top_k; ++k) {
-      const int slot = token * top_k + k;
-      const int64_t r = slot_rows ? slot_rows[slot] : slot;
-      sum += weights[slot] * Traits::to_float(y[r * hidden + i]);
-    }
-    out[int64_t{token} * hidden + i] = Traits::from_float(sum);
-  }
-}
-
 template <typename F>
 void with_16bit(DType dtype, F&& f) {
   if (dtype == DType::kFloat16)
@@ -197,10 +182,11 @@ void moe_route(const float* router_logits, int32_t num_tokens, int32_t num_exper
                bool normalize, int32_t* experts, float* weights, cudaStream_t stream) {
   if (num_tokens <= 0) return;
   if (num_experts < 1 || num_experts > kMoeMaxExperts || top_k < 1 || top_k > num_experts ||
-      top_k > kMaxTopK)
+      top_k > kMoeMaxTopK)
     throw Error("moe_route: " + std::to_string(num_experts) + " experts, top " +
                 std::to_string(top_k) + " (needs 1 <= top_k <= min(experts, " +
-                std::to_string(kMaxTopK) + "), experts <= " + std::to_string(kMoeMaxExperts) + ")");
+                std::to_string(kMoeMaxTopK) + "), experts <= " + std::to_string(kMoeMaxExperts) +
+                ")");
   constexpr int kWarpsPerBlock = 4;
   moe_route_kernel<<<ceil_div(num_tokens, kWarpsPerBlock), kWarpsPerBlock * kWarp, 0, stream>>>(
       router_logits, num_tokens, num_experts, top_k, normalize, experts, weights);
@@ -230,18 +216,6 @@ void expert_gemv(DType dtype, const void* x, int32_t slots_per_row, const int32_
     expert_gemv_kernel<T><<<grid, kGemvThreads, 0, stream>>>(
         static_cast<const T*>(x), slots_per_row, first, by_expert, active, static_cast<const T*>(w),
         out, in, static_cast<T*>(y));
-  });
-  L2KV_CUDA_CHECK_LAUNCH();
-}
-
-void moe_combine(DType dtype, const void* y, const int32_t* slot_rows, const float* weights,
-                 int32_t num_tokens, int32_t top_k, int32_t hidden, void* out,
-                 cudaStream_t stream) {
-  if (num_tokens <= 0) return;
-  with_16bit(dtype, [&](auto* tag) {
-    using T = std::remove_pointer_t<decltype(tag)>;
-    moe_combine_kernel<T><<<num_tokens, 256, 0, stream>>>(
-        static_cast<const T*>(y), slot_rows, weights, top_k, hidden, static_cast<T*>(out));
   });
   L2KV_CUDA_CHECK_LAUNCH();
 }

@@ -1,7 +1,8 @@
 // The mixture-of-experts block on the GPU (Mixtral, Qwen3-MoE): the router's top-k choice, the
 // chosen experts' projections for one (token, expert) slot each, and their weighted sum. Slot
 // s = t * k + j is token t's j-th choice. Pointers to 16-bit data are untyped; `dtype` says
-// which. Launchers check their launch and allocate nothing; all are CUDA-graph capturable.
+// which. Launchers check their launch and allocate nothing; all are CUDA-graph capturable. The
+// weighted sum of each token's slots is added by the next RMSNorm (ops::ExpertSum, model_ops.h).
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -15,6 +16,8 @@ namespace l2kv::ops {
 // Largest expert count moe_route and moe_group take (one warp scans a token's scores; one
 // block counts the slots per expert).
 constexpr int32_t kMoeMaxExperts = 1024;
+// Largest experts per token the routing takes.
+constexpr int32_t kMoeMaxTopK = 32;
 
 // For each of `num_tokens` rows of router logits [num_tokens, num_experts] (fp32): the softmax
 // over all experts in fp32, the `top_k` largest probabilities (ties to the lower expert index),
@@ -39,10 +42,5 @@ void moe_group(const int32_t* experts, int32_t num_slots, int32_t num_experts, i
 void expert_gemv(DType dtype, const void* x, int32_t slots_per_row, const int32_t* first,
                  const int32_t* by_expert, const int32_t* active, int32_t max_active, const void* w,
                  int64_t out, int64_t in, void* y, cudaStream_t stream);
-
-// out[t, :] = sum over j < top_k of weights[t k + j] * y[row(t k + j), :], in fp32, rounded to
-// dtype, where row(s) = s, or slot_rows[s] when slot_rows is set (y grouped by expert).
-void moe_combine(DType dtype, const void* y, const int32_t* slot_rows, const float* weights,
-                 int32_t num_tokens, int32_t top_k, int32_t hidden, void* out, cudaStream_t stream);
 
 }  // namespace l2kv::ops
