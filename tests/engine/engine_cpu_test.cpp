@@ -567,6 +567,37 @@ TEST(EngineParallelSampling, ChoicesShareOnePrefillAndKeepTheirTokens) {
   }
 }
 
+// The KV blocks of n = 4 against n = 1 at the shape "Automatic prefix caching" asks about (a
+// 1,024-token prompt and 64 output tokens, blocks of 16; here 960 + 64, the fixture's whole
+// context): the choices share the prompt's blocks but for the last, which each other choice
+// holds a copy of (it computes the prompt's last token again: those logits start its sampling),
+// so n = 4 holds 60 + 4 x 4 + 3 blocks at its peak against 64 (1.23x; the issue allows 1.3x).
+// Block counts are the engine's, not a backend's.
+TEST(EngineParallelSampling, FourChoicesHoldAtMostOnePointThreeTimesTheBlocksOfOne) {
+  std::vector<int32_t> prompt(960);
+  for (size_t i = 0; i < prompt.size(); ++i) prompt[i] = static_cast<int32_t>((i * 37 + 5) % 500);
+  SamplingParams sampled;
+  sampled.temperature = 1.0;
+  sampled.max_tokens = 64;
+  sampled.ignore_eos = true;
+  std::vector<SamplingParams> four(4, sampled);
+  for (size_t i = 0; i < four.size(); ++i) four[i].seed = static_cast<uint64_t>(21 + i);
+  EngineConfig c;
+  c.block_size = 16;
+  c.max_model_len = 1024;
+  c.num_kv_blocks = 400;
+  c.max_num_seqs = 8;
+  const GroupRun one = run_group(prompt, {four[0]}, c, true);
+  const GroupRun group = run_group(prompt, four, c, true);
+  std::printf("KV blocks at peak: n = 1 %d, n = 4 %d (%.2fx)\n", one.peak_blocks_used,
+              group.peak_blocks_used,
+              static_cast<double>(group.peak_blocks_used) / one.peak_blocks_used);
+  EXPECT_EQ(one.peak_blocks_used, 64);
+  EXPECT_EQ(group.peak_blocks_used, 60 + 4 * 4 + 3);
+  EXPECT_LE(group.peak_blocks_used * 10, one.peak_blocks_used * 13);
+  for (const Collected& choice : group.got) EXPECT_EQ(choice.tokens.size(), 64u);
+}
+
 TEST(EngineParallelSampling, LeaderEndingEarlyLeavesItsChoicesRight) {
   const Fixture& f = fixture("llama3-gqa");
   const std::vector<int32_t>& p = f.cases[2].prompt;
