@@ -39,10 +39,11 @@ __global__ void moe_route_kernel(const float* logits, int32_t num_tokens, int32_
     int best_e = num_experts;
     for (int e = lane, i = 0; e < num_experts; e += kWarp, ++i) {
       if (taken & (1u << i)) continue;
-      const float p = expf(row[e] - top) / sum;
-      // Ascending e: the first of equals stays; the first untaken one is taken even when p is
-      // not a number (a non-finite router row then shows in the weights, not as an expert id).
-      if (p > best || best_e == num_experts) best = p, best_e = e;
+      float p = expf(row[e] - top) / sum;
+      // A non-finite router row gives NaNs: below every probability but above "none", so every
+      // lane's and the warp's choice stays an expert id (the NaN row shows in the weights).
+      if (!(p >= 0.f)) p = -0.5f;
+      if (p > best) best = p, best_e = e;  // ascending e: the first of equals stays
     }
     for (int m = 16; m >= 1; m /= 2) {
       const float other = __shfl_xor_sync(0xffffffffu, best, m);
