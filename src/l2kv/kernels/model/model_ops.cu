@@ -8,6 +8,7 @@
 #include "l2kv/core/ceil_div.h"
 #include "l2kv/core/cuda_check.h"
 #include "l2kv/core/error.h"
+#include "l2kv/kernels/dtype_dispatch.cuh"
 #include "l2kv/kernels/fp8.cuh"
 #include "l2kv/kernels/grid_dependency.cuh"
 #include "l2kv/kernels/model/kv_scales.h"
@@ -436,20 +437,11 @@ __global__ void gather_rows_kernel(const uint16_t* in, const int32_t* rows, int3
     out[r * width + i] = in[static_cast<int64_t>(rows[r]) * width + i];
 }
 
-// Calls f with a null pointer of the element type of `dtype`.
-template <typename F>
-void with_type(DType dtype, F&& f) {
-  if (dtype == DType::kFloat16)
-    f(static_cast<__half*>(nullptr));
-  else
-    f(static_cast<__nv_bfloat16*>(nullptr));
-}
-
 }  // namespace
 
 void embed(DType dtype, const int32_t* tokens, int32_t num_tokens, const void* table,
            int32_t hidden, float* residual, cudaStream_t stream, float* sumsq) {
-  with_type(dtype, [&](auto* tag) {
+  with_16bit_type(dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     embed_kernel<T><<<num_tokens, kThreads, 0, stream>>>(tokens, static_cast<const T*>(table),
                                                          hidden, residual, sumsq);
@@ -468,7 +460,7 @@ void add_rmsnorm(DType dtype, float* residual, const void* add, const void* weig
       vectorized
           ? std::max(32, ((vecs + kNormVecsPerThread - 1) / kNormVecsPerThread + 31) / 32 * 32)
           : kThreads;
-  with_type(dtype, [&](auto* tag) {
+  with_16bit_type(dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     auto kernel = vectorized ? add_rmsnorm_kernel<T> : add_rmsnorm_strided_kernel<T>;
     cudaLaunchAttribute attribute;
@@ -491,7 +483,7 @@ void rope_and_cache(const void* qkv, const void* bias, const int32_t* positions,
   if (pair_rows && kv.head_dim % kPairedRowsTile != 0)
     throw Error("rope_and_cache: paired rows need a head_dim that is a multiple of " +
                 std::to_string(kPairedRowsTile) + ", got " + std::to_string(kv.head_dim));
-  with_type(kv.dtype, [&](auto* tag) {
+  with_16bit_type(kv.dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     auto kernel = kv.fp8() ? rope_and_cache_kernel<T, true> : rope_and_cache_kernel<T, false>;
     cudaLaunchAttribute attribute;
@@ -517,7 +509,7 @@ void calculate_kv_scales(const void* qkv, const void* bias, const int32_t* posit
     throw Error("calculate_kv_scales: paired rows need a head_dim that is a multiple of " +
                 std::to_string(kPairedRowsTile) + ", got " + std::to_string(kv.head_dim));
   L2KV_CUDA_CHECK(cudaMemsetAsync(scales, 0, 2 * sizeof(float), stream));
-  with_type(kv.dtype, [&](auto* tag) {
+  with_16bit_type(kv.dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     kv_amax_kernel<T><<<num_tokens, kThreads, 0, stream>>>(
         static_cast<const T*>(qkv), static_cast<const T*>(bias), positions, slots, inv_freq,
@@ -532,7 +524,7 @@ void silu_mul(DType dtype, const void* gate_up, int32_t num_tokens, int32_t inte
     throw Error(
         "silu_mul: an interleaved gate_up needs an intermediate size that is a multiple of 8");
   if (num_tokens <= 0) return;
-  with_type(dtype, [&](auto* tag) {
+  with_16bit_type(dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     const auto* in = static_cast<const T*>(gate_up);
     T* o = static_cast<T*>(out);

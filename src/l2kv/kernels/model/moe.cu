@@ -7,6 +7,7 @@
 #include "l2kv/core/ceil_div.h"
 #include "l2kv/core/cuda_check.h"
 #include "l2kv/core/error.h"
+#include "l2kv/kernels/dtype_dispatch.cuh"
 #include "l2kv/kernels/model/moe.h"
 #include "l2kv/kernels/tensor_core.cuh"
 
@@ -167,16 +168,6 @@ __global__ void __launch_bounds__(kGemvThreads)
   }
 }
 
-template <typename F>
-void with_16bit(DType dtype, F&& f) {
-  if (dtype == DType::kFloat16)
-    f(static_cast<__half*>(nullptr));
-  else if (dtype == DType::kBFloat16)
-    f(static_cast<__nv_bfloat16*>(nullptr));
-  else
-    throw Error("moe: activations must be bf16 or fp16");
-}
-
 }  // namespace
 
 void moe_route(const float* router_logits, int32_t num_tokens, int32_t num_experts, int32_t top_k,
@@ -210,7 +201,7 @@ void expert_gemv(DType dtype, const void* x, int32_t slots_per_row, const int32_
   if (in % 8 != 0 || in < 8 || out < 1 || slots_per_row < 1 || max_active < 1)
     throw Error("expert_gemv: in " + std::to_string(in) + " (a positive multiple of 8), out " +
                 std::to_string(out) + ", " + std::to_string(max_active) + " experts at most");
-  with_16bit(dtype, [&](auto* tag) {
+  with_16bit_type(dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     const dim3 grid(static_cast<unsigned>(ceil_div(out, kFeaturesPerBlock)),
                     static_cast<unsigned>(max_active));
