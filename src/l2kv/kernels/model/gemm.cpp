@@ -165,7 +165,10 @@ void Gemm::run(DType dtype, bool f32_out, const void* x, const void* w, void* y,
     gemv(dtype, x, w, y, f32_out, rows, in, out, stream, pdl_);
     return;
   }
-  const Plan& p = plan_for(dtype, f32_out, rows, in, out, x, w, y, stream);
+  matmul(plan_for(dtype, f32_out, rows, in, out, x, w, y, stream), x, w, y, stream);
+}
+
+void Gemm::matmul(const Plan& p, const void* x, const void* w, void* y, cudaStream_t stream) {
   const float alpha = 1.f, beta = 0.f;
   check(cublasLtMatmul(handle_, p.op, &alpha, w, p.a, x, p.b, &beta, y, p.c, y, p.c, &p.algo,
                        workspace_, kWorkspaceBytes, stream),
@@ -209,11 +212,7 @@ void Gemm::linear(DType dtype, const void* x, const void* w, void* y, int64_t ro
 
 void Gemm::linear_untimed(DType dtype, const void* x, const void* w, void* y, int64_t rows,
                           int64_t in, int64_t out, cudaStream_t stream) {
-  const Plan& p = plan_for(dtype, false, rows, in, out, x, w, y, stream, /*timed=*/false);
-  const float alpha = 1.f, beta = 0.f;
-  check(cublasLtMatmul(handle_, p.op, &alpha, w, p.a, x, p.b, &beta, y, p.c, y, p.c, &p.algo,
-                       workspace_, kWorkspaceBytes, stream),
-        "matmul");
+  matmul(plan_for(dtype, false, rows, in, out, x, w, y, stream, /*timed=*/false), x, w, y, stream);
 }
 
 void Gemm::linear_f32_out(DType dtype, const void* x, const void* w, float* y, int64_t rows,

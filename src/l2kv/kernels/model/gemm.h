@@ -100,6 +100,8 @@ class Gemm {
   cublasLtMatmulAlgo_t fastest(const Plan& p,
                                std::span<const cublasLtMatmulHeuristicResult_t> candidates,
                                const void* x, const void* w, void* y, cudaStream_t stream);
+  // y = x W^T with the plan's algorithm on `stream`.
+  void matmul(const Plan& p, const void* x, const void* w, void* y, cudaStream_t stream);
   static constexpr int kTuneCandidates = 32;
   static constexpr int kTuneReps = 3;
   void run(DType dtype, bool f32_out, const void* x, const void* w, void* y, int64_t rows,
