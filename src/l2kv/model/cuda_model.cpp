@@ -55,9 +55,11 @@ void check_head_dim(const ModelConfig& c) {
     throw Error("CUDA backend: head_dim must be 64 or 128, got " + std::to_string(c.head_dim));
 }
 
-// A mixture of experts within what the router and the expert GEMV take.
+// A mixture of experts within what the router and the expert GEMV take, in 16 bits.
 void check_moe(const ModelConfig& c) {
   if (c.num_experts == 0) return;
+  if (c.fp8_weights)
+    throw Error("CUDA backend: a mixture of experts with fp8 weights is not supported");
   if (c.num_experts > ops::kMoeMaxExperts || c.experts_per_token < 1 ||
       c.experts_per_token > c.num_experts || c.experts_per_token > ops::kMoeMaxTopK ||
       c.expert_intermediate_size % 8 != 0 || c.hidden_size % 8 != 0)
@@ -109,7 +111,7 @@ struct CudaModel::Weights {
 CudaModel::CudaModel(const std::filesystem::path& folder)
     : config_(ModelConfig::from_folder(folder)), weights_(std::make_unique<Weights>()) {
   const ModelConfig& c = config_;
-  check_moe(c);  // (fp8 MoE checkpoints are refused by ModelConfig already)
+  check_moe(c);
   if (c.gemma)
     throw Error("CUDA backend: " + c.architecture +
                 " (GeGLU, sandwich norms, sliding-window layers) runs on the CPU backend only so "
@@ -191,8 +193,6 @@ CudaModel::CudaModel(const ModelConfig& config, uint64_t seed)
   const ModelConfig& c = config_;
   check_head_dim(c);
   check_moe(c);
-  if (c.num_experts > 0 && c.fp8_weights)
-    throw Error("CUDA backend: a mixture of experts with fp8 weights is not supported");
   gate_up_interleaved_ = c.intermediate_size % 8 == 0;
   const int64_t q_dim = c.num_q_heads * c.head_dim, kv_dim = c.num_kv_heads * c.head_dim;
   auto random = [&](int64_t n, float scale) {
@@ -625,23 +625,21 @@ struct CudaModel::GraphOps {
                                     cudaMemcpyHostToDevice, stream));
     ops::gather_rows(ws().h.ptr, ws().moe_x_rows.ptr, slots, static_cast<int32_t>(H),
                      ws().moe_x.ptr, stream);
-    auto uint16_at = [](const DeviceArray<uint16_t>& a, int64_t offset) { return a.ptr + offset; };
     timed(Op::kGemm, [&] {
       for (int64_t e = 0; e < E; ++e)
         if (const int32_t rows = first[e + 1] - first[e]; rows > 0)
-          m->gemm_.linear_untimed(c().dtype, uint16_at(ws().moe_x, first[e] * H),
-                                  uint16_at(w(l).experts_gate_up, e * 2 * I * H),
-                                  uint16_at(ws().gate_up, first[e] * 2 * I), rows, H, 2 * I,
-                                  stream);
+          m->gemm_.linear_untimed(c().dtype, ws().moe_x.ptr + first[e] * H,
+                                  w(l).experts_gate_up.ptr + e * 2 * I * H,
+                                  ws().gate_up.ptr + first[e] * 2 * I, rows, H, 2 * I, stream);
     });
     ops::silu_mul(c().dtype, ws().gate_up.ptr, slots, static_cast<int32_t>(I), ws().act.ptr,
                   stream);
     timed(Op::kGemm, [&] {
       for (int64_t e = 0; e < E; ++e)
         if (const int32_t rows = first[e + 1] - first[e]; rows > 0)
-          m->gemm_.linear_untimed(c().dtype, uint16_at(ws().act, first[e] * I),
-                                  uint16_at(w(l).experts_down, e * H * I),
-                                  uint16_at(ws().moe_y, first[e] * H), rows, I, H, stream);
+          m->gemm_.linear_untimed(c().dtype, ws().act.ptr + first[e] * I,
+                                  w(l).experts_down.ptr + e * H * I, ws().moe_y.ptr + first[e] * H,
+                                  rows, I, H, stream);
     });
     pending_experts = {ws().moe_y.ptr, ws().moe_weights.ptr, K, ws().moe_slot_rows.ptr};
   }
