@@ -242,10 +242,11 @@ nlohmann::ordered_json run_steady_point(const std::shared_ptr<CudaModel>& model,
 // each (EOS ignored), at most `concurrency` in flight. Prompt i is drawn from seed
 // 1234 + first_prompt + i: callers number the prompts of all points in a row, so no point
 // finds an earlier point's prompts in the prefix cache (a 0 % hit rate, reported).
-nlohmann::ordered_json run_e2e_point(Engine& engine, CudaRunner& runner, const ModelConfig& c,
-                                     const CudaModel& model, const Variant& variant,
-                                     int32_t input_len, int32_t output_len, int32_t concurrency,
-                                     int32_t num_prompts, int64_t first_prompt, double ceiling) {
+nlohmann::ordered_json run_e2e_point(Engine& engine, CudaRunner& runner, const CudaModel& model,
+                                     const Variant& variant, int32_t input_len, int32_t output_len,
+                                     int32_t concurrency, int32_t num_prompts, int64_t first_prompt,
+                                     double ceiling) {
+  const ModelConfig& c = model.config();
   struct Tracked {
     int32_t length = 0;  // prompt + generated
     int32_t generated = 0;
@@ -394,7 +395,6 @@ int run_bench(const BenchOptions& o) {
   std::shared_ptr<CudaModel> model = loaded.cuda_model;
   // Owned by loaded.runner, then by the e2e engine: both outlive every use here.
   CudaRunner* runner = loaded.cuda_runner;
-  const ModelConfig& c = model->config();
   int device = 0;
   L2KV_CUDA_CHECK(cudaGetDevice(&device));
   const DeviceInfo info = query_device_info(device);
@@ -470,7 +470,7 @@ int run_bench(const BenchOptions& o) {
           }
           runner->set_decode_attention(v.kernel, v.policy);
           const int32_t prompts = o.num_prompts > 0 ? o.num_prompts : conc;
-          auto point = run_e2e_point(engine, *runner, c, *model, v, o.input_len, output_len, conc,
+          auto point = run_e2e_point(engine, *runner, *model, v, o.input_len, output_len, conc,
                                      prompts, prompts_sent, ceiling);
           prompts_sent += prompts;
           point["model"] = o.model.model;
