@@ -61,15 +61,15 @@ EngineConfig config_with(int32_t max_tokens, int32_t blocks, int32_t max_model_l
   return c;
 }
 
-// Runs `prompts` at once; returns each one's tokens.
+// Runs `prompts` at once, prompt i with params[i]; returns each one's tokens.
 std::vector<std::vector<int32_t>> generate(Engine& engine,
                                            const std::vector<std::vector<int32_t>>& prompts,
-                                           const SamplingParams& params) {
+                                           const std::vector<SamplingParams>& params) {
   std::vector<std::vector<int32_t>> out(prompts.size());
   for (size_t i = 0; i < prompts.size(); ++i) {
     GenerationRequest r;
     r.prompt = prompts[i];
-    r.params = params;
+    r.params = params[i];
     auto* into = &out[i];
     r.on_output = [into](const RequestOutput& o) {
       into->insert(into->end(), o.new_tokens.begin(), o.new_tokens.end());
@@ -81,6 +81,13 @@ std::vector<std::vector<int32_t>> generate(Engine& engine,
   const EngineStats s = engine.stats();
   EXPECT_EQ(s.kv_blocks_free, s.kv_blocks_total) << "KV blocks leaked";
   return out;
+}
+
+// The same with one SamplingParams for every prompt.
+std::vector<std::vector<int32_t>> generate(Engine& engine,
+                                           const std::vector<std::vector<int32_t>>& prompts,
+                                           const SamplingParams& params) {
+  return generate(engine, prompts, std::vector<SamplingParams>(prompts.size(), params));
 }
 
 SamplingParams greedy(int32_t tokens) {
@@ -340,27 +347,13 @@ TEST(CudaEngineSingle, MinTokensHoldsBackStopTokensOfItsOwnRow) {
   plain.stop_token_ids = {stop};
   SamplingParams held = plain;
   held.min_tokens = at + 2;
-  std::vector<std::vector<int32_t>> outputs(2);
-  for (int i = 0; i < 2; ++i) {
-    GenerationRequest r;
-    r.prompt = prompt;
-    r.params = i == 0 ? held : plain;
-    auto* into = &outputs[i];
-    r.on_output = [into](const RequestOutput& o) {
-      into->insert(into->end(), o.new_tokens.begin(), o.new_tokens.end());
-      EXPECT_NE(o.finish_reason, FinishReason::kError) << o.error;
-    };
-    engine->add_request(std::move(r));
-  }
-  engine->run_until_idle();
+  const auto outputs = generate(*engine, {prompt, prompt}, {held, plain});
   EXPECT_EQ(outputs[1], std::vector<int32_t>(reference.begin(), reference.begin() + at + 1));
   ASSERT_GE(outputs[0].size(), static_cast<size_t>(held.min_tokens));
   EXPECT_EQ(std::vector<int32_t>(outputs[0].begin(), outputs[0].begin() + at),
             std::vector<int32_t>(reference.begin(), reference.begin() + at));
   for (int i = 0; i < held.min_tokens; ++i)
     EXPECT_NE(outputs[0][i], stop) << "the stop token at " << i << ", before min_tokens";
-  const EngineStats s = engine->stats();
-  EXPECT_EQ(s.kv_blocks_free, s.kv_blocks_total) << "KV blocks leaked";
 }
 
 // Structured outputs on the GPU path: constrained rows (their masks applied to the logits by

@@ -51,6 +51,17 @@ double relative_l2(const float* a, const float* b, size_t n, double* max_abs) {
   return std::sqrt(d2 / r2);
 }
 
+float round_to_bf16(float x) {
+  return dtype_bits_to_float(DType::kBFloat16, float_to_dtype_bits(DType::kBFloat16, x));
+}
+
+// Every weight of a tiny checkpoint rounded to bf16, so that the CPU backend (float32) and the
+// CUDA backend (bf16) compute with the same weights.
+void round_to_bf16(testing::TinyQwen3& m) {
+  for (auto& entry : m.tensors)
+    for (float& x : entry.second.values) x = round_to_bf16(x);
+}
+
 int32_t argmax(const float* row, int64_t n) {
   return static_cast<int32_t>(std::max_element(row, row + n) - row);
 }
@@ -363,9 +374,7 @@ TEST(CudaModel, Qwen3QkNormMatchesTheCpuModel) {
   testing::TinyQwen3 m = testing::tiny_qwen3(11, /*hidden=*/128, /*heads=*/4, /*kv_heads=*/2,
                                              /*head_dim=*/64, /*layers=*/2, /*vocab=*/256,
                                              /*inter=*/256);
-  for (auto& entry : m.tensors)
-    for (float& x : entry.second.values)
-      x = dtype_bits_to_float(DType::kBFloat16, float_to_dtype_bits(DType::kBFloat16, x));
+  round_to_bf16(m);
   const fs::path dir = fs::temp_directory_path() / ("l2kv_tiny_qwen3_" + std::to_string(getpid()));
   testing::write_tiny_checkpoint(dir, m.config, m.tensors);
   const CpuModel cpu(dir);
@@ -408,9 +417,7 @@ TEST(CudaModel, MixtureOfExpertsMatchesTheCpuModel) {
         testing::tiny_qwen3(21, /*hidden=*/128, /*heads=*/4, /*kv_heads=*/2, /*head_dim=*/64,
                             /*layers=*/2, /*vocab=*/256, /*inter=*/256),
         22, /*experts=*/8, /*top_k=*/2, /*expert_inter=*/64, normalize);
-    for (auto& entry : m.tensors)
-      for (float& x : entry.second.values)
-        x = dtype_bits_to_float(DType::kBFloat16, float_to_dtype_bits(DType::kBFloat16, x));
+    round_to_bf16(m);
     for (const bool mixtral : {false, true}) {
       if (mixtral && !normalize) continue;  // Mixtral always renormalizes
       testing::TinyQwen3 model = mixtral ? testing::as_mixtral(m) : m;
@@ -420,9 +427,7 @@ TEST(CudaModel, MixtureOfExpertsMatchesTheCpuModel) {
       if (mixtral)
         for (auto& [name, tensor] : model.tensors)
           if (name.find("q_proj") != std::string::npos || name.find("k_proj") != std::string::npos)
-            for (float& x : tensor.values)
-              x = dtype_bits_to_float(DType::kBFloat16,
-                                      float_to_dtype_bits(DType::kBFloat16, 0.25f * x));
+            for (float& x : tensor.values) x = round_to_bf16(0.25f * x);
       testing::write_tiny_checkpoint(dir, model.config, model.tensors);
       const std::vector<float> want = CpuModel(dir).forward(tokens);
       auto state = load(dir, 64, 16, /*max_logit_rows=*/64);
@@ -489,9 +494,7 @@ TEST(CudaModel, MixtureOfExpertsMatchesTheCpuModel) {
         testing::tiny_qwen3(23, /*hidden=*/128, /*heads=*/4, /*kv_heads=*/2, /*head_dim=*/64,
                             /*layers=*/2, /*vocab=*/256, /*inter=*/256),
         24, /*experts=*/32, /*top_k=*/2, /*expert_inter=*/64, true);
-    for (auto& entry : m.tensors)
-      for (float& x : entry.second.values)
-        x = dtype_bits_to_float(DType::kBFloat16, float_to_dtype_bits(DType::kBFloat16, x));
+    round_to_bf16(m);
     testing::write_tiny_checkpoint(dir, m.config, m.tensors);
     std::vector<int32_t> repeated(24, 7);
     repeated.insert(repeated.end(), tokens.begin(), tokens.begin() + 24);
