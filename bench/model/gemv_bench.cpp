@@ -48,6 +48,7 @@ struct Options {
   std::string l2 = "cold";
   std::string w_hint = "evict_first";
   int splits = 0;  // the weight-streaming kernel's blocks per tile; 0: its own choice
+  std::string gemm_tuning = "heuristic";  // cuBLASLt's choice: heuristic | wide
   int reps = 50;
   bool graph = true;
   std::string json_path;
@@ -324,9 +325,10 @@ int run(const Options& opt) {
               std::string(dtype_name(dtype)).c_str(), opt.graph ? "graph" : "eager", opt.l2.c_str(),
               opt.reps);
   std::printf(
-      "streaming-read ceiling: %.0f GB/s; weight-streaming kernel's W L2 hint: %s, splits: %s\n\n",
+      "streaming-read ceiling: %.0f GB/s; weight-streaming kernel's W L2 hint: %s, splits: %s; "
+      "cuBLASLt tuning: %s\n\n",
       ceiling, opt.w_hint.c_str(),
-      opt.splits == 0 ? "per shape" : std::to_string(opt.splits).c_str());
+      opt.splits == 0 ? "per shape" : std::to_string(opt.splits).c_str(), opt.gemm_tuning.c_str());
   std::printf("%-11s %-8s %6s %7s %4s | %8s %6s | %8s %6s | %8s %6s | %8s %6s | %7s %8s %6s\n",
               "model", "proj", "in", "out", "rows", "cuBLAS", "%ceil", "stream", "%ceil",
               "mma GEMV", "%ceil", "fused", "%ceil", "vs cuBL", "rel.diff", "splits");
@@ -339,6 +341,7 @@ int run(const Options& opt) {
   };
   Gemm gemm;
   gemm.set_gemv_max_rows(0);  // cuBLASLt only; the other kernels are called directly
+  gemm.set_tuning(opt.gemm_tuning == "wide" ? Gemm::Tuning::kWide : Gemm::Tuning::kHeuristic);
   WeightStreamGemm streamer;
   streamer.set_weight_l2_hint(opt.w_hint == "normal"       ? L2EvictionHint::kNormal
                               : opt.w_hint == "evict_last" ? L2EvictionHint::kEvictLast
@@ -501,6 +504,7 @@ int run(const Options& opt) {
                                 {"l2", opt.l2},
                                 {"weight_l2_hint", opt.w_hint},
                                 {"reps", opt.reps},
+                                {"gemm_tuning", opt.gemm_tuning},
                                 {"read_ceiling_gbps", ceiling},
                                 {"results", results},
                                 {"steps", steps}};
@@ -535,6 +539,11 @@ int main(int argc, char** argv) {
   app.add_option("--splits", opt.splits,
                  "Blocks per tile of the weight-streaming kernel (0: chosen per shape)")
       ->check(CLI::Range(0, l2kv::WeightStreamGemm::kMaxSplits))
+      ->capture_default_str();
+  app.add_option("--gemm-tuning", opt.gemm_tuning,
+                 "cuBLASLt's algorithm choice: heuristic (its 32 suggestions timed) or wide "
+                 "(Gemm::Tuning::kWide)")
+      ->check(CLI::IsMember({"heuristic", "wide"}))
       ->capture_default_str();
   app.add_option("--reps", opt.reps, "Timed calls per point (median reported)")
       ->check(CLI::Range(1, 10000))

@@ -67,6 +67,13 @@ void add_model_options(CLI::App& app, ModelOptions& o) {
                  "backend runs one GPU so far and refuses more than 1")
       ->check(CLI::Range(1, 64))
       ->capture_default_str();
+  app.add_option("--gemm-tuning", o.gemm_tuning,
+                 "On CUDA, how the cuBLASLt projections of decode steps (17-256 rows) pick their "
+                 "algorithm when first used: heuristic (time cuBLASLt's 32 suggestions) or wide "
+                 "(also each algorithm's own suggestions with other split-K and cluster settings: "
+                 "some hundreds per shape, a slower start)")
+      ->check(CLI::IsMember({"heuristic", "wide"}))
+      ->capture_default_str();
   app.add_flag("--enforce-eager", o.enforce_eager,
                "Run decode steps kernel by kernel instead of replaying CUDA graphs");
 }
@@ -167,6 +174,8 @@ LoadedModel load_model(const ModelOptions& o) {
           o.synthetic_seed);
     else
       loaded.cuda_model = std::make_shared<CudaModel>(fs::path(o.model));
+    loaded.cuda_model->set_gemm_tuning(o.gemm_tuning == "wide" ? Gemm::Tuning::kWide
+                                                               : Gemm::Tuning::kHeuristic);
     CudaRunnerOptions options;
     options.attention = parse_decode_kernel(o.attention);
     options.kv_prefetch = parse_prefetch_policy(o.kv_prefetch);
@@ -187,7 +196,8 @@ LoadedModel load_model(const ModelOptions& o) {
                          (options.kv_storage == KvStorage::kFp8E4M3 && !o.calculate_kv_scales
                               ? " without calculated scales"
                               : "") +
-                         layer + (o.enforce_eager ? ", eager" : ", CUDA graphs") + ")";
+                         layer + (o.enforce_eager ? ", eager" : ", CUDA graphs") +
+                         (o.gemm_tuning == "wide" ? ", wide GEMM tuning" : "") + ")";
     loaded.cuda_runner = runner.get();
     loaded.runner = std::move(runner);
   }

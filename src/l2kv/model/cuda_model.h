@@ -101,6 +101,10 @@ class CudaModel {
   // True when some layer's checkpoint has no self_attn.k_scale/v_scale.
   bool missing_checkpoint_kv_scales() const;
 
+  // How the cuBLASLt projections of decode steps choose their algorithm (Gemm::set_tuning);
+  // set before the first forward.
+  void set_gemm_tuning(Gemm::Tuning tuning) { gemm_.set_tuning(tuning); }
+
   // Activations for forward passes of up to `rows` query rows and `logit_rows` rows of logits.
   std::unique_ptr<CudaActivations> allocate_activations(int32_t rows, int32_t logit_rows) const;
 

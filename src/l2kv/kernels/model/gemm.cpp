@@ -1,6 +1,10 @@
 #include "l2kv/kernels/model/gemm.h"
 
+#include <algorithm>
+#include <cstring>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "l2kv/core/cuda_check.h"
 #include "l2kv/core/error.h"
@@ -18,6 +22,10 @@ void check(cublasStatus_t s, const char* what) {
 
 cudaDataType_t cuda_type(DType t) {
   return t == DType::kFloat16 ? CUDA_R_16F : CUDA_R_16BF;
+}
+
+bool same_algo(const cublasLtMatmulAlgo_t& a, const cublasLtMatmulAlgo_t& b) {
+  return std::memcmp(a.data, b.data, sizeof a.data) == 0;
 }
 
 }  // namespace
@@ -73,9 +81,103 @@ const Gemm::Plan& Gemm::plan_for(DType dtype, bool f32_out, int64_t rows, int64_
   p.algo = results[0].algo;
   cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
   L2KV_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
-  if (timed && rows <= tune_max_rows_ && found > 1 && capture == cudaStreamCaptureStatusNone)
-    p.algo = fastest(p, std::span(results, static_cast<size_t>(found)), x, w, y, stream);
+  if (timed && rows <= tune_max_rows_ && capture == cudaStreamCaptureStatusNone) {
+    std::vector<cublasLtMatmulAlgo_t> candidates;
+    for (int i = 0; i < found; ++i)
+      if (results[i].state == CUBLAS_STATUS_SUCCESS) candidates.push_back(results[i].algo);
+    if (tuning_ == Tuning::kWide) {
+      for (const cublasLtMatmulAlgo_t& a : wide_candidates(p, t, f32_out ? CUDA_R_32F : t))
+        if (std::none_of(candidates.begin(), candidates.end(),
+                         [&](const cublasLtMatmulAlgo_t& b) { return same_algo(a, b); }))
+          candidates.push_back(a);
+    }
+    if (candidates.size() > 1) p.algo = fastest(p, candidates, x, w, y, stream);
+  }
   return plans_.emplace(key, p).first->second;
+}
+
+std::vector<cublasLtMatmulAlgo_t> Gemm::wide_candidates(const Plan& p, cudaDataType_t operands,
+                                                        cudaDataType_t output) {
+  constexpr int kMaxIds = 128, kPerId = 8;
+  int ids[kMaxIds] = {};
+  int num_ids = 0;
+  check(cublasLtMatmulAlgoGetIds(handle_, CUBLAS_COMPUTE_32F, CUDA_R_32F, operands, operands,
+                                 output, output, kMaxIds, ids, &num_ids),
+        "algorithm ids");
+  cublasLtMatmulPreference_t pref = nullptr;
+  check(cublasLtMatmulPreferenceCreate(&pref), "preference");
+  const uint32_t mode = CUBLASLT_SEARCH_LIMITED_BY_ALGO_ID;
+  const size_t workspace = kWorkspaceBytes;
+  check(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_SEARCH_MODE, &mode,
+                                             sizeof mode),
+        "preference search mode");
+  check(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                             &workspace, sizeof workspace),
+        "preference workspace");
+  std::vector<cublasLtMatmulAlgo_t> out;
+  auto add_if_valid = [&](const cublasLtMatmulAlgo_t& a) {
+    cublasLtMatmulHeuristicResult_t checked = {};
+    if (cublasLtMatmulAlgoCheck(handle_, p.op, p.a, p.b, p.c, p.c, &a, &checked) !=
+            CUBLAS_STATUS_SUCCESS ||
+        checked.workspaceSize > kWorkspaceBytes)
+      return;
+    if (std::none_of(out.begin(), out.end(),
+                     [&](const cublasLtMatmulAlgo_t& b) { return same_algo(a, b); }))
+      out.push_back(a);
+  };
+  // Split-K spreads the few output tiles of a decode-sized product over more SMs; clusters
+  // change how tiles share their operand loads.
+  constexpr uint32_t kSplits[] = {1, 2, 3, 4, 6, 8};
+  constexpr uint16_t kClusters[] = {CUBLASLT_CLUSTER_SHAPE_AUTO, CUBLASLT_CLUSTER_SHAPE_1x1x1,
+                                    CUBLASLT_CLUSTER_SHAPE_2x1x1};
+  for (int i = 0; i < num_ids; ++i) {
+    cublasLtMatmulHeuristicResult_t results[kPerId] = {};
+    bool initialized = true;
+    for (auto& r : results)
+      initialized = initialized && cublasLtMatmulAlgoInit(handle_, CUBLAS_COMPUTE_32F, CUDA_R_32F,
+                                                          operands, operands, output, output,
+                                                          ids[i], &r.algo) == CUBLAS_STATUS_SUCCESS;
+    int found = 0;
+    if (!initialized ||
+        cublasLtMatmulAlgoGetHeuristic(handle_, p.op, p.a, p.b, p.c, p.c, pref, kPerId, results,
+                                       &found) != CUBLAS_STATUS_SUCCESS)
+      continue;
+    for (int j = 0; j < found; ++j) {
+      if (results[j].state != CUBLAS_STATUS_SUCCESS) continue;
+      const cublasLtMatmulAlgo_t base = results[j].algo;
+      add_if_valid(base);
+      int32_t splitk_support = 0;
+      uint32_t reductions = 0;
+      size_t written = 0;
+      cublasLtMatmulAlgoCapGetAttribute(&base, CUBLASLT_ALGO_CAP_SPLITK_SUPPORT, &splitk_support,
+                                        sizeof splitk_support, &written);
+      cublasLtMatmulAlgoCapGetAttribute(&base, CUBLASLT_ALGO_CAP_REDUCTION_SCHEME_MASK, &reductions,
+                                        sizeof reductions, &written);
+      const uint32_t reduction = (reductions & CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE)
+                                     ? CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE
+                                     : CUBLASLT_REDUCTION_SCHEME_INPLACE;
+      for (const uint32_t splits : kSplits) {
+        if (splits > 1 && !splitk_support) break;
+        for (const uint16_t cluster : kClusters) {
+          cublasLtMatmulAlgo_t a = base;
+          const uint32_t scheme =
+              splits > 1 ? reduction : static_cast<uint32_t>(CUBLASLT_REDUCTION_SCHEME_NONE);
+          if (cublasLtMatmulAlgoConfigSetAttribute(&a, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, &splits,
+                                                   sizeof splits) != CUBLAS_STATUS_SUCCESS ||
+              cublasLtMatmulAlgoConfigSetAttribute(&a, CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME,
+                                                   &scheme,
+                                                   sizeof scheme) != CUBLAS_STATUS_SUCCESS ||
+              cublasLtMatmulAlgoConfigSetAttribute(&a, CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID,
+                                                   &cluster,
+                                                   sizeof cluster) != CUBLAS_STATUS_SUCCESS)
+            continue;
+          add_if_valid(a);
+        }
+      }
+    }
+  }
+  cublasLtMatmulPreferenceDestroy(pref);
+  return out;
 }
 
 // Decode-sized products are bandwidth-bound, and cuBLASLt's first choice is not always the
@@ -83,8 +185,7 @@ const Gemm::Plan& Gemm::plan_for(DType dtype, bool f32_out, int64_t rows, int64_
 // 0.64 of the read ceiling on an H200): time each candidate on the real operands, the L2
 // flushed before each call (the weights of a decode step never sit in L2), and keep the
 // fastest. Runs once per shape, outside graph capture, before the first use.
-cublasLtMatmulAlgo_t Gemm::fastest(const Plan& p,
-                                   std::span<const cublasLtMatmulHeuristicResult_t> candidates,
+cublasLtMatmulAlgo_t Gemm::fastest(const Plan& p, std::span<const cublasLtMatmulAlgo_t> candidates,
                                    const void* x, const void* w, void* y, cudaStream_t stream) {
   int l2_bytes = 0, device = 0;
   L2KV_CUDA_CHECK(cudaGetDevice(&device));
@@ -93,23 +194,21 @@ cublasLtMatmulAlgo_t Gemm::fastest(const Plan& p,
   void* flush = nullptr;
   if (cudaMalloc(&flush, flush_bytes) != cudaSuccess) {
     (void)cudaGetLastError();  // no room to tune: keep the heuristic's choice
-    return candidates[0].algo;
+    return candidates[0];
   }
   cudaEvent_t start = nullptr, stop = nullptr;
   L2KV_CUDA_CHECK(cudaEventCreate(&start));
   L2KV_CUDA_CHECK(cudaEventCreate(&stop));
   const float alpha = 1.f, beta = 0.f;
-  float best_ms = 0.f;
-  cublasLtMatmulAlgo_t best = candidates[0].algo;
-  for (size_t i = 0; i < candidates.size(); ++i) {
-    if (candidates[i].state != CUBLAS_STATUS_SUCCESS) continue;
+  // The fastest of `reps` cold calls of one candidate; negative when it cannot run here.
+  auto time_ms = [&](const cublasLtMatmulAlgo_t& algo, int reps) {
     auto matmul = [&] {
-      return cublasLtMatmul(handle_, p.op, &alpha, w, p.a, x, p.b, &beta, y, p.c, y, p.c,
-                            &candidates[i].algo, workspace_, kWorkspaceBytes, stream);
+      return cublasLtMatmul(handle_, p.op, &alpha, w, p.a, x, p.b, &beta, y, p.c, y, p.c, &algo,
+                            workspace_, kWorkspaceBytes, stream);
     };
-    if (matmul() != CUBLAS_STATUS_SUCCESS) continue;  // a candidate that cannot run here
+    if (matmul() != CUBLAS_STATUS_SUCCESS) return -1.f;
     float fastest_ms = -1.f;
-    for (int rep = 0; rep < kTuneReps; ++rep) {
+    for (int rep = 0; rep < reps; ++rep) {
       L2KV_CUDA_CHECK(cudaMemsetAsync(flush, rep, flush_bytes, stream));
       L2KV_CUDA_CHECK(cudaEventRecord(start, stream));
       check(matmul(), "matmul (tuning)");
@@ -119,8 +218,24 @@ cublasLtMatmulAlgo_t Gemm::fastest(const Plan& p,
       L2KV_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
       if (fastest_ms < 0 || ms < fastest_ms) fastest_ms = ms;
     }
-    if (i == 0 || fastest_ms < best_ms) best_ms = fastest_ms, best = candidates[i].algo;
+    return fastest_ms;
+  };
+  // More candidates than the heuristic gives (Tuning::kWide): one call each picks the
+  // finalists, which are then timed as the heuristic's candidates are.
+  std::vector<std::pair<float, size_t>> finalists;
+  const bool many = candidates.size() > static_cast<size_t>(kTuneCandidates);
+  for (size_t i = 0; i < candidates.size(); ++i) {
+    const float ms = time_ms(candidates[i], many ? 1 : kTuneReps);
+    if (ms >= 0) finalists.emplace_back(ms, i);
   }
+  std::sort(finalists.begin(), finalists.end());
+  if (many) {
+    finalists.resize(std::min(finalists.size(), static_cast<size_t>(kTuneFinalists)));
+    for (auto& [ms, i] : finalists) ms = time_ms(candidates[i], kTuneReps);
+    std::sort(finalists.begin(), finalists.end());
+  }
+  const cublasLtMatmulAlgo_t best =
+      finalists.empty() ? candidates[0] : candidates[finalists[0].second];
   cudaEventDestroy(start);
   cudaEventDestroy(stop);
   L2KV_CUDA_CHECK(cudaFree(flush));

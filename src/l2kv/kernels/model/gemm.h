@@ -14,6 +14,7 @@
 #include <memory>
 #include <span>
 #include <tuple>
+#include <vector>
 
 #include "l2kv/core/dtype.h"
 #include "l2kv/kernels/model/gemv.h"
@@ -81,6 +82,12 @@ class Gemm {
   // never times. Graph capture never times: call each shape once before capturing it.
   static constexpr int64_t kDefaultTuneMaxRows = 256;
   void set_tune_max_rows(int64_t rows) { tune_max_rows_ = rows; }
+  // Which cuBLASLt algorithms a timed shape tries: kHeuristic, the heuristic's first
+  // kTuneCandidates; kWide, those plus each algorithm's own suggestions (cuBLASLt's search
+  // limited by algorithm id) with other split-K and cluster settings, some hundreds per shape
+  // (tens of milliseconds each on an H200; bench/NOTES.md has what it buys).
+  enum class Tuning { kHeuristic, kWide };
+  void set_tuning(Tuning tuning) { tuning_ = tuning; }
 
   // GEMV and weight-streaming launches use programmatic dependent launch (see gemv());
   // cuBLASLt launches do not.
@@ -97,13 +104,18 @@ class Gemm {
   const Plan& plan_for(DType dtype, bool f32_out, int64_t rows, int64_t in, int64_t out,
                        const void* x, const void* w, void* y, cudaStream_t stream,
                        bool timed = true);
-  cublasLtMatmulAlgo_t fastest(const Plan& p,
-                               std::span<const cublasLtMatmulHeuristicResult_t> candidates,
+  cublasLtMatmulAlgo_t fastest(const Plan& p, std::span<const cublasLtMatmulAlgo_t> candidates,
                                const void* x, const void* w, void* y, cudaStream_t stream);
+  // Tuning::kWide's extra candidates for the plan's shape: each algorithm id's suggestions and
+  // their split-K / cluster variants that cublasLtMatmulAlgoCheck accepts.
+  std::vector<cublasLtMatmulAlgo_t> wide_candidates(const Plan& p, cudaDataType_t operands,
+                                                    cudaDataType_t output);
   // y = x W^T with the plan's algorithm on `stream`.
   void matmul(const Plan& p, const void* x, const void* w, void* y, cudaStream_t stream);
   static constexpr int kTuneCandidates = 32;
   static constexpr int kTuneReps = 3;
+  // With more than kTuneCandidates candidates, each is timed once and this many again.
+  static constexpr int kTuneFinalists = 8;
   void run(DType dtype, bool f32_out, const void* x, const void* w, void* y, int64_t rows,
            int64_t in, int64_t out, cudaStream_t stream);
 
@@ -115,6 +127,7 @@ class Gemm {
   int stream_max_rows_ = 0;
   int64_t tune_max_rows_ = kDefaultTuneMaxRows;
   bool pdl_ = false;
+  Tuning tuning_ = Tuning::kHeuristic;
 };
 
 }  // namespace l2kv
