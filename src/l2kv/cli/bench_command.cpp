@@ -23,6 +23,9 @@
 #include "l2kv/kernels/random_fill.h"
 #include "l2kv/profiling/kernel_trace.h"
 #include "l2kv/profiling/step_profile.h"
+#include "l2kv/structured/grammar_matcher.h"
+#include "l2kv/structured/regex_grammar.h"
+#include "l2kv/structured/tokenizer_vocabulary.h"
 
 namespace l2kv::cli {
 namespace {
@@ -45,6 +48,9 @@ struct BenchOptions {
   bool profile = false;
   std::string json_path, markdown_path;
   double time_budget_s = 0;
+  // When set, every e2e point runs twice in a row: free, then each output constrained by this
+  // regex (the grammar masks' cost on the decode step).
+  std::string structured_regex;
   std::string command_line;
 };
 
@@ -245,7 +251,8 @@ nlohmann::ordered_json run_steady_point(const std::shared_ptr<CudaModel>& model,
 nlohmann::ordered_json run_e2e_point(Engine& engine, CudaRunner& runner, const CudaModel& model,
                                      const Variant& variant, int32_t input_len, int32_t output_len,
                                      int32_t concurrency, int32_t num_prompts, int64_t first_prompt,
-                                     double ceiling) {
+                                     double ceiling,
+                                     std::shared_ptr<const structured::CompiledGrammar> grammar) {
   const ModelConfig& c = model.config();
   struct Tracked {
     int32_t length = 0;  // prompt + generated
@@ -263,9 +270,12 @@ nlohmann::ordered_json run_e2e_point(Engine& engine, CudaRunner& runner, const C
     r.prompt.resize(static_cast<size_t>(input_len));
     for (auto& t : r.prompt) t = static_cast<int32_t>(rng() % (c.vocab_size - 200)) + 100;
     r.params.temperature = 0.f;
-    r.params.ignore_eos = true;
+    // Free outputs run to output_len; constrained ones (which refuse ignore_eos and min_tokens)
+    // stop early only if greedy decoding picks EOS among the tokens the grammar allows.
+    r.params.ignore_eos = grammar == nullptr;
     r.params.max_tokens = output_len;
-    r.params.min_tokens = output_len;
+    r.params.min_tokens = grammar ? 0 : output_len;
+    r.grammar = grammar;
     Tracked* t = &tracked[static_cast<size_t>(submitted)];
     t->length = input_len;
     t->submitted_s = seconds_since(start);
@@ -353,6 +363,7 @@ nlohmann::ordered_json run_e2e_point(Engine& engine, CudaRunner& runner, const C
           {"input_len", input_len},
           {"output_len", output_len},
           {"num_prompts", num_prompts},
+          {"constrained", grammar != nullptr},
           {"output_tokens", tokens},
           {"seconds", wall},
           {"output_tokens_per_s", tokens / wall},
@@ -457,7 +468,21 @@ int run_bench(const BenchOptions& o) {
     config.max_num_seqs = *std::max_element(o.concurrency.begin(), o.concurrency.end());
     config.max_model_len =
         o.input_len + *std::max_element(o.output_lens.begin(), o.output_lens.end());
-    Engine engine(std::move(loaded.runner), nullptr, config);
+    // The tokenizer (detokenized outputs) only where a grammar needs it, so free runs compare
+    // with earlier ones.
+    const bool with_text = !o.structured_regex.empty() && loaded.tokenizer;
+    Engine engine(std::move(loaded.runner), with_text ? &*loaded.tokenizer : nullptr, config);
+    std::shared_ptr<const structured::CompiledGrammar> regex;
+    if (!o.structured_regex.empty()) {
+      if (!loaded.tokenizer)
+        throw Error(
+            "--structured-regex needs a tokenizer (--tokenizer, or a model folder with "
+            "tokenizer.json)");
+      regex = std::make_shared<const structured::CompiledGrammar>(
+          structured::regex_grammar(o.structured_regex),
+          std::make_shared<const structured::TokenVocabulary>(structured::tokenizer_vocabulary(
+              *loaded.tokenizer, model->config().vocab_size, engine.eos_token_ids())));
+    }
     std::fprintf(stderr, "l2kv bench: KV cache of %d blocks of %d tokens\n",
                  engine.stats().kv_blocks_total, config.block_size);
     int64_t prompts_sent = 0;
@@ -470,33 +495,40 @@ int run_bench(const BenchOptions& o) {
           }
           runner->set_decode_attention(v.kernel, v.policy);
           const int32_t prompts = o.num_prompts > 0 ? o.num_prompts : conc;
-          auto point = run_e2e_point(engine, *runner, *model, v, o.input_len, output_len, conc,
-                                     prompts, prompts_sent, ceiling);
-          prompts_sent += prompts;
-          point["model"] = o.model.model;
-          std::printf(
-              "e2e     %-14s conc=%-4d out=%-5d %9.1f tok/s  TTFT %8.1f ms (median)  TPOT %7.2f ms"
-              "  prefill %6.2f s  decode %7.2f s  MBU %.3f  (max running %d)\n",
-              v.name.c_str(), conc, output_len, point["output_tokens_per_s"].get<double>(),
-              point["ttft_median_ms"].get<double>(), point["tpot_ms"].get<double>(),
-              point["prefill_s"].get<double>(), point["decode_s"].get<double>(),
-              point["mbu"].get<double>(), point["max_concurrency_reached"].get<int>());
-          const auto& prof = point["step_profile_ms"];
-          std::printf(
-              "        per step: host prepare %.3f ms, GPU forward %.3f ms, GPU sampling "
-              "%.3f ms, execute %.3f ms, engine outside execute %.3f ms\n",
-              prof["host_prepare"].get<double>(), prof["gpu_forward"].get<double>(),
-              prof["gpu_sample"].get<double>(), prof["execute"].get<double>(),
-              prof["engine_outside_execute"].get<double>());
-          const auto queries = point["prefix_cache_queries"].get<int64_t>();
-          std::printf("        prefix cache %s: %lld of %lld prompt tokens hit (%.1f %%)\n",
-                      config.enable_prefix_caching ? "on" : "off",
-                      static_cast<long long>(point["prefix_cache_hits"].get<int64_t>()),
-                      static_cast<long long>(queries),
-                      queries ? 100.0 * point["prefix_cache_hits"].get<double>() / queries : 0.0);
-          std::fflush(stdout);
-          report["points"].push_back(point);
-          save();
+          for (const bool constrained : {false, true}) {
+            if (constrained && !regex) break;
+            auto point =
+                run_e2e_point(engine, *runner, *model, v, o.input_len, output_len, conc, prompts,
+                              prompts_sent, ceiling, constrained ? regex : nullptr);
+            prompts_sent += prompts;
+            point["model"] = o.model.model;
+            if (constrained) point["structured_regex"] = o.structured_regex;
+            std::printf(
+                "e2e     %-14s conc=%-4d out=%-5d %9.1f tok/s  TTFT %8.1f ms (median)  TPOT %7.2f "
+                "ms"
+                "  prefill %6.2f s  decode %7.2f s  MBU %.3f  (max running %d)\n",
+                (v.name + (constrained ? " regex" : "")).c_str(), conc, output_len,
+                point["output_tokens_per_s"].get<double>(), point["ttft_median_ms"].get<double>(),
+                point["tpot_ms"].get<double>(), point["prefill_s"].get<double>(),
+                point["decode_s"].get<double>(), point["mbu"].get<double>(),
+                point["max_concurrency_reached"].get<int>());
+            const auto& prof = point["step_profile_ms"];
+            std::printf(
+                "        per step: host prepare %.3f ms, GPU forward %.3f ms, GPU sampling "
+                "%.3f ms, execute %.3f ms, engine outside execute %.3f ms\n",
+                prof["host_prepare"].get<double>(), prof["gpu_forward"].get<double>(),
+                prof["gpu_sample"].get<double>(), prof["execute"].get<double>(),
+                prof["engine_outside_execute"].get<double>());
+            const auto queries = point["prefix_cache_queries"].get<int64_t>();
+            std::printf("        prefix cache %s: %lld of %lld prompt tokens hit (%.1f %%)\n",
+                        config.enable_prefix_caching ? "on" : "off",
+                        static_cast<long long>(point["prefix_cache_hits"].get<int64_t>()),
+                        static_cast<long long>(queries),
+                        queries ? 100.0 * point["prefix_cache_hits"].get<double>() / queries : 0.0);
+            std::fflush(stdout);
+            report["points"].push_back(point);
+            save();
+          }
         }
   }
   save();
@@ -561,6 +593,11 @@ std::function<int()> add_bench_command(CLI::App& app) {
   cmd->add_option("--steady-reps", o->steady_reps, "Timed replays per steady point (median)")
       ->check(CLI::Range(3, 10000))
       ->capture_default_str();
+  cmd->add_option("--structured-regex", o->structured_regex,
+                  "Run every e2e point a second time with each output constrained by this regex "
+                  "(structured outputs; needs --tokenizer for a synthetic model), so the line "
+                  "after each point shows what the grammar masks cost. A regex that never has to "
+                  "end (\"[a-z ]*\") keeps the outputs as long as the free ones");
   cmd->add_option("--json", o->json_path, "Write every point as JSON here");
   cmd->add_option("--time-budget-s", o->time_budget_s,
                   "Skip the remaining points once this many seconds have passed (0 = none)")
