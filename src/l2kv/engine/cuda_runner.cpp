@@ -63,6 +63,8 @@ CudaRunner::CudaRunner(std::shared_ptr<CudaModel> model, CudaRunnerOptions optio
   if (options_.fused_layer_max_rows >= 0)
     state_->set_fused_layer_max_rows(options_.fused_layer_max_rows);
   for (cudaEvent_t& e : events_) L2KV_CUDA_CHECK(cudaEventCreate(&e));
+  L2KV_CUDA_CHECK(cudaStreamCreateWithFlags(&mask_stream_, cudaStreamNonBlocking));
+  L2KV_CUDA_CHECK(cudaEventCreateWithFlags(&masks_uploaded_, cudaEventDisableTiming));
 }
 
 CudaRunner::~CudaRunner() {
@@ -73,6 +75,8 @@ CudaRunner::~CudaRunner() {
   model_.reset();
   for (cudaEvent_t e : events_)
     if (e) cudaEventDestroy(e);
+  if (masks_uploaded_) cudaEventDestroy(masks_uploaded_);
+  if (mask_stream_) cudaStreamDestroy(mask_stream_);
   if (stream_) cudaStreamDestroy(stream_);
 }
 
@@ -198,12 +202,15 @@ std::vector<SampledToken> CudaRunner::execute(const StepInput& step) {
   L2KV_CUDA_CHECK(cudaEventRecord(events_[1], stream_));
   fill_deferred_masks();  // while the GPU runs the forward
   if (masked_rows > 0) {
+    // The previous step's apply has finished reading these (its results() synchronized).
     L2KV_CUDA_CHECK(cudaMemcpyAsync(device_masks_, host_masks_,
                                     sizeof(uint32_t) * mask_words_ * masked_rows,
-                                    cudaMemcpyHostToDevice, stream_));
+                                    cudaMemcpyHostToDevice, mask_stream_));
     L2KV_CUDA_CHECK(cudaMemcpyAsync(device_mask_rows_, host_mask_rows_,
                                     sizeof(int32_t) * masked_rows, cudaMemcpyHostToDevice,
-                                    stream_));
+                                    mask_stream_));
+    L2KV_CUDA_CHECK(cudaEventRecord(masks_uploaded_, mask_stream_));
+    L2KV_CUDA_CHECK(cudaStreamWaitEvent(stream_, masks_uploaded_, 0));
     // The logits are the step state's workspace, rewritten by every forward: masking them in place
     // spares a copy, and the sampler then reads them as sampler.h's step -1 defines.
     apply_token_bitmask(const_cast<float*>(state_->logits()), config().vocab_size, device_masks_,

@@ -99,6 +99,10 @@ class CudaRunner : public ModelRunner {
   int32_t* host_mask_rows_ = nullptr;
   uint32_t* device_masks_ = nullptr;
   int32_t* device_mask_rows_ = nullptr;
+  // The masks go up on their own stream while the forward still runs on stream_, which waits
+  // for masks_uploaded_ before applying them.
+  cudaStream_t mask_stream_ = nullptr;
+  cudaEvent_t masks_uploaded_ = nullptr;
   // This step's rows whose masks are filled after the forward is launched.
   struct DeferredMask {
     const StepSequence* sequence;

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# What grammar masks cost the decode step, offline: l2kv bench --structured-regex (64 concurrent,
+# 256 x 128 -> 128), each point free then constrained, three times; GPU tests of the mask path.
+set -u
+source build/setup_gpu.sh
+cp build/run35.sh $OUT/run.sh
+tar -xJf build/tok.tar.xz -C build
+L2KV_REQUIRE_GPU=1 timeout 200 build/l2kv_tests --gtest_filter='TokenBitmaskGpu.*:Variants/CudaEngine.*:CudaEngineSingle.*:GpuSamplerGpuTest.*' > $OUT/gpu_tests.log 2>&1; echo "tests rc=$?" >> $OUT/gpu_tests.log
+grep -hE "^\[  FAILED|rc=|PASSED" $OUT/gpu_tests.log | head
+for rep in 1 2 3; do
+  timeout 150 build/l2kv bench --model synthetic:llama3-8b --tokenizer build/tok_llama3 --mode e2e --variants split --concurrency 64 --num-prompts 256 --input-len 128 --output-len 128 --structured-regex '[a-z ]*' --json $OUT/structured_$rep.json > $OUT/structured_$rep.log 2>&1
+  echo "rc=$?" >> $OUT/structured_$rep.log
+  grep -E "^e2e|per step|rc=|rror" $OUT/structured_$rep.log
+done
+echo "all done at $SECONDS s"
