@@ -36,18 +36,21 @@ double percentile(std::vector<double> v, double p) {
   return v[std::min(i, v.size() - 1)];
 }
 
-// Mask times (ms) of `steps` steps of a seeded walk over `grammar`.
-std::vector<double> walk(const std::shared_ptr<const CompiledGrammar>& grammar, int steps,
-                         uint32_t seed) {
+struct WalkTimes {
+  std::vector<double> mask_ms, accept_ms;  // per step: fill_mask, then accept_token
+};
+
+// Times of `steps` steps of a seeded walk over `grammar`.
+WalkTimes walk(const std::shared_ptr<const CompiledGrammar>& grammar, int steps, uint32_t seed) {
   std::mt19937 rng(seed);
   GrammarMatcher matcher(grammar);
   std::vector<uint32_t> mask(mask_words(grammar->vocabulary().size()));
-  std::vector<double> times;
+  WalkTimes times;
   std::vector<int32_t> allowed;
   for (int step = 0; step < steps && !matcher.terminated(); ++step) {
     const auto start = Clock::now();
     const int64_t n = matcher.fill_mask(mask);
-    times.push_back(ms_since(start));
+    times.mask_ms.push_back(ms_since(start));
     if (n == 0) break;
     // EOS only when nothing else is allowed, so the walk covers `steps` masks.
     allowed.clear();
@@ -55,7 +58,10 @@ std::vector<double> walk(const std::shared_ptr<const CompiledGrammar>& grammar, 
       if (((mask[id >> 5] >> (id & 31)) & 1) && !grammar->vocabulary().is_eos(id))
         allowed.push_back(id);
     if (allowed.empty()) break;
-    matcher.accept_token(allowed[rng() % allowed.size()]);
+    const int32_t token = allowed[rng() % allowed.size()];
+    const auto accept_start = Clock::now();
+    matcher.accept_token(token);
+    times.accept_ms.push_back(ms_since(accept_start));
   }
   return times;
 }
@@ -85,21 +91,24 @@ int main(int argc, char** argv) {
   const json suite = json::parse(in);
 
   json results = json::array();
-  std::vector<double> compile_all, cold_all, warm_all;
+  std::vector<double> compile_all, cold_all, warm_all, accept_all;
   for (const json& entry : suite["schemas"]) {
     const auto start = Clock::now();
     auto grammar =
         std::make_shared<const CompiledGrammar>(json_schema_grammar(entry["schema"]), vocab);
     const double compile_ms = ms_since(start);
-    const std::vector<double> cold = walk(grammar, steps, 7);
-    const std::vector<double> warm = walk(grammar, steps, 7);
+    const std::vector<double> cold = walk(grammar, steps, 7).mask_ms;
+    const WalkTimes warm_walk = walk(grammar, steps, 7);
+    const std::vector<double>& warm = warm_walk.mask_ms;
+    accept_all.insert(accept_all.end(), warm_walk.accept_ms.begin(), warm_walk.accept_ms.end());
     compile_all.push_back(compile_ms);
     cold_all.insert(cold_all.end(), cold.begin(), cold.end());
     warm_all.insert(warm_all.end(), warm.begin(), warm.end());
     results.push_back({{"name", entry["name"]},
                        {"compile_ms", compile_ms},
                        {"mask_cold_ms", cold},
-                       {"mask_warm_ms", warm}});
+                       {"mask_warm_ms", warm},
+                       {"accept_ms", warm_walk.accept_ms}});
   }
   std::printf("vocabulary: %d tokens from %s in %.0f ms\n", tokenizer.vocab_size(),
               tokenizer_dir.c_str(), vocab_ms);
@@ -112,6 +121,9 @@ int main(int argc, char** argv) {
   std::printf("mask, warm cache (%zu steps): median %.3f ms, p90 %.3f, p99 %.3f, max %.3f\n",
               warm_all.size(), percentile(warm_all, 0.5), percentile(warm_all, 0.9),
               percentile(warm_all, 0.99), percentile(warm_all, 1.0));
+  std::printf("accept_token (%zu steps): median %.4f ms, p90 %.4f, p99 %.4f, max %.4f\n",
+              accept_all.size(), percentile(accept_all, 0.5), percentile(accept_all, 0.9),
+              percentile(accept_all, 0.99), percentile(accept_all, 1.0));
   if (!json_out.empty()) {
     std::ofstream out(json_out);
     out << json({{"tokenizer", tokenizer_dir},
