@@ -93,9 +93,11 @@ void CudaAttention::run(const DecodeAttentionParams& params, bool decode_only,
   if (planned_ == Planned::kMixed) {
     // Disjoint rows of out: the decode rows, then the chunks'.
     split_.run(params, prefetch_, stream);
-    prefill_.run(params.q, params.out, params.kv, params.num_q_heads, params.softmax_scale, stream);
+    prefill_.run(params.q, params.out, params.kv, params.num_q_heads, params.softmax_scale, stream,
+                 params.sliding_window);
   } else if (planned_ == Planned::kPrefill) {
-    prefill_.run(params.q, params.out, params.kv, params.num_q_heads, params.softmax_scale, stream);
+    prefill_.run(params.q, params.out, params.kv, params.num_q_heads, params.softmax_scale, stream,
+                 params.sliding_window);
   } else if (kernel_ == DecodeKernel::kSplit) {
     split_.run(params, prefetch_, stream);
   } else {

@@ -32,6 +32,11 @@ class CudaAttention {
   // The policy in force (`auto` on the split kernel adds programmatic dependent launch).
   const PrefetchPolicy& prefetch() const { return prefetch_; }
 
+  // A model with sliding-window layers plans its prompts for the warp-MMA prefill kernel (the
+  // wgmma kernel has no window), so every layer can run the same plan.
+  void set_sliding_windows(bool any) {
+    prefill_.set_kernel(any ? PrefillKernel::kWarpMma : PrefillKernel::kAuto);
+  }
   // Sizes the prefill work list for steps of up to `max_tokens` rows and `max_seqs` sequences.
   void reserve_prefill(int32_t max_tokens, int32_t max_seqs, int32_t num_kv_heads,
                        int32_t num_q_heads);

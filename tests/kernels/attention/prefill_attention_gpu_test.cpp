@@ -37,8 +37,10 @@ std::vector<PrefillKernel> kernels_for(int32_t head_dim) {
 // Runs prefill on one chunk per span (the sequence's length is the span's end) and checks each
 // (query row, head) against the reference: every row is a decode of its own prefix. Query rows
 // are uniform in +-q_scale, like the decode problem's. kAuto must choose wgmma for head_dim 128.
+// `window` > 0: a sliding window (each row sees its last `window` positions).
 void check_prefill(DecodeProblemConfig c, const std::vector<ChunkSpan>& spans,
-                   const std::string& label, PrefillKernel kernel = PrefillKernel::kAuto) {
+                   const std::string& label, PrefillKernel kernel = PrefillKernel::kAuto,
+                   int32_t window = 0) {
   c.seq_lens.clear();
   for (const ChunkSpan& span : spans) c.seq_lens.push_back(span.end);
   auto host = DecodeProblem::make(c);
@@ -55,7 +57,8 @@ void check_prefill(DecodeProblemConfig c, const std::vector<ChunkSpan>& spans,
   std::vector<uint16_t> q(static_cast<size_t>(rows) * c.num_q_heads * c.head_dim);
   for (auto& x : q) x = float_to_dtype_bits(c.dtype, uniform(rng));
   const testing::PrefillRows row_view = testing::prefill_rows(host, chunks);
-  const DecodeAttentionParams ref_params = row_view.reference_params(host.host_params(), q.data());
+  DecodeAttentionParams ref_params = row_view.reference_params(host.host_params(), q.data());
+  ref_params.sliding_window = window;
   const auto reference = decode_attention_reference(ref_params);
 
   DeviceDecodeProblem device(host);
@@ -74,7 +77,8 @@ void check_prefill(DecodeProblemConfig c, const std::vector<ChunkSpan>& spans,
           ? kernel
           : (c.head_dim == 128 ? PrefillKernel::kWgmma : PrefillKernel::kWarpMma);
   EXPECT_EQ(prefill.planned_kernel(), expected) << label;
-  prefill.run(d_q, d_out, device.params().kv, c.num_q_heads, ref_params.softmax_scale, nullptr);
+  prefill.run(d_q, d_out, device.params().kv, c.num_q_heads, ref_params.softmax_scale, nullptr,
+              window);
   L2KV_CUDA_CHECK(cudaDeviceSynchronize());
   std::vector<uint16_t> bits(q.size());
   L2KV_CUDA_CHECK(cudaMemcpy(bits.data(), d_out, bits.size() * 2, cudaMemcpyDeviceToHost));
@@ -83,6 +87,41 @@ void check_prefill(DecodeProblemConfig c, const std::vector<ChunkSpan>& spans,
   std::vector<float> out(bits.size());
   for (size_t i = 0; i < bits.size(); ++i) out[i] = dtype_bits_to_float(c.dtype, bits[i]);
   EXPECT_TRUE(testing::rows_match(out, reference, c.head_dim, c.num_q_heads, c.dtype, label));
+}
+
+// Sliding windows (Gemma 3's local layers) on the warp-MMA kernel: whole prompts and chunks that
+// start deep in their sequence, windows of 1 token to longer than the prompts, so key tiles
+// before a row's window are skipped or masked in part; the wgmma kernel refuses a window.
+TEST(PrefillAttention, SlidingWindowMatchesReference) {
+  L2KV_SKIP_WITHOUT_GPU();
+  const std::vector<ChunkSpan> spans = {{0, 333}, {150, 420}, {0, 65}, {500, 520}, {0, 1}};
+  for (const DType dtype : {DType::kBFloat16, DType::kFloat16})
+    for (const int32_t head_dim : {64, 128}) {
+      DecodeProblemConfig c = testing::two_kv_heads_config(dtype, head_dim, 4, 16, KvLayout::kHND);
+      c.seed = 3000 + head_dim + (dtype == DType::kFloat16 ? 1 : 0);
+      for (const int32_t window : {1, 16, 17, 64, 100, 1000}) {
+        const std::string label = std::string(dtype_name(dtype)) + "/d" + std::to_string(head_dim) +
+                                  "/window " + std::to_string(window);
+        c.q_scale = DecodeProblemConfig{}.q_scale;
+        check_prefill(c, spans, label + " flat", PrefillKernel::kWarpMma, window);
+        c.q_scale = testing::kPeakedQScale;
+        check_prefill(c, spans, label + " peaked", PrefillKernel::kWarpMma, window);
+      }
+    }
+  // The wgmma kernel (head_dim 128, 16-bit cache) has no window.
+  DecodeProblemConfig c =
+      testing::two_kv_heads_config(DType::kBFloat16, 128, 4, 16, KvLayout::kHND);
+  c.seq_lens = {64};
+  auto host = DecodeProblem::make(c);
+  DeviceDecodeProblem device(host);
+  PrefillAttention prefill;
+  prefill.reserve(64, 1, c.num_kv_heads, c.num_q_heads);
+  const PrefillChunk chunk{0, 0, 64, 0};
+  prefill.plan(device.params().kv, c.num_q_heads, std::span(&chunk, 1), nullptr);
+  ASSERT_EQ(prefill.planned_kernel(), PrefillKernel::kWgmma);
+  EXPECT_THROW(prefill.run(device.params().q, device.params().out, device.params().kv,
+                           c.num_q_heads, 0.1f, nullptr, 16),
+               Error);
 }
 
 using PrefillParam = std::tuple<DType, int32_t, int32_t, int32_t, KvLayout>;

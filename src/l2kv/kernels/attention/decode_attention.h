@@ -27,6 +27,9 @@ struct DecodeAttentionParams {
   int32_t num_q_heads = 0;
   float softmax_scale = 0.f;  // usually 1/sqrt(head_dim)
   int32_t max_seq_len = 0;    // max over kv.seq_lens, known on the host
+  // > 0: each query sees only the last sliding_window positions, its own included (Gemma 3's
+  // local layers); the split kernel and the prefill kernels honour it, paged_v1 refuses it.
+  int32_t sliding_window = 0;
 
   int32_t group_size() const { return num_q_heads / kv.num_kv_heads; }
 };

@@ -407,6 +407,10 @@ void run_paged_v1(const DecodeAttentionParams& params, const PrefetchPolicy& pol
   if (policy.pdl)
     throw Error("prefetch policy " + to_string(policy) +
                 ": programmatic dependent launch (+pdl) is a split-kernel option");
+  if (params.sliding_window > 0)
+    throw Error(
+        "paged_v1 has no sliding-window attention (a model with sliding-window layers "
+        "needs --attention split)");
   if (params.kv.block_size != 16 && params.kv.block_size != 32 && params.kv.block_size != 64)
     throw Error("paged_v1: unsupported block size " + std::to_string(params.kv.block_size));
   if (params.kv.batch_size < 1 || params.num_q_heads < 1 || params.max_seq_len < 1)

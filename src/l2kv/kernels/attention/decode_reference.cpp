@@ -20,6 +20,7 @@ void reference_one_sequence(const DecodeAttentionParams& p, int32_t seq, float* 
     return dtype_bits_to_float(kv.dtype, static_cast<const uint16_t*>(pool)[index]);
   };
   const int32_t len = kv.seq_lens[seq];
+  const int32_t first = p.sliding_window > 0 ? std::max(0, len - p.sliding_window) : 0;
   const int32_t d = kv.head_dim;
   const int32_t group = p.group_size();
   std::vector<double> logits(len);
@@ -31,7 +32,7 @@ void reference_one_sequence(const DecodeAttentionParams& p, int32_t seq, float* 
       q_row[i] = dtype_bits_to_float(kv.dtype,
                                      q[(static_cast<int64_t>(seq) * p.num_q_heads + head) * d + i]);
     double max_logit = -INFINITY;
-    for (int32_t t = 0; t < len; ++t) {
+    for (int32_t t = first; t < len; ++t) {
       const int32_t physical =
           kv.block_table[static_cast<int64_t>(seq) * kv.max_blocks_per_seq + t / kv.block_size];
       const int64_t k_row = kv.offset(physical, t % kv.block_size, kv_head);
@@ -42,7 +43,7 @@ void reference_one_sequence(const DecodeAttentionParams& p, int32_t seq, float* 
     }
     double sum = 0;
     std::fill(acc.begin(), acc.end(), 0.0);
-    for (int32_t t = 0; t < len; ++t) {
+    for (int32_t t = first; t < len; ++t) {
       const double w = std::exp(logits[t] - max_logit);
       sum += w;
       const int32_t physical =

@@ -192,14 +192,21 @@ __global__ void __launch_bounds__(kThreads, kFp8 ? 3 : 1)
   const int block_shift = __ffs(p.kv.block_size) - 1;
   const bool evict_first = a.load_hint == L2EvictionHint::kEvictFirst;
   const uint64_t load_policy = evict_first ? ptx::make_l2_policy(L2EvictionHint::kEvictFirst) : 0;
+  // A sliding window hides the tokens before window_begin: the slice starts at the first
+  // 16-token row group that holds a visible one (load_kv_tile keeps a thread's rows in one KV
+  // block), the rest of that group is masked below. A slice wholly before the window does no
+  // work and leaves an empty partial (its log-sum-exp -inf).
+  const int window_begin =
+      p.sliding_window > 0 ? __ldg(p.kv.seq_lens + item.seq) - p.sliding_window : 0;
+  const int token_begin = max(item.token_begin, window_begin & ~15);
   const int num_tiles =
-      (item.token_end - item.token_begin + kSplitTileTokens - 1) / kSplitTileTokens;
+      max(0, (item.token_end - token_begin + kSplitTileTokens - 1) / kSplitTileTokens);
   // A split pair's merge needs these at the very end; loaded now, they are there by then.
   const bool is_split = item.partial_slot >= 0;
   const int pair_splits = is_split ? __ldg(a.pair_num_splits + item.pair) : 1;
   const int64_t pair_first_slot = is_split ? __ldg(a.pair_first_slot + item.pair) : 0;
 
-  auto tile_begin = [&](int t) { return item.token_begin + t * kSplitTileTokens; };
+  auto tile_begin = [&](int t) { return token_begin + t * kSplitTileTokens; };
   auto tile_end = [&](int t) { return min(tile_begin(t) + kSplitTileTokens, item.token_end); };
   auto k_stage = [&](int s) {
     return reinterpret_cast<Stored*>(smem_raw + s * Shape::kStageBytes);
@@ -316,14 +323,15 @@ __global__ void __launch_bounds__(kThreads, kFp8 ? 3 : 1)
     }
 
     // Online softmax on row `head_row` (c0, c1 of each n-tile; c2, c3 are padding rows).
-    const int token0 = item.token_begin + tile * kSplitTileTokens + warp_row + quad * 2;
+    const int token0 = token_begin + tile * kSplitTileTokens + warp_row + quad * 2;
     float logits[2][2];
     float tile_max = -INFINITY;
 #pragma unroll
     for (int n = 0; n < 2; ++n)
 #pragma unroll
       for (int i = 0; i < 2; ++i) {
-        const bool valid = token0 + n * 8 + i < item.token_end;
+        const int token = token0 + n * 8 + i;
+        const bool valid = token < item.token_end && token >= window_begin;
         logits[n][i] = valid ? s_acc[n][i] * scale_log2 : -INFINITY;
         tile_max = fmaxf(tile_max, logits[n][i]);
       }
@@ -409,7 +417,9 @@ __global__ void __launch_bounds__(kThreads, kFp8 ? 3 : 1)
              exp2f(e.warp_max[w * kMaxGqaGroup + head_row] - safe_m);
   // fp8: O used the stored V, whose scale applies here.
   const float v_scale = kFp8 ? p.kv.value_scale() : 1.f;
-  const float weight = head_row < group ? exp2f(row_max - safe_m) / total * v_scale : 0.f;
+  // total is 0 only in a slice a sliding window hides entirely: its partial is 0.
+  const float weight =
+      head_row < group && total > 0.f ? exp2f(row_max - safe_m) / total * v_scale : 0.f;
   float* my_row = e.row(warp, head_row);
 #pragma unroll
   for (int t = 0; t < Shape::kOutTiles; ++t) {

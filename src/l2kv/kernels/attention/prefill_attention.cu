@@ -42,7 +42,8 @@ constexpr size_t prefill_smem_bytes() {
 template <typename T, int kHeadDim, bool kFp8>
 __global__ void __launch_bounds__(256)
     prefill_attention_kernel(const PrefillAttention::WorkItem* items, const T* q, T* out,
-                             const PagedKvCache kv, int32_t num_q_heads, float softmax_scale) {
+                             const PagedKvCache kv, int32_t num_q_heads, float softmax_scale,
+                             int32_t sliding_window) {
   using Traits = tc::ElementTraits<T>;
   using Stored = std::conditional_t<kFp8, uint8_t, T>;
   constexpr int kTileElems = kKvTileTokens * kHeadDim;
@@ -65,6 +66,13 @@ __global__ void __launch_bounds__(256)
   const int warp_last_pos = item.first_position + warp_first + warp_count - 1;
   const int kv_end = item.first_position + item.q_count;  // keys 0 .. kv_end - 1
   const int num_tiles = (kv_end + kKvTileTokens - 1) / kKvTileTokens;
+  // A sliding window: query position p sees keys p - window + 1 .. p, so the item's first query
+  // needs nothing before first_tile and each warp nothing before its own first visible key.
+  const bool windowed = sliding_window > 0;
+  const int first_tile =
+      windowed ? max(0, item.first_position - sliding_window + 1) / kKvTileTokens : 0;
+  const int warp_first_visible =
+      windowed ? item.first_position + warp_first - sliding_window + 1 : 0;
   const int block_shift = __ffs(kv.block_size) - 1;
   auto load_tile = [&](int tile, int stage) {
     load_kv_tile<Stored, kHeadDim, kLoadThreads>(kv, item.seq, item.kv_head, tile * kKvTileTokens,
@@ -72,7 +80,8 @@ __global__ void __launch_bounds__(256)
                                                  block_shift, false, 0);
   };
 
-  if (threadIdx.x < kLoadThreads) load_tile(0, 0);
+  if (threadIdx.x < kLoadThreads && first_tile < num_tiles)
+    load_tile(first_tile, first_tile % kStages);
   ptx::cp_async_commit();
 
   // Q as the A operand: rows = this warp's 16 query tokens (lane / 4 and lane / 4 + 8).
@@ -106,7 +115,7 @@ __global__ void __launch_bounds__(256)
   float o_acc[kOutTiles][4] = {};
   float max0 = -INFINITY, max1 = -INFINITY, sum0 = 0.f, sum1 = 0.f;
 
-  for (int tile = 0; tile < num_tiles; ++tile) {
+  for (int tile = first_tile; tile < num_tiles; ++tile) {
     if (tile + 1 < num_tiles && threadIdx.x < kLoadThreads)
       load_tile(tile + 1, (tile + 1) % kStages);
     ptx::cp_async_commit();
@@ -130,7 +139,8 @@ __global__ void __launch_bounds__(256)
       v_tile = v_stage(tile % kStages);
     }
     const int tile_start = tile * kKvTileTokens;
-    if (computes && warp_count > 0 && tile_start <= warp_last_pos) {
+    if (computes && warp_count > 0 && tile_start <= warp_last_pos &&
+        tile_start + kKvTileTokens > warp_first_visible) {
       float s_acc[8][4] = {};
 #pragma unroll
       for (int ks = 0; ks < kKSteps; ++ks)
@@ -144,16 +154,20 @@ __global__ void __launch_bounds__(256)
           tc::mma_m16n8k16<T>(s_acc[2 * np], q_frag[ks], b0);
           tc::mma_m16n8k16<T>(s_acc[2 * np + 1], q_frag[ks], b1);
         }
-      // Causal mask and online softmax for rows r0 (c0, c1) and r1 (c2, c3).
+      // Causal (and window) mask and online softmax for rows r0 (c0, c1) and r1 (c2, c3).
+      const int low0 = windowed ? pos0 - sliding_window : -1;  // keys must be above these
+      const int low1 = windowed ? pos1 - sliding_window : -1;
       float tile_max0 = -INFINITY, tile_max1 = -INFINITY;
 #pragma unroll
       for (int n = 0; n < 8; ++n)
 #pragma unroll
         for (int i = 0; i < 2; ++i) {
           const int key = tile_start + n * 8 + quad * 2 + i;
-          s_acc[n][i] = (key <= pos0 && r0 < warp_count) ? s_acc[n][i] * scale_log2 : -INFINITY;
-          s_acc[n][2 + i] =
-              (key <= pos1 && r1 < warp_count) ? s_acc[n][2 + i] * scale_log2 : -INFINITY;
+          s_acc[n][i] =
+              (key <= pos0 && key > low0 && r0 < warp_count) ? s_acc[n][i] * scale_log2 : -INFINITY;
+          s_acc[n][2 + i] = (key <= pos1 && key > low1 && r1 < warp_count)
+                                ? s_acc[n][2 + i] * scale_log2
+                                : -INFINITY;
           tile_max0 = fmaxf(tile_max0, s_acc[n][i]);
           tile_max1 = fmaxf(tile_max1, s_acc[n][2 + i]);
         }
@@ -237,7 +251,7 @@ __global__ void __launch_bounds__(256)
 
 template <typename T, int kHeadDim, bool kFp8>
 void launch(const PrefillAttention::WorkItem* items, int32_t num_items, int group, const void* q,
-            void* out, const PagedKvCache& kv, int32_t num_q_heads, float scale,
+            void* out, const PagedKvCache& kv, int32_t num_q_heads, float scale, int32_t window,
             cudaStream_t stream) {
   constexpr size_t kSmem = prefill_smem_bytes<kHeadDim, kFp8>();
   auto kernel = prefill_attention_kernel<T, kHeadDim, kFp8>;
@@ -248,18 +262,20 @@ void launch(const PrefillAttention::WorkItem* items, int32_t num_items, int grou
     return true;
   });
   kernel<<<num_items, 32 * warps_for(group), kSmem, stream>>>(
-      items, static_cast<const T*>(q), static_cast<T*>(out), kv, num_q_heads, scale);
+      items, static_cast<const T*>(q), static_cast<T*>(out), kv, num_q_heads, scale, window);
   L2KV_CUDA_CHECK_LAUNCH();
 }
 
 template <typename T, int kHeadDim>
 void launch_for_storage(const PrefillAttention::WorkItem* items, int32_t num_items, int group,
                         const void* q, void* out, const PagedKvCache& kv, int32_t num_q_heads,
-                        float scale, cudaStream_t stream) {
+                        float scale, int32_t window, cudaStream_t stream) {
   if (kv.fp8())
-    launch<T, kHeadDim, true>(items, num_items, group, q, out, kv, num_q_heads, scale, stream);
+    launch<T, kHeadDim, true>(items, num_items, group, q, out, kv, num_q_heads, scale, window,
+                              stream);
   else
-    launch<T, kHeadDim, false>(items, num_items, group, q, out, kv, num_q_heads, scale, stream);
+    launch<T, kHeadDim, false>(items, num_items, group, q, out, kv, num_q_heads, scale, window,
+                               stream);
 }
 
 }  // namespace
@@ -349,11 +365,16 @@ void PrefillAttention::plan(const PagedKvCache& kv, int32_t num_q_heads,
 }
 
 void PrefillAttention::run(const void* q, void* out, const PagedKvCache& kv, int32_t num_q_heads,
-                           float softmax_scale, cudaStream_t stream) const {
+                           float softmax_scale, cudaStream_t stream, int32_t sliding_window) const {
   if (items_.empty() || num_q_heads / std::max(1, kv.num_kv_heads) != planned_group_)
     throw Error("prefill attention: run() without a matching plan()");
+  if (sliding_window < 0) throw Error("prefill attention: negative sliding window");
   const int32_t n = static_cast<int32_t>(items_.size());
   if (planned_kernel_ == PrefillKernel::kWgmma) {
+    if (sliding_window > 0)
+      throw Error(
+          "prefill attention: the wgmma kernel has no sliding window (plan with "
+          "PrefillKernel::kWarpMma)");
     launch_prefill_wgmma(device_items_, n, q, out, kv, num_q_heads, softmax_scale, stream);
     return;
   }
@@ -361,17 +382,17 @@ void PrefillAttention::run(const void* q, void* out, const PagedKvCache& kv, int
   if (kv.head_dim == 128) {
     if (bf16)
       launch_for_storage<__nv_bfloat16, 128>(device_items_, n, planned_group_, q, out, kv,
-                                             num_q_heads, softmax_scale, stream);
+                                             num_q_heads, softmax_scale, sliding_window, stream);
     else
       launch_for_storage<__half, 128>(device_items_, n, planned_group_, q, out, kv, num_q_heads,
-                                      softmax_scale, stream);
+                                      softmax_scale, sliding_window, stream);
   } else {
     if (bf16)
       launch_for_storage<__nv_bfloat16, 64>(device_items_, n, planned_group_, q, out, kv,
-                                            num_q_heads, softmax_scale, stream);
+                                            num_q_heads, softmax_scale, sliding_window, stream);
     else
       launch_for_storage<__half, 64>(device_items_, n, planned_group_, q, out, kv, num_q_heads,
-                                     softmax_scale, stream);
+                                     softmax_scale, sliding_window, stream);
   }
 }
 

@@ -56,9 +56,11 @@ class PrefillAttention {
   // The kernel the last successful plan() chose.
   PrefillKernel planned_kernel() const { return planned_kernel_; }
 
-  // q, out: [rows, num_q_heads, head_dim] in kv.dtype. Allocation-free.
+  // q, out: [rows, num_q_heads, head_dim] in kv.dtype. Allocation-free. sliding_window > 0:
+  // position p sees only keys p - sliding_window + 1 .. p (the warp-MMA kernel; a wgmma plan
+  // throws).
   void run(const void* q, void* out, const PagedKvCache& kv, int32_t num_q_heads,
-           float softmax_scale, cudaStream_t stream) const;
+           float softmax_scale, cudaStream_t stream, int32_t sliding_window = 0) const;
 
   struct WorkItem {
     int32_t seq, kv_head, q_row_begin, q_count, first_position;
