@@ -272,6 +272,12 @@ TEST(ModelConfig, SyntheticShapesAreTheRealModels) {
   EXPECT_NEAR(ModelConfig::synthetic("mixtral-8x7b").parameter_count() / 1e9, 46.70, 0.01);
   EXPECT_NEAR(ModelConfig::synthetic("qwen2.5-7b").parameter_count() / 1e9, 7.62, 0.01);
   EXPECT_NEAR(ModelConfig::synthetic("qwen2.5-14b").parameter_count() / 1e9, 14.77, 0.01);
+  // Gemma 3 27B's language model (27B as published), five sliding layers to one global.
+  const ModelConfig gemma = ModelConfig::synthetic("gemma3-27b");
+  EXPECT_NEAR(gemma.parameter_count() / 1e9, 27.0, 0.05);
+  EXPECT_TRUE(gemma.gemma && gemma.qk_norm && gemma.tie_word_embeddings);
+  EXPECT_TRUE(gemma.is_sliding(0) && gemma.is_sliding(4) && !gemma.is_sliding(5));
+  EXPECT_TRUE(gemma.has_sliding_layers());
   const ModelConfig qwen3 = ModelConfig::synthetic("qwen3-8b");
   EXPECT_EQ(qwen3.parameter_count(), 8190735360);  // Qwen3-8B's safetensors, to the parameter
   EXPECT_TRUE(qwen3.qk_norm);

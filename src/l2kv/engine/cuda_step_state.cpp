@@ -111,6 +111,7 @@ void CudaStepState::allocate_workspace(const WorkspaceLimits& limits) {
   L2KV_CUDA_CHECK(cudaEventCreateWithFlags(&ws->uploaded, cudaEventDisableTiming));
   meta_ = std::move(ws);
   // Attention work lists and partials, sized here for the largest step: never grown in one.
+  attention_.set_sliding_windows(c.has_sliding_layers());
   attention_.reserve_prefill(static_cast<int32_t>(T), limits_.max_seqs,
                              static_cast<int32_t>(c.num_kv_heads),
                              static_cast<int32_t>(c.num_q_heads));
@@ -186,6 +187,9 @@ void CudaStepState::set_rope_epilogue(bool on) {
 }
 
 void CudaStepState::set_decode_attention(DecodeKernel kernel, const PrefetchPolicy& policy) {
+  if (kernel == DecodeKernel::kPagedV1 && config().has_sliding_layers())
+    throw Error("--attention paged_v1: " + config().architecture +
+                " has sliding-window layers, which only the split kernel serves");
   attention_.set_decode_kernel(kernel, policy);
   drop_graphs();
   reserve_attention();
@@ -197,7 +201,8 @@ DecodeAttentionParams CudaStepState::decode_params() const {
   p.q = activations_->q.ptr;
   p.out = activations_->attn.ptr;
   p.num_q_heads = static_cast<int32_t>(c.num_q_heads);
-  p.softmax_scale = 1.f / std::sqrt(static_cast<float>(c.head_dim));
+  p.softmax_scale = c.attention_scale > 0 ? static_cast<float>(c.attention_scale)
+                                          : 1.f / std::sqrt(static_cast<float>(c.head_dim));
   p.max_seq_len = 1;
   p.kv.k_pool = k_pools_.empty() ? nullptr : k_pools_[0];
   p.kv.v_pool = v_pools_.empty() ? nullptr : v_pools_[0];

@@ -52,7 +52,21 @@ Fp8Matrix upload_fp8(std::initializer_list<const HfFp8Projection*> parts) {
 // multiple of 16); checked before any weight is loaded.
 void check_head_dim(const ModelConfig& c) {
   if (c.head_dim != 64 && c.head_dim != 128)
-    throw Error("CUDA backend: head_dim must be 64 or 128, got " + std::to_string(c.head_dim));
+    throw Error("CUDA backend: head_dim must be 64 or 128, got " + std::to_string(c.head_dim) +
+                (c.gemma ? " (Gemma 3 1B-12B use 256, which the CUDA attention kernels do not "
+                           "take yet; Gemma 3 27B's 128 runs, and --device cpu runs them all)"
+                         : ""));
+  if (c.attn_logit_softcapping > 0)
+    throw Error(
+        "CUDA backend: attention logit soft-capping (attn_logit_softcapping) is not "
+        "supported (--device cpu supports it)");
+}
+
+// Gemma's RMSNorm scales by 1 + weight: folded into the stored weight once.
+std::vector<float> norm_weight(const ModelConfig& c, std::vector<float> w) {
+  if (c.gemma)
+    for (float& x : w) x += 1.f;
+  return w;
 }
 
 // A mixture of experts within what the router and the expert GEMV take, in 16 bits.
@@ -94,6 +108,8 @@ struct CudaModel::Weights {
     DeviceArray<uint16_t> input_norm, post_norm, qkv, qkv_bias, o, gate_up, down;
     Fp8Matrix qkv8, o8, gate_up8, down8;
     DeviceArray<uint16_t> q_norm, k_norm;  // [head_dim] each, with qk_norm (Qwen3)
+    // Gemma 3: the norms of the attention's and the MLP's outputs before the residual adds.
+    DeviceArray<uint16_t> attention_out_norm, mlp_out_norm;
     // A mixture of experts (gate_up and down then stay empty): the router [experts, hidden],
     // every expert's [gate | up] rows [experts][2 I_e][hidden] and down [experts][hidden][I_e].
     DeviceArray<uint16_t> router, experts_gate_up, experts_down;
@@ -112,10 +128,6 @@ CudaModel::CudaModel(const std::filesystem::path& folder)
     : config_(ModelConfig::from_folder(folder)), weights_(std::make_unique<Weights>()) {
   const ModelConfig& c = config_;
   check_moe(c);
-  if (c.gemma)
-    throw Error("CUDA backend: " + c.architecture +
-                " (GeGLU, sandwich norms, sliding-window layers) runs on the CPU backend only so "
-                "far (--device cpu)");
   check_head_dim(c);
   const Checkpoint ckpt(folder);
   auto concat = [](std::vector<float> a, const std::vector<float>& b) {
@@ -134,7 +146,7 @@ CudaModel::CudaModel(const std::filesystem::path& folder)
     const HfGlobalWeights globals = load_hf_global_weights(ckpt, c);
     weights_->embed = upload_16bit(c.dtype, globals.embed);
     if (!globals.lm_head.empty()) weights_->lm_head = upload_16bit(c.dtype, globals.lm_head);
-    weights_->final_norm = upload_16bit(c.dtype, globals.final_norm);
+    weights_->final_norm = upload_16bit(c.dtype, norm_weight(c, globals.final_norm));
   }
   // fp8 gate/up rows in the same order as 16-bit ones.
   auto gate_up_fp8 = [&](const HfFp8Projection& gate, const HfFp8Projection& up) {
@@ -146,8 +158,15 @@ CudaModel::CudaModel(const std::filesystem::path& folder)
     const HfLayerWeights w = load_hf_layer_weights(
         ckpt, c, l, c.fp8_weights ? Fp8Projections::kAsStored : Fp8Projections::kDequantized);
     Weights::Layer layer;
-    layer.input_norm = upload_16bit(c.dtype, w.input_norm);
-    layer.post_norm = upload_16bit(c.dtype, w.post_attention_norm);
+    layer.input_norm = upload_16bit(c.dtype, norm_weight(c, w.input_norm));
+    // post_norm is the norm before the MLP (Gemma: pre_feedforward_layernorm; its
+    // post_attention_layernorm normalizes the attention's output instead).
+    layer.post_norm = upload_16bit(
+        c.dtype, norm_weight(c, c.gemma ? w.pre_feedforward_norm : w.post_attention_norm));
+    if (c.gemma) {
+      layer.attention_out_norm = upload_16bit(c.dtype, norm_weight(c, w.post_attention_norm));
+      layer.mlp_out_norm = upload_16bit(c.dtype, norm_weight(c, w.post_feedforward_norm));
+    }
     if (c.fp8_weights) {
       const HfFp8Projection qkv = fp8_paired_rows({&w.q8, &w.k8, &w.v8}, c.head_dim);
       layer.qkv8 = upload_fp8({&qkv});
@@ -177,8 +196,8 @@ CudaModel::CudaModel(const std::filesystem::path& folder)
       layer.qkv_bias = upload_16bit(
           c.dtype, to_paired_rows(concat(concat(w.q_bias, w.k_bias), w.v_bias), c.head_dim, 1));
     if (c.qk_norm) {
-      layer.q_norm = upload_16bit(c.dtype, w.q_norm);
-      layer.k_norm = upload_16bit(c.dtype, w.k_norm);
+      layer.q_norm = upload_16bit(c.dtype, norm_weight(c, w.q_norm));
+      layer.k_norm = upload_16bit(c.dtype, norm_weight(c, w.k_norm));
     }
     layer.k_scale = w.k_scale;
     layer.v_scale = w.v_scale;
@@ -220,6 +239,10 @@ CudaModel::CudaModel(const ModelConfig& config, uint64_t seed)
     Weights::Layer layer;
     layer.input_norm = upload_16bit(c.dtype, ones);
     layer.post_norm = upload_16bit(c.dtype, ones);
+    if (c.gemma) {
+      layer.attention_out_norm = upload_16bit(c.dtype, ones);
+      layer.mlp_out_norm = upload_16bit(c.dtype, ones);
+    }
     if (c.fp8_weights) {
       layer.qkv8 = random_fp8(q_dim + 2 * kv_dim, c.hidden_size);
       layer.o8 = random_fp8(c.hidden_size, q_dim);
@@ -259,14 +282,20 @@ void CudaModel::init_common() {
         static_cast<size_t>(std::max({(q_dim + 2 * kv_dim) * c.hidden_size, c.hidden_size * q_dim,
                                       2 * c.intermediate_size * c.hidden_size})));
   }
-  const std::vector<float> inv = rope_inverse_frequencies(c.rope, c.head_dim);
-  L2KV_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&inv_freq_), inv.size() * sizeof(float)));
-  L2KV_CUDA_CHECK(
-      cudaMemcpy(inv_freq_, inv.data(), inv.size() * sizeof(float), cudaMemcpyHostToDevice));
+  auto upload = [](const std::vector<float>& inv) {
+    float* d = nullptr;
+    L2KV_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&d), inv.size() * sizeof(float)));
+    L2KV_CUDA_CHECK(cudaMemcpy(d, inv.data(), inv.size() * sizeof(float), cudaMemcpyHostToDevice));
+    return d;
+  };
+  inv_freq_ = upload(rope_inverse_frequencies(c.rope, c.head_dim));
+  if (!c.sliding_layer.empty())
+    local_inv_freq_ = upload(rope_inverse_frequencies(c.local_rope, c.head_dim));
 }
 
 CudaModel::~CudaModel() {
   if (inv_freq_) cudaFree(inv_freq_);
+  if (local_inv_freq_) cudaFree(local_inv_freq_);
 }
 
 int64_t CudaModel::streamed_weight_bytes() const {
@@ -332,7 +361,8 @@ std::unique_ptr<CudaActivations> CudaModel::allocate_activations(int32_t rows,
 
 bool CudaModel::can_fuse_layer(int32_t rows) const {
   const ModelConfig& c = config_;
-  return c.num_experts == 0 && gate_up_interleaved_ && rows <= gemm_.gemv_max_rows() &&
+  // Gemma's extra norms and GeGLU have no fused form.
+  return c.num_experts == 0 && !c.gemma && gate_up_interleaved_ && rows <= gemm_.gemv_max_rows() &&
          rows <= kGemvMaxRows && c.hidden_size % 8 == 0 && (c.num_q_heads * c.head_dim) % 8 == 0 &&
          c.intermediate_size % 8 == 0;
 }
@@ -446,9 +476,21 @@ struct CudaModel::GraphOps {
   }
 
   void embed_tokens() {
+    // Gemma scales its embeddings by sqrt(hidden).
+    const float scale = c().gemma ? std::sqrt(static_cast<float>(c().hidden_size)) : 1.f;
     ops::embed(c().dtype, step->ids, n, m->weights_->embed.ptr,
                static_cast<int32_t>(c().hidden_size), ws().residual.ptr, stream,
-               fused ? sumsq(0) : nullptr);
+               fused ? sumsq(0) : nullptr, scale);
+  }
+  // The layer's RoPE frequencies: a sliding-window layer's own (Gemma 3), else the model's.
+  const float* inv_freq(int64_t l) const {
+    return c().is_sliding(l) ? m->local_inv_freq_ : m->inv_freq_;
+  }
+  // Gemma 3: the block's output (proj) is RMS-normalized before the next norm adds it.
+  void norm_block_output(const DeviceArray<uint16_t>& weight) {
+    if (!c().gemma) return;
+    ops::rms_norm_rows(c().dtype, ws().proj.ptr, weight.ptr, static_cast<float>(c().rms_norm_eps),
+                       n, static_cast<int32_t>(c().hidden_size), stream);
   }
   void norm_qkv_rope(int64_t l) {
     const int64_t H = c().hidden_size, qkv_out = q_dim() + 2 * kv_dim();
@@ -472,6 +514,7 @@ struct CudaModel::GraphOps {
     decode.kv.k_scale = w(l).k_scale;
     decode.kv.v_scale = w(l).v_scale;
     decode.kv.device_scales = step->kv_scales + 2 * l;
+    decode.sliding_window = c().is_sliding(l) ? static_cast<int32_t>(c().sliding_window) : 0;
   }
   // Whether the QKV GEMV applies RoPE and writes the KV cache itself (gemv.h's kRopeCache); if
   // so, adds that epilogue to `f`. Where the GEMV runs QKV anyway (the five-kernel layer, or a
@@ -488,7 +531,7 @@ struct CudaModel::GraphOps {
     rope.rope.bias = w(l).qkv_bias.ptr;
     rope.rope.positions = step->positions;
     rope.rope.slots = step->slots;
-    rope.rope.inv_freq = m->inv_freq_;
+    rope.rope.inv_freq = inv_freq(l);
     rope.rope.q_out = ws().q.ptr;
     rope.rope.q_heads = static_cast<int32_t>(c().num_q_heads);
     rope.rope.kv = decode.kv;
@@ -503,9 +546,9 @@ struct CudaModel::GraphOps {
     constexpr bool kPairRows = true;
     if (step->calculate_kv_scales && !w(l).checkpoint_kv_scales)
       ops::calculate_kv_scales(ws().qkv.ptr, w(l).qkv_bias.ptr, step->positions, step->slots,
-                               m->inv_freq_, n, static_cast<int32_t>(c().num_q_heads), decode.kv,
+                               inv_freq(l), n, static_cast<int32_t>(c().num_q_heads), decode.kv,
                                step->kv_scales + 2 * l, stream, qk_norm, kPairRows);
-    ops::rope_and_cache(ws().qkv.ptr, w(l).qkv_bias.ptr, step->positions, step->slots, m->inv_freq_,
+    ops::rope_and_cache(ws().qkv.ptr, w(l).qkv_bias.ptr, step->positions, step->slots, inv_freq(l),
                         n, static_cast<int32_t>(c().num_q_heads), decode.kv, ws().q.ptr, stream,
                         pdl, qk_norm, kPairRows);
   }
@@ -520,14 +563,17 @@ struct CudaModel::GraphOps {
       else
         project(o(l), ws().attn.ptr, ws().proj.ptr);
     });
-    if (!fused) pending = ws().proj.ptr;  // added by the next norm
+    if (fused) return;
+    norm_block_output(w(l).attention_out_norm);
+    pending = ws().proj.ptr;  // added by the next norm
   }
   // One row: gate_up with SiLU x up in the GEMV's epilogue instead of cuBLASLt and silu_mul.
   // Measured on an H200 (bench/NOTES.md, "The GEMV's weights in a shared-memory ring"): 2 %
   // faster steps at batch 1, 3 % slower at 4 and 8, 7 % at 16.
   static constexpr int32_t kGateUpGemvMaxRows = 1;
   bool gate_up_silu_on_gemv() const {
-    return n <= kGateUpGemvMaxRows && m->gate_up_interleaved_ && !c().fp8_weights;
+    return n <= kGateUpGemvMaxRows && m->gate_up_interleaved_ && !c().fp8_weights &&
+           c().mlp_activation == MlpActivation::kSilu;
   }
   void norm_gate_up_silu(int64_t l) {
     const int64_t H = c().hidden_size, I = c().intermediate_size;
@@ -557,7 +603,7 @@ struct CudaModel::GraphOps {
     }
     timed(Op::kGemm, [&] { project(gate_up(l), ws().h.ptr, ws().gate_up.ptr); });
     ops::silu_mul(c().dtype, ws().gate_up.ptr, n, static_cast<int32_t>(I), ws().act.ptr, stream,
-                  pdl, m->gate_up_interleaved_);
+                  pdl, m->gate_up_interleaved_, c().mlp_activation == MlpActivation::kGeluTanh);
   }
   // The router's top-k experts per token and each chosen expert's SwiGLU MLP on its token; their
   // weighted sum is the next norm's addend (pending_experts), as a dense MLP's down projection
@@ -653,7 +699,9 @@ struct CudaModel::GraphOps {
       else
         project(down(l), ws().act.ptr, ws().proj.ptr);
     });
-    if (!fused) pending = ws().proj.ptr;
+    if (fused) return;
+    norm_block_output(w(l).mlp_out_norm);
+    pending = ws().proj.ptr;
   }
   void final_norm() { norm(m->weights_->final_norm.ptr); }
   void lm_head() {
@@ -670,6 +718,9 @@ struct CudaModel::GraphOps {
                               m->weights_->lm_head_ptr(), ws().logits.ptr, rows, H, c().vocab_size,
                               stream);
     });
+    if (c().final_logit_softcapping > 0)
+      ops::soft_cap(ws().logits.ptr, int64_t{rows} * c().vocab_size,
+                    static_cast<float>(c().final_logit_softcapping), stream);
   }
 };
 
@@ -710,6 +761,9 @@ void CudaModel::hidden_row_logits(CudaActivations& activations, int32_t first_ro
       static_cast<size_t>(int64_t{rows} * H) * sizeof(uint16_t), cudaMemcpyDeviceToDevice, stream));
   gemm_.linear_f32_out(config_.dtype, activations.hidden_rows.ptr, weights_->lm_head_ptr(), out,
                        rows, H, config_.vocab_size, stream);
+  if (config_.final_logit_softcapping > 0)
+    ops::soft_cap(out, int64_t{rows} * config_.vocab_size,
+                  static_cast<float>(config_.final_logit_softcapping), stream);
 }
 
 }  // namespace l2kv

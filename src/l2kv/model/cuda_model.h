@@ -147,6 +147,7 @@ class CudaModel {
   int64_t weight_bytes_ = 0;
   std::unique_ptr<Weights> weights_;
   float* inv_freq_ = nullptr;
+  float* local_inv_freq_ = nullptr;  // sliding-window layers' RoPE (Gemma 3)
   Gemm gemm_;
   // gate_up's rows are [gate | up] in paired order (paired_rows.h: the SiLU epilogue's layout);
   // false for an intermediate size that is not a multiple of 8, which the fused layer then skips.

@@ -3,6 +3,7 @@
 // Qwen3MoeForCausalLM, Gemma3ForCausalLM), or one of the built-in synthetic shapes.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <filesystem>
 #include <string>
@@ -101,6 +102,9 @@ struct ModelConfig {
   int64_t weight_bytes() const;
   bool is_sliding(int64_t layer) const {
     return !sliding_layer.empty() && sliding_layer[static_cast<size_t>(layer)] != 0;
+  }
+  bool has_sliding_layers() const {
+    return std::any_of(sliding_layer.begin(), sliding_layer.end(), [](auto s) { return s != 0; });
   }
 };
 

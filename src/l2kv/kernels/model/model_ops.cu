@@ -75,13 +75,13 @@ __device__ __forceinline__ float block_sum(float v) {
 // prologue of the first QKV projection reads).
 template <typename T>
 __global__ void embed_kernel(const int32_t* tokens, const T* embed, int32_t hidden, float* residual,
-                             float* sumsq) {
+                             float* sumsq, float scale) {
   using Traits = tc::ElementTraits<T>;
   const int t = blockIdx.x;
   const T* row = embed + static_cast<int64_t>(tokens[t]) * hidden;
   float sum = 0.f;
   for (int i = threadIdx.x; i < hidden; i += blockDim.x) {
-    const float x = Traits::to_float(row[i]);
+    const float x = Traits::to_float(row[i]) * scale;
     residual[static_cast<int64_t>(t) * hidden + i] = x;
     sum += x * x;
   }
@@ -399,7 +399,19 @@ __global__ void kv_amax_kernel(const T* qkv, const T* bias, const int32_t* posit
 // x * blockDim + j of its token (inter % 8 == 0). kInterleaved: gate and up alternate in groups
 // of 8 (gemv.h's kSiluMul layout), so features i .. i + 7 have their gate at 2 i and up at
 // 2 i + 8.
-template <typename T, bool kInterleaved>
+// The gate's activation: SiLU (SwiGLU) or GELU's tanh form (GeGLU), as transformers'
+// gelu_pytorch_tanh.
+template <bool kGelu>
+__device__ __forceinline__ float gate_activation(float g) {
+  if constexpr (kGelu) {
+    constexpr float kSqrt2OverPi = 0.7978845608028654f;
+    return 0.5f * g * (1.f + tanhf(kSqrt2OverPi * (g + 0.044715f * g * g * g)));
+  } else {
+    return g / (1.f + __expf(-g));
+  }
+}
+
+template <typename T, bool kInterleaved, bool kGelu>
 __global__ void silu_mul_kernel(const T* gate_up, int32_t inter, T* out) {
   ptx::launch_dependents();  // as add_rmsnorm_kernel: the down projection may start early
   ptx::grid_dependency_wait();
@@ -412,12 +424,12 @@ __global__ void silu_mul_kernel(const T* gate_up, int32_t inter, T* out) {
   g.load(gate_up + t * 2 * inter + (kInterleaved ? 2 * i : i));
   u.load(gate_up + t * 2 * inter + (kInterleaved ? 2 * i + kVec : inter + i));
 #pragma unroll
-  for (int e = 0; e < kVec; ++e) g.v[e] = g.v[e] / (1.f + __expf(-g.v[e])) * u.v[e];
+  for (int e = 0; e < kVec; ++e) g.v[e] = gate_activation<kGelu>(g.v[e]) * u.v[e];
   g.store(out + t * inter + i);
 }
 
 // The strided form for an intermediate size that is not a multiple of 8: one block per token.
-template <typename T>
+template <typename T, bool kGelu>
 __global__ void silu_mul_strided_kernel(const T* gate_up, int32_t inter, T* out) {
   ptx::launch_dependents();
   ptx::grid_dependency_wait();
@@ -426,8 +438,29 @@ __global__ void silu_mul_strided_kernel(const T* gate_up, int32_t inter, T* out)
   for (int i = threadIdx.x; i < inter; i += blockDim.x) {
     const float g = Traits::to_float(gate_up[t * 2 * inter + i]);
     const float u = Traits::to_float(gate_up[t * 2 * inter + inter + i]);
-    out[t * inter + i] = Traits::from_float(g / (1.f + __expf(-g)) * u);
+    out[t * inter + i] = Traits::from_float(gate_activation<kGelu>(g) * u);
   }
+}
+
+// One block per row: the row's sum of squares, then the normalized row over itself.
+template <typename T>
+__global__ void rms_norm_rows_kernel(T* x, const T* weight, float eps, int32_t hidden) {
+  using Traits = tc::ElementTraits<T>;
+  T* row = x + static_cast<int64_t>(blockIdx.x) * hidden;
+  float sum = 0.f;
+  for (int i = threadIdx.x; i < hidden; i += blockDim.x) {
+    const float v = Traits::to_float(row[i]);
+    sum += v * v;
+  }
+  const float scale = __frsqrt_rn(block_sum(sum) / hidden + eps);
+  for (int i = threadIdx.x; i < hidden; i += blockDim.x)
+    row[i] = Traits::from_float(Traits::to_float(row[i]) * scale * Traits::to_float(weight[i]));
+}
+
+__global__ void soft_cap_kernel(float* values, int64_t count, float cap) {
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < count;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    values[i] = cap * tanhf(values[i] / cap);
 }
 
 __global__ void gather_rows_kernel(const uint16_t* in, const int32_t* rows, int32_t width,
@@ -440,11 +473,11 @@ __global__ void gather_rows_kernel(const uint16_t* in, const int32_t* rows, int3
 }  // namespace
 
 void embed(DType dtype, const int32_t* tokens, int32_t num_tokens, const void* table,
-           int32_t hidden, float* residual, cudaStream_t stream, float* sumsq) {
+           int32_t hidden, float* residual, cudaStream_t stream, float* sumsq, float scale) {
   with_16bit_type(dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     embed_kernel<T><<<num_tokens, kThreads, 0, stream>>>(tokens, static_cast<const T*>(table),
-                                                         hidden, residual, sumsq);
+                                                         hidden, residual, sumsq, scale);
   });
   L2KV_CUDA_CHECK_LAUNCH();
 }
@@ -519,7 +552,7 @@ void calculate_kv_scales(const void* qkv, const void* bias, const int32_t* posit
 }
 
 void silu_mul(DType dtype, const void* gate_up, int32_t num_tokens, int32_t inter, void* out,
-              cudaStream_t stream, bool pdl, bool interleaved) {
+              cudaStream_t stream, bool pdl, bool interleaved, bool gelu_tanh) {
   if (interleaved && inter % kVec != 0)
     throw Error(
         "silu_mul: an interleaved gate_up needs an intermediate size that is a multiple of 8");
@@ -536,11 +569,37 @@ void silu_mul(DType dtype, const void* gate_up, int32_t num_tokens, int32_t inte
         launch_config(vectorized ? dim3(vec_blocks, tokens) : dim3(tokens), dim3(kThreads), 0,
                       stream, pdl, attribute);
     using Kernel = void (*)(const T*, int32_t, T*);
-    Kernel kernel = silu_mul_strided_kernel<T>;
-    if (vectorized)
-      kernel = interleaved ? Kernel{silu_mul_kernel<T, true>} : Kernel{silu_mul_kernel<T, false>};
+    Kernel kernel = nullptr;
+    if (gelu_tanh)
+      kernel = !vectorized   ? Kernel{silu_mul_strided_kernel<T, true>}
+               : interleaved ? Kernel{silu_mul_kernel<T, true, true>}
+                             : Kernel{silu_mul_kernel<T, false, true>};
+    else
+      kernel = !vectorized   ? Kernel{silu_mul_strided_kernel<T, false>}
+               : interleaved ? Kernel{silu_mul_kernel<T, true, false>}
+                             : Kernel{silu_mul_kernel<T, false, false>};
     L2KV_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, in, inter, o));
   });
+}
+
+void rms_norm_rows(DType dtype, void* x, const void* weight, float eps, int32_t num_tokens,
+                   int32_t hidden, cudaStream_t stream) {
+  if (num_tokens <= 0) return;
+  with_16bit_type(dtype, [&](auto* tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    rms_norm_rows_kernel<T><<<num_tokens, kThreads, 0, stream>>>(
+        static_cast<T*>(x), static_cast<const T*>(weight), eps, hidden);
+  });
+  L2KV_CUDA_CHECK_LAUNCH();
+}
+
+void soft_cap(float* values, int64_t count, float cap, cudaStream_t stream) {
+  if (count <= 0) return;
+  if (!(cap > 0.f)) throw Error("soft_cap: the cap must be positive");
+  const auto blocks =
+      static_cast<unsigned>(std::min<int64_t>((count + kThreads - 1) / kThreads, 4096));
+  soft_cap_kernel<<<blocks, kThreads, 0, stream>>>(values, count, cap);
+  L2KV_CUDA_CHECK_LAUNCH();
 }
 
 void gather_rows(const void* in, const int32_t* rows, int32_t num_rows, int32_t width, void* out,

@@ -12,10 +12,12 @@
 
 namespace l2kv::ops {
 
-// residual[t, :] = embed[tokens[t], :] (fp32 residual stream); with `sumsq`, also
-// sumsq[t] = the sum of residual[t, :]^2 (for a fused RMSNorm prologue, gemv.h).
+// residual[t, :] = embed[tokens[t], :] * scale (fp32 residual stream; Gemma scales by
+// sqrt(hidden)); with `sumsq`, also sumsq[t] = the sum of residual[t, :]^2 (for a fused RMSNorm
+// prologue, gemv.h).
 void embed(DType dtype, const int32_t* tokens, int32_t num_tokens, const void* embed,
-           int32_t hidden, float* residual, cudaStream_t stream, float* sumsq = nullptr);
+           int32_t hidden, float* residual, cudaStream_t stream, float* sumsq = nullptr,
+           float scale = 1.f);
 
 // A mixture of experts' output as add_rmsnorm's addend: row t adds sum over j < top_k of
 // weights[s] * y[row(s), :] for its slots s = t top_k + j, in fp32, where row(s) = s, or
@@ -69,8 +71,18 @@ void calculate_kv_scales(const void* qkv, const void* bias, const int32_t* posit
 
 // out[t, i] = silu(gate[t, i]) * up[t, i]: gate_up[t] is [gate | up], or with `interleaved`
 // gate and up alternate in groups of 8 features (gemv.h's kSiluMul layout; inter % 8 == 0).
+// `gelu_tanh`: GELU's tanh form instead of SiLU (GeGLU: Gemma).
 void silu_mul(DType dtype, const void* gate_up, int32_t num_tokens, int32_t inter, void* out,
-              cudaStream_t stream, bool pdl = false, bool interleaved = false);
+              cudaStream_t stream, bool pdl = false, bool interleaved = false,
+              bool gelu_tanh = false);
+
+// x[t, :] = RMSNorm(x[t, :]) * weight in place, for 16-bit rows (Gemma 3's norms of the
+// attention and MLP outputs before they join the residual stream), in fp32, rounded once.
+void rms_norm_rows(DType dtype, void* x, const void* weight, float eps, int32_t num_tokens,
+                   int32_t hidden, cudaStream_t stream);
+
+// values[i] = cap * tanh(values[i] / cap) (Gemma's final logit soft-capping).
+void soft_cap(float* values, int64_t count, float cap, cudaStream_t stream);
 
 // out[r, :] = in[rows[r], :] for 16-bit rows of `width`.
 void gather_rows(const void* in, const int32_t* rows, int32_t num_rows, int32_t width, void* out,
