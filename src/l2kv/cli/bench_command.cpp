@@ -113,9 +113,16 @@ double measure_read_ceiling(cudaStream_t stream) {
   return static_cast<double>(bytes) / (ms[10] * 1e-3);
 }
 
-// Bytes of K and V of one token over all layers, as the model stores them (16-bit or fp8).
-int64_t kv_bytes_per_token(const CudaStepState& state) {
-  return state.kv_block_bytes(1);
+// Bytes of K and V a decode step reads for one sequence of `length` tokens (its new one
+// included), as the model stores them (16-bit or fp8): every layer's, and of a sliding-window
+// layer (Gemma 3) only its window's.
+double kv_bytes_read(const CudaStepState& state, double length) {
+  const ModelConfig& c = state.config();
+  const double per_layer_token = static_cast<double>(state.kv_block_bytes(1)) / c.num_layers;
+  double tokens = 0;
+  for (int64_t l = 0; l < c.num_layers; ++l)
+    tokens += c.is_sliding(l) ? std::min(length, static_cast<double>(c.sliding_window)) : length;
+  return per_layer_token * tokens;
 }
 
 // One decode step at `batch` sequences of `context` tokens, KV filled with random values:
@@ -140,6 +147,16 @@ nlohmann::ordered_json run_steady_point(const std::shared_ptr<CudaModel>& model,
   const int32_t num_blocks = batch * blocks_per_seq + chunk_blocks + 1;
   state.allocate_workspace(
       {batch + chunk, batch + (chunk > 0 ? 1 : 0), std::max(context, chunk), 0});
+  // A point whose KV cache cannot fit beside the weights is reported, not attempted.
+  size_t free_bytes = 0, total_bytes = 0;
+  L2KV_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+  const double kv_bytes = static_cast<double>(state.kv_block_bytes(block_size)) * num_blocks;
+  if (kv_bytes > 0.95 * static_cast<double>(free_bytes)) {
+    char why[128];
+    std::snprintf(why, sizeof why, "a KV cache of %.1f GB does not fit in the %.1f GB free",
+                  kv_bytes / 1e9, static_cast<double>(free_bytes) / 1e9);
+    return {{"mode", "steady"}, {"batch", batch}, {"context", context}, {"skipped", why}};
+  }
   state.allocate_kv_cache(num_blocks, block_size);
   const int64_t pool_elems =
       static_cast<int64_t>(num_blocks) * block_size * c.num_kv_heads * c.head_dim;
@@ -222,7 +239,7 @@ nlohmann::ordered_json run_steady_point(const std::shared_ptr<CudaModel>& model,
   state.release_kv_cache();
 
   const double bytes = static_cast<double>(state.model().step_weight_bytes(batch)) +
-                       static_cast<double>(kv_bytes_per_token(state)) * batch * (context + 1.0);
+                       batch * kv_bytes_read(state, context + 1.0);
   // A step with a prompt chunk also computes the chunk: its MBU would mean nothing.
   const nlohmann::ordered_json mbu =
       chunk == 0 ? nlohmann::ordered_json(bytes / (graph_ms * 1e-3 * ceiling)) : nullptr;
@@ -307,10 +324,11 @@ nlohmann::ordered_json run_e2e_point(Engine& engine, CudaRunner& runner, const C
   while (finished < num_prompts) {
     while (submitted < num_prompts && in_flight < concurrency) submit();
     const EngineStats before = engine.stats();
-    // KV the step reads if it is a decode step: every started sequence's current length.
-    double kv_tokens = 0;
+    // KV the step reads if it is a decode step: every started sequence's, new token included.
+    double kv_bytes = 0;
     for (int32_t i = 0; i < submitted; ++i)
-      if (!tracked[i].finished && tracked[i].first_token_s >= 0) kv_tokens += tracked[i].length;
+      if (!tracked[i].finished && tracked[i].first_token_s >= 0)
+        kv_bytes += kv_bytes_read(runner.step_state(), tracked[i].length + 1.0);
     const auto step_start = Clock::now();
     if (!engine.step()) break;
     if (!failure.empty()) throw Error("benchmark request failed: " + failure);
@@ -322,9 +340,7 @@ nlohmann::ordered_json run_e2e_point(Engine& engine, CudaRunner& runner, const C
     } else {
       decode_s += step_s;
       ++decode_steps;
-      decode_bytes += static_cast<double>(model.step_weight_bytes(before.running)) +
-                      static_cast<double>(kv_bytes_per_token(runner.step_state())) *
-                          (kv_tokens + before.running);
+      decode_bytes += static_cast<double>(model.step_weight_bytes(before.running)) + kv_bytes;
     }
     if (seconds_since(last_progress) > 2.0) {
       last_progress = Clock::now();
@@ -446,6 +462,12 @@ int run_bench(const BenchOptions& o) {
                                           o.engine.block_size, o.steady_reps, ceiling, trace.get(),
                                           runner->stream());
             point["model"] = o.model.model;
+            if (point.contains("skipped")) {
+              std::printf("steady  %-14s B=%-4d ctx=%-6d skipped: %s\n", v.name.c_str(), batch,
+                          context, point["skipped"].get<std::string>().c_str());
+              report["points"].push_back(point);
+              continue;
+            }
             const std::string chunk_text =
                 chunk > 0 ? " chunk=" + std::to_string(chunk) : std::string();
             char mbu_text[16] = "-";
