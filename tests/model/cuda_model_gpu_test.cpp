@@ -248,6 +248,66 @@ TEST(CudaModel, Gemma3MatchesTransformers) {
   for (size_t i = 0; i < fp8.prompt_lengths.size(); ++i) EXPECT_LT(fp8.logits_rel_l2[i], 0.12);
 }
 
+// Gemma 3 at head_dim 256 (its 1B-12B sizes; the fixture has 64): a tiny random checkpoint in
+// gemma3-sliding's layout (window 16, a sliding layer then a global one, twice) with head_dim
+// 256 and norm weights away from 0 (they scale by 1 + weight), weights rounded to bf16 so both
+// backends hold the same ones, against the CPU backend over a 40-token prompt and 20 decode
+// steps: within the 16-bit bound of the fixtures.
+TEST(CudaModel, Gemma3HeadDim256MatchesTheCpuModel) {
+  L2KV_SKIP_WITHOUT_GPU();
+  nlohmann::json config =
+      nlohmann::json::parse(std::ifstream(kFixtures / "gemma3-sliding" / "config.json"));
+  const int64_t hidden = 256, heads = 4, kv_heads = 2, head_dim = 256, inter = 512, vocab = 512,
+                layers = 4;
+  config["head_dim"] = head_dim;
+  config["query_pre_attn_scalar"] = 192;
+  std::mt19937 rng(77);
+  testing::TinyTensors tensors;
+  auto add = [&](const std::string& name, std::vector<int64_t> shape, float range) {
+    int64_t n = 1;
+    for (int64_t d : shape) n *= d;
+    std::vector<float> v = testing::uniform_values(rng, n, -range, range);
+    for (float& x : v) x = round_to_bf16(x);
+    tensors[name] = {shape, v, {}};
+  };
+  const float proj = 1.f / std::sqrt(static_cast<float>(hidden));
+  add("model.embed_tokens.weight", {vocab, hidden}, 1.f);
+  add("model.norm.weight", {hidden}, 0.5f);
+  for (int64_t l = 0; l < layers; ++l) {
+    const std::string p = "model.layers." + std::to_string(l) + ".";
+    for (const char* norm : {"input_layernorm", "post_attention_layernorm",
+                             "pre_feedforward_layernorm", "post_feedforward_layernorm"})
+      add(p + norm + ".weight", {hidden}, 0.5f);
+    add(p + "self_attn.q_proj.weight", {heads * head_dim, hidden}, 2 * proj);
+    add(p + "self_attn.k_proj.weight", {kv_heads * head_dim, hidden}, 2 * proj);
+    add(p + "self_attn.v_proj.weight", {kv_heads * head_dim, hidden}, proj);
+    add(p + "self_attn.o_proj.weight", {hidden, heads * head_dim}, proj);
+    add(p + "self_attn.q_norm.weight", {head_dim}, 0.5f);
+    add(p + "self_attn.k_norm.weight", {head_dim}, 0.5f);
+    add(p + "mlp.gate_proj.weight", {inter, hidden}, proj);
+    add(p + "mlp.up_proj.weight", {inter, hidden}, proj);
+    add(p + "mlp.down_proj.weight", {hidden, inter}, proj);
+  }
+  const fs::path dir = fs::temp_directory_path() / ("l2kv_tiny_gemma3_" + std::to_string(getpid()));
+  testing::write_tiny_checkpoint(dir, config, tensors);
+  std::vector<int32_t> tokens;
+  for (int t = 0; t < 60; ++t) tokens.push_back(static_cast<int32_t>((t * 53 + 5) % vocab));
+  const std::vector<float> want = CpuModel(dir).forward(tokens);
+  auto state = load(dir, 64, 16, /*max_logit_rows=*/64);
+  ASSERT_EQ(state->config().head_dim, 256);
+  const std::vector<float> got = prefill_then_decode(*state, tokens, 40);
+  fs::remove_all(dir);
+  const size_t prompt_values = 40 * static_cast<size_t>(vocab);
+  double max_abs = 0;
+  const double prompt_error = relative_l2(got.data(), want.data(), prompt_values, &max_abs);
+  const double decode_error = relative_l2(got.data() + prompt_values, want.data() + prompt_values,
+                                          want.size() - prompt_values, &max_abs);
+  std::printf("[gemma3 head_dim 256] CUDA vs CPU logits rel. L2: prompt %.2e, decode %.2e\n",
+              prompt_error, decode_error);
+  EXPECT_LT(prompt_error, 2e-2);
+  EXPECT_LT(decode_error, 2e-2);
+}
+
 // Its sliding-window layers replayed from a CUDA graph equal the eager step (the window's first
 // position moves with every step, read from the sequence lengths on the device), and the
 // paged_v1 kernel, which has no window, is refused.

@@ -278,6 +278,10 @@ TEST(ModelConfig, SyntheticShapesAreTheRealModels) {
   EXPECT_TRUE(gemma.gemma && gemma.qk_norm && gemma.tie_word_embeddings);
   EXPECT_TRUE(gemma.is_sliding(0) && gemma.is_sliding(4) && !gemma.is_sliding(5));
   EXPECT_TRUE(gemma.has_sliding_layers());
+  // Gemma 3 12B's language model (head_dim 256).
+  const ModelConfig gemma12 = ModelConfig::synthetic("gemma3-12b");
+  EXPECT_NEAR(gemma12.parameter_count() / 1e9, 11.77, 0.05);
+  EXPECT_EQ(gemma12.head_dim, 256);
   const ModelConfig qwen3 = ModelConfig::synthetic("qwen3-8b");
   EXPECT_EQ(qwen3.parameter_count(), 8190735360);  // Qwen3-8B's safetensors, to the parameter
   EXPECT_TRUE(qwen3.qk_norm);

@@ -18,7 +18,7 @@ void add_model_options(CLI::App& app, ModelOptions& o) {
                  "synthetic:NAME for random weights in a real shape (llama2-7b, llama3-8b, "
                  "qwen2.5-7b, qwen2.5-14b, qwen3-8b, each also as NAME-fp8 with fp8 "
                  "projections, the mixtures of experts qwen3-30b-a3b, mixtral-8x7b, and "
-                 "gemma3-27b; CUDA only)")
+                 "gemma3-12b, gemma3-27b; CUDA only)")
       ->required();
   app.add_option("--tokenizer", o.tokenizer,
                  "A folder with tokenizer.json (and tokenizer_config.json with its chat template) "

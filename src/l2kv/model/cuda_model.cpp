@@ -51,11 +51,8 @@ Fp8Matrix upload_fp8(std::initializer_list<const HfFp8Projection*> parts) {
 // The CUDA kernels are built for these head sizes (and the QKV rows' paired order needs a
 // multiple of 16); checked before any weight is loaded.
 void check_head_dim(const ModelConfig& c) {
-  if (c.head_dim != 64 && c.head_dim != 128)
-    throw Error("CUDA backend: head_dim must be 64 or 128, got " + std::to_string(c.head_dim) +
-                (c.gemma ? " (Gemma 3 1B-12B use 256, which the CUDA attention kernels do not "
-                           "take yet; Gemma 3 27B's 128 runs, and --device cpu runs them all)"
-                         : ""));
+  if (c.head_dim != 64 && c.head_dim != 128 && c.head_dim != 256)
+    throw Error("CUDA backend: head_dim must be 64, 128 or 256, got " + std::to_string(c.head_dim));
   if (c.attn_logit_softcapping > 0)
     throw Error(
         "CUDA backend: attention logit soft-capping (attn_logit_softcapping) is not "

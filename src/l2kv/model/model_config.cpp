@@ -387,24 +387,31 @@ ModelConfig ModelConfig::synthetic(const std::string& full_name) {
     c.num_q_heads = 32, c.num_kv_heads = 8, c.rms_norm_eps = 1e-5, c.rope.theta = 1000000;
     c.num_experts = 8, c.experts_per_token = 2, c.expert_intermediate_size = 14336;
     c.norm_topk_prob = true;
-  } else if (name == "gemma3-27b") {
-    // Five sliding-window layers to one global, as the Hub's config (head_dim 128: the one
-    // Gemma 3 size the CUDA attention kernels take).
+  } else if (name == "gemma3-12b" || name == "gemma3-27b") {
+    // Five sliding-window layers to one global, as the Hub's configs.
+    const bool big = name == "gemma3-27b";
     c.architecture = "Gemma3ForCausalLM", c.gemma = true, c.qk_norm = true;
     c.tie_word_embeddings = true, c.mlp_activation = MlpActivation::kGeluTanh;
-    c.vocab_size = 262208, c.hidden_size = 5376, c.intermediate_size = 21504, c.num_layers = 62;
-    c.num_q_heads = 32, c.num_kv_heads = 16, c.rms_norm_eps = 1e-6;
+    c.vocab_size = 262208, c.rms_norm_eps = 1e-6;
+    if (big) {
+      c.hidden_size = 5376, c.intermediate_size = 21504, c.num_layers = 62;
+      c.num_q_heads = 32, c.num_kv_heads = 16, c.head_dim = 128;
+      c.attention_scale = 1.0 / std::sqrt(168.0);  // query_pre_attn_scalar
+    } else {
+      c.hidden_size = 3840, c.intermediate_size = 15360, c.num_layers = 48;
+      c.num_q_heads = 16, c.num_kv_heads = 8, c.head_dim = 256;
+      c.attention_scale = 1.0 / std::sqrt(256.0);
+    }
     c.rope.theta = 1000000, c.rope.type = RopeType::kLinear, c.rope.factor = 8;
     c.local_rope.theta = 10000;
     c.sliding_window = 1024;
     c.sliding_layer.assign(static_cast<size_t>(c.num_layers), 0);
     for (int64_t l = 0; l < c.num_layers; ++l) c.sliding_layer[l] = (l + 1) % 6 != 0;
-    c.attention_scale = 1.0 / std::sqrt(168.0);  // query_pre_attn_scalar
   } else {
     throw Error("unknown synthetic model '" + full_name +
                 "' (known: llama2-7b, llama3-8b, qwen2.5-7b, qwen2.5-14b, qwen3-8b, "
-                "qwen3-30b-a3b, mixtral-8x7b, gemma3-27b, each dense one also as NAME-fp8 with "
-                "fp8 projections)");
+                "qwen3-30b-a3b, mixtral-8x7b, gemma3-12b, gemma3-27b, each dense one also as "
+                "NAME-fp8 with fp8 projections)");
   }
   return c;
 }

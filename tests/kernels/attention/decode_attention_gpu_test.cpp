@@ -183,7 +183,8 @@ TEST(DecodeAttention, LongContexts) {
   }
 }
 
-// Sliding windows (Gemma 3's local layers) in the split kernel: each query sees its last
+// Sliding windows (Gemma 3's local layers) in the split kernel, at head_dim 64, 128 and 256
+// (Gemma 3 1B-12B; the split kernel's only other head size): each query sees its last
 // `window` positions. Windows of 1 to beyond the longest length over ragged lengths around tile
 // and block boundaries; dominating needles at the first tokens (outside every short window: a
 // kernel that reads them is off by O(1)) and at the last; long sequences, so the planner's
@@ -191,7 +192,7 @@ TEST(DecodeAttention, LongContexts) {
 TEST(DecodeAttention, SplitSlidingWindowMatchesReference) {
   L2KV_SKIP_WITHOUT_GPU();
   for (const DType dtype : {DType::kBFloat16, DType::kFloat16})
-    for (const int32_t head_dim : {64, 128}) {
+    for (const int32_t head_dim : {64, 128, 256}) {
       DecodeProblemConfig c;
       c.dtype = dtype;
       c.head_dim = head_dim;

@@ -89,14 +89,15 @@ void check_prefill(DecodeProblemConfig c, const std::vector<ChunkSpan>& spans,
   EXPECT_TRUE(testing::rows_match(out, reference, c.head_dim, c.num_q_heads, c.dtype, label));
 }
 
-// Sliding windows (Gemma 3's local layers) on the warp-MMA kernel: whole prompts and chunks that
+// Sliding windows (Gemma 3's local layers) on the warp-MMA kernel, head_dim 64, 128 and 256
+// (without a window too: 1000 is past every prompt here): whole prompts and chunks that
 // start deep in their sequence, windows of 1 token to longer than the prompts, so key tiles
 // before a row's window are skipped or masked in part; the wgmma kernel refuses a window.
 TEST(PrefillAttention, SlidingWindowMatchesReference) {
   L2KV_SKIP_WITHOUT_GPU();
   const std::vector<ChunkSpan> spans = {{0, 333}, {150, 420}, {0, 65}, {500, 520}, {0, 1}};
   for (const DType dtype : {DType::kBFloat16, DType::kFloat16})
-    for (const int32_t head_dim : {64, 128}) {
+    for (const int32_t head_dim : {64, 128, 256}) {
       DecodeProblemConfig c = testing::two_kv_heads_config(dtype, head_dim, 4, 16, KvLayout::kHND);
       c.seed = 3000 + head_dim + (dtype == DType::kFloat16 ? 1 : 0);
       for (const int32_t window : {1, 16, 17, 64, 100, 1000}) {

@@ -13,8 +13,8 @@ void validate_decode_attention(const DecodeAttentionParams& params,
   validate_paged_kv(params.kv, host_seq_lens, host_block_table);
   const auto fail = [](const std::string& m) { throw Error("invalid decode attention: " + m); };
   const PagedKvCache& kv = params.kv;
-  if (kv.head_dim != 64 && kv.head_dim != 128)
-    fail("head_dim must be 64 or 128, got " + std::to_string(kv.head_dim));
+  if (kv.head_dim != 64 && kv.head_dim != 128 && kv.head_dim != 256)
+    fail("head_dim must be 64, 128 or 256, got " + std::to_string(kv.head_dim));
   if (params.num_q_heads <= 0 || params.num_q_heads % kv.num_kv_heads != 0)
     fail(std::to_string(params.num_q_heads) + " query heads do not divide into " +
          std::to_string(kv.num_kv_heads) + " KV heads");

@@ -1,5 +1,6 @@
 // Decode attention over the paged KV cache: one query token per sequence, MHA or GQA
-// (1 to 8 query heads per KV head), bf16 or fp16, head_dim 64 or 128, fp32 accumulation.
+// (1 to 8 query heads per KV head), bf16 or fp16, head_dim 64 or 128 (the split kernel also
+// 256: Gemma 3), fp32 accumulation.
 //
 //   PagedV1Decode    the paper's baseline, in the style of vLLM's paged-attention v1, with
 //                    the paper's Algorithm 1 prefetch as a policy; v2-style partitions and a
@@ -34,7 +35,7 @@ struct DecodeAttentionParams {
   int32_t group_size() const { return num_q_heads / kv.num_kv_heads; }
 };
 
-// Validates the cache (validate_paged_kv) and the attention shape: head_dim 64 or 128,
+// Validates the cache (validate_paged_kv) and the attention shape: head_dim 64, 128 or 256,
 // num_q_heads a multiple of num_kv_heads with at most 8 per KV head, q/out set,
 // max_seq_len equal to the largest host length. Throws l2kv::Error.
 void validate_decode_attention(const DecodeAttentionParams& params,

@@ -36,8 +36,11 @@ struct SplitShape {
   // 16-bit KV: 3 stages x 32 KiB lets two blocks share an SM; measured on the H100
   // (bench/NOTES.md), 2 stages with 3 blocks/SM matched it and 4-6 stages with 1 block/SM were
   // 7-14 % slower. fp8 KV: a tile is half the bytes and needs more work per byte (widening),
-  // so 4 stages of 16 KiB let three blocks share an SM: more warps to hide that work.
-  static constexpr int kStages = kFp8 ? 4 : (kHeadDim == 128 ? 3 : 4);
+  // so 4 stages of 16 KiB let three blocks share an SM: more warps to hide that work. head_dim
+  // 256 (Gemma 3): 3 stages of 64 KiB, or 4 of 32 KiB for fp8, one block per SM.
+  static constexpr int kStages = kFp8 ? 4 : (kHeadDim >= 128 ? 3 : 4);
+  // Blocks per SM the register budget is set for (__launch_bounds__).
+  static constexpr int kMinBlocks = kFp8 && kHeadDim <= 128 ? 3 : 1;
   static constexpr int kTileElems = kSplitTileTokens * kHeadDim;
   static constexpr int kKSteps = kHeadDim / 16;   // MMA k-steps of Q.K
   static constexpr int kOutTiles = kHeadDim / 8;  // MMA n-tiles of P.V
@@ -159,7 +162,7 @@ __device__ __forceinline__ void merge_partials(const SplitKernelArgs& a, int spl
 
 // T: the model's dtype (Q, output, MMA operands). kFp8: K/V stored as E4M3 bytes.
 template <typename T, int kHeadDim, bool kFp8>
-__global__ void __launch_bounds__(kThreads, kFp8 ? 3 : 1)
+__global__ void __launch_bounds__(kThreads, (SplitShape<kHeadDim, kFp8>::kMinBlocks))
     split_decode_kernel(const SplitKernelArgs a) {
   using Shape = SplitShape<kHeadDim, kFp8>;
   using Traits = tc::ElementTraits<T>;
@@ -515,6 +518,7 @@ void dispatch(DType dtype, int32_t head_dim, bool fp8, F&& f) {
   auto by_dim = [&](auto* tag) {
     if (head_dim == 128) return by_storage(tag, std::integral_constant<int, 128>{});
     if (head_dim == 64) return by_storage(tag, std::integral_constant<int, 64>{});
+    if (head_dim == 256) return by_storage(tag, std::integral_constant<int, 256>{});
     throw Error("split decode: unsupported head_dim " + std::to_string(head_dim));
   };
   if (dtype == DType::kBFloat16)

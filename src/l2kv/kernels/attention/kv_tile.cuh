@@ -21,12 +21,13 @@ __device__ __forceinline__ int swizzled(int row, int chunk) {
 }
 
 // Byte offset of 16-byte chunk `chunk` of row `row` in a [64][kHeadDim] byte tile (an fp8
-// cache's), swizzled so the 8 rows an ldmatrix reads lie in 8 different bank groups: 128-byte
-// rows XOR the chunk with row % 8; 64-byte rows, two to a 128-byte line, with (row / 2) % 4.
+// cache's), swizzled so the 8 rows an ldmatrix reads lie in 8 different bank groups: rows of
+// 128 bytes or more XOR the chunk with row % 8; 64-byte rows, two to a 128-byte line, with
+// (row / 2) % 4.
 template <int kHeadDim>
 __device__ __forceinline__ int swizzled_bytes(int row, int chunk) {
-  static_assert(kHeadDim == 64 || kHeadDim == 128);
-  const int pattern = kHeadDim == 128 ? (row & 7) : ((row >> 1) & 3);
+  static_assert(kHeadDim == 64 || kHeadDim == 128 || kHeadDim == 256);
+  const int pattern = kHeadDim >= 128 ? (row & 7) : ((row >> 1) & 3);
   return row * kHeadDim + ((chunk ^ pattern) << 4);
 }
 

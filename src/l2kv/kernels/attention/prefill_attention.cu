@@ -318,7 +318,8 @@ void PrefillAttention::plan(const PagedKvCache& kv, int32_t num_q_heads,
     items_.clear();
     throw Error("prefill attention: " + m);
   };
-  if (kv.head_dim != 64 && kv.head_dim != 128) fail("head_dim must be 64 or 128");
+  if (kv.head_dim != 64 && kv.head_dim != 128 && kv.head_dim != 256)
+    fail("head_dim must be 64, 128 or 256");
   if (kv.num_kv_heads <= 0 || num_q_heads % kv.num_kv_heads != 0)
     fail("query heads must divide into KV heads");
   const int32_t group = num_q_heads / kv.num_kv_heads;
@@ -379,7 +380,14 @@ void PrefillAttention::run(const void* q, void* out, const PagedKvCache& kv, int
     return;
   }
   const bool bf16 = kv.dtype == DType::kBFloat16;
-  if (kv.head_dim == 128) {
+  if (kv.head_dim == 256) {
+    if (bf16)
+      launch_for_storage<__nv_bfloat16, 256>(device_items_, n, planned_group_, q, out, kv,
+                                             num_q_heads, softmax_scale, sliding_window, stream);
+    else
+      launch_for_storage<__half, 256>(device_items_, n, planned_group_, q, out, kv, num_q_heads,
+                                      softmax_scale, sliding_window, stream);
+  } else if (kv.head_dim == 128) {
     if (bf16)
       launch_for_storage<__nv_bfloat16, 128>(device_items_, n, planned_group_, q, out, kv,
                                              num_q_heads, softmax_scale, sliding_window, stream);

@@ -2,8 +2,8 @@
 // tensor cores, online softmax, K/V tiles shared by all query heads of a KV head. Two kernels:
 // warpgroup MMAs (wgmma, prefill_attention_wgmma.h) for head_dim 128 with a 16-bit cache, and
 // warp MMAs (mma.sync, FlashAttention-2 style: a 16-token query tile per warp) for head_dim 64
-// and fp8 caches. Token i of a chunk that starts at position p attends to cache positions
-// 0 .. p + i, so chunked prefill needs nothing extra.
+// and 256, fp8 caches and sliding windows. Token i of a chunk that starts at position p attends to
+// cache positions 0 .. p + i, so chunked prefill needs nothing extra.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -44,7 +44,7 @@ class PrefillAttention {
   // keeps the list. plan() never allocates.
   void reserve(int32_t max_tokens, int32_t max_seqs, int32_t num_kv_heads, int32_t num_q_heads);
 
-  // Plans thread blocks for `chunks` and uploads the plan; validates shapes (head_dim 64/128,
+  // Plans thread blocks for `chunks` and uploads the plan; validates shapes (head_dim 64/128/256,
   // bf16 or fp16, 1-8 query heads per KV head, positions within the block table). Throws when
   // the plan needs more work items than reserve() sized the list for.
   void plan(const PagedKvCache& kv, int32_t num_q_heads, std::span<const PrefillChunk> chunks,
