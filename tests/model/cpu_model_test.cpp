@@ -659,6 +659,49 @@ TEST(CpuModel, Fp8CheckpointIsItsDequantizedModel) {
   fs::remove_all(dir);
 }
 
+// An fp8 mixture of experts (Qwen3-MoE names; experts quantized, the router left in 16 bits as
+// the published checkpoints' `ignore: re:.*mlp.gate$` says) gives exactly the logits of its
+// dequantized model, once with the router quantized too.
+TEST(CpuModel, Fp8MixtureOfExpertsIsItsDequantizedModel) {
+  const testing::TinyQwen3 m = testing::tiny_qwen3_moe(23, 4, 2, 8, true);
+  const std::vector<int32_t> tokens{1, 5, 9, 15, 0, 3, 3, 12, 7, 2};
+  const fs::path dir =
+      fs::temp_directory_path() / ("l2kv_tiny_fp8_moe_" + std::to_string(getpid()));
+  testing::write_tiny_checkpoint(dir, m.config, m.tensors);
+  const std::vector<float> unquantized = CpuModel(dir).forward(tokens);
+  for (const bool router_too : {false, true}) {
+    testing::TinyTensors tensors = m.tensors;
+    if (router_too)  // named like a projection, so fp8_twins quantizes it
+      for (int64_t l = 0; l < 2; ++l) {
+        const std::string p = "model.layers." + std::to_string(l) + ".mlp.";
+        tensors[p + "router_proj.weight"] = tensors.at(p + "gate.weight");
+        tensors.erase(p + "gate.weight");
+      }
+    testing::Fp8Twins t = testing::fp8_twins(m.config, tensors, true);
+    t.config["quantization_config"]["ignore"] = {"lm_head", "re:.*mlp.gate$"};
+    auto rename_router = [](testing::TinyTensors& ts) {
+      for (int64_t l = 0; l < 2; ++l) {
+        const std::string p = "model.layers." + std::to_string(l) + ".mlp.";
+        for (const char* part : {"weight", "weight_scale"})
+          if (ts.count(p + "router_proj." + part)) {
+            ts[p + "gate." + part] = ts.at(p + "router_proj." + part);
+            ts.erase(p + "router_proj." + part);
+          }
+      }
+    };
+    rename_router(t.quantized);
+    rename_router(t.dequantized);
+    testing::write_tiny_checkpoint(dir, t.config, t.quantized);
+    const CpuModel fp8(dir);
+    EXPECT_TRUE(fp8.config().fp8_weights);
+    const std::vector<float> got = fp8.forward(tokens);
+    testing::write_tiny_checkpoint(dir, m.config, t.dequantized);
+    EXPECT_EQ(got, CpuModel(dir).forward(tokens)) << (router_too ? "router quantized" : "");
+    EXPECT_GT(relative_l2(got, unquantized), 1e-4);
+  }
+  fs::remove_all(dir);
+}
+
 // fp8 checkpoints with a missing or misshapen scale, or a 16-bit weight where the config says
 // fp8, are refused with the tensor's name.
 TEST(CpuModel, Fp8CheckpointProblemsAreNamed) {

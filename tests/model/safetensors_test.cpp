@@ -209,6 +209,17 @@ TEST(ModelConfig, ReadsFp8QuantizationAndNamesWhatIsNotSupported) {
             R"({"quant_method": "fbgemm_fp8", "modules_to_not_convert": ["model.layers.0.mlp"]})");
       },
       "lists \"model.layers.0.mlp\"");
+  // A mixture of experts' routers may stay in 16 bits, named as published.
+  const auto ignoring = [&](const std::string& ignored) {
+    std::string q = compressed("channel");
+    q.replace(q.find(R"(["lm_head"])"), 11, ignored);
+    return parse(q);
+  };
+  EXPECT_TRUE(ignoring(R"(["lm_head", "re:.*mlp.gate$"])").fp8_weights);
+  EXPECT_TRUE(ignoring(R"(["lm_head", "re:.*block_sparse_moe.gate$"])").fp8_weights);
+  EXPECT_TRUE(ignoring(R"(["model.layers.0.mlp.gate"])").fp8_weights);
+  expect_error([&] { ignoring(R"(["lm_head", "re:.*mlp.gate_proj$"])"); },
+               "lists \"re:.*mlp.gate_proj$\"");
   expect_error(
       [&] {
         parse(R"({"quant_method": "compressed-tensors", "format": "pack-quantized",

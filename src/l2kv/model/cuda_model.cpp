@@ -66,11 +66,10 @@ std::vector<float> norm_weight(const ModelConfig& c, std::vector<float> w) {
   return w;
 }
 
-// A mixture of experts within what the router and the expert GEMV take, in 16 bits.
+// A mixture of experts within what the router and the expert GEMV take, in 16 bits (an fp8
+// checkpoint's experts are widened at load).
 void check_moe(const ModelConfig& c) {
   if (c.num_experts == 0) return;
-  if (c.fp8_weights)
-    throw Error("CUDA backend: a mixture of experts with fp8 weights is not supported");
   if (c.num_experts > ops::kMoeMaxExperts || c.experts_per_token < 1 ||
       c.experts_per_token > c.num_experts || c.experts_per_token > ops::kMoeMaxTopK ||
       c.expert_intermediate_size % 8 != 0 || c.hidden_size % 8 != 0)
@@ -168,26 +167,30 @@ CudaModel::CudaModel(const std::filesystem::path& folder)
       const HfFp8Projection qkv = fp8_paired_rows({&w.q8, &w.k8, &w.v8}, c.head_dim);
       layer.qkv8 = upload_fp8({&qkv});
       layer.o8 = upload_fp8({&w.o8});
-      layer.gate_up8 = gate_up_fp8(w.gate8, w.up8);
-      layer.down8 = upload_fp8({&w.down8});
+      if (c.num_experts == 0) {
+        layer.gate_up8 = gate_up_fp8(w.gate8, w.up8);
+        layer.down8 = upload_fp8({&w.down8});
+      }
     } else {
       // One fused projection, its rows in paired order (each head a group: RoPE's pairs).
       layer.qkv = upload_16bit(
           c.dtype, to_paired_rows(concat(concat(w.q, w.k), w.v), c.head_dim, c.hidden_size));
       layer.o = upload_16bit(c.dtype, w.o);
-      if (c.num_experts > 0) {
-        layer.router = upload_16bit(c.dtype, w.router);
-        std::vector<float> gate_up, down;
-        for (int64_t e = 0; e < c.num_experts; ++e) {
-          gate_up = concat(concat(std::move(gate_up), w.expert_gate[e]), w.expert_up[e]);
-          down = concat(std::move(down), w.expert_down[e]);
-        }
-        layer.experts_gate_up = upload_16bit(c.dtype, gate_up);
-        layer.experts_down = upload_16bit(c.dtype, down);
-      } else {
+      if (c.num_experts == 0) {
         layer.gate_up = upload_16bit(c.dtype, gate_up_rows(w.gate, w.up, c.hidden_size));
         layer.down = upload_16bit(c.dtype, w.down);
       }
+    }
+    // Experts in 16 bits, also from an fp8 checkpoint (hf_weights.h dequantized them).
+    if (c.num_experts > 0) {
+      layer.router = upload_16bit(c.dtype, w.router);
+      std::vector<float> gate_up, down;
+      for (int64_t e = 0; e < c.num_experts; ++e) {
+        gate_up = concat(concat(std::move(gate_up), w.expert_gate[e]), w.expert_up[e]);
+        down = concat(std::move(down), w.expert_down[e]);
+      }
+      layer.experts_gate_up = upload_16bit(c.dtype, gate_up);
+      layer.experts_down = upload_16bit(c.dtype, down);
     }
     if (c.qkv_bias)
       layer.qkv_bias = upload_16bit(
@@ -243,20 +246,23 @@ CudaModel::CudaModel(const ModelConfig& config, uint64_t seed)
     if (c.fp8_weights) {
       layer.qkv8 = random_fp8(q_dim + 2 * kv_dim, c.hidden_size);
       layer.o8 = random_fp8(c.hidden_size, q_dim);
-      layer.gate_up8 = random_fp8(2 * c.intermediate_size, c.hidden_size);
-      layer.down8 = random_fp8(c.hidden_size, c.intermediate_size);
+      if (c.num_experts == 0) {
+        layer.gate_up8 = random_fp8(2 * c.intermediate_size, c.hidden_size);
+        layer.down8 = random_fp8(c.hidden_size, c.intermediate_size);
+      }
     } else {
       layer.qkv = random((q_dim + 2 * kv_dim) * c.hidden_size, scale);  // any row order
       layer.o = random(c.hidden_size * q_dim, scale);
-      if (c.num_experts > 0) {
-        const int64_t expert = c.expert_intermediate_size * c.hidden_size;
-        layer.router = random(c.num_experts * c.hidden_size, scale);
-        layer.experts_gate_up = random(c.num_experts * 2 * expert, scale);
-        layer.experts_down = random(c.num_experts * expert, scale);
-      } else {
+      if (c.num_experts == 0) {
         layer.gate_up = random(2 * c.intermediate_size * c.hidden_size, scale);  // any order
         layer.down = random(c.hidden_size * c.intermediate_size, scale);
       }
+    }
+    if (c.num_experts > 0) {  // 16-bit experts, as an fp8 checkpoint's are widened at load
+      const int64_t expert = c.expert_intermediate_size * c.hidden_size;
+      layer.router = random(c.num_experts * c.hidden_size, scale);
+      layer.experts_gate_up = random(c.num_experts * 2 * expert, scale);
+      layer.experts_down = random(c.num_experts * expert, scale);
     }
     if (c.qkv_bias) layer.qkv_bias = random(q_dim + 2 * kv_dim, scale);
     if (c.qk_norm) {
@@ -275,9 +281,9 @@ void CudaModel::init_common() {
   weight_bytes_ = c.weight_bytes();
   if (c.fp8_weights) {
     const int64_t q_dim = c.num_q_heads * c.head_dim, kv_dim = c.num_kv_heads * c.head_dim;
-    weights_->fp8_widened = DeviceArray<uint16_t>(
-        static_cast<size_t>(std::max({(q_dim + 2 * kv_dim) * c.hidden_size, c.hidden_size * q_dim,
-                                      2 * c.intermediate_size * c.hidden_size})));
+    weights_->fp8_widened = DeviceArray<uint16_t>(static_cast<size_t>(
+        std::max({(q_dim + 2 * kv_dim) * c.hidden_size, c.hidden_size * q_dim,
+                  c.num_experts > 0 ? 0 : 2 * c.intermediate_size * c.hidden_size})));
   }
   auto upload = [](const std::vector<float>& inv) {
     float* d = nullptr;

@@ -52,7 +52,7 @@ HfLayerWeights load_hf_layer_weights(const Checkpoint& checkpoint, const ModelCo
   // A projection [out, in] (the rank's slice of it): float32, or for an fp8 checkpoint its codes
   // and row scales (kept, or multiplied out into float32).
   auto projection = [&](const std::string& name, int64_t out, int64_t in, const Slice& slice,
-                        std::vector<float>& f32, HfFp8Projection& stored) {
+                        std::vector<float>& f32, HfFp8Projection& stored, Fp8Projections mode) {
     if (!c.fp8_weights) {
       f32 = load_slice(name + ".weight", {out, in}, slice);
       return;
@@ -77,7 +77,7 @@ HfLayerWeights load_hf_layer_weights(const Checkpoint& checkpoint, const ModelCo
       stored.row_scales[static_cast<size_t>(r)] =
           s[s.size() == 1 ? 0 : static_cast<size_t>(slice.row_begin + r)];
     stored.codes = weight.bytes_of(slice.row_begin, slice.rows, slice.col_begin, slice.cols);
-    if (fp8 == Fp8Projections::kAsStored) return;
+    if (mode == Fp8Projections::kAsStored) return;
     const std::vector<float> values =
         weight.to_float(slice.row_begin, slice.rows, slice.col_begin, slice.cols);
     f32.resize(values.size());
@@ -98,10 +98,10 @@ HfLayerWeights load_hf_layer_weights(const Checkpoint& checkpoint, const ModelCo
   const int64_t q_rows = shard ? shard->q_heads * D : q_dim;
   const int64_t kv_begin = shard ? shard->kv_head_begin * D : 0;
   const int64_t kv_rows = shard ? shard->kv_heads * D : kv_dim;
-  projection("self_attn.q_proj", q_dim, H, rows_of(q_dim, H, q_begin, q_rows), w.q, w.q8);
-  projection("self_attn.k_proj", kv_dim, H, rows_of(kv_dim, H, kv_begin, kv_rows), w.k, w.k8);
-  projection("self_attn.v_proj", kv_dim, H, rows_of(kv_dim, H, kv_begin, kv_rows), w.v, w.v8);
-  projection("self_attn.o_proj", H, q_dim, cols_of(H, q_dim, q_begin, q_rows), w.o, w.o8);
+  projection("self_attn.q_proj", q_dim, H, rows_of(q_dim, H, q_begin, q_rows), w.q, w.q8, fp8);
+  projection("self_attn.k_proj", kv_dim, H, rows_of(kv_dim, H, kv_begin, kv_rows), w.k, w.k8, fp8);
+  projection("self_attn.v_proj", kv_dim, H, rows_of(kv_dim, H, kv_begin, kv_rows), w.v, w.v8, fp8);
+  projection("self_attn.o_proj", H, q_dim, cols_of(H, q_dim, q_begin, q_rows), w.o, w.o8, fp8);
   if (c.qkv_bias) {
     w.q_bias = load_slice("self_attn.q_proj.bias", {q_dim}, Slice{0, 1, q_begin, q_rows});
     w.k_bias = load_slice("self_attn.k_proj.bias", {kv_dim}, Slice{0, 1, kv_begin, kv_rows});
@@ -115,21 +115,31 @@ HfLayerWeights load_hf_layer_weights(const Checkpoint& checkpoint, const ModelCo
     const bool mixtral = c.architecture == "MixtralForCausalLM";
     const std::string moe = mixtral ? "block_sparse_moe." : "mlp.";
     const int64_t I = c.expert_intermediate_size;
-    w.router = load(moe + "gate.weight", {c.num_experts, c.hidden_size});
+    // fp8 checkpoints: the experts (and a router, where quantized too) are dequantized here on
+    // both backends: float32 on the CPU, 16 bits on the GPU (no fp8 expert kernel yet).
+    auto dequantized = [&](const std::string& name, int64_t out, int64_t in) {
+      const bool fp8_tensor =
+          c.fp8_weights &&
+          checkpoint.get(p + name + ".weight", {out, in}).dtype == TensorDType::kF8E4M3;
+      if (!fp8_tensor) return load(name + ".weight", {out, in});
+      std::vector<float> f32;
+      HfFp8Projection unused;
+      projection(name, out, in, whole(out, in), f32, unused, Fp8Projections::kDequantized);
+      return f32;
+    };
+    w.router = dequantized(moe + "gate", c.num_experts, c.hidden_size);
     for (int64_t e = 0; e < c.num_experts; ++e) {
       const std::string x = moe + "experts." + std::to_string(e) + ".";
-      w.expert_gate.push_back(
-          load(x + (mixtral ? "w1" : "gate_proj") + ".weight", {I, c.hidden_size}));
-      w.expert_up.push_back(load(x + (mixtral ? "w3" : "up_proj") + ".weight", {I, c.hidden_size}));
-      w.expert_down.push_back(
-          load(x + (mixtral ? "w2" : "down_proj") + ".weight", {c.hidden_size, I}));
+      w.expert_gate.push_back(dequantized(x + (mixtral ? "w1" : "gate_proj"), I, c.hidden_size));
+      w.expert_up.push_back(dequantized(x + (mixtral ? "w3" : "up_proj"), I, c.hidden_size));
+      w.expert_down.push_back(dequantized(x + (mixtral ? "w2" : "down_proj"), c.hidden_size, I));
     }
   } else {
     const int64_t I = c.intermediate_size;
     const int64_t i_begin = shard ? shard->inter_begin : 0, i_count = shard ? shard->inter : I;
-    projection("mlp.gate_proj", I, H, rows_of(I, H, i_begin, i_count), w.gate, w.gate8);
-    projection("mlp.up_proj", I, H, rows_of(I, H, i_begin, i_count), w.up, w.up8);
-    projection("mlp.down_proj", H, I, cols_of(H, I, i_begin, i_count), w.down, w.down8);
+    projection("mlp.gate_proj", I, H, rows_of(I, H, i_begin, i_count), w.gate, w.gate8, fp8);
+    projection("mlp.up_proj", I, H, rows_of(I, H, i_begin, i_count), w.up, w.up8, fp8);
+    projection("mlp.down_proj", H, I, cols_of(H, I, i_begin, i_count), w.down, w.down8, fp8);
   }
   auto scale = [&](const std::string& name) {
     const TensorView* t = checkpoint.find(p + name);

@@ -29,13 +29,23 @@ bool read_fp8_quantization(const nlohmann::json& j, const std::string& origin) {
   const std::string where = origin + ": quantization_config";
   if (!q.is_object()) throw Error(where + " is not an object");
   const std::string method = q.value("quant_method", std::string());
+  // Modules left in 16 bits: the LM head, and a mixture of experts' routers (as published:
+  // "re:.*mlp.gate$"), which l2kv reads in whatever dtype they are stored.
+  auto ends_with = [](const std::string& s, const std::string& end) {
+    return s.size() >= end.size() && s.compare(s.size() - end.size(), end.size(), end) == 0;
+  };
   auto only_lm_head = [&](const char* key) {
     if (!q.contains(key) || q[key].is_null()) return;
-    for (const auto& m : q[key])
-      if (!m.is_string() || m.get<std::string>() != "lm_head")
+    for (const auto& m : q[key]) {
+      const std::string name = m.is_string() ? m.get<std::string>() : std::string();
+      const bool router = ends_with(name, "mlp.gate") || ends_with(name, "mlp.gate$") ||
+                          ends_with(name, "block_sparse_moe.gate") ||
+                          ends_with(name, "block_sparse_moe.gate$");
+      if (name != "lm_head" && !router)
         throw Error(where + "." + key + " lists " + m.dump() +
                     ": l2kv quantizes every decoder projection and nothing else (only lm_head "
-                    "may be left out)");
+                    "and a mixture of experts' routers may be left out)");
+    }
   };
   if (method == "fbgemm_fp8") {
     only_lm_head("modules_to_not_convert");
@@ -324,8 +334,6 @@ ModelConfig ModelConfig::from_json_text(const std::string& text, const std::stri
       throw Error(origin +
                   ": a mixture of experts needs 1 <= num_experts_per_tok <= the number "
                   "of experts and a positive expert intermediate size");
-    if (c.num_experts > 0 && c.fp8_weights)
-      throw Error(origin + ": fp8 mixture-of-experts checkpoints are not supported yet");
     const std::string dtype = j.value("torch_dtype", j.value("dtype", std::string("bfloat16")));
     c.dtype = dtype == "float16" ? DType::kFloat16 : DType::kBFloat16;
     add_eos_ids(j, c.eos_token_ids, origin);
@@ -418,8 +426,9 @@ ModelConfig ModelConfig::synthetic(const std::string& full_name) {
 
 int64_t ModelConfig::projection_parameter_count() const {
   const int64_t q_dim = num_q_heads * head_dim, kv_dim = num_kv_heads * head_dim;
-  return num_layers * (hidden_size * (q_dim + 2 * kv_dim) + q_dim * hidden_size +
-                       3 * hidden_size * intermediate_size);
+  // A mixture of experts' experts are dequantized at load (hf_weights.h): not counted here.
+  const int64_t mlp = num_experts > 0 ? 0 : 3 * hidden_size * intermediate_size;
+  return num_layers * (hidden_size * (q_dim + 2 * kv_dim) + q_dim * hidden_size + mlp);
 }
 
 int64_t ModelConfig::weight_bytes() const {

@@ -96,7 +96,8 @@ struct ModelConfig {
   static ModelConfig synthetic(const std::string& name);
 
   int64_t parameter_count() const;
-  // The parameters of the decoder layers' projections (QKV, O, gate_up, down; biases not).
+  // The parameters of the decoder layers' projections an fp8 checkpoint keeps in fp8 (QKV, O,
+  // gate_up, down; biases not; a mixture of experts' QKV and O only).
   int64_t projection_parameter_count() const;
   // Bytes of all weights as stored: projections 1 byte each with fp8_weights, else 2.
   int64_t weight_bytes() const;
