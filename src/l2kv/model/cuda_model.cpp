@@ -479,8 +479,13 @@ struct CudaModel::GraphOps {
   }
 
   void embed_tokens() {
-    // Gemma scales its embeddings by sqrt(hidden).
-    const float scale = c().gemma ? std::sqrt(static_cast<float>(c().hidden_size)) : 1.f;
+    // Gemma scales its embeddings by sqrt(hidden) in the model's dtype (transformers casts the
+    // scale to the weights' dtype, as vLLM does: sqrt(5376) = 73.32 becomes 73.5 in bf16).
+    const float scale =
+        c().gemma ? dtype_bits_to_float(
+                        c().dtype, float_to_dtype_bits(
+                                       c().dtype, std::sqrt(static_cast<float>(c().hidden_size))))
+                  : 1.f;
     ops::embed(c().dtype, step->ids, n, m->weights_->embed.ptr,
                static_cast<int32_t>(c().hidden_size), ws().residual.ptr, stream,
                fused ? sumsq(0) : nullptr, scale);
@@ -721,9 +726,7 @@ struct CudaModel::GraphOps {
                               m->weights_->lm_head_ptr(), ws().logits.ptr, rows, H, c().vocab_size,
                               stream);
     });
-    if (c().final_logit_softcapping > 0)
-      ops::soft_cap(ws().logits.ptr, int64_t{rows} * c().vocab_size,
-                    static_cast<float>(c().final_logit_softcapping), stream);
+    m->cap_logits(ws().logits.ptr, rows, stream);
   }
 };
 
@@ -764,8 +767,12 @@ void CudaModel::hidden_row_logits(CudaActivations& activations, int32_t first_ro
       static_cast<size_t>(int64_t{rows} * H) * sizeof(uint16_t), cudaMemcpyDeviceToDevice, stream));
   gemm_.linear_f32_out(config_.dtype, activations.hidden_rows.ptr, weights_->lm_head_ptr(), out,
                        rows, H, config_.vocab_size, stream);
+  cap_logits(out, rows, stream);
+}
+
+void CudaModel::cap_logits(float* logits, int32_t rows, cudaStream_t stream) const {
   if (config_.final_logit_softcapping > 0)
-    ops::soft_cap(out, int64_t{rows} * config_.vocab_size,
+    ops::soft_cap(logits, int64_t{rows} * config_.vocab_size,
                   static_cast<float>(config_.final_logit_softcapping), stream);
 }
 

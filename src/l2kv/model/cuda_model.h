@@ -140,6 +140,8 @@ class CudaModel {
  private:
   struct Weights;
   struct GraphOps;  // this backend's ops of decoder_graph.h
+  // Gemma's final logit soft-capping over `rows` rows of logits, where the config has it.
+  void cap_logits(float* logits, int32_t rows, cudaStream_t stream) const;
   void init_common();
 
   ModelConfig config_;

@@ -31,16 +31,13 @@ bool read_fp8_quantization(const nlohmann::json& j, const std::string& origin) {
   const std::string method = q.value("quant_method", std::string());
   // Modules left in 16 bits: the LM head, and a mixture of experts' routers (as published:
   // "re:.*mlp.gate$"), which l2kv reads in whatever dtype they are stored.
-  auto ends_with = [](const std::string& s, const std::string& end) {
-    return s.size() >= end.size() && s.compare(s.size() - end.size(), end.size(), end) == 0;
-  };
   auto only_lm_head = [&](const char* key) {
     if (!q.contains(key) || q[key].is_null()) return;
     for (const auto& m : q[key]) {
       const std::string name = m.is_string() ? m.get<std::string>() : std::string();
-      const bool router = ends_with(name, "mlp.gate") || ends_with(name, "mlp.gate$") ||
-                          ends_with(name, "block_sparse_moe.gate") ||
-                          ends_with(name, "block_sparse_moe.gate$");
+      const bool router = name.ends_with("mlp.gate") || name.ends_with("mlp.gate$") ||
+                          name.ends_with("block_sparse_moe.gate") ||
+                          name.ends_with("block_sparse_moe.gate$");
       if (name != "lm_head" && !router)
         throw Error(where + "." + key + " lists " + m.dump() +
                     ": l2kv quantizes every decoder projection and nothing else (only lm_head "

@@ -99,7 +99,8 @@ struct ModelConfig {
   // The parameters of the decoder layers' projections an fp8 checkpoint keeps in fp8 (QKV, O,
   // gate_up, down; biases not; a mixture of experts' QKV and O only).
   int64_t projection_parameter_count() const;
-  // Bytes of all weights as stored: projections 1 byte each with fp8_weights, else 2.
+  // Bytes of all weights as the backends hold them: projections 1 byte each with fp8_weights
+  // (a mixture of experts' experts 2: they are widened at load), else 2.
   int64_t weight_bytes() const;
   bool is_sliding(int64_t layer) const {
     return !sliding_layer.empty() && sliding_layer[static_cast<size_t>(layer)] != 0;

@@ -224,6 +224,41 @@ TEST(DecodeAttention, SplitSlidingWindowMatchesReference) {
     }
 }
 
+// A long context cut into one-tile slices (forced; the planner makes 30 or more slices at Gemma 3
+// 12B's shape and 32K tokens): with a short window, every chunk of 16 slices the merge reads
+// before the window is empty (log-sum-exp -inf throughout), which once made the merge NaN.
+TEST(DecodeAttention, SplitSlidingWindowWithManyEmptySlices) {
+  L2KV_SKIP_WITHOUT_GPU();
+  for (const int32_t head_dim : {128, 256}) {
+    DecodeProblemConfig c;
+    c.head_dim = head_dim;
+    c.num_q_heads = 8;
+    c.num_kv_heads = 2;
+    c.seq_lens = {testing::quick_mode() ? 4100 : 8200, 70};
+    c.needle_positions = {0, -1};
+    c.seed = 91 + head_dim;
+    auto host = DecodeProblem::make(c);
+    DeviceDecodeProblem device(host);
+    SplitDecode split;
+    split.set_forced_tiles_per_split(1);
+    for (const int32_t window : {16, 1024}) {
+      const std::string label =
+          "d" + std::to_string(head_dim) + "/one-tile slices/window " + std::to_string(window);
+      SCOPED_TRACE(label);
+      DecodeAttentionParams host_params = host.host_params();
+      host_params.sliding_window = window;
+      const auto reference = decode_attention_reference(host_params);
+      DecodeAttentionParams params = device.params();
+      params.sliding_window = window;
+      device.poison_output();
+      split.plan(params, c.seq_lens, nullptr);
+      split.run(params, PrefetchPolicy::off(), nullptr);
+      EXPECT_TRUE(testing::rows_match(device.download_output(), reference, c.head_dim,
+                                      c.num_q_heads, c.dtype, label));
+    }
+  }
+}
+
 TEST(DecodeAttention, SingleTokenAndSingleKvHead) {
   L2KV_SKIP_WITHOUT_GPU();
   DecodeProblemConfig c;

@@ -137,7 +137,10 @@ __device__ __forceinline__ void merge_partials(const SplitKernelArgs& a, int spl
       float chunk_max = m;
 #pragma unroll
       for (int u = 0; u < kChunk; ++u) chunk_max = fmaxf(chunk_max, l[u]);
-      const float rescale = exp2f(m - chunk_max);  // 0 on the first chunk (m = -inf)
+      // Slices a sliding window hides have log-sum-exp -inf: a chunk of only those (with none
+      // before it) keeps the maximum at -inf, and 0 in its place avoids (-inf) - (-inf).
+      const float safe_max = chunk_max == -INFINITY ? 0.f : chunk_max;
+      const float rescale = exp2f(m - safe_max);  // 0 on the first chunk (m = -inf)
       sum *= rescale;
       acc.x *= rescale;
       acc.y *= rescale;
@@ -145,7 +148,7 @@ __device__ __forceinline__ void merge_partials(const SplitKernelArgs& a, int spl
       acc.w *= rescale;
 #pragma unroll
       for (int u = 0; u < kChunk; ++u) {
-        const float w = exp2f(l[u] - chunk_max);  // 0 past the last slice
+        const float w = exp2f(l[u] - safe_max);  // 0 past the last slice and for hidden ones
         sum += w;
         acc.x += w * v[u].x;
         acc.y += w * v[u].y;

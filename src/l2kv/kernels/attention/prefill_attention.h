@@ -3,7 +3,8 @@
 // warpgroup MMAs (wgmma, prefill_attention_wgmma.h) for head_dim 128 with a 16-bit cache, and
 // warp MMAs (mma.sync, FlashAttention-2 style: a 16-token query tile per warp) for head_dim 64
 // and 256, fp8 caches and sliding windows. Token i of a chunk that starts at position p attends to
-// cache positions 0 .. p + i, so chunked prefill needs nothing extra.
+// cache positions 0 .. p + i (with a sliding window W, p + i - W + 1 .. p + i), so chunked
+// prefill needs nothing extra.
 #pragma once
 
 #include <cuda_runtime_api.h>
