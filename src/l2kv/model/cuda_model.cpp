@@ -395,12 +395,13 @@ struct CudaModel::GraphOps {
   CudaModel* m = nullptr;
   const CudaForwardStep* step = nullptr;
   cudaStream_t stream = nullptr;
-  DecodeAttentionParams decode;    // the step's, with the current layer's pools and scales
-  int32_t n = 0;                   // query rows
-  bool fused = false;              // the five-kernel layer
-  bool pdl = false;                // programmatic dependent launch (the attention's policy)
-  const void* pending = nullptr;   // unfused: the last block's output, added by the next norm
-  ops::ExpertSum pending_experts;  // or a mixture of experts' slots, summed by the next norm
+  DecodeAttentionParams decode;        // the step's, with the current layer's pools and scales
+  int32_t n = 0;                       // query rows
+  bool fused = false;                  // the five-kernel layer
+  bool pdl = false;                    // programmatic dependent launch (the attention's policy)
+  const void* pending = nullptr;       // unfused: the last block's output, added by the next norm
+  ops::ExpertSum pending_experts;      // or a mixture of experts' slots, summed by the next norm
+  const void* pending_norm = nullptr;  // Gemma 3: the weight that normalizes `pending` first
 
   const ModelConfig& c() const { return m->config_; }
   CudaActivations& ws() const { return *step->activations; }
@@ -453,9 +454,10 @@ struct CudaModel::GraphOps {
   void norm(const void* weight) {
     ops::add_rmsnorm(c().dtype, ws().residual.ptr, pending, weight,
                      static_cast<float>(c().rms_norm_eps), n, static_cast<int32_t>(c().hidden_size),
-                     ws().h.ptr, stream, pdl, pending_experts);
+                     ws().h.ptr, stream, pdl, pending_experts, pending_norm);
     pending = nullptr;
     pending_experts = {};
+    pending_norm = nullptr;
   }
   float* sumsq(int i) const { return ws().sumsq.ptr + i * kGemvMaxRows; }
   // The fused layer's RMSNorm prologue over the residual stream, its sums of squares in
@@ -494,11 +496,10 @@ struct CudaModel::GraphOps {
   const float* inv_freq(int64_t l) const {
     return c().is_sliding(l) ? m->local_inv_freq_ : m->inv_freq_;
   }
-  // Gemma 3: the block's output (proj) is RMS-normalized before the next norm adds it.
+  // Gemma 3: the block's output (proj) is RMS-normalized with `weight` by the next norm, as
+  // it adds it to the residual stream.
   void norm_block_output(const DeviceArray<uint16_t>& weight) {
-    if (!c().gemma) return;
-    ops::rms_norm_rows(c().dtype, ws().proj.ptr, weight.ptr, static_cast<float>(c().rms_norm_eps),
-                       n, static_cast<int32_t>(c().hidden_size), stream);
+    if (c().gemma) pending_norm = weight.ptr;
   }
   void norm_qkv_rope(int64_t l) {
     const int64_t H = c().hidden_size, qkv_out = q_dim() + 2 * kv_dim();

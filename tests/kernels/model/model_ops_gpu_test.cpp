@@ -171,6 +171,107 @@ TEST_P(ModelOps, AddRmsNormMatchesHostReference) {
   }
 }
 
+// Gemma 3's form: the addend RMS-normalized with its own weight before it joins the residual
+// (residual += RMSNorm(add) * add_weight), then the usual norm; vectorized and strided widths.
+TEST_P(ModelOps, AddRmsNormOfANormalizedAddendMatchesHostReference) {
+  L2KV_SKIP_WITHOUT_GPU();
+  const DType t = GetParam();
+  std::mt19937_64 rng(13);
+  for (const int32_t hidden : {5376, 3840, 256, 37}) {
+    for (const int32_t rows : {1, 9, 64}) {
+      const size_t n = static_cast<size_t>(rows) * hidden;
+      std::vector<float> residual(n);
+      std::uniform_real_distribution<float> d(-3.f, 3.f);
+      for (auto& x : residual) x = d(rng);
+      const auto add = random16(t, n, -20.f, 20.f, rng);  // far from unit RMS: the norm shows
+      const auto add_weight = random16(t, hidden, 0.5f, 1.5f, rng);
+      const auto weight = random16(t, hidden, 0.2f, 1.8f, rng);
+      const float eps = 1e-6f;
+      std::vector<float> want_residual = residual;
+      for (int32_t r = 0; r < rows; ++r) {
+        const size_t row = static_cast<size_t>(r) * hidden;
+        double add_sum = 0;
+        for (int32_t i = 0; i < hidden; ++i) {
+          const double a = to_float(t, add[row + i]);
+          add_sum += a * a;
+        }
+        const double add_scale = 1.0 / std::sqrt(add_sum / hidden + eps);
+        for (int32_t i = 0; i < hidden; ++i)
+          want_residual[row + i] =
+              static_cast<float>(want_residual[row + i] + to_float(t, add[row + i]) * add_scale *
+                                                              to_float(t, add_weight[i]));
+      }
+      float* d_residual = upload(residual);
+      uint16_t* d_add = upload(add);
+      uint16_t* d_add_weight = upload(add_weight);
+      uint16_t* d_weight = upload(weight);
+      uint16_t* d_out = upload(std::vector<uint16_t>(n, kPoison16));
+      ops::add_rmsnorm(t, d_residual, d_add, d_weight, eps, rows, hidden, d_out, nullptr, false, {},
+                       d_add_weight);
+      L2KV_CUDA_CHECK(cudaDeviceSynchronize());
+      const auto got_out = download(d_out, n);
+      const auto got_residual = download(d_residual, n);
+      for (void* p : {static_cast<void*>(d_residual), static_cast<void*>(d_add),
+                      static_cast<void*>(d_add_weight), static_cast<void*>(d_weight),
+                      static_cast<void*>(d_out)})
+        cudaFree(p);
+      const std::string where =
+          "hidden " + std::to_string(hidden) + " rows " + std::to_string(rows);
+      double worst = 0;  // fp32 sums in another order: a few ulps of the residual
+      for (size_t i = 0; i < n; ++i)
+        worst = std::max(worst, std::abs(static_cast<double>(got_residual[i]) - want_residual[i]) /
+                                    (std::abs(want_residual[i]) + 1.0));
+      EXPECT_LT(worst, 1e-5) << where;
+      // The norm of the residual the kernel stored, as AddRmsNormMatchesHostReference checks it
+      // (near-zero sums of the residual would turn its last-ulp differences into 16-bit ones).
+      std::vector<uint16_t> want_out(n);
+      for (int32_t r = 0; r < rows; ++r) {
+        const size_t row = static_cast<size_t>(r) * hidden;
+        double sum = 0;
+        for (int32_t i = 0; i < hidden; ++i)
+          sum += static_cast<double>(got_residual[row + i]) * got_residual[row + i];
+        const float scale = static_cast<float>(
+            1.0 / std::sqrt(static_cast<double>(static_cast<float>(sum / hidden) + eps)));
+        for (int32_t i = 0; i < hidden; ++i)
+          want_out[row + i] = round_to(t, to_float(t, weight[i]) * (got_residual[row + i] * scale));
+      }
+      EXPECT_TRUE(acceptable(compare16(t, got_out, want_out))) << where;
+    }
+  }
+}
+
+// GeGLU (Gemma): GELU's tanh form of the gate times up, against the tanh form in double. (The
+// kernel's first form, 0.5 g (1 + tanhf(y)) in float as PyTorch computes it, put 10-14 % of the
+// 16-bit outputs one ulp off here: 1 + tanh cancels for gates below about -4.)
+TEST_P(ModelOps, GeluMulMatchesHostReference) {
+  L2KV_SKIP_WITHOUT_GPU();
+  const DType t = GetParam();
+  std::mt19937_64 rng(14);
+  for (const int32_t inter : {21504, 15360, 13}) {
+    for (const int32_t rows : {1, 9}) {
+      const size_t n = static_cast<size_t>(rows) * inter;
+      const auto gate_up = random16(t, 2 * n, -6.f, 6.f, rng);
+      std::vector<uint16_t> want(n);
+      for (int32_t r = 0; r < rows; ++r)
+        for (int32_t i = 0; i < inter; ++i) {
+          const double g = to_float(t, gate_up[static_cast<size_t>(r) * 2 * inter + i]);
+          const double u = to_float(t, gate_up[static_cast<size_t>(r) * 2 * inter + inter + i]);
+          const double gelu =
+              0.5 * g * (1.0 + std::tanh(0.7978845608028654 * (g + 0.044715 * g * g * g)));
+          want[static_cast<size_t>(r) * inter + i] = round_to(t, static_cast<float>(gelu * u));
+        }
+      uint16_t* d_in = upload(gate_up);
+      uint16_t* d_out = upload(std::vector<uint16_t>(n, kPoison16));
+      ops::silu_mul(t, d_in, rows, inter, d_out, nullptr, false, false, /*gelu_tanh=*/true);
+      L2KV_CUDA_CHECK(cudaDeviceSynchronize());
+      const auto got = download(d_out, n);
+      cudaFree(d_in);
+      cudaFree(d_out);
+      EXPECT_TRUE(acceptable(compare16(t, got, want))) << "inter " << inter << " rows " << rows;
+    }
+  }
+}
+
 TEST_P(ModelOps, SiluMulMatchesHostReference) {
   L2KV_SKIP_WITHOUT_GPU();
   const DType t = GetParam();

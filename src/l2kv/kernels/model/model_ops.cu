@@ -91,14 +91,30 @@ __global__ void embed_kernel(const int32_t* tokens, const T* embed, int32_t hidd
 }
 
 // One block per row; thread j owns vectors j, j + blockDim, ... of the row (hidden % 8 == 0).
+// The scale of add's row that RMS-normalizes it (add_weight set: Gemma's output norms), else 1:
+// a first pass over the row, which the add below reads again from L1.
+template <typename T>
+__device__ __forceinline__ float addend_rms_scale(const T* add, const T* add_weight, float eps,
+                                                  int32_t hidden, int64_t base) {
+  if (add == nullptr || add_weight == nullptr) return 1.f;
+  using Traits = tc::ElementTraits<T>;
+  float sum = 0.f;
+  for (int i = threadIdx.x; i < hidden; i += blockDim.x) {
+    const float a = Traits::to_float(add[base + i]);
+    sum += a * a;
+  }
+  return __frsqrt_rn(block_sum(sum) / hidden + eps);
+}
+
 template <typename T>
 __global__ void add_rmsnorm_kernel(float* residual, const T* add, const T* weight, float eps,
-                                   int32_t hidden, T* out, ExpertSum experts) {
+                                   int32_t hidden, T* out, ExpertSum experts, const T* add_weight) {
   // The projection behind this kernel may be launched with PDL and start now: it waits for
   // this grid before it reads `out`.
   ptx::launch_dependents();
   ptx::grid_dependency_wait();  // launched with PDL itself: `add` is the kernel ahead's output
   const int64_t base = static_cast<int64_t>(blockIdx.x) * hidden;
+  const float add_scale = addend_rms_scale(add, add_weight, eps, hidden, base);
   float x[kNormVecsPerThread][kVec];
   Vec8<T> gamma[kNormVecsPerThread];
   float sum = 0.f;
@@ -111,8 +127,15 @@ __global__ void add_rmsnorm_kernel(float* residual, const T* add, const T* weigh
     if (add) {
       Vec8<T> a;
       a.load(add + base + i);
+      if (add_weight) {
+        Vec8<T> w;
+        w.load(add_weight + i);
 #pragma unroll
-      for (int e = 0; e < kVec; ++e) x[j][e] += a.v[e];
+        for (int e = 0; e < kVec; ++e) x[j][e] += a.v[e] * add_scale * w.v[e];
+      } else {
+#pragma unroll
+        for (int e = 0; e < kVec; ++e) x[j][e] += a.v[e];
+      }
     }
     if (experts.y) {
       const int64_t slot0 = static_cast<int64_t>(blockIdx.x) * experts.top_k;
@@ -144,15 +167,19 @@ __global__ void add_rmsnorm_kernel(float* residual, const T* add, const T* weigh
 // The strided form for a hidden size that is not a multiple of 8.
 template <typename T>
 __global__ void add_rmsnorm_strided_kernel(float* residual, const T* add, const T* weight,
-                                           float eps, int32_t hidden, T* out, ExpertSum experts) {
+                                           float eps, int32_t hidden, T* out, ExpertSum experts,
+                                           const T* add_weight) {
   ptx::launch_dependents();
   ptx::grid_dependency_wait();
   using Traits = tc::ElementTraits<T>;
   const int64_t base = static_cast<int64_t>(blockIdx.x) * hidden;
+  const float add_scale = addend_rms_scale(add, add_weight, eps, hidden, base);
   float sum = 0.f;
   for (int i = threadIdx.x; i < hidden; i += blockDim.x) {
     float x = residual[base + i];
-    if (add) x += Traits::to_float(add[base + i]);
+    if (add)
+      x += Traits::to_float(add[base + i]) *
+           (add_weight ? add_scale * Traits::to_float(add_weight[i]) : 1.f);
     if (experts.y) {
       const int64_t slot0 = static_cast<int64_t>(blockIdx.x) * experts.top_k;
       for (int k = 0; k < experts.top_k; ++k) {
@@ -399,13 +426,15 @@ __global__ void kv_amax_kernel(const T* qkv, const T* bias, const int32_t* posit
 // x * blockDim + j of its token (inter % 8 == 0). kInterleaved: gate and up alternate in groups
 // of 8 (gemv.h's kSiluMul layout), so features i .. i + 7 have their gate at 2 i and up at
 // 2 i + 8.
-// The gate's activation: SiLU (SwiGLU) or GELU's tanh form (GeGLU), as transformers'
-// gelu_pytorch_tanh.
+// The gate's activation: SiLU (SwiGLU) or GELU's tanh form (GeGLU), transformers'
+// gelu_pytorch_tanh 0.5 g (1 + tanh(y)), written as g / (1 + exp(-2 y)): the same function,
+// without the cancellation of 1 + tanh(y) that costs the tanh form its accuracy for gates below
+// about -4 in float.
 template <bool kGelu>
 __device__ __forceinline__ float gate_activation(float g) {
   if constexpr (kGelu) {
     constexpr float kSqrt2OverPi = 0.7978845608028654f;
-    return 0.5f * g * (1.f + tanhf(kSqrt2OverPi * (g + 0.044715f * g * g * g)));
+    return g / (1.f + __expf(-2.f * kSqrt2OverPi * (g + 0.044715f * g * g * g)));
   } else {
     return g / (1.f + __expf(-g));
   }
@@ -442,21 +471,6 @@ __global__ void silu_mul_strided_kernel(const T* gate_up, int32_t inter, T* out)
   }
 }
 
-// One block per row: the row's sum of squares, then the normalized row over itself.
-template <typename T>
-__global__ void rms_norm_rows_kernel(T* x, const T* weight, float eps, int32_t hidden) {
-  using Traits = tc::ElementTraits<T>;
-  T* row = x + static_cast<int64_t>(blockIdx.x) * hidden;
-  float sum = 0.f;
-  for (int i = threadIdx.x; i < hidden; i += blockDim.x) {
-    const float v = Traits::to_float(row[i]);
-    sum += v * v;
-  }
-  const float scale = __frsqrt_rn(block_sum(sum) / hidden + eps);
-  for (int i = threadIdx.x; i < hidden; i += blockDim.x)
-    row[i] = Traits::from_float(Traits::to_float(row[i]) * scale * Traits::to_float(weight[i]));
-}
-
 __global__ void soft_cap_kernel(float* values, int64_t count, float cap) {
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < count;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x)
@@ -484,7 +498,7 @@ void embed(DType dtype, const int32_t* tokens, int32_t num_tokens, const void* t
 
 void add_rmsnorm(DType dtype, float* residual, const void* add, const void* weight, float eps,
                  int32_t num_tokens, int32_t hidden, void* out, cudaStream_t stream, bool pdl,
-                 const ExpertSum& experts) {
+                 const ExpertSum& experts, const void* add_weight) {
   if (num_tokens <= 0) return;
   const int vecs = hidden / kVec;
   const bool vectorized = hidden % kVec == 0 && vecs <= kNormVecsPerThread * kMaxThreads;
@@ -501,7 +515,8 @@ void add_rmsnorm(DType dtype, float* residual, const void* add, const void* weig
                                                     dim3(threads), 0, stream, pdl, attribute);
     L2KV_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, static_cast<float*>(residual),
                                        static_cast<const T*>(add), static_cast<const T*>(weight),
-                                       eps, hidden, static_cast<T*>(out), experts));
+                                       eps, hidden, static_cast<T*>(out), experts,
+                                       static_cast<const T*>(add_weight)));
   });
 }
 
@@ -580,17 +595,6 @@ void silu_mul(DType dtype, const void* gate_up, int32_t num_tokens, int32_t inte
                              : Kernel{silu_mul_kernel<T, false, false>};
     L2KV_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, in, inter, o));
   });
-}
-
-void rms_norm_rows(DType dtype, void* x, const void* weight, float eps, int32_t num_tokens,
-                   int32_t hidden, cudaStream_t stream) {
-  if (num_tokens <= 0) return;
-  with_16bit_type(dtype, [&](auto* tag) {
-    using T = std::remove_pointer_t<decltype(tag)>;
-    rms_norm_rows_kernel<T><<<num_tokens, kThreads, 0, stream>>>(
-        static_cast<T*>(x), static_cast<const T*>(weight), eps, hidden);
-  });
-  L2KV_CUDA_CHECK_LAUNCH();
 }
 
 void soft_cap(float* values, int64_t count, float cap, cudaStream_t stream) {

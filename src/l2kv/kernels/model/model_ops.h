@@ -29,12 +29,14 @@ struct ExpertSum {
   const int32_t* slot_rows = nullptr;
 };
 
-// If `add` is set: residual += add (fp32); if `experts.y` is set: residual += that sum. Then
-// out = RMSNorm(residual) * weight. `pdl` (here and in silu_mul): launch with programmatic
-// dependent launch; the kernel waits for the one ahead before it reads anything.
+// If `add` is set: residual += add (fp32), or with `add_weight` residual += RMSNorm(add) *
+// add_weight (Gemma 3's norms of the attention and MLP outputs); if `experts.y` is set:
+// residual += that sum. Then out = RMSNorm(residual) * weight. `pdl` (here and in silu_mul):
+// launch with programmatic dependent launch; the kernel waits for the one ahead before it reads
+// anything.
 void add_rmsnorm(DType dtype, float* residual, const void* add, const void* weight, float eps,
                  int32_t num_tokens, int32_t hidden, void* out, cudaStream_t stream,
-                 bool pdl = false, const ExpertSum& experts = {});
+                 bool pdl = false, const ExpertSum& experts = {}, const void* add_weight = nullptr);
 
 // Qwen3's RMSNorm of each q and k head before RoPE: weights [head_dim] in the model's dtype and
 // the model's rms_norm_eps. Null weights (the default) skip the norm of q or k.
@@ -75,11 +77,6 @@ void calculate_kv_scales(const void* qkv, const void* bias, const int32_t* posit
 void silu_mul(DType dtype, const void* gate_up, int32_t num_tokens, int32_t inter, void* out,
               cudaStream_t stream, bool pdl = false, bool interleaved = false,
               bool gelu_tanh = false);
-
-// x[t, :] = RMSNorm(x[t, :]) * weight in place, for 16-bit rows (Gemma 3's norms of the
-// attention and MLP outputs before they join the residual stream), in fp32, rounded once.
-void rms_norm_rows(DType dtype, void* x, const void* weight, float eps, int32_t num_tokens,
-                   int32_t hidden, cudaStream_t stream);
 
 // values[i] = cap * tanh(values[i] / cap) (Gemma's final logit soft-capping).
 void soft_cap(float* values, int64_t count, float cap, cudaStream_t stream);
