@@ -576,7 +576,7 @@ struct CudaModel::GraphOps {
     norm_block_output(w(l).attention_out_norm);
     pending = ws().proj.ptr;  // added by the next norm
   }
-  // One row: gate_up with SiLU x up in the GEMV's epilogue instead of cuBLASLt and silu_mul.
+  // One row: gate_up with SiLU x up in the GEMV's epilogue instead of cuBLASLt and gated_mul.
   // Measured on an H200 (bench/NOTES.md, "The GEMV's weights in a shared-memory ring"): 2 %
   // faster steps at batch 1, 3 % slower at 4 and 8, 7 % at 16.
   static constexpr int32_t kGateUpGemvMaxRows = 1;
@@ -611,8 +611,10 @@ struct CudaModel::GraphOps {
       return;
     }
     timed(Op::kGemm, [&] { project(gate_up(l), ws().h.ptr, ws().gate_up.ptr); });
-    ops::silu_mul(c().dtype, ws().gate_up.ptr, n, static_cast<int32_t>(I), ws().act.ptr, stream,
-                  pdl, m->gate_up_interleaved_, c().mlp_activation == MlpActivation::kGeluTanh);
+    ops::gated_mul(c().dtype, ws().gate_up.ptr, n, static_cast<int32_t>(I), ws().act.ptr, stream,
+                   pdl, m->gate_up_interleaved_,
+                   c().mlp_activation == MlpActivation::kGeluTanh ? ops::GateActivation::kGeluTanh
+                                                                  : ops::GateActivation::kSilu);
   }
   // The router's top-k experts per token and each chosen expert's SwiGLU MLP on its token; their
   // weighted sum is the next norm's addend (pending_experts), as a dense MLP's down projection
@@ -641,8 +643,8 @@ struct CudaModel::GraphOps {
                          ws().moe_active.ptr, max_active, w(l).experts_gate_up.ptr, 2 * I, H,
                          ws().gate_up.ptr, stream);
       });
-      ops::silu_mul(c().dtype, ws().gate_up.ptr, slots, static_cast<int32_t>(I), ws().act.ptr,
-                    stream);
+      ops::gated_mul(c().dtype, ws().gate_up.ptr, slots, static_cast<int32_t>(I), ws().act.ptr,
+                     stream);
       timed(Op::kGemm, [&] {
         ops::expert_gemv(c().dtype, ws().act.ptr, 1, ws().moe_first.ptr, ws().moe_slot_rows.ptr,
                          ws().moe_active.ptr, max_active, w(l).experts_down.ptr, H, I,
@@ -687,8 +689,8 @@ struct CudaModel::GraphOps {
                                   w(l).experts_gate_up.ptr + e * 2 * I * H,
                                   ws().gate_up.ptr + first[e] * 2 * I, rows, H, 2 * I, stream);
     });
-    ops::silu_mul(c().dtype, ws().gate_up.ptr, slots, static_cast<int32_t>(I), ws().act.ptr,
-                  stream);
+    ops::gated_mul(c().dtype, ws().gate_up.ptr, slots, static_cast<int32_t>(I), ws().act.ptr,
+                   stream);
     timed(Op::kGemm, [&] {
       for (int64_t e = 0; e < E; ++e)
         if (const int32_t rows = first[e + 1] - first[e]; rows > 0)

@@ -262,7 +262,8 @@ TEST_P(ModelOps, GeluMulMatchesHostReference) {
         }
       uint16_t* d_in = upload(gate_up);
       uint16_t* d_out = upload(std::vector<uint16_t>(n, kPoison16));
-      ops::silu_mul(t, d_in, rows, inter, d_out, nullptr, false, false, /*gelu_tanh=*/true);
+      ops::gated_mul(t, d_in, rows, inter, d_out, nullptr, false, false,
+                     ops::GateActivation::kGeluTanh);
       L2KV_CUDA_CHECK(cudaDeviceSynchronize());
       const auto got = download(d_out, n);
       cudaFree(d_in);
@@ -289,7 +290,7 @@ TEST_P(ModelOps, SiluMulMatchesHostReference) {
         }
       uint16_t* d_in = upload(gate_up);
       uint16_t* d_out = upload(std::vector<uint16_t>(n, kPoison16));
-      ops::silu_mul(t, d_in, rows, inter, d_out, nullptr);
+      ops::gated_mul(t, d_in, rows, inter, d_out, nullptr);
       L2KV_CUDA_CHECK(cudaDeviceSynchronize());
       const auto got = download(d_out, n);
       cudaFree(d_in);

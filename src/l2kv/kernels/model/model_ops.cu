@@ -441,7 +441,7 @@ __device__ __forceinline__ float gate_activation(float g) {
 }
 
 template <typename T, bool kInterleaved, bool kGelu>
-__global__ void silu_mul_kernel(const T* gate_up, int32_t inter, T* out) {
+__global__ void gated_mul_kernel(const T* gate_up, int32_t inter, T* out) {
   ptx::launch_dependents();  // as add_rmsnorm_kernel: the down projection may start early
   ptx::grid_dependency_wait();
   const int64_t t = blockIdx.y;
@@ -459,7 +459,7 @@ __global__ void silu_mul_kernel(const T* gate_up, int32_t inter, T* out) {
 
 // The strided form for an intermediate size that is not a multiple of 8: one block per token.
 template <typename T, bool kGelu>
-__global__ void silu_mul_strided_kernel(const T* gate_up, int32_t inter, T* out) {
+__global__ void gated_mul_strided_kernel(const T* gate_up, int32_t inter, T* out) {
   ptx::launch_dependents();
   ptx::grid_dependency_wait();
   using Traits = tc::ElementTraits<T>;
@@ -566,11 +566,11 @@ void calculate_kv_scales(const void* qkv, const void* bias, const int32_t* posit
   L2KV_CUDA_CHECK_LAUNCH();
 }
 
-void silu_mul(DType dtype, const void* gate_up, int32_t num_tokens, int32_t inter, void* out,
-              cudaStream_t stream, bool pdl, bool interleaved, bool gelu_tanh) {
+void gated_mul(DType dtype, const void* gate_up, int32_t num_tokens, int32_t inter, void* out,
+               cudaStream_t stream, bool pdl, bool interleaved, GateActivation activation) {
   if (interleaved && inter % kVec != 0)
     throw Error(
-        "silu_mul: an interleaved gate_up needs an intermediate size that is a multiple of 8");
+        "gated_mul: an interleaved gate_up needs an intermediate size that is a multiple of 8");
   if (num_tokens <= 0) return;
   with_16bit_type(dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
@@ -585,14 +585,14 @@ void silu_mul(DType dtype, const void* gate_up, int32_t num_tokens, int32_t inte
                       stream, pdl, attribute);
     using Kernel = void (*)(const T*, int32_t, T*);
     Kernel kernel = nullptr;
-    if (gelu_tanh)
-      kernel = !vectorized   ? Kernel{silu_mul_strided_kernel<T, true>}
-               : interleaved ? Kernel{silu_mul_kernel<T, true, true>}
-                             : Kernel{silu_mul_kernel<T, false, true>};
+    if (activation == GateActivation::kGeluTanh)
+      kernel = !vectorized   ? Kernel{gated_mul_strided_kernel<T, true>}
+               : interleaved ? Kernel{gated_mul_kernel<T, true, true>}
+                             : Kernel{gated_mul_kernel<T, false, true>};
     else
-      kernel = !vectorized   ? Kernel{silu_mul_strided_kernel<T, false>}
-               : interleaved ? Kernel{silu_mul_kernel<T, true, false>}
-                             : Kernel{silu_mul_kernel<T, false, false>};
+      kernel = !vectorized   ? Kernel{gated_mul_strided_kernel<T, false>}
+               : interleaved ? Kernel{gated_mul_kernel<T, true, false>}
+                             : Kernel{gated_mul_kernel<T, false, false>};
     L2KV_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, in, inter, o));
   });
 }

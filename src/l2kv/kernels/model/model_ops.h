@@ -31,7 +31,7 @@ struct ExpertSum {
 
 // If `add` is set: residual += add (fp32), or with `add_weight` residual += RMSNorm(add) *
 // add_weight (Gemma 3's norms of the attention and MLP outputs); if `experts.y` is set:
-// residual += that sum. Then out = RMSNorm(residual) * weight. `pdl` (here and in silu_mul):
+// residual += that sum. Then out = RMSNorm(residual) * weight. `pdl` (here and in gated_mul):
 // launch with programmatic dependent launch; the kernel waits for the one ahead before it reads
 // anything.
 void add_rmsnorm(DType dtype, float* residual, const void* add, const void* weight, float eps,
@@ -71,12 +71,15 @@ void calculate_kv_scales(const void* qkv, const void* bias, const int32_t* posit
                          int32_t q_heads, const PagedKvCache& kv, float* scales,
                          cudaStream_t stream, const QkNorm& qk_norm = {}, bool pair_rows = false);
 
-// out[t, i] = silu(gate[t, i]) * up[t, i]: gate_up[t] is [gate | up], or with `interleaved`
+// The gate's activation in a gated MLP: SiLU (SwiGLU: Llama, Qwen, Mistral) or GELU's tanh form
+// (GeGLU: Gemma).
+enum class GateActivation : uint8_t { kSilu, kGeluTanh };
+
+// out[t, i] = act(gate[t, i]) * up[t, i]: gate_up[t] is [gate | up], or with `interleaved`
 // gate and up alternate in groups of 8 features (gemv.h's kSiluMul layout; inter % 8 == 0).
-// `gelu_tanh`: GELU's tanh form instead of SiLU (GeGLU: Gemma).
-void silu_mul(DType dtype, const void* gate_up, int32_t num_tokens, int32_t inter, void* out,
-              cudaStream_t stream, bool pdl = false, bool interleaved = false,
-              bool gelu_tanh = false);
+void gated_mul(DType dtype, const void* gate_up, int32_t num_tokens, int32_t inter, void* out,
+               cudaStream_t stream, bool pdl = false, bool interleaved = false,
+               GateActivation activation = GateActivation::kSilu);
 
 // values[i] = cap * tanh(values[i] / cap) (Gemma's final logit soft-capping).
 void soft_cap(float* values, int64_t count, float cap, cudaStream_t stream);

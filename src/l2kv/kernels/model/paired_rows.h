@@ -7,7 +7,7 @@
 //        rotates (gemv.h's kRopeCache); biases and fp8 row scales follow their rows.
 //   gate_up: [gate | up] is one group (2 x intermediate rows), and f, f + intermediate is a
 //        feature's gate and up (gemv.h's kSiluMul).
-// The projections' outputs are then in this order too; ops::rope_and_cache and ops::silu_mul
+// The projections' outputs are then in this order too; ops::rope_and_cache and ops::gated_mul
 // read it.
 #pragma once
 
