@@ -96,6 +96,21 @@ std::vector<float> prefill_then_decode(CudaStepState& state, const std::vector<i
   return logits;
 }
 
+// The logits of one decode step over `decode` (every row sampled), run eagerly or replayed from
+// the graph captured for `bucket` rows.
+std::vector<float> decode_step_logits(CudaStepState& state, std::span<const BatchSequence> decode,
+                                      bool graphs, int32_t bucket, cudaStream_t stream) {
+  state.set_use_graphs(graphs);
+  state.prepare(decode, graphs ? bucket : 0, stream);
+  state.forward(stream);
+  std::vector<float> out(decode.size() * static_cast<size_t>(state.config().vocab_size));
+  EXPECT_EQ(cudaMemcpyAsync(out.data(), state.logits(), out.size() * sizeof(float),
+                            cudaMemcpyDeviceToHost, stream),
+            cudaSuccess);
+  EXPECT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+  return out;
+}
+
 std::unique_ptr<CudaStepState> load(const fs::path& dir, int32_t max_tokens, int32_t blocks,
                                     int32_t max_logit_rows = 0,
                                     KvStorage storage = KvStorage::kModelDtype) {
@@ -331,19 +346,8 @@ TEST(CudaModel, Gemma3GraphReplayAndPagedV1Refusal) {
   state->run_to_host(prefill, false, stream);
   const BatchSequence decode[] = {{all.subspan(40, 1), 40, tables.rows[0], true},
                                   {all.subspan(75, 1), 70, tables.rows[1], true}};
-  auto step = [&](bool graphs) {
-    state->set_use_graphs(graphs);
-    state->prepare(decode, graphs ? 2 : 0, stream);
-    state->forward(stream);
-    std::vector<float> out(2 * vocab);
-    EXPECT_EQ(cudaMemcpyAsync(out.data(), state->logits(), out.size() * 4, cudaMemcpyDeviceToHost,
-                              stream),
-              cudaSuccess);
-    EXPECT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
-    return out;
-  };
-  const auto eager = step(false);
-  const auto replayed = step(true);
+  const auto eager = decode_step_logits(*state, decode, false, 2, stream);
+  const auto replayed = decode_step_logits(*state, decode, true, 2, stream);
   for (size_t i = 0; i < 2; ++i) {
     double max_abs = 0;
     // The same kernels over the same plan: only summation order may differ.
@@ -621,19 +625,8 @@ TEST(CudaModel, MixtureOfExpertsMatchesTheCpuModel) {
       state->run_to_host(prefill, false, stream);
       const BatchSequence decode[] = {{all.subspan(19, 1), 19, tables.rows[0], true},
                                       {all.subspan(34, 1), 29, tables.rows[1], true}};
-      auto step = [&](bool graphs) {
-        state->set_use_graphs(graphs);
-        state->prepare(decode, graphs ? 2 : 0, stream);
-        state->forward(stream);
-        std::vector<float> out(2 * vocab);
-        EXPECT_EQ(cudaMemcpyAsync(out.data(), state->logits(), out.size() * 4,
-                                  cudaMemcpyDeviceToHost, stream),
-                  cudaSuccess);
-        EXPECT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
-        return out;
-      };
-      const auto eager = step(false);
-      const auto replayed = step(true);
+      const auto eager = decode_step_logits(*state, decode, false, 2, stream);
+      const auto replayed = decode_step_logits(*state, decode, true, 2, stream);
       for (size_t i = 0; i < 2; ++i) {
         double row_max_abs = 0;
         EXPECT_LT(
@@ -932,19 +925,8 @@ TEST(CudaModel, GraphCapturedBeforeTheFirstPromptReadsCalculatedScales) {
     for (size_t i = 0; i < lengths.size(); ++i)
       decode.push_back({std::span<const int32_t>(&next[i], 1), lengths[i], tables.rows[i], true});
     const int64_t vocab = state->config().vocab_size;
-    auto step = [&](bool graphs) {
-      state->set_use_graphs(graphs);
-      state->prepare(decode, graphs ? 4 : 0, stream);
-      state->forward(stream);
-      std::vector<float> out(lengths.size() * vocab);
-      EXPECT_EQ(cudaMemcpyAsync(out.data(), state->logits(), out.size() * 4, cudaMemcpyDeviceToHost,
-                                stream),
-                cudaSuccess);
-      EXPECT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
-      return out;
-    };
-    const auto eager = step(false);
-    const auto replayed = step(true);
+    const auto eager = decode_step_logits(*state, decode, false, 4, stream);
+    const auto replayed = decode_step_logits(*state, decode, true, 4, stream);
     for (size_t i = 0; i < lengths.size(); ++i) {
       double max_abs = 0;
       EXPECT_LT(relative_l2(replayed.data() + i * vocab, eager.data() + i * vocab,

@@ -183,6 +183,25 @@ TEST(DecodeAttention, LongContexts) {
   }
 }
 
+// Runs the split kernel with a sliding window of `window` on the problem and checks each row
+// against the reference with the same window; returns the params it ran.
+DecodeAttentionParams check_split_window(DecodeProblem& host, DeviceDecodeProblem& device,
+                                         SplitDecode& split, int32_t window,
+                                         const std::string& label) {
+  const DecodeProblemConfig& c = host.config;
+  DecodeAttentionParams host_params = host.host_params();
+  host_params.sliding_window = window;
+  const auto reference = decode_attention_reference(host_params);
+  DecodeAttentionParams params = device.params();
+  params.sliding_window = window;
+  device.poison_output();
+  split.plan(params, c.seq_lens, nullptr);
+  split.run(params, PrefetchPolicy::off(), nullptr);
+  EXPECT_TRUE(testing::rows_match(device.download_output(), reference, c.head_dim, c.num_q_heads,
+                                  c.dtype, label));
+  return params;
+}
+
 // Sliding windows (Gemma 3's local layers) in the split kernel, at head_dim 64, 128 and 256
 // (Gemma 3 1B-12B; the split kernel's only other head size): each query sees its last
 // `window` positions. Windows of 1 to beyond the longest length over ragged lengths around tile
@@ -208,16 +227,7 @@ TEST(DecodeAttention, SplitSlidingWindowMatchesReference) {
         const std::string label = std::string(dtype_name(dtype)) + "/d" + std::to_string(head_dim) +
                                   "/window " + std::to_string(window);
         SCOPED_TRACE(label);
-        DecodeAttentionParams host_params = host.host_params();
-        host_params.sliding_window = window;
-        const auto reference = decode_attention_reference(host_params);
-        DecodeAttentionParams params = device.params();
-        params.sliding_window = window;
-        device.poison_output();
-        split.plan(params, c.seq_lens, nullptr);
-        split.run(params, PrefetchPolicy::off(), nullptr);
-        EXPECT_TRUE(testing::rows_match(device.download_output(), reference, c.head_dim,
-                                        c.num_q_heads, c.dtype, label));
+        const DecodeAttentionParams params = check_split_window(host, device, split, window, label);
         // paged_v1 has no window: it refuses rather than attend to everything.
         EXPECT_THROW(paged_v1_decode(params, PrefetchPolicy::off(), nullptr), Error);
       }
@@ -245,16 +255,7 @@ TEST(DecodeAttention, SplitSlidingWindowWithManyEmptySlices) {
       const std::string label =
           "d" + std::to_string(head_dim) + "/one-tile slices/window " + std::to_string(window);
       SCOPED_TRACE(label);
-      DecodeAttentionParams host_params = host.host_params();
-      host_params.sliding_window = window;
-      const auto reference = decode_attention_reference(host_params);
-      DecodeAttentionParams params = device.params();
-      params.sliding_window = window;
-      device.poison_output();
-      split.plan(params, c.seq_lens, nullptr);
-      split.run(params, PrefetchPolicy::off(), nullptr);
-      EXPECT_TRUE(testing::rows_match(device.download_output(), reference, c.head_dim,
-                                      c.num_q_heads, c.dtype, label));
+      check_split_window(host, device, split, window, label);
     }
   }
 }

@@ -278,6 +278,26 @@ void launch_for_storage(const PrefillAttention::WorkItem* items, int32_t num_ite
                                stream);
 }
 
+// The warp-MMA kernel for the cache's head_dim (plan() admits 64, 128 and 256).
+template <typename T>
+void launch_for_head_dim(const PrefillAttention::WorkItem* items, int32_t num_items, int group,
+                         const void* q, void* out, const PagedKvCache& kv, int32_t num_q_heads,
+                         float scale, int32_t window, cudaStream_t stream) {
+  switch (kv.head_dim) {
+    case 64:
+      return launch_for_storage<T, 64>(items, num_items, group, q, out, kv, num_q_heads, scale,
+                                       window, stream);
+    case 128:
+      return launch_for_storage<T, 128>(items, num_items, group, q, out, kv, num_q_heads, scale,
+                                        window, stream);
+    case 256:
+      return launch_for_storage<T, 256>(items, num_items, group, q, out, kv, num_q_heads, scale,
+                                        window, stream);
+    default:
+      throw Error("prefill attention: head_dim " + std::to_string(kv.head_dim) + " has no kernel");
+  }
+}
+
 }  // namespace
 
 PrefillAttention::~PrefillAttention() {
@@ -379,29 +399,12 @@ void PrefillAttention::run(const void* q, void* out, const PagedKvCache& kv, int
     launch_prefill_wgmma(device_items_, n, q, out, kv, num_q_heads, softmax_scale, stream);
     return;
   }
-  const bool bf16 = kv.dtype == DType::kBFloat16;
-  if (kv.head_dim == 256) {
-    if (bf16)
-      launch_for_storage<__nv_bfloat16, 256>(device_items_, n, planned_group_, q, out, kv,
-                                             num_q_heads, softmax_scale, sliding_window, stream);
-    else
-      launch_for_storage<__half, 256>(device_items_, n, planned_group_, q, out, kv, num_q_heads,
-                                      softmax_scale, sliding_window, stream);
-  } else if (kv.head_dim == 128) {
-    if (bf16)
-      launch_for_storage<__nv_bfloat16, 128>(device_items_, n, planned_group_, q, out, kv,
-                                             num_q_heads, softmax_scale, sliding_window, stream);
-    else
-      launch_for_storage<__half, 128>(device_items_, n, planned_group_, q, out, kv, num_q_heads,
-                                      softmax_scale, sliding_window, stream);
-  } else {
-    if (bf16)
-      launch_for_storage<__nv_bfloat16, 64>(device_items_, n, planned_group_, q, out, kv,
-                                            num_q_heads, softmax_scale, sliding_window, stream);
-    else
-      launch_for_storage<__half, 64>(device_items_, n, planned_group_, q, out, kv, num_q_heads,
-                                     softmax_scale, sliding_window, stream);
-  }
+  if (kv.dtype == DType::kBFloat16)
+    launch_for_head_dim<__nv_bfloat16>(device_items_, n, planned_group_, q, out, kv, num_q_heads,
+                                       softmax_scale, sliding_window, stream);
+  else
+    launch_for_head_dim<__half>(device_items_, n, planned_group_, q, out, kv, num_q_heads,
+                                softmax_scale, sliding_window, stream);
 }
 
 }  // namespace l2kv
