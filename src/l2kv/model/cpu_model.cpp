@@ -171,17 +171,6 @@ CpuModel::CpuModel(const std::filesystem::path& folder, Communicator* comm)
     layers_.push_back(load_hf_layer_weights(ckpt, c, l, Fp8Projections::kDequantized, slices));
   inv_freq_ = rope_inverse_frequencies(c.rope, c.head_dim);
   local_inv_freq_ = rope_inverse_frequencies(c.local_rope, c.head_dim);
-  if (c.gemma) {
-    // Gemma's RMSNorm scales by 1 + weight (in float32, as transformers): fold the 1 in once.
-    auto plus_one = [](std::vector<float>& w) {
-      for (float& x : w) x = 1.f + x;
-    };
-    plus_one(final_norm_);
-    for (Layer& w : layers_)
-      for (auto* norm : {&w.input_norm, &w.post_attention_norm, &w.pre_feedforward_norm,
-                         &w.post_feedforward_norm, &w.q_norm, &w.k_norm})
-        plus_one(*norm);
-  }
 }
 
 std::vector<float> CpuModel::forward(std::span<const int32_t> tokens) const {

@@ -59,13 +59,6 @@ void check_head_dim(const ModelConfig& c) {
         "supported (--device cpu supports it)");
 }
 
-// Gemma's RMSNorm scales by 1 + weight: folded into the stored weight once.
-std::vector<float> norm_weight(const ModelConfig& c, std::vector<float> w) {
-  if (c.gemma)
-    for (float& x : w) x += 1.f;
-  return w;
-}
-
 // A mixture of experts within what the router and the expert GEMV take, in 16 bits (an fp8
 // checkpoint's experts are widened at load).
 void check_moe(const ModelConfig& c) {
@@ -142,7 +135,7 @@ CudaModel::CudaModel(const std::filesystem::path& folder)
     const HfGlobalWeights globals = load_hf_global_weights(ckpt, c);
     weights_->embed = upload_16bit(c.dtype, globals.embed);
     if (!globals.lm_head.empty()) weights_->lm_head = upload_16bit(c.dtype, globals.lm_head);
-    weights_->final_norm = upload_16bit(c.dtype, norm_weight(c, globals.final_norm));
+    weights_->final_norm = upload_16bit(c.dtype, globals.final_norm);
   }
   // fp8 gate/up rows in the same order as 16-bit ones.
   auto gate_up_fp8 = [&](const HfFp8Projection& gate, const HfFp8Projection& up) {
@@ -154,14 +147,14 @@ CudaModel::CudaModel(const std::filesystem::path& folder)
     const HfLayerWeights w = load_hf_layer_weights(
         ckpt, c, l, c.fp8_weights ? Fp8Projections::kAsStored : Fp8Projections::kDequantized);
     Weights::Layer layer;
-    layer.input_norm = upload_16bit(c.dtype, norm_weight(c, w.input_norm));
+    layer.input_norm = upload_16bit(c.dtype, w.input_norm);
     // post_norm is the norm before the MLP (Gemma: pre_feedforward_layernorm; its
     // post_attention_layernorm normalizes the attention's output instead).
-    layer.post_norm = upload_16bit(
-        c.dtype, norm_weight(c, c.gemma ? w.pre_feedforward_norm : w.post_attention_norm));
+    layer.post_norm =
+        upload_16bit(c.dtype, c.gemma ? w.pre_feedforward_norm : w.post_attention_norm);
     if (c.gemma) {
-      layer.attention_out_norm = upload_16bit(c.dtype, norm_weight(c, w.post_attention_norm));
-      layer.mlp_out_norm = upload_16bit(c.dtype, norm_weight(c, w.post_feedforward_norm));
+      layer.attention_out_norm = upload_16bit(c.dtype, w.post_attention_norm);
+      layer.mlp_out_norm = upload_16bit(c.dtype, w.post_feedforward_norm);
     }
     if (c.fp8_weights) {
       const HfFp8Projection qkv = fp8_paired_rows({&w.q8, &w.k8, &w.v8}, c.head_dim);
@@ -196,8 +189,8 @@ CudaModel::CudaModel(const std::filesystem::path& folder)
       layer.qkv_bias = upload_16bit(
           c.dtype, to_paired_rows(concat(concat(w.q_bias, w.k_bias), w.v_bias), c.head_dim, 1));
     if (c.qk_norm) {
-      layer.q_norm = upload_16bit(c.dtype, norm_weight(c, w.q_norm));
-      layer.k_norm = upload_16bit(c.dtype, norm_weight(c, w.k_norm));
+      layer.q_norm = upload_16bit(c.dtype, w.q_norm);
+      layer.k_norm = upload_16bit(c.dtype, w.k_norm);
     }
     layer.k_scale = w.k_scale;
     layer.v_scale = w.v_scale;

@@ -6,6 +6,16 @@
 #include "l2kv/core/error.h"
 
 namespace l2kv {
+namespace {
+
+// Gemma's RMSNorm scales by 1 + weight (in float32, as transformers): the 1 is folded in here,
+// so every backend's norm multiplies by the weight alone.
+void fold_gemma_norm(const ModelConfig& c, std::vector<float>& weight) {
+  if (c.gemma)
+    for (float& x : weight) x = 1.f + x;
+}
+
+}  // namespace
 
 HfGlobalWeights load_hf_global_weights(const Checkpoint& checkpoint, const ModelConfig& c,
                                        const TpShard* shard) {
@@ -22,6 +32,7 @@ HfGlobalWeights load_hf_global_weights(const Checkpoint& checkpoint, const Model
     w.lm_head = checkpoint.get("lm_head.weight", {c.vocab_size, c.hidden_size}).to_float();
   }
   w.final_norm = checkpoint.get("model.norm.weight", {c.hidden_size}).to_float();
+  fold_gemma_norm(c, w.final_norm);
   return w;
 }
 
@@ -153,6 +164,9 @@ HfLayerWeights load_hf_layer_weights(const Checkpoint& checkpoint, const ModelCo
   w.v_scale = scale("self_attn.v_scale");
   w.has_kv_scales =
       checkpoint.contains(p + "self_attn.k_scale") && checkpoint.contains(p + "self_attn.v_scale");
+  for (auto* norm : {&w.input_norm, &w.post_attention_norm, &w.pre_feedforward_norm,
+                     &w.post_feedforward_norm, &w.q_norm, &w.k_norm})
+    fold_gemma_norm(c, *norm);
   return w;
 }
 

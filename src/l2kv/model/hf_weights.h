@@ -12,7 +12,8 @@
 
 namespace l2kv {
 
-// Embedding, final norm and (when untied) LM head, as float32.
+// Embedding, final norm and (when untied) LM head, as float32. Norm weights here and below are
+// what the norm multiplies by: Gemma's 1 + weight has its 1 folded in.
 struct HfGlobalWeights {
   std::vector<float> embed;       // model.embed_tokens.weight [vocab, hidden]
   std::vector<float> lm_head;     // lm_head.weight [vocab, hidden]; empty when tied
