@@ -24,8 +24,27 @@ cudaDataType_t cuda_type(DType t) {
   return t == DType::kFloat16 ? CUDA_R_16F : CUDA_R_16BF;
 }
 
-bool same_algo(const cublasLtMatmulAlgo_t& a, const cublasLtMatmulAlgo_t& b) {
-  return std::memcmp(a.data, b.data, sizeof a.data) == 0;
+// Appends `algo` unless `list` holds it already (the same configuration, byte for byte).
+void add_unique(std::vector<cublasLtMatmulAlgo_t>& list, const cublasLtMatmulAlgo_t& algo) {
+  if (std::none_of(list.begin(), list.end(), [&](const cublasLtMatmulAlgo_t& b) {
+        return std::memcmp(algo.data, b.data, sizeof algo.data) == 0;
+      }))
+    list.push_back(algo);
+}
+
+// A heuristic preference of `mode` that allows the whole workspace; the caller destroys it.
+cublasLtMatmulPreference_t make_preference(cublasLtMatmulSearch_t mode) {
+  cublasLtMatmulPreference_t pref = nullptr;
+  check(cublasLtMatmulPreferenceCreate(&pref), "preference");
+  const uint32_t search = mode;
+  const size_t workspace = kWorkspaceBytes;
+  check(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_SEARCH_MODE, &search,
+                                             sizeof search),
+        "preference search mode");
+  check(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                             &workspace, sizeof workspace),
+        "preference workspace");
+  return pref;
 }
 
 }  // namespace
@@ -63,12 +82,7 @@ const Gemm::Plan& Gemm::plan_for(DType dtype, bool f32_out, int64_t rows, int64_
   check(cublasLtMatrixLayoutCreate(&p.a, t, in, out, in), "layout A");
   check(cublasLtMatrixLayoutCreate(&p.b, t, in, rows, in), "layout B");
   check(cublasLtMatrixLayoutCreate(&p.c, f32_out ? CUDA_R_32F : t, out, rows, out), "layout C");
-  cublasLtMatmulPreference_t pref = nullptr;
-  check(cublasLtMatmulPreferenceCreate(&pref), "preference");
-  const size_t workspace = kWorkspaceBytes;
-  check(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                                             &workspace, sizeof workspace),
-        "preference workspace");
+  cublasLtMatmulPreference_t pref = make_preference(CUBLASLT_SEARCH_BEST_FIT);
   cublasLtMatmulHeuristicResult_t results[kTuneCandidates] = {};
   int found = 0;
   check(cublasLtMatmulAlgoGetHeuristic(handle_, p.op, p.a, p.b, p.c, p.c, pref, kTuneCandidates,
@@ -85,45 +99,27 @@ const Gemm::Plan& Gemm::plan_for(DType dtype, bool f32_out, int64_t rows, int64_
     std::vector<cublasLtMatmulAlgo_t> candidates;
     for (int i = 0; i < found; ++i)
       if (results[i].state == CUBLAS_STATUS_SUCCESS) candidates.push_back(results[i].algo);
-    if (tuning_ == Tuning::kWide) {
-      for (const cublasLtMatmulAlgo_t& a : wide_candidates(p, t, f32_out ? CUDA_R_32F : t))
-        if (std::none_of(candidates.begin(), candidates.end(),
-                         [&](const cublasLtMatmulAlgo_t& b) { return same_algo(a, b); }))
-          candidates.push_back(a);
-    }
+    if (tuning_ == Tuning::kWide) add_wide_candidates(p, t, f32_out ? CUDA_R_32F : t, candidates);
     if (candidates.size() > 1) p.algo = fastest(p, candidates, x, w, y, stream);
   }
   return plans_.emplace(key, p).first->second;
 }
 
-std::vector<cublasLtMatmulAlgo_t> Gemm::wide_candidates(const Plan& p, cudaDataType_t operands,
-                                                        cudaDataType_t output) {
+void Gemm::add_wide_candidates(const Plan& p, cudaDataType_t operands, cudaDataType_t output,
+                               std::vector<cublasLtMatmulAlgo_t>& candidates) {
   constexpr int kMaxIds = 128, kPerId = 8;
   int ids[kMaxIds] = {};
   int num_ids = 0;
   check(cublasLtMatmulAlgoGetIds(handle_, CUBLAS_COMPUTE_32F, CUDA_R_32F, operands, operands,
                                  output, output, kMaxIds, ids, &num_ids),
         "algorithm ids");
-  cublasLtMatmulPreference_t pref = nullptr;
-  check(cublasLtMatmulPreferenceCreate(&pref), "preference");
-  const uint32_t mode = CUBLASLT_SEARCH_LIMITED_BY_ALGO_ID;
-  const size_t workspace = kWorkspaceBytes;
-  check(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_SEARCH_MODE, &mode,
-                                             sizeof mode),
-        "preference search mode");
-  check(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                                             &workspace, sizeof workspace),
-        "preference workspace");
-  std::vector<cublasLtMatmulAlgo_t> out;
+  cublasLtMatmulPreference_t pref = make_preference(CUBLASLT_SEARCH_LIMITED_BY_ALGO_ID);
   auto add_if_valid = [&](const cublasLtMatmulAlgo_t& a) {
     cublasLtMatmulHeuristicResult_t checked = {};
-    if (cublasLtMatmulAlgoCheck(handle_, p.op, p.a, p.b, p.c, p.c, &a, &checked) !=
-            CUBLAS_STATUS_SUCCESS ||
-        checked.workspaceSize > kWorkspaceBytes)
-      return;
-    if (std::none_of(out.begin(), out.end(),
-                     [&](const cublasLtMatmulAlgo_t& b) { return same_algo(a, b); }))
-      out.push_back(a);
+    if (cublasLtMatmulAlgoCheck(handle_, p.op, p.a, p.b, p.c, p.c, &a, &checked) ==
+            CUBLAS_STATUS_SUCCESS &&
+        checked.workspaceSize <= kWorkspaceBytes)
+      add_unique(candidates, a);
   };
   // Split-K spreads the few output tiles of a decode-sized product over more SMs; clusters
   // change how tiles share their operand loads.
@@ -177,7 +173,6 @@ std::vector<cublasLtMatmulAlgo_t> Gemm::wide_candidates(const Plan& p, cudaDataT
     }
   }
   cublasLtMatmulPreferenceDestroy(pref);
-  return out;
 }
 
 // Decode-sized products are bandwidth-bound, and cuBLASLt's first choice is not always the

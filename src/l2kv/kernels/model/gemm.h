@@ -106,10 +106,11 @@ class Gemm {
                        bool timed = true);
   cublasLtMatmulAlgo_t fastest(const Plan& p, std::span<const cublasLtMatmulAlgo_t> candidates,
                                const void* x, const void* w, void* y, cudaStream_t stream);
-  // Tuning::kWide's extra candidates for the plan's shape: each algorithm id's suggestions and
-  // their split-K / cluster variants that cublasLtMatmulAlgoCheck accepts.
-  std::vector<cublasLtMatmulAlgo_t> wide_candidates(const Plan& p, cudaDataType_t operands,
-                                                    cudaDataType_t output);
+  // Appends Tuning::kWide's extra candidates for the plan's shape to `candidates` (those not
+  // there yet): each algorithm id's suggestions and their split-K / cluster variants that
+  // cublasLtMatmulAlgoCheck accepts.
+  void add_wide_candidates(const Plan& p, cudaDataType_t operands, cudaDataType_t output,
+                           std::vector<cublasLtMatmulAlgo_t>& candidates);
   // y = x W^T with the plan's algorithm on `stream`.
   void matmul(const Plan& p, const void* x, const void* w, void* y, cudaStream_t stream);
   static constexpr int kTuneCandidates = 32;
