@@ -240,30 +240,27 @@ TEST_P(ModelOps, AddRmsNormOfANormalizedAddendMatchesHostReference) {
   }
 }
 
-// GeGLU (Gemma): GELU's tanh form of the gate times up, against the tanh form in double. (The
-// kernel's first form, 0.5 g (1 + tanhf(y)) in float as PyTorch computes it, put 10-14 % of the
-// 16-bit outputs one ulp off here: 1 + tanh cancels for gates below about -4.)
-TEST_P(ModelOps, GeluMulMatchesHostReference) {
-  L2KV_SKIP_WITHOUT_GPU();
-  const DType t = GetParam();
-  std::mt19937_64 rng(14);
-  for (const int32_t inter : {21504, 15360, 13}) {
-    for (const int32_t rows : {1, 9}) {
+// gated_mul with `activation` against `reference(g, u)` on the host, rounded once to the
+// dtype, for every (inter, rows) pair on fresh random gates and ups in +-6.
+template <typename Reference>
+void check_gated_mul(DType t, ops::GateActivation activation, std::initializer_list<int32_t> inters,
+                     std::initializer_list<int32_t> row_counts, uint64_t seed,
+                     Reference reference) {
+  std::mt19937_64 rng(seed);
+  for (const int32_t inter : inters) {
+    for (const int32_t rows : row_counts) {
       const size_t n = static_cast<size_t>(rows) * inter;
       const auto gate_up = random16(t, 2 * n, -6.f, 6.f, rng);
       std::vector<uint16_t> want(n);
       for (int32_t r = 0; r < rows; ++r)
         for (int32_t i = 0; i < inter; ++i) {
-          const double g = to_float(t, gate_up[static_cast<size_t>(r) * 2 * inter + i]);
-          const double u = to_float(t, gate_up[static_cast<size_t>(r) * 2 * inter + inter + i]);
-          const double gelu =
-              0.5 * g * (1.0 + std::tanh(0.7978845608028654 * (g + 0.044715 * g * g * g)));
-          want[static_cast<size_t>(r) * inter + i] = round_to(t, static_cast<float>(gelu * u));
+          const float g = to_float(t, gate_up[static_cast<size_t>(r) * 2 * inter + i]);
+          const float u = to_float(t, gate_up[static_cast<size_t>(r) * 2 * inter + inter + i]);
+          want[static_cast<size_t>(r) * inter + i] = round_to(t, reference(g, u));
         }
       uint16_t* d_in = upload(gate_up);
       uint16_t* d_out = upload(std::vector<uint16_t>(n, kPoison16));
-      ops::gated_mul(t, d_in, rows, inter, d_out, nullptr, false, false,
-                     ops::GateActivation::kGeluTanh);
+      ops::gated_mul(t, d_in, rows, inter, d_out, nullptr, false, false, activation);
       L2KV_CUDA_CHECK(cudaDeviceSynchronize());
       const auto got = download(d_out, n);
       cudaFree(d_in);
@@ -273,31 +270,25 @@ TEST_P(ModelOps, GeluMulMatchesHostReference) {
   }
 }
 
+// GeGLU (Gemma): GELU's tanh form of the gate times up, against the tanh form in double. (The
+// kernel's first form, 0.5 g (1 + tanhf(y)) in float as PyTorch computes it, put 10-14 % of the
+// 16-bit outputs one ulp off here: 1 + tanh cancels for gates below about -4.)
+TEST_P(ModelOps, GeluMulMatchesHostReference) {
+  L2KV_SKIP_WITHOUT_GPU();
+  check_gated_mul(GetParam(), ops::GateActivation::kGeluTanh, {21504, 15360, 13}, {1, 9}, 14,
+                  [](double g, double u) {
+                    const double gelu =
+                        0.5 * g *
+                        (1.0 + std::tanh(0.7978845608028654 * (g + 0.044715 * g * g * g)));
+                    return static_cast<float>(gelu * u);
+                  });
+}
+
 TEST_P(ModelOps, SiluMulMatchesHostReference) {
   L2KV_SKIP_WITHOUT_GPU();
-  const DType t = GetParam();
-  std::mt19937_64 rng(12);
-  for (const int32_t inter : {14336, 18944, 11008, 8, 2056, 100, 13}) {
-    for (const int32_t rows : {1, 5, 64, 129}) {
-      const size_t n = static_cast<size_t>(rows) * inter;
-      const auto gate_up = random16(t, 2 * n, -6.f, 6.f, rng);
-      std::vector<uint16_t> want(n);
-      for (int32_t r = 0; r < rows; ++r)
-        for (int32_t i = 0; i < inter; ++i) {
-          const float g = to_float(t, gate_up[static_cast<size_t>(r) * 2 * inter + i]);
-          const float u = to_float(t, gate_up[static_cast<size_t>(r) * 2 * inter + inter + i]);
-          want[static_cast<size_t>(r) * inter + i] = round_to(t, g / (1.f + std::exp(-g)) * u);
-        }
-      uint16_t* d_in = upload(gate_up);
-      uint16_t* d_out = upload(std::vector<uint16_t>(n, kPoison16));
-      ops::gated_mul(t, d_in, rows, inter, d_out, nullptr);
-      L2KV_CUDA_CHECK(cudaDeviceSynchronize());
-      const auto got = download(d_out, n);
-      cudaFree(d_in);
-      cudaFree(d_out);
-      EXPECT_TRUE(acceptable(compare16(t, got, want))) << "inter " << inter << " rows " << rows;
-    }
-  }
+  check_gated_mul(GetParam(), ops::GateActivation::kSilu, {14336, 18944, 11008, 8, 2056, 100, 13},
+                  {1, 5, 64, 129}, 12,
+                  [](float g, float u) { return g / (1.f + std::exp(-g)) * u; });
 }
 
 struct RopeCase {

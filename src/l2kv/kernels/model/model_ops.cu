@@ -90,7 +90,6 @@ __global__ void embed_kernel(const int32_t* tokens, const T* embed, int32_t hidd
   if (threadIdx.x == 0) sumsq[t] = sum;
 }
 
-// One block per row; thread j owns vectors j, j + blockDim, ... of the row (hidden % 8 == 0).
 // The scale of add's row that RMS-normalizes it (add_weight set: Gemma's output norms), else 1:
 // a first pass over the row, which the add below reads again from L1.
 template <typename T>
@@ -106,6 +105,7 @@ __device__ __forceinline__ float addend_rms_scale(const T* add, const T* add_wei
   return __frsqrt_rn(block_sum(sum) / hidden + eps);
 }
 
+// One block per row; thread j owns vectors j, j + blockDim, ... of the row (hidden % 8 == 0).
 template <typename T>
 __global__ void add_rmsnorm_kernel(float* residual, const T* add, const T* weight, float eps,
                                    int32_t hidden, T* out, ExpertSum experts, const T* add_weight) {
@@ -422,10 +422,6 @@ __global__ void kv_amax_kernel(const T* qkv, const T* bias, const int32_t* posit
             __float_as_int(kv_scale_from_amax(v_max, kKvScaleValueRange)));
 }
 
-// Grid (vector blocks, tokens): thread j of block x handles the 8 elements of vector
-// x * blockDim + j of its token (inter % 8 == 0). kInterleaved: gate and up alternate in groups
-// of 8 (gemv.h's kSiluMul layout), so features i .. i + 7 have their gate at 2 i and up at
-// 2 i + 8.
 // The gate's activation: SiLU (SwiGLU) or GELU's tanh form (GeGLU), transformers'
 // gelu_pytorch_tanh 0.5 g (1 + tanh(y)), written as g / (1 + exp(-2 y)): the same function,
 // without the cancellation of 1 + tanh(y) that costs the tanh form its accuracy for gates below
@@ -440,6 +436,10 @@ __device__ __forceinline__ float gate_activation(float g) {
   }
 }
 
+// Grid (vector blocks, tokens): thread j of block x handles the 8 elements of vector
+// x * blockDim + j of its token (inter % 8 == 0). kInterleaved: gate and up alternate in groups
+// of 8 (gemv.h's kSiluMul layout), so features i .. i + 7 have their gate at 2 i and up at
+// 2 i + 8.
 template <typename T, bool kInterleaved, bool kGelu>
 __global__ void gated_mul_kernel(const T* gate_up, int32_t inter, T* out) {
   ptx::launch_dependents();  // as add_rmsnorm_kernel: the down projection may start early
