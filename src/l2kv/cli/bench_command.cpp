@@ -413,6 +413,8 @@ std::string today() {
 int run_bench(const BenchOptions& o) {
   if (!cuda_device_available())
     throw Error("l2kv bench needs an NVIDIA Hopper GPU (sm_90); none is available here");
+  if (!o.structured_regex.empty() && o.mode == "steady")
+    throw Error("l2kv bench: --structured-regex constrains e2e points; use --mode e2e or both");
   std::vector<Variant> variants;
   for (const auto& v : o.variants) variants.push_back(parse_variant(v));
   ModelOptions model_options = o.model;
