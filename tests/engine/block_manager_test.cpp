@@ -75,18 +75,19 @@ TEST(BlockManager, ReferenceCountsAndSharing) {
   BlockManager bm(6, 2);
   bm.allocate_for(1, 6);  // 3 blocks
   const std::vector<int32_t> parent(bm.block_table(1).begin(), bm.block_table(1).end());
-  bm.share(2, std::span<const int32_t>(parent).first(2));  // a prefix of two full blocks
+  bm.share(2, {{parent[0], parent[1]}});  // a prefix of two full blocks
   EXPECT_EQ(bm.ref_count(parent[0]), 2);
   EXPECT_EQ(bm.ref_count(parent[2]), 1);
-  EXPECT_THROW(bm.share(2, parent), Error);  // already has a table
-  bm.allocate_for(2, 5);                     // grows past the shared prefix
+  EXPECT_THROW(bm.share(2, {parent}), Error);  // already has a table
+  bm.allocate_for(2, 5);                       // grows past the shared prefix
   EXPECT_EQ(bm.block_table(2).size(), 3u);
   EXPECT_EQ(bm.num_free(), 1);
 
   bm.free(1);  // shared blocks stay with sequence 2
   EXPECT_EQ(bm.num_free(), 2);
   EXPECT_EQ(bm.ref_count(parent[0]), 1);
-  EXPECT_THROW(bm.share(3, std::span<const int32_t>(parent).subspan(2)), Error);  // free block
+  EXPECT_THROW(bm.share(3, {{parent[2]}}), Error);               // free block
+  EXPECT_THROW(bm.share(3, {{parent[0]}, {parent[0]}}), Error);  // one group, two tables
   // Caching is off: nothing is cached, nothing becomes evictable.
   EXPECT_FALSE(bm.cache_block(parent[0], hash_block(std::nullopt, 0, std::vector<int32_t>{1, 2})));
   bm.free(2);
@@ -153,7 +154,8 @@ TEST(BlockManager, FreedCachedBlocksStayFindableUntilEvicted) {
   EXPECT_TRUE(bm.cache_block(t1[0], h[0]));
   EXPECT_TRUE(bm.cache_block(t1[1], h[1]));
   EXPECT_FALSE(bm.cache_block(t1[1], h[1]));  // cached already
-  EXPECT_EQ(bm.find_cached_prefix(h), (std::vector<int32_t>{t1[0], t1[1]}));
+  EXPECT_EQ(bm.find_cached_prefix(h).tables, (std::vector<std::vector<int32_t>>{{t1[0], t1[1]}}));
+  EXPECT_EQ(bm.find_cached_prefix(h).num_blocks, 2);
 
   // Another sequence computing the same block at once keeps its own, uncached.
   bm.allocate_for(2, 2);
@@ -165,13 +167,13 @@ TEST(BlockManager, FreedCachedBlocksStayFindableUntilEvicted) {
   bm.free(1);  // the two cached blocks become evictable, the partial third is free
   EXPECT_EQ(bm.num_free(), 5);
   EXPECT_EQ(bm.num_evictable(), 2);
-  EXPECT_EQ(bm.find_cached_prefix(h).size(), 2u);
+  EXPECT_EQ(bm.find_cached_prefix(h).num_blocks, 2);
   bm.check_invariants();
 
   // A hit takes them back out of the LRU.
   EXPECT_TRUE(bm.can_allocate(3, 5, bm.find_cached_prefix(h)));
   EXPECT_FALSE(bm.can_allocate(3, 11, bm.find_cached_prefix(h)));  // 6 blocks > 5
-  bm.share(3, bm.find_cached_prefix(h));
+  bm.share(3, bm.find_cached_prefix(h).tables);
   EXPECT_EQ(bm.num_evictable(), 0);
   EXPECT_EQ(bm.ref_count(t1[0]), 1);
   bm.allocate_for(3, 5);
@@ -186,7 +188,7 @@ TEST(BlockManager, FreedCachedBlocksStayFindableUntilEvicted) {
   bm.allocate_for(4, 8);
   EXPECT_EQ(bm.num_evictable(), 1);
   EXPECT_FALSE(bm.block_hash(t1[1]).has_value());
-  EXPECT_EQ(bm.find_cached_prefix(h), std::vector<int32_t>{t1[0]});
+  EXPECT_EQ(bm.find_cached_prefix(h).tables, std::vector<std::vector<int32_t>>{{t1[0]}});
   bm.allocate_for(4, 10);
   EXPECT_EQ(bm.num_evictable(), 0);
   EXPECT_TRUE(bm.find_cached_prefix(h).empty());
@@ -240,7 +242,8 @@ TEST(BlockManager, RandomOperationsNeverLeak) {
           if (other == seq || bm.has_table(seq) || !bm.has_table(other)) break;
           const auto table = bm.block_table(other);
           const size_t full = static_cast<size_t>(tokens[other] / block_size);
-          bm.share(seq, table.first(std::min(full, table.size())));
+          const auto shared = table.first(std::min(full, table.size()));
+          bm.share(seq, {{shared.begin(), shared.end()}});
           tokens[seq] = static_cast<int64_t>(std::min(full, table.size())) * block_size;
           break;
         }
@@ -327,13 +330,14 @@ TEST(BlockManager, RandomMixesWithCachingNeverLeakNorEvictHeldBlocks) {
         const std::vector<BlockHash> h = chain(tokens, bs);
         const size_t most = (tokens.size() - 1) / static_cast<size_t>(bs);
         const std::vector<int32_t> prefix =
-            bm.find_cached_prefix(std::span<const BlockHash>(h).first(most));
+            bm.find_cached_prefix(std::span<const BlockHash>(h).first(most)).tables.at(0);
         ASSERT_LE(prefix.size(), most);
         for (size_t i = 0; i < prefix.size(); ++i) ASSERT_EQ(bm.block_hash(prefix[i]), h[i]);
         const int64_t id = next_seq++;
         const auto len = static_cast<int64_t>(tokens.size());
-        if (!bm.can_allocate(id, len, prefix)) continue;
-        bm.share(id, prefix);
+        const CachedPrefix hit{static_cast<int32_t>(prefix.size()), {prefix}};
+        if (!bm.can_allocate(id, len, hit)) continue;
+        bm.share(id, hit.tables);
         bm.allocate_for(id, len);
         Seq q{tokens, {}, static_cast<int32_t>(prefix.size())};
         const auto t = bm.block_table(id);

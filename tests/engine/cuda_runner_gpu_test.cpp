@@ -177,7 +177,68 @@ INSTANTIATE_TEST_SUITE_P(
                       Variant{"qwen2-tied", DecodeKernel::kPagedV1, "auto", false, 2048},
                       Variant{"llama3-hd128", DecodeKernel::kSplit, "auto", true, 2048},
                       Variant{"llama3-hd128", DecodeKernel::kSplit, "auto", true, 512},
-                      Variant{"llama3-hd128", DecodeKernel::kPagedV1, "on", true, 2048}));
+                      Variant{"llama3-hd128", DecodeKernel::kPagedV1, "on", true, 2048},
+                      Variant{"gemma3-sliding", DecodeKernel::kSplit, "auto", true, 2048},
+                      Variant{"gemma3-sliding", DecodeKernel::kSplit, "auto", false, 24}));
+
+// Gemma 3's sliding-window layers in KV cache groups of their own, whose blocks go back to the
+// pool (and to other sequences) as they leave the window, against one table for every layer:
+// the same kernels read the same K/V, so tokens and logprobs are equal to the bit. Prompts of
+// 20-230 tokens against a window of 16, chunks of 40, no prefix caching (freed blocks go
+// straight back to the free list and are the next ones handed out).
+TEST(CudaEngineSingle, WindowedKvGroupsGiveTheTokensOfOneTablePerLayer) {
+  L2KV_SKIP_WITHOUT_GPU();
+  std::vector<std::vector<int32_t>> prompts;
+  for (int i = 0; i < 10; ++i) {
+    std::vector<int32_t> p;
+    for (int t = 0; t < 20 + 23 * i; ++t) p.push_back((t * 41 + i * 89 + 3) % 512);
+    prompts.push_back(p);
+  }
+  std::vector<std::vector<SampledToken>> got[2];
+  int32_t peak[2] = {0, 0};
+  for (int windowed = 0; windowed < 2; ++windowed) {
+    auto model = std::make_shared<CudaModel>(kFixtures / "gemma3-sliding");
+    CudaRunnerOptions options;
+    options.window_kv_groups = windowed == 1;
+    EngineConfig config = config_with(40, 200);
+    config.enable_prefix_caching = false;
+    Engine engine(std::make_unique<CudaRunner>(model, options), nullptr, config);
+    got[windowed].resize(prompts.size());
+    for (size_t i = 0; i < prompts.size(); ++i) {
+      GenerationRequest r;
+      r.prompt = prompts[i];
+      r.params = greedy(64);
+      r.params.logprobs = 0;
+      auto* into = &got[windowed][i];
+      r.on_output = [into](const RequestOutput& o) {
+        into->insert(into->end(), o.new_logprobs.begin(), o.new_logprobs.end());
+        EXPECT_NE(o.finish_reason, FinishReason::kError) << o.error;
+      };
+      engine.add_request(std::move(r));
+    }
+    while (engine.has_unfinished()) {
+      engine.step();
+      const EngineStats s = engine.stats();
+      peak[windowed] = std::max(peak[windowed], s.kv_blocks_total - s.kv_blocks_free);
+    }
+    EXPECT_EQ(engine.stats().kv_blocks_free, engine.stats().kv_blocks_total) << "KV blocks leaked";
+  }
+  double max_diff = 0;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    ASSERT_EQ(got[0][i].size(), 64u);
+    ASSERT_EQ(got[1][i].size(), 64u);
+    for (size_t k = 0; k < 64; ++k) {
+      ASSERT_EQ(got[1][i][k].token, got[0][i][k].token) << "prompt " << i << " token " << k;
+      max_diff = std::max<double>(max_diff, std::abs(got[1][i][k].logprob - got[0][i][k].logprob));
+    }
+  }
+  std::printf(
+      "windowed KV groups: peak blocks in use %d (one table per layer: %d, blocks of "
+      "half the layers each); largest logprob difference %.3g\n",
+      peak[1], peak[0], max_diff);
+  EXPECT_EQ(max_diff, 0.0);
+  EXPECT_LT(peak[1], 2 * peak[0]);  // blocks here hold half the layers: fewer layer-blocks
+}
 
 // Graph replay (padded to a bucket) against eager steps (unpadded): the same kernels, but
 // the split planner may slice differently with pad rows, so rounding may differ and a

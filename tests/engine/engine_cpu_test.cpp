@@ -147,10 +147,12 @@ TEST_P(EngineFixture, OneSequenceAtATimeGivesTheSameTokens) {
 
 TEST_P(EngineFixture, PreemptionGivesTheSameTokens) {
   // The three requests need 10 + 13 + 46 blocks of 4 tokens at their ends; 46 usable blocks
-  // (max_model_len at most what they hold) force preemptions by recomputation.
+  // (max_model_len at most what they hold) force preemptions by recomputation. Gemma's two
+  // KV cache groups hold 20 + 26 + 67 (its windowed group keeps the window before a 64-token
+  // chunk and the chunk), so 67 usable blocks do the same.
   EngineConfig c = small_config();
   c.block_size = 4;
-  c.num_kv_blocks = 47;
+  c.num_kv_blocks = GetParam() == "gemma3-sliding" ? 68 : 47;
   c.max_model_len = 46 * 4;
   c.max_num_batched_tokens = 64;
   const EngineStats s = run_references(GetParam(), c);
@@ -169,7 +171,8 @@ TEST_P(EngineFixture, GreedyWithoutPrefixCachingMatchesTransformers) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, EngineFixture,
-                         ::testing::Values("llama2-mha", "llama3-gqa", "qwen2-tied"));
+                         ::testing::Values("llama2-mha", "llama3-gqa", "qwen2-tied",
+                                           "gemma3-sliding"));
 
 // The engine over a tensor-parallel CpuRunner (the model split over 2 and 4 threads, 4 keeping
 // each KV head on two ranks): transformers' tokens for every case, through chunked prefill ending

@@ -168,16 +168,16 @@ class FakeRunner : public ModelRunner {
     std::set<int32_t> written;
     for (const StepSequence& s : step.sequences) {
       const int64_t end = s.start_position + static_cast<int64_t>(s.tokens.size());
-      EXPECT_GE(static_cast<int64_t>(s.block_table.size()) * block_size_, end);
+      EXPECT_GE(static_cast<int64_t>(s.block_tables[0].size()) * block_size_, end);
       std::set<int32_t> mine;
-      for (int32_t b : s.block_table) {
+      for (int32_t b : s.block_tables[0]) {
         EXPECT_GT(b, 0);
         EXPECT_LT(b, num_blocks_);
         EXPECT_TRUE(mine.insert(b).second) << "block " << b << " twice in one table";
         used.insert(b);
       }
       for (int64_t i = s.start_position / block_size_; i * block_size_ < end; ++i)
-        written.insert(s.block_table[static_cast<size_t>(i)]);
+        written.insert(s.block_tables[0][static_cast<size_t>(i)]);
       if (s.sample) out.push_back({(s.tokens.back() + 1) % 100, 0.f, {}});
     }
     for (int32_t b : written) EXPECT_EQ(used.count(b), 1u) << "block " << b << " written shared";

@@ -21,6 +21,7 @@
 #include "l2kv/core/error.h"
 #include "l2kv/engine/cuda_runner.h"
 #include "l2kv/kernels/random_fill.h"
+#include "l2kv/model/kv_cache_groups.h"
 #include "l2kv/profiling/kernel_trace.h"
 #include "l2kv/profiling/step_profile.h"
 #include "l2kv/structured/grammar_matcher.h"
@@ -141,10 +142,20 @@ nlohmann::ordered_json run_steady_point(const std::shared_ptr<CudaModel>& model,
   if (options.fused_layer_max_rows >= 0)
     state.set_fused_layer_max_rows(options.fused_layer_max_rows);
   const ModelConfig& c = state.config();
+  // As the engine keeps them: a windowed group holds only the blocks of its window.
+  const KvCacheGroups groups =
+      options.window_kv_groups ? windowed_kv_cache_groups(c) : single_kv_cache_group(c);
+  state.set_kv_cache_groups(groups);
   const int32_t blocks_per_seq = (context + block_size - 1) / block_size;
   const int32_t chunk_blocks = (chunk + block_size - 1) / block_size;
-  // Block 0 is the pad rows' block.
-  const int32_t num_blocks = batch * blocks_per_seq + chunk_blocks + 1;
+  std::vector<int32_t> first_held;  // [group]: the first block a decode row's table holds
+  int32_t held_per_seq = 0;
+  for (int32_t w : groups.windows) {
+    first_held.push_back(w == 0 ? 0 : std::max(0, context - w) / block_size);
+    held_per_seq += blocks_per_seq - first_held.back();
+  }
+  // Block 0 is the pad rows' block (and the entries a window has left).
+  const int32_t num_blocks = batch * held_per_seq + groups.num_groups() * chunk_blocks + 1;
   state.allocate_workspace(
       {batch + chunk, batch + (chunk > 0 ? 1 : 0), std::max(context, chunk), 0});
   // A point whose KV cache cannot fit beside the weights is reported, not attempted.
@@ -160,7 +171,10 @@ nlohmann::ordered_json run_steady_point(const std::shared_ptr<CudaModel>& model,
   state.allocate_kv_cache(num_blocks, block_size);
   const int64_t pool_elems =
       static_cast<int64_t>(num_blocks) * block_size * c.num_kv_heads * c.head_dim;
+  std::vector<const void*> filled;  // layers of different groups may share a pool
   for (int64_t l = 0; l < c.num_layers; ++l) {
+    if (std::find(filled.begin(), filled.end(), state.k_pool(l)) != filled.end()) continue;
+    filled.push_back(state.k_pool(l));
     if (state.kv_storage() == KvStorage::kFp8E4M3) {
       fill_random_fp8_e4m3(state.k_pool(l), pool_elems, 1.f, 1000 + 2 * l, stream);
       fill_random_fp8_e4m3(state.v_pool(l), pool_elems, 1.f, 1001 + 2 * l, stream);
@@ -177,11 +191,29 @@ nlohmann::ordered_json run_steady_point(const std::shared_ptr<CudaModel>& model,
   }
 
   // Shuffled tables: no sequence's blocks are contiguous. The decode rows' tables are the same
-  // with and without a chunk, whose blocks come after theirs.
+  // with and without a chunk, whose blocks come after theirs. [sequence][group]; entries a
+  // window has left are block 0.
   std::vector<int32_t> blocks(static_cast<size_t>(num_blocks - 1));
   std::iota(blocks.begin(), blocks.end(), 1);
-  std::shuffle(blocks.begin(), blocks.begin() + int64_t{batch} * blocks_per_seq,
+  std::shuffle(blocks.begin(), blocks.begin() + int64_t{batch} * held_per_seq,
                std::mt19937(batch * 7919 + context));
+  const int32_t rows = batch + (chunk > 0 ? 1 : 0);
+  std::vector<std::vector<std::vector<int32_t>>> tables(static_cast<size_t>(rows));
+  std::vector<std::vector<std::span<const int32_t>>> table_spans(static_cast<size_t>(rows));
+  size_t next_block = 0;
+  for (int32_t s = 0; s < rows; ++s)
+    for (int32_t g = 0; g < groups.num_groups(); ++g) {
+      const bool decode_row = s < batch;
+      std::vector<int32_t> table(static_cast<size_t>(decode_row ? blocks_per_seq : chunk_blocks),
+                                 0);
+      for (size_t i = decode_row ? static_cast<size_t>(first_held[static_cast<size_t>(g)]) : 0;
+           i < table.size(); ++i)
+        table[i] = blocks[next_block++];
+      tables[static_cast<size_t>(s)].push_back(std::move(table));
+    }
+  for (int32_t s = 0; s < rows; ++s)
+    for (const auto& table : tables[static_cast<size_t>(s)])
+      table_spans[static_cast<size_t>(s)].emplace_back(table);
   std::vector<int32_t> tokens(static_cast<size_t>(batch));
   std::mt19937 rng(42);
   for (auto& t : tokens) t = static_cast<int32_t>(rng() % (c.vocab_size - 1)) + 1;
@@ -189,15 +221,13 @@ nlohmann::ordered_json run_steady_point(const std::shared_ptr<CudaModel>& model,
   for (auto& t : chunk_tokens) t = static_cast<int32_t>(rng() % (c.vocab_size - 1)) + 1;
   std::vector<BatchSequence> seqs;
   for (int32_t s = 0; s < batch; ++s)
-    seqs.push_back({std::span<const int32_t>(&tokens[s], 1), context - 1,
-                    std::span<const int32_t>(blocks.data() + int64_t{s} * blocks_per_seq,
-                                             static_cast<size_t>(blocks_per_seq)),
-                    true});
+    seqs.push_back({std::span<const int32_t>(&tokens[s], 1),
+                    context - 1,
+                    {},
+                    true,
+                    table_spans[static_cast<size_t>(s)]});
   if (chunk > 0)
-    seqs.push_back({chunk_tokens, 0,
-                    std::span<const int32_t>(blocks.data() + int64_t{batch} * blocks_per_seq,
-                                             static_cast<size_t>(chunk_blocks)),
-                    true});
+    seqs.push_back({chunk_tokens, 0, {}, true, table_spans[static_cast<size_t>(batch)]});
   state.prepare(seqs, 0, stream);
 
   cudaEvent_t a, b;
@@ -317,6 +347,7 @@ nlohmann::ordered_json run_e2e_point(Engine& engine, CudaRunner& runner, const C
   double prefill_s = 0, decode_s = 0, decode_bytes = 0;
   int64_t decode_steps = 0;
   int32_t max_running = 0;
+  int32_t peak_kv_blocks = 0;  // KV blocks held by requests (free and cached ones excluded)
   auto last_progress = Clock::now();
   const EngineStats point_start = engine.stats();  // totals of earlier points
   const int64_t tokens_before = point_start.generation_tokens;
@@ -335,6 +366,7 @@ nlohmann::ordered_json run_e2e_point(Engine& engine, CudaRunner& runner, const C
     const double step_s = seconds_since(step_start);
     const EngineStats after = engine.stats();
     max_running = std::max(max_running, after.running);
+    peak_kv_blocks = std::max(peak_kv_blocks, after.kv_blocks_total - after.kv_blocks_free);
     if (after.prompt_tokens > before.prompt_tokens) {
       prefill_s += step_s;
     } else {
@@ -391,6 +423,8 @@ nlohmann::ordered_json run_e2e_point(Engine& engine, CudaRunner& runner, const C
           {"mbu", mbu},
           {"graphs", true},
           {"max_concurrency_reached", max_running},
+          {"peak_kv_blocks_in_use", peak_kv_blocks},
+          {"kv_blocks_total", point_end.kv_blocks_total},
           {"prefix_caching", engine.config().enable_prefix_caching},
           {"prefix_cache_queries", cache_queries},
           {"prefix_cache_hits", cache_hits},
@@ -544,11 +578,14 @@ int run_bench(const BenchOptions& o) {
                 prof["gpu_sample"].get<double>(), prof["execute"].get<double>(),
                 prof["engine_outside_execute"].get<double>());
             const auto queries = point["prefix_cache_queries"].get<int64_t>();
-            std::printf("        prefix cache %s: %lld of %lld prompt tokens hit (%.1f %%)\n",
-                        config.enable_prefix_caching ? "on" : "off",
-                        static_cast<long long>(point["prefix_cache_hits"].get<int64_t>()),
-                        static_cast<long long>(queries),
-                        queries ? 100.0 * point["prefix_cache_hits"].get<double>() / queries : 0.0);
+            std::printf(
+                "        prefix cache %s: %lld of %lld prompt tokens hit (%.1f %%); KV blocks "
+                "in use at most %d of %d\n",
+                config.enable_prefix_caching ? "on" : "off",
+                static_cast<long long>(point["prefix_cache_hits"].get<int64_t>()),
+                static_cast<long long>(queries),
+                queries ? 100.0 * point["prefix_cache_hits"].get<double>() / queries : 0.0,
+                point["peak_kv_blocks_in_use"].get<int>(), point["kv_blocks_total"].get<int>());
             std::fflush(stdout);
             report["points"].push_back(point);
             save();

@@ -76,6 +76,11 @@ void add_model_options(CLI::App& app, ModelOptions& o) {
       ->capture_default_str();
   app.add_flag("--enforce-eager", o.enforce_eager,
                "Run decode steps kernel by kernel instead of replaying CUDA graphs");
+  app.add_flag("!--disable-hybrid-kv-cache-manager", o.window_kv_groups,
+               "Keep one KV block table for every layer (vLLM's flag). By default a model with "
+               "sliding-window layers (Gemma 3) keeps them in block tables of their own and "
+               "frees their blocks as they leave the window, so a long conversation holds the "
+               "window, not its length, on those layers");
 }
 
 void add_engine_options(CLI::App& app, EngineConfig& c) {
@@ -159,6 +164,7 @@ LoadedModel load_model(const ModelOptions& o) {
                   ": the CPU backend keeps its KV cache in float32; fp8 needs a CUDA GPU");
     std::fprintf(stderr, "l2kv: loading %s on the CPU (float32)\n", o.model.c_str());
     auto runner = std::make_unique<CpuRunner>(fs::path(o.model), o.tensor_parallel_size);
+    runner->set_window_kv_groups(o.window_kv_groups);
     loaded.description = o.model + " on " + runner->device_name() + " (float32)";
     loaded.runner = std::move(runner);
   } else {
@@ -183,6 +189,7 @@ LoadedModel load_model(const ModelOptions& o) {
     options.kv_storage = o.kv_cache_dtype == "auto" ? KvStorage::kModelDtype : KvStorage::kFp8E4M3;
     options.calculate_kv_scales = o.calculate_kv_scales;
     options.fused_layer_max_rows = o.fused_layer_max_rows;
+    options.window_kv_groups = o.window_kv_groups;
     auto runner = std::make_unique<CudaRunner>(loaded.cuda_model, options);
     const int32_t fused_rows = runner->step_state().fused_layer_max_rows();
     const std::string layer = fused_rows == 0   ? ", nine kernels per layer"

@@ -30,6 +30,7 @@ struct ModelOptions {
   int32_t fused_layer_max_rows = -1;      // the five-kernel layer up to these rows; -1: default
   int32_t tensor_parallel_size = 1;       // ranks the model is split over (CPU backend so far)
   std::string gemm_tuning = "heuristic";  // heuristic | wide (Gemm::Tuning)
+  bool window_kv_groups = true;           // off: --disable-hybrid-kv-cache-manager
   uint64_t synthetic_seed = 1;
 };
 

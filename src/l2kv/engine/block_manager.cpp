@@ -1,5 +1,6 @@
 #include "l2kv/engine/block_manager.h"
 
+#include <algorithm>
 #include <cstring>
 #include <string>
 
@@ -62,6 +63,13 @@ void put_u64(std::vector<uint8_t>& out, uint64_t v) {
   for (int i = 0; i < 8; ++i) out.push_back(static_cast<uint8_t>(v >> (8 * i)));
 }
 
+// The cache key of a group's block: its tokens' hash with the group mixed in (group 0's is the
+// hash itself). Groups hold different layers of the same tokens, so each needs its own key; an
+// odd multiplier keeps the keys of different groups distinct for the same hash.
+BlockHash group_key(const BlockHash& hash, int32_t group) {
+  return {hash.hi ^ (static_cast<uint64_t>(group) * 0x9E3779B97F4A7C15ull), hash.lo};
+}
+
 }  // namespace
 
 std::array<uint8_t, 32> sha256(const uint8_t* data, size_t size) {
@@ -106,10 +114,15 @@ BlockHash hash_block(const std::optional<BlockHash>& parent, uint64_t extra_key,
   return h;
 }
 
-BlockManager::BlockManager(int32_t num_blocks, int32_t block_size, bool enable_caching)
-    : block_size_(block_size), caching_(enable_caching) {
+BlockManager::BlockManager(int32_t num_blocks, int32_t block_size, bool enable_caching,
+                           std::vector<int32_t> group_windows)
+    : block_size_(block_size), caching_(enable_caching), windows_(std::move(group_windows)) {
   if (block_size < 1)
     throw Error("block size must be at least 1, got " + std::to_string(block_size));
+  if (windows_.empty()) throw Error("a KV pool needs at least one KV cache group");
+  for (int32_t w : windows_)
+    if (w < 0)
+      throw Error("a KV cache group's window must not be negative, got " + std::to_string(w));
   if (num_blocks < 2)
     throw Error("a KV pool needs at least 2 blocks (block 0 is reserved), got " +
                 std::to_string(num_blocks));
@@ -128,14 +141,49 @@ int32_t BlockManager::blocks_for(int64_t num_tokens) const {
   return static_cast<int32_t>((num_tokens + block_size_ - 1) / block_size_);
 }
 
+int64_t BlockManager::blocks_to_hold(int64_t num_tokens, int64_t chunk_tokens) const {
+  int64_t blocks = 0;
+  for (int32_t w : windows_) {
+    // A windowed group holds the chunk's blocks and the window before its first query.
+    const int64_t most =
+        w == 0 ? blocks_for(num_tokens)
+               : std::min<int64_t>(blocks_for(num_tokens), blocks_for(chunk_tokens + w - 1) + 1);
+    blocks += most;
+  }
+  return blocks;
+}
+
+int32_t BlockManager::first_block_in_window(int32_t group, int64_t position) const {
+  const int32_t w = windows_[static_cast<size_t>(group)];
+  if (w == 0) return 0;
+  return static_cast<int32_t>(std::max<int64_t>(0, position - w + 1) / block_size_);
+}
+
+int32_t BlockManager::blocks_short(int64_t seq, int64_t total_tokens) const {
+  int32_t short_by = 0;
+  for (int32_t g = 0; g < num_groups(); ++g)
+    short_by +=
+        std::max(0, blocks_for(total_tokens) - static_cast<int32_t>(block_table(seq, g).size()));
+  return short_by;
+}
+
 bool BlockManager::can_allocate(int64_t seq, int64_t total_tokens,
-                                std::span<const int32_t> prefix) const {
-  const int64_t have = static_cast<int64_t>(block_table(seq).size() + prefix.size());
+                                const CachedPrefix& prefix) const {
+  int64_t needed = 0;
   // Taking an evictable prefix block takes it out of what new blocks can come from.
   int64_t available = num_free();
-  for (int32_t block : prefix)
-    if (ref_counts_[block] == 0) --available;
-  return blocks_for(total_tokens) - have <= available;
+  for (int32_t g = 0; g < num_groups(); ++g) {
+    const std::vector<int32_t>* shared = prefix.tables.size() > static_cast<size_t>(g)
+                                             ? &prefix.tables[static_cast<size_t>(g)]
+                                             : nullptr;
+    const int64_t have =
+        static_cast<int64_t>(block_table(seq, g).size() + (shared ? shared->size() : 0));
+    needed += std::max<int64_t>(0, blocks_for(total_tokens) - have);
+    if (shared)
+      for (int32_t block : *shared)
+        if (block != kNullBlock && ref_counts_[block] == 0) --available;
+  }
+  return needed <= available;
 }
 
 int32_t BlockManager::take_block() {
@@ -154,53 +202,87 @@ int32_t BlockManager::take_block() {
 }
 
 void BlockManager::allocate_for(int64_t seq, int64_t total_tokens) {
-  const int32_t need = blocks_for(total_tokens);
-  const int32_t have = static_cast<int32_t>(block_table(seq).size());
-  if (need - have > num_free())
+  const int32_t short_by = blocks_short(seq, total_tokens);
+  if (short_by > num_free())
     throw Error("KV pool exhausted: sequence " + std::to_string(seq) + " needs " +
-                std::to_string(need - have) + " more blocks, " + std::to_string(num_free()) +
+                std::to_string(short_by) + " more blocks, " + std::to_string(num_free()) +
                 " are free");
-  std::vector<int32_t>& table = tables_[seq];
-  while (static_cast<int32_t>(table.size()) < need) table.push_back(take_block());
+  SequenceTables& seq_tables = tables_[seq];
+  seq_tables.tables.resize(windows_.size());
+  seq_tables.first_kept.resize(windows_.size(), 0);
+  const int32_t need = blocks_for(total_tokens);
+  for (std::vector<int32_t>& table : seq_tables.tables)
+    while (static_cast<int32_t>(table.size()) < need) table.push_back(take_block());
 }
 
-void BlockManager::share(int64_t seq, std::span<const int32_t> blocks) {
+void BlockManager::share(int64_t seq, const std::vector<std::vector<int32_t>>& tables) {
   if (has_table(seq))
     throw Error("BlockManager::share: sequence " + std::to_string(seq) + " already has blocks");
-  for (int32_t block : blocks) {
-    check_block(block);
-    if (ref_counts_[block] == 0 && !in_lru_[block])
-      throw Error("BlockManager::share: block " + std::to_string(block) + " is free");
+  if (tables.size() != windows_.size())
+    throw Error("BlockManager::share: " + std::to_string(tables.size()) + " tables for " +
+                std::to_string(windows_.size()) + " KV cache groups");
+  for (const std::vector<int32_t>& table : tables)
+    for (int32_t block : table) {
+      check_block(block);
+      if (block != kNullBlock && ref_counts_[block] == 0 && !in_lru_[block])
+        throw Error("BlockManager::share: block " + std::to_string(block) + " is free");
+    }
+  SequenceTables& seq_tables = tables_[seq];
+  seq_tables.tables = tables;
+  seq_tables.first_kept.assign(windows_.size(), 0);
+  for (const std::vector<int32_t>& table : tables)
+    for (int32_t block : table) {
+      if (block == kNullBlock) continue;
+      if (ref_counts_[block] == 0) lru_remove(block);
+      ++ref_counts_[block];
+    }
+}
+
+void BlockManager::release(int32_t block) {
+  if (--ref_counts_[block] > 0) return;
+  if (caching_ && hashes_[block]) {
+    lru_push_back(block);
+  } else {
+    hashes_[block].reset();
+    free_list_.push_back(block);
   }
-  std::vector<int32_t>& table = tables_[seq];
-  for (int32_t block : blocks) {
-    if (ref_counts_[block] == 0) lru_remove(block);
-    ++ref_counts_[block];
-    table.push_back(block);
+}
+
+void BlockManager::free_outside_windows(int64_t seq, int64_t next_position) {
+  const auto it = tables_.find(seq);
+  if (it == tables_.end()) return;
+  SequenceTables& t = it->second;
+  for (int32_t g = 0; g < num_groups(); ++g) {
+    if (windows_[static_cast<size_t>(g)] == 0) continue;
+    std::vector<int32_t>& table = t.tables[static_cast<size_t>(g)];
+    int32_t& first_kept = t.first_kept[static_cast<size_t>(g)];
+    const int32_t end =
+        std::min(first_block_in_window(g, next_position), static_cast<int32_t>(table.size()));
+    for (; first_kept < end; ++first_kept) {
+      int32_t& block = table[static_cast<size_t>(first_kept)];
+      if (block == kNullBlock) continue;
+      release(block);
+      block = kNullBlock;
+    }
   }
 }
 
 void BlockManager::free(int64_t seq) {
   const auto it = tables_.find(seq);
   if (it == tables_.end()) return;
-  // Released in reverse: the front of this table is the likelier prefix of a later request,
-  // so its back goes to the LRU (and to eviction) first.
-  for (auto block = it->second.rbegin(); block != it->second.rend(); ++block) {
-    if (--ref_counts_[*block] > 0) continue;
-    if (caching_ && hashes_[*block]) {
-      lru_push_back(*block);
-    } else {
-      hashes_[*block].reset();
-      free_list_.push_back(*block);
-    }
-  }
+  // Released in reverse: the front of a table is the likelier prefix of a later request, so
+  // its back goes to the LRU (and to eviction) first.
+  for (const std::vector<int32_t>& table : it->second.tables)
+    for (auto block = table.rbegin(); block != table.rend(); ++block)
+      if (*block != kNullBlock) release(*block);
   tables_.erase(it);
 }
 
-std::span<const int32_t> BlockManager::block_table(int64_t seq) const {
+std::span<const int32_t> BlockManager::block_table(int64_t seq, int32_t group) const {
   const auto it = tables_.find(seq);
-  if (it == tables_.end()) return {};
-  return it->second;
+  if (it == tables_.end() || group < 0 || group >= static_cast<int32_t>(it->second.tables.size()))
+    return {};
+  return it->second.tables[static_cast<size_t>(group)];
 }
 
 int32_t BlockManager::ref_count(int32_t block) const {
@@ -208,13 +290,16 @@ int32_t BlockManager::ref_count(int32_t block) const {
   return ref_counts_[block];
 }
 
-bool BlockManager::cache_block(int32_t block, const BlockHash& hash) {
+bool BlockManager::cache_block(int32_t block, const BlockHash& hash, int32_t group) {
   check_block(block);
   if (ref_counts_[block] == 0)
     throw Error("BlockManager::cache_block: block " + std::to_string(block) + " is not held");
+  if (group < 0 || group >= num_groups())
+    throw Error("BlockManager::cache_block: no KV cache group " + std::to_string(group));
   if (!caching_ || hashes_[block]) return false;
-  if (!cached_.emplace(hash, block).second) return false;
-  hashes_[block] = hash;
+  const BlockHash key = group_key(hash, group);
+  if (!cached_.emplace(key, block).second) return false;
+  hashes_[block] = key;
   return true;
 }
 
@@ -223,15 +308,40 @@ std::optional<BlockHash> BlockManager::block_hash(int32_t block) const {
   return hashes_[block];
 }
 
-std::vector<int32_t> BlockManager::find_cached_prefix(std::span<const BlockHash> hashes) const {
-  std::vector<int32_t> blocks;
-  if (!caching_) return blocks;
-  for (const BlockHash& h : hashes) {
-    const auto it = cached_.find(h);
-    if (it == cached_.end()) break;
-    blocks.push_back(it->second);
+CachedPrefix BlockManager::find_cached_prefix(std::span<const BlockHash> hashes) const {
+  CachedPrefix prefix;
+  if (!caching_) return prefix;
+  // Each group's cached block for each hash (kNone where it misses) and the run of hits that
+  // ends at each; then the longest prefix every group can resume after.
+  const auto n = static_cast<int32_t>(hashes.size());
+  std::vector<std::vector<int32_t>> found(windows_.size()), run(windows_.size());
+  for (int32_t g = 0; g < num_groups(); ++g) {
+    std::vector<int32_t>& blocks = found[static_cast<size_t>(g)];
+    std::vector<int32_t>& hits = run[static_cast<size_t>(g)];
+    for (int32_t i = 0; i < n; ++i) {
+      const auto it = cached_.find(group_key(hashes[static_cast<size_t>(i)], g));
+      blocks.push_back(it == cached_.end() ? kNone : it->second);
+      hits.push_back(blocks.back() == kNone ? 0 : (i > 0 ? hits.back() : 0) + 1);
+    }
   }
-  return blocks;
+  int32_t length = n;
+  for (; length > 0; --length) {
+    bool every_group = true;
+    for (int32_t g = 0; g < num_groups() && every_group; ++g) {
+      const int32_t first = first_block_in_window(g, static_cast<int64_t>(length) * block_size_);
+      every_group = run[static_cast<size_t>(g)][static_cast<size_t>(length - 1)] >= length - first;
+    }
+    if (every_group) break;
+  }
+  prefix.num_blocks = length;
+  for (int32_t g = 0; g < num_groups(); ++g) {
+    const int32_t first = first_block_in_window(g, static_cast<int64_t>(length) * block_size_);
+    std::vector<int32_t> table(static_cast<size_t>(length), kNullBlock);
+    for (int32_t i = first; i < length; ++i)
+      table[static_cast<size_t>(i)] = found[static_cast<size_t>(g)][static_cast<size_t>(i)];
+    prefix.tables.push_back(std::move(table));
+  }
+  return prefix;
 }
 
 void BlockManager::lru_push_back(int32_t block) {
@@ -268,12 +378,21 @@ void BlockManager::check_invariants() const {
   auto fail = [](const std::string& what) { throw Error("BlockManager invariant: " + what); };
   const auto n = static_cast<size_t>(num_blocks());
   std::vector<int32_t> holders(n, 0);
-  for (const auto& [seq, table] : tables_)
-    for (int32_t b : table) {
-      if (b <= kNullBlock || b >= num_blocks())
-        fail("sequence " + std::to_string(seq) + " holds block " + std::to_string(b));
-      ++holders[static_cast<size_t>(b)];
-    }
+  for (const auto& [seq, seq_tables] : tables_) {
+    if (seq_tables.tables.size() != windows_.size())
+      fail("sequence " + std::to_string(seq) + " has " + std::to_string(seq_tables.tables.size()) +
+           " tables for " + std::to_string(windows_.size()) + " groups");
+    for (size_t g = 0; g < seq_tables.tables.size(); ++g)
+      for (size_t i = 0; i < seq_tables.tables[g].size(); ++i) {
+        const int32_t b = seq_tables.tables[g][i];
+        // Only a windowed group's entries before its window may be the null block.
+        const bool may_be_null =
+            windows_[g] > 0 || i < static_cast<size_t>(seq_tables.first_kept[g]);
+        if (b < kNullBlock || b >= num_blocks() || (b == kNullBlock && !may_be_null))
+          fail("sequence " + std::to_string(seq) + " holds block " + std::to_string(b));
+        if (b != kNullBlock) ++holders[static_cast<size_t>(b)];
+      }
+  }
   std::vector<int> places(n, 0);
   for (int32_t b : free_list_) {
     ++places[static_cast<size_t>(b)];

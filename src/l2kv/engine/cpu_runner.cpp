@@ -40,9 +40,9 @@ class CpuRunner::Rank {
     wake_.notify_all();
     thread_.join();
   }
-  void allocate(int32_t num_blocks, int32_t block_size) {
+  void allocate(int32_t num_blocks, int32_t block_size, const KvCacheGroups& groups) {
     pool_.reset();
-    pool_.emplace(model_.config(), num_blocks, block_size, model_.kv_heads());
+    pool_.emplace(model_.config(), num_blocks, block_size, model_.kv_heads(), groups);
   }
   void start(const StepInput& step) {
     {
@@ -69,7 +69,7 @@ class CpuRunner::Rank {
       }
       try {
         for (const StepSequence& seq : step->sequences) {  // the logits are rank 0's to use
-          CpuPagedKvView kv(*pool_, seq.block_table);
+          CpuPagedKvView kv(*pool_, seq.block_tables);
           model_.extend(kv, seq.start_position, seq.tokens);
         }
       } catch (...) {
@@ -126,9 +126,12 @@ KvCacheSizing CpuRunner::prepare(int32_t block_size, int32_t /*max_batched_token
                                  double memory_utilization) {
   if (block_size < 1) throw Error("CpuRunner: block size must be at least 1");
   block_size_ = block_size;
+  kv_groups_ =
+      window_kv_groups_ ? windowed_kv_cache_groups(config()) : single_kv_cache_group(config());
   KvCacheSizing sizing;
+  sizing.group_windows = kv_groups_.windows;
   // Every rank's pool: a block costs each rank its own KV heads' share.
-  sizing.bytes_per_block = CpuKvPool::bytes_per_block(config(), block_size) *
+  sizing.bytes_per_block = CpuKvPool::bytes_per_block(config(), block_size, kv_groups_) *
                            tensor_parallel_size() * model_->kv_heads() / config().num_kv_heads;
   const int64_t budget =
       static_cast<int64_t>(memory_utilization * static_cast<double>(kHostKvBudgetBytes));
@@ -142,8 +145,8 @@ KvCacheSizing CpuRunner::prepare(int32_t block_size, int32_t /*max_batched_token
 void CpuRunner::allocate_kv_cache(int32_t num_blocks) {
   if (block_size_ < 1) throw Error("CpuRunner: allocate_kv_cache before prepare");
   pool_.reset();
-  pool_.emplace(config(), num_blocks, block_size_, model_->kv_heads());
-  for (auto& rank : ranks_) rank->allocate(num_blocks, block_size_);
+  pool_.emplace(config(), num_blocks, block_size_, model_->kv_heads(), kv_groups_);
+  for (auto& rank : ranks_) rank->allocate(num_blocks, block_size_, kv_groups_);
 }
 
 std::string CpuRunner::device_fault() {
@@ -158,7 +161,7 @@ void CpuRunner::validate(const StepInput& step) {
   for (const StepSequence& seq : step.sequences) {
     // The forward's own checks: the chunk, the table's blocks and its reach.
     model_->check_chunk(seq.start_position, seq.tokens);
-    CpuPagedKvView(*pool_, seq.block_table)
+    CpuPagedKvView(*pool_, seq.block_tables)
         .reserve(seq.start_position + static_cast<int64_t>(seq.tokens.size()));
     if (!seq.prompt_logprob_targets.empty() &&
         (!seq.prompt_logprobs_out || seq.prompt_logprobs_row < 0 ||
@@ -185,7 +188,7 @@ std::vector<SampledToken> CpuRunner::execute(const StepInput& step) {
   for (auto& rank : ranks_) rank->start(step);
   try {
     for (const StepSequence& seq : step.sequences) {
-      CpuPagedKvView kv(*pool_, seq.block_table);
+      CpuPagedKvView kv(*pool_, seq.block_tables);
       const std::vector<float> logits = model_->extend(kv, seq.start_position, seq.tokens);
       for (size_t i = 0; i < seq.prompt_logprob_targets.size(); ++i) {
         const size_t row = static_cast<size_t>(seq.prompt_logprobs_row) + i;

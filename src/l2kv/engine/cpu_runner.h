@@ -38,6 +38,10 @@ class CpuRunner final : public ModelRunner {
   explicit CpuRunner(const std::filesystem::path& model_folder, int32_t tensor_parallel_size = 1);
   ~CpuRunner() override;
 
+  // Sliding-window layers in KV cache groups of their own, whose blocks are freed as they leave
+  // the window (on by default); off: one block table for every layer. Takes effect at prepare().
+  void set_window_kv_groups(bool on) { window_kv_groups_ = on; }
+
   const ModelConfig& config() const override { return model_->config(); }
   std::string device_name() const override;
   KvCacheSizing prepare(int32_t block_size, int32_t max_batched_tokens, int32_t max_seqs,
@@ -61,6 +65,8 @@ class CpuRunner final : public ModelRunner {
   std::shared_ptr<const CpuModel> model_;     // rank 0's (the whole model without TP)
   std::vector<std::unique_ptr<Rank>> ranks_;  // ranks 1 .. N - 1
   int32_t block_size_ = 0;
+  bool window_kv_groups_ = true;
+  KvCacheGroups kv_groups_;  // set by prepare
   std::optional<CpuKvPool> pool_;
 };
 

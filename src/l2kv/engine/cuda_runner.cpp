@@ -102,6 +102,10 @@ KvCacheSizing CudaRunner::prepare(int32_t block_size, int32_t max_batched_tokens
                 std::to_string(memory_utilization));
   block_size_ = block_size;
   max_seqs_ = max_seqs;
+  // Sliding-window layers get KV cache groups of their own, so their old blocks can be freed.
+  if (state_->num_kv_blocks() == 0)
+    state_->set_kv_cache_groups(options_.window_kv_groups ? windowed_kv_cache_groups(config())
+                                                          : single_kv_cache_group(config()));
   state_->allocate_workspace({max_batched_tokens, max_seqs, max_model_len, 0});
   // Penalties need the rows' histories; bound them by what one step can hold.
   const int64_t history = std::min<int64_t>(int64_t{max_seqs} * max_model_len, int64_t{1} << 24);
@@ -124,6 +128,7 @@ KvCacheSizing CudaRunner::prepare(int32_t block_size, int32_t max_batched_tokens
   const double allowed = memory_utilization * static_cast<double>(total_bytes);
   const double used = static_cast<double>(total_bytes - free_bytes);
   KvCacheSizing sizing;
+  sizing.group_windows = state_->kv_cache_groups().windows;
   sizing.bytes_per_block = state_->kv_block_bytes(block_size);
   sizing.bytes_available =
       std::max<int64_t>(0, static_cast<int64_t>(allowed - used) - options_.reserve_bytes);
@@ -166,7 +171,7 @@ std::vector<SampledToken> CudaRunner::execute(const StepInput& step) {
   bool decode_only = true;
   bool prompt_logprobs_asked = false;
   for (const StepSequence& s : step.sequences) {
-    batch_.push_back({s.tokens, s.start_position, s.block_table, s.sample});
+    batch_.push_back({s.tokens, s.start_position, {}, s.sample, s.block_tables});
     if (!s.prompt_logprob_targets.empty()) {
       if (!s.prompt_logprobs_out || s.prompt_logprobs_row < 0 ||
           static_cast<size_t>(s.prompt_logprobs_row) + s.prompt_logprob_targets.size() >

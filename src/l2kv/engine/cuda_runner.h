@@ -38,6 +38,9 @@ struct CudaRunnerOptions {
   int32_t fused_layer_max_rows = -1;
   // Device memory kept out of the KV pool for graphs, the sampler and allocator slack.
   int64_t reserve_bytes = int64_t{512} << 20;
+  // Sliding-window layers in KV cache groups of their own, whose blocks are freed as they
+  // leave the window (windowed_kv_cache_groups); false: one block table for every layer.
+  bool window_kv_groups = true;
 };
 
 // The graph buckets for up to `max_seqs` sequences: 1, 2, 4, 8, then multiples of 8.

@@ -13,8 +13,10 @@
 namespace l2kv {
 
 // The step metadata: one int32 arena, [seq_lens S | last_rows S | ids T | positions T |
-// slots T | block_table S x stride], mirrored in pinned host memory so a step uploads it with
-// one copy.
+// slots G x T | block tables G x S x stride] for G KV cache groups, mirrored in pinned host
+// memory so a step uploads it with one copy. A step of B sequences packs its tables as
+// [G][B][stride] at the front of their region, so the upload grows with B and not with S
+// (a graph of B rows reads the same addresses at every replay).
 struct CudaStepState::StepMetadata {
   DeviceArray<int32_t> meta;
   int32_t* host_meta = nullptr;
@@ -29,6 +31,7 @@ struct CudaStepState::StepMetadata {
 
 CudaStepState::CudaStepState(std::shared_ptr<CudaModel> model) : model_(std::move(model)) {
   if (!model_) throw Error("CUDA backend: a step state needs a model");
+  groups_ = single_kv_cache_group(config());
   int device = 0;
   L2KV_CUDA_CHECK(cudaGetDevice(&device));
   if (device != model_->device())
@@ -104,8 +107,9 @@ void CudaStepState::allocate_workspace(const WorkspaceLimits& limits) {
             static_cast<int64_t>(std::max(S, static_cast<size_t>(limits_.max_logit_rows)));
   ws->positions = ws->ids + static_cast<int64_t>(T);
   ws->slots = ws->positions + static_cast<int64_t>(T);
-  ws->block_table = ws->slots + static_cast<int64_t>(T);
-  const size_t meta = static_cast<size_t>(ws->block_table) + S * ws->stride;
+  const auto G = static_cast<size_t>(groups_.num_groups());
+  ws->block_table = ws->slots + static_cast<int64_t>(G * T);
+  const size_t meta = static_cast<size_t>(ws->block_table) + G * S * ws->stride;
   ws->meta = DeviceArray<int32_t>(meta);
   L2KV_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&ws->host_meta), meta * 4));
   L2KV_CUDA_CHECK(cudaEventCreateWithFlags(&ws->uploaded, cudaEventDisableTiming));
@@ -130,8 +134,18 @@ void CudaStepState::set_kv_storage(KvStorage storage) {
   kv_storage_ = storage;
 }
 
+void CudaStepState::set_kv_cache_groups(KvCacheGroups groups) {
+  if (num_blocks_ > 0)
+    throw Error("CUDA backend: the KV cache groups are set before the KV pool is allocated");
+  if (groups.num_layers() != config().num_layers || groups.num_groups() < 1 || groups.num_slots < 1)
+    throw Error("CUDA backend: KV cache groups for " + std::to_string(groups.num_layers()) +
+                " layers, the model has " + std::to_string(config().num_layers));
+  groups_ = std::move(groups);
+  if (meta_) allocate_workspace(limits_);  // the metadata holds a table per group
+}
+
 int64_t CudaStepState::kv_block_bytes(int32_t block_size) const {
-  return model_->kv_block_bytes(kv_storage_, block_size);
+  return model_->kv_block_bytes(kv_storage_, block_size) / config().num_layers * groups_.num_slots;
 }
 
 void CudaStepState::allocate_kv_cache(int32_t num_blocks, int32_t block_size) {
@@ -143,9 +157,8 @@ void CudaStepState::allocate_kv_cache(int32_t num_blocks, int32_t block_size) {
   release_kv_cache();
   num_blocks_ = num_blocks;
   block_size_ = block_size;
-  const size_t pool_bytes =
-      static_cast<size_t>(kv_block_bytes(block_size) / 2 / config().num_layers);
-  for (int64_t l = 0; l < config().num_layers; ++l) {
+  const size_t pool_bytes = static_cast<size_t>(kv_block_bytes(block_size) / 2 / groups_.num_slots);
+  for (int32_t slot = 0; slot < groups_.num_slots; ++slot) {
     void *k = nullptr, *v = nullptr;
     L2KV_CUDA_CHECK(cudaMalloc(&k, pool_bytes * num_blocks));
     k_pools_.push_back(k);
@@ -233,6 +246,7 @@ int32_t CudaStepState::prepare(std::span<const BatchSequence> batch, int32_t pad
     fail(std::to_string(batch_rows) + " sequences exceed the workspace's " +
          std::to_string(limits_.max_seqs));
   const int32_t table_blocks = ceil_div(limits_.max_model_len, block_size_);
+  const int32_t groups = groups_.num_groups();
   bool decode_only = true;
   int64_t tokens = 0;
   for (int32_t s = 0; s < seqs; ++s) {
@@ -242,14 +256,21 @@ int32_t CudaStepState::prepare(std::span<const BatchSequence> batch, int32_t pad
     if (b.start_position < 0 || end > limits_.max_model_len)
       fail("sequence " + std::to_string(s) + " reaches position " + std::to_string(end) +
            ", beyond max_model_len " + std::to_string(limits_.max_model_len));
-    if (static_cast<int64_t>(b.block_table.size()) < ceil_div(end, block_size_) ||
-        static_cast<int32_t>(b.block_table.size()) > table_blocks)
-      fail("sequence " + std::to_string(s) + " has " + std::to_string(b.block_table.size()) +
-           " blocks for " + std::to_string(end) + " tokens");
-    for (int32_t block : b.block_table)
-      if (block < 0 || block >= num_blocks_)
-        fail("block id " + std::to_string(block) + " outside the pool of " +
-             std::to_string(num_blocks_));
+    if (groups > 1 ? static_cast<int32_t>(b.group_tables.size()) != groups
+                   : !b.group_tables.empty() && b.group_tables.size() != 1)
+      fail("sequence " + std::to_string(s) + " has " + std::to_string(b.group_tables.size()) +
+           " block tables for " + std::to_string(groups) + " KV cache groups");
+    for (int32_t g = 0; g < groups; ++g) {
+      const std::span<const int32_t> table = b.table(g);
+      if (static_cast<int64_t>(table.size()) < ceil_div(end, block_size_) ||
+          static_cast<int32_t>(table.size()) > table_blocks)
+        fail("sequence " + std::to_string(s) + " has " + std::to_string(table.size()) +
+             " blocks for " + std::to_string(end) + " tokens");
+      for (int32_t block : table)
+        if (block < 0 || block >= num_blocks_)
+          fail("block id " + std::to_string(block) + " outside the pool of " +
+               std::to_string(num_blocks_));
+    }
     for (int32_t t : b.tokens)
       if (t < 0 || t >= c.vocab_size)
         fail("token id " + std::to_string(t) + " outside the vocabulary of " +
@@ -271,28 +292,35 @@ int32_t CudaStepState::prepare(std::span<const BatchSequence> batch, int32_t pad
   int32_t* ids = m + meta_->ids;
   int32_t* positions = m + meta_->positions;
   int32_t* slots = m + meta_->slots;
-  int32_t* table = m + meta_->block_table;
   const int32_t stride = ceil_div(limits_.max_model_len, block_size_);
+  const size_t T = static_cast<size_t>(std::max(limits_.max_tokens, limits_.max_seqs));
+  // Group g's table of sequence s: [g][batch_rows][stride]; its KV slots: [g][T].
+  const auto table_row = [&](int32_t g, int32_t s) {
+    return m + meta_->block_table + (static_cast<int64_t>(g) * batch_rows + s) * stride;
+  };
   host_seq_lens_.assign(static_cast<size_t>(batch_rows), 1);
   std::vector<PrefillChunk> chunks;
   int32_t row = 0, logit_rows = 0;
   for (int32_t s = 0; s < batch_rows; ++s) {
-    int32_t* table_row = table + static_cast<int64_t>(s) * stride;
     if (s >= seqs) {  // pad row: token 0 at position 0, K/V not kept, attends to block 0
-      ids[row] = 0, positions[row] = 0, slots[row] = -1;
+      ids[row] = 0, positions[row] = 0;
+      for (int32_t g = 0; g < groups; ++g) {
+        slots[g * T + row] = -1;
+        table_row(g, s)[0] = 0;
+      }
       seq_lens[s] = 1;
-      table_row[0] = 0;
       last_rows[logit_rows++] = row++;
       continue;
     }
     const BatchSequence& b = batch[s];
-    std::copy(b.block_table.begin(), b.block_table.end(), table_row);
+    for (int32_t g = 0; g < groups; ++g) std::ranges::copy(b.table(g), table_row(g, s));
     chunks.push_back({s, row, static_cast<int32_t>(b.tokens.size()), b.start_position});
     for (size_t i = 0; i < b.tokens.size(); ++i) {
       const int32_t pos = b.start_position + static_cast<int32_t>(i);
       ids[row] = b.tokens[i];
       positions[row] = pos;
-      slots[row] = b.block_table[pos / block_size_] * block_size_ + pos % block_size_;
+      for (int32_t g = 0; g < groups; ++g)
+        slots[g * T + row] = b.table(g)[pos / block_size_] * block_size_ + pos % block_size_;
       ++row;
     }
     seq_lens[s] = b.start_position + static_cast<int32_t>(b.tokens.size());
@@ -302,8 +330,9 @@ int32_t CudaStepState::prepare(std::span<const BatchSequence> batch, int32_t pad
   if (logit_rows > limits_.max_logit_rows)
     fail(std::to_string(logit_rows) + " logit rows exceed the workspace's " +
          std::to_string(limits_.max_logit_rows));
-  const size_t upload = static_cast<size_t>(meta_->block_table) +
-                        static_cast<size_t>(batch_rows) * static_cast<size_t>(stride);
+  const size_t upload =
+      static_cast<size_t>(meta_->block_table) +
+      static_cast<size_t>(groups) * static_cast<size_t>(batch_rows) * static_cast<size_t>(stride);
   L2KV_CUDA_CHECK(cudaMemcpyAsync(meta_->meta.ptr, m, upload * 4, cudaMemcpyHostToDevice, stream));
   L2KV_CUDA_CHECK(cudaEventRecord(meta_->uploaded, stream));
 
@@ -331,15 +360,32 @@ void CudaStepState::enqueue_forward(cudaStream_t stream) {
   const int32_t* meta = meta_->meta.ptr;
   f.ids = meta + meta_->ids;
   f.positions = meta + meta_->positions;
-  f.slots = meta + meta_->slots;
   f.last_rows = meta + meta_->last_rows;
+  // Each layer's pools, and its group's tables and slots, as prepare() packed them.
+  const int64_t T = std::max(limits_.max_tokens, limits_.max_seqs);
+  const int64_t table_stride = ceil_div(limits_.max_model_len, block_size_);  // as prepare()
+  const int64_t layers = config().num_layers;
+  layer_k_pools_.resize(static_cast<size_t>(layers));
+  layer_v_pools_.resize(static_cast<size_t>(layers));
+  layer_tables_.resize(static_cast<size_t>(layers));
+  layer_slots_.resize(static_cast<size_t>(layers));
+  for (int64_t l = 0; l < layers; ++l) {
+    const int64_t g = groups_.layer_group[static_cast<size_t>(l)];
+    layer_k_pools_[static_cast<size_t>(l)] = k_pools_[slot_of(l)];
+    layer_v_pools_[static_cast<size_t>(l)] = v_pools_[slot_of(l)];
+    layer_tables_[static_cast<size_t>(l)] =
+        meta + meta_->block_table + g * std::max(1, step_.batch) * table_stride;
+    layer_slots_[static_cast<size_t>(l)] = meta + meta_->slots + g * T;
+  }
+  f.slots = layer_slots_;
+  f.block_tables = layer_tables_;
   f.activations = activations_.get();
   f.attention = decode_params();
   // paged_v1: one launch (and graph) for every length.
   if (attention_.decode_kernel() == DecodeKernel::kPagedV1)
     f.attention.max_seq_len = limits_.max_model_len;
-  f.k_pools = k_pools_;
-  f.v_pools = v_pools_;
+  f.k_pools = layer_k_pools_;
+  f.v_pools = layer_v_pools_;
   f.kv_scales = kv_scales_;
   f.attention_op = &attention_;
   f.events = profiling_ ? &op_events_ : nullptr;

@@ -20,6 +20,7 @@
 
 #include "l2kv/model/cuda_attention.h"
 #include "l2kv/model/cuda_model.h"
+#include "l2kv/model/kv_cache_groups.h"
 
 namespace l2kv {
 
@@ -29,6 +30,14 @@ struct BatchSequence {
   int32_t start_position = 0;            // tokens cached before them
   std::span<const int32_t> block_table;  // physical blocks covering the new length
   bool wants_logits = true;              // its last token's logits are computed
+  // A pool of several KV cache groups (set_kv_cache_groups): one table per group, each like
+  // block_table (which is then not read), a windowed group's entries before its window may be
+  // block 0. Empty for a pool of one group.
+  std::span<const std::span<const int32_t>> group_tables = {};
+
+  std::span<const int32_t> table(int32_t group) const {
+    return group_tables.empty() ? block_table : group_tables[static_cast<size_t>(group)];
+  }
 };
 
 struct WorkspaceLimits {
@@ -70,17 +79,22 @@ class CudaStepState {
   bool kv_scales_pending() const { return kv_scales_pending_; }
   // The current scales, [layer][k, v] flattened (copied from the device; synchronizes).
   std::vector<float> kv_scales() const;
-  // K and V of all layers for one block of `block_size` tokens, as this state stores them.
+  // How the layers share the pool (kv_cache_groups.h); single_kv_cache_group by default. Set
+  // before allocate_kv_cache; throws once a pool exists.
+  void set_kv_cache_groups(KvCacheGroups groups);
+  const KvCacheGroups& kv_cache_groups() const { return groups_; }
+  // K and V one block id holds (every slot of the groups) for blocks of `block_size` tokens,
+  // as this state stores them.
   int64_t kv_block_bytes(int32_t block_size) const;
-  // Allocates the paged KV pool: `num_blocks` blocks per layer. Drops captured graphs.
+  // Allocates the paged KV pool: `num_blocks` blocks per slot. Drops captured graphs.
   void allocate_kv_cache(int32_t num_blocks, int32_t block_size);
   // Frees the pool (and the graphs that refer to it).
   void release_kv_cache();
   int32_t num_kv_blocks() const { return num_blocks_; }
   int32_t block_size() const { return block_size_; }
   // The pools of one layer (benchmarks fill them with random K/V).
-  void* k_pool(int64_t layer) const { return k_pools_[layer]; }
-  void* v_pool(int64_t layer) const { return v_pools_[layer]; }
+  void* k_pool(int64_t layer) const { return k_pools_[slot_of(layer)]; }
+  void* v_pool(int64_t layer) const { return v_pools_[slot_of(layer)]; }
 
   // Which kernel runs decode-only steps, and its L2 prefetch policy. Drops captured graphs.
   void set_decode_attention(DecodeKernel kernel, const PrefetchPolicy& policy);
@@ -163,7 +177,16 @@ class CudaStepState {
   std::unique_ptr<CudaActivations> activations_;
   std::unique_ptr<StepMetadata> meta_;
   WorkspaceLimits limits_;
-  std::vector<void*> k_pools_, v_pools_;
+  size_t slot_of(int64_t layer) const {
+    return static_cast<size_t>(groups_.layer_slot[static_cast<size_t>(layer)]);
+  }
+
+  KvCacheGroups groups_;
+  std::vector<void*> k_pools_, v_pools_;  // [slot]
+  // The forward's per-layer view of the step: pools, block tables and KV slots of the layer's
+  // group (set by enqueue_forward).
+  std::vector<void*> layer_k_pools_, layer_v_pools_;
+  std::vector<const int32_t*> layer_tables_, layer_slots_;
   int32_t num_blocks_ = 0;
   int32_t block_size_ = 16;
   KvStorage kv_storage_ = KvStorage::kModelDtype;

@@ -162,11 +162,27 @@ struct Engine::Impl {
     }
     config.num_kv_blocks = static_cast<int32_t>(num_blocks);
     validate_engine_config(config, model);
-    blocks.emplace(config.num_kv_blocks, config.block_size, config.enable_prefix_caching);
+    blocks.emplace(config.num_kv_blocks, config.block_size, config.enable_prefix_caching,
+                   sizing.group_windows);
     runner->allocate_kv_cache(config.num_kv_blocks);
     scheduler.emplace(SchedulerConfig{config.max_num_seqs, config.max_num_batched_tokens}, *blocks);
-    token_limit =
-        std::min<int64_t>(config.max_model_len, int64_t{blocks->num_usable()} * config.block_size);
+    // The longest sequence the whole pool can hold on its own (blocks_to_hold grows with it).
+    int64_t lo = 0, hi = config.max_model_len;
+    while (lo < hi) {
+      const int64_t mid = (lo + hi + 1) / 2;
+      if (fits_alone(mid)) {
+        lo = mid;
+      } else {
+        hi = mid - 1;
+      }
+    }
+    token_limit = lo;
+  }
+
+  // Whether one sequence of `num_tokens` tokens fits the pool by itself.
+  bool fits_alone(int64_t num_tokens) const {
+    return blocks->blocks_to_hold(num_tokens, config.max_num_batched_tokens) <=
+           blocks->num_usable();
   }
 
   int64_t add(GenerationRequest request) {
@@ -203,11 +219,11 @@ struct Engine::Impl {
     if (n > config.max_model_len)
       throw Error("the prompt has " + std::to_string(n) + " tokens, more than max_model_len " +
                   std::to_string(config.max_model_len));
-    if (blocks->blocks_for(n) > blocks->num_usable())
+    if (!fits_alone(n))
       throw Error("the prompt has " + std::to_string(n) + " tokens and needs " +
-                  std::to_string(blocks->blocks_for(n)) + " KV blocks of " +
-                  std::to_string(config.block_size) + " tokens; the whole pool has " +
-                  std::to_string(blocks->num_usable()));
+                  std::to_string(blocks->blocks_to_hold(n, config.max_num_batched_tokens)) +
+                  " KV blocks of " + std::to_string(config.block_size) +
+                  " tokens; the whole pool has " + std::to_string(blocks->num_usable()));
     const uint64_t seed = request.params.seed ? *request.params.seed : seed_rng();
     const int64_t id = next_id++;
     auto r = std::make_unique<Request>(id, id, std::move(request.prompt), std::move(request.params),
@@ -406,7 +422,8 @@ struct Engine::Impl {
       s.tokens = std::span<const int32_t>(r.tokens).subspan(static_cast<size_t>(c.start),
                                                             static_cast<size_t>(c.num_tokens));
       s.start_position = c.start;
-      s.block_table = blocks->block_table(r.id);
+      for (int32_t g = 0; g < blocks->num_groups(); ++g)
+        s.block_tables.push_back(blocks->block_table(r.id, g));
       s.sample = c.sample;
       if (r.prompt_logprobs >= 0 && !r.prompt_logprobs_delivered) {
         // Row j of the chunk (position start + j) predicts prompt token start + j + 1: ask for

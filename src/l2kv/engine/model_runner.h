@@ -18,11 +18,13 @@ namespace l2kv {
 
 // One sequence's part of a step.
 struct StepSequence {
-  std::span<const int32_t> tokens;       // new tokens: a prompt chunk or the last sampled one
-  int32_t start_position = 0;            // tokens already cached before them
-  std::span<const int32_t> block_table;  // physical blocks covering start_position + size
-  bool sample = false;                   // the chunk ends the known tokens: sample the next one
-  SamplingRow sampling;                  // valid when sample
+  std::span<const int32_t> tokens;  // new tokens: a prompt chunk or the last sampled one
+  int32_t start_position = 0;       // tokens already cached before them
+  // [KV cache group]: physical blocks covering start_position + size (a windowed group's
+  // entries before its window may be the null block).
+  std::vector<std::span<const int32_t>> block_tables;
+  bool sample = false;   // the chunk ends the known tokens: sample the next one
+  SamplingRow sampling;  // valid when sample
   // Structured outputs, when sample: writes the row's allowed-token mask (the layout of
   // SamplingRow::allowed_tokens, which stays empty here: this is a runner's only source of
   // masks). The runner calls it once per step, as late as it can: a GPU runner after launching
@@ -44,9 +46,12 @@ struct StepInput {
 
 // Sizing of the KV pool, asked of the runner before allocate_kv_cache().
 struct KvCacheSizing {
-  int64_t bytes_per_block = 0;  // K and V of all layers for one block
+  int64_t bytes_per_block = 0;  // K and V of all layers one block id holds
   int64_t bytes_available = 0;  // what the pool may use (device memory after weights,
                                 // workspace and graphs, times the utilization; or host memory)
+  // The pool's KV cache groups (l2kv/model/kv_cache_groups.h), by window: the engine's block
+  // manager keeps a table per group for every sequence.
+  std::vector<int32_t> group_windows = {0};
 };
 
 class ModelRunner {

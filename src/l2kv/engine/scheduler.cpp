@@ -32,7 +32,13 @@ void Scheduler::add_forked(Request* follower, const Request& leader) {
     throw Error("scheduler: request " + std::to_string(follower->id) + " cannot fork from " +
                 std::to_string(leader.id));
   const int32_t shared = (leader.num_prompt_tokens - 1) / blocks_.block_size();
-  blocks_.share(follower->id, blocks_.block_table(leader.id).first(static_cast<size_t>(shared)));
+  std::vector<std::vector<int32_t>> tables;
+  for (int32_t g = 0; g < blocks_.num_groups(); ++g) {
+    const std::span<const int32_t> table =
+        blocks_.block_table(leader.id, g).first(static_cast<size_t>(shared));
+    tables.emplace_back(table.begin(), table.end());
+  }
+  blocks_.share(follower->id, tables);
   follower->num_computed_tokens = shared * blocks_.block_size();
   follower->num_cached_blocks = shared;  // the leader offered them to the cache already
   follower->status = RequestStatus::kWaiting;
@@ -76,14 +82,21 @@ StepPlan Scheduler::schedule() {
   for (size_t i = 0; i < running_.size() && budget > 0;) {
     Request* r = running_[i];
     const int32_t n = std::min(r->num_tokens() - r->num_computed_tokens, budget);
+    // Blocks that left every window of the tokens to come go back to the pool first; while the
+    // prompt is computed, not those a choice forked at its end resumes with (add_forked).
+    int64_t keep_from = r->num_computed_tokens;
+    if (r->num_computed_tokens < r->num_prompt_tokens)
+      keep_from = std::min<int64_t>(
+          keep_from, (r->num_prompt_tokens - 1) / blocks_.block_size() * blocks_.block_size());
+    blocks_.free_outside_windows(r->id, keep_from);
     bool self_preempted = false;
     while (!blocks_.can_allocate(r->id, r->num_computed_tokens + n)) {
       if (release_waiting_blocks()) continue;
       Request* victim = running_.back();
       if (victim == r && running_.size() == 1)
-        throw Error("scheduler: request " + std::to_string(r->id) + " needs " +
-                    std::to_string(blocks_.blocks_for(r->num_computed_tokens + n)) +
-                    " KV blocks, more than the pool's " + std::to_string(blocks_.num_usable()));
+        throw Error("scheduler: request " + std::to_string(r->id) + " needs more KV blocks for " +
+                    std::to_string(r->num_computed_tokens + n) + " tokens than the pool's " +
+                    std::to_string(blocks_.num_usable()));
       preempt(victim);
       plan.preempted.push_back(victim);
       if (victim == r) {
@@ -107,16 +120,17 @@ StepPlan Scheduler::schedule() {
     // A waiting request holds no blocks and has computed nothing (new, or preempted), unless
     // it was forked from another (add_forked): then it starts on the blocks it holds.
     const bool forked = blocks_.has_table(r->id);
-    const std::vector<int32_t> prefix = forked ? std::vector<int32_t>{} : cached_prefix(*r);
-    const int32_t start = forked ? r->num_computed_tokens
-                                 : static_cast<int32_t>(prefix.size()) * blocks_.block_size();
+    const CachedPrefix prefix = forked ? CachedPrefix{} : cached_prefix(*r);
+    const int32_t start =
+        forked ? r->num_computed_tokens : prefix.num_blocks * blocks_.block_size();
     const int32_t n = std::min(r->num_tokens() - start, budget);
+    if (forked) blocks_.free_outside_windows(r->id, start);
     if (!blocks_.can_allocate(r->id, start + n, prefix)) break;
-    if (!prefix.empty()) blocks_.share(r->id, prefix);
+    if (!prefix.empty()) blocks_.share(r->id, prefix.tables);
     blocks_.allocate_for(r->id, start + n);
     if (!forked) {
       r->num_computed_tokens = start;
-      r->num_cached_blocks = static_cast<int32_t>(prefix.size());
+      r->num_cached_blocks = prefix.num_blocks;
     }
     if (!forked && blocks_.caching_enabled()) {
       prefix_cache_queries_ += r->num_tokens();
@@ -150,7 +164,7 @@ void Scheduler::hash_blocks(Request& r, int32_t num_blocks) {
   }
 }
 
-std::vector<int32_t> Scheduler::cached_prefix(Request& r) {
+CachedPrefix Scheduler::cached_prefix(Request& r) {
   // Prompt logprobs need every prompt row computed.
   if (!blocks_.caching_enabled() || r.prompt_logprobs >= 0) return {};
   const int32_t most = (r.num_tokens() - 1) / blocks_.block_size();
@@ -163,9 +177,13 @@ void Scheduler::cache_computed_blocks(Request& r) {
   const int32_t full = r.num_computed_tokens / blocks_.block_size();
   if (full <= r.num_cached_blocks) return;
   hash_blocks(r, full);
-  const std::span<const int32_t> table = blocks_.block_table(r.id);
-  for (int32_t i = r.num_cached_blocks; i < full; ++i)
-    blocks_.cache_block(table[static_cast<size_t>(i)], r.block_hashes[static_cast<size_t>(i)]);
+  for (int32_t g = 0; g < blocks_.num_groups(); ++g) {
+    const std::span<const int32_t> table = blocks_.block_table(r.id, g);
+    for (int32_t i = r.num_cached_blocks; i < full; ++i)
+      if (table[static_cast<size_t>(i)] != BlockManager::kNullBlock)
+        blocks_.cache_block(table[static_cast<size_t>(i)], r.block_hashes[static_cast<size_t>(i)],
+                            g);
+  }
   r.num_cached_blocks = full;
 }
 

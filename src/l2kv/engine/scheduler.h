@@ -19,6 +19,10 @@
 // after them. A preempted request re-hits its own blocks this way, output tokens included,
 // unless they were evicted meanwhile. After each step, every block a chunk filled is offered
 // to the cache under its hash.
+//
+// Sliding windows (a BlockManager with windowed KV cache groups): before a running request's
+// chunk is planned, the blocks of its windowed groups that no token to come can see go back to
+// the pool, so a long conversation holds its windowed layers' window, not its whole length.
 #pragma once
 
 #include <cstdint>
@@ -88,7 +92,7 @@ class Scheduler {
   // Extends `r`'s block hashes to its first `num_blocks` full blocks.
   void hash_blocks(Request& r, int32_t num_blocks);
   // The cached blocks a request being admitted may take (see above).
-  std::vector<int32_t> cached_prefix(Request& r);
+  CachedPrefix cached_prefix(Request& r);
   // Offers `r`'s newly computed full blocks to the cache.
   void cache_computed_blocks(Request& r);
 

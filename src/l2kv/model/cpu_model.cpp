@@ -100,41 +100,57 @@ class ContiguousKv final : public CpuKvCache {
 }  // namespace
 
 CpuKvPool::CpuKvPool(const ModelConfig& config, int64_t blocks, int64_t block_tokens,
-                     int64_t kv_heads)
-    : num_layers(config.num_layers),
+                     int64_t kv_heads, std::optional<KvCacheGroups> kv_groups)
+    : groups(kv_groups ? std::move(*kv_groups) : single_kv_cache_group(config)),
       num_blocks(blocks),
       block_size(block_tokens),
       row_size((kv_heads > 0 ? kv_heads : config.num_kv_heads) * config.head_dim) {
   if (blocks < 1 || block_tokens < 1)
     throw Error("CpuKvPool: needs at least one block of at least one token");
-  const auto size = static_cast<size_t>(num_layers * num_blocks * block_size * row_size);
+  if (groups.num_layers() != config.num_layers)
+    throw Error("CpuKvPool: KV cache groups for " + std::to_string(groups.num_layers()) +
+                " layers, the model has " + std::to_string(config.num_layers));
+  const auto size = static_cast<size_t>(groups.num_slots * num_blocks * block_size * row_size);
   keys.assign(size, std::numeric_limits<float>::quiet_NaN());
   values.assign(size, std::numeric_limits<float>::quiet_NaN());
 }
 
-int64_t CpuKvPool::bytes_per_block(const ModelConfig& config, int64_t block_size) {
-  return 2 * config.num_layers * block_size * config.num_kv_heads * config.head_dim *
+int64_t CpuKvPool::bytes_per_block(const ModelConfig& config, int64_t block_size,
+                                   const KvCacheGroups& groups) {
+  return 2 * int64_t{groups.num_slots} * block_size * config.num_kv_heads * config.head_dim *
          static_cast<int64_t>(sizeof(float));
 }
 
-CpuPagedKvView::CpuPagedKvView(CpuKvPool& pool, std::span<const int32_t> block_table)
-    : pool_(pool), table_(block_table) {
-  for (int32_t block : table_)
-    if (block < 0 || block >= pool_.num_blocks)
-      throw Error("paged KV: block " + std::to_string(block) + " outside a pool of " +
-                  std::to_string(pool_.num_blocks) + " blocks");
+CpuPagedKvView::CpuPagedKvView(CpuKvPool& pool, std::span<const std::span<const int32_t>> tables)
+    : pool_(pool), tables_(tables.begin(), tables.end()) {
+  if (static_cast<int32_t>(tables_.size()) != pool_.groups.num_groups())
+    throw Error("paged KV: " + std::to_string(tables_.size()) + " block tables for a pool of " +
+                std::to_string(pool_.groups.num_groups()) + " KV cache groups");
+  for (std::span<const int32_t> table : tables_)
+    for (int32_t block : table)
+      if (block < 0 || block >= pool_.num_blocks)
+        throw Error("paged KV: block " + std::to_string(block) + " outside a pool of " +
+                    std::to_string(pool_.num_blocks) + " blocks");
 }
 
+CpuPagedKvView::CpuPagedKvView(CpuKvPool& pool, std::span<const int32_t> block_table)
+    : CpuPagedKvView(pool, std::span<const std::span<const int32_t>>(&block_table, 1)) {}
+
 void CpuPagedKvView::reserve(int64_t length) {
-  const int64_t covered = static_cast<int64_t>(table_.size()) * pool_.block_size;
-  if (length > covered)
-    throw Error("paged KV: the block table covers " + std::to_string(covered) +
-                " positions, the step needs " + std::to_string(length));
+  for (std::span<const int32_t> table : tables_) {
+    const int64_t covered = static_cast<int64_t>(table.size()) * pool_.block_size;
+    if (length > covered)
+      throw Error("paged KV: the block table covers " + std::to_string(covered) +
+                  " positions, the step needs " + std::to_string(length));
+  }
 }
 
 int64_t CpuPagedKvView::offset(int64_t layer, int64_t position) const {
-  const int64_t block = table_[static_cast<size_t>(position / pool_.block_size)];
-  return ((layer * pool_.num_blocks + block) * pool_.block_size + position % pool_.block_size) *
+  const auto l = static_cast<size_t>(layer);
+  const std::span<const int32_t> table = tables_[static_cast<size_t>(pool_.groups.layer_group[l])];
+  const int64_t block = table[static_cast<size_t>(position / pool_.block_size)];
+  const int64_t slot = pool_.groups.layer_slot[l];
+  return ((slot * pool_.num_blocks + block) * pool_.block_size + position % pool_.block_size) *
          pool_.row_size;
 }
 

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "l2kv/model/hf_weights.h"
+#include "l2kv/model/kv_cache_groups.h"
 #include "l2kv/model/model_config.h"
 #include "l2kv/parallel/communicator.h"
 #include "l2kv/parallel/tensor_parallel.h"
@@ -41,25 +42,33 @@ struct CpuSequenceState {
 };
 
 // A host KV pool in blocks, the CPU twin of the CUDA paged pool: for K and for V,
-// [layers][num_blocks][block_size][kv_heads * head_dim] floats. Filled with NaN at first, so a
-// read of a slot nobody wrote poisons the logits instead of passing unnoticed.
+// [slots][num_blocks][block_size][kv_heads * head_dim] floats, layer l in slot
+// groups.layer_slot[l] (kv_cache_groups.h; one slot per layer unless the groups share them).
+// Filled with NaN at first, so a read of a slot nobody wrote poisons the logits instead of
+// passing unnoticed.
 struct CpuKvPool {
-  // `kv_heads`: the KV heads a tensor-parallel rank keeps (0: the model's).
-  CpuKvPool(const ModelConfig& config, int64_t num_blocks, int64_t block_size,
-            int64_t kv_heads = 0);
+  // `kv_heads`: the KV heads a tensor-parallel rank keeps (0: the model's). `groups`: how the
+  // layers share the pool (default: single_kv_cache_group).
+  CpuKvPool(const ModelConfig& config, int64_t num_blocks, int64_t block_size, int64_t kv_heads = 0,
+            std::optional<KvCacheGroups> groups = std::nullopt);
 
-  int64_t num_layers = 0, num_blocks = 0, block_size = 0, row_size = 0;
+  KvCacheGroups groups;
+  int64_t num_blocks = 0, block_size = 0, row_size = 0;
   std::vector<float> keys, values;
 
-  // Bytes of K and V of all layers for one block.
-  static int64_t bytes_per_block(const ModelConfig& config, int64_t block_size);
+  // Bytes of K and V of every slot of `groups` for one block.
+  static int64_t bytes_per_block(const ModelConfig& config, int64_t block_size,
+                                 const KvCacheGroups& groups);
 };
 
 // One sequence's view of a CpuKvPool: position p of layer l lives in block
-// block_table[p / block_size] at slot p % block_size. Throws l2kv::Error when a block id is
-// outside the pool or the table does not cover a position asked for.
+// tables[g][p / block_size] at slot p % block_size, g the layer's group. Throws l2kv::Error
+// when a block id is outside the pool, the tables do not match the pool's groups, or a table
+// does not cover a position asked for.
 class CpuPagedKvView final : public CpuKvCache {
  public:
+  CpuPagedKvView(CpuKvPool& pool, std::span<const std::span<const int32_t>> tables);
+  // A pool of one group.
   CpuPagedKvView(CpuKvPool& pool, std::span<const int32_t> block_table);
   void reserve(int64_t length) override;
   float* key(int64_t layer, int64_t position) override;
@@ -68,7 +77,7 @@ class CpuPagedKvView final : public CpuKvCache {
  private:
   int64_t offset(int64_t layer, int64_t position) const;
   CpuKvPool& pool_;
-  std::span<const int32_t> table_;
+  std::vector<std::span<const int32_t>> tables_;  // [group]
 };
 
 class CpuModel {

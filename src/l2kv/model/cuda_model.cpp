@@ -513,6 +513,7 @@ struct CudaModel::GraphOps {
   void set_layer_kv(int64_t l) {
     decode.kv.k_pool = step->k_pools[l];
     decode.kv.v_pool = step->v_pools[l];
+    decode.kv.block_table = step->block_tables[l];
     decode.kv.k_scale = w(l).k_scale;
     decode.kv.v_scale = w(l).v_scale;
     decode.kv.device_scales = step->kv_scales + 2 * l;
@@ -532,7 +533,7 @@ struct CudaModel::GraphOps {
     rope.epilogue = GemvEpilogue::kRopeCache;
     rope.rope.bias = w(l).qkv_bias.ptr;
     rope.rope.positions = step->positions;
-    rope.rope.slots = step->slots;
+    rope.rope.slots = step->slots[l];
     rope.rope.inv_freq = inv_freq(l);
     rope.rope.q_out = ws().q.ptr;
     rope.rope.q_heads = static_cast<int32_t>(c().num_q_heads);
@@ -547,12 +548,12 @@ struct CudaModel::GraphOps {
     // The projection's rows (and so qkv's columns and the bias) are in paired order.
     constexpr bool kPairRows = true;
     if (step->calculate_kv_scales && !w(l).checkpoint_kv_scales)
-      ops::calculate_kv_scales(ws().qkv.ptr, w(l).qkv_bias.ptr, step->positions, step->slots,
+      ops::calculate_kv_scales(ws().qkv.ptr, w(l).qkv_bias.ptr, step->positions, step->slots[l],
                                inv_freq(l), n, static_cast<int32_t>(c().num_q_heads), decode.kv,
                                step->kv_scales + 2 * l, stream, qk_norm, kPairRows);
-    ops::rope_and_cache(ws().qkv.ptr, w(l).qkv_bias.ptr, step->positions, step->slots, inv_freq(l),
-                        n, static_cast<int32_t>(c().num_q_heads), decode.kv, ws().q.ptr, stream,
-                        pdl, qk_norm, kPairRows);
+    ops::rope_and_cache(ws().qkv.ptr, w(l).qkv_bias.ptr, step->positions, step->slots[l],
+                        inv_freq(l), n, static_cast<int32_t>(c().num_q_heads), decode.kv,
+                        ws().q.ptr, stream, pdl, qk_norm, kPairRows);
   }
   void attention(int64_t) {
     timed(Op::kAttention, [&] { step->attention_op->run(decode, step->decode_only, stream); });
@@ -729,7 +730,9 @@ struct CudaModel::GraphOps {
 void CudaModel::forward(const CudaForwardStep& step, cudaStream_t stream) {
   if (step.rows <= 0 || !step.activations || !step.attention_op || !step.kv_scales ||
       static_cast<int64_t>(step.k_pools.size()) != config_.num_layers ||
-      static_cast<int64_t>(step.v_pools.size()) != config_.num_layers)
+      static_cast<int64_t>(step.v_pools.size()) != config_.num_layers ||
+      static_cast<int64_t>(step.slots.size()) != config_.num_layers ||
+      static_cast<int64_t>(step.block_tables.size()) != config_.num_layers)
     throw Error("CUDA backend: forward() of an incomplete step");
   if (step.fused_layer && !can_fuse_layer(step.rows))
     throw Error("CUDA backend: the five-kernel layer does not serve a step of " +

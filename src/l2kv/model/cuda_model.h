@@ -67,8 +67,11 @@ struct CudaForwardStep {
   // RoPE and the KV write in the QKV GEMV's epilogue where it applies (tests turn it off to
   // compare against the composition of the GEMV and ops::rope_and_cache).
   bool rope_epilogue = true;
-  // [rows] each: token ids, positions, KV slots (-1: not kept); [logit_rows]: logits' rows.
-  const int32_t *ids = nullptr, *positions = nullptr, *slots = nullptr, *last_rows = nullptr;
+  // [rows] each: token ids, positions; [logit_rows]: logits' rows.
+  const int32_t *ids = nullptr, *positions = nullptr, *last_rows = nullptr;
+  // [layer]: the KV slots of the rows in the layer's pool ([rows], -1: not kept) and the block
+  // tables attention reads, those of the layer's KV cache group (kv_cache_groups.h).
+  std::span<const int32_t*const> slots, block_tables;
   CudaActivations* activations = nullptr;
   // q, out, heads, scale and the paged-KV view; the forward sets each layer's pools and scales.
   DecodeAttentionParams attention;
