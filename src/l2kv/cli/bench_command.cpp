@@ -119,7 +119,9 @@ double measure_read_ceiling(cudaStream_t stream) {
 // layer (Gemma 3) only its window's.
 double kv_bytes_read(const CudaStepState& state, double length) {
   const ModelConfig& c = state.config();
-  const double per_layer_token = static_cast<double>(state.kv_block_bytes(1)) / c.num_layers;
+  // kv_block_bytes holds one layer per slot of the state's KV cache groups.
+  const double per_layer_token =
+      static_cast<double>(state.kv_block_bytes(1)) / state.kv_cache_groups().num_slots;
   double tokens = 0;
   for (int64_t l = 0; l < c.num_layers; ++l)
     tokens += c.is_sliding(l) ? std::min(length, static_cast<double>(c.sliding_window)) : length;
