@@ -659,6 +659,26 @@ TEST(CpuModel, Fp8CheckpointIsItsDequantizedModel) {
   fs::remove_all(dir);
 }
 
+// set_fp8_activation_rows: forwards of more rows than the limit quantize each fp8 projection's
+// input rows (the CUDA backend's W8A8 products), others are the dequantized model's.
+TEST(CpuModel, Fp8ActivationsQuantizeOnlyInForwardsPastTheRowLimit) {
+  const testing::TinyQwen3 m = testing::tiny_qwen3(5, 64, 4, 2, 16, 2, 40, 96);
+  const std::vector<int32_t> tokens{1, 5, 9, 15, 0, 3, 3, 12, 7, 39};
+  const fs::path dir = fs::temp_directory_path() / ("l2kv_tiny_w8a8_" + std::to_string(getpid()));
+  const testing::Fp8Twins t = testing::fp8_twins(m.config, m.tensors, true);
+  testing::write_tiny_checkpoint(dir, t.config, t.quantized);
+  CpuModel fp8(dir);
+  const std::vector<float> plain = fp8.forward(tokens);
+  fp8.set_fp8_activation_rows(10);  // a 10-token forward is not past it
+  EXPECT_EQ(fp8.forward(tokens), plain);
+  fp8.set_fp8_activation_rows(9);
+  const double moved = relative_l2(fp8.forward(tokens), plain);
+  std::printf("tiny fp8: W8A8 activations move the logits by rel. L2 %.2e\n", moved);
+  EXPECT_GT(moved, 1e-3);
+  EXPECT_LT(moved, 0.2);
+  fs::remove_all(dir);
+}
+
 // An fp8 mixture of experts (Qwen3-MoE names; experts quantized, the router left in 16 bits as
 // the published checkpoints' `ignore: re:.*mlp.gate$` says) gives exactly the logits of its
 // dequantized model, once with the router quantized too.

@@ -210,6 +210,7 @@ struct CpuModel::GraphOps {
   const int64_t T;
   const int64_t past;
   std::vector<float> residual, h, q, k_new, v_new, attn, act, block_out, logits;
+  std::vector<float> quantized;  // fp8_input's rows
 
   const ModelConfig& c() const { return m.config_; }
   // A tensor-parallel rank's O and down outputs are partial sums over its heads or features.
@@ -223,6 +224,24 @@ struct CpuModel::GraphOps {
   void norm(const std::vector<float>& weight) {
     h = residual;
     rms_norm(h, T, c().hidden_size, weight, c().rms_norm_eps);
+  }
+  // The input rows of an fp8 projection as set_fp8_activation_rows() asks: `x` itself, or each
+  // row rounded to the model's dtype, quantized to E4M3 with scale max|row| / 448 and expanded.
+  const std::vector<float>& fp8_input(const std::vector<float>& x, int64_t in) {
+    if (!c().fp8_weights || m.fp8_activation_rows_ < 0 || T <= m.fp8_activation_rows_) return x;
+    quantized.resize(x.size());
+    for (int64_t t = 0; t < T; ++t) {
+      float* row = quantized.data() + t * in;
+      float amax = 0.f;
+      for (int64_t i = 0; i < in; ++i) {
+        row[i] = dtype_bits_to_float(c().dtype, float_to_dtype_bits(c().dtype, x[t * in + i]));
+        amax = std::max(amax, std::fabs(row[i]));
+      }
+      const float scale = amax > 0.f ? amax / 448.f : 1.f;
+      for (int64_t i = 0; i < in; ++i)
+        row[i] = fp8_e4m3_bits_to_float(float_to_fp8_e4m3_bits(row[i] / scale)) * scale;
+    }
+    return quantized;
   }
 
   void embed_tokens() {
@@ -240,9 +259,10 @@ struct CpuModel::GraphOps {
     const Layer& w = m.layers_[l];
     const int64_t H = c().hidden_size, q_dim = m.q_heads_ * c().head_dim,
                   kv_dim = m.kv_heads_ * c().head_dim;
-    q = linear(h, T, H, w.q, q_dim, w.q_bias);
-    k_new = linear(h, T, H, w.k, kv_dim, w.k_bias);
-    v_new = linear(h, T, H, w.v, kv_dim, w.v_bias);
+    const std::vector<float>& x = fp8_input(h, H);  // QKV is one projection on CUDA
+    q = linear(x, T, H, w.q, q_dim, w.q_bias);
+    k_new = linear(x, T, H, w.k, kv_dim, w.k_bias);
+    v_new = linear(x, T, H, w.v, kv_dim, w.v_bias);
     if (c().qk_norm) {  // each head its own RMSNorm row, before RoPE
       rms_norm(q, T * m.q_heads_, c().head_dim, w.q_norm, c().rms_norm_eps);
       rms_norm(k_new, T * m.kv_heads_, c().head_dim, w.k_norm, c().rms_norm_eps);
@@ -301,7 +321,8 @@ struct CpuModel::GraphOps {
     }
   }
   void output_projection_add(int64_t l) {
-    block_out = linear(attn, T, m.q_heads_ * c().head_dim, m.layers_[l].o, c().hidden_size);
+    const int64_t q_dim = m.q_heads_ * c().head_dim;
+    block_out = linear(fp8_input(attn, q_dim), T, q_dim, m.layers_[l].o, c().hidden_size);
     all_reduce(block_out);
     if (c().gemma)
       rms_norm(block_out, T, c().hidden_size, m.layers_[l].post_attention_norm, c().rms_norm_eps);
@@ -312,8 +333,9 @@ struct CpuModel::GraphOps {
     norm(c().gemma ? w.pre_feedforward_norm : w.post_attention_norm);
     if (c().num_experts > 0) return mixture_of_experts(w);
     const int64_t H = c().hidden_size, I = m.inter_;
-    act = linear(h, T, H, w.gate, I);
-    const std::vector<float> up = linear(h, T, H, w.up, I);
+    const std::vector<float>& in = fp8_input(h, H);  // gate_up is one projection on CUDA
+    act = linear(in, T, H, w.gate, I);
+    const std::vector<float> up = linear(in, T, H, w.up, I);
     if (c().mlp_activation == MlpActivation::kGeluTanh) {
       constexpr float kSqrt2OverPi = 0.7978845608028654f;
       for (size_t i = 0; i < act.size(); ++i) {  // GeGLU, GELU's tanh form
@@ -327,7 +349,7 @@ struct CpuModel::GraphOps {
   }
   void down_projection_add(int64_t l) {
     if (c().num_experts == 0) {  // a mixture of experts has its output in block_out already
-      block_out = linear(act, T, m.inter_, m.layers_[l].down, c().hidden_size);
+      block_out = linear(fp8_input(act, m.inter_), T, m.inter_, m.layers_[l].down, c().hidden_size);
       all_reduce(block_out);
     }
     if (c().gemma)

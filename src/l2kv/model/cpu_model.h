@@ -94,6 +94,11 @@ class CpuModel {
   CpuModel(const std::filesystem::path& folder, Communicator& comm);
 
   const ModelConfig& config() const { return config_; }
+  // fp8 checkpoints as the CUDA backend runs forwards of more than `rows` tokens (W8A8,
+  // Gemm::linear_fp8): each fp8 projection's input rows rounded to the model's dtype and
+  // quantized per token to E4M3 (scale max|row| / 448) before the product. Negative (the
+  // default): never; the dequantized weights times float32 activations.
+  void set_fp8_activation_rows(int64_t rows) { fp8_activation_rows_ = rows; }
   // The KV heads this model keeps (a tensor-parallel rank's, else the config's).
   int64_t kv_heads() const { return kv_heads_; }
   // True for one rank of a tensor-parallel model (its forwards are collectives).
@@ -129,6 +134,7 @@ class CpuModel {
   std::optional<TpShard> shard_;
   Communicator* comm_ = nullptr;
   int64_t q_heads_ = 0, kv_heads_ = 0, inter_ = 0;  // attention heads, KV heads, MLP features
+  int64_t fp8_activation_rows_ = -1;                // set_fp8_activation_rows
   int64_t vocab_begin_ = 0, vocab_ = 0;             // the LM head's rows
   std::vector<float> embed_;                        // [vocab, hidden]
   std::vector<float> lm_head_;  // [vocab_, hidden]; empty when tied to embed_ (and whole)

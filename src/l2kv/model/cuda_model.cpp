@@ -349,6 +349,10 @@ std::unique_ptr<CudaActivations> CudaModel::allocate_activations(int32_t rows,
     a->moe_x = DeviceArray<uint16_t>(slots * H);
     a->moe_y = DeviceArray<uint16_t>(slots * H);
   }
+  if (c.fp8_weights) {
+    a->fp8_codes = DeviceArray<uint8_t>(T * std::max({H, q_dim, I}));
+    a->fp8_row_scales = DeviceArray<float>(T);
+  }
   a->last = DeviceArray<uint16_t>(static_cast<size_t>(logit_rows) * H);
   a->hidden_rows = DeviceArray<uint16_t>(static_cast<size_t>(kMaxHiddenRowLogits) * H);
   a->logits = DeviceArray<float>(static_cast<size_t>(logit_rows) * c.vocab_size);
@@ -439,8 +443,9 @@ struct CudaModel::GraphOps {
   // y[n, out] = x[n, in] W^T.
   void project(const Projection& p, const void* x, void* y) {
     if (p.w8)
-      m->gemm_.linear_fp8(c().dtype, x, p.w8->view(), y, n, p.in, p.out,
-                          m->weights_->fp8_widened.ptr, stream);
+      m->gemm_.linear_fp8(
+          c().dtype, x, p.w8->view(), y, n, p.in, p.out,
+          {ws().fp8_codes.ptr, ws().fp8_row_scales.ptr, m->weights_->fp8_widened.ptr}, stream);
     else
       m->gemm_.linear(c().dtype, x, p.w16, y, n, p.in, p.out, stream);
   }

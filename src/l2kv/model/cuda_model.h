@@ -45,6 +45,10 @@ struct CudaActivations {
   DeviceArray<int32_t> moe_first;   // [experts + 1]: where each expert's slots start (moe_group)
   DeviceArray<int32_t> moe_active;  // [experts + 1]: how many experts are chosen, then which
   DeviceArray<uint16_t> moe_x, moe_y;
+  // fp8 models: a projection's input rows quantized per token for the fp8 product of steps
+  // with more rows than the fp8 GEMV takes ([rows, widest input] codes, [rows] scales).
+  DeviceArray<uint8_t> fp8_codes;
+  DeviceArray<float> fp8_row_scales;
 };
 
 // Events around each projection and attention launch of an eager forward (profiling).
@@ -107,6 +111,9 @@ class CudaModel {
   // How the cuBLASLt projections of decode steps choose their algorithm (Gemm::set_tuning);
   // set before the first forward.
   void set_gemm_tuning(Gemm::Tuning tuning) { gemm_.set_tuning(tuning); }
+  // fp8 models, steps of more rows than the fp8 GEMV takes: x quantized per token and multiplied
+  // in fp8 (default, W8A8), or the weights widened to 16 bits (Gemm::set_fp8_activations).
+  void set_fp8_activations(bool quantized) { gemm_.set_fp8_activations(quantized); }
 
   // Activations for forward passes of up to `rows` query rows and `logit_rows` rows of logits.
   std::unique_ptr<CudaActivations> allocate_activations(int32_t rows, int32_t logit_rows) const;

@@ -8,6 +8,7 @@
 
 #include "l2kv/core/cuda_check.h"
 #include "l2kv/core/error.h"
+#include "l2kv/kernels/model/fp8_activations.h"
 #include "l2kv/kernels/model/gemv.h"
 
 namespace l2kv {
@@ -54,13 +55,16 @@ Gemm::Gemm() {
   L2KV_CUDA_CHECK(cudaMalloc(&workspace_, kWorkspaceBytes));
 }
 
+void Gemm::destroy(Plan& p) {
+  if (p.a) cublasLtMatrixLayoutDestroy(p.a);
+  if (p.b) cublasLtMatrixLayoutDestroy(p.b);
+  if (p.c) cublasLtMatrixLayoutDestroy(p.c);
+  if (p.op) cublasLtMatmulDescDestroy(p.op);
+  p = {};
+}
+
 Gemm::~Gemm() {
-  for (auto& [key, p] : plans_) {
-    cublasLtMatrixLayoutDestroy(p.a);
-    cublasLtMatrixLayoutDestroy(p.b);
-    cublasLtMatrixLayoutDestroy(p.c);
-    cublasLtMatmulDescDestroy(p.op);
-  }
+  for (auto& [key, p] : plans_) destroy(p);
   if (workspace_) cudaFree(workspace_);
   if (handle_) cublasLtDestroy(handle_);
 }
@@ -70,7 +74,8 @@ Gemm::~Gemm() {
 const Gemm::Plan& Gemm::plan_for(DType dtype, bool f32_out, int64_t rows, int64_t in, int64_t out,
                                  const void* x, const void* w, void* y, cudaStream_t stream,
                                  bool timed) {
-  const Key key{static_cast<int>(dtype), f32_out, rows, in, out};
+  const Operands operands = f32_out ? Operands::k16BitF32Out : Operands::k16Bit;
+  const Key key{static_cast<int>(dtype), static_cast<int>(operands), rows, in, out};
   if (const auto it = plans_.find(key); it != plans_.end()) return it->second;
   Plan p;
   check(cublasLtMatmulDescCreate(&p.op, CUBLAS_COMPUTE_32F, CUDA_R_32F), "desc create");
@@ -82,16 +87,28 @@ const Gemm::Plan& Gemm::plan_for(DType dtype, bool f32_out, int64_t rows, int64_
   check(cublasLtMatrixLayoutCreate(&p.a, t, in, out, in), "layout A");
   check(cublasLtMatrixLayoutCreate(&p.b, t, in, rows, in), "layout B");
   check(cublasLtMatrixLayoutCreate(&p.c, f32_out ? CUDA_R_32F : t, out, rows, out), "layout C");
+  if (!choose_algorithm(p, t, f32_out ? CUDA_R_32F : t, rows, x, w, y, stream, timed)) {
+    destroy(p);
+    throw Error("cuBLASLt has no algorithm for " + std::to_string(rows) + "x" + std::to_string(in) +
+                " * " + std::to_string(in) + "x" + std::to_string(out));
+  }
+  return plans_.emplace(key, p).first->second;
+}
+
+bool Gemm::choose_algorithm(Plan& p, cudaDataType_t operands, cudaDataType_t output, int64_t rows,
+                            const void* x, const void* w, void* y, cudaStream_t stream,
+                            bool timed) {
   cublasLtMatmulPreference_t pref = make_preference(CUBLASLT_SEARCH_BEST_FIT);
   cublasLtMatmulHeuristicResult_t results[kTuneCandidates] = {};
   int found = 0;
-  check(cublasLtMatmulAlgoGetHeuristic(handle_, p.op, p.a, p.b, p.c, p.c, pref, kTuneCandidates,
-                                       results, &found),
-        "heuristic");
+  const cublasStatus_t status = cublasLtMatmulAlgoGetHeuristic(
+      handle_, p.op, p.a, p.b, p.c, p.c, pref, kTuneCandidates, results, &found);
   cublasLtMatmulPreferenceDestroy(pref);
-  if (found == 0)
-    throw Error("cuBLASLt has no algorithm for " + std::to_string(rows) + "x" + std::to_string(in) +
-                " * " + std::to_string(in) + "x" + std::to_string(out));
+  // An fp8 product cuBLASLt does not take (a shape, a scale mode) is refused with one of these.
+  if (status == CUBLAS_STATUS_NOT_SUPPORTED || status == CUBLAS_STATUS_INVALID_VALUE ||
+      (status == CUBLAS_STATUS_SUCCESS && found == 0))
+    return false;
+  check(status, "heuristic");
   p.algo = results[0].algo;
   cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
   L2KV_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
@@ -99,10 +116,55 @@ const Gemm::Plan& Gemm::plan_for(DType dtype, bool f32_out, int64_t rows, int64_
     std::vector<cublasLtMatmulAlgo_t> candidates;
     for (int i = 0; i < found; ++i)
       if (results[i].state == CUBLAS_STATUS_SUCCESS) candidates.push_back(results[i].algo);
-    if (tuning_ == Tuning::kWide) add_wide_candidates(p, t, f32_out ? CUDA_R_32F : t, candidates);
+    if (tuning_ == Tuning::kWide) add_wide_candidates(p, operands, output, candidates);
     if (candidates.size() > 1) p.algo = fastest(p, candidates, x, w, y, stream);
   }
-  return plans_.emplace(key, p).first->second;
+  return true;
+}
+
+// W8A8: y^T (out x rows) = op(A) B as for 16 bits, A the E4M3 weights and B the E4M3 codes of
+// x (both k-major, the layout fp8 products need), each (i, j) of the fp32 product times A's
+// scale i (per channel) and B's scale j (per token): cuBLASLt's outer-vector scaling.
+Gemm::Plan* Gemm::fp8_plan_for(DType dtype, const Fp8Weights& w, const float* row_scales,
+                               int64_t rows, int64_t in, int64_t out, const uint8_t* codes, void* y,
+                               cudaStream_t stream) {
+  if (!w.per_channel) return nullptr;
+  const Key key{static_cast<int>(dtype), static_cast<int>(Operands::kFp8), rows, in, out};
+  const auto set_scales = [&](Plan& p) {
+    check(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_A_SCALE_POINTER, &w.scale,
+                                         sizeof w.scale),
+          "set A scale");
+    check(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_B_SCALE_POINTER, &row_scales,
+                                         sizeof row_scales),
+          "set B scale");
+  };
+  if (const auto it = plans_.find(key); it != plans_.end()) {
+    if (it->second.op == nullptr) return nullptr;  // no fp8 algorithm: known already
+    set_scales(it->second);
+    return &it->second;
+  }
+  Plan p;
+  check(cublasLtMatmulDescCreate(&p.op, CUBLAS_COMPUTE_32F, CUDA_R_32F), "desc create");
+  const cublasOperation_t transpose = CUBLAS_OP_T;
+  check(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSA, &transpose,
+                                       sizeof transpose),
+        "set transa");
+  const uint32_t a_mode = CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F;
+  const uint32_t b_mode = CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F;
+  const bool modes_set =
+      cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_A_SCALE_MODE, &a_mode,
+                                     sizeof a_mode) == CUBLAS_STATUS_SUCCESS &&
+      cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &b_mode,
+                                     sizeof b_mode) == CUBLAS_STATUS_SUCCESS;
+  set_scales(p);
+  const cudaDataType_t t = cuda_type(dtype);
+  check(cublasLtMatrixLayoutCreate(&p.a, CUDA_R_8F_E4M3, in, out, in), "layout A");
+  check(cublasLtMatrixLayoutCreate(&p.b, CUDA_R_8F_E4M3, in, rows, in), "layout B");
+  check(cublasLtMatrixLayoutCreate(&p.c, t, out, rows, out), "layout C");
+  if (!modes_set || !choose_algorithm(p, CUDA_R_8F_E4M3, t, rows, codes, w.data, y, stream, true))
+    destroy(p);  // kept empty: this shape widens its weights from now on
+  Plan& kept = plans_.emplace(key, p).first->second;
+  return kept.op ? &kept : nullptr;
 }
 
 void Gemm::add_wide_candidates(const Plan& p, cudaDataType_t operands, cudaDataType_t output,
@@ -286,18 +348,33 @@ void Gemm::matmul(const Plan& p, const void* x, const void* w, void* y, cudaStre
 }
 
 void Gemm::linear_fp8(DType dtype, const void* x, const Fp8Weights& w, void* y, int64_t rows,
-                      int64_t in, int64_t out, void* widened, cudaStream_t stream) {
+                      int64_t in, int64_t out, const Fp8Scratch& scratch, cudaStream_t stream) {
   // On an H200 (bench/NOTES.md) the GEMV's row groups re-widen the weights per 16 rows: at 64
-  // rows it streamed at 0.29 of the read ceiling, so larger products widen once instead.
+  // rows it streamed at 0.29 of the read ceiling, so larger products go to tensor cores in fp8.
   if (rows <= kFp8GemvMaxRows && gemv_fp8_supports(rows, in, out, x, w)) {
     gemv_fp8(dtype, x, w, y, rows, in, out, stream, pdl_);
     return;
   }
-  if (widened == nullptr)
+  if (fp8_activations_ && scratch.codes && scratch.row_scales && in % 16 == 0 && out % 16 == 0) {
+    // A new shape's plan is timed on whatever the codes hold; they are written before its use.
+    if (const Plan* p =
+            fp8_plan_for(dtype, w, scratch.row_scales, rows, in, out, scratch.codes, y, stream)) {
+      quantize_rows_fp8(dtype, x, rows, in, scratch.codes, scratch.row_scales, stream);
+      matmul(*p, scratch.codes, w.data, y, stream);
+      return;
+    }
+  }
+  if (scratch.widened == nullptr)
     throw Error("Gemm: an fp8 projection of " + std::to_string(rows) +
                 " rows needs a buffer to widen its weights into");
-  dequantize_fp8(dtype, w, out, in, widened, stream);
-  run(dtype, false, x, widened, y, rows, in, out, stream);
+  dequantize_fp8(dtype, w, out, in, scratch.widened, stream);
+  run(dtype, false, x, scratch.widened, y, rows, in, out, stream);
+}
+
+bool Gemm::ran_fp8_product(DType dtype, int64_t rows, int64_t in, int64_t out) const {
+  const auto it =
+      plans_.find(Key{static_cast<int>(dtype), static_cast<int>(Operands::kFp8), rows, in, out});
+  return it != plans_.end() && it->second.op != nullptr;
 }
 
 bool Gemm::fused_supported(int64_t rows, int64_t in, int64_t out, const void* x, const void* w,

@@ -42,12 +42,30 @@ class Gemm {
   void linear_f32_out(DType dtype, const void* x, const void* w, float* y, int64_t rows, int64_t in,
                       int64_t out, cudaStream_t stream);
 
-  // y = x W^T with fp8 weights (gemv_fp8.h): up to kFp8GemvMaxRows rows on the fp8 GEMV (with
-  // programmatic dependent launch as configured); more rows widen W into `widened` (out x in
-  // 16-bit elements) and run linear() on it.
+  // Buffers of linear_fp8 for more rows than the fp8 GEMV takes: `codes` [rows, in] and
+  // `row_scales` [rows] hold x quantized per token (fp8_activations.h) for cuBLASLt's fp8
+  // product; `widened` (out x in 16-bit elements) the weights widened where cuBLASLt has no fp8
+  // algorithm for the shape. Either may be null when the other path is there.
+  struct Fp8Scratch {
+    uint8_t* codes = nullptr;
+    float* row_scales = nullptr;
+    void* widened = nullptr;
+  };
+  // y = x W^T with fp8 weights: up to kFp8GemvMaxRows rows on the fp8 GEMV (gemv_fp8.h, with
+  // programmatic dependent launch as configured; x stays 16-bit); more rows quantize x per token
+  // and multiply in fp8 on cuBLASLt (W8A8, as compressed-tensors' and fbgemm's dynamic fp8
+  // checkpoints specify: both scales applied to the fp32 sums; per-channel weight scales only),
+  // or, where that is off, cuBLASLt has no fp8 algorithm for the shape or no codes buffer is
+  // given, widen W into scratch.widened and run linear() on it.
   static constexpr int64_t kFp8GemvMaxRows = 32;
   void linear_fp8(DType dtype, const void* x, const Fp8Weights& w, void* y, int64_t rows,
-                  int64_t in, int64_t out, void* widened, cudaStream_t stream);
+                  int64_t in, int64_t out, const Fp8Scratch& scratch, cudaStream_t stream);
+  // Whether linear_fp8 quantizes x and multiplies in fp8 where it can (default) or always widens
+  // the weights (16-bit activations: more accurate, slower).
+  void set_fp8_activations(bool quantized) { fp8_activations_ = quantized; }
+  bool fp8_activations() const { return fp8_activations_; }
+  // Whether linear_fp8 has multiplied this shape in fp8 (its fp8 plan exists).
+  bool ran_fp8_product(DType dtype, int64_t rows, int64_t in, int64_t out) const;
 
   // Whether linear() runs this projection on the GEMV (rather than cuBLASLt or the opt-in
   // weight-streaming kernel).
@@ -99,11 +117,23 @@ class Gemm {
     cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;
     cublasLtMatmulAlgo_t algo{};
   };
-  using Key = std::tuple<int, bool, int64_t, int64_t, int64_t>;  // dtype, f32 out, rows, in, out
+  // What a plan multiplies: 16-bit operands with a result in their type or in float32, or fp8
+  // E4M3 operands (W8A8) with per-token x scales and per-channel or per-tensor weight scales.
+  enum class Operands { k16Bit, k16BitF32Out, kFp8 };
+  using Key = std::tuple<int, int, int64_t, int64_t, int64_t>;  // dtype, operands, rows, in, out
   // The cached plan of a shape; a new one is chosen on the given operands (see fastest()).
   const Plan& plan_for(DType dtype, bool f32_out, int64_t rows, int64_t in, int64_t out,
                        const void* x, const void* w, void* y, cudaStream_t stream,
                        bool timed = true);
+  // The fp8 plan of a shape, its scale pointers set to these; null when cuBLASLt has no fp8
+  // algorithm for it (remembered).
+  Plan* fp8_plan_for(DType dtype, const Fp8Weights& w, const float* row_scales, int64_t rows,
+                     int64_t in, int64_t out, const uint8_t* codes, void* y, cudaStream_t stream);
+  // Picks p.algo among cuBLASLt's heuristic choices for p's descriptors (timed as plan_for
+  // says); false, changing nothing, when there is none.
+  bool choose_algorithm(Plan& p, cudaDataType_t operands, cudaDataType_t output, int64_t rows,
+                        const void* x, const void* w, void* y, cudaStream_t stream, bool timed);
+  static void destroy(Plan& p);
   cublasLtMatmulAlgo_t fastest(const Plan& p, std::span<const cublasLtMatmulAlgo_t> candidates,
                                const void* x, const void* w, void* y, cudaStream_t stream);
   // Appends Tuning::kWide's extra candidates for the plan's shape to `candidates` (those not
@@ -128,6 +158,7 @@ class Gemm {
   int stream_max_rows_ = 0;
   int64_t tune_max_rows_ = kDefaultTuneMaxRows;
   bool pdl_ = false;
+  bool fp8_activations_ = true;
   Tuning tuning_ = Tuning::kHeuristic;
 };
 

@@ -1,0 +1,22 @@
+// Dynamic per-token fp8 quantization of a projection's input rows, for products of fp8 inputs
+// and fp8 weights on tensor cores (W8A8, as compressed-tensors' FP8-Dynamic checkpoints are
+// meant to run): each row of x becomes E4M3 codes and one float32 scale, max|row| / 448, so
+// the row's largest value lands on E4M3's largest finite one (x ~= scale * code).
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstdint>
+
+#include "l2kv/core/dtype.h"
+
+namespace l2kv {
+
+// codes[r, k] = E4M3(x[r, k] / scales[r]) (round to nearest even, saturating), scales[r] =
+// max_k |x[r, k]| / 448 (1 for a row of zeros), for x [rows, in] in `dtype` (bf16 or fp16). One
+// launch on `stream` (graph-capturable); throws l2kv::Error before it unless rows >= 1, `in` a
+// positive multiple of 8 and x 16-byte aligned.
+void quantize_rows_fp8(DType dtype, const void* x, int64_t rows, int64_t in, uint8_t* codes,
+                       float* scales, cudaStream_t stream);
+
+}  // namespace l2kv
