@@ -352,6 +352,9 @@ std::unique_ptr<CudaActivations> CudaModel::allocate_activations(int32_t rows,
   if (c.fp8_weights) {
     a->fp8_codes = DeviceArray<uint8_t>(T * std::max({H, q_dim, I}));
     a->fp8_row_scales = DeviceArray<float>(T);
+    a->fp8_product =
+        DeviceArray<float>(std::min<size_t>(T, Gemm::kFp8ScaledAfterMaxRows) *
+                           std::max({q_dim + 2 * kv_dim, H, c.num_experts > 0 ? 0 : 2 * I}));
   }
   a->last = DeviceArray<uint16_t>(static_cast<size_t>(logit_rows) * H);
   a->hidden_rows = DeviceArray<uint16_t>(static_cast<size_t>(kMaxHiddenRowLogits) * H);
@@ -443,9 +446,10 @@ struct CudaModel::GraphOps {
   // y[n, out] = x[n, in] W^T.
   void project(const Projection& p, const void* x, void* y) {
     if (p.w8)
-      m->gemm_.linear_fp8(
-          c().dtype, x, p.w8->view(), y, n, p.in, p.out,
-          {ws().fp8_codes.ptr, ws().fp8_row_scales.ptr, m->weights_->fp8_widened.ptr}, stream);
+      m->gemm_.linear_fp8(c().dtype, x, p.w8->view(), y, n, p.in, p.out,
+                          {ws().fp8_codes.ptr, ws().fp8_row_scales.ptr,
+                           m->weights_->fp8_widened.ptr, ws().fp8_product.ptr},
+                          stream);
     else
       m->gemm_.linear(c().dtype, x, p.w16, y, n, p.in, p.out, stream);
   }

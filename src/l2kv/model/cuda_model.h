@@ -46,9 +46,10 @@ struct CudaActivations {
   DeviceArray<int32_t> moe_active;  // [experts + 1]: how many experts are chosen, then which
   DeviceArray<uint16_t> moe_x, moe_y;
   // fp8 models: a projection's input rows quantized per token for the fp8 product of steps
-  // with more rows than the fp8 GEMV takes ([rows, widest input] codes, [rows] scales).
+  // with more rows than the fp8 GEMV takes ([rows, widest input] codes, [rows] scales), and the
+  // product before its scales ([up to Gemm::kFp8ScaledAfterMaxRows rows, widest output]).
   DeviceArray<uint8_t> fp8_codes;
-  DeviceArray<float> fp8_row_scales;
+  DeviceArray<float> fp8_row_scales, fp8_product;
 };
 
 // Events around each projection and attention launch of an eager forward (profiling).

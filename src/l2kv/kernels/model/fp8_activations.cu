@@ -61,7 +61,34 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
+template <typename T>
+__global__ void rescale_kernel(const float* product, const float* row_scales,
+                               const float* col_scales, int64_t rows, int64_t out, T* y) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= rows * out) return;
+  const float v = product[i] * row_scales[i / out] * col_scales[i % out];
+  if constexpr (std::is_same_v<T, __half>) {
+    y[i] = __float2half_rn(v);
+  } else {
+    y[i] = __float2bfloat16_rn(v);
+  }
+}
+
 }  // namespace
+
+void rescale_fp8_product(DType dtype, const float* product, const float* row_scales,
+                         const float* col_scales, int64_t rows, int64_t out, void* y,
+                         cudaStream_t stream) {
+  const int64_t n = rows * out;
+  const auto blocks = static_cast<unsigned>((n + kThreads - 1) / kThreads);
+  if (dtype == DType::kFloat16)
+    rescale_kernel<__half><<<blocks, kThreads, 0, stream>>>(product, row_scales, col_scales, rows,
+                                                            out, static_cast<__half*>(y));
+  else
+    rescale_kernel<__nv_bfloat16><<<blocks, kThreads, 0, stream>>>(
+        product, row_scales, col_scales, rows, out, static_cast<__nv_bfloat16*>(y));
+  L2KV_CUDA_CHECK(cudaGetLastError());
+}
 
 void quantize_rows_fp8(DType dtype, const void* x, int64_t rows, int64_t in, uint8_t* codes,
                        float* scales, cudaStream_t stream) {

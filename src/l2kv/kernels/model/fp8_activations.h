@@ -19,4 +19,10 @@ namespace l2kv {
 void quantize_rows_fp8(DType dtype, const void* x, int64_t rows, int64_t in, uint8_t* codes,
                        float* scales, cudaStream_t stream);
 
+// y[r, o] = product[r, o] * row_scales[r] * col_scales[o] in `dtype`: an fp8 product of codes
+// (float32, [rows, out]) scaled back. One launch on `stream`.
+void rescale_fp8_product(DType dtype, const float* product, const float* row_scales,
+                         const float* col_scales, int64_t rows, int64_t out, void* y,
+                         cudaStream_t stream);
+
 }  // namespace l2kv

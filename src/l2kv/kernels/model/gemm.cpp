@@ -355,6 +355,17 @@ void Gemm::linear_fp8(DType dtype, const void* x, const Fp8Weights& w, void* y, 
     gemv_fp8(dtype, x, w, y, rows, in, out, stream, pdl_);
     return;
   }
+  if (fp8_activations_ && scratch.product && rows <= kFp8ScaledAfterMaxRows && w.per_channel &&
+      scratch.codes && scratch.row_scales && in % 16 == 0 && out % 16 == 0) {
+    if (const Plan* p = fp8_scaled_after_plan_for(rows, in, out, scratch.codes, w.data,
+                                                  scratch.product, stream)) {
+      quantize_rows_fp8(dtype, x, rows, in, scratch.codes, scratch.row_scales, stream);
+      matmul(*p, scratch.codes, w.data, scratch.product, stream);
+      rescale_fp8_product(dtype, scratch.product, scratch.row_scales, w.scale, rows, out, y,
+                          stream);
+      return;
+    }
+  }
   if (fp8_activations_ && scratch.codes && scratch.row_scales && in % 16 == 0 && out % 16 == 0) {
     // A new shape's plan is timed on whatever the codes hold; they are written before its use.
     if (const Plan* p =
@@ -371,10 +382,34 @@ void Gemm::linear_fp8(DType dtype, const void* x, const Fp8Weights& w, void* y, 
   run(dtype, false, x, scratch.widened, y, rows, in, out, stream);
 }
 
+Gemm::Plan* Gemm::fp8_scaled_after_plan_for(int64_t rows, int64_t in, int64_t out,
+                                            const uint8_t* codes, const uint8_t* w, float* product,
+                                            cudaStream_t stream) {
+  const Key key{0, static_cast<int>(Operands::kFp8ScaledAfter), rows, in, out};
+  if (const auto it = plans_.find(key); it != plans_.end())
+    return it->second.op ? &it->second : nullptr;
+  Plan p;
+  check(cublasLtMatmulDescCreate(&p.op, CUBLAS_COMPUTE_32F, CUDA_R_32F), "desc create");
+  const cublasOperation_t transpose = CUBLAS_OP_T;
+  check(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSA, &transpose,
+                                       sizeof transpose),
+        "set transa");
+  check(cublasLtMatrixLayoutCreate(&p.a, CUDA_R_8F_E4M3, in, out, in), "layout A");
+  check(cublasLtMatrixLayoutCreate(&p.b, CUDA_R_8F_E4M3, in, rows, in), "layout B");
+  check(cublasLtMatrixLayoutCreate(&p.c, CUDA_R_32F, out, rows, out), "layout C");
+  if (!choose_algorithm(p, CUDA_R_8F_E4M3, CUDA_R_32F, rows, codes, w, product, stream, true))
+    destroy(p);
+  Plan& kept = plans_.emplace(key, p).first->second;
+  return kept.op ? &kept : nullptr;
+}
+
 bool Gemm::ran_fp8_product(DType dtype, int64_t rows, int64_t in, int64_t out) const {
-  const auto it =
-      plans_.find(Key{static_cast<int>(dtype), static_cast<int>(Operands::kFp8), rows, in, out});
-  return it != plans_.end() && it->second.op != nullptr;
+  const auto has = [&](const Key& key) {
+    const auto it = plans_.find(key);
+    return it != plans_.end() && it->second.op != nullptr;
+  };
+  return has(Key{static_cast<int>(dtype), static_cast<int>(Operands::kFp8), rows, in, out}) ||
+         has(Key{0, static_cast<int>(Operands::kFp8ScaledAfter), rows, in, out});
 }
 
 bool Gemm::fused_supported(int64_t rows, int64_t in, int64_t out, const void* x, const void* w,

@@ -44,13 +44,21 @@ class Gemm {
 
   // Buffers of linear_fp8 for more rows than the fp8 GEMV takes: `codes` [rows, in] and
   // `row_scales` [rows] hold x quantized per token (fp8_activations.h) for cuBLASLt's fp8
-  // product; `widened` (out x in 16-bit elements) the weights widened where cuBLASLt has no fp8
-  // algorithm for the shape. Either may be null when the other path is there.
+  // product; `product` [rows, out] float32 that product before its scales, for up to
+  // kFp8ScaledAfterMaxRows rows; `widened` (out x in 16-bit elements) the weights widened where
+  // cuBLASLt has no fp8 algorithm for the shape. Any may be null: its path is not taken.
   struct Fp8Scratch {
     uint8_t* codes = nullptr;
     float* row_scales = nullptr;
     void* widened = nullptr;
+    float* product = nullptr;
   };
+  // Up to this many rows the fp8 product runs without cuBLASLt's outer-vector scaling, whose
+  // kernels (128 x 128 tiles, no split-K) streamed QKV, O and down at 0.29-0.42 of the read
+  // ceiling at 64 rows on an H200: the codes' product in float32 from its split-K kernels, then
+  // both scales in a kernel of their own. There 5.17 / 6.50 / 8.99 ms a llama3-8b-fp8 step at
+  // 33 / 64 / 128 rows against 6.18 / 7.17 / 8.92 (bench/NOTES.md).
+  static constexpr int64_t kFp8ScaledAfterMaxRows = 128;
   // y = x W^T with fp8 weights: up to kFp8GemvMaxRows rows on the fp8 GEMV (gemv_fp8.h, with
   // programmatic dependent launch as configured; x stays 16-bit); more rows quantize x per token
   // and multiply in fp8 on cuBLASLt (W8A8, as compressed-tensors' and fbgemm's dynamic fp8
@@ -118,8 +126,12 @@ class Gemm {
     cublasLtMatmulAlgo_t algo{};
   };
   // What a plan multiplies: 16-bit operands with a result in their type or in float32, or fp8
-  // E4M3 operands (W8A8) with per-token x scales and per-channel or per-tensor weight scales.
-  enum class Operands { k16Bit, k16BitF32Out, kFp8 };
+  // E4M3 operands (W8A8) with per-token x and per-channel weight scales applied by cuBLASLt, or
+  // after it (float32 out).
+  enum class Operands { k16Bit, k16BitF32Out, kFp8, kFp8ScaledAfter };
+  // The plan of the codes' product in float32, unscaled; null when cuBLASLt has none.
+  Plan* fp8_scaled_after_plan_for(int64_t rows, int64_t in, int64_t out, const uint8_t* codes,
+                                  const uint8_t* w, float* product, cudaStream_t stream);
   using Key = std::tuple<int, int, int64_t, int64_t, int64_t>;  // dtype, operands, rows, in, out
   // The cached plan of a shape; a new one is chosen on the given operands (see fastest()).
   const Plan& plan_for(DType dtype, bool f32_out, int64_t rows, int64_t in, int64_t out,
