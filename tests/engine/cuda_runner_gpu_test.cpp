@@ -237,7 +237,10 @@ TEST(CudaEngineSingle, WindowedKvGroupsGiveTheTokensOfOneTablePerLayer) {
       "half the layers each); largest logprob difference %.3g\n",
       peak[1], peak[0], max_diff);
   EXPECT_EQ(max_diff, 0.0);
-  EXPECT_LT(peak[1], 2 * peak[0]);  // blocks here hold half the layers: fewer layer-blocks
+  // The same steps in both runs: the global group holds what one table per layer does, the
+  // windowed one at most a 40-token chunk and the 15 positions before it per sequence (5 blocks
+  // of 16); without freeing it would hold as many as the global group.
+  EXPECT_LE(peak[1], peak[0] + static_cast<int32_t>(prompts.size()) * 5);
 }
 
 // Graph replay (padded to a bucket) against eager steps (unpadded): the same kernels, but

@@ -728,6 +728,10 @@ TEST(CudaModel, Fp8CheckpointMatchesTheCpuModel) {
     const std::vector<float> long_got = prefill_then_decode(*long_state, long_tokens, 40);
     const double long_error =
         relative_l2(long_got.data(), long_want.data(), long_want.size(), &max_abs);
+    // The prompt's four projections took the fp8 product (hidden 256, QKV 512, MLP 512).
+    for (const auto& [in, out] : {std::pair{256, 512}, {256, 256}, {256, 1024}, {512, 256}})
+      EXPECT_TRUE(long_state->model().gemm().ran_fp8_product(DType::kBFloat16, 40, in, out))
+          << in << " -> " << out;
     std::printf(
         "[fp8-tiny] %s, 40-token prompt (W8A8) + 5 decode steps: CUDA vs CPU logits "
         "rel. L2 %.2e (the CPU backend's own W8A8 move %.2e)\n",

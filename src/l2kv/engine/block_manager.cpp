@@ -227,9 +227,20 @@ void BlockManager::share(int64_t seq, const std::vector<std::vector<int32_t>>& t
       if (block != kNullBlock && ref_counts_[block] == 0 && !in_lru_[block])
         throw Error("BlockManager::share: block " + std::to_string(block) + " is free");
     }
+  for (size_t g = 0; g < tables.size(); ++g) {
+    const auto first_real =
+        std::find_if(tables[g].begin(), tables[g].end(), [](int32_t b) { return b != kNullBlock; });
+    if (std::find(first_real, tables[g].end(), kNullBlock) != tables[g].end() ||
+        (windows_[g] == 0 && first_real != tables[g].begin()))
+      throw Error("BlockManager::share: null blocks may only lead a windowed group's table");
+  }
   SequenceTables& seq_tables = tables_[seq];
   seq_tables.tables = tables;
-  seq_tables.first_kept.assign(windows_.size(), 0);
+  seq_tables.first_kept.clear();
+  for (const std::vector<int32_t>& table : tables)
+    seq_tables.first_kept.push_back(static_cast<int32_t>(
+        std::find_if(table.begin(), table.end(), [](int32_t b) { return b != kNullBlock; }) -
+        table.begin()));
   for (const std::vector<int32_t>& table : tables)
     for (int32_t block : table) {
       if (block == kNullBlock) continue;
@@ -385,11 +396,12 @@ void BlockManager::check_invariants() const {
     for (size_t g = 0; g < seq_tables.tables.size(); ++g)
       for (size_t i = 0; i < seq_tables.tables[g].size(); ++i) {
         const int32_t b = seq_tables.tables[g][i];
-        // Only a windowed group's entries before its window may be the null block.
-        const bool may_be_null =
-            windows_[g] > 0 || i < static_cast<size_t>(seq_tables.first_kept[g]);
-        if (b < kNullBlock || b >= num_blocks() || (b == kNullBlock && !may_be_null))
-          fail("sequence " + std::to_string(seq) + " holds block " + std::to_string(b));
+        // The null block exactly before first_kept: a windowed group's entries left behind.
+        const bool left = i < static_cast<size_t>(seq_tables.first_kept[g]);
+        if (b < kNullBlock || b >= num_blocks() || (b == kNullBlock) != left ||
+            (left && windows_[g] == 0))
+          fail("sequence " + std::to_string(seq) + " group " + std::to_string(g) + " entry " +
+               std::to_string(i) + " holds block " + std::to_string(b));
         if (b != kNullBlock) ++holders[static_cast<size_t>(b)];
       }
   }

@@ -83,9 +83,10 @@ StepPlan Scheduler::schedule() {
     Request* r = running_[i];
     const int32_t n = std::min(r->num_tokens() - r->num_computed_tokens, budget);
     // Blocks that left every window of the tokens to come go back to the pool first; while the
-    // prompt is computed, not those a choice forked at its end resumes with (add_forked).
+    // prompt of a request with choices waiting is computed, not those a choice forked at its end
+    // resumes with (add_forked).
     int64_t keep_from = r->num_computed_tokens;
-    if (r->num_computed_tokens < r->num_prompt_tokens)
+    if (!r->prompt_followers.empty() && r->num_computed_tokens < r->num_prompt_tokens)
       keep_from = std::min<int64_t>(
           keep_from, (r->num_prompt_tokens - 1) / blocks_.block_size() * blocks_.block_size());
     blocks_.free_outside_windows(r->id, keep_from);

@@ -113,8 +113,11 @@ class CudaModel {
   // set before the first forward.
   void set_gemm_tuning(Gemm::Tuning tuning) { gemm_.set_tuning(tuning); }
   // fp8 models, steps of more rows than the fp8 GEMV takes: x quantized per token and multiplied
-  // in fp8 (default, W8A8), or the weights widened to 16 bits (Gemm::set_fp8_activations).
+  // in fp8 (default, W8A8), or the weights widened to 16 bits (Gemm::set_fp8_activations). Set
+  // it before graphs are captured (they keep the path they were captured with).
   void set_fp8_activations(bool quantized) { gemm_.set_fp8_activations(quantized); }
+  // The projections' dispatcher (tests ask which path a shape took).
+  const Gemm& gemm() const { return gemm_; }
 
   // Activations for forward passes of up to `rows` query rows and `logit_rows` rows of logits.
   std::unique_ptr<CudaActivations> allocate_activations(int32_t rows, int32_t logit_rows) const;

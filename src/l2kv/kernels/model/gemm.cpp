@@ -70,23 +70,30 @@ Gemm::~Gemm() {
 }
 
 // Row-major y[rows, out] = x W^T is column-major y^T (out x rows) = op(A) B with A = W stored
-// column-major as (in x out), op(A) = A^T, and B = x^T stored column-major as (in x rows).
-const Gemm::Plan& Gemm::plan_for(DType dtype, bool f32_out, int64_t rows, int64_t in, int64_t out,
-                                 const void* x, const void* w, void* y, cudaStream_t stream,
-                                 bool timed) {
-  const Operands operands = f32_out ? Operands::k16BitF32Out : Operands::k16Bit;
-  const Key key{static_cast<int>(dtype), static_cast<int>(operands), rows, in, out};
-  if (const auto it = plans_.find(key); it != plans_.end()) return it->second;
+// column-major as (in x out), op(A) = A^T, and B = x^T stored column-major as (in x rows): both
+// operands k-major, the layout fp8 products require too.
+Gemm::Plan Gemm::make_plan(cudaDataType_t operands, cudaDataType_t output, int64_t rows, int64_t in,
+                           int64_t out) {
   Plan p;
   check(cublasLtMatmulDescCreate(&p.op, CUBLAS_COMPUTE_32F, CUDA_R_32F), "desc create");
   const cublasOperation_t transpose = CUBLAS_OP_T;
   check(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSA, &transpose,
                                        sizeof transpose),
         "set transa");
+  check(cublasLtMatrixLayoutCreate(&p.a, operands, in, out, in), "layout A");
+  check(cublasLtMatrixLayoutCreate(&p.b, operands, in, rows, in), "layout B");
+  check(cublasLtMatrixLayoutCreate(&p.c, output, out, rows, out), "layout C");
+  return p;
+}
+
+const Gemm::Plan& Gemm::plan_for(DType dtype, bool f32_out, int64_t rows, int64_t in, int64_t out,
+                                 const void* x, const void* w, void* y, cudaStream_t stream,
+                                 bool timed) {
+  const Operands operands = f32_out ? Operands::k16BitF32Out : Operands::k16Bit;
+  const Key key{static_cast<int>(dtype), static_cast<int>(operands), rows, in, out};
+  if (const auto it = plans_.find(key); it != plans_.end()) return it->second;
   const cudaDataType_t t = cuda_type(dtype);
-  check(cublasLtMatrixLayoutCreate(&p.a, t, in, out, in), "layout A");
-  check(cublasLtMatrixLayoutCreate(&p.b, t, in, rows, in), "layout B");
-  check(cublasLtMatrixLayoutCreate(&p.c, f32_out ? CUDA_R_32F : t, out, rows, out), "layout C");
+  Plan p = make_plan(t, f32_out ? CUDA_R_32F : t, rows, in, out);
   if (!choose_algorithm(p, t, f32_out ? CUDA_R_32F : t, rows, x, w, y, stream, timed)) {
     destroy(p);
     throw Error("cuBLASLt has no algorithm for " + std::to_string(rows) + "x" + std::to_string(in) +
@@ -143,12 +150,8 @@ Gemm::Plan* Gemm::fp8_plan_for(DType dtype, const Fp8Weights& w, const float* ro
     set_scales(it->second);
     return &it->second;
   }
-  Plan p;
-  check(cublasLtMatmulDescCreate(&p.op, CUBLAS_COMPUTE_32F, CUDA_R_32F), "desc create");
-  const cublasOperation_t transpose = CUBLAS_OP_T;
-  check(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSA, &transpose,
-                                       sizeof transpose),
-        "set transa");
+  const cudaDataType_t t = cuda_type(dtype);
+  Plan p = make_plan(CUDA_R_8F_E4M3, t, rows, in, out);
   const uint32_t a_mode = CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F;
   const uint32_t b_mode = CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F;
   const bool modes_set =
@@ -157,10 +160,6 @@ Gemm::Plan* Gemm::fp8_plan_for(DType dtype, const Fp8Weights& w, const float* ro
       cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &b_mode,
                                      sizeof b_mode) == CUBLAS_STATUS_SUCCESS;
   set_scales(p);
-  const cudaDataType_t t = cuda_type(dtype);
-  check(cublasLtMatrixLayoutCreate(&p.a, CUDA_R_8F_E4M3, in, out, in), "layout A");
-  check(cublasLtMatrixLayoutCreate(&p.b, CUDA_R_8F_E4M3, in, rows, in), "layout B");
-  check(cublasLtMatrixLayoutCreate(&p.c, t, out, rows, out), "layout C");
   if (!modes_set || !choose_algorithm(p, CUDA_R_8F_E4M3, t, rows, codes, w.data, y, stream, true))
     destroy(p);  // kept empty: this shape widens its weights from now on
   Plan& kept = plans_.emplace(key, p).first->second;
@@ -355,8 +354,12 @@ void Gemm::linear_fp8(DType dtype, const void* x, const Fp8Weights& w, void* y, 
     gemv_fp8(dtype, x, w, y, rows, in, out, stream, pdl_);
     return;
   }
-  if (fp8_activations_ && scratch.product && rows <= kFp8ScaledAfterMaxRows && w.per_channel &&
-      scratch.codes && scratch.row_scales && in % 16 == 0 && out % 16 == 0) {
+  // quantize_rows_fp8's and cuBLASLt's fp8 layout needs: 16-byte rows and aligned buffers.
+  const bool quantizable = fp8_activations_ && scratch.codes && scratch.row_scales &&
+                           in % 16 == 0 && out % 16 == 0 &&
+                           reinterpret_cast<uintptr_t>(x) % 16 == 0 &&
+                           reinterpret_cast<uintptr_t>(scratch.codes) % 16 == 0;
+  if (quantizable && scratch.product && rows <= kFp8ScaledAfterMaxRows && w.per_channel) {
     if (const Plan* p = fp8_scaled_after_plan_for(rows, in, out, scratch.codes, w.data,
                                                   scratch.product, stream)) {
       quantize_rows_fp8(dtype, x, rows, in, scratch.codes, scratch.row_scales, stream);
@@ -366,7 +369,7 @@ void Gemm::linear_fp8(DType dtype, const void* x, const Fp8Weights& w, void* y, 
       return;
     }
   }
-  if (fp8_activations_ && scratch.codes && scratch.row_scales && in % 16 == 0 && out % 16 == 0) {
+  if (quantizable) {
     // A new shape's plan is timed on whatever the codes hold; they are written before its use.
     if (const Plan* p =
             fp8_plan_for(dtype, w, scratch.row_scales, rows, in, out, scratch.codes, y, stream)) {
@@ -388,15 +391,7 @@ Gemm::Plan* Gemm::fp8_scaled_after_plan_for(int64_t rows, int64_t in, int64_t ou
   const Key key{0, static_cast<int>(Operands::kFp8ScaledAfter), rows, in, out};
   if (const auto it = plans_.find(key); it != plans_.end())
     return it->second.op ? &it->second : nullptr;
-  Plan p;
-  check(cublasLtMatmulDescCreate(&p.op, CUBLAS_COMPUTE_32F, CUDA_R_32F), "desc create");
-  const cublasOperation_t transpose = CUBLAS_OP_T;
-  check(cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_TRANSA, &transpose,
-                                       sizeof transpose),
-        "set transa");
-  check(cublasLtMatrixLayoutCreate(&p.a, CUDA_R_8F_E4M3, in, out, in), "layout A");
-  check(cublasLtMatrixLayoutCreate(&p.b, CUDA_R_8F_E4M3, in, rows, in), "layout B");
-  check(cublasLtMatrixLayoutCreate(&p.c, CUDA_R_32F, out, rows, out), "layout C");
+  Plan p = make_plan(CUDA_R_8F_E4M3, CUDA_R_32F, rows, in, out);
   if (!choose_algorithm(p, CUDA_R_8F_E4M3, CUDA_R_32F, rows, codes, w, product, stream, true))
     destroy(p);
   Plan& kept = plans_.emplace(key, p).first->second;

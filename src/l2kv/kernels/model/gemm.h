@@ -146,6 +146,9 @@ class Gemm {
   bool choose_algorithm(Plan& p, cudaDataType_t operands, cudaDataType_t output, int64_t rows,
                         const void* x, const void* w, void* y, cudaStream_t stream, bool timed);
   static void destroy(Plan& p);
+  // Descriptors of y^T = op(W) x^T in these types, no algorithm chosen yet.
+  static Plan make_plan(cudaDataType_t operands, cudaDataType_t output, int64_t rows, int64_t in,
+                        int64_t out);
   cublasLtMatmulAlgo_t fastest(const Plan& p, std::span<const cublasLtMatmulAlgo_t> candidates,
                                const void* x, const void* w, void* y, cudaStream_t stream);
   // Appends Tuning::kWide's extra candidates for the plan's shape to `candidates` (those not
