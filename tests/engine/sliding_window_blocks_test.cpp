@@ -95,6 +95,17 @@ TEST(BlockManagerWindows, BlocksThatLeftTheWindowGoBackAndBecomeTheNullBlock) {
   EXPECT_EQ(blocks_held(small), 10 + 1);
   EXPECT_THROW(BlockManager(4, 4, false, {}), Error);
   EXPECT_THROW(BlockManager(4, 4, false, {0, -1}), Error);
+  // Null entries only lead a windowed group's table.
+  const int32_t b = small.block_table(2, 0)[0];
+  EXPECT_THROW(small.share(3, {{b}, {b, 0}}), Error);  // a null after a block
+  EXPECT_THROW(small.share(3, {{0, b}, {b}}), Error);  // a null in a full-attention table
+  small.share(3, {{b}, {0, b}});
+  small.check_invariants();
+  small.free(3);
+  // What one sequence holds at most: every block of the full group, and of a window of 4 the
+  // chunk, the 3 positions before it and the block they start in.
+  EXPECT_EQ(small.blocks_to_hold(40, 8), 10 + 4);
+  EXPECT_EQ(small.blocks_to_hold(6, 8), 2 + 2);
 }
 
 std::vector<BlockHash> chain(const std::vector<int32_t>& tokens, int32_t block_size) {
