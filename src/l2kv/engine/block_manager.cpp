@@ -227,20 +227,20 @@ void BlockManager::share(int64_t seq, const std::vector<std::vector<int32_t>>& t
       if (block != kNullBlock && ref_counts_[block] == 0 && !in_lru_[block])
         throw Error("BlockManager::share: block " + std::to_string(block) + " is free");
     }
+  // Each table's leading null blocks (a windowed group's entries left behind) are its first
+  // kept entry; nulls anywhere else are refused.
+  std::vector<int32_t> first_kept;
   for (size_t g = 0; g < tables.size(); ++g) {
     const auto first_real =
         std::find_if(tables[g].begin(), tables[g].end(), [](int32_t b) { return b != kNullBlock; });
     if (std::find(first_real, tables[g].end(), kNullBlock) != tables[g].end() ||
         (windows_[g] == 0 && first_real != tables[g].begin()))
       throw Error("BlockManager::share: null blocks may only lead a windowed group's table");
+    first_kept.push_back(static_cast<int32_t>(first_real - tables[g].begin()));
   }
   SequenceTables& seq_tables = tables_[seq];
   seq_tables.tables = tables;
-  seq_tables.first_kept.clear();
-  for (const std::vector<int32_t>& table : tables)
-    seq_tables.first_kept.push_back(static_cast<int32_t>(
-        std::find_if(table.begin(), table.end(), [](int32_t b) { return b != kNullBlock; }) -
-        table.begin()));
+  seq_tables.first_kept = std::move(first_kept);
   for (const std::vector<int32_t>& table : tables)
     for (int32_t block : table) {
       if (block == kNullBlock) continue;

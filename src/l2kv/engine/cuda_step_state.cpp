@@ -93,7 +93,7 @@ void CudaStepState::allocate_workspace(const WorkspaceLimits& limits) {
   drop_graphs();
   limits_ = limits;
   if (limits_.max_logit_rows <= 0) limits_.max_logit_rows = limits_.max_seqs;
-  const size_t T = static_cast<size_t>(std::max(limits_.max_tokens, limits_.max_seqs));
+  const auto T = static_cast<size_t>(row_capacity());
   const size_t S = static_cast<size_t>(limits_.max_seqs);
   // Free the old buffers before taking new ones.
   activations_.reset();
@@ -120,6 +120,14 @@ void CudaStepState::allocate_workspace(const WorkspaceLimits& limits) {
                              static_cast<int32_t>(c.num_kv_heads),
                              static_cast<int32_t>(c.num_q_heads));
   reserve_attention();
+}
+
+int32_t CudaStepState::row_capacity() const {
+  return std::max(limits_.max_tokens, limits_.max_seqs);
+}
+
+int32_t CudaStepState::table_stride() const {
+  return ceil_div(limits_.max_model_len, block_size_);
 }
 
 void CudaStepState::reserve_attention() {
@@ -226,7 +234,7 @@ DecodeAttentionParams CudaStepState::decode_params() const {
   p.kv.num_kv_heads = static_cast<int32_t>(c.num_kv_heads);
   p.kv.head_dim = static_cast<int32_t>(c.head_dim);
   p.kv.batch_size = std::max(1, step_.batch);
-  p.kv.max_blocks_per_seq = ceil_div(limits_.max_model_len, block_size_);
+  p.kv.max_blocks_per_seq = table_stride();
   p.kv.layout = KvLayout::kHND;
   p.kv.dtype = c.dtype;
   p.kv.storage = kv_storage_;
@@ -245,7 +253,7 @@ int32_t CudaStepState::prepare(std::span<const BatchSequence> batch, int32_t pad
   if (batch_rows > limits_.max_seqs)
     fail(std::to_string(batch_rows) + " sequences exceed the workspace's " +
          std::to_string(limits_.max_seqs));
-  const int32_t table_blocks = ceil_div(limits_.max_model_len, block_size_);
+  const int32_t stride = table_stride();
   const int32_t groups = groups_.num_groups();
   bool decode_only = true;
   int64_t tokens = 0;
@@ -263,7 +271,7 @@ int32_t CudaStepState::prepare(std::span<const BatchSequence> batch, int32_t pad
     for (int32_t g = 0; g < groups; ++g) {
       const std::span<const int32_t> table = b.table(g);
       if (static_cast<int64_t>(table.size()) < ceil_div(end, block_size_) ||
-          static_cast<int32_t>(table.size()) > table_blocks)
+          static_cast<int32_t>(table.size()) > stride)
         fail("sequence " + std::to_string(s) + " has " + std::to_string(table.size()) +
              " blocks for " + std::to_string(end) + " tokens");
       for (int32_t block : table)
@@ -280,7 +288,7 @@ int32_t CudaStepState::prepare(std::span<const BatchSequence> batch, int32_t pad
   }
   if (pad_to > seqs && !decode_only) fail("only decode-only batches are padded");
   const int64_t rows = decode_only ? batch_rows : tokens;
-  if (rows > std::max(limits_.max_tokens, limits_.max_seqs))
+  if (rows > row_capacity())
     fail(std::to_string(rows) + " tokens exceed the workspace's " +
          std::to_string(limits_.max_tokens));
 
@@ -292,8 +300,7 @@ int32_t CudaStepState::prepare(std::span<const BatchSequence> batch, int32_t pad
   int32_t* ids = m + meta_->ids;
   int32_t* positions = m + meta_->positions;
   int32_t* slots = m + meta_->slots;
-  const int32_t stride = ceil_div(limits_.max_model_len, block_size_);
-  const size_t T = static_cast<size_t>(std::max(limits_.max_tokens, limits_.max_seqs));
+  const auto T = static_cast<size_t>(row_capacity());
   // Group g's table of sequence s: [g][batch_rows][stride]; its KV slots: [g][T].
   const auto table_row = [&](int32_t g, int32_t s) {
     return m + meta_->block_table + (static_cast<int64_t>(g) * batch_rows + s) * stride;
@@ -362,8 +369,7 @@ void CudaStepState::enqueue_forward(cudaStream_t stream) {
   f.positions = meta + meta_->positions;
   f.last_rows = meta + meta_->last_rows;
   // Each layer's pools, and its group's tables and slots, as prepare() packed them.
-  const int64_t T = std::max(limits_.max_tokens, limits_.max_seqs);
-  const int64_t table_stride = ceil_div(limits_.max_model_len, block_size_);  // as prepare()
+  const int64_t T = row_capacity(), stride = table_stride();  // as prepare() packed them
   const int64_t layers = config().num_layers;
   layer_k_pools_.resize(static_cast<size_t>(layers));
   layer_v_pools_.resize(static_cast<size_t>(layers));
@@ -374,7 +380,7 @@ void CudaStepState::enqueue_forward(cudaStream_t stream) {
     layer_k_pools_[static_cast<size_t>(l)] = k_pools_[slot_of(l)];
     layer_v_pools_[static_cast<size_t>(l)] = v_pools_[slot_of(l)];
     layer_tables_[static_cast<size_t>(l)] =
-        meta + meta_->block_table + g * std::max(1, step_.batch) * table_stride;
+        meta + meta_->block_table + g * std::max(1, step_.batch) * stride;
     layer_slots_[static_cast<size_t>(l)] = meta + meta_->slots + g * T;
   }
   f.slots = layer_slots_;

@@ -177,6 +177,10 @@ class CudaStepState {
   std::unique_ptr<CudaActivations> activations_;
   std::unique_ptr<StepMetadata> meta_;
   WorkspaceLimits limits_;
+  // Rows of the activation and metadata buffers (query rows or sequences, whichever is more).
+  int32_t row_capacity() const;
+  // Block-table entries per sequence at the pool's block size: a table row's stride.
+  int32_t table_stride() const;
   size_t slot_of(int64_t layer) const {
     return static_cast<size_t>(groups_.layer_slot[static_cast<size_t>(layer)]);
   }

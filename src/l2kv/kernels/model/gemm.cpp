@@ -152,6 +152,7 @@ Gemm::Plan* Gemm::fp8_plan_for(DType dtype, const Fp8Weights& w, const float* ro
   }
   const cudaDataType_t t = cuda_type(dtype);
   Plan p = make_plan(CUDA_R_8F_E4M3, t, rows, in, out);
+  // Outer-vector scaling is refused on the descriptor where cuBLASLt does not have it.
   const uint32_t a_mode = CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F;
   const uint32_t b_mode = CUBLASLT_MATMUL_MATRIX_SCALE_OUTER_VEC_32F;
   const bool modes_set =
@@ -160,8 +161,13 @@ Gemm::Plan* Gemm::fp8_plan_for(DType dtype, const Fp8Weights& w, const float* ro
       cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &b_mode,
                                      sizeof b_mode) == CUBLAS_STATUS_SUCCESS;
   set_scales(p);
-  if (!modes_set || !choose_algorithm(p, CUDA_R_8F_E4M3, t, rows, codes, w.data, y, stream, true))
-    destroy(p);  // kept empty: this shape widens its weights from now on
+  const bool chosen =
+      modes_set && choose_algorithm(p, CUDA_R_8F_E4M3, t, rows, codes, w.data, y, stream, true);
+  return keep_fp8_plan(key, p, chosen);
+}
+
+Gemm::Plan* Gemm::keep_fp8_plan(const Key& key, Plan& p, bool chosen) {
+  if (!chosen) destroy(p);  // kept empty: this shape takes another path from now on
   Plan& kept = plans_.emplace(key, p).first->second;
   return kept.op ? &kept : nullptr;
 }
@@ -392,10 +398,9 @@ Gemm::Plan* Gemm::fp8_scaled_after_plan_for(int64_t rows, int64_t in, int64_t ou
   if (const auto it = plans_.find(key); it != plans_.end())
     return it->second.op ? &it->second : nullptr;
   Plan p = make_plan(CUDA_R_8F_E4M3, CUDA_R_32F, rows, in, out);
-  if (!choose_algorithm(p, CUDA_R_8F_E4M3, CUDA_R_32F, rows, codes, w, product, stream, true))
-    destroy(p);
-  Plan& kept = plans_.emplace(key, p).first->second;
-  return kept.op ? &kept : nullptr;
+  return keep_fp8_plan(
+      key, p,
+      choose_algorithm(p, CUDA_R_8F_E4M3, CUDA_R_32F, rows, codes, w, product, stream, true));
 }
 
 bool Gemm::ran_fp8_product(DType dtype, int64_t rows, int64_t in, int64_t out) const {

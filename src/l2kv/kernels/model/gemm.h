@@ -133,6 +133,9 @@ class Gemm {
   Plan* fp8_scaled_after_plan_for(int64_t rows, int64_t in, int64_t out, const uint8_t* codes,
                                   const uint8_t* w, float* product, cudaStream_t stream);
   using Key = std::tuple<int, int, int64_t, int64_t, int64_t>;  // dtype, operands, rows, in, out
+  // Caches an fp8 plan under `key`, empty unless `chosen` (the shape then takes another path
+  // from now on); returns it, or null when empty.
+  Plan* keep_fp8_plan(const Key& key, Plan& p, bool chosen);
   // The cached plan of a shape; a new one is chosen on the given operands (see fastest()).
   const Plan& plan_for(DType dtype, bool f32_out, int64_t rows, int64_t in, int64_t out,
                        const void* x, const void* w, void* y, cudaStream_t stream,

@@ -8,6 +8,7 @@
 #include "l2kv/core/ceil_div.h"
 #include "l2kv/core/cuda_check.h"
 #include "l2kv/core/error.h"
+#include "l2kv/kernels/block_reduce.cuh"
 #include "l2kv/kernels/dtype_dispatch.cuh"
 #include "l2kv/kernels/fp8.cuh"
 #include "l2kv/kernels/grid_dependency.cuh"
@@ -58,17 +59,6 @@ __device__ __forceinline__ void load_f32x8(const float* p, float (&v)[kVec]) {
 __device__ __forceinline__ void store_f32x8(float* p, const float (&v)[kVec]) {
   reinterpret_cast<float4*>(p)[0] = make_float4(v[0], v[1], v[2], v[3]);
   reinterpret_cast<float4*>(p)[1] = make_float4(v[4], v[5], v[6], v[7]);
-}
-
-// Sum over the block (any multiple of 32 threads up to 1024), returned to every thread.
-__device__ __forceinline__ float block_sum(float v) {
-  __shared__ float partial[kMaxThreads / 32];
-  for (int m = 16; m >= 1; m /= 2) v += __shfl_xor_sync(0xffffffffu, v, m);
-  if (threadIdx.x % 32 == 0) partial[threadIdx.x / 32] = v;
-  __syncthreads();
-  float total = 0.f;
-  for (int w = 0; w < static_cast<int>(blockDim.x) / 32; ++w) total += partial[w];
-  return total;
 }
 
 // One block per token. With `sumsq`, also the row's sum of squares (what a fused RMSNorm
