@@ -732,6 +732,13 @@ TEST(CudaModel, Fp8CheckpointMatchesTheCpuModel) {
     for (const auto& [in, out] : {std::pair{256, 512}, {256, 256}, {256, 1024}, {512, 256}})
       EXPECT_TRUE(long_state->model().gemm().ran_fp8_product(DType::kBFloat16, 40, in, out))
           << in << " -> " << out;
+    // The norms and gated_mul writing the codes and scaling the products back (default)
+    // against the separate quantize and rescale kernels, on the same cuBLASLt plans: equal to
+    // the bit.
+    long_state->model().set_fp8_fused_scales(false);
+    EXPECT_EQ(prefill_then_decode(*long_state, long_tokens, 40), long_got)
+        << "fp8 scales fused into the norms and gated_mul changed the logits";
+    long_state->model().set_fp8_fused_scales(true);
     std::printf(
         "[fp8-tiny] %s, 40-token prompt (W8A8) + 5 decode steps: CUDA vs CPU logits "
         "rel. L2 %.2e (the CPU backend's own W8A8 move %.2e)\n",

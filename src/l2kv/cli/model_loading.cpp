@@ -74,6 +74,15 @@ void add_model_options(CLI::App& app, ModelOptions& o) {
                  "some hundreds per shape, a slower start)")
       ->check(CLI::IsMember({"heuristic", "wide"}))
       ->capture_default_str();
+  app.add_option("--fp8-activations", o.fp8_activations,
+                 "On CUDA, how fp8-weight models multiply steps of more than 32 rows (fewer run "
+                 "the fp8 GEMV on 16-bit activations): w8a8 quantizes each row to E4M3 with a "
+                 "scale of its own and multiplies in fp8, the norms and SiLU x up writing the "
+                 "codes and applying the product's scales as they read it; w8a8-separate runs "
+                 "the same products with separate quantize and rescale kernels (for comparison); "
+                 "16bit widens the weights to 16 bits instead (more accurate, slower)")
+      ->check(CLI::IsMember({"w8a8", "w8a8-separate", "16bit"}))
+      ->capture_default_str();
   app.add_flag("--enforce-eager", o.enforce_eager,
                "Run decode steps kernel by kernel instead of replaying CUDA graphs");
   app.add_flag("!--disable-hybrid-kv-cache-manager", o.window_kv_groups,
@@ -162,6 +171,10 @@ LoadedModel load_model(const ModelOptions& o) {
     if (o.kv_cache_dtype != "auto")
       throw Error("--kv-cache-dtype " + o.kv_cache_dtype +
                   ": the CPU backend keeps its KV cache in float32; fp8 needs a CUDA GPU");
+    if (o.fp8_activations != "w8a8")
+      throw Error("--fp8-activations " + o.fp8_activations +
+                  ": the CPU backend dequantizes fp8 checkpoints at load and runs float32 "
+                  "activations; the flag applies to the CUDA backend");
     std::fprintf(stderr, "l2kv: loading %s on the CPU (float32)\n", o.model.c_str());
     auto runner = std::make_unique<CpuRunner>(fs::path(o.model), o.tensor_parallel_size);
     runner->set_window_kv_groups(o.window_kv_groups);
@@ -182,6 +195,8 @@ LoadedModel load_model(const ModelOptions& o) {
       loaded.cuda_model = std::make_shared<CudaModel>(fs::path(o.model));
     loaded.cuda_model->set_gemm_tuning(o.gemm_tuning == "wide" ? Gemm::Tuning::kWide
                                                                : Gemm::Tuning::kHeuristic);
+    loaded.cuda_model->set_fp8_activations(o.fp8_activations != "16bit");
+    loaded.cuda_model->set_fp8_fused_scales(o.fp8_activations == "w8a8");
     CudaRunnerOptions options;
     options.attention = parse_decode_kernel(o.attention);
     options.kv_prefetch = parse_prefetch_policy(o.kv_prefetch);
@@ -204,7 +219,11 @@ LoadedModel load_model(const ModelOptions& o) {
                               ? " without calculated scales"
                               : "") +
                          layer + (o.enforce_eager ? ", eager" : ", CUDA graphs") +
-                         (o.gemm_tuning == "wide" ? ", wide GEMM tuning" : "") + ")";
+                         (o.gemm_tuning == "wide" ? ", wide GEMM tuning" : "") +
+                         (loaded.cuda_model->config().fp8_weights && o.fp8_activations != "w8a8"
+                              ? ", fp8 activations " + o.fp8_activations
+                              : "") +
+                         ")";
     loaded.cuda_runner = runner.get();
     loaded.runner = std::move(runner);
   }

@@ -31,6 +31,7 @@ struct ModelOptions {
   int32_t tensor_parallel_size = 1;       // ranks the model is split over (CPU backend so far)
   std::string gemm_tuning = "heuristic";  // heuristic | wide (Gemm::Tuning)
   bool window_kv_groups = true;           // off: --disable-hybrid-kv-cache-manager
+  std::string fp8_activations = "w8a8";   // w8a8 | w8a8-separate | 16bit (fp8 checkpoints)
   uint64_t synthetic_seed = 1;
 };
 

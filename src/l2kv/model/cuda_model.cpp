@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <string>
+#include <utility>
 
 #include "l2kv/core/cuda_check.h"
 #include "l2kv/core/dtype.h"
@@ -402,6 +403,8 @@ struct CudaModel::GraphOps {
   const void* pending = nullptr;       // unfused: the last block's output, added by the next norm
   ops::ExpertSum pending_experts;      // or a mixture of experts' slots, summed by the next norm
   const void* pending_norm = nullptr;  // Gemma 3: the weight that normalizes `pending` first
+  Fp8Product pending_fp8;              // or an fp8 product the next norm scales back and adds
+  bool fp8_codes_ready = false;        // the op before wrote the next projection's fp8 codes
 
   const ModelConfig& c() const { return m->config_; }
   CudaActivations& ws() const { return *step->activations; }
@@ -443,23 +446,51 @@ struct CudaModel::GraphOps {
                        int64_t in) const {
     return {w16.ptr, c().fp8_weights ? &w8 : nullptr, out, in};
   }
-  // y[n, out] = x[n, in] W^T.
-  void project(const Projection& p, const void* x, void* y) {
-    if (p.w8)
-      m->gemm_.linear_fp8(c().dtype, x, p.w8->view(), y, n, p.in, p.out,
-                          {ws().fp8_codes.ptr, ws().fp8_row_scales.ptr,
-                           m->weights_->fp8_widened.ptr, ws().fp8_product.ptr},
-                          stream);
-    else
+  // y[n, out] = x[n, in] W^T. With `defer_fp8_scales`, an fp8 product whose scales would take
+  // a kernel of their own is left unscaled instead: returns it (y unwritten) for the next op
+  // (add_rmsnorm or gated_mul) to scale back as it reads it, else returns an empty one.
+  Fp8Product project(const Projection& p, const void* x, void* y, bool defer_fp8_scales = false) {
+    if (!p.w8) {
       m->gemm_.linear(c().dtype, x, p.w16, y, n, p.in, p.out, stream);
+      return {};
+    }
+    Gemm::Fp8Scratch scratch{ws().fp8_codes.ptr, ws().fp8_row_scales.ptr,
+                             m->weights_->fp8_widened.ptr, ws().fp8_product.ptr};
+    scratch.codes_ready = std::exchange(fp8_codes_ready, false);
+    scratch.defer_rescale = defer_fp8_scales;
+    if (!m->gemm_.linear_fp8(c().dtype, x, p.w8->view(), y, n, p.in, p.out, scratch, stream))
+      return {};
+    return {ws().fp8_product.ptr, ws().fp8_row_scales.ptr, p.w8->view().scale};
   }
-  void norm(const void* weight) {
+  // Where `next` (the projection after the op about to run) quantizes its input, the op writes
+  // the codes itself: one kernel fewer, and its output read once. The codes and scales are
+  // written in place of the pending product's: each row's scale is read before it is replaced.
+  Fp8Rows fp8_codes_for(const Projection* next) {
+    if (!m->fp8_fused_scales_ || next == nullptr || next->w8 == nullptr ||
+        !fp8_ops_take(next->in) || !m->gemm_.fp8_quantizes_input(n, next->in, next->out))
+      return {};
+    fp8_codes_ready = true;
+    return {ws().fp8_codes.ptr, ws().fp8_row_scales.ptr};
+  }
+  // An fp8 product with its scales still to apply may wait for the norm after it (Gemma's extra
+  // norm of the block output reads a 16-bit addend).
+  bool defer_block_output_scales() const {
+    return m->fp8_fused_scales_ && !c().gemma && fp8_ops_take(c().hidden_size);
+  }
+  // Rows the fp8 forms of add_rmsnorm and gated_mul take.
+  static bool fp8_ops_take(int64_t width) {
+    return width % 8 == 0 && width <= ops::kFp8OpsMaxWidth;
+  }
+  // `next`: the projection that reads h, where there is one.
+  void norm(const void* weight, const Projection* next = nullptr) {
+    const Fp8Rows codes = fp8_codes_for(next);
     ops::add_rmsnorm(c().dtype, ws().residual.ptr, pending, weight,
                      static_cast<float>(c().rms_norm_eps), n, static_cast<int32_t>(c().hidden_size),
-                     ws().h.ptr, stream, pdl, pending_experts, pending_norm);
+                     ws().h.ptr, stream, pdl, pending_experts, pending_norm, pending_fp8, codes);
     pending = nullptr;
     pending_experts = {};
     pending_norm = nullptr;
+    pending_fp8 = {};
   }
   float* sumsq(int i) const { return ws().sumsq.ptr + i * kGemvMaxRows; }
   // The fused layer's RMSNorm prologue over the residual stream, its sums of squares in
@@ -506,17 +537,24 @@ struct CudaModel::GraphOps {
   void norm_qkv_rope(int64_t l) {
     const int64_t H = c().hidden_size, qkv_out = q_dim() + 2 * kv_dim();
     set_layer_kv(l);
-    if (!fused) norm(w(l).input_norm.ptr);
+    const Projection projection = qkv(l);
+    if (!fused) norm(w(l).input_norm.ptr, &projection);
     const void* x = fused ? nullptr : ws().h.ptr;
     GemvFusion f = fused ? norm_prologue(w(l).input_norm.ptr, 0, 1) : GemvFusion{};
     const bool rope_here = add_rope_epilogue(l, x, f);
+    // The calculated fp8 KV scales read the 16-bit projection.
+    const bool defer = m->fp8_fused_scales_ && !calculates_kv_scales(l);
+    Fp8Product product;
     timed(Op::kGemm, [&] {
       if (fused || rope_here)
         m->gemm_.linear_fused(c().dtype, x, w(l).qkv.ptr, ws().qkv.ptr, n, H, qkv_out, f, stream);
       else
-        project(qkv(l), ws().h.ptr, ws().qkv.ptr);
+        product = project(projection, ws().h.ptr, ws().qkv.ptr, defer);
     });
-    if (!rope_here) rope_and_append_kv(l);
+    if (!rope_here) rope_and_append_kv(l, product);
+  }
+  bool calculates_kv_scales(int64_t l) const {
+    return step->calculate_kv_scales && !w(l).checkpoint_kv_scales;
   }
   // The current layer's pools and fp8 scales in the attention's paged-KV view.
   void set_layer_kv(int64_t l) {
@@ -536,8 +574,7 @@ struct CudaModel::GraphOps {
     const int64_t H = c().hidden_size, qkv_out = q_dim() + 2 * kv_dim();
     if (c().fp8_weights || !step->rope_epilogue) return false;
     const bool on_gemv = fused || m->gemm_.routes_to_gemv(n, H, qkv_out, x, w(l).qkv.ptr);
-    if (!on_gemv || c().qk_norm || (step->calculate_kv_scales && !w(l).checkpoint_kv_scales))
-      return false;
+    if (!on_gemv || c().qk_norm || calculates_kv_scales(l)) return false;
     GemvFusion rope = f;
     rope.epilogue = GemvEpilogue::kRopeCache;
     rope.rope.bias = w(l).qkv_bias.ptr;
@@ -551,18 +588,19 @@ struct CudaModel::GraphOps {
     f = rope;
     return true;
   }
-  void rope_and_append_kv(int64_t l) {
+  // `product`: the projection as an fp8 product still to scale back, else in ws().qkv.
+  void rope_and_append_kv(int64_t l, const Fp8Product& product = {}) {
     const ops::QkNorm qk_norm{w(l).q_norm.ptr, w(l).k_norm.ptr,
                               static_cast<float>(c().rms_norm_eps)};  // null pointers: none
     // The projection's rows (and so qkv's columns and the bias) are in paired order.
     constexpr bool kPairRows = true;
-    if (step->calculate_kv_scales && !w(l).checkpoint_kv_scales)
+    if (calculates_kv_scales(l))
       ops::calculate_kv_scales(ws().qkv.ptr, w(l).qkv_bias.ptr, step->positions, step->slots[l],
                                inv_freq(l), n, static_cast<int32_t>(c().num_q_heads), decode.kv,
                                step->kv_scales + 2 * l, stream, qk_norm, kPairRows);
     ops::rope_and_cache(ws().qkv.ptr, w(l).qkv_bias.ptr, step->positions, step->slots[l],
                         inv_freq(l), n, static_cast<int32_t>(c().num_q_heads), decode.kv,
-                        ws().q.ptr, stream, pdl, qk_norm, kPairRows);
+                        ws().q.ptr, stream, pdl, qk_norm, kPairRows, product);
   }
   void attention(int64_t) {
     timed(Op::kAttention, [&] { step->attention_op->run(decode, step->decode_only, stream); });
@@ -573,11 +611,11 @@ struct CudaModel::GraphOps {
         m->gemm_.linear_fused(c().dtype, ws().attn.ptr, w(l).o.ptr, nullptr, n, q_dim(),
                               c().hidden_size, residual_epilogue(1), stream);
       else
-        project(o(l), ws().attn.ptr, ws().proj.ptr);
+        pending_fp8 = project(o(l), ws().attn.ptr, ws().proj.ptr, defer_block_output_scales());
     });
     if (fused) return;
     norm_block_output(w(l).attention_out_norm);
-    pending = ws().proj.ptr;  // added by the next norm
+    if (!pending_fp8) pending = ws().proj.ptr;  // added by the next norm
   }
   // One row: gate_up with SiLU x up in the GEMV's epilogue instead of cuBLASLt and gated_mul.
   // Measured on an H200 (bench/NOTES.md, "The GEMV's weights in a shared-memory ring"): 2 %
@@ -603,7 +641,8 @@ struct CudaModel::GraphOps {
       });
       return;
     }
-    norm(w(l).post_norm.ptr);
+    const Projection projection = gate_up(l);
+    norm(w(l).post_norm.ptr, &projection);
     if (gate_up_silu_on_gemv()) {
       GemvFusion f;
       f.epilogue = GemvEpilogue::kSiluMul;
@@ -613,11 +652,17 @@ struct CudaModel::GraphOps {
       });
       return;
     }
-    timed(Op::kGemm, [&] { project(gate_up(l), ws().h.ptr, ws().gate_up.ptr); });
+    Fp8Product product;
+    timed(Op::kGemm, [&] {
+      product = project(projection, ws().h.ptr, ws().gate_up.ptr,
+                        m->fp8_fused_scales_ && fp8_ops_take(I));
+    });
+    const Projection next = down(l);
     ops::gated_mul(c().dtype, ws().gate_up.ptr, n, static_cast<int32_t>(I), ws().act.ptr, stream,
                    pdl, m->gate_up_interleaved_,
                    c().mlp_activation == MlpActivation::kGeluTanh ? ops::GateActivation::kGeluTanh
-                                                                  : ops::GateActivation::kSilu);
+                                                                  : ops::GateActivation::kSilu,
+                   product, fp8_codes_for(&next));
   }
   // The router's top-k experts per token and each chosen expert's SwiGLU MLP on its token; their
   // weighted sum is the next norm's addend (pending_experts), as a dense MLP's down projection
@@ -711,11 +756,11 @@ struct CudaModel::GraphOps {
         m->gemm_.linear_fused(c().dtype, ws().act.ptr, w(l).down.ptr, nullptr, n, I, H,
                               residual_epilogue(0), stream);
       else
-        project(down(l), ws().act.ptr, ws().proj.ptr);
+        pending_fp8 = project(down(l), ws().act.ptr, ws().proj.ptr, defer_block_output_scales());
     });
     if (fused) return;
     norm_block_output(w(l).mlp_out_norm);
-    pending = ws().proj.ptr;
+    if (!pending_fp8) pending = ws().proj.ptr;
   }
   void final_norm() { norm(m->weights_->final_norm.ptr); }
   void lm_head() {

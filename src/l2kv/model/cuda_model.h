@@ -116,6 +116,10 @@ class CudaModel {
   // in fp8 (default, W8A8), or the weights widened to 16 bits (Gemm::set_fp8_activations). Set
   // it before graphs are captured (they keep the path they were captured with).
   void set_fp8_activations(bool quantized) { gemm_.set_fp8_activations(quantized); }
+  // With W8A8: the norms and gated_mul write the next projection's fp8 codes and scale back the
+  // product before them as they read it (default), or separate kernels quantize and rescale
+  // (the same values bit for bit; tests compare the two). Set before graphs are captured.
+  void set_fp8_fused_scales(bool fused) { fp8_fused_scales_ = fused; }
   // The projections' dispatcher (tests ask which path a shape took).
   const Gemm& gemm() const { return gemm_; }
 
@@ -168,6 +172,7 @@ class CudaModel {
   // gate_up's rows are [gate | up] in paired order (paired_rows.h: the SiLU epilogue's layout);
   // false for an intermediate size that is not a multiple of 8, which the fused layer then skips.
   bool gate_up_interleaved_ = false;
+  bool fp8_fused_scales_ = true;
 };
 
 }  // namespace l2kv

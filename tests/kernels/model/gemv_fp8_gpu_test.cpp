@@ -290,8 +290,9 @@ TEST(Fp8Gemm, ProductsOfManyRowsRunInFp8OnTheQuantizedRows) {
           Device<float> row_scales(std::vector<float>(static_cast<size_t>(rows), -1.f));
           Device<uint16_t> widened(std::vector<uint16_t>(static_cast<size_t>(s.in * s.out)));
           Device<float> product(std::vector<float>(static_cast<size_t>(rows * s.out), NAN));
-          gemm.linear_fp8(dtype, dx.ptr, {w.ptr, scale.ptr, per_channel}, y.ptr, rows, s.in, s.out,
-                          {codes.ptr, row_scales.ptr, widened.ptr, product.ptr}, nullptr);
+          EXPECT_FALSE(gemm.linear_fp8(
+              dtype, dx.ptr, {w.ptr, scale.ptr, per_channel}, y.ptr, rows, s.in, s.out,
+              {codes.ptr, row_scales.ptr, widened.ptr, product.ptr}, nullptr));
           L2KV_CUDA_CHECK(cudaDeviceSynchronize());
           const auto got = y.read();
           const std::string what = std::string(dtype_name(dtype)) + " in=" + std::to_string(s.in) +
@@ -322,8 +323,8 @@ TEST(Fp8Gemm, ProductsOfManyRowsRunInFp8OnTheQuantizedRows) {
   Device<uint16_t> y(std::vector<uint16_t>(40 * 33, 0xffff));
   Device<uint8_t> codes(std::vector<uint8_t>(40 * 48));
   Device<float> row_scales(std::vector<float>(40));
-  gemm.linear_fp8(DType::kBFloat16, dx.ptr, {w.ptr, scale.ptr, true}, y.ptr, 40, 48, 33,
-                  {codes.ptr, row_scales.ptr, widened.ptr}, nullptr);
+  EXPECT_FALSE(gemm.linear_fp8(DType::kBFloat16, dx.ptr, {w.ptr, scale.ptr, true}, y.ptr, 40, 48,
+                               33, {codes.ptr, row_scales.ptr, widened.ptr}, nullptr));
   L2KV_CUDA_CHECK(cudaDeviceSynchronize());
   EXPECT_FALSE(gemm.ran_fp8_product(DType::kBFloat16, 40, 48, 33));
   EXPECT_LT(product_error(DType::kBFloat16, p, x, 40, y.read(), false), 4e-3) << "widened 48 -> 33";

@@ -7,7 +7,7 @@
 #include "l2kv/core/error.h"
 #include "l2kv/kernels/block_reduce.cuh"
 #include "l2kv/kernels/dtype_dispatch.cuh"
-#include "l2kv/kernels/fp8.cuh"
+#include "l2kv/kernels/model/fp8_activations.cuh"
 #include "l2kv/kernels/model/fp8_activations.h"
 #include "l2kv/kernels/tensor_core.cuh"
 
@@ -16,7 +16,6 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kPerVec = 8;  // 16-bit values per 16-byte load
-constexpr float kE4M3Max = 448.f;
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
@@ -32,19 +31,15 @@ __global__ void __launch_bounds__(kThreads)
 #pragma unroll
     for (int i = 0; i < kPerVec; ++i) amax = fmaxf(amax, fabsf(Traits::to_float(vals[i])));
   }
-  amax = block_max(amax);
-  // IEEE division, as the host reference computes it.
-  const float scale = amax > 0.f ? __fdiv_rn(amax, kE4M3Max) : 1.f;
+  const float scale = fp8_rows::row_scale(block_max(amax));
   if (threadIdx.x == 0) scales[row] = scale;
-  uint2* out = reinterpret_cast<uint2*>(codes + row * in);
   for (int64_t v = threadIdx.x; v < num_vecs; v += kThreads) {
     const uint4 raw = vecs[v];
     const T* vals = reinterpret_cast<const T*>(&raw);
-    uint8_t q[kPerVec];
+    float f[kPerVec];
 #pragma unroll
-    for (int i = 0; i < kPerVec; ++i)
-      q[i] = fp8::from_float(__fdiv_rn(Traits::to_float(vals[i]), scale));
-    out[v] = *reinterpret_cast<const uint2*>(q);
+    for (int i = 0; i < kPerVec; ++i) f[i] = Traits::to_float(vals[i]);
+    fp8_rows::store_codes(codes + row * in + v * kPerVec, f, scale);
   }
 }
 
@@ -53,7 +48,8 @@ __global__ void rescale_kernel(const float* product, const float* row_scales,
                                const float* col_scales, int64_t rows, int64_t out, T* y) {
   const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (i >= rows * out) return;
-  y[i] = tc::ElementTraits<T>::from_float(product[i] * row_scales[i / out] * col_scales[i % out]);
+  y[i] = tc::ElementTraits<T>::from_float(
+      fp8_rows::rescaled<T>(product[i], row_scales[i / out], col_scales[i % out]));
 }
 
 }  // namespace

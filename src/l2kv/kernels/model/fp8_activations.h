@@ -9,8 +9,27 @@
 #include <cstdint>
 
 #include "l2kv/core/dtype.h"
+#include "l2kv/core/host_device.h"
 
 namespace l2kv {
+
+// An fp8 product of codes still in float32, before its scales: element [r, o] is
+// product[r, o] * row_scales[r] * col_scales[o] rounded to the model's dtype, as
+// rescale_fp8_product() writes it. The op that reads it applies the scales itself.
+struct Fp8Product {
+  const float* product = nullptr;     // [rows, width]
+  const float* row_scales = nullptr;  // [rows]
+  const float* col_scales = nullptr;  // [width], 32-byte aligned
+  L2KV_HOST_DEVICE explicit operator bool() const { return product != nullptr; }
+};
+
+// Where an op writes its output rows quantized as quantize_rows_fp8() would quantize the
+// 16-bit values it also writes (codes [rows, width] 8-byte aligned, scales [rows]).
+struct Fp8Rows {
+  uint8_t* codes = nullptr;
+  float* scales = nullptr;
+  L2KV_HOST_DEVICE explicit operator bool() const { return codes != nullptr; }
+};
 
 // codes[r, k] = E4M3(x[r, k] / scales[r]) (round to nearest even, saturating), scales[r] =
 // max_k |x[r, k]| / 448 (1 for a row of zeros), for x [rows, in] in `dtype` (bf16 or fp16). One

@@ -352,14 +352,18 @@ void Gemm::matmul(const Plan& p, const void* x, const void* w, void* y, cudaStre
         "matmul");
 }
 
-void Gemm::linear_fp8(DType dtype, const void* x, const Fp8Weights& w, void* y, int64_t rows,
+bool Gemm::linear_fp8(DType dtype, const void* x, const Fp8Weights& w, void* y, int64_t rows,
                       int64_t in, int64_t out, const Fp8Scratch& scratch, cudaStream_t stream) {
   // On an H200 (bench/NOTES.md) the GEMV's row groups re-widen the weights per 16 rows: at 64
   // rows it streamed at 0.29 of the read ceiling, so larger products go to tensor cores in fp8.
   if (rows <= kFp8GemvMaxRows && gemv_fp8_supports(rows, in, out, x, w)) {
     gemv_fp8(dtype, x, w, y, rows, in, out, stream, pdl_);
-    return;
+    return false;
   }
+  const auto quantize = [&] {
+    if (!scratch.codes_ready)
+      quantize_rows_fp8(dtype, x, rows, in, scratch.codes, scratch.row_scales, stream);
+  };
   // quantize_rows_fp8's and cuBLASLt's fp8 layout needs: 16-byte rows and aligned buffers.
   const bool quantizable = fp8_activations_ && scratch.codes && scratch.row_scales &&
                            in % 16 == 0 && out % 16 == 0 &&
@@ -368,20 +372,21 @@ void Gemm::linear_fp8(DType dtype, const void* x, const Fp8Weights& w, void* y, 
   if (quantizable && scratch.product && rows <= kFp8ScaledAfterMaxRows && w.per_channel) {
     if (const Plan* p = fp8_scaled_after_plan_for(rows, in, out, scratch.codes, w.data,
                                                   scratch.product, stream)) {
-      quantize_rows_fp8(dtype, x, rows, in, scratch.codes, scratch.row_scales, stream);
+      quantize();
       matmul(*p, scratch.codes, w.data, scratch.product, stream);
+      if (scratch.defer_rescale) return true;
       rescale_fp8_product(dtype, scratch.product, scratch.row_scales, w.scale, rows, out, y,
                           stream);
-      return;
+      return false;
     }
   }
   if (quantizable) {
     // A new shape's plan is timed on whatever the codes hold; they are written before its use.
     if (const Plan* p =
             fp8_plan_for(dtype, w, scratch.row_scales, rows, in, out, scratch.codes, y, stream)) {
-      quantize_rows_fp8(dtype, x, rows, in, scratch.codes, scratch.row_scales, stream);
+      quantize();
       matmul(*p, scratch.codes, w.data, y, stream);
-      return;
+      return false;
     }
   }
   if (scratch.widened == nullptr)
@@ -389,6 +394,7 @@ void Gemm::linear_fp8(DType dtype, const void* x, const Fp8Weights& w, void* y, 
                 " rows needs a buffer to widen its weights into");
   dequantize_fp8(dtype, w, out, in, scratch.widened, stream);
   run(dtype, false, x, scratch.widened, y, rows, in, out, stream);
+  return false;
 }
 
 Gemm::Plan* Gemm::fp8_scaled_after_plan_for(int64_t rows, int64_t in, int64_t out,

@@ -47,11 +47,18 @@ class Gemm {
   // product; `product` [rows, out] float32 that product before its scales, for up to
   // kFp8ScaledAfterMaxRows rows; `widened` (out x in 16-bit elements) the weights widened where
   // cuBLASLt has no fp8 algorithm for the shape. Any may be null: its path is not taken.
+  // `codes_ready`: the op that wrote x also wrote its codes and row scales there
+  // (add_rmsnorm's and gated_mul's fp8 outputs), so linear_fp8 does not quantize x again.
+  // `defer_rescale`: where the product's scales would be applied by a kernel of their own,
+  // linear_fp8 leaves `product` unscaled and y unwritten for the next op to scale back
+  // (model_ops.h's Fp8Product inputs).
   struct Fp8Scratch {
     uint8_t* codes = nullptr;
     float* row_scales = nullptr;
     void* widened = nullptr;
     float* product = nullptr;
+    bool codes_ready = false;
+    bool defer_rescale = false;
   };
   // Up to this many rows the fp8 product runs without cuBLASLt's outer-vector scaling, whose
   // kernels (128 x 128 tiles, no split-K) streamed QKV, O and down at 0.29-0.42 of the read
@@ -64,10 +71,16 @@ class Gemm {
   // and multiply in fp8 on cuBLASLt (W8A8, as compressed-tensors' and fbgemm's dynamic fp8
   // checkpoints specify: both scales applied to the fp32 sums; per-channel weight scales only),
   // or, where that is off, cuBLASLt has no fp8 algorithm for the shape or no codes buffer is
-  // given, widen W into scratch.widened and run linear() on it.
+  // given, widen W into scratch.widened and run linear() on it. Returns true when it deferred
+  // the rescale: y unwritten, scratch.product and scratch.row_scales holding the product.
   static constexpr int64_t kFp8GemvMaxRows = 32;
-  void linear_fp8(DType dtype, const void* x, const Fp8Weights& w, void* y, int64_t rows,
-                  int64_t in, int64_t out, const Fp8Scratch& scratch, cudaStream_t stream);
+  [[nodiscard]] bool linear_fp8(DType dtype, const void* x, const Fp8Weights& w, void* y,
+                                int64_t rows, int64_t in, int64_t out, const Fp8Scratch& scratch,
+                                cudaStream_t stream);
+  // Whether linear_fp8 would quantize x for this shape (the op before may then write the codes).
+  bool fp8_quantizes_input(int64_t rows, int64_t in, int64_t out) const {
+    return fp8_activations_ && rows > kFp8GemvMaxRows && in % 16 == 0 && out % 16 == 0;
+  }
   // Whether linear_fp8 quantizes x and multiplies in fp8 where it can (default) or always widens
   // the weights (16-bit activations: more accurate, slower).
   void set_fp8_activations(bool quantized) { fp8_activations_ = quantized; }

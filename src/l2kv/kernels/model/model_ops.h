@@ -8,6 +8,7 @@
 #include <cstdint>
 
 #include "l2kv/core/dtype.h"
+#include "l2kv/kernels/model/fp8_activations.h"
 #include "l2kv/kv_cache/paged_kv.h"
 
 namespace l2kv::ops {
@@ -29,14 +30,23 @@ struct ExpertSum {
   const int32_t* slot_rows = nullptr;
 };
 
+// The widest row the fp8 forms of add_rmsnorm and gated_mul take (add_rmsnorm's block holds a
+// row in registers).
+inline constexpr int32_t kFp8OpsMaxWidth = 32768;
+
 // If `add` is set: residual += add (fp32), or with `add_weight` residual += RMSNorm(add) *
 // add_weight (Gemma 3's norms of the attention and MLP outputs); if `experts.y` is set:
-// residual += that sum. Then out = RMSNorm(residual) * weight. `pdl` (here and in gated_mul):
-// launch with programmatic dependent launch; the kernel waits for the one ahead before it reads
-// anything.
+// residual += that sum; if `add_fp8` is set (instead of `add`, without `add_weight`): residual +=
+// that fp8 product scaled back, the 16-bit values rescale_fp8_product() would write. Then out =
+// RMSNorm(residual) * weight, and with `out_fp8` also out's rows quantized as
+// quantize_rows_fp8() would quantize them (the fp8 forms need hidden % 8 == 0 and hidden <=
+// kFp8OpsMaxWidth). `pdl` (here and
+// in gated_mul): launch with programmatic dependent launch; the kernel waits for the one ahead
+// before it reads anything.
 void add_rmsnorm(DType dtype, float* residual, const void* add, const void* weight, float eps,
                  int32_t num_tokens, int32_t hidden, void* out, cudaStream_t stream,
-                 bool pdl = false, const ExpertSum& experts = {}, const void* add_weight = nullptr);
+                 bool pdl = false, const ExpertSum& experts = {}, const void* add_weight = nullptr,
+                 const Fp8Product& add_fp8 = {}, const Fp8Rows& out_fp8 = {});
 
 // Qwen3's RMSNorm of each q and k head before RoPE: weights [head_dim] in the model's dtype and
 // the model's rms_norm_eps. Null weights (the default) skip the norm of q or k.
@@ -54,11 +64,13 @@ struct QkNorm {
 // skip). `pdl`: launch with programmatic dependent launch, so the kernel may start while the one
 // before it (the QKV projection) finishes; it waits for that kernel's writes before reading.
 // `pair_rows`: qkv and bias are in paired row order (paired_rows.h: each head a group), else
-// feature order.
+// feature order. With `qkv_fp8` set, the projection is that fp8 product, scaled back as
+// rescale_fp8_product() would (qkv unused).
 void rope_and_cache(const void* qkv, const void* bias, const int32_t* positions,
                     const int32_t* slots, const float* inv_freq, int32_t num_tokens,
                     int32_t q_heads, const PagedKvCache& kv, void* q_out, cudaStream_t stream,
-                    bool pdl = false, const QkNorm& qk_norm = {}, bool pair_rows = false);
+                    bool pdl = false, const QkNorm& qk_norm = {}, bool pair_rows = false,
+                    const Fp8Product& qkv_fp8 = {});
 
 // Calculated fp8 KV scales (kv_scales.h) of one layer from the fused QKV projection of a step:
 // over the rows with a slot (>= 0), the largest |K| (bias added, k norm and RoPE applied,
@@ -77,9 +89,13 @@ enum class GateActivation : uint8_t { kSilu, kGeluTanh };
 
 // out[t, i] = act(gate[t, i]) * up[t, i]: gate_up[t] is [gate | up], or with `interleaved`
 // gate and up alternate in groups of 8 features (gemv.h's kSiluMul layout; inter % 8 == 0).
+// With `gate_up_fp8` set, gate_up is that fp8 product scaled back (gate_up itself unused); with
+// `out_fp8`, out's rows are also quantized as quantize_rows_fp8() would quantize them (both fp8
+// forms need inter % 8 == 0 and inter <= kFp8OpsMaxWidth).
 void gated_mul(DType dtype, const void* gate_up, int32_t num_tokens, int32_t inter, void* out,
                cudaStream_t stream, bool pdl = false, bool interleaved = false,
-               GateActivation activation = GateActivation::kSilu);
+               GateActivation activation = GateActivation::kSilu,
+               const Fp8Product& gate_up_fp8 = {}, const Fp8Rows& out_fp8 = {});
 
 // values[i] = cap * tanh(values[i] / cap) (Gemma's final logit soft-capping).
 void soft_cap(float* values, int64_t count, float cap, cudaStream_t stream);
