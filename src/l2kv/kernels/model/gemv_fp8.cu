@@ -31,16 +31,6 @@ constexpr int kLanesPerRow = 4;
 constexpr int kWeightsPerVec = 16;  // E4M3 per 16-byte load
 constexpr int kXPerVec = 8;         // 16-bit x per 16-byte load
 
-template <int kNTiles>
-struct Fp8Tiling {
-  // 16-byte W loads per row per lane per iteration (2 * kUnroll in flight per lane: at one
-  // byte per weight twice the loads of gemv.cu's for the same bytes in flight); x is loaded
-  // per vector as it is used. Two tiles need more registers for x and accumulators (two blocks
-  // per SM cap registers at 128).
-  static constexpr int kUnroll = kNTiles == 1 ? 8 : 4;
-  static constexpr int kVecsPerIter = kLanesPerRow * kUnroll;
-};
-
 struct Fp8GemvParams {
   const void* x;
   Fp8Weights w;
@@ -50,11 +40,22 @@ struct Fp8GemvParams {
   bool pdl;
 };
 
-template <typename T, int kNTiles>
-__global__ void __launch_bounds__(kThreads, 2) gemv_fp8_kernel(const Fp8GemvParams p) {
+// The W vectors of one warp iteration: kUnroll of each of the lane's two rows (g and g + 8).
+template <int kUnroll>
+struct Fp8Vecs {
+  uint4 lo[kUnroll], hi[kUnroll];
+};
+
+// kUnroll: 16-byte W loads per row per lane per iteration; kMinBlocks: blocks per SM the
+// registers must allow. One x tile (1-8 rows) loads 2 vectors per row per lane at a time with
+// four blocks per SM: on an H200 (bench/NOTES.md, "fp8 scales fused into the norms, SiLU x up
+// and RoPE") a llama3-8b-fp8 step at batch 1 ran 3.26 ms against 3.36 with 8 vectors and two
+// blocks, and 3.80 against 3.93 ms at batch 8; loading the next iteration before multiplying
+// this one (two register sets) was no faster.
+template <typename T, int kNTiles, int kUnroll, int kMinBlocks>
+__global__ void __launch_bounds__(kThreads, kMinBlocks) gemv_fp8_kernel(const Fp8GemvParams p) {
   ptx::launch_dependents();  // the kernel behind may start; it waits for this grid
-  using Tiling = Fp8Tiling<kNTiles>;
-  constexpr int kUnroll = Tiling::kUnroll;
+  constexpr int kVecsPerIter = kLanesPerRow * kUnroll;
   __shared__ float partial[kWarps][4 * kNTiles][kWarpSize];
 
   const int lane = static_cast<int>(threadIdx.x) % kWarpSize;
@@ -75,32 +76,23 @@ __global__ void __launch_bounds__(kThreads, 2) gemv_fp8_kernel(const Fp8GemvPara
     xs[nt] = static_cast<const uint4*>(p.x) + row * (p.in / kXPerVec) + 2 * t;
   }
 
-  uint4 lo[kUnroll], hi[kUnroll];
-  auto load = [&](int64_t it) {
+  auto load = [&](Fp8Vecs<kUnroll>& wv, int64_t it) {
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
-      const int64_t r = it * Tiling::kVecsPerIter + u * kLanesPerRow;
+      const int64_t r = it * kVecsPerIter + u * kLanesPerRow;
       if (r < lane_vecs) {
-        lo[u] = ptx::ld_stream_16(w_lo + r);
-        hi[u] = ptx::ld_stream_16(w_hi + r);
+        wv.lo[u] = ptx::ld_stream_16(w_lo + r);
+        wv.hi[u] = ptx::ld_stream_16(w_hi + r);
       } else {
-        lo[u] = hi[u] = make_uint4(0, 0, 0, 0);
+        wv.lo[u] = wv.hi[u] = make_uint4(0, 0, 0, 0);
       }
     }
   };
-  const int64_t iters = (vecs + Tiling::kVecsPerIter - 1) / Tiling::kVecsPerIter;
-  int64_t it = warp;
-  // The weights do not depend on the kernel ahead: the first iteration's are in flight before
-  // the wait.
-  if (it < iters) load(it);
-  if (p.pdl) ptx::grid_dependency_wait();
-
   float acc[kNTiles][4] = {};
-  for (; it < iters; it += kWarps) {
-    if (it != warp) load(it);
+  auto multiply = [&](const Fp8Vecs<kUnroll>& wv, int64_t it) {
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
-      const int64_t r = it * Tiling::kVecsPerIter + u * kLanesPerRow;
+      const int64_t r = it * kVecsPerIter + u * kLanesPerRow;
       uint4 xv[kNTiles][2];
 #pragma unroll
       for (int nt = 0; nt < kNTiles; ++nt) {
@@ -109,8 +101,8 @@ __global__ void __launch_bounds__(kThreads, 2) gemv_fp8_kernel(const Fp8GemvPara
         xv[nt][1] = in_row ? __ldg(xs[nt] + 2 * r + 1) : make_uint4(0, 0, 0, 0);
       }
       uint4 wl[2], wh[2];
-      fp8::widen16<T>(lo[u], wl[0], wl[1]);
-      fp8::widen16<T>(hi[u], wh[0], wh[1]);
+      fp8::widen16<T>(wv.lo[u], wl[0], wl[1]);
+      fp8::widen16<T>(wv.hi[u], wh[0], wh[1]);
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         const uint32_t a0[4] = {wl[h].x, wh[h].x, wl[h].y, wh[h].y};
@@ -124,6 +116,16 @@ __global__ void __launch_bounds__(kThreads, 2) gemv_fp8_kernel(const Fp8GemvPara
         }
       }
     }
+  };
+  const int64_t iters = (vecs + kVecsPerIter - 1) / kVecsPerIter;
+  // The weights do not depend on the kernel ahead: the first iteration's are in flight before
+  // the wait.
+  Fp8Vecs<kUnroll> wv;
+  if (warp < iters) load(wv, warp);
+  if (p.pdl) ptx::grid_dependency_wait();
+  for (int64_t it = warp; it < iters; it += kWarps) {
+    if (it != warp) load(wv, it);
+    multiply(wv, it);
   }
   // Accumulator r of tile nt is feature first_feature + g + 8 * (r / 2), x row
   // first_row + 8 nt + 2t + r % 2 (the m16n8 C fragment).
@@ -183,9 +185,9 @@ void launch(const Fp8GemvParams& p, cudaStream_t stream) {
   const cudaLaunchConfig_t config = launch_config(dim3(static_cast<unsigned>(blocks)),
                                                   dim3(kThreads), 0, stream, p.pdl, attribute);
   if (p.rows <= 8)
-    L2KV_CUDA_CHECK(cudaLaunchKernelEx(&config, gemv_fp8_kernel<T, 1>, p));
+    L2KV_CUDA_CHECK(cudaLaunchKernelEx(&config, gemv_fp8_kernel<T, 1, 2, 4>, p));
   else
-    L2KV_CUDA_CHECK(cudaLaunchKernelEx(&config, gemv_fp8_kernel<T, 2>, p));
+    L2KV_CUDA_CHECK(cudaLaunchKernelEx(&config, gemv_fp8_kernel<T, 2, 4, 2>, p));
 }
 
 }  // namespace
