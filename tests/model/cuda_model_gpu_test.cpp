@@ -1066,8 +1066,9 @@ TEST_P(DecodeKernelsAgree, EagerAndGraphReplay) {
 // A model with fp8 projections (synthetic weights, a small Llama shape): the prompt's logits
 // from one 200-row prefill (more rows than the fp8 GEMV takes: the weights widened to bf16 and
 // multiplied by cuBLASLt, the scale applied before the sum) against the same tokens decoded one
-// at a time (the fp8 GEMV, the scale applied to the fp32 sum). The two round differently, so
-// they agree to bf16 noise; a wrong layout, scale or row group would not.
+// at a time, by the five-kernel layer (the fused GEMV forms on fp8 weights: the default at one
+// row) and by nine kernels (the fp8 GEMV), each applying the scale to the fp32 sum. They round
+// differently, so they agree to bf16 noise; a wrong layout, scale or row group would not.
 TEST(CudaModel, Fp8ProjectionsAgreeBetweenGemvAndWidenedPaths) {
   L2KV_SKIP_WITHOUT_GPU();
   ModelConfig c = ModelConfig::synthetic("llama3-8b-fp8");
@@ -1077,8 +1078,8 @@ TEST(CudaModel, Fp8ProjectionsAgreeBetweenGemvAndWidenedPaths) {
   CudaStepState state(std::make_shared<CudaModel>(c, 5));
   state.model().set_fp8_activations(false);  // the widened path, not W8A8 (Fp8Gemm tests it)
   EXPECT_EQ(state.model().weight_bytes(), c.weight_bytes());
-  EXPECT_EQ(state.fused_layer_max_rows(), 0);              // no fp8 form: nine kernels by default
-  EXPECT_THROW(state.set_fused_layer_max_rows(1), Error);  // and refused, not ignored
+  EXPECT_EQ(state.fused_layer_max_rows(), 1);  // the five-kernel layer at one row
+  EXPECT_TRUE(state.model().can_fuse_layer(1));
   constexpr int32_t kLen = 200;
   state.allocate_workspace({kLen, 4, 2048, kLen});
   state.allocate_kv_cache(64, 16);
@@ -1090,19 +1091,23 @@ TEST(CudaModel, Fp8ProjectionsAgreeBetweenGemvAndWidenedPaths) {
   const std::vector<BatchSequence> prefill = {{prompt, 0, tables.rows[0], true}};
   const std::vector<float> all = state.run_to_host(prefill, true, nullptr);
   const int64_t vocab = c.vocab_size;
-  double worst = 0;
-  for (int32_t t = 0; t < kLen; ++t) {
-    const std::vector<BatchSequence> step = {
-        {std::span<const int32_t>(&prompt[static_cast<size_t>(t)], 1), t, tables.rows[1], true}};
-    const std::vector<float> one = state.run_to_host(step, false, nullptr);
-    double max_abs = 0;
-    const double rel =
-        relative_l2(one.data(), all.data() + t * vocab, static_cast<size_t>(vocab), &max_abs);
-    worst = std::max(worst, rel);
-    for (float v : one) ASSERT_TRUE(std::isfinite(v));
+  for (const int32_t fused_rows : {1, 0}) {
+    state.set_fused_layer_max_rows(fused_rows);
+    double worst = 0;
+    for (int32_t t = 0; t < kLen; ++t) {
+      const std::vector<BatchSequence> step = {
+          {std::span<const int32_t>(&prompt[static_cast<size_t>(t)], 1), t, tables.rows[1], true}};
+      const std::vector<float> one = state.run_to_host(step, false, nullptr);
+      double max_abs = 0;
+      const double rel =
+          relative_l2(one.data(), all.data() + t * vocab, static_cast<size_t>(vocab), &max_abs);
+      worst = std::max(worst, rel);
+      for (float v : one) ASSERT_TRUE(std::isfinite(v));
+    }
+    std::printf("[fp8] worst rel. L2 of decoded (%s) against prefilled logits: %.2e\n",
+                fused_rows ? "five kernels" : "nine kernels", worst);
+    EXPECT_LT(worst, 2e-2) << (fused_rows ? "five kernels" : "nine kernels");
   }
-  std::printf("[fp8] worst rel. L2 of decoded against prefilled logits: %.2e\n", worst);
-  EXPECT_LT(worst, 2e-2);
 }
 
 INSTANTIATE_TEST_SUITE_P(KvStorages, DecodeKernelsAgree,

@@ -57,9 +57,9 @@ void add_model_options(CLI::App& app, ModelOptions& o) {
   app.add_option("--fused-layer-max-rows", o.fused_layer_max_rows,
                  "On CUDA, decode steps of up to this many rows (0-16) run each decoder layer in "
                  "five kernels (RMSNorm inside the QKV and gate_up projections, SiLU x up and the "
-                 "residual adds in the projections' epilogues), larger steps in nine. Default 1 "
-                 "(0 for fp8 models, which have no fused form): on an H200 the five are faster "
-                 "at one row and slower from two (bench/NOTES.md). 0 turns them off")
+                 "residual adds in the projections' epilogues, 16-bit or fp8 weights), larger "
+                 "steps in nine. Default 1: on an H200 the five are faster at one row and slower "
+                 "from two (bench/NOTES.md). 0 turns them off")
       ->check(CLI::Range(0, 16));
   app.add_option("--tensor-parallel-size", o.tensor_parallel_size,
                  "Split the model over this many ranks (attention heads, MLP features and the "

@@ -40,7 +40,7 @@ CudaStepState::CudaStepState(std::shared_ptr<CudaModel> model) : model_(std::mov
   L2KV_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&kv_scales_),
                              static_cast<size_t>(2 * config().num_layers) * sizeof(float)));
   set_calculate_kv_scales(calculate_kv_scales_);
-  fused_layer_max_rows_ = config().fp8_weights ? 0 : kDefaultFusedLayerMaxRows;
+  fused_layer_max_rows_ = kDefaultFusedLayerMaxRows;
 }
 
 CudaStepState::~CudaStepState() {
@@ -192,10 +192,6 @@ void CudaStepState::set_fused_layer_max_rows(int32_t rows) {
   if (rows < 0 || rows > kGemvMaxRows)
     throw Error("--fused-layer-max-rows " + std::to_string(rows) + ": must be 0 to " +
                 std::to_string(kGemvMaxRows) + " (the decode GEMV's rows)");
-  if (rows > 0 && config().fp8_weights)
-    throw Error(
-        "--fused-layer-max-rows: the five-kernel layer has no fp8 form; fp8 models run nine "
-        "kernels per layer (use 0)");
   if (rows == fused_layer_max_rows_) return;
   drop_graphs();
   fused_layer_max_rows_ = rows;

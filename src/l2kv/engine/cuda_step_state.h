@@ -130,8 +130,7 @@ class CudaStepState {
   // Steps of up to `rows` rows (0 to 16, the GEMV's limit) run each layer in five kernels
   // (gemv.h's fusions: RMSNorm prologues, residual and SiLU x up epilogues), larger ones in
   // nine. The default, kDefaultFusedLayerMaxRows, is where an H200 measured the five faster
-  // (bench/NOTES.md). Drops captured graphs. Models with fp8 projections run nine kernels at
-  // every size (there is no fp8 form of the fusions): a nonzero limit throws l2kv::Error there.
+  // (bench/NOTES.md), for 16-bit and fp8 projections alike. Drops captured graphs.
   static constexpr int32_t kDefaultFusedLayerMaxRows = 1;
   void set_fused_layer_max_rows(int32_t rows);
   int32_t fused_layer_max_rows() const { return fused_layer_max_rows_; }

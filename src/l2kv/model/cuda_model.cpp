@@ -365,10 +365,12 @@ std::unique_ptr<CudaActivations> CudaModel::allocate_activations(int32_t rows,
 
 bool CudaModel::can_fuse_layer(int32_t rows) const {
   const ModelConfig& c = config_;
-  // Gemma's extra norms and GeGLU have no fused form.
+  // Gemma's extra norms and GeGLU have no fused form. The GEMV reads rows of 16-byte vectors:
+  // 8 16-bit weights or 16 fp8 ones.
+  const int64_t k = c.fp8_weights ? 16 : 8;
   return c.num_experts == 0 && !c.gemma && gate_up_interleaved_ && rows <= gemm_.gemv_max_rows() &&
-         rows <= kGemvMaxRows && c.hidden_size % 8 == 0 && (c.num_q_heads * c.head_dim) % 8 == 0 &&
-         c.intermediate_size % 8 == 0;
+         rows <= kGemvMaxRows && c.hidden_size % k == 0 && (c.num_q_heads * c.head_dim) % k == 0 &&
+         c.intermediate_size % k == 0;
 }
 
 bool CudaModel::can_capture_rows(int32_t rows) const {
@@ -445,6 +447,14 @@ struct CudaModel::GraphOps {
   Projection fp8_or_16(const DeviceArray<uint16_t>& w16, const Fp8Matrix& w8, int64_t out,
                        int64_t in) const {
     return {w16.ptr, c().fp8_weights ? &w8 : nullptr, out, in};
+  }
+  // The weights a fused GEMV reads for `p`; with fp8 weights their scales go into `f`.
+  static const void* gemv_weights(const Projection& p, GemvFusion& f) {
+    if (p.w8) {
+      f.fp8_scale = p.w8->view().scale;
+      f.fp8_per_channel = p.w8->view().per_channel;
+    }
+    return p.data();
   }
   // y[n, out] = x[n, in] W^T. With `defer_fp8_scales`, an fp8 product whose scales would take
   // a kernel of their own is left unscaled instead: returns it (y unwritten) for the next op
@@ -541,13 +551,14 @@ struct CudaModel::GraphOps {
     if (!fused) norm(w(l).input_norm.ptr, &projection);
     const void* x = fused ? nullptr : ws().h.ptr;
     GemvFusion f = fused ? norm_prologue(w(l).input_norm.ptr, 0, 1) : GemvFusion{};
-    const bool rope_here = add_rope_epilogue(l, x, f);
+    const void* weights = fused ? gemv_weights(projection, f) : w(l).qkv.ptr;
+    const bool rope_here = add_rope_epilogue(l, x, weights, f);
     // The calculated fp8 KV scales read the 16-bit projection.
     const bool defer = m->fp8_fused_scales_ && !calculates_kv_scales(l);
     Fp8Product product;
     timed(Op::kGemm, [&] {
       if (fused || rope_here)
-        m->gemm_.linear_fused(c().dtype, x, w(l).qkv.ptr, ws().qkv.ptr, n, H, qkv_out, f, stream);
+        m->gemm_.linear_fused(c().dtype, x, weights, ws().qkv.ptr, n, H, qkv_out, f, stream);
       else
         product = project(projection, ws().h.ptr, ws().qkv.ptr, defer);
     });
@@ -567,13 +578,14 @@ struct CudaModel::GraphOps {
     decode.sliding_window = c().is_sliding(l) ? static_cast<int32_t>(c().sliding_window) : 0;
   }
   // Whether the QKV GEMV applies RoPE and writes the KV cache itself (gemv.h's kRopeCache); if
-  // so, adds that epilogue to `f`. Where the GEMV runs QKV anyway (the five-kernel layer, or a
-  // step Gemm sends to it), with 16-bit weights, no q/k norm (it needs a whole head) and no fp8
-  // scales to calculate from this step's K and V first.
-  bool add_rope_epilogue(int64_t l, const void* x, GemvFusion& f) const {
+  // so, adds that epilogue to `f`. Where the GEMV runs QKV anyway (the five-kernel layer with
+  // 16-bit or fp8 `weights`, or a 16-bit step Gemm sends to it), with no q/k norm (it needs a
+  // whole head) and no fp8 KV scales to calculate from this step's K and V first.
+  bool add_rope_epilogue(int64_t l, const void* x, const void* weights, GemvFusion& f) const {
     const int64_t H = c().hidden_size, qkv_out = q_dim() + 2 * kv_dim();
-    if (c().fp8_weights || !step->rope_epilogue) return false;
-    const bool on_gemv = fused || m->gemm_.routes_to_gemv(n, H, qkv_out, x, w(l).qkv.ptr);
+    if (!step->rope_epilogue) return false;
+    const bool on_gemv =
+        fused || (!c().fp8_weights && m->gemm_.routes_to_gemv(n, H, qkv_out, x, weights));
     if (!on_gemv || c().qk_norm || calculates_kv_scales(l)) return false;
     GemvFusion rope = f;
     rope.epilogue = GemvEpilogue::kRopeCache;
@@ -584,7 +596,7 @@ struct CudaModel::GraphOps {
     rope.rope.q_out = ws().q.ptr;
     rope.rope.q_heads = static_cast<int32_t>(c().num_q_heads);
     rope.rope.kv = decode.kv;
-    if (!m->gemm_.fused_supported(n, H, qkv_out, x, w(l).qkv.ptr, rope)) return false;
+    if (!m->gemm_.fused_supported(n, H, qkv_out, x, weights, rope)) return false;
     f = rope;
     return true;
   }
@@ -607,10 +619,12 @@ struct CudaModel::GraphOps {
   }
   void output_projection_add(int64_t l) {
     timed(Op::kGemm, [&] {
-      if (fused)
-        m->gemm_.linear_fused(c().dtype, ws().attn.ptr, w(l).o.ptr, nullptr, n, q_dim(),
-                              c().hidden_size, residual_epilogue(1), stream);
-      else
+      if (fused) {
+        GemvFusion f = residual_epilogue(1);
+        const void* weights = gemv_weights(o(l), f);
+        m->gemm_.linear_fused(c().dtype, ws().attn.ptr, weights, nullptr, n, q_dim(),
+                              c().hidden_size, f, stream);
+      } else
         pending_fp8 = project(o(l), ws().attn.ptr, ws().proj.ptr, defer_block_output_scales());
     });
     if (fused) return;
@@ -635,9 +649,9 @@ struct CudaModel::GraphOps {
     if (fused) {
       GemvFusion f = norm_prologue(w(l).post_norm.ptr, 1, 0);
       f.epilogue = GemvEpilogue::kSiluMul;
+      const void* weights = gemv_weights(gate_up(l), f);
       timed(Op::kGemm, [&] {
-        m->gemm_.linear_fused(c().dtype, nullptr, w(l).gate_up.ptr, ws().act.ptr, n, H, 2 * I, f,
-                              stream);
+        m->gemm_.linear_fused(c().dtype, nullptr, weights, ws().act.ptr, n, H, 2 * I, f, stream);
       });
       return;
     }
@@ -752,10 +766,11 @@ struct CudaModel::GraphOps {
     const int64_t H = c().hidden_size, I = c().intermediate_size;
     if (c().num_experts > 0) return;  // mixture_of_experts() left its sum to the next norm
     timed(Op::kGemm, [&] {
-      if (fused)
-        m->gemm_.linear_fused(c().dtype, ws().act.ptr, w(l).down.ptr, nullptr, n, I, H,
-                              residual_epilogue(0), stream);
-      else
+      if (fused) {
+        GemvFusion f = residual_epilogue(0);
+        const void* weights = gemv_weights(down(l), f);
+        m->gemm_.linear_fused(c().dtype, ws().act.ptr, weights, nullptr, n, I, H, f, stream);
+      } else
         pending_fp8 = project(down(l), ws().act.ptr, ws().proj.ptr, defer_block_output_scales());
     });
     if (fused) return;

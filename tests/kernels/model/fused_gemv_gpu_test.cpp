@@ -7,7 +7,9 @@
 // the GEMV's measured noise (gemv_gpu_test.cpp), which a 1 % scale error or a dropped term exceeds.
 // The QKV projection's RoPE + paged-KV epilogue is checked bit for bit against the GEMV's plain
 // store followed by ops::rope_and_cache over the same paired rows (each checked against its
-// own host reference in gemv_gpu_test.cpp and model_ops_gpu_test.cpp).
+// own host reference in gemv_gpu_test.cpp and model_ops_gpu_test.cpp). Every form again with
+// E4M3 weights and per-row scales (GemvFusion::fp8_scale), against the host's product with
+// W = scale x code.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -46,6 +48,7 @@ const std::vector<Shape> kShapes = {
     {"odd in24 out48", 24, 48},
     {"odd in1032 out112", 1032, 112},
     {"odd in4104 out1008", 4104, 1008},
+    {"odd in1040 out112", 1040, 112},  // 65 vectors of 16 fp8 weights a row: a partial iteration
     // 16,384 outputs: blocks of two feature tiles under the norm prologue; one row of 5632
     // features stages 11 KB of x (the three-stage ring), one of 24 the two-stage ring.
     {"wide in5632 out16384", 5632, 16384},
@@ -97,9 +100,34 @@ const char* form_name(Form f) {
                                 : "residual";
 }
 
+// Random E4M3 weights [out, in] of magnitudes 0.125-7.5 (exponent fields 4-9) and per-row scales
+// of 0.05-0.15: W's elements are of the size of the 16-bit tests' U(-1, 1) weights.
+struct RandomFp8Weights {
+  std::vector<uint8_t> codes;
+  std::vector<float> scales;
+};
+RandomFp8Weights random_fp8(int64_t in, int64_t out, float scale_size, std::mt19937_64& rng) {
+  RandomFp8Weights w;
+  w.codes.resize(static_cast<size_t>(in * out));
+  // Eight codes per 64-bit draw (sign and mantissa bits as drawn, the exponent folded into 4-9):
+  // a billion codes per test, so one draw per code would take the host most of a minute.
+  for (size_t i = 0; i < w.codes.size(); i += 8) {
+    uint64_t bits = rng();
+    for (size_t j = i; j < std::min(i + 8, w.codes.size()); ++j, bits >>= 8) {
+      const auto b = static_cast<uint32_t>(bits & 0xff);
+      w.codes[j] = static_cast<uint8_t>((b & 0x87u) | (4u + ((b >> 3) & 0xfu) % 6u) << 3);
+    }
+  }
+  std::uniform_real_distribution<float> s(scale_size, 3 * scale_size);
+  w.scales.resize(static_cast<size_t>(out));
+  for (float& v : w.scales) v = s(rng);
+  return w;
+}
+
 // One shape, one form, every row count 1-16, through Gemm::linear_fused (with PDL on, as the
-// model runs it; nothing runs ahead of it here).
-void check(const Shape& shape, Form form, DType dtype, uint64_t seed) {
+// model runs it; nothing runs ahead of it here). `fp8`: E4M3 weights with per-row scales
+// (GemvFusion::fp8_scale), the reference's W their scale x code.
+void check(const Shape& shape, Form form, DType dtype, uint64_t seed, bool fp8 = false) {
   const int64_t in = shape.in, out = shape.out;
   if (testing::quick_mode() && in * out > 4096 * 6144) return;  // under compute-sanitizer
   const bool norm = form == Form::kNormStore || form == Form::kNormSilu;
@@ -109,29 +137,40 @@ void check(const Shape& shape, Form form, DType dtype, uint64_t seed) {
   std::uniform_real_distribution<float> uniform(-1.f, 1.f);
 
   std::vector<uint16_t> w_bits(static_cast<size_t>(in * out));
-  {
+  const RandomFp8Weights w8 = fp8 ? random_fp8(in, out, 0.05f, rng) : RandomFp8Weights{};
+  if (!fp8) {
     void* w_fill = nullptr;
     L2KV_CUDA_CHECK(cudaMalloc(&w_fill, w_bits.size() * 2));
     fill_random(w_fill, in * out, dtype, 1.f, seed, nullptr);
     L2KV_CUDA_CHECK(cudaMemcpy(w_bits.data(), w_fill, w_bits.size() * 2, cudaMemcpyDeviceToHost));
     cudaFree(w_fill);
   }
-  uint16_t* w = upload(w_bits);
+  void* w = fp8 ? static_cast<void*>(upload(w8.codes)) : static_cast<void*>(upload(w_bits));
+  float* d_w_scales = fp8 ? upload(w8.scales) : nullptr;
   std::vector<uint16_t> gamma(static_cast<size_t>(in));
   for (auto& g : gamma) g = float_to_dtype_bits(dtype, 0.5f + std::abs(uniform(rng)));
   uint16_t* d_gamma = upload(gamma);
   const float eps = 1e-5f;
-  const Tolerance tol = tolerance(dtype, in);
+  // E4M3 codes spread wider than U(-1, 1): twice the accumulation bound.
+  Tolerance tol = tolerance(dtype, in);
+  if (fp8) tol.atol *= 2;
   // Features of the output checked (for SiLU: features of y, each reading W rows of its gate
   // and up).
   const std::vector<int64_t> features = checked_features(y_width, rng);
+  double code_value[256];  // E4M3 decoded once: the references read every weight many times
+  for (int c = 0; c < 256; ++c) code_value[c] = fp8_e4m3_bits_to_float(static_cast<uint8_t>(c));
   auto w_at = [&](int64_t row, int64_t k) {
+    if (fp8) return static_cast<double>(w8.scales[row]) * code_value[w8.codes[row * in + k]];
     return static_cast<double>(dtype_bits_to_float(dtype, w_bits[row * in + k]));
   };
 
+  // fp8 weights: the row counts where the kernel's forms change (ring up to 8, two x tiles from
+  // 9), not all 16, to keep the host references' time down.
   std::vector<int64_t> row_counts;
   for (int64_t rows = 1; rows <= kGemvMaxRows; ++rows)
-    if (!testing::quick_mode() || rows == 1 || rows == 9 || rows == 16) row_counts.push_back(rows);
+    if ((!testing::quick_mode() && !fp8) || rows == 1 || rows == 9 || rows == 16 ||
+        (fp8 && (rows == 3 || rows == 8)))
+      row_counts.push_back(rows);
   for (const int64_t rows : row_counts) {
     SCOPED_TRACE(std::string(shape.name) + " " + form_name(form) + " " +
                  std::string(dtype_name(dtype)) + " rows=" + std::to_string(rows));
@@ -175,6 +214,8 @@ void check(const Shape& shape, Form form, DType dtype, uint64_t seed) {
     uint16_t* d_y = upload(std::vector<uint16_t>(static_cast<size_t>(rows * y_width), 0xffff));
 
     GemvFusion f;
+    f.fp8_scale = d_w_scales;
+    f.fp8_per_channel = fp8;
     if (norm) {
       f.norm_residual = d_residual;
       f.norm_weight = d_gamma;
@@ -261,6 +302,7 @@ void check(const Shape& shape, Form form, DType dtype, uint64_t seed) {
       cudaFree(p);
   }
   cudaFree(w);
+  cudaFree(d_w_scales);
   cudaFree(d_gamma);
 }
 
@@ -292,6 +334,18 @@ TEST_P(FusedGemv, ResidualEpilogueMatchesComposition) {
   for (const Shape& s : kShapes) check(s, Form::kResidualAdd, GetParam(), ++seed);
 }
 
+// Every form with fp8 weights, on the shapes whose rows are whole 16-weight vectors.
+TEST_P(FusedGemv, Fp8WeightsMatchComposition) {
+  L2KV_SKIP_WITHOUT_GPU();
+  uint64_t seed = 750;
+  for (const Shape& s : kShapes) {
+    if (s.in % 16 != 0) continue;
+    for (const Form form : {Form::kNormStore, Form::kNormSilu, Form::kSilu, Form::kResidualAdd})
+      if (s.out % 16 == 0 || form == Form::kNormStore || form == Form::kResidualAdd)
+        check(s, form, GetParam(), ++seed, /*fp8=*/true);
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(Dtypes, FusedGemv, ::testing::Values(DType::kBFloat16, DType::kFloat16),
                          [](const auto& param_info) {
                            return std::string(dtype_name(param_info.param));
@@ -318,14 +372,21 @@ const std::vector<RopeShape> kRopeShapes = {
 // The kRopeCache epilogue (with and without the norm prologue) against the GEMV's kStore of the
 // same problem followed by ops::rope_and_cache(pair_rows): q and both pools equal bit for bit,
 // every q element and every kept (row, kv head) written.
-void check_rope(const RopeShape& shape, bool norm, DType dtype, uint64_t seed) {
+void check_rope(const RopeShape& shape, bool norm, DType dtype, uint64_t seed, bool fp8 = false) {
   const int64_t in = shape.hidden, d = shape.head_dim;
   const int64_t q_dim = shape.q_heads * d, out = q_dim + 2 * shape.kv_heads * d;
   std::mt19937_64 rng(seed);
   std::uniform_real_distribution<float> uniform(-1.f, 1.f);
   void* w = nullptr;
-  L2KV_CUDA_CHECK(cudaMalloc(&w, static_cast<size_t>(in * out) * 2));
-  fill_random(w, in * out, dtype, 0.05f, seed, nullptr);
+  float* d_w_scales = nullptr;
+  if (fp8) {  // weights of about 0.05 again: codes up to 7.5 times scales up to 0.0075
+    const RandomFp8Weights w8 = random_fp8(in, out, 0.0025f, rng);
+    w = upload(w8.codes);
+    d_w_scales = upload(w8.scales);
+  } else {
+    L2KV_CUDA_CHECK(cudaMalloc(&w, static_cast<size_t>(in * out) * 2));
+    fill_random(w, in * out, dtype, 0.05f, seed, nullptr);
+  }
   std::vector<uint16_t> bias(static_cast<size_t>(out)), gamma(static_cast<size_t>(in));
   for (auto& b : bias) b = float_to_dtype_bits(dtype, 0.5f * uniform(rng));
   for (auto& g : gamma) g = float_to_dtype_bits(dtype, 0.5f + std::abs(uniform(rng)));
@@ -384,6 +445,8 @@ void check_rope(const RopeShape& shape, bool norm, DType dtype, uint64_t seed) {
     }
 
     GemvFusion f;
+    f.fp8_scale = d_w_scales;
+    f.fp8_per_channel = fp8;
     if (norm) {
       f.norm_residual = d_residual;
       f.norm_weight = d_gamma;
@@ -439,8 +502,9 @@ void check_rope(const RopeShape& shape, bool norm, DType dtype, uint64_t seed) {
           static_cast<void*>(d_q[0]), static_cast<void*>(d_q[1]), d_k[0], d_k[1], d_v[0], d_v[1]})
       cudaFree(p);
   }
-  for (void* p : {w, static_cast<void*>(d_bias), static_cast<void*>(d_gamma),
-                  static_cast<void*>(d_inv_freq), static_cast<void*>(d_scales)})
+  for (void* p :
+       {w, static_cast<void*>(d_w_scales), static_cast<void*>(d_bias), static_cast<void*>(d_gamma),
+        static_cast<void*>(d_inv_freq), static_cast<void*>(d_scales)})
     cudaFree(p);
 }
 
@@ -449,6 +513,14 @@ TEST_P(FusedGemv, RopeCacheEpilogueMatchesComposition) {
   uint64_t seed = 800;
   for (const RopeShape& s : kRopeShapes)
     for (const bool norm : {true, false}) check_rope(s, norm, GetParam(), ++seed);
+}
+
+TEST_P(FusedGemv, Fp8RopeCacheEpilogueMatchesComposition) {
+  L2KV_SKIP_WITHOUT_GPU();
+  uint64_t seed = 900;
+  for (const RopeShape& s : kRopeShapes)
+    if (s.hidden % 16 == 0)
+      for (const bool norm : {true, false}) check_rope(s, norm, GetParam(), ++seed, /*fp8=*/true);
 }
 
 // What the fused forms refuse, on any machine.

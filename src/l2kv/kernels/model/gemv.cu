@@ -167,31 +167,57 @@ struct XSource {
   }
 };
 
-// The matching x vectors of the iteration, then 2 * kUnroll * kNTiles mma.
-template <typename T, int kNTiles, int kUnroll, bool kTail, XFrom kFrom>
+// x vectors per weight vector: a 16-byte vector holds 8 16-bit weights, or 16 E4M3 ones.
+template <bool kFp8>
+inline constexpr int kXVecsPerWeightVec = kFp8 ? 2 : 1;
+
+// The matching x vectors of the iteration, then 2 * kUnroll * kNTiles mma (twice that with fp8
+// weights: each E4M3 vector widens into two 16-bit ones, each the A fragments of two mma as a
+// 16-bit vector is, against x vectors 2 v and 2 v + 1).
+template <typename T, int kNTiles, int kUnroll, bool kTail, XFrom kFrom, bool kFp8>
 __device__ __forceinline__ void multiply(float (&acc)[kNTiles][4], const WeightVecs<kUnroll>& wv,
                                          const XSource<T, kNTiles, kFrom>& xs, int64_t first_vec,
                                          int64_t lane_vecs) {
-  uint4 b[kUnroll][kNTiles];
+  constexpr int kX = kXVecsPerWeightVec<kFp8>;
+  uint4 b[kUnroll][kNTiles][kX];
 #pragma unroll
   for (int u = 0; u < kUnroll; ++u) {
     const int64_t v = first_vec + u * kLanesPerRow;
 #pragma unroll
     for (int nt = 0; nt < kNTiles; ++nt)
-      b[u][nt] = (!kTail || v < lane_vecs) ? xs.load(nt, v) : make_uint4(0, 0, 0, 0);
+#pragma unroll
+      for (int h = 0; h < kX; ++h)
+        b[u][nt][h] = (!kTail || v < lane_vecs) ? xs.load(nt, kX * v + h) : make_uint4(0, 0, 0, 0);
   }
 #pragma unroll
   for (int u = 0; u < kUnroll; ++u) {
-    const uint32_t a0[4] = {wv.lo[u].x, wv.hi[u].x, wv.lo[u].y, wv.hi[u].y};
-    const uint32_t a1[4] = {wv.lo[u].z, wv.hi[u].z, wv.lo[u].w, wv.hi[u].w};
+    uint4 lo[kX], hi[kX];
+    if constexpr (kFp8) {
+      fp8::widen16<T>(wv.lo[u], lo[0], lo[1]);
+      fp8::widen16<T>(wv.hi[u], hi[0], hi[1]);
+    } else {
+      lo[0] = wv.lo[u];
+      hi[0] = wv.hi[u];
+    }
 #pragma unroll
-    for (int nt = 0; nt < kNTiles; ++nt) {
-      const uint32_t b0[2] = {b[u][nt].x, b[u][nt].y};
-      const uint32_t b1[2] = {b[u][nt].z, b[u][nt].w};
-      tc::mma_m16n8k16<T>(acc[nt], a0, b0);
-      tc::mma_m16n8k16<T>(acc[nt], a1, b1);
+    for (int h = 0; h < kX; ++h) {
+      const uint32_t a0[4] = {lo[h].x, hi[h].x, lo[h].y, hi[h].y};
+      const uint32_t a1[4] = {lo[h].z, hi[h].z, lo[h].w, hi[h].w};
+#pragma unroll
+      for (int nt = 0; nt < kNTiles; ++nt) {
+        const uint32_t b0[2] = {b[u][nt][h].x, b[u][nt][h].y};
+        const uint32_t b1[2] = {b[u][nt][h].z, b[u][nt][h].w};
+        tc::mma_m16n8k16<T>(acc[nt], a0, b0);
+        tc::mma_m16n8k16<T>(acc[nt], a1, b1);
+      }
     }
   }
+}
+
+// An fp8 weight row's scale (GemvFusion::fp8_scale); 0 past the last row, whose sums are dropped.
+__device__ __forceinline__ float fp8_row_scale(const GemvFusion& f, int64_t n, int64_t out) {
+  if (!f.fp8_per_channel) return f.fp8_scale[0];
+  return n < out ? f.fp8_scale[n] : 0.f;
 }
 
 template <typename OutT>
@@ -301,8 +327,9 @@ __device__ __forceinline__ void rope_cache_pair(const RopeLane& lane, float lo, 
 }
 
 // kMTiles 16-feature tiles per block: each tile's k is split between kWarps / kMTiles warps.
+// kFp8: W holds E4M3 codes (GemvFusion::fp8_scale), a 16-byte vector 16 k of a row.
 template <typename T, typename OutT, int kNTiles, bool kNorm, GemvEpilogue kEpilogue, bool kRing,
-          int kMTiles, int kRingStages, int kMinBlocks>
+          int kMTiles, int kRingStages, int kMinBlocks, bool kFp8>
 __global__ void __launch_bounds__(kThreads, kMinBlocks) gemv_kernel(GemvParams p) {
   // A kernel launched behind this one with programmatic dependent launch may start now; it
   // waits for this grid before reading its output.
@@ -327,7 +354,9 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) gemv_kernel(GemvParams p
   const int mt = warp / kWarpsK, kw = warp % kWarpsK;  // the warp's tile and k share
   const int64_t block_first_row = int64_t{blockIdx.x} * kRowsPerBlock * kMTiles;
   const int64_t first_row = block_first_row + mt * kRowsPerBlock;
-  const int64_t vecs = p.in / kElemsPerVec;
+  constexpr int kX = kXVecsPerWeightVec<kFp8>;
+  const int64_t vecs = p.in / (kElemsPerVec * kX);  // weight vectors per row
+  const int64_t x_vecs = p.in / kElemsPerVec;
   const GemvFusion& f = p.fusion;
   // Rows past the end of W or x read the last row (valid memory); the mma keeps rows and
   // columns apart, and those results are never stored.
@@ -338,21 +367,22 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) gemv_kernel(GemvParams p
   const uint4* w_hi = w + w_row_hi * vecs + t;
   // The ring form normalizes x once per block into shared memory, after the ring.
   constexpr XFrom kFrom = !kNorm ? XFrom::kGlobal : kRing ? XFrom::kShared : XFrom::kNormInline;
-  uint4* x_stage = ring + kWarps * Tiling::kStages * Tiling::kStageVecs;  // [rows][vecs]
+  uint4* x_stage = ring + kWarps * Tiling::kStages * Tiling::kStageVecs;  // [rows][x_vecs]
   XSource<T, kNTiles, kFrom> xs;
   int64_t x_rows[kNTiles];
 #pragma unroll
   for (int nt = 0; nt < kNTiles; ++nt) {
     x_rows[nt] = min(int64_t{nt * kColsPerTile + g}, p.rows - 1);
+    // The lane's x vectors start at those of its first weight vector, t.
     if constexpr (kFrom == XFrom::kNormInline)
-      xs.residual[nt] = f.norm_residual + x_rows[nt] * p.in + t * kElemsPerVec;
+      xs.residual[nt] = f.norm_residual + x_rows[nt] * p.in + t * kX * kElemsPerVec;
     else if constexpr (kFrom == XFrom::kShared)
-      xs.x[nt] = x_stage + x_rows[nt] * vecs + t;
+      xs.x[nt] = x_stage + x_rows[nt] * x_vecs + t * kX;
     else
-      xs.x[nt] = static_cast<const uint4*>(p.x) + x_rows[nt] * vecs + t;
+      xs.x[nt] = static_cast<const uint4*>(p.x) + x_rows[nt] * x_vecs + t * kX;
   }
   if constexpr (kFrom == XFrom::kNormInline)
-    xs.gamma = static_cast<const uint4*>(f.norm_weight) + t;
+    xs.gamma = static_cast<const uint4*>(f.norm_weight) + t * kX;
   if constexpr (kEpilogue == GemvEpilogue::kResidualAdd)
     if (threadIdx.x < kGemvMaxRows) row_sumsq[threadIdx.x] = 0.f;
 
@@ -371,8 +401,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) gemv_kernel(GemvParams p
       const uint4* gamma = static_cast<const uint4*>(f.norm_weight);
       for (int64_t m = 0; m < p.rows; ++m) {
         const float scale = __frsqrt_rn(f.norm_sumsq[m] / static_cast<float>(p.in) + f.eps);
-        for (int64_t v = threadIdx.x; v < vecs; v += kThreads)
-          x_stage[m * vecs + v] =
+        for (int64_t v = threadIdx.x; v < x_vecs; v += kThreads)
+          x_stage[m * x_vecs + v] =
               normalized_vec<T>(f.norm_residual + m * p.in + v * kElemsPerVec, gamma + v, scale);
       }
       __syncthreads();
@@ -414,9 +444,9 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) gemv_kernel(GemvParams p
       read_stage<kUnroll>(wv, stages + s * Tiling::kStageVecs, lane);
       const int64_t first_vec = (kw + int64_t{j} * kWarpsK) * Tiling::kVecsPerIter;
       if (kw + int64_t{j} * kWarpsK < full_iters)
-        multiply<T, kNTiles, kUnroll, false, kFrom>(acc, wv, xs, first_vec, vecs - t);
+        multiply<T, kNTiles, kUnroll, false, kFrom, kFp8>(acc, wv, xs, first_vec, vecs - t);
       else
-        multiply<T, kNTiles, kUnroll, true, kFrom>(acc, wv, xs, first_vec, vecs - t);
+        multiply<T, kNTiles, kUnroll, true, kFrom, kFp8>(acc, wv, xs, first_vec, vecs - t);
       // The mma above consumed the stage's registers, so its shared copy is free to refill.
       issue(j + kStages, s);
       if (++s == kStages) s = 0;
@@ -434,13 +464,15 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) gemv_kernel(GemvParams p
     for (; it < full_iters; it += kWarpsK) {
       if (it != kw)
         load_weights<kUnroll, false>(wv, w_lo, w_hi, it * Tiling::kVecsPerIter, vecs - t);
-      multiply<T, kNTiles, kUnroll, false, kFrom>(acc, wv, xs, it * Tiling::kVecsPerIter, vecs - t);
+      multiply<T, kNTiles, kUnroll, false, kFrom, kFp8>(acc, wv, xs, it * Tiling::kVecsPerIter,
+                                                        vecs - t);
     }
     // The partial last iteration belongs to the warp whose turn it is.
     if (it == full_iters && has_tail) {
       if (it != kw)
         load_weights<kUnroll, true>(wv, w_lo, w_hi, it * Tiling::kVecsPerIter, vecs - t);
-      multiply<T, kNTiles, kUnroll, true, kFrom>(acc, wv, xs, it * Tiling::kVecsPerIter, vecs - t);
+      multiply<T, kNTiles, kUnroll, true, kFrom, kFp8>(acc, wv, xs, it * Tiling::kVecsPerIter,
+                                                       vecs - t);
     }
   }
 
@@ -471,6 +503,10 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) gemv_kernel(GemvParams p
     }
     const int64_t n = e.n, m = e.m;  // W rows n and n + 8, x row m
     if (m >= p.rows) continue;
+    if constexpr (kFp8) {  // the product of the codes times the rows' scales, as gemv_fp8's
+      lo *= fp8_row_scale(f, n, p.out);
+      hi *= fp8_row_scale(f, n + kRowsPerBlock / 2, p.out);
+    }
     if constexpr (kEpilogue == GemvEpilogue::kStore) {
       OutT* y = static_cast<OutT*>(p.y);
       if (n < p.out) y[m * p.out + n] = to_output<OutT>(lo);
@@ -505,12 +541,12 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) gemv_kernel(GemvParams p
   }
 }
 
-template <typename T, typename OutT, int kNTiles, bool kNorm, GemvEpilogue kEpilogue, bool kRing,
-          int kMTiles = 1, int kRingStages = 3, int kMinBlocks = kMinBlocksPerSm>
+template <typename T, typename OutT, bool kFp8, int kNTiles, bool kNorm, GemvEpilogue kEpilogue,
+          bool kRing, int kMTiles = 1, int kRingStages = 3, int kMinBlocks = kMinBlocksPerSm>
 void launch_tiles(const GemvParams& p, cudaStream_t stream) {
   using Tiling = GemvTiling<kNTiles, kRing, kRingStages>;
-  auto* kernel =
-      gemv_kernel<T, OutT, kNTiles, kNorm, kEpilogue, kRing, kMTiles, kRingStages, kMinBlocks>;
+  auto* kernel = gemv_kernel<T, OutT, kNTiles, kNorm, kEpilogue, kRing, kMTiles, kRingStages,
+                             kMinBlocks, kFp8>;
   // The ring, and for its norm prologue the normalized x rows.
   const int64_t smem = Tiling::kSmemBytes + (kRing && kNorm ? p.rows * p.in * 2 : 0);
   if constexpr (kRing) {
@@ -557,57 +593,58 @@ constexpr int64_t kThreeBlocksMaxBytes =         // ring + x per block: 74 KB
 constexpr int64_t kStagedNormMaxBytes = 108 * 1024;
 constexpr int64_t kStagedNormWideMinOut = 16384;
 
-template <typename T, typename OutT, bool kNorm, GemvEpilogue kEpilogue>
+template <typename T, typename OutT, bool kFp8, bool kNorm, GemvEpilogue kEpilogue>
 void launch(const GemvParams& p, cudaStream_t stream) {
-  if (p.rows > kColsPerTile) return launch_tiles<T, OutT, 2, kNorm, kEpilogue, false>(p, stream);
+  if (p.rows > kColsPerTile)
+    return launch_tiles<T, OutT, kFp8, 2, kNorm, kEpilogue, false>(p, stream);
   if constexpr (!kNorm) {
-    launch_tiles<T, OutT, 1, kNorm, kEpilogue, true>(p, stream);
+    launch_tiles<T, OutT, kFp8, 1, kNorm, kEpilogue, true>(p, stream);
   } else {
     const int64_t x_bytes = p.rows * p.in * 2;
     const bool wide = p.out >= kStagedNormWideMinOut;
     if (GemvTiling<1, true, kThreeBlockRingStages>::kSmemBytes + x_bytes <= kThreeBlocksMaxBytes) {
       if (wide)
-        return launch_tiles<T, OutT, 1, kNorm, kEpilogue, true, 2, kThreeBlockRingStages,
+        return launch_tiles<T, OutT, kFp8, 1, kNorm, kEpilogue, true, 2, kThreeBlockRingStages,
                             kThreeBlocksPerSm>(p, stream);
-      return launch_tiles<T, OutT, 1, kNorm, kEpilogue, true, 1, kThreeBlockRingStages,
+      return launch_tiles<T, OutT, kFp8, 1, kNorm, kEpilogue, true, 1, kThreeBlockRingStages,
                           kThreeBlocksPerSm>(p, stream);
     }
     if (GemvTiling<1, true>::kSmemBytes + x_bytes > kStagedNormMaxBytes)
-      return launch_tiles<T, OutT, 1, kNorm, kEpilogue, false>(p, stream);
-    if (wide) return launch_tiles<T, OutT, 1, kNorm, kEpilogue, true, 2>(p, stream);
-    launch_tiles<T, OutT, 1, kNorm, kEpilogue, true>(p, stream);
+      return launch_tiles<T, OutT, kFp8, 1, kNorm, kEpilogue, false>(p, stream);
+    if (wide) return launch_tiles<T, OutT, kFp8, 1, kNorm, kEpilogue, true, 2>(p, stream);
+    launch_tiles<T, OutT, kFp8, 1, kNorm, kEpilogue, true>(p, stream);
   }
 }
 
 // The combinations the decoder uses: plain (16-bit or fp32 out), norm + store (QKV), residual
 // add (O, down), SiLU with or without the norm (gate_up), RoPE + cache with or without the norm
-// (QKV).
-template <typename T>
+// (QKV); with fp8 weights all but the fp32 output.
+template <typename T, bool kFp8>
 void launch_typed(const GemvParams& p, bool f32_out, cudaStream_t stream) {
   const bool norm = p.fusion.norm_residual != nullptr;
   switch (p.fusion.epilogue) {
     case GemvEpilogue::kStore:
-      if (f32_out)
-        launch<T, float, false, GemvEpilogue::kStore>(p, stream);
-      else if (norm)
-        launch<T, T, true, GemvEpilogue::kStore>(p, stream);
+      if constexpr (!kFp8)
+        if (f32_out) return launch<T, float, false, false, GemvEpilogue::kStore>(p, stream);
+      if (norm)
+        launch<T, T, kFp8, true, GemvEpilogue::kStore>(p, stream);
       else
-        launch<T, T, false, GemvEpilogue::kStore>(p, stream);
+        launch<T, T, kFp8, false, GemvEpilogue::kStore>(p, stream);
       break;
     case GemvEpilogue::kResidualAdd:
-      launch<T, T, false, GemvEpilogue::kResidualAdd>(p, stream);
+      launch<T, T, kFp8, false, GemvEpilogue::kResidualAdd>(p, stream);
       break;
     case GemvEpilogue::kSiluMul:
       if (norm)
-        launch<T, T, true, GemvEpilogue::kSiluMul>(p, stream);
+        launch<T, T, kFp8, true, GemvEpilogue::kSiluMul>(p, stream);
       else
-        launch<T, T, false, GemvEpilogue::kSiluMul>(p, stream);
+        launch<T, T, kFp8, false, GemvEpilogue::kSiluMul>(p, stream);
       break;
     case GemvEpilogue::kRopeCache:
       if (norm)
-        launch<T, T, true, GemvEpilogue::kRopeCache>(p, stream);
+        launch<T, T, kFp8, true, GemvEpilogue::kRopeCache>(p, stream);
       else
-        launch<T, T, false, GemvEpilogue::kRopeCache>(p, stream);
+        launch<T, T, kFp8, false, GemvEpilogue::kRopeCache>(p, stream);
       break;
   }
 }
@@ -621,7 +658,8 @@ bool aligned_16(const void* p) {
 bool gemv_supports(int64_t rows, int64_t in, int64_t out, const void* x, const void* w,
                    const GemvFusion& fusion) {
   const bool norm = fusion.norm_residual != nullptr;
-  if (!(rows >= 1 && rows <= kGemvMaxRows && in >= kElemsPerVec && in % kElemsPerVec == 0 &&
+  const int64_t in_multiple = kElemsPerVec * (fusion.fp8_scale ? 2 : 1);
+  if (!(rows >= 1 && rows <= kGemvMaxRows && in >= in_multiple && in % in_multiple == 0 &&
         out >= 1 && (out + kRowsPerBlock - 1) / kRowsPerBlock <= INT_MAX && aligned_16(w)))
     return false;
   if (norm) {
@@ -656,17 +694,21 @@ void gemv(DType dtype, const void* x, const void* w, void* y, bool f32_out, int6
   const bool fused = fusion.norm_residual != nullptr || fusion.epilogue != GemvEpilogue::kStore;
   const bool rope_dtype_ok =
       fusion.epilogue != GemvEpilogue::kRopeCache || fusion.rope.kv.dtype == dtype;
-  if (!gemv_supports(rows, in, out, x, w, fusion) || (fused && f32_out) || !rope_dtype_ok)
+  const bool fp8 = fusion.fp8_scale != nullptr;
+  if (!gemv_supports(rows, in, out, x, w, fusion) || ((fused || fp8) && f32_out) || !rope_dtype_ok)
     throw Error("gemv: unsupported problem rows=" + std::to_string(rows) +
                 " in=" + std::to_string(in) + " out=" + std::to_string(out) +
-                " (needs 1 <= rows <= 16, in a positive multiple of 8, 16-byte aligned x and w;"
-                " fused forms: 16-bit output, their pointers set, out a multiple of 16 for"
-                " SiLU x up, for RoPE + cache the heads' rows and the cache in x's dtype)");
+                " (needs 1 <= rows <= 16, in a positive multiple of 8 (16 with fp8 weights), "
+                "16-byte aligned x and w; fused forms and fp8 weights: 16-bit output, their "
+                "pointers set, out a multiple of 16 for SiLU x up, for RoPE + cache the heads' "
+                "rows and the cache in x's dtype)");
   const GemvParams p{x, w, y, rows, in, out, pdl, fusion};
   if (dtype == DType::kFloat16)
-    launch_typed<__half>(p, f32_out, stream);
+    fp8 ? launch_typed<__half, true>(p, f32_out, stream)
+        : launch_typed<__half, false>(p, f32_out, stream);
   else
-    launch_typed<__nv_bfloat16>(p, f32_out, stream);
+    fp8 ? launch_typed<__nv_bfloat16, true>(p, f32_out, stream)
+        : launch_typed<__nv_bfloat16, false>(p, f32_out, stream);
 }
 
 }  // namespace l2kv

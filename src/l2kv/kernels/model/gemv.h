@@ -64,12 +64,18 @@ struct GemvFusion {
   float* residual = nullptr;
   float* residual_sumsq = nullptr;
   GemvRopeCache rope;
+  // Set: w holds E4M3 codes [out, in] (in a multiple of 16), W[n, k] = fp8_scale[n] x code
+  // (fp8_per_channel) or fp8_scale[0] x code; the sum of x times the codes is scaled before the
+  // epilogue, as gemv_fp8() scales it. 16-bit y only.
+  const float* fp8_scale = nullptr;
+  bool fp8_per_channel = false;
 };
 
 // True when gemv() can run this problem: 1 <= rows <= kGemvMaxRows, `in` a positive multiple
-// of 8 (a row is read in 16-byte vectors), out >= 1, and x and w 16-byte aligned; with
-// `fusion`, its pointers set as its epilogue needs, out a multiple of 16 for kSiluMul, and for
-// kRopeCache out = (q_heads + 2 kv heads) x head_dim with head_dim a multiple of 16.
+// of 8 (a row is read in 16-byte vectors; 16 with fusion.fp8_scale), out >= 1, and x and w 16-byte
+// aligned; with `fusion`, its pointers set as its epilogue needs, out a multiple of 16 for
+// kSiluMul, and for kRopeCache out = (q_heads + 2 kv heads) x head_dim with head_dim a multiple
+// of 16.
 bool gemv_supports(int64_t rows, int64_t in, int64_t out, const void* x, const void* w,
                    const GemvFusion& fusion = {});
 
