@@ -458,7 +458,8 @@ struct CudaModel::GraphOps {
   }
   // y[n, out] = x[n, in] W^T. With `defer_fp8_scales`, an fp8 product whose scales would take
   // a kernel of their own is left unscaled instead: returns it (y unwritten) for the next op
-  // (add_rmsnorm or gated_mul) to scale back as it reads it, else returns an empty one.
+  // (add_rmsnorm, gated_mul or rope_and_cache) to scale back as it reads it, else returns an
+  // empty one.
   Fp8Product project(const Projection& p, const void* x, void* y, bool defer_fp8_scales = false) {
     if (!p.w8) {
       m->gemm_.linear(c().dtype, x, p.w16, y, n, p.in, p.out, stream);

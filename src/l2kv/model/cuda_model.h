@@ -116,8 +116,9 @@ class CudaModel {
   // in fp8 (default, W8A8), or the weights widened to 16 bits (Gemm::set_fp8_activations). Set
   // it before graphs are captured (they keep the path they were captured with).
   void set_fp8_activations(bool quantized) { gemm_.set_fp8_activations(quantized); }
-  // With W8A8: the norms and gated_mul write the next projection's fp8 codes and scale back the
-  // product before them as they read it (default), or separate kernels quantize and rescale
+  // With W8A8: the norms and gated_mul write the next projection's fp8 codes, and they and
+  // rope_and_cache scale back the product before them as they read it (default), or separate
+  // kernels quantize and rescale
   // (the same values bit for bit; tests compare the two). Set before graphs are captured.
   void set_fp8_fused_scales(bool fused) { fp8_fused_scales_ = fused; }
   // The projections' dispatcher (tests ask which path a shape took).

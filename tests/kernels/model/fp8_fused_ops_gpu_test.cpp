@@ -136,6 +136,39 @@ TEST_P(Fp8FusedOps, AddRmsNormScalesBackAndQuantizesAsTheChainDoes) {
         }
 }
 
+// Gemma 3's addend, normalized by its own weight before it is added (add_weight), with codes out:
+// the kernel's two block reductions one after the other (block_reduce.cuh).
+TEST_P(Fp8FusedOps, AddRmsNormOfANormalizedAddendQuantizesAsTheChainDoes) {
+  L2KV_SKIP_WITHOUT_GPU();
+  const DType t = GetParam();
+  std::mt19937_64 rng(4343);
+  for (int32_t hidden : {264, 5376})
+    for (int32_t rows : {3, 64}) {
+      const std::string what = label(t, rows, hidden);
+      const size_t n = static_cast<size_t>(rows) * hidden;
+      const std::vector<float> residual = uniform(n, -2.f, 2.f, rng);
+      const std::vector<uint16_t> add = random16(t, n, rng), weight = random16(t, hidden, rng),
+                                  add_weight = random16(t, hidden, rng);
+      Buffer<uint16_t> dadd(add), dweight(weight), dadd_weight(add_weight);
+      Buffer<float> want_residual(residual), got_residual(residual);
+      Buffer<uint16_t> want_out(n, kPoison16), got_out(n, kPoison16);
+      Buffer<uint8_t> want_codes(n, kPoison8), got_codes(n, kPoison8);
+      Buffer<float> want_scales(static_cast<size_t>(rows), -1.f);
+      Buffer<float> got_scales(static_cast<size_t>(rows), -1.f);
+      ops::add_rmsnorm(t, want_residual.ptr, dadd.ptr, dweight.ptr, 1e-6f, rows, hidden,
+                       want_out.ptr, nullptr, false, {}, dadd_weight.ptr);
+      quantize_rows_fp8(t, want_out.ptr, rows, hidden, want_codes.ptr, want_scales.ptr, nullptr);
+      ops::add_rmsnorm(t, got_residual.ptr, dadd.ptr, dweight.ptr, 1e-6f, rows, hidden, got_out.ptr,
+                       nullptr, false, {}, dadd_weight.ptr, {},
+                       Fp8Rows{got_codes.ptr, got_scales.ptr});
+      L2KV_CUDA_CHECK(cudaDeviceSynchronize());
+      EXPECT_EQ(got_residual.read(), want_residual.read()) << what;
+      EXPECT_EQ(got_out.read(), want_out.read()) << what;
+      EXPECT_EQ(got_codes.read(), want_codes.read()) << what;
+      EXPECT_EQ(got_scales.read(), want_scales.read()) << what;
+    }
+}
+
 TEST_P(Fp8FusedOps, GatedMulScalesBackAndQuantizesAsTheChainDoes) {
   L2KV_SKIP_WITHOUT_GPU();
   const DType t = GetParam();
@@ -295,12 +328,15 @@ TEST(Fp8FusedOpsErrors, ShapesTheFp8FormsCannotTakeAreErrors) {
 
 // Gemm::linear_fp8 at 64 rows (the product scaled after cuBLASLt's): with codes_ready it
 // multiplies the codes it is given and never reads x (zeros here); with defer_rescale it
-// leaves y alone and the product, scaled back by rescale_fp8_product, is y bit for bit.
-TEST(Fp8GemmSwitches, LinearFp8TakesReadyCodesAndDefersItsScales) {
-  L2KV_SKIP_WITHOUT_GPU();
+// leaves y alone and the product, scaled back by rescale_fp8_product, is y bit for bit. At 160
+// rows (cuBLASLt's outer-vector scales, reading the row scales it is given) codes_ready holds
+// the same way and there is no rescale to defer: y is written.
+void check_linear_fp8_switches(int64_t rows) {
+  SCOPED_TRACE("rows=" + std::to_string(rows));
   const DType t = DType::kBFloat16;
-  const int64_t rows = 64, in = 4096, out = 1024;
-  std::mt19937_64 rng(99);
+  const int64_t in = 4096, out = 1024;
+  const bool scaled_after = rows <= Gemm::kFp8ScaledAfterMaxRows;
+  std::mt19937_64 rng(99 + static_cast<uint64_t>(rows));
   std::vector<uint8_t> w(static_cast<size_t>(in * out));
   for (uint8_t& c : w) c = static_cast<uint8_t>(rng() % 0x78 | (rng() % 2) << 7);  // finite
   const std::vector<float> w_scales = uniform(static_cast<size_t>(out), 2e-3f, 2e-2f, rng);
@@ -323,22 +359,32 @@ TEST(Fp8GemmSwitches, LinearFp8TakesReadyCodesAndDefersItsScales) {
   EXPECT_FALSE(
       gemm.linear_fp8(t, zeros.ptr, weights, from_codes.ptr, rows, in, out, scratch, nullptr));
   scratch.defer_rescale = true;
-  Buffer<uint16_t> untouched(static_cast<size_t>(rows * out), kPoison16);
+  Buffer<uint16_t> deferred(static_cast<size_t>(rows * out), kPoison16);
   L2KV_CUDA_CHECK(cudaMemset(product.ptr, 0xff, product.n * sizeof(float)));
-  EXPECT_TRUE(
-      gemm.linear_fp8(t, zeros.ptr, weights, untouched.ptr, rows, in, out, scratch, nullptr));
+  EXPECT_EQ(gemm.linear_fp8(t, zeros.ptr, weights, deferred.ptr, rows, in, out, scratch, nullptr),
+            scaled_after);
   Buffer<uint16_t> scaled_back(static_cast<size_t>(rows * out), kPoison16);
-  rescale_fp8_product(t, product.ptr, row_scales.ptr, dw_scales.ptr, rows, out, scaled_back.ptr,
-                      nullptr);
+  if (scaled_after)
+    rescale_fp8_product(t, product.ptr, row_scales.ptr, dw_scales.ptr, rows, out, scaled_back.ptr,
+                        nullptr);
   L2KV_CUDA_CHECK(cudaDeviceSynchronize());
   const std::vector<uint16_t> y = want.read();
   EXPECT_EQ(from_codes.read(), y);
-  EXPECT_EQ(scaled_back.read(), y);
-  EXPECT_EQ(untouched.read(), std::vector<uint16_t>(y.size(), kPoison16));
+  if (scaled_after) {
+    EXPECT_EQ(scaled_back.read(), y);
+    EXPECT_EQ(deferred.read(), std::vector<uint16_t>(y.size(), kPoison16)) << "y written";
+  } else {
+    EXPECT_EQ(deferred.read(), y) << "nothing to defer: y is written";
+  }
   // y is the product of x, not of zeros.
   int64_t nonzero = 0;
   for (uint16_t v : y) nonzero += dtype_bits_to_float(t, v) != 0.f;
   EXPECT_GT(nonzero, static_cast<int64_t>(y.size()) * 9 / 10);
+}
+
+TEST(Fp8GemmSwitches, LinearFp8TakesReadyCodesAndDefersItsScales) {
+  L2KV_SKIP_WITHOUT_GPU();
+  for (int64_t rows : {64, 160}) check_linear_fp8_switches(rows);
 }
 
 }  // namespace

@@ -49,6 +49,7 @@ const std::vector<Shape> kShapes = {
     {"odd in1032 out112", 1032, 112},
     {"odd in4104 out1008", 4104, 1008},
     {"odd in1040 out112", 1040, 112},  // 65 vectors of 16 fp8 weights a row: a partial iteration
+    {"odd in1040 out104", 1040, 104},  // a last feature tile past the end of W
     // 16,384 outputs: blocks of two feature tiles under the norm prologue; one row of 5632
     // features stages 11 KB of x (the three-stage ring), one of 24 the two-stage ring.
     {"wide in5632 out16384", 5632, 16384},
@@ -126,8 +127,9 @@ RandomFp8Weights random_fp8(int64_t in, int64_t out, float scale_size, std::mt19
 
 // One shape, one form, every row count 1-16, through Gemm::linear_fused (with PDL on, as the
 // model runs it; nothing runs ahead of it here). `fp8`: E4M3 weights with per-row scales
-// (GemvFusion::fp8_scale), the reference's W their scale x code.
-void check(const Shape& shape, Form form, DType dtype, uint64_t seed, bool fp8 = false) {
+// (GemvFusion::fp8_scale), the reference's W their scale x code; `per_tensor`: one scale for all.
+void check(const Shape& shape, Form form, DType dtype, uint64_t seed, bool fp8 = false,
+           bool per_tensor = false) {
   const int64_t in = shape.in, out = shape.out;
   if (testing::quick_mode() && in * out > 4096 * 6144) return;  // under compute-sanitizer
   const bool norm = form == Form::kNormStore || form == Form::kNormSilu;
@@ -137,7 +139,8 @@ void check(const Shape& shape, Form form, DType dtype, uint64_t seed, bool fp8 =
   std::uniform_real_distribution<float> uniform(-1.f, 1.f);
 
   std::vector<uint16_t> w_bits(static_cast<size_t>(in * out));
-  const RandomFp8Weights w8 = fp8 ? random_fp8(in, out, 0.05f, rng) : RandomFp8Weights{};
+  RandomFp8Weights w8 = fp8 ? random_fp8(in, out, 0.05f, rng) : RandomFp8Weights{};
+  if (per_tensor) w8.scales.resize(1);
   if (!fp8) {
     void* w_fill = nullptr;
     L2KV_CUDA_CHECK(cudaMalloc(&w_fill, w_bits.size() * 2));
@@ -160,7 +163,9 @@ void check(const Shape& shape, Form form, DType dtype, uint64_t seed, bool fp8 =
   double code_value[256];  // E4M3 decoded once: the references read every weight many times
   for (int c = 0; c < 256; ++c) code_value[c] = fp8_e4m3_bits_to_float(static_cast<uint8_t>(c));
   auto w_at = [&](int64_t row, int64_t k) {
-    if (fp8) return static_cast<double>(w8.scales[row]) * code_value[w8.codes[row * in + k]];
+    if (fp8)
+      return static_cast<double>(w8.scales[per_tensor ? 0 : row]) *
+             code_value[w8.codes[row * in + k]];
     return static_cast<double>(dtype_bits_to_float(dtype, w_bits[row * in + k]));
   };
 
@@ -215,7 +220,7 @@ void check(const Shape& shape, Form form, DType dtype, uint64_t seed, bool fp8 =
 
     GemvFusion f;
     f.fp8_scale = d_w_scales;
-    f.fp8_per_channel = fp8;
+    f.fp8_per_channel = fp8 && !per_tensor;
     if (norm) {
       f.norm_residual = d_residual;
       f.norm_weight = d_gamma;
@@ -344,6 +349,10 @@ TEST_P(FusedGemv, Fp8WeightsMatchComposition) {
       if (s.out % 16 == 0 || form == Form::kNormStore || form == Form::kResidualAdd)
         check(s, form, GetParam(), ++seed, /*fp8=*/true);
   }
+  // One scale for the whole matrix (the loader expands per-tensor checkpoints, but the GEMV
+  // takes either).
+  check(kShapes[0], Form::kNormStore, GetParam(), ++seed, /*fp8=*/true, /*per_tensor=*/true);
+  check(kShapes[1], Form::kResidualAdd, GetParam(), ++seed, /*fp8=*/true, /*per_tensor=*/true);
 }
 
 INSTANTIATE_TEST_SUITE_P(Dtypes, FusedGemv, ::testing::Values(DType::kBFloat16, DType::kFloat16),
@@ -365,6 +374,7 @@ const std::vector<RopeShape> kRopeShapes = {
     {"llama3-8b fp8 cache", 4096, 32, 8, 128, false, KvLayout::kHND, true},
     {"small NHD", 1032, 6, 2, 64, true, KvLayout::kNHD, false},
     {"small fp8 NHD", 1032, 6, 2, 64, true, KvLayout::kNHD, true},
+    {"small fp8 NHD, rows of 16-byte fp8 vectors", 1040, 6, 2, 64, true, KvLayout::kNHD, true},
     // 16,384 outputs: the norm prologue's blocks of two feature tiles (gemv.cu's wide form).
     {"wide MHA", 2048, 64, 32, 128, true, KvLayout::kHND, false},
 };

@@ -15,11 +15,13 @@ namespace l2kv {
 
 // An fp8 product of codes still in float32, before its scales: element [r, o] is
 // product[r, o] * row_scales[r] * col_scales[o] rounded to the model's dtype, as
-// rescale_fp8_product() writes it. The op that reads it applies the scales itself.
+// rescale_fp8_product() writes it. The op that reads it applies the scales itself, loading
+// col_scales 8 at a time: one scale per column (per-channel weight scales; a per-tensor scale
+// must be expanded first, as the loader does), 16-byte aligned.
 struct Fp8Product {
-  const float* product = nullptr;     // [rows, width]
+  const float* product = nullptr;     // [rows, width], 16-byte aligned rows
   const float* row_scales = nullptr;  // [rows]
-  const float* col_scales = nullptr;  // [width], 32-byte aligned
+  const float* col_scales = nullptr;  // [width]
   L2KV_HOST_DEVICE explicit operator bool() const { return product != nullptr; }
 };
 

@@ -77,7 +77,9 @@ class Gemm {
   [[nodiscard]] bool linear_fp8(DType dtype, const void* x, const Fp8Weights& w, void* y,
                                 int64_t rows, int64_t in, int64_t out, const Fp8Scratch& scratch,
                                 cudaStream_t stream);
-  // Whether linear_fp8 would quantize x for this shape (the op before may then write the codes).
+  // Whether linear_fp8 may quantize x for this shape (the op before may then write the codes):
+  // W8A8 on and more rows than the fp8 GEMV takes. It does not ask whether cuBLASLt has an fp8
+  // plan for the shape; where it has none, the codes written go unread and x is used.
   bool fp8_quantizes_input(int64_t rows, int64_t in, int64_t out) const {
     return fp8_activations_ && rows > kFp8GemvMaxRows && in % 16 == 0 && out % 16 == 0;
   }

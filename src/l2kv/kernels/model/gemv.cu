@@ -11,6 +11,8 @@
 // m16n8k16 need: logical k {2t, 2t+1, 2t+8, 2t+9} of the first mma are physical k 8t + 0..3,
 // of the second 8t + 4..7. The 4 lanes of a row read 64 contiguous bytes per load instruction
 // (whole sectors); an iteration covers 64 * kUnroll contiguous bytes of each of the 16 rows.
+// With E4M3 weights (kFp8) a 16-byte vector holds 16 k: widened, its halves are the A fragments
+// of two such pairs of mma, against the lane's x vectors 2v and 2v + 1.
 //
 // Where the weights wait: up to 8 rows (kRing) each lane copies its own vectors with cp.async
 // into a per-warp ring of two or three stages in shared memory and reads them back into
@@ -50,14 +52,15 @@ constexpr int kLanesPerRow = 4;    // lanes that share a W row in one load instr
 constexpr int kMinBlocksPerSm = 2;
 constexpr int kMaxDevices = 16;  // devices whose shared-memory limit is tracked per kernel
 
-template <int kNTiles, bool kRing, int kRingStages = 3>
+template <int kNTiles, bool kRing, int kRingStages = 3, bool kFp8 = false>
 struct GemvTiling {
   // 16-byte loads per W row per lane per iteration; each lane has 2 * kUnroll weight loads
   // (rows g and g + 8) in flight. With two x tiles the x vectors take as many registers as
-  // the weights, so fewer. The ring form keeps its in-flight weights in shared memory: a
-  // stage of 4 vectors per row, three stages per warp (96 KB per block, two blocks per SM) or
-  // two (64 KB, three blocks per SM).
-  static constexpr int kUnroll = kRing || kNTiles != 1 ? 4 : 8;
+  // the weights, so fewer; with E4M3 weights each vector needs two x vectors, so fewer too
+  // (8 spilled 360-540 bytes under the register form's norm prologue). The ring form keeps its
+  // in-flight weights in shared memory: a stage of 4 vectors per row, three stages per warp
+  // (96 KB per block, two blocks per SM) or two (64 KB, three blocks per SM).
+  static constexpr int kUnroll = kRing || kNTiles != 1 || kFp8 ? 4 : 8;
   static constexpr int kStages = kRing ? kRingStages : 0;
   static constexpr int kVecsPerIter = kLanesPerRow * kUnroll;  // of one row, per warp iteration
   static constexpr int kAccs = 4 * kNTiles;                    // fp32 accumulators per lane
@@ -82,8 +85,8 @@ struct WeightVecs {
 
 // Loads the iteration that starts at `first_vec` (the lane's own offset t is already in the
 // pointers). kTail: vectors at or past `lane_vecs` (the row length in vectors minus t) read
-// nothing and count as zeros; `in` is a multiple of 8, so a vector is wholly inside the row or
-// wholly outside.
+// nothing and count as zeros; `in` is a multiple of 8 (16 for E4M3), so a vector is wholly
+// inside the row or wholly outside.
 template <int kUnroll, bool kTail>
 __device__ __forceinline__ void load_weights(WeightVecs<kUnroll>& wv, const uint4* w_lo,
                                              const uint4* w_hi, int64_t first_vec,
@@ -129,7 +132,8 @@ __device__ __forceinline__ void read_stage(WeightVecs<kUnroll>& wv, const uint4*
 // memory (kShared: the ring form's RMSNorm prologue normalizes x there once per block), or, for
 // the register form's RMSNorm prologue, the fp32 residual rows scaled by each row's 1 / rms and
 // the norm's weight in every iteration (kNormInline). Either norm rounds as ops::add_rmsnorm
-// rounds. Pointers are at the lane's offset t; `v` counts vectors from it.
+// rounds. Pointers are at the lane's first x vector (t, or 2t with E4M3 weights); `v` counts x
+// vectors from it.
 enum class XFrom : uint8_t { kGlobal, kShared, kNormInline };
 
 // x[k .. k + 7] of one row under RMSNorm: round(gamma * (residual * scale)).
@@ -334,7 +338,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) gemv_kernel(GemvParams p
   // A kernel launched behind this one with programmatic dependent launch may start now; it
   // waits for this grid before reading its output.
   ptx::launch_dependents();
-  using Tiling = GemvTiling<kNTiles, kRing, kRingStages>;
+  using Tiling = GemvTiling<kNTiles, kRing, kRingStages, kFp8>;
   constexpr int kUnroll = Tiling::kUnroll;
   extern __shared__ uint4 ring[];  // kRing: [warp][stage][Tiling::kStageVecs]
   // The warps' partial tiles: the ring form reuses its ring for them once every warp is done.
@@ -544,7 +548,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) gemv_kernel(GemvParams p
 template <typename T, typename OutT, bool kFp8, int kNTiles, bool kNorm, GemvEpilogue kEpilogue,
           bool kRing, int kMTiles = 1, int kRingStages = 3, int kMinBlocks = kMinBlocksPerSm>
 void launch_tiles(const GemvParams& p, cudaStream_t stream) {
-  using Tiling = GemvTiling<kNTiles, kRing, kRingStages>;
+  using Tiling = GemvTiling<kNTiles, kRing, kRingStages, kFp8>;
   auto* kernel = gemv_kernel<T, OutT, kNTiles, kNorm, kEpilogue, kRing, kMTiles, kRingStages,
                              kMinBlocks, kFp8>;
   // The ring, and for its norm prologue the normalized x rows.

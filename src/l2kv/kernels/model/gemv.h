@@ -1,5 +1,6 @@
 // Weight-streaming skinny GEMM for decode: y[rows, out] = x[rows, in] * W[out, in]^T with
-// rows = 1..16, 16-bit operands (bf16 or fp16), fp32 accumulation on tensor cores. At these
+// rows = 1..16, 16-bit x (bf16 or fp16), W in x's dtype or E4M3 with per-row scales
+// (GemvFusion::fp8_scale), fp32 accumulation on tensor cores. At these
 // row counts a projection is a read of W and nothing else, so the kernel is built to keep the
 // HBM busy: each thread has several 16-byte weight loads in flight, each weight byte is read
 // once, the activations come from L1/L2. Gemm::linear routes small row counts here.
@@ -79,7 +80,8 @@ struct GemvFusion {
 bool gemv_supports(int64_t rows, int64_t in, int64_t out, const void* x, const void* w,
                    const GemvFusion& fusion = {});
 
-// y[rows, out] = x[rows, in] * w[out, in]^T, both row-major in `dtype`; y in float32 when
+// y[rows, out] = x[rows, in] * w[out, in]^T, both row-major, x in `dtype`, w in `dtype` or E4M3
+// codes (fusion.fp8_scale set); y in float32 when
 // `f32_out`, else in `dtype` (rounded to nearest). Launches one kernel on `stream`: no
 // allocation, no host synchronization (CUDA-graph capturable). Throws l2kv::Error before any
 // launch when gemv_supports() is false, or when a kRopeCache epilogue's cache (rope.kv.dtype) is
