@@ -456,6 +456,11 @@ struct CudaModel::GraphOps {
     }
     return p.data();
   }
+  // y[n, out] = x[n, in] W^T on the fused GEMV with `f`'s prologue and epilogue.
+  void project_fused(const Projection& p, const void* x, void* y, GemvFusion f) {
+    const void* weights = gemv_weights(p, f);
+    m->gemm_.linear_fused(c().dtype, x, weights, y, n, p.in, p.out, f, stream);
+  }
   // y[n, out] = x[n, in] W^T. With `defer_fp8_scales`, an fp8 product whose scales would take
   // a kernel of their own is left unscaled instead: returns it (y unwritten) for the next op
   // (add_rmsnorm, gated_mul or rope_and_cache) to scale back as it reads it, else returns an
@@ -471,7 +476,7 @@ struct CudaModel::GraphOps {
     scratch.defer_rescale = defer_fp8_scales;
     if (!m->gemm_.linear_fp8(c().dtype, x, p.w8->view(), y, n, p.in, p.out, scratch, stream))
       return {};
-    return {ws().fp8_product.ptr, ws().fp8_row_scales.ptr, p.w8->view().scale};
+    return {scratch.product, scratch.row_scales, p.w8->view().scale};
   }
   // Where `next` (the projection after the op about to run) quantizes its input, the op writes
   // the codes itself: one kernel fewer, and its output read once. The codes and scales are
@@ -620,12 +625,9 @@ struct CudaModel::GraphOps {
   }
   void output_projection_add(int64_t l) {
     timed(Op::kGemm, [&] {
-      if (fused) {
-        GemvFusion f = residual_epilogue(1);
-        const void* weights = gemv_weights(o(l), f);
-        m->gemm_.linear_fused(c().dtype, ws().attn.ptr, weights, nullptr, n, q_dim(),
-                              c().hidden_size, f, stream);
-      } else
+      if (fused)
+        project_fused(o(l), ws().attn.ptr, nullptr, residual_epilogue(1));
+      else
         pending_fp8 = project(o(l), ws().attn.ptr, ws().proj.ptr, defer_block_output_scales());
     });
     if (fused) return;
@@ -650,10 +652,7 @@ struct CudaModel::GraphOps {
     if (fused) {
       GemvFusion f = norm_prologue(w(l).post_norm.ptr, 1, 0);
       f.epilogue = GemvEpilogue::kSiluMul;
-      const void* weights = gemv_weights(gate_up(l), f);
-      timed(Op::kGemm, [&] {
-        m->gemm_.linear_fused(c().dtype, nullptr, weights, ws().act.ptr, n, H, 2 * I, f, stream);
-      });
+      timed(Op::kGemm, [&] { project_fused(gate_up(l), nullptr, ws().act.ptr, f); });
       return;
     }
     const Projection projection = gate_up(l);
@@ -764,14 +763,11 @@ struct CudaModel::GraphOps {
     pending_experts = {ws().moe_y.ptr, ws().moe_weights.ptr, K, ws().moe_slot_rows.ptr};
   }
   void down_projection_add(int64_t l) {
-    const int64_t H = c().hidden_size, I = c().intermediate_size;
     if (c().num_experts > 0) return;  // mixture_of_experts() left its sum to the next norm
     timed(Op::kGemm, [&] {
-      if (fused) {
-        GemvFusion f = residual_epilogue(0);
-        const void* weights = gemv_weights(down(l), f);
-        m->gemm_.linear_fused(c().dtype, ws().act.ptr, weights, nullptr, n, I, H, f, stream);
-      } else
+      if (fused)
+        project_fused(down(l), ws().act.ptr, nullptr, residual_epilogue(0));
+      else
         pending_fp8 = project(down(l), ws().act.ptr, ws().proj.ptr, defer_block_output_scales());
     });
     if (fused) return;

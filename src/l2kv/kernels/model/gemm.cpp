@@ -365,8 +365,7 @@ bool Gemm::linear_fp8(DType dtype, const void* x, const Fp8Weights& w, void* y, 
       quantize_rows_fp8(dtype, x, rows, in, scratch.codes, scratch.row_scales, stream);
   };
   // quantize_rows_fp8's and cuBLASLt's fp8 layout needs: 16-byte rows and aligned buffers.
-  const bool quantizable = fp8_activations_ && scratch.codes && scratch.row_scales &&
-                           in % 16 == 0 && out % 16 == 0 &&
+  const bool quantizable = fp8_product_shape(in, out) && scratch.codes && scratch.row_scales &&
                            reinterpret_cast<uintptr_t>(x) % 16 == 0 &&
                            reinterpret_cast<uintptr_t>(scratch.codes) % 16 == 0;
   if (quantizable && scratch.product && rows <= kFp8ScaledAfterMaxRows && w.per_channel) {

@@ -81,7 +81,7 @@ class Gemm {
   // W8A8 on and more rows than the fp8 GEMV takes. It does not ask whether cuBLASLt has an fp8
   // plan for the shape; where it has none, the codes written go unread and x is used.
   bool fp8_quantizes_input(int64_t rows, int64_t in, int64_t out) const {
-    return fp8_activations_ && rows > kFp8GemvMaxRows && in % 16 == 0 && out % 16 == 0;
+    return rows > kFp8GemvMaxRows && fp8_product_shape(in, out);
   }
   // Whether linear_fp8 quantizes x and multiplies in fp8 where it can (default) or always widens
   // the weights (16-bit activations: more accurate, slower).
@@ -135,6 +135,10 @@ class Gemm {
   void set_programmatic_launch(bool pdl) { pdl_ = pdl; }
 
  private:
+  // W8A8 on and a shape of 16-byte rows (quantize_rows_fp8's and cuBLASLt's fp8 layout).
+  bool fp8_product_shape(int64_t in, int64_t out) const {
+    return fp8_activations_ && in % 16 == 0 && out % 16 == 0;
+  }
   struct Plan {
     cublasLtMatmulDesc_t op = nullptr;
     cublasLtMatrixLayout_t a = nullptr, b = nullptr, c = nullptr;

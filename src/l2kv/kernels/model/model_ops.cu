@@ -161,6 +161,7 @@ __global__ void add_rmsnorm_kernel(float* residual, const T* add, const T* weigh
 #pragma unroll
     for (int e = 0; e < kVec; ++e) y.v[e] = gamma[j].v[e] * (x[j][e] * scale);
     y.store(out + base + i);
+    if (!out_fp8) continue;
 #pragma unroll
     for (int e = 0; e < kVec; ++e) {  // kept as stored, for the codes
       x[j][e] = tc::ElementTraits<T>::to_float(tc::ElementTraits<T>::from_float(y.v[e]));
@@ -502,11 +503,12 @@ __global__ void gated_mul_fp8_kernel(const T* gate_up, Fp8Product gate_up_fp8, i
       u.load(gate_up + t * 2 * inter + up_col);
     }
 #pragma unroll
-    for (int e = 0; e < kVec; ++e) {
-      g.v[e] = gate_activation<kGelu>(g.v[e]) * u.v[e];
-      amax = fmaxf(amax, fabsf(Traits::to_float(Traits::from_float(g.v[e]))));
-    }
+    for (int e = 0; e < kVec; ++e) g.v[e] = gate_activation<kGelu>(g.v[e]) * u.v[e];
     g.store(out + t * inter + i);
+    if (!out_fp8) continue;
+#pragma unroll
+    for (int e = 0; e < kVec; ++e)  // as stored, for the codes
+      amax = fmaxf(amax, fabsf(Traits::to_float(Traits::from_float(g.v[e]))));
   }
   if (!out_fp8) return;
   const float code_scale = fp8_rows::row_scale(block_max(amax));
