@@ -74,13 +74,15 @@ void add_model_options(CLI::App& app, ModelOptions& o) {
                  "some hundreds per shape, a slower start)")
       ->check(CLI::IsMember({"heuristic", "wide"}))
       ->capture_default_str();
-  app.add_option("--fp8-activations", o.fp8_activations,
-                 "On CUDA, how fp8-weight models multiply steps of more than 32 rows (fewer run "
-                 "the fp8 GEMV on 16-bit activations): w8a8 quantizes each row to E4M3 with a "
-                 "scale of its own and multiplies in fp8, the norms and SiLU x up writing the "
-                 "codes and applying the product's scales as they read it; w8a8-separate runs "
-                 "the same products with separate quantize and rescale kernels (for comparison); "
-                 "16bit widens the weights to 16 bits instead (more accurate, slower)")
+  app.add_option(
+         "--fp8-activations", o.fp8_activations,
+         "On CUDA, how fp8-weight models multiply steps of more than 32 rows (fewer run "
+         "the fp8 GEMV on 16-bit activations): w8a8 quantizes each row to E4M3 with a "
+         "scale of its own and multiplies in fp8, the norms and SiLU x up writing the "
+         "codes and applying the product's scales as they read it; w8a8-separate runs "
+         "the same products with separate quantize and rescale kernels (for comparison); "
+         "16bit widens the weights to 16 bits instead (more accurate, slower). Other values than "
+         "w8a8 are refused for 16-bit models and on the CPU backend")
       ->check(CLI::IsMember({"w8a8", "w8a8-separate", "16bit"}))
       ->capture_default_str();
   app.add_flag("--enforce-eager", o.enforce_eager,
@@ -195,6 +197,9 @@ LoadedModel load_model(const ModelOptions& o) {
       loaded.cuda_model = std::make_shared<CudaModel>(fs::path(o.model));
     loaded.cuda_model->set_gemm_tuning(o.gemm_tuning == "wide" ? Gemm::Tuning::kWide
                                                                : Gemm::Tuning::kHeuristic);
+    if (!loaded.cuda_model->config().fp8_weights && o.fp8_activations != "w8a8")
+      throw Error("--fp8-activations " + o.fp8_activations + ": " + o.model +
+                  " has 16-bit weights; the flag applies to fp8-weight models");
     loaded.cuda_model->set_fp8_activations(o.fp8_activations != "16bit");
     loaded.cuda_model->set_fp8_fused_scales(o.fp8_activations == "w8a8");
     CudaRunnerOptions options;
