@@ -13,6 +13,11 @@
 // over copies exceeding the L2. Warm L2 (--l2 warm): no flush, one weight copy. Per model, the sum
 // over one decode step's projections (all layers plus the LM head) gives the projections' share of
 // MBU.
+// Models named NAME-fp8 (synthetic:llama3-8b-fp8) hold the layers' projections as E4M3 codes with
+// per-channel scales, as such a checkpoint's decode step reads them: the "mma GEMV" column is then
+// gemv_fp8 and the "fused" column the fused GEMV with fp8 weights, each over the fp8 bytes; the
+// 16-bit cuBLAS and weight-streaming columns are not run for those projections (the LM head stays
+// 16-bit and runs every column).
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <cmath>
@@ -31,6 +36,7 @@
 #include "l2kv/engine/cuda_step_state.h"
 #include "l2kv/kernels/model/gemm.h"
 #include "l2kv/kernels/model/gemv.h"
+#include "l2kv/kernels/model/gemv_fp8.h"
 #include "l2kv/kernels/model/weight_stream_gemm.h"
 #include "l2kv/kernels/random_fill.h"
 #include "l2kv/model/model_config.h"
@@ -103,9 +109,11 @@ std::vector<Projection> projections(const ModelConfig& c) {
 
 // The form CudaModel runs `p` in at `rows` rows (cuda_model.cpp: the five-kernel layer up to
 // CudaStepState::kDefaultFusedLayerMaxRows rows; above it, QKV's RoPE epilogue where Gemm sends
-// QKV to the GEMV and the model has no q/k norms; fp8 projections have no fused form).
+// QKV to the GEMV and the model has no q/k norms). fp8 projections run the fused forms at one
+// row (the fp8 default of --fused-layer-max-rows) and gemv_fp8 above.
 Fused fused_form(const ModelConfig& c, const Projection& p, int64_t rows) {
-  if (c.fp8_weights || rows > Gemm::kDefaultGemvMaxRows) return Fused::kNone;  // cuBLASLt
+  if (c.fp8_weights) return rows == 1 ? p.fused : Fused::kNone;
+  if (rows > Gemm::kDefaultGemvMaxRows) return Fused::kNone;  // cuBLASLt
   if (rows <= CudaStepState::kDefaultFusedLayerMaxRows) return p.fused;
   const bool qkv_on_gemv = p.fused == Fused::kNormRopeCache && p.out <= Gemm::kGemvMaxOut;
   return qkv_on_gemv ? Fused::kRopeCache : Fused::kNone;
@@ -309,9 +317,25 @@ class L2Flush {
 };
 
 struct Timing {
-  double cublas_us = 0, stream_us = 0, gemv_us = 0;  // gemv_us 0: not run (rows > 16)
-  double fused_us = 0;                               // 0: not run (rows > 16 or no fused form)
+  double cublas_us = 0, stream_us = 0;  // 0: not run (fp8 weights)
+  double gemv_us = 0;                   // 0: not run (rows > 16)
+  double fused_us = 0;                  // 0: not run (rows > 16 or no fused form)
+  // The kernel a decode step runs for the projection: the fused form where there is one, else the
+  // GEMV, else the faster of cuBLAS and the weight-streaming kernel.
+  double step_us() const {
+    if (fused_us > 0) return fused_us;
+    if (gemv_us > 0) return gemv_us;
+    return std::min(cublas_us, stream_us);
+  }
 };
+
+// One timing column: µs and % of the ceiling, or dashes where it was not run.
+void print_column(double us, double bytes, double ceiling) {
+  if (us > 0)
+    std::printf("%8.2f %5.1f%% | ", us, 100 * bytes / (us * 1e-6) / 1e9 / ceiling);
+  else
+    std::printf("%8s %6s | ", "-", "-");
+}
 
 int run(const Options& opt) {
   const DeviceInfo info = query_device_info(0);
@@ -354,14 +378,26 @@ int run(const Options& opt) {
     const FusedBuffers fused_buffers(config, dtype, stream);
     // step totals per row count: bytes, µs per kernel, µs of the faster of stream and cuBLAS
     std::vector<double> step_bytes(opt.rows.size()), step_cublas(opt.rows.size()),
-        step_stream(opt.rows.size()), step_best(opt.rows.size());
+        step_stream(opt.rows.size()), step_best(opt.rows.size()), step_run(opt.rows.size());
     for (const auto& p : projs) {
-      const int64_t w_bytes = p.in * p.out * 2;
+      const bool fp8 = config.fp8_weights && !p.f32_out;  // the LM head stays 16-bit
+      const int64_t w_bytes = p.in * p.out * (fp8 ? 1 : 2);
       const int64_t copies =
           cold ? std::max<int64_t>(1, (kL2Multiple * info.l2_bytes + w_bytes - 1) / w_bytes)
                : 1;  // rotate past the L2
-      DeviceArray<uint16_t> w(static_cast<size_t>(copies * p.in * p.out));
-      fill_random(w.get(), copies * p.in * p.out, dtype, 1.f, 17, stream);
+      DeviceArray<uint16_t> w(static_cast<size_t>(copies * p.in * p.out / (fp8 ? 2 : 1)));
+      if (fp8)
+        fill_random_fp8_e4m3(w.get(), copies * p.in * p.out, 448.f, 17, stream);
+      else
+        fill_random(w.get(), copies * p.in * p.out, dtype, 1.f, 17, stream);
+      // Per-channel scales: codes of up to 448 times 1 / 448, weights in [-1, 1) as the 16-bit
+      // ones.
+      DeviceArray<float> fp8_scale(static_cast<size_t>(p.out));
+      {
+        const std::vector<float> scales(static_cast<size_t>(p.out), 1.f / 448.f);
+        L2KV_CUDA_CHECK(cudaMemcpy(fp8_scale.get(), scales.data(), scales.size() * sizeof(float),
+                                   cudaMemcpyHostToDevice));
+      }
       const int64_t max_rows = *std::max_element(opt.rows.begin(), opt.rows.end());
       DeviceArray<uint16_t> x(static_cast<size_t>(max_rows * p.in));
       fill_random(x.get(), max_rows * p.in, dtype, 1.f, 18, stream);
@@ -369,7 +405,10 @@ int run(const Options& opt) {
       DeviceArray<float> y_stream(static_cast<size_t>(max_rows * p.out));
       DeviceArray<float> y_gemv(static_cast<size_t>(max_rows * p.out));
       DeviceArray<uint16_t> y_fused(static_cast<size_t>(max_rows * p.out));
-      auto weights = [&](int rep) { return w.get() + (rep % copies) * p.in * p.out; };
+      auto weights = [&](int rep) {
+        return reinterpret_cast<const uint8_t*>(w.get()) +
+               (rep % copies) * w_bytes;  // uint8 view: w_bytes per copy
+      };
       for (size_t ri = 0; ri < opt.rows.size(); ++ri) {
         const int64_t rows = opt.rows[ri];
         auto cublas = [&](int rep) {
@@ -384,31 +423,46 @@ int run(const Options& opt) {
                        stream);
         };
         auto mma_gemv = [&](int rep) {
-          gemv(dtype, x.get(), weights(rep), y_gemv.get(), p.f32_out, rows, p.in, p.out, stream);
+          if (fp8)
+            gemv_fp8(dtype, x.get(), Fp8Weights{weights(rep), fp8_scale.get(), true}, y_gemv.get(),
+                     rows, p.in, p.out, stream);
+          else
+            gemv(dtype, x.get(), weights(rep), y_gemv.get(), p.f32_out, rows, p.in, p.out, stream);
         };
         const Fused form = fused_form(config, p, rows);
-        const GemvFusion fusion = fused_buffers.fusion(form);
+        GemvFusion fusion = fused_buffers.fusion(form);
+        if (fp8) {
+          fusion.fp8_scale = fp8_scale.get();
+          fusion.fp8_per_channel = true;
+        }
         auto fused_gemv = [&](int rep) {
           gemv(dtype, x.get(), weights(rep), y_fused.get(), false, rows, p.in, p.out, stream, false,
                fusion);
         };
-        const bool run_gemv = rows <= kGemvMaxRows;
-        const bool run_fused = run_gemv && form != Fused::kNone;
+        const bool run_gemv = rows <= (fp8 ? kGemvFp8MaxRows : kGemvMaxRows);
+        const bool run_fused = rows <= kGemvMaxRows && form != Fused::kNone;
         // Warm-up: plans cuBLASLt's shape and builds every tensor map outside any capture;
-        // copy 0 last, so the outputs compared below come from the same weights.
-        for (int rep = static_cast<int>(std::min<int64_t>(copies, opt.reps)) - 1; rep >= 0; --rep)
-          streaming(rep);
-        cublas(0);
+        // copy 0 last, so the outputs compared below come from the same weights. With fp8
+        // weights there is no 16-bit output to compare against (the tests check gemv_fp8).
+        if (!fp8) {
+          for (int rep = static_cast<int>(std::min<int64_t>(copies, opt.reps)) - 1; rep >= 0; --rep)
+            streaming(rep);
+          cublas(0);
+        }
         if (run_gemv) mma_gemv(0);
         L2KV_CUDA_CHECK(cudaStreamSynchronize(stream));
-        const double diff =
-            relative_difference(y_cublas.get(), y_stream.get(), rows * p.out, p.f32_out, dtype);
-        const double gemv_diff = run_gemv ? relative_difference(y_cublas.get(), y_gemv.get(),
-                                                                rows * p.out, p.f32_out, dtype)
-                                          : 0;
+        const double diff = fp8 ? 0
+                                : relative_difference(y_cublas.get(), y_stream.get(), rows * p.out,
+                                                      p.f32_out, dtype);
+        const double gemv_diff =
+            run_gemv && !fp8
+                ? relative_difference(y_cublas.get(), y_gemv.get(), rows * p.out, p.f32_out, dtype)
+                : 0;
         Timing t;
-        t.cublas_us = time_median_us(opt.reps, cublas, stream, opt.graph, flush);
-        t.stream_us = time_median_us(opt.reps, streaming, stream, opt.graph, flush);
+        if (!fp8) {
+          t.cublas_us = time_median_us(opt.reps, cublas, stream, opt.graph, flush);
+          t.stream_us = time_median_us(opt.reps, streaming, stream, opt.graph, flush);
+        }
         if (run_gemv) t.gemv_us = time_median_us(opt.reps, mma_gemv, stream, opt.graph, flush);
         if (run_fused) {
           fused_gemv(0);  // outside any capture: the kernel's shared-memory limit is set here
@@ -419,20 +473,13 @@ int run(const Options& opt) {
         auto gbps = [&](double us) { return us > 0 ? bytes / (us * 1e-6) / 1e9 : 0.0; };
         const double cublas_gbps = gbps(t.cublas_us), stream_gbps = gbps(t.stream_us),
                      gemv_gbps = gbps(t.gemv_us), fused_gbps = gbps(t.fused_us);
-        std::printf("%-11s %-8s %6lld %7lld %4lld | %8.2f %5.1f%% | %8.2f %5.1f%% | ",
-                    model.c_str(), p.name.c_str(), static_cast<long long>(p.in),
-                    static_cast<long long>(p.out), static_cast<long long>(rows), t.cublas_us,
-                    100 * cublas_gbps / ceiling, t.stream_us, 100 * stream_gbps / ceiling);
-        if (run_gemv)
-          std::printf("%8.2f %5.1f%% | ", t.gemv_us, 100 * gemv_gbps / ceiling);
-        else
-          std::printf("%8s %6s | ", "-", "-");
-        if (run_fused)
-          std::printf("%8.2f %5.1f%% | ", t.fused_us, 100 * fused_gbps / ceiling);
-        else
-          std::printf("%8s %6s | ", "-", "-");
-        std::printf("%6.2fx %8.1e %6d\n", t.cublas_us / t.stream_us, std::max(diff, gemv_diff),
-                    streamer.splits_for(rows, p.in, p.out));
+        std::printf("%-11s %-8s %6lld %7lld %4lld | ", model.c_str(),
+                    (p.name + (fp8 ? " fp8" : "")).c_str(), static_cast<long long>(p.in),
+                    static_cast<long long>(p.out), static_cast<long long>(rows));
+        for (const double us : {t.cublas_us, t.stream_us, t.gemv_us, t.fused_us})
+          print_column(us, bytes, ceiling);
+        std::printf("%6.2fx %8.1e %6d\n", fp8 ? 0.0 : t.cublas_us / t.stream_us,
+                    std::max(diff, gemv_diff), streamer.splits_for(rows, p.in, p.out));
         results.push_back(
             {{"model", model},
              {"projection", p.name},
@@ -440,13 +487,14 @@ int run(const Options& opt) {
              {"out", p.out},
              {"rows", rows},
              {"f32_out", p.f32_out},
+             {"fp8_weights", fp8},
              {"bytes", bytes},
              {"weight_copies", copies},
-             {"cublas_us", t.cublas_us},
+             {"cublas_us", fp8 ? nlohmann::json() : nlohmann::json(t.cublas_us)},
              {"cublas_gbps", cublas_gbps},
              {"cublas_fraction_of_ceiling", cublas_gbps / ceiling},
              {"stream_splits", streamer.splits_for(rows, p.in, p.out)},
-             {"stream_us", t.stream_us},
+             {"stream_us", fp8 ? nlohmann::json() : nlohmann::json(t.stream_us)},
              {"stream_gbps", stream_gbps},
              {"stream_fraction_of_ceiling", stream_gbps / ceiling},
              {"gemv_us", run_gemv ? nlohmann::json(t.gemv_us) : nlohmann::json()},
@@ -464,27 +512,38 @@ int run(const Options& opt) {
         step_cublas[ri] += t.cublas_us * p.per_step;
         step_stream[ri] += t.stream_us * p.per_step;
         step_best[ri] += std::min(t.cublas_us, t.stream_us) * p.per_step;
+        step_run[ri] += t.step_us() * p.per_step;
       }
     }
     for (size_t ri = 0; ri < opt.rows.size(); ++ri) {
       const double cublas_gbps = step_bytes[ri] / (step_cublas[ri] * 1e-6) / 1e9;
       const double stream_gbps = step_bytes[ri] / (step_stream[ri] * 1e-6) / 1e9;
       const double best_gbps = step_bytes[ri] / (step_best[ri] * 1e-6) / 1e9;
-      std::printf(
-          "%-11s one step's projections at %3lld rows: %.2f GB; cuBLAS %.3f ms (%.1f%% of "
-          "ceiling), stream %.3f ms (%.1f%%), faster of the two per shape %.3f ms (%.1f%%)\n",
-          model.c_str(), static_cast<long long>(opt.rows[ri]), step_bytes[ri] / 1e9,
-          step_cublas[ri] / 1e3, 100 * cublas_gbps / ceiling, step_stream[ri] / 1e3,
-          100 * stream_gbps / ceiling, step_best[ri] / 1e3, 100 * best_gbps / ceiling);
-      steps.push_back({{"model", model},
-                       {"rows", opt.rows[ri]},
-                       {"bytes", step_bytes[ri]},
-                       {"cublas_ms", step_cublas[ri] / 1e3},
-                       {"cublas_fraction_of_ceiling", cublas_gbps / ceiling},
-                       {"stream_ms", step_stream[ri] / 1e3},
-                       {"stream_fraction_of_ceiling", stream_gbps / ceiling},
-                       {"best_ms", step_best[ri] / 1e3},
-                       {"best_fraction_of_ceiling", best_gbps / ceiling}});
+      const double run_gbps = step_bytes[ri] / (step_run[ri] * 1e-6) / 1e9;
+      std::printf("%-11s one step's projections at %3lld rows: %.2f GB; ", model.c_str(),
+                  static_cast<long long>(opt.rows[ri]), step_bytes[ri] / 1e9);
+      if (!config.fp8_weights)  // fp8 weights run neither cuBLAS nor the stream kernel
+        std::printf(
+            "cuBLAS %.3f ms (%.1f%% of ceiling), stream %.3f ms (%.1f%%), faster of the two per "
+            "shape %.3f ms (%.1f%%), ",
+            step_cublas[ri] / 1e3, 100 * cublas_gbps / ceiling, step_stream[ri] / 1e3,
+            100 * stream_gbps / ceiling, step_best[ri] / 1e3, 100 * best_gbps / ceiling);
+      std::printf("as a step runs them (fused, else GEMV, else the faster) %.3f ms (%.1f%%)\n",
+                  step_run[ri] / 1e3, 100 * run_gbps / ceiling);
+      nlohmann::json step = {{"model", model},
+                             {"rows", opt.rows[ri]},
+                             {"bytes", step_bytes[ri]},
+                             {"step_kernels_ms", step_run[ri] / 1e3},
+                             {"step_kernels_fraction_of_ceiling", run_gbps / ceiling}};
+      if (!config.fp8_weights) {
+        step["cublas_ms"] = step_cublas[ri] / 1e3;
+        step["cublas_fraction_of_ceiling"] = cublas_gbps / ceiling;
+        step["stream_ms"] = step_stream[ri] / 1e3;
+        step["stream_fraction_of_ceiling"] = stream_gbps / ceiling;
+        step["best_ms"] = step_best[ri] / 1e3;
+        step["best_fraction_of_ceiling"] = best_gbps / ceiling;
+      }
+      steps.push_back(step);
     }
     std::printf("\n");
   }
@@ -522,7 +581,9 @@ int main(int argc, char** argv) {
   l2kv::bench::Options opt;
   CLI::App app{
       "l2kv_bench_gemv: decode projections, cuBLASLt against the weight-streaming kernels"};
-  app.add_option("--models", opt.models, "Synthetic model shapes (llama3-8b, qwen2.5-7b, ...)")
+  app.add_option(
+         "--models", opt.models,
+         "Synthetic model shapes (llama3-8b, qwen2.5-7b, ...; NAME-fp8 for E4M3 projections)")
       ->capture_default_str();
   app.add_option("--rows", opt.rows, "Rows of x (decode batch)")
       ->check(CLI::Range(int64_t{1}, l2kv::WeightStreamGemm::kMaxRows))

@@ -88,8 +88,9 @@ TEST_P(Fp8FusedOps, AddRmsNormScalesBackAndQuantizesAsTheChainDoes) {
   L2KV_SKIP_WITHOUT_GPU();
   const DType t = GetParam();
   std::mt19937_64 rng(4242);
-  for (int32_t hidden : {8, 264, 4096, 5120})
-    for (int32_t rows : {1, 3, 64})
+  // 1032: 129 vectors, split unevenly over a cluster's blocks; 140 rows: one block per row.
+  for (int32_t hidden : {8, 264, 1032, 4096, 5120})
+    for (int32_t rows : {1, 3, 64, 140})
       for (bool product_in : {true, false})
         for (bool codes_out : {true, false}) {
           if (!product_in && !codes_out) continue;  // the plain op: model_ops_gpu_test.cpp
@@ -142,7 +143,7 @@ TEST_P(Fp8FusedOps, AddRmsNormOfANormalizedAddendQuantizesAsTheChainDoes) {
   L2KV_SKIP_WITHOUT_GPU();
   const DType t = GetParam();
   std::mt19937_64 rng(4343);
-  for (int32_t hidden : {264, 5376})
+  for (int32_t hidden : {264, 1032, 5376})
     for (int32_t rows : {3, 64}) {
       const std::string what = label(t, rows, hidden);
       const size_t n = static_cast<size_t>(rows) * hidden;
@@ -173,8 +174,8 @@ TEST_P(Fp8FusedOps, GatedMulScalesBackAndQuantizesAsTheChainDoes) {
   L2KV_SKIP_WITHOUT_GPU();
   const DType t = GetParam();
   std::mt19937_64 rng(777);
-  for (int32_t inter : {8, 264, 14336})
-    for (int32_t rows : {1, 5, 64})
+  for (int32_t inter : {8, 264, 1032, 14336})
+    for (int32_t rows : {1, 5, 64, 140})
       for (bool interleaved : {true, false})
         for (ops::GateActivation act : {ops::GateActivation::kSilu, ops::GateActivation::kGeluTanh})
           for (bool product_in : {true, false})

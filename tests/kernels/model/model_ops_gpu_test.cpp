@@ -120,7 +120,9 @@ TEST_P(ModelOps, AddRmsNormMatchesHostReference) {
   const DType t = GetParam();
   std::mt19937_64 rng(11);
   // Widths of the supported models, a wide one, and ones that take the strided kernel.
-  for (const int32_t hidden : {4096, 3584, 5120, 8192, 24, 8, 4100, 37}) {
+  // 1032: 129 vectors, split unevenly over the blocks of a row's cluster at few rows; 12288: two
+  // blocks per row even at many rows.
+  for (const int32_t hidden : {4096, 3584, 5120, 8192, 12288, 1032, 24, 8, 4100, 37}) {
     for (const int32_t rows : {1, 7, 64, 130}) {
       for (const bool with_add : {false, true}) {
         const size_t n = static_cast<size_t>(rows) * hidden;

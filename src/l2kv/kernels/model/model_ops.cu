@@ -2,6 +2,7 @@
 #include <cuda_fp16.h>
 
 #include <algorithm>
+#include <atomic>
 #include <string>
 #include <type_traits>
 
@@ -9,6 +10,7 @@
 #include "l2kv/core/cuda_check.h"
 #include "l2kv/core/error.h"
 #include "l2kv/kernels/block_reduce.cuh"
+#include "l2kv/kernels/cluster_reduce.cuh"
 #include "l2kv/kernels/dtype_dispatch.cuh"
 #include "l2kv/kernels/fp8.cuh"
 #include "l2kv/kernels/grid_dependency.cuh"
@@ -32,7 +34,9 @@ constexpr int kThreads = 256;
 constexpr int kVec = 8;                // 16-bit elements per 16-byte vector
 constexpr int kNormVecsPerThread = 4;  // a row of up to 4 * 1024 * 8 = 32768 elements
 constexpr int kMaxThreads = 1024;
-static_assert(kNormVecsPerThread * kMaxThreads * kVec == kFp8OpsMaxWidth);
+// Threads of a block that holds part of a row in registers (RowPart: add_rmsnorm and the fp8
+// gated_mul): about 100 registers each.
+constexpr int kRowThreads = 256;
 
 template <typename T>
 struct Vec8 {
@@ -97,24 +101,50 @@ __device__ __forceinline__ float addend_rms_scale(const T* add, const T* add_wei
   return __frsqrt_rn(block_sum(sum) / hidden + eps);
 }
 
-// One block per row; thread j owns vectors j, j + blockDim, ... of the row (hidden % 8 == 0).
+// The vectors of a row one block of a cluster owns: a row is split into as many parts as the
+// cluster has blocks (RowPart below), and thread j of a part owns its vectors j, j + blockDim, ...
+struct RowPart {
+  int64_t row;
+  int first, end;  // vectors [first, end) of the row
+  __device__ static RowPart of_block(int32_t width) {
+    const int parts = static_cast<int>(cooperative_groups::this_cluster().num_blocks());
+    const int vecs = width / kVec, per_part = (vecs + parts - 1) / parts;
+    RowPart p;
+    p.row = blockIdx.x / parts;
+    p.first = static_cast<int>(blockIdx.x % parts) * per_part;
+    p.end = min(vecs, p.first + per_part);
+    return p;
+  }
+  // Element offset in the row of the thread's j-th vector, or -1 past the part's end.
+  __device__ int element(int j) const {
+    const int v = first + static_cast<int>(threadIdx.x) + j * static_cast<int>(blockDim.x);
+    return v < end ? v * kVec : -1;
+  }
+};
+
+// A row per cluster of blocks (hidden % 8 == 0): each block holds its part of the row in
+// registers; the row's sum of squares and, for fp8 codes, its largest value are reduced over the
+// cluster.
 template <typename T>
-__global__ void add_rmsnorm_kernel(float* residual, const T* add, const T* weight, float eps,
-                                   int32_t hidden, T* out, ExpertSum experts, const T* add_weight,
-                                   Fp8Product add_fp8, Fp8Rows out_fp8) {
+__global__ void __launch_bounds__(kRowThreads)
+    add_rmsnorm_kernel(float* residual, const T* add, const T* weight, float eps, int32_t hidden,
+                       T* out, ExpertSum experts, const T* add_weight, Fp8Product add_fp8,
+                       Fp8Rows out_fp8) {
   // The projection behind this kernel may be launched with PDL and start now: it waits for
   // this grid before it reads `out`.
   ptx::launch_dependents();
   ptx::grid_dependency_wait();  // launched with PDL itself: `add` is the kernel ahead's output
-  const int64_t base = static_cast<int64_t>(blockIdx.x) * hidden;
+  const RowPart part = RowPart::of_block(hidden);
+  const int64_t base = part.row * hidden;
+  // Gemma's addend norm reads the whole addend row in every block of the cluster.
   const float add_scale = addend_rms_scale(add, add_weight, eps, hidden, base);
   float x[kNormVecsPerThread][kVec];
   Vec8<T> gamma[kNormVecsPerThread];
   float sum = 0.f;
 #pragma unroll
   for (int j = 0; j < kNormVecsPerThread; ++j) {
-    const int i = (static_cast<int>(threadIdx.x) + j * static_cast<int>(blockDim.x)) * kVec;
-    if (i >= hidden) continue;
+    const int i = part.element(j);
+    if (i < 0) continue;
     load_f32x8(residual + base + i, x[j]);
     gamma[j].load(weight + i);
     if (add) {
@@ -132,12 +162,12 @@ __global__ void add_rmsnorm_kernel(float* residual, const T* add, const T* weigh
     }
     if (add_fp8) {
       float a[kVec];
-      fp8_rows::load_rescaled<T>(add_fp8, hidden, blockIdx.x, i, a);
+      fp8_rows::load_rescaled<T>(add_fp8, hidden, part.row, i, a);
 #pragma unroll
       for (int e = 0; e < kVec; ++e) x[j][e] += a[e];
     }
     if (experts.y) {
-      const int64_t slot0 = static_cast<int64_t>(blockIdx.x) * experts.top_k;
+      const int64_t slot0 = part.row * experts.top_k;
       for (int k = 0; k < experts.top_k; ++k) {
         Vec8<T> a;
         const int64_t row = experts.slot_rows ? experts.slot_rows[slot0 + k] : slot0 + k;
@@ -151,12 +181,12 @@ __global__ void add_rmsnorm_kernel(float* residual, const T* add, const T* weigh
 #pragma unroll
     for (int e = 0; e < kVec; ++e) sum += x[j][e] * x[j][e];
   }
-  const float scale = __frsqrt_rn(block_sum(sum) / hidden + eps);  // correctly rounded
+  const float scale = __frsqrt_rn(cluster_sum(block_sum(sum)) / hidden + eps);  // correctly rounded
   float amax = 0.f;
 #pragma unroll
   for (int j = 0; j < kNormVecsPerThread; ++j) {
-    const int i = (static_cast<int>(threadIdx.x) + j * static_cast<int>(blockDim.x)) * kVec;
-    if (i >= hidden) continue;
+    const int i = part.element(j);
+    if (i < 0) continue;
     Vec8<T> y;
 #pragma unroll
     for (int e = 0; e < kVec; ++e) y.v[e] = gamma[j].v[e] * (x[j][e] * scale);
@@ -169,12 +199,12 @@ __global__ void add_rmsnorm_kernel(float* residual, const T* add, const T* weigh
     }
   }
   if (!out_fp8) return;
-  const float code_scale = fp8_rows::row_scale(block_max(amax));
-  if (threadIdx.x == 0) out_fp8.scales[blockIdx.x] = code_scale;
+  const float code_scale = fp8_rows::row_scale(cluster_max(block_max(amax)));
+  if (threadIdx.x == 0 && part.first == 0) out_fp8.scales[part.row] = code_scale;
 #pragma unroll
   for (int j = 0; j < kNormVecsPerThread; ++j) {
-    const int i = (static_cast<int>(threadIdx.x) + j * static_cast<int>(blockDim.x)) * kVec;
-    if (i < hidden) fp8_rows::store_codes(out_fp8.codes + base + i, x[j], code_scale);
+    const int i = part.element(j);
+    if (i >= 0) fp8_rows::store_codes(out_fp8.codes + base + i, x[j], code_scale);
   }
 }
 
@@ -477,21 +507,25 @@ __global__ void gated_mul_kernel(const T* gate_up, int32_t inter, T* out) {
   g.store(out + t * inter + i);
 }
 
-// gated_mul with an fp8 product for gate_up and / or fp8 codes of its output: one block per
-// token (the codes' scale needs the whole row), thread j handling vectors j, j + blockDim, ...;
-// the codes are made from the 16-bit output the same thread wrote. (Holding the row in
-// registers instead, as add_rmsnorm does, was slower on an H200: 4.3 against 3.3 ms a step for
-// 2,064 rows, 0.32 against 0.30 ms for 64; it leaves one block per SM.)
+// gated_mul with an fp8 product for gate_up and / or fp8 codes of its output: a row per cluster
+// of blocks, each holding its part of the row in registers (RowPart); the codes' scale needs the
+// row's largest value, reduced over the cluster. (One block per row, re-reading its own output
+// for the codes, ran 16-64 blocks on 132 SMs at decode batch sizes.)
 template <typename T, bool kInterleaved, bool kGelu>
-__global__ void gated_mul_fp8_kernel(const T* gate_up, Fp8Product gate_up_fp8, int32_t inter,
-                                     T* out, Fp8Rows out_fp8) {
+__global__ void __launch_bounds__(kRowThreads)
+    gated_mul_fp8_kernel(const T* gate_up, Fp8Product gate_up_fp8, int32_t inter, T* out,
+                         Fp8Rows out_fp8) {
   ptx::launch_dependents();
   ptx::grid_dependency_wait();
   using Traits = tc::ElementTraits<T>;
-  const int64_t t = blockIdx.x;
-  const int step = static_cast<int>(blockDim.x) * kVec;
+  const RowPart part = RowPart::of_block(inter);
+  const int64_t t = part.row;
+  float y[kNormVecsPerThread][kVec];
   float amax = 0.f;
-  for (int i = static_cast<int>(threadIdx.x) * kVec; i < inter; i += step) {
+#pragma unroll
+  for (int j = 0; j < kNormVecsPerThread; ++j) {
+    const int i = part.element(j);
+    if (i < 0) continue;
     const int64_t gate_col = kInterleaved ? 2 * i : i;
     const int64_t up_col = kInterleaved ? 2 * i + kVec : inter + i;
     Vec8<T> g, u;
@@ -505,18 +539,19 @@ __global__ void gated_mul_fp8_kernel(const T* gate_up, Fp8Product gate_up_fp8, i
 #pragma unroll
     for (int e = 0; e < kVec; ++e) g.v[e] = gate_activation<kGelu>(g.v[e]) * u.v[e];
     g.store(out + t * inter + i);
-    if (!out_fp8) continue;
 #pragma unroll
-    for (int e = 0; e < kVec; ++e)  // as stored, for the codes
-      amax = fmaxf(amax, fabsf(Traits::to_float(Traits::from_float(g.v[e]))));
+    for (int e = 0; e < kVec; ++e) {  // as stored, for the codes
+      y[j][e] = Traits::to_float(Traits::from_float(g.v[e]));
+      amax = fmaxf(amax, fabsf(y[j][e]));
+    }
   }
   if (!out_fp8) return;
-  const float code_scale = fp8_rows::row_scale(block_max(amax));
-  if (threadIdx.x == 0) out_fp8.scales[t] = code_scale;
-  for (int i = static_cast<int>(threadIdx.x) * kVec; i < inter; i += step) {
-    Vec8<T> y;
-    y.load(out + t * inter + i);  // this thread's own store above
-    fp8_rows::store_codes(out_fp8.codes + t * inter + i, y.v, code_scale);
+  const float code_scale = fp8_rows::row_scale(cluster_max(block_max(amax)));
+  if (threadIdx.x == 0 && part.first == 0) out_fp8.scales[t] = code_scale;
+#pragma unroll
+  for (int j = 0; j < kNormVecsPerThread; ++j) {
+    const int i = part.element(j);
+    if (i >= 0) fp8_rows::store_codes(out_fp8.codes + t * inter + i, y[j], code_scale);
   }
 }
 
@@ -547,12 +582,66 @@ __global__ void gather_rows_kernel(const uint16_t* in, const int32_t* rows, int3
     out[r * width + i] = in[static_cast<int64_t>(rows[r]) * width + i];
 }
 
+int multiprocessor_count() {
+  constexpr int kMaxDevices = 16;
+  static std::atomic<int> counts[kMaxDevices] = {};
+  int device = 0;
+  L2KV_CUDA_CHECK(cudaGetDevice(&device));
+  if (device < kMaxDevices && counts[device].load() > 0) return counts[device].load();
+  int count = 0;
+  L2KV_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
+  if (device < kMaxDevices) counts[device].store(count);
+  return count;
+}
+
+// The launch of a kernel that gives each row a cluster of blocks (RowPart): `rows` x parts
+// blocks, parts a power of two up to 8: as many as a row needs at kRowThreads threads of
+// kNormVecsPerThread vectors each, then doubled while the grid has fewer blocks than the GPU has
+// SMs and each part keeps at least 32 vectors (a row alone in a block left most SMs idle at
+// decode batch sizes). Each block takes its part in as few vectors per thread as it can.
+class RowClusterLaunch {
+ public:
+  static constexpr int kMaxParts = 8;
+  static constexpr int kMaxWidth = kMaxParts * kRowThreads * kNormVecsPerThread * kVec;
+
+  RowClusterLaunch(int32_t rows, int32_t width, cudaStream_t stream, bool pdl) {
+    constexpr int kMinVecsPerPart = 32;
+    if (width > kMaxWidth)
+      throw Error("a row of " + std::to_string(width) + " elements is over the " +
+                  std::to_string(kMaxWidth) + " a cluster of blocks holds");
+    const int vecs = width / kVec, sms = multiprocessor_count();
+    int parts = 1;
+    while (vecs > parts * kRowThreads * kNormVecsPerThread) parts *= 2;
+    while (parts < kMaxParts && int64_t{rows} * parts < sms &&
+           vecs / (2 * parts) >= kMinVecsPerPart)
+      parts *= 2;
+    const int per_part = ceil_div(vecs, parts);
+    const int threads = (ceil_div(per_part, ceil_div(per_part, kRowThreads)) + 31) / 32 * 32;
+    config_ = launch_config(dim3(static_cast<unsigned>(rows * parts)), dim3(threads), 0, stream,
+                            pdl, attributes_[0]);
+    if (parts > 1) {
+      attributes_[1] = {};
+      attributes_[1].id = cudaLaunchAttributeClusterDimension;
+      attributes_[1].val.clusterDim.x = static_cast<unsigned>(parts);
+      attributes_[1].val.clusterDim.y = attributes_[1].val.clusterDim.z = 1;
+      config_.attrs = pdl ? attributes_ : attributes_ + 1;
+      config_.numAttrs = pdl ? 2 : 1;
+    }
+  }
+  RowClusterLaunch(const RowClusterLaunch&) = delete;
+  RowClusterLaunch& operator=(const RowClusterLaunch&) = delete;
+  const cudaLaunchConfig_t* config() const { return &config_; }
+
+ private:
+  cudaLaunchAttribute attributes_[2];
+  cudaLaunchConfig_t config_;
+};
+static_assert(RowClusterLaunch::kMaxWidth >= kFp8OpsMaxWidth);
+
 void gated_mul_fp8(DType dtype, const void* gate_up, int32_t num_tokens, int32_t inter, void* out,
                    cudaStream_t stream, bool pdl, bool interleaved, GateActivation activation,
                    const Fp8Product& gate_up_fp8, const Fp8Rows& out_fp8) {
-  // As many threads as the row has vectors, up to 1024: one block per token is few blocks, so
-  // each takes its row in as few rounds of loads as it can.
-  const int threads = std::min(kMaxThreads, (inter / kVec + 31) / 32 * 32);
+  const RowClusterLaunch launch(num_tokens, inter, stream, pdl);
   with_16bit_type(dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     using Kernel = void (*)(const T*, Fp8Product, int32_t, T*, Fp8Rows);
@@ -561,11 +650,8 @@ void gated_mul_fp8(DType dtype, const void* gate_up, int32_t num_tokens, int32_t
                                               : Kernel{gated_mul_fp8_kernel<T, true, false>})
                                       : (gelu ? Kernel{gated_mul_fp8_kernel<T, false, true>}
                                               : Kernel{gated_mul_fp8_kernel<T, false, false>});
-    cudaLaunchAttribute attribute;
-    const cudaLaunchConfig_t config = launch_config(dim3(static_cast<unsigned>(num_tokens)),
-                                                    dim3(threads), 0, stream, pdl, attribute);
-    L2KV_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, static_cast<const T*>(gate_up), gate_up_fp8,
-                                       inter, static_cast<T*>(out), out_fp8));
+    L2KV_CUDA_CHECK(cudaLaunchKernelEx(launch.config(), kernel, static_cast<const T*>(gate_up),
+                                       gate_up_fp8, inter, static_cast<T*>(out), out_fp8));
   });
 }
 
@@ -598,26 +684,23 @@ void add_rmsnorm(DType dtype, float* residual, const void* add, const void* weig
     throw Error("add_rmsnorm: an fp8 addend goes alone, without a 16-bit one or its norm");
   if (out_fp8 && out_fp8.scales == nullptr)
     throw Error("add_rmsnorm: fp8 output codes need a scales buffer");
-  // As few threads as hold the row in kNormVecsPerThread vectors each, at least one warp.
-  const int threads =
-      vectorized
-          ? std::max(32, ((vecs + kNormVecsPerThread - 1) / kNormVecsPerThread + 31) / 32 * 32)
-          : kThreads;
   with_16bit_type(dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
+    if (vectorized) {
+      const RowClusterLaunch launch(num_tokens, hidden, stream, pdl);
+      L2KV_CUDA_CHECK(cudaLaunchKernelEx(
+          launch.config(), add_rmsnorm_kernel<T>, static_cast<float*>(residual),
+          static_cast<const T*>(add), static_cast<const T*>(weight), eps, hidden,
+          static_cast<T*>(out), experts, static_cast<const T*>(add_weight), add_fp8, out_fp8));
+      return;
+    }
     cudaLaunchAttribute attribute;
     const cudaLaunchConfig_t config = launch_config(dim3(static_cast<unsigned>(num_tokens)),
-                                                    dim3(threads), 0, stream, pdl, attribute);
-    if (vectorized)
-      L2KV_CUDA_CHECK(cudaLaunchKernelEx(
-          &config, add_rmsnorm_kernel<T>, static_cast<float*>(residual), static_cast<const T*>(add),
-          static_cast<const T*>(weight), eps, hidden, static_cast<T*>(out), experts,
-          static_cast<const T*>(add_weight), add_fp8, out_fp8));
-    else
-      L2KV_CUDA_CHECK(
-          cudaLaunchKernelEx(&config, add_rmsnorm_strided_kernel<T>, static_cast<float*>(residual),
-                             static_cast<const T*>(add), static_cast<const T*>(weight), eps, hidden,
-                             static_cast<T*>(out), experts, static_cast<const T*>(add_weight)));
+                                                    dim3(kThreads), 0, stream, pdl, attribute);
+    L2KV_CUDA_CHECK(
+        cudaLaunchKernelEx(&config, add_rmsnorm_strided_kernel<T>, static_cast<float*>(residual),
+                           static_cast<const T*>(add), static_cast<const T*>(weight), eps, hidden,
+                           static_cast<T*>(out), experts, static_cast<const T*>(add_weight)));
   });
 }
 
