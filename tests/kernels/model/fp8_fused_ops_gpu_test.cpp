@@ -174,14 +174,16 @@ TEST_P(Fp8FusedOps, GatedMulScalesBackAndQuantizesAsTheChainDoes) {
   L2KV_SKIP_WITHOUT_GPU();
   const DType t = GetParam();
   std::mt19937_64 rng(777);
+  // 300 rows with a 16-bit gate_up: the op, then quantize_rows_fp8 (prompt sizes).
   for (int32_t inter : {8, 264, 1032, 14336})
-    for (int32_t rows : {1, 5, 64, 140})
+    for (int32_t rows : {1, 5, 64, 140, 300})
       for (bool interleaved : {true, false})
         for (ops::GateActivation act : {ops::GateActivation::kSilu, ops::GateActivation::kGeluTanh})
           for (bool product_in : {true, false})
             for (bool codes_out : {true, false}) {
               if (!product_in && !codes_out) continue;
               if (inter == 14336 && (act != ops::GateActivation::kSilu || rows == 5)) continue;
+              if (rows == 300 && (inter == 8 || interleaved)) continue;
               const std::string what = label(t, rows, inter) + (interleaved ? " interleaved" : "") +
                                        (act == ops::GateActivation::kSilu ? " silu" : " gelu") +
                                        (product_in ? " product in" : "") +

@@ -37,6 +37,9 @@ constexpr int kMaxThreads = 1024;
 // Threads of a block that holds part of a row in registers (RowPart: add_rmsnorm and the fp8
 // gated_mul): about 100 registers each.
 constexpr int kRowThreads = 256;
+// From this many rows on, gated_mul's fp8 codes of a 16-bit gate_up come from the op followed by
+// quantize_rows_fp8 rather than the fused kernel (prompt-sized steps; see gated_mul).
+constexpr int32_t kSeparateCodesMinRows = 256;
 
 template <typename T>
 struct Vec8 {
@@ -598,7 +601,7 @@ int multiprocessor_count() {
 // blocks, parts a power of two up to 8: as many as a row needs at kRowThreads threads of
 // kNormVecsPerThread vectors each, then doubled while the grid has fewer blocks than the GPU has
 // SMs and each part keeps at least 32 vectors (a row alone in a block left most SMs idle at
-// decode batch sizes). Each block takes its part in as few vectors per thread as it can.
+// decode batch sizes).
 class RowClusterLaunch {
  public:
   static constexpr int kMaxParts = 8;
@@ -615,8 +618,12 @@ class RowClusterLaunch {
     while (parts < kMaxParts && int64_t{rows} * parts < sms &&
            vecs / (2 * parts) >= kMinVecsPerPart)
       parts *= 2;
+    // Split rows take their part in as few vectors per thread as they can; whole rows (many
+    // rows: prompts) in as few threads as hold them in kNormVecsPerThread vectors each, which
+    // measured faster there (bench/NOTES.md, "Row kernels as clusters of blocks").
     const int per_part = ceil_div(vecs, parts);
-    const int threads = (ceil_div(per_part, ceil_div(per_part, kRowThreads)) + 31) / 32 * 32;
+    const int per_thread = parts > 1 ? ceil_div(per_part, kRowThreads) : kNormVecsPerThread;
+    const int threads = std::max(32, (ceil_div(per_part, per_thread) + 31) / 32 * 32);
     config_ = launch_config(dim3(static_cast<unsigned>(rows * parts)), dim3(threads), 0, stream,
                             pdl, attributes_[0]);
     if (parts > 1) {
@@ -765,9 +772,18 @@ void gated_mul(DType dtype, const void* gate_up, int32_t num_tokens, int32_t int
   if (out_fp8 && out_fp8.scales == nullptr)
     throw Error("gated_mul: fp8 output codes need a scales buffer");
   if (num_tokens <= 0) return;
-  if (gate_up_fp8 || out_fp8) {
+  // With a 16-bit gate_up (prompts: cuBLASLt scaled the product), the codes come from the plain
+  // op's output as quantize_rows_fp8 makes them: at 2,064 rows that chain is faster than the fused
+  // kernel, whose rows then take 1,792 vectors in registers each (bench/NOTES.md, "Row kernels as
+  // clusters of blocks").
+  if (gate_up_fp8 || (out_fp8 && num_tokens < kSeparateCodesMinRows)) {
     gated_mul_fp8(dtype, gate_up, num_tokens, inter, out, stream, pdl, interleaved, activation,
                   gate_up_fp8, out_fp8);
+    return;
+  }
+  if (out_fp8) {
+    gated_mul(dtype, gate_up, num_tokens, inter, out, stream, pdl, interleaved, activation);
+    quantize_rows_fp8(dtype, out, num_tokens, inter, out_fp8.codes, out_fp8.scales, stream);
     return;
   }
   with_16bit_type(dtype, [&](auto* tag) {
