@@ -478,8 +478,11 @@ int run(const Options& opt) {
                     static_cast<long long>(p.out), static_cast<long long>(rows));
         for (const double us : {t.cublas_us, t.stream_us, t.gemv_us, t.fused_us})
           print_column(us, bytes, ceiling);
-        std::printf("%6.2fx %8.1e %6d\n", fp8 ? 0.0 : t.cublas_us / t.stream_us,
-                    std::max(diff, gemv_diff), streamer.splits_for(rows, p.in, p.out));
+        if (fp8)
+          std::printf("%7s %8s %6s\n", "-", "-", "-");
+        else
+          std::printf("%6.2fx %8.1e %6d\n", t.cublas_us / t.stream_us, std::max(diff, gemv_diff),
+                      streamer.splits_for(rows, p.in, p.out));
         results.push_back(
             {{"model", model},
              {"projection", p.name},
@@ -491,12 +494,14 @@ int run(const Options& opt) {
              {"bytes", bytes},
              {"weight_copies", copies},
              {"cublas_us", fp8 ? nlohmann::json() : nlohmann::json(t.cublas_us)},
-             {"cublas_gbps", cublas_gbps},
-             {"cublas_fraction_of_ceiling", cublas_gbps / ceiling},
+             {"cublas_gbps", fp8 ? nlohmann::json() : nlohmann::json(cublas_gbps)},
+             {"cublas_fraction_of_ceiling",
+              fp8 ? nlohmann::json() : nlohmann::json(cublas_gbps / ceiling)},
              {"stream_splits", streamer.splits_for(rows, p.in, p.out)},
              {"stream_us", fp8 ? nlohmann::json() : nlohmann::json(t.stream_us)},
-             {"stream_gbps", stream_gbps},
-             {"stream_fraction_of_ceiling", stream_gbps / ceiling},
+             {"stream_gbps", fp8 ? nlohmann::json() : nlohmann::json(stream_gbps)},
+             {"stream_fraction_of_ceiling",
+              fp8 ? nlohmann::json() : nlohmann::json(stream_gbps / ceiling)},
              {"gemv_us", run_gemv ? nlohmann::json(t.gemv_us) : nlohmann::json()},
              {"gemv_gbps", run_gemv ? nlohmann::json(gemv_gbps) : nlohmann::json()},
              {"gemv_fraction_of_ceiling",

@@ -776,7 +776,8 @@ void gated_mul(DType dtype, const void* gate_up, int32_t num_tokens, int32_t int
   // op's output as quantize_rows_fp8 makes them: at 2,064 rows that chain is faster than the fused
   // kernel, whose rows then take 1,792 vectors in registers each (bench/NOTES.md, "Row kernels as
   // clusters of blocks").
-  if (gate_up_fp8 || (out_fp8 && num_tokens < kSeparateCodesMinRows)) {
+  // (The plain op puts tokens in gridDim.y: beyond its 65,535 the fused kernel takes them.)
+  if (gate_up_fp8 || (out_fp8 && (num_tokens < kSeparateCodesMinRows || num_tokens > 65535))) {
     gated_mul_fp8(dtype, gate_up, num_tokens, inter, out, stream, pdl, interleaved, activation,
                   gate_up_fp8, out_fp8);
     return;

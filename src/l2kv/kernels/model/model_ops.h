@@ -30,8 +30,8 @@ struct ExpertSum {
   const int32_t* slot_rows = nullptr;
 };
 
-// The widest row the fp8 forms of add_rmsnorm and gated_mul take (add_rmsnorm's block holds a
-// row in registers).
+// The widest row the fp8 forms of add_rmsnorm and gated_mul take (a row's blocks hold it in
+// registers).
 inline constexpr int32_t kFp8OpsMaxWidth = 32768;
 
 // If `add` is set: residual += add (fp32), or with `add_weight` residual += RMSNorm(add) *
