@@ -293,6 +293,14 @@ TEST_P(ModelOps, SiluMulMatchesHostReference) {
                   [](float g, float u) { return g / (1.f + std::exp(-g)) * u; });
 }
 
+// A step of more tokens than gridDim.y holds (65,535): the op launches in slices; the last
+// slice's rows must be as right as the first's.
+TEST_P(ModelOps, SiluMulTakesMoreRowsThanOneGridColumn) {
+  L2KV_SKIP_WITHOUT_GPU();
+  check_gated_mul(GetParam(), ops::GateActivation::kSilu, {16, 13}, {65535 + 4000}, 15,
+                  [](float g, float u) { return g / (1.f + std::exp(-g)) * u; });
+}
+
 struct RopeCase {
   int32_t head_dim, q_heads, kv_heads, rows;
   KvLayout layout;

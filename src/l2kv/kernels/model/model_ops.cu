@@ -776,8 +776,7 @@ void gated_mul(DType dtype, const void* gate_up, int32_t num_tokens, int32_t int
   // op's output as quantize_rows_fp8 makes them: at 2,064 rows that chain is faster than the fused
   // kernel, whose rows then take 1,792 vectors in registers each (bench/NOTES.md, "Row kernels as
   // clusters of blocks").
-  // (The plain op puts tokens in gridDim.y: beyond its 65,535 the fused kernel takes them.)
-  if (gate_up_fp8 || (out_fp8 && (num_tokens < kSeparateCodesMinRows || num_tokens > 65535))) {
+  if (gate_up_fp8 || (out_fp8 && num_tokens < kSeparateCodesMinRows)) {
     gated_mul_fp8(dtype, gate_up, num_tokens, inter, out, stream, pdl, interleaved, activation,
                   gate_up_fp8, out_fp8);
     return;
@@ -793,11 +792,6 @@ void gated_mul(DType dtype, const void* gate_up, int32_t num_tokens, int32_t int
     T* o = static_cast<T*>(out);
     const bool vectorized = inter % kVec == 0;
     const auto vec_blocks = static_cast<unsigned>((inter / kVec + kThreads - 1) / kThreads);
-    const auto tokens = static_cast<unsigned>(num_tokens);
-    cudaLaunchAttribute attribute;
-    const cudaLaunchConfig_t config =
-        launch_config(vectorized ? dim3(vec_blocks, tokens) : dim3(tokens), dim3(kThreads), 0,
-                      stream, pdl, attribute);
     using Kernel = void (*)(const T*, int32_t, T*);
     Kernel kernel = nullptr;
     if (activation == GateActivation::kGeluTanh)
@@ -808,7 +802,18 @@ void gated_mul(DType dtype, const void* gate_up, int32_t num_tokens, int32_t int
       kernel = !vectorized   ? Kernel{gated_mul_strided_kernel<T, false>}
                : interleaved ? Kernel{gated_mul_kernel<T, true, false>}
                              : Kernel{gated_mul_kernel<T, false, false>};
-    L2KV_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, in, inter, o));
+    // gridDim.y holds at most 65,535 tokens: a larger step (a long prompt in one chunk) launches
+    // in slices of that many.
+    constexpr int32_t kMaxGridY = 65535;
+    for (int32_t first = 0; first < num_tokens; first += kMaxGridY) {
+      const auto tokens = static_cast<unsigned>(std::min(kMaxGridY, num_tokens - first));
+      cudaLaunchAttribute attribute;
+      const cudaLaunchConfig_t config =
+          launch_config(vectorized ? dim3(vec_blocks, tokens) : dim3(tokens), dim3(kThreads), 0,
+                        stream, pdl, attribute);
+      L2KV_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, in + int64_t{first} * 2 * inter, inter,
+                                         o + int64_t{first} * inter));
+    }
   });
 }
 
