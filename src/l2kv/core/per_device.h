@@ -34,4 +34,14 @@ class PerDevice {
   std::map<int, T> values_;
 };
 
+// The current device's multiprocessor count, asked once per device.
+inline int current_device_sm_count() {
+  static PerDevice<int> counts;
+  return counts.value([](int device) {
+    int sms = 0;
+    L2KV_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+    return sms;
+  });
+}
+
 }  // namespace l2kv

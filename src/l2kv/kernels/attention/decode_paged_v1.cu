@@ -312,15 +312,6 @@ __global__ void paged_v1_reduce_kernel(const DecodeAttentionParams p, const V1Pa
 // Thread blocks below which paged_v1 is latency-bound and kAuto prefetches (see header).
 constexpr int kAutoPrefetchMaxBlocksPerSm = 3;
 
-int device_sm_count() {
-  static PerDevice<int> device_sms;
-  return device_sms.value([](int device) {
-    int sms = 0;
-    L2KV_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-    return sms;
-  });
-}
-
 template <typename T, int kHeadDim, int kBlockSize, bool kFp8, bool kPartitioned>
 void launch_paged_v1(const DecodeAttentionParams& p, KvPrefetch prefetch, bool auto_prefetch,
                      const V1Partials& parts, int32_t grid_partitions, cudaStream_t stream) {
@@ -333,7 +324,7 @@ void launch_paged_v1(const DecodeAttentionParams& p, KvPrefetch prefetch, bool a
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, max_smem));
     return true;
   });
-  const int sm_count = device_sm_count();
+  const int sm_count = current_device_sm_count();
   const dim3 grid(p.num_q_heads, p.kv.batch_size, grid_partitions);
   if (auto_prefetch) {
     int resident = 0;
@@ -417,7 +408,7 @@ void run_paged_v1(const DecodeAttentionParams& params, const PrefetchPolicy& pol
     throw Error("paged_v1: batch, heads and max_seq_len must be positive");
   const PagedV1Plan plan =
       plan_paged_v1(params.max_seq_len, params.kv.block_size, params.kv.batch_size,
-                    params.num_q_heads, device_sm_count());
+                    params.num_q_heads, current_device_sm_count());
   V1Partials parts;
   parts.partition_tokens = plan.partition_tokens;
   parts.max_partitions = plan.max_partitions;

@@ -2,13 +2,13 @@
 #include <cuda_fp16.h>
 
 #include <algorithm>
-#include <atomic>
 #include <string>
 #include <type_traits>
 
 #include "l2kv/core/ceil_div.h"
 #include "l2kv/core/cuda_check.h"
 #include "l2kv/core/error.h"
+#include "l2kv/core/per_device.h"
 #include "l2kv/kernels/block_reduce.cuh"
 #include "l2kv/kernels/cluster_reduce.cuh"
 #include "l2kv/kernels/dtype_dispatch.cuh"
@@ -585,18 +585,6 @@ __global__ void gather_rows_kernel(const uint16_t* in, const int32_t* rows, int3
     out[r * width + i] = in[static_cast<int64_t>(rows[r]) * width + i];
 }
 
-int multiprocessor_count() {
-  constexpr int kMaxDevices = 16;
-  static std::atomic<int> counts[kMaxDevices] = {};
-  int device = 0;
-  L2KV_CUDA_CHECK(cudaGetDevice(&device));
-  if (device < kMaxDevices && counts[device].load() > 0) return counts[device].load();
-  int count = 0;
-  L2KV_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
-  if (device < kMaxDevices) counts[device].store(count);
-  return count;
-}
-
 // The launch of a kernel that gives each row a cluster of blocks (RowPart): `rows` x parts
 // blocks, parts a power of two up to 8: as many as a row needs at kRowThreads threads of
 // kNormVecsPerThread vectors each, then doubled while the grid has fewer blocks than the GPU has
@@ -612,7 +600,7 @@ class RowClusterLaunch {
     if (width > kMaxWidth)
       throw Error("a row of " + std::to_string(width) + " elements is over the " +
                   std::to_string(kMaxWidth) + " a cluster of blocks holds");
-    const int vecs = width / kVec, sms = multiprocessor_count();
+    const int vecs = width / kVec, sms = current_device_sm_count();
     int parts = 1;
     while (vecs > parts * kRowThreads * kNormVecsPerThread) parts *= 2;
     while (parts < kMaxParts && int64_t{rows} * parts < sms &&
