@@ -483,7 +483,7 @@ struct CudaModel::GraphOps {
   // written in place of the pending product's: each row's scale is read before it is replaced.
   Fp8Rows fp8_codes_for(const Projection* next) {
     if (!m->fp8_fused_scales_ || next == nullptr || next->w8 == nullptr ||
-        !fp8_ops_take(next->in) || !m->gemm_.fp8_quantizes_input(n, next->in, next->out))
+        !ops::fp8_ops_take(next->in) || !m->gemm_.fp8_quantizes_input(n, next->in, next->out))
       return {};
     fp8_codes_ready = true;
     return {ws().fp8_codes.ptr, ws().fp8_row_scales.ptr};
@@ -491,11 +491,7 @@ struct CudaModel::GraphOps {
   // An fp8 product with its scales still to apply may wait for the norm after it (Gemma's extra
   // norm of the block output reads a 16-bit addend).
   bool defer_block_output_scales() const {
-    return m->fp8_fused_scales_ && !c().gemma && fp8_ops_take(c().hidden_size);
-  }
-  // Rows the fp8 forms of add_rmsnorm and gated_mul take.
-  static bool fp8_ops_take(int64_t width) {
-    return width % 8 == 0 && width <= ops::kFp8OpsMaxWidth;
+    return m->fp8_fused_scales_ && !c().gemma && ops::fp8_ops_take(c().hidden_size);
   }
   // `next`: the projection that reads h, where there is one.
   void norm(const void* weight, const Projection* next = nullptr) {
@@ -669,7 +665,7 @@ struct CudaModel::GraphOps {
     Fp8Product product;
     timed(Op::kGemm, [&] {
       product = project(projection, ws().h.ptr, ws().gate_up.ptr,
-                        m->fp8_fused_scales_ && fp8_ops_take(I));
+                        m->fp8_fused_scales_ && ops::fp8_ops_take(I));
     });
     const Projection next = down(l);
     ops::gated_mul(c().dtype, ws().gate_up.ptr, n, static_cast<int32_t>(I), ws().act.ptr, stream,

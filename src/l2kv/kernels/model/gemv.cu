@@ -32,6 +32,7 @@
 #include "l2kv/kernels/fp8.cuh"
 #include "l2kv/kernels/grid_dependency.cuh"
 #include "l2kv/kernels/model/gemv.h"
+#include "l2kv/kernels/model/gemv_weight_loads.cuh"
 #include "l2kv/kernels/model/paired_rows.h"
 #include "l2kv/kernels/model/rope.cuh"
 #include "l2kv/kernels/tensor_core.cuh"
@@ -45,7 +46,7 @@ constexpr int kThreads = kWarps * kWarpSize;
 constexpr int kRowsPerBlock = 16;  // the mma's M: output features per block
 constexpr int kColsPerTile = 8;    // the mma's N: rows of x per tile
 constexpr int kElemsPerVec = 8;    // 16-bit elements per 16-byte load
-constexpr int kLanesPerRow = 4;    // lanes that share a W row in one load instruction
+constexpr int kLanesPerRow = gemv_loads::kLanesPerRow;
 // Two blocks of 256 threads per SM caps registers at 128 per thread: room for 2 x 8 weight
 // vectors in flight (NTiles = 1). The two-stage ring form asks for three (80 registers): its
 // weights wait in shared memory, not in registers.
@@ -77,31 +78,8 @@ struct GemvParams {
   GemvFusion fusion;
 };
 
-// The W vectors of one warp iteration: kUnroll of each of the lane's two rows (g and g + 8).
-template <int kUnroll>
-struct WeightVecs {
-  uint4 lo[kUnroll], hi[kUnroll];
-};
-
-// Loads the iteration that starts at `first_vec` (the lane's own offset t is already in the
-// pointers). kTail: vectors at or past `lane_vecs` (the row length in vectors minus t) read
-// nothing and count as zeros; `in` is a multiple of 8 (16 for E4M3), so a vector is wholly
-// inside the row or wholly outside.
-template <int kUnroll, bool kTail>
-__device__ __forceinline__ void load_weights(WeightVecs<kUnroll>& wv, const uint4* w_lo,
-                                             const uint4* w_hi, int64_t first_vec,
-                                             int64_t lane_vecs) {
-#pragma unroll
-  for (int u = 0; u < kUnroll; ++u) {
-    const int64_t v = first_vec + u * kLanesPerRow;
-    if (!kTail || v < lane_vecs) {
-      wv.lo[u] = ptx::ld_stream_16(w_lo + v);
-      wv.hi[u] = ptx::ld_stream_16(w_hi + v);
-    } else {
-      wv.lo[u] = wv.hi[u] = make_uint4(0, 0, 0, 0);
-    }
-  }
-}
+using gemv_loads::load_weights;
+using gemv_loads::WeightVecs;
 
 // The ring form's copies of one iteration into a stage (the lane's vectors at stage[i * 32 +
 // lane], conflict-free): vectors at or past `lane_vecs` read nothing and land as zeros.

@@ -13,10 +13,10 @@
 
 #include "l2kv/core/cuda_check.h"
 #include "l2kv/core/error.h"
-#include "l2kv/kernels/cache_hints.cuh"
 #include "l2kv/kernels/fp8.cuh"
 #include "l2kv/kernels/grid_dependency.cuh"
 #include "l2kv/kernels/model/gemv_fp8.h"
+#include "l2kv/kernels/model/gemv_weight_loads.cuh"
 #include "l2kv/kernels/tensor_core.cuh"
 
 namespace l2kv {
@@ -27,7 +27,7 @@ constexpr int kWarps = 8;
 constexpr int kThreads = kWarps * kWarpSize;
 constexpr int kFeaturesPerBlock = 16;  // the mma's M
 constexpr int kRowsPerGroup = 16;      // x rows of one block: two 8-row mma tiles
-constexpr int kLanesPerRow = 4;
+constexpr int kLanesPerRow = gemv_loads::kLanesPerRow;
 constexpr int kWeightsPerVec = 16;  // E4M3 per 16-byte load
 constexpr int kXPerVec = 8;         // 16-bit x per 16-byte load
 
@@ -38,12 +38,6 @@ struct Fp8GemvParams {
   int64_t rows, in, out;
   int64_t row_groups;  // ceil(rows / 16): blocks per 16 features
   bool pdl;
-};
-
-// The W vectors of one warp iteration: kUnroll of each of the lane's two rows (g and g + 8).
-template <int kUnroll>
-struct Fp8Vecs {
-  uint4 lo[kUnroll], hi[kUnroll];
 };
 
 // kUnroll: 16-byte W loads per row per lane per iteration; kMinBlocks: blocks per SM the
@@ -76,20 +70,12 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) gemv_fp8_kernel(const Fp
     xs[nt] = static_cast<const uint4*>(p.x) + row * (p.in / kXPerVec) + 2 * t;
   }
 
-  auto load = [&](Fp8Vecs<kUnroll>& wv, int64_t it) {
-#pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      const int64_t r = it * kVecsPerIter + u * kLanesPerRow;
-      if (r < lane_vecs) {
-        wv.lo[u] = ptx::ld_stream_16(w_lo + r);
-        wv.hi[u] = ptx::ld_stream_16(w_hi + r);
-      } else {
-        wv.lo[u] = wv.hi[u] = make_uint4(0, 0, 0, 0);
-      }
-    }
+  using Vecs = gemv_loads::WeightVecs<kUnroll>;
+  auto load = [&](Vecs& wv, int64_t it) {
+    gemv_loads::load_weights<kUnroll, true>(wv, w_lo, w_hi, it * kVecsPerIter, lane_vecs);
   };
   float acc[kNTiles][4] = {};
-  auto multiply = [&](const Fp8Vecs<kUnroll>& wv, int64_t it) {
+  auto multiply = [&](const Vecs& wv, int64_t it) {
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int64_t r = it * kVecsPerIter + u * kLanesPerRow;
@@ -120,7 +106,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) gemv_fp8_kernel(const Fp
   const int64_t iters = (vecs + kVecsPerIter - 1) / kVecsPerIter;
   // The weights do not depend on the kernel ahead: the first iteration's are in flight before
   // the wait.
-  Fp8Vecs<kUnroll> wv;
+  Vecs wv;
   if (warp < iters) load(wv, warp);
   if (p.pdl) ptx::grid_dependency_wait();
   for (int64_t it = warp; it < iters; it += kWarps) {

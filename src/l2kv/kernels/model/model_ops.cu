@@ -32,7 +32,7 @@ constexpr int kThreads = 256;
 // a row costs one or two memory latencies; the strided fallbacks serve widths that are not a
 // multiple of 8.
 constexpr int kVec = 8;                // 16-bit elements per 16-byte vector
-constexpr int kNormVecsPerThread = 4;  // a row of up to 4 * 1024 * 8 = 32768 elements
+constexpr int kNormVecsPerThread = 4;  // vectors a thread of a row kernel holds (RowPart)
 constexpr int kMaxThreads = 1024;
 // Threads of a block that holds part of a row in registers (RowPart: add_rmsnorm and the fp8
 // gated_mul): about 100 registers each.
@@ -667,14 +667,14 @@ void add_rmsnorm(DType dtype, float* residual, const void* add, const void* weig
                  const ExpertSum& experts, const void* add_weight, const Fp8Product& add_fp8,
                  const Fp8Rows& out_fp8) {
   if (num_tokens <= 0) return;
-  const int vecs = hidden / kVec;
-  const bool vectorized = hidden % kVec == 0 && vecs <= kNormVecsPerThread * kMaxThreads;
+  // The vectorized kernel's rows are the fp8 forms' rows: 8-element vectors, up to
+  // kFp8OpsMaxWidth wide.
+  const bool vectorized = fp8_ops_take(hidden);
   if ((add_fp8 || out_fp8) && !vectorized)
     throw Error(
         "add_rmsnorm: fp8 addends and outputs need a hidden size that is a multiple of 8 "
         "and at most " +
-        std::to_string(kNormVecsPerThread * kMaxThreads * kVec) + ", got " +
-        std::to_string(hidden));
+        std::to_string(kFp8OpsMaxWidth) + ", got " + std::to_string(hidden));
   if (add_fp8 && (add || add_weight))
     throw Error("add_rmsnorm: an fp8 addend goes alone, without a 16-bit one or its norm");
   if (out_fp8 && out_fp8.scales == nullptr)
@@ -751,12 +751,11 @@ void gated_mul(DType dtype, const void* gate_up, int32_t num_tokens, int32_t int
   if (interleaved && inter % kVec != 0)
     throw Error(
         "gated_mul: an interleaved gate_up needs an intermediate size that is a multiple of 8");
-  if ((gate_up_fp8 || out_fp8) &&
-      (inter % kVec != 0 || inter / kVec > kNormVecsPerThread * kMaxThreads))
+  if ((gate_up_fp8 || out_fp8) && !fp8_ops_take(inter))
     throw Error(
         "gated_mul: fp8 inputs and outputs need an intermediate size that is a multiple "
         "of 8 and at most " +
-        std::to_string(kNormVecsPerThread * kMaxThreads * kVec) + ", got " + std::to_string(inter));
+        std::to_string(kFp8OpsMaxWidth) + ", got " + std::to_string(inter));
   if (out_fp8 && out_fp8.scales == nullptr)
     throw Error("gated_mul: fp8 output codes need a scales buffer");
   if (num_tokens <= 0) return;

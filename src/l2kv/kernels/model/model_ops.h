@@ -33,6 +33,10 @@ struct ExpertSum {
 // The widest row the fp8 forms of add_rmsnorm and gated_mul take (a row's blocks hold it in
 // registers).
 inline constexpr int32_t kFp8OpsMaxWidth = 32768;
+// Whether the fp8 forms of add_rmsnorm and gated_mul take rows `width` wide.
+inline bool fp8_ops_take(int64_t width) {
+  return width % 8 == 0 && width <= kFp8OpsMaxWidth;
+}
 
 // If `add` is set: residual += add (fp32), or with `add_weight` residual += RMSNorm(add) *
 // add_weight (Gemma 3's norms of the attention and MLP outputs); if `experts.y` is set:
