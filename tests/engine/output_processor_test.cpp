@@ -1,5 +1,7 @@
-// The engine's output side on its own: per-request text from token ids, stop strings across
-// tokens, text held back and flushed, requests kept apart, and no text without a tokenizer.
+// The output side on its own (what the front ends run on the engine's token ids): per-request
+// text, stop strings across tokens and inside one output, what the engine produced after a stop
+// dropped, text held back and flushed, stop tokens' text left out, requests kept apart, and no
+// text (and no stop strings) without a tokenizer.
 #include "l2kv/engine/output_processor.h"
 
 #include <gtest/gtest.h>
@@ -49,103 +51,229 @@ const Tokenizer& letters_with_special_and_bytes() {
   return tokenizer;
 }
 
-TEST(OutputProcessor, StopStringAcrossTokensEndsTheTextBeforeIt) {
-  OutputProcessor out(&letters());
+// A request's outputs as the engine streams them: `tokens` since the last one, completion_tokens
+// counted, logprobs one per token (their `token` field equal to the token).
+struct EngineStream {
+  int64_t request_id = 0;
+  int32_t produced = 0;
+  RequestOutput next(std::vector<int32_t> tokens, FinishReason reason = FinishReason::kNone) {
+    RequestOutput out;
+    out.request_id = request_id;
+    for (int32_t t : tokens) {
+      SampledToken s;
+      s.token = t;
+      out.new_logprobs.push_back(s);
+    }
+    out.new_tokens = std::move(tokens);
+    produced += static_cast<int32_t>(out.new_tokens.size());
+    out.completion_tokens = produced;
+    out.finished = reason != FinishReason::kNone;
+    out.finish_reason = reason;
+    return out;
+  }
+};
+
+using Verdict = OutputProcessor::Verdict;
+
+TEST(OutputProcessor, StopStringAcrossTokensEndsTheOutputAndLaterOutputsAreDropped) {
+  OutputProcessor text(&letters());
   SamplingParams p;
   p.stop = {"cde"};
-  out.add(7, p);
-  EXPECT_EQ(out.push(7, id('a'), true), std::nullopt);
-  EXPECT_EQ(out.push(7, id('b'), true), std::nullopt);
-  EXPECT_EQ(out.push(7, id('c'), true), std::nullopt);  // "c" may start the stop string: held
-  EXPECT_EQ(out.take(7), "ab");
-  EXPECT_EQ(out.push(7, id('d'), true), std::nullopt);
-  EXPECT_EQ(out.push(7, id('e'), true), std::optional<std::string>("cde"));
-  EXPECT_EQ(out.take(7), "");  // the stop string is not part of the output
+  text.add(7, p);
+  EngineStream engine{42};
+  std::string got;
+  for (char c : std::string("abcd")) {
+    RequestOutput out = engine.next({id(c)});
+    EXPECT_EQ(text.process(7, out), Verdict::kDeliver);
+    EXPECT_FALSE(out.finished);
+    got += out.new_text;
+  }
+  EXPECT_EQ(got, "ab");  // "cd" may start the stop string: held
+  RequestOutput out = engine.next({id('e')});
+  EXPECT_EQ(text.process(7, out), Verdict::kEnded);  // the caller aborts request 42
+  EXPECT_EQ(out.new_text, "");                       // the stop string is not part of the output
+  EXPECT_TRUE(out.finished);
+  EXPECT_EQ(out.finish_reason, FinishReason::kStop);
+  EXPECT_EQ(out.stop_reason, "cde");
+  EXPECT_EQ(out.completion_tokens, 5);
+  EXPECT_EQ(out.new_tokens, std::vector<int32_t>{id('e')});
+  // The engine ran a step on before the abort reached it, then ended the request.
+  RequestOutput late = engine.next({id('f')});
+  EXPECT_EQ(text.process(7, late), Verdict::kDrop);
+  RequestOutput aborted = engine.next({}, FinishReason::kAbort);
+  EXPECT_EQ(text.process(7, aborted), Verdict::kDrop);
+  EXPECT_EQ(text.size(), 0u);
+}
+
+TEST(OutputProcessor, AStopInsideOneOutputCutsItsTokensAndLogprobs) {
+  OutputProcessor text(&letters());
+  SamplingParams p;
+  p.stop = {"bc"};
+  text.add(1, p);
+  EngineStream engine{3};
+  RequestOutput out = engine.next({id('a'), id('b'), id('c'), id('d')});
+  EXPECT_EQ(text.process(1, out), Verdict::kEnded);
+  EXPECT_EQ(out.new_text, "a");
+  EXPECT_EQ(out.new_tokens, (std::vector<int32_t>{id('a'), id('b'), id('c')}));
+  ASSERT_EQ(out.new_logprobs.size(), 3u);
+  EXPECT_EQ(out.new_logprobs.back().token, id('c'));
+  EXPECT_EQ(out.completion_tokens, 3);
+  EXPECT_EQ(out.stop_reason, "bc");
+}
+
+TEST(OutputProcessor, AStopOnTheEnginesLastTokenNeedsNoAbort) {
+  OutputProcessor text(&letters());
+  SamplingParams p;
+  p.stop = {"ab"};
+  text.add(1, p);
+  EngineStream engine{5};
+  RequestOutput out = engine.next({id('a')});
+  text.process(1, out);
+  out = engine.next({id('b')}, FinishReason::kLength);  // max_tokens on the same token
+  EXPECT_EQ(text.process(1, out), Verdict::kDeliver);   // the engine has ended it already
+  EXPECT_EQ(out.finish_reason, FinishReason::kStop);
+  EXPECT_EQ(out.stop_reason, "ab");
+  EXPECT_EQ(text.size(), 0u);
+}
+
+TEST(OutputProcessor, AStopTokensTextIsNotPartOfTheOutput) {
+  OutputProcessor text(&letters());
+  text.add(1, SamplingParams{});
+  EngineStream engine{5};
+  RequestOutput out = engine.next({id('a'), id('z')}, FinishReason::kStop);  // z: an EOS id
+  out.stop_reason = "";
+  EXPECT_EQ(text.process(1, out), Verdict::kDeliver);
+  EXPECT_EQ(out.new_text, "a");
+  EXPECT_EQ(out.new_tokens.size(), 2u);  // the token itself stays in the ids
+  EXPECT_EQ(out.completion_tokens, 2);
 }
 
 TEST(OutputProcessor, HeldTextIsFlushedWhenTheOutputEndsOtherwise) {
-  OutputProcessor out(&letters());
+  OutputProcessor text(&letters());
   SamplingParams p;
   p.stop = {"xyz"};
-  out.add(1, p);
-  out.push(1, id('q'), true);
-  out.push(1, id('x'), true);
-  out.push(1, id('y'), true);
-  EXPECT_EQ(out.take(1), "q");
-  out.finish(1);
-  EXPECT_EQ(out.take(1), "xy");
-  out.remove(1);
-  EXPECT_EQ(out.push(1, id('z'), true), std::nullopt);  // forgotten
-  EXPECT_EQ(out.take(1), "");
+  text.add(1, p);
+  text.add(2, p);
+  EngineStream one{1}, two{2};
+  std::string got;
+  for (char c : std::string("qxy")) {
+    RequestOutput out = one.next({id(c)});
+    text.process(1, out);
+    got += out.new_text;
+  }
+  EXPECT_EQ(got, "q");
+  RequestOutput out = one.next({id('w')}, FinishReason::kLength);
+  EXPECT_EQ(text.process(1, out), Verdict::kDeliver);
+  EXPECT_EQ(out.new_text, "xyw");
+  // An abort (no tokens) flushes what was held too.
+  out = two.next({id('x')});
+  text.process(2, out);
+  EXPECT_EQ(out.new_text, "");
+  out = two.next({}, FinishReason::kAbort);
+  text.process(2, out);
+  EXPECT_EQ(out.new_text, "x");
+  EXPECT_EQ(text.size(), 0u);
 }
 
 TEST(OutputProcessor, BeforeMinTokensNoStopIsLookedForAndRequestsStayApart) {
-  OutputProcessor out(&letters());
-  SamplingParams stops_ab;
-  stops_ab.stop = {"ab"};
-  SamplingParams included = stops_ab;
+  OutputProcessor text(&letters());
+  SamplingParams waits;
+  waits.stop = {"ab"};
+  waits.min_tokens = 2;
+  SamplingParams included;
+  included.stop = {"ab"};
   included.include_stop_str_in_output = true;
-  out.add(1, stops_ab);
-  out.add(2, included);
-  EXPECT_EQ(out.push(1, id('a'), false), std::nullopt);
-  EXPECT_EQ(out.push(1, id('b'), false), std::nullopt);  // may not stop yet: "ab" streams
-  EXPECT_EQ(out.push(2, id('a'), true), std::nullopt);
-  EXPECT_EQ(out.push(2, id('b'), true), std::optional<std::string>("ab"));
-  EXPECT_EQ(out.take(1), "ab");
-  EXPECT_EQ(out.take(2), "ab");  // included in the output
+  text.add(1, waits);
+  text.add(2, included);
+  EngineStream one{10}, two{20};
+  std::string got;
+  for (char c : std::string("abc")) {
+    RequestOutput out = one.next({id(c)});
+    EXPECT_EQ(text.process(1, out), Verdict::kDeliver);
+    got += out.new_text;
+  }
+  EXPECT_EQ(got, "abc");  // "ab" ended within the first min_tokens tokens: it streams
+  RequestOutput out = two.next({id('a')});
+  text.process(2, out);
+  out = two.next({id('b')});
+  EXPECT_EQ(text.process(2, out), Verdict::kEnded);
+  EXPECT_EQ(out.new_text, "ab");  // included in the output
 }
 
 TEST(OutputProcessor, SkipSpecialTokensIsPerRequest) {
-  OutputProcessor out(&letters_with_special_and_bytes());
+  OutputProcessor text(&letters_with_special_and_bytes());
   SamplingParams skip, keep;
   skip.skip_special_tokens = true;
   keep.skip_special_tokens = false;
-  out.add(1, skip);
-  out.add(2, keep);
+  text.add(1, skip);
+  text.add(2, keep);
   for (const int64_t r : {1, 2}) {
-    out.push(r, id('a'), true);
-    out.push(r, 26, true);
-    out.push(r, id('b'), true);
+    EngineStream engine{r};
+    RequestOutput out = engine.next({id('a'), 26, id('b')}, FinishReason::kLength);
+    text.process(r, out);
+    EXPECT_EQ(out.new_text, r == 1 ? "ab" : "a<s>b");
   }
-  EXPECT_EQ(out.take(1), "ab");
-  EXPECT_EQ(out.take(2), "a<s>b");
 }
 
 TEST(OutputProcessor, AnIncompleteCharacterWaitsAndEndsAsAReplacement) {
-  OutputProcessor out(&letters_with_special_and_bytes());
-  out.add(1, SamplingParams{});
-  out.push(1, id('a'), true);
-  out.push(1, 27, true);  // E2: the first of three bytes
-  out.push(1, 28, true);  // 82
-  EXPECT_EQ(out.take(1), "a");
-  out.push(1, 29, true);  // AC completes the euro sign
-  EXPECT_EQ(out.take(1), "\xE2\x82\xAC");
-  out.add(2, SamplingParams{});
-  out.push(2, 27, true);
-  out.finish(2);  // the output ends inside a character: U+FFFD
-  EXPECT_EQ(out.take(2), "\xEF\xBF\xBD");
+  OutputProcessor text(&letters_with_special_and_bytes());
+  text.add(1, SamplingParams{});
+  EngineStream engine{1};
+  RequestOutput out = engine.next({id('a'), 27, 28});  // E2 82: two of three bytes
+  text.process(1, out);
+  EXPECT_EQ(out.new_text, "a");
+  out = engine.next({29});  // AC completes the euro sign
+  text.process(1, out);
+  EXPECT_EQ(out.new_text, "\xE2\x82\xAC");
+  text.add(2, SamplingParams{});
+  EngineStream other{2};
+  out = other.next({27}, FinishReason::kLength);  // the output ends inside a character
+  text.process(2, out);
+  EXPECT_EQ(out.new_text, "\xEF\xBF\xBD");
 }
 
-TEST(OutputProcessor, AnUndecodableTokenThrowsAndTheHeldTextIsStillFlushed) {
-  OutputProcessor out(&letters());
+TEST(OutputProcessor, AnUndecodableTokenEndsTheOutputWithAnErrorAndFlushesTheHeldText) {
+  OutputProcessor text(&letters());
   SamplingParams p;
   p.stop = {"xyz"};
-  out.add(1, p);
-  out.push(1, id('x'), true);
-  out.push(1, id('y'), true);
-  EXPECT_THROW(out.push(1, 999, true), Error);  // outside the vocabulary
-  out.finish(1);  // the detokenizer cannot decode what it holds: the checker's text is kept
-  EXPECT_EQ(out.take(1), "xy");
+  text.add(1, p);
+  EngineStream engine{1};
+  RequestOutput out = engine.next({id('x'), id('y')});
+  text.process(1, out);
+  EXPECT_EQ(out.new_text, "");
+  out = engine.next({999, id('a')});  // 999: outside the vocabulary
+  EXPECT_EQ(text.process(1, out), Verdict::kEnded);
+  EXPECT_EQ(out.finish_reason, FinishReason::kError);
+  EXPECT_FALSE(out.error.empty());
+  EXPECT_EQ(out.new_tokens, std::vector<int32_t>{999});
+  EXPECT_EQ(out.completion_tokens, 3);
+  EXPECT_EQ(out.new_text, "xy");
 }
 
-TEST(OutputProcessor, NoTokenizerNoText) {
-  OutputProcessor out(nullptr);
-  SamplingParams p;
-  out.add(3, p);
-  EXPECT_EQ(out.push(3, 0, true), std::nullopt);
-  out.finish(3);
-  EXPECT_EQ(out.take(3), "");
-  EXPECT_EQ(out.take(99), "");  // unknown ids too
+TEST(OutputProcessor, NoTokenizerNoTextAndNoStopStrings) {
+  OutputProcessor text(nullptr);
+  text.add(3, SamplingParams{});
+  EngineStream engine{3};
+  RequestOutput out = engine.next({0, 1}, FinishReason::kLength);
+  EXPECT_EQ(text.process(3, out), Verdict::kDeliver);
+  EXPECT_EQ(out.new_text, "");
+  EXPECT_EQ(out.new_tokens.size(), 2u);
+  SamplingParams stops;
+  stops.stop = {"x"};
+  try {
+    text.add(4, stops);
+    FAIL() << "stop strings without a tokenizer were taken";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("tokenizer"), std::string::npos) << e.what();
+  }
+  OutputProcessor with_tokenizer(&letters());
+  stops.stop = {"a", ""};
+  EXPECT_THROW(with_tokenizer.add(1, stops), Error);
+  EXPECT_EQ(with_tokenizer.size(), 0u);
+  // Keys never added pass through as they are.
+  RequestOutput unknown = engine.next({id('a')});
+  EXPECT_EQ(with_tokenizer.process(99, unknown), Verdict::kDeliver);
+  EXPECT_EQ(unknown.new_text, "");
 }
 
 }  // namespace

@@ -14,6 +14,7 @@
 #include "l2kv/engine/cpu_runner.h"
 #include "l2kv/model/cpu_model.h"
 #include "l2kv/server/openai_protocol.h"
+#include "l2kv/tokenizer/tokenizer.h"
 
 namespace l2kv::server {
 namespace {
@@ -82,7 +83,7 @@ TEST(EngineLoop, ConcurrentSubmissionsMatchGreedyReferences) {
       std::vector<GenerationRequest> group;
       group.push_back(greedy(refs[i].prompt, max));
       group.push_back(greedy(refs[i].prompt, max));  // n = 2: both greedy, both equal
-      auto s = loop->submit(std::move(group));
+      auto s = loop->submit(std::move(group), nullptr);
       const auto choices = drain(*s.channel, 2);
       EXPECT_EQ(choices[0].tokens, choices[1].tokens);
       EXPECT_EQ(choices[0].finish_reason, FinishReason::kLength);
@@ -112,7 +113,7 @@ TEST(EngineLoop, RefusedRequestIsBadRequest) {
   group.push_back(greedy({1, 2, 3}, 4));
   group[1].prompt = {};  // empty prompt: the engine refuses; the whole group is dropped
   try {
-    loop->submit(std::move(group));
+    loop->submit(std::move(group), nullptr);
     FAIL() << "no error";
   } catch (const ApiError& e) {
     EXPECT_EQ(e.status, 400);
@@ -125,7 +126,7 @@ TEST(EngineLoop, AbortFreesBlocksAndShutdownAbortsInFlight) {
   auto loop = make_loop(nullptr);
   std::vector<GenerationRequest> group;
   group.push_back(greedy({1, 2, 3, 4, 5}, 200));
-  auto s = loop->submit(std::move(group));
+  auto s = loop->submit(std::move(group), nullptr);
   std::vector<OutputChannel::Item> items;
   while (items.empty()) s.channel->pop(items, std::chrono::milliseconds(100));
   loop->abort(s.request_ids);
@@ -139,16 +140,85 @@ TEST(EngineLoop, AbortFreesBlocksAndShutdownAbortsInFlight) {
 
   std::vector<GenerationRequest> second;
   second.push_back(greedy({1, 2, 3}, 200));
-  auto t = loop->submit(std::move(second));
+  auto t = loop->submit(std::move(second), nullptr);
   loop->shutdown();
   EXPECT_EQ(drain(*t.channel, 1)[0].finish_reason, FinishReason::kAbort);
   std::vector<GenerationRequest> late;
   late.push_back(greedy({1, 2}, 2));
   try {
-    loop->submit(std::move(late));
+    loop->submit(std::move(late), nullptr);
     FAIL() << "accepted after shutdown";
   } catch (const ApiError& e) {
     EXPECT_EQ(e.status, 503);
+  }
+}
+
+// Each id of the fixture's 512 its own text, "<id>", so a stop string can span tokens.
+std::string bracketed(int32_t id) {
+  std::string s(1, '<');
+  s += std::to_string(id);
+  s += '>';
+  return s;
+}
+const Tokenizer& bracket_tokenizer() {
+  static const Tokenizer tokenizer = [] {
+    nlohmann::json vocab = nlohmann::json::object();
+    for (int32_t id = 0; id < 512; ++id) vocab[bracketed(id)] = id;
+    const nlohmann::json spec = {
+        {"model", {{"type", "BPE"}, {"vocab", vocab}, {"merges", nlohmann::json::array()}}}};
+    return Tokenizer::from_json(spec.dump());
+  }();
+  return tokenizer;
+}
+
+// Stop strings are applied on the reading thread: whether the reader keeps up or reads only
+// after the engine has finished the request (which then ran to max_tokens), the choice ends at
+// the token that completed the stop string, with that count of tokens; the other choice of the
+// group, without stop strings, is untouched; the blocks come back; a stop string without a
+// tokenizer is a 400.
+TEST(EngineLoop, StopStringsEndTheChoiceOnTheReadingThread) {
+  Metrics metrics("m");
+  auto loop = make_loop(&metrics);
+  const Reference ref = references()[0];
+  // From the end of token 4's text into token 5's.
+  const std::string stop =
+      bracketed(ref.greedy[4]).substr(1) + bracketed(ref.greedy[5]).substr(0, 2);
+  std::string before;
+  for (int i = 0; i < 4; ++i) before += bracketed(ref.greedy[i]);
+  before += '<';
+  for (const bool late : {false, true}) {
+    SCOPED_TRACE(late ? "read after the engine finished" : "read as it comes");
+    std::vector<GenerationRequest> group;
+    group.push_back(greedy(ref.prompt, static_cast<int32_t>(ref.greedy.size())));
+    group.push_back(greedy(ref.prompt, static_cast<int32_t>(ref.greedy.size())));
+    group[0].params.stop = {stop};
+    auto s = loop->submit(std::move(group), &bracket_tokenizer());
+    if (late)
+      for (int i = 0; i < 500 && loop->snapshot().requests_in_flight != 0; ++i)
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    const auto choices = drain(*s.channel, 2);
+    EXPECT_EQ(choices[0].tokens, std::vector<int32_t>(ref.greedy.begin(), ref.greedy.begin() + 6));
+    EXPECT_EQ(choices[0].text, before);
+    EXPECT_EQ(choices[0].finish_reason, FinishReason::kStop);
+    EXPECT_EQ(choices[0].stop_reason, stop);
+    EXPECT_EQ(choices[0].completion_tokens, 6);
+    EXPECT_EQ(choices[1].tokens, ref.greedy);
+    EXPECT_EQ(choices[1].finish_reason, FinishReason::kLength);
+  }
+  for (int i = 0; i < 200 && loop->snapshot().requests_in_flight != 0; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  const LoopSnapshot snapshot = loop->snapshot();
+  EXPECT_EQ(snapshot.engine.kv_blocks_free, snapshot.engine.kv_blocks_total);
+
+  std::vector<GenerationRequest> no_tokenizer;
+  no_tokenizer.push_back(greedy(ref.prompt, 4));
+  no_tokenizer[0].params.stop = {"x"};
+  try {
+    loop->submit(std::move(no_tokenizer), nullptr);
+    FAIL() << "stop strings without a tokenizer were taken";
+  } catch (const ApiError& e) {
+    EXPECT_EQ(e.status, 400);
+    EXPECT_NE(e.message.find("tokenizer"), std::string::npos) << e.message;
   }
 }
 
@@ -201,7 +271,7 @@ std::unique_ptr<EngineLoop> make_faulty_loop(FaultyRunner::Fault fault, int at) 
 void expect_unavailable_after_fault(EngineLoop& loop, const std::string& reason) {
   std::vector<GenerationRequest> group;
   group.push_back(greedy({1, 2, 3, 4, 5}, 50));
-  auto s = loop.submit(std::move(group));
+  auto s = loop.submit(std::move(group), nullptr);
   const auto choices = drain(*s.channel, 1);
   EXPECT_EQ(choices[0].finish_reason, FinishReason::kError);
   EXPECT_NE(choices[0].error.find(reason), std::string::npos) << choices[0].error;
@@ -212,7 +282,7 @@ void expect_unavailable_after_fault(EngineLoop& loop, const std::string& reason)
   std::vector<GenerationRequest> late;
   late.push_back(greedy({1, 2}, 2));
   try {
-    loop.submit(std::move(late));
+    loop.submit(std::move(late), nullptr);
     FAIL() << "accepted after the engine failed";
   } catch (const ApiError& e) {
     EXPECT_EQ(e.status, 503);

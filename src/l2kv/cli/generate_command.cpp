@@ -15,6 +15,7 @@
 #include "l2kv/chat/chat_template.h"
 #include "l2kv/cli/model_loading.h"
 #include "l2kv/core/error.h"
+#include "l2kv/engine/output_processor.h"
 
 namespace l2kv::cli {
 namespace {
@@ -138,6 +139,7 @@ int run_generate(const GenerateOptions& o) {
     chat = std::make_unique<ChatTemplate>(ChatTemplate::for_tokenizer(*tokenizer));
   }
   Engine engine(std::move(loaded.runner), tokenizer, o.engine);
+  OutputProcessor texts(tokenizer);  // the requests' text and stop strings, keyed by prompt index
   const EngineStats initial = engine.stats();
   std::fprintf(stderr, "l2kv: KV cache of %d blocks of %d tokens; max_model_len %d\n",
                initial.kv_blocks_total, engine.config().block_size, engine.config().max_model_len);
@@ -176,7 +178,14 @@ int run_generate(const GenerateOptions& o) {
     if (in.has_ids) results[i].prompt_ids = in.ids;
     results[i].prompt_tokens = static_cast<int32_t>(request.prompt.size());
     Result* r = &results[i];
-    request.on_output = [r, stream_text](const RequestOutput& out) {
+    const auto key = static_cast<int64_t>(i);
+    texts.add(key, request.params);  // bad stop strings throw before anything runs
+    request.on_output = [r, stream_text, key, &texts, &engine](const RequestOutput& engine_out) {
+      RequestOutput out = engine_out;
+      const OutputProcessor::Verdict verdict = texts.process(key, out);
+      if (verdict == OutputProcessor::Verdict::kDrop) return;
+      // A stop string: the request ends before its next step.
+      if (verdict == OutputProcessor::Verdict::kEnded) engine.abort(out.request_id);
       r->output_ids.insert(r->output_ids.end(), out.new_tokens.begin(), out.new_tokens.end());
       r->output += out.new_text;
       r->completion_tokens = out.completion_tokens;

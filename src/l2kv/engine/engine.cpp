@@ -1,9 +1,9 @@
 // The engine loop. Sizes the KV pool with the runner, then each step: the scheduler's plan
 // becomes a StepInput (block tables straight from the BlockManager), the runner executes it,
-// and postprocessing appends each sampled token, checks stops on the host (token ids here, stop
-// strings by the OutputProcessor, which owns the text), streams and frees the blocks of
-// finished requests at once. Callbacks run at the end of each step (or of
-// abort), after the engine's state is consistent, so they may call abort() or add_request().
+// and postprocessing appends each sampled token, checks stops on the host (stop token ids,
+// EOS, lengths: token ids only; text and stop strings are the front ends', OutputProcessor),
+// streams and frees the blocks of finished requests at once. Callbacks run at the end of each step
+// (or of abort), after the engine's state is consistent, so they may call abort() or add_request().
 //
 // Pool: EngineConfig::num_kv_blocks counts physical blocks, the null block 0 included, so
 // kv_blocks_total in the stats is num_kv_blocks - 1. Stats: prompt_tokens counts prompt
@@ -24,7 +24,6 @@
 
 #include "l2kv/core/error.h"
 #include "l2kv/engine/block_manager.h"
-#include "l2kv/engine/output_processor.h"
 #include "l2kv/engine/request.h"
 #include "l2kv/engine/scheduler.h"
 #include "l2kv/structured/grammar_matcher.h"
@@ -112,8 +111,7 @@ struct Engine::Impl {
   };
 
   std::unique_ptr<ModelRunner> runner;
-  const Tokenizer* tokenizer;
-  OutputProcessor outputs;  // the requests' text
+  const Tokenizer* tokenizer;  // for its EOS token's id only
   EngineConfig config;
   std::vector<int32_t> eos_ids;
   std::optional<BlockManager> blocks;
@@ -132,7 +130,7 @@ struct Engine::Impl {
   int32_t num_followers = 0;  // n > 1 choices waiting for their leader's prompt
 
   Impl(std::unique_ptr<ModelRunner> model_runner, const Tokenizer* tok, EngineConfig cfg)
-      : runner(std::move(model_runner)), tokenizer(tok), outputs(tok) {
+      : runner(std::move(model_runner)), tokenizer(tok) {
     if (!runner) throw Error("Engine: no model runner");
     const ModelConfig& model = runner->config();
     config = resolve(cfg, model);
@@ -212,10 +210,6 @@ struct Engine::Impl {
       if (request.params.min_tokens > 0)
         throw Error("min_tokens is not supported with structured outputs");
     }
-    if (!request.params.stop.empty() && tokenizer == nullptr)
-      throw Error("stop strings need a tokenizer, and this engine has none");
-    for (const std::string& stop : request.params.stop)
-      if (stop.empty()) throw Error("stop strings must not be empty");
     if (n > config.max_model_len)
       throw Error("the prompt has " + std::to_string(n) + " tokens, more than max_model_len " +
                   std::to_string(config.max_model_len));
@@ -244,7 +238,6 @@ struct Engine::Impl {
     }
     if (request.on_output)
       r->on_output = std::make_shared<const Callback>(std::move(request.on_output));
-    outputs.add(id, r->params);  // after the checks and set-up above, which may throw
     Request* leader = prompt_leader_for(request.share_prompt_with, *r);
     if (leader) {
       r->prompt_leader = leader;
@@ -298,7 +291,6 @@ struct Engine::Impl {
     RequestOutput& out = d.output;
     out.request_id = r.id;
     out.new_tokens = std::move(r.pending_tokens);
-    out.new_text = outputs.take(r.id);
     out.new_logprobs = std::move(r.pending_logprobs);
     if (r.prompt_logprobs >= 0 && !r.prompt_logprobs_delivered &&
         static_cast<int32_t>(r.prompt_logprob_rows.size()) == r.num_prompt_tokens - 1) {
@@ -319,7 +311,6 @@ struct Engine::Impl {
   // Ends `r`: its blocks return to the pool now, its final output is queued, it is forgotten.
   void finish(Request& r, FinishReason reason, std::string stop_reason = {},
               std::string error = {}) {
-    outputs.finish(r.id);   // text held back for a stop string that never came
     if (r.prompt_leader) {  // a follower still waiting for its leader
       std::erase(r.prompt_leader->prompt_followers, &r);
       r.prompt_leader = nullptr;
@@ -332,13 +323,12 @@ struct Engine::Impl {
     scheduler->remove(&r);
     queue_output(r);
     deliveries.back().output.error = std::move(error);
-    const int64_t id = r.id;
-    outputs.remove(id);
-    requests.erase(id);  // r is gone from here on
+    requests.erase(r.id);  // r is gone from here on
   }
 
-  // Appends a sampled token and checks every stop condition, in vLLM's order: stop tokens
-  // (not within the first min_tokens tokens), stop strings (the same), then length.
+  // Appends a sampled token and checks the stop conditions of token ids, in vLLM's order: stop
+  // tokens (not within the first min_tokens tokens), then length. Stop strings are the output
+  // side's (OutputProcessor), which aborts the request when it finds one.
   void append(Request& r, SampledToken sampled) {
     const int32_t token = sampled.token;
     if (r.matcher && !r.matcher->accept_token(token)) {
@@ -369,12 +359,6 @@ struct Engine::Impl {
       reason = FinishReason::kStop;
       stop_reason = std::to_string(token);
     }
-    // A stop token's text is not part of the output.
-    if (reason == FinishReason::kNone)
-      if (std::optional<std::string> stop = outputs.push(r.id, token, may_stop)) {
-        reason = FinishReason::kStop;
-        stop_reason = std::move(*stop);
-      }
     if (reason == FinishReason::kNone &&
         (produced >= r.params.max_tokens || r.num_tokens() >= token_limit))
       reason = FinishReason::kLength;
@@ -502,7 +486,7 @@ struct Engine::Impl {
         }
         try {
           append(*c.request, std::move(sampled[next++]));
-        } catch (const std::exception& e) {  // e.g. the tokenizer cannot decode the token
+        } catch (const std::exception& e) {  // e.g. the grammar matcher: that request only
           const auto it = requests.find(id);
           if (it != requests.end()) finish(*it->second, FinishReason::kError, {}, e.what());
         }

@@ -1,6 +1,8 @@
-// The engine: requests in, tokens and text out. One step at a time:
+// The engine: requests in, token ids out. One step at a time:
 //   scheduler.schedule() -> StepInput -> runner.execute() -> sampled tokens
-//   -> append, stop checks, detokenize, stream -> scheduler.update()
+//   -> append, stop checks on token ids, stream -> scheduler.update()
+// Text and stop strings are the front ends' (output_processor.h): they detokenize what the
+// engine streams and abort a request whose text meets a stop string.
 // Single-threaded: the caller drives step() (the CLI in a loop, the server from one engine
 // thread). Any number of requests may be in flight; each gets its output through its callback.
 #pragma once
@@ -48,15 +50,18 @@ void validate_engine_config(const EngineConfig& config, const ModelConfig& model
 struct RequestOutput {
   int64_t request_id = 0;
   std::vector<int32_t> new_tokens;
-  std::string new_text;                    // detokenized, stop strings removed
+  // Filled by the output side (OutputProcessor): detokenized, stop strings removed. The engine
+  // leaves it empty.
+  std::string new_text;
   std::vector<SampledToken> new_logprobs;  // one per new token when logprobs >= 0
   // GenerationRequest::prompt_logprobs: one per prompt token after the first, in the first
   // output only.
   std::vector<PromptLogprob> prompt_logprobs;
   bool finished = false;
   FinishReason finish_reason = FinishReason::kNone;
-  std::string stop_reason;  // the stop string or token id that ended it; empty for EOS
-  std::string error;        // for kError
+  // The stop token id (engine) or stop string (OutputProcessor) that ended it; empty for EOS.
+  std::string stop_reason;
+  std::string error;  // for kError
   int32_t prompt_tokens = 0;
   int32_t completion_tokens = 0;  // total so far
 };
@@ -102,7 +107,7 @@ struct EngineStats {
 
 class Engine {
  public:
-  // `tokenizer` (may be null: no text, stop strings rejected) must outlive the engine. EOS ids
+  // `tokenizer` (may be null) must outlive the engine; only its EOS token's id is used. EOS ids
   // come from the model config (config.json and generation_config.json).
   Engine(std::unique_ptr<ModelRunner> runner, const Tokenizer* tokenizer, EngineConfig config);
   ~Engine();

@@ -1,7 +1,7 @@
 // One request as the engine tracks it, from add_request to its final output: its tokens
 // (prompt, then output), how many of them have K/V in the cache, its sampling parameters and
 // seed, its place in the queues, and what it gathered since its last output. Token ids only:
-// its text lives in the engine's OutputProcessor.
+// its text is made on the output side (OutputProcessor, run by the front ends).
 #pragma once
 
 #include <cstdint>

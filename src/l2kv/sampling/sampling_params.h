@@ -27,7 +27,9 @@ struct SamplingParams {
   std::optional<uint64_t> seed;     // unset: the engine draws one
   int32_t max_tokens = 16;          // >= 1
   int32_t min_tokens = 0;  // in [0, max_tokens]: stop tokens masked, stop strings wait until then
-  std::vector<std::string> stop;  // stop strings (part of the output only with the next flag)
+  // Stop strings (part of the output only with the next flag), applied by the output side
+  // (OutputProcessor) on the text; the engine, which sees token ids only, does not read them.
+  std::vector<std::string> stop;
   bool include_stop_str_in_output = false;  // vLLM's: the matched stop string ends the text
   std::vector<int32_t> stop_token_ids;
   bool ignore_eos = false;

@@ -10,6 +10,17 @@
 
 namespace l2kv::server {
 
+OutputChannel::OutputChannel(int32_t choices, const Tokenizer* tokenizer,
+                             std::function<void(const std::vector<int64_t>&)> end_requests)
+    : unfinished_(choices),
+      text_(tokenizer),
+      choices_(choices),
+      end_requests_(std::move(end_requests)) {}
+
+void OutputChannel::add_choice(int32_t choice, const SamplingParams& params) {
+  text_.add(choice, params);
+}
+
 void OutputChannel::push(int32_t choice, const RequestOutput& output) {
   {
     std::lock_guard lock(mutex_);
@@ -20,14 +31,30 @@ void OutputChannel::push(int32_t choice, const RequestOutput& output) {
 }
 
 bool OutputChannel::pop(std::vector<Item>& items, std::chrono::milliseconds timeout) {
-  std::unique_lock lock(mutex_);
-  if (items_.empty() && unfinished_ > 0)
-    ready_.wait_for(lock, timeout, [&] { return !items_.empty() || unfinished_ <= 0; });
-  while (!items_.empty()) {
-    items.push_back(std::move(items_.front()));
-    items_.pop_front();
+  std::deque<Item> arrived;
+  {
+    std::unique_lock lock(mutex_);
+    if (items_.empty() && unfinished_ > 0 && ended_ < choices_)
+      ready_.wait_for(lock, timeout, [&] { return !items_.empty() || unfinished_ <= 0; });
+    arrived.swap(items_);
   }
-  return unfinished_ <= 0;
+  // The text is made here, on the reading thread, outside the lock.
+  std::vector<int64_t> stopped;
+  for (Item& item : arrived) {
+    switch (text_.process(item.choice, item.output)) {
+      case OutputProcessor::Verdict::kDrop:
+        continue;
+      case OutputProcessor::Verdict::kEnded:
+        stopped.push_back(item.output.request_id);
+        break;
+      case OutputProcessor::Verdict::kDeliver:
+        break;
+    }
+    if (item.output.finished) ++ended_;
+    items.push_back(std::move(item));
+  }
+  if (!stopped.empty() && end_requests_) end_requests_(stopped);
+  return ended_ >= choices_;
 }
 
 namespace {
@@ -75,9 +102,18 @@ EngineLoop::~EngineLoop() {
   shutdown();
 }
 
-EngineLoop::Submission EngineLoop::submit(std::vector<GenerationRequest> requests) {
+EngineLoop::Submission EngineLoop::submit(std::vector<GenerationRequest> requests,
+                                          const Tokenizer* tokenizer) {
   auto pending = std::make_shared<PendingSubmit>();
-  pending->channel = std::make_shared<OutputChannel>(static_cast<int32_t>(requests.size()));
+  pending->channel = std::make_shared<OutputChannel>(
+      static_cast<int32_t>(requests.size()), tokenizer,
+      [this](const std::vector<int64_t>& ids) { end_stopped(ids); });
+  try {
+    for (size_t i = 0; i < requests.size(); ++i)
+      pending->channel->add_choice(static_cast<int32_t>(i), requests[i].params);
+  } catch (const Error& e) {
+    throw ApiError(400, e.what(), "stop");
+  }
   pending->requests = std::move(requests);
   std::future<std::vector<int64_t>> ids = pending->ids.get_future();
   {
@@ -94,6 +130,14 @@ void EngineLoop::abort(const std::vector<int64_t>& request_ids) {
   {
     std::lock_guard lock(mutex_);
     aborts_.insert(aborts_.end(), request_ids.begin(), request_ids.end());
+  }
+  wake_.notify_one();
+}
+
+void EngineLoop::end_stopped(const std::vector<int64_t>& request_ids) {
+  {
+    std::lock_guard lock(mutex_);
+    stopped_.insert(stopped_.end(), request_ids.begin(), request_ids.end());
   }
   wake_.notify_one();
 }
@@ -139,9 +183,10 @@ void EngineLoop::on_output(const std::shared_ptr<OutputChannel>& channel, int32_
       t.last_token = now;
       metrics_->add_generation_tokens(tokens);
     }
-    if (output.finished)
-      metrics_->observe_request_finished(finish_reason_name(output.finish_reason),
-                                         std::chrono::duration<double>(now - t.arrival).count());
+    if (output.finished)  // a request its reader stopped (a stop string) counts as "stop"
+      metrics_->observe_request_finished(
+          finish_reason_name(aborting_stopped_ ? FinishReason::kStop : output.finish_reason),
+          std::chrono::duration<double>(now - t.arrival).count());
   }
   if (output.finished) in_flight_.erase(output.request_id);
   if (output.finish_reason == FinishReason::kError && !engine_->failure().empty()) {
@@ -210,6 +255,7 @@ void EngineLoop::fail(const std::string& reason) {
     failure_ = reason;
     submits.swap(submits_);
     aborts_.clear();
+    stopped_.clear();
   }
   for (auto& pending : submits)
     pending->ids.set_exception(std::make_exception_ptr(unavailable(reason)));
@@ -235,14 +281,17 @@ void EngineLoop::fail(const std::string& reason) {
 void EngineLoop::serve() {
   for (;;) {
     std::deque<std::shared_ptr<PendingSubmit>> submits;
-    std::vector<int64_t> aborts;
+    std::vector<int64_t> aborts, stopped;
     bool stopping = false;
     {
       std::unique_lock lock(mutex_);
       if (!engine_->has_unfinished())
-        wake_.wait(lock, [&] { return stopping_ || !submits_.empty() || !aborts_.empty(); });
+        wake_.wait(lock, [&] {
+          return stopping_ || !submits_.empty() || !aborts_.empty() || !stopped_.empty();
+        });
       submits.swap(submits_);
       aborts.swap(aborts_);
+      stopped.swap(stopped_);
       stopping = stopping_;
     }
     for (auto& pending : submits) {
@@ -253,6 +302,9 @@ void EngineLoop::serve() {
         add_group(*pending);
     }
     for (int64_t id : aborts) engine_->abort(id);
+    aborting_stopped_ = true;  // on_output runs inside abort()
+    for (int64_t id : stopped) engine_->abort(id);
+    aborting_stopped_ = false;
     if (stopping) {
       // Abort everything in flight: each channel gets its finished output.
       std::vector<int64_t> ids;

@@ -1,6 +1,8 @@
 // One thread owns the Engine and drives its steps; HTTP threads talk to it through a command
 // queue (submit, abort) and read each request's outputs from a thread-safe channel, as
-// llama.cpp's server does with its task queue and response reader.
+// llama.cpp's server does with its task queue and response reader. The engine thread handles
+// token ids only: the reading HTTP thread makes the text and applies stop strings
+// (OutputProcessor), and aborts a request whose text met one.
 #pragma once
 
 #include <chrono>
@@ -16,31 +18,47 @@
 #include <vector>
 
 #include "l2kv/engine/engine.h"
+#include "l2kv/engine/output_processor.h"
 #include "l2kv/server/metrics.h"
 
 namespace l2kv::server {
 
 // The outputs of a group of engine requests (the choices of one API request), each tagged with
-// its choice index. Written by the engine thread, read by one HTTP thread.
+// its choice index. Written by the engine thread (token ids), read by one HTTP thread, which
+// makes their text on the way out.
 class OutputChannel {
  public:
-  explicit OutputChannel(int32_t choices) : unfinished_(choices) {}
+  // `tokenizer` (may be null: no text) must outlive the channel. `end_requests` is called from
+  // the reading thread with the engine requests whose text met a stop string (or a token the
+  // tokenizer cannot decode): their outputs have ended, the engine's requests may run on.
+  OutputChannel(int32_t choices, const Tokenizer* tokenizer,
+                std::function<void(const std::vector<int64_t>&)> end_requests);
 
   struct Item {
     int32_t choice = 0;
     RequestOutput output;
   };
 
-  void push(int32_t choice, const RequestOutput& output);
-  // Moves what has arrived into `items`, waiting up to `timeout` when nothing has. Returns true
-  // once every choice has finished and everything was taken.
+  // Choice `choice`'s stop strings and text options; before its outputs are read. Throws
+  // l2kv::Error for stop strings the channel cannot apply (empty ones, or no tokenizer).
+  void add_choice(int32_t choice, const SamplingParams& params);
+
+  void push(int32_t choice, const RequestOutput& output);  // the engine thread
+  // Moves what has arrived into `items`, with its text (OutputProcessor: new_text filled, stop
+  // strings applied, what a request produced after its stop dropped), waiting up to `timeout`
+  // when nothing has. Returns true once every choice has ended and its final output was taken.
   bool pop(std::vector<Item>& items, std::chrono::milliseconds timeout);
 
  private:
   std::mutex mutex_;
   std::condition_variable ready_;
   std::deque<Item> items_;
-  int32_t unfinished_;
+  int32_t unfinished_;  // choices the engine has not finished
+  // The reading thread's: each choice's text, and the choices whose final output it took.
+  OutputProcessor text_;
+  int32_t choices_;
+  int32_t ended_ = 0;
+  std::function<void(const std::vector<int64_t>&)> end_requests_;
 };
 
 // Load and counters for /metrics, copied under a lock after every loop turn.
@@ -64,13 +82,18 @@ class EngineLoop {
   };
 
   // Queues the requests (their on_output is replaced) and waits until the engine thread has
-  // added them: all or none. Throws ApiError 400 with the engine's message when it refuses
-  // one (l2kv::Error), 503 after shutdown or once the engine has failed (see failure()).
-  Submission submit(std::vector<GenerationRequest> requests);
+  // added them: all or none. `tokenizer` (may be null) makes the choices' text on the reading
+  // side. Throws ApiError 400 for stop strings the text cannot apply or with the engine's
+  // message when it refuses one (l2kv::Error), 503 after shutdown or once the engine has
+  // failed (see failure()).
+  Submission submit(std::vector<GenerationRequest> requests, const Tokenizer* tokenizer);
 
   // Aborts requests from any thread: queued for the engine thread, which frees their blocks at
   // once; their channels get a finished output with FinishReason::kAbort.
   void abort(const std::vector<int64_t>& request_ids);
+  // Ends requests whose text met a stop string (OutputChannel's end_requests): aborted as
+  // abort() does, counted in the metrics as finished with "stop".
+  void end_stopped(const std::vector<int64_t>& request_ids);
 
   // Why no request can be served any more, empty while the engine serves: the engine thread
   // stopped on an exception (its state is unknown), or the engine reported its device lost.
@@ -104,6 +127,7 @@ class EngineLoop {
   std::condition_variable wake_;
   std::deque<std::shared_ptr<PendingSubmit>> submits_;
   std::vector<int64_t> aborts_;
+  std::vector<int64_t> stopped_;  // end_stopped()'s, aborted like aborts_
   bool stopping_ = false;
   std::string failure_;
   LoopSnapshot snapshot_;
@@ -117,6 +141,7 @@ class EngineLoop {
     bool first = true;
   };
   std::unordered_map<int64_t, InFlight> in_flight_;
+  bool aborting_stopped_ = false;  // engine thread: the abort in progress is end_stopped()'s
 
   std::thread thread_;
 };

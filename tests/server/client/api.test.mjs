@@ -450,6 +450,18 @@ describe("completions", () => {
     const s = await collectCompletionStream(stream);
     assert.equal(s.texts[0], expected, `streamed, stop ${JSON.stringify(stop)}`);
     assert.equal(s.finish[0], "stop");
+    // The text is made on the server's HTTP thread, behind the engine, which may run on past the
+    // stop: the answer still ends at the token that completed it (logprobs and usage included).
+    const all = await client.completions.create({ model: MODEL_NAME, prompt: PROMPT, max_tokens: MAX,
+      temperature: 0, logprobs: 1 });
+    const cut = await client.completions.create({ model: MODEL_NAME, prompt: PROMPT, max_tokens: MAX,
+      temperature: 0, logprobs: 1, stop });
+    const tokens = cut.choices[0].logprobs.tokens;
+    assert.equal(cut.choices[0].text, expected);
+    assert.equal(tokens.length, cut.usage.completion_tokens);
+    assert.deepEqual(tokens, all.choices[0].logprobs.tokens.slice(0, tokens.length));
+    assert.ok(tokens.slice(0, -1).join("").length < expected.length + stop.length,
+      `a token after the one that completed ${JSON.stringify(stop)} was returned`);
   });
 
   test("logprobs = 2: tokens, token_logprobs, top_logprobs, text_offset", async () => {
