@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdint>
+#include <string>
 
 #include "l2kv/core/error.h"
 #include "l2kv/kernels/attention/decode_attention.h"
@@ -60,6 +61,24 @@ TEST(PagedV1Plan, RejectsWhatItCannotPlan) {
   EXPECT_THROW(plan_paged_v1(100, 16, 0, 32, kSms), Error);
   EXPECT_THROW(plan_paged_v1(100, 16, 1, 0, kSms), Error);
   EXPECT_THROW(plan_paged_v1(100, 16, 1, 32, 0), Error);
+}
+
+// One launch holds a sequence per grid row (at most 65535): a larger batch is refused with a
+// clear error before anything is launched, never run on the rows that fit.
+TEST(PagedV1Plan, RefusesABatchBeyondOneGridColumn) {
+  DecodeAttentionParams params;
+  params.kv.batch_size = 65536;
+  params.kv.block_size = 16;
+  params.kv.head_dim = 128;
+  params.kv.num_kv_heads = 8;
+  params.num_q_heads = 32;
+  params.max_seq_len = 1024;
+  try {
+    paged_v1_decode(params, PrefetchPolicy::off(), nullptr);
+    FAIL() << "a batch of 65536 was launched";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("65535"), std::string::npos) << e.what();
+  }
 }
 
 }  // namespace
