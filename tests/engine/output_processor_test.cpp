@@ -146,6 +146,17 @@ TEST(OutputProcessor, AStopTokensTextIsNotPartOfTheOutput) {
   EXPECT_EQ(out.new_text, "a");
   EXPECT_EQ(out.new_tokens.size(), 2u);  // the token itself stays in the ids
   EXPECT_EQ(out.completion_tokens, 2);
+  // A stop_token_ids token the same way (its id is the stop_reason), also alone in an output.
+  text.add(2, SamplingParams{});
+  EngineStream other{6};
+  out = other.next({id('b')});
+  text.process(2, out);
+  EXPECT_EQ(out.new_text, "b");
+  out = other.next({id('y')}, FinishReason::kStop);
+  out.stop_reason = std::to_string(id('y'));
+  EXPECT_EQ(text.process(2, out), Verdict::kDeliver);
+  EXPECT_EQ(out.new_text, "");
+  EXPECT_EQ(out.stop_reason, std::to_string(id('y')));
 }
 
 TEST(OutputProcessor, HeldTextIsFlushedWhenTheOutputEndsOtherwise) {

@@ -171,43 +171,86 @@ const Tokenizer& bracket_tokenizer() {
   return tokenizer;
 }
 
-// Stop strings are applied on the reading thread: whether the reader keeps up or reads only
-// after the engine has finished the request (which then ran to max_tokens), the choice ends at
-// the token that completed the stop string, with that count of tokens; the other choice of the
-// group, without stop strings, is untouched; the blocks come back; a stop string without a
-// tokenizer is a 400.
-TEST(EngineLoop, StopStringsEndTheChoiceOnTheReadingThread) {
+// Waits until the loop has nothing in flight (its snapshot is taken after each loop turn).
+void wait_idle(EngineLoop& loop) {
+  for (int i = 0; i < 500 && loop.snapshot().requests_in_flight != 0; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+}
+
+// Stop strings are applied by the loop's output thread: the choice ends at the token that
+// completed the stop string, with that count of tokens, and the engine's request is aborted
+// there (it does not run on to max_tokens); the other choice of the group, without stop
+// strings, is untouched; /metrics counts each end with the reason its client got: "stop" also
+// for a stop string completed by the max_tokens-th token (the engine's "length"), "error" for a
+// token the tokenizer cannot decode. A stop string without a tokenizer is a 400.
+TEST(EngineLoop, StopStringsEndTheChoiceOnTheOutputThread) {
   Metrics metrics("m");
   auto loop = make_loop(&metrics);
   const Reference ref = references()[0];
+  const auto max = static_cast<int32_t>(ref.greedy.size());
   // From the end of token 4's text into token 5's.
   const std::string stop =
       bracketed(ref.greedy[4]).substr(1) + bracketed(ref.greedy[5]).substr(0, 2);
   std::string before;
   for (int i = 0; i < 4; ++i) before += bracketed(ref.greedy[i]);
   before += '<';
-  for (const bool late : {false, true}) {
-    SCOPED_TRACE(late ? "read after the engine finished" : "read as it comes");
-    std::vector<GenerationRequest> group;
-    group.push_back(greedy(ref.prompt, static_cast<int32_t>(ref.greedy.size())));
-    group.push_back(greedy(ref.prompt, static_cast<int32_t>(ref.greedy.size())));
-    group[0].params.stop = {stop};
-    auto s = loop->submit(std::move(group), &bracket_tokenizer());
-    if (late)
-      for (int i = 0; i < 500 && loop->snapshot().requests_in_flight != 0; ++i)
-        std::this_thread::sleep_for(std::chrono::milliseconds(10));
-    const auto choices = drain(*s.channel, 2);
-    EXPECT_EQ(choices[0].tokens, std::vector<int32_t>(ref.greedy.begin(), ref.greedy.begin() + 6));
-    EXPECT_EQ(choices[0].text, before);
-    EXPECT_EQ(choices[0].finish_reason, FinishReason::kStop);
-    EXPECT_EQ(choices[0].stop_reason, stop);
-    EXPECT_EQ(choices[0].completion_tokens, 6);
-    EXPECT_EQ(choices[1].tokens, ref.greedy);
-    EXPECT_EQ(choices[1].finish_reason, FinishReason::kLength);
-  }
-  for (int i = 0; i < 200 && loop->snapshot().requests_in_flight != 0; ++i)
-    std::this_thread::sleep_for(std::chrono::milliseconds(10));
-  const LoopSnapshot snapshot = loop->snapshot();
+  const auto count = [&](const char* reason) {
+    const std::string text = metrics.render({});
+    const std::string key = std::string("finished_reason=\"") + reason + "\"} ";
+    const size_t at = text.find(key);
+    return at == std::string::npos ? -1 : std::stoi(text.substr(at + key.size()));
+  };
+
+  std::vector<GenerationRequest> group;
+  group.push_back(greedy(ref.prompt, max));
+  group.push_back(greedy(ref.prompt, max));
+  group[0].params.stop = {stop};
+  auto s = loop->submit(std::move(group), &bracket_tokenizer());
+  auto choices = drain(*s.channel, 2);
+  EXPECT_EQ(choices[0].tokens, std::vector<int32_t>(ref.greedy.begin(), ref.greedy.begin() + 6));
+  EXPECT_EQ(choices[0].text, before);
+  EXPECT_EQ(choices[0].finish_reason, FinishReason::kStop);
+  EXPECT_EQ(choices[0].stop_reason, stop);
+  EXPECT_EQ(choices[0].completion_tokens, 6);
+  EXPECT_EQ(choices[1].tokens, ref.greedy);
+  EXPECT_EQ(choices[1].finish_reason, FinishReason::kLength);
+  wait_idle(*loop);
+  LoopSnapshot snapshot = loop->snapshot();
+  EXPECT_EQ(snapshot.engine.kv_blocks_free, snapshot.engine.kv_blocks_total);
+  EXPECT_LT(snapshot.engine.generation_tokens, 2 * max)
+      << "the stopped request ran on to max_tokens: it was not aborted";
+  EXPECT_EQ(count("stop"), 1);
+  EXPECT_EQ(count("length"), 1);
+
+  // The stop string completed by the last token max_tokens allows.
+  group.clear();
+  group.push_back(greedy(ref.prompt, 6));
+  group[0].params.stop = {stop};
+  s = loop->submit(std::move(group), &bracket_tokenizer());
+  choices = drain(*s.channel, 1);
+  EXPECT_EQ(choices[0].finish_reason, FinishReason::kStop);
+  EXPECT_EQ(choices[0].completion_tokens, 6);
+  wait_idle(*loop);
+  EXPECT_EQ(count("stop"), 2);
+  EXPECT_EQ(count("length"), 1);
+
+  // A tokenizer without token 3's id: the output ends there with an error.
+  nlohmann::json vocab = nlohmann::json::object();
+  for (int32_t id = 0; id < 512; ++id)
+    if (id != ref.greedy[3]) vocab[bracketed(id)] = id;
+  const nlohmann::json spec = {
+      {"model", {{"type", "BPE"}, {"vocab", vocab}, {"merges", nlohmann::json::array()}}}};
+  const Tokenizer missing = Tokenizer::from_json(spec.dump());
+  group.clear();
+  group.push_back(greedy(ref.prompt, max));
+  s = loop->submit(std::move(group), &missing);
+  choices = drain(*s.channel, 1);
+  EXPECT_EQ(choices[0].finish_reason, FinishReason::kError);
+  EXPECT_EQ(choices[0].completion_tokens, 4);
+  wait_idle(*loop);
+  EXPECT_EQ(count("error"), 1);
+  EXPECT_EQ(count("stop"), 2);
+  snapshot = loop->snapshot();
   EXPECT_EQ(snapshot.engine.kv_blocks_free, snapshot.engine.kv_blocks_total);
 
   std::vector<GenerationRequest> no_tokenizer;

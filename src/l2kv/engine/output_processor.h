@@ -2,8 +2,8 @@
 // request's text, made from the token ids the engine streams by an incremental detokenizer and
 // passed through its stop strings. The engine core works on token ids only (stop token ids,
 // EOS, lengths); a stop string found here ends the output at the token that completed it, and
-// the front end aborts the engine's request, which may have run on (the server's HTTP threads
-// read outputs a step or more behind the engine thread): what came after is dropped. Without a
+// the front end aborts the engine's request, which may have run on (the server's output thread
+// works a step or so behind the engine thread): what came after is dropped. Without a
 // tokenizer there is no text and stop strings are refused.
 #pragma once
 

@@ -10,17 +10,6 @@
 
 namespace l2kv::server {
 
-OutputChannel::OutputChannel(int32_t choices, const Tokenizer* tokenizer,
-                             std::function<void(const std::vector<int64_t>&)> end_requests)
-    : unfinished_(choices),
-      text_(tokenizer),
-      choices_(choices),
-      end_requests_(std::move(end_requests)) {}
-
-void OutputChannel::add_choice(int32_t choice, const SamplingParams& params) {
-  text_.add(choice, params);
-}
-
 void OutputChannel::push(int32_t choice, const RequestOutput& output) {
   {
     std::lock_guard lock(mutex_);
@@ -31,30 +20,14 @@ void OutputChannel::push(int32_t choice, const RequestOutput& output) {
 }
 
 bool OutputChannel::pop(std::vector<Item>& items, std::chrono::milliseconds timeout) {
-  std::deque<Item> arrived;
-  {
-    std::unique_lock lock(mutex_);
-    if (items_.empty() && unfinished_ > 0 && ended_ < choices_)
-      ready_.wait_for(lock, timeout, [&] { return !items_.empty() || unfinished_ <= 0; });
-    arrived.swap(items_);
+  std::unique_lock lock(mutex_);
+  if (items_.empty() && unfinished_ > 0)
+    ready_.wait_for(lock, timeout, [&] { return !items_.empty() || unfinished_ <= 0; });
+  while (!items_.empty()) {
+    items.push_back(std::move(items_.front()));
+    items_.pop_front();
   }
-  // The text is made here, on the reading thread, outside the lock.
-  std::vector<int64_t> stopped;
-  for (Item& item : arrived) {
-    switch (text_.process(item.choice, item.output)) {
-      case OutputProcessor::Verdict::kDrop:
-        continue;
-      case OutputProcessor::Verdict::kEnded:
-        stopped.push_back(item.output.request_id);
-        break;
-      case OutputProcessor::Verdict::kDeliver:
-        break;
-    }
-    if (item.output.finished) ++ended_;
-    items.push_back(std::move(item));
-  }
-  if (!stopped.empty() && end_requests_) end_requests_(stopped);
-  return ended_ >= choices_;
+  return unfinished_ <= 0;
 }
 
 namespace {
@@ -74,6 +47,7 @@ struct EngineLoop::PendingSubmit {
 
 EngineLoop::EngineLoop(std::function<std::unique_ptr<Engine>()> make_engine, Metrics* metrics)
     : metrics_(metrics) {
+  output_thread_ = std::thread([this] { run_outputs(); });
   std::promise<void> started;
   std::future<void> ready = started.get_future();
   thread_ = std::thread([this, make = std::move(make_engine), &started]() mutable {
@@ -94,6 +68,12 @@ EngineLoop::EngineLoop(std::function<std::unique_ptr<Engine>()> make_engine, Met
     ready.get();
   } catch (...) {
     thread_.join();
+    {
+      std::lock_guard lock(outputs_mutex_);
+      outputs_closed_ = true;
+    }
+    outputs_ready_.notify_one();
+    output_thread_.join();
     throw;
   }
 }
@@ -104,10 +84,17 @@ EngineLoop::~EngineLoop() {
 
 EngineLoop::Submission EngineLoop::submit(std::vector<GenerationRequest> requests,
                                           const Tokenizer* tokenizer) {
+  const auto refuse_when_down = [&] {
+    if (!failure_.empty()) throw unavailable(failure_);
+    if (stopping_) throw ApiError(503, "The server is shutting down.");
+  };
+  {
+    std::lock_guard lock(mutex_);
+    refuse_when_down();  // 503 before a 400 for what the request asks
+  }
   auto pending = std::make_shared<PendingSubmit>();
-  pending->channel = std::make_shared<OutputChannel>(
-      static_cast<int32_t>(requests.size()), tokenizer,
-      [this](const std::vector<int64_t>& ids) { end_stopped(ids); });
+  pending->channel =
+      std::make_shared<OutputChannel>(static_cast<int32_t>(requests.size()), tokenizer);
   try {
     for (size_t i = 0; i < requests.size(); ++i)
       pending->channel->add_choice(static_cast<int32_t>(i), requests[i].params);
@@ -118,8 +105,7 @@ EngineLoop::Submission EngineLoop::submit(std::vector<GenerationRequest> request
   std::future<std::vector<int64_t>> ids = pending->ids.get_future();
   {
     std::lock_guard lock(mutex_);
-    if (!failure_.empty()) throw unavailable(failure_);
-    if (stopping_) throw ApiError(503, "The server is shutting down.");
+    refuse_when_down();
     submits_.push_back(pending);
   }
   wake_.notify_one();
@@ -130,14 +116,6 @@ void EngineLoop::abort(const std::vector<int64_t>& request_ids) {
   {
     std::lock_guard lock(mutex_);
     aborts_.insert(aborts_.end(), request_ids.begin(), request_ids.end());
-  }
-  wake_.notify_one();
-}
-
-void EngineLoop::end_stopped(const std::vector<int64_t>& request_ids) {
-  {
-    std::lock_guard lock(mutex_);
-    stopped_.insert(stopped_.end(), request_ids.begin(), request_ids.end());
   }
   wake_.notify_one();
 }
@@ -159,13 +137,57 @@ void EngineLoop::shutdown() {
   }
   wake_.notify_one();
   if (thread_.joinable()) thread_.join();
+  // The engine thread's last outputs (the aborts of what was in flight) are queued: deliver
+  // them, then stop.
+  {
+    std::lock_guard lock(outputs_mutex_);
+    outputs_closed_ = true;
+  }
+  outputs_ready_.notify_one();
+  if (output_thread_.joinable()) output_thread_.join();
+}
+
+void EngineLoop::queue_output(PendingOutput pending) {
+  {
+    std::lock_guard lock(outputs_mutex_);
+    outputs_.push_back(std::move(pending));
+  }
+  outputs_ready_.notify_one();
+}
+
+void EngineLoop::run_outputs() {
+  for (;;) {
+    std::deque<PendingOutput> batch;
+    {
+      std::unique_lock lock(outputs_mutex_);
+      outputs_ready_.wait(lock, [&] { return outputs_closed_ || !outputs_.empty(); });
+      if (outputs_.empty()) return;  // closed and drained
+      batch.swap(outputs_);
+    }
+    for (PendingOutput& p : batch) deliver(p);
+  }
+}
+
+// The text of one engine output (OutputProcessor), the abort of a request whose text ended it,
+// the end counted in /metrics with the reason the client gets, then the channel.
+void EngineLoop::deliver(PendingOutput& p) {
+  RequestOutput& out = p.output;
+  const OutputProcessor::Verdict verdict = p.channel->text().process(p.choice, out);
+  if (verdict == OutputProcessor::Verdict::kDrop) return;  // after its text ended it
+  if (verdict == OutputProcessor::Verdict::kEnded) abort({out.request_id});
+  if (out.finished && metrics_)
+    metrics_->observe_request_finished(
+        finish_reason_name(out.finish_reason),
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - p.arrival).count());
+  p.channel->push(p.choice, out);
 }
 
 void EngineLoop::on_output(const std::shared_ptr<OutputChannel>& channel, int32_t choice,
                            const RequestOutput& output) {
   const auto now = std::chrono::steady_clock::now();
   auto it = in_flight_.find(output.request_id);
-  if (it != in_flight_.end() && metrics_) {
+  if (it == in_flight_.end()) return;  // of a group refused while it was added: nobody reads it
+  if (metrics_) {
     InFlight& t = it->second;
     const auto tokens = static_cast<int64_t>(output.new_tokens.size());
     if (tokens > 0) {
@@ -183,18 +205,16 @@ void EngineLoop::on_output(const std::shared_ptr<OutputChannel>& channel, int32_
       t.last_token = now;
       metrics_->add_generation_tokens(tokens);
     }
-    if (output.finished)  // a request its reader stopped (a stop string) counts as "stop"
-      metrics_->observe_request_finished(
-          finish_reason_name(aborting_stopped_ ? FinishReason::kStop : output.finish_reason),
-          std::chrono::duration<double>(now - t.arrival).count());
   }
-  if (output.finished) in_flight_.erase(output.request_id);
+  // Its end is counted by the output thread, which knows whether its text ended it first.
+  const auto arrival = it->second.arrival;
+  if (output.finished) in_flight_.erase(it);
   if (output.finish_reason == FinishReason::kError && !engine_->failure().empty()) {
     // The device was lost in this step: unavailable before its requests hear of it.
     std::lock_guard lock(mutex_);
     failure_ = engine_->failure();
   }
-  channel->push(choice, output);
+  queue_output({channel, choice, output, arrival});
 }
 
 void EngineLoop::add_group(PendingSubmit& pending) {
@@ -255,7 +275,6 @@ void EngineLoop::fail(const std::string& reason) {
     failure_ = reason;
     submits.swap(submits_);
     aborts_.clear();
-    stopped_.clear();
   }
   for (auto& pending : submits)
     pending->ids.set_exception(std::make_exception_ptr(unavailable(reason)));
@@ -267,12 +286,7 @@ void EngineLoop::fail(const std::string& reason) {
     out.finished = true;
     out.finish_reason = FinishReason::kError;
     out.error = reason;
-    if (metrics_)
-      metrics_->observe_request_finished(
-          finish_reason_name(FinishReason::kError),
-          std::chrono::duration<double>(std::chrono::steady_clock::now() - request.arrival)
-              .count());
-    request.channel->push(request.choice, out);
+    queue_output({request.channel, request.choice, std::move(out), request.arrival});
   }
   std::lock_guard lock(mutex_);
   snapshot_.requests_in_flight = 0;
@@ -281,17 +295,14 @@ void EngineLoop::fail(const std::string& reason) {
 void EngineLoop::serve() {
   for (;;) {
     std::deque<std::shared_ptr<PendingSubmit>> submits;
-    std::vector<int64_t> aborts, stopped;
+    std::vector<int64_t> aborts;
     bool stopping = false;
     {
       std::unique_lock lock(mutex_);
       if (!engine_->has_unfinished())
-        wake_.wait(lock, [&] {
-          return stopping_ || !submits_.empty() || !aborts_.empty() || !stopped_.empty();
-        });
+        wake_.wait(lock, [&] { return stopping_ || !submits_.empty() || !aborts_.empty(); });
       submits.swap(submits_);
       aborts.swap(aborts_);
-      stopped.swap(stopped_);
       stopping = stopping_;
     }
     for (auto& pending : submits) {
@@ -302,9 +313,6 @@ void EngineLoop::serve() {
         add_group(*pending);
     }
     for (int64_t id : aborts) engine_->abort(id);
-    aborting_stopped_ = true;  // on_output runs inside abort()
-    for (int64_t id : stopped) engine_->abort(id);
-    aborting_stopped_ = false;
     if (stopping) {
       // Abort everything in flight: each channel gets its finished output.
       std::vector<int64_t> ids;

@@ -1,8 +1,9 @@
 // One thread owns the Engine and drives its steps; HTTP threads talk to it through a command
 // queue (submit, abort) and read each request's outputs from a thread-safe channel, as
 // llama.cpp's server does with its task queue and response reader. The engine thread handles
-// token ids only: the reading HTTP thread makes the text and applies stop strings
-// (OutputProcessor), and aborts a request whose text met one.
+// token ids only; an output thread between it and the channels (vLLM's output handler) makes
+// each request's text and applies its stop strings (OutputProcessor), aborts a request whose
+// text met one, and counts each request's end in /metrics with the reason its client sees.
 #pragma once
 
 #include <chrono>
@@ -24,41 +25,36 @@
 namespace l2kv::server {
 
 // The outputs of a group of engine requests (the choices of one API request), each tagged with
-// its choice index. Written by the engine thread (token ids), read by one HTTP thread, which
-// makes their text on the way out.
+// its choice index, with their text. Written by the loop's output thread, read by one HTTP
+// thread.
 class OutputChannel {
  public:
-  // `tokenizer` (may be null: no text) must outlive the channel. `end_requests` is called from
-  // the reading thread with the engine requests whose text met a stop string (or a token the
-  // tokenizer cannot decode): their outputs have ended, the engine's requests may run on.
-  OutputChannel(int32_t choices, const Tokenizer* tokenizer,
-                std::function<void(const std::vector<int64_t>&)> end_requests);
+  // `tokenizer` (may be null: no text) must outlive the channel.
+  OutputChannel(int32_t choices, const Tokenizer* tokenizer)
+      : unfinished_(choices), text_(tokenizer) {}
 
   struct Item {
     int32_t choice = 0;
     RequestOutput output;
   };
 
-  // Choice `choice`'s stop strings and text options; before its outputs are read. Throws
+  // Choice `choice`'s stop strings and text options, before the group is submitted. Throws
   // l2kv::Error for stop strings the channel cannot apply (empty ones, or no tokenizer).
-  void add_choice(int32_t choice, const SamplingParams& params);
+  void add_choice(int32_t choice, const SamplingParams& params) { text_.add(choice, params); }
+  // The choices' text: the loop's output thread's alone once the group is submitted.
+  OutputProcessor& text() { return text_; }
 
-  void push(int32_t choice, const RequestOutput& output);  // the engine thread
-  // Moves what has arrived into `items`, with its text (OutputProcessor: new_text filled, stop
-  // strings applied, what a request produced after its stop dropped), waiting up to `timeout`
-  // when nothing has. Returns true once every choice has ended and its final output was taken.
+  void push(int32_t choice, const RequestOutput& output);
+  // Moves what has arrived into `items`, waiting up to `timeout` when nothing has. Returns true
+  // once every choice has ended and everything was taken.
   bool pop(std::vector<Item>& items, std::chrono::milliseconds timeout);
 
  private:
   std::mutex mutex_;
   std::condition_variable ready_;
   std::deque<Item> items_;
-  int32_t unfinished_;  // choices the engine has not finished
-  // The reading thread's: each choice's text, and the choices whose final output it took.
+  int32_t unfinished_;
   OutputProcessor text_;
-  int32_t choices_;
-  int32_t ended_ = 0;
-  std::function<void(const std::vector<int64_t>&)> end_requests_;
 };
 
 // Load and counters for /metrics, copied under a lock after every loop turn.
@@ -89,11 +85,9 @@ class EngineLoop {
   Submission submit(std::vector<GenerationRequest> requests, const Tokenizer* tokenizer);
 
   // Aborts requests from any thread: queued for the engine thread, which frees their blocks at
-  // once; their channels get a finished output with FinishReason::kAbort.
+  // once; their channels get a finished output with FinishReason::kAbort (unless their text
+  // ended them first).
   void abort(const std::vector<int64_t>& request_ids);
-  // Ends requests whose text met a stop string (OutputChannel's end_requests): aborted as
-  // abort() does, counted in the metrics as finished with "stop".
-  void end_stopped(const std::vector<int64_t>& request_ids);
 
   // Why no request can be served any more, empty while the engine serves: the engine thread
   // stopped on an exception (its state is unknown), or the engine reported its device lost.
@@ -116,6 +110,17 @@ class EngineLoop {
   void add_group(PendingSubmit& pending);
   void on_output(const std::shared_ptr<OutputChannel>& channel, int32_t choice,
                  const RequestOutput& output);
+  // An engine output on its way to the output thread, which runs it through its channel's
+  // text, then gives it to the channel.
+  struct PendingOutput {
+    std::shared_ptr<OutputChannel> channel;
+    int32_t choice = 0;
+    RequestOutput output;
+    std::chrono::steady_clock::time_point arrival;  // of its request, for /metrics
+  };
+  void queue_output(PendingOutput pending);
+  void run_outputs();
+  void deliver(PendingOutput& pending);
 
   Metrics* metrics_;
   std::unique_ptr<Engine> engine_;  // touched by the engine thread only (after start-up)
@@ -127,7 +132,6 @@ class EngineLoop {
   std::condition_variable wake_;
   std::deque<std::shared_ptr<PendingSubmit>> submits_;
   std::vector<int64_t> aborts_;
-  std::vector<int64_t> stopped_;  // end_stopped()'s, aborted like aborts_
   bool stopping_ = false;
   std::string failure_;
   LoopSnapshot snapshot_;
@@ -141,9 +145,15 @@ class EngineLoop {
     bool first = true;
   };
   std::unordered_map<int64_t, InFlight> in_flight_;
-  bool aborting_stopped_ = false;  // engine thread: the abort in progress is end_stopped()'s
 
   std::thread thread_;
+
+  // Engine outputs on their way to the output thread (token ids, no text yet).
+  std::mutex outputs_mutex_;
+  std::condition_variable outputs_ready_;
+  std::deque<PendingOutput> outputs_;
+  bool outputs_closed_ = false;
+  std::thread output_thread_;
 };
 
 }  // namespace l2kv::server

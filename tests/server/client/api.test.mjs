@@ -439,6 +439,10 @@ describe("completions", () => {
   });
 
   test("stop string (not streamed, streamed, in a list)", async () => {
+    const stops = async () => parseMetrics((await request(server.url, "GET", "/metrics")).text)
+      .filter((m) => m.name === "l2kv:request_success_total" && m.labels.includes('finished_reason="stop"'))
+      .reduce((sum, m) => sum + m.value, 0);
+    const stopsBefore = await stops();
     const { stop, expected } = stopFrom(ref.completion.output);
     const r = await client.completions.create({ model: MODEL_NAME, prompt: PROMPT, max_tokens: MAX, temperature: 0, stop });
     assert.equal(r.choices[0].text, expected, `stop ${JSON.stringify(stop)}`);
@@ -462,6 +466,15 @@ describe("completions", () => {
     assert.deepEqual(tokens, all.choices[0].logprobs.tokens.slice(0, tokens.length));
     assert.ok(tokens.slice(0, -1).join("").length < expected.length + stop.length,
       `a token after the one that completed ${JSON.stringify(stop)} was returned`);
+    // /metrics counts the three as "stop", as their clients saw them end.
+    assert.equal(await stops() - stopsBefore, 3);
+    // `l2kv generate` (the same output side, run in the engine's callbacks) ends at the same token.
+    const [g] = await generateReference([{ prompt: PROMPT }], MAX, ["--stop", stop]);
+    assert.equal(g.output, expected);
+    assert.equal(g.finish_reason, "stop");
+    assert.equal(g.stop_reason, stop);
+    assert.equal(g.completion_tokens, cut.usage.completion_tokens);
+    assert.equal(g.output_ids.length, cut.usage.completion_tokens);
   });
 
   test("logprobs = 2: tokens, token_logprobs, top_logprobs, text_offset", async () => {
