@@ -7,6 +7,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <thread>
 
@@ -171,18 +172,37 @@ const Tokenizer& bracket_tokenizer() {
   return tokenizer;
 }
 
-// Waits until the loop has nothing in flight (its snapshot is taken after each loop turn).
-void wait_idle(EngineLoop& loop) {
-  for (int i = 0; i < 500 && loop.snapshot().requests_in_flight != 0; ++i)
+// Waits until the engine has run a step after `steps_before` and has nothing in flight (the
+// snapshot is taken after each loop turn, so right after a submit it may still say 0).
+void wait_idle(EngineLoop& loop, int64_t steps_before) {
+  for (int i = 0; i < 1000; ++i) {
+    const LoopSnapshot s = loop.snapshot();
+    if (s.engine.steps > steps_before && s.requests_in_flight == 0) return;
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  FAIL() << "the loop did not become idle";
+}
+
+// A tokenizer of the fixture's ids without `id`: decoding `id` throws.
+const Tokenizer& tokenizer_without(int32_t missing) {
+  static std::map<int32_t, Tokenizer> made;
+  if (const auto it = made.find(missing); it != made.end()) return it->second;
+  nlohmann::json vocab = nlohmann::json::object();
+  for (int32_t id = 0; id < 512; ++id)
+    if (id != missing) vocab[bracketed(id)] = id;
+  const nlohmann::json spec = {
+      {"model", {{"type", "BPE"}, {"vocab", vocab}, {"merges", nlohmann::json::array()}}}};
+  return made.emplace(missing, Tokenizer::from_json(spec.dump())).first->second;
 }
 
 // Stop strings are applied by the loop's output thread: the choice ends at the token that
 // completed the stop string, with that count of tokens, and the engine's request is aborted
-// there (it does not run on to max_tokens); the other choice of the group, without stop
-// strings, is untouched; /metrics counts each end with the reason its client got: "stop" also
-// for a stop string completed by the max_tokens-th token (the engine's "length"), "error" for a
-// token the tokenizer cannot decode. A stop string without a tokenizer is a 400.
+// there (it does not run on to max_tokens), also when nobody reads the channel until the
+// engine is idle; the other choice of the group, without stop strings, is untouched; /metrics
+// counts what the clients got: each end once with its reason ("stop" also for a stop string
+// completed by the max_tokens-th token, the engine's "length"; "error" for a token the
+// tokenizer cannot decode; no "abort" for the requests a stop string ended), and the generated
+// tokens the clients were sent. A stop string without a tokenizer is a 400.
 TEST(EngineLoop, StopStringsEndTheChoiceOnTheOutputThread) {
   Metrics metrics("m");
   auto loop = make_loop(&metrics);
@@ -194,17 +214,21 @@ TEST(EngineLoop, StopStringsEndTheChoiceOnTheOutputThread) {
   std::string before;
   for (int i = 0; i < 4; ++i) before += bracketed(ref.greedy[i]);
   before += '<';
-  const auto count = [&](const char* reason) {
+  const auto sample = [&](const std::string& key) {
     const std::string text = metrics.render({});
-    const std::string key = std::string("finished_reason=\"") + reason + "\"} ";
     const size_t at = text.find(key);
     return at == std::string::npos ? -1 : std::stoi(text.substr(at + key.size()));
   };
+  const auto count = [&](const char* reason) {
+    return sample(std::string("finished_reason=\"") + reason + "\"} ");
+  };
+  const auto generated = [&] { return sample("l2kv:generation_tokens_total{model_name=\"m\"} "); };
 
   std::vector<GenerationRequest> group;
   group.push_back(greedy(ref.prompt, max));
   group.push_back(greedy(ref.prompt, max));
   group[0].params.stop = {stop};
+  int64_t steps = loop->snapshot().engine.steps;
   auto s = loop->submit(std::move(group), &bracket_tokenizer());
   auto choices = drain(*s.channel, 2);
   EXPECT_EQ(choices[0].tokens, std::vector<int32_t>(ref.greedy.begin(), ref.greedy.begin() + 6));
@@ -214,42 +238,58 @@ TEST(EngineLoop, StopStringsEndTheChoiceOnTheOutputThread) {
   EXPECT_EQ(choices[0].completion_tokens, 6);
   EXPECT_EQ(choices[1].tokens, ref.greedy);
   EXPECT_EQ(choices[1].finish_reason, FinishReason::kLength);
-  wait_idle(*loop);
+  wait_idle(*loop, steps);
   LoopSnapshot snapshot = loop->snapshot();
   EXPECT_EQ(snapshot.engine.kv_blocks_free, snapshot.engine.kv_blocks_total);
   EXPECT_LT(snapshot.engine.generation_tokens, 2 * max)
       << "the stopped request ran on to max_tokens: it was not aborted";
   EXPECT_EQ(count("stop"), 1);
   EXPECT_EQ(count("length"), 1);
+  EXPECT_EQ(count("abort"), 0);
+  EXPECT_EQ(generated(), 6 + max);
+
+  // Nobody reads the channel until the engine is idle: the stop is still applied at once.
+  group.clear();
+  group.push_back(greedy(ref.prompt, max));
+  group[0].params.stop = {stop};
+  steps = loop->snapshot().engine.steps;
+  const int64_t generated_before = loop->snapshot().engine.generation_tokens;
+  s = loop->submit(std::move(group), &bracket_tokenizer());
+  wait_idle(*loop, steps);
+  EXPECT_LT(loop->snapshot().engine.generation_tokens - generated_before, max)
+      << "the stopped request ran on to max_tokens while nobody read its channel";
+  choices = drain(*s.channel, 1);
+  EXPECT_EQ(choices[0].tokens, std::vector<int32_t>(ref.greedy.begin(), ref.greedy.begin() + 6));
+  EXPECT_EQ(choices[0].finish_reason, FinishReason::kStop);
+  EXPECT_EQ(count("stop"), 2);
+  EXPECT_EQ(count("abort"), 0);
+  EXPECT_EQ(generated(), 2 * 6 + max);
 
   // The stop string completed by the last token max_tokens allows.
   group.clear();
   group.push_back(greedy(ref.prompt, 6));
   group[0].params.stop = {stop};
+  steps = loop->snapshot().engine.steps;
   s = loop->submit(std::move(group), &bracket_tokenizer());
   choices = drain(*s.channel, 1);
   EXPECT_EQ(choices[0].finish_reason, FinishReason::kStop);
   EXPECT_EQ(choices[0].completion_tokens, 6);
-  wait_idle(*loop);
-  EXPECT_EQ(count("stop"), 2);
+  wait_idle(*loop, steps);
+  EXPECT_EQ(count("stop"), 3);
   EXPECT_EQ(count("length"), 1);
 
   // A tokenizer without token 3's id: the output ends there with an error.
-  nlohmann::json vocab = nlohmann::json::object();
-  for (int32_t id = 0; id < 512; ++id)
-    if (id != ref.greedy[3]) vocab[bracketed(id)] = id;
-  const nlohmann::json spec = {
-      {"model", {{"type", "BPE"}, {"vocab", vocab}, {"merges", nlohmann::json::array()}}}};
-  const Tokenizer missing = Tokenizer::from_json(spec.dump());
   group.clear();
   group.push_back(greedy(ref.prompt, max));
-  s = loop->submit(std::move(group), &missing);
+  steps = loop->snapshot().engine.steps;
+  s = loop->submit(std::move(group), &tokenizer_without(ref.greedy[3]));
   choices = drain(*s.channel, 1);
   EXPECT_EQ(choices[0].finish_reason, FinishReason::kError);
   EXPECT_EQ(choices[0].completion_tokens, 4);
-  wait_idle(*loop);
+  wait_idle(*loop, steps);
   EXPECT_EQ(count("error"), 1);
-  EXPECT_EQ(count("stop"), 2);
+  EXPECT_EQ(count("stop"), 3);
+  EXPECT_EQ(count("abort"), 0);
   snapshot = loop->snapshot();
   EXPECT_EQ(snapshot.engine.kv_blocks_free, snapshot.engine.kv_blocks_total);
 
@@ -297,7 +337,8 @@ class FaultyRunner : public ModelRunner {
   int calls_ = 0;
 };
 
-std::unique_ptr<EngineLoop> make_faulty_loop(FaultyRunner::Fault fault, int at) {
+std::unique_ptr<EngineLoop> make_faulty_loop(FaultyRunner::Fault fault, int at,
+                                             Metrics* metrics = nullptr) {
   return std::make_unique<EngineLoop>(
       [fault, at] {
         EngineConfig c;
@@ -306,7 +347,7 @@ std::unique_ptr<EngineLoop> make_faulty_loop(FaultyRunner::Fault fault, int at) 
         c.max_num_seqs = 8;
         return std::make_unique<Engine>(std::make_unique<FaultyRunner>(fault, at), nullptr, c);
       },
-      nullptr);
+      metrics);
 }
 
 // After the fault: the request in flight ends with an error naming it, failure() says why,
@@ -349,9 +390,13 @@ TEST(EngineLoop, LostDeviceMakesTheLoopUnavailable) {
 }
 
 TEST(EngineLoop, EngineThreadDeathMakesTheLoopUnavailable) {
-  auto loop = make_faulty_loop(FaultyRunner::Fault::kThreadDeath, 2);
+  Metrics metrics("m");
+  auto loop = make_faulty_loop(FaultyRunner::Fault::kThreadDeath, 2, &metrics);
   expect_unavailable_after_fault(*loop, "the engine thread stopped");
   loop->shutdown();
+  // The request it failed counted once, as its client saw it end.
+  const std::string text = metrics.render({});
+  EXPECT_NE(text.find("finished_reason=\"error\"} 1"), std::string::npos) << text;
 }
 
 }  // namespace

@@ -50,30 +50,30 @@ EngineLoop::EngineLoop(std::function<std::unique_ptr<Engine>()> make_engine, Met
   output_thread_ = std::thread([this] { run_outputs(); });
   std::promise<void> started;
   std::future<void> ready = started.get_future();
-  thread_ = std::thread([this, make = std::move(make_engine), &started]() mutable {
-    try {
-      engine_ = make();
-      config_ = engine_->config();
-      vocab_size_ = engine_->runner().config().vocab_size;
-      eos_token_ids_ = engine_->eos_token_ids();
-      snapshot_.engine = engine_->stats();
-    } catch (...) {
-      started.set_exception(std::current_exception());
-      return;
-    }
-    started.set_value();
-    run();
-  });
+  try {
+    thread_ = std::thread([this, make = std::move(make_engine), &started]() mutable {
+      try {
+        engine_ = make();
+        config_ = engine_->config();
+        vocab_size_ = engine_->runner().config().vocab_size;
+        eos_token_ids_ = engine_->eos_token_ids();
+        snapshot_.engine = engine_->stats();
+      } catch (...) {
+        started.set_exception(std::current_exception());
+        return;
+      }
+      started.set_value();
+      run();
+    });
+  } catch (...) {  // no engine thread
+    close_outputs();
+    throw;
+  }
   try {
     ready.get();
   } catch (...) {
     thread_.join();
-    {
-      std::lock_guard lock(outputs_mutex_);
-      outputs_closed_ = true;
-    }
-    outputs_ready_.notify_one();
-    output_thread_.join();
+    close_outputs();
     throw;
   }
 }
@@ -139,6 +139,10 @@ void EngineLoop::shutdown() {
   if (thread_.joinable()) thread_.join();
   // The engine thread's last outputs (the aborts of what was in flight) are queued: deliver
   // them, then stop.
+  close_outputs();
+}
+
+void EngineLoop::close_outputs() {
   {
     std::lock_guard lock(outputs_mutex_);
     outputs_closed_ = true;
@@ -169,44 +173,62 @@ void EngineLoop::run_outputs() {
 }
 
 // The text of one engine output (OutputProcessor), the abort of a request whose text ended it,
-// the end counted in /metrics with the reason the client gets, then the channel.
+// /metrics of what the client gets, then the channel. Nothing of a choice after its final
+// output; an exception here ends that choice with an error, not the server.
 void EngineLoop::deliver(PendingOutput& p) {
+  OutputChannel& channel = *p.channel;
+  OutputChannel::ChoiceState& state = channel.choices_[static_cast<size_t>(p.choice)];
+  if (state.closed) return;
   RequestOutput& out = p.output;
-  const OutputProcessor::Verdict verdict = p.channel->text().process(p.choice, out);
-  if (verdict == OutputProcessor::Verdict::kDrop) return;  // after its text ended it
-  if (verdict == OutputProcessor::Verdict::kEnded) abort({out.request_id});
-  if (out.finished && metrics_)
-    metrics_->observe_request_finished(
-        finish_reason_name(out.finish_reason),
-        std::chrono::duration<double>(std::chrono::steady_clock::now() - p.arrival).count());
-  p.channel->push(p.choice, out);
+  try {
+    const OutputProcessor::Verdict verdict = channel.text_.process(p.choice, out);
+    if (verdict == OutputProcessor::Verdict::kDrop) return;  // after its text ended it
+    if (verdict == OutputProcessor::Verdict::kEnded) abort({out.request_id});
+  } catch (const std::exception& e) {
+    if (!out.finished) abort({out.request_id});
+    out.new_tokens.clear();
+    out.new_logprobs.clear();
+    out.new_text.clear();
+    out.finished = true;
+    out.finish_reason = FinishReason::kError;
+    out.error = std::string("making the output's text failed: ") + e.what();
+  }
+  state.closed = out.finished;
+  if (metrics_) observe(state, p);
+  channel.push(p.choice, out);
+}
+
+// Per request, from what its client gets: prompt tokens and time to first token with the first
+// output that has tokens, inter-token latency and generated tokens with each, the end and its
+// reason with the final one.
+void EngineLoop::observe(OutputChannel::ChoiceState& state, const PendingOutput& p) {
+  const RequestOutput& out = p.output;
+  const auto now = std::chrono::steady_clock::now();
+  const auto seconds = [&](auto since) {
+    return std::chrono::duration<double>(now - since).count();
+  };
+  const auto tokens = static_cast<int64_t>(out.new_tokens.size());
+  if (tokens > 0) {
+    if (state.first) {
+      metrics_->add_prompt_tokens(out.prompt_tokens);
+      metrics_->observe_time_to_first_token(seconds(p.arrival));
+      if (tokens > 1) metrics_->observe_inter_token_latency(0.0, tokens - 1);  // several at once
+      state.first = false;
+    } else {
+      metrics_->observe_inter_token_latency(seconds(state.last_token) / static_cast<double>(tokens),
+                                            tokens);
+    }
+    state.last_token = now;
+    metrics_->add_generation_tokens(tokens);
+  }
+  if (out.finished)
+    metrics_->observe_request_finished(finish_reason_name(out.finish_reason), seconds(p.arrival));
 }
 
 void EngineLoop::on_output(const std::shared_ptr<OutputChannel>& channel, int32_t choice,
                            const RequestOutput& output) {
-  const auto now = std::chrono::steady_clock::now();
-  auto it = in_flight_.find(output.request_id);
+  const auto it = in_flight_.find(output.request_id);
   if (it == in_flight_.end()) return;  // of a group refused while it was added: nobody reads it
-  if (metrics_) {
-    InFlight& t = it->second;
-    const auto tokens = static_cast<int64_t>(output.new_tokens.size());
-    if (tokens > 0) {
-      if (t.first) {
-        metrics_->add_prompt_tokens(output.prompt_tokens);
-        metrics_->observe_time_to_first_token(
-            std::chrono::duration<double>(now - t.arrival).count());
-        if (tokens > 1) metrics_->observe_inter_token_latency(0.0, tokens - 1);  // several at once
-        t.first = false;
-      } else {
-        metrics_->observe_inter_token_latency(
-            std::chrono::duration<double>(now - t.last_token).count() / static_cast<double>(tokens),
-            tokens);
-      }
-      t.last_token = now;
-      metrics_->add_generation_tokens(tokens);
-    }
-  }
-  // Its end is counted by the output thread, which knows whether its text ended it first.
   const auto arrival = it->second.arrival;
   if (output.finished) in_flight_.erase(it);
   if (output.finish_reason == FinishReason::kError && !engine_->failure().empty()) {
@@ -214,7 +236,7 @@ void EngineLoop::on_output(const std::shared_ptr<OutputChannel>& channel, int32_
     std::lock_guard lock(mutex_);
     failure_ = engine_->failure();
   }
-  queue_output({channel, choice, output, arrival});
+  queue_output({channel, choice, output, arrival});  // its text and /metrics on the output thread
 }
 
 void EngineLoop::add_group(PendingSubmit& pending) {
@@ -233,7 +255,7 @@ void EngineLoop::add_group(PendingSubmit& pending) {
                         const RequestOutput& out) { on_output(channel, choice, out); };
       if (leaders[i] != i) r.share_prompt_with = ids[leaders[i]];
       const int64_t id = engine_->add_request(std::move(r));
-      in_flight_[id] = InFlight{pending.channel, static_cast<int32_t>(i), arrival, arrival, true};
+      in_flight_[id] = InFlight{pending.channel, static_cast<int32_t>(i), arrival};
       ids.push_back(id);
     }
   } catch (const Error& e) {

@@ -24,14 +24,17 @@
 
 namespace l2kv::server {
 
+class EngineLoop;
+
 // The outputs of a group of engine requests (the choices of one API request), each tagged with
 // its choice index, with their text. Written by the loop's output thread, read by one HTTP
 // thread.
 class OutputChannel {
  public:
-  // `tokenizer` (may be null: no text) must outlive the channel.
+  // `tokenizer` (may be null: no text) must outlive the channel, which the loop may hold until
+  // its requests have ended in the engine (after the HTTP request is answered).
   OutputChannel(int32_t choices, const Tokenizer* tokenizer)
-      : unfinished_(choices), text_(tokenizer) {}
+      : unfinished_(choices), text_(tokenizer), choices_(static_cast<size_t>(choices)) {}
 
   struct Item {
     int32_t choice = 0;
@@ -41,10 +44,7 @@ class OutputChannel {
   // Choice `choice`'s stop strings and text options, before the group is submitted. Throws
   // l2kv::Error for stop strings the channel cannot apply (empty ones, or no tokenizer).
   void add_choice(int32_t choice, const SamplingParams& params) { text_.add(choice, params); }
-  // The choices' text: the loop's output thread's alone once the group is submitted.
-  OutputProcessor& text() { return text_; }
 
-  void push(int32_t choice, const RequestOutput& output);
   // Moves what has arrived into `items`, waiting up to `timeout` when nothing has. Returns true
   // once every choice has ended and everything was taken.
   bool pop(std::vector<Item>& items, std::chrono::milliseconds timeout);
@@ -54,7 +54,17 @@ class OutputChannel {
   std::condition_variable ready_;
   std::deque<Item> items_;
   int32_t unfinished_;
+
+  // The loop's output thread's alone once the group is submitted: the choices' text, and each
+  // choice's timing for /metrics and whether its final output went out.
+  friend class EngineLoop;
+  struct ChoiceState {
+    bool first = true, closed = false;
+    std::chrono::steady_clock::time_point last_token;
+  };
+  void push(int32_t choice, const RequestOutput& output);
   OutputProcessor text_;
+  std::vector<ChoiceState> choices_;
 };
 
 // Load and counters for /metrics, copied under a lock after every loop turn.
@@ -78,10 +88,10 @@ class EngineLoop {
   };
 
   // Queues the requests (their on_output is replaced) and waits until the engine thread has
-  // added them: all or none. `tokenizer` (may be null) makes the choices' text on the reading
-  // side. Throws ApiError 400 for stop strings the text cannot apply or with the engine's
-  // message when it refuses one (l2kv::Error), 503 after shutdown or once the engine has
-  // failed (see failure()).
+  // added them: all or none. `tokenizer` (may be null; it must outlive the loop's use of the
+  // channel) makes the choices' text on the output thread. Throws ApiError 400 for stop strings the
+  // text cannot apply or with the engine's message when it refuses one (l2kv::Error), 503 after
+  // shutdown or once the engine has failed (see failure()).
   Submission submit(std::vector<GenerationRequest> requests, const Tokenizer* tokenizer);
 
   // Aborts requests from any thread: queued for the engine thread, which frees their blocks at
@@ -111,7 +121,7 @@ class EngineLoop {
   void on_output(const std::shared_ptr<OutputChannel>& channel, int32_t choice,
                  const RequestOutput& output);
   // An engine output on its way to the output thread, which runs it through its channel's
-  // text, then gives it to the channel.
+  // text, records what the client gets in /metrics, then gives it to the channel.
   struct PendingOutput {
     std::shared_ptr<OutputChannel> channel;
     int32_t choice = 0;
@@ -119,8 +129,10 @@ class EngineLoop {
     std::chrono::steady_clock::time_point arrival;  // of its request, for /metrics
   };
   void queue_output(PendingOutput pending);
+  void close_outputs();  // the output thread delivers what is queued, then ends
   void run_outputs();
   void deliver(PendingOutput& pending);
+  void observe(OutputChannel::ChoiceState& state, const PendingOutput& delivered);
 
   Metrics* metrics_;
   std::unique_ptr<Engine> engine_;  // touched by the engine thread only (after start-up)
@@ -141,8 +153,7 @@ class EngineLoop {
   struct InFlight {
     std::shared_ptr<OutputChannel> channel;
     int32_t choice = 0;
-    std::chrono::steady_clock::time_point arrival, last_token;
-    bool first = true;
+    std::chrono::steady_clock::time_point arrival;
   };
   std::unordered_map<int64_t, InFlight> in_flight_;
 

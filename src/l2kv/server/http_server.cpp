@@ -455,7 +455,7 @@ struct HttpServer::Impl {
         g->tool_streams.emplace_back(r.tool_choice, r.tool_call_parser, r.tool_name);
     }
     g->client.fd = t_connection_socket;
-    // A refused request throws a 400 here; the text is made on this thread.
+    // A refused request throws a 400 here; the loop's output thread makes the text.
     g->submission = loop.submit(std::move(requests), model.tokenizer);
     g->loop = &loop;
 

@@ -34,7 +34,7 @@ struct LoadGauges {
   int64_t prefix_cache_queries = 0, prefix_cache_hits = 0;
 };
 
-// Thread-safe: the engine thread observes, HTTP threads render.
+// Thread-safe: the engine loop's output thread observes, HTTP threads render.
 class Metrics {
  public:
   explicit Metrics(std::string model_name);
