@@ -161,15 +161,20 @@ std::string bracketed(int32_t id) {
   s += '>';
   return s;
 }
+
+// That tokenizer without `missing` (decoding it throws; -1: every id).
+const Tokenizer& tokenizer_without(int32_t missing) {
+  static std::map<int32_t, Tokenizer> made;
+  if (const auto it = made.find(missing); it != made.end()) return it->second;
+  nlohmann::json vocab = nlohmann::json::object();
+  for (int32_t id = 0; id < 512; ++id)
+    if (id != missing) vocab[bracketed(id)] = id;
+  const nlohmann::json spec = {
+      {"model", {{"type", "BPE"}, {"vocab", vocab}, {"merges", nlohmann::json::array()}}}};
+  return made.emplace(missing, Tokenizer::from_json(spec.dump())).first->second;
+}
 const Tokenizer& bracket_tokenizer() {
-  static const Tokenizer tokenizer = [] {
-    nlohmann::json vocab = nlohmann::json::object();
-    for (int32_t id = 0; id < 512; ++id) vocab[bracketed(id)] = id;
-    const nlohmann::json spec = {
-        {"model", {{"type", "BPE"}, {"vocab", vocab}, {"merges", nlohmann::json::array()}}}};
-    return Tokenizer::from_json(spec.dump());
-  }();
-  return tokenizer;
+  return tokenizer_without(-1);
 }
 
 // Waits until the engine has run a step after `steps_before` and has nothing in flight (the
@@ -181,18 +186,6 @@ void wait_idle(EngineLoop& loop, int64_t steps_before) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   FAIL() << "the loop did not become idle";
-}
-
-// A tokenizer of the fixture's ids without `id`: decoding `id` throws.
-const Tokenizer& tokenizer_without(int32_t missing) {
-  static std::map<int32_t, Tokenizer> made;
-  if (const auto it = made.find(missing); it != made.end()) return it->second;
-  nlohmann::json vocab = nlohmann::json::object();
-  for (int32_t id = 0; id < 512; ++id)
-    if (id != missing) vocab[bracketed(id)] = id;
-  const nlohmann::json spec = {
-      {"model", {{"type", "BPE"}, {"vocab", vocab}, {"merges", nlohmann::json::array()}}}};
-  return made.emplace(missing, Tokenizer::from_json(spec.dump())).first->second;
 }
 
 // Stop strings are applied by the loop's output thread: the choice ends at the token that
