@@ -1057,6 +1057,7 @@ GenerationRequest request_with_text(Engine& engine, OutputProcessor& text, int64
                                     Collected& into) {
   text.add(key, params);
   GenerationRequest r = request_for(std::move(prompt), params, into);
+  r.params.stop.clear();  // the output side's
   r.on_output = [&engine, &text, key, inner = r.on_output](const RequestOutput& engine_out) {
     RequestOutput out = engine_out;
     const OutputProcessor::Verdict verdict = text.process(key, out);
@@ -1133,6 +1134,7 @@ TEST(EngineStopStrings, AStopSeenStepsLateEndsTheOutputAtTheStop) {
   GenerationRequest r;
   r.prompt = c.prompt;
   r.params = p;
+  r.params.stop.clear();  // the output side's
   r.on_output = [&arrived](const RequestOutput& o) { arrived.push_back(o); };
   const int64_t id = engine.add_request(std::move(r));
   Collected got;
@@ -1317,6 +1319,9 @@ TEST(Engine, InvalidRequestsAreRejectedAndLeakNothing) {
   bad = greedy_params();
   bad.top_p = 0;
   rejects({1, 2}, bad, "top_p");
+  bad = greedy_params();
+  bad.stop = {"x"};
+  rejects({1, 2}, bad, "OutputProcessor");  // the output side's: never silently ignored
   rejects(std::vector<int32_t>(101, 1), greedy_params(), "max_model_len 100");
 
   Collected ok;

@@ -180,6 +180,7 @@ int run_generate(const GenerateOptions& o) {
     Result* r = &results[i];
     const auto key = static_cast<int64_t>(i);
     texts.add(key, request.params);  // bad stop strings throw before anything runs
+    request.params.stop.clear();     // the output side's, not the engine's
     request.on_output = [r, stream_text, key, &texts, &engine](const RequestOutput& engine_out) {
       RequestOutput out = engine_out;
       const OutputProcessor::Verdict verdict = texts.process(key, out);

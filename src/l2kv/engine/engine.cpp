@@ -194,6 +194,11 @@ struct Engine::Impl {
                     std::to_string(request.prompt[i]) + ", outside the vocabulary of " +
                     std::to_string(vocab));
     request.params.validate(vocab);
+    // The engine sees token ids only: stop strings given here would be silently ignored.
+    if (!request.params.stop.empty())
+      throw Error(
+          "stop strings are applied to the text by the output side: give them to an "
+          "OutputProcessor and leave SamplingParams::stop empty in the engine's request");
     if (request.prompt_logprobs < -1 || request.prompt_logprobs > kMaxLogprobs)
       throw Error("prompt_logprobs must be in [-1, " + std::to_string(kMaxLogprobs) + "], got " +
                   std::to_string(request.prompt_logprobs));

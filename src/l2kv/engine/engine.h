@@ -116,9 +116,10 @@ class Engine {
 
   // Validates and queues a request; returns its id. Throws l2kv::Error (nothing queued) for
   // invalid sampling values, token ids outside the vocabulary, an empty prompt, or a prompt
-  // that could never run (longer than max_model_len or than the whole KV pool). Its stop
-  // strings (SamplingParams::stop) are not read here: they are the output side's
-  // (OutputProcessor), which the caller runs on the outputs.
+  // that could never run (longer than max_model_len or than the whole KV pool), and for stop
+  // strings (SamplingParams::stop): they are the output side's (OutputProcessor, which the
+  // caller runs on the outputs), so a request that carries them here is refused rather than
+  // having them ignored.
   int64_t add_request(GenerationRequest request);
 
   // Aborts a request: its callback gets a finished output with kAbort and its blocks return

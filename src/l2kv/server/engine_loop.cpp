@@ -98,6 +98,7 @@ EngineLoop::Submission EngineLoop::submit(std::vector<GenerationRequest> request
   try {
     for (size_t i = 0; i < requests.size(); ++i)
       pending->channel->add_choice(static_cast<int32_t>(i), requests[i].params);
+    for (GenerationRequest& r : requests) r.params.stop.clear();  // the output thread's
   } catch (const Error& e) {
     throw ApiError(400, e.what(), "stop");
   }
