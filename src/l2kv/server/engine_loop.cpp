@@ -10,11 +10,11 @@
 
 namespace l2kv::server {
 
-void OutputChannel::push(int32_t choice, const RequestOutput& output) {
+void OutputChannel::push(int32_t choice, RequestOutput output) {
   {
     std::lock_guard lock(mutex_);
-    items_.push_back({choice, output});
     if (output.finished) --unfinished_;
+    items_.push_back({choice, std::move(output)});
   }
   ready_.notify_one();
 }
@@ -196,7 +196,7 @@ void EngineLoop::deliver(PendingOutput& p) {
   }
   state.closed = out.finished;
   if (metrics_) observe(state, p);
-  channel.push(p.choice, out);
+  channel.push(p.choice, std::move(out));
 }
 
 // Per request, from what its client gets: prompt tokens and time to first token with the first

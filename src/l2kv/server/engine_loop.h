@@ -62,7 +62,7 @@ class OutputChannel {
     bool first = true, closed = false;
     std::chrono::steady_clock::time_point last_token;
   };
-  void push(int32_t choice, const RequestOutput& output);
+  void push(int32_t choice, RequestOutput output);
   OutputProcessor text_;
   std::vector<ChoiceState> choices_;
 };
