@@ -46,4 +46,22 @@ inline cudaLaunchConfig_t launch_config(dim3 grid, dim3 block, size_t shared_byt
   return config;
 }
 
+// The same for a grid of clusters of `cluster_blocks` blocks along x (1: no clusters). The
+// configuration points at `attributes`, which must outlive the launch call.
+inline cudaLaunchConfig_t launch_config(dim3 grid, dim3 block, size_t shared_bytes,
+                                        cudaStream_t stream, bool pdl, unsigned cluster_blocks,
+                                        cudaLaunchAttribute (&attributes)[2]) {
+  cudaLaunchConfig_t config = launch_config(grid, block, shared_bytes, stream, pdl, attributes[0]);
+  config.attrs = attributes;
+  config.numAttrs = pdl ? 1 : 0;
+  if (cluster_blocks > 1) {
+    cudaLaunchAttribute& cluster = attributes[config.numAttrs++];
+    cluster = {};
+    cluster.id = cudaLaunchAttributeClusterDimension;
+    cluster.val.clusterDim.x = cluster_blocks;
+    cluster.val.clusterDim.y = cluster.val.clusterDim.z = 1;
+  }
+  return config;
+}
+
 }  // namespace l2kv

@@ -613,15 +613,7 @@ class RowClusterLaunch {
     const int per_thread = parts > 1 ? ceil_div(per_part, kRowThreads) : kNormVecsPerThread;
     const int threads = std::max(32, (ceil_div(per_part, per_thread) + 31) / 32 * 32);
     config_ = launch_config(dim3(static_cast<unsigned>(rows * parts)), dim3(threads), 0, stream,
-                            pdl, attributes_[0]);
-    if (parts > 1) {
-      attributes_[1] = {};
-      attributes_[1].id = cudaLaunchAttributeClusterDimension;
-      attributes_[1].val.clusterDim.x = static_cast<unsigned>(parts);
-      attributes_[1].val.clusterDim.y = attributes_[1].val.clusterDim.z = 1;
-      config_.attrs = pdl ? attributes_ : attributes_ + 1;
-      config_.numAttrs = pdl ? 2 : 1;
-    }
+                            pdl, static_cast<unsigned>(parts), attributes_);
   }
   RowClusterLaunch(const RowClusterLaunch&) = delete;
   RowClusterLaunch& operator=(const RowClusterLaunch&) = delete;

@@ -271,28 +271,9 @@ int bucket(int64_t rows) {
 template <int N>
 cudaLaunchConfig_t make_config(int tiles, int splits, cudaStream_t stream, bool pdl,
                                cudaLaunchAttribute (&attributes)[2]) {
-  cudaLaunchConfig_t config = {};
-  config.gridDim = dim3(static_cast<unsigned>(tiles * splits));
-  config.blockDim = dim3(kThreads);
-  config.dynamicSmemBytes = Tiling<N>::kSmemBytes;
-  config.stream = stream;
-  config.attrs = attributes;
-  config.numAttrs = 0;
-  if (splits > 1) {
-    cudaLaunchAttribute& cluster = attributes[config.numAttrs++];
-    cluster = {};
-    cluster.id = cudaLaunchAttributeClusterDimension;
-    cluster.val.clusterDim.x = static_cast<unsigned>(splits);
-    cluster.val.clusterDim.y = 1;
-    cluster.val.clusterDim.z = 1;
-  }
-  if (pdl) {
-    cudaLaunchAttribute& serialization = attributes[config.numAttrs++];
-    serialization = {};
-    serialization.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    serialization.val.programmaticStreamSerializationAllowed = 1;
-  }
-  return config;
+  return launch_config(dim3(static_cast<unsigned>(tiles * splits)), dim3(kThreads),
+                       Tiling<N>::kSmemBytes, stream, pdl, static_cast<unsigned>(splits),
+                       attributes);
 }
 
 template <typename T, typename OutT, int N>
