@@ -8,6 +8,7 @@
 #include <cuda_runtime_api.h>
 
 #include <cstddef>
+#include <cstdint>
 
 namespace l2kv::ptx {
 
@@ -24,6 +25,10 @@ __device__ __forceinline__ void launch_dependents() {
 }  // namespace l2kv::ptx
 
 namespace l2kv {
+
+// CUDA's largest gridDim.y (and .z): kernels that put rows or sequences there launch in slices
+// of this many, or refuse more.
+inline constexpr int32_t kMaxGridDimY = 65535;
 
 // The launch side: a cudaLaunchKernelEx configuration that asks for programmatic stream
 // serialization when `pdl`. The configuration points at `attribute`, which must outlive the

@@ -2,6 +2,7 @@
 
 #include "l2kv/core/cuda_check.h"
 #include "l2kv/core/error.h"
+#include "l2kv/kernels/grid_dependency.cuh"
 #include "l2kv/sampling/token_bitmask.h"
 
 namespace l2kv {
@@ -29,7 +30,7 @@ __global__ void apply_token_bitmask_kernel(float* logits, int64_t vocab, const u
 void apply_token_bitmask(float* logits, int64_t vocab, const uint32_t* masks, const int32_t* rows,
                          int32_t num_rows, cudaStream_t stream) {
   if (num_rows == 0) return;
-  if (vocab < 1 || num_rows < 0 || num_rows > 65535)
+  if (vocab < 1 || num_rows < 0 || num_rows > kMaxGridDimY)  // a row per blockIdx.y
     throw Error("apply_token_bitmask: vocab " + std::to_string(vocab) + " and " +
                 std::to_string(num_rows) + " rows are out of range");
   const dim3 grid(static_cast<unsigned>((vocab + kThreads - 1) / kThreads),

@@ -20,6 +20,7 @@
 #include "l2kv/core/per_device.h"
 #include "l2kv/kernels/attention/decode_attention.h"
 #include "l2kv/kernels/fp8.cuh"
+#include "l2kv/kernels/grid_dependency.cuh"
 #include "l2kv/kernels/tensor_core.cuh"
 #include "l2kv/kv_cache/paged_kv_prefetch.cuh"
 
@@ -407,11 +408,11 @@ void run_paged_v1(const DecodeAttentionParams& params, const PrefetchPolicy& pol
   if (params.kv.batch_size < 1 || params.num_q_heads < 1 || params.max_seq_len < 1)
     throw Error("paged_v1: batch, heads and max_seq_len must be positive");
   // A sequence per blockIdx.y.
-  constexpr int32_t kMaxGridY = 65535;
-  if (params.kv.batch_size > kMaxGridY)
+  if (params.kv.batch_size > kMaxGridDimY)
     throw Error("paged_v1: a batch of " + std::to_string(params.kv.batch_size) +
-                " sequences; one launch takes at most 65535 (the split kernel has no such limit: "
-                "--attention split, or a lower --max-num-seqs)");
+                " sequences; one launch takes at most " + std::to_string(kMaxGridDimY) +
+                " (the split kernel has no such limit: --attention split, or a lower "
+                "--max-num-seqs)");
   const PagedV1Plan plan =
       plan_paged_v1(params.max_seq_len, params.kv.block_size, params.kv.batch_size,
                     params.num_q_heads, current_device_sm_count());

@@ -783,9 +783,8 @@ void gated_mul(DType dtype, const void* gate_up, int32_t num_tokens, int32_t int
                              : Kernel{gated_mul_kernel<T, false, false>};
     // gridDim.y holds at most 65,535 tokens: a larger step (a long prompt in one chunk) launches
     // in slices of that many.
-    constexpr int32_t kMaxGridY = 65535;
-    for (int32_t first = 0; first < num_tokens; first += kMaxGridY) {
-      const auto tokens = static_cast<unsigned>(std::min(kMaxGridY, num_tokens - first));
+    for (int32_t first = 0; first < num_tokens; first += kMaxGridDimY) {
+      const auto tokens = static_cast<unsigned>(std::min(kMaxGridDimY, num_tokens - first));
       cudaLaunchAttribute attribute;
       const cudaLaunchConfig_t config =
           launch_config(vectorized ? dim3(vec_blocks, tokens) : dim3(tokens), dim3(kThreads), 0,
