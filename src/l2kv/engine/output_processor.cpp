@@ -9,8 +9,7 @@
 namespace l2kv {
 
 void OutputProcessor::add(int64_t key, const SamplingParams& params) {
-  for (const std::string& stop : params.stop)
-    if (stop.empty()) throw Error("stop strings must not be empty");
+  params.validate_stop();
   if (tokenizer_ == nullptr) {
     if (!params.stop.empty()) throw Error("stop strings need a tokenizer, and this model has none");
     return;

@@ -70,9 +70,7 @@ void SamplingParams::validate(int64_t vocab_size) const {
   std::sort(biased.begin(), biased.end());
   if (auto dup = std::adjacent_find(biased.begin(), biased.end()); dup != biased.end())
     reject("logit_bias", "keyed by distinct token ids; repeated", *dup);
-  for (const std::string& s : stop) {
-    if (s.empty()) throw Error("stop must not contain empty strings.");
-  }
+  validate_stop();
   for (int32_t id : allowed_token_ids) {
     if (id < 0 || id >= vocab_size) {
       std::ostringstream rule;
@@ -80,6 +78,11 @@ void SamplingParams::validate(int64_t vocab_size) const {
       reject("allowed_token_ids", rule.str().c_str(), id);
     }
   }
+}
+
+void SamplingParams::validate_stop() const {
+  for (const std::string& s : stop)
+    if (s.empty()) throw Error("stop must not contain empty strings.");
 }
 
 }  // namespace l2kv

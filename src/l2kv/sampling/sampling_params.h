@@ -52,6 +52,9 @@ struct SamplingParams {
   // Throws l2kv::Error naming the first invalid field. `vocab_size` bounds stop_token_ids and
   // the logit_bias tokens.
   void validate(int64_t vocab_size) const;
+  // The part of validate() the output side needs, which knows no vocabulary: no empty stop
+  // string.
+  void validate_stop() const;
 };
 
 inline constexpr int32_t kMaxLogprobs = 20;
