@@ -9,20 +9,6 @@
 #include "l2kv/core/error.h"
 
 namespace l2kv {
-namespace {
-
-// What the exception in flight says (inside a catch block).
-std::string describe_current_exception() {
-  try {
-    throw;
-  } catch (const std::exception& e) {
-    return e.what();
-  } catch (...) {
-    return "an exception that is not a std::exception";
-  }
-}
-
-}  // namespace
 
 // One of ranks 1 .. N - 1: waits for a step, runs it, reports back. Its forwards meet rank 0's
 // in the collectives, so a step ends on every rank together (or the group is aborted).
