@@ -278,6 +278,7 @@ TEST(ModelConfig, SyntheticShapesAreTheRealModels) {
   // Parameter counts of the published checkpoints.
   EXPECT_NEAR(ModelConfig::synthetic("llama2-7b").parameter_count() / 1e9, 6.74, 0.01);
   EXPECT_NEAR(ModelConfig::synthetic("llama3-8b").parameter_count() / 1e9, 8.03, 0.01);
+  EXPECT_NEAR(ModelConfig::synthetic("llama3-70b").parameter_count() / 1e9, 70.55, 0.01);
   // The mixtures of experts count every expert (30.5B and 46.7B as published).
   EXPECT_NEAR(ModelConfig::synthetic("qwen3-30b-a3b").parameter_count() / 1e9, 30.53, 0.01);
   EXPECT_NEAR(ModelConfig::synthetic("mixtral-8x7b").parameter_count() / 1e9, 46.70, 0.01);

@@ -368,6 +368,9 @@ ModelConfig ModelConfig::synthetic(const std::string& full_name) {
   } else if (name == "llama3-8b") {
     c.vocab_size = 128256, c.hidden_size = 4096, c.intermediate_size = 14336, c.num_layers = 32;
     c.num_q_heads = 32, c.num_kv_heads = 8, c.rms_norm_eps = 1e-5, c.rope.theta = 500000;
+  } else if (name == "llama3-70b") {  // two GPUs or more: --tensor-parallel-size
+    c.vocab_size = 128256, c.hidden_size = 8192, c.intermediate_size = 28672, c.num_layers = 80;
+    c.num_q_heads = 64, c.num_kv_heads = 8, c.rms_norm_eps = 1e-5, c.rope.theta = 500000;
   } else if (name == "qwen2.5-7b") {
     c.architecture = "Qwen2ForCausalLM", c.qkv_bias = true;
     c.vocab_size = 152064, c.hidden_size = 3584, c.intermediate_size = 18944, c.num_layers = 28;
@@ -414,7 +417,7 @@ ModelConfig ModelConfig::synthetic(const std::string& full_name) {
     for (int64_t l = 0; l < c.num_layers; ++l) c.sliding_layer[l] = (l + 1) % 6 != 0;
   } else {
     throw Error("unknown synthetic model '" + full_name +
-                "' (known: llama2-7b, llama3-8b, qwen2.5-7b, qwen2.5-14b, qwen3-8b, "
+                "' (known: llama2-7b, llama3-8b, llama3-70b, qwen2.5-7b, qwen2.5-14b, qwen3-8b, "
                 "qwen3-30b-a3b, mixtral-8x7b, gemma3-12b, gemma3-27b, each dense one also as "
                 "NAME-fp8 with fp8 projections)");
   }

@@ -91,8 +91,9 @@ struct ModelConfig {
   static ModelConfig from_json_text(const std::string& text, const std::string& origin);
 
   // The real shapes of a known model for benchmarks with random weights: "llama2-7b",
-  // "llama3-8b", "qwen2.5-7b", "qwen2.5-14b", "qwen3-8b" (as in "synthetic:llama3-8b"), each
-  // also with fp8 projections as NAME-fp8. Throws l2kv::Error listing the known names otherwise.
+  // "llama3-8b", "llama3-70b", "qwen2.5-7b", "qwen2.5-14b", "qwen3-8b" (as in
+  // "synthetic:llama3-8b"), each also with fp8 projections as NAME-fp8. Throws l2kv::Error listing
+  // the known names otherwise.
   static ModelConfig synthetic(const std::string& name);
 
   int64_t parameter_count() const;
