@@ -20,6 +20,7 @@
 #include "l2kv/core/device_info.h"
 #include "l2kv/core/error.h"
 #include "l2kv/engine/cuda_runner.h"
+#include "l2kv/engine/tensor_parallel_cuda_runner.h"
 #include "l2kv/kernels/random_fill.h"
 #include "l2kv/model/kv_cache_groups.h"
 #include "l2kv/profiling/kernel_trace.h"
@@ -457,6 +458,13 @@ int run_bench(const BenchOptions& o) {
   if (model_options.device == "auto") model_options.device = "cuda";
   LoadedModel loaded = load_model(model_options);
   if (!loaded.cuda_model || !loaded.cuda_runner) throw Error("l2kv bench runs on the CUDA backend");
+  // Tensor parallelism: e2e points through the engine; MBU, bytes and the step profile are
+  // rank 0's (one GPU's share against one GPU's ceiling).
+  TensorParallelCudaRunner* tensor_parallel = loaded.tensor_parallel_runner;
+  if (tensor_parallel && o.mode != "e2e")
+    throw Error("l2kv bench --tensor-parallel-size " +
+                std::to_string(o.model.tensor_parallel_size) +
+                ": use --mode e2e (steady points drive one GPU's step state directly)");
   std::shared_ptr<CudaModel> model = loaded.cuda_model;
   // Owned by loaded.runner, then by the e2e engine: both outlive every use here.
   CudaRunner* runner = loaded.cuda_runner;
@@ -471,13 +479,15 @@ int run_bench(const BenchOptions& o) {
       throw Error("l2kv bench: --profile profiles steady steps; use --mode steady or both");
     trace = std::make_unique<KernelTrace>();
   }
-  std::fprintf(stderr, "l2kv bench: %s, %.2f GB of weights; streaming-read ceiling %.0f GB/s\n",
-               info.name.c_str(), model->weight_bytes() / 1e9, ceiling / 1e9);
+  std::fprintf(stderr, "l2kv bench: %s, %.2f GB of weights%s; streaming-read ceiling %.0f GB/s\n",
+               info.name.c_str(), model->weight_bytes() / 1e9, tensor_parallel ? " per GPU" : "",
+               ceiling / 1e9);
 
   nlohmann::ordered_json report = {{"card", info.name},
                                    {"date", today()},
                                    {"command", o.command_line},
                                    {"model", o.model.model},
+                                   {"tensor_parallel_size", o.model.tensor_parallel_size},
                                    {"ceiling_gbps", ceiling / 1e9},
                                    {"weight_bytes", model->weight_bytes()},
                                    {"streamed_weight_bytes", model->streamed_weight_bytes()},
@@ -553,7 +563,10 @@ int run_bench(const BenchOptions& o) {
             std::fprintf(stderr, "l2kv bench: time budget spent; remaining points skipped\n");
             break;
           }
-          runner->set_decode_attention(v.kernel, v.policy);
+          if (tensor_parallel)
+            tensor_parallel->set_decode_attention(v.kernel, v.policy);
+          else
+            runner->set_decode_attention(v.kernel, v.policy);
           const int32_t prompts = o.num_prompts > 0 ? o.num_prompts : conc;
           for (const bool constrained : {false, true}) {
             if (constrained && !regex) break;

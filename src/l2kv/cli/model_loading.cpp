@@ -7,18 +7,20 @@
 #include "l2kv/core/error.h"
 #include "l2kv/engine/cpu_runner.h"
 #include "l2kv/engine/cuda_runner.h"
+#include "l2kv/engine/tensor_parallel_cuda_runner.h"
 
 namespace l2kv::cli {
 
 namespace fs = std::filesystem;
 
 void add_model_options(CLI::App& app, ModelOptions& o) {
-  app.add_option("--model", o.model,
-                 "A Hugging Face model folder (config.json, *.safetensors, tokenizer.json) or "
-                 "synthetic:NAME for random weights in a real shape (llama2-7b, llama3-8b, "
-                 "qwen2.5-7b, qwen2.5-14b, qwen3-8b, each also as NAME-fp8 with fp8 "
-                 "projections, the mixtures of experts qwen3-30b-a3b, mixtral-8x7b, and "
-                 "gemma3-12b, gemma3-27b; CUDA only)")
+  app.add_option(
+         "--model", o.model,
+         "A Hugging Face model folder (config.json, *.safetensors, tokenizer.json) or "
+         "synthetic:NAME for random weights in a real shape (llama2-7b, llama3-8b, llama3-70b, "
+         "qwen2.5-7b, qwen2.5-14b, qwen3-8b, each also as NAME-fp8 with fp8 "
+         "projections, the mixtures of experts qwen3-30b-a3b, mixtral-8x7b, and "
+         "gemma3-12b, gemma3-27b; CUDA only)")
       ->required();
   app.add_option("--tokenizer", o.tokenizer,
                  "A folder with tokenizer.json (and tokenizer_config.json with its chat template) "
@@ -63,8 +65,9 @@ void add_model_options(CLI::App& app, ModelOptions& o) {
       ->check(CLI::Range(0, 16));
   app.add_option("--tensor-parallel-size", o.tensor_parallel_size,
                  "Split the model over this many ranks (attention heads, MLP features and the "
-                 "vocabulary; vLLM's flag). The CPU backend runs the ranks as threads; the CUDA "
-                 "backend runs one GPU so far and refuses more than 1")
+                 "vocabulary; vLLM's flag): on CUDA one GPU per rank, from --device's on (needs "
+                 "NCCL, libnccl.so.2, or L2KV_NCCL_LIBRARY naming it; at most 8), on the CPU "
+                 "backend threads. Dense Llama, Mistral, Qwen2 and Qwen3 models")
       ->check(CLI::Range(1, 64))
       ->capture_default_str();
   app.add_option("--gemm-tuning", o.gemm_tuning,
@@ -151,6 +154,67 @@ int resolve_device(const std::string& device) {
   throw Error("--device " + device + ": expected auto, cpu, cuda or cuda:N");
 }
 
+CudaRunnerOptions cuda_runner_options(const ModelOptions& o) {
+  CudaRunnerOptions options;
+  options.attention = parse_decode_kernel(o.attention);
+  options.kv_prefetch = parse_prefetch_policy(o.kv_prefetch);
+  options.cuda_graphs = !o.enforce_eager;
+  options.kv_storage = o.kv_cache_dtype == "auto" ? KvStorage::kModelDtype : KvStorage::kFp8E4M3;
+  options.calculate_kv_scales = o.calculate_kv_scales;
+  options.fused_layer_max_rows = o.fused_layer_max_rows;
+  options.window_kv_groups = o.window_kv_groups;
+  return options;
+}
+
+// How the model's GEMMs run (every rank alike); throws for --fp8-activations on a 16-bit model.
+void configure_cuda_model(const ModelOptions& o, CudaModel& model) {
+  model.set_gemm_tuning(o.gemm_tuning == "wide" ? Gemm::Tuning::kWide : Gemm::Tuning::kHeuristic);
+  if (!model.config().fp8_weights && o.fp8_activations != "w8a8")
+    throw Error("--fp8-activations " + o.fp8_activations + ": " + o.model +
+                " has 16-bit weights; the flag applies to fp8-weight models");
+  model.set_fp8_activations(o.fp8_activations != "16bit");
+  model.set_fp8_fused_scales(o.fp8_activations == "w8a8");
+}
+
+// --tensor-parallel-size N on CUDA: ranks on devices first_device .. first_device + N - 1.
+std::unique_ptr<TensorParallelCudaRunner> load_tensor_parallel(const ModelOptions& o,
+                                                               int first_device,
+                                                               std::string& description) {
+  const int32_t n = o.tensor_parallel_size;
+  int count = 0;
+  L2KV_CUDA_CHECK(cudaGetDeviceCount(&count));
+  if (first_device + n > count)
+    throw Error("--tensor-parallel-size " + std::to_string(n) + " from cuda:" +
+                std::to_string(first_device) + " needs " + std::to_string(first_device + n) +
+                " GPUs; this machine has " + std::to_string(count));
+  TensorParallelModelSource source;
+  if (is_synthetic(o.model)) {
+    source.synthetic = ModelConfig::synthetic(o.model.substr(std::string("synthetic:").size()));
+    source.seed = o.synthetic_seed;
+  } else {
+    source.folder = o.model;
+  }
+  const ModelConfig whole =
+      source.synthetic ? *source.synthetic : ModelConfig::from_folder(o.model);
+  tp_shard(whole, 0, n);  // a split it refuses, refused before any GPU work
+  if (!whole.fp8_weights && o.fp8_activations != "w8a8")
+    throw Error("--fp8-activations " + o.fp8_activations + ": " + o.model +
+                " has 16-bit weights; the flag applies to fp8-weight models");
+  std::vector<int> devices;
+  for (int32_t r = 0; r < n; ++r) devices.push_back(first_device + r);
+  std::fprintf(stderr, "l2kv: loading %s over %d GPUs (tensor parallel, cuda:%d..%d)\n",
+               o.model.c_str(), n, first_device, first_device + n - 1);
+  auto runner = std::make_unique<TensorParallelCudaRunner>(
+      devices, source, cuda_runner_options(o),
+      [&o](CudaModel& model) { configure_cuda_model(o, model); });
+  description = o.model + " on " + runner->device_name() + " (" +
+                std::string(dtype_name(whole.dtype)) + ", attention " + o.attention +
+                ", kv-prefetch " + o.kv_prefetch + ", kv-cache " +
+                std::string(kv_storage_name(cuda_runner_options(o).kv_storage)) +
+                (o.enforce_eager ? ", eager" : ", CUDA graphs") + ")";
+  return runner;
+}
+
 }  // namespace
 
 LoadedModel load_model(const ModelOptions& o) {
@@ -182,11 +246,13 @@ LoadedModel load_model(const ModelOptions& o) {
     runner->set_window_kv_groups(o.window_kv_groups);
     loaded.description = o.model + " on " + runner->device_name() + " (float32)";
     loaded.runner = std::move(runner);
+  } else if (o.tensor_parallel_size > 1) {
+    auto runner = load_tensor_parallel(o, device, loaded.description);
+    loaded.tensor_parallel_runner = runner.get();
+    loaded.cuda_runner = &runner->rank_runner(0);
+    loaded.cuda_model = runner->rank_model(0);
+    loaded.runner = std::move(runner);
   } else {
-    if (o.tensor_parallel_size != 1)
-      throw Error("--tensor-parallel-size " + std::to_string(o.tensor_parallel_size) +
-                  ": the CUDA backend runs a model on one GPU so far (--device cpu splits it over "
-                  "threads)");
     L2KV_CUDA_CHECK(cudaSetDevice(device));
     std::fprintf(stderr, "l2kv: loading %s on cuda:%d\n", o.model.c_str(), device);
     if (loaded.synthetic)
@@ -195,21 +261,8 @@ LoadedModel load_model(const ModelOptions& o) {
           o.synthetic_seed);
     else
       loaded.cuda_model = std::make_shared<CudaModel>(fs::path(o.model));
-    loaded.cuda_model->set_gemm_tuning(o.gemm_tuning == "wide" ? Gemm::Tuning::kWide
-                                                               : Gemm::Tuning::kHeuristic);
-    if (!loaded.cuda_model->config().fp8_weights && o.fp8_activations != "w8a8")
-      throw Error("--fp8-activations " + o.fp8_activations + ": " + o.model +
-                  " has 16-bit weights; the flag applies to fp8-weight models");
-    loaded.cuda_model->set_fp8_activations(o.fp8_activations != "16bit");
-    loaded.cuda_model->set_fp8_fused_scales(o.fp8_activations == "w8a8");
-    CudaRunnerOptions options;
-    options.attention = parse_decode_kernel(o.attention);
-    options.kv_prefetch = parse_prefetch_policy(o.kv_prefetch);
-    options.cuda_graphs = !o.enforce_eager;
-    options.kv_storage = o.kv_cache_dtype == "auto" ? KvStorage::kModelDtype : KvStorage::kFp8E4M3;
-    options.calculate_kv_scales = o.calculate_kv_scales;
-    options.fused_layer_max_rows = o.fused_layer_max_rows;
-    options.window_kv_groups = o.window_kv_groups;
+    configure_cuda_model(o, *loaded.cuda_model);
+    const CudaRunnerOptions options = cuda_runner_options(o);
     auto runner = std::make_unique<CudaRunner>(loaded.cuda_model, options);
     const int32_t fused_rows = runner->step_state().fused_layer_max_rows();
     const std::string layer = fused_rows == 0   ? ", nine kernels per layer"

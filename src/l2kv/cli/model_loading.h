@@ -14,7 +14,8 @@
 
 namespace l2kv {
 class CudaRunner;
-}
+class TensorParallelCudaRunner;
+}  // namespace l2kv
 
 namespace l2kv::cli {
 
@@ -45,6 +46,9 @@ struct LoadedModel {
   // `runner` as the CUDA runner it is (on the CUDA backend): valid while whoever owns `runner`
   // (it or the Engine it is handed to) keeps it.
   CudaRunner* cuda_runner = nullptr;
+  // `runner` as the tensor-parallel runner it is (--tensor-parallel-size > 1 on CUDA); then
+  // cuda_model and cuda_runner are rank 0's, whose forwards need the other ranks.
+  TensorParallelCudaRunner* tensor_parallel_runner = nullptr;
   bool synthetic = false;
   std::string description;  // for logs: model, backend, dtype
 };

@@ -163,7 +163,17 @@ std::string CudaRunner::device_fault() {
 }
 
 std::vector<SampledToken> CudaRunner::execute(const StepInput& step) {
+  stage(step);
+  return run_staged(step);
+}
+
+bool CudaRunner::follower() const {
+  return model_->tensor_parallel() && model_->shard().rank != 0;
+}
+
+void CudaRunner::stage(const StepInput& step) {
   L2KV_CUDA_CHECK(cudaSetDevice(device_));
+  staged_ = false;
   batch_.clear();
   rows_.clear();
   int32_t masked_rows = 0;
@@ -196,16 +206,32 @@ std::vector<SampledToken> CudaRunner::execute(const StepInput& step) {
     }
     rows_.push_back(row);
   }
+  if (prompt_logprobs_asked && model_->tensor_parallel())
+    throw Error("CudaRunner: prompt logprobs are not computed under tensor parallelism yet");
   const int32_t n = static_cast<int32_t>(batch_.size());
   const int32_t pad_to = decode_only && options_.cuda_graphs ? state_->graph_bucket(n) : 0;
-  using Clock = std::chrono::steady_clock;
-  const auto start = Clock::now();
+  staged_start_ = Clock::now();
   state_->prepare(batch_, pad_to, stream_);
-  const auto prepared = Clock::now();
+  staged_prepared_ = Clock::now();
+  staged_masked_rows_ = masked_rows;
+  staged_prompt_logprobs_ = prompt_logprobs_asked;
+  staged_ = true;
+}
+
+std::vector<SampledToken> CudaRunner::run_staged(const StepInput& step) {
+  if (!staged_) throw Error("CudaRunner: run_staged() without a staged step");
+  staged_ = false;
+  L2KV_CUDA_CHECK(cudaSetDevice(device_));
+  const int32_t masked_rows = follower() ? 0 : staged_masked_rows_;
+  const bool prompt_logprobs_asked = staged_prompt_logprobs_;
+  const auto start = staged_start_, prepared = staged_prepared_;
   L2KV_CUDA_CHECK(cudaEventRecord(events_[0], stream_));
   state_->forward(stream_);
   L2KV_CUDA_CHECK(cudaEventRecord(events_[1], stream_));
-  fill_deferred_masks();  // while the GPU runs the forward
+  if (follower())
+    rows_.clear();  // rank 0 samples; the other ranks' logits are not whole
+  else
+    fill_deferred_masks();  // while the GPU runs the forward
   if (masked_rows > 0) {
     // The previous step's apply has finished reading these (its results() synchronized).
     L2KV_CUDA_CHECK(cudaMemcpyAsync(device_masks_, host_masks_,

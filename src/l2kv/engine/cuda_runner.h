@@ -53,14 +53,22 @@ class CudaRunner : public ModelRunner {
   CudaRunner(std::shared_ptr<CudaModel> model, CudaRunnerOptions options);
   ~CudaRunner() override;
 
-  const ModelConfig& config() const override { return model_->config(); }
+  // The model as published (a tensor-parallel rank's CudaModel computes a part of it).
+  const ModelConfig& config() const override { return model_->whole_config(); }
   std::string device_name() const override;
   KvCacheSizing prepare(int32_t block_size, int32_t max_batched_tokens, int32_t max_seqs,
                         int32_t max_model_len, double memory_utilization) override;
   void allocate_kv_cache(int32_t num_blocks) override;
   std::vector<SampledToken> execute(const StepInput& step) override;
   std::string device_fault() override;
-  bool supports_prompt_logprobs() const override { return true; }
+  bool supports_prompt_logprobs() const override { return !model_->tensor_parallel(); }
+
+  // execute() in two halves, for tensor parallelism (TensorParallelCudaRunner): stage()
+  // validates the step and uploads its metadata (host work, no collective: a step it refuses
+  // is refused by every rank alike), run_staged() runs the forward and, on rank 0 or a whole
+  // model, samples. A rank other than 0 returns no tokens.
+  void stage(const StepInput& step);
+  std::vector<SampledToken> run_staged(const StepInput& step);
 
   // Rows of prompt logits computed and copied to the host at once.
   static constexpr int32_t kPromptLogprobRows = CudaModel::kMaxHiddenRowLogits;
@@ -84,6 +92,9 @@ class CudaRunner : public ModelRunner {
   const CudaRunnerOptions& options() const { return options_; }
 
  private:
+  using Clock = std::chrono::steady_clock;
+  // A tensor-parallel rank other than 0: it runs the forward with rank 0 but samples nothing.
+  bool follower() const;
   std::shared_ptr<CudaModel> model_;
   std::unique_ptr<CudaStepState> state_;  // made on the model's device, freed before the stream
   CudaRunnerOptions options_;
@@ -117,6 +128,11 @@ class CudaRunner : public ModelRunner {
   // first step that asks for them.
   float* device_prompt_logits_ = nullptr;
   StepProfile profile_;
+  // The step stage() prepared for run_staged().
+  bool staged_ = false;
+  int32_t staged_masked_rows_ = 0;
+  bool staged_prompt_logprobs_ = false;
+  Clock::time_point staged_start_, staged_prepared_;
   void free_masks();
   // Appends the prompt logprobs of every sequence of `step` that asks for them (after the
   // step's forward is enqueued on stream_); synchronizes.

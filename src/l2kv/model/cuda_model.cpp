@@ -15,6 +15,7 @@
 #include "l2kv/model/decoder_graph.h"
 #include "l2kv/model/hf_weights.h"
 #include "l2kv/model/safetensors.h"
+#include "l2kv/parallel/device_communicator.h"
 
 namespace l2kv {
 namespace {
@@ -108,17 +109,59 @@ struct CudaModel::Weights {
   };
   DeviceArray<uint16_t> embed, lm_head, final_norm;
   std::vector<Layer> layers;
-  const uint16_t* lm_head_ptr() const { return lm_head.ptr ? lm_head.ptr : embed.ptr; }
+  // Tied embeddings: the LM head's rows are the embedding's from this row on (a
+  // tensor-parallel rank's part of the vocabulary), else 0.
+  int64_t tied_first_row = 0;
+  int64_t hidden = 0;
+  const uint16_t* lm_head_ptr() const {
+    return lm_head.ptr ? lm_head.ptr : embed.ptr + tied_first_row * hidden;
+  }
   // fp8 models: a projection widened to 16 bits for products of more rows than the fp8 GEMV
   // takes (prompts), as large as the largest projection.
   DeviceArray<uint16_t> fp8_widened;
 };
 
-CudaModel::CudaModel(const std::filesystem::path& folder)
-    : config_(ModelConfig::from_folder(folder)), weights_(std::make_unique<Weights>()) {
+CudaModel::CudaModel(const std::filesystem::path& folder) : CudaModel(folder, nullptr) {}
+
+CudaModel::CudaModel(const std::filesystem::path& folder, DeviceCommunicator& comm)
+    : CudaModel(folder, &comm) {}
+
+CudaModel::CudaModel(const ModelConfig& config, uint64_t seed) : CudaModel(config, seed, nullptr) {}
+
+CudaModel::CudaModel(const ModelConfig& config, uint64_t seed, DeviceCommunicator& comm)
+    : CudaModel(config, seed, &comm) {}
+
+void CudaModel::init_shard() {
+  const ModelConfig& w = whole_config_;
+  config_ = w;
+  shard_ = TpShard{};
+  shard_.q_heads = w.num_q_heads, shard_.kv_heads = w.num_kv_heads;
+  shard_.inter = w.intermediate_size, shard_.vocab = w.vocab_size;
+  if (comm_ != nullptr) {
+    int device = 0;
+    L2KV_CUDA_CHECK(cudaGetDevice(&device));
+    if (device != comm_->device())
+      throw Error("CUDA backend: tensor-parallel rank " + std::to_string(comm_->rank()) +
+                  " is made on its communicator's device (cuda:" + std::to_string(comm_->device()) +
+                  "), not cuda:" + std::to_string(device));
+    shard_ = tp_shard(w, comm_->rank(), comm_->size());
+    config_.num_q_heads = shard_.q_heads;
+    config_.num_kv_heads = shard_.kv_heads;
+    config_.intermediate_size = shard_.inter;
+  }
+  check_moe(config_);
+  check_head_dim(config_);
+  weights_->hidden = config_.hidden_size;
+  if (config_.tie_word_embeddings) weights_->tied_first_row = shard_.vocab_begin;
+}
+
+CudaModel::CudaModel(const std::filesystem::path& folder, DeviceCommunicator* comm)
+    : whole_config_(ModelConfig::from_folder(folder)),
+      comm_(comm),
+      weights_(std::make_unique<Weights>()) {
+  init_shard();
   const ModelConfig& c = config_;
-  check_moe(c);
-  check_head_dim(c);
+  const TpShard* slices = comm_ != nullptr ? &shard_ : nullptr;
   const Checkpoint ckpt(folder);
   auto concat = [](std::vector<float> a, const std::vector<float>& b) {
     a.insert(a.end(), b.begin(), b.end());
@@ -133,9 +176,10 @@ CudaModel::CudaModel(const std::filesystem::path& folder)
     return to_paired_rows(concat(gate, up), 2 * c.intermediate_size, hidden);
   };
   {
-    const HfGlobalWeights globals = load_hf_global_weights(ckpt, c);
+    const HfGlobalWeights globals = load_hf_global_weights(ckpt, whole_config_, slices);
     weights_->embed = upload_16bit(c.dtype, globals.embed);
-    if (!globals.lm_head.empty()) weights_->lm_head = upload_16bit(c.dtype, globals.lm_head);
+    // A tied LM head reads the embedding's rows (a rank's copy of them is not kept).
+    if (!c.tie_word_embeddings) weights_->lm_head = upload_16bit(c.dtype, globals.lm_head);
     weights_->final_norm = upload_16bit(c.dtype, globals.final_norm);
   }
   // fp8 gate/up rows in the same order as 16-bit ones.
@@ -146,7 +190,8 @@ CudaModel::CudaModel(const std::filesystem::path& folder)
   };
   for (int64_t l = 0; l < c.num_layers; ++l) {
     const HfLayerWeights w = load_hf_layer_weights(
-        ckpt, c, l, c.fp8_weights ? Fp8Projections::kAsStored : Fp8Projections::kDequantized);
+        ckpt, whole_config_, l,
+        c.fp8_weights ? Fp8Projections::kAsStored : Fp8Projections::kDequantized, slices);
     Weights::Layer layer;
     layer.input_norm = upload_16bit(c.dtype, w.input_norm);
     // post_norm is the norm before the MLP (Gemma: pre_feedforward_layernorm; its
@@ -201,11 +246,12 @@ CudaModel::CudaModel(const std::filesystem::path& folder)
   init_common();
 }
 
-CudaModel::CudaModel(const ModelConfig& config, uint64_t seed)
-    : config_(config), weights_(std::make_unique<Weights>()) {
+CudaModel::CudaModel(const ModelConfig& config, uint64_t seed, DeviceCommunicator* comm)
+    : whole_config_(config), comm_(comm), weights_(std::make_unique<Weights>()) {
+  init_shard();
   const ModelConfig& c = config_;
-  check_head_dim(c);
-  check_moe(c);
+  // Each rank its own weights (they are random anyway).
+  if (comm_ != nullptr) seed += uint64_t{1000003} * static_cast<uint64_t>(comm_->rank());
   gate_up_interleaved_ = c.intermediate_size % 8 == 0;
   const int64_t q_dim = c.num_q_heads * c.head_dim, kv_dim = c.num_kv_heads * c.head_dim;
   auto random = [&](int64_t n, float scale) {
@@ -227,7 +273,7 @@ CudaModel::CudaModel(const ModelConfig& config, uint64_t seed)
     return m;
   };
   weights_->embed = random(c.vocab_size * c.hidden_size, scale);
-  if (!c.tie_word_embeddings) weights_->lm_head = random(c.vocab_size * c.hidden_size, scale);
+  if (!c.tie_word_embeddings) weights_->lm_head = random(shard_.vocab * c.hidden_size, scale);
   weights_->final_norm = upload_16bit(c.dtype, ones);
   for (int64_t l = 0; l < c.num_layers; ++l) {
     Weights::Layer layer;
@@ -272,7 +318,9 @@ CudaModel::CudaModel(const ModelConfig& config, uint64_t seed)
 void CudaModel::init_common() {
   const ModelConfig& c = config_;
   L2KV_CUDA_CHECK(cudaGetDevice(&device_));
-  weight_bytes_ = c.weight_bytes();
+  weight_bytes_ = c.weight_bytes();  // the vocabulary is whole in c: a rank keeps its LM-head rows
+  if (!c.tie_word_embeddings)
+    weight_bytes_ -= (c.vocab_size - shard_.vocab) * c.hidden_size * dtype_bytes(c.dtype);
   if (c.fp8_weights) {
     const int64_t q_dim = c.num_q_heads * c.head_dim, kv_dim = c.num_kv_heads * c.head_dim;
     weights_->fp8_widened = DeviceArray<uint16_t>(static_cast<size_t>(
@@ -297,8 +345,9 @@ CudaModel::~CudaModel() {
 
 int64_t CudaModel::streamed_weight_bytes() const {
   const ModelConfig& c = config_;
-  return weight_bytes_ -
-         (c.tie_word_embeddings ? 0 : c.vocab_size * c.hidden_size * dtype_bytes(c.dtype));
+  const int64_t row = c.hidden_size * dtype_bytes(c.dtype);
+  // Untied: all but the embedding table; tied: all but the embedding rows outside the LM head's.
+  return weight_bytes_ - (c.tie_word_embeddings ? c.vocab_size - shard_.vocab : c.vocab_size) * row;
 }
 
 int64_t CudaModel::kv_block_bytes(KvStorage storage, int32_t block_size) const {
@@ -360,7 +409,34 @@ std::unique_ptr<CudaActivations> CudaModel::allocate_activations(int32_t rows,
   a->last = DeviceArray<uint16_t>(static_cast<size_t>(logit_rows) * H);
   a->hidden_rows = DeviceArray<uint16_t>(static_cast<size_t>(kMaxHiddenRowLogits) * H);
   a->logits = DeviceArray<float>(static_cast<size_t>(logit_rows) * c.vocab_size);
+  if (comm_ != nullptr) {
+    const size_t part = static_cast<size_t>(logit_rows) * logit_part_stride();
+    a->logits_part = DeviceArray<float>(part);
+    if (shard_.rank == 0) a->logits_gathered = DeviceArray<float>(part * shard_.size);
+  }
   return a;
+}
+
+int64_t CudaModel::logit_part_stride() const {
+  const int64_t largest = (config_.vocab_size + shard_.size - 1) / shard_.size;
+  return (largest + 3) / 4 * 4;
+}
+
+void CudaModel::gather_logits(CudaActivations& a, int32_t rows, cudaStream_t stream) const {
+  const int64_t stride = logit_part_stride();
+  const int64_t part_floats = int64_t{rows} * stride;
+  comm_->gather_to_first(a.logits_part.ptr, a.logits_gathered.ptr,
+                         part_floats * static_cast<int64_t>(sizeof(float)), stream);
+  if (shard_.rank != 0) return;
+  // Rank r's rows [rows, its vocabulary] become columns vocab_begin.. of the whole rows.
+  const size_t pitch = static_cast<size_t>(config_.vocab_size) * sizeof(float);
+  for (int32_t r = 0; r < shard_.size; ++r) {
+    const TpShard s = tp_shard(whole_config_, r, shard_.size);
+    const size_t width = static_cast<size_t>(s.vocab) * sizeof(float);
+    L2KV_CUDA_CHECK(cudaMemcpy2DAsync(a.logits.ptr + s.vocab_begin, pitch,
+                                      a.logits_gathered.ptr + r * part_floats, width, width,
+                                      static_cast<size_t>(rows), cudaMemcpyDeviceToDevice, stream));
+  }
 }
 
 bool CudaModel::can_fuse_layer(int32_t rows) const {
@@ -368,9 +444,9 @@ bool CudaModel::can_fuse_layer(int32_t rows) const {
   // Gemma's extra norms and GeGLU have no fused form. The GEMV reads rows of 16-byte vectors:
   // 8 16-bit weights or 16 fp8 ones.
   const int64_t k = c.fp8_weights ? 16 : 8;
-  return c.num_experts == 0 && !c.gemma && gate_up_interleaved_ && rows <= gemm_.gemv_max_rows() &&
-         rows <= kGemvMaxRows && c.hidden_size % k == 0 && (c.num_q_heads * c.head_dim) % k == 0 &&
-         c.intermediate_size % k == 0;
+  return comm_ == nullptr && c.num_experts == 0 && !c.gemma && gate_up_interleaved_ &&
+         rows <= gemm_.gemv_max_rows() && rows <= kGemvMaxRows && c.hidden_size % k == 0 &&
+         (c.num_q_heads * c.head_dim) % k == 0 && c.intermediate_size % k == 0;
 }
 
 bool CudaModel::can_capture_rows(int32_t rows) const {
@@ -491,7 +567,15 @@ struct CudaModel::GraphOps {
   // An fp8 product with its scales still to apply may wait for the norm after it (Gemma's extra
   // norm of the block output reads a 16-bit addend).
   bool defer_block_output_scales() const {
-    return m->fp8_fused_scales_ && !c().gemma && ops::fp8_ops_take(c().hidden_size);
+    return m->fp8_fused_scales_ && !c().gemma && ops::fp8_ops_take(c().hidden_size) &&
+           m->comm_ == nullptr;  // a tensor-parallel rank all-reduces the scaled product
+  }
+  // A tensor-parallel rank's O or down output in proj is its part of the sum over ranks.
+  void all_reduce_block_output() {
+    if (m->comm_ == nullptr) return;
+    m->comm_->all_reduce_sum(c().dtype == DType::kBFloat16 ? ops::CollectiveType::kBFloat16
+                                                           : ops::CollectiveType::kFloat16,
+                             ws().proj.ptr, int64_t{n} * c().hidden_size, stream);
   }
   // `next`: the projection that reads h, where there is one.
   void norm(const void* weight, const Projection* next = nullptr) {
@@ -627,6 +711,7 @@ struct CudaModel::GraphOps {
         pending_fp8 = project(o(l), ws().attn.ptr, ws().proj.ptr, defer_block_output_scales());
     });
     if (fused) return;
+    all_reduce_block_output();
     norm_block_output(w(l).attention_out_norm);
     if (!pending_fp8) pending = ws().proj.ptr;  // added by the next norm
   }
@@ -767,6 +852,7 @@ struct CudaModel::GraphOps {
         pending_fp8 = project(down(l), ws().act.ptr, ws().proj.ptr, defer_block_output_scales());
     });
     if (fused) return;
+    all_reduce_block_output();
     norm_block_output(w(l).mlp_out_norm);
     if (!pending_fp8) pending = ws().proj.ptr;
   }
@@ -780,12 +866,14 @@ struct CudaModel::GraphOps {
     if (!direct)
       ops::gather_rows(ws().h.ptr, step->last_rows, rows, static_cast<int32_t>(H), ws().last.ptr,
                        stream);
+    // A tensor-parallel rank computes its part of the vocabulary; rank 0 gathers them.
+    float* logits = m->comm_ ? ws().logits_part.ptr : ws().logits.ptr;
     timed(Op::kGemm, [&] {
       m->gemm_.linear_f32_out(c().dtype, direct ? ws().h.ptr : ws().last.ptr,
-                              m->weights_->lm_head_ptr(), ws().logits.ptr, rows, H, c().vocab_size,
-                              stream);
+                              m->weights_->lm_head_ptr(), logits, rows, H, m->shard_.vocab, stream);
     });
-    m->cap_logits(ws().logits.ptr, rows, stream);
+    if (m->comm_) m->gather_logits(ws(), rows, stream);
+    if (m->shard_.rank == 0) m->cap_logits(ws().logits.ptr, rows, stream);
   }
 };
 
@@ -820,6 +908,8 @@ void CudaModel::hidden_row_logits(CudaActivations& activations, int32_t first_ro
                 std::to_string(rows) + " (at most " + std::to_string(kMaxHiddenRowLogits) +
                 " at once)");
   if (out == nullptr) throw Error("CUDA backend: hidden_row_logits() into a null buffer");
+  if (comm_ != nullptr)
+    throw Error("CUDA backend: prompt logprobs are not computed under tensor parallelism yet");
   const int64_t H = config_.hidden_size;
   // Copied to the start of a buffer, as lm_head() gathers them: the LM head's GEMM plans are
   // chosen per shape on aligned operands, and a row of h may start at any multiple of H.

@@ -7,6 +7,12 @@
 //
 // Weights are allocated at construction; a forward allocates nothing and never synchronizes,
 // so a CUDA graph can capture it.
+//
+// Tensor parallelism (parallel/tensor_parallel.h): a model made with a DeviceCommunicator is one
+// rank's part. config() is then that part (its attention heads, KV heads and MLP features; the
+// vocabulary stays whole), every forward is a collective (the O and down projections' partial
+// sums are all-reduced, the LM head's columns gathered into rank 0's logits), and the five-kernel
+// layer is off (its residual epilogues would add partial sums).
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -22,8 +28,11 @@
 #include "l2kv/kernels/model/gemm.h"
 #include "l2kv/model/cuda_attention.h"
 #include "l2kv/model/model_config.h"
+#include "l2kv/parallel/tensor_parallel.h"
 
 namespace l2kv {
+
+class DeviceCommunicator;
 
 // Activation buffers of forward passes of up to a fixed number of query rows and rows of
 // logits (CudaModel::allocate_activations sizes them; the step state holds them).
@@ -50,6 +59,10 @@ struct CudaActivations {
   // product before its scales ([up to Gemm::kFp8ScaledAfterMaxRows rows, widest output]).
   DeviceArray<uint8_t> fp8_codes;
   DeviceArray<float> fp8_row_scales, fp8_product;
+  // Tensor parallelism: this rank's logits [logit rows, its vocabulary] and, on rank 0, every
+  // rank's ([ranks][logit rows x CudaModel::logit_part_stride()]) before they are interleaved
+  // into `logits`.
+  DeviceArray<float> logits_part, logits_gathered;
 };
 
 // Events around each projection and attention launch of an eager forward (profiling).
@@ -92,11 +105,21 @@ class CudaModel {
   // `config`'s shapes (synthetic models), on the current device.
   explicit CudaModel(const std::filesystem::path& folder);
   CudaModel(const ModelConfig& config, uint64_t seed);
+  // Rank comm.rank() of comm.size() of the same (tensor_parallel.h), on the communicator's
+  // device; every rank's forwards must run together. `comm` must outlive the model. Throws
+  // l2kv::Error for a split tp_shard() refuses, before reading any weight.
+  CudaModel(const std::filesystem::path& folder, DeviceCommunicator& comm);
+  CudaModel(const ModelConfig& config, uint64_t seed, DeviceCommunicator& comm);
   ~CudaModel();
   CudaModel(const CudaModel&) = delete;
   CudaModel& operator=(const CudaModel&) = delete;
 
+  // What this model computes: the whole model, or a tensor-parallel rank's part of it.
   const ModelConfig& config() const { return config_; }
+  // The model as its config.json describes it (config() for a whole model).
+  const ModelConfig& whole_config() const { return whole_config_; }
+  bool tensor_parallel() const { return comm_ != nullptr; }
+  const TpShard& shard() const { return shard_; }  // rank 0 of 1 for a whole model
   int device() const { return device_; }
   int64_t weight_bytes() const { return weight_bytes_; }
   // What one decode step must read of the weights: all of them but the embedding table, of
@@ -159,11 +182,23 @@ class CudaModel {
  private:
   struct Weights;
   struct GraphOps;  // this backend's ops of decoder_graph.h
+  CudaModel(const std::filesystem::path& folder, DeviceCommunicator* comm);
+  CudaModel(const ModelConfig& config, uint64_t seed, DeviceCommunicator* comm);
+  // Sets config_ and shard_ from whole_config_ and comm_; checks what the kernels take.
+  void init_shard();
+  // Floats between two ranks' LM-head parts in logits_gathered: the largest part, rounded up
+  // to 16 bytes (the one-shot gather moves 16-byte vectors).
+  int64_t logit_part_stride() const;
+  // Tensor parallelism: gathers every rank's `rows` rows of logits_part into rank 0's logits.
+  void gather_logits(CudaActivations& activations, int32_t rows, cudaStream_t stream) const;
   // Gemma's final logit soft-capping over `rows` rows of logits, where the config has it.
   void cap_logits(float* logits, int32_t rows, cudaStream_t stream) const;
   void init_common();
 
+  ModelConfig whole_config_;
   ModelConfig config_;
+  DeviceCommunicator* comm_ = nullptr;
+  TpShard shard_;
   int device_ = 0;
   int64_t weight_bytes_ = 0;
   std::unique_ptr<Weights> weights_;

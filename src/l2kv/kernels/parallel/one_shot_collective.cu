@@ -1,0 +1,201 @@
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <string>
+
+#include "l2kv/core/cuda_check.h"
+#include "l2kv/core/error.h"
+#include "l2kv/kernels/parallel/one_shot_collective.h"
+
+namespace l2kv::ops {
+namespace {
+
+// A wait that outlives this is a peer that never came (a hung or dead rank): trap, so the
+// runner sees a device fault instead of hanging.
+constexpr uint64_t kWaitTimeoutNs = uint64_t{60} * 1000 * 1000 * 1000;
+
+__device__ __forceinline__ uint32_t load_acquire_system(const uint32_t* p) {
+  uint32_t v;
+  asm volatile("ld.acquire.sys.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+
+__device__ __forceinline__ void store_release_system(uint32_t* p, uint32_t v) {
+  asm volatile("st.release.sys.global.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
+}
+
+__device__ __forceinline__ uint64_t global_timer_ns() {
+  uint64_t t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
+
+// Stages this block's vectors of `in` and meets every peer's block; returns the call's number
+// (whose parity picks the staging half), or 0 when the group was aborted.
+__device__ uint32_t stage_and_meet(const uint4* in, int64_t vectors, const CollectivePeers& p) {
+  __shared__ uint32_t call_shared;
+  __shared__ int32_t aborted;
+  CollectiveSignals* mine = p.signals[p.rank];
+  if (threadIdx.x == 0) {
+    call_shared = mine->calls[blockIdx.x] + 1;
+    mine->calls[blockIdx.x] = call_shared;
+    aborted = 0;
+  }
+  __syncthreads();
+  const uint32_t call = call_shared;
+  uint4* staging = reinterpret_cast<uint4*>(static_cast<char*>(p.staging[p.rank]) +
+                                            (call & 1) * p.staging_half_bytes);
+  for (int64_t v = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; v < vectors;
+       v += int64_t{gridDim.x} * blockDim.x)
+    staging[v] = in[v];
+  __syncthreads();  // the block's vectors are staged before any peer is told
+  if (threadIdx.x < p.size) {
+    __threadfence_system();
+    store_release_system(&p.signals[threadIdx.x]->arrived[blockIdx.x][p.rank], call);
+    const uint32_t* flag = &mine->arrived[blockIdx.x][threadIdx.x];
+    const uint64_t start = global_timer_ns();
+    while (load_acquire_system(flag) < call) {
+      if (p.abort != nullptr && *p.abort != 0) {
+        aborted = 1;
+        break;
+      }
+      if (global_timer_ns() - start > kWaitTimeoutNs) __trap();
+    }
+  }
+  __syncthreads();
+  return aborted ? 0 : call;
+}
+
+template <typename T>
+struct Vector8;  // eight 16-bit elements as float
+template <>
+struct Vector8<__nv_bfloat16> {
+  static __device__ void add(const uint4& v, float* acc) {
+    const auto* h = reinterpret_cast<const __nv_bfloat162*>(&v);
+    for (int i = 0; i < 4; ++i) {
+      const float2 f = __bfloat1622float2(h[i]);
+      acc[2 * i] += f.x, acc[2 * i + 1] += f.y;
+    }
+  }
+  static __device__ uint4 pack(const float* acc) {
+    uint4 v;
+    auto* h = reinterpret_cast<__nv_bfloat162*>(&v);
+    for (int i = 0; i < 4; ++i) h[i] = __floats2bfloat162_rn(acc[2 * i], acc[2 * i + 1]);
+    return v;
+  }
+};
+template <>
+struct Vector8<__half> {
+  static __device__ void add(const uint4& v, float* acc) {
+    const auto* h = reinterpret_cast<const __half2*>(&v);
+    for (int i = 0; i < 4; ++i) {
+      const float2 f = __half22float2(h[i]);
+      acc[2 * i] += f.x, acc[2 * i + 1] += f.y;
+    }
+  }
+  static __device__ uint4 pack(const float* acc) {
+    uint4 v;
+    auto* h = reinterpret_cast<__half2*>(&v);
+    for (int i = 0; i < 4; ++i) h[i] = __floats2half2_rn(acc[2 * i], acc[2 * i + 1]);
+    return v;
+  }
+};
+
+template <typename T>
+__global__ void __launch_bounds__(kCollectiveThreads)
+    all_reduce_16bit_kernel(const uint4* in, uint4* out, int64_t vectors, CollectivePeers p) {
+  const uint32_t call = stage_and_meet(in, vectors, p);
+  if (call == 0) return;
+  const int64_t half = (call & 1) * p.staging_half_bytes;
+  for (int64_t v = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; v < vectors;
+       v += int64_t{gridDim.x} * blockDim.x) {
+    float acc[8] = {};
+    for (int32_t r = 0; r < p.size; ++r)  // rank order: the same bits on every rank
+      Vector8<T>::add(
+          __ldcv(reinterpret_cast<const uint4*>(static_cast<char*>(p.staging[r]) + half) + v), acc);
+    out[v] = Vector8<T>::pack(acc);
+  }
+}
+
+__global__ void __launch_bounds__(kCollectiveThreads)
+    all_reduce_f32_kernel(const uint4* in, uint4* out, int64_t vectors, CollectivePeers p) {
+  const uint32_t call = stage_and_meet(in, vectors, p);
+  if (call == 0) return;
+  const int64_t half = (call & 1) * p.staging_half_bytes;
+  for (int64_t v = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; v < vectors;
+       v += int64_t{gridDim.x} * blockDim.x) {
+    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+    for (int32_t r = 0; r < p.size; ++r) {
+      const float4 x =
+          __ldcv(reinterpret_cast<const float4*>(static_cast<char*>(p.staging[r]) + half) + v);
+      acc.x += x.x, acc.y += x.y, acc.z += x.z, acc.w += x.w;
+    }
+    reinterpret_cast<float4*>(out)[v] = acc;
+  }
+}
+
+__global__ void __launch_bounds__(kCollectiveThreads)
+    gather_to_first_kernel(const uint4* in, uint4* out, int64_t vectors, CollectivePeers p) {
+  const uint32_t call = stage_and_meet(in, vectors, p);
+  if (call == 0 || p.rank != 0) return;
+  const int64_t half = (call & 1) * p.staging_half_bytes;
+  for (int32_t r = 0; r < p.size; ++r)
+    for (int64_t v = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; v < vectors;
+         v += int64_t{gridDim.x} * blockDim.x)
+      out[r * vectors + v] =
+          __ldcv(reinterpret_cast<const uint4*>(static_cast<char*>(p.staging[r]) + half) + v);
+}
+
+void check_call(const void* in, const void* out, int64_t bytes, const CollectivePeers& p,
+                const char* what) {
+  const std::string name = std::string("one-shot ") + what;
+  if (p.size < 1 || p.size > kCollectiveMaxRanks || p.rank < 0 || p.rank >= p.size)
+    throw Error(name + ": rank " + std::to_string(p.rank) + " of " + std::to_string(p.size) +
+                " (1 to " + std::to_string(kCollectiveMaxRanks) + " ranks)");
+  for (int32_t r = 0; r < p.size; ++r)
+    if (p.staging[r] == nullptr || p.signals[r] == nullptr)
+      throw Error(name + ": rank " + std::to_string(r) + " has no staging buffer or flags");
+  if (bytes <= 0 || bytes % 16 != 0 || bytes > p.staging_half_bytes)
+    throw Error(name + " of " + std::to_string(bytes) +
+                " bytes: needs a positive multiple of 16 up to the staging buffer's " +
+                std::to_string(p.staging_half_bytes));
+  if (reinterpret_cast<uintptr_t>(in) % 16 != 0 || reinterpret_cast<uintptr_t>(out) % 16 != 0)
+    throw Error(name + ": buffers must be 16-byte aligned");
+}
+
+}  // namespace
+
+int32_t collective_type_bytes(CollectiveType type) {
+  return type == CollectiveType::kFloat32 ? 4 : 2;
+}
+
+void one_shot_all_reduce(CollectiveType type, const void* in, void* out, int64_t count,
+                         const CollectivePeers& peers, cudaStream_t stream) {
+  const int64_t bytes = count * collective_type_bytes(type);
+  check_call(in, out, bytes, peers, "all-reduce");
+  if (out == nullptr) throw Error("one-shot all-reduce: no output buffer");
+  const auto* x = static_cast<const uint4*>(in);
+  auto* y = static_cast<uint4*>(out);
+  const int64_t vectors = bytes / 16;
+  if (type == CollectiveType::kBFloat16)
+    all_reduce_16bit_kernel<__nv_bfloat16>
+        <<<kCollectiveBlocks, kCollectiveThreads, 0, stream>>>(x, y, vectors, peers);
+  else if (type == CollectiveType::kFloat16)
+    all_reduce_16bit_kernel<__half>
+        <<<kCollectiveBlocks, kCollectiveThreads, 0, stream>>>(x, y, vectors, peers);
+  else
+    all_reduce_f32_kernel<<<kCollectiveBlocks, kCollectiveThreads, 0, stream>>>(x, y, vectors,
+                                                                                peers);
+  L2KV_CUDA_CHECK(cudaGetLastError());
+}
+
+void one_shot_gather_to_first(const void* in, void* out, int64_t bytes,
+                              const CollectivePeers& peers, cudaStream_t stream) {
+  check_call(in, out, bytes, peers, "gather");
+  if (peers.rank == 0 && out == nullptr) throw Error("one-shot gather: rank 0 has no output");
+  gather_to_first_kernel<<<kCollectiveBlocks, kCollectiveThreads, 0, stream>>>(
+      static_cast<const uint4*>(in), static_cast<uint4*>(out), bytes / 16, peers);
+  L2KV_CUDA_CHECK(cudaGetLastError());
+}
+
+}  // namespace l2kv::ops
