@@ -196,10 +196,12 @@ bool DeviceCommunicator::one_shot(int64_t bytes) const {
 }
 
 void DeviceCommunicator::all_reduce_sum(ops::CollectiveType type, void* data, int64_t count,
-                                        cudaStream_t stream) {
+                                        cudaStream_t stream, CollectivePath path) {
   if (size() == 1) return;
   const int64_t bytes = count * ops::collective_type_bytes(type);
-  if (one_shot(bytes)) {
+  if (path == CollectivePath::kOneShot && !group_->one_shot_)
+    throw Error("one-shot all-reduce: the group's GPUs cannot read each other's memory");
+  if (path == CollectivePath::kOneShot || (path == CollectivePath::kAuto && one_shot(bytes))) {
     ops::one_shot_all_reduce(type, data, data, count, peers_, stream);
     return;
   }

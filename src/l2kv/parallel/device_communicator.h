@@ -69,6 +69,9 @@ class DeviceGroup {
   std::vector<ncclComm_t> comms_;     // each rank's, for abort()
 };
 
+// Which kernel carries a collective: by its size (kAuto), or one of the two (benchmarks).
+enum class CollectivePath : uint8_t { kAuto, kOneShot, kNccl };
+
 class DeviceCommunicator {
  public:
   // Rank `rank` of `group`, made on that rank's device (it becomes current) by the thread
@@ -84,7 +87,9 @@ class DeviceCommunicator {
   DeviceGroup& group() { return *group_; }
 
   // data = the element-wise sum of every rank's data (`count` elements), on `stream`.
-  void all_reduce_sum(ops::CollectiveType type, void* data, int64_t count, cudaStream_t stream);
+  // A path forced where it cannot carry the message throws l2kv::Error.
+  void all_reduce_sum(ops::CollectiveType type, void* data, int64_t count, cudaStream_t stream,
+                      CollectivePath path = CollectivePath::kAuto);
   // Rank 0's `out` gets every rank's `bytes` of `in`, rank after rank; others' out is unused.
   void gather_to_first(const void* in, void* out, int64_t bytes, cudaStream_t stream);
 
