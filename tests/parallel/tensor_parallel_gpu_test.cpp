@@ -13,6 +13,7 @@
 #include <random>
 #include <thread>
 
+#include "engine/greedy_reference.h"
 #include "gpu_test_support.h"
 #include "l2kv/core/dtype.h"
 #include "l2kv/engine/engine.h"
@@ -275,20 +276,6 @@ TEST(OneShotCollective, AnAbortReleasesARankWaitingForAPeer) {
   cudaFree(buffer);
 }
 
-struct Case {
-  std::vector<int32_t> prompt, greedy;
-};
-
-std::vector<Case> reference_cases(const std::string& name) {
-  std::ifstream in(kFixtures / name / "reference.json");
-  const auto reference = nlohmann::json::parse(in);
-  std::vector<Case> cases;
-  for (const auto& c : reference["cases"])
-    cases.push_back(
-        {c["prompt"].get<std::vector<int32_t>>(), c["greedy"].get<std::vector<int32_t>>()});
-  return cases;
-}
-
 // `ranks` ranks on cuda:0 (each rank's all-reduce and gather fit 4 MiB of staging: the
 // fixtures' prompts of up to 1100 tokens of 256 wide), graphs captured for up to 16 sequences.
 std::unique_ptr<TensorParallelCudaRunner> shared_gpu_runner(const std::string& fixture,
@@ -310,10 +297,6 @@ EngineConfig engine_config() {
   return c;
 }
 
-// As CudaEngine.GreedyMatchesTransformers (cuda_runner_gpu_test.cpp) judges the whole model:
-// where greedy tokens part from transformers', its token must be a near-tie of l2kv's pick.
-constexpr float kNearTieLogprobGap = 0.15f;
-
 struct TpVariant {
   const char* fixture;
   int32_t ranks;
@@ -325,7 +308,7 @@ class TensorParallelCudaEngine : public ::testing::TestWithParam<TpVariant> {};
 TEST_P(TensorParallelCudaEngine, GreedyMatchesTransformers) {
   L2KV_SKIP_WITHOUT_GPU();
   const TpVariant v = GetParam();
-  const auto cases = reference_cases(v.fixture);
+  const auto cases = testing::greedy_cases(kFixtures / v.fixture);
   Engine engine(shared_gpu_runner(v.fixture, v.ranks, v.graphs), nullptr, engine_config());
   std::vector<std::vector<SampledToken>> logprobs(cases.size());
   for (size_t i = 0; i < cases.size(); ++i) {
@@ -344,27 +327,12 @@ TEST_P(TensorParallelCudaEngine, GreedyMatchesTransformers) {
   }
   engine.run_until_idle();
   EXPECT_EQ(engine.stats().kv_blocks_free, engine.stats().kv_blocks_total) << "KV blocks leaked";
-  for (size_t i = 0; i < cases.size(); ++i) {
-    const auto& got = logprobs[i];
-    ASSERT_EQ(got.size(), cases[i].greedy.size());
-    size_t same = 0;
-    while (same < got.size() && got[same].token == cases[i].greedy[same]) ++same;
-    std::printf("%s over %d ranks, graphs %d, prompt of %zu: greedy agrees for %zu of 32\n",
-                v.fixture, v.ranks, v.graphs, cases[i].prompt.size(), same);
-    if (cases[i].prompt.size() > 256) {
-      EXPECT_GE(same, 12u);
-      continue;
-    }
-    if (same == got.size()) continue;
-    const SampledToken& at = got[same];
-    const int32_t theirs = cases[i].greedy[same];
-    const auto it = std::find_if(at.top_logprobs.begin(), at.top_logprobs.end(),
-                                 [&](const auto& top) { return top.first == theirs; });
-    ASSERT_NE(it, at.top_logprobs.end())
-        << "token " << same << ": transformers' " << theirs << " is not in l2kv's top 5";
-    EXPECT_LE(at.logprob - it->second, kNearTieLogprobGap)
-        << "greedy tokens part from transformers' at token " << same << " by more than a near-tie";
-  }
+  // Judged as CudaEngine.GreedyMatchesTransformers judges the whole model.
+  for (size_t i = 0; i < cases.size(); ++i)
+    testing::expect_greedy_near_transformers(logprobs[i], cases[i],
+                                             std::string(v.fixture) + " over " +
+                                                 std::to_string(v.ranks) + " ranks, graphs " +
+                                                 std::to_string(v.graphs));
 }
 
 INSTANTIATE_TEST_SUITE_P(
