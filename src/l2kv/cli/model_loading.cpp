@@ -202,6 +202,8 @@ std::unique_ptr<TensorParallelCudaRunner> load_tensor_parallel(const ModelOption
                 " has 16-bit weights; the flag applies to fp8-weight models");
   std::vector<int> devices;
   for (int32_t r = 0; r < n; ++r) devices.push_back(first_device + r);
+  // The caller's own CUDA work (a benchmark's ceiling probe) goes to rank 0's device.
+  L2KV_CUDA_CHECK(cudaSetDevice(first_device));
   std::fprintf(stderr, "l2kv: loading %s over %d GPUs (tensor parallel, cuda:%d..%d)\n",
                o.model.c_str(), n, first_device, first_device + n - 1);
   auto runner = std::make_unique<TensorParallelCudaRunner>(

@@ -136,18 +136,32 @@ KvCacheSizing CudaRunner::prepare(int32_t block_size, int32_t max_batched_tokens
 }
 
 void CudaRunner::allocate_kv_cache(int32_t num_blocks) {
+  allocate_kv_cache_without_graphs(num_blocks);
+  capture_graphs();
+}
+
+void CudaRunner::allocate_kv_cache_without_graphs(int32_t num_blocks) {
   L2KV_CUDA_CHECK(cudaSetDevice(device_));
   state_->allocate_kv_cache(num_blocks, block_size_);
-  if (options_.cuda_graphs) state_->capture_decode_graphs(decode_graph_buckets(max_seqs_), stream_);
+}
+
+void CudaRunner::capture_graphs() {
+  L2KV_CUDA_CHECK(cudaSetDevice(device_));
+  if (options_.cuda_graphs && state_->num_kv_blocks() > 0)
+    state_->capture_decode_graphs(decode_graph_buckets(max_seqs_), stream_);
 }
 
 void CudaRunner::set_decode_attention(DecodeKernel kernel, const PrefetchPolicy& policy) {
+  set_decode_attention_without_graphs(kernel, policy);
+  capture_graphs();
+}
+
+void CudaRunner::set_decode_attention_without_graphs(DecodeKernel kernel,
+                                                     const PrefetchPolicy& policy) {
   L2KV_CUDA_CHECK(cudaSetDevice(device_));
   options_.attention = kernel;
   options_.kv_prefetch = policy;
   state_->set_decode_attention(kernel, policy);
-  if (options_.cuda_graphs && state_->num_kv_blocks() > 0)
-    state_->capture_decode_graphs(decode_graph_buckets(max_seqs_), stream_);
 }
 
 std::string CudaRunner::device_fault() {

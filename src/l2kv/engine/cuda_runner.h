@@ -76,6 +76,14 @@ class CudaRunner : public ModelRunner {
   // Switches the decode kernel and its prefetch policy; recaptures the graphs.
   void set_decode_attention(DecodeKernel kernel, const PrefetchPolicy& policy);
 
+  // allocate_kv_cache and set_decode_attention in two halves, for tensor parallelism: the
+  // first allocates or frees buffers (no collective), capture_graphs() runs each graph bucket
+  // once and captures it (a collective on every rank). No rank may still be in a first half
+  // while another captures: a free waits for the whole device, a peer's collective included.
+  void allocate_kv_cache_without_graphs(int32_t num_blocks);
+  void set_decode_attention_without_graphs(DecodeKernel kernel, const PrefetchPolicy& policy);
+  void capture_graphs();
+
   // Where execute() spends its time, summed over steps since the last reset: host work
   // before the launch (metadata, planning), GPU time of the forward pass and of sampling
   // (events), and the wall time of execute() as a whole.

@@ -197,15 +197,18 @@ KvCacheSizing TensorParallelCudaRunner::prepare(int32_t block_size, int32_t max_
 }
 
 void TensorParallelCudaRunner::allocate_kv_cache(int32_t num_blocks) {
-  // Graph capture runs each bucket once first: a collective on every rank.
-  on_every_rank([&](int32_t r) { rank_runner(r).allocate_kv_cache(num_blocks); },
-                /*abort_on_error=*/true);
+  // Every rank allocates before any captures (capture runs each bucket once: a collective).
+  on_every_rank([&](int32_t r) { rank_runner(r).allocate_kv_cache_without_graphs(num_blocks); },
+                /*abort_on_error=*/false);
+  on_every_rank([&](int32_t r) { rank_runner(r).capture_graphs(); }, /*abort_on_error=*/true);
 }
 
 void TensorParallelCudaRunner::set_decode_attention(DecodeKernel kernel,
                                                     const PrefetchPolicy& policy) {
-  on_every_rank([&](int32_t r) { rank_runner(r).set_decode_attention(kernel, policy); },
-                /*abort_on_error=*/true);
+  on_every_rank(
+      [&](int32_t r) { rank_runner(r).set_decode_attention_without_graphs(kernel, policy); },
+      /*abort_on_error=*/false);
+  on_every_rank([&](int32_t r) { rank_runner(r).capture_graphs(); }, /*abort_on_error=*/true);
 }
 
 std::vector<SampledToken> TensorParallelCudaRunner::execute(const StepInput& step) {

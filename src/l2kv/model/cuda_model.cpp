@@ -318,6 +318,8 @@ CudaModel::CudaModel(const ModelConfig& config, uint64_t seed, DeviceCommunicato
 void CudaModel::init_common() {
   const ModelConfig& c = config_;
   L2KV_CUDA_CHECK(cudaGetDevice(&device_));
+  // No tuning may free memory while other ranks' collectives spin (Gemm::reserve_tuning_flush).
+  if (comm_ != nullptr) gemm_.reserve_tuning_flush();
   weight_bytes_ = c.weight_bytes();  // the vocabulary is whole in c: a rank keeps its LM-head rows
   if (!c.tie_word_embeddings)
     weight_bytes_ -= (c.vocab_size - shard_.vocab) * c.hidden_size * dtype_bytes(c.dtype);

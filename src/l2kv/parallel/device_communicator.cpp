@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <set>
+#include <thread>
 
 #include "l2kv/core/cuda_check.h"
 #include "l2kv/core/error.h"
@@ -79,8 +80,16 @@ void DeviceGroup::abort(const std::string& why) {
     comms_.assign(comms.size(), nullptr);  // their owners must not destroy them again
   }
   arrived_.notify_all();
+  // ncclCommAbort stops the communicators' kernels at once, but then waits until every CUDA
+  // graph that captured one of their calls is destroyed, which the ranks' threads do when they
+  // free their runners: so it runs on a thread of its own (the comms are NCCL's to free).
+  std::vector<ncclComm_t> live;
   for (ncclComm_t c : comms)
-    if (c != nullptr) nccl_library().comm_abort(c);
+    if (c != nullptr) live.push_back(c);
+  if (!live.empty())
+    std::thread([live] {
+      for (ncclComm_t c : live) nccl_library().comm_abort(c);
+    }).detach();
 }
 
 std::string DeviceGroup::abort_reason() const {
@@ -109,7 +118,9 @@ DeviceCommunicator::DeviceCommunicator(std::shared_ptr<DeviceGroup> group, int32
   try {
     join();
   } catch (...) {
-    release();
+    // The other ranks may wait for this one in a barrier: end the group.
+    group_->abort("rank " + std::to_string(rank_) + ": " + describe_current_exception());
+    release(/*meet_peers=*/false);
     throw;
   }
 }
@@ -161,11 +172,20 @@ void DeviceCommunicator::check_not_aborted() const {
 }
 
 DeviceCommunicator::~DeviceCommunicator() {
-  release();
+  release(/*meet_peers=*/true);
 }
 
-void DeviceCommunicator::release() noexcept {
+void DeviceCommunicator::release(bool meet_peers) noexcept {
   cudaSetDevice(device());
+  // A peer's last one-shot kernel may still read this rank's staging: free it once every rank
+  // is done with its work (not after an abort, when peers may never come).
+  if (meet_peers && !group_->aborted()) {
+    cudaDeviceSynchronize();
+    try {
+      group_->arrive_and_wait();
+    } catch (...) {  // aborted meanwhile
+    }
+  }
   if (nccl_ != nullptr) {
     bool ours = false;  // false once abort() has taken and aborted it
     {

@@ -41,8 +41,11 @@ class DeviceGroup {
   int32_t size() const { return static_cast<int32_t>(devices_.size()); }
   int device(int32_t rank) const { return devices_[static_cast<size_t>(rank)]; }
   bool uses_nccl() const { return uses_nccl_; }
-  // Ends the group after a rank failed: waiting kernels and NCCL calls return (their results
-  // are garbage) and host waits throw. The first reason is kept.
+  // Ends the group after a rank failed: waiting one-shot kernels return (their results are
+  // garbage), host waits throw, and the NCCL communicators are aborted on a thread of its own
+  // (ncclCommAbort waits for the graphs that captured their calls to be destroyed). Their owners
+  // must make no NCCL call after this (DeviceCommunicator checks aborted() before each). The
+  // first reason is kept.
   void abort(const std::string& why);
   // Empty unless aborted.
   std::string abort_reason() const;
@@ -75,7 +78,9 @@ enum class CollectivePath : uint8_t { kAuto, kOneShot, kNccl };
 class DeviceCommunicator {
  public:
   // Rank `rank` of `group`, made on that rank's device (it becomes current) by the thread
-  // that will use it. Every rank's constructor must run at once: they wait for each other.
+  // that will use it. Every rank's constructor must run at once: they wait for each other, as
+  // their destructors do (unless the group was aborted). A rank that fails to join aborts the
+  // group.
   DeviceCommunicator(std::shared_ptr<DeviceGroup> group, int32_t rank);
   ~DeviceCommunicator();
   DeviceCommunicator(const DeviceCommunicator&) = delete;
@@ -101,8 +106,10 @@ class DeviceCommunicator {
   ops::CollectivePeers peers_;  // this rank's view, complete once every rank joined
   ncclComm_t nccl_ = nullptr;
   bool one_shot(int64_t bytes) const;
-  void join();                     // the constructor's work: staging, peers, NCCL
-  void release() noexcept;         // frees what join() made
+  void join();  // the constructor's work: staging, peers, NCCL
+  // Frees what join() made; with `meet_peers`, first waits until every rank releases (its
+  // destructor: every rank's communicator is destroyed together, as they were made).
+  void release(bool meet_peers) noexcept;
   void check_not_aborted() const;  // before an NCCL call: an aborted communicator is freed
   Error no_path(const char* what, int64_t bytes) const;  // neither path carries the message
 };

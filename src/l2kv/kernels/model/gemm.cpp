@@ -66,6 +66,7 @@ void Gemm::destroy(Plan& p) {
 Gemm::~Gemm() {
   for (auto& [key, p] : plans_) destroy(p);
   if (workspace_) cudaFree(workspace_);
+  if (tuning_flush_) cudaFree(tuning_flush_);
   if (handle_) cublasLtDestroy(handle_);
 }
 
@@ -253,8 +254,9 @@ cublasLtMatmulAlgo_t Gemm::fastest(const Plan& p, std::span<const cublasLtMatmul
   L2KV_CUDA_CHECK(cudaGetDevice(&device));
   L2KV_CUDA_CHECK(cudaDeviceGetAttribute(&l2_bytes, cudaDevAttrL2CacheSize, device));
   const size_t flush_bytes = 2 * static_cast<size_t>(l2_bytes);
-  void* flush = nullptr;
-  if (cudaMalloc(&flush, flush_bytes) != cudaSuccess) {
+  const bool reserved = tuning_flush_ != nullptr && tuning_flush_bytes_ >= flush_bytes;
+  void* flush = reserved ? tuning_flush_ : nullptr;
+  if (!reserved && cudaMalloc(&flush, flush_bytes) != cudaSuccess) {
     (void)cudaGetLastError();  // no room to tune: keep the heuristic's choice
     return candidates[0];
   }
@@ -300,8 +302,17 @@ cublasLtMatmulAlgo_t Gemm::fastest(const Plan& p, std::span<const cublasLtMatmul
       finalists.empty() ? candidates[0] : candidates[finalists[0].second];
   cudaEventDestroy(start);
   cudaEventDestroy(stop);
-  L2KV_CUDA_CHECK(cudaFree(flush));
+  if (!reserved) L2KV_CUDA_CHECK(cudaFree(flush));
   return best;
+}
+
+void Gemm::reserve_tuning_flush() {
+  if (tuning_flush_ != nullptr) return;
+  int l2_bytes = 0, device = 0;
+  L2KV_CUDA_CHECK(cudaGetDevice(&device));
+  L2KV_CUDA_CHECK(cudaDeviceGetAttribute(&l2_bytes, cudaDevAttrL2CacheSize, device));
+  tuning_flush_bytes_ = 2 * static_cast<size_t>(l2_bytes);
+  L2KV_CUDA_CHECK(cudaMalloc(&tuning_flush_, tuning_flush_bytes_));
 }
 
 void Gemm::set_gemv_max_rows(int rows) {

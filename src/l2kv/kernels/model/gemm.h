@@ -123,6 +123,11 @@ class Gemm {
   // never times. Graph capture never times: call each shape once before capturing it.
   static constexpr int64_t kDefaultTuneMaxRows = 256;
   void set_tune_max_rows(int64_t rows) { tune_max_rows_ = rows; }
+  // The timing flushes the L2 with a buffer of twice its size, allocated for each timed shape
+  // by default. Reserved here once instead (kept until the Gemm is destroyed), no timing
+  // allocates or frees device memory: a tensor-parallel rank must not, while other ranks'
+  // collectives may be spinning on the same GPU (cudaFree waits for the whole device).
+  void reserve_tuning_flush();
   // Which cuBLASLt algorithms a timed shape tries: kHeuristic, the heuristic's first
   // kTuneCandidates; kWide, those plus each algorithm's own suggestions (cuBLASLt's search
   // limited by algorithm id) with other split-K and cluster settings, some hundreds per shape
@@ -189,6 +194,8 @@ class Gemm {
 
   cublasLtHandle_t handle_ = nullptr;
   void* workspace_ = nullptr;
+  void* tuning_flush_ = nullptr;  // reserve_tuning_flush()
+  size_t tuning_flush_bytes_ = 0;
   std::map<Key, Plan> plans_;
   int gemv_max_rows_ = kDefaultGemvMaxRows;
   std::unique_ptr<WeightStreamGemm> stream_;  // built by set_stream_max_rows(> 0)

@@ -14,14 +14,17 @@ namespace {
 // runner sees a device fault instead of hanging.
 constexpr uint64_t kWaitTimeoutNs = uint64_t{60} * 1000 * 1000 * 1000;
 
-__device__ __forceinline__ uint32_t load_acquire_system(const uint32_t* p) {
-  uint32_t v;
-  asm volatile("ld.acquire.sys.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+// Spins between two looks at the host-mapped abort flag and the clock (each a slow read).
+constexpr int kSpinsPerCheck = 256;
+
+__device__ __forceinline__ uint64_t load_acquire_system(const uint64_t* p) {
+  uint64_t v;
+  asm volatile("ld.acquire.sys.global.u64 %0, [%1];" : "=l"(v) : "l"(p) : "memory");
   return v;
 }
 
-__device__ __forceinline__ void store_release_system(uint32_t* p, uint32_t v) {
-  asm volatile("st.release.sys.global.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
+__device__ __forceinline__ void store_release_system(uint64_t* p, uint64_t v) {
+  asm volatile("st.release.sys.global.u64 [%0], %1;" ::"l"(p), "l"(v) : "memory");
 }
 
 __device__ __forceinline__ uint64_t global_timer_ns() {
@@ -32,8 +35,8 @@ __device__ __forceinline__ uint64_t global_timer_ns() {
 
 // Stages this block's vectors of `in` and meets every peer's block; returns the call's number
 // (whose parity picks the staging half), or 0 when the group was aborted.
-__device__ uint32_t stage_and_meet(const uint4* in, int64_t vectors, const CollectivePeers& p) {
-  __shared__ uint32_t call_shared;
+__device__ uint64_t stage_and_meet(const uint4* in, int64_t vectors, const CollectivePeers& p) {
+  __shared__ uint64_t call_shared;
   __shared__ int32_t aborted;
   CollectiveSignals* mine = p.signals[p.rank];
   if (threadIdx.x == 0) {
@@ -42,9 +45,9 @@ __device__ uint32_t stage_and_meet(const uint4* in, int64_t vectors, const Colle
     aborted = 0;
   }
   __syncthreads();
-  const uint32_t call = call_shared;
+  const uint64_t call = call_shared;  // from 1: 0 is left for "aborted"
   uint4* staging = reinterpret_cast<uint4*>(static_cast<char*>(p.staging[p.rank]) +
-                                            (call & 1) * p.staging_half_bytes);
+                                            static_cast<int64_t>(call & 1) * p.staging_half_bytes);
   for (int64_t v = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; v < vectors;
        v += int64_t{gridDim.x} * blockDim.x)
     staging[v] = in[v];
@@ -52,9 +55,10 @@ __device__ uint32_t stage_and_meet(const uint4* in, int64_t vectors, const Colle
   if (threadIdx.x < p.size) {
     __threadfence_system();
     store_release_system(&p.signals[threadIdx.x]->arrived[blockIdx.x][p.rank], call);
-    const uint32_t* flag = &mine->arrived[blockIdx.x][threadIdx.x];
+    const uint64_t* flag = &mine->arrived[blockIdx.x][threadIdx.x];
     const uint64_t start = global_timer_ns();
-    while (load_acquire_system(flag) < call) {
+    for (int spins = 1; load_acquire_system(flag) < call; ++spins) {
+      if (spins % kSpinsPerCheck != 0) continue;
       if (p.abort != nullptr && *p.abort != 0) {
         aborted = 1;
         break;
@@ -104,9 +108,9 @@ struct Vector8<__half> {
 template <typename T>
 __global__ void __launch_bounds__(kCollectiveThreads)
     all_reduce_16bit_kernel(const uint4* in, uint4* out, int64_t vectors, CollectivePeers p) {
-  const uint32_t call = stage_and_meet(in, vectors, p);
+  const uint64_t call = stage_and_meet(in, vectors, p);
   if (call == 0) return;
-  const int64_t half = (call & 1) * p.staging_half_bytes;
+  const int64_t half = static_cast<int64_t>(call & 1) * p.staging_half_bytes;
   for (int64_t v = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; v < vectors;
        v += int64_t{gridDim.x} * blockDim.x) {
     float acc[8] = {};
@@ -119,9 +123,9 @@ __global__ void __launch_bounds__(kCollectiveThreads)
 
 __global__ void __launch_bounds__(kCollectiveThreads)
     all_reduce_f32_kernel(const uint4* in, uint4* out, int64_t vectors, CollectivePeers p) {
-  const uint32_t call = stage_and_meet(in, vectors, p);
+  const uint64_t call = stage_and_meet(in, vectors, p);
   if (call == 0) return;
-  const int64_t half = (call & 1) * p.staging_half_bytes;
+  const int64_t half = static_cast<int64_t>(call & 1) * p.staging_half_bytes;
   for (int64_t v = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; v < vectors;
        v += int64_t{gridDim.x} * blockDim.x) {
     float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
@@ -136,9 +140,9 @@ __global__ void __launch_bounds__(kCollectiveThreads)
 
 __global__ void __launch_bounds__(kCollectiveThreads)
     gather_to_first_kernel(const uint4* in, uint4* out, int64_t vectors, CollectivePeers p) {
-  const uint32_t call = stage_and_meet(in, vectors, p);
+  const uint64_t call = stage_and_meet(in, vectors, p);
   if (call == 0 || p.rank != 0) return;
-  const int64_t half = (call & 1) * p.staging_half_bytes;
+  const int64_t half = static_cast<int64_t>(call & 1) * p.staging_half_bytes;
   for (int32_t r = 0; r < p.size; ++r)
     for (int64_t v = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; v < vectors;
          v += int64_t{gridDim.x} * blockDim.x)

@@ -22,10 +22,11 @@ inline constexpr int32_t kCollectiveBlocks = 24;
 inline constexpr int32_t kCollectiveThreads = 512;
 
 // One rank's flags, in its own device memory (zeroed when allocated): arrived[b][r] is the last
-// call of rank r's block b that has its data staged; calls[b] counts this rank's calls of block b.
+// call of rank r's block b that has its data staged; calls[b] counts this rank's calls of block b
+// (64 bits: they never wrap).
 struct CollectiveSignals {
-  uint32_t arrived[kCollectiveBlocks][kCollectiveMaxRanks];
-  uint32_t calls[kCollectiveBlocks];
+  uint64_t arrived[kCollectiveBlocks][kCollectiveMaxRanks];
+  uint64_t calls[kCollectiveBlocks];
 };
 
 // What one rank's kernel sees of the group.
