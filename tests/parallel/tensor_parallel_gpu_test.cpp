@@ -20,6 +20,7 @@
 #include "l2kv/engine/engine.h"
 #include "l2kv/engine/tensor_parallel_cuda_runner.h"
 #include "l2kv/parallel/device_communicator.h"
+#include "model/tiny_checkpoint.h"
 
 namespace l2kv {
 namespace {
@@ -447,6 +448,101 @@ TEST(TensorParallelCudaEngineSingle, ARefusedStepLeavesTheRanksUsableAnAbortEnds
     EXPECT_NE(std::string(e.what()).find("injected failure"), std::string::npos) << e.what();
   }
   EXPECT_NE(runner.device_fault().find("injected failure"), std::string::npos);
+}
+
+// Rank 0's logits of a tensor-parallel runner against the whole model's on one GPU, step by
+// step (a 10-token prompt, then three decode steps of the whole model's greedy tokens, as CUDA
+// graphs), on a tiny Qwen3 (q/k norms, tied embeddings) whose 1030-token vocabulary splits
+// 515 / 515 over 2 ranks and 257 / 258 / 257 / 258 over 4, so each rank's logits are gathered
+// with a stride wider than its part. 16-bit and fp8 weights. Rank 0's logits are poisoned
+// before every step: a column the gather misses stays NaN. The ranks round their partial sums to
+// bf16 before the all-reduce where the whole model rounds the sum once: a few bf16 roundings
+// apart; a rank missing from a sum or a wrong slice is off by O(1).
+constexpr double kShardedLogitsMaxRowRelativeL2 = 1e-2;
+
+// Each step's logits on rank 0 (`rank0`: the runner itself for a whole model): `steps[0]` is the
+// prompt; later steps feed the token in `steps` where there is one, else the greedy token of
+// the step before (appended to `steps`), up to `count` steps.
+std::vector<std::vector<float>> step_logits(ModelRunner& runner, CudaRunner& rank0,
+                                            std::vector<std::vector<int32_t>>& steps,
+                                            size_t count) {
+  const int64_t vocab = runner.config().vocab_size;
+  runner.prepare(16, 256, 4, 512, 0.3);
+  runner.allocate_kv_cache(64);
+  const std::vector<int32_t> table = {5, 9};
+  SamplingParams params;
+  params.temperature = 0;
+  std::vector<std::vector<float>> out;
+  int32_t position = 0;
+  for (size_t i = 0; i < count; ++i) {
+    StepInput step;
+    StepSequence s;
+    s.tokens = steps[i];
+    s.start_position = position;
+    s.block_tables = {table};
+    s.sample = true;
+    s.sampling.params = &params;
+    step.sequences.push_back(s);
+    float* logits = const_cast<float*>(rank0.step_state().logits());
+    L2KV_CUDA_CHECK(cudaSetDevice(0));
+    L2KV_CUDA_CHECK(cudaMemset(logits, 0xff, static_cast<size_t>(vocab) * sizeof(float)));
+    L2KV_CUDA_CHECK(cudaDeviceSynchronize());
+    const std::vector<SampledToken> sampled = runner.execute(step);
+    std::vector<float> row(static_cast<size_t>(vocab));
+    L2KV_CUDA_CHECK(cudaMemcpy(row.data(), rank0.step_state().logits(), row.size() * sizeof(float),
+                               cudaMemcpyDeviceToHost));
+    out.push_back(std::move(row));
+    position += static_cast<int32_t>(steps[i].size());
+    if (i + 1 < count && steps.size() == i + 1) steps.push_back({sampled.at(0).token});
+  }
+  return out;
+}
+
+TEST(TensorParallelCudaEngineSingle, ShardedLogitsMatchTheWholeModelWithAnUnevenVocabulary) {
+  L2KV_SKIP_WITHOUT_GPU();
+  const testing::TinyQwen3 m = testing::tiny_qwen3(7, 256, 4, 2, 64, 2, 1030, 512);
+  const fs::path dir = fs::path(::testing::TempDir()) / "l2kv_tp_cuda_tiny";
+  for (const bool fp8 : {false, true}) {
+    SCOPED_TRACE(fp8 ? "fp8 weights" : "16-bit weights");
+    if (fp8) {
+      const testing::Fp8Twins t = testing::fp8_twins(m.config, m.tensors, true);
+      testing::write_tiny_checkpoint(dir, t.config, t.quantized);
+    } else {
+      testing::write_tiny_checkpoint(dir, m.config, m.tensors);
+    }
+    std::vector<std::vector<int32_t>> steps = {{1, 500, 9, 1029, 0, 3, 3, 712, 7, 40}};
+    std::vector<std::vector<float>> want;
+    {
+      L2KV_CUDA_CHECK(cudaSetDevice(0));
+      CudaRunner whole(std::make_shared<CudaModel>(dir), CudaRunnerOptions{});
+      want = step_logits(whole, whole, steps, 4);  // its greedy tokens fill steps[1..3]
+    }
+    ASSERT_EQ(steps.size(), 4u);
+    for (const int32_t ranks : {2, 4}) {
+      SCOPED_TRACE(std::to_string(ranks) + " ranks");
+      const std::vector<int> devices(static_cast<size_t>(ranks), 0);
+      TensorParallelModelSource source;
+      source.folder = dir;
+      TensorParallelCudaRunner runner(devices, source, CudaRunnerOptions{}, nullptr,
+                                      std::make_shared<DeviceGroup>(devices, int64_t{1} << 20));
+      const auto got = step_logits(runner, runner.rank_runner(0), steps, steps.size());
+      for (size_t s = 0; s < steps.size(); ++s) {
+        double diff = 0, norm = 0;
+        int64_t non_finite = 0;
+        for (size_t i = 0; i < want[s].size(); ++i) {
+          if (!std::isfinite(got[s][i])) ++non_finite;
+          diff += (got[s][i] - want[s][i]) * double(got[s][i] - want[s][i]);
+          norm += want[s][i] * double(want[s][i]);
+        }
+        const double relative = std::sqrt(diff / norm);
+        std::printf("[row-error] sharded logits %s, %d ranks, step %zu: rel_l2=%.2e\n",
+                    fp8 ? "fp8" : "bf16", ranks, s, relative);
+        EXPECT_EQ(non_finite, 0) << "step " << s << ": columns the gather left unwritten";
+        EXPECT_LE(relative, kShardedLogitsMaxRowRelativeL2) << "step " << s;
+      }
+    }
+  }
+  fs::remove_all(dir);
 }
 
 }  // namespace
