@@ -292,6 +292,98 @@ TEST(OneShotCollective, RefusesWhatNeitherPathCarries) {
   EXPECT_THROW(DeviceGroup(std::vector<int>{0, 0}), Error) << "shared GPU without staging";
 }
 
+// The all-reduce fused with the residual add and the norm after it, on ranks sharing a GPU: the
+// residual exactly the host's (its addend is the rank-ordered float32 sum rounded to the type,
+// one float32 add), the norm's output within the dtype's per-row bound, and every rank the same
+// bits (the ranks' residual streams must never drift apart). Rows of 4096 and of 264 (33
+// vectors: a block's threads cover a row unevenly), 1 to 64 rows, bf16 and fp16.
+TEST(OneShotCollective, AllReduceAddRmsNormMatchesTheHostOnEveryRank) {
+  L2KV_SKIP_WITHOUT_GPU();
+  constexpr float kEps = 1e-5f;
+  for (const DType dtype : {DType::kBFloat16, DType::kFloat16})
+    for (const int32_t ranks : {2, 4})
+      for (const auto& [rows, hidden] :
+           {std::pair{1, 4096}, std::pair{7, 264}, std::pair{64, 4096}}) {
+        SCOPED_TRACE(std::string(dtype_name(dtype)) + ", " + std::to_string(ranks) + " ranks, " +
+                     std::to_string(rows) + " x " + std::to_string(hidden));
+        const size_t n = static_cast<size_t>(rows) * hidden;
+        std::mt19937_64 rng(static_cast<uint64_t>(rows * 131 + hidden + ranks));
+        std::uniform_real_distribution<float> value(-1.f, 1.f);
+        std::vector<std::vector<uint16_t>> partials(static_cast<size_t>(ranks),
+                                                    std::vector<uint16_t>(n));
+        for (auto& p : partials)
+          for (auto& x : p) x = float_to_dtype_bits(dtype, value(rng));
+        std::vector<float> residual(n);
+        for (auto& x : residual) x = 4.f * value(rng);
+        std::vector<uint16_t> weight(static_cast<size_t>(hidden));
+        for (auto& x : weight) x = float_to_dtype_bits(dtype, 1.f + 0.5f * value(rng));
+        // The host: residual' = residual + T(sum), out = RMSNorm(residual') * weight.
+        std::vector<float> want_residual(n), want_out(n);
+        for (int32_t r = 0; r < rows; ++r) {
+          double sum_sq = 0;
+          for (int32_t i = 0; i < hidden; ++i) {
+            const size_t k = static_cast<size_t>(r) * hidden + i;
+            float acc = 0.f;
+            for (const auto& p : partials) acc += dtype_bits_to_float(dtype, p[k]);
+            want_residual[k] =
+                residual[k] + dtype_bits_to_float(dtype, float_to_dtype_bits(dtype, acc));
+            sum_sq += double(want_residual[k]) * want_residual[k];
+          }
+          const double scale = 1.0 / std::sqrt(sum_sq / hidden + kEps);
+          for (int32_t i = 0; i < hidden; ++i) {
+            const size_t k = static_cast<size_t>(r) * hidden + i;
+            want_out[k] = static_cast<float>(dtype_bits_to_float(dtype, weight[i]) *
+                                             (want_residual[k] * scale));
+          }
+        }
+        auto group = std::make_shared<DeviceGroup>(std::vector<int>(ranks, 0), int64_t{1} << 20);
+        std::vector<std::vector<float>> got_residual(static_cast<size_t>(ranks));
+        std::vector<std::vector<uint16_t>> got_out(static_cast<size_t>(ranks));
+        std::vector<std::string> errors(static_cast<size_t>(ranks));
+        std::vector<std::thread> threads;
+        for (int32_t r = 0; r < ranks; ++r)
+          threads.emplace_back([&, r] {
+            try {
+              DeviceCommunicator comm(group, r);
+              cudaStream_t stream = nullptr;
+              L2KV_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+              uint16_t* d_partial = testing::upload(partials[static_cast<size_t>(r)]);
+              float* d_residual = testing::upload(residual);
+              uint16_t* d_weight = testing::upload(weight);
+              uint16_t* d_out = testing::upload(std::vector<uint16_t>(n, 0xffff));  // poison
+              const bool fused = comm.all_reduce_add_rmsnorm(
+                  dtype == DType::kBFloat16 ? CollectiveType::kBFloat16 : CollectiveType::kFloat16,
+                  d_partial, d_residual, d_weight, kEps, rows, hidden, d_out, stream);
+              if (!fused) throw Error("the one-shot path did not take the message");
+              L2KV_CUDA_CHECK(cudaStreamSynchronize(stream));
+              auto& res = got_residual[static_cast<size_t>(r)];
+              auto& out = got_out[static_cast<size_t>(r)];
+              res.resize(n), out.resize(n);
+              L2KV_CUDA_CHECK(cudaMemcpy(res.data(), d_residual, n * 4, cudaMemcpyDeviceToHost));
+              L2KV_CUDA_CHECK(cudaMemcpy(out.data(), d_out, n * 2, cudaMemcpyDeviceToHost));
+              cudaFree(d_partial), cudaFree(d_residual), cudaFree(d_weight), cudaFree(d_out);
+              cudaStreamDestroy(stream);
+            } catch (const std::exception& e) {
+              errors[static_cast<size_t>(r)] = e.what();
+              group->abort(e.what());
+            }
+          });
+        for (auto& t : threads) t.join();
+        for (const auto& e : errors) ASSERT_EQ(e, "");
+        for (int32_t r = 1; r < ranks; ++r) {
+          EXPECT_EQ(got_residual[static_cast<size_t>(r)], got_residual[0]) << "rank " << r;
+          EXPECT_EQ(got_out[static_cast<size_t>(r)], got_out[0]) << "rank " << r;
+        }
+        EXPECT_EQ(got_residual[0], want_residual);
+        std::vector<float> out(n);
+        for (size_t k = 0; k < n; ++k) out[k] = dtype_bits_to_float(dtype, got_out[0][k]);
+        const testing::RowErrorStats e = testing::compare_rows(out, want_out, hidden);
+        EXPECT_EQ(e.non_finite, 0);
+        EXPECT_LE(e.worst_row_relative_l2, testing::max_row_relative_l2(dtype))
+            << "row " << e.worst_row;
+      }
+}
+
 // A rank whose peer never comes is released by abort(): its kernel returns and the stream runs
 // on (no hang, no device fault); the group keeps the first reason.
 TEST(OneShotCollective, AnAbortReleasesARankWaitingForAPeer) {

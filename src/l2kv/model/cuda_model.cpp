@@ -485,6 +485,7 @@ struct CudaModel::GraphOps {
   const void* pending_norm = nullptr;  // Gemma 3: the weight that normalizes `pending` first
   Fp8Product pending_fp8;              // or an fp8 product the next norm scales back and adds
   bool fp8_codes_ready = false;        // the op before wrote the next projection's fp8 codes
+  bool partial_sum_pending = false;    // tensor parallelism: proj is this rank's part of a sum
 
   const ModelConfig& c() const { return m->config_; }
   CudaActivations& ws() const { return *step->activations; }
@@ -572,16 +573,34 @@ struct CudaModel::GraphOps {
     return m->fp8_fused_scales_ && !c().gemma && ops::fp8_ops_take(c().hidden_size) &&
            m->comm_ == nullptr;  // a tensor-parallel rank all-reduces the scaled product
   }
-  // A tensor-parallel rank's O or down output in proj is its part of the sum over ranks.
+  // A tensor-parallel rank's O or down output in proj is its part of the sum over ranks: the
+  // next norm sums it (sum_partials_into_norm).
   void all_reduce_block_output() {
-    if (m->comm_ == nullptr) return;
-    m->comm_->all_reduce_sum(c().dtype == DType::kBFloat16 ? ops::CollectiveType::kBFloat16
-                                                           : ops::CollectiveType::kFloat16,
-                             ws().proj.ptr, int64_t{n} * c().hidden_size, stream);
+    if (m->comm_ != nullptr) partial_sum_pending = true;
+  }
+  ops::CollectiveType collective_type() const {
+    return c().dtype == DType::kBFloat16 ? ops::CollectiveType::kBFloat16
+                                         : ops::CollectiveType::kFloat16;
+  }
+  // The partial sums in proj: all-reduced, added and normalized in one kernel where the
+  // one-shot path takes them and no fp8 codes are wanted (returns true: the norm is done),
+  // else all-reduced in place for add_rmsnorm to add (returns false).
+  bool sum_partials_into_norm(const void* weight, const Fp8Rows& codes) {
+    const auto H = static_cast<int32_t>(c().hidden_size);
+    if (!codes && pending == ws().proj.ptr && pending_norm == nullptr &&
+        m->comm_->all_reduce_add_rmsnorm(collective_type(), ws().proj.ptr, ws().residual.ptr,
+                                         weight, static_cast<float>(c().rms_norm_eps), n, H,
+                                         ws().h.ptr, stream)) {
+      pending = nullptr;
+      return true;
+    }
+    m->comm_->all_reduce_sum(collective_type(), ws().proj.ptr, int64_t{n} * H, stream);
+    return false;
   }
   // `next`: the projection that reads h, where there is one.
   void norm(const void* weight, const Projection* next = nullptr) {
     const Fp8Rows codes = fp8_codes_for(next);
+    if (std::exchange(partial_sum_pending, false) && sum_partials_into_norm(weight, codes)) return;
     ops::add_rmsnorm(c().dtype, ws().residual.ptr, pending, weight,
                      static_cast<float>(c().rms_norm_eps), n, static_cast<int32_t>(c().hidden_size),
                      ws().h.ptr, stream, pdl, pending_experts, pending_norm, pending_fp8, codes);

@@ -233,6 +233,17 @@ void DeviceCommunicator::all_reduce_sum(ops::CollectiveType type, void* data, in
              "ncclAllReduce");
 }
 
+bool DeviceCommunicator::all_reduce_add_rmsnorm(ops::CollectiveType type, const void* partial,
+                                                float* residual, const void* weight, float eps,
+                                                int32_t rows, int32_t hidden, void* out,
+                                                cudaStream_t stream) {
+  if (size() == 1 || !one_shot(int64_t{rows} * hidden * ops::collective_type_bytes(type)))
+    return false;
+  ops::one_shot_all_reduce_add_rmsnorm(type, partial, residual, weight, eps, rows, hidden, out,
+                                       peers_, stream);
+  return true;
+}
+
 void DeviceCommunicator::gather_to_first(const void* in, void* out, int64_t bytes,
                                          cudaStream_t stream) {
   if (size() == 1) {

@@ -95,6 +95,12 @@ class DeviceCommunicator {
   // A path forced where it cannot carry the message throws l2kv::Error.
   void all_reduce_sum(ops::CollectiveType type, void* data, int64_t count, cudaStream_t stream,
                       CollectivePath path = CollectivePath::kAuto);
+  // residual += the sum over ranks of `partial`, then out = RMSNorm(residual) * weight, in one
+  // kernel (ops::one_shot_all_reduce_add_rmsnorm) where the message takes the one-shot path;
+  // returns false (nothing enqueued) where it does not: the caller all-reduces and normalizes.
+  bool all_reduce_add_rmsnorm(ops::CollectiveType type, const void* partial, float* residual,
+                              const void* weight, float eps, int32_t rows, int32_t hidden,
+                              void* out, cudaStream_t stream);
   // Rank 0's `out` gets every rank's `bytes` of `in`, rank after rank; others' out is unused.
   void gather_to_first(const void* in, void* out, int64_t bytes, cudaStream_t stream);
 

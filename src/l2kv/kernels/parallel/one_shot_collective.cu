@@ -33,9 +33,12 @@ __device__ __forceinline__ uint64_t global_timer_ns() {
   return t;
 }
 
-// Stages this block's vectors of `in` and meets every peer's block; returns the call's number
-// (whose parity picks the staging half), or 0 when the group was aborted.
-__device__ uint64_t stage_and_meet(const uint4* in, int64_t vectors, const CollectivePeers& p) {
+// Stages this block's part of the message (`stage(staging)` copies it into this rank's staging
+// half of the call) and meets every peer's block of the same index; returns the call's number
+// (whose parity picks the half), or 0 when the group was aborted. After it the block may read
+// what the peers' blocks of its index staged in this call.
+template <typename Stage>
+__device__ uint64_t stage_and_meet(Stage stage, const CollectivePeers& p) {
   __shared__ uint64_t call_shared;
   __shared__ int32_t aborted;
   CollectiveSignals* mine = p.signals[p.rank];
@@ -48,9 +51,7 @@ __device__ uint64_t stage_and_meet(const uint4* in, int64_t vectors, const Colle
   const uint64_t call = call_shared;  // from 1: 0 is left for "aborted"
   uint4* staging = reinterpret_cast<uint4*>(static_cast<char*>(p.staging[p.rank]) +
                                             static_cast<int64_t>(call & 1) * p.staging_half_bytes);
-  for (int64_t v = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; v < vectors;
-       v += int64_t{gridDim.x} * blockDim.x)
-    staging[v] = in[v];
+  stage(staging);
   __syncthreads();  // the block's vectors are staged before any peer is told
   if (threadIdx.x < p.size) {
     __threadfence_system();
@@ -69,6 +70,17 @@ __device__ uint64_t stage_and_meet(const uint4* in, int64_t vectors, const Colle
   __syncthreads();
   return aborted ? 0 : call;
 }
+
+// The strided copy of the flat collectives: vector v is block (v / blockDim) % gridDim's.
+struct StageVectors {
+  const uint4* in;
+  int64_t vectors;
+  __device__ void operator()(uint4* staging) const {
+    for (int64_t v = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; v < vectors;
+         v += int64_t{gridDim.x} * blockDim.x)
+      staging[v] = in[v];
+  }
+};
 
 template <typename T>
 struct Vector8;  // eight 16-bit elements as float
@@ -108,7 +120,7 @@ struct Vector8<__half> {
 template <typename T>
 __global__ void __launch_bounds__(kCollectiveThreads)
     all_reduce_16bit_kernel(const uint4* in, uint4* out, int64_t vectors, CollectivePeers p) {
-  const uint64_t call = stage_and_meet(in, vectors, p);
+  const uint64_t call = stage_and_meet(StageVectors{in, vectors}, p);
   if (call == 0) return;
   const int64_t half = static_cast<int64_t>(call & 1) * p.staging_half_bytes;
   for (int64_t v = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; v < vectors;
@@ -123,7 +135,7 @@ __global__ void __launch_bounds__(kCollectiveThreads)
 
 __global__ void __launch_bounds__(kCollectiveThreads)
     all_reduce_f32_kernel(const uint4* in, uint4* out, int64_t vectors, CollectivePeers p) {
-  const uint64_t call = stage_and_meet(in, vectors, p);
+  const uint64_t call = stage_and_meet(StageVectors{in, vectors}, p);
   if (call == 0) return;
   const int64_t half = static_cast<int64_t>(call & 1) * p.staging_half_bytes;
   for (int64_t v = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; v < vectors;
@@ -140,7 +152,7 @@ __global__ void __launch_bounds__(kCollectiveThreads)
 
 __global__ void __launch_bounds__(kCollectiveThreads)
     gather_to_first_kernel(const uint4* in, uint4* out, int64_t vectors, CollectivePeers p) {
-  const uint64_t call = stage_and_meet(in, vectors, p);
+  const uint64_t call = stage_and_meet(StageVectors{in, vectors}, p);
   if (call == 0 || p.rank != 0) return;
   const int64_t half = static_cast<int64_t>(call & 1) * p.staging_half_bytes;
   for (int32_t r = 0; r < p.size; ++r)
@@ -148,6 +160,75 @@ __global__ void __launch_bounds__(kCollectiveThreads)
          v += int64_t{gridDim.x} * blockDim.x)
       out[r * vectors + v] =
           __ldcv(reinterpret_cast<const uint4*>(static_cast<char*>(p.staging[r]) + half) + v);
+}
+
+// The rows of the fused form are the blocks': row r is block r % gridDim's, staged and read
+// whole, so the block can normalize it after the sum.
+struct StageRows {
+  const uint4* in;
+  int32_t rows, row_vectors;
+  __device__ void operator()(uint4* staging) const {
+    for (int32_t r = blockIdx.x; r < rows; r += gridDim.x)
+      for (int32_t v = threadIdx.x; v < row_vectors; v += blockDim.x)
+        staging[int64_t{r} * row_vectors + v] = in[int64_t{r} * row_vectors + v];
+  }
+};
+
+__device__ float block_sum_512(float v) {
+  __shared__ float warp_sums[kCollectiveThreads / 32];
+  for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  if (threadIdx.x % 32 == 0) warp_sums[threadIdx.x / 32] = v;
+  __syncthreads();
+  float total = 0.f;
+  for (int w = 0; w < kCollectiveThreads / 32; ++w) total += warp_sums[w];
+  __syncthreads();  // the slots are free for the next row
+  return total;
+}
+
+// residual += the sum over ranks of `partial` (rounded to T, as the all-reduce would leave
+// it), then out = RMSNorm(residual) * weight (add_rmsnorm's formula).
+template <typename T>
+__global__ void __launch_bounds__(kCollectiveThreads)
+    all_reduce_add_rmsnorm_kernel(const uint4* partial, float* residual, const uint4* weight,
+                                  float eps, int32_t rows, int32_t hidden, uint4* out,
+                                  CollectivePeers p) {
+  const int32_t row_vectors = hidden / 8;
+  const uint64_t call = stage_and_meet(StageRows{partial, rows, row_vectors}, p);
+  if (call == 0) return;
+  const int64_t half = static_cast<int64_t>(call & 1) * p.staging_half_bytes;
+  for (int32_t r = blockIdx.x; r < rows; r += gridDim.x) {
+    float sum_sq = 0.f;
+    for (int32_t v = threadIdx.x; v < row_vectors; v += blockDim.x) {
+      const int64_t vector = int64_t{r} * row_vectors + v;
+      float acc[8] = {};
+      for (int32_t rank = 0; rank < p.size; ++rank)
+        Vector8<T>::add(
+            __ldcv(reinterpret_cast<const uint4*>(static_cast<char*>(p.staging[rank]) + half) +
+                   vector),
+            acc);
+      float added[8] = {};
+      Vector8<T>::add(Vector8<T>::pack(acc), added);
+      float4* x = reinterpret_cast<float4*>(residual + vector * 8);
+      float4 lo = x[0], hi = x[1];
+      lo.x += added[0], lo.y += added[1], lo.z += added[2], lo.w += added[3];
+      hi.x += added[4], hi.y += added[5], hi.z += added[6], hi.w += added[7];
+      x[0] = lo, x[1] = hi;
+      sum_sq += lo.x * lo.x + lo.y * lo.y + lo.z * lo.z + lo.w * lo.w + hi.x * hi.x + hi.y * hi.y +
+                hi.z * hi.z + hi.w * hi.w;
+    }
+    const float scale = __frsqrt_rn(block_sum_512(sum_sq) / hidden + eps);
+    for (int32_t v = threadIdx.x; v < row_vectors; v += blockDim.x) {
+      const int64_t vector = int64_t{r} * row_vectors + v;
+      const float4* x = reinterpret_cast<const float4*>(residual + vector * 8);
+      const float4 lo = x[0], hi = x[1];
+      const float xs[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
+      float gamma[8] = {};
+      Vector8<T>::add(weight[v], gamma);
+      float y[8];
+      for (int e = 0; e < 8; ++e) y[e] = gamma[e] * (xs[e] * scale);
+      out[vector] = Vector8<T>::pack(y);
+    }
+  }
 }
 
 void check_call(const void* in, const void* out, int64_t bytes, const CollectivePeers& p,
@@ -190,6 +271,34 @@ void one_shot_all_reduce(CollectiveType type, const void* in, void* out, int64_t
   else
     all_reduce_f32_kernel<<<kCollectiveBlocks, kCollectiveThreads, 0, stream>>>(x, y, vectors,
                                                                                 peers);
+  L2KV_CUDA_CHECK(cudaGetLastError());
+}
+
+void one_shot_all_reduce_add_rmsnorm(CollectiveType type, const void* partial, float* residual,
+                                     const void* weight, float eps, int32_t rows, int32_t hidden,
+                                     void* out, const CollectivePeers& peers, cudaStream_t stream) {
+  if (type == CollectiveType::kFloat32)
+    throw Error("one-shot all-reduce + RMSNorm: a 16-bit type is needed");
+  if (rows < 1 || hidden < 8 || hidden % 8 != 0)
+    throw Error("one-shot all-reduce + RMSNorm: " + std::to_string(rows) + " rows of " +
+                std::to_string(hidden) + " (a positive multiple of 8)");
+  check_call(partial, out, int64_t{rows} * hidden * 2, peers, "all-reduce + RMSNorm");
+  if (residual == nullptr || weight == nullptr || out == nullptr ||
+      reinterpret_cast<uintptr_t>(residual) % 16 != 0 ||
+      reinterpret_cast<uintptr_t>(weight) % 16 != 0)
+    throw Error(
+        "one-shot all-reduce + RMSNorm: residual, weight and output must be 16-byte "
+        "aligned buffers");
+  const auto* x = static_cast<const uint4*>(partial);
+  const auto* w = static_cast<const uint4*>(weight);
+  auto* y = static_cast<uint4*>(out);
+  if (type == CollectiveType::kBFloat16)
+    all_reduce_add_rmsnorm_kernel<__nv_bfloat16>
+        <<<kCollectiveBlocks, kCollectiveThreads, 0, stream>>>(x, residual, w, eps, rows, hidden, y,
+                                                               peers);
+  else
+    all_reduce_add_rmsnorm_kernel<__half><<<kCollectiveBlocks, kCollectiveThreads, 0, stream>>>(
+        x, residual, w, eps, rows, hidden, y, peers);
   L2KV_CUDA_CHECK(cudaGetLastError());
 }
 

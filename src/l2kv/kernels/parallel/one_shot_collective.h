@@ -6,9 +6,11 @@
 // ring takes 15-20 (bench/NOTES.md), and graph-safe (the call counters live on the device).
 //
 // Staging has two halves used by alternate calls, so a rank may start its next call while a
-// slower peer still reads the last one: it cannot get two calls ahead, since every call waits
-// for every peer. Each 16-byte vector of a message is always handled by the same block (the
-// grid is fixed), so every block's flags and counters order its own vectors' reuse.
+// slower peer still reads the last one, but not the call after: that starts only once this
+// rank's next kernel has met every peer in all its blocks, which (stream order) is after this
+// rank's kernel reading the half has finished. Within a call, block b reads only what the
+// peers' blocks b staged (blocks own strided vectors, or whole rows in the fused norm); the grid
+// is fixed, so every block counts the same calls and picks the same half.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -49,6 +51,17 @@ int32_t collective_type_bytes(CollectiveType type);
 // pointers 16-byte aligned; throws l2kv::Error otherwise (before launching).
 void one_shot_all_reduce(CollectiveType type, const void* in, void* out, int64_t count,
                          const CollectivePeers& peers, cudaStream_t stream);
+
+// The all-reduce of a block's output fused with the norm after it (tensor-parallel decode):
+// residual [rows, hidden] (fp32) += the sum over ranks of `partial` [rows, hidden] (16-bit,
+// summed in float32 in rank order and rounded to the type, what one_shot_all_reduce leaves),
+// then out = RMSNorm(residual) * weight (ops::add_rmsnorm's formula; its sum of squares in
+// another order). One kernel where the plain path takes two; each block owns whole rows. Every
+// rank calls it with the same rows; hidden % 8 == 0, rows x hidden x 2 bytes within the
+// staging, buffers 16-byte aligned; throws l2kv::Error otherwise (before launching).
+void one_shot_all_reduce_add_rmsnorm(CollectiveType type, const void* partial, float* residual,
+                                     const void* weight, float eps, int32_t rows, int32_t hidden,
+                                     void* out, const CollectivePeers& peers, cudaStream_t stream);
 
 // Rank 0's `out` gets every rank's `bytes` of `in`, rank after rank ([size][bytes]); the other
 // ranks' `out` is not written (may be null). Same limits as one_shot_all_reduce.
