@@ -153,6 +153,8 @@ void DeviceCommunicator::join() {
     peers_ = g.peers_;
   }
   peers_.rank = rank;
+  for (int32_t r = 0; r < g.size(); ++r)
+    peers_.shared_device |= r != rank && g.device(r) == device();
   int32_t* abort_on_device = nullptr;
   L2KV_CUDA_CHECK(
       cudaHostGetDevicePointer(reinterpret_cast<void**>(&abort_on_device), g.abort_flag_, 0));

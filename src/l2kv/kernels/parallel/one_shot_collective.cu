@@ -5,6 +5,7 @@
 
 #include "l2kv/core/cuda_check.h"
 #include "l2kv/core/error.h"
+#include "l2kv/kernels/grid_dependency.cuh"
 #include "l2kv/kernels/parallel/one_shot_collective.h"
 
 namespace l2kv::ops {
@@ -192,6 +193,9 @@ __global__ void __launch_bounds__(kCollectiveThreads)
     all_reduce_add_rmsnorm_kernel(const uint4* partial, float* residual, const uint4* weight,
                                   float eps, int32_t rows, int32_t hidden, uint4* out,
                                   CollectivePeers p) {
+  // The projection after the norm (launched with PDL) may start streaming its weights now: it
+  // waits for this grid before it reads `out`.
+  if (!p.shared_device) ptx::launch_dependents();
   const int32_t row_vectors = hidden / 8;
   const uint64_t call = stage_and_meet(StageRows{partial, rows, row_vectors}, p);
   if (call == 0) return;
