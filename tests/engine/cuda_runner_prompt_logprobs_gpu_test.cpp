@@ -19,6 +19,7 @@
 #include "l2kv/engine/cuda_runner.h"
 #include "l2kv/engine/cuda_step_state.h"
 #include "l2kv/engine/engine.h"
+#include "l2kv/engine/tensor_parallel_cuda_runner.h"
 #include "l2kv/model/cpu_model.h"
 #include "l2kv/model/cuda_model.h"
 
@@ -179,7 +180,22 @@ struct Variant {
   const char* fixture;
   int32_t max_batched_tokens;  // 24: prompts in chunks, mixed with decode rows
   bool graphs;
+  // > 1: a TensorParallelCudaRunner of this many ranks sharing cuda:0 (each rank's LM head over
+  // the prompt rows, gathered on rank 0).
+  int32_t tensor_parallel = 1;
 };
+
+std::unique_ptr<ModelRunner> gpu_runner(const fs::path& dir, const Variant& v) {
+  CudaRunnerOptions options;
+  options.cuda_graphs = v.graphs;
+  if (v.tensor_parallel == 1)
+    return std::make_unique<CudaRunner>(std::make_shared<CudaModel>(dir), options);
+  const std::vector<int> devices(static_cast<size_t>(v.tensor_parallel), 0);
+  TensorParallelModelSource source;
+  source.folder = dir;
+  return std::make_unique<TensorParallelCudaRunner>(
+      devices, source, options, nullptr, std::make_shared<DeviceGroup>(devices, int64_t{4} << 20));
+}
 
 class CudaPromptLogprobs : public ::testing::TestWithParam<Variant> {};
 
@@ -212,10 +228,7 @@ TEST_P(CudaPromptLogprobs, MatchTheCpuRunnerChunkedAndBatched) {
 
   Engine cpu(std::make_unique<CpuRunner>(cpu_model), nullptr, config_with(v.max_batched_tokens));
   const std::vector<Collected> want = run_all(cpu, asks);
-  CudaRunnerOptions options;
-  options.cuda_graphs = v.graphs;
-  Engine gpu(std::make_unique<CudaRunner>(std::make_shared<CudaModel>(dir), options), nullptr,
-             config_with(v.max_batched_tokens));
+  Engine gpu(gpu_runner(dir, v), nullptr, config_with(v.max_batched_tokens));
   ASSERT_TRUE(gpu.runner().supports_prompt_logprobs());
   const std::vector<Collected> got = run_all(gpu, asks);
 
@@ -225,8 +238,10 @@ TEST_P(CudaPromptLogprobs, MatchTheCpuRunnerChunkedAndBatched) {
   EXPECT_TRUE(got[2].tokens.empty());
   for (const Collected& g : got) EXPECT_TRUE(g.finished);
 
-  const std::string name = std::string(v.fixture) + " chunk " +
-                           std::to_string(v.max_batched_tokens) + (v.graphs ? " graphs" : " eager");
+  const std::string name =
+      std::string(v.fixture) + " chunk " + std::to_string(v.max_batched_tokens) +
+      (v.graphs ? " graphs" : " eager") +
+      (v.tensor_parallel > 1 ? " over " + std::to_string(v.tensor_parallel) + " ranks" : "");
   for (size_t i : {1u, 2u}) {
     const std::vector<int32_t>& prompt = asks[i].prompt;
     const double noise = logit_noise(dir, *cpu_model, prompt);
@@ -239,12 +254,12 @@ TEST_P(CudaPromptLogprobs, MatchTheCpuRunnerChunkedAndBatched) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Variants, CudaPromptLogprobs,
-                         ::testing::Values(Variant{"llama3-gqa", 24, true},
-                                           Variant{"llama3-gqa", 2048, true},
-                                           Variant{"llama3-gqa", 24, false},
-                                           Variant{"qwen2-tied", 24, true},
-                                           Variant{"qwen2-tied", 2048, false}));
+INSTANTIATE_TEST_SUITE_P(
+    Variants, CudaPromptLogprobs,
+    ::testing::Values(Variant{"llama3-gqa", 24, true}, Variant{"llama3-gqa", 2048, true},
+                      Variant{"llama3-gqa", 24, false}, Variant{"qwen2-tied", 24, true},
+                      Variant{"qwen2-tied", 2048, false}, Variant{"llama3-gqa", 24, true, 2},
+                      Variant{"qwen2-tied", 2048, true, 4}));
 
 }  // namespace
 }  // namespace l2kv

@@ -107,6 +107,8 @@ KvCacheSizing CudaRunner::prepare(int32_t block_size, int32_t max_batched_tokens
     state_->set_kv_cache_groups(options_.window_kv_groups ? windowed_kv_cache_groups(config())
                                                           : single_kv_cache_group(config()));
   state_->allocate_workspace({max_batched_tokens, max_seqs, max_model_len, 0});
+  // A tensor-parallel rank allocates nothing once steps run (a collective may be spinning).
+  if (model_->tensor_parallel()) allocate_prompt_logits();
   // Penalties need the rows' histories; bound them by what one step can hold.
   const int64_t history = std::min<int64_t>(int64_t{max_seqs} * max_model_len, int64_t{1} << 24);
   // Allocated before the free memory is read, so the KV cache is sized without it.
@@ -220,8 +222,6 @@ void CudaRunner::stage(const StepInput& step) {
     }
     rows_.push_back(row);
   }
-  if (prompt_logprobs_asked && model_->tensor_parallel())
-    throw Error("CudaRunner: prompt logprobs are not computed under tensor parallelism yet");
   const int32_t n = static_cast<int32_t>(batch_.size());
   const int32_t pad_to = decode_only && options_.cuda_graphs ? state_->graph_bucket(n) : 0;
   staged_start_ = Clock::now();
@@ -293,18 +293,24 @@ void CudaRunner::fill_deferred_masks() {
 
 static_assert(CudaRunner::kPromptLogprobRows <= GpuSampler::kMaxPromptLogprobRows);
 
+void CudaRunner::allocate_prompt_logits() {
+  if (device_prompt_logits_ || follower()) return;
+  L2KV_CUDA_CHECK(
+      cudaMalloc(reinterpret_cast<void**>(&device_prompt_logits_),
+                 sizeof(float) * static_cast<size_t>(kPromptLogprobRows * config().vocab_size)));
+}
+
 void CudaRunner::prompt_logprobs(const StepInput& step) {
-  const int64_t vocab = config().vocab_size;
-  if (!device_prompt_logits_)
-    L2KV_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&device_prompt_logits_),
-                               sizeof(float) * static_cast<size_t>(kPromptLogprobRows * vocab)));
+  allocate_prompt_logits();
   int64_t first_row = 0;  // the sequence's first row in the step (CudaStepState::prepare's order)
   for (const StepSequence& s : step.sequences) {
     const auto targets = static_cast<int64_t>(s.prompt_logprob_targets.size());
     for (int64_t done = 0; done < targets; done += kPromptLogprobRows) {
       const auto rows = static_cast<int32_t>(std::min<int64_t>(kPromptLogprobRows, targets - done));
+      // Under tensor parallelism a collective: every rank runs the LM head over the rows.
       state_->hidden_row_logits(static_cast<int32_t>(first_row + s.prompt_logprobs_row + done),
                                 rows, device_prompt_logits_, stream_);
+      if (follower()) continue;
       // Log-softmax, rank and top tokens on the device: only the results come back.
       for (PromptLogprob& row : sampler_->prompt_logprobs(
                device_prompt_logits_, s.prompt_logprob_targets.subspan(done, rows),

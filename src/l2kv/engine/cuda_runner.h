@@ -9,7 +9,8 @@
 // chunks' rows (CudaStepState::hidden_row_logits, kPromptLogprobRows rows at a time into a
 // buffer allocated on the first such step), and each row's logprob, rank and top tokens are
 // taken on the device (GpuSampler::prompt_logprobs, the formula of prompt_logprob_on_cpu): only
-// those come back. Other steps run nothing for them.
+// those come back. Other steps run nothing for them. Under tensor parallelism every rank runs
+// the LM head over the rows and rank 0 gathers the logits and takes the logprobs.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -61,7 +62,7 @@ class CudaRunner : public ModelRunner {
   void allocate_kv_cache(int32_t num_blocks) override;
   std::vector<SampledToken> execute(const StepInput& step) override;
   std::string device_fault() override;
-  bool supports_prompt_logprobs() const override { return !model_->tensor_parallel(); }
+  bool supports_prompt_logprobs() const override { return true; }
 
   // execute() in two halves, for tensor parallelism (TensorParallelCudaRunner): stage()
   // validates the step and uploads its metadata (host work, no collective: a step it refuses
@@ -142,6 +143,9 @@ class CudaRunner : public ModelRunner {
   bool staged_prompt_logprobs_ = false;
   Clock::time_point staged_start_, staged_prepared_;
   void free_masks();
+  // The prompt logits buffer: by the first step that asks for prompt logprobs, or by prepare()
+  // under tensor parallelism; never on ranks other than 0 (they only feed rank 0's LM head).
+  void allocate_prompt_logits();
   // Appends the prompt logprobs of every sequence of `step` that asks for them (after the
   // step's forward is enqueued on stream_); synchronizes.
   void prompt_logprobs(const StepInput& step);

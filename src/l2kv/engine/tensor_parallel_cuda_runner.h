@@ -51,7 +51,7 @@ class TensorParallelCudaRunner final : public ModelRunner {
   void allocate_kv_cache(int32_t num_blocks) override;
   std::vector<SampledToken> execute(const StepInput& step) override;
   std::string device_fault() override;
-  bool supports_prompt_logprobs() const override { return false; }
+  bool supports_prompt_logprobs() const override { return true; }
 
   // CudaRunner::set_decode_attention on every rank (graphs are recaptured: a collective).
   void set_decode_attention(DecodeKernel kernel, const PrefetchPolicy& policy);

@@ -411,8 +411,9 @@ std::unique_ptr<CudaActivations> CudaModel::allocate_activations(int32_t rows,
   a->last = DeviceArray<uint16_t>(static_cast<size_t>(logit_rows) * H);
   a->hidden_rows = DeviceArray<uint16_t>(static_cast<size_t>(kMaxHiddenRowLogits) * H);
   a->logits = DeviceArray<float>(static_cast<size_t>(logit_rows) * c.vocab_size);
-  if (comm_ != nullptr) {
-    const size_t part = static_cast<size_t>(logit_rows) * logit_part_stride();
+  if (comm_ != nullptr) {  // LM-head rows of a step or of hidden_row_logits, whichever are more
+    const size_t part =
+        static_cast<size_t>(std::max(logit_rows, kMaxHiddenRowLogits)) * logit_part_stride();
     a->logits_part = DeviceArray<float>(part);
     if (shard_.rank == 0) a->logits_gathered = DeviceArray<float>(part * shard_.size);
   }
@@ -424,7 +425,8 @@ int64_t CudaModel::logit_part_stride() const {
   return (largest + 3) / 4 * 4;
 }
 
-void CudaModel::gather_logits(CudaActivations& a, int32_t rows, cudaStream_t stream) const {
+void CudaModel::gather_logits(CudaActivations& a, int32_t rows, float* whole,
+                              cudaStream_t stream) const {
   const int64_t stride = logit_part_stride();
   const int64_t part_floats = int64_t{rows} * stride;
   comm_->gather_to_first(a.logits_part.ptr, a.logits_gathered.ptr,
@@ -435,7 +437,7 @@ void CudaModel::gather_logits(CudaActivations& a, int32_t rows, cudaStream_t str
   for (int32_t r = 0; r < shard_.size; ++r) {
     const TpShard s = tp_shard(whole_config_, r, shard_.size);
     const size_t width = static_cast<size_t>(s.vocab) * sizeof(float);
-    L2KV_CUDA_CHECK(cudaMemcpy2DAsync(a.logits.ptr + s.vocab_begin, pitch,
+    L2KV_CUDA_CHECK(cudaMemcpy2DAsync(whole + s.vocab_begin, pitch,
                                       a.logits_gathered.ptr + r * part_floats, width, width,
                                       static_cast<size_t>(rows), cudaMemcpyDeviceToDevice, stream));
   }
@@ -893,7 +895,7 @@ struct CudaModel::GraphOps {
       m->gemm_.linear_f32_out(c().dtype, direct ? ws().h.ptr : ws().last.ptr,
                               m->weights_->lm_head_ptr(), logits, rows, H, m->shard_.vocab, stream);
     });
-    if (m->comm_) m->gather_logits(ws(), rows, stream);
+    if (m->comm_) m->gather_logits(ws(), rows, ws().logits.ptr, stream);
     if (m->shard_.rank == 0) m->cap_logits(ws().logits.ptr, rows, stream);
   }
 };
@@ -928,18 +930,20 @@ void CudaModel::hidden_row_logits(CudaActivations& activations, int32_t first_ro
     throw Error("CUDA backend: hidden rows " + std::to_string(first_row) + " + " +
                 std::to_string(rows) + " (at most " + std::to_string(kMaxHiddenRowLogits) +
                 " at once)");
-  if (out == nullptr) throw Error("CUDA backend: hidden_row_logits() into a null buffer");
-  if (comm_ != nullptr)
-    throw Error("CUDA backend: prompt logprobs are not computed under tensor parallelism yet");
+  if (out == nullptr && shard_.rank == 0)
+    throw Error("CUDA backend: hidden_row_logits() into a null buffer");
   const int64_t H = config_.hidden_size;
   // Copied to the start of a buffer, as lm_head() gathers them: the LM head's GEMM plans are
   // chosen per shape on aligned operands, and a row of h may start at any multiple of H.
   L2KV_CUDA_CHECK(cudaMemcpyAsync(
       activations.hidden_rows.ptr, activations.h.ptr + int64_t{first_row} * H,
       static_cast<size_t>(int64_t{rows} * H) * sizeof(uint16_t), cudaMemcpyDeviceToDevice, stream));
-  gemm_.linear_f32_out(config_.dtype, activations.hidden_rows.ptr, weights_->lm_head_ptr(), out,
-                       rows, H, config_.vocab_size, stream);
-  cap_logits(out, rows, stream);
+  // A tensor-parallel rank: its part of the vocabulary, gathered into rank 0's `out`.
+  float* logits = comm_ ? activations.logits_part.ptr : out;
+  gemm_.linear_f32_out(config_.dtype, activations.hidden_rows.ptr, weights_->lm_head_ptr(), logits,
+                       rows, H, shard_.vocab, stream);
+  if (comm_) gather_logits(activations, rows, out, stream);
+  if (shard_.rank == 0) cap_logits(out, rows, stream);
 }
 
 void CudaModel::cap_logits(float* logits, int32_t rows, cudaStream_t stream) const {

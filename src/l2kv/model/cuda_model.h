@@ -174,7 +174,8 @@ class CudaModel {
   // Prompt logprobs: the LM head over `rows` (1 to kMaxHiddenRowLogits) rows of the final
   // norm's output a forward left in `activations`, from row `first_row`, as fp32 logits
   // [rows, vocab] into the device buffer `out`, on `stream`. The caller checks the rows lie
-  // inside that forward's step.
+  // inside that forward's step. A tensor-parallel model: a collective (every rank calls it with
+  // the same rows); rank 0's `out` gets the logits, other ranks' may be null.
   static constexpr int32_t kMaxHiddenRowLogits = 64;
   void hidden_row_logits(CudaActivations& activations, int32_t first_row, int32_t rows, float* out,
                          cudaStream_t stream);
@@ -189,8 +190,10 @@ class CudaModel {
   // Floats between two ranks' LM-head parts in logits_gathered: the largest part, rounded up
   // to 16 bytes (the one-shot gather moves 16-byte vectors).
   int64_t logit_part_stride() const;
-  // Tensor parallelism: gathers every rank's `rows` rows of logits_part into rank 0's logits.
-  void gather_logits(CudaActivations& activations, int32_t rows, cudaStream_t stream) const;
+  // Tensor parallelism: gathers every rank's `rows` rows of logits_part into rank 0's `whole`
+  // ([rows, vocab]).
+  void gather_logits(CudaActivations& activations, int32_t rows, float* whole,
+                     cudaStream_t stream) const;
   // Gemma's final logit soft-capping over `rows` rows of logits, where the config has it.
   void cap_logits(float* logits, int32_t rows, cudaStream_t stream) const;
   void init_common();
