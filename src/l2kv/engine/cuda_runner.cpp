@@ -111,9 +111,11 @@ KvCacheSizing CudaRunner::prepare(int32_t block_size, int32_t max_batched_tokens
   if (model_->tensor_parallel()) allocate_prompt_logits();
   // Penalties need the rows' histories; bound them by what one step can hold.
   const int64_t history = std::min<int64_t>(int64_t{max_seqs} * max_model_len, int64_t{1} << 24);
-  // Allocated before the free memory is read, so the KV cache is sized without it.
-  sampler_ = std::make_unique<GpuSampler>(config().vocab_size, max_seqs, history,
-                                          GpuSampler::default_scratch_rows(max_seqs, device_));
+  // Allocated before the free memory is read, so the KV cache is sized without it. A
+  // tensor-parallel rank other than 0 samples nothing.
+  if (!follower())
+    sampler_ = std::make_unique<GpuSampler>(config().vocab_size, max_seqs, history,
+                                            GpuSampler::default_scratch_rows(max_seqs, device_));
   if (max_seqs > mask_rows_) {  // a later prepare() may ask for more sequences
     free_masks();
     mask_words_ = (config().vocab_size + 31) / 32;

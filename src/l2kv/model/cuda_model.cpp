@@ -250,8 +250,6 @@ CudaModel::CudaModel(const ModelConfig& config, uint64_t seed, DeviceCommunicato
     : whole_config_(config), comm_(comm), weights_(std::make_unique<Weights>()) {
   init_shard();
   const ModelConfig& c = config_;
-  // Each rank its own weights (they are random anyway).
-  if (comm_ != nullptr) seed += uint64_t{1000003} * static_cast<uint64_t>(comm_->rank());
   gate_up_interleaved_ = c.intermediate_size % 8 == 0;
   const int64_t q_dim = c.num_q_heads * c.head_dim, kv_dim = c.num_kv_heads * c.head_dim;
   auto random = [&](int64_t n, float scale) {
@@ -272,7 +270,9 @@ CudaModel::CudaModel(const ModelConfig& config, uint64_t seed, DeviceCommunicato
                                cudaMemcpyHostToDevice));
     return m;
   };
-  weights_->embed = random(c.vocab_size * c.hidden_size, scale);
+  weights_->embed = random(c.vocab_size * c.hidden_size, scale);  // the same on every rank
+  // Each rank's slices its own random weights.
+  if (comm_ != nullptr) seed += uint64_t{1000003} * static_cast<uint64_t>(comm_->rank());
   if (!c.tie_word_embeddings) weights_->lm_head = random(shard_.vocab * c.hidden_size, scale);
   weights_->final_norm = upload_16bit(c.dtype, ones);
   for (int64_t l = 0; l < c.num_layers; ++l) {
@@ -410,7 +410,9 @@ std::unique_ptr<CudaActivations> CudaModel::allocate_activations(int32_t rows,
   }
   a->last = DeviceArray<uint16_t>(static_cast<size_t>(logit_rows) * H);
   a->hidden_rows = DeviceArray<uint16_t>(static_cast<size_t>(kMaxHiddenRowLogits) * H);
-  a->logits = DeviceArray<float>(static_cast<size_t>(logit_rows) * c.vocab_size);
+  // Tensor-parallel ranks other than 0 write their logits into logits_part only.
+  a->logits =
+      DeviceArray<float>(shard_.rank == 0 ? static_cast<size_t>(logit_rows) * c.vocab_size : 1);
   if (comm_ != nullptr) {  // LM-head rows of a step or of hidden_row_logits, whichever are more
     const size_t part =
         static_cast<size_t>(std::max(logit_rows, kMaxHiddenRowLogits)) * logit_part_stride();
