@@ -292,53 +292,77 @@ TEST(OneShotCollective, RefusesWhatNeitherPathCarries) {
   EXPECT_THROW(DeviceGroup(std::vector<int>{0, 0}), Error) << "shared GPU without staging";
 }
 
-// The all-reduce fused with the residual add and the norm after it, on ranks sharing a GPU: the
-// residual exactly the host's (its addend is the rank-ordered float32 sum rounded to the type,
-// one float32 add), the norm's output within the dtype's per-row bound, and every rank the same
+// The all-reduce fused with the residual add and the norm after it, on ranks sharing a GPU, as
+// a decode step uses it: three rounds enqueued back to back with no host wait, each a plain
+// all-reduce (of the strided kernel) then the fused one on the same residual, so both staging
+// halves are reused by both kernels. Checked per round: the plain sums bit for bit, the residual
+// exactly the host's (its addend is the rank-ordered float32 sum rounded to the type, one
+// float32 add), the norm's output within the dtype's per-row bound, and every rank the same
 // bits (the ranks' residual streams must never drift apart). Rows of 4096 and of 264 (33
 // vectors: a block's threads cover a row unevenly), 1 to 64 rows, bf16 and fp16.
 TEST(OneShotCollective, AllReduceAddRmsNormMatchesTheHostOnEveryRank) {
   L2KV_SKIP_WITHOUT_GPU();
   constexpr float kEps = 1e-5f;
+  constexpr int kRounds = 3;
   for (const DType dtype : {DType::kBFloat16, DType::kFloat16})
     for (const int32_t ranks : {2, 4})
       for (const auto& [rows, hidden] :
            {std::pair{1, 4096}, std::pair{7, 264}, std::pair{64, 4096}}) {
         SCOPED_TRACE(std::string(dtype_name(dtype)) + ", " + std::to_string(ranks) + " ranks, " +
                      std::to_string(rows) + " x " + std::to_string(hidden));
+        const CollectiveType type =
+            dtype == DType::kBFloat16 ? CollectiveType::kBFloat16 : CollectiveType::kFloat16;
         const size_t n = static_cast<size_t>(rows) * hidden;
         std::mt19937_64 rng(static_cast<uint64_t>(rows * 131 + hidden + ranks));
         std::uniform_real_distribution<float> value(-1.f, 1.f);
-        std::vector<std::vector<uint16_t>> partials(static_cast<size_t>(ranks),
-                                                    std::vector<uint16_t>(n));
-        for (auto& p : partials)
-          for (auto& x : p) x = float_to_dtype_bits(dtype, value(rng));
+        auto random_16bit = [&](size_t count, float offset, float scale) {
+          std::vector<uint16_t> v(count);
+          for (auto& x : v) x = float_to_dtype_bits(dtype, offset + scale * value(rng));
+          return v;
+        };
+        // [round][rank]: the fused call's partials and the plain all-reduce's inputs.
+        std::vector<std::vector<std::vector<uint16_t>>> partials(kRounds), plain(kRounds);
+        for (int k = 0; k < kRounds; ++k)
+          for (int32_t r = 0; r < ranks; ++r) {
+            partials[k].push_back(random_16bit(n, 0.f, 1.f));
+            plain[k].push_back(random_16bit(n, 0.f, 1.f));
+          }
         std::vector<float> residual(n);
         for (auto& x : residual) x = 4.f * value(rng);
-        std::vector<uint16_t> weight(static_cast<size_t>(hidden));
-        for (auto& x : weight) x = float_to_dtype_bits(dtype, 1.f + 0.5f * value(rng));
-        // The host: residual' = residual + T(sum), out = RMSNorm(residual') * weight.
-        std::vector<float> want_residual(n), want_out(n);
-        for (int32_t r = 0; r < rows; ++r) {
-          double sum_sq = 0;
-          for (int32_t i = 0; i < hidden; ++i) {
-            const size_t k = static_cast<size_t>(r) * hidden + i;
-            float acc = 0.f;
-            for (const auto& p : partials) acc += dtype_bits_to_float(dtype, p[k]);
-            want_residual[k] =
-                residual[k] + dtype_bits_to_float(dtype, float_to_dtype_bits(dtype, acc));
-            sum_sq += double(want_residual[k]) * want_residual[k];
+        const std::vector<uint16_t> weight = random_16bit(static_cast<size_t>(hidden), 1.f, 0.5f);
+        // The host, round by round.
+        auto rounded_sum = [&](const std::vector<std::vector<uint16_t>>& in, size_t k) {
+          float acc = 0.f;
+          for (const auto& x : in) acc += dtype_bits_to_float(dtype, x[k]);
+          return float_to_dtype_bits(dtype, acc);
+        };
+        std::vector<std::vector<float>> want_residual(kRounds), want_out(kRounds);
+        std::vector<std::vector<uint16_t>> want_plain(kRounds, std::vector<uint16_t>(n));
+        std::vector<float> x = residual;
+        for (int k = 0; k < kRounds; ++k) {
+          want_out[k].resize(n);
+          for (size_t i = 0; i < n; ++i) want_plain[k][i] = rounded_sum(plain[k], i);
+          for (int32_t r = 0; r < rows; ++r) {
+            double sum_sq = 0;
+            for (int32_t i = 0; i < hidden; ++i) {
+              const size_t e = static_cast<size_t>(r) * hidden + i;
+              x[e] += dtype_bits_to_float(dtype, rounded_sum(partials[k], e));
+              sum_sq += double(x[e]) * x[e];
+            }
+            const double scale = 1.0 / std::sqrt(sum_sq / hidden + kEps);
+            for (int32_t i = 0; i < hidden; ++i) {
+              const size_t e = static_cast<size_t>(r) * hidden + i;
+              want_out[k][e] =
+                  static_cast<float>(dtype_bits_to_float(dtype, weight[i]) * (x[e] * scale));
+            }
           }
-          const double scale = 1.0 / std::sqrt(sum_sq / hidden + kEps);
-          for (int32_t i = 0; i < hidden; ++i) {
-            const size_t k = static_cast<size_t>(r) * hidden + i;
-            want_out[k] = static_cast<float>(dtype_bits_to_float(dtype, weight[i]) *
-                                             (want_residual[k] * scale));
-          }
+          want_residual[k] = x;
         }
         auto group = std::make_shared<DeviceGroup>(std::vector<int>(ranks, 0), int64_t{1} << 20);
-        std::vector<std::vector<float>> got_residual(static_cast<size_t>(ranks));
-        std::vector<std::vector<uint16_t>> got_out(static_cast<size_t>(ranks));
+        // [rank][round]: what each rank got.
+        std::vector<std::vector<std::vector<float>>> got_residual(static_cast<size_t>(ranks));
+        std::vector<std::vector<std::vector<uint16_t>>> got_out(static_cast<size_t>(ranks)),
+            got_plain(static_cast<size_t>(ranks));
         std::vector<std::string> errors(static_cast<size_t>(ranks));
         std::vector<std::thread> threads;
         for (int32_t r = 0; r < ranks; ++r)
@@ -347,21 +371,39 @@ TEST(OneShotCollective, AllReduceAddRmsNormMatchesTheHostOnEveryRank) {
               DeviceCommunicator comm(group, r);
               cudaStream_t stream = nullptr;
               L2KV_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
-              uint16_t* d_partial = testing::upload(partials[static_cast<size_t>(r)]);
               float* d_residual = testing::upload(residual);
               uint16_t* d_weight = testing::upload(weight);
-              uint16_t* d_out = testing::upload(std::vector<uint16_t>(n, 0xffff));  // poison
-              const bool fused = comm.all_reduce_add_rmsnorm(
-                  dtype == DType::kBFloat16 ? CollectiveType::kBFloat16 : CollectiveType::kFloat16,
-                  d_partial, d_residual, d_weight, kEps, rows, hidden, d_out, stream);
-              if (!fused) throw Error("the one-shot path did not take the message");
+              std::vector<uint16_t*> d_partial, d_plain, d_out;
+              std::vector<float*> d_snapshot;  // the residual after each round
+              for (int k = 0; k < kRounds; ++k) {
+                d_partial.push_back(testing::upload(partials[k][static_cast<size_t>(r)]));
+                d_plain.push_back(testing::upload(plain[k][static_cast<size_t>(r)]));
+                d_out.push_back(testing::upload(std::vector<uint16_t>(n, 0xffff)));  // poison
+                d_snapshot.push_back(testing::upload(std::vector<float>(n)));
+              }
+              for (int k = 0; k < kRounds; ++k) {
+                comm.all_reduce_sum(type, d_plain[k], static_cast<int64_t>(n), stream);
+                if (!comm.all_reduce_add_rmsnorm(type, d_partial[k], d_residual, d_weight, kEps,
+                                                 rows, hidden, d_out[k], stream))
+                  throw Error("the one-shot path did not take the message");
+                L2KV_CUDA_CHECK(cudaMemcpyAsync(d_snapshot[k], d_residual, n * 4,
+                                                cudaMemcpyDeviceToDevice, stream));
+              }
               L2KV_CUDA_CHECK(cudaStreamSynchronize(stream));
-              auto& res = got_residual[static_cast<size_t>(r)];
-              auto& out = got_out[static_cast<size_t>(r)];
-              res.resize(n), out.resize(n);
-              L2KV_CUDA_CHECK(cudaMemcpy(res.data(), d_residual, n * 4, cudaMemcpyDeviceToHost));
-              L2KV_CUDA_CHECK(cudaMemcpy(out.data(), d_out, n * 2, cudaMemcpyDeviceToHost));
-              cudaFree(d_partial), cudaFree(d_residual), cudaFree(d_weight), cudaFree(d_out);
+              for (int k = 0; k < kRounds; ++k) {
+                std::vector<float> res(n);
+                std::vector<uint16_t> out(n), sum(n);
+                L2KV_CUDA_CHECK(
+                    cudaMemcpy(res.data(), d_snapshot[k], n * 4, cudaMemcpyDeviceToHost));
+                L2KV_CUDA_CHECK(cudaMemcpy(out.data(), d_out[k], n * 2, cudaMemcpyDeviceToHost));
+                L2KV_CUDA_CHECK(cudaMemcpy(sum.data(), d_plain[k], n * 2, cudaMemcpyDeviceToHost));
+                got_residual[static_cast<size_t>(r)].push_back(std::move(res));
+                got_out[static_cast<size_t>(r)].push_back(std::move(out));
+                got_plain[static_cast<size_t>(r)].push_back(std::move(sum));
+                cudaFree(d_partial[k]), cudaFree(d_plain[k]), cudaFree(d_out[k]);
+                cudaFree(d_snapshot[k]);
+              }
+              cudaFree(d_residual), cudaFree(d_weight);
               cudaStreamDestroy(stream);
             } catch (const std::exception& e) {
               errors[static_cast<size_t>(r)] = e.what();
@@ -370,17 +412,22 @@ TEST(OneShotCollective, AllReduceAddRmsNormMatchesTheHostOnEveryRank) {
           });
         for (auto& t : threads) t.join();
         for (const auto& e : errors) ASSERT_EQ(e, "");
-        for (int32_t r = 1; r < ranks; ++r) {
-          EXPECT_EQ(got_residual[static_cast<size_t>(r)], got_residual[0]) << "rank " << r;
-          EXPECT_EQ(got_out[static_cast<size_t>(r)], got_out[0]) << "rank " << r;
+        for (int k = 0; k < kRounds; ++k) {
+          SCOPED_TRACE("round " + std::to_string(k));
+          for (int32_t r = 1; r < ranks; ++r) {
+            EXPECT_EQ(got_residual[static_cast<size_t>(r)][k], got_residual[0][k]) << "rank " << r;
+            EXPECT_EQ(got_out[static_cast<size_t>(r)][k], got_out[0][k]) << "rank " << r;
+          }
+          for (int32_t r = 0; r < ranks; ++r)
+            EXPECT_EQ(got_plain[static_cast<size_t>(r)][k], want_plain[k]) << "rank " << r;
+          EXPECT_EQ(got_residual[0][k], want_residual[k]);
+          std::vector<float> out(n);
+          for (size_t e = 0; e < n; ++e) out[e] = dtype_bits_to_float(dtype, got_out[0][k][e]);
+          const testing::RowErrorStats err = testing::compare_rows(out, want_out[k], hidden);
+          EXPECT_EQ(err.non_finite, 0);
+          EXPECT_LE(err.worst_row_relative_l2, testing::max_row_relative_l2(dtype))
+              << "row " << err.worst_row;
         }
-        EXPECT_EQ(got_residual[0], want_residual);
-        std::vector<float> out(n);
-        for (size_t k = 0; k < n; ++k) out[k] = dtype_bits_to_float(dtype, got_out[0][k]);
-        const testing::RowErrorStats e = testing::compare_rows(out, want_out, hidden);
-        EXPECT_EQ(e.non_finite, 0);
-        EXPECT_LE(e.worst_row_relative_l2, testing::max_row_relative_l2(dtype))
-            << "row " << e.worst_row;
       }
 }
 
@@ -628,7 +675,10 @@ TEST(TensorParallelCudaEngineSingle, ShardedLogitsMatchTheWholeModelWithAnUneven
     std::vector<std::vector<float>> want;
     {
       L2KV_CUDA_CHECK(cudaSetDevice(0));
-      CudaRunner whole(std::make_shared<CudaModel>(dir), CudaRunnerOptions{});
+      // Nine kernels per layer, as the ranks run it: only the partial sums' rounding differs.
+      CudaRunnerOptions nine;
+      nine.fused_layer_max_rows = 0;
+      CudaRunner whole(std::make_shared<CudaModel>(dir), nine);
       want = step_logits(whole, whole, steps, 4);  // its greedy tokens fill steps[1..3]
     }
     ASSERT_EQ(steps.size(), 4u);

@@ -107,8 +107,7 @@ KvCacheSizing CudaRunner::prepare(int32_t block_size, int32_t max_batched_tokens
     state_->set_kv_cache_groups(options_.window_kv_groups ? windowed_kv_cache_groups(config())
                                                           : single_kv_cache_group(config()));
   state_->allocate_workspace({max_batched_tokens, max_seqs, max_model_len, 0});
-  // A tensor-parallel rank allocates nothing once steps run (a collective may be spinning).
-  if (model_->tensor_parallel()) allocate_prompt_logits();
+
   // Penalties need the rows' histories; bound them by what one step can hold.
   const int64_t history = std::min<int64_t>(int64_t{max_seqs} * max_model_len, int64_t{1} << 24);
   // Allocated before the free memory is read, so the KV cache is sized without it. A
@@ -116,6 +115,11 @@ KvCacheSizing CudaRunner::prepare(int32_t block_size, int32_t max_batched_tokens
   if (!follower())
     sampler_ = std::make_unique<GpuSampler>(config().vocab_size, max_seqs, history,
                                             GpuSampler::default_scratch_rows(max_seqs, device_));
+  // A tensor-parallel rank allocates nothing once steps run (a collective may be spinning).
+  if (model_->tensor_parallel()) {
+    allocate_prompt_logits();
+    if (sampler_) sampler_->reserve_prompt_logprobs();
+  }
   if (max_seqs > mask_rows_) {  // a later prepare() may ask for more sequences
     free_masks();
     mask_words_ = (config().vocab_size + 31) / 32;

@@ -1,6 +1,7 @@
 #include "l2kv/parallel/device_communicator.h"
 
 #include <algorithm>
+#include <exception>
 #include <set>
 #include <thread>
 
@@ -147,6 +148,9 @@ void DeviceCommunicator::join() {
     g.peers_.staging[rank] = staging_;
     g.peers_.signals[rank] = signals_;
   }
+  int32_t* abort_on_device = nullptr;
+  L2KV_CUDA_CHECK(
+      cudaHostGetDevicePointer(reinterpret_cast<void**>(&abort_on_device), g.abort_flag_, 0));
   g.arrive_and_wait();  // every rank's staging is known
   {
     std::lock_guard<std::mutex> lock(g.mutex_);
@@ -155,10 +159,9 @@ void DeviceCommunicator::join() {
   peers_.rank = rank;
   for (int32_t r = 0; r < g.size(); ++r)
     peers_.shared_device |= r != rank && g.device(r) == device();
-  int32_t* abort_on_device = nullptr;
-  L2KV_CUDA_CHECK(
-      cudaHostGetDevicePointer(reinterpret_cast<void**>(&abort_on_device), g.abort_flag_, 0));
   peers_.abort = abort_on_device;
+  // Past the barrier nothing but NCCL's own set-up may fail: a peer blocked in ncclCommInitRank
+  // cannot be released by an abort.
   if (g.uses_nccl_) {
     const NcclLibrary& nccl = nccl_library();
     nccl.check(nccl.comm_init_rank(&nccl_, g.size(), g.nccl_id_, rank),
@@ -174,7 +177,11 @@ void DeviceCommunicator::check_not_aborted() const {
 }
 
 DeviceCommunicator::~DeviceCommunicator() {
-  release(/*meet_peers=*/true);
+  // Destroyed by an exception on its way out: the peers may wait for this rank in a collective
+  // that will never come, so end the group instead of waiting for them.
+  const bool unwinding = std::uncaught_exceptions() > 0;
+  if (unwinding) group_->abort("rank " + std::to_string(rank_) + " left on an exception");
+  release(/*meet_peers=*/!unwinding);
 }
 
 void DeviceCommunicator::release(bool meet_peers) noexcept {
@@ -239,7 +246,8 @@ bool DeviceCommunicator::all_reduce_add_rmsnorm(ops::CollectiveType type, const 
                                                 float* residual, const void* weight, float eps,
                                                 int32_t rows, int32_t hidden, void* out,
                                                 cudaStream_t stream) {
-  if (size() == 1 || !one_shot(int64_t{rows} * hidden * ops::collective_type_bytes(type)))
+  if (size() == 1 || hidden % 8 != 0 ||
+      !one_shot(int64_t{rows} * hidden * ops::collective_type_bytes(type)))
     return false;
   ops::one_shot_all_reduce_add_rmsnorm(type, partial, residual, weight, eps, rows, hidden, out,
                                        peers_, stream);

@@ -784,6 +784,13 @@ std::vector<SampledToken> GpuSampler::results(cudaStream_t stream) const {
   return out;
 }
 
+void GpuSampler::reserve_prompt_logprobs() {
+  Buffers& b = *b_;
+  if (b.device_prompt != nullptr) return;
+  L2KV_CUDA_CHECK(cudaMalloc(&b.device_prompt, Buffers::prompt_bytes()));
+  L2KV_CUDA_CHECK(cudaMallocHost(&b.host_prompt, Buffers::prompt_bytes()));
+}
+
 std::vector<PromptLogprob> GpuSampler::prompt_logprobs(const float* d_logits,
                                                        std::span<const int32_t> targets,
                                                        int32_t top, cudaStream_t stream) {
@@ -798,10 +805,7 @@ std::vector<PromptLogprob> GpuSampler::prompt_logprobs(const float* d_logits,
       throw Error("GpuSampler::prompt_logprobs: token " + std::to_string(t) +
                   " outside a vocabulary of " + std::to_string(b.vocab));
   if (rows == 0) return {};
-  if (b.device_prompt == nullptr) {
-    L2KV_CUDA_CHECK(cudaMalloc(&b.device_prompt, Buffers::prompt_bytes()));
-    L2KV_CUDA_CHECK(cudaMallocHost(&b.host_prompt, Buffers::prompt_bytes()));
-  }
+  reserve_prompt_logprobs();
   // The pinned targets are rewritten only after the previous call synchronized (below).
   std::memcpy(b.host_prompt, targets.data(), sizeof(int32_t) * rows);
   L2KV_CUDA_CHECK(cudaMemcpyAsync(b.device_prompt, b.host_prompt, sizeof(int32_t) * rows,

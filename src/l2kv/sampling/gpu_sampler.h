@@ -51,6 +51,9 @@ class GpuSampler {
   std::vector<PromptLogprob> prompt_logprobs(const float* d_logits,
                                              std::span<const int32_t> targets, int32_t top,
                                              cudaStream_t stream);
+  // Allocates prompt_logprobs()'s buffers now instead of on its first call (a tensor-parallel
+  // rank must not allocate while other ranks may be waiting for it in a collective).
+  void reserve_prompt_logprobs();
 
   // Device array [max_rows] of the last sampled ids.
   const int32_t* device_tokens() const;

@@ -7,10 +7,13 @@
 //
 // Staging has two halves used by alternate calls, so a rank may start its next call while a
 // slower peer still reads the last one, but not the call after: that starts only once this
-// rank's next kernel has met every peer in all its blocks, which (stream order) is after this
-// rank's kernel reading the half has finished. Within a call, block b reads only what the
-// peers' blocks b staged (blocks own strided vectors, or whole rows in the fused norm); the grid
-// is fixed, so every block counts the same calls and picks the same half.
+// rank's next kernel has met every peer in all its blocks, which (stream order) is after the
+// peer's kernel reading the half has finished. This needs every collective launched without
+// programmatic stream serialization, and every kernel launched with it between two
+// collectives to wait (griddepcontrol.wait) before it ends: so it is in l2kv's kernels. Within a
+// call, block b reads only what the peers' blocks b staged (blocks own strided vectors, or whole
+// rows in the fused norm); the grid is fixed, so every block counts the same calls and picks the
+// same half.
 #pragma once
 
 #include <cuda_runtime_api.h>
