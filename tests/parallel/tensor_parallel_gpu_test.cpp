@@ -7,9 +7,11 @@
 
 #include <chrono>
 #include <cmath>
+#include <condition_variable>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <random>
 #include <thread>
@@ -137,6 +139,34 @@ bool within_ring_rounding(const Call& call, const std::vector<std::vector<uint8_
   return true;
 }
 
+// A host barrier of the test's rank threads that gives up (throws) once the group is aborted, so
+// a rank that failed cannot leave the others waiting.
+class HostBarrier {
+ public:
+  HostBarrier(int32_t ranks, const DeviceGroup& group) : ranks_(ranks), group_(group) {}
+  void arrive_and_wait() {
+    std::unique_lock<std::mutex> lock(mutex_);
+    const int64_t generation = generation_;
+    if (++arrived_ == ranks_) {
+      arrived_ = 0, ++generation_;
+      done_.notify_all();
+      return;
+    }
+    while (generation_ == generation)
+      if (done_.wait_for(lock, std::chrono::milliseconds(50)) == std::cv_status::timeout &&
+          group_.aborted())
+        throw Error("the group was aborted");
+  }
+
+ private:
+  const int32_t ranks_;
+  const DeviceGroup& group_;
+  std::mutex mutex_;
+  std::condition_variable done_;
+  int32_t arrived_ = 0;
+  int64_t generation_ = 0;
+};
+
 // Runs `calls` on every rank of `group` back to back (one stream each, no host wait between
 // them), then the first two again three times as a captured CUDA graph with new inputs; returns
 // what differs from `expected`, or an empty string.
@@ -146,6 +176,10 @@ std::string run_calls(const std::shared_ptr<DeviceGroup>& group, const std::vect
   for (size_t c = 0; c < calls.size(); ++c)
     inputs.push_back(random_inputs(calls[c], ranks, 100 + c));
   std::vector<std::string> failures(static_cast<size_t>(ranks));
+  // Ranks sharing a GPU: an allocation, a synchronous copy or a graph instantiation waits for
+  // the device's running kernels, so none may overlap a peer's collective (which waits for this
+  // rank): the ranks meet before each group of collectives.
+  HostBarrier meet(ranks, *group);
   std::vector<std::thread> threads;
   for (int32_t r = 0; r < ranks; ++r)
     threads.emplace_back([&, r] {
@@ -184,6 +218,7 @@ std::string run_calls(const std::shared_ptr<DeviceGroup>& group, const std::vect
                       " (" + std::to_string(calls[c].bytes()) + " bytes) differs";
         };
         for (size_t c = 0; c < calls.size(); ++c) upload(c, inputs[c]);
+        meet.arrive_and_wait();
         for (size_t c = 0; c < calls.size(); ++c) enqueue(c);
         L2KV_CUDA_CHECK(cudaStreamSynchronize(stream));
         for (size_t c = 0; c < calls.size(); ++c) check(c, inputs[c], "eager");
@@ -194,12 +229,14 @@ std::string run_calls(const std::shared_ptr<DeviceGroup>& group, const std::vect
         enqueue(1);
         L2KV_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
         L2KV_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+        meet.arrive_and_wait();
         for (int replay = 0; replay < 3; ++replay) {
           std::vector<std::vector<std::vector<uint8_t>>> fresh;
           for (size_t c = 0; c < 2; ++c) {
             fresh.push_back(random_inputs(calls[c], ranks, 1000 + 10 * replay + c));
             upload(c, fresh[c]);
           }
+          meet.arrive_and_wait();
           L2KV_CUDA_CHECK(cudaGraphLaunch(exec, stream));
           L2KV_CUDA_CHECK(cudaStreamSynchronize(stream));
           for (size_t c = 0; c < 2; ++c)
@@ -364,6 +401,7 @@ TEST(OneShotCollective, AllReduceAddRmsNormMatchesTheHostOnEveryRank) {
         std::vector<std::vector<std::vector<uint16_t>>> got_out(static_cast<size_t>(ranks)),
             got_plain(static_cast<size_t>(ranks));
         std::vector<std::string> errors(static_cast<size_t>(ranks));
+        HostBarrier meet(ranks, *group);  // as in run_calls: uploads before any collective
         std::vector<std::thread> threads;
         for (int32_t r = 0; r < ranks; ++r)
           threads.emplace_back([&, r] {
@@ -381,6 +419,7 @@ TEST(OneShotCollective, AllReduceAddRmsNormMatchesTheHostOnEveryRank) {
                 d_out.push_back(testing::upload(std::vector<uint16_t>(n, 0xffff)));  // poison
                 d_snapshot.push_back(testing::upload(std::vector<float>(n)));
               }
+              meet.arrive_and_wait();
               for (int k = 0; k < kRounds; ++k) {
                 comm.all_reduce_sum(type, d_plain[k], static_cast<int64_t>(n), stream);
                 if (!comm.all_reduce_add_rmsnorm(type, d_partial[k], d_residual, d_weight, kEps,

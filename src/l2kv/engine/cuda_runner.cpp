@@ -154,9 +154,18 @@ void CudaRunner::allocate_kv_cache_without_graphs(int32_t num_blocks) {
 }
 
 void CudaRunner::capture_graphs() {
+  for (const int32_t bucket : graph_buckets()) capture_graph(bucket);
+}
+
+std::vector<int32_t> CudaRunner::graph_buckets() const {
+  if (!options_.cuda_graphs || state_->num_kv_blocks() == 0) return {};
+  return decode_graph_buckets(max_seqs_);
+}
+
+void CudaRunner::capture_graph(int32_t bucket) {
   L2KV_CUDA_CHECK(cudaSetDevice(device_));
-  if (options_.cuda_graphs && state_->num_kv_blocks() > 0)
-    state_->capture_decode_graphs(decode_graph_buckets(max_seqs_), stream_);
+  const int32_t one[] = {bucket};
+  state_->capture_decode_graphs(one, stream_);
 }
 
 void CudaRunner::set_decode_attention(DecodeKernel kernel, const PrefetchPolicy& policy) {

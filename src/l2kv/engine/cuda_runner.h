@@ -84,6 +84,11 @@ class CudaRunner : public ModelRunner {
   void allocate_kv_cache_without_graphs(int32_t num_blocks);
   void set_decode_attention_without_graphs(DecodeKernel kernel, const PrefetchPolicy& policy);
   void capture_graphs();
+  // capture_graphs() one bucket at a time: tensor-parallel ranks sharing a GPU meet between
+  // buckets, since instantiating a graph waits for the device's running kernels, which may be
+  // a peer's collective waiting for this rank.
+  std::vector<int32_t> graph_buckets() const;
+  void capture_graph(int32_t bucket);
 
   // Where execute() spends its time, summed over steps since the last reset: host work
   // before the launch (metadata, planning), GPU time of the forward pass and of sampling

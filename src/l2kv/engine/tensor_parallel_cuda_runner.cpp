@@ -200,7 +200,7 @@ void TensorParallelCudaRunner::allocate_kv_cache(int32_t num_blocks) {
   // Every rank allocates before any captures (capture runs each bucket once: a collective).
   on_every_rank([&](int32_t r) { rank_runner(r).allocate_kv_cache_without_graphs(num_blocks); },
                 /*abort_on_error=*/false);
-  on_every_rank([&](int32_t r) { rank_runner(r).capture_graphs(); }, /*abort_on_error=*/true);
+  capture_graphs();
 }
 
 void TensorParallelCudaRunner::set_decode_attention(DecodeKernel kernel,
@@ -208,7 +208,15 @@ void TensorParallelCudaRunner::set_decode_attention(DecodeKernel kernel,
   on_every_rank(
       [&](int32_t r) { rank_runner(r).set_decode_attention_without_graphs(kernel, policy); },
       /*abort_on_error=*/false);
-  on_every_rank([&](int32_t r) { rank_runner(r).capture_graphs(); }, /*abort_on_error=*/true);
+  capture_graphs();
+}
+
+void TensorParallelCudaRunner::capture_graphs() {
+  // One bucket a round: a rank's graph instantiation waits for its device's running kernels,
+  // and with ranks sharing a GPU those may be a peer's warm-up collective of the next bucket.
+  for (const int32_t bucket : rank_runner(0).graph_buckets())
+    on_every_rank([&](int32_t r) { rank_runner(r).capture_graph(bucket); },
+                  /*abort_on_error=*/true);
 }
 
 std::vector<SampledToken> TensorParallelCudaRunner::execute(const StepInput& step) {

@@ -69,6 +69,7 @@ class TensorParallelCudaRunner final : public ModelRunner {
   // for it in a collective).
   void on_every_rank(const std::function<void(int32_t)>& f, bool abort_on_error);
   void release_ranks() noexcept;  // frees every rank's state and stops the threads
+  void capture_graphs();          // every rank's decode graphs, bucket by bucket
 
   std::shared_ptr<DeviceGroup> group_;
   std::vector<std::unique_ptr<Rank>> ranks_;
