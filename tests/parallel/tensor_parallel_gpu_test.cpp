@@ -5,6 +5,7 @@
 // rank per GPU, with NCCL for the messages above the one-shot size.
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <chrono>
 #include <cmath>
 #include <condition_variable>
@@ -471,27 +472,52 @@ TEST(OneShotCollective, AllReduceAddRmsNormMatchesTheHostOnEveryRank) {
 }
 
 // A rank whose peer never comes is released by abort(): its kernel returns and the stream runs
-// on (no hang, no device fault); the group keeps the first reason.
+// on (no hang, no device fault); the group keeps the first reason. Rank 1 launches its
+// all-reduce behind a host function that holds its stream until after the abort, so rank 0's
+// kernel waits alone (and rank 1's, released later, sees the abort too).
 TEST(OneShotCollective, AnAbortReleasesARankWaitingForAPeer) {
   L2KV_SKIP_WITHOUT_GPU();
   auto group = std::make_shared<DeviceGroup>(std::vector<int>{0, 0}, 4096);
+  static std::atomic<bool> release{false};
+  release = false;
+  struct ReleaseOnExit {
+    ~ReleaseOnExit() { release = true; }  // never leave rank 1's stream held
+  } release_on_exit;
+  cudaStream_t streams[2] = {};
+  void* buffers[2] = {};
   std::unique_ptr<DeviceCommunicator> comms[2];
-  std::thread other([&] { comms[1] = std::make_unique<DeviceCommunicator>(group, 1); });
-  comms[0] = std::make_unique<DeviceCommunicator>(group, 0);
+  std::string errors[2];
+  auto rank = [&](int32_t r) {
+    try {
+      comms[r] = std::make_unique<DeviceCommunicator>(group, r);
+      L2KV_CUDA_CHECK(cudaMalloc(&buffers[r], 4096));
+      L2KV_CUDA_CHECK(cudaStreamCreateWithFlags(&streams[r], cudaStreamNonBlocking));
+      if (r == 1)
+        L2KV_CUDA_CHECK(cudaLaunchHostFunc(
+            streams[r],
+            [](void*) {
+              while (!release) std::this_thread::sleep_for(std::chrono::milliseconds(1));
+            },
+            nullptr));
+      comms[r]->all_reduce_sum(CollectiveType::kFloat32, buffers[r], 1024, streams[r]);
+    } catch (const std::exception& e) {
+      errors[r] = e.what();
+    }
+  };
+  std::thread other(rank, 1);
+  rank(0);
   other.join();
-  void* buffer = nullptr;
-  L2KV_CUDA_CHECK(cudaMalloc(&buffer, 4096));
-  cudaStream_t stream = nullptr;
-  L2KV_CUDA_CHECK(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
-  comms[0]->all_reduce_sum(CollectiveType::kFloat32, buffer, 1024, stream);  // rank 1 never calls
+  ASSERT_EQ(errors[0], "");
+  ASSERT_EQ(errors[1], "");
   std::this_thread::sleep_for(std::chrono::milliseconds(200));
-  EXPECT_EQ(cudaStreamQuery(stream), cudaErrorNotReady) << "the kernel waits for rank 1";
+  EXPECT_EQ(cudaStreamQuery(streams[0]), cudaErrorNotReady) << "rank 0's kernel waits for rank 1";
   group->abort("rank 1 is gone");
   group->abort("a later reason");
-  EXPECT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+  EXPECT_EQ(cudaStreamSynchronize(streams[0]), cudaSuccess);
+  release = true;
+  EXPECT_EQ(cudaStreamSynchronize(streams[1]), cudaSuccess);
   EXPECT_EQ(group->abort_reason(), "rank 1 is gone");
-  cudaStreamDestroy(stream);
-  cudaFree(buffer);
+  for (int r = 0; r < 2; ++r) cudaStreamDestroy(streams[r]), cudaFree(buffers[r]);
 }
 
 // `ranks` ranks on cuda:0 (each rank's all-reduce and gather fit 4 MiB of staging: the

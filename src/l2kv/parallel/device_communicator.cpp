@@ -40,6 +40,7 @@ DeviceGroup::DeviceGroup(std::vector<int> devices, int64_t shared_device_staging
                   std::to_string(count) + ")");
   const std::set<int> distinct(devices_.begin(), devices_.end());
   uses_nccl_ = n > 1 && static_cast<int32_t>(distinct.size()) == n;
+  shares_devices_ = static_cast<int32_t>(distinct.size()) < n;
   if (uses_nccl_) {
     const NcclLibrary& nccl = nccl_library();
     nccl.check(nccl.get_unique_id(&nccl_id_), "ncclGetUniqueId");
@@ -216,6 +217,13 @@ Error DeviceCommunicator::no_path(const char* what, int64_t bytes) const {
                std::to_string(group_->staging_half_bytes_) + " and this group has no NCCL");
 }
 
+void DeviceCommunicator::launch_barrier(cudaStream_t stream) {
+  if (!group_->shares_devices_) return;
+  cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+  L2KV_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
+  if (capture == cudaStreamCaptureStatusNone) group_->arrive_and_wait();
+}
+
 // The same answer on every rank for the same call (its size alone), so all take the same path;
 // the kernel refuses unaligned buffers.
 bool DeviceCommunicator::one_shot(int64_t bytes) const {
@@ -231,6 +239,7 @@ void DeviceCommunicator::all_reduce_sum(ops::CollectiveType type, void* data, in
   if (path == CollectivePath::kOneShot && !group_->one_shot_)
     throw Error("one-shot all-reduce: the group's GPUs cannot read each other's memory");
   if (path == CollectivePath::kOneShot || (path == CollectivePath::kAuto && one_shot(bytes))) {
+    launch_barrier(stream);
     ops::one_shot_all_reduce(type, data, data, count, peers_, stream);
     return;
   }
@@ -249,6 +258,7 @@ bool DeviceCommunicator::all_reduce_add_rmsnorm(ops::CollectiveType type, const 
   if (size() == 1 || hidden % 8 != 0 ||
       !one_shot(int64_t{rows} * hidden * ops::collective_type_bytes(type)))
     return false;
+  launch_barrier(stream);
   ops::one_shot_all_reduce_add_rmsnorm(type, partial, residual, weight, eps, rows, hidden, out,
                                        peers_, stream);
   return true;
@@ -263,6 +273,7 @@ void DeviceCommunicator::gather_to_first(const void* in, void* out, int64_t byte
     return;
   }
   if (one_shot(bytes)) {
+    launch_barrier(stream);
     ops::one_shot_gather_to_first(in, out, bytes, peers_, stream);
     return;
   }

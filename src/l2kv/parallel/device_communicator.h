@@ -69,6 +69,7 @@ class DeviceGroup {
   std::atomic<bool> aborted_{false};  // set before the NCCL communicators are aborted
   ops::CollectivePeers peers_;        // staging and flags of every rank (filled as ranks join)
   bool one_shot_ = true;              // every rank reads every other's memory
+  bool shares_devices_ = false;       // some ranks share a device (see launch_barrier)
   std::vector<ncclComm_t> comms_;     // each rank's, for abort()
 };
 
@@ -112,6 +113,12 @@ class DeviceCommunicator {
   ops::CollectivePeers peers_;  // this rank's view, complete once every rank joined
   ncclComm_t nccl_ = nullptr;
   bool one_shot(int64_t bytes) const;
+  // Ranks sharing a device meet on the host before each collective they launch (not while a
+  // graph is captured): a host call that waits for the device's running kernels (a module
+  // cuBLASLt loads on first use, an allocation) must not come while a peer's collective spins
+  // waiting for this rank. Once every rank has launched everything before the collective, such
+  // a wait can only be for collectives every rank has reached. One rank per GPU needs none.
+  void launch_barrier(cudaStream_t stream);
   void join();  // the constructor's work: staging, peers, NCCL
   // Frees what join() made; with `meet_peers`, first waits until every rank releases (its
   // destructor: every rank's communicator is destroyed together, as they were made).
