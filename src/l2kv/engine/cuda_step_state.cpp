@@ -471,6 +471,10 @@ void CudaStepState::capture_decode_graphs(std::span<const int32_t> batch_sizes,
     cudaGraphDestroy(graph);
     L2KV_CUDA_CHECK(status);
     graphs_[size] = exec;
+    // Uploaded now, not at its first replay: that may then run beside other work on the device
+    // (a tensor-parallel peer's collective on a shared GPU) and must not wait for it.
+    L2KV_CUDA_CHECK(cudaGraphUpload(exec, stream));
+    L2KV_CUDA_CHECK(cudaStreamSynchronize(stream));
   }
   profiling_ = was_profiling;
   step_ = {};
