@@ -683,8 +683,12 @@ TEST(TensorParallelCudaEngineSingle, ARefusedStepLeavesTheRanksUsableAnAbortEnds
 // with a stride wider than its part. 16-bit and fp8 weights. Rank 0's logits are poisoned
 // before every step: a column the gather misses stays NaN. The ranks round their partial sums to
 // bf16 before the all-reduce where the whole model rounds the sum once: a few bf16 roundings
-// apart; a rank missing from a sum or a wrong slice is off by O(1).
-constexpr double kShardedLogitsMaxRowRelativeL2 = 1e-2;
+// apart; a rank missing from a sum or a wrong slice is off by O(1). Measured on an H200
+// (2026-12-05, bench/results/2026-12-05-h200-tp-shared-gpu/): 6.5e-3 to 1.01e-2 over the 16
+// steps (bf16 and fp8, 2 and 4 ranks); the bound is 1.5x the worst. This is the noise floor of
+// the comparison, so a 1 % logit scale error is within it: the greedy and prompt-logprob tests
+// against transformers and the CPU runner are the finer checks of the sharded model.
+constexpr double kShardedLogitsMaxRowRelativeL2 = 1.5e-2;
 
 // Each step's logits on rank 0 (`rank0`: the runner itself for a whole model): `steps[0]` is the
 // prompt; later steps feed the token in `steps` where there is one, else the greedy token of
