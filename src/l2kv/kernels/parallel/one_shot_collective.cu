@@ -5,8 +5,10 @@
 
 #include "l2kv/core/cuda_check.h"
 #include "l2kv/core/error.h"
+#include "l2kv/kernels/block_reduce.cuh"
 #include "l2kv/kernels/grid_dependency.cuh"
 #include "l2kv/kernels/parallel/one_shot_collective.h"
+#include "l2kv/kernels/tensor_core.cuh"
 
 namespace l2kv::ops {
 namespace {
@@ -83,53 +85,40 @@ struct StageVectors {
   }
 };
 
+// Eight 16-bit elements of a 16-byte vector as floats (tensor_core.cuh's pair conversions).
 template <typename T>
-struct Vector8;  // eight 16-bit elements as float
-template <>
-struct Vector8<__nv_bfloat16> {
+struct Vector8 {
   static __device__ void add(const uint4& v, float* acc) {
-    const auto* h = reinterpret_cast<const __nv_bfloat162*>(&v);
+    const uint32_t words[4] = {v.x, v.y, v.z, v.w};
     for (int i = 0; i < 4; ++i) {
-      const float2 f = __bfloat1622float2(h[i]);
+      const float2 f = tc::ElementTraits<T>::unpack(words[i]);
       acc[2 * i] += f.x, acc[2 * i + 1] += f.y;
     }
   }
   static __device__ uint4 pack(const float* acc) {
-    uint4 v;
-    auto* h = reinterpret_cast<__nv_bfloat162*>(&v);
-    for (int i = 0; i < 4; ++i) h[i] = __floats2bfloat162_rn(acc[2 * i], acc[2 * i + 1]);
-    return v;
+    using Traits = tc::ElementTraits<T>;
+    return make_uint4(Traits::pack(acc[0], acc[1]), Traits::pack(acc[2], acc[3]),
+                      Traits::pack(acc[4], acc[5]), Traits::pack(acc[6], acc[7]));
   }
 };
-template <>
-struct Vector8<__half> {
-  static __device__ void add(const uint4& v, float* acc) {
-    const auto* h = reinterpret_cast<const __half2*>(&v);
-    for (int i = 0; i < 4; ++i) {
-      const float2 f = __half22float2(h[i]);
-      acc[2 * i] += f.x, acc[2 * i + 1] += f.y;
-    }
-  }
-  static __device__ uint4 pack(const float* acc) {
-    uint4 v;
-    auto* h = reinterpret_cast<__half2*>(&v);
-    for (int i = 0; i < 4; ++i) h[i] = __floats2half2_rn(acc[2 * i], acc[2 * i + 1]);
-    return v;
-  }
-};
+
+// Rank `rank`'s staged vectors of call `call` (the half its parity picks).
+__device__ __forceinline__ const uint4* staged(const CollectivePeers& p, int32_t rank,
+                                               uint64_t call) {
+  return reinterpret_cast<const uint4*>(static_cast<const char*>(p.staging[rank]) +
+                                        static_cast<int64_t>(call & 1) * p.staging_half_bytes);
+}
 
 template <typename T>
 __global__ void __launch_bounds__(kCollectiveThreads)
     all_reduce_16bit_kernel(const uint4* in, uint4* out, int64_t vectors, CollectivePeers p) {
   const uint64_t call = stage_and_meet(StageVectors{in, vectors}, p);
   if (call == 0) return;
-  const int64_t half = static_cast<int64_t>(call & 1) * p.staging_half_bytes;
   for (int64_t v = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; v < vectors;
        v += int64_t{gridDim.x} * blockDim.x) {
     float acc[8] = {};
     for (int32_t r = 0; r < p.size; ++r)  // rank order: the same bits on every rank
-      Vector8<T>::add(
-          __ldcv(reinterpret_cast<const uint4*>(static_cast<char*>(p.staging[r]) + half) + v), acc);
+      Vector8<T>::add(__ldcv(staged(p, r, call) + v), acc);
     out[v] = Vector8<T>::pack(acc);
   }
 }
@@ -138,13 +127,11 @@ __global__ void __launch_bounds__(kCollectiveThreads)
     all_reduce_f32_kernel(const uint4* in, uint4* out, int64_t vectors, CollectivePeers p) {
   const uint64_t call = stage_and_meet(StageVectors{in, vectors}, p);
   if (call == 0) return;
-  const int64_t half = static_cast<int64_t>(call & 1) * p.staging_half_bytes;
   for (int64_t v = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; v < vectors;
        v += int64_t{gridDim.x} * blockDim.x) {
     float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
     for (int32_t r = 0; r < p.size; ++r) {
-      const float4 x =
-          __ldcv(reinterpret_cast<const float4*>(static_cast<char*>(p.staging[r]) + half) + v);
+      const float4 x = __ldcv(reinterpret_cast<const float4*>(staged(p, r, call)) + v);
       acc.x += x.x, acc.y += x.y, acc.z += x.z, acc.w += x.w;
     }
     reinterpret_cast<float4*>(out)[v] = acc;
@@ -155,12 +142,10 @@ __global__ void __launch_bounds__(kCollectiveThreads)
     gather_to_first_kernel(const uint4* in, uint4* out, int64_t vectors, CollectivePeers p) {
   const uint64_t call = stage_and_meet(StageVectors{in, vectors}, p);
   if (call == 0 || p.rank != 0) return;
-  const int64_t half = static_cast<int64_t>(call & 1) * p.staging_half_bytes;
   for (int32_t r = 0; r < p.size; ++r)
     for (int64_t v = blockIdx.x * int64_t{blockDim.x} + threadIdx.x; v < vectors;
          v += int64_t{gridDim.x} * blockDim.x)
-      out[r * vectors + v] =
-          __ldcv(reinterpret_cast<const uint4*>(static_cast<char*>(p.staging[r]) + half) + v);
+      out[r * vectors + v] = __ldcv(staged(p, r, call) + v);
 }
 
 // The rows of the fused form are the blocks': row r is block r % gridDim's, staged and read
@@ -175,17 +160,6 @@ struct StageRows {
   }
 };
 
-__device__ float block_sum_512(float v) {
-  __shared__ float warp_sums[kCollectiveThreads / 32];
-  for (int offset = 16; offset > 0; offset /= 2) v += __shfl_xor_sync(0xffffffffu, v, offset);
-  if (threadIdx.x % 32 == 0) warp_sums[threadIdx.x / 32] = v;
-  __syncthreads();
-  float total = 0.f;
-  for (int w = 0; w < kCollectiveThreads / 32; ++w) total += warp_sums[w];
-  __syncthreads();  // the slots are free for the next row
-  return total;
-}
-
 // residual += the sum over ranks of `partial` (rounded to T, as the all-reduce would leave
 // it), then out = RMSNorm(residual) * weight (add_rmsnorm's formula).
 template <typename T>
@@ -199,17 +173,13 @@ __global__ void __launch_bounds__(kCollectiveThreads)
   const int32_t row_vectors = hidden / 8;
   const uint64_t call = stage_and_meet(StageRows{partial, rows, row_vectors}, p);
   if (call == 0) return;
-  const int64_t half = static_cast<int64_t>(call & 1) * p.staging_half_bytes;
   for (int32_t r = blockIdx.x; r < rows; r += gridDim.x) {
     float sum_sq = 0.f;
     for (int32_t v = threadIdx.x; v < row_vectors; v += blockDim.x) {
       const int64_t vector = int64_t{r} * row_vectors + v;
       float acc[8] = {};
       for (int32_t rank = 0; rank < p.size; ++rank)
-        Vector8<T>::add(
-            __ldcv(reinterpret_cast<const uint4*>(static_cast<char*>(p.staging[rank]) + half) +
-                   vector),
-            acc);
+        Vector8<T>::add(__ldcv(staged(p, rank, call) + vector), acc);
       float added[8] = {};
       Vector8<T>::add(Vector8<T>::pack(acc), added);
       float4* x = reinterpret_cast<float4*>(residual + vector * 8);
@@ -220,7 +190,7 @@ __global__ void __launch_bounds__(kCollectiveThreads)
       sum_sq += lo.x * lo.x + lo.y * lo.y + lo.z * lo.z + lo.w * lo.w + hi.x * hi.x + hi.y * hi.y +
                 hi.z * hi.z + hi.w * hi.w;
     }
-    const float scale = __frsqrt_rn(block_sum_512(sum_sq) / hidden + eps);
+    const float scale = __frsqrt_rn(block_sum(sum_sq) / hidden + eps);
     for (int32_t v = threadIdx.x; v < row_vectors; v += blockDim.x) {
       const int64_t vector = int64_t{r} * row_vectors + v;
       const float4* x = reinterpret_cast<const float4*>(residual + vector * 8);

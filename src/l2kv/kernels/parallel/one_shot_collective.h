@@ -43,8 +43,8 @@ struct CollectivePeers {
   // Host-mapped flag: nonzero makes waiting kernels give up (their outputs are then garbage),
   // so a failed rank cannot leave the others spinning. May be null.
   const volatile int32_t* abort = nullptr;
-  // Ranks share a device: the fused norm then lets no projection start early (its blocks would
-  // hold SMs a peer needs to reach the collective this rank waits in).
+  // Some ranks of the group share a device: the fused norm then lets no projection start early
+  // (its blocks would hold SMs a peer needs to reach the collective this rank waits in).
   bool shared_device = false;
 };
 
