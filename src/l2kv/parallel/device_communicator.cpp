@@ -4,6 +4,7 @@
 #include <exception>
 #include <set>
 #include <thread>
+#include <utility>
 
 #include "l2kv/core/cuda_check.h"
 #include "l2kv/core/error.h"
@@ -64,6 +65,7 @@ DeviceGroup::DeviceGroup(std::vector<int> devices, int64_t shared_device_staging
   *abort_flag_ = 0;
   peers_.size = n;
   peers_.staging_half_bytes = staging_half_bytes_;
+  peers_.shared_device = shares_devices_;
   comms_.assign(static_cast<size_t>(n), nullptr);
 }
 
@@ -72,22 +74,19 @@ DeviceGroup::~DeviceGroup() {
 }
 
 void DeviceGroup::abort(const std::string& why) {
-  std::vector<ncclComm_t> comms;
+  std::vector<ncclComm_t> live;
   {
     std::lock_guard<std::mutex> lock(mutex_);
     if (abort_reason_.empty()) abort_reason_ = why.empty() ? "aborted" : why;
     *static_cast<volatile int32_t*>(abort_flag_) = 1;
     aborted_.store(true, std::memory_order_release);
-    comms.swap(comms_);
-    comms_.assign(comms.size(), nullptr);  // their owners must not destroy them again
+    for (ncclComm_t& c : comms_)  // their owners must not destroy them again
+      if (c != nullptr) live.push_back(std::exchange(c, nullptr));
   }
   arrived_.notify_all();
   // ncclCommAbort stops the communicators' kernels at once, but then waits until every CUDA
   // graph that captured one of their calls is destroyed, which the ranks' threads do when they
   // free their runners: so it runs on a thread of its own (the comms are NCCL's to free).
-  std::vector<ncclComm_t> live;
-  for (ncclComm_t c : comms)
-    if (c != nullptr) live.push_back(c);
   if (!live.empty())
     std::thread([live] {
       for (ncclComm_t c : live) nccl_library().comm_abort(c);
@@ -158,8 +157,6 @@ void DeviceCommunicator::join() {
     peers_ = g.peers_;
   }
   peers_.rank = rank;
-  for (int32_t r = 0; r < g.size(); ++r)
-    peers_.shared_device |= r != rank && g.device(r) == device();
   peers_.abort = abort_on_device;
   // Past the barrier nothing but NCCL's own set-up may fail: a peer blocked in ncclCommInitRank
   // cannot be released by an abort.
