@@ -427,6 +427,12 @@ int64_t CudaModel::logit_part_stride() const {
   return (largest + 3) / 4 * 4;
 }
 
+void CudaModel::complete_logits(CudaActivations& a, int32_t rows, float* whole,
+                                cudaStream_t stream) const {
+  if (comm_ != nullptr) gather_logits(a, rows, whole, stream);
+  if (shard_.rank == 0) cap_logits(whole, rows, stream);
+}
+
 void CudaModel::gather_logits(CudaActivations& a, int32_t rows, float* whole,
                               cudaStream_t stream) const {
   const int64_t stride = logit_part_stride();
@@ -897,8 +903,7 @@ struct CudaModel::GraphOps {
       m->gemm_.linear_f32_out(c().dtype, direct ? ws().h.ptr : ws().last.ptr,
                               m->weights_->lm_head_ptr(), logits, rows, H, m->shard_.vocab, stream);
     });
-    if (m->comm_) m->gather_logits(ws(), rows, ws().logits.ptr, stream);
-    if (m->shard_.rank == 0) m->cap_logits(ws().logits.ptr, rows, stream);
+    m->complete_logits(ws(), rows, ws().logits.ptr, stream);
   }
 };
 
@@ -944,8 +949,7 @@ void CudaModel::hidden_row_logits(CudaActivations& activations, int32_t first_ro
   float* logits = comm_ ? activations.logits_part.ptr : out;
   gemm_.linear_f32_out(config_.dtype, activations.hidden_rows.ptr, weights_->lm_head_ptr(), logits,
                        rows, H, shard_.vocab, stream);
-  if (comm_) gather_logits(activations, rows, out, stream);
-  if (shard_.rank == 0) cap_logits(out, rows, stream);
+  complete_logits(activations, rows, out, stream);
 }
 
 void CudaModel::cap_logits(float* logits, int32_t rows, cudaStream_t stream) const {

@@ -190,8 +190,11 @@ class CudaModel {
   // Floats between two ranks' LM-head parts in logits_gathered: the largest part, rounded up
   // to 16 bytes (the one-shot gather moves 16-byte vectors).
   int64_t logit_part_stride() const;
-  // Tensor parallelism: gathers every rank's `rows` rows of logits_part into rank 0's `whole`
-  // ([rows, vocab]).
+  // After the LM head: a tensor-parallel rank's part gathered into rank 0's `whole` ([rows,
+  // vocab]), and rank 0's (or a whole model's) logits soft-capped.
+  void complete_logits(CudaActivations& activations, int32_t rows, float* whole,
+                       cudaStream_t stream) const;
+  // Tensor parallelism: gathers every rank's `rows` rows of logits_part into rank 0's `whole`.
   void gather_logits(CudaActivations& activations, int32_t rows, float* whole,
                      cudaStream_t stream) const;
   // Gemma's final logit soft-capping over `rows` rows of logits, where the config has it.
