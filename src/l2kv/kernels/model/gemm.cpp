@@ -248,12 +248,17 @@ void Gemm::add_wide_candidates(const Plan& p, cudaDataType_t operands, cudaDataT
 // 0.64 of the read ceiling on an H200): time each candidate on the real operands, the L2
 // flushed before each call (the weights of a decode step never sit in L2), and keep the
 // fastest. Runs once per shape, outside graph capture, before the first use.
-cublasLtMatmulAlgo_t Gemm::fastest(const Plan& p, std::span<const cublasLtMatmulAlgo_t> candidates,
-                                   const void* x, const void* w, void* y, cudaStream_t stream) {
+// The buffer the tuning writes before each timed call: twice the current device's L2.
+static size_t tuning_flush_bytes_of_device() {
   int l2_bytes = 0, device = 0;
   L2KV_CUDA_CHECK(cudaGetDevice(&device));
   L2KV_CUDA_CHECK(cudaDeviceGetAttribute(&l2_bytes, cudaDevAttrL2CacheSize, device));
-  const size_t flush_bytes = 2 * static_cast<size_t>(l2_bytes);
+  return 2 * static_cast<size_t>(l2_bytes);
+}
+
+cublasLtMatmulAlgo_t Gemm::fastest(const Plan& p, std::span<const cublasLtMatmulAlgo_t> candidates,
+                                   const void* x, const void* w, void* y, cudaStream_t stream) {
+  const size_t flush_bytes = tuning_flush_bytes_of_device();
   const bool reserved = tuning_flush_ != nullptr && tuning_flush_bytes_ >= flush_bytes;
   void* flush = reserved ? tuning_flush_ : nullptr;
   if (!reserved && cudaMalloc(&flush, flush_bytes) != cudaSuccess) {
@@ -308,10 +313,7 @@ cublasLtMatmulAlgo_t Gemm::fastest(const Plan& p, std::span<const cublasLtMatmul
 
 void Gemm::reserve_tuning_flush() {
   if (tuning_flush_ != nullptr) return;
-  int l2_bytes = 0, device = 0;
-  L2KV_CUDA_CHECK(cudaGetDevice(&device));
-  L2KV_CUDA_CHECK(cudaDeviceGetAttribute(&l2_bytes, cudaDevAttrL2CacheSize, device));
-  tuning_flush_bytes_ = 2 * static_cast<size_t>(l2_bytes);
+  tuning_flush_bytes_ = tuning_flush_bytes_of_device();
   L2KV_CUDA_CHECK(cudaMalloc(&tuning_flush_, tuning_flush_bytes_));
 }
 
