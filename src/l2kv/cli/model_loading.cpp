@@ -166,12 +166,17 @@ CudaRunnerOptions cuda_runner_options(const ModelOptions& o) {
   return options;
 }
 
+// --fp8-activations other than the default applies to fp8-weight models only.
+void check_fp8_activations(const ModelOptions& o, const ModelConfig& config) {
+  if (!config.fp8_weights && o.fp8_activations != "w8a8")
+    throw Error("--fp8-activations " + o.fp8_activations + ": " + o.model +
+                " has 16-bit weights; the flag applies to fp8-weight models");
+}
+
 // How the model's GEMMs run (every rank alike); throws for --fp8-activations on a 16-bit model.
 void configure_cuda_model(const ModelOptions& o, CudaModel& model) {
   model.set_gemm_tuning(o.gemm_tuning == "wide" ? Gemm::Tuning::kWide : Gemm::Tuning::kHeuristic);
-  if (!model.config().fp8_weights && o.fp8_activations != "w8a8")
-    throw Error("--fp8-activations " + o.fp8_activations + ": " + o.model +
-                " has 16-bit weights; the flag applies to fp8-weight models");
+  check_fp8_activations(o, model.config());
   model.set_fp8_activations(o.fp8_activations != "16bit");
   model.set_fp8_fused_scales(o.fp8_activations == "w8a8");
 }
@@ -197,22 +202,20 @@ std::unique_ptr<TensorParallelCudaRunner> load_tensor_parallel(const ModelOption
   const ModelConfig whole =
       source.synthetic ? *source.synthetic : ModelConfig::from_folder(o.model);
   tp_shard(whole, 0, n);  // a split it refuses, refused before any GPU work
-  if (!whole.fp8_weights && o.fp8_activations != "w8a8")
-    throw Error("--fp8-activations " + o.fp8_activations + ": " + o.model +
-                " has 16-bit weights; the flag applies to fp8-weight models");
+  check_fp8_activations(o, whole);
   std::vector<int> devices;
   for (int32_t r = 0; r < n; ++r) devices.push_back(first_device + r);
   // The caller's own CUDA work (a benchmark's ceiling probe) goes to rank 0's device.
   L2KV_CUDA_CHECK(cudaSetDevice(first_device));
   std::fprintf(stderr, "l2kv: loading %s over %d GPUs (tensor parallel, cuda:%d..%d)\n",
                o.model.c_str(), n, first_device, first_device + n - 1);
+  const CudaRunnerOptions options = cuda_runner_options(o);
   auto runner = std::make_unique<TensorParallelCudaRunner>(
-      devices, source, cuda_runner_options(o),
-      [&o](CudaModel& model) { configure_cuda_model(o, model); });
+      devices, source, options, [&o](CudaModel& model) { configure_cuda_model(o, model); });
   description = o.model + " on " + runner->device_name() + " (" +
                 std::string(dtype_name(whole.dtype)) + ", attention " + o.attention +
                 ", kv-prefetch " + o.kv_prefetch + ", kv-cache " +
-                std::string(kv_storage_name(cuda_runner_options(o).kv_storage)) +
+                std::string(kv_storage_name(options.kv_storage)) +
                 (o.enforce_eager ? ", eager" : ", CUDA graphs") + ")";
   return runner;
 }

@@ -107,7 +107,6 @@ KvCacheSizing CudaRunner::prepare(int32_t block_size, int32_t max_batched_tokens
     state_->set_kv_cache_groups(options_.window_kv_groups ? windowed_kv_cache_groups(config())
                                                           : single_kv_cache_group(config()));
   state_->allocate_workspace({max_batched_tokens, max_seqs, max_model_len, 0});
-
   // Penalties need the rows' histories; bound them by what one step can hold.
   const int64_t history = std::min<int64_t>(int64_t{max_seqs} * max_model_len, int64_t{1} << 24);
   // Allocated before the free memory is read, so the KV cache is sized without it. A
