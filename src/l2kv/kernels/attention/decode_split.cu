@@ -225,13 +225,23 @@ __global__ void __launch_bounds__(kThreads, (SplitShape<kHeadDim, kFp8>::kMinBlo
   };
   const int prologue_tiles = min(num_tiles, Shape::kStages - 1 + a.prefetch_distance);
 
+  int stages_issued = 0;  // of the prologue's kStages - 1 commit groups
   if (a.pdl) {
     // The kernel ahead (RoPE + KV write) may still run. The plan, block table and lengths were
     // uploaded before it, and of the planned sequences (one new token each, also in a step with
-    // prompt chunks) it writes only the newest token: the KV before that can go to L2 now, so
-    // the prologue's loads below find it there.
+    // prompt chunks) it writes only the newest token; the KV before that was written by earlier
+    // steps, which ended before this step began (the host reads each step's tokens first), and
+    // nothing in a step rewrites it (no block copies, no multi-token decode rows: either would
+    // have to end this). So the prologue's tiles that end before the newest token go to shared
+    // memory now, and the rest of the older KV to L2, where the loads after the wait find it.
     const int written_by_previous = __ldg(p.kv.seq_lens + item.seq) - 1;
-    for (int t = 0; t < prologue_tiles && tile_begin(t) < written_by_previous; ++t)
+    for (; stages_issued < Shape::kStages - 1 && stages_issued < num_tiles &&
+           tile_end(stages_issued) <= written_by_previous;
+         ++stages_issued) {
+      load_tile(stages_issued, stages_issued);
+      ptx::cp_async_commit();
+    }
+    for (int t = stages_issued; t < prologue_tiles && tile_begin(t) < written_by_previous; ++t)
       prefetch_tile<Stored>(a, item, tile_begin(t), min(tile_end(t), written_by_previous),
                             block_shift);
     ptx::grid_dependency_wait();  // Q and the newest K/V are read only after this
@@ -239,8 +249,7 @@ __global__ void __launch_bounds__(kThreads, (SplitShape<kHeadDim, kFp8>::kMinBlo
 
   // Prologue: fill all but one stage, then put the next `prefetch_distance` tiles in flight
   // to L2, so from the start that many tiles beyond the pipeline are on their way.
-#pragma unroll
-  for (int s = 0; s < Shape::kStages - 1; ++s) {
+  for (int s = stages_issued; s < Shape::kStages - 1; ++s) {
     if (s < num_tiles) load_tile(s, s);
     ptx::cp_async_commit();
   }
