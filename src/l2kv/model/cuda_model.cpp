@@ -477,8 +477,12 @@ int64_t CudaModel::step_weight_bytes(int32_t batch) const {
   if (c.num_experts == 0) return streamed_weight_bytes();
   const int64_t expert_bytes =
       3 * c.hidden_size * c.expert_intermediate_size * dtype_bytes(c.dtype);
-  const int64_t read = std::min<int64_t>(c.num_experts, int64_t{batch} * c.experts_per_token);
-  return streamed_weight_bytes() - c.num_layers * (c.num_experts - read) * expert_bytes;
+  // A layer reads the distinct experts its tokens chose: E (1 - (1 - k / E)^B) of them when each
+  // token's k choices fall uniformly (min(E, B k) would count every overlap twice, and put a
+  // 16-token Qwen3-MoE step above the card's bandwidth).
+  const double e = static_cast<double>(c.num_experts);
+  const double unread = e * std::pow(1.0 - c.experts_per_token / e, batch);
+  return streamed_weight_bytes() - std::llround(c.num_layers * unread * expert_bytes);
 }
 
 // The CUDA ops of the decoder graph for one forward step.
@@ -813,16 +817,16 @@ struct CudaModel::GraphOps {
                      ws().moe_slot_rows.ptr, ws().moe_active.ptr, stream);
       const auto max_active = static_cast<int32_t>(std::min<int64_t>(E, slots));
       timed(Op::kGemm, [&] {
-        ops::expert_gemv(c().dtype, ws().h.ptr, K, ws().moe_first.ptr, ws().moe_slot_rows.ptr,
-                         ws().moe_active.ptr, max_active, w(l).experts_gate_up.ptr, 2 * I, H,
-                         ws().gate_up.ptr, stream);
+        ops::expert_gemv_silu_mul(c().dtype, ws().h.ptr, K, ws().moe_first.ptr,
+                                  ws().moe_slot_rows.ptr, ws().moe_active.ptr, max_active,
+                                  w(l).experts_gate_up.ptr, I, H, ws().act.ptr, stream);
       });
-      ops::gated_mul(c().dtype, ws().gate_up.ptr, slots, static_cast<int32_t>(I), ws().act.ptr,
-                     stream);
+      // down starts while gate_up drains (the slot lists are moe_group's, finished before
+      // gate_up began); with it the next layer's kernels also start early, as in dense layers.
       timed(Op::kGemm, [&] {
         ops::expert_gemv(c().dtype, ws().act.ptr, 1, ws().moe_first.ptr, ws().moe_slot_rows.ptr,
                          ws().moe_active.ptr, max_active, w(l).experts_down.ptr, H, I,
-                         ws().moe_y.ptr, stream);
+                         ws().moe_y.ptr, stream, pdl);
       });
       // The weighted sum of the slots is the next norm's addend (no kernel of its own).
       pending_experts = {ws().moe_y.ptr, ws().moe_weights.ptr, K, nullptr};

@@ -162,8 +162,8 @@ class CudaModel {
   static constexpr int32_t kMoeGemvSlotsPerLargeExpert = 2;
   bool can_capture_rows(int32_t rows) const;
   // What a decode step of `batch` rows must read of the weights: streamed_weight_bytes(), but
-  // of a mixture of experts only the experts its tokens choose, counted as min(experts, batch x
-  // experts per token) per layer (exact at batch 1, an upper bound above).
+  // of a mixture of experts only the experts its tokens choose: per layer the expected number of
+  // distinct experts when choices fall uniformly (exact at batch 1, an estimate above).
   int64_t step_weight_bytes(int32_t batch) const;
 
   // Enqueues the decoder graph over `step` on `stream`: the embedding of its tokens, every

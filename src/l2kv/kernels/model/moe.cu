@@ -7,7 +7,10 @@
 #include "l2kv/core/ceil_div.h"
 #include "l2kv/core/cuda_check.h"
 #include "l2kv/core/error.h"
+#include "l2kv/kernels/cache_hints.cuh"
 #include "l2kv/kernels/dtype_dispatch.cuh"
+#include "l2kv/kernels/grid_dependency.cuh"
+#include "l2kv/kernels/model/gemv_weight_loads.cuh"
 #include "l2kv/kernels/model/moe.h"
 #include "l2kv/kernels/tensor_core.cuh"
 
@@ -92,80 +95,157 @@ __global__ void __launch_bounds__(kGroupThreads)
     by_expert[atomicAdd(&count[experts[s]], 1)] = s;
 }
 
-constexpr int kGemvThreads = 256;
-constexpr int kFeaturesPerWarp = 4;
-constexpr int kFeaturesPerBlock = kGemvThreads / kWarp * kFeaturesPerWarp;
-constexpr int kSlotsPerPass = 8;
+// The expert GEMV on tensor cores (mma.m16n8k16 with the dense decode GEMV's fragment trick,
+// gemv.cu and gemv_weight_loads.cuh): a block takes two 16-feature tiles of one chosen expert,
+// each tile's k split between four warps (iteration i of a tile goes to warp i % 4); per pass
+// up to 8 of the expert's slots are the mma's N, lane (g, t) reading slot g's x. The warps'
+// fragments are summed through shared memory. The scalar form this replaced did 8 FMAs per
+// weight at 8 slots and was bound by them, not by the weight stream (bench/NOTES.md).
+constexpr int kMmaWarps = 8;
+constexpr int kMmaThreads = kMmaWarps * kWarp;
+constexpr int kTileFeatures = 16;  // the mma's M
+constexpr int kTilesPerBlock = 2;
+constexpr int kWarpsPerTile = kMmaWarps / kTilesPerBlock;
+constexpr int kSlotsPerPass = 8;  // the mma's N
+constexpr int kUnroll = 4;        // 16-byte vectors of each of a lane's two rows per iteration
+constexpr int kVecElems = 8;
+constexpr int kIterVecs = gemv_loads::kLanesPerRow * kUnroll;  // of one row, per iteration
 
-// Block (feature block, i): the i-th chosen expert (moe_group's active list; blocks past the
-// count return at once), each warp kFeaturesPerWarp features of the expert for up to
-// kSlotsPerPass of its slots at once (16-byte weight loads, each applied to every slot's x),
-// fp32 sums reduced across the warp.
-template <typename T>
-__global__ void __launch_bounds__(kGemvThreads)
+// kSiluMul: W is [gate; up] ([2 inter][in] per expert) and the block's tile 0 holds gate rows
+// f .. f + 15 and tile 1 the up rows of the same features, so the epilogue writes
+// silu(gate) * up ([slots][inter]) from the 16-bit-rounded products, as gated_mul computes it
+// from the stored gate_up. Otherwise the two tiles are consecutive features of y [slots][out].
+// Under programmatic dependent launch (`pdl`) the kernel ahead may still run: the slot lists and
+// W are not its output, so the block reads them and sends its tiles' weight rows to L2 before it
+// waits to read x.
+template <typename T, bool kSiluMul>
+__global__ void __launch_bounds__(kMmaThreads, 3)
     expert_gemv_kernel(const T* x, int32_t slots_per_row, const int32_t* first,
                        const int32_t* by_expert, const int32_t* active, const T* w, int64_t out,
-                       int64_t in, T* y) {
+                       int64_t in, T* y, bool pdl) {
   using Traits = tc::ElementTraits<T>;
+  __shared__ float4 partial[kMmaWarps][kWarp];
+  ptx::launch_dependents();
   if (static_cast<int>(blockIdx.y) >= active[0]) return;
   const int expert = active[1 + blockIdx.y];
   const int begin = first[expert], end = first[expert + 1];
   if (begin == end) return;
   const int warp = static_cast<int>(threadIdx.x) / kWarp;
   const int lane = static_cast<int>(threadIdx.x) % kWarp;
-  const int64_t feature0 = int64_t{blockIdx.x} * kFeaturesPerBlock + warp * kFeaturesPerWarp;
-  if (feature0 >= out) return;
-  const int features =
-      out - feature0 < kFeaturesPerWarp ? static_cast<int>(out - feature0) : kFeaturesPerWarp;
-  const T* weights = w + (static_cast<int64_t>(expert) * out + feature0) * in;
-  const int vectors = static_cast<int>(in / 8);
+  const int tile = warp / kWarpsPerTile, kw = warp % kWarpsPerTile;
+  const int g = lane / 4, t = lane % 4;
+  // Feature f_lo = g (and f_lo + 8) of the tile; rows past the end read a row inside (their
+  // sums are dropped).
+  const int64_t features = kSiluMul ? out / 2 : out;
+  const int64_t f_lo = kSiluMul ? int64_t{blockIdx.x} * kTileFeatures + g
+                                : (int64_t{blockIdx.x} * kTilesPerBlock + tile) * kTileFeatures + g;
+  const int64_t row_base = kSiluMul ? tile * features : 0;
+  const T* we = w + static_cast<int64_t>(expert) * out * in;
+  const auto row = [&](int64_t f) { return row_base + (f < features ? f : features - 1); };
+  const uint4* w_lo = reinterpret_cast<const uint4*>(we + row(f_lo) * in) + t;
+  const uint4* w_hi = reinterpret_cast<const uint4*>(we + row(f_lo + 8) * in) + t;
+  if (pdl) {
+    // The first warp of each tile: lane r sends the tile's row r (if it exists) to L2.
+    const int64_t f = f_lo - g + lane;
+    if (kw == 0 && lane < kTileFeatures && f < features)
+      ptx::bulk_prefetch_l2(we + (row_base + f) * in, static_cast<uint32_t>(in * sizeof(T)));
+    ptx::grid_dependency_wait();
+  }
+  const int64_t vecs = in / kVecElems;
+  const int64_t lane_vecs = vecs - t;
+  const int64_t iters = (vecs + kIterVecs - 1) / kIterVecs;
   for (int pass = begin; pass < end; pass += kSlotsPerPass) {
     const int slots = min(kSlotsPerPass, end - pass);
-    const uint4* x_rows[kSlotsPerPass];
+    const uint4* xr =
+        g < slots ? reinterpret_cast<const uint4*>(
+                        x + static_cast<int64_t>(by_expert[pass + g] / slots_per_row) * in) +
+                        t
+                  : nullptr;
+    float acc[4] = {0.f, 0.f, 0.f, 0.f};
+    for (int64_t i = kw; i < iters; i += kWarpsPerTile) {
+      const int64_t v0 = i * kIterVecs;
+      gemv_loads::WeightVecs<kUnroll> wv;
+      gemv_loads::load_weights<kUnroll, true>(wv, w_lo, w_hi, v0, lane_vecs);
+      uint4 xv[kUnroll];
 #pragma unroll
-    for (int j = 0; j < kSlotsPerPass; ++j) {
-      const int slot = by_expert[pass + (j < slots ? j : 0)];
-      x_rows[j] =
-          reinterpret_cast<const uint4*>(x + static_cast<int64_t>(slot / slots_per_row) * in);
-    }
-    float acc[kSlotsPerPass][kFeaturesPerWarp] = {};
-#pragma unroll 2
-    for (int v = lane; v < vectors; v += kWarp) {
-      float wf[kFeaturesPerWarp][8];
-#pragma unroll
-      for (int f = 0; f < kFeaturesPerWarp; ++f) {
-        const uint4 wv = f < features ? __ldg(reinterpret_cast<const uint4*>(weights + f * in) + v)
-                                      : make_uint4(0, 0, 0, 0);
-        const T* we = reinterpret_cast<const T*>(&wv);
-#pragma unroll
-        for (int i = 0; i < 8; ++i) wf[f][i] = Traits::to_float(we[i]);
+      for (int u = 0; u < kUnroll; ++u) {
+        const int64_t v = v0 + u * gemv_loads::kLanesPerRow;
+        xv[u] = xr != nullptr && v < lane_vecs ? __ldg(xr + v) : make_uint4(0, 0, 0, 0);
       }
 #pragma unroll
-      for (int j = 0; j < kSlotsPerPass; ++j) {
-        if (j >= slots) break;
-        const uint4 xv = __ldg(x_rows[j] + v);
-        const T* xe = reinterpret_cast<const T*>(&xv);
-#pragma unroll
-        for (int i = 0; i < 8; ++i) {
-          const float xi = Traits::to_float(xe[i]);
-#pragma unroll
-          for (int f = 0; f < kFeaturesPerWarp; ++f) acc[j][f] += wf[f][i] * xi;
-        }
+      for (int u = 0; u < kUnroll; ++u) {
+        const uint32_t a0[4] = {wv.lo[u].x, wv.hi[u].x, wv.lo[u].y, wv.hi[u].y};
+        const uint32_t a1[4] = {wv.lo[u].z, wv.hi[u].z, wv.lo[u].w, wv.hi[u].w};
+        const uint32_t b0[2] = {xv[u].x, xv[u].y};
+        const uint32_t b1[2] = {xv[u].z, xv[u].w};
+        tc::mma_m16n8k16<T>(acc, a0, b0);
+        tc::mma_m16n8k16<T>(acc, a1, b1);
       }
     }
+    partial[warp][lane] = make_float4(acc[0], acc[1], acc[2], acc[3]);
+    __syncthreads();
+    // C fragment: (x, y) = feature f_lo of slots 2t, 2t + 1; (z, w) = feature f_lo + 8.
+    const auto tile_sum = [&](int first_warp) {
+      float4 s = partial[first_warp][lane];
 #pragma unroll
-    for (int j = 0; j < kSlotsPerPass; ++j) {
-      if (j >= slots) break;
-      const int slot = by_expert[pass + j];
+      for (int j = 1; j < kWarpsPerTile; ++j) {
+        const float4 o = partial[first_warp + j][lane];
+        s.x += o.x, s.y += o.y, s.z += o.z, s.w += o.w;
+      }
+      return s;
+    };
+    if (kSiluMul ? warp == 0 : kw == 0) {
+      const float4 s = tile_sum(warp);
+      float4 up{};
+      if constexpr (kSiluMul) up = tile_sum(kWarpsPerTile);
+      const float lo[2] = {s.x, s.y}, hi[2] = {s.z, s.w};
+      const float up_lo[2] = {up.x, up.y}, up_hi[2] = {up.z, up.w};
 #pragma unroll
-      for (int f = 0; f < kFeaturesPerWarp; ++f) {
-        float sum = acc[j][f];
-        for (int m = 16; m >= 1; m /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, m);
-        if (lane == 0 && f < features)
-          y[static_cast<int64_t>(slot) * out + feature0 + f] = Traits::from_float(sum);
+      for (int c = 0; c < 2; ++c) {
+        if (2 * t + c >= slots) continue;
+        T* y_row = y + static_cast<int64_t>(by_expert[pass + 2 * t + c]) * features;
+        const auto store = [&](int64_t f, float value, float up_value) {
+          if (f >= features) return;
+          if constexpr (kSiluMul) {
+            const float gate = Traits::to_float(Traits::from_float(value));
+            const float u = Traits::to_float(Traits::from_float(up_value));
+            y_row[f] = Traits::from_float(gate / (1.f + __expf(-gate)) * u);
+          } else {
+            y_row[f] = Traits::from_float(value);
+          }
+        };
+        store(f_lo, lo[c], up_lo[c]);
+        store(f_lo + 8, hi[c], up_hi[c]);
       }
     }
+    __syncthreads();  // `partial` is the next pass's
   }
+}
+
+template <bool kSiluMul>
+void launch_expert_gemv(DType dtype, const void* x, int32_t slots_per_row, const int32_t* first,
+                        const int32_t* by_expert, const int32_t* active, int32_t max_active,
+                        const void* w, int64_t out, int64_t in, void* y, cudaStream_t stream,
+                        bool pdl) {
+  const char* name = kSiluMul ? "expert_gemv_silu_mul" : "expert_gemv";
+  if (in % 8 != 0 || in < 8 || out < 1 || (kSiluMul && out % 2 != 0) || slots_per_row < 1 ||
+      max_active < 1)
+    throw Error(std::string(name) + ": in " + std::to_string(in) +
+                " (a positive multiple of 8), out " + std::to_string(out) +
+                (kSiluMul ? " (even: gate and up)" : "") + ", " + std::to_string(max_active) +
+                " experts at most");
+  const int64_t blocks = kSiluMul ? ceil_div(out / 2, int64_t{kTileFeatures})
+                                  : ceil_div(out, int64_t{kTileFeatures * kTilesPerBlock});
+  with_16bit_type(dtype, [&](auto* tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    const dim3 grid(static_cast<unsigned>(blocks), static_cast<unsigned>(max_active));
+    cudaLaunchAttribute attribute;
+    const cudaLaunchConfig_t config = launch_config(grid, kMmaThreads, 0, stream, pdl, attribute);
+    L2KV_CUDA_CHECK(cudaLaunchKernelEx(
+        &config, expert_gemv_kernel<T, kSiluMul>, static_cast<const T*>(x), slots_per_row, first,
+        by_expert, active, static_cast<const T*>(w), out, in, static_cast<T*>(y), pdl));
+  });
+  L2KV_CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace
@@ -197,19 +277,17 @@ void moe_group(const int32_t* experts, int32_t num_slots, int32_t num_experts, i
 
 void expert_gemv(DType dtype, const void* x, int32_t slots_per_row, const int32_t* first,
                  const int32_t* by_expert, const int32_t* active, int32_t max_active, const void* w,
-                 int64_t out, int64_t in, void* y, cudaStream_t stream) {
-  if (in % 8 != 0 || in < 8 || out < 1 || slots_per_row < 1 || max_active < 1)
-    throw Error("expert_gemv: in " + std::to_string(in) + " (a positive multiple of 8), out " +
-                std::to_string(out) + ", " + std::to_string(max_active) + " experts at most");
-  with_16bit_type(dtype, [&](auto* tag) {
-    using T = std::remove_pointer_t<decltype(tag)>;
-    const dim3 grid(static_cast<unsigned>(ceil_div(out, kFeaturesPerBlock)),
-                    static_cast<unsigned>(max_active));
-    expert_gemv_kernel<T><<<grid, kGemvThreads, 0, stream>>>(
-        static_cast<const T*>(x), slots_per_row, first, by_expert, active, static_cast<const T*>(w),
-        out, in, static_cast<T*>(y));
-  });
-  L2KV_CUDA_CHECK_LAUNCH();
+                 int64_t out, int64_t in, void* y, cudaStream_t stream, bool pdl) {
+  launch_expert_gemv<false>(dtype, x, slots_per_row, first, by_expert, active, max_active, w, out,
+                            in, y, stream, pdl);
+}
+
+void expert_gemv_silu_mul(DType dtype, const void* x, int32_t slots_per_row, const int32_t* first,
+                          const int32_t* by_expert, const int32_t* active, int32_t max_active,
+                          const void* w_gate_up, int64_t inter, int64_t in, void* act,
+                          cudaStream_t stream, bool pdl) {
+  launch_expert_gemv<true>(dtype, x, slots_per_row, first, by_expert, active, max_active, w_gate_up,
+                           2 * inter, in, act, stream, pdl);
 }
 
 }  // namespace l2kv::ops

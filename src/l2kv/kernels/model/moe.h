@@ -36,11 +36,23 @@ void moe_group(const int32_t* experts, int32_t num_slots, int32_t num_experts, i
 // y[s, :] = x[s / slots_per_row, :] W[e]^T for every slot s of every chosen expert e
 // (moe_group's lists; `max_active` bounds how many there are: min(experts, slots)), W stacked
 // per expert [num_experts][out][in] (16-bit), x [rows, in], y [slots, out],
-// fp32 sums rounded to dtype. A weight-streaming GEMV per expert over its slots: each chosen
-// expert's weights are read once per 8 of its slots, unchosen ones not at all. `in` a multiple
-// of 8.
+// fp32 sums rounded to dtype. A weight-streaming GEMV per expert over its slots, on tensor
+// cores: each chosen expert's weights are read once per 8 of its slots, unchosen ones not at
+// all. `in` a multiple of 8. Both expert GEMVs let the next kernel start early (programmatic
+// dependent launch). With `pdl` the kernel is launched that way itself: the kernel ahead of it
+// may still run, and may write x but not the slot lists or W (moe_group's lists must come from
+// a kernel that finished before the one ahead began); the weights go to L2 while it waits.
 void expert_gemv(DType dtype, const void* x, int32_t slots_per_row, const int32_t* first,
                  const int32_t* by_expert, const int32_t* active, int32_t max_active, const void* w,
-                 int64_t out, int64_t in, void* y, cudaStream_t stream);
+                 int64_t out, int64_t in, void* y, cudaStream_t stream, bool pdl = false);
+
+// expert_gemv over an expert's [gate; up] weights ([num_experts][2 inter][in]) with SiLU x up
+// applied on the way out: act[s, i] = silu(gate[s, i]) * up[s, i], each product rounded to
+// dtype first, as gated_mul computes it from a stored gate_up (so the two-kernel chain and this
+// give the same bits). act is [slots, inter].
+void expert_gemv_silu_mul(DType dtype, const void* x, int32_t slots_per_row, const int32_t* first,
+                          const int32_t* by_expert, const int32_t* active, int32_t max_active,
+                          const void* w_gate_up, int64_t inter, int64_t in, void* act,
+                          cudaStream_t stream, bool pdl = false);
 
 }  // namespace l2kv::ops
