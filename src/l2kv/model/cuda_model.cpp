@@ -809,12 +809,13 @@ struct CudaModel::GraphOps {
                               E, stream);
     });
     ops::moe_route(ws().router_logits.ptr, n, static_cast<int32_t>(E), K, c().norm_topk_prob,
-                   ws().moe_experts.ptr, ws().moe_weights.ptr, stream);
+                   ws().moe_experts.ptr, ws().moe_weights.ptr, stream, pdl);
     cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
     L2KV_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
     if (capture != cudaStreamCaptureStatusNone || m->can_capture_rows(n)) {
+      // gate_up is launched in order (not early): moe_group has finished before it starts.
       ops::moe_group(ws().moe_experts.ptr, slots, static_cast<int32_t>(E), ws().moe_first.ptr,
-                     ws().moe_slot_rows.ptr, ws().moe_active.ptr, stream);
+                     ws().moe_slot_rows.ptr, ws().moe_active.ptr, stream, pdl);
       const auto max_active = static_cast<int32_t>(std::min<int64_t>(E, slots));
       timed(Op::kGemm, [&] {
         ops::expert_gemv_silu_mul(c().dtype, ws().h.ptr, K, ws().moe_first.ptr,

@@ -20,9 +20,12 @@ namespace {
 constexpr int kWarp = 32;
 
 // One warp per token: the max and the sum of exponentials over the experts, then top_k rounds
-// of a warp argmax (lower index on ties), each winner struck out.
+// of a warp argmax (lower index on ties), each winner struck out. moe_route and moe_group start
+// their successor early and, launched early themselves (pdl), wait before they read anything.
 __global__ void moe_route_kernel(const float* logits, int32_t num_tokens, int32_t num_experts,
                                  int32_t top_k, bool normalize, int32_t* experts, float* weights) {
+  ptx::launch_dependents();
+  ptx::grid_dependency_wait();
   const int token = static_cast<int>(blockIdx.x) * (blockDim.x / kWarp) + threadIdx.x / kWarp;
   const int lane = static_cast<int>(threadIdx.x) % kWarp;
   if (token >= num_tokens) return;
@@ -74,6 +77,8 @@ constexpr int kGroupThreads = 1024;
 __global__ void __launch_bounds__(kGroupThreads)
     moe_group_kernel(const int32_t* experts, int32_t num_slots, int32_t num_experts, int32_t* first,
                      int32_t* by_expert, int32_t* active) {
+  ptx::launch_dependents();
+  ptx::grid_dependency_wait();
   __shared__ int32_t count[kMoeMaxExperts + 1];
   const int tid = static_cast<int>(threadIdx.x);
   for (int e = tid; e <= num_experts; e += kGroupThreads) count[e] = 0;
@@ -251,7 +256,7 @@ void launch_expert_gemv(DType dtype, const void* x, int32_t slots_per_row, const
 }  // namespace
 
 void moe_route(const float* router_logits, int32_t num_tokens, int32_t num_experts, int32_t top_k,
-               bool normalize, int32_t* experts, float* weights, cudaStream_t stream) {
+               bool normalize, int32_t* experts, float* weights, cudaStream_t stream, bool pdl) {
   if (num_tokens <= 0) return;
   if (num_experts < 1 || num_experts > kMoeMaxExperts || top_k < 1 || top_k > num_experts ||
       top_k > kMoeMaxTopK)
@@ -260,19 +265,23 @@ void moe_route(const float* router_logits, int32_t num_tokens, int32_t num_exper
                 std::to_string(kMoeMaxTopK) + "), experts <= " + std::to_string(kMoeMaxExperts) +
                 ")");
   constexpr int kWarpsPerBlock = 4;
-  moe_route_kernel<<<ceil_div(num_tokens, kWarpsPerBlock), kWarpsPerBlock * kWarp, 0, stream>>>(
-      router_logits, num_tokens, num_experts, top_k, normalize, experts, weights);
-  L2KV_CUDA_CHECK_LAUNCH();
+  cudaLaunchAttribute attribute;
+  const cudaLaunchConfig_t config =
+      launch_config(static_cast<unsigned>(ceil_div(num_tokens, kWarpsPerBlock)),
+                    kWarpsPerBlock * kWarp, 0, stream, pdl, attribute);
+  L2KV_CUDA_CHECK(cudaLaunchKernelEx(&config, moe_route_kernel, router_logits, num_tokens,
+                                     num_experts, top_k, normalize, experts, weights));
 }
 
 void moe_group(const int32_t* experts, int32_t num_slots, int32_t num_experts, int32_t* first,
-               int32_t* by_expert, int32_t* active, cudaStream_t stream) {
+               int32_t* by_expert, int32_t* active, cudaStream_t stream, bool pdl) {
   if (num_experts < 1 || num_experts > kMoeMaxExperts || num_slots < 0)
     throw Error("moe_group: " + std::to_string(num_experts) + " experts (at most " +
                 std::to_string(kMoeMaxExperts) + "), " + std::to_string(num_slots) + " slots");
-  moe_group_kernel<<<1, kGroupThreads, 0, stream>>>(experts, num_slots, num_experts, first,
-                                                    by_expert, active);
-  L2KV_CUDA_CHECK_LAUNCH();
+  cudaLaunchAttribute attribute;
+  const cudaLaunchConfig_t config = launch_config(1, kGroupThreads, 0, stream, pdl, attribute);
+  L2KV_CUDA_CHECK(cudaLaunchKernelEx(&config, moe_group_kernel, experts, num_slots, num_experts,
+                                     first, by_expert, active));
 }
 
 void expert_gemv(DType dtype, const void* x, int32_t slots_per_row, const int32_t* first,

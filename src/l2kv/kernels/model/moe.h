@@ -22,16 +22,18 @@ constexpr int32_t kMoeMaxTopK = 32;
 // For each of `num_tokens` rows of router logits [num_tokens, num_experts] (fp32): the softmax
 // over all experts in fp32, the `top_k` largest probabilities (ties to the lower expert index),
 // each divided by their sum when `normalize` (norm_topk_prob; Mixtral always), as transformers'
-// Mixtral and Qwen3-MoE blocks compute them. Writes experts[slot] and weights[slot].
+// Mixtral and Qwen3-MoE blocks compute them. Writes experts[slot] and weights[slot]. `pdl`:
+// launched to start while the kernel ahead finishes (it waits for it before reading).
 void moe_route(const float* router_logits, int32_t num_tokens, int32_t num_experts, int32_t top_k,
-               bool normalize, int32_t* experts, float* weights, cudaStream_t stream);
+               bool normalize, int32_t* experts, float* weights, cudaStream_t stream,
+               bool pdl = false);
 
 // Groups the slots by expert on the device: first[e] .. first[e + 1] - 1 index `by_expert`, the
 // slots that chose expert e (first has num_experts + 1 entries); active[0] is the number of
 // experts chosen at all and active[1..] those experts (num_experts + 1 entries). One block; any
-// slot count.
+// slot count. `pdl` as moe_route's.
 void moe_group(const int32_t* experts, int32_t num_slots, int32_t num_experts, int32_t* first,
-               int32_t* by_expert, int32_t* active, cudaStream_t stream);
+               int32_t* by_expert, int32_t* active, cudaStream_t stream, bool pdl = false);
 
 // y[s, :] = x[s / slots_per_row, :] W[e]^T for every slot s of every chosen expert e
 // (moe_group's lists; `max_active` bounds how many there are: min(experts, slots)), W stacked
