@@ -24,6 +24,8 @@
 namespace l2kv {
 namespace {
 
+using testing::DeviceBuffer;
+
 struct Case {
   const char* name;
   int32_t experts, top_k, tokens;
@@ -38,22 +40,6 @@ const std::vector<Case> kCases = {
     {"odd features", 6, 2, 9, 24, 24},
     {"one vector of in", 5, 3, 4, 8, 40},
     {"in ends mid-iteration", 8, 2, 12, 1032, 104},
-};
-
-template <typename T>
-class DeviceBuffer {
- public:
-  explicit DeviceBuffer(size_t n) {
-    L2KV_CUDA_CHECK(
-        cudaMalloc(reinterpret_cast<void**>(&ptr_), std::max<size_t>(n, 1) * sizeof(T)));
-  }
-  ~DeviceBuffer() { cudaFree(ptr_); }
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  T* get() const { return ptr_; }
-
- private:
-  T* ptr_ = nullptr;
 };
 
 std::vector<float> download_values(DType dtype, const uint16_t* device, size_t n) {
