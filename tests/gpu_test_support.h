@@ -42,25 +42,6 @@ T* upload(const std::vector<T>& v) {
   return static_cast<T*>(ptr);
 }
 
-// An owned device array of n elements of T (at least one allocated).
-template <typename T>
-class DeviceBuffer {
- public:
-  explicit DeviceBuffer(size_t n) : n_(n) {
-    L2KV_CUDA_CHECK(
-        cudaMalloc(reinterpret_cast<void**>(&ptr_), std::max<size_t>(n, 1) * sizeof(T)));
-  }
-  ~DeviceBuffer() { cudaFree(ptr_); }
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  T* get() const { return ptr_; }
-  size_t size() const { return n_; }
-
- private:
-  T* ptr_ = nullptr;
-  size_t n_;
-};
-
 struct DecodeProblemConfig {
   DType dtype = DType::kBFloat16;
   KvLayout layout = KvLayout::kHND;

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "gpu_test_support.h"
+#include "l2kv/core/device_array.h"
 #include "l2kv/core/dtype.h"
 #include "l2kv/kernels/model/model_ops.h"
 #include "l2kv/kernels/model/moe.h"
@@ -23,8 +24,6 @@
 
 namespace l2kv {
 namespace {
-
-using testing::DeviceBuffer;
 
 struct Case {
   const char* name;
@@ -100,10 +99,10 @@ TEST_P(ExpertGemv, MatchesHostReferenceAndTheGatedMulChain) {
       std::shuffle(order.begin(), order.end(), rng);
       for (int32_t j = 0; j < c.top_k; ++j) experts[t * c.top_k + j] = order[j];
     }
-    DeviceBuffer<uint16_t> w_gate_up(static_cast<size_t>(E * 2 * I * H));
-    DeviceBuffer<uint16_t> w_down(static_cast<size_t>(E * H * I));
-    fill_random(w_gate_up.get(), E * 2 * I * H, dtype, 1.f, seed * 3, nullptr);
-    fill_random(w_down.get(), E * H * I, dtype, 1.f, seed * 3 + 1, nullptr);
+    DeviceArray<uint16_t> w_gate_up(static_cast<size_t>(E * 2 * I * H));
+    DeviceArray<uint16_t> w_down(static_cast<size_t>(E * H * I));
+    fill_random(w_gate_up.ptr, E * 2 * I * H, dtype, 1.f, seed * 3, nullptr);
+    fill_random(w_down.ptr, E * H * I, dtype, 1.f, seed * 3 + 1, nullptr);
     std::vector<uint16_t> x_bits(static_cast<size_t>(c.tokens * H));
     std::uniform_real_distribution<float> uniform(-1.f, 1.f);
     for (auto& b : x_bits) b = float_to_dtype_bits(dtype, uniform(rng));
@@ -111,41 +110,41 @@ TEST_P(ExpertGemv, MatchesHostReferenceAndTheGatedMulChain) {
     uint16_t* x = testing::upload(x_bits);
     const std::unique_ptr<int32_t, cudaError_t (*)(void*)> experts_owner(d_experts, cudaFree);
     const std::unique_ptr<uint16_t, cudaError_t (*)(void*)> x_owner(x, cudaFree);
-    DeviceBuffer<int32_t> first(static_cast<size_t>(E + 1)), by_expert(static_cast<size_t>(slots)),
+    DeviceArray<int32_t> first(static_cast<size_t>(E + 1)), by_expert(static_cast<size_t>(slots)),
         active(static_cast<size_t>(E + 1));
     // Room for every expert, more than min(experts, slots) when slots < experts: the blocks
     // past the chosen ones must do nothing.
     const auto max_active = static_cast<int32_t>(E);
-    DeviceBuffer<uint16_t> gate_up(static_cast<size_t>(slots * 2 * I)),
+    DeviceArray<uint16_t> gate_up(static_cast<size_t>(slots * 2 * I)),
         act(static_cast<size_t>(slots * I)), chain_act(static_cast<size_t>(slots * I)),
         y(static_cast<size_t>(slots * H));
-    L2KV_CUDA_CHECK(cudaMemset(gate_up.get(), 0xff, size_t(slots) * 2 * I * 2));  // NaN
-    L2KV_CUDA_CHECK(cudaMemset(act.get(), 0xff, size_t(slots) * I * 2));
-    L2KV_CUDA_CHECK(cudaMemset(chain_act.get(), 0xff, size_t(slots) * I * 2));
-    L2KV_CUDA_CHECK(cudaMemset(y.get(), 0xff, size_t(slots) * H * 2));
+    L2KV_CUDA_CHECK(cudaMemset(gate_up.ptr, 0xff, size_t(slots) * 2 * I * 2));  // NaN
+    L2KV_CUDA_CHECK(cudaMemset(act.ptr, 0xff, size_t(slots) * I * 2));
+    L2KV_CUDA_CHECK(cudaMemset(chain_act.ptr, 0xff, size_t(slots) * I * 2));
+    L2KV_CUDA_CHECK(cudaMemset(y.ptr, 0xff, size_t(slots) * H * 2));
     // The chain runs on a stream of its own (programmatic dependent launch takes effect there,
     // not on the legacy default stream), after the fills and uploads.
     L2KV_CUDA_CHECK(cudaDeviceSynchronize());
-    ops::moe_group(d_experts, slots, static_cast<int32_t>(E), first.get(), by_expert.get(),
-                   active.get(), stream);
-    ops::expert_gemv(dtype, x, c.top_k, first.get(), by_expert.get(), active.get(), max_active,
-                     w_gate_up.get(), 2 * I, H, gate_up.get(), stream);
-    ops::gated_mul(dtype, gate_up.get(), slots, static_cast<int32_t>(I), chain_act.get(), stream);
-    ops::expert_gemv_silu_mul(dtype, x, c.top_k, first.get(), by_expert.get(), active.get(),
-                              max_active, w_gate_up.get(), I, H, act.get(), stream);
+    ops::moe_group(d_experts, slots, static_cast<int32_t>(E), first.ptr, by_expert.ptr, active.ptr,
+                   stream);
+    ops::expert_gemv(dtype, x, c.top_k, first.ptr, by_expert.ptr, active.ptr, max_active,
+                     w_gate_up.ptr, 2 * I, H, gate_up.ptr, stream);
+    ops::gated_mul(dtype, gate_up.ptr, slots, static_cast<int32_t>(I), chain_act.ptr, stream);
+    ops::expert_gemv_silu_mul(dtype, x, c.top_k, first.ptr, by_expert.ptr, active.ptr, max_active,
+                              w_gate_up.ptr, I, H, act.ptr, stream);
     // down over the fused activations (x of slot s is row s: one slot per row), launched as the
     // model does, early under programmatic dependent launch while the kernel ahead drains.
-    ops::expert_gemv(dtype, act.get(), 1, first.get(), by_expert.get(), active.get(), max_active,
-                     w_down.get(), H, I, y.get(), stream, /*pdl=*/true);
+    ops::expert_gemv(dtype, act.ptr, 1, first.ptr, by_expert.ptr, active.ptr, max_active,
+                     w_down.ptr, H, I, y.ptr, stream, /*pdl=*/true);
     L2KV_CUDA_CHECK(cudaDeviceSynchronize());
 
     const std::vector<float> xv = download_values(dtype, x, x_bits.size());
-    const std::vector<float> wgu = download_values(dtype, w_gate_up.get(), E * 2 * I * H);
-    const std::vector<float> wd = download_values(dtype, w_down.get(), E * H * I);
-    const std::vector<float> got_gu = download_values(dtype, gate_up.get(), slots * 2 * I);
-    const std::vector<float> got_act = download_values(dtype, act.get(), slots * I);
-    const std::vector<float> got_chain = download_values(dtype, chain_act.get(), slots * I);
-    const std::vector<float> got_y = download_values(dtype, y.get(), slots * H);
+    const std::vector<float> wgu = download_values(dtype, w_gate_up.ptr, E * 2 * I * H);
+    const std::vector<float> wd = download_values(dtype, w_down.ptr, E * H * I);
+    const std::vector<float> got_gu = download_values(dtype, gate_up.ptr, slots * 2 * I);
+    const std::vector<float> got_act = download_values(dtype, act.ptr, slots * I);
+    const std::vector<float> got_chain = download_values(dtype, chain_act.ptr, slots * I);
+    const std::vector<float> got_y = download_values(dtype, y.ptr, slots * H);
 
     // gate_up against the reference; the fused form bit for bit against the chain.
     int64_t bad = 0, chain_diffs = 0;

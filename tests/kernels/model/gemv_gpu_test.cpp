@@ -26,8 +26,6 @@
 namespace l2kv {
 namespace {
 
-using testing::DeviceBuffer;
-
 struct Shape {
   const char* name;
   int64_t in, out;
@@ -56,6 +54,24 @@ const std::vector<Shape> kOddShapes = {
 };
 
 constexpr int64_t kMaxCheckedFeatures = 160;
+
+template <typename T>
+class DeviceBuffer {
+ public:
+  explicit DeviceBuffer(size_t n) : n_(n) {
+    L2KV_CUDA_CHECK(
+        cudaMalloc(reinterpret_cast<void**>(&ptr_), std::max<size_t>(n, 1) * sizeof(T)));
+  }
+  ~DeviceBuffer() { cudaFree(ptr_); }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  T* get() const { return ptr_; }
+  size_t size() const { return n_; }
+
+ private:
+  T* ptr_ = nullptr;
+  size_t n_;
+};
 
 // Output features to check: all of a small problem, else the first and last 32 (first and
 // last blocks, a partial tile) and random ones between.

@@ -138,7 +138,7 @@ __global__ void __launch_bounds__(kMmaThreads, 3)
   const int warp = static_cast<int>(threadIdx.x) / kWarp;
   const int lane = static_cast<int>(threadIdx.x) % kWarp;
   const int tile = warp / kWarpsPerTile, kw = warp % kWarpsPerTile;
-  const int g = lane / 4, t = lane % 4;
+  const int g = lane / gemv_loads::kLanesPerRow, t = lane % gemv_loads::kLanesPerRow;
   // Feature f_lo = g (and f_lo + 8) of the tile; rows past the end read a row inside (their
   // sums are dropped).
   const int64_t features = kSiluMul ? out / 2 : out;
