@@ -1,5 +1,5 @@
-// Host helpers the benchmarks share: an owning device array, the median of timings, and
-// decode-attention parameters over a benchmark's buffers.
+// Host helpers the benchmarks share: their buffers (l2kv::DeviceArray), the median of timings
+// and decode-attention parameters over those buffers.
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -10,28 +10,10 @@
 #include <vector>
 
 #include "l2kv/core/cuda_check.h"
+#include "l2kv/core/device_array.h"
 #include "l2kv/kernels/attention/decode_attention.h"
 
 namespace l2kv::bench {
-
-// A device allocation of n elements (at least one), freed on destruction.
-template <typename T>
-class DeviceArray {
- public:
-  explicit DeviceArray(size_t n) : n_(n) {
-    L2KV_CUDA_CHECK(
-        cudaMalloc(reinterpret_cast<void**>(&ptr_), std::max<size_t>(n, 1) * sizeof(T)));
-  }
-  ~DeviceArray() { cudaFree(ptr_); }
-  DeviceArray(const DeviceArray&) = delete;
-  DeviceArray& operator=(const DeviceArray&) = delete;
-  T* get() const { return ptr_; }
-  size_t size() const { return n_; }
-
- private:
-  T* ptr_ = nullptr;
-  size_t n_;
-};
 
 // Attention of `q_heads` query heads over `kv` with the usual 1/sqrt(head_dim) scale.
 inline DecodeAttentionParams decode_params(const void* q, void* out, int32_t q_heads,

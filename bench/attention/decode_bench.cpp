@@ -113,10 +113,10 @@ struct Machine {
   DeviceArray<uint32_t> flush_sink{size_t{132} * 8 * 256};
   bool flush_leaves_dirty_lines = false;  // --flush write: the write alone (GPU.md's method)
   void flush_l2() const {
-    L2KV_CUDA_CHECK(cudaMemsetAsync(flush_write.get(), 0x5a, flush_write.size(), stream));
+    L2KV_CUDA_CHECK(cudaMemsetAsync(flush_write.ptr, 0x5a, flush_write.size(), stream));
     if (flush_leaves_dirty_lines) return;
-    launch_streaming_read(flush_read.get(), static_cast<int64_t>(flush_read.size()),
-                          flush_sink.get(), std::min(info.sm_count, 132), stream);
+    launch_streaming_read(flush_read.ptr, static_cast<int64_t>(flush_read.size()), flush_sink.ptr,
+                          std::min(info.sm_count, 132), stream);
   }
 };
 
@@ -125,9 +125,9 @@ double measure_read_ceiling_gbps(const Machine& m) {
   const int64_t bytes = int64_t{2} << 30;
   DeviceArray<uint8_t> data(bytes);
   DeviceArray<uint32_t> sink(static_cast<size_t>(m.info.sm_count) * 8 * 256);
-  fill_random(data.get(), bytes / 2, DType::kBFloat16, 1.f, 99, m.stream);
+  fill_random(data.ptr, bytes / 2, DType::kBFloat16, 1.f, 99, m.stream);
   auto launch = [&] {
-    launch_streaming_read(data.get(), bytes, sink.get(), m.info.sm_count, m.stream);
+    launch_streaming_read(data.ptr, bytes, sink.ptr, m.info.sm_count, m.stream);
   };
   launch();
   const double us = time_median_us(
@@ -167,27 +167,26 @@ nlohmann::json run_point(const Machine& m, SplitDecode& split, const HeadLayout&
   DeviceArray<uint16_t> out(q.size());
   DeviceArray<int32_t> table(size_t{1} * num_blocks), lens(batch);
   if (fp8) {
-    fill_random_fp8_e4m3(k_pool.get(), kv_elems, 1.f, 1, m.stream);
-    fill_random_fp8_e4m3(v_pool.get(), kv_elems, 1.f, 2, m.stream);
+    fill_random_fp8_e4m3(k_pool.ptr, kv_elems, 1.f, 1, m.stream);
+    fill_random_fp8_e4m3(v_pool.ptr, kv_elems, 1.f, 2, m.stream);
   } else {
-    fill_random(k_pool.get(), kv_elems, dtype, 1.f, 1, m.stream);
-    fill_random(v_pool.get(), kv_elems, dtype, 1.f, 2, m.stream);
+    fill_random(k_pool.ptr, kv_elems, dtype, 1.f, 1, m.stream);
+    fill_random(v_pool.ptr, kv_elems, dtype, 1.f, 2, m.stream);
   }
-  fill_random(q.get(), q.size(), dtype, 2.f, 3, m.stream);
+  fill_random(q.ptr, q.size(), dtype, 2.f, 3, m.stream);
   // Shuffled block table: no sequence's blocks are contiguous in the pool.
   std::vector<int32_t> host_table(num_blocks);
   std::iota(host_table.begin(), host_table.end(), 0);
   std::shuffle(host_table.begin(), host_table.end(), std::mt19937(batch * 131 + context));
   const std::vector<int32_t> host_lens(batch, context);
-  L2KV_CUDA_CHECK(
-      cudaMemcpy(table.get(), host_table.data(), num_blocks * 4, cudaMemcpyHostToDevice));
-  L2KV_CUDA_CHECK(cudaMemcpy(lens.get(), host_lens.data(), batch * 4, cudaMemcpyHostToDevice));
+  L2KV_CUDA_CHECK(cudaMemcpy(table.ptr, host_table.data(), num_blocks * 4, cudaMemcpyHostToDevice));
+  L2KV_CUDA_CHECK(cudaMemcpy(lens.ptr, host_lens.data(), batch * 4, cudaMemcpyHostToDevice));
 
-  PagedKvCache kv = {k_pool.get(), v_pool.get(),   table.get(),    lens.get(),
-                     num_blocks,   block_size,     heads.kv_heads, heads.head_dim,
-                     batch,        blocks_per_seq, layout,         dtype};
+  PagedKvCache kv = {k_pool.ptr, v_pool.ptr,     table.ptr,      lens.ptr,
+                     num_blocks, block_size,     heads.kv_heads, heads.head_dim,
+                     batch,      blocks_per_seq, layout,         dtype};
   if (fp8) kv.storage = KvStorage::kFp8E4M3;
-  DecodeAttentionParams p = decode_params(q.get(), out.get(), heads.q_heads, context, kv);
+  DecodeAttentionParams p = decode_params(q.ptr, out.ptr, heads.q_heads, context, kv);
   validate_decode_attention(p, host_lens, host_table);
   split.plan(p, host_lens, m.stream);
   PagedV1Decode paged_v1;  // partitions beyond 48K tokens: workspace reserved before timing

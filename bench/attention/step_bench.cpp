@@ -87,13 +87,13 @@ nlohmann::json run_point(const Options& o, const DeviceInfo& info, int32_t batch
                                              o_elems, gate_up_elems, down_elems));
     for (auto* w : {&layers[l]->o_weight, &layers[l]->gate_up_weight, &layers[l]->down_weight})
       if (w->size() > 1)
-        fill_random(w->get(), static_cast<int64_t>(w->size()), DType::kBFloat16, 0.02f, 50 + l,
+        fill_random(w->ptr, static_cast<int64_t>(w->size()), DType::kBFloat16, 0.02f, 50 + l,
                     stream);
-    fill_random(layers[l]->qkv_weight.get(), static_cast<int64_t>(qkv_out) * o.hidden,
+    fill_random(layers[l]->qkv_weight.ptr, static_cast<int64_t>(qkv_out) * o.hidden,
                 DType::kBFloat16, 0.02f, 10 + l, stream);
-    fill_random(layers[l]->k_pool.get(), static_cast<int64_t>(pool_elems), DType::kBFloat16, 1.f,
+    fill_random(layers[l]->k_pool.ptr, static_cast<int64_t>(pool_elems), DType::kBFloat16, 1.f,
                 100 + l, stream);
-    fill_random(layers[l]->v_pool.get(), static_cast<int64_t>(pool_elems), DType::kBFloat16, 1.f,
+    fill_random(layers[l]->v_pool.ptr, static_cast<int64_t>(pool_elems), DType::kBFloat16, 1.f,
                 200 + l, stream);
   }
   // Shuffled block tables; the new token of each sequence goes to position `context`.
@@ -121,24 +121,24 @@ nlohmann::json run_point(const Options& o, const DeviceInfo& info, int32_t batch
   auto upload = [&](void* dst, const void* src, size_t bytes) {
     L2KV_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, stream));
   };
-  upload(table_d.get(), physical.data(), physical.size() * sizeof(int32_t));
-  upload(positions_d.get(), positions.data(), batch * sizeof(int32_t));
-  upload(slots_d.get(), slots.data(), batch * sizeof(int32_t));
-  upload(lens_d.get(), lens.data(), batch * sizeof(int32_t));
-  upload(inv_freq_d.get(), inv_freq.data(), inv_freq.size() * sizeof(float));
-  fill_random(x.get(), static_cast<int64_t>(batch) * o.hidden, DType::kBFloat16, 1.f, 7, stream);
+  upload(table_d.ptr, physical.data(), physical.size() * sizeof(int32_t));
+  upload(positions_d.ptr, positions.data(), batch * sizeof(int32_t));
+  upload(slots_d.ptr, slots.data(), batch * sizeof(int32_t));
+  upload(lens_d.ptr, lens.data(), batch * sizeof(int32_t));
+  upload(inv_freq_d.ptr, inv_freq.data(), inv_freq.size() * sizeof(float));
+  fill_random(x.ptr, static_cast<int64_t>(batch) * o.hidden, DType::kBFloat16, 1.f, 7, stream);
   if (o.mlp)
-    fill_random(act.get(), static_cast<int64_t>(act.size()), DType::kBFloat16, 1.f, 8, stream);
+    fill_random(act.ptr, static_cast<int64_t>(act.size()), DType::kBFloat16, 1.f, 8, stream);
   cudaStream_t side = nullptr;
   cudaEvent_t fork = nullptr, join = nullptr;
   L2KV_CUDA_CHECK(cudaStreamCreateWithFlags(&side, cudaStreamNonBlocking));
   L2KV_CUDA_CHECK(cudaEventCreateWithFlags(&fork, cudaEventDisableTiming));
   L2KV_CUDA_CHECK(cudaEventCreateWithFlags(&join, cudaEventDisableTiming));
 
-  const PagedKvCache kv = {layers[0]->k_pool.get(),
-                           layers[0]->v_pool.get(),
-                           table_d.get(),
-                           lens_d.get(),
+  const PagedKvCache kv = {layers[0]->k_pool.ptr,
+                           layers[0]->v_pool.ptr,
+                           table_d.ptr,
+                           lens_d.ptr,
                            num_blocks,
                            o.block_size,
                            o.kv_heads,
@@ -147,7 +147,7 @@ nlohmann::json run_point(const Options& o, const DeviceInfo& info, int32_t batch
                            blocks_per_seq,
                            KvLayout::kHND,
                            DType::kBFloat16};
-  const DecodeAttentionParams params = decode_params(q.get(), out.get(), o.q_heads, seq_len, kv);
+  const DecodeAttentionParams params = decode_params(q.ptr, out.ptr, o.q_heads, seq_len, kv);
 
   // As the engine runs it: graph mode, one plan for all layers of the step.
   SplitDecode split;
@@ -156,8 +156,8 @@ nlohmann::json run_point(const Options& o, const DeviceInfo& info, int32_t batch
   Gemm gemm;
   auto layer_kv = [&](const Layer& layer) {
     PagedKvCache kv_of_layer = params.kv;
-    kv_of_layer.k_pool = layer.k_pool.get();
-    kv_of_layer.v_pool = layer.v_pool.get();
+    kv_of_layer.k_pool = layer.k_pool.ptr;
+    kv_of_layer.v_pool = layer.v_pool.ptr;
     return kv_of_layer;
   };
   auto enqueue_layers = [&](const PrefetchPolicy& policy, bool next_layer_l2) {
@@ -165,14 +165,14 @@ nlohmann::json run_point(const Options& o, const DeviceInfo& info, int32_t batch
       const Layer& layer = *layers[l];
       DecodeAttentionParams p = params;
       p.kv = layer_kv(layer);
-      gemm.linear(DType::kBFloat16, x.get(), layer.qkv_weight.get(), qkv.get(), batch, o.hidden,
-                  qkv_out, stream);
-      ops::rope_and_cache(qkv.get(), nullptr, positions_d.get(), slots_d.get(), inv_freq_d.get(),
-                          batch, o.q_heads, p.kv, q.get(), stream, policy.pdl);
+      gemm.linear(DType::kBFloat16, x.ptr, layer.qkv_weight.ptr, qkv.ptr, batch, o.hidden, qkv_out,
+                  stream);
+      ops::rope_and_cache(qkv.ptr, nullptr, positions_d.ptr, slots_d.ptr, inv_freq_d.ptr, batch,
+                          o.q_heads, p.kv, q.ptr, stream, policy.pdl);
       split.run(p, policy, stream);
       if (!o.mlp) continue;
-      gemm.linear(DType::kBFloat16, out.get(), layer.o_weight.get(), proj.get(), batch, q_dim,
-                  o.hidden, stream);
+      gemm.linear(DType::kBFloat16, out.ptr, layer.o_weight.ptr, proj.ptr, batch, q_dim, o.hidden,
+                  stream);
       const bool prefetch_next = next_layer_l2 && l + 1 < layers.size();
       if (prefetch_next) {  // layer l+1's older KV into L2 while this layer's MLP streams
         L2KV_CUDA_CHECK(cudaEventRecord(fork, stream));
@@ -180,10 +180,10 @@ nlohmann::json run_point(const Options& o, const DeviceInfo& info, int32_t batch
         launch_prefetch_kv_l2(layer_kv(*layers[l + 1]), side);
         L2KV_CUDA_CHECK(cudaEventRecord(join, side));
       }
-      gemm.linear(DType::kBFloat16, x.get(), layer.gate_up_weight.get(), gate_up.get(), batch,
-                  o.hidden, 2 * o.intermediate, stream);
-      gemm.linear(DType::kBFloat16, act.get(), layer.down_weight.get(), proj.get(), batch,
-                  o.intermediate, o.hidden, stream);
+      gemm.linear(DType::kBFloat16, x.ptr, layer.gate_up_weight.ptr, gate_up.ptr, batch, o.hidden,
+                  2 * o.intermediate, stream);
+      gemm.linear(DType::kBFloat16, act.ptr, layer.down_weight.ptr, proj.ptr, batch, o.intermediate,
+                  o.hidden, stream);
       if (prefetch_next) L2KV_CUDA_CHECK(cudaStreamWaitEvent(stream, join, 0));
     }
   };
@@ -214,9 +214,9 @@ nlohmann::json run_point(const Options& o, const DeviceInfo& info, int32_t batch
     L2KV_CUDA_CHECK(cudaEventCreate(&start));
     L2KV_CUDA_CHECK(cudaEventCreate(&stop));
     for (int r = 0; r < o.reps + 2; ++r) {
-      L2KV_CUDA_CHECK(cudaMemsetAsync(flush.get(), r & 0xff, flush.size(), stream));
-      launch_streaming_read(flush.get(), static_cast<int64_t>(flush.size()), sink.get(),
-                            info.sm_count, stream);
+      L2KV_CUDA_CHECK(cudaMemsetAsync(flush.ptr, r & 0xff, flush.size(), stream));
+      launch_streaming_read(flush.ptr, static_cast<int64_t>(flush.size()), sink.ptr, info.sm_count,
+                            stream);
       L2KV_CUDA_CHECK(cudaEventRecord(start, stream));
       L2KV_CUDA_CHECK(cudaGraphLaunch(exec, stream));
       L2KV_CUDA_CHECK(cudaEventRecord(stop, stream));

@@ -147,22 +147,21 @@ class FusedBuffers {
     std::mt19937 rng(21);
     std::uniform_real_distribution<float> uniform(-1.f, 1.f);
     for (float& v : residual) v = uniform(rng);
-    upload(residual_.get(), residual, stream);
-    upload(added_residual_.get(), residual, stream);
-    fill_random(norm_weight_.get(), width_, dtype, 1.f, 22, stream);
-    fill_random(bias_.get(), static_cast<int64_t>(bias_.size()), dtype, 0.5f, 23, stream);
+    upload(residual_.ptr, residual, stream);
+    upload(added_residual_.ptr, residual, stream);
+    fill_random(norm_weight_.ptr, width_, dtype, 1.f, 22, stream);
+    fill_random(bias_.ptr, static_cast<int64_t>(bias_.size()), dtype, 0.5f, 23, stream);
     std::vector<int32_t> positions(rows_), slots(rows_);
     for (int64_t r = 0; r < rows_; ++r) {
       positions[r] = static_cast<int32_t>(1000 + 37 * r);
       slots[r] = static_cast<int32_t>(r);
     }
-    upload(positions_.get(), positions, stream);
-    upload(slots_.get(), slots, stream);
-    upload(inv_freq_.get(), rope_inverse_frequencies(c.rope, c.head_dim), stream);
-    upload(sumsq_.get(), std::vector<float>(static_cast<size_t>(rows_), c.hidden_size / 3.f),
-           stream);
-    kv_.k_pool = k_pool_.get();
-    kv_.v_pool = v_pool_.get();
+    upload(positions_.ptr, positions, stream);
+    upload(slots_.ptr, slots, stream);
+    upload(inv_freq_.ptr, rope_inverse_frequencies(c.rope, c.head_dim), stream);
+    upload(sumsq_.ptr, std::vector<float>(static_cast<size_t>(rows_), c.hidden_size / 3.f), stream);
+    kv_.k_pool = k_pool_.ptr;
+    kv_.v_pool = v_pool_.ptr;
     kv_.num_blocks = 1;
     kv_.block_size = static_cast<int32_t>(rows_);
     kv_.num_kv_heads = c.num_kv_heads;
@@ -173,24 +172,24 @@ class FusedBuffers {
   GemvFusion fusion(Fused form) const {
     GemvFusion f;
     if (form == Fused::kNormRopeCache || form == Fused::kNormStore || form == Fused::kNormSiluMul) {
-      f.norm_residual = residual_.get();
-      f.norm_weight = norm_weight_.get();
-      f.norm_sumsq = sumsq_.get();
+      f.norm_residual = residual_.ptr;
+      f.norm_weight = norm_weight_.ptr;
+      f.norm_sumsq = sumsq_.ptr;
       f.eps = static_cast<float>(config_.rms_norm_eps);
     }
     if (form == Fused::kNormSiluMul) f.epilogue = GemvEpilogue::kSiluMul;
     if (form == Fused::kResidualAdd) {
       f.epilogue = GemvEpilogue::kResidualAdd;
-      f.residual = added_residual_.get();
-      f.residual_sumsq = residual_sumsq_.get();
+      f.residual = added_residual_.ptr;
+      f.residual_sumsq = residual_sumsq_.ptr;
     }
     if (form == Fused::kNormRopeCache || form == Fused::kRopeCache) {
       f.epilogue = GemvEpilogue::kRopeCache;
-      f.rope.bias = config_.qkv_bias ? bias_.get() : nullptr;
-      f.rope.positions = positions_.get();
-      f.rope.slots = slots_.get();
-      f.rope.inv_freq = inv_freq_.get();
-      f.rope.q_out = q_.get();
+      f.rope.bias = config_.qkv_bias ? bias_.ptr : nullptr;
+      f.rope.positions = positions_.ptr;
+      f.rope.slots = slots_.ptr;
+      f.rope.inv_freq = inv_freq_.ptr;
+      f.rope.q_out = q_.ptr;
       f.rope.q_heads = static_cast<int32_t>(config_.num_q_heads);
       f.rope.kv = kv_;
     }
@@ -257,9 +256,9 @@ double measure_read_ceiling_gbps(const DeviceInfo& info, cudaStream_t stream) {
   const int64_t bytes = int64_t{2} << 30;
   DeviceArray<uint8_t> data(bytes);
   DeviceArray<uint32_t> sink(static_cast<size_t>(info.sm_count) * 8 * 256);
-  fill_random(data.get(), bytes / 2, DType::kBFloat16, 1.f, 99, stream);
+  fill_random(data.ptr, bytes / 2, DType::kBFloat16, 1.f, 99, stream);
   auto launch = [&](int) {
-    launch_streaming_read(data.get(), bytes, sink.get(), info.sm_count, stream);
+    launch_streaming_read(data.ptr, bytes, sink.ptr, info.sm_count, stream);
   };
   launch(0);
   const double us = time_median_us(20, launch, stream, false, [] {});
@@ -301,11 +300,11 @@ class L2Flush {
         dirty_(static_cast<size_t>(bytes_)),
         clean_(static_cast<size_t>(bytes_)),
         sink_(static_cast<size_t>(info.sm_count) * 8 * 256) {
-    L2KV_CUDA_CHECK(cudaMemsetAsync(clean_.get(), 0, bytes_, stream));
+    L2KV_CUDA_CHECK(cudaMemsetAsync(clean_.ptr, 0, bytes_, stream));
   }
   void operator()() const {
-    L2KV_CUDA_CHECK(cudaMemsetAsync(dirty_.get(), 1, bytes_, stream_));
-    launch_streaming_read(clean_.get(), bytes_, sink_.get(), sm_count_, stream_);
+    L2KV_CUDA_CHECK(cudaMemsetAsync(dirty_.ptr, 1, bytes_, stream_));
+    launch_streaming_read(clean_.ptr, bytes_, sink_.ptr, sm_count_, stream_);
   }
 
  private:
@@ -387,56 +386,56 @@ int run(const Options& opt) {
                : 1;  // rotate past the L2
       DeviceArray<uint16_t> w(static_cast<size_t>(copies * p.in * p.out / (fp8 ? 2 : 1)));
       if (fp8)
-        fill_random_fp8_e4m3(w.get(), copies * p.in * p.out, 448.f, 17, stream);
+        fill_random_fp8_e4m3(w.ptr, copies * p.in * p.out, 448.f, 17, stream);
       else
-        fill_random(w.get(), copies * p.in * p.out, dtype, 1.f, 17, stream);
+        fill_random(w.ptr, copies * p.in * p.out, dtype, 1.f, 17, stream);
       // Per-channel scales: codes of up to 448 times 1 / 448, weights in [-1, 1) as the 16-bit
       // ones.
       DeviceArray<float> fp8_scale(static_cast<size_t>(p.out));
       {
         const std::vector<float> scales(static_cast<size_t>(p.out), 1.f / 448.f);
-        L2KV_CUDA_CHECK(cudaMemcpy(fp8_scale.get(), scales.data(), scales.size() * sizeof(float),
+        L2KV_CUDA_CHECK(cudaMemcpy(fp8_scale.ptr, scales.data(), scales.size() * sizeof(float),
                                    cudaMemcpyHostToDevice));
       }
       const int64_t max_rows = *std::max_element(opt.rows.begin(), opt.rows.end());
       DeviceArray<uint16_t> x(static_cast<size_t>(max_rows * p.in));
-      fill_random(x.get(), max_rows * p.in, dtype, 1.f, 18, stream);
+      fill_random(x.ptr, max_rows * p.in, dtype, 1.f, 18, stream);
       DeviceArray<float> y_cublas(static_cast<size_t>(max_rows * p.out));
       DeviceArray<float> y_stream(static_cast<size_t>(max_rows * p.out));
       DeviceArray<float> y_gemv(static_cast<size_t>(max_rows * p.out));
       DeviceArray<uint16_t> y_fused(static_cast<size_t>(max_rows * p.out));
       auto weights = [&](int rep) {
-        return reinterpret_cast<const uint8_t*>(w.get()) +
+        return reinterpret_cast<const uint8_t*>(w.ptr) +
                (rep % copies) * w_bytes;  // uint8 view: w_bytes per copy
       };
       for (size_t ri = 0; ri < opt.rows.size(); ++ri) {
         const int64_t rows = opt.rows[ri];
         auto cublas = [&](int rep) {
           if (p.f32_out)
-            gemm.linear_f32_out(dtype, x.get(), weights(rep), y_cublas.get(), rows, p.in, p.out,
+            gemm.linear_f32_out(dtype, x.ptr, weights(rep), y_cublas.ptr, rows, p.in, p.out,
                                 stream);
           else
-            gemm.linear(dtype, x.get(), weights(rep), y_cublas.get(), rows, p.in, p.out, stream);
+            gemm.linear(dtype, x.ptr, weights(rep), y_cublas.ptr, rows, p.in, p.out, stream);
         };
         auto streaming = [&](int rep) {
-          streamer.run(dtype, x.get(), weights(rep), y_stream.get(), p.f32_out, rows, p.in, p.out,
+          streamer.run(dtype, x.ptr, weights(rep), y_stream.ptr, p.f32_out, rows, p.in, p.out,
                        stream);
         };
         auto mma_gemv = [&](int rep) {
           if (fp8)
-            gemv_fp8(dtype, x.get(), Fp8Weights{weights(rep), fp8_scale.get(), true}, y_gemv.get(),
-                     rows, p.in, p.out, stream);
+            gemv_fp8(dtype, x.ptr, Fp8Weights{weights(rep), fp8_scale.ptr, true}, y_gemv.ptr, rows,
+                     p.in, p.out, stream);
           else
-            gemv(dtype, x.get(), weights(rep), y_gemv.get(), p.f32_out, rows, p.in, p.out, stream);
+            gemv(dtype, x.ptr, weights(rep), y_gemv.ptr, p.f32_out, rows, p.in, p.out, stream);
         };
         const Fused form = fused_form(config, p, rows);
         GemvFusion fusion = fused_buffers.fusion(form);
         if (fp8) {
-          fusion.fp8_scale = fp8_scale.get();
+          fusion.fp8_scale = fp8_scale.ptr;
           fusion.fp8_per_channel = true;
         }
         auto fused_gemv = [&](int rep) {
-          gemv(dtype, x.get(), weights(rep), y_fused.get(), false, rows, p.in, p.out, stream, false,
+          gemv(dtype, x.ptr, weights(rep), y_fused.ptr, false, rows, p.in, p.out, stream, false,
                fusion);
         };
         const bool run_gemv = rows <= (fp8 ? kGemvFp8MaxRows : kGemvMaxRows);
@@ -451,12 +450,12 @@ int run(const Options& opt) {
         }
         if (run_gemv) mma_gemv(0);
         L2KV_CUDA_CHECK(cudaStreamSynchronize(stream));
-        const double diff = fp8 ? 0
-                                : relative_difference(y_cublas.get(), y_stream.get(), rows * p.out,
-                                                      p.f32_out, dtype);
+        const double diff =
+            fp8 ? 0
+                : relative_difference(y_cublas.ptr, y_stream.ptr, rows * p.out, p.f32_out, dtype);
         const double gemv_diff =
             run_gemv && !fp8
-                ? relative_difference(y_cublas.get(), y_gemv.get(), rows * p.out, p.f32_out, dtype)
+                ? relative_difference(y_cublas.ptr, y_gemv.ptr, rows * p.out, p.f32_out, dtype)
                 : 0;
         Timing t;
         if (!fp8) {

@@ -17,6 +17,7 @@
 #include "l2kv/cli/latency_stats.h"
 #include "l2kv/cli/model_loading.h"
 #include "l2kv/core/cuda_check.h"
+#include "l2kv/core/device_array.h"
 #include "l2kv/core/device_info.h"
 #include "l2kv/core/error.h"
 #include "l2kv/engine/cuda_runner.h"
@@ -77,25 +78,14 @@ double seconds_since(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
 }
 
-template <typename T>
-struct DeviceBuffer {
-  T* ptr = nullptr;
-  explicit DeviceBuffer(size_t n) {
-    L2KV_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&ptr), n * sizeof(T)));
-  }
-  ~DeviceBuffer() { cudaFree(ptr); }
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-};
-
 // Streaming-read ceiling over 2 GiB, median of 20 (bytes per second).
 double measure_read_ceiling(cudaStream_t stream) {
   int device = 0;
   L2KV_CUDA_CHECK(cudaGetDevice(&device));
   const DeviceInfo info = query_device_info(device);
   const int64_t bytes = int64_t{2} << 30;
-  DeviceBuffer<uint8_t> data(static_cast<size_t>(bytes));
-  DeviceBuffer<uint32_t> sink(static_cast<size_t>(info.sm_count) * 8 * 256);
+  DeviceArray<uint8_t> data(static_cast<size_t>(bytes));
+  DeviceArray<uint32_t> sink(static_cast<size_t>(info.sm_count) * 8 * 256);
   fill_random(data.ptr, bytes / 2, DType::kBFloat16, 1.f, 99, stream);
   cudaEvent_t a, b;
   L2KV_CUDA_CHECK(cudaEventCreate(&a));

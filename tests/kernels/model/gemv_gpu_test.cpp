@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "gpu_test_support.h"
+#include "l2kv/core/device_array.h"
 #include "l2kv/core/error.h"
 #include "l2kv/kernels/model/gemm.h"
 #include "l2kv/kernels/model/gemv.h"
@@ -54,24 +55,6 @@ const std::vector<Shape> kOddShapes = {
 };
 
 constexpr int64_t kMaxCheckedFeatures = 160;
-
-template <typename T>
-class DeviceBuffer {
- public:
-  explicit DeviceBuffer(size_t n) : n_(n) {
-    L2KV_CUDA_CHECK(
-        cudaMalloc(reinterpret_cast<void**>(&ptr_), std::max<size_t>(n, 1) * sizeof(T)));
-  }
-  ~DeviceBuffer() { cudaFree(ptr_); }
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  T* get() const { return ptr_; }
-  size_t size() const { return n_; }
-
- private:
-  T* ptr_ = nullptr;
-  size_t n_;
-};
 
 // Output features to check: all of a small problem, else the first and last 32 (first and
 // last blocks, a partial tile) and random ones between.
@@ -116,8 +99,8 @@ template <typename Launch>
 void check_shape(const Shape& shape, DType dtype, const std::vector<int64_t>& row_counts,
                  uint64_t seed, Launch launch) {
   const int64_t in = shape.in, out = shape.out;
-  DeviceBuffer<uint16_t> w(static_cast<size_t>(in * out));
-  fill_random(w.get(), in * out, dtype, 1.f, seed, nullptr);
+  DeviceArray<uint16_t> w(static_cast<size_t>(in * out));
+  fill_random(w.ptr, in * out, dtype, 1.f, seed, nullptr);
   std::mt19937_64 rng(seed);
   const std::vector<int64_t> features = checked_features(out, rng);
   // The checked rows of W, as doubles.
@@ -126,13 +109,13 @@ void check_shape(const Shape& shape, DType dtype, const std::vector<int64_t>& ro
     std::vector<uint16_t> bits(in);
     for (size_t i = 0; i < features.size(); ++i) {
       L2KV_CUDA_CHECK(
-          cudaMemcpy(bits.data(), w.get() + features[i] * in, in * 2, cudaMemcpyDeviceToHost));
+          cudaMemcpy(bits.data(), w.ptr + features[i] * in, in * 2, cudaMemcpyDeviceToHost));
       for (int64_t k = 0; k < in; ++k) w_rows[i * in + k] = dtype_bits_to_float(dtype, bits[k]);
     }
   }
   const int64_t max_rows = *std::max_element(row_counts.begin(), row_counts.end());
-  DeviceBuffer<uint16_t> x(static_cast<size_t>(max_rows * in));
-  DeviceBuffer<float> y(static_cast<size_t>(max_rows * out));  // room for either output type
+  DeviceArray<uint16_t> x(static_cast<size_t>(max_rows * in));
+  DeviceArray<float> y(static_cast<size_t>(max_rows * out));  // room for either output type
   std::uniform_real_distribution<float> uniform(-1.f, 1.f);
   for (const int64_t rows : row_counts) {
     std::vector<uint16_t> x_bits(rows * in);
@@ -141,7 +124,7 @@ void check_shape(const Shape& shape, DType dtype, const std::vector<int64_t>& ro
       x_bits[i] = float_to_dtype_bits(dtype, uniform(rng));
       x_vals[i] = dtype_bits_to_float(dtype, x_bits[i]);
     }
-    L2KV_CUDA_CHECK(cudaMemcpy(x.get(), x_bits.data(), x_bits.size() * 2, cudaMemcpyHostToDevice));
+    L2KV_CUDA_CHECK(cudaMemcpy(x.ptr, x_bits.data(), x_bits.size() * 2, cudaMemcpyHostToDevice));
     std::vector<double> ref(rows * features.size());
     for (int64_t m = 0; m < rows; ++m)
       for (size_t i = 0; i < features.size(); ++i) {
@@ -153,17 +136,17 @@ void check_shape(const Shape& shape, DType dtype, const std::vector<int64_t>& ro
       }
     for (const bool f32_out : {false, true}) {
       SCOPED_TRACE(describe(shape, dtype, f32_out, rows));
-      L2KV_CUDA_CHECK(cudaMemset(y.get(), 0xff, y.size() * sizeof(float)));  // NaN either way
-      launch(x.get(), w.get(), y.get(), f32_out, rows);
+      L2KV_CUDA_CHECK(cudaMemset(y.ptr, 0xff, y.size() * sizeof(float)));  // NaN either way
+      launch(x.ptr, w.ptr, y.ptr, f32_out, rows);
       L2KV_CUDA_CHECK(cudaDeviceSynchronize());
       std::vector<double> got(rows * out);
       if (f32_out) {
         std::vector<float> v(rows * out);
-        L2KV_CUDA_CHECK(cudaMemcpy(v.data(), y.get(), v.size() * 4, cudaMemcpyDeviceToHost));
+        L2KV_CUDA_CHECK(cudaMemcpy(v.data(), y.ptr, v.size() * 4, cudaMemcpyDeviceToHost));
         std::copy(v.begin(), v.end(), got.begin());
       } else {
         std::vector<uint16_t> v(rows * out);
-        L2KV_CUDA_CHECK(cudaMemcpy(v.data(), y.get(), v.size() * 2, cudaMemcpyDeviceToHost));
+        L2KV_CUDA_CHECK(cudaMemcpy(v.data(), y.ptr, v.size() * 2, cudaMemcpyDeviceToHost));
         for (size_t i = 0; i < v.size(); ++i) got[i] = dtype_bits_to_float(dtype, v[i]);
       }
       const int64_t non_finite =
@@ -359,28 +342,28 @@ void check_programmatic_launch(DType dtype, const std::vector<int64_t>& row_coun
     for (const int64_t rows : row_counts) {
       SCOPED_TRACE(describe(shape, dtype, false, rows));
       const int64_t in = shape.in, out = shape.out;
-      DeviceBuffer<uint16_t> w(static_cast<size_t>(in * out)), norm_weight(in), x(rows * in);
-      DeviceBuffer<uint16_t> y(rows * out);
-      DeviceBuffer<float> residual(rows * in);
-      fill_random(w.get(), in * out, dtype, 1.f, ++seed, nullptr);
-      fill_random(norm_weight.get(), in, dtype, 1.f, ++seed, nullptr);
+      DeviceArray<uint16_t> w(static_cast<size_t>(in * out)), norm_weight(in), x(rows * in);
+      DeviceArray<uint16_t> y(rows * out);
+      DeviceArray<float> residual(rows * in);
+      fill_random(w.ptr, in * out, dtype, 1.f, ++seed, nullptr);
+      fill_random(norm_weight.ptr, in, dtype, 1.f, ++seed, nullptr);
       std::mt19937_64 rng(++seed);
       std::uniform_real_distribution<float> uniform(-1.f, 1.f);
       std::vector<float> residual_host(rows * in);
       for (float& v : residual_host) v = uniform(rng);
-      L2KV_CUDA_CHECK(cudaMemcpy(residual.get(), residual_host.data(), residual_host.size() * 4,
+      L2KV_CUDA_CHECK(cudaMemcpy(residual.ptr, residual_host.data(), residual_host.size() * 4,
                                  cudaMemcpyHostToDevice));
       auto step = [&](bool pdl) {
-        L2KV_CUDA_CHECK(cudaMemsetAsync(x.get(), 0xff, x.size() * 2, stream));  // NaN
-        L2KV_CUDA_CHECK(cudaMemsetAsync(y.get(), 0xff, y.size() * 2, stream));
-        ops::add_rmsnorm(dtype, residual.get(), nullptr, norm_weight.get(), 1e-5f,
-                         static_cast<int32_t>(rows), static_cast<int32_t>(in), x.get(), stream);
-        launch(x.get(), w.get(), y.get(), rows, in, out, stream, pdl);
+        L2KV_CUDA_CHECK(cudaMemsetAsync(x.ptr, 0xff, x.size() * 2, stream));  // NaN
+        L2KV_CUDA_CHECK(cudaMemsetAsync(y.ptr, 0xff, y.size() * 2, stream));
+        ops::add_rmsnorm(dtype, residual.ptr, nullptr, norm_weight.ptr, 1e-5f,
+                         static_cast<int32_t>(rows), static_cast<int32_t>(in), x.ptr, stream);
+        launch(x.ptr, w.ptr, y.ptr, rows, in, out, stream, pdl);
       };
       auto result = [&] {
         L2KV_CUDA_CHECK(cudaStreamSynchronize(stream));
         std::vector<uint16_t> v(y.size());
-        L2KV_CUDA_CHECK(cudaMemcpy(v.data(), y.get(), v.size() * 2, cudaMemcpyDeviceToHost));
+        L2KV_CUDA_CHECK(cudaMemcpy(v.data(), y.ptr, v.size() * 2, cudaMemcpyDeviceToHost));
         return v;
       };
       step(false);
@@ -389,14 +372,14 @@ void check_programmatic_launch(DType dtype, const std::vector<int64_t>& row_coun
         return std::isfinite(dtype_bits_to_float(dtype, b));
       }));
       // cuBLASLt on the norm's output (still in x), for the diagnosis of a mismatch.
-      DeviceBuffer<uint16_t> y_reference(rows * out);
+      DeviceArray<uint16_t> y_reference(rows * out);
       std::vector<uint16_t> reference(y_reference.size());
       {
         Gemm cublas;
         cublas.set_gemv_max_rows(0);
-        cublas.linear(dtype, x.get(), w.get(), y_reference.get(), rows, in, out, stream);
+        cublas.linear(dtype, x.ptr, w.ptr, y_reference.ptr, rows, in, out, stream);
         L2KV_CUDA_CHECK(cudaStreamSynchronize(stream));
-        L2KV_CUDA_CHECK(cudaMemcpy(reference.data(), y_reference.get(), reference.size() * 2,
+        L2KV_CUDA_CHECK(cudaMemcpy(reference.data(), y_reference.ptr, reference.size() * 2,
                                    cudaMemcpyDeviceToHost));
       }
       auto check = [&](const std::vector<uint16_t>& got, const std::string& what) {
