@@ -15,9 +15,11 @@
 #include <string>
 #include <vector>
 
-#include "bench_buffers.h"
 #include "bench_kernels.h"
+#include "bench_timing.h"
+#include "decode_params.h"
 #include "l2kv/core/cuda_check.h"
+#include "l2kv/core/device_array.h"
 #include "l2kv/core/device_info.h"
 #include "l2kv/kernels/attention/decode_attention.h"
 #include "l2kv/kernels/attention/split_decode.h"
@@ -62,46 +64,6 @@ struct Variant {
   PrefetchPolicy policy;
 };
 
-// Times `reps` launches of `launch`, each preceded by `before` (not timed), with events around
-// the launch alone; returns the median in µs. Nothing synchronizes the host between reps.
-// With `in_graph`, the whole loop is captured into one CUDA graph and replayed once: the
-// events then time the kernel as an engine's captured decode step runs it, without the
-// host launch path (~4 µs per launch event-timed on the H100 machine).
-template <typename Before, typename Launch>
-double time_median_us(int reps, Before before, Launch launch, cudaStream_t stream,
-                      bool in_graph = false) {
-  std::vector<cudaEvent_t> events(2 * reps);
-  for (auto& e : events) L2KV_CUDA_CHECK(cudaEventCreate(&e));
-  cudaGraph_t graph = nullptr;
-  if (in_graph) L2KV_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
-  for (int r = 0; r < reps; ++r) {
-    before();
-    L2KV_CUDA_CHECK(
-        cudaEventRecordWithFlags(events[2 * r], stream, in_graph ? cudaEventRecordExternal : 0));
-    launch();
-    L2KV_CUDA_CHECK(cudaEventRecordWithFlags(events[2 * r + 1], stream,
-                                             in_graph ? cudaEventRecordExternal : 0));
-  }
-  if (in_graph) {
-    L2KV_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
-    cudaGraphExec_t exec = nullptr;
-    L2KV_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
-    L2KV_CUDA_CHECK(cudaGraphLaunch(exec, stream));
-    L2KV_CUDA_CHECK(cudaStreamSynchronize(stream));
-    cudaGraphExecDestroy(exec);
-    cudaGraphDestroy(graph);
-  }
-  L2KV_CUDA_CHECK(cudaStreamSynchronize(stream));
-  std::vector<double> us(reps);
-  for (int r = 0; r < reps; ++r) {
-    float ms = 0;
-    L2KV_CUDA_CHECK(cudaEventElapsedTime(&ms, events[2 * r], events[2 * r + 1]));
-    us[r] = ms * 1e3;
-  }
-  for (auto& e : events) cudaEventDestroy(e);
-  return median(us);
-}
-
 struct Machine {
   DeviceInfo info;
   cudaStream_t stream = nullptr;
@@ -130,8 +92,7 @@ double measure_read_ceiling_gbps(const Machine& m) {
     launch_streaming_read(data.ptr, bytes, sink.ptr, m.info.sm_count, m.stream);
   };
   launch();
-  const double us = time_median_us(
-      20, [] {}, launch, m.stream);
+  const double us = time_median_us(20, launch, m.stream);
   return bytes / (us * 1e-6) / 1e9;
 }
 
@@ -211,18 +172,15 @@ nlohmann::json run_point(const Machine& m, SplitDecode& split, const HeadLayout&
       continue;
     }
     for (int w = 0; w < 3; ++w) launch();
-    const double cold = time_median_us(
-        opt.reps, [&] { m.flush_l2(); }, launch, m.stream);
-    const double warm = time_median_us(
-        opt.reps, [] {}, launch, m.stream);
+    const auto flush = [&] { m.flush_l2(); };
+    const double cold = time_median_us(opt.reps, launch, m.stream, false, flush);
+    const double warm = time_median_us(opt.reps, launch, m.stream);
     const double bytes = static_cast<double>(kv_bytes_moved + qo_bytes);
     r["cold_us"] = cold;
     r["warm_us"] = warm;
     if (opt.graph_timing && v.kernel == "split") {
-      r["cold_graph_us"] = time_median_us(
-          opt.reps, [&] { m.flush_l2(); }, launch, m.stream, true);
-      r["warm_graph_us"] = time_median_us(
-          opt.reps, [] {}, launch, m.stream, true);
+      r["cold_graph_us"] = time_median_us(opt.reps, launch, m.stream, true, flush);
+      r["warm_graph_us"] = time_median_us(opt.reps, launch, m.stream, true);
     }
     r["cold_gbps"] = bytes / (cold * 1e-6) / 1e9;
     r["warm_gbps"] = bytes / (warm * 1e-6) / 1e9;
@@ -267,7 +225,7 @@ int run(const Options& opt, const std::string& command_line) {
   if (!opt.profile_once) {
     for (int w = 0; w < 3; ++w) launch_empty(m.stream);
     empty_us = time_median_us(
-        50, [] {}, [&] { launch_empty(m.stream); }, m.stream);
+        50, [&] { launch_empty(m.stream); }, m.stream);
   }
   char date[32];
   const std::time_t now = std::time(nullptr);

@@ -24,9 +24,11 @@
 #include <string>
 #include <vector>
 
-#include "bench_buffers.h"
 #include "bench_kernels.h"
+#include "bench_timing.h"
+#include "decode_params.h"
 #include "l2kv/core/cuda_check.h"
+#include "l2kv/core/device_array.h"
 #include "l2kv/core/device_info.h"
 #include "l2kv/kernels/attention/split_decode.h"
 #include "l2kv/kernels/model/gemm.h"

@@ -29,9 +29,10 @@
 #include <string>
 #include <vector>
 
-#include "bench_buffers.h"
 #include "bench_kernels.h"
+#include "bench_timing.h"
 #include "l2kv/core/cuda_check.h"
+#include "l2kv/core/device_array.h"
 #include "l2kv/core/device_info.h"
 #include "l2kv/engine/cuda_step_state.h"
 #include "l2kv/kernels/model/gemm.h"
@@ -215,42 +216,6 @@ class FusedBuffers {
   PagedKvCache kv_;
 };
 
-// Median µs of `reps` calls of launch(rep), each between its own pair of events. With
-// `in_graph` the whole loop is captured into one CUDA graph and replayed once, so the calls
-// run back to back as in an engine's captured decode step, without host launch gaps.
-template <typename Launch, typename Flush>
-double time_median_us(int reps, Launch launch, cudaStream_t stream, bool in_graph, Flush flush) {
-  std::vector<cudaEvent_t> events(2 * reps);
-  for (auto& e : events) L2KV_CUDA_CHECK(cudaEventCreate(&e));
-  const unsigned flags = in_graph ? cudaEventRecordExternal : 0;
-  if (in_graph) L2KV_CUDA_CHECK(cudaStreamBeginCapture(stream, cudaStreamCaptureModeThreadLocal));
-  for (int r = 0; r < reps; ++r) {
-    flush();
-    L2KV_CUDA_CHECK(cudaEventRecordWithFlags(events[2 * r], stream, flags));
-    launch(r);
-    L2KV_CUDA_CHECK(cudaEventRecordWithFlags(events[2 * r + 1], stream, flags));
-  }
-  if (in_graph) {
-    cudaGraph_t graph = nullptr;
-    cudaGraphExec_t exec = nullptr;
-    L2KV_CUDA_CHECK(cudaStreamEndCapture(stream, &graph));
-    L2KV_CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
-    L2KV_CUDA_CHECK(cudaGraphLaunch(exec, stream));
-    L2KV_CUDA_CHECK(cudaStreamSynchronize(stream));
-    cudaGraphExecDestroy(exec);
-    cudaGraphDestroy(graph);
-  }
-  L2KV_CUDA_CHECK(cudaStreamSynchronize(stream));
-  std::vector<double> us(reps);
-  for (int r = 0; r < reps; ++r) {
-    float ms = 0;
-    L2KV_CUDA_CHECK(cudaEventElapsedTime(&ms, events[2 * r], events[2 * r + 1]));
-    us[r] = ms * 1e3;
-  }
-  for (auto& e : events) cudaEventDestroy(e);
-  return median(us);
-}
-
 // Streaming-read ceiling over 2 GiB, median of 20.
 double measure_read_ceiling_gbps(const DeviceInfo& info, cudaStream_t stream) {
   const int64_t bytes = int64_t{2} << 30;
@@ -261,7 +226,7 @@ double measure_read_ceiling_gbps(const DeviceInfo& info, cudaStream_t stream) {
     launch_streaming_read(data.ptr, bytes, sink.ptr, info.sm_count, stream);
   };
   launch(0);
-  const double us = time_median_us(20, launch, stream, false, [] {});
+  const double us = time_median_us(20, launch, stream);
   return bytes / (us * 1e-6) / 1e9;
 }
 

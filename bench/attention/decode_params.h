@@ -1,16 +1,9 @@
-// Host helpers the benchmarks share: their buffers (l2kv::DeviceArray), the median of timings
-// and decode-attention parameters over those buffers.
+// Decode-attention parameters over a benchmark's buffers.
 #pragma once
 
-#include <cuda_runtime_api.h>
-
-#include <algorithm>
 #include <cmath>
-#include <cstddef>
-#include <vector>
+#include <cstdint>
 
-#include "l2kv/core/cuda_check.h"
-#include "l2kv/core/device_array.h"
 #include "l2kv/kernels/attention/decode_attention.h"
 
 namespace l2kv::bench {
@@ -26,12 +19,6 @@ inline DecodeAttentionParams decode_params(const void* q, void* out, int32_t q_h
   p.max_seq_len = max_seq_len;
   p.kv = kv;
   return p;
-}
-
-inline double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
 }
 
 }  // namespace l2kv::bench
