@@ -38,7 +38,7 @@ using Clock = std::chrono::steady_clock;
 struct BenchOptions {
   ModelOptions model;
   EngineConfig engine;
-  int32_t input_len = 512;
+  std::vector<int32_t> input_lens = {512};
   std::vector<int32_t> output_lens = {512};
   std::vector<int32_t> concurrency = {1, 16, 64};
   int32_t num_prompts = 0;  // 0 = one per concurrent slot
@@ -526,8 +526,8 @@ int run_bench(const BenchOptions& o) {
   if (o.mode == "e2e" || o.mode == "both") {
     EngineConfig config = o.engine;
     config.max_num_seqs = *std::max_element(o.concurrency.begin(), o.concurrency.end());
-    config.max_model_len =
-        o.input_len + *std::max_element(o.output_lens.begin(), o.output_lens.end());
+    config.max_model_len = *std::max_element(o.input_lens.begin(), o.input_lens.end()) +
+                           *std::max_element(o.output_lens.begin(), o.output_lens.end());
     // The tokenizer (detokenized outputs) only where a grammar needs it, so free runs compare
     // with earlier ones.
     const bool with_text = !o.structured_regex.empty() && loaded.tokenizer;
@@ -546,56 +546,58 @@ int run_bench(const BenchOptions& o) {
     std::fprintf(stderr, "l2kv bench: KV cache of %d blocks of %d tokens\n",
                  engine.stats().kv_blocks_total, config.block_size);
     int64_t prompts_sent = 0;
-    for (int32_t output_len : o.output_lens)
-      for (int32_t conc : o.concurrency)
-        for (const Variant& v : variants) {
-          if (over_budget()) {
-            std::fprintf(stderr, "l2kv bench: time budget spent; remaining points skipped\n");
-            break;
+    for (int32_t input_len : o.input_lens)
+      for (int32_t output_len : o.output_lens)
+        for (int32_t conc : o.concurrency)
+          for (const Variant& v : variants) {
+            if (over_budget()) {
+              std::fprintf(stderr, "l2kv bench: time budget spent; remaining points skipped\n");
+              break;
+            }
+            if (tensor_parallel)
+              tensor_parallel->set_decode_attention(v.kernel, v.policy);
+            else
+              runner->set_decode_attention(v.kernel, v.policy);
+            const int32_t prompts = o.num_prompts > 0 ? o.num_prompts : conc;
+            for (const bool constrained : {false, true}) {
+              if (constrained && !regex) break;
+              auto point =
+                  run_e2e_point(engine, *runner, *model, v, input_len, output_len, conc, prompts,
+                                prompts_sent, ceiling, constrained ? regex : nullptr);
+              prompts_sent += prompts;
+              point["model"] = o.model.model;
+              if (constrained) point["structured_regex"] = o.structured_regex;
+              std::printf(
+                  "e2e     %-14s conc=%-4d in=%-6d out=%-5d %9.1f tok/s  TTFT %8.1f ms (median)  "
+                  "TPOT %7.2f "
+                  "ms"
+                  "  prefill %6.2f s  decode %7.2f s  MBU %.3f  (max running %d)\n",
+                  (v.name + (constrained ? " regex" : "")).c_str(), conc, input_len, output_len,
+                  point["output_tokens_per_s"].get<double>(), point["ttft_median_ms"].get<double>(),
+                  point["tpot_ms"].get<double>(), point["prefill_s"].get<double>(),
+                  point["decode_s"].get<double>(), point["mbu"].get<double>(),
+                  point["max_concurrency_reached"].get<int>());
+              const auto& prof = point["step_profile_ms"];
+              std::printf(
+                  "        per step: host prepare %.3f ms, GPU forward %.3f ms, GPU sampling "
+                  "%.3f ms, execute %.3f ms, engine outside execute %.3f ms\n",
+                  prof["host_prepare"].get<double>(), prof["gpu_forward"].get<double>(),
+                  prof["gpu_sample"].get<double>(), prof["execute"].get<double>(),
+                  prof["engine_outside_execute"].get<double>());
+              const auto queries = point["prefix_cache_queries"].get<int64_t>();
+              std::printf(
+                  "        prefix cache %s: %lld of %lld prompt tokens hit (%.1f %%); KV blocks "
+                  "in use at most %d of %d\n",
+                  config.enable_prefix_caching ? "on" : "off",
+                  static_cast<long long>(point["prefix_cache_hits"].get<int64_t>()),
+                  static_cast<long long>(queries),
+                  queries ? 100.0 * point["prefix_cache_hits"].get<double>() / queries : 0.0,
+                  point["peak_kv_blocks_in_use"].get<int>(), point["kv_blocks_total"].get<int>());
+              std::fflush(stdout);
+              report["points"].push_back(point);
+              save();
+            }
           }
-          if (tensor_parallel)
-            tensor_parallel->set_decode_attention(v.kernel, v.policy);
-          else
-            runner->set_decode_attention(v.kernel, v.policy);
-          const int32_t prompts = o.num_prompts > 0 ? o.num_prompts : conc;
-          for (const bool constrained : {false, true}) {
-            if (constrained && !regex) break;
-            auto point =
-                run_e2e_point(engine, *runner, *model, v, o.input_len, output_len, conc, prompts,
-                              prompts_sent, ceiling, constrained ? regex : nullptr);
-            prompts_sent += prompts;
-            point["model"] = o.model.model;
-            if (constrained) point["structured_regex"] = o.structured_regex;
-            std::printf(
-                "e2e     %-14s conc=%-4d out=%-5d %9.1f tok/s  TTFT %8.1f ms (median)  TPOT %7.2f "
-                "ms"
-                "  prefill %6.2f s  decode %7.2f s  MBU %.3f  (max running %d)\n",
-                (v.name + (constrained ? " regex" : "")).c_str(), conc, output_len,
-                point["output_tokens_per_s"].get<double>(), point["ttft_median_ms"].get<double>(),
-                point["tpot_ms"].get<double>(), point["prefill_s"].get<double>(),
-                point["decode_s"].get<double>(), point["mbu"].get<double>(),
-                point["max_concurrency_reached"].get<int>());
-            const auto& prof = point["step_profile_ms"];
-            std::printf(
-                "        per step: host prepare %.3f ms, GPU forward %.3f ms, GPU sampling "
-                "%.3f ms, execute %.3f ms, engine outside execute %.3f ms\n",
-                prof["host_prepare"].get<double>(), prof["gpu_forward"].get<double>(),
-                prof["gpu_sample"].get<double>(), prof["execute"].get<double>(),
-                prof["engine_outside_execute"].get<double>());
-            const auto queries = point["prefix_cache_queries"].get<int64_t>();
-            std::printf(
-                "        prefix cache %s: %lld of %lld prompt tokens hit (%.1f %%); KV blocks "
-                "in use at most %d of %d\n",
-                config.enable_prefix_caching ? "on" : "off",
-                static_cast<long long>(point["prefix_cache_hits"].get<int64_t>()),
-                static_cast<long long>(queries),
-                queries ? 100.0 * point["prefix_cache_hits"].get<double>() / queries : 0.0,
-                point["peak_kv_blocks_in_use"].get<int>(), point["kv_blocks_total"].get<int>());
-            std::fflush(stdout);
-            report["points"].push_back(point);
-            save();
-          }
-        }
   }
   save();
   return 0;
@@ -614,7 +616,10 @@ std::function<int()> add_bench_command(CLI::App& app) {
   add_model_options(*cmd, o->model);
   cmd->get_option("--model")->required(false)->capture_default_str();
   add_engine_options(*cmd, o->engine);
-  cmd->add_option("--input-len", o->input_len, "Prompt tokens per request")
+  cmd->add_option("--input-len", o->input_lens,
+                  "Prompt tokens per request (a list: e.g. 1024 8192 32768 with --output-len 1 "
+                  "--concurrency 1 --num-prompts 3 gives the median time to first token of one "
+                  "prompt at each length)")
       ->check(CLI::Range(1, 1 << 20))
       ->capture_default_str();
   cmd->add_option("--output-len", o->output_lens, "Output tokens per request (a list)")
