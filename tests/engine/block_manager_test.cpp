@@ -132,6 +132,11 @@ TEST(BlockHash, DependsOnParentTokensAndExtraKey) {
   EXPECT_NE(hash_block(root, 0, a), hash_block(hash_block(std::nullopt, 0, b), 0, a));
   EXPECT_NE(root.hi, 0u);
   EXPECT_NE(root.lo, 0u);
+  // A cache salt is the first block's parent: same salt, same chain; another salt, another.
+  EXPECT_EQ(salt_hash("tenant-a"), salt_hash("tenant-a"));
+  EXPECT_NE(salt_hash("tenant-a"), salt_hash("tenant-b"));
+  EXPECT_NE(hash_block(salt_hash("tenant-a"), 0, a), root);
+  EXPECT_NE(hash_block(salt_hash("tenant-a"), 0, a), hash_block(salt_hash("tenant-b"), 0, a));
 }
 
 // Hashes of the full blocks of `tokens`, chained.

@@ -435,6 +435,34 @@ TEST(EnginePrefixCache, HitsAcrossSamplingParametersKeepSeededSamplingReproducib
   EXPECT_EQ(on.stats[1].prefix_cache_hits, 4 * (37 + 37 + 37));  // 149 and 151 tokens may hit
 }
 
+// vLLM's cache_salt: a request finds only blocks that requests of its own salt cached (none of
+// another salt's, nor of unsalted requests, nor they of its), and its tokens stay the same.
+TEST(EnginePrefixCache, CacheSaltKeepsPrefixesApart) {
+  const Fixture& f = fixture("llama3-gqa");
+  const std::vector<int32_t>& p = f.cases[2].prompt;  // 150 tokens: 37 blocks may hit
+  const std::vector<int32_t> want = f.model->greedy(p, 8);
+  Engine engine(std::make_unique<CpuRunner>(f.model), nullptr, caching_config(true));
+  int64_t hits_before = 0;
+  // Runs `p` under `salt`; returns the tokens it found cached.
+  const auto hits = [&](const std::string& salt) {
+    Collected c;
+    GenerationRequest r = request_for(p, greedy_params(8), c);
+    r.cache_salt = salt;
+    engine.add_request(std::move(r));
+    engine.run_until_idle();
+    EXPECT_EQ(c.tokens, want) << "salt \"" << salt << "\"";
+    return engine.stats().prefix_cache_hits -
+           std::exchange(hits_before, engine.stats().prefix_cache_hits);
+  };
+  EXPECT_EQ(hits("a"), 0);
+  EXPECT_EQ(hits("b"), 0);
+  EXPECT_EQ(hits(""), 0);
+  EXPECT_EQ(hits("a"), 4 * 37);
+  EXPECT_EQ(hits("b"), 4 * 37);
+  EXPECT_EQ(hits(""), 4 * 37);
+  expect_no_leak(engine);
+}
+
 // Random mixes (fixed seed) on a small pool: prompts that share prefixes, arrivals between
 // steps, aborts, preemption and eviction. Every request that finishes has the model's greedy
 // tokens, an aborted one a prefix of them, and at the end every block is free.

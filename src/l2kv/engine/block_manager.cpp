@@ -92,6 +92,24 @@ std::array<uint8_t, 32> sha256(const uint8_t* data, size_t size) {
   return digest;
 }
 
+namespace {
+BlockHash first_128_bits(const std::array<uint8_t, 32>& d) {
+  BlockHash h;
+  for (int i = 0; i < 8; ++i) {
+    h.hi = (h.hi << 8) | d[i];
+    h.lo = (h.lo << 8) | d[8 + i];
+  }
+  return h;
+}
+}  // namespace
+
+BlockHash salt_hash(std::string_view salt) {
+  // Its first byte (2) is never hash_block's (0 or 1): a salt cannot pose as a block.
+  std::vector<uint8_t> bytes = {2};
+  bytes.insert(bytes.end(), salt.begin(), salt.end());
+  return first_128_bits(sha256(bytes.data(), bytes.size()));
+}
+
 BlockHash hash_block(const std::optional<BlockHash>& parent, uint64_t extra_key,
                      std::span<const int32_t> tokens) {
   // One byte says whether there is a parent, so a first block never equals a child block
@@ -105,13 +123,7 @@ BlockHash hash_block(const std::optional<BlockHash>& parent, uint64_t extra_key,
   for (int32_t t : tokens)
     for (int i = 0; i < 4; ++i)
       bytes.push_back(static_cast<uint8_t>(static_cast<uint32_t>(t) >> (8 * i)));
-  const std::array<uint8_t, 32> d = sha256(bytes.data(), bytes.size());
-  BlockHash h;
-  for (int i = 0; i < 8; ++i) {
-    h.hi = (h.hi << 8) | d[i];
-    h.lo = (h.lo << 8) | d[8 + i];
-  }
-  return h;
+  return first_128_bits(sha256(bytes.data(), bytes.size()));
 }
 
 BlockManager::BlockManager(int32_t num_blocks, int32_t block_size, bool enable_caching,

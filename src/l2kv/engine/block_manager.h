@@ -28,6 +28,7 @@
 #include <cstdint>
 #include <optional>
 #include <span>
+#include <string_view>
 #include <unordered_map>
 #include <vector>
 
@@ -46,6 +47,10 @@ struct BlockHash {
 // block of a sequence).
 BlockHash hash_block(const std::optional<BlockHash>& parent, uint64_t extra_key,
                      std::span<const int32_t> tokens);
+
+// The parent a sequence's first block is hashed under when its request carries a cache salt
+// (vLLM's cache_salt): requests with different salts (or one without) never share cached blocks.
+BlockHash salt_hash(std::string_view salt);
 
 // SHA-256 of `size` bytes (exposed for its test against the standard's vectors).
 std::array<uint8_t, 32> sha256(const uint8_t* data, size_t size);

@@ -229,6 +229,7 @@ struct Engine::Impl {
                                        seed);
     r->prompt_logprobs = request.prompt_logprobs;
     r->prompt_only = request.prompt_only;
+    if (!request.cache_salt.empty()) r->salt = salt_hash(request.cache_salt);
     if (request.grammar) r->matcher.emplace(std::move(request.grammar));
     if (!r->params.allowed_token_ids.empty()) {
       r->allowed_mask.assign(static_cast<size_t>((runner->config().vocab_size + 31) / 32), 0u);
@@ -264,7 +265,7 @@ struct Engine::Impl {
     if (it == requests.end()) return nullptr;
     Request* leader = it->second.get();
     if (leader->prompt_leader || leader->num_output_tokens() > 0 || r.prompt_logprobs >= 0 ||
-        !std::ranges::equal(leader->prompt(), r.prompt()))
+        leader->salt != r.salt || !std::ranges::equal(leader->prompt(), r.prompt()))
       return nullptr;
     return leader;
   }

@@ -83,6 +83,9 @@ struct GenerationRequest {
   // no cached prefix and shares no prefill (every row is computed). Refused by a runner
   // without supports_prompt_logprobs().
   int32_t prompt_logprobs = -1;
+  // vLLM's cache_salt: when not empty, the request's blocks are cached and found under this
+  // salt only, so requests of different salts (tenants) never reuse each other's prefixes.
+  std::string cache_salt;
   // Only the prompt (max_tokens 0 with echo): the request ends with "length" once its prompt is
   // computed, with no output token; params.max_tokens is not used.
   bool prompt_only = false;

@@ -42,6 +42,8 @@ struct Request {
   // cache (cache_block) since the table was made.
   std::vector<BlockHash> block_hashes;
   int32_t num_cached_blocks = 0;
+  // GenerationRequest::cache_salt's salt_hash: the first block's parent (none without a salt).
+  std::optional<BlockHash> salt;
   // n > 1 (GenerationRequest::share_prompt_with): a choice waiting for `prompt_leader` to
   // compute the shared prompt, outside the scheduler's queues; the leader lists its waiting
   // choices in `prompt_followers`.

@@ -159,8 +159,7 @@ void Scheduler::hash_blocks(Request& r, int32_t num_blocks) {
   const std::span<const int32_t> tokens(r.tokens);
   while (static_cast<int32_t>(r.block_hashes.size()) < num_blocks) {
     const size_t i = r.block_hashes.size();
-    std::optional<BlockHash> parent;
-    if (i > 0) parent = r.block_hashes[i - 1];
+    const std::optional<BlockHash> parent = i > 0 ? r.block_hashes[i - 1] : r.salt;
     r.block_hashes.push_back(hash_block(parent, 0, tokens.subspan(i * bs, bs)));
   }
 }
