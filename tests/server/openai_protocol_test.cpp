@@ -233,7 +233,13 @@ TEST(OpenAiProtocol, RefusesFieldsItDoesNotImplement) {
       {R"("service_tier": "flex")", "service_tier"},
       {R"("use_beam_search": true)", "use_beam_search"},
       {R"("length_penalty": 0.5)", "length_penalty"},
-      {R"("spaces_between_special_tokens": false)", "spaces_between_special_tokens"},
+      {R"("spaces_between_special_tokens": 1)", "spaces_between_special_tokens"},
+      {R"("store": true)", "store"},
+      {R"("user": 5)", "user"},
+      {R"("user": ["u"])", "user"},
+      {R"("metadata": 5)", "metadata"},
+      {R"("metadata": {"a": 1})", "metadata"},
+      {R"("safety_identifier": {})", "safety_identifier"},
       {R"("prompt_logprobs": 21)", "prompt_logprobs"},
       {R"("bad_words": ["x"])", "bad_words"},
       {R"("continue_final_message": true)", "continue_final_message"},
@@ -254,7 +260,8 @@ TEST(OpenAiProtocol, RefusesFieldsItDoesNotImplement) {
       {R"("logits_processors": ["x"])", "logits_processors"},
       {R"("return_tokens_as_token_ids": true)", "return_tokens_as_token_ids"},
       {R"("return_token_ids": true)", "return_token_ids"},
-      {R"("cache_salt": "s")", "cache_salt"},
+      {R"("cache_salt": "")", "cache_salt"},
+      {R"("cache_salt": 5)", "cache_salt"},
       {R"("kv_transfer_params": {})", "kv_transfer_params"},
       {R"("vllm_xargs": {})", "vllm_xargs"},
       {R"("temprature": 0.5)", "temprature"},  // a typo
@@ -287,7 +294,8 @@ TEST(OpenAiProtocol, RefusesFieldsItDoesNotImplement) {
     EXPECT_EQ(e.param, param) << body;
   }
   // Hints, nulls and the values l2kv honours anyway are accepted.
-  EXPECT_NO_THROW(chat("{" + msgs + R"(, "user": "u", "metadata": {"a": "b"}, "store": true,
+  EXPECT_NO_THROW(chat("{" + msgs + R"(, "user": "u", "metadata": {"a": "b"}, "store": false,
+      "spaces_between_special_tokens": false,
       "safety_identifier": "s", "prompt_cache_key": "k", "service_tier": "auto",
       "modalities": ["text"], "use_beam_search": false, "length_penalty": 1.0,
       "include_stop_str_in_output": false, "add_generation_prompt": true, "echo": false,
@@ -534,6 +542,18 @@ TEST(OpenAiProtocol, NumbersOutOfRange) {
   const ApiError e = error_of([] { completion(R"({"prompt": "x", "temperature": 1e300})"); });
   EXPECT_EQ(e.status, 400);
   EXPECT_EQ(e.param, "temperature");
+  // Integers beyond 64 bits are out of range (not wrapped to negative, not "not an integer").
+  for (const auto& [fields, param] : std::vector<std::pair<std::string, std::string>>{
+           {R"("max_tokens": 9223372036854775808)", "max_tokens"},
+           {R"("seed": 18446744073709551615)", "seed"},
+           {R"("max_tokens": 1e30)", "max_tokens"},
+           {R"("top_k": -1e20)", "top_k"}}) {
+    const ApiError big = error_of([&] { completion(R"({"prompt": "x", )" + fields + "}"); });
+    EXPECT_EQ(big.param, param) << fields;
+    EXPECT_NE(big.message.find("out of range"), std::string::npos) << fields << ": " << big.message;
+  }
+  EXPECT_EQ(completion(R"({"prompt": "x", "seed": 9223372036854775807})").params.seed,
+            uint64_t{9223372036854775807});
 }
 
 TEST(OpenAiProtocol, MaxModelLen) {
@@ -608,6 +628,33 @@ TEST(OpenAiProtocol, CompletionResponseShape) {
   EXPECT_EQ(j["usage"]["total_tokens"], 7);
 }
 
+// Completions' text_offset counts characters, not UTF-8 bytes, and top_logprobs always hold the
+// sampled token (up to logprobs + 1 entries), as OpenAI and vLLM do.
+TEST(OpenAiProtocol, CompletionLogprobsCountCharactersAndNameTheSampledToken) {
+  EXPECT_EQ(text_length(""), 0);
+  EXPECT_EQ(text_length("ab"), 2);
+  EXPECT_EQ(text_length("\xe9\x80\x9a\xe7\x9f\xa5"), 2);  // two CJK characters, six bytes
+  EXPECT_EQ(text_length("\xf0\x9f\x98\x80!"), 2);         // an emoji (four bytes) and "!"
+  const TokenText text = [](int32_t id) {
+    return id == 1 ? std::string("\xe9\x80\x9a\xe7\x9f\xa5") : std::string(" x");
+  };
+  SampledToken a, b;
+  a.token = 1;
+  a.logprob = -2.f;
+  a.top_logprobs = {{2, -0.5f}};  // the sampled token is not among the most likely
+  b.token = 2;
+  b.logprob = -0.5f;
+  b.top_logprobs = {{2, -0.5f}};
+  const json lp = completion_logprobs_json({a, b, a}, text, 3);
+  EXPECT_EQ(lp["text_offset"], json::array({3, 5, 7}));
+  EXPECT_EQ(lp["top_logprobs"][0].size(), 2u);
+  EXPECT_EQ(lp["top_logprobs"][0]["\xe9\x80\x9a\xe7\x9f\xa5"], -2.0);
+  EXPECT_EQ(lp["top_logprobs"][1].size(), 1u);  // sampled = most likely: one entry
+  EXPECT_EQ(tokens_text_length({1, 2, 1}, text), 6);
+  EXPECT_EQ(echo_text_offset("\xe9\x80\x9a", {}, text), 1);
+  EXPECT_EQ(echo_text_offset("ignored", {2, 2}, text), 4);
+}
+
 TEST(OpenAiProtocol, ChatResponseShape) {
   ApiRequest r = chat(R"({"messages": [{"role": "user", "content": "x"}], "logprobs": true,
                           "top_logprobs": 1})");
@@ -641,10 +688,18 @@ TEST(OpenAiProtocol, StreamingChunks) {
   const json fin = chat_finish_chunk(h, 0, FinishReason::kLength);
   EXPECT_EQ(fin["choices"][0]["finish_reason"], "length");
   EXPECT_TRUE(fin["choices"][0]["delta"].empty());
+  EXPECT_TRUE(fin["choices"][0]["stop_reason"].is_null());
   const json text = completion_chunk({"cmpl-3", 1, "tiny"}, 0, "t", FinishReason::kStop, nullptr);
   EXPECT_EQ(text["object"], "text_completion");
   EXPECT_EQ(text["choices"][0]["text"], "t");
   EXPECT_EQ(text["choices"][0]["finish_reason"], "stop");
+  EXPECT_TRUE(text["choices"][0]["stop_reason"].is_null());
+  // The last chunk of a choice that met a stop string or token says which (vLLM's stop_reason).
+  EXPECT_EQ(
+      completion_chunk(h, 0, "", FinishReason::kStop, nullptr, "END")["choices"][0]["stop_reason"],
+      "END");
+  EXPECT_EQ(chat_finish_chunk(h, 0, FinishReason::kStop, "128009")["choices"][0]["stop_reason"],
+            "128009");
   const json usage = usage_chunk(h, Endpoint::kChatCompletions, 3, 4);
   EXPECT_TRUE(usage["choices"].empty());
   EXPECT_EQ(usage["usage"]["total_tokens"], 7);
@@ -946,7 +1001,9 @@ TEST(OpenAiProtocol, EchoedPromptLogprobsAndVllmPromptLogprobs) {
   EXPECT_EQ(dump_json(lp["token_logprobs"]), "[null,-0.25,-0.75,-0.5]");
   EXPECT_TRUE(lp["top_logprobs"][0].is_null());
   EXPECT_EQ(lp["top_logprobs"][1]["token_id:9"], -0.125);
-  EXPECT_EQ(lp["text_offset"], json::array({0, 10, 20, 1}));  // the output's from the text "P"
+  // The output's offsets go on after the prompt tokens' texts (vLLM's), rising throughout.
+  EXPECT_EQ(lp["text_offset"], json::array({0, 10, 20, 30}));
+  EXPECT_EQ(lp["top_logprobs"][2]["token_id:3"], -0.75);  // the prompt's own token
   EXPECT_EQ(dump_json(j["choices"][0]["prompt_logprobs"]),
             R"([null,{"2":{"logprob":-0.25,"rank":2,"decoded_token":"token_id:2"},)"
             R"("9":{"logprob":-0.125,"rank":1,"decoded_token":"token_id:9"}},)"

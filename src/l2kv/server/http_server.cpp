@@ -440,6 +440,7 @@ struct HttpServer::Impl {
         e.prompt_logprobs = engine_prompt_logprobs(r);
         e.prompt_only = r.prompt_only;
         e.grammar = r.grammar;
+        e.cache_salt = r.cache_salt;
         if (r.params.seed) e.params.seed = *r.params.seed + static_cast<uint64_t>(j);
         requests.push_back(std::move(e));
       }
@@ -524,8 +525,9 @@ struct HttpServer::Impl {
     // What was held back: text that did not become a call is content.
     if (!send(ts.finish())) return false;
     const bool called = out.finish_reason == FinishReason::kStop && ts.calls_started() > 0;
-    return write(sse_event(called ? chat_tool_finish_chunk(g.header, choice)
-                                  : chat_finish_chunk(g.header, choice, out.finish_reason)));
+    return write(sse_event(
+        called ? chat_tool_finish_chunk(g.header, choice)
+               : chat_finish_chunk(g.header, choice, out.finish_reason, out.stop_reason)));
   }
 
   // Writes the whole event stream; returns false (after aborting) when the client is gone.
@@ -547,7 +549,7 @@ struct HttpServer::Impl {
       if (chat && !write(sse_event(chat_role_chunk(g.header, index)))) return gone();
       if (!chat && r.echo && !prompt_chunk) {
         const std::string& prompt = g.prompt_texts[i / static_cast<size_t>(r.n)];
-        g.text_offsets[i] = static_cast<int64_t>(prompt.size());
+        g.text_offsets[i] = text_length(prompt);  // no logprobs here: not waiting for the prompt
         json logprobs = nullptr;
         if (!write(sse_event(
                 completion_chunk(g.header, index, prompt, FinishReason::kNone, logprobs))))
@@ -567,10 +569,11 @@ struct HttpServer::Impl {
         if (prompt_chunk && !g.echoed[i]) {
           g.echoed[i] = true;
           const size_t prompt = i / static_cast<size_t>(r.n);
-          if (r.echo) g.text_offsets[i] = static_cast<int64_t>(g.prompt_texts[prompt].size());
           static const std::vector<int32_t> kNoIds;
           const std::vector<int32_t>& ids =
               prompt < g.prompt_ids.size() ? g.prompt_ids[prompt] : kNoIds;
+          if (r.echo)
+            g.text_offsets[i] = echo_text_offset(g.prompt_texts[prompt], ids, g.token_text);
           if (!write(sse_event(completion_prompt_chunk(g.header, r, item.choice,
                                                        g.prompt_texts[prompt], ids,
                                                        out.prompt_logprobs, g.token_text))))
@@ -593,19 +596,20 @@ struct HttpServer::Impl {
                     sse_event(chat_content_chunk(g.header, item.choice, out.new_text, logprobs))))
               return gone();
           }
-          if (out.finished &&
-              !write(sse_event(chat_finish_chunk(g.header, item.choice, out.finish_reason))))
+          if (out.finished && !write(sse_event(chat_finish_chunk(
+                                  g.header, item.choice, out.finish_reason, out.stop_reason))))
             return gone();
         } else if (has_piece || out.finished) {
           json logprobs = nullptr;
           if (r.params.logprobs >= 0) {
             logprobs = completion_logprobs_json(out.new_logprobs, g.token_text, g.text_offsets[i]);
             for (const SampledToken& t : out.new_logprobs)
-              g.text_offsets[i] += static_cast<int64_t>(g.token_text(t.token).size());
+              g.text_offsets[i] += text_length(g.token_text(t.token));
           }
-          if (!write(sse_event(completion_chunk(
-                  g.header, item.choice, out.new_text,
-                  out.finished ? out.finish_reason : FinishReason::kNone, logprobs))))
+          if (!write(sse_event(
+                  completion_chunk(g.header, item.choice, out.new_text,
+                                   out.finished ? out.finish_reason : FinishReason::kNone, logprobs,
+                                   out.finished ? out.stop_reason : std::string()))))
             return gone();
         }
       }

@@ -14,6 +14,7 @@
 #include "l2kv/structured/json_schema.h"
 #include "l2kv/structured/regex_grammar.h"
 #include "l2kv/tokenizer/tokenizer.h"
+#include "l2kv/tokenizer/utf8.h"
 
 namespace l2kv::server {
 namespace {
@@ -48,12 +49,22 @@ std::optional<double> get_number(const json& body, const char* name) {
 std::optional<int64_t> get_integer(const json& body, const char* name) {
   const json* v = field(body, name);
   if (!v) return std::nullopt;
+  const auto out_of_range = [&](const std::string& value) {
+    bad_request(
+        std::string("'") + name + "' is out of range: " + value + " does not fit a 64-bit integer.",
+        name);
+  };
+  if (v->is_number_unsigned() &&
+      v->get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()))
+    out_of_range(std::to_string(v->get<uint64_t>()));
   if (v->is_number_integer()) return v->get<int64_t>();
   // 3.0 is an integer in JSON's eyes (pydantic agrees); 3.5 is not.
   if (v->is_number_float()) {
     const double d = v->get<double>();
-    if (std::isfinite(d) && d == std::floor(d) && std::fabs(d) < 9e15)
-      return static_cast<int64_t>(d);
+    if (std::isfinite(d) && d == std::floor(d)) {
+      if (std::fabs(d) < 9e15) return static_cast<int64_t>(d);
+      out_of_range(v->dump());  // beyond 2^53 a double no longer holds every integer
+    }
   }
   wrong_type(name, "an integer");
 }
@@ -106,12 +117,14 @@ void check_model(const json& body, const ServerLimits& limits, ApiRequest& r) {
                    "invalid_request_error", "model_not_found");
 }
 
-// Every request field l2kv knows, by endpoint. A field is implemented, a hint (accepted and
-// ignored: it asks nothing of the answer), or unsupported: then only null or the values listed
-// (what l2kv does anyway) are accepted, anything else is a 400 naming it. A name in no row is
-// a 400 too ("Unrecognized request argument supplied"), so a typo never goes unnoticed.
+// Every request field l2kv knows, by endpoint. A field is implemented, a hint (it asks nothing
+// of the answer: checked for its type, then not used), or unsupported: then only null or the
+// values listed (what l2kv does anyway) are accepted, anything else is a 400 naming it. A name in
+// no row is a 400 too ("Unrecognized request argument supplied"), so a typo never goes unnoticed.
 enum class FieldKind : uint8_t { kImplemented, kHint, kUnsupported };
 enum EndpointMask : uint8_t { kCompletionsOnly = 1, kChatOnly = 2, kBoth = 3 };
+// What a hint holds: a string, or (metadata) an object of strings.
+enum class HintShape : uint8_t { kString, kStringMap };
 
 struct FieldRule {
   const char* name;
@@ -119,6 +132,7 @@ struct FieldRule {
   FieldKind kind;
   std::vector<const char*> accepted = {};  // kUnsupported: JSON values l2kv honours as is
   const char* why = "";                    // kUnsupported: the end of the 400's message
+  HintShape hint = HintShape::kString;     // kHint: the value's shape
 };
 
 const std::vector<FieldRule>& field_rules() {
@@ -145,8 +159,8 @@ const std::vector<FieldRule>& field_rules() {
       {"echo", kCompletionsOnly, kImplemented},
       {"best_of", kCompletionsOnly, kImplemented},
       {"user", kBoth, kHint},
-      {"metadata", kChatOnly, kHint},
-      {"store", kChatOnly, kHint},
+      {"metadata", kChatOnly, kHint, {}, "", HintShape::kStringMap},
+      {"store", kChatOnly, kUnsupported, {"false"}, "l2kv does not store completions."},
       {"safety_identifier", kChatOnly, kHint},
       {"prompt_cache_key", kChatOnly, kHint},
       {"suffix", kCompletionsOnly, kUnsupported, {}, "l2kv does not fill in the middle."},
@@ -182,11 +196,13 @@ const std::vector<FieldRule>& field_rules() {
       {"use_beam_search", kBoth, kUnsupported, {"false"}, "l2kv has no beam search."},
       {"length_penalty", kBoth, kUnsupported, {"1"}, "it applies to beam search only."},
       {"include_stop_str_in_output", kBoth, kImplemented},
+      // Text is decoded as Hugging Face's fast tokenizers (and vLLM with them) decode it: shown
+      // special tokens stand next to each other, without spaces, whichever value is given.
       {"spaces_between_special_tokens",
        kBoth,
        kUnsupported,
-       {"true"},
-       "special tokens are always detokenized with spaces between them."},
+       {"true", "false"},
+       "it takes true or false (shown special tokens are joined without spaces either way)."},
       {"truncate_prompt_tokens", kBoth, kImplemented},
       {"prompt_logprobs", kBoth, kImplemented},
       {"allowed_token_ids", kBoth, kImplemented},
@@ -228,7 +244,7 @@ const std::vector<FieldRule>& field_rules() {
        {"false"},
        "logprobs name tokens by their text."},
       {"return_token_ids", kBoth, kUnsupported, {"false"}, "responses carry text only."},
-      {"cache_salt", kBoth, kUnsupported, {}, "l2kv has no prefix cache."},
+      {"cache_salt", kBoth, kImplemented},
       {"kv_transfer_params", kBoth, kUnsupported, {}, "l2kv does not transfer KV caches."},
       {"vllm_xargs", kBoth, kUnsupported, {}, "l2kv takes no extra arguments."},
   };
@@ -246,7 +262,16 @@ void check_field_names(const json& body, Endpoint endpoint) {
         break;
       }
     if (rule == nullptr) bad_request("Unrecognized request argument supplied: " + name, name);
-    if (rule->kind != FieldKind::kUnsupported || value.is_null()) continue;
+    if (value.is_null()) continue;
+    if (rule->kind == FieldKind::kHint) {
+      if (rule->hint == HintShape::kString && !value.is_string())
+        wrong_type(name.c_str(), "a string");
+      if (rule->hint == HintShape::kStringMap &&
+          (!value.is_object() ||
+           !std::all_of(value.begin(), value.end(), [](const json& v) { return v.is_string(); })))
+        wrong_type(name.c_str(), "an object of strings");
+    }
+    if (rule->kind != FieldKind::kUnsupported) continue;
     bool accepted = false;
     for (const char* literal : rule->accepted) accepted |= value == json::parse(literal);
     if (!accepted) bad_request("'" + name + "' is not supported: " + rule->why, name);
@@ -517,6 +542,11 @@ void parse_common(const json& body, const ServerLimits& limits, ApiRequest& r) {
     r.n = static_cast<int32_t>(*v);
   }
   if (auto v = get_bool(body, "stream")) r.stream = *v;
+  if (const json* salt = field(body, "cache_salt")) {
+    if (!salt->is_string() || salt->get_ref<const std::string&>().empty())
+      wrong_type("cache_salt", "a non-empty string");
+    r.cache_salt = salt->get<std::string>();
+  }
   if (auto v = get_integer(body, "prompt_logprobs"))
     r.prompt_logprobs = to_int32(*v, "prompt_logprobs", 0, kMaxLogprobs);
   // A streamed completion carries them in its first chunk; a chat has no chunk for them.
@@ -1136,6 +1166,21 @@ json usage_json(int64_t prompt_tokens, int64_t completion_tokens) {
           {"completion_tokens", completion_tokens}};
 }
 
+int64_t text_length(const std::string& text) {
+  // Invalid bytes reach the client as U+FFFD (dump_json's replacement): count them so.
+  const std::string repaired = utf8::is_valid(text) ? std::string() : utf8::repair(text);
+  int64_t characters = 0;
+  for (const unsigned char c : repaired.empty() ? text : repaired)
+    characters += (c & 0xC0) != 0x80;  // not a continuation byte
+  return characters;
+}
+
+int64_t tokens_text_length(const std::vector<int32_t>& ids, const TokenText& text) {
+  int64_t characters = 0;
+  for (const int32_t id : ids) characters += text_length(text(id));
+  return characters;
+}
+
 json completion_logprobs_json(const std::vector<SampledToken>& logprobs, const TokenText& text,
                               int64_t text_offset) {
   json tokens = json::array(), token_logprobs = json::array(), top = json::array(),
@@ -1147,9 +1192,11 @@ json completion_logprobs_json(const std::vector<SampledToken>& logprobs, const T
     json alternatives = json::object();
     for (const auto& [id, lp] : t.top_logprobs)
       if (std::isfinite(lp)) alternatives[text(id)] = lp;  // -inf: a token the grammar forbade
+    // The sampled token is always among them (OpenAI's and vLLM's up to logprobs + 1).
+    if (!alternatives.contains(s)) alternatives[s] = t.logprob;
     top.push_back(std::move(alternatives));
     offsets.push_back(text_offset);
-    text_offset += static_cast<int64_t>(s.size());
+    text_offset += text_length(s);
   }
   return {{"text_offset", offsets},
           {"token_logprobs", token_logprobs},
@@ -1233,7 +1280,7 @@ json echoed_prompt_logprobs(const std::vector<int32_t>& ids, const std::vector<P
     const std::string s = text(ids[i]);
     tokens.push_back(s);
     offsets.push_back(offset);
-    offset += static_cast<int64_t>(s.size());
+    offset += text_length(s);
     if (i == 0 || i - 1 >= rows.size()) {
       token_logprobs.push_back(nullptr);
       top.push_back(nullptr);
@@ -1243,12 +1290,18 @@ json echoed_prompt_logprobs(const std::vector<int32_t>& ids, const std::vector<P
     token_logprobs.push_back(row.logprob);
     json alternatives = json::object();
     for (const auto& [id, lp] : row.top_logprobs) alternatives[text(id)] = lp;
+    if (!alternatives.contains(s)) alternatives[s] = row.logprob;  // the prompt's own token
     top.push_back(std::move(alternatives));
   }
   return {{"text_offset", offsets},
           {"token_logprobs", token_logprobs},
           {"tokens", tokens},
           {"top_logprobs", top}};
+}
+
+int64_t echo_text_offset(const std::string& prompt_text, const std::vector<int32_t>& prompt_ids,
+                         const TokenText& text) {
+  return prompt_ids.empty() ? text_length(prompt_text) : tokens_text_length(prompt_ids, text);
 }
 
 json completion_response(const ResponseHeader& header, const ApiRequest& request,
@@ -1265,6 +1318,7 @@ json completion_response(const ResponseHeader& header, const ApiRequest& request
   json out_choices = json::array();
   int64_t completion_tokens = 0;
   for (const ChoiceOutput& c : choices) completion_tokens += c.completion_tokens;
+  static const std::vector<int32_t> kNoIds;
   for (size_t i = 0; i < shown.size(); ++i) {
     const ChoiceOutput& c = shown[i];
     const size_t prompt = i / static_cast<size_t>(request.n);
@@ -1272,7 +1326,8 @@ json completion_response(const ResponseHeader& header, const ApiRequest& request
     int64_t offset = 0;
     if (request.echo && prompt < prompt_texts.size()) {
       body = prompt_texts[prompt] + body;
-      offset = static_cast<int64_t>(prompt_texts[prompt].size());
+      offset = echo_text_offset(prompt_texts[prompt],
+                                prompt < prompt_ids.size() ? prompt_ids[prompt] : kNoIds, text);
     }
     json logprobs = nullptr;
     if (request.params.logprobs >= 0) {
@@ -1356,7 +1411,7 @@ json chat_response(const ResponseHeader& header, const ApiRequest& request,
 }
 
 json completion_chunk(const ResponseHeader& header, int32_t index, const std::string& text,
-                      FinishReason finish, const json& logprobs) {
+                      FinishReason finish, const json& logprobs, const std::string& stop_reason) {
   return {{"id", header.id},
           {"object", "text_completion"},
           {"created", header.created},
@@ -1364,7 +1419,8 @@ json completion_chunk(const ResponseHeader& header, int32_t index, const std::st
           {"choices", json::array({{{"index", index},
                                     {"text", text},
                                     {"logprobs", logprobs},
-                                    {"finish_reason", finish_reason_json(finish)}}})}};
+                                    {"finish_reason", finish_reason_json(finish)},
+                                    {"stop_reason", stop_reason_json(stop_reason)}}})}};
 }
 
 json completion_prompt_chunk(const ResponseHeader& header, const ApiRequest& request, int32_t index,
@@ -1387,7 +1443,7 @@ bool completion_stream_waits_for_prompt(const ApiRequest& request) {
 
 namespace {
 json chat_chunk(const ResponseHeader& header, int32_t index, json delta, const json& logprobs,
-                FinishReason finish) {
+                FinishReason finish, const std::string& stop_reason = {}) {
   return {{"id", header.id},
           {"object", "chat.completion.chunk"},
           {"created", header.created},
@@ -1395,7 +1451,8 @@ json chat_chunk(const ResponseHeader& header, int32_t index, json delta, const j
           {"choices", json::array({{{"index", index},
                                     {"delta", std::move(delta)},
                                     {"logprobs", logprobs},
-                                    {"finish_reason", finish_reason_json(finish)}}})}};
+                                    {"finish_reason", finish_reason_json(finish)},
+                                    {"stop_reason", stop_reason_json(stop_reason)}}})}};
 }
 }  // namespace
 
@@ -1409,8 +1466,9 @@ json chat_content_chunk(const ResponseHeader& header, int32_t index, const std::
   return chat_chunk(header, index, {{"content", content}}, logprobs, FinishReason::kNone);
 }
 
-json chat_finish_chunk(const ResponseHeader& header, int32_t index, FinishReason finish) {
-  return chat_chunk(header, index, json::object(), nullptr, finish);
+json chat_finish_chunk(const ResponseHeader& header, int32_t index, FinishReason finish,
+                       const std::string& stop_reason) {
+  return chat_chunk(header, index, json::object(), nullptr, finish, stop_reason);
 }
 
 std::string tool_call_id(const ResponseHeader& header, int32_t index, size_t k) {

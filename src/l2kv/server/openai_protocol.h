@@ -82,6 +82,7 @@ struct ApiRequest {
   // Completions: max_tokens 0 with echo: only the prompt (and its logprobs) is computed.
   bool prompt_only = false;
   int32_t prompt_logprobs = -1;  // vLLM's prompt_logprobs: -1 none, else top tokens per row
+  std::string cache_salt;        // vLLM's: prefix-cache reuse only among requests that share it
   bool stream = false;
   bool include_usage = false;
   // vLLM's prompt fields: add_special_tokens (unset: completions add BOS, chat templates write
@@ -165,8 +166,15 @@ TokenText token_text_for(const Tokenizer* tokenizer);
 json finish_reason_json(FinishReason reason);
 json usage_json(int64_t prompt_tokens, int64_t completion_tokens);
 
+// Characters (Unicode code points) of UTF-8 `text`: what completions' text_offset counts.
+int64_t text_length(const std::string& text);
+// The characters of the tokens' texts, one after another.
+int64_t tokens_text_length(const std::vector<int32_t>& ids, const TokenText& text);
+
 // Logprobs of `tokens` in OpenAI's shapes. Completions: {tokens, token_logprobs, top_logprobs,
-// text_offset}, offsets counted from `text_offset`. Chat: {content: [{token, logprob, bytes,
+// text_offset}: top_logprobs holds the sampled token beside the most likely ones (up to
+// logprobs + 1 entries, as OpenAI and vLLM), offsets count characters from `text_offset`, each
+// token's text after the one before (vLLM's). Chat: {content: [{token, logprob, bytes,
 // top_logprobs: [{token, logprob, bytes}]}]}.
 json completion_logprobs_json(const std::vector<SampledToken>& logprobs, const TokenText& text,
                               int64_t text_offset);
@@ -188,9 +196,14 @@ int32_t engine_prompt_logprobs(const ApiRequest& request);
 json prompt_logprobs_json(const std::vector<PromptLogprob>& rows, const TokenText& text);
 
 // Completions logprobs of an echoed prompt `ids`: its first token with null logprob and
-// top_logprobs (as OpenAI), then one entry per row, text offsets from 0.
+// top_logprobs (as OpenAI), then one entry per row (the prompt's token among its
+// alternatives), text offsets from 0.
 json echoed_prompt_logprobs(const std::vector<int32_t>& ids, const std::vector<PromptLogprob>& rows,
                             const TokenText& text);
+// Where the generated tokens' text offsets start after an echoed prompt: the characters of its
+// tokens' texts (so the offsets keep rising past the prompt's), or of its text without ids.
+int64_t echo_text_offset(const std::string& prompt_text, const std::vector<int32_t>& prompt_ids,
+                         const TokenText& text);
 
 // Full responses. `choices` are in index order; `prompts_text` (echo) per prompt. With echo
 // and logprobs, `prompt_ids` (per prompt) puts the prompt's tokens first in the logprobs (the
@@ -210,9 +223,11 @@ json chat_response(const ResponseHeader& header, const ApiRequest& request,
                    const std::vector<ChoiceOutput>& choices,
                    const std::vector<int32_t>& prompt_tokens, const TokenText& text);
 
-// Streaming chunks. `logprobs` may be null.
+// Streaming chunks. `logprobs` may be null; `stop_reason` (the stop string or token that ended
+// the choice, vLLM's) is null while empty.
 json completion_chunk(const ResponseHeader& header, int32_t index, const std::string& text,
-                      FinishReason finish, const json& logprobs);
+                      FinishReason finish, const json& logprobs,
+                      const std::string& stop_reason = {});
 // A streamed completion's first chunk once the prompt's logprobs are known (echo with
 // logprobs, or prompt_logprobs): the echoed prompt (with echo; else "") with its logprobs
 // (echo with logprobs, `prompt_ids` its tokens) and the choice's vLLM prompt_logprobs (when
@@ -227,7 +242,8 @@ bool completion_stream_waits_for_prompt(const ApiRequest& request);
 json chat_role_chunk(const ResponseHeader& header, int32_t index);
 json chat_content_chunk(const ResponseHeader& header, int32_t index, const std::string& content,
                         const json& logprobs);
-json chat_finish_chunk(const ResponseHeader& header, int32_t index, FinishReason finish);
+json chat_finish_chunk(const ResponseHeader& header, int32_t index, FinishReason finish,
+                       const std::string& stop_reason = {});
 // Tool calls: a delta of `calls` (indexes from `first_index`, with id, type and the whole
 // function); streamed, a call's first delta (its index, id, type and name, arguments "") and
 // its arguments' later pieces (index and arguments only), as OpenAI streams them.

@@ -221,7 +221,11 @@ describe("prompt logprobs", () => {
     assert.equal(c.logprobs.top_logprobs[0], null);
     for (let i = 1; i < PROMPT_IDS.length; ++i) {
       assert.ok(c.logprobs.token_logprobs[i] <= 0, `token ${i}: ${c.logprobs.token_logprobs[i]}`);
-      assert.equal(Object.keys(c.logprobs.top_logprobs[i]).length, 1);
+      // The most likely token, and the prompt's own when it is another (vLLM's logprobs + 1).
+      const n = Object.keys(c.logprobs.top_logprobs[i]).length;
+      assert.ok(n >= 1 && n <= 2, `top_logprobs[${i}] has ${n} entries`);
+      assert.ok(c.logprobs.tokens[i] in c.logprobs.top_logprobs[i], `token ${i} is not in its top_logprobs`);
+      assert.equal(c.logprobs.text_offset[i], c.logprobs.text_offset[i - 1] + [...c.logprobs.tokens[i - 1]].length);
     }
   });
 
@@ -454,6 +458,10 @@ describe("completions", () => {
     const s = await collectCompletionStream(stream);
     assert.equal(s.texts[0], expected, `streamed, stop ${JSON.stringify(stop)}`);
     assert.equal(s.finish[0], "stop");
+    // vLLM's stop_reason: null in every chunk but the last, which names the stop string.
+    const reasons = s.chunks.flatMap((c) => c.choices.map((x) => x.stop_reason));
+    assert.equal(reasons.at(-1), stop);
+    assert.ok(reasons.slice(0, -1).every((x) => x === null), JSON.stringify(reasons));
     // The text is made on the server's output thread, behind the engine, which may run on past
     // the stop: the answer still ends at the token that completed it (logprobs and usage too).
     const all = await client.completions.create({ model: MODEL_NAME, prompt: PROMPT, max_tokens: MAX,
@@ -493,6 +501,9 @@ describe("completions", () => {
       assert.ok(lp.token_logprobs[i] <= 0, `token_logprobs[${i}] = ${lp.token_logprobs[i]}`);
       const top = Object.values(lp.top_logprobs[i]);
       assert.ok(top.length >= 2 && top.length <= 3, `top_logprobs[${i}] has ${top.length} entries`);
+      assert.ok(lp.tokens[i] in lp.top_logprobs[i], `the sampled token is not in top_logprobs[${i}]`);
+      // Offsets count characters (code points), each token's text after the one before.
+      if (i > 0) assert.equal(lp.text_offset[i], lp.text_offset[i - 1] + [...lp.tokens[i - 1]].length);
       // greedy: the chosen token is the most likely one
       assert.ok(Math.abs(Math.max(...top) - lp.token_logprobs[i]) < 1e-4, `token ${i} is not the top-1`);
       if (i > 0) assert.ok(lp.text_offset[i] >= lp.text_offset[i - 1]);
