@@ -137,6 +137,33 @@ TEST(ModelConfig, ReadsBothRopeFormsAndRejectsTheUnsupported) {
             "config.json");
       },
       "do not divide");
+  // Malformed configs name the key and what it must hold, not the JSON library's words.
+  expect_error([&] { ModelConfig::from_json_text("[1, 2]", "config.json"); },
+               "expected a JSON object, got array");
+  expect_error(
+      [&] {
+        ModelConfig::from_json_text(R"({"architectures": ["LlamaForCausalLM"], "vocab_size": 10})",
+                                    "config.json");
+      },
+      "hidden_size is missing");
+  expect_error([&] { parse("LlamaForCausalLM", R"(, "torch_dtype": "int4")"); },
+               "torch_dtype int4 is not supported");
+  expect_error([&] { parse("LlamaForCausalLM", R"(, "rms_norm_eps": "x")"); },
+               "rms_norm_eps must be a number");
+  expect_error([&] { parse("LlamaForCausalLM", R"(, "tie_word_embeddings": 1)"); },
+               "tie_word_embeddings must be true or false");
+  expect_error(
+      [&] {
+        ModelConfig::from_json_text(R"({"architectures": "LlamaForCausalLM"})", "config.json");
+      },
+      "architectures must be a list");
+  const std::string string_size =
+      R"({"architectures": ["LlamaForCausalLM"], "vocab_size": 10, "hidden_size": "8",
+      "intermediate_size": 16, "num_hidden_layers": 1, "num_attention_heads": 2})";
+  expect_error([&] { ModelConfig::from_json_text(string_size, "config.json"); },
+               "hidden_size must be an integer in [1, ");
+  // A null is the setting's default, as Hugging Face writes it.
+  EXPECT_EQ(parse("LlamaForCausalLM", R"(, "rms_norm_eps": null)").rms_norm_eps, 1e-6);
 }
 
 // Qwen3 as its Hub configs write it: head_dim given (not hidden / heads), no QKV bias unless

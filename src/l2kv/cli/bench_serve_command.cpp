@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "l2kv/cli/bench_serve_workload.h"
+#include "l2kv/cli/flag_checks.h"
 #include "l2kv/cli/latency_stats.h"
 #include "l2kv/core/error.h"
 
@@ -570,6 +571,7 @@ std::function<int()> add_bench_serve_command(CLI::App& app) {
       ->check(CLI::Range(0, 1 << 20))
       ->capture_default_str();
   cmd->add_option("--seed", o->w.seed, "Seed of the prompts and arrival times")
+      ->check(whole_number(0, std::numeric_limits<uint32_t>::max()))
       ->capture_default_str();
   cmd->add_option("--vocab-size", o->w.vocab_size,
                   "Random prompt token ids are drawn from [100, vocab-size)")

@@ -3,6 +3,7 @@
 #include <chrono>
 #include <cstdio>
 
+#include "l2kv/cli/flag_checks.h"
 #include "l2kv/core/cuda_check.h"
 #include "l2kv/core/error.h"
 #include "l2kv/engine/cpu_runner.h"
@@ -111,11 +112,11 @@ void add_engine_options(CLI::App& app, EngineConfig& c) {
       ->capture_default_str();
   app.add_option("--max-model-len", c.max_model_len,
                  "Longest prompt + output in tokens (0 = the model's max_position_embeddings)")
-      ->check(CLI::NonNegativeNumber)
+      ->check(whole_number(0, std::numeric_limits<int32_t>::max()))
       ->capture_default_str();
   app.add_option("--num-kv-blocks", c.num_kv_blocks,
                  "KV-cache blocks to allocate (0 = as many as --gpu-memory-utilization allows)")
-      ->check(CLI::NonNegativeNumber)
+      ->check(whole_number(0, std::numeric_limits<int32_t>::max()))
       ->capture_default_str();
   app.add_option("--gpu-memory-utilization", c.gpu_memory_utilization,
                  "Fraction of the GPU's memory l2kv may use for weights, workspace and KV cache")
@@ -128,6 +129,7 @@ void add_engine_options(CLI::App& app, EngineConfig& c) {
       ->capture_default_str();
   app.add_option("--engine-seed", c.seed,
                  "Seed that draws the sampling seeds of requests that give none")
+      ->check(unsigned_number())
       ->capture_default_str();
 }
 
@@ -227,6 +229,9 @@ LoadedModel load_model(const ModelOptions& o) {
   const int device = resolve_device(o.device);
   const auto start = std::chrono::steady_clock::now();
   loaded.synthetic = is_synthetic(o.model);
+  parse_prefetch_policy(o.kv_prefetch);  // a bad value is an error on every backend
+  if (loaded.synthetic)                  // an unknown name says so before anything else
+    ModelConfig::synthetic(o.model.substr(std::string("synthetic:").size()));
   if (!loaded.synthetic) {
     if (!fs::is_directory(o.model))
       throw Error("--model " + o.model + ": not a folder (give a Hugging Face model folder or " +
@@ -246,6 +251,15 @@ LoadedModel load_model(const ModelOptions& o) {
       throw Error("--fp8-activations " + o.fp8_activations +
                   ": the CPU backend dequantizes fp8 checkpoints at load and runs float32 "
                   "activations; the flag applies to the CUDA backend");
+    // The CUDA backend's kernel choices mean nothing here: refused rather than ignored.
+    const auto cuda_only = [](const std::string& flag) {
+      throw Error(flag + " applies to the CUDA backend only (this run is on the CPU)");
+    };
+    if (o.attention != "split") cuda_only("--attention " + o.attention);
+    if (o.kv_prefetch != "auto") cuda_only("--kv-prefetch " + o.kv_prefetch);
+    if (o.gemm_tuning != "heuristic") cuda_only("--gemm-tuning " + o.gemm_tuning);
+    if (o.fused_layer_max_rows >= 0) cuda_only("--fused-layer-max-rows");
+    if (o.enforce_eager) cuda_only("--enforce-eager");
     std::fprintf(stderr, "l2kv: loading %s on the CPU (float32)\n", o.model.c_str());
     auto runner = std::make_unique<CpuRunner>(fs::path(o.model), o.tensor_parallel_size);
     runner->set_window_kv_groups(o.window_kv_groups);

@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "l2kv/chat/chat_template.h"
+#include "l2kv/cli/flag_checks.h"
 #include "l2kv/cli/model_loading.h"
 #include "l2kv/core/error.h"
 #include "l2kv/server/engine_loop.h"
@@ -23,6 +24,7 @@ struct ServeOptions {
   ModelOptions model;
   EngineConfig engine;
   server::HttpServerOptions http;
+  bool served_model_name_given = false;  // an empty name given is refused, not replaced
 };
 
 // The signal handler only writes a byte to this pipe; a watcher thread does the rest.
@@ -34,6 +36,8 @@ extern "C" void on_stop_signal(int) {
 }
 
 int run_serve(ServeOptions o) {
+  if (o.served_model_name_given && o.http.served_model_name.empty())
+    throw Error("--served-model-name is empty: give the name clients send as \"model\"");
   if (o.http.served_model_name.empty()) o.http.served_model_name = o.model.model;
   o.http.model_path = o.model.model;
 
@@ -127,6 +131,7 @@ std::function<int()> add_serve_command(CLI::App& app) {
                   "/health and /metrics stay open");
   cmd->add_option("--max-body-bytes", h.max_body_bytes,
                   "Largest request body accepted; larger ones are answered 413")
+      ->check(unsigned_number())
       ->capture_default_str();
   cmd->add_option("--max-connections", h.threads,
                   "Generations served at once, each on its own HTTP worker (one more is answered "
@@ -139,7 +144,10 @@ std::function<int()> add_serve_command(CLI::App& app) {
                   "([TOOL_CALLS]); without it \"auto\" is refused, while \"required\" and a "
                   "named function (forced by the grammar) always work")
       ->check(CLI::IsMember({"hermes", "llama3_json", "mistral"}));
-  return [o] { return run_serve(*o); };
+  return [o, cmd] {
+    o->served_model_name_given = cmd->count("--served-model-name") > 0;
+    return run_serve(*o);
+  };
 }
 
 }  // namespace l2kv::cli

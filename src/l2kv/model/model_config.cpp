@@ -237,9 +237,31 @@ ModelConfig ModelConfig::from_json_text(const std::string& text, const std::stri
   } catch (const nlohmann::json::exception& e) {
     throw Error(origin + ": not JSON (" + e.what() + ")");
   }
+  if (!j.is_object()) throw Error(origin + ": expected a JSON object, got " + j.type_name());
+  // Hugging Face writes null for a setting left at its default.
+  const auto present = [&](const char* key) { return j.contains(key) && !j[key].is_null(); };
+  const auto required = [&](const char* key) -> const nlohmann::json& {
+    if (!present(key)) throw Error(origin + ": " + key + " is missing");
+    return j[key];
+  };
+  const auto number = [&](const char* key, double fallback) {
+    if (!present(key)) return fallback;
+    if (!j[key].is_number()) throw Error(origin + ": " + key + " must be a number");
+    return j[key].get<double>();
+  };
+  const auto boolean = [&](const char* key, bool fallback) {
+    if (!present(key)) return fallback;
+    if (!j[key].is_boolean()) throw Error(origin + ": " + key + " must be true or false");
+    return j[key].get<bool>();
+  };
   ModelConfig c;
   try {
-    const auto archs = j.at("architectures").get<std::vector<std::string>>();
+    const nlohmann::json& arch_list = required("architectures");
+    if (!arch_list.is_array() ||
+        !std::all_of(arch_list.begin(), arch_list.end(),
+                     [](const nlohmann::json& a) { return a.is_string(); }))
+      throw Error(origin + ": architectures must be a list of names");
+    const auto archs = arch_list.get<std::vector<std::string>>();
     if (archs.size() != 1) throw Error(origin + ": expected one architecture");
     c.architecture = archs[0];
     const bool mixtral = c.architecture == "MixtralForCausalLM";
@@ -257,22 +279,22 @@ ModelConfig ModelConfig::from_json_text(const std::string& text, const std::stri
     const auto size = [&](const char* key, int64_t fallback, int64_t hi) {
       return integer_field(j, key, fallback, std::numeric_limits<int64_t>::min(), hi, origin);
     };
-    c.vocab_size = integer_value(j.at("vocab_size"), "vocab_size",
-                                 std::numeric_limits<int64_t>::min(), kMaxDimension, origin);
-    c.hidden_size = integer_value(j.at("hidden_size"), "hidden_size",
-                                  std::numeric_limits<int64_t>::min(), kMaxDimension, origin);
-    c.intermediate_size = integer_value(j.at("intermediate_size"), "intermediate_size",
-                                        std::numeric_limits<int64_t>::min(), kMaxDimension, origin);
-    c.num_layers = integer_value(j.at("num_hidden_layers"), "num_hidden_layers",
-                                 std::numeric_limits<int64_t>::min(), kMaxLayers, origin);
-    c.num_q_heads = integer_value(j.at("num_attention_heads"), "num_attention_heads",
-                                  std::numeric_limits<int64_t>::min(), kMaxDimension, origin);
+    c.vocab_size = integer_value(required("vocab_size"), "vocab_size", 1, kMaxDimension, origin);
+    c.hidden_size = integer_value(required("hidden_size"), "hidden_size", 1, kMaxDimension, origin);
+    c.intermediate_size =
+        integer_value(required("intermediate_size"), "intermediate_size", 1, kMaxDimension, origin);
+    c.num_layers =
+        integer_value(required("num_hidden_layers"), "num_hidden_layers", 1, kMaxLayers, origin);
+    c.num_q_heads = integer_value(required("num_attention_heads"), "num_attention_heads", 1,
+                                  kMaxDimension, origin);
     c.num_kv_heads = size("num_key_value_heads", c.num_q_heads, kMaxDimension);
     c.head_dim = j.contains("head_dim") && j["head_dim"].is_number()
                      ? size("head_dim", 0, kMaxDimension)
                      : (c.num_q_heads > 0 ? c.hidden_size / c.num_q_heads : 0);
-    c.rms_norm_eps = j.value("rms_norm_eps", 1e-6);
-    c.tie_word_embeddings = j.value("tie_word_embeddings", gemma3);
+    c.rms_norm_eps = number("rms_norm_eps", 1e-6);
+    if (!(c.rms_norm_eps > 0 && c.rms_norm_eps < 1))
+      throw Error(origin + ": rms_norm_eps must be in (0, 1)");
+    c.tie_word_embeddings = boolean("tie_word_embeddings", gemma3);
     c.max_position_embeddings = size("max_position_embeddings", 0, kMaxPositions);
     // Qwen2 always has a QKV bias; Qwen3 has one only where attention_bias says so.
     c.qkv_bias = qwen2 || j.value("attention_bias", false);
@@ -332,6 +354,10 @@ ModelConfig ModelConfig::from_json_text(const std::string& text, const std::stri
                   ": a mixture of experts needs 1 <= num_experts_per_tok <= the number "
                   "of experts and a positive expert intermediate size");
     const std::string dtype = j.value("torch_dtype", j.value("dtype", std::string("bfloat16")));
+    if (dtype != "bfloat16" && dtype != "float16" && dtype != "float32")
+      throw Error(origin + ": torch_dtype " + dtype +
+                  " is not supported (bfloat16, float16 and float32 are; float32 runs in "
+                  "bfloat16)");
     c.dtype = dtype == "float16" ? DType::kFloat16 : DType::kBFloat16;
     add_eos_ids(j, c.eos_token_ids, origin);
   } catch (const nlohmann::json::exception& e) {
