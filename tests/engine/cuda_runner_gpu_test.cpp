@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -190,7 +191,9 @@ TEST(CudaEngineSingle, WindowedKvGroupsGiveTheTokensOfOneTablePerLayer) {
     ASSERT_EQ(got[1][i].size(), 64u);
     for (size_t k = 0; k < 64; ++k) {
       ASSERT_EQ(got[1][i][k].token, got[0][i][k].token) << "prompt " << i << " token " << k;
-      max_diff = std::max<double>(max_diff, std::abs(got[1][i][k].logprob - got[0][i][k].logprob));
+      // Not std::max, which would drop a NaN difference.
+      const double diff = std::abs(got[1][i][k].logprob - got[0][i][k].logprob);
+      if (!(diff <= max_diff) && !std::isnan(max_diff)) max_diff = diff;
     }
   }
   std::printf(
@@ -216,14 +219,32 @@ TEST(CudaEngineSingle, GraphsAndEagerAgree) {
     prompts.push_back(p);
   }
   for (DecodeKernel kernel : {DecodeKernel::kSplit, DecodeKernel::kPagedV1}) {
-    auto graphs = make_engine("llama3-gqa", kernel, "auto", true, config_with(2048, 129));
-    auto eager = make_engine("llama3-gqa", kernel, "auto", false, config_with(2048, 129));
+    CudaRunner* graph_runner = nullptr;
+    CudaRunner* eager_runner = nullptr;
+    auto graphs =
+        make_engine("llama3-gqa", kernel, "auto", true, config_with(2048, 129), &graph_runner);
+    auto eager =
+        make_engine("llama3-gqa", kernel, "auto", false, config_with(2048, 129), &eager_runner);
+    // Graphs captured for every bucket, the 11 sequences' included (the runner does not count
+    // replays); none in the eager engine, so this is not eager against eager.
+    const CudaStepState& captured = graph_runner->step_state();
+    ASSERT_FALSE(graph_runner->graph_buckets().empty());
+    for (const int32_t bucket : graph_runner->graph_buckets())
+      EXPECT_TRUE(captured.has_graph(bucket)) << "bucket " << bucket;
+    EXPECT_GE(captured.graph_bucket(static_cast<int32_t>(prompts.size())),
+              static_cast<int32_t>(prompts.size()));
+    EXPECT_TRUE(eager_runner->graph_buckets().empty());
+    EXPECT_EQ(eager_runner->step_state().graph_bucket(1), 0);
     const auto a = generate(*graphs, prompts, greedy(40));
     const auto b = generate(*eager, prompts, greedy(40));
+    ASSERT_EQ(a.size(), prompts.size());
+    ASSERT_EQ(b.size(), prompts.size());
     size_t agree = 0;
     for (size_t i = 0; i < prompts.size(); ++i) {
+      EXPECT_EQ(a[i].size(), 40u) << "prompt " << i;
+      EXPECT_EQ(b[i].size(), 40u) << "prompt " << i;
       size_t same = 0;
-      while (same < a[i].size() && a[i][same] == b[i][same]) ++same;
+      while (same < a[i].size() && same < b[i].size() && a[i][same] == b[i][same]) ++same;
       agree += same;
     }
     std::printf("%s: graphs and eager agree on %zu of %zu tokens\n", decode_kernel_name(kernel),

@@ -2,8 +2,8 @@
 // prompts cut into chunks (and not), in steps shared with a request that asks for none and with
 // decode rows, with sampling parameters that must not touch them. Both engines report the
 // log-softmax of their raw logits (prompt_logprob_on_cpu); the CUDA logits are bf16 activations
-// against the CPU's float32, so values are compared within that noise, measured on the prompt
-// itself, and token ids and ranks wherever no other token lies within it.
+// against the CPU's float32, so values are compared within a fixed bound per fixture (from that
+// noise as measured), and token ids and ranks wherever no other token lies within it.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -85,7 +85,8 @@ std::vector<int32_t> prompt_of(int32_t length, int32_t salt, int64_t vocab) {
   return p;
 }
 
-// The largest |CUDA - CPU| logit over every row of `prompt` in one prefill: the logits' noise.
+// The largest |CUDA - CPU| logit over every row of `prompt` in one prefill: the logits' noise,
+// printed beside the bounds below.
 double logit_noise(const fs::path& dir, const CpuModel& cpu, const std::vector<int32_t>& prompt) {
   const auto n = static_cast<int32_t>(prompt.size());
   CudaStepState gpu(std::make_shared<CudaModel>(dir));
@@ -98,23 +99,39 @@ double logit_noise(const fs::path& dir, const CpuModel& cpu, const std::vector<i
   const std::vector<float> want = cpu.forward(prompt);
   EXPECT_EQ(got.size(), want.size());
   double noise = 0;
-  for (size_t i = 0; i < std::min(got.size(), want.size()); ++i)
-    noise = std::max(noise, std::abs(static_cast<double>(got[i]) - want[i]));
+  for (size_t i = 0; i < std::min(got.size(), want.size()); ++i) {
+    const double d = std::abs(static_cast<double>(got[i]) - want[i]);
+    if (!(d <= noise) && !std::isnan(noise)) noise = d;  // a NaN stays
+  }
   return noise;
+}
+
+// The bound on |CUDA - CPU| of any prompt logprob, per fixture: about twice the worst measured
+// (H200s, every variant below, chunked, batched and tensor-parallel): llama3-gqa 6.25e-2,
+// qwen2-tied 7.21e-2. The near-tie margins (2 x tol) then stay above twice the largest logit
+// difference measured (9.34e-2 and 0.117), which bounds how far two logits of a row move apart.
+double logprob_tolerance(const std::string& fixture) {
+  if (fixture == "llama3-gqa") return 0.125;
+  if (fixture == "qwen2-tied") return 0.145;
+  ADD_FAILURE() << "no measured logprob bound for " << fixture;
+  return 0;
 }
 
 // The CUDA engine's prompt logprobs (`got`) against the CPU engine's (`want`) for `prompt`.
 // `cpu_logits` are the CPU model's logits of the prompt (for the near-ties), `tol` bounds
-// |CUDA - CPU| of any logprob. A logprob is a logit minus the log-sum-exp of its row, both
-// moved by at most the logits' noise, so tol = 2 x noise bounds it (here 4 x: the engine's
-// chunks round their GEMMs in other orders than the one prefill the noise was measured on).
+// |CUDA - CPU| of any logprob (logprob_tolerance). Two logprobs of a row differ as their logits
+// do, and no logit moved by tol as measured, so a token more than 2 tol ahead of another on the
+// CPU stays ahead on the GPU.
 void expect_rows_match(const std::vector<int32_t>& prompt, const Collected& got,
                        const Collected& want, const std::vector<float>& cpu_logits, int64_t vocab,
                        int32_t top, double tol, const std::string& what) {
   ASSERT_EQ(want.prompt_logprobs.size(), prompt.size() - 1) << what;
   ASSERT_EQ(got.prompt_logprobs.size(), prompt.size() - 1) << what;
   EXPECT_EQ(got.outputs_with_prompt_logprobs, 1) << what;
-  double worst = 0;
+  double worst = 0, worst_top = 0;  // NaN, once in, stays
+  auto keep_worst = [](double& w, double e) {
+    if (!(e <= w) && !std::isnan(w)) w = e;
+  };
   int flips = 0;
   for (size_t q = 0; q + 1 < prompt.size(); ++q) {
     const PromptLogprob& g = got.prompt_logprobs[q];
@@ -123,7 +140,7 @@ void expect_rows_match(const std::vector<int32_t>& prompt, const Collected& got,
     ASSERT_EQ(g.token, prompt[q + 1]) << at;
     ASSERT_EQ(w.token, prompt[q + 1]) << at;
     EXPECT_NEAR(g.logprob, w.logprob, tol) << at;
-    worst = std::max(worst, std::abs(static_cast<double>(g.logprob) - w.logprob));
+    keep_worst(worst, std::abs(static_cast<double>(g.logprob) - w.logprob));
     // The CPU's log-softmax of this row, in double.
     const float* row = &cpu_logits[q * static_cast<size_t>(vocab)];
     double max = -std::numeric_limits<double>::infinity(), sum = 0;
@@ -157,6 +174,7 @@ void expect_rows_match(const std::vector<int32_t>& prompt, const Collected& got,
       const std::string at_k = at + " top " + std::to_string(k);
       // The k-th largest of two rows within tol of each other are within tol.
       EXPECT_NEAR(glp, wlp, tol) << at_k;
+      keep_worst(worst_top, std::abs(static_cast<double>(glp) - wlp));
       // The GPU's k-th token is the CPU's or one within the noise of it...
       EXPECT_NEAR(lp(gid), wlp, 2 * tol) << at_k;
       // ...and the CPU's own where that one is clear of its neighbours.
@@ -171,9 +189,9 @@ void expect_rows_match(const std::vector<int32_t>& prompt, const Collected& got,
     }
   }
   std::printf(
-      "%s: %zu rows, worst |CUDA - CPU| logprob %.2e (tolerance %.2e), %d near-tie "
-      "ranks or top tokens differ\n",
-      what.c_str(), prompt.size() - 1, worst, tol, flips);
+      "%s: %zu rows, worst |CUDA - CPU| logprob %.2e, of the top ones %.2e (tolerance %.2e), %d "
+      "near-tie ranks or top tokens differ\n",
+      what.c_str(), prompt.size() - 1, worst, worst_top, tol, flips);
 }
 
 struct Variant {
@@ -242,13 +260,13 @@ TEST_P(CudaPromptLogprobs, MatchTheCpuRunnerChunkedAndBatched) {
       std::string(v.fixture) + " chunk " + std::to_string(v.max_batched_tokens) +
       (v.graphs ? " graphs" : " eager") +
       (v.tensor_parallel > 1 ? " over " + std::to_string(v.tensor_parallel) + " ranks" : "");
+  // Far below the O(1) a wrong row or a wrong distribution moves a logprob.
+  const double tol = logprob_tolerance(v.fixture);
+  ASSERT_GT(tol, 0);
   for (size_t i : {1u, 2u}) {
     const std::vector<int32_t>& prompt = asks[i].prompt;
     const double noise = logit_noise(dir, *cpu_model, prompt);
-    const double tol = 4 * noise;
     std::printf("%s prompt of %zu: logits' noise %.2e\n", name.c_str(), prompt.size(), noise);
-    // Far below the O(1) a wrong row or a wrong distribution moves a logprob.
-    EXPECT_LT(tol, 0.5) << "the CUDA logits are far from the CPU's";
     expect_rows_match(prompt, got[i], want[i], cpu_model->forward(prompt), vocab,
                       asks[i].prompt_logprobs, tol, name + " request " + std::to_string(i));
   }

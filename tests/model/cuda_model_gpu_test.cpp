@@ -10,6 +10,8 @@
 #include <fstream>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <numeric>
+#include <random>
 
 #include "gpu_test_support.h"
 #include "l2kv/core/dtype.h"
@@ -39,6 +41,11 @@ std::vector<float> read_floats(const fs::path& file, size_t n) {
   return v;
 }
 
+// worst = max(worst, e), except that a NaN, once in, stays (std::max would drop it).
+void keep_worst(double& worst, double e) {
+  if (!(e <= worst) && !std::isnan(worst)) worst = e;
+}
+
 double relative_l2(const float* a, const float* b, size_t n, double* max_abs) {
   double d2 = 0, r2 = 0;
   *max_abs = 0;
@@ -46,9 +53,25 @@ double relative_l2(const float* a, const float* b, size_t n, double* max_abs) {
     const double d = static_cast<double>(a[i]) - b[i];
     d2 += d * d;
     r2 += static_cast<double>(b[i]) * b[i];
-    *max_abs = std::max(*max_abs, std::abs(d));
+    keep_worst(*max_abs, std::abs(d));
   }
   return std::sqrt(d2 / r2);
+}
+
+// The largest relative L2 of any row of `vocab` logits (NaN if any row has one): a bound on
+// the whole tensor lets one wrong row through among many right ones.
+double max_row_relative_l2(const std::vector<float>& got, const std::vector<float>& want,
+                           size_t vocab) {
+  EXPECT_EQ(got.size(), want.size());
+  double worst = 0, max_abs = 0;
+  for (size_t r = 0; r + vocab <= std::min(got.size(), want.size()); r += vocab)
+    keep_worst(worst, relative_l2(got.data() + r, want.data() + r, vocab, &max_abs));
+  return worst;
+}
+
+size_t count_non_finite(const std::vector<float>& v) {
+  return static_cast<size_t>(
+      std::count_if(v.begin(), v.end(), [](float x) { return !std::isfinite(x); }));
 }
 
 float round_to_bf16(float x) {
@@ -66,23 +89,38 @@ int32_t argmax(const float* row, int64_t n) {
   return static_cast<int32_t>(std::max_element(row, row + n) - row);
 }
 
-// Block tables handed out in order from block 1 (block 0 is the pad rows' block), as the
-// engine's block manager would.
+// Block tables of `state`'s pool, handed out from its blocks 1.. (block 0 is the pad rows'
+// block) in a shuffled order (fixed seed), so each sequence's blocks are scattered and out of
+// order: a kernel that indexes slots by position instead of through the table is caught.
 struct Tables {
-  int32_t next = 1;
+  std::vector<int32_t> pool;  // handed out from the back
   std::vector<std::vector<int32_t>> rows;
-  explicit Tables(size_t seqs) : rows(seqs) {}
+  Tables(const CudaStepState& state, size_t seqs) : rows(seqs) {
+    pool.resize(static_cast<size_t>(std::max(state.num_kv_blocks() - 1, 0)));
+    std::iota(pool.begin(), pool.end(), 1);
+    std::shuffle(pool.begin(), pool.end(), std::mt19937(12345));
+  }
   void grow(size_t seq, int32_t tokens, int32_t block_size = 16) {
-    while (static_cast<int32_t>(rows[seq].size()) * block_size < tokens)
-      rows[seq].push_back(next++);
+    while (static_cast<int32_t>(rows[seq].size()) * block_size < tokens) {
+      ASSERT_FALSE(pool.empty()) << "the test's KV pool is too small";
+      rows[seq].push_back(pool.back());
+      pool.pop_back();
+    }
   }
 };
+
+// Fills the first `rows` rows of the state's logits with NaN (0xff bytes), so a forward that
+// writes none of them cannot pass as the run before it.
+void poison_logits(CudaStepState& state, size_t rows, cudaStream_t stream) {
+  const size_t bytes = rows * static_cast<size_t>(state.config().vocab_size) * sizeof(float);
+  EXPECT_EQ(cudaMemsetAsync(const_cast<float*>(state.logits()), 0xff, bytes, stream), cudaSuccess);
+}
 
 // Every token's logits of `tokens` as one sequence: the first `prompt` tokens prefilled in one
 // step (all their logits), the rest decoded one per step.
 std::vector<float> prefill_then_decode(CudaStepState& state, const std::vector<int32_t>& tokens,
                                        size_t prompt) {
-  Tables tables(1);
+  Tables tables(state, 1);
   tables.grow(0, static_cast<int32_t>(tokens.size()));
   const std::span<const int32_t> all(tokens);
   const BatchSequence prefill[] = {{all.first(prompt), 0, tables.rows[0], true}};
@@ -111,18 +149,23 @@ std::vector<float> cpu_prefill_then_decode(const CpuModel& model,
   return logits;
 }
 
-// The logits of one decode step over `decode` (every row sampled), run eagerly or replayed from
-// the graph captured for `bucket` rows.
+// The logits of one decode step over `decode` (every row sampled), padded to `bucket` rows
+// (both ways, so that eager and replay run the same plan), run eagerly or replayed from the
+// graph captured for `bucket`. The logits are poisoned first: a replay that writes nothing
+// cannot pass as the eager run before it.
 std::vector<float> decode_step_logits(CudaStepState& state, std::span<const BatchSequence> decode,
                                       bool graphs, int32_t bucket, cudaStream_t stream) {
+  EXPECT_TRUE(!graphs || state.has_graph(bucket)) << "no graph of " << bucket << " rows";
   state.set_use_graphs(graphs);
-  state.prepare(decode, graphs ? bucket : 0, stream);
+  poison_logits(state, decode.size(), stream);
+  state.prepare(decode, bucket, stream);
   state.forward(stream);
   std::vector<float> out(decode.size() * static_cast<size_t>(state.config().vocab_size));
   EXPECT_EQ(cudaMemcpyAsync(out.data(), state.logits(), out.size() * sizeof(float),
                             cudaMemcpyDeviceToHost, stream),
             cudaSuccess);
   EXPECT_EQ(cudaStreamSynchronize(stream), cudaSuccess);
+  EXPECT_EQ(count_non_finite(out), 0u) << (graphs ? "replayed" : "eager") << " step";
   return out;
 }
 
@@ -167,7 +210,7 @@ FixtureRun run_fixture(const fs::path& dir, const std::string& name, KvStorage s
   state->set_calculate_kv_scales(calculate_kv_scales);
   state->allocate_kv_cache(256, 16);
   const int64_t vocab = state->config().vocab_size;
-  Tables tables(prompts.size());
+  Tables tables(*state, prompts.size());
   std::vector<BatchSequence> batch;
   for (size_t i = 0; i < prompts.size(); ++i) {
     tables.grow(i, static_cast<int32_t>(prompts[i].size()));
@@ -233,10 +276,13 @@ FixtureRun run_fixture(const fs::path& dir, const std::string& name, KvStorage s
 class CudaModelFixture : public ::testing::TestWithParam<std::string> {};
 
 // Logits within the 16-bit noise floor of transformers' float32 ones; greedy tokens
-// transformers' own, or parting only at a near-tie.
+// transformers' own, or parting only at a near-tie. The bf16 fixtures measured up to 1.29e-2
+// (H100 and H200); llama2-mha, the fp16 one (3 more mantissa bits), up to 1.66e-3, so its bound
+// is 4e-3, where a 1 % scale error shows.
 void expect_matches_transformers(const FixtureRun& run, const std::string& name) {
+  const double bound = name == "llama2-mha" ? 4e-3 : 2e-2;
   for (size_t i = 0; i < run.prompt_lengths.size(); ++i) {
-    EXPECT_LT(run.logits_rel_l2[i], 2e-2);
+    EXPECT_LT(run.logits_rel_l2[i], bound) << name << " prompt of " << run.prompt_lengths[i];
     // bf16 rounding over the 1100-token prompt of llama3-hd128 flips a 0.0066-gap near-tie
     // after 18 tokens (its logits still match within the bound above). Elsewhere the greedy
     // tokens are transformers' own, or part from them only at a near-tie: where l2kv's logits
@@ -332,10 +378,15 @@ TEST(CudaModel, Gemma3HeadDim256MatchesTheCpuModel) {
   const double prompt_error = relative_l2(got.data(), want.data(), prompt_values, &max_abs);
   const double decode_error = relative_l2(got.data() + prompt_values, want.data() + prompt_values,
                                           want.size() - prompt_values, &max_abs);
-  std::printf("[gemma3 head_dim 256] CUDA vs CPU logits rel. L2: prompt %.2e, decode %.2e\n",
-              prompt_error, decode_error);
-  EXPECT_LT(prompt_error, 2e-2);
-  EXPECT_LT(decode_error, 2e-2);
+  const double row_error = max_row_relative_l2(got, want, static_cast<size_t>(vocab));
+  std::printf(
+      "[gemma3 head_dim 256] CUDA vs CPU logits rel. L2: prompt %.2e, decode %.2e, worst row "
+      "%.2e\n",
+      prompt_error, decode_error, row_error);
+  // Measured 3.15-3.17e-3 (prompt) and 3.27-3.43e-3 (decode) on H200s.
+  EXPECT_LT(prompt_error, 7e-3);
+  EXPECT_LT(decode_error, 7e-3);
+  EXPECT_LT(row_error, 1.4e-2);  // not measured yet: twice the whole-tensor bound
 }
 
 // Its sliding-window layers replayed from a CUDA graph equal the eager step (the window's first
@@ -352,7 +403,8 @@ TEST(CudaModel, Gemma3GraphReplayAndPagedV1Refusal) {
   ASSERT_EQ(cudaStreamCreate(&stream), cudaSuccess);
   const int32_t sizes[] = {2};
   state->capture_decode_graphs(sizes, stream);
-  Tables tables(2);
+  ASSERT_TRUE(state->has_graph(2));
+  Tables tables(*state, 2);
   tables.grow(0, 41);
   tables.grow(1, 71);
   const std::span<const int32_t> all(tokens);
@@ -366,9 +418,10 @@ TEST(CudaModel, Gemma3GraphReplayAndPagedV1Refusal) {
   for (size_t i = 0; i < 2; ++i) {
     double max_abs = 0;
     // The same kernels over the same plan: only summation order may differ.
-    EXPECT_LT(relative_l2(replayed.data() + i * vocab, eager.data() + i * vocab, vocab, &max_abs),
-              5e-3)
-        << "row " << i;
+    const double rel =
+        relative_l2(replayed.data() + i * vocab, eager.data() + i * vocab, vocab, &max_abs);
+    std::printf("[gemma3 replay] row %zu: logits rel. L2 replayed vs eager %.2e\n", i, rel);
+    EXPECT_LT(rel, 5e-3) << "row " << i;
   }
   cudaStreamDestroy(stream);
 }
@@ -386,7 +439,7 @@ TEST(CudaModel, Gemma3MixedStepMatchesTheCpuModel) {
   for (int t = 0; t < 30; ++t) b.push_back(static_cast<int32_t>((t * 53 + 7) % vocab));
   const CpuModel cpu(dir);
   const std::vector<float> want_a = cpu.forward(a), want_b = cpu.forward(b);
-  Tables tables(2);
+  Tables tables(*state, 2);
   tables.grow(0, 41);
   tables.grow(1, 30);
   const std::span<const int32_t> all_a(a);
@@ -503,7 +556,7 @@ TEST_P(CudaModelFixture, FusedLayerAgreesWithNineKernels) {
     state->set_rope_epilogue(fused);
     const int64_t vocab = state->config().vocab_size;
     constexpr size_t kSeqs = 12;
-    Tables tables(kSeqs);
+    Tables tables(*state, kSeqs);
     std::vector<std::vector<int32_t>> tokens(kSeqs);
     for (size_t i = 0; i < kSeqs; ++i) {
       for (int t = 0; t < 9; ++t)
@@ -527,8 +580,8 @@ TEST_P(CudaModelFixture, FusedLayerAgreesWithNineKernels) {
   for (size_t i = 0; i < logits[0].size(); ++i) {
     ASSERT_EQ(logits[0][i].size(), logits[1][i].size());
     double max_abs = 0;
-    worst = std::max(worst, relative_l2(logits[1][i].data(), logits[0][i].data(),
-                                        logits[0][i].size(), &max_abs));
+    keep_worst(worst, relative_l2(logits[1][i].data(), logits[0][i].data(), logits[0][i].size(),
+                                  &max_abs));
   }
   std::printf("[fused-layer] %s: worst step logits rel. L2 fused vs nine kernels %.2e\n",
               GetParam().c_str(), worst);
@@ -574,9 +627,13 @@ TEST(CudaModel, Qwen3QkNormMatchesTheCpuModel) {
   double max_abs = 0;
   const double error = relative_l2(got.data(), want.data(), want.size(), &max_abs);
   const double off = relative_l2(got.data(), without_norm.data(), want.size(), &max_abs);
-  std::printf("[qwen3-tiny] CUDA vs CPU logits rel. L2 %.2e (vs the model without q/k norm %.2e)\n",
-              error, off);
-  EXPECT_LT(error, 2e-2);
+  const double row_error = max_row_relative_l2(got, want, vocab);
+  std::printf(
+      "[qwen3-tiny] CUDA vs CPU logits rel. L2 %.2e, worst row %.2e (vs the model without q/k "
+      "norm %.2e)\n",
+      error, row_error, off);
+  EXPECT_LT(error, 1.5e-2);    // measured 7.93e-3 on H200s
+  EXPECT_LT(row_error, 3e-2);  // not measured yet: twice the whole-tensor bound
   EXPECT_GT(off, 0.1);
 }
 
@@ -619,19 +676,26 @@ TEST(CudaModel, MixtureOfExpertsMatchesTheCpuModel) {
       const double decode_error =
           relative_l2(got.data() + prompt_values, want.data() + prompt_values,
                       want.size() - prompt_values, &max_abs);
+      const double row_error = max_row_relative_l2(got, want, vocab);
       std::printf(
           "[moe-tiny %s, norm_topk_prob %d] CUDA vs CPU logits rel. L2: prompt %.2e, "
-          "decode %.2e\n",
-          mixtral ? "mixtral" : "qwen3", normalize, prompt_error, decode_error);
+          "decode %.2e, worst row %.2e\n",
+          mixtral ? "mixtral" : "qwen3", normalize, prompt_error, decode_error, row_error);
       EXPECT_LT(prompt_error, 2e-2);
       EXPECT_LT(decode_error, 2e-2);
+      // Not measured yet. A router near-tie flips an expert on a few rows, which concentrates
+      // the noise there (up to sqrt(rows) times the whole tensor's); a wrong row is off by O(1).
+      EXPECT_LT(row_error, 0.1);
 
-      // A graph of two decode rows (4 slots) replayed against the same step eagerly.
+      // A graph of two decode rows (4 slots, which the expert GEMV takes: capturable) replayed
+      // against the same step eagerly.
+      ASSERT_TRUE(state->model().can_capture_rows(2));
       cudaStream_t stream;
       ASSERT_EQ(cudaStreamCreate(&stream), cudaSuccess);
       const int32_t sizes[] = {2};
       state->capture_decode_graphs(sizes, stream);
-      Tables tables(2);
+      ASSERT_TRUE(state->has_graph(2));
+      Tables tables(*state, 2);
       tables.grow(0, 20);
       tables.grow(1, 30);
       const std::span<const int32_t> all(tokens);
@@ -644,10 +708,11 @@ TEST(CudaModel, MixtureOfExpertsMatchesTheCpuModel) {
       const auto replayed = decode_step_logits(*state, decode, true, 2, stream);
       for (size_t i = 0; i < 2; ++i) {
         double row_max_abs = 0;
-        EXPECT_LT(
-            relative_l2(replayed.data() + i * vocab, eager.data() + i * vocab, vocab, &row_max_abs),
-            2e-2)
-            << "row " << i;
+        // The same kernels over the same plan, as Gemma3GraphReplayAndPagedV1Refusal's bound.
+        const double rel =
+            relative_l2(replayed.data() + i * vocab, eager.data() + i * vocab, vocab, &row_max_abs);
+        std::printf("[moe-tiny replay] row %zu: logits rel. L2 replayed vs eager %.2e\n", i, rel);
+        EXPECT_LT(rel, 5e-3) << "row " << i;
         EXPECT_EQ(argmax(replayed.data() + i * vocab, static_cast<int64_t>(vocab)),
                   argmax(eager.data() + i * vocab, static_cast<int64_t>(vocab)));
       }
@@ -672,9 +737,13 @@ TEST(CudaModel, MixtureOfExpertsMatchesTheCpuModel) {
     const std::vector<float> got = prefill_then_decode(*state, repeated, 40);
     double max_abs = 0;
     const double error = relative_l2(got.data(), want.data(), want.size(), &max_abs);
-    std::printf("[moe-tiny qwen3, 32 experts, repeated prompt] CUDA vs CPU logits rel. L2 %.2e\n",
-                error);
+    const double row_error = max_row_relative_l2(got, want, 256);
+    std::printf(
+        "[moe-tiny qwen3, 32 experts, repeated prompt] CUDA vs CPU logits rel. L2 %.2e, worst "
+        "row %.2e\n",
+        error, row_error);
     EXPECT_LT(error, 2e-2);
+    EXPECT_LT(row_error, 0.1);  // not measured yet: as the 8-expert rows above
   }
   fs::remove_all(dir);
 }
@@ -705,9 +774,12 @@ TEST(CudaModel, Fp8CheckpointMatchesTheCpuModel) {
     double max_abs = 0;
     const double error = relative_l2(got.data(), want.data(), want.size(), &max_abs);
     const double off = relative_l2(got.data(), unquantized.data(), want.size(), &max_abs);
-    std::printf("[fp8-tiny] %s: CUDA vs CPU logits rel. L2 %.2e (vs unquantized %.2e)\n",
-                per_channel ? "per channel" : "per tensor", error, off);
-    EXPECT_LT(error, 2e-2);
+    const double row_error = max_row_relative_l2(got, want, static_cast<size_t>(vocab));
+    std::printf(
+        "[fp8-tiny] %s: CUDA vs CPU logits rel. L2 %.2e, worst row %.2e (vs unquantized %.2e)\n",
+        per_channel ? "per channel" : "per tensor", error, row_error, off);
+    EXPECT_LT(error, 1.5e-2);    // measured 8.32e-3 (per channel), 8.47e-3 (per tensor), H200s
+    EXPECT_LT(row_error, 3e-2);  // not measured yet: twice the whole-tensor bound
     EXPECT_GT(off, 3 * error);
     // A 40-token prompt: more rows than the fp8 GEMV takes, so its projections quantize x per
     // token and multiply in fp8 (W8A8); the 5 decode steps after it run the GEMV on 16-bit x.
@@ -814,7 +886,7 @@ TEST(CudaModel, ChunkedPrefillMatchesOnePass) {
   auto state = load(kFixtures / "llama3-gqa", 128, 64);
   std::vector<int32_t> tokens;
   for (int i = 0; i < 70; ++i) tokens.push_back((i * 37 + 11) % 512);
-  Tables tables(2);
+  Tables tables(*state, 2);
   tables.grow(0, 70);
   tables.grow(1, 70);
   const BatchSequence whole[] = {{tokens, 0, tables.rows[0], true}};
@@ -841,7 +913,7 @@ TEST(CudaModel, HiddenRowLogitsAreTheLmHeadOfTheStepsRows) {
   std::vector<int32_t> a, b;
   for (int i = 0; i < 37; ++i) a.push_back((i * 37 + 11) % 512);
   for (int i = 0; i < 150; ++i) b.push_back((i * 53 + 9) % 512);
-  Tables tables(2);
+  Tables tables(*state, 2);
   tables.grow(0, 37);
   tables.grow(1, 150);
   const BatchSequence batch[] = {{a, 0, tables.rows[0], false}, {b, 0, tables.rows[1], true}};
@@ -891,7 +963,7 @@ TEST(CudaModel, CalculatedKvScalesMatchAHostAmaxOfLayerZero) {
     const ModelConfig& c = state->config();
     std::vector<int32_t> tokens;
     for (int i = 0; i < 70; ++i) tokens.push_back(static_cast<int32_t>((i * 37 + 11) % 512));
-    Tables tables(1);
+    Tables tables(*state, 1);
     tables.grow(0, 70);
     const BatchSequence batch[] = {{tokens, 0, tables.rows[0], true}};
     state->run_to_host(batch, false, nullptr);
@@ -961,9 +1033,10 @@ TEST(CudaModel, GraphCapturedBeforeTheFirstPromptReadsCalculatedScales) {
     ASSERT_EQ(cudaStreamCreate(&stream), cudaSuccess);
     const int32_t sizes[] = {4};
     state->capture_decode_graphs(sizes, stream);
+    ASSERT_TRUE(state->has_graph(4));
     ASSERT_TRUE(state->kv_scales_pending());
     const std::vector<int32_t> lengths = {9, 40, 71};
-    Tables tables(lengths.size());
+    Tables tables(*state, lengths.size());
     std::vector<std::vector<int32_t>> prompts(lengths.size());
     std::vector<BatchSequence> prefill;
     for (size_t i = 0; i < lengths.size(); ++i) {
@@ -984,10 +1057,13 @@ TEST(CudaModel, GraphCapturedBeforeTheFirstPromptReadsCalculatedScales) {
     const auto replayed = decode_step_logits(*state, decode, true, 4, stream);
     for (size_t i = 0; i < lengths.size(); ++i) {
       double max_abs = 0;
-      EXPECT_LT(relative_l2(replayed.data() + i * vocab, eager.data() + i * vocab,
-                            static_cast<size_t>(vocab), &max_abs),
-                2e-2)
-          << decode_kernel_name(kernel) << " sequence " << i;
+      // Both padded to the bucket: the same kernels over the same plan, as
+      // Gemma3GraphReplayAndPagedV1Refusal's bound; a stale scale is off by O(1).
+      const double rel = relative_l2(replayed.data() + i * vocab, eager.data() + i * vocab,
+                                     static_cast<size_t>(vocab), &max_abs);
+      std::printf("[fp8 scales replay] %s sequence %zu: logits rel. L2 replayed vs eager %.2e\n",
+                  std::string(decode_kernel_name(kernel)).c_str(), i, rel);
+      EXPECT_LT(rel, 5e-3) << decode_kernel_name(kernel) << " sequence " << i;
       EXPECT_EQ(argmax(replayed.data() + i * vocab, vocab),
                 argmax(eager.data() + i * vocab, vocab));
     }
@@ -1005,7 +1081,7 @@ TEST_P(DecodeKernelsAgree, EagerAndGraphReplay) {
   auto state = load(kFixtures / "llama3-gqa", 256, 128, 0, GetParam());
   const int64_t vocab = state->config().vocab_size;
   const std::vector<int32_t> lengths = {5, 16, 17, 33, 64, 100};  // block boundaries +-1
-  Tables tables(lengths.size());
+  Tables tables(*state, lengths.size());
   std::vector<std::vector<int32_t>> prompts(lengths.size());
   std::vector<BatchSequence> prefill;
   for (size_t i = 0; i < lengths.size(); ++i) {
@@ -1022,14 +1098,18 @@ TEST_P(DecodeKernelsAgree, EagerAndGraphReplay) {
     decode.push_back({std::span<const int32_t>(&next[i], 1), lengths[i], tables.rows[i], true});
   cudaStream_t stream;
   ASSERT_EQ(cudaStreamCreate(&stream), cudaSuccess);
+  // Logits poisoned before each step, so a replay that writes nothing cannot pass as the step
+  // before it.
   auto step = [&](DecodeKernel kernel, const char* policy, bool graph) {
-    state->set_decode_attention(kernel, parse_prefetch_policy(policy));
+    state->set_decode_attention(kernel, parse_prefetch_policy(policy));  // drops the graphs
     int32_t pad = 0;
     if (graph) {
       const int32_t sizes[] = {8};
       state->capture_decode_graphs(sizes, stream);
+      EXPECT_TRUE(state->has_graph(8)) << decode_kernel_name(kernel) << " " << policy;
       pad = 8;
     }
+    poison_logits(*state, lengths.size(), stream);
     state->prepare(decode, pad, stream);
     state->forward(stream);
     std::vector<float> out(lengths.size() * vocab);
@@ -1040,7 +1120,7 @@ TEST_P(DecodeKernelsAgree, EagerAndGraphReplay) {
     return out;
   };
   const auto reference = step(DecodeKernel::kSplit, "off", false);
-  for (float v : reference) ASSERT_TRUE(std::isfinite(v));
+  ASSERT_EQ(count_non_finite(reference), 0u);
   struct Case {
     DecodeKernel kernel;
     const char* policy;
@@ -1051,14 +1131,18 @@ TEST_P(DecodeKernelsAgree, EagerAndGraphReplay) {
         Case{DecodeKernel::kSplit, "auto", true}, Case{DecodeKernel::kPagedV1, "off", false},
         Case{DecodeKernel::kPagedV1, "on", true}, Case{DecodeKernel::kPagedV1, "auto", true}}) {
     const auto got = step(c.kernel, c.policy, c.graph);
+    double worst = 0;
     for (size_t i = 0; i < lengths.size(); ++i) {
       double max_abs = 0;
       const double rel = relative_l2(got.data() + i * vocab, reference.data() + i * vocab,
                                      static_cast<size_t>(vocab), &max_abs);
+      keep_worst(worst, rel);
       EXPECT_LT(rel, 2e-2) << decode_kernel_name(c.kernel) << " " << c.policy << " graph "
                            << c.graph << " sequence " << i;
       EXPECT_EQ(argmax(got.data() + i * vocab, vocab), argmax(reference.data() + i * vocab, vocab));
     }
+    std::printf("[decode-kernels] %s %s graph %d: worst sequence's logits rel. L2 vs split %.2e\n",
+                std::string(decode_kernel_name(c.kernel)).c_str(), c.policy, c.graph, worst);
   }
   cudaStreamDestroy(stream);
 }
@@ -1085,11 +1169,12 @@ TEST(CudaModel, Fp8ProjectionsAgreeBetweenGemvAndWidenedPaths) {
   state.allocate_kv_cache(64, 16);
   std::vector<int32_t> prompt(kLen);
   for (int32_t t = 0; t < kLen; ++t) prompt[static_cast<size_t>(t)] = (t * 37 + 11) % 1000;
-  Tables tables(2);
+  Tables tables(state, 2);
   tables.grow(0, kLen);
   tables.grow(1, kLen);
   const std::vector<BatchSequence> prefill = {{prompt, 0, tables.rows[0], true}};
   const std::vector<float> all = state.run_to_host(prefill, true, nullptr);
+  ASSERT_EQ(count_non_finite(all), 0u) << "prefilled logits";
   const int64_t vocab = c.vocab_size;
   for (const int32_t fused_rows : {1, 0}) {
     state.set_fused_layer_max_rows(fused_rows);
@@ -1101,8 +1186,8 @@ TEST(CudaModel, Fp8ProjectionsAgreeBetweenGemvAndWidenedPaths) {
       double max_abs = 0;
       const double rel =
           relative_l2(one.data(), all.data() + t * vocab, static_cast<size_t>(vocab), &max_abs);
-      worst = std::max(worst, rel);
-      for (float v : one) ASSERT_TRUE(std::isfinite(v));
+      keep_worst(worst, rel);
+      ASSERT_EQ(count_non_finite(one), 0u) << "decoded logits at " << t;
     }
     std::printf("[fp8] worst rel. L2 of decoded (%s) against prefilled logits: %.2e\n",
                 fused_rows ? "five kernels" : "nine kernels", worst);
@@ -1131,7 +1216,7 @@ TEST(CudaModel, PagedV1AgreesWithSplitPast48K) {
   const int64_t vocab = state->config().vocab_size;
   std::vector<int32_t> prompt(kContext, 11);
   std::fill(prompt.begin() + 49152, prompt.end(), 300);
-  Tables tables(1);
+  Tables tables(*state, 1);
   tables.grow(0, kContext + 1);
   for (int32_t start = 0; start < kContext; start += kChunk) {
     const int32_t n = std::min(kChunk, kContext - start);
@@ -1145,11 +1230,13 @@ TEST(CudaModel, PagedV1AgreesWithSplitPast48K) {
   cudaStream_t stream;
   ASSERT_EQ(cudaStreamCreate(&stream), cudaSuccess);
   auto step = [&](DecodeKernel kernel, const char* policy, bool graph) {
-    state->set_decode_attention(kernel, parse_prefetch_policy(policy));
+    state->set_decode_attention(kernel, parse_prefetch_policy(policy));  // drops the graphs
     if (graph) {
       const int32_t sizes[] = {1};
       state->capture_decode_graphs(sizes, stream);
+      EXPECT_TRUE(state->has_graph(1)) << policy;
     }
+    poison_logits(*state, 1, stream);  // so a replay that writes nothing cannot pass
     state->prepare(decode, graph ? 1 : 0, stream);
     state->forward(stream);
     std::vector<float> out(static_cast<size_t>(vocab));
@@ -1160,13 +1247,15 @@ TEST(CudaModel, PagedV1AgreesWithSplitPast48K) {
     return out;
   };
   const auto reference = step(DecodeKernel::kSplit, "off", false);
-  for (float v : reference) ASSERT_TRUE(std::isfinite(v));
+  ASSERT_EQ(count_non_finite(reference), 0u);
   for (const auto& [policy, graph] :
        {std::pair{"off", false}, std::pair{"on", true}, std::pair{"auto", true}}) {
     const auto got = step(DecodeKernel::kPagedV1, policy, graph);
     double max_abs = 0;
-    EXPECT_LT(relative_l2(got.data(), reference.data(), got.size(), &max_abs), 2e-2)
-        << policy << " graph " << graph;
+    const double rel = relative_l2(got.data(), reference.data(), got.size(), &max_abs);
+    std::printf("[paged_v1 past 48K] %s graph %d: logits rel. L2 vs split %.2e\n", policy, graph,
+                rel);
+    EXPECT_LT(rel, 2e-2) << policy << " graph " << graph;
     EXPECT_EQ(argmax(got.data(), vocab), argmax(reference.data(), vocab)) << policy;
   }
   cudaStreamDestroy(stream);

@@ -242,10 +242,16 @@ void expect_whole_model_logits(const std::vector<std::vector<float>>& got,
   for (size_t s = 0; s < want.size(); ++s) {
     ASSERT_EQ(got[s].size(), want[s].size());
     float scale = 0.f, worst = 0.f;
+    size_t non_finite = 0;  // std::max would drop a NaN
     for (size_t i = 0; i < want[s].size(); ++i) {
+      if (!std::isfinite(got[s][i]) || !std::isfinite(want[s][i])) {
+        ++non_finite;
+        continue;
+      }
       scale = std::max(scale, std::fabs(want[s][i]));
       worst = std::max(worst, std::fabs(got[s][i] - want[s][i]));
     }
+    EXPECT_EQ(non_finite, 0u) << "step " << s;
     EXPECT_LE(worst, 2e-5f * std::max(scale, 1.f))
         << "step " << s << " (logit scale " << scale << ")";
   }

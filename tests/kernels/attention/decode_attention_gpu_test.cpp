@@ -207,7 +207,9 @@ DecodeAttentionParams check_split_window(DecodeProblem& host, DeviceDecodeProble
 // `window` positions. Windows of 1 to beyond the longest length over ragged lengths around tile
 // and block boundaries; dominating needles at the first tokens (outside every short window: a
 // kernel that reads them is off by O(1)) and at the last; long sequences, so the planner's
-// slices before the window start do no work and must leave empty partials.
+// slices before the window start do no work and must leave empty partials. The last token's
+// needle takes nearly all the weight, which hides the window's ordinary tokens, so each window
+// also runs on the random tokens alone, flat and peaked, as the prefill window test does.
 TEST(DecodeAttention, SplitSlidingWindowMatchesReference) {
   L2KV_SKIP_WITHOUT_GPU();
   for (const DType dtype : {DType::kBFloat16, DType::kFloat16})
@@ -218,44 +220,59 @@ TEST(DecodeAttention, SplitSlidingWindowMatchesReference) {
       c.num_q_heads = 8;
       c.num_kv_heads = 2;
       c.seq_lens = {1, 15, 16, 17, 63, 64, 65, 100, 1000, testing::quick_mode() ? 1500 : 5000};
-      c.needle_positions = {0, 1, -1};
       c.seed = 31 + head_dim + (dtype == DType::kFloat16 ? 7 : 0);
-      auto host = DecodeProblem::make(c);
-      DeviceDecodeProblem device(host);
-      SplitDecode split;
-      for (const int32_t window : {1, 5, 16, 17, 64, 100, 1024, 8192}) {
-        const std::string label = std::string(dtype_name(dtype)) + "/d" + std::to_string(head_dim) +
-                                  "/window " + std::to_string(window);
-        SCOPED_TRACE(label);
-        const DecodeAttentionParams params = check_split_window(host, device, split, window, label);
-        // paged_v1 has no window: it refuses rather than attend to everything.
-        EXPECT_THROW(paged_v1_decode(params, PrefetchPolicy::off(), nullptr), Error);
+      const std::string shape = std::string(dtype_name(dtype)) + "/d" + std::to_string(head_dim);
+      struct Pass {
+        const char* name;
+        std::vector<int32_t> needles;
+        float q_scale;
+      };
+      for (const Pass& pass : {Pass{"needles", {0, 1, -1}, DecodeProblemConfig{}.q_scale},
+                               Pass{"flat", {}, DecodeProblemConfig{}.q_scale},
+                               Pass{"peaked", {}, testing::kPeakedQScale}}) {
+        c.needle_positions = pass.needles;
+        c.q_scale = pass.q_scale;
+        auto host = DecodeProblem::make(c);
+        DeviceDecodeProblem device(host);
+        SplitDecode split;
+        for (const int32_t window : {1, 5, 16, 17, 64, 100, 1024, 8192}) {
+          const std::string label = shape + "/" + pass.name + "/window " + std::to_string(window);
+          SCOPED_TRACE(label);
+          const DecodeAttentionParams params =
+              check_split_window(host, device, split, window, label);
+          // paged_v1 has no window: it refuses rather than attend to everything.
+          EXPECT_THROW(paged_v1_decode(params, PrefetchPolicy::off(), nullptr), Error);
+        }
       }
     }
 }
 
 // A long context cut into one-tile slices (forced; the planner makes 30 or more slices at Gemma 3
 // 12B's shape and 32K tokens): with a short window, every chunk of 16 slices the merge reads
-// before the window is empty (log-sum-exp -inf throughout), which once made the merge NaN.
+// before the window is empty (log-sum-exp -inf throughout), which once made the merge NaN. With
+// needles at both ends, and without (the last one would hide the window's ordinary tokens).
 TEST(DecodeAttention, SplitSlidingWindowWithManyEmptySlices) {
   L2KV_SKIP_WITHOUT_GPU();
   for (const int32_t head_dim : {128, 256}) {
-    DecodeProblemConfig c;
-    c.head_dim = head_dim;
-    c.num_q_heads = 8;
-    c.num_kv_heads = 2;
-    c.seq_lens = {testing::quick_mode() ? 4100 : 8200, 70};
-    c.needle_positions = {0, -1};
-    c.seed = 91 + head_dim;
-    auto host = DecodeProblem::make(c);
-    DeviceDecodeProblem device(host);
-    SplitDecode split;
-    split.set_forced_tiles_per_split(1);
-    for (const int32_t window : {16, 1024}) {
-      const std::string label =
-          "d" + std::to_string(head_dim) + "/one-tile slices/window " + std::to_string(window);
-      SCOPED_TRACE(label);
-      check_split_window(host, device, split, window, label);
+    for (const bool needles : {true, false}) {
+      DecodeProblemConfig c;
+      c.head_dim = head_dim;
+      c.num_q_heads = 8;
+      c.num_kv_heads = 2;
+      c.seq_lens = {testing::quick_mode() ? 4100 : 8200, 70};
+      if (needles) c.needle_positions = {0, -1};
+      c.seed = 91 + head_dim;
+      auto host = DecodeProblem::make(c);
+      DeviceDecodeProblem device(host);
+      SplitDecode split;
+      split.set_forced_tiles_per_split(1);
+      for (const int32_t window : {16, 1024}) {
+        const std::string label = "d" + std::to_string(head_dim) + "/one-tile slices/" +
+                                  (needles ? "needles" : "flat") + "/window " +
+                                  std::to_string(window);
+        SCOPED_TRACE(label);
+        check_split_window(host, device, split, window, label);
+      }
     }
   }
 }

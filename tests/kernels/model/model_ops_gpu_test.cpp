@@ -180,6 +180,10 @@ TEST_P(ModelOps, AddRmsNormOfANormalizedAddendMatchesHostReference) {
   const DType t = GetParam();
   std::mt19937_64 rng(13);
   for (const int32_t hidden : {5376, 3840, 256, 37}) {
+    // The 1 % rule over every row count of this width: the residual's float rounding flips an
+    // output's last bit now and then (estimated under 0.2 %), and a single flip among the 37
+    // outputs of one row of width 37 would already be over 1 %.
+    Mismatches all_rows;
     for (const int32_t rows : {1, 9, 64}) {
       const size_t n = static_cast<size_t>(rows) * hidden;
       std::vector<float> residual(n);
@@ -219,26 +223,45 @@ TEST_P(ModelOps, AddRmsNormOfANormalizedAddendMatchesHostReference) {
         cudaFree(p);
       const std::string where =
           "hidden " + std::to_string(hidden) + " rows " + std::to_string(rows);
-      double worst = 0;  // fp32 sums in another order: a few ulps of the residual
-      for (size_t i = 0; i < n; ++i)
-        worst = std::max(worst, std::abs(static_cast<double>(got_residual[i]) - want_residual[i]) /
-                                    (std::abs(want_residual[i]) + 1.0));
-      EXPECT_LT(worst, 1e-5) << where;
-      // The norm of the residual the kernel stored, as AddRmsNormMatchesHostReference checks it
-      // (near-zero sums of the residual would turn its last-ulp differences into 16-bit ones).
+      // fp32 sums in another order: a few ulps of the residual. Not std::max, which would drop
+      // a NaN.
+      constexpr double kResidualBound = 1e-5;
+      double worst = 0;
+      for (size_t i = 0; i < n; ++i) {
+        const double e = std::abs(static_cast<double>(got_residual[i]) - want_residual[i]) /
+                         (std::abs(want_residual[i]) + 1.0);
+        if (!(e <= worst) && !std::isnan(worst)) worst = e;
+      }
+      EXPECT_LT(worst, kResidualBound) << where;
+      // The norm of the host's residual, not the kernel's (a wrong stored residual would carry
+      // its own reference). The residual bound lets the kernel's stored one differ by up to
+      // kResidualBound x (|r| + 1), which moves an output by up to weight x scale x that: the
+      // floor of every element, so a residual near zero does not turn float rounding into more
+      // than one 16-bit ulp. Below one ulp of all but the smallest outputs, so a 1 % scale error
+      // still shows.
       std::vector<uint16_t> want_out(n);
+      double max_scale = 0;
       for (int32_t r = 0; r < rows; ++r) {
         const size_t row = static_cast<size_t>(r) * hidden;
         double sum = 0;
         for (int32_t i = 0; i < hidden; ++i)
-          sum += static_cast<double>(got_residual[row + i]) * got_residual[row + i];
+          sum += static_cast<double>(want_residual[row + i]) * want_residual[row + i];
         const float scale = static_cast<float>(
             1.0 / std::sqrt(static_cast<double>(static_cast<float>(sum / hidden) + eps)));
+        max_scale = std::max(max_scale, static_cast<double>(scale));
         for (int32_t i = 0; i < hidden; ++i)
-          want_out[row + i] = round_to(t, to_float(t, weight[i]) * (got_residual[row + i] * scale));
+          want_out[row + i] =
+              round_to(t, to_float(t, weight[i]) * (want_residual[row + i] * scale));
       }
-      EXPECT_TRUE(acceptable(compare16(t, got_out, want_out))) << where;
+      // Weights are below 1.8; 2: margin.
+      const double out_floor = 1.8 * max_scale * kResidualBound * 2;
+      const Mismatches m = compare16(t, got_out, want_out, out_floor);
+      EXPECT_EQ(m.beyond_one_ulp, 0) << where << ": " << m.first_beyond;
+      all_rows.differing += m.differing;
+      all_rows.beyond_one_ulp += m.beyond_one_ulp;
+      all_rows.total += m.total;
     }
+    EXPECT_TRUE(acceptable(all_rows)) << "hidden " << hidden;
   }
 }
 
