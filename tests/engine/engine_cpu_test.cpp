@@ -879,6 +879,7 @@ TEST(Engine, StopTokensMinTokensAndEos) {
   EXPECT_EQ(got.tokens, std::vector<int32_t>(ref.begin(), ref.begin() + at + 1));
   EXPECT_EQ(got.last.finish_reason, FinishReason::kStop);
   EXPECT_EQ(got.last.stop_reason, std::to_string(ref[6]));
+  EXPECT_EQ(got.last.stop_token_id, ref[6]);
 
   // min_tokens: the stop token is masked out of sampling before it (vLLM's min_tokens), so
   // greedy takes the next-best token where it stood and goes on from there; a stop token may

@@ -134,6 +134,17 @@ TEST(OutputProcessor, AStopOnTheEnginesLastTokenNeedsNoAbort) {
   EXPECT_EQ(out.finish_reason, FinishReason::kStop);
   EXPECT_EQ(out.stop_reason, "ab");
   EXPECT_EQ(text.size(), 0u);
+  // The engine ended it on a stop token id after the text met a stop string: the string is the
+  // reason, and no longer a token id.
+  text.add(2, p);
+  EngineStream other{6};
+  out = other.next({id('a'), id('b'), id('c')}, FinishReason::kStop);
+  out.stop_reason = std::to_string(id('c'));
+  out.stop_token_id = id('c');
+  EXPECT_EQ(text.process(2, out), Verdict::kDeliver);
+  EXPECT_EQ(out.stop_reason, "ab");
+  EXPECT_EQ(out.stop_token_id, -1);
+  EXPECT_EQ(out.new_tokens.size(), 2u);
 }
 
 TEST(OutputProcessor, AStopTokensTextIsNotPartOfTheOutput) {

@@ -399,6 +399,7 @@ TEST(OpenAiProtocol, RefusesUnknownRolesAndMalformedMessages) {
       R"({"role": "user", "content": "x", "audio": {"id": "a"}})",
       R"({"role": "user", "content": "x", "name": 5})",
       R"({"role": "user", "content": [{"type": 5, "text": "x"}]})",
+      R"({"role": "tool", "content": "42"})",  // no tool_call_id
   };
   for (const std::string& m : bad) {
     const std::string body = R"({"messages": [{"role": "user", "content": "hi"}, )" + m + "]}";
@@ -698,8 +699,12 @@ TEST(OpenAiProtocol, StreamingChunks) {
   EXPECT_EQ(
       completion_chunk(h, 0, "", FinishReason::kStop, nullptr, "END")["choices"][0]["stop_reason"],
       "END");
-  EXPECT_EQ(chat_finish_chunk(h, 0, FinishReason::kStop, "128009")["choices"][0]["stop_reason"],
-            "128009");
+  // A stop token id is a number, as vLLM gives it.
+  EXPECT_EQ(chat_finish_chunk(h, 0, FinishReason::kStop,
+                              stop_reason_json("128009", 128009))["choices"][0]["stop_reason"],
+            128009);
+  EXPECT_EQ(stop_reason_json("END", -1), "END");
+  EXPECT_TRUE(stop_reason_json("", -1).is_null());
   const json usage = usage_chunk(h, Endpoint::kChatCompletions, 3, 4);
   EXPECT_TRUE(usage["choices"].empty());
   EXPECT_EQ(usage["usage"]["total_tokens"], 7);
@@ -852,6 +857,7 @@ TEST(OpenAiProtocol, PromptFields) {
       {R"("truncate_prompt_tokens": 0)", "truncate_prompt_tokens"},
       {R"("truncate_prompt_tokens": -2)", "truncate_prompt_tokens"},
       {R"("truncate_prompt_tokens": "10")", "truncate_prompt_tokens"},
+      {R"("truncate_prompt_tokens": 65)", "truncate_prompt_tokens"},  // above max_model_len
       {R"("add_special_tokens": 1)", "add_special_tokens"},
       {R"("include_stop_str_in_output": "yes")", "include_stop_str_in_output"},
       {R"("add_generation_prompt": "no")", "add_generation_prompt"},

@@ -19,7 +19,7 @@
 #include <vector>
 
 #include "l2kv/cli/bench_serve_workload.h"
-#include "l2kv/cli/flag_checks.h"
+#include "l2kv/cli/flags.h"
 #include "l2kv/cli/latency_stats.h"
 #include "l2kv/core/error.h"
 
@@ -579,8 +579,8 @@ std::function<int()> add_bench_serve_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_flag("--random-text", o->w.random_text,
                 "Send random words as the completions prompt instead of token ids");
-  cmd->add_flag("--ignore-eos,!--no-ignore-eos", o->w.ignore_eos,
-                "Send ignore_eos so every request generates --output-len tokens (default on)");
+  add_on_off_flag(*cmd, "ignore-eos", o->w.ignore_eos,
+                  "Send ignore_eos so every request generates --output-len tokens (default on)");
   cmd->add_option("--extra-body", o->w.extra_body,
                   "A JSON object merged into every request body, its fields replacing the "
                   "workload's (e.g. '{\"response_format\": {\"type\": \"json_object\"}}' "

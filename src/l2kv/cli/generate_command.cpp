@@ -14,7 +14,7 @@
 #include <vector>
 
 #include "l2kv/chat/chat_template.h"
-#include "l2kv/cli/flag_checks.h"
+#include "l2kv/cli/flags.h"
 #include "l2kv/cli/model_loading.h"
 #include "l2kv/core/error.h"
 #include "l2kv/engine/output_processor.h"
@@ -117,6 +117,7 @@ struct Result {
   int32_t prompt_tokens = 0;
   int32_t completion_tokens = 0;
   std::string finish_reason, stop_reason, error;
+  int32_t stop_token_id = -1;  // stop_reason as the token id it is (written as a number)
   bool done = false;
 };
 
@@ -200,6 +201,7 @@ int run_generate(const GenerateOptions& o) {
         r->done = true;
         r->finish_reason = finish_reason_name(out.finish_reason);
         r->stop_reason = out.stop_reason;
+        r->stop_token_id = out.stop_token_id;
         r->error = out.error;
       }
     };
@@ -238,7 +240,10 @@ int run_generate(const GenerateOptions& o) {
                                   {"completion_tokens", r.completion_tokens},
                                   {"finish_reason", r.finish_reason}};
       if (!r.prompt_ids.empty()) j["prompt_ids"] = r.prompt_ids;
-      if (!r.stop_reason.empty()) j["stop_reason"] = r.stop_reason;
+      if (r.stop_token_id >= 0)
+        j["stop_reason"] = r.stop_token_id;  // vLLM's: a stop token id is a number
+      else if (!r.stop_reason.empty())
+        j["stop_reason"] = r.stop_reason;
       if (!r.error.empty()) j["error"] = r.error;
       std::printf("%s\n", j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
     } else if (stream_text) {

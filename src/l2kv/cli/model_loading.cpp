@@ -3,7 +3,7 @@
 #include <chrono>
 #include <cstdio>
 
-#include "l2kv/cli/flag_checks.h"
+#include "l2kv/cli/flags.h"
 #include "l2kv/core/cuda_check.h"
 #include "l2kv/core/error.h"
 #include "l2kv/engine/cpu_runner.h"
@@ -50,13 +50,12 @@ void add_model_options(CLI::App& app, ModelOptions& o) {
                  "attention kernels)")
       ->check(CLI::IsMember({"auto", "fp8", "fp8_e4m3"}))
       ->capture_default_str();
-  app.add_flag("--calculate-kv-scales,!--no-calculate-kv-scales", o.calculate_kv_scales,
-               "With an fp8 KV cache, layers whose checkpoint has no k_scale/v_scale get scales "
-               "from the first prompt's K and V (its largest |K| stored at 200 and |V| at 100 "
-               "of E4M3's 448, as vLLM's --calculate-kv-scales), fixed from then on. On by "
-               "default; --no-calculate-kv-scales uses scale 1, which saturates K above 448 "
-               "and stores values below 2^-6 in E4M3's coarse subnormal steps")
-      ->capture_default_str();
+  add_on_off_flag(app, "calculate-kv-scales", o.calculate_kv_scales,
+                  "With an fp8 KV cache, layers whose checkpoint has no k_scale/v_scale get scales "
+                  "from the first prompt's K and V (its largest |K| stored at 200 and |V| at 100 "
+                  "of E4M3's 448, as vLLM's --calculate-kv-scales), fixed from then on. On by "
+                  "default; --no-calculate-kv-scales uses scale 1, which saturates K above 448 "
+                  "and stores values below 2^-6 in E4M3's coarse subnormal steps");
   app.add_option("--fused-layer-max-rows", o.fused_layer_max_rows,
                  "On CUDA, decode steps of up to this many rows (0-16) run each decoder layer in "
                  "five kernels (RMSNorm inside the QKV and gate_up projections, SiLU x up and the "
@@ -122,11 +121,9 @@ void add_engine_options(CLI::App& app, EngineConfig& c) {
                  "Fraction of the GPU's memory l2kv may use for weights, workspace and KV cache")
       ->check(CLI::Range(0.01, 1.0))
       ->capture_default_str();
-  app.add_flag(
-         "--enable-prefix-caching,!--no-enable-prefix-caching", c.enable_prefix_caching,
-         "Reuse the KV cache of whole blocks of prompt prefixes earlier requests computed (on "
-         "by default; --no-enable-prefix-caching turns it off)")
-      ->capture_default_str();
+  add_on_off_flag(app, "enable-prefix-caching", c.enable_prefix_caching,
+                  "Reuse the KV cache of whole blocks of prompt prefixes earlier requests "
+                  "computed (on by default; --no-enable-prefix-caching turns it off)");
   app.add_option("--engine-seed", c.seed,
                  "Seed that draws the sampling seeds of requests that give none")
       ->check(unsigned_number())

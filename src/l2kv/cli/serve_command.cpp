@@ -10,7 +10,7 @@
 #include <thread>
 
 #include "l2kv/chat/chat_template.h"
-#include "l2kv/cli/flag_checks.h"
+#include "l2kv/cli/flags.h"
 #include "l2kv/cli/model_loading.h"
 #include "l2kv/core/error.h"
 #include "l2kv/server/engine_loop.h"

@@ -309,6 +309,7 @@ struct Engine::Impl {
     out.finished = r.finished();
     out.finish_reason = r.finish_reason;
     out.stop_reason = r.stop_reason;
+    out.stop_token_id = r.stop_token_id;
     out.prompt_tokens = r.num_prompt_tokens;
     out.completion_tokens = r.num_output_tokens();
     deliveries.push_back(std::move(d));
@@ -364,6 +365,7 @@ struct Engine::Impl {
                                      token) != r.params.stop_token_ids.end()) {
       reason = FinishReason::kStop;
       stop_reason = std::to_string(token);
+      r.stop_token_id = token;
     }
     if (reason == FinishReason::kNone &&
         (produced >= r.params.max_tokens || r.num_tokens() >= token_limit))

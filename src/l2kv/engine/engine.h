@@ -61,7 +61,8 @@ struct RequestOutput {
   FinishReason finish_reason = FinishReason::kNone;
   // The stop token id (engine) or stop string (OutputProcessor) that ended it; empty for EOS.
   std::string stop_reason;
-  std::string error;  // for kError
+  int32_t stop_token_id = -1;  // the stop token id of stop_reason as a number; -1 for a string
+  std::string error;           // for kError
   int32_t prompt_tokens = 0;
   int32_t completion_tokens = 0;  // total so far
 };

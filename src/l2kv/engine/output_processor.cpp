@@ -71,6 +71,7 @@ OutputProcessor::Verdict OutputProcessor::process(int64_t key, RequestOutput& ou
     out.finished = true;
     out.finish_reason = stop ? FinishReason::kStop : FinishReason::kError;
     out.stop_reason = stop ? std::move(*stop) : std::string();
+    out.stop_token_id = -1;
     out.error = std::move(error);
     if (!stop) flush(t);
   } else if (out.finished) {

@@ -57,6 +57,7 @@ struct Request {
   bool prompt_logprobs_delivered = false;
   FinishReason finish_reason = FinishReason::kNone;
   std::string stop_reason;
+  int32_t stop_token_id = -1;  // when a stop token id ended it
   // Structured outputs (GenerationRequest::grammar): the parse of the output so far.
   std::optional<structured::GrammarMatcher> matcher;
   // params.allowed_token_ids as a token bitmask (bit t of word t / 32; empty when unset).

@@ -306,6 +306,11 @@ struct HttpServer::Impl {
       else if (res.status == 413)
         send_error(res, ApiError(413, "The request body is larger than the server's limit.", "",
                                  "invalid_request_error", "request_too_large"));
+      else if (res.status == 400)  // the HTTP layer could not read the request
+        send_error(res, ApiError(400,
+                                 "The HTTP request could not be read: a missing or invalid "
+                                 "Content-Length, an unsupported Content-Encoding (such as gzip), "
+                                 "or a malformed request line or header."));
       else
         send_error(res, ApiError(res.status, "HTTP error " + std::to_string(res.status)));
     });
@@ -527,7 +532,8 @@ struct HttpServer::Impl {
     const bool called = out.finish_reason == FinishReason::kStop && ts.calls_started() > 0;
     return write(sse_event(
         called ? chat_tool_finish_chunk(g.header, choice)
-               : chat_finish_chunk(g.header, choice, out.finish_reason, out.stop_reason)));
+               : chat_finish_chunk(g.header, choice, out.finish_reason,
+                                   stop_reason_json(out.stop_reason, out.stop_token_id))));
   }
 
   // Writes the whole event stream; returns false (after aborting) when the client is gone.
@@ -597,7 +603,8 @@ struct HttpServer::Impl {
               return gone();
           }
           if (out.finished && !write(sse_event(chat_finish_chunk(
-                                  g.header, item.choice, out.finish_reason, out.stop_reason))))
+                                  g.header, item.choice, out.finish_reason,
+                                  stop_reason_json(out.stop_reason, out.stop_token_id)))))
             return gone();
         } else if (has_piece || out.finished) {
           json logprobs = nullptr;
@@ -606,10 +613,11 @@ struct HttpServer::Impl {
             for (const SampledToken& t : out.new_logprobs)
               g.text_offsets[i] += text_length(g.token_text(t.token));
           }
-          if (!write(sse_event(
-                  completion_chunk(g.header, item.choice, out.new_text,
-                                   out.finished ? out.finish_reason : FinishReason::kNone, logprobs,
-                                   out.finished ? out.stop_reason : std::string()))))
+          if (!write(sse_event(completion_chunk(
+                  g.header, item.choice, out.new_text,
+                  out.finished ? out.finish_reason : FinishReason::kNone, logprobs,
+                  out.finished ? stop_reason_json(out.stop_reason, out.stop_token_id)
+                               : json(nullptr)))))
             return gone();
         }
       }

@@ -498,7 +498,9 @@ void parse_common(const json& body, const ServerLimits& limits, ApiRequest& r) {
     if (*v == -1)
       r.truncate_prompt_tokens = limits.max_model_len;
     else
-      r.truncate_prompt_tokens = to_int32(*v, "truncate_prompt_tokens", 1, kInt32Max);
+      r.truncate_prompt_tokens =
+          to_int32(*v, "truncate_prompt_tokens", 1,
+                   limits.max_model_len > 0 ? limits.max_model_len : kInt32Max);
   }
   parse_logit_bias(body, p);
   parse_structured_outputs(body, limits, r);
@@ -809,6 +811,9 @@ json parse_message(const json& m, size_t i) {
       bad_request(where + ": unrecognized message field '" + key + "'.", "messages");
     }
   }
+  if (role == "tool" && !out.contains("tool_call_id"))
+    bad_request(where + ".tool_call_id is required in a tool message (the call it answers).",
+                "messages");
   if (!out.contains("content")) {
     // An assistant message that only calls tools has no content.
     if (!out.contains("tool_calls")) bad_request(where + ".content is required.", "messages");
@@ -1143,6 +1148,7 @@ void ChoiceOutput::append(const RequestOutput& output) {
     finished = true;
     finish_reason = output.finish_reason;
     stop_reason = output.stop_reason;
+    stop_token_id = output.stop_token_id;
     error = output.error;
   }
 }
@@ -1153,6 +1159,11 @@ TokenText token_text_for(const Tokenizer* tokenizer) {
     const int32_t ids[1] = {id};
     return tokenizer->decode(std::span<const int32_t>(ids, 1), false);
   };
+}
+
+json stop_reason_json(const std::string& reason, int32_t stop_token_id) {
+  if (stop_token_id >= 0) return stop_token_id;
+  return reason.empty() ? json(nullptr) : json(reason);
 }
 
 json finish_reason_json(FinishReason reason) {
@@ -1229,11 +1240,6 @@ json chat_logprobs_json(const std::vector<SampledToken>& logprobs, const TokenTe
 }
 
 namespace {
-
-// A stop reason for JSON: null when the request did not stop on a string or token.
-json stop_reason_json(const std::string& reason) {
-  return reason.empty() ? json(nullptr) : json(reason);
-}
 
 // The envelope of a non-streamed response with the usage of all its choices.
 json response_json(const ResponseHeader& header, const char* object, json choices,
@@ -1343,7 +1349,7 @@ json completion_response(const ResponseHeader& header, const ApiRequest& request
                    {"text", body},
                    {"logprobs", logprobs},
                    {"finish_reason", finish_reason_json(c.finish_reason)},
-                   {"stop_reason", stop_reason_json(c.stop_reason)}};
+                   {"stop_reason", stop_reason_json(c.stop_reason, c.stop_token_id)}};
     if (request.prompt_logprobs >= 0)
       choice["prompt_logprobs"] = prompt_logprobs_json(c.prompt_logprobs, text);
     out_choices.push_back(std::move(choice));
@@ -1398,7 +1404,7 @@ json chat_response(const ResponseHeader& header, const ApiRequest& request,
                            {"message", std::move(message)},
                            {"logprobs", logprobs},
                            {"finish_reason", finish},
-                           {"stop_reason", stop_reason_json(c.stop_reason)}});
+                           {"stop_reason", stop_reason_json(c.stop_reason, c.stop_token_id)}});
     completion_tokens += c.completion_tokens;
   }
   json out = response_json(header, "chat.completion", std::move(out_choices), prompt_tokens,
@@ -1411,7 +1417,7 @@ json chat_response(const ResponseHeader& header, const ApiRequest& request,
 }
 
 json completion_chunk(const ResponseHeader& header, int32_t index, const std::string& text,
-                      FinishReason finish, const json& logprobs, const std::string& stop_reason) {
+                      FinishReason finish, const json& logprobs, const json& stop_reason) {
   return {{"id", header.id},
           {"object", "text_completion"},
           {"created", header.created},
@@ -1420,7 +1426,7 @@ json completion_chunk(const ResponseHeader& header, int32_t index, const std::st
                                     {"text", text},
                                     {"logprobs", logprobs},
                                     {"finish_reason", finish_reason_json(finish)},
-                                    {"stop_reason", stop_reason_json(stop_reason)}}})}};
+                                    {"stop_reason", stop_reason}}})}};
 }
 
 json completion_prompt_chunk(const ResponseHeader& header, const ApiRequest& request, int32_t index,
@@ -1443,7 +1449,7 @@ bool completion_stream_waits_for_prompt(const ApiRequest& request) {
 
 namespace {
 json chat_chunk(const ResponseHeader& header, int32_t index, json delta, const json& logprobs,
-                FinishReason finish, const std::string& stop_reason = {}) {
+                FinishReason finish, const json& stop_reason = nullptr) {
   return {{"id", header.id},
           {"object", "chat.completion.chunk"},
           {"created", header.created},
@@ -1452,7 +1458,7 @@ json chat_chunk(const ResponseHeader& header, int32_t index, json delta, const j
                                     {"delta", std::move(delta)},
                                     {"logprobs", logprobs},
                                     {"finish_reason", finish_reason_json(finish)},
-                                    {"stop_reason", stop_reason_json(stop_reason)}}})}};
+                                    {"stop_reason", stop_reason}}})}};
 }
 }  // namespace
 
@@ -1467,7 +1473,7 @@ json chat_content_chunk(const ResponseHeader& header, int32_t index, const std::
 }
 
 json chat_finish_chunk(const ResponseHeader& header, int32_t index, FinishReason finish,
-                       const std::string& stop_reason) {
+                       const json& stop_reason) {
   return chat_chunk(header, index, json::object(), nullptr, finish, stop_reason);
 }
 

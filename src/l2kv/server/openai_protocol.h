@@ -150,6 +150,7 @@ struct ChoiceOutput {
   std::vector<PromptLogprob> prompt_logprobs;  // one per prompt token after the first
   FinishReason finish_reason = FinishReason::kNone;
   std::string stop_reason;
+  int32_t stop_token_id = -1;
   std::string error;
   int32_t prompt_tokens = 0;
   int32_t completion_tokens = 0;
@@ -162,6 +163,9 @@ struct ChoiceOutput {
 using TokenText = std::function<std::string(int32_t)>;
 TokenText token_text_for(const Tokenizer* tokenizer);
 
+// vLLM's stop_reason: the stop token id (a number) or stop string that ended a choice; null
+// otherwise (EOS, length).
+json stop_reason_json(const std::string& reason, int32_t stop_token_id);
 // "stop", "length", "abort" or "error"; null while unfinished.
 json finish_reason_json(FinishReason reason);
 json usage_json(int64_t prompt_tokens, int64_t completion_tokens);
@@ -223,11 +227,10 @@ json chat_response(const ResponseHeader& header, const ApiRequest& request,
                    const std::vector<ChoiceOutput>& choices,
                    const std::vector<int32_t>& prompt_tokens, const TokenText& text);
 
-// Streaming chunks. `logprobs` may be null; `stop_reason` (the stop string or token that ended
-// the choice, vLLM's) is null while empty.
+// Streaming chunks. `logprobs` may be null; `stop_reason` (stop_reason_json) null but in the
+// last chunk of a choice that met a stop string or token.
 json completion_chunk(const ResponseHeader& header, int32_t index, const std::string& text,
-                      FinishReason finish, const json& logprobs,
-                      const std::string& stop_reason = {});
+                      FinishReason finish, const json& logprobs, const json& stop_reason = nullptr);
 // A streamed completion's first chunk once the prompt's logprobs are known (echo with
 // logprobs, or prompt_logprobs): the echoed prompt (with echo; else "") with its logprobs
 // (echo with logprobs, `prompt_ids` its tokens) and the choice's vLLM prompt_logprobs (when
@@ -243,7 +246,7 @@ json chat_role_chunk(const ResponseHeader& header, int32_t index);
 json chat_content_chunk(const ResponseHeader& header, int32_t index, const std::string& content,
                         const json& logprobs);
 json chat_finish_chunk(const ResponseHeader& header, int32_t index, FinishReason finish,
-                       const std::string& stop_reason = {});
+                       const json& stop_reason = nullptr);
 // Tool calls: a delta of `calls` (indexes from `first_index`, with id, type and the whole
 // function); streamed, a call's first delta (its index, id, type and name, arguments "") and
 // its arguments' later pieces (index and arguments only), as OpenAI streams them.

@@ -1,5 +1,5 @@
 // The whole-number flag checks: range, garbage, overflow and negative values for unsigned flags.
-#include "l2kv/cli/flag_checks.h"
+#include "l2kv/cli/flags.h"
 
 #include <gtest/gtest.h>
 

@@ -1,6 +1,7 @@
-// Checks of whole-number flags with messages that name the flag's range. CLI11's own checks
-// fall short here: NonNegativeNumber names DBL_MAX as its bound, and its conversions wrap "-1"
-// into an unsigned flag and clamp numbers beyond 64 bits without a word.
+// Flag helpers the subcommands share. Checks of whole-number flags with messages that name the
+// flag's range (CLI11's own fall short: NonNegativeNumber names DBL_MAX as its bound, and its
+// conversions wrap "-1" into an unsigned flag and clamp numbers beyond 64 bits without a word),
+// and on/off flag pairs whose help does not read as "off by default".
 #pragma once
 
 #include <CLI/CLI.hpp>
@@ -42,7 +43,17 @@ inline CLI::Validator unsigned_number() {
           return "'" + text + "' is not a whole number (0 or more is expected)";
         return {};
       },
-      "UINT");
+      "");
+}
+
+// --NAME and --no-NAME setting `value` (vLLM's style); `help` says which is the default.
+// CLI11's "--NAME,!--no-NAME" form prints "{false}" beside the names, which reads as the default.
+inline void add_on_off_flag(CLI::App& app, const std::string& name, bool& value,
+                            const std::string& help) {
+  app.add_flag_callback(
+      "--" + name, [&value] { value = true; }, help);
+  app.add_flag_callback(
+      "--no-" + name, [&value] { value = false; }, "Turn --" + name + " off");
 }
 
 }  // namespace l2kv::cli
