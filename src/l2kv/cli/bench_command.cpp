@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdio>
 #include <ctime>
+#include <filesystem>
 #include <fstream>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -14,6 +15,7 @@
 #include <vector>
 
 #include "bench_kernels.h"
+#include "l2kv/cli/flags.h"
 #include "l2kv/cli/latency_stats.h"
 #include "l2kv/cli/model_loading.h"
 #include "l2kv/core/cuda_check.h"
@@ -438,12 +440,20 @@ std::string today() {
 }
 
 int run_bench(const BenchOptions& o) {
-  if (!cuda_device_available())
-    throw Error("l2kv bench needs an NVIDIA Hopper GPU (sm_90); none is available here");
+  // What the command line alone decides is checked first, on any machine.
   if (!o.structured_regex.empty() && o.mode == "steady")
     throw Error("l2kv bench: --structured-regex constrains e2e points; use --mode e2e or both");
+  if (o.profile && o.mode == "e2e")
+    throw Error("l2kv bench: --profile profiles steady steps; use --mode steady or both");
   std::vector<Variant> variants;
   for (const auto& v : o.variants) variants.push_back(parse_variant(v));
+  if (!o.json_path.empty()) {
+    const std::filesystem::path parent = std::filesystem::path(o.json_path).parent_path();
+    if (!parent.empty() && !std::filesystem::is_directory(parent))
+      throw Error("--json " + o.json_path + ": the folder " + parent.string() + " does not exist");
+  }
+  if (!cuda_device_available())
+    throw Error("l2kv bench needs an NVIDIA Hopper GPU (sm_90); none is available here");
   ModelOptions model_options = o.model;
   if (model_options.device == "auto") model_options.device = "cuda";
   LoadedModel loaded = load_model(model_options);
@@ -465,8 +475,6 @@ int run_bench(const BenchOptions& o) {
   // Enabled before any graph is captured, so graph replays are traced too.
   std::unique_ptr<KernelTrace> trace;
   if (o.profile) {
-    if (o.mode == "e2e")
-      throw Error("l2kv bench: --profile profiles steady steps; use --mode steady or both");
     trace = std::make_unique<KernelTrace>();
   }
   std::fprintf(stderr, "l2kv bench: %s, %.2f GB of weights%s; streaming-read ceiling %.0f GB/s\n",
@@ -631,6 +639,7 @@ std::function<int()> add_bench_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--num-prompts", o->num_prompts,
                   "Requests per point (0 = as many as the concurrency)")
+      ->check(whole_number(0, 1 << 20))
       ->capture_default_str();
   cmd->add_option("--variants", o->variants,
                   "Decode attention variants, KERNEL[:PREFETCH] with KERNEL split or paged_v1 "
@@ -640,8 +649,10 @@ std::function<int()> add_bench_command(CLI::App& app) {
       ->check(CLI::IsMember({"e2e", "steady", "both"}))
       ->capture_default_str();
   cmd->add_option("--steady-batch", o->steady_batches, "Batches of the steady-state mode")
+      ->check(whole_number(1, 4096))
       ->capture_default_str();
   cmd->add_option("--steady-context", o->steady_contexts, "Contexts of the steady-state mode")
+      ->check(whole_number(1, 1 << 20))
       ->capture_default_str();
   cmd->add_option(
          "--steady-chunk", o->steady_chunks,
@@ -672,6 +683,7 @@ std::function<int()> add_bench_command(CLI::App& app) {
   cmd->add_option("--json", o->json_path, "Write every point as JSON here");
   cmd->add_option("--time-budget-s", o->time_budget_s,
                   "Skip the remaining points once this many seconds have passed (0 = none)")
+      ->check(CLI::Range(0.0, 1e9))
       ->capture_default_str();
   return [o, cmd] {
     o->command_line = "l2kv bench";
