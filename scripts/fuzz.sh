@@ -3,7 +3,7 @@
 # into build-fuzz/ and runs them over their corpora.
 #   scripts/fuzz.sh                     every target, 60 s each
 #   scripts/fuzz.sh tokenizer 3600      one target for an hour
-#   scripts/fuzz.sh all 20              every target, 20 s each (CI)
+#   scripts/fuzz.sh all 12              every target, 12 s each (CI)
 #   scripts/fuzz.sh build               build only
 #   L2KV_FUZZ_RUNS=10000000 scripts/fuzz.sh safetensors 3600
 #                                       stop at 10 M executions or an hour, whichever comes first
