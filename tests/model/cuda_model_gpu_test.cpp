@@ -684,8 +684,9 @@ TEST(CudaModel, MixtureOfExpertsMatchesTheCpuModel) {
       EXPECT_LT(prompt_error, 2e-2);
       EXPECT_LT(decode_error, 2e-2);
       // Not measured yet. A router near-tie flips an expert on a few rows, which concentrates
-      // the noise there (up to sqrt(rows) times the whole tensor's); a wrong row is off by O(1).
-      EXPECT_LT(row_error, 0.1);
+      // the noise there (up to sqrt(rows) times the whole tensor's: ~0.08 for 40 rows at the
+      // logged 1.5-1.9e-2); a wrong row is off by O(1).
+      EXPECT_LT(row_error, 0.25);
 
       // A graph of two decode rows (4 slots, which the expert GEMV takes: capturable) replayed
       // against the same step eagerly.
@@ -743,7 +744,7 @@ TEST(CudaModel, MixtureOfExpertsMatchesTheCpuModel) {
         "row %.2e\n",
         error, row_error);
     EXPECT_LT(error, 2e-2);
-    EXPECT_LT(row_error, 0.1);  // not measured yet: as the 8-expert rows above
+    EXPECT_LT(row_error, 0.25);  // not measured yet: as the 8-expert rows above
   }
   fs::remove_all(dir);
 }
