@@ -1,6 +1,7 @@
 // The OpenAI API's request and response shapes, without sockets: parse and validate the JSON
-// body of POST /v1/completions and /v1/chat/completions into engine requests, and build the
-// response objects and streaming chunks from engine outputs. Errors come out as ApiError with
+// body of POST /v1/completions and /v1/chat/completions into engine requests
+// (openai_protocol.cpp, with /tokenize and /detokenize), and build the response objects and
+// streaming chunks from engine outputs (openai_response.cpp). Errors come out as ApiError with
 // the HTTP status and OpenAI's error body, worded as vLLM words them.
 #pragma once
 
