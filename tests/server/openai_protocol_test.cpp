@@ -399,7 +399,9 @@ TEST(OpenAiProtocol, RefusesUnknownRolesAndMalformedMessages) {
       R"({"role": "user", "content": "x", "audio": {"id": "a"}})",
       R"({"role": "user", "content": "x", "name": 5})",
       R"({"role": "user", "content": [{"type": 5, "text": "x"}]})",
-      R"({"role": "tool", "content": "42"})",  // no tool_call_id
+      R"({"role": "tool", "content": "42"})",                          // no tool_call_id
+      R"({"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function",
+          "function": {"name": "f", "arguments": "{\"city\": "}}]})",  // arguments not JSON
   };
   for (const std::string& m : bad) {
     const std::string body = R"({"messages": [{"role": "user", "content": "hi"}, )" + m + "]}";
@@ -489,6 +491,20 @@ TEST(OpenAiProtocol, Tools) {
     EXPECT_EQ(e.status, 400) << t;
     EXPECT_EQ(e.param, "tools") << t;
   }
+  // A call's arguments are an object: parameters describing anything else are refused, and an
+  // empty parameters schema takes objects only.
+  const std::string string_tool = R"({"messages": [{"role": "user", "content": "x"}],
+      "tool_choice": "required", "tools": [{"type": "function", "function": {"name": "s",
+      "parameters": {"type": "string"}}}]})";
+  EXPECT_EQ(error_of([&] { parse_chat_request(json::parse(string_tool), limits); }).param, "tools");
+  const ApiRequest empty = parse_chat_request(
+      json::parse(R"({"messages": [{"role": "user", "content": "x"}], "tool_choice": {"type":
+      "function", "function": {"name": "e"}}, "tools": [{"type": "function", "function":
+      {"name": "e", "parameters": {}}}]})"),
+      limits);
+  EXPECT_TRUE(accepts(empty, "{}"));
+  EXPECT_FALSE(accepts(empty, "1031"));
+  EXPECT_FALSE(accepts(empty, R"("text")"));
 }
 
 TEST(OpenAiProtocol, LogitBias) {

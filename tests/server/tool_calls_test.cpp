@@ -15,6 +15,7 @@
 
 #include "l2kv/core/error.h"
 #include "l2kv/server/json_value_scanner.h"
+#include "l2kv/structured/json_schema.h"
 
 namespace l2kv::server {
 namespace {
@@ -347,6 +348,34 @@ TEST(ToolCalls, ForcedChoices) {
   EXPECT_EQ(cut.content, R"([{"name": "f", "par)");
   EXPECT_THROW(tool_call_parser_from_name("qwen"), Error);
   EXPECT_EQ(tool_call_parser_from_name("llama3_json"), ToolCallParser::kLlama3Json);
+}
+
+// The schema a forced choice compiles: arguments are always an object (parameters missing, null
+// or {} included), and a tool whose parameters refer within themselves ($defs, "#") keeps
+// resolving once placed inside the array of calls.
+TEST(ToolCalls, ForcedSchemasKeepObjectsAndReferences) {
+  using json = nlohmann::ordered_json;
+  const json tools = json::parse(R"([
+    {"type": "function", "function": {"name": "empty", "parameters": {}}},
+    {"type": "function", "function": {"name": "none"}},
+    {"type": "function", "function": {"name": "list", "parameters": {"type": "object",
+      "$defs": {"N": {"type": "object", "properties": {"next": {"anyOf": [{"type": "null"},
+        {"$ref": "#/$defs/N"}]}}, "required": ["next"]}},
+      "properties": {"head": {"$ref": "#/$defs/N"}}, "required": ["head"]}}},
+    {"type": "function", "function": {"name": "tree", "parameters": {"type": "object",
+      "properties": {"kids": {"type": "array", "items": {"$ref": "#"}, "maxItems": 2}}}}}])");
+  EXPECT_EQ(forced_tool_call_schema(tools, ToolChoice::kNamed, "empty", true),
+            json::parse(R"({"type": "object"})"));
+  EXPECT_EQ(forced_tool_call_schema(tools, ToolChoice::kNamed, "none", true),
+            json::parse(R"({"type": "object"})"));
+  const json required = forced_tool_call_schema(tools, ToolChoice::kRequired, "", true);
+  ASSERT_TRUE(required.contains("$defs"));
+  EXPECT_EQ(required["$defs"]["tool2"]["properties"]["head"]["$ref"], "#/$defs/tool2/$defs/N");
+  EXPECT_EQ(required["$defs"]["tool3"]["properties"]["kids"]["items"]["$ref"], "#/$defs/tool3");
+  EXPECT_FALSE(required["$defs"].contains("tool0"));  // no references: stays inline
+  EXPECT_NO_THROW(structured::json_schema_grammar(required));
+  EXPECT_NO_THROW(structured::json_schema_grammar(
+      forced_tool_call_schema(tools, ToolChoice::kNamed, "list", false)));
 }
 
 }  // namespace

@@ -55,9 +55,12 @@ TEST(RegexGrammar, AcceptsAndRejects) {
 
 TEST(RegexGrammar, RefusesWhatItDoesNotSupport) {
   for (const char* p : {"(a)\\1", "(?=a)b", "a\\bb", "\\p{L}", "[[:alpha:]]", "a^b", "(ab", "a**",
-                        "a+*", "a{2}?*", "b*{3}"}) {
+                        "a+*", "a{2}?*", "b*{3}",
+                        // Counts above the grammar's bound are refused, not read as text.
+                        "a{1000000}", "a{2,1000000}", "a{1000000,}", "x{2147483648}"}) {
     EXPECT_THROW(regex_grammar(p), Error) << p;
   }
+  EXPECT_NO_THROW(regex_grammar("a{100000}"));
 }
 
 // Nested repetitions of nullable groups stay cheap: the matcher's expansion budget bounds
@@ -254,6 +257,30 @@ TEST(GrammarMatcher, EosOnlyWhenComplete) {
   EXPECT_TRUE(m.accept_token(3));
   EXPECT_TRUE(m.terminated());
   EXPECT_EQ(m.fill_mask(mask), 0);
+}
+
+// A constraint that can never complete is refused when compiled, not found out by the engine
+// mid-generation (which could only end the request with an error).
+TEST(GrammarMatcher, RefusesConstraintsThatNeverComplete) {
+  const auto vocab = std::make_shared<TokenVocabulary>(std::vector<std::string>{"x", "<eos>"},
+                                                       std::vector<int32_t>{1});
+  const auto compile = [&](Grammar g) { return CompiledGrammar(std::move(g), vocab); };
+  EXPECT_THROW(compile(json_schema_grammar(nlohmann::ordered_json::parse(R"({"$ref": "#"})"))),
+               Error);
+  EXPECT_THROW(compile(json_schema_grammar(nlohmann::ordered_json::parse(
+                   R"({"$defs": {"A": {"$ref": "#/$defs/A"}}, "$ref": "#/$defs/A"})"))),
+               Error);
+  EXPECT_THROW(compile(json_schema_grammar(nlohmann::ordered_json::parse(
+                   R"({"$defs": {"A": {"type": "object", "properties": {"a": {"$ref": "#/$defs/A"}},
+                       "required": ["a"]}}, "$ref": "#/$defs/A"})"))),
+               Error);
+  EXPECT_THROW(compile(gbnf_grammar("root ::= a\na ::= \"x\" a")), Error);
+  // Recursion with a way out, left-recursive included, stays.
+  EXPECT_NO_THROW(compile(gbnf_grammar("root ::= a\na ::= \"x\" a | \"x\"")));
+  EXPECT_NO_THROW(compile(gbnf_grammar("root ::= a\na ::= a \"x\" | \"x\"")));
+  EXPECT_NO_THROW(compile(json_schema_grammar(nlohmann::ordered_json::parse(
+      R"({"$defs": {"N": {"type": "object", "properties": {"next": {"anyOf": [{"type": "null"},
+          {"$ref": "#/$defs/N"}]}}, "required": ["next"]}}, "$ref": "#/$defs/N"})"))));
 }
 
 }  // namespace

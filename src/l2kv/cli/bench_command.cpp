@@ -625,7 +625,7 @@ std::function<int()> add_bench_command(CLI::App& app) {
   cmd->get_option("--model")->required(false)->capture_default_str();
   add_engine_options(*cmd, o->engine);
   cmd->add_option("--input-len", o->input_lens,
-                  "Prompt tokens per request (a list: e.g. 1024 8192 32768 with --output-len 1 "
+                  "Prompt tokens per request (a list: e.g. 1024 8192 32000 with --output-len 1 "
                   "--concurrency 1 --num-prompts 3 gives the median time to first token of one "
                   "prompt at each length)")
       ->check(CLI::Range(1, 1 << 20))

@@ -8,7 +8,6 @@
 #include <iostream>
 #include <memory>
 #include <nlohmann/json.hpp>
-#include <random>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -313,8 +312,9 @@ std::function<int()> add_generate_command(CLI::App& app) {
                   "Subtracted once per earlier occurrence in the output")
       ->capture_default_str();
   cmd->add_option("--seed", o->seed,
-                  "Sampling seed (prompt i uses seed + i); same seed, same tokens; -1 = random "
-                  "(drawn anew each run unless --engine-seed is given)")
+                  "Sampling seed (prompt i uses seed + i); same seed, same tokens; -1: each "
+                  "prompt's seed is drawn from --engine-seed (0 unless given, so a run repeats "
+                  "as vLLM's default seed does; another --engine-seed draws other seeds)")
       ->check(whole_number(-1, std::numeric_limits<int64_t>::max()))
       ->capture_default_str();
   cmd->add_option("--max-tokens", p.max_tokens, "Most tokens to generate per prompt")
@@ -324,10 +324,7 @@ std::function<int()> add_generate_command(CLI::App& app) {
   cmd->add_option("--stop", p.stop, "Stop string (repeatable); not part of the output");
   cmd->add_option("--stop-token-ids", p.stop_token_ids, "Token ids that end generation");
   cmd->add_flag("--ignore-eos", p.ignore_eos, "Keep generating after the model's EOS token");
-  return [o, cmd] {
-    // --seed -1 is random: the requests' seeds are drawn from an engine seed of this run's own.
-    if (o->seed < 0 && cmd->count("--engine-seed") == 0)
-      o->engine.seed = (uint64_t{std::random_device{}()} << 32) | std::random_device{}();
+  return [o] {
     if (!o->system.empty() && !o->chat)
       throw Error("--system needs --chat (the system message goes through the chat template)");
     return run_generate(*o);

@@ -192,6 +192,8 @@ void EngineLoop::deliver(PendingOutput& p) {
     out.new_text.clear();
     out.finished = true;
     out.finish_reason = FinishReason::kError;
+    out.stop_reason.clear();
+    out.stop_token_id = -1;
     out.error = std::string("making the output's text failed: ") + e.what();
   }
   state.closed = out.finished;

@@ -749,10 +749,11 @@ json parse_message_tool_calls(const json& value, const std::string& where) {
     if (!f.contains("name") || !f["name"].is_string()) bad_request(bad, "messages");
     json arguments = json::object();
     if (f.contains("arguments") && f["arguments"].is_string()) {
+      // The template is given the arguments as JSON (vLLM parses them too).
       try {
         arguments = json::parse(f["arguments"].get<std::string>());
       } catch (const json::exception&) {
-        arguments = f["arguments"];
+        bad_request(where + ".tool_calls[].function.arguments is not valid JSON.", "messages");
       }
     } else if (f.contains("arguments") && f["arguments"].is_object()) {
       arguments = f["arguments"];
@@ -849,6 +850,13 @@ void parse_tools(const json& body, const ServerLimits& limits, ApiRequest& r) {
         bad_request("'tools' names the function '" + name + "' twice.", "tools");
       if (f.contains("parameters") && !f["parameters"].is_null() && !f["parameters"].is_object())
         bad_request("'tools[].function.parameters' must be a JSON schema (an object).", "tools");
+      // A call's arguments are an object (a schema without "type" is read as one).
+      if (f.contains("parameters") && f["parameters"].is_object() &&
+          f["parameters"].contains("type") && f["parameters"]["type"] != "object")
+        bad_request("'tools[].function.parameters' of '" + f["name"].get<std::string>() +
+                        "' must describe an object (\"type\": \"object\"): a call's arguments "
+                        "are one.",
+                    "tools");
       names.push_back(name);
     }
     if (!tools->empty()) r.tools = *tools;

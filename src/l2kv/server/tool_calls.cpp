@@ -40,26 +40,77 @@ ToolCallParser tool_call_parser_from_name(const std::string& name) {
   throw Error("--tool-call-parser '" + name + "' is not one of hermes, llama3_json, mistral");
 }
 
+namespace {
+
+// A function's arguments are a JSON object: its parameters schema with "type": "object" where
+// none is given (missing, null or {} included, as vLLM reads them).
+json object_parameters(const json& function) {
+  const auto it = function.find("parameters");
+  json p = it == function.end() || it->is_null() ? json::object() : *it;
+  if (!p.contains("type")) p["type"] = "object";
+  return p;
+}
+
+bool has_reference(const json& s) {
+  if (s.is_object()) {
+    if (s.contains("$ref") && s["$ref"].is_string()) return true;
+    for (const auto& [key, value] : s.items())
+      if (has_reference(value)) return true;
+  } else if (s.is_array()) {
+    for (const json& v : s)
+      if (has_reference(v)) return true;
+  }
+  return false;
+}
+
+// `s` with every reference within it ("#", "#/$defs/N", ...) moved under `prefix` ("#/$defs/t0"),
+// for a schema that now sits at that place of a larger one.
+json rebase_references(json s, const std::string& prefix) {
+  if (s.is_object()) {
+    for (auto& [key, value] : s.items()) {
+      if (key == "$ref" && value.is_string()) {
+        const std::string ref = value.get<std::string>();
+        if (!ref.empty() && ref[0] == '#') value = prefix + ref.substr(1);
+      } else {
+        value = rebase_references(std::move(value), prefix);
+      }
+    }
+  } else if (s.is_array()) {
+    for (json& v : s) v = rebase_references(std::move(v), prefix);
+  }
+  return s;
+}
+
+}  // namespace
+
 json forced_tool_call_schema(const json& tools, ToolChoice choice, const std::string& named,
                              bool parallel) {
-  auto parameters = [](const json& function) {
-    const auto it = function.find("parameters");
-    return it == function.end() || it->is_null() ? json{{"type", "object"}} : *it;
-  };
   if (choice == ToolChoice::kNamed) {
     for (const json& t : tools)
-      if (t["function"]["name"] == named) return parameters(t["function"]);
+      if (t["function"]["name"] == named) return object_parameters(t["function"]);
     throw Error("tool_choice names '" + named + "', which is not in tools");
   }
+  // Each function's parameters go inside an array of calls. One that refers within itself
+  // ($ref to "#" or its $defs) is placed under the array schema's $defs, its references
+  // rebased there, so they still resolve.
+  json defs = json::object();
   json branches = json::array();
-  for (const json& t : tools)
-    branches.push_back({{"type", "object"},
-                        {"properties",
-                         {{"name", {{"const", t["function"]["name"]}}},
-                          {"parameters", parameters(t["function"])}}},
-                        {"required", {"name", "parameters"}}});
+  for (size_t i = 0; i < tools.size(); ++i) {
+    json parameters = object_parameters(tools[i]["function"]);
+    if (has_reference(parameters)) {
+      const std::string name = "tool" + std::to_string(i);
+      defs[name] = rebase_references(std::move(parameters), "#/$defs/" + name);
+      parameters = {{"$ref", "#/$defs/" + name}};
+    }
+    branches.push_back(
+        {{"type", "object"},
+         {"properties",
+          {{"name", {{"const", tools[i]["function"]["name"]}}}, {"parameters", parameters}}},
+         {"required", {"name", "parameters"}}});
+  }
   json schema = {{"type", "array"}, {"minItems", 1}, {"items", {{"anyOf", branches}}}};
   if (!parallel) schema["maxItems"] = 1;
+  if (!defs.empty()) schema["$defs"] = std::move(defs);
   return schema;
 }
 

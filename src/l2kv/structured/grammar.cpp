@@ -165,4 +165,31 @@ std::string Grammar::to_string() const {
   return out.str();
 }
 
+std::vector<bool> productive_rules(const Grammar& g) {
+  std::vector<bool> productive(static_cast<size_t>(g.num_rules()), false);
+  const auto& elements = g.elements();
+  // Fixed point: a rule becomes productive once one of its alternatives is all byte sets and
+  // productive rules. At most one pass per rule.
+  for (bool changed = true; changed;) {
+    changed = false;
+    for (int32_t r = 0; r < g.num_rules(); ++r) {
+      if (productive[static_cast<size_t>(r)]) continue;
+      for (const int32_t start : g.alternatives(r)) {
+        bool all = true;
+        for (int32_t e = start; elements[e].kind != Element::Kind::kEnd; ++e)
+          if (elements[e].kind == Element::Kind::kRule &&
+              !productive[static_cast<size_t>(elements[e].index)]) {
+            all = false;
+            break;
+          }
+        if (all) {
+          productive[static_cast<size_t>(r)] = changed = true;
+          break;
+        }
+      }
+    }
+  }
+  return productive;
+}
+
 }  // namespace l2kv::structured

@@ -79,6 +79,11 @@ class Grammar {
   int32_t utf8_multibyte_ = -1;
 };
 
+// For each rule, whether it derives some finite text (an alternative of byte sets and such
+// rules). A root that does not can never complete: a schema that refers only to itself, or a
+// recursion with no way out (`a ::= "x" a`).
+std::vector<bool> productive_rules(const Grammar& g);
+
 // Byte-level pieces shared by the compilers: one valid UTF-8 character whose first byte, when
 // ASCII, is in `ascii` (non-ASCII characters are all allowed when `non_ascii` is set).
 Element utf8_char(Grammar& g, const ByteSet& ascii, bool non_ascii);

@@ -136,7 +136,12 @@ bool TokenVocabulary::is_eos(int32_t id) const {
 CompiledGrammar::CompiledGrammar(Grammar grammar, std::shared_ptr<const TokenVocabulary> vocabulary)
     : grammar_(std::move(grammar)), vocabulary_(std::move(vocabulary)) {
   if (!vocabulary_) throw Error("structured output: no token vocabulary");
-  initial_state(grammar_);  // a grammar without a root fails here, not in the engine
+  // A grammar without a root, or one that can never complete, fails here, not in the engine.
+  const State start = initial_state(grammar_);
+  if (!productive_rules(grammar_)[static_cast<size_t>(grammar_.root())] || start.empty())
+    throw Error(
+        "the constraint allows no complete output (it refers only to itself, or recurses with no "
+        "way to end)");
 }
 
 bool CompiledGrammar::cached_mask(const std::string& key, std::span<uint32_t> mask) const {

@@ -1,5 +1,6 @@
 #include "l2kv/structured/regex_grammar.h"
 
+#include <algorithm>
 #include <cstdio>
 
 #include "l2kv/core/error.h"
@@ -135,11 +136,14 @@ class RegexParser {
   // Reads {n}, {n,} or {n,m} at pos_ when it is one (else leaves pos_).
   bool braces(int64_t& min, int64_t& max) {
     size_t q = pos_ + 1;
+    // Every digit is read (a count too large for the grammar is then refused by repeat(), not
+    // taken as literal text), the value held below overflow.
     auto number = [&](int64_t& v) {
+      constexpr int64_t kCap = int64_t{1} << 40;
       const size_t start = q;
       v = 0;
-      while (q < p_.size() && p_[q] >= '0' && p_[q] <= '9' && q - start < 6)
-        v = v * 10 + (p_[q++] - '0');
+      while (q < p_.size() && p_[q] >= '0' && p_[q] <= '9')
+        v = std::min(kCap, v * 10 + (p_[q++] - '0'));
       return q > start;
     };
     if (!number(min)) return false;
