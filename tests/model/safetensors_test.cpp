@@ -164,6 +164,13 @@ TEST(ModelConfig, ReadsBothRopeFormsAndRejectsTheUnsupported) {
                "hidden_size must be an integer in [1, ");
   // A null is the setting's default, as Hugging Face writes it.
   EXPECT_EQ(parse("LlamaForCausalLM", R"(, "rms_norm_eps": null)").rms_norm_eps, 1e-6);
+  const ModelConfig nulls =
+      parse("Qwen3ForCausalLM", R"(, "attention_bias": null, "torch_dtype": null,
+      "max_position_embeddings": null, "use_sliding_window": null)");
+  EXPECT_FALSE(nulls.qkv_bias);
+  EXPECT_EQ(nulls.dtype, DType::kBFloat16);
+  expect_error([&] { parse("LlamaForCausalLM", R"(, "hidden_act": 5)"); },
+               "hidden_act must be a string");
 }
 
 // Qwen3 as its Hub configs write it: head_dim given (not hidden / heads), no QKV bias unless

@@ -99,7 +99,7 @@ int64_t integer_value(const nlohmann::json& v, const std::string& key, int64_t l
 
 int64_t integer_field(const nlohmann::json& j, const std::string& key, int64_t fallback, int64_t lo,
                       int64_t hi, const std::string& origin) {
-  if (!j.contains(key)) return fallback;
+  if (!j.contains(key) || j[key].is_null()) return fallback;  // null: the default, as HF writes it
   return integer_value(j[key], key, lo, hi, origin);
 }
 
@@ -254,6 +254,11 @@ ModelConfig ModelConfig::from_json_text(const std::string& text, const std::stri
     if (!j[key].is_boolean()) throw Error(origin + ": " + key + " must be true or false");
     return j[key].get<bool>();
   };
+  const auto string_field = [&](const char* key, const std::string& fallback) {
+    if (!present(key)) return fallback;
+    if (!j[key].is_string()) throw Error(origin + ": " + key + " must be a string");
+    return j[key].get<std::string>();
+  };
   ModelConfig c;
   try {
     const nlohmann::json& arch_list = required("architectures");
@@ -297,12 +302,12 @@ ModelConfig ModelConfig::from_json_text(const std::string& text, const std::stri
     c.tie_word_embeddings = boolean("tie_word_embeddings", gemma3);
     c.max_position_embeddings = size("max_position_embeddings", 0, kMaxPositions);
     // Qwen2 always has a QKV bias; Qwen3 has one only where attention_bias says so.
-    c.qkv_bias = qwen2 || j.value("attention_bias", false);
+    c.qkv_bias = qwen2 || boolean("attention_bias", false);
     c.qk_norm = qwen3 || gemma3;
-    if (j.value("mlp_bias", false)) throw Error(origin + ": mlp_bias is not supported");
+    if (boolean("mlp_bias", false)) throw Error(origin + ": mlp_bias is not supported");
     // Gemma writes hidden_activation (and sometimes a stale hidden_act beside it).
-    const std::string act = gemma3 ? j.value("hidden_activation", std::string("gelu_pytorch_tanh"))
-                                   : j.value("hidden_act", std::string("silu"));
+    const std::string act = gemma3 ? string_field("hidden_activation", "gelu_pytorch_tanh")
+                                   : string_field("hidden_act", "silu");
     if (act != (gemma3 ? "gelu_pytorch_tanh" : "silu"))
       throw Error(origin + ": hidden activation " + act + " is not supported (" +
                   (gemma3 ? "gelu_pytorch_tanh" : "silu") + " is)");
@@ -311,7 +316,7 @@ ModelConfig ModelConfig::from_json_text(const std::string& text, const std::stri
     // Qwen2/3 configs carry a sliding_window size that only use_sliding_window turns on;
     // transformers 5 also lists each layer's attention in layer_types.
     const bool qwen = qwen2 || qwen3;
-    const bool sliding = qwen ? j.value("use_sliding_window", false)
+    const bool sliding = qwen ? boolean("use_sliding_window", false)
                               : (j.contains("sliding_window") && !j["sliding_window"].is_null());
     if (gemma3) {
       read_gemma3_attention(j, c, origin);
@@ -336,7 +341,7 @@ ModelConfig ModelConfig::from_json_text(const std::string& text, const std::stri
       c.num_experts = size("num_experts", 0, 4096);
       c.experts_per_token = size("num_experts_per_tok", 0, 4096);
       c.expert_intermediate_size = size("moe_intermediate_size", 0, kMaxDimension);
-      c.norm_topk_prob = j.value("norm_topk_prob", false);
+      c.norm_topk_prob = boolean("norm_topk_prob", false);
       if (size("decoder_sparse_step", 1, kMaxLayers) != 1)
         throw Error(origin + ": decoder_sparse_step other than 1 is not supported");
       if (j.contains("mlp_only_layers") && j["mlp_only_layers"].is_array() &&
@@ -344,7 +349,7 @@ ModelConfig ModelConfig::from_json_text(const std::string& text, const std::stri
         throw Error(origin +
                     ": mlp_only_layers (dense layers among the MoE ones) is not "
                     "supported");
-      if (j.value("shared_expert_intermediate_size", 0) > 0)
+      if (size("shared_expert_intermediate_size", 0, kMaxDimension) > 0)
         throw Error(origin + ": shared experts are not supported");
     }
     if ((mixtral || qwen3_moe) &&
@@ -353,7 +358,7 @@ ModelConfig ModelConfig::from_json_text(const std::string& text, const std::stri
       throw Error(origin +
                   ": a mixture of experts needs 1 <= num_experts_per_tok <= the number "
                   "of experts and a positive expert intermediate size");
-    const std::string dtype = j.value("torch_dtype", j.value("dtype", std::string("bfloat16")));
+    const std::string dtype = string_field("torch_dtype", string_field("dtype", "bfloat16"));
     if (dtype != "bfloat16" && dtype != "float16" && dtype != "float32")
       throw Error(origin + ": torch_dtype " + dtype +
                   " is not supported (bfloat16, float16 and float32 are; float32 runs in "
