@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include <filesystem>
 #include <initializer_list>
 #include <limits>
 #include <string>
@@ -670,6 +671,29 @@ TEST(OpenAiProtocol, CompletionLogprobsCountCharactersAndNameTheSampledToken) {
   EXPECT_EQ(tokens_text_length({1, 2, 1}, text), 6);
   EXPECT_EQ(echo_text_offset("\xe9\x80\x9a", {}, text), 1);
   EXPECT_EQ(echo_text_offset("ignored", {2, 2}, text), 4);
+}
+
+// Logprobs' token texts read as inside a text: a SentencePiece "▁the" (Llama 2) keeps its space,
+// which decoding it alone drops; byte-level BPE (Llama 3) reads the same either way.
+TEST(OpenAiProtocol, TokenTextKeepsTheSpaceOfSentencePieceTokens) {
+  for (const char* name : {"llama2", "llama3_1"}) {
+    const std::filesystem::path dir = std::filesystem::path(L2KV_TOKENIZER_PACKAGES) /
+                                      ("tokenizer-" + std::string(name)) / "models";
+    if (!std::filesystem::exists(dir / "tokenizer.json")) {
+      ADD_FAILURE() << "missing " << dir << ": run scripts/tokenizer_test_data.sh";
+      continue;
+    }
+    const Tokenizer tok = Tokenizer::from_folder(dir);
+    const TokenText text = token_text_for(&tok);
+    const std::vector<int32_t> ids = tok.encode("Hello the world", false);
+    ASSERT_EQ(ids.size(), 3u) << name;
+    EXPECT_EQ(text(ids[1]), " the") << name;
+    EXPECT_EQ(text(ids[2]), " world") << name;
+    const int32_t alone[1] = {ids[1]};
+    if (std::string(name) == "llama2") {
+      EXPECT_EQ(tok.decode(alone, false), "the");  // why the anchor is needed
+    }
+  }
 }
 
 TEST(OpenAiProtocol, ChatResponseShape) {

@@ -160,7 +160,8 @@ struct ChoiceOutput {
   void append(const RequestOutput& output);
 };
 
-// A token's text for logprobs: the tokenizer's decoding, or "token_id:N" without one.
+// A token's text for logprobs: the tokenizer's decoding of it as it reads inside a text (a
+// SentencePiece "▁the" keeps its space), or "token_id:N" without a tokenizer.
 using TokenText = std::function<std::string(int32_t)>;
 TokenText token_text_for(const Tokenizer* tokenizer);
 

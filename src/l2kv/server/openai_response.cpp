@@ -29,7 +29,20 @@ void ChoiceOutput::append(const RequestOutput& output) {
 
 TokenText token_text_for(const Tokenizer* tokenizer) {
   if (!tokenizer) return [](int32_t id) { return "token_id:" + std::to_string(id); };
-  return [tokenizer](int32_t id) {
+  // Decoded after an anchor token ("a"), then the anchor's text taken off: a token as it reads
+  // inside a text. Decoded alone, SentencePiece tokenizers (Llama 2, Mistral) drop the space a
+  // "▁the" begins with, as at the start of a text; vLLM's logprobs keep it.
+  const std::vector<int32_t> a = tokenizer->encode("a", false);
+  const int32_t anchor = a.size() == 1 ? a[0] : -1;
+  const std::string anchor_text =
+      anchor >= 0 ? tokenizer->decode(std::span<const int32_t>(&anchor, 1), false) : "";
+  return [tokenizer, anchor, anchor_text](int32_t id) {
+    if (anchor >= 0) {
+      const int32_t ids[2] = {anchor, id};
+      std::string both = tokenizer->decode(std::span<const int32_t>(ids, 2), false);
+      if (both.compare(0, anchor_text.size(), anchor_text) == 0)
+        return both.substr(anchor_text.size());
+    }
     const int32_t ids[1] = {id};
     return tokenizer->decode(std::span<const int32_t>(ids, 1), false);
   };
