@@ -34,7 +34,7 @@ TEST(ServerMetrics, RendersEveryFamily) {
   m.observe_inter_token_latency(0.01, 6);
   m.observe_request_finished("length", 1.0);
   m.observe_request_finished("abort", 0.1);
-  const std::string out = m.render({2, 3, 100, 60, 500, 320});
+  const std::string out = m.render({2, 3, 100, 60, 500, 320, 4});
   EXPECT_TRUE(has_line(out, "l2kv:num_requests_running{model_name=\"tiny\"} 2")) << out;
   EXPECT_TRUE(has_line(out, "l2kv:num_requests_waiting{model_name=\"tiny\"} 3"));
   EXPECT_TRUE(has_line(out, "l2kv:kv_blocks_used{model_name=\"tiny\"} 40"));
@@ -44,6 +44,7 @@ TEST(ServerMetrics, RendersEveryFamily) {
   EXPECT_TRUE(has_line(out, "l2kv:prefix_cache_queries_total{model_name=\"tiny\"} 500")) << out;
   EXPECT_TRUE(has_line(out, "l2kv:prefix_cache_hits_total{model_name=\"tiny\"} 320")) << out;
   EXPECT_TRUE(has_line(out, "# TYPE l2kv:prefix_cache_hits_total counter"));
+  EXPECT_TRUE(has_line(out, "l2kv:num_preemptions_total{model_name=\"tiny\"} 4")) << out;
   EXPECT_TRUE(has_line(
       out, "l2kv:request_success_total{model_name=\"tiny\",finished_reason=\"length\"} 1"));
   EXPECT_TRUE(

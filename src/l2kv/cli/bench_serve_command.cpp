@@ -84,20 +84,20 @@ std::unique_ptr<httplib::Client> make_client(const ServerUrl& url, const BenchSe
 }
 
 // GET /v1/models and the first id: the server's one model, as `vllm bench serve` does.
-std::string first_model_id(httplib::Client& client, const ServerUrl& url,
-                           const std::string& base_url) {
+std::string first_model_id(httplib::Client& client, const ServerUrl& url) {
   const std::string path = url.prefix + "/v1/models";
   const httplib::Result res = client.Get(path);
   if (!res)
-    throw Error("cannot reach " + base_url + path + ": " + httplib::to_string(res.error()) +
-                " (is the server up?)");
+    throw Error("cannot reach " + url.scheme_host_port + path + ": " +
+                httplib::to_string(res.error()) + " (is the server up?)");
   if (res->status != 200)
-    throw Error("GET " + base_url + path + " answered HTTP " + std::to_string(res->status) + ": " +
-                quote(res->body));
+    throw Error("GET " + url.scheme_host_port + path + " answered HTTP " +
+                std::to_string(res->status) + ": " + quote(res->body));
   const auto body = nlohmann::json::parse(res->body, nullptr, false);
   if (body.is_discarded() || !body.contains("data") || !body["data"].is_array() ||
       body["data"].empty() || !body["data"][0].contains("id") || !body["data"][0]["id"].is_string())
-    throw Error("GET " + base_url + path + " is not an OpenAI model list: " + quote(res->body));
+    throw Error("GET " + url.scheme_host_port + path +
+                " is not an OpenAI model list: " + quote(res->body));
   return body["data"][0]["id"].get<std::string>();
 }
 
@@ -227,15 +227,22 @@ void send_request(httplib::Client& client, const std::string& path, const std::s
   if (!reader.saw_usage()) t.output_tokens = reader.chunks();
   if (!t.error.empty()) return;  // a bad chunk: the reader said why
   if (!sent) {
-    t.error = "request failed: " + httplib::to_string(err);
+    t.error = "request failed: " + httplib::to_string(err) +
+              (err == httplib::Error::Read ? " (the connection closed, or --timeout passed with "
+                                             "no bytes from the server)"
+                                           : "");
     return;
   }
   if (status != 200) {
     t.error = "HTTP " + std::to_string(status) + ": " + quote(error_body);
     return;
   }
-  if (!reader.done() && reader.chunks() == 0) {
-    t.error = "no server-sent events ending in [DONE] in the response: " + quote(reader.raw());
+  // A stream cut before its [DONE] did not deliver its answer: a failure, not a short success.
+  if (!reader.done()) {
+    t.error = reader.chunks() == 0
+                  ? "no server-sent events ending in [DONE] in the response: " + quote(reader.raw())
+                  : "the stream ended after " + std::to_string(reader.chunks()) +
+                        " chunks without its [DONE]";
     return;
   }
   t.success = true;
@@ -292,8 +299,7 @@ int run_bench_serve(const BenchServeOptions& o) {
   const WorkloadOptions& w = o.w;
   validate_workload(w, chat);
   auto probe_client = make_client(url, o);
-  const std::string model =
-      o.model.empty() ? first_model_id(*probe_client, url, o.base_url) : o.model;
+  const std::string model = o.model.empty() ? first_model_id(*probe_client, url) : o.model;
   const std::vector<std::vector<UserTurn>> conversations = make_conversations(w, chat);
   const int32_t turns = turns_per_conversation(w);
   const int32_t conversation_count = w.num_prompts;
@@ -598,6 +604,7 @@ std::function<int()> add_bench_serve_command(CLI::App& app) {
       if (opt->count() == 0 || opt->get_name().empty() || opt->get_name() == "--help") continue;
       if (opt->get_name() == "--api-key") continue;  // a secret does not belong in results
       o->command_line += " " + opt->get_name();
+      if (opt->get_expected_min() == 0) continue;  // a flag: its name is the whole of it
       for (const std::string& value : opt->results()) o->command_line += " " + value;
     }
     if (o->endpoint.empty() || o->endpoint.front() != '/') o->endpoint = "/" + o->endpoint;

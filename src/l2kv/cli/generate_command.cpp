@@ -2,6 +2,8 @@
 
 #include <unistd.h>
 
+#include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <cstdio>
 #include <fstream>
@@ -28,6 +30,7 @@ struct GenerateOptions {
   std::vector<std::string> prompts;
   std::vector<std::string> prompt_ids;
   std::string prompt_file;
+  std::string prompt_format = "auto";  // of --prompt-file: auto (by its suffix), text or jsonl
   bool chat = false;
   std::string system;
   std::string output_format = "text";
@@ -40,6 +43,7 @@ struct PromptInput {
   std::vector<int32_t> ids;
   nlohmann::ordered_json messages;
   bool has_ids = false;
+  std::string where;  // "file:line: " for a prompt read from a file, for its errors
 };
 
 std::vector<int32_t> parse_ids(const std::string& list) {
@@ -60,9 +64,17 @@ std::vector<int32_t> parse_ids(const std::string& list) {
   return ids;
 }
 
-// Reads prompts: JSONL ({"prompt": text} | {"prompt_ids": [...]} | {"messages": [...]}) when the
-// name ends in .jsonl, else one prompt per line. "-" is stdin.
-std::vector<PromptInput> read_prompt_file(const std::string& name) {
+bool ends_with_jsonl(const std::string& name) {
+  if (name.size() < 6) return false;
+  std::string suffix = name.substr(name.size() - 6);
+  for (char& c : suffix) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return suffix == ".jsonl";
+}
+
+// Reads prompts: JSONL (one of {"prompt": text} | {"prompt_ids": [...]} | {"messages": [...]} a
+// line) when `format` is jsonl (auto: the name ends in .jsonl), else one prompt a line. "-" is
+// stdin. A UTF-8 BOM and CRLF line ends are taken off; blank lines are skipped.
+std::vector<PromptInput> read_prompt_file(const std::string& name, const std::string& format) {
   std::ifstream file;
   std::istream* in = &std::cin;
   if (name != "-") {
@@ -70,13 +82,16 @@ std::vector<PromptInput> read_prompt_file(const std::string& name) {
     if (!file) throw Error("--prompt-file " + name + ": cannot open");
     in = &file;
   }
-  const bool jsonl = name.size() > 6 && name.substr(name.size() - 6) == ".jsonl";
+  const bool jsonl = format == "jsonl" || (format == "auto" && ends_with_jsonl(name));
   std::vector<PromptInput> prompts;
   std::string line;
   int64_t number = 0;
   while (std::getline(*in, line)) {
     ++number;
-    if (line.empty()) continue;
+    const std::string where = name + ":" + std::to_string(number) + ": ";
+    if (number == 1 && line.rfind("\xEF\xBB\xBF", 0) == 0) line.erase(0, 3);
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    if (line.find_first_not_of(" \t") == std::string::npos) continue;
     PromptInput p;
     if (!jsonl) {
       p.text = line;
@@ -85,24 +100,37 @@ std::vector<PromptInput> read_prompt_file(const std::string& name) {
       try {
         j = nlohmann::ordered_json::parse(line);
       } catch (const std::exception& e) {
-        throw Error(name + ":" + std::to_string(number) + ": not JSON (" + e.what() + ")");
+        throw Error(where + "not JSON (" + e.what() + ")");
       }
+      if (!j.is_object()) throw Error(where + "expected an object");
+      // One prompt field a line, and nothing else: a field l2kv would not use is refused.
+      for (const auto& [key, value] : j.items())
+        if (key != "prompt" && key != "prompt_ids" && key != "messages")
+          throw Error(where + "unknown field \"" + key +
+                      "\" (a line holds one of \"prompt\", \"prompt_ids\" or \"messages\"; "
+                      "sampling is set by the flags)");
+      if (j.size() != 1)
+        throw Error(where + "give one of \"prompt\", \"prompt_ids\" or \"messages\"");
       if (j.contains("prompt") && j["prompt"].is_string()) {
         p.text = j["prompt"].get<std::string>();
       } else if (j.contains("prompt_ids") && j["prompt_ids"].is_array()) {
         for (const auto& v : j["prompt_ids"]) {
-          if (!v.is_number_integer())
-            throw Error(name + ":" + std::to_string(number) + ": prompt_ids must be integers");
-          p.ids.push_back(v.get<int32_t>());
+          if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() > INT32_MAX ||
+              (v.is_number_unsigned() && v.get<uint64_t>() > INT32_MAX))
+            throw Error(where + "prompt_ids holds " + v.dump() + ", not a token id");
+          p.ids.push_back(static_cast<int32_t>(v.get<int64_t>()));
         }
+        if (p.ids.empty()) throw Error(where + "prompt_ids is empty");
         p.has_ids = true;
-      } else if (j.contains("messages") && j["messages"].is_array()) {
+      } else if (j.contains("messages") && j["messages"].is_array() && !j["messages"].empty()) {
         p.messages = j["messages"];
       } else {
-        throw Error(name + ":" + std::to_string(number) +
-                    ": expected a \"prompt\" string, \"prompt_ids\" or \"messages\"");
+        throw Error(where +
+                    "expected a \"prompt\" string, a \"prompt_ids\" list or a non-empty "
+                    "\"messages\" list");
       }
     }
+    p.where = where;
     prompts.push_back(std::move(p));
   }
   return prompts;
@@ -123,21 +151,33 @@ struct Result {
 int run_generate(const GenerateOptions& o) {
   LoadedModel loaded = load_model(o.model);
   std::vector<PromptInput> inputs;
-  for (const auto& t : o.prompts) inputs.push_back({t, {}, {}, false});
-  for (const auto& list : o.prompt_ids) inputs.push_back({"", parse_ids(list), {}, true});
+  for (const auto& t : o.prompts) inputs.push_back({t, {}, {}, false, {}});
+  for (const auto& list : o.prompt_ids) inputs.push_back({"", parse_ids(list), {}, true, {}});
   if (!o.prompt_file.empty()) {
-    auto more = read_prompt_file(o.prompt_file);
+    auto more = read_prompt_file(o.prompt_file, o.prompt_format);
     inputs.insert(inputs.end(), more.begin(), more.end());
   }
-  if (inputs.empty() && !isatty(STDIN_FILENO)) inputs = read_prompt_file("-");
+  // stdin only when no prompt source was given at all (an empty --prompt-file is no prompts).
+  if (inputs.empty() && o.prompt_file.empty() && !isatty(STDIN_FILENO))
+    inputs = read_prompt_file("-", o.prompt_format);
   if (inputs.empty())
     throw Error(
         "no prompts: give them as arguments, with --prompt-ids, --prompt-file, or on stdin");
 
   const Tokenizer* tokenizer = loaded.tokenizer ? &*loaded.tokenizer : nullptr;
   std::unique_ptr<ChatTemplate> chat;
-  if (o.chat) {
+  const bool any_messages = std::any_of(
+      inputs.begin(), inputs.end(), [](const PromptInput& in) { return !in.messages.is_null(); });
+  if (!o.system.empty() && any_messages)
+    throw Error(
+        "--system applies to text prompts with --chat; a \"messages\" line carries its own "
+        "system message");
+  if (o.chat || any_messages) {
     if (!tokenizer) throw Error("--chat needs the model folder's tokenizer.json");
+    if (tokenizer->chat_template().empty())
+      std::fprintf(stderr,
+                   "l2kv: warning: the tokenizer has no chat template; using l2kv's default "
+                   "(Llama 2's [INST] format)\n");
     chat = std::make_unique<ChatTemplate>(ChatTemplate::for_tokenizer(*tokenizer));
   }
   Engine engine(std::move(loaded.runner), tokenizer, o.engine);
@@ -150,61 +190,66 @@ int run_generate(const GenerateOptions& o) {
   const bool stream_text = o.output_format == "text" && inputs.size() == 1;
   for (size_t i = 0; i < inputs.size(); ++i) {
     PromptInput& in = inputs[i];
-    GenerationRequest request;
-    request.params = o.sampling;
-    if (o.seed >= 0) request.params.seed = static_cast<uint64_t>(o.seed) + i;
-    if (in.has_ids) {
-      request.prompt = in.ids;
-    } else {
-      if (!tokenizer)
-        throw Error("the model folder has no tokenizer.json: give prompts as token ids " +
-                    std::string("(--prompt-ids or \"prompt_ids\" in a JSONL file)"));
-      std::string text = in.text;
-      bool add_special = true;
-      if (o.chat || !in.messages.is_null()) {  // a template only where asked for
-        if (!chat) chat = std::make_unique<ChatTemplate>(ChatTemplate::for_tokenizer(*tokenizer));
-        ChatRequest c;
-        if (!in.messages.is_null()) {
-          c.messages = in.messages;
-        } else {
-          if (!o.system.empty()) c.messages.push_back({{"role", "system"}, {"content", o.system}});
-          c.messages.push_back({{"role", "user"}, {"content", in.text}});
+    try {  // a prompt read from a file names its line in any error
+      GenerationRequest request;
+      request.params = o.sampling;
+      if (o.seed >= 0) request.params.seed = static_cast<uint64_t>(o.seed) + i;
+      if (in.has_ids) {
+        request.prompt = in.ids;
+      } else {
+        if (!tokenizer)
+          throw Error("the model folder has no tokenizer.json: give prompts as token ids " +
+                      std::string("(--prompt-ids or \"prompt_ids\" in a JSONL file)"));
+        std::string text = in.text;
+        bool add_special = true;
+        if (o.chat || !in.messages.is_null()) {  // a template only where asked for
+          ChatRequest c;
+          if (!in.messages.is_null()) {
+            c.messages = in.messages;
+          } else {
+            if (!o.system.empty())
+              c.messages.push_back({{"role", "system"}, {"content", o.system}});
+            c.messages.push_back({{"role", "user"}, {"content", in.text}});
+          }
+          text = chat->render(c);
+          add_special = false;  // the template writes BOS itself
         }
-        text = chat->render(c);
-        add_special = false;  // the template writes BOS itself
+        in.text = text;
+        request.prompt = tokenizer->encode(text, add_special);
       }
-      in.text = text;
-      request.prompt = tokenizer->encode(text, add_special);
+      results[i].prompt_text = in.text;
+      if (in.has_ids) results[i].prompt_ids = in.ids;
+      results[i].prompt_tokens = static_cast<int32_t>(request.prompt.size());
+      Result* r = &results[i];
+      const auto key = static_cast<int64_t>(i);
+      texts.add(key, request.params);  // bad stop strings throw before anything runs
+      request.params.stop.clear();     // the output side's, not the engine's
+      request.on_output = [r, stream_text, key, &texts, &engine](const RequestOutput& engine_out) {
+        RequestOutput out = engine_out;
+        const OutputProcessor::Verdict verdict = texts.process(key, out);
+        if (verdict == OutputProcessor::Verdict::kDrop) return;
+        // A stop string: the request ends before its next step.
+        if (verdict == OutputProcessor::Verdict::kEnded) engine.abort(out.request_id);
+        r->output_ids.insert(r->output_ids.end(), out.new_tokens.begin(), out.new_tokens.end());
+        r->output += out.new_text;
+        r->completion_tokens = out.completion_tokens;
+        if (stream_text && !out.new_text.empty()) {
+          std::fwrite(out.new_text.data(), 1, out.new_text.size(), stdout);
+          std::fflush(stdout);
+        }
+        if (out.finished) {
+          r->done = true;
+          r->finish_reason = finish_reason_name(out.finish_reason);
+          r->stop_reason = out.stop_reason;
+          r->stop_token_id = out.stop_token_id;
+          r->error = out.error;
+        }
+      };
+      engine.add_request(std::move(request));  // invalid requests throw before anything runs
+    } catch (const Error& e) {
+      if (in.where.empty()) throw;
+      throw Error(in.where + e.what());
     }
-    results[i].prompt_text = in.text;
-    if (in.has_ids) results[i].prompt_ids = in.ids;
-    results[i].prompt_tokens = static_cast<int32_t>(request.prompt.size());
-    Result* r = &results[i];
-    const auto key = static_cast<int64_t>(i);
-    texts.add(key, request.params);  // bad stop strings throw before anything runs
-    request.params.stop.clear();     // the output side's, not the engine's
-    request.on_output = [r, stream_text, key, &texts, &engine](const RequestOutput& engine_out) {
-      RequestOutput out = engine_out;
-      const OutputProcessor::Verdict verdict = texts.process(key, out);
-      if (verdict == OutputProcessor::Verdict::kDrop) return;
-      // A stop string: the request ends before its next step.
-      if (verdict == OutputProcessor::Verdict::kEnded) engine.abort(out.request_id);
-      r->output_ids.insert(r->output_ids.end(), out.new_tokens.begin(), out.new_tokens.end());
-      r->output += out.new_text;
-      r->completion_tokens = out.completion_tokens;
-      if (stream_text && !out.new_text.empty()) {
-        std::fwrite(out.new_text.data(), 1, out.new_text.size(), stdout);
-        std::fflush(stdout);
-      }
-      if (out.finished) {
-        r->done = true;
-        r->finish_reason = finish_reason_name(out.finish_reason);
-        r->stop_reason = out.stop_reason;
-        r->stop_token_id = out.stop_token_id;
-        r->error = out.error;
-      }
-    };
-    engine.add_request(std::move(request));  // invalid requests throw before anything runs
   }
 
   const auto start = std::chrono::steady_clock::now();
@@ -281,12 +326,22 @@ std::function<int()> add_generate_command(CLI::App& app) {
   add_model_options(*cmd, o->model);
   add_engine_options(*cmd, o->engine);
   cmd->add_option("prompts", o->prompts, "Prompts (text; needs the model's tokenizer.json)");
+  // One value a flag (repeat the flag for more), so the prompts after it stay prompts.
   cmd->add_option("--prompt-ids", o->prompt_ids,
-                  "A prompt as comma-separated token ids (repeatable)");
+                  "A prompt as comma-separated token ids (repeatable)")
+      ->allow_extra_args(false);
   cmd->add_option("--prompt-file", o->prompt_file,
-                  "Prompts from a file, one per line, or JSONL (.jsonl) with \"prompt\", "
-                  "\"prompt_ids\" or \"messages\" per line; - reads stdin");
-  cmd->add_flag("--chat", o->chat, "Apply the model's chat template to each prompt");
+                  "Prompts from a file, one per line, or JSONL with one of \"prompt\", "
+                  "\"prompt_ids\" or \"messages\" per line (see --prompt-format); - reads stdin "
+                  "(as does no prompt at all with stdin not a terminal)");
+  cmd->add_option("--prompt-format", o->prompt_format,
+                  "How --prompt-file is read: auto (JSONL when its name ends in .jsonl, else "
+                  "text), text or jsonl")
+      ->check(CLI::IsMember({"auto", "text", "jsonl"}))
+      ->capture_default_str();
+  cmd->add_flag("--chat", o->chat,
+                "Apply the model's chat template to each text prompt (prompt_ids are used as "
+                "given; \"messages\" lines always go through it)");
   cmd->add_option("--system", o->system, "System message for --chat");
   cmd->add_option("--output-format", o->output_format,
                   "text (a single prompt streams as it is generated) or jsonl (prompt, output, "
@@ -321,8 +376,12 @@ std::function<int()> add_generate_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_option("--min-tokens", p.min_tokens, "Tokens generated before EOS or a stop may end it")
       ->capture_default_str();
-  cmd->add_option("--stop", p.stop, "Stop string (repeatable); not part of the output");
-  cmd->add_option("--stop-token-ids", p.stop_token_ids, "Token ids that end generation");
+  cmd->add_option("--stop", p.stop, "Stop string (repeatable); not part of the output")
+      ->allow_extra_args(false);
+  cmd->add_option("--stop-token-ids", p.stop_token_ids,
+                  "Token ids that end generation (comma-separated, or the flag repeated)")
+      ->delimiter(',')
+      ->allow_extra_args(false);
   cmd->add_flag("--ignore-eos", p.ignore_eos, "Keep generating after the model's EOS token");
   return [o] {
     if (!o->system.empty() && !o->chat)

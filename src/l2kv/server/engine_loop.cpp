@@ -224,8 +224,15 @@ void EngineLoop::observe(OutputChannel::ChoiceState& state, const PendingOutput&
     state.last_token = now;
     metrics_->add_generation_tokens(tokens);
   }
-  if (out.finished)
+  if (out.finished) {
+    // A request that ends without a token (a prompt-only echo) still ran its prompt.
+    if (state.first && out.prompt_tokens > 0 && out.finish_reason != FinishReason::kError &&
+        out.finish_reason != FinishReason::kAbort) {
+      metrics_->add_prompt_tokens(out.prompt_tokens);
+      state.first = false;
+    }
     metrics_->observe_request_finished(finish_reason_name(out.finish_reason), seconds(p.arrival));
+  }
 }
 
 void EngineLoop::on_output(const std::shared_ptr<OutputChannel>& channel, int32_t choice,

@@ -375,7 +375,8 @@ struct HttpServer::Impl {
                             s.engine.kv_blocks_total,
                             s.engine.kv_blocks_free,
                             s.engine.prefix_cache_queries,
-                            s.engine.prefix_cache_hits};
+                            s.engine.prefix_cache_hits,
+                            s.engine.preemptions};
       res.status = 200;
       res.set_content(metrics.render(load), "text/plain; version=0.0.4");
     });
@@ -550,9 +551,16 @@ struct HttpServer::Impl {
     // With prompt logprobs, a completion's first chunk (the echo, if any) waits for them: they
     // come with the first output.
     const bool prompt_chunk = completion_stream_waits_for_prompt(r);
+    // A chat choice's role chunk goes out with its first output, after the prompt is computed
+    // (as vLLM sends it), so a client timing the first chunk times the first token.
+    std::vector<bool> role_sent(g.choices.size(), false);
+    const auto send_role = [&](size_t i) {
+      if (!chat || role_sent[i]) return true;
+      role_sent[i] = true;
+      return write(sse_event(chat_role_chunk(g.header, static_cast<int32_t>(i))));
+    };
     for (size_t i = 0; i < g.choices.size(); ++i) {
       const auto index = static_cast<int32_t>(i);
-      if (chat && !write(sse_event(chat_role_chunk(g.header, index)))) return gone();
       if (!chat && r.echo && !prompt_chunk) {
         const std::string& prompt = g.prompt_texts[i / static_cast<size_t>(r.n)];
         g.text_offsets[i] = text_length(prompt);  // no logprobs here: not waiting for the prompt
@@ -591,6 +599,7 @@ struct HttpServer::Impl {
             return gone();
           continue;
         }
+        if (chat && !send_role(i)) return gone();
         if (chat && !g.tool_streams.empty()) {
           if (!stream_tool_output(g, item.choice, out, write)) return gone();
         } else if (chat) {

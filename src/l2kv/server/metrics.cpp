@@ -138,6 +138,9 @@ std::string Metrics::render(const LoadGauges& load) const {
   header(out, "l2kv:prefix_cache_hits_total", "counter",
          "Prefix cache hits, in tokens: of the queried ones, those found cached.");
   sample(out, "l2kv:prefix_cache_hits_total", labels_, static_cast<double>(load.prefix_cache_hits));
+  header(out, "l2kv:num_preemptions_total", "counter",
+         "Requests preempted: their KV blocks freed, to be recomputed.");
+  sample(out, "l2kv:num_preemptions_total", labels_, static_cast<double>(load.preemptions));
   header(out, "l2kv:request_success_total", "counter", "Requests finished, by finish reason.");
   for (const auto& [reason, n] : finished_)
     sample(out, "l2kv:request_success_total", labels_ + ",finished_reason=\"" + reason + "\"",

@@ -32,6 +32,7 @@ struct LoadGauges {
   int64_t kv_blocks_total = 0, kv_blocks_free = 0;
   // Prefix caching, in tokens since start (EngineStats): rendered as vLLM's counters.
   int64_t prefix_cache_queries = 0, prefix_cache_hits = 0;
+  int64_t preemptions = 0;  // requests preempted (their KV freed, recomputed later)
 };
 
 // Thread-safe: the engine loop's output thread observes, HTTP threads render.
