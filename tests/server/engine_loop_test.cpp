@@ -105,6 +105,13 @@ TEST(EngineLoop, ConcurrentSubmissionsMatchGreedyReferences) {
   EXPECT_NE(text.find("finished_reason=\"length\"} " + std::to_string(2 * refs.size())),
             std::string::npos)
       << text;
+  // Each group's prompt counts once, as vLLM counts a request of n choices.
+  size_t prompt_tokens = 0;
+  for (const auto& r : refs) prompt_tokens += r.prompt.size();
+  EXPECT_NE(text.find("l2kv:prompt_tokens_total{model_name=\"m\"} " +
+                      std::to_string(prompt_tokens) + "\n"),
+            std::string::npos)
+      << text;
 }
 
 TEST(EngineLoop, RefusedRequestIsBadRequest) {

@@ -213,7 +213,7 @@ void EngineLoop::observe(OutputChannel::ChoiceState& state, const PendingOutput&
   const auto tokens = static_cast<int64_t>(out.new_tokens.size());
   if (tokens > 0) {
     if (state.first) {
-      metrics_->add_prompt_tokens(out.prompt_tokens);
+      if (p.counts_prompt) metrics_->add_prompt_tokens(out.prompt_tokens);
       metrics_->observe_time_to_first_token(seconds(p.arrival));
       if (tokens > 1) metrics_->observe_inter_token_latency(0.0, tokens - 1);  // several at once
       state.first = false;
@@ -226,8 +226,8 @@ void EngineLoop::observe(OutputChannel::ChoiceState& state, const PendingOutput&
   }
   if (out.finished) {
     // A request that ends without a token (a prompt-only echo) still ran its prompt.
-    if (state.first && out.prompt_tokens > 0 && out.finish_reason != FinishReason::kError &&
-        out.finish_reason != FinishReason::kAbort) {
+    if (state.first && p.counts_prompt && out.prompt_tokens > 0 &&
+        out.finish_reason != FinishReason::kError && out.finish_reason != FinishReason::kAbort) {
       metrics_->add_prompt_tokens(out.prompt_tokens);
       state.first = false;
     }
@@ -240,13 +240,15 @@ void EngineLoop::on_output(const std::shared_ptr<OutputChannel>& channel, int32_
   const auto it = in_flight_.find(output.request_id);
   if (it == in_flight_.end()) return;  // of a group refused while it was added: nobody reads it
   const auto arrival = it->second.arrival;
+  const bool counts_prompt = it->second.counts_prompt;
   if (output.finished) in_flight_.erase(it);
   if (output.finish_reason == FinishReason::kError && !engine_->failure().empty()) {
     // The device was lost in this step: unavailable before its requests hear of it.
     std::lock_guard lock(mutex_);
     failure_ = engine_->failure();
   }
-  queue_output({channel, choice, output, arrival});  // its text and /metrics on the output thread
+  // Its text and /metrics on the output thread.
+  queue_output({channel, choice, output, arrival, counts_prompt});
 }
 
 void EngineLoop::add_group(PendingSubmit& pending) {
@@ -265,7 +267,7 @@ void EngineLoop::add_group(PendingSubmit& pending) {
                         const RequestOutput& out) { on_output(channel, choice, out); };
       if (leaders[i] != i) r.share_prompt_with = ids[leaders[i]];
       const int64_t id = engine_->add_request(std::move(r));
-      in_flight_[id] = InFlight{pending.channel, static_cast<int32_t>(i), arrival};
+      in_flight_[id] = InFlight{pending.channel, static_cast<int32_t>(i), arrival, leaders[i] == i};
       ids.push_back(id);
     }
   } catch (const Error& e) {

@@ -127,6 +127,7 @@ class EngineLoop {
     int32_t choice = 0;
     RequestOutput output;
     std::chrono::steady_clock::time_point arrival;  // of its request, for /metrics
+    bool counts_prompt = true;  // false for a choice that shares another's prompt (n > 1)
   };
   void queue_output(PendingOutput pending);
   void close_outputs();  // the output thread delivers what is queued, then ends
@@ -154,6 +155,7 @@ class EngineLoop {
     std::shared_ptr<OutputChannel> channel;
     int32_t choice = 0;
     std::chrono::steady_clock::time_point arrival;
+    bool counts_prompt = true;  // its prompt counts in /metrics (once for n choices, as vLLM)
   };
   std::unordered_map<int64_t, InFlight> in_flight_;
 
