@@ -10,6 +10,20 @@
 
 namespace l2kv {
 
+namespace {
+
+// The first row of a chunk whose logits the step reads (prompt logprobs' rows, the sampled last
+// one); the chunk's size when none. Every rank computes the same, so their LM heads agree.
+int64_t first_logit_row(const StepSequence& seq) {
+  int64_t first = static_cast<int64_t>(seq.tokens.size());
+  if (seq.sample) first = first - 1;
+  if (!seq.prompt_logprob_targets.empty())
+    first = std::min<int64_t>(first, seq.prompt_logprobs_row);
+  return first;
+}
+
+}  // namespace
+
 // One of ranks 1 .. N - 1: waits for a step, runs it, reports back. Its forwards meet rank 0's
 // in the collectives, so a step ends on every rank together (or the group is aborted).
 class CpuRunner::Rank {
@@ -56,7 +70,7 @@ class CpuRunner::Rank {
       try {
         for (const StepSequence& seq : step->sequences) {  // the logits are rank 0's to use
           CpuPagedKvView kv(*pool_, seq.block_tables);
-          model_.extend(kv, seq.start_position, seq.tokens);
+          model_.extend(kv, seq.start_position, seq.tokens, first_logit_row(seq));
         }
       } catch (...) {
         group_->abort("rank " + std::to_string(comm_.rank()) + ": " + describe_current_exception());
@@ -175,9 +189,10 @@ std::vector<SampledToken> CpuRunner::execute(const StepInput& step) {
   try {
     for (const StepSequence& seq : step.sequences) {
       CpuPagedKvView kv(*pool_, seq.block_tables);
-      const std::vector<float> logits = model_->extend(kv, seq.start_position, seq.tokens);
+      const int64_t first = first_logit_row(seq);
+      const std::vector<float> logits = model_->extend(kv, seq.start_position, seq.tokens, first);
       for (size_t i = 0; i < seq.prompt_logprob_targets.size(); ++i) {
-        const size_t row = static_cast<size_t>(seq.prompt_logprobs_row) + i;
+        const size_t row = static_cast<size_t>(seq.prompt_logprobs_row - first) + i;
         seq.prompt_logprobs_out->push_back(
             prompt_logprob_on_cpu(std::span<const float>(logits).subspan(
                                       row * static_cast<size_t>(vocab), static_cast<size_t>(vocab)),

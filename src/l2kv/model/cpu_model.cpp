@@ -197,18 +197,20 @@ std::vector<float> CpuModel::forward(std::span<const int32_t> tokens) const {
 // The CPU ops of the decoder graph for one sequence's new tokens.
 struct CpuModel::GraphOps {
   GraphOps(const CpuModel& model, CpuKvCache& kv_cache, int64_t start_position,
-           std::span<const int32_t> new_tokens)
+           std::span<const int32_t> new_tokens, int64_t first_logit_row)
       : m(model),
         kv(kv_cache),
         tokens(new_tokens),
         T(static_cast<int64_t>(new_tokens.size())),
-        past(start_position) {}
+        past(start_position),
+        first_logit(first_logit_row) {}
 
   const CpuModel& m;
   CpuKvCache& kv;
   std::span<const int32_t> tokens;
   const int64_t T;
   const int64_t past;
+  const int64_t first_logit;  // the LM head runs on rows [first_logit, T) only
   std::vector<float> residual, h, q, k_new, v_new, attn, act, block_out, logits;
   std::vector<float> quantized;  // fp8_input's rows
 
@@ -392,12 +394,19 @@ struct CpuModel::GraphOps {
   }
   void final_norm() { norm(m.final_norm_); }
   void lm_head() {
-    logits = linear(h, T, c().hidden_size, m.lm_head_.empty() ? m.embed_ : m.lm_head_, m.vocab_);
+    const int64_t rows = T - first_logit;
+    if (rows <= 0) return;  // no row's logits wanted (a prompt chunk that samples nothing)
+    const int64_t H = c().hidden_size;
+    const std::vector<float> tail = first_logit == 0
+                                        ? std::vector<float>{}
+                                        : std::vector<float>(h.begin() + first_logit * H, h.end());
+    logits = linear(first_logit == 0 ? h : tail, rows, H,
+                    m.lm_head_.empty() ? m.embed_ : m.lm_head_, m.vocab_);
     if (m.comm_ != nullptr) {
       // Each rank's logits into its columns of zeros: the sum over ranks is the whole row.
       const int64_t V = c().vocab_size;
-      std::vector<float> all(static_cast<size_t>(T * V), 0.f);
-      for (int64_t t = 0; t < T; ++t)
+      std::vector<float> all(static_cast<size_t>(rows * V), 0.f);
+      for (int64_t t = 0; t < rows; ++t)
         std::copy_n(logits.begin() + t * m.vocab_, m.vocab_, all.begin() + t * V + m.vocab_begin_);
       m.comm_->all_reduce_sum(all);
       logits = std::move(all);
@@ -417,10 +426,12 @@ void CpuModel::check_chunk(int64_t start_position, std::span<const int32_t> toke
 }
 
 std::vector<float> CpuModel::extend(CpuKvCache& cache, int64_t start_position,
-                                    std::span<const int32_t> tokens) const {
+                                    std::span<const int32_t> tokens,
+                                    int64_t first_logit_row) const {
   check_chunk(start_position, tokens);
+  if (first_logit_row < 0) throw Error("forward: negative first logit row");
   cache.reserve(start_position + static_cast<int64_t>(tokens.size()));
-  GraphOps ops(*this, cache, start_position, tokens);
+  GraphOps ops(*this, cache, start_position, tokens, first_logit_row);
   run_decoder_graph(ops, config_.num_layers);
   return std::move(ops.logits);
 }

@@ -111,9 +111,10 @@ class CpuModel {
 
   // The same over any KV layout: runs `tokens` at positions start_position, start_position + 1,
   // ..., attending to positions [0, start_position) already in `cache`, and writes their keys
-  // and values into `cache`.
+  // and values into `cache`. Logits only of rows [first_logit_row, tokens.size()) (none when it
+  // is past the last): the LM head is most of a long chunk's work and memory.
   std::vector<float> extend(CpuKvCache& cache, int64_t start_position,
-                            std::span<const int32_t> tokens) const;
+                            std::span<const int32_t> tokens, int64_t first_logit_row = 0) const;
 
   // What extend() refuses of a chunk (no tokens, a negative start, a token outside the
   // vocabulary), as the l2kv::Error it throws; for callers that must refuse it before starting.
