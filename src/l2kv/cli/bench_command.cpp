@@ -686,13 +686,7 @@ std::function<int()> add_bench_command(CLI::App& app) {
       ->check(CLI::Range(0.0, 1e9))
       ->capture_default_str();
   return [o, cmd] {
-    o->command_line = "l2kv bench";
-    for (const CLI::Option* opt : cmd->get_options()) {
-      if (opt->count() == 0 || opt->get_name().empty() || opt->get_name() == "--help") continue;
-      o->command_line += " " + opt->get_name();
-      if (opt->get_expected_min() == 0) continue;  // a flag: its name is the whole of it
-      for (const std::string& value : opt->results()) o->command_line += " " + value;
-    }
+    o->command_line = command_line("l2kv bench", *cmd);
     return run_bench(*o);
   };
 }

@@ -599,14 +599,8 @@ std::function<int()> add_bench_serve_command(CLI::App& app) {
       ->capture_default_str();
   cmd->add_flag("!--no-progress", o->progress, "No progress bar on stderr");
   return [o, cmd] {
-    o->command_line = "l2kv bench-serve";
-    for (const CLI::Option* opt : cmd->get_options()) {
-      if (opt->count() == 0 || opt->get_name().empty() || opt->get_name() == "--help") continue;
-      if (opt->get_name() == "--api-key") continue;  // a secret does not belong in results
-      o->command_line += " " + opt->get_name();
-      if (opt->get_expected_min() == 0) continue;  // a flag: its name is the whole of it
-      for (const std::string& value : opt->results()) o->command_line += " " + value;
-    }
+    // A secret does not belong in results.
+    o->command_line = command_line("l2kv bench-serve", *cmd, {"--api-key"});
     if (o->endpoint.empty() || o->endpoint.front() != '/') o->endpoint = "/" + o->endpoint;
     return run_bench_serve(*o);
   };

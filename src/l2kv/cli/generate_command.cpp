@@ -174,11 +174,7 @@ int run_generate(const GenerateOptions& o) {
         "system message");
   if (o.chat || any_messages) {
     if (!tokenizer) throw Error("--chat needs the model folder's tokenizer.json");
-    if (tokenizer->chat_template().empty())
-      std::fprintf(stderr,
-                   "l2kv: warning: the tokenizer has no chat template; using l2kv's default "
-                   "(Llama 2's [INST] format)\n");
-    chat = std::make_unique<ChatTemplate>(ChatTemplate::for_tokenizer(*tokenizer));
+    chat = load_chat_template(*tokenizer);
   }
   Engine engine(std::move(loaded.runner), tokenizer, o.engine);
   OutputProcessor texts(tokenizer);  // the requests' text and stop strings, keyed by prompt index

@@ -311,4 +311,12 @@ LoadedModel load_model(const ModelOptions& o) {
   return loaded;
 }
 
+std::unique_ptr<ChatTemplate> load_chat_template(const Tokenizer& tokenizer) {
+  if (tokenizer.chat_template().empty())
+    std::fprintf(stderr,
+                 "l2kv: warning: the tokenizer has no chat template; using l2kv's default "
+                 "(Llama 2's [INST] format)\n");
+  return std::make_unique<ChatTemplate>(ChatTemplate::for_tokenizer(tokenizer));
+}
+
 }  // namespace l2kv::cli

@@ -8,6 +8,7 @@
 #include <optional>
 #include <string>
 
+#include "l2kv/chat/chat_template.h"
 #include "l2kv/engine/engine.h"
 #include "l2kv/model/cuda_model.h"
 #include "l2kv/tokenizer/tokenizer.h"
@@ -60,5 +61,9 @@ bool is_synthetic(const std::string& model);
 // to stderr. Throws l2kv::Error with a clear message (missing folder, unknown synthetic name,
 // synthetic model without a GPU, ...).
 LoadedModel load_model(const ModelOptions& options);
+
+// The tokenizer's chat template for generate and serve, with a warning on stderr where it has
+// none and the default (Llama 2's [INST] format) stands in. Throws what the template's parse does.
+std::unique_ptr<ChatTemplate> load_chat_template(const Tokenizer& tokenizer);
 
 }  // namespace l2kv::cli

@@ -60,11 +60,7 @@ int run_serve(ServeOptions o) {
   if (tokenizer) {
     serving.tokenizer = &*tokenizer;
     try {
-      if (tokenizer->chat_template().empty())
-        std::fprintf(stderr,
-                     "l2kv: warning: the tokenizer has no chat template; chat completions use "
-                     "l2kv's default (Llama 2's [INST] format)\n");
-      chat = std::make_unique<ChatTemplate>(ChatTemplate::for_tokenizer(*tokenizer));
+      chat = load_chat_template(*tokenizer);
       serving.chat_template = chat.get();
     } catch (const Error& e) {
       serving.chat_unavailable = std::string("the model's chat template: ") + e.what();

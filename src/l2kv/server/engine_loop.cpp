@@ -211,9 +211,14 @@ void EngineLoop::observe(OutputChannel::ChoiceState& state, const PendingOutput&
     return std::chrono::duration<double>(now - since).count();
   };
   const auto tokens = static_cast<int64_t>(out.new_tokens.size());
+  // Its prompt ran once a token came, or once it ended with the prompt computed (a prompt-only
+  // echo ends without a token).
+  const bool prompt_ran =
+      tokens > 0 || (out.finished && out.finish_reason != FinishReason::kError &&
+                     out.finish_reason != FinishReason::kAbort);
+  if (state.first && prompt_ran && p.counts_prompt) metrics_->add_prompt_tokens(out.prompt_tokens);
   if (tokens > 0) {
     if (state.first) {
-      if (p.counts_prompt) metrics_->add_prompt_tokens(out.prompt_tokens);
       metrics_->observe_time_to_first_token(seconds(p.arrival));
       if (tokens > 1) metrics_->observe_inter_token_latency(0.0, tokens - 1);  // several at once
       state.first = false;
@@ -224,15 +229,8 @@ void EngineLoop::observe(OutputChannel::ChoiceState& state, const PendingOutput&
     state.last_token = now;
     metrics_->add_generation_tokens(tokens);
   }
-  if (out.finished) {
-    // A request that ends without a token (a prompt-only echo) still ran its prompt.
-    if (state.first && p.counts_prompt && out.prompt_tokens > 0 &&
-        out.finish_reason != FinishReason::kError && out.finish_reason != FinishReason::kAbort) {
-      metrics_->add_prompt_tokens(out.prompt_tokens);
-      state.first = false;
-    }
+  if (out.finished)
     metrics_->observe_request_finished(finish_reason_name(out.finish_reason), seconds(p.arrival));
-  }
 }
 
 void EngineLoop::on_output(const std::shared_ptr<OutputChannel>& channel, int32_t choice,
