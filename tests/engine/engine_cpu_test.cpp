@@ -98,6 +98,18 @@ EngineConfig small_config() {
   return c;
 }
 
+// `c` with steps synchronous (async false) or planned while the step before runs.
+EngineConfig scheduled(EngineConfig c, bool async) {
+  c.async_scheduling = async;
+  return c;
+}
+
+constexpr bool kBothSchedulings[] = {false, true};
+
+const char* scheduling_name(bool async) {
+  return async ? "asynchronous scheduling" : "synchronous scheduling";
+}
+
 void expect_no_leak(const Engine& engine) {
   const EngineStats s = engine.stats();
   EXPECT_EQ(s.kv_blocks_free, s.kv_blocks_total);
@@ -124,10 +136,18 @@ EngineStats run_references(const std::string& name, EngineConfig config) {
   return engine.stats();
 }
 
-class EngineFixture : public ::testing::TestWithParam<std::string> {};
+// A fixture's name, and whether steps are scheduled asynchronously.
+class EngineFixture : public ::testing::TestWithParam<std::tuple<std::string, bool>> {
+ protected:
+  const std::string& name() const { return std::get<0>(GetParam()); }
+  EngineConfig config(EngineConfig base) const {
+    return scheduled(std::move(base), std::get<1>(GetParam()));
+  }
+  EngineStats run(EngineConfig base) const { return run_references(name(), config(base)); }
+};
 
 TEST_P(EngineFixture, ConcurrentGreedyMatchesTransformers) {
-  const EngineStats s = run_references(GetParam(), small_config());
+  const EngineStats s = run(small_config());
   EXPECT_EQ(s.generation_tokens, 3 * 32);
   EXPECT_EQ(s.preemptions, 0);
 }
@@ -137,13 +157,13 @@ TEST_P(EngineFixture, ChunkedPrefillGivesTheSameTokens) {
   c.max_num_batched_tokens = 7;
   c.max_num_seqs = 4;
   c.block_size = 5;
-  run_references(GetParam(), c);
+  run(c);
 }
 
 TEST_P(EngineFixture, OneSequenceAtATimeGivesTheSameTokens) {
   EngineConfig c = small_config();
   c.max_num_seqs = 1;
-  run_references(GetParam(), c);
+  run(c);
 }
 
 TEST_P(EngineFixture, PreemptionGivesTheSameTokens) {
@@ -153,10 +173,10 @@ TEST_P(EngineFixture, PreemptionGivesTheSameTokens) {
   // chunk and the chunk), so 67 usable blocks do the same.
   EngineConfig c = small_config();
   c.block_size = 4;
-  c.num_kv_blocks = GetParam() == "gemma3-sliding" ? 68 : 47;
+  c.num_kv_blocks = name() == "gemma3-sliding" ? 68 : 47;
   c.max_model_len = 46 * 4;
   c.max_num_batched_tokens = 64;
-  const EngineStats s = run_references(GetParam(), c);
+  const EngineStats s = run(c);
   EXPECT_GT(s.preemptions, 0);
   // The prompts share no whole block, so every hit is a preempted request re-taking blocks it
   // computed before its preemption (those not evicted meanwhile).
@@ -166,14 +186,20 @@ TEST_P(EngineFixture, PreemptionGivesTheSameTokens) {
 TEST_P(EngineFixture, GreedyWithoutPrefixCachingMatchesTransformers) {
   EngineConfig c = small_config();
   c.enable_prefix_caching = false;
-  const EngineStats s = run_references(GetParam(), c);
+  const EngineStats s = run(c);
   EXPECT_EQ(s.prefix_cache_queries, 0);
   EXPECT_EQ(s.prefix_cache_hits, 0);
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, EngineFixture,
-                         ::testing::Values("llama2-mha", "llama3-gqa", "qwen2-tied",
-                                           "gemma3-sliding"));
+                         ::testing::Combine(::testing::Values("llama2-mha", "llama3-gqa",
+                                                              "qwen2-tied", "gemma3-sliding"),
+                                            ::testing::Bool()),
+                         [](const ::testing::TestParamInfo<EngineFixture::ParamType>& param) {
+                           std::string name = std::get<0>(param.param);
+                           std::replace(name.begin(), name.end(), '-', '_');
+                           return name + (std::get<1>(param.param) ? "_async" : "_sync");
+                         });
 
 // The engine over a tensor-parallel CpuRunner (the model split over 2 and 4 threads, 4 keeping
 // each KV head on two ranks): transformers' tokens for every case, through chunked prefill ending
@@ -255,52 +281,58 @@ TEST(Engine, MatchesCpuModelGreedyOnNewPrompts) {
 }
 
 TEST(Engine, AbortFreesBlocksAtOnce) {
-  const Fixture& f = fixture("llama2-mha");
-  Engine engine(std::make_unique<CpuRunner>(f.model), nullptr, small_config());
-  std::vector<Collected> got(3);
-  std::vector<int64_t> ids;
-  for (size_t i = 0; i < 3; ++i)
-    ids.push_back(engine.add_request(request_for(f.cases[i].prompt, greedy_params(), got[i])));
-  Collected waiting;
-  const int64_t never_run = engine.add_request(request_for({5, 6}, greedy_params(), waiting));
-  engine.abort(never_run);  // still waiting: never scheduled
-  EXPECT_TRUE(waiting.finished);
-  EXPECT_EQ(waiting.last.finish_reason, FinishReason::kAbort);
-  EXPECT_TRUE(waiting.tokens.empty());
-  for (int i = 0; i < 5; ++i) engine.step();
-  const int32_t free_before = engine.stats().kv_blocks_free;
-  engine.abort(ids[2]);  // the 150-token prompt: 10 blocks of 16 back at once
-  EXPECT_TRUE(got[2].finished);
-  EXPECT_EQ(got[2].last.finish_reason, FinishReason::kAbort);
-  EXPECT_EQ(engine.stats().kv_blocks_free, free_before + 10);
-  EXPECT_EQ(engine.stats().running, 2);
-  engine.abort(ids[2]);  // finished: ignored
-  engine.abort(12345);   // unknown: ignored
-  engine.run_until_idle();
-  EXPECT_EQ(got[0].tokens, f.cases[0].greedy);
-  EXPECT_EQ(got[1].tokens, f.cases[1].greedy);
-  EXPECT_LT(got[2].tokens.size(), 32u);
-  expect_no_leak(engine);
+  for (const bool async : kBothSchedulings) {
+    SCOPED_TRACE(scheduling_name(async));
+    const Fixture& f = fixture("llama2-mha");
+    Engine engine(std::make_unique<CpuRunner>(f.model), nullptr, scheduled(small_config(), async));
+    std::vector<Collected> got(3);
+    std::vector<int64_t> ids;
+    for (size_t i = 0; i < 3; ++i)
+      ids.push_back(engine.add_request(request_for(f.cases[i].prompt, greedy_params(), got[i])));
+    Collected waiting;
+    const int64_t never_run = engine.add_request(request_for({5, 6}, greedy_params(), waiting));
+    engine.abort(never_run);  // still waiting: never scheduled
+    EXPECT_TRUE(waiting.finished);
+    EXPECT_EQ(waiting.last.finish_reason, FinishReason::kAbort);
+    EXPECT_TRUE(waiting.tokens.empty());
+    for (int i = 0; i < 5; ++i) engine.step();
+    const int32_t free_before = engine.stats().kv_blocks_free;
+    engine.abort(ids[2]);  // the 150-token prompt: 10 blocks of 16 back at once
+    EXPECT_TRUE(got[2].finished);
+    EXPECT_EQ(got[2].last.finish_reason, FinishReason::kAbort);
+    EXPECT_EQ(engine.stats().kv_blocks_free, free_before + 10);
+    EXPECT_EQ(engine.stats().running, 2);
+    engine.abort(ids[2]);  // finished: ignored
+    engine.abort(12345);   // unknown: ignored
+    engine.run_until_idle();
+    EXPECT_EQ(got[0].tokens, f.cases[0].greedy);
+    EXPECT_EQ(got[1].tokens, f.cases[1].greedy);
+    EXPECT_LT(got[2].tokens.size(), 32u);
+    expect_no_leak(engine);
+  }
 }
 
 TEST(Engine, AbortFromACallback) {
-  const Fixture& f = fixture("llama2-mha");
-  Engine engine(std::make_unique<CpuRunner>(f.model), nullptr, small_config());
-  Collected a, b;
-  int64_t id_b = -1;
-  GenerationRequest ra = request_for(f.cases[0].prompt, greedy_params(), a);
-  auto inner = ra.on_output;
-  ra.on_output = [&, inner](const RequestOutput& o) {
-    inner(o);
-    if (a.tokens.size() == 3) engine.abort(id_b);  // a client hanging up mid-stream
-  };
-  engine.add_request(std::move(ra));
-  id_b = engine.add_request(request_for(f.cases[1].prompt, greedy_params(), b));
-  engine.run_until_idle();
-  EXPECT_EQ(a.tokens, f.cases[0].greedy);
-  EXPECT_EQ(b.last.finish_reason, FinishReason::kAbort);
-  EXPECT_EQ(b.tokens.size(), 3u);
-  expect_no_leak(engine);
+  for (const bool async : kBothSchedulings) {
+    SCOPED_TRACE(scheduling_name(async));
+    const Fixture& f = fixture("llama2-mha");
+    Engine engine(std::make_unique<CpuRunner>(f.model), nullptr, scheduled(small_config(), async));
+    Collected a, b;
+    int64_t id_b = -1;
+    GenerationRequest ra = request_for(f.cases[0].prompt, greedy_params(), a);
+    auto inner = ra.on_output;
+    ra.on_output = [&, inner](const RequestOutput& o) {
+      inner(o);
+      if (a.tokens.size() == 3) engine.abort(id_b);  // a client hanging up mid-stream
+    };
+    engine.add_request(std::move(ra));
+    id_b = engine.add_request(request_for(f.cases[1].prompt, greedy_params(), b));
+    engine.run_until_idle();
+    EXPECT_EQ(a.tokens, f.cases[0].greedy);
+    EXPECT_EQ(b.last.finish_reason, FinishReason::kAbort);
+    EXPECT_EQ(b.tokens.size(), 3u);
+    expect_no_leak(engine);
+  }
 }
 
 // Prefix caching. Each test runs the same requests with caching on and off (and against the
@@ -467,75 +499,79 @@ TEST(EnginePrefixCache, CacheSaltKeepsPrefixesApart) {
 // steps, aborts, preemption and eviction. Every request that finishes has the model's greedy
 // tokens, an aborted one a prefix of them, and at the end every block is free.
 TEST(EnginePrefixCache, RandomMixesKeepTokensAndLeakNothing) {
-  const Fixture& f = fixture("llama3-gqa");
-  std::mt19937 rng(18);
-  std::vector<std::vector<int32_t>> bases(3);
-  for (auto& b : bases)
-    for (int i = 0; i < 48; ++i) b.push_back(static_cast<int32_t>(3 + rng() % 500));
-  EngineConfig c;
-  c.block_size = 4;
-  c.num_kv_blocks = 41;  // 160 tokens: a few requests at once, then preemption and eviction
-  c.max_model_len = 160;
-  c.max_num_seqs = 6;
-  c.max_num_batched_tokens = 24;
-  Engine engine(std::make_unique<CpuRunner>(f.model), nullptr, c);
-  struct Sent {
-    std::vector<int32_t> prompt;
-    int32_t max_tokens = 0;
-    int64_t id = 0;
-    Collected got;
-  };
-  std::vector<std::unique_ptr<Sent>> sent;
-  int aborted = 0;
-  for (int round = 0; round < 40 || engine.has_unfinished(); ++round) {
-    for (uint32_t arrivals = round < 40 ? rng() % 3 : 0; arrivals > 0; --arrivals) {
-      auto s = std::make_unique<Sent>();
-      const auto& base = bases[rng() % bases.size()];
-      s->prompt.assign(base.begin(), base.begin() + 1 + static_cast<std::ptrdiff_t>(rng() % 48));
-      for (uint32_t i = 0, n = rng() % 6; i < n; ++i)
-        s->prompt.push_back(static_cast<int32_t>(3 + rng() % 500));
-      s->max_tokens = 2 + static_cast<int32_t>(rng() % 30);
-      s->id = engine.add_request(request_for(s->prompt, greedy_params(s->max_tokens), s->got));
-      // Now and then n > 1: more choices of the same prompt sharing its prefill.
-      const int64_t leader = s->id;
-      const std::vector<int32_t> prompt = s->prompt;
-      sent.push_back(std::move(s));
-      for (uint32_t more = rng() % 4 == 0 ? 1 + rng() % 3 : 0; more > 0; --more) {
-        auto choice = std::make_unique<Sent>();
-        choice->prompt = prompt;
-        choice->max_tokens = 2 + static_cast<int32_t>(rng() % 30);
-        GenerationRequest g =
-            request_for(choice->prompt, greedy_params(choice->max_tokens), choice->got);
-        g.share_prompt_with = leader;
-        choice->id = engine.add_request(std::move(g));
-        sent.push_back(std::move(choice));
+  for (const bool async : kBothSchedulings) {
+    SCOPED_TRACE(scheduling_name(async));
+    const Fixture& f = fixture("llama3-gqa");
+    std::mt19937 rng(18);
+    std::vector<std::vector<int32_t>> bases(3);
+    for (auto& b : bases)
+      for (int i = 0; i < 48; ++i) b.push_back(static_cast<int32_t>(3 + rng() % 500));
+    EngineConfig c;
+    c.async_scheduling = async;
+    c.block_size = 4;
+    c.num_kv_blocks = 41;  // 160 tokens: a few requests at once, then preemption and eviction
+    c.max_model_len = 160;
+    c.max_num_seqs = 6;
+    c.max_num_batched_tokens = 24;
+    Engine engine(std::make_unique<CpuRunner>(f.model), nullptr, c);
+    struct Sent {
+      std::vector<int32_t> prompt;
+      int32_t max_tokens = 0;
+      int64_t id = 0;
+      Collected got;
+    };
+    std::vector<std::unique_ptr<Sent>> sent;
+    int aborted = 0;
+    for (int round = 0; round < 40 || engine.has_unfinished(); ++round) {
+      for (uint32_t arrivals = round < 40 ? rng() % 3 : 0; arrivals > 0; --arrivals) {
+        auto s = std::make_unique<Sent>();
+        const auto& base = bases[rng() % bases.size()];
+        s->prompt.assign(base.begin(), base.begin() + 1 + static_cast<std::ptrdiff_t>(rng() % 48));
+        for (uint32_t i = 0, n = rng() % 6; i < n; ++i)
+          s->prompt.push_back(static_cast<int32_t>(3 + rng() % 500));
+        s->max_tokens = 2 + static_cast<int32_t>(rng() % 30);
+        s->id = engine.add_request(request_for(s->prompt, greedy_params(s->max_tokens), s->got));
+        // Now and then n > 1: more choices of the same prompt sharing its prefill.
+        const int64_t leader = s->id;
+        const std::vector<int32_t> prompt = s->prompt;
+        sent.push_back(std::move(s));
+        for (uint32_t more = rng() % 4 == 0 ? 1 + rng() % 3 : 0; more > 0; --more) {
+          auto choice = std::make_unique<Sent>();
+          choice->prompt = prompt;
+          choice->max_tokens = 2 + static_cast<int32_t>(rng() % 30);
+          GenerationRequest g =
+              request_for(choice->prompt, greedy_params(choice->max_tokens), choice->got);
+          g.share_prompt_with = leader;
+          choice->id = engine.add_request(std::move(g));
+          sent.push_back(std::move(choice));
+        }
+      }
+      if (!sent.empty() && rng() % 9 == 0) {
+        Sent& victim = *sent[rng() % sent.size()];
+        if (!victim.got.finished) {
+          engine.abort(victim.id);
+          ++aborted;
+        }
+      }
+      engine.step();
+    }
+    const EngineStats st = engine.stats();
+    EXPECT_GT(aborted, 0);
+    EXPECT_GT(st.preemptions, 0);
+    EXPECT_GT(st.prefix_cache_hits, 0);
+    for (const auto& s : sent) {
+      ASSERT_TRUE(s->got.finished);
+      const std::vector<int32_t> ref = f.model->greedy(s->prompt, s->max_tokens);
+      if (s->got.last.finish_reason == FinishReason::kAbort) {
+        ASSERT_LE(s->got.tokens.size(), ref.size());
+        EXPECT_TRUE(std::equal(s->got.tokens.begin(), s->got.tokens.end(), ref.begin()));
+      } else {
+        EXPECT_EQ(s->got.last.finish_reason, FinishReason::kLength);
+        EXPECT_EQ(s->got.tokens, ref) << "request " << s->id;
       }
     }
-    if (!sent.empty() && rng() % 9 == 0) {
-      Sent& victim = *sent[rng() % sent.size()];
-      if (!victim.got.finished) {
-        engine.abort(victim.id);
-        ++aborted;
-      }
-    }
-    engine.step();
+    expect_no_leak(engine);
   }
-  const EngineStats st = engine.stats();
-  EXPECT_GT(aborted, 0);
-  EXPECT_GT(st.preemptions, 0);
-  EXPECT_GT(st.prefix_cache_hits, 0);
-  for (const auto& s : sent) {
-    ASSERT_TRUE(s->got.finished);
-    const std::vector<int32_t> ref = f.model->greedy(s->prompt, s->max_tokens);
-    if (s->got.last.finish_reason == FinishReason::kAbort) {
-      ASSERT_LE(s->got.tokens.size(), ref.size());
-      EXPECT_TRUE(std::equal(s->got.tokens.begin(), s->got.tokens.end(), ref.begin()));
-    } else {
-      EXPECT_EQ(s->got.last.finish_reason, FinishReason::kLength);
-      EXPECT_EQ(s->got.tokens, ref) << "request " << s->id;
-    }
-  }
-  expect_no_leak(engine);
 }
 
 // n > 1 with one prefill (GenerationRequest::share_prompt_with).
@@ -570,31 +606,36 @@ GroupRun run_group(const std::vector<int32_t>& prompt, const std::vector<Samplin
 }
 
 TEST(EngineParallelSampling, ChoicesShareOnePrefillAndKeepTheirTokens) {
-  const Fixture& f = fixture("llama3-gqa");
-  const std::vector<int32_t>& p = f.cases[2].prompt;  // 150 tokens: 37 full blocks of 4 + 2
-  SamplingParams sampled;
-  sampled.temperature = 1.0;
-  sampled.max_tokens = 16;
-  sampled.ignore_eos = true;
-  std::vector<SamplingParams> params = {greedy_params(16), sampled, sampled, greedy_params(16)};
-  params[1].seed = 11;
-  params[2].seed = 12;
-  for (bool caching : {false, true}) {
-    const EngineConfig c = caching_config(caching);
-    const GroupRun shared = run_group(p, params, c, true);
-    const GroupRun alone = run_group(p, params, c, false);
-    for (size_t i = 0; i < params.size(); ++i)
-      EXPECT_EQ(shared.got[i].tokens, alone.got[i].tokens) << "choice " << i;
-    EXPECT_EQ(shared.got[0].tokens, f.model->greedy(p, 16));
-    EXPECT_EQ(shared.got[3].tokens, shared.got[0].tokens);
-    EXPECT_NE(shared.got[1].tokens, shared.got[2].tokens);  // their own seeds
-    // One prefill: each other choice computes only the 2 tokens after the 37 shared blocks.
-    EXPECT_EQ(shared.stats.prompt_tokens, 150 + 3 * 2) << "caching " << caching;
-    EXPECT_EQ(shared.stats.prefix_cache_queries, caching ? 150 : 0);
-    // Seen between steps, a choice holds at most 41 blocks (164 tokens), 37 of them shared.
-    EXPECT_LE(shared.peak_blocks_used, 37 + 4 * (41 - 37));
-    if (!caching) {
-      EXPECT_EQ(alone.peak_blocks_used, 4 * 41);
+  for (const bool async : kBothSchedulings) {
+    SCOPED_TRACE(scheduling_name(async));
+    const Fixture& f = fixture("llama3-gqa");
+    const std::vector<int32_t>& p = f.cases[2].prompt;  // 150 tokens: 37 full blocks of 4 + 2
+    SamplingParams sampled;
+    sampled.temperature = 1.0;
+    sampled.max_tokens = 16;
+    sampled.ignore_eos = true;
+    std::vector<SamplingParams> params = {greedy_params(16), sampled, sampled, greedy_params(16)};
+    params[1].seed = 11;
+    params[2].seed = 12;
+    for (bool caching : {false, true}) {
+      const EngineConfig c = scheduled(caching_config(caching), async);
+      const GroupRun shared = run_group(p, params, c, true);
+      const GroupRun alone = run_group(p, params, c, false);
+      for (size_t i = 0; i < params.size(); ++i)
+        EXPECT_EQ(shared.got[i].tokens, alone.got[i].tokens) << "choice " << i;
+      EXPECT_EQ(shared.got[0].tokens, f.model->greedy(p, 16));
+      EXPECT_EQ(shared.got[3].tokens, shared.got[0].tokens);
+      EXPECT_NE(shared.got[1].tokens, shared.got[2].tokens);  // their own seeds
+      // One prefill: each other choice computes only the 2 tokens after the 37 shared blocks.
+      EXPECT_EQ(shared.stats.prompt_tokens, 150 + 3 * 2) << "caching " << caching;
+      EXPECT_EQ(shared.stats.prefix_cache_queries, caching ? 150 : 0);
+      // Seen between steps, a choice holds at most 41 blocks (164 tokens), 37 of them shared;
+      // one more under asynchronous scheduling, whose next step (the 165th token) then runs.
+      const int32_t held = async ? 42 : 41;
+      EXPECT_LE(shared.peak_blocks_used, 37 + 4 * (held - 37));
+      if (!caching) {
+        EXPECT_EQ(alone.peak_blocks_used, 4 * held);
+      }
     }
   }
 }
@@ -631,68 +672,71 @@ TEST(EngineParallelSampling, FourChoicesHoldAtMostOnePointThreeTimesTheBlocksOfO
 }
 
 TEST(EngineParallelSampling, LeaderEndingEarlyLeavesItsChoicesRight) {
-  const Fixture& f = fixture("llama3-gqa");
-  const std::vector<int32_t>& p = f.cases[2].prompt;
-  const std::vector<int32_t> ref = f.model->greedy(p, 12);
-  EngineConfig c = caching_config(false);
-  c.max_num_batched_tokens = 40;  // the 150-token prompt takes 4 steps
-  {
-    // The leader finishes at the step that computes the prompt (max_tokens 1): its choices
-    // already hold the shared blocks.
-    Engine engine(std::make_unique<CpuRunner>(f.model), nullptr, c);
-    std::vector<Collected> got(3);
-    const int64_t leader = engine.add_request(request_for(p, greedy_params(1), got[0]));
-    for (size_t i = 1; i < 3; ++i) {
-      GenerationRequest r = request_for(p, greedy_params(12), got[i]);
-      r.share_prompt_with = leader;
+  for (const bool async : kBothSchedulings) {
+    SCOPED_TRACE(scheduling_name(async));
+    const Fixture& f = fixture("llama3-gqa");
+    const std::vector<int32_t>& p = f.cases[2].prompt;
+    const std::vector<int32_t> ref = f.model->greedy(p, 12);
+    EngineConfig c = scheduled(caching_config(false), async);
+    c.max_num_batched_tokens = 40;  // the 150-token prompt takes 4 steps
+    {
+      // The leader finishes at the step that computes the prompt (max_tokens 1): its choices
+      // already hold the shared blocks.
+      Engine engine(std::make_unique<CpuRunner>(f.model), nullptr, c);
+      std::vector<Collected> got(3);
+      const int64_t leader = engine.add_request(request_for(p, greedy_params(1), got[0]));
+      for (size_t i = 1; i < 3; ++i) {
+        GenerationRequest r = request_for(p, greedy_params(12), got[i]);
+        r.share_prompt_with = leader;
+        engine.add_request(std::move(r));
+      }
+      EXPECT_EQ(engine.stats().waiting, 3);
+      engine.run_until_idle();
+      EXPECT_EQ(got[0].tokens, std::vector<int32_t>{ref[0]});
+      EXPECT_EQ(got[1].tokens, ref);
+      EXPECT_EQ(got[2].tokens, ref);
+      EXPECT_EQ(engine.stats().prompt_tokens, 150 + 2 * 2);
+      expect_no_leak(engine);
+    }
+    {
+      // The leader is aborted mid-prefill and a choice while it waits: the other choice runs on
+      // its own.
+      Engine engine(std::make_unique<CpuRunner>(f.model), nullptr, c);
+      std::vector<Collected> got(3);
+      std::vector<int64_t> ids;
+      ids.push_back(engine.add_request(request_for(p, greedy_params(12), got[0])));
+      for (size_t i = 1; i < 3; ++i) {
+        GenerationRequest r = request_for(p, greedy_params(12), got[i]);
+        r.share_prompt_with = ids[0];
+        ids.push_back(engine.add_request(std::move(r)));
+      }
+      engine.step();
+      engine.abort(ids[2]);
+      engine.abort(ids[0]);
+      EXPECT_EQ(got[0].last.finish_reason, FinishReason::kAbort);
+      EXPECT_EQ(got[2].last.finish_reason, FinishReason::kAbort);
+      EXPECT_TRUE(got[2].tokens.empty());
+      engine.run_until_idle();
+      EXPECT_EQ(got[1].tokens, ref);
+      expect_no_leak(engine);
+    }
+    {
+      // A request that does not qualify as a leader (another prompt, unknown id) is ignored.
+      Engine engine(std::make_unique<CpuRunner>(f.model), nullptr, c);
+      std::vector<Collected> got(3);
+      const int64_t other =
+          engine.add_request(request_for(f.cases[1].prompt, greedy_params(4), got[0]));
+      GenerationRequest r = request_for(p, greedy_params(12), got[1]);
+      r.share_prompt_with = other;
       engine.add_request(std::move(r));
+      r = request_for(p, greedy_params(12), got[2]);
+      r.share_prompt_with = 999;
+      engine.add_request(std::move(r));
+      engine.run_until_idle();
+      EXPECT_EQ(got[1].tokens, ref);
+      EXPECT_EQ(got[2].tokens, ref);
+      expect_no_leak(engine);
     }
-    EXPECT_EQ(engine.stats().waiting, 3);
-    engine.run_until_idle();
-    EXPECT_EQ(got[0].tokens, std::vector<int32_t>{ref[0]});
-    EXPECT_EQ(got[1].tokens, ref);
-    EXPECT_EQ(got[2].tokens, ref);
-    EXPECT_EQ(engine.stats().prompt_tokens, 150 + 2 * 2);
-    expect_no_leak(engine);
-  }
-  {
-    // The leader is aborted mid-prefill and a choice while it waits: the other choice runs on
-    // its own.
-    Engine engine(std::make_unique<CpuRunner>(f.model), nullptr, c);
-    std::vector<Collected> got(3);
-    std::vector<int64_t> ids;
-    ids.push_back(engine.add_request(request_for(p, greedy_params(12), got[0])));
-    for (size_t i = 1; i < 3; ++i) {
-      GenerationRequest r = request_for(p, greedy_params(12), got[i]);
-      r.share_prompt_with = ids[0];
-      ids.push_back(engine.add_request(std::move(r)));
-    }
-    engine.step();
-    engine.abort(ids[2]);
-    engine.abort(ids[0]);
-    EXPECT_EQ(got[0].last.finish_reason, FinishReason::kAbort);
-    EXPECT_EQ(got[2].last.finish_reason, FinishReason::kAbort);
-    EXPECT_TRUE(got[2].tokens.empty());
-    engine.run_until_idle();
-    EXPECT_EQ(got[1].tokens, ref);
-    expect_no_leak(engine);
-  }
-  {
-    // A request that does not qualify as a leader (another prompt, unknown id) is ignored.
-    Engine engine(std::make_unique<CpuRunner>(f.model), nullptr, c);
-    std::vector<Collected> got(3);
-    const int64_t other =
-        engine.add_request(request_for(f.cases[1].prompt, greedy_params(4), got[0]));
-    GenerationRequest r = request_for(p, greedy_params(12), got[1]);
-    r.share_prompt_with = other;
-    engine.add_request(std::move(r));
-    r = request_for(p, greedy_params(12), got[2]);
-    r.share_prompt_with = 999;
-    engine.add_request(std::move(r));
-    engine.run_until_idle();
-    EXPECT_EQ(got[1].tokens, ref);
-    EXPECT_EQ(got[2].tokens, ref);
-    expect_no_leak(engine);
   }
 }
 
@@ -718,9 +762,11 @@ class EosRunner : public ModelRunner {
 };
 
 // Output of a greedy request of fixture case `c` under `params` (greedy, seed irrelevant).
-Collected run_one(const Case& c, const SamplingParams& params, std::vector<int32_t> eos = {}) {
+Collected run_one(const Case& c, const SamplingParams& params, std::vector<int32_t> eos = {},
+                  bool async = false) {
   const Fixture& f = fixture("llama3-gqa");
-  Engine engine(std::make_unique<EosRunner>(f.model, std::move(eos)), nullptr, small_config());
+  Engine engine(std::make_unique<EosRunner>(f.model, std::move(eos)), nullptr,
+                scheduled(small_config(), async));
   Collected got;
   engine.add_request(request_for(c.prompt, params, got));
   engine.run_until_idle();
@@ -761,38 +807,41 @@ void expect_prompt_logprobs(const std::vector<int32_t>& prompt, const Collected&
 }
 
 TEST(EnginePromptLogprobs, EqualAFullForwardsLogSoftmaxWhateverTheChunksCacheAndPreemption) {
-  const Fixture& f = fixture("llama3-gqa");
-  for (bool caching : {false, true}) {
-    EngineConfig c = small_config();
-    c.enable_prefix_caching = caching;
-    c.block_size = 4;
-    c.num_kv_blocks = 47;  // preemption, as in PreemptionGivesTheSameTokens
-    c.max_model_len = 46 * 4;
-    c.max_num_batched_tokens = 13;  // chunks that end mid-block
-    Engine engine(std::make_unique<CpuRunner>(f.model), nullptr, c);
-    std::vector<Collected> got(4);
-    // The 150-token prompt once without prompt logprobs, so caching has it; then again with.
-    engine.add_request(request_for(f.cases[2].prompt, greedy_params(8), got[0]));
-    engine.run_until_idle();
-    for (size_t i = 0; i < 3; ++i) {
-      GenerationRequest r =
-          request_for(f.cases[i == 0 ? 2 : i - 1].prompt, greedy_params(), got[i + 1]);
-      r.prompt_logprobs = static_cast<int32_t>(i * 2);  // 0, 2, 4 top tokens
-      engine.add_request(std::move(r));
+  for (const bool async : kBothSchedulings) {
+    SCOPED_TRACE(scheduling_name(async));
+    const Fixture& f = fixture("llama3-gqa");
+    for (bool caching : {false, true}) {
+      EngineConfig c = scheduled(small_config(), async);
+      c.enable_prefix_caching = caching;
+      c.block_size = 4;
+      c.num_kv_blocks = 47;  // preemption, as in PreemptionGivesTheSameTokens
+      c.max_model_len = 46 * 4;
+      c.max_num_batched_tokens = 13;  // chunks that end mid-block
+      Engine engine(std::make_unique<CpuRunner>(f.model), nullptr, c);
+      std::vector<Collected> got(4);
+      // The 150-token prompt once without prompt logprobs, so caching has it; then again with.
+      engine.add_request(request_for(f.cases[2].prompt, greedy_params(8), got[0]));
+      engine.run_until_idle();
+      for (size_t i = 0; i < 3; ++i) {
+        GenerationRequest r =
+            request_for(f.cases[i == 0 ? 2 : i - 1].prompt, greedy_params(), got[i + 1]);
+        r.prompt_logprobs = static_cast<int32_t>(i * 2);  // 0, 2, 4 top tokens
+        engine.add_request(std::move(r));
+      }
+      engine.run_until_idle();
+      EXPECT_TRUE(got[0].prompt_logprobs.empty());
+      expect_prompt_logprobs(f.cases[2].prompt, got[1], 0);
+      expect_prompt_logprobs(f.cases[0].prompt, got[2], 2);
+      expect_prompt_logprobs(f.cases[1].prompt, got[3], 4);
+      EXPECT_EQ(got[1].tokens, f.cases[2].greedy);  // and the output is unchanged
+      EXPECT_EQ(got[3].tokens, f.cases[1].greedy);
+      const EngineStats st = engine.stats();
+      EXPECT_GT(st.preemptions, 0) << "caching " << caching;
+      if (caching) {
+        EXPECT_EQ(st.prefix_cache_hits, 0) << "a request for prompt logprobs took cached blocks";
+      }
+      expect_no_leak(engine);
     }
-    engine.run_until_idle();
-    EXPECT_TRUE(got[0].prompt_logprobs.empty());
-    expect_prompt_logprobs(f.cases[2].prompt, got[1], 0);
-    expect_prompt_logprobs(f.cases[0].prompt, got[2], 2);
-    expect_prompt_logprobs(f.cases[1].prompt, got[3], 4);
-    EXPECT_EQ(got[1].tokens, f.cases[2].greedy);  // and the output is unchanged
-    EXPECT_EQ(got[3].tokens, f.cases[1].greedy);
-    const EngineStats st = engine.stats();
-    EXPECT_GT(st.preemptions, 0) << "caching " << caching;
-    if (caching) {
-      EXPECT_EQ(st.prefix_cache_hits, 0) << "a request for prompt logprobs took cached blocks";
-    }
-    expect_no_leak(engine);
   }
 }
 
@@ -843,103 +892,112 @@ int first_at(const std::vector<int32_t>& v, int32_t token, size_t from = 0) {
 // model (checked with a full forward of the sequence so far), even where the model prefers
 // another token; EOS outside the set does not end the output.
 TEST(Engine, AllowedTokenIdsRestrictEveryStep) {
-  const Fixture& f = fixture("llama3-gqa");
-  const Case& c = f.cases[1];
-  SamplingParams p = greedy_params(8);
-  // The set holds the reference's second token but not its first: the first step must leave
-  // the model's choice.
-  p.allowed_token_ids = {c.greedy[1], 7, 11, 13};
-  if (std::find(p.allowed_token_ids.begin(), p.allowed_token_ids.end(), c.greedy[0]) !=
-      p.allowed_token_ids.end())
-    GTEST_SKIP() << "the fixture's first token is in the set";
-  const Collected got = run_one(c, p, /*eos=*/{7});
-  ASSERT_EQ(got.tokens.size(), 8u);  // 7 is EOS here, but allowed tokens do not stop early
-  std::vector<int32_t> seq = c.prompt;
-  const auto vocab = static_cast<size_t>(f.model->config().vocab_size);
-  for (const int32_t t : got.tokens) {
-    const std::vector<float> logits = f.model->forward(seq);
-    const float* last = logits.data() + (seq.size() - 1) * vocab;
-    int32_t best = p.allowed_token_ids[0];
-    for (const int32_t a : p.allowed_token_ids)
-      if (last[a] > last[best] || (last[a] == last[best] && a < best)) best = a;
-    EXPECT_EQ(t, best) << "token " << seq.size() - c.prompt.size();
-    seq.push_back(t);
+  for (const bool async : kBothSchedulings) {
+    SCOPED_TRACE(scheduling_name(async));
+    const Fixture& f = fixture("llama3-gqa");
+    const Case& c = f.cases[1];
+    SamplingParams p = greedy_params(8);
+    // The set holds the reference's second token but not its first: the first step must leave
+    // the model's choice.
+    p.allowed_token_ids = {c.greedy[1], 7, 11, 13};
+    if (std::find(p.allowed_token_ids.begin(), p.allowed_token_ids.end(), c.greedy[0]) !=
+        p.allowed_token_ids.end())
+      GTEST_SKIP() << "the fixture's first token is in the set";
+    const Collected got = run_one(c, p, /*eos=*/{7}, async);
+    ASSERT_EQ(got.tokens.size(), 8u);  // 7 is EOS here, but allowed tokens do not stop early
+    std::vector<int32_t> seq = c.prompt;
+    const auto vocab = static_cast<size_t>(f.model->config().vocab_size);
+    for (const int32_t t : got.tokens) {
+      const std::vector<float> logits = f.model->forward(seq);
+      const float* last = logits.data() + (seq.size() - 1) * vocab;
+      int32_t best = p.allowed_token_ids[0];
+      for (const int32_t a : p.allowed_token_ids)
+        if (last[a] > last[best] || (last[a] == last[best] && a < best)) best = a;
+      EXPECT_EQ(t, best) << "token " << seq.size() - c.prompt.size();
+      seq.push_back(t);
+    }
+    EXPECT_NE(got.tokens[0], c.greedy[0]);
   }
-  EXPECT_NE(got.tokens[0], c.greedy[0]);
 }
 
 TEST(Engine, StopTokensMinTokensAndEos) {
-  const Case& c = fixture("llama3-gqa").cases[1];
-  const std::vector<int32_t>& ref = c.greedy;
+  for (const bool async : kBothSchedulings) {
+    SCOPED_TRACE(scheduling_name(async));
+    const Case& c = fixture("llama3-gqa").cases[1];
+    const std::vector<int32_t>& ref = c.greedy;
 
-  SamplingParams p = greedy_params();
-  p.stop_token_ids = {ref[6]};
-  Collected got = run_one(c, p);
-  const int at = first_at(ref, ref[6]);
-  EXPECT_EQ(got.tokens, std::vector<int32_t>(ref.begin(), ref.begin() + at + 1));
-  EXPECT_EQ(got.last.finish_reason, FinishReason::kStop);
-  EXPECT_EQ(got.last.stop_reason, std::to_string(ref[6]));
-  EXPECT_EQ(got.last.stop_token_id, ref[6]);
+    SamplingParams p = greedy_params();
+    p.stop_token_ids = {ref[6]};
+    Collected got = run_one(c, p, {}, async);
+    const int at = first_at(ref, ref[6]);
+    EXPECT_EQ(got.tokens, std::vector<int32_t>(ref.begin(), ref.begin() + at + 1));
+    EXPECT_EQ(got.last.finish_reason, FinishReason::kStop);
+    EXPECT_EQ(got.last.stop_reason, std::to_string(ref[6]));
+    EXPECT_EQ(got.last.stop_token_id, ref[6]);
 
-  // min_tokens: the stop token is masked out of sampling before it (vLLM's min_tokens), so
-  // greedy takes the next-best token where it stood and goes on from there; a stop token may
-  // end the output only after min_tokens tokens.
-  p.min_tokens = at + 2;
-  got = run_one(c, p);
-  ASSERT_GE(got.tokens.size(), static_cast<size_t>(p.min_tokens));
-  EXPECT_EQ(std::vector<int32_t>(got.tokens.begin(), got.tokens.begin() + at),
-            std::vector<int32_t>(ref.begin(), ref.begin() + at));
-  for (int i = 0; i < p.min_tokens; ++i)
-    EXPECT_NE(got.tokens[i], ref[6]) << "the stop token at " << i << ", before min_tokens";
-  if (got.last.finish_reason == FinishReason::kStop) {
-    EXPECT_EQ(got.tokens.back(), ref[6]);
-    EXPECT_GT(got.tokens.size(), static_cast<size_t>(p.min_tokens));
-  } else {
+    // min_tokens: the stop token is masked out of sampling before it (vLLM's min_tokens), so
+    // greedy takes the next-best token where it stood and goes on from there; a stop token may
+    // end the output only after min_tokens tokens.
+    p.min_tokens = at + 2;
+    got = run_one(c, p, {}, async);
+    ASSERT_GE(got.tokens.size(), static_cast<size_t>(p.min_tokens));
+    EXPECT_EQ(std::vector<int32_t>(got.tokens.begin(), got.tokens.begin() + at),
+              std::vector<int32_t>(ref.begin(), ref.begin() + at));
+    for (int i = 0; i < p.min_tokens; ++i)
+      EXPECT_NE(got.tokens[i], ref[6]) << "the stop token at " << i << ", before min_tokens";
+    if (got.last.finish_reason == FinishReason::kStop) {
+      EXPECT_EQ(got.tokens.back(), ref[6]);
+      EXPECT_GT(got.tokens.size(), static_cast<size_t>(p.min_tokens));
+    } else {
+      EXPECT_EQ(got.last.finish_reason, FinishReason::kLength);
+    }
+
+    // max_tokens.
+    got = run_one(c, greedy_params(5), {}, async);
+    EXPECT_EQ(got.tokens, std::vector<int32_t>(ref.begin(), ref.begin() + 5));
     EXPECT_EQ(got.last.finish_reason, FinishReason::kLength);
+    EXPECT_EQ(got.last.completion_tokens, 5);
+
+    // EOS from the model config, unless ignore_eos.
+    p = greedy_params();
+    p.ignore_eos = false;
+    got = run_one(c, p, {ref[9]}, async);
+    EXPECT_EQ(got.tokens.size(), static_cast<size_t>(first_at(ref, ref[9]) + 1));
+    EXPECT_EQ(got.last.finish_reason, FinishReason::kStop);
+    EXPECT_EQ(got.last.stop_reason, "");
+    p.ignore_eos = true;
+    got = run_one(c, p, {ref[9]}, async);
+    EXPECT_EQ(got.tokens, ref);
+    // EOS is masked out before min_tokens too; with ignore_eos it is an ordinary token.
+    const int eos_at = first_at(ref, ref[9]);
+    p.ignore_eos = false;
+    p.min_tokens = eos_at + 1;
+    got = run_one(c, p, {ref[9]}, async);
+    ASSERT_GE(got.tokens.size(), static_cast<size_t>(p.min_tokens));
+    EXPECT_EQ(std::vector<int32_t>(got.tokens.begin(), got.tokens.begin() + eos_at),
+              std::vector<int32_t>(ref.begin(), ref.begin() + eos_at));
+    for (int i = 0; i < p.min_tokens; ++i) EXPECT_NE(got.tokens[i], ref[9]) << "EOS at " << i;
+    p.ignore_eos = true;
+    got = run_one(c, p, {ref[9]}, async);
+    EXPECT_EQ(got.tokens, ref);
   }
-
-  // max_tokens.
-  got = run_one(c, greedy_params(5));
-  EXPECT_EQ(got.tokens, std::vector<int32_t>(ref.begin(), ref.begin() + 5));
-  EXPECT_EQ(got.last.finish_reason, FinishReason::kLength);
-  EXPECT_EQ(got.last.completion_tokens, 5);
-
-  // EOS from the model config, unless ignore_eos.
-  p = greedy_params();
-  p.ignore_eos = false;
-  got = run_one(c, p, {ref[9]});
-  EXPECT_EQ(got.tokens.size(), static_cast<size_t>(first_at(ref, ref[9]) + 1));
-  EXPECT_EQ(got.last.finish_reason, FinishReason::kStop);
-  EXPECT_EQ(got.last.stop_reason, "");
-  p.ignore_eos = true;
-  got = run_one(c, p, {ref[9]});
-  EXPECT_EQ(got.tokens, ref);
-  // EOS is masked out before min_tokens too; with ignore_eos it is an ordinary token.
-  const int eos_at = first_at(ref, ref[9]);
-  p.ignore_eos = false;
-  p.min_tokens = eos_at + 1;
-  got = run_one(c, p, {ref[9]});
-  ASSERT_GE(got.tokens.size(), static_cast<size_t>(p.min_tokens));
-  EXPECT_EQ(std::vector<int32_t>(got.tokens.begin(), got.tokens.begin() + eos_at),
-            std::vector<int32_t>(ref.begin(), ref.begin() + eos_at));
-  for (int i = 0; i < p.min_tokens; ++i) EXPECT_NE(got.tokens[i], ref[9]) << "EOS at " << i;
-  p.ignore_eos = true;
-  got = run_one(c, p, {ref[9]});
-  EXPECT_EQ(got.tokens, ref);
 }
 
 TEST(Engine, MaxModelLenEndsWithLength) {
-  const Fixture& f = fixture("llama3-gqa");
-  EngineConfig config = small_config();
-  config.max_model_len = 20;
-  Engine engine(std::make_unique<CpuRunner>(f.model), nullptr, config);
-  Collected got;
-  engine.add_request(request_for(f.cases[1].prompt, greedy_params(), got));  // 17 tokens
-  engine.run_until_idle();
-  EXPECT_EQ(got.tokens,
-            std::vector<int32_t>(f.cases[1].greedy.begin(), f.cases[1].greedy.begin() + 3));
-  EXPECT_EQ(got.last.finish_reason, FinishReason::kLength);
-  expect_no_leak(engine);
+  for (const bool async : kBothSchedulings) {
+    SCOPED_TRACE(scheduling_name(async));
+    const Fixture& f = fixture("llama3-gqa");
+    EngineConfig config = scheduled(small_config(), async);
+    config.max_model_len = 20;
+    Engine engine(std::make_unique<CpuRunner>(f.model), nullptr, config);
+    Collected got;
+    engine.add_request(request_for(f.cases[1].prompt, greedy_params(), got));  // 17 tokens
+    engine.run_until_idle();
+    EXPECT_EQ(got.tokens,
+              std::vector<int32_t>(f.cases[1].greedy.begin(), f.cases[1].greedy.begin() + 3));
+    EXPECT_EQ(got.last.finish_reason, FinishReason::kLength);
+    expect_no_leak(engine);
+  }
 }
 
 // A byte-free tokenizer over the fixtures' 512 ids: id i is one printable ASCII character
@@ -1098,127 +1156,141 @@ GenerationRequest request_with_text(Engine& engine, OutputProcessor& text, int64
 }
 
 TEST(EngineStopStrings, StopStringEndsOutputAndIsNotStreamed) {
-  const Fixture& f = fixture("qwen2-tied");
-  const Case& c = f.cases[0];
-  const auto [full, stop, at, last, last_begins] = stop_across_tokens(c);
+  for (const bool async : kBothSchedulings) {
+    SCOPED_TRACE(scheduling_name(async));
+    const Fixture& f = fixture("qwen2-tied");
+    const Case& c = f.cases[0];
+    const auto [full, stop, at, last, last_begins] = stop_across_tokens(c);
 
-  Engine engine(std::make_unique<CpuRunner>(f.model), &test_tokenizer(), small_config());
-  OutputProcessor text(&test_tokenizer());
-  SamplingParams p = greedy_params();
-  p.stop = {"never-there", stop};
-  Collected got;
-  GenerationRequest r = request_with_text(engine, text, 0, c.prompt, p, got);
-  auto inner = r.on_output;
-  r.on_output = [&, inner](const RequestOutput& o) {
-    inner(o);
-    EXPECT_EQ(got.text.find(stop), std::string::npos) << "stop string streamed";
-    EXPECT_EQ(got.text, full.substr(0, got.text.size())) << "streamed text is not a prefix";
-  };
-  engine.add_request(std::move(r));
-  engine.run_until_idle();
-  EXPECT_EQ(got.tokens, std::vector<int32_t>(c.greedy.begin(), c.greedy.begin() + last + 1));
-  EXPECT_EQ(got.text, full.substr(0, at));
-  EXPECT_EQ(got.last.finish_reason, FinishReason::kStop);
-  EXPECT_EQ(got.last.stop_reason, stop);
-  expect_no_leak(engine);
+    Engine engine(std::make_unique<CpuRunner>(f.model), &test_tokenizer(),
+                  scheduled(small_config(), async));
+    OutputProcessor text(&test_tokenizer());
+    SamplingParams p = greedy_params();
+    p.stop = {"never-there", stop};
+    Collected got;
+    GenerationRequest r = request_with_text(engine, text, 0, c.prompt, p, got);
+    auto inner = r.on_output;
+    r.on_output = [&, inner](const RequestOutput& o) {
+      inner(o);
+      EXPECT_EQ(got.text.find(stop), std::string::npos) << "stop string streamed";
+      EXPECT_EQ(got.text, full.substr(0, got.text.size())) << "streamed text is not a prefix";
+    };
+    engine.add_request(std::move(r));
+    engine.run_until_idle();
+    EXPECT_EQ(got.tokens, std::vector<int32_t>(c.greedy.begin(), c.greedy.begin() + last + 1));
+    EXPECT_EQ(got.text, full.substr(0, at));
+    EXPECT_EQ(got.last.finish_reason, FinishReason::kStop);
+    EXPECT_EQ(got.last.stop_reason, stop);
+    expect_no_leak(engine);
 
-  // vLLM's include_stop_str_in_output: the same tokens, the text up to the stop string's end.
-  Collected included;
-  p.include_stop_str_in_output = true;
-  engine.add_request(request_with_text(engine, text, 1, c.prompt, p, included));
-  engine.run_until_idle();
-  EXPECT_EQ(included.tokens, got.tokens);
-  EXPECT_EQ(included.text, full.substr(0, at + stop.size()));
-  EXPECT_EQ(included.last.stop_reason, stop);
-  p.include_stop_str_in_output = false;
-  expect_no_leak(engine);
+    // vLLM's include_stop_str_in_output: the same tokens, the text up to the stop string's end.
+    Collected included;
+    p.include_stop_str_in_output = true;
+    engine.add_request(request_with_text(engine, text, 1, c.prompt, p, included));
+    engine.run_until_idle();
+    EXPECT_EQ(included.tokens, got.tokens);
+    EXPECT_EQ(included.text, full.substr(0, at + stop.size()));
+    EXPECT_EQ(included.last.stop_reason, stop);
+    p.include_stop_str_in_output = false;
+    expect_no_leak(engine);
 
-  // Without a stop string the streamed text is the whole decode, even with a held-back tail.
-  Collected plain;
-  p.stop = {full.substr(full.size() - 1) + "~never"};
-  engine.add_request(request_with_text(engine, text, 2, c.prompt, p, plain));
-  engine.run_until_idle();
-  EXPECT_EQ(plain.tokens, c.greedy);
-  EXPECT_EQ(plain.text, full);
-  EXPECT_EQ(plain.last.finish_reason, FinishReason::kLength);
-  expect_no_leak(engine);
-  EXPECT_EQ(text.size(), 0u) << "the processor still tracks a finished request";
+    // Without a stop string the streamed text is the whole decode, even with a held-back tail.
+    Collected plain;
+    p.stop = {full.substr(full.size() - 1) + "~never"};
+    engine.add_request(request_with_text(engine, text, 2, c.prompt, p, plain));
+    engine.run_until_idle();
+    EXPECT_EQ(plain.tokens, c.greedy);
+    EXPECT_EQ(plain.text, full);
+    EXPECT_EQ(plain.last.finish_reason, FinishReason::kLength);
+    expect_no_leak(engine);
+    EXPECT_EQ(text.size(), 0u) << "the processor still tracks a finished request";
+  }
 }
 
 // The server's HTTP threads read outputs behind the engine thread: the engine runs on past a
 // stop string until the abort reaches it. What it made after the stop is dropped: the output
 // is the same as when the stop is seen at once, and no block is left behind.
 TEST(EngineStopStrings, AStopSeenStepsLateEndsTheOutputAtTheStop) {
-  const Fixture& f = fixture("qwen2-tied");
-  const Case& c = f.cases[0];
-  const auto [full, stop, at, last, last_begins] = stop_across_tokens(c);
+  for (const bool async : kBothSchedulings) {
+    SCOPED_TRACE(scheduling_name(async));
+    const Fixture& f = fixture("qwen2-tied");
+    const Case& c = f.cases[0];
+    const auto [full, stop, at, last, last_begins] = stop_across_tokens(c);
 
-  Engine engine(std::make_unique<CpuRunner>(f.model), &test_tokenizer(), small_config());
-  OutputProcessor text(&test_tokenizer());
-  SamplingParams p = greedy_params();
-  p.stop = {stop};
-  p.logprobs = 0;
-  text.add(0, p);
-  std::vector<RequestOutput> arrived;
-  GenerationRequest r;
-  r.prompt = c.prompt;
-  r.params = p;
-  r.params.stop.clear();  // the output side's
-  r.on_output = [&arrived](const RequestOutput& o) { arrived.push_back(o); };
-  const int64_t id = engine.add_request(std::move(r));
-  Collected got;
-  const auto collect = request_for({}, p, got).on_output;
-  const auto read = [&] {
-    for (RequestOutput& o : std::exchange(arrived, {})) {
-      const OutputProcessor::Verdict verdict = text.process(0, o);
-      if (verdict == OutputProcessor::Verdict::kDrop) continue;
-      if (verdict == OutputProcessor::Verdict::kEnded) engine.abort(id);
-      collect(o);
+    Engine engine(std::make_unique<CpuRunner>(f.model), &test_tokenizer(),
+                  scheduled(small_config(), async));
+    OutputProcessor text(&test_tokenizer());
+    SamplingParams p = greedy_params();
+    p.stop = {stop};
+    p.logprobs = 0;
+    text.add(0, p);
+    std::vector<RequestOutput> arrived;
+    GenerationRequest r;
+    r.prompt = c.prompt;
+    r.params = p;
+    r.params.stop.clear();  // the output side's
+    r.on_output = [&arrived](const RequestOutput& o) { arrived.push_back(o); };
+    const int64_t id = engine.add_request(std::move(r));
+    Collected got;
+    const auto collect = request_for({}, p, got).on_output;
+    const auto read = [&] {
+      for (RequestOutput& o : std::exchange(arrived, {})) {
+        const OutputProcessor::Verdict verdict = text.process(0, o);
+        if (verdict == OutputProcessor::Verdict::kDrop) continue;
+        if (verdict == OutputProcessor::Verdict::kEnded) engine.abort(id);
+        collect(o);
+      }
+    };
+    // The reader looks every third step (fourth under asynchronous scheduling, whose outputs
+    // come a step later, so the stop is not read the step it arrives).
+    const int every = async ? 4 : 3;
+    for (int step = 0; engine.has_unfinished(); ++step) {
+      engine.step();
+      if (step % every == every - 1) read();
     }
-  };
-  // The reader looks every third step.
-  for (int step = 0; engine.has_unfinished(); ++step) {
-    engine.step();
-    if (step % 3 == 2) read();
+    read();
+    EXPECT_EQ(got.tokens, std::vector<int32_t>(c.greedy.begin(), c.greedy.begin() + last + 1));
+    EXPECT_EQ(got.logprobs.size(), got.tokens.size());
+    EXPECT_EQ(got.text, full.substr(0, at));
+    EXPECT_EQ(got.last.finish_reason, FinishReason::kStop);
+    EXPECT_EQ(got.last.stop_reason, stop);
+    EXPECT_EQ(got.last.completion_tokens, static_cast<int32_t>(last) + 1);
+    EXPECT_GT(engine.stats().generation_tokens, static_cast<int64_t>(last) + 1)
+        << "the engine did not run past the stop: the test does not test the late reader";
+    EXPECT_EQ(text.size(), 0u);
+    expect_no_leak(engine);
   }
-  read();
-  EXPECT_EQ(got.tokens, std::vector<int32_t>(c.greedy.begin(), c.greedy.begin() + last + 1));
-  EXPECT_EQ(got.logprobs.size(), got.tokens.size());
-  EXPECT_EQ(got.text, full.substr(0, at));
-  EXPECT_EQ(got.last.finish_reason, FinishReason::kStop);
-  EXPECT_EQ(got.last.stop_reason, stop);
-  EXPECT_EQ(got.last.completion_tokens, static_cast<int32_t>(last) + 1);
-  EXPECT_GT(engine.stats().generation_tokens, static_cast<int64_t>(last) + 1)
-      << "the engine did not run past the stop: the test does not test the late reader";
-  EXPECT_EQ(text.size(), 0u);
-  expect_no_leak(engine);
 }
 
 // min_tokens holds stop strings back: the stop string that ends the output in the test above,
 // met before min_tokens tokens, streams as text and the output goes on past it.
 TEST(EngineStopStrings, NoStopStringBeforeMinTokens) {
-  const Fixture& f = fixture("qwen2-tied");
-  const Case& c = f.cases[0];
-  const auto [full, stop, at, last, last_begins] = stop_across_tokens(c);
+  for (const bool async : kBothSchedulings) {
+    SCOPED_TRACE(scheduling_name(async));
+    const Fixture& f = fixture("qwen2-tied");
+    const Case& c = f.cases[0];
+    const auto [full, stop, at, last, last_begins] = stop_across_tokens(c);
 
-  Engine engine(std::make_unique<CpuRunner>(f.model), &test_tokenizer(), small_config());
-  SamplingParams p = greedy_params();
-  p.stop = {stop};
-  p.min_tokens = static_cast<int32_t>(last) + 1;  // the completing token is within min_tokens
-  Collected got;
-  OutputProcessor text(&test_tokenizer());
-  engine.add_request(request_with_text(engine, text, 0, c.prompt, p, got));
-  engine.run_until_idle();
-  EXPECT_GT(got.tokens.size(), last + 1) << "stopped at a stop string before min_tokens";
-  ASSERT_LE(got.tokens.size(), c.greedy.size());
-  EXPECT_EQ(got.tokens,
-            std::vector<int32_t>(c.greedy.begin(), c.greedy.begin() + got.tokens.size()));
-  EXPECT_EQ(got.text, full.substr(0, got.text.size())) << "streamed text is not a prefix";
-  EXPECT_GT(got.text.size(), at + stop.size()) << "the early stop string is part of the text";
-  if (got.last.finish_reason == FinishReason::kStop) {
-    EXPECT_GT(static_cast<int32_t>(got.tokens.size()), p.min_tokens);
+    Engine engine(std::make_unique<CpuRunner>(f.model), &test_tokenizer(),
+                  scheduled(small_config(), async));
+    SamplingParams p = greedy_params();
+    p.stop = {stop};
+    p.min_tokens = static_cast<int32_t>(last) + 1;  // the completing token is within min_tokens
+    Collected got;
+    OutputProcessor text(&test_tokenizer());
+    engine.add_request(request_with_text(engine, text, 0, c.prompt, p, got));
+    engine.run_until_idle();
+    EXPECT_GT(got.tokens.size(), last + 1) << "stopped at a stop string before min_tokens";
+    ASSERT_LE(got.tokens.size(), c.greedy.size());
+    EXPECT_EQ(got.tokens,
+              std::vector<int32_t>(c.greedy.begin(), c.greedy.begin() + got.tokens.size()));
+    EXPECT_EQ(got.text, full.substr(0, got.text.size())) << "streamed text is not a prefix";
+    EXPECT_GT(got.text.size(), at + stop.size()) << "the early stop string is part of the text";
+    if (got.last.finish_reason == FinishReason::kStop) {
+      EXPECT_GT(static_cast<int32_t>(got.tokens.size()), p.min_tokens);
+    }
+    expect_no_leak(engine);
   }
-  expect_no_leak(engine);
 }
 
 // A stop string that starts in text made before min_tokens and ends in the first token that may
@@ -1226,98 +1298,109 @@ TEST(EngineStopStrings, NoStopStringBeforeMinTokens) {
 // for stop strings in the tail of the text once the output is longer than min_tokens): the same
 // tokens and text as without min_tokens.
 TEST(EngineStopStrings, StopStringAcrossTheMinTokensBoundary) {
-  const Fixture& f = fixture("qwen2-tied");
-  const Case& c = f.cases[0];
-  const auto [full, stop, at, last, last_begins] = stop_across_tokens(c);
+  for (const bool async : kBothSchedulings) {
+    SCOPED_TRACE(scheduling_name(async));
+    const Fixture& f = fixture("qwen2-tied");
+    const Case& c = f.cases[0];
+    const auto [full, stop, at, last, last_begins] = stop_across_tokens(c);
 
-  Engine engine(std::make_unique<CpuRunner>(f.model), &test_tokenizer(), small_config());
-  SamplingParams p = greedy_params();
-  p.stop = {stop};
-  p.min_tokens = static_cast<int32_t>(last);  // the token that completes it may stop
-  ASSERT_LT(at, last_begins) << "the stop string does not start before the token that completes it";
-  Collected got;
-  OutputProcessor text(&test_tokenizer());
-  engine.add_request(request_with_text(engine, text, 0, c.prompt, p, got));
-  engine.run_until_idle();
-  EXPECT_EQ(got.tokens, std::vector<int32_t>(c.greedy.begin(), c.greedy.begin() + last + 1));
-  EXPECT_EQ(got.text, full.substr(0, at));
-  EXPECT_EQ(got.last.finish_reason, FinishReason::kStop);
-  EXPECT_EQ(got.last.stop_reason, stop);
-  expect_no_leak(engine);
+    Engine engine(std::make_unique<CpuRunner>(f.model), &test_tokenizer(),
+                  scheduled(small_config(), async));
+    SamplingParams p = greedy_params();
+    p.stop = {stop};
+    p.min_tokens = static_cast<int32_t>(last);  // the token that completes it may stop
+    ASSERT_LT(at, last_begins)
+        << "the stop string does not start before the token that completes it";
+    Collected got;
+    OutputProcessor text(&test_tokenizer());
+    engine.add_request(request_with_text(engine, text, 0, c.prompt, p, got));
+    engine.run_until_idle();
+    EXPECT_EQ(got.tokens, std::vector<int32_t>(c.greedy.begin(), c.greedy.begin() + last + 1));
+    EXPECT_EQ(got.text, full.substr(0, at));
+    EXPECT_EQ(got.last.finish_reason, FinishReason::kStop);
+    EXPECT_EQ(got.last.stop_reason, stop);
+    expect_no_leak(engine);
+  }
 }
 
 TEST(Engine, SeededSamplingIsReproducibleWhateverRunsBeside) {
-  const Fixture& f = fixture("llama2-mha");
-  SamplingParams p;
-  p.temperature = 0.9f;
-  p.top_k = 50;
-  p.top_p = 0.95f;
-  p.max_tokens = 24;
-  p.ignore_eos = true;
-  p.seed = 1234;
+  for (const bool async : kBothSchedulings) {
+    SCOPED_TRACE(scheduling_name(async));
+    const Fixture& f = fixture("llama2-mha");
+    SamplingParams p;
+    p.temperature = 0.9f;
+    p.top_k = 50;
+    p.top_p = 0.95f;
+    p.max_tokens = 24;
+    p.ignore_eos = true;
+    p.seed = 1234;
 
-  int64_t last_preemptions = 0;
-  auto run = [&](EngineConfig config, bool crowd) {
-    Engine engine(std::make_unique<CpuRunner>(f.model), nullptr, config);
-    Collected alone, other1, other2;
-    if (crowd) {
+    int64_t last_preemptions = 0;
+    auto run = [&](EngineConfig config, bool crowd) {
+      Engine engine(std::make_unique<CpuRunner>(f.model), nullptr, config);
+      Collected alone, other1, other2;
+      if (crowd) {
+        SamplingParams q = p;
+        q.seed = 99;
+        engine.add_request(request_for(f.cases[2].prompt, q, other1));
+        engine.add_request(request_for(f.cases[0].prompt, greedy_params(), other2));
+      }
+      engine.add_request(request_for(f.cases[1].prompt, p, alone));
+      engine.run_until_idle();
+      expect_no_leak(engine);
+      last_preemptions = engine.stats().preemptions;
+      return alone.tokens;
+    };
+    const auto reference = run(scheduled(small_config(), async), false);
+    ASSERT_EQ(reference.size(), 24u);
+    EXPECT_NE(reference,
+              std::vector<int32_t>(f.cases[1].greedy.begin(), f.cases[1].greedy.begin() + 24))
+        << "temperature 0.9 should not reproduce greedy";
+    EXPECT_EQ(run(scheduled(small_config(), async), true), reference);
+    EngineConfig chunked = scheduled(small_config(), async);
+    chunked.max_num_batched_tokens = 6;
+    chunked.block_size = 4;
+    chunked.num_kv_blocks = 45;  // 176 tokens: preemptions too
+    chunked.max_model_len = 176;
+    chunked.max_num_seqs = 4;
+    EXPECT_EQ(run(chunked, true), reference);
+    EXPECT_GT(last_preemptions, 0);
+
+    // Requests without a seed draw theirs from EngineConfig::seed.
+    auto unseeded = [&](uint64_t engine_seed) {
+      EngineConfig config = scheduled(small_config(), async);
+      config.seed = engine_seed;
+      Engine engine(std::make_unique<CpuRunner>(f.model), nullptr, config);
       SamplingParams q = p;
-      q.seed = 99;
-      engine.add_request(request_for(f.cases[2].prompt, q, other1));
-      engine.add_request(request_for(f.cases[0].prompt, greedy_params(), other2));
-    }
-    engine.add_request(request_for(f.cases[1].prompt, p, alone));
-    engine.run_until_idle();
-    expect_no_leak(engine);
-    last_preemptions = engine.stats().preemptions;
-    return alone.tokens;
-  };
-  const auto reference = run(small_config(), false);
-  ASSERT_EQ(reference.size(), 24u);
-  EXPECT_NE(reference,
-            std::vector<int32_t>(f.cases[1].greedy.begin(), f.cases[1].greedy.begin() + 24))
-      << "temperature 0.9 should not reproduce greedy";
-  EXPECT_EQ(run(small_config(), true), reference);
-  EngineConfig chunked = small_config();
-  chunked.max_num_batched_tokens = 6;
-  chunked.block_size = 4;
-  chunked.num_kv_blocks = 45;  // 176 tokens: preemptions too
-  chunked.max_model_len = 176;
-  chunked.max_num_seqs = 4;
-  EXPECT_EQ(run(chunked, true), reference);
-  EXPECT_GT(last_preemptions, 0);
-
-  // Requests without a seed draw theirs from EngineConfig::seed.
-  auto unseeded = [&](uint64_t engine_seed) {
-    EngineConfig config = small_config();
-    config.seed = engine_seed;
-    Engine engine(std::make_unique<CpuRunner>(f.model), nullptr, config);
-    SamplingParams q = p;
-    q.seed.reset();
-    Collected a, b;
-    engine.add_request(request_for(f.cases[0].prompt, q, a));
-    engine.add_request(request_for(f.cases[1].prompt, q, b));
-    engine.run_until_idle();
-    return std::pair{a.tokens, b.tokens};
-  };
-  EXPECT_EQ(unseeded(7), unseeded(7));
-  EXPECT_NE(unseeded(7), unseeded(8));
+      q.seed.reset();
+      Collected a, b;
+      engine.add_request(request_for(f.cases[0].prompt, q, a));
+      engine.add_request(request_for(f.cases[1].prompt, q, b));
+      engine.run_until_idle();
+      return std::pair{a.tokens, b.tokens};
+    };
+    EXPECT_EQ(unseeded(7), unseeded(7));
+    EXPECT_NE(unseeded(7), unseeded(8));
+  }
 }
 
 TEST(Engine, LogprobsComeWithEveryToken) {
-  const Fixture& f = fixture("llama3-gqa");
-  Engine engine(std::make_unique<CpuRunner>(f.model), nullptr, small_config());
-  SamplingParams p = greedy_params(6);
-  p.logprobs = 3;
-  Collected got;
-  engine.add_request(request_for(f.cases[0].prompt, p, got));
-  engine.run_until_idle();
-  ASSERT_EQ(got.logprobs.size(), 6u);
-  for (size_t i = 0; i < 6; ++i) {
-    EXPECT_EQ(got.logprobs[i].token, got.tokens[i]);
-    EXPECT_LE(got.logprobs[i].logprob, 0.f);
-    ASSERT_EQ(got.logprobs[i].top_logprobs.size(), 3u);
-    EXPECT_EQ(got.logprobs[i].top_logprobs[0].first, got.tokens[i]);  // greedy: the best
+  for (const bool async : kBothSchedulings) {
+    SCOPED_TRACE(scheduling_name(async));
+    const Fixture& f = fixture("llama3-gqa");
+    Engine engine(std::make_unique<CpuRunner>(f.model), nullptr, scheduled(small_config(), async));
+    SamplingParams p = greedy_params(6);
+    p.logprobs = 3;
+    Collected got;
+    engine.add_request(request_for(f.cases[0].prompt, p, got));
+    engine.run_until_idle();
+    ASSERT_EQ(got.logprobs.size(), 6u);
+    for (size_t i = 0; i < 6; ++i) {
+      EXPECT_EQ(got.logprobs[i].token, got.tokens[i]);
+      EXPECT_LE(got.logprobs[i].logprob, 0.f);
+      ASSERT_EQ(got.logprobs[i].top_logprobs.size(), 3u);
+      EXPECT_EQ(got.logprobs[i].top_logprobs[0].first, got.tokens[i]);  // greedy: the best
+    }
   }
 }
 
@@ -1457,6 +1540,96 @@ TEST(Engine, ConfigurationsThatCannotServeAreRefused) {
   expect_no_leak(engine);
 }
 
+// Records the order of launch() and collect() calls: "L" and the rows of the previous step's
+// tokens the launched step takes (StepSequence::pending_token_row), "C" for a collect.
+class RecordingRunner : public ModelRunner {
+ public:
+  RecordingRunner(std::shared_ptr<const CpuModel> model, std::vector<std::string>& events)
+      : inner_(std::move(model)), events_(events) {}
+  const ModelConfig& config() const override { return inner_.config(); }
+  std::string device_name() const override { return "cpu (recording)"; }
+  KvCacheSizing prepare(int32_t a, int32_t b, int32_t c, int32_t d, double e) override {
+    return inner_.prepare(a, b, c, d, e);
+  }
+  void allocate_kv_cache(int32_t n) override { inner_.allocate_kv_cache(n); }
+  std::vector<SampledToken> execute(const StepInput& step) override { return inner_.execute(step); }
+  void launch(const StepInput& step) override {
+    std::string event = "L";
+    for (const StepSequence& s : step.sequences)
+      if (s.pending_token_row >= 0) event += std::to_string(s.pending_token_row);
+    events_.push_back(event);
+    ModelRunner::launch(step);
+  }
+  std::vector<SampledToken> collect(const StepInput& step) override {
+    events_.push_back("C");
+    return ModelRunner::collect(step);
+  }
+
+ private:
+  CpuRunner inner_;
+  std::vector<std::string>& events_;
+};
+
+// Asynchronous scheduling launches step N + 1, its decode rows reading step N's tokens, before
+// it collects step N; a request whose next token surely ends it (max_tokens) is not planned
+// again, so the last step is collected alone. Penalties need the tokens on the host: each step
+// is collected before the next is planned. A prompt-only request ends without a token.
+TEST(EngineAsyncScheduling, LaunchesTheNextStepBeforeCollectingAndOnlyWhenItMay) {
+  const Fixture& f = fixture("llama3-gqa");
+  const Case& c = f.cases[1];
+  std::vector<std::string> events;
+  {
+    Engine engine(std::make_unique<RecordingRunner>(f.model, events), nullptr,
+                  scheduled(small_config(), true));
+    Collected got;
+    engine.add_request(request_for(c.prompt, greedy_params(6), got));
+    engine.run_until_idle();
+    EXPECT_EQ(got.tokens, std::vector<int32_t>(c.greedy.begin(), c.greedy.begin() + 6));
+    EXPECT_EQ(got.last.completion_tokens, 6);
+    expect_no_leak(engine);
+  }
+  const std::vector<std::string> overlapped = {"L", "L0", "C", "L0", "C", "L0",
+                                               "C", "L0", "C", "L0", "C", "C"};
+  EXPECT_EQ(events, overlapped);
+
+  // Two requests: each decode row names its own row of the step before.
+  events.clear();
+  {
+    Engine engine(std::make_unique<RecordingRunner>(f.model, events), nullptr,
+                  scheduled(small_config(), true));
+    Collected a, b;
+    engine.add_request(request_for(f.cases[0].prompt, greedy_params(3), a));
+    engine.add_request(request_for(c.prompt, greedy_params(3), b));
+    engine.run_until_idle();
+    EXPECT_EQ(a.tokens,
+              std::vector<int32_t>(f.cases[0].greedy.begin(), f.cases[0].greedy.begin() + 3));
+    EXPECT_EQ(b.tokens, std::vector<int32_t>(c.greedy.begin(), c.greedy.begin() + 3));
+    expect_no_leak(engine);
+  }
+  EXPECT_EQ(events, (std::vector<std::string>{"L", "L01", "C", "L01", "C", "C"}));
+
+  events.clear();
+  {
+    Engine engine(std::make_unique<RecordingRunner>(f.model, events), nullptr,
+                  scheduled(small_config(), true));
+    SamplingParams p = greedy_params(3);
+    p.repetition_penalty = 1.3f;
+    Collected got, prompt_only;
+    engine.add_request(request_for(c.prompt, p, got));
+    engine.run_until_idle();
+    EXPECT_EQ(got.tokens.size(), 3u);
+    GenerationRequest r = request_for(c.prompt, greedy_params(5), prompt_only);
+    r.prompt_only = true;
+    engine.add_request(std::move(r));
+    engine.run_until_idle();
+    EXPECT_TRUE(prompt_only.finished);
+    EXPECT_TRUE(prompt_only.tokens.empty());
+    EXPECT_EQ(prompt_only.last.finish_reason, FinishReason::kLength);
+    expect_no_leak(engine);
+  }
+  EXPECT_EQ(events, (std::vector<std::string>{"L", "C", "L", "C", "L", "C", "L", "C"}));
+}
+
 // Wraps a CpuRunner and throws on one chosen execute() call.
 class FailingRunner : public ModelRunner {
  public:
@@ -1480,32 +1653,35 @@ class FailingRunner : public ModelRunner {
 };
 
 TEST(Engine, RunnerFailureFailsItsStepsRequestsAndLeaksNothing) {
-  const Fixture& f = fixture("llama2-mha");
-  EngineConfig config = small_config();
-  config.max_num_batched_tokens = 20;  // case 2's prompt takes several steps
-  Engine engine(std::make_unique<FailingRunner>(f.model, 4), nullptr, config);
-  std::vector<Collected> got(3);
-  for (size_t i = 0; i < 3; ++i)
-    engine.add_request(request_for(f.cases[i].prompt, greedy_params(), got[i]));
-  engine.run_until_idle();
-  int failed = 0;
-  for (const Collected& g : got) {
-    ASSERT_TRUE(g.finished);
-    if (g.last.finish_reason == FinishReason::kError) {
-      ++failed;
-      EXPECT_NE(g.last.error.find("simulated device failure"), std::string::npos) << g.last.error;
+  for (const bool async : kBothSchedulings) {
+    SCOPED_TRACE(scheduling_name(async));
+    const Fixture& f = fixture("llama2-mha");
+    EngineConfig config = scheduled(small_config(), async);
+    config.max_num_batched_tokens = 20;  // case 2's prompt takes several steps
+    Engine engine(std::make_unique<FailingRunner>(f.model, 4), nullptr, config);
+    std::vector<Collected> got(3);
+    for (size_t i = 0; i < 3; ++i)
+      engine.add_request(request_for(f.cases[i].prompt, greedy_params(), got[i]));
+    engine.run_until_idle();
+    int failed = 0;
+    for (const Collected& g : got) {
+      ASSERT_TRUE(g.finished);
+      if (g.last.finish_reason == FinishReason::kError) {
+        ++failed;
+        EXPECT_NE(g.last.error.find("simulated device failure"), std::string::npos) << g.last.error;
+      }
     }
-  }
-  EXPECT_GT(failed, 0);
-  expect_no_leak(engine);
+    EXPECT_GT(failed, 0);
+    expect_no_leak(engine);
 
-  // The engine keeps working.
-  std::vector<Collected> again(3);
-  for (size_t i = 0; i < 3; ++i)
-    engine.add_request(request_for(f.cases[i].prompt, greedy_params(), again[i]));
-  engine.run_until_idle();
-  for (size_t i = 0; i < 3; ++i) EXPECT_EQ(again[i].tokens, f.cases[i].greedy) << i;
-  expect_no_leak(engine);
+    // The engine keeps working.
+    std::vector<Collected> again(3);
+    for (size_t i = 0; i < 3; ++i)
+      engine.add_request(request_for(f.cases[i].prompt, greedy_params(), again[i]));
+    engine.run_until_idle();
+    for (size_t i = 0; i < 3; ++i) EXPECT_EQ(again[i].tokens, f.cases[i].greedy) << i;
+    expect_no_leak(engine);
+  }
 }
 
 // A device that fails for good: from one execute() call on every call throws, and
@@ -1535,32 +1711,35 @@ class LostDeviceRunner : public ModelRunner {
 };
 
 TEST(Engine, LostDeviceFailsEveryRequestAndRefusesNewOnes) {
-  const Fixture& f = fixture("llama2-mha");
-  EngineConfig config = small_config();
-  config.max_num_seqs = 1;  // one runs, two wait: they fail too, not only the step's
-  Engine engine(std::make_unique<LostDeviceRunner>(f.model, 3), nullptr, config);
-  EXPECT_EQ(engine.failure(), "");
-  std::vector<Collected> got(3);
-  for (size_t i = 0; i < 3; ++i)
-    engine.add_request(request_for(f.cases[i].prompt, greedy_params(), got[i]));
-  engine.run_until_idle();
-  EXPECT_NE(engine.failure().find("sticky"), std::string::npos) << engine.failure();
-  for (size_t i = 0; i < 3; ++i) {
-    ASSERT_TRUE(got[i].finished) << i;
-    EXPECT_EQ(got[i].last.finish_reason, FinishReason::kError) << i;
-    EXPECT_NE(got[i].last.error.find("sticky"), std::string::npos) << got[i].last.error;
+  for (const bool async : kBothSchedulings) {
+    SCOPED_TRACE(scheduling_name(async));
+    const Fixture& f = fixture("llama2-mha");
+    EngineConfig config = scheduled(small_config(), async);
+    config.max_num_seqs = 1;  // one runs, two wait: they fail too, not only the step's
+    Engine engine(std::make_unique<LostDeviceRunner>(f.model, 3), nullptr, config);
+    EXPECT_EQ(engine.failure(), "");
+    std::vector<Collected> got(3);
+    for (size_t i = 0; i < 3; ++i)
+      engine.add_request(request_for(f.cases[i].prompt, greedy_params(), got[i]));
+    engine.run_until_idle();
+    EXPECT_NE(engine.failure().find("sticky"), std::string::npos) << engine.failure();
+    for (size_t i = 0; i < 3; ++i) {
+      ASSERT_TRUE(got[i].finished) << i;
+      EXPECT_EQ(got[i].last.finish_reason, FinishReason::kError) << i;
+      EXPECT_NE(got[i].last.error.find("sticky"), std::string::npos) << got[i].last.error;
+    }
+    EXPECT_EQ(engine.stats().steps, 3);  // no step after the device was lost
+    expect_no_leak(engine);
+    Collected late;
+    try {
+      engine.add_request(request_for(f.cases[0].prompt, greedy_params(), late));
+      ADD_FAILURE() << "accepted after the device was lost";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("device is lost"), std::string::npos) << e.what();
+    }
+    EXPECT_EQ(late.callbacks, 0);
+    expect_no_leak(engine);
   }
-  EXPECT_EQ(engine.stats().steps, 3);  // no step after the device was lost
-  expect_no_leak(engine);
-  Collected late;
-  try {
-    engine.add_request(request_for(f.cases[0].prompt, greedy_params(), late));
-    ADD_FAILURE() << "accepted after the device was lost";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("device is lost"), std::string::npos) << e.what();
-  }
-  EXPECT_EQ(late.callbacks, 0);
-  expect_no_leak(engine);
 }
 
 }  // namespace

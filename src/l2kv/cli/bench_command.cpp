@@ -421,6 +421,7 @@ nlohmann::ordered_json run_e2e_point(Engine& engine, CudaRunner& runner, const C
           {"peak_kv_blocks_in_use", peak_kv_blocks},
           {"kv_blocks_total", point_end.kv_blocks_total},
           {"prefix_caching", engine.config().enable_prefix_caching},
+          {"async_scheduling", engine.config().async_scheduling},
           {"prefix_cache_queries", cache_queries},
           {"prefix_cache_hits", cache_hits},
           {"step_profile_ms",
@@ -588,10 +589,13 @@ int run_bench(const BenchOptions& o) {
               const auto& prof = point["step_profile_ms"];
               std::printf(
                   "        per step: host prepare %.3f ms, GPU forward %.3f ms, GPU sampling "
-                  "%.3f ms, execute %.3f ms, engine outside execute %.3f ms\n",
+                  "%.3f ms, execute %.3f ms, engine outside execute %.3f ms%s\n",
                   prof["host_prepare"].get<double>(), prof["gpu_forward"].get<double>(),
                   prof["gpu_sample"].get<double>(), prof["execute"].get<double>(),
-                  prof["engine_outside_execute"].get<double>());
+                  prof["engine_outside_execute"].get<double>(),
+                  config.async_scheduling
+                      ? " (asynchronous scheduling: a step's execute spans the next's launch)"
+                      : "");
               const auto queries = point["prefix_cache_queries"].get<int64_t>();
               std::printf(
                   "        prefix cache %s: %lld of %lld prompt tokens hit (%.1f %%); KV blocks "

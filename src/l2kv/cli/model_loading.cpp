@@ -124,6 +124,10 @@ void add_engine_options(CLI::App& app, EngineConfig& c) {
   add_on_off_flag(app, "enable-prefix-caching", c.enable_prefix_caching,
                   "Reuse the KV cache of whole blocks of prompt prefixes earlier requests "
                   "computed (on by default; --no-enable-prefix-caching turns it off)");
+  add_on_off_flag(app, "async-scheduling", c.async_scheduling,
+                  "Plan and launch each step while the GPU still runs the one before, its "
+                  "sampled tokens passed on on the device; stops are seen a step late and the "
+                  "extra token dropped (off by default)");
   app.add_option("--engine-seed", c.seed,
                  "Seed that draws the sampling seeds of requests that give none")
       ->check(unsigned_number())

@@ -62,7 +62,8 @@ CudaRunner::CudaRunner(std::shared_ptr<CudaModel> model, CudaRunnerOptions optio
   state_->set_use_graphs(options_.cuda_graphs);
   if (options_.fused_layer_max_rows >= 0)
     state_->set_fused_layer_max_rows(options_.fused_layer_max_rows);
-  for (cudaEvent_t& e : events_) L2KV_CUDA_CHECK(cudaEventCreate(&e));
+  for (auto& pair : events_)
+    for (cudaEvent_t& e : pair) L2KV_CUDA_CHECK(cudaEventCreate(&e));
   L2KV_CUDA_CHECK(cudaStreamCreateWithFlags(&mask_stream_, cudaStreamNonBlocking));
   L2KV_CUDA_CHECK(cudaEventCreateWithFlags(&masks_uploaded_, cudaEventDisableTiming));
 }
@@ -73,8 +74,9 @@ CudaRunner::~CudaRunner() {
   if (device_prompt_logits_) cudaFree(device_prompt_logits_);
   state_.reset();
   model_.reset();
-  for (cudaEvent_t e : events_)
-    if (e) cudaEventDestroy(e);
+  for (auto& pair : events_)
+    for (cudaEvent_t e : pair)
+      if (e) cudaEventDestroy(e);
   if (masks_uploaded_) cudaEventDestroy(masks_uploaded_);
   if (mask_stream_) cudaStreamDestroy(mask_stream_);
   if (stream_) cudaStreamDestroy(stream_);
@@ -197,6 +199,18 @@ std::vector<SampledToken> CudaRunner::execute(const StepInput& step) {
   return run_staged(step);
 }
 
+void CudaRunner::launch(const StepInput& step) {
+  if (follower()) throw Error("CudaRunner: a tensor-parallel rank runs steps through execute()");
+  if (launched_.size() >= 2)
+    throw Error("CudaRunner: a third step launched before the first was collected");
+  stage(step);
+  enqueue_staged();
+}
+
+std::vector<SampledToken> CudaRunner::collect(const StepInput& step) {
+  return finish_launched(step);
+}
+
 bool CudaRunner::follower() const {
   return model_->tensor_parallel() && model_->shard().rank != 0;
 }
@@ -211,7 +225,10 @@ void CudaRunner::stage(const StepInput& step) {
   bool decode_only = true;
   bool prompt_logprobs_asked = false;
   for (const StepSequence& s : step.sequences) {
-    batch_.push_back({s.tokens, s.start_position, {}, s.sample, s.block_tables});
+    if (s.pending_token_row >= 0 && (!sampler_ || launched_.empty()))
+      throw Error("CudaRunner: a pending token without a launched step that sampled it");
+    batch_.push_back(
+        {s.tokens, s.start_position, {}, s.sample, s.block_tables, s.pending_token_row});
     if (!s.prompt_logprob_targets.empty()) {
       if (!s.prompt_logprobs_out || s.prompt_logprobs_row < 0 ||
           static_cast<size_t>(s.prompt_logprobs_row) + s.prompt_logprob_targets.size() >
@@ -240,6 +257,9 @@ void CudaRunner::stage(const StepInput& step) {
   const int32_t pad_to = decode_only && options_.cuda_graphs ? state_->graph_bucket(n) : 0;
   staged_start_ = Clock::now();
   state_->prepare(batch_, pad_to, stream_);
+  // The previous step's tokens, sampled on this stream, become this step's inputs there.
+  if (int32_t* ids = state_->pending_ids())
+    sampler_->write_pending_ids(ids, state_->num_rows(), stream_);
   staged_prepared_ = Clock::now();
   staged_masked_rows_ = masked_rows;
   staged_prompt_logprobs_ = prompt_logprobs_asked;
@@ -247,50 +267,73 @@ void CudaRunner::stage(const StepInput& step) {
 }
 
 std::vector<SampledToken> CudaRunner::run_staged(const StepInput& step) {
+  enqueue_staged();
+  return finish_launched(step);
+}
+
+void CudaRunner::enqueue_staged() {
   if (!staged_) throw Error("CudaRunner: run_staged() without a staged step");
   staged_ = false;
   L2KV_CUDA_CHECK(cudaSetDevice(device_));
-  const int32_t masked_rows = follower() ? 0 : staged_masked_rows_;
-  const bool prompt_logprobs_asked = staged_prompt_logprobs_;
-  const auto start = staged_start_, prepared = staged_prepared_;
-  L2KV_CUDA_CHECK(cudaEventRecord(events_[0], stream_));
+  LaunchedStep l;
+  l.masked_rows = follower() ? 0 : staged_masked_rows_;
+  l.prompt_logprobs = staged_prompt_logprobs_;
+  l.start = staged_start_;
+  l.prepared = staged_prepared_;
+  l.events = next_events_;
+  next_events_ = 1 - next_events_;
+  cudaEvent_t* events = events_[l.events];
+  L2KV_CUDA_CHECK(cudaEventRecord(events[0], stream_));
   state_->forward(stream_);
-  L2KV_CUDA_CHECK(cudaEventRecord(events_[1], stream_));
+  L2KV_CUDA_CHECK(cudaEventRecord(events[1], stream_));
   if (follower())
     rows_.clear();  // rank 0 samples; the other ranks' logits are not whole
   else
     fill_deferred_masks();  // while the GPU runs the forward
-  if (masked_rows > 0) {
-    // The previous step's apply has finished reading these (its results() synchronized).
+  if (l.masked_rows > 0) {
+    // The previous step's apply has finished reading these (a step with masks is collected
+    // before another is launched).
     L2KV_CUDA_CHECK(cudaMemcpyAsync(device_masks_, host_masks_,
-                                    sizeof(uint32_t) * mask_words_ * masked_rows,
+                                    sizeof(uint32_t) * mask_words_ * l.masked_rows,
                                     cudaMemcpyHostToDevice, mask_stream_));
     L2KV_CUDA_CHECK(cudaMemcpyAsync(device_mask_rows_, host_mask_rows_,
-                                    sizeof(int32_t) * masked_rows, cudaMemcpyHostToDevice,
+                                    sizeof(int32_t) * l.masked_rows, cudaMemcpyHostToDevice,
                                     mask_stream_));
     L2KV_CUDA_CHECK(cudaEventRecord(masks_uploaded_, mask_stream_));
     L2KV_CUDA_CHECK(cudaStreamWaitEvent(stream_, masks_uploaded_, 0));
     // The logits are the step state's workspace, rewritten by every forward: masking them in place
     // spares a copy, and the sampler then reads them as sampler.h's step -1 defines.
     apply_token_bitmask(const_cast<float*>(state_->logits()), config().vocab_size, device_masks_,
-                        device_mask_rows_, masked_rows, stream_);
+                        device_mask_rows_, l.masked_rows, stream_);
   }
+  if (!rows_.empty()) l.sampler_call = sampler_->sample(state_->logits(), rows_, stream_);
+  L2KV_CUDA_CHECK(cudaEventRecord(events[2], stream_));
+  launched_.push_back(l);
+}
+
+std::vector<SampledToken> CudaRunner::finish_launched(const StepInput& step) {
+  if (launched_.empty()) throw Error("CudaRunner: collect() without a launched step");
+  const LaunchedStep l = launched_.front();
+  launched_.pop_front();
+  L2KV_CUDA_CHECK(cudaSetDevice(device_));
+  if (l.prompt_logprobs && !launched_.empty())
+    throw Error("CudaRunner: a step with prompt logprobs is collected before another launch");
+  cudaEvent_t* events = events_[l.events];
   std::vector<SampledToken> sampled;
-  if (!rows_.empty()) sampler_->sample(state_->logits(), rows_, stream_);
-  L2KV_CUDA_CHECK(cudaEventRecord(events_[2], stream_));
-  if (rows_.empty())
-    L2KV_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  if (l.sampler_call >= 0)
+    sampled = sampler_->results_of(l.sampler_call);
   else
-    sampled = sampler_->results(stream_);
-  if (prompt_logprobs_asked) prompt_logprobs(step);
+    L2KV_CUDA_CHECK(cudaEventSynchronize(events[2]));
+  if (l.prompt_logprobs) prompt_logprobs(step);
   float forward_ms = 0, sample_ms = 0;
-  L2KV_CUDA_CHECK(cudaEventElapsedTime(&forward_ms, events_[0], events_[1]));
-  L2KV_CUDA_CHECK(cudaEventElapsedTime(&sample_ms, events_[1], events_[2]));
+  L2KV_CUDA_CHECK(cudaEventElapsedTime(&forward_ms, events[0], events[1]));
+  L2KV_CUDA_CHECK(cudaEventElapsedTime(&sample_ms, events[1], events[2]));
   ++profile_.steps;
-  profile_.host_prepare_ms += std::chrono::duration<double, std::milli>(prepared - start).count();
+  profile_.host_prepare_ms +=
+      std::chrono::duration<double, std::milli>(l.prepared - l.start).count();
   profile_.gpu_forward_ms += forward_ms;
   profile_.gpu_sample_ms += sample_ms;
-  profile_.execute_ms += std::chrono::duration<double, std::milli>(Clock::now() - start).count();
+  profile_.execute_ms += std::chrono::duration<double, std::milli>(Clock::now() - l.start).count();
   return sampled;
 }
 

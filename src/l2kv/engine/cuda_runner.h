@@ -16,6 +16,7 @@
 #include <cuda_runtime_api.h>
 
 #include <chrono>
+#include <deque>
 #include <memory>
 #include <string>
 #include <vector>
@@ -61,6 +62,12 @@ class CudaRunner : public ModelRunner {
                         int32_t max_model_len, double memory_utilization) override;
   void allocate_kv_cache(int32_t num_blocks) override;
   std::vector<SampledToken> execute(const StepInput& step) override;
+  // Asynchronous steps: launch() stages the step, has the sampler write its pending tokens
+  // from the previous step's samples on the device, enqueues the forward and the sampling and
+  // returns; collect() waits for that step's sampled tokens only (the next may be running).
+  // Not on a tensor-parallel rank (TensorParallelCudaRunner runs every step through execute()).
+  void launch(const StepInput& step) override;
+  std::vector<SampledToken> collect(const StepInput& step) override;
   std::string device_fault() override;
   bool supports_prompt_logprobs() const override { return true; }
 
@@ -154,7 +161,22 @@ class CudaRunner : public ModelRunner {
   // Appends the prompt logprobs of every sequence of `step` that asks for them (after the
   // step's forward is enqueued on stream_); synchronizes.
   void prompt_logprobs(const StepInput& step);
-  cudaEvent_t events_[3] = {};  // forward start, forward end, sampling end
+  // run_staged() in two halves: enqueue the staged step (forward, masks, sampling), then wait
+  // for the oldest enqueued one and take its tokens.
+  void enqueue_staged();
+  std::vector<SampledToken> finish_launched(const StepInput& step);
+  // Steps enqueued and not yet finished, oldest first (at most two).
+  struct LaunchedStep {
+    int32_t masked_rows = 0;
+    bool prompt_logprobs = false;
+    int64_t sampler_call = -1;  // -1: no row sampled
+    int events = 0;             // its pair of events_
+    Clock::time_point start, prepared;
+  };
+  std::deque<LaunchedStep> launched_;
+  // Per launched step, in turn: forward start, forward end, sampling end.
+  cudaEvent_t events_[2][3] = {};
+  int next_events_ = 0;
 };
 
 }  // namespace l2kv

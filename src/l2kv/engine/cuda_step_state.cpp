@@ -251,7 +251,7 @@ int32_t CudaStepState::prepare(std::span<const BatchSequence> batch, int32_t pad
          std::to_string(limits_.max_seqs));
   const int32_t stride = table_stride();
   const int32_t groups = groups_.num_groups();
-  bool decode_only = true;
+  bool decode_only = true, pending = false;
   int64_t tokens = 0;
   for (int32_t s = 0; s < seqs; ++s) {
     const BatchSequence& b = batch[s];
@@ -275,10 +275,15 @@ int32_t CudaStepState::prepare(std::span<const BatchSequence> batch, int32_t pad
           fail("block id " + std::to_string(block) + " outside the pool of " +
                std::to_string(num_blocks_));
     }
-    for (int32_t t : b.tokens)
-      if (t < 0 || t >= c.vocab_size)
-        fail("token id " + std::to_string(t) + " outside the vocabulary of " +
+    // A pending last token is written on the device (pending_ids()).
+    for (size_t i = 0; i + (b.pending_row >= 0 ? 1 : 0) < b.tokens.size(); ++i)
+      if (b.tokens[i] < 0 || b.tokens[i] >= c.vocab_size)
+        fail("token id " + std::to_string(b.tokens[i]) + " outside the vocabulary of " +
              std::to_string(c.vocab_size));
+    if (b.pending_row >= limits_.max_seqs)
+      fail("pending token row " + std::to_string(b.pending_row) + " beyond the sampler's " +
+           std::to_string(limits_.max_seqs) + " rows");
+    pending |= b.pending_row >= 0;
     decode_only &= b.tokens.size() == 1 && b.wants_logits;
     tokens += static_cast<int64_t>(b.tokens.size());
   }
@@ -320,7 +325,8 @@ int32_t CudaStepState::prepare(std::span<const BatchSequence> batch, int32_t pad
     chunks.push_back({s, row, static_cast<int32_t>(b.tokens.size()), b.start_position});
     for (size_t i = 0; i < b.tokens.size(); ++i) {
       const int32_t pos = b.start_position + static_cast<int32_t>(i);
-      ids[row] = b.tokens[i];
+      ids[row] =
+          b.pending_row >= 0 && i + 1 == b.tokens.size() ? -(b.pending_row + 1) : b.tokens[i];
       positions[row] = pos;
       for (int32_t g = 0; g < groups; ++g)
         slots[g * T + row] = b.table(g)[pos / block_size_] * block_size_ + pos % block_size_;
@@ -340,6 +346,7 @@ int32_t CudaStepState::prepare(std::span<const BatchSequence> batch, int32_t pad
   L2KV_CUDA_CHECK(cudaEventRecord(meta_->uploaded, stream));
 
   step_ = {row, logit_rows, batch_rows, decode_only, false};
+  step_.pending_ids = pending;
   // The first step with a prompt chunk computes the pending scales before it stores any K/V.
   step_.calculate_kv_scales =
       !decode_only && kv_scales_pending_ && kv_storage_ == KvStorage::kFp8E4M3;
@@ -349,6 +356,10 @@ int32_t CudaStepState::prepare(std::span<const BatchSequence> batch, int32_t pad
   else
     attention_.plan_mixed(p, host_seq_lens_, chunks, stream);
   return logit_rows;
+}
+
+int32_t* CudaStepState::pending_ids() const {
+  return step_.pending_ids ? meta_->meta.ptr + meta_->ids : nullptr;
 }
 
 void CudaStepState::enqueue_forward(cudaStream_t stream) {

@@ -34,6 +34,9 @@ struct BatchSequence {
   // block_table (which is then not read), a windowed group's entries before its window may be
   // block 0. Empty for a pool of one group.
   std::span<const std::span<const int32_t>> group_tables = {};
+  // >= 0: the last token is not known on the host (asynchronous scheduling); the sampler writes
+  // it on the device (pending_ids()): the token its last call drew in this row.
+  int32_t pending_row = -1;
 
   std::span<const int32_t> table(int32_t group) const {
     return group_tables.empty() ? block_table : group_tables[static_cast<size_t>(group)];
@@ -109,6 +112,11 @@ class CudaStepState {
   // Enqueues the forward pass of the prepared step on `stream`: a graph replay where one is
   // captured for this decode batch size, else the kernels one by one.
   void forward(cudaStream_t stream);
+  // The prepared step's input ids on the device, where each token of a sequence with
+  // pending_row is -(pending_row + 1) until GpuSampler::write_pending_ids fills it in; null
+  // when the step has none.
+  int32_t* pending_ids() const;
+  int32_t num_rows() const { return step_.rows; }
   // Device logits [rows, vocab] (fp32) of the last forward.
   const float* logits() const;
 
@@ -164,6 +172,7 @@ class CudaStepState {
     bool decode_only = true;  // one token per sequence, every sequence wants logits
     bool all_logits = false;
     bool calculate_kv_scales = false;  // this step computes the pending fp8 scales
+    bool pending_ids = false;          // a sequence has pending_row
   };
   void reset_kv_scales();  // every layer to its checkpoint's scales (1 where none)
   void drop_graphs();

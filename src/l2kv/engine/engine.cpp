@@ -129,6 +129,23 @@ struct Engine::Impl {
   std::string failure;        // set once the device is lost; see Engine::failure()
   int32_t num_followers = 0;  // n > 1 choices waiting for their leader's prompt
 
+  // A launched step: its plan and input, kept until the runner's collect().
+  struct LaunchedStep {
+    StepPlan plan;
+    StepInput input;
+    // Per chunk that samples, in order: where its token goes in its request's tokens (the
+    // placeholder put there at launch), or -1: appended when collected.
+    std::vector<int32_t> token_slots;
+    // The step after it needs its tokens on the host first (grammars, penalties, masks), or
+    // its collect() reads its input (prompt logprobs).
+    bool needs_host_tokens = false;
+    bool updated = false;  // the scheduler counted its tokens computed at launch
+  };
+  // Asynchronous scheduling: the step the device may still be running.
+  std::optional<LaunchedStep> in_flight;
+  // Finished requests a launched step may still name; freed once none does.
+  std::vector<std::unique_ptr<Request>> retired;
+
   Impl(std::unique_ptr<ModelRunner> model_runner, const Tokenizer* tok, EngineConfig cfg)
       : runner(std::move(model_runner)), tokenizer(tok) {
     if (!runner) throw Error("Engine: no model runner");
@@ -311,7 +328,7 @@ struct Engine::Impl {
     out.stop_reason = r.stop_reason;
     out.stop_token_id = r.stop_token_id;
     out.prompt_tokens = r.num_prompt_tokens;
-    out.completion_tokens = r.num_output_tokens();
+    out.completion_tokens = r.num_known_output_tokens();
     deliveries.push_back(std::move(d));
   }
 
@@ -330,13 +347,28 @@ struct Engine::Impl {
     scheduler->remove(&r);
     queue_output(r);
     deliveries.back().output.error = std::move(error);
-    requests.erase(r.id);  // r is gone from here on
+    const auto it = requests.find(r.id);
+    retired.push_back(std::move(it->second));  // freed by free_retired()
+    requests.erase(it);
   }
 
-  // Appends a sampled token and checks the stop conditions of token ids, in vLLM's order: stop
-  // tokens (not within the first min_tokens tokens), then length. Stop strings are the output
-  // side's (OutputProcessor), which aborts the request when it finds one.
-  void append(Request& r, SampledToken sampled) {
+  // Frees the finished requests that no launched step names any more.
+  void free_retired() {
+    if (!in_flight) {
+      retired.clear();
+      return;
+    }
+    std::erase_if(retired, [&](const std::unique_ptr<Request>& r) {
+      return std::none_of(in_flight->plan.chunks.begin(), in_flight->plan.chunks.end(),
+                          [&](const ScheduledChunk& c) { return c.request == r.get(); });
+    });
+  }
+
+  // Puts a sampled token in place (`slot`: its placeholder's index, or -1: appended) and checks
+  // the stop conditions of token ids, in vLLM's order: stop tokens (not within the first
+  // min_tokens tokens), then length. A request that stops drops any later placeholder. Stop
+  // strings are the output side's (OutputProcessor), which aborts the request when it finds one.
+  void append(Request& r, int32_t slot, SampledToken sampled) {
     const int32_t token = sampled.token;
     if (r.matcher && !r.matcher->accept_token(token)) {
       // Only when the grammar allowed no token at all (the sampler then falls back to the
@@ -347,11 +379,17 @@ struct Engine::Impl {
                  std::to_string(token) + " was sampled without being allowed)");
       return;
     }
-    r.tokens.push_back(token);
+    if (slot >= 0) {
+      r.tokens[static_cast<size_t>(slot)] = token;
+      --r.num_pending_tokens;
+    } else {
+      r.tokens.push_back(token);
+    }
+    const int32_t known = slot >= 0 ? slot + 1 : r.num_tokens();
     ++totals.generation_tokens;
     r.pending_tokens.push_back(token);
     if (r.params.logprobs >= 0) r.pending_logprobs.push_back(std::move(sampled));
-    const int32_t produced = r.num_output_tokens();
+    const int32_t produced = known - r.num_prompt_tokens;
     // The first min_tokens tokens cannot end the output (vLLM: stop tokens are masked out of
     // them, stop strings are looked for once the output is longer).
     const bool may_stop = produced > r.params.min_tokens;
@@ -367,10 +405,11 @@ struct Engine::Impl {
       stop_reason = std::to_string(token);
       r.stop_token_id = token;
     }
-    if (reason == FinishReason::kNone &&
-        (produced >= r.params.max_tokens || r.num_tokens() >= token_limit))
+    if (reason == FinishReason::kNone && (produced >= r.params.max_tokens || known >= token_limit))
       reason = FinishReason::kLength;
     if (reason != FinishReason::kNone) {
+      r.tokens.resize(static_cast<size_t>(known));  // the token a launched step computes after it
+      r.num_pending_tokens = 0;
       finish(r, reason, std::move(stop_reason));
     } else {
       queue_output(r);
@@ -398,22 +437,74 @@ struct Engine::Impl {
 
   bool step() {
     if (in_step || delivering) throw Error("Engine::step called from inside a step or a callback");
-    if (scheduler->empty()) return false;
-    StepPlan plan = scheduler->schedule();
-    totals.preemptions += static_cast<int64_t>(plan.preempted.size());
-    if (plan.empty()) return false;
     in_step = true;
-    ++totals.steps;
+    bool ran = false;
+    try {
+      ran = run_step();
+    } catch (...) {
+      in_step = false;
+      throw;
+    }
+    in_step = false;
+    free_retired();
+    deliver();
+    return ran;
+  }
 
-    StepInput input;
-    input.sequences.reserve(plan.chunks.size());
-    size_t num_samples = 0;
-    for (const ScheduledChunk& c : plan.chunks) {
+  // One step: plan, launch, then collect the step launched before it (asynchronous
+  // scheduling) or this one.
+  bool run_step() {
+    // The plan needs the launched step's tokens on the host: it is collected first.
+    const bool collected = in_flight && (!config.async_scheduling || in_flight->needs_host_tokens);
+    if (collected) collect_in_flight();
+    StepPlan plan;
+    if (!scheduler->empty()) plan = scheduler->schedule();
+    totals.preemptions += static_cast<int64_t>(plan.preempted.size());
+    if (plan.empty()) {
+      if (!in_flight) return collected;
+      collect_in_flight();  // its requests wait for its tokens
+      return true;
+    }
+    ++totals.steps;
+    LaunchedStep next = make_step(std::move(plan));
+    try {
+      runner->launch(next.input);
+    } catch (const std::exception& e) {
+      if (in_flight) collect_in_flight();  // launched before, still running
+      fail_step(next, e.what());
+      return true;
+    }
+    if (config.async_scheduling) {
+      // The device computes the tokens in stream order: later plans count them computed now.
+      scheduler->update(next.plan);
+      next.updated = true;
+      if (!next.needs_host_tokens) add_placeholders(next);
+    }
+    if (in_flight) collect_in_flight();  // while `next` runs
+    in_flight = std::move(next);
+    // Synchronous, or nothing left to plan (every request of the step may have ended).
+    if (!config.async_scheduling || scheduler->empty()) collect_in_flight();
+    return true;
+  }
+
+  // The runner's input for `plan`'s chunks.
+  LaunchedStep make_step(StepPlan plan) {
+    LaunchedStep step;
+    step.plan = std::move(plan);
+    StepInput& input = step.input;
+    input.sequences.reserve(step.plan.chunks.size());
+    for (const ScheduledChunk& c : step.plan.chunks) {
       Request& r = *c.request;
       StepSequence s;
       s.tokens = std::span<const int32_t>(r.tokens).subspan(static_cast<size_t>(c.start),
                                                             static_cast<size_t>(c.num_tokens));
       s.start_position = c.start;
+      if (r.num_pending_tokens > 0 && c.start + c.num_tokens == r.num_tokens()) {
+        if (r.num_pending_tokens != 1 || !in_flight)
+          throw Error("engine: request " + str(r.id) + " planned with " +
+                      str(r.num_pending_tokens) + " unknown tokens");
+        s.pending_token_row = r.pending_row;
+      }
       for (int32_t g = 0; g < blocks->num_groups(); ++g)
         s.block_tables.push_back(blocks->block_table(r.id, g));
       s.sample = c.sample;
@@ -429,10 +520,20 @@ struct Engine::Impl {
           s.prompt_logprobs_row = have - c.start;
           s.prompt_logprobs = r.prompt_logprobs;
           s.prompt_logprobs_out = &r.prompt_logprob_rows;
+          step.needs_host_tokens = true;
         }
       }
       if (c.sample) {
-        s.sampling = {&r.params, r.seed, r.num_output_tokens(), r.prompt(), r.output(), {}};
+        const SamplingParams& p = r.params;
+        const bool penalized =
+            p.repetition_penalty != 1.f || p.presence_penalty != 0.f || p.frequency_penalty != 0.f;
+        // The history only for penalties (without them, a placeholder may end it).
+        s.sampling = {&r.params,
+                      r.seed,
+                      r.num_output_tokens(),
+                      penalized ? r.prompt() : std::span<const int32_t>{},
+                      penalized ? r.output() : std::span<const int32_t>{},
+                      {}};
         // Filled by the runner as late as it can (the matcher and the mask stay put): the
         // grammar's tokens, and of those the allowed_token_ids.
         // Before min_tokens the tokens that would end the output are masked out (vLLM's
@@ -454,55 +555,91 @@ struct Engine::Impl {
               for (const int32_t t : *held)
                 if (static_cast<size_t>(t >> 5) < mask.size()) mask[t >> 5] &= ~(1u << (t & 31));
           };
-        ++num_samples;
+        step.needs_host_tokens |= s.fill_allowed_tokens != nullptr || penalized;
+        step.token_slots.push_back(-1);
       }
       input.sequences.push_back(s);
       totals.prompt_tokens +=
           std::max(0, std::min(c.start + c.num_tokens, r.num_prompt_tokens) - c.start);
     }
+    return step;
+  }
 
+  // Asynchronous scheduling: each sampling request of a launched step gets a placeholder for
+  // the token it will sample, so the next plan runs it, unless that token surely ends it (its
+  // length) or it only wanted its prompt.
+  void add_placeholders(LaunchedStep& step) {
+    size_t row = 0;
+    for (const ScheduledChunk& c : step.plan.chunks) {
+      if (!c.sample) continue;
+      Request& r = *c.request;
+      const size_t k = row++;
+      if (r.prompt_only || r.num_output_tokens() + 1 >= r.params.max_tokens ||
+          r.num_tokens() + 1 >= token_limit)
+        continue;
+      step.token_slots[k] = r.num_tokens();
+      r.tokens.push_back(-1);
+      ++r.num_pending_tokens;
+      r.pending_row = static_cast<int32_t>(k);
+    }
+  }
+
+  // Waits for the launched step and applies its tokens.
+  void collect_in_flight() {
+    LaunchedStep step = std::move(*in_flight);
+    in_flight.reset();
     std::vector<SampledToken> sampled;
     std::string step_failure;
     try {
-      sampled = runner->execute(input);
-      if (sampled.size() != num_samples)
+      sampled = runner->collect(step.input);
+      if (sampled.size() != step.token_slots.size())
         step_failure = "the runner returned " + std::to_string(sampled.size()) + " tokens for " +
-                       std::to_string(num_samples) + " sequences";
+                       std::to_string(step.token_slots.size()) + " sequences";
     } catch (const std::exception& e) {
       step_failure = e.what();
     }
     if (!step_failure.empty()) {
-      // The step's K/V writes are unknown: fail every request in it and free its blocks.
-      check_device(step_failure);
-      const std::string error = failure.empty() ? "model runner failed: " + step_failure : failure;
-      for (const ScheduledChunk& c : plan.chunks)
-        finish(*c.request, FinishReason::kError, {}, error);
-      if (!failure.empty()) fail_all();
-    } else {
-      scheduler->update(plan);
-      // Followers fork before the leader's first token is appended (which may finish it).
-      for (const ScheduledChunk& c : plan.chunks)
-        if (c.sample && !c.request->prompt_followers.empty()) fork_followers(*c.request);
-      size_t next = 0;
-      for (const ScheduledChunk& c : plan.chunks) {
-        if (!c.sample) continue;
-        const int64_t id = c.request->id;
-        if (c.request->prompt_only) {  // the prompt is computed: that was all it asked for
-          ++next;
-          finish(*c.request, FinishReason::kLength);
-          continue;
-        }
-        try {
-          append(*c.request, std::move(sampled[next++]));
-        } catch (const std::exception& e) {  // e.g. the grammar matcher: that request only
-          const auto it = requests.find(id);
-          if (it != requests.end()) finish(*it->second, FinishReason::kError, {}, e.what());
-        }
+      fail_step(step, step_failure);
+      return;
+    }
+    if (!step.updated) scheduler->update(step.plan);
+    // Followers fork before the leader's first token is appended (which may finish it); from a
+    // leader preempted since its launch (asynchronous scheduling), they prefill on their own.
+    for (const ScheduledChunk& c : step.plan.chunks) {
+      Request& r = *c.request;
+      if (!c.sample || r.finished() || r.prompt_followers.empty()) continue;
+      if (r.num_computed_tokens >= r.num_prompt_tokens)
+        fork_followers(r);
+      else
+        release_followers(r);
+    }
+    size_t next = 0;
+    for (const ScheduledChunk& c : step.plan.chunks) {
+      if (!c.sample) continue;
+      const size_t k = next++;
+      Request& r = *c.request;
+      if (r.finished()) continue;  // ended while the step ran (abort, a stop of the step before)
+      if (r.prompt_only) {         // the prompt is computed: that was all it asked for
+        finish(r, FinishReason::kLength);
+        continue;
+      }
+      const int64_t id = r.id;
+      try {
+        append(r, step.token_slots[k], std::move(sampled[k]));
+      } catch (const std::exception& e) {  // e.g. the grammar matcher: that request only
+        const auto it = requests.find(id);
+        if (it != requests.end()) finish(*it->second, FinishReason::kError, {}, e.what());
       }
     }
-    in_step = false;
-    deliver();
-    return true;
+  }
+
+  // The step's K/V writes are unknown: fail every request in it and free its blocks.
+  void fail_step(const LaunchedStep& step, const std::string& step_failure) {
+    check_device(step_failure);
+    const std::string error = failure.empty() ? "model runner failed: " + step_failure : failure;
+    for (const ScheduledChunk& c : step.plan.chunks)
+      if (!c.request->finished()) finish(*c.request, FinishReason::kError, {}, error);
+    if (!failure.empty()) fail_all();
   }
 
   // After a failed step: when the runner says its device can run nothing more, the engine
@@ -530,7 +667,18 @@ struct Engine::Impl {
     const auto it = requests.find(id);
     if (it == requests.end()) return;
     finish(*it->second, FinishReason::kAbort);
+    free_retired();
     deliver();
+  }
+
+  ~Impl() {
+    // A step still running reads and writes the runner's memory: wait for it; its tokens go
+    // nowhere.
+    if (!in_flight) return;
+    try {
+      runner->collect(in_flight->input);
+    } catch (const std::exception&) {
+    }
   }
 };
 

@@ -36,6 +36,13 @@ struct EngineConfig {
   // Automatic prefix caching: a request reuses the K/V of whole blocks earlier requests
   // computed for the same leading tokens (see BlockManager and Scheduler).
   bool enable_prefix_caching = true;
+  // Asynchronous scheduling (vLLM's --async-scheduling): step N + 1 is planned and launched
+  // while the device still runs step N, whose sampled tokens become step N + 1's inputs on the
+  // device; the host learns of step N's stops while N + 1 runs, and a request that stopped
+  // there drops the token N + 1 computed for it. A step whose next one needs its tokens on the
+  // host first (structured outputs, penalties, token masks, prompt logprobs) is waited for
+  // before the next is planned. The tokens are those of synchronous steps.
+  bool async_scheduling = false;
 };
 
 // Refuses a configuration that would stall, starve or deadlock, with an l2kv::Error naming the

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <span>
 #include <string>
@@ -20,6 +21,10 @@ namespace l2kv {
 struct StepSequence {
   std::span<const int32_t> tokens;  // new tokens: a prompt chunk or the last sampled one
   int32_t start_position = 0;       // tokens already cached before them
+  // Asynchronous steps (ModelRunner::launch): >= 0 when the last of `tokens` is not known yet
+  // (its value there is meaningless): it is the token the previous launched step sampled in
+  // this row (the index among that step's sampled sequences). -1: every token is known.
+  int32_t pending_token_row = -1;
   // [KV cache group]: physical blocks covering start_position + size (a windowed group's
   // entries before its window may be the null block).
   std::vector<std::span<const int32_t>> block_tables;
@@ -75,6 +80,18 @@ class ModelRunner {
   // start_position + tokens.size() positions.
   virtual std::vector<SampledToken> execute(const StepInput& step) = 0;
 
+  // A step in two halves, so the host plans step N + 1 while the device runs step N:
+  // launch() starts a step and returns before its tokens exist; collect() waits for the oldest
+  // launched step not yet collected and returns what execute() would have. The engine launches
+  // at most two steps before collecting the older, and collects a step with masks
+  // (fill_allowed_tokens) or prompt logprobs before it launches another. A step's
+  // StepInput, and everything its spans and pointers reach, lives until its collect().
+  // Sequences may name a token of the previous launched step (pending_token_row). The default
+  // runs execute() inside launch(), with those tokens filled in on the host: correct for any
+  // runner, overlapping nothing; a runner that overlaps overrides both.
+  virtual void launch(const StepInput& step);
+  virtual std::vector<SampledToken> collect(const StepInput& step);
+
   // Asked after execute() threw: why the device can run nothing more (a sticky CUDA error:
   // illegal address, device lost), or empty when the failure was the step's alone.
   virtual std::string device_fault() { return {}; }
@@ -82,6 +99,10 @@ class ModelRunner {
   // Whether execute() fills StepSequence's prompt logprobs (the engine refuses requests for
   // them otherwise).
   virtual bool supports_prompt_logprobs() const { return false; }
+
+ private:
+  // The default launch()'s results, oldest first, until collected.
+  std::deque<std::vector<SampledToken>> launched_results_;
 };
 
 }  // namespace l2kv

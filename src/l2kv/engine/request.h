@@ -66,6 +66,11 @@ struct Request {
   // sampling while fewer than min_tokens tokens are out, as vLLM does; empty without min_tokens.
   std::vector<int32_t> held_stop_tokens;
 
+  // Asynchronous scheduling: `tokens` ends with this many placeholders for tokens that launched
+  // steps sample (0-2); the newest is row `pending_row` of the last launched step's samples.
+  int32_t num_pending_tokens = 0;
+  int32_t pending_row = -1;
+
   // Streaming: tokens and logprobs gather here until the next callback.
   std::shared_ptr<const std::function<void(const RequestOutput&)>> on_output;
   std::vector<int32_t> pending_tokens;
@@ -73,6 +78,8 @@ struct Request {
 
   int32_t num_tokens() const { return static_cast<int32_t>(tokens.size()); }
   int32_t num_output_tokens() const { return num_tokens() - num_prompt_tokens; }
+  // Output tokens sampled and known on the host (placeholders of launched steps excluded).
+  int32_t num_known_output_tokens() const { return num_output_tokens() - num_pending_tokens; }
   std::span<const int32_t> prompt() const {
     return std::span<const int32_t>(tokens).first(static_cast<size_t>(num_prompt_tokens));
   }

@@ -82,6 +82,10 @@ StepPlan Scheduler::schedule() {
   for (size_t i = 0; i < running_.size() && budget > 0;) {
     Request* r = running_[i];
     const int32_t n = std::min(r->num_tokens() - r->num_computed_tokens, budget);
+    if (n == 0) {  // waits for the token a launched step samples (asynchronous scheduling)
+      ++i;
+      continue;
+    }
     // Blocks that left every window of the tokens to come go back to the pool first; while the
     // prompt of a request with choices waiting is computed, not those a choice forked at its end
     // resumes with (add_forked).
@@ -154,29 +158,33 @@ void Scheduler::update(const StepPlan& plan) {
   }
 }
 
-void Scheduler::hash_blocks(Request& r, int32_t num_blocks) {
+int32_t Scheduler::hash_blocks(Request& r, int32_t num_blocks) {
   const auto bs = static_cast<size_t>(blocks_.block_size());
   const std::span<const int32_t> tokens(r.tokens);
+  // A placeholder (asynchronous scheduling) is the last token or two: the blocks before it.
+  const auto known = static_cast<size_t>(r.num_tokens() - r.num_pending_tokens);
   while (static_cast<int32_t>(r.block_hashes.size()) < num_blocks) {
     const size_t i = r.block_hashes.size();
+    if ((i + 1) * bs > known) break;
     const std::optional<BlockHash> parent = i > 0 ? r.block_hashes[i - 1] : r.salt;
     r.block_hashes.push_back(hash_block(parent, 0, tokens.subspan(i * bs, bs)));
   }
+  return std::min(num_blocks, static_cast<int32_t>(r.block_hashes.size()));
 }
 
 CachedPrefix Scheduler::cached_prefix(Request& r) {
   // Prompt logprobs need every prompt row computed.
   if (!blocks_.caching_enabled() || r.prompt_logprobs >= 0) return {};
-  const int32_t most = (r.num_tokens() - 1) / blocks_.block_size();
-  hash_blocks(r, most);
+  const int32_t most = hash_blocks(r, (r.num_tokens() - 1) / blocks_.block_size());
   return blocks_.find_cached_prefix(
       std::span<const BlockHash>(r.block_hashes).first(static_cast<size_t>(most)));
 }
 
 void Scheduler::cache_computed_blocks(Request& r) {
-  const int32_t full = r.num_computed_tokens / blocks_.block_size();
+  const int32_t computed = r.num_computed_tokens / blocks_.block_size();
+  if (computed <= r.num_cached_blocks) return;
+  const int32_t full = hash_blocks(r, computed);
   if (full <= r.num_cached_blocks) return;
-  hash_blocks(r, full);
   for (int32_t g = 0; g < blocks_.num_groups(); ++g) {
     const std::span<const int32_t> table = blocks_.block_table(r.id, g);
     for (int32_t i = r.num_cached_blocks; i < full; ++i)

@@ -89,8 +89,9 @@ class Scheduler {
   // Frees the blocks of the newest waiting request that holds some (a forked one), which then
   // starts from nothing when admitted. False when no waiting request holds blocks.
   bool release_waiting_blocks();
-  // Extends `r`'s block hashes to its first `num_blocks` full blocks.
-  void hash_blocks(Request& r, int32_t num_blocks);
+  // Extends `r`'s block hashes to its first `num_blocks` full blocks, or those before a
+  // placeholder token; returns how many of the first `num_blocks` are hashed.
+  int32_t hash_blocks(Request& r, int32_t num_blocks);
   // The cached blocks a request being admitted may take (see above).
   CachedPrefix cached_prefix(Request& r);
   // Offers `r`'s newly computed full blocks to the cache.

@@ -521,9 +521,11 @@ struct GpuSampler::Buffers {
   cudaEvent_t uploaded[2] = {nullptr, nullptr};
   bool upload_pending[2] = {false, false};
   int next_staging = 0;
-  // Results: tokens [max_rows] then LogprobRecord [max_rows], on the device and pinned.
+  // Results: tokens [max_rows] then LogprobRecord [max_rows], on the device, and pinned for the
+  // last two calls in turn (a caller may sample again before it reads the results of a call).
   std::byte* device_results = nullptr;
-  std::byte* host_results = nullptr;
+  std::byte* host_results[2] = {nullptr, nullptr};
+  cudaEvent_t results_copied[2] = {nullptr, nullptr};
   uint8_t* masks = nullptr;
   bool record_masks = false;
   // prompt_logprobs(): targets then records, on the device and pinned, allocated on first use.
@@ -536,10 +538,12 @@ struct GpuSampler::Buffers {
     return prompt_records_offset() + sizeof(PromptLogprobRecord) * kMaxPromptLogprobRows;
   }
 
-  // The last call, for results() and last_masks().
-  int32_t last_rows = 0;
-  std::vector<int32_t> last_logprobs;
+  // The last two calls (call c in slot c % 2), for results(), results_of() and last_masks().
+  int64_t calls = 0;
+  int32_t last_rows[2] = {0, 0};
+  std::vector<int32_t> last_logprobs[2];
   bool last_recorded_masks = false;
+  int last_slot() const { return static_cast<int>((calls + 1) % 2); }
 
   size_t records_offset() const { return align_up(sizeof(int32_t) * max_rows, 16); }
   int32_t* device_tokens() const { return reinterpret_cast<int32_t*>(device_results); }
@@ -555,7 +559,10 @@ struct GpuSampler::Buffers {
     cudaFree(device_results);
     cudaFree(masks);
     cudaFree(device_prompt);
-    cudaFreeHost(host_results);
+    for (int s = 0; s < 2; ++s) {
+      cudaFreeHost(host_results[s]);
+      if (results_copied[s] != nullptr) cudaEventDestroy(results_copied[s]);
+    }
     cudaFreeHost(host_prompt);
     for (int s = 0; s < 2; ++s) {
       cudaFreeHost(host_staging[s]);
@@ -594,7 +601,11 @@ GpuSampler::GpuSampler(int64_t vocab, int32_t max_rows, int64_t max_history_toke
     L2KV_CUDA_CHECK(cudaMalloc(&b.counts, sizeof(int32_t) * row_elems));
     L2KV_CUDA_CHECK(cudaMalloc(&b.device_staging, b.staging_bytes));
     L2KV_CUDA_CHECK(cudaMalloc(&b.device_results, results_bytes));
-    L2KV_CUDA_CHECK(cudaMallocHost(&b.host_results, results_bytes));
+    for (int s = 0; s < 2; ++s) {
+      L2KV_CUDA_CHECK(cudaMallocHost(&b.host_results[s], results_bytes));
+      std::memset(b.host_results[s], 0, results_bytes);
+      L2KV_CUDA_CHECK(cudaEventCreateWithFlags(&b.results_copied[s], cudaEventDisableTiming));
+    }
     for (int s = 0; s < 2; ++s) {
       L2KV_CUDA_CHECK(cudaMallocHost(&b.host_staging[s], b.staging_bytes));
       L2KV_CUDA_CHECK(cudaEventCreateWithFlags(&b.uploaded[s], cudaEventDisableTiming));
@@ -602,7 +613,6 @@ GpuSampler::GpuSampler(int64_t vocab, int32_t max_rows, int64_t max_history_toke
     // The kernel leaves the counts zero after each call; they start zero here.
     L2KV_CUDA_CHECK(cudaMemset(b.counts, 0, sizeof(int32_t) * row_elems));
     L2KV_CUDA_CHECK(cudaMemset(b.device_results, 0, results_bytes));
-    std::memset(b.host_results, 0, results_bytes);
   } catch (...) {
     b.release();
     delete b_;
@@ -626,8 +636,8 @@ int32_t GpuSampler::last_launches() const {
   return static_cast<int32_t>(b_->wave_starts.empty() ? 0 : b_->wave_starts.size() - 1);
 }
 
-void GpuSampler::sample(const float* d_logits, std::span<const SamplingRow> rows,
-                        cudaStream_t stream) {
+int64_t GpuSampler::sample(const float* d_logits, std::span<const SamplingRow> rows,
+                           cudaStream_t stream) {
   Buffers& b = *b_;
   if (rows.size() > static_cast<size_t>(b.max_rows))
     throw Error("GpuSampler: " + std::to_string(rows.size()) + " rows, at most " +
@@ -669,11 +679,14 @@ void GpuSampler::sample(const float* d_logits, std::span<const SamplingRow> rows
     throw Error("GpuSampler: " + std::to_string(history) + " history tokens, at most " +
                 std::to_string(b.max_history));
 
-  b.last_rows = n;
-  b.last_logprobs.assign(n, -1);
+  const int64_t call = b.calls++;
+  const int result_slot = static_cast<int>(call % 2);
+  b.last_rows[result_slot] = n;
+  std::vector<int32_t>& logprobs = b.last_logprobs[result_slot];
+  logprobs.assign(n, -1);
   b.last_recorded_masks = b.record_masks;
   b.wave_starts.clear();
-  if (n == 0) return;
+  if (n == 0) return call;
 
   // Pack: RowParams[n], then the bias entries, then the histories of the penalized rows.
   // Adjusted rows take scratch slots in order; a row that finds the pool full starts a wave.
@@ -729,7 +742,7 @@ void GpuSampler::sample(const float* d_logits, std::span<const SamplingRow> rows
     p.bias_offset = bias_offset;
     p.bias_count = static_cast<int32_t>(sp.logit_bias.size());
     for (const auto& [t, bias] : sp.logit_bias) bias_out[bias_offset++] = BiasEntry{t, bias};
-    b.last_logprobs[r] = sp.logprobs;
+    logprobs[r] = sp.logprobs;
   }
   b.wave_starts.push_back(n);
   const size_t bytes = history_start + sizeof(int32_t) * offset;
@@ -759,24 +772,42 @@ void GpuSampler::sample(const float* d_logits, std::span<const SamplingRow> rows
   // One read-back: all tokens, then the records of rows 0..last row asking for logprobs.
   int32_t last_logprob_row = -1;
   for (int32_t r = 0; r < n; ++r)
-    if (b.last_logprobs[r] >= 0) last_logprob_row = r;
+    if (logprobs[r] >= 0) last_logprob_row = r;
   const size_t read_bytes =
       last_logprob_row < 0 ? sizeof(int32_t) * n
                            : b.records_offset() + sizeof(LogprobRecord) * (last_logprob_row + 1);
-  L2KV_CUDA_CHECK(cudaMemcpyAsync(b.host_results, b.device_results, read_bytes,
+  L2KV_CUDA_CHECK(cudaMemcpyAsync(b.host_results[result_slot], b.device_results, read_bytes,
                                   cudaMemcpyDeviceToHost, stream));
+  L2KV_CUDA_CHECK(cudaEventRecord(b.results_copied[result_slot], stream));
+  return call;
 }
 
 std::vector<SampledToken> GpuSampler::results(cudaStream_t stream) const {
-  const Buffers& b = *b_;
   L2KV_CUDA_CHECK(cudaStreamSynchronize(stream));
-  const auto* tokens = reinterpret_cast<const int32_t*>(b.host_results);
-  const auto* records = reinterpret_cast<const LogprobRecord*>(b.host_results + b.records_offset());
-  std::vector<SampledToken> out(b.last_rows);
-  for (int32_t r = 0; r < b.last_rows; ++r) {
+  return read_results(b_->last_slot());
+}
+
+std::vector<SampledToken> GpuSampler::results_of(int64_t call) const {
+  const Buffers& b = *b_;
+  if (call < 0 || call >= b.calls || call + 2 < b.calls)
+    throw Error("GpuSampler: the results of call " + std::to_string(call) +
+                " are not kept (calls so far: " + std::to_string(b.calls) + ")");
+  const int slot = static_cast<int>(call % 2);
+  if (b.last_rows[slot] > 0) L2KV_CUDA_CHECK(cudaEventSynchronize(b.results_copied[slot]));
+  return read_results(slot);
+}
+
+std::vector<SampledToken> GpuSampler::read_results(int slot) const {
+  const Buffers& b = *b_;
+  const auto* tokens = reinterpret_cast<const int32_t*>(b.host_results[slot]);
+  const auto* records =
+      reinterpret_cast<const LogprobRecord*>(b.host_results[slot] + b.records_offset());
+  const std::vector<int32_t>& logprobs = b.last_logprobs[slot];
+  std::vector<SampledToken> out(b.last_rows[slot]);
+  for (int32_t r = 0; r < b.last_rows[slot]; ++r) {
     out[r].token = tokens[r];
-    if (b.last_logprobs[r] < 0) continue;
-    const int64_t n = std::min<int64_t>(b.last_logprobs[r], b.vocab);
+    if (logprobs[r] < 0) continue;
+    const int64_t n = std::min<int64_t>(logprobs[r], b.vocab);
     out[r].logprob = records[r].logprob;
     for (int64_t k = 0; k < n; ++k)
       out[r].top_logprobs.emplace_back(records[r].top_ids[k], records[r].top_logprobs[k]);
@@ -837,6 +868,23 @@ const int32_t* GpuSampler::device_tokens() const {
   return b_->device_tokens();
 }
 
+namespace {
+
+__global__ void write_pending_ids_kernel(int32_t* ids, int32_t count, const int32_t* sampled) {
+  for (int32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < count; i += gridDim.x * blockDim.x)
+    if (ids[i] < 0) ids[i] = sampled[-ids[i] - 1];
+}
+
+}  // namespace
+
+void GpuSampler::write_pending_ids(int32_t* ids, int32_t count, cudaStream_t stream) const {
+  if (count <= 0) return;
+  const int32_t threads = 256;
+  const int32_t blocks = std::min<int32_t>((count + threads - 1) / threads, 64);
+  write_pending_ids_kernel<<<blocks, threads, 0, stream>>>(ids, count, b_->device_tokens());
+  L2KV_CUDA_CHECK_LAUNCH();
+}
+
 void GpuSampler::set_record_masks(bool on) {
   Buffers& b = *b_;
   if (on && b.masks == nullptr)
@@ -848,7 +896,7 @@ std::vector<uint8_t> GpuSampler::last_masks(cudaStream_t stream) const {
   const Buffers& b = *b_;
   if (!b.last_recorded_masks)
     throw Error("GpuSampler: the last sample() did not record masks (set_record_masks)");
-  std::vector<uint8_t> out(static_cast<size_t>(b.last_rows) * b.vocab);
+  std::vector<uint8_t> out(static_cast<size_t>(b.last_rows[b.last_slot()]) * b.vocab);
   L2KV_CUDA_CHECK(cudaStreamSynchronize(stream));
   if (!out.empty())
     L2KV_CUDA_CHECK(cudaMemcpy(out.data(), b.masks, out.size(), cudaMemcpyDeviceToHost));

@@ -27,11 +27,20 @@ class GpuSampler {
   GpuSampler& operator=(const GpuSampler&) = delete;
 
   // Samples one token per row from d_logits [rows.size(), vocab] (device, fp32), enqueued on
-  // `stream` without host synchronization. Validates sizes (throws l2kv::Error).
-  void sample(const float* d_logits, std::span<const SamplingRow> rows, cudaStream_t stream);
+  // `stream` without host synchronization. Validates sizes (throws l2kv::Error). Returns the
+  // call's number, for results_of().
+  int64_t sample(const float* d_logits, std::span<const SamplingRow> rows, cudaStream_t stream);
 
   // The results of the last sample(); synchronizes `stream` first.
   std::vector<SampledToken> results(cudaStream_t stream) const;
+  // The results of call `call`, one of the last two: waits only for that call's copy, so the
+  // step after it may already be running (asynchronous scheduling).
+  std::vector<SampledToken> results_of(int64_t call) const;
+
+  // Asynchronous scheduling, the sampler writing the next step's input ids on the device:
+  // every ids[i] < 0 (i < count) names the token the last sample() drew in row -ids[i] - 1,
+  // and becomes it. Enqueued on `stream`, after that sample() and before the next.
+  void write_pending_ids(int32_t* ids, int32_t count, cudaStream_t stream) const;
 
   // As many scratch rows as `device`'s SMs (one 1024-thread block per SM runs at once, so
   // more would not all be busy), at most max_rows.
@@ -64,6 +73,7 @@ class GpuSampler {
   std::vector<uint8_t> last_masks(cudaStream_t stream) const;
 
  private:
+  std::vector<SampledToken> read_results(int slot) const;
   struct Buffers;
   Buffers* b_ = nullptr;
 };
