@@ -338,41 +338,48 @@ TEST(EngineWindows, GemmaLogitsEqualAModelThatKeepsEveryPositionWithBlocksReused
 // 33-47): the scheduler keeps it until the prompt is done. Then the same prompt and a longer
 // one hit the cache (the windowed group's blocks 4-11 of 12 are what the hit needs).
 TEST(EngineWindows, GemmaForksAndPrefixHitsResumeWithTheirWindow) {
-  const auto model = std::make_shared<const CpuModel>(kGemmaFixture);
-  EngineConfig config;
-  config.block_size = 4;
-  config.max_model_len = 256;
-  config.num_kv_blocks = 200;
-  config.max_num_seqs = 4;
-  config.max_num_batched_tokens = 17;
-  Engine engine(std::make_unique<CpuRunner>(model), nullptr, config);
-  std::vector<int32_t> prompt(52);
-  for (size_t i = 0; i < prompt.size(); ++i) prompt[i] = static_cast<int32_t>((i * 131 + 7) % 512);
-  constexpr int32_t kOut = 24;
-  std::vector<std::vector<SampledToken>> forked(3);
-  int64_t leader = -1;
-  for (auto& into : forked) {
-    GenerationRequest r = greedy_request(prompt, kOut, into);
-    r.share_prompt_with = leader;
-    const int64_t id = engine.add_request(std::move(r));
-    if (leader < 0) leader = id;
-  }
-  engine.run_until_idle();
-  EXPECT_EQ(engine.stats().prompt_tokens, 52 + 2 * 4);  // one prefill; each fork redoes 48..51
-  for (size_t i = 0; i < forked.size(); ++i)
-    expect_greedy_of_full_cache(*model, prompt, forked[i], "choice " + std::to_string(i));
+  // Both ways of scheduling: under asynchronous scheduling the leader's last prompt chunk is
+  // counted computed at its launch, before its choices fork when it is collected.
+  for (const bool async : {false, true}) {
+    SCOPED_TRACE(async ? "asynchronous scheduling" : "synchronous scheduling");
+    const auto model = std::make_shared<const CpuModel>(kGemmaFixture);
+    EngineConfig config;
+    config.block_size = 4;
+    config.max_model_len = 256;
+    config.num_kv_blocks = 200;
+    config.max_num_seqs = 4;
+    config.max_num_batched_tokens = 17;
+    config.async_scheduling = async;
+    Engine engine(std::make_unique<CpuRunner>(model), nullptr, config);
+    std::vector<int32_t> prompt(52);
+    for (size_t i = 0; i < prompt.size(); ++i)
+      prompt[i] = static_cast<int32_t>((i * 131 + 7) % 512);
+    constexpr int32_t kOut = 24;
+    std::vector<std::vector<SampledToken>> forked(3);
+    int64_t leader = -1;
+    for (auto& into : forked) {
+      GenerationRequest r = greedy_request(prompt, kOut, into);
+      r.share_prompt_with = leader;
+      const int64_t id = engine.add_request(std::move(r));
+      if (leader < 0) leader = id;
+    }
+    engine.run_until_idle();
+    EXPECT_EQ(engine.stats().prompt_tokens, 52 + 2 * 4);  // one prefill; each fork redoes 48..51
+    for (size_t i = 0; i < forked.size(); ++i)
+      expect_greedy_of_full_cache(*model, prompt, forked[i], "choice " + std::to_string(i));
 
-  std::vector<int32_t> longer = prompt;
-  for (int i = 0; i < 30; ++i) longer.push_back(static_cast<int32_t>((i * 17 + 3) % 512));
-  std::vector<std::vector<SampledToken>> hits(2);
-  engine.add_request(greedy_request(prompt, kOut, hits[0]));
-  engine.add_request(greedy_request(longer, kOut, hits[1]));
-  engine.run_until_idle();
-  EXPECT_GE(engine.stats().prefix_cache_hits, 2 * 48);
-  expect_greedy_of_full_cache(*model, prompt, hits[0], "hit on the same prompt");
-  expect_greedy_of_full_cache(*model, longer, hits[1], "hit on a longer prompt");
-  const EngineStats s = engine.stats();
-  EXPECT_EQ(s.kv_blocks_free, s.kv_blocks_total);
+    std::vector<int32_t> longer = prompt;
+    for (int i = 0; i < 30; ++i) longer.push_back(static_cast<int32_t>((i * 17 + 3) % 512));
+    std::vector<std::vector<SampledToken>> hits(2);
+    engine.add_request(greedy_request(prompt, kOut, hits[0]));
+    engine.add_request(greedy_request(longer, kOut, hits[1]));
+    engine.run_until_idle();
+    EXPECT_GE(engine.stats().prefix_cache_hits, 2 * 48);
+    expect_greedy_of_full_cache(*model, prompt, hits[0], "hit on the same prompt");
+    expect_greedy_of_full_cache(*model, longer, hits[1], "hit on a longer prompt");
+    const EngineStats s = engine.stats();
+    EXPECT_EQ(s.kv_blocks_free, s.kv_blocks_total);
+  }
 }
 
 // A model runner without a model, in Gemma 3 27B's shapes: checks that every table it gets holds

@@ -320,11 +320,10 @@ std::vector<SampledToken> CudaRunner::finish_launched(const StepInput& step) {
     throw Error("CudaRunner: a step with prompt logprobs is collected before another launch");
   cudaEvent_t* events = events_[l.events];
   std::vector<SampledToken> sampled;
-  if (l.sampler_call >= 0)
-    sampled = sampler_->results_of(l.sampler_call);
-  else
-    L2KV_CUDA_CHECK(cudaEventSynchronize(events[2]));
+  if (l.sampler_call >= 0) sampled = sampler_->results_of(l.sampler_call);
   if (l.prompt_logprobs) prompt_logprobs(step);
+  // The results' copy precedes the step's last event, which the timings need complete.
+  L2KV_CUDA_CHECK(cudaEventSynchronize(events[2]));
   float forward_ms = 0, sample_ms = 0;
   L2KV_CUDA_CHECK(cudaEventElapsedTime(&forward_ms, events[0], events[1]));
   L2KV_CUDA_CHECK(cudaEventElapsedTime(&sample_ms, events[1], events[2]));

@@ -139,7 +139,7 @@ struct Engine::Impl {
     // The step after it needs its tokens on the host first (grammars, penalties, masks), or
     // its collect() reads its input (prompt logprobs).
     bool needs_host_tokens = false;
-    bool updated = false;  // the scheduler counted its tokens computed at launch
+    bool updated = false;  // the scheduler counted its tokens computed at launch (async)
   };
   // Asynchronous scheduling: the step the device may still be running.
   std::optional<LaunchedStep> in_flight;
@@ -475,8 +475,9 @@ struct Engine::Impl {
       return true;
     }
     if (config.async_scheduling) {
-      // The device computes the tokens in stream order: later plans count them computed now.
-      scheduler->update(next.plan);
+      // The device computes the tokens in stream order: later plans count them computed now
+      // (their blocks go to the prefix cache once the step has run).
+      scheduler->update(next.plan, /*offer_to_cache=*/false);
       next.updated = true;
       if (!next.needs_host_tokens) add_placeholders(next);
     }
@@ -602,7 +603,10 @@ struct Engine::Impl {
       fail_step(step, step_failure);
       return;
     }
-    if (!step.updated) scheduler->update(step.plan);
+    if (step.updated)
+      scheduler->offer_computed_blocks(step.plan);
+    else
+      scheduler->update(step.plan);
     // Followers fork before the leader's first token is appended (which may finish it); from a
     // leader preempted since its launch (asynchronous scheduling), they prefill on their own.
     for (const ScheduledChunk& c : step.plan.chunks) {

@@ -41,7 +41,8 @@ struct EngineConfig {
   // device; the host learns of step N's stops while N + 1 runs, and a request that stopped
   // there drops the token N + 1 computed for it. A step whose next one needs its tokens on the
   // host first (structured outputs, penalties, token masks, prompt logprobs) is waited for
-  // before the next is planned. The tokens are those of synchronous steps.
+  // before the next is planned. The tokens are those of synchronous steps where the batches
+  // are (a stopped request runs one more step, which may move a GPU kernel's rounding).
   bool async_scheduling = false;
 };
 

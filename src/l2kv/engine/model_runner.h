@@ -84,8 +84,10 @@ class ModelRunner {
   // launch() starts a step and returns before its tokens exist; collect() waits for the oldest
   // launched step not yet collected and returns what execute() would have. The engine launches
   // at most two steps before collecting the older, and collects a step with masks
-  // (fill_allowed_tokens) or prompt logprobs before it launches another. A step's
-  // StepInput, and everything its spans and pointers reach, lives until its collect().
+  // (fill_allowed_tokens) or prompt logprobs before it launches another. launch() reads its
+  // StepInput before it returns; collect() gets the same object but may read only its prompt
+  // logprob fields (the other spans, tokens and block tables, may have moved by then: the
+  // engine plans the next step in between).
   // Sequences may name a token of the previous launched step (pending_token_row). The default
   // runs execute() inside launch(), with those tokens filled in on the host: correct for any
   // runner, overlapping nothing; a runner that overlaps overrides both.

@@ -86,11 +86,12 @@ StepPlan Scheduler::schedule() {
       ++i;
       continue;
     }
-    // Blocks that left every window of the tokens to come go back to the pool first; while the
-    // prompt of a request with choices waiting is computed, not those a choice forked at its end
-    // resumes with (add_forked).
+    // Blocks that left every window of the tokens to come go back to the pool first; while a
+    // request has choices waiting (until the step that computes its prompt is collected, which
+    // under asynchronous scheduling comes after the next plan), not those a choice forked at
+    // its prompt's end resumes with (add_forked).
     int64_t keep_from = r->num_computed_tokens;
-    if (!r->prompt_followers.empty() && r->num_computed_tokens < r->num_prompt_tokens)
+    if (!r->prompt_followers.empty())
       keep_from = std::min<int64_t>(
           keep_from, (r->num_prompt_tokens - 1) / blocks_.block_size() * blocks_.block_size());
     blocks_.free_outside_windows(r->id, keep_from);
@@ -151,10 +152,23 @@ StepPlan Scheduler::schedule() {
   return plan;
 }
 
-void Scheduler::update(const StepPlan& plan) {
+void Scheduler::update(const StepPlan& plan, bool offer_to_cache) {
   for (const ScheduledChunk& chunk : plan.chunks) {
-    chunk.request->num_computed_tokens += chunk.num_tokens;
-    if (blocks_.caching_enabled()) cache_computed_blocks(*chunk.request);
+    Request& r = *chunk.request;
+    r.num_computed_tokens += chunk.num_tokens;
+    if (offer_to_cache && blocks_.caching_enabled())
+      cache_computed_blocks(r, r.num_computed_tokens);
+  }
+}
+
+void Scheduler::offer_computed_blocks(const StepPlan& plan) {
+  if (!blocks_.caching_enabled()) return;
+  for (const ScheduledChunk& chunk : plan.chunks) {
+    Request& r = *chunk.request;
+    // Finished or preempted since the launch: its blocks went back without their hashes.
+    const int32_t end = chunk.start + chunk.num_tokens;
+    if (r.status == RequestStatus::kRunning && r.num_computed_tokens >= end)
+      cache_computed_blocks(r, end);
   }
 }
 
@@ -180,8 +194,8 @@ CachedPrefix Scheduler::cached_prefix(Request& r) {
       std::span<const BlockHash>(r.block_hashes).first(static_cast<size_t>(most)));
 }
 
-void Scheduler::cache_computed_blocks(Request& r) {
-  const int32_t computed = r.num_computed_tokens / blocks_.block_size();
+void Scheduler::cache_computed_blocks(Request& r, int32_t computed_tokens) {
+  const int32_t computed = computed_tokens / blocks_.block_size();
   if (computed <= r.num_cached_blocks) return;
   const int32_t full = hash_blocks(r, computed);
   if (full <= r.num_cached_blocks) return;

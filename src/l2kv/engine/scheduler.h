@@ -70,8 +70,13 @@ class Scheduler {
   void add_forked(Request* follower, const Request& leader);
 
   StepPlan schedule();
-  // After the step ran: each chunk's tokens are now cached.
-  void update(const StepPlan& plan);
+  // After the step ran: each chunk's tokens are now cached; with `offer_to_cache`, the full
+  // blocks they complete are offered to the prefix cache.
+  void update(const StepPlan& plan, bool offer_to_cache = true);
+  // Asynchronous scheduling: update(plan, false) when the step is launched (later plans count
+  // its tokens computed), this once it has run: the blocks its chunks completed are offered to
+  // the prefix cache, for requests still running (a failed step offers nothing).
+  void offer_computed_blocks(const StepPlan& plan);
 
   int32_t num_waiting() const { return static_cast<int32_t>(waiting_.size()); }
   int32_t num_running() const { return static_cast<int32_t>(running_.size()); }
@@ -94,8 +99,8 @@ class Scheduler {
   int32_t hash_blocks(Request& r, int32_t num_blocks);
   // The cached blocks a request being admitted may take (see above).
   CachedPrefix cached_prefix(Request& r);
-  // Offers `r`'s newly computed full blocks to the cache.
-  void cache_computed_blocks(Request& r);
+  // Offers `r`'s full blocks among its first `computed_tokens` tokens to the cache.
+  void cache_computed_blocks(Request& r, int32_t computed_tokens);
 
   SchedulerConfig config_;
   BlockManager& blocks_;
