@@ -1571,9 +1571,10 @@ class RecordingRunner : public ModelRunner {
 };
 
 // Asynchronous scheduling launches step N + 1, its decode rows reading step N's tokens, before
-// it collects step N; a request whose next token surely ends it (max_tokens) is not planned
-// again, so the last step is collected alone. Penalties need the tokens on the host: each step
-// is collected before the next is planned. A prompt-only request ends without a token.
+// it collects step N (steps with prompt chunks excepted); a request whose next token surely
+// ends it (max_tokens) is not planned again, so the last step is collected alone. Penalties need
+// the tokens on the host: each step is collected before the next is planned. A prompt-only request
+// ends without a token.
 TEST(EngineAsyncScheduling, LaunchesTheNextStepBeforeCollectingAndOnlyWhenItMay) {
   const Fixture& f = fixture("llama3-gqa");
   const Case& c = f.cases[1];
@@ -1607,6 +1608,25 @@ TEST(EngineAsyncScheduling, LaunchesTheNextStepBeforeCollectingAndOnlyWhenItMay)
     expect_no_leak(engine);
   }
   EXPECT_EQ(events, (std::vector<std::string>{"L", "L01", "C", "L01", "C", "C"}));
+
+  // A request arriving mid-stream: the step with its prompt is launched only after the step
+  // before is collected (a prompt step's launches would queue behind it), without placeholders.
+  events.clear();
+  {
+    Engine engine(std::make_unique<RecordingRunner>(f.model, events), nullptr,
+                  scheduled(small_config(), true));
+    Collected a, b;
+    engine.add_request(request_for(f.cases[0].prompt, greedy_params(4), a));
+    engine.step();
+    engine.step();
+    engine.add_request(request_for(c.prompt, greedy_params(2), b));
+    engine.run_until_idle();
+    EXPECT_EQ(a.tokens,
+              std::vector<int32_t>(f.cases[0].greedy.begin(), f.cases[0].greedy.begin() + 4));
+    EXPECT_EQ(b.tokens, std::vector<int32_t>(c.greedy.begin(), c.greedy.begin() + 2));
+    expect_no_leak(engine);
+  }
+  EXPECT_EQ(events, (std::vector<std::string>{"L", "L0", "C", "C", "L", "L01", "C", "C"}));
 
   events.clear();
   {
