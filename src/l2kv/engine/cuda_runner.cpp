@@ -239,8 +239,7 @@ void CudaRunner::stage(const StepInput& step) {
     decode_only &= s.tokens.size() == 1 && s.sample;
     if (!s.sample) continue;
     SamplingRow row = s.sampling;
-    const SamplingParams& p = *row.params;
-    if (p.repetition_penalty == 1.f && p.presence_penalty == 0.f && p.frequency_penalty == 0.f)
+    if (!row.params->penalized())
       row.prompt_tokens = {}, row.output_tokens = {};  // no history to upload
     if (!row.allowed_tokens.empty())
       throw Error("CudaRunner: masks come through StepSequence::fill_allowed_tokens");

@@ -139,7 +139,6 @@ struct Engine::Impl {
     // The step after it needs its tokens on the host first (grammars, penalties, masks), or
     // its collect() reads its input (prompt logprobs).
     bool needs_host_tokens = false;
-    bool updated = false;  // the scheduler counted its tokens computed at launch (async)
   };
   // Asynchronous scheduling: the step the device may still be running.
   std::optional<LaunchedStep> in_flight;
@@ -488,7 +487,6 @@ struct Engine::Impl {
       // The device computes the tokens in stream order: later plans count them computed now
       // (their blocks go to the prefix cache once the step has run).
       scheduler->update(next.plan, /*offer_to_cache=*/false);
-      next.updated = true;
       if (!next.needs_host_tokens) add_placeholders(next);
     }
     if (in_flight) collect_in_flight();  // while `next` runs
@@ -540,9 +538,7 @@ struct Engine::Impl {
         }
       }
       if (c.sample) {
-        const SamplingParams& p = r.params;
-        const bool penalized =
-            p.repetition_penalty != 1.f || p.presence_penalty != 0.f || p.frequency_penalty != 0.f;
+        const bool penalized = r.params.penalized();
         // The history only for penalties (without them, a placeholder may end it).
         s.sampling = {&r.params,
                       r.seed,
@@ -618,7 +614,7 @@ struct Engine::Impl {
       fail_step(step, step_failure);
       return;
     }
-    if (step.updated)
+    if (config.async_scheduling)  // counted computed at its launch
       scheduler->offer_computed_blocks(step.plan);
     else
       scheduler->update(step.plan);

@@ -665,9 +665,7 @@ int64_t GpuSampler::sample(const float* d_logits, std::span<const SamplingRow> r
     if (std::adjacent_find(b.bias_tokens.begin(), b.bias_tokens.end()) != b.bias_tokens.end())
       throw Error("GpuSampler: logit_bias repeats a token (call SamplingParams::validate)");
     biases += static_cast<int64_t>(p.logit_bias.size());
-    const bool penalized =
-        p.repetition_penalty != 1.f || p.presence_penalty != 0.f || p.frequency_penalty != 0.f;
-    if (!penalized) continue;
+    if (!p.penalized()) continue;
     history += static_cast<int64_t>(row.prompt_tokens.size() + row.output_tokens.size());
     for (auto tokens : {row.prompt_tokens, row.output_tokens})
       for (int32_t t : tokens)
@@ -720,8 +718,7 @@ int64_t GpuSampler::sample(const float* d_logits, std::span<const SamplingRow> r
     p.use_top_p = sp.top_p < 1.f;
     p.use_min_p = sp.min_p > 0.f;
     p.log_min_p = std::log(static_cast<double>(sp.min_p));
-    p.penalized =
-        sp.repetition_penalty != 1.f || sp.presence_penalty != 0.f || sp.frequency_penalty != 0.f;
+    p.penalized = sp.penalized();
     p.scratch_slot = -1;
     if (sp.adjusts_logits()) {
       if (slots_used == b.scratch_rows) {

@@ -43,11 +43,12 @@ struct SamplingParams {
   std::vector<int32_t> allowed_token_ids;
 
   bool greedy() const { return temperature < kGreedyTemperature; }
-  // Whether sampling rewrites some logits before the masks (penalties or logit_bias).
-  bool adjusts_logits() const {
-    return repetition_penalty != 1.f || presence_penalty != 0.f || frequency_penalty != 0.f ||
-           !logit_bias.empty();
+  // Whether a penalty applies: sampling then reads the prompt and output tokens.
+  bool penalized() const {
+    return repetition_penalty != 1.f || presence_penalty != 0.f || frequency_penalty != 0.f;
   }
+  // Whether sampling rewrites some logits before the masks (penalties or logit_bias).
+  bool adjusts_logits() const { return penalized() || !logit_bias.empty(); }
 
   // Throws l2kv::Error naming the first invalid field. `vocab_size` bounds stop_token_ids and
   // the logit_bias tokens.
