@@ -1,6 +1,8 @@
 #include "l2kv/kernels/attention/split_decode.h"
 
 #include <algorithm>
+#include <cstddef>
+#include <cstring>
 #include <string>
 
 #include "l2kv/core/cuda_check.h"
@@ -20,10 +22,64 @@ int resolve_device(int device) {
 SplitDecode::SplitDecode(int device) : info_(query_device_info(resolve_device(device))) {}
 
 SplitDecode::~SplitDecode() {
-  for (DeviceBuffer* b : {&items_, &pair_num_splits_, &pair_first_slot_, &pair_arrivals_,
-                          &partial_out_, &partial_lse_, &num_items_})
-    if (b->ptr) cudaFree(b->ptr);  // no throwing from a destructor
+  // No throwing from a destructor.
+  for (DeviceBuffer* b : {&plan_buffer_, &pair_arrivals_, &partial_out_, &partial_lse_})
+    if (b->ptr) cudaFree(b->ptr);
+  for (StagingSlot& slot : staging_) {
+    if (slot.uploaded) cudaEventSynchronize(slot.uploaded);
+    if (slot.host) cudaFreeHost(slot.host);
+    if (slot.uploaded) cudaEventDestroy(slot.uploaded);
+  }
   if (last_run_) cudaEventDestroy(last_run_);
+}
+
+SplitDecode::PlanLayout SplitDecode::plan_layout(size_t items, size_t pairs) {
+  const auto align = [](size_t bytes) { return (bytes + 15) / 16 * 16; };
+  PlanLayout layout;
+  layout.items = 16;  // after the item count
+  layout.pair_num_splits = align(layout.items + items * sizeof(SplitWorkItem));
+  layout.pair_first_slot = align(layout.pair_num_splits + pairs * sizeof(int32_t));
+  layout.bytes = align(layout.pair_first_slot + pairs * sizeof(int32_t));
+  return layout;
+}
+
+void SplitDecode::upload_plan(cudaStream_t stream) {
+  const size_t pairs = plan_.pair_num_splits.size();
+  // Graph mode: captured kernels hold the offsets of the largest batch's plan.
+  layout_ = graph_mode() ? plan_layout(static_cast<size_t>(graph_items_),
+                                       static_cast<size_t>(graph_max_batch_) * graph_kv_heads_)
+                         : plan_layout(plan_.items.size(), pairs);
+  if (graph_mode() && layout_.bytes > plan_buffer_.bytes)
+    throw Error("split decode: the plan outgrew the buffer reserved for graphs");
+  reserve(plan_buffer_, layout_.bytes, false, nullptr);
+
+  StagingSlot& slot = staging_[next_staging_];
+  next_staging_ ^= 1;
+  if (!slot.uploaded)
+    L2KV_CUDA_CHECK(cudaEventCreateWithFlags(&slot.uploaded, cudaEventDisableTiming));
+  // Its previous upload must have left the slot before it is rewritten (one step back: done
+  // or about to be).
+  L2KV_CUDA_CHECK(cudaEventSynchronize(slot.uploaded));
+  if (layout_.bytes > slot.bytes) {
+    if (slot.host) L2KV_CUDA_CHECK(cudaFreeHost(slot.host));
+    slot.host = nullptr;
+    slot.bytes = 0;
+    const size_t rounded = std::max<size_t>(layout_.bytes + layout_.bytes / 2, 4096);
+    L2KV_CUDA_CHECK(cudaMallocHost(&slot.host, rounded));
+    slot.bytes = rounded;
+  }
+  auto* host = static_cast<std::byte*>(slot.host);
+  const auto num_items = static_cast<int32_t>(plan_.items.size());
+  std::memcpy(host, &num_items, sizeof num_items);
+  std::memcpy(host + layout_.items, plan_.items.data(), plan_.items.size() * sizeof(SplitWorkItem));
+  std::memcpy(host + layout_.pair_num_splits, plan_.pair_num_splits.data(),
+              pairs * sizeof(int32_t));
+  std::memcpy(host + layout_.pair_first_slot, plan_.pair_first_slot.data(),
+              pairs * sizeof(int32_t));
+  // Up to the last pair: the bytes of a smaller batch's plan in graph mode's fixed layout.
+  const size_t used = layout_.pair_first_slot + pairs * sizeof(int32_t);
+  L2KV_CUDA_CHECK(cudaMemcpyAsync(plan_buffer_.ptr, host, used, cudaMemcpyHostToDevice, stream));
+  L2KV_CUDA_CHECK(cudaEventRecord(slot.uploaded, stream));
 }
 
 void SplitDecode::reserve(DeviceBuffer& buffer, size_t bytes, bool zero, cudaStream_t stream) {
@@ -52,14 +108,11 @@ void SplitDecode::reserve_for_graphs(int32_t max_batch, const DecodeAttentionPar
   planned_storage_ = kv.storage;
   graph_items_ = item_capacity(max_batch);
   const size_t slots = static_cast<size_t>(graph_items_);
-  reserve(items_, slots * sizeof(SplitWorkItem), false, nullptr);
-  reserve(pair_num_splits_, pairs * sizeof(int32_t), false, nullptr);
-  reserve(pair_first_slot_, pairs * sizeof(int32_t), false, nullptr);
+  reserve(plan_buffer_, plan_layout(slots, static_cast<size_t>(pairs)).bytes, false, nullptr);
   reserve(pair_arrivals_, pairs * sizeof(int32_t), true, nullptr);
   L2KV_CUDA_CHECK(cudaStreamSynchronize(nullptr));  // zeroed before any stream uses it
   reserve(partial_out_, slots * shape.group_size() * kv.head_dim * sizeof(float), false, nullptr);
   reserve(partial_lse_, slots * shape.group_size() * sizeof(float), false, nullptr);
-  reserve(num_items_, sizeof(int32_t), false, nullptr);
 }
 
 void SplitDecode::plan(const DecodeAttentionParams& params, std::span<const int32_t> host_seq_lens,
@@ -144,26 +197,10 @@ void SplitDecode::plan_lengths(const DecodeAttentionParams& params,
 
   const size_t pairs = plan_.pair_num_splits.size();
   const size_t slots = std::max<int32_t>(plan_.num_partial_slots, 1);
-  reserve(items_, plan_.items.size() * sizeof(SplitWorkItem), false, nullptr);
-  reserve(pair_num_splits_, pairs * sizeof(int32_t), false, nullptr);
-  reserve(pair_first_slot_, pairs * sizeof(int32_t), false, nullptr);
   reserve(pair_arrivals_, pairs * sizeof(int32_t), true, stream);
   reserve(partial_out_, slots * planned_group_ * kv.head_dim * sizeof(float), false, nullptr);
   reserve(partial_lse_, slots * planned_group_ * sizeof(float), false, nullptr);
-  if (graph_mode()) {
-    num_items_host_ = static_cast<int32_t>(plan_.items.size());
-    L2KV_CUDA_CHECK(cudaMemcpyAsync(num_items_.ptr, &num_items_host_, sizeof(int32_t),
-                                    cudaMemcpyHostToDevice, stream));
-  }
-  // Pageable sources: the copy is staged before cudaMemcpyAsync returns, so the next plan()
-  // may overwrite plan_ safely.
-  L2KV_CUDA_CHECK(cudaMemcpyAsync(items_.ptr, plan_.items.data(),
-                                  plan_.items.size() * sizeof(SplitWorkItem),
-                                  cudaMemcpyHostToDevice, stream));
-  L2KV_CUDA_CHECK(cudaMemcpyAsync(pair_num_splits_.ptr, plan_.pair_num_splits.data(),
-                                  pairs * sizeof(int32_t), cudaMemcpyHostToDevice, stream));
-  L2KV_CUDA_CHECK(cudaMemcpyAsync(pair_first_slot_.ptr, plan_.pair_first_slot.data(),
-                                  pairs * sizeof(int32_t), cudaMemcpyHostToDevice, stream));
+  upload_plan(stream);
 }
 
 int32_t SplitDecode::prefetch_distance(const PrefetchPolicy& policy) const {
@@ -200,13 +237,14 @@ void SplitDecode::run(const DecodeAttentionParams& params, const PrefetchPolicy&
     throw Error("split decode: run() called with a shape that differs from the last plan()");
   SplitKernelArgs args;
   args.params = params;
-  args.items = static_cast<const SplitWorkItem*>(items_.ptr);
-  args.pair_num_splits = static_cast<const int32_t*>(pair_num_splits_.ptr);
-  args.pair_first_slot = static_cast<const int32_t*>(pair_first_slot_.ptr);
+  const auto* plan = static_cast<const std::byte*>(plan_buffer_.ptr);
+  args.items = reinterpret_cast<const SplitWorkItem*>(plan + layout_.items);
+  args.pair_num_splits = reinterpret_cast<const int32_t*>(plan + layout_.pair_num_splits);
+  args.pair_first_slot = reinterpret_cast<const int32_t*>(plan + layout_.pair_first_slot);
   args.pair_arrivals = static_cast<int32_t*>(pair_arrivals_.ptr);
   args.partial_out = static_cast<float*>(partial_out_.ptr);
   args.partial_lse = static_cast<float*>(partial_lse_.ptr);
-  args.num_items = graph_mode() ? static_cast<const int32_t*>(num_items_.ptr) : nullptr;
+  args.num_items = graph_mode() ? reinterpret_cast<const int32_t*>(plan) : nullptr;
   args.prefetch_distance = prefetch_distance(policy);
   args.prefetch_hint = policy.prefetch_hint;
   args.load_hint = policy.load_hint;

@@ -65,6 +65,14 @@ class SplitDecode {
     size_t bytes = 0;
   };
   void reserve(DeviceBuffer& buffer, size_t bytes, bool zero, cudaStream_t stream);
+  // Where the plan's parts sit in plan_buffer_ (and in a staging slot), for up to `items`
+  // work items and `pairs` (sequence, KV head) pairs.
+  struct PlanLayout {
+    size_t items = 0, pair_num_splits = 0, pair_first_slot = 0, bytes = 0;
+  };
+  static PlanLayout plan_layout(size_t items, size_t pairs);
+  // Copies plan_ into a pinned staging slot and uploads it in one copy.
+  void upload_plan(cudaStream_t stream);
   // plan() over `lens` (the planned sequences' lengths); items of planned sequence i read
   // sequence seqs[i] and rows q_rows[i] where those are given.
   void plan_lengths(const DecodeAttentionParams& params, std::span<const int32_t> lens,
@@ -84,18 +92,26 @@ class SplitDecode {
   int32_t ctas_per_sm_ = 0;
   int32_t forced_tiles_per_split_ = 0;
   int32_t graph_items_ = 0;  // > 0: graph mode, the fixed grid
-  int32_t num_items_host_ = 0;
   int32_t graph_kv_heads_ = 0;
   int32_t graph_max_batch_ = 0;
   std::vector<int32_t> searched_tiles_;  // lengths in tiles of the last searched plan
   int32_t searched_tiles_per_split_ = 0;
-  DeviceBuffer items_;
-  DeviceBuffer pair_num_splits_;
-  DeviceBuffer pair_first_slot_;
+  // The uploaded plan: [item count (graph mode's kernels read it)][items][pair_num_splits]
+  // [pair_first_slot], at layout_'s offsets.
+  DeviceBuffer plan_buffer_;
+  PlanLayout layout_;
+  // Two pinned slots, used in turn, so a plan is written while the previous one's upload may
+  // still wait in the stream behind a running step (the engine plans step N + 1 during N).
+  struct StagingSlot {
+    void* host = nullptr;
+    size_t bytes = 0;
+    cudaEvent_t uploaded = nullptr;
+  };
+  StagingSlot staging_[2];
+  int32_t next_staging_ = 0;
   DeviceBuffer pair_arrivals_;
   DeviceBuffer partial_out_;
   DeviceBuffer partial_lse_;
-  DeviceBuffer num_items_;
   // The last eager run, which a run on another stream waits for.
   mutable cudaEvent_t last_run_ = nullptr;
   mutable cudaStream_t last_run_stream_ = nullptr;
