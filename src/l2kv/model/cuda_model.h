@@ -156,10 +156,13 @@ class CudaModel {
   // model; for a mixture of experts while its slots (rows x experts per token) go through the
   // expert GEMV: up to kMoeGemvSlotsPerExpert per expert on average with kMoeManyExperts
   // experts or more, kMoeGemvSlotsPerLargeExpert with fewer (larger) ones. Larger steps group
-  // their slots by expert on the host for cuBLASLt, which a graph cannot hold.
+  // their slots by expert on the host for cuBLASLt, which a graph cannot hold. Measured on an
+  // H200 (bench/NOTES.md, "Mixtures of experts: thresholds and early launches"): Qwen3-30B-A3B
+  // at 256 rows 41 ms on the GEMV against 126 on the host path (128 rows equal); Mixtral on the
+  // GEMV 23.4 ms against 26.0 at 16 rows, but 32.6 against 27.5 at 32.
   static constexpr int32_t kMoeManyExperts = 32;
-  static constexpr int32_t kMoeGemvSlotsPerExpert = 8;
-  static constexpr int32_t kMoeGemvSlotsPerLargeExpert = 2;
+  static constexpr int32_t kMoeGemvSlotsPerExpert = 32;
+  static constexpr int32_t kMoeGemvSlotsPerLargeExpert = 4;
   bool can_capture_rows(int32_t rows) const;
   // What a decode step of `batch` rows must read of the weights: streamed_weight_bytes(), but
   // of a mixture of experts only the experts its tokens choose: per layer the expected number of
