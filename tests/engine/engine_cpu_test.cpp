@@ -1610,23 +1610,60 @@ TEST(EngineAsyncScheduling, LaunchesTheNextStepBeforeCollectingAndOnlyWhenItMay)
   EXPECT_EQ(events, (std::vector<std::string>{"L", "L01", "C", "L01", "C", "C"}));
 
   // A request arriving mid-stream: the step with its prompt is launched only after the step
-  // before is collected (a prompt step's launches would queue behind it), without placeholders.
+  // before is collected and its tokens delivered ("D": a callback; a prompt step's launches
+  // would queue behind the running step), without placeholders.
   events.clear();
   {
     Engine engine(std::make_unique<RecordingRunner>(f.model, events), nullptr,
                   scheduled(small_config(), true));
     Collected a, b;
-    engine.add_request(request_for(f.cases[0].prompt, greedy_params(4), a));
+    const auto recorded = [&events](GenerationRequest r) {
+      r.on_output = [&events, inner = std::move(r.on_output)](const RequestOutput& o) {
+        events.push_back("D");
+        inner(o);
+      };
+      return r;
+    };
+    engine.add_request(recorded(request_for(f.cases[0].prompt, greedy_params(4), a)));
     engine.step();
     engine.step();
-    engine.add_request(request_for(c.prompt, greedy_params(2), b));
+    engine.add_request(recorded(request_for(c.prompt, greedy_params(2), b)));
     engine.run_until_idle();
     EXPECT_EQ(a.tokens,
               std::vector<int32_t>(f.cases[0].greedy.begin(), f.cases[0].greedy.begin() + 4));
     EXPECT_EQ(b.tokens, std::vector<int32_t>(c.greedy.begin(), c.greedy.begin() + 2));
     expect_no_leak(engine);
   }
-  EXPECT_EQ(events, (std::vector<std::string>{"L", "L0", "C", "C", "L", "L01", "C", "C"}));
+  EXPECT_EQ(events, (std::vector<std::string>{"L", "L0", "C", "D", "C", "D", "L", "L01", "C", "D",
+                                              "D", "C", "D", "D"}));
+
+  // A callback that aborts a request of the prompt step being launched: the step goes without it.
+  events.clear();
+  {
+    Engine engine(std::make_unique<RecordingRunner>(f.model, events), nullptr,
+                  scheduled(small_config(), true));
+    Collected a, b, d;
+    int64_t b_id = -1;
+    GenerationRequest first = request_for(f.cases[0].prompt, greedy_params(4), a);
+    first.on_output = [&, inner = std::move(first.on_output)](const RequestOutput& o) {
+      inner(o);
+      if (a.tokens.size() == 2) engine.abort(b_id);
+    };
+    engine.add_request(std::move(first));
+    engine.step();
+    engine.step();
+    b_id = engine.add_request(request_for(c.prompt, greedy_params(2), b));
+    engine.add_request(request_for(f.cases[2].prompt, greedy_params(2), d));
+    engine.run_until_idle();
+    EXPECT_EQ(a.tokens,
+              std::vector<int32_t>(f.cases[0].greedy.begin(), f.cases[0].greedy.begin() + 4));
+    EXPECT_TRUE(b.finished);
+    EXPECT_EQ(b.last.finish_reason, FinishReason::kAbort);
+    EXPECT_TRUE(b.tokens.empty());
+    EXPECT_EQ(d.tokens,
+              std::vector<int32_t>(f.cases[2].greedy.begin(), f.cases[2].greedy.begin() + 2));
+    expect_no_leak(engine);
+  }
 
   events.clear();
   {

@@ -144,6 +144,9 @@ struct Engine::Impl {
   std::optional<LaunchedStep> in_flight;
   // Finished requests a launched step may still name; freed once none does.
   std::vector<std::unique_ptr<Request>> retired;
+  // A plan not yet launched while a collected step's outputs go out (run_step): the requests it
+  // names outlive the callbacks, which may end them.
+  const StepPlan* pending_plan = nullptr;
 
   Impl(std::unique_ptr<ModelRunner> model_runner, const Tokenizer* tok, EngineConfig cfg)
       : runner(std::move(model_runner)), tokenizer(tok) {
@@ -351,15 +354,20 @@ struct Engine::Impl {
     requests.erase(it);
   }
 
-  // Frees the finished requests that no launched step names any more.
+  // Frees the finished requests that no launched step (or pending plan) names any more.
   void free_retired() {
-    if (!in_flight) {
+    if (!in_flight && !pending_plan) {
       retired.clear();
       return;
     }
+    const auto names = [](const StepPlan* plan, const Request* r) {
+      return plan != nullptr &&
+             std::any_of(plan->chunks.begin(), plan->chunks.end(),
+                         [&](const ScheduledChunk& c) { return c.request == r; });
+    };
     std::erase_if(retired, [&](const std::unique_ptr<Request>& r) {
-      return std::none_of(in_flight->plan.chunks.begin(), in_flight->plan.chunks.end(),
-                          [&](const ScheduledChunk& c) { return c.request == r.get(); });
+      return !names(in_flight ? &in_flight->plan : nullptr, r.get()) &&
+             !names(pending_plan, r.get());
     });
   }
 
@@ -455,7 +463,10 @@ struct Engine::Impl {
   bool run_step() {
     // The plan needs the launched step's tokens on the host: it is collected first.
     const bool collected = in_flight && (!config.async_scheduling || in_flight->needs_host_tokens);
-    if (collected) collect_in_flight();
+    if (collected) {
+      collect_in_flight();
+      if (config.async_scheduling) deliver();  // before this plan, as a synchronous step's
+    }
     StepPlan plan;
     if (!scheduler->empty()) plan = scheduler->schedule();
     totals.preemptions += static_cast<int64_t>(plan.preempted.size());
@@ -467,10 +478,19 @@ struct Engine::Impl {
     // A step with prompt chunks runs kernel by kernel: its hundreds of launches would queue
     // behind the running step and return only as that one drains, holding back the running
     // step's tokens (time to first token) for a gain of a fraction of a percent of a long step.
-    // It is launched after the step before is collected, without the chunks of requests that
-    // ended there.
+    // It is launched after the step before is collected and its outputs delivered (the launch
+    // may take about as long as the device's run of this step), without the chunks of requests
+    // that ended there or in the callbacks.
     if (in_flight && has_prompt_chunk(plan)) {
       collect_in_flight();
+      pending_plan = &plan;
+      try {
+        deliver();
+      } catch (...) {
+        pending_plan = nullptr;
+        throw;
+      }
+      pending_plan = nullptr;
       std::erase_if(plan.chunks, [](const ScheduledChunk& c) { return c.request->finished(); });
       if (plan.empty()) return true;
     }
