@@ -635,12 +635,32 @@ struct CudaModel::GraphOps {
     f.eps = static_cast<float>(c().rms_norm_eps);
     return f;
   }
-  // residual += the projection; its new sums of squares accumulate in sumsq(accumulate).
-  GemvFusion residual_epilogue(int accumulate) const {
+  // The fused layer's other prologue: h holds round(weight x residual), written by the residual
+  // epilogue before it (weighted x, gemv.h); each row's sums are scaled by its 1 / rms from
+  // sumsq(read), and sumsq(clear) is cleared. The projection starts with no normalization to
+  // wait for, where each block of norm_prologue() first normalizes x into shared memory (a
+  // chain of L2 round trips). gate_up takes it: on an H100 its 896 blocks read at 0.98 of the
+  // ceiling instead of 0.93, the batch-1 step 1.1-1.6 % faster (bench/NOTES.md, "The fused
+  // layer's weighted x"). QKV keeps the prologue: its 384 blocks run in one wave there (three
+  // blocks per SM), and weighted x in either ring form was slower.
+  GemvFusion weighted_x_prologue(int read, int clear) const {
+    GemvFusion f;
+    f.norm_sumsq = sumsq(read);
+    f.clear_sumsq = sumsq(clear);
+    f.eps = static_cast<float>(c().rms_norm_eps);
+    return f;
+  }
+  // residual += the projection; its new sums of squares accumulate in sumsq(accumulate). With
+  // `next_norm`, h gets the next projection's weighted x: round(next_norm x new residual).
+  GemvFusion residual_epilogue(int accumulate, const void* next_norm = nullptr) const {
     GemvFusion f;
     f.epilogue = GemvEpilogue::kResidualAdd;
     f.residual = ws().residual.ptr;
     f.residual_sumsq = sumsq(accumulate);
+    if (next_norm != nullptr) {
+      f.weighted_x = ws().h.ptr;
+      f.weighted_x_norm = next_norm;
+    }
     return f;
   }
 
@@ -741,7 +761,7 @@ struct CudaModel::GraphOps {
   void output_projection_add(int64_t l) {
     timed(Op::kGemm, [&] {
       if (fused)
-        project_fused(o(l), ws().attn.ptr, nullptr, residual_epilogue(1));
+        project_fused(o(l), ws().attn.ptr, nullptr, residual_epilogue(1, w(l).post_norm.ptr));
       else
         pending_fp8 = project(o(l), ws().attn.ptr, ws().proj.ptr, defer_block_output_scales());
     });
@@ -766,9 +786,9 @@ struct CudaModel::GraphOps {
       return;
     }
     if (fused) {
-      GemvFusion f = norm_prologue(w(l).post_norm.ptr, 1, 0);
+      GemvFusion f = weighted_x_prologue(1, 0);
       f.epilogue = GemvEpilogue::kSiluMul;
-      timed(Op::kGemm, [&] { project_fused(gate_up(l), nullptr, ws().act.ptr, f); });
+      timed(Op::kGemm, [&] { project_fused(gate_up(l), ws().h.ptr, ws().act.ptr, f); });
       return;
     }
     const Projection projection = gate_up(l);

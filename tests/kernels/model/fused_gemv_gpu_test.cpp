@@ -92,13 +92,17 @@ std::vector<int64_t> checked_features(int64_t out, std::mt19937_64& rng) {
   return f;
 }
 
-enum class Form { kNormStore, kNormSilu, kSilu, kResidualAdd };
+// kWeighted*: x given as round(gamma x residual), each row's 1 / rms applied to the sums
+// (gemv.h's weighted x). kResidualAdd also writes the next weighted x.
+enum class Form { kNormStore, kNormSilu, kSilu, kResidualAdd, kWeightedStore, kWeightedSilu };
 
 const char* form_name(Form f) {
-  return f == Form::kNormStore  ? "norm+store"
-         : f == Form::kNormSilu ? "norm+silu"
-         : f == Form::kSilu     ? "silu"
-                                : "residual";
+  return f == Form::kNormStore       ? "norm+store"
+         : f == Form::kNormSilu      ? "norm+silu"
+         : f == Form::kSilu          ? "silu"
+         : f == Form::kWeightedStore ? "weighted+store"
+         : f == Form::kWeightedSilu  ? "weighted+silu"
+                                     : "residual";
 }
 
 // Random E4M3 weights [out, in] of magnitudes 0.125-7.5 (exponent fields 4-9) and per-row scales
@@ -133,7 +137,10 @@ void check(const Shape& shape, Form form, DType dtype, uint64_t seed, bool fp8 =
   const int64_t in = shape.in, out = shape.out;
   if (testing::quick_mode() && in * out > 4096 * 6144) return;  // under compute-sanitizer
   const bool norm = form == Form::kNormStore || form == Form::kNormSilu;
-  const bool silu_epilogue = form == Form::kNormSilu || form == Form::kSilu;
+  const bool weighted = form == Form::kWeightedStore || form == Form::kWeightedSilu;
+  const bool normalized = norm || weighted;  // x is RMSNorm(residual) one way or the other
+  const bool silu_epilogue =
+      form == Form::kNormSilu || form == Form::kSilu || form == Form::kWeightedSilu;
   const int64_t y_width = silu_epilogue ? out / 2 : out;
   std::mt19937_64 rng(seed);
   std::uniform_real_distribution<float> uniform(-1.f, 1.f);
@@ -180,15 +187,16 @@ void check(const Shape& shape, Form form, DType dtype, uint64_t seed, bool fp8 =
     SCOPED_TRACE(std::string(shape.name) + " " + form_name(form) + " " +
                  std::string(dtype_name(dtype)) + " rows=" + std::to_string(rows));
     // Inputs: an fp32 residual in [-2, 2) (norm forms and the residual epilogue), or 16-bit x.
-    std::vector<float> residual(static_cast<size_t>(rows * (norm ? in : out)));
+    std::vector<float> residual(static_cast<size_t>(rows * (normalized ? in : out)));
     for (auto& r : residual) r = 2.f * uniform(rng);
     std::vector<uint16_t> x_bits(static_cast<size_t>(rows * in));
     for (auto& b : x_bits) b = float_to_dtype_bits(dtype, uniform(rng));
     // x as the kernel must see it.
     std::vector<double> x(static_cast<size_t>(rows * in));
     std::vector<float> sumsq_in(kGemvMaxRows, 0.f);
+    std::vector<double> row_scale(static_cast<size_t>(rows), 1.0);  // weighted x: 1 / rms
     for (int64_t m = 0; m < rows; ++m) {
-      if (!norm) {
+      if (!normalized) {
         for (int64_t k = 0; k < in; ++k)
           x[m * in + k] = dtype_bits_to_float(dtype, x_bits[m * in + k]);
         continue;
@@ -200,14 +208,19 @@ void check(const Shape& shape, Form form, DType dtype, uint64_t seed, bool fp8 =
       // Correctly rounded, as the kernel's __frsqrt_rn: x then matches it bit for bit.
       const float scale = static_cast<float>(
           1.0 / std::sqrt(static_cast<double>(sumsq_in[m] / static_cast<float>(in) + eps)));
-      for (int64_t k = 0; k < in; ++k)
-        x[m * in + k] =
-            round_to(dtype, dtype_bits_to_float(dtype, gamma[k]) * (residual[m * in + k] * scale));
+      // Weighted x: x is round(gamma x residual), given as x; the scale multiplies the sums.
+      const float x_scale = weighted ? 1.f : scale;
+      row_scale[static_cast<size_t>(m)] = weighted ? scale : 1.0;
+      for (int64_t k = 0; k < in; ++k) {
+        const float v = dtype_bits_to_float(dtype, gamma[k]) * (residual[m * in + k] * x_scale);
+        x[m * in + k] = round_to(dtype, v);
+        if (weighted) x_bits[m * in + k] = float_to_dtype_bits(dtype, v);
+      }
     }
     auto dot = [&](int64_t m, int64_t row) {
       double s = 0;
       for (int64_t k = 0; k < in; ++k) s += x[m * in + k] * w_at(row, k);
-      return s;
+      return s * row_scale[static_cast<size_t>(m)];
     };
 
     float* d_residual = upload(residual);
@@ -217,13 +230,18 @@ void check(const Shape& shape, Form form, DType dtype, uint64_t seed, bool fp8 =
     float* d_acc = upload(std::vector<float>(kGemvMaxRows, sumsq_start));
     float* d_clear = upload(std::vector<float>(kGemvMaxRows, 7.f));
     uint16_t* d_y = upload(std::vector<uint16_t>(static_cast<size_t>(rows * y_width), 0xffff));
+    // The residual epilogue's next weighted x, with a norm weight of its own.
+    std::vector<uint16_t> next_gamma(form == Form::kResidualAdd ? static_cast<size_t>(out) : 0);
+    for (auto& g : next_gamma) g = float_to_dtype_bits(dtype, 0.5f + std::abs(uniform(rng)));
+    uint16_t* d_next_gamma = upload(next_gamma);
+    uint16_t* d_next_x = upload(std::vector<uint16_t>(next_gamma.size() * rows, 0xffff));
 
     GemvFusion f;
     f.fp8_scale = d_w_scales;
     f.fp8_per_channel = fp8 && !per_tensor;
-    if (norm) {
-      f.norm_residual = d_residual;
-      f.norm_weight = d_gamma;
+    if (normalized) {
+      f.norm_residual = norm ? d_residual : nullptr;
+      f.norm_weight = norm ? d_gamma : nullptr;
       f.norm_sumsq = d_sumsq;
       f.clear_sumsq = d_clear;
       f.eps = eps;
@@ -233,6 +251,8 @@ void check(const Shape& shape, Form form, DType dtype, uint64_t seed, bool fp8 =
       f.epilogue = GemvEpilogue::kResidualAdd;
       f.residual = d_residual;
       f.residual_sumsq = d_acc;
+      f.weighted_x = d_next_x;
+      f.weighted_x_norm = d_next_gamma;
     }
     Gemm gemm;
     gemm.set_programmatic_launch(true);
@@ -267,6 +287,18 @@ void check(const Shape& shape, Form form, DType dtype, uint64_t seed, bool fp8 =
       }
       for (int64_t m = rows; m < kGemvMaxRows; ++m)
         EXPECT_EQ(acc[m], sumsq_start) << "sumsq of a row past the batch changed";
+      // The next weighted x: round(next gamma x the new residual), bit for bit, everywhere.
+      const auto next_x = download(d_next_x, next_gamma.size() * rows);
+      int64_t wrong = 0;
+      for (int64_t m = 0; m < rows; ++m)
+        for (int64_t n = 0; n < out; ++n) {
+          const uint16_t want = float_to_dtype_bits(
+              dtype, dtype_bits_to_float(dtype, next_gamma[n]) * got[m * out + n]);
+          if (next_x[m * out + n] != want && wrong++ < 3)
+            ADD_FAILURE() << "weighted x[" << m << "][" << n << "] = " << next_x[m * out + n]
+                          << ", reference " << want;
+        }
+      EXPECT_EQ(wrong, 0) << "weighted x elements wrong";
     } else {
       std::vector<double> y(static_cast<size_t>(rows * y_width));
       const auto bits = download(d_y, y.size());
@@ -276,7 +308,7 @@ void check(const Shape& shape, Form form, DType dtype, uint64_t seed, bool fp8 =
       for (int64_t m = 0; m < rows; ++m)
         for (const int64_t n : features) {
           const std::string what = "y[" + std::to_string(m) + "][" + std::to_string(n) + "]";
-          if (form == Form::kNormStore) {
+          if (form == Form::kNormStore || form == Form::kWeightedStore) {
             const double want = dot(m, n);
             expect_near(y[m * y_width + n], want, tol.bound(want), what);
             continue;
@@ -296,14 +328,15 @@ void check(const Shape& shape, Form form, DType dtype, uint64_t seed, bool fp8 =
         }
     }
     EXPECT_EQ(bad, 0) << "elements outside tolerance";
-    if (norm) {
+    if (normalized) {
       const auto cleared = download(d_clear, kGemvMaxRows);
       EXPECT_TRUE(std::all_of(cleared.begin(), cleared.end(), [](float v) { return v == 0.f; }))
           << "clear_sumsq not zeroed";
     }
     for (void* p :
          {static_cast<void*>(d_residual), static_cast<void*>(d_x), static_cast<void*>(d_sumsq),
-          static_cast<void*>(d_acc), static_cast<void*>(d_clear), static_cast<void*>(d_y)})
+          static_cast<void*>(d_acc), static_cast<void*>(d_clear), static_cast<void*>(d_y),
+          static_cast<void*>(d_next_gamma), static_cast<void*>(d_next_x)})
       cudaFree(p);
   }
   cudaFree(w);
@@ -333,6 +366,15 @@ TEST_P(FusedGemv, SiluEpilogueMatchesComposition) {
     if (s.out % 16 == 0) check(s, Form::kSilu, GetParam(), ++seed);
 }
 
+TEST_P(FusedGemv, WeightedXWithStoreAndSiluMatchesComposition) {
+  L2KV_SKIP_WITHOUT_GPU();
+  uint64_t seed = 680;
+  for (const Shape& s : kShapes) {
+    check(s, Form::kWeightedStore, GetParam(), ++seed);
+    if (s.out % 16 == 0) check(s, Form::kWeightedSilu, GetParam(), ++seed);
+  }
+}
+
 TEST_P(FusedGemv, ResidualEpilogueMatchesComposition) {
   L2KV_SKIP_WITHOUT_GPU();
   uint64_t seed = 700;
@@ -345,8 +387,10 @@ TEST_P(FusedGemv, Fp8WeightsMatchComposition) {
   uint64_t seed = 750;
   for (const Shape& s : kShapes) {
     if (s.in % 16 != 0) continue;
-    for (const Form form : {Form::kNormStore, Form::kNormSilu, Form::kSilu, Form::kResidualAdd})
-      if (s.out % 16 == 0 || form == Form::kNormStore || form == Form::kResidualAdd)
+    for (const Form form : {Form::kNormStore, Form::kNormSilu, Form::kSilu, Form::kResidualAdd,
+                            Form::kWeightedStore, Form::kWeightedSilu})
+      if (s.out % 16 == 0 || form == Form::kNormStore || form == Form::kResidualAdd ||
+          form == Form::kWeightedStore)
         check(s, form, GetParam(), ++seed, /*fp8=*/true);
   }
   // One scale for the whole matrix (the loader expands per-tensor checkpoints, but the GEMV
@@ -382,7 +426,9 @@ const std::vector<RopeShape> kRopeShapes = {
 // The kRopeCache epilogue (with and without the norm prologue) against the GEMV's kStore of the
 // same problem followed by ops::rope_and_cache(pair_rows): q and both pools equal bit for bit,
 // every q element and every kept (row, kv head) written.
-void check_rope(const RopeShape& shape, bool norm, DType dtype, uint64_t seed, bool fp8 = false) {
+// `weighted`: x is taken as weighted x (gemv.h), the sums scaled by each row's 1 / rms.
+void check_rope(const RopeShape& shape, bool norm, DType dtype, uint64_t seed, bool fp8 = false,
+                bool weighted = false) {
   const int64_t in = shape.hidden, d = shape.head_dim;
   const int64_t q_dim = shape.q_heads * d, out = q_dim + 2 * shape.kv_heads * d;
   std::mt19937_64 rng(seed);
@@ -410,8 +456,8 @@ void check_rope(const RopeShape& shape, bool norm, DType dtype, uint64_t seed, b
 
   for (int64_t rows = 1; rows <= kGemvMaxRows; ++rows) {
     if (testing::quick_mode() && rows != 1 && rows != 9 && rows != 16) continue;
-    SCOPED_TRACE(std::string(shape.name) + (norm ? " norm" : "") + " " +
-                 std::string(dtype_name(dtype)) + " rows=" + std::to_string(rows));
+    SCOPED_TRACE(std::string(shape.name) + (norm ? " norm" : "") + (weighted ? " weighted" : "") +
+                 " " + std::string(dtype_name(dtype)) + " rows=" + std::to_string(rows));
     PagedKvCache kv;
     kv.block_size = 16;
     kv.num_blocks = static_cast<int32_t>((rows + 15) / 16 + 4);
@@ -460,6 +506,9 @@ void check_rope(const RopeShape& shape, bool norm, DType dtype, uint64_t seed, b
     if (norm) {
       f.norm_residual = d_residual;
       f.norm_weight = d_gamma;
+      f.norm_sumsq = d_sumsq;
+      f.eps = 1e-5f;
+    } else if (weighted) {
       f.norm_sumsq = d_sumsq;
       f.eps = 1e-5f;
     }
@@ -521,16 +570,20 @@ void check_rope(const RopeShape& shape, bool norm, DType dtype, uint64_t seed, b
 TEST_P(FusedGemv, RopeCacheEpilogueMatchesComposition) {
   L2KV_SKIP_WITHOUT_GPU();
   uint64_t seed = 800;
-  for (const RopeShape& s : kRopeShapes)
+  for (const RopeShape& s : kRopeShapes) {
     for (const bool norm : {true, false}) check_rope(s, norm, GetParam(), ++seed);
+    check_rope(s, false, GetParam(), ++seed, /*fp8=*/false, /*weighted=*/true);
+  }
 }
 
 TEST_P(FusedGemv, Fp8RopeCacheEpilogueMatchesComposition) {
   L2KV_SKIP_WITHOUT_GPU();
   uint64_t seed = 900;
-  for (const RopeShape& s : kRopeShapes)
-    if (s.hidden % 16 == 0)
-      for (const bool norm : {true, false}) check_rope(s, norm, GetParam(), ++seed, /*fp8=*/true);
+  for (const RopeShape& s : kRopeShapes) {
+    if (s.hidden % 16 != 0) continue;
+    for (const bool norm : {true, false}) check_rope(s, norm, GetParam(), ++seed, /*fp8=*/true);
+    check_rope(s, false, GetParam(), ++seed, /*fp8=*/true, /*weighted=*/true);
+  }
 }
 
 // What the fused forms refuse, on any machine.

@@ -367,6 +367,24 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) gemv_kernel(GemvParams p
     xs.gamma = static_cast<const uint4*>(f.norm_weight) + t * kX;
   if constexpr (kEpilogue == GemvEpilogue::kResidualAdd)
     if (threadIdx.x < kGemvMaxRows) row_sumsq[threadIdx.x] = 0.f;
+  // Weighted x (gemv.h): x is round(norm weight x residual); each row's 1 / rms multiplies its
+  // sums in the epilogue. Its sum of squares is loaded after the wait, used at the end.
+  const bool weighted_x = !kNorm && f.norm_sumsq != nullptr;
+  float weighted_sumsq = 0.f;
+  // The residual epilogue's weighted x for the next projection: the norm weights of the one
+  // output pair this thread finishes, loaded before the weight loop (weights, not inputs: no
+  // wait needed).
+  float next_norm_lo = 0.f, next_norm_hi = 0.f;
+  if constexpr (kEpilogue == GemvEpilogue::kResidualAdd) {
+    static_assert(kMTiles * kNTiles * 2 * kWarpSize <= kThreads, "one pair per thread");
+    const EpilogueSlot e = epilogue_slot<kNTiles>(static_cast<int>(threadIdx.x), block_first_row);
+    if (f.weighted_x != nullptr && e.tile < kMTiles) {
+      const T* norm_weight = static_cast<const T*>(f.weighted_x_norm);
+      if (e.n < p.out) next_norm_lo = tc::ElementTraits<T>::to_float(norm_weight[e.n]);
+      if (e.n + kRowsPerBlock / 2 < p.out)
+        next_norm_hi = tc::ElementTraits<T>::to_float(norm_weight[e.n + kRowsPerBlock / 2]);
+    }
+  }
 
   const int64_t full_iters = vecs / Tiling::kVecsPerIter;
   const bool has_tail = vecs % Tiling::kVecsPerIter != 0;
@@ -389,7 +407,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) gemv_kernel(GemvParams p
       }
       __syncthreads();
     }
-    if constexpr (kNorm)
+    if (weighted_x && threadIdx.x < p.rows) weighted_sumsq = f.norm_sumsq[threadIdx.x];
+    if (kNorm || weighted_x)
       if (f.clear_sumsq != nullptr && blockIdx.x == 0 && threadIdx.x < kGemvMaxRows)
         f.clear_sumsq[threadIdx.x] = 0.f;
     // The RoPE epilogue's inputs of the one output pair this thread finishes, read after the
@@ -472,6 +491,8 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) gemv_kernel(GemvParams p
   for (int nt = 0; nt < kNTiles; ++nt)
 #pragma unroll
     for (int r = 0; r < 4; ++r) partial(warp, nt * 4 + r, lane) = acc[nt][r];
+  if (weighted_x && threadIdx.x < p.rows)
+    row_sumsq[threadIdx.x] = __frsqrt_rn(weighted_sumsq / static_cast<float>(p.in) + f.eps);
   __syncthreads();
   using Traits = tc::ElementTraits<T>;
   constexpr int kSlots = kNTiles * 2 * kWarpSize;  // per feature tile
@@ -488,6 +509,10 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) gemv_kernel(GemvParams p
     if constexpr (kFp8) {  // the product of the codes times the rows' scales, as gemv_fp8's
       lo *= fp8_row_scale(f, n, p.out);
       hi *= fp8_row_scale(f, n + kRowsPerBlock / 2, p.out);
+    }
+    if (weighted_x) {  // row_sumsq holds each row's 1 / rms (no residual epilogue here)
+      lo *= row_sumsq[m];
+      hi *= row_sumsq[m];
     }
     if constexpr (kEpilogue == GemvEpilogue::kStore) {
       OutT* y = static_cast<OutT*>(p.y);
@@ -512,6 +537,9 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) gemv_kernel(GemvParams p
         float& r = f.residual[m * p.out + col];
         r += Traits::to_float(Traits::from_float(half == 0 ? lo : hi));
         sumsq += r * r;
+        if (f.weighted_x != nullptr)
+          static_cast<T*>(f.weighted_x)[m * p.out + col] =
+              Traits::from_float((half == 0 ? next_norm_lo : next_norm_hi) * r);
       }
       atomicAdd(&row_sumsq[m], sumsq);
     }
@@ -654,8 +682,9 @@ bool gemv_supports(int64_t rows, int64_t in, int64_t out, const void* x, const v
   switch (fusion.epilogue) {
     case GemvEpilogue::kStore:
       return true;
-    case GemvEpilogue::kResidualAdd:
-      return !norm && fusion.residual != nullptr;  // no decoder projection needs both
+    case GemvEpilogue::kResidualAdd:  // no decoder projection needs a norm and this epilogue
+      return !norm && fusion.norm_sumsq == nullptr && fusion.residual != nullptr &&
+             (fusion.weighted_x == nullptr) == (fusion.weighted_x_norm == nullptr);
     case GemvEpilogue::kSiluMul:
       return out % kRowsPerBlock == 0;
     case GemvEpilogue::kRopeCache: {
@@ -673,7 +702,8 @@ bool gemv_supports(int64_t rows, int64_t in, int64_t out, const void* x, const v
 
 void gemv(DType dtype, const void* x, const void* w, void* y, bool f32_out, int64_t rows,
           int64_t in, int64_t out, cudaStream_t stream, bool pdl, const GemvFusion& fusion) {
-  const bool fused = fusion.norm_residual != nullptr || fusion.epilogue != GemvEpilogue::kStore;
+  const bool fused = fusion.norm_residual != nullptr || fusion.norm_sumsq != nullptr ||
+                     fusion.epilogue != GemvEpilogue::kStore;
   const bool rope_dtype_ok =
       fusion.epilogue != GemvEpilogue::kRopeCache || fusion.rope.kv.dtype == dtype;
   const bool fp8 = fusion.fp8_scale != nullptr;

@@ -28,10 +28,17 @@ inline constexpr int64_t kGemvMaxRows = 16;
 // the kernel ahead, block 0 zeroes `clear_sumsq` (kGemvMaxRows floats, nullable): the
 // accumulator the next residual epilogue adds into.
 //
+// Weighted x, when `norm_sumsq` is set without `norm_residual`: x holds round(norm_weight[k] *
+// residual[m, k]) (a kResidualAdd epilogue's `weighted_x`), and row m's sums are multiplied by
+// rsqrt(norm_sumsq[m] / in + eps) before the epilogue: the RMSNorm with no work before the
+// products (the same relative rounding error as ops::add_rmsnorm's; `clear_sumsq` as above).
+//
 // Epilogues:
 //   kStore:       y[m, n] = round(sum).
 //   kResidualAdd: residual[m, n] += round(sum), the fp32 residual stream [rows, out] (y unused);
-//                 residual_sumsq[m] += the sum over n of the new residual[m, n]^2 (nullable).
+//                 residual_sumsq[m] += the sum over n of the new residual[m, n]^2 (nullable);
+//                 weighted_x[m, n] = round(weighted_x_norm[n] * the new residual[m, n])
+//                 (nullable: the next projection's weighted x).
 //   kSiluMul:     W's rows interleave gate and up in groups of 8 (rows 16 j .. 16 j + 7 are gate
 //                 features 8 j .. 8 j + 7, the next 8 rows the up features), so each thread
 //                 block holds a feature's gate and up: y[m, f] = round(silu(round(gate)) *
@@ -64,6 +71,8 @@ struct GemvFusion {
   GemvEpilogue epilogue = GemvEpilogue::kStore;
   float* residual = nullptr;
   float* residual_sumsq = nullptr;
+  void* weighted_x = nullptr;
+  const void* weighted_x_norm = nullptr;
   GemvRopeCache rope;
   // Set: w holds E4M3 codes [out, in] (in a multiple of 16), W[n, k] = fp8_scale[n] x code
   // (fp8_per_channel) or fp8_scale[0] x code; the sum of x times the codes is scaled before the
