@@ -642,7 +642,9 @@ struct CudaModel::GraphOps {
   // chain of L2 round trips). gate_up takes it: on an H100 its 896 blocks read at 0.98 of the
   // ceiling instead of 0.93, the batch-1 step 1.1-1.6 % faster (bench/NOTES.md, "The fused
   // layer's weighted x"). QKV keeps the prologue: its 384 blocks run in one wave there (three
-  // blocks per SM), and weighted x in either ring form was slower.
+  // blocks per SM), and weighted x in either ring form was slower. bf16 only: in fp16,
+  // weight x residual before the division by the rms can overflow or fall into subnormals.
+  bool gate_up_takes_weighted_x() const { return c().dtype == DType::kBFloat16; }
   GemvFusion weighted_x_prologue(int read, int clear) const {
     GemvFusion f;
     f.norm_sumsq = sumsq(read);
@@ -761,7 +763,9 @@ struct CudaModel::GraphOps {
   void output_projection_add(int64_t l) {
     timed(Op::kGemm, [&] {
       if (fused)
-        project_fused(o(l), ws().attn.ptr, nullptr, residual_epilogue(1, w(l).post_norm.ptr));
+        project_fused(
+            o(l), ws().attn.ptr, nullptr,
+            residual_epilogue(1, gate_up_takes_weighted_x() ? w(l).post_norm.ptr : nullptr));
       else
         pending_fp8 = project(o(l), ws().attn.ptr, ws().proj.ptr, defer_block_output_scales());
     });
@@ -786,9 +790,11 @@ struct CudaModel::GraphOps {
       return;
     }
     if (fused) {
-      GemvFusion f = weighted_x_prologue(1, 0);
+      const bool weighted = gate_up_takes_weighted_x();
+      GemvFusion f = weighted ? weighted_x_prologue(1, 0) : norm_prologue(w(l).post_norm.ptr, 1, 0);
       f.epilogue = GemvEpilogue::kSiluMul;
-      timed(Op::kGemm, [&] { project_fused(gate_up(l), ws().h.ptr, ws().act.ptr, f); });
+      timed(Op::kGemm,
+            [&] { project_fused(gate_up(l), weighted ? ws().h.ptr : nullptr, ws().act.ptr, f); });
       return;
     }
     const Projection projection = gate_up(l);

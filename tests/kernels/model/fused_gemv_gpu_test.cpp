@@ -93,16 +93,25 @@ std::vector<int64_t> checked_features(int64_t out, std::mt19937_64& rng) {
 }
 
 // kWeighted*: x given as round(gamma x residual), each row's 1 / rms applied to the sums
-// (gemv.h's weighted x). kResidualAdd also writes the next weighted x.
-enum class Form { kNormStore, kNormSilu, kSilu, kResidualAdd, kWeightedStore, kWeightedSilu };
+// (gemv.h's weighted x). kResidualWeighted: kResidualAdd that also writes the next weighted x.
+enum class Form {
+  kNormStore,
+  kNormSilu,
+  kSilu,
+  kResidualAdd,
+  kResidualWeighted,
+  kWeightedStore,
+  kWeightedSilu
+};
 
 const char* form_name(Form f) {
-  return f == Form::kNormStore       ? "norm+store"
-         : f == Form::kNormSilu      ? "norm+silu"
-         : f == Form::kSilu          ? "silu"
-         : f == Form::kWeightedStore ? "weighted+store"
-         : f == Form::kWeightedSilu  ? "weighted+silu"
-                                     : "residual";
+  return f == Form::kNormStore          ? "norm+store"
+         : f == Form::kNormSilu         ? "norm+silu"
+         : f == Form::kSilu             ? "silu"
+         : f == Form::kWeightedStore    ? "weighted+store"
+         : f == Form::kWeightedSilu     ? "weighted+silu"
+         : f == Form::kResidualWeighted ? "residual+weighted x"
+                                        : "residual";
 }
 
 // Random E4M3 weights [out, in] of magnitudes 0.125-7.5 (exponent fields 4-9) and per-row scales
@@ -141,6 +150,7 @@ void check(const Shape& shape, Form form, DType dtype, uint64_t seed, bool fp8 =
   const bool normalized = norm || weighted;  // x is RMSNorm(residual) one way or the other
   const bool silu_epilogue =
       form == Form::kNormSilu || form == Form::kSilu || form == Form::kWeightedSilu;
+  const bool residual_add = form == Form::kResidualAdd || form == Form::kResidualWeighted;
   const int64_t y_width = silu_epilogue ? out / 2 : out;
   std::mt19937_64 rng(seed);
   std::uniform_real_distribution<float> uniform(-1.f, 1.f);
@@ -231,7 +241,8 @@ void check(const Shape& shape, Form form, DType dtype, uint64_t seed, bool fp8 =
     float* d_clear = upload(std::vector<float>(kGemvMaxRows, 7.f));
     uint16_t* d_y = upload(std::vector<uint16_t>(static_cast<size_t>(rows * y_width), 0xffff));
     // The residual epilogue's next weighted x, with a norm weight of its own.
-    std::vector<uint16_t> next_gamma(form == Form::kResidualAdd ? static_cast<size_t>(out) : 0);
+    std::vector<uint16_t> next_gamma(form == Form::kResidualWeighted ? static_cast<size_t>(out)
+                                                                     : 0);
     for (auto& g : next_gamma) g = float_to_dtype_bits(dtype, 0.5f + std::abs(uniform(rng)));
     uint16_t* d_next_gamma = upload(next_gamma);
     uint16_t* d_next_x = upload(std::vector<uint16_t>(next_gamma.size() * rows, 0xffff));
@@ -247,18 +258,20 @@ void check(const Shape& shape, Form form, DType dtype, uint64_t seed, bool fp8 =
       f.eps = eps;
     }
     if (silu_epilogue) f.epilogue = GemvEpilogue::kSiluMul;
-    if (form == Form::kResidualAdd) {
+    if (residual_add) {
       f.epilogue = GemvEpilogue::kResidualAdd;
       f.residual = d_residual;
       f.residual_sumsq = d_acc;
-      f.weighted_x = d_next_x;
-      f.weighted_x_norm = d_next_gamma;
+      if (form == Form::kResidualWeighted) {
+        f.weighted_x = d_next_x;
+        f.weighted_x_norm = d_next_gamma;
+      }
     }
     Gemm gemm;
     gemm.set_programmatic_launch(true);
     ASSERT_TRUE(gemm.fused_supported(rows, in, out, norm ? nullptr : d_x, w, f));
-    gemm.linear_fused(dtype, norm ? nullptr : d_x, w, form == Form::kResidualAdd ? nullptr : d_y,
-                      rows, in, out, f, nullptr);
+    gemm.linear_fused(dtype, norm ? nullptr : d_x, w, residual_add ? nullptr : d_y, rows, in, out,
+                      f, nullptr);
     L2KV_CUDA_CHECK(cudaDeviceSynchronize());
 
     int64_t bad = 0;
@@ -269,7 +282,7 @@ void check(const Shape& shape, Form form, DType dtype, uint64_t seed, bool fp8 =
       if (std::isinf(got) && std::abs(want) - bound > largest && (got > 0) == (want > 0)) return;
       if (bad++ < 3) ADD_FAILURE() << what << " = " << got << ", reference " << want;
     };
-    if (form == Form::kResidualAdd) {
+    if (residual_add) {
       const auto got = download(d_residual, residual.size());
       const auto acc = download(d_acc, kGemvMaxRows);
       for (int64_t m = 0; m < rows; ++m) {
@@ -290,7 +303,7 @@ void check(const Shape& shape, Form form, DType dtype, uint64_t seed, bool fp8 =
       // The next weighted x: round(next gamma x the new residual), bit for bit, everywhere.
       const auto next_x = download(d_next_x, next_gamma.size() * rows);
       int64_t wrong = 0;
-      for (int64_t m = 0; m < rows; ++m)
+      for (int64_t m = 0; m < rows && !next_gamma.empty(); ++m)
         for (int64_t n = 0; n < out; ++n) {
           const uint16_t want = float_to_dtype_bits(
               dtype, dtype_bits_to_float(dtype, next_gamma[n]) * got[m * out + n]);
@@ -378,7 +391,10 @@ TEST_P(FusedGemv, WeightedXWithStoreAndSiluMatchesComposition) {
 TEST_P(FusedGemv, ResidualEpilogueMatchesComposition) {
   L2KV_SKIP_WITHOUT_GPU();
   uint64_t seed = 700;
-  for (const Shape& s : kShapes) check(s, Form::kResidualAdd, GetParam(), ++seed);
+  for (const Shape& s : kShapes) {
+    check(s, Form::kResidualAdd, GetParam(), ++seed);
+    check(s, Form::kResidualWeighted, GetParam(), ++seed);
+  }
 }
 
 // Every form with fp8 weights, on the shapes whose rows are whole 16-weight vectors.
@@ -388,9 +404,9 @@ TEST_P(FusedGemv, Fp8WeightsMatchComposition) {
   for (const Shape& s : kShapes) {
     if (s.in % 16 != 0) continue;
     for (const Form form : {Form::kNormStore, Form::kNormSilu, Form::kSilu, Form::kResidualAdd,
-                            Form::kWeightedStore, Form::kWeightedSilu})
+                            Form::kResidualWeighted, Form::kWeightedStore, Form::kWeightedSilu})
       if (s.out % 16 == 0 || form == Form::kNormStore || form == Form::kResidualAdd ||
-          form == Form::kWeightedStore)
+          form == Form::kResidualWeighted || form == Form::kWeightedStore)
         check(s, form, GetParam(), ++seed, /*fp8=*/true);
   }
   // One scale for the whole matrix (the loader expands per-tensor checkpoints, but the GEMV

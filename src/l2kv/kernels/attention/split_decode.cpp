@@ -22,11 +22,13 @@ int resolve_device(int device) {
 SplitDecode::SplitDecode(int device) : info_(query_device_info(resolve_device(device))) {}
 
 SplitDecode::~SplitDecode() {
-  // No throwing from a destructor.
+  // No throwing from a destructor. Uploads and runs still queued finish before their memory goes.
+  for (StagingSlot& slot : staging_)
+    if (slot.uploaded) cudaEventSynchronize(slot.uploaded);
+  if (last_run_recorded_) cudaEventSynchronize(last_run_);
   for (DeviceBuffer* b : {&plan_buffer_, &pair_arrivals_, &partial_out_, &partial_lse_})
     if (b->ptr) cudaFree(b->ptr);
   for (StagingSlot& slot : staging_) {
-    if (slot.uploaded) cudaEventSynchronize(slot.uploaded);
     if (slot.host) cudaFreeHost(slot.host);
     if (slot.uploaded) cudaEventDestroy(slot.uploaded);
   }

@@ -31,7 +31,8 @@ inline constexpr int64_t kGemvMaxRows = 16;
 // Weighted x, when `norm_sumsq` is set without `norm_residual`: x holds round(norm_weight[k] *
 // residual[m, k]) (a kResidualAdd epilogue's `weighted_x`), and row m's sums are multiplied by
 // rsqrt(norm_sumsq[m] / in + eps) before the epilogue: the RMSNorm with no work before the
-// products (the same relative rounding error as ops::add_rmsnorm's; `clear_sumsq` as above).
+// products (the same relative rounding error as ops::add_rmsnorm's where weight x residual is
+// in the dtype's normal range: bf16's, not always fp16's; `clear_sumsq` as above).
 //
 // Epilogues:
 //   kStore:       y[m, n] = round(sum).
