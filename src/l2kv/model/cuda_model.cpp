@@ -390,6 +390,8 @@ std::unique_ptr<CudaActivations> CudaModel::allocate_activations(int32_t rows,
   const size_t I_e = static_cast<size_t>(c.expert_intermediate_size);
   a->gate_up = DeviceArray<uint16_t>(std::max(T * 2 * I, slots * 2 * I_e));
   a->act = DeviceArray<uint16_t>(std::max(T * I, slots * I_e));
+  if (c.num_experts == 0)
+    a->gate_up_f32 = DeviceArray<float>(std::min(T, static_cast<size_t>(kGemvMaxRows)) * 2 * I);
   if (c.num_experts > 0) {
     a->router_logits = DeviceArray<float>(T * static_cast<size_t>(c.num_experts));
     a->moe_weights = DeviceArray<float>(slots);
@@ -645,6 +647,17 @@ struct CudaModel::GraphOps {
   // blocks per SM), and weighted x in either ring form was slower. bf16 only: in fp16,
   // weight x residual before the division by the rms can overflow or fall into subnormals.
   bool gate_up_takes_weighted_x() const { return c().dtype == DType::kBFloat16; }
+  // At 2-16 rows gate_up runs on cuBLASLt (the GEMV lost there: 3 % slower steps at 4 and 8 rows,
+  // 7 % at 16, bench/NOTES.md) over the weighted x, into float32, and weighted_silu_mul applies
+  // the rows' 1 / rms, so no add_rmsnorm runs; QKV after the first layer reads the weighted x
+  // the down projection's epilogue wrote (at these rows the GEMV runs the same ring or register
+  // form as in nine kernels; the norm prologue cost each block a normalization of every row).
+  bool gate_up_on_cublaslt() const {
+    return n > kGateUpGemvMaxRows && gate_up_takes_weighted_x() && !c().fp8_weights;
+  }
+  bool qkv_takes_weighted_x(int64_t l) const {
+    return n > 1 && l > 0 && l < c().num_layers && gate_up_takes_weighted_x();
+  }
   GemvFusion weighted_x_prologue(int read, int clear) const {
     GemvFusion f;
     f.norm_sumsq = sumsq(read);
@@ -692,8 +705,11 @@ struct CudaModel::GraphOps {
     set_layer_kv(l);
     const Projection projection = qkv(l);
     if (!fused) norm(w(l).input_norm.ptr, &projection);
-    const void* x = fused ? nullptr : ws().h.ptr;
-    GemvFusion f = fused ? norm_prologue(w(l).input_norm.ptr, 0, 1) : GemvFusion{};
+    const bool weighted = fused && qkv_takes_weighted_x(l);
+    const void* x = fused && !weighted ? nullptr : ws().h.ptr;
+    GemvFusion f = !fused     ? GemvFusion{}
+                   : weighted ? weighted_x_prologue(0, 1)
+                              : norm_prologue(w(l).input_norm.ptr, 0, 1);
     const void* weights = fused ? gemv_weights(projection, f) : w(l).qkv.ptr;
     const bool rope_here = add_rope_epilogue(l, x, weights, f);
     // The calculated fp8 KV scales read the 16-bit projection.
@@ -787,6 +803,17 @@ struct CudaModel::GraphOps {
     if (c().num_experts > 0) {
       norm(w(l).post_norm.ptr);
       mixture_of_experts(l);
+      return;
+    }
+    if (fused && gate_up_on_cublaslt()) {
+      timed(Op::kGemm, [&] {
+        m->gemm_.linear_f32_out(c().dtype, ws().h.ptr, w(l).gate_up.ptr, ws().gate_up_f32.ptr, n, H,
+                                2 * I, stream);
+      });
+      const ops::RowRmsScale rms{sumsq(1), sumsq(0), static_cast<int32_t>(H),
+                                 static_cast<float>(c().rms_norm_eps)};
+      ops::weighted_silu_mul(c().dtype, ws().gate_up_f32.ptr, rms, n, static_cast<int32_t>(I),
+                             ws().act.ptr, stream, pdl, m->gate_up_interleaved_);
       return;
     }
     if (fused) {
@@ -914,7 +941,9 @@ struct CudaModel::GraphOps {
     if (c().num_experts > 0) return;  // mixture_of_experts() left its sum to the next norm
     timed(Op::kGemm, [&] {
       if (fused)
-        project_fused(down(l), ws().act.ptr, nullptr, residual_epilogue(0));
+        project_fused(
+            down(l), ws().act.ptr, nullptr,
+            residual_epilogue(0, qkv_takes_weighted_x(l + 1) ? w(l + 1).input_norm.ptr : nullptr));
       else
         pending_fp8 = project(down(l), ws().act.ptr, ws().proj.ptr, defer_block_output_scales());
     });

@@ -42,6 +42,9 @@ struct CudaActivations {
   // prologues: [0] feeds the QKV projections, [1] gate_up (kGemvMaxRows floats each).
   DeviceArray<float> sumsq;
   DeviceArray<uint16_t> h, qkv, q, attn, proj, gate_up, act, last;
+  // The fused layer's gate_up product on cuBLASLt at 2-16 rows, in float32 before its rows'
+  // RMSNorm scales ([kGemvMaxRows, 2 x intermediate]; dense models).
+  DeviceArray<float> gate_up_f32;
   // Rows of h copied for hidden_row_logits (kMaxHiddenRowLogits x hidden).
   DeviceArray<uint16_t> hidden_rows;
   // A mixture of experts (slots = rows x experts per token; gate_up and act above are sized for

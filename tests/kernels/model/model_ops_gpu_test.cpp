@@ -18,6 +18,7 @@
 
 #include "gpu_test_support.h"
 #include "l2kv/core/dtype.h"
+#include "l2kv/core/error.h"
 #include "l2kv/kernels/model/kv_scales.h"
 #include "l2kv/kernels/model/model_ops.h"
 
@@ -322,6 +323,68 @@ TEST_P(ModelOps, SiluMulTakesMoreRowsThanOneGridColumn) {
   L2KV_SKIP_WITHOUT_GPU();
   check_gated_mul(GetParam(), ops::GateActivation::kSilu, {16, 13}, {65535 + 4000}, 15,
                   [](float g, float u) { return g / (1.f + std::exp(-g)) * u; });
+}
+
+// weighted_silu_mul: a float32 gate_up product of a weighted x, each row scaled by its RMSNorm
+// 1 / rms from a sum of squares, against the host doing the same float operations (the scale in
+// double, then float: the kernel's rsqrt is correctly rounded), in both layouts, at 1-16 rows
+// (the fused layer's) and at a row count no test of the layer reaches; the next accumulator is
+// cleared for the rows and the sums read are left as they were.
+TEST_P(ModelOps, WeightedSiluMulMatchesHostReference) {
+  L2KV_SKIP_WITHOUT_GPU();
+  const DType t = GetParam();
+  std::mt19937_64 rng(21);
+  std::uniform_real_distribution<float> product_values(-300.f, 300.f);
+  std::uniform_real_distribution<float> mean_squares(50.f, 4000.f);
+  constexpr int32_t kWidth = 4096;
+  constexpr float kEps = 1e-5f;
+  for (const bool interleaved : {false, true}) {
+    for (const int32_t inter : {14336, 8, 1000}) {
+      for (const int32_t rows : {1, 7, 16, 200}) {
+        const size_t n = static_cast<size_t>(rows) * inter;
+        std::vector<float> product(2 * n), sumsq(static_cast<size_t>(rows));
+        for (float& p : product) p = product_values(rng);
+        for (float& q : sumsq) q = mean_squares(rng) * kWidth;
+        std::vector<uint16_t> want(n);
+        for (int32_t r = 0; r < rows; ++r) {
+          const auto scale = static_cast<float>(
+              1.0 / std::sqrt(static_cast<double>(sumsq[static_cast<size_t>(r)] / kWidth + kEps)));
+          const float* row = product.data() + static_cast<size_t>(r) * 2 * inter;
+          for (int32_t i = 0; i < inter; ++i) {
+            const int32_t gate_col = interleaved ? i / 8 * 16 + i % 8 : i;
+            const int32_t up_col = interleaved ? gate_col + 8 : inter + i;
+            const float g = to_float(t, round_to(t, row[gate_col] * scale));
+            const float u = to_float(t, round_to(t, row[up_col] * scale));
+            want[static_cast<size_t>(r) * inter + i] = round_to(t, g / (1.f + std::exp(-g)) * u);
+          }
+        }
+        float* d_product = upload(product);
+        float* d_sumsq = upload(sumsq);
+        float* d_clear = upload(std::vector<float>(static_cast<size_t>(rows), 7.f));
+        uint16_t* d_out = upload(std::vector<uint16_t>(n, kPoison16));
+        const ops::RowRmsScale rms{d_sumsq, d_clear, kWidth, kEps};
+        ops::weighted_silu_mul(t, d_product, rms, rows, inter, d_out, nullptr, false, interleaved);
+        L2KV_CUDA_CHECK(cudaDeviceSynchronize());
+        const auto got = download(d_out, n);
+        const auto cleared = download(d_clear, static_cast<size_t>(rows));
+        const auto sums_after = download(d_sumsq, static_cast<size_t>(rows));
+        cudaFree(d_product);
+        cudaFree(d_sumsq);
+        cudaFree(d_clear);
+        cudaFree(d_out);
+        const std::string where = std::string(interleaved ? "interleaved" : "halves") + " inter " +
+                                  std::to_string(inter) + " rows " + std::to_string(rows);
+        EXPECT_TRUE(acceptable(compare16(t, got, want))) << where;
+        EXPECT_EQ(cleared, std::vector<float>(static_cast<size_t>(rows), 0.f)) << where;
+        EXPECT_EQ(sums_after, sumsq) << where;
+      }
+    }
+  }
+  float* f = nullptr;
+  EXPECT_THROW(ops::weighted_silu_mul(t, f, {f, nullptr, kWidth, kEps}, 1, 12, f, nullptr),
+               Error);  // not a multiple of 8
+  EXPECT_THROW(ops::weighted_silu_mul(t, f, {nullptr, nullptr, kWidth, kEps}, 1, 16, f, nullptr),
+               Error);  // no sums of squares
 }
 
 struct RopeCase {

@@ -572,6 +572,40 @@ __global__ void gated_mul_strided_kernel(const T* gate_up, int32_t inter, T* out
   }
 }
 
+// weighted_silu_mul: grid (vector blocks, tokens) as gated_mul_kernel's, over a float32
+// product. Block (0, 0) clears the next accumulator once the kernel ahead has finished (its
+// last reader ran before that kernel).
+template <typename T, bool kInterleaved>
+__global__ void weighted_silu_mul_kernel(const float* gate_up, RowRmsScale rms, int32_t inter,
+                                         T* out) {
+  ptx::launch_dependents();
+  ptx::grid_dependency_wait();
+  using Traits = tc::ElementTraits<T>;
+  const int64_t t = blockIdx.y;
+  if (rms.clear_sumsq != nullptr && blockIdx.x == 0 && blockIdx.y == 0 && threadIdx.x < gridDim.y)
+    rms.clear_sumsq[threadIdx.x] = 0.f;
+  const int i = (static_cast<int>(blockIdx.x) * static_cast<int>(blockDim.x) +
+                 static_cast<int>(threadIdx.x)) *
+                kVec;
+  if (i >= inter) return;
+  const float* row = gate_up + t * 2 * inter;
+  const auto* g4 = reinterpret_cast<const float4*>(row + (kInterleaved ? 2 * i : i));
+  const auto* u4 = reinterpret_cast<const float4*>(row + (kInterleaved ? 2 * i + kVec : inter + i));
+  // The product's loads and the row's sum of squares in flight together: one round trip.
+  const float4 loaded[4] = {g4[0], g4[1], u4[0], u4[1]};
+  const float scale = __frsqrt_rn(rms.sumsq[t] / static_cast<float>(rms.width) + rms.eps);
+  const float* g = &loaded[0].x;
+  const float* u = &loaded[2].x;
+  Vec8<T> y;
+#pragma unroll
+  for (int e = 0; e < kVec; ++e) {
+    const float gate = Traits::to_float(Traits::from_float(g[e] * scale));
+    const float up = Traits::to_float(Traits::from_float(u[e] * scale));
+    y.v[e] = gate_activation<false>(gate) * up;
+  }
+  y.store(out + t * inter + i);
+}
+
 __global__ void soft_cap_kernel(float* values, int64_t count, float cap) {
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < count;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x)
@@ -792,6 +826,31 @@ void gated_mul(DType dtype, const void* gate_up, int32_t num_tokens, int32_t int
       L2KV_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, in + int64_t{first} * 2 * inter, inter,
                                          o + int64_t{first} * inter));
     }
+  });
+}
+
+void weighted_silu_mul(DType dtype, const float* gate_up, const RowRmsScale& rms,
+                       int32_t num_tokens, int32_t inter, void* out, cudaStream_t stream, bool pdl,
+                       bool interleaved) {
+  if (inter <= 0 || inter % kVec != 0 || num_tokens > kThreads || rms.sumsq == nullptr ||
+      rms.width <= 0)
+    throw Error(
+        "weighted_silu_mul: needs an intermediate size that is a positive multiple of 8 "
+        "(got " +
+        std::to_string(inter) + "), at most " + std::to_string(kThreads) + " rows (got " +
+        std::to_string(num_tokens) + ") and each row's sum of squares");
+  if (num_tokens <= 0) return;
+  with_16bit_type(dtype, [&](auto* tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    using Kernel = void (*)(const float*, RowRmsScale, int32_t, T*);
+    const Kernel kernel = interleaved ? Kernel{weighted_silu_mul_kernel<T, true>}
+                                      : Kernel{weighted_silu_mul_kernel<T, false>};
+    const auto vec_blocks = static_cast<unsigned>(ceil_div(inter / kVec, kThreads));
+    cudaLaunchAttribute attribute;
+    const cudaLaunchConfig_t config =
+        launch_config(dim3(vec_blocks, static_cast<unsigned>(num_tokens)), dim3(kThreads), 0,
+                      stream, pdl, attribute);
+    L2KV_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, gate_up, rms, inter, static_cast<T*>(out)));
   });
 }
 

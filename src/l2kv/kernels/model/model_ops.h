@@ -101,6 +101,25 @@ void gated_mul(DType dtype, const void* gate_up, int32_t num_tokens, int32_t int
                GateActivation activation = GateActivation::kSilu,
                const Fp8Product& gate_up_fp8 = {}, const Fp8Rows& out_fp8 = {});
 
+// Each row's RMSNorm scale, rsqrt(sumsq[t] / width + eps), for a product whose x was a
+// weighted x (gemv.h: round(norm weight x residual), the norm's 1 / rms still to apply).
+// `clear_sumsq` (nullable): an accumulator zeroed after the wait, one float per row, for the
+// residual epilogue after the op (as the GEMV's weighted-x prologue clears it).
+struct RowRmsScale {
+  const float* sumsq = nullptr;
+  float* clear_sumsq = nullptr;
+  int32_t width = 0;
+  float eps = 0.f;
+};
+
+// SiLU x up of gate_up on a weighted x, from cuBLASLt's float32 product [rows, 2 inter] (gate
+// and up laid out as gated_mul's): g and u are the product times the row's rms.scale, each rounded
+// to `dtype`, and out[t, i] = round(silu(g) * u): what the GEMV's kSiluMul epilogue does with a
+// weighted x. inter % 8 == 0, at most 256 rows; `pdl` as gated_mul's.
+void weighted_silu_mul(DType dtype, const float* gate_up, const RowRmsScale& rms,
+                       int32_t num_tokens, int32_t inter, void* out, cudaStream_t stream,
+                       bool pdl = false, bool interleaved = false);
+
 // values[i] = cap * tanh(values[i] / cap) (Gemma's final logit soft-capping).
 void soft_cap(float* values, int64_t count, float cap, cudaStream_t stream);
 
