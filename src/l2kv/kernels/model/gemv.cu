@@ -375,6 +375,9 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) gemv_kernel(GemvParams p
   // output pair this thread finishes, loaded before the weight loop (weights, not inputs: no
   // wait needed).
   float next_norm_lo = 0.f, next_norm_hi = 0.f;
+  // The residual epilogue's two residual values, loaded right after the wait (they are the
+  // kernel ahead's output) so the block's end adds to registers instead of waiting for L2.
+  float residual_lo = 0.f, residual_hi = 0.f;
   if constexpr (kEpilogue == GemvEpilogue::kResidualAdd) {
     static_assert(kMTiles * kNTiles * 2 * kWarpSize <= kThreads, "one pair per thread");
     const EpilogueSlot e = epilogue_slot<kNTiles>(static_cast<int>(threadIdx.x), block_first_row);
@@ -411,6 +414,14 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) gemv_kernel(GemvParams p
     if (kNorm || weighted_x)
       if (f.clear_sumsq != nullptr && blockIdx.x == 0 && threadIdx.x < kGemvMaxRows)
         f.clear_sumsq[threadIdx.x] = 0.f;
+    if constexpr (kEpilogue == GemvEpilogue::kResidualAdd) {
+      const EpilogueSlot e = epilogue_slot<kNTiles>(static_cast<int>(threadIdx.x), block_first_row);
+      if (e.tile < kMTiles && e.m < p.rows) {
+        if (e.n < p.out) residual_lo = f.residual[e.m * p.out + e.n];
+        if (e.n + kRowsPerBlock / 2 < p.out)
+          residual_hi = f.residual[e.m * p.out + e.n + kRowsPerBlock / 2];
+      }
+    }
     // The RoPE epilogue's inputs of the one output pair this thread finishes, read after the
     // wait like every input.
     if constexpr (kEpilogue == GemvEpilogue::kRopeCache) {
@@ -534,8 +545,10 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) gemv_kernel(GemvParams p
       for (int half = 0; half < 2; ++half) {
         const int64_t col = n + half * (kRowsPerBlock / 2);
         if (col >= p.out) continue;
-        float& r = f.residual[m * p.out + col];
-        r += Traits::to_float(Traits::from_float(half == 0 ? lo : hi));
+        // This thread's own pair (one pair per thread): the values loaded after the wait.
+        const float r = (half == 0 ? residual_lo : residual_hi) +
+                        Traits::to_float(Traits::from_float(half == 0 ? lo : hi));
+        f.residual[m * p.out + col] = r;
         sumsq += r * r;
         if (f.weighted_x != nullptr)
           static_cast<T*>(f.weighted_x)[m * p.out + col] =
