@@ -540,12 +540,14 @@ TEST_P(CudaModelFixture, Fp8CalculatedScalesAtRealMagnitudes) {
 // SiLU x up epilogues, steps of up to 16 rows) against the nine-kernel composition on the same
 // steps, the latter with the RoPE epilogue off too (the projection's store, then
 // ops::rope_and_cache): 12 prompts of 9 tokens prefilled one by one, then 3 decode steps of all
-// 12. The two paths differ only in the order the sums of squares are added (one RMSNorm scale
-// an ulp apart turns some 16-bit x over), measured on an H200 at 0 to 5.3e-3 (qwen2-tied); the
-// bound is half the 16-bit noise floor MatchesTransformersInOneRaggedBatch allows (2e-2). A
-// wiring error (a lost residual, bias or norm weight, a wrong layer's pools) moves the logits by
-// far more; the fused kernels' arithmetic is checked element by element in
-// fused_gemv_gpu_test.cpp.
+// 12. In fp16 the two paths differ only in the order the sums of squares are added (one RMSNorm
+// scale an ulp apart turns some 16-bit x over): 8.2e-4 (llama2-mha). In bf16 the fused layer's
+// weighted x rounds gamma x residual before the division by the rms instead of after it, an
+// independent rounding of the same size: 7.8e-3 to 8.8e-3 on an H200 and an H100 (qwen2-tied the
+// largest). The bound is three quarters of the 16-bit noise floor
+// MatchesTransformersInOneRaggedBatch allows (2e-2). A wiring error (a lost residual, bias or norm
+// weight, a wrong layer's pools) moves the logits by far more; the fused kernels' arithmetic is
+// checked element by element in fused_gemv_gpu_test.cpp.
 TEST_P(CudaModelFixture, FusedLayerAgreesWithNineKernels) {
   L2KV_SKIP_WITHOUT_GPU();
   std::vector<std::vector<float>> logits[2];
@@ -585,7 +587,7 @@ TEST_P(CudaModelFixture, FusedLayerAgreesWithNineKernels) {
   }
   std::printf("[fused-layer] %s: worst step logits rel. L2 fused vs nine kernels %.2e\n",
               GetParam().c_str(), worst);
-  EXPECT_LT(worst, 1e-2);
+  EXPECT_LT(worst, 1.5e-2);
 }
 
 // qwen3-qknorm (per-head q/k RMSNorm, head_dim 128 with hidden 256 over 4 heads) joins once
