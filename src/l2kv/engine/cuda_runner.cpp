@@ -147,6 +147,27 @@ KvCacheSizing CudaRunner::prepare(int32_t block_size, int32_t max_batched_tokens
 void CudaRunner::allocate_kv_cache(int32_t num_blocks) {
   allocate_kv_cache_without_graphs(num_blocks);
   capture_graphs();
+  warm_up_prompt_step();
+}
+
+void CudaRunner::warm_up_prompt_step() {
+  // Tensor-parallel ranks would each wait for the others' collectives here.
+  if (model_->tensor_parallel() || state_->num_kv_blocks() == 0) return;
+  const WorkspaceLimits& limits = state_->limits();
+  const int32_t len = std::min(limits.max_tokens, limits.max_model_len);
+  if (len < 2) return;
+  const std::vector<int32_t> tokens(static_cast<size_t>(len), 0);
+  // Every position in block 0, which the block manager never hands out (pad rows write there).
+  const std::vector<int32_t> table(static_cast<size_t>((len + block_size_ - 1) / block_size_), 0);
+  const int32_t groups = state_->kv_cache_groups().num_groups();
+  const std::vector<std::span<const int32_t>> group_tables(groups > 1 ? groups : 0, table);
+  const BatchSequence warm{tokens, 0, table, true, group_tables};
+  // fp8 KV scales still to calculate would come from this step's K and V: re-armed after it.
+  const bool rearm_kv_scales = state_->kv_scales_pending();
+  state_->prepare(std::span<const BatchSequence>(&warm, 1), 0, stream_);
+  state_->forward(stream_);
+  L2KV_CUDA_CHECK(cudaStreamSynchronize(stream_));
+  if (rearm_kv_scales) state_->set_calculate_kv_scales(true);
 }
 
 void CudaRunner::allocate_kv_cache_without_graphs(int32_t num_blocks) {

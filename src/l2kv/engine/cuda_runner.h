@@ -116,6 +116,9 @@ class CudaRunner : public ModelRunner {
   using Clock = std::chrono::steady_clock;
   // A tensor-parallel rank other than 0: it runs the forward with rank 0 but samples nothing.
   bool follower() const;
+  // One prompt-sized forward on the pad block before the first request, so that request does
+  // not pay for the prefill kernels' first launches (module loading, GEMM plans).
+  void warm_up_prompt_step();
   std::shared_ptr<CudaModel> model_;
   std::unique_ptr<CudaStepState> state_;  // made on the model's device, freed before the stream
   CudaRunnerOptions options_;
