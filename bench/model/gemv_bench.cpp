@@ -67,7 +67,7 @@ enum class Fused : uint8_t {
   kNormRopeCache,  // QKV at one row: RMSNorm prologue, RoPE + paged-KV write epilogue
   kNormStore,      // QKV at one row of a model with q/k norms (RoPE needs the whole head)
   kRopeCache,      // QKV at 2-16 rows
-  kResidualAdd,    // O and down at one row
+  kResidualAdd,    // O and down at one row (bf16 models: 1-16 rows)
   kNormSiluMul,    // gate_up at one row
 };
 
@@ -108,14 +108,17 @@ std::vector<Projection> projections(const ModelConfig& c) {
           {"lm_head", h, c.vocab_size, true, 1, Fused::kNone}};
 }
 
-// The form CudaModel runs `p` in at `rows` rows (cuda_model.cpp: the five-kernel layer up to
-// CudaStepState::kDefaultFusedLayerMaxRows rows; above it, QKV's RoPE epilogue where Gemm sends
-// QKV to the GEMV and the model has no q/k norms). fp8 projections run the fused forms at one
-// row (the fp8 default of --fused-layer-max-rows) and gemv_fp8 above.
+// The form CudaModel runs `p` in at `rows` rows (cuda_model.cpp). One row: the fused layer's
+// forms (fp8 projections too; gemv_fp8 above one row). 2-16 rows of a bf16 model (its default
+// fused layer, CudaModel::default_fused_layer_max_rows): QKV's RoPE epilogue, O and down adding
+// into the residual, gate_up on cuBLASLt (the weighted x and its scale are not modelled here).
+// fp16 at 2-16 rows: QKV's RoPE epilogue where Gemm sends QKV to the GEMV and the model has no
+// q/k norms.
 Fused fused_form(const ModelConfig& c, const Projection& p, int64_t rows) {
   if (c.fp8_weights) return rows == 1 ? p.fused : Fused::kNone;
   if (rows > Gemm::kDefaultGemvMaxRows) return Fused::kNone;  // cuBLASLt
-  if (rows <= CudaStepState::kDefaultFusedLayerMaxRows) return p.fused;
+  if (rows == 1) return p.fused;
+  if (c.dtype == DType::kBFloat16 && p.fused == Fused::kResidualAdd) return Fused::kResidualAdd;
   const bool qkv_on_gemv = p.fused == Fused::kNormRopeCache && p.out <= Gemm::kGemvMaxOut;
   return qkv_on_gemv ? Fused::kRopeCache : Fused::kNone;
 }
@@ -160,7 +163,9 @@ class FusedBuffers {
     upload(positions_.ptr, positions, stream);
     upload(slots_.ptr, slots, stream);
     upload(inv_freq_.ptr, rope_inverse_frequencies(c.rope, c.head_dim), stream);
-    upload(sumsq_.ptr, std::vector<float>(static_cast<size_t>(rows_), c.hidden_size / 3.f), stream);
+    upload(sumsq_.ptr,
+           std::vector<RowSumsq>(static_cast<size_t>(rows_), to_row_sumsq(c.hidden_size / 3.f)),
+           stream);
     kv_.k_pool = k_pool_.ptr;
     kv_.v_pool = v_pool_.ptr;
     kv_.num_blocks = 1;
@@ -209,7 +214,7 @@ class FusedBuffers {
   int64_t rows_, width_;
   DeviceArray<float> residual_, added_residual_;
   DeviceArray<uint16_t> norm_weight_, bias_;
-  DeviceArray<float> sumsq_, residual_sumsq_;
+  DeviceArray<RowSumsq> sumsq_, residual_sumsq_;
   DeviceArray<int32_t> positions_, slots_;
   DeviceArray<float> inv_freq_;
   DeviceArray<uint16_t> q_, k_pool_, v_pool_;

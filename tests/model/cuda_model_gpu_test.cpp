@@ -553,7 +553,7 @@ TEST_P(CudaModelFixture, FusedLayerAgreesWithNineKernels) {
   std::vector<std::vector<float>> logits[2];
   for (const bool fused : {true, false}) {
     auto state = load(kFixtures / GetParam(), 64, 128);
-    EXPECT_EQ(state->fused_layer_max_rows(), CudaStepState::kDefaultFusedLayerMaxRows);
+    EXPECT_EQ(state->fused_layer_max_rows(), state->model().default_fused_layer_max_rows());
     state->set_fused_layer_max_rows(fused ? kGemvMaxRows : 0);
     state->set_rope_epilogue(fused);
     const int64_t vocab = state->config().vocab_size;

@@ -58,10 +58,11 @@ void add_model_options(CLI::App& app, ModelOptions& o) {
                   "and stores values below 2^-6 in E4M3's coarse subnormal steps");
   app.add_option("--fused-layer-max-rows", o.fused_layer_max_rows,
                  "On CUDA, decode steps of up to this many rows (0-16) run each decoder layer in "
-                 "five kernels (RMSNorm inside the QKV and gate_up projections, SiLU x up and the "
-                 "residual adds in the projections' epilogues, 16-bit or fp8 weights), larger "
-                 "steps in nine. Default 1: on an H200 the five are faster at one row and slower "
-                 "from two (bench/NOTES.md). 0 turns them off")
+                 "its fused form (no RMSNorm kernels: the norms inside the projections, SiLU x up "
+                 "and the residual adds in their epilogues), larger steps in nine kernels. "
+                 "Default: 16 for bf16 models with 16-bit weights, 1 for fp16 models and fp8 "
+                 "weights (where the fused form is slower from two rows; bench/NOTES.md). 0 turns "
+                 "it off")
       ->check(CLI::Range(0, 16));
   app.add_option("--tensor-parallel-size", o.tensor_parallel_size,
                  "Split the model over this many ranks (attention heads, MLP features and the "
@@ -285,10 +286,10 @@ LoadedModel load_model(const ModelOptions& o) {
     const CudaRunnerOptions options = cuda_runner_options(o);
     auto runner = std::make_unique<CudaRunner>(loaded.cuda_model, options);
     const int32_t fused_rows = runner->step_state().fused_layer_max_rows();
-    const std::string layer = fused_rows == 0   ? ", nine kernels per layer"
-                              : fused_rows == 1 ? ""  // the default
-                                                : ", five kernels per layer up to " +
-                                                      std::to_string(fused_rows) + " rows";
+    const std::string layer = fused_rows == loaded.cuda_model->default_fused_layer_max_rows() ? ""
+                              : fused_rows == 0
+                                  ? ", nine kernels per layer"
+                                  : ", fused layer up to " + std::to_string(fused_rows) + " rows";
     loaded.description = o.model + " on " + runner->device_name() + " (" +
                          std::string(dtype_name(loaded.cuda_model->config().dtype)) +
                          ", attention " + o.attention + ", kv-prefetch " + o.kv_prefetch +

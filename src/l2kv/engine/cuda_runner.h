@@ -36,7 +36,7 @@ struct CudaRunnerOptions {
   KvStorage kv_storage = KvStorage::kModelDtype;  // fp8: both decode kernels read E4M3 K/V
   bool calculate_kv_scales =
       true;  // fp8 scales from the first prompt where the checkpoint has none
-  // CudaStepState::set_fused_layer_max_rows; -1 keeps its default (1 row).
+  // CudaStepState::set_fused_layer_max_rows; -1 keeps the model's default.
   int32_t fused_layer_max_rows = -1;
   // Device memory kept out of the KV pool for graphs, the sampler and allocator slack.
   int64_t reserve_bytes = int64_t{512} << 20;

@@ -40,7 +40,7 @@ CudaStepState::CudaStepState(std::shared_ptr<CudaModel> model) : model_(std::mov
   L2KV_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&kv_scales_),
                              static_cast<size_t>(2 * config().num_layers) * sizeof(float)));
   set_calculate_kv_scales(calculate_kv_scales_);
-  fused_layer_max_rows_ = kDefaultFusedLayerMaxRows;
+  fused_layer_max_rows_ = model_->default_fused_layer_max_rows();
 }
 
 CudaStepState::~CudaStepState() {

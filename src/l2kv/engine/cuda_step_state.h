@@ -135,11 +135,10 @@ class CudaStepState {
   void capture_decode_graphs(std::span<const int32_t> batch_sizes, cudaStream_t stream);
   bool has_graph(int32_t batch_size) const { return graphs_.count(batch_size) > 0; }
   void set_use_graphs(bool on) { use_graphs_ = on; }
-  // Steps of up to `rows` rows (0 to 16, the GEMV's limit) run each layer in five kernels
-  // (gemv.h's fusions: RMSNorm prologues, residual and SiLU x up epilogues), larger ones in
-  // nine. The default, kDefaultFusedLayerMaxRows, is where an H200 measured the five faster
-  // (bench/NOTES.md), for 16-bit and fp8 projections alike. Drops captured graphs.
-  static constexpr int32_t kDefaultFusedLayerMaxRows = 1;
+  // Steps of up to `rows` rows (0 to 16, the GEMV's limit) run each layer in the fused form
+  // (gemv.h's fusions: RMSNorm prologues or weighted x, residual and SiLU x up epilogues), larger
+  // ones in nine kernels. The default is the model's (CudaModel::default_fused_layer_max_rows:
+  // where measurements put the fused form ahead). Drops captured graphs.
   void set_fused_layer_max_rows(int32_t rows);
   int32_t fused_layer_max_rows() const { return fused_layer_max_rows_; }
   // Whether the QKV GEMV applies RoPE and writes K/V itself where it can (CudaForwardStep's

@@ -380,7 +380,7 @@ std::unique_ptr<CudaActivations> CudaModel::allocate_activations(int32_t rows,
   const size_t q_dim = c.num_q_heads * c.head_dim, kv_dim = c.num_kv_heads * c.head_dim;
   auto a = std::make_unique<CudaActivations>();
   a->residual = DeviceArray<float>(T * H);
-  a->sumsq = DeviceArray<float>(2 * static_cast<size_t>(kGemvMaxRows));
+  a->sumsq = DeviceArray<RowSumsq>(2 * static_cast<size_t>(kGemvMaxRows));
   a->h = DeviceArray<uint16_t>(T * H);
   a->qkv = DeviceArray<uint16_t>(T * (q_dim + 2 * kv_dim));
   a->q = DeviceArray<uint16_t>(T * q_dim);
@@ -461,6 +461,11 @@ bool CudaModel::can_fuse_layer(int32_t rows) const {
   return comm_ == nullptr && c.num_experts == 0 && !c.gemma && gate_up_interleaved_ &&
          rows <= gemm_.gemv_max_rows() && rows <= kGemvMaxRows && c.hidden_size % k == 0 &&
          (c.num_q_heads * c.head_dim) % k == 0 && c.intermediate_size % k == 0;
+}
+
+int32_t CudaModel::default_fused_layer_max_rows() const {
+  const bool weighted_x_layer = config_.dtype == DType::kBFloat16 && !config_.fp8_weights;
+  return weighted_x_layer ? static_cast<int32_t>(kGemvMaxRows) : 1;
 }
 
 bool CudaModel::can_capture_rows(int32_t rows) const {
@@ -625,7 +630,7 @@ struct CudaModel::GraphOps {
     pending_norm = nullptr;
     pending_fp8 = {};
   }
-  float* sumsq(int i) const { return ws().sumsq.ptr + i * kGemvMaxRows; }
+  RowSumsq* sumsq(int i) const { return ws().sumsq.ptr + i * kGemvMaxRows; }
   // The fused layer's RMSNorm prologue over the residual stream, its sums of squares in
   // sumsq(read); it clears sumsq(clear) for the residual epilogue after it.
   GemvFusion norm_prologue(const void* weight, int read, int clear) const {

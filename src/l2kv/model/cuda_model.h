@@ -26,6 +26,7 @@
 #include "l2kv/core/device_array.h"
 #include "l2kv/kernels/attention/decode_attention.h"
 #include "l2kv/kernels/model/gemm.h"
+#include "l2kv/kernels/model/row_sumsq.h"
 #include "l2kv/model/cuda_attention.h"
 #include "l2kv/model/model_config.h"
 #include "l2kv/parallel/tensor_parallel.h"
@@ -40,7 +41,7 @@ struct CudaActivations {
   DeviceArray<float> residual, logits;
   // Two accumulators of the residual rows' sums of squares for the fused layer's RMSNorm
   // prologues: [0] feeds the QKV projections, [1] gate_up (kGemvMaxRows floats each).
-  DeviceArray<float> sumsq;
+  DeviceArray<RowSumsq> sumsq;
   DeviceArray<uint16_t> h, qkv, q, attn, proj, gate_up, act, last;
   // The fused layer's gate_up product on cuBLASLt at 2-16 rows, in float32 before its rows'
   // RMSNorm scales ([kGemvMaxRows, 2 x intermediate]; dense models).
@@ -155,6 +156,12 @@ class CudaModel {
 
   // Whether the five-kernel layer (gemv.h's fusions) serves a step of `rows` query rows.
   bool can_fuse_layer(int32_t rows) const;
+  // The steps the fused layer serves by default (CudaStepState::set_fused_layer_max_rows): up
+  // to 16 rows for bf16 models with 16-bit weights, whose layer at 2-16 rows runs no RMSNorm
+  // kernel (gate_up on cuBLASLt over the weighted x; faster at every size from 2 to 16 rows,
+  // bench/NOTES.md "The fused layer at 2-16 rows"), else one row (fp16 models and fp8 weights
+  // keep the norm prologues there, which lost from two rows).
+  int32_t default_fused_layer_max_rows() const;
   // Whether a decode step of `rows` rows may be captured in a CUDA graph: always for a dense
   // model; for a mixture of experts while its slots (rows x experts per token) go through the
   // expert GEMV: up to kMoeGemvSlotsPerExpert per expert on average with kMoeManyExperts

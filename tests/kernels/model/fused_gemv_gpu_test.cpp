@@ -203,7 +203,7 @@ void check(const Shape& shape, Form form, DType dtype, uint64_t seed, bool fp8 =
     for (auto& b : x_bits) b = float_to_dtype_bits(dtype, uniform(rng));
     // x as the kernel must see it.
     std::vector<double> x(static_cast<size_t>(rows * in));
-    std::vector<float> sumsq_in(kGemvMaxRows, 0.f);
+    std::vector<RowSumsq> sumsq_in(kGemvMaxRows, 0);                // fixed point (row_sumsq.h)
     std::vector<double> row_scale(static_cast<size_t>(rows), 1.0);  // weighted x: 1 / rms
     for (int64_t m = 0; m < rows; ++m) {
       if (!normalized) {
@@ -214,10 +214,11 @@ void check(const Shape& shape, Form form, DType dtype, uint64_t seed, bool fp8 =
       double ss = 0;
       for (int64_t k = 0; k < in; ++k)
         ss += static_cast<double>(residual[m * in + k]) * residual[m * in + k];
-      sumsq_in[m] = static_cast<float>(ss);
+      sumsq_in[m] = to_row_sumsq(static_cast<float>(ss));
       // Correctly rounded, as the kernel's __frsqrt_rn: x then matches it bit for bit.
       const float scale = static_cast<float>(
-          1.0 / std::sqrt(static_cast<double>(sumsq_in[m] / static_cast<float>(in) + eps)));
+          1.0 / std::sqrt(static_cast<double>(
+                    row_sumsq_value(sumsq_in[m]) / static_cast<float>(in) + eps)));
       // Weighted x: x is round(gamma x residual), given as x; the scale multiplies the sums.
       const float x_scale = weighted ? 1.f : scale;
       row_scale[static_cast<size_t>(m)] = weighted ? scale : 1.0;
@@ -235,10 +236,10 @@ void check(const Shape& shape, Form form, DType dtype, uint64_t seed, bool fp8 =
 
     float* d_residual = upload(residual);
     uint16_t* d_x = upload(x_bits);
-    float* d_sumsq = upload(sumsq_in);
-    const float sumsq_start = 3.25f;  // the residual epilogue adds to what is there
-    float* d_acc = upload(std::vector<float>(kGemvMaxRows, sumsq_start));
-    float* d_clear = upload(std::vector<float>(kGemvMaxRows, 7.f));
+    RowSumsq* d_sumsq = upload(sumsq_in);
+    const RowSumsq sumsq_start = to_row_sumsq(3.25f);  // the residual epilogue adds to it
+    RowSumsq* d_acc = upload(std::vector<RowSumsq>(kGemvMaxRows, sumsq_start));
+    RowSumsq* d_clear = upload(std::vector<RowSumsq>(kGemvMaxRows, 7));
     uint16_t* d_y = upload(std::vector<uint16_t>(static_cast<size_t>(rows * y_width), 0xffff));
     // The residual epilogue's next weighted x, with a norm weight of its own.
     std::vector<uint16_t> next_gamma(form == Form::kResidualWeighted ? static_cast<size_t>(out)
@@ -295,7 +296,10 @@ void check(const Shape& shape, Form form, DType dtype, uint64_t seed, bool fp8 =
           expect_near(got[m * out + n], want, tol.bound(y) + 1e-6 * std::abs(want),
                       "residual[" + std::to_string(m) + "][" + std::to_string(n) + "]");
         }
-        expect_near(acc[m], sumsq_start + ss, 1e-5 * (sumsq_start + ss),
+        // Each thread's addend rounds to 2^-20: out / 2 of them.
+        const double start = row_sumsq_value(sumsq_start);
+        expect_near(row_sumsq_value(acc[m]), start + ss,
+                    1e-5 * (start + ss) + static_cast<double>(out) * 0x1p-21,
                     "sumsq[" + std::to_string(m) + "]");
       }
       for (int64_t m = rows; m < kGemvMaxRows; ++m)
@@ -345,7 +349,7 @@ void check(const Shape& shape, Form form, DType dtype, uint64_t seed, bool fp8 =
     EXPECT_EQ(bad, 0) << "elements outside tolerance";
     if (normalized) {
       const auto cleared = download(d_clear, kGemvMaxRows);
-      EXPECT_TRUE(std::all_of(cleared.begin(), cleared.end(), [](float v) { return v == 0.f; }))
+      EXPECT_TRUE(std::all_of(cleared.begin(), cleared.end(), [](RowSumsq v) { return v == 0; }))
           << "clear_sumsq not zeroed";
     }
     for (void* p :
@@ -498,13 +502,15 @@ void check_rope(const RopeShape& shape, bool norm, DType dtype, uint64_t seed, b
     }
     std::vector<float> residual(static_cast<size_t>(rows * in));
     for (auto& r : residual) r = 2.f * uniform(rng);
-    std::vector<float> sumsq(kGemvMaxRows, 0.f);
+    std::vector<float> sums(kGemvMaxRows, 0.f);
     for (int64_t m = 0; m < rows; ++m)
-      for (int64_t k = 0; k < in; ++k) sumsq[m] += residual[m * in + k] * residual[m * in + k];
+      for (int64_t k = 0; k < in; ++k) sums[m] += residual[m * in + k] * residual[m * in + k];
+    std::vector<RowSumsq> sumsq(kGemvMaxRows, 0);  // fixed point (row_sumsq.h)
+    for (int64_t m = 0; m < kGemvMaxRows; ++m) sumsq[m] = to_row_sumsq(sums[m]);
     std::vector<uint16_t> x(static_cast<size_t>(rows * in));
     for (auto& b : x) b = float_to_dtype_bits(dtype, uniform(rng));
     float* d_residual = upload(residual);
-    float* d_sumsq = upload(sumsq);
+    RowSumsq* d_sumsq = upload(sumsq);
     uint16_t* d_x = upload(x);
     int32_t* d_positions = upload(positions);
     int32_t* d_slots = upload(slots);
@@ -609,7 +615,7 @@ TEST(FusedGemvSupports, NamesWhatEachFormNeeds) {
   alignas(16) static uint16_t w[16 * 16];
   alignas(16) static float residual[16 * 16];
   alignas(16) static uint16_t gamma[16];
-  static float sumsq[16];
+  static RowSumsq sumsq[16];
   GemvFusion silu;
   silu.norm_residual = residual;
   silu.norm_weight = gamma;

@@ -342,13 +342,15 @@ TEST_P(ModelOps, WeightedSiluMulMatchesHostReference) {
     for (const int32_t inter : {14336, 8, 1000}) {
       for (const int32_t rows : {1, 7, 16, 200}) {
         const size_t n = static_cast<size_t>(rows) * inter;
-        std::vector<float> product(2 * n), sumsq(static_cast<size_t>(rows));
+        std::vector<float> product(2 * n);
+        std::vector<RowSumsq> sumsq(static_cast<size_t>(rows));  // fixed point (row_sumsq.h)
         for (float& p : product) p = product_values(rng);
-        for (float& q : sumsq) q = mean_squares(rng) * kWidth;
+        for (RowSumsq& q : sumsq) q = to_row_sumsq(mean_squares(rng) * kWidth);
         std::vector<uint16_t> want(n);
         for (int32_t r = 0; r < rows; ++r) {
           const auto scale = static_cast<float>(
-              1.0 / std::sqrt(static_cast<double>(sumsq[static_cast<size_t>(r)] / kWidth + kEps)));
+              1.0 / std::sqrt(static_cast<double>(
+                        row_sumsq_value(sumsq[static_cast<size_t>(r)]) / kWidth + kEps)));
           const float* row = product.data() + static_cast<size_t>(r) * 2 * inter;
           for (int32_t i = 0; i < inter; ++i) {
             const int32_t gate_col = interleaved ? i / 8 * 16 + i % 8 : i;
@@ -359,8 +361,8 @@ TEST_P(ModelOps, WeightedSiluMulMatchesHostReference) {
           }
         }
         float* d_product = upload(product);
-        float* d_sumsq = upload(sumsq);
-        float* d_clear = upload(std::vector<float>(static_cast<size_t>(rows), 7.f));
+        RowSumsq* d_sumsq = upload(sumsq);
+        RowSumsq* d_clear = upload(std::vector<RowSumsq>(static_cast<size_t>(rows), 7));
         uint16_t* d_out = upload(std::vector<uint16_t>(n, kPoison16));
         const ops::RowRmsScale rms{d_sumsq, d_clear, kWidth, kEps};
         ops::weighted_silu_mul(t, d_product, rms, rows, inter, d_out, nullptr, false, interleaved);
@@ -375,13 +377,14 @@ TEST_P(ModelOps, WeightedSiluMulMatchesHostReference) {
         const std::string where = std::string(interleaved ? "interleaved" : "halves") + " inter " +
                                   std::to_string(inter) + " rows " + std::to_string(rows);
         EXPECT_TRUE(acceptable(compare16(t, got, want))) << where;
-        EXPECT_EQ(cleared, std::vector<float>(static_cast<size_t>(rows), 0.f)) << where;
+        EXPECT_EQ(cleared, std::vector<RowSumsq>(static_cast<size_t>(rows), 0)) << where;
         EXPECT_EQ(sums_after, sumsq) << where;
       }
     }
   }
   float* f = nullptr;
-  EXPECT_THROW(ops::weighted_silu_mul(t, f, {f, nullptr, kWidth, kEps}, 1, 12, f, nullptr),
+  static const RowSumsq one_row[1] = {0};
+  EXPECT_THROW(ops::weighted_silu_mul(t, f, {one_row, nullptr, kWidth, kEps}, 1, 12, f, nullptr),
                Error);  // not a multiple of 8
   EXPECT_THROW(ops::weighted_silu_mul(t, f, {nullptr, nullptr, kWidth, kEps}, 1, 16, f, nullptr),
                Error);  // no sums of squares

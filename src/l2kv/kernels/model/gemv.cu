@@ -327,7 +327,10 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) gemv_kernel(GemvParams p
   auto partial = [&](int w, int r, int l) -> float& {
     return partial_base[(w * Tiling::kAccs + r) * kWarpSize + l];
   };
-  __shared__ float row_sumsq[kGemvMaxRows];
+  // The residual epilogue's sums of squares per x row (fixed point, row_sumsq.h), and a
+  // weighted x's 1 / rms per row (never both in one launch).
+  __shared__ RowSumsq row_sumsq[kGemvMaxRows];
+  __shared__ float row_norm_scale[kGemvMaxRows];
 
   const int lane = static_cast<int>(threadIdx.x) % kWarpSize;
   const int warp = static_cast<int>(threadIdx.x) / kWarpSize;
@@ -366,7 +369,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) gemv_kernel(GemvParams p
   if constexpr (kFrom == XFrom::kNormInline)
     xs.gamma = static_cast<const uint4*>(f.norm_weight) + t * kX;
   if constexpr (kEpilogue == GemvEpilogue::kResidualAdd)
-    if (threadIdx.x < kGemvMaxRows) row_sumsq[threadIdx.x] = 0.f;
+    if (threadIdx.x < kGemvMaxRows) row_sumsq[threadIdx.x] = 0;
   // Weighted x (gemv.h): x is round(norm weight x residual); each row's 1 / rms multiplies its
   // sums in the epilogue. Its sum of squares is loaded after the wait, used at the end.
   const bool weighted_x = !kNorm && f.norm_sumsq != nullptr;
@@ -399,21 +402,24 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) gemv_kernel(GemvParams p
     if constexpr (kFrom == XFrom::kNormInline) {
 #pragma unroll
       for (int nt = 0; nt < kNTiles; ++nt)
-        xs.scale[nt] = __frsqrt_rn(f.norm_sumsq[x_rows[nt]] / static_cast<float>(p.in) + f.eps);
+        xs.scale[nt] = __frsqrt_rn(
+            row_sumsq_value(f.norm_sumsq[x_rows[nt]]) / static_cast<float>(p.in) + f.eps);
     } else if constexpr (kFrom == XFrom::kShared) {
       const uint4* gamma = static_cast<const uint4*>(f.norm_weight);
       for (int64_t m = 0; m < p.rows; ++m) {
-        const float scale = __frsqrt_rn(f.norm_sumsq[m] / static_cast<float>(p.in) + f.eps);
+        const float scale =
+            __frsqrt_rn(row_sumsq_value(f.norm_sumsq[m]) / static_cast<float>(p.in) + f.eps);
         for (int64_t v = threadIdx.x; v < x_vecs; v += kThreads)
           x_stage[m * x_vecs + v] =
               normalized_vec<T>(f.norm_residual + m * p.in + v * kElemsPerVec, gamma + v, scale);
       }
       __syncthreads();
     }
-    if (weighted_x && threadIdx.x < p.rows) weighted_sumsq = f.norm_sumsq[threadIdx.x];
+    if (weighted_x && threadIdx.x < p.rows)
+      weighted_sumsq = row_sumsq_value(f.norm_sumsq[threadIdx.x]);
     if (kNorm || weighted_x)
       if (f.clear_sumsq != nullptr && blockIdx.x == 0 && threadIdx.x < kGemvMaxRows)
-        f.clear_sumsq[threadIdx.x] = 0.f;
+        f.clear_sumsq[threadIdx.x] = 0;
     if constexpr (kEpilogue == GemvEpilogue::kResidualAdd) {
       const EpilogueSlot e = epilogue_slot<kNTiles>(static_cast<int>(threadIdx.x), block_first_row);
       if (e.tile < kMTiles && e.m < p.rows) {
@@ -503,7 +509,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) gemv_kernel(GemvParams p
 #pragma unroll
     for (int r = 0; r < 4; ++r) partial(warp, nt * 4 + r, lane) = acc[nt][r];
   if (weighted_x && threadIdx.x < p.rows)
-    row_sumsq[threadIdx.x] = __frsqrt_rn(weighted_sumsq / static_cast<float>(p.in) + f.eps);
+    row_norm_scale[threadIdx.x] = __frsqrt_rn(weighted_sumsq / static_cast<float>(p.in) + f.eps);
   __syncthreads();
   using Traits = tc::ElementTraits<T>;
   constexpr int kSlots = kNTiles * 2 * kWarpSize;  // per feature tile
@@ -521,9 +527,9 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) gemv_kernel(GemvParams p
       lo *= fp8_row_scale(f, n, p.out);
       hi *= fp8_row_scale(f, n + kRowsPerBlock / 2, p.out);
     }
-    if (weighted_x) {  // row_sumsq holds each row's 1 / rms (no residual epilogue here)
-      lo *= row_sumsq[m];
-      hi *= row_sumsq[m];
+    if (weighted_x) {
+      lo *= row_norm_scale[m];
+      hi *= row_norm_scale[m];
     }
     if constexpr (kEpilogue == GemvEpilogue::kStore) {
       OutT* y = static_cast<OutT*>(p.y);
@@ -554,7 +560,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) gemv_kernel(GemvParams p
           static_cast<T*>(f.weighted_x)[m * p.out + col] =
               Traits::from_float((half == 0 ? next_norm_lo : next_norm_hi) * r);
       }
-      atomicAdd(&row_sumsq[m], sumsq);
+      atomicAdd(&row_sumsq[m], to_row_sumsq(sumsq));  // integer: any order, the same bits
     }
   }
   if constexpr (kEpilogue == GemvEpilogue::kResidualAdd) {

@@ -11,6 +11,7 @@
 #include <cstdint>
 
 #include "l2kv/core/dtype.h"
+#include "l2kv/kernels/model/row_sumsq.h"
 #include "l2kv/kv_cache/paged_kv.h"
 
 namespace l2kv {
@@ -23,10 +24,10 @@ inline constexpr int64_t kGemvMaxRows = 16;
 //
 // Prologue, when `norm_residual` is set: x is not read but computed, x[m, k] =
 // round(norm_weight[k] * (norm_residual[m, k] * rsqrt(norm_sumsq[m] / in + eps))), the same
-// rounding as ops::add_rmsnorm. norm_sumsq holds each row's sum of squares, accumulated by the
-// kernel that last wrote the residual (a kResidualAdd epilogue, or ops::embed). After waiting for
-// the kernel ahead, block 0 zeroes `clear_sumsq` (kGemvMaxRows floats, nullable): the
-// accumulator the next residual epilogue adds into.
+// rounding as ops::add_rmsnorm. norm_sumsq holds each row's sum of squares (row_sumsq.h: fixed
+// point), accumulated by the kernel that last wrote the residual (a kResidualAdd epilogue, or
+// ops::embed). After waiting for the kernel ahead, block 0 zeroes `clear_sumsq` (kGemvMaxRows
+// values, nullable): the accumulator the next residual epilogue adds into.
 //
 // Weighted x, when `norm_sumsq` is set without `norm_residual`: x holds round(norm_weight[k] *
 // residual[m, k]) (a kResidualAdd epilogue's `weighted_x`), and row m's sums are multiplied by
@@ -37,7 +38,8 @@ inline constexpr int64_t kGemvMaxRows = 16;
 // Epilogues:
 //   kStore:       y[m, n] = round(sum).
 //   kResidualAdd: residual[m, n] += round(sum), the fp32 residual stream [rows, out] (y unused);
-//                 residual_sumsq[m] += the sum over n of the new residual[m, n]^2 (nullable);
+//                 residual_sumsq[m] += the sum over n of the new residual[m, n]^2 (nullable;
+//                 fixed point, the same bits whatever order the blocks add in);
 //                 weighted_x[m, n] = round(weighted_x_norm[n] * the new residual[m, n])
 //                 (nullable: the next projection's weighted x).
 //   kSiluMul:     W's rows interleave gate and up in groups of 8 (rows 16 j .. 16 j + 7 are gate
@@ -66,12 +68,12 @@ struct GemvRopeCache {
 struct GemvFusion {
   const float* norm_residual = nullptr;
   const void* norm_weight = nullptr;
-  const float* norm_sumsq = nullptr;
-  float* clear_sumsq = nullptr;
+  const RowSumsq* norm_sumsq = nullptr;
+  RowSumsq* clear_sumsq = nullptr;
   float eps = 0.f;
   GemvEpilogue epilogue = GemvEpilogue::kStore;
   float* residual = nullptr;
-  float* residual_sumsq = nullptr;
+  RowSumsq* residual_sumsq = nullptr;
   void* weighted_x = nullptr;
   const void* weighted_x_norm = nullptr;
   GemvRopeCache rope;

@@ -74,7 +74,7 @@ __device__ __forceinline__ void store_f32x8(float* p, const float (&v)[kVec]) {
 // prologue of the first QKV projection reads).
 template <typename T>
 __global__ void embed_kernel(const int32_t* tokens, const T* embed, int32_t hidden, float* residual,
-                             float* sumsq, float scale) {
+                             RowSumsq* sumsq, float scale) {
   using Traits = tc::ElementTraits<T>;
   const int t = blockIdx.x;
   const T* row = embed + static_cast<int64_t>(tokens[t]) * hidden;
@@ -86,7 +86,7 @@ __global__ void embed_kernel(const int32_t* tokens, const T* embed, int32_t hidd
   }
   if (sumsq == nullptr) return;
   sum = block_sum(sum);
-  if (threadIdx.x == 0) sumsq[t] = sum;
+  if (threadIdx.x == 0) sumsq[t] = to_row_sumsq(sum);
 }
 
 // The scale of add's row that RMS-normalizes it (add_weight set: Gemma's output norms), else 1:
@@ -583,7 +583,7 @@ __global__ void weighted_silu_mul_kernel(const float* gate_up, RowRmsScale rms, 
   using Traits = tc::ElementTraits<T>;
   const int64_t t = blockIdx.y;
   if (rms.clear_sumsq != nullptr && blockIdx.x == 0 && blockIdx.y == 0 && threadIdx.x < gridDim.y)
-    rms.clear_sumsq[threadIdx.x] = 0.f;
+    rms.clear_sumsq[threadIdx.x] = 0;
   const int i = (static_cast<int>(blockIdx.x) * static_cast<int>(blockDim.x) +
                  static_cast<int>(threadIdx.x)) *
                 kVec;
@@ -593,7 +593,8 @@ __global__ void weighted_silu_mul_kernel(const float* gate_up, RowRmsScale rms, 
   const auto* u4 = reinterpret_cast<const float4*>(row + (kInterleaved ? 2 * i + kVec : inter + i));
   // The product's loads and the row's sum of squares in flight together: one round trip.
   const float4 loaded[4] = {g4[0], g4[1], u4[0], u4[1]};
-  const float scale = __frsqrt_rn(rms.sumsq[t] / static_cast<float>(rms.width) + rms.eps);
+  const float scale =
+      __frsqrt_rn(row_sumsq_value(rms.sumsq[t]) / static_cast<float>(rms.width) + rms.eps);
   const float* g = &loaded[0].x;
   const float* u = &loaded[2].x;
   Vec8<T> y;
@@ -679,7 +680,7 @@ void gated_mul_fp8(DType dtype, const void* gate_up, int32_t num_tokens, int32_t
 }  // namespace
 
 void embed(DType dtype, const int32_t* tokens, int32_t num_tokens, const void* table,
-           int32_t hidden, float* residual, cudaStream_t stream, float* sumsq, float scale) {
+           int32_t hidden, float* residual, cudaStream_t stream, RowSumsq* sumsq, float scale) {
   with_16bit_type(dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     embed_kernel<T><<<num_tokens, kThreads, 0, stream>>>(tokens, static_cast<const T*>(table),

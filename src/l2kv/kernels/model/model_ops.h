@@ -9,15 +9,16 @@
 
 #include "l2kv/core/dtype.h"
 #include "l2kv/kernels/model/fp8_activations.h"
+#include "l2kv/kernels/model/row_sumsq.h"
 #include "l2kv/kv_cache/paged_kv.h"
 
 namespace l2kv::ops {
 
 // residual[t, :] = embed[tokens[t], :] * scale (fp32 residual stream; Gemma scales by
-// sqrt(hidden)); with `sumsq`, also sumsq[t] = the sum of residual[t, :]^2 (for a fused RMSNorm
-// prologue, gemv.h).
+// sqrt(hidden)); with `sumsq`, also sumsq[t] = the sum of residual[t, :]^2 in fixed point
+// (row_sumsq.h; for a fused RMSNorm prologue, gemv.h).
 void embed(DType dtype, const int32_t* tokens, int32_t num_tokens, const void* embed,
-           int32_t hidden, float* residual, cudaStream_t stream, float* sumsq = nullptr,
+           int32_t hidden, float* residual, cudaStream_t stream, RowSumsq* sumsq = nullptr,
            float scale = 1.f);
 
 // A mixture of experts' output as add_rmsnorm's addend: row t adds sum over j < top_k of
@@ -101,13 +102,14 @@ void gated_mul(DType dtype, const void* gate_up, int32_t num_tokens, int32_t int
                GateActivation activation = GateActivation::kSilu,
                const Fp8Product& gate_up_fp8 = {}, const Fp8Rows& out_fp8 = {});
 
-// Each row's RMSNorm scale, rsqrt(sumsq[t] / width + eps), for a product whose x was a
-// weighted x (gemv.h: round(norm weight x residual), the norm's 1 / rms still to apply).
-// `clear_sumsq` (nullable): an accumulator zeroed after the wait, one float per row, for the
-// residual epilogue after the op (as the GEMV's weighted-x prologue clears it).
+// Each row's RMSNorm scale, rsqrt(sumsq[t] / width + eps) with sumsq in fixed point
+// (row_sumsq.h), for a product whose x was a weighted x (gemv.h: round(norm weight x residual),
+// the norm's 1 / rms still to apply). `clear_sumsq` (nullable): an accumulator zeroed after the
+// wait, one per row, for the residual epilogue after the op (as the GEMV's weighted-x prologue
+// clears it).
 struct RowRmsScale {
-  const float* sumsq = nullptr;
-  float* clear_sumsq = nullptr;
+  const RowSumsq* sumsq = nullptr;
+  RowSumsq* clear_sumsq = nullptr;
   int32_t width = 0;
   float eps = 0.f;
 };
