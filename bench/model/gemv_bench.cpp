@@ -2,22 +2,21 @@
 // weight-streaming kernel (WeightStreamGemm: TMA ring + wgmma + k split in a cluster) and the older
 // mma.sync GEMV (rows <= 16), each as GB/s and as a fraction of the streaming-read ceiling
 // measured in the same run. The "fused" column is the GEMV in the form a decode step runs it
-// (fused_form below): at one row (CudaStepState's five-kernel layer) QKV with RMSNorm in its
+// (fused_form below, approximately): at one row (the fused layer) QKV with RMSNorm in its
 // prologue and RoPE + the paged-KV write in its epilogue (RMSNorm only with q/k norms), O and
 // down adding into the fp32 residual, gate_up with RMSNorm and SiLU x up; at 2-16 rows QKV's
-// RoPE epilogue where the step runs QKV on the GEMV (no q/k norms, at most 8192 outputs), the
-// others plain. Its GB/s counts the same bytes as the plain call's, so the columns compare the
-// weights' time; the JSON names each point's form.
-// Cold L2 (default): before every timed call a buffer of twice the L2 is written and then a clean
-// one read (so no dirty lines are written back during the call), and each shape's weights rotate
-// over copies exceeding the L2. Warm L2 (--l2 warm): no flush, one weight copy. Per model, the sum
-// over one decode step's projections (all layers plus the LM head) gives the projections' share of
-// MBU.
-// Models named NAME-fp8 (synthetic:llama3-8b-fp8) hold the layers' projections as E4M3 codes with
-// per-channel scales, as such a checkpoint's decode step reads them: the "mma GEMV" column is then
-// gemv_fp8 and the "fused" column the fused GEMV with fp8 weights, each over the fp8 bytes; the
-// 16-bit cuBLAS and weight-streaming columns are not run for those projections (the LM head stays
-// 16-bit and runs every column).
+// RoPE epilogue (no q/k norms, at most 8192 outputs), and for bf16 models O and down adding into
+// the residual (the weighted x and its scales are not modelled), the others plain. Its GB/s counts
+// the same bytes as the plain call's, so the columns compare the weights' time; the JSON names each
+// point's form. Cold L2 (default): before every timed call a buffer of twice the L2 is written and
+// then a clean one read (so no dirty lines are written back during the call), and each shape's
+// weights rotate over copies exceeding the L2. Warm L2 (--l2 warm): no flush, one weight copy. Per
+// model, the sum over one decode step's projections (all layers plus the LM head) gives the
+// projections' share of MBU. Models named NAME-fp8 (synthetic:llama3-8b-fp8) hold the layers'
+// projections as E4M3 codes with per-channel scales, as such a checkpoint's decode step reads them:
+// the "mma GEMV" column is then gemv_fp8 and the "fused" column the fused GEMV with fp8 weights,
+// each over the fp8 bytes; the 16-bit cuBLAS and weight-streaming columns are not run for those
+// projections (the LM head stays 16-bit and runs every column).
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <cmath>

@@ -536,12 +536,13 @@ TEST_P(CudaModelFixture, Fp8CalculatedScalesAtRealMagnitudes) {
   }
 }
 
-// The five-kernel layer (gemv.h's fusions: RMSNorm prologues, RoPE + KV write, residual and
-// SiLU x up epilogues, steps of up to 16 rows) against the nine-kernel composition on the same
+// The fused layer (gemv.h's fusions: RMSNorm prologues or weighted x, RoPE + KV write, residual
+// and SiLU x up epilogues, steps of up to 16 rows) against the nine-kernel composition on the same
 // steps, the latter with the RoPE epilogue off too (the projection's store, then
 // ops::rope_and_cache): 12 prompts of 9 tokens prefilled one by one, then 3 decode steps of all
-// 12. In fp16 the two paths differ only in the order the sums of squares are added (one RMSNorm
-// scale an ulp apart turns some 16-bit x over): 8.2e-4 (llama2-mha). In bf16 the fused layer's
+// 12 and one of 5, run twice (it must repeat to the bit). In fp16 the two paths differ only in how
+// the sums of squares are added (fixed point against add_rmsnorm's float sum: one RMSNorm scale
+// an ulp apart turns some 16-bit x over): 6.4e-4 to 8.2e-4 (llama2-mha). In bf16 the fused layer's
 // weighted x rounds gamma x residual before the division by the rms instead of after it, an
 // independent rounding of the same size: 7.8e-3 to 8.8e-3 on an H200 and an H100 (qwen2-tied the
 // largest). The bound is three quarters of the 16-bit noise floor
@@ -553,7 +554,9 @@ TEST_P(CudaModelFixture, FusedLayerAgreesWithNineKernels) {
   std::vector<std::vector<float>> logits[2];
   for (const bool fused : {true, false}) {
     auto state = load(kFixtures / GetParam(), 64, 128);
-    EXPECT_EQ(state->fused_layer_max_rows(), state->model().default_fused_layer_max_rows());
+    // By default the fused layer serves 1-16 rows of bf16 models, one row of fp16 ones.
+    EXPECT_EQ(state->fused_layer_max_rows(),
+              state->config().dtype == DType::kBFloat16 ? kGemvMaxRows : 1);
     state->set_fused_layer_max_rows(fused ? kGemvMaxRows : 0);
     state->set_rope_epilogue(fused);
     const int64_t vocab = state->config().vocab_size;
@@ -577,6 +580,18 @@ TEST_P(CudaModelFixture, FusedLayerAgreesWithNineKernels) {
       }
       logits[fused].push_back(state->run_to_host(batch, false, nullptr));
     }
+    // Five of the sequences (the GEMV's shared-memory ring form at 1-8 rows), the same step
+    // twice: a step repeats to the bit (the sums of squares are fixed point, row_sumsq.h).
+    std::vector<BatchSequence> five;
+    std::vector<int32_t> next(5);
+    for (size_t i = 0; i < 5; ++i) {
+      next[i] = static_cast<int32_t>((i * 23 + 11) % vocab);
+      tables.grow(i, 13);
+      five.push_back({std::span<const int32_t>(&next[i], 1), 12, tables.rows[i], true});
+    }
+    logits[fused].push_back(state->run_to_host(five, false, nullptr));
+    EXPECT_EQ(state->run_to_host(five, false, nullptr), logits[fused].back())
+        << (fused ? "the fused layer" : "nine kernels") << " gave other bits for the same step";
   }
   double worst = 0;
   for (size_t i = 0; i < logits[0].size(); ++i) {

@@ -57,9 +57,10 @@ void add_model_options(CLI::App& app, ModelOptions& o) {
                   "default; --no-calculate-kv-scales uses scale 1, which saturates K above 448 "
                   "and stores values below 2^-6 in E4M3's coarse subnormal steps");
   app.add_option("--fused-layer-max-rows", o.fused_layer_max_rows,
-                 "On CUDA, decode steps of up to this many rows (0-16) run each decoder layer in "
-                 "its fused form (no RMSNorm kernels: the norms inside the projections, SiLU x up "
-                 "and the residual adds in their epilogues), larger steps in nine kernels. "
+                 "On CUDA, steps of up to this many rows (0-16; decode steps, short prompts) run "
+                 "each decoder layer in its fused form (no RMSNorm kernels between the "
+                 "projections: the norms inside them, SiLU x up and the residual adds in their "
+                 "epilogues), larger steps in nine kernels. "
                  "Default: 16 for bf16 models with 16-bit weights, 1 for fp16 models and fp8 "
                  "weights (where the fused form is slower from two rows; bench/NOTES.md). 0 turns "
                  "it off")
@@ -287,8 +288,9 @@ LoadedModel load_model(const ModelOptions& o) {
     auto runner = std::make_unique<CudaRunner>(loaded.cuda_model, options);
     const int32_t fused_rows = runner->step_state().fused_layer_max_rows();
     const std::string layer = fused_rows == loaded.cuda_model->default_fused_layer_max_rows() ? ""
-                              : fused_rows == 0
-                                  ? ", nine kernels per layer"
+                              : fused_rows == 0 ? ", nine kernels per layer"
+                              : fused_rows == 1
+                                  ? ", fused layer at one row"
                                   : ", fused layer up to " + std::to_string(fused_rows) + " rows";
     loaded.description = o.model + " on " + runner->device_name() + " (" +
                          std::string(dtype_name(loaded.cuda_model->config().dtype)) +

@@ -29,7 +29,7 @@ struct ModelOptions {
   std::string kv_cache_dtype = "auto";    // auto (the model's dtype) | fp8_e4m3 (alias fp8)
   bool enforce_eager = false;             // no CUDA graphs
   bool calculate_kv_scales = true;        // fp8 scales from the first prompt where none are given
-  int32_t fused_layer_max_rows = -1;      // the five-kernel layer up to these rows; -1: default
+  int32_t fused_layer_max_rows = -1;      // the fused layer up to these rows; -1: default
   int32_t tensor_parallel_size = 1;       // ranks the model is split over (CPU backend so far)
   std::string gemm_tuning = "heuristic";  // heuristic | wide (Gemm::Tuning)
   bool window_kv_groups = true;           // off: --disable-hybrid-kv-cache-manager

@@ -3,8 +3,9 @@
 // hash per full block); it never touches a device. The runner owns the pool itself.
 //
 // Block 0 is the null block: it is never handed out. The CUDA runner pads graph batches with
-// rows whose block tables point at block 0, so their K/V writes land there and never in a
-// block some sequence owns. Usable blocks are 1 .. num_blocks - 1.
+// rows whose block tables point at block 0 (they keep no K/V), and its warm-up forward at start
+// writes there, so neither touches a block some sequence owns. Usable blocks are 1 .. num_blocks
+// - 1.
 //
 // Prefix caching (vLLM V1's design): a full block a sequence has computed can be cached under
 // its content hash (cache_block). A cached block whose last holder lets go keeps its hash and

@@ -154,7 +154,10 @@ void CudaRunner::warm_up_prompt_step() {
   // Tensor-parallel ranks would each wait for the others' collectives here.
   if (model_->tensor_parallel() || state_->num_kv_blocks() == 0) return;
   const WorkspaceLimits& limits = state_->limits();
-  const int32_t len = std::min(limits.max_tokens, limits.max_model_len);
+  // A full step's rows, as the first prompts will run, up to a bound on the start-up time (a
+  // quadratic prefill of a 128K-token budget would take seconds).
+  constexpr int32_t kMaxWarmUpTokens = 8192;
+  const int32_t len = std::min({limits.max_tokens, limits.max_model_len, kMaxWarmUpTokens});
   if (len < 2) return;
   const std::vector<int32_t> tokens(static_cast<size_t>(len), 0);
   // Every position in block 0, which the block manager never hands out (pad rows write there).

@@ -172,7 +172,8 @@ void CudaStepState::allocate_kv_cache(int32_t num_blocks, int32_t block_size) {
     k_pools_.push_back(k);
     L2KV_CUDA_CHECK(cudaMalloc(&v, pool_bytes * num_blocks));
     v_pools_.push_back(v);
-    // Finite contents everywhere: pad rows attend to block 0 without ever writing it.
+    // Finite contents everywhere: pad rows attend to block 0 without writing it (only the
+    // runner's warm-up forward at start writes there, finite K/V of token 0).
     L2KV_CUDA_CHECK(cudaMemset(k, 0, pool_bytes * num_blocks));
     L2KV_CUDA_CHECK(cudaMemset(v, 0, pool_bytes * num_blocks));
   }

@@ -104,8 +104,8 @@ class CudaStepState {
 
   // Host part of a step: validates `batch`, packs its metadata into pinned memory, uploads it
   // in one copy on `stream` and plans attention. A decode-only batch may be padded to
-  // `pad_to` rows (a graph bucket): the pad rows run token 0 at position 0 and write their
-  // K/V into block 0, which the block manager never hands out. Returns the logits rows: one
+  // `pad_to` rows (a graph bucket): the pad rows run token 0 at position 0, keep no K/V and
+  // attend to block 0, which the block manager never hands out. Returns the logits rows: one
   // per sequence with wants_logits, in order (pad rows follow them).
   int32_t prepare(std::span<const BatchSequence> batch, int32_t pad_to, cudaStream_t stream);
 

@@ -390,7 +390,7 @@ std::unique_ptr<CudaActivations> CudaModel::allocate_activations(int32_t rows,
   const size_t I_e = static_cast<size_t>(c.expert_intermediate_size);
   a->gate_up = DeviceArray<uint16_t>(std::max(T * 2 * I, slots * 2 * I_e));
   a->act = DeviceArray<uint16_t>(std::max(T * I, slots * I_e));
-  if (c.num_experts == 0)
+  if (c.num_experts == 0 && c.dtype == DType::kBFloat16 && !c.fp8_weights)  // 2-16 row fused layer
     a->gate_up_f32 = DeviceArray<float>(std::min(T, static_cast<size_t>(kGemvMaxRows)) * 2 * I);
   if (c.num_experts > 0) {
     a->router_logits = DeviceArray<float>(T * static_cast<size_t>(c.num_experts));
@@ -499,7 +499,7 @@ struct CudaModel::GraphOps {
   cudaStream_t stream = nullptr;
   DecodeAttentionParams decode;        // the step's, with the current layer's pools and scales
   int32_t n = 0;                       // query rows
-  bool fused = false;                  // the five-kernel layer
+  bool fused = false;                  // the fused layer (five or six kernels)
   bool pdl = false;                    // programmatic dependent launch (the attention's policy)
   const void* pending = nullptr;       // unfused: the last block's output, added by the next norm
   ops::ExpertSum pending_experts;      // or a mixture of experts' slots, summed by the next norm
@@ -661,7 +661,7 @@ struct CudaModel::GraphOps {
     return n > kGateUpGemvMaxRows && gate_up_takes_weighted_x() && !c().fp8_weights;
   }
   bool qkv_takes_weighted_x(int64_t l) const {
-    return n > 1 && l > 0 && l < c().num_layers && gate_up_takes_weighted_x();
+    return n > 1 && l > 0 && l < c().num_layers && gate_up_takes_weighted_x() && !c().fp8_weights;
   }
   GemvFusion weighted_x_prologue(int read, int clear) const {
     GemvFusion f;
@@ -742,7 +742,7 @@ struct CudaModel::GraphOps {
     decode.sliding_window = c().is_sliding(l) ? static_cast<int32_t>(c().sliding_window) : 0;
   }
   // Whether the QKV GEMV applies RoPE and writes the KV cache itself (gemv.h's kRopeCache); if
-  // so, adds that epilogue to `f`. Where the GEMV runs QKV anyway (the five-kernel layer with
+  // so, adds that epilogue to `f`. Where the GEMV runs QKV anyway (the fused layer with
   // 16-bit or fp8 `weights`, or a 16-bit step Gemm sends to it), with no q/k norm (it needs a
   // whole head) and no fp8 KV scales to calculate from this step's K and V first.
   bool add_rope_epilogue(int64_t l, const void* x, const void* weights, GemvFusion& f) const {
@@ -985,7 +985,7 @@ void CudaModel::forward(const CudaForwardStep& step, cudaStream_t stream) {
       static_cast<int64_t>(step.block_tables.size()) != config_.num_layers)
     throw Error("CUDA backend: forward() of an incomplete step");
   if (step.fused_layer && !can_fuse_layer(step.rows))
-    throw Error("CUDA backend: the five-kernel layer does not serve a step of " +
+    throw Error("CUDA backend: the fused layer does not serve a step of " +
                 std::to_string(step.rows) + " rows");
   GraphOps g;
   g.m = this;

@@ -11,7 +11,7 @@
 // Tensor parallelism (parallel/tensor_parallel.h): a model made with a DeviceCommunicator is one
 // rank's part. config() is then that part (its attention heads, KV heads and MLP features; the
 // vocabulary stays whole), every forward is a collective (the O and down projections' partial
-// sums are all-reduced, the LM head's columns gathered into rank 0's logits), and the five-kernel
+// sums are all-reduced, the LM head's columns gathered into rank 0's logits), and the fused
 // layer is off (its residual epilogues would add partial sums).
 #pragma once
 
@@ -39,12 +39,13 @@ class DeviceCommunicator;
 // logits (CudaModel::allocate_activations sizes them; the step state holds them).
 struct CudaActivations {
   DeviceArray<float> residual, logits;
-  // Two accumulators of the residual rows' sums of squares for the fused layer's RMSNorm
-  // prologues: [0] feeds the QKV projections, [1] gate_up (kGemvMaxRows floats each).
+  // Two accumulators of the residual rows' sums of squares for the fused layer's RMSNorms
+  // (fixed point, row_sumsq.h; kGemvMaxRows each): [0] feeds the QKV projections, [1] gate_up
+  // or, at 2-16 rows, ops::weighted_silu_mul.
   DeviceArray<RowSumsq> sumsq;
   DeviceArray<uint16_t> h, qkv, q, attn, proj, gate_up, act, last;
   // The fused layer's gate_up product on cuBLASLt at 2-16 rows, in float32 before its rows'
-  // RMSNorm scales ([kGemvMaxRows, 2 x intermediate]; dense models).
+  // RMSNorm scales ([kGemvMaxRows, 2 x intermediate]; dense bf16 models with 16-bit weights).
   DeviceArray<float> gate_up_f32;
   // Rows of h copied for hidden_row_logits (kMaxHiddenRowLogits x hidden).
   DeviceArray<uint16_t> hidden_rows;
@@ -80,11 +81,11 @@ struct ForwardEvents {
 // What one forward pass is handed: the prepared step's shape, its metadata on the device, the
 // activations, the KV pools and fp8 scales, and the attention planned for it.
 struct CudaForwardStep {
-  int32_t rows = 0;          // query rows (pads included)
-  int32_t logit_rows = 0;    // rows of logits, in last_rows order
-  bool decode_only = true;   // one token per sequence, every sequence wants logits
-  bool all_logits = false;   // every row's logits (rows <= the activations' logit rows)
-  bool fused_layer = false;  // the five-kernel layer (CudaModel::can_fuse_layer(rows) holds)
+  int32_t rows = 0;                  // query rows (pads included)
+  int32_t logit_rows = 0;            // rows of logits, in last_rows order
+  bool decode_only = true;           // one token per sequence, every sequence wants logits
+  bool all_logits = false;           // every row's logits (rows <= the activations' logit rows)
+  bool fused_layer = false;          // the fused layer (CudaModel::can_fuse_layer(rows) holds)
   bool calculate_kv_scales = false;  // compute the pending fp8 scales from this step's K/V
   // RoPE and the KV write in the QKV GEMV's epilogue where it applies (tests turn it off to
   // compare against the composition of the GEMV and ops::rope_and_cache).
@@ -154,7 +155,7 @@ class CudaModel {
   // Activations for forward passes of up to `rows` query rows and `logit_rows` rows of logits.
   std::unique_ptr<CudaActivations> allocate_activations(int32_t rows, int32_t logit_rows) const;
 
-  // Whether the five-kernel layer (gemv.h's fusions) serves a step of `rows` query rows.
+  // Whether the fused layer (gemv.h's fusions) serves a step of `rows` query rows.
   bool can_fuse_layer(int32_t rows) const;
   // The steps the fused layer serves by default (CudaStepState::set_fused_layer_max_rows): up
   // to 16 rows for bf16 models with 16-bit weights, whose layer at 2-16 rows runs no RMSNorm

@@ -1,7 +1,8 @@
 // The graph of a Llama / Mistral / Qwen2 / Qwen3 decoder, written once for every backend. A backend
 // supplies the ops (CpuModel and CudaModel each have a GraphOps) and this function fixes their
 // order, so the backends cannot drift apart. A layer is five ops, each what one fused CUDA
-// kernel does at decode batch sizes (gemv.h); the CPU backend composes them from plain steps.
+// kernel does at one decode row (gemv.h; at 2-16 rows of a bf16 model gate_up is two kernels);
+// the CPU backend composes them from plain steps.
 #pragma once
 
 #include <cstdint>

@@ -20,7 +20,8 @@ namespace l2kv {
 inline constexpr int64_t kGemvMaxRows = 16;
 
 // What gemv() does around the product, so a decoder layer runs in five kernels (QKV, attention,
-// O, gate_up, down) instead of nine.
+// O, gate_up, down; at 2-16 rows of a bf16 model six: gate_up on cuBLASLt over the weighted x,
+// then ops::weighted_silu_mul) instead of nine.
 //
 // Prologue, when `norm_residual` is set: x is not read but computed, x[m, k] =
 // round(norm_weight[k] * (norm_residual[m, k] * rsqrt(norm_sumsq[m] / in + eps))), the same
