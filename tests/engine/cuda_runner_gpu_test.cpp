@@ -596,6 +596,27 @@ int lose_the_device() {
   return problems;
 }
 
+// The runner's warm-up forward at start (one prompt-sized step on block 0, so the first request
+// does not pay for the prefill kernels' first launches) must not take the place of the first
+// prompt for an fp8 cache whose scales are calculated from it: after allocate_kv_cache the
+// calculation is still pending and every scale is back at 1 (a warm-up that kept its own would
+// leave them at token 0's K and V).
+TEST(CudaEngineSingle, WarmUpLeavesTheFp8KvScalesToTheFirstPrompt) {
+  L2KV_SKIP_WITHOUT_GPU();
+  auto model = std::make_shared<CudaModel>(kFixtures / "llama3-gqa");
+  ASSERT_TRUE(model->missing_checkpoint_kv_scales()) << "the fixture must lack k_scale/v_scale";
+  CudaRunnerOptions options;
+  options.kv_storage = KvStorage::kFp8E4M3;
+  CudaRunner runner(model, options);
+  runner.prepare(16, 256, 4, 512, 0.9);
+  ASSERT_TRUE(runner.step_state().kv_scales_pending());
+  runner.allocate_kv_cache(64);
+  EXPECT_TRUE(runner.step_state().kv_scales_pending());
+  const std::vector<float> scales = runner.step_state().kv_scales();
+  ASSERT_EQ(scales.size(), static_cast<size_t>(2 * model->config().num_layers));
+  for (size_t i = 0; i < scales.size(); ++i) EXPECT_EQ(scales[i], 1.f) << "scale " << i;
+}
+
 // A sticky CUDA error makes CudaRunner::device_fault() report it and the engine stop: the
 // requests end with the reason and new ones are refused. The context is unusable afterwards,
 // so this runs in a child process (a threadsafe death test re-runs the binary).
