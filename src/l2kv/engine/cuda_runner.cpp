@@ -160,7 +160,7 @@ void CudaRunner::warm_up_prompt_step() {
   const int32_t len = std::min({limits.max_tokens, limits.max_model_len, kMaxWarmUpTokens});
   if (len < 2) return;
   const std::vector<int32_t> tokens(static_cast<size_t>(len), 0);
-  // Every position in block 0, which the block manager never hands out (pad rows write there).
+  // Every position in block 0, which the block manager never hands out.
   const std::vector<int32_t> table(static_cast<size_t>((len + block_size_ - 1) / block_size_), 0);
   const int32_t groups = state_->kv_cache_groups().num_groups();
   const std::vector<std::span<const int32_t>> group_tables(groups > 1 ? groups : 0, table);

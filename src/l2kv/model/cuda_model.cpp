@@ -390,7 +390,7 @@ std::unique_ptr<CudaActivations> CudaModel::allocate_activations(int32_t rows,
   const size_t I_e = static_cast<size_t>(c.expert_intermediate_size);
   a->gate_up = DeviceArray<uint16_t>(std::max(T * 2 * I, slots * 2 * I_e));
   a->act = DeviceArray<uint16_t>(std::max(T * I, slots * I_e));
-  if (c.num_experts == 0 && c.dtype == DType::kBFloat16 && !c.fp8_weights)  // 2-16 row fused layer
+  if (c.num_experts == 0 && has_weighted_x_rows_form())
     a->gate_up_f32 = DeviceArray<float>(std::min(T, static_cast<size_t>(kGemvMaxRows)) * 2 * I);
   if (c.num_experts > 0) {
     a->router_logits = DeviceArray<float>(T * static_cast<size_t>(c.num_experts));
@@ -463,9 +463,12 @@ bool CudaModel::can_fuse_layer(int32_t rows) const {
          (c.num_q_heads * c.head_dim) % k == 0 && c.intermediate_size % k == 0;
 }
 
+bool CudaModel::has_weighted_x_rows_form() const {
+  return config_.dtype == DType::kBFloat16 && !config_.fp8_weights;
+}
+
 int32_t CudaModel::default_fused_layer_max_rows() const {
-  const bool weighted_x_layer = config_.dtype == DType::kBFloat16 && !config_.fp8_weights;
-  return weighted_x_layer ? static_cast<int32_t>(kGemvMaxRows) : 1;
+  return has_weighted_x_rows_form() ? static_cast<int32_t>(kGemvMaxRows) : 1;
 }
 
 bool CudaModel::can_capture_rows(int32_t rows) const {
@@ -658,10 +661,10 @@ struct CudaModel::GraphOps {
   // the down projection's epilogue wrote (at these rows the GEMV runs the same ring or register
   // form as in nine kernels; the norm prologue cost each block a normalization of every row).
   bool gate_up_on_cublaslt() const {
-    return n > kGateUpGemvMaxRows && gate_up_takes_weighted_x() && !c().fp8_weights;
+    return n > kGateUpGemvMaxRows && m->has_weighted_x_rows_form();
   }
   bool qkv_takes_weighted_x(int64_t l) const {
-    return n > 1 && l > 0 && l < c().num_layers && gate_up_takes_weighted_x() && !c().fp8_weights;
+    return n > 1 && l > 0 && l < c().num_layers && m->has_weighted_x_rows_form();
   }
   GemvFusion weighted_x_prologue(int read, int clear) const {
     GemvFusion f;

@@ -197,6 +197,11 @@ class CudaModel {
  private:
   struct Weights;
   struct GraphOps;  // this backend's ops of decoder_graph.h
+  // Whether the fused layer has its 2-16-row form here (gate_up on cuBLASLt over the weighted x
+  // into gate_up_f32, QKV after the first layer on the weighted x): bf16 models with 16-bit
+  // weights. fp16 keeps the norm prologues (weight x residual can overflow it), and so do fp8
+  // weights (not measured in that form).
+  bool has_weighted_x_rows_form() const;
   CudaModel(const std::filesystem::path& folder, DeviceCommunicator* comm);
   CudaModel(const ModelConfig& config, uint64_t seed, DeviceCommunicator* comm);
   // Sets config_ and shard_ from whole_config_ and comm_; checks what the kernels take.
