@@ -590,6 +590,46 @@ TEST(OpenAiProtocol, MaxModelLen) {
   EXPECT_EQ(resolve_max_tokens(r, 60, 64), 4);
   r = chat(R"({"messages": [{"role": "user", "content": "x"}]})");
   EXPECT_EQ(resolve_max_tokens(r, 10, 64), 54);
+  // min_tokens raises an unset max_tokens up to what fits, and no further: a 400, not a quiet
+  // cap at the context's end.
+  r = completion(R"({"prompt": [1], "min_tokens": 20})");
+  EXPECT_EQ(resolve_max_tokens(r, 10, 64), 20);
+  EXPECT_EQ(resolve_max_tokens(r, 44, 64), 20);
+  e = error_of([&] { resolve_max_tokens(r, 45, 64); });
+  EXPECT_EQ(e.status, 400);
+  EXPECT_EQ(e.param, "min_tokens") << e.message;
+  r = chat(R"({"messages": [{"role": "user", "content": "x"}], "min_tokens": 2147483647})");
+  EXPECT_EQ(error_of([&] { resolve_max_tokens(r, 10, 64); }).param, "min_tokens");
+}
+
+// Sampling floats keep their side of every bound SamplingParams checks: a value just past one
+// is refused, not rounded onto it, and a tiny positive one is not rounded to zero.
+TEST(OpenAiProtocol, SamplingFloatsAreNotRoundedOntoTheirBounds) {
+  for (const auto& [field, value] : std::initializer_list<std::pair<const char*, const char*>>{
+           {"top_p", "1.00000001"},
+           {"min_p", "1.00000001"},
+           {"min_p", "-1e-300"},
+           {"frequency_penalty", "2.0000001"},
+           {"presence_penalty", "-2.0000001"},
+           {"temperature", "-1e-300"},
+           {"repetition_penalty", "-1e-300"},
+       }) {
+    const std::string body = std::string(R"({"prompt": "x", ")") + field + R"(": )" + value + "}";
+    const ApiError e = error_of([&] { completion(body); });
+    EXPECT_EQ(e.status, 400) << body;
+    EXPECT_EQ(e.param, field) << body << ": " << e.message;
+  }
+  const ApiRequest tiny = completion(R"({"prompt": "x", "top_p": 1e-300, "temperature": 1e-300})");
+  EXPECT_GT(tiny.params.top_p, 0.f);
+  EXPECT_GT(tiny.params.temperature, 0.f);
+  const ApiRequest edges = completion(
+      R"({"prompt": "x", "top_p": 1, "min_p": 0, "frequency_penalty": 2, "presence_penalty": -2,
+          "temperature": 0.7})");
+  EXPECT_EQ(edges.params.top_p, 1.f);
+  EXPECT_EQ(edges.params.min_p, 0.f);
+  EXPECT_EQ(edges.params.frequency_penalty, 2.f);
+  EXPECT_EQ(edges.params.presence_penalty, -2.f);
+  EXPECT_NEAR(edges.params.temperature, 0.7f, 1e-7f);
 }
 
 TEST(OpenAiProtocol, TokenIdPromptsWithoutTokenizer) {
@@ -715,6 +755,33 @@ TEST(OpenAiProtocol, ChatResponseShape) {
   EXPECT_EQ(c[0]["logprob"], -0.5);
   EXPECT_EQ(c[0]["top_logprobs"].size(), 2u);
   EXPECT_EQ(j["usage"]["total_tokens"], 5);
+}
+
+// A named function's output is its arguments also when max_tokens cut it (as streamed):
+// tool_calls with the partial arguments and finish_reason "length"; one that ended by itself
+// finishes with "tool_calls".
+TEST(OpenAiProtocol, NamedToolCallCutByMaxTokensStaysACall) {
+  structured::GrammarCache cache(printable_vocabulary());
+  ServerLimits limits = kLimits;
+  limits.grammars = &cache;
+  const ApiRequest named = parse_chat_request(
+      json::parse(R"({"messages": [{"role": "user", "content": "x"}], "tools": [{"type":
+          "function", "function": {"name": "get_weather", "parameters": {"type": "object",
+          "properties": {"city": {"type": "string"}}}}}], "tool_choice": {"type": "function",
+          "function": {"name": "get_weather"}}})"),
+      limits);
+  for (const FinishReason end : {FinishReason::kLength, FinishReason::kStop}) {
+    std::vector<ChoiceOutput> choices(1);
+    choices[0].append(output({4, 5}, R"({"city": "Par)", true, end));
+    const json j =
+        chat_response({"chatcmpl-1", 1, "tiny"}, named, choices, {3}, token_text_for(nullptr));
+    const json& message = j["choices"][0]["message"];
+    ASSERT_EQ(message["tool_calls"].size(), 1u) << j.dump();
+    EXPECT_EQ(message["tool_calls"][0]["function"]["name"], "get_weather");
+    EXPECT_EQ(message["tool_calls"][0]["function"]["arguments"], R"({"city": "Par)");
+    EXPECT_EQ(j["choices"][0]["finish_reason"],
+              end == FinishReason::kLength ? "length" : "tool_calls");
+  }
 }
 
 TEST(OpenAiProtocol, StreamingChunks) {

@@ -43,6 +43,20 @@ void send_error(httplib::Response& res, const ApiError& e) {
 // whole connection: httplib runs a connection's handlers and content providers on the thread
 // that reads it, and 0.11 does not hand the socket to them.
 thread_local int t_connection_socket = -1;
+// Set by the request's own checks (its framing, a refusal before its body was read): the
+// connection closes after the answer, so no byte left of that request is read as a next one.
+thread_local bool t_close_connection = false;
+// httplib 0.11 applies its payload limit to Content-Length bodies only: a chunked request may
+// read this many bytes (from its request line on; set once its headers are read), and one
+// more fails its read and sets t_request_too_large.
+thread_local size_t t_chunked_request_limit = SIZE_MAX;
+thread_local bool t_request_too_large = false;
+// What a chunked request may take beyond its body limit: request line, headers, chunk framing.
+constexpr size_t kHeaderBytes = size_t{1} << 20;
+// A connection closed with a request unread first sends its answer and stops reading for at
+// most this long or this many bytes, so the client reads the answer instead of a reset.
+constexpr auto kLingerTime = std::chrono::seconds(2);
+constexpr size_t kLingerBytes = size_t{256} << 20;
 
 // httplib's server with its connection loop (keep-alive, then one request after another)
 // written out here, as its SSLServer does, so the socket is known to the handlers.
@@ -56,8 +70,14 @@ class ConnectionServer : public httplib::Server {
     bool has_buffered() const { return begin_ < end_; }
     bool is_readable() const override { return has_buffered() || wait(POLLIN, read_timeout_ms_); }
     bool is_writable() const override { return wait(POLLOUT, write_timeout_ms_); }
+    void start_request() { delivered_ = 0; }
     // httplib reads request lines a byte at a time: serve them from a buffer.
     ssize_t read(char* ptr, size_t size) override {
+      if (delivered_ >= t_chunked_request_limit) {
+        t_request_too_large = true;
+        return -1;
+      }
+      size = std::min(size, t_chunked_request_limit - delivered_);
       if (!has_buffered()) {
         if (!wait(POLLIN, read_timeout_ms_)) return -1;
         ssize_t n;
@@ -70,6 +90,7 @@ class ConnectionServer : public httplib::Server {
       const size_t n = std::min(size, end_ - begin_);
       std::memcpy(ptr, buffer_ + begin_, n);
       begin_ += n;
+      delivered_ += n;
       return static_cast<ssize_t>(n);
     }
     ssize_t write(const char* ptr, size_t size) override {
@@ -109,6 +130,7 @@ class ConnectionServer : public httplib::Server {
     int fd_, read_timeout_ms_, write_timeout_ms_;
     char buffer_[4096];
     size_t begin_ = 0, end_ = 0;
+    size_t delivered_ = 0;  // bytes of the current request handed to httplib
   };
 
   // Waits for the next request: the first one of a connection up to the read timeout (a client
@@ -138,13 +160,41 @@ class ConnectionServer : public httplib::Server {
     for (size_t left = keep_alive_max_count_;
          left > 0 && next_request(stream, left == keep_alive_max_count_); --left) {
       bool closed = false;
+      t_close_connection = t_request_too_large = false;
+      t_chunked_request_limit = SIZE_MAX;
+      stream.start_request();
       ok = process_request(stream, left == 1, closed, nullptr);
-      if (!ok || closed) break;
+      if (!ok || closed || t_close_connection || t_request_too_large) break;
     }
     t_connection_socket = -1;
-    shutdown(fd, SHUT_RDWR);
+    if (t_close_connection || t_request_too_large)
+      linger(fd);
+    else
+      shutdown(fd, SHUT_RDWR);
     close(fd);
     return ok;
+  }
+
+  // The answer is sent; the client may still be sending the refused request: end our side and
+  // read what comes, for a bounded time, before closing (closing with unread bytes would reset
+  // the connection, and the client could lose the answer).
+  static void linger(int fd) {
+    shutdown(fd, SHUT_WR);
+    const auto deadline = std::chrono::steady_clock::now() + kLingerTime;
+    char sink[16384];
+    for (size_t drained = 0; drained < kLingerBytes;) {
+      const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+          deadline - std::chrono::steady_clock::now());
+      if (left.count() <= 0) break;
+      pollfd p{fd, POLLIN, 0};
+      const int n = poll(&p, 1, static_cast<int>(left.count()));
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) break;
+      const ssize_t got = recv(fd, sink, sizeof sink, 0);
+      if (got < 0 && errno == EINTR) continue;
+      if (got <= 0) break;
+      drained += static_cast<size_t>(got);
+    }
   }
 };
 
@@ -238,6 +288,34 @@ struct Generation {
   }
 };
 
+// Why a request's framing is refused, if it is: several Content-Length headers, Content-Length
+// beside Transfer-Encoding (either could end the body where the other does not, and the rest
+// would be read as a next request), a Content-Length that is not a decimal number, or a body
+// method with neither header (its body would be read until the client closed or timed out).
+std::optional<ApiError> framing_error(const httplib::Request& req) {
+  const size_t lengths = req.get_header_value_count("Content-Length");
+  const bool transfer_encoding = req.has_header("Transfer-Encoding");
+  if (lengths > 1) return ApiError(400, "The request has more than one Content-Length header.");
+  if (lengths == 1 && transfer_encoding)
+    return ApiError(400, "The request has both Content-Length and Transfer-Encoding headers.");
+  if (lengths == 1) {
+    const std::string value = req.get_header_value("Content-Length");
+    if (value.empty() || value.size() > 19 ||
+        value.find_first_not_of("0123456789") != std::string::npos)
+      return ApiError(400, "Content-Length must be a decimal number of bytes, got '" +
+                               value.substr(0, 32) + "'.");
+  }
+  const bool body_method = req.method == "POST" || req.method == "PUT" || req.method == "PATCH" ||
+                           req.method == "DELETE";
+  if (body_method && lengths == 0 && !transfer_encoding)
+    return ApiError(411,
+                    "A " + req.method +
+                        " request needs a Content-Length or Transfer-Encoding: chunked "
+                        "header.",
+                    "", "invalid_request_error", "length_required");
+  return std::nullopt;
+}
+
 }  // namespace
 
 struct HttpServer::Impl {
@@ -289,17 +367,34 @@ struct HttpServer::Impl {
     };
     server.set_payload_max_length(options.max_body_bytes);
     server.set_keep_alive_timeout(2);  // shutdown waits this long for idle keep-alive reads
+    // Runs before httplib reads the body: requests whose framing could smuggle a second
+    // request or hang the connection are refused and their connection closed (RFC 9112 6.3).
     server.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
+      if (req.has_header("Transfer-Encoding"))
+        t_chunked_request_limit = options.max_body_bytes + kHeaderBytes;
+      if (const std::optional<ApiError> refusal = framing_error(req)) {
+        t_close_connection = true;
+        res.set_header("Connection", "close");
+        send_error(res, *refusal);
+        return httplib::Server::HandlerResponse::Handled;
+      }
       if (options.api_key.empty() || req.path.rfind("/v1", 0) != 0)
         return httplib::Server::HandlerResponse::Unhandled;  // /health, /metrics stay open
       if (req.get_header_value("Authorization") == "Bearer " + options.api_key)
         return httplib::Server::HandlerResponse::Unhandled;
+      t_close_connection = true;  // its body is not read
+      res.set_header("Connection", "close");
       send_error(res, ApiError(401, "Incorrect or missing API key.", "", "invalid_request_error",
                                "invalid_api_key"));
       return httplib::Server::HandlerResponse::Handled;
     });
     server.set_error_handler([](const httplib::Request& req, httplib::Response& res) {
       if (!res.body.empty() || res.is_chunked_content_provider_) return;
+      if (t_request_too_large) res.status = 413;  // a chunked body past the limit
+      if (res.status == 413 || res.status == 400) {
+        t_close_connection = true;  // the rest of the request is unread
+        res.set_header("Connection", "close");
+      }
       if (res.status == 404)
         send_error(
             res, ApiError(404, "Not found: " + req.method + " " + req.path, "", "not_found_error"));
@@ -390,11 +485,15 @@ struct HttpServer::Impl {
       server.Get(path, not_allowed);
       server.Put(path, not_allowed);
       server.Delete(path, not_allowed);
+      server.Patch(path, not_allowed);
+      server.Options(path, not_allowed);
     }
     for (const char* path : {"/v1/models", "/health", "/version", "/metrics"}) {
       server.Post(path, not_allowed);
       server.Put(path, not_allowed);
       server.Delete(path, not_allowed);
+      server.Patch(path, not_allowed);
+      server.Options(path, not_allowed);
     }
   }
 

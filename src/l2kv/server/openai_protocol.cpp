@@ -45,6 +45,23 @@ std::optional<double> get_number(const json& body, const char* name) {
   return d;
 }
 
+// A sampling parameter's float, rounded away from zero: SamplingParams checks floats against
+// bounds that floats hold exactly (0, 1, -2, 2, 100), and rounding to nearest could land a value
+// just outside on a bound (top_p 1.00000001 -> 1) or a tiny one on zero (top_p 1e-300 -> 0).
+// Away from zero keeps each value on its side of every such bound.
+float to_param_float(double v) {
+  float f = static_cast<float>(v);
+  if (std::isfinite(f) && std::abs(static_cast<double>(f)) < std::abs(v))
+    f = std::nextafter(f, v > 0 ? std::numeric_limits<float>::infinity()
+                                : -std::numeric_limits<float>::infinity());
+  return f;
+}
+
+std::optional<float> get_param_float(const json& body, const char* name) {
+  if (const std::optional<double> v = get_number(body, name)) return to_param_float(*v);
+  return std::nullopt;
+}
+
 std::optional<int64_t> get_integer(const json& body, const char* name) {
   const json* v = field(body, name);
   if (!v) return std::nullopt;
@@ -296,7 +313,7 @@ void parse_logit_bias(const json& body, SamplingParams& p) {
           "'logit_bias' keys must be token ids (non-negative integers), got \"" + key + "\".",
           "logit_bias");
     if (!value.is_number()) wrong_type("logit_bias", "an object mapping token ids to numbers");
-    p.logit_bias.emplace_back(static_cast<int32_t>(id), static_cast<float>(value.get<double>()));
+    p.logit_bias.emplace_back(static_cast<int32_t>(id), to_param_float(value.get<double>()));
   }
   std::sort(p.logit_bias.begin(), p.logit_bias.end());
 }
@@ -477,14 +494,13 @@ void parse_common(const json& body, const ServerLimits& limits, ApiRequest& r) {
   check_field_names(body, r.endpoint);
   check_model(body, limits, r);
   SamplingParams& p = r.params;
-  if (auto v = get_number(body, "temperature")) p.temperature = static_cast<float>(*v);
-  if (auto v = get_number(body, "top_p")) p.top_p = static_cast<float>(*v);
+  if (auto v = get_param_float(body, "temperature")) p.temperature = *v;
+  if (auto v = get_param_float(body, "top_p")) p.top_p = *v;
   if (auto v = get_integer(body, "top_k")) p.top_k = to_int32(*v, "top_k", -1, kInt32Max);
-  if (auto v = get_number(body, "min_p")) p.min_p = static_cast<float>(*v);
-  if (auto v = get_number(body, "repetition_penalty"))
-    p.repetition_penalty = static_cast<float>(*v);
-  if (auto v = get_number(body, "presence_penalty")) p.presence_penalty = static_cast<float>(*v);
-  if (auto v = get_number(body, "frequency_penalty")) p.frequency_penalty = static_cast<float>(*v);
+  if (auto v = get_param_float(body, "min_p")) p.min_p = *v;
+  if (auto v = get_param_float(body, "repetition_penalty")) p.repetition_penalty = *v;
+  if (auto v = get_param_float(body, "presence_penalty")) p.presence_penalty = *v;
+  if (auto v = get_param_float(body, "frequency_penalty")) p.frequency_penalty = *v;
   if (auto v = get_integer(body, "seed")) p.seed = static_cast<uint64_t>(*v);
   if (auto v = get_integer(body, "min_tokens"))
     p.min_tokens = to_int32(*v, "min_tokens", 0, kInt32Max);
@@ -969,6 +985,14 @@ int32_t resolve_max_tokens(const ApiRequest& request, int32_t prompt_tokens,
     bad_request(m.str(), request.endpoint == Endpoint::kChatCompletions ? "messages" : "prompt");
   }
   if (!request.max_tokens_given) {
+    // vLLM's default max_tokens is what the context leaves; min_tokens may raise ours up to it.
+    if (request.params.min_tokens > room) {
+      std::ostringstream m;
+      m << "min_tokens must be <= the " << room << " tokens this model's maximum context length ("
+        << max_model_len << ") leaves after the " << prompt_tokens << "-token " << what << ", got "
+        << request.params.min_tokens << ".";
+      bad_request(m.str(), "min_tokens");
+    }
     const int64_t fallback = request.endpoint == Endpoint::kCompletions ? 16 : room;
     return static_cast<int32_t>(
         std::max<int64_t>(std::min(fallback, room), request.params.min_tokens));

@@ -275,8 +275,13 @@ json chat_response(const ResponseHeader& header, const ApiRequest& request,
     if (request.params.logprobs >= 0) logprobs = chat_logprobs_json(c.logprobs, text);
     json message = {{"role", "assistant"}, {"content", c.text}, {"tool_calls", json::array()}};
     json finish = finish_reason_json(c.finish_reason);
-    // Calls are read from an output that ended by itself; one cut by max_tokens stays text.
-    if (request.tool_choice != ToolChoice::kNone && c.finish_reason == FinishReason::kStop) {
+    // Calls are read from an output that ended by itself; one cut by max_tokens stays text,
+    // but a named function's output is its arguments however it ended (as streamed, and as
+    // vLLM answers), with finish_reason "length" when cut.
+    const bool named_cut =
+        request.tool_choice == ToolChoice::kNamed && c.finish_reason == FinishReason::kLength;
+    if (request.tool_choice != ToolChoice::kNone &&
+        (c.finish_reason == FinishReason::kStop || named_cut)) {
       const ParsedToolOutput parsed = parse_tool_calls(
           request.tool_choice, request.tool_call_parser, request.tool_name, c.text);
       if (!parsed.calls.empty()) {
@@ -284,7 +289,7 @@ json chat_response(const ResponseHeader& header, const ApiRequest& request,
         message["tool_calls"] = chat_tool_calls_chunk(
             header, static_cast<int32_t>(i), parsed.calls)["choices"][0]["delta"]["tool_calls"];
         for (json& call : message["tool_calls"]) call.erase("index");
-        finish = "tool_calls";
+        if (!named_cut) finish = "tool_calls";
       }
     }
     out_choices.push_back({{"index", i},

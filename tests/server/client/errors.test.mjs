@@ -2,6 +2,8 @@
 // body {"error": {"message", "type", "param", "code"}}, and GET /health is still 200 after every
 // one. A second server with --api-key checks 401s.
 import assert from "node:assert/strict";
+import http from "node:http";
+import net from "node:net";
 import { after, before, describe, test } from "node:test";
 import OpenAI from "openai";
 import {
@@ -78,6 +80,14 @@ const BAD_REQUESTS = [
   ["/detokenize tokens is a string", "POST", "/detokenize", { tokens: "hello" }, 400],
   ["/detokenize without tokens", "POST", "/detokenize", {}, 400],
   ["GET /tokenize", "GET", "/tokenize", undefined, 405],
+  ["PATCH /tokenize", "PATCH", "/tokenize", { prompt: "x" }, 405],
+  ["OPTIONS /v1/chat/completions", "OPTIONS", "/v1/chat/completions", undefined, 405],
+  ["top_p just above 1", "POST", "/v1/completions", completion({ top_p: 1.00000001 }), 400],
+  ["min_p just above 1", "POST", "/v1/completions", completion({ min_p: 1.00000001 }), 400],
+  ["frequency_penalty just above 2", "POST", "/v1/completions", completion({ frequency_penalty: 2.0000001 }), 400],
+  ["presence_penalty just below -2", "POST", "/v1/chat/completions", chat({ presence_penalty: -2.0000001 }), 400],
+  ["min_tokens past the context with max_tokens unset", "POST", "/v1/chat/completions",
+    without(chat({ min_tokens: 2147483647 }), "max_tokens"), 400],
   ["unknown route", "GET", "/v1/nothing-here", undefined, 404],
   ["unknown route (POST)", "POST", "/v1/engines/l2kv-ci/completions", completion({}), 404],
   ["unknown route outside /v1", "GET", "/admin", undefined, 404],
@@ -213,6 +223,82 @@ describe("bad requests", () => {
     const r = await server.client().completions.create(completion({ temperature: 0 }));
     assert.equal(r.usage.completion_tokens, r.usage.total_tokens - r.usage.prompt_tokens);
     assert.ok(r.usage.completion_tokens > 0);
+  });
+});
+
+// Raw bytes to server `s`; what comes back until it closes the connection or `ms` pass.
+function rawExchange(s, bytes, ms = 5000) {
+  const u = new URL(s.url);
+  return new Promise((resolve) => {
+    const sock = net.connect(Number(u.port), u.hostname);
+    const chunks = [];
+    const done = (closed) => {
+      clearTimeout(timer);
+      sock.destroy();
+      resolve({ text: Buffer.concat(chunks).toString("utf8"), closed });
+    };
+    const timer = setTimeout(() => done(false), ms);
+    sock.on("data", (c) => chunks.push(c));
+    sock.on("error", () => {});
+    sock.on("close", () => done(true));
+    sock.write(bytes);
+  });
+}
+
+// Framing that could hide a second request in a first one's body, or hang a connection: one
+// answer, then the connection closes (RFC 9112 6.3); a chunked body is held to --max-body-bytes
+// as a Content-Length one is.
+describe("HTTP framing", () => {
+  const body = JSON.stringify(completion({}));
+  const smuggled = "GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n";
+  const statusLines = (text) => text.split("\r\n").filter((l) => /^HTTP\/1\.1 \d{3}/.test(l));
+  const chunked = `${Buffer.byteLength(body).toString(16)}\r\n${body}\r\n0\r\n\r\n`;
+  const cases = [
+    ["two Content-Length headers", 400,
+      `POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n` +
+      `Content-Length: ${Buffer.byteLength(body)}\r\nContent-Length: 5\r\n\r\n${body}${smuggled}`],
+    ["Content-Length and Transfer-Encoding", 400,
+      `POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n` +
+      `Content-Length: ${Buffer.byteLength(chunked + smuggled)}\r\nTransfer-Encoding: chunked\r\n\r\n` +
+      `${chunked}${smuggled}`],
+    ["a negative Content-Length", 400,
+      "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n"],
+    ["a POST with neither header", 411, "POST /v1/completions HTTP/1.1\r\nHost: x\r\n\r\n"],
+  ];
+  for (const [name, status, bytes] of cases) {
+    test(`${name} -> ${status}, one answer, connection closed`, async () => {
+      const started = Date.now();
+      const { text, closed } = await rawExchange(server, bytes);
+      const lines = statusLines(text);
+      assert.equal(lines.length, 1, `${name}: ${text.slice(0, 600)}`);
+      assert.ok(lines[0].startsWith(`HTTP/1.1 ${status}`), `${name}: ${lines[0]}`);
+      assert.ok(closed, `${name}: the connection stayed open`);
+      assert.ok(Date.now() - started < 4000, `${name}: took ${Date.now() - started} ms`);
+      await assertHealthy(server, name);
+    });
+  }
+
+  test("a chunked body past --max-body-bytes -> 413", async () => {
+    const piece = Buffer.alloc(1 << 20, "a");
+    const res = await new Promise((resolve, reject) => {
+      const u = new URL(server.url);
+      const req = http.request({ hostname: u.hostname, port: u.port, path: "/v1/completions",
+        method: "POST", agent: false,
+        headers: { "content-type": "application/json", "transfer-encoding": "chunked" } });
+      let answered = false;
+      req.on("response", (r) => {
+        answered = true;
+        const chunks = [];
+        r.on("data", (c) => chunks.push(c));
+        r.on("end", () => resolve({ status: r.statusCode, text: Buffer.concat(chunks).toString() }));
+      });
+      req.on("error", (e) => { if (!answered) reject(e); });
+      req.write('{"model": "l2kv-ci", "prompt": "hi", "user": "');
+      for (let i = 0; i < 32; ++i) req.write(piece);
+      req.end('"}');
+    });
+    assert.equal(res.status, 413, res.text.slice(0, 300));
+    await assertHealthy(server, "chunked body past the limit");
   });
 });
 
