@@ -1,6 +1,7 @@
 #include "l2kv/server/http_server.h"
 
 #include <httplib.h>
+#include <malloc.h>
 #include <netdb.h>
 #include <poll.h>
 #include <sys/socket.h>
@@ -51,6 +52,11 @@ thread_local bool t_close_connection = false;
 // more fails its read and sets t_request_too_large.
 thread_local size_t t_chunked_request_limit = SIZE_MAX;
 thread_local bool t_request_too_large = false;
+// Set for a request whose body may be large: once it is answered and freed, the allocator
+// hands its pages back (glibc keeps a worker thread's freed arena otherwise: 0.8 GB held after
+// some 10 MB prompts).
+thread_local bool t_large_request = false;
+constexpr size_t kLargeRequestBytes = size_t{1} << 20;
 // What a chunked request may take beyond its body limit: request line, headers, chunk framing.
 constexpr size_t kHeaderBytes = size_t{1} << 20;
 // A connection closed with a request unread first sends its answer and stops reading for at
@@ -164,6 +170,10 @@ class ConnectionServer : public httplib::Server {
       t_chunked_request_limit = SIZE_MAX;
       stream.start_request();
       ok = process_request(stream, left == 1, closed, nullptr);
+      if (t_large_request) {
+        t_large_request = false;
+        malloc_trim(0);
+      }
       if (!ok || closed || t_close_connection || t_request_too_large) break;
     }
     t_connection_socket = -1;
@@ -370,8 +380,11 @@ struct HttpServer::Impl {
     // Runs before httplib reads the body: requests whose framing could smuggle a second
     // request or hang the connection are refused and their connection closed (RFC 9112 6.3).
     server.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
-      if (req.has_header("Transfer-Encoding"))
-        t_chunked_request_limit = options.max_body_bytes + kHeaderBytes;
+      const bool chunked = req.has_header("Transfer-Encoding");
+      if (chunked) t_chunked_request_limit = options.max_body_bytes + kHeaderBytes;
+      const std::string length = req.get_header_value("Content-Length");
+      t_large_request = chunked || (!length.empty() && std::strtoull(length.c_str(), nullptr, 10) >=
+                                                           kLargeRequestBytes);
       if (const std::optional<ApiError> refusal = framing_error(req)) {
         t_close_connection = true;
         res.set_header("Connection", "close");
