@@ -590,6 +590,10 @@ TEST(OpenAiProtocol, MaxModelLen) {
   EXPECT_EQ(resolve_max_tokens(r, 60, 64), 4);
   r = chat(R"({"messages": [{"role": "user", "content": "x"}]})");
   EXPECT_EQ(resolve_max_tokens(r, 10, 64), 54);
+  // A max_tokens past 32 bits is named as sent, not as the 2^31 - 1 it would have been cut to.
+  e = error_of([&] { completion(R"({"prompt": [1], "max_tokens": 9223372036854775807})"); });
+  EXPECT_EQ(e.param, "max_tokens");
+  EXPECT_NE(e.message.find("9223372036854775807"), std::string::npos) << e.message;
   // min_tokens raises an unset max_tokens up to what fits, and no further: a 400, not a quiet
   // cap at the context's end.
   r = completion(R"({"prompt": [1], "min_tokens": 20})");

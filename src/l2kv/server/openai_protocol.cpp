@@ -591,11 +591,11 @@ void parse_common(const json& body, const ServerLimits& limits, ApiRequest& r) {
       r.prompt_only = true;  // with echo only: parse_completion checks
       *max_tokens = 1;
     }
-    if (*max_tokens < 1)
-      bad_request(std::string("'") + name + "' must be at least 1, got " +
-                      std::to_string(*max_tokens) + ".",
+    if (*max_tokens < 1 || *max_tokens > kInt32Max)
+      bad_request(std::string("'") + name + "' must be in [1, " + std::to_string(kInt32Max) +
+                      "], got " + std::to_string(*max_tokens) + ".",
                   name);
-    p.max_tokens = static_cast<int32_t>(std::min<int64_t>(*max_tokens, kInt32Max));
+    p.max_tokens = static_cast<int32_t>(*max_tokens);
     r.max_tokens_given = true;
   }
 }
