@@ -154,7 +154,9 @@ TEST(FuzzLimits, RequestsBeyondMaxTokensAndNAreBadRequests) {
     return server::json::parse(R"({"model": "m", "prompt": [1, 2])" + extra + "}");
   };
   EXPECT_THROW(server::parse_completion_request(body(R"(, "n": 17)"), limits), server::ApiError);
-  const auto request = server::parse_completion_request(body(R"(, "max_tokens": 1e12)"), limits);
+  EXPECT_THROW(server::parse_completion_request(body(R"(, "max_tokens": 1e12)"), limits),
+               server::ApiError);  // past 32 bits
+  const auto request = server::parse_completion_request(body(R"(, "max_tokens": 1e6)"), limits);
   EXPECT_THROW(server::resolve_max_tokens(request, 2, limits.max_model_len), server::ApiError);
   EXPECT_THROW(server::parse_completion_request(body(R"(, "max_tokens": 0)"), limits),
                server::ApiError);

@@ -89,6 +89,27 @@ TEST(Safetensors, RejectsBadFilesWithTheirName) {
              std::string(8, '\0'));
   expect_error([&] { SafetensorsFile(file).tensors().at("a").to_float(); }, "dtype I64");
   expect_error([&] { SafetensorsFile f(dir / "absent.safetensors"); }, "cannot open");
+  // A tensor named twice (JSON would keep the last entry) and two tensors sharing bytes (one
+  // would load the other's weights) are refused.
+  write_file(file,
+             R"({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
+                 "a": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}})",
+             std::string(8, '\0'));
+  expect_error([&] { SafetensorsFile f(file); }, "names tensor a twice");
+  write_file(file,
+             R"({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+                 "b": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}})",
+             std::string(8, '\0'));
+  expect_error([&] { SafetensorsFile f(file); }, "tensors a and b have overlapping data offsets");
+  write_file(file,
+             R"({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
+                 "b": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]},
+                 "e": {"dtype": "F32", "shape": [0], "data_offsets": [4, 4]}})",
+             std::string(8, '\0'));
+  EXPECT_EQ(SafetensorsFile(file).tensors().size(), 3u);  // adjacent and empty tensors are fine
+  const fs::path folder_named_like_a_file = fresh_dir("st_dir") / "model.safetensors";
+  fs::create_directories(folder_named_like_a_file);
+  expect_error([&] { SafetensorsFile f(folder_named_like_a_file); }, "not a regular file");
   std::ofstream(dir / "model.safetensors.index.json")
       << R"({"weight_map": {"a": "model-00001-of-00002.safetensors"}})";
   expect_error([&] { Checkpoint c(dir); }, "missing shard model-00001-of-00002.safetensors");
@@ -124,6 +145,19 @@ TEST(ModelConfig, ReadsBothRopeFormsAndRejectsTheUnsupported) {
   expect_error([&] { parse("MistralForCausalLM", R"(, "sliding_window": 4096)"); },
                "sliding-window");
   expect_error([&] { ModelConfig::from_json_text("{", "config.json"); }, "not JSON");
+  // Each bad size is named (a repeated key overrides the base's: nlohmann keeps the last).
+  expect_error([&] { parse("LlamaForCausalLM", R"(, "rope_scaling": "linear")"); },
+               "rope_scaling must be an object or null");
+  expect_error([&] { parse("LlamaForCausalLM", R"(, "hidden_size": 0)"); },
+               "hidden_size must be an integer in [1,");
+  expect_error([&] { parse("LlamaForCausalLM", R"(, "num_hidden_layers": 0)"); },
+               "num_hidden_layers must be an integer in [1,");
+  expect_error([&] { parse("LlamaForCausalLM", R"(, "num_key_value_heads": 0)"); },
+               "num_key_value_heads must be positive, got 0");
+  expect_error([&] { parse("LlamaForCausalLM", R"(, "head_dim": 3)"); }, "head_dim must be even");
+  expect_error(
+      [&] { parse("LlamaForCausalLM", R"(, "num_attention_heads": 3, "num_key_value_heads": 3)"); },
+      "num_attention_heads 3 does not divide hidden_size 8, and there is no head_dim");
   expect_error(
       [&] {
         ModelConfig::from_json_text(R"({"architectures": ["LlamaForCausalLM"]})", "config.json");

@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <deque>
 #include <limits>
+#include <new>
 #include <optional>
 #include <random>
 #include <string>
@@ -179,9 +180,16 @@ struct Engine::Impl {
     }
     config.num_kv_blocks = static_cast<int32_t>(num_blocks);
     validate_engine_config(config, model);
-    blocks.emplace(config.num_kv_blocks, config.block_size, config.enable_prefix_caching,
-                   sizing.group_windows);
-    runner->allocate_kv_cache(config.num_kv_blocks);
+    try {
+      blocks.emplace(config.num_kv_blocks, config.block_size, config.enable_prefix_caching,
+                     sizing.group_windows);
+      runner->allocate_kv_cache(config.num_kv_blocks);
+    } catch (const std::bad_alloc&) {
+      throw Error("KV pool: " + std::to_string(config.num_kv_blocks) + " blocks of " +
+                  std::to_string(sizing.bytes_per_block) +
+                  " bytes do not fit in memory: lower --num-kv-blocks, or leave it at 0 to size "
+                  "the pool from the memory there is");
+    }
     scheduler.emplace(SchedulerConfig{config.max_num_seqs, config.max_num_batched_tokens}, *blocks);
     // The longest sequence the whole pool can hold on its own (blocks_to_hold grows with it).
     int64_t lo = 0, hi = config.max_model_len;

@@ -79,9 +79,11 @@ int64_t integer_value(const nlohmann::json& v, const std::string& key, int64_t l
     return Error(origin + ": " + key + " must be an integer in [" + std::to_string(lo) + ", " +
                  std::to_string(hi) + "]");
   };
-  if (v.is_number_unsigned()) {
-    if (v.get<uint64_t>() > static_cast<uint64_t>(hi)) throw out_of_range();
-    return static_cast<int64_t>(v.get<uint64_t>());
+  if (v.is_number_unsigned()) {  // nlohmann reads every non-negative integer as unsigned
+    const uint64_t x = v.get<uint64_t>();
+    if (x > static_cast<uint64_t>(hi) || (lo > 0 && x < static_cast<uint64_t>(lo)))
+      throw out_of_range();
+    return static_cast<int64_t>(x);
   }
   if (v.is_number_integer()) {
     const int64_t x = v.get<int64_t>();
@@ -109,6 +111,10 @@ RopeConfig read_rope(const nlohmann::json& j, const std::string& origin) {
   if (j.contains("rope_parameters") && j["rope_parameters"].is_object()) {
     params = j["rope_parameters"];
   } else {
+    if (j.contains("rope_scaling") && !j["rope_scaling"].is_null() &&
+        !j["rope_scaling"].is_object())
+      throw Error(origin + ": rope_scaling must be an object or null, got " +
+                  j["rope_scaling"].dump().substr(0, 64));
     if (j.contains("rope_scaling") && j["rope_scaling"].is_object()) params = j["rope_scaling"];
     if (j.contains("rope_theta")) params["rope_theta"] = j["rope_theta"];
   }
@@ -293,9 +299,13 @@ ModelConfig ModelConfig::from_json_text(const std::string& text, const std::stri
     c.num_q_heads = integer_value(required("num_attention_heads"), "num_attention_heads", 1,
                                   kMaxDimension, origin);
     c.num_kv_heads = size("num_key_value_heads", c.num_q_heads, kMaxDimension);
-    c.head_dim = j.contains("head_dim") && j["head_dim"].is_number()
-                     ? size("head_dim", 0, kMaxDimension)
-                     : (c.num_q_heads > 0 ? c.hidden_size / c.num_q_heads : 0);
+    const bool head_dim_given = j.contains("head_dim") && j["head_dim"].is_number();
+    if (!head_dim_given && c.hidden_size % c.num_q_heads != 0)
+      throw Error(origin + ": num_attention_heads " + std::to_string(c.num_q_heads) +
+                  " does not divide hidden_size " + std::to_string(c.hidden_size) +
+                  ", and there is no head_dim");
+    c.head_dim =
+        head_dim_given ? size("head_dim", 0, kMaxDimension) : c.hidden_size / c.num_q_heads;
     c.rms_norm_eps = number("rms_norm_eps", 1e-6);
     if (!(c.rms_norm_eps > 0 && c.rms_norm_eps < 1))
       throw Error(origin + ": rms_norm_eps must be in (0, 1)");
@@ -368,9 +378,18 @@ ModelConfig ModelConfig::from_json_text(const std::string& text, const std::stri
   } catch (const nlohmann::json::exception& e) {
     throw Error(origin + ": " + e.what());
   }
-  if (c.vocab_size <= 0 || c.hidden_size <= 0 || c.intermediate_size <= 0 || c.num_layers <= 0 ||
-      c.num_q_heads <= 0 || c.num_kv_heads <= 0 || c.head_dim <= 0 || c.head_dim % 2 != 0)
-    throw Error(origin + ": sizes must be positive and head_dim even");
+  for (const auto& [key, value] : {std::pair<const char*, int64_t>{"vocab_size", c.vocab_size},
+                                   {"hidden_size", c.hidden_size},
+                                   {"intermediate_size", c.intermediate_size},
+                                   {"num_hidden_layers", c.num_layers},
+                                   {"num_attention_heads", c.num_q_heads},
+                                   {"num_key_value_heads", c.num_kv_heads},
+                                   {"head_dim", c.head_dim}})
+    if (value <= 0)
+      throw Error(origin + ": " + key + " must be positive, got " + std::to_string(value));
+  if (c.head_dim % 2 != 0)
+    throw Error(origin + ": head_dim must be even (RoPE rotates pairs), got " +
+                std::to_string(c.head_dim));
   if (c.num_q_heads * c.head_dim > kMaxDimension)
     throw Error(origin + ": " + std::to_string(c.num_q_heads) + " heads of " +
                 std::to_string(c.head_dim) + " are over the limit of " +

@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <fstream>
 #include <limits>
@@ -144,12 +145,23 @@ std::map<std::string, TensorView> parse_safetensors(const uint8_t* bytes, size_t
     throw Error(file + ": header of " + std::to_string(header_len) + " bytes is over the " +
                 std::to_string(kMaxSafetensorsHeaderBytes) + "-byte limit");
   nlohmann::json header;
+  // JSON keeps the last of repeated keys: a tensor named twice is refused instead.
+  std::set<std::string> names;
+  std::string repeated;
+  const auto note_names = [&](int depth, nlohmann::json::parse_event_t event,
+                              nlohmann::json& parsed) {
+    if (event == nlohmann::json::parse_event_t::key && depth == 1 && repeated.empty() &&
+        !names.insert(parsed.get<std::string>()).second)
+      repeated = parsed.get<std::string>();
+    return true;
+  };
   try {
-    header = nlohmann::json::parse(bytes + 8, bytes + 8 + header_len);
+    header = nlohmann::json::parse(bytes + 8, bytes + 8 + header_len, note_names);
   } catch (const nlohmann::json::exception& e) {
     throw Error(file + ": header is not JSON (" + e.what() + ")");
   }
   if (!header.is_object()) throw Error(file + ": header is not a JSON object");
+  if (!repeated.empty()) throw Error(file + ": header names tensor " + repeated + " twice");
   const uint8_t* data = bytes + 8 + header_len;
   const size_t data_size = size - 8 - header_len;
   for (const auto& [name, info] : header.items()) {
@@ -195,6 +207,17 @@ std::map<std::string, TensorView> parse_safetensors(const uint8_t* bytes, size_t
                   " bytes, not " + std::to_string(t.bytes));
     tensors.emplace(name, std::move(t));
   }
+  // No two tensors share bytes (the format's rule; a shared range would load one tensor's
+  // weights as another's).
+  std::vector<const TensorView*> by_offset;
+  for (const auto& [name, t] : tensors)
+    if (t.bytes > 0) by_offset.push_back(&t);
+  std::sort(by_offset.begin(), by_offset.end(),
+            [](const TensorView* a, const TensorView* b) { return a->data < b->data; });
+  for (size_t i = 1; i < by_offset.size(); ++i)
+    if (by_offset[i]->data < by_offset[i - 1]->data + by_offset[i - 1]->bytes)
+      throw Error(file + ": tensors " + by_offset[i - 1]->name + " and " + by_offset[i]->name +
+                  " have overlapping data offsets");
   return tensors;
 }
 
@@ -204,8 +227,13 @@ SafetensorsFile::SafetensorsFile(const std::filesystem::path& path) {
   if (fd < 0) throw Error(file + ": cannot open (" + std::strerror(errno) + ")");
   struct stat st {};
   if (::fstat(fd, &st) != 0) {
+    const int error = errno;
     ::close(fd);
-    throw Error(file + ": cannot stat");
+    throw Error(file + ": cannot stat (" + std::strerror(error) + ")");
+  }
+  if (!S_ISREG(st.st_mode)) {
+    ::close(fd);
+    throw Error(file + ": not a regular file");
   }
   size_ = static_cast<size_t>(st.st_size);
   if (size_ < 8) {
@@ -213,10 +241,11 @@ SafetensorsFile::SafetensorsFile(const std::filesystem::path& path) {
     throw Error(file + ": truncated (" + std::to_string(size_) + " bytes, no header length)");
   }
   mapping_ = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
+  const int error = errno;
   ::close(fd);
   if (mapping_ == MAP_FAILED) {
     mapping_ = nullptr;
-    throw Error(file + ": mmap failed");
+    throw Error(file + ": mmap failed (" + std::strerror(error) + ")");
   }
   try {
     tensors_ = parse_safetensors(static_cast<const uint8_t*>(mapping_), size_, file);
