@@ -79,6 +79,9 @@ TEST(Safetensors, RejectsBadFilesWithTheirName) {
   write_file(file, R"({"a": {"dtype": "F32", "shape": [4], "data_offsets": [0, 16]}})",
              std::string(8, '\0'));
   expect_error([&] { SafetensorsFile f(file); }, "outside the file");
+  write_file(file, R"({"a": {"dtype": "F32", "shape": [1], "data_offsets": [8, 4]}})",
+             std::string(8, '\0'));
+  expect_error([&] { SafetensorsFile f(file); }, "with begin <= end");
   write_file(file, R"({"a": {"dtype": "F32", "shape": [3], "data_offsets": [0, 8]}})",
              std::string(8, '\0'));
   expect_error([&] { SafetensorsFile f(file); }, "should hold 12 bytes");

@@ -48,7 +48,8 @@ EngineConfig resolve(EngineConfig config, const ModelConfig& model) {
   const int64_t model_len = model.max_position_embeddings;
   if (config.max_model_len == 0) {
     if (model_len <= 0)
-      throw Error("the model config has no max_position_embeddings: set --max-model-len");
+      throw Error("the model config gives no positive max_position_embeddings (got " +
+                  str(model_len) + "): set --max-model-len");
     config.max_model_len = static_cast<int32_t>(std::min<int64_t>(model_len, 1 << 30));
   }
   validate_engine_config(config, model);

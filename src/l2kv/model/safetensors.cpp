@@ -173,7 +173,10 @@ std::map<std::string, TensorView> parse_safetensors(const uint8_t* bytes, size_t
       t.dtype_name = info.at("dtype").get<std::string>();
       t.shape = integers<int64_t>(info.at("shape"), file, name, "shape");
       const auto offsets = integers<uint64_t>(info.at("data_offsets"), file, name, "data offsets");
-      if (offsets.size() != 2 || offsets[0] > offsets[1] || offsets[1] > data_size)
+      if (offsets.size() != 2 || offsets[0] > offsets[1])
+        throw Error(file + ": tensor " + name +
+                    " needs data offsets [begin, end] with begin <= end");
+      if (offsets[1] > data_size)
         throw Error(file + ": tensor " + name + " has data offsets outside the file (truncated?)");
       t.data = data + offsets[0];
       t.bytes = offsets[1] - offsets[0];
