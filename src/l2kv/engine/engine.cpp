@@ -168,6 +168,7 @@ struct Engine::Impl {
         runner->prepare(config.block_size, config.max_num_batched_tokens, config.max_num_seqs,
                         config.max_model_len, config.gpu_memory_utilization);
     int64_t num_blocks = config.num_kv_blocks;
+    const bool blocks_given = num_blocks != 0;
     if (num_blocks == 0) {
       if (sizing.bytes_per_block <= 0) throw Error("runner reported no KV block size");
       num_blocks = std::min<int64_t>(sizing.bytes_available / sizing.bytes_per_block,
@@ -187,9 +188,10 @@ struct Engine::Impl {
       runner->allocate_kv_cache(config.num_kv_blocks);
     } catch (const std::bad_alloc&) {
       throw Error("KV pool: " + std::to_string(config.num_kv_blocks) + " blocks of " +
-                  std::to_string(sizing.bytes_per_block) +
-                  " bytes do not fit in memory: lower --num-kv-blocks, or leave it at 0 to size "
-                  "the pool from the memory there is");
+                  std::to_string(sizing.bytes_per_block) + " bytes do not fit in memory: " +
+                  (blocks_given ? "lower --num-kv-blocks, or leave it at 0 to size the pool "
+                                  "from the memory there is"
+                                : "lower --gpu-memory-utilization or set --num-kv-blocks"));
     }
     scheduler.emplace(SchedulerConfig{config.max_num_seqs, config.max_num_batched_tokens}, *blocks);
     // The longest sequence the whole pool can hold on its own (blocks_to_hold grows with it).

@@ -9,11 +9,13 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cctype>
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <limits>
 #include <optional>
 #include <random>
 
@@ -49,16 +51,15 @@ thread_local int t_connection_socket = -1;
 thread_local bool t_close_connection = false;
 // httplib 0.11 applies its payload limit to Content-Length bodies only: a chunked request may
 // read this many bytes (from its request line on; set once its headers are read), and one
-// more fails its read and sets t_request_too_large.
+// more fails its read and sets t_request_too_large. Twice the body limit, for the chunks'
+// framing; the handlers hold the body itself to the limit.
 thread_local size_t t_chunked_request_limit = SIZE_MAX;
 thread_local bool t_request_too_large = false;
-// Set for a request whose body may be large: once it is answered and freed, the allocator
-// hands its pages back (glibc keeps a worker thread's freed arena otherwise: 0.8 GB held after
-// some 10 MB prompts).
-thread_local bool t_large_request = false;
-constexpr size_t kLargeRequestBytes = size_t{1} << 20;
-// What a chunked request may take beyond its body limit: request line, headers, chunk framing.
+// What a chunked request may take beyond twice its body limit: request line and headers.
 constexpr size_t kHeaderBytes = size_t{1} << 20;
+// After a request of this many bytes is answered and freed, the allocator hands its pages back
+// (glibc keeps a worker thread's freed arena otherwise: 0.8 GB held after some 10 MB prompts).
+constexpr size_t kLargeRequestBytes = size_t{1} << 20;
 // A connection closed with a request unread first sends its answer and stops reading for at
 // most this long or this many bytes, so the client reads the answer instead of a reset.
 constexpr auto kLingerTime = std::chrono::seconds(2);
@@ -77,6 +78,7 @@ class ConnectionServer : public httplib::Server {
     bool is_readable() const override { return has_buffered() || wait(POLLIN, read_timeout_ms_); }
     bool is_writable() const override { return wait(POLLOUT, write_timeout_ms_); }
     void start_request() { delivered_ = 0; }
+    size_t delivered() const { return delivered_; }
     // httplib reads request lines a byte at a time: serve them from a buffer.
     ssize_t read(char* ptr, size_t size) override {
       if (delivered_ >= t_chunked_request_limit) {
@@ -162,7 +164,7 @@ class ConnectionServer : public httplib::Server {
     t_connection_socket = fd;
     SocketStream stream(fd, static_cast<int>(read_timeout_sec_ * 1000 + read_timeout_usec_ / 1000),
                         static_cast<int>(write_timeout_sec_ * 1000 + write_timeout_usec_ / 1000));
-    bool ok = false;
+    bool ok = false, refused = false;
     for (size_t left = keep_alive_max_count_;
          left > 0 && next_request(stream, left == keep_alive_max_count_); --left) {
       bool closed = false;
@@ -170,14 +172,12 @@ class ConnectionServer : public httplib::Server {
       t_chunked_request_limit = SIZE_MAX;
       stream.start_request();
       ok = process_request(stream, left == 1, closed, nullptr);
-      if (t_large_request) {
-        t_large_request = false;
-        malloc_trim(0);
-      }
-      if (!ok || closed || t_close_connection || t_request_too_large) break;
+      if (stream.delivered() >= kLargeRequestBytes) malloc_trim(0);
+      refused = t_close_connection || t_request_too_large;
+      if (!ok || closed || refused) break;
     }
     t_connection_socket = -1;
-    if (t_close_connection || t_request_too_large)
+    if (refused)
       linger(fd);
     else
       shutdown(fd, SHUT_RDWR);
@@ -300,14 +300,28 @@ struct Generation {
 
 // Why a request's framing is refused, if it is: several Content-Length headers, Content-Length
 // beside Transfer-Encoding (either could end the body where the other does not, and the rest
-// would be read as a next request), a Content-Length that is not a decimal number, or a body
-// method with neither header (its body would be read until the client closed or timed out).
+// would be read as a next request), a Content-Length that is not a decimal number, a
+// Transfer-Encoding other than one plain chunked (httplib would read such a body until the
+// client closed), or a POST, PUT or PATCH with neither header (likewise).
 std::optional<ApiError> framing_error(const httplib::Request& req) {
   const size_t lengths = req.get_header_value_count("Content-Length");
-  const bool transfer_encoding = req.has_header("Transfer-Encoding");
+  const size_t encodings = req.get_header_value_count("Transfer-Encoding");
+  const bool transfer_encoding = encodings > 0;
   if (lengths > 1) return ApiError(400, "The request has more than one Content-Length header.");
   if (lengths == 1 && transfer_encoding)
     return ApiError(400, "The request has both Content-Length and Transfer-Encoding headers.");
+  if (transfer_encoding) {
+    std::string coding = encodings == 1 ? req.get_header_value("Transfer-Encoding") : "";
+    const size_t first = coding.find_first_not_of(" \t");
+    const size_t last = coding.find_last_not_of(" \t");
+    coding = first == std::string::npos ? "" : coding.substr(first, last - first + 1);
+    std::transform(coding.begin(), coding.end(), coding.begin(),
+                   [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+    if (coding != "chunked")
+      return ApiError(501, "Only Transfer-Encoding: chunked is supported, got '" +
+                               req.get_header_value("Transfer-Encoding").substr(0, 64) + "'" +
+                               (encodings > 1 ? " and more" : "") + ".");
+  }
   if (lengths == 1) {
     const std::string value = req.get_header_value("Content-Length");
     if (value.empty() || value.size() > 19 ||
@@ -315,8 +329,7 @@ std::optional<ApiError> framing_error(const httplib::Request& req) {
       return ApiError(400, "Content-Length must be a decimal number of bytes, got '" +
                                value.substr(0, 32) + "'.");
   }
-  const bool body_method = req.method == "POST" || req.method == "PUT" || req.method == "PATCH" ||
-                           req.method == "DELETE";
+  const bool body_method = req.method == "POST" || req.method == "PUT" || req.method == "PATCH";
   if (body_method && lengths == 0 && !transfer_encoding)
     return ApiError(411,
                     "A " + req.method +
@@ -359,8 +372,12 @@ struct HttpServer::Impl {
   // Runs a handler; ApiError becomes its JSON answer, anything else a 500.
   template <typename F>
   httplib::Server::Handler guarded(F handler) {
-    return [handler](const httplib::Request& req, httplib::Response& res) {
+    return [this, handler](const httplib::Request& req, httplib::Response& res) {
       try {
+        // httplib held a chunked body only to twice the limit (its framing): the body itself.
+        if (req.body.size() > options.max_body_bytes)
+          throw ApiError(413, "The request body is larger than the server's limit.", "",
+                         "invalid_request_error", "request_too_large");
         handler(req, res);
       } catch (const ApiError& e) {
         send_error(res, e);
@@ -380,11 +397,21 @@ struct HttpServer::Impl {
     // Runs before httplib reads the body: requests whose framing could smuggle a second
     // request or hang the connection are refused and their connection closed (RFC 9112 6.3).
     server.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
-      const bool chunked = req.has_header("Transfer-Encoding");
-      if (chunked) t_chunked_request_limit = options.max_body_bytes + kHeaderBytes;
-      const std::string length = req.get_header_value("Content-Length");
-      t_large_request = chunked || (!length.empty() && std::strtoull(length.c_str(), nullptr, 10) >=
-                                                           kLargeRequestBytes);
+      const size_t most = std::numeric_limits<size_t>::max();
+      if (req.has_header("Transfer-Encoding"))
+        t_chunked_request_limit = options.max_body_bytes > (most - kHeaderBytes) / 2
+                                      ? most
+                                      : 2 * options.max_body_bytes + kHeaderBytes;
+      // httplib reads no body for GET, HEAD or OPTIONS: one sent with them would be read as the
+      // next request. Such a request is answered, then its connection closes.
+      const bool bodiless_method = req.method != "POST" && req.method != "PUT" &&
+                                   req.method != "PATCH" && req.method != "DELETE";
+      if (bodiless_method &&
+          (req.has_header("Transfer-Encoding") ||
+           (req.has_header("Content-Length") && req.get_header_value("Content-Length") != "0"))) {
+        t_close_connection = true;
+        res.set_header("Connection", "close");
+      }
       if (const std::optional<ApiError> refusal = framing_error(req)) {
         t_close_connection = true;
         res.set_header("Connection", "close");

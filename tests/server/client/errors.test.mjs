@@ -264,9 +264,17 @@ describe("HTTP framing", () => {
     ["a negative Content-Length", 400,
       "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Length: -5\r\n\r\n"],
     ["a POST with neither header", 411, "POST /v1/completions HTTP/1.1\r\nHost: x\r\n\r\n"],
+    ["a Transfer-Encoding other than chunked", 501,
+      `POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n` +
+      `Transfer-Encoding: gzip, chunked\r\n\r\n${chunked}${smuggled}`],
+    // httplib reads no body for GET: the request is answered, and its body is not read as a
+    // next request.
+    ["a GET with a body", 200,
+      `GET /health HTTP/1.1\r\nHost: x\r\nContent-Length: ${Buffer.byteLength(smuggled)}\r\n\r\n` +
+      smuggled],
   ];
   for (const [name, status, bytes] of cases) {
-    test(`${name} -> ${status}, one answer, connection closed`, async () => {
+    test(`${name} -> ${status}, one answer, then the connection closes`, async () => {
       const started = Date.now();
       const { text, closed } = await rawExchange(server, bytes);
       const lines = statusLines(text);
