@@ -183,7 +183,9 @@ int run_generate(const GenerateOptions& o) {
                initial.kv_blocks_total, engine.config().block_size, engine.config().max_model_len);
 
   std::vector<Result> results(inputs.size());
-  const bool stream_text = o.output_format == "text" && inputs.size() == 1;
+  // One prompt's text streams as it comes; without a tokenizer there is no text: its ids are
+  // printed at the end instead.
+  const bool stream_text = o.output_format == "text" && inputs.size() == 1 && tokenizer;
   for (size_t i = 0; i < inputs.size(); ++i) {
     PromptInput& in = inputs[i];
     try {  // a prompt read from a file names its line in any error
