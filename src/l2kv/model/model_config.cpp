@@ -111,11 +111,12 @@ RopeConfig read_rope(const nlohmann::json& j, const std::string& origin) {
   if (j.contains("rope_parameters") && j["rope_parameters"].is_object()) {
     params = j["rope_parameters"];
   } else {
-    if (j.contains("rope_scaling") && !j["rope_scaling"].is_null() &&
-        !j["rope_scaling"].is_object())
-      throw Error(origin + ": rope_scaling must be an object or null, got " +
-                  j["rope_scaling"].dump().substr(0, 64));
-    if (j.contains("rope_scaling") && j["rope_scaling"].is_object()) params = j["rope_scaling"];
+    if (j.contains("rope_scaling") && !j["rope_scaling"].is_null()) {
+      if (!j["rope_scaling"].is_object())
+        throw Error(origin + ": rope_scaling must be an object or null, got " +
+                    j["rope_scaling"].dump().substr(0, 64));
+      params = j["rope_scaling"];
+    }
     if (j.contains("rope_theta")) params["rope_theta"] = j["rope_theta"];
   }
   rope.theta = params.value("rope_theta", 10000.0);
@@ -378,13 +379,10 @@ ModelConfig ModelConfig::from_json_text(const std::string& text, const std::stri
   } catch (const nlohmann::json::exception& e) {
     throw Error(origin + ": " + e.what());
   }
-  for (const auto& [key, value] : {std::pair<const char*, int64_t>{"vocab_size", c.vocab_size},
-                                   {"hidden_size", c.hidden_size},
-                                   {"intermediate_size", c.intermediate_size},
-                                   {"num_hidden_layers", c.num_layers},
-                                   {"num_attention_heads", c.num_q_heads},
-                                   {"num_key_value_heads", c.num_kv_heads},
-                                   {"head_dim", c.head_dim}})
+  // The other sizes were read with a lower bound of 1; these two without one.
+  for (const auto& [key, value] :
+       {std::pair<const char*, int64_t>{"num_key_value_heads", c.num_kv_heads},
+        {"head_dim", c.head_dim}})
     if (value <= 0)
       throw Error(origin + ": " + key + " must be positive, got " + std::to_string(value));
   if (c.head_dim % 2 != 0)

@@ -298,6 +298,25 @@ struct Generation {
   }
 };
 
+// The answer to a body over --max-body-bytes.
+ApiError request_too_large() {
+  return ApiError(413, "The request body is larger than the server's limit.", "",
+                  "invalid_request_error", "request_too_large");
+}
+
+// Whether httplib 0.11 reads a body for this method (its expect_content): for the others a
+// body sent would be read as the next request.
+bool httplib_reads_body(const std::string& method) {
+  return method == "POST" || method == "PUT" || method == "PATCH" || method == "DELETE";
+}
+
+// The connection closes once this answer is sent: no byte left of its request is read as a
+// next one.
+void close_after_answer(httplib::Response& res) {
+  t_close_connection = true;
+  res.set_header("Connection", "close");
+}
+
 // Why a request's framing is refused, if it is: several Content-Length headers, Content-Length
 // beside Transfer-Encoding (either could end the body where the other does not, and the rest
 // would be read as a next request), a Content-Length that is not a decimal number, a
@@ -329,7 +348,9 @@ std::optional<ApiError> framing_error(const httplib::Request& req) {
       return ApiError(400, "Content-Length must be a decimal number of bytes, got '" +
                                value.substr(0, 32) + "'.");
   }
-  const bool body_method = req.method == "POST" || req.method == "PUT" || req.method == "PATCH";
+  // (DELETE too reads a body, but one without either header is a plain DELETE: its 405 waits
+  // for httplib's read.)
+  const bool body_method = httplib_reads_body(req.method) && req.method != "DELETE";
   if (body_method && lengths == 0 && !transfer_encoding)
     return ApiError(411,
                     "A " + req.method +
@@ -375,9 +396,7 @@ struct HttpServer::Impl {
     return [this, handler](const httplib::Request& req, httplib::Response& res) {
       try {
         // httplib held a chunked body only to twice the limit (its framing): the body itself.
-        if (req.body.size() > options.max_body_bytes)
-          throw ApiError(413, "The request body is larger than the server's limit.", "",
-                         "invalid_request_error", "request_too_large");
+        if (req.body.size() > options.max_body_bytes) throw request_too_large();
         handler(req, res);
       } catch (const ApiError& e) {
         send_error(res, e);
@@ -404,17 +423,13 @@ struct HttpServer::Impl {
                                       : 2 * options.max_body_bytes + kHeaderBytes;
       // httplib reads no body for GET, HEAD or OPTIONS: one sent with them would be read as the
       // next request. Such a request is answered, then its connection closes.
-      const bool bodiless_method = req.method != "POST" && req.method != "PUT" &&
-                                   req.method != "PATCH" && req.method != "DELETE";
-      if (bodiless_method &&
+      if (!httplib_reads_body(req.method) &&
           (req.has_header("Transfer-Encoding") ||
            (req.has_header("Content-Length") && req.get_header_value("Content-Length") != "0"))) {
-        t_close_connection = true;
-        res.set_header("Connection", "close");
+        close_after_answer(res);
       }
       if (const std::optional<ApiError> refusal = framing_error(req)) {
-        t_close_connection = true;
-        res.set_header("Connection", "close");
+        close_after_answer(res);
         send_error(res, *refusal);
         return httplib::Server::HandlerResponse::Handled;
       }
@@ -422,8 +437,7 @@ struct HttpServer::Impl {
         return httplib::Server::HandlerResponse::Unhandled;  // /health, /metrics stay open
       if (req.get_header_value("Authorization") == "Bearer " + options.api_key)
         return httplib::Server::HandlerResponse::Unhandled;
-      t_close_connection = true;  // its body is not read
-      res.set_header("Connection", "close");
+      close_after_answer(res);  // its body is not read
       send_error(res, ApiError(401, "Incorrect or missing API key.", "", "invalid_request_error",
                                "invalid_api_key"));
       return httplib::Server::HandlerResponse::Handled;
@@ -432,15 +446,13 @@ struct HttpServer::Impl {
       if (!res.body.empty() || res.is_chunked_content_provider_) return;
       if (t_request_too_large) res.status = 413;  // a chunked body past the limit
       if (res.status == 413 || res.status == 400) {
-        t_close_connection = true;  // the rest of the request is unread
-        res.set_header("Connection", "close");
+        close_after_answer(res);  // the rest of the request is unread
       }
       if (res.status == 404)
         send_error(
             res, ApiError(404, "Not found: " + req.method + " " + req.path, "", "not_found_error"));
       else if (res.status == 413)
-        send_error(res, ApiError(413, "The request body is larger than the server's limit.", "",
-                                 "invalid_request_error", "request_too_large"));
+        send_error(res, request_too_large());
       else if (res.status == 400)  // the HTTP layer could not read the request
         send_error(res, ApiError(400,
                                  "The HTTP request could not be read: a missing or invalid "
