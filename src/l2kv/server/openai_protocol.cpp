@@ -331,7 +331,7 @@ json schema_value(const json& v, const std::string& param) {
   if (v.is_object() || v.is_boolean()) return v;
   if (v.is_string()) {
     try {
-      json parsed = json::parse(v.get<std::string>());
+      json parsed = parse_json_text(v.get<std::string>(), "'" + param + "'", param);
       if (parsed.is_object() || parsed.is_boolean()) return parsed;
     } catch (const json::exception&) {
     }
@@ -667,9 +667,23 @@ void bad_request(const std::string& message, const std::string& param) {
   throw ApiError(400, message, param);
 }
 
+json parse_json_text(const std::string& text, const std::string& what, const std::string& param) {
+  // nlohmann's parser keeps its own stack, but copying, printing and compiling a value recurse
+  // once per level: a body of a few hundred KB nested 100,000 deep would overflow the thread's
+  // stack. Refused while parsing, before any of that.
+  const json::parser_callback_t depth_limit = [&](int depth, json::parse_event_t, json&) {
+    if (depth > kMaxJsonDepth)
+      bad_request(what + " nests arrays and objects deeper than " + std::to_string(kMaxJsonDepth) +
+                      " levels.",
+                  param);
+    return true;
+  };
+  return json::parse(text, depth_limit);
+}
+
 json parse_request_body(const std::string& body) {
   try {
-    return json::parse(body);
+    return parse_json_text(body, "The request body", "");
   } catch (const json::out_of_range& e) {
     // 406: a number that overflows a double (1e400).
     bad_request(std::string("The request body has a number out of range: ") + e.what());
@@ -767,7 +781,8 @@ json parse_message_tool_calls(const json& value, const std::string& where) {
     if (f.contains("arguments") && f["arguments"].is_string()) {
       // The template is given the arguments as JSON (vLLM parses them too).
       try {
-        arguments = json::parse(f["arguments"].get<std::string>());
+        arguments = parse_json_text(f["arguments"].get<std::string>(),
+                                    where + ".tool_calls[].function.arguments", "messages");
       } catch (const json::exception&) {
         bad_request(where + ".tool_calls[].function.arguments is not valid JSON.", "messages");
       }

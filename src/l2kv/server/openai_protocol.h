@@ -42,6 +42,16 @@ struct ApiError : std::runtime_error {
 // 400 invalid_request_error naming `param`.
 [[noreturn]] void bad_request(const std::string& message, const std::string& param = "");
 
+// Deepest nesting of arrays and objects a request (or JSON text inside one: a schema given as a
+// string, a tool call's arguments) may have. Far beyond any real schema or message, and shallow
+// enough that the code that copies, prints and compiles values level by level stays within a
+// thread's stack.
+constexpr int kMaxJsonDepth = 512;
+
+// Parses JSON text from a request; nesting deeper than kMaxJsonDepth is a 400 naming `what`.
+// Malformed text throws the JSON library's exception, for the caller to word.
+json parse_json_text(const std::string& text, const std::string& what, const std::string& param);
+
 inline constexpr int32_t kMaxChoices = 16;  // most `n` per request
 
 // What the server knows when it validates a request.

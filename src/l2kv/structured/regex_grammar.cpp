@@ -113,6 +113,8 @@ class RegexParser {
   bool at_end() const { return pos_ >= p_.size(); }
   char peek() const { return p_[pos_]; }
 
+  static constexpr int kMaxGroupDepth = 128;
+
   Element alternation() {
     std::vector<std::vector<Element>> branches;
     branches.push_back(concatenation());
@@ -365,7 +367,11 @@ class RegexParser {
           fail("lookaround and group flags ((?=, (?!, (?<=, (?i) are not supported");
         }
       }
+      // The parser recurses once per group: bounded as GBNF groups are, far below the stack.
+      if (++group_depth_ > kMaxGroupDepth)
+        fail("groups nested more than " + std::to_string(kMaxGroupDepth) + " deep");
       Element inner = alternation();
+      --group_depth_;
       if (at_end() || peek() != ')') fail("an unterminated group");
       ++pos_;
       return inner;
@@ -400,6 +406,7 @@ class RegexParser {
   std::string_view p_;
   RegexText text_;
   size_t pos_ = 0;
+  int group_depth_ = 0;  // groups open at pos_
 };
 
 // Whether the last character of `pattern` is an unescaped `$`.
@@ -447,7 +454,7 @@ Grammar choice_grammar(const std::vector<std::string>& choices) {
   if (choices.empty()) throw Error("choice: the list of choices is empty");
   Grammar g;
   const int32_t root = g.new_rule("root");
-  for (const std::string& c : choices) g.add_alternative(root, {g.literal(c)});
+  g.add_alternative(root, {g.literal_choice(choices)});
   g.set_root(root);
   return g;
 }
