@@ -1,5 +1,6 @@
 #include "l2kv/structured/grammar.h"
 
+#include <algorithm>
 #include <sstream>
 
 #include "l2kv/core/error.h"
@@ -18,11 +19,17 @@ ByteSet range(uint8_t lo, uint8_t hi) {
 }  // namespace
 
 int32_t Grammar::new_rule(std::string name) {
+  if (std::ssize(rules_) >= kMaxRules)
+    throw Error("the constraint needs a grammar of more than " + std::to_string(kMaxRules) +
+                " rules (each step of a bounded repetition, such as maxLength or {0,n}, is one)");
   rules_.push_back({std::move(name), {}});
   return static_cast<int32_t>(rules_.size()) - 1;
 }
 
 void Grammar::add_alternative(int32_t rule, const std::vector<Element>& sequence) {
+  if (std::ssize(elements_) + std::ssize(sequence) + 1 > kMaxElements)
+    throw Error("the constraint needs a grammar of more than " + std::to_string(kMaxElements) +
+                " elements");
   rules_[rule].starts.push_back(static_cast<int32_t>(elements_.size()));
   for (const Element& e : sequence)
     if (e.kind != Element::Kind::kEnd) elements_.push_back(e);
@@ -57,6 +64,44 @@ Element Grammar::choice(const std::vector<std::vector<Element>>& alternatives) {
   const int32_t r = new_rule("choice");
   for (const auto& a : alternatives) add_alternative(r, a);
   return rule(r);
+}
+
+Element Grammar::literal_choice(std::vector<std::string> texts) {
+  std::sort(texts.begin(), texts.end());
+  texts.erase(std::unique(texts.begin(), texts.end()), texts.end());
+  if (texts.empty()) throw Error("a choice of no values");
+  // The rule of texts[lo, hi), which share their first `depth` bytes: an empty alternative when
+  // one of them ends there (sorted first), then one alternative per next byte: the bytes its
+  // texts share, and the rule of what follows where they part.
+  const auto node = [&](auto&& self, size_t lo, size_t hi, size_t depth) -> int32_t {
+    const int32_t r = new_rule("choice");
+    size_t i = lo;
+    if (texts[i].size() == depth) {
+      add_alternative(r, {});
+      ++i;
+    }
+    while (i < hi) {
+      size_t j = i + 1;
+      while (j < hi && texts[j][depth] == texts[i][depth]) ++j;
+      // Sorted, so the group's common prefix is that of its first and last texts.
+      const std::string& first = texts[i];
+      const std::string& last = texts[j - 1];
+      size_t shared = depth + 1;
+      while (shared < first.size() && shared < last.size() && first[shared] == last[shared])
+        ++shared;
+      std::vector<Element> items;
+      for (size_t k = depth; k < shared; ++k) {
+        ByteSet b;
+        b.add(static_cast<uint8_t>(first[k]));
+        items.push_back(bytes(b));
+      }
+      if (j - i > 1 || first.size() > shared) items.push_back(rule(self(self, i, j, shared)));
+      add_alternative(r, items);
+      i = j;
+    }
+    return r;
+  };
+  return rule(node(node, 0, texts.size(), 0));
 }
 
 Element Grammar::optional(Element item) {
@@ -98,6 +143,16 @@ Element Grammar::repeat(Element item, int64_t min, int64_t max) {
   if (tail.kind != Element::Kind::kEnd) items.push_back(tail);
   if (items.size() == 1) return items[0];
   return sequence(items);
+}
+
+size_t Grammar::memory_bytes() const {
+  size_t bytes = rules_.capacity() * sizeof(Rule) + elements_.capacity() * sizeof(Element) +
+                 byte_sets_.capacity() * sizeof(ByteSet);
+  // Each rule's list of alternatives is a heap block of its own (16 bytes of allocator overhead).
+  for (const Rule& r : rules_)
+    bytes += r.starts.capacity() * sizeof(int32_t) + 16 +
+             (r.name.capacity() > 15 ? r.name.capacity() : 0);
+  return bytes;
 }
 
 Element Grammar::utf8_multibyte() {

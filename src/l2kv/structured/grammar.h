@@ -36,8 +36,14 @@ struct Element {
 
 class Grammar {
  public:
+  // Size bounds, so a short constraint cannot take gigabytes: a bounded repetition costs a rule
+  // a step ({0,100000} is 100,000 rules), and a request's constraint is refused beyond these.
+  static constexpr int32_t kMaxRules = 250'000;
+  static constexpr int64_t kMaxElements = 4'000'000;
+
   // A new rule with no alternatives yet (a reference may be taken before its body exists,
-  // which recursive schemas need). `name` is for messages and dumps only.
+  // which recursive schemas need). `name` is for messages and dumps only. This and
+  // add_alternative throw l2kv::Error past kMaxRules / kMaxElements.
   int32_t new_rule(std::string name);
   void add_alternative(int32_t rule, const std::vector<Element>& sequence);
   // An element matching one byte of `set` (sets are interned).
@@ -48,6 +54,10 @@ class Grammar {
   Element literal(std::string_view text);
   Element sequence(const std::vector<Element>& items);
   Element choice(const std::vector<std::vector<Element>>& alternatives);
+  // One of `texts`, as a trie of rules that branch where the texts part (a radix tree): the
+  // matcher then holds one stack per distinct next byte, not one per text, so lists of
+  // thousands of values (enum, guided_choice) stay whole under its stack bound.
+  Element literal_choice(std::vector<std::string> texts);
   Element optional(Element item);
   Element star(Element item);
   // `item` min to max times; max -1: no upper bound. Throws l2kv::Error above 100,000.
@@ -63,6 +73,9 @@ class Grammar {
   const std::string& rule_name(int32_t rule) const { return rules_[rule].name; }
   const ByteSet& byte_set(int32_t index) const { return byte_sets_[index]; }
   int32_t num_rules() const { return static_cast<int32_t>(rules_.size()); }
+
+  // Bytes the grammar holds (what a cache of grammars counts).
+  size_t memory_bytes() const;
 
   // Readable form, one rule a line (tests and debugging).
   std::string to_string() const;

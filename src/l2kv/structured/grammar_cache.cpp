@@ -4,8 +4,13 @@
 
 namespace l2kv::structured {
 
-GrammarCache::GrammarCache(std::shared_ptr<const TokenVocabulary> vocabulary, size_t capacity)
-    : vocabulary_(std::move(vocabulary)), capacity_(capacity) {
+namespace {
+constexpr size_t kMaskCacheBytes = size_t{2} << 20;  // what a grammar's mask cache may hold
+}  // namespace
+
+GrammarCache::GrammarCache(std::shared_ptr<const TokenVocabulary> vocabulary, size_t capacity,
+                           size_t capacity_bytes)
+    : vocabulary_(std::move(vocabulary)), capacity_(capacity), capacity_bytes_(capacity_bytes) {
   if (!vocabulary_) throw Error("GrammarCache: no vocabulary");
   if (capacity_ == 0) throw Error("GrammarCache: the capacity must be at least 1");
 }
@@ -28,9 +33,13 @@ std::shared_ptr<const CompiledGrammar> GrammarCache::get(const std::string& key,
   const auto it = entries_.find(key);
   if (it != entries_.end()) return it->second.grammar;
   order_.push_front(key);
-  entries_.emplace(key, Entry{grammar, order_.begin()});
-  if (entries_.size() > capacity_) {
-    entries_.erase(order_.back());
+  const size_t bytes = grammar->grammar().memory_bytes() + kMaskCacheBytes;
+  entries_.emplace(key, Entry{grammar, order_.begin(), bytes});
+  bytes_ += bytes;
+  while (entries_.size() > 1 && (entries_.size() > capacity_ || bytes_ > capacity_bytes_)) {
+    const auto last = entries_.find(order_.back());
+    bytes_ -= last->second.bytes;
+    entries_.erase(last);
     order_.pop_back();
   }
   return grammar;
@@ -39,6 +48,11 @@ std::shared_ptr<const CompiledGrammar> GrammarCache::get(const std::string& key,
 size_t GrammarCache::size() const {
   std::lock_guard lock(mutex_);
   return entries_.size();
+}
+
+size_t GrammarCache::bytes() const {
+  std::lock_guard lock(mutex_);
+  return bytes_;
 }
 
 int64_t GrammarCache::compilations() const {

@@ -524,9 +524,9 @@ class SchemaCompiler {
         if (want == t || (want == "number" && t == "integer")) return true;
       return false;
     };
-    auto literal_of = [&](const json& v) {
+    auto text_of = [&](const json& v) {
       try {
-        return lit(v.dump());
+        return v.dump();
       } catch (const json::exception&) {
         fail(path, "a value that is not valid UTF-8");
       }
@@ -535,17 +535,17 @@ class SchemaCompiler {
       if (const auto others = other_keys(s, {"const", "type"}); !others.empty())
         fail(path, "'const' alongside '" + others[0] + "' is not supported");
       if (!type_ok(*it)) fail(path, "'const' is not of the schema's type");
-      return literal_of(*it);
+      return lit(text_of(*it));
     }
     if (const auto it = s.find("enum"); it != s.end()) {
       if (const auto others = other_keys(s, {"enum", "type"}); !others.empty())
         fail(path, "'enum' alongside '" + others[0] + "' is not supported");
       if (!it->is_array()) fail(path, "'enum' must be a list");
-      std::vector<std::vector<Element>> alts;
+      std::vector<std::string> values;
       for (const json& v : *it)
-        if (type_ok(v)) alts.push_back({literal_of(v)});
-      if (alts.empty()) fail(path, "no value of 'enum' is of the schema's type");
-      return g_.choice(alts);
+        if (type_ok(v)) values.push_back(text_of(v));
+      if (values.empty()) fail(path, "no value of 'enum' is of the schema's type");
+      return g_.literal_choice(std::move(values));
     }
 
     if (types.empty()) {
