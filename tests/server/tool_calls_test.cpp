@@ -378,5 +378,27 @@ TEST(ToolCalls, ForcedSchemasKeepObjectsAndReferences) {
       forced_tool_call_schema(tools, ToolChoice::kNamed, "list", false)));
 }
 
+// Only references move: a "$ref" key inside data (const, enum, default, examples) is a value,
+// and a property may be named like a keyword.
+TEST(ToolCalls, ForcedSchemasLeaveDataAlone) {
+  using json = nlohmann::ordered_json;
+  const json tools = json::parse(R"([{"type": "function", "function": {"name": "f",
+    "parameters": {"type": "object", "$defs": {"i": {"type": "integer"}},
+      "properties": {"k": {"const": {"$ref": "#/literal"}}, "e": {"enum": [{"$ref": "#"}]},
+        "const": {"$ref": "#/$defs/i"}, "x": {"$ref": "#/$defs/i", "default": {"$ref": "#"}}},
+      "required": ["k", "x"]}}}])");
+  const json required = forced_tool_call_schema(tools, ToolChoice::kRequired, "", true);
+  const json& p = required["$defs"]["tool0"]["properties"];
+  EXPECT_EQ(p["k"]["const"], json::parse(R"({"$ref": "#/literal"})"));
+  EXPECT_EQ(p["e"]["enum"][0], json::parse(R"({"$ref": "#"})"));
+  EXPECT_EQ(p["x"]["default"], json::parse(R"({"$ref": "#"})"));
+  EXPECT_EQ(p["x"]["$ref"], "#/$defs/tool0/$defs/i");
+  EXPECT_EQ(p["const"]["$ref"], "#/$defs/tool0/$defs/i");  // a property named "const"
+  const json only_data = json::parse(R"([{"type": "function", "function": {"name": "g",
+    "parameters": {"type": "object", "properties": {"k": {"const": {"$ref": "#/x"}}}}}}])");
+  EXPECT_FALSE(forced_tool_call_schema(only_data, ToolChoice::kRequired, "", true)
+                   .contains("$defs"));  // no reference, stays inline
+}
+
 }  // namespace
 }  // namespace l2kv::server

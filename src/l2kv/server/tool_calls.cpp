@@ -51,33 +51,49 @@ json object_parameters(const json& function) {
   return p;
 }
 
-bool has_reference(const json& s) {
-  if (s.is_object()) {
-    if (s.contains("$ref") && s["$ref"].is_string()) return true;
-    for (const auto& [key, value] : s.items())
-      if (has_reference(value)) return true;
-  } else if (s.is_array()) {
-    for (const json& v : s)
-      if (has_reference(v)) return true;
+// Keywords whose values are data (a "$ref" key inside them is a value, not a reference), and
+// keywords whose values map names to schemas (a property may be named "const" or "$ref").
+bool is_data_keyword(const std::string& key) {
+  return key == "const" || key == "enum" || key == "default" || key == "examples";
+}
+bool is_schema_map_keyword(const std::string& key) {
+  return key == "properties" || key == "$defs" || key == "definitions" ||
+         key == "patternProperties" || key == "dependentSchemas";
+}
+
+// Calls `visit` on every "$ref" string of schema `s`, as a schema is read: through
+// subschemas, lists of them and maps of them, never into data.
+template <typename S, typename Visit>
+void for_each_reference(S& s, Visit&& visit) {
+  if (s.is_array()) {
+    for (auto& v : s) for_each_reference(v, visit);
+    return;
   }
-  return false;
+  if (!s.is_object()) return;
+  for (auto& [key, value] : s.items()) {
+    if (key == "$ref" && value.is_string()) {
+      visit(value);
+    } else if (is_schema_map_keyword(key) && value.is_object()) {
+      for (auto& [name, sub] : value.items()) for_each_reference(sub, visit);
+    } else if (!is_data_keyword(key)) {
+      for_each_reference(value, visit);
+    }
+  }
+}
+
+bool has_reference(const json& s) {
+  bool found = false;
+  for_each_reference(s, [&](const json&) { found = true; });
+  return found;
 }
 
 // `s` with every reference within it ("#", "#/$defs/N", ...) moved under `prefix` ("#/$defs/t0"),
 // for a schema that now sits at that place of a larger one.
 json rebase_references(json s, const std::string& prefix) {
-  if (s.is_object()) {
-    for (auto& [key, value] : s.items()) {
-      if (key == "$ref" && value.is_string()) {
-        const std::string ref = value.get<std::string>();
-        if (!ref.empty() && ref[0] == '#') value = prefix + ref.substr(1);
-      } else {
-        value = rebase_references(std::move(value), prefix);
-      }
-    }
-  } else if (s.is_array()) {
-    for (json& v : s) v = rebase_references(std::move(v), prefix);
-  }
+  for_each_reference(s, [&](json& ref) {
+    const std::string text = ref.get<std::string>();
+    if (!text.empty() && text[0] == '#') ref = prefix + text.substr(1);
+  });
   return s;
 }
 
