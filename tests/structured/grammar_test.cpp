@@ -11,6 +11,7 @@
 
 #include "l2kv/core/error.h"
 #include "l2kv/structured/gbnf_grammar.h"
+#include "l2kv/structured/grammar_cache.h"
 #include "l2kv/structured/grammar_matcher.h"
 #include "l2kv/structured/json_schema.h"
 #include "l2kv/structured/regex_grammar.h"
@@ -77,6 +78,90 @@ TEST(ChoiceGrammar, OnlyTheChoices) {
   for (const char* s : {"red", "green", "gray"}) EXPECT_TRUE(grammar_matches(g, s));
   for (const char* s : {"re", "gre", "greenish", ""}) EXPECT_FALSE(grammar_matches(g, s));
   EXPECT_THROW(choice_grammar({}), Error);
+}
+
+// Thousands of values, some prefixes of others, all reachable: the trie keeps the matcher's
+// live stacks to one per distinct next byte, far below its bound (which kept only the first
+// 4,096 of a flat list of 5,000).
+// "v<i>" (appended: GCC 12 warns falsely about "v" + std::to_string(i)).
+std::string value_text(int i) {
+  std::string s = "v";
+  s += std::to_string(i);
+  return s;
+}
+
+TEST(ChoiceGrammar, EveryValueOfALongListStaysReachable) {
+  std::vector<std::string> choices;
+  for (int i = 0; i < 5000; ++i) choices.push_back(value_text(i));
+  choices.push_back("zzz");
+  choices.push_back("v1");  // a repeat
+  choices.push_back("");    // the empty text is a choice too
+  const Grammar g = choice_grammar(choices);
+  for (const std::string& c : {std::string("v0"), std::string("v4999"), std::string("v49"),
+                               std::string("v499"), std::string("zzz"), std::string("")})
+    EXPECT_TRUE(grammar_matches(g, c)) << c;
+  for (const char* c : {"v", "v5000", "zz", "zzzz", "v00", "w"})
+    EXPECT_FALSE(grammar_matches(g, c)) << c;
+  EXPECT_LE(initial_state(g).size(), 3u);  // "", "v...", "zzz"
+  int reachable = 0;
+  for (int i = 0; i < 5000; i += 7) reachable += grammar_matches(g, value_text(i));
+  EXPECT_EQ(reachable, (5000 + 6) / 7);
+}
+
+TEST(JsonSchemaGrammar, EnumOfThousandsKeepsItsLastValues) {
+  json values = json::array();
+  for (int i = 0; i < 6000; ++i) values.push_back(value_text(i));
+  values.push_back(17);
+  values.push_back(json{{"a", nullptr}});
+  const Grammar g = json_schema_grammar(json{{"enum", values}});
+  for (const char* s : {"\"v0\"", "\"v5999\"", "17", "{\"a\":null}"})
+    EXPECT_TRUE(grammar_matches(g, s)) << s;
+  for (const char* s : {"\"v6000\"", "\"v\"", "1", "v0"}) EXPECT_FALSE(grammar_matches(g, s)) << s;
+}
+
+// A short constraint cannot build an unbounded grammar: each step of a bounded repetition is a
+// rule, and the rules of one grammar are bounded.
+TEST(Grammar, SizeIsBounded) {
+  std::string pattern;
+  for (int i = 0; i < 3; ++i) pattern += "z{0,100000}";
+  EXPECT_THROW(regex_grammar(pattern), Error);
+  EXPECT_NO_THROW(regex_grammar("z{0,100000}"));
+  EXPECT_THROW(json_schema_grammar(json::parse(R"({"type": "object", "properties": {
+      "a": {"type": "string", "maxLength": 100000}, "b": {"type": "string", "maxLength": 100000},
+      "c": {"type": "string", "maxLength": 100000}}, "required": ["a", "b", "c"]})")),
+               Error);
+  const Grammar small = regex_grammar("a{0,100}");
+  const Grammar large = regex_grammar("a{0,10000}");
+  EXPECT_GT(large.memory_bytes(), 50 * small.memory_bytes());
+}
+
+// The cache of compiled grammars is bounded by bytes as well as count: large grammars push the
+// least recently used out, and the one just compiled stays.
+TEST(GrammarCache, BoundedByBytes) {
+  const auto vocab = std::make_shared<TokenVocabulary>(std::vector<std::string>{"a", "<eos>"},
+                                                       std::vector<int32_t>{1});
+  const size_t one = regex_grammar("a{0,20000}").memory_bytes();
+  GrammarCache cache(vocab, 64, 3 * one + (size_t{6} << 20));  // three, with their mask caches
+  for (int i = 0; i < 6; ++i) cache.get(value_text(i), [&] { return regex_grammar("a{0,20000}"); });
+  EXPECT_EQ(cache.size(), 3u);
+  EXPECT_LE(cache.bytes(), 3 * one + (size_t{6} << 20));
+  GrammarCache tiny(vocab, 64, 1);
+  tiny.get("big", [&] { return regex_grammar("a{0,20000}"); });
+  EXPECT_EQ(tiny.size(), 1u);
+  EXPECT_EQ(tiny.compilations(), 1);
+  tiny.get("big", [&] { return regex_grammar("a{0,20000}"); });
+  EXPECT_EQ(tiny.compilations(), 1);
+}
+
+// The regex parser recurses once per group: nesting is bounded before the stack is.
+TEST(RegexGrammar, GroupNestingIsBounded) {
+  const auto nested = [](int depth) {
+    return std::string(static_cast<size_t>(depth), '(') + "a" +
+           std::string(static_cast<size_t>(depth), ')');
+  };
+  EXPECT_TRUE(grammar_matches(regex_grammar(nested(128)), "a"));
+  EXPECT_THROW(regex_grammar(nested(129)), Error);
+  EXPECT_THROW(regex_grammar(nested(100000)), Error);
 }
 
 TEST(GbnfGrammar, AcceptsAndRejects) {
