@@ -254,7 +254,9 @@ TEST(OutputProcessor, AnIncompleteCharacterWaitsAndEndsAsAReplacement) {
   EXPECT_EQ(out.new_text, "\xEF\xBF\xBD");
 }
 
-TEST(OutputProcessor, AnUndecodableTokenEndsTheOutputWithAnErrorAndFlushesTheHeldText) {
+// An id the tokenizer has no token for (a model's embedding rows past its vocabulary) adds no
+// text and the output goes on, as in vLLM; the text held for a stop string stays held.
+TEST(OutputProcessor, AnIdWithoutATokenAddsNoTextAndTheOutputGoesOn) {
   OutputProcessor text(&letters());
   SamplingParams p;
   p.stop = {"xyz"};
@@ -264,12 +266,10 @@ TEST(OutputProcessor, AnUndecodableTokenEndsTheOutputWithAnErrorAndFlushesTheHel
   text.process(1, out);
   EXPECT_EQ(out.new_text, "");
   out = engine.next({999, id('a')});  // 999: outside the vocabulary
-  EXPECT_EQ(text.process(1, out), Verdict::kEnded);
-  EXPECT_EQ(out.finish_reason, FinishReason::kError);
-  EXPECT_FALSE(out.error.empty());
-  EXPECT_EQ(out.new_tokens, std::vector<int32_t>{999});
-  EXPECT_EQ(out.completion_tokens, 3);
-  EXPECT_EQ(out.new_text, "xy");
+  EXPECT_EQ(text.process(1, out), Verdict::kDeliver);
+  EXPECT_EQ(out.finish_reason, FinishReason::kNone);
+  EXPECT_EQ(out.new_tokens, (std::vector<int32_t>{999, id('a')}));
+  EXPECT_EQ(out.new_text, "xya");
 }
 
 TEST(OutputProcessor, NoTokenizerNoTextAndNoStopStrings) {

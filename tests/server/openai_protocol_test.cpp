@@ -541,6 +541,40 @@ TEST(OpenAiProtocol, LogitBias) {
   }
 }
 
+// JSON nested past kMaxJsonDepth is a 400 while it is parsed, in the body and in the JSON text
+// a request carries in strings (a schema, a tool call's arguments): copying or compiling a
+// value 100,000 levels deep recursed off the end of the thread's stack.
+TEST(OpenAiProtocol, DeepNestingIsRefused) {
+  const auto nested = [](int depth) {
+    return std::string(static_cast<size_t>(depth), '[') +
+           std::string(static_cast<size_t>(depth), ']');
+  };
+  const std::string deep = nested(100000);
+  for (const std::string& body : {R"({"prompt": "x", "user": )" + deep + "}",
+                                  R"({"prompt": "x", "guided_json": {"const": )" + deep + "}}"}) {
+    const ApiError e = error_of([&] { parse_request_body(body); });
+    EXPECT_EQ(e.status, 400);
+    EXPECT_NE(e.message.find("deeper than 512"), std::string::npos) << e.message;
+  }
+  EXPECT_NO_THROW(
+      parse_request_body(R"({"prompt": "x", "user": )" + nested(kMaxJsonDepth - 1) + "}"));
+  // A schema given as a string.
+  const std::string schema_text = json(R"({"const": )" + deep + "}").dump();
+  ApiError e =
+      error_of([&] { completion(R"({"prompt": "x", "guided_json": )" + schema_text + "}"); });
+  EXPECT_EQ(e.status, 400);
+  EXPECT_EQ(e.param, "guided_json") << e.message;
+  // A tool call's arguments in a message.
+  const std::string arguments = json(deep).dump();
+  e = error_of([&] {
+    chat(R"({"messages": [{"role": "assistant", "tool_calls": [{"id": "c", "type": "function",
+        "function": {"name": "f", "arguments": )" +
+         arguments + "}}]}]}");
+  });
+  EXPECT_EQ(e.status, 400);
+  EXPECT_EQ(e.param, "messages") << e.message;
+}
+
 // A number that overflows a double is a 400 (it was a 500 from the JSON library's
 // out_of_range); tiny temperatures parse and are greedy.
 TEST(OpenAiProtocol, NumbersOutOfRange) {
@@ -1050,7 +1084,6 @@ TEST(OpenAiProtocol, InvalidTokenizeAndDetokenize) {
       {tokenize("[1, 2]", &tok), 400, ""},
       {detokenize(R"({"tokens": [1, 100]})", &tok), 400, "tokens"},
       {detokenize(R"({"tokens": [-1]})", &tok), 400, "tokens"},
-      {detokenize(R"({"tokens": [97]})", &tok), 400, "tokens"},  // no text in the tokenizer
       {detokenize(R"({"tokens": "hi"})", &tok), 400, "tokens"},
       {detokenize(R"({"tokens": [1.5]})", &tok), 400, "tokens"},
       {detokenize(R"({})", &tok), 400, "tokens"},
@@ -1061,6 +1094,9 @@ TEST(OpenAiProtocol, InvalidTokenizeAndDetokenize) {
     EXPECT_EQ(cases[i].error.status, cases[i].status) << i << ": " << cases[i].error.message;
     EXPECT_EQ(cases[i].error.param, cases[i].param) << i << ": " << cases[i].error.message;
   }
+  // An id of the model's vocabulary that the tokenizer has no token for is text of nothing (as
+  // Hugging Face decodes it), not an error.
+  EXPECT_EQ(detokenize_response(json::parse(R"({"tokens": [97]})"), kLimits, &tok)["prompt"], "");
 }
 
 TEST(OpenAiProtocol, PromptLogprobsAndPromptOnlyFields) {

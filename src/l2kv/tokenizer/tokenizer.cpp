@@ -117,9 +117,10 @@ std::string Tokenizer::decode(std::span<const int32_t> ids, bool skip_special_to
       if (!(skip_special_tokens && added->special)) tokens.push_back(added->content);
       continue;
     }
-    if (id < 0 || id >= model_->vocab_size() || model_->id_to_token(id).empty())
-      throw Error("decode: token id " + std::to_string(id) + " is outside the vocabulary of " +
-                  std::to_string(vocab_size()));
+    // An id without a token (a model's embedding rows past the tokenizer's vocabulary, as
+    // Qwen2.5's 151,936 rows for 151,665 tokens, or a hole in it) decodes to nothing, as in
+    // Hugging Face tokenizers: a model that samples one must not end its request.
+    if (id < 0 || id >= model_->vocab_size() || model_->id_to_token(id).empty()) continue;
     tokens.push_back(model_->id_to_token(id));
   }
   if (decoder_) tokens = decoder_->decode_chain(std::move(tokens));

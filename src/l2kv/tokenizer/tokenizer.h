@@ -39,7 +39,8 @@ class Tokenizer {
   ~Tokenizer();
 
   std::vector<int32_t> encode(std::string_view text, bool add_special_tokens = true) const;
-  // Throws l2kv::Error for an id outside the vocabulary.
+  // Ids without a token (past the vocabulary, or a hole in it) decode to nothing, as in Hugging
+  // Face tokenizers; requests that send ids are checked against the model's vocabulary first.
   std::string decode(std::span<const int32_t> ids, bool skip_special_tokens = false) const;
 
   // The bytes token `id` adds inside a text, for grammars over tokens: no leading space is
