@@ -151,6 +151,10 @@ TEST(ModelConfig, ReadsBothRopeFormsAndRejectsTheUnsupported) {
   // Each bad size is named (a repeated key overrides the base's: nlohmann keeps the last).
   expect_error([&] { parse("LlamaForCausalLM", R"(, "rope_scaling": "linear")"); },
                "rope_scaling must be an object or null");
+  // A base of 0 or below gives NaN logits; a string is named, not a bare JSON type error.
+  for (const char* theta : {"0", "-10000.0", "\"500000\""})
+    expect_error([&] { parse("LlamaForCausalLM", std::string(R"(, "rope_theta": )") + theta); },
+                 "rope_theta must be a positive number");
   expect_error([&] { parse("LlamaForCausalLM", R"(, "hidden_size": 0)"); },
                "hidden_size must be an integer in [1,");
   expect_error([&] { parse("LlamaForCausalLM", R"(, "num_hidden_layers": 0)"); },

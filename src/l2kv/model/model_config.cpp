@@ -119,7 +119,13 @@ RopeConfig read_rope(const nlohmann::json& j, const std::string& origin) {
     }
     if (j.contains("rope_theta")) params["rope_theta"] = j["rope_theta"];
   }
-  rope.theta = params.value("rope_theta", 10000.0);
+  // A base of 0 or below makes every inverse frequency infinite or NaN: NaN logits, not an error.
+  if (const auto it = params.find("rope_theta"); it != params.end()) {
+    if (!it->is_number() || !(it->get<double>() > 0) || !std::isfinite(it->get<double>()))
+      throw Error(origin + ": rope_theta must be a positive number, got " +
+                  it->dump().substr(0, 64));
+    rope.theta = it->get<double>();
+  }
   const std::string type = params.value("rope_type", params.value("type", std::string("default")));
   if (type == "default") return rope;
   if (type == "linear") {
