@@ -4,10 +4,12 @@
 #include "l2kv/chat/chat_template.h"
 
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <filesystem>
 #include <fstream>
 #include <set>
+#include <string>
 
 #include "l2kv/chat/jinja_parser.h"
 #include "l2kv/core/error.h"
@@ -94,6 +96,59 @@ TEST(ChatTemplate, DefaultTemplateForModelsWithout) {
             "<s>[INST] <<SYS>>\nBe kind.\n<</SYS>>\n\nHi [/INST] Hello </s><s>[INST] Bye [/INST]");
   r.messages = nlohmann::ordered_json::parse(R"([{"role": "tool", "content": "x"}])");
   EXPECT_THROW(chat.render(r), Error);
+}
+
+// Where the template comes from: chat_template.jinja (or chat_template.json) beside a
+// tokenizer_config.json without one, as transformers saves them since 4.43; a list of named
+// templates ("default", and "tool_use" for requests with tools); anything else is an error
+// naming the file and field, not a silent fall back to the default template.
+TEST(ChatTemplate, TemplateFilesAndNamedTemplates) {
+  const std::filesystem::path source = kPackages / "tokenizer-llama3_1" / "models";
+  if (!std::filesystem::exists(source / "tokenizer.json"))
+    GTEST_SKIP() << "run scripts/tokenizer_test_data.sh";
+  const std::filesystem::path dir =
+      std::filesystem::temp_directory_path() / ("l2kv_chat_files_" + std::to_string(getpid()));
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  std::filesystem::copy_file(source / "tokenizer.json", dir / "tokenizer.json");
+  const auto write = [&](const char* name, const std::string& text) {
+    std::ofstream(dir / name) << text;
+  };
+  const auto render = [&](bool tools) {
+    ChatRequest r;
+    r.messages = nlohmann::ordered_json::parse(R"([{"role": "user", "content": "Hi"}])");
+    if (tools) r.tools = nlohmann::ordered_json::parse(R"([{"type": "function"}])");
+    return ChatTemplate::for_tokenizer(Tokenizer::from_folder(dir)).render(r);
+  };
+  write("tokenizer_config.json", R"({"bos_token": "<|begin_of_text|>"})");
+  write("chat_template.jinja", "J{{ messages[0].content }}");
+  EXPECT_EQ(render(false), "JHi");
+  std::filesystem::remove(dir / "chat_template.jinja");
+  write("chat_template.json", R"({"chat_template": "S{{ messages[0].content }}"})");
+  EXPECT_EQ(render(false), "SHi");
+  std::filesystem::remove(dir / "chat_template.json");
+  // The config's own template wins over a file beside it.
+  write("chat_template.jinja", "J");
+  write("tokenizer_config.json", R"({"chat_template": "C"})");
+  EXPECT_EQ(render(false), "C");
+  std::filesystem::remove(dir / "chat_template.jinja");
+  write("tokenizer_config.json", R"({"chat_template": [{"name": "tool_use", "template": "T"},
+      {"name": "default", "template": "D"}]})");
+  EXPECT_EQ(render(false), "D");
+  EXPECT_EQ(render(true), "T");
+  for (const char* bad : {R"({"chat_template": 42})", R"({"chat_template": {}})",
+                          R"({"chat_template": [{"name": "a", "template": "A"},
+                              {"name": "b", "template": "B"}]})",
+                          R"([])", R"("text")"}) {
+    write("tokenizer_config.json", bad);
+    try {
+      Tokenizer::from_folder(dir);
+      ADD_FAILURE() << bad << " was taken";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("tokenizer_config.json"), std::string::npos) << e.what();
+    }
+  }
+  std::filesystem::remove_all(dir);
 }
 
 TEST(ChatTemplate, UnsupportedConstructsFailAtLoad) {

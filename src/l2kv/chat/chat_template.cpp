@@ -31,7 +31,10 @@ ChatTemplate::ChatTemplate(const std::string& source, std::string bos_token, std
 ChatTemplate ChatTemplate::for_tokenizer(const Tokenizer& tokenizer) {
   const std::string& source =
       tokenizer.chat_template().empty() ? kDefaultTemplate : tokenizer.chat_template();
-  return ChatTemplate(source, tokenizer.bos_token(), tokenizer.eos_token());
+  ChatTemplate t(source, tokenizer.bos_token(), tokenizer.eos_token());
+  if (!tokenizer.chat_template_tool_use().empty())
+    t.tool_use_program_ = jinja::parse(tokenizer.chat_template_tool_use());
+  return t;
 }
 
 std::string ChatTemplate::render(const ChatRequest& request) const {
@@ -45,7 +48,8 @@ std::string ChatTemplate::render(const ChatRequest& request) const {
     globals.emplace_back("tools", jinja::Value::from_json(request.tools));
   for (const auto& [key, value] : request.extra.items())
     globals.emplace_back(key, jinja::Value::from_json(value));
-  return jinja::render(program_, globals);
+  const bool tools = !request.tools.is_null() && tool_use_program_.has_value();
+  return jinja::render(tools ? *tool_use_program_ : program_, globals);
 }
 
 }  // namespace l2kv

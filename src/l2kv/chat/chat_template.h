@@ -4,6 +4,7 @@
 #pragma once
 
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 
 #include "l2kv/chat/jinja_ast.h"
@@ -23,7 +24,8 @@ class ChatTemplate {
  public:
   // Parses `source`; an unsupported construct throws l2kv::Error here, at load time.
   ChatTemplate(const std::string& source, std::string bos_token, std::string eos_token);
-  // The tokenizer's own template, or kDefaultTemplate when it has none.
+  // The tokenizer's own template, or kDefaultTemplate when it has none; with its "tool_use"
+  // template (Tokenizer::chat_template_tool_use) for requests that carry tools.
   static ChatTemplate for_tokenizer(const Tokenizer& tokenizer);
 
   // Throws l2kv::Error when the template raises (raise_exception) or meets a type error.
@@ -35,6 +37,7 @@ class ChatTemplate {
 
  private:
   jinja::Program program_;
+  std::optional<jinja::Program> tool_use_program_;
   std::string bos_token_, eos_token_;
 };
 

@@ -34,6 +34,36 @@ std::string token_text(const nlohmann::json& config, const char* key) {
   return {};
 }
 
+// tokenizer_config.json's chat_template: a string, null, or a list of {"name", "template"}
+// (transformers picks "default", and "tool_use" for requests with tools).
+void read_chat_templates(const nlohmann::json& config, std::string& main, std::string& tool_use) {
+  const auto it = config.find("chat_template");
+  if (it == config.end() || it->is_null()) return;
+  if (it->is_string()) {
+    main = it->get<std::string>();
+    return;
+  }
+  const auto bad = [&] {
+    return Error(
+        "tokenizer_config.json: chat_template must be a string or a list of {\"name\": ..., "
+        "\"template\": ...}, got " +
+        it->dump().substr(0, 64));
+  };
+  if (!it->is_array() || it->empty()) throw bad();
+  for (const auto& entry : *it) {
+    if (!entry.is_object() || !entry.contains("name") || !entry["name"].is_string() ||
+        !entry.contains("template") || !entry["template"].is_string())
+      throw bad();
+    const std::string name = entry["name"].get<std::string>();
+    if (name == "default" || it->size() == 1) main = entry["template"].get<std::string>();
+    if (name == "tool_use") tool_use = entry["template"].get<std::string>();
+  }
+  if (main.empty())
+    throw Error(
+        "tokenizer_config.json: chat_template lists several templates and none is named "
+        "\"default\"");
+}
+
 }  // namespace
 
 Tokenizer::Tokenizer() = default;
@@ -45,9 +75,39 @@ Tokenizer Tokenizer::from_folder(const std::filesystem::path& folder) {
   const auto tokenizer_path = folder / "tokenizer.json";
   const auto config_path = folder / "tokenizer_config.json";
   const std::string tokenizer_json = read_file(tokenizer_path);
-  const std::string config_json =
-      std::filesystem::exists(config_path) ? read_file(config_path) : "";
+  std::string config_json = std::filesystem::exists(config_path) ? read_file(config_path) : "";
   try {
+    // transformers 4.43+ saves the template as chat_template.jinja (earlier: chat_template.json)
+    // beside a tokenizer_config.json that no longer holds it.
+    const auto jinja_path = folder / "chat_template.jinja";
+    const auto json_path = folder / "chat_template.json";
+    const bool separate = std::filesystem::exists(jinja_path) || std::filesystem::exists(json_path);
+    if (separate) {
+      nlohmann::json config = nlohmann::json::object();
+      if (!config_json.empty()) {
+        try {
+          config = nlohmann::json::parse(config_json);
+        } catch (const nlohmann::json::exception& e) {
+          throw Error(std::string("tokenizer_config.json is not valid JSON: ") + e.what());
+        }
+      }
+      if (config.is_object() && !config.contains("chat_template")) {
+        if (std::filesystem::exists(jinja_path)) {
+          config["chat_template"] = read_file(jinja_path);
+        } else {
+          nlohmann::json t;
+          try {
+            t = nlohmann::json::parse(read_file(json_path));
+          } catch (const nlohmann::json::exception& e) {
+            throw Error(std::string("chat_template.json is not valid JSON: ") + e.what());
+          }
+          if (!t.is_object() || !t.contains("chat_template"))
+            throw Error("chat_template.json has no \"chat_template\" field");
+          config["chat_template"] = t["chat_template"];
+        }
+        config_json = config.dump();
+      }
+    }
     return from_json(tokenizer_json, config_json);
   } catch (const Error& e) {
     throw Error(folder.string() + ": " + e.what());
@@ -58,10 +118,16 @@ Tokenizer Tokenizer::from_json(std::string_view tokenizer_json, std::string_view
   nlohmann::json spec, config;
   try {
     spec = nlohmann::json::parse(tokenizer_json);
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(std::string("tokenizer.json is not valid JSON: ") + e.what());
+  }
+  try {
     config = config_json.empty() ? nlohmann::json::object() : nlohmann::json::parse(config_json);
   } catch (const nlohmann::json::exception& e) {
-    throw Error(std::string("tokenizer files are not valid JSON: ") + e.what());
+    throw Error(std::string("tokenizer_config.json is not valid JSON: ") + e.what());
   }
+  if (!config.is_object())
+    throw Error("tokenizer_config.json must hold an object, got " + config.dump().substr(0, 64));
   Tokenizer t;
   try {
     t.model_ = std::make_unique<BpeModel>(spec.at("model"));
@@ -84,8 +150,7 @@ Tokenizer Tokenizer::from_json(std::string_view tokenizer_json, std::string_view
                       ", which is neither in the vocabulary nor an added token");
     t.bos_token_ = token_text(config, "bos_token");
     t.eos_token_ = token_text(config, "eos_token");
-    if (config.contains("chat_template") && config.at("chat_template").is_string())
-      t.chat_template_ = config.at("chat_template").get<std::string>();
+    read_chat_templates(config, t.chat_template_, t.chat_template_tool_use_);
   } catch (const nlohmann::json::exception& e) {
     throw Error(std::string("tokenizer.json is malformed: ") + e.what());
   }

@@ -28,8 +28,10 @@ class PostProcessor;
 
 class Tokenizer {
  public:
-  // Reads `folder`/tokenizer.json and, if present, `folder`/tokenizer_config.json. Throws
-  // l2kv::Error naming the file and the problem (missing, not JSON, unsupported component).
+  // Reads `folder`/tokenizer.json and, if present, `folder`/tokenizer_config.json; a chat
+  // template tokenizer_config.json does not hold comes from chat_template.jinja (or the older
+  // chat_template.json) beside it, as transformers saves them. Throws l2kv::Error naming the
+  // file and the problem (missing, not JSON, unsupported component).
   static Tokenizer from_folder(const std::filesystem::path& folder);
   // From the two files' contents; `config_json` may be empty.
   static Tokenizer from_json(std::string_view tokenizer_json, std::string_view config_json = {});
@@ -56,7 +58,11 @@ class Tokenizer {
   // From tokenizer_config.json (a string or an AddedToken object); empty when not set.
   const std::string& bos_token() const { return bos_token_; }
   const std::string& eos_token() const { return eos_token_; }
+  // The chat template: tokenizer_config.json's string, or of its list of named templates the
+  // one named "default" (or the only one); the list's "tool_use" template, for requests with
+  // tools, in chat_template_tool_use() (empty when there is none).
   const std::string& chat_template() const { return chat_template_; }
+  const std::string& chat_template_tool_use() const { return chat_template_tool_use_; }
 
  private:
   Tokenizer();
@@ -66,7 +72,7 @@ class Tokenizer {
   std::unique_ptr<Decoder> decoder_;
   std::unique_ptr<PostProcessor> post_processor_;
   AddedVocabulary added_;
-  std::string bos_token_, eos_token_, chat_template_;
+  std::string bos_token_, eos_token_, chat_template_, chat_template_tool_use_;
   // The decoder maps GPT-2's byte-level alphabet back to bytes (token_bytes does it per token,
   // without the decoder's UTF-8 repair).
   bool byte_level_decoder_ = false;
