@@ -403,6 +403,10 @@ TEST(OpenAiProtocol, RefusesUnknownRolesAndMalformedMessages) {
       R"({"role": "tool", "content": "42"})",                          // no tool_call_id
       R"({"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function",
           "function": {"name": "f", "arguments": "{\"city\": "}}]})",  // arguments not JSON
+      R"({"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function",
+          "function": {"name": "f", "arguments": 5}}]})",  // neither a string nor an object
+      R"({"role": "assistant", "content": null, "tool_calls": [{"id": "c1", "type": "function",
+          "function": {"name": "f", "arguments": null}}]})",
   };
   for (const std::string& m : bad) {
     const std::string body = R"({"messages": [{"role": "user", "content": "hi"}, )" + m + "]}";
@@ -483,6 +487,7 @@ TEST(OpenAiProtocol, Tools) {
           "function": {"name": "f"}}])",
       R"("tools": [{"type": "retrieval"}])",
       R"("tools": [{"type": "function", "function": {"name": "f", "parameters": 3}}])",
+      R"("tools": [{"type": "function", "function": {"name": "f", "strict": "yes"}}])",
       R"("tools": [{"type": "function", "function": {"name": "f", "parameters":
           {"type": "object", "not": {}}}}], "tool_choice": "required")",
   };

@@ -788,6 +788,11 @@ json parse_message_tool_calls(const json& value, const std::string& where) {
       }
     } else if (f.contains("arguments") && f["arguments"].is_object()) {
       arguments = f["arguments"];
+    } else if (f.contains("arguments")) {
+      // A number, list, boolean or null was read as {} and the template shown no arguments.
+      bad_request(where + ".tool_calls[].function.arguments must be a string of JSON (or an " +
+                      "object), got " + std::string(f["arguments"].type_name()) + ".",
+                  "messages");
     }
     json entry = {{"type", "function"},
                   {"function", {{"name", f["name"]}, {"arguments", arguments}}}};
@@ -876,6 +881,8 @@ void parse_tools(const json& body, const ServerLimits& limits, ApiRequest& r) {
           bad_request("'tools[].function." + key + "' is not a field of a function.", "tools");
       if (!f.contains("name") || !f["name"].is_string() || f["name"].get<std::string>().empty())
         bad_request("'tools[].function.name' must be a non-empty string.", "tools");
+      if (f.contains("strict") && !f["strict"].is_boolean() && !f["strict"].is_null())
+        bad_request("'tools[].function.strict' must be a boolean.", "tools");
       const std::string name = f["name"].get<std::string>();
       if (std::find(names.begin(), names.end(), name) != names.end())
         bad_request("'tools' names the function '" + name + "' twice.", "tools");
