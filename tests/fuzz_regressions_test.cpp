@@ -66,6 +66,24 @@ TEST(FuzzLimits, RunawayTemplateLoopIsAnError) {
   EXPECT_NE(render_error("{{ range(100000000000) }}").find("range()"), std::string::npos);
 }
 
+// Lists share their items, so forty doublings build 2^40 leaves in a few bytes; printing,
+// comparing, serializing or copying such a value (or a list of one large string doubled) is
+// work the render's step bound counts. Each ran for minutes or took gigabytes.
+TEST(FuzzLimits, SharedValuesAreWalkedWithinTheStepBound) {
+  std::string doubled = "{% set a = [1] %}";
+  for (int i = 0; i < 40; ++i) doubled += "{% set a = [a, a] %}";
+  for (const char* use : {"{{ a }}", "{{ a|tojson }}", "{{ a|string }}", "{{ a == a }}",
+                          "{{ a ~ 'x' }}", "{{ [a]|join(',') }}", "{{ a in [a] }}"})
+    EXPECT_NE(render_error(doubled + use).find("steps"), std::string::npos) << use;
+  std::string strings = "{% set s = range(100000)|join('aaaaaaaaaa') %}{% set l = [s] %}";
+  for (int i = 0; i < 20; ++i) strings += "{% set l = l + l %}";
+  EXPECT_NE(render_error(strings).find("steps"), std::string::npos);
+  std::string sets;
+  for (int i = 0; i < 50000; ++i) sets += "{% set v" + std::to_string(i) + " = 1 %}";
+  EXPECT_NE(render_error(sets).find("steps"), std::string::npos);
+  EXPECT_EQ(render_error("{% set a = [1, [2, 3]] %}{{ a == [1, [2, 3]] }}{{ a|tojson }}"), "");
+}
+
 TEST(FuzzLimits, ExplodingStringIsAnError) {
   EXPECT_NE(render_error("{% set ns = namespace(s='ab') %}{% for i in range(64) %}"
                          "{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s }}")

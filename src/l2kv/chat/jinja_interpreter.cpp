@@ -92,6 +92,39 @@ class Interpreter {
       charge(static_cast<int64_t>(v.list_items().size() / 16));
     }
   }
+  // Charges a walk over `v` (each item, and string bytes): the work of printing, comparing or
+  // copying it. Lists share their items, so a few lines ({% set a = [a, a] %} forty times) build
+  // a value of 2^40 leaves in a few bytes; walking it is what must stay bounded.
+  void charge_walk(const Value& v, int depth = 0) {
+    charge(1);
+    if (depth > kMaxValueDepth)
+      throw Error("chat template: a value nested deeper than " + std::to_string(kMaxValueDepth) +
+                  " levels");
+    if (v.is_string()) {
+      charge(static_cast<int64_t>(v.str().size() / 64));
+    } else if (v.is_list()) {
+      for (const auto& x : v.list_items()) charge_walk(x, depth + 1);
+    } else if (v.is_dict()) {
+      for (const auto& [k, x] : v.dict_items()) {
+        charge(static_cast<int64_t>(k.size() / 64));
+        charge_walk(x, depth + 1);
+      }
+    }
+  }
+  std::string output_of(const Value& v) {
+    charge_walk(v);
+    return v.to_output();
+  }
+  bool equal_charged(const Value& a, const Value& b) {
+    charge_walk(a);
+    charge_walk(b);
+    return equal(a, b);
+  }
+  std::string join_charged(const List& items, const std::string& separator) {
+    for (const auto& x : items) charge_walk(x);
+    return join_values(items, separator);
+  }
+
   // A value stored into a namespace outlives the loop iteration that built it, so a loop could
   // nest it ever deeper or store a namespace into itself (a reference cycle, never freed and
   // printed forever). Checks both, charging the walk.
@@ -130,6 +163,8 @@ class Interpreter {
     return Value();
   }
   void assign(const std::string& name, Value v) {
+    // Scopes are searched name by name: thousands of variables make every set a long scan.
+    charge(static_cast<int64_t>(scopes_.back().size() / 32));
     for (auto& [k, val] : scopes_.back())
       if (k == name) {
         val = std::move(v);
@@ -146,7 +181,7 @@ class Interpreter {
         if (out.size() > kMaxStringBytes) too_long();
         return;
       case Stmt::Kind::kOutput:
-        out += eval(*s.expr).to_output();
+        out += output_of(eval(*s.expr));
         if (out.size() > kMaxStringBytes) too_long();
         return;
       case Stmt::Kind::kIf: {
@@ -377,7 +412,7 @@ class Interpreter {
       return d;
     }
     if (e.name == "raise_exception") {
-      const std::string message = e.args.empty() ? "" : eval(*e.args[0]).to_output();
+      const std::string message = e.args.empty() ? "" : output_of(eval(*e.args[0]));
       throw Error("chat template raised: " + message);
     }
     if (e.name == "range") {
@@ -475,7 +510,7 @@ class Interpreter {
       if (e.name == "title" || e.name == "capitalize") return apply_case(s, e.name);
       if (e.name == "join") {
         if (args.empty() || !args[0].is_list()) fail(e, "join() needs a list");
-        return Value(join_values(args[0].list_items(), s));
+        return Value(join_charged(args[0].list_items(), s));
       }
     }
     if (self.is_dict()) {
@@ -499,7 +534,8 @@ class Interpreter {
     }
     if (self.is_list() && e.name == "count") {
       int64_t n = 0;
-      for (const auto& v : self.list_items()) n += equal(v, args.empty() ? Value() : args[0]);
+      for (const auto& v : self.list_items())
+        n += equal_charged(v, args.empty() ? Value() : args[0]);
       return Value(n);
     }
     fail(e, "no method " + e.name + "() on a " + self.type_name());
@@ -526,7 +562,7 @@ class Interpreter {
     const std::string& f = e.name;
     if (f == "trim") {
       if (!v.is_string()) fail(e, "trim needs a string, got a " + v.type_name());
-      return Value(strip_chars(v.str(), args.empty() ? "" : args[0].to_output(), true, true));
+      return Value(strip_chars(v.str(), args.empty() ? "" : output_of(args[0]), true, true));
     }
     if (f == "tojson") {
       int indent = 0;
@@ -534,6 +570,7 @@ class Interpreter {
         if (k == "indent") indent = static_cast<int>(bounded_int(e, eval(*x), 0, 64, "indent"));
       if (!args.empty() && args[0].is_int())
         indent = static_cast<int>(bounded_int(e, args[0], 0, 64, "indent"));
+      charge_walk(v);
       return Value(v.to_json(indent));
     }
     if (f == "length" || f == "count") {
@@ -562,7 +599,7 @@ class Interpreter {
     }
     if (f == "join") {
       if (!v.is_list()) fail(e, "join needs a list");
-      return Value(join_values(v.list_items(), args.empty() ? "" : args[0].to_output()));
+      return Value(join_charged(v.list_items(), args.empty() ? "" : output_of(args[0])));
     }
     if (f == "list") {
       if (v.is_list()) return Value::list(v.list_items());
@@ -573,13 +610,13 @@ class Interpreter {
         for (const auto& [k, x] : v.dict_items()) items.push_back(Value(k));
       return Value::list(std::move(items));
     }
-    if (f == "upper" || f == "lower") return Value(change_case(v.to_output(), f == "upper"));
-    if (f == "capitalize" || f == "title") return apply_case(v.to_output(), f);
+    if (f == "upper" || f == "lower") return Value(change_case(output_of(v), f == "upper"));
+    if (f == "capitalize" || f == "title") return apply_case(output_of(v), f);
     if (f == "replace") {
       if (args.size() < 2) fail(e, "replace needs two arguments");
-      return Value(replace_all(v.to_output(), args[0].to_output(), args[1].to_output()));
+      return Value(replace_all(output_of(v), output_of(args[0]), output_of(args[1])));
     }
-    if (f == "string" || f == "safe") return Value(v.to_output());
+    if (f == "string" || f == "safe") return Value(output_of(v));
     if (f == "int") {
       if (v.is_int()) return v;
       if (v.is_number()) {
@@ -589,7 +626,7 @@ class Interpreter {
         return Value(static_cast<int64_t>(x));
       }
       try {
-        return Value(static_cast<int64_t>(std::stoll(v.to_output())));
+        return Value(static_cast<int64_t>(std::stoll(output_of(v))));
       } catch (const std::exception&) {
         return Value(static_cast<int64_t>(0));
       }
@@ -597,7 +634,7 @@ class Interpreter {
     if (f == "float") {
       if (v.is_number()) return Value(v.number());
       try {
-        return Value(std::stod(v.to_output()));
+        return Value(std::stod(output_of(v)));
       } catch (const std::exception&) {
         return Value(0.0);
       }
@@ -631,7 +668,7 @@ class Interpreter {
         List r(v.list_items().rbegin(), v.list_items().rend());
         return Value::list(std::move(r));
       }
-      std::string r = v.to_output();
+      std::string r = output_of(v);
       std::reverse(r.begin(), r.end());
       return Value(r);
     }
@@ -639,7 +676,7 @@ class Interpreter {
       const int width =
           args.empty() ? 4 : static_cast<int>(bounded_int(e, args[0], 0, 256, "indent width"));
       const std::string pad(static_cast<size_t>(width), ' ');
-      std::string s = v.to_output(), r;
+      std::string s = output_of(v), r;
       for (size_t i = 0; i < s.size(); ++i) {
         r += s[i];
         if (s[i] == '\n' && i + 1 < s.size()) r += pad;
@@ -669,8 +706,8 @@ class Interpreter {
     if (t == "sequence") return v.is_list() || v.is_string();
     if (t == "odd" || t == "even")
       return v.is_int() && (std::get<int64_t>(v.v) % 2 != 0) == (t == "odd");
-    if (t == "eq" || t == "equalto") return !args.empty() && equal(v, args[0]);
-    if (t == "ne") return args.empty() || !equal(v, args[0]);
+    if (t == "eq" || t == "equalto") return !args.empty() && equal_charged(v, args[0]);
+    if (t == "ne") return args.empty() || !equal_charged(v, args[0]);
     if (t == "in") return !args.empty() && contains(e, args[0], v);
     fail(e, "unknown test " + t);
   }
@@ -682,7 +719,7 @@ class Interpreter {
     }
     if (container.is_list()) {
       for (const auto& x : container.list_items())
-        if (equal(x, item)) return true;
+        if (equal_charged(x, item)) return true;
       return false;
     }
     if (container.is_dict()) return item.is_string() && !container.get(item.str()).is_undefined();
@@ -701,12 +738,12 @@ class Interpreter {
     }
     const Value a = eval(*e.args[0]);
     const Value b = eval(*e.args[1]);
-    if (op == "==") return Value(equal(a, b));
-    if (op == "!=") return Value(!equal(a, b));
+    if (op == "==") return Value(equal_charged(a, b));
+    if (op == "!=") return Value(!equal_charged(a, b));
     if (op == "in") return Value(contains(e, b, a));
     if (op == "not in") return Value(!contains(e, b, a));
     if (op == "~") {
-      std::string x = a.to_output(), y = b.to_output();
+      std::string x = output_of(a), y = output_of(b);
       if (x.size() + y.size() > kMaxStringBytes) too_long();
       return Value(x + y);
     }
@@ -729,7 +766,11 @@ class Interpreter {
         return Value(a.str() + b.str());
       }
       if (a.is_list() && b.is_list()) {
-        charge(static_cast<int64_t>(a.list_items().size() + b.list_items().size()));
+        // The copy shares nested lists but copies strings: charge what it copies.
+        for (const auto& x : a.list_items())
+          charge(1 + (x.is_string() ? static_cast<int64_t>(x.str().size() / 64) : 0));
+        for (const auto& x : b.list_items())
+          charge(1 + (x.is_string() ? static_cast<int64_t>(x.str().size() / 64) : 0));
         List r = a.list_items();
         r.insert(r.end(), b.list_items().begin(), b.list_items().end());
         return Value::list(std::move(r));
