@@ -13,7 +13,9 @@ mkdir -p "$stage/lib"
 for exe in l2kv l2kv_tests l2kv_bench_decode l2kv_bench_step l2kv_bench_gemv l2kv_bench_prefill; do
   [[ -x build/$exe ]] && cp "build/$exe" "$stage/"
 done
-[[ -d build/baseline ]] && cp -r build/baseline "$stage/"  # an earlier build to compare in the same run
+for dir in baseline variant; do  # an earlier build, or an experiment built from a patch, to compare in the same run
+  [[ -d build/$dir ]] && cp -r "build/$dir" "$stage/"
+done
 for lib in libicuuc.so.72 libicudata.so.72 libcpp-httplib.so.0.11 libbrotlidec.so.1 libbrotlienc.so.1 libbrotlicommon.so.1; do
   cp "$(ldconfig -p | awk -v l="$lib" '$1 == l {print $NF; exit}')" "$stage/lib/"
 done

@@ -540,12 +540,12 @@ TEST_P(CudaModelFixture, Fp8CalculatedScalesAtRealMagnitudes) {
 // and SiLU x up epilogues, steps of up to 16 rows) against the nine-kernel composition on the same
 // steps, the latter with the RoPE epilogue off too (the projection's store, then
 // ops::rope_and_cache): 12 prompts of 9 tokens prefilled one by one, then 3 decode steps of all
-// 12 and one of 5, run twice (it must repeat to the bit). In fp16 the two paths differ only in how
-// the sums of squares are added (fixed point against add_rmsnorm's float sum: one RMSNorm scale
-// an ulp apart turns some 16-bit x over): 6.4e-4 to 8.2e-4 (llama2-mha). In bf16 the fused layer's
-// weighted x rounds gamma x residual before the division by the rms instead of after it, an
-// independent rounding of the same size: 7.8e-3 to 8.8e-3 on an H200 and an H100 (qwen2-tied the
-// largest). The bound is three quarters of the 16-bit noise floor
+// 12, one of 5, run twice (it must repeat to the bit), and one of 10. In fp16 the two paths differ
+// only in how the sums of squares are added (fixed point against add_rmsnorm's float sum: one
+// RMSNorm scale an ulp apart turns some 16-bit x over): 6.4e-4 to 8.2e-4 (llama2-mha). In bf16 the
+// fused layer's weighted x rounds gamma x residual before the division by the rms instead of after
+// it, an independent rounding of the same size: 7.8e-3 to 8.8e-3 on an H200 and an H100 (qwen2-tied
+// the largest). The bound is three quarters of the 16-bit noise floor
 // MatchesTransformersInOneRaggedBatch allows (2e-2). A wiring error (a lost residual, bias or norm
 // weight, a wrong layer's pools) moves the logits by far more; the fused kernels' arithmetic is
 // checked element by element in fused_gemv_gpu_test.cpp.
@@ -592,6 +592,17 @@ TEST_P(CudaModelFixture, FusedLayerAgreesWithNineKernels) {
     logits[fused].push_back(state->run_to_host(five, false, nullptr));
     EXPECT_EQ(state->run_to_host(five, false, nullptr), logits[fused].back())
         << (fused ? "the fused layer" : "nine kernels") << " gave other bits for the same step";
+    // Ten (the GEMV's register form, gate_up still on the GEMV; the 12-row steps above run it
+    // on cuBLASLt).
+    std::vector<BatchSequence> ten;
+    std::vector<int32_t> next_ten(10);
+    for (size_t i = 0; i < 10; ++i) {
+      const int32_t position = i < 5 ? 13 : 12;  // the five above have one token more
+      next_ten[i] = static_cast<int32_t>((i * 37 + 5) % vocab);
+      tables.grow(i, position + 1);
+      ten.push_back({std::span<const int32_t>(&next_ten[i], 1), position, tables.rows[i], true});
+    }
+    logits[fused].push_back(state->run_to_host(ten, false, nullptr));
   }
   double worst = 0;
   for (size_t i = 0; i < logits[0].size(); ++i) {
