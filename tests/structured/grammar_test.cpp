@@ -153,6 +153,36 @@ TEST(GrammarCache, BoundedByBytes) {
   EXPECT_EQ(tiny.compilations(), 1);
 }
 
+// A long run of optional items keeps one stack per item alive, and a mask over a large
+// vocabulary then took seconds while every request of the step waited: past its work bound a
+// mask is refused with an error (the engine ends that request alone).
+TEST(GrammarMatcher, AMaskTooAmbiguousToComputeIsAnError) {
+  std::string pattern;
+  for (int i = 0; i < 2000; ++i) pattern += std::string(1, static_cast<char>('a' + i % 26)) + "?";
+  std::vector<std::string> tokens;
+  for (char x = 'a'; x <= 'z'; ++x) {
+    tokens.emplace_back(1, x);
+    for (char y = 'a'; y <= 'z'; ++y) {
+      tokens.push_back(std::string{x, y});
+      for (char z = 'a'; z <= 'z'; ++z) tokens.push_back(std::string{x, y, z});
+    }
+  }
+  tokens.push_back("<eos>");
+  const auto vocab = std::make_shared<TokenVocabulary>(
+      tokens, std::vector<int32_t>{static_cast<int32_t>(tokens.size()) - 1});
+  GrammarMatcher m(std::make_shared<CompiledGrammar>(regex_grammar(pattern), vocab));
+  std::vector<uint32_t> mask(static_cast<size_t>(mask_words(vocab->size())));
+  try {
+    m.fill_mask(mask);
+    FAIL() << "the mask was computed";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("too ambiguous"), std::string::npos) << e.what();
+  }
+  // A short run of the same kind is cheap and exact.
+  GrammarMatcher small(std::make_shared<CompiledGrammar>(regex_grammar("a?b?c?"), vocab));
+  EXPECT_GT(small.fill_mask(mask), 0);
+}
+
 // The regex parser recurses once per group: nesting is bounded before the stack is.
 TEST(RegexGrammar, GroupNestingIsBounded) {
   const auto nested = [](int depth) {

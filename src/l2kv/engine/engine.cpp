@@ -388,6 +388,10 @@ struct Engine::Impl {
   // strings are the output side's (OutputProcessor), which aborts the request when it finds one.
   void append(Request& r, int32_t slot, SampledToken sampled) {
     const int32_t token = sampled.token;
+    if (!r.mask_error.empty()) {
+      finish(r, FinishReason::kError, {}, r.mask_error);
+      return;
+    }
     if (r.matcher && !r.matcher->accept_token(token)) {
       // Only when the grammar allowed no token at all (the sampler then falls back to the
       // largest logit): no token of the vocabulary spells what the grammar needs next.
@@ -587,11 +591,19 @@ struct Engine::Impl {
                 : nullptr;
         if (r.matcher || !r.allowed_mask.empty() || held)
           s.fill_allowed_tokens = [matcher = r.matcher ? &*r.matcher : nullptr,
-                                   allowed = &r.allowed_mask, held](std::span<uint32_t> mask) {
-            if (matcher)
-              matcher->fill_mask(mask);
-            else
+                                   allowed = &r.allowed_mask, held,
+                                   error = &r.mask_error](std::span<uint32_t> mask) {
+            if (matcher) {
+              try {
+                matcher->fill_mask(mask);
+              } catch (const Error& e) {
+                // Runs on the runner's threads: the request ends when its token comes back.
+                std::fill(mask.begin(), mask.end(), 0u);
+                *error = e.what();
+              }
+            } else {
               std::fill(mask.begin(), mask.end(), ~0u);
+            }
             for (size_t w = 0; w < allowed->size() && w < mask.size(); ++w)
               mask[w] &= (*allowed)[w];
             if (held)

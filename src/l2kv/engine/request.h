@@ -60,6 +60,9 @@ struct Request {
   int32_t stop_token_id = -1;  // when a stop token id ended it
   // Structured outputs (GenerationRequest::grammar): the parse of the output so far.
   std::optional<structured::GrammarMatcher> matcher;
+  // Why the matcher could not give this step's mask (its work bound): the request then ends
+  // with this error when its token comes back, and the step's other rows go on.
+  std::string mask_error;
   // params.allowed_token_ids as a token bitmask (bit t of word t / 32; empty when unset).
   std::vector<uint32_t> allowed_mask;
   // The tokens that would end the output (EOS unless ignore_eos, stop_token_ids), masked out of

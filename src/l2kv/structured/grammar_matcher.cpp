@@ -25,6 +25,11 @@ constexpr size_t kMaxExpansionChain = 2048;
 // Rule expansions per byte advanced (or per start state): a grammar that explodes there, such as
 // nested nullable repetitions ((a*)*)*, keeps what it found within the budget.
 constexpr int64_t kExpansionBudget = 1 << 14;
+// Parser work (rule expansions and the cycle checks along their chains) one mask may take:
+// past this a request's constraint is too ambiguous to follow (a long run of optional items,
+// a?b?c?..., expands the whole run after every byte) and the mask is refused, instead of
+// holding up every request of the step for seconds.
+constexpr int64_t kMaxMaskWork = int64_t{16} << 20;
 // Bytes of masks cached per grammar (128 masks of a 128k vocabulary, 4,096 of a 4k one); past
 // this the cache starts over.
 constexpr size_t kMaxCachedMaskBytes = size_t{2} << 20;
@@ -32,12 +37,14 @@ constexpr size_t kMaxCachedMaskBytes = size_t{2} << 20;
 // Pushes onto `out` every stack `s` becomes once rule references on top are expanded (tops are
 // then byte sets, or the stack is empty: complete). `path` holds the stacks being expanded, so
 // a rule that derives itself without consuming a byte is cut instead of looping.
-void expand(const Grammar& g, Stack& s, State& out, std::vector<Stack>& path, int64_t& budget) {
+void expand(const Grammar& g, Stack& s, State& out, std::vector<Stack>& path, int64_t& budget,
+            int64_t& work) {
   if (s.empty() || g.elements()[s.back()].kind == Kind::kBytes) {
     out.push_back(s);
     return;
   }
   if (s.size() > kMaxStackDepth || path.size() > kMaxExpansionChain || --budget < 0) return;
+  work += 1 + static_cast<int64_t>(path.size());  // this expansion and its cycle check
   for (const Stack& p : path)
     if (p == s) return;
   path.push_back(s);
@@ -48,7 +55,7 @@ void expand(const Grammar& g, Stack& s, State& out, std::vector<Stack>& path, in
   const size_t base = s.size();
   for (int32_t start : g.alternatives(rule)) {
     if (g.elements()[start].kind != Kind::kEnd) s.push_back(start);
-    expand(g, s, out, path, budget);
+    expand(g, s, out, path, budget, work);
     s.resize(base);
   }
   path.pop_back();
@@ -69,23 +76,25 @@ State initial_state(const Grammar& g) {
   if (g.root() < 0) throw Error("structured output: the grammar has no root rule");
   State out;
   std::vector<Stack> path;
-  int64_t budget = kExpansionBudget;
+  int64_t budget = kExpansionBudget, work = 0;
   Stack s{};
   // A root reference as a one-element stack: a synthetic position is not available, so expand
   // the root's alternatives directly.
   for (int32_t start : g.alternatives(g.root())) {
     s.clear();
     if (g.elements()[start].kind != Kind::kEnd) s.push_back(start);
-    expand(g, s, out, path, budget);
+    expand(g, s, out, path, budget, work);
   }
   normalize(out);
   return out;
 }
 
-State advance_state(const Grammar& g, const State& state, uint8_t byte) {
+State advance_state(const Grammar& g, const State& state, uint8_t byte, int64_t* work) {
   State out;
   std::vector<Stack> path;
   int64_t budget = kExpansionBudget;
+  int64_t unused = 0;
+  int64_t& counted = work ? *work : unused;
   Stack s;
   for (const Stack& from : state) {
     if (from.empty()) continue;
@@ -95,7 +104,7 @@ State advance_state(const Grammar& g, const State& state, uint8_t byte) {
     const int32_t top = s.back();
     s.pop_back();
     if (g.elements()[top + 1].kind != Kind::kEnd) s.push_back(top + 1);
-    expand(g, s, out, path, budget);
+    expand(g, s, out, path, budget, counted);
   }
   normalize(out);
   return out;
@@ -230,7 +239,13 @@ class StateTable {
   int32_t advance(const Grammar& g, int32_t id, uint8_t byte) {
     const int32_t known = next_[id][byte];
     if (known != kUnknown) return known;
-    State after = advance_state(g, states_[id], byte);
+    State after = advance_state(g, states_[id], byte, &work_);
+    if (work_ > kMaxMaskWork)
+      throw Error(
+          "structured output: the constraint is too ambiguous to follow (one token mask took "
+          "over " +
+          std::to_string(kMaxMaskWork) +
+          " parser steps; a long run of optional items such as a?b?c?... does this)");
     const int32_t to = after.empty() ? kDead : intern(std::move(after));
     next_[id][byte] = to;
     return to;
@@ -240,6 +255,7 @@ class StateTable {
   std::unordered_map<std::string, int32_t> ids_;
   std::vector<State> states_;
   std::vector<std::array<int32_t, 256>> next_;
+  int64_t work_ = 0;  // rule expansions and their cycle checks so far
 };
 
 }  // namespace

@@ -100,8 +100,9 @@ class GrammarMatcher {
 };
 
 // The parse state after `byte` from `state` (sorted, distinct stacks); empty: not allowed.
+// `work`, when given, is increased by the rule expansions and cycle checks it took.
 GrammarMatcher::State advance_state(const Grammar& grammar, const GrammarMatcher::State& state,
-                                    uint8_t byte);
+                                    uint8_t byte, int64_t* work = nullptr);
 // The start state of `grammar` (its root rule expanded).
 GrammarMatcher::State initial_state(const Grammar& grammar);
 
