@@ -410,6 +410,38 @@ TEST(ModelConfig, EosIdsFromConfigAndGenerationConfig) {
   EXPECT_THROW(ModelConfig::from_json_text(config.dump(), "config.json"), Error);
 }
 
+// generation_config.json's sampling settings become the defaults of requests that leave them
+// out (vLLM's --generation-config auto); out-of-range values are errors naming the field.
+TEST(ModelConfig, SamplingDefaultsFromGenerationConfig) {
+  const fs::path dir = fs::temp_directory_path() / "l2kv_generation_defaults";
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  fs::copy_file(kFixtures / "llama3-gqa" / "config.json", dir / "config.json");
+  EXPECT_TRUE(ModelConfig::from_folder(dir).generation_defaults.empty());
+  std::ofstream(dir / "generation_config.json")
+      << R"({"do_sample": true, "temperature": 0.7, "top_p": 0.8, "top_k": 20,
+             "repetition_penalty": 1.05, "min_p": null, "max_new_tokens": 2048})";
+  const auto d = ModelConfig::from_folder(dir).generation_defaults;
+  EXPECT_EQ(d.temperature, 0.7);
+  EXPECT_EQ(d.top_p, 0.8);
+  EXPECT_EQ(d.top_k, 20);
+  EXPECT_EQ(d.repetition_penalty, 1.05);
+  EXPECT_FALSE(d.min_p.has_value());
+  for (const char* bad :
+       {R"({"temperature": -1})", R"({"temperature": "hot"})", R"({"top_p": 5})", R"({"top_p": 0})",
+        R"({"top_k": 1e12})", R"({"top_k": -2})", R"({"repetition_penalty": 0})", R"([])"}) {
+    std::ofstream(dir / "generation_config.json") << bad;
+    try {
+      ModelConfig::from_folder(dir);
+      ADD_FAILURE() << bad << " was taken";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("generation_config.json"), std::string::npos)
+          << e.what();
+    }
+  }
+  fs::remove_all(dir);
+}
+
 }  // namespace
 }  // namespace l2kv
 

@@ -546,6 +546,30 @@ TEST(OpenAiProtocol, LogitBias) {
   }
 }
 
+// A request starts from the model's sampling defaults (generation_config.json) and its own
+// fields replace them.
+TEST(OpenAiProtocol, SamplingDefaultsFromTheModel) {
+  ServerLimits limits = kLimits;
+  limits.default_sampling.temperature = 0.7f;
+  limits.default_sampling.top_p = 0.8f;
+  limits.default_sampling.top_k = 20;
+  limits.default_sampling.repetition_penalty = 1.05f;
+  const ApiRequest plain = parse_completion_request(json::parse(R"({"prompt": "x"})"), limits);
+  EXPECT_EQ(plain.params.temperature, 0.7f);
+  EXPECT_EQ(plain.params.top_p, 0.8f);
+  EXPECT_EQ(plain.params.top_k, 20);
+  EXPECT_EQ(plain.params.repetition_penalty, 1.05f);
+  EXPECT_EQ(plain.params.min_p, 0.f);
+  const ApiRequest own = parse_chat_request(
+      json::parse(R"({"messages": [{"role": "user", "content": "x"}], "temperature": 0,
+          "top_k": -1, "repetition_penalty": 1})"),
+      limits);
+  EXPECT_TRUE(own.params.greedy());
+  EXPECT_EQ(own.params.top_k, -1);
+  EXPECT_EQ(own.params.repetition_penalty, 1.f);
+  EXPECT_EQ(own.params.top_p, 0.8f);
+}
+
 // JSON nested past kMaxJsonDepth is a 400 while it is parsed, in the body and in the JSON text
 // a request carries in strings (a schema, a tool call's arguments): copying or compiling a
 // value 100,000 levels deep recursed off the end of the thread's stack.

@@ -35,6 +35,9 @@ struct GenerateOptions {
   std::string system;
   std::string output_format = "text";
   int64_t seed = -1;
+  // The sampling flags given on the command line (--temperature ...): the others take the
+  // model's generation_config.json defaults.
+  std::vector<std::string> sampling_flags_given;
 };
 
 // One prompt as given: text, token ids, or chat messages.
@@ -148,8 +151,20 @@ struct Result {
   bool done = false;
 };
 
-int run_generate(const GenerateOptions& o) {
-  LoadedModel loaded = load_model(o.model);
+int run_generate(const GenerateOptions& given) {
+  LoadedModel loaded = load_model(given.model);
+  GenerateOptions o = given;
+  const auto flag_given = [&](const char* flag) {
+    return std::find(o.sampling_flags_given.begin(), o.sampling_flags_given.end(), flag) !=
+           o.sampling_flags_given.end();
+  };
+  const SamplingParams& defaults = loaded.sampling_defaults;
+  if (!flag_given("--temperature")) o.sampling.temperature = defaults.temperature;
+  if (!flag_given("--top-p")) o.sampling.top_p = defaults.top_p;
+  if (!flag_given("--top-k")) o.sampling.top_k = defaults.top_k;
+  if (!flag_given("--min-p")) o.sampling.min_p = defaults.min_p;
+  if (!flag_given("--repetition-penalty"))
+    o.sampling.repetition_penalty = defaults.repetition_penalty;
   std::vector<PromptInput> inputs;
   for (const auto& t : o.prompts) inputs.push_back({t, {}, {}, false, {}});
   for (const auto& list : o.prompt_ids) inputs.push_back({"", parse_ids(list), {}, true, {}});
@@ -381,9 +396,12 @@ std::function<int()> add_generate_command(CLI::App& app) {
       ->delimiter(',')
       ->allow_extra_args(false);
   cmd->add_flag("--ignore-eos", p.ignore_eos, "Keep generating after the model's EOS token");
-  return [o] {
+  return [o, cmd] {
     if (!o->system.empty() && !o->chat)
       throw Error("--system needs --chat (the system message goes through the chat template)");
+    for (const char* flag :
+         {"--temperature", "--top-p", "--top-k", "--min-p", "--repetition-penalty"})
+      if (cmd->count(flag) > 0) o->sampling_flags_given.push_back(flag);
     return run_generate(*o);
   };
 }

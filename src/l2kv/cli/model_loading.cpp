@@ -2,6 +2,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <type_traits>
 
 #include "l2kv/cli/flags.h"
 #include "l2kv/core/cuda_check.h"
@@ -27,6 +28,12 @@ void add_model_options(CLI::App& app, ModelOptions& o) {
                  "A folder with tokenizer.json (and tokenizer_config.json with its chat template) "
                  "to use instead of the model folder's; gives synthetic models text")
       ->check(CLI::ExistingDirectory);
+  app.add_option("--generation-config", o.generation_config,
+                 "auto: requests that leave out temperature, top_p, top_k, min_p or "
+                 "repetition_penalty take the model's generation_config.json values (vLLM's "
+                 "default); vllm: l2kv's own defaults (1, 1, -1, 0, 1)")
+      ->check(CLI::IsMember({"auto", "vllm"}))
+      ->capture_default_str();
   app.add_option("--device", o.device,
                  "Backend: auto (CUDA when a GPU is present, else CPU), cpu, cuda or cuda:N")
       ->capture_default_str();
@@ -315,6 +322,28 @@ LoadedModel load_model(const ModelOptions& o) {
   const double seconds =
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   std::fprintf(stderr, "l2kv: loaded %s in %.1f s\n", loaded.description.c_str(), seconds);
+  const ModelConfig::GenerationDefaults& d = loaded.runner->config().generation_defaults;
+  if (o.generation_config == "auto" && !d.empty()) {
+    SamplingParams& p = loaded.sampling_defaults;
+    std::string said;
+    const auto take = [&](const char* name, const auto& value, auto& field) {
+      if (!value) return;
+      field = static_cast<std::remove_reference_t<decltype(field)>>(*value);
+      char text[64];
+      std::snprintf(text, sizeof text, "%s%s %g", said.empty() ? "" : ", ", name,
+                    static_cast<double>(*value));
+      said += text;
+    };
+    take("temperature", d.temperature, p.temperature);
+    take("top_p", d.top_p, p.top_p);
+    take("top_k", d.top_k, p.top_k);
+    take("min_p", d.min_p, p.min_p);
+    take("repetition_penalty", d.repetition_penalty, p.repetition_penalty);
+    std::fprintf(stderr,
+                 "l2kv: sampling defaults from generation_config.json: %s (a request's own values "
+                 "come first; --generation-config vllm ignores these)\n",
+                 said.c_str());
+  }
   return loaded;
 }
 

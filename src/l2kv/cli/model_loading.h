@@ -11,6 +11,7 @@
 #include "l2kv/chat/chat_template.h"
 #include "l2kv/engine/engine.h"
 #include "l2kv/model/cuda_model.h"
+#include "l2kv/sampling/sampling_params.h"
 #include "l2kv/tokenizer/tokenizer.h"
 
 namespace l2kv {
@@ -35,6 +36,7 @@ struct ModelOptions {
   bool window_kv_groups = true;           // off: --disable-hybrid-kv-cache-manager
   std::string fp8_activations = "w8a8";   // w8a8 | w8a8-separate | 16bit (fp8 checkpoints)
   uint64_t synthetic_seed = 1;
+  std::string generation_config = "auto";  // auto (generation_config.json's defaults) | vllm
 };
 
 void add_model_options(CLI::App& app, ModelOptions& options);
@@ -52,6 +54,9 @@ struct LoadedModel {
   TensorParallelCudaRunner* tensor_parallel_runner = nullptr;
   bool synthetic = false;
   std::string description;  // for logs: model, backend, dtype
+  // Sampling defaults of requests that leave a setting out: l2kv's, with generation_config.json's
+  // temperature, top_p, top_k, min_p and repetition_penalty over them (--generation-config auto).
+  SamplingParams sampling_defaults;
 };
 
 // True when `model` names a built-in synthetic shape ("synthetic:llama3-8b").

@@ -50,6 +50,7 @@ int run_serve(ServeOptions o) {
         LoadedModel loaded = load_model(o.model);
         tokenizer = std::move(loaded.tokenizer);
         description = loaded.description;
+        o.http.default_sampling = loaded.sampling_defaults;
         return std::make_unique<Engine>(std::move(loaded.runner), tokenizer ? &*tokenizer : nullptr,
                                         o.engine);
       },

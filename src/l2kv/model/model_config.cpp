@@ -225,6 +225,39 @@ std::string read_text(const std::filesystem::path& path) {
   return s.str();
 }
 
+// generation_config.json's sampling fields, held to the ranges a request's are.
+ModelConfig::GenerationDefaults read_generation_defaults(const nlohmann::json& j,
+                                                         const std::string& origin) {
+  ModelConfig::GenerationDefaults d;
+  if (!j.is_object()) throw Error(origin + ": expected a JSON object, got " + j.type_name());
+  const auto number = [&](const char* key, double lo, double hi,
+                          bool lo_open) -> std::optional<double> {
+    if (!j.contains(key) || j[key].is_null()) return std::nullopt;
+    const auto& v = j[key];
+    const double x = v.is_number() ? v.get<double>() : std::nan("");
+    if (!(lo_open ? x > lo : x >= lo) || !(x <= hi)) {
+      std::ostringstream range;
+      range << (lo_open ? "(" : "[") << lo << ", " << hi << "]";
+      throw Error(origin + ": " + key + " must be a number in " + range.str() + ", got " +
+                  v.dump().substr(0, 64));
+    }
+    return x;
+  };
+  d.temperature = number("temperature", 0, 1e6, false);
+  d.top_p = number("top_p", 0, 1, true);
+  d.min_p = number("min_p", 0, 1, false);
+  d.repetition_penalty = number("repetition_penalty", 0, 1e6, true);
+  if (j.contains("top_k") && !j["top_k"].is_null()) {
+    const auto& v = j["top_k"];
+    if (!v.is_number_integer() || v.get<int64_t>() < -1 ||
+        v.get<int64_t>() > (int64_t{1} << 31) - 1)
+      throw Error(origin + ": top_k must be an integer in [-1, 2^31), got " +
+                  v.dump().substr(0, 64));
+    d.top_k = v.get<int64_t>();
+  }
+  return d;
+}
+
 }  // namespace
 
 ModelConfig ModelConfig::from_folder(const std::filesystem::path& folder) {
@@ -239,6 +272,7 @@ ModelConfig ModelConfig::from_folder(const std::filesystem::path& folder) {
       throw Error(generation.string() + ": not JSON (" + e.what() + ")");
     }
     add_eos_ids(j, c.eos_token_ids, generation.string());
+    c.generation_defaults = read_generation_defaults(j, generation.string());
   }
   return c;
 }

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <filesystem>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -82,8 +83,17 @@ struct ModelConfig {
   // null), united with generation_config.json's when the folder has one. Empty for synthetic
   // shapes.
   std::vector<int32_t> eos_token_ids;
+  // generation_config.json's sampling settings, the defaults of requests that leave them out
+  // (vLLM's --generation-config auto): the fields vLLM reads, each unset when absent or null.
+  struct GenerationDefaults {
+    std::optional<double> temperature, top_p, min_p, repetition_penalty;
+    std::optional<int64_t> top_k;
+    bool empty() const { return !temperature && !top_p && !min_p && !repetition_penalty && !top_k; }
+  };
+  GenerationDefaults generation_defaults;
 
-  // Reads `folder`/config.json (and the EOS ids of `folder`/generation_config.json if present).
+  // Reads `folder`/config.json (and the EOS ids and sampling defaults of
+  // `folder`/generation_config.json if present; an out-of-range default is an error naming it).
   // Accepts rope settings as rope_theta + rope_scaling (the Hub's
   // checkpoints) or as rope_parameters (transformers 5). Throws l2kv::Error for unsupported
   // architectures, rope types, sliding windows or inconsistent sizes.

@@ -381,6 +381,7 @@ struct HttpServer::Impl {
     limits.max_model_len = loop.config().max_model_len;
     limits.vocab_size = loop.vocab_size();
     limits.tool_call_parser = tool_call_parser_from_name(options.tool_call_parser);
+    limits.default_sampling = options.default_sampling;
     if (model.tokenizer) {
       grammars.emplace(
           std::make_shared<const structured::TokenVocabulary>(structured::tokenizer_vocabulary(

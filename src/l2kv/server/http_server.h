@@ -9,6 +9,8 @@
 #include <memory>
 #include <string>
 
+#include "l2kv/sampling/sampling_params.h"
+
 namespace l2kv {
 class Tokenizer;
 class ChatTemplate;
@@ -28,6 +30,9 @@ struct HttpServerOptions {
   size_t max_body_bytes = 16u << 20;  // larger bodies are answered 413
   int threads = 512;                  // generations at once (more: 503); +4 workers for the rest
   std::string tool_call_parser;       // --tool-call-parser: "", hermes, llama3_json, mistral
+  // What a request's sampling settings start from (the model's generation_config.json
+  // defaults, LoadedModel::sampling_defaults); the request's own fields replace them.
+  SamplingParams default_sampling{};
 };
 
 // What the HTTP side needs besides the loop. `chat_template` null: chat answers 400 with

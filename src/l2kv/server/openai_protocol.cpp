@@ -494,6 +494,12 @@ void parse_common(const json& body, const ServerLimits& limits, ApiRequest& r) {
   check_field_names(body, r.endpoint);
   check_model(body, limits, r);
   SamplingParams& p = r.params;
+  // The model's defaults (generation_config.json) for what the request leaves out.
+  p.temperature = limits.default_sampling.temperature;
+  p.top_p = limits.default_sampling.top_p;
+  p.top_k = limits.default_sampling.top_k;
+  p.min_p = limits.default_sampling.min_p;
+  p.repetition_penalty = limits.default_sampling.repetition_penalty;
   if (auto v = get_param_float(body, "temperature")) p.temperature = *v;
   if (auto v = get_param_float(body, "top_p")) p.top_p = *v;
   if (auto v = get_integer(body, "top_k")) p.top_k = to_int32(*v, "top_k", -1, kInt32Max);

@@ -65,6 +65,8 @@ struct ServerLimits {
   // --tool-call-parser: how tool calls are found in a chat's output with tool_choice "auto"
   // (kNone: "auto" is refused; "required" and named functions need no parser).
   ToolCallParser tool_call_parser = ToolCallParser::kNone;
+  // Sampling settings a request starts from (HttpServerOptions::default_sampling).
+  SamplingParams default_sampling{};
 };
 
 enum class Endpoint : uint8_t { kCompletions, kChatCompletions };
