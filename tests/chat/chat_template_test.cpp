@@ -170,6 +170,12 @@ TEST(ChatTemplate, LanguageBasics) {
             "3 -4 1 14 a1");
   EXPECT_EQ(render("{{ [1, 2, 3, 4][::-1] }} {{ 'hello'[1:3] }} {{ [1, 2][-1] }}"),
             "[4, 3, 2, 1] el 2");
+  // Strings are sequences of characters, as in Python: no UTF-8 sequence is cut.
+  EXPECT_EQ(render("{{ 'h\u00e9llo'[:2] }}|{{ '\u65e5\u672c\u8a9e\u30c6'[:3] }}|"
+                   "{{ 'a\u00f1b'|first }}{{ 'a\u00f1b'[1] }}{{ 'a\u00f1b'[-1] }}|"
+                   "{{ 'a\u00f1b'|reverse }}|{% for c in 'a\u00f1' %}[{{ c }}]{% endfor %}|"
+                   "{{ 'a\u00f1b'[::-1] }}|{{ 'a\u00f1b'|last }}"),
+            "h\u00e9|\u65e5\u672c\u8a9e|a\u00f1b|b\u00f1a|[a][\u00f1]|b\u00f1a|b");
   EXPECT_EQ(render("{% for x in [1, 2, 3] if x != 2 %}{{ loop.index }}:{{ x }}{% if not loop.last "
                    "%},{% endif %}{% endfor %}"),
             "1:1,2:3");

@@ -43,6 +43,20 @@ std::string replace_all(std::string s, const std::string& from, const std::strin
   return s;
 }
 
+// A string's characters (code points, as Python's str holds them): each a UTF-8 sequence, a
+// lead byte and its continuation bytes. Indexing, slicing, first / last, reverse and loops
+// over a string take these, so no character is cut in half.
+std::vector<std::string> characters(const std::string& s) {
+  std::vector<std::string> out;
+  for (size_t i = 0; i < s.size();) {
+    size_t j = i + 1;
+    while (j < s.size() && (static_cast<unsigned char>(s[j]) & 0xC0) == 0x80) ++j;
+    out.emplace_back(s, i, j - i);
+    i = j;
+  }
+  return out;
+}
+
 int64_t python_index(int64_t i, int64_t size) {
   return i < 0 ? i + size : i;
 }
@@ -221,7 +235,8 @@ class Interpreter {
     } else if (iterable.is_dict()) {
       for (const auto& [k, v] : iterable.dict_items()) items.push_back(Value(k));
     } else if (iterable.is_string()) {
-      for (char c : iterable.str()) items.push_back(Value(std::string(1, c)));
+      charge(static_cast<int64_t>(iterable.str().size() / 16));
+      for (std::string& c : characters(iterable.str())) items.push_back(Value(std::move(c)));
     } else if (!iterable.is_undefined() && !iterable.is_none()) {
       fail(*s.expr, "cannot iterate over a " + iterable.type_name());
     }
@@ -355,11 +370,16 @@ class Interpreter {
     }
     if (base.is_list() || base.is_string()) {
       if (!key.is_int()) fail(e, "list and string indices must be integers");
+      std::vector<std::string> chars;
+      if (base.is_string()) {
+        charge(static_cast<int64_t>(base.str().size() / 16));
+        chars = characters(base.str());
+      }
       const int64_t size = base.is_list() ? static_cast<int64_t>(base.list_items().size())
-                                          : static_cast<int64_t>(base.str().size());
+                                          : static_cast<int64_t>(chars.size());
       const int64_t i = python_index(std::get<int64_t>(key.v), size);
       if (i < 0 || i >= size) return Value();
-      return base.is_list() ? base.list_items()[i] : Value(std::string(1, base.str()[i]));
+      return base.is_list() ? base.list_items()[i] : Value(chars[i]);
     }
     return Value();
   }
@@ -373,8 +393,13 @@ class Interpreter {
       if (!v.is_int()) fail(e, "slice bounds must be integers");
       return std::get<int64_t>(v.v);
     };
+    std::vector<std::string> chars;
+    if (base.is_string()) {
+      charge(static_cast<int64_t>(base.str().size() / 16));
+      chars = characters(base.str());
+    }
     const int64_t size = base.is_list()     ? static_cast<int64_t>(base.list_items().size())
-                         : base.is_string() ? static_cast<int64_t>(base.str().size())
+                         : base.is_string() ? static_cast<int64_t>(chars.size())
                                             : -1;
     if (size < 0) fail(e, "cannot slice a " + base.type_name());
     const int64_t step = part(3, 1);
@@ -393,7 +418,7 @@ class Interpreter {
       if (base.is_list())
         items.push_back(base.list_items()[i]);
       else
-        text += base.str()[i];
+        text += chars[i];
       if (step > 0 ? stop - i <= step : i - stop <= -step) break;  // i + step would pass stop
       i += step;
     }
@@ -593,8 +618,10 @@ class Interpreter {
         if (v.list_items().empty()) return Value();
         return f == "first" ? v.list_items().front() : v.list_items().back();
       }
-      if (v.is_string() && !v.str().empty())
-        return Value(std::string(1, f == "first" ? v.str().front() : v.str().back()));
+      if (v.is_string() && !v.str().empty()) {
+        const std::vector<std::string> chars = characters(v.str());
+        return Value(f == "first" ? chars.front() : chars.back());
+      }
       return Value();
     }
     if (f == "join") {
@@ -668,8 +695,9 @@ class Interpreter {
         List r(v.list_items().rbegin(), v.list_items().rend());
         return Value::list(std::move(r));
       }
-      std::string r = output_of(v);
-      std::reverse(r.begin(), r.end());
+      std::vector<std::string> chars = characters(output_of(v));
+      std::string r;
+      for (auto it = chars.rbegin(); it != chars.rend(); ++it) r += *it;
       return Value(r);
     }
     if (f == "indent") {
