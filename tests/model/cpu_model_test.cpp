@@ -427,9 +427,10 @@ TEST(ModelConfig, SamplingDefaultsFromGenerationConfig) {
   EXPECT_EQ(d.top_k, 20);
   EXPECT_EQ(d.repetition_penalty, 1.05);
   EXPECT_FALSE(d.min_p.has_value());
-  for (const char* bad :
-       {R"({"temperature": -1})", R"({"temperature": "hot"})", R"({"top_p": 5})", R"({"top_p": 0})",
-        R"({"top_k": 1e12})", R"({"top_k": -2})", R"({"repetition_penalty": 0})", R"([])"}) {
+  EXPECT_EQ(d.max_new_tokens, 2048);
+  for (const char* bad : {R"({"temperature": -1})", R"({"temperature": "hot"})", R"({"top_p": 5})",
+                          R"({"top_p": 0})", R"({"top_k": 1e12})", R"({"top_k": -2})",
+                          R"({"repetition_penalty": 0})", R"({"max_new_tokens": 0})", R"([])"}) {
     std::ofstream(dir / "generation_config.json") << bad;
     try {
       ModelConfig::from_folder(dir);

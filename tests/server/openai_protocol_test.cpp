@@ -653,6 +653,8 @@ TEST(OpenAiProtocol, MaxModelLen) {
   EXPECT_EQ(resolve_max_tokens(r, 60, 64), 4);
   r = chat(R"({"messages": [{"role": "user", "content": "x"}]})");
   EXPECT_EQ(resolve_max_tokens(r, 10, 64), 54);
+  EXPECT_EQ(resolve_max_tokens(r, 10, 64, 20), 20);  // the model's max_new_tokens, at most
+  EXPECT_EQ(resolve_max_tokens(r, 50, 64, 20), 14);
   // A max_tokens past 32 bits is named as sent, not as the 2^31 - 1 it would have been cut to.
   e = error_of([&] { completion(R"({"prompt": [1], "max_tokens": 9223372036854775807})"); });
   EXPECT_EQ(e.param, "max_tokens");

@@ -165,6 +165,8 @@ int run_generate(const GenerateOptions& given) {
   if (!flag_given("--min-p")) o.sampling.min_p = defaults.min_p;
   if (!flag_given("--repetition-penalty"))
     o.sampling.repetition_penalty = defaults.repetition_penalty;
+  if (!flag_given("--max-tokens") && loaded.default_max_tokens)  // at most, as serve takes it
+    o.sampling.max_tokens = std::min(o.sampling.max_tokens, *loaded.default_max_tokens);
   std::vector<PromptInput> inputs;
   for (const auto& t : o.prompts) inputs.push_back({t, {}, {}, false, {}});
   for (const auto& list : o.prompt_ids) inputs.push_back({"", parse_ids(list), {}, true, {}});
@@ -400,7 +402,7 @@ std::function<int()> add_generate_command(CLI::App& app) {
     if (!o->system.empty() && !o->chat)
       throw Error("--system needs --chat (the system message goes through the chat template)");
     for (const char* flag :
-         {"--temperature", "--top-p", "--top-k", "--min-p", "--repetition-penalty"})
+         {"--temperature", "--top-p", "--top-k", "--min-p", "--repetition-penalty", "--max-tokens"})
       if (cmd->count(flag) > 0) o->sampling_flags_given.push_back(flag);
     return run_generate(*o);
   };

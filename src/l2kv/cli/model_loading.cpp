@@ -339,6 +339,10 @@ LoadedModel load_model(const ModelOptions& o) {
     take("top_k", d.top_k, p.top_k);
     take("min_p", d.min_p, p.min_p);
     take("repetition_penalty", d.repetition_penalty, p.repetition_penalty);
+    if (d.max_new_tokens) {
+      int32_t& limit = loaded.default_max_tokens.emplace();
+      take("max_new_tokens", d.max_new_tokens, limit);
+    }
     std::fprintf(stderr,
                  "l2kv: sampling defaults from generation_config.json: %s (a request's own values "
                  "come first; --generation-config vllm ignores these)\n",

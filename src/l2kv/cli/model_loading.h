@@ -57,6 +57,9 @@ struct LoadedModel {
   // Sampling defaults of requests that leave a setting out: l2kv's, with generation_config.json's
   // temperature, top_p, top_k, min_p and repetition_penalty over them (--generation-config auto).
   SamplingParams sampling_defaults;
+  // generation_config.json's max_new_tokens: what a request that gives no max_tokens gets at
+  // most (--generation-config auto); unset: l2kv's own default.
+  std::optional<int32_t> default_max_tokens;
 };
 
 // True when `model` names a built-in synthetic shape ("synthetic:llama3-8b").

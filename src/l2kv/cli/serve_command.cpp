@@ -51,6 +51,7 @@ int run_serve(ServeOptions o) {
         tokenizer = std::move(loaded.tokenizer);
         description = loaded.description;
         o.http.default_sampling = loaded.sampling_defaults;
+        o.http.default_max_tokens = loaded.default_max_tokens;
         return std::make_unique<Engine>(std::move(loaded.runner), tokenizer ? &*tokenizer : nullptr,
                                         o.engine);
       },

@@ -255,6 +255,13 @@ ModelConfig::GenerationDefaults read_generation_defaults(const nlohmann::json& j
                   v.dump().substr(0, 64));
     d.top_k = v.get<int64_t>();
   }
+  if (j.contains("max_new_tokens") && !j["max_new_tokens"].is_null()) {
+    const auto& v = j["max_new_tokens"];
+    if (!v.is_number_integer() || v.get<int64_t>() < 1)
+      throw Error(origin + ": max_new_tokens must be a positive integer, got " +
+                  v.dump().substr(0, 64));
+    d.max_new_tokens = std::min<int64_t>(v.get<int64_t>(), std::numeric_limits<int32_t>::max());
+  }
   return d;
 }
 

@@ -88,7 +88,10 @@ struct ModelConfig {
   struct GenerationDefaults {
     std::optional<double> temperature, top_p, min_p, repetition_penalty;
     std::optional<int64_t> top_k;
-    bool empty() const { return !temperature && !top_p && !min_p && !repetition_penalty && !top_k; }
+    std::optional<int64_t> max_new_tokens;  // the default max_tokens
+    bool empty() const {
+      return !temperature && !top_p && !min_p && !repetition_penalty && !top_k && !max_new_tokens;
+    }
   };
   GenerationDefaults generation_defaults;
 

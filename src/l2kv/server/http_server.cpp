@@ -382,6 +382,7 @@ struct HttpServer::Impl {
     limits.vocab_size = loop.vocab_size();
     limits.tool_call_parser = tool_call_parser_from_name(options.tool_call_parser);
     limits.default_sampling = options.default_sampling;
+    limits.default_max_tokens = options.default_max_tokens;
     if (model.tokenizer) {
       grammars.emplace(
           std::make_shared<const structured::TokenVocabulary>(structured::tokenizer_vocabulary(
@@ -577,7 +578,8 @@ struct HttpServer::Impl {
     std::vector<GenerationRequest> requests;
     for (size_t p = 0; p < prompts.size(); ++p) {
       const int32_t max_tokens =
-          resolve_max_tokens(r, static_cast<int32_t>(prompts[p].size()), limits.max_model_len);
+          resolve_max_tokens(r, static_cast<int32_t>(prompts[p].size()), limits.max_model_len,
+                             limits.default_max_tokens);
       g->prompt_tokens.push_back(static_cast<int32_t>(prompts[p].size()));
       std::string text;
       if (r.echo) {

@@ -7,6 +7,7 @@
 
 #include <cstddef>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "l2kv/sampling/sampling_params.h"
@@ -33,6 +34,9 @@ struct HttpServerOptions {
   // What a request's sampling settings start from (the model's generation_config.json
   // defaults, LoadedModel::sampling_defaults); the request's own fields replace them.
   SamplingParams default_sampling{};
+  // The most tokens a request without max_tokens gets (generation_config.json's
+  // max_new_tokens); unset: what the context leaves (chat) or 16 (completions).
+  std::optional<int32_t> default_max_tokens{};
 };
 
 // What the HTTP side needs besides the loop. `chat_template` null: chat answers 400 with

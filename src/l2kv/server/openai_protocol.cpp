@@ -1001,8 +1001,8 @@ ApiRequest parse_chat_request(const json& body, const ServerLimits& limits) {
   return guarded_parse([&] { return parse_chat(body, limits); });
 }
 
-int32_t resolve_max_tokens(const ApiRequest& request, int32_t prompt_tokens,
-                           int32_t max_model_len) {
+int32_t resolve_max_tokens(const ApiRequest& request, int32_t prompt_tokens, int32_t max_model_len,
+                           std::optional<int32_t> default_max_tokens) {
   const int64_t room = static_cast<int64_t>(max_model_len) - prompt_tokens;
   const char* what = request.endpoint == Endpoint::kChatCompletions ? "messages" : "prompt";
   if (room < 1) {
@@ -1021,7 +1021,8 @@ int32_t resolve_max_tokens(const ApiRequest& request, int32_t prompt_tokens,
         << request.params.min_tokens << ".";
       bad_request(m.str(), "min_tokens");
     }
-    const int64_t fallback = request.endpoint == Endpoint::kCompletions ? 16 : room;
+    int64_t fallback = request.endpoint == Endpoint::kCompletions ? 16 : room;
+    if (default_max_tokens) fallback = std::min<int64_t>(fallback, *default_max_tokens);
     return static_cast<int32_t>(
         std::max<int64_t>(std::min(fallback, room), request.params.min_tokens));
   }

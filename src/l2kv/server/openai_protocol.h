@@ -65,8 +65,10 @@ struct ServerLimits {
   // --tool-call-parser: how tool calls are found in a chat's output with tool_choice "auto"
   // (kNone: "auto" is refused; "required" and named functions need no parser).
   ToolCallParser tool_call_parser = ToolCallParser::kNone;
-  // Sampling settings a request starts from (HttpServerOptions::default_sampling).
+  // Sampling settings a request starts from (HttpServerOptions::default_sampling), and the most
+  // tokens a request without max_tokens gets (HttpServerOptions::default_max_tokens).
   SamplingParams default_sampling{};
+  std::optional<int32_t> default_max_tokens{};
 };
 
 enum class Endpoint : uint8_t { kCompletions, kChatCompletions };
@@ -133,8 +135,11 @@ ApiRequest parse_chat_request(const json& body, const ServerLimits& limits);
 
 // Applies max_model_len to one tokenized prompt: a prompt that does not leave room for one
 // token, or prompt + max_tokens over the limit, is a 400; an unset max_tokens becomes all that
-// fits (chat) or min(16, what fits) (completions). Returns the max_tokens to use.
-int32_t resolve_max_tokens(const ApiRequest& request, int32_t prompt_tokens, int32_t max_model_len);
+// fits (chat) or min(16, what fits) (completions), and at most `default_max_tokens` (the
+// model's generation_config.json max_new_tokens) where that is set. Returns the max_tokens to
+// use.
+int32_t resolve_max_tokens(const ApiRequest& request, int32_t prompt_tokens, int32_t max_model_len,
+                           std::optional<int32_t> default_max_tokens = std::nullopt);
 
 // Tokenizes the prompts (chat: renders the messages with `chat_template`). Without a tokenizer
 // only token-id prompts work; anything else is a 400 saying so.
