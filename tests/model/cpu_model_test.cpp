@@ -392,12 +392,12 @@ TEST(ModelConfig, EosIdsFromConfigAndGenerationConfig) {
   fs::create_directories(dir);
   std::ifstream in(kFixtures / "llama3-gqa" / "config.json");
   auto config = nlohmann::json::parse(in);
-  config["eos_token_id"] = {128001, 128009};
+  config["eos_token_id"] = {401, 409};
   std::ofstream(dir / "config.json") << config.dump(1);
-  EXPECT_EQ(ModelConfig::from_folder(dir).eos_token_ids, (std::vector<int32_t>{128001, 128009}));
-  std::ofstream(dir / "generation_config.json") << R"({"eos_token_id": [128009, 128008]})";
+  EXPECT_EQ(ModelConfig::from_folder(dir).eos_token_ids, (std::vector<int32_t>{401, 409}));
+  std::ofstream(dir / "generation_config.json") << R"({"eos_token_id": [409, 408]})";
   EXPECT_EQ(ModelConfig::from_folder(dir).eos_token_ids,
-            (std::vector<int32_t>{128001, 128009, 128008}));
+            (std::vector<int32_t>{401, 409, 408}));
   config["eos_token_id"] = nullptr;
   std::ofstream(dir / "config.json") << config.dump(1);
   std::ofstream(dir / "generation_config.json") << R"({"bos_token_id": 1})";
@@ -408,6 +408,20 @@ TEST(ModelConfig, EosIdsFromConfigAndGenerationConfig) {
   EXPECT_EQ(ModelConfig::from_folder(dir).eos_token_ids, std::vector<int32_t>{7});
   config["eos_token_id"] = "x";
   EXPECT_THROW(ModelConfig::from_json_text(config.dump(), "config.json"), Error);
+  // An EOS id past the vocabulary would never be sampled, so never end a generation.
+  config["eos_token_id"] = config["vocab_size"];
+  EXPECT_THROW(ModelConfig::from_json_text(config.dump(), "config.json"), Error);
+  config.erase("eos_token_id");
+  std::ofstream(dir / "config.json") << config.dump(1);
+  std::ofstream(dir / "generation_config.json") << R"({"eos_token_id": [2, 999999]})";
+  try {
+    ModelConfig::from_folder(dir);
+    ADD_FAILURE() << "an EOS id past the vocabulary was taken";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("generation_config.json: eos_token_id 999999"),
+              std::string::npos)
+        << e.what();
+  }
 }
 
 // generation_config.json's sampling settings become the defaults of requests that leave them

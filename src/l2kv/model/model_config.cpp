@@ -170,6 +170,14 @@ void add_eos_ids(const nlohmann::json& j, std::vector<int32_t>& ids, const std::
     if (std::find(ids.begin(), ids.end(), id) == ids.end()) ids.push_back(id);
 }
 
+// An EOS id past the vocabulary is never sampled: generation would never stop on it.
+void check_eos_ids(const ModelConfig& c, const std::string& origin) {
+  for (int32_t id : c.eos_token_ids)
+    if (id >= c.vocab_size)
+      throw Error(origin + ": eos_token_id " + std::to_string(id) +
+                  " is outside the vocabulary of " + std::to_string(c.vocab_size) + " tokens");
+}
+
 // Gemma 3's attention layout: which layers slide (layer_types, or every layer but each
 // sliding_window_pattern-th before transformers 4.53), the window, and the two RoPEs
 // (rope_parameters per layer type in transformers 5; rope_theta + rope_scaling for the global
@@ -279,6 +287,7 @@ ModelConfig ModelConfig::from_folder(const std::filesystem::path& folder) {
       throw Error(generation.string() + ": not JSON (" + e.what() + ")");
     }
     add_eos_ids(j, c.eos_token_ids, generation.string());
+    check_eos_ids(c, generation.string());
     c.generation_defaults = read_generation_defaults(j, generation.string());
   }
   return c;
@@ -423,6 +432,7 @@ ModelConfig ModelConfig::from_json_text(const std::string& text, const std::stri
                   "bfloat16)");
     c.dtype = dtype == "float16" ? DType::kFloat16 : DType::kBFloat16;
     add_eos_ids(j, c.eos_token_ids, origin);
+    check_eos_ids(c, origin);
   } catch (const nlohmann::json::exception& e) {
     throw Error(origin + ": " + e.what());
   }
