@@ -136,10 +136,11 @@ TEST(ChatTemplate, TemplateFilesAndNamedTemplates) {
       {"name": "default", "template": "D"}]})");
   EXPECT_EQ(render(false), "D");
   EXPECT_EQ(render(true), "T");
-  for (const char* bad : {R"({"chat_template": 42})", R"({"chat_template": {}})",
-                          R"({"chat_template": [{"name": "a", "template": "A"},
+  for (const char* bad :
+       {R"({"chat_template": 42})", R"({"chat_template": {}})",
+        R"({"chat_template": [{"name": "a", "template": "A"},
                               {"name": "b", "template": "B"}]})",
-                          R"([])", R"("text")"}) {
+        R"([])", R"("text")", R"({"bos_token": {"content": 5}})", R"({"eos_token": 7})"}) {
     write("tokenizer_config.json", bad);
     try {
       Tokenizer::from_folder(dir);

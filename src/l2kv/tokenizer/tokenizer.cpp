@@ -27,11 +27,13 @@ std::string read_file(const std::filesystem::path& path) {
 
 // tokenizer_config.json writes special tokens as a string or as {"content": ...}.
 std::string token_text(const nlohmann::json& config, const char* key) {
-  if (!config.contains(key)) return {};
+  if (!config.contains(key) || config.at(key).is_null()) return {};
   const auto& v = config.at(key);
   if (v.is_string()) return v.get<std::string>();
-  if (v.is_object() && v.contains("content")) return v.at("content").get<std::string>();
-  return {};
+  if (v.is_object() && v.contains("content") && v.at("content").is_string())
+    return v.at("content").get<std::string>();
+  throw Error(std::string("tokenizer_config.json: ") + key +
+              " must be a string or {\"content\": a string}, got " + v.dump().substr(0, 64));
 }
 
 // tokenizer_config.json's chat_template: a string, null, or a list of {"name", "template"}
