@@ -11,8 +11,8 @@ namespace {
 Value from_json_at(const nlohmann::ordered_json& j, int depth) {
   // Deeper JSON (a hostile request's messages) would exhaust the stack here and in to_json.
   if (depth > kMaxValueDepth)
-    throw Error("chat template: messages nested deeper than " + std::to_string(kMaxValueDepth) +
-                " levels");
+    throw Error("chat template: a message, tool or template argument nested deeper than " +
+                std::to_string(kMaxValueDepth) + " levels");
   switch (j.type()) {
     case nlohmann::ordered_json::value_t::null:
       return Value(None{});
