@@ -279,6 +279,15 @@ TEST(JsonSchemaGrammar, JsonObject) {
   EXPECT_FALSE(grammar_matches(g, R"({"a": })"));
 }
 
+// JSON Schema counts numbers with a zero fraction as integers (5.0 is 5), as vLLM takes them.
+TEST(JsonSchemaGrammar, WholeNumberCountsAreIntegers) {
+  const Grammar g = schema(R"({"type": "string", "minLength": 2.0, "maxLength": 3.0})");
+  EXPECT_TRUE(grammar_matches(g, "\"ab\""));
+  EXPECT_TRUE(grammar_matches(g, "\"abc\""));
+  EXPECT_FALSE(grammar_matches(g, "\"a\""));
+  EXPECT_FALSE(grammar_matches(g, "\"abcd\""));
+}
+
 TEST(JsonSchemaGrammar, UnsupportedKeywordsAreNamed) {
   const std::vector<std::pair<const char*, const char*>> cases = {
       {R"({"type": "object", "patternProperties": {}})", "patternProperties"},
@@ -290,6 +299,13 @@ TEST(JsonSchemaGrammar, UnsupportedKeywordsAreNamed) {
       {R"({"$ref": "https://example.com/s.json"})", "$ref"},
       {R"x({"type": "object", "properties": {"a": {"type": "string", "pattern": "(?=x)"}}})x",
        "#/properties/a"},
+      // Counts: a fraction, a sign, or past the grammar's bound, named with their place.
+      {R"({"type": "object", "properties": {"b": {"type": "string", "maxLength": 5.5}}})",
+       "#/properties/b"},
+      {R"({"type": "string", "minLength": -1})", "minLength"},
+      {R"({"type": "string", "maxLength": 1e9})", "'maxLength' of 1000000000.0 is above 100000"},
+      {R"({"type": "array", "maxItems": 9223372036854775808})",
+       "'maxItems' of 9223372036854775808"},
   };
   for (const auto& [text, name] : cases) {
     try {
