@@ -317,6 +317,16 @@ TEST(JsonValueScanner, WritesWhatDumpWrites) {
       EXPECT_EQ(out, v.dump()) << text;
     }
   }
+  // An integer past 64 bits keeps its digits (nlohmann would print it as a double, 1.23e+29).
+  {
+    const std::string text = R"({"n": 123456789012345678901234567890, "m": -98765432109876543210})";
+    JsonValueScanner scanner(JsonValueScanner::Mode::kCompact);
+    std::string out;
+    JsonValueScanner::Status status = JsonValueScanner::Status::kMore;
+    for (char c : text) status = scanner.feed(c, out);
+    EXPECT_EQ(status, JsonValueScanner::Status::kDone);
+    EXPECT_EQ(out, R"({"n":123456789012345678901234567890,"m":-98765432109876543210})");
+  }
   // What nlohmann refuses, the scanner refuses.
   for (const std::string bad :
        {"{\"a\": 01}", "{\"a\": \"\\ud800\"}", "{\"a\": \"\xC0\xAF\"}", "{\"a\": [1,]}",

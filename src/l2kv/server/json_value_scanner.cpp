@@ -250,9 +250,13 @@ JsonValueScanner::Status JsonValueScanner::feed(char c, std::string& out) {
         number_ += c;
         return Status::kMore;
       }
-      // The number ends before `c`: nlohmann reads and prints it.
+      // The number ends before `c`: nlohmann reads and prints it, except an integer past 64
+      // bits, which it would read as a double and print with its digits lost: that is kept as
+      // written (JSON integers have one spelling), as Python's json keeps it.
       try {
-        put(nlohmann::ordered_json::parse(number_).dump(), out);
+        const auto v = nlohmann::ordered_json::parse(number_);
+        const bool integer = number_.find_first_of(".eE") == std::string::npos;
+        put(integer && v.is_number_float() ? number_ : v.dump(), out);
       } catch (const nlohmann::ordered_json::exception&) {
         return Status::kError;
       }
