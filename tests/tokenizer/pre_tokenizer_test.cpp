@@ -63,5 +63,19 @@ TEST(SplitPreTokenizer, UnsupportedFormsAreNamed) {
                Error);
 }
 
+// A regex that backtracks without end on a text stops at PCRE2's limits with an error naming
+// the pattern and the reason (it said only "PCRE2 error -47").
+TEST(SplitPreTokenizer, ARunawayRegexIsANamedError) {
+  try {
+    split({{"Regex", "(a+)+$"}}, "Isolated", std::string(64, 'a') + "b");
+    FAIL() << "the match did not stop";
+  } catch (const Error& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("/(a+)+$/"), std::string::npos) << what;
+    EXPECT_NE(what.find("PCRE2 error"), std::string::npos) << what;
+    EXPECT_NE(what.find("limit"), std::string::npos) << what;
+  }
+}
+
 }  // namespace
 }  // namespace l2kv

@@ -11,6 +11,7 @@ namespace l2kv {
 
 struct Regex::Impl {
   pcre2_code* code = nullptr;
+  std::string pattern;  // for messages
   // Match data is per call site; one per thread keeps find_all reentrant without allocation.
   static pcre2_match_data* thread_match_data() {
     thread_local struct Holder {
@@ -22,6 +23,7 @@ struct Regex::Impl {
 };
 
 Regex::Regex(const std::string& pattern) : impl_(std::make_unique<Impl>()) {
+  impl_->pattern = pattern;
   int error = 0;
   PCRE2_SIZE offset = 0;
   impl_->code = pcre2_compile(reinterpret_cast<PCRE2_SPTR>(pattern.data()), pattern.size(),
@@ -48,7 +50,16 @@ std::vector<std::pair<size_t, size_t>> Regex::find_all(std::string_view text) co
     const int rc = pcre2_match(impl_->code, reinterpret_cast<PCRE2_SPTR>(text.data()), text.size(),
                                start, PCRE2_NO_UTF_CHECK, data, nullptr);
     if (rc == PCRE2_ERROR_NOMATCH) break;
-    if (rc < 0) throw Error("regex match failed with PCRE2 error " + std::to_string(rc));
+    if (rc < 0) {
+      // Typically PCRE2's match or depth limit: a pattern that backtracks without end on this
+      // text (a tokenizer.json pre-tokenizer's Split regex, say).
+      PCRE2_UCHAR message[256];
+      pcre2_get_error_message(rc, message, sizeof message);
+      throw Error("the regex /" + impl_->pattern.substr(0, 200) + "/ failed on a text of " +
+                  std::to_string(text.size()) +
+                  " bytes: " + reinterpret_cast<const char*>(message) + " (PCRE2 error " +
+                  std::to_string(rc) + ")");
+    }
     const PCRE2_SIZE* ovector = pcre2_get_ovector_pointer(data);
     const size_t begin = ovector[0], end = ovector[1];
     if (end == begin) {  // empty match: step one code point
