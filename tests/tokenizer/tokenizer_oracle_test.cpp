@@ -140,6 +140,14 @@ TEST(Tokenizer, BadFilesGiveClearErrors) {
   expect_error(R"({"model": {"type": "WordPiece", "vocab": {}}})", "WordPiece");
   expect_error(R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": ["a b"]}})",
                "missing from the vocabulary");
+  // Taken silently before (Hugging Face refuses them): a merge of three, merges not a list.
+  expect_error(
+      R"({"model": {"type": "BPE", "vocab": {"a": 0, "b": 1, "ab": 2}, "merges": [["a", "b", "c"]]}})",
+      "a merge must be two strings");
+  expect_error(R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": {}}})",
+               "merges must be a list");
+  expect_error(R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": [5]}})",
+               "a merge must be");
   expect_error(
       R"({"model": {"type": "BPE", "vocab": {"a": 0}, "merges": []}, "normalizer": {"type": "NFKD"}})",
       "NFKD");

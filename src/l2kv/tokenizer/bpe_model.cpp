@@ -27,6 +27,8 @@ BpeModel::BpeModel(const nlohmann::json& spec) {
   if (!spec.value("end_of_word_suffix", nlohmann::json()).is_null() &&
       !spec.at("end_of_word_suffix").get<std::string>().empty())
     throw Error("tokenizer.json: BPE end_of_word_suffix is not supported");
+  if (!spec.at("vocab").is_object())
+    throw Error("tokenizer.json: the BPE vocab must be an object of token: id");
   for (const auto& [token, id] : spec.at("vocab").items()) {
     const int32_t i = token_id_from_json(id, "token '" + token + "'");
     vocab_.emplace(token, i);
@@ -56,12 +58,19 @@ BpeModel::BpeModel(const nlohmann::json& spec) {
   }
   split_at_word_marker_ = marker_seen && !marker_inside;
   int32_t rank = 0;
-  for (const auto& m : spec.at("merges")) {
+  const nlohmann::json merges = spec.value("merges", nlohmann::json::array());
+  if (!merges.is_array()) throw Error("tokenizer.json: the BPE merges must be a list");
+  for (const auto& m : merges) {
     std::string left, right;
     if (m.is_array()) {
+      if (m.size() != 2 || !m.at(0).is_string() || !m.at(1).is_string())
+        throw Error("tokenizer.json: a merge must be two strings, got " + m.dump().substr(0, 64));
       left = m.at(0).get<std::string>();
       right = m.at(1).get<std::string>();
     } else {
+      if (!m.is_string())
+        throw Error("tokenizer.json: a merge must be \"a b\" or [\"a\", \"b\"], got " +
+                    m.dump().substr(0, 64));
       const std::string s = m.get<std::string>();
       const size_t space = s.find(' ', 1);
       if (space == std::string::npos) throw Error("tokenizer.json: malformed merge '" + s + "'");
