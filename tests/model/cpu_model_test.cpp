@@ -396,8 +396,7 @@ TEST(ModelConfig, EosIdsFromConfigAndGenerationConfig) {
   std::ofstream(dir / "config.json") << config.dump(1);
   EXPECT_EQ(ModelConfig::from_folder(dir).eos_token_ids, (std::vector<int32_t>{401, 409}));
   std::ofstream(dir / "generation_config.json") << R"({"eos_token_id": [409, 408]})";
-  EXPECT_EQ(ModelConfig::from_folder(dir).eos_token_ids,
-            (std::vector<int32_t>{401, 409, 408}));
+  EXPECT_EQ(ModelConfig::from_folder(dir).eos_token_ids, (std::vector<int32_t>{401, 409, 408}));
   config["eos_token_id"] = nullptr;
   std::ofstream(dir / "config.json") << config.dump(1);
   std::ofstream(dir / "generation_config.json") << R"({"bos_token_id": 1})";
