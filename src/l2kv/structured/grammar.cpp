@@ -8,8 +8,6 @@
 namespace l2kv::structured {
 namespace {
 
-constexpr int64_t kMaxRepeat = 100'000;
-
 ByteSet range(uint8_t lo, uint8_t hi) {
   ByteSet s;
   s.add_range(lo, hi);

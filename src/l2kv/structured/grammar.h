@@ -40,6 +40,8 @@ class Grammar {
   // a step ({0,100000} is 100,000 rules), and a request's constraint is refused beyond these.
   static constexpr int32_t kMaxRules = 250'000;
   static constexpr int64_t kMaxElements = 4'000'000;
+  // The largest count a repetition takes (repeat(); schema keywords such as maxLength).
+  static constexpr int64_t kMaxRepeat = 100'000;
 
   // A new rule with no alternatives yet (a reference may be taken before its body exists,
   // which recursive schemas need). `name` is for messages and dumps only. This and
@@ -60,7 +62,7 @@ class Grammar {
   Element literal_choice(std::vector<std::string> texts);
   Element optional(Element item);
   Element star(Element item);
-  // `item` min to max times; max -1: no upper bound. Throws l2kv::Error above 100,000.
+  // `item` min to max times; max -1: no upper bound. Throws l2kv::Error above kMaxRepeat.
   Element repeat(Element item, int64_t min, int64_t max);
   // One valid UTF-8 character of two to four bytes (one shared rule).
   Element utf8_multibyte();

@@ -265,23 +265,17 @@ class SchemaCompiler {
   std::optional<int64_t> count_field(const json& s, const char* name, const std::string& path) {
     const auto it = s.find(name);
     if (it == s.end()) return std::nullopt;
-    // JSON Schema counts any number with a zero fraction as an integer (5.0 is 5).
-    const bool whole =
-        it->is_number_integer() ||
-        (it->is_number_float() && it->get<double>() == std::floor(it->get<double>()));
-    if (!whole ||
-        (it->is_number_integer() && !it->is_number_unsigned() && it->get<int64_t>() < 0) ||
-        (it->is_number_float() && it->get<double>() < 0))
+    // JSON Schema counts any number with a zero fraction as an integer (5.0 is 5). Counts
+    // past Grammar::kMaxRepeat are refused, so a double holds every one taken exactly.
+    const double count = it->is_number() ? it->get<double>() : -1;
+    if (!(count >= 0) || count != std::floor(count))
       fail(path, std::string("'") + name + "' must be a non-negative integer, got " +
                      it->dump().substr(0, 32));
-    constexpr int64_t kMaxCount = 100'000;  // the grammar's repetition bound
-    const bool too_large = it->is_number_unsigned() ? it->get<uint64_t>() > kMaxCount
-                           : it->is_number_float()  ? it->get<double>() > kMaxCount
-                                                    : it->get<int64_t>() > kMaxCount;
-    if (too_large)
-      fail(path, std::string("'") + name + "' of " + it->dump().substr(0, 32) +
-                     " is above 100000, the largest count l2kv's grammars take");
-    return it->is_number_float() ? static_cast<int64_t>(it->get<double>()) : it->get<int64_t>();
+    if (count > static_cast<double>(Grammar::kMaxRepeat))
+      fail(path, std::string("'") + name + "' of " + it->dump().substr(0, 32) + " is above " +
+                     std::to_string(Grammar::kMaxRepeat) +
+                     ", the largest count l2kv's grammars take");
+    return static_cast<int64_t>(count);
   }
 
   // Integers, or numbers with bounds (written as integers in the range).
