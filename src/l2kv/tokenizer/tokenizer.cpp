@@ -66,6 +66,27 @@ void read_chat_templates(const nlohmann::json& config, std::string& main, std::s
         "\"default\"");
 }
 
+nlohmann::json parse_tokenizer_json(std::string_view text) {
+  try {
+    return nlohmann::json::parse(text);
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(std::string("tokenizer.json is not valid JSON: ") + e.what());
+  }
+}
+
+// tokenizer_config.json's object; empty text (no file) is an empty one.
+nlohmann::json parse_tokenizer_config(std::string_view text) {
+  nlohmann::json config;
+  try {
+    config = text.empty() ? nlohmann::json::object() : nlohmann::json::parse(text);
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(std::string("tokenizer_config.json is not valid JSON: ") + e.what());
+  }
+  if (!config.is_object())
+    throw Error("tokenizer_config.json must hold an object, got " + config.dump().substr(0, 64));
+  return config;
+}
+
 }  // namespace
 
 Tokenizer::Tokenizer() = default;
@@ -74,62 +95,43 @@ Tokenizer& Tokenizer::operator=(Tokenizer&&) noexcept = default;
 Tokenizer::~Tokenizer() = default;
 
 Tokenizer Tokenizer::from_folder(const std::filesystem::path& folder) {
-  const auto tokenizer_path = folder / "tokenizer.json";
   const auto config_path = folder / "tokenizer_config.json";
-  const std::string tokenizer_json = read_file(tokenizer_path);
-  std::string config_json = std::filesystem::exists(config_path) ? read_file(config_path) : "";
+  const std::string tokenizer_json = read_file(folder / "tokenizer.json");
+  const std::string config_json =
+      std::filesystem::exists(config_path) ? read_file(config_path) : "";
   try {
+    const nlohmann::json spec = parse_tokenizer_json(tokenizer_json);
+    nlohmann::json config = parse_tokenizer_config(config_json);
     // transformers 4.43+ saves the template as chat_template.jinja (earlier: chat_template.json)
     // beside a tokenizer_config.json that no longer holds it.
     const auto jinja_path = folder / "chat_template.jinja";
     const auto json_path = folder / "chat_template.json";
-    const bool separate = std::filesystem::exists(jinja_path) || std::filesystem::exists(json_path);
-    if (separate) {
-      nlohmann::json config = nlohmann::json::object();
-      if (!config_json.empty()) {
+    if (!config.contains("chat_template")) {
+      if (std::filesystem::exists(jinja_path)) {
+        config["chat_template"] = read_file(jinja_path);
+      } else if (std::filesystem::exists(json_path)) {
+        nlohmann::json t;
         try {
-          config = nlohmann::json::parse(config_json);
+          t = nlohmann::json::parse(read_file(json_path));
         } catch (const nlohmann::json::exception& e) {
-          throw Error(std::string("tokenizer_config.json is not valid JSON: ") + e.what());
+          throw Error(std::string("chat_template.json is not valid JSON: ") + e.what());
         }
-      }
-      if (config.is_object() && !config.contains("chat_template")) {
-        if (std::filesystem::exists(jinja_path)) {
-          config["chat_template"] = read_file(jinja_path);
-        } else {
-          nlohmann::json t;
-          try {
-            t = nlohmann::json::parse(read_file(json_path));
-          } catch (const nlohmann::json::exception& e) {
-            throw Error(std::string("chat_template.json is not valid JSON: ") + e.what());
-          }
-          if (!t.is_object() || !t.contains("chat_template"))
-            throw Error("chat_template.json has no \"chat_template\" field");
-          config["chat_template"] = t["chat_template"];
-        }
-        config_json = config.dump();
+        if (!t.is_object() || !t.contains("chat_template"))
+          throw Error("chat_template.json has no \"chat_template\" field");
+        config["chat_template"] = t["chat_template"];
       }
     }
-    return from_json(tokenizer_json, config_json);
+    return from_parsed(spec, config);
   } catch (const Error& e) {
     throw Error(folder.string() + ": " + e.what());
   }
 }
 
 Tokenizer Tokenizer::from_json(std::string_view tokenizer_json, std::string_view config_json) {
-  nlohmann::json spec, config;
-  try {
-    spec = nlohmann::json::parse(tokenizer_json);
-  } catch (const nlohmann::json::exception& e) {
-    throw Error(std::string("tokenizer.json is not valid JSON: ") + e.what());
-  }
-  try {
-    config = config_json.empty() ? nlohmann::json::object() : nlohmann::json::parse(config_json);
-  } catch (const nlohmann::json::exception& e) {
-    throw Error(std::string("tokenizer_config.json is not valid JSON: ") + e.what());
-  }
-  if (!config.is_object())
-    throw Error("tokenizer_config.json must hold an object, got " + config.dump().substr(0, 64));
+  return from_parsed(parse_tokenizer_json(tokenizer_json), parse_tokenizer_config(config_json));
+}
+
+Tokenizer Tokenizer::from_parsed(const nlohmann::json& spec, const nlohmann::json& config) {
   Tokenizer t;
   try {
     t.model_ = std::make_unique<BpeModel>(spec.at("model"));

@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <memory>
+#include <nlohmann/json_fwd.hpp>
 #include <optional>
 #include <span>
 #include <string>
@@ -66,6 +67,8 @@ class Tokenizer {
 
  private:
   Tokenizer();
+  // From the parsed tokenizer.json and tokenizer_config.json (an object).
+  static Tokenizer from_parsed(const nlohmann::json& spec, const nlohmann::json& config);
   std::unique_ptr<BpeModel> model_;
   std::unique_ptr<Normalizer> normalizer_;
   std::unique_ptr<PreTokenizer> pre_tokenizer_;
