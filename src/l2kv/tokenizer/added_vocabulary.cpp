@@ -30,17 +30,61 @@ AddedVocabulary::AddedVocabulary(const nlohmann::json& added_tokens) {
     if (token.content.empty()) throw Error("tokenizer.json: an added token has empty content");
     tokens_.push_back(std::move(token));
   }
-  for (int i = 0; i < static_cast<int>(tokens_.size()); ++i)
-    by_first_byte_[static_cast<unsigned char>(tokens_[i].content[0])].push_back(i);
-  for (auto& list : by_first_byte_)
-    std::stable_sort(list.begin(), list.end(), [&](int a, int b) {
-      return tokens_[a].content.size() > tokens_[b].content.size();
-    });
+  for (int32_t i = 0; i < static_cast<int32_t>(tokens_.size()); ++i) {
+    index_of_id_.emplace(tokens_[i].id, i);
+    int32_t node = 0;
+    for (const char c : tokens_[i].content) {
+      const auto byte = static_cast<unsigned char>(c);
+      auto& children = trie_[node].children;
+      auto it = std::lower_bound(children.begin(), children.end(), std::make_pair(byte, int32_t{0}),
+                                 [](const auto& a, const auto& b) { return a.first < b.first; });
+      if (it == children.end() || it->first != byte) {
+        const auto next = static_cast<int32_t>(trie_.size());
+        it = children.insert(it, {byte, next});
+        trie_.emplace_back();  // invalidates `children`, not the value copied below
+        node = next;
+      } else {
+        node = it->second;
+      }
+    }
+    trie_[node].tokens.push_back(i);
+  }
 }
 
 const AddedToken* AddedVocabulary::find(int32_t id) const {
-  for (const auto& t : tokens_)
-    if (t.id == id) return &t;
+  const auto it = index_of_id_.find(id);
+  return it == index_of_id_.end() ? nullptr : &tokens_[it->second];
+}
+
+int32_t AddedVocabulary::child(int32_t node, unsigned char byte) const {
+  const auto& children = trie_[node].children;
+  const auto it =
+      std::lower_bound(children.begin(), children.end(), std::make_pair(byte, int32_t{0}),
+                       [](const auto& a, const auto& b) { return a.first < b.first; });
+  return it == children.end() || it->first != byte ? -1 : it->second;
+}
+
+const AddedToken* AddedVocabulary::match_at(std::string_view text, size_t at) const {
+  // Nodes on the path where some token ends, shortest first.
+  std::vector<int32_t> ends;
+  int32_t node = 0;
+  for (size_t k = at; k < text.size(); ++k) {
+    node = child(node, static_cast<unsigned char>(text[k]));
+    if (node < 0) break;
+    if (!trie_[node].tokens.empty()) ends.push_back(node);
+  }
+  for (auto e = ends.rbegin(); e != ends.rend(); ++e) {
+    for (const int32_t index : trie_[*e].tokens) {
+      const AddedToken& t = tokens_[index];
+      if (t.single_word) {
+        const bool left_ok = at == 0 || !is_word_byte(text[at - 1]);
+        const size_t end = at + t.content.size();
+        const bool right_ok = end >= text.size() || !is_word_byte(text[end]);
+        if (!left_ok || !right_ok) continue;
+      }
+      return &t;
+    }
+  }
   return nullptr;
 }
 
@@ -49,19 +93,7 @@ std::vector<AddedVocabulary::Segment> AddedVocabulary::split(std::string_view te
   size_t text_start = 0;  // start of the pending plain-text segment
   size_t i = 0;
   while (i < text.size()) {
-    const AddedToken* hit = nullptr;
-    for (int index : by_first_byte_[static_cast<unsigned char>(text[i])]) {
-      const AddedToken& t = tokens_[index];
-      if (text.compare(i, t.content.size(), t.content) != 0) continue;
-      if (t.single_word) {
-        const bool left_ok = i == 0 || !is_word_byte(text[i - 1]);
-        const size_t end = i + t.content.size();
-        const bool right_ok = end >= text.size() || !is_word_byte(text[end]);
-        if (!left_ok || !right_ok) continue;
-      }
-      hit = &t;
-      break;
-    }
+    const AddedToken* hit = match_at(text, i);
     if (hit == nullptr) {
       ++i;
       continue;
