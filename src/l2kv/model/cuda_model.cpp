@@ -655,13 +655,16 @@ struct CudaModel::GraphOps {
   // blocks per SM), and weighted x in either ring form was slower. bf16 only: in fp16,
   // weight x residual before the division by the rms can overflow or fall into subnormals.
   bool gate_up_takes_weighted_x() const { return c().dtype == DType::kBFloat16; }
-  // At 2-16 rows gate_up runs on cuBLASLt (the GEMV lost there: 3 % slower steps at 4 and 8 rows,
-  // 7 % at 16, bench/NOTES.md) over the weighted x, into float32, and weighted_silu_mul applies
-  // the rows' 1 / rms, so no add_rmsnorm runs; QKV after the first layer reads the weighted x
-  // the down projection's epilogue wrote (at these rows the GEMV runs the same ring or register
-  // form as in nine kernels; the norm prologue cost each block a normalization of every row).
+  // gate_up of up to this many rows runs on the GEMV over the weighted x with SiLU x up in its
+  // epilogue; above, on cuBLASLt over the weighted x, into float32, and weighted_silu_mul
+  // applies the rows' 1 / rms. Either way no add_rmsnorm runs, and QKV after the first layer
+  // reads the weighted x the down projection's epilogue wrote. Measured on an H100 (bench/
+  // NOTES.md, "gate_up on the GEMV at 2-10 rows"): steps 2.7-5 % faster at 2-8 rows and 1-3 %
+  // at 10 on Llama-3-8B, Qwen2.5-7B and Llama-2-7B; at 12-16 rows as fast or up to 3 % slower.
+  // (With the norm prologue instead of the weighted x, the GEMV lost at 2-16 rows.)
+  static constexpr int32_t kFusedGateUpGemvMaxRows = 10;
   bool gate_up_on_cublaslt() const {
-    return n > kGateUpGemvMaxRows && m->has_weighted_x_rows_form();
+    return n > kFusedGateUpGemvMaxRows && m->has_weighted_x_rows_form();
   }
   bool qkv_takes_weighted_x(int64_t l) const {
     return n > 1 && l > 0 && l < c().num_layers && m->has_weighted_x_rows_form();
@@ -798,9 +801,9 @@ struct CudaModel::GraphOps {
     norm_block_output(w(l).attention_out_norm);
     if (!pending_fp8) pending = ws().proj.ptr;  // added by the next norm
   }
-  // One row: gate_up with SiLU x up in the GEMV's epilogue instead of cuBLASLt and gated_mul.
-  // Measured on an H200 (bench/NOTES.md, "The GEMV's weights in a shared-memory ring"): 2 %
-  // faster steps at batch 1, 3 % slower at 4 and 8, 7 % at 16.
+  // Nine kernels, one row: gate_up with SiLU x up in the GEMV's epilogue instead of cuBLASLt and
+  // gated_mul. Measured on an H200 (bench/NOTES.md, "The GEMV's weights in a shared-memory
+  // ring"): 2 % faster steps at batch 1, 3 % slower at 4 and 8, 7 % at 16.
   static constexpr int32_t kGateUpGemvMaxRows = 1;
   bool gate_up_silu_on_gemv() const {
     return n <= kGateUpGemvMaxRows && m->gate_up_interleaved_ && !c().fp8_weights &&
