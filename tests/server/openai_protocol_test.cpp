@@ -979,6 +979,40 @@ const Tokenizer& ascii_tokenizer_with_bos() {
   return tokenizer;
 }
 
+// A prompt the tokenizer refuses is the request's error: a pre-tokenizer regex that backtracks
+// without end on "aaa...a!" reaches PCRE2's match limit, and completions, chat and /tokenize
+// answer 400 naming the field (a 500 before).
+TEST(OpenAiProtocol, APromptTheTokenizerRefusesIsABadRequest) {
+  nlohmann::json vocab = nlohmann::json::object();
+  for (int c = 32; c < 127; ++c) vocab[std::string(1, static_cast<char>(c))] = c - 32;
+  const nlohmann::json spec = {
+      {"pre_tokenizer",
+       {{"type", "Split"},
+        {"pattern", {{"Regex", "(a|aa)+$"}}},
+        {"behavior", "Isolated"},
+        {"invert", false}}},
+      {"model", {{"type", "BPE"}, {"vocab", vocab}, {"merges", nlohmann::json::array()}}}};
+  const Tokenizer tok = Tokenizer::from_json(spec.dump());
+  EXPECT_EQ(tok.encode("aa c", false).size(), 4u);  // the regex works where it ends
+  const std::string runaway = std::string(60, 'a') + "!";
+  const std::string body = R"({"prompt": ")" + runaway + R"("})";
+  ApiError e = error_of([&] { tokenize_prompts(completion(body), &tok, nullptr); });
+  EXPECT_EQ(e.status, 400);
+  EXPECT_EQ(e.param, "prompt");
+  EXPECT_NE(e.message.find("The prompt could not be tokenized"), std::string::npos) << e.message;
+  EXPECT_NE(e.message.find("(a|aa)+$"), std::string::npos) << e.message;
+  const ChatTemplate tmpl("{% for m in messages %}{{ m.content }}{% endfor %}", "", "");
+  e = error_of([&] {
+    tokenize_prompts(chat(R"({"messages": [{"role": "user", "content": ")" + runaway + R"("}]})"),
+                     &tok, &tmpl);
+  });
+  EXPECT_EQ(e.status, 400);
+  EXPECT_EQ(e.param, "messages");
+  e = error_of([&] { tokenize_response(json::parse(body), kLimits, &tok, nullptr); });
+  EXPECT_EQ(e.status, 400);
+  EXPECT_EQ(e.param, "prompt");
+}
+
 // vLLM's prompt fields: add_special_tokens, truncate_prompt_tokens (left truncation, -1 = the
 // model's length), and on chat add_generation_prompt and chat_template_kwargs (template
 // variables); include_stop_str_in_output reaches the sampling parameters.

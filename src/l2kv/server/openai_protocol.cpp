@@ -1044,6 +1044,18 @@ void truncate_prompt(std::vector<int32_t>& ids, int32_t keep) {
   if (keep > 0 && ids.size() > static_cast<size_t>(keep)) ids.erase(ids.begin(), ids.end() - keep);
 }
 
+// The prompt's token ids. A text the tokenizer refuses (its pre-tokenizer's regex reaching
+// PCRE2's match limit on this text, say) is the request's problem, not the server's: a 400
+// naming the field, where it was a 500.
+std::vector<int32_t> encode_prompt(const Tokenizer& tokenizer, const std::string& text,
+                                   bool add_special_tokens, const std::string& param) {
+  try {
+    return tokenizer.encode(text, add_special_tokens);
+  } catch (const Error& e) {
+    bad_request(std::string("The prompt could not be tokenized: ") + e.what(), param);
+  }
+}
+
 }  // namespace
 
 std::vector<std::vector<int32_t>> tokenize_prompts(const ApiRequest& request,
@@ -1068,7 +1080,8 @@ std::vector<std::vector<int32_t>> tokenize_prompts(const ApiRequest& request,
       bad_request(std::string("The chat template failed: ") + e.what(), "messages");
     }
     // The template writes BOS itself, so no special tokens unless asked for.
-    out.push_back(tokenizer->encode(text, request.add_special_tokens.value_or(false)));
+    out.push_back(
+        encode_prompt(*tokenizer, text, request.add_special_tokens.value_or(false), "messages"));
     truncate_prompt(out.back(), request.truncate_prompt_tokens);
     return out;
   }
@@ -1083,7 +1096,8 @@ std::vector<std::vector<int32_t>> tokenize_prompts(const ApiRequest& request,
           "This model folder has no tokenizer.json: give the prompt as token ids (a list of "
           "integers).",
           "prompt");
-    out.push_back(tokenizer->encode(p.text, request.add_special_tokens.value_or(true)));
+    out.push_back(
+        encode_prompt(*tokenizer, p.text, request.add_special_tokens.value_or(true), "prompt"));
     if (out.back().empty()) bad_request("The prompt must not be empty.", "prompt");
     truncate_prompt(out.back(), request.truncate_prompt_tokens);
   }
@@ -1153,7 +1167,8 @@ json tokenize_response(const json& body, const ServerLimits& limits, const Token
       if (!tokenizer) no_tokenizer("prompt");
       text = prompt->get<std::string>();
     }
-    const std::vector<int32_t> ids = tokenizer->encode(text, special);
+    const std::vector<int32_t> ids =
+        encode_prompt(*tokenizer, text, special, chat ? "messages" : "prompt");
     json strs = nullptr;
     if (token_strs) {
       strs = json::array();
