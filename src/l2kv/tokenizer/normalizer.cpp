@@ -11,6 +11,14 @@
 namespace l2kv {
 namespace {
 
+[[noreturn]] void too_long(const std::string& step, size_t in, size_t out, size_t max_bytes) {
+  throw Error("tokenizer.json's " + step + " normalizer would grow a text of " +
+              std::to_string(in) + " bytes to " + std::to_string(out) + " bytes (at most " +
+              std::to_string(max_bytes) + ": " + std::to_string(Normalizer::kMaxGrowth) +
+              " times the text's bytes before normalization, plus " +
+              std::to_string(Normalizer::kSlackBytes) + ")");
+}
+
 class NfcNormalizer : public Normalizer {
  public:
   NfcNormalizer() {
@@ -18,7 +26,7 @@ class NfcNormalizer : public Normalizer {
     nfc_ = icu::Normalizer2::getNFCInstance(status);
     if (U_FAILURE(status)) throw Error("ICU NFC normalizer unavailable");
   }
-  std::string normalize(std::string text) const override {
+  std::string normalize_within(std::string text, size_t max_bytes) const override {
     bool ascii = true;
     for (unsigned char c : text) ascii &= c < 0x80;
     if (ascii) return text;  // ASCII is always NFC
@@ -30,6 +38,7 @@ class NfcNormalizer : public Normalizer {
     if (U_FAILURE(status)) throw Error("NFC normalization failed");
     std::string result;
     out.toUTF8String(result);
+    if (result.size() > max_bytes) too_long("NFC", text.size(), result.size(), max_bytes);
     return result;
   }
 
@@ -40,8 +49,11 @@ class NfcNormalizer : public Normalizer {
 class PrependNormalizer : public Normalizer {
  public:
   explicit PrependNormalizer(std::string prefix) : prefix_(std::move(prefix)) {}
-  std::string normalize(std::string text) const override {
-    return text.empty() ? text : prefix_ + text;
+  std::string normalize_within(std::string text, size_t max_bytes) const override {
+    if (text.empty()) return text;
+    if (text.size() + prefix_.size() > max_bytes)
+      too_long("Prepend", text.size(), text.size() + prefix_.size(), max_bytes);
+    return prefix_ + text;
   }
 
  private:
@@ -52,8 +64,16 @@ class ReplaceNormalizer : public Normalizer {
  public:
   ReplaceNormalizer(std::string from, std::string to)
       : from_(std::move(from)), to_(std::move(to)) {}
-  std::string normalize(std::string text) const override {
+  std::string normalize_within(std::string text, size_t max_bytes) const override {
     if (from_.empty()) return text;
+    if (to_.size() > from_.size()) {  // count the hits first: the result's size, unallocated
+      size_t hits = 0;
+      for (size_t at = text.find(from_); at != std::string::npos;
+           at = text.find(from_, at + from_.size()))
+        ++hits;
+      const size_t grown = text.size() + hits * (to_.size() - from_.size());
+      if (grown > max_bytes) too_long("Replace", text.size(), grown, max_bytes);
+    }
     std::string out;
     out.reserve(text.size());
     size_t pos = 0, hit;
@@ -74,8 +94,8 @@ class SequenceNormalizer : public Normalizer {
  public:
   explicit SequenceNormalizer(std::vector<std::unique_ptr<Normalizer>> steps)
       : steps_(std::move(steps)) {}
-  std::string normalize(std::string text) const override {
-    for (const auto& s : steps_) text = s->normalize(std::move(text));
+  std::string normalize_within(std::string text, size_t max_bytes) const override {
+    for (const auto& s : steps_) text = s->normalize_within(std::move(text), max_bytes);
     return text;
   }
 
