@@ -197,5 +197,30 @@ TEST(ChatTemplate, LanguageBasics) {
   EXPECT_THROW(render("{{ raise_exception('stop here') }}"), Error);
 }
 
+// Case changes and string repetition as Python makes them, beyond ASCII.
+TEST(ChatTemplate, CaseAndRepetitionAsPython) {
+  const auto render = [](const std::string& source) {
+    ChatRequest r;
+    r.messages = nlohmann::ordered_json::array();
+    return ChatTemplate(source, "<s>", "</s>").render(r);
+  };
+  EXPECT_EQ(render("{{ 'stra\u00dfe'|upper }} {{ '\u0391\u0392\u0393'|lower }} "
+                   "{{ '\u00c9COLE'.lower() }} {{ '\u00e9cole'.upper() }}"),
+            "STRASSE \u03b1\u03b2\u03b3 \u00e9cole \u00c9COLE");
+  EXPECT_EQ(render("{{ 'hello wORLD'|capitalize }} {{ '\u00e9LAN'.capitalize() }}"),
+            "Hello world \u00c9lan");
+  // str.title(): after any uncased character; Jinja's title filter: after '-', spaces and
+  // brackets only.
+  EXPECT_EQ(render("{{ \"they're bill's-x a1b\".title() }}|{{ \"they're bill's-x a1b\"|title }}"),
+            "They'Re Bill'S-X A1B|They're Bill's-X A1b");
+  EXPECT_EQ(render("{{ '\u00df'.title() }} {{ '\u00e9t\u00e9 (\u00e0 [la] <plage>'|title }}"),
+            "Ss \u00c9t\u00e9 (\u00c0 [La] <Plage>");
+  EXPECT_EQ(
+      render("{{ '-' * 3 }}{{ 2 * 'ab' }}{{ 'x' * 0 }}{{ 'y' * -2 }}|{{ 'a\u00f1'|list|length }}"
+             "{{ ('a\u00f1'|list)[1] }}"),
+      "---abab|2\u00f1");
+  EXPECT_THROW(render("{{ 'ab' * 100000000 }}"), Error);  // past the 16 MiB string bound
+}
+
 }  // namespace
 }  // namespace l2kv

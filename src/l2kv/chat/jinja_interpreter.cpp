@@ -4,6 +4,7 @@
 #include <cmath>
 #include <limits>
 
+#include "l2kv/chat/text_case.h"
 #include "l2kv/core/error.h"
 
 namespace l2kv::jinja {
@@ -68,13 +69,6 @@ std::string join_values(const List& items, const std::string& separator) {
     if (r.size() > kMaxStringBytes) too_long();
   }
   return r;
-}
-
-std::string change_case(std::string s, bool upper) {
-  for (auto& c : s)
-    c = static_cast<char>(upper ? std::toupper(static_cast<unsigned char>(c))
-                                : std::tolower(static_cast<unsigned char>(c)));
-  return s;
 }
 
 class Interpreter {
@@ -487,7 +481,8 @@ class Interpreter {
       if (e.name == "strip") return Value(strip_chars(s, str_arg(0, ""), true, true));
       if (e.name == "lstrip") return Value(strip_chars(s, str_arg(0, ""), true, false));
       if (e.name == "rstrip") return Value(strip_chars(s, str_arg(0, ""), false, true));
-      if (e.name == "upper" || e.name == "lower") return Value(change_case(s, e.name == "upper"));
+      if (e.name == "upper") return Value(to_upper(s));
+      if (e.name == "lower") return Value(to_lower(s));
       if (e.name == "startswith") return Value(s.starts_with(str_arg(0, "")));
       if (e.name == "endswith") return Value(s.ends_with(str_arg(0, "")));
       if (e.name == "replace") {
@@ -532,7 +527,8 @@ class Interpreter {
         parts.push_back(Value(s.substr(start)));
         return Value::list(std::move(parts));
       }
-      if (e.name == "title" || e.name == "capitalize") return apply_case(s, e.name);
+      if (e.name == "title") return Value(python_title(s));
+      if (e.name == "capitalize") return Value(capitalize(s));
       if (e.name == "join") {
         if (args.empty() || !args[0].is_list()) fail(e, "join() needs a list");
         return Value(join_charged(args[0].list_items(), s));
@@ -564,21 +560,6 @@ class Interpreter {
       return Value(n);
     }
     fail(e, "no method " + e.name + "() on a " + self.type_name());
-  }
-
-  static Value apply_case(const std::string& s, const std::string& how) {
-    std::string r = s;
-    bool word_start = true;
-    for (size_t i = 0; i < r.size(); ++i) {
-      unsigned char c = static_cast<unsigned char>(r[i]);
-      if (how == "capitalize")
-        r[i] = static_cast<char>(i == 0 ? std::toupper(c) : std::tolower(c));
-      else {
-        r[i] = static_cast<char>(word_start ? std::toupper(c) : std::tolower(c));
-        word_start = !std::isalnum(c);
-      }
-    }
-    return Value(r);
   }
 
   Value apply_filter(const Expr& e) {
@@ -631,14 +612,16 @@ class Interpreter {
     if (f == "list") {
       if (v.is_list()) return Value::list(v.list_items());
       List items;
-      if (v.is_string())
-        for (char c : v.str()) items.push_back(Value(std::string(1, c)));
+      if (v.is_string())  // characters, as Python's list(str)
+        for (std::string& c : characters(v.str())) items.push_back(Value(std::move(c)));
       if (v.is_dict())
         for (const auto& [k, x] : v.dict_items()) items.push_back(Value(k));
       return Value::list(std::move(items));
     }
-    if (f == "upper" || f == "lower") return Value(change_case(output_of(v), f == "upper"));
-    if (f == "capitalize" || f == "title") return apply_case(output_of(v), f);
+    if (f == "upper") return Value(to_upper(output_of(v)));
+    if (f == "lower") return Value(to_lower(output_of(v)));
+    if (f == "capitalize") return Value(capitalize(output_of(v)));
+    if (f == "title") return Value(jinja_title(output_of(v)));
     if (f == "replace") {
       if (args.size() < 2) fail(e, "replace needs two arguments");
       return Value(replace_all(output_of(v), output_of(args[0]), output_of(args[1])));
@@ -803,6 +786,19 @@ class Interpreter {
         r.insert(r.end(), b.list_items().begin(), b.list_items().end());
         return Value::list(std::move(r));
       }
+    }
+    if (op == "*" && ((a.is_string() && b.is_int()) || (a.is_int() && b.is_string()))) {
+      // Python's repetition: '-' * 20.
+      const std::string& text = a.is_string() ? a.str() : b.str();
+      const int64_t times = std::get<int64_t>((a.is_int() ? a : b).v);
+      if (times <= 0 || text.empty()) return Value(std::string());
+      if (static_cast<uint64_t>(times) > kMaxStringBytes / text.size()) too_long();
+      const size_t bytes = text.size() * static_cast<size_t>(times);
+      charge(1 + static_cast<int64_t>(bytes / 64));
+      std::string r;
+      r.reserve(bytes);
+      for (int64_t i = 0; i < times; ++i) r += text;
+      return Value(std::move(r));
     }
     if (!a.is_number() || !b.is_number())
       fail(e, "operator " + op + " on a " + a.type_name() + " and a " + b.type_name());
