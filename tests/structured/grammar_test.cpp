@@ -214,6 +214,17 @@ ws ::= [ \t\n]?
                           "root ::= \"a\"\nroot ::= \"b\"", "root = x"}) {
     EXPECT_THROW(gbnf_grammar(bad), Error) << bad;
   }
+  // A count past Grammar::kMaxRepeat is named, whatever its digits (it failed on the eighth).
+  EXPECT_TRUE(grammar_matches(gbnf_grammar("root ::= \"a\"{0,100000}"), "aaa"));
+  for (const char* big : {"root ::= \"a\"{0,100000000}", "root ::= \"a\"{100001}",
+                          "root ::= \"a\"{99999999999999999999,}"}) {
+    try {
+      gbnf_grammar(big);
+      ADD_FAILURE() << "no error: " << big;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("is above 100000"), std::string::npos) << e.what();
+    }
+  }
 }
 
 TEST(JsonSchemaGrammar, Objects) {

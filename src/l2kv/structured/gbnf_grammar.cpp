@@ -1,5 +1,6 @@
 #include "l2kv/structured/gbnf_grammar.h"
 
+#include <algorithm>
 #include <map>
 #include <string>
 #include <vector>
@@ -196,11 +197,13 @@ class GbnfParser {
   // {m}, {m,} or {m,n} after an item.
   Element braces(Element item) {
     ++pos_;
+    // Every digit is read (saturating at 10^15), so a count too large is named as such by
+    // Grammar::repeat instead of failing on its eighth digit.
     auto number = [&] {
       const size_t start = pos_;
       int64_t v = 0;
-      while (pos_ < t_.size() && t_[pos_] >= '0' && t_[pos_] <= '9' && pos_ - start < 7)
-        v = v * 10 + (t_[pos_++] - '0');
+      while (pos_ < t_.size() && t_[pos_] >= '0' && t_[pos_] <= '9')
+        v = std::min<int64_t>(v * 10 + (t_[pos_++] - '0'), 1'000'000'000'000'000);
       if (pos_ == start) fail("a repetition count");
       return v;
     };
