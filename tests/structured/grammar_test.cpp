@@ -283,6 +283,32 @@ TEST(JsonSchemaGrammar, RecursiveReferences) {
   EXPECT_FALSE(grammar_matches(g, R"({"value":1,"children":[{}]})"));
 }
 
+// References are URI fragments: percent-encoded names and list indices resolve (RFC 6901);
+// a bad index or escape is named.
+TEST(JsonSchemaGrammar, ReferencesThroughEscapesAndIndices) {
+  const Grammar spaced = schema(R"({"$ref": "#/$defs/a%20b~1c", "$defs": {"a b/c": {"type":
+      "integer"}}})");
+  EXPECT_TRUE(grammar_matches(spaced, "12"));
+  EXPECT_FALSE(grammar_matches(spaced, "\"x\""));
+  const Grammar indexed = schema(R"({"type": "object", "properties": {"p": {"anyOf": [
+      {"type": "boolean"}, {"type": "null"}]}, "q": {"$ref": "#/properties/p/anyOf/1"}},
+      "required": ["q"]})");
+  EXPECT_TRUE(grammar_matches(indexed, R"({"q":null})"));
+  EXPECT_FALSE(grammar_matches(indexed, R"({"q":true})"));
+  for (const auto& [text, message] : std::vector<std::pair<const char*, const char*>>{
+           {R"({"anyOf": [{"type": "null"}, {"$ref": "#/anyOf/2"}]})",
+            "not an index of a list of 2"},
+           {R"({"anyOf": [{"type": "null"}, {"$ref": "#/anyOf/01"}]})", "not an index"},
+           {R"({"$ref": "#/$defs/a%2", "$defs": {}})", "two hex digits"}}) {
+    try {
+      schema(text);
+      ADD_FAILURE() << "no error for " << text;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(message), std::string::npos) << e.what();
+    }
+  }
+}
+
 TEST(JsonSchemaGrammar, JsonObject) {
   const Grammar g = json_object_grammar();
   EXPECT_TRUE(grammar_matches(g, R"({"a": [1, {"b": null}], "c": "d"})"));

@@ -6,6 +6,7 @@
 #include <set>
 
 #include "l2kv/core/error.h"
+#include "l2kv/core/hex_digit.h"
 #include "l2kv/structured/regex_grammar.h"
 
 namespace l2kv::structured {
@@ -434,22 +435,47 @@ class SchemaCompiler {
     if (const auto it = refs_.find(ref); it != refs_.end()) return Grammar::rule(it->second);
     if (ref.empty() || ref[0] != '#')
       fail(path, "'$ref' '" + ref + "': only references within the schema (#/...) are supported");
+    // A URI fragment: percent-decoded first, then read as a JSON pointer (RFC 6901, 6).
+    std::string pointer;
+    for (size_t k = 1; k < ref.size(); ++k) {
+      if (ref[k] != '%') {
+        pointer.push_back(ref[k]);
+        continue;
+      }
+      const int hi = k + 2 < ref.size() ? hex_digit_value(ref[k + 1]) : -1;
+      const int lo = k + 2 < ref.size() ? hex_digit_value(ref[k + 2]) : -1;
+      if (hi < 0 || lo < 0)
+        fail(path, "'$ref' '" + ref + "' has a '%' not followed by two hex digits");
+      pointer.push_back(static_cast<char>(hi * 16 + lo));
+      k += 2;
+    }
     const json* target = &root_;
-    size_t pos = 1;
-    while (pos < ref.size()) {
-      if (ref[pos] != '/') fail(path, "'$ref' '" + ref + "' is not a JSON pointer");
-      const size_t end = std::min(ref.find('/', pos + 1), ref.size());
+    size_t pos = 0;
+    while (pos < pointer.size()) {
+      if (pointer[pos] != '/') fail(path, "'$ref' '" + ref + "' is not a JSON pointer");
+      const size_t end = std::min(pointer.find('/', pos + 1), pointer.size());
       std::string token;  // ~1 is '/', ~0 is '~'
       for (size_t k = pos + 1; k < end; ++k) {
-        if (ref[k] == '~' && k + 1 < end && (ref[k + 1] == '0' || ref[k + 1] == '1')) {
-          token.push_back(ref[++k] == '1' ? '/' : '~');
+        if (pointer[k] == '~' && k + 1 < end && (pointer[k + 1] == '0' || pointer[k + 1] == '1')) {
+          token.push_back(pointer[++k] == '1' ? '/' : '~');
         } else {
-          token.push_back(ref[k]);
+          token.push_back(pointer[k]);
         }
       }
-      if (!target->is_object() || !target->contains(token))
-        fail(path, "'$ref' '" + ref + "' does not resolve");
-      target = &(*target)[token];
+      if (target->is_array()) {  // an index: digits, no leading zero
+        const bool digits =
+            !token.empty() && token.size() <= 9 &&
+            std::all_of(token.begin(), token.end(), [](char c) { return c >= '0' && c <= '9'; }) &&
+            (token == "0" || token[0] != '0');
+        if (!digits || std::stoul(token) >= target->size())
+          fail(path, "'$ref' '" + ref + "' does not resolve: '" + token +
+                         "' is not an index of a list of " + std::to_string(target->size()));
+        target = &(*target)[std::stoul(token)];
+      } else {
+        if (!target->is_object() || !target->contains(token))
+          fail(path, "'$ref' '" + ref + "' does not resolve");
+        target = &(*target)[token];
+      }
       pos = end;
     }
     const int32_t r = g_.new_rule("ref " + ref);
@@ -472,7 +498,9 @@ class SchemaCompiler {
   }
 
   Element value(const json& s, const std::string& path) {
-    if (++depth_ > kMaxSchemaDepth) fail(path, "the schema nests too deeply");
+    if (++depth_ > kMaxSchemaDepth)
+      fail(path, "the schema nests too deeply: more than " + std::to_string(kMaxSchemaDepth) +
+                     " levels of subschemas, counting each '$ref' followed");
     struct Leave {
       int& d;
       ~Leave() { --d; }
