@@ -366,8 +366,14 @@ void check_programmatic_launch(DType dtype, const std::vector<int64_t>& row_coun
         L2KV_CUDA_CHECK(cudaMemcpy(v.data(), y.ptr, v.size() * 2, cudaMemcpyDeviceToHost));
         return v;
       };
+      auto read_x = [&] {
+        std::vector<uint16_t> v(x.size());
+        L2KV_CUDA_CHECK(cudaMemcpy(v.data(), x.ptr, v.size() * 2, cudaMemcpyDeviceToHost));
+        return v;
+      };
       step(false);
       const std::vector<uint16_t> expected = result();
+      const std::vector<uint16_t> x_expected = read_x();
       ASSERT_TRUE(std::all_of(expected.begin(), expected.end(), [&](uint16_t b) {
         return std::isfinite(dtype_bits_to_float(dtype, b));
       }));
@@ -382,10 +388,22 @@ void check_programmatic_launch(DType dtype, const std::vector<int64_t>& row_coun
         L2KV_CUDA_CHECK(cudaMemcpy(reference.data(), y_reference.ptr, reference.size() * 2,
                                    cudaMemcpyDeviceToHost));
       }
+      // On a mismatch, also which outputs are NaN (x read before the norm wrote it) and whether
+      // the norm's x itself came out different.
       auto check = [&](const std::vector<uint16_t>& got, const std::string& what) {
-        if (got != expected)
-          ADD_FAILURE() << what << ": "
-                        << describe_difference(got, expected, reference, out, dtype);
+        if (got == expected) return;
+        int64_t nan_outputs = 0, x_rows_differ = 0, x_first = -1;
+        for (uint16_t b : got) nan_outputs += std::isnan(dtype_bits_to_float(dtype, b));
+        const std::vector<uint16_t> x_now = read_x();
+        for (int64_t r = 0; r < rows; ++r)
+          if (!std::equal(x_now.begin() + r * in, x_now.begin() + (r + 1) * in,
+                          x_expected.begin() + r * in)) {
+            ++x_rows_differ;
+            if (x_first < 0) x_first = r;
+          }
+        ADD_FAILURE() << what << ": " << describe_difference(got, expected, reference, out, dtype)
+                      << "; " << nan_outputs << " outputs NaN; x after the step differs from the "
+                      << "plain step's in " << x_rows_differ << " rows (first " << x_first << ")";
       };
       for (int repeat = 0; repeat < 3; ++repeat) {
         step(true);
