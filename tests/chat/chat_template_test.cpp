@@ -220,6 +220,14 @@ TEST(ChatTemplate, CaseAndRepetitionAsPython) {
              "{{ ('a\u00f1'|list)[1] }}"),
       "---abab|2\u00f1");
   EXPECT_THROW(render("{{ 'ab' * 100000000 }}"), Error);  // past the 16 MiB string bound
+  // A capital sigma ending a word lower-cases to final sigma, in the context Python gives it:
+  // the whole string for capitalize and str.title(), each piece after its first character for
+  // Jinja's title filter.
+  EXPECT_EQ(
+      render("{{ '\u039f\u0394\u039f\u03a3'|capitalize }} {{ '\u0391\u03a3'.title() }} "
+             "{{ '\u03a3\u0391\u03a3 \u03a3\u0391\u03a3'|title }} {{ '\u0391\u03a3'|lower }}"),
+      "\u039f\u03b4\u03bf\u03c2 \u0391\u03c2 \u03a3\u03b1\u03c2 \u03a3\u03b1\u03c2 "
+      "\u03b1\u03c2");
 }
 
 }  // namespace

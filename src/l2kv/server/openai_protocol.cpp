@@ -13,6 +13,7 @@
 #include "l2kv/structured/grammar_cache.h"
 #include "l2kv/structured/json_schema.h"
 #include "l2kv/structured/regex_grammar.h"
+#include "l2kv/tokenizer/regex.h"
 #include "l2kv/tokenizer/tokenizer.h"
 
 namespace l2kv::server {
@@ -1044,14 +1045,14 @@ void truncate_prompt(std::vector<int32_t>& ids, int32_t keep) {
   if (keep > 0 && ids.size() > static_cast<size_t>(keep)) ids.erase(ids.begin(), ids.end() - keep);
 }
 
-// The prompt's token ids. A text the tokenizer refuses (its pre-tokenizer's regex reaching
-// PCRE2's match limit on this text, say) is the request's problem, not the server's: a 400
-// naming the field, where it was a 500.
+// The prompt's token ids. A text too much for the pre-tokenizer's regex (PCRE2's match or
+// depth limit reached on it) is the request's problem: a 400 naming the field, where it was a
+// 500. Other tokenizer failures stay the server's.
 std::vector<int32_t> encode_prompt(const Tokenizer& tokenizer, const std::string& text,
                                    bool add_special_tokens, const std::string& param) {
   try {
     return tokenizer.encode(text, add_special_tokens);
-  } catch (const Error& e) {
+  } catch (const RegexLimitError& e) {
     bad_request(std::string("The prompt could not be tokenized: ") + e.what(), param);
   }
 }

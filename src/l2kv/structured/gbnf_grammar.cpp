@@ -197,15 +197,18 @@ class GbnfParser {
   // {m}, {m,} or {m,n} after an item.
   Element braces(Element item) {
     ++pos_;
-    // Every digit is read (saturating at 10^15), so a count too large is named as such by
-    // Grammar::repeat instead of failing on its eighth digit.
+    // Every digit is read, so a count too large is named as such instead of failing on a
+    // digit past some width.
     auto number = [&] {
       const size_t start = pos_;
-      int64_t v = 0;
-      while (pos_ < t_.size() && t_[pos_] >= '0' && t_[pos_] <= '9')
-        v = std::min<int64_t>(v * 10 + (t_[pos_++] - '0'), 1'000'000'000'000'000);
+      while (pos_ < t_.size() && t_[pos_] >= '0' && t_[pos_] <= '9') ++pos_;
       if (pos_ == start) fail("a repetition count");
-      return v;
+      std::string digits(t_.substr(start, pos_ - start));
+      digits.erase(0, std::min(digits.find_first_not_of('0'), digits.size() - 1));
+      if (digits.size() > 6 || std::stoll(digits) > Grammar::kMaxRepeat)
+        throw Error("grammar: repetition count " + digits + " is above " +
+                    std::to_string(Grammar::kMaxRepeat));
+      return static_cast<int64_t>(std::stoll(digits));
     };
     const int64_t min = number();
     int64_t max = min;

@@ -432,7 +432,6 @@ class SchemaCompiler {
 
   // The JSON pointer `ref` ("#", "#/$defs/Name", ...) in the root schema.
   Element reference(const std::string& ref, const std::string& path) {
-    if (const auto it = refs_.find(ref); it != refs_.end()) return Grammar::rule(it->second);
     if (ref.empty() || ref[0] != '#')
       fail(path, "'$ref' '" + ref + "': only references within the schema (#/...) are supported");
     // A URI fragment: percent-decoded first, then read as a JSON pointer (RFC 6901, 6).
@@ -478,8 +477,10 @@ class SchemaCompiler {
       }
       pos = end;
     }
+    // One rule per subschema, however it is spelled (#/$defs/a, #/$defs/%61).
+    if (const auto it = refs_.find(target); it != refs_.end()) return Grammar::rule(it->second);
     const int32_t r = g_.new_rule("ref " + ref);
-    refs_.emplace(ref, r);  // before the body, for recursive schemas
+    refs_.emplace(target, r);  // before the body, for recursive schemas
     g_.add_alternative(r, {value(*target, ref)});
     return Grammar::rule(r);
   }
@@ -607,7 +608,7 @@ class SchemaCompiler {
 
   Grammar g_;
   const json& root_;
-  std::map<std::string, int32_t> refs_;
+  std::map<const json*, int32_t> refs_;  // subschemas of root_ reached by a $ref
   int32_t any_value_ = -1;
   int depth_ = 0;
   Element ws_{}, string_char_{}, any_string_{};

@@ -11,11 +11,15 @@
 namespace l2kv {
 namespace {
 
+// `max_bytes` came from the text before normalization (Normalizer::normalize), whose size it
+// names beside the step's own input.
 [[noreturn]] void too_long(const std::string& step, size_t in, size_t out, size_t max_bytes) {
+  const size_t original = (max_bytes - Normalizer::kSlackBytes) / Normalizer::kMaxGrowth;
   throw Error("tokenizer.json's " + step + " normalizer would grow a text of " +
-              std::to_string(in) + " bytes to " + std::to_string(out) + " bytes (at most " +
-              std::to_string(max_bytes) + ": " + std::to_string(Normalizer::kMaxGrowth) +
-              " times the text's bytes before normalization, plus " +
+              std::to_string(in) + " bytes (" + std::to_string(original) +
+              " before normalization) to " + std::to_string(out) + " bytes; at most " +
+              std::to_string(max_bytes) + " (" + std::to_string(Normalizer::kMaxGrowth) +
+              " times the bytes before normalization, plus " +
               std::to_string(Normalizer::kSlackBytes) + ")");
 }
 

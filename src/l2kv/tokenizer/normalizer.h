@@ -18,8 +18,8 @@ class Normalizer {
   static constexpr size_t kSlackBytes = 4096;
 
   virtual ~Normalizer() = default;
-  // The normalized text; throws l2kv::Error, before allocating it, where it would pass the
-  // growth bound.
+  // The normalized text; throws l2kv::Error where it would pass the growth bound (Replace and
+  // Prepend before allocating it; NFC, which grows a text at most 3x, after).
   std::string normalize(std::string text) const {
     const size_t max_bytes = text.size() * kMaxGrowth + kSlackBytes;
     return normalize_within(std::move(text), max_bytes);

@@ -55,10 +55,14 @@ std::vector<std::pair<size_t, size_t>> Regex::find_all(std::string_view text) co
       // text (a tokenizer.json pre-tokenizer's Split regex, say).
       PCRE2_UCHAR message[256];
       pcre2_get_error_message(rc, message, sizeof message);
-      throw Error("the regex /" + impl_->pattern.substr(0, 200) + "/ failed on a text of " +
-                  std::to_string(text.size()) +
-                  " bytes: " + reinterpret_cast<const char*>(message) + " (PCRE2 error " +
-                  std::to_string(rc) + ")");
+      const std::string what = "the regex /" + impl_->pattern.substr(0, 200) +
+                               "/ failed on a text of " + std::to_string(text.size()) +
+                               " bytes: " + reinterpret_cast<const char*>(message) +
+                               " (PCRE2 error " + std::to_string(rc) + ")";
+      if (rc == PCRE2_ERROR_MATCHLIMIT || rc == PCRE2_ERROR_DEPTHLIMIT ||
+          rc == PCRE2_ERROR_HEAPLIMIT || rc == PCRE2_ERROR_JIT_STACKLIMIT)
+        throw RegexLimitError(what);
+      throw Error(what);
     }
     const PCRE2_SIZE* ovector = pcre2_get_ovector_pointer(data);
     const size_t begin = ovector[0], end = ovector[1];

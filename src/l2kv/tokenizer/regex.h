@@ -8,7 +8,17 @@
 #include <utility>
 #include <vector>
 
+#include "l2kv/core/error.h"
+
 namespace l2kv {
+
+// find_all's error where the text itself is too much for the pattern: PCRE2's match, depth,
+// heap or JIT stack limit reached on it. A server answers it as a bad request (other regex
+// failures are its own).
+class RegexLimitError : public Error {
+ public:
+  using Error::Error;
+};
 
 class Regex {
  public:
