@@ -747,16 +747,24 @@ struct CudaModel::GraphOps {
     decode.kv.device_scales = step->kv_scales + 2 * l;
     decode.sliding_window = c().is_sliding(l) ? static_cast<int32_t>(c().sliding_window) : 0;
   }
-  // Whether the QKV GEMV applies RoPE and writes the KV cache itself (gemv.h's kRopeCache); if
-  // so, adds that epilogue to `f`. Where the GEMV runs QKV anyway (the fused layer with
-  // 16-bit or fp8 `weights`, or a 16-bit step Gemm sends to it), with no q/k norm (it needs a
-  // whole head) and no fp8 KV scales to calculate from this step's K and V first.
+  // Whether the QKV GEMV applies RoPE (after Qwen3's q/k norm, where the model has it) and
+  // writes the KV cache itself (gemv.h's kRopeCache); if so, adds that epilogue to `f`. Where the
+  // GEMV runs QKV anyway (the fused layer with 16-bit or fp8 `weights`, or a 16-bit step Gemm
+  // sends to it), with no fp8 KV scales to calculate from this step's K and V first.
+  // Qwen3's q/k norm in that epilogue (a head's blocks launched as one cluster) up to this many
+  // rows. Measured on an H100 (bench/NOTES.md, "Qwen3's q/k norm in the QKV epilogue"): steps
+  // 3.2 % faster at batch 1 (Qwen3-8B), 2.5 % (Qwen3-30B-A3B), 1.0 % at 8 rows, 0.6 % slower at
+  // 2, 0.7 % at 16. Not with tensor parallelism: in the tests its ranks share one GPU, where
+  // their spinning collectives kept a cluster's blocks from being scheduled together until the
+  // collectives timed out; one GPU per rank is untested.
+  static constexpr int32_t kQkNormEpilogueMaxRows = 12;
   bool add_rope_epilogue(int64_t l, const void* x, const void* weights, GemvFusion& f) const {
     const int64_t H = c().hidden_size, qkv_out = q_dim() + 2 * kv_dim();
     if (!step->rope_epilogue) return false;
+    if (c().qk_norm && (n > kQkNormEpilogueMaxRows || m->comm_ != nullptr)) return false;
     const bool on_gemv =
         fused || (!c().fp8_weights && m->gemm_.routes_to_gemv(n, H, qkv_out, x, weights));
-    if (!on_gemv || c().qk_norm || calculates_kv_scales(l)) return false;
+    if (!on_gemv || calculates_kv_scales(l)) return false;
     GemvFusion rope = f;
     rope.epilogue = GemvEpilogue::kRopeCache;
     rope.rope.bias = w(l).qkv_bias.ptr;
@@ -766,6 +774,11 @@ struct CudaModel::GraphOps {
     rope.rope.q_out = ws().q.ptr;
     rope.rope.q_heads = static_cast<int32_t>(c().num_q_heads);
     rope.rope.kv = decode.kv;
+    if (c().qk_norm) {
+      rope.rope.q_norm = w(l).q_norm.ptr;
+      rope.rope.k_norm = w(l).k_norm.ptr;
+      rope.rope.norm_eps = static_cast<float>(c().rms_norm_eps);
+    }
     if (!m->gemm_.fused_supported(n, H, qkv_out, x, weights, rope)) return false;
     f = rope;
     return true;

@@ -443,14 +443,18 @@ const std::vector<RopeShape> kRopeShapes = {
     {"small fp8 NHD, rows of 16-byte fp8 vectors", 1040, 6, 2, 64, true, KvLayout::kNHD, true},
     // 16,384 outputs: the norm prologue's blocks of two feature tiles (gemv.cu's wide form).
     {"wide MHA", 2048, 64, 32, 128, true, KvLayout::kHND, false},
+    // head_dim 256 (Gemma 3 12B): two rows at a time in the q/k norm's finishing block.
+    {"gemma3-12b", 3840, 16, 8, 256, false, KvLayout::kHND, false},
 };
 
 // The kRopeCache epilogue (with and without the norm prologue) against the GEMV's kStore of the
 // same problem followed by ops::rope_and_cache(pair_rows): q and both pools equal bit for bit,
 // every q element and every kept (row, kv head) written.
 // `weighted`: x is taken as weighted x (gemv.h), the sums scaled by each row's 1 / rms.
+// `qk_norm`: Qwen3's per-head q/k RMSNorm before RoPE, in both (the epilogue's blocks of a head
+// add up its sums of squares in a cluster).
 void check_rope(const RopeShape& shape, bool norm, DType dtype, uint64_t seed, bool fp8 = false,
-                bool weighted = false) {
+                bool weighted = false, bool qk_norm = false) {
   const int64_t in = shape.hidden, d = shape.head_dim;
   const int64_t q_dim = shape.q_heads * d, out = q_dim + 2 * shape.kv_heads * d;
   std::mt19937_64 rng(seed);
@@ -475,11 +479,19 @@ void check_rope(const RopeShape& shape, bool norm, DType dtype, uint64_t seed, b
   uint16_t* d_gamma = upload(gamma);
   float* d_inv_freq = upload(inv_freq);
   float* d_scales = upload(std::vector<float>{0.011f, 0.0067f});  // fp8: read from the device
+  std::vector<uint16_t> q_norm(static_cast<size_t>(d)), k_norm(static_cast<size_t>(d));
+  for (auto& g : q_norm) g = float_to_dtype_bits(dtype, 0.5f + std::abs(uniform(rng)));
+  for (auto& g : k_norm) g = float_to_dtype_bits(dtype, 0.5f + std::abs(uniform(rng)));
+  uint16_t* d_q_norm = upload(q_norm);
+  uint16_t* d_k_norm = upload(k_norm);
+  const ops::QkNorm composed_norm =
+      qk_norm ? ops::QkNorm{d_q_norm, d_k_norm, 1e-6f} : ops::QkNorm{};
 
   for (int64_t rows = 1; rows <= kGemvMaxRows; ++rows) {
     if (testing::quick_mode() && rows != 1 && rows != 9 && rows != 16) continue;
     SCOPED_TRACE(std::string(shape.name) + (norm ? " norm" : "") + (weighted ? " weighted" : "") +
-                 " " + std::string(dtype_name(dtype)) + " rows=" + std::to_string(rows));
+                 (qk_norm ? " qk_norm" : "") + " " + std::string(dtype_name(dtype)) +
+                 " rows=" + std::to_string(rows));
     PagedKvCache kv;
     kv.block_size = 16;
     kv.num_blocks = static_cast<int32_t>((rows + 15) / 16 + 4);
@@ -545,6 +557,11 @@ void check_rope(const RopeShape& shape, bool norm, DType dtype, uint64_t seed, b
         shape.bias ? d_bias : nullptr, d_positions, d_slots, d_inv_freq, d_q[0], shape.q_heads, kv};
     rope.rope.kv.k_pool = d_k[0];
     rope.rope.kv.v_pool = d_v[0];
+    if (qk_norm) {
+      rope.rope.q_norm = d_q_norm;
+      rope.rope.k_norm = d_k_norm;
+      rope.rope.norm_eps = composed_norm.eps;
+    }
     ASSERT_TRUE(gemm.fused_supported(rows, in, out, x_in, w, rope));
     gemm.linear_fused(dtype, x_in, w, nullptr, rows, in, out, rope, nullptr);
     gemm.linear_fused(dtype, x_in, w, d_qkv, rows, in, out, f, nullptr);
@@ -553,7 +570,7 @@ void check_rope(const RopeShape& shape, bool norm, DType dtype, uint64_t seed, b
     kv1.v_pool = d_v[1];
     ops::rope_and_cache(d_qkv, shape.bias ? d_bias : nullptr, d_positions, d_slots, d_inv_freq,
                         static_cast<int32_t>(rows), shape.q_heads, kv1, d_q[1], nullptr,
-                        /*pdl=*/true, {}, /*pair_rows=*/true);
+                        /*pdl=*/true, composed_norm, /*pair_rows=*/true);
     L2KV_CUDA_CHECK(cudaDeviceSynchronize());
 
     const auto q0 = download(d_q[0], static_cast<size_t>(rows * q_dim));
@@ -587,7 +604,8 @@ void check_rope(const RopeShape& shape, bool norm, DType dtype, uint64_t seed, b
   }
   for (void* p :
        {w, static_cast<void*>(d_w_scales), static_cast<void*>(d_bias), static_cast<void*>(d_gamma),
-        static_cast<void*>(d_inv_freq), static_cast<void*>(d_scales)})
+        static_cast<void*>(d_inv_freq), static_cast<void*>(d_scales), static_cast<void*>(d_q_norm),
+        static_cast<void*>(d_k_norm)})
     cudaFree(p);
 }
 
@@ -597,6 +615,22 @@ TEST_P(FusedGemv, RopeCacheEpilogueMatchesComposition) {
   for (const RopeShape& s : kRopeShapes) {
     for (const bool norm : {true, false}) check_rope(s, norm, GetParam(), ++seed);
     check_rope(s, false, GetParam(), ++seed, /*fp8=*/false, /*weighted=*/true);
+  }
+}
+
+// Qwen3's q/k norm in the epilogue: the norm prologue (the fused layer), plain x (a GEMV step of
+// the nine-kernel layer) and weighted x, 16-bit and fp8 weights and caches, head_dim 64 and 128
+// (clusters of 4 and 8 blocks), one and two feature tiles per block ("wide MHA": clusters of 4).
+TEST_P(FusedGemv, QkNormRopeCacheEpilogueMatchesComposition) {
+  L2KV_SKIP_WITHOUT_GPU();
+  uint64_t seed = 1000;
+  for (const RopeShape& s : kRopeShapes) {
+    if (s.head_dim != 64 && s.head_dim != 128) continue;
+    for (const bool norm : {true, false})
+      check_rope(s, norm, GetParam(), ++seed, /*fp8=*/false, /*weighted=*/false, /*qk_norm=*/true);
+    check_rope(s, false, GetParam(), ++seed, /*fp8=*/false, /*weighted=*/true, /*qk_norm=*/true);
+    if (s.hidden % 16 == 0)
+      check_rope(s, true, GetParam(), ++seed, /*fp8=*/true, /*weighted=*/false, /*qk_norm=*/true);
   }
 }
 
@@ -653,6 +687,18 @@ TEST(FusedGemvSupports, NamesWhatEachFormNeeds) {
   rope.rope.kv.head_dim = 16;
   rope.rope.slots = nullptr;
   EXPECT_FALSE(gemv_supports(1, 16, 64, gamma, w, rope)) << "no slots";
+  // The q/k norm: both weights, head_dim 64 or 128 (a head's blocks are one cluster of at most 8).
+  rope.rope.slots = slots;
+  rope.rope.kv.head_dim = 64;
+  rope.rope.q_norm = rope.rope.k_norm = gamma;
+  EXPECT_TRUE(gemv_supports(1, 16, 256, gamma, w, rope));
+  rope.rope.k_norm = nullptr;
+  EXPECT_FALSE(gemv_supports(1, 16, 256, gamma, w, rope)) << "a q norm without a k norm";
+  rope.rope.k_norm = gamma;
+  rope.rope.kv.head_dim = 16;
+  EXPECT_FALSE(gemv_supports(1, 16, 64, gamma, w, rope)) << "head_dim 16 with the q/k norm";
+  rope.rope.kv.head_dim = 256;
+  EXPECT_FALSE(gemv_supports(1, 16, 1024, gamma, w, rope)) << "head_dim 256 with the q/k norm";
 }
 
 }  // namespace

@@ -18,6 +18,7 @@
 // into a per-warp ring of two or three stages in shared memory and reads them back into
 // fragments (no lane reads another's, so no barrier); at 9-16 rows they load straight into
 // registers. The ring form sums the warps' tiles in the ring's memory once every warp is done.
+#include <cooperative_groups.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -33,6 +34,7 @@
 #include "l2kv/kernels/grid_dependency.cuh"
 #include "l2kv/kernels/model/gemv.h"
 #include "l2kv/kernels/model/gemv_weight_loads.cuh"
+#include "l2kv/kernels/model/head_norm.cuh"
 #include "l2kv/kernels/model/paired_rows.h"
 #include "l2kv/kernels/model/rope.cuh"
 #include "l2kv/kernels/tensor_core.cuh"
@@ -241,13 +243,14 @@ static_assert(kRowsPerBlock == kPairedRowsTile, "a GEMV tile is a tile of paired
 
 struct RopeLane {
   float sin = 0.f, cos = 0.f, bias_lo = 0.f, bias_hi = 0.f, inv_scale = 1.f;
+  float gamma_lo = 1.f, gamma_hi = 1.f;  // the q/k norm's weights of the pair (kQkNorm)
   void* out = nullptr;  // feature i's element (q row or K/V cache slot); null: nothing stored
   int32_t half = 0;     // from feature i's element to feature i + head_dim / 2's
   bool rotate = false;  // q and k heads; v is stored as it is
   bool fp8 = false;     // an E4M3 cache
 };
 
-template <typename T>
+template <typename T, bool kQkNorm>
 __device__ __forceinline__ RopeLane rope_lane(const GemvRopeCache& rc, int64_t m, int64_t n) {
   using Traits = tc::ElementTraits<T>;
   const PagedKvCache& kv = rc.kv;
@@ -265,6 +268,11 @@ __device__ __forceinline__ RopeLane rope_lane(const GemvRopeCache& rc, int64_t m
   }
   if (lane.rotate)
     sincosf(static_cast<float>(rc.positions[m]) * rc.inv_freq[i], &lane.sin, &lane.cos);
+  if (kQkNorm && lane.rotate) {
+    const T* gamma = static_cast<const T*>(is_q ? rc.q_norm : rc.k_norm);
+    lane.gamma_lo = Traits::to_float(gamma[i]);
+    lane.gamma_hi = Traits::to_float(gamma[i + d / 2]);
+  }
   if (is_q) {
     lane.out = static_cast<T*>(rc.q_out) + (m * rc.q_heads + head) * d + i;
     return lane;
@@ -284,6 +292,22 @@ __device__ __forceinline__ RopeLane rope_lane(const GemvRopeCache& rc, int64_t m
   return lane;
 }
 
+// The pair's two stored elements (nothing where lane.out is null).
+template <typename T>
+__device__ __forceinline__ void store_pair(const RopeLane& lane, T ra, T rb) {
+  using Traits = tc::ElementTraits<T>;
+  if (lane.out == nullptr) return;
+  if (lane.fp8) {
+    uint8_t* out = static_cast<uint8_t*>(lane.out);
+    out[0] = fp8::from_float(Traits::to_float(ra) * lane.inv_scale);
+    out[lane.half] = fp8::from_float(Traits::to_float(rb) * lane.inv_scale);
+  } else {
+    T* out = static_cast<T*>(lane.out);
+    out[0] = ra;
+    out[lane.half] = rb;
+  }
+}
+
 template <typename T>
 __device__ __forceinline__ void rope_cache_pair(const RopeLane& lane, float lo, float hi) {
   using Traits = tc::ElementTraits<T>;
@@ -297,20 +321,20 @@ __device__ __forceinline__ void rope_cache_pair(const RopeLane& lane, float lo, 
     ra = Traits::from_float(a);
     rb = Traits::from_float(b);
   }
-  if (lane.fp8) {
-    uint8_t* out = static_cast<uint8_t*>(lane.out);
-    out[0] = fp8::from_float(Traits::to_float(ra) * lane.inv_scale);
-    out[lane.half] = fp8::from_float(Traits::to_float(rb) * lane.inv_scale);
-  } else {
-    T* out = static_cast<T*>(lane.out);
-    out[0] = ra;
-    out[lane.half] = rb;
-  }
+  store_pair<T>(lane, ra, rb);
 }
+
+// The epilogues the kernel is instantiated for: gemv.h's, and kRopeCache with the q/k norm
+// (rope.q_norm set) as one of its own, so that the plain form's code stays as it was (a shared
+// form slowed Llama-3-8B's batch-1 step by 3 % on an H100).
+enum class Epilogue : uint8_t { kStore, kResidualAdd, kSiluMul, kRopeCache, kRopeCacheQkNorm };
+template <Epilogue kEpilogue>
+inline constexpr bool kRopeEpilogue =
+    kEpilogue == Epilogue::kRopeCache || kEpilogue == Epilogue::kRopeCacheQkNorm;
 
 // kMTiles 16-feature tiles per block: each tile's k is split between kWarps / kMTiles warps.
 // kFp8: W holds E4M3 codes (GemvFusion::fp8_scale), a 16-byte vector 16 k of a row.
-template <typename T, typename OutT, int kNTiles, bool kNorm, GemvEpilogue kEpilogue, bool kRing,
+template <typename T, typename OutT, int kNTiles, bool kNorm, Epilogue kEpilogue, bool kRing,
           int kMTiles, int kRingStages, int kMinBlocks, bool kFp8>
 __global__ void __launch_bounds__(kThreads, kMinBlocks) gemv_kernel(GemvParams p) {
   // A kernel launched behind this one with programmatic dependent launch may start now; it
@@ -368,7 +392,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) gemv_kernel(GemvParams p
   }
   if constexpr (kFrom == XFrom::kNormInline)
     xs.gamma = static_cast<const uint4*>(f.norm_weight) + t * kX;
-  if constexpr (kEpilogue == GemvEpilogue::kResidualAdd)
+  if constexpr (kEpilogue == Epilogue::kResidualAdd)
     if (threadIdx.x < kGemvMaxRows) row_sumsq[threadIdx.x] = 0;
   // Weighted x (gemv.h): x is round(norm weight x residual); each row's 1 / rms multiplies its
   // sums in the epilogue. Its sum of squares is loaded after the wait, used at the end.
@@ -381,7 +405,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) gemv_kernel(GemvParams p
   // The residual epilogue's two residual values, loaded right after the wait (they are the
   // kernel ahead's output) so the block's end adds to registers instead of waiting for L2.
   float residual_lo = 0.f, residual_hi = 0.f;
-  if constexpr (kEpilogue == GemvEpilogue::kResidualAdd) {
+  if constexpr (kEpilogue == Epilogue::kResidualAdd) {
     static_assert(kMTiles * kNTiles * 2 * kWarpSize <= kThreads, "one pair per thread");
     const EpilogueSlot e = epilogue_slot<kNTiles>(static_cast<int>(threadIdx.x), block_first_row);
     if (f.weighted_x != nullptr && e.tile < kMTiles) {
@@ -395,6 +419,25 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) gemv_kernel(GemvParams p
   const int64_t full_iters = vecs / Tiling::kVecsPerIter;
   const bool has_tail = vecs % Tiling::kVecsPerIter != 0;
   RopeLane rope;  // kRopeCache only
+  // kRopeCacheQkNorm: the thread's pair (biased and rounded products) and x row (-1: none), and
+  // the block's per-row sums of squares of its pairs, then of each warp's 32 pairs (head_dim
+  // <= 128: at most two warps a row).
+  struct {
+    float a = 0.f, b = 0.f;
+    int m = -1;
+  } qk;
+  constexpr int kPairsPerBlock = kRowsPerBlock / 2 * kMTiles;
+  constexpr int kMaxRows = kNTiles * kColsPerTile;
+  __shared__ float qk_pair_sumsq[kEpilogue == Epilogue::kRopeCacheQkNorm ? kMaxRows : 1]
+                                [kPairsPerBlock];
+  __shared__ float qk_warp_sums[kEpilogue == Epilogue::kRopeCacheQkNorm ? kMaxRows : 1][2];
+  // kRopeCache with the q/k norm: whether the block's head (a block lies in one head, and its
+  // cluster is that head's blocks) is a q or k head, to be normalized before RoPE.
+  bool normed = false;
+  if constexpr (kEpilogue == Epilogue::kRopeCacheQkNorm) {
+    const GemvRopeCache& rc = f.rope;
+    normed = block_first_row / rc.kv.head_dim < rc.q_heads + rc.kv.num_kv_heads;
+  }
   // With PDL the kernel ahead (which writes x, or the residual and its sums of squares) may
   // still run: wait for it before reading them.
   auto wait_for_inputs = [&] {
@@ -420,7 +463,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) gemv_kernel(GemvParams p
     if (kNorm || weighted_x)
       if (f.clear_sumsq != nullptr && blockIdx.x == 0 && threadIdx.x < kGemvMaxRows)
         f.clear_sumsq[threadIdx.x] = 0;
-    if constexpr (kEpilogue == GemvEpilogue::kResidualAdd) {
+    if constexpr (kEpilogue == Epilogue::kResidualAdd) {
       const EpilogueSlot e = epilogue_slot<kNTiles>(static_cast<int>(threadIdx.x), block_first_row);
       if (e.tile < kMTiles && e.m < p.rows) {
         if (e.n < p.out) residual_lo = f.residual[e.m * p.out + e.n];
@@ -430,10 +473,11 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) gemv_kernel(GemvParams p
     }
     // The RoPE epilogue's inputs of the one output pair this thread finishes, read after the
     // wait like every input.
-    if constexpr (kEpilogue == GemvEpilogue::kRopeCache) {
+    if constexpr (kRopeEpilogue<kEpilogue>) {
       static_assert(kMTiles * kNTiles * 2 * kWarpSize <= kThreads, "one pair per thread");
       const EpilogueSlot e = epilogue_slot<kNTiles>(static_cast<int>(threadIdx.x), block_first_row);
-      if (e.tile < kMTiles && e.m < p.rows && e.n < p.out) rope = rope_lane<T>(f.rope, e.m, e.n);
+      if (e.tile < kMTiles && e.m < p.rows && e.n < p.out)
+        rope = rope_lane<T, kEpilogue == Epilogue::kRopeCacheQkNorm>(f.rope, e.m, e.n);
     }
   };
   float acc[kNTiles][4] = {};
@@ -531,11 +575,11 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) gemv_kernel(GemvParams p
       lo *= row_norm_scale[m];
       hi *= row_norm_scale[m];
     }
-    if constexpr (kEpilogue == GemvEpilogue::kStore) {
+    if constexpr (kEpilogue == Epilogue::kStore) {
       OutT* y = static_cast<OutT*>(p.y);
       if (n < p.out) y[m * p.out + n] = to_output<OutT>(lo);
       if (n + kRowsPerBlock / 2 < p.out) y[m * p.out + n + kRowsPerBlock / 2] = to_output<OutT>(hi);
-    } else if constexpr (kEpilogue == GemvEpilogue::kSiluMul) {
+    } else if constexpr (kEpilogue == Epilogue::kSiluMul) {
       // out is a multiple of 16: every feature tile holds 8 whole (gate, up) pairs, or lies
       // wholly past the end of W.
       if (n >= p.out) continue;
@@ -544,8 +588,23 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) gemv_kernel(GemvParams p
       const int64_t feature = paired_feature(n);  // gate_up is one group of paired rows
       static_cast<T*>(p.y)[m * (p.out / 2) + feature] =
           Traits::from_float(gate / (1.f + __expf(-gate)) * up);
-    } else if constexpr (kEpilogue == GemvEpilogue::kRopeCache) {
-      if (n < p.out) rope_cache_pair<T>(rope, lo, hi);
+    } else if constexpr (kRopeEpilogue<kEpilogue>) {
+      if (n >= p.out) continue;
+      if constexpr (kEpilogue == Epilogue::kRopeCacheQkNorm) {
+        if (normed) {  // the head's sum of squares first: kept for the norm after the loop
+          qk.a = Traits::to_float(
+              Traits::from_float(Traits::to_float(Traits::from_float(lo)) + rope.bias_lo));
+          qk.b = Traits::to_float(
+              Traits::from_float(Traits::to_float(Traits::from_float(hi)) + rope.bias_hi));
+          qk.m = static_cast<int>(m);
+          // The block holds pairs [first, first + kPairsPerBlock) of its head.
+          const int pair = static_cast<int>(paired_feature(n % f.rope.kv.head_dim));
+          const int first = static_cast<int>(paired_feature(block_first_row % f.rope.kv.head_dim));
+          qk_pair_sumsq[m][pair - first] = pair_sumsq(qk.a, qk.b);
+          continue;
+        }
+      }
+      rope_cache_pair<T>(rope, lo, hi);
     } else {
       float sumsq = 0.f;
       for (int half = 0; half < 2; ++half) {
@@ -563,14 +622,43 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) gemv_kernel(GemvParams p
       atomicAdd(&row_sumsq[m], to_row_sumsq(sumsq));  // integer: any order, the same bits
     }
   }
-  if constexpr (kEpilogue == GemvEpilogue::kResidualAdd) {
+  if constexpr (kEpilogue == Epilogue::kResidualAdd) {
     __syncthreads();
     if (f.residual_sumsq != nullptr && threadIdx.x < p.rows)
       atomicAdd(&f.residual_sumsq[threadIdx.x], row_sumsq[threadIdx.x]);
   }
+  if constexpr (kEpilogue == Epilogue::kRopeCacheQkNorm)
+    if (normed) {  // the same for the whole cluster: one head
+      // Each row's sum of squares over the head, as ops::rope_and_cache sums it: warp w adds
+      // pairs 32 w .. 32 w + 31 (lane L pair 32 w + L, from the block that holds it), then the
+      // warps' sums in order. Every block of the cluster sums every row for itself.
+      namespace cg = cooperative_groups;
+      cg::cluster_group cluster = cg::this_cluster();
+      const int half = f.rope.kv.head_dim / 2;
+      const int warps_per_row = half / kWarpSize;
+      cluster.sync();  // every block's pair sums are in its shared memory
+      for (int task = warp; task < p.rows * warps_per_row; task += kWarps) {
+        const int m = task / warps_per_row, w = task % warps_per_row;
+        const int pair = w * kWarpSize + lane;
+        const float* held = cluster.map_shared_rank(&qk_pair_sumsq[m][pair % kPairsPerBlock],
+                                                    static_cast<unsigned>(pair / kPairsPerBlock));
+        const float sum = warp_sum_leading(*held, kWarpSize);
+        if (lane == 0) qk_warp_sums[m][w] = sum;
+      }
+      cluster.sync();  // no block leaves while another reads its sums; qk_warp_sums complete
+      if (qk.m >= 0) {
+        float total = 0.f;
+        for (int w = 0; w < warps_per_row; ++w) total += qk_warp_sums[qk.m][w];
+        const float scale = head_rms_scale(total, f.rope.kv.head_dim, f.rope.norm_eps);
+        T ra, rb;
+        rotate_pair_by(head_norm<T>(qk.a, scale, rope.gamma_lo),
+                       head_norm<T>(qk.b, scale, rope.gamma_hi), rope.sin, rope.cos, ra, rb);
+        store_pair<T>(rope, ra, rb);
+      }
+    }
 }
 
-template <typename T, typename OutT, bool kFp8, int kNTiles, bool kNorm, GemvEpilogue kEpilogue,
+template <typename T, typename OutT, bool kFp8, int kNTiles, bool kNorm, Epilogue kEpilogue,
           bool kRing, int kMTiles = 1, int kRingStages = 3, int kMinBlocks = kMinBlocksPerSm>
 void launch_tiles(const GemvParams& p, cudaStream_t stream) {
   using Tiling = GemvTiling<kNTiles, kRing, kRingStages, kFp8>;
@@ -592,9 +680,14 @@ void launch_tiles(const GemvParams& p, cudaStream_t stream) {
   }
   const int64_t features = int64_t{kRowsPerBlock} * kMTiles;
   const auto blocks = static_cast<unsigned>((p.out + features - 1) / features);
-  cudaLaunchAttribute attribute;
-  const cudaLaunchConfig_t config = launch_config(
-      dim3(blocks), dim3(kThreads), static_cast<size_t>(smem), stream, p.pdl, attribute);
+  // The q/k norm's blocks of one head form a cluster (head_dim 64 or 128: at most 8 blocks).
+  const auto cluster_blocks = kEpilogue == Epilogue::kRopeCacheQkNorm
+                                  ? static_cast<unsigned>(p.fusion.rope.kv.head_dim / features)
+                                  : 1u;
+  cudaLaunchAttribute attributes[2];
+  const cudaLaunchConfig_t config =
+      launch_config(dim3(blocks), dim3(kThreads), static_cast<size_t>(smem), stream, p.pdl,
+                    cluster_blocks, attributes);
   L2KV_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, p));
 }
 
@@ -622,7 +715,7 @@ constexpr int64_t kThreeBlocksMaxBytes =         // ring + x per block: 74 KB
 constexpr int64_t kStagedNormMaxBytes = 108 * 1024;
 constexpr int64_t kStagedNormWideMinOut = 16384;
 
-template <typename T, typename OutT, bool kFp8, bool kNorm, GemvEpilogue kEpilogue>
+template <typename T, typename OutT, bool kFp8, bool kNorm, Epilogue kEpilogue>
 void launch(const GemvParams& p, cudaStream_t stream) {
   if (p.rows > kColsPerTile)
     return launch_tiles<T, OutT, kFp8, 2, kNorm, kEpilogue, false>(p, stream);
@@ -654,26 +747,32 @@ void launch_typed(const GemvParams& p, bool f32_out, cudaStream_t stream) {
   switch (p.fusion.epilogue) {
     case GemvEpilogue::kStore:
       if constexpr (!kFp8)
-        if (f32_out) return launch<T, float, false, false, GemvEpilogue::kStore>(p, stream);
+        if (f32_out) return launch<T, float, false, false, Epilogue::kStore>(p, stream);
       if (norm)
-        launch<T, T, kFp8, true, GemvEpilogue::kStore>(p, stream);
+        launch<T, T, kFp8, true, Epilogue::kStore>(p, stream);
       else
-        launch<T, T, kFp8, false, GemvEpilogue::kStore>(p, stream);
+        launch<T, T, kFp8, false, Epilogue::kStore>(p, stream);
       break;
     case GemvEpilogue::kResidualAdd:
-      launch<T, T, kFp8, false, GemvEpilogue::kResidualAdd>(p, stream);
+      launch<T, T, kFp8, false, Epilogue::kResidualAdd>(p, stream);
       break;
     case GemvEpilogue::kSiluMul:
       if (norm)
-        launch<T, T, kFp8, true, GemvEpilogue::kSiluMul>(p, stream);
+        launch<T, T, kFp8, true, Epilogue::kSiluMul>(p, stream);
       else
-        launch<T, T, kFp8, false, GemvEpilogue::kSiluMul>(p, stream);
+        launch<T, T, kFp8, false, Epilogue::kSiluMul>(p, stream);
       break;
     case GemvEpilogue::kRopeCache:
-      if (norm)
-        launch<T, T, kFp8, true, GemvEpilogue::kRopeCache>(p, stream);
-      else
-        launch<T, T, kFp8, false, GemvEpilogue::kRopeCache>(p, stream);
+      if (p.fusion.rope.q_norm != nullptr) {
+        if (norm)
+          launch<T, T, kFp8, true, Epilogue::kRopeCacheQkNorm>(p, stream);
+        else
+          launch<T, T, kFp8, false, Epilogue::kRopeCacheQkNorm>(p, stream);
+      } else if (norm) {
+        launch<T, T, kFp8, true, Epilogue::kRopeCache>(p, stream);
+      } else {
+        launch<T, T, kFp8, false, Epilogue::kRopeCache>(p, stream);
+      }
       break;
   }
 }
@@ -709,6 +808,12 @@ bool gemv_supports(int64_t rows, int64_t in, int64_t out, const void* x, const v
     case GemvEpilogue::kRopeCache: {
       const GemvRopeCache& r = fusion.rope;
       const PagedKvCache& kv = r.kv;
+      // The q/k norm: a head's blocks (one or two 16-feature tiles each) form a cluster of at
+      // most 8, and its pairs fill whole warps.
+      const bool qk_norm = r.q_norm != nullptr || r.k_norm != nullptr;
+      if (qk_norm &&
+          (r.q_norm == nullptr || r.k_norm == nullptr || (kv.head_dim != 64 && kv.head_dim != 128)))
+        return false;
       return kv.head_dim > 0 && kv.head_dim % kRowsPerBlock == 0 && r.q_heads > 0 &&
              kv.num_kv_heads > 0 && out == int64_t{r.q_heads + 2 * kv.num_kv_heads} * kv.head_dim &&
              r.positions != nullptr && r.slots != nullptr && r.inv_freq != nullptr &&

@@ -49,10 +49,13 @@ inline constexpr int64_t kGemvMaxRows = 16;
 //                 round(up)), y is [rows, out / 2] and out a multiple of 16.
 //   kRopeCache:   the fused QKV projection with W's rows in paired order, each head a group
 //                 (paired_rows.h):
-//                 what ops::rope_and_cache does to the stored product (no q/k norm), done here
-//                 (y unused): bias added, neox RoPE of q and k at rope.positions, q written to
-//                 rope.q_out [rows, q_heads * head_dim] in feature order, k and v into rope.kv's
-//                 pools at rope.slots (-1: skipped), the same values bit for bit.
+//                 what ops::rope_and_cache does to the stored product, done here (y unused):
+//                 bias added, neox RoPE of q and k at rope.positions, q written to rope.q_out
+//                 [rows, q_heads * head_dim] in feature order, k and v into rope.kv's pools at
+//                 rope.slots (-1: skipped), the same values bit for bit. With rope.q_norm and
+//                 rope.k_norm (Qwen3), each q and k head is RMS-normalized first: a head's
+//                 blocks are launched as one cluster and add up its sums of squares through
+//                 distributed shared memory, each block then finishing its own features.
 enum class GemvEpilogue : uint8_t { kStore, kResidualAdd, kSiluMul, kRopeCache };
 
 // What the kRopeCache epilogue needs: as ops::rope_and_cache's arguments.
@@ -64,6 +67,10 @@ struct GemvRopeCache {
   void* q_out = nullptr;
   int32_t q_heads = 0;
   PagedKvCache kv;  // pools, layout, head count and size; dtype the projection's
+  // The q/k norm (both set, or neither): weights [head_dim] each.
+  const void* q_norm = nullptr;
+  const void* k_norm = nullptr;
+  float norm_eps = 0.f;
 };
 
 struct GemvFusion {
@@ -89,7 +96,7 @@ struct GemvFusion {
 // of 8 (a row is read in 16-byte vectors; 16 with fusion.fp8_scale), out >= 1, and x and w 16-byte
 // aligned; with `fusion`, its pointers set as its epilogue needs, out a multiple of 16 for
 // kSiluMul, and for kRopeCache out = (q_heads + 2 kv heads) x head_dim with head_dim a multiple
-// of 16.
+// of 16 (64 or 128 with the q/k norm).
 bool gemv_supports(int64_t rows, int64_t in, int64_t out, const void* x, const void* w,
                    const GemvFusion& fusion = {});
 

@@ -15,6 +15,7 @@
 #include "l2kv/kernels/fp8.cuh"
 #include "l2kv/kernels/grid_dependency.cuh"
 #include "l2kv/kernels/model/fp8_activations.cuh"
+#include "l2kv/kernels/model/head_norm.cuh"
 #include "l2kv/kernels/model/kv_scales.h"
 #include "l2kv/kernels/model/model_ops.h"
 #include "l2kv/kernels/model/paired_rows.h"
@@ -241,38 +242,6 @@ __global__ void add_rmsnorm_strided_kernel(float* residual, const T* add, const 
   const float scale = __frsqrt_rn(block_sum(sum) / hidden + eps);  // correctly rounded
   for (int i = threadIdx.x; i < hidden; i += blockDim.x)
     out[base + i] = Traits::from_float(Traits::to_float(weight[i]) * (residual[base + i] * scale));
-}
-
-// The sum of squares of the head of a pair (x[i], x[i + head_dim / 2]): one term per pair, summed
-// over the leading `lanes` lanes of a warp (to lane 0), then over the warps in order. The two
-// kernels that normalize heads (rope_and_cache, kv_amax) share these steps, so the calculated
-// fp8 scales see the K that is stored, bit for bit.
-__device__ __forceinline__ float pair_sumsq(float a, float b) {
-  return __fmaf_rn(a, a, __fmul_rn(b, b));  // pinned: no contraction chosen per call site
-}
-
-// Called by exactly the `lanes` (1 to 32) leading lanes of the warp.
-__device__ __forceinline__ float warp_sum_leading(float v, int lanes) {
-  const unsigned mask = lanes == 32 ? 0xffffffffu : (1u << lanes) - 1u;
-  const int lane = static_cast<int>(threadIdx.x % 32);
-  for (int m = 16; m >= 1; m /= 2) {
-    const float other = __shfl_down_sync(mask, v, m);
-    if (lane + m < lanes) v += other;  // a lane past `lanes` returned nothing defined
-  }
-  return v;
-}
-
-__device__ __forceinline__ float head_rms_scale(float sumsq, int head_dim, float eps) {
-  return __frsqrt_rn(sumsq / static_cast<float>(head_dim) + eps);  // correctly rounded
-}
-
-// Qwen3's RMSNorm of one head element as transformers computes it: normalized in fp32, rounded
-// to T, times the weight, rounded to T again (the value RoPE then rotates).
-template <typename T>
-__device__ __forceinline__ float head_norm(float x, float scale, float gamma) {
-  using Traits = tc::ElementTraits<T>;
-  const float normed = Traits::to_float(Traits::from_float(x * scale));
-  return Traits::to_float(Traits::from_float(gamma * normed));
 }
 
 // Tokens per block of rope_and_cache: a thread loads its pair of all of them before it computes
