@@ -197,6 +197,43 @@ TEST(ChatTemplate, LanguageBasics) {
   EXPECT_THROW(render("{{ raise_exception('stop here') }}"), Error);
 }
 
+// {{ value }} prints Python's str(): lists and dicts as their repr() (strings in single quotes
+// unless they hold one and no double quote, escapes for what is not printable), floats in their
+// shortest round-trip digits; tojson writes floats as json.dumps does. The expected strings are
+// Python 3.11's.
+TEST(ChatTemplate, PrintsValuesAsPython) {
+  const auto render = [](const std::string& source, const nlohmann::ordered_json& message) {
+    ChatRequest r;
+    r.messages = nlohmann::ordered_json::array({message});
+    return ChatTemplate(source, "<s>", "</s>").render(r);
+  };
+  nlohmann::ordered_json m = {{"role", "user"}, {"content", "x"}};
+  m["v"] = {"a", "it's", "say \"hi\"", "both ' and \""};
+  EXPECT_EQ(render("{{ messages[0].v }}", m), R"(['a', "it's", 'say "hi"', 'both \' and "'])");
+  m["v"] = {{{"k", {1, 2.5, nullptr, true}}, {"n", {{"x", "y"}}}}};
+  EXPECT_EQ(render("{{ messages[0].v }}|{{ messages[0].v[0] }}", m),
+            "[{'k': [1, 2.5, None, True], 'n': {'x': 'y'}}]|{'k': [1, 2.5, None, True], 'n': "
+            "{'x': 'y'}}");
+  m["v"] = {"tab\there\nnl \\ \u0007 \u00e9 \u200b \U0001F600 \u007f \u00a0 \u2028"};
+  EXPECT_EQ(render("{{ messages[0].v }}", m),
+            "['tab\\there\\nnl \\\\ \\x07 \u00e9 \\u200b \U0001F600 \\x7f \\xa0 \\u2028']");
+  m["v"] = {0.1,  1e16, 1e15,          0.00001, 0.0001, 2.5e-7,
+            -0.0, 1.0,  123456789.125, 1e300,   5e-324, 1.7976931348623157e308};
+  EXPECT_EQ(render("{% for x in messages[0].v %}{{ x }} {% endfor %}", m),
+            "0.1 1e+16 1000000000000000.0 1e-05 0.0001 2.5e-07 -0.0 1.0 123456789.125 1e+300 "
+            "5e-324 1.7976931348623157e+308 ");
+  EXPECT_EQ(render("{{ messages[0].v | tojson }}", m),
+            "[0.1, 1e+16, 1000000000000000.0, 1e-05, 0.0001, 2.5e-07, -0.0, 1.0, 123456789.125, "
+            "1e+300, 5e-324, 1.7976931348623157e+308]");
+  EXPECT_EQ(render("{{ messages[0].v[0] ~ '|' ~ [messages[0].v[0]] ~ '|' ~ messages[0].role }}", m),
+            "0.1|[0.1]|user");
+  // bool is an int in arithmetic and ordering; ~ and printing keep True.
+  EXPECT_EQ(render("{{ 'ab' * true }}|{{ 'ab' * false }}|{{ true + true }}|{{ 2.5 * true }}|"
+                   "{{ false < 1 }}|{{ true ~ 1 }}|{{ [true] }}",
+                   m),
+            "ab||2|2.5|True|True1|[True]");
+}
+
 // Case changes and string repetition as Python makes them, beyond ASCII.
 TEST(ChatTemplate, CaseAndRepetitionAsPython) {
   const auto render = [](const std::string& source) {

@@ -753,17 +753,23 @@ class Interpreter {
       Value a = eval(*e.args[0]);
       return a.truthy() ? a : eval(*e.args[1]);
     }
-    const Value a = eval(*e.args[0]);
-    const Value b = eval(*e.args[1]);
-    if (op == "==") return Value(equal_charged(a, b));
-    if (op == "!=") return Value(!equal_charged(a, b));
-    if (op == "in") return Value(contains(e, b, a));
-    if (op == "not in") return Value(!contains(e, b, a));
+    // Python's bool is an int in arithmetic and ordering: True + 1 is 2, 'a' * True is 'a'.
+    const auto int_if_bool = [](Value v) {
+      return v.is_bool() ? Value(int64_t{std::get<bool>(v.v) ? 1 : 0}) : v;
+    };
+    const Value a_raw = eval(*e.args[0]);
+    const Value b_raw = eval(*e.args[1]);
+    if (op == "==") return Value(equal_charged(a_raw, b_raw));
+    if (op == "!=") return Value(!equal_charged(a_raw, b_raw));
+    if (op == "in") return Value(contains(e, b_raw, a_raw));
+    if (op == "not in") return Value(!contains(e, b_raw, a_raw));
     if (op == "~") {
-      std::string x = output_of(a), y = output_of(b);
+      std::string x = output_of(a_raw), y = output_of(b_raw);
       if (x.size() + y.size() > kMaxStringBytes) too_long();
       return Value(x + y);
     }
+    const Value a = int_if_bool(a_raw);
+    const Value b = int_if_bool(b_raw);
     if (op == "<" || op == ">" || op == "<=" || op == ">=") {
       int cmp;
       if (a.is_number() && b.is_number())

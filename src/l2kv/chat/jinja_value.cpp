@@ -1,5 +1,8 @@
 #include "l2kv/chat/jinja_value.h"
 
+#include <unicode/uchar.h>
+
+#include <charconv>
 #include <cmath>
 #include <cstdio>
 
@@ -74,15 +77,119 @@ void Value::set(const std::string& key, Value value) const {
 
 namespace {
 
-std::string format_float(double d) {
-  if (std::isfinite(d) && d == std::floor(d) && std::abs(d) < 1e16) {
-    char buf[32];
-    std::snprintf(buf, sizeof buf, "%.1f", d);
-    return buf;
+// A finite float as Python's repr() (and so str(), and json.dumps) writes it: the shortest digits
+// that read back to the same double, in positional notation while the decimal point falls within
+// 16 digits of the first (with ".0" if nothing follows it), else as d.ddde+XX.
+std::string python_finite_float(double d) {
+  char buf[64];
+  const auto [end, ec] = std::to_chars(buf, buf + sizeof buf, d, std::chars_format::scientific);
+  if (ec != std::errc()) throw Error("chat template: a float that cannot be printed");
+  const std::string sci(buf, end);  // [-]d[.ddd]e(+|-)XX, the shortest round trip
+  const size_t e = sci.find('e');
+  const bool negative = sci[0] == '-';
+  std::string digits;
+  for (size_t i = negative ? 1 : 0; i < e; ++i)
+    if (sci[i] != '.') digits += sci[i];
+  const int exponent = std::stoi(sci.substr(e + 1));
+  const int point = exponent + 1;  // digits[0 .. point) come before the decimal point
+  std::string out = negative ? "-" : "";
+  if (point <= -4 || point > 16) {
+    out += digits.substr(0, 1);
+    if (digits.size() > 1) out += "." + digits.substr(1);
+    char exp[16];
+    std::snprintf(exp, sizeof exp, "e%c%02d", exponent < 0 ? '-' : '+', std::abs(exponent));
+    return out + exp;
   }
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "%.17g", d);
-  return buf;
+  if (point <= 0) return out + "0." + std::string(static_cast<size_t>(-point), '0') + digits;
+  const auto whole = static_cast<size_t>(point);
+  if (whole >= digits.size()) return out + digits + std::string(whole - digits.size(), '0') + ".0";
+  return out + digits.substr(0, whole) + "." + digits.substr(whole);
+}
+
+// str(float) in Python.
+std::string format_float(double d) {
+  if (std::isnan(d)) return "nan";
+  if (std::isinf(d)) return d > 0 ? "inf" : "-inf";
+  return python_finite_float(d);
+}
+
+// json.dumps(float) in Python.
+std::string json_float(double d) {
+  if (std::isnan(d)) return "NaN";
+  if (std::isinf(d)) return d > 0 ? "Infinity" : "-Infinity";
+  return python_finite_float(d);
+}
+
+// The code point of the UTF-8 sequence at s[i] and its length; an invalid byte is returned as
+// itself with length 1 (written as a \x escape by python_repr).
+std::pair<uint32_t, size_t> next_code_point(const std::string& s, size_t i) {
+  const auto byte = [&](size_t k) { return static_cast<unsigned char>(s[k]); };
+  const unsigned char c = byte(i);
+  const size_t n = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+  if (n == 0 || i + n > s.size()) return {c, 1};
+  uint32_t cp = n == 1 ? c : c & (0x7f >> n);
+  for (size_t k = 1; k < n; ++k) {
+    if ((byte(i + k) & 0xc0) != 0x80) return {c, 1};
+    cp = cp << 6 | (byte(i + k) & 0x3f);
+  }
+  return {cp, n};
+}
+
+// Python's str.isprintable() for one code point: all but the control, format, surrogate,
+// private-use, unassigned and separator categories, the ASCII space excepted.
+bool python_printable(uint32_t cp) {
+  if (cp == ' ') return true;
+  switch (u_charType(static_cast<UChar32>(cp))) {
+    case U_CONTROL_CHAR:
+    case U_FORMAT_CHAR:
+    case U_SURROGATE:
+    case U_PRIVATE_USE_CHAR:
+    case U_UNASSIGNED:
+    case U_LINE_SEPARATOR:
+    case U_PARAGRAPH_SEPARATOR:
+    case U_SPACE_SEPARATOR:
+      return false;
+    default:
+      return true;
+  }
+}
+
+// repr(str) in Python: single quotes unless the text holds a single quote and no double one;
+// backslash, that quote, \t \n \r and what is not printable escaped.
+std::string python_repr(const std::string& s) {
+  const bool double_quotes = s.find('\'') != std::string::npos && s.find('"') == std::string::npos;
+  const char quote = double_quotes ? '"' : '\'';
+  std::string out(1, quote);
+  for (size_t i = 0; i < s.size();) {
+    const auto [cp, n] = next_code_point(s, i);
+    if (cp == static_cast<uint32_t>(quote) || cp == '\\') {
+      out += '\\';
+      out += static_cast<char>(cp);
+    } else if (cp == '\t') {
+      out += "\\t";
+    } else if (cp == '\n') {
+      out += "\\n";
+    } else if (cp == '\r') {
+      out += "\\r";
+    } else if (n == 1 && cp >= 0x80) {  // a byte that is not UTF-8
+      char buf[16];
+      std::snprintf(buf, sizeof buf, "\\x%02x", cp);
+      out += buf;
+    } else if (!python_printable(cp)) {
+      char buf[16];
+      if (cp < 0x100)
+        std::snprintf(buf, sizeof buf, "\\x%02x", cp);
+      else if (cp < 0x10000)
+        std::snprintf(buf, sizeof buf, "\\u%04x", cp);
+      else
+        std::snprintf(buf, sizeof buf, "\\U%08x", cp);
+      out += buf;
+    } else {
+      out.append(s, i, n);
+    }
+    i += n;
+  }
+  return out + quote;
 }
 
 std::string json_string(const std::string& s) {
@@ -132,14 +239,33 @@ std::string Value::to_output() const {
   if (is_int()) return std::to_string(std::get<int64_t>(v));
   if (is_float()) return format_float(std::get<double>(v));
   if (is_string()) return str();
-  return to_json();
+  return to_repr();
+}
+
+std::string Value::to_repr() const {
+  if (is_undefined()) return "Undefined";
+  if (is_string()) return python_repr(str());
+  if (is_list()) {
+    std::string out = "[";
+    const auto& items = list_items();
+    for (size_t i = 0; i < items.size(); ++i) out += (i ? ", " : "") + items[i].to_repr();
+    return out + "]";
+  }
+  if (is_dict()) {
+    std::string out = "{";
+    const auto& items = dict_items();
+    for (size_t i = 0; i < items.size(); ++i)
+      out += (i ? ", " : "") + python_repr(items[i].first) + ": " + items[i].second.to_repr();
+    return out + "}";
+  }
+  return to_output();
 }
 
 std::string Value::to_json(int indent, int depth) const {
   if (is_undefined() || is_none()) return "null";
   if (is_bool()) return std::get<bool>(v) ? "true" : "false";
   if (is_int()) return std::to_string(std::get<int64_t>(v));
-  if (is_float()) return format_float(std::get<double>(v));
+  if (is_float()) return json_float(std::get<double>(v));
   if (is_string()) return json_string(str());
   const std::string pad =
       indent ? "\n" + std::string(static_cast<size_t>(indent) * (depth + 1), ' ') : "";

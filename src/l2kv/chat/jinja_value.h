@@ -71,8 +71,10 @@ struct Value {
   // A key of a dict or namespace; undefined when absent or not a dict.
   Value get(const std::string& key) const;
   void set(const std::string& key, Value value) const;
-  // As {{ value }} prints it.
+  // As {{ value }} prints it: Python's str(), so lists and dicts as their repr().
   std::string to_output() const;
+  // Python's repr(): strings quoted and escaped, lists and dicts of reprs.
+  std::string to_repr() const;
   // As the tojson filter writes it (Python json.dumps separators, no ASCII escaping).
   std::string to_json(int indent = 0, int depth = 0) const;
   std::string type_name() const;
