@@ -19,9 +19,12 @@ namespace {
 
 constexpr int kWarp = 32;
 
-// One warp per token: the max and the sum of exponentials over the experts, then top_k rounds
-// of a warp argmax (lower index on ties), each winner struck out. moe_route and moe_group start
-// their successor early and, launched early themselves (pdl), wait before they read anything.
+// One warp per token: the max and the sum of exponentials over the experts, each expert's
+// probability computed once into registers, then top_k rounds of a warp argmax (lower index on
+// ties), each winner struck out. moe_route and moe_group start their successor early and,
+// launched early themselves (pdl), wait before they read anything. kPerLane: experts per lane,
+// at least num_experts / 32.
+template <int kPerLane>
 __global__ void moe_route_kernel(const float* logits, int32_t num_tokens, int32_t num_experts,
                                  int32_t top_k, bool normalize, int32_t* experts, float* weights) {
   ptx::launch_dependents();
@@ -30,34 +33,46 @@ __global__ void moe_route_kernel(const float* logits, int32_t num_tokens, int32_
   const int lane = static_cast<int>(threadIdx.x) % kWarp;
   if (token >= num_tokens) return;
   const float* row = logits + static_cast<int64_t>(token) * num_experts;
+  float logit[kPerLane];
   float top = -INFINITY;
-  for (int e = lane; e < num_experts; e += kWarp) top = fmaxf(top, row[e]);
+#pragma unroll
+  for (int i = 0; i < kPerLane; ++i) {
+    const int e = lane + i * kWarp;
+    logit[i] = e < num_experts ? row[e] : -INFINITY;
+    top = fmaxf(top, logit[i]);
+  }
   for (int m = 16; m >= 1; m /= 2) top = fmaxf(top, __shfl_xor_sync(0xffffffffu, top, m));
   float sum = 0.f;
-  for (int e = lane; e < num_experts; e += kWarp) sum += expf(row[e] - top);
+#pragma unroll
+  for (int i = 0; i < kPerLane; ++i)
+    if (lane + i * kWarp < num_experts) sum += expf(logit[i] - top);
   for (int m = 16; m >= 1; m /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, m);
-  // Chosen experts as a bit per (lane, e / 32) in registers: at most 32 per lane.
-  uint32_t taken = 0;
+  // Each expert's probability; a non-finite router row gives NaNs: below every probability but
+  // above "none" and "taken", so every lane's and the warp's choice stays an expert id (the NaN
+  // row shows in the weights).
+  float prob[kPerLane];
+#pragma unroll
+  for (int i = 0; i < kPerLane; ++i) {
+    prob[i] = lane + i * kWarp < num_experts ? expf(logit[i] - top) / sum : -2.f;
+    if (lane + i * kWarp < num_experts && !(prob[i] >= 0.f)) prob[i] = -0.5f;
+  }
   float chosen_p[kMoeMaxTopK];
   int chosen_e[kMoeMaxTopK];
   float chosen_sum = 0.f;
   for (int k = 0; k < top_k; ++k) {
     float best = -1.f;
     int best_e = num_experts;
-    for (int e = lane, i = 0; e < num_experts; e += kWarp, ++i) {
-      if (taken & (1u << i)) continue;
-      float p = expf(row[e] - top) / sum;
-      // A non-finite router row gives NaNs: below every probability but above "none", so every
-      // lane's and the warp's choice stays an expert id (the NaN row shows in the weights).
-      if (!(p >= 0.f)) p = -0.5f;
-      if (p > best) best = p, best_e = e;  // ascending e: the first of equals stays
-    }
+#pragma unroll
+    for (int i = 0; i < kPerLane; ++i)  // ascending e: the first of equals stays
+      if (prob[i] > best) best = prob[i], best_e = lane + i * kWarp;
     for (int m = 16; m >= 1; m /= 2) {
       const float other = __shfl_xor_sync(0xffffffffu, best, m);
       const int other_e = __shfl_xor_sync(0xffffffffu, best_e, m);
       if (other > best || (other == best && other_e < best_e)) best = other, best_e = other_e;
     }
-    if (best_e % kWarp == lane) taken |= 1u << (best_e / kWarp);
+#pragma unroll
+    for (int i = 0; i < kPerLane; ++i)  // struck out: below every choice
+      if (best_e == lane + i * kWarp) prob[i] = -2.f;
     chosen_p[k] = best;
     chosen_e[k] = best_e;
     chosen_sum += best;
@@ -69,32 +84,55 @@ __global__ void moe_route_kernel(const float* logits, int32_t num_tokens, int32_
   }
 }
 
-constexpr int kGroupThreads = 1024;
+constexpr int kGroupThreads = kMoeMaxExperts;  // one thread per expert
 
-// One block: counts per expert in shared memory, an exclusive prefix sum, then each slot's
-// place in its expert's list (the order inside a list does not matter: slots are computed
-// independently).
+// One block: counts per expert in shared memory; a scan over the experts (thread e is expert e:
+// warp prefix sums, then the warps' totals) gives each expert's first slot and its place among
+// the chosen experts; then each slot's place in its expert's list (the order inside a list does
+// not matter: slots are computed independently).
 __global__ void __launch_bounds__(kGroupThreads)
     moe_group_kernel(const int32_t* experts, int32_t num_slots, int32_t num_experts, int32_t* first,
                      int32_t* by_expert, int32_t* active) {
   ptx::launch_dependents();
   ptx::grid_dependency_wait();
-  __shared__ int32_t count[kMoeMaxExperts + 1];
-  const int tid = static_cast<int>(threadIdx.x);
-  for (int e = tid; e <= num_experts; e += kGroupThreads) count[e] = 0;
+  __shared__ int32_t count[kMoeMaxExperts];
+  __shared__ int32_t warp_slots[kGroupThreads / kWarp], warp_chosen[kGroupThreads / kWarp];
+  const int tid = static_cast<int>(threadIdx.x), lane = tid % kWarp, warp = tid / kWarp;
+  count[tid] = 0;
   __syncthreads();
-  for (int s = tid; s < num_slots; s += kGroupThreads) atomicAdd(&count[experts[s] + 1], 1);
+  for (int s = tid; s < num_slots; s += kGroupThreads) atomicAdd(&count[experts[s]], 1);
   __syncthreads();
-  if (tid == 0) {
-    int chosen = 0;
-    for (int e = 1; e <= num_experts; ++e) {
-      if (count[e] > 0) active[1 + chosen++] = e - 1;
-      count[e] += count[e - 1];
+  const int mine = tid < num_experts ? count[tid] : 0;
+  int slots_to = mine, chosen_to = mine > 0 ? 1 : 0;  // inclusive prefixes within the warp
+  for (int d = 1; d < kWarp; d *= 2) {
+    const int s = __shfl_up_sync(0xffffffffu, slots_to, d);
+    const int c = __shfl_up_sync(0xffffffffu, chosen_to, d);
+    if (lane >= d) slots_to += s, chosen_to += c;
+  }
+  if (lane == kWarp - 1) warp_slots[warp] = slots_to, warp_chosen[warp] = chosen_to;
+  __syncthreads();
+  if (warp == 0) {  // exclusive prefixes of the warps' totals
+    int s = warp_slots[lane], c = warp_chosen[lane];
+    for (int d = 1; d < kWarp; d *= 2) {
+      const int ps = __shfl_up_sync(0xffffffffu, s, d);
+      const int pc = __shfl_up_sync(0xffffffffu, c, d);
+      if (lane >= d) s += ps, c += pc;
     }
-    active[0] = chosen;
+    warp_slots[lane] = s - warp_slots[lane];
+    warp_chosen[lane] = c - warp_chosen[lane];
   }
   __syncthreads();
-  for (int e = tid; e <= num_experts; e += kGroupThreads) first[e] = count[e];
+  const int before = warp_slots[warp] + slots_to - mine;  // slots of the experts below this one
+  const int place = warp_chosen[warp] + chosen_to - (mine > 0 ? 1 : 0);
+  if (tid < num_experts) {
+    first[tid] = before;
+    count[tid] = before;  // the cursor of this expert's list
+    if (mine > 0) active[1 + place] = tid;
+  }
+  if (tid == num_experts - 1) {
+    first[num_experts] = before + mine;
+    active[0] = place + (mine > 0 ? 1 : 0);
+  }
   __syncthreads();
   for (int s = tid; s < num_slots; s += kGroupThreads)
     by_expert[atomicAdd(&count[experts[s]], 1)] = s;
@@ -269,8 +307,12 @@ void moe_route(const float* router_logits, int32_t num_tokens, int32_t num_exper
   const cudaLaunchConfig_t config =
       launch_config(static_cast<unsigned>(ceil_div(num_tokens, kWarpsPerBlock)),
                     kWarpsPerBlock * kWarp, 0, stream, pdl, attribute);
-  L2KV_CUDA_CHECK(cudaLaunchKernelEx(&config, moe_route_kernel, router_logits, num_tokens,
-                                     num_experts, top_k, normalize, experts, weights));
+  // The probabilities sit in registers: as few per lane as the experts allow.
+  const auto kernel = num_experts <= 4 * kWarp   ? moe_route_kernel<4>
+                      : num_experts <= 8 * kWarp ? moe_route_kernel<8>
+                                                 : moe_route_kernel<kMoeMaxExperts / kWarp>;
+  L2KV_CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, router_logits, num_tokens, num_experts, top_k,
+                                     normalize, experts, weights));
 }
 
 void moe_group(const int32_t* experts, int32_t num_slots, int32_t num_experts, int32_t* first,
