@@ -265,6 +265,15 @@ TEST(ChatTemplate, CaseAndRepetitionAsPython) {
              "{{ '\u03a3\u0391\u03a3 \u03a3\u0391\u03a3'|title }} {{ '\u0391\u03a3'|lower }}"),
       "\u039f\u03b4\u03bf\u03c2 \u0391\u03c2 \u03a3\u03b1\u03c2 \u03a3\u03b1\u03c2 "
       "\u03b1\u03c2");
+  // A byte that is not UTF-8 is kept by every case change, as capitalize and title keep it.
+  EXPECT_EQ(render("{{ 'a\xff"
+                   "b\u00e9'|upper }}|{{ 'A\xff"
+                   "B\u00c9'|lower }}|{{ '\xff"
+                   "ab'|capitalize }}"),
+            "A\xff"
+            "B\u00c9|a\xff"
+            "b\u00e9|\xff"
+            "ab");
 }
 
 }  // namespace

@@ -17,17 +17,6 @@ bool is_ascii(std::string_view text) {
   return true;
 }
 
-icu::UnicodeString from_utf8(std::string_view text) {
-  return icu::UnicodeString::fromUTF8(
-      icu::StringPiece(text.data(), static_cast<int32_t>(text.size())));
-}
-
-std::string to_utf8(const icu::UnicodeString& s) {
-  std::string out;
-  s.toUTF8String(out);
-  return out;
-}
-
 enum class Case { kUpper, kLower, kTitle };
 
 // One code point's full mapping (ß -> "SS" upper, "Ss" title).
@@ -71,6 +60,14 @@ std::vector<CodePoint> code_points(std::string_view text) {
   return out;
 }
 
+// One code point in `how`'s case; an invalid byte sequence is kept as it is.
+void append_in_case(const CodePoint& cp, Case how, std::string& out) {
+  if (cp.c < 0)
+    out += cp.bytes;
+  else
+    append_mapped(cp.c, how, out);
+}
+
 // Python's "cased": Lu, Ll, Lt (Unicode's Cased property).
 bool is_cased(UChar32 c) {
   return c >= 0 && u_hasBinaryProperty(c, UCHAR_CASED);
@@ -105,10 +102,7 @@ void append_lower_in_context(const std::vector<CodePoint>& text, size_t i, std::
       return;
     }
   }
-  if (text[i].c < 0)
-    out += text[i].bytes;
-  else
-    append_mapped(text[i].c, Case::kLower, out);
+  append_in_case(text[i], Case::kLower, out);
 }
 
 // Python's str.isspace() for one code point.
@@ -120,34 +114,42 @@ bool is_python_space(UChar32 c) {
 void append_first_upper(std::string_view piece, std::string& out) {
   const std::vector<CodePoint> all = code_points(piece);
   if (all.empty()) return;
-  if (all[0].c < 0)
-    out += all[0].bytes;
-  else
-    append_mapped(all[0].c, Case::kUpper, out);
+  append_in_case(all[0], Case::kUpper, out);
   const std::vector<CodePoint> rest(all.begin() + 1, all.end());
   for (size_t i = 0; i < rest.size(); ++i) append_lower_in_context(rest, i, out);
+}
+
+// str.upper() or str.lower(): each code point's full mapping (the root locale's: no language's
+// special rules), final sigma in context; invalid bytes kept, as capitalize() and the titles
+// keep them.
+std::string change_case(std::string_view text, Case how) {
+  std::string out;
+  if (is_ascii(text)) {
+    out = text;
+    const char from = how == Case::kUpper ? 'a' : 'A', to = how == Case::kUpper ? 'A' : 'a';
+    for (char& c : out)
+      if (c >= from && c <= from + 25) c = static_cast<char>(c - from + to);
+    return out;
+  }
+  out.reserve(text.size());
+  const std::vector<CodePoint> all = code_points(text);
+  for (size_t i = 0; i < all.size(); ++i) {
+    if (how == Case::kLower)
+      append_lower_in_context(all, i, out);
+    else
+      append_in_case(all[i], how, out);
+  }
+  return out;
 }
 
 }  // namespace
 
 std::string to_upper(std::string_view text) {
-  if (is_ascii(text)) {
-    std::string out(text);
-    for (char& c : out)
-      if (c >= 'a' && c <= 'z') c = static_cast<char>(c - 'a' + 'A');
-    return out;
-  }
-  return to_utf8(from_utf8(text).toUpper(icu::Locale::getRoot()));
+  return change_case(text, Case::kUpper);
 }
 
 std::string to_lower(std::string_view text) {
-  if (is_ascii(text)) {
-    std::string out(text);
-    for (char& c : out)
-      if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
-    return out;
-  }
-  return to_utf8(from_utf8(text).toLower(icu::Locale::getRoot()));
+  return change_case(text, Case::kLower);
 }
 
 std::string capitalize(std::string_view text) {
@@ -157,10 +159,8 @@ std::string capitalize(std::string_view text) {
   for (size_t i = 0; i < all.size(); ++i) {
     if (i > 0)
       append_lower_in_context(all, i, out);  // the first character is context too, as in Python
-    else if (all[i].c < 0)
-      out += all[i].bytes;
     else
-      append_mapped(all[i].c, Case::kTitle, out);
+      append_in_case(all[i], Case::kTitle, out);
   }
   return out;
 }
@@ -173,10 +173,8 @@ std::string python_title(std::string_view text) {
   for (size_t i = 0; i < all.size(); ++i) {
     if (previous_cased)
       append_lower_in_context(all, i, out);
-    else if (all[i].c < 0)
-      out += all[i].bytes;
     else
-      append_mapped(all[i].c, Case::kTitle, out);
+      append_in_case(all[i], Case::kTitle, out);
     previous_cased = is_cased(all[i].c);
   }
   return out;

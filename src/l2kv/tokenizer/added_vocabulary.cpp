@@ -16,6 +16,13 @@ bool is_word_byte(unsigned char c) {
   return std::isalnum(c) || c == '_' || c >= 0x80;
 }
 
+// Where `byte`'s edge is, or would go, among a trie node's children (sorted by byte).
+template <typename Children>
+auto edge_at(Children& children, unsigned char byte) {
+  return std::lower_bound(children.begin(), children.end(), std::make_pair(byte, int32_t{0}),
+                          [](const auto& a, const auto& b) { return a.first < b.first; });
+}
+
 }  // namespace
 
 AddedVocabulary::AddedVocabulary(const nlohmann::json& added_tokens) {
@@ -36,8 +43,7 @@ AddedVocabulary::AddedVocabulary(const nlohmann::json& added_tokens) {
     for (const char c : tokens_[i].content) {
       const auto byte = static_cast<unsigned char>(c);
       auto& children = trie_[node].children;
-      auto it = std::lower_bound(children.begin(), children.end(), std::make_pair(byte, int32_t{0}),
-                                 [](const auto& a, const auto& b) { return a.first < b.first; });
+      auto it = edge_at(children, byte);
       if (it == children.end() || it->first != byte) {
         const auto next = static_cast<int32_t>(trie_.size());
         it = children.insert(it, {byte, next});
@@ -58,9 +64,7 @@ const AddedToken* AddedVocabulary::find(int32_t id) const {
 
 int32_t AddedVocabulary::child(int32_t node, unsigned char byte) const {
   const auto& children = trie_[node].children;
-  const auto it =
-      std::lower_bound(children.begin(), children.end(), std::make_pair(byte, int32_t{0}),
-                       [](const auto& a, const auto& b) { return a.first < b.first; });
+  const auto it = edge_at(children, byte);
   return it == children.end() || it->first != byte ? -1 : it->second;
 }
 
