@@ -217,6 +217,11 @@ TEST(ChatTemplate, PrintsValuesAsPython) {
   m["v"] = {"tab\there\nnl \\ \u0007 \u00e9 \u200b \U0001F600 \u007f \u00a0 \u2028"};
   EXPECT_EQ(render("{{ messages[0].v }}", m),
             "['tab\\there\\nnl \\\\ \\x07 \u00e9 \\u200b \U0001F600 \\x7f \\xa0 \\u2028']");
+  // Bytes that are not UTF-8 (an overlong quote, a sequence past U+10FFFF), each as \xhh.
+  EXPECT_EQ(render("{{ ['a\xc0\xa7"
+                   "b\xf4\x90\x80\x80'] }}",
+                   m),
+            "['a\\xc0\\xa7b\\xf4\\x90\\x80\\x80']");
   m["v"] = {0.1,  1e16, 1e15,          0.00001, 0.0001, 2.5e-7,
             -0.0, 1.0,  123456789.125, 1e300,   5e-324, 1.7976931348623157e308};
   EXPECT_EQ(render("{% for x in messages[0].v %}{{ x }} {% endfor %}", m),
@@ -232,6 +237,11 @@ TEST(ChatTemplate, PrintsValuesAsPython) {
                    "{{ false < 1 }}|{{ true ~ 1 }}|{{ [true] }}",
                    m),
             "ab||2|2.5|True|True1|[True]");
+  EXPECT_EQ(
+      render("{{ true == 1 }}|{{ 1.0 == true }}|{{ 1 in [true] }}|{{ false != 0 }}|"
+             "{{ -true }}|{{ true|int }}|{{ true|float }}|{{ true|abs }}|{{ true == 'True' }}",
+             m),
+      "True|True|True|False|-1|1|1.0|1|False");
 }
 
 // Case changes and string repetition as Python makes them, beyond ASCII.
@@ -265,6 +275,14 @@ TEST(ChatTemplate, CaseAndRepetitionAsPython) {
              "{{ '\u03a3\u0391\u03a3 \u03a3\u0391\u03a3'|title }} {{ '\u0391\u03a3'|lower }}"),
       "\u039f\u03b4\u03bf\u03c2 \u0391\u03c2 \u03a3\u03b1\u03c2 \u03a3\u03b1\u03c2 "
       "\u03b1\u03c2");
+  // Characters that are both case-ignorable and cased (U+02B0, U+0345) are skipped when the
+  // sigma looks for a cased neighbour, as Python skips them (expected strings: Python 3.11).
+  EXPECT_EQ(
+      render("{{ '\u02b0\u03a3'|lower }} {{ 'A\u03a3\u02b0'|lower }} "
+             "{{ '\u0391\u03a3\u0345'.lower() }} {{ 'A\u03a3\u02b0'|capitalize }} "
+             "{{ '\u02b0\u03a3 A\u03a3\u02b0'.title() }} {{ 'A\u03a3\u02b0\xff'|lower }}"),
+      "\u02b0\u03c3 a\u03c2\u02b0 \u03b1\u03c2\u0345 A\u03c2\u02b0 \u02b0\u03c3 A\u03c2\u02b0 "
+      "a\u03c2\u02b0\xff");
   // A byte that is not UTF-8 is kept by every case change, as capitalize and title keep it.
   EXPECT_EQ(render("{{ 'a\xff"
                    "b\u00e9'|upper }}|{{ 'A\xff"

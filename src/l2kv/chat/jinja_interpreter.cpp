@@ -13,6 +13,11 @@ namespace {
 struct BreakSignal {};
 struct ContinueSignal {};
 
+// Python's bool is an int where a number is wanted: True as 1, False as 0.
+Value int_if_bool(const Value& v) {
+  return v.is_bool() ? Value(int64_t{std::get<bool>(v.v) ? 1 : 0}) : v;
+}
+
 std::string strip_chars(const std::string& s, const std::string& chars, bool left, bool right) {
   const auto is_strip = [&](char c) {
     return chars.empty()
@@ -344,8 +349,9 @@ class Interpreter {
       case Expr::Kind::kTest:
         return Value(apply_test(e) != e.negated);
       case Expr::Kind::kUnary: {
-        const Value v = eval(*e.args[0]);
-        if (e.name == "not") return Value(!v.truthy());
+        const Value raw = eval(*e.args[0]);
+        if (e.name == "not") return Value(!raw.truthy());
+        const Value v = int_if_bool(raw);  // -True is -1
         if (!v.is_number()) fail(e, "unary " + e.name + " needs a number");
         if (e.name == "+") return v;
         if (v.is_int()) {
@@ -635,6 +641,7 @@ class Interpreter {
     if (f == "string" || f == "safe") return Value(output_of(v));
     if (f == "int") {
       if (v.is_int()) return v;
+      if (v.is_bool()) return int_if_bool(v);
       if (v.is_number()) {
         // Python's int() of a float beyond 64 bits is a big integer; ours cannot hold it.
         const double x = v.number();
@@ -648,13 +655,14 @@ class Interpreter {
       }
     }
     if (f == "float") {
-      if (v.is_number()) return Value(v.number());
+      if (v.is_number() || v.is_bool()) return Value(int_if_bool(v).number());
       try {
         return Value(std::stod(output_of(v)));
       } catch (const std::exception&) {
         return Value(0.0);
       }
     }
+    if (f == "abs" && v.is_bool()) return int_if_bool(v);
     if (f == "abs") {
       if (!v.is_number()) fail(e, "abs of a " + v.type_name());
       if (v.is_int()) {
@@ -754,9 +762,6 @@ class Interpreter {
       return a.truthy() ? a : eval(*e.args[1]);
     }
     // Python's bool is an int in arithmetic and ordering: True + 1 is 2, 'a' * True is 'a'.
-    const auto int_if_bool = [](Value v) {
-      return v.is_bool() ? Value(int64_t{std::get<bool>(v.v) ? 1 : 0}) : v;
-    };
     const Value a_raw = eval(*e.args[0]);
     const Value b_raw = eval(*e.args[1]);
     if (op == "==") return Value(equal_charged(a_raw, b_raw));

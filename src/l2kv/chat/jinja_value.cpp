@@ -1,6 +1,7 @@
 #include "l2kv/chat/jinja_value.h"
 
 #include <unicode/uchar.h>
+#include <unicode/utf8.h>
 
 #include <charconv>
 #include <cmath>
@@ -120,19 +121,14 @@ std::string json_float(double d) {
   return python_finite_float(d);
 }
 
-// The code point of the UTF-8 sequence at s[i] and its length; an invalid byte is returned as
-// itself with length 1 (written as a \x escape by python_repr).
-std::pair<uint32_t, size_t> next_code_point(const std::string& s, size_t i) {
-  const auto byte = [&](size_t k) { return static_cast<unsigned char>(s[k]); };
-  const unsigned char c = byte(i);
-  const size_t n = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
-  if (n == 0 || i + n > s.size()) return {c, 1};
-  uint32_t cp = n == 1 ? c : c & (0x7f >> n);
-  for (size_t k = 1; k < n; ++k) {
-    if ((byte(i + k) & 0xc0) != 0x80) return {c, 1};
-    cp = cp << 6 | (byte(i + k) & 0x3f);
-  }
-  return {cp, n};
+// The code point of the UTF-8 sequence at s[i] (negative where it is ill-formed: overlong,
+// a surrogate, past U+10FFFF, cut short) and the bytes it takes.
+std::pair<UChar32, size_t> next_code_point(const std::string& s, size_t i) {
+  const auto* bytes = reinterpret_cast<const uint8_t*>(s.data());
+  auto at = static_cast<int32_t>(i);
+  UChar32 c = 0;
+  U8_NEXT(bytes, at, static_cast<int32_t>(s.size()), c);
+  return {c, static_cast<size_t>(at) - i};
 }
 
 // Python's str.isprintable() for one code point: all but the control, format, surrogate,
@@ -161,7 +157,17 @@ std::string python_repr(const std::string& s) {
   const char quote = double_quotes ? '"' : '\'';
   std::string out(1, quote);
   for (size_t i = 0; i < s.size();) {
-    const auto [cp, n] = next_code_point(s, i);
+    const auto [c, n] = next_code_point(s, i);
+    if (c < 0) {  // bytes that are not UTF-8, each as \xhh
+      for (size_t k = i; k < i + n; ++k) {
+        char buf[8];
+        std::snprintf(buf, sizeof buf, "\\x%02x", static_cast<unsigned char>(s[k]));
+        out += buf;
+      }
+      i += n;
+      continue;
+    }
+    const auto cp = static_cast<uint32_t>(c);
     if (cp == static_cast<uint32_t>(quote) || cp == '\\') {
       out += '\\';
       out += static_cast<char>(cp);
@@ -171,10 +177,6 @@ std::string python_repr(const std::string& s) {
       out += "\\n";
     } else if (cp == '\r') {
       out += "\\r";
-    } else if (n == 1 && cp >= 0x80) {  // a byte that is not UTF-8
-      char buf[16];
-      std::snprintf(buf, sizeof buf, "\\x%02x", cp);
-      out += buf;
     } else if (!python_printable(cp)) {
       char buf[16];
       if (cp < 0x100)
@@ -298,6 +300,13 @@ std::string Value::type_name() const {
 
 bool equal(const Value& a, const Value& b) {
   if (a.is_number() && b.is_number()) return a.number() == b.number();
+  // Python's bool is an int: True == 1 and 1.0 == True.
+  if ((a.is_bool() && b.is_number()) || (a.is_number() && b.is_bool())) {
+    const auto as_number = [](const Value& x) {
+      return x.is_bool() ? (std::get<bool>(x.v) ? 1.0 : 0.0) : x.number();
+    };
+    return as_number(a) == as_number(b);
+  }
   if (a.v.index() != b.v.index()) return false;
   if (a.is_undefined() || a.is_none()) return true;
   if (a.is_bool()) return std::get<bool>(a.v) == std::get<bool>(b.v);

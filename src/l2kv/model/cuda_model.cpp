@@ -747,17 +747,19 @@ struct CudaModel::GraphOps {
     decode.kv.device_scales = step->kv_scales + 2 * l;
     decode.sliding_window = c().is_sliding(l) ? static_cast<int32_t>(c().sliding_window) : 0;
   }
+  // Qwen3's q/k norm in the QKV GEMV's RoPE epilogue (a head's blocks launched as one cluster)
+  // up to this many rows. Measured on an H100 (bench/NOTES.md, "Qwen3's q/k norm in the QKV
+  // epilogue"): Qwen3-8B 3.2 % faster at batch 1, 0.9 % at 8, 0.6 % slower at 2 and within the
+  // run-to-run spread at 12 (-0.5 % and +0.9 % in two runs); Qwen3-30B-A3B 2.6-3.1 % faster at
+  // 1 and 1.3 % at 8; at 16 rows 0.7 % slower (its register form spills more). Not with tensor
+  // parallelism: in the tests its ranks share one GPU, where their spinning collectives kept a
+  // cluster's blocks from being scheduled together until the collectives timed out; one GPU per
+  // rank is untested.
+  static constexpr int32_t kQkNormEpilogueMaxRows = 12;
   // Whether the QKV GEMV applies RoPE (after Qwen3's q/k norm, where the model has it) and
   // writes the KV cache itself (gemv.h's kRopeCache); if so, adds that epilogue to `f`. Where the
   // GEMV runs QKV anyway (the fused layer with 16-bit or fp8 `weights`, or a 16-bit step Gemm
   // sends to it), with no fp8 KV scales to calculate from this step's K and V first.
-  // Qwen3's q/k norm in that epilogue (a head's blocks launched as one cluster) up to this many
-  // rows. Measured on an H100 (bench/NOTES.md, "Qwen3's q/k norm in the QKV epilogue"): steps
-  // 3.2 % faster at batch 1 (Qwen3-8B), 2.5 % (Qwen3-30B-A3B), 1.0 % at 8 rows, 0.6 % slower at
-  // 2, 0.7 % at 16. Not with tensor parallelism: in the tests its ranks share one GPU, where
-  // their spinning collectives kept a cluster's blocks from being scheduled together until the
-  // collectives timed out; one GPU per rank is untested.
-  static constexpr int32_t kQkNormEpilogueMaxRows = 12;
   bool add_rope_epilogue(int64_t l, const void* x, const void* weights, GemvFusion& f) const {
     const int64_t H = c().hidden_size, qkv_out = q_dim() + 2 * kv_dim();
     if (!step->rope_epilogue) return false;

@@ -443,8 +443,11 @@ const std::vector<RopeShape> kRopeShapes = {
     {"small fp8 NHD, rows of 16-byte fp8 vectors", 1040, 6, 2, 64, true, KvLayout::kNHD, true},
     // 16,384 outputs: the norm prologue's blocks of two feature tiles (gemv.cu's wide form).
     {"wide MHA", 2048, 64, 32, 128, true, KvLayout::kHND, false},
-    // head_dim 256 (Gemma 3 12B): two rows at a time in the q/k norm's finishing block.
+    // head_dim 256 (Gemma 3 12B; the q/k-norm epilogue takes 64 and 128 only).
     {"gemma3-12b", 3840, 16, 8, 256, false, KvLayout::kHND, false},
+    // 16,384 outputs of head_dim 64: the wide form's two tiles a block make a q/k-norm head a
+    // cluster of 2.
+    {"wide head_dim 64", 2048, 128, 64, 64, false, KvLayout::kHND, false},
 };
 
 // The kRopeCache epilogue (with and without the norm prologue) against the GEMV's kStore of the

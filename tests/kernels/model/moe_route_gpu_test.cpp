@@ -116,8 +116,9 @@ TEST(MoeRouteGpu, ChoosesAndGroupsAsTheHostReference) {
           const auto got_first = download(first, size_t(E) + 1);
           const auto got_active = download(active, size_t(E) + 1);
           const auto got_by = download(by_expert, size_t(slots));
-          std::vector<int32_t> count(size_t(E), 0), want_active;
-          for (const int32_t e : got_e) ++count[size_t(e)];
+          for (const int32_t e : got_e) ASSERT_TRUE(e >= 0 && e < E) << "expert " << e;
+          std::vector<int32_t> count(static_cast<size_t>(E), 0), want_active;
+          for (const int32_t e : got_e) ++count[static_cast<size_t>(e)];
           int32_t prefix = 0;
           for (int32_t e = 0; e <= E; ++e) {
             ASSERT_EQ(got_first[size_t(e)], prefix) << "first[" << e << "]";

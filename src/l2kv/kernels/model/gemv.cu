@@ -422,7 +422,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) gemv_kernel(GemvParams p
   // kRopeCacheQkNorm: the thread's pair (biased and rounded products) and x row (-1: none), and
   // the block's per-row sums of squares of its pairs, then of each warp's 32 pairs (head_dim
   // <= 128: at most two warps a row).
-  struct {
+  struct OwnPair {
     float a = 0.f, b = 0.f;
     int m = -1;
   } qk;
@@ -638,17 +638,18 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) gemv_kernel(GemvParams p
       const int warps_per_row = half / kWarpSize;
       cluster.sync();  // every block's pair sums are in its shared memory
       for (int task = warp; task < p.rows * warps_per_row; task += kWarps) {
-        const int m = task / warps_per_row, w = task % warps_per_row;
-        const int pair = w * kWarpSize + lane;
+        const int m = task / warps_per_row, row_warp = task % warps_per_row;
+        const int pair = row_warp * kWarpSize + lane;
         const float* held = cluster.map_shared_rank(&qk_pair_sumsq[m][pair % kPairsPerBlock],
                                                     static_cast<unsigned>(pair / kPairsPerBlock));
         const float sum = warp_sum_leading(*held, kWarpSize);
-        if (lane == 0) qk_warp_sums[m][w] = sum;
+        if (lane == 0) qk_warp_sums[m][row_warp] = sum;
       }
       cluster.sync();  // no block leaves while another reads its sums; qk_warp_sums complete
       if (qk.m >= 0) {
         float total = 0.f;
-        for (int w = 0; w < warps_per_row; ++w) total += qk_warp_sums[qk.m][w];
+        for (int row_warp = 0; row_warp < warps_per_row; ++row_warp)
+          total += qk_warp_sums[qk.m][row_warp];
         const float scale = head_rms_scale(total, f.rope.kv.head_dim, f.rope.norm_eps);
         T ra, rb;
         rotate_pair_by(head_norm<T>(qk.a, scale, rope.gamma_lo),

@@ -23,7 +23,14 @@ constexpr int kWarp = 32;
 // probability computed once into registers, then top_k rounds of a warp argmax (lower index on
 // ties), each winner struck out. moe_route and moe_group start their successor early and,
 // launched early themselves (pdl), wait before they read anything. kPerLane: experts per lane,
-// at least num_experts / 32.
+// at least ceil(num_experts / 32).
+// The argmax's sentinels, all below every probability: a NaN probability (a non-finite router
+// row) above "nothing chosen yet", and that above an expert struck out or past the end, so every
+// round still ends on an expert id.
+constexpr float kNanProbability = -0.5f;
+constexpr float kNothingChosen = -1.f;
+constexpr float kNotChoosable = -2.f;
+
 template <int kPerLane>
 __global__ void moe_route_kernel(const float* logits, int32_t num_tokens, int32_t num_experts,
                                  int32_t top_k, bool normalize, int32_t* experts, float* weights) {
@@ -47,20 +54,20 @@ __global__ void moe_route_kernel(const float* logits, int32_t num_tokens, int32_
   for (int i = 0; i < kPerLane; ++i)
     if (lane + i * kWarp < num_experts) sum += expf(logit[i] - top);
   for (int m = 16; m >= 1; m /= 2) sum += __shfl_xor_sync(0xffffffffu, sum, m);
-  // Each expert's probability; a non-finite router row gives NaNs: below every probability but
-  // above "none" and "taken", so every lane's and the warp's choice stays an expert id (the NaN
-  // row shows in the weights).
+  // Each expert's probability. A non-finite router row (only non-finite hidden states, whose
+  // expert outputs are NaN anyway, give one) still chooses k distinct experts, with weights
+  // kNanProbability, or 1 / k renormalized.
   float prob[kPerLane];
 #pragma unroll
   for (int i = 0; i < kPerLane; ++i) {
-    prob[i] = lane + i * kWarp < num_experts ? expf(logit[i] - top) / sum : -2.f;
-    if (lane + i * kWarp < num_experts && !(prob[i] >= 0.f)) prob[i] = -0.5f;
+    prob[i] = lane + i * kWarp < num_experts ? expf(logit[i] - top) / sum : kNotChoosable;
+    if (lane + i * kWarp < num_experts && !(prob[i] >= 0.f)) prob[i] = kNanProbability;
   }
   float chosen_p[kMoeMaxTopK];
   int chosen_e[kMoeMaxTopK];
   float chosen_sum = 0.f;
   for (int k = 0; k < top_k; ++k) {
-    float best = -1.f;
+    float best = kNothingChosen;
     int best_e = num_experts;
 #pragma unroll
     for (int i = 0; i < kPerLane; ++i)  // ascending e: the first of equals stays
@@ -71,8 +78,8 @@ __global__ void moe_route_kernel(const float* logits, int32_t num_tokens, int32_
       if (other > best || (other == best && other_e < best_e)) best = other, best_e = other_e;
     }
 #pragma unroll
-    for (int i = 0; i < kPerLane; ++i)  // struck out: below every choice
-      if (best_e == lane + i * kWarp) prob[i] = -2.f;
+    for (int i = 0; i < kPerLane; ++i)  // struck out
+      if (best_e == lane + i * kWarp) prob[i] = kNotChoosable;
     chosen_p[k] = best;
     chosen_e[k] = best_e;
     chosen_sum += best;
@@ -85,6 +92,7 @@ __global__ void moe_route_kernel(const float* logits, int32_t num_tokens, int32_
 }
 
 constexpr int kGroupThreads = kMoeMaxExperts;  // one thread per expert
+static_assert(kGroupThreads == kWarp * kWarp, "warp 0 scans one total per warp");
 
 // One block: counts per expert in shared memory; a scan over the experts (thread e is expert e:
 // warp prefix sums, then the warps' totals) gives each expert's first slot and its place among
@@ -105,21 +113,21 @@ __global__ void __launch_bounds__(kGroupThreads)
   const int mine = tid < num_experts ? count[tid] : 0;
   int slots_to = mine, chosen_to = mine > 0 ? 1 : 0;  // inclusive prefixes within the warp
   for (int d = 1; d < kWarp; d *= 2) {
-    const int s = __shfl_up_sync(0xffffffffu, slots_to, d);
-    const int c = __shfl_up_sync(0xffffffffu, chosen_to, d);
-    if (lane >= d) slots_to += s, chosen_to += c;
+    const int slots_below = __shfl_up_sync(0xffffffffu, slots_to, d);
+    const int chosen_below = __shfl_up_sync(0xffffffffu, chosen_to, d);
+    if (lane >= d) slots_to += slots_below, chosen_to += chosen_below;
   }
   if (lane == kWarp - 1) warp_slots[warp] = slots_to, warp_chosen[warp] = chosen_to;
   __syncthreads();
   if (warp == 0) {  // exclusive prefixes of the warps' totals
-    int s = warp_slots[lane], c = warp_chosen[lane];
+    int slots_through = warp_slots[lane], chosen_through = warp_chosen[lane];
     for (int d = 1; d < kWarp; d *= 2) {
-      const int ps = __shfl_up_sync(0xffffffffu, s, d);
-      const int pc = __shfl_up_sync(0xffffffffu, c, d);
-      if (lane >= d) s += ps, c += pc;
+      const int slots_below = __shfl_up_sync(0xffffffffu, slots_through, d);
+      const int chosen_below = __shfl_up_sync(0xffffffffu, chosen_through, d);
+      if (lane >= d) slots_through += slots_below, chosen_through += chosen_below;
     }
-    warp_slots[lane] = s - warp_slots[lane];
-    warp_chosen[lane] = c - warp_chosen[lane];
+    warp_slots[lane] = slots_through - warp_slots[lane];
+    warp_chosen[lane] = chosen_through - warp_chosen[lane];
   }
   __syncthreads();
   const int before = warp_slots[warp] + slots_to - mine;  // slots of the experts below this one
