@@ -13,11 +13,6 @@ namespace {
 struct BreakSignal {};
 struct ContinueSignal {};
 
-// Python's bool is an int where a number is wanted: True as 1, False as 0.
-Value int_if_bool(const Value& v) {
-  return v.is_bool() ? Value(int64_t{std::get<bool>(v.v) ? 1 : 0}) : v;
-}
-
 std::string strip_chars(const std::string& s, const std::string& chars, bool left, bool right) {
   const auto is_strip = [&](char c) {
     return chars.empty()

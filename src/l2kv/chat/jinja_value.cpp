@@ -1,13 +1,13 @@
 #include "l2kv/chat/jinja_value.h"
 
 #include <unicode/uchar.h>
-#include <unicode/utf8.h>
 
 #include <charconv>
 #include <cmath>
 #include <cstdio>
 
 #include "l2kv/core/error.h"
+#include "l2kv/tokenizer/utf8.h"
 
 namespace l2kv::jinja {
 namespace {
@@ -121,16 +121,6 @@ std::string json_float(double d) {
   return python_finite_float(d);
 }
 
-// The code point of the UTF-8 sequence at s[i] (negative where it is ill-formed: overlong,
-// a surrogate, past U+10FFFF, cut short) and the bytes it takes.
-std::pair<UChar32, size_t> next_code_point(const std::string& s, size_t i) {
-  const auto* bytes = reinterpret_cast<const uint8_t*>(s.data());
-  auto at = static_cast<int32_t>(i);
-  UChar32 c = 0;
-  U8_NEXT(bytes, at, static_cast<int32_t>(s.size()), c);
-  return {c, static_cast<size_t>(at) - i};
-}
-
 // Python's str.isprintable() for one code point: all but the control, format, surrogate,
 // private-use, unassigned and separator categories, the ASCII space excepted.
 bool python_printable(uint32_t cp) {
@@ -157,17 +147,16 @@ std::string python_repr(const std::string& s) {
   const char quote = double_quotes ? '"' : '\'';
   std::string out(1, quote);
   for (size_t i = 0; i < s.size();) {
-    const auto [c, n] = next_code_point(s, i);
-    if (c < 0) {  // bytes that are not UTF-8, each as \xhh
-      for (size_t k = i; k < i + n; ++k) {
-        char buf[8];
-        std::snprintf(buf, sizeof buf, "\\x%02x", static_cast<unsigned char>(s[k]));
-        out += buf;
-      }
-      i += n;
+    const size_t n = utf8::valid_sequence_length(s, i);
+    if (n == 0) {  // a byte that is not UTF-8 (overlong, surrogate, past U+10FFFF, cut short)
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\x%02x", static_cast<unsigned char>(s[i]));
+      out += buf;
+      ++i;
       continue;
     }
-    const auto cp = static_cast<uint32_t>(c);
+    size_t next = i;
+    const auto cp = static_cast<uint32_t>(utf8::next(s, next));
     if (cp == static_cast<uint32_t>(quote) || cp == '\\') {
       out += '\\';
       out += static_cast<char>(cp);
@@ -298,15 +287,15 @@ std::string Value::type_name() const {
   return names[v.index()];
 }
 
+Value int_if_bool(const Value& v) {
+  return v.is_bool() ? Value(int64_t{std::get<bool>(v.v) ? 1 : 0}) : v;
+}
+
 bool equal(const Value& a, const Value& b) {
   if (a.is_number() && b.is_number()) return a.number() == b.number();
   // Python's bool is an int: True == 1 and 1.0 == True.
-  if ((a.is_bool() && b.is_number()) || (a.is_number() && b.is_bool())) {
-    const auto as_number = [](const Value& x) {
-      return x.is_bool() ? (std::get<bool>(x.v) ? 1.0 : 0.0) : x.number();
-    };
-    return as_number(a) == as_number(b);
-  }
+  if ((a.is_bool() && b.is_number()) || (a.is_number() && b.is_bool()))
+    return int_if_bool(a).number() == int_if_bool(b).number();
   if (a.v.index() != b.v.index()) return false;
   if (a.is_undefined() || a.is_none()) return true;
   if (a.is_bool()) return std::get<bool>(a.v) == std::get<bool>(b.v);

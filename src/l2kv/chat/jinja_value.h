@@ -86,4 +86,8 @@ struct Value {
 
 bool equal(const Value& a, const Value& b);
 
+// Python's bool is an int where a number is wanted: True as 1, False as 0; other values as they
+// are.
+Value int_if_bool(const Value& v);
+
 }  // namespace l2kv::jinja

@@ -8,6 +8,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "l2kv/tokenizer/utf8.h"
+
 namespace l2kv::jinja {
 namespace {
 
@@ -115,17 +117,6 @@ void append_first_upper(std::string_view piece, std::string& out) {
   for (size_t i = 0; i < rest.size(); ++i) append_lower_in_context(rest, i, out);
 }
 
-bool is_valid_utf8(std::string_view text) {
-  const auto* bytes = reinterpret_cast<const uint8_t*>(text.data());
-  const auto size = static_cast<int32_t>(text.size());
-  for (int32_t i = 0; i < size;) {
-    UChar32 c = 0;
-    U8_NEXT(bytes, i, size, c);
-    if (c < 0) return false;
-  }
-  return true;
-}
-
 // str.upper() or str.lower(): each code point's full mapping (the root locale's: no language's
 // special rules), final sigma in context. Valid UTF-8 goes through ICU's whole-string mapping
 // (5-10x faster than one mapping a code point); text with invalid bytes is mapped a code point
@@ -139,7 +130,7 @@ std::string change_case(std::string_view text, Case how) {
       if (c >= from && c <= from + 25) c = static_cast<char>(c - from + to);
     return out;
   }
-  if (is_valid_utf8(text)) {
+  if (utf8::is_valid(text)) {
     icu::UnicodeString s = icu::UnicodeString::fromUTF8(
         icu::StringPiece(text.data(), static_cast<int32_t>(text.size())));
     if (how == Case::kUpper)
