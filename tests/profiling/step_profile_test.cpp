@@ -76,6 +76,15 @@ TEST(StepProfile, AttributesTimeGapsOverlapAndProjectionBandwidth) {
   EXPECT_DOUBLE_EQ(p["gap_us"].get<double>(), 1.0);
   EXPECT_DOUBLE_EQ(p["step_us"].get<double>(), p["busy_us"].get<double>() + 1.0);
   EXPECT_DOUBLE_EQ(p["overlap_us"].get<double>(), 1.0);
+  // Both 0.5 us gaps are gemv_kernel -> rope_kernel hand-overs: one transition, two gaps.
+  ASSERT_EQ(p["gaps_by_transition"].size(), 1u) << p["gaps_by_transition"].dump();
+  EXPECT_EQ(p["gaps_by_transition"][0]["after"], "gemv_kernel");
+  EXPECT_EQ(p["gaps_by_transition"][0]["before"], "rope_kernel");
+  EXPECT_EQ(p["gaps_by_transition"][0]["count"].get<int>(), 2);
+  EXPECT_DOUBLE_EQ(p["gaps_by_transition"][0]["us"].get<double>(), 1.0);
+  EXPECT_NE(format_step_profile(p).find("gaps    1.0 us in   2  gemv_kernel -> rope_kernel"),
+            std::string::npos)
+      << format_step_profile(p);
   const auto& proj = p["projections"];
   ASSERT_TRUE(proj["matched"].get<bool>()) << proj.dump();
   const auto& o = proj["by_kind"][1];

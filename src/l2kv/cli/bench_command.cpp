@@ -28,6 +28,7 @@
 #include "l2kv/model/kv_cache_groups.h"
 #include "l2kv/profiling/kernel_trace.h"
 #include "l2kv/profiling/step_profile.h"
+#include "l2kv/sampling/sampling_params.h"
 #include "l2kv/structured/grammar_matcher.h"
 #include "l2kv/structured/regex_grammar.h"
 #include "l2kv/structured/tokenizer_vocabulary.h"
@@ -56,6 +57,12 @@ struct BenchOptions {
   // When set, every e2e point runs twice in a row: free, then each output constrained by this
   // regex (the grammar masks' cost on the decode step).
   std::string structured_regex;
+  // What every e2e request samples with: greedy unless the sampling flags say otherwise.
+  SamplingParams sampling = [] {
+    SamplingParams p;
+    p.temperature = 0.f;
+    return p;
+  }();
   std::string command_line;
 };
 
@@ -129,8 +136,8 @@ double kv_bytes_read(const CudaStepState& state, double length) {
 nlohmann::ordered_json run_steady_point(const std::shared_ptr<CudaModel>& model,
                                         const CudaRunnerOptions& options, const Variant& variant,
                                         int32_t batch, int32_t context, int32_t chunk,
-                                        int32_t block_size, int32_t reps, double ceiling,
-                                        KernelTrace* trace, cudaStream_t stream) {
+                                        int32_t max_model_len, int32_t block_size, int32_t reps,
+                                        double ceiling, KernelTrace* trace, cudaStream_t stream) {
   CudaStepState state(model);
   state.set_kv_storage(options.kv_storage);
   state.set_calculate_kv_scales(options.calculate_kv_scales);
@@ -151,8 +158,10 @@ nlohmann::ordered_json run_steady_point(const std::shared_ptr<CudaModel>& model,
   }
   // Block 0 is the pad rows' block (and the entries a window has left).
   const int32_t num_blocks = batch * held_per_seq + groups.num_groups() * chunk_blocks + 1;
+  // The block tables' stride follows max_model_len, as in the engine (--max-model-len; by
+  // default just what the point needs).
   state.allocate_workspace(
-      {batch + chunk, batch + (chunk > 0 ? 1 : 0), std::max(context, chunk), 0});
+      {batch + chunk, batch + (chunk > 0 ? 1 : 0), std::max({context, chunk, max_model_len}), 0});
   // A point whose KV cache cannot fit beside the weights is reported, not attempted.
   size_t free_bytes = 0, total_bytes = 0;
   L2KV_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
@@ -293,7 +302,7 @@ nlohmann::ordered_json run_steady_point(const std::shared_ptr<CudaModel>& model,
 nlohmann::ordered_json run_e2e_point(Engine& engine, CudaRunner& runner, const CudaModel& model,
                                      const Variant& variant, int32_t input_len, int32_t output_len,
                                      int32_t concurrency, int32_t num_prompts, int64_t first_prompt,
-                                     double ceiling,
+                                     double ceiling, const SamplingParams& sampling,
                                      std::shared_ptr<const structured::CompiledGrammar> grammar) {
   const ModelConfig& c = model.config();
   struct Tracked {
@@ -311,7 +320,7 @@ nlohmann::ordered_json run_e2e_point(Engine& engine, CudaRunner& runner, const C
     std::mt19937 rng(static_cast<uint32_t>(1234 + first_prompt + submitted));
     r.prompt.resize(static_cast<size_t>(input_len));
     for (auto& t : r.prompt) t = static_cast<int32_t>(rng() % (c.vocab_size - 200)) + 100;
-    r.params.temperature = 0.f;
+    r.params = sampling;
     // Free outputs run to output_len; constrained ones (which refuse ignore_eos and min_tokens)
     // stop early only if greedy decoding picks EOS among the tokens the grammar allows.
     r.params.ignore_eos = grammar == nullptr;
@@ -506,8 +515,8 @@ int run_bench(const BenchOptions& o) {
           for (const Variant& v : variants) {
             if (over_budget()) break;
             auto point = run_steady_point(model, runner->options(), v, batch, context, chunk,
-                                          o.engine.block_size, o.steady_reps, ceiling, trace.get(),
-                                          runner->stream());
+                                          o.engine.max_model_len, o.engine.block_size,
+                                          o.steady_reps, ceiling, trace.get(), runner->stream());
             point["model"] = o.model.model;
             if (point.contains("skipped")) {
               std::printf("steady  %-14s B=%-4d ctx=%-6d skipped: %s\n", v.name.c_str(), batch,
@@ -535,8 +544,11 @@ int run_bench(const BenchOptions& o) {
   if (o.mode == "e2e" || o.mode == "both") {
     EngineConfig config = o.engine;
     config.max_num_seqs = *std::max_element(o.concurrency.begin(), o.concurrency.end());
-    config.max_model_len = *std::max_element(o.input_lens.begin(), o.input_lens.end()) +
-                           *std::max_element(o.output_lens.begin(), o.output_lens.end());
+    // What the points need, unless --max-model-len asks for more (a server's default is the
+    // model's whole context, which sets the block tables' stride).
+    config.max_model_len = std::max(
+        o.engine.max_model_len, *std::max_element(o.input_lens.begin(), o.input_lens.end()) +
+                                    *std::max_element(o.output_lens.begin(), o.output_lens.end()));
     // The tokenizer (detokenized outputs) only where a grammar needs it, so free runs compare
     // with earlier ones.
     const bool with_text = !o.structured_regex.empty() && loaded.tokenizer;
@@ -572,9 +584,15 @@ int run_bench(const BenchOptions& o) {
               if (constrained && !regex) break;
               auto point =
                   run_e2e_point(engine, *runner, *model, v, input_len, output_len, conc, prompts,
-                                prompts_sent, ceiling, constrained ? regex : nullptr);
+                                prompts_sent, ceiling, o.sampling, constrained ? regex : nullptr);
               prompts_sent += prompts;
               point["model"] = o.model.model;
+              point["sampling"] = {{"temperature", o.sampling.temperature},
+                                   {"top_p", o.sampling.top_p},
+                                   {"top_k", o.sampling.top_k},
+                                   {"repetition_penalty", o.sampling.repetition_penalty},
+                                   {"presence_penalty", o.sampling.presence_penalty},
+                                   {"frequency_penalty", o.sampling.frequency_penalty}};
               if (constrained) point["structured_regex"] = o.structured_regex;
               std::printf(
                   "e2e     %-14s conc=%-4d in=%-6d out=%-5d %9.1f tok/s  TTFT %8.1f ms (median)  "
@@ -684,6 +702,29 @@ std::function<int()> add_bench_command(CLI::App& app) {
                   "(structured outputs; needs --tokenizer for a synthetic model), so the line "
                   "after each point shows what the grammar masks cost. A regex that never has to "
                   "end (\"[a-z ]*\") keeps the outputs as long as the free ones");
+  cmd->add_option("--temperature", o->sampling.temperature,
+                  "e2e requests' sampling temperature (0 = greedy)")
+      ->check(CLI::Range(0.0, 100.0))
+      ->capture_default_str();
+  cmd->add_option("--top-p", o->sampling.top_p, "e2e requests' nucleus sampling mass, in (0, 1]")
+      ->check(CLI::Range(1e-6, 1.0))
+      ->capture_default_str();
+  cmd->add_option("--top-k", o->sampling.top_k, "e2e requests' top-k (-1 = no limit)")
+      ->check(CLI::Range(-1, 1 << 30))
+      ->capture_default_str();
+  cmd->add_option("--repetition-penalty", o->sampling.repetition_penalty,
+                  "e2e requests' repetition penalty over prompt and output tokens (1 = off; "
+                  "Qwen2.5's generation_config.json asks 1.05), to measure what penalties cost")
+      ->check(CLI::Range(1e-3, 100.0))
+      ->capture_default_str();
+  cmd->add_option("--presence-penalty", o->sampling.presence_penalty,
+                  "e2e requests' presence penalty over output tokens, in [-2, 2]")
+      ->check(CLI::Range(-2.0, 2.0))
+      ->capture_default_str();
+  cmd->add_option("--frequency-penalty", o->sampling.frequency_penalty,
+                  "e2e requests' frequency penalty over output tokens, in [-2, 2]")
+      ->check(CLI::Range(-2.0, 2.0))
+      ->capture_default_str();
   cmd->add_option("--json", o->json_path, "Write every point as JSON here");
   cmd->add_option("--time-budget-s", o->time_budget_s,
                   "Skip the remaining points once this many seconds have passed (0 = none)")

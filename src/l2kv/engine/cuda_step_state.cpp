@@ -14,9 +14,10 @@ namespace l2kv {
 
 // The step metadata: one int32 arena, [seq_lens S | last_rows S | ids T | positions T |
 // slots G x T | block tables G x S x stride] for G KV cache groups, mirrored in pinned host
-// memory so a step uploads it with one copy. A step of B sequences packs its tables as
+// memory so a step uploads it with two copies. A step of B sequences packs its tables as
 // [G][B][stride] at the front of their region, so the upload grows with B and not with S
-// (a graph of B rows reads the same addresses at every replay).
+// (a graph of B rows reads the same addresses at every replay), and of each table row only the
+// entries in use go up.
 struct CudaStepState::StepMetadata {
   DeviceArray<int32_t> meta;
   int32_t* host_meta = nullptr;
@@ -111,6 +112,8 @@ void CudaStepState::allocate_workspace(const WorkspaceLimits& limits) {
   ws->block_table = ws->slots + static_cast<int64_t>(G * T);
   const size_t meta = static_cast<size_t>(ws->block_table) + G * S * ws->stride;
   ws->meta = DeviceArray<int32_t>(meta);
+  // Table entries past a row's used ones are never uploaded (prepare): block 0 until written.
+  L2KV_CUDA_CHECK(cudaMemset(ws->meta.ptr, 0, meta * sizeof(int32_t)));
   L2KV_CUDA_CHECK(cudaMallocHost(reinterpret_cast<void**>(&ws->host_meta), meta * 4));
   L2KV_CUDA_CHECK(cudaEventCreateWithFlags(&ws->uploaded, cudaEventDisableTiming));
   meta_ = std::move(ws);
@@ -340,10 +343,20 @@ int32_t CudaStepState::prepare(std::span<const BatchSequence> batch, int32_t pad
   if (logit_rows > limits_.max_logit_rows)
     fail(std::to_string(logit_rows) + " logit rows exceed the workspace's " +
          std::to_string(limits_.max_logit_rows));
-  const size_t upload =
-      static_cast<size_t>(meta_->block_table) +
-      static_cast<size_t>(groups) * static_cast<size_t>(batch_rows) * static_cast<size_t>(stride);
-  L2KV_CUDA_CHECK(cudaMemcpyAsync(meta_->meta.ptr, m, upload * 4, cudaMemcpyHostToDevice, stream));
+  // Everything before the tables in one copy; of each table row only the entries a sequence of
+  // this step uses (a pitched copy): with a long max_model_len a row's stride is thousands of
+  // entries (8,192 at 128K tokens), almost none of them in use. Kernels read no entry past a
+  // sequence's length.
+  L2KV_CUDA_CHECK(cudaMemcpyAsync(meta_->meta.ptr, m, static_cast<size_t>(meta_->block_table) * 4,
+                                  cudaMemcpyHostToDevice, stream));
+  size_t used_entries = 1;  // a pad row's block 0
+  for (const BatchSequence& b : batch)
+    for (int32_t g = 0; g < groups; ++g) used_entries = std::max(used_entries, b.table(g).size());
+  const size_t pitch = static_cast<size_t>(stride) * 4;
+  L2KV_CUDA_CHECK(cudaMemcpy2DAsync(meta_->meta.ptr + meta_->block_table, pitch,
+                                    m + meta_->block_table, pitch, used_entries * 4,
+                                    static_cast<size_t>(groups) * static_cast<size_t>(batch_rows),
+                                    cudaMemcpyHostToDevice, stream));
   L2KV_CUDA_CHECK(cudaEventRecord(meta_->uploaded, stream));
 
   step_ = {row, logit_rows, batch_rows, decode_only, false};

@@ -5,7 +5,7 @@
 //
 // Memory is allocated up front and never during a step: the activations and the step metadata
 // (allocate_workspace), then the KV pool (allocate_kv_cache). A step is prepared on the host
-// (metadata packed into pinned memory and uploaded in one copy, attention planned) and then
+// (metadata packed into pinned memory and uploaded in two copies, attention planned) and then
 // run; decode-only steps can be captured as CUDA graphs per batch-size bucket and replayed with
 // the same buffer addresses.
 #pragma once
@@ -103,9 +103,9 @@ class CudaStepState {
   void set_decode_attention(DecodeKernel kernel, const PrefetchPolicy& policy);
 
   // Host part of a step: validates `batch`, packs its metadata into pinned memory, uploads it
-  // in one copy on `stream` and plans attention. A decode-only batch may be padded to
-  // `pad_to` rows (a graph bucket): the pad rows run token 0 at position 0, keep no K/V and
-  // attend to block 0, which the block manager never hands out. Returns the logits rows: one
+  // on `stream` (only the table entries in use) and plans attention. A decode-only batch may be
+  // padded to `pad_to` rows (a graph bucket): the pad rows run token 0 at position 0, keep no K/V
+  // and attend to block 0, which the block manager never hands out. Returns the logits rows: one
   // per sequence with wants_logits, in order (pad rows follow them).
   int32_t prepare(std::span<const BatchSequence> batch, int32_t pad_to, cudaStream_t stream);
 

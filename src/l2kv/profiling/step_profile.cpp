@@ -120,6 +120,31 @@ nlohmann::ordered_json profile_step(std::vector<KernelInterval> kernels,
                        {"before", entries[gaps[g].before].name}});
   out["largest_gaps"] = largest;
 
+  // The same gaps summed per kind of hand-over (kernel before -> kernel after), largest total
+  // first: a handful of transitions usually hold most of a step's idle time.
+  struct Transition {
+    int64_t count = 0;
+    uint64_t ns = 0;
+  };
+  std::map<std::pair<std::string, std::string>, Transition> by_transition;
+  for (const Gap& g : gaps) {
+    if (g.ns < kGapReportNs) continue;
+    Transition& t = by_transition[{entries[g.before - 1].name, entries[g.before].name}];
+    t.count++;
+    t.ns += g.ns;
+  }
+  std::vector<std::pair<std::pair<std::string, std::string>, Transition>> transitions(
+      by_transition.begin(), by_transition.end());
+  std::sort(transitions.begin(), transitions.end(),
+            [](const auto& a, const auto& b) { return a.second.ns > b.second.ns; });
+  json gap_kinds = json::array();
+  for (size_t i = 0; i < transitions.size() && i < kLargestGaps; ++i) {
+    const auto& [names, t] = transitions[i];
+    gap_kinds.push_back(
+        {{"after", names.first}, {"before", names.second}, {"count", t.count}, {"us", us(t.ns)}});
+  }
+  out["gaps_by_transition"] = gap_kinds;
+
   struct Sum {
     int64_t count = 0;
     uint64_t own_ns = 0;
@@ -225,6 +250,12 @@ std::string format_step_profile(const nlohmann::ordered_json& p) {
   for (const auto& g : p["largest_gaps"]) {
     std::snprintf(line, sizeof line, "    gap %6.1f us  %s -> %s\n", g["us"].get<double>(),
                   g["after"].get<std::string>().c_str(), g["before"].get<std::string>().c_str());
+    s += line;
+  }
+  for (const auto& g : p.value("gaps_by_transition", nlohmann::ordered_json::array())) {
+    std::snprintf(line, sizeof line, "    gaps %6.1f us in %3d  %s -> %s\n", g["us"].get<double>(),
+                  g["count"].get<int>(), g["after"].get<std::string>().c_str(),
+                  g["before"].get<std::string>().c_str());
     s += line;
   }
   return s;
