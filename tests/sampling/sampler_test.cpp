@@ -470,6 +470,28 @@ TEST(SamplerCpuTest, SameSeedAndStepGiveTheSameTokenInAnyBatch) {
   EXPECT_GT(distinct, 25);  // the step changes the draw
 }
 
+// uniform_for stays strictly inside (0, 1). With 24 random bits its largest value + 0.5 rounded
+// to 2^24 in float, so u = 1 once in 2^24 draws (seed 12345, step 16, index 23461 is one), the
+// race term -log(-log u) was +inf and that token won whatever its probability: 0.76 % of
+// temperature-only draws over a 128K vocabulary were a near-uniform pick.
+TEST(SamplerCpuTest, UniformDrawsStayInsideZeroOneAndTheRaceFollowsTheLogits) {
+  EXPECT_LT(uniform_for(12345, 16, 23461), 1.f);
+  for (int64_t step = 0; step < 64; ++step)
+    for (int64_t i = 0; i < (int64_t{1} << 16); ++i) {
+      const float u = uniform_for(12345, step, i);
+      ASSERT_TRUE(u > 0.f && u < 1.f) << "step " << step << ", index " << i << ": " << u;
+      ASSERT_TRUE(std::isfinite(std::log(-std::log(static_cast<double>(u)))));
+    }
+  // Token 0 holds all but e^-40 of the probability; index 23461 drew the old u = 1.
+  constexpr int64_t kVocab = 32768;
+  std::vector<float> logits(kVocab, 0.f);
+  logits[0] = 40.f;
+  SamplingParams p;
+  p.temperature = 1.f;
+  const SamplingRow row = make_row(p, 12345, 16);
+  EXPECT_EQ(sample_on_cpu(logits, kVocab, {&row, 1})[0].token, 0);
+}
+
 // Temperature sampling follows softmax(logits / T). 400000 draws (steps 0..399999 of one seed)
 // over 16 tokens; X^2 with 15 degrees of freedom. A correct sampler fails when the p-value is
 // below 1e-6 (X^2 > 56.49, the 1 - 1e-6 quantile of chi-square(15)), i.e. with probability

@@ -84,8 +84,10 @@ __host__ __device__
   x ^= x >> 27;
   x *= 0x94D049BB133111EBull;
   x ^= x >> 31;
-  // 24 random bits, shifted off 0 so that log(u) is finite.
-  return (static_cast<float>(x >> 40) + 0.5f) * (1.0f / 16777216.0f);
+  // 23 random bits and a half: u in [2^-24, 1 - 2^-24], every value exact in float, so log(u)
+  // and log(-log(u)) are finite. (With 24 bits, the top value + 0.5 rounded to 2^24: u = 1
+  // once in 2^24 tokens, an infinite race score, a token drawn regardless of its probability.)
+  return (static_cast<float>(x >> 41) + 0.5f) * (1.0f / 8388608.0f);
 }
 
 // Step -1 on one row: -inf for every token whose bit is clear in `allowed` ((vocab + 31) / 32
