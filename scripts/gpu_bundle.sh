@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 mkdir -p "$stage/lib"
-for exe in l2kv l2kv_tests l2kv_bench_decode l2kv_bench_step l2kv_bench_gemv l2kv_bench_prefill; do
+for exe in l2kv l2kv_tests l2kv_bench_decode l2kv_bench_step l2kv_bench_gemv l2kv_bench_prefill l2kv_bench_sampler; do
   [[ -x build/$exe ]] && cp "build/$exe" "$stage/"
 done
 for dir in baseline variant; do  # an earlier build, or an experiment built from a patch, to compare in the same run

@@ -432,6 +432,79 @@ TEST(GpuSamplerGpuTest, MatchesCpuReferenceQwenVocab) {
   check_mixed_batch(151936, 64, 3);
 }
 
+// Logits as models give them: a few tokens far above a wide body (here 1-60 tokens 6-20 above
+// N(0, 2)), so top-k and top-p are decided on the candidate set and the race is entered by the
+// few tokens that can win it; k past the set's capacity, top-p near 1 and ties take or leave it
+// as they need. Masks, ids and logprobs against the CPU reference, as the mixed batches.
+TEST(GpuSamplerGpuTest, PeakedLogitsMatchTheCpuReference) {
+  L2KV_SKIP_WITHOUT_GPU();
+  constexpr int64_t kVocab = 128256;
+  constexpr int32_t kRows = 48;
+  std::mt19937_64 rng(11);
+  std::normal_distribution<float> body(0.f, 2.f);
+  std::uniform_real_distribution<float> lift(6.f, 20.f);
+  std::uniform_int_distribution<int64_t> any(0, kVocab - 1);
+  std::vector<Request> requests(kRows);
+  for (int32_t r = 0; r < kRows; ++r) {
+    Request& q = requests[r];
+    q.seed = rng();
+    q.step = r;
+    q.logits.resize(kVocab);
+    for (float& v : q.logits) v = body(rng);
+    const int peaks = 1 + static_cast<int>(rng() % 60);
+    for (int i = 0; i < peaks; ++i) q.logits[any(rng)] += lift(rng);
+    if (r % 7 == 6)
+      for (float& v : q.logits) v = std::round(v * 2) / 2;  // exact ties
+    SamplingParams& p = q.params;
+    switch (r % 8) {
+      case 0:  // Qwen2.5's generation_config
+        p.temperature = 0.7f, p.top_p = 0.8f, p.top_k = 20, p.repetition_penalty = 1.05f;
+        break;
+      case 1:
+        p.temperature = 0.7f, p.top_p = 0.9f;
+        break;
+      case 2:
+        p.top_p = 0.999f;
+        break;
+      case 3:
+        p.temperature = 1.3f, p.top_k = 3000;  // past the set's capacity
+        break;
+      case 4:
+        p.temperature = 0.6f, p.top_k = 40, p.min_p = 0.05f;
+        break;
+      case 5:
+        break;  // temperature 1: the race over the whole row
+      case 6:
+        p.temperature = 0.9f, p.top_p = 0.5f, p.presence_penalty = 0.5f;
+        break;
+      default:
+        p.temperature = 2.5f, p.top_p = 0.95f, p.top_k = 2048;
+        break;
+    }
+    p.logprobs = r % 4 == 0 ? 3 : -1;
+    for (int i = 0; i < 30; ++i) q.output.push_back(static_cast<int32_t>(any(rng)));
+    q.prompt = {1, 2, 3};
+  }
+  // uniform_for(12345, 16, 23461) was exactly 1: that token must not win a row it has no part in.
+  requests[5].seed = 12345;
+  requests[5].step = 16;
+  std::fill(requests[5].logits.begin(), requests[5].logits.end(), 0.f);
+  requests[5].logits[7] = 40.f;
+  const std::vector<SamplingRow> rows = rows_of(requests);
+  const DeviceFloats logits(logits_of(requests));
+  Stream stream;
+  GpuSampler sampler(kVocab, kRows, history_of(requests), kRows);
+  sampler.set_record_masks(true);
+  sampler.sample(logits.get(), rows, stream.get());
+  const std::vector<SampledToken> gpu = sampler.results(stream.get());
+  const std::vector<uint8_t> masks = sampler.last_masks(stream.get());
+  const Agreement a = compare_with_cpu(requests, gpu, masks);
+  EXPECT_EQ(a.mask_mismatch_rows, 0);
+  EXPECT_EQ(a.id_mismatches, 0);
+  EXPECT_LE(a.near_tie_mismatches, 1);
+  EXPECT_EQ(gpu[5].token, 7);
+}
+
 // The row maximum planted at an index of every thread of the block (index % 1024 = 0..1023,
 // at varying strides): greedy, greedy with penalties and min-p rows must all find it. The
 // 64-row mixed batches once missed exactly the maxima of threads 800..895 in step 2; this

@@ -3,13 +3,17 @@
 // trip); adjusted rows (penalties or logit_bias) first write their adjusted logits to a device
 // scratch row (a 152K vocab does not fit in shared memory). Scratch rows are a bounded pool, not
 // one per row: a call with more adjusted rows than the pool holds is launched in waves on the same
-// stream, each wave reusing the pool after the previous one. Top-k and top-p thresholds are found
-// exactly by a radix search over order-preserving uint32 keys (four 8-bit passes), so the kept set
-// equals sample_on_cpu's; the draw is an exponential race. Passes over the vocab per row: greedy 1;
-// temperature only 1 (the race); + 1 for the max when min-p or top-p needs it; top-k + 4;
-// top-p + 5; penalties or bias + 2 (the scratch copy); logprobs + 2 + N (max, sum, N rounds of
-// top-N). The arithmetic follows sampler.h's "exact arithmetic" note step for step (explicitly
-// rounded intrinsics, so no fused multiply-add can make the two sides differ).
+// stream, each wave reusing the pool after the previous one. Top-k and top-p are decided on the
+// candidate set (the tokens within a few logits of the largest, gathered and sorted in shared
+// memory; see CandidateSet), or, where it cannot hold the kept tokens, by a radix search over the
+// row's order-preserving uint32 keys (four 8-bit passes); either way the kept set is
+// sample_on_cpu's. The draw is an exponential race, entered, where the largest x is known, only
+// by tokens close enough to it to win. Passes over the vocab per row: greedy 1; temperature only
+// 1 (the race); + 1 for the max when min-p, top-k or top-p needs it; top-k or top-p + 2 (the
+// bins, the gather), + 4 (top-k) or 4-5 (top-p) and the race where the radix search decides;
+// penalties or bias + 2 (the scratch copy); logprobs + 2 + N (max, sum, N rounds of top-N). The
+// arithmetic follows sampler.h's "exact arithmetic" note step for step (explicitly rounded
+// intrinsics, so no fused multiply-add can make the two sides differ).
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -108,6 +112,39 @@ __device__ __forceinline__ uint32_t order_key(float v) {
   return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
+// A pass over a row: each thread reads kLoadsInFlight tokens per step, their loads issued
+// before any is used. One block streams a whole row, and with one load in flight per thread a
+// pass over 128K tokens waited ~40 us on L2's latency.
+constexpr int kLoadsInFlight = 8;
+constexpr int64_t kTokensPerStep = int64_t{kThreads} * kLoadsInFlight;
+
+// The logits themselves, as a row functor.
+struct RowLogits {
+  const float* row;
+  __device__ __forceinline__ float load(int64_t i) const { return row[i]; }
+  __device__ __forceinline__ float adjust(float stored) const { return stored; }
+};
+
+// Calls body(i, x(i), inside) for every token i of the row in kLoadsInFlight-token steps (x's
+// load(i) reads what is stored, its adjust() makes x of it). Every thread makes the same calls
+// (a uniform trip count, for warp collectives in `body`), with inside false past the row.
+template <class Logits, class Body>
+__device__ __forceinline__ void for_each_token(const Logits& x, int64_t vocab, Body&& body) {
+  for (int64_t base = 0; base < vocab; base += kTokensPerStep) {
+    float v[kLoadsInFlight];
+#pragma unroll
+    for (int k = 0; k < kLoadsInFlight; ++k) {
+      const int64_t i = base + k * kThreads + threadIdx.x;
+      v[k] = i < vocab ? x.load(i) : 0.f;
+    }
+#pragma unroll
+    for (int k = 0; k < kLoadsInFlight; ++k) {
+      const int64_t i = base + k * kThreads + threadIdx.x;
+      body(i, x.adjust(v[k]), i < vocab);
+    }
+  }
+}
+
 // (score, id) pairs: larger score first, lower id on ties.
 __device__ __forceinline__ bool better(double score, int32_t id, double best_score,
                                        int32_t best_id) {
@@ -176,8 +213,9 @@ __device__ double block_sum(double v, SharedState& sh) {
 // tokens, so per-lane atomics would serialize). All 32 lanes must call it.
 __device__ void warp_histogram_add(int digit, double weight, SharedState& sh) {
   const unsigned lane = threadIdx.x % 32;
-  const unsigned peers = __match_any_sync(kFullMask, digit);
   unsigned pending = __ballot_sync(kFullMask, digit >= 0);
+  if (pending == 0) return;
+  const unsigned peers = __match_any_sync(kFullMask, digit);
   while (pending != 0) {
     const int leader = __ffs(pending) - 1;
     const unsigned group = __shfl_sync(kFullMask, peers, leader);
@@ -200,9 +238,13 @@ __device__ __forceinline__ double token_mass(float x, float m) {
 // floor_key) is >= target: weight 1 per token gives the k-th largest key (top-k), weight
 // exp(x - m) the top-p threshold. MSB-first, 8 bits a pass; `above` carries the weight of
 // the tokens whose key is above the current prefix. Such a K is always a present key.
+// Counts (kMass false) go into per-warp bins by shared atomics (`warp_bins`, kWarps x
+// kRadixBins, scratch), masses through warp_histogram_add.
 template <bool kMass, class Logits>
 __device__ uint32_t largest_key_reaching(const Logits& x, int64_t vocab, uint32_t floor_key,
-                                         double target, float m, SharedState& sh) {
+                                         double target, float m, SharedState& sh,
+                                         int32_t (&warp_bins)[kWarps][kRadixBins]) {
+  const int warp = threadIdx.x / 32;
   if (threadIdx.x == 0) {
     sh.prefix = 0;
     sh.above = 0;
@@ -212,25 +254,33 @@ __device__ uint32_t largest_key_reaching(const Logits& x, int64_t vocab, uint32_
       sh.bin_mass[b] = 0;
       sh.bin_count[b] = 0;
     }
+    if constexpr (!kMass)
+      for (int i = threadIdx.x; i < kWarps * kRadixBins; i += kThreads) (&warp_bins[0][0])[i] = 0;
     __syncthreads();
     const uint32_t prefix = sh.prefix;
     const uint32_t high_mask = shift + kRadixBits >= 32 ? 0u : ~0u << (shift + kRadixBits);
-    // Uniform trip count: warp_histogram_add needs the whole warp.
-    for (int64_t base = 0; base < vocab; base += kThreads) {
-      const int64_t i = base + threadIdx.x;
+    for_each_token(x, vocab, [&](int64_t, float v, bool inside) {
       int digit = -1;
       double weight = 0;
-      if (i < vocab) {
-        const float v = x(i);
-        const uint32_t key = order_key(v);
-        if (key >= floor_key && (key & high_mask) == prefix) {
-          digit = static_cast<int>((key >> shift) & (kRadixBins - 1));
-          weight = kMass ? token_mass(v, m) : 1.0;
-        }
+      const uint32_t key = order_key(v);
+      if (inside && key >= floor_key && (key & high_mask) == prefix) {
+        digit = static_cast<int>((key >> shift) & (kRadixBins - 1));
+        weight = kMass ? token_mass(v, m) : 1.0;
       }
-      warp_histogram_add(digit, weight, sh);
-    }
+      if constexpr (kMass)
+        warp_histogram_add(digit, weight, sh);  // the whole warp
+      else if (digit >= 0)
+        atomicAdd(&warp_bins[warp][digit], 1);
+    });
     __syncthreads();
+    if constexpr (!kMass) {
+      for (int b = threadIdx.x; b < kRadixBins; b += kThreads) {
+        int32_t count = 0;
+        for (int w = 0; w < kWarps; ++w) count += warp_bins[w][b];
+        sh.bin_count[b] = count;
+      }
+      __syncthreads();
+    }
     if (threadIdx.x == 0) {
       // The largest digit whose tokens, with all above them, reach the target. Should rounding
       // leave none, take the lowest digit present (keep the whole group).
@@ -240,13 +290,14 @@ __device__ uint32_t largest_key_reaching(const Logits& x, int64_t vocab, uint32_
       double above_lowest = above;
       for (int d = kRadixBins - 1; d >= 0; --d) {
         if (sh.bin_count[d] == 0) continue;
-        if (__dadd_rn(above, sh.bin_mass[d]) >= target) {
+        const double weight = kMass ? sh.bin_mass[d] : static_cast<double>(sh.bin_count[d]);
+        if (__dadd_rn(above, weight) >= target) {
           chosen = d;
           break;
         }
         lowest = d;
         above_lowest = above;
-        above = __dadd_rn(above, sh.bin_mass[d]);
+        above = __dadd_rn(above, weight);
       }
       if (chosen < 0) {
         chosen = lowest;
@@ -261,6 +312,201 @@ __device__ uint32_t largest_key_reaching(const Logits& x, int64_t vocab, uint32_
   __syncthreads();
   return key;
 }
+
+// The candidate set. Real models put a handful of tokens near the row's largest adjusted logit
+// m, so top-k and top-p are decided on the tokens close to it: one pass counts tokens in bins of
+// 1/kBinsPerLogit below m (per-warp counts, no atomics), a second gathers those of the top bins
+// that hold at most kMaxCandidates tokens, which are sorted in shared memory and walked as
+// sample_on_cpu walks its sorted tokens. Where the kept tokens may lie beyond the set (a large
+// k, a flat distribution under top-p) the radix search over the whole row decides instead.
+constexpr int kCandidateBins = 256;
+constexpr double kBinsPerLogit = 8.0;  // the bins reach 32 below m
+constexpr int kMaxCandidates = 2048;
+
+static_assert(kCandidateBins == kRadixBins, "the radix search counts in the set's bins");
+
+struct CandidateSet {
+  union {
+    int32_t warp_bins[kWarps][kCandidateBins];
+    struct {
+      // (~order_key(x)) << 32 | id: ascending order is x descending, lower id first.
+      uint64_t key[kMaxCandidates];
+      double mass[kMaxCandidates];
+    } list;
+  };
+  int32_t size;
+};
+
+// A token's bin below m (m finite and >= v); kCandidateBins beyond the last bin, or for NaN.
+__device__ __forceinline__ int candidate_bin(float v, float m) {
+  const double below = __dsub_rn(static_cast<double>(m), static_cast<double>(v));
+  return below < kCandidateBins / kBinsPerLogit ? static_cast<int>(below * kBinsPerLogit)
+                                                : kCandidateBins;
+}
+
+__device__ __forceinline__ uint32_t candidate_order_key(uint64_t entry) {
+  return ~static_cast<uint32_t>(entry >> 32);
+}
+
+__device__ __forceinline__ int32_t candidate_id(uint64_t entry) {
+  return static_cast<int32_t>(static_cast<uint32_t>(entry));
+}
+
+// The float whose order_key is `key` (+0 for the key of both zeros).
+__device__ __forceinline__ float key_value(uint32_t key) {
+  return __uint_as_float((key & 0x80000000u) ? (key & 0x7fffffffu) : ~key);
+}
+
+// Ascending bitonic sort of list.key[0, n), padded to a power of two with the largest entry.
+__device__ void sort_candidates(CandidateSet& cs, int32_t n) {
+  int32_t padded = 1;
+  while (padded < n) padded *= 2;
+  for (int32_t j = n + threadIdx.x; j < padded; j += kThreads) cs.list.key[j] = ~0ull;
+  __syncthreads();
+  for (int32_t size = 2; size <= padded; size *= 2)
+    for (int32_t stride = size / 2; stride > 0; stride /= 2) {
+      for (int32_t j = threadIdx.x; j < padded / 2; j += kThreads) {
+        const int32_t lo = 2 * stride * (j / stride) + j % stride, hi = lo + stride;
+        const uint64_t a = cs.list.key[lo], b = cs.list.key[hi];
+        if ((a > b) == ((lo & size) == 0)) {
+          cs.list.key[lo] = b;
+          cs.list.key[hi] = a;
+        }
+      }
+      __syncthreads();
+    }
+}
+
+// Top-k and top-p (step 4 without min-p) on the candidate set of a row whose largest x is m
+// (finite): sets floor_key (keep key >= floor_key) and `kept_candidates`, the sorted candidates
+// that hold every kept token. False where the set cannot decide; row_mass is then the mass of
+// the whole row for top-p without top-k (else 0). Block-uniform.
+template <class Logits>
+__device__ bool candidate_floor(const Logits& x, int64_t vocab, float m, const RowParams& p,
+                                SharedState& sh, CandidateSet& cs, uint32_t& floor_key,
+                                int32_t& kept_candidates, double& row_mass) {
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const bool use_top_k = p.top_k > 0 && p.top_k < vocab;
+  // Top-p over the whole row (no top-k) compares with the mass of every token.
+  const bool row_total = p.use_top_p && !use_top_k;
+  for (int32_t i = threadIdx.x; i < kWarps * kCandidateBins; i += kThreads)
+    (&cs.warp_bins[0][0])[i] = 0;
+  if (threadIdx.x == 0) cs.size = 0;
+  __syncthreads();
+  double mass = 0;  // summed as the radix search's mass pass sums it, which then reuses it
+  for_each_token(x, vocab, [&](int64_t, float v, bool inside) {
+    const int bin = inside ? candidate_bin(v, m) : kCandidateBins;
+    if (row_total && inside) mass += token_mass(v, m);
+    if (bin < kCandidateBins) atomicAdd(&cs.warp_bins[warp][bin], 1);
+  });
+  const double total = row_total ? block_sum(mass, sh) : 0.0;  // block_sum syncs the block
+  row_mass = total;
+  __syncthreads();
+  for (int32_t b = threadIdx.x; b < kCandidateBins; b += kThreads) {
+    int32_t count = 0;
+    for (int w = 0; w < kWarps; ++w) count += cs.warp_bins[w][b];
+    sh.bin_count[b] = count;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    // A token of bin b lies at least b / kBinsPerLogit below m: its mass is at most
+    // exp(-b / kBinsPerLogit), which bounds the candidates' mass from above.
+    int32_t size = 0, last = -1;
+    double mass_bound = 0, bin_bound = 1;  // bin_bound: exp(-b / kBinsPerLogit), by products
+    const double bin_step = row_total ? exp(-1 / kBinsPerLogit) : 0;
+    for (int b = 0; b < kCandidateBins && size + sh.bin_count[b] <= kMaxCandidates; ++b) {
+      size += sh.bin_count[b];
+      mass_bound += sh.bin_count[b] * bin_bound;
+      bin_bound *= bin_step;
+      last = b;
+    }
+    sh.result_int = last;
+    sh.bin_count[0] = size;  // read below, before anyone writes the bins again
+    sh.result_double = mass_bound;
+  }
+  __syncthreads();
+  const int last_bin = sh.result_int;
+  const int32_t n = sh.bin_count[0];
+  const double mass_bound = sh.result_double * (1 + 1e-9);  // and a margin for rounding
+  __syncthreads();
+  // Top-p over the whole row cannot be reached on candidates whose mass is below its target
+  // (a flat distribution): the radix search decides without the gather.
+  if (last_bin < 0 || (use_top_k && n < p.top_k) ||
+      (row_total && mass_bound < __dmul_rn(static_cast<double>(p.top_p), total)))
+    return false;
+
+  for_each_token(x, vocab, [&](int64_t i, float v, bool inside) {
+    const bool take = inside && candidate_bin(v, m) <= last_bin;
+    const unsigned takers = __ballot_sync(kFullMask, take);
+    if (takers == 0) return;
+    int32_t first = 0;
+    if (lane == 0) first = atomicAdd(&cs.size, __popc(takers));
+    first = __shfl_sync(kFullMask, first, 0);
+    if (take)
+      cs.list.key[first + __popc(takers & ((1u << lane) - 1u))] =
+          static_cast<uint64_t>(~order_key(v)) << 32 | static_cast<uint32_t>(i);
+  });
+  __syncthreads();
+  sort_candidates(cs, n);
+
+  // Top-k: the k-th largest and the ties that follow it.
+  int32_t kept = n;
+  uint32_t floor = 0;
+  if (use_top_k) {
+    floor = candidate_order_key(cs.list.key[p.top_k - 1]);
+    if (threadIdx.x == 0) {
+      int32_t end = p.top_k;
+      while (end < n && candidate_order_key(cs.list.key[end]) == floor) ++end;
+      sh.result_int = end;
+    }
+    __syncthreads();
+    kept = sh.result_int;
+    __syncthreads();
+  }
+  // Top-p over the kept candidates, a group of equal x at a time, summed in sorted order.
+  if (p.use_top_p) {
+    for (int32_t j = threadIdx.x; j < kept; j += kThreads)
+      cs.list.mass[j] = token_mass(key_value(candidate_order_key(cs.list.key[j])), m);
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      double sum = total;
+      if (use_top_k) {
+        sum = 0;
+        for (int32_t j = 0; j < kept; ++j) sum = __dadd_rn(sum, cs.list.mass[j]);
+      }
+      const double target = __dmul_rn(static_cast<double>(p.top_p), sum);
+      double cumulative = 0;
+      int32_t group = -1;
+      for (int32_t g = 0; g < kept && group < 0;) {
+        const uint32_t key = candidate_order_key(cs.list.key[g]);
+        int32_t end = g;
+        for (; end < kept && candidate_order_key(cs.list.key[end]) == key; ++end)
+          cumulative = __dadd_rn(cumulative, cs.list.mass[end]);
+        if (cumulative >= target) group = g;
+        g = end;
+      }
+      // Not reached: with top-k rounding keeps all its tokens (as sample_on_cpu); without, the
+      // threshold lies past the candidates.
+      if (group < 0 && use_top_k) group = kept - 1;
+      sh.result_int = group;
+      if (group >= 0) sh.prefix = candidate_order_key(cs.list.key[group]);
+    }
+    __syncthreads();
+    const int32_t group = sh.result_int;
+    const uint32_t threshold = sh.prefix;
+    __syncthreads();
+    if (group < 0) return false;
+    floor = max(floor, threshold);
+  }
+  floor_key = floor;
+  kept_candidates = kept;
+  return true;
+}
+
+// The race can only be won by a token whose x is within 19.45 of m: the Gumbel term
+// -log(-log u) of uniform_for's u (in [2^-24, 1 - 2^-24]) lies in [-2.812, 16.636], and the
+// largest x (always kept) scores at least m - 2.812. The margin covers rounding.
+constexpr double kRaceReach = -19.5;
 
 // Steps 1 and 3 of sampler.h for one token: the raw logit r with history word h.
 __device__ __forceinline__ float penalized(float r, int32_t h, const RowParams& p) {
@@ -284,10 +530,14 @@ struct AdjustedLogits {
   const float* scratch;  // null unless penalized
   float temperature;
   bool greedy;
-  __device__ __forceinline__ float operator()(int64_t i) const {
-    if (scratch != nullptr) return scratch[i];
-    return greedy ? raw[i] : __fdiv_rn(raw[i], temperature);
+  // The stored value, then x from it (for_each_token issues a step's loads first).
+  __device__ __forceinline__ float load(int64_t i) const {
+    return scratch != nullptr ? scratch[i] : raw[i];
   }
+  __device__ __forceinline__ float adjust(float stored) const {
+    return scratch != nullptr || greedy ? stored : __fdiv_rn(stored, temperature);
+  }
+  __device__ __forceinline__ float operator()(int64_t i) const { return adjust(load(i)); }
 };
 
 // The largest x, lowest id on ties (one pass); every thread gets it.
@@ -296,13 +546,12 @@ __device__ void argmax_pass(const Logits& x, int64_t vocab, double& max_score, i
                             SharedState& sh) {
   max_score = -std::numeric_limits<double>::infinity();
   max_id = kNoToken;
-  for (int64_t i = threadIdx.x; i < vocab; i += kThreads) {
-    const double v = x(i);
-    if (better(v, static_cast<int32_t>(i), max_score, max_id)) {
+  for_each_token(x, vocab, [&](int64_t i, float v, bool inside) {
+    if (inside && better(v, static_cast<int32_t>(i), max_score, max_id)) {
       max_score = v;
       max_id = static_cast<int32_t>(i);
     }
-  }
+  });
   block_argmax(max_score, max_id, sh);
 }
 
@@ -310,19 +559,13 @@ __device__ void argmax_pass(const Logits& x, int64_t vocab, double& max_score, i
 // the logprobs (sampler.h's formula).
 __device__ __forceinline__ double raw_log_sum_exp(const float* raw, int64_t vocab,
                                                   SharedState& sh) {
-  double raw_max = -std::numeric_limits<double>::infinity();
-  int32_t raw_max_id = kNoToken;
-  for (int64_t i = threadIdx.x; i < vocab; i += kThreads) {
-    const double v = raw[i];
-    if (better(v, static_cast<int32_t>(i), raw_max, raw_max_id)) {
-      raw_max = v;
-      raw_max_id = static_cast<int32_t>(i);
-    }
-  }
-  block_argmax(raw_max, raw_max_id, sh);
+  double raw_max;
+  int32_t raw_max_id;
+  argmax_pass(RowLogits{raw}, vocab, raw_max, raw_max_id, sh);
   double sum = 0;
-  for (int64_t i = threadIdx.x; i < vocab; i += kThreads)
-    sum += exp(__dsub_rn(static_cast<double>(raw[i]), raw_max));
+  for_each_token(RowLogits{raw}, vocab, [&](int64_t, float v, bool inside) {
+    if (inside) sum += exp(__dsub_rn(static_cast<double>(v), raw_max));
+  });
   return __dadd_rn(raw_max, log(block_sum(sum, sh)));
 }
 
@@ -336,14 +579,14 @@ __device__ __forceinline__ void top_logprobs(const float* raw, int64_t vocab, in
   for (int32_t k = 0; k < n; ++k) {
     double best_score = -std::numeric_limits<double>::infinity();
     int32_t best_id = kNoToken;
-    for (int64_t i = threadIdx.x; i < vocab; i += kThreads) {
-      const double v = raw[i];
+    for_each_token(RowLogits{raw}, vocab, [&](int64_t i, float v, bool inside) {
       const int32_t id = static_cast<int32_t>(i);
-      if (better(previous_score, previous_id, v, id) && better(v, id, best_score, best_id)) {
+      if (inside && better(previous_score, previous_id, v, id) &&
+          better(v, id, best_score, best_id)) {
         best_score = v;
         best_id = id;
       }
-    }
+    });
     block_argmax(best_score, best_id, sh);
     if (threadIdx.x == 0) {
       ids[k] = best_id;
@@ -356,6 +599,7 @@ __device__ __forceinline__ void top_logprobs(const float* raw, int64_t vocab, in
 
 __global__ void __launch_bounds__(kThreads, 1) sample_kernel(const KernelArgs a) {
   __shared__ SharedState sh;
+  __shared__ CandidateSet cs;
   const int row = a.first_row + static_cast<int>(blockIdx.x);
   const RowParams p = a.rows[row];
   const int64_t vocab = a.vocab;
@@ -367,8 +611,9 @@ __global__ void __launch_bounds__(kThreads, 1) sample_kernel(const KernelArgs a)
   AdjustedLogits x{raw, nullptr, p.temperature, p.greedy != 0};
   if (p.scratch_slot >= 0) {
     float* scratch = a.scratch + static_cast<int64_t>(p.scratch_slot) * vocab;
-    for (int64_t i = threadIdx.x; i < vocab; i += kThreads)
-      scratch[i] = p.greedy ? raw[i] : __fdiv_rn(raw[i], p.temperature);
+    for_each_token(RowLogits{raw}, vocab, [&](int64_t i, float r, bool inside) {
+      if (inside) scratch[i] = p.greedy ? r : __fdiv_rn(r, p.temperature);
+    });
     int32_t* counts = a.counts + static_cast<int64_t>(p.scratch_slot) * vocab;
     const int32_t* history = a.history + p.history_offset;
     const int32_t history_count = p.prompt_count + p.output_count;
@@ -403,53 +648,81 @@ __global__ void __launch_bounds__(kThreads, 1) sample_kernel(const KernelArgs a)
     x.scratch = scratch;
   }
 
-  // Step 2, and m for min-p and top-p: the largest adjusted logit, lowest id on ties. Plain
-  // temperature and top-k rows need no m: their race is the only pass (top-k adds the radix).
+  // Step 2, and m for min-p, top-k and top-p: the largest adjusted logit, lowest id on ties.
+  // Rows of temperature alone need no m: their race is the only pass.
   double max_score = -kInf;
   int32_t max_id = kNoToken;
-  const bool need_max = p.greedy || p.use_min_p || p.use_top_p;
+  const bool use_top_k = p.top_k > 0 && p.top_k < vocab;
+  const bool need_max = p.greedy || p.use_min_p || p.use_top_p || use_top_k;
   if (need_max) argmax_pass(x, vocab, max_score, max_id, sh);
   const float m = static_cast<float>(max_score);
 
   int32_t token = max_id;
-  uint32_t floor_key = 0;  // keep key >= floor_key; 0 keeps everything
   if (!p.greedy) {
-    // Step 4: top-k, then top-p over the top-k tokens.
-    if (p.top_k > 0 && p.top_k < vocab)
-      floor_key = largest_key_reaching<false>(x, vocab, 0, static_cast<double>(p.top_k), m, sh);
-    if (p.use_top_p) {
-      double mass = 0;
+    // Step 4: top-k, then top-p over the top-k tokens: keep key >= floor_key (0 keeps all).
+    uint32_t floor_key = 0;
+    int32_t candidates = -1;  // >= 0: the kept tokens are among this many sorted candidates
+    double row_mass = 0;      // > 0: the whole row's mass, summed by the candidate search
+    if ((use_top_k || p.use_top_p) && isfinite(m) &&
+        !candidate_floor(x, vocab, m, p, sh, cs, floor_key, candidates, row_mass))
+      candidates = -1;
+    if (candidates < 0) {
+      if (use_top_k)
+        floor_key = largest_key_reaching<false>(x, vocab, 0, static_cast<double>(p.top_k), m, sh,
+                                                cs.warp_bins);
+      if (p.use_top_p) {
+        double total = row_mass;
+        if (use_top_k || !(total > 0)) {
+          double mass = 0;
+          for_each_token(x, vocab, [&](int64_t, float v, bool inside) {
+            if (inside && order_key(v) >= floor_key) mass += token_mass(v, m);
+          });
+          total = block_sum(mass, sh);
+        }
+        const double target = __dmul_rn(static_cast<double>(p.top_p), total);
+        floor_key = largest_key_reaching<true>(x, vocab, floor_key, target, m, sh, cs.warp_bins);
+      }
+    }
+    const auto min_p_keeps = [&](float v) {
+      return !p.use_min_p ||
+             __dsub_rn(static_cast<double>(v), static_cast<double>(m)) >= p.log_min_p;
+    };
+    if (a.masks != nullptr)
       for (int64_t i = threadIdx.x; i < vocab; i += kThreads) {
         const float v = x(i);
-        if (order_key(v) >= floor_key) mass += token_mass(v, m);
+        a.masks[static_cast<int64_t>(row) * vocab + i] =
+            order_key(v) >= floor_key && min_p_keeps(v);
       }
-      const double target = __dmul_rn(static_cast<double>(p.top_p), block_sum(mass, sh));
-      floor_key = largest_key_reaching<true>(x, vocab, floor_key, target, m, sh);
-    }
-    // Step 5: the race over kept tokens.
+    // Step 5: the race over kept tokens, those that can win it (where m is known).
+    const double reach =
+        need_max && isfinite(m) ? __dadd_rn(static_cast<double>(m), kRaceReach) : -kInf;
     double best_score = -kInf;
     int32_t best_id = kNoToken;
-    for (int64_t i = threadIdx.x; i < vocab; i += kThreads) {
-      const float v = x(i);
-      bool kept = order_key(v) >= floor_key;
-      if (p.use_min_p)
-        kept = kept && __dsub_rn(static_cast<double>(v), static_cast<double>(m)) >= p.log_min_p;
-      if (a.masks != nullptr) a.masks[static_cast<int64_t>(row) * vocab + i] = kept;
-      if (!kept) continue;
-      const double u = uniform_for(p.seed, p.step, i);
+    const auto enter = [&](float v, int32_t id) {
+      if (static_cast<double>(v) < reach) return;
+      const double u = uniform_for(p.seed, p.step, id);
       const double score = __dsub_rn(static_cast<double>(v), log(-log(u)));
-      if (score > -kInf && better(score, static_cast<int32_t>(i), best_score, best_id)) {
+      if (score > -kInf && better(score, id, best_score, best_id)) {
         best_score = score;
-        best_id = static_cast<int32_t>(i);
+        best_id = id;
       }
+    };
+    if (candidates >= 0) {
+      for (int32_t j = threadIdx.x; j < candidates; j += kThreads) {
+        const uint32_t key = candidate_order_key(cs.list.key[j]);
+        const float v = key_value(key);
+        if (key >= floor_key && min_p_keeps(v)) enter(v, candidate_id(cs.list.key[j]));
+      }
+    } else {
+      for_each_token(x, vocab, [&](int64_t i, float v, bool inside) {
+        if (inside && order_key(v) >= floor_key && min_p_keeps(v))
+          enter(v, static_cast<int32_t>(i));
+      });
     }
     block_argmax(best_score, best_id, sh);
-    if (best_id != kNoToken) {
-      token = best_id;
-    } else {  // no candidate (every kept score -inf): the largest x; block-uniform
-      if (!need_max) argmax_pass(x, vocab, max_score, max_id, sh);
-      token = max_id;
-    }
+    // No candidate (every kept score -inf): the largest x. Block-uniform.
+    if (best_id == kNoToken && !need_max) argmax_pass(x, vocab, max_score, max_id, sh);
+    token = best_id != kNoToken ? best_id : max_id;
   } else if (a.masks != nullptr) {
     for (int64_t i = threadIdx.x; i < vocab; i += kThreads)
       a.masks[static_cast<int64_t>(row) * vocab + i] = i == token;
@@ -485,7 +758,9 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int32_t target = targets[blockIdx.x];
   const float x = raw[target];
   double larger = 0;  // exact: counts stay far below 2^53
-  for (int64_t i = threadIdx.x; i < vocab; i += kThreads) larger += raw[i] > x ? 1.0 : 0.0;
+  for_each_token(RowLogits{raw}, vocab, [&](int64_t, float v, bool inside) {
+    if (inside && v > x) larger += 1.0;
+  });
   larger = block_sum(larger, sh);
   const double lse = raw_log_sum_exp(raw, vocab, sh);
   PromptLogprobRecord& record = records[blockIdx.x];
