@@ -47,6 +47,8 @@ std::vector<Setting> settings() {
         p.temperature = 0.7f, p.top_p = 0.8f, p.top_k = 20, p.repetition_penalty = 1.05f;
       },
       true);
+  add("top-k 1000 + top-p 0.95",
+      [](SamplingParams& p) { p.temperature = 0.8f, p.top_k = 1000, p.top_p = 0.95f; });
   add("top-p 0.9 + 5 logprobs",
       [](SamplingParams& p) { p.temperature = 0.7f, p.top_p = 0.9f, p.logprobs = 5; });
   return s;

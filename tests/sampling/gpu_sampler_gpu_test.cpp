@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <limits>
 #include <numeric>
 #include <random>
 #include <string>
@@ -503,6 +504,140 @@ TEST(GpuSamplerGpuTest, PeakedLogitsMatchTheCpuReference) {
   EXPECT_EQ(a.id_mismatches, 0);
   EXPECT_LE(a.near_tie_mismatches, 1);
   EXPECT_EQ(gpu[5].token, 7);
+  // Top-k within the set's capacity is decided on it, k = 3000 by the radix search.
+  const std::vector<GpuSampler::KeptSetSearch> searches =
+      sampler.last_kept_set_searches(stream.get());
+  ASSERT_EQ(searches.size(), static_cast<size_t>(kRows));
+  for (int32_t r = 0; r < kRows; ++r) {
+    GpuSampler::KeptSetSearch expected = GpuSampler::KeptSetSearch::kNone;
+    if (r % 8 == 0 || r % 8 == 4) expected = GpuSampler::KeptSetSearch::kCandidates;
+    if (r % 8 == 3) expected = GpuSampler::KeptSetSearch::kRadix;
+    if (r % 8 == 0 || r % 8 == 3 || r % 8 == 4 || r % 8 == 5) {
+      EXPECT_EQ(searches[r], expected) << "row " << r;
+    }
+  }
+}
+
+// The candidate set's edges on a small vocabulary, masks and ids against the CPU reference:
+// more tokens tied at the top than the set holds, exactly 2,048 candidates with k = 2,048, ties
+// straddling the k-th value past the set, +0 and -0 at the k-th value, a few allowed tokens
+// (-inf elsewhere) with k above their count, NaN logits (counted as -inf).
+TEST(GpuSamplerGpuTest, CandidateSetEdgesMatchTheCpuReference) {
+  L2KV_SKIP_WITHOUT_GPU();
+  constexpr int64_t kVocab = 4096;
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const float inf = std::numeric_limits<float>::infinity();
+  std::vector<Request> requests;
+  auto add = [&](auto&& fill, auto&& set) {
+    Request q;
+    q.seed = 100 + requests.size();
+    q.step = 3;
+    q.logits.assign(kVocab, -100.f);
+    fill(q.logits);
+    set(q.params);
+    requests.push_back(std::move(q));
+  };
+  std::mt19937_64 rng(5);
+  std::normal_distribution<float> normal(0.f, 1.f);
+  add([](std::vector<float>& x) { std::fill(x.begin(), x.end(), 0.f); },  // 4096 in bin 0
+      [](SamplingParams& p) { p.top_k = 5; });
+  add(
+      [&](std::vector<float>& x) {
+        for (int i = 0; i < 2048; ++i) x[2 * i] = 2.f * normal(rng);  // the rest 100 below
+      },
+      [](SamplingParams& p) { p.top_k = 2048, p.top_p = 0.9f; });
+  add(
+      [&](std::vector<float>& x) {
+        for (int i = 0; i < 2047; ++i) x[i] = 10.f + 0.001f * i;
+        for (int i = 2047; i < 2060; ++i) x[i] = 9.5f;  // tied at the 2,048th value
+      },
+      [](SamplingParams& p) { p.top_k = 2048; });
+  add([](std::vector<float>& x) { x[10] = 5.f, x[20] = 4.f, x[30] = 0.f, x[40] = -0.f; },
+      [](SamplingParams& p) { p.top_k = 3, p.top_p = 0.999f; });
+  add(
+      [&](std::vector<float>& x) {
+        std::fill(x.begin(), x.end(), -inf);
+        for (int i = 0; i < 10; ++i) x[300 * i + 7] = normal(rng);
+      },
+      [](SamplingParams& p) { p.top_k = 50, p.top_p = 0.9f; });
+  add(
+      [&](std::vector<float>& x) {
+        for (float& v : x) v = 3.f * normal(rng);
+        for (int i = 0; i < 40; ++i) x[97 * i] = nan;
+        x[5] = 15.f;
+      },
+      [](SamplingParams& p) { p.top_p = 0.9f, p.top_k = 20; });
+  add(
+      [&](std::vector<float>& x) {
+        for (float& v : x) v = 3.f * normal(rng);
+        for (int i = 0; i < 40; ++i) x[97 * i] = nan;
+      },
+      [](SamplingParams& p) { p.top_p = 0.5f; });
+  add(
+      [&](std::vector<float>& x) {
+        for (int i = 0; i < 40; ++i) x[97 * i] = nan;
+        x[3] = 1.f;
+      },
+      [](SamplingParams& p) { p.temperature = 0.f; });
+  const std::vector<SamplingRow> rows = rows_of(requests);
+  const DeviceFloats logits(logits_of(requests));
+  Stream stream;
+  GpuSampler sampler(kVocab, static_cast<int32_t>(requests.size()), 0, 4);
+  sampler.set_record_masks(true);
+  sampler.sample(logits.get(), rows, stream.get());
+  const std::vector<SampledToken> gpu = sampler.results(stream.get());
+  const Agreement a = compare_with_cpu(requests, gpu, sampler.last_masks(stream.get()));
+  EXPECT_EQ(a.mask_mismatch_rows, 0);
+  EXPECT_EQ(a.id_mismatches, 0);
+  EXPECT_EQ(a.near_tie_mismatches, 0);
+  const std::vector<GpuSampler::KeptSetSearch> searches =
+      sampler.last_kept_set_searches(stream.get());
+  EXPECT_EQ(searches[0], GpuSampler::KeptSetSearch::kRadix);       // 4096 tied at the top
+  EXPECT_EQ(searches[1], GpuSampler::KeptSetSearch::kCandidates);  // exactly 2,048
+  EXPECT_EQ(searches[2], GpuSampler::KeptSetSearch::kRadix);       // ties past the set
+  EXPECT_EQ(searches[3], GpuSampler::KeptSetSearch::kCandidates);
+  EXPECT_EQ(gpu[7].token, 3);  // greedy past NaN logits
+}
+
+// kRaceReach is tight where it must be: a token 19.44 below the largest, drawing uniform_for's
+// largest u, beats the largest, which draws the smallest (scores -2.8045 against -2.8115). Rows
+// where the largest x is known (min-p; top-k on the candidate set) let only tokens within the
+// reach enter the race; a narrower reach would leave the winner out.
+TEST(GpuSamplerGpuTest, RaceReachAdmitsTheFarthestPossibleWinner) {
+  L2KV_SKIP_WITHOUT_GPU();
+  constexpr uint64_t kSeed = 1;
+  const float lowest = 0.5f / static_cast<float>(1u << kUniformBits);
+  const float highest = 1.f - lowest;
+  int64_t low_index = -1, high_index = -1;
+  for (int64_t i = 0; i < (int64_t{1} << 25) && (low_index < 0 || high_index < 0); ++i) {
+    const float u = uniform_for(kSeed, 0, i);
+    if (u == lowest && low_index < 0) low_index = i;
+    if (u == highest && high_index < 0) high_index = i;
+  }
+  ASSERT_GE(low_index, 0);
+  ASSERT_GE(high_index, 0);
+  const int64_t vocab = std::max(low_index, high_index) + 1;
+  std::vector<Request> requests(2);
+  for (Request& q : requests) {
+    q.seed = kSeed;
+    q.step = 0;
+    q.logits.assign(static_cast<size_t>(vocab), -1000.f);
+    q.logits[low_index] = 0.f;
+    q.logits[high_index] = -19.44f;
+  }
+  requests[0].params.min_p = 1e-9f;  // keeps both (log 1e-9 = -20.7)
+  requests[1].params.top_k = 2;
+  const std::vector<SamplingRow> rows = rows_of(requests);
+  const DeviceFloats logits(logits_of(requests));
+  Stream stream;
+  GpuSampler sampler(vocab, 2, 0, 1);
+  sampler.sample(logits.get(), rows, stream.get());
+  const std::vector<SampledToken> gpu = sampler.results(stream.get());
+  const std::vector<SampledToken> cpu = sample_on_cpu(logits_of(requests), vocab, rows);
+  for (int r = 0; r < 2; ++r) {
+    EXPECT_EQ(cpu[r].token, high_index) << "reference, row " << r;
+    EXPECT_EQ(gpu[r].token, high_index) << "row " << r;
+  }
 }
 
 // The row maximum planted at an index of every thread of the block (index % 1024 = 0..1023,

@@ -482,6 +482,11 @@ TEST(SamplerCpuTest, UniformDrawsStayInsideZeroOneAndTheRaceFollowsTheLogits) {
       ASSERT_TRUE(u > 0.f && u < 1.f) << "step " << step << ", index " << i << ": " << u;
       ASSERT_TRUE(std::isfinite(std::log(-std::log(static_cast<double>(u)))));
     }
+  // kRaceReach covers the race term's range over every draw, and not by much.
+  const double lowest = 0.5 / (1u << kUniformBits), highest = 1 - lowest;
+  const double span = std::log(-std::log(lowest)) - std::log(-std::log(highest));
+  EXPECT_LT(span, kRaceReach);
+  EXPECT_GT(span, kRaceReach - 0.1);
   // Token 0 holds all but e^-40 of the probability; index 23461 drew the old u = 1.
   constexpr int64_t kVocab = 32768;
   std::vector<float> logits(kVocab, 0.f);
@@ -490,6 +495,23 @@ TEST(SamplerCpuTest, UniformDrawsStayInsideZeroOneAndTheRaceFollowsTheLogits) {
   p.temperature = 1.f;
   const SamplingRow row = make_row(p, 12345, 16);
   EXPECT_EQ(sample_on_cpu(logits, kVocab, {&row, 1})[0].token, 0);
+}
+
+// A NaN logit counts as -inf: greedy passes it, masks drop it, top-k does not count it.
+TEST(SamplerCpuTest, NanLogitsCountAsMinusInfinity) {
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const std::vector<float> logits = {nan, 1.f, nan, 3.f, 2.f, nan};
+  SamplingParams greedy, top2;
+  greedy.temperature = 0.f;
+  top2.top_k = 2;
+  const SamplingRow g = make_row(greedy), t = make_row(top2);
+  EXPECT_EQ(sample_on_cpu(logits, 6, {&g, 1})[0].token, 3);
+  EXPECT_EQ(sampling_mask_on_cpu(logits, t), (std::vector<uint8_t>{0, 0, 0, 1, 1, 0}));
+  for (int64_t step = 0; step < 20; ++step) {
+    const SamplingRow r = make_row(top2, 9, step);
+    const int32_t token = sample_on_cpu(logits, 6, {&r, 1})[0].token;
+    EXPECT_TRUE(token == 3 || token == 4) << token;
+  }
 }
 
 // Temperature sampling follows softmax(logits / T). 400000 draws (steps 0..399999 of one seed)

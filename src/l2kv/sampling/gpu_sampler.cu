@@ -92,6 +92,7 @@ struct KernelArgs {
   int32_t* tokens;         // [max_rows]
   LogprobRecord* records;  // [max_rows]
   uint8_t* masks;          // [max_rows, vocab] or null
+  uint8_t* searches;       // [max_rows] (GpuSampler::KeptSetSearch) or null, beside the masks
 };
 
 struct SharedState {
@@ -103,6 +104,7 @@ struct SharedState {
   double above;
   double result_double;  // block_argmax / block_sum results
   int32_t result_int;
+  int32_t candidates;  // the candidate set's size, as its counting pass found it
 };
 
 // Order-preserving key of a float: a < b as floats <=> key(a) < key(b); -0 maps to +0.
@@ -315,13 +317,15 @@ __device__ uint32_t largest_key_reaching(const Logits& x, int64_t vocab, uint32_
 
 // The candidate set. Real models put a handful of tokens near the row's largest adjusted logit
 // m, so top-k and top-p are decided on the tokens close to it: one pass counts tokens in bins of
-// 1/kBinsPerLogit below m (per-warp counts, no atomics), a second gathers those of the top bins
-// that hold at most kMaxCandidates tokens, which are sorted in shared memory and walked as
-// sample_on_cpu walks its sorted tokens. Where the kept tokens may lie beyond the set (a large
-// k, a flat distribution under top-p) the radix search over the whole row decides instead.
+// 1/kBinsPerLogit below m (per-warp bins, so the atomics rarely meet), a second gathers those of
+// the top bins that hold at most kMaxCandidates tokens, which are sorted in shared memory and
+// walked as sample_on_cpu walks its sorted tokens. Where the kept tokens may lie beyond the set (a
+// large k, a flat distribution under top-p) the radix search over the whole row decides instead.
 constexpr int kCandidateBins = 256;
 constexpr double kBinsPerLogit = 8.0;  // the bins reach 32 below m
 constexpr int kMaxCandidates = 2048;
+// The candidates' mass bound, widened for the rounding of its sums.
+constexpr double kMassBoundMargin = 1 + 1e-9;
 
 static_assert(kCandidateBins == kRadixBins, "the radix search counts in the set's bins");
 
@@ -383,10 +387,9 @@ __device__ void sort_candidates(CandidateSet& cs, int32_t n) {
 // the whole row for top-p without top-k (else 0). Block-uniform.
 template <class Logits>
 __device__ bool candidate_floor(const Logits& x, int64_t vocab, float m, const RowParams& p,
-                                SharedState& sh, CandidateSet& cs, uint32_t& floor_key,
-                                int32_t& kept_candidates, double& row_mass) {
+                                bool use_top_k, SharedState& sh, CandidateSet& cs,
+                                uint32_t& floor_key, int32_t& kept_candidates, double& row_mass) {
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const bool use_top_k = p.top_k > 0 && p.top_k < vocab;
   // Top-p over the whole row (no top-k) compares with the mass of every token.
   const bool row_total = p.use_top_p && !use_top_k;
   for (int32_t i = threadIdx.x; i < kWarps * kCandidateBins; i += kThreads)
@@ -413,21 +416,23 @@ __device__ bool candidate_floor(const Logits& x, int64_t vocab, float m, const R
     // exp(-b / kBinsPerLogit), which bounds the candidates' mass from above.
     int32_t size = 0, last = -1;
     double mass_bound = 0, bin_bound = 1;  // bin_bound: exp(-b / kBinsPerLogit), by products
-    const double bin_step = row_total ? exp(-1 / kBinsPerLogit) : 0;
+    const double bin_step = exp(-1 / kBinsPerLogit);
     for (int b = 0; b < kCandidateBins && size + sh.bin_count[b] <= kMaxCandidates; ++b) {
       size += sh.bin_count[b];
-      mass_bound += sh.bin_count[b] * bin_bound;
-      bin_bound *= bin_step;
+      if (row_total) {
+        mass_bound += sh.bin_count[b] * bin_bound;
+        bin_bound *= bin_step;
+      }
       last = b;
     }
     sh.result_int = last;
-    sh.bin_count[0] = size;  // read below, before anyone writes the bins again
-    sh.result_double = mass_bound;
+    sh.candidates = size;
+    sh.result_double = mass_bound * kMassBoundMargin;
   }
   __syncthreads();
   const int last_bin = sh.result_int;
-  const int32_t n = sh.bin_count[0];
-  const double mass_bound = sh.result_double * (1 + 1e-9);  // and a margin for rounding
+  const int32_t n = sh.candidates;
+  const double mass_bound = sh.result_double;
   __syncthreads();
   // Top-p over the whole row cannot be reached on candidates whose mass is below its target
   // (a flat distribution): the radix search decides without the gather.
@@ -442,9 +447,11 @@ __device__ bool candidate_floor(const Logits& x, int64_t vocab, float m, const R
     int32_t first = 0;
     if (lane == 0) first = atomicAdd(&cs.size, __popc(takers));
     first = __shfl_sync(kFullMask, first, 0);
-    if (take)
-      cs.list.key[first + __popc(takers & ((1u << lane) - 1u))] =
-          static_cast<uint64_t>(~order_key(v)) << 32 | static_cast<uint32_t>(i);
+    const int32_t slot = first + __popc(takers & ((1u << lane) - 1u));
+    // The gather takes exactly the n tokens counted (the same candidate_bin); the bound only
+    // guards shared memory should the two passes ever disagree.
+    if (take && slot < kMaxCandidates)
+      cs.list.key[slot] = static_cast<uint64_t>(~order_key(v)) << 32 | static_cast<uint32_t>(i);
   });
   __syncthreads();
   sort_candidates(cs, n);
@@ -485,8 +492,9 @@ __device__ bool candidate_floor(const Logits& x, int64_t vocab, float m, const R
         if (cumulative >= target) group = g;
         g = end;
       }
-      // Not reached: with top-k rounding keeps all its tokens (as sample_on_cpu); without, the
-      // threshold lies past the candidates.
+      // Not reached: without top-k the threshold lies past the candidates. With top-k the walk
+      // ends on the very sum that set the target (top_p < 1), so it always reaches it; keeping
+      // all top-k tokens otherwise is sample_on_cpu's fallback, kept alike.
       if (group < 0 && use_top_k) group = kept - 1;
       sh.result_int = group;
       if (group >= 0) sh.prefix = candidate_order_key(cs.list.key[group]);
@@ -502,11 +510,6 @@ __device__ bool candidate_floor(const Logits& x, int64_t vocab, float m, const R
   kept_candidates = kept;
   return true;
 }
-
-// The race can only be won by a token whose x is within 19.45 of m: the Gumbel term
-// -log(-log u) of uniform_for's u (in [2^-24, 1 - 2^-24]) lies in [-2.812, 16.636], and the
-// largest x (always kept) scores at least m - 2.812. The margin covers rounding.
-constexpr double kRaceReach = -19.5;
 
 // Steps 1 and 3 of sampler.h for one token: the raw logit r with history word h.
 __device__ __forceinline__ float penalized(float r, int32_t h, const RowParams& p) {
@@ -534,8 +537,10 @@ struct AdjustedLogits {
   __device__ __forceinline__ float load(int64_t i) const {
     return scratch != nullptr ? scratch[i] : raw[i];
   }
+  // A NaN logit counts as -inf (sampler.h): never kept, never drawn.
   __device__ __forceinline__ float adjust(float stored) const {
-    return scratch != nullptr || greedy ? stored : __fdiv_rn(stored, temperature);
+    const float v = scratch != nullptr || greedy ? stored : __fdiv_rn(stored, temperature);
+    return isnan(v) ? -INFINITY : v;
   }
   __device__ __forceinline__ float operator()(int64_t i) const { return adjust(load(i)); }
 };
@@ -663,9 +668,13 @@ __global__ void __launch_bounds__(kThreads, 1) sample_kernel(const KernelArgs a)
     uint32_t floor_key = 0;
     int32_t candidates = -1;  // >= 0: the kept tokens are among this many sorted candidates
     double row_mass = 0;      // > 0: the whole row's mass, summed by the candidate search
-    if ((use_top_k || p.use_top_p) && isfinite(m) &&
-        !candidate_floor(x, vocab, m, p, sh, cs, floor_key, candidates, row_mass))
-      candidates = -1;
+    if ((use_top_k || p.use_top_p) && isfinite(m))
+      candidate_floor(x, vocab, m, p, use_top_k, sh, cs, floor_key, candidates, row_mass);
+    if (a.searches != nullptr && threadIdx.x == 0)
+      a.searches[row] =
+          static_cast<uint8_t>(!use_top_k && !p.use_top_p ? GpuSampler::KeptSetSearch::kNone
+                               : candidates >= 0          ? GpuSampler::KeptSetSearch::kCandidates
+                                                          : GpuSampler::KeptSetSearch::kRadix);
     if (candidates < 0) {
       if (use_top_k)
         floor_key = largest_key_reaching<false>(x, vocab, 0, static_cast<double>(p.top_k), m, sh,
@@ -695,7 +704,7 @@ __global__ void __launch_bounds__(kThreads, 1) sample_kernel(const KernelArgs a)
       }
     // Step 5: the race over kept tokens, those that can win it (where m is known).
     const double reach =
-        need_max && isfinite(m) ? __dadd_rn(static_cast<double>(m), kRaceReach) : -kInf;
+        need_max && isfinite(m) ? __dsub_rn(static_cast<double>(m), kRaceReach) : -kInf;
     double best_score = -kInf;
     int32_t best_id = kNoToken;
     const auto enter = [&](float v, int32_t id) {
@@ -726,6 +735,7 @@ __global__ void __launch_bounds__(kThreads, 1) sample_kernel(const KernelArgs a)
   } else if (a.masks != nullptr) {
     for (int64_t i = threadIdx.x; i < vocab; i += kThreads)
       a.masks[static_cast<int64_t>(row) * vocab + i] = i == token;
+    if (threadIdx.x == 0) a.searches[row] = static_cast<uint8_t>(GpuSampler::KeptSetSearch::kNone);
   }
   if (threadIdx.x == 0) a.tokens[row] = token;
 
@@ -802,6 +812,7 @@ struct GpuSampler::Buffers {
   std::byte* host_results[2] = {nullptr, nullptr};
   cudaEvent_t results_copied[2] = {nullptr, nullptr};
   uint8_t* masks = nullptr;
+  uint8_t* searches = nullptr;
   bool record_masks = false;
   // prompt_logprobs(): targets then records, on the device and pinned, allocated on first use.
   std::byte* device_prompt = nullptr;
@@ -833,6 +844,7 @@ struct GpuSampler::Buffers {
     cudaFree(device_staging);
     cudaFree(device_results);
     cudaFree(masks);
+    cudaFree(searches);
     cudaFree(device_prompt);
     for (int s = 0; s < 2; ++s) {
       cudaFreeHost(host_results[s]);
@@ -1034,6 +1046,7 @@ int64_t GpuSampler::sample(const float* d_logits, std::span<const SamplingRow> r
   args.tokens = b.device_tokens();
   args.records = b.device_records();
   args.masks = b.record_masks ? b.masks : nullptr;
+  args.searches = b.record_masks ? b.searches : nullptr;
   // Waves run in stream order, so each reuses the scratch pool after the previous one.
   for (size_t w = 0; w + 1 < b.wave_starts.size(); ++w) {
     args.first_row = b.wave_starts[w];
@@ -1159,9 +1172,25 @@ void GpuSampler::write_pending_ids(int32_t* ids, int32_t count, cudaStream_t str
 
 void GpuSampler::set_record_masks(bool on) {
   Buffers& b = *b_;
-  if (on && b.masks == nullptr)
+  if (on && b.masks == nullptr) {
     L2KV_CUDA_CHECK(cudaMalloc(&b.masks, static_cast<size_t>(b.max_rows) * b.vocab));
+    L2KV_CUDA_CHECK(cudaMalloc(&b.searches, static_cast<size_t>(b.max_rows)));
+  }
   b.record_masks = on;
+}
+
+std::vector<GpuSampler::KeptSetSearch> GpuSampler::last_kept_set_searches(
+    cudaStream_t stream) const {
+  const Buffers& b = *b_;
+  if (!b.last_recorded_masks)
+    throw Error("GpuSampler: the last sample() did not record masks (set_record_masks)");
+  std::vector<KeptSetSearch> out(static_cast<size_t>(b.last_rows[b.last_slot()]));
+  L2KV_CUDA_CHECK(cudaStreamSynchronize(stream));
+  std::vector<uint8_t> raw(out.size());
+  if (!raw.empty())
+    L2KV_CUDA_CHECK(cudaMemcpy(raw.data(), b.searches, raw.size(), cudaMemcpyDeviceToHost));
+  for (size_t r = 0; r < out.size(); ++r) out[r] = static_cast<KeptSetSearch>(raw[r]);
+  return out;
 }
 
 std::vector<uint8_t> GpuSampler::last_masks(cudaStream_t stream) const {

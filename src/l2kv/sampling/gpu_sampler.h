@@ -71,6 +71,10 @@ class GpuSampler {
   // returns them, [rows][vocab], 1 = kept (synchronizes `stream`).
   void set_record_masks(bool on);
   std::vector<uint8_t> last_masks(cudaStream_t stream) const;
+  // With masks recorded, also what decided each row's top-k / top-p in the last sample(): none
+  // asked, the candidate set near the largest logit, or the radix search over the whole row.
+  enum class KeptSetSearch : uint8_t { kNone, kCandidates, kRadix };
+  std::vector<KeptSetSearch> last_kept_set_searches(cudaStream_t stream) const;
 
  private:
   std::vector<SampledToken> read_results(int slot) const;

@@ -191,6 +191,8 @@ std::vector<float> adjusted_logits_on_cpu(std::span<const float> row_logits,
   }
   if (!p.greedy())
     for (float& v : z) v = v / p.temperature;
+  for (float& v : z)
+    if (std::isnan(v)) v = -std::numeric_limits<float>::infinity();
   return z;
 }
 

@@ -32,6 +32,10 @@
 //   - the race score of a kept token is double(x) - log(-log(double(u))) (log p_i minus a
 //     constant); tokens whose score is -inf are not candidates; should no candidate remain,
 //     the token is the largest x (lowest id on ties).
+//   - a NaN x (a broken model's logit) counts as -inf: never kept, never drawn.
+// Both sides sum masses in double but not always in the same order (the GPU sums the row's
+// total in parallel), so a top-p threshold can differ only where a cumulative mass lies within
+// a few units in the last place of its target.
 //   - logprob_i = float(double(r_i) - (double(max r) + log(sum_j exp(double(r_j) - max r)))).
 #pragma once
 
@@ -70,6 +74,13 @@ struct PromptLogprob {
   std::vector<std::pair<int32_t, float>> top_logprobs;  // most likely first, lowest id on ties
 };
 
+// Random bits of a uniform_for draw.
+inline constexpr int kUniformBits = 23;
+// A token whose x lies more than this below the largest x of its row cannot win the race: the
+// race term -log(-log u) of uniform_for's u lies in [-2.812, 16.636] (19.447 apart), and the
+// largest x is always kept. The GPU sampler lets only closer tokens enter the race.
+inline constexpr double kRaceReach = 19.5;
+
 // The uniform draw in (0, 1) for token `index` of a row: a counter-based hash, the same
 // function on host and device.
 #if defined(__CUDACC__)
@@ -84,10 +95,11 @@ __host__ __device__
   x ^= x >> 27;
   x *= 0x94D049BB133111EBull;
   x ^= x >> 31;
-  // 23 random bits and a half: u in [2^-24, 1 - 2^-24], every value exact in float, so log(u)
-  // and log(-log(u)) are finite. (With 24 bits, the top value + 0.5 rounded to 2^24: u = 1
-  // once in 2^24 tokens, an infinite race score, a token drawn regardless of its probability.)
-  return (static_cast<float>(x >> 41) + 0.5f) * (1.0f / 8388608.0f);
+  // kUniformBits random bits and a half: u in [2^-24, 1 - 2^-24], every value exact in float,
+  // so log(u) and log(-log(u)) are finite. (With 24 bits, the top value + 0.5 rounded to 2^24:
+  // u = 1 once in 2^24 tokens, an infinite race score, a token drawn whatever its probability.)
+  return (static_cast<float>(x >> (64 - kUniformBits)) + 0.5f) *
+         (1.0f / static_cast<float>(1u << kUniformBits));
 }
 
 // Step -1 on one row: -inf for every token whose bit is clear in `allowed` ((vocab + 31) / 32
