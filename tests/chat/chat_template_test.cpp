@@ -214,6 +214,9 @@ TEST(ChatTemplate, PrintsValuesAsPython) {
   EXPECT_EQ(render("{{ messages[0].v }}|{{ messages[0].v[0] }}", m),
             "[{'k': [1, 2.5, None, True], 'n': {'x': 'y'}}]|{'k': [1, 2.5, None, True], 'n': "
             "{'x': 'y'}}");
+  // A namespace prints as Jinja's Namespace repr, inside a list too.
+  EXPECT_EQ(render("{% set ns = namespace(a=1, b='x') %}{{ ns }}|{{ [ns] }}", m),
+            "<Namespace {'a': 1, 'b': 'x'}>|[<Namespace {'a': 1, 'b': 'x'}>]");
   m["v"] = {"tab\there\nnl \\ \u0007 \u00e9 \u200b \U0001F600 \u007f \u00a0 \u2028"};
   EXPECT_EQ(render("{{ messages[0].v }}", m),
             "['tab\\there\\nnl \\\\ \\x07 \u00e9 \\u200b \U0001F600 \\x7f \\xa0 \\u2028']");

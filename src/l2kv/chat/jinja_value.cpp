@@ -247,7 +247,9 @@ std::string Value::to_repr() const {
     const auto& items = dict_items();
     for (size_t i = 0; i < items.size(); ++i)
       out += (i ? ", " : "") + python_repr(items[i].first) + ": " + items[i].second.to_repr();
-    return out + "}";
+    out += "}";
+    // Jinja's Namespace prints as its repr: <Namespace {...}>.
+    return std::get<DictRef>(v).is_namespace ? "<Namespace " + out + ">" : out;
   }
   return to_output();
 }
