@@ -214,6 +214,13 @@ TEST(ChatTemplate, PrintsValuesAsPython) {
   EXPECT_EQ(render("{{ messages[0].v }}|{{ messages[0].v[0] }}", m),
             "[{'k': [1, 2.5, None, True], 'n': {'x': 'y'}}]|{'k': [1, 2.5, None, True], 'n': "
             "{'x': 'y'}}");
+  // A dict's pairs are tuples: printed in parentheses, unequal to lists.
+  EXPECT_EQ(render("{% set d = {'b': [2], 'a': 1} %}{% for item in d.items() %}{{ item }}"
+                   "{% endfor %}|{{ d|dictsort }}|{{ (d.items()|list)[0] == ['b', [2]] }}|"
+                   "{% for k, v in d.items() %}{{ k }}={{ v }};{% endfor %}|"
+                   "{{ d.items()|list|length }}|{{ d|dictsort|first|first }}",
+                   m),
+            "('b', [2])('a', 1)|[('a', 1), ('b', [2])]|False|b=[2];a=1;|2|a");
   // A namespace prints as Jinja's Namespace repr, inside a list too.
   EXPECT_EQ(render("{% set ns = namespace(a=1, b='x') %}{{ ns }}|{{ [ns] }}", m),
             "<Namespace {'a': 1, 'b': 'x'}>|[<Namespace {'a': 1, 'b': 'x'}>]");

@@ -546,7 +546,7 @@ class Interpreter {
         List out;
         for (const auto& [k, v] : self.dict_items()) {
           if (e.name == "items")
-            out.push_back(Value::list({Value(k), v}));
+            out.push_back(Value::tuple({Value(k), v}));
           else if (e.name == "keys")
             out.push_back(Value(k));
           else
@@ -670,7 +670,7 @@ class Interpreter {
     if (f == "items") {
       List out;
       if (v.is_dict())
-        for (const auto& [k, x] : v.dict_items()) out.push_back(Value::list({Value(k), x}));
+        for (const auto& [k, x] : v.dict_items()) out.push_back(Value::tuple({Value(k), x}));
       return Value::list(std::move(out));
     }
     if (f == "dictsort") {
@@ -679,7 +679,7 @@ class Interpreter {
       std::stable_sort(d.begin(), d.end(),
                        [](const auto& a, const auto& b) { return a.first < b.first; });
       List out;
-      for (const auto& [k, x] : d) out.push_back(Value::list({Value(k), x}));
+      for (const auto& [k, x] : d) out.push_back(Value::tuple({Value(k), x}));
       return Value::list(std::move(out));
     }
     if (f == "reverse") {

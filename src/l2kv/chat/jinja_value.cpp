@@ -237,10 +237,11 @@ std::string Value::to_repr() const {
   if (is_undefined()) return "Undefined";
   if (is_string()) return python_repr(str());
   if (is_list()) {
-    std::string out = "[";
+    std::string out = is_tuple() ? "(" : "[";
     const auto& items = list_items();
     for (size_t i = 0; i < items.size(); ++i) out += (i ? ", " : "") + items[i].to_repr();
-    return out + "]";
+    if (!is_tuple()) return out + "]";
+    return out + (items.size() == 1 ? ",)" : ")");
   }
   if (is_dict()) {
     std::string out = "{";
@@ -286,7 +287,7 @@ std::string Value::to_json(int indent, int depth) const {
 std::string Value::type_name() const {
   static const char* names[] = {"undefined", "none",   "boolean", "integer",
                                 "float",     "string", "list",    "dict"};
-  return names[v.index()];
+  return is_tuple() ? "tuple" : names[v.index()];
 }
 
 Value int_if_bool(const Value& v) {
@@ -303,6 +304,7 @@ bool equal(const Value& a, const Value& b) {
   if (a.is_bool()) return std::get<bool>(a.v) == std::get<bool>(b.v);
   if (a.is_string()) return a.str() == b.str();
   if (a.is_list()) {
+    if (a.is_tuple() != b.is_tuple()) return false;  // Python: (1, 2) != [1, 2]
     const auto &x = a.list_items(), &y = b.list_items();
     if (x.size() != y.size()) return false;
     for (size_t i = 0; i < x.size(); ++i)

@@ -1,5 +1,6 @@
-// Values of l2kv's Jinja interpreter: undefined, none, bool, int, float, string, list, dict
-// (insertion-ordered, shared like Python objects) and namespace (a mutable dict).
+// Values of l2kv's Jinja interpreter: undefined, none, bool, int, float, string, list (or tuple:
+// a list that prints and compares as Python's tuple), dict (insertion-ordered, shared like Python
+// objects) and namespace (a mutable dict).
 #pragma once
 
 #include <cstdint>
@@ -24,6 +25,7 @@ struct Undefined {};
 struct None {};
 struct ListRef {
   std::shared_ptr<List> items;
+  bool is_tuple = false;  // a dict's (key, value) pairs, as Python gives them
 };
 struct DictRef {
   std::shared_ptr<Dict> items;
@@ -44,6 +46,9 @@ struct Value {
   static Value list(List items = {}) {
     return Value(ListRef{std::make_shared<List>(std::move(items))});
   }
+  static Value tuple(List items) {
+    return Value(ListRef{std::make_shared<List>(std::move(items)), true});
+  }
   static Value dict(Dict items = {}, bool is_namespace = false) {
     return Value(DictRef{std::make_shared<Dict>(std::move(items)), is_namespace});
   }
@@ -58,6 +63,7 @@ struct Value {
   bool is_number() const { return is_int() || is_float(); }
   bool is_string() const { return std::holds_alternative<std::string>(v); }
   bool is_list() const { return std::holds_alternative<ListRef>(v); }
+  bool is_tuple() const { return is_list() && std::get<ListRef>(v).is_tuple; }
   bool is_dict() const { return std::holds_alternative<DictRef>(v); }
 
   const std::string& str() const { return std::get<std::string>(v); }
