@@ -282,6 +282,29 @@ Agreement compare_with_cpu(const std::vector<Request>& requests,
   return a;
 }
 
+// One sample() of `requests` with masks recorded, against the CPU reference: the GPU's tokens,
+// what decided each row's kept set, and how they agree.
+struct RecordedCall {
+  std::vector<SampledToken> tokens;
+  std::vector<GpuSampler::KeptSetSearch> searches;
+  Agreement agreement;
+};
+
+RecordedCall sample_recorded(const std::vector<Request>& requests, int32_t scratch_rows) {
+  const int64_t vocab = static_cast<int64_t>(requests[0].logits.size());
+  const DeviceFloats logits(logits_of(requests));
+  Stream stream;
+  GpuSampler sampler(vocab, static_cast<int32_t>(requests.size()), history_of(requests),
+                     scratch_rows);
+  sampler.set_record_masks(true);
+  sampler.sample(logits.get(), rows_of(requests), stream.get());
+  RecordedCall call;
+  call.tokens = sampler.results(stream.get());
+  call.searches = sampler.last_kept_set_searches(stream.get());
+  call.agreement = compare_with_cpu(requests, call.tokens, sampler.last_masks(stream.get()));
+  return call;
+}
+
 // `scratch_rows` below the batch's adjusted rows makes the call run in several waves.
 void check_mixed_batch(int64_t vocab, int32_t rows_count, uint64_t seed,
                        int32_t scratch_rows = 64) {
@@ -491,22 +514,13 @@ TEST(GpuSamplerGpuTest, PeakedLogitsMatchTheCpuReference) {
   requests[5].step = 16;
   std::fill(requests[5].logits.begin(), requests[5].logits.end(), 0.f);
   requests[5].logits[7] = 40.f;
-  const std::vector<SamplingRow> rows = rows_of(requests);
-  const DeviceFloats logits(logits_of(requests));
-  Stream stream;
-  GpuSampler sampler(kVocab, kRows, history_of(requests), kRows);
-  sampler.set_record_masks(true);
-  sampler.sample(logits.get(), rows, stream.get());
-  const std::vector<SampledToken> gpu = sampler.results(stream.get());
-  const std::vector<uint8_t> masks = sampler.last_masks(stream.get());
-  const Agreement a = compare_with_cpu(requests, gpu, masks);
-  EXPECT_EQ(a.mask_mismatch_rows, 0);
-  EXPECT_EQ(a.id_mismatches, 0);
-  EXPECT_LE(a.near_tie_mismatches, 1);
-  EXPECT_EQ(gpu[5].token, 7);
+  const RecordedCall call = sample_recorded(requests, kRows);
+  EXPECT_EQ(call.agreement.mask_mismatch_rows, 0);
+  EXPECT_EQ(call.agreement.id_mismatches, 0);
+  EXPECT_LE(call.agreement.near_tie_mismatches, 1);
+  EXPECT_EQ(call.tokens[5].token, 7);
   // Top-k within the set's capacity is decided on it, k = 3000 by the radix search.
-  const std::vector<GpuSampler::KeptSetSearch> searches =
-      sampler.last_kept_set_searches(stream.get());
+  const std::vector<GpuSampler::KeptSetSearch>& searches = call.searches;
   ASSERT_EQ(searches.size(), static_cast<size_t>(kRows));
   for (int32_t r = 0; r < kRows; ++r) {
     GpuSampler::KeptSetSearch expected = GpuSampler::KeptSetSearch::kNone;
@@ -579,24 +593,16 @@ TEST(GpuSamplerGpuTest, CandidateSetEdgesMatchTheCpuReference) {
         x[3] = 1.f;
       },
       [](SamplingParams& p) { p.temperature = 0.f; });
-  const std::vector<SamplingRow> rows = rows_of(requests);
-  const DeviceFloats logits(logits_of(requests));
-  Stream stream;
-  GpuSampler sampler(kVocab, static_cast<int32_t>(requests.size()), 0, 4);
-  sampler.set_record_masks(true);
-  sampler.sample(logits.get(), rows, stream.get());
-  const std::vector<SampledToken> gpu = sampler.results(stream.get());
-  const Agreement a = compare_with_cpu(requests, gpu, sampler.last_masks(stream.get()));
-  EXPECT_EQ(a.mask_mismatch_rows, 0);
-  EXPECT_EQ(a.id_mismatches, 0);
-  EXPECT_EQ(a.near_tie_mismatches, 0);
-  const std::vector<GpuSampler::KeptSetSearch> searches =
-      sampler.last_kept_set_searches(stream.get());
+  const RecordedCall call = sample_recorded(requests, 4);
+  EXPECT_EQ(call.agreement.mask_mismatch_rows, 0);
+  EXPECT_EQ(call.agreement.id_mismatches, 0);
+  EXPECT_EQ(call.agreement.near_tie_mismatches, 0);
+  const std::vector<GpuSampler::KeptSetSearch>& searches = call.searches;
   EXPECT_EQ(searches[0], GpuSampler::KeptSetSearch::kRadix);       // 4096 tied at the top
   EXPECT_EQ(searches[1], GpuSampler::KeptSetSearch::kCandidates);  // exactly 2,048
   EXPECT_EQ(searches[2], GpuSampler::KeptSetSearch::kRadix);       // ties past the set
   EXPECT_EQ(searches[3], GpuSampler::KeptSetSearch::kCandidates);
-  EXPECT_EQ(gpu[7].token, 3);  // greedy past NaN logits
+  EXPECT_EQ(call.tokens[7].token, 3);  // greedy past NaN logits
 }
 
 // kRaceReach is tight where it must be: a token 19.44 below the largest, drawing uniform_for's

@@ -231,6 +231,21 @@ __device__ void warp_histogram_add(int digit, double weight, SharedState& sh) {
   }
 }
 
+// Per-warp counting bins (a warp's lanes add to their own row, so warps never contend): zeroed
+// before a counting pass, summed into sh.bin_count after it. Callers synchronize around both.
+__device__ __forceinline__ void clear_warp_bins(int32_t (&warp_bins)[kWarps][kRadixBins]) {
+  for (int i = threadIdx.x; i < kWarps * kRadixBins; i += kThreads) (&warp_bins[0][0])[i] = 0;
+}
+
+__device__ __forceinline__ void sum_warp_bins(const int32_t (&warp_bins)[kWarps][kRadixBins],
+                                              SharedState& sh) {
+  for (int b = threadIdx.x; b < kRadixBins; b += kThreads) {
+    int32_t count = 0;
+    for (int w = 0; w < kWarps; ++w) count += warp_bins[w][b];
+    sh.bin_count[b] = count;
+  }
+}
+
 // exp(x - m) in double, the mass of sampler.h's top-p.
 __device__ __forceinline__ double token_mass(float x, float m) {
   return exp(__dsub_rn(static_cast<double>(x), static_cast<double>(m)));
@@ -256,8 +271,7 @@ __device__ uint32_t largest_key_reaching(const Logits& x, int64_t vocab, uint32_
       sh.bin_mass[b] = 0;
       sh.bin_count[b] = 0;
     }
-    if constexpr (!kMass)
-      for (int i = threadIdx.x; i < kWarps * kRadixBins; i += kThreads) (&warp_bins[0][0])[i] = 0;
+    if constexpr (!kMass) clear_warp_bins(warp_bins);
     __syncthreads();
     const uint32_t prefix = sh.prefix;
     const uint32_t high_mask = shift + kRadixBits >= 32 ? 0u : ~0u << (shift + kRadixBits);
@@ -276,11 +290,7 @@ __device__ uint32_t largest_key_reaching(const Logits& x, int64_t vocab, uint32_
     });
     __syncthreads();
     if constexpr (!kMass) {
-      for (int b = threadIdx.x; b < kRadixBins; b += kThreads) {
-        int32_t count = 0;
-        for (int w = 0; w < kWarps; ++w) count += warp_bins[w][b];
-        sh.bin_count[b] = count;
-      }
+      sum_warp_bins(warp_bins, sh);
       __syncthreads();
     }
     if (threadIdx.x == 0) {
@@ -392,8 +402,7 @@ __device__ bool candidate_floor(const Logits& x, int64_t vocab, float m, const R
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   // Top-p over the whole row (no top-k) compares with the mass of every token.
   const bool row_total = p.use_top_p && !use_top_k;
-  for (int32_t i = threadIdx.x; i < kWarps * kCandidateBins; i += kThreads)
-    (&cs.warp_bins[0][0])[i] = 0;
+  clear_warp_bins(cs.warp_bins);
   if (threadIdx.x == 0) cs.size = 0;
   __syncthreads();
   double mass = 0;  // summed as the radix search's mass pass sums it, which then reuses it
@@ -405,11 +414,7 @@ __device__ bool candidate_floor(const Logits& x, int64_t vocab, float m, const R
   const double total = row_total ? block_sum(mass, sh) : 0.0;  // block_sum syncs the block
   row_mass = total;
   __syncthreads();
-  for (int32_t b = threadIdx.x; b < kCandidateBins; b += kThreads) {
-    int32_t count = 0;
-    for (int w = 0; w < kWarps; ++w) count += cs.warp_bins[w][b];
-    sh.bin_count[b] = count;
-  }
+  sum_warp_bins(cs.warp_bins, sh);
   __syncthreads();
   if (threadIdx.x == 0) {
     // A token of bin b lies at least b / kBinsPerLogit below m: its mass is at most
@@ -616,8 +621,8 @@ __global__ void __launch_bounds__(kThreads, 1) sample_kernel(const KernelArgs a)
   AdjustedLogits x{raw, nullptr, p.temperature, p.greedy != 0};
   if (p.scratch_slot >= 0) {
     float* scratch = a.scratch + static_cast<int64_t>(p.scratch_slot) * vocab;
-    for_each_token(RowLogits{raw}, vocab, [&](int64_t i, float r, bool inside) {
-      if (inside) scratch[i] = p.greedy ? r : __fdiv_rn(r, p.temperature);
+    for_each_token(x, vocab, [&](int64_t i, float v, bool inside) {
+      if (inside) scratch[i] = v;
     });
     int32_t* counts = a.counts + static_cast<int64_t>(p.scratch_slot) * vocab;
     const int32_t* history = a.history + p.history_offset;

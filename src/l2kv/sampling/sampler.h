@@ -33,10 +33,10 @@
 //     constant); tokens whose score is -inf are not candidates; should no candidate remain,
 //     the token is the largest x (lowest id on ties).
 //   - a NaN x (a broken model's logit) counts as -inf: never kept, never drawn.
+//   - logprob_i = float(double(r_i) - (double(max r) + log(sum_j exp(double(r_j) - max r)))).
 // Both sides sum masses in double but not always in the same order (the GPU sums the row's
 // total in parallel), so a top-p threshold can differ only where a cumulative mass lies within
 // a few units in the last place of its target.
-//   - logprob_i = float(double(r_i) - (double(max r) + log(sum_j exp(double(r_j) - max r)))).
 #pragma once
 
 #include <cstdint>
