@@ -170,6 +170,32 @@ TEST(OutputProcessor, AStopTokensTextIsNotPartOfTheOutput) {
   EXPECT_EQ(out.stop_reason, std::to_string(id('y')));
 }
 
+// vLLM's include_stop_str_in_output keeps a stop token's text too; a special stop token's text
+// still follows skip_special_tokens.
+TEST(OutputProcessor, IncludeStopStrKeepsAStopTokensText) {
+  OutputProcessor text(&letters_with_special_and_bytes());
+  SamplingParams included;
+  included.include_stop_str_in_output = true;
+  text.add(1, included);
+  EngineStream engine{5};
+  RequestOutput out = engine.next({id('a'), id('y')}, FinishReason::kStop);  // y: a stop id
+  out.stop_reason = std::to_string(id('y'));
+  EXPECT_EQ(text.process(1, out), Verdict::kDeliver);
+  EXPECT_EQ(out.new_text, "ay");
+  EXPECT_EQ(out.new_tokens.size(), 2u);
+  EXPECT_EQ(out.stop_reason, std::to_string(id('y')));
+  // "<s>" (26) as the stop token: skipped by default, kept with skip_special_tokens false.
+  for (const bool skip : {true, false}) {
+    SamplingParams p = included;
+    p.skip_special_tokens = skip;
+    text.add(2, p);
+    EngineStream other{6};
+    out = other.next({id('b'), 26}, FinishReason::kStop);
+    text.process(2, out);
+    EXPECT_EQ(out.new_text, skip ? "b" : "b<s>") << "skip_special_tokens " << skip;
+  }
+}
+
 TEST(OutputProcessor, HeldTextIsFlushedWhenTheOutputEndsOtherwise) {
   OutputProcessor text(&letters());
   SamplingParams p;

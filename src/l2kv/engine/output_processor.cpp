@@ -19,6 +19,7 @@ void OutputProcessor::add(int64_t key, const SamplingParams& params) {
                            StopStringChecker(params.stop, params.include_stop_str_in_output),
                            {},
                            params.min_tokens,
+                           params.include_stop_str_in_output,
                            0,
                            false});
 }
@@ -41,9 +42,11 @@ OutputProcessor::Verdict OutputProcessor::process(int64_t key, RequestOutput& ou
     return Verdict::kDrop;
   }
   const size_t count = out.new_tokens.size();
-  // A stop token (EOS or stop_token_ids: the engine's kStop) ends the output without its text.
-  const size_t spoken =
-      out.finished && out.finish_reason == FinishReason::kStop && count > 0 ? count - 1 : count;
+  // A stop token (EOS or stop_token_ids: the engine's kStop) ends the output without its text,
+  // unless include_stop_str_in_output keeps it (as vLLM's detokenizer does; a special token's
+  // text still follows skip_special_tokens).
+  const bool stop_token = out.finished && out.finish_reason == FinishReason::kStop && count > 0;
+  const size_t spoken = stop_token && !t.stop_token_text ? count - 1 : count;
   size_t kept = count;
   std::optional<std::string> stop;
   std::string error;
