@@ -18,6 +18,7 @@
 #include <limits>
 #include <optional>
 #include <random>
+#include <utility>
 
 #include "l2kv/core/error.h"
 #include "l2kv/server/engine_loop.h"
@@ -574,6 +575,11 @@ struct HttpServer::Impl {
       bad_request("Chat completions are not available: " + model.chat_unavailable, "messages");
     const std::vector<std::vector<int32_t>> prompts =
         tokenize_prompts(r, model.tokenizer, model.chat_template);
+    if (r.echo && !model.tokenizer)
+      bad_request(
+          "echo needs the prompt's text, and this model folder has no tokenizer.json to decode "
+          "it.",
+          "echo");
 
     std::vector<GenerationRequest> requests;
     for (size_t p = 0; p < prompts.size(); ++p) {
@@ -582,12 +588,7 @@ struct HttpServer::Impl {
                              limits.default_max_tokens);
       g->prompt_tokens.push_back(static_cast<int32_t>(prompts[p].size()));
       std::string text;
-      if (r.echo) {
-        if (!r.prompts[p].is_ids)
-          text = r.prompts[p].text;
-        else if (model.tokenizer)
-          text = model.tokenizer->decode(prompts[p], r.params.skip_special_tokens);
-      }
+      if (r.echo) text = echo_text(r, p, prompts[p], *model.tokenizer);
       g->prompt_texts.push_back(std::move(text));
       if (r.echo && r.params.logprobs >= 0) g->prompt_ids.push_back(prompts[p]);
       for (int32_t j = 0; j < r.candidates(); ++j) {
@@ -658,12 +659,26 @@ struct HttpServer::Impl {
   // A chat choice with tools: content, and each call's start and arguments as the model
   // writes them (markup and what may begin a call held back), then finish_reason
   // "tool_calls" when the output ended by itself and called tools. False when a write failed.
+  // With logprobs, an output's tokens' logprobs go with the first chunk it gives (an empty
+  // content delta where all its text is held back): each token's once, in order, though held
+  // text comes in a later chunk than its logprobs.
   template <typename Write>
   static bool stream_tool_output(Generation& g, int32_t choice, const RequestOutput& out,
                                  const Write& write) {
     ToolCallStream& ts = g.tool_streams[static_cast<size_t>(choice)];
+    json logprobs = nullptr;
+    if (g.request.params.logprobs >= 0 && !out.new_logprobs.empty())
+      logprobs = chat_logprobs_json(out.new_logprobs, g.token_text);
+    const auto send_held_logprobs = [&] {
+      return logprobs.is_null() || write(sse_event(chat_content_chunk(
+                                       g.header, choice, "", std::exchange(logprobs, nullptr))));
+    };
     const auto send = [&](const std::vector<ToolStreamEvent>& events) {
       for (const ToolStreamEvent& e : events) {
+        // parallel_tool_calls false: calls after the first are not sent (as not answered).
+        if (!g.request.parallel_tool_calls && e.kind != ToolStreamEvent::Kind::kContent &&
+            e.call > 0)
+          continue;
         json chunk;
         switch (e.kind) {
           case ToolStreamEvent::Kind::kContent:
@@ -676,14 +691,15 @@ struct HttpServer::Impl {
             chunk = chat_tool_arguments_chunk(g.header, choice, e.call, e.text);
             break;
         }
+        if (!logprobs.is_null()) chunk["choices"][0]["logprobs"] = std::exchange(logprobs, nullptr);
         if (!write(sse_event(chunk))) return false;
       }
       return true;
     };
     if (!send(ts.push(out.new_text))) return false;
-    if (!out.finished) return true;
+    if (!out.finished) return send_held_logprobs();
     // What was held back: text that did not become a call is content.
-    if (!send(ts.finish())) return false;
+    if (!send(ts.finish()) || !send_held_logprobs()) return false;
     const bool called = out.finish_reason == FinishReason::kStop && ts.calls_started() > 0;
     return write(sse_event(
         called ? chat_tool_finish_chunk(g.header, choice)

@@ -623,7 +623,8 @@ json template_kwargs(const json& body) {
   return out;
 }
 
-// SamplingParams::validate's words, as a 400 naming the field it names.
+// SamplingParams::validate's words, as a 400 naming the field it names; and the fields a
+// constrained output cannot take.
 void validate_params(const ApiRequest& r, const ServerLimits& limits) {
   SamplingParams p = r.params;
   if (!r.max_tokens_given) p.max_tokens = std::max(p.max_tokens, p.min_tokens);
@@ -634,6 +635,14 @@ void validate_params(const ApiRequest& r, const ServerLimits& limits) {
     const auto space = message.find(' ');
     bad_request(message, message.substr(0, space));
   }
+  // The engine refuses these too; here the 400 names the field.
+  const char* constrained =
+      " is not supported with a constrained output (response_format, structured_outputs, "
+      "guided_*, or tool_choice \"required\" or a named function).";
+  if (r.grammar && p.ignore_eos)
+    bad_request(std::string("'ignore_eos'") + constrained, "ignore_eos");
+  if (r.grammar && p.min_tokens > 0)
+    bad_request(std::string("'min_tokens'") + constrained, "min_tokens");
 }
 
 std::string content_to_text(const json& content, size_t index) {
@@ -780,7 +789,8 @@ json parse_message_tool_calls(const json& value, const std::string& where) {
   if (!value.is_array()) bad_request(bad, "messages");
   json out = json::array();
   for (const json& call : value) {
-    if (!call.is_object() || !call.contains("function") || !call["function"].is_object())
+    if (!call.is_object() || !call.contains("function") || !call["function"].is_object() ||
+        (call.contains("type") && call["type"] != "function"))
       bad_request(bad, "messages");
     const json& f = call["function"];
     if (!f.contains("name") || !f["name"].is_string()) bad_request(bad, "messages");
@@ -922,9 +932,10 @@ void parse_tools(const json& body, const ServerLimits& limits, ApiRequest& r) {
         r.tool_choice = ToolChoice::kRequired;
       else
         bad_request(kinds, "tool_choice");
-    } else if (tc->is_object() && tc->value("type", "") == "function" && tc->contains("function") &&
-               (*tc)["function"].is_object() && (*tc)["function"].contains("name") &&
-               (*tc)["function"]["name"].is_string()) {
+    } else if (tc->is_object() && tc->size() == 2 && tc->value("type", "") == "function" &&
+               tc->contains("function") && (*tc)["function"].is_object() &&
+               (*tc)["function"].size() == 1 && (*tc)["function"].contains("name") &&
+               (*tc)["function"]["name"].is_string()) {  // nothing else in either object
       r.tool_choice = ToolChoice::kNamed;
       r.tool_name = (*tc)["function"]["name"].get<std::string>();
     } else {
@@ -1103,6 +1114,21 @@ std::vector<std::vector<int32_t>> tokenize_prompts(const ApiRequest& request,
     truncate_prompt(out.back(), request.truncate_prompt_tokens);
   }
   return out;
+}
+
+std::string echo_text(const ApiRequest& request, size_t prompt, const std::vector<int32_t>& ids,
+                      const Tokenizer& tokenizer) {
+  const PromptInput& p = request.prompts[prompt];
+  if (!p.is_ids) {
+    // Cut: it kept its last k tokens, and the whole prompt has more (checked only then).
+    const int32_t keep = request.truncate_prompt_tokens;
+    const bool cut =
+        keep > 0 && ids.size() == static_cast<size_t>(keep) &&
+        encode_prompt(tokenizer, p.text, request.add_special_tokens.value_or(true), "prompt")
+                .size() > ids.size();
+    if (!cut) return p.text;
+  }
+  return tokenizer.decode(ids, /*skip_special_tokens=*/false);
 }
 
 namespace {

@@ -147,6 +147,12 @@ std::vector<std::vector<int32_t>> tokenize_prompts(const ApiRequest& request,
                                                    const Tokenizer* tokenizer,
                                                    const ChatTemplate* chat_template);
 
+// What a completion's echo shows of prompt `prompt` (tokenized as `ids`): the prompt the model
+// saw. A text prompt as given, unless truncate_prompt_tokens cut it (then its kept tokens
+// decoded); token ids decoded with their special tokens, as vLLM echoes them.
+std::string echo_text(const ApiRequest& request, size_t prompt, const std::vector<int32_t>& ids,
+                      const Tokenizer& tokenizer);
+
 // POST /tokenize, vLLM's shapes. The body is {"model"?, "prompt": text, "add_special_tokens"
 // (default true), "return_token_strs" (default false)} or, for a chat, {"model"?, "messages",
 // "add_generation_prompt" (default true), "continue_final_message" (false only),

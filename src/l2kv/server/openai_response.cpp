@@ -282,8 +282,11 @@ json chat_response(const ResponseHeader& header, const ApiRequest& request,
         request.tool_choice == ToolChoice::kNamed && c.finish_reason == FinishReason::kLength;
     if (request.tool_choice != ToolChoice::kNone &&
         (c.finish_reason == FinishReason::kStop || named_cut)) {
-      const ParsedToolOutput parsed = parse_tool_calls(
-          request.tool_choice, request.tool_call_parser, request.tool_name, c.text);
+      ParsedToolOutput parsed = parse_tool_calls(request.tool_choice, request.tool_call_parser,
+                                                 request.tool_name, c.text);
+      // parallel_tool_calls false: the first call only (with "auto" the model may write more;
+      // vLLM drops them the same way).
+      if (!request.parallel_tool_calls && parsed.calls.size() > 1) parsed.calls.resize(1);
       if (!parsed.calls.empty()) {
         message["content"] = parsed.content ? json(*parsed.content) : json(nullptr);
         message["tool_calls"] = chat_tool_calls_chunk(

@@ -553,6 +553,22 @@ describe("completions", () => {
     checkUsage(r.usage, ref.completion.prompt_tokens, ref.completion.completion_tokens);
   });
 
+  test("echo shows the prompt the model saw: the tokens truncate_prompt_tokens kept, special tokens of an id prompt", async () => {
+    // " of France is": the last 3 tokens; their text starts the echo, and the logprobs agree.
+    const cut = await client.completions.create({ model: MODEL_NAME, prompt: PROMPT, max_tokens: 1,
+      temperature: 0, echo: true, logprobs: 0, truncate_prompt_tokens: 3 });
+    const c = cut.choices[0];
+    const kept = c.logprobs.tokens.slice(0, 3).join("");
+    assert.equal(kept, " of France is");
+    assert.ok(c.text.startsWith(kept), JSON.stringify(c.text));
+    assert.deepEqual(c.logprobs.text_offset.slice(0, 3), [0, 3, 10]);
+    assert.equal(cut.usage.prompt_tokens, 3);
+    // Token ids: decoded with <|begin_of_text|>, as the logprobs list it.
+    const ids = await client.completions.create({ model: MODEL_NAME, prompt: PROMPT_IDS, max_tokens: 1,
+      temperature: 0, echo: true });
+    assert.ok(ids.choices[0].text.startsWith("<|begin_of_text|>" + PROMPT), ids.choices[0].text);
+  });
+
   test("ignore_eos and max_tokens: exactly max_tokens tokens", async () => {
     const r = await client.completions.create({ model: MODEL_NAME, prompt: PROMPT2, max_tokens: 5, temperature: 0, ignore_eos: true });
     assert.equal(r.choices[0].finish_reason, "length");

@@ -313,6 +313,27 @@ describe("tools", () => {
     assert.deepEqual([...new Set(deltas.map((d) => d.index))], [0, 1]);
     const first = chunks.findIndex((c) => c.choices[0]?.delta?.tool_calls);
     assert.ok(chunks.slice(first).every((c) => !c.choices[0]?.delta?.content));
+
+    // With logprobs: every token's once, in order, streamed as answered whole (text held back
+    // as possible markup has its logprobs sent ahead of it).
+    const withLogprobs = { ...args, logprobs: true, top_logprobs: 1 };
+    const wholeLp = (await client.chat.completions.create(withLogprobs)).choices[0];
+    const tokens = wholeLp.logprobs.content.map((t) => t.token);
+    assert.ok(tokens.length > 10, JSON.stringify(wholeLp.logprobs));
+    const streamedLp = [];
+    for await (const chunk of await client.chat.completions.create({ ...withLogprobs, stream: true }))
+      for (const t of chunk.choices[0]?.logprobs?.content ?? []) streamedLp.push(t.token);
+    assert.deepEqual(streamedLp, tokens);
+
+    // parallel_tool_calls false: the first call only, whole and streamed.
+    const single = { ...args, parallel_tool_calls: false };
+    const one = (await client.chat.completions.create(single)).choices[0];
+    assert.equal(one.finish_reason, "tool_calls");
+    assert.deepEqual(one.message.tool_calls.map((t) => t.function.name), ["get_weather"]);
+    const oneStreamed = await collectToolStream(await client.chat.completions.create({ ...single, stream: true }));
+    assert.deepEqual(oneStreamed.calls.map((c) => [c.name, c.arguments]),
+      one.message.tool_calls.map((t) => [t.function.name, t.function.arguments]));
+    assert.deepEqual(oneStreamed.finish, ["tool_calls"]);
   });
 
   test("the conversation continues with the call and its result", async () => {
