@@ -1,9 +1,10 @@
 // Decode GEMV on tensor cores. A thread block owns 16 output features (16 rows of W; 32, two
-// tiles, for the staged norm prologue on matrices of 16,384 outputs or more) and the whole `in`
-// dimension; a tile's warps split `in` between them (warp w takes iterations w, w + kWarps, ...),
-// each accumulating a 16 x (8 * kNTiles) tile of y^T with mma.m16n8k16, and the warps' tiles are
-// summed through shared memory at the end. Every weight byte is read once, by one 16-byte
-// streaming load; x (at most 16 rows) is re-read by every block through L1.
+// tiles, for the staged norm prologue on matrices of 16,384 outputs or more, and at 9-16 rows
+// where that fits the grid in one wave: then each warp multiplies both tiles with one load of x)
+// and the whole `in` dimension; a tile's warps split `in` between them (warp w takes iterations
+// w, w + kWarps, ...), each accumulating a 16 x (8 * kNTiles) tile of y^T with mma.m16n8k16, and
+// the warps' tiles are summed through shared memory at the end. Every weight byte is read once, by
+// one 16-byte streaming load; x (at most 16 rows) is re-read by every block through L1.
 //
 // Fragment trick: the order of k inside an mma is free as long as A and B use the same one.
 // Lane (g, t) = (lane / 4, lane % 4) loads 8 consecutive k of W rows g and g + 8 and of x row
@@ -27,6 +28,7 @@
 #include <string>
 #include <type_traits>
 
+#include "l2kv/core/ceil_div.h"
 #include "l2kv/core/cuda_check.h"
 #include "l2kv/core/error.h"
 #include "l2kv/kernels/cache_hints.cuh"
@@ -55,15 +57,16 @@ constexpr int kLanesPerRow = gemv_loads::kLanesPerRow;
 constexpr int kMinBlocksPerSm = 2;
 constexpr int kMaxDevices = 16;  // devices whose shared-memory limit is tracked per kernel
 
-template <int kNTiles, bool kRing, int kRingStages = 3, bool kFp8 = false>
+template <int kNTiles, bool kRing, int kRingStages = 3, bool kFp8 = false, int kWarpMTiles = 1>
 struct GemvTiling {
   // 16-byte loads per W row per lane per iteration; each lane has 2 * kUnroll weight loads
   // (rows g and g + 8) in flight. With two x tiles the x vectors take as many registers as
   // the weights, so fewer; with E4M3 weights each vector needs two x vectors, so fewer too
   // (8 spilled 360-540 bytes under the register form's norm prologue). The ring form keeps its
   // in-flight weights in shared memory: a stage of 4 vectors per row, three stages per warp
-  // (96 KB per block, two blocks per SM) or two (64 KB, three blocks per SM).
-  static constexpr int kUnroll = kRing || kNTiles != 1 || kFp8 ? 4 : 8;
+  // (96 KB per block, two blocks per SM) or two (64 KB, three blocks per SM). With two weight
+  // tiles per warp (kWarpMTiles), 2 of each of its four rows: the same bytes in flight.
+  static constexpr int kUnroll = kWarpMTiles > 1 ? 2 : kRing || kNTiles != 1 || kFp8 ? 4 : 8;
   static constexpr int kStages = kRing ? kRingStages : 0;
   static constexpr int kVecsPerIter = kLanesPerRow * kUnroll;  // of one row, per warp iteration
   static constexpr int kAccs = 4 * kNTiles;                    // fp32 accumulators per lane
@@ -155,11 +158,13 @@ struct XSource {
 template <bool kFp8>
 inline constexpr int kXVecsPerWeightVec = kFp8 ? 2 : 1;
 
-// The matching x vectors of the iteration, then 2 * kUnroll * kNTiles mma (twice that with fp8
-// weights: each E4M3 vector widens into two 16-bit ones, each the A fragments of two mma as a
-// 16-bit vector is, against x vectors 2 v and 2 v + 1).
-template <typename T, int kNTiles, int kUnroll, bool kTail, XFrom kFrom, bool kFp8>
-__device__ __forceinline__ void multiply(float (&acc)[kNTiles][4], const WeightVecs<kUnroll>& wv,
+// The matching x vectors of the iteration, then 2 * kUnroll * kNTiles mma per weight tile (twice
+// that with fp8 weights: each E4M3 vector widens into two 16-bit ones, each the A fragments of two
+// mma as a 16-bit vector is, against x vectors 2 v and 2 v + 1). With kWarpMTiles tiles a warp
+// loads each x vector once for all of them: x's loads per weight byte fall by that factor.
+template <typename T, int kNTiles, int kUnroll, bool kTail, XFrom kFrom, bool kFp8, int kWarpMTiles>
+__device__ __forceinline__ void multiply(float (&acc)[kWarpMTiles][kNTiles][4],
+                                         const WeightVecs<kUnroll> (&wv)[kWarpMTiles],
                                          const XSource<T, kNTiles, kFrom>& xs, int64_t first_vec,
                                          int64_t lane_vecs) {
   constexpr int kX = kXVecsPerWeightVec<kFp8>;
@@ -175,24 +180,27 @@ __device__ __forceinline__ void multiply(float (&acc)[kNTiles][4], const WeightV
   }
 #pragma unroll
   for (int u = 0; u < kUnroll; ++u) {
-    uint4 lo[kX], hi[kX];
-    if constexpr (kFp8) {
-      fp8::widen16<T>(wv.lo[u], lo[0], lo[1]);
-      fp8::widen16<T>(wv.hi[u], hi[0], hi[1]);
-    } else {
-      lo[0] = wv.lo[u];
-      hi[0] = wv.hi[u];
-    }
 #pragma unroll
-    for (int h = 0; h < kX; ++h) {
-      const uint32_t a0[4] = {lo[h].x, hi[h].x, lo[h].y, hi[h].y};
-      const uint32_t a1[4] = {lo[h].z, hi[h].z, lo[h].w, hi[h].w};
+    for (int wt = 0; wt < kWarpMTiles; ++wt) {
+      uint4 lo[kX], hi[kX];
+      if constexpr (kFp8) {
+        fp8::widen16<T>(wv[wt].lo[u], lo[0], lo[1]);
+        fp8::widen16<T>(wv[wt].hi[u], hi[0], hi[1]);
+      } else {
+        lo[0] = wv[wt].lo[u];
+        hi[0] = wv[wt].hi[u];
+      }
 #pragma unroll
-      for (int nt = 0; nt < kNTiles; ++nt) {
-        const uint32_t b0[2] = {b[u][nt][h].x, b[u][nt][h].y};
-        const uint32_t b1[2] = {b[u][nt][h].z, b[u][nt][h].w};
-        tc::mma_m16n8k16<T>(acc[nt], a0, b0);
-        tc::mma_m16n8k16<T>(acc[nt], a1, b1);
+      for (int h = 0; h < kX; ++h) {
+        const uint32_t a0[4] = {lo[h].x, hi[h].x, lo[h].y, hi[h].y};
+        const uint32_t a1[4] = {lo[h].z, hi[h].z, lo[h].w, hi[h].w};
+#pragma unroll
+        for (int nt = 0; nt < kNTiles; ++nt) {
+          const uint32_t b0[2] = {b[u][nt][h].x, b[u][nt][h].y};
+          const uint32_t b1[2] = {b[u][nt][h].z, b[u][nt][h].w};
+          tc::mma_m16n8k16<T>(acc[wt][nt], a0, b0);
+          tc::mma_m16n8k16<T>(acc[wt][nt], a1, b1);
+        }
       }
     }
   }
@@ -332,24 +340,29 @@ template <Epilogue kEpilogue>
 inline constexpr bool kRopeEpilogue =
     kEpilogue == Epilogue::kRopeCache || kEpilogue == Epilogue::kRopeCacheQkNorm;
 
-// kMTiles 16-feature tiles per block: each tile's k is split between kWarps / kMTiles warps.
+// kMTiles groups of kWarpMTiles 16-feature tiles per block: each group's k is split between
+// kWarps / kMTiles warps, and each of those warps multiplies every tile of its group (kWarpMTiles
+// > 1: the register form only, so that one x load serves several tiles' weights).
 // kFp8: W holds E4M3 codes (GemvFusion::fp8_scale), a 16-byte vector 16 k of a row.
 template <typename T, typename OutT, int kNTiles, bool kNorm, Epilogue kEpilogue, bool kRing,
-          int kMTiles, int kRingStages, int kMinBlocks, bool kFp8>
+          int kMTiles, int kRingStages, int kMinBlocks, bool kFp8, int kWarpMTiles>
 __global__ void __launch_bounds__(kThreads, kMinBlocks) gemv_kernel(GemvParams p) {
   // A kernel launched behind this one with programmatic dependent launch may start now; it
   // waits for this grid before reading its output.
   ptx::launch_dependents();
-  using Tiling = GemvTiling<kNTiles, kRing, kRingStages, kFp8>;
+  using Tiling = GemvTiling<kNTiles, kRing, kRingStages, kFp8, kWarpMTiles>;
   constexpr int kUnroll = Tiling::kUnroll;
+  static_assert(kWarpMTiles == 1 || !kRing, "several tiles per warp: the register form only");
+  constexpr int kTiles = kMTiles * kWarpMTiles;  // 16-feature tiles per block
+  constexpr int kWarpAccs = kWarpMTiles * Tiling::kAccs;
   extern __shared__ uint4 ring[];  // kRing: [warp][stage][Tiling::kStageVecs]
   // The warps' partial tiles: the ring form reuses its ring for them once every warp is done.
-  __shared__ float partial_own[kRing ? 1 : kWarps * Tiling::kAccs * kWarpSize];
+  __shared__ float partial_own[kRing ? 1 : kWarps * kWarpAccs * kWarpSize];
   float* partial_base = kRing ? reinterpret_cast<float*>(ring) : partial_own;
-  static_assert(!kRing || kWarps * Tiling::kAccs * kWarpSize * sizeof(float) <= Tiling::kSmemBytes,
+  static_assert(!kRing || kWarps * kWarpAccs * kWarpSize * sizeof(float) <= Tiling::kSmemBytes,
                 "the partial sums fit in the ring (x_stage starts after it)");
   auto partial = [&](int w, int r, int l) -> float& {
-    return partial_base[(w * Tiling::kAccs + r) * kWarpSize + l];
+    return partial_base[(w * kWarpAccs + r) * kWarpSize + l];
   };
   // The residual epilogue's sums of squares per x row (fixed point, row_sumsq.h), and a
   // weighted x's 1 / rms per row (never both in one launch).
@@ -361,19 +374,23 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) gemv_kernel(GemvParams p
   const int g = lane / kLanesPerRow, t = lane % kLanesPerRow;
   constexpr int kWarpsK = kWarps / kMTiles;
   const int mt = warp / kWarpsK, kw = warp % kWarpsK;  // the warp's tile and k share
-  const int64_t block_first_row = int64_t{blockIdx.x} * kRowsPerBlock * kMTiles;
-  const int64_t first_row = block_first_row + mt * kRowsPerBlock;
+  const int64_t block_first_row = int64_t{blockIdx.x} * kRowsPerBlock * kTiles;
+  const int64_t first_row = block_first_row + mt * kWarpMTiles * kRowsPerBlock;
   constexpr int kX = kXVecsPerWeightVec<kFp8>;
   const int64_t vecs = p.in / (kElemsPerVec * kX);  // weight vectors per row
   const int64_t x_vecs = p.in / kElemsPerVec;
   const GemvFusion& f = p.fusion;
   // Rows past the end of W or x read the last row (valid memory); the mma keeps rows and
   // columns apart, and those results are never stored.
-  const int64_t w_row_lo = min(first_row + g, p.out - 1);
-  const int64_t w_row_hi = min(first_row + g + kRowsPerBlock / 2, p.out - 1);
   const uint4* w = static_cast<const uint4*>(p.w);
-  const uint4* w_lo = w + w_row_lo * vecs + t;
-  const uint4* w_hi = w + w_row_hi * vecs + t;
+  const uint4* w_lo[kWarpMTiles];
+  const uint4* w_hi[kWarpMTiles];
+#pragma unroll
+  for (int wt = 0; wt < kWarpMTiles; ++wt) {
+    const int64_t tile_row = first_row + wt * kRowsPerBlock;
+    w_lo[wt] = w + min(tile_row + g, p.out - 1) * vecs + t;
+    w_hi[wt] = w + min(tile_row + g + kRowsPerBlock / 2, p.out - 1) * vecs + t;
+  }
   // The ring form normalizes x once per block into shared memory, after the ring.
   constexpr XFrom kFrom = !kNorm ? XFrom::kGlobal : kRing ? XFrom::kShared : XFrom::kNormInline;
   uint4* x_stage = ring + kWarps * Tiling::kStages * Tiling::kStageVecs;  // [rows][x_vecs]
@@ -406,9 +423,9 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) gemv_kernel(GemvParams p
   // kernel ahead's output) so the block's end adds to registers instead of waiting for L2.
   float residual_lo = 0.f, residual_hi = 0.f;
   if constexpr (kEpilogue == Epilogue::kResidualAdd) {
-    static_assert(kMTiles * kNTiles * 2 * kWarpSize <= kThreads, "one pair per thread");
+    static_assert(kTiles * kNTiles * 2 * kWarpSize <= kThreads, "one pair per thread");
     const EpilogueSlot e = epilogue_slot<kNTiles>(static_cast<int>(threadIdx.x), block_first_row);
-    if (f.weighted_x != nullptr && e.tile < kMTiles) {
+    if (f.weighted_x != nullptr && e.tile < kTiles) {
       const T* norm_weight = static_cast<const T*>(f.weighted_x_norm);
       if (e.n < p.out) next_norm_lo = tc::ElementTraits<T>::to_float(norm_weight[e.n]);
       if (e.n + kRowsPerBlock / 2 < p.out)
@@ -426,7 +443,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) gemv_kernel(GemvParams p
     float a = 0.f, b = 0.f;
     int m = -1;
   } qk;
-  constexpr int kPairsPerBlock = kRowsPerBlock / 2 * kMTiles;
+  constexpr int kPairsPerBlock = kRowsPerBlock / 2 * kTiles;
   constexpr int kMaxRows = kNTiles * kColsPerTile;
   __shared__ float qk_pair_sumsq[kEpilogue == Epilogue::kRopeCacheQkNorm ? kMaxRows : 1]
                                 [kPairsPerBlock];
@@ -465,7 +482,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) gemv_kernel(GemvParams p
         f.clear_sumsq[threadIdx.x] = 0;
     if constexpr (kEpilogue == Epilogue::kResidualAdd) {
       const EpilogueSlot e = epilogue_slot<kNTiles>(static_cast<int>(threadIdx.x), block_first_row);
-      if (e.tile < kMTiles && e.m < p.rows) {
+      if (e.tile < kTiles && e.m < p.rows) {
         if (e.n < p.out) residual_lo = f.residual[e.m * p.out + e.n];
         if (e.n + kRowsPerBlock / 2 < p.out)
           residual_hi = f.residual[e.m * p.out + e.n + kRowsPerBlock / 2];
@@ -474,14 +491,14 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) gemv_kernel(GemvParams p
     // The RoPE epilogue's inputs of the one output pair this thread finishes, read after the
     // wait like every input.
     if constexpr (kRopeEpilogue<kEpilogue>) {
-      static_assert(kMTiles * kNTiles * 2 * kWarpSize <= kThreads, "one pair per thread");
+      static_assert(kTiles * kNTiles * 2 * kWarpSize <= kThreads, "one pair per thread");
       const EpilogueSlot e = epilogue_slot<kNTiles>(static_cast<int>(threadIdx.x), block_first_row);
-      if (e.tile < kMTiles && e.m < p.rows && e.n < p.out)
+      if (e.tile < kTiles && e.m < p.rows && e.n < p.out)
         rope = rope_lane<T, kEpilogue == Epilogue::kRopeCacheQkNorm>(f.rope, e.m, e.n);
     }
   };
-  float acc[kNTiles][4] = {};
-  WeightVecs<kUnroll> wv;
+  float acc[kWarpMTiles][kNTiles][4] = {};
+  WeightVecs<kUnroll> wv[kWarpMTiles];
   if constexpr (kRing) {
     // The warp's iterations are kw, kw + kWarpsK, ...; its stage s holds iteration j with
     // j % kStages == s. All stages are requested before the wait below (the weights do not
@@ -493,7 +510,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) gemv_kernel(GemvParams p
     uint4* stages = ring + static_cast<int64_t>(warp) * kStages * Tiling::kStageVecs;
     auto issue = [&](int j, int s) {
       if (j < count)
-        issue_stage<kUnroll>(stages + s * Tiling::kStageVecs, w_lo, w_hi,
+        issue_stage<kUnroll>(stages + s * Tiling::kStageVecs, w_lo[0], w_hi[0],
                              (kw + int64_t{j} * kWarpsK) * Tiling::kVecsPerIter, vecs - t, lane);
       ptx::cp_async_commit();  // empty groups too: wait_group counts stay uniform
     };
@@ -503,7 +520,7 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) gemv_kernel(GemvParams p
     int s = 0;
     for (int j = 0; j < count; ++j) {
       ptx::cp_async_wait<kStages - 1>();  // this lane's copies of iteration j have landed
-      read_stage<kUnroll>(wv, stages + s * Tiling::kStageVecs, lane);
+      read_stage<kUnroll>(wv[0], stages + s * Tiling::kStageVecs, lane);
       const int64_t first_vec = (kw + int64_t{j} * kWarpsK) * Tiling::kVecsPerIter;
       if (kw + int64_t{j} * kWarpsK < full_iters)
         multiply<T, kNTiles, kUnroll, false, kFrom, kFp8>(acc, wv, xs, first_vec, vecs - t);
@@ -517,22 +534,26 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) gemv_kernel(GemvParams p
     // The weights do not depend on the kernel ahead: the warp's first iteration of them is in
     // flight before the wait below, so with PDL the blocks resident early (up to 64 KB each)
     // stream weights while that kernel drains.
+    auto load = [&](auto tail, int64_t iter) {
+#pragma unroll
+      for (int wt = 0; wt < kWarpMTiles; ++wt)
+        load_weights<kUnroll, decltype(tail)::value>(wv[wt], w_lo[wt], w_hi[wt],
+                                                     iter * Tiling::kVecsPerIter, vecs - t);
+    };
     int64_t it = kw;
     if (it < full_iters)
-      load_weights<kUnroll, false>(wv, w_lo, w_hi, it * Tiling::kVecsPerIter, vecs - t);
+      load(std::false_type{}, it);
     else if (it == full_iters && has_tail)
-      load_weights<kUnroll, true>(wv, w_lo, w_hi, it * Tiling::kVecsPerIter, vecs - t);
+      load(std::true_type{}, it);
     wait_for_inputs();
     for (; it < full_iters; it += kWarpsK) {
-      if (it != kw)
-        load_weights<kUnroll, false>(wv, w_lo, w_hi, it * Tiling::kVecsPerIter, vecs - t);
+      if (it != kw) load(std::false_type{}, it);
       multiply<T, kNTiles, kUnroll, false, kFrom, kFp8>(acc, wv, xs, it * Tiling::kVecsPerIter,
                                                         vecs - t);
     }
     // The partial last iteration belongs to the warp whose turn it is.
     if (it == full_iters && has_tail) {
-      if (it != kw)
-        load_weights<kUnroll, true>(wv, w_lo, w_hi, it * Tiling::kVecsPerIter, vecs - t);
+      if (it != kw) load(std::true_type{}, it);
       multiply<T, kNTiles, kUnroll, true, kFrom, kFp8>(acc, wv, xs, it * Tiling::kVecsPerIter,
                                                        vecs - t);
     }
@@ -549,21 +570,27 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) gemv_kernel(GemvParams p
     __syncthreads();
   }
 #pragma unroll
-  for (int nt = 0; nt < kNTiles; ++nt)
+  for (int wt = 0; wt < kWarpMTiles; ++wt)
 #pragma unroll
-    for (int r = 0; r < 4; ++r) partial(warp, nt * 4 + r, lane) = acc[nt][r];
+    for (int nt = 0; nt < kNTiles; ++nt)
+#pragma unroll
+      for (int r = 0; r < 4; ++r)
+        partial(warp, wt * Tiling::kAccs + nt * 4 + r, lane) = acc[wt][nt][r];
   if (weighted_x && threadIdx.x < p.rows)
     row_norm_scale[threadIdx.x] = __frsqrt_rn(weighted_sumsq / static_cast<float>(p.in) + f.eps);
   __syncthreads();
   using Traits = tc::ElementTraits<T>;
   constexpr int kSlots = kNTiles * 2 * kWarpSize;  // per feature tile
-  for (int j = static_cast<int>(threadIdx.x); j < kMTiles * kSlots; j += kThreads) {
+  for (int j = static_cast<int>(threadIdx.x); j < kTiles * kSlots; j += kThreads) {
     const EpilogueSlot e = epilogue_slot<kNTiles>(j, block_first_row);
     float lo = 0.f, hi = 0.f;
+    // Tile e.tile is tile e.tile % kWarpMTiles of the warps of group e.tile / kWarpMTiles.
+    const int group = e.tile / kWarpMTiles;
+    const int acc_lo = e.tile % kWarpMTiles * Tiling::kAccs + e.nt * 4 + e.c;
 #pragma unroll
-    for (int wp = e.tile * kWarpsK; wp < (e.tile + 1) * kWarpsK; ++wp) {
-      lo += partial(wp, e.nt * 4 + e.c, e.l);
-      hi += partial(wp, e.nt * 4 + e.c + 2, e.l);
+    for (int wp = group * kWarpsK; wp < (group + 1) * kWarpsK; ++wp) {
+      lo += partial(wp, acc_lo, e.l);
+      hi += partial(wp, acc_lo + 2, e.l);
     }
     const int64_t n = e.n, m = e.m;  // W rows n and n + 8, x row m
     if (m >= p.rows) continue;
@@ -660,11 +687,12 @@ __global__ void __launch_bounds__(kThreads, kMinBlocks) gemv_kernel(GemvParams p
 }
 
 template <typename T, typename OutT, bool kFp8, int kNTiles, bool kNorm, Epilogue kEpilogue,
-          bool kRing, int kMTiles = 1, int kRingStages = 3, int kMinBlocks = kMinBlocksPerSm>
+          bool kRing, int kMTiles = 1, int kRingStages = 3, int kMinBlocks = kMinBlocksPerSm,
+          int kWarpMTiles = 1>
 void launch_tiles(const GemvParams& p, cudaStream_t stream) {
-  using Tiling = GemvTiling<kNTiles, kRing, kRingStages, kFp8>;
+  using Tiling = GemvTiling<kNTiles, kRing, kRingStages, kFp8, kWarpMTiles>;
   auto* kernel = gemv_kernel<T, OutT, kNTiles, kNorm, kEpilogue, kRing, kMTiles, kRingStages,
-                             kMinBlocks, kFp8>;
+                             kMinBlocks, kFp8, kWarpMTiles>;
   // The ring, and for its norm prologue the normalized x rows.
   const int64_t smem = Tiling::kSmemBytes + (kRing && kNorm ? p.rows * p.in * 2 : 0);
   if constexpr (kRing) {
@@ -679,7 +707,7 @@ void launch_tiles(const GemvParams& p, cudaStream_t stream) {
       if (device < kMaxDevices) allowed[device].store(smem);
     }
   }
-  const int64_t features = int64_t{kRowsPerBlock} * kMTiles;
+  const int64_t features = int64_t{kRowsPerBlock} * kMTiles * kWarpMTiles;
   const auto blocks = static_cast<unsigned>((p.out + features - 1) / features);
   // The q/k norm's blocks of one head form a cluster (head_dim 64 or 128: at most 8 blocks).
   const auto cluster_blocks = kEpilogue == Epilogue::kRopeCacheQkNorm
@@ -716,10 +744,39 @@ constexpr int64_t kThreeBlocksMaxBytes =         // ring + x per block: 74 KB
 constexpr int64_t kStagedNormMaxBytes = 108 * 1024;
 constexpr int64_t kStagedNormWideMinOut = 16384;
 
+int sm_count() {
+  static std::atomic<int> counts[kMaxDevices] = {};
+  int device = 0;
+  L2KV_CUDA_CHECK(cudaGetDevice(&device));
+  if (device < kMaxDevices && counts[device].load() > 0) return counts[device].load();
+  int count = 0;
+  L2KV_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
+  if (device < kMaxDevices) counts[device].store(count);
+  return count;
+}
+
+// At 9-16 rows the register form runs blocks of 16 features, two per SM. Where that grid needs a
+// second, partly filled wave but blocks of 32 (two tiles per warp, each x load serving both) fit
+// in one, the wider blocks win: Llama-3-8B's QKV (6144 features) at 16 rows went from 0.79 to
+// 0.86 of the ceiling on an H100. Where 16-feature blocks fit one wave already (O and down, 4096
+// features), 32-feature ones leave half the slots empty and lose (0.90 -> 0.66; bench/NOTES.md,
+// "The GEMV at 9-16 rows with two tiles per warp"). Every epilogue of a shape takes the same
+// form, so fused and composed forms add in the same order.
+bool two_tiles_per_warp(int64_t out) {
+  const int64_t slots = int64_t{kMinBlocksPerSm} * sm_count();
+  return ceil_div(out, int64_t{kRowsPerBlock}) > slots &&
+         ceil_div(out, int64_t{2 * kRowsPerBlock}) <= slots;
+}
+
 template <typename T, typename OutT, bool kFp8, bool kNorm, Epilogue kEpilogue>
 void launch(const GemvParams& p, cudaStream_t stream) {
-  if (p.rows > kColsPerTile)
+  if (p.rows > kColsPerTile) {
+    if constexpr (!kFp8)  // E4M3 weights keep one tile a warp: not measured in this form
+      if (two_tiles_per_warp(p.out))
+        return launch_tiles<T, OutT, kFp8, 2, kNorm, kEpilogue, false, 1, 3, kMinBlocksPerSm, 2>(
+            p, stream);
     return launch_tiles<T, OutT, kFp8, 2, kNorm, kEpilogue, false>(p, stream);
+  }
   if constexpr (!kNorm) {
     launch_tiles<T, OutT, kFp8, 1, kNorm, kEpilogue, true>(p, stream);
   } else {
