@@ -19,7 +19,6 @@ void OutputProcessor::add(int64_t key, const SamplingParams& params) {
                            StopStringChecker(params.stop, params.include_stop_str_in_output),
                            {},
                            params.min_tokens,
-                           params.include_stop_str_in_output,
                            0,
                            false});
 }
@@ -46,7 +45,7 @@ OutputProcessor::Verdict OutputProcessor::process(int64_t key, RequestOutput& ou
   // unless include_stop_str_in_output keeps it (as vLLM's detokenizer does; a special token's
   // text still follows skip_special_tokens).
   const bool stop_token = out.finished && out.finish_reason == FinishReason::kStop && count > 0;
-  const size_t spoken = stop_token && !t.stop_token_text ? count - 1 : count;
+  const size_t spoken = stop_token && !t.stop_checker.includes_stop() ? count - 1 : count;
   size_t kept = count;
   std::optional<std::string> stop;
   std::string error;

@@ -55,9 +55,8 @@ class OutputProcessor {
     StopStringChecker stop_checker;
     std::string pending;
     int32_t min_tokens = 0;
-    bool stop_token_text = false;  // include_stop_str_in_output: a stop token's text is kept
-    int32_t produced = 0;          // output tokens taken so far
-    bool ended = false;            // by this processor; the engine's later outputs are dropped
+    int32_t produced = 0;  // output tokens taken so far
+    bool ended = false;    // by this processor; the engine's later outputs are dropped
   };
   // The text held back, and any incomplete character, join the pending text.
   static void flush(Text& t);

@@ -33,6 +33,8 @@ class StopStringChecker {
 
   bool stopped() const { return stopped_; }
   const std::vector<std::string>& stops() const { return stops_; }
+  // Built to include the stop string (include_stop_str_in_output).
+  bool includes_stop() const { return include_stop_; }
 
  private:
   std::vector<std::string> stops_;

@@ -31,6 +31,7 @@
 #include "l2kv/core/ceil_div.h"
 #include "l2kv/core/cuda_check.h"
 #include "l2kv/core/error.h"
+#include "l2kv/core/per_device.h"
 #include "l2kv/kernels/cache_hints.cuh"
 #include "l2kv/kernels/fp8.cuh"
 #include "l2kv/kernels/grid_dependency.cuh"
@@ -744,17 +745,6 @@ constexpr int64_t kThreeBlocksMaxBytes =         // ring + x per block: 74 KB
 constexpr int64_t kStagedNormMaxBytes = 108 * 1024;
 constexpr int64_t kStagedNormWideMinOut = 16384;
 
-int sm_count() {
-  static std::atomic<int> counts[kMaxDevices] = {};
-  int device = 0;
-  L2KV_CUDA_CHECK(cudaGetDevice(&device));
-  if (device < kMaxDevices && counts[device].load() > 0) return counts[device].load();
-  int count = 0;
-  L2KV_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
-  if (device < kMaxDevices) counts[device].store(count);
-  return count;
-}
-
 // At 9-16 rows the register form runs blocks of 16 features, two per SM. Where that grid needs a
 // second, partly filled wave but blocks of 32 (two tiles per warp, each x load serving both) fit
 // in one, the wider blocks win: Llama-3-8B's QKV (6144 features) at 16 rows went from 0.79 to
@@ -763,7 +753,7 @@ int sm_count() {
 // "The GEMV at 9-16 rows with two tiles per warp"). Every epilogue of a shape takes the same
 // form, so fused and composed forms add in the same order.
 bool two_tiles_per_warp(int64_t out) {
-  const int64_t slots = int64_t{kMinBlocksPerSm} * sm_count();
+  const int64_t slots = int64_t{kMinBlocksPerSm} * current_device_sm_count();
   return ceil_div(out, int64_t{kRowsPerBlock}) > slots &&
          ceil_div(out, int64_t{2 * kRowsPerBlock}) <= slots;
 }
