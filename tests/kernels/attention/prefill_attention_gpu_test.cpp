@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cmath>
 #include <random>
 #include <string>
 #include <vector>
@@ -233,6 +234,10 @@ TEST(PrefillAttention, RejectsBadPlans) {
   prefill.set_kernel(PrefillKernel::kAuto);
   prefill.plan(device64.params().kv, 32, ok, nullptr);
   EXPECT_EQ(prefill.planned_kernel(), PrefillKernel::kWarpMma);
+  // The kernels take row maxima of unscaled logits: a scale that is not positive is refused.
+  const DecodeAttentionParams p64 = device64.params();
+  for (const float scale : {0.f, -0.125f, std::nanf("")})
+    EXPECT_THROW(prefill.run(p64.q, p64.out, p64.kv, p64.num_q_heads, scale, nullptr), Error);
 }
 
 // The work list is sized once, at start, for steps of up to N tokens over up to S sequences: a

@@ -390,6 +390,8 @@ void PrefillAttention::run(const void* q, void* out, const PagedKvCache& kv, int
   if (items_.empty() || num_q_heads / std::max(1, kv.num_kv_heads) != planned_group_)
     throw Error("prefill attention: run() without a matching plan()");
   if (sliding_window < 0) throw Error("prefill attention: negative sliding window");
+  // The kernels take row maxima of unscaled logits.
+  if (!(softmax_scale > 0.f)) throw Error("prefill attention: softmax_scale must be positive");
   const int32_t n = static_cast<int32_t>(items_.size());
   if (planned_kernel_ == PrefillKernel::kWgmma) {
     if (sliding_window > 0)

@@ -44,6 +44,14 @@ __device__ __forceinline__ uint32_t swizzled_offset(int row, int chunk, int atom
   return (chunk >> 3) * atom_bytes + row * kAtomRowBytes + (((chunk & 7) ^ (row & 7)) << 4);
 }
 
+// 2^x in one MUFU.EX2 (exp2f adds a range reduction for results below 2^-126, which a softmax
+// weight does not need: such a weight is 0 in P's 16 bits).
+__device__ __forceinline__ float exp2_flushed(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
 template <typename T>
 __global__ void __launch_bounds__(kThreads, 1)
     prefill_wgmma_kernel(const PrefillAttention::WorkItem* items, const T* q, T* out,
@@ -85,15 +93,20 @@ __global__ void __launch_bounds__(kThreads, 1)
   static_assert(kThreads / kChunksPerRow * kKeysPerCopier == kKeys);
   static_assert(kHeadDim == kAccumulators * 2, "one m64n128 accumulator set holds O's row");
   const int64_t token_stride = kv.token_stride();
-  auto load_tile = [&](const void* pool, int tile, unsigned char* dst_tile) {
+  // The block-table entry of this thread's keys in `tile` (-1 past the end). K's copies look it
+  // up one tile ahead of their use and V's reuse K's (V_t is copied a tile after K_t), so no copy
+  // waits on a table load.
+  auto physical_block = [&](int tile) {
+    const int first_key = tile * kKeys + copy_row;
+    return first_key < kv_end ? __ldg(table + (first_key >> block_shift)) : -1;
+  };
+  auto load_tile = [&](const void* pool, int tile, int32_t physical, unsigned char* dst_tile) {
     const T* src_pool = static_cast<const T*>(pool);
     const int first_key = tile * kKeys + copy_row;
-    int64_t offset = 0;
-    if (first_key < kv_end) {
-      const int32_t physical = __ldg(table + (first_key >> block_shift));
-      offset = kv.offset(physical, first_key & (kv.block_size - 1), item.kv_head) +
-               copy_chunk * kChunkElements;
-    }
+    const int64_t offset =
+        physical < 0 ? 0
+                     : kv.offset(physical, first_key & (kv.block_size - 1), item.kv_head) +
+                           copy_chunk * kChunkElements;
 #pragma unroll
     for (int r = 0; r < kKeysPerCopier; ++r) {
       const bool valid = first_key + r < kv_end;
@@ -118,10 +131,15 @@ __global__ void __launch_bounds__(kThreads, 1)
   uint32_t p_frag[kKeys / kMmaK][4];  // P of the previous tile, the A operand of its P x V
 
   // Copies K_{t+1} and V_t (K runs one tile ahead of V, each in a ring of two), then waits for
-  // K_t and V_{t-1}.
+  // K_t and V_{t-1}. `block_of_tile` holds the table entries of tiles t and t + 1 on entry and of
+  // t + 1 and t + 2 on return.
+  int32_t block_of_tile[2] = {physical_block(0), physical_block(1)};
   auto copy_and_wait = [&](int tile) {
-    if (tile + 1 < num_tiles) load_tile(kv.k_pool, tile + 1, k_tile((tile + 1) % kStages));
-    load_tile(kv.v_pool, tile, v_tile(tile % kStages));
+    if (tile + 1 < num_tiles)
+      load_tile(kv.k_pool, tile + 1, block_of_tile[1], k_tile((tile + 1) % kStages));
+    load_tile(kv.v_pool, tile, block_of_tile[0], v_tile(tile % kStages));
+    block_of_tile[0] = block_of_tile[1];
+    block_of_tile[1] = physical_block(tile + 2);
     ptx::cp_async_commit();
     ptx::cp_async_wait<1>();
     ptx::fence_proxy_async_shared();  // the copies are read by wgmma (the async proxy)
@@ -153,7 +171,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   };
   // Causal mask (only where the tile reaches past the item's first position) and online softmax
   // of S in place: column 8j + 2 * quad + i of rows r0 (s_acc[4j + i]) and r1 (s_acc[4j + 2 +
-  // i]). Returns the factors that rescale O for the new row maxima.
+  // i]). Maxima are kept in logit units (the scale is positive), so each weight is one FFMA and
+  // one EX2. Returns the factors that rescale O for the new row maxima.
   auto softmax = [&](float(&s_acc)[kAccumulators], int tile) {
     const int tile_start = tile * kKeys;
     const bool masked = tile_start + kKeys - 1 > item.first_position;
@@ -165,8 +184,10 @@ __global__ void __launch_bounds__(kThreads, 1)
         const int key = tile_start + j * 8 + quad * 2 + i;
         float& a = s_acc[4 * j + i];
         float& b = s_acc[4 * j + 2 + i];
-        a = (!masked || key <= pos0) ? a * scale_log2 : -INFINITY;
-        b = (!masked || key <= pos1) ? b * scale_log2 : -INFINITY;
+        if (masked) {
+          a = key <= pos0 ? a : -INFINITY;
+          b = key <= pos1 ? b : -INFINITY;
+        }
         tile_max0 = fmaxf(tile_max0, a);
         tile_max1 = fmaxf(tile_max1, b);
       }
@@ -176,17 +197,20 @@ __global__ void __launch_bounds__(kThreads, 1)
       tile_max1 = fmaxf(tile_max1, __shfl_xor_sync(0xffffffffu, tile_max1, m));
     }
     const float new0 = fmaxf(max0, tile_max0), new1 = fmaxf(max1, tile_max1);
-    const float safe0 = new0 == -INFINITY ? 0.f : new0, safe1 = new1 == -INFINITY ? 0.f : new1;
-    const float2 corr = {exp2f(max0 - safe0), exp2f(max1 - safe1)};
+    // A row with every key so far masked keeps -inf: 0 in its place avoids (-inf) - (-inf).
+    const float shift0 = new0 == -INFINITY ? 0.f : new0 * scale_log2;
+    const float shift1 = new1 == -INFINITY ? 0.f : new1 * scale_log2;
+    const float2 corr = {exp2_flushed(fmaf(max0, scale_log2, -shift0)),
+                         exp2_flushed(fmaf(max1, scale_log2, -shift1))};
     max0 = new0;
     max1 = new1;
     float part0 = 0.f, part1 = 0.f;
 #pragma unroll
     for (int j = 0; j < kColumnBlocks; ++j) {
-      s_acc[4 * j] = exp2f(s_acc[4 * j] - safe0);
-      s_acc[4 * j + 1] = exp2f(s_acc[4 * j + 1] - safe0);
-      s_acc[4 * j + 2] = exp2f(s_acc[4 * j + 2] - safe1);
-      s_acc[4 * j + 3] = exp2f(s_acc[4 * j + 3] - safe1);
+      s_acc[4 * j] = exp2_flushed(fmaf(s_acc[4 * j], scale_log2, -shift0));
+      s_acc[4 * j + 1] = exp2_flushed(fmaf(s_acc[4 * j + 1], scale_log2, -shift0));
+      s_acc[4 * j + 2] = exp2_flushed(fmaf(s_acc[4 * j + 2], scale_log2, -shift1));
+      s_acc[4 * j + 3] = exp2_flushed(fmaf(s_acc[4 * j + 3], scale_log2, -shift1));
       part0 += s_acc[4 * j] + s_acc[4 * j + 1];
       part1 += s_acc[4 * j + 2] + s_acc[4 * j + 3];
     }
@@ -208,7 +232,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   // P_{t-1} V_{t-1}, so the softmax of tile t overlaps the previous tile's P x V. The first tile
   // is peeled (no P x V before it): a branch around the P x V issue makes ptxas serialize the
   // wgmmas.
-  load_tile(kv.k_pool, 0, k_tile(0));
+  load_tile(kv.k_pool, 0, block_of_tile[0], k_tile(0));
   ptx::cp_async_commit();
   copy_and_wait(0);
   {
