@@ -1,5 +1,4 @@
-// l2kv_bench_gemv: the decode projections (y = x W^T at 1..128 rows) through cuBLASLt, the
-// weight-streaming kernel (WeightStreamGemm: TMA ring + wgmma + k split in a cluster) and the older
+// l2kv_bench_gemv: the decode projections (y = x W^T at 1..256 rows) through cuBLASLt and the
 // mma.sync GEMV (rows <= 16), each as GB/s and as a fraction of the streaming-read ceiling
 // measured in the same run. The "fused" column is the GEMV in the form a decode step runs it
 // (fused_form below, approximately): at one row (the fused layer) QKV with RMSNorm in its
@@ -15,8 +14,8 @@
 // projections' share of MBU. Models named NAME-fp8 (synthetic:llama3-8b-fp8) hold the layers'
 // projections as E4M3 codes with per-channel scales, as such a checkpoint's decode step reads them:
 // the "mma GEMV" column is then gemv_fp8 and the "fused" column the fused GEMV with fp8 weights,
-// each over the fp8 bytes; the 16-bit cuBLAS and weight-streaming columns are not run for those
-// projections (the LM head stays 16-bit and runs every column).
+// each over the fp8 bytes; the 16-bit cuBLAS column is not run for those projections (the LM head
+// stays 16-bit and runs every column).
 #include <CLI/CLI.hpp>
 #include <algorithm>
 #include <cmath>
@@ -37,7 +36,6 @@
 #include "l2kv/kernels/model/gemm.h"
 #include "l2kv/kernels/model/gemv.h"
 #include "l2kv/kernels/model/gemv_fp8.h"
-#include "l2kv/kernels/model/weight_stream_gemm.h"
 #include "l2kv/kernels/random_fill.h"
 #include "l2kv/model/model_config.h"
 
@@ -46,14 +44,14 @@ namespace {
 
 // Weight copies rotated per shape: together at least this many times the L2.
 constexpr int64_t kL2Multiple = 4;
+// The most rows a point may have: a decode step of 256 sequences.
+constexpr int64_t kMaxRows = 256;
 
 struct Options {
   std::vector<std::string> models{"llama3-8b", "qwen2.5-7b", "llama2-7b"};
   std::vector<int64_t> rows{1, 2, 4, 8, 16, 32, 64, 128};
   std::string dtype = "bf16";
   std::string l2 = "cold";
-  std::string w_hint = "evict_first";
-  int splits = 0;  // the weight-streaming kernel's blocks per tile; 0: its own choice
   std::string gemm_tuning = "heuristic";  // cuBLASLt's choice: heuristic | wide
   int reps = 50;
   bool graph = true;
@@ -285,15 +283,15 @@ class L2Flush {
 };
 
 struct Timing {
-  double cublas_us = 0, stream_us = 0;  // 0: not run (fp8 weights)
-  double gemv_us = 0;                   // 0: not run (rows > 16)
-  double fused_us = 0;                  // 0: not run (rows > 16 or no fused form)
+  double cublas_us = 0;  // 0: not run (fp8 weights)
+  double gemv_us = 0;    // 0: not run (rows > 16)
+  double fused_us = 0;   // 0: not run (rows > 16 or no fused form)
   // The kernel a decode step runs for the projection: the fused form where there is one, else the
-  // GEMV, else the faster of cuBLAS and the weight-streaming kernel.
+  // GEMV, else cuBLAS.
   double step_us() const {
     if (fused_us > 0) return fused_us;
     if (gemv_us > 0) return gemv_us;
-    return std::min(cublas_us, stream_us);
+    return cublas_us;
   }
 };
 
@@ -316,16 +314,12 @@ int run(const Options& opt) {
               info.name.c_str(), info.sm_count, info.l2_bytes / 1048576.0,
               std::string(dtype_name(dtype)).c_str(), opt.graph ? "graph" : "eager", opt.l2.c_str(),
               opt.reps);
-  std::printf(
-      "streaming-read ceiling: %.0f GB/s; weight-streaming kernel's W L2 hint: %s, splits: %s; "
-      "cuBLASLt tuning: %s\n\n",
-      ceiling, opt.w_hint.c_str(),
-      opt.splits == 0 ? "per shape" : std::to_string(opt.splits).c_str(), opt.gemm_tuning.c_str());
-  std::printf("%-11s %-8s %6s %7s %4s | %8s %6s | %8s %6s | %8s %6s | %8s %6s | %7s %8s %6s\n",
-              "model", "proj", "in", "out", "rows", "cuBLAS", "%ceil", "stream", "%ceil",
-              "mma GEMV", "%ceil", "fused", "%ceil", "vs cuBL", "rel.diff", "splits");
-  std::printf("%-11s %-8s %6s %7s %4s | %8s %6s | %8s %6s | %8s %6s | %8s %6s |\n", "", "", "", "",
-              "", "us", "", "us", "", "us", "", "us", "");
+  std::printf("streaming-read ceiling: %.0f GB/s; cuBLASLt tuning: %s\n\n", ceiling,
+              opt.gemm_tuning.c_str());
+  std::printf("%-11s %-8s %6s %7s %4s | %8s %6s | %8s %6s | %8s %6s | %8s\n", "model", "proj", "in",
+              "out", "rows", "cuBLAS", "%ceil", "mma GEMV", "%ceil", "fused", "%ceil", "rel.diff");
+  std::printf("%-11s %-8s %6s %7s %4s | %8s %6s | %8s %6s | %8s %6s |\n", "", "", "", "", "", "us",
+              "", "us", "", "us", "");
 
   const L2Flush flush_l2(info, stream);
   auto flush = [&] {
@@ -334,19 +328,14 @@ int run(const Options& opt) {
   Gemm gemm;
   gemm.set_gemv_max_rows(0);  // cuBLASLt only; the other kernels are called directly
   gemm.set_tuning(opt.gemm_tuning == "wide" ? Gemm::Tuning::kWide : Gemm::Tuning::kHeuristic);
-  WeightStreamGemm streamer;
-  streamer.set_weight_l2_hint(opt.w_hint == "normal"       ? L2EvictionHint::kNormal
-                              : opt.w_hint == "evict_last" ? L2EvictionHint::kEvictLast
-                                                           : L2EvictionHint::kEvictFirst);
-  streamer.set_splits(opt.splits);
   nlohmann::json results = nlohmann::json::array(), steps = nlohmann::json::array();
   for (const auto& model : opt.models) {
     const ModelConfig config = ModelConfig::synthetic(model);
     const auto projs = projections(config);
     const FusedBuffers fused_buffers(config, dtype, stream);
-    // step totals per row count: bytes, µs per kernel, µs of the faster of stream and cuBLAS
+    // step totals per row count: bytes, µs on cuBLAS, µs of the kernels a step runs
     std::vector<double> step_bytes(opt.rows.size()), step_cublas(opt.rows.size()),
-        step_stream(opt.rows.size()), step_best(opt.rows.size()), step_run(opt.rows.size());
+        step_run(opt.rows.size());
     for (const auto& p : projs) {
       const bool fp8 = config.fp8_weights && !p.f32_out;  // the LM head stays 16-bit
       const int64_t w_bytes = p.in * p.out * (fp8 ? 1 : 2);
@@ -370,7 +359,6 @@ int run(const Options& opt) {
       DeviceArray<uint16_t> x(static_cast<size_t>(max_rows * p.in));
       fill_random(x.ptr, max_rows * p.in, dtype, 1.f, 18, stream);
       DeviceArray<float> y_cublas(static_cast<size_t>(max_rows * p.out));
-      DeviceArray<float> y_stream(static_cast<size_t>(max_rows * p.out));
       DeviceArray<float> y_gemv(static_cast<size_t>(max_rows * p.out));
       DeviceArray<uint16_t> y_fused(static_cast<size_t>(max_rows * p.out));
       auto weights = [&](int rep) {
@@ -385,10 +373,6 @@ int run(const Options& opt) {
                                 stream);
           else
             gemm.linear(dtype, x.ptr, weights(rep), y_cublas.ptr, rows, p.in, p.out, stream);
-        };
-        auto streaming = [&](int rep) {
-          streamer.run(dtype, x.ptr, weights(rep), y_stream.ptr, p.f32_out, rows, p.in, p.out,
-                       stream);
         };
         auto mma_gemv = [&](int rep) {
           if (fp8)
@@ -409,28 +393,18 @@ int run(const Options& opt) {
         };
         const bool run_gemv = rows <= (fp8 ? kGemvFp8MaxRows : kGemvMaxRows);
         const bool run_fused = rows <= kGemvMaxRows && form != Fused::kNone;
-        // Warm-up: plans cuBLASLt's shape and builds every tensor map outside any capture;
-        // copy 0 last, so the outputs compared below come from the same weights. With fp8
-        // weights there is no 16-bit output to compare against (the tests check gemv_fp8).
-        if (!fp8) {
-          for (int rep = static_cast<int>(std::min<int64_t>(copies, opt.reps)) - 1; rep >= 0; --rep)
-            streaming(rep);
-          cublas(0);
-        }
+        // Warm-up: plans cuBLASLt's shape outside any capture, on copy 0, so the outputs compared
+        // below come from the same weights. With fp8 weights there is no 16-bit output to compare
+        // against (the tests check gemv_fp8).
+        if (!fp8) cublas(0);
         if (run_gemv) mma_gemv(0);
         L2KV_CUDA_CHECK(cudaStreamSynchronize(stream));
-        const double diff =
-            fp8 ? 0
-                : relative_difference(y_cublas.ptr, y_stream.ptr, rows * p.out, p.f32_out, dtype);
         const double gemv_diff =
             run_gemv && !fp8
                 ? relative_difference(y_cublas.ptr, y_gemv.ptr, rows * p.out, p.f32_out, dtype)
                 : 0;
         Timing t;
-        if (!fp8) {
-          t.cublas_us = time_median_us(opt.reps, cublas, stream, opt.graph, flush);
-          t.stream_us = time_median_us(opt.reps, streaming, stream, opt.graph, flush);
-        }
+        if (!fp8) t.cublas_us = time_median_us(opt.reps, cublas, stream, opt.graph, flush);
         if (run_gemv) t.gemv_us = time_median_us(opt.reps, mma_gemv, stream, opt.graph, flush);
         if (run_fused) {
           fused_gemv(0);  // outside any capture: the kernel's shared-memory limit is set here
@@ -439,18 +413,17 @@ int run(const Options& opt) {
         const double bytes =
             static_cast<double>(w_bytes) + rows * p.in * 2.0 + rows * p.out * (p.f32_out ? 4 : 2);
         auto gbps = [&](double us) { return us > 0 ? bytes / (us * 1e-6) / 1e9 : 0.0; };
-        const double cublas_gbps = gbps(t.cublas_us), stream_gbps = gbps(t.stream_us),
-                     gemv_gbps = gbps(t.gemv_us), fused_gbps = gbps(t.fused_us);
+        const double cublas_gbps = gbps(t.cublas_us), gemv_gbps = gbps(t.gemv_us),
+                     fused_gbps = gbps(t.fused_us);
         std::printf("%-11s %-8s %6lld %7lld %4lld | ", model.c_str(),
                     (p.name + (fp8 ? " fp8" : "")).c_str(), static_cast<long long>(p.in),
                     static_cast<long long>(p.out), static_cast<long long>(rows));
-        for (const double us : {t.cublas_us, t.stream_us, t.gemv_us, t.fused_us})
+        for (const double us : {t.cublas_us, t.gemv_us, t.fused_us})
           print_column(us, bytes, ceiling);
-        if (fp8)
-          std::printf("%7s %8s %6s\n", "-", "-", "-");
+        if (fp8 || !run_gemv)
+          std::printf("%8s\n", "-");
         else
-          std::printf("%6.2fx %8.1e %6d\n", t.cublas_us / t.stream_us, std::max(diff, gemv_diff),
-                      streamer.splits_for(rows, p.in, p.out));
+          std::printf("%8.1e\n", gemv_diff);
         results.push_back(
             {{"model", model},
              {"projection", p.name},
@@ -465,11 +438,6 @@ int run(const Options& opt) {
              {"cublas_gbps", fp8 ? nlohmann::json() : nlohmann::json(cublas_gbps)},
              {"cublas_fraction_of_ceiling",
               fp8 ? nlohmann::json() : nlohmann::json(cublas_gbps / ceiling)},
-             {"stream_splits", streamer.splits_for(rows, p.in, p.out)},
-             {"stream_us", fp8 ? nlohmann::json() : nlohmann::json(t.stream_us)},
-             {"stream_gbps", fp8 ? nlohmann::json() : nlohmann::json(stream_gbps)},
-             {"stream_fraction_of_ceiling",
-              fp8 ? nlohmann::json() : nlohmann::json(stream_gbps / ceiling)},
              {"gemv_us", run_gemv ? nlohmann::json(t.gemv_us) : nlohmann::json()},
              {"gemv_gbps", run_gemv ? nlohmann::json(gemv_gbps) : nlohmann::json()},
              {"gemv_fraction_of_ceiling",
@@ -479,29 +447,21 @@ int run(const Options& opt) {
              {"fused_gbps", run_fused ? nlohmann::json(fused_gbps) : nlohmann::json()},
              {"fused_fraction_of_ceiling",
               run_fused ? nlohmann::json(fused_gbps / ceiling) : nlohmann::json()},
-             {"stream_max_relative_difference", diff},
              {"gemv_max_relative_difference", gemv_diff}});
         step_bytes[ri] += bytes * p.per_step;
         step_cublas[ri] += t.cublas_us * p.per_step;
-        step_stream[ri] += t.stream_us * p.per_step;
-        step_best[ri] += std::min(t.cublas_us, t.stream_us) * p.per_step;
         step_run[ri] += t.step_us() * p.per_step;
       }
     }
     for (size_t ri = 0; ri < opt.rows.size(); ++ri) {
       const double cublas_gbps = step_bytes[ri] / (step_cublas[ri] * 1e-6) / 1e9;
-      const double stream_gbps = step_bytes[ri] / (step_stream[ri] * 1e-6) / 1e9;
-      const double best_gbps = step_bytes[ri] / (step_best[ri] * 1e-6) / 1e9;
       const double run_gbps = step_bytes[ri] / (step_run[ri] * 1e-6) / 1e9;
       std::printf("%-11s one step's projections at %3lld rows: %.2f GB; ", model.c_str(),
                   static_cast<long long>(opt.rows[ri]), step_bytes[ri] / 1e9);
-      if (!config.fp8_weights)  // fp8 weights run neither cuBLAS nor the stream kernel
-        std::printf(
-            "cuBLAS %.3f ms (%.1f%% of ceiling), stream %.3f ms (%.1f%%), faster of the two per "
-            "shape %.3f ms (%.1f%%), ",
-            step_cublas[ri] / 1e3, 100 * cublas_gbps / ceiling, step_stream[ri] / 1e3,
-            100 * stream_gbps / ceiling, step_best[ri] / 1e3, 100 * best_gbps / ceiling);
-      std::printf("as a step runs them (fused, else GEMV, else the faster) %.3f ms (%.1f%%)\n",
+      if (!config.fp8_weights)  // fp8 weights do not run cuBLAS
+        std::printf("cuBLAS %.3f ms (%.1f%% of ceiling), ", step_cublas[ri] / 1e3,
+                    100 * cublas_gbps / ceiling);
+      std::printf("as a step runs them (fused, else GEMV, else cuBLAS) %.3f ms (%.1f%%)\n",
                   step_run[ri] / 1e3, 100 * run_gbps / ceiling);
       nlohmann::json step = {{"model", model},
                              {"rows", opt.rows[ri]},
@@ -511,10 +471,6 @@ int run(const Options& opt) {
       if (!config.fp8_weights) {
         step["cublas_ms"] = step_cublas[ri] / 1e3;
         step["cublas_fraction_of_ceiling"] = cublas_gbps / ceiling;
-        step["stream_ms"] = step_stream[ri] / 1e3;
-        step["stream_fraction_of_ceiling"] = stream_gbps / ceiling;
-        step["best_ms"] = step_best[ri] / 1e3;
-        step["best_fraction_of_ceiling"] = best_gbps / ceiling;
       }
       steps.push_back(step);
     }
@@ -522,8 +478,7 @@ int run(const Options& opt) {
   }
   std::printf(
       "GB/s counts W once plus x and y (for the fused forms too). %s rel.diff: max |cuBLAS - "
-      "other| / max |cuBLAS| over "
-      "the stream and mma GEMV outputs.\n",
+      "GEMV| / max |cuBLAS| over the mma GEMV's outputs.\n",
       cold ? "Cold L2: a 2x-L2 write and a clean 2x-L2 read before each call, weights rotated "
              "over copies totalling >= 4x the L2."
            : "Warm L2: no flush, one weight copy.");
@@ -534,7 +489,6 @@ int run(const Options& opt) {
                                 {"dtype", std::string(dtype_name(dtype))},
                                 {"timing", opt.graph ? "graph" : "eager"},
                                 {"l2", opt.l2},
-                                {"weight_l2_hint", opt.w_hint},
                                 {"reps", opt.reps},
                                 {"gemm_tuning", opt.gemm_tuning},
                                 {"read_ceiling_gbps", ceiling},
@@ -552,27 +506,19 @@ int run(const Options& opt) {
 
 int main(int argc, char** argv) {
   l2kv::bench::Options opt;
-  CLI::App app{
-      "l2kv_bench_gemv: decode projections, cuBLASLt against the weight-streaming kernels"};
+  CLI::App app{"l2kv_bench_gemv: decode projections, cuBLASLt against the weight-streaming GEMV"};
   app.add_option(
          "--models", opt.models,
          "Synthetic model shapes (llama3-8b, qwen2.5-7b, ...; NAME-fp8 for E4M3 projections)")
       ->capture_default_str();
   app.add_option("--rows", opt.rows, "Rows of x (decode batch)")
-      ->check(CLI::Range(int64_t{1}, l2kv::WeightStreamGemm::kMaxRows))
+      ->check(CLI::Range(int64_t{1}, l2kv::bench::kMaxRows))
       ->capture_default_str();
   app.add_option("--dtype", opt.dtype, "bf16 or fp16")
       ->check(CLI::IsMember({"bf16", "fp16"}))
       ->capture_default_str();
   app.add_option("--l2", opt.l2, "cold (flush before each call) or warm")
       ->check(CLI::IsMember({"cold", "warm"}))
-      ->capture_default_str();
-  app.add_option("--w-hint", opt.w_hint, "L2 policy of the weight-streaming kernel's W loads")
-      ->check(CLI::IsMember({"evict_first", "normal", "evict_last"}))
-      ->capture_default_str();
-  app.add_option("--splits", opt.splits,
-                 "Blocks per tile of the weight-streaming kernel (0: chosen per shape)")
-      ->check(CLI::Range(0, l2kv::WeightStreamGemm::kMaxSplits))
       ->capture_default_str();
   app.add_option("--gemm-tuning", opt.gemm_tuning,
                  "cuBLASLt's algorithm choice: heuristic (its 32 suggestions timed) or wide "

@@ -1,5 +1,5 @@
-// The decode projections against a double-precision CPU reference: the weight-streaming
-// kernel (WeightStreamGemm, rows 1..128) and the mma.sync GEMV (rows 1..16), the projection
+// The decode projections against a double-precision CPU reference: the mma.sync GEMV (rows
+// 1..16) and Gemm's routing between it and cuBLASLt (rows 1..128), the projection
 // shapes of Llama-3-8B, Qwen2.5-7B and Llama-2-7B and odd ones (in = 8, out = 1, partial
 // tiles, k not a multiple of a stage), bf16 and fp16, 16-bit and fp32 output, outputs
 // poisoned with NaN first. Weights are filled on the device (up to 1 GB for an LM head); large
@@ -21,7 +21,6 @@
 #include "l2kv/kernels/model/gemm.h"
 #include "l2kv/kernels/model/gemv.h"
 #include "l2kv/kernels/model/model_ops.h"
-#include "l2kv/kernels/model/weight_stream_gemm.h"
 #include "l2kv/kernels/random_fill.h"
 
 namespace l2kv {
@@ -223,7 +222,6 @@ TEST_P(GemvDtype, GemmRoutingMatchesReference) {
   const Shape shape{"routing in1024 out520", 1024, 520};
   Gemm gemm;
   EXPECT_EQ(gemm.gemv_max_rows(), Gemm::kDefaultGemvMaxRows);
-  EXPECT_EQ(gemm.stream_max_rows(), 0);
   auto launch = [&](const void* x, const void* w, void* y, bool f32_out, int64_t rows) {
     if (f32_out)
       gemm.linear_f32_out(dtype, x, w, static_cast<float*>(y), rows, shape.in, shape.out, nullptr);
@@ -234,84 +232,9 @@ TEST_P(GemvDtype, GemmRoutingMatchesReference) {
   for (const int limit : {0, Gemm::kDefaultGemvMaxRows, static_cast<int>(kGemvMaxRows)}) {
     SCOPED_TRACE("gemv_max_rows=" + std::to_string(limit));
     gemm.set_gemv_max_rows(limit);
-    check_shape(shape, dtype, {1, 7, 8, 9, 16}, ++seed, launch);
-  }
-  // The opt-in weight-streaming kernel in front of both.
-  for (const int limit : {8, static_cast<int>(WeightStreamGemm::kMaxRows)}) {
-    SCOPED_TRACE("stream_max_rows=" + std::to_string(limit));
-    gemm.set_stream_max_rows(limit);
-    check_shape(shape, dtype, {1, 8, 9, 16, 128}, ++seed, launch);
+    check_shape(shape, dtype, {1, 7, 8, 9, 16, 17, 128}, ++seed, launch);
   }
 }
-
-// Row counts of the weight-streaming kernel: all of 1-8, then both sides of each N bucket
-// (8/16/32/64/128) and ragged values.
-std::vector<int64_t> stream_row_counts() {
-  if (testing::quick_mode()) return {1, 3, 8, 9, 33, 64, 100, 128};
-  return {1, 2, 3, 4, 5, 6, 7, 8, 9, 13, 16, 17, 31, 32, 33, 64, 65, 100, 127, 128};
-}
-
-class WeightStreamDtype : public ::testing::TestWithParam<DType> {};
-
-// One object for all calls: its cached tensor maps must follow x's changing row count.
-TEST_P(WeightStreamDtype, OddShapesMatchReference) {
-  L2KV_SKIP_WITHOUT_GPU();
-  const DType dtype = GetParam();
-  WeightStreamGemm gemm;
-  uint64_t seed = 500;
-  for (const auto& shape : kOddShapes)
-    check_shape(shape, dtype, stream_row_counts(), ++seed,
-                [&](const void* x, const void* w, void* y, bool f32_out, int64_t rows) {
-                  gemm.run(dtype, x, w, y, f32_out, rows, shape.in, shape.out, nullptr);
-                });
-}
-
-TEST_P(WeightStreamDtype, ModelShapesMatchReference) {
-  L2KV_SKIP_WITHOUT_GPU();
-  const DType dtype = GetParam();
-  WeightStreamGemm gemm;
-  uint64_t seed = 600;
-  for (const auto& shape : kModelShapes)
-    check_shape(shape, dtype, stream_row_counts(), ++seed,
-                [&](const void* x, const void* w, void* y, bool f32_out, int64_t rows) {
-                  gemm.run(dtype, x, w, y, f32_out, rows, shape.in, shape.out, nullptr);
-                });
-}
-
-// Every split count (blocks of a cluster summing one tile through distributed shared memory),
-// forced, on shapes whose k chunks split unevenly and whose last chunk is partial, and one where
-// fewer chunks than blocks leave the kernel to fall back to fewer splits.
-TEST_P(WeightStreamDtype, EverySplitCountMatchesReference) {
-  L2KV_SKIP_WITHOUT_GPU();
-  const DType dtype = GetParam();
-  const std::vector<Shape> shapes = {{"in4168 out130", 4168, 130},
-                                     {"in1832 out300", 1832, 300},
-                                     {"in136 out100", 136, 100},
-                                     {"llama3-8b o", 4096, 4096}};
-  const std::vector<int64_t> rows = {1, 17, 33, 64, 65, 128};
-  WeightStreamGemm gemm;
-  uint64_t seed = 700;
-  for (int splits = 1; splits <= WeightStreamGemm::kMaxSplits; ++splits) {
-    SCOPED_TRACE("splits=" + std::to_string(splits));
-    gemm.set_splits(splits);
-    for (const auto& shape : shapes) {
-      const int64_t k_chunks = (shape.in + 63) / 64;
-      EXPECT_EQ(gemm.splits_for(64, shape.in, shape.out), splits <= k_chunks ? splits : 1);
-      check_shape(shape, dtype, rows, ++seed,
-                  [&](const void* x, const void* w, void* y, bool f32_out, int64_t r) {
-                    gemm.run(dtype, x, w, y, f32_out, r, shape.in, shape.out, nullptr);
-                  });
-    }
-  }
-  EXPECT_THROW(gemm.set_splits(-1), Error);
-  EXPECT_THROW(gemm.set_splits(WeightStreamGemm::kMaxSplits + 1), Error);
-}
-
-INSTANTIATE_TEST_SUITE_P(Dtypes, WeightStreamDtype,
-                         ::testing::Values(DType::kBFloat16, DType::kFloat16),
-                         [](const auto& param_info) {
-                           return std::string(dtype_name(param_info.param));
-                         });
 
 // Where two 16-bit outputs y[rows][out] differ: the count, the rows and features spanned, and
 // each one's max relative distance from a third (a cuBLASLt reference), so a mismatch says
@@ -446,19 +369,6 @@ TEST_P(GemvDtype, ProgrammaticLaunchReadsXOnlyAfterTheKernelAhead) {
                             });
 }
 
-// The same for the weight-streaming kernel, whose producer requests the first weights before
-// its wait and whose split tiles are summed in a fixed order (bit-equal repeats).
-TEST_P(WeightStreamDtype, ProgrammaticLaunchReadsXOnlyAfterTheKernelAhead) {
-  L2KV_SKIP_WITHOUT_GPU();
-  const DType dtype = GetParam();
-  WeightStreamGemm gemm;
-  check_programmatic_launch(dtype, {1, 8, 64, 128},
-                            [&](const void* x, const void* w, void* y, int64_t rows, int64_t in,
-                                int64_t out, cudaStream_t stream, bool pdl) {
-                              gemm.run(dtype, x, w, y, false, rows, in, out, stream, pdl);
-                            });
-}
-
 // The checks themselves: a 1 % scale error and a dropped 8-wide k vector both fail the
 // tolerance for the largest real `in`.
 TEST(GemvTolerance, RejectsScaleErrorsAndDroppedVectors) {
@@ -514,26 +424,6 @@ TEST(GemvSupports, GemmLimitIsChecked) {
   EXPECT_THROW(gemm.set_gemv_max_rows(static_cast<int>(kGemvMaxRows) + 1), Error);
   gemm.set_gemv_max_rows(0);
   EXPECT_EQ(gemm.gemv_max_rows(), 0);
-  EXPECT_THROW(gemm.set_stream_max_rows(-1), Error);
-  EXPECT_THROW(gemm.set_stream_max_rows(static_cast<int>(WeightStreamGemm::kMaxRows) + 1), Error);
-  gemm.set_stream_max_rows(0);
-  EXPECT_EQ(gemm.stream_max_rows(), 0);
-}
-
-TEST(WeightStreamSupports, NamesItsLimits) {
-  alignas(16) static uint16_t buffer[64];
-  const void* a = buffer;
-  const void* misaligned = buffer + 1;
-  EXPECT_TRUE(WeightStreamGemm::supports(1, 8, 1, a, a));
-  EXPECT_TRUE(WeightStreamGemm::supports(128, 18944, 152064, a, a));
-  EXPECT_FALSE(WeightStreamGemm::supports(0, 8, 1, a, a));
-  EXPECT_FALSE(WeightStreamGemm::supports(129, 8, 1, a, a));
-  EXPECT_FALSE(WeightStreamGemm::supports(1, 12, 1, a, a));  // row stride not 16-byte
-  EXPECT_FALSE(WeightStreamGemm::supports(1, 0, 1, a, a));
-  EXPECT_FALSE(WeightStreamGemm::supports(1, 8, 0, a, a));
-  EXPECT_FALSE(WeightStreamGemm::supports(1, 8, WeightStreamGemm::kMaxOut + 1, a, a));
-  EXPECT_FALSE(WeightStreamGemm::supports(1, 8, 1, misaligned, a));
-  EXPECT_FALSE(WeightStreamGemm::supports(1, 8, 1, a, misaligned));
 }
 
 }  // namespace

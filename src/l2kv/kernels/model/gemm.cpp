@@ -324,17 +324,8 @@ void Gemm::set_gemv_max_rows(int rows) {
   gemv_max_rows_ = rows;
 }
 
-void Gemm::set_stream_max_rows(int rows) {
-  if (rows < 0 || rows > WeightStreamGemm::kMaxRows)
-    throw Error("Gemm: weight-streaming row limit " + std::to_string(rows) + " outside [0, " +
-                std::to_string(WeightStreamGemm::kMaxRows) + "]");
-  if (rows > 0 && !stream_) stream_ = std::make_unique<WeightStreamGemm>();
-  stream_max_rows_ = rows;
-}
-
 bool Gemm::routes_to_gemv(int64_t rows, int64_t in, int64_t out, const void* x,
                           const void* w) const {
-  if (rows <= stream_max_rows_ && WeightStreamGemm::supports(rows, in, out, x, w)) return false;
   return rows <= gemv_max_rows_ && out <= kGemvMaxOut && gemv_supports(rows, in, out, x, w);
 }
 
@@ -343,14 +334,10 @@ void Gemm::run(DType dtype, bool f32_out, const void* x, const void* w, void* y,
   // Measured on an H200 (l2kv_bench_gemv, cold L2, Llama-3-8B, Qwen2.5-7B and Llama-2-7B
   // shapes, 1-16 rows; bench/results/2026-12-02-h200/gemv-v3/): the GEMV wins on matrices with
   // few output rows (o_proj 1.13-1.32x, down_proj 1.08-1.24x, the fused QKV 0.89-1.08x, at 16
-  // rows as at 1-8); cuBLASLt keeps the wide ones (gate_up, LM head). The TMA/wgmma kernel
+  // rows as at 1-8); cuBLASLt keeps the wide ones (gate_up, LM head). A TMA ring + wgmma kernel
   // lost to the faster of the two at all 120 points measured, and its second form (k split in a
   // cluster) lost to cuBLASLt at 32-128 rows inside steps too (bench/results/
-  // 2026-12-04-h200-stream-gemm-v2/), so it is opt-in.
-  if (rows <= stream_max_rows_ && WeightStreamGemm::supports(rows, in, out, x, w)) {
-    stream_->run(dtype, x, w, y, f32_out, rows, in, out, stream, pdl_);
-    return;
-  }
+  // 2026-12-04-h200-stream-gemm-v2/).
   if (routes_to_gemv(rows, in, out, x, w)) {
     gemv(dtype, x, w, y, f32_out, rows, in, out, stream, pdl_);
     return;

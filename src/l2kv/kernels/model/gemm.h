@@ -1,9 +1,9 @@
 // Dense projections: y[rows, out] = x[rows, in] * W[out, in]^T with 16-bit operands (bf16 or
 // fp16) and fp32 accumulation on tensor cores. Decode-sized row counts go to the mma.sync
 // weight-streaming GEMV (gemv.h), the rest to cuBLASLt, whose descriptors and chosen algorithm
-// are cached per shape, so repeated calls do no host-side planning. The TMA/wgmma kernel
-// (weight_stream_gemm.h) is opt-in: on an H200 it is slower than the faster of the two on
-// every projection shape measured (bench/NOTES.md).
+// are cached per shape, so repeated calls do no host-side planning. A TMA ring + wgmma kernel
+// was tried between the two and lost to the faster of them on every projection shape measured
+// (bench/NOTES.md, "Decode projections v3" and "The weight-streaming kernel, second form").
 #pragma once
 
 #include <cublasLt.h>
@@ -11,7 +11,6 @@
 
 #include <cstdint>
 #include <map>
-#include <memory>
 #include <span>
 #include <tuple>
 #include <vector>
@@ -19,7 +18,6 @@
 #include "l2kv/core/dtype.h"
 #include "l2kv/kernels/model/gemv.h"
 #include "l2kv/kernels/model/gemv_fp8.h"
-#include "l2kv/kernels/model/weight_stream_gemm.h"
 
 namespace l2kv {
 
@@ -112,12 +110,6 @@ class Gemm {
   int gemv_max_rows() const { return gemv_max_rows_; }
   // Matrices with more output features stay on cuBLASLt at any row count (measured).
   static constexpr int64_t kGemvMaxOut = 8192;
-  // Calls with rows <= this go to the TMA/wgmma kernel (WeightStreamGemm) when it supports()
-  // the problem, before the GEMV and cuBLASLt are considered. 0 (the default) never uses it;
-  // a positive value sets the kernel up now (call before any graph capture). Throws
-  // l2kv::Error outside [0, WeightStreamGemm::kMaxRows].
-  void set_stream_max_rows(int rows);
-  int stream_max_rows() const { return stream_max_rows_; }
   // cuBLASLt shapes of up to this many rows (decode steps) time cuBLASLt's candidate algorithms
   // on their first call and keep the fastest; larger ones (prompts) take its first choice. 0
   // never times. Graph capture never times: call each shape once before capturing it.
@@ -198,8 +190,6 @@ class Gemm {
   size_t tuning_flush_bytes_ = 0;
   std::map<Key, Plan> plans_;
   int gemv_max_rows_ = kDefaultGemvMaxRows;
-  std::unique_ptr<WeightStreamGemm> stream_;  // built by set_stream_max_rows(> 0)
-  int stream_max_rows_ = 0;
   int64_t tune_max_rows_ = kDefaultTuneMaxRows;
   bool pdl_ = false;
   bool fp8_activations_ = true;
