@@ -26,7 +26,7 @@ constexpr int kAccumulators = kKeys / 2;          // fp32 accumulators of m64n12
 constexpr int kColumnBlocks = kKeys / 8;          // 8-column blocks of the accumulator
 constexpr int kKeysPerCopier = 8;                 // consecutive keys one thread copies per tile
 constexpr int kChunkElements = 8;                 // 16-bit elements in a 16-byte chunk
-constexpr int kStages = 2;                        // K/V tiles in flight
+constexpr int kStages = 3;                        // K/V tiles per ring: two load while one computes
 constexpr int kChunksPerRow = kHeadDim * 2 / 16;  // 16-byte chunks of one 256-byte row
 constexpr int kAtomRowBytes = 128;  // a 128-byte swizzle atom holds 64 elements of a row
 constexpr int kQAtomBytes = kRows * kAtomRowBytes;
@@ -130,17 +130,25 @@ __global__ void __launch_bounds__(kThreads, 1)
   const unsigned char* q_rows = q_tile + warpgroup * kWarpgroupRows * kAtomRowBytes;
   uint32_t p_frag[kKeys / kMmaK][4];  // P of the previous tile, the A operand of its P x V
 
-  // Copies K_{t+1} and V_t (K runs one tile ahead of V, each in a ring of two), then waits for
-  // K_t and V_{t-1}. `block_of_tile` holds the table entries of tiles t and t + 1 on entry and of
-  // t + 1 and t + 2 on return.
-  int32_t block_of_tile[2] = {physical_block(0), physical_block(1)};
-  auto copy_and_wait = [&](int tile) {
+  // The copies of K_{t+2} and V_{t+1}, issued while the tensor cores compute tile t, into the
+  // stages S_{t-1} and P_{t-2} V_{t-2} read: every warp is done with those once it has passed
+  // tile t's barrier, so one barrier a tile suffices. `block_of_tile` holds the table entries of
+  // tiles t + 1 and t + 2 on entry and of t + 2 and t + 3 on return. One commit group a tile,
+  // empty past the end, so waiting for all but the newest group always means tiles t / t - 1.
+  int32_t block_of_tile[2] = {physical_block(1), physical_block(2)};
+  auto copy_ahead = [&](int tile) {
+    if (tile + 2 < num_tiles)
+      load_tile(kv.k_pool, tile + 2, block_of_tile[1], k_tile((tile + 2) % kStages));
     if (tile + 1 < num_tiles)
-      load_tile(kv.k_pool, tile + 1, block_of_tile[1], k_tile((tile + 1) % kStages));
-    load_tile(kv.v_pool, tile, block_of_tile[0], v_tile(tile % kStages));
+      load_tile(kv.v_pool, tile + 1, block_of_tile[0], v_tile((tile + 1) % kStages));
     block_of_tile[0] = block_of_tile[1];
-    block_of_tile[1] = physical_block(tile + 2);
+    block_of_tile[1] = physical_block(tile + 3);
     ptx::cp_async_commit();
+  };
+  // Waits for this thread's copies of K_t and V_{t-1} (the group before the newest), then for
+  // everyone's: after the barrier the tile's operands are in shared memory and every warp is done
+  // with tile t - 1's MMAs.
+  auto wait_for_tile = [&] {
     ptx::cp_async_wait<1>();
     ptx::fence_proxy_async_shared();  // the copies are read by wgmma (the async proxy)
     __syncthreads();
@@ -229,29 +237,37 @@ __global__ void __launch_bounds__(kThreads, 1)
   };
 
   // Software pipeline: iteration t computes S_t = Q K_t^T while the tensor cores finish
-  // P_{t-1} V_{t-1}, so the softmax of tile t overlaps the previous tile's P x V. The first tile
-  // is peeled (no P x V before it): a branch around the P x V issue makes ptxas serialize the
-  // wgmmas.
-  load_tile(kv.k_pool, 0, block_of_tile[0], k_tile(0));
-  ptx::cp_async_commit();
-  copy_and_wait(0);
+  // P_{t-1} V_{t-1}, so the softmax of tile t overlaps the previous tile's P x V, and the copies
+  // two tiles ahead are issued behind both MMAs. The first tile is peeled (no P x V before it): a
+  // branch around the P x V issue makes ptxas serialize the wgmmas. Before it, K_0 and then K_1
+  // with V_0 in two groups.
   {
+    const int32_t block0 = physical_block(0);
+    load_tile(kv.k_pool, 0, block0, k_tile(0));
+    ptx::cp_async_commit();
+    if (num_tiles > 1) load_tile(kv.k_pool, 1, block_of_tile[0], k_tile(1));
+    load_tile(kv.v_pool, 0, block0, v_tile(0));
+    ptx::cp_async_commit();
+  }
+  {
+    wait_for_tile();
     float s_acc[kAccumulators];
     ptx::wgmma_fence();
     issue_s(s_acc, 0);
+    copy_ahead(0);
     ptx::wgmma_wait<0>();
 #pragma unroll
     for (int i = 0; i < kAccumulators; ++i) ptx::wgmma_fence_operand(s_acc[i]);
     softmax(s_acc, 0);  // O is still zero: nothing to rescale
     pack_p(s_acc);
-    __syncthreads();  // K_0's stage is refilled by the next copy
   }
   for (int tile = 1; tile < num_tiles; ++tile) {
-    copy_and_wait(tile);
+    wait_for_tile();
     float s_acc[kAccumulators];
     ptx::wgmma_fence();
     issue_s(s_acc, tile);
     issue_pv(tile - 1);
+    copy_ahead(tile);
     ptx::wgmma_wait<1>();  // S_t is done; P_{t-1} V_{t-1} may still run
 #pragma unroll
     for (int i = 0; i < kAccumulators; ++i) ptx::wgmma_fence_operand(s_acc[i]);
@@ -267,7 +283,6 @@ __global__ void __launch_bounds__(kThreads, 1)
       o_acc[4 * j + 3] *= corr.y;
     }
     pack_p(s_acc);
-    __syncthreads();  // K_t's and V_{t-1}'s stages are refilled by the next copies
   }
   // The last tile's P x V, once its V has landed.
   ptx::cp_async_wait<0>();
