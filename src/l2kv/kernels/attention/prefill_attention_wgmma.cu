@@ -147,7 +147,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   };
   // Waits for this thread's copies of K_t and V_{t-1} (the group before the newest), then for
   // everyone's: after the barrier the tile's operands are in shared memory and every warp is done
-  // with tile t - 1's MMAs.
+  // with iteration t - 1's MMAs (S_{t-1} and P_{t-2} V_{t-2}).
   auto wait_for_tile = [&] {
     ptx::cp_async_wait<1>();
     ptx::fence_proxy_async_shared();  // the copies are read by wgmma (the async proxy)
@@ -239,8 +239,8 @@ __global__ void __launch_bounds__(kThreads, 1)
   // Software pipeline: iteration t computes S_t = Q K_t^T while the tensor cores finish
   // P_{t-1} V_{t-1}, so the softmax of tile t overlaps the previous tile's P x V, and the copies
   // two tiles ahead are issued behind both MMAs. The first tile is peeled (no P x V before it): a
-  // branch around the P x V issue makes ptxas serialize the wgmmas. Before it, K_0 and then K_1
-  // with V_0 in two groups.
+  // branch around the P x V issue makes ptxas serialize the wgmmas. Before it, two commit groups:
+  // Q with K_0, then K_1 with V_0.
   {
     const int32_t block0 = physical_block(0);
     load_tile(kv.k_pool, 0, block0, k_tile(0));
