@@ -1,7 +1,8 @@
 // The PTX of Hopper's asynchronous data path, in one place: mbarriers (transaction-counted
-// barriers in shared memory), TMA 2D tile loads (cp.async.bulk.tensor) that complete on an
-// mbarrier, and warpgroup MMAs (wgmma.mma_async) reading both operands from shared memory
-// through matrix descriptors. Kernels call these by name; no asm appears in kernel bodies.
+// barriers in shared memory), TMA 4D tile loads (cp.async.bulk.tensor) that complete on
+// an mbarrier, named barriers and register reallocation for warp-specialized kernels, and
+// warpgroup MMAs (wgmma.mma_async) reading both operands from shared memory through matrix
+// descriptors. Kernels call these by name; no asm appears in kernel bodies.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -31,6 +32,12 @@ __device__ __forceinline__ void mbarrier_arrive_expect_tx(uint64_t* bar, uint32_
                "r"(bytes)
                : "memory");
 }
+// Announces `bytes` of asynchronous copies the current phase must wait for, without arriving.
+__device__ __forceinline__ void mbarrier_expect_tx(uint64_t* bar, uint32_t bytes) {
+  asm volatile("mbarrier.expect_tx.relaxed.cta.shared::cta.b64 [%0], %1;" ::"r"(smem_address(bar)),
+               "r"(bytes)
+               : "memory");
+}
 __device__ __forceinline__ void mbarrier_arrive(uint64_t* bar) {
   asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(smem_address(bar)) : "memory");
 }
@@ -51,17 +58,36 @@ __device__ __forceinline__ void mbarrier_wait(uint64_t* bar, uint32_t parity) {
 
 // ---- TMA ----
 
-// Loads the 2D box at element coordinates (c0 inner, c1 outer) of the tensor described by
-// `tensor_map` (a CUtensorMap in kernel-parameter, constant or global memory) into `smem`;
-// the copy's bytes complete on `bar`. Out-of-bounds elements arrive as zeros and count as
-// transferred bytes. `l2_policy` from make_l2_policy().
-__device__ __forceinline__ void tma_load_2d(void* smem, const void* tensor_map, uint64_t* bar,
-                                            int32_t c0, int32_t c1, uint64_t l2_policy) {
+// Loads the 4D box at element coordinates (c0 innermost .. c3) of `tensor_map` into `smem`,
+// completing on `bar`; coordinates outside the tensor arrive as zeros.
+__device__ __forceinline__ void tma_load_4d(void* smem, const void* tensor_map, uint64_t* bar,
+                                            int32_t c0, int32_t c1, int32_t c2, int32_t c3) {
   asm volatile(
-      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint"
-      " [%0], [%1, {%3, %4}], [%2], %5;" ::"r"(smem_address(smem)),
-      "l"(tensor_map), "r"(smem_address(bar)), "r"(c0), "r"(c1), "l"(l2_policy)
+      "cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes"
+      " [%0], [%1, {%3, %4, %5, %6}], [%2];" ::"r"(smem_address(smem)),
+      "l"(tensor_map), "r"(smem_address(bar)), "r"(c0), "r"(c1), "r"(c2), "r"(c3)
       : "memory");
+}
+
+// ---- warp specialization ----
+
+// Named barrier `id` (1-15; 0 is __syncthreads) over `threads` threads: sync waits for all of
+// them, arrive counts this warp in without waiting.
+__device__ __forceinline__ void named_barrier_sync(int id, int threads) {
+  asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(threads) : "memory");
+}
+__device__ __forceinline__ void named_barrier_arrive(int id, int threads) {
+  asm volatile("bar.arrive %0, %1;" ::"r"(id), "r"(threads) : "memory");
+}
+// Moves this warpgroup's register allocation to kRegisters per thread (a multiple of 8, 24-256):
+// warps that only issue copies give registers to the warpgroups that compute. Every warp of the
+// warpgroup must execute it.
+template <int kRegisters>
+__device__ __forceinline__ void set_max_registers() {
+  if constexpr (kRegisters > 128)
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(kRegisters));
+  else
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" ::"n"(kRegisters));
 }
 
 // ---- wgmma ----

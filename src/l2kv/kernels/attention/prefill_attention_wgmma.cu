@@ -1,7 +1,10 @@
+#include <cuda.h>
+#include <cudaTypedefs.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 #include <cmath>
+#include <string>
 
 #include "l2kv/core/cuda_check.h"
 #include "l2kv/core/error.h"
@@ -15,27 +18,50 @@ namespace l2kv {
 namespace {
 
 constexpr int kHeadDim = 128;
-constexpr int kWarpgroupThreads = 128;            // wgmma's unit: four warps
-constexpr int kWarpgroupRows = 64;                // wgmma's M
-constexpr int kMmaK = 16;                         // wgmma's K for 16-bit operands
-constexpr int kWarpRows = 16;                     // rows of the accumulator one warp holds
-constexpr int kRows = 2 * kWarpgroupRows;         // query rows per block: two warpgroups
-constexpr int kKeys = 128;                        // keys per K/V tile: the S tile's N
-constexpr int kThreads = 2 * kWarpgroupThreads;   // the two warpgroups; every thread also copies
+constexpr int kWarpgroupThreads = 128;              // wgmma's unit: four warps
+constexpr int kWarpgroupRows = 64;                  // wgmma's M
+constexpr int kMmaK = 16;                           // wgmma's K for 16-bit operands
+constexpr int kWarpRows = 16;                       // rows of the accumulator one warp holds
+constexpr int kConsumers = 2;                       // warpgroups that compute, 64 query rows each
+constexpr int kRows = kConsumers * kWarpgroupRows;  // query rows per block
+constexpr int kKeys = 128;                          // keys per K/V tile: the S tile's N
+constexpr int kConsumerThreads = kConsumers * kWarpgroupThreads;
+constexpr int kThreads = kWarpgroupThreads + kConsumerThreads;  // the producer warpgroup first
+constexpr int kConsumerWarps = kConsumerThreads / 32;
+// setmaxnreg moves registers within the block's own allocation, 168 a thread at launch (64K /
+// 384 threads, rounded down to a multiple of 8): what the producer warpgroup gives back is all
+// the consumers can take (a larger sum would leave a consumer warp waiting forever).
+constexpr int kLaunchRegisters = 65536 / kThreads / 8 * 8;
+constexpr int kProducerRegisters = 40;
+constexpr int kConsumerRegisters = 232;
 constexpr int kAccumulators = kKeys / 2;          // fp32 accumulators of m64n128 per thread
 constexpr int kColumnBlocks = kKeys / 8;          // 8-column blocks of the accumulator
-constexpr int kKeysPerCopier = 8;                 // consecutive keys one thread copies per tile
 constexpr int kChunkElements = 8;                 // 16-bit elements in a 16-byte chunk
-constexpr int kStages = 3;                        // K/V tiles per ring: two load while one computes
+constexpr int kStages = 3;                        // K and V tiles per ring
 constexpr int kChunksPerRow = kHeadDim * 2 / 16;  // 16-byte chunks of one 256-byte row
 constexpr int kAtomRowBytes = 128;  // a 128-byte swizzle atom holds 64 elements of a row
+constexpr int kAtomElements = kAtomRowBytes / 2;
 constexpr int kQAtomBytes = kRows * kAtomRowBytes;
 constexpr int kKvAtomBytes = kKeys * kAtomRowBytes;
 constexpr int kQBytes = 2 * kQAtomBytes;
 constexpr int kKvTileBytes = 2 * kKvAtomBytes;
-constexpr int kSmemAlign = 1024;  // the 128-byte swizzle repeats every 8 rows of 128 bytes
-constexpr size_t kSmemBytes = kQBytes + size_t{kStages} * 2 * kKvTileBytes + kSmemAlign;
+constexpr int kBarriers = 4 * kStages;  // full and empty, of K and of V, per stage
+constexpr int kSmemAlign = 1024;        // the 128-byte swizzle repeats every 8 rows of 128 bytes
+constexpr size_t kSmemBytes =
+    kQBytes + size_t{kStages} * 2 * kKvTileBytes + kBarriers * sizeof(uint64_t) + kSmemAlign;
 constexpr float kLog2e = 1.4426950408889634f;
+static_assert(kProducerRegisters * kWarpgroupThreads + kConsumerRegisters * kConsumerThreads <=
+              kLaunchRegisters * kThreads);
+static_assert(kHeadDim == kAccumulators * 2, "one m64n128 accumulator set holds O's row");
+// Named barriers: the consumers' turns to issue MMAs (1, 2) and Q's arrival (3).
+constexpr int kTurnBarrier = 1;
+constexpr int kQBarrier = 3;
+
+// K and V pools as 4D tensors (element, token in block, KV head, block) for TMA: a box is 64
+// elements of one block's tokens of one head, written 128-byte swizzled.
+struct KvTensorMaps {
+  CUtensorMap k, v;
+};
 
 // Byte offset of 16-byte chunk `chunk` (0-15) of row `row` in a [rows][128] 16-bit tile stored as
 // two [rows][64] atoms `atom_bytes` apart, each row 128 bytes and its chunks XORed with row % 8:
@@ -52,28 +78,134 @@ __device__ __forceinline__ float exp2_flushed(float x) {
   return y;
 }
 
+// Shared memory of a block: Q, then rings of kStages K and V tiles, each stage with a "full"
+// mbarrier (the producer warp's 32 lanes arrive, and the TMA bytes land) and an "empty" one (the
+// 8 consumer warps arrive once their MMAs have read it).
+struct Rings {
+  unsigned char* base;
+  __device__ unsigned char* q() const { return base; }
+  // tensor 0 is K, 1 is V
+  __device__ unsigned char* tile(int tensor, int stage) const {
+    return base + kQBytes + (stage * 2 + tensor) * kKvTileBytes;
+  }
+  __device__ uint64_t* barriers() const {
+    return reinterpret_cast<uint64_t*>(base + kQBytes + kStages * 2 * kKvTileBytes);
+  }
+  __device__ uint64_t* full(int tensor, int stage) const {
+    return barriers() + tensor * kStages + stage;
+  }
+  __device__ uint64_t* empty(int tensor, int stage) const {
+    return barriers() + (2 + tensor) * kStages + stage;
+  }
+};
+
+// The producer warp: K_0, then K_{t+1} and V_t for each tile t, the order the consumers need
+// them in. Each KV block of a tile whose keys all lie before the item's end is one TMA box per
+// 64-column half (lane 2p + h takes block p, half h; its block-table entry is read a tile ahead);
+// the last tile's partial block is copied by cp.async with the keys past the end zero-filled,
+// since V's zeros keep P x V finite where P is 0.
+template <typename T>
+__device__ __forceinline__ void produce_kv(const Rings& rings,
+                                           const PrefillAttention::WorkItem& item,
+                                           const PagedKvCache& kv, const KvTensorMaps& maps,
+                                           int kv_end, int num_tiles) {
+  const int lane = threadIdx.x % 32;
+  const int pages = kKeys / kv.block_size;  // KV blocks per tile (block sizes 16-64)
+  const int block_shift = __ffs(kv.block_size) - 1;
+  const int page = lane / 2, half = lane % 2;
+  const int32_t* table = kv.block_table + static_cast<int64_t>(item.seq) * kv.max_blocks_per_seq;
+  // KV blocks of `tile` whose keys all lie before the item's end: TMA boxes.
+  auto whole_blocks = [&](int tile) { return min(pages, (kv_end - tile * kKeys) >> block_shift); };
+  auto entry = [&](int tile) {
+    return page < whole_blocks(tile) ? __ldg(table + tile * pages + page) : 0;
+  };
+  // Rows from `first_row` on by cp.async: the partial block's keys before the end, zeros after.
+  auto copy_rows = [&](int tensor, int tile, int first_row, unsigned char* dst) {
+    const T* pool = static_cast<const T*>(tensor == 0 ? kv.k_pool : kv.v_pool);
+    const int chunk = lane % kChunksPerRow;
+    for (int row = first_row + lane / kChunksPerRow; row < kKeys; row += 32 / kChunksPerRow) {
+      const int key = tile * kKeys + row;
+      const bool valid = key < kv_end;
+      const T* src = valid ? pool +
+                                 kv.offset(__ldg(table + (key >> block_shift)),
+                                           key & (kv.block_size - 1), item.kv_head) +
+                                 chunk * kChunkElements
+                           : pool;
+      ptx::cp_async_16(dst + swizzled_offset(row, chunk, kKvAtomBytes), src, valid ? 16 : 0);
+    }
+    ptx::cp_async_commit();
+    ptx::cp_async_wait<0>();
+    ptx::fence_proxy_async_shared();  // read by wgmma (the async proxy)
+  };
+  // Every lane arrives once its own copies are in; lane 0 first announces the boxes' bytes.
+  auto issue = [&](int tensor, int tile, int32_t physical) {
+    const int stage = tile % kStages;
+    ptx::mbarrier_wait(rings.empty(tensor, stage), ((tile / kStages) & 1) ^ 1);
+    unsigned char* dst = rings.tile(tensor, stage);
+    uint64_t* full = rings.full(tensor, stage);
+    const int blocks = whole_blocks(tile);
+    if (lane == 0 && blocks > 0)
+      ptx::mbarrier_expect_tx(full, blocks * kv.block_size * kKvTileBytes / kKeys);
+    __syncwarp();
+    if (page < blocks)
+      ptx::tma_load_4d(dst + half * kKvAtomBytes + page * kv.block_size * kAtomRowBytes,
+                       tensor == 0 ? &maps.k : &maps.v, full, half * kAtomElements, 0, item.kv_head,
+                       physical);
+    if (blocks < pages) copy_rows(tensor, tile, blocks * kv.block_size, dst);
+    ptx::mbarrier_arrive(full);
+  };
+  int32_t current = entry(0), next = entry(1);  // table entries of tiles t and t + 1
+  issue(0, 0, current);
+  for (int tile = 0; tile < num_tiles; ++tile) {
+    if (tile + 1 < num_tiles) issue(0, tile + 1, next);
+    issue(1, tile, current);
+    current = next;
+    next = entry(tile + 2);
+  }
+}
+
+// One block: warpgroup 0 produces (its first warp copies K and V tiles, the others leave), the
+// two consumer warpgroups each compute 64 query rows against every tile. The consumers take turns
+// issuing their MMAs (FlashAttention-3's ping-pong), so one's softmax runs while the tensor cores
+// work on the other's S and P x V.
 template <typename T>
 __global__ void __launch_bounds__(kThreads, 1)
     prefill_wgmma_kernel(const PrefillAttention::WorkItem* items, const T* q, T* out,
-                         const PagedKvCache kv, int32_t num_q_heads, float softmax_scale) {
+                         const PagedKvCache kv, int32_t num_q_heads, float softmax_scale,
+                         const __grid_constant__ KvTensorMaps maps) {
   using Traits = tc::ElementTraits<T>;
   extern __shared__ unsigned char smem_raw[];
-  unsigned char* smem = reinterpret_cast<unsigned char*>(
-      (reinterpret_cast<uintptr_t>(smem_raw) + kSmemAlign - 1) & ~uintptr_t{kSmemAlign - 1});
-  unsigned char* q_tile = smem;
-  auto k_tile = [&](int stage) { return smem + kQBytes + stage * 2 * kKvTileBytes; };
-  auto v_tile = [&](int stage) { return k_tile(stage) + kKvTileBytes; };
+  const Rings rings{reinterpret_cast<unsigned char*>(
+      (reinterpret_cast<uintptr_t>(smem_raw) + kSmemAlign - 1) & ~uintptr_t{kSmemAlign - 1})};
 
   const PrefillAttention::WorkItem item = items[blockIdx.x];
   const int group = num_q_heads / kv.num_kv_heads;
   const int rows_used = item.q_count * group;  // rows past it are zero queries, never stored
   const int kv_end = item.first_position + item.q_count;
   const int num_tiles = (kv_end + kKeys - 1) / kKeys;
-  const int block_shift = __ffs(kv.block_size) - 1;
   const int tid = threadIdx.x;
+  const int warpgroup = tid / kWarpgroupThreads;
+
+  if (tid == 0) {
+    for (int tensor = 0; tensor < 2; ++tensor)
+      for (int stage = 0; stage < kStages; ++stage) {
+        ptx::mbarrier_init(rings.full(tensor, stage), 32);
+        ptx::mbarrier_init(rings.empty(tensor, stage), kConsumerWarps);
+      }
+    ptx::mbarrier_init_fence();
+  }
+  __syncthreads();
+
+  if (warpgroup == 0) {
+    ptx::set_max_registers<kProducerRegisters>();
+    if (tid < 32) produce_kv<T>(rings, item, kv, maps, kv_end, num_tiles);
+    return;
+  }
+  ptx::set_max_registers<kConsumerRegisters>();
+  const int consumer = warpgroup - 1, ctid = tid - kWarpgroupThreads;
 
   // Q: row r is token r / group of the item, query head kv_head * group + r % group.
-  for (int i = tid; i < kRows * kChunksPerRow; i += kThreads) {
+  for (int i = ctid; i < kRows * kChunksPerRow; i += kConsumerThreads) {
     const int row = i / kChunksPerRow, chunk = i % kChunksPerRow;
     const int token = row / group;
     const bool valid = row < rows_used;
@@ -82,42 +214,20 @@ __global__ void __launch_bounds__(kThreads, 1)
                     item.kv_head * group + row - token * group) *
                        kHeadDim +
                    chunk * kChunkElements;
-    ptx::cp_async_16(q_tile + swizzled_offset(row, chunk, kQAtomBytes), valid ? src : q,
+    ptx::cp_async_16(rings.q() + swizzled_offset(row, chunk, kQAtomBytes), valid ? src : q,
                      valid ? 16 : 0);
   }
-  // K/V: each thread copies one chunk column of 8 consecutive keys, which lie in one KV block
-  // (blocks hold 16+ tokens), so one block-table lookup serves them. Keys at or past kv_end are
-  // zero-filled: V's zeros keep P x V finite where P is 0.
-  const int32_t* table = kv.block_table + static_cast<int64_t>(item.seq) * kv.max_blocks_per_seq;
-  const int copy_chunk = tid % kChunksPerRow, copy_row = tid / kChunksPerRow * kKeysPerCopier;
-  static_assert(kThreads / kChunksPerRow * kKeysPerCopier == kKeys);
-  static_assert(kHeadDim == kAccumulators * 2, "one m64n128 accumulator set holds O's row");
-  const int64_t token_stride = kv.token_stride();
-  // The block-table entry of this thread's keys in `tile` (-1 past the end). K's copies look it
-  // up one tile ahead of their use and V's reuse K's (V_t is copied a tile after K_t), so no copy
-  // waits on a table load.
-  auto physical_block = [&](int tile) {
-    const int first_key = tile * kKeys + copy_row;
-    return first_key < kv_end ? __ldg(table + (first_key >> block_shift)) : -1;
-  };
-  auto load_tile = [&](const void* pool, int tile, int32_t physical, unsigned char* dst_tile) {
-    const T* src_pool = static_cast<const T*>(pool);
-    const int first_key = tile * kKeys + copy_row;
-    const int64_t offset =
-        physical < 0 ? 0
-                     : kv.offset(physical, first_key & (kv.block_size - 1), item.kv_head) +
-                           copy_chunk * kChunkElements;
-#pragma unroll
-    for (int r = 0; r < kKeysPerCopier; ++r) {
-      const bool valid = first_key + r < kv_end;
-      ptx::cp_async_16(dst_tile + swizzled_offset(copy_row + r, copy_chunk, kKvAtomBytes),
-                       src_pool + (valid ? offset + r * token_stride : 0), valid ? 16 : 0);
-    }
-  };
+  ptx::cp_async_commit();
+
+  // Turns: consumer 0 issues first; each hands the turn to the other after its issue.
+  const int my_turn = kTurnBarrier + consumer, other_turn = kTurnBarrier + 1 - consumer;
+  if (consumer == 1) ptx::named_barrier_arrive(kTurnBarrier, kConsumerThreads);
+  auto begin_issue = [&] { ptx::named_barrier_sync(my_turn, kConsumerThreads); };
+  auto end_issue = [&] { ptx::named_barrier_arrive(other_turn, kConsumerThreads); };
 
   // This thread's two rows of the warpgroup's 64 (the wgmma accumulator layout): r0 and r0 + 8.
-  const int warpgroup = tid / kWarpgroupThreads, lane = tid % 32, quad = lane % 4;
-  const int r0 = warpgroup * kWarpgroupRows + (tid % kWarpgroupThreads) / 32 * kWarpRows + lane / 4,
+  const int lane = tid % 32, quad = lane % 4;
+  const int r0 = consumer * kWarpgroupRows + (ctid % kWarpgroupThreads) / 32 * kWarpRows + lane / 4,
             r1 = r0 + 8;
   // Rows past the item attend to every key (their output is never stored).
   const int pos0 = r0 < rows_used ? item.first_position + r0 / group : kv_end - 1;
@@ -127,53 +237,36 @@ __global__ void __launch_bounds__(kThreads, 1)
 #pragma unroll
   for (int i = 0; i < kAccumulators; ++i) o_acc[i] = 0.f;
   float max0 = -INFINITY, max1 = -INFINITY, sum0 = 0.f, sum1 = 0.f;
-  const unsigned char* q_rows = q_tile + warpgroup * kWarpgroupRows * kAtomRowBytes;
+  const unsigned char* q_rows = rings.q() + consumer * kWarpgroupRows * kAtomRowBytes;
   uint32_t p_frag[kKeys / kMmaK][4];  // P of the previous tile, the A operand of its P x V
 
-  // The copies of K_{t+2} and V_{t+1}, issued while the tensor cores compute tile t, into the
-  // stages S_{t-1} and P_{t-2} V_{t-2} read: every warp is done with those once it has passed
-  // tile t's barrier, so one barrier a tile suffices. `block_of_tile` holds the table entries of
-  // tiles t + 1 and t + 2 on entry and of t + 2 and t + 3 on return. One commit group a tile,
-  // empty past the end, so waiting for all but the newest group always means tiles t / t - 1.
-  int32_t block_of_tile[2] = {physical_block(1), physical_block(2)};
-  auto copy_ahead = [&](int tile) {
-    if (tile + 2 < num_tiles)
-      load_tile(kv.k_pool, tile + 2, block_of_tile[1], k_tile((tile + 2) % kStages));
-    if (tile + 1 < num_tiles)
-      load_tile(kv.v_pool, tile + 1, block_of_tile[0], v_tile((tile + 1) % kStages));
-    block_of_tile[0] = block_of_tile[1];
-    block_of_tile[1] = physical_block(tile + 3);
-    ptx::cp_async_commit();
+  auto wait_full = [&](int tensor, int tile) {
+    ptx::mbarrier_wait(rings.full(tensor, tile % kStages), (tile / kStages) & 1);
   };
-  // Waits for this thread's copies of K_t and V_{t-1} (the group before the newest), then for
-  // everyone's: after the barrier the tile's operands are in shared memory and every warp is done
-  // with iteration t - 1's MMAs (S_{t-1} and P_{t-2} V_{t-2}).
-  auto wait_for_tile = [&] {
-    ptx::cp_async_wait<1>();
-    ptx::fence_proxy_async_shared();  // the copies are read by wgmma (the async proxy)
-    __syncthreads();
+  auto release = [&](int tensor, int tile) {  // this warp's MMAs have read the stage
+    if (lane == 0) ptx::mbarrier_arrive(rings.empty(tensor, tile % kStages));
   };
   // S = Q K^T over head_dim in eight k16 slices, 32 bytes apart within an atom.
   auto issue_s = [&](float(&s_acc)[kAccumulators], int tile) {
+    const unsigned char* k_tile = rings.tile(0, tile % kStages);
 #pragma unroll
     for (int ks = 0; ks < kHeadDim / kMmaK; ++ks) {
       constexpr int kSlicesPerAtom = kAtomRowBytes / (kMmaK * 2);
       const int atom = ks / kSlicesPerAtom, byte = (ks % kSlicesPerAtom) * kMmaK * 2;
       const uint64_t a = ptx::wgmma_descriptor_k_major_sw128(q_rows + atom * kQAtomBytes + byte);
-      const uint64_t b =
-          ptx::wgmma_descriptor_k_major_sw128(k_tile(tile % kStages) + atom * kKvAtomBytes + byte);
+      const uint64_t b = ptx::wgmma_descriptor_k_major_sw128(k_tile + atom * kKvAtomBytes + byte);
       ptx::wgmma_m64k16<kKeys, T>(s_acc, a, b, ks > 0 ? 1u : 0u);
     }
     ptx::wgmma_commit();
   };
   // O += P V over a tile's keys in eight k16 slices of 16 keys (2048 bytes apart).
   auto issue_pv = [&](int tile) {
+    const unsigned char* v_tile = rings.tile(1, tile % kStages);
 #pragma unroll
     for (int kk = 0; kk < kKeys / kMmaK; ++kk)
       ptx::wgmma_m64n128k16_rs<T>(
           o_acc, p_frag[kk],
-          ptx::wgmma_descriptor_mn_major_sw128(v_tile(tile % kStages) + kk * kMmaK * kAtomRowBytes,
-                                               kKvAtomBytes),
+          ptx::wgmma_descriptor_mn_major_sw128(v_tile + kk * kMmaK * kAtomRowBytes, kKvAtomBytes),
           1u);
     ptx::wgmma_commit();
   };
@@ -236,43 +329,45 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
   };
 
-  // Software pipeline: iteration t computes S_t = Q K_t^T while the tensor cores finish
-  // P_{t-1} V_{t-1}, so the softmax of tile t overlaps the previous tile's P x V, and the copies
-  // two tiles ahead are issued behind both MMAs. The first tile is peeled (no P x V before it): a
-  // branch around the P x V issue makes ptxas serialize the wgmmas. Before it, two commit groups:
-  // Q with K_0, then K_1 with V_0.
+  // Q in shared memory, for both consumers and the async proxy.
+  ptx::cp_async_wait<0>();
+  ptx::fence_proxy_async_shared();
+  ptx::named_barrier_sync(kQBarrier, kConsumerThreads);
+
+  // Software pipeline: iteration t issues S_t = Q K_t^T with P_{t-1} V_{t-1}, so the softmax of
+  // tile t overlaps the previous tile's P x V (and the other consumer's MMAs). The first tile is
+  // peeled (no P x V before it): a branch around the P x V issue makes ptxas serialize the
+  // wgmmas.
   {
-    const int32_t block0 = physical_block(0);
-    load_tile(kv.k_pool, 0, block0, k_tile(0));
-    ptx::cp_async_commit();
-    if (num_tiles > 1) load_tile(kv.k_pool, 1, block_of_tile[0], k_tile(1));
-    load_tile(kv.v_pool, 0, block0, v_tile(0));
-    ptx::cp_async_commit();
-  }
-  {
-    wait_for_tile();
+    wait_full(0, 0);
     float s_acc[kAccumulators];
+    begin_issue();
     ptx::wgmma_fence();
     issue_s(s_acc, 0);
-    copy_ahead(0);
+    end_issue();
     ptx::wgmma_wait<0>();
+    release(0, 0);
 #pragma unroll
     for (int i = 0; i < kAccumulators; ++i) ptx::wgmma_fence_operand(s_acc[i]);
     softmax(s_acc, 0);  // O is still zero: nothing to rescale
     pack_p(s_acc);
   }
   for (int tile = 1; tile < num_tiles; ++tile) {
-    wait_for_tile();
+    wait_full(0, tile);
+    wait_full(1, tile - 1);
     float s_acc[kAccumulators];
+    begin_issue();
     ptx::wgmma_fence();
     issue_s(s_acc, tile);
     issue_pv(tile - 1);
-    copy_ahead(tile);
+    end_issue();
     ptx::wgmma_wait<1>();  // S_t is done; P_{t-1} V_{t-1} may still run
+    release(0, tile);
 #pragma unroll
     for (int i = 0; i < kAccumulators; ++i) ptx::wgmma_fence_operand(s_acc[i]);
     const float2 corr = softmax(s_acc, tile);
     ptx::wgmma_wait<0>();  // P_{t-1} V_{t-1} is done: O can be rescaled and P overwritten
+    release(1, tile - 1);
 #pragma unroll
     for (int i = 0; i < kAccumulators; ++i) ptx::wgmma_fence_operand(o_acc[i]);
 #pragma unroll
@@ -284,12 +379,12 @@ __global__ void __launch_bounds__(kThreads, 1)
     }
     pack_p(s_acc);
   }
-  // The last tile's P x V, once its V has landed.
-  ptx::cp_async_wait<0>();
-  ptx::fence_proxy_async_shared();
-  __syncthreads();
+  // The last tile's P x V. Consumer 1 issues last: nobody waits for its turn after it.
+  wait_full(1, num_tiles - 1);
+  begin_issue();
   ptx::wgmma_fence();
   issue_pv(num_tiles - 1);
+  if (consumer == 0) end_issue();
   ptx::wgmma_wait<0>();
 #pragma unroll
   for (int i = 0; i < kAccumulators; ++i) ptx::wgmma_fence_operand(o_acc[i]);
@@ -314,6 +409,48 @@ __global__ void __launch_bounds__(kThreads, 1)
   store_row(r1, 1.f / sum1, 1);
 }
 
+PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
+  static const PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
+    void* fn = nullptr;
+    cudaDriverEntryPointQueryResult status{};
+    L2KV_CUDA_CHECK(cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000,
+                                                     cudaEnableDefault, &status));
+    if (status != cudaDriverEntryPointSuccess || fn == nullptr)
+      throw Error("prefill attention: the CUDA driver has no cuTensorMapEncodeTiled");
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
+  }();
+  return encode;
+}
+
+// The pools' tensor maps, encoded on the host at every launch so no cache has to follow pools
+// that are freed and reallocated (its cost per launch is not measured yet; if it shows, the
+// maps belong with the pools, made once when they are allocated).
+KvTensorMaps kv_tensor_maps(const PagedKvCache& kv) {
+  KvTensorMaps maps{};
+  constexpr uint64_t kElementBytes = 2;
+  const uint64_t head_dim = static_cast<uint64_t>(kv.head_dim);
+  const uint64_t block_size = static_cast<uint64_t>(kv.block_size);
+  const uint64_t heads = static_cast<uint64_t>(kv.num_kv_heads);
+  const cuuint64_t dims[4] = {head_dim, block_size, heads, static_cast<cuuint64_t>(kv.num_blocks)};
+  const cuuint64_t strides[3] = {static_cast<cuuint64_t>(kv.token_stride()) * kElementBytes,
+                                 static_cast<cuuint64_t>(kv.head_stride()) * kElementBytes,
+                                 static_cast<cuuint64_t>(kv.block_stride()) * kElementBytes};
+  const cuuint32_t box[4] = {kAtomElements, static_cast<cuuint32_t>(block_size), 1, 1};
+  const cuuint32_t element_strides[4] = {1, 1, 1, 1};
+  for (int tensor = 0; tensor < 2; ++tensor) {
+    const CUresult r = tensor_map_encoder()(
+        tensor == 0 ? &maps.k : &maps.v,
+        kv.dtype == DType::kFloat16 ? CU_TENSOR_MAP_DATA_TYPE_FLOAT16
+                                    : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16,
+        4, const_cast<void*>(tensor == 0 ? kv.k_pool : kv.v_pool), dims, strides, box,
+        element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+        CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
+    if (r != CUDA_SUCCESS)
+      throw Error("prefill attention: cuTensorMapEncodeTiled failed with " + std::to_string(r));
+  }
+  return maps;
+}
+
 template <typename T>
 void launch(const PrefillAttention::WorkItem* items, int32_t num_items, const void* q, void* out,
             const PagedKvCache& kv, int32_t num_q_heads, float scale, cudaStream_t stream) {
@@ -325,7 +462,8 @@ void launch(const PrefillAttention::WorkItem* items, int32_t num_items, const vo
     return true;
   });
   kernel<<<num_items, kThreads, kSmemBytes, stream>>>(items, static_cast<const T*>(q),
-                                                      static_cast<T*>(out), kv, num_q_heads, scale);
+                                                      static_cast<T*>(out), kv, num_q_heads, scale,
+                                                      kv_tensor_maps(kv));
   L2KV_CUDA_CHECK_LAUNCH();
 }
 

@@ -1,9 +1,10 @@
 // Prefill attention on Hopper's warpgroup MMAs (wgmma), for head_dim 128 and a 16-bit cache:
 // one thread block takes 128 query rows (the tokens x query heads of one KV head's group, so a
-// K/V tile serves every head that shares it) and streams 128-key K/V tiles of the paged cache
-// through cp.async rings of three (copied two tiles ahead, V one tile behind K); two warpgroups of
-// 64 rows compute S = Q K^T and O += P V with wgmma (Q, K and V from shared memory, P from the
-// softmax's registers), the softmax of one tile overlapping the previous tile's P x V.
+// K/V tile serves every head that shares it). A producer warp streams 128-key K/V tiles of the
+// paged cache into rings of three with TMA (a box per KV block; the last, partial tile by
+// cp.async); two consumer warpgroups of 64 rows compute S = Q K^T and O += P V with wgmma (Q, K
+// and V from shared memory, P from the softmax's registers) and take turns issuing them, so one's
+// softmax runs while the tensor cores work on the other's MMAs.
 #pragma once
 
 #include <cuda_runtime_api.h>
