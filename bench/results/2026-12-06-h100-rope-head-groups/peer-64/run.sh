@@ -1,0 +1,5 @@
+#!/usr/bin/env bash
+# Run right after ../run.sh on the same machine (its ttft.log came back empty: the e2e line follows
+# a carriage return): time to first token of a 32K prompt for both builds, the compiled-PyTorch
+# peer at 64 rows, then l2kv at 64 rows after it.
+source build/setup_gpu.sh; cp build/run156.sh $OUT/run156.sh; for b in baseline/l2kv l2kv; do echo "== $b 32000"; timeout 40 build/$b bench --model synthetic:llama3-8b --mode e2e --variants split --input-len 32000 --output-len 1 --concurrency 1 --num-prompts 3 --max-model-len 32768 2>&1 | tr '\r' '\n' | grep -E "^e2e"; done > $OUT/ttft.log; cat $OUT/ttft.log; timeout 200 python3 bench/engine/compiled_torch_peer.py --models llama3-8b --batches 64 --context 1024 --time-budget-s 100 --json $OUT/peer.json > $OUT/peer.log 2>&1; echo "peer rc=$? at $SECONDS"; tail -5 $OUT/peer.log; for b in l2kv baseline/l2kv; do echo "== $b"; timeout 40 build/$b bench --model synthetic:llama3-8b --mode steady --steady-batch 64 --steady-context 1024 --variants split --steady-reps 30 2>&1 | grep steady; done > $OUT/after_peer.log; cat $OUT/after_peer.log
