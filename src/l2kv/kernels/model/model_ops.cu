@@ -12,7 +12,6 @@
 #include "l2kv/kernels/block_reduce.cuh"
 #include "l2kv/kernels/cluster_reduce.cuh"
 #include "l2kv/kernels/dtype_dispatch.cuh"
-#include "l2kv/kernels/fp8.cuh"
 #include "l2kv/kernels/grid_dependency.cuh"
 #include "l2kv/kernels/model/fp8_activations.cuh"
 #include "l2kv/kernels/model/head_norm.cuh"
@@ -336,12 +335,6 @@ __global__ void rope_and_cache_kernel(const T* qkv, const T* bias, const int32_t
     }
   }
   using Stored = std::conditional_t<kFp8, uint8_t, T>;
-  auto store = [](T value, float inv_scale) {
-    if constexpr (kFp8)
-      return fp8::from_float(Traits::to_float(value) * inv_scale);
-    else
-      return static_cast<Stored>(value);
-  };
   const float inv_k_scale = kFp8 ? 1.f / kv.key_scale() : 1.f;
   const float inv_v_scale = kFp8 ? 1.f / kv.value_scale() : 1.f;
   Stored* k_pool = static_cast<Stored*>(kv.k_pool);
@@ -359,10 +352,10 @@ __global__ void rope_and_cache_kernel(const T* qkv, const T* bias, const int32_t
     }
     if (slot[k] < 0) continue;
     const int64_t off = kv.offset(slot[k] / kv.block_size, slot[k] % kv.block_size, head - q_heads);
-    k_pool[off + i] = store(ra, inv_k_scale);
-    k_pool[off + i + half] = store(rb, inv_k_scale);
-    v_pool[off + i] = store(Traits::from_float(va[k]), inv_v_scale);
-    v_pool[off + i + half] = store(Traits::from_float(vb[k]), inv_v_scale);
+    k_pool[off + i] = kv_stored<kFp8>(ra, inv_k_scale);
+    k_pool[off + i + half] = kv_stored<kFp8>(rb, inv_k_scale);
+    v_pool[off + i] = kv_stored<kFp8>(Traits::from_float(va[k]), inv_v_scale);
+    v_pool[off + i + half] = kv_stored<kFp8>(Traits::from_float(vb[k]), inv_v_scale);
   }
 }
 

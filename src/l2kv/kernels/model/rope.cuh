@@ -2,6 +2,10 @@
 // round the same way.
 #pragma once
 
+#include <cstdint>
+#include <type_traits>
+
+#include "l2kv/kernels/fp8.cuh"
 #include "l2kv/kernels/tensor_core.cuh"
 
 namespace l2kv {
@@ -25,6 +29,17 @@ __device__ __forceinline__ void rotate_pair(float a, float b, float pos, float i
   float s, c;
   sincosf(pos * inv_freq, &s, &c);
   rotate_pair_by(a, b, s, c, ra, rb);
+}
+
+// What a paged KV pool stores for the 16-bit `value`: the value itself, or with kFp8 its E4M3 of
+// value x inv_scale (1 / the layer's key or value scale). Shared by the rope_and_cache kernels.
+template <bool kFp8, typename T>
+__device__ __forceinline__ std::conditional_t<kFp8, uint8_t, T> kv_stored(T value,
+                                                                          float inv_scale) {
+  if constexpr (kFp8)
+    return fp8::from_float(tc::ElementTraits<T>::to_float(value) * inv_scale);
+  else
+    return value;
 }
 
 }  // namespace l2kv

@@ -8,7 +8,6 @@
 #include "l2kv/core/ceil_div.h"
 #include "l2kv/core/cuda_check.h"
 #include "l2kv/kernels/dtype_dispatch.cuh"
-#include "l2kv/kernels/fp8.cuh"
 #include "l2kv/kernels/grid_dependency.cuh"
 #include "l2kv/kernels/model/paired_rows.h"
 #include "l2kv/kernels/model/rope.cuh"
@@ -84,12 +83,6 @@ __global__ void rope_cache_head_groups_kernel(const T* qkv, const T* bias, const
     }
   }
   using Stored = std::conditional_t<kFp8, uint8_t, T>;
-  auto stored = [](T value, float inv_scale) {
-    if constexpr (kFp8)
-      return fp8::from_float(Traits::to_float(value) * inv_scale);
-    else
-      return static_cast<Stored>(value);
-  };
   auto store_stored = [](Stored* p, Stored lo, Stored hi) {
     if constexpr (kFp8)
       *reinterpret_cast<uint16_t*>(p) = static_cast<uint16_t>(lo | (hi << 8));
@@ -119,15 +112,19 @@ __global__ void rope_cache_head_groups_kernel(const T* qkv, const T* bias, const
       continue;
     }
     const int64_t off = kv.offset(slot / kv.block_size, slot % kv.block_size, head - q_heads);
-    store_stored(k_pool + off + i, stored(ra0, inv_k_scale), stored(ra1, inv_k_scale));
-    store_stored(k_pool + off + i + half, stored(rb0, inv_k_scale), stored(rb1, inv_k_scale));
+    store_stored(k_pool + off + i, kv_stored<kFp8>(ra0, inv_k_scale),
+                 kv_stored<kFp8>(ra1, inv_k_scale));
+    store_stored(k_pool + off + i + half, kv_stored<kFp8>(rb0, inv_k_scale),
+                 kv_stored<kFp8>(rb1, inv_k_scale));
     const int v_base = base + kv_dim;
     const T va0 = Traits::from_float(va[g].x + bias_at(v_base + at_a));
     const T va1 = Traits::from_float(va[g].y + bias_at(v_base + at_a + 1));
     const T vb0 = Traits::from_float(vb[g].x + bias_at(v_base + at_b));
     const T vb1 = Traits::from_float(vb[g].y + bias_at(v_base + at_b + 1));
-    store_stored(v_pool + off + i, stored(va0, inv_v_scale), stored(va1, inv_v_scale));
-    store_stored(v_pool + off + i + half, stored(vb0, inv_v_scale), stored(vb1, inv_v_scale));
+    store_stored(v_pool + off + i, kv_stored<kFp8>(va0, inv_v_scale),
+                 kv_stored<kFp8>(va1, inv_v_scale));
+    store_stored(v_pool + off + i + half, kv_stored<kFp8>(vb0, inv_v_scale),
+                 kv_stored<kFp8>(vb1, inv_v_scale));
   }
 }
 
