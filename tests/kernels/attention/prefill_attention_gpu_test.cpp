@@ -38,10 +38,11 @@ std::vector<PrefillKernel> kernels_for(int32_t head_dim) {
 // Runs prefill on one chunk per span (the sequence's length is the span's end) and checks each
 // (query row, head) against the reference: every row is a decode of its own prefix. Query rows
 // are uniform in +-q_scale, like the decode problem's. kAuto must choose wgmma for head_dim 128.
-// `window` > 0: a sliding window (each row sees its last `window` positions).
+// `window` > 0: a sliding window (each row sees its last `window` positions). `wgmma_blocks` > 0:
+// the wgmma kernel's persistent blocks, so each runs many items (0: one per SM).
 void check_prefill(DecodeProblemConfig c, const std::vector<ChunkSpan>& spans,
                    const std::string& label, PrefillKernel kernel = PrefillKernel::kAuto,
-                   int32_t window = 0) {
+                   int32_t window = 0, int32_t wgmma_blocks = 0) {
   c.seq_lens.clear();
   for (const ChunkSpan& span : spans) c.seq_lens.push_back(span.end);
   auto host = DecodeProblem::make(c);
@@ -72,6 +73,7 @@ void check_prefill(DecodeProblemConfig c, const std::vector<ChunkSpan>& spans,
   PrefillAttention prefill;
   prefill.reserve(rows, static_cast<int32_t>(chunks.size()), c.num_kv_heads, c.num_q_heads);
   prefill.set_kernel(kernel);
+  prefill.set_max_wgmma_blocks(wgmma_blocks);
   prefill.plan(device.params().kv, c.num_q_heads, chunks, nullptr);
   const PrefillKernel expected =
       kernel != PrefillKernel::kAuto
@@ -150,6 +152,12 @@ TEST_P(PrefillAttentionGrid, MatchesReference) {
     c.q_scale = testing::kPeakedQScale;  // one key dominates each row: logit errors show
     check_prefill(c, spans, "peaked" + name, kernel);
   }
+  // The wgmma kernel on fewer persistent blocks: two blocks over these spans, and one block over
+  // prompts of up to eight 128-key tiles, so the K/V rings wrap within and across its items.
+  if (head_dim == 128) {
+    check_prefill(c, spans, "peaked, 2 blocks", PrefillKernel::kAuto, 0, 2);
+    check_prefill(c, {{0, 700}, {450, 1000}}, "peaked, 1 block", PrefillKernel::kAuto, 0, 1);
+  }
 }
 
 std::string prefill_name(const ::testing::TestParamInfo<PrefillParam>& info) {
@@ -195,6 +203,9 @@ TEST_P(PrefillAttentionBoundaries, MatchesReference) {
     c.q_scale = testing::kPeakedQScale;
     check_prefill(c, spans, "peaked" + name, kernel);
   }
+  // The wgmma kernel on three persistent blocks: each runs dozens of items of one or two
+  // 128-key tiles, so its K/V rings wrap many times across items.
+  if (head_dim == 128) check_prefill(c, spans, "peaked, 3 blocks", PrefillKernel::kAuto, 0, 3);
 }
 
 std::string prefill_boundary_name(const ::testing::TestParamInfo<PrefillBoundaryParam>& info) {

@@ -398,7 +398,8 @@ void PrefillAttention::run(const void* q, void* out, const PagedKvCache& kv, int
       throw Error(
           "prefill attention: the wgmma kernel has no sliding window (plan with "
           "PrefillKernel::kWarpMma)");
-    launch_prefill_wgmma(device_items_, n, q, out, kv, num_q_heads, softmax_scale, stream);
+    launch_prefill_wgmma(device_items_, n, q, out, kv, num_q_heads, softmax_scale,
+                         max_wgmma_blocks_, stream);
     return;
   }
   if (kv.dtype == DType::kBFloat16)

@@ -56,6 +56,9 @@ class PrefillAttention {
   void set_kernel(PrefillKernel kernel) { kernel_ = kernel; }
   // The kernel the last successful plan() chose.
   PrefillKernel planned_kernel() const { return planned_kernel_; }
+  // At most this many persistent thread blocks for the wgmma kernel (0: one per SM, the
+  // default). Tests set a few, so each block runs many items.
+  void set_max_wgmma_blocks(int32_t blocks) { max_wgmma_blocks_ = blocks; }
 
   // q, out: [rows, num_q_heads, head_dim] in kv.dtype. Allocation-free. sliding_window > 0:
   // position p sees only keys p - sliding_window + 1 .. p (the warp-MMA kernel; a wgmma plan
@@ -75,6 +78,7 @@ class PrefillAttention {
   int32_t planned_group_ = 0;
   PrefillKernel kernel_ = PrefillKernel::kAuto;
   PrefillKernel planned_kernel_ = PrefillKernel::kAuto;  // kWarpMma or kWgmma after plan()
+  int32_t max_wgmma_blocks_ = 0;
 };
 
 }  // namespace l2kv

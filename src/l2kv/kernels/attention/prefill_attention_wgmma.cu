@@ -3,6 +3,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 
@@ -53,7 +54,7 @@ constexpr float kLog2e = 1.4426950408889634f;
 static_assert(kProducerRegisters * kWarpgroupThreads + kConsumerRegisters * kConsumerThreads <=
               kLaunchRegisters * kThreads);
 static_assert(kHeadDim == kAccumulators * 2, "one m64n128 accumulator set holds O's row");
-// Named barriers: the consumers' turns to issue MMAs (1, 2) and Q's arrival (3).
+// Named barriers: the consumers' turns to issue MMAs (1, 2) and each consumer's Q (3, 4).
 constexpr int kTurnBarrier = 1;
 constexpr int kQBarrier = 3;
 
@@ -108,7 +109,7 @@ template <typename T>
 __device__ __forceinline__ void produce_kv(const Rings& rings,
                                            const PrefillAttention::WorkItem& item,
                                            const PagedKvCache& kv, const KvTensorMaps& maps,
-                                           int kv_end, int num_tiles) {
+                                           int kv_end, int num_tiles, int ring_base) {
   const int lane = threadIdx.x % 32;
   const int pages = kKeys / kv.block_size;  // KV blocks per tile (block sizes 16-64)
   const int block_shift = __ffs(kv.block_size) - 1;
@@ -139,8 +140,8 @@ __device__ __forceinline__ void produce_kv(const Rings& rings,
   };
   // Every lane arrives once its own copies are in; lane 0 first announces the boxes' bytes.
   auto issue = [&](int tensor, int tile, int32_t physical) {
-    const int stage = tile % kStages;
-    ptx::mbarrier_wait(rings.empty(tensor, stage), ((tile / kStages) & 1) ^ 1);
+    const int slot = ring_base + tile, stage = slot % kStages;
+    ptx::mbarrier_wait(rings.empty(tensor, stage), ((slot / kStages) & 1) ^ 1);
     unsigned char* dst = rings.tile(tensor, stage);
     uint64_t* full = rings.full(tensor, stage);
     const int blocks = whole_blocks(tile);
@@ -164,27 +165,37 @@ __device__ __forceinline__ void produce_kv(const Rings& rings,
   }
 }
 
-// One block: warpgroup 0 produces (its first warp copies K and V tiles, the others leave), the
-// two consumer warpgroups each compute 64 query rows against every tile. The consumers take turns
-// issuing their MMAs (FlashAttention-3's ping-pong), so one's softmax runs while the tensor cores
-// work on the other's S and P x V.
+// The k-th item of this block. A block runs items in rounds of gridDim.x, forward in even rounds
+// and backward in odd ones: with the list sorted heaviest first, every block's total stays
+// within about one item of the others'.
+__device__ __forceinline__ int block_item(int k) {
+  const int blocks = static_cast<int>(gridDim.x), block = static_cast<int>(blockIdx.x);
+  return k * blocks + (k % 2 == 0 ? block : blocks - 1 - block);
+}
+
+// A persistent block per SM: warpgroup 0 produces (its first warp copies K and V tiles of one item
+// after another, the others leave), the two consumer warpgroups each compute 64 query rows of an
+// item against every tile. The consumers take turns issuing their MMAs (FlashAttention-3's
+// ping-pong), so one's softmax runs while the tensor cores work on the other's S and P x V. The
+// producer runs ahead into the next item's K/V while the consumers finish an item, and each
+// consumer loads its next Q while its last P x V runs and it stores O.
 template <typename T>
 __global__ void __launch_bounds__(kThreads, 1)
-    prefill_wgmma_kernel(const PrefillAttention::WorkItem* items, const T* q, T* out,
-                         const PagedKvCache kv, int32_t num_q_heads, float softmax_scale,
+    prefill_wgmma_kernel(const PrefillAttention::WorkItem* items, int32_t num_items, const T* q,
+                         T* out, const PagedKvCache kv, int32_t num_q_heads, float softmax_scale,
                          const __grid_constant__ KvTensorMaps maps) {
   using Traits = tc::ElementTraits<T>;
+  using WorkItem = PrefillAttention::WorkItem;
   extern __shared__ unsigned char smem_raw[];
   const Rings rings{reinterpret_cast<unsigned char*>(
       (reinterpret_cast<uintptr_t>(smem_raw) + kSmemAlign - 1) & ~uintptr_t{kSmemAlign - 1})};
 
-  const PrefillAttention::WorkItem item = items[blockIdx.x];
   const int group = num_q_heads / kv.num_kv_heads;
-  const int rows_used = item.q_count * group;  // rows past it are zero queries, never stored
-  const int kv_end = item.first_position + item.q_count;
-  const int num_tiles = (kv_end + kKeys - 1) / kKeys;
   const int tid = threadIdx.x;
   const int warpgroup = tid / kWarpgroupThreads;
+  auto tiles_of = [](const WorkItem& item) {
+    return (item.first_position + item.q_count + kKeys - 1) / kKeys;
+  };
 
   if (tid == 0) {
     for (int tensor = 0; tensor < 2; ++tensor)
@@ -195,29 +206,44 @@ __global__ void __launch_bounds__(kThreads, 1)
     ptx::mbarrier_init_fence();
   }
   __syncthreads();
+  if (block_item(0) >= num_items) return;  // the launch gives no block fewer than one item
 
   if (warpgroup == 0) {
     ptx::set_max_registers<kProducerRegisters>();
-    if (tid < 32) produce_kv<T>(rings, item, kv, maps, kv_end, num_tiles);
+    if (tid < 32) {
+      int ring_base = 0;
+      for (int k = 0; block_item(k) < num_items; ++k) {
+        const WorkItem item = items[block_item(k)];
+        const int num_tiles = tiles_of(item);
+        produce_kv<T>(rings, item, kv, maps, item.first_position + item.q_count, num_tiles,
+                      ring_base);
+        ring_base += num_tiles;
+      }
+    }
     return;
   }
   ptx::set_max_registers<kConsumerRegisters>();
-  const int consumer = warpgroup - 1, ctid = tid - kWarpgroupThreads;
+  const int consumer = warpgroup - 1, wg_tid = tid % kWarpgroupThreads;
+  const int q_barrier = kQBarrier + consumer;
 
-  // Q: row r is token r / group of the item, query head kv_head * group + r % group.
-  for (int i = ctid; i < kRows * kChunksPerRow; i += kConsumerThreads) {
-    const int row = i / kChunksPerRow, chunk = i % kChunksPerRow;
-    const int token = row / group;
-    const bool valid = row < rows_used;
-    const T* src = q +
-                   (static_cast<int64_t>(item.q_row_begin + token) * num_q_heads +
-                    item.kv_head * group + row - token * group) *
-                       kHeadDim +
-                   chunk * kChunkElements;
-    ptx::cp_async_16(rings.q() + swizzled_offset(row, chunk, kQAtomBytes), valid ? src : q,
-                     valid ? 16 : 0);
-  }
-  ptx::cp_async_commit();
+  // This consumer's 64 rows of Q: row r is token r / group of the item, query head
+  // kv_head * group + r % group; rows past the item are zero queries, never stored.
+  auto load_q = [&](const WorkItem& item) {
+    const int rows_used = item.q_count * group;
+    for (int i = wg_tid; i < kWarpgroupRows * kChunksPerRow; i += kWarpgroupThreads) {
+      const int row = consumer * kWarpgroupRows + i / kChunksPerRow, chunk = i % kChunksPerRow;
+      const int token = row / group;
+      const bool valid = row < rows_used;
+      const T* src = q +
+                     (static_cast<int64_t>(item.q_row_begin + token) * num_q_heads +
+                      item.kv_head * group + row - token * group) *
+                         kHeadDim +
+                     chunk * kChunkElements;
+      ptx::cp_async_16(rings.q() + swizzled_offset(row, chunk, kQAtomBytes), valid ? src : q,
+                       valid ? 16 : 0);
+    }
+    ptx::cp_async_commit();
+  };
 
   // Turns: consumer 0 issues first; each hands the turn to the other after its issue.
   const int my_turn = kTurnBarrier + consumer, other_turn = kTurnBarrier + 1 - consumer;
@@ -227,186 +253,206 @@ __global__ void __launch_bounds__(kThreads, 1)
 
   // This thread's two rows of the warpgroup's 64 (the wgmma accumulator layout): r0 and r0 + 8.
   const int lane = tid % 32, quad = lane % 4;
-  const int r0 = consumer * kWarpgroupRows + (ctid % kWarpgroupThreads) / 32 * kWarpRows + lane / 4,
-            r1 = r0 + 8;
-  // Rows past the item attend to every key (their output is never stored).
-  const int pos0 = r0 < rows_used ? item.first_position + r0 / group : kv_end - 1;
-  const int pos1 = r1 < rows_used ? item.first_position + r1 / group : kv_end - 1;
+  const int r0 = consumer * kWarpgroupRows + wg_tid / 32 * kWarpRows + lane / 4, r1 = r0 + 8;
   const float scale_log2 = softmax_scale * kLog2e;
-  float o_acc[kAccumulators];
-#pragma unroll
-  for (int i = 0; i < kAccumulators; ++i) o_acc[i] = 0.f;
-  float max0 = -INFINITY, max1 = -INFINITY, sum0 = 0.f, sum1 = 0.f;
   const unsigned char* q_rows = rings.q() + consumer * kWarpgroupRows * kAtomRowBytes;
   uint32_t p_frag[kKeys / kMmaK][4];  // P of the previous tile, the A operand of its P x V
 
-  auto wait_full = [&](int tensor, int tile) {
-    ptx::mbarrier_wait(rings.full(tensor, tile % kStages), (tile / kStages) & 1);
-  };
-  auto release = [&](int tensor, int tile) {  // this warp's MMAs have read the stage
-    if (lane == 0) ptx::mbarrier_arrive(rings.empty(tensor, tile % kStages));
-  };
-  // S = Q K^T over head_dim in eight k16 slices, 32 bytes apart within an atom.
-  auto issue_s = [&](float(&s_acc)[kAccumulators], int tile) {
-    const unsigned char* k_tile = rings.tile(0, tile % kStages);
+  WorkItem item = items[block_item(0)];
+  load_q(item);
+  int ring_base = 0;  // ring slots of this block's earlier items, as the producer counts them
+  for (int k = 0;; ++k) {
+    const bool has_next = block_item(k + 1) < num_items;
+    const WorkItem next = has_next ? items[block_item(k + 1)] : item;
+    const int rows_used = item.q_count * group;
+    const int kv_end = item.first_position + item.q_count;
+    const int num_tiles = tiles_of(item);
+    // Rows past the item attend to every key (their output is never stored).
+    const int pos0 = r0 < rows_used ? item.first_position + r0 / group : kv_end - 1;
+    const int pos1 = r1 < rows_used ? item.first_position + r1 / group : kv_end - 1;
+    float o_acc[kAccumulators];
 #pragma unroll
-    for (int ks = 0; ks < kHeadDim / kMmaK; ++ks) {
-      constexpr int kSlicesPerAtom = kAtomRowBytes / (kMmaK * 2);
-      const int atom = ks / kSlicesPerAtom, byte = (ks % kSlicesPerAtom) * kMmaK * 2;
-      const uint64_t a = ptx::wgmma_descriptor_k_major_sw128(q_rows + atom * kQAtomBytes + byte);
-      const uint64_t b = ptx::wgmma_descriptor_k_major_sw128(k_tile + atom * kKvAtomBytes + byte);
-      ptx::wgmma_m64k16<kKeys, T>(s_acc, a, b, ks > 0 ? 1u : 0u);
-    }
-    ptx::wgmma_commit();
-  };
-  // O += P V over a tile's keys in eight k16 slices of 16 keys (2048 bytes apart).
-  auto issue_pv = [&](int tile) {
-    const unsigned char* v_tile = rings.tile(1, tile % kStages);
+    for (int i = 0; i < kAccumulators; ++i) o_acc[i] = 0.f;
+    float max0 = -INFINITY, max1 = -INFINITY, sum0 = 0.f, sum1 = 0.f;
+
+    auto wait_full = [&](int tensor, int tile) {
+      const int slot = ring_base + tile;
+      ptx::mbarrier_wait(rings.full(tensor, slot % kStages), (slot / kStages) & 1);
+    };
+    auto release = [&](int tensor, int tile) {  // this warp's MMAs have read the stage
+      if (lane == 0) ptx::mbarrier_arrive(rings.empty(tensor, (ring_base + tile) % kStages));
+    };
+    // S = Q K^T over head_dim in eight k16 slices, 32 bytes apart within an atom.
+    auto issue_s = [&](float(&s_acc)[kAccumulators], int tile) {
+      const unsigned char* k_tile = rings.tile(0, (ring_base + tile) % kStages);
 #pragma unroll
-    for (int kk = 0; kk < kKeys / kMmaK; ++kk)
-      ptx::wgmma_m64n128k16_rs<T>(
-          o_acc, p_frag[kk],
-          ptx::wgmma_descriptor_mn_major_sw128(v_tile + kk * kMmaK * kAtomRowBytes, kKvAtomBytes),
-          1u);
-    ptx::wgmma_commit();
-  };
-  // Causal mask (only where the tile reaches past the item's first position) and online softmax
-  // of S in place: column 8j + 2 * quad + i of rows r0 (s_acc[4j + i]) and r1 (s_acc[4j + 2 +
-  // i]). Maxima are kept in logit units (the scale is positive), so each weight is one FFMA and
-  // one EX2. Returns the factors that rescale O for the new row maxima.
-  auto softmax = [&](float(&s_acc)[kAccumulators], int tile) {
-    const int tile_start = tile * kKeys;
-    const bool masked = tile_start + kKeys - 1 > item.first_position;
-    float tile_max0 = -INFINITY, tile_max1 = -INFINITY;
-#pragma unroll
-    for (int j = 0; j < kColumnBlocks; ++j)
-#pragma unroll
-      for (int i = 0; i < 2; ++i) {
-        const int key = tile_start + j * 8 + quad * 2 + i;
-        float& a = s_acc[4 * j + i];
-        float& b = s_acc[4 * j + 2 + i];
-        if (masked) {
-          a = key <= pos0 ? a : -INFINITY;
-          b = key <= pos1 ? b : -INFINITY;
-        }
-        tile_max0 = fmaxf(tile_max0, a);
-        tile_max1 = fmaxf(tile_max1, b);
+      for (int ks = 0; ks < kHeadDim / kMmaK; ++ks) {
+        constexpr int kSlicesPerAtom = kAtomRowBytes / (kMmaK * 2);
+        const int atom = ks / kSlicesPerAtom, byte = (ks % kSlicesPerAtom) * kMmaK * 2;
+        const uint64_t a = ptx::wgmma_descriptor_k_major_sw128(q_rows + atom * kQAtomBytes + byte);
+        const uint64_t b = ptx::wgmma_descriptor_k_major_sw128(k_tile + atom * kKvAtomBytes + byte);
+        ptx::wgmma_m64k16<kKeys, T>(s_acc, a, b, ks > 0 ? 1u : 0u);
       }
+      ptx::wgmma_commit();
+    };
+    // O += P V over a tile's keys in eight k16 slices of 16 keys (2048 bytes apart).
+    auto issue_pv = [&](int tile) {
+      const unsigned char* v_tile = rings.tile(1, (ring_base + tile) % kStages);
 #pragma unroll
-    for (int m = 1; m <= 2; m *= 2) {
-      tile_max0 = fmaxf(tile_max0, __shfl_xor_sync(0xffffffffu, tile_max0, m));
-      tile_max1 = fmaxf(tile_max1, __shfl_xor_sync(0xffffffffu, tile_max1, m));
-    }
-    const float new0 = fmaxf(max0, tile_max0), new1 = fmaxf(max1, tile_max1);
-    // A row with every key so far masked keeps -inf: 0 in its place avoids (-inf) - (-inf).
-    const float shift0 = new0 == -INFINITY ? 0.f : new0 * scale_log2;
-    const float shift1 = new1 == -INFINITY ? 0.f : new1 * scale_log2;
-    const float2 corr = {exp2_flushed(fmaf(max0, scale_log2, -shift0)),
-                         exp2_flushed(fmaf(max1, scale_log2, -shift1))};
-    max0 = new0;
-    max1 = new1;
-    float part0 = 0.f, part1 = 0.f;
+      for (int kk = 0; kk < kKeys / kMmaK; ++kk)
+        ptx::wgmma_m64n128k16_rs<T>(
+            o_acc, p_frag[kk],
+            ptx::wgmma_descriptor_mn_major_sw128(v_tile + kk * kMmaK * kAtomRowBytes, kKvAtomBytes),
+            1u);
+      ptx::wgmma_commit();
+    };
+    // Causal mask (only where the tile reaches past the item's first position) and online softmax
+    // of S in place: column 8j + 2 * quad + i of rows r0 (s_acc[4j + i]) and r1 (s_acc[4j + 2 +
+    // i]). Maxima are kept in logit units (the scale is positive), so each weight is one FFMA and
+    // one EX2. Returns the factors that rescale O for the new row maxima.
+    auto softmax = [&](float(&s_acc)[kAccumulators], int tile) {
+      const int tile_start = tile * kKeys;
+      const bool masked = tile_start + kKeys - 1 > item.first_position;
+      float tile_max0 = -INFINITY, tile_max1 = -INFINITY;
 #pragma unroll
-    for (int j = 0; j < kColumnBlocks; ++j) {
-      s_acc[4 * j] = exp2_flushed(fmaf(s_acc[4 * j], scale_log2, -shift0));
-      s_acc[4 * j + 1] = exp2_flushed(fmaf(s_acc[4 * j + 1], scale_log2, -shift0));
-      s_acc[4 * j + 2] = exp2_flushed(fmaf(s_acc[4 * j + 2], scale_log2, -shift1));
-      s_acc[4 * j + 3] = exp2_flushed(fmaf(s_acc[4 * j + 3], scale_log2, -shift1));
-      part0 += s_acc[4 * j] + s_acc[4 * j + 1];
-      part1 += s_acc[4 * j + 2] + s_acc[4 * j + 3];
-    }
-    sum0 = sum0 * corr.x + part0;
-    sum1 = sum1 * corr.y + part1;
-    return corr;
-  };
-  // P as the next P x V's A operand: columns 8j.. of k16 slice j / 2; j even gives a[0] (row
-  // r0) and a[1] (row r1), j odd a[2] and a[3] (the same rows 8 keys on).
-  auto pack_p = [&](const float(&s_acc)[kAccumulators]) {
+      for (int j = 0; j < kColumnBlocks; ++j)
 #pragma unroll
-    for (int j = 0; j < kColumnBlocks; ++j) {
-      p_frag[j / 2][(j % 2) * 2] = Traits::pack(s_acc[4 * j], s_acc[4 * j + 1]);
-      p_frag[j / 2][(j % 2) * 2 + 1] = Traits::pack(s_acc[4 * j + 2], s_acc[4 * j + 3]);
-    }
-  };
+        for (int i = 0; i < 2; ++i) {
+          const int key = tile_start + j * 8 + quad * 2 + i;
+          float& a = s_acc[4 * j + i];
+          float& b = s_acc[4 * j + 2 + i];
+          if (masked) {
+            a = key <= pos0 ? a : -INFINITY;
+            b = key <= pos1 ? b : -INFINITY;
+          }
+          tile_max0 = fmaxf(tile_max0, a);
+          tile_max1 = fmaxf(tile_max1, b);
+        }
+#pragma unroll
+      for (int m = 1; m <= 2; m *= 2) {
+        tile_max0 = fmaxf(tile_max0, __shfl_xor_sync(0xffffffffu, tile_max0, m));
+        tile_max1 = fmaxf(tile_max1, __shfl_xor_sync(0xffffffffu, tile_max1, m));
+      }
+      const float new0 = fmaxf(max0, tile_max0), new1 = fmaxf(max1, tile_max1);
+      // A row with every key so far masked keeps -inf: 0 in its place avoids (-inf) - (-inf).
+      const float shift0 = new0 == -INFINITY ? 0.f : new0 * scale_log2;
+      const float shift1 = new1 == -INFINITY ? 0.f : new1 * scale_log2;
+      const float2 corr = {exp2_flushed(fmaf(max0, scale_log2, -shift0)),
+                           exp2_flushed(fmaf(max1, scale_log2, -shift1))};
+      max0 = new0;
+      max1 = new1;
+      float part0 = 0.f, part1 = 0.f;
+#pragma unroll
+      for (int j = 0; j < kColumnBlocks; ++j) {
+        s_acc[4 * j] = exp2_flushed(fmaf(s_acc[4 * j], scale_log2, -shift0));
+        s_acc[4 * j + 1] = exp2_flushed(fmaf(s_acc[4 * j + 1], scale_log2, -shift0));
+        s_acc[4 * j + 2] = exp2_flushed(fmaf(s_acc[4 * j + 2], scale_log2, -shift1));
+        s_acc[4 * j + 3] = exp2_flushed(fmaf(s_acc[4 * j + 3], scale_log2, -shift1));
+        part0 += s_acc[4 * j] + s_acc[4 * j + 1];
+        part1 += s_acc[4 * j + 2] + s_acc[4 * j + 3];
+      }
+      sum0 = sum0 * corr.x + part0;
+      sum1 = sum1 * corr.y + part1;
+      return corr;
+    };
+    // P as the next P x V's A operand: columns 8j.. of k16 slice j / 2; j even gives a[0] (row
+    // r0) and a[1] (row r1), j odd a[2] and a[3] (the same rows 8 keys on).
+    auto pack_p = [&](const float(&s_acc)[kAccumulators]) {
+#pragma unroll
+      for (int j = 0; j < kColumnBlocks; ++j) {
+        p_frag[j / 2][(j % 2) * 2] = Traits::pack(s_acc[4 * j], s_acc[4 * j + 1]);
+        p_frag[j / 2][(j % 2) * 2 + 1] = Traits::pack(s_acc[4 * j + 2], s_acc[4 * j + 3]);
+      }
+    };
 
-  // Q in shared memory, for both consumers and the async proxy.
-  ptx::cp_async_wait<0>();
-  ptx::fence_proxy_async_shared();
-  ptx::named_barrier_sync(kQBarrier, kConsumerThreads);
+    // Q of this item in shared memory, for the warpgroup and the async proxy.
+    ptx::cp_async_wait<0>();
+    ptx::fence_proxy_async_shared();
+    ptx::named_barrier_sync(q_barrier, kWarpgroupThreads);
 
-  // Software pipeline: iteration t issues S_t = Q K_t^T with P_{t-1} V_{t-1}, so the softmax of
-  // tile t overlaps the previous tile's P x V (and the other consumer's MMAs). The first tile is
-  // peeled (no P x V before it): a branch around the P x V issue makes ptxas serialize the
-  // wgmmas.
-  {
-    wait_full(0, 0);
-    float s_acc[kAccumulators];
+    // Software pipeline: iteration t issues S_t = Q K_t^T with P_{t-1} V_{t-1}, so the softmax of
+    // tile t overlaps the previous tile's P x V (and the other consumer's MMAs). The first tile
+    // is peeled (no P x V before it): a branch around the P x V issue makes ptxas serialize the
+    // wgmmas.
+    {
+      wait_full(0, 0);
+      float s_acc[kAccumulators];
+      begin_issue();
+      ptx::wgmma_fence();
+      issue_s(s_acc, 0);
+      end_issue();
+      ptx::wgmma_wait<0>();
+      release(0, 0);
+#pragma unroll
+      for (int i = 0; i < kAccumulators; ++i) ptx::wgmma_fence_operand(s_acc[i]);
+      softmax(s_acc, 0);  // O is still zero: nothing to rescale
+      pack_p(s_acc);
+    }
+    for (int tile = 1; tile < num_tiles; ++tile) {
+      wait_full(0, tile);
+      wait_full(1, tile - 1);
+      float s_acc[kAccumulators];
+      begin_issue();
+      ptx::wgmma_fence();
+      issue_s(s_acc, tile);
+      issue_pv(tile - 1);
+      end_issue();
+      ptx::wgmma_wait<1>();  // S_t is done; P_{t-1} V_{t-1} may still run
+      release(0, tile);
+#pragma unroll
+      for (int i = 0; i < kAccumulators; ++i) ptx::wgmma_fence_operand(s_acc[i]);
+      const float2 corr = softmax(s_acc, tile);
+      ptx::wgmma_wait<0>();  // P_{t-1} V_{t-1} is done: O can be rescaled and P overwritten
+      release(1, tile - 1);
+#pragma unroll
+      for (int i = 0; i < kAccumulators; ++i) ptx::wgmma_fence_operand(o_acc[i]);
+#pragma unroll
+      for (int j = 0; j < kColumnBlocks; ++j) {
+        o_acc[4 * j] *= corr.x;
+        o_acc[4 * j + 1] *= corr.x;
+        o_acc[4 * j + 2] *= corr.y;
+        o_acc[4 * j + 3] *= corr.y;
+      }
+      pack_p(s_acc);
+    }
+    // Every warp of the warpgroup has waited for its last S, the last read of Q: the next item's
+    // Q loads while the last P x V runs and O is stored.
+    ptx::named_barrier_sync(q_barrier, kWarpgroupThreads);
+    if (has_next) load_q(next);
+    // The last tile's P x V. In the block's last item consumer 1 issues last: nobody waits for
+    // its turn after it.
+    wait_full(1, num_tiles - 1);
     begin_issue();
     ptx::wgmma_fence();
-    issue_s(s_acc, 0);
-    end_issue();
+    issue_pv(num_tiles - 1);
+    if (consumer == 0 || has_next) end_issue();
     ptx::wgmma_wait<0>();
-    release(0, 0);
-#pragma unroll
-    for (int i = 0; i < kAccumulators; ++i) ptx::wgmma_fence_operand(s_acc[i]);
-    softmax(s_acc, 0);  // O is still zero: nothing to rescale
-    pack_p(s_acc);
-  }
-  for (int tile = 1; tile < num_tiles; ++tile) {
-    wait_full(0, tile);
-    wait_full(1, tile - 1);
-    float s_acc[kAccumulators];
-    begin_issue();
-    ptx::wgmma_fence();
-    issue_s(s_acc, tile);
-    issue_pv(tile - 1);
-    end_issue();
-    ptx::wgmma_wait<1>();  // S_t is done; P_{t-1} V_{t-1} may still run
-    release(0, tile);
-#pragma unroll
-    for (int i = 0; i < kAccumulators; ++i) ptx::wgmma_fence_operand(s_acc[i]);
-    const float2 corr = softmax(s_acc, tile);
-    ptx::wgmma_wait<0>();  // P_{t-1} V_{t-1} is done: O can be rescaled and P overwritten
-    release(1, tile - 1);
+    release(1, num_tiles - 1);
 #pragma unroll
     for (int i = 0; i < kAccumulators; ++i) ptx::wgmma_fence_operand(o_acc[i]);
-#pragma unroll
-    for (int j = 0; j < kColumnBlocks; ++j) {
-      o_acc[4 * j] *= corr.x;
-      o_acc[4 * j + 1] *= corr.x;
-      o_acc[4 * j + 2] *= corr.y;
-      o_acc[4 * j + 3] *= corr.y;
-    }
-    pack_p(s_acc);
-  }
-  // The last tile's P x V. Consumer 1 issues last: nobody waits for its turn after it.
-  wait_full(1, num_tiles - 1);
-  begin_issue();
-  ptx::wgmma_fence();
-  issue_pv(num_tiles - 1);
-  if (consumer == 0) end_issue();
-  ptx::wgmma_wait<0>();
-#pragma unroll
-  for (int i = 0; i < kAccumulators; ++i) ptx::wgmma_fence_operand(o_acc[i]);
 
 #pragma unroll
-  for (int m = 1; m <= 2; m *= 2) {
-    sum0 += __shfl_xor_sync(0xffffffffu, sum0, m);
-    sum1 += __shfl_xor_sync(0xffffffffu, sum1, m);
-  }
-  auto store_row = [&](int row, float inv_sum, int half) {
-    if (row >= rows_used) return;
-    const int token = row / group;
-    T* dst = out + (static_cast<int64_t>(item.q_row_begin + token) * num_q_heads +
-                    item.kv_head * group + row - token * group) *
-                       kHeadDim;
+    for (int m = 1; m <= 2; m *= 2) {
+      sum0 += __shfl_xor_sync(0xffffffffu, sum0, m);
+      sum1 += __shfl_xor_sync(0xffffffffu, sum1, m);
+    }
+    auto store_row = [&](int row, float inv_sum, int half) {
+      if (row >= rows_used) return;
+      const int token = row / group;
+      T* dst = out + (static_cast<int64_t>(item.q_row_begin + token) * num_q_heads +
+                      item.kv_head * group + row - token * group) *
+                         kHeadDim;
 #pragma unroll
-    for (int j = 0; j < kColumnBlocks; ++j)
-      *reinterpret_cast<uint32_t*>(dst + j * 8 + quad * 2) =
-          Traits::pack(o_acc[4 * j + 2 * half] * inv_sum, o_acc[4 * j + 2 * half + 1] * inv_sum);
-  };
-  store_row(r0, 1.f / sum0, 0);
-  store_row(r1, 1.f / sum1, 1);
+      for (int j = 0; j < kColumnBlocks; ++j)
+        *reinterpret_cast<uint32_t*>(dst + j * 8 + quad * 2) =
+            Traits::pack(o_acc[4 * j + 2 * half] * inv_sum, o_acc[4 * j + 2 * half + 1] * inv_sum);
+    };
+    store_row(r0, 1.f / sum0, 0);
+    store_row(r1, 1.f / sum1, 1);
+    if (!has_next) break;
+    ring_base += num_tiles;
+    item = next;
+  }
 }
 
 PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
@@ -453,7 +499,8 @@ KvTensorMaps kv_tensor_maps(const PagedKvCache& kv) {
 
 template <typename T>
 void launch(const PrefillAttention::WorkItem* items, int32_t num_items, const void* q, void* out,
-            const PagedKvCache& kv, int32_t num_q_heads, float scale, cudaStream_t stream) {
+            const PagedKvCache& kv, int32_t num_q_heads, float scale, int32_t max_blocks,
+            cudaStream_t stream) {
   auto kernel = prefill_wgmma_kernel<T>;
   static PerDevice<bool> configured;  // the shared-memory limit is a per-device attribute
   configured.value([&](int) {
@@ -461,9 +508,12 @@ void launch(const PrefillAttention::WorkItem* items, int32_t num_items, const vo
                                          static_cast<int>(kSmemBytes)));
     return true;
   });
-  kernel<<<num_items, kThreads, kSmemBytes, stream>>>(items, static_cast<const T*>(q),
-                                                      static_cast<T*>(out), kv, num_q_heads, scale,
-                                                      kv_tensor_maps(kv));
+  // One block an SM (its shared memory allows no second), never more blocks than items.
+  const int32_t blocks =
+      std::min(num_items, max_blocks > 0 ? max_blocks : current_device_sm_count());
+  kernel<<<blocks, kThreads, kSmemBytes, stream>>>(items, num_items, static_cast<const T*>(q),
+                                                   static_cast<T*>(out), kv, num_q_heads, scale,
+                                                   kv_tensor_maps(kv));
   L2KV_CUDA_CHECK_LAUNCH();
 }
 
@@ -481,13 +531,14 @@ int32_t prefill_wgmma_tokens_per_item(int32_t group) {
 
 void launch_prefill_wgmma(const PrefillAttention::WorkItem* items, int32_t num_items, const void* q,
                           void* out, const PagedKvCache& kv, int32_t num_q_heads,
-                          float softmax_scale, cudaStream_t stream) {
+                          float softmax_scale, int32_t max_blocks, cudaStream_t stream) {
   if (!prefill_wgmma_supports(kv))
     throw Error("prefill attention: the wgmma kernel needs head_dim 128 and a 16-bit cache");
   if (kv.dtype == DType::kBFloat16)
-    launch<__nv_bfloat16>(items, num_items, q, out, kv, num_q_heads, softmax_scale, stream);
+    launch<__nv_bfloat16>(items, num_items, q, out, kv, num_q_heads, softmax_scale, max_blocks,
+                          stream);
   else
-    launch<__half>(items, num_items, q, out, kv, num_q_heads, softmax_scale, stream);
+    launch<__half>(items, num_items, q, out, kv, num_q_heads, softmax_scale, max_blocks, stream);
 }
 
 }  // namespace l2kv
