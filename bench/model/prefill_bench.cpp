@@ -61,15 +61,16 @@ double causal_attention_flops(const l2kv::ModelConfig& c, int prompts, int token
 }
 
 // The prefill attention kernels alone on one problem: `prompts` prompts of `tokens` tokens each
-// in one launch, with the model's head layout (bf16, HND, block 16, shuffled blocks).
+// in one launch, with the model's head layout (bf16, HND, KV blocks of `block` tokens in reverse
+// order).
 struct AttentionTiming {
   double wgmma_us, warp_mma_us;
   double max_diff;  // max |wgmma - warp MMA| over max |warp MMA|: the two kernels agree
 };
 
 AttentionTiming time_prefill_attention(const l2kv::ModelConfig& c, int prompts, int tokens,
-                                       cudaStream_t stream) {
-  const int block = 16, blocks_per_seq = (tokens + block - 1) / block;
+                                       int block, cudaStream_t stream) {
+  const int blocks_per_seq = (tokens + block - 1) / block;
   const int blocks = blocks_per_seq * prompts;
   const int64_t pool = int64_t{blocks} * block * c.num_kv_heads * c.head_dim;
   const int64_t q_elems = int64_t{tokens} * prompts * c.num_q_heads * c.head_dim;
@@ -151,6 +152,7 @@ int main(int argc, char** argv) {
   int batch = 8, prompt = 512, reps = 5;
   std::vector<int> attention_lengths{512, 1024, 2048, 4096, 8192, 16384, 32768};
   std::vector<int> attention_prompts{1, 4};
+  int attention_block = 16;
   std::string json_path;
   CLI::App app{"l2kv_bench_prefill: prefill throughput of the CUDA backend on a synthetic model"};
   app.add_option("--model", model_name,
@@ -172,6 +174,11 @@ int main(int argc, char** argv) {
   app.add_option("--attention-prompts", attention_prompts,
                  "Prompts per launch in the prefill-attention kernel sweep")
       ->check(CLI::Range(1, 64))
+      ->capture_default_str();
+  app.add_option("--attention-block-size", attention_block,
+                 "KV block (page) size of the prefill-attention kernel sweep, in tokens: the "
+                 "wgmma kernel copies K and V by one TMA box per block and 64-element half")
+      ->check(CLI::IsMember({16, 32, 64}))
       ->capture_default_str();
   app.add_option("--json", json_path, "Write the results as JSON to this file");
   CLI11_PARSE(app, argc, argv);
@@ -246,18 +253,20 @@ int main(int argc, char** argv) {
     nlohmann::json sweep = nlohmann::json::array();
     for (int count : attention_prompts)
       for (int length : attention_lengths) {
-        const AttentionTiming t = time_prefill_attention(config, count, length, nullptr);
+        const AttentionTiming t =
+            time_prefill_attention(config, count, length, attention_block, nullptr);
         const double att_flops = causal_attention_flops(config, count, length);
         const double wgmma_tflops = att_flops / (t.wgmma_us * 1e-6) / 1e12;
         const double warp_tflops = att_flops / (t.warp_mma_us * 1e-6) / 1e12;
         std::printf(
-            "prefill attention, %d x %d tokens, %lld:%lld heads: wgmma %.1f us, %.0f TFLOP/s; "
-            "warp MMA %.1f us, %.0f TFLOP/s; max diff %.1e\n",
+            "prefill attention, %d x %d tokens, %lld:%lld heads, block %d: wgmma %.1f us, %.0f "
+            "TFLOP/s; warp MMA %.1f us, %.0f TFLOP/s; max diff %.1e\n",
             count, length, static_cast<long long>(config.num_q_heads),
-            static_cast<long long>(config.num_kv_heads), t.wgmma_us, wgmma_tflops, t.warp_mma_us,
-            warp_tflops, t.max_diff);
+            static_cast<long long>(config.num_kv_heads), attention_block, t.wgmma_us, wgmma_tflops,
+            t.warp_mma_us, warp_tflops, t.max_diff);
         sweep.push_back({{"prompts", count},
                          {"tokens", length},
+                         {"block_size", attention_block},
                          {"us", t.wgmma_us},
                          {"tflops", wgmma_tflops},
                          {"warp_mma_us", t.warp_mma_us},
