@@ -460,6 +460,55 @@ TEST(CudaModel, Gemma3MixedStepMatchesTheCpuModel) {
   EXPECT_LT(error_b, 2e-2);
 }
 
+// A mixed step on the wgmma prefill kernel (head_dim 128): three decode rows at ragged
+// positions beside a 300-token prompt, the decode rows on the split kernel (with `auto` under
+// programmatic dependent launch, loading their older KV before it waits) and the prompt on the
+// persistent wgmma kernel. Each sequence's logits against the CPU backend's, the split kernel
+// launched plainly and with PDL.
+TEST(CudaModel, MixedStepOnTheWgmmaKernelMatchesTheCpuModel) {
+  L2KV_SKIP_WITHOUT_GPU();
+  const fs::path dir = kFixtures / "llama3-hd128";
+  const CpuModel cpu(dir);
+  const int64_t vocab = cpu.config().vocab_size;
+  const int32_t lengths[] = {41, 101, 15, 300};  // the last is the prompt
+  std::vector<std::vector<int32_t>> tokens(4);
+  std::vector<std::vector<float>> want(4);
+  for (int s = 0; s < 4; ++s) {
+    for (int t = 0; t < lengths[s]; ++t)
+      tokens[s].push_back(static_cast<int32_t>((t * (37 + 16 * s) + 11 + s) % vocab));
+    want[s] = cpu.forward(tokens[s]);
+  }
+  for (const PrefetchPolicy& policy : {PrefetchPolicy::off(), PrefetchPolicy::automatic()}) {
+    SCOPED_TRACE("kv prefetch " + to_string(policy));
+    auto state = load(dir, 512, 64, /*max_logit_rows=*/64);
+    state->set_decode_attention(DecodeKernel::kSplit, policy);
+    Tables tables(*state, 4);
+    std::vector<BatchSequence> prefill, mixed;
+    for (int s = 0; s < 4; ++s) {
+      tables.grow(s, lengths[s]);
+      const std::span<const int32_t> all(tokens[s]);
+      if (s < 3) {
+        prefill.push_back({all.first(lengths[s] - 1), 0, tables.rows[s], false});
+        mixed.push_back({all.subspan(lengths[s] - 1, 1), lengths[s] - 1, tables.rows[s], true});
+      } else {
+        mixed.push_back({all, 0, tables.rows[s], true});
+      }
+    }
+    state->run_to_host(prefill, false, nullptr);
+    const std::vector<float> got = state->run_to_host(mixed, false, nullptr);
+    ASSERT_EQ(got.size(), 4 * static_cast<size_t>(vocab));
+    for (int s = 0; s < 4; ++s) {
+      double max_abs = 0;
+      const double error =
+          relative_l2(got.data() + s * vocab, want[s].data() + (lengths[s] - 1) * vocab,
+                      static_cast<size_t>(vocab), &max_abs);
+      std::printf("[wgmma mixed step, %s] %s of %d: last row %.2e against the CPU\n",
+                  to_string(policy).c_str(), s < 3 ? "decode row" : "prompt", lengths[s], error);
+      EXPECT_LT(error, 2e-2) << "sequence " << s;
+    }
+  }
+}
+
 void print_fp8_logits(const std::string& name, const FixtureRun& bf16, const FixtureRun& one,
                       const FixtureRun& calculated) {
   for (size_t i = 0; i < bf16.prompt_lengths.size(); ++i)
