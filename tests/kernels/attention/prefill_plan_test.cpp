@@ -1,6 +1,7 @@
 // The prefill work list's bound, without a GPU: the engine reserves the list at start from
 // --max-num-batched-tokens and --max-num-seqs, so the bound must cover every step within them;
-// plan() refuses rather than allocate when nothing was reserved.
+// plan() refuses rather than allocate when nothing was reserved, and a negative block limit is
+// refused.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -64,6 +65,13 @@ TEST(PrefillWorkList, PlanRefusesWithoutAReservedList) {
   kv.max_blocks_per_seq = 4;
   const std::vector<PrefillChunk> chunks = {{0, 0, 20, 0}};
   EXPECT_THROW(prefill.plan(kv, 8, chunks, nullptr), Error);
+}
+
+TEST(PrefillWorkList, PersistentBlockLimitRefusesNegativeCounts) {
+  PrefillAttention prefill;
+  EXPECT_THROW(prefill.set_max_wgmma_blocks(-1), Error);
+  EXPECT_NO_THROW(prefill.set_max_wgmma_blocks(0));
+  EXPECT_NO_THROW(prefill.set_max_wgmma_blocks(3));
 }
 
 }  // namespace

@@ -331,6 +331,13 @@ void PrefillAttention::reserve(int32_t max_tokens, int32_t max_seqs, int32_t num
   items_.reserve(capacity_);
 }
 
+void PrefillAttention::set_max_wgmma_blocks(int32_t blocks) {
+  if (blocks < 0)
+    throw Error("prefill attention: " + std::to_string(blocks) +
+                " persistent blocks (0 means one per SM)");
+  max_wgmma_blocks_ = blocks;
+}
+
 void PrefillAttention::plan(const PagedKvCache& kv, int32_t num_q_heads,
                             std::span<const PrefillChunk> chunks, cudaStream_t stream) {
   // A failed plan leaves none: run() must not launch items that were never uploaded.

@@ -57,8 +57,8 @@ class PrefillAttention {
   // The kernel the last successful plan() chose.
   PrefillKernel planned_kernel() const { return planned_kernel_; }
   // At most this many persistent thread blocks for the wgmma kernel (0: one per SM, the
-  // default). Tests set a few, so each block runs many items.
-  void set_max_wgmma_blocks(int32_t blocks) { max_wgmma_blocks_ = blocks; }
+  // default). Tests set a few, so each block runs many items. Throws l2kv::Error below 0.
+  void set_max_wgmma_blocks(int32_t blocks);
 
   // q, out: [rows, num_q_heads, head_dim] in kv.dtype. Allocation-free. sliding_window > 0:
   // position p sees only keys p - sliding_window + 1 .. p (the warp-MMA kernel; a wgmma plan
