@@ -51,6 +51,7 @@ constexpr int kSmemAlign = 1024;        // the 128-byte swizzle repeats every 8 
 constexpr size_t kSmemBytes =
     kQBytes + size_t{kStages} * 2 * kKvTileBytes + kBarriers * sizeof(uint64_t) + kSmemAlign;
 constexpr float kLog2e = 1.4426950408889634f;
+constexpr float kRescaleLog2 = 8.f;  // softmax weights stay below 2^8 between rescalings
 static_assert(kProducerRegisters * kWarpgroupThreads + kConsumerRegisters * kConsumerThreads <=
               kLaunchRegisters * kThreads);
 static_assert(kHeadDim == kAccumulators * 2, "one m64n128 accumulator set holds O's row");
@@ -333,12 +334,20 @@ __global__ void __launch_bounds__(kThreads, 1)
         tile_max0 = fmaxf(tile_max0, __shfl_xor_sync(0xffffffffu, tile_max0, m));
         tile_max1 = fmaxf(tile_max1, __shfl_xor_sync(0xffffffffu, tile_max1, m));
       }
-      const float new0 = fmaxf(max0, tile_max0), new1 = fmaxf(max1, tile_max1);
+      // A row's reference maximum moves only when the tile's maximum exceeds it by more than
+      // kRescaleLog2 (in log2 units): below that the weights stay under 2^kRescaleLog2 (exact
+      // in P's 16 bits, far from fp32's range) and O and the sum need no rescaling.
+      auto moved = [&](float old_max, float tile_max) {
+        return tile_max > old_max &&
+               (old_max == -INFINITY || (tile_max - old_max) * scale_log2 > kRescaleLog2);
+      };
+      const float new0 = moved(max0, tile_max0) ? tile_max0 : max0;
+      const float new1 = moved(max1, tile_max1) ? tile_max1 : max1;
       // A row with every key so far masked keeps -inf: 0 in its place avoids (-inf) - (-inf).
       const float shift0 = new0 == -INFINITY ? 0.f : new0 * scale_log2;
       const float shift1 = new1 == -INFINITY ? 0.f : new1 * scale_log2;
-      const float2 corr = {exp2_flushed(fmaf(max0, scale_log2, -shift0)),
-                           exp2_flushed(fmaf(max1, scale_log2, -shift1))};
+      const float2 corr = {new0 == max0 ? 1.f : exp2_flushed(fmaf(max0, scale_log2, -shift0)),
+                           new1 == max1 ? 1.f : exp2_flushed(fmaf(max1, scale_log2, -shift1))};
       max0 = new0;
       max1 = new1;
       float part0 = 0.f, part1 = 0.f;
@@ -351,8 +360,8 @@ __global__ void __launch_bounds__(kThreads, 1)
         part0 += s_acc[4 * j] + s_acc[4 * j + 1];
         part1 += s_acc[4 * j + 2] + s_acc[4 * j + 3];
       }
-      sum0 = sum0 * corr.x + part0;
-      sum1 = sum1 * corr.y + part1;
+      sum0 = fmaf(sum0, corr.x, part0);
+      sum1 = fmaf(sum1, corr.y, part1);
       return corr;
     };
     // P as the next P x V's A operand: columns 8j.. of k16 slice j / 2; j even gives a[0] (row
@@ -406,12 +415,14 @@ __global__ void __launch_bounds__(kThreads, 1)
       release(1, tile - 1);
 #pragma unroll
       for (int i = 0; i < kAccumulators; ++i) ptx::wgmma_fence_operand(o_acc[i]);
+      if (__any_sync(0xffffffffu, corr.x != 1.f || corr.y != 1.f)) {
 #pragma unroll
-      for (int j = 0; j < kColumnBlocks; ++j) {
-        o_acc[4 * j] *= corr.x;
-        o_acc[4 * j + 1] *= corr.x;
-        o_acc[4 * j + 2] *= corr.y;
-        o_acc[4 * j + 3] *= corr.y;
+        for (int j = 0; j < kColumnBlocks; ++j) {
+          o_acc[4 * j] *= corr.x;
+          o_acc[4 * j + 1] *= corr.x;
+          o_acc[4 * j + 2] *= corr.y;
+          o_acc[4 * j + 3] *= corr.y;
+        }
       }
       pack_p(s_acc);
     }
