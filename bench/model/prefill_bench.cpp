@@ -18,6 +18,7 @@
 #include "l2kv/core/cuda_check.h"
 #include "l2kv/core/device_info.h"
 #include "l2kv/engine/cuda_step_state.h"
+#include "l2kv/engine/engine.h"
 #include "l2kv/kernels/attention/prefill_attention.h"
 #include "l2kv/kernels/model/gemm.h"
 #include "l2kv/kernels/model/model_ops.h"
@@ -152,7 +153,7 @@ int main(int argc, char** argv) {
   int batch = 8, prompt = 512, reps = 5;
   std::vector<int> attention_lengths{512, 1024, 2048, 4096, 8192, 16384, 32768};
   std::vector<int> attention_prompts{1, 4};
-  int attention_block = 16;
+  int attention_block = EngineConfig{}.block_size;
   std::string json_path;
   CLI::App app{"l2kv_bench_prefill: prefill throughput of the CUDA backend on a synthetic model"};
   app.add_option("--model", model_name,
@@ -199,8 +200,8 @@ int main(int argc, char** argv) {
     }
     const auto config = l2kv::ModelConfig::synthetic(model_name);
     const double peak = gemm_peak_tflops(nullptr);
-    constexpr int kBlockSize = 16;
-    const int blocks_per_seq = (prompt + kBlockSize - 1) / kBlockSize;
+    const int block_size = EngineConfig{}.block_size;  // the engine's default
+    const int blocks_per_seq = (prompt + block_size - 1) / block_size;
     std::printf(
         "l2kv prefill on %s: synthetic:%s (%.2f B parameters), %d x %d tokens; cuBLASLt bf16 "
         "8192^3: "
@@ -209,7 +210,7 @@ int main(int argc, char** argv) {
         batch, prompt, peak);
     l2kv::CudaStepState state(std::make_shared<l2kv::CudaModel>(config, 7));
     state.allocate_workspace({batch * prompt, batch, prompt, 0});
-    state.allocate_kv_cache(batch * blocks_per_seq + 1, kBlockSize);  // block 0 stays unused
+    state.allocate_kv_cache(batch * blocks_per_seq + 1, block_size);  // block 0 stays unused
     state.set_profiling(true);
     std::vector<int32_t> tables(static_cast<size_t>(batch * blocks_per_seq));
     for (size_t i = 0; i < tables.size(); ++i) tables[i] = static_cast<int32_t>(i) + 1;

@@ -90,8 +90,11 @@ SamplingParams greedy_params(int32_t max_tokens = 32) {
   return p;
 }
 
+// Pools here are sized in 16-token blocks (the tests' block counts and token sums say so); tests
+// built on EngineConfig{} run at the default block size.
 EngineConfig small_config() {
   EngineConfig c;
+  c.block_size = 16;
   c.max_model_len = 256;
   c.num_kv_blocks = 64;
   c.max_num_seqs = 8;
