@@ -153,7 +153,7 @@ int main(int argc, char** argv) {
   int batch = 8, prompt = 512, reps = 5;
   std::vector<int> attention_lengths{512, 1024, 2048, 4096, 8192, 16384, 32768};
   std::vector<int> attention_prompts{1, 4};
-  int attention_block = EngineConfig{}.block_size;
+  int attention_block = l2kv::EngineConfig{}.block_size;
   std::string json_path;
   CLI::App app{"l2kv_bench_prefill: prefill throughput of the CUDA backend on a synthetic model"};
   app.add_option("--model", model_name,
@@ -200,7 +200,7 @@ int main(int argc, char** argv) {
     }
     const auto config = l2kv::ModelConfig::synthetic(model_name);
     const double peak = gemm_peak_tflops(nullptr);
-    const int block_size = EngineConfig{}.block_size;  // the engine's default
+    const int block_size = l2kv::EngineConfig{}.block_size;  // the engine's default
     const int blocks_per_seq = (prompt + block_size - 1) / block_size;
     std::printf(
         "l2kv prefill on %s: synthetic:%s (%.2f B parameters), %d x %d tokens; cuBLASLt bf16 "
