@@ -1,7 +1,7 @@
 // The prefill work list's bound, without a GPU: the engine reserves the list at start from
 // --max-num-batched-tokens and --max-num-seqs, so the bound must cover every step within them;
 // plan() refuses rather than allocate when nothing was reserved, and a negative block limit is
-// refused.
+// refused; the order's bucket.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -72,6 +72,24 @@ TEST(PrefillWorkList, PersistentBlockLimitRefusesNegativeCounts) {
   EXPECT_THROW(prefill.set_max_wgmma_blocks(-1), Error);
   EXPECT_NO_THROW(prefill.set_max_wgmma_blocks(0));
   EXPECT_NO_THROW(prefill.set_max_wgmma_blocks(3));
+}
+
+// The order's bucket follows the longest prompt: an eighth of its end, a power of two, never
+// below kMinOrderBucket; one bucket of 1,024 keys below 2,048 (bench/NOTES.md: 1,024 keys suit
+// 1K-token prompts, 256 suit 2K ones, 4,096 suit 32K ones).
+TEST(PrefillWorkList, OrderBucketIsAnEighthOfTheLongestEnd) {
+  EXPECT_EQ(prefill_order_bucket(0), kShortPromptBucket);
+  EXPECT_EQ(prefill_order_bucket(1), 1024);
+  EXPECT_EQ(prefill_order_bucket(1024), 1024);
+  EXPECT_EQ(prefill_order_bucket(2047), 1024);
+  EXPECT_EQ(prefill_order_bucket(2048), kMinOrderBucket);
+  EXPECT_EQ(prefill_order_bucket(4095), 256);
+  EXPECT_EQ(prefill_order_bucket(4096), 512);
+  EXPECT_EQ(prefill_order_bucket(8192), 1024);
+  EXPECT_EQ(prefill_order_bucket(8191), 512);
+  EXPECT_EQ(prefill_order_bucket(32768), 4096);
+  EXPECT_EQ(prefill_order_bucket(40000), 4096);
+  EXPECT_EQ(prefill_order_bucket(131072), 16384);
 }
 
 }  // namespace

@@ -2,6 +2,7 @@
 #include <cuda_fp16.h>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <string>
 #include <type_traits>
@@ -21,7 +22,6 @@ constexpr int kLoadThreads = 128;  // threads that copy K/V tiles (the first fou
 constexpr int kQueryTile = 16;     // query tokens per warp: the MMA's M
 constexpr int kStages = 2;
 constexpr float kLog2e = 1.4426950408889634f;
-constexpr int32_t kOrderBucket = 1024;  // keys: work items are ordered by their end in these
 
 // Query tiles per (KV head, group) so that a block has at least four warps.
 int subtiles_for(int group) {
@@ -338,6 +338,12 @@ void PrefillAttention::set_max_wgmma_blocks(int32_t blocks) {
   max_wgmma_blocks_ = blocks;
 }
 
+int32_t prefill_order_bucket(int32_t longest_end) {
+  if (longest_end < kShortPromptEnd) return kShortPromptBucket;
+  const auto eighth = static_cast<uint32_t>(std::max(longest_end, 0) / 8);
+  return std::max(kMinOrderBucket, static_cast<int32_t>(std::bit_floor(eighth)));
+}
+
 void PrefillAttention::plan(const PagedKvCache& kv, int32_t num_q_heads,
                             std::span<const PrefillChunk> chunks, cudaStream_t stream) {
   // A failed plan leaves none: run() must not launch items that were never uploaded.
@@ -370,12 +376,16 @@ void PrefillAttention::plan(const PagedKvCache& kv, int32_t num_q_heads,
         items_.push_back({c.seq, h, c.q_row_begin + t, std::min(tile_rows, c.num_tokens - t),
                           c.first_position + t});
   }
-  // The heaviest blocks first (longest causal prefix, in buckets of kOrderBucket keys so the
-  // tail stays short), and within a bucket one (sequence, KV head) after another: blocks that
-  // run together then read the same K/V tiles, which L2 serves once for all of them.
-  std::stable_sort(items_.begin(), items_.end(), [](const WorkItem& a, const WorkItem& b) {
+  // The heaviest blocks first (longest causal prefix, in buckets of keys so the tail stays
+  // short), and within a bucket one (sequence, KV head) after another: blocks that run together
+  // then read the same K/V tiles, which L2 serves once for all of them.
+  int32_t longest_end = 0;
+  for (const WorkItem& w : items_)
+    longest_end = std::max(longest_end, w.first_position + w.q_count);
+  const int32_t bucket = prefill_order_bucket(longest_end);
+  std::stable_sort(items_.begin(), items_.end(), [bucket](const WorkItem& a, const WorkItem& b) {
     const int32_t end_a = a.first_position + a.q_count, end_b = b.first_position + b.q_count;
-    if (end_a / kOrderBucket != end_b / kOrderBucket) return end_a > end_b;
+    if (end_a / bucket != end_b / bucket) return end_a > end_b;
     if (a.seq != b.seq) return a.seq < b.seq;
     if (a.kv_head != b.kv_head) return a.kv_head < b.kv_head;
     return end_a > end_b;
