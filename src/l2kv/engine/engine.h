@@ -27,7 +27,7 @@ class CompiledGrammar;
 
 struct EngineConfig {
   // Tokens per KV block. 32: the wgmma prefill kernel copies K and V one block per TMA box, and
-  // 16-token boxes made it 13-15 % slower (bench/NOTES.md); decode does not mind either size.
+  // 16-token boxes made it 14-16 % slower (bench/NOTES.md); decode does not mind either size.
   int32_t block_size = 32;
   int32_t max_num_seqs = 256;             // sequences running at once
   int32_t max_num_batched_tokens = 2048;  // tokens per step (prompt chunks + decodes)
