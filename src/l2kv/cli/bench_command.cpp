@@ -364,12 +364,15 @@ nlohmann::ordered_json run_e2e_point(Engine& engine, CudaRunner& runner, const C
     for (int32_t i = 0; i < submitted; ++i)
       if (!tracked[i].finished && tracked[i].first_token_s >= 0)
         kv_bytes += kv_bytes_read(runner.step_state(), tracked[i].length + 1.0);
+    const int32_t finished_before = finished;
     const auto step_start = Clock::now();
     if (!engine.step()) break;
     if (!failure.empty()) throw Error("benchmark request failed: " + failure);
     const double step_s = seconds_since(step_start);
     const EngineStats after = engine.stats();
-    max_running = std::max(max_running, after.running);
+    // The step's requests: those still running and those it finished (a one-token request whose
+    // prompt fits one step is never running after a step).
+    max_running = std::max(max_running, after.running + (finished - finished_before));
     peak_kv_blocks = std::max(peak_kv_blocks, after.kv_blocks_total - after.kv_blocks_free);
     if (after.prompt_tokens > before.prompt_tokens) {
       prefill_s += step_s;
