@@ -203,11 +203,10 @@ int main(int argc, char** argv) {
     const int block_size = l2kv::EngineConfig{}.block_size;  // the engine's default
     const int blocks_per_seq = (prompt + block_size - 1) / block_size;
     std::printf(
-        "l2kv prefill on %s: synthetic:%s (%.2f B parameters), %d x %d tokens; cuBLASLt bf16 "
-        "8192^3: "
-        "%.0f TFLOP/s\n",
+        "l2kv prefill on %s: synthetic:%s (%.2f B parameters), %d x %d tokens, KV blocks of %d; "
+        "cuBLASLt bf16 8192^3: %.0f TFLOP/s\n",
         l2kv::query_device_info(0).name.c_str(), model_name.c_str(), config.parameter_count() / 1e9,
-        batch, prompt, peak);
+        batch, prompt, block_size, peak);
     l2kv::CudaStepState state(std::make_shared<l2kv::CudaModel>(config, 7));
     state.allocate_workspace({batch * prompt, batch, prompt, 0});
     state.allocate_kv_cache(batch * blocks_per_seq + 1, block_size);  // block 0 stays unused
@@ -281,6 +280,7 @@ int main(int argc, char** argv) {
                                   {"prefill",
                                    {{"batch", batch},
                                     {"prompt", prompt},
+                                    {"block_size", block_size},
                                     {"total_ms", m.total_ms},
                                     {"tflops", tflops},
                                     {"fraction_of_gemm_rate", tflops / peak},

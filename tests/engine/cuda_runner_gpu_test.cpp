@@ -39,7 +39,7 @@ std::unique_ptr<Engine> make_engine(const std::string& name, DecodeKernel kernel
 }
 
 // `max_model_len` 0: the model's max_position_embeddings (up to 2048 for the fixtures, which
-// 129 blocks of 16 hold).
+// 129 blocks hold at 16 tokens a block, and at the default 32).
 EngineConfig config_with(int32_t max_tokens, int32_t blocks, int32_t max_model_len = 0) {
   EngineConfig c;
   c.max_model_len = max_model_len;
@@ -164,6 +164,7 @@ TEST(CudaEngineSingle, WindowedKvGroupsGiveTheTokensOfOneTablePerLayer) {
     options.window_kv_groups = windowed == 1;
     EngineConfig config = config_with(40, 200);
     config.enable_prefix_caching = false;
+    config.block_size = 16;  // the bound below counts blocks of 16
     Engine engine(std::make_unique<CudaRunner>(model, options), nullptr, config);
     got[windowed].resize(prompts.size());
     for (size_t i = 0; i < prompts.size(); ++i) {
@@ -358,11 +359,13 @@ TEST(CudaEngineSingle, PreemptionGivesTheSameTokens) {
     for (int t = 0; t < 40 + 9 * i; ++t) p.push_back((t * 31 + i * 97 + 5) % 512);
     prompts.push_back(p);
   }
-  auto roomy =
-      make_engine("llama3-gqa", DecodeKernel::kSplit, "auto", true, config_with(2048, 129));
+  // Blocks of 16 in both runs, so the pool's size is the only difference.
+  EngineConfig roomy_config = config_with(2048, 129);
+  roomy_config.block_size = 16;
+  auto roomy = make_engine("llama3-gqa", DecodeKernel::kSplit, "auto", true, roomy_config);
   const auto expected = generate(*roomy, prompts, greedy(48));
   EngineConfig tight_config = config_with(2048, 24, 23 * 16);
-  tight_config.block_size = 16;  // 23 usable blocks of 16 tokens: too few for all six at once
+  tight_config.block_size = 16;  // 23 usable blocks: too few for all six at once
   auto tight = make_engine("llama3-gqa", DecodeKernel::kSplit, "auto", true, tight_config);
   const auto got = generate(*tight, prompts, greedy(48));
   EXPECT_GT(tight->stats().preemptions, 0);

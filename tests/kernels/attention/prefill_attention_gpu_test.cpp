@@ -171,7 +171,7 @@ INSTANTIATE_TEST_SUITE_P(AllShapes, PrefillAttentionGrid,
                          ::testing::Combine(::testing::Values(DType::kBFloat16, DType::kFloat16),
                                             ::testing::Values(64, 128),
                                             ::testing::Values(1, 2, 3, 4, 7, 8),
-                                            ::testing::Values(16, 64),
+                                            ::testing::Values(16, 32, 64),
                                             ::testing::Values(KvLayout::kNHD, KvLayout::kHND)),
                          prefill_name);
 

@@ -74,22 +74,22 @@ TEST(PrefillWorkList, PersistentBlockLimitRefusesNegativeCounts) {
   EXPECT_NO_THROW(prefill.set_max_wgmma_blocks(3));
 }
 
-// The order's bucket follows the longest prompt: an eighth of its end, a power of two, never
-// below kMinOrderBucket; one bucket of 1,024 keys below 2,048 (bench/NOTES.md: 1,024 keys suit
-// 1K-token prompts, 256 suit 2K ones, 4,096 suit 32K ones).
+// The order's bucket follows the step's longest end: buckets of 1,024 keys below 2,048, then an
+// eighth of the end as a power of two (bench/NOTES.md: 1,024 keys suit 1K-token prompts, 256
+// suit 2K ones, 4,096 suit 32K ones).
 TEST(PrefillWorkList, OrderBucketIsAnEighthOfTheLongestEnd) {
-  EXPECT_EQ(prefill_order_bucket(0), kShortPromptBucket);
-  EXPECT_EQ(prefill_order_bucket(1), 1024);
-  EXPECT_EQ(prefill_order_bucket(1024), 1024);
-  EXPECT_EQ(prefill_order_bucket(2047), 1024);
-  EXPECT_EQ(prefill_order_bucket(2048), kMinOrderBucket);
+  for (const int32_t end : {-1, 0, 1, 1024, kOrderShortEnd - 1})
+    EXPECT_EQ(prefill_order_bucket(end), kOrderShortBucket) << end;
+  EXPECT_EQ(prefill_order_bucket(kOrderShortEnd), kOrderShortEnd / kOrderBucketFraction);
+  EXPECT_EQ(prefill_order_bucket(2048), 256);
   EXPECT_EQ(prefill_order_bucket(4095), 256);
   EXPECT_EQ(prefill_order_bucket(4096), 512);
-  EXPECT_EQ(prefill_order_bucket(8192), 1024);
   EXPECT_EQ(prefill_order_bucket(8191), 512);
+  EXPECT_EQ(prefill_order_bucket(8192), 1024);
   EXPECT_EQ(prefill_order_bucket(32768), 4096);
   EXPECT_EQ(prefill_order_bucket(40000), 4096);
   EXPECT_EQ(prefill_order_bucket(131072), 16384);
+  EXPECT_EQ(prefill_order_bucket(INT32_MAX), 1 << 27);
 }
 
 }  // namespace

@@ -339,9 +339,10 @@ void PrefillAttention::set_max_wgmma_blocks(int32_t blocks) {
 }
 
 int32_t prefill_order_bucket(int32_t longest_end) {
-  if (longest_end < kShortPromptEnd) return kShortPromptBucket;
-  const auto eighth = static_cast<uint32_t>(std::max(longest_end, 0) / 8);
-  return std::max(kMinOrderBucket, static_cast<int32_t>(std::bit_floor(eighth)));
+  static_assert(kOrderShortEnd / kOrderBucketFraction > 0);
+  if (longest_end < kOrderShortEnd) return kOrderShortBucket;
+  return static_cast<int32_t>(
+      std::bit_floor(static_cast<uint32_t>(longest_end / kOrderBucketFraction)));
 }
 
 void PrefillAttention::plan(const PagedKvCache& kv, int32_t num_q_heads,
@@ -376,9 +377,9 @@ void PrefillAttention::plan(const PagedKvCache& kv, int32_t num_q_heads,
         items_.push_back({c.seq, h, c.q_row_begin + t, std::min(tile_rows, c.num_tokens - t),
                           c.first_position + t});
   }
-  // The heaviest blocks first (longest causal prefix, in buckets of keys so the tail stays
-  // short), and within a bucket one (sequence, KV head) after another: blocks that run together
-  // then read the same K/V tiles, which L2 serves once for all of them.
+  // The heaviest blocks first (longest causal prefix, in buckets of prefill_order_bucket() keys
+  // so the tail stays short), and within a bucket one (sequence, KV head) after another: blocks
+  // that run together then read the same K/V tiles, which L2 serves once for all of them.
   int32_t longest_end = 0;
   for (const WorkItem& w : items_)
     longest_end = std::max(longest_end, w.first_position + w.q_count);

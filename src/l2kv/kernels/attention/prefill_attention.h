@@ -26,14 +26,15 @@ struct PrefillChunk {
   int32_t first_position;
 };
 
-// Work items run heaviest first, their ends compared in buckets of keys; within a bucket a
-// (sequence, KV head)'s items run together and share K/V tiles in L2. The bucket is an eighth of
-// the longest end (a power of two, at least kMinOrderBucket), so long prompts get that sharing
-// over more items while short ones keep the rounds even; below kShortPromptEnd keys one bucket
-// of kShortPromptBucket holds them all (measured: bench/NOTES.md).
-constexpr int32_t kMinOrderBucket = 256;
-constexpr int32_t kShortPromptEnd = 2048;
-constexpr int32_t kShortPromptBucket = 1024;
+// Work items run heaviest first, their ends compared in buckets of prefill_order_bucket(the
+// step's longest end) keys; within a bucket a (sequence, KV head)'s items run together and share
+// K/V tiles in L2. From kOrderShortEnd keys on the bucket is an eighth of the longest end (a power
+// of two, so 256 keys and up): long prompts get that sharing over more items, while short ones
+// keep the rounds of the persistent kernel even; below it, buckets of kOrderShortBucket keys.
+// Measured on the wgmma kernel (bench/NOTES.md); the warp-MMA kernel runs the same order.
+constexpr int32_t kOrderShortEnd = 2048;
+constexpr int32_t kOrderShortBucket = 1024;
+constexpr int32_t kOrderBucketFraction = 8;
 int32_t prefill_order_bucket(int32_t longest_end);
 
 // Which kernel plan() chooses: kAuto takes wgmma wherever it serves the cache.

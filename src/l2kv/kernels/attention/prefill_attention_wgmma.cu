@@ -335,8 +335,9 @@ __global__ void __launch_bounds__(kThreads, 1)
         tile_max1 = fmaxf(tile_max1, __shfl_xor_sync(0xffffffffu, tile_max1, m));
       }
       // A row's reference maximum moves only when the tile's maximum exceeds it by more than
-      // kRescaleLog2 (in log2 units): below that the weights stay under 2^kRescaleLog2 (exact
-      // in P's 16 bits, far from fp32's range) and O and the sum need no rescaling.
+      // kRescaleLog2 (in log2 units): below that the weights stay under 2^kRescaleLog2, far
+      // below fp16's range and with P's relative precision unchanged, and O and the sum need
+      // no rescaling.
       auto moved = [&](float old_max, float tile_max) {
         return tile_max > old_max &&
                (old_max == -INFINITY || (tile_max - old_max) * scale_log2 > kRescaleLog2);
