@@ -366,12 +366,14 @@ void PrefillAttention::plan(const PagedKvCache& kv, int32_t num_q_heads,
   const int32_t tile_rows =
       wgmma ? prefill_wgmma_tokens_per_item(group) : kQueryTile * subtiles_for(group);
   items_.clear();
+  int32_t longest_end = 0;  // of any item: a chunk's last item ends where the chunk does
   for (const auto& c : chunks) {
     if (c.num_tokens <= 0 || c.first_position < 0 || c.seq < 0 || c.seq >= kv.batch_size)
       fail("chunk of sequence " + std::to_string(c.seq) + " is empty or out of range");
     if (static_cast<int64_t>(c.first_position) + c.num_tokens >
         static_cast<int64_t>(kv.max_blocks_per_seq) * kv.block_size)
       fail("chunk of sequence " + std::to_string(c.seq) + " reaches beyond its block table");
+    longest_end = std::max(longest_end, c.first_position + c.num_tokens);
     for (int32_t h = 0; h < kv.num_kv_heads; ++h)
       for (int32_t t = 0; t < c.num_tokens; t += tile_rows)
         items_.push_back({c.seq, h, c.q_row_begin + t, std::min(tile_rows, c.num_tokens - t),
@@ -380,9 +382,6 @@ void PrefillAttention::plan(const PagedKvCache& kv, int32_t num_q_heads,
   // The heaviest blocks first (longest causal prefix, in buckets of prefill_order_bucket() keys
   // so the tail stays short), and within a bucket one (sequence, KV head) after another: blocks
   // that run together then read the same K/V tiles, which L2 serves once for all of them.
-  int32_t longest_end = 0;
-  for (const WorkItem& w : items_)
-    longest_end = std::max(longest_end, w.first_position + w.q_count);
   const int32_t bucket = prefill_order_bucket(longest_end);
   std::stable_sort(items_.begin(), items_.end(), [bucket](const WorkItem& a, const WorkItem& b) {
     const int32_t end_a = a.first_position + a.q_count, end_b = b.first_position + b.q_count;
