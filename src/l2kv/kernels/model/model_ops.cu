@@ -19,7 +19,7 @@
 #include "l2kv/kernels/model/model_ops.h"
 #include "l2kv/kernels/model/paired_rows.h"
 #include "l2kv/kernels/model/rope.cuh"
-#include "l2kv/kernels/model/rope_cache_head_groups.h"
+#include "l2kv/kernels/model/rope_cache_vectors.h"
 #include "l2kv/kernels/tensor_core.cuh"
 
 namespace l2kv::ops {
@@ -701,9 +701,9 @@ void rope_and_cache(const void* qkv, const void* bias, const int32_t* positions,
     throw Error("rope_and_cache: paired rows need a head_dim that is a multiple of " +
                 std::to_string(kPairedRowsTile) + ", got " + std::to_string(kv.head_dim));
   if (qk_norm.q_weight == nullptr && qk_norm.k_weight == nullptr && !qkv_fp8 &&
-      rope_cache_head_groups_supports(kv, qkv, q_out)) {
-    rope_cache_head_groups(qkv, bias, positions, slots, inv_freq, num_tokens, q_heads, kv, q_out,
-                           stream, pdl, pair_rows);
+      rope_cache_vectors_supports(kv, qkv, bias, q_out)) {
+    rope_cache_vectors(qkv, bias, positions, slots, inv_freq, num_tokens, q_heads, kv, q_out,
+                       stream, pdl, pair_rows);
     return;
   }
   with_16bit_type(kv.dtype, [&](auto* tag) {
