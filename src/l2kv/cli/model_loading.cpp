@@ -86,6 +86,14 @@ void add_model_options(CLI::App& app, ModelOptions& o) {
                  "some hundreds per shape, a slower start)")
       ->check(CLI::IsMember({"heuristic", "wide"}))
       ->capture_default_str();
+  app.add_option("--gemm-tune-prompt-rows", o.gemm_tune_prompt_rows,
+                 "On CUDA, cuBLASLt projections of 257 up to this many rows (prompt chunks, mixed "
+                 "steps) time cuBLASLt's suggestions once per bucket of row counts (2^k and "
+                 "3 x 2^(k-1)) when first used, and the bucket's later shapes reuse the choice. "
+                 "0 (default) takes cuBLASLt's first suggestion for them, which ran Llama-3-8B's "
+                 "prompts as fast on an H100 without the timing on each bucket's first step")
+      ->check(CLI::Range(int64_t{0}, int64_t{1} << 20))
+      ->capture_default_str();
   app.add_option(
          "--fp8-activations", o.fp8_activations,
          "On CUDA, how fp8-weight models multiply steps of more than 32 rows (fewer run "
@@ -188,6 +196,7 @@ void check_fp8_activations(const ModelOptions& o, const ModelConfig& config) {
 // How the model's GEMMs run (every rank alike); throws for --fp8-activations on a 16-bit model.
 void configure_cuda_model(const ModelOptions& o, CudaModel& model) {
   model.set_gemm_tuning(o.gemm_tuning == "wide" ? Gemm::Tuning::kWide : Gemm::Tuning::kHeuristic);
+  model.set_gemm_prompt_tune_max_rows(o.gemm_tune_prompt_rows);
   check_fp8_activations(o, model.config());
   model.set_fp8_activations(o.fp8_activations != "16bit");
   model.set_fp8_fused_scales(o.fp8_activations == "w8a8");
@@ -268,6 +277,8 @@ LoadedModel load_model(const ModelOptions& o) {
     if (o.attention != "split") cuda_only("--attention " + o.attention);
     if (o.kv_prefetch != "auto") cuda_only("--kv-prefetch " + o.kv_prefetch);
     if (o.gemm_tuning != "heuristic") cuda_only("--gemm-tuning " + o.gemm_tuning);
+    if (o.gemm_tune_prompt_rows != Gemm::kDefaultPromptTuneMaxRows)
+      cuda_only("--gemm-tune-prompt-rows");
     if (o.fused_layer_max_rows >= 0) cuda_only("--fused-layer-max-rows");
     if (o.enforce_eager) cuda_only("--enforce-eager");
     std::fprintf(stderr, "l2kv: loading %s on the CPU (float32)\n", o.model.c_str());

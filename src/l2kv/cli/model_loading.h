@@ -33,8 +33,9 @@ struct ModelOptions {
   int32_t fused_layer_max_rows = -1;      // the fused layer up to these rows; -1: default
   int32_t tensor_parallel_size = 1;       // ranks the model is split over (CPU backend so far)
   std::string gemm_tuning = "heuristic";  // heuristic | wide (Gemm::Tuning)
-  bool window_kv_groups = true;           // off: --disable-hybrid-kv-cache-manager
-  std::string fp8_activations = "w8a8";   // w8a8 | w8a8-separate | 16bit (fp8 checkpoints)
+  int64_t gemm_tune_prompt_rows = Gemm::kDefaultPromptTuneMaxRows;  // 0: no prompt tuning
+  bool window_kv_groups = true;          // off: --disable-hybrid-kv-cache-manager
+  std::string fp8_activations = "w8a8";  // w8a8 | w8a8-separate | 16bit (fp8 checkpoints)
   uint64_t synthetic_seed = 1;
   std::string generation_config = "auto";  // auto (generation_config.json's defaults) | vllm
 };

@@ -140,6 +140,11 @@ class CudaModel {
   // How the cuBLASLt projections of decode steps choose their algorithm (Gemm::set_tuning);
   // set before the first forward.
   void set_gemm_tuning(Gemm::Tuning tuning) { gemm_.set_tuning(tuning); }
+  // cuBLASLt shapes of up to this many rows time their candidates (Gemm::set_tune_max_rows).
+  void set_gemm_tune_max_rows(int64_t rows) { gemm_.set_tune_max_rows(rows); }
+  // Prompt-sized shapes up to this many rows are timed per bucket of row counts
+  // (Gemm::set_prompt_tune_max_rows; 0: cuBLASLt's first choice).
+  void set_gemm_prompt_tune_max_rows(int64_t rows) { gemm_.set_prompt_tune_max_rows(rows); }
   // fp8 models, steps of more rows than the fp8 GEMV takes: x quantized per token and multiplied
   // in fp8 (default, W8A8), or the weights widened to 16 bits (Gemm::set_fp8_activations). Set
   // it before graphs are captured (they keep the path they were captured with).

@@ -236,6 +236,33 @@ TEST_P(GemvDtype, GemmRoutingMatchesReference) {
   }
 }
 
+// Prompt-sized shapes share one timed algorithm per bucket of row counts: the first shape of a
+// bucket times cuBLASLt's candidates, the next ones reuse the choice (where cuBLASLt accepts it
+// for their descriptors), and all of them must give the reference's answer.
+TEST_P(GemvDtype, PromptBucketsMatchReference) {
+  L2KV_SKIP_WITHOUT_GPU();
+  const DType dtype = GetParam();
+  const Shape shape{"prompt buckets in1024 out520", 1024, 520};
+  Gemm gemm;
+  gemm.set_prompt_tune_max_rows(1024);
+  auto launch = [&](const void* x, const void* w, void* y, bool f32_out, int64_t rows) {
+    if (f32_out)
+      gemm.linear_f32_out(dtype, x, w, static_cast<float*>(y), rows, shape.in, shape.out, nullptr);
+    else
+      gemm.linear(dtype, x, w, y, rows, shape.in, shape.out, nullptr);
+  };
+  // 300 times bucket 384 and 333 reuses it; 700 times 768; 1100 is past the limit (untimed).
+  check_shape(shape, dtype, {300, 333, 384, 700, 1100}, 350, launch);
+}
+
+TEST(GemmPromptBuckets, TwoAnOctave) {
+  const std::vector<std::pair<int64_t, int64_t>> expected{
+      {257, 384},   {384, 384},   {385, 512},   {512, 512},   {513, 768},   {1025, 1536},
+      {2048, 2048}, {2064, 3072}, {3073, 4096}, {8192, 8192}, {8193, 12288}};
+  for (const auto& [rows, bucket] : expected)
+    EXPECT_EQ(Gemm::prompt_tune_bucket(rows), bucket) << rows << " rows";
+}
+
 // Where two 16-bit outputs y[rows][out] differ: the count, the rows and features spanned, and
 // each one's max relative distance from a third (a cuBLASLt reference), so a mismatch says
 // which side is wrong and what shape the wrong region has.

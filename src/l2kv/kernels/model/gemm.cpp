@@ -95,7 +95,7 @@ const Gemm::Plan& Gemm::plan_for(DType dtype, bool f32_out, int64_t rows, int64_
   if (const auto it = plans_.find(key); it != plans_.end()) return it->second;
   const cudaDataType_t t = cuda_type(dtype);
   Plan p = make_plan(t, f32_out ? CUDA_R_32F : t, rows, in, out);
-  if (!choose_algorithm(p, t, f32_out ? CUDA_R_32F : t, rows, x, w, y, stream, timed)) {
+  if (!choose_algorithm(p, t, f32_out ? CUDA_R_32F : t, rows, in, out, x, w, y, stream, timed)) {
     destroy(p);
     throw Error("cuBLASLt has no algorithm for " + std::to_string(rows) + "x" + std::to_string(in) +
                 " * " + std::to_string(in) + "x" + std::to_string(out));
@@ -104,8 +104,8 @@ const Gemm::Plan& Gemm::plan_for(DType dtype, bool f32_out, int64_t rows, int64_
 }
 
 bool Gemm::choose_algorithm(Plan& p, cudaDataType_t operands, cudaDataType_t output, int64_t rows,
-                            const void* x, const void* w, void* y, cudaStream_t stream,
-                            bool timed) {
+                            int64_t in, int64_t out, const void* x, const void* w, void* y,
+                            cudaStream_t stream, bool timed) {
   cublasLtMatmulPreference_t pref = make_preference(CUBLASLT_SEARCH_BEST_FIT);
   cublasLtMatmulHeuristicResult_t results[kTuneCandidates] = {};
   int found = 0;
@@ -120,14 +120,37 @@ bool Gemm::choose_algorithm(Plan& p, cudaDataType_t operands, cudaDataType_t out
   p.algo = results[0].algo;
   cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
   L2KV_CUDA_CHECK(cudaStreamIsCapturing(stream, &capture));
-  if (timed && rows <= tune_max_rows_ && capture == cudaStreamCaptureStatusNone) {
-    std::vector<cublasLtMatmulAlgo_t> candidates;
-    for (int i = 0; i < found; ++i)
-      if (results[i].state == CUBLAS_STATUS_SUCCESS) candidates.push_back(results[i].algo);
-    if (tuning_ == Tuning::kWide) add_wide_candidates(p, operands, output, candidates);
-    if (candidates.size() > 1) p.algo = fastest(p, candidates, x, w, y, stream);
+  if (!timed || capture != cudaStreamCaptureStatusNone) return true;
+  const bool exact = rows <= tune_max_rows_;
+  if (!exact && rows > prompt_tune_max_rows_) return true;
+  // A prompt-sized shape takes the algorithm timed for its bucket where cuBLASLt accepts it
+  // for these descriptors; the first shape of a bucket times it.
+  const Key bucket{static_cast<int>(operands), static_cast<int>(output), prompt_tune_bucket(rows),
+                   in, out};
+  if (!exact) {
+    if (const auto it = bucket_algos_.find(bucket); it != bucket_algos_.end()) {
+      cublasLtMatmulHeuristicResult_t checked = {};
+      if (cublasLtMatmulAlgoCheck(handle_, p.op, p.a, p.b, p.c, p.c, &it->second, &checked) ==
+              CUBLAS_STATUS_SUCCESS &&
+          checked.workspaceSize <= kWorkspaceBytes)
+        p.algo = it->second;
+      return true;
+    }
   }
+  std::vector<cublasLtMatmulAlgo_t> candidates;
+  for (int i = 0; i < found; ++i)
+    if (results[i].state == CUBLAS_STATUS_SUCCESS) candidates.push_back(results[i].algo);
+  if (tuning_ == Tuning::kWide) add_wide_candidates(p, operands, output, candidates);
+  if (candidates.size() > 1) p.algo = fastest(p, candidates, x, w, y, stream);
+  if (!exact) bucket_algos_.emplace(bucket, p.algo);
   return true;
+}
+
+int64_t Gemm::prompt_tune_bucket(int64_t rows) {
+  // 2^k or 3 x 2^(k-1): two buckets an octave, so a bucket's shapes differ by at most a third.
+  int64_t bucket = 1;
+  while (bucket < rows) bucket *= 2;
+  return bucket / 4 * 3 >= rows && bucket >= 4 ? bucket / 4 * 3 : bucket;
 }
 
 // W8A8: y^T (out x rows) = op(A) B as for 16 bits, A the E4M3 weights and B the E4M3 codes of
@@ -162,8 +185,8 @@ Gemm::Plan* Gemm::fp8_plan_for(DType dtype, const Fp8Weights& w, const float* ro
       cublasLtMatmulDescSetAttribute(p.op, CUBLASLT_MATMUL_DESC_B_SCALE_MODE, &b_mode,
                                      sizeof b_mode) == CUBLAS_STATUS_SUCCESS;
   set_scales(p);
-  const bool chosen =
-      modes_set && choose_algorithm(p, CUDA_R_8F_E4M3, t, rows, codes, w.data, y, stream, true);
+  const bool chosen = modes_set && choose_algorithm(p, CUDA_R_8F_E4M3, t, rows, in, out, codes,
+                                                    w.data, y, stream, true);
   return keep_fp8_plan(key, p, chosen);
 }
 
@@ -403,9 +426,9 @@ Gemm::Plan* Gemm::fp8_scaled_after_plan_for(int64_t rows, int64_t in, int64_t ou
   if (const auto it = plans_.find(key); it != plans_.end())
     return it->second.op ? &it->second : nullptr;
   Plan p = make_plan(CUDA_R_8F_E4M3, CUDA_R_32F, rows, in, out);
-  return keep_fp8_plan(
-      key, p,
-      choose_algorithm(p, CUDA_R_8F_E4M3, CUDA_R_32F, rows, codes, w, product, stream, true));
+  return keep_fp8_plan(key, p,
+                       choose_algorithm(p, CUDA_R_8F_E4M3, CUDA_R_32F, rows, in, out, codes, w,
+                                        product, stream, true));
 }
 
 bool Gemm::ran_fp8_product(DType dtype, int64_t rows, int64_t in, int64_t out) const {

@@ -115,6 +115,18 @@ class Gemm {
   // never times. Graph capture never times: call each shape once before capturing it.
   static constexpr int64_t kDefaultTuneMaxRows = 256;
   void set_tune_max_rows(int64_t rows) { tune_max_rows_ = rows; }
+  // Shapes of more rows than that and up to this many (prompt chunks, mixed steps) are timed
+  // once per bucket of row counts (prompt_tune_bucket()) instead of once per shape, since a
+  // step's row count changes with every prompt: the first shape of a bucket times cuBLASLt's
+  // candidates (as kHeuristic or kWide say) and the bucket's later shapes reuse its choice where
+  // cuBLASLt accepts it for them. Off by default: on an H100 the timed choice ran Llama-3-8B's
+  // prompt projections no faster than the heuristic's (bench/NOTES.md, "Prompt GEMMs timed per
+  // bucket"), though it ran a bf16 8192^3 product 1.5-3 % faster, which is why the prefill
+  // bench's bar times it.
+  static constexpr int64_t kDefaultPromptTuneMaxRows = 0;
+  void set_prompt_tune_max_rows(int64_t rows) { prompt_tune_max_rows_ = rows; }
+  // The bucket of a prompt-sized row count: the least 2^k or 3 x 2^(k-1) at or above it.
+  static int64_t prompt_tune_bucket(int64_t rows);
   // The timing flushes the L2 with a buffer of twice its size, allocated for each timed shape
   // by default. Reserved here once instead (kept until the Gemm is destroyed), no timing
   // allocates or frees device memory: a tensor-parallel rank must not, while other ranks'
@@ -163,7 +175,8 @@ class Gemm {
   // Picks p.algo among cuBLASLt's heuristic choices for p's descriptors (timed as plan_for
   // says); false, changing nothing, when there is none.
   bool choose_algorithm(Plan& p, cudaDataType_t operands, cudaDataType_t output, int64_t rows,
-                        const void* x, const void* w, void* y, cudaStream_t stream, bool timed);
+                        int64_t in, int64_t out, const void* x, const void* w, void* y,
+                        cudaStream_t stream, bool timed);
   static void destroy(Plan& p);
   // Descriptors of y^T = op(W) x^T in these types, no algorithm chosen yet.
   static Plan make_plan(cudaDataType_t operands, cudaDataType_t output, int64_t rows, int64_t in,
@@ -189,8 +202,12 @@ class Gemm {
   void* tuning_flush_ = nullptr;  // reserve_tuning_flush()
   size_t tuning_flush_bytes_ = 0;
   std::map<Key, Plan> plans_;
+  // The algorithm timed for each bucket of prompt-sized shapes, keyed by (operand type, output
+  // type, prompt_tune_bucket(rows), in, out).
+  std::map<Key, cublasLtMatmulAlgo_t> bucket_algos_;
   int gemv_max_rows_ = kDefaultGemvMaxRows;
   int64_t tune_max_rows_ = kDefaultTuneMaxRows;
+  int64_t prompt_tune_max_rows_ = kDefaultPromptTuneMaxRows;
   bool pdl_ = false;
   bool fp8_activations_ = true;
   Tuning tuning_ = Tuning::kHeuristic;
