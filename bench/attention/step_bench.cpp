@@ -47,7 +47,7 @@ struct Options {
   int32_t q_heads = 32;
   int32_t kv_heads = 8;
   int32_t head_dim = 128;
-  int32_t block_size = 16;
+  int32_t block_size = 32;  // the engine's default (EngineConfig::block_size)
   int32_t intermediate = 14336;
   bool mlp = false;
   int reps = 30;
@@ -266,6 +266,9 @@ int main(int argc, char** argv) {
                "Also run each layer's o_proj, gate_up and down projections (Llama-3-8B sizes); "
                "enables the policy suffix +next_layer_l2 (prefetch layer L+1's KV into L2 on a "
                "second stream during layer L's MLP)");
+  app.add_option("--block-size", o.block_size, "KV block (page) size in tokens")
+      ->check(CLI::IsMember({16, 32, 64}))
+      ->capture_default_str();
   app.add_option("--reps", o.reps, "Timed graph replays per policy (median)")
       ->check(CLI::Range(1, 10000))
       ->capture_default_str();
