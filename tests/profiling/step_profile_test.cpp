@@ -94,6 +94,21 @@ TEST(StepProfile, AttributesTimeGapsOverlapAndProjectionBandwidth) {
   EXPECT_NEAR(proj["by_kind"][4]["of_ceiling"].get<double>(), 64.0 * 1000 * 2 / 10e-6 / 1e12,
               1e-12);
 
+  EXPECT_FALSE(o.contains("TFLOP_per_s")) << "no rows given, no FLOP rate";
+
+  // With the rows known (a step of 300 rows, logits for 3), each kind's FLOP rate: the O
+  // projection's 2 x 300 x 64 x 64 FLOPs a layer over its 6 us; the LM head's 2 x 3 x 64 x 1000.
+  auto with_rows = projections;
+  for (auto& shape : with_rows) shape.rows = shape.kind == "lm_head" ? 3 : 300;
+  const auto rated = profile_step(k, with_rows, 1e12);
+  const auto& rated_o = rated["projections"]["by_kind"][1];
+  EXPECT_NEAR(rated_o["TFLOP_per_s"].get<double>(), 2 * 2.0 * 300 * 64 * 64 / 6e-6 * 1e-12, 1e-9);
+  EXPECT_NEAR(rated["projections"]["by_kind"][4]["TFLOP_per_s"].get<double>(),
+              2.0 * 3 * 64 * 1000 / 10e-6 * 1e-12, 1e-9);
+  EXPECT_NE(format_step_profile(rated).find(" TFLOP/s"), std::string::npos)
+      << format_step_profile(rated);
+  EXPECT_EQ(format_step_profile(p).find(" TFLOP/s"), std::string::npos);
+
   k.pop_back();
   k.push_back({"gemv_kernel", t + 5000, t + 6000});  // one projection too many
   const auto unmatched = profile_step(k, projections, 1e12);

@@ -266,7 +266,11 @@ nlohmann::ordered_json run_steady_point(const std::shared_ptr<CudaModel>& model,
     trace->clear();
     state.forward(stream);
     L2KV_CUDA_CHECK(cudaStreamSynchronize(stream));
-    kernel_profile = profile_step(trace->collect(), decode_projections(c), ceiling);
+    // The step's rows: the decode rows and the chunk's tokens; logits for each sequence.
+    std::vector<ProjectionShape> shapes = decode_projections(c);
+    for (ProjectionShape& shape : shapes)
+      shape.rows = shape.kind == "lm_head" ? batch + (chunk > 0 ? 1 : 0) : batch + chunk;
+    kernel_profile = profile_step(trace->collect(), shapes, ceiling);
   }
   cudaEventDestroy(a);
   cudaEventDestroy(b);

@@ -184,31 +184,41 @@ nlohmann::ordered_json profile_step(std::vector<KernelInterval> kernels,
     proj["expected"] = projections.size();
   } else {
     proj["matched"] = true;
-    std::map<std::string, std::pair<uint64_t, int64_t>> by_kind;  // ns, bytes
+    struct KindSum {
+      uint64_t ns = 0;
+      int64_t bytes = 0;
+      double flops = 0;
+    };
+    std::map<std::string, KindSum> by_kind;
     std::vector<std::string> order;
-    uint64_t all_ns = 0;
-    int64_t all_bytes = 0;
+    KindSum all;
     for (size_t p = 0; p < projections.size(); ++p) {
-      auto [it, fresh] = by_kind.try_emplace(projections[p].kind, 0, 0);
-      if (fresh) order.push_back(projections[p].kind);
-      it->second.first += projection_ns[p];
-      it->second.second += projections[p].weight_bytes;
-      all_ns += projection_ns[p];
-      all_bytes += projections[p].weight_bytes;
+      const ProjectionShape& shape = projections[p];
+      auto [it, fresh] = by_kind.try_emplace(shape.kind);
+      if (fresh) order.push_back(shape.kind);
+      const double flops = 2.0 * static_cast<double>(shape.rows) * static_cast<double>(shape.in) *
+                           static_cast<double>(shape.out);
+      for (KindSum* sum : {&it->second, &all}) {
+        sum->ns += projection_ns[p];
+        sum->bytes += shape.weight_bytes;
+        sum->flops += flops;
+      }
     }
-    auto row = [&](const std::string& kind, uint64_t ns, int64_t bytes) {
-      const double rate = ns ? static_cast<double>(bytes) / (static_cast<double>(ns) * 1e-9) : 0;
-      return json{{"kind", kind},
-                  {"us", us(ns)},
-                  {"weight_bytes", bytes},
-                  {"GB_per_s", rate * 1e-9},
-                  {"of_ceiling", ceiling_bytes_per_s > 0 ? rate / ceiling_bytes_per_s : 0.0}};
+    auto row = [&](const std::string& kind, const KindSum& sum) {
+      const double seconds = static_cast<double>(sum.ns) * 1e-9;
+      const double rate = sum.ns ? static_cast<double>(sum.bytes) / seconds : 0;
+      json r{{"kind", kind},
+             {"us", us(sum.ns)},
+             {"weight_bytes", sum.bytes},
+             {"GB_per_s", rate * 1e-9},
+             {"of_ceiling", ceiling_bytes_per_s > 0 ? rate / ceiling_bytes_per_s : 0.0}};
+      if (sum.flops > 0 && sum.ns) r["TFLOP_per_s"] = sum.flops / seconds * 1e-12;
+      return r;
     };
     json kinds = json::array();
-    for (const std::string& kind : order)
-      kinds.push_back(row(kind, by_kind[kind].first, by_kind[kind].second));
+    for (const std::string& kind : order) kinds.push_back(row(kind, by_kind[kind]));
     proj["by_kind"] = kinds;
-    proj["all"] = row("all", all_ns, all_bytes);
+    proj["all"] = row("all", all);
   }
   out["projections"] = proj;
   return out;
@@ -239,10 +249,15 @@ std::string format_step_profile(const nlohmann::ordered_json& p) {
     s += line;
   } else {
     auto add_row = [&](const nlohmann::ordered_json& r) {
-      std::snprintf(line, sizeof line, "    %-8s %9.1f us  %7.0f GB/s  %.2f of ceiling\n",
+      std::snprintf(line, sizeof line, "    %-8s %9.1f us  %7.0f GB/s  %.2f of ceiling",
                     r["kind"].get<std::string>().c_str(), r["us"].get<double>(),
                     r["GB_per_s"].get<double>(), r["of_ceiling"].get<double>());
       s += line;
+      if (r.contains("TFLOP_per_s")) {
+        std::snprintf(line, sizeof line, "  %6.1f TFLOP/s", r["TFLOP_per_s"].get<double>());
+        s += line;
+      }
+      s += "\n";
     };
     for (const auto& r : proj["by_kind"]) add_row(r);
     add_row(proj["all"]);  // its kind is "all"

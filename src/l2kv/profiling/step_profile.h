@@ -1,5 +1,6 @@
 // Where the time of one decode step goes: per-kernel time, the gaps between kernels, and each
-// weight projection's bandwidth against the same run's read ceiling. Pure host logic over
+// weight projection's bandwidth against the same run's read ceiling (and its FLOP rate where
+// the rows are known). Pure host logic over
 // recorded kernel intervals (KernelTrace records them on the GPU), so it is tested on the CPU.
 #pragma once
 
@@ -23,6 +24,9 @@ struct ProjectionShape {
   std::string kind;  // "qkv", "o", "gate_up", "down", "lm_head"
   int64_t in = 0, out = 0;
   int64_t weight_bytes = 0;
+  // The rows it multiplies, where the caller knows them: the profile then also reports its
+  // FLOP rate (a prompt chunk's products are bound by the tensor cores, not by the weights).
+  int64_t rows = 0;
 };
 
 // The projections one decode step launches, in the order run_decoder_graph() calls them.
