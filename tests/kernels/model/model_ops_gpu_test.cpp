@@ -396,6 +396,44 @@ struct RopeCase {
   bool fp8, bias, qk_norm;
 };
 
+// What a RoPE test case runs on besides qkv: random positions, slots shuffled over a pool of
+// `num_blocks` blocks (every fifth row from the fourth a pad row, slot -1), the inverse
+// frequencies of `theta`, and the pool's descriptor (its pointers unset).
+struct RopeSetup {
+  std::vector<int32_t> positions, slots;
+  std::vector<float> inv_freq;
+  PagedKvCache kv;
+};
+
+RopeSetup rope_setup(DType t, const RopeCase& c, int32_t num_blocks, int32_t block_size,
+                     double theta, std::mt19937_64& rng) {
+  const int32_t d = c.head_dim, half = d / 2;
+  RopeSetup r;
+  r.positions.resize(c.rows);
+  r.slots.resize(c.rows);
+  std::uniform_int_distribution<int32_t> pos(0, 131071);
+  for (auto& p : r.positions) p = pos(rng);
+  std::vector<int32_t> all_slots(static_cast<size_t>(num_blocks) * block_size);
+  std::iota(all_slots.begin(), all_slots.end(), 0);
+  std::shuffle(all_slots.begin(), all_slots.end(), rng);
+  for (int32_t row = 0; row < c.rows; ++row)
+    r.slots[row] = (row % 5 == 3) ? -1 : all_slots[row];  // pads
+  r.inv_freq.resize(half);
+  for (int32_t i = 0; i < half; ++i)
+    r.inv_freq[i] = static_cast<float>(std::pow(theta, -2.0 * i / d));
+  PagedKvCache& kv = r.kv;
+  kv.num_blocks = num_blocks;
+  kv.block_size = block_size;
+  kv.num_kv_heads = c.kv_heads;
+  kv.head_dim = d;
+  kv.layout = c.layout;
+  kv.dtype = t;
+  kv.storage = c.fp8 ? KvStorage::kFp8E4M3 : KvStorage::kModelDtype;
+  kv.k_scale = c.fp8 ? 0.013f : 1.f;
+  kv.v_scale = c.fp8 ? 0.0071f : 1.f;
+  return r;
+}
+
 // The kernel's sum of squares of one head with a q/k norm: pair i's a^2 + b^2 (one fused
 // multiply-add), summed over each warp's 32 pairs by its shuffle tree (lane l adds lane l + m
 // for m = 16, 8, 4, 2, 1 while l + m is a pair of the head), then the warps' sums in order.
@@ -450,27 +488,8 @@ TEST_P(ModelOps, RopeAndCacheMatchesHostReference) {
       const auto bias = random16(t, width, -0.5f, 0.5f, rng);
       const auto q_norm = random16(t, d, 0.25f, 2.f, rng);
       const auto k_norm = random16(t, d, 0.25f, 2.f, rng);
-      std::vector<int32_t> positions(c.rows), slots(c.rows);
-      std::uniform_int_distribution<int32_t> pos(0, 131071);
-      for (auto& p : positions) p = pos(rng);
-      std::vector<int32_t> all_slots(static_cast<size_t>(num_blocks) * block_size);
-      std::iota(all_slots.begin(), all_slots.end(), 0);
-      std::shuffle(all_slots.begin(), all_slots.end(), rng);
-      for (int32_t r = 0; r < c.rows; ++r) slots[r] = (r % 5 == 3) ? -1 : all_slots[r];  // pads
-      std::vector<float> inv_freq(half);
-      for (int32_t i = 0; i < half; ++i)
-        inv_freq[i] = static_cast<float>(std::pow(500000.0, -2.0 * i / d));
-
-      PagedKvCache kv;
-      kv.num_blocks = num_blocks;
-      kv.block_size = block_size;
-      kv.num_kv_heads = c.kv_heads;
-      kv.head_dim = d;
-      kv.layout = c.layout;
-      kv.dtype = t;
-      kv.storage = c.fp8 ? KvStorage::kFp8E4M3 : KvStorage::kModelDtype;
-      kv.k_scale = c.fp8 ? 0.013f : 1.f;
-      kv.v_scale = c.fp8 ? 0.0071f : 1.f;
+      auto [positions, slots, inv_freq, kv] =
+          rope_setup(t, c, num_blocks, block_size, 500000.0, rng);
       const size_t pool_elems = static_cast<size_t>(num_blocks) * kv.block_stride();
 
       // Host reference: the kernel's float operations, rounded where it rounds.
@@ -644,45 +663,25 @@ TEST_P(ModelOps, RopeVectorFormStoresTheGenericKernelsBits) {
   L2KV_SKIP_WITHOUT_GPU();
   const DType t = GetParam();
   std::mt19937_64 rng(17);
-  struct Case {
-    int32_t head_dim, q_heads, kv_heads;
-    KvLayout layout;
-    bool fp8, bias;
-  };
-  const std::vector<Case> cases = {
-      {80, 10, 2, KvLayout::kHND, false, true}, {96, 6, 2, KvLayout::kNHD, false, false},
-      {96, 6, 3, KvLayout::kHND, true, true},   {128, 32, 8, KvLayout::kNHD, true, false},
-      {256, 8, 4, KvLayout::kHND, false, true}, {256, 8, 2, KvLayout::kNHD, true, true},
-  };
   constexpr int32_t kRows = 37, kBlockSize = 16;
+  const std::vector<RopeCase> cases = {
+      {80, 10, 2, kRows, KvLayout::kHND, false, true, false},
+      {96, 6, 2, kRows, KvLayout::kNHD, false, false, false},
+      {96, 6, 3, kRows, KvLayout::kHND, true, true, false},
+      {128, 32, 8, kRows, KvLayout::kNHD, true, false, false},
+      {256, 8, 4, kRows, KvLayout::kHND, false, true, false},
+      {256, 8, 2, kRows, KvLayout::kNHD, true, true, false},
+  };
   constexpr size_t kGuardBytes = 4096, kShiftBytes = 8;
   for (const bool pair_rows : {false, true})
-    for (const Case& c : cases) {
-      const int32_t d = c.head_dim, half = d / 2;
+    for (const RopeCase& c : cases) {
+      const int32_t d = c.head_dim;
       const int32_t width = (c.q_heads + 2 * c.kv_heads) * d;
       const int32_t num_blocks = (kRows + kBlockSize - 1) / kBlockSize + 3;
       const auto qkv = random16(t, static_cast<size_t>(kRows) * width, -2.f, 2.f, rng);
       const auto bias = random16(t, width, -0.5f, 0.5f, rng);
-      std::vector<int32_t> positions(kRows), slots(kRows);
-      std::uniform_int_distribution<int32_t> pos(0, 131071);
-      for (auto& p : positions) p = pos(rng);
-      std::vector<int32_t> all_slots(static_cast<size_t>(num_blocks) * kBlockSize);
-      std::iota(all_slots.begin(), all_slots.end(), 0);
-      std::shuffle(all_slots.begin(), all_slots.end(), rng);
-      for (int32_t r = 0; r < kRows; ++r) slots[r] = (r % 5 == 3) ? -1 : all_slots[r];
-      std::vector<float> inv_freq(half);
-      for (int32_t i = 0; i < half; ++i)
-        inv_freq[i] = static_cast<float>(std::pow(10000.0, -2.0 * i / d));
-      PagedKvCache kv;
-      kv.num_blocks = num_blocks;
-      kv.block_size = kBlockSize;
-      kv.num_kv_heads = c.kv_heads;
-      kv.head_dim = d;
-      kv.layout = c.layout;
-      kv.dtype = t;
-      kv.storage = c.fp8 ? KvStorage::kFp8E4M3 : KvStorage::kModelDtype;
-      kv.k_scale = c.fp8 ? 0.013f : 1.f;
-      kv.v_scale = c.fp8 ? 0.0071f : 1.f;
+      const auto [positions, slots, inv_freq, kv] =
+          rope_setup(t, c, num_blocks, kBlockSize, 10000.0, rng);
       const size_t pool_bytes = static_cast<size_t>(kv.pool_bytes());
       const size_t q_bytes = static_cast<size_t>(kRows) * c.q_heads * d * 2;
       const std::string where = "head_dim " + std::to_string(d) + (c.fp8 ? " fp8" : "") +
