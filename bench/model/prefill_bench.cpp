@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "bench_timing.h"
 #include "l2kv/core/cuda_check.h"
 #include "l2kv/core/device_info.h"
 #include "l2kv/engine/cuda_step_state.h"
@@ -257,33 +258,27 @@ int main(int argc, char** argv) {
                       std::span<const int32_t>(tables.data() + int64_t{b} * blocks_per_seq,
                                                static_cast<size_t>(blocks_per_seq)),
                       true});
-    // Each rep runs the step twice: with per-op events (the time split) and without them (each
-    // event adds a bubble between kernels), back to back so that both see the same clocks.
-    cudaEvent_t start, stop;
-    L2KV_CUDA_CHECK(cudaEventCreate(&start));
-    L2KV_CUDA_CHECK(cudaEventCreate(&stop));
-    std::vector<float> plain_ms;
-    for (int r = 0; r < reps + 1; ++r) {
+    // Each rep runs the step twice: with per-op events (the time split, untimed by the helper)
+    // and without them (each event adds a bubble between kernels), back to back so that both see
+    // the same clocks. A first pair warms up.
+    auto evented_run = [&] {
       state.set_profiling(true);
       state.run_to_host(seqs, false, nullptr);
-      if (r > 0) runs.push_back(state.last_op_times());  // the first run warms up
       state.set_profiling(false);
       state.prepare(seqs, 0, nullptr);
-      L2KV_CUDA_CHECK(cudaEventRecord(start, nullptr));
-      state.forward(nullptr);
-      L2KV_CUDA_CHECK(cudaEventRecord(stop, nullptr));
-      L2KV_CUDA_CHECK(cudaEventSynchronize(stop));
-      float ms = 0;
-      L2KV_CUDA_CHECK(cudaEventElapsedTime(&ms, start, stop));
-      if (r > 0) plain_ms.push_back(ms);
-    }
-    cudaEvent_t to_destroy[] = {start, stop};
-    for (cudaEvent_t e : to_destroy) cudaEventDestroy(e);
+    };
+    evented_run();
+    state.forward(nullptr);
+    const double total_ms =
+        1e-3 * l2kv::bench::time_median_us(
+                   reps, [&] { state.forward(nullptr); }, nullptr, /*in_graph=*/false,
+                   [&] {
+                     evented_run();
+                     runs.push_back(state.last_op_times());
+                   });
     std::sort(runs.begin(), runs.end(),
               [](const auto& a, const auto& b) { return a.total_ms < b.total_ms; });
     const auto& m = runs[runs.size() / 2];
-    std::sort(plain_ms.begin(), plain_ms.end());
-    const double total_ms = plain_ms[plain_ms.size() / 2];
     const double tflops = flops / (total_ms * 1e-3) / 1e12;
     std::printf(
         "prefill: %.2f ms (%.2f with per-op events), %.0f tokens/s, %.0f TFLOP/s = %.1f %% of the "

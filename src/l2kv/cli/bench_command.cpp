@@ -266,10 +266,11 @@ nlohmann::ordered_json run_steady_point(const std::shared_ptr<CudaModel>& model,
     trace->clear();
     state.forward(stream);
     L2KV_CUDA_CHECK(cudaStreamSynchronize(stream));
-    // The step's rows: the decode rows and the chunk's tokens; logits for each sequence.
+    // The step's rows: the decode rows and the chunk's tokens; logits for each of its `rows`
+    // sequences.
     std::vector<ProjectionShape> shapes = decode_projections(c);
     for (ProjectionShape& shape : shapes)
-      shape.rows = shape.kind == "lm_head" ? batch + (chunk > 0 ? 1 : 0) : batch + chunk;
+      shape.rows = shape.kind == "lm_head" ? rows : batch + chunk;
     kernel_profile = profile_step(trace->collect(), shapes, ceiling);
   }
   cudaEventDestroy(a);
