@@ -461,8 +461,6 @@ int run_bench(const BenchOptions& o) {
   // What the command line alone decides is checked first, on any machine.
   if (!o.structured_regex.empty() && o.mode == "steady")
     throw Error("l2kv bench: --structured-regex constrains e2e points; use --mode e2e or both");
-  if (o.profile && o.mode == "e2e")
-    throw Error("l2kv bench: --profile profiles steady steps; use --mode steady or both");
   std::vector<Variant> variants;
   for (const auto& v : o.variants) variants.push_back(parse_variant(v));
   if (!o.json_path.empty()) {
@@ -590,9 +588,13 @@ int run_bench(const BenchOptions& o) {
             const int32_t prompts = o.num_prompts > 0 ? o.num_prompts : conc;
             for (const bool constrained : {false, true}) {
               if (constrained && !regex) break;
+              if (trace) trace->clear();
               auto point =
                   run_e2e_point(engine, *runner, *model, v, input_len, output_len, conc, prompts,
                                 prompts_sent, ceiling, o.sampling, constrained ? regex : nullptr);
+              // Every kernel of the point, prefill and decode steps together: where the GPU
+              // waited between them (the host's share of the time to first token).
+              if (trace) point["kernel_profile"] = profile_step(trace->collect(), {}, ceiling);
               prompts_sent += prompts;
               point["model"] = o.model.model;
               point["sampling"] = {{"temperature", o.sampling.temperature},
@@ -631,6 +633,7 @@ int run_bench(const BenchOptions& o) {
                   static_cast<long long>(queries),
                   queries ? 100.0 * point["prefix_cache_hits"].get<double>() / queries : 0.0,
                   point["peak_kv_blocks_in_use"].get<int>(), point["kv_blocks_total"].get<int>());
+              if (trace) std::printf("%s", format_step_profile(point["kernel_profile"]).c_str());
               std::fflush(stdout);
               report["points"].push_back(point);
               save();
@@ -700,8 +703,9 @@ std::function<int()> add_bench_command(CLI::App& app) {
   cmd->add_flag("--profile", o->profile,
                 "Steady points also print one step's kernels (CUPTI; a graph replay, or the eager "
                 "step of --steady-chunk): time per kernel, gaps between kernels, each projection's "
-                "GB/s against the read ceiling. "
-                "Step times of a profiled run include CUPTI's per-kernel overhead");
+                "GB/s against the read ceiling. E2e points print the same over all their steps' "
+                "kernels (where the GPU waited for the host). "
+                "Times of a profiled run include CUPTI's per-kernel overhead");
   cmd->add_option("--steady-reps", o->steady_reps, "Timed replays per steady point (median)")
       ->check(CLI::Range(3, 10000))
       ->capture_default_str();
