@@ -115,6 +115,16 @@ TEST(StepProfile, AttributesTimeGapsOverlapAndProjectionBandwidth) {
   EXPECT_FALSE(unmatched["projections"]["matched"].get<bool>());
   EXPECT_NE(format_step_profile(unmatched).find("not attributed"), std::string::npos);
   EXPECT_NE(format_step_profile(p).find("lm_head"), std::string::npos);
+
+  // No shapes (the kernels of many steps, as an e2e point's trace): the same time and gaps,
+  // and nothing said of projections.
+  const auto trace = profile_step(k, {}, 1e12);
+  EXPECT_EQ(trace["kernels"].get<int>(), static_cast<int>(k.size()));
+  EXPECT_DOUBLE_EQ(trace["gap_us"].get<double>(), unmatched["gap_us"].get<double>());
+  EXPECT_FALSE(trace.contains("projections")) << trace.dump();
+  const std::string text = format_step_profile(trace);
+  EXPECT_EQ(text.find("projection"), std::string::npos) << text;
+  EXPECT_NE(text.find("gemv_kernel"), std::string::npos) << text;
 }
 
 }  // namespace

@@ -177,6 +177,8 @@ nlohmann::ordered_json profile_step(std::vector<KernelInterval> kernels,
       projection_ns.push_back(e.own_ns);
     previous_was_projection = e.projection;
   }
+  // No shapes to attribute (an e2e point's many steps): the kernels and gaps alone.
+  if (projections.empty()) return out;
   json proj;
   if (projection_ns.size() != projections.size()) {
     proj["matched"] = false;
@@ -241,8 +243,10 @@ std::string format_step_profile(const nlohmann::ordered_json& p) {
                   k["us"].get<double>(), 100.0 * k["share"].get<double>());
     s += line;
   }
-  const auto& proj = p["projections"];
-  if (!proj.value("matched", false)) {
+  const auto proj = p.value("projections", nlohmann::ordered_json());
+  if (proj.is_null()) {
+    // Nothing was attributed (no shapes given).
+  } else if (!proj.value("matched", false)) {
     std::snprintf(line, sizeof line,
                   "    projections: %d projection kernels for %d projections, not attributed\n",
                   proj.value("found_kernels", 0), proj.value("expected", 0));

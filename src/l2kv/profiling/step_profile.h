@@ -41,7 +41,8 @@ bool is_projection_kernel(const std::string& short_name);
 
 // Summarizes the kernels of one step. Projection kernels are matched in order to
 // `projections` (a reduction joins the projection before it); where their counts differ the
-// "projections" entry says so instead of guessing. `ceiling_bytes_per_s` is the same run's
+// "projections" entry says so instead of guessing, and with no `projections` (the kernels of
+// many steps) there is no such entry. `ceiling_bytes_per_s` is the same run's
 // streaming-read rate.
 nlohmann::ordered_json profile_step(std::vector<KernelInterval> kernels,
                                     const std::vector<ProjectionShape>& projections,
